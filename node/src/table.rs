@@ -1,0 +1,72 @@
+//! The rule table: the document the publisher stamps and every replica programs.
+//!
+//! It is what sources (the static file, Kubernetes) produce and what the mesh replicates.
+//! Invariant: `services` is sorted by name and names are unique, so equal content encodes
+//! to equal bytes and therefore to equal digests on every node.
+
+use serde::{Deserialize, Serialize};
+use shoal_dataplane::model::{Forwarding, Protocol, SchedFlags};
+use std::net::IpAddr;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleTable {
+    pub services: Vec<VirtualService>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VirtualService {
+    /// Unique within the table; for Kubernetes `namespace/name:port-name`.
+    pub name: String,
+    pub vip: IpAddr,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub scheduler: String,
+    pub flags: SchedFlags,
+    pub forwarding: Forwarding,
+    /// Sorted by `(address, port)`.
+    pub backends: Vec<Backend>,
+    pub health: Option<HealthCheck>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Backend {
+    pub address: IpAddr,
+    pub port: u16,
+    pub weight: u32,
+}
+
+/// How to probe a service's backends, with hysteresis: `rise` successes in a row bring a
+/// backend up, `fall` failures in a row take it down.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheck {
+    pub probe: Probe,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Probe {
+    Tcp,
+    Http {
+        path: String,
+        expect_status: u16,
+        /// HTTPS; certificates are not verified (backends are addressed by IP).
+        tls: bool,
+        host: Option<String>,
+    },
+}
+
+impl RuleTable {
+    /// Sorts services by name and backends by address, the canonical form every source must emit.
+    pub fn canonicalize(&mut self) {
+        self.services.sort_by(|a, b| a.name.cmp(&b.name));
+        for service in &mut self.services {
+            service
+                .backends
+                .sort_by(|a, b| (a.address, a.port).cmp(&(b.address, b.port)));
+        }
+    }
+}
