@@ -1,1 +1,51 @@
-fn main() {}
+//! The `shoal` binary's edge: parse the command line, set up logging, dispatch.
+
+use clap::Parser;
+use shoal_node::cli::{CertsCommand, Cli, Command, LogFormat};
+use shoal_node::{commands, config::NodeConfig, daemon, demo};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match dispatch(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run(args) => {
+            let config = NodeConfig::resolve(&args)?;
+            runtime()?.block_on(daemon::run(config))
+        }
+        Command::Status(args) => runtime()?.block_on(commands::status(&args)),
+        Command::Table(args) => runtime()?.block_on(commands::table(&args)),
+        Command::Certs(CertsCommand::Init(args)) => commands::certs_init(&args),
+        Command::Check(args) => commands::check(&args),
+        Command::Demo(args) => runtime()?.block_on(demo::run(&args)),
+        Command::BackendInit(args) => commands::backend_init(&args),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("SHOAL_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,quinn=warn,chitchat=warn,rustls=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}

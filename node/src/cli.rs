@@ -1,0 +1,213 @@
+//! The command line: every subcommand and flag of the `shoal` binary.
+//!
+//! The manifests' container args are parsed with this same parser in a test, so flags and
+//! manifests cannot drift apart.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(name = "shoal", version, about = "A portable layer-4 load balancer for Kubernetes")]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the load-balancer daemon.
+    Run(Box<RunArgs>),
+    /// Print the cluster-wide view, asking any one node.
+    Status(StatusArgs),
+    /// Print the rule table at the head, asking any one node.
+    Table(NodeArgs),
+    /// Create and manage the cluster's certificates.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+    /// Validate a rules file and print a summary.
+    Check(CheckArgs),
+    /// Start a local 3-node cluster on 127.0.0.1 and walk through a publisher takeover.
+    Demo(DemoArgs),
+    /// Prepare a backend for tunnel mode (the init container of backend pods; needs NET_ADMIN).
+    BackendInit(BackendInitArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    Static,
+    Kubernetes,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataplaneKind {
+    Memory,
+    Ipvs,
+}
+
+/// Flags of `shoal run`. Each may also be set in the TOML file given by `--config`
+/// (same names with `_` for `-`); a flag on the command line wins over the file.
+#[derive(Debug, Clone, Default, Args)]
+pub struct RunArgs {
+    /// TOML file with any of these settings.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// This node's id in the mesh (default: the hostname). The lowest live id publishes.
+    #[arg(long)]
+    pub node_id: Option<String>,
+    /// QUIC peer endpoint, host:port; also the address peers reach this node at.
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Admin HTTP API, host:port.
+    #[arg(long)]
+    pub admin: Option<SocketAddr>,
+    /// Comma-separated host:port of peers to join through; DNS names are re-resolved.
+    #[arg(long, value_delimiter = ',')]
+    pub seeds: Option<Vec<String>>,
+    /// Cluster id; nodes of other clusters are ignored.
+    #[arg(long)]
+    pub cluster: Option<String>,
+    /// Folder holding ca.pem, node.pem and node.key.
+    #[arg(long)]
+    pub tls_dir: Option<PathBuf>,
+    /// Run without TLS material (throwaway certificates, no peer authentication).
+    #[arg(long)]
+    pub insecure: bool,
+    /// Where the publisher reads the rule table from.
+    #[arg(long, value_enum)]
+    pub source: Option<SourceKind>,
+    /// The rules file of the static source.
+    #[arg(long)]
+    pub rules: Option<PathBuf>,
+    /// Where rules are programmed.
+    #[arg(long, value_enum)]
+    pub dataplane: Option<DataplaneKind>,
+    /// Remove this node's VIPs and services on exit (default: leave them in place).
+    #[arg(long)]
+    pub cleanup_on_exit: bool,
+    /// Seconds between full resyncs that repair drift in the dataplane.
+    #[arg(long)]
+    pub resync_interval_s: Option<u64>,
+    /// Seconds a removed backend stays at weight 0 before it is deleted.
+    #[arg(long)]
+    pub drain_s: Option<u64>,
+    /// How many nodes probe each backend.
+    #[arg(long)]
+    pub health_checkers: Option<usize>,
+    /// loadBalancerClass of the Services this cluster serves (kubernetes source).
+    #[arg(long)]
+    pub lb_class: Option<String>,
+    /// Comma-separated CIDRs to allocate VIPs from (kubernetes source).
+    #[arg(long, value_delimiter = ',')]
+    pub vip_pools: Option<Vec<String>>,
+    /// Kubeconfig file (default: in-cluster config, then $KUBECONFIG).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Name of the dummy interface that holds the VIPs (ipvs dataplane).
+    #[arg(long)]
+    pub vip_interface: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct NodeArgs {
+    /// Admin address of any node, host:port.
+    #[arg(long, default_value = "127.0.0.1:9100")]
+    pub node: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub node: NodeArgs,
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Create a cluster CA and node certificates in DIR.
+    Init(CertsInitArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CertsInitArgs {
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value = "shoal")]
+    pub cluster: String,
+    /// Comma-separated node ids to issue certificates for.
+    #[arg(long, value_delimiter = ',', default_value = "shoal")]
+    pub nodes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    #[arg(long)]
+    pub rules: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Number of nodes.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: usize,
+    /// First port; the demo uses two per node (peer and admin).
+    #[arg(long, default_value_t = 17900)]
+    pub base_port: u16,
+    /// Exit after the walkthrough instead of running until Ctrl-C.
+    #[arg(long)]
+    pub exit_after: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BackendInitArgs {
+    /// Comma-separated VIPs this backend serves.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub vip: Vec<std::net::IpAddr>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn parser_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn seeds_split_on_commas() {
+        let cli = Cli::try_parse_from([
+            "shoal",
+            "run",
+            "--seeds",
+            "a:1,b:2",
+            "--listen",
+            "127.0.0.1:7946",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(args.seeds.unwrap(), vec!["a:1", "b:2"]);
+    }
+}

@@ -1,0 +1,105 @@
+//! The one-shot CLI commands: status, table, certs init, check, backend-init.
+
+use crate::cli::{BackendInitArgs, CertsInitArgs, CheckArgs, NodeArgs, OutputFormat, StatusArgs};
+use crate::rules;
+use crate::status::ClusterStatus;
+use anyhow::Context;
+use std::time::Duration;
+
+/// Fetches a JSON document from a node's admin API.
+pub async fn get_json(node: &str, path: &str) -> anyhow::Result<serde_json::Value> {
+    let url = format!("http://{node}{path}");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    let response = client
+        .get(&url)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the admin API at {url}"))?;
+    let status = response.status();
+    let body: serde_json::Value = response
+        .json()
+        .await
+        .with_context(|| format!("{url} did not answer with JSON"))?;
+    if !status.is_success() {
+        anyhow::bail!(
+            "{url}: {status}: {}",
+            body["error"].as_str().unwrap_or("no detail")
+        );
+    }
+    Ok(body)
+}
+
+pub async fn status(args: &StatusArgs) -> anyhow::Result<()> {
+    let body = get_json(&args.node.node, "/v1/cluster").await?;
+    match args.output {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&body)?),
+        OutputFormat::Table => {
+            let status: ClusterStatus = serde_json::from_value(body)
+                .context("the node answered with an unexpected /v1/cluster document")?;
+            print!("{}", status.render());
+        }
+    }
+    Ok(())
+}
+
+pub async fn table(args: &NodeArgs) -> anyhow::Result<()> {
+    let body = get_json(&args.node, "/v1/table").await?;
+    println!("{}", serde_json::to_string_pretty(&body)?);
+    Ok(())
+}
+
+pub fn certs_init(args: &CertsInitArgs) -> anyhow::Result<()> {
+    shoal_gossip::certs::write_cluster_dir(&args.out, &args.cluster, &args.nodes)
+        .with_context(|| format!("writing certificates to {}", args.out.display()))?;
+    println!(
+        "wrote the cluster CA ({0}/ca.pem, {0}/ca.key: keep the key offline) and certificates for {1}",
+        args.out.display(),
+        args.nodes.join(", ")
+    );
+    for node in &args.nodes {
+        println!("  {}/{node}/{{ca.pem,node.pem,node.key}}: give --tls-dir {}/{node}", args.out.display(), args.out.display());
+    }
+    Ok(())
+}
+
+pub fn check(args: &CheckArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&args.rules)
+        .with_context(|| format!("cannot read {}", args.rules.display()))?;
+    let table =
+        rules::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", args.rules.display()))?;
+    let backends: usize = table.services.iter().map(|s| s.backends.len()).sum();
+    println!(
+        "{}: ok, {} services, {} backends",
+        args.rules.display(),
+        table.services.len(),
+        backends
+    );
+    for s in &table.services {
+        println!(
+            "  {:<24} {}:{} {:?} {} {:?} {} backends{}",
+            s.name,
+            s.vip,
+            s.port,
+            s.protocol,
+            s.scheduler,
+            s.forwarding,
+            s.backends.len(),
+            if s.health.is_some() { ", health-checked" } else { "" }
+        );
+    }
+    Ok(())
+}
+
+pub fn backend_init(args: &BackendInitArgs) -> anyhow::Result<()> {
+    let changes = shoal_dataplane::backend_init::prepare(&args.vip)
+        .context("preparing this host as a tunnel-mode backend")?;
+    if changes.is_empty() {
+        println!("already prepared: nothing to change");
+    }
+    for change in changes {
+        println!("{change}");
+    }
+    Ok(())
+}

@@ -1,0 +1,255 @@
+//! The daemon's settings: flags merged over an optional TOML file, checked, with defaults.
+
+use crate::cli::{DataplaneKind, RunArgs, SourceKind};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("missing setting `{0}` (give --{flag} or set it in the config file)", flag = .0.replace('_', "-"))]
+    Missing(&'static str),
+    #[error("setting `{field}`: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+    #[error(
+        "no TLS material: give --tls-dir (made by `shoal certs init`), or --insecure to run without peer authentication"
+    )]
+    NoTls,
+}
+
+/// The same settings as [`RunArgs`], as they may appear in a config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    node_id: Option<String>,
+    listen: Option<SocketAddr>,
+    admin: Option<SocketAddr>,
+    seeds: Option<Vec<String>>,
+    cluster: Option<String>,
+    tls_dir: Option<PathBuf>,
+    insecure: Option<bool>,
+    source: Option<SourceKind>,
+    rules: Option<PathBuf>,
+    dataplane: Option<DataplaneKind>,
+    cleanup_on_exit: Option<bool>,
+    resync_interval_s: Option<u64>,
+    drain_s: Option<u64>,
+    health_checkers: Option<usize>,
+    lb_class: Option<String>,
+    vip_pools: Option<Vec<String>>,
+    kubeconfig: Option<PathBuf>,
+    vip_interface: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Source {
+    Static { rules: PathBuf },
+    Kubernetes(KubernetesSettings),
+}
+
+#[derive(Debug, Clone)]
+pub struct KubernetesSettings {
+    pub lb_class: String,
+    pub vip_pools: Vec<String>,
+    pub kubeconfig: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub node_id: String,
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    pub seeds: Vec<String>,
+    pub cluster: String,
+    /// `None` only when running `--insecure`.
+    pub tls_dir: Option<PathBuf>,
+    pub source: Source,
+    pub dataplane: DataplaneKind,
+    pub cleanup_on_exit: bool,
+    pub resync_interval: Duration,
+    pub drain: Duration,
+    pub health_checkers: usize,
+    pub vip_interface: String,
+}
+
+impl NodeConfig {
+    /// Merges flags over the config file (flags win) and checks the result.
+    pub fn resolve(args: &RunArgs) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileSettings::default(),
+        };
+        let node_id = match args.node_id.clone().or(file.node_id) {
+            Some(id) => id,
+            None => hostname::get()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .ok_or(ConfigError::Missing("node_id"))?,
+        };
+        if node_id.is_empty() || node_id.len() > 253 || node_id.contains(char::is_whitespace) {
+            return Err(ConfigError::Invalid {
+                field: "node_id",
+                message: format!("{node_id:?} must be 1-253 characters without spaces"),
+            });
+        }
+        let listen = args
+            .listen
+            .or(file.listen)
+            .ok_or(ConfigError::Missing("listen"))?;
+        let admin = args
+            .admin
+            .or(file.admin)
+            .ok_or(ConfigError::Missing("admin"))?;
+        let seeds = args.seeds.clone().or(file.seeds).unwrap_or_default();
+        for seed in &seeds {
+            if seed.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+                return Err(ConfigError::Invalid {
+                    field: "seeds",
+                    message: format!("{seed:?} is not host:port"),
+                });
+            }
+        }
+        let cluster = args
+            .cluster
+            .clone()
+            .or(file.cluster)
+            .unwrap_or_else(|| "shoal".to_string());
+        let insecure = args.insecure || file.insecure.unwrap_or(false);
+        let tls_dir = args.tls_dir.clone().or(file.tls_dir);
+        if tls_dir.is_none() && !insecure {
+            return Err(ConfigError::NoTls);
+        }
+        let source_kind = args.source.or(file.source).unwrap_or(SourceKind::Static);
+        let source = match source_kind {
+            SourceKind::Static => Source::Static {
+                rules: args
+                    .rules
+                    .clone()
+                    .or(file.rules)
+                    .ok_or(ConfigError::Missing("rules"))?,
+            },
+            SourceKind::Kubernetes => Source::Kubernetes(KubernetesSettings {
+                lb_class: args
+                    .lb_class
+                    .clone()
+                    .or(file.lb_class)
+                    .unwrap_or_else(|| "shoal.io/lb".to_string()),
+                vip_pools: args.vip_pools.clone().or(file.vip_pools).unwrap_or_default(),
+                kubeconfig: args.kubeconfig.clone().or(file.kubeconfig),
+            }),
+        };
+        let health_checkers = args.health_checkers.or(file.health_checkers).unwrap_or(2);
+        if health_checkers == 0 {
+            return Err(ConfigError::Invalid {
+                field: "health_checkers",
+                message: "must be at least 1".into(),
+            });
+        }
+        let resync_interval_s = args.resync_interval_s.or(file.resync_interval_s).unwrap_or(10);
+        if resync_interval_s == 0 {
+            return Err(ConfigError::Invalid {
+                field: "resync_interval_s",
+                message: "must be at least 1".into(),
+            });
+        }
+        Ok(NodeConfig {
+            node_id,
+            listen,
+            admin,
+            seeds,
+            cluster,
+            tls_dir: if insecure { None } else { tls_dir },
+            source,
+            dataplane: args
+                .dataplane
+                .or(file.dataplane)
+                .unwrap_or(DataplaneKind::Memory),
+            cleanup_on_exit: args.cleanup_on_exit || file.cleanup_on_exit.unwrap_or(false),
+            resync_interval: Duration::from_secs(resync_interval_s),
+            drain: Duration::from_secs(args.drain_s.or(file.drain_s).unwrap_or(0)),
+            health_checkers,
+            vip_interface: args
+                .vip_interface
+                .clone()
+                .or(file.vip_interface)
+                .unwrap_or_else(|| "shoal0".to_string()),
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileSettings, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn args() -> RunArgs {
+        RunArgs {
+            listen: Some("127.0.0.1:7946".parse().unwrap()),
+            admin: Some("127.0.0.1:9100".parse().unwrap()),
+            rules: Some("rules.toml".into()),
+            node_id: Some("a".into()),
+            insecure: true,
+            ..RunArgs::default()
+        }
+    }
+
+    #[test]
+    fn refuses_to_start_without_tls_unless_insecure() {
+        let mut a = args();
+        a.insecure = false;
+        assert!(matches!(NodeConfig::resolve(&a), Err(ConfigError::NoTls)));
+        assert!(NodeConfig::resolve(&args()).is_ok());
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(file, "cluster = \"from-file\"\nnode_id = \"file-node\"\nresync_interval_s = 3").unwrap();
+        let mut a = args();
+        a.config = Some(file.path().to_path_buf());
+        let cfg = NodeConfig::resolve(&a).unwrap();
+        assert_eq!(cfg.node_id, "a");
+        assert_eq!(cfg.cluster, "from-file");
+        assert_eq!(cfg.resync_interval, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn unknown_file_settings_are_named() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(file, "clustre = \"typo\"").unwrap();
+        let mut a = args();
+        a.config = Some(file.path().to_path_buf());
+        let err = NodeConfig::resolve(&a).unwrap_err().to_string();
+        assert!(err.contains("clustre"), "{err}");
+    }
+
+    #[test]
+    fn bad_seed_is_named() {
+        let mut a = args();
+        a.seeds = Some(vec!["no-port".into()]);
+        let err = NodeConfig::resolve(&a).unwrap_err().to_string();
+        assert!(err.contains("no-port"), "{err}");
+    }
+}

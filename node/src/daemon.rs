@@ -1,0 +1,243 @@
+//! `shoal run`: wires the mesh, the publisher's source, health, the reconcile loop and the
+//! admin API together, and shuts them down in order.
+//!
+//! Start: dataplane (fails early without IPVS support), mesh, health, reconcile loop,
+//! publisher duty, admin API. Stop (SIGTERM/SIGINT): stop publishing, leave the mesh so peers
+//! see this node gone at once, optionally clean the dataplane, stop the admin API.
+
+use crate::admin::{self, AdminState};
+use crate::cli::DataplaneKind;
+use crate::config::{NodeConfig, Source};
+use crate::health::{self, HealthConfig};
+use crate::metrics::NodeMetrics;
+use crate::reconcile::{self, LoopSettings, ReconcileStatus, SharedProgrammer};
+use crate::source::{self, SourceStatus};
+use crate::table::RuleTable;
+use anyhow::Context;
+use prometheus_client::registry::Registry;
+use shoal_dataplane::{Dataplane, IpvsDataplane, IpvsOptions, MemoryDataplane};
+use shoal_gossip::{Mesh, MeshConfig, NodeId, Role, Security, Timing, TlsMaterial};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
+    let security = match &config.tls_dir {
+        Some(dir) => Security::MutualTls(
+            TlsMaterial::load_dir(dir)
+                .with_context(|| format!("loading TLS material from {}", dir.display()))?,
+        ),
+        None => {
+            tracing::warn!(
+                "RUNNING INSECURE: peers are not authenticated; anyone who reaches {} can join the mesh and rewrite the rules",
+                config.listen
+            );
+            Security::Insecure
+        }
+    };
+
+    let dataplane = open_dataplane(&config).await?;
+    let programmer = SharedProgrammer::new(dataplane, config.drain);
+
+    let mut metadata = BTreeMap::new();
+    metadata.insert("admin".to_string(), config.admin.to_string());
+    let mesh: Mesh<RuleTable> = Mesh::start(MeshConfig {
+        node_id: NodeId::new(config.node_id.clone()),
+        cluster_id: config.cluster.clone(),
+        listen: config.listen,
+        seeds: config.seeds.clone(),
+        security,
+        metadata,
+        timing: Timing::default(),
+    })
+    .await
+    .context("starting the mesh")?;
+    tracing::info!(node = %config.node_id, listen = %config.listen, admin = %config.admin, "joined the mesh");
+
+    let cancel = CancellationToken::new();
+    let mut registry = Registry::default();
+    let metrics = NodeMetrics::new();
+    metrics.register(&mut registry);
+
+    let tables = table_feed(&mesh, cancel.child_token());
+    let health = health::spawn(
+        HealthConfig {
+            checkers_per_backend: config.health_checkers,
+        },
+        Arc::new(health::MeshBoard::new(mesh.clone())),
+        tables,
+        &mut registry,
+        cancel.child_token(),
+    );
+
+    let reconcile_status = ReconcileStatus::default();
+    let reconcile_task = tokio::spawn(reconcile::run(
+        mesh.clone(),
+        programmer.clone(),
+        health.verdicts(),
+        LoopSettings {
+            resync_interval: config.resync_interval,
+        },
+        metrics.clone(),
+        reconcile_status.clone(),
+        cancel.child_token(),
+    ));
+
+    let source_status = SourceStatus::default();
+    let publisher_task = tokio::spawn(publisher_duty(
+        mesh.clone(),
+        config.source.clone(),
+        source_status.clone(),
+        metrics.clone(),
+        cancel.child_token(),
+    ));
+
+    let admin_cancel = CancellationToken::new();
+    let admin_thread = admin::spawn(
+        config.admin,
+        AdminState {
+            mesh: mesh.clone(),
+            programmer: programmer.clone(),
+            health: health.clone(),
+            source: source_status,
+            reconcile: reconcile_status,
+            metrics,
+            registry: Arc::new(registry),
+        },
+        admin_cancel.clone(),
+    )?;
+
+    wait_for_signal().await?;
+    tracing::info!("shutting down: leaving the mesh");
+    cancel.cancel();
+    let _ = publisher_task.await;
+    let _ = reconcile_task.await;
+    mesh.shutdown().await;
+    if config.cleanup_on_exit {
+        match programmer.clear().await {
+            Ok(n) => tracing::info!(ops = n, "dataplane cleaned up"),
+            Err(e) => tracing::error!(error = %e, "dataplane cleanup failed"),
+        }
+    } else {
+        tracing::info!("dataplane rules left in place (use --cleanup-on-exit to remove them)");
+    }
+    admin_cancel.cancel();
+    let _ = tokio::task::spawn_blocking(move || admin_thread.join()).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn open_dataplane(config: &NodeConfig) -> anyhow::Result<Box<dyn Dataplane>> {
+    Ok(match config.dataplane {
+        DataplaneKind::Memory => Box::new(MemoryDataplane::new()),
+        DataplaneKind::Ipvs => {
+            let options = IpvsOptions {
+                interface: config.vip_interface.clone(),
+                ..IpvsOptions::default()
+            };
+            let dp = tokio::task::spawn_blocking(move || IpvsDataplane::open(&options))
+                .await?
+                .context("opening the IPVS dataplane")?;
+            Box::new(dp)
+        }
+    })
+}
+
+/// Feeds health the table at the head, as it changes.
+fn table_feed(
+    mesh: &Mesh<RuleTable>,
+    cancel: CancellationToken,
+) -> watch::Receiver<Option<Arc<RuleTable>>> {
+    let mut heads = mesh.subscribe();
+    let initial = heads.borrow_and_update().as_ref().map(|h| Arc::new(h.doc.clone()));
+    let (tx, rx) = watch::channel(initial);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                r = heads.changed() => if r.is_err() { break },
+            }
+            let table = heads.borrow_and_update().as_ref().map(|h| Arc::new(h.doc.clone()));
+            tx.send_replace(table);
+        }
+    });
+    rx
+}
+
+const PUBLISH_RETRY: Duration = Duration::from_millis(500);
+
+/// Runs the source while this node is the publisher and publishes every table it produces.
+async fn publisher_duty(
+    mesh: Mesh<RuleTable>,
+    source_config: Source,
+    status: SourceStatus,
+    metrics: NodeMetrics,
+    cancel: CancellationToken,
+) {
+    let mut roles = mesh.role_watch();
+    loop {
+        // Wait for the role.
+        loop {
+            if *roles.borrow_and_update() == Role::Publisher {
+                break;
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = roles.changed() => if r.is_err() { return },
+            }
+        }
+        tracing::info!("this node is now the publisher; starting the source");
+        metrics.takeovers.inc();
+        let duty = cancel.child_token();
+        let (tx, mut tables) = watch::channel(None);
+        let task = source::spawn(&source_config, tx, status.clone(), duty.clone());
+        let mut pending: Option<RuleTable> = None;
+        let mut retry = tokio::time::interval(PUBLISH_RETRY);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                r = roles.changed() => {
+                    if r.is_err() || *roles.borrow_and_update() != Role::Publisher {
+                        tracing::info!("lost the publisher role; stopping the source");
+                        break;
+                    }
+                }
+                r = tables.changed() => {
+                    if r.is_err() { break }
+                    pending = tables.borrow_and_update().clone();
+                }
+                _ = retry.tick() => {}
+            }
+            if let Some(table) = pending.take() {
+                match mesh.publish(table.clone()) {
+                    Ok(version) => {
+                        metrics.publishes.inc();
+                        tracing::info!(%version, services = table.services.len(), "published");
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "publish failed; will retry");
+                        pending = Some(table);
+                    }
+                }
+            }
+        }
+        duty.cancel();
+        let _ = task.await;
+        if cancel.is_cancelled() {
+            return;
+        }
+    }
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = int.recv() => tracing::info!("SIGINT"),
+    }
+    Ok(())
+}

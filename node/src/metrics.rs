@@ -1,0 +1,105 @@
+//! Prometheus metrics of the node (everything prefixed `shoal_`).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabel {
+    pub op: &'static str,
+}
+
+#[derive(Clone, Default)]
+pub struct NodeMetrics {
+    pub reconciles: Family<ResultLabel, Counter>,
+    pub reconcile_ops: Family<OpLabel, Counter>,
+    pub reconcile_seconds: Histogram,
+    pub is_publisher: Gauge,
+    pub members_alive: Gauge,
+    pub members_dead: Gauge,
+    pub head_epoch: Gauge,
+    pub head_seq: Gauge,
+    pub applied_epoch: Gauge,
+    pub applied_seq: Gauge,
+    pub applied_is_head: Gauge,
+    pub publishes: Counter,
+    pub takeovers: Counter,
+}
+
+impl NodeMetrics {
+    pub fn new() -> Self {
+        NodeMetrics {
+            reconcile_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            ..Default::default()
+        }
+    }
+
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry;
+        r.register(
+            "shoal_reconciles",
+            "Reconcile passes by result",
+            self.reconciles.clone(),
+        );
+        r.register(
+            "shoal_reconcile_ops",
+            "Dataplane operations applied by kind",
+            self.reconcile_ops.clone(),
+        );
+        r.register(
+            "shoal_reconcile_duration_seconds",
+            "Time of one reconcile pass (read, plan, apply)",
+            self.reconcile_seconds.clone(),
+        );
+        r.register(
+            "shoal_is_publisher",
+            "1 while this node is the publisher",
+            self.is_publisher.clone(),
+        );
+        r.register(
+            "shoal_members_alive",
+            "Members this node sees alive",
+            self.members_alive.clone(),
+        );
+        r.register(
+            "shoal_members_dead",
+            "Members this node sees dead",
+            self.members_dead.clone(),
+        );
+        r.register("shoal_head_epoch", "Epoch of the head", self.head_epoch.clone());
+        r.register("shoal_head_seq", "Sequence of the head", self.head_seq.clone());
+        r.register(
+            "shoal_applied_epoch",
+            "Epoch of the version this node's dataplane holds",
+            self.applied_epoch.clone(),
+        );
+        r.register(
+            "shoal_applied_seq",
+            "Sequence of the version this node's dataplane holds",
+            self.applied_seq.clone(),
+        );
+        r.register(
+            "shoal_applied_is_head",
+            "1 when this node has applied the head",
+            self.applied_is_head.clone(),
+        );
+        r.register(
+            "shoal_publishes",
+            "Versions this node stamped as publisher",
+            self.publishes.clone(),
+        );
+        r.register(
+            "shoal_takeovers",
+            "Times this node became the publisher",
+            self.takeovers.clone(),
+        );
+    }
+}

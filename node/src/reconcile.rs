@@ -1,0 +1,225 @@
+//! The reconcile loop: bring this node's dataplane to the head, then report it applied.
+//!
+//! Runs on a new head, on a health verdict change, on the drain deadline the planner asks for,
+//! and every resync interval (which repairs drift: entries changed behind Shoal's back).
+//! The dataplane is synchronous (netlink), so each pass runs on the blocking pool.
+
+use crate::desired::desired_state;
+use crate::health::Verdicts;
+use crate::metrics::{NodeMetrics, OpLabel, ResultLabel};
+use crate::table::RuleTable;
+use serde::Serialize;
+use shoal_dataplane::{reconcile, Actual, Dataplane, DataplaneError, Desired, Op, Reconciler};
+use shoal_gossip::{Mesh, Version};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// The dataplane and its planner state, shared by the loop and the admin API's read-back.
+pub struct Programmer {
+    pub dataplane: Box<dyn Dataplane>,
+    pub reconciler: Reconciler,
+}
+
+#[derive(Clone)]
+pub struct SharedProgrammer(Arc<Mutex<Programmer>>);
+
+impl SharedProgrammer {
+    pub fn new(dataplane: Box<dyn Dataplane>, drain: Duration) -> Self {
+        SharedProgrammer(Arc::new(Mutex::new(Programmer {
+            dataplane,
+            reconciler: Reconciler::new(drain),
+        })))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Programmer> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn kind(&self) -> &'static str {
+        self.lock().dataplane.kind()
+    }
+
+    /// Reads back what the dataplane holds (blocking: call from the blocking pool).
+    pub fn read_blocking(&self) -> Result<Actual, DataplaneError> {
+        self.lock().dataplane.read()
+    }
+
+    pub async fn read(&self) -> Result<Actual, DataplaneError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.read_blocking())
+            .await
+            .unwrap_or_else(|e| Err(join_error(e)))
+    }
+
+    /// One pass: read, plan, apply. Returns the ops applied and the planner's next deadline.
+    pub async fn reconcile(
+        &self,
+        desired: Desired,
+    ) -> Result<(Vec<Op>, Option<Instant>), DataplaneError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut p = this.lock();
+            let Programmer {
+                dataplane,
+                reconciler,
+            } = &mut *p;
+            let report = reconcile(dataplane.as_mut(), reconciler, &desired, Instant::now())?;
+            Ok((report.ops, reconciler.next_deadline()))
+        })
+        .await
+        .unwrap_or_else(|e| Err(join_error(e)))
+    }
+
+    /// Removes everything this node programmed (`--cleanup-on-exit`), without draining.
+    pub async fn clear(&self) -> Result<usize, DataplaneError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut p = this.lock();
+            p.reconciler = Reconciler::new(Duration::ZERO);
+            let Programmer {
+                dataplane,
+                reconciler,
+            } = &mut *p;
+            let empty = Desired { services: vec![] };
+            let report = reconcile(dataplane.as_mut(), reconciler, &empty, Instant::now())?;
+            Ok(report.ops.len())
+        })
+        .await
+        .unwrap_or_else(|e| Err(join_error(e)))
+    }
+}
+
+fn join_error(e: tokio::task::JoinError) -> DataplaneError {
+    DataplaneError::Io {
+        context: "dataplane task".into(),
+        source: std::io::Error::other(e.to_string()),
+    }
+}
+
+/// The last pass, for the admin API.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReconcileState {
+    pub last_unix_ms: Option<u64>,
+    pub last_ok: Option<bool>,
+    pub last_error: Option<String>,
+    pub last_ops: usize,
+    pub applied: Option<crate::status::VersionRef>,
+    pub passes: u64,
+}
+
+#[derive(Clone, Default)]
+pub struct ReconcileStatus(Arc<Mutex<ReconcileState>>);
+
+impl ReconcileStatus {
+    pub fn get(&self) -> ReconcileState {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+    fn update(&self, f: impl FnOnce(&mut ReconcileState)) {
+        f(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+pub struct LoopSettings {
+    pub resync_interval: Duration,
+}
+
+const RETRY_AFTER_ERROR: Duration = Duration::from_secs(1);
+
+pub async fn run(
+    mesh: Mesh<RuleTable>,
+    programmer: SharedProgrammer,
+    mut verdicts: watch::Receiver<Arc<Verdicts>>,
+    settings: LoopSettings,
+    metrics: NodeMetrics,
+    status: ReconcileStatus,
+    cancel: CancellationToken,
+) {
+    let mut heads = mesh.subscribe();
+    let mut next_pass = tokio::time::Instant::now();
+    let mut applied: Option<Version> = None;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            r = heads.changed() => if r.is_err() { break },
+            r = verdicts.changed() => if r.is_err() { break },
+            _ = tokio::time::sleep_until(next_pass) => {}
+        }
+        let head = heads.borrow_and_update().clone();
+        let Some(head) = head else {
+            next_pass = tokio::time::Instant::now() + settings.resync_interval;
+            continue;
+        };
+        let desired = desired_state(&head.doc, &verdicts.borrow_and_update());
+        let started = Instant::now();
+        let result = programmer.reconcile(desired).await;
+        metrics
+            .reconcile_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let mut wake = tokio::time::Instant::now() + settings.resync_interval;
+        match result {
+            Ok((ops, deadline)) => {
+                metrics
+                    .reconciles
+                    .get_or_create(&ResultLabel { result: "ok" })
+                    .inc();
+                for op in &ops {
+                    metrics
+                        .reconcile_ops
+                        .get_or_create(&OpLabel { op: op_name(op) })
+                        .inc();
+                }
+                if applied.as_ref() == Some(&head.version) && !ops.is_empty() {
+                    tracing::warn!(ops = ops.len(), "dataplane drifted from the head; repaired");
+                } else if applied.as_ref() != Some(&head.version) {
+                    tracing::info!(version = %head.version, ops = ops.len(), "applied");
+                }
+                mesh.set_applied(&head.version);
+                metrics.applied_epoch.set(head.version.epoch as i64);
+                metrics.applied_seq.set(head.version.seq as i64);
+                applied = Some(head.version.clone());
+                status.update(|s| {
+                    s.last_unix_ms = Some(crate::unix_ms());
+                    s.last_ok = Some(true);
+                    s.last_error = None;
+                    s.last_ops = ops.len();
+                    s.applied = Some((&head.version).into());
+                    s.passes += 1;
+                });
+                if let Some(d) = deadline {
+                    let d = tokio::time::Instant::from_std(d);
+                    wake = wake.min(d);
+                }
+            }
+            Err(e) => {
+                metrics
+                    .reconciles
+                    .get_or_create(&ResultLabel { result: "error" })
+                    .inc();
+                tracing::error!(version = %head.version, error = %e, "reconcile failed; retrying");
+                status.update(|s| {
+                    s.last_unix_ms = Some(crate::unix_ms());
+                    s.last_ok = Some(false);
+                    s.last_error = Some(e.to_string());
+                    s.passes += 1;
+                });
+                wake = tokio::time::Instant::now() + RETRY_AFTER_ERROR;
+            }
+        }
+        next_pass = wake;
+    }
+}
+
+fn op_name(op: &Op) -> &'static str {
+    match op {
+        Op::AddService(_) => "add_service",
+        Op::UpdateService(_) => "update_service",
+        Op::DelService(_) => "del_service",
+        Op::AddDest(..) => "add_dest",
+        Op::UpdateDest(..) => "update_dest",
+        Op::DelDest(..) => "del_dest",
+        Op::AddVip(_) => "add_vip",
+        Op::DelVip(_) => "del_vip",
+    }
+}

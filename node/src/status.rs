@@ -1,0 +1,237 @@
+//! The cluster-wide status document (`GET /v1/cluster`) and its rendering for `shoal status`.
+//!
+//! Any node produces it from its own view of the mesh; the CLI reads it back with the same types.
+
+use serde::{Deserialize, Serialize};
+use shoal_gossip::{ClusterView, Role, Version};
+use std::fmt::Write;
+
+/// Ordered like [`Version`]: epoch, then seq, then origin.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct VersionRef {
+    pub epoch: u64,
+    pub seq: u64,
+    pub origin: String,
+}
+
+impl From<&Version> for VersionRef {
+    fn from(v: &Version) -> Self {
+        VersionRef {
+            epoch: v.epoch,
+            seq: v.seq,
+            origin: v.origin.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for VersionRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}@{}", self.epoch, self.seq, self.origin)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Head {
+    pub epoch: u64,
+    pub seq: u64,
+    pub origin: String,
+    pub digest: String,
+    pub size_bytes: u64,
+    pub holders: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Member {
+    pub id: String,
+    pub alive: bool,
+    pub role: String,
+    pub generation: u64,
+    pub applied: Option<VersionRef>,
+    pub held: Option<VersionRef>,
+    pub listen: String,
+    pub admin: Option<String>,
+    pub last_seen_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// The node that answered.
+    pub node: String,
+    pub publisher: Option<String>,
+    pub head: Option<Head>,
+    pub members: Vec<Member>,
+    /// Per service and backend: the shared health verdict and who checks it.
+    #[serde(default)]
+    pub health: serde_json::Value,
+}
+
+pub fn role_name(role: &Role) -> &'static str {
+    match role {
+        Role::Publisher => "publisher",
+        Role::Follower => "follower",
+        Role::CatchingUp => "catching-up",
+    }
+}
+
+impl ClusterStatus {
+    pub fn from_view(view: &ClusterView, health: serde_json::Value) -> Self {
+        ClusterStatus {
+            node: view.self_id.to_string(),
+            publisher: view.publisher.as_ref().map(|p| p.to_string()),
+            head: view.head.as_ref().map(|h| Head {
+                epoch: h.version.epoch,
+                seq: h.version.seq,
+                origin: h.version.origin.to_string(),
+                digest: h.digest.clone(),
+                size_bytes: h.size_bytes,
+                holders: h.holders.iter().map(|n| n.to_string()).collect(),
+            }),
+            members: view
+                .members
+                .iter()
+                .map(|m| Member {
+                    id: m.id.to_string(),
+                    alive: m.alive,
+                    role: role_name(&m.role).to_string(),
+                    generation: m.generation,
+                    applied: m.applied.as_ref().map(VersionRef::from),
+                    held: m.held.as_ref().map(VersionRef::from),
+                    listen: m.listen.to_string(),
+                    admin: m.metadata.get("admin").cloned(),
+                    last_seen_ms: m.last_seen_ms,
+                })
+                .collect(),
+            health,
+        }
+    }
+
+    /// The head as a version, for comparisons with members' applied versions.
+    pub fn head_version(&self) -> Option<VersionRef> {
+        self.head.as_ref().map(|h| VersionRef {
+            epoch: h.epoch,
+            seq: h.seq,
+            origin: h.origin.clone(),
+        })
+    }
+
+    /// A readable table for `shoal status`.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let head = match &self.head {
+            Some(h) => format!(
+                "{}.{}@{} digest {} ({} bytes)",
+                h.epoch,
+                h.seq,
+                h.origin,
+                short(&h.digest),
+                h.size_bytes
+            ),
+            None => "none".to_string(),
+        };
+        let _ = writeln!(out, "answered by: {}", self.node);
+        let _ = writeln!(
+            out,
+            "publisher:   {}",
+            self.publisher.as_deref().unwrap_or("none")
+        );
+        let _ = writeln!(out, "head:        {head}");
+        let _ = writeln!(out);
+        let head_version = self.head_version();
+        let rows: Vec<[String; 7]> = self
+            .members
+            .iter()
+            .map(|m| {
+                let applied = match (&m.applied, &head_version) {
+                    (Some(a), Some(h)) if a == h => format!("{a} (head)"),
+                    (Some(a), _) => format!("{a} (behind)"),
+                    (None, _) => "-".to_string(),
+                };
+                [
+                    m.id.clone(),
+                    if m.alive { "alive" } else { "dead" }.to_string(),
+                    m.role.clone(),
+                    m.generation.to_string(),
+                    applied,
+                    m.admin.clone().unwrap_or_else(|| "-".into()),
+                    m.last_seen_ms
+                        .map(|ms| format!("{ms} ms"))
+                        .unwrap_or_else(|| "-".into()),
+                ]
+            })
+            .collect();
+        let header = [
+            "NODE",
+            "STATE",
+            "ROLE",
+            "GENERATION",
+            "APPLIED",
+            "ADMIN",
+            "LAST SEEN",
+        ];
+        render_rows(&mut out, &header, &rows);
+        if let Some(services) = self.health.as_object().filter(|s| !s.is_empty()) {
+            let _ = writeln!(out);
+            let mut rows = Vec::new();
+            for (service, backends) in services {
+                for (backend, info) in backends.as_object().into_iter().flatten() {
+                    let checkers = info["checkers"]
+                        .as_array()
+                        .map(|cs| {
+                            cs.iter()
+                                .map(|c| {
+                                    format!(
+                                        "{}:{}",
+                                        c["node"].as_str().unwrap_or("?"),
+                                        c["state"].as_str().unwrap_or("?")
+                                    )
+                                })
+                                .collect::<Vec<_>>()
+                                .join(" ")
+                        })
+                        .unwrap_or_default();
+                    rows.push([
+                        service.clone(),
+                        backend.clone(),
+                        info["verdict"].as_str().unwrap_or("?").to_string(),
+                        info["since_unix_ms"]
+                            .as_u64()
+                            .map(|s| format!("{}s ago", crate::unix_ms().saturating_sub(s) / 1000))
+                            .unwrap_or_else(|| "-".into()),
+                        checkers,
+                    ]);
+                }
+            }
+            render_rows(
+                &mut out,
+                &["SERVICE", "BACKEND", "VERDICT", "SINCE", "CHECKERS"],
+                &rows,
+            );
+        }
+        out
+    }
+}
+
+fn short(digest: &str) -> &str {
+    digest.get(..12).unwrap_or(digest)
+}
+
+fn render_rows<const N: usize>(out: &mut String, header: &[&str; N], rows: &[[String; N]]) {
+    let mut widths: [usize; N] = header.map(str::len);
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |out: &mut String, cells: Vec<&str>| {
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(widths.iter())
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        let _ = writeln!(out, "{}", parts.join("  ").trim_end());
+    };
+    line(out, header.to_vec());
+    for row in rows {
+        line(out, row.iter().map(String::as_str).collect());
+    }
+}

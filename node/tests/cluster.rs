@@ -1,0 +1,194 @@
+//! The node as separate processes: convergence, edits, takeover, freeze, bad rules, readiness.
+
+mod common;
+
+use common::{get, http_get, rules, write_rules, Cluster};
+use nix::sys::signal::Signal;
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+const CONVERGE: Duration = Duration::from_secs(20);
+
+fn version(v: &Value) -> (u64, u64, String) {
+    (
+        v["epoch"].as_u64().unwrap(),
+        v["seq"].as_u64().unwrap(),
+        v["origin"].as_str().unwrap().to_string(),
+    )
+}
+
+#[test]
+fn five_nodes_converge_and_every_status_agrees() {
+    let c = Cluster::start(5, &rules(1), &[]);
+    let head = c.wait_converged(CONVERGE);
+    // The lowest id publishes.
+    assert_eq!(head["origin"], "n1");
+    let views: Vec<Value> = c
+        .nodes
+        .iter()
+        .map(|n| get(n.admin, "/v1/cluster").unwrap())
+        .collect();
+    for v in &views {
+        assert_eq!(v["publisher"], "n1");
+        assert_eq!(v["head"]["digest"], views[0]["head"]["digest"]);
+        let ids: Vec<&str> = v["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["n1", "n2", "n3", "n4", "n5"]);
+    }
+    // Every node's dataplane holds the table.
+    for n in &c.nodes {
+        let dp = get(n.admin, "/v1/dataplane").unwrap();
+        assert_eq!(dp["matches_table"], true, "{dp}");
+        assert_eq!(dp["services"].as_array().unwrap().len(), 2);
+    }
+    // `shoal status` (the CLI) from another node shows the same members and head.
+    let out = std::process::Command::new(common::bin())
+        .args(["status", "--output", "json", "--node"])
+        .arg(c.nodes[3].admin.to_string())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let cli: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(cli["head"], views[0]["head"]);
+    let table = std::process::Command::new(common::bin())
+        .args(["status", "--node"])
+        .arg(c.nodes[2].admin.to_string())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.contains("publisher:   n1"), "{text}");
+    assert_eq!(text.matches("alive").count(), 5, "{text}");
+}
+
+#[test]
+fn a_rules_edit_reaches_every_node_as_a_new_version() {
+    let c = Cluster::start(3, &rules(1), &[]);
+    let first = c.wait_converged(CONVERGE);
+    write_rules(&c.rules, &rules(5));
+    let second = c.wait_for(CONVERGE, "a newer head", || {
+        let h = c.wait_converged(CONVERGE);
+        (version(&h) > version(&first)).then_some(h)
+    });
+    assert_eq!(version(&second).0, version(&first).0, "same publisher, same epoch");
+    assert_eq!(version(&second).1, version(&first).1 + 1);
+    for n in &c.nodes {
+        let t = get(n.admin, "/v1/table").unwrap();
+        let web = t["table"]["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "web")
+            .unwrap()
+            .clone();
+        assert_eq!(web["backends"][0]["weight"], 5);
+        let dp = get(n.admin, "/v1/dataplane").unwrap();
+        assert_eq!(dp["matches_table"], true);
+    }
+}
+
+#[test]
+fn kill9_of_the_publisher_leads_to_a_takeover_with_a_newer_version() {
+    let mut c = Cluster::start(3, &rules(1), &[]);
+    let first = c.wait_converged(CONVERGE);
+    assert_eq!(first["origin"], "n1");
+    let killed = Instant::now();
+    c.kill9(0);
+    let head = c.wait_for(CONVERGE, "n2 publishes a newer version", || {
+        let v = get(c.nodes[1].admin, "/v1/cluster")?;
+        (v["publisher"] == "n2" && v["head"]["origin"] == "n2").then(|| v["head"].clone())
+    });
+    let took = killed.elapsed();
+    assert!(version(&head) > version(&first));
+    assert!(version(&head).0 > version(&first).0, "a new publisher takes a new epoch");
+    let converged = c.wait_converged(CONVERGE);
+    assert_eq!(converged, head);
+    let v = get(c.nodes[2].admin, "/v1/cluster").unwrap();
+    let n1 = &v["members"].as_array().unwrap()[0];
+    assert_eq!(n1["id"], "n1");
+    assert_eq!(n1["alive"], false);
+    eprintln!("takeover observed after {took:?}");
+}
+
+#[test]
+fn a_frozen_node_is_marked_dead_and_catches_up_when_continued() {
+    let c = Cluster::start(3, &rules(1), &[]);
+    let first = c.wait_converged(CONVERGE);
+    c.signal(2, Signal::SIGSTOP);
+    c.wait_for(CONVERGE, "n3 marked dead by n1", || {
+        let v = get(c.nodes[0].admin, "/v1/cluster")?;
+        let n3 = v["members"].as_array()?.iter().find(|m| m["id"] == "n3")?.clone();
+        (n3["alive"] == false).then_some(())
+    });
+    // A new version while n3 is frozen.
+    write_rules(&c.rules, &rules(7));
+    let newer = c.wait_for(CONVERGE, "a newer head on n1", || {
+        let v = get(c.nodes[0].admin, "/v1/cluster")?;
+        (version(&v["head"]) > version(&first)).then(|| v["head"].clone())
+    });
+    c.signal(2, Signal::SIGCONT);
+    let head = c.wait_converged(CONVERGE);
+    assert_eq!(head, newer);
+}
+
+#[test]
+fn a_broken_rules_file_is_refused_and_the_last_good_table_stays() {
+    let c = Cluster::start(2, &rules(1), &[]);
+    let first = c.wait_converged(CONVERGE);
+    write_rules(&c.rules, "[[service]]\nname='web'\nvip='203.0.113.10'\nport=80\n[[service.backend]]\naddress='not-an-ip'\n");
+    let err = c.wait_for(CONVERGE, "the publisher reports the error", || {
+        let n = get(c.nodes[0].admin, "/v1/node")?;
+        n["source"]["last_error"].as_str().map(str::to_string)
+    });
+    assert!(err.contains("line 6"), "{err}");
+    assert!(err.contains("address"), "{err}");
+    std::thread::sleep(Duration::from_secs(1));
+    let now = c.wait_converged(CONVERGE);
+    assert_eq!(now, first, "the last good table stays in force");
+    // `shoal check` names the same problem.
+    let out = std::process::Command::new(common::bin())
+        .arg("check")
+        .arg("--rules")
+        .arg(&c.rules)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("line 6"), "{stderr}");
+}
+
+#[test]
+fn readyz_is_200_only_once_the_head_is_applied() {
+    let mut c = Cluster::start(1, &rules(1), &[]);
+    c.wait_converged(CONVERGE);
+    let (code, body) = http_get(c.nodes[0].admin, "/readyz").unwrap();
+    assert_eq!(code, 200, "{body}");
+    // Restarted alone without a rules file, the node has no head: not ready.
+    c.kill9(0);
+    std::fs::remove_file(&c.rules).unwrap();
+    c.spawn(0);
+    let (code, body) = c.wait_for(CONVERGE, "readyz answers", || {
+        http_get(c.nodes[0].admin, "/readyz")
+    });
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("no rule table"), "{body}");
+    write_rules(&c.rules, &rules(3));
+    c.wait_for(CONVERGE, "ready once the rules appear", || {
+        let (code, _) = http_get(c.nodes[0].admin, "/readyz")?;
+        (code == 200).then_some(())
+    });
+}
+
+#[test]
+fn run_refuses_to_start_without_tls_material() {
+    let out = std::process::Command::new(common::bin())
+        .args(["run", "--node-id", "x", "--listen", "127.0.0.1:1", "--admin", "127.0.0.1:2", "--rules", "r.toml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--insecure"), "{stderr}");
+}

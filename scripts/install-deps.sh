@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs every system package the test suite needs (Debian). Idempotent; quick when present.
+set -euo pipefail
+# qemu + Debian's kernel: the IPVS VM lab (this machine's kernel has no IPVS).
+# nftables, iproute2: the chaos lab's network namespaces. python3-venv: manifest validation.
+KERNEL_PKG=linux-image-6.1.0-56-amd64
+PKGS=(qemu-system-x86 "$KERNEL_PKG" busybox-static ipvsadm kmod iproute2 nftables procps)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+else
+  echo "system packages present"
+fi
+# Manifest validation (offline Kubernetes schemas) lives in its own virtualenv.
+VENV="${SHOAL_VENV:-$HOME/.cache/shoal/venv}"
+if [ ! -x "$VENV/bin/kubernetes-validate" ]; then
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q "kubernetes-validate==1.33.1"
+fi
+echo "kubernetes-validate: $("$VENV/bin/kubernetes-validate" --version 2>&1 | head -1)"
