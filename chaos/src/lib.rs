@@ -1,1 +1,22 @@
-//! placeholder
+//! shoal-chaos: kills, freezes and cuts Shoal nodes for real, and checks after every fault that
+//! the cluster keeps its promises; plus a deterministic simulation of the pure core.
+//!
+//! Owns: the network-namespace lab (`lab`), seeded fault schedules (`schedule`), the workload
+//! that edits the rules file (`workload`), polling the admin API (`observer`, `observation`),
+//! the invariant checkers (`check`), the run loop (`runner`), reports (`report`, `stats`) and
+//! the simulation (`sim`), which drives `shoal_gossip`'s election/head rules and
+//! `shoal_node::health`'s verdict rules without sockets or clocks.
+//! Does not own: the node, the mesh or the dataplane; it only drives the `shoal` binary from
+//! outside, through its CLI and admin API. Nor the VM lab under `chaos/lab/vm/`.
+
+pub mod check;
+pub mod duration;
+pub mod lab;
+pub mod observation;
+pub mod observer;
+pub mod report;
+pub mod runner;
+pub mod schedule;
+pub mod sim;
+pub mod stats;
+pub mod workload;

@@ -1,1 +1,287 @@
-fn main() {}
+//! The `shoal-chaos` binary's edge: flags, lab setup, signals, report files, exit codes.
+//!
+//! Exit codes: 0 no violation, 1 violations found, 2 the harness failed, 130 interrupted.
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use shoal_chaos::lab::{self, Lab, NodeCommand, NodeSpec};
+use shoal_chaos::report::RunReport;
+use shoal_chaos::runner::{self, RunConfig};
+use shoal_chaos::schedule::{Schedule, ScheduleConfig};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "shoal-chaos", about = "Fault injection and invariant checks for Shoal")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// A short run (default 150 s), as in CI.
+    Run(RunArgs),
+    /// A long run (default 1 h).
+    Soak(RunArgs),
+    /// Remove namespaces and folders left by runs that are no longer running.
+    Cleanup {
+        /// Also remove those of runs still in progress.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Print the first episodes a seed draws, without running anything.
+    Schedule {
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, default_value_t = 5)]
+        nodes: usize,
+        #[arg(long, default_value_t = 20)]
+        count: usize,
+    },
+}
+
+#[derive(Args, Clone)]
+struct RunArgs {
+    #[arg(long, default_value_t = 5)]
+    nodes: usize,
+    /// e.g. 150s, 30m, 1h.
+    #[arg(long)]
+    duration: Option<String>,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[arg(long, default_value = "chaos-report")]
+    report_dir: PathBuf,
+    /// The shoal binary (default: $SHOAL_BIN, else `shoal` next to this binary).
+    #[arg(long)]
+    shoal: Option<PathBuf>,
+    /// Run the mesh without TLS (default: mutual TLS with `shoal certs init`).
+    #[arg(long)]
+    insecure: bool,
+    #[arg(long, default_value_t = 500)]
+    edit_interval_ms: u64,
+    #[arg(long, default_value_t = 100)]
+    poll_interval_ms: u64,
+    /// A heal not converged within this is an I2 (or I3) violation.
+    #[arg(long, default_value_t = 10_000)]
+    convergence_bound_ms: u64,
+    #[arg(long, default_value_t = 2_000)]
+    convergence_target_ms: u64,
+    /// Heal to agreed, correct health verdicts, else I5.
+    #[arg(long, default_value_t = 15_000)]
+    health_bound_ms: u64,
+    #[arg(long, default_value_t = 1_000)]
+    hold_ms_min: u64,
+    #[arg(long, default_value_t = 4_000)]
+    hold_ms_max: u64,
+    /// SHOAL_LOG for the nodes (their logs go to REPORT_DIR/logs).
+    #[arg(long, default_value = "warn")]
+    node_log: String,
+    #[arg(long)]
+    stop_on_violation: bool,
+}
+
+fn main() -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SHOAL_CHAOS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Run(a) => run(a, "run", Duration::from_secs(150)),
+        Cmd::Soak(a) => run(a, "soak", Duration::from_secs(3600)),
+        Cmd::Cleanup { all } => {
+            let removed = lab::cleanup::cleanup_leftovers(all);
+            println!("removed {} namespaces: {}", removed.len(), removed.join(" "));
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Schedule { seed, nodes, count } => {
+            for e in Schedule::new(seed, ScheduleConfig::new(nodes)).take(count) {
+                let faults: Vec<String> = e.faults.iter().map(|f| f.to_string()).collect();
+                println!("{:>4}  hold {:>4} ms  {}", e.index, e.hold_ms, faults.join(" + "));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("error: {e:#}");
+        ExitCode::from(2)
+    })
+}
+
+fn default_shoal() -> PathBuf {
+    if let Some(p) = std::env::var_os("SHOAL_BIN") {
+        return PathBuf::from(p);
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("shoal")))
+        .unwrap_or_else(|| PathBuf::from("shoal"))
+}
+
+fn shoal_command(shoal: PathBuf, tls_root: Option<PathBuf>, rules: PathBuf, mesh_port: u16, admin_port: u16) -> NodeCommand {
+    Box::new(move |spec: &NodeSpec<'_>| {
+        let seeds: Vec<String> = spec
+            .all_addrs
+            .iter()
+            .filter(|a| **a != spec.addr)
+            .map(|a| format!("{a}:{mesh_port}"))
+            .collect();
+        let mut args = vec![
+            "run".to_string(),
+            "--node-id".into(),
+            spec.id.to_string(),
+            "--listen".into(),
+            format!("{}:{mesh_port}", spec.addr),
+            "--admin".into(),
+            format!("{}:{admin_port}", spec.addr),
+            "--cluster".into(),
+            "chaos".into(),
+            "--source".into(),
+            "static".into(),
+            "--rules".into(),
+            rules.display().to_string(),
+            "--dataplane".into(),
+            "memory".into(),
+            "--resync-interval-s".into(),
+            "1".into(),
+        ];
+        if !seeds.is_empty() {
+            args.push("--seeds".into());
+            args.push(seeds.join(","));
+        }
+        match &tls_root {
+            Some(root) => {
+                args.push("--tls-dir".into());
+                args.push(root.join(spec.id).display().to_string());
+            }
+            None => args.push("--insecure".into()),
+        }
+        (shoal.clone(), args)
+    })
+}
+
+fn make_certs(shoal: &Path, out: &Path, nodes: usize) -> anyhow::Result<()> {
+    let ids: Vec<String> = (0..nodes).map(lab::node_id).collect();
+    let status = std::process::Command::new(shoal)
+        .args(["certs", "init", "--out"])
+        .arg(out)
+        .args(["--cluster", "chaos", "--nodes", &ids.join(",")])
+        .status()
+        .with_context(|| format!("run {} certs init", shoal.display()))?;
+    if !status.success() {
+        bail!("{} certs init failed: {status}", shoal.display());
+    }
+    Ok(())
+}
+
+fn run(a: RunArgs, verb: &str, default_duration: Duration) -> anyhow::Result<ExitCode> {
+    let duration = match &a.duration {
+        Some(d) => shoal_chaos::duration::parse(d)?,
+        None => default_duration,
+    };
+    if !lab::sys::is_root() {
+        bail!("the lab needs root (network namespaces, nftables)");
+    }
+    if !lab::sys::tools_present() {
+        bail!("`ip` and `nft` are needed: apt-get install -y --no-install-recommends iproute2 nftables");
+    }
+    let shoal = a.shoal.clone().unwrap_or_else(default_shoal);
+    if !shoal.exists() {
+        bail!("shoal binary {} not found (build it: cargo build -p shoal-node --bin shoal, or pass --shoal)", shoal.display());
+    }
+    let removed = lab::cleanup::cleanup_leftovers(false);
+    if !removed.is_empty() {
+        tracing::warn!(?removed, "removed leftovers of earlier runs");
+    }
+    let pid = std::process::id();
+    let work = std::env::temp_dir().join(format!("shoal-chaos-{pid}"));
+    std::fs::create_dir_all(&work).with_context(|| format!("create {}", work.display()))?;
+    std::fs::create_dir_all(&a.report_dir).with_context(|| format!("create {}", a.report_dir.display()))?;
+    let tls_root = if a.insecure {
+        None
+    } else {
+        let certs = work.join("certs");
+        make_certs(&shoal, &certs, a.nodes)?;
+        Some(certs)
+    };
+    let rules = work.join("rules.toml");
+    let (mesh_port, admin_port) = (7946, 9100);
+    let replay = format!(
+        "shoal-chaos {verb} --nodes {} --duration {}s --seed {}{}",
+        a.nodes,
+        duration.as_secs(),
+        a.seed,
+        if a.insecure { " --insecure" } else { "" }
+    );
+    let mut schedule = ScheduleConfig::new(a.nodes);
+    schedule.hold_ms_min = a.hold_ms_min;
+    schedule.hold_ms_max = a.hold_ms_max.max(a.hold_ms_min);
+    let cfg = RunConfig {
+        seed: a.seed,
+        duration,
+        mesh_port,
+        admin_port,
+        rules_path: rules.clone(),
+        edit_interval_ms: a.edit_interval_ms,
+        poll_interval_ms: a.poll_interval_ms,
+        convergence_bound_ms: a.convergence_bound_ms,
+        convergence_target_ms: a.convergence_target_ms,
+        health_bound_ms: a.health_bound_ms,
+        startup_bound_ms: 60_000,
+        health_port: 8080,
+        schedule,
+        replay,
+        tls: !a.insecure,
+        stop_on_violation: a.stop_on_violation,
+    };
+    let command = shoal_command(shoal, tls_root, rules, mesh_port, admin_port);
+    let mut lab = Lab::create(&format!("sc{pid}"), a.nodes, &a.report_dir.join("logs"), command)?;
+    lab.set_env("SHOAL_LOG", &a.node_log);
+    eprintln!("lab {} ready: {} nodes; {}", lab.prefix(), a.nodes, cfg.replay);
+    // Every thread the runtime creates inherits the control namespace from this one.
+    lab.enter_ctl()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let outcome = rt.block_on(async {
+        tokio::spawn(async move {
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return,
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            eprintln!("interrupted: stopping and removing the lab");
+            let _ = stop_tx.send(true);
+        });
+        let stop = stop_rx.clone();
+        let r = runner::run(&cfg, &mut lab, stop).await;
+        (r, *stop_rx.borrow())
+    });
+    lab.teardown();
+    let _ = std::fs::remove_dir_all(&work);
+    let (result, interrupted) = outcome;
+    let report = result?;
+    write_report(&a.report_dir, &report)?;
+    print!("{}", report.to_markdown());
+    Ok(if interrupted {
+        ExitCode::from(130)
+    } else if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn write_report(dir: &Path, report: &RunReport) -> anyhow::Result<()> {
+    let json = serde_json::to_string_pretty(report)?;
+    std::fs::write(dir.join("report.json"), json).context("write report.json")?;
+    std::fs::write(dir.join("report.md"), report.to_markdown()).context("write report.md")?;
+    Ok(())
+}

@@ -1,1 +1,35 @@
+//! Shoal's dataplane: it owns the kernel's load-balancing rules on one node.
+//!
+//! What it owns: the value types of a rule table (`model`), the pure diff from actual to
+//! desired state (`plan`), draining and the reconcile pass (`reconcile`), the `Dataplane`
+//! trait with an IPVS backend over generic netlink (`ipvs`) and an in-memory twin (`memory`),
+//! node plumbing (VIPs on the `shoal0` dummy interface, IPVS sysctls) and backend-pod setup
+//! (`backend_init`).
+//!
+//! What it does not own: where the desired table comes from (the node reads it from gossip),
+//! health checking, the gossip mesh, and any Kubernetes type. It never touches an IPVS service
+//! it does not manage (see `plan` for the ownership rule).
+
+#![forbid(unsafe_code)]
+
+pub mod backend;
+pub mod backend_init;
+pub mod error;
+pub mod ipvs;
+pub mod link;
+pub mod memory;
 pub mod model;
+pub mod netlink;
+pub mod op;
+pub mod plan;
+pub mod reconcile;
+pub mod sysctl;
+
+pub use backend::Dataplane;
+pub use error::DataplaneError;
+pub use ipvs::{IpvsDataplane, IpvsOptions};
+pub use memory::MemoryDataplane;
+pub use model::*;
+pub use op::Op;
+pub use plan::{plan, Actual, Desired};
+pub use reconcile::{reconcile, ReconcileReport, Reconciler};

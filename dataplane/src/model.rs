@@ -34,7 +34,7 @@ impl AddressFamily {
 
 /// How IPVS identifies a virtual service.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
 pub enum ServiceKey {
     Addr {
         addr: IpAddr,
@@ -77,7 +77,7 @@ impl fmt::Display for ServiceKey {
 
 /// Tunnel encapsulations IPVS supports (GUE and GRE need Linux >= 5.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
 pub enum Tunnel {
     Ipip,
     Gue { port: u16, flags: u16 },
@@ -86,7 +86,7 @@ pub enum Tunnel {
 
 /// How IPVS forwards a packet to a destination.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(tag = "method", rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
 pub enum Forwarding {
     /// Encapsulate; the backend answers the client directly.
     Tunnel(Tunnel),
@@ -97,7 +97,9 @@ pub enum Forwarding {
 }
 
 /// Scheduler flags carried in IPVS's `flags` attribute.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct SchedFlags {
     /// `mh-port`: hash the source port as well as the source address.
     pub mh_port: bool,

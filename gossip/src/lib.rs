@@ -1,1 +1,50 @@
+//! Shoal's peer mesh: membership, publisher election and version-stamped replication of one
+//! document, over QUIC with mutual TLS.
+//!
+//! Owns: the chitchat gossip membership (tuned failure detector, graceful leave, restarts with
+//! a higher generation), one QUIC endpoint per node carrying gossip and document transfers, the
+//! cluster CA and node certificates, the pure decisions (election, head, catch-up, stamping) and
+//! the cluster view.
+//!
+//! Does not own: what the document means (it is generic over [`Document`] and knows nothing of
+//! IPVS), where documents come from (the node reads the source and calls [`Mesh::publish`]),
+//! programming the dataplane (the node calls [`Mesh::set_applied`] once it has), the CLI.
+//!
+//! Reading order: `version.rs`, `election.rs`, `head.rs` (pure rules), `view.rs`, `mesh.rs`
+//! (the async shell), `transport/` and `transfer.rs` (bytes on the wire). See
+//! docs/internals/gossip.md.
+
+#![forbid(unsafe_code)]
+
+pub mod certs;
+mod config;
+pub mod election;
+mod error;
+pub mod head;
+mod keys;
+mod mesh;
+mod transfer;
+pub mod transport;
 pub mod version;
+mod view;
+
+pub use certs::TlsMaterial;
+pub use config::{MeshConfig, Security, Timing};
+pub use election::{Role, RoleReason};
+pub use error::{CertError, MeshError, PublishError, TransferError};
+pub use head::HeadInfo;
+pub use mesh::{Mesh, Stamped};
+pub use transfer::digest_hex;
+pub use transport::{FaultHook, Traffic};
+pub use version::{NodeId, Version};
+pub use view::{ClusterView, MemberView};
+
+/// The replicated document: anything serde can carry (moved between nodes as bincode 2).
+pub trait Document:
+    serde::Serialize + serde::de::DeserializeOwned + Clone + Send + Sync + 'static
+{
+}
+impl<T: serde::Serialize + serde::de::DeserializeOwned + Clone + Send + Sync + 'static> Document
+    for T
+{
+}

@@ -195,6 +195,7 @@ async fn publisher_duty(
         let task = source::spawn(&source_config, tx, status.clone(), duty.clone());
         let mut pending: Option<RuleTable> = None;
         let mut retry = tokio::time::interval(PUBLISH_RETRY);
+        let mut heads = mesh.subscribe();
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -207,6 +208,22 @@ async fn publisher_duty(
                 r = tables.changed() => {
                     if r.is_err() { break }
                     pending = tables.borrow_and_update().clone();
+                }
+                r = heads.changed() => {
+                    if r.is_err() { break }
+                    // Another node's version superseded ours (two publishers during a split,
+                    // or a simultaneous start): restamp our table so that the one publisher's
+                    // table is the head again.
+                    let foreign = heads
+                        .borrow_and_update()
+                        .as_ref()
+                        .is_some_and(|h| &h.version.origin != mesh.node_id());
+                    if foreign && pending.is_none() {
+                        pending = tables.borrow().clone();
+                        if pending.is_some() {
+                            tracing::info!("the head came from another node; republishing");
+                        }
+                    }
                 }
                 _ = retry.tick() => {}
             }

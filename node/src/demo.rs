@@ -233,17 +233,21 @@ async fn cluster(admin: &str) -> anyhow::Result<ClusterStatus> {
     Ok(serde_json::from_value(get_json(admin, "/v1/cluster").await?)?)
 }
 
-/// Every running node has applied `head` (or, without one, the head it sees).
+/// Every running node has applied `head` (or, without one, the head it sees), and every
+/// running node's view says so of every other.
 async fn all_applied(nodes: &[DemoNode], head: Option<&crate::status::VersionRef>) -> Option<()> {
-    for n in nodes.iter().filter(|n| n.child.is_some()) {
+    let running: Vec<&DemoNode> = nodes.iter().filter(|n| n.child.is_some()).collect();
+    for n in &running {
         let s = cluster(&n.admin).await.ok()?;
         let h = s.head_version()?;
         if head.is_some_and(|want| &h != want) {
             return None;
         }
-        let me = s.members.iter().find(|m| m.id == n.id)?;
-        if me.applied.as_ref() != Some(&h) {
-            return None;
+        for other in &running {
+            let m = s.members.iter().find(|m| m.id == other.id)?;
+            if !m.alive || m.applied.as_ref() != Some(&h) {
+                return None;
+            }
         }
     }
     Some(())

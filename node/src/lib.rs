@@ -1,1 +1,31 @@
+//! The Shoal node: the `shoal` binary's daemon, CLI, admin API and rule sources.
+//!
+//! It owns everything that touches the outside of one LB replica: flags and config files,
+//! the rules file and the Kubernetes API (only on the publisher), the admin HTTP API, signals,
+//! and the loop that turns the mesh's head into dataplane state. It does not own membership or
+//! replication (`shoal-gossip`) nor the kernel's IPVS tables (`shoal-dataplane`).
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod daemon;
+pub mod demo;
+pub mod desired;
+pub mod health;
+pub mod metrics;
+pub mod reconcile;
+pub mod rules;
+pub mod source;
+pub mod status;
 pub mod table;
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

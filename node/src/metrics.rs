@@ -17,7 +17,7 @@ pub struct OpLabel {
     pub op: &'static str,
 }
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct NodeMetrics {
     pub reconciles: Family<ResultLabel, Counter>,
     pub reconcile_ops: Family<OpLabel, Counter>,
@@ -37,8 +37,19 @@ pub struct NodeMetrics {
 impl NodeMetrics {
     pub fn new() -> Self {
         NodeMetrics {
+            reconciles: Family::default(),
+            reconcile_ops: Family::default(),
             reconcile_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
-            ..Default::default()
+            is_publisher: Gauge::default(),
+            members_alive: Gauge::default(),
+            members_dead: Gauge::default(),
+            head_epoch: Gauge::default(),
+            head_seq: Gauge::default(),
+            applied_epoch: Gauge::default(),
+            applied_seq: Gauge::default(),
+            applied_is_head: Gauge::default(),
+            publishes: Counter::default(),
+            takeovers: Counter::default(),
         }
     }
 

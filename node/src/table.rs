@@ -47,7 +47,7 @@ pub struct HealthCheck {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
 pub enum Probe {
     Tcp,
     Http {
@@ -68,5 +68,40 @@ impl RuleTable {
                 .backends
                 .sort_by(|a, b| (a.address, a.port).cmp(&(b.address, b.port)));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The mesh moves tables as bincode, which cannot decode self-describing serde forms
+    /// (internally tagged or untagged enums): every shape must survive the round trip.
+    #[test]
+    fn tables_survive_bincode() {
+        let mut table = crate::rules::parse(crate::rules::EXAMPLE).unwrap();
+        table.services[0].health = Some(HealthCheck {
+            probe: Probe::Http {
+                path: "/x".into(),
+                expect_status: 204,
+                tls: true,
+                host: Some("h".into()),
+            },
+            interval_ms: 100,
+            timeout_ms: 50,
+            rise: 1,
+            fall: 2,
+        });
+        table.services[1].health = Some(HealthCheck {
+            probe: Probe::Tcp,
+            interval_ms: 100,
+            timeout_ms: 50,
+            rise: 1,
+            fall: 2,
+        });
+        let cfg = bincode::config::standard();
+        let bytes = bincode::serde::encode_to_vec(&table, cfg).unwrap();
+        let (back, _): (RuleTable, usize) = bincode::serde::decode_from_slice(&bytes, cfg).unwrap();
+        assert_eq!(back, table);
     }
 }

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{get, http_get, rules, write_rules, Cluster};
+use common::{get, head_id, http_get, rules, write_rules, Cluster};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use std::time::{Duration, Instant};
@@ -20,9 +20,8 @@ fn version(v: &Value) -> (u64, u64, String) {
 #[test]
 fn five_nodes_converge_and_every_status_agrees() {
     let c = Cluster::start(5, &rules(1), &[]);
-    let head = c.wait_converged(CONVERGE);
     // The lowest id publishes.
-    assert_eq!(head["origin"], "n1");
+    c.wait_converged_on("n1", CONVERGE);
     let views: Vec<Value> = c
         .nodes
         .iter()
@@ -30,7 +29,7 @@ fn five_nodes_converge_and_every_status_agrees() {
         .collect();
     for v in &views {
         assert_eq!(v["publisher"], "n1");
-        assert_eq!(v["head"]["digest"], views[0]["head"]["digest"]);
+        assert_eq!(head_id(&v["head"]), head_id(&views[0]["head"]));
         let ids: Vec<&str> = v["members"]
             .as_array()
             .unwrap()
@@ -53,7 +52,7 @@ fn five_nodes_converge_and_every_status_agrees() {
         .unwrap();
     assert!(out.status.success());
     let cli: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(cli["head"], views[0]["head"]);
+    assert_eq!(head_id(&cli["head"]), head_id(&views[0]["head"]));
     let table = std::process::Command::new(common::bin())
         .args(["status", "--node"])
         .arg(c.nodes[2].admin.to_string())
@@ -67,7 +66,7 @@ fn five_nodes_converge_and_every_status_agrees() {
 #[test]
 fn a_rules_edit_reaches_every_node_as_a_new_version() {
     let c = Cluster::start(3, &rules(1), &[]);
-    let first = c.wait_converged(CONVERGE);
+    let first = c.wait_converged_on("n1", CONVERGE);
     write_rules(&c.rules, &rules(5));
     let second = c.wait_for(CONVERGE, "a newer head", || {
         let h = c.wait_converged(CONVERGE);
@@ -93,13 +92,12 @@ fn a_rules_edit_reaches_every_node_as_a_new_version() {
 #[test]
 fn kill9_of_the_publisher_leads_to_a_takeover_with_a_newer_version() {
     let mut c = Cluster::start(3, &rules(1), &[]);
-    let first = c.wait_converged(CONVERGE);
-    assert_eq!(first["origin"], "n1");
+    let first = c.wait_converged_on("n1", CONVERGE);
     let killed = Instant::now();
     c.kill9(0);
     let head = c.wait_for(CONVERGE, "n2 publishes a newer version", || {
         let v = get(c.nodes[1].admin, "/v1/cluster")?;
-        (v["publisher"] == "n2" && v["head"]["origin"] == "n2").then(|| v["head"].clone())
+        (v["publisher"] == "n2" && v["head"]["origin"] == "n2").then(|| head_id(&v["head"]))
     });
     let took = killed.elapsed();
     assert!(version(&head) > version(&first));
@@ -116,7 +114,7 @@ fn kill9_of_the_publisher_leads_to_a_takeover_with_a_newer_version() {
 #[test]
 fn a_frozen_node_is_marked_dead_and_catches_up_when_continued() {
     let c = Cluster::start(3, &rules(1), &[]);
-    let first = c.wait_converged(CONVERGE);
+    let first = c.wait_converged_on("n1", CONVERGE);
     c.signal(2, Signal::SIGSTOP);
     c.wait_for(CONVERGE, "n3 marked dead by n1", || {
         let v = get(c.nodes[0].admin, "/v1/cluster")?;
@@ -127,7 +125,7 @@ fn a_frozen_node_is_marked_dead_and_catches_up_when_continued() {
     write_rules(&c.rules, &rules(7));
     let newer = c.wait_for(CONVERGE, "a newer head on n1", || {
         let v = get(c.nodes[0].admin, "/v1/cluster")?;
-        (version(&v["head"]) > version(&first)).then(|| v["head"].clone())
+        (version(&v["head"]) > version(&first)).then(|| head_id(&v["head"]))
     });
     c.signal(2, Signal::SIGCONT);
     let head = c.wait_converged(CONVERGE);
@@ -137,7 +135,7 @@ fn a_frozen_node_is_marked_dead_and_catches_up_when_continued() {
 #[test]
 fn a_broken_rules_file_is_refused_and_the_last_good_table_stays() {
     let c = Cluster::start(2, &rules(1), &[]);
-    let first = c.wait_converged(CONVERGE);
+    let first = c.wait_converged_on("n1", CONVERGE);
     write_rules(&c.rules, "[[service]]\nname='web'\nvip='203.0.113.10'\nport=80\n[[service.backend]]\naddress='not-an-ip'\n");
     let err = c.wait_for(CONVERGE, "the publisher reports the error", || {
         let n = get(c.nodes[0].admin, "/v1/node")?;

@@ -146,7 +146,7 @@ impl Cluster {
             let mut head = None;
             for &i in &running {
                 let c = get(self.nodes[i].admin, "/v1/cluster")?;
-                let h = c["head"].clone();
+                let h = head_id(&c["head"]);
                 if h.is_null() {
                     return None;
                 }
@@ -177,6 +177,14 @@ impl Cluster {
                 }
             }
             head
+        })
+    }
+
+    /// Like [`Cluster::wait_converged`], on a head stamped by `origin`.
+    pub fn wait_converged_on(&self, origin: &str, limit: Duration) -> Value {
+        self.wait_for(limit, &format!("convergence on a head from {origin}"), || {
+            let h = self.wait_converged(limit);
+            (h["origin"] == origin).then_some(h)
         })
     }
 
@@ -248,4 +256,14 @@ pub fn rules(weight: u32) -> String {
     format!(
         "[[service]]\nname='web'\nvip='203.0.113.10'\nport=80\n\n[[service.backend]]\naddress='198.18.1.10'\nweight={weight}\n\n[[service.backend]]\naddress='198.18.1.11'\n\n[[service]]\nname='dns'\nvip='203.0.113.53'\nport=53\nprotocol='udp'\nscheduler='wrr'\n\n[[service.backend]]\naddress='198.18.1.20'\nweight=2\n"
     )
+}
+
+/// The identity of a head: version and digest (holders change as nodes fetch it).
+pub fn head_id(head: &Value) -> Value {
+    if head.is_null() {
+        return Value::Null;
+    }
+    serde_json::json!({
+        "epoch": head["epoch"], "seq": head["seq"], "origin": head["origin"], "digest": head["digest"]
+    })
 }

@@ -1,0 +1,42 @@
+# (f) A full `shoal run --dataplane ipvs` node programs its rules; /v1/dataplane must match
+# what ipvsadm shows, traffic must flow, and drift must be repaired by the periodic resync.
+# Inputs (written by dataplane/tests/vm_lab.rs): bin/shoal, rules.toml.
+. /mnt/host/lab/topology.sh
+mkdir -p out
+topology_up
+for b in 1 2; do ip netns exec b$b shoal backend-init --vip 203.0.113.10 > out/f_init_b$b.txt 2>&1; done
+backends_serve
+
+shoal run --dataplane ipvs --rules rules.toml --insecure --node-id vm1 \
+  --listen 127.0.0.1:7946 --admin 127.0.0.1:9100 --cluster lab --resync-interval-s 2 \
+  > out/f_shoal.log 2>&1 &
+pid=$!
+
+# Wait until the node says its dataplane matches the table (at most ~90 s under TCG).
+wait_match() {
+  i=0
+  while [ $i -lt 90 ]; do
+    if timeout 5 wget -q -O out/$1 http://127.0.0.1:9100/v1/dataplane 2>/dev/null \
+        && grep -q '"matches_table":true' out/$1; then
+      echo 1; return
+    fi
+    sleep 1; i=$((i + 1))
+  done
+  echo 0
+}
+
+wait_match f_dataplane.json > out/f_matched
+ipvsadm -Sn > out/f_ipvsadm.txt
+timeout 5 wget -q -O out/f_dataplane.json http://127.0.0.1:9100/v1/dataplane
+fetch_n 203.0.113.10 6 > out/f_fetch.txt
+
+# Drift: delete the service behind the node's back; the resync restores it.
+ipvsadm -D -t 203.0.113.10:80
+sleep 1
+wait_match f_dataplane_after_drift.json > out/f_repaired
+ipvsadm -Sn > out/f_ipvsadm_after_drift.txt
+
+kill $pid
+wait $pid
+echo $? > out/f_exit
+exit 0

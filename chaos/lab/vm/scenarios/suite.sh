@@ -1,0 +1,54 @@
+# The dataplane suite, run in one boot: (a) program a table, (b) tunnel traffic, (c) minimal
+# changes, (d) drift repair, (e) foreign services untouched, plus draining and backend-init.
+# Inputs (written by dataplane/tests/vm_lab.rs): bin/ipvs-lab, t_a.json, t_c.json,
+# t_drain.json, t_empty.json. Every step writes its outputs to out/; nothing aborts the suite.
+. /mnt/host/lab/topology.sh
+mkdir -p out
+step() { name=$1; shift; "$@" > out/$name.out 2> out/$name.err; echo $? > out/$name.rc; }
+
+topology_up
+step init_b1 ip netns exec b1 ipvs-lab backend-init 203.0.113.10,203.0.113.20
+step init_b1_again ip netns exec b1 ipvs-lab backend-init 203.0.113.10,203.0.113.20
+step init_b2 ip netns exec b2 ipvs-lab backend-init 203.0.113.10,203.0.113.20
+ip netns exec b1 sysctl net.ipv4.conf.all.rp_filter net.ipv4.conf.all.arp_ignore net.ipv4.conf.all.arp_announce > out/b1_sysctl.txt
+ip -n b1 -o addr show dev tunl0 > out/b1_tunl0.txt
+
+# (e) a foreign service, as kube-proxy or an operator would leave it.
+ipvsadm -A -t 10.96.0.1:80 -s rr
+ipvsadm -a -t 10.96.0.1:80 -r 198.18.0.11:80 -m -w 1
+ipvsadm -Sn | grep 10.96.0.1 > out/foreign_before.txt
+
+# (a) program the table; an independent reader (ipvsadm) says what the kernel holds.
+step a_apply ipvs-lab apply t_a.json
+ipvsadm -Sn > out/a_ipvsadm.txt
+ip -o addr show dev shoal0 > out/a_shoal0.txt
+for k in sloppy_tcp expire_nodest_conn conn_reuse_mode; do echo "$k=$(cat /proc/sys/net/ipv4/vs/$k)"; done > out/a_sysctl.txt
+step a_again ipvs-lab apply t_a.json
+
+# (b) HTTP through the VIP in tunnel mode; replies must bypass the LB.
+backends_serve
+sleep 1
+fetch_n 203.0.113.10 12 > out/b_fetch.txt
+sleep 5   # the IPVS estimator refreshes counters every 2 s
+ipvsadm -Ln --stats -t 203.0.113.10:80 > out/b_stats.txt
+step b_dump ipvs-lab dump
+
+# (c) one weight change, one backend removal, one service addition.
+step c_apply ipvs-lab apply t_c.json
+ipvsadm -Sn > out/c_ipvsadm.txt
+
+# (d) drift: delete a service behind Shoal's back; the next pass restores it.
+ipvsadm -D -t 203.0.113.20:8080
+step d_apply ipvs-lab apply t_c.json
+ipvsadm -Sn > out/d_ipvsadm.txt
+
+# Draining: a removed backend goes to weight 0 first, then is deleted.
+step drain_apply ipvs-lab apply t_drain.json --drain-ms 1500 --settle
+ipvsadm -Sn > out/drain_ipvsadm.txt
+
+# (e) remove everything Shoal owns: the foreign service stays as it was.
+step e_apply ipvs-lab apply t_empty.json
+ipvsadm -Sn > out/e_ipvsadm.txt
+ipvsadm -Sn | grep 10.96.0.1 > out/foreign_after.txt
+ip -o addr show dev shoal0 scope global > out/e_shoal0.txt
+exit 0

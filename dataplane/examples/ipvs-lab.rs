@@ -1,0 +1,246 @@
+//! In-guest driver for the VM lab: applies, dumps and benchmarks IPVS tables with this crate.
+//!
+//! ipvs-lab apply FILE.json [--drain-ms N] [--settle]   reconcile to the table, print a JSON report
+//! ipvs-lab dump                                        print what the kernel holds as JSON
+//! ipvs-lab backend-init VIP[,VIP...]                   prepare a backend namespace
+//! ipvs-lab bench --services N --dests M [--reps R]     Shoal vs `ipvsadm -R`, JSON on stdout
+
+use serde_json::json;
+use shoal_dataplane::model::*;
+use shoal_dataplane::{
+    backend_init, reconcile, Dataplane, Desired, IpvsDataplane, IpvsOptions, Reconciler,
+};
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn flag(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("apply") => apply(&args[1..]),
+        Some("dump") => dump(),
+        Some("backend-init") => init(&args[1..]),
+        Some("bench") => bench(&args[1..]),
+        _ => Err("usage: ipvs-lab apply|dump|backend-init|bench ...".into()),
+    };
+    if let Err(e) = result {
+        eprintln!("ipvs-lab: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn apply(args: &[String]) -> Res<()> {
+    let file = args
+        .first()
+        .ok_or("apply needs a desired-table JSON file")?;
+    let desired: Desired = serde_json::from_str(&std::fs::read_to_string(file)?)?;
+    let drain_ms: u64 = flag(args, "--drain-ms")
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(0);
+    let settle = args.iter().any(|a| a == "--settle");
+    let mut dp = IpvsDataplane::open(&IpvsOptions::default())?;
+    let mut rec = Reconciler::new(Duration::from_millis(drain_ms));
+    let started = Instant::now();
+    let mut passes = Vec::new();
+    loop {
+        let t = Instant::now();
+        let report = reconcile(&mut dp, &mut rec, &desired, Instant::now())?;
+        passes.push(json!({
+            "at_ms": started.elapsed().as_millis() as u64,
+            "elapsed_ms": t.elapsed().as_secs_f64() * 1e3,
+            "ops": report.ops,
+        }));
+        let next = rec.next_deadline();
+        if !settle || (report.ops.is_empty() && next.is_none()) {
+            break;
+        }
+        if passes.len() >= 50 {
+            return Err(format!("no convergence after 50 passes: {}", json!(passes)).into());
+        }
+        if let Some(deadline) = next {
+            std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
+        }
+    }
+    println!(
+        "{}",
+        json!({ "passes": passes, "messages_sent": dp.messages_sent() })
+    );
+    Ok(())
+}
+
+fn dump() -> Res<()> {
+    let mut dp = IpvsDataplane::open(&IpvsOptions::default())?;
+    println!("{}", serde_json::to_string(&dp.read()?)?);
+    Ok(())
+}
+
+fn init(args: &[String]) -> Res<()> {
+    let vips: Vec<IpAddr> = args
+        .first()
+        .ok_or("backend-init needs VIP[,VIP...]")?
+        .split(',')
+        .map(|s| s.parse())
+        .collect::<Result<_, _>>()?;
+    for change in backend_init::prepare(&vips)? {
+        println!("{change}");
+    }
+    Ok(())
+}
+
+/// `services` services spread over VIPs 203.0.113.x (100 ports each), `dests` tunnel
+/// destinations each, mh with mh-port: the shape a Shoal node programs.
+fn bench_table(services: usize, dests: usize) -> Desired {
+    let services = (0..services)
+        .map(|i| {
+            let vip = IpAddr::V4(Ipv4Addr::new(203, 0, 113, (i / 100) as u8 + 1));
+            Service {
+                key: ServiceKey::Addr {
+                    addr: vip,
+                    port: 1000 + (i % 100) as u16,
+                    protocol: Protocol::Tcp,
+                },
+                scheduler: "mh".into(),
+                flags: SchedFlags {
+                    mh_port: true,
+                    mh_fallback: false,
+                },
+                persistence_timeout_s: 0,
+                destinations: (0..dests)
+                    .map(|d| Destination {
+                        addr: IpAddr::V4(Ipv4Addr::new(
+                            198,
+                            18,
+                            (d / 250) as u8 + 1,
+                            (d % 250) as u8 + 1,
+                        )),
+                        port: 8080,
+                        forwarding: Forwarding::Tunnel(Tunnel::Ipip),
+                        weight: 1,
+                        upper_threshold: 0,
+                        lower_threshold: 0,
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    Desired { services }
+}
+
+fn ipvsadm_rules(d: &Desired, delete: bool) -> String {
+    let mut out = String::new();
+    for s in &d.services {
+        let ServiceKey::Addr { addr, port, .. } = s.key else {
+            continue;
+        };
+        if delete {
+            out.push_str(&format!("-D -t {addr}:{port}\n"));
+            continue;
+        }
+        out.push_str(&format!("-A -t {addr}:{port} -s mh -b mh-port\n"));
+        for dst in &s.destinations {
+            out.push_str(&format!(
+                "-a -t {addr}:{port} -r {}:{} -i -w {}\n",
+                dst.addr, dst.port, dst.weight
+            ));
+        }
+    }
+    out
+}
+
+fn ipvsadm_restore(rules: &str) -> Res<f64> {
+    let t = Instant::now();
+    let mut child = Command::new("ipvsadm")
+        .arg("-R")
+        .stdin(Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .ok_or("no stdin")?
+        .write_all(rules.as_bytes())?;
+    let status = child.wait()?;
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    if !status.success() {
+        return Err(format!("ipvsadm -R failed: {status}").into());
+    }
+    Ok(ms)
+}
+
+fn count_services() -> Res<usize> {
+    let mut dp = IpvsDataplane::open(&IpvsOptions::default())?;
+    Ok(dp.read()?.services.len())
+}
+
+fn bench(args: &[String]) -> Res<()> {
+    let n: usize = flag(args, "--services")
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(10_000);
+    let m: usize = flag(args, "--dests")
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(10);
+    let reps: usize = flag(args, "--reps")
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(3);
+    let table = bench_table(n, m);
+    let empty = Desired::default();
+    let mut changed = table.clone();
+    changed.services[n / 2].destinations[m / 2].weight = 2;
+    let load_rules = ipvsadm_rules(&table, false);
+    let delete_rules = ipvsadm_rules(&table, true);
+    let mut runs = Vec::new();
+    for rep in 0..reps {
+        let mut dp = IpvsDataplane::open(&IpvsOptions::default())?;
+        let mut rec = Reconciler::new(Duration::ZERO);
+        let mut timed = |dp: &mut IpvsDataplane, d: &Desired| -> Res<(f64, usize, u64)> {
+            let before = dp.messages_sent();
+            let t = Instant::now();
+            let r = reconcile(dp, &mut rec, d, Instant::now())?;
+            Ok((
+                t.elapsed().as_secs_f64() * 1e3,
+                r.ops.len(),
+                dp.messages_sent() - before,
+            ))
+        };
+        let (load_ms, load_ops, load_msgs) = timed(&mut dp, &table)?;
+        let loaded = dp.read()?.services.len();
+        let (change_ms, change_ops, change_msgs) = timed(&mut dp, &changed)?;
+        let (remove_ms, remove_ops, remove_msgs) = timed(&mut dp, &empty)?;
+        let left = dp.read()?.services.len();
+        // The same content through ipvsadm, in the same boot.
+        let ipvsadm_load_ms = ipvsadm_restore(&load_rules)?;
+        let ipvsadm_loaded = count_services()?;
+        let ipvsadm_remove_ms = ipvsadm_restore(&delete_rules)?;
+        runs.push(json!({
+            "rep": rep,
+            "shoal_load_ms": load_ms, "shoal_load_ops": load_ops, "shoal_load_messages": load_msgs,
+            "shoal_loaded_services": loaded,
+            "shoal_change_ms": change_ms, "shoal_change_ops": change_ops, "shoal_change_messages": change_msgs,
+            "shoal_remove_ms": remove_ms, "shoal_remove_ops": remove_ops, "shoal_remove_messages": remove_msgs,
+            "shoal_left_services": left,
+            "ipvsadm_load_ms": ipvsadm_load_ms, "ipvsadm_loaded_services": ipvsadm_loaded,
+            "ipvsadm_remove_ms": ipvsadm_remove_ms,
+        }));
+        eprintln!(
+            "bench rep {rep}: {}",
+            runs.last().map(|r| r.to_string()).unwrap_or_default()
+        );
+    }
+    println!(
+        "{}",
+        json!({ "services": n, "dests": m, "reps": reps, "runs": runs })
+    );
+    Ok(())
+}

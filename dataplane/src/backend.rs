@@ -1,0 +1,36 @@
+//! The `Dataplane` trait: the seam between the pure planner and a kernel (or its twin).
+
+use crate::error::DataplaneError;
+use crate::op::Op;
+use crate::plan::Actual;
+
+/// A place rules can be read from and written to. Calls block; the node runs them on a
+/// blocking thread.
+pub trait Dataplane: Send {
+    /// `"memory"` or `"ipvs"`.
+    fn kind(&self) -> &'static str;
+
+    /// Every IPVS service on the node (Shoal's and foreign) and the VIPs on Shoal's interface.
+    fn read(&mut self) -> Result<Actual, DataplaneError>;
+
+    /// Apply one operation; the error names the op and its entry.
+    fn apply(&mut self, op: &Op) -> Result<(), DataplaneError>;
+
+    /// Apply many operations in order. Every op is attempted even if an earlier one fails (the
+    /// kernel does the same with a batch); returns how many succeeded and the first error.
+    /// Backends override this to batch (IPVS sends many messages per syscall).
+    fn apply_all(&mut self, ops: &[Op]) -> (usize, Option<DataplaneError>) {
+        let mut applied = 0;
+        let mut first = None;
+        for op in ops {
+            match self.apply(op) {
+                Ok(()) => applied += 1,
+                Err(e) => {
+                    tracing::warn!(op = %op, error = %e, "dataplane op failed");
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        (applied, first)
+    }
+}

@@ -1,0 +1,337 @@
+//! The real dataplane: IPVS over generic netlink, VIPs on a dummy interface, IPVS sysctls.
+
+pub mod wire;
+
+use crate::backend::Dataplane;
+use crate::error::DataplaneError;
+use crate::link::Rtnl;
+use crate::model::{AddressFamily, ObservedService, Service, ServiceKey};
+use crate::netlink::NlConn;
+use crate::op::Op;
+use crate::plan::Actual;
+use crate::sysctl::Sysctl;
+use neli::consts::nl::NlmF;
+use neli::consts::socket::NlFamily;
+use neli::genl::{AttrTypeBuilder, GenlmsghdrBuilder, NlattrBuilder};
+use neli::types::{Buffer, GenlBuffer};
+use std::path::PathBuf;
+
+/// How the node's IPVS is set up at start.
+#[derive(Debug, Clone)]
+pub struct IpvsOptions {
+    /// Dummy interface holding the VIPs (created if missing).
+    pub interface: String,
+    /// `net.ipv4.vs.sloppy_tcp`: accept a mid-flow TCP packet, so a replica can carry a flow
+    /// that began on another one.
+    pub sloppy_tcp: bool,
+    /// `net.ipv4.vs.expire_nodest_conn`: drop connections of a deleted destination at once.
+    pub expire_nodest_conn: bool,
+    /// `net.ipv4.vs.conn_reuse_mode` (0, 1 or 2; see the kernel's ipvs-sysctl docs).
+    pub conn_reuse_mode: u8,
+    /// Where sysctls live (tests point this elsewhere).
+    pub sysctl_root: PathBuf,
+}
+
+impl Default for IpvsOptions {
+    fn default() -> Self {
+        IpvsOptions {
+            interface: "shoal0".into(),
+            sloppy_tcp: true,
+            expire_nodest_conn: true,
+            conn_reuse_mode: 1,
+            sysctl_root: PathBuf::from("/proc/sys"),
+        }
+    }
+}
+
+pub struct IpvsDataplane {
+    genl: NlConn,
+    family: u16,
+    rtnl: Rtnl,
+    ifindex: i32,
+    interface: String,
+    messages_sent: u64,
+}
+
+const CTRL_ID: u16 = 0x10;
+const CTRL_CMD_GETFAMILY: u8 = 3;
+const CTRL_ATTR_FAMILY_ID: u16 = 1;
+const CTRL_ATTR_FAMILY_NAME: u16 = 2;
+
+fn unsupported(hint: &str) -> DataplaneError {
+    DataplaneError::Unsupported {
+        what: "IPVS".into(),
+        hint: hint.into(),
+    }
+}
+
+fn resolve_family(conn: &mut NlConn) -> Result<u16, DataplaneError> {
+    let name = NlattrBuilder::default()
+        .nla_type(
+            AttrTypeBuilder::default()
+                .nla_type(CTRL_ATTR_FAMILY_NAME)
+                .build()
+                .map_err(|e| wire_bad(e.to_string()))?,
+        )
+        .nla_payload(Buffer::from(b"IPVS\0".to_vec()))
+        .build()
+        .map_err(|e| wire_bad(e.to_string()))?;
+    let genl = GenlmsghdrBuilder::<u8, u16>::default()
+        .cmd(CTRL_CMD_GETFAMILY)
+        .version(2)
+        .attrs(std::iter::once(name).collect::<GenlBuffer<u16, Buffer>>())
+        .build()
+        .map_err(|e| wire_bad(e.to_string()))?;
+    let seq = conn.next_seq();
+    let bytes = crate::netlink::encode(CTRL_ID, NlmF::REQUEST | NlmF::ACK, seq, conn.pid(), genl)?;
+    let replies = match conn.dump(seq, &bytes)? {
+        Ok(r) => r,
+        Err(libc::ENOENT) => {
+            return Err(unsupported(
+                "the kernel has no IPVS generic netlink family: load the ip_vs module \
+                 (modprobe ip_vs) on the node, or use a kernel built with CONFIG_IP_VS",
+            ))
+        }
+        Err(errno) => return Err(DataplaneError::from_errno("resolve", "IPVS family", errno)),
+    };
+    for r in replies {
+        let attrs = wire::genl_attrs(&r)?;
+        if let Some(a) = attrs
+            .iter()
+            .find(|a| *a.nla_type().nla_type() == CTRL_ATTR_FAMILY_ID)
+        {
+            let b = a.nla_payload().as_ref();
+            if b.len() >= 2 {
+                return Ok(u16::from_ne_bytes([b[0], b[1]]));
+            }
+        }
+    }
+    Err(wire_bad("family reply without an id".into()))
+}
+
+fn wire_bad(detail: String) -> DataplaneError {
+    DataplaneError::Malformed {
+        op: "resolve IPVS family".into(),
+        detail,
+    }
+}
+
+fn family_of(key: &ServiceKey) -> AddressFamily {
+    match key {
+        ServiceKey::Addr { addr, .. } => AddressFamily::of(addr),
+        ServiceKey::Fwmark { family, .. } => *family,
+    }
+}
+
+impl IpvsDataplane {
+    /// Resolve IPVS, check we may use it, set the sysctls and make sure the VIP interface is
+    /// up. Missing IPVS or missing privileges come back as `Unsupported` / `Permission`.
+    pub fn open(opts: &IpvsOptions) -> Result<Self, DataplaneError> {
+        let mut genl = NlConn::open(NlFamily::Generic, "IPVS")?;
+        let family = resolve_family(&mut genl)?;
+        let mut rtnl = Rtnl::open()?;
+        let mut dp = IpvsDataplane {
+            genl,
+            family,
+            rtnl: Rtnl::open()?,
+            ifindex: 0,
+            interface: opts.interface.clone(),
+            messages_sent: 0,
+        };
+        // A first dump proves we hold CAP_NET_ADMIN before anything else is touched.
+        dp.dump_services()?;
+
+        let sysctl = Sysctl::at(&opts.sysctl_root);
+        if !sysctl.path("net.ipv4.vs").exists() {
+            return Err(unsupported(
+                "/proc/sys/net/ipv4/vs is missing (ip_vs module not loaded in this network namespace?)",
+            ));
+        }
+        let b = |v: bool| if v { "1" } else { "0" };
+        sysctl.set("net.ipv4.vs.sloppy_tcp", b(opts.sloppy_tcp))?;
+        sysctl.set("net.ipv4.vs.expire_nodest_conn", b(opts.expire_nodest_conn))?;
+        sysctl.set(
+            "net.ipv4.vs.conn_reuse_mode",
+            &opts.conn_reuse_mode.to_string(),
+        )?;
+
+        rtnl.ensure_dummy(&opts.interface)?;
+        rtnl.set_up(&opts.interface)?;
+        let link = rtnl.link(&opts.interface)?.ok_or_else(|| {
+            DataplaneError::from_errno("find interface", &opts.interface, libc::ENODEV)
+        })?;
+        dp.ifindex = link.index;
+        dp.rtnl = rtnl;
+        tracing::info!(family, interface = %opts.interface, "IPVS dataplane ready");
+        Ok(dp)
+    }
+
+    /// The dummy interface holding the VIPs.
+    pub fn interface(&self) -> &str {
+        &self.interface
+    }
+
+    /// Netlink messages sent for changes (not reads) since open: the figure the benchmark
+    /// checks ("one destination change = one message").
+    pub fn messages_sent(&self) -> u64 {
+        self.messages_sent
+    }
+
+    fn dump_services(&mut self) -> Result<Vec<(Service, crate::model::Stats)>, DataplaneError> {
+        let seq = self.genl.next_seq();
+        let bytes = wire::get_services().to_bytes(self.family, seq, self.genl.pid())?;
+        let payloads = self
+            .genl
+            .dump(seq, &bytes)?
+            .map_err(|errno| DataplaneError::from_errno("list", "IPVS services", errno))?;
+        payloads.iter().map(|p| wire::parse_service(p)).collect()
+    }
+
+    fn encode(&mut self, op: &Op) -> Result<(u32, Vec<u8>), DataplaneError> {
+        let req = match op {
+            Op::AddService(s) => wire::new_service(s)?,
+            Op::UpdateService(s) => wire::set_service(s)?,
+            Op::DelService(k) => wire::del_service(k)?,
+            Op::AddDest(k, d) => wire::new_dest(k, d)?,
+            Op::UpdateDest(k, d) => wire::set_dest(k, d)?,
+            Op::DelDest(k, a, p) => wire::del_dest(k, *a, *p)?,
+            Op::AddVip(_) | Op::DelVip(_) => {
+                return Err(DataplaneError::Invalid {
+                    entry: op.entry(),
+                    field: "op".into(),
+                    detail: "VIP ops go over rtnetlink".into(),
+                })
+            }
+        };
+        let seq = self.genl.next_seq();
+        Ok((seq, req.to_bytes(self.family, seq, self.genl.pid())?))
+    }
+
+    fn apply_vip(&mut self, op: &Op) -> Result<(), DataplaneError> {
+        let (ip, present) = match op {
+            Op::AddVip(ip) => (*ip, true),
+            Op::DelVip(ip) => (*ip, false),
+            _ => return Ok(()),
+        };
+        self.rtnl.set_address(self.ifindex, ip, present)?;
+        Ok(())
+    }
+
+    /// Send a run of IPVS ops in batches; first error (naming its op) plus success count.
+    fn apply_ipvs_run(&mut self, ops: &[&Op]) -> (usize, Option<DataplaneError>) {
+        let mut reqs = Vec::with_capacity(ops.len());
+        let mut first = None;
+        let mut sent_ops = Vec::with_capacity(ops.len());
+        for op in ops {
+            match self.encode(op) {
+                Ok(r) => {
+                    reqs.push(r);
+                    sent_ops.push(*op);
+                }
+                Err(e) => {
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        let codes = match self.genl.transact(&reqs) {
+            Ok(c) => c,
+            Err(e) => return (0, Some(first.unwrap_or(e))),
+        };
+        self.messages_sent += reqs.len() as u64;
+        let mut ok = 0;
+        for (op, code) in sent_ops.iter().zip(codes) {
+            if code == 0 {
+                ok += 1;
+            } else {
+                let e = DataplaneError::from_errno(op.verb(), &op.entry(), code);
+                tracing::warn!(op = %op, error = %e, "IPVS refused op");
+                first.get_or_insert(e);
+            }
+        }
+        (ok, first)
+    }
+}
+
+impl Dataplane for IpvsDataplane {
+    fn kind(&self) -> &'static str {
+        "ipvs"
+    }
+
+    fn read(&mut self) -> Result<Actual, DataplaneError> {
+        let services = self.dump_services()?;
+        let mut out = Vec::with_capacity(services.len());
+        for (svc, stats) in services {
+            let seq = self.genl.next_seq();
+            let bytes = wire::get_dests(&svc.key)?.to_bytes(self.family, seq, self.genl.pid())?;
+            let payloads = self.genl.dump(seq, &bytes)?.map_err(|errno| {
+                DataplaneError::from_errno("list destinations of", &svc.key.to_string(), errno)
+            })?;
+            let af = family_of(&svc.key);
+            let mut dests = payloads
+                .iter()
+                .map(|p| wire::parse_dest(p, af))
+                .collect::<Result<Vec<_>, _>>()?;
+            dests.sort_by(|a, b| {
+                (a.destination.addr, a.destination.port)
+                    .cmp(&(b.destination.addr, b.destination.port))
+            });
+            out.push(ObservedService {
+                service: Service {
+                    destinations: dests.iter().map(|d| d.destination.clone()).collect(),
+                    ..svc
+                },
+                destinations: dests,
+                stats,
+            });
+        }
+        let vips = self.rtnl.addresses(self.ifindex)?;
+        Ok(Actual {
+            services: out,
+            vips,
+        })
+    }
+
+    fn apply(&mut self, op: &Op) -> Result<(), DataplaneError> {
+        match self.apply_all(std::slice::from_ref(op)) {
+            (_, Some(e)) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    fn apply_all(&mut self, ops: &[Op]) -> (usize, Option<DataplaneError>) {
+        let mut ok = 0;
+        let mut first = None;
+        let mut run: Vec<&Op> = Vec::new();
+        let flush = |dp: &mut Self,
+                     run: &mut Vec<&Op>,
+                     ok: &mut usize,
+                     first: &mut Option<DataplaneError>| {
+            if run.is_empty() {
+                return;
+            }
+            let (n, e) = dp.apply_ipvs_run(run);
+            *ok += n;
+            if let Some(e) = e {
+                first.get_or_insert(e);
+            }
+            run.clear();
+        };
+        for op in ops {
+            match op {
+                Op::AddVip(_) | Op::DelVip(_) => {
+                    flush(self, &mut run, &mut ok, &mut first);
+                    match self.apply_vip(op) {
+                        Ok(()) => ok += 1,
+                        Err(e) => {
+                            tracing::warn!(op = %op, error = %e, "VIP op failed");
+                            first.get_or_insert(e);
+                        }
+                    }
+                }
+                _ => run.push(op),
+            }
+        }
+        flush(self, &mut run, &mut ok, &mut first);
+        (ok, first)
+    }
+}

@@ -1,0 +1,287 @@
+//! Interfaces and addresses over rtnetlink: the dummy interface that holds the VIPs, and the
+//! tunnel interface of a backend. Only the few calls Shoal needs.
+
+use crate::error::DataplaneError;
+use crate::netlink::{encode, NlConn};
+use neli::consts::nl::NlmF;
+use neli::consts::rtnl::{Arphrd, Ifa, Iff, Ifla, IflaInfo, RtAddrFamily, RtScope, Rtm};
+use neli::consts::socket::NlFamily;
+use neli::rtnl::{Ifaddrmsg, IfaddrmsgBuilder, Ifinfomsg, IfinfomsgBuilder, RtattrBuilder};
+use neli::types::{Buffer, RtBuffer};
+use neli::FromBytesWithInput;
+use std::collections::BTreeSet;
+use std::io::Cursor;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+fn bad(op: &str, e: impl ToString) -> DataplaneError {
+    DataplaneError::Malformed {
+        op: op.to_string(),
+        detail: e.to_string(),
+    }
+}
+
+/// One link as the kernel lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub index: i32,
+    pub name: String,
+    pub up: bool,
+}
+
+pub struct Rtnl {
+    conn: NlConn,
+}
+
+impl Rtnl {
+    pub fn open() -> Result<Self, DataplaneError> {
+        Ok(Rtnl {
+            conn: NlConn::open(NlFamily::Route, "rtnetlink")?,
+        })
+    }
+
+    fn one(
+        &mut self,
+        op: &str,
+        entry: &str,
+        bytes: Vec<u8>,
+        seq: u32,
+    ) -> Result<i32, DataplaneError> {
+        let r = self.conn.transact(&[(seq, bytes)])?;
+        let code = r.first().copied().unwrap_or(0);
+        if code == libc::EPERM || code == libc::EACCES {
+            return Err(DataplaneError::Permission {
+                action: format!("{op} {entry}"),
+            });
+        }
+        Ok(code)
+    }
+
+    pub fn links(&mut self) -> Result<Vec<Link>, DataplaneError> {
+        let seq = self.conn.next_seq();
+        let msg = IfinfomsgBuilder::default()
+            .ifi_family(RtAddrFamily::Unspecified)
+            .build()
+            .map_err(|e| bad("list links", e))?;
+        let bytes = encode(
+            Rtm::Getlink,
+            NlmF::REQUEST | NlmF::DUMP,
+            seq,
+            self.conn.pid(),
+            msg,
+        )?;
+        let payloads = self
+            .conn
+            .dump(seq, &bytes)?
+            .map_err(|errno| DataplaneError::from_errno("list", "links", errno))?;
+        let mut out = Vec::new();
+        for p in payloads {
+            let info = Ifinfomsg::from_bytes_with_input(&mut Cursor::new(&p[..]), p.len())
+                .map_err(|e| bad("list links", e))?;
+            let name = info
+                .rtattrs()
+                .iter()
+                .find(|a| *a.rta_type() == Ifla::Ifname)
+                .map(|a| {
+                    String::from_utf8_lossy(a.rta_payload().as_ref())
+                        .trim_end_matches('\0')
+                        .to_string()
+                })
+                .unwrap_or_default();
+            out.push(Link {
+                index: *info.ifi_index(),
+                name,
+                up: info.ifi_flags().contains(Iff::UP),
+            });
+        }
+        Ok(out)
+    }
+
+    pub fn link(&mut self, name: &str) -> Result<Option<Link>, DataplaneError> {
+        Ok(self.links()?.into_iter().find(|l| l.name == name))
+    }
+
+    /// Create a dummy interface unless it exists; returns whether it was created.
+    pub fn ensure_dummy(&mut self, name: &str) -> Result<bool, DataplaneError> {
+        if self.link(name)?.is_some() {
+            return Ok(false);
+        }
+        let mut ifname = name.as_bytes().to_vec();
+        ifname.push(0);
+        let kind = RtattrBuilder::default()
+            .rta_type(IflaInfo::Kind)
+            .rta_payload(Buffer::from(b"dummy".to_vec()))
+            .build()
+            .map_err(|e| bad("create link", e))?;
+        let linkinfo = RtattrBuilder::default()
+            .rta_type(Ifla::Linkinfo)
+            .rta_payload(Buffer::from(Vec::new()))
+            .build()
+            .map_err(|e| bad("create link", e))?
+            .nest(&kind)
+            .map_err(|e| bad("create link", e))?;
+        let mut attrs = RtBuffer::new();
+        attrs.push(
+            RtattrBuilder::default()
+                .rta_type(Ifla::Ifname)
+                .rta_payload(Buffer::from(ifname))
+                .build()
+                .map_err(|e| bad("create link", e))?,
+        );
+        attrs.push(linkinfo);
+        let msg = IfinfomsgBuilder::default()
+            .ifi_family(RtAddrFamily::Unspecified)
+            .ifi_type(Arphrd::from(0))
+            .rtattrs(attrs)
+            .build()
+            .map_err(|e| bad("create link", e))?;
+        let seq = self.conn.next_seq();
+        let flags = NlmF::REQUEST | NlmF::ACK | NlmF::CREATE | NlmF::EXCL;
+        let bytes = encode(Rtm::Newlink, flags, seq, self.conn.pid(), msg)?;
+        match self.one("create dummy interface", name, bytes, seq)? {
+            0 => Ok(true),
+            libc::EEXIST => Ok(false),
+            libc::EOPNOTSUPP => Err(DataplaneError::Unsupported {
+                what: format!("dummy interface {name}"),
+                hint: "the kernel lacks the dummy driver (modprobe dummy)".into(),
+            }),
+            errno => Err(DataplaneError::from_errno(
+                "create dummy interface",
+                name,
+                errno,
+            )),
+        }
+    }
+
+    /// Bring a link up; returns whether it was down.
+    pub fn set_up(&mut self, name: &str) -> Result<bool, DataplaneError> {
+        let link = self
+            .link(name)?
+            .ok_or_else(|| DataplaneError::from_errno("bring up", name, libc::ENODEV))?;
+        if link.up {
+            return Ok(false);
+        }
+        let msg = IfinfomsgBuilder::default()
+            .ifi_family(RtAddrFamily::Unspecified)
+            .ifi_index(link.index)
+            .ifi_flags(Iff::UP)
+            .ifi_change(Iff::UP)
+            .build()
+            .map_err(|e| bad("bring up", e))?;
+        let seq = self.conn.next_seq();
+        let bytes = encode(
+            Rtm::Newlink,
+            NlmF::REQUEST | NlmF::ACK,
+            seq,
+            self.conn.pid(),
+            msg,
+        )?;
+        match self.one("bring up", name, bytes, seq)? {
+            0 => Ok(true),
+            errno => Err(DataplaneError::from_errno("bring up", name, errno)),
+        }
+    }
+
+    /// The addresses on the link with this index.
+    pub fn addresses(&mut self, index: i32) -> Result<BTreeSet<IpAddr>, DataplaneError> {
+        let seq = self.conn.next_seq();
+        let msg = IfaddrmsgBuilder::default()
+            .ifa_family(RtAddrFamily::Unspecified)
+            .ifa_prefixlen(0)
+            .ifa_scope(RtScope::Universe)
+            .ifa_index(0)
+            .build()
+            .map_err(|e| bad("list addresses", e))?;
+        let bytes = encode(
+            Rtm::Getaddr,
+            NlmF::REQUEST | NlmF::DUMP,
+            seq,
+            self.conn.pid(),
+            msg,
+        )?;
+        let payloads = self
+            .conn
+            .dump(seq, &bytes)?
+            .map_err(|errno| DataplaneError::from_errno("list", "addresses", errno))?;
+        let mut out = BTreeSet::new();
+        for p in payloads {
+            let m = Ifaddrmsg::from_bytes_with_input(&mut Cursor::new(&p[..]), p.len())
+                .map_err(|e| bad("list addresses", e))?;
+            // Only global addresses are VIPs; the kernel adds an IPv6 link-local one by itself.
+            if *m.ifa_index() as i32 != index || *m.ifa_scope() != RtScope::Universe {
+                continue;
+            }
+            let pick = |ty: Ifa| {
+                m.rtattrs()
+                    .iter()
+                    .find(|a| *a.rta_type() == ty)
+                    .map(|a| a.rta_payload().as_ref().to_vec())
+            };
+            if let Some(b) = pick(Ifa::Local).or_else(|| pick(Ifa::Address)) {
+                if let Some(ip) = ip_from(&b) {
+                    out.insert(ip);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Add or remove a host address (/32 or /128) on a link. Adding an address that is there
+    /// or removing one that is not counts as done (returns false).
+    pub fn set_address(
+        &mut self,
+        index: i32,
+        ip: IpAddr,
+        present: bool,
+    ) -> Result<bool, DataplaneError> {
+        let (family, plen, bytes) = match ip {
+            IpAddr::V4(a) => (RtAddrFamily::Inet, 32u8, a.octets().to_vec()),
+            IpAddr::V6(a) => (RtAddrFamily::Inet6, 128u8, a.octets().to_vec()),
+        };
+        let mut attrs = RtBuffer::new();
+        for ty in [Ifa::Local, Ifa::Address] {
+            attrs.push(
+                RtattrBuilder::default()
+                    .rta_type(ty)
+                    .rta_payload(Buffer::from(bytes.clone()))
+                    .build()
+                    .map_err(|e| bad("set address", e))?,
+            );
+        }
+        let msg = IfaddrmsgBuilder::default()
+            .ifa_family(family)
+            .ifa_prefixlen(plen)
+            .ifa_scope(RtScope::Universe)
+            .ifa_index(index as u32)
+            .rtattrs(attrs)
+            .build()
+            .map_err(|e| bad("set address", e))?;
+        let seq = self.conn.next_seq();
+        let (ty, flags, verb) = if present {
+            (
+                Rtm::Newaddr,
+                NlmF::REQUEST | NlmF::ACK | NlmF::CREATE | NlmF::EXCL,
+                "add address",
+            )
+        } else {
+            (Rtm::Deladdr, NlmF::REQUEST | NlmF::ACK, "delete address")
+        };
+        let out = encode(ty, flags, seq, self.conn.pid(), msg)?;
+        match self.one(verb, &ip.to_string(), out, seq)? {
+            0 => Ok(true),
+            libc::EEXIST if present => Ok(false),
+            libc::EADDRNOTAVAIL if !present => Ok(false),
+            errno => Err(DataplaneError::from_errno(verb, &ip.to_string(), errno)),
+        }
+    }
+}
+
+fn ip_from(b: &[u8]) -> Option<IpAddr> {
+    match b.len() {
+        4 => Some(IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))),
+        16 => {
+            let a: [u8; 16] = b.try_into().ok()?;
+            Some(IpAddr::V6(Ipv6Addr::from(a)))
+        }
+        _ => None,
+    }
+}

@@ -1,0 +1,212 @@
+//! The in-process twin of the kernel: same contract as IPVS, including its refusals
+//! (EEXIST, ESRCH, ENOENT), so planner bugs show up in tests as errors, not silent fixes.
+
+use crate::backend::Dataplane;
+use crate::error::DataplaneError;
+use crate::model::{Destination, ObservedDestination, ObservedService, Service, ServiceKey, Stats};
+use crate::op::Op;
+use crate::plan::Actual;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// A service without destinations, and its destinations by `(addr, port)`.
+type Entry = (Service, BTreeMap<(IpAddr, u16), Destination>);
+
+#[derive(Debug, Default)]
+struct State {
+    services: BTreeMap<ServiceKey, Entry>,
+    vips: BTreeSet<IpAddr>,
+    applied: Vec<Op>,
+    fail_next: Option<i32>,
+}
+
+/// Clones share one state, so a test can keep a handle to inspect it or inject drift while the
+/// node owns another.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryDataplane {
+    state: Arc<Mutex<State>>,
+}
+
+impl MemoryDataplane {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A twin that already holds services Shoal does not own (as kube-proxy's would be).
+    pub fn with_foreign(services: Vec<Service>) -> Self {
+        let dp = Self::new();
+        for s in services {
+            dp.insert_service(s);
+        }
+        dp
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic in another test thread must not hide this twin's state.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Drift injection: put a service (with destinations) in place behind Shoal's back.
+    pub fn insert_service(&self, s: Service) {
+        let dests = s
+            .destinations
+            .iter()
+            .map(|d| ((d.addr, d.port), d.clone()))
+            .collect();
+        let bare = Service {
+            destinations: Vec::new(),
+            ..s
+        };
+        self.lock().services.insert(bare.key.clone(), (bare, dests));
+    }
+
+    /// Drift injection: remove a service behind Shoal's back. Returns whether it existed.
+    pub fn remove_service(&self, key: &ServiceKey) -> bool {
+        self.lock().services.remove(key).is_some()
+    }
+
+    /// Drift injection: add or remove a VIP on the interface.
+    pub fn set_vip(&self, vip: IpAddr, present: bool) {
+        let mut st = self.lock();
+        if present {
+            st.vips.insert(vip);
+        } else {
+            st.vips.remove(&vip);
+        }
+    }
+
+    /// The next `apply` fails with this errno (one shot), to test error paths.
+    pub fn fail_next(&self, errno: i32) {
+        self.lock().fail_next = Some(errno);
+    }
+
+    /// Every op applied successfully so far, in order.
+    pub fn applied(&self) -> Vec<Op> {
+        self.lock().applied.clone()
+    }
+
+    /// The current services (with destinations, sorted), without counters.
+    pub fn services(&self) -> Vec<Service> {
+        self.lock()
+            .services
+            .values()
+            .map(|(s, d)| Service {
+                destinations: d.values().cloned().collect(),
+                ..s.clone()
+            })
+            .collect()
+    }
+
+    pub fn vips(&self) -> BTreeSet<IpAddr> {
+        self.lock().vips.clone()
+    }
+}
+
+fn refuse(op: &Op, errno: i32) -> DataplaneError {
+    DataplaneError::from_errno(op.verb(), &op.entry(), errno)
+}
+
+fn apply_to(st: &mut State, op: &Op) -> Result<(), i32> {
+    match op {
+        Op::AddService(s) => {
+            if st.services.contains_key(&s.key) {
+                return Err(libc::EEXIST);
+            }
+            let bare = Service {
+                destinations: Vec::new(),
+                ..s.clone()
+            };
+            let dests = s
+                .destinations
+                .iter()
+                .map(|d| ((d.addr, d.port), d.clone()))
+                .collect();
+            st.services.insert(s.key.clone(), (bare, dests));
+        }
+        Op::UpdateService(s) => {
+            let (cur, _) = st.services.get_mut(&s.key).ok_or(libc::ESRCH)?;
+            *cur = Service {
+                destinations: Vec::new(),
+                ..s.clone()
+            };
+        }
+        Op::DelService(k) => {
+            st.services.remove(k).ok_or(libc::ESRCH)?;
+        }
+        Op::AddDest(k, d) => {
+            let (_, dests) = st.services.get_mut(k).ok_or(libc::ESRCH)?;
+            if dests.contains_key(&(d.addr, d.port)) {
+                return Err(libc::EEXIST);
+            }
+            dests.insert((d.addr, d.port), d.clone());
+        }
+        Op::UpdateDest(k, d) => {
+            let (_, dests) = st.services.get_mut(k).ok_or(libc::ESRCH)?;
+            let cur = dests.get_mut(&(d.addr, d.port)).ok_or(libc::ENOENT)?;
+            *cur = d.clone();
+        }
+        Op::DelDest(k, addr, port) => {
+            let (_, dests) = st.services.get_mut(k).ok_or(libc::ESRCH)?;
+            dests.remove(&(*addr, *port)).ok_or(libc::ENOENT)?;
+        }
+        Op::AddVip(a) => {
+            if !st.vips.insert(*a) {
+                return Err(libc::EEXIST);
+            }
+        }
+        Op::DelVip(a) => {
+            if !st.vips.remove(a) {
+                return Err(libc::EADDRNOTAVAIL);
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Dataplane for MemoryDataplane {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    fn read(&mut self) -> Result<Actual, DataplaneError> {
+        let st = self.lock();
+        let services = st
+            .services
+            .values()
+            .map(|(s, d)| {
+                let destinations: Vec<Destination> = d.values().cloned().collect();
+                ObservedService {
+                    destinations: destinations
+                        .iter()
+                        .map(|d| ObservedDestination {
+                            destination: d.clone(),
+                            active_connections: 0,
+                            inactive_connections: 0,
+                            stats: Stats::default(),
+                        })
+                        .collect(),
+                    service: Service {
+                        destinations,
+                        ..s.clone()
+                    },
+                    stats: Stats::default(),
+                }
+            })
+            .collect();
+        Ok(Actual {
+            services,
+            vips: st.vips.clone(),
+        })
+    }
+
+    fn apply(&mut self, op: &Op) -> Result<(), DataplaneError> {
+        let mut st = self.lock();
+        if let Some(errno) = st.fail_next.take() {
+            return Err(refuse(op, errno));
+        }
+        apply_to(&mut st, op).map_err(|errno| refuse(op, errno))?;
+        st.applied.push(op.clone());
+        Ok(())
+    }
+}

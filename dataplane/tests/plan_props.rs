@@ -1,0 +1,325 @@
+//! Property tests of the planner against the in-memory twin: its ops turn any actual state into
+//! the desired one, leave unchanged and foreign entries alone, and a second pass is empty.
+
+use proptest::prelude::*;
+use shoal_dataplane::model::*;
+use shoal_dataplane::plan::{is_managed, normalize, SHOAL_FWMARK_BASE};
+use shoal_dataplane::{plan, Dataplane, Desired, MemoryDataplane, Op, Reconciler};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+
+fn shoal_vip(i: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(203, 0, 113, 1 + i))
+}
+fn foreign_vip(i: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 96, 0, 1 + i))
+}
+
+fn forwarding() -> impl Strategy<Value = Forwarding> {
+    prop_oneof![
+        Just(Forwarding::Tunnel(Tunnel::Ipip)),
+        Just(Forwarding::Tunnel(Tunnel::Gue {
+            port: 6080,
+            flags: 0
+        })),
+        Just(Forwarding::Masq),
+        Just(Forwarding::Route),
+    ]
+}
+
+fn destination() -> impl Strategy<Value = Destination> {
+    (
+        0u8..5,
+        prop_oneof![Just(80u16), Just(8080)],
+        forwarding(),
+        0u32..4,
+        0u32..2,
+    )
+        .prop_map(|(host, port, forwarding, weight, th)| Destination {
+            addr: IpAddr::V4(Ipv4Addr::new(198, 18, 0, 10 + host)),
+            port,
+            forwarding,
+            weight,
+            upper_threshold: th * 100,
+            lower_threshold: 0,
+        })
+}
+
+fn key(foreign: bool) -> impl Strategy<Value = ServiceKey> {
+    let addr_key = (
+        0u8..3,
+        prop_oneof![Just(80u16), Just(443)],
+        prop_oneof![Just(Protocol::Tcp), Just(Protocol::Udp)],
+    )
+        .prop_map(move |(i, port, protocol)| ServiceKey::Addr {
+            addr: if foreign {
+                foreign_vip(i)
+            } else {
+                shoal_vip(i)
+            },
+            port,
+            protocol,
+        });
+    let base = if foreign { 0x100 } else { SHOAL_FWMARK_BASE };
+    let mark_key = (0u32..2).prop_map(move |m| ServiceKey::Fwmark {
+        mark: base + m,
+        family: AddressFamily::Inet,
+    });
+    prop_oneof![4 => addr_key, 1 => mark_key]
+}
+
+fn service(foreign: bool) -> impl Strategy<Value = Service> {
+    (
+        key(foreign),
+        prop_oneof![Just("mh"), Just("wrr"), Just("rr")],
+        any::<bool>(),
+        prop_oneof![Just(0u32), Just(300)],
+        proptest::collection::vec(destination(), 0..5),
+    )
+        .prop_map(
+            |(key, sched, mh_port, persistence_timeout_s, destinations)| {
+                normalize(&Service {
+                    key,
+                    scheduler: sched.to_string(),
+                    flags: SchedFlags {
+                        mh_port,
+                        mh_fallback: false,
+                    },
+                    persistence_timeout_s,
+                    destinations,
+                })
+            },
+        )
+}
+
+fn by_key(services: Vec<Service>) -> BTreeMap<ServiceKey, Service> {
+    services.into_iter().map(|s| (s.key.clone(), s)).collect()
+}
+
+#[derive(Debug, Clone)]
+struct Case {
+    desired: Desired,
+    start: MemoryDataplane,
+    foreign: BTreeMap<ServiceKey, Service>,
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    (
+        proptest::collection::vec(service(false), 0..5),
+        proptest::collection::vec(service(false), 0..5),
+        proptest::collection::vec(service(true), 0..4),
+        proptest::collection::btree_set(0u8..3, 0..3),
+    )
+        .prop_map(|(want, have, foreign, vips)| {
+            let foreign = by_key(foreign);
+            let dp = MemoryDataplane::new();
+            for s in by_key(have).into_values().chain(foreign.values().cloned()) {
+                dp.insert_service(s);
+            }
+            for v in vips {
+                dp.set_vip(shoal_vip(v), true);
+            }
+            Case {
+                desired: Desired {
+                    services: by_key(want).into_values().collect(),
+                },
+                start: dp,
+                foreign,
+            }
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn applying_the_plan_yields_desired(c in case()) {
+        let mut dp = c.start.clone();
+        let actual = dp.read().unwrap();
+        let ops = plan(&c.desired, &actual);
+        for op in &ops {
+            dp.apply(op).unwrap_or_else(|e| panic!("{op}: {e}"));
+        }
+        let after = dp.read().unwrap();
+        let want_vips = c.desired.vips();
+        prop_assert_eq!(&after.vips, &want_vips);
+        let managed_before: BTreeSet<IpAddr> = actual.vips.clone();
+        let mut got = BTreeMap::new();
+        let before = actual.services_by_key();
+        let after_by_key = after.services_by_key();
+        for (k, s) in after_by_key.clone() {
+            if is_managed(&k, &want_vips, &managed_before) || c.desired.normalized().contains_key(&k) {
+                got.insert(k, s);
+            } else {
+                // Foreign: exactly as it was.
+                prop_assert_eq!(Some(&s), c.foreign.get(&k).or(before.get(&k)));
+            }
+        }
+        prop_assert_eq!(got, c.desired.normalized());
+        // Every foreign service survives untouched.
+        for (k, s) in &c.foreign {
+            prop_assert_eq!(after_by_key.get(k), Some(s));
+        }
+        // Converged: a second pass has nothing to do.
+        prop_assert_eq!(plan(&c.desired, &after), Vec::<Op>::new());
+    }
+
+    #[test]
+    fn unchanged_entries_get_no_op(c in case()) {
+        let mut dp = c.start.clone();
+        let actual = dp.read().unwrap();
+        let have = actual.services_by_key();
+        let want = c.desired.normalized();
+        let ops = plan(&c.desired, &actual);
+        for op in &ops {
+            match op {
+                Op::AddService(s) | Op::UpdateService(s) => {
+                    if let Some(h) = have.get(&s.key) {
+                        prop_assert!(h.scheduler != s.scheduler || h.flags != s.flags
+                            || h.persistence_timeout_s != s.persistence_timeout_s, "needless {}", op);
+                    }
+                }
+                Op::AddDest(k, d) | Op::UpdateDest(k, d) => {
+                    let same = have.get(k).map(|h| h.destinations.contains(d)).unwrap_or(false);
+                    prop_assert!(!same, "needless {}", op);
+                }
+                Op::DelDest(k, a, p) => {
+                    let wanted = want.get(k).map(|s| s.destinations.iter().any(|d| d.addr == *a && d.port == *p)).unwrap_or(false);
+                    prop_assert!(!wanted, "deletes a wanted destination: {}", op);
+                }
+                Op::DelService(k) => {
+                    prop_assert!(!want.contains_key(k));
+                    prop_assert!(!c.foreign.contains_key(k), "touches foreign {}", op);
+                }
+                Op::AddVip(v) => prop_assert!(!actual.vips.contains(v)),
+                Op::DelVip(v) => prop_assert!(!c.desired.vips().contains(v)),
+            }
+        }
+    }
+
+    #[test]
+    fn draining_reaches_desired_after_the_grace_time(c in case()) {
+        let mut dp = c.start.clone();
+        let drain = Duration::from_secs(10);
+        let mut rec = Reconciler::new(drain);
+        let t0 = Instant::now();
+        for op in rec.step(&c.desired, &dp.read().unwrap(), t0) {
+            dp.apply(&op).unwrap_or_else(|e| panic!("{op}: {e}"));
+        }
+        // Before the deadline nothing wanted is missing, and draining dests sit at weight 0.
+        let mid = dp.read().unwrap();
+        for (k, s) in c.desired.normalized() {
+            let got = &mid.services_by_key()[&k];
+            for d in &s.destinations {
+                prop_assert!(got.destinations.contains(d));
+            }
+            for d in &got.destinations {
+                if !s.destinations.iter().any(|w| w.addr == d.addr && w.port == d.port) {
+                    prop_assert_eq!(d.weight, 0);
+                }
+            }
+        }
+        // A second step before the deadline sends nothing.
+        prop_assert_eq!(rec.step(&c.desired, &mid, t0 + Duration::from_secs(1)), vec![]);
+        if let Some(deadline) = rec.next_deadline() {
+            prop_assert_eq!(deadline, t0 + drain);
+        }
+        for op in rec.step(&c.desired, &mid, t0 + drain) {
+            dp.apply(&op).unwrap_or_else(|e| panic!("{op}: {e}"));
+        }
+        let end = dp.read().unwrap();
+        prop_assert_eq!(plan(&c.desired, &end), vec![]);
+        // The deleted destinations are gone from the kernel, so the next step forgets them.
+        let _ = rec.step(&c.desired, &end, t0 + drain);
+        prop_assert_eq!(rec.next_deadline(), None::<Instant>);
+    }
+}
+
+#[test]
+fn one_destination_change_is_one_op() {
+    let mut svc = Service {
+        key: ServiceKey::Addr {
+            addr: shoal_vip(0),
+            port: 80,
+            protocol: Protocol::Tcp,
+        },
+        scheduler: "mh".into(),
+        flags: SchedFlags {
+            mh_port: true,
+            mh_fallback: false,
+        },
+        persistence_timeout_s: 0,
+        destinations: (0..10)
+            .map(|i| Destination {
+                addr: IpAddr::V4(Ipv4Addr::new(198, 18, 0, 10 + i)),
+                port: 80,
+                forwarding: Forwarding::Tunnel(Tunnel::Ipip),
+                weight: 1,
+                upper_threshold: 0,
+                lower_threshold: 0,
+            })
+            .collect(),
+    };
+    let mut dp = MemoryDataplane::new();
+    let mut desired = Desired {
+        services: vec![svc.clone()],
+    };
+    for op in plan(&desired, &dp.read().unwrap()) {
+        dp.apply(&op).unwrap();
+    }
+    svc.destinations[3].weight = 5;
+    desired.services = vec![svc.clone()];
+    let ops = plan(&desired, &dp.read().unwrap());
+    assert_eq!(
+        ops,
+        vec![Op::UpdateDest(svc.key.clone(), svc.destinations[3].clone())]
+    );
+}
+
+#[test]
+fn fwmark_outside_the_block_is_managed_only_while_desired() {
+    let s = Service {
+        key: ServiceKey::Fwmark {
+            mark: 7,
+            family: AddressFamily::Inet,
+        },
+        scheduler: "rr".into(),
+        flags: SchedFlags::default(),
+        persistence_timeout_s: 0,
+        destinations: vec![],
+    };
+    let mut dp = MemoryDataplane::with_foreign(vec![s.clone()]);
+    // Not desired and outside Shoal's block: left alone.
+    assert_eq!(plan(&Desired::default(), &dp.read().unwrap()), vec![]);
+    let mut changed = s.clone();
+    changed.scheduler = "wrr".into();
+    let ops = plan(
+        &Desired {
+            services: vec![changed.clone()],
+        },
+        &dp.read().unwrap(),
+    );
+    assert_eq!(ops, vec![Op::UpdateService(changed)]);
+    dp.apply(&ops[0]).unwrap();
+}
+
+#[test]
+fn memory_twin_refuses_like_the_kernel() {
+    let mut dp = MemoryDataplane::new();
+    let key = ServiceKey::Fwmark {
+        mark: SHOAL_FWMARK_BASE,
+        family: AddressFamily::Inet,
+    };
+    let err = dp.apply(&Op::DelService(key.clone())).unwrap_err();
+    assert_eq!(err.errno(), Some(libc_esrch()));
+    assert!(err.to_string().contains("fwmark"), "{err}");
+    dp.fail_next(17);
+    let err = dp.apply(&Op::AddVip(shoal_vip(0))).unwrap_err();
+    assert!(err.to_string().contains("203.0.113.1"), "{err}");
+    assert!(dp.apply(&Op::AddVip(shoal_vip(0))).is_ok());
+}
+
+fn libc_esrch() -> i32 {
+    3
+}

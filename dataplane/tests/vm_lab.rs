@@ -1,0 +1,754 @@
+//! Real IPVS, inside a VM booted from Debian's kernel (chaos/lab/vm/run.sh): this host's kernel
+//! has no IPVS. One boot runs the whole suite (chaos/lab/vm/scenarios/suite.sh); each test
+//! below checks one part of its output. Without qemu or the kernel package the tests print
+//! "SKIPPED" and pass, except under CI=true, where they fail.
+
+use serde_json::Value;
+use shoal_dataplane::model::*;
+use shoal_dataplane::{Actual, Desired, Op};
+use std::collections::BTreeSet;
+use std::fs;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+const INSTALL: &str = "apt-get install -y --no-install-recommends qemu-system-x86 \
+     linux-image-6.1.0-56-amd64 busybox-static ipvsadm kmod iproute2 cpio";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn lab() -> PathBuf {
+    repo().join("chaos/lab/vm/run.sh")
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").map(|v| v == "true").unwrap_or(false)
+}
+
+/// None (after saying why) when the lab cannot run here and we are not in CI.
+fn lab_available() -> Option<()> {
+    let out = Command::new("bash").arg(lab()).arg("--check").output();
+    let why = match out {
+        Ok(o) if o.status.success() => return Some(()),
+        Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
+        Err(e) => format!("cannot run {}: {e}", lab().display()),
+    };
+    if in_ci() {
+        panic!("VM lab required in CI but unavailable: {why}");
+    }
+    eprintln!("SKIPPED: VM lab unavailable ({why}); install with: {INSTALL}");
+    None
+}
+
+/// The ipvs-lab example binary (cargo test builds examples next to the test binaries).
+fn example_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("examples").join(name);
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-p", "shoal-dataplane", "--example", name])
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building example {name} failed");
+    }
+    bin
+}
+
+fn v4(s: &str) -> IpAddr {
+    s.parse().expect("literal address")
+}
+
+fn dest(addr: &str, port: u16, forwarding: Forwarding, weight: u32) -> Destination {
+    Destination {
+        addr: v4(addr),
+        port,
+        forwarding,
+        weight,
+        upper_threshold: 0,
+        lower_threshold: 0,
+    }
+}
+
+fn tcp(vip: &str, port: u16) -> ServiceKey {
+    ServiceKey::Addr {
+        addr: v4(vip),
+        port,
+        protocol: Protocol::Tcp,
+    }
+}
+
+const TUN: Forwarding = Forwarding::Tunnel(Tunnel::Ipip);
+
+/// (a): tunnel, masq and route; mh, wrr, rr; tcp, udp and a fwmark service.
+fn table_a() -> Desired {
+    let mut udp_dests = vec![
+        dest("198.18.0.11", 53, Forwarding::Masq, 2),
+        dest("198.18.0.12", 53, Forwarding::Masq, 3),
+    ];
+    udp_dests[1].upper_threshold = 100;
+    udp_dests[1].lower_threshold = 10;
+    Desired {
+        services: vec![
+            Service {
+                key: tcp("203.0.113.10", 80),
+                scheduler: "mh".into(),
+                flags: SchedFlags {
+                    mh_port: true,
+                    mh_fallback: false,
+                },
+                persistence_timeout_s: 0,
+                destinations: vec![
+                    dest("198.18.0.11", 80, TUN, 1),
+                    dest("198.18.0.12", 80, TUN, 1),
+                ],
+            },
+            Service {
+                key: ServiceKey::Addr {
+                    addr: v4("203.0.113.10"),
+                    port: 53,
+                    protocol: Protocol::Udp,
+                },
+                scheduler: "wrr".into(),
+                flags: SchedFlags::default(),
+                persistence_timeout_s: 0,
+                destinations: udp_dests,
+            },
+            Service {
+                key: tcp("203.0.113.20", 443),
+                scheduler: "rr".into(),
+                flags: SchedFlags::default(),
+                persistence_timeout_s: 300,
+                destinations: vec![
+                    dest("198.18.0.11", 443, Forwarding::Route, 1),
+                    dest("198.18.0.12", 443, Forwarding::Route, 1),
+                ],
+            },
+            Service {
+                key: ServiceKey::Fwmark {
+                    mark: shoal_dataplane::plan::SHOAL_FWMARK_BASE + 1,
+                    family: AddressFamily::Inet,
+                },
+                scheduler: "rr".into(),
+                flags: SchedFlags::default(),
+                persistence_timeout_s: 0,
+                destinations: vec![dest("198.18.0.11", 0, TUN, 1)],
+            },
+        ],
+    }
+}
+
+/// (c): one weight change (80 -> .12 weight 3), one removal (53 -> .12), one new service.
+fn table_c() -> Desired {
+    let mut t = table_a();
+    t.services[0].destinations[1].weight = 3;
+    t.services[1].destinations.truncate(1);
+    t.services.push(Service {
+        key: tcp("203.0.113.20", 8080),
+        scheduler: "mh".into(),
+        flags: SchedFlags {
+            mh_port: true,
+            mh_fallback: true,
+        },
+        persistence_timeout_s: 0,
+        destinations: vec![
+            dest("198.18.0.11", 8080, TUN, 1),
+            dest("198.18.0.12", 8080, TUN, 1),
+        ],
+    });
+    t
+}
+
+/// Draining: table c without backend .12 of the HTTP service.
+fn table_drain() -> Desired {
+    let mut t = table_c();
+    t.services[0].destinations.truncate(1);
+    t
+}
+
+/// The lines `ipvsadm -Sn` prints for a table (thresholds are not part of its output).
+fn ipvsadm_lines(d: &Desired) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for s in &d.services {
+        let svc = match &s.key {
+            ServiceKey::Addr {
+                addr,
+                port,
+                protocol,
+            } => {
+                let flag = match protocol {
+                    Protocol::Tcp => "-t",
+                    Protocol::Udp => "-u",
+                    Protocol::Sctp => "--sctp-service",
+                };
+                match addr {
+                    IpAddr::V4(a) => format!("{flag} {a}:{port}"),
+                    IpAddr::V6(a) => format!("{flag} [{a}]:{port}"),
+                }
+            }
+            ServiceKey::Fwmark { mark, .. } => format!("-f {mark}"),
+        };
+        let mut line = format!("-A {svc} -s {}", s.scheduler);
+        if s.persistence_timeout_s > 0 {
+            line.push_str(&format!(" -p {}", s.persistence_timeout_s));
+        }
+        let mut flags = Vec::new();
+        if s.flags.mh_fallback {
+            flags.push("mh-fallback");
+        }
+        if s.flags.mh_port {
+            flags.push("mh-port");
+        }
+        if !flags.is_empty() {
+            line.push_str(&format!(" -b {}", flags.join(",")));
+        }
+        out.insert(line);
+        for d in &s.destinations {
+            let (m, tail) = match d.forwarding {
+                Forwarding::Tunnel(_) => ("-i", " --tun-type ipip"),
+                Forwarding::Masq => ("-m", ""),
+                Forwarding::Route => ("-g", ""),
+            };
+            out.insert(format!(
+                "-a {svc} -r {}:{} {m} -w {}{tail}",
+                d.addr, d.port, d.weight
+            ));
+        }
+    }
+    out
+}
+
+const FOREIGN: &str = "10.96.0.1";
+
+fn shoal_lines(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter(|l| !l.contains(FOREIGN) && !l.trim().is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+struct Suite {
+    dir: PathBuf,
+}
+
+impl Suite {
+    fn out(&self, name: &str) -> String {
+        fs::read_to_string(self.dir.join("out").join(name)).unwrap_or_default()
+    }
+    fn rc(&self, step: &str) -> String {
+        self.out(&format!("{step}.rc")).trim().to_string()
+    }
+    fn assert_ok(&self, step: &str) {
+        assert_eq!(
+            self.rc(step),
+            "0",
+            "step {step} failed: {}\n{}",
+            self.out(&format!("{step}.err")),
+            self.out(&format!("{step}.out"))
+        );
+    }
+    fn json(&self, step: &str) -> Value {
+        self.assert_ok(step);
+        serde_json::from_str(&self.out(&format!("{step}.out")))
+            .unwrap_or_else(|e| panic!("{step}.out is not JSON: {e}"))
+    }
+    /// All ops of every pass of an `ipvs-lab apply` step.
+    fn ops(&self, step: &str) -> Vec<Vec<Op>> {
+        let v = self.json(step);
+        v["passes"]
+            .as_array()
+            .expect("passes")
+            .iter()
+            .map(|p| serde_json::from_value(p["ops"].clone()).expect("ops"))
+            .collect()
+    }
+}
+
+fn write_json<T: serde::Serialize>(path: &Path, v: &T) {
+    fs::write(path, serde_json::to_string_pretty(v).expect("json")).expect("write table");
+}
+
+/// Boot once for all tests in this file. None = skipped (not in CI, lab unavailable). A
+/// failed boot is remembered, so the other tests report it instead of booting again.
+fn suite() -> Option<&'static Suite> {
+    static SUITE: OnceLock<Result<Option<Suite>, String>> = OnceLock::new();
+    match SUITE.get_or_init(run_suite) {
+        Ok(s) => s.as_ref(),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn run_suite() -> Result<Option<Suite>, String> {
+    if lab_available().is_none() {
+        return Ok(None);
+    }
+    let dir =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("vm-suite-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(dir.join("bin")).map_err(|e| format!("share dir: {e}"))?;
+    fs::copy(example_binary("ipvs-lab"), dir.join("bin/ipvs-lab"))
+        .map_err(|e| format!("copy ipvs-lab: {e}"))?;
+    write_json(&dir.join("t_a.json"), &table_a());
+    write_json(&dir.join("t_c.json"), &table_c());
+    write_json(&dir.join("t_drain.json"), &table_drain());
+    write_json(&dir.join("t_empty.json"), &Desired::default());
+    let status = Command::new("bash")
+        .arg(lab())
+        .arg("--share")
+        .arg(&dir)
+        .arg("--scenario")
+        .arg(repo().join("chaos/lab/vm/scenarios/suite.sh"))
+        .args(["--timeout", "300"])
+        .status()
+        .map_err(|e| format!("run the VM lab: {e}"))?;
+    if !status.success() {
+        let console = fs::read_to_string(dir.join("console.log")).unwrap_or_default();
+        let log = fs::read_to_string(dir.join("scenario.log")).unwrap_or_default();
+        return Err(format!(
+            "VM suite failed ({status}); logs in {}\nconsole:\n{console}\nscenario:\n{log}",
+            dir.display()
+        ));
+    }
+    Ok(Some(Suite { dir }))
+}
+
+#[test]
+fn a_programs_a_table_and_ipvsadm_agrees() {
+    let Some(s) = suite() else { return };
+    s.assert_ok("a_apply");
+    let shown = shoal_lines(&s.out("a_ipvsadm.txt"));
+    assert_eq!(
+        shown,
+        ipvsadm_lines(&table_a()),
+        "ipvsadm -Sn differs from the table"
+    );
+    let vips = s.out("a_shoal0.txt");
+    assert!(
+        vips.contains("203.0.113.10/32") && vips.contains("203.0.113.20/32"),
+        "{vips}"
+    );
+    let sysctl = s.out("a_sysctl.txt");
+    assert!(
+        sysctl.contains("sloppy_tcp=1") && sysctl.contains("expire_nodest_conn=1"),
+        "{sysctl}"
+    );
+    // A second pass over an unchanged kernel sends nothing.
+    assert_eq!(s.ops("a_again"), vec![Vec::<Op>::new()]);
+}
+
+#[test]
+fn b_tunnel_traffic_reaches_both_backends_and_bypasses_the_lb() {
+    let Some(s) = suite() else { return };
+    let fetched = s.out("b_fetch.txt");
+    let answers: Vec<&str> = fetched.lines().collect();
+    assert_eq!(answers.len(), 12, "{fetched}");
+    assert!(
+        !answers.contains(&"FAIL"),
+        "some fetches failed:\n{fetched}"
+    );
+    assert!(
+        answers.contains(&"backend-b1") && answers.contains(&"backend-b2"),
+        "{fetched}"
+    );
+    let actual: Actual = serde_json::from_value(s.json("b_dump")).expect("dump");
+    let http = actual
+        .services
+        .iter()
+        .find(|o| o.service.key == tcp("203.0.113.10", 80))
+        .expect("HTTP service in dump");
+    assert!(
+        http.stats.connections >= 12,
+        "{:?}\n{}",
+        http.stats,
+        s.out("b_stats.txt")
+    );
+    assert!(http.stats.packets_in > 0, "{:?}", http.stats);
+    assert_eq!(
+        http.stats.packets_out, 0,
+        "replies went through the LB: {:?}",
+        http.stats
+    );
+}
+
+#[test]
+fn c_changes_are_applied_with_minimal_ops() {
+    let Some(s) = suite() else { return };
+    let passes = s.ops("c_apply");
+    assert_eq!(passes.len(), 1);
+    let got: BTreeSet<String> = passes[0].iter().map(|o| o.to_string()).collect();
+    let a = table_a();
+    let c = table_c();
+    let want: BTreeSet<String> = [
+        Op::UpdateDest(
+            a.services[0].key.clone(),
+            c.services[0].destinations[1].clone(),
+        ),
+        Op::DelDest(a.services[1].key.clone(), v4("198.18.0.12"), 53),
+        Op::AddService(Service {
+            destinations: vec![],
+            ..c.services[4].clone()
+        }),
+        Op::AddDest(
+            c.services[4].key.clone(),
+            c.services[4].destinations[0].clone(),
+        ),
+        Op::AddDest(
+            c.services[4].key.clone(),
+            c.services[4].destinations[1].clone(),
+        ),
+    ]
+    .iter()
+    .map(|o| o.to_string())
+    .collect();
+    assert_eq!(got, want);
+    assert_eq!(shoal_lines(&s.out("c_ipvsadm.txt")), ipvsadm_lines(&c));
+    let report = s.json("c_apply");
+    assert_eq!(report["messages_sent"], 5, "one netlink message per op");
+}
+
+#[test]
+fn d_drift_is_repaired_at_the_next_pass() {
+    let Some(s) = suite() else { return };
+    let passes = s.ops("d_apply");
+    let c = table_c();
+    let restored = &c.services[4];
+    let mut want = vec![Op::AddService(Service {
+        destinations: vec![],
+        ..restored.clone()
+    })];
+    want.extend(
+        restored
+            .destinations
+            .iter()
+            .map(|d| Op::AddDest(restored.key.clone(), d.clone())),
+    );
+    assert_eq!(passes, vec![want]);
+    assert_eq!(shoal_lines(&s.out("d_ipvsadm.txt")), ipvsadm_lines(&c));
+}
+
+#[test]
+fn e_foreign_services_are_never_touched() {
+    let Some(s) = suite() else { return };
+    let before = s.out("foreign_before.txt");
+    assert!(before.contains("-A -t 10.96.0.1:80 -s rr"), "{before}");
+    assert_eq!(s.out("foreign_after.txt"), before);
+    for step in ["a_apply", "c_apply", "d_apply", "drain_apply", "e_apply"] {
+        for pass in s.ops(step) {
+            for op in pass {
+                assert!(
+                    !op.to_string().contains(FOREIGN),
+                    "{step} touched a foreign service: {op}"
+                );
+            }
+        }
+    }
+    // Emptying Shoal's table leaves exactly the foreign service and no VIPs.
+    assert_eq!(shoal_lines(&s.out("e_ipvsadm.txt")), BTreeSet::new());
+    assert_eq!(s.out("e_shoal0.txt").trim(), "");
+}
+
+#[test]
+fn removed_backend_drains_before_deletion() {
+    let Some(s) = suite() else { return };
+    let v = s.json("drain_apply");
+    let passes = v["passes"].as_array().expect("passes");
+    let key = tcp("203.0.113.10", 80);
+    let first: Vec<Op> = serde_json::from_value(passes[0]["ops"].clone()).expect("ops");
+    let mut zero = table_c().services[0].destinations[1].clone();
+    zero.weight = 0;
+    assert_eq!(first, vec![Op::UpdateDest(key.clone(), zero)]);
+    let deleted = passes
+        .iter()
+        .find(|p| p["ops"].as_array().map(|o| !o.is_empty()).unwrap_or(false) && p != &&passes[0])
+        .expect("a later pass deletes the backend");
+    let ops: Vec<Op> = serde_json::from_value(deleted["ops"].clone()).expect("ops");
+    assert_eq!(ops, vec![Op::DelDest(key, v4("198.18.0.12"), 80)]);
+    let at_ms = deleted["at_ms"].as_u64().expect("at_ms");
+    assert!(
+        at_ms >= 1500,
+        "deleted after {at_ms} ms, before the 1500 ms drain"
+    );
+    assert_eq!(
+        shoal_lines(&s.out("drain_ipvsadm.txt")),
+        ipvsadm_lines(&table_drain())
+    );
+}
+
+#[test]
+fn backend_init_prepares_once_and_is_idempotent() {
+    let Some(s) = suite() else { return };
+    s.assert_ok("init_b1");
+    s.assert_ok("init_b1_again");
+    let first = s.out("init_b1.out");
+    assert!(
+        first.contains("tunl0 up") && first.contains("203.0.113.10"),
+        "{first}"
+    );
+    assert_eq!(
+        s.out("init_b1_again.out").trim(),
+        "",
+        "second run changed something"
+    );
+    let sysctl = s.out("b1_sysctl.txt");
+    for want in ["rp_filter = 0", "arp_ignore = 1", "arp_announce = 2"] {
+        assert!(sysctl.contains(want), "{sysctl}");
+    }
+    assert!(s.out("b1_tunl0.txt").contains("203.0.113.20/32"));
+}
+
+const NODE_RULES: &str = r#"
+[[service]]
+name = "web"
+vip = "203.0.113.10"
+port = 80
+protocol = "tcp"
+scheduler = "mh"
+mh_port = true
+forwarding = "tunnel"
+
+[[service.backend]]
+address = "198.18.0.11"
+
+[[service.backend]]
+address = "198.18.0.12"
+"#;
+
+/// The `shoal` binary: $SHOAL_BIN, else built from the node crate. None = it does not build
+/// (yet); that is a skip outside CI and a failure in CI.
+fn shoal_binary() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("SHOAL_BIN") {
+        return Some(PathBuf::from(p));
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let ok = Command::new(cargo)
+        .args(["build", "-p", "shoal-node", "--bin", "shoal"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    let exe = std::env::current_exe().expect("test binary path");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("shoal");
+    if ok && bin.exists() {
+        return Some(bin);
+    }
+    let why = "the shoal binary (package shoal-node) did not build";
+    if in_ci() {
+        panic!("{why}");
+    }
+    eprintln!("SKIPPED: {why}");
+    None
+}
+
+/// The ipvsadm lines for what a node reports in /v1/dataplane.
+fn lines_of_observed(v: &Value) -> BTreeSet<String> {
+    let services: Vec<ObservedService> =
+        serde_json::from_value(v["services"].clone()).expect("services in /v1/dataplane");
+    ipvsadm_lines(&Desired {
+        services: services
+            .into_iter()
+            .map(|o| Service {
+                destinations: o.destinations.into_iter().map(|d| d.destination).collect(),
+                ..o.service
+            })
+            .collect(),
+    })
+}
+
+#[test]
+fn f_shoal_node_programs_ipvs_and_reports_it() {
+    if lab_available().is_none() {
+        return;
+    }
+    let Some(shoal) = shoal_binary() else { return };
+    let dir =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("vm-node-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(dir.join("bin")).expect("share dir");
+    fs::copy(&shoal, dir.join("bin/shoal")).expect("copy shoal");
+    fs::write(dir.join("rules.toml"), NODE_RULES).expect("rules");
+    let status = Command::new("bash")
+        .arg(lab())
+        .arg("--share")
+        .arg(&dir)
+        .arg("--scenario")
+        .arg(repo().join("chaos/lab/vm/scenarios/node.sh"))
+        .args(["--timeout", "400"])
+        .status()
+        .expect("run the VM lab");
+    let out = |n: &str| fs::read_to_string(dir.join("out").join(n)).unwrap_or_default();
+    let context = || {
+        format!(
+            "logs in {}\nshoal log:\n{}",
+            dir.display(),
+            out("f_shoal.log")
+        )
+    };
+    assert!(status.success(), "VM run failed: {status}; {}", context());
+    assert_eq!(
+        out("f_matched").trim(),
+        "1",
+        "never matched its table; {}",
+        context()
+    );
+    let v: Value = serde_json::from_str(&out("f_dataplane.json")).expect("dataplane JSON");
+    assert_eq!(v["kind"], "ipvs");
+    assert_eq!(v["matches_table"], true);
+    let shown = shoal_lines(&out("f_ipvsadm.txt"));
+    assert!(!shown.is_empty(), "ipvsadm shows nothing");
+    assert_eq!(
+        shown,
+        lines_of_observed(&v),
+        "/v1/dataplane differs from ipvsadm"
+    );
+    assert!(
+        shown.contains("-A -t 203.0.113.10:80 -s mh -b mh-port"),
+        "{shown:?}"
+    );
+    let fetched = out("f_fetch.txt");
+    assert!(
+        !fetched.contains("FAIL") && fetched.lines().count() == 6,
+        "{fetched}"
+    );
+    assert_eq!(
+        out("f_repaired").trim(),
+        "1",
+        "drift not repaired; {}",
+        context()
+    );
+    assert_eq!(shoal_lines(&out("f_ipvsadm_after_drift.txt")), shown);
+}
+
+fn percentile(mut xs: Vec<f64>, p: f64) -> f64 {
+    xs.sort_by(|a, b| a.total_cmp(b));
+    let idx = ((xs.len() as f64 - 1.0) * p).round() as usize;
+    xs.get(idx).copied().unwrap_or(f64::NAN)
+}
+
+/// The benchmark of docs/benchmarks.md (dataplane section). Slow under TCG, so opt-in:
+/// `SHOAL_BENCH_SERVICES=10000 SHOAL_BENCH_REPS=3 cargo test -p shoal-dataplane --test vm_lab -- --ignored --nocapture bench`
+#[test]
+#[ignore]
+fn bench_program_vs_ipvsadm_restore() {
+    if lab_available().is_none() {
+        return;
+    }
+    let n: usize = std::env::var("SHOAL_BENCH_SERVICES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let m: usize = std::env::var("SHOAL_BENCH_DESTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let reps: usize = std::env::var("SHOAL_BENCH_REPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let dir =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("vm-bench-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(dir.join("bin")).expect("share dir");
+    // Timings are of an optimized build, as a node would run.
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let built = Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "shoal-dataplane",
+            "--example",
+            "ipvs-lab",
+        ])
+        .status()
+        .expect("run cargo build --release");
+    assert!(built.success(), "release build of ipvs-lab failed");
+    let exe = std::env::current_exe().expect("test binary path");
+    let target = exe
+        .parent()
+        .and_then(Path::parent)
+        .and_then(Path::parent)
+        .expect("target dir");
+    fs::copy(
+        target.join("release/examples/ipvs-lab"),
+        dir.join("bin/ipvs-lab"),
+    )
+    .expect("copy ipvs-lab");
+    fs::write(
+        dir.join("bench.env"),
+        format!("N={n}\nM={m}\nREPS={reps}\n"),
+    )
+    .expect("env");
+    let status = Command::new("bash")
+        .arg(lab())
+        .arg("--share")
+        .arg(&dir)
+        .arg("--scenario")
+        .arg(repo().join("chaos/lab/vm/scenarios/bench.sh"))
+        .args(["--timeout", "3000", "--memory", "2048"])
+        .status()
+        .expect("run the VM lab");
+    let out = |f: &str| fs::read_to_string(dir.join("out").join(f)).unwrap_or_default();
+    assert!(
+        status.success(),
+        "VM run failed: {status}; logs in {}",
+        dir.display()
+    );
+    assert_eq!(
+        out("bench.rc").trim(),
+        "0",
+        "bench failed: {}",
+        out("bench.err")
+    );
+    let v: Value = serde_json::from_str(&out("bench.json")).expect("bench JSON");
+    let runs = v["runs"].as_array().expect("runs").clone();
+    let col = |k: &str| -> Vec<f64> {
+        runs.iter()
+            .map(|r| r[k].as_f64().unwrap_or(f64::NAN))
+            .collect()
+    };
+    for r in &runs {
+        assert_eq!(r["shoal_loaded_services"], n);
+        assert_eq!(r["ipvsadm_loaded_services"], n);
+        assert_eq!(r["shoal_left_services"], 0);
+        assert_eq!(
+            r["shoal_change_ops"], 1,
+            "a one-destination change must be one op"
+        );
+        assert_eq!(r["shoal_change_messages"], 1);
+    }
+    let summary: Vec<String> = [
+        "shoal_load_ms",
+        "ipvsadm_load_ms",
+        "shoal_change_ms",
+        "shoal_remove_ms",
+        "ipvsadm_remove_ms",
+    ]
+    .iter()
+    .map(|k| {
+        format!(
+            "{k}: median {:.0} p99 {:.0}",
+            percentile(col(k), 0.5),
+            percentile(col(k), 0.99)
+        )
+    })
+    .collect();
+    let ratio: Vec<f64> = col("shoal_load_ms")
+        .iter()
+        .zip(col("ipvsadm_load_ms"))
+        .map(|(s, i)| s / i)
+        .collect();
+    println!(
+        "bench {n} services x {m} destinations, {reps} reps:\n  {}\n  load ratio shoal/ipvsadm: median {:.2} p99 {:.2}\n  raw: {}",
+        summary.join("\n  "),
+        percentile(ratio.clone(), 0.5),
+        percentile(ratio, 0.99),
+        dir.join("out/bench.json").display()
+    );
+}

@@ -1,0 +1,361 @@
+//! gossip-bench: measures the mesh on loopback, many nodes in one process.
+//!
+//! Modes (see docs/benchmarks.md for recorded figures and exact commands):
+//!   detect  --nodes 5,20,50,100 --trials 5 [--fault kill|freeze]  failure-detection time
+//!   spread  --nodes 5,20,50 --sizes 1000,100000,2000000 --trials 10  new head reaches every node
+//!   traffic --nodes 20,50,100 --secs 30                          steady-state bytes/s per node
+//!   soak    --nodes 20 --secs 600                                false deaths in a healthy cluster
+
+use shoal_gossip::certs::{create_ca, issue_node_cert, ClusterCa};
+use shoal_gossip::{Mesh, MeshConfig, NodeId, Security, Timing};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+type Doc = Vec<u8>;
+type Node = Mesh<Doc>;
+
+struct Args {
+    mode: String,
+    nodes: Vec<usize>,
+    sizes: Vec<usize>,
+    trials: usize,
+    secs: u64,
+    fault: String,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut it = std::env::args().skip(1);
+    let mode = it.next().ok_or("usage: gossip-bench <detect|spread|traffic|soak> [--nodes a,b] [--sizes a,b] [--trials n] [--secs s] [--fault kill|freeze]")?;
+    let mut args = Args {
+        mode,
+        nodes: vec![5],
+        sizes: vec![1_000, 100_000, 2_000_000],
+        trials: 5,
+        secs: 30,
+        fault: "kill".into(),
+    };
+    let list = |v: &str| -> Result<Vec<usize>, String> {
+        v.split(',')
+            .map(|x| x.trim().parse().map_err(|_| format!("bad number {x:?}")))
+            .collect()
+    };
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or(format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--nodes" => args.nodes = list(&value)?,
+            "--sizes" => args.sizes = list(&value)?,
+            "--trials" => args.trials = value.parse().map_err(|_| "bad --trials")?,
+            "--secs" => args.secs = value.parse().map_err(|_| "bad --secs")?,
+            "--fault" => args.fault = value,
+            other => return Err(format!("unknown flag {other}")),
+        }
+    }
+    Ok(args)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn summary(mut samples: Vec<f64>) -> (f64, f64, f64, usize) {
+    samples.sort_by(|a, b| a.total_cmp(b));
+    (
+        percentile(&samples, 50.0),
+        percentile(&samples, 99.0),
+        samples.last().copied().unwrap_or(f64::NAN),
+        samples.len(),
+    )
+}
+
+async fn start_node(ca: &ClusterCa, id: &str, seeds: &[String]) -> Result<Node, String> {
+    let material = issue_node_cert(ca, id).map_err(|e| e.to_string())?;
+    let config = MeshConfig {
+        node_id: NodeId::new(id),
+        cluster_id: "bench".into(),
+        listen: "127.0.0.1:0".parse().map_err(|_| "addr")?,
+        seeds: seeds.to_vec(),
+        security: Security::MutualTls(material),
+        metadata: BTreeMap::new(),
+        timing: Timing::default(),
+    };
+    Mesh::start(config).await.map_err(|e| e.to_string())
+}
+
+async fn start_cluster(ca: &ClusterCa, n: usize) -> Result<Vec<Node>, String> {
+    let mut nodes: Vec<Node> = Vec::with_capacity(n);
+    let mut seeds: Vec<String> = Vec::new();
+    for i in 0..n {
+        let node = start_node(ca, &format!("n{i:03}"), &seeds).await?;
+        if seeds.len() < 3 {
+            seeds.push(node.listen_addr().to_string());
+        }
+        nodes.push(node);
+    }
+    Ok(nodes)
+}
+
+async fn wait_converged(nodes: &[Node], timeout: Duration) -> Result<Duration, String> {
+    let start = Instant::now();
+    let n = nodes.len();
+    loop {
+        let ok = nodes
+            .iter()
+            .all(|node| node.live_members().len() == n && node.view().publisher.is_some());
+        if ok {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() > timeout {
+            let sizes: Vec<usize> = nodes.iter().map(|x| x.live_members().len()).collect();
+            return Err(format!("no convergence after {timeout:?}: live counts {sizes:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn detect(ca: &ClusterCa, n: usize, trials: usize, fault: &str) -> Result<(), String> {
+    let mut nodes = start_cluster(ca, n).await?;
+    let conv = wait_converged(&nodes, Duration::from_secs(60)).await?;
+    // Let the failure detectors' sampling windows fill.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut samples = Vec::new();
+    let mut worst_per_trial = Vec::new();
+    let mut false_deaths = 0usize;
+    let mut frozen = Vec::new();
+    for trial in 0..trials {
+        // Never the lowest ids, so the publisher role is not part of this measurement.
+        let victim_index = nodes.len() - 1 - (trial * 7) % (nodes.len() / 2).max(1);
+        let victim = nodes.remove(victim_index);
+        let victim_id = victim.node_id().clone();
+        let t0 = Instant::now();
+        match fault {
+            "freeze" => {
+                victim.fault_hook().isolate();
+                frozen.push(victim);
+            }
+            _ => victim.abort().await,
+        }
+        let mut seen: Vec<Option<Duration>> = vec![None; nodes.len()];
+        while seen.iter().any(Option::is_none) && t0.elapsed() < Duration::from_secs(30) {
+            for (i, node) in nodes.iter().enumerate() {
+                if seen[i].is_none() && !node.live_members().contains(&victim_id) {
+                    seen[i] = Some(t0.elapsed());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let trial_samples: Vec<f64> = seen
+            .iter()
+            .map(|s| s.map_or(f64::INFINITY, |d| d.as_secs_f64() * 1e3))
+            .collect();
+        worst_per_trial.push(trial_samples.iter().cloned().fold(0.0, f64::max));
+        samples.extend(trial_samples);
+        // Any other member missing from any view is a false death.
+        let expected = nodes.len();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        false_deaths += nodes
+            .iter()
+            .filter(|node| node.live_members().len() != expected)
+            .count();
+        // Keep the cluster at n nodes: a replacement joins (ids "r..." sort after "n...").
+        let seeds: Vec<String> = nodes.iter().take(3).map(|x| x.listen_addr().to_string()).collect();
+        nodes.push(start_node(ca, &format!("r{trial:03}"), &seeds).await?);
+        wait_converged(&nodes, Duration::from_secs(60)).await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let (p50, p99, max, count) = summary(samples);
+    println!(
+        "| detect ({fault}) | {n} | {trials} | {count} | {p50:.0} | {p99:.0} | {max:.0} | {false_deaths} | converged in {:.1} s |",
+        conv.as_secs_f64()
+    );
+    for node in nodes.into_iter().chain(frozen) {
+        node.abort().await;
+    }
+    Ok(())
+}
+
+fn payload(size: usize, nonce: u64) -> Doc {
+    // Varied bytes so each publish has a new digest; bincode adds a length prefix.
+    let mut x = nonce.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..size)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+async fn spread(ca: &ClusterCa, n: usize, sizes: &[usize], trials: usize) -> Result<(), String> {
+    let nodes = start_cluster(ca, n).await?;
+    wait_converged(&nodes, Duration::from_secs(60)).await?;
+    let publisher = nodes
+        .iter()
+        .find(|x| x.role() == shoal_gossip::Role::Publisher)
+        .ok_or("no publisher")?
+        .clone();
+    let mut nonce = 0;
+    for &size in sizes {
+        let mut all_nodes_ms = Vec::new();
+        let mut per_node_ms = Vec::new();
+        for _ in 0..trials {
+            nonce += 1;
+            let doc = payload(size, nonce);
+            let t0 = Instant::now();
+            let version = publisher.publish(doc).map_err(|e| e.to_string())?;
+            let mut waiters = Vec::new();
+            for node in &nodes {
+                let mut rx = node.subscribe();
+                let version = version.clone();
+                waiters.push(tokio::spawn(async move {
+                    loop {
+                        let done = rx
+                            .borrow_and_update()
+                            .as_ref()
+                            .is_some_and(|s| s.version >= version);
+                        if done {
+                            return Some(Instant::now());
+                        }
+                        if rx.changed().await.is_err() {
+                            return None;
+                        }
+                    }
+                }));
+            }
+            let mut latest = Duration::ZERO;
+            for w in waiters {
+                let at = tokio::time::timeout(Duration::from_secs(60), w)
+                    .await
+                    .map_err(|_| format!("{size} B version {version} did not reach every node"))?
+                    .map_err(|e| e.to_string())?
+                    .ok_or("watch closed")?;
+                let d = at.saturating_duration_since(t0);
+                per_node_ms.push(d.as_secs_f64() * 1e3);
+                latest = latest.max(d);
+            }
+            // Make sure every node really holds this exact version.
+            let ok = nodes
+                .iter()
+                .all(|x| x.current().is_some_and(|c| c.version == version));
+            if !ok {
+                return Err(format!("version {version} not held everywhere"));
+            }
+            all_nodes_ms.push(latest.as_secs_f64() * 1e3);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let (p50, p99, max, _) = summary(all_nodes_ms);
+        let (node_p50, node_p99, _, _) = summary(per_node_ms);
+        println!(
+            "| spread | {n} | {size} | {trials} | {p50:.0} | {p99:.0} | {max:.0} | {node_p50:.0} | {node_p99:.0} |"
+        );
+    }
+    for node in nodes {
+        node.abort().await;
+    }
+    Ok(())
+}
+
+async fn traffic(ca: &ClusterCa, n: usize, secs: u64) -> Result<(), String> {
+    let nodes = start_cluster(ca, n).await?;
+    wait_converged(&nodes, Duration::from_secs(60)).await?;
+    if let Some(p) = nodes.iter().find(|x| x.role() == shoal_gossip::Role::Publisher) {
+        p.publish(payload(1_000, 1)).map_err(|e| e.to_string())?;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let before: Vec<_> = nodes.iter().map(|x| x.traffic()).collect();
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    let elapsed = t0.elapsed().as_secs_f64();
+    let after: Vec<_> = nodes.iter().map(|x| x.traffic()).collect();
+    let tx: Vec<f64> = before
+        .iter()
+        .zip(&after)
+        .map(|(b, a)| a.udp_tx_bytes.saturating_sub(b.udp_tx_bytes) as f64 / elapsed)
+        .collect();
+    let rx: Vec<f64> = before
+        .iter()
+        .zip(&after)
+        .map(|(b, a)| a.udp_rx_bytes.saturating_sub(b.udp_rx_bytes) as f64 / elapsed)
+        .collect();
+    let gossip: Vec<f64> = before
+        .iter()
+        .zip(&after)
+        .map(|(b, a)| a.gossip_tx_bytes.saturating_sub(b.gossip_tx_bytes) as f64 / elapsed)
+        .collect();
+    let live_ok = nodes.iter().all(|x| x.live_members().len() == n);
+    let (tx50, tx99, _, _) = summary(tx);
+    let (rx50, rx99, _, _) = summary(rx);
+    let (g50, _, _, _) = summary(gossip);
+    println!(
+        "| traffic | {n} | {secs} | {tx50:.0} | {tx99:.0} | {rx50:.0} | {rx99:.0} | {g50:.0} | {live_ok} |"
+    );
+    for node in nodes {
+        node.abort().await;
+    }
+    Ok(())
+}
+
+async fn soak(ca: &ClusterCa, n: usize, secs: u64) -> Result<(), String> {
+    let nodes = start_cluster(ca, n).await?;
+    let conv = wait_converged(&nodes, Duration::from_secs(60)).await?;
+    let t0 = Instant::now();
+    let mut false_deaths = 0u64;
+    let mut checks = 0u64;
+    let mut min_live = n;
+    while t0.elapsed() < Duration::from_secs(secs) {
+        for node in &nodes {
+            let live = node.live_members().len();
+            checks += 1;
+            if live < n {
+                false_deaths += 1;
+                min_live = min_live.min(live);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "| soak | {n} | {secs} | {checks} | {false_deaths} | {min_live} | converged in {:.1} s |",
+        conv.as_secs_f64()
+    );
+    for node in nodes {
+        node.abort().await;
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
+    let ca = match create_ca("bench") {
+        Ok(ca) => ca,
+        Err(e) => {
+            eprintln!("CA: {e}");
+            std::process::exit(1);
+        }
+    };
+    for &n in &args.nodes {
+        let result = match args.mode.as_str() {
+            "detect" => detect(&ca, n, args.trials, &args.fault).await,
+            "spread" => spread(&ca, n, &args.sizes, args.trials).await,
+            "traffic" => traffic(&ca, n, args.secs).await,
+            "soak" => soak(&ca, n, args.secs).await,
+            other => Err(format!("unknown mode {other}")),
+        };
+        if let Err(e) = result {
+            eprintln!("{} at {n} nodes failed: {e}", args.mode);
+            std::process::exit(1);
+        }
+        // Let sockets and tasks of the previous cluster wind down.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}

@@ -1,0 +1,126 @@
+//! Mesh configuration: identity, addresses, security and the tuned timing.
+
+use crate::certs::TlsMaterial;
+use crate::version::NodeId;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+/// Everything a node needs to join the mesh.
+#[derive(Clone, Debug)]
+pub struct MeshConfig {
+    pub node_id: NodeId,
+    /// Nodes of other clusters are refused by chitchat even if they hold a valid certificate.
+    pub cluster_id: String,
+    /// QUIC bind address, also advertised to peers: it must be an address peers can reach
+    /// (not 0.0.0.0), since peers identify each other by it.
+    pub listen: SocketAddr,
+    /// "host:port" seeds; DNS names are re-resolved periodically (every 60 s, by chitchat).
+    pub seeds: Vec<String>,
+    pub security: Security,
+    /// Small static key/values shown in the cluster view (e.g. "admin" => "127.0.0.1:9101").
+    pub metadata: BTreeMap<String, String>,
+    pub timing: Timing,
+}
+
+/// How peers authenticate each other.
+#[derive(Clone, Debug)]
+pub enum Security {
+    /// Mutual TLS: every peer must present a certificate signed by the cluster CA.
+    MutualTls(TlsMaterial),
+    /// Throwaway self-signed certificates and no peer authentication (logs a warning).
+    /// For local experiments only: anyone who can reach the port can join.
+    Insecure,
+}
+
+/// Timing and size limits. `Default` holds the tuned values (see docs/internals/gossip.md).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Timing {
+    /// Chitchat gossip round: each node contacts up to 3 random live peers (+ seeds, dead ones).
+    pub gossip_interval_ms: u64,
+    /// Phi accrual threshold. In chitchat 0.11 phi = time since last heartbeat / mean interval.
+    pub phi_threshold: f64,
+    /// Prior mean heartbeat interval; must track `gossip_interval_ms` (the default 5 s of
+    /// chitchat would make detection take 4 to 10 s).
+    pub initial_interval_ms: u64,
+    /// How long dead members stay listed (as not alive) before chitchat forgets them.
+    pub dead_node_grace_ms: u64,
+    /// A node listens this long before it may count as caught up (and so publish).
+    pub join_grace_ms: u64,
+    /// On graceful leave, how long the `leaving` mark is gossiped before the node stops.
+    pub leave_linger_ms: u64,
+    /// How often the control loop re-reads membership and re-runs the decisions.
+    pub control_tick_ms: u64,
+    /// QUIC idle timeout: a connection without traffic for this long is dropped (and re-dialed
+    /// on demand), so dead peers do not hold state.
+    pub idle_timeout_ms: u64,
+    /// Give up a document fetch from one holder after this long and try the next one.
+    pub fetch_timeout_ms: u64,
+    /// Upper bound on the document's encoded size, checked on publish and on fetch.
+    pub max_document_bytes: u64,
+    /// Upper bound on one gossip message (chitchat's own cap is 65,507 bytes).
+    pub max_gossip_message_bytes: usize,
+    /// Bounded queue of outgoing gossip messages per peer: when full, messages are dropped
+    /// (gossip is idempotent and repeats every round).
+    pub peer_queue_len: usize,
+    /// At most this many peers get a send queue / connection slot.
+    pub max_peers: usize,
+    /// At most this many TLS handshakes in flight; more incoming connections are refused.
+    pub max_concurrent_handshakes: usize,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            gossip_interval_ms: 100,
+            phi_threshold: 8.0,
+            initial_interval_ms: 100,
+            dead_node_grace_ms: 3_600_000,
+            join_grace_ms: 600,
+            leave_linger_ms: 300,
+            control_tick_ms: 25,
+            idle_timeout_ms: 5_000,
+            fetch_timeout_ms: 10_000,
+            max_document_bytes: 64 << 20,
+            max_gossip_message_bytes: 128 << 10,
+            peer_queue_len: 64,
+            max_peers: 4_096,
+            max_concurrent_handshakes: 16,
+        }
+    }
+}
+
+impl Timing {
+    pub(crate) fn validate(&self) -> Result<(), crate::MeshError> {
+        let bad = |field: &'static str, detail: &str| {
+            Err(crate::MeshError::Config {
+                field,
+                detail: detail.to_string(),
+            })
+        };
+        if self.gossip_interval_ms == 0 {
+            return bad("timing.gossip_interval_ms", "must be > 0");
+        }
+        if self.initial_interval_ms == 0 {
+            return bad("timing.initial_interval_ms", "must be > 0");
+        }
+        if !(self.phi_threshold.is_finite() && self.phi_threshold > 0.0) {
+            return bad("timing.phi_threshold", "must be a positive number");
+        }
+        if self.control_tick_ms == 0 {
+            return bad("timing.control_tick_ms", "must be > 0");
+        }
+        if self.idle_timeout_ms < 100 {
+            return bad("timing.idle_timeout_ms", "must be >= 100");
+        }
+        if self.peer_queue_len == 0 || self.max_peers == 0 || self.max_concurrent_handshakes == 0 {
+            return bad(
+                "timing.peer_queue_len/max_peers/max_concurrent_handshakes",
+                "must be > 0",
+            );
+        }
+        if self.max_gossip_message_bytes < 1_500 {
+            return bad("timing.max_gossip_message_bytes", "must be >= 1500");
+        }
+        Ok(())
+    }
+}

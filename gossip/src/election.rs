@@ -1,0 +1,197 @@
+//! Publisher election: the live, caught-up member with the lowest id publishes. Pure; no I/O.
+
+use crate::version::{NodeId, Version};
+use serde::{Deserialize, Serialize};
+
+/// What one node knows about a member when it runs the election.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Candidate {
+    pub id: NodeId,
+    pub alive: bool,
+    /// The member announced that it has caught up with the mesh (see [`is_caught_up`]).
+    pub caught_up: bool,
+}
+
+/// The role of one node in the mesh.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Role {
+    /// Stamps and spreads new documents.
+    Publisher,
+    /// Caught up; adopts what the publisher spreads.
+    Follower,
+    /// Has not yet heard the mesh long enough or does not yet hold the head: never publishes.
+    CatchingUp,
+}
+
+/// Why a node holds its role: the same view always gives the same answer and the same reason.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RoleReason {
+    /// This node is the lowest live caught-up member.
+    LowestCaughtUp,
+    /// A lower live caught-up member publishes.
+    NotLowest { publisher: NodeId },
+    /// This node is caught up but no member qualifies yet (only possible while views settle).
+    NoPublisher,
+    /// This node still waits for the join grace period or for the head document.
+    CatchingUp,
+}
+
+impl RoleReason {
+    pub fn role(&self) -> Role {
+        match self {
+            RoleReason::LowestCaughtUp => Role::Publisher,
+            RoleReason::NotLowest { .. } | RoleReason::NoPublisher => Role::Follower,
+            RoleReason::CatchingUp => Role::CatchingUp,
+        }
+    }
+}
+
+/// The publisher of a connected cluster: the live, caught-up member with the lowest id.
+///
+/// Invariant: depends only on the set of candidates, never on their order, so every node that
+/// holds the same view picks the same publisher without exchanging a message.
+pub fn choose_publisher(members: &[Candidate]) -> Option<NodeId> {
+    members
+        .iter()
+        .filter(|m| m.alive && m.caught_up)
+        .map(|m| &m.id)
+        .min()
+        .cloned()
+}
+
+/// The role of `self_id` given the publisher chosen from its view.
+pub fn role_of(self_id: &NodeId, self_caught_up: bool, publisher: Option<&NodeId>) -> RoleReason {
+    match publisher {
+        _ if !self_caught_up => RoleReason::CatchingUp,
+        Some(p) if p == self_id => RoleReason::LowestCaughtUp,
+        Some(p) => RoleReason::NotLowest {
+            publisher: p.clone(),
+        },
+        None => RoleReason::NoPublisher,
+    }
+}
+
+/// Whether a node has caught up with the mesh.
+///
+/// A node must first listen for `join_grace_ms` (so that it has heard the existing members and
+/// their head: a fresh node with a low id must not publish before it knows what exists), then
+/// hold the newest version any live member holds. Once caught up, a node stays caught up for
+/// the rest of its generation, so a publisher does not lose its role each time it stamps a
+/// version the others have not fetched yet.
+pub fn is_caught_up(
+    already_caught_up: bool,
+    uptime_ms: u64,
+    join_grace_ms: u64,
+    held: Option<&Version>,
+    head: Option<&Version>,
+) -> bool {
+    if already_caught_up {
+        return true;
+    }
+    if uptime_ms < join_grace_ms {
+        return false;
+    }
+    match (held, head) {
+        (_, None) => true,
+        (None, Some(_)) => false,
+        (Some(held), Some(head)) => held >= head,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn c(id: &str, alive: bool, caught_up: bool) -> Candidate {
+        Candidate {
+            id: NodeId::new(id),
+            alive,
+            caught_up,
+        }
+    }
+
+    #[test]
+    fn lowest_live_caught_up_wins() {
+        let members = [
+            c("a", false, true),
+            c("b", true, false),
+            c("c", true, true),
+            c("d", true, true),
+        ];
+        assert_eq!(choose_publisher(&members), Some(NodeId::new("c")));
+        assert_eq!(choose_publisher(&[c("a", false, true)]), None);
+    }
+
+    #[test]
+    fn roles_follow_the_publisher() {
+        let a = NodeId::new("a");
+        let b = NodeId::new("b");
+        assert_eq!(role_of(&a, true, Some(&a)).role(), Role::Publisher);
+        assert_eq!(
+            role_of(&b, true, Some(&a)),
+            RoleReason::NotLowest {
+                publisher: a.clone()
+            }
+        );
+        assert_eq!(role_of(&a, false, Some(&a)).role(), Role::CatchingUp);
+        assert_eq!(role_of(&a, true, None).role(), Role::Follower);
+    }
+
+    #[test]
+    fn catching_up_waits_for_grace_and_head() {
+        let v1 = Version::new(1, 1, NodeId::new("a"));
+        let v2 = Version::new(1, 2, NodeId::new("a"));
+        assert!(!is_caught_up(false, 10, 500, None, None));
+        assert!(is_caught_up(false, 600, 500, None, None));
+        assert!(!is_caught_up(false, 600, 500, None, Some(&v1)));
+        assert!(!is_caught_up(false, 600, 500, Some(&v1), Some(&v2)));
+        assert!(is_caught_up(false, 600, 500, Some(&v2), Some(&v2)));
+        assert!(is_caught_up(true, 0, 500, None, Some(&v2)));
+    }
+
+    fn arb_candidates() -> impl Strategy<Value = Vec<Candidate>> {
+        proptest::collection::btree_map("[a-f]{1,2}", (any::<bool>(), any::<bool>()), 0..12)
+            .prop_map(|m| {
+                m.into_iter()
+                    .map(|(id, (alive, caught_up))| c(&id, alive, caught_up))
+                    .collect()
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn same_set_same_publisher(members in arb_candidates(), seed in any::<u64>()) {
+            let mut shuffled = members.clone();
+            // Deterministic shuffle from the seed: order must not matter.
+            let n = shuffled.len().max(1);
+            shuffled.rotate_left((seed as usize) % n);
+            if seed % 2 == 0 { shuffled.reverse(); }
+            prop_assert_eq!(choose_publisher(&members), choose_publisher(&shuffled));
+        }
+
+        #[test]
+        fn publisher_is_eligible_and_lowest(members in arb_candidates()) {
+            if let Some(p) = choose_publisher(&members) {
+                let chosen = members.iter().find(|m| m.id == p).unwrap();
+                prop_assert!(chosen.alive && chosen.caught_up);
+                for m in &members {
+                    if m.alive && m.caught_up { prop_assert!(m.id >= p); }
+                }
+            } else {
+                prop_assert!(members.iter().all(|m| !(m.alive && m.caught_up)));
+            }
+        }
+
+        #[test]
+        fn at_most_one_node_thinks_it_publishes(members in arb_candidates()) {
+            // Every node with the same view: exactly the chosen one sees Role::Publisher.
+            let publisher = choose_publisher(&members);
+            let publishers = members
+                .iter()
+                .filter(|m| role_of(&m.id, m.caught_up, publisher.as_ref()).role() == Role::Publisher)
+                .count();
+            prop_assert_eq!(publishers, usize::from(publisher.is_some()));
+        }
+    }
+}

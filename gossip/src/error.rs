@@ -1,0 +1,90 @@
+//! Error types of the crate; each names what failed.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Creating, loading or using certificates failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{what}: no PEM item found")]
+    EmptyPem { what: &'static str },
+    #[error("{what}: bad PEM: {detail}")]
+    BadPem { what: &'static str, detail: String },
+    #[error("certificate generation for {subject}: {source}")]
+    Generate {
+        subject: String,
+        source: rcgen::Error,
+    },
+    #[error("TLS configuration ({what}): {detail}")]
+    Tls { what: &'static str, detail: String },
+    #[error("node id {id:?} is not usable in a file name or certificate")]
+    BadNodeId { id: String },
+}
+
+/// Starting the mesh failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MeshError {
+    #[error("certificates: {0}")]
+    Cert(#[from] CertError),
+    #[error("cannot bind QUIC endpoint on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("invalid config field {field}: {detail}")]
+    Config { field: &'static str, detail: String },
+    #[error("gossip (chitchat) failed to start: {detail}")]
+    Gossip { detail: String },
+}
+
+/// `Mesh::publish` refused the document.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("this node is not the publisher (role {role:?})")]
+    NotPublisher { role: crate::Role },
+    #[error("document encoding failed: {detail}")]
+    Encode { detail: String },
+    #[error("document is {size_bytes} bytes, above the {max_bytes} byte cap")]
+    TooLarge { size_bytes: u64, max_bytes: u64 },
+    #[error("the mesh has shut down")]
+    Stopped,
+}
+
+/// A document transfer from a peer failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    #[error("peer {peer}: connection failed: {detail}")]
+    Connect { peer: SocketAddr, detail: String },
+    #[error("peer {peer}: stream failed: {detail}")]
+    Stream { peer: SocketAddr, detail: String },
+    #[error("peer {peer}: traffic blocked by the fault hook")]
+    Blocked { peer: SocketAddr },
+    #[error("peer {peer}: does not hold the requested version")]
+    NotHeld { peer: SocketAddr },
+    #[error("peer {peer}: announced {size_bytes} bytes, above the {max_bytes} byte cap")]
+    TooLarge {
+        peer: SocketAddr,
+        size_bytes: u64,
+        max_bytes: u64,
+    },
+    #[error("peer {peer}: bad message: {detail}")]
+    Decode { peer: SocketAddr, detail: String },
+    #[error("peer {peer}: digest mismatch (expected {expected}, got {actual})")]
+    Digest {
+        peer: SocketAddr,
+        expected: String,
+        actual: String,
+    },
+    #[error("peer {peer}: timed out after {timeout_ms} ms")]
+    Timeout { peer: SocketAddr, timeout_ms: u64 },
+}

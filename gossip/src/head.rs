@@ -1,0 +1,354 @@
+//! Head selection, adoption and stamping rules for the replicated document. Pure; no I/O.
+//!
+//! Every member gossips what it *holds* (version, digest, size). The head is the newest of
+//! those among live members; the holders of that exact (version, digest) are where the
+//! document can be fetched from.
+
+use crate::version::{NodeId, Version};
+use serde::{Deserialize, Serialize};
+
+/// What one member says it holds: gossiped, small.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldAd {
+    pub version: Version,
+    /// Hex SHA-256 of the document's bincode bytes.
+    pub digest: String,
+    pub size_bytes: u64,
+}
+
+/// One member's entry as seen by the node that selects the head.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberHeld {
+    pub id: NodeId,
+    pub alive: bool,
+    pub held: Option<HeldAd>,
+}
+
+/// The newest document any live member holds, and who holds it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeadInfo {
+    pub version: Version,
+    pub digest: String,
+    pub size_bytes: u64,
+    /// Sorted ids of the live members holding exactly this version and digest.
+    pub holders: Vec<NodeId>,
+}
+
+/// Selects the head among live members: the greatest (version, digest) pair.
+///
+/// Invariant: order-independent. Two ads with one version but different digests can only come
+/// from a faulty publisher; the digest breaks the tie so that every node still agrees.
+pub fn select_head(members: &[MemberHeld]) -> Option<HeadInfo> {
+    let best = members
+        .iter()
+        .filter(|m| m.alive)
+        .filter_map(|m| m.held.as_ref())
+        .max_by(|a, b| (&a.version, &a.digest).cmp(&(&b.version, &b.digest)))?;
+    let mut holders: Vec<NodeId> = members
+        .iter()
+        .filter(|m| m.alive)
+        .filter(|m| {
+            m.held
+                .as_ref()
+                .is_some_and(|h| h.version == best.version && h.digest == best.digest)
+        })
+        .map(|m| m.id.clone())
+        .collect();
+    holders.sort();
+    holders.dedup();
+    Some(HeadInfo {
+        version: best.version.clone(),
+        digest: best.digest.clone(),
+        size_bytes: best.size_bytes,
+        holders,
+    })
+}
+
+/// A node adopts a document only if it is strictly newer than the one it holds: never backwards.
+pub fn should_adopt(current: Option<&Version>, offered: &Version) -> bool {
+    current.is_none_or(|c| offered > c)
+}
+
+/// What a node should do about the head.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CatchUp {
+    /// It holds the head (or something newer, or there is no head).
+    UpToDate,
+    /// Fetch the head, trying these holders in order.
+    Fetch { sources: Vec<NodeId> },
+    /// The head is newer but no live member other than this node holds it.
+    NoSource,
+}
+
+/// Decides whether to fetch the head and from whom: the publisher first (it is the freshest and
+/// its view is authoritative), then the other holders in an order rotated by `spread` so that
+/// many fetchers do not all queue behind the same fallback.
+pub fn catch_up(
+    self_id: &NodeId,
+    current: Option<&Version>,
+    head: Option<&HeadInfo>,
+    publisher: Option<&NodeId>,
+    spread: u64,
+) -> CatchUp {
+    let Some(head) = head else {
+        return CatchUp::UpToDate;
+    };
+    if !should_adopt(current, &head.version) {
+        return CatchUp::UpToDate;
+    }
+    let mut others: Vec<NodeId> = head
+        .holders
+        .iter()
+        .filter(|h| *h != self_id && Some(*h) != publisher)
+        .cloned()
+        .collect();
+    if !others.is_empty() {
+        let n = others.len();
+        others.rotate_left((spread % n as u64) as usize);
+    }
+    let mut sources = Vec::with_capacity(others.len() + 1);
+    if let Some(p) = publisher.filter(|p| *p != self_id && head.holders.contains(p)) {
+        sources.push(p.clone());
+    }
+    sources.extend(others);
+    if sources.is_empty() {
+        CatchUp::NoSource
+    } else {
+        CatchUp::Fetch { sources }
+    }
+}
+
+/// The publisher's memory of its own stamps within its current term.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StampState {
+    /// `None` right after gaining the role: the next stamp opens a new epoch.
+    pub epoch: Option<u64>,
+    pub seq: u64,
+}
+
+/// Result of asking for a stamp.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stamp {
+    /// The head already carries this content, stamped by this node in its current epoch.
+    Reuse(Version),
+    New(Version),
+}
+
+/// Chooses the version for a document the publisher wants to spread.
+///
+/// Invariant: a `New` version is greater than the head and than every epoch seen, so every node
+/// that knows the head adopts it. The first stamp of a term uses `max_epoch_seen + 1`; later ones
+/// `seq + 1` in the same epoch, unless another publisher (the other side of a healed partition)
+/// reached a higher epoch meanwhile, in which case a new epoch starts.
+pub fn next_stamp(
+    self_id: &NodeId,
+    state: &StampState,
+    head: Option<&HeadInfo>,
+    max_epoch_seen: u64,
+    digest: &str,
+) -> Stamp {
+    if let (Some(epoch), Some(head)) = (state.epoch, head) {
+        if head.version.origin == *self_id && head.version.epoch == epoch && head.digest == digest {
+            return Stamp::Reuse(head.version.clone());
+        }
+    }
+    let candidate = match state.epoch {
+        Some(epoch) if epoch >= max_epoch_seen => {
+            Version::new(epoch, state.seq + 1, self_id.clone())
+        }
+        _ => Version::new(max_epoch_seen + 1, 1, self_id.clone()),
+    };
+    match head {
+        Some(h) if h.version >= candidate => Stamp::New(Version::new(
+            max_epoch_seen.max(h.version.epoch) + 1,
+            1,
+            self_id.clone(),
+        )),
+        _ => Stamp::New(candidate),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn id(s: &str) -> NodeId {
+        NodeId::new(s)
+    }
+    fn v(e: u64, s: u64, o: &str) -> Version {
+        Version::new(e, s, id(o))
+    }
+    fn ad(version: Version, digest: &str) -> HeldAd {
+        HeldAd {
+            version,
+            digest: digest.into(),
+            size_bytes: 1,
+        }
+    }
+    fn m(name: &str, alive: bool, held: Option<HeldAd>) -> MemberHeld {
+        MemberHeld {
+            id: id(name),
+            alive,
+            held,
+        }
+    }
+
+    #[test]
+    fn head_is_newest_live_ad_and_lists_holders() {
+        let members = [
+            m("a", true, Some(ad(v(1, 2, "a"), "x"))),
+            m("b", true, Some(ad(v(1, 2, "a"), "x"))),
+            m("c", true, Some(ad(v(1, 1, "a"), "w"))),
+            m("d", false, Some(ad(v(9, 9, "d"), "z"))),
+            m("e", true, None),
+        ];
+        let head = select_head(&members).unwrap();
+        assert_eq!(head.version, v(1, 2, "a"));
+        assert_eq!(head.holders, vec![id("a"), id("b")]);
+        assert_eq!(select_head(&[m("e", true, None)]), None);
+    }
+
+    #[test]
+    fn catch_up_prefers_publisher_then_others() {
+        let head = HeadInfo {
+            version: v(2, 1, "b"),
+            digest: "x".into(),
+            size_bytes: 1,
+            holders: vec![id("b"), id("c"), id("d")],
+        };
+        let me = id("e");
+        match catch_up(&me, Some(&v(1, 5, "a")), Some(&head), Some(&id("b")), 0) {
+            CatchUp::Fetch { sources } => assert_eq!(sources, vec![id("b"), id("c"), id("d")]),
+            other => panic!("{other:?}"),
+        }
+        match catch_up(&me, None, Some(&head), Some(&id("a")), 1) {
+            CatchUp::Fetch { sources } => assert_eq!(sources, vec![id("c"), id("d"), id("b")]),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            catch_up(&me, Some(&v(2, 1, "b")), Some(&head), None, 0),
+            CatchUp::UpToDate
+        );
+        assert_eq!(
+            catch_up(
+                &id("b"),
+                None,
+                Some(&HeadInfo {
+                    holders: vec![id("b")],
+                    ..head.clone()
+                }),
+                None,
+                0
+            ),
+            CatchUp::NoSource
+        );
+    }
+
+    #[test]
+    fn stamps_open_an_epoch_then_count() {
+        let me = id("a");
+        let s = StampState::default();
+        assert_eq!(next_stamp(&me, &s, None, 0, "d"), Stamp::New(v(1, 1, "a")));
+        let s = StampState {
+            epoch: Some(3),
+            seq: 4,
+        };
+        assert_eq!(next_stamp(&me, &s, None, 3, "d"), Stamp::New(v(3, 5, "a")));
+        // Another publisher reached epoch 4 while we were in epoch 3.
+        assert_eq!(next_stamp(&me, &s, None, 4, "d"), Stamp::New(v(5, 1, "a")));
+        let head = HeadInfo {
+            version: v(3, 4, "a"),
+            digest: "d".into(),
+            size_bytes: 1,
+            holders: vec![],
+        };
+        assert_eq!(
+            next_stamp(&me, &s, Some(&head), 3, "d"),
+            Stamp::Reuse(v(3, 4, "a"))
+        );
+        assert_eq!(
+            next_stamp(&me, &s, Some(&head), 3, "other"),
+            Stamp::New(v(3, 5, "a"))
+        );
+        // Same content but stamped in an earlier term: a fresh stamp is needed.
+        let fresh = StampState::default();
+        assert_eq!(
+            next_stamp(&me, &fresh, Some(&head), 3, "d"),
+            Stamp::New(v(4, 1, "a"))
+        );
+    }
+
+    fn arb_version() -> impl Strategy<Value = Version> {
+        (0u64..5, 0u64..5, "[a-d]").prop_map(|(e, s, o)| v(e, s, &o))
+    }
+
+    fn arb_members() -> impl Strategy<Value = Vec<MemberHeld>> {
+        proptest::collection::btree_map(
+            "[a-f]",
+            (any::<bool>(), proptest::option::of((arb_version(), "[xy]"))),
+            0..8,
+        )
+        .prop_map(|m| {
+            m.into_iter()
+                .map(|(name, (alive, held))| MemberHeld {
+                    id: id(&name),
+                    alive,
+                    held: held.map(|(v, d)| ad(v, &d)),
+                })
+                .collect()
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn every_order_selects_the_same_head(members in arb_members(), k in 0usize..8) {
+            let mut shuffled = members.clone();
+            if !shuffled.is_empty() { let n = shuffled.len(); shuffled.rotate_left(k % n); }
+            shuffled.reverse();
+            prop_assert_eq!(select_head(&members), select_head(&shuffled));
+        }
+
+        #[test]
+        fn head_beats_every_live_ad(members in arb_members()) {
+            if let Some(head) = select_head(&members) {
+                for m in members.iter().filter(|m| m.alive) {
+                    if let Some(h) = &m.held { prop_assert!(h.version <= head.version); }
+                }
+                prop_assert!(!head.holders.is_empty());
+            }
+        }
+
+        /// A node that applies every offer through `should_adopt` never moves backwards.
+        #[test]
+        fn held_version_never_decreases(offers in proptest::collection::vec(arb_version(), 0..30)) {
+            let mut held: Option<Version> = None;
+            for offer in offers {
+                let before = held.clone();
+                if should_adopt(held.as_ref(), &offer) { held = Some(offer); }
+                prop_assert!(held >= before);
+            }
+        }
+
+        /// Whatever the publisher remembers and whatever head it sees, a new stamp is newer than
+        /// the head and than every epoch seen.
+        #[test]
+        fn new_stamps_beat_everything_seen(
+            epoch in proptest::option::of(0u64..6), seq in 0u64..6,
+            head in proptest::option::of(arb_version()), seen in 0u64..6, me in "[a-d]",
+        ) {
+            let me = id(&me);
+            let max_seen = seen.max(head.as_ref().map_or(0, |h| h.epoch)).max(epoch.unwrap_or(0));
+            let head = head.map(|version| HeadInfo { version, digest: "h".into(), size_bytes: 1, holders: vec![] });
+            let state = StampState { epoch, seq };
+            match next_stamp(&me, &state, head.as_ref(), max_seen, "new") {
+                Stamp::New(v) => {
+                    prop_assert!(v.epoch >= max_seen);
+                    if let Some(h) = &head { prop_assert!(v > h.version); }
+                    prop_assert_eq!(v.origin, me);
+                }
+                Stamp::Reuse(_) => prop_assert!(false, "digest differs, reuse impossible"),
+            }
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! The chitchat keys each node gossips about itself, and how their values are encoded.
+//!
+//! Values arrive from the network: parsing never panics; a bad value reads as absent.
+
+use crate::head::HeldAd;
+use crate::version::Version;
+
+/// The document this node holds: `<version>|<digest>|<size_bytes>`.
+pub const HELD: &str = "held";
+/// The version the application says its dataplane runs.
+pub const APPLIED: &str = "applied";
+/// Present once the node has caught up (election eligibility).
+pub const READY: &str = "ready";
+/// Present while the node leaves gracefully: peers treat it as gone at once.
+pub const LEAVING: &str = "leaving";
+/// Prefix of static metadata keys (from `MeshConfig::metadata`).
+pub const META_PREFIX: &str = "meta:";
+/// Prefix of application keys (`Mesh::set_app_key`).
+pub const APP_PREFIX: &str = "app:";
+
+pub fn encode_held(ad: &HeldAd) -> String {
+    format!("{}|{}|{}", ad.version, ad.digest, ad.size_bytes)
+}
+
+pub fn parse_held(value: &str) -> Option<HeldAd> {
+    // The version's origin may itself contain '|', so split from the right.
+    let (rest, size) = value.rsplit_once('|')?;
+    let (version, digest) = rest.rsplit_once('|')?;
+    let digest_ok = digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit());
+    if !digest_ok {
+        return None;
+    }
+    Some(HeldAd {
+        version: Version::parse(version).ok()?,
+        digest: digest.to_string(),
+        size_bytes: size.parse().ok()?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::version::NodeId;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn held_round_trips(e in any::<u64>(), s in any::<u64>(), origin in "[a-z|@.]{1,10}", size in any::<u64>(), d in "[0-9a-f]{64}") {
+            let ad = HeldAd { version: Version::new(e, s, NodeId::new(origin)), digest: d, size_bytes: size };
+            prop_assert_eq!(parse_held(&encode_held(&ad)), Some(ad));
+        }
+
+        #[test]
+        fn garbage_never_panics(value in ".{0,200}") {
+            let _ = parse_held(&value);
+        }
+    }
+
+    #[test]
+    fn short_digest_is_rejected() {
+        assert_eq!(parse_held("1.1@a|abcd|10"), None);
+    }
+}

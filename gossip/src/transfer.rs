@@ -1,0 +1,240 @@
+//! Document transfer over a QUIC bidirectional stream: request by version, answer with a
+//! header and the document's bincode bytes. Every length is capped before anything is allocated.
+//!
+//! Wire format (each frame = u32 big-endian length + bincode 2 `standard()` body):
+//! client -> `FetchRequest`, server -> `FetchHeader`, then for `Found` exactly `size_bytes` raw
+//! bytes (the document's own bincode encoding, whose SHA-256 is the gossiped digest).
+
+use crate::error::TransferError;
+use crate::transport::QuicTransport;
+use crate::version::Version;
+use bytes::Bytes;
+use quinn::{RecvStream, SendStream};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Control frames are tiny: a version and a digest.
+const MAX_FRAME_BYTES: usize = 4_096;
+const SERVE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The encoded document this node can serve.
+#[derive(Debug)]
+pub(crate) struct Blob {
+    pub version: Version,
+    pub digest: String,
+    pub bytes: Bytes,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct FetchRequest {
+    version: Version,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum FetchHeader {
+    Found {
+        version: Version,
+        digest: String,
+        size_bytes: u64,
+    },
+    NotHeld {
+        held: Option<Version>,
+    },
+}
+
+/// Hex SHA-256: the digest gossiped with each version.
+pub fn digest_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn encode_frame<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
+    let body = bincode::serde::encode_to_vec(value, bincode::config::standard())
+        .map_err(|e| e.to_string())?;
+    let len = u32::try_from(body.len()).map_err(|e| e.to_string())?;
+    let mut frame = len.to_be_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    Ok(frame)
+}
+
+async fn read_frame<T: serde::de::DeserializeOwned>(
+    recv: &mut RecvStream,
+    peer: SocketAddr,
+) -> Result<T, TransferError> {
+    let stream_err = |e: quinn::ReadExactError| TransferError::Stream {
+        peer,
+        detail: e.to_string(),
+    };
+    let mut len = [0u8; 4];
+    recv.read_exact(&mut len).await.map_err(stream_err)?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME_BYTES {
+        return Err(TransferError::Decode {
+            peer,
+            detail: format!("control frame of {len} bytes above {MAX_FRAME_BYTES}"),
+        });
+    }
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body).await.map_err(stream_err)?;
+    let config = bincode::config::standard().with_limit::<MAX_FRAME_BYTES>();
+    let (value, _) =
+        bincode::serde::decode_from_slice(&body, config).map_err(|e| TransferError::Decode {
+            peer,
+            detail: e.to_string(),
+        })?;
+    Ok(value)
+}
+
+async fn write_all(
+    send: &mut SendStream,
+    bytes: &[u8],
+    peer: SocketAddr,
+) -> Result<(), TransferError> {
+    send.write_all(bytes)
+        .await
+        .map_err(|e| TransferError::Stream {
+            peer,
+            detail: e.to_string(),
+        })
+}
+
+/// Answers one request on an inbound bidirectional stream.
+pub(crate) async fn serve(
+    blobs: watch::Receiver<Option<Arc<Blob>>>,
+    peer: SocketAddr,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) -> Result<(), TransferError> {
+    let work = async {
+        let request: FetchRequest = read_frame(&mut recv, peer).await?;
+        let blob = blobs.borrow().clone();
+        let encode_err = |detail| TransferError::Decode { peer, detail };
+        match blob {
+            Some(blob) if blob.version == request.version => {
+                let header = FetchHeader::Found {
+                    version: blob.version.clone(),
+                    digest: blob.digest.clone(),
+                    size_bytes: blob.bytes.len() as u64,
+                };
+                write_all(&mut send, &encode_frame(&header).map_err(encode_err)?, peer).await?;
+                write_all(&mut send, &blob.bytes, peer).await?;
+            }
+            other => {
+                let header = FetchHeader::NotHeld {
+                    held: other.map(|b| b.version.clone()),
+                };
+                write_all(&mut send, &encode_frame(&header).map_err(encode_err)?, peer).await?;
+            }
+        }
+        let _ = send.finish();
+        // Wait until the peer has read everything (or gone), so the stream is not cut short.
+        let _ = send.stopped().await;
+        Ok(())
+    };
+    tokio::time::timeout(SERVE_TIMEOUT, work)
+        .await
+        .map_err(|_| TransferError::Timeout {
+            peer,
+            timeout_ms: SERVE_TIMEOUT.as_millis() as u64,
+        })?
+}
+
+/// What a fetcher expects, from the gossiped head.
+#[derive(Clone, Debug)]
+pub(crate) struct Wanted {
+    pub version: Version,
+    pub digest: String,
+}
+
+/// Fetches `wanted` from `peer` and checks it against the gossiped digest.
+pub(crate) async fn fetch(
+    transport: &QuicTransport,
+    peer: SocketAddr,
+    wanted: &Wanted,
+    max_bytes: u64,
+    timeout_ms: u64,
+) -> Result<Bytes, TransferError> {
+    if transport.fault().drops_outbound(&peer) || transport.fault().drops_inbound(&peer) {
+        return Err(TransferError::Blocked { peer });
+    }
+    let work = async {
+        let conn = transport
+            .connection(peer)
+            .await
+            .map_err(|detail| TransferError::Connect { peer, detail })?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| TransferError::Stream {
+            peer,
+            detail: e.to_string(),
+        })?;
+        let request = FetchRequest {
+            version: wanted.version.clone(),
+        };
+        let frame =
+            encode_frame(&request).map_err(|detail| TransferError::Decode { peer, detail })?;
+        write_all(&mut send, &frame, peer).await?;
+        let _ = send.finish();
+        let header: FetchHeader = read_frame(&mut recv, peer).await?;
+        let size_bytes = match header {
+            FetchHeader::Found {
+                version,
+                digest,
+                size_bytes,
+            } if version == wanted.version && digest == wanted.digest => size_bytes,
+            FetchHeader::Found { .. } | FetchHeader::NotHeld { .. } => {
+                return Err(TransferError::NotHeld { peer })
+            }
+        };
+        if size_bytes > max_bytes {
+            return Err(TransferError::TooLarge {
+                peer,
+                size_bytes,
+                max_bytes,
+            });
+        }
+        let mut body = vec![0u8; size_bytes as usize];
+        recv.read_exact(&mut body)
+            .await
+            .map_err(|e| TransferError::Stream {
+                peer,
+                detail: e.to_string(),
+            })?;
+        let actual = digest_hex(&body);
+        if actual != wanted.digest {
+            return Err(TransferError::Digest {
+                peer,
+                expected: wanted.digest.clone(),
+                actual,
+            });
+        }
+        Ok(Bytes::from(body))
+    };
+    tokio::time::timeout(Duration::from_millis(timeout_ms), work)
+        .await
+        .map_err(|_| TransferError::Timeout { peer, timeout_ms })?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_is_hex_sha256() {
+        assert_eq!(
+            digest_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn frames_carry_length_and_body() {
+        let frame = encode_frame(&FetchRequest {
+            version: Version::new(1, 2, crate::NodeId::new("a")),
+        })
+        .unwrap();
+        let len = u32::from_be_bytes(frame[..4].try_into().unwrap()) as usize;
+        assert_eq!(len, frame.len() - 4);
+    }
+}

@@ -1,0 +1,53 @@
+//! chitchat's `Transport`/`Socket` over the node's QUIC endpoint.
+
+use super::QuicTransport;
+use anyhow::bail;
+use async_trait::async_trait;
+use bytes::Bytes;
+use chitchat::transport::{Socket, Transport};
+use chitchat::{ChitchatMessage, Deserializable, Serializable};
+use std::net::SocketAddr;
+use tokio::sync::mpsc;
+use tracing::debug;
+
+pub(crate) struct GossipTransport(pub QuicTransport);
+
+#[async_trait]
+impl Transport for GossipTransport {
+    async fn open(&self, _listen_addr: SocketAddr) -> anyhow::Result<Box<dyn Socket>> {
+        let Some(rx) = self.0.take_gossip_rx() else {
+            bail!("the gossip socket of this endpoint is already open");
+        };
+        Ok(Box::new(GossipSocket {
+            transport: self.0.clone(),
+            rx,
+        }))
+    }
+}
+
+struct GossipSocket {
+    transport: QuicTransport,
+    rx: mpsc::Receiver<(SocketAddr, Bytes)>,
+}
+
+#[async_trait]
+impl Socket for GossipSocket {
+    async fn send(&mut self, to: SocketAddr, msg: ChitchatMessage) -> anyhow::Result<()> {
+        self.transport
+            .send_gossip(to, Bytes::from(msg.serialize_to_vec()));
+        Ok(())
+    }
+
+    /// Cancel-safe: the only await is the channel receive.
+    async fn recv(&mut self) -> anyhow::Result<(SocketAddr, ChitchatMessage)> {
+        loop {
+            let Some((from, bytes)) = self.rx.recv().await else {
+                bail!("the QUIC transport is closed");
+            };
+            match ChitchatMessage::deserialize(&mut &bytes[..]) {
+                Ok(msg) => return Ok((from, msg)),
+                Err(e) => debug!(peer = %from, error = %e, "undecodable gossip message dropped"),
+            }
+        }
+    }
+}

@@ -1,0 +1,491 @@
+//! One QUIC endpoint per node carries all peer traffic: chitchat gossip (datagrams, or a
+//! unidirectional stream when a message is too big for one) and document transfers
+//! (bidirectional streams, see `transfer.rs`).
+//!
+//! The endpoint is server and client at once, bound to the node's gossip address, so the
+//! remote address of any connection is the peer's advertised gossip address: that is how chitchat
+//! replies reach the right node. Memory per peer is bounded: a fixed send queue, QUIC flow control
+//! windows and stream limits, a cap on every message.
+
+pub mod fault;
+mod gossip;
+pub(crate) mod tls;
+
+pub use fault::FaultHook;
+pub(crate) use gossip::GossipTransport;
+
+use crate::config::Timing;
+use crate::error::{CertError, MeshError};
+use crate::transfer::{self, Blob};
+use bytes::Bytes;
+use quinn::{Connection, Endpoint};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+const DIAL_TIMEOUT: Duration = Duration::from_millis(1_500);
+const STREAM_READ_TIMEOUT: Duration = Duration::from_secs(2);
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// A connection the peer closes this soon after the handshake is treated as a refusal (with
+/// TLS 1.3 a client whose certificate is rejected sees `connect()` succeed first).
+const EARLY_CLOSE: Duration = Duration::from_secs(2);
+const INBOUND_QUEUE_LEN: usize = 1_024;
+
+/// Byte counters of one node's endpoint.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// UDP payload bytes sent / received by QUIC (all traffic, headers and handshakes included).
+    pub udp_tx_bytes: u64,
+    pub udp_rx_bytes: u64,
+    /// Chitchat message bytes handed to / received from QUIC.
+    pub gossip_tx_bytes: u64,
+    pub gossip_rx_bytes: u64,
+}
+
+#[derive(Default)]
+struct Backoff {
+    failures: u32,
+    until: Option<Instant>,
+}
+
+impl Backoff {
+    fn fail(&mut self, now: Instant) {
+        self.failures = self.failures.saturating_add(1);
+        let factor = 1u32 << self.failures.min(6).saturating_sub(1);
+        self.until = Some(now + (BACKOFF_MIN * factor).min(BACKOFF_MAX));
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct QuicTransport {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    endpoint: Endpoint,
+    local_addr: SocketAddr,
+    server_name: String,
+    max_gossip_message_bytes: usize,
+    peer_queue_len: usize,
+    max_peers: usize,
+    fault: FaultHook,
+    blobs: watch::Receiver<Option<Arc<Blob>>>,
+    conns: Mutex<HashMap<SocketAddr, Connection>>,
+    dial_locks: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>>,
+    backoffs: Mutex<HashMap<SocketAddr, Backoff>>,
+    peer_queues: Mutex<HashMap<SocketAddr, mpsc::Sender<Bytes>>>,
+    gossip_in: mpsc::Sender<(SocketAddr, Bytes)>,
+    gossip_in_rx: Mutex<Option<mpsc::Receiver<(SocketAddr, Bytes)>>>,
+    handshakes: Arc<Semaphore>,
+    cancel: CancellationToken,
+    closed_udp_tx_bytes: AtomicU64,
+    closed_udp_rx_bytes: AtomicU64,
+    gossip_tx_bytes: AtomicU64,
+    gossip_rx_bytes: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Critical sections never panic; recover the data if a test thread did.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl QuicTransport {
+    /// Binds the endpoint and starts accepting connections.
+    pub(crate) fn bind(
+        listen: SocketAddr,
+        tls: (rustls::ServerConfig, rustls::ClientConfig),
+        server_name: String,
+        timing: &Timing,
+        fault: FaultHook,
+        blobs: watch::Receiver<Option<Arc<Blob>>>,
+    ) -> Result<Self, MeshError> {
+        let (server_tls, client_tls) = tls;
+        let quic_err = |what: &'static str| {
+            move |e: quinn::crypto::rustls::NoInitialCipherSuite| {
+                MeshError::Cert(CertError::Tls {
+                    what,
+                    detail: e.to_string(),
+                })
+            }
+        };
+        let server_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(server_tls)
+            .map_err(quic_err("QUIC server"))?;
+        let client_crypto = quinn::crypto::rustls::QuicClientConfig::try_from(client_tls)
+            .map_err(quic_err("QUIC client"))?;
+        let transport_config = Arc::new(transport_config(timing)?);
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
+        server.transport_config(transport_config.clone());
+        let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
+        client.transport_config(transport_config);
+        let mut endpoint = Endpoint::server(server, listen).map_err(|source| MeshError::Bind {
+            addr: listen,
+            source,
+        })?;
+        endpoint.set_default_client_config(client);
+        let local_addr = endpoint.local_addr().map_err(|source| MeshError::Bind {
+            addr: listen,
+            source,
+        })?;
+        let (gossip_in, gossip_in_rx) = mpsc::channel(INBOUND_QUEUE_LEN);
+        let inner = Arc::new(Inner {
+            endpoint,
+            local_addr,
+            server_name,
+            max_gossip_message_bytes: timing.max_gossip_message_bytes,
+            peer_queue_len: timing.peer_queue_len,
+            max_peers: timing.max_peers,
+            fault,
+            blobs,
+            conns: Mutex::default(),
+            dial_locks: Mutex::default(),
+            backoffs: Mutex::default(),
+            peer_queues: Mutex::default(),
+            gossip_in,
+            gossip_in_rx: Mutex::new(Some(gossip_in_rx)),
+            handshakes: Arc::new(Semaphore::new(timing.max_concurrent_handshakes)),
+            cancel: CancellationToken::new(),
+            closed_udp_tx_bytes: AtomicU64::new(0),
+            closed_udp_rx_bytes: AtomicU64::new(0),
+            gossip_tx_bytes: AtomicU64::new(0),
+            gossip_rx_bytes: AtomicU64::new(0),
+        });
+        let transport = QuicTransport { inner };
+        tokio::spawn(transport.clone().accept_loop());
+        Ok(transport)
+    }
+
+    pub(crate) fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr
+    }
+
+    pub(crate) fn fault(&self) -> &FaultHook {
+        &self.inner.fault
+    }
+
+    pub(crate) fn traffic(&self) -> Traffic {
+        let (mut tx, mut rx) = (
+            self.inner.closed_udp_tx_bytes.load(Ordering::Relaxed),
+            self.inner.closed_udp_rx_bytes.load(Ordering::Relaxed),
+        );
+        for conn in lock(&self.inner.conns).values() {
+            let stats = conn.stats();
+            tx += stats.udp_tx.bytes;
+            rx += stats.udp_rx.bytes;
+        }
+        Traffic {
+            udp_tx_bytes: tx,
+            udp_rx_bytes: rx,
+            gossip_tx_bytes: self.inner.gossip_tx_bytes.load(Ordering::Relaxed),
+            gossip_rx_bytes: self.inner.gossip_rx_bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops every task and closes the endpoint (peers see the connections close).
+    pub(crate) fn close(&self) {
+        self.inner.cancel.cancel();
+        self.inner.endpoint.close(0u32.into(), b"shutdown");
+        lock(&self.inner.peer_queues).clear();
+        lock(&self.inner.conns).clear();
+    }
+
+    fn take_gossip_rx(&self) -> Option<mpsc::Receiver<(SocketAddr, Bytes)>> {
+        lock(&self.inner.gossip_in_rx).take()
+    }
+
+    /// Enqueues a gossip message for `to`; never blocks (chitchat awaits each send inside its
+    /// gossip loop). A full queue drops the message: gossip repeats every round.
+    pub(crate) fn send_gossip(&self, to: SocketAddr, bytes: Bytes) {
+        if self.inner.fault.drops_outbound(&to) || self.inner.cancel.is_cancelled() {
+            return;
+        }
+        if bytes.len() > self.inner.max_gossip_message_bytes {
+            warn!(peer = %to, size_bytes = bytes.len(), "gossip message above the cap, dropped");
+            return;
+        }
+        let tx = {
+            let mut queues = lock(&self.inner.peer_queues);
+            match queues.get(&to) {
+                Some(tx) if !tx.is_closed() => tx.clone(),
+                _ => {
+                    if queues.len() >= self.inner.max_peers {
+                        queues.retain(|_, tx| !tx.is_closed());
+                        if queues.len() >= self.inner.max_peers {
+                            warn!(peer = %to, "too many peers, gossip dropped");
+                            return;
+                        }
+                    }
+                    let (tx, rx) = mpsc::channel(self.inner.peer_queue_len);
+                    queues.insert(to, tx.clone());
+                    tokio::spawn(self.clone().sender_loop(to, rx));
+                    tx
+                }
+            }
+        };
+        if tx.try_send(bytes).is_err() {
+            debug!(peer = %to, "peer send queue full, gossip dropped");
+        }
+    }
+
+    async fn sender_loop(self, to: SocketAddr, mut rx: mpsc::Receiver<Bytes>) {
+        loop {
+            let bytes = tokio::select! {
+                _ = self.inner.cancel.cancelled() => return,
+                msg = rx.recv() => match msg { Some(b) => b, None => return },
+            };
+            if self.inner.fault.drops_outbound(&to) {
+                continue;
+            }
+            let conn = match self.connection(to).await {
+                Ok(conn) => conn,
+                Err(detail) => {
+                    debug!(peer = %to, %detail, "no connection, gossip dropped");
+                    continue;
+                }
+            };
+            let len = bytes.len() as u64;
+            let fits = conn
+                .max_datagram_size()
+                .is_some_and(|max| bytes.len() <= max);
+            let sent = if fits {
+                conn.send_datagram(bytes).map_err(|e| e.to_string())
+            } else {
+                send_uni(&conn, &bytes).await
+            };
+            match sent {
+                Ok(()) => {
+                    self.inner.gossip_tx_bytes.fetch_add(len, Ordering::Relaxed);
+                }
+                Err(detail) => debug!(peer = %to, %detail, "gossip send failed"),
+            }
+        }
+    }
+
+    fn cached(&self, addr: &SocketAddr) -> Option<Connection> {
+        lock(&self.inner.conns)
+            .get(addr)
+            .filter(|c| c.close_reason().is_none())
+            .cloned()
+    }
+
+    /// The live connection to `addr`, dialing if needed (one dial per address at a time, with
+    /// exponential backoff after failures).
+    pub(crate) async fn connection(&self, addr: SocketAddr) -> Result<Connection, String> {
+        if let Some(conn) = self.cached(&addr) {
+            return Ok(conn);
+        }
+        if self.inner.cancel.is_cancelled() {
+            return Err("transport closed".into());
+        }
+        let dial_lock = {
+            let mut locks = lock(&self.inner.dial_locks);
+            if locks.len() >= self.inner.max_peers {
+                locks.retain(|_, l| Arc::strong_count(l) > 1);
+            }
+            locks.entry(addr).or_default().clone()
+        };
+        let _dialing = dial_lock.lock().await;
+        if let Some(conn) = self.cached(&addr) {
+            return Ok(conn);
+        }
+        let now = Instant::now();
+        if let Some(until) = lock(&self.inner.backoffs).get(&addr).and_then(|b| b.until) {
+            if now < until {
+                return Err("backing off after a failed dial".into());
+            }
+        }
+        let result = match self.inner.endpoint.connect(addr, &self.inner.server_name) {
+            Ok(connecting) => match tokio::time::timeout(DIAL_TIMEOUT, connecting).await {
+                Ok(Ok(conn)) => Ok(conn),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("handshake timed out".into()),
+            },
+            Err(e) => Err(e.to_string()),
+        };
+        match result {
+            Ok(conn) => {
+                self.register(conn.clone());
+                Ok(conn)
+            }
+            Err(detail) => {
+                lock(&self.inner.backoffs)
+                    .entry(addr)
+                    .or_default()
+                    .fail(Instant::now());
+                Err(detail)
+            }
+        }
+    }
+
+    /// Caches a fresh connection, replacing any older one to the same address (after a crash
+    /// the survivors' cached connection is dead; the restarted peer's new one must win), and
+    /// starts reading from it.
+    fn register(&self, conn: Connection) {
+        let peer = conn.remote_address();
+        lock(&self.inner.conns).insert(peer, conn.clone());
+        tokio::spawn(self.clone().read_loop(conn));
+    }
+
+    async fn accept_loop(self) {
+        loop {
+            let incoming = tokio::select! {
+                _ = self.inner.cancel.cancelled() => return,
+                incoming = self.inner.endpoint.accept() => match incoming {
+                    Some(incoming) => incoming,
+                    None => return,
+                },
+            };
+            let peer = incoming.remote_address();
+            if self.inner.fault.drops_inbound(&peer) {
+                incoming.ignore();
+                continue;
+            }
+            let Ok(permit) = self.inner.handshakes.clone().try_acquire_owned() else {
+                debug!(%peer, "too many handshakes in flight, connection refused");
+                incoming.refuse();
+                continue;
+            };
+            let this = self.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let connecting = match incoming.accept() {
+                    Ok(c) => c,
+                    Err(e) => {
+                        debug!(%peer, error = %e, "incoming connection failed");
+                        return;
+                    }
+                };
+                match tokio::time::timeout(DIAL_TIMEOUT, connecting).await {
+                    Ok(Ok(conn)) => {
+                        lock(&this.inner.backoffs).remove(&peer);
+                        this.register(conn);
+                    }
+                    Ok(Err(e)) => debug!(%peer, error = %e, "handshake refused"),
+                    Err(_) => debug!(%peer, "handshake timed out"),
+                }
+            });
+        }
+    }
+
+    async fn read_loop(self, conn: Connection) {
+        let peer = conn.remote_address();
+        let started = Instant::now();
+        let reason = loop {
+            tokio::select! {
+                _ = self.inner.cancel.cancelled() => break None,
+                datagram = conn.read_datagram() => match datagram {
+                    Ok(bytes) => self.deliver(peer, bytes),
+                    Err(e) => break Some(e),
+                },
+                uni = conn.accept_uni() => match uni {
+                    Ok(mut recv) => {
+                        let this = self.clone();
+                        tokio::spawn(async move {
+                            let max = this.inner.max_gossip_message_bytes;
+                            match tokio::time::timeout(STREAM_READ_TIMEOUT, recv.read_to_end(max)).await {
+                                Ok(Ok(bytes)) => this.deliver(peer, Bytes::from(bytes)),
+                                Ok(Err(e)) => debug!(%peer, error = %e, "gossip stream dropped"),
+                                Err(_) => debug!(%peer, "gossip stream timed out"),
+                            }
+                        });
+                    }
+                    Err(e) => break Some(e),
+                },
+                bi = conn.accept_bi() => match bi {
+                    Ok((send, recv)) => {
+                        if self.inner.fault.drops_inbound(&peer) || self.inner.fault.drops_outbound(&peer) {
+                            continue;
+                        }
+                        let blobs = self.inner.blobs.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = transfer::serve(blobs, peer, send, recv).await {
+                                debug!(%peer, error = %e, "document request failed");
+                            }
+                        });
+                    }
+                    Err(e) => break Some(e),
+                },
+            }
+        };
+        let stats = conn.stats();
+        self.inner
+            .closed_udp_tx_bytes
+            .fetch_add(stats.udp_tx.bytes, Ordering::Relaxed);
+        self.inner
+            .closed_udp_rx_bytes
+            .fetch_add(stats.udp_rx.bytes, Ordering::Relaxed);
+        {
+            let mut conns = lock(&self.inner.conns);
+            if conns
+                .get(&peer)
+                .is_some_and(|c| c.stable_id() == conn.stable_id())
+            {
+                conns.remove(&peer);
+            }
+        }
+        if let Some(reason) = reason {
+            let refused = matches!(
+                reason,
+                quinn::ConnectionError::ConnectionClosed(_)
+                    | quinn::ConnectionError::TransportError(_)
+            );
+            if refused && started.elapsed() < EARLY_CLOSE {
+                debug!(%peer, error = %reason, "peer closed the connection at once, backing off");
+                lock(&self.inner.backoffs)
+                    .entry(peer)
+                    .or_default()
+                    .fail(Instant::now());
+            } else {
+                debug!(%peer, error = %reason, "connection ended");
+            }
+        }
+        conn.close(0u32.into(), b"done");
+    }
+
+    fn deliver(&self, peer: SocketAddr, bytes: Bytes) {
+        if self.inner.fault.drops_inbound(&peer) {
+            return;
+        }
+        let len = bytes.len() as u64;
+        if self.inner.gossip_in.try_send((peer, bytes)).is_ok() {
+            self.inner.gossip_rx_bytes.fetch_add(len, Ordering::Relaxed);
+        }
+    }
+}
+
+async fn send_uni(conn: &Connection, bytes: &[u8]) -> Result<(), String> {
+    let work = async {
+        let mut send = conn.open_uni().await.map_err(|e| e.to_string())?;
+        send.write_all(bytes).await.map_err(|e| e.to_string())?;
+        send.finish().map_err(|e| e.to_string())
+    };
+    tokio::time::timeout(STREAM_READ_TIMEOUT, work)
+        .await
+        .map_err(|_| "gossip stream send timed out".to_string())?
+}
+
+fn transport_config(timing: &Timing) -> Result<quinn::TransportConfig, MeshError> {
+    let mut config = quinn::TransportConfig::default();
+    let idle = quinn::IdleTimeout::try_from(Duration::from_millis(timing.idle_timeout_ms))
+        .map_err(|e| MeshError::Config {
+            field: "timing.idle_timeout_ms",
+            detail: e.to_string(),
+        })?;
+    config.max_idle_timeout(Some(idle));
+    // No keep-alive: gossip traffic keeps used connections open; unused ones expire and are
+    // re-dialed on demand (a handshake costs ~0.5 ms), so dead peers hold nothing.
+    config.keep_alive_interval(None);
+    config.max_concurrent_uni_streams(32u32.into());
+    config.max_concurrent_bidi_streams(8u32.into());
+    config.datagram_receive_buffer_size(Some(256 << 10));
+    config.datagram_send_buffer_size(256 << 10);
+    config.stream_receive_window((1u32 << 20).into());
+    config.receive_window((4u32 << 20).into());
+    config.send_window(8 << 20);
+    Ok(config)
+}

@@ -1,0 +1,296 @@
+//! The cluster view: members (parsed from their gossiped keys), the head and the publisher.
+//!
+//! Pure: built from plain member records, so any node holding the same records computes the
+//! same view (the property tests below check this across simulated nodes).
+
+use crate::election::{choose_publisher, Candidate, Role};
+use crate::head::{select_head, HeadInfo, HeldAd, MemberHeld};
+use crate::keys;
+use crate::version::{NodeId, Version};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+/// What any node can say about the cluster.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClusterView {
+    pub self_id: NodeId,
+    pub publisher: Option<NodeId>,
+    pub head: Option<HeadInfo>,
+    /// Sorted by id; one entry per node id (its newest generation).
+    pub members: Vec<MemberView>,
+}
+
+/// One member as seen by the node producing the view.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MemberView {
+    pub id: NodeId,
+    pub alive: bool,
+    /// Rises on every restart (start time in ms since the Unix epoch).
+    pub generation: u64,
+    pub role: Role,
+    /// The version its dataplane runs (set by its application).
+    pub applied: Option<Version>,
+    /// The version of the document it holds.
+    pub held: Option<Version>,
+    pub listen: SocketAddr,
+    pub metadata: BTreeMap<String, String>,
+    /// Milliseconds since its heartbeat last advanced (`Some(0)` for the viewing node itself).
+    pub last_seen_ms: Option<u64>,
+}
+
+/// Raw facts about one chitchat node, as read from chitchat's state.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct RawMember {
+    pub id: NodeId,
+    pub generation: u64,
+    pub listen: SocketAddr,
+    /// Chitchat's failure detector says live (always true for the node itself).
+    pub live: bool,
+    pub keys: BTreeMap<String, String>,
+    pub last_seen_ms: Option<u64>,
+}
+
+/// A member with its keys parsed.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Member {
+    pub id: NodeId,
+    pub generation: u64,
+    pub listen: SocketAddr,
+    /// Live and not leaving.
+    pub alive: bool,
+    pub ready: bool,
+    pub held: Option<HeldAd>,
+    pub applied: Option<Version>,
+    pub metadata: BTreeMap<String, String>,
+    pub app: BTreeMap<String, String>,
+    pub last_seen_ms: Option<u64>,
+}
+
+/// Parses raw records. A node id seen with several generations keeps only the newest, so a
+/// restarted node's old incarnation never lingers as a ghost; a node announcing `leaving` is
+/// gone at once.
+pub(crate) fn parse_members(raw: Vec<RawMember>) -> Vec<Member> {
+    let mut newest: BTreeMap<NodeId, RawMember> = BTreeMap::new();
+    for r in raw {
+        match newest.get(&r.id) {
+            Some(existing) if existing.generation >= r.generation => {}
+            _ => {
+                newest.insert(r.id.clone(), r);
+            }
+        }
+    }
+    newest
+        .into_values()
+        .map(|r| {
+            let leaving = r.keys.contains_key(keys::LEAVING);
+            let strip = |prefix: &str| -> BTreeMap<String, String> {
+                r.keys
+                    .iter()
+                    .filter_map(|(k, v)| k.strip_prefix(prefix).map(|k| (k.to_string(), v.clone())))
+                    .collect()
+            };
+            Member {
+                alive: r.live && !leaving,
+                ready: r.keys.contains_key(keys::READY),
+                held: r.keys.get(keys::HELD).and_then(|v| keys::parse_held(v)),
+                applied: r
+                    .keys
+                    .get(keys::APPLIED)
+                    .and_then(|v| Version::parse(v).ok()),
+                metadata: strip(keys::META_PREFIX),
+                app: strip(keys::APP_PREFIX),
+                id: r.id,
+                generation: r.generation,
+                listen: r.listen,
+                last_seen_ms: r.last_seen_ms,
+            }
+        })
+        .collect()
+}
+
+/// The head and publisher a node derives from its members.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Decisions {
+    pub head: Option<HeadInfo>,
+    pub publisher: Option<NodeId>,
+}
+
+pub(crate) fn decide(members: &[Member]) -> Decisions {
+    let held: Vec<MemberHeld> = members
+        .iter()
+        .map(|m| MemberHeld {
+            id: m.id.clone(),
+            alive: m.alive,
+            held: m.held.clone(),
+        })
+        .collect();
+    let candidates: Vec<Candidate> = members
+        .iter()
+        .map(|m| Candidate {
+            id: m.id.clone(),
+            alive: m.alive,
+            caught_up: m.ready,
+        })
+        .collect();
+    Decisions {
+        head: select_head(&held),
+        publisher: choose_publisher(&candidates),
+    }
+}
+
+pub(crate) fn build_view(
+    self_id: &NodeId,
+    members: &[Member],
+    decisions: &Decisions,
+) -> ClusterView {
+    let mut members: Vec<MemberView> = members
+        .iter()
+        .map(|m| MemberView {
+            id: m.id.clone(),
+            alive: m.alive,
+            generation: m.generation,
+            role: if decisions.publisher.as_ref() == Some(&m.id) {
+                Role::Publisher
+            } else if m.ready {
+                Role::Follower
+            } else {
+                Role::CatchingUp
+            },
+            applied: m.applied.clone(),
+            held: m.held.as_ref().map(|h| h.version.clone()),
+            listen: m.listen,
+            metadata: m.metadata.clone(),
+            last_seen_ms: m.last_seen_ms,
+        })
+        .collect();
+    members.sort_by(|a, b| a.id.cmp(&b.id));
+    ClusterView {
+        self_id: self_id.clone(),
+        publisher: decisions.publisher.clone(),
+        head: decisions.head.clone(),
+        members,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn raw(id: &str, generation: u64, live: bool, keys: &[(&str, &str)]) -> RawMember {
+        RawMember {
+            id: NodeId::new(id),
+            generation,
+            listen: "127.0.0.1:1".parse().unwrap(),
+            live,
+            keys: keys
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            last_seen_ms: None,
+        }
+    }
+
+    const D: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+
+    #[test]
+    fn old_generation_is_no_ghost_and_leaving_is_gone() {
+        let held = format!("1.1@a|{D}|3");
+        let members = parse_members(vec![
+            raw("a", 1, true, &[("ready", "1"), ("held", &held)]),
+            raw("a", 2, true, &[]),
+            raw("b", 1, true, &[("ready", "1"), ("leaving", "1")]),
+            raw(
+                "c",
+                1,
+                true,
+                &[("ready", "1"), ("meta:admin", "x"), ("app:h", "ok")],
+            ),
+        ]);
+        assert_eq!(members.len(), 3);
+        assert_eq!(members[0].generation, 2);
+        assert!(members[0].held.is_none() && !members[0].ready);
+        assert!(!members[1].alive);
+        assert_eq!(
+            members[2].metadata.get("admin").map(String::as_str),
+            Some("x")
+        );
+        assert_eq!(members[2].app.get("h").map(String::as_str), Some("ok"));
+        let d = decide(&members);
+        assert_eq!(d.publisher, Some(NodeId::new("c")));
+        assert_eq!(d.head, None);
+        let view = build_view(&NodeId::new("c"), &members, &d);
+        assert_eq!(view.members[2].role, Role::Publisher);
+        assert_eq!(view.members[0].role, Role::CatchingUp);
+    }
+
+    /// One gossiped record per member with a per-member counter, as scuttlebutt has: a node's
+    /// partial view holds some records; a full exchange keeps, per member, the newest.
+    #[derive(Clone, Debug)]
+    struct Record {
+        counter: u64,
+        raw: RawMember,
+    }
+
+    fn arb_record(id: String) -> impl Strategy<Value = Record> {
+        (
+            0u64..4,
+            1u64..3,
+            any::<bool>(),
+            any::<bool>(),
+            proptest::option::of((0u64..3, 0u64..3, "[a-d]")),
+        )
+            .prop_map(move |(counter, generation, live, ready, held)| {
+                let mut keys: Vec<(String, String)> = Vec::new();
+                if ready {
+                    keys.push(("ready".into(), "1".into()));
+                }
+                if let Some((e, s, o)) = held {
+                    keys.push(("held".into(), format!("{e}.{s}@{o}|{D}|10")));
+                }
+                let keys_ref: Vec<(&str, &str)> =
+                    keys.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                Record {
+                    counter,
+                    raw: raw(&id, generation, live, &keys_ref),
+                }
+            })
+    }
+
+    fn arb_cluster() -> impl Strategy<Value = Vec<Vec<Option<Record>>>> {
+        // nodes x members: what each node initially knows about each member.
+        (1usize..5, 1usize..6).prop_flat_map(|(nodes, members)| {
+            let row: Vec<_> = (0..members)
+                .map(|m| proptest::option::of(arb_record(format!("m{m}"))))
+                .collect();
+            proptest::collection::vec(row, nodes)
+        })
+    }
+
+    proptest! {
+        /// For any set of member views, after a full exchange every node selects the same head
+        /// and the same publisher, whatever order it sees the records in.
+        #[test]
+        fn full_exchange_agrees(cluster in arb_cluster(), rot in 0usize..7) {
+            let members = cluster[0].len();
+            let mut merged: Vec<Option<Record>> = vec![None; members];
+            for node in &cluster {
+                for (i, rec) in node.iter().enumerate() {
+                    if let Some(rec) = rec {
+                        let newer = merged[i].as_ref().is_none_or(|m| rec.counter > m.counter);
+                        if newer { merged[i] = Some(rec.clone()); }
+                    }
+                }
+            }
+            let mut answers = Vec::new();
+            for (n, _) in cluster.iter().enumerate() {
+                let mut records: Vec<RawMember> = merged.iter().flatten().map(|r| r.raw.clone()).collect();
+                if !records.is_empty() { let len = records.len(); records.rotate_left((rot + n) % len); }
+                if n % 2 == 1 { records.reverse(); }
+                answers.push(decide(&parse_members(records)));
+            }
+            for a in &answers { prop_assert_eq!(a, &answers[0]); }
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! Prometheus metrics of the health runner: probes sent, verdict changes, probe latency.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProbeLabels {
+    pub result: String,
+}
+
+#[derive(Clone)]
+pub struct HealthMetrics {
+    pub probes: Family<ProbeLabels, Counter>,
+    pub verdict_changes: Counter,
+    pub probe_duration_seconds: Histogram,
+}
+
+impl HealthMetrics {
+    /// Creates the metrics and registers them (names get the `_total` suffix for counters).
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = HealthMetrics {
+            probes: Family::default(),
+            verdict_changes: Counter::default(),
+            // 0.25 ms .. 4 s: loopback connects up to probe timeouts.
+            probe_duration_seconds: Histogram::new(exponential_buckets(0.000_25, 2.0, 15)),
+        };
+        registry.register(
+            "shoal_health_probes",
+            "Health probes finished by this node, by result",
+            m.probes.clone(),
+        );
+        registry.register(
+            "shoal_health_verdict_changes",
+            "Backends whose shared verdict changed (up to down or back) on this node",
+            m.verdict_changes.clone(),
+        );
+        registry.register(
+            "shoal_health_probe_duration_seconds",
+            "Time from starting a health probe to its result",
+            m.probe_duration_seconds.clone(),
+        );
+        m
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_have_the_shoal_prefix() {
+        let mut registry = Registry::default();
+        let m = HealthMetrics::register(&mut registry);
+        m.probes
+            .get_or_create(&ProbeLabels {
+                result: "ok".into(),
+            })
+            .inc();
+        m.verdict_changes.inc();
+        m.probe_duration_seconds.observe(0.001);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains("shoal_health_probes_total{result=\"ok\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("shoal_health_verdict_changes_total 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("shoal_health_probe_duration_seconds_count 1"),
+            "{text}"
+        );
+    }
+}

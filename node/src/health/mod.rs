@@ -1,0 +1,101 @@
+//! Shared backend health: each backend is probed by a few replicas, the opinions travel in
+//! gossip, and every replica computes the same up/down verdict from its view.
+//!
+//! Pure core: `assign` (who checks what), `hysteresis` (one checker's opinion), `verdict` (the
+//! shared decision), `wire` (gossip encoding), `report` (what the admin API shows). Shell:
+//! `prober` (TCP/HTTP probes), `runner` (the loop), `board` (the mesh trait) with `mesh_board`
+//! and the in-memory twin `memory_board`. Not here: turning verdicts into dataplane weights
+//! (the daemon does that from `HealthHandle::verdicts`). See docs/health.md.
+
+pub mod assign;
+pub mod board;
+pub mod hysteresis;
+pub mod memory_board;
+pub mod mesh_board;
+pub mod metrics;
+pub mod prober;
+pub mod report;
+pub mod result;
+pub mod runner;
+pub mod verdict;
+pub mod wire;
+
+pub use board::HealthBoard;
+pub use hysteresis::CheckState;
+pub use memory_board::{MemoryBoard, MemoryCluster};
+pub use mesh_board::MeshBoard;
+pub use report::HealthReport;
+pub use result::ProbeResult;
+pub use verdict::{BackendRef, Verdict, Verdicts};
+
+use crate::table::RuleTable;
+use prometheus_client::registry::Registry;
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// K: how many live members probe each backend.
+    pub checkers_per_backend: usize,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            checkers_per_backend: 2,
+        }
+    }
+}
+
+/// What the daemon and the admin API hold on to. Cheap to clone.
+#[derive(Clone)]
+pub struct HealthHandle {
+    verdicts: watch::Receiver<Arc<Verdicts>>,
+    report: Arc<Mutex<Arc<HealthReport>>>,
+}
+
+impl HealthHandle {
+    /// Changes only when some backend's verdict changes.
+    pub fn verdicts(&self) -> watch::Receiver<Arc<Verdicts>> {
+        self.verdicts.clone()
+    }
+
+    /// The latest per-backend view (refreshed every pass of the runner, at least every 100 ms).
+    pub fn report(&self) -> HealthReport {
+        let report = self
+            .report
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        (*report).clone()
+    }
+}
+
+/// Starts the health runner on the current tokio runtime; it stops (and withdraws this node's
+/// opinions) when `cancel` fires. Metrics are registered into `registry`.
+pub fn spawn(
+    cfg: HealthConfig,
+    board: Arc<dyn HealthBoard>,
+    tables: watch::Receiver<Option<Arc<RuleTable>>>,
+    registry: &mut Registry,
+    cancel: CancellationToken,
+) -> HealthHandle {
+    let metrics = metrics::HealthMetrics::register(registry);
+    let (verdicts_tx, verdicts_rx) = watch::channel(Arc::new(Verdicts::default()));
+    let report = Arc::new(Mutex::new(Arc::new(HealthReport::default())));
+    let runner = runner::Runner {
+        k: cfg.checkers_per_backend.max(1),
+        board,
+        tables,
+        metrics,
+        verdicts_tx,
+        report: report.clone(),
+        cancel,
+    };
+    tokio::spawn(runner.run());
+    HealthHandle {
+        verdicts: verdicts_rx,
+        report,
+    }
+}

@@ -1,0 +1,242 @@
+//! The probes themselves: a TCP connect, or an HTTP(S) GET expecting one status, with a timeout.
+//!
+//! Each probe opens a fresh connection (no pooling) so that it tests what a new client would
+//! meet, and so a backend can count the probes it receives. HTTPS certificates are not verified:
+//! backends are addressed by IP and the question is "does it answer", not "who is it".
+
+use super::result::ProbeResult;
+use crate::table::Probe;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+use tokio::net::TcpStream;
+
+/// What to probe and how.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub address: IpAddr,
+    pub port: u16,
+    pub probe: Probe,
+    pub timeout: Duration,
+}
+
+/// Runs probes; holds the HTTP client (built once, it owns the TLS configuration).
+pub struct Prober {
+    http: Option<reqwest::Client>,
+}
+
+impl Prober {
+    pub fn new() -> Self {
+        let http = reqwest::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .pool_max_idle_per_host(0)
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .build();
+        match http {
+            Ok(client) => Prober { http: Some(client) },
+            Err(error) => {
+                // Only HTTP probes need the client; TCP probes keep working, HTTP ones report errors.
+                tracing::error!(%error, "cannot build the HTTP client for health probes");
+                Prober { http: None }
+            }
+        }
+    }
+
+    pub async fn probe(&self, target: &Target) -> ProbeResult {
+        let socket = SocketAddr::new(target.address, target.port);
+        let attempt = async {
+            match &target.probe {
+                Probe::Tcp => tcp(socket).await,
+                Probe::Http {
+                    path,
+                    expect_status,
+                    tls,
+                    host,
+                } => match &self.http {
+                    Some(client) => {
+                        http(client, socket, path, *expect_status, *tls, host.as_deref()).await
+                    }
+                    None => ProbeResult::Error,
+                },
+            }
+        };
+        tokio::time::timeout(target.timeout, attempt)
+            .await
+            .unwrap_or(ProbeResult::Timeout)
+    }
+}
+
+impl Default for Prober {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+async fn tcp(socket: SocketAddr) -> ProbeResult {
+    match TcpStream::connect(socket).await {
+        Ok(_stream) => ProbeResult::Ok,
+        Err(e) => io_result(&e),
+    }
+}
+
+fn io_result(e: &io::Error) -> ProbeResult {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset => ProbeResult::Refused,
+        io::ErrorKind::TimedOut => ProbeResult::Timeout,
+        _ => ProbeResult::Error,
+    }
+}
+
+async fn http(
+    client: &reqwest::Client,
+    socket: SocketAddr,
+    path: &str,
+    expect_status: u16,
+    tls: bool,
+    host: Option<&str>,
+) -> ProbeResult {
+    let scheme = if tls { "https" } else { "http" };
+    let slash = if path.starts_with('/') { "" } else { "/" };
+    let mut request = client.get(format!("{scheme}://{socket}{slash}{path}"));
+    if let Some(host) = host {
+        request = request.header(reqwest::header::HOST, host);
+    }
+    match request.send().await {
+        Ok(response) if response.status().as_u16() == expect_status => ProbeResult::Ok,
+        Ok(response) => ProbeResult::Status(response.status().as_u16()),
+        Err(e) if e.is_timeout() => ProbeResult::Timeout,
+        Err(e) => {
+            // reqwest wraps the socket error a few levels down; find it to tell refused apart.
+            let mut source: Option<&dyn std::error::Error> = Some(&e);
+            while let Some(err) = source {
+                if let Some(io) = err.downcast_ref::<io::Error>() {
+                    return io_result(io);
+                }
+                source = err.source();
+            }
+            ProbeResult::Error
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    fn target(port: u16, probe: Probe) -> Target {
+        Target {
+            address: "127.0.0.1".parse().unwrap(),
+            port,
+            probe,
+            timeout: Duration::from_millis(500),
+        }
+    }
+
+    fn http_probe(status: u16) -> Probe {
+        Probe::Http {
+            path: "healthz".into(),
+            expect_status: status,
+            tls: false,
+            host: Some("web.example".into()),
+        }
+    }
+
+    async fn closed_port() -> u16 {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap().port()
+    }
+
+    /// Answers every request with `status`, returning the request heads it saw.
+    async fn http_server(status: u16) -> (u16, tokio::sync::mpsc::UnboundedReceiver<String>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let n = s.read(&mut buf).await.unwrap_or(0);
+                    let _ = tx.send(String::from_utf8_lossy(&buf[..n]).to_string());
+                    let reply = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                    );
+                    let _ = s.write_all(reply.as_bytes()).await;
+                });
+            }
+        });
+        (port, rx)
+    }
+
+    #[tokio::test]
+    async fn tcp_ok_and_refused() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let prober = Prober::new();
+        assert_eq!(
+            prober.probe(&target(port, Probe::Tcp)).await,
+            ProbeResult::Ok
+        );
+        drop(l);
+        assert_eq!(
+            prober.probe(&target(port, Probe::Tcp)).await,
+            ProbeResult::Refused
+        );
+    }
+
+    #[tokio::test]
+    async fn http_checks_status_path_and_host() {
+        let prober = Prober::new();
+        let (port, mut seen) = http_server(204).await;
+        assert_eq!(
+            prober.probe(&target(port, http_probe(204))).await,
+            ProbeResult::Ok
+        );
+        let head = seen.recv().await.unwrap().to_lowercase();
+        assert!(head.starts_with("get /healthz http/1.1"), "{head}");
+        assert!(head.contains("host: web.example"), "{head}");
+        assert_eq!(
+            prober.probe(&target(port, http_probe(200))).await,
+            ProbeResult::Status(204)
+        );
+        let closed = closed_port().await;
+        assert_eq!(
+            prober.probe(&target(closed, http_probe(200))).await,
+            ProbeResult::Refused
+        );
+    }
+
+    #[tokio::test]
+    async fn silent_server_times_out() {
+        // Accepts but never answers: the HTTP probe must give up at the timeout.
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = l.accept().await {
+                held.push(s);
+            }
+        });
+        let mut t = target(port, http_probe(200));
+        t.timeout = Duration::from_millis(200);
+        let started = std::time::Instant::now();
+        assert_eq!(Prober::new().probe(&t).await, ProbeResult::Timeout);
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[tokio::test]
+    async fn https_to_a_plain_server_is_an_error_not_a_panic() {
+        let (port, _seen) = http_server(200).await;
+        let probe = Probe::Http {
+            path: "/".into(),
+            expect_status: 200,
+            tls: true,
+            host: None,
+        };
+        let r = Prober::new().probe(&target(port, probe)).await;
+        assert!(!r.is_success(), "{r:?}");
+    }
+}

@@ -1,0 +1,439 @@
+//! The shared verdict: from the gossiped opinions every node sees, is a backend up or down?
+//!
+//! Rule, applied per backend with the checkers `assign::checkers` picks from the live view:
+//! 1. Count the known (`Up`/`Down`) opinions of the live assigned checkers. A backend is down
+//!    when a strict majority of them say down; a tie is up (draining a healthy backend on a
+//!    split vote costs more than sending to a sick one for a moment).
+//! 2. If no assigned checker has an opinion yet (new checkers after a membership change), use
+//!    the opinions of the other live members that still publish one (former checkers hand over).
+//! 3. If nobody has an opinion, keep this node's previous verdict, and a backend never judged is up.
+//!
+//! Steps 1-2 depend only on the view, so nodes with the same view agree; step 3 can differ
+//! between a node that has judged the backend before and one that has not, until a checker reports.
+
+use super::assign::{backend_key, checkers};
+use super::hysteresis::CheckState;
+use super::wire::Observation;
+use crate::table::RuleTable;
+use serde::Serialize;
+use shoal_gossip::version::NodeId;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Up,
+    Down,
+}
+
+/// Why a verdict is what it is (which step of the rule decided).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "from", rename_all = "snake_case")]
+pub enum Basis {
+    Checkers { up: usize, down: usize },
+    FormerCheckers { up: usize, down: usize },
+    Previous,
+    NoReports,
+}
+
+/// Steps 1-3 of the rule for one backend. `reports` are opinions from live members only.
+pub fn verdict(
+    reports: &[(NodeId, CheckState)],
+    assigned: &[NodeId],
+    previous: Option<Verdict>,
+) -> (Verdict, Basis) {
+    let tally = |from_assigned: bool| {
+        let mut up = 0;
+        let mut down = 0;
+        for (node, state) in reports {
+            if assigned.contains(node) != from_assigned {
+                continue;
+            }
+            match state {
+                CheckState::Up => up += 1,
+                CheckState::Down => down += 1,
+                CheckState::Unknown => {}
+            }
+        }
+        (up, down)
+    };
+    let majority = |up: usize, down: usize| {
+        if down > up {
+            Verdict::Down
+        } else {
+            Verdict::Up
+        }
+    };
+    let (up, down) = tally(true);
+    if up + down > 0 {
+        return (majority(up, down), Basis::Checkers { up, down });
+    }
+    let (up, down) = tally(false);
+    if up + down > 0 {
+        return (majority(up, down), Basis::FormerCheckers { up, down });
+    }
+    match previous {
+        Some(v) => (v, Basis::Previous),
+        None => (Verdict::Up, Basis::NoReports),
+    }
+}
+
+/// One backend of a service, as the data plane addresses it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct BackendRef {
+    pub service: String,
+    pub address: IpAddr,
+    pub port: u16,
+}
+
+/// The verdicts of every checked backend. Backends not listed (unchecked services, unknown
+/// backends) are up.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Verdicts {
+    down: BTreeSet<BackendRef>,
+}
+
+impl Verdicts {
+    pub fn from_down(down: impl IntoIterator<Item = BackendRef>) -> Self {
+        Verdicts {
+            down: down.into_iter().collect(),
+        }
+    }
+
+    pub fn is_down(&self, service: &str, address: IpAddr, port: u16) -> bool {
+        // BTreeSet lookups need an owned key; the set is small and this is off the packet path.
+        self.down.contains(&BackendRef {
+            service: service.to_string(),
+            address,
+            port,
+        })
+    }
+
+    pub fn down(&self) -> impl Iterator<Item = &BackendRef> {
+        self.down.iter()
+    }
+
+    fn get(&self, b: &BackendRef) -> Verdict {
+        if self.down.contains(b) {
+            Verdict::Down
+        } else {
+            Verdict::Up
+        }
+    }
+}
+
+/// Gossiped opinions indexed by backend: who said what about it.
+pub type Opinions = BTreeMap<BackendRef, Vec<(NodeId, Observation)>>;
+
+/// Indexes decoded values `(node, service, observations)`, keeping only live nodes.
+pub fn index_opinions<'a>(
+    live: &[NodeId],
+    values: impl IntoIterator<Item = (NodeId, &'a str, Vec<Observation>)>,
+) -> Opinions {
+    let mut index = Opinions::new();
+    for (node, service, observations) in values {
+        if !live.contains(&node) {
+            continue;
+        }
+        for o in observations {
+            let key = BackendRef {
+                service: service.to_string(),
+                address: o.address,
+                port: o.port,
+            };
+            index.entry(key).or_default().push((node.clone(), o));
+        }
+    }
+    for list in index.values_mut() {
+        list.sort_by(|a, b| a.0.cmp(&b.0));
+    }
+    index
+}
+
+/// The verdict on one backend with everything the report shows about it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendVerdict {
+    pub backend: BackendRef,
+    pub verdict: Verdict,
+    pub basis: Basis,
+    pub checkers: Vec<NodeId>,
+    /// Opinions of live members about this backend, assigned or not, sorted by node.
+    pub opinions: Vec<(NodeId, Observation)>,
+}
+
+/// Judges every backend of every service that has a health check. `previous` is this node's last
+/// answer, used only when nobody has an opinion (step 3).
+pub fn evaluate(
+    table: &RuleTable,
+    live: &[NodeId],
+    k: usize,
+    opinions: &Opinions,
+    previous: &Verdicts,
+) -> Vec<BackendVerdict> {
+    let mut out = Vec::new();
+    for service in table.services.iter().filter(|s| s.health.is_some()) {
+        for b in &service.backends {
+            let backend = BackendRef {
+                service: service.name.clone(),
+                address: b.address,
+                port: b.port,
+            };
+            let assigned = checkers(&backend_key(&service.name, b.address, b.port), live, k);
+            let said: Vec<(NodeId, Observation)> = opinions
+                .get(&backend)
+                .map(|l| {
+                    l.iter()
+                        .filter(|(n, _)| live.contains(n))
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default();
+            let states: Vec<(NodeId, CheckState)> =
+                said.iter().map(|(n, o)| (n.clone(), o.state)).collect();
+            let had_verdict = previous.get(&backend);
+            // `previous` has no "never judged" marker: an absent backend is up, which is also
+            // what step 3 answers for a backend never judged.
+            let (verdict, basis) = verdict(&states, &assigned, Some(had_verdict));
+            let basis = match basis {
+                Basis::Previous if had_verdict == Verdict::Up => Basis::NoReports,
+                other => other,
+            };
+            out.push(BackendVerdict {
+                backend,
+                verdict,
+                basis,
+                checkers: assigned,
+                opinions: said,
+            });
+        }
+    }
+    out
+}
+
+/// The down set of an evaluation.
+pub fn verdicts_of(evaluated: &[BackendVerdict]) -> Verdicts {
+    Verdicts::from_down(
+        evaluated
+            .iter()
+            .filter(|v| v.verdict == Verdict::Down)
+            .map(|v| v.backend.clone()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::result::ProbeResult;
+    use crate::health::wire;
+    use crate::table::{Backend, HealthCheck, Probe, VirtualService};
+    use proptest::prelude::*;
+    use shoal_dataplane::model::{Forwarding, Protocol, SchedFlags, Tunnel};
+
+    fn n(i: usize) -> NodeId {
+        NodeId::new(format!("lb-{i}"))
+    }
+
+    #[test]
+    fn strict_majority_of_assigned_decides() {
+        let assigned = [n(0), n(1), n(2)];
+        let r = |s: [CheckState; 3]| -> Vec<(NodeId, CheckState)> {
+            (0..3).map(|i| (n(i), s[i])).collect()
+        };
+        use CheckState::*;
+        assert_eq!(
+            verdict(&r([Down, Down, Up]), &assigned, None).0,
+            Verdict::Down
+        );
+        assert_eq!(verdict(&r([Down, Up, Up]), &assigned, None).0, Verdict::Up);
+        // Ties are up; unknown opinions do not count.
+        assert_eq!(
+            verdict(&r([Down, Up, Unknown]), &assigned, None).0,
+            Verdict::Up
+        );
+        assert_eq!(
+            verdict(&r([Down, Unknown, Unknown]), &assigned, None),
+            (Verdict::Down, Basis::Checkers { up: 0, down: 1 })
+        );
+    }
+
+    #[test]
+    fn former_checkers_then_previous_then_up() {
+        use CheckState::*;
+        let assigned = [n(0), n(1)];
+        let former = vec![(n(0), Unknown), (n(5), Down)];
+        assert_eq!(
+            verdict(&former, &assigned, None),
+            (Verdict::Down, Basis::FormerCheckers { up: 0, down: 1 })
+        );
+        let none = vec![(n(0), Unknown)];
+        assert_eq!(
+            verdict(&none, &assigned, Some(Verdict::Down)),
+            (Verdict::Down, Basis::Previous)
+        );
+        assert_eq!(
+            verdict(&none, &assigned, None),
+            (Verdict::Up, Basis::NoReports)
+        );
+        // A former checker's stale "up" never outvotes an assigned checker's "down".
+        let mixed = vec![(n(1), Down), (n(5), Up), (n(6), Up)];
+        assert_eq!(verdict(&mixed, &assigned, None).0, Verdict::Down);
+    }
+
+    fn table(backends: usize) -> RuleTable {
+        RuleTable {
+            services: vec![VirtualService {
+                name: "web".into(),
+                vip: "203.0.113.1".parse().unwrap(),
+                port: 80,
+                protocol: Protocol::Tcp,
+                scheduler: "rr".into(),
+                flags: SchedFlags::default(),
+                forwarding: Forwarding::Tunnel(Tunnel::Ipip),
+                backends: (0..backends)
+                    .map(|i| Backend {
+                        address: format!("198.18.0.{}", i + 1).parse().unwrap(),
+                        port: 8080,
+                        weight: 1,
+                    })
+                    .collect(),
+                health: Some(HealthCheck {
+                    probe: Probe::Tcp,
+                    interval_ms: 1000,
+                    timeout_ms: 500,
+                    rise: 2,
+                    fall: 2,
+                }),
+            }],
+        }
+    }
+
+    fn obs(addr: IpAddr, state: CheckState) -> Observation {
+        Observation {
+            address: addr,
+            port: 8080,
+            state,
+            last_result: ProbeResult::Ok,
+            last_probe_ms: 1,
+            since_ms: 1,
+        }
+    }
+
+    #[test]
+    fn evaluate_uses_assigned_checkers_and_skips_dead_reporters() {
+        let t = table(1);
+        let live: Vec<NodeId> = (0..4).map(n).collect();
+        let addr = t.services[0].backends[0].address;
+        let assigned = checkers(&backend_key("web", addr, 8080), &live, 2);
+        let dead = n(9);
+        let values = vec![
+            (
+                assigned[0].clone(),
+                "web",
+                vec![obs(addr, CheckState::Down)],
+            ),
+            (
+                assigned[1].clone(),
+                "web",
+                vec![obs(addr, CheckState::Down)],
+            ),
+            (dead, "web", vec![obs(addr, CheckState::Up)]),
+        ];
+        let index = index_opinions(&live, values);
+        let out = evaluate(&t, &live, 2, &index, &Verdicts::default());
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].verdict, Verdict::Down);
+        assert_eq!(out[0].opinions.len(), 2);
+        assert!(verdicts_of(&out).is_down("web", addr, 8080));
+        assert!(!verdicts_of(&out).is_down("web", addr, 8081));
+    }
+
+    #[test]
+    fn services_without_health_are_never_judged() {
+        let mut t = table(2);
+        t.services[0].health = None;
+        let out = evaluate(&t, &[n(0)], 2, &Opinions::new(), &Verdicts::default());
+        assert!(out.is_empty());
+    }
+
+    fn arb_state() -> impl Strategy<Value = CheckState> {
+        prop_oneof![
+            Just(CheckState::Up),
+            Just(CheckState::Down),
+            Just(CheckState::Unknown)
+        ]
+    }
+
+    proptest! {
+        /// Two nodes with the same view (same live set, same gossiped values, in any order)
+        /// reach the same verdicts, whatever their own previous verdicts were, as long as some
+        /// live member has an opinion.
+        #[test]
+        fn same_view_same_verdicts(
+            nodes in 1usize..12,
+            k in 1usize..4,
+            states in prop::collection::vec(prop::collection::vec(arb_state(), 6), 12),
+            prev_a in prop::collection::vec(any::<bool>(), 6),
+            rotate in 0usize..12,
+        ) {
+            let t = table(6);
+            let live: Vec<NodeId> = (0..nodes).map(n).collect();
+            let values: Vec<(NodeId, String)> = (0..nodes).map(|i| {
+                let o: Vec<Observation> = t.services[0].backends.iter().enumerate()
+                    .map(|(b, be)| obs(be.address, states[i][b])).collect();
+                (n(i), wire::encode(&o))
+            }).collect();
+            let decode_all = |vals: &[(NodeId, String)]| -> Opinions {
+                index_opinions(&live, vals.iter().map(|(node, v)| (node.clone(), "web", wire::decode(v).unwrap())))
+            };
+            let mut rotated = values.clone();
+            rotated.rotate_left(rotate % nodes);
+            let mut live_b = live.clone();
+            live_b.reverse();
+            let prev = Verdicts::from_down(t.services[0].backends.iter().zip(&prev_a)
+                .filter(|(_, d)| **d)
+                .map(|(b, _)| BackendRef { service: "web".into(), address: b.address, port: b.port }));
+            let a = evaluate(&t, &live, k, &decode_all(&values), &prev);
+            let b = evaluate(&t, &live_b, k, &decode_all(&rotated), &Verdicts::default());
+            for (x, y) in a.iter().zip(&b) {
+                let anyone_knows = x.opinions.iter().any(|(_, o)| o.state != CheckState::Unknown);
+                if anyone_knows {
+                    prop_assert_eq!(x.verdict, y.verdict);
+                    prop_assert_eq!(&x.checkers, &y.checkers);
+                }
+            }
+        }
+
+        /// The verdict moves only when some opinion moves: feeding one checker a flapping
+        /// outcome stream through its hysteresis, the verdict changes no more often than that
+        /// checker's state does, which the hysteresis bounds by rise/fall.
+        #[test]
+        fn flapping_report_bounded_by_hysteresis(
+            outcomes in prop::collection::vec(any::<bool>(), 1..150),
+            rise in 1u32..4, fall in 1u32..4,
+            other in arb_state(),
+        ) {
+            use crate::health::hysteresis::Hysteresis;
+            let assigned = [n(0), n(1)];
+            let mut h = Hysteresis::new(0);
+            let mut last = verdict(&[(n(0), h.state()), (n(1), other)], &assigned, None).0;
+            let mut state_changes = 0;
+            let mut verdict_changes = 0;
+            let mut run_len = 0usize;
+            let mut last_ok = None;
+            for (i, &ok) in outcomes.iter().enumerate() {
+                run_len = if last_ok == Some(ok) { run_len + 1 } else { 1 };
+                last_ok = Some(ok);
+                if h.observe(ok, rise, fall, i as u64) { state_changes += 1; }
+                let now = verdict(&[(n(0), h.state()), (n(1), other)], &assigned, Some(last)).0;
+                if now != last {
+                    verdict_changes += 1;
+                    let need = if ok { rise } else { fall } as usize;
+                    prop_assert!(run_len >= need, "verdict flipped after {} equal outcomes, need {}", run_len, need);
+                }
+                last = now;
+            }
+            prop_assert!(verdict_changes <= state_changes);
+        }
+    }
+}

@@ -1,0 +1,404 @@
+//! The `shoal.io/...` Service annotations: parsing, defaults, and errors that name the annotation.
+//!
+//! | annotation | values | default |
+//! |---|---|---|
+//! | `shoal.io/vip` | an IPv4 or IPv6 address | `spec.loadBalancerIP`, else allocated from a pool |
+//! | `shoal.io/scheduler` | `mh rr wrr lc wlc sh dh sed nq lblc lblcr fo ovf twos` | `mh` |
+//! | `shoal.io/mh-port` | `true`/`false` (only with `mh`) | `false` |
+//! | `shoal.io/mh-fallback` | `true`/`false` (only with `mh`) | `true` with `mh` |
+//! | `shoal.io/forwarding` | `tunnel` (= `ipip`), `gue`, `gre`, `masq`, `route` | `tunnel` |
+//! | `shoal.io/gue-port` | UDP port of the backends' GUE decapsulation | `6080` |
+//! | `shoal.io/health-check` | `tcp`, `http`, `https`, `none` | `tcp` |
+//! | `shoal.io/health-path` | HTTP path starting with `/` | `/` |
+//! | `shoal.io/health-expect-status` | 100..=599 | `200` |
+//! | `shoal.io/health-host` | Host header | none |
+//! | `shoal.io/health-interval-ms` | >= 100 | `2000` |
+//! | `shoal.io/health-timeout-ms` | 1..=interval | `1000` |
+//! | `shoal.io/health-rise` | 1..=100 | `2` |
+//! | `shoal.io/health-fall` | 1..=100 | `3` |
+
+use crate::table::{HealthCheck, Probe};
+use shoal_dataplane::model::{Forwarding, SchedFlags, Tunnel};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+pub const VIP: &str = "shoal.io/vip";
+pub const SCHEDULER: &str = "shoal.io/scheduler";
+pub const MH_PORT: &str = "shoal.io/mh-port";
+pub const MH_FALLBACK: &str = "shoal.io/mh-fallback";
+pub const FORWARDING: &str = "shoal.io/forwarding";
+pub const GUE_PORT: &str = "shoal.io/gue-port";
+pub const HEALTH_CHECK: &str = "shoal.io/health-check";
+pub const HEALTH_PATH: &str = "shoal.io/health-path";
+pub const HEALTH_EXPECT_STATUS: &str = "shoal.io/health-expect-status";
+pub const HEALTH_HOST: &str = "shoal.io/health-host";
+pub const HEALTH_INTERVAL_MS: &str = "shoal.io/health-interval-ms";
+pub const HEALTH_TIMEOUT_MS: &str = "shoal.io/health-timeout-ms";
+pub const HEALTH_RISE: &str = "shoal.io/health-rise";
+pub const HEALTH_FALL: &str = "shoal.io/health-fall";
+
+/// IPVS schedulers Shoal lets a Service pick; `mh` is the default because every replica
+/// builds the same Maglev table from the same destinations, so flows survive a move
+/// between replicas.
+pub const SCHEDULERS: &[&str] = &[
+    "mh", "rr", "wrr", "lc", "wlc", "sh", "dh", "sed", "nq", "lblc", "lblcr", "fo", "ovf", "twos",
+];
+
+pub const DEFAULT_GUE_PORT: u16 = 6080;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("annotation {annotation}={value:?}: {reason}")]
+pub struct AnnotationError {
+    pub annotation: String,
+    pub value: String,
+    pub reason: String,
+}
+
+fn bad(annotation: &str, value: &str, reason: impl Into<String>) -> AnnotationError {
+    AnnotationError {
+        annotation: annotation.to_string(),
+        value: value.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Everything the annotations decide about one Service (all its ports share it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceSettings {
+    pub requested_vip: Option<IpAddr>,
+    pub scheduler: String,
+    pub flags: SchedFlags,
+    pub forwarding: Forwarding,
+    pub health: Option<HealthCheck>,
+}
+
+impl Default for ServiceSettings {
+    fn default() -> Self {
+        ServiceSettings {
+            requested_vip: None,
+            scheduler: "mh".to_string(),
+            flags: SchedFlags {
+                mh_port: false,
+                mh_fallback: true,
+            },
+            forwarding: Forwarding::Tunnel(Tunnel::Ipip),
+            health: Some(default_health()),
+        }
+    }
+}
+
+fn default_health() -> HealthCheck {
+    HealthCheck {
+        probe: Probe::Tcp,
+        interval_ms: 2000,
+        timeout_ms: 1000,
+        rise: 2,
+        fall: 3,
+    }
+}
+
+/// Parses the annotations; `load_balancer_ip` is the deprecated `spec.loadBalancerIP`, used
+/// only when `shoal.io/vip` is absent. Stops at the first bad annotation: a Service that is
+/// half understood is not published.
+pub fn parse(
+    annotations: &BTreeMap<String, String>,
+    load_balancer_ip: Option<&str>,
+) -> Result<ServiceSettings, AnnotationError> {
+    let get = |k: &str| annotations.get(k).map(|v| v.trim());
+    let mut s = ServiceSettings::default();
+
+    s.requested_vip = match (get(VIP), load_balancer_ip.map(str::trim)) {
+        (Some(v), _) => Some(
+            v.parse()
+                .map_err(|_| bad(VIP, v, "not an IP address"))?,
+        ),
+        (None, Some(v)) if !v.is_empty() => Some(v.parse().map_err(|_| {
+            bad("spec.loadBalancerIP", v, "not an IP address")
+        })?),
+        _ => None,
+    };
+
+    if let Some(v) = get(SCHEDULER) {
+        if !SCHEDULERS.contains(&v) {
+            return Err(bad(
+                SCHEDULER,
+                v,
+                format!("unknown scheduler, expected one of {}", SCHEDULERS.join(" ")),
+            ));
+        }
+        s.scheduler = v.to_string();
+    }
+    let is_mh = s.scheduler == "mh";
+    s.flags.mh_fallback = is_mh;
+    for (key, field) in [(MH_PORT, 0), (MH_FALLBACK, 1)] {
+        if let Some(v) = get(key) {
+            let on = parse_bool(key, v)?;
+            if on && !is_mh {
+                return Err(bad(key, v, "only valid with shoal.io/scheduler=mh"));
+            }
+            if field == 0 {
+                s.flags.mh_port = on;
+            } else {
+                s.flags.mh_fallback = on;
+            }
+        }
+    }
+
+    let gue_port = match get(GUE_PORT) {
+        Some(v) => {
+            let port: u16 = parse_num(GUE_PORT, v)?;
+            if port == 0 {
+                return Err(bad(GUE_PORT, v, "port 0 is not usable"));
+            }
+            Some(port)
+        }
+        None => None,
+    };
+    if let Some(v) = get(FORWARDING) {
+        s.forwarding = match v {
+            "tunnel" | "ipip" => Forwarding::Tunnel(Tunnel::Ipip),
+            "gue" => Forwarding::Tunnel(Tunnel::Gue {
+                port: gue_port.unwrap_or(DEFAULT_GUE_PORT),
+                flags: 0,
+            }),
+            "gre" => Forwarding::Tunnel(Tunnel::Gre { flags: 0 }),
+            "masq" => Forwarding::Masq,
+            "route" => Forwarding::Route,
+            _ => {
+                return Err(bad(
+                    FORWARDING,
+                    v,
+                    "expected one of tunnel ipip gue gre masq route",
+                ))
+            }
+        };
+    }
+    if let (Some(_), false) = (
+        gue_port,
+        matches!(s.forwarding, Forwarding::Tunnel(Tunnel::Gue { .. })),
+    ) {
+        return Err(bad(
+            GUE_PORT,
+            get(GUE_PORT).unwrap_or_default(),
+            "only valid with shoal.io/forwarding=gue",
+        ));
+    }
+
+    s.health = parse_health(&get)?;
+    Ok(s)
+}
+
+fn parse_health<'a>(
+    get: &impl Fn(&str) -> Option<&'a str>,
+) -> Result<Option<HealthCheck>, AnnotationError> {
+    let kind = get(HEALTH_CHECK).unwrap_or("tcp");
+    let mut h = default_health();
+    h.probe = match kind {
+        "none" => return Ok(None),
+        "tcp" => Probe::Tcp,
+        "http" | "https" => {
+            let path = get(HEALTH_PATH).unwrap_or("/");
+            if !path.starts_with('/') {
+                return Err(bad(HEALTH_PATH, path, "must start with '/'"));
+            }
+            let expect_status = match get(HEALTH_EXPECT_STATUS) {
+                Some(v) => {
+                    let code: u16 = parse_num(HEALTH_EXPECT_STATUS, v)?;
+                    if !(100..=599).contains(&code) {
+                        return Err(bad(HEALTH_EXPECT_STATUS, v, "not an HTTP status (100-599)"));
+                    }
+                    code
+                }
+                None => 200,
+            };
+            Probe::Http {
+                path: path.to_string(),
+                expect_status,
+                tls: kind == "https",
+                host: get(HEALTH_HOST).map(str::to_string),
+            }
+        }
+        other => {
+            return Err(bad(
+                HEALTH_CHECK,
+                other,
+                "expected one of tcp http https none",
+            ))
+        }
+    };
+    if !matches!(h.probe, Probe::Http { .. }) {
+        for key in [HEALTH_PATH, HEALTH_EXPECT_STATUS, HEALTH_HOST] {
+            if let Some(v) = get(key) {
+                return Err(bad(key, v, "only valid with shoal.io/health-check=http or https"));
+            }
+        }
+    }
+    if let Some(v) = get(HEALTH_INTERVAL_MS) {
+        h.interval_ms = parse_num(HEALTH_INTERVAL_MS, v)?;
+        if h.interval_ms < 100 {
+            return Err(bad(HEALTH_INTERVAL_MS, v, "must be at least 100"));
+        }
+    }
+    if let Some(v) = get(HEALTH_TIMEOUT_MS) {
+        h.timeout_ms = parse_num(HEALTH_TIMEOUT_MS, v)?;
+    }
+    if h.timeout_ms == 0 || h.timeout_ms > h.interval_ms {
+        let v = get(HEALTH_TIMEOUT_MS)
+            .map(str::to_string)
+            .unwrap_or_else(|| h.timeout_ms.to_string());
+        return Err(bad(
+            HEALTH_TIMEOUT_MS,
+            &v,
+            format!("must be between 1 and the interval ({} ms)", h.interval_ms),
+        ));
+    }
+    for (key, slot) in [(HEALTH_RISE, &mut h.rise), (HEALTH_FALL, &mut h.fall)] {
+        if let Some(v) = get(key) {
+            *slot = parse_num(key, v)?;
+            if !(1..=100).contains(slot) {
+                return Err(bad(key, v, "must be between 1 and 100"));
+            }
+        }
+    }
+    Ok(Some(h))
+}
+
+fn parse_bool(key: &str, v: &str) -> Result<bool, AnnotationError> {
+    match v {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(bad(key, v, "expected true or false")),
+    }
+}
+
+fn parse_num<T: std::str::FromStr>(key: &str, v: &str) -> Result<T, AnnotationError> {
+    v.parse()
+        .map_err(|_| bad(key, v, "not a number in range"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn ann(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn no_annotations_give_the_documented_defaults() {
+        let s = parse(&BTreeMap::new(), None).unwrap();
+        assert_eq!(s.scheduler, "mh");
+        assert!(s.flags.mh_fallback && !s.flags.mh_port);
+        assert_eq!(s.forwarding, Forwarding::Tunnel(Tunnel::Ipip));
+        let h = s.health.unwrap();
+        assert_eq!((h.probe, h.interval_ms, h.timeout_ms, h.rise, h.fall), (Probe::Tcp, 2000, 1000, 2, 3));
+        assert_eq!(s.requested_vip, None);
+    }
+
+    #[test]
+    fn vip_annotation_wins_over_load_balancer_ip() {
+        let s = parse(&ann(&[(VIP, "203.0.113.7")]), Some("203.0.113.9")).unwrap();
+        assert_eq!(s.requested_vip, Some("203.0.113.7".parse().unwrap()));
+        let s = parse(&BTreeMap::new(), Some("203.0.113.9")).unwrap();
+        assert_eq!(s.requested_vip, Some("203.0.113.9".parse().unwrap()));
+        let e = parse(&BTreeMap::new(), Some("nope")).unwrap_err();
+        assert_eq!(e.annotation, "spec.loadBalancerIP");
+    }
+
+    #[test]
+    fn full_http_health_and_gue() {
+        let s = parse(
+            &ann(&[
+                (SCHEDULER, "wrr"),
+                (FORWARDING, "gue"),
+                (GUE_PORT, "5555"),
+                (HEALTH_CHECK, "https"),
+                (HEALTH_PATH, "/healthz"),
+                (HEALTH_EXPECT_STATUS, "204"),
+                (HEALTH_HOST, "example.test"),
+                (HEALTH_INTERVAL_MS, "500"),
+                (HEALTH_TIMEOUT_MS, "400"),
+                (HEALTH_RISE, "1"),
+                (HEALTH_FALL, "5"),
+            ]),
+            None,
+        )
+        .unwrap();
+        assert_eq!(s.scheduler, "wrr");
+        assert_eq!(s.flags, SchedFlags::default());
+        assert_eq!(s.forwarding, Forwarding::Tunnel(Tunnel::Gue { port: 5555, flags: 0 }));
+        assert_eq!(
+            s.health,
+            Some(HealthCheck {
+                probe: Probe::Http {
+                    path: "/healthz".into(),
+                    expect_status: 204,
+                    tls: true,
+                    host: Some("example.test".into())
+                },
+                interval_ms: 500,
+                timeout_ms: 400,
+                rise: 1,
+                fall: 5
+            })
+        );
+    }
+
+    #[test]
+    fn errors_name_the_annotation() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[(VIP, "1.2.3")], VIP),
+            (&[(SCHEDULER, "fastest")], SCHEDULER),
+            (&[(SCHEDULER, "rr"), (MH_PORT, "true")], MH_PORT),
+            (&[(MH_FALLBACK, "yes")], MH_FALLBACK),
+            (&[(FORWARDING, "nat")], FORWARDING),
+            (&[(GUE_PORT, "6000")], GUE_PORT),
+            (&[(FORWARDING, "gue"), (GUE_PORT, "0")], GUE_PORT),
+            (&[(HEALTH_CHECK, "icmp")], HEALTH_CHECK),
+            (&[(HEALTH_PATH, "/x")], HEALTH_PATH),
+            (&[(HEALTH_CHECK, "http"), (HEALTH_PATH, "x")], HEALTH_PATH),
+            (&[(HEALTH_CHECK, "http"), (HEALTH_EXPECT_STATUS, "42")], HEALTH_EXPECT_STATUS),
+            (&[(HEALTH_INTERVAL_MS, "10")], HEALTH_INTERVAL_MS),
+            (&[(HEALTH_TIMEOUT_MS, "5000")], HEALTH_TIMEOUT_MS),
+            (&[(HEALTH_INTERVAL_MS, "500")], HEALTH_TIMEOUT_MS),
+            (&[(HEALTH_RISE, "0")], HEALTH_RISE),
+            (&[(HEALTH_FALL, "-1")], HEALTH_FALL),
+        ];
+        for (pairs, key) in cases {
+            let e = parse(&ann(pairs), None).unwrap_err();
+            assert_eq!(&e.annotation, key, "{pairs:?} -> {e}");
+            assert!(e.to_string().contains(key));
+        }
+    }
+
+    #[test]
+    fn health_none_disables_probes() {
+        assert_eq!(parse(&ann(&[(HEALTH_CHECK, "none")]), None).unwrap().health, None);
+    }
+
+    proptest! {
+        /// Arbitrary annotation values never panic; an accepted result keeps its invariants.
+        #[test]
+        fn arbitrary_values_never_panic(
+            key in proptest::sample::select(vec![VIP, SCHEDULER, MH_PORT, MH_FALLBACK, FORWARDING,
+                GUE_PORT, HEALTH_CHECK, HEALTH_PATH, HEALTH_EXPECT_STATUS, HEALTH_HOST,
+                HEALTH_INTERVAL_MS, HEALTH_TIMEOUT_MS, HEALTH_RISE, HEALTH_FALL]),
+            value in ".{0,12}",
+        ) {
+            match parse(&ann(&[(key, &value)]), None) {
+                Ok(s) => {
+                    prop_assert!(SCHEDULERS.contains(&s.scheduler.as_str()));
+                    if let Some(h) = s.health {
+                        prop_assert!(h.timeout_ms >= 1 && h.timeout_ms <= h.interval_ms);
+                        prop_assert!(h.rise >= 1 && h.fall >= 1);
+                    }
+                }
+                Err(e) => prop_assert_eq!(e.annotation, key),
+            }
+        }
+    }
+}

@@ -1,0 +1,443 @@
+//! Shared health end to end in one process: several health runners on a `MemoryCluster`,
+//! probing real TCP and HTTP backends on 127.0.0.1 that count the probes they receive.
+
+use prometheus_client::registry::Registry;
+use shoal_dataplane::model::{Forwarding, Protocol, SchedFlags, Tunnel};
+use shoal_gossip::version::NodeId;
+use shoal_node::health::{self, assign, HealthConfig, HealthHandle, MemoryCluster, Verdict};
+use shoal_node::table::{Backend, HealthCheck, Probe, RuleTable, VirtualService};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+const LOCALHOST: &str = "127.0.0.1";
+
+/// A backend that counts accepted connections and can be stopped and restarted on its port.
+struct TestBackend {
+    port: u16,
+    http: bool,
+    accepted: Arc<AtomicU64>,
+    stop: Option<CancellationToken>,
+}
+
+impl TestBackend {
+    async fn start(http: bool) -> Self {
+        let mut b = TestBackend {
+            port: 0,
+            http,
+            accepted: Arc::new(AtomicU64::new(0)),
+            stop: None,
+        };
+        b.listen().await;
+        b
+    }
+
+    async fn listen(&mut self) {
+        let listener = TcpListener::bind((LOCALHOST, self.port)).await.unwrap();
+        self.port = listener.local_addr().unwrap().port();
+        let stop = CancellationToken::new();
+        self.stop = Some(stop.clone());
+        let (accepted, http) = (self.accepted.clone(), self.http);
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    r = listener.accept() => match r { Ok(c) => c, Err(_) => continue },
+                };
+                accepted.fetch_add(1, Ordering::Relaxed);
+                if http {
+                    tokio::spawn(async move {
+                        let mut buf = [0u8; 2048];
+                        let _ = s.read(&mut buf).await;
+                        let _ = s
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+                            .await;
+                    });
+                }
+            }
+        });
+    }
+
+    fn kill(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            stop.cancel();
+        }
+    }
+
+    async fn restart(&mut self) {
+        // The listener is dropped by its task; give it a moment so the port is free again.
+        for _ in 0..50 {
+            if TcpListener::bind((LOCALHOST, self.port)).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.listen().await;
+    }
+
+    fn count(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+}
+
+fn check(interval_ms: u64, rise: u32, fall: u32, probe: Probe) -> HealthCheck {
+    HealthCheck {
+        probe,
+        interval_ms,
+        timeout_ms: (interval_ms / 2).max(50),
+        rise,
+        fall,
+    }
+}
+
+fn service(
+    name: &str,
+    vip_last: u8,
+    backends: &[&TestBackend],
+    check: HealthCheck,
+) -> VirtualService {
+    let mut backends: Vec<Backend> = backends
+        .iter()
+        .map(|b| Backend {
+            address: LOCALHOST.parse().unwrap(),
+            port: b.port,
+            weight: 10,
+        })
+        .collect();
+    backends.sort();
+    VirtualService {
+        name: name.into(),
+        vip: format!("203.0.113.{vip_last}").parse().unwrap(),
+        port: 80,
+        protocol: Protocol::Tcp,
+        scheduler: "rr".into(),
+        flags: SchedFlags::default(),
+        forwarding: Forwarding::Tunnel(Tunnel::Ipip),
+        backends,
+        health: Some(check),
+    }
+}
+
+fn http_probe() -> Probe {
+    Probe::Http {
+        path: "/healthz".into(),
+        expect_status: 200,
+        tls: false,
+        host: None,
+    }
+}
+
+struct Node {
+    id: String,
+    handle: HealthHandle,
+    cancel: CancellationToken,
+}
+
+struct Cluster {
+    members: MemoryCluster,
+    nodes: Vec<Node>,
+    _tables: watch::Sender<Option<Arc<RuleTable>>>,
+}
+
+impl Cluster {
+    fn start(n: usize, k: usize, table: RuleTable) -> Self {
+        let members = MemoryCluster::new();
+        let (tx, rx) = watch::channel(Some(Arc::new(table)));
+        let nodes = (0..n)
+            .map(|i| {
+                let id = format!("lb-{i}");
+                let board = members.join(&id);
+                let cancel = CancellationToken::new();
+                let mut registry = Registry::default();
+                let handle = health::spawn(
+                    HealthConfig {
+                        checkers_per_backend: k,
+                    },
+                    board,
+                    rx.clone(),
+                    &mut registry,
+                    cancel.clone(),
+                );
+                Node { id, handle, cancel }
+            })
+            .collect();
+        Cluster {
+            members,
+            nodes,
+            _tables: tx,
+        }
+    }
+
+    fn kill_node(&mut self, id: &str) {
+        let i = self.nodes.iter().position(|n| n.id == id).unwrap();
+        let node = self.nodes.remove(i);
+        node.cancel.cancel();
+        self.members.kill(id);
+    }
+
+    fn all_say(&self, service: &str, port: u16, down: bool) -> bool {
+        let addr: IpAddr = LOCALHOST.parse().unwrap();
+        self.nodes
+            .iter()
+            .all(|n| n.handle.verdicts().borrow().is_down(service, addr, port) == down)
+    }
+
+    /// True once every backend has K checkers with an `up` opinion in every node's report.
+    fn settled_up(&self, k: usize) -> bool {
+        self.nodes.iter().all(|n| {
+            let r = n.handle.report();
+            !r.services.is_empty()
+                && r.services.values().flat_map(|s| s.values()).all(|b| {
+                    b.verdict == Verdict::Up
+                        && b.checkers.len() == k
+                        && b.checkers.iter().all(|c| c.state == health::CheckState::Up)
+                })
+        })
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &self.nodes {
+            n.cancel.cancel();
+        }
+    }
+}
+
+async fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if cond() {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_backend_is_down_on_every_node_then_back() {
+    let (interval_ms, rise, fall) = (200, 2, 2);
+    let mut tcp = Vec::new();
+    let mut web = Vec::new();
+    for _ in 0..3 {
+        tcp.push(TestBackend::start(false).await);
+        web.push(TestBackend::start(true).await);
+    }
+    let table = RuleTable {
+        services: vec![
+            service(
+                "tcp",
+                1,
+                &tcp.iter().collect::<Vec<_>>(),
+                check(interval_ms, rise, fall, Probe::Tcp),
+            ),
+            service(
+                "web",
+                2,
+                &web.iter().collect::<Vec<_>>(),
+                check(interval_ms, rise, fall, http_probe()),
+            ),
+        ],
+    };
+    let cluster = Cluster::start(5, 2, table);
+    assert!(wait_until(Duration::from_secs(5), || cluster.settled_up(2))
+        .await
+        .is_some());
+
+    let limit = Duration::from_millis(interval_ms * fall as u64 + 1000);
+    let steady_port = tcp[2].port;
+    for (name, backend) in [("tcp", &mut tcp[0]), ("web", &mut web[1])] {
+        backend.kill();
+        let took = wait_until(limit, || cluster.all_say(name, backend.port, true)).await;
+        println!("{name}: down on all 5 nodes after {took:?} (limit {limit:?})");
+        assert!(
+            took.is_some(),
+            "{name} backend not down everywhere within {limit:?}"
+        );
+        assert!(
+            cluster.all_say("tcp", steady_port, false),
+            "a healthy backend went down"
+        );
+
+        backend.restart().await;
+        let back_limit = Duration::from_millis(interval_ms * rise as u64 + 1000);
+        let took = wait_until(back_limit, || cluster.all_say(name, backend.port, false)).await;
+        println!("{name}: up again on all 5 nodes after {took:?} (limit {back_limit:?})");
+        assert!(
+            took.is_some(),
+            "{name} backend not back within {back_limit:?}"
+        );
+    }
+    // The report explains the verdicts: each backend lists its two checkers and their results.
+    let report = cluster.nodes[3].handle.report();
+    let json = serde_json::to_value(&report).unwrap();
+    let first = &json["tcp"][format!("127.0.0.1:{}", tcp[0].port)];
+    assert_eq!(first["verdict"], "up");
+    assert_eq!(first["checkers"].as_array().unwrap().len(), 2);
+    assert_eq!(first["checkers"][0]["last_result"], "ok");
+    assert!(first["since_unix_ms"].as_u64().unwrap() > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_backend_gets_k_probes_per_interval() {
+    let interval_ms = 200;
+    let k = 2;
+    let mut backends = Vec::new();
+    for i in 0..6 {
+        backends.push(TestBackend::start(i % 2 == 1).await);
+    }
+    let tcp: Vec<&TestBackend> = backends.iter().filter(|b| !b.http).collect();
+    let web: Vec<&TestBackend> = backends.iter().filter(|b| b.http).collect();
+    let table = RuleTable {
+        services: vec![
+            service("tcp", 1, &tcp, check(interval_ms, 2, 2, Probe::Tcp)),
+            service("web", 2, &web, check(interval_ms, 2, 2, http_probe())),
+        ],
+    };
+    let cluster = Cluster::start(5, k, table);
+    assert!(wait_until(Duration::from_secs(5), || cluster.settled_up(k))
+        .await
+        .is_some());
+
+    let before: Vec<u64> = backends.iter().map(|b| b.count()).collect();
+    let intervals = 15u64;
+    tokio::time::sleep(Duration::from_millis(interval_ms * intervals)).await;
+    for (b, start) in backends.iter().zip(before) {
+        let probes = b.count() - start;
+        println!(
+            "backend :{} got {probes} probes in {intervals} intervals (K={k})",
+            b.port
+        );
+        let (lo, hi) = ((k as u64 - 1) * intervals, (k as u64 + 1) * intervals);
+        assert!(
+            (lo..=hi).contains(&probes),
+            "{probes} probes, expected {lo}..={hi}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_checker_is_replaced_within_one_interval() {
+    let interval_ms = 500;
+    let mut backends = Vec::new();
+    for _ in 0..6 {
+        backends.push(TestBackend::start(false).await);
+    }
+    let table = RuleTable {
+        services: vec![service(
+            "tcp",
+            1,
+            &backends.iter().collect::<Vec<_>>(),
+            check(interval_ms, 2, 2, Probe::Tcp),
+        )],
+    };
+    let mut cluster = Cluster::start(5, 2, table);
+    assert!(wait_until(Duration::from_secs(5), || cluster.settled_up(2))
+        .await
+        .is_some());
+
+    // Take backend 0 down first, so the handover must also keep its verdict down.
+    let addr: IpAddr = LOCALHOST.parse().unwrap();
+    let port = backends[0].port;
+    backends[0].kill();
+    assert!(wait_until(Duration::from_secs(3), || cluster
+        .all_say("tcp", port, true))
+    .await
+    .is_some());
+
+    let key = assign::backend_key("tcp", addr, port);
+    let live: Vec<NodeId> = (0..5).map(|i| NodeId::new(format!("lb-{i}"))).collect();
+    let before = assign::checkers(&key, &live, 2);
+    let victim = before[0].clone();
+    let survivors: Vec<NodeId> = live.iter().filter(|n| **n != victim).cloned().collect();
+    let after = assign::checkers(&key, &survivors, 2);
+    let newcomer = after.iter().find(|n| !before.contains(n)).unwrap().clone();
+
+    let killed_ms = shoal_node::unix_ms();
+    let started = Instant::now();
+    cluster.kill_node(victim.as_str());
+    let observer = cluster
+        .nodes
+        .iter()
+        .find(|n| n.id != newcomer.as_str())
+        .unwrap();
+    let mut still_down = true;
+    let took = wait_until(Duration::from_millis(interval_ms * 3), || {
+        still_down &= observer
+            .handle
+            .verdicts()
+            .borrow()
+            .is_down("tcp", addr, port);
+        observer.handle.report().services["tcp"].values().any(|b| {
+            b.port == port
+                && b.checkers
+                    .iter()
+                    .any(|c| c.node == newcomer.as_str() && c.last_probe_unix_ms >= killed_ms)
+        })
+    })
+    .await;
+    println!(
+        "checker {victim} killed: {newcomer} probed after {took:?} (elapsed {:?})",
+        started.elapsed()
+    );
+    let took = took.expect("the new checker never probed");
+    assert!(
+        took <= Duration::from_millis(interval_ms),
+        "new checker probed after {took:?}"
+    );
+    assert!(still_down, "the verdict flipped to up during the handover");
+    assert!(cluster.all_say("tcp", port, true));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_flapping_every_100ms_does_not_flap_the_verdict() {
+    let interval_ms = 250;
+    let mut flapper = TestBackend::start(false).await;
+    let steady = TestBackend::start(false).await;
+    let table = RuleTable {
+        services: vec![service(
+            "tcp",
+            1,
+            &[&flapper, &steady],
+            check(interval_ms, 3, 3, Probe::Tcp),
+        )],
+    };
+    let cluster = Cluster::start(5, 2, table);
+    assert!(wait_until(Duration::from_secs(5), || cluster.settled_up(2))
+        .await
+        .is_some());
+
+    let mut changes = cluster
+        .nodes
+        .iter()
+        .map(|n| n.handle.verdicts())
+        .collect::<Vec<_>>();
+    for c in &mut changes {
+        c.mark_unchanged();
+    }
+    let port = flapper.port;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut up = true;
+    for _ in 0..40 {
+        tick.tick().await;
+        if up {
+            flapper.kill();
+        } else {
+            flapper.restart().await;
+        }
+        up = !up;
+    }
+    for (i, c) in changes.iter().enumerate() {
+        assert!(
+            !c.has_changed().unwrap(),
+            "node {i}'s verdicts changed while the backend flapped"
+        );
+    }
+    assert!(cluster.all_say("tcp", port, false));
+}

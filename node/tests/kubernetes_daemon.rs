@@ -1,0 +1,191 @@
+//! Three real `shoal run` processes with `--source kubernetes`, each with its own kubeconfig
+//! pointing at its own port of one fake API server, so requests are counted per node:
+//! only the publisher talks to the API server, and when it is killed the next one lists and
+//! watches and the replicated table content is unchanged.
+
+mod kubernetes_fake;
+
+use kubernetes_fake::{kubeconfig, service, slice, FakeApi, Kind};
+use serde_json::Value;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(40);
+
+struct Node {
+    id: String,
+    admin: SocketAddr,
+    child: Child,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_udp() -> u16 {
+    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+fn free_tcp() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn spawn(id: &str, listen: u16, admin: u16, seeds: &[u16], kubeconfig: &Path, logs: &Path) -> Node {
+    let seeds: Vec<String> = seeds.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let log = std::fs::File::create(logs.join(format!("{id}.log"))).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args([
+            "run",
+            "--node-id",
+            id,
+            "--listen",
+            &format!("127.0.0.1:{listen}"),
+            "--admin",
+            &format!("127.0.0.1:{admin}"),
+            "--seeds",
+            &seeds.join(","),
+            "--cluster",
+            "k8s-test",
+            "--insecure",
+            "--source",
+            "kubernetes",
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "--vip-pools",
+            "203.0.113.0/24",
+            "--dataplane",
+            "memory",
+        ])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    Node {
+        id: id.to_string(),
+        admin: format!("127.0.0.1:{admin}").parse().unwrap(),
+        child,
+    }
+}
+
+async fn table(node: &Node) -> Option<Value> {
+    let url = format!("http://{}/v1/table", node.admin);
+    let resp = reqwest::get(url).await.ok()?;
+    if !resp.status().is_success() {
+        return None;
+    }
+    resp.json::<Value>().await.ok()
+}
+
+async fn wait_for<F, Fut>(what: &str, logs: &Path, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !cond().await {
+        if tokio::time::Instant::now() > deadline {
+            for entry in std::fs::read_dir(logs).unwrap().flatten() {
+                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(30).collect();
+                eprintln!("--- {}\n{}", entry.path().display(), tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+            }
+            panic!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn service_count(t: &Option<Value>) -> usize {
+    t.as_ref()
+        .and_then(|t| t["table"]["services"].as_array())
+        .map(Vec::len)
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_publisher_talks_and_a_new_one_takes_over() {
+    let api = FakeApi::new();
+    api.apply(Kind::Service, service("ns", "web", &[("http", 80)], &[("shoal.io/vip", "203.0.113.10")]));
+    api.apply(Kind::Service, service("ns", "dns", &[("dns", 53)], &[]));
+    api.apply(Kind::EndpointSlice, slice("ns", "web", "a", ("http", 80), &[("198.18.0.2", true), ("198.18.0.3", true)]));
+
+    let dir = tempfile::tempdir().unwrap();
+    let ids = ["a", "b", "c"];
+    let listen: Vec<u16> = ids.iter().map(|_| free_udp()).collect();
+    let admin: Vec<u16> = ids.iter().map(|_| free_tcp()).collect();
+    let mut nodes = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let addr = api.listen(id).await;
+        let kc = dir.path().join(format!("{id}.kubeconfig"));
+        std::fs::write(&kc, kubeconfig(addr)).unwrap();
+        let seeds: Vec<u16> = listen.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, p)| *p).collect();
+        nodes.push(spawn(id, listen[i], admin[i], &seeds, &kc, dir.path()));
+    }
+
+    // Every node holds the table; it came from the API server through node a only.
+    wait_for("all three nodes hold the table", dir.path(), || {
+        let nodes = &nodes;
+        async move {
+            for n in nodes {
+                if service_count(&table(n).await) != 2 {
+                    return false;
+                }
+            }
+            true
+        }
+    })
+    .await;
+    let before = table(&nodes[2]).await.unwrap()["table"].clone();
+    assert!(api.request_count("a") > 0, "the publisher lists and watches");
+    assert_eq!(api.request_count("b"), 0, "node b must not contact the API server");
+    assert_eq!(api.request_count("c"), 0, "node c must not contact the API server");
+
+    // Kill the publisher mid-stream.
+    let a = nodes.remove(0);
+    assert_eq!(a.id, "a");
+    drop(a);
+    wait_for("node b lists and watches", dir.path(), || {
+        let api = api.clone();
+        async move {
+            let paths: Vec<String> = api.requests("b").into_iter().map(|r| r.path).collect();
+            paths.iter().any(|p| p.contains("watch=true") && p.starts_with("/api/v1/services"))
+                && paths.iter().any(|p| p.contains("watch=true") && p.starts_with("/apis/discovery.k8s.io"))
+        }
+    })
+    .await;
+    // The new publisher's first table is the same content: nothing flaps on node c.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(table(&nodes[1]).await.unwrap()["table"], before);
+    // A change after the handover flows through the new publisher to node c.
+    api.apply(Kind::EndpointSlice, slice("ns", "web", "a", ("http", 80), &[("198.18.0.2", true), ("198.18.0.3", true), ("198.18.0.4", true)]));
+    wait_for("node c sees the change published by b", dir.path(), || {
+        let c = &nodes[1];
+        async move {
+            table(c).await.is_some_and(|t| {
+                t["version"]["origin"] == "b"
+                    && t["table"]["services"].as_array().is_some_and(|s| {
+                        s.iter().any(|v| v["backends"].as_array().is_some_and(|b| b.len() == 3))
+                    })
+            })
+        }
+    })
+    .await;
+    assert_eq!(api.request_count("c"), 0, "node c still never contacted the API server");
+
+    // Apart from the new backend, the content is what node a published: same names and VIPs.
+    let after = table(&nodes[1]).await.unwrap()["table"].clone();
+    let shape = |t: &Value| -> Vec<(String, String)> {
+        t["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| (s["name"].as_str().unwrap().to_string(), s["vip"].as_str().unwrap().to_string()))
+            .collect()
+    };
+    assert_eq!(shape(&after), shape(&before));
+}
