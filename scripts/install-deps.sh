@@ -21,6 +21,6 @@ fi
 VENV="${SHOAL_VENV:-$HOME/.cache/shoal/venv}"
 if [ ! -x "$VENV/bin/kubernetes-validate" ]; then
   python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q "kubernetes-validate==1.33.1"
+  "$VENV/bin/pip" install -q "kubernetes-validate==1.37.0"
 fi
 echo "kubernetes-validate: $("$VENV/bin/kubernetes-validate" --version 2>&1 | head -1)"

@@ -9,7 +9,9 @@ pub struct DurationError {
 }
 
 pub fn parse(value: &str) -> Result<Duration, DurationError> {
-    let bad = || DurationError { value: value.chars().take(32).collect() };
+    let bad = || DurationError {
+        value: value.chars().take(32).collect(),
+    };
     let v = value.trim();
     let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
     let (digits, unit) = v.split_at(split);

@@ -13,7 +13,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "shoal-chaos", about = "Fault injection and invariant checks for Shoal")]
+#[command(
+    name = "shoal-chaos",
+    about = "Fault injection and invariant checks for Shoal"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -30,6 +33,20 @@ enum Cmd {
         /// Also remove those of runs still in progress.
         #[arg(long)]
         all: bool,
+    },
+    /// The deterministic simulation: many seeds, or one seed replayed in detail.
+    Sim {
+        /// First seed.
+        #[arg(long, default_value_t = 0)]
+        first: u64,
+        /// How many seeds (1 replays `--first` and prints everything it found).
+        #[arg(long, default_value_t = 10_000)]
+        seeds: u64,
+        /// Build the nodes with a deliberate bug (adopt-older), to see the checkers catch it.
+        #[arg(long)]
+        bug_adopt_older: bool,
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
     },
     /// Print the first episodes a seed draws, without running anything.
     Schedule {
@@ -85,20 +102,38 @@ struct RunArgs {
 fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SHOAL_CHAOS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Run(a) => run(a, "run", Duration::from_secs(150)),
         Cmd::Soak(a) => run(a, "soak", Duration::from_secs(3600)),
         Cmd::Cleanup { all } => {
             let removed = lab::cleanup::cleanup_leftovers(all);
-            println!("removed {} namespaces: {}", removed.len(), removed.join(" "));
+            println!(
+                "removed {} namespaces: {}",
+                removed.len(),
+                removed.join(" ")
+            );
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Sim {
+            first,
+            seeds,
+            bug_adopt_older,
+            threads,
+        } => Ok(sim(first, seeds, bug_adopt_older, threads)),
         Cmd::Schedule { seed, nodes, count } => {
             for e in Schedule::new(seed, ScheduleConfig::new(nodes)).take(count) {
                 let faults: Vec<String> = e.faults.iter().map(|f| f.to_string()).collect();
-                println!("{:>4}  hold {:>4} ms  {}", e.index, e.hold_ms, faults.join(" + "));
+                println!(
+                    "{:>4}  hold {:>4} ms  {}",
+                    e.index,
+                    e.hold_ms,
+                    faults.join(" + ")
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -107,6 +142,50 @@ fn main() -> ExitCode {
         eprintln!("error: {e:#}");
         ExitCode::from(2)
     })
+}
+
+fn sim(first: u64, seeds: u64, bug_adopt_older: bool, threads: usize) -> ExitCode {
+    use shoal_chaos::sim::{self, node::Bug, SimConfig};
+    let cfg = SimConfig {
+        bug: bug_adopt_older.then_some(Bug::AdoptOlder),
+        ..SimConfig::default()
+    };
+    let started = std::time::Instant::now();
+    if seeds == 1 {
+        let o = sim::run_seed(first, &cfg);
+        println!(
+            "seed {first}: {} faults, {} stamps, {} messages, converged after heal in {:?} ms",
+            o.faults, o.stamps, o.messages, o.convergence_ms
+        );
+        for v in o.violations.iter().chain(&o.reused) {
+            println!("  {v}");
+        }
+        return if o.violations.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        };
+    }
+    let batch = sim::run_many(first, seeds, &cfg, threads);
+    let s = shoal_chaos::stats::summarize(&batch.convergence_ms);
+    println!(
+        "{seeds} seeds from {first} in {:.1} s: {} failed; convergence after heal p50 {} ms, p99 {} ms, max {} ms; \
+         known re-stamp issue in {} seeds",
+        started.elapsed().as_secs_f64(),
+        batch.failed.len(),
+        s.p50_ms,
+        s.p99_ms,
+        s.max_ms,
+        batch.reused_seeds.len()
+    );
+    for o in batch.failed.iter().take(20) {
+        println!("seed {}: {}", o.seed, o.violations[0]);
+    }
+    if batch.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }
 
 fn default_shoal() -> PathBuf {
@@ -119,7 +198,13 @@ fn default_shoal() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("shoal"))
 }
 
-fn shoal_command(shoal: PathBuf, tls_root: Option<PathBuf>, rules: PathBuf, mesh_port: u16, admin_port: u16) -> NodeCommand {
+fn shoal_command(
+    shoal: PathBuf,
+    tls_root: Option<PathBuf>,
+    rules: PathBuf,
+    mesh_port: u16,
+    admin_port: u16,
+) -> NodeCommand {
     Box::new(move |spec: &NodeSpec<'_>| {
         let seeds: Vec<String> = spec
             .all_addrs
@@ -197,7 +282,8 @@ fn run(a: RunArgs, verb: &str, default_duration: Duration) -> anyhow::Result<Exi
     let pid = std::process::id();
     let work = std::env::temp_dir().join(format!("shoal-chaos-{pid}"));
     std::fs::create_dir_all(&work).with_context(|| format!("create {}", work.display()))?;
-    std::fs::create_dir_all(&a.report_dir).with_context(|| format!("create {}", a.report_dir.display()))?;
+    std::fs::create_dir_all(&a.report_dir)
+        .with_context(|| format!("create {}", a.report_dir.display()))?;
     let tls_root = if a.insecure {
         None
     } else {
@@ -236,9 +322,19 @@ fn run(a: RunArgs, verb: &str, default_duration: Duration) -> anyhow::Result<Exi
         stop_on_violation: a.stop_on_violation,
     };
     let command = shoal_command(shoal, tls_root, rules, mesh_port, admin_port);
-    let mut lab = Lab::create(&format!("sc{pid}"), a.nodes, &a.report_dir.join("logs"), command)?;
+    let mut lab = Lab::create(
+        &format!("sc{pid}"),
+        a.nodes,
+        &a.report_dir.join("logs"),
+        command,
+    )?;
     lab.set_env("SHOAL_LOG", &a.node_log);
-    eprintln!("lab {} ready: {} nodes; {}", lab.prefix(), a.nodes, cfg.replay);
+    eprintln!(
+        "lab {} ready: {} nodes; {}",
+        lab.prefix(),
+        a.nodes,
+        cfg.replay
+    );
     // Every thread the runtime creates inherits the control namespace from this one.
     lab.enter_ctl()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -249,10 +345,11 @@ fn run(a: RunArgs, verb: &str, default_duration: Duration) -> anyhow::Result<Exi
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let outcome = rt.block_on(async {
         tokio::spawn(async move {
-            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return,
-            };
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(_) => return,
+                };
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}

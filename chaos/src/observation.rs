@@ -88,14 +88,18 @@ impl NodeObs {
         if let Some(services) = v["health"].as_object() {
             for (service, backends) in services {
                 let Some(backends) = backends.as_object() else {
-                    return Err(ParseError { endpoint: E, field: "health" });
+                    return Err(ParseError {
+                        endpoint: E,
+                        field: "health",
+                    });
                 };
                 for (addr, b) in backends {
                     let verdict = b["verdict"].as_str().ok_or(ParseError {
                         endpoint: E,
                         field: "health.verdict",
                     })?;
-                    self.health.insert(format!("{service}|{addr}"), verdict.to_string());
+                    self.health
+                        .insert(format!("{service}|{addr}"), verdict.to_string());
                 }
             }
         }
@@ -139,23 +143,37 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(o.publisher.as_deref(), Some("n1"));
-        assert_eq!(o.head, Some(Ver { epoch: 3, seq: 7, origin: "n1".into() }));
+        assert_eq!(
+            o.head,
+            Some(Ver {
+                epoch: 3,
+                seq: 7,
+                origin: "n1".into()
+            })
+        );
         assert_eq!(o.alive, vec!["n1", "n2"]);
         assert_eq!(o.health["web|198.18.0.2:80"], "up");
-        o.read_dataplane(&json!({"version": null, "matches_table": false})).unwrap();
-        assert_eq!(o.applied, None);
-        o.read_table(Some(&json!({"version": {"epoch": 1, "seq": 2, "origin": "n1"}, "digest": "d",
-            "table": {"services": [{"name": "marker", "backends": [{"weight": 9}]}]}})))
+        o.read_dataplane(&json!({"version": null, "matches_table": false}))
             .unwrap();
+        assert_eq!(o.applied, None);
+        o.read_table(Some(
+            &json!({"version": {"epoch": 1, "seq": 2, "origin": "n1"}, "digest": "d",
+            "table": {"services": [{"name": "marker", "backends": [{"weight": 9}]}]}}),
+        ))
+        .unwrap();
         assert_eq!(o.table_marker, Some(9));
     }
 
     #[test]
     fn malformed_fields_are_named() {
         let mut o = NodeObs::default();
-        let err = o.read_cluster(&json!({"head": {"epoch": "x"}})).unwrap_err();
+        let err = o
+            .read_cluster(&json!({"head": {"epoch": "x"}}))
+            .unwrap_err();
         assert_eq!(err.field, "head");
-        let err = o.read_dataplane(&json!({"version": {"epoch": 1}})).unwrap_err();
+        let err = o
+            .read_dataplane(&json!({"version": {"epoch": 1}}))
+            .unwrap_err();
         assert_eq!(err.endpoint, "/v1/dataplane");
     }
 }

@@ -38,7 +38,10 @@ impl Observer {
             .get(&url)
             .send()
             .await
-            .map_err(|source| PollError::Http { url: url.clone(), source })?;
+            .map_err(|source| PollError::Http {
+                url: url.clone(),
+                source,
+            })?;
         let status = resp.status().as_u16();
         if status == 404 {
             return Ok(None);
@@ -46,10 +49,10 @@ impl Observer {
         if status != 200 {
             return Err(PollError::Status { url, status });
         }
-        let value = resp
-            .json()
-            .await
-            .map_err(|source| PollError::Http { url: url.clone(), source })?;
+        let value = resp.json().await.map_err(|source| PollError::Http {
+            url: url.clone(),
+            source,
+        })?;
         Ok(Some(value))
     }
 
@@ -61,7 +64,10 @@ impl Observer {
             self.get(format!("http://{admin}/v1/table")),
         );
         let mut o = NodeObs::default();
-        let missing = |endpoint: &str| PollError::Status { url: format!("http://{admin}{endpoint}"), status: 404 };
+        let missing = |endpoint: &str| PollError::Status {
+            url: format!("http://{admin}{endpoint}"),
+            status: 404,
+        };
         o.read_cluster(&cluster?.ok_or_else(|| missing("/v1/cluster"))?)?;
         o.read_dataplane(&dataplane?.ok_or_else(|| missing("/v1/dataplane"))?)?;
         o.read_table(table?.as_ref())?;

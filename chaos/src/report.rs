@@ -105,7 +105,11 @@ impl RunReport {
             ("health agreement after heal (I5)", &self.health_agreement),
             ("publisher takeover after fault", &self.takeover),
         ] {
-            let _ = writeln!(s, "| {name} | {} | {} | {} | {} |", m.count, m.p50_ms, m.p99_ms, m.max_ms);
+            let _ = writeln!(
+                s,
+                "| {name} | {} | {} | {} | {} |",
+                m.count, m.p50_ms, m.p99_ms, m.max_ms
+            );
         }
         let _ = writeln!(
             s,
@@ -115,9 +119,16 @@ impl RunReport {
         let over = self
             .episode_log
             .iter()
-            .filter(|e| e.convergence_ms.is_some_and(|c| c > self.convergence_target_ms))
+            .filter(|e| {
+                e.convergence_ms
+                    .is_some_and(|c| c > self.convergence_target_ms)
+            })
             .count();
-        let _ = writeln!(s, "Heals that took longer than the target: {over} of {}.", self.convergence.count);
+        let _ = writeln!(
+            s,
+            "Heals that took longer than the target: {over} of {}.",
+            self.convergence.count
+        );
         let _ = writeln!(s, "\n## Violations\n");
         if self.violations.is_empty() {
             let _ = writeln!(s, "None.");
@@ -136,7 +147,11 @@ mod tests {
 
     #[test]
     fn markdown_names_the_verdict_and_the_replay() {
-        let mut r = RunReport { seed: 9, command: "shoal-chaos run --seed 9".into(), ..RunReport::default() };
+        let mut r = RunReport {
+            seed: 9,
+            command: "shoal-chaos run --seed 9".into(),
+            ..RunReport::default()
+        };
         r.faults_by_kind.insert("kill".into(), 3);
         assert!(r.to_markdown().contains("(PASS)"));
         r.violations.push(Found {

@@ -77,6 +77,11 @@ struct Run<'a> {
 }
 
 impl<'a> Run<'a> {
+    fn record(&mut self, v: Violation) {
+        tracing::warn!(violation = %v, "VIOLATION");
+        self.violations.push(v);
+    }
+
     fn now_ms(&self) -> u64 {
         self.t0.elapsed().as_millis() as u64
     }
@@ -89,8 +94,10 @@ impl<'a> Run<'a> {
         let n = self.edits;
         let text = workload::rules_toml(self.cfg.seed, n, &self.health);
         // Known before it can be read, so I4 never sees a table ahead of its record.
-        self.prov
-            .wrote(n % MARKER_MODULO, workload::expected_services(self.cfg.seed, n));
+        self.prov.wrote(
+            n % MARKER_MODULO,
+            workload::expected_services(self.cfg.seed, n),
+        );
         workload::write_atomically(&self.cfg.rules_path, &text).map_err(|e| {
             RunError::Setup(format!("write {}: {e}", self.cfg.rules_path.display()))
         })?;
@@ -121,7 +128,7 @@ impl<'a> Run<'a> {
                     node: Some(node_id(i)),
                     detail: format!("process exited by itself ({status}); see its log"),
                 };
-                self.violations.push(v);
+                self.record(v);
                 // Bring it back so the run goes on, unless it dies right at start.
                 if self.lab.uptime(i) > Duration::from_secs(2) {
                     self.lab.start(i)?;
@@ -131,11 +138,17 @@ impl<'a> Run<'a> {
         let targets: Vec<(usize, u32, String)> = (0..self.lab.nodes())
             .filter(|&i| self.lab.is_running(i) && !self.lab.is_frozen(i))
             .map(|i| {
-                (i, self.lab.incarnation(i), format!("{}:{}", self.lab.addr(i), self.cfg.admin_port))
+                (
+                    i,
+                    self.lab.incarnation(i),
+                    format!("{}:{}", self.lab.addr(i), self.cfg.admin_port),
+                )
             })
             .collect();
         let polls = futures::future::join_all(
-            targets.iter().map(|(_, _, admin)| self.observer.poll(admin)),
+            targets
+                .iter()
+                .map(|(_, _, admin)| self.observer.poll(admin)),
         )
         .await;
         let t_ms = self.now_ms();
@@ -152,12 +165,15 @@ impl<'a> Run<'a> {
                     o.incarnation = incarnation;
                     let id = node_id(i);
                     if let Some(v) =
-                        self.mono.observe(&id, incarnation, o.applied.as_ref(), t_ms, self.episode)
+                        self.mono
+                            .observe(&id, incarnation, o.applied.as_ref(), t_ms, self.episode)
                     {
-                        self.violations.push(v);
+                        self.record(v);
                     }
                     let found = self.prov.observe(&o, &id, self.episode);
-                    self.violations.extend(found);
+                    for v in found {
+                        self.record(v);
+                    }
                     self.latest[i] = Some(o);
                 }
                 Err(e) => {
@@ -195,7 +211,10 @@ impl<'a> Run<'a> {
                 *votes.entry(p.as_str()).or_default() += 1;
             }
         }
-        votes.into_iter().max_by_key(|(_, n)| *n).map(|(p, _)| p.to_string())
+        votes
+            .into_iter()
+            .max_by_key(|(_, n)| *n)
+            .map(|(p, _)| p.to_string())
     }
 
     /// Ticks after a heal until the cluster converges and agrees on health, or the bounds pass.
@@ -213,23 +232,31 @@ impl<'a> Run<'a> {
             self.tick().await?;
             let now = self.now_ms();
             let snap = self.snapshot(&all, heal_ms);
-            let newest = self.prov.newest().cloned();
+            let newest = all
+                .iter()
+                .filter_map(|&i| self.mono.best(&node_id(i), self.lab.incarnation(i)))
+                .max()
+                .cloned();
             let expect = Expect {
                 live: &live,
                 last_marker: self.last_marker(),
-                newest_seen: newest.as_ref(),
+                applied_best: newest.as_ref(),
                 health: &self.expected_health,
             };
             let verdict = assess(&snap, &expect);
             self.convergence_checks += 1;
             match verdict {
-                Assessment::Converged { health_agreed, health_reason, .. } => {
+                Assessment::Converged {
+                    health_agreed,
+                    health_reason,
+                    ..
+                } => {
                     let c = *converged_at.get_or_insert(now);
                     if health_agreed {
                         return Ok((Some(c - heal_ms), Some(now - heal_ms)));
                     }
                     if now - c > health_bound_ms {
-                        self.violations.push(Violation {
+                        self.record(Violation {
                             invariant: Invariant::I5,
                             t_ms: now,
                             episode: self.episode,
@@ -245,7 +272,7 @@ impl<'a> Run<'a> {
                 Assessment::NotYet { invariant, reason } => {
                     converged_at = None;
                     if now - heal_ms > bound_ms {
-                        self.violations.push(Violation {
+                        self.record(Violation {
                             invariant,
                             t_ms: now,
                             episode: self.episode,
@@ -301,7 +328,7 @@ impl<'a> Run<'a> {
     fn orphans(&self, faults: &[Fault], old: usize) -> Vec<usize> {
         let n = self.lab.nodes();
         let stopped: BTreeSet<usize> = faults.iter().filter_map(|f| f.stopped_node()).collect();
-        if faults.iter().any(|f| *f == Fault::Restart { node: old }) {
+        if faults.contains(&Fault::Restart { node: old }) {
             return Vec::new();
         }
         // Nodes with equal group ids can still talk over the mesh (one-way cuts and loss aside).
@@ -320,7 +347,10 @@ impl<'a> Run<'a> {
                 groups.entry(group_of[i]).or_default().push(i);
             }
         }
-        groups.into_values().max_by_key(|g| g.len()).unwrap_or_default()
+        groups
+            .into_values()
+            .max_by_key(|g| g.len())
+            .unwrap_or_default()
     }
 
     async fn episode(&mut self, e: &Episode, rec: &mut EpisodeRecord) -> Result<(), RunError> {
@@ -338,7 +368,9 @@ impl<'a> Run<'a> {
             .and_then(|d| d.parse::<usize>().ok())
             .and_then(|d| d.checked_sub(1))
             .filter(|i| *i < self.lab.nodes());
-        let orphans = old_idx.map(|o| self.orphans(&e.faults, o)).unwrap_or_default();
+        let orphans = old_idx
+            .map(|o| self.orphans(&e.faults, o))
+            .unwrap_or_default();
         for f in &e.faults {
             match f {
                 Fault::Kill { node } => self.lab.kill(*node)?,
@@ -380,13 +412,18 @@ impl<'a> Run<'a> {
         }
         for (i, r) in rules.iter().enumerate() {
             if !r.is_empty() {
-                self.lab.set_inbound(i, &Inbound::default(), self.cfg.mesh_port)?;
+                self.lab
+                    .set_inbound(i, &Inbound::default(), self.cfg.mesh_port)?;
             }
         }
         self.paused = true;
         let heal_ms = self.now_ms();
         let (c, h) = self
-            .converge(heal_ms, self.cfg.convergence_bound_ms, self.cfg.health_bound_ms)
+            .converge(
+                heal_ms,
+                self.cfg.convergence_bound_ms,
+                self.cfg.health_bound_ms,
+            )
             .await?;
         rec.convergence_ms = c;
         rec.health_ms = h;
@@ -421,10 +458,25 @@ pub async fn run(
     stop: watch::Receiver<bool>,
 ) -> Result<RunReport, RunError> {
     serve_up_backend(cfg.health_port).await?;
-    let health = HealthBackends { up: CTL_ADDR, down: CTL_DOWN_ADDR, port: cfg.health_port };
+    let health = HealthBackends {
+        up: CTL_ADDR,
+        down: CTL_DOWN_ADDR,
+        port: cfg.health_port,
+    };
     let expected_health = BTreeMap::from([
-        (format!("{}|{}:{}", workload::HEALTH_SERVICE, health.up, health.port), "up".to_string()),
-        (format!("{}|{}:{}", workload::HEALTH_SERVICE, health.down, health.port), "down".to_string()),
+        (
+            format!("{}|{}:{}", workload::HEALTH_SERVICE, health.up, health.port),
+            "up".to_string(),
+        ),
+        (
+            format!(
+                "{}|{}:{}",
+                workload::HEALTH_SERVICE,
+                health.down,
+                health.port
+            ),
+            "down".to_string(),
+        ),
     ]);
     let observer = Observer::new(Duration::from_millis(400))
         .map_err(|e| RunError::Setup(format!("http client: {e}")))?;
@@ -456,7 +508,9 @@ pub async fn run(
     }
     // The cluster must form (and health land) before faults mean anything.
     run.paused = true;
-    let (c, _) = run.converge(0, cfg.startup_bound_ms, cfg.startup_bound_ms).await?;
+    let (c, _) = run
+        .converge(0, cfg.startup_bound_ms, cfg.startup_bound_ms)
+        .await?;
     run.paused = false;
     tracing::info!(formed_ms = ?c, "cluster formed");
     let mut records = Vec::new();
@@ -502,7 +556,10 @@ pub async fn run(
         polls_failed: run.polls_failed,
         checks: BTreeMap::from([
             ("I1 applied never decreases".to_string(), run.mono.checks),
-            ("I2/I3/I5 convergence snapshots".to_string(), run.convergence_checks),
+            (
+                "I2/I3/I5 convergence snapshots".to_string(),
+                run.convergence_checks,
+            ),
             ("I4 provenance".to_string(), run.prov.checks),
         ]),
         violations: run

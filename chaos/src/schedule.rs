@@ -216,7 +216,9 @@ impl Iterator for Schedule {
                 faults.push(f);
             }
         }
-        let hold_ms = self.rng.gen_range(self.cfg.hold_ms_min..=self.cfg.hold_ms_max.max(self.cfg.hold_ms_min));
+        let hold_ms = self
+            .rng
+            .gen_range(self.cfg.hold_ms_min..=self.cfg.hold_ms_max.max(self.cfg.hold_ms_min));
         let gap_ms = self.rng.gen_range(0..=self.cfg.gap_ms_max);
         let index = self.next_index;
         self.next_index += 1;
@@ -249,7 +251,9 @@ mod tests {
             .take(300)
             .flat_map(|e| e.faults.into_iter().map(|f| f.kind()))
             .collect();
-        for k in ["kill", "freeze", "restart", "isolate", "halves", "one_way", "loss"] {
+        for k in [
+            "kill", "freeze", "restart", "isolate", "halves", "one_way", "loss",
+        ] {
             assert!(kinds.contains(k), "{k} never drawn: {kinds:?}");
         }
     }

@@ -109,7 +109,11 @@ pub fn marker_of(table: &serde_json::Value) -> Option<u64> {
 pub fn service_names(table: &serde_json::Value) -> Vec<String> {
     let mut names: Vec<String> = table["services"]
         .as_array()
-        .map(|a| a.iter().filter_map(|s| s["name"].as_str().map(String::from)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s["name"].as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default();
     names.sort();
     names

@@ -37,7 +37,8 @@ fn udp_arrives(from_ns: &str, to_ns: &str, to: SocketAddr) -> bool {
     let receiver = std::thread::spawn(move || {
         sys::enter_netns(&to_ns).unwrap();
         let sock = UdpSocket::bind(to).unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(400))).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(400)))
+            .unwrap();
         let mut buf = [0u8; 16];
         sock.recv_from(&mut buf).is_ok()
     });
@@ -58,7 +59,10 @@ fn udp_arrives(from_ns: &str, to_ns: &str, to: SocketAddr) -> bool {
 
 fn proc_state(pid: u32) -> char {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    stat.rsplit(')').next().and_then(|s| s.trim().chars().next()).unwrap_or('?')
+    stat.rsplit(')')
+        .next()
+        .and_then(|s| s.trim().chars().next())
+        .unwrap_or('?')
 }
 
 fn ns_pids(ns: &str) -> Vec<u32> {
@@ -80,7 +84,10 @@ fn lab_builds_cuts_and_cleans_up() {
     let mut lab = Lab::create(&prefix, 3, logs.path(), sleeper()).unwrap();
     let names = cleanup::list_namespaces();
     for n in ["sw", "ctl", "n1", "n2", "n3"] {
-        assert!(names.contains(&format!("{prefix}-{n}")), "{n} missing in {names:?}");
+        assert!(
+            names.contains(&format!("{prefix}-{n}")),
+            "{n} missing in {names:?}"
+        );
     }
     for i in 0..3 {
         lab.start(i).unwrap();
@@ -94,13 +101,33 @@ fn lab_builds_cuts_and_cleans_up() {
     let mesh: SocketAddr = "198.18.0.12:7946".parse().unwrap();
     let other: SocketAddr = "198.18.0.12:7000".parse().unwrap();
     assert!(udp_arrives(&n1, &n2, mesh), "n1 -> n2 over the bridge");
-    let cut = Inbound { cut_from: vec![lab.addr(0)], loss_percent: None };
+    let cut = Inbound {
+        cut_from: vec![lab.addr(0)],
+        loss_percent: None,
+    };
     lab.set_inbound(1, &cut, 7946).unwrap();
-    assert!(!udp_arrives(&n1, &n2, mesh), "cut n1 -> n2 on the mesh port");
+    assert!(
+        !udp_arrives(&n1, &n2, mesh),
+        "cut n1 -> n2 on the mesh port"
+    );
     assert!(udp_arrives(&n1, &n2, other), "other ports still flow");
-    assert!(udp_arrives(&format!("{prefix}-n3"), &n2, mesh), "n3 -> n2 not cut");
-    lab.set_inbound(1, &Inbound { cut_from: vec![], loss_percent: Some(100) }, 7946).unwrap();
-    assert!(!udp_arrives(&format!("{prefix}-n3"), &n2, mesh), "100% loss drops all");
+    assert!(
+        udp_arrives(&format!("{prefix}-n3"), &n2, mesh),
+        "n3 -> n2 not cut"
+    );
+    lab.set_inbound(
+        1,
+        &Inbound {
+            cut_from: vec![],
+            loss_percent: Some(100),
+        },
+        7946,
+    )
+    .unwrap();
+    assert!(
+        !udp_arrives(&format!("{prefix}-n3"), &n2, mesh),
+        "100% loss drops all"
+    );
     lab.set_inbound(1, &Inbound::default(), 7946).unwrap();
     assert!(udp_arrives(&n1, &n2, mesh), "healed");
     // The control namespace reaches the nodes too.
@@ -121,7 +148,10 @@ fn lab_builds_cuts_and_cleans_up() {
 
     drop(lab);
     let names = cleanup::list_namespaces();
-    assert!(!names.iter().any(|n| n.starts_with(&format!("{prefix}-"))), "left: {names:?}");
+    assert!(
+        !names.iter().any(|n| n.starts_with(&format!("{prefix}-"))),
+        "left: {names:?}"
+    );
     assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists() || proc_state(pid) == 'Z');
 
     // A panic while the lab exists still removes it.
@@ -134,7 +164,10 @@ fn lab_builds_cuts_and_cleans_up() {
     });
     assert!(r.is_err());
     let names = cleanup::list_namespaces();
-    assert!(!names.iter().any(|n| n.starts_with(&format!("{prefix}-"))), "left after panic: {names:?}");
+    assert!(
+        !names.iter().any(|n| n.starts_with(&format!("{prefix}-"))),
+        "left after panic: {names:?}"
+    );
 
     // Leftovers of a harness that is gone are found and removed.
     sys::ip(&["netns", "add", "sc999999-n1"]).unwrap();

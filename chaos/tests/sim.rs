@@ -8,7 +8,10 @@ use shoal_chaos::stats::summarize;
 
 /// SHOAL_SIM_SEEDS overrides the count (e.g. 100000 for a long search).
 fn seed_count(default: u64) -> u64 {
-    std::env::var("SHOAL_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(default)
+    std::env::var("SHOAL_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
 }
 
 #[test]
@@ -16,8 +19,9 @@ fn thousands_of_seeds_keep_every_invariant() {
     let cfg = SimConfig::default();
     let count = seed_count(2_000);
     let started = std::time::Instant::now();
-    let (failed, conv) = run_many(0, count, &cfg);
-    let s = summarize(&conv);
+    let batch = run_many(0, count, &cfg, 2);
+    let (failed, conv) = (&batch.failed, &batch.convergence_ms);
+    let s = summarize(conv);
     println!(
         "sim: {count} seeds in {:.1} s; convergence after heal p50 {} ms p99 {} ms max {} ms",
         started.elapsed().as_secs_f64(),
@@ -25,6 +29,16 @@ fn thousands_of_seeds_keep_every_invariant() {
         s.p99_ms,
         s.max_ms
     );
+    // Known weakness, counted apart (see SimOutcome::reused): printed so it stays visible.
+    if let Some(&seed) = batch.reused_seeds.first() {
+        let o = run_seed(seed, &cfg);
+        println!(
+            "known issue in {} of {count} seeds (version re-stamped after a restart), e.g. {:?}: {}",
+            batch.reused_seeds.len(),
+            &batch.reused_seeds[..batch.reused_seeds.len().min(5)],
+            o.reused[0]
+        );
+    }
     for o in failed.iter().take(5) {
         for v in &o.violations {
             println!("seed {}: {v}", o.seed);
@@ -41,12 +55,19 @@ fn thousands_of_seeds_keep_every_invariant() {
 
 #[test]
 fn adopt_older_bug_breaks_i1_with_a_replayable_seed() {
-    let cfg = SimConfig { bug: Some(Bug::AdoptOlder), ..SimConfig::default() };
+    let cfg = SimConfig {
+        bug: Some(Bug::AdoptOlder),
+        ..SimConfig::default()
+    };
     let caught = (0..200u64)
         .map(|seed| run_seed(seed, &cfg))
         .find(|o| o.violations.iter().any(|v| v.invariant == Invariant::I1))
         .expect("the I1 checker never caught a node that adopts older versions");
-    let first = caught.violations.iter().find(|v| v.invariant == Invariant::I1).unwrap();
+    let first = caught
+        .violations
+        .iter()
+        .find(|v| v.invariant == Invariant::I1)
+        .unwrap();
     println!("caught with seed {}: {first}", caught.seed);
     assert!(first.detail.contains(&format!("sim seed {}", caught.seed)));
     // The printed seed replays the same history and the same violation.

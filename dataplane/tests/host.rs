@@ -13,7 +13,10 @@ fn lists_loopback_and_its_address() {
     assert!(lo.index > 0);
     let addrs = rtnl.addresses(lo.index).expect("list addresses");
     // 127.0.0.1 is host-scoped, so it is not a VIP candidate and must not be listed.
-    assert!(!addrs.contains(&IpAddr::V4(Ipv4Addr::LOCALHOST)), "{addrs:?}");
+    assert!(
+        !addrs.contains(&IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        "{addrs:?}"
+    );
     assert!(rtnl.link("no-such-link0").expect("list links").is_none());
 }
 

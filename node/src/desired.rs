@@ -29,7 +29,7 @@ pub fn desired_state(table: &RuleTable, verdicts: &Verdicts) -> Desired {
                     lower_threshold: 0,
                 })
                 .collect();
-            destinations.sort_by(|a, b| (a.addr, a.port).cmp(&(b.addr, b.port)));
+            destinations.sort_by_key(|d| (d.addr, d.port));
             Service {
                 key: ServiceKey::Addr {
                     addr: vs.vip,

@@ -34,6 +34,12 @@ pub struct NodeMetrics {
     pub takeovers: Counter,
 }
 
+impl Default for NodeMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl NodeMetrics {
     pub fn new() -> Self {
         NodeMetrics {

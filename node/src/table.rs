@@ -64,9 +64,7 @@ impl RuleTable {
     pub fn canonicalize(&mut self) {
         self.services.sort_by(|a, b| a.name.cmp(&b.name));
         for service in &mut self.services {
-            service
-                .backends
-                .sort_by(|a, b| (a.address, a.port).cmp(&(b.address, b.port)));
+            service.backends.sort_by_key(|b| (b.address, b.port));
         }
     }
 }

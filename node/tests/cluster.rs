@@ -164,6 +164,16 @@ fn readyz_is_200_only_once_the_head_is_applied() {
     c.wait_converged(CONVERGE);
     let (code, body) = http_get(c.nodes[0].admin, "/readyz").unwrap();
     assert_eq!(code, 200, "{body}");
+    let (code, metrics) = http_get(c.nodes[0].admin, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    for name in [
+        "shoal_applied_is_head 1",
+        "shoal_is_publisher 1",
+        "shoal_reconciles_total{result=\"ok\"}",
+        "shoal_health_probes",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
+    }
     // Restarted alone without a rules file, the node has no head: not ready.
     c.kill9(0);
     std::fs::remove_file(&c.rules).unwrap();

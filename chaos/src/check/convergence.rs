@@ -15,8 +15,8 @@ pub struct Expect<'a> {
     pub live: &'a [String],
     /// The marker of the last edit written (the workload pauses until convergence).
     pub last_marker: u64,
-    /// The newest version seen anywhere so far.
-    pub newest_seen: Option<&'a Ver>,
+    /// The newest version any running node applied since it started: none may be lost.
+    pub applied_best: Option<&'a Ver>,
     /// Health verdicts that must hold once any are reported ("service|addr:port" -> verdict).
     pub health: &'a BTreeMap<String, String>,
 }
@@ -25,9 +25,16 @@ pub struct Expect<'a> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Assessment {
     /// Everyone agrees; `health_agreed` is false while verdicts still differ or are missing.
-    Converged { head: Ver, health_agreed: bool, health_reason: String },
+    Converged {
+        head: Ver,
+        health_agreed: bool,
+        health_reason: String,
+    },
     /// Not yet, and which invariant would break if it stayed so.
-    NotYet { invariant: Invariant, reason: String },
+    NotYet {
+        invariant: Invariant,
+        reason: String,
+    },
 }
 
 /// Judges a snapshot (one entry per live node: its id and its latest poll).
@@ -36,7 +43,11 @@ pub fn assess(snapshot: &[(String, &NodeObs)], expect: &Expect<'_>) -> Assessmen
     if snapshot.len() != expect.live.len() {
         return not_yet(
             Invariant::I2,
-            format!("{} of {} live nodes answer", snapshot.len(), expect.live.len()),
+            format!(
+                "{} of {} live nodes answer",
+                snapshot.len(),
+                expect.live.len()
+            ),
         );
     }
     let Some(lowest) = expect.live.first() else {
@@ -61,7 +72,10 @@ pub fn assess(snapshot: &[(String, &NodeObs)], expect: &Expect<'_>) -> Assessmen
         if o.head.as_ref() != Some(&head) || o.head_digest != first.head_digest {
             return not_yet(
                 Invariant::I2,
-                format!("{id} has head {:?}, {first_id} has {head}", o.head.as_ref().map(|v| v.to_string())),
+                format!(
+                    "{id} has head {:?}, {first_id} has {head}",
+                    o.head.as_ref().map(|v| v.to_string())
+                ),
             );
         }
         if o.applied.as_ref() != Some(&head) || !o.matches_table {
@@ -75,11 +89,13 @@ pub fn assess(snapshot: &[(String, &NodeObs)], expect: &Expect<'_>) -> Assessmen
             );
         }
     }
-    if let Some(newest) = expect.newest_seen {
-        if head < *newest {
+    if let Some(best) = expect.applied_best {
+        if head < *best {
             return not_yet(
                 Invariant::I3,
-                format!("converged head {head} is older than {newest}, seen before"),
+                format!(
+                    "converged head {head} is older than {best}, applied before by a running node"
+                ),
             );
         }
     }
@@ -97,13 +113,20 @@ pub fn assess(snapshot: &[(String, &NodeObs)], expect: &Expect<'_>) -> Assessmen
         }
     }
     let (health_agreed, health_reason) = health(snapshot, expect.health);
-    Assessment::Converged { head, health_agreed, health_reason }
+    Assessment::Converged {
+        head,
+        health_agreed,
+        health_reason,
+    }
 }
 
 fn health(snapshot: &[(String, &NodeObs)], expected: &BTreeMap<String, String>) -> (bool, String) {
     for (id, o) in snapshot {
         if o.health != *expected {
-            return (false, format!("{id} health {:?}, expected {:?}", o.health, expected));
+            return (
+                false,
+                format!("{id} health {:?}, expected {:?}", o.health, expected),
+            );
         }
     }
     (true, String::new())
@@ -127,7 +150,11 @@ mod tests {
     use super::*;
 
     fn v(s: u64) -> Ver {
-        Ver { epoch: 1, seq: s, origin: "n1".into() }
+        Ver {
+            epoch: 1,
+            seq: s,
+            origin: "n1".into(),
+        }
     }
 
     fn good(id: &str) -> (String, NodeObs) {
@@ -152,7 +179,15 @@ mod tests {
         let live = vec!["n1".to_string(), "n2".to_string()];
         let health = BTreeMap::from([("h|a".to_string(), "up".to_string())]);
         let snap: Vec<(String, &NodeObs)> = nodes.iter().map(|(i, o)| (i.clone(), o)).collect();
-        assess(&snap, &Expect { live: &live, last_marker: 7, newest_seen: newest, health: &health })
+        assess(
+            &snap,
+            &Expect {
+                live: &live,
+                last_marker: 7,
+                applied_best: newest,
+                health: &health,
+            },
+        )
     }
 
     fn invariant(a: Assessment) -> Option<Invariant> {
@@ -167,7 +202,11 @@ mod tests {
         let nodes = [good("n1"), good("n2")];
         assert_eq!(
             run(&nodes, Some(&v(2))),
-            Assessment::Converged { head: v(3), health_agreed: true, health_reason: String::new() }
+            Assessment::Converged {
+                head: v(3),
+                health_agreed: true,
+                health_reason: String::new()
+            }
         );
     }
 
@@ -188,7 +227,7 @@ mod tests {
         let nodes = [good("n1")];
         assert_eq!(invariant(run(&nodes, None)), Some(Invariant::I2));
 
-        // A version newer than the converged head was seen: it got lost.
+        // A running node applied a version newer than the converged head: it got lost.
         let nodes = [good("n1"), good("n2")];
         assert_eq!(invariant(run(&nodes, Some(&v(4)))), Some(Invariant::I3));
 
@@ -201,17 +240,32 @@ mod tests {
         // Health disagrees: converged, but not agreed.
         let mut nodes = [good("n1"), good("n2")];
         nodes[1].1.health.insert("h|a".into(), "down".into());
-        assert!(matches!(run(&nodes, None), Assessment::Converged { health_agreed: false, .. }));
+        assert!(matches!(
+            run(&nodes, None),
+            Assessment::Converged {
+                health_agreed: false,
+                ..
+            }
+        ));
     }
 
     #[test]
     fn takeover_needs_every_orphan_on_one_new_publisher() {
         let (_, mut a) = good("n2");
         let (_, mut b) = good("n3");
-        assert_eq!(takeover(&[("n2".into(), &a), ("n3".into(), &b)], "n1"), None);
+        assert_eq!(
+            takeover(&[("n2".into(), &a), ("n3".into(), &b)], "n1"),
+            None
+        );
         a.publisher = Some("n2".into());
-        assert_eq!(takeover(&[("n2".into(), &a), ("n3".into(), &b)], "n1"), None);
+        assert_eq!(
+            takeover(&[("n2".into(), &a), ("n3".into(), &b)], "n1"),
+            None
+        );
         b.publisher = Some("n2".into());
-        assert_eq!(takeover(&[("n2".into(), &a), ("n3".into(), &b)], "n1"), Some("n2".into()));
+        assert_eq!(
+            takeover(&[("n2".into(), &a), ("n3".into(), &b)], "n1"),
+            Some("n2".into())
+        );
     }
 }

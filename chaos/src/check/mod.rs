@@ -3,8 +3,8 @@
 //! I1 `monotonic`: a node's applied version never decreases (within one start of the node).
 //! I2 `convergence`: after every heal all live nodes agree on one publisher (the lowest live
 //!    id), on one head, on membership, and every dataplane holds the head, within a bound.
-//! I3 `convergence`: nothing published is lost: the converged head is at least every version
-//!    ever seen and carries the last edit the workload wrote.
+//! I3 `convergence`: nothing published is lost: the converged head is at least every version a
+//!    running node applied, and carries the last edit the workload wrote.
 //! I4 `provenance`: no node holds a table no publisher published: one digest per version, and
 //!    every table read back is exactly one the workload wrote.
 //! I5 `convergence`: once health verdicts exist, live nodes agree on them (and they are right).

@@ -43,6 +43,13 @@ impl Monotonic {
     }
 }
 
+impl Monotonic {
+    /// The last (so, by I1, the highest) version `node` applied in its `incarnation`.
+    pub fn best(&self, node: &str, incarnation: u32) -> Option<&Ver> {
+        self.last.get(&(node.to_string(), incarnation))?.as_ref()
+    }
+}
+
 fn show(v: Option<&Ver>) -> String {
     v.map_or_else(|| "none".to_string(), |v| v.to_string())
 }
@@ -52,7 +59,11 @@ mod tests {
     use super::*;
 
     fn v(e: u64, s: u64) -> Ver {
-        Ver { epoch: e, seq: s, origin: "n1".into() }
+        Ver {
+            epoch: e,
+            seq: s,
+            origin: "n1".into(),
+        }
     }
 
     #[test]
@@ -63,8 +74,14 @@ mod tests {
         assert!(m.observe("n1", 0, Some(&v(1, 1)), 2, None).is_none());
         assert!(m.observe("n1", 0, Some(&v(2, 1)), 3, None).is_none());
         let bad = m.observe("n1", 0, Some(&v(1, 9)), 4, Some(3)).unwrap();
-        assert_eq!((bad.invariant, bad.t_ms, bad.episode), (Invariant::I1, 4, Some(3)));
-        assert!(m.observe("n1", 0, None, 5, None).is_some(), "losing the version is a step back");
+        assert_eq!(
+            (bad.invariant, bad.t_ms, bad.episode),
+            (Invariant::I1, 4, Some(3))
+        );
+        assert!(
+            m.observe("n1", 0, None, 5, None).is_some(),
+            "losing the version is a step back"
+        );
         // A new start of the node begins from nothing.
         assert!(m.observe("n1", 1, None, 6, None).is_none());
         assert!(m.observe("n2", 0, Some(&v(0, 1)), 7, None).is_none());

@@ -48,7 +48,10 @@ impl Provenance {
         if let (Some(v), Some(d)) = (&o.table_version, &o.table_digest) {
             problems.extend(self.pair(v, d, "a table"));
             self.checks += 1;
-            match o.table_marker.and_then(|m| self.written.get(&m).map(|s| (m, s))) {
+            match o
+                .table_marker
+                .and_then(|m| self.written.get(&m).map(|s| (m, s)))
+            {
                 None => problems.push(format!(
                     "table {v} carries marker {:?}, which no edit wrote",
                     o.table_marker
@@ -77,7 +80,10 @@ impl Provenance {
 
     /// Applied versions never seen as a head or a table anywhere.
     pub fn unverified(&self) -> usize {
-        self.applied.iter().filter(|v| !self.digests.contains_key(v)).count()
+        self.applied
+            .iter()
+            .filter(|v| !self.digests.contains_key(v))
+            .count()
     }
 
     /// The newest version seen anywhere (for I3).
@@ -91,7 +97,11 @@ mod tests {
     use super::*;
 
     fn v(s: u64) -> Ver {
-        Ver { epoch: 1, seq: s, origin: "n1".into() }
+        Ver {
+            epoch: 1,
+            seq: s,
+            origin: "n1".into(),
+        }
     }
 
     fn table_obs(version: Ver, digest: &str, marker: u64, services: &[&str]) -> NodeObs {
@@ -107,9 +117,17 @@ mod tests {
     #[test]
     fn one_version_two_digests_is_flagged() {
         let mut p = Provenance::default();
-        let head = NodeObs { head: Some(v(1)), head_digest: Some("aa".into()), ..NodeObs::default() };
+        let head = NodeObs {
+            head: Some(v(1)),
+            head_digest: Some("aa".into()),
+            ..NodeObs::default()
+        };
         assert!(p.observe(&head, "n1", None).is_empty());
-        let forged = NodeObs { head: Some(v(1)), head_digest: Some("bb".into()), ..NodeObs::default() };
+        let forged = NodeObs {
+            head: Some(v(1)),
+            head_digest: Some("bb".into()),
+            ..NodeObs::default()
+        };
         let found = p.observe(&forged, "n2", Some(4));
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].invariant, Invariant::I4);
@@ -120,15 +138,30 @@ mod tests {
     fn tables_must_be_written_edits() {
         let mut p = Provenance::default();
         p.wrote(5, vec!["health".into(), "marker".into()]);
-        assert!(p.observe(&table_obs(v(1), "d1", 5, &["health", "marker"]), "n1", None).is_empty());
-        assert_eq!(p.observe(&table_obs(v(2), "d2", 6, &["health", "marker"]), "n1", None).len(), 1);
-        assert_eq!(p.observe(&table_obs(v(3), "d3", 5, &["marker"]), "n1", None).len(), 1);
+        assert!(p
+            .observe(&table_obs(v(1), "d1", 5, &["health", "marker"]), "n1", None)
+            .is_empty());
+        assert_eq!(
+            p.observe(&table_obs(v(2), "d2", 6, &["health", "marker"]), "n1", None)
+                .len(),
+            1
+        );
+        assert_eq!(
+            p.observe(&table_obs(v(3), "d3", 5, &["marker"]), "n1", None)
+                .len(),
+            1
+        );
     }
 
     #[test]
     fn unseen_applied_versions_are_counted() {
         let mut p = Provenance::default();
-        let o = NodeObs { applied: Some(v(9)), head: Some(v(1)), head_digest: Some("x".into()), ..NodeObs::default() };
+        let o = NodeObs {
+            applied: Some(v(9)),
+            head: Some(v(1)),
+            head_digest: Some("x".into()),
+            ..NodeObs::default()
+        };
         p.observe(&o, "n1", None);
         assert_eq!(p.unverified(), 1);
         assert_eq!(p.newest(), Some(&v(1)));

@@ -16,7 +16,7 @@ pub fn owner_pid(ns: &str) -> Option<u32> {
 }
 
 /// The lab namespaces among `names` whose harness is gone (or all of ours when `all`).
-pub fn stale<'a>(names: &'a [String], alive: impl Fn(u32) -> bool, all: bool) -> Vec<&'a str> {
+pub fn stale(names: &[String], alive: impl Fn(u32) -> bool, all: bool) -> Vec<&str> {
     names
         .iter()
         .filter_map(|n| owner_pid(n).map(|pid| (n.as_str(), pid)))
@@ -30,7 +30,10 @@ pub fn stale<'a>(names: &'a [String], alive: impl Fn(u32) -> bool, all: bool) ->
 pub fn remove_namespace(ns: &str) {
     let me = std::process::id();
     if let Ok(pids) = ip(&["netns", "pids", ns]) {
-        for pid in pids.split_whitespace().filter_map(|p| p.parse::<u32>().ok()) {
+        for pid in pids
+            .split_whitespace()
+            .filter_map(|p| p.parse::<u32>().ok())
+        {
             if pid != me {
                 let _ = super::sys::signal(pid, nix::sys::signal::Signal::SIGKILL);
             }
@@ -71,7 +74,10 @@ pub fn cleanup_leftovers(all: bool) -> Vec<String> {
     if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().to_string();
-            if let Some(pid) = name.strip_prefix("shoal-chaos-").and_then(|p| p.parse::<u32>().ok()) {
+            if let Some(pid) = name
+                .strip_prefix("shoal-chaos-")
+                .and_then(|p| p.parse::<u32>().ok())
+            {
                 if pid != me && (all || !pid_alive(pid)) {
                     let _ = std::fs::remove_dir_all(e.path());
                 }
@@ -96,8 +102,17 @@ mod tests {
 
     #[test]
     fn stale_skips_running_harnesses_unless_all() {
-        let names: Vec<String> = ["sc1-n1", "sc1-sw", "sc2-n1", "other"].iter().map(|s| s.to_string()).collect();
-        assert_eq!(stale(&names, |pid| pid == 2, false), vec!["sc1-n1", "sc1-sw"]);
-        assert_eq!(stale(&names, |pid| pid == 2, true), vec!["sc1-n1", "sc1-sw", "sc2-n1"]);
+        let names: Vec<String> = ["sc1-n1", "sc1-sw", "sc2-n1", "other"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(
+            stale(&names, |pid| pid == 2, false),
+            vec!["sc1-n1", "sc1-sw"]
+        );
+        assert_eq!(
+            stale(&names, |pid| pid == 2, true),
+            vec!["sc1-n1", "sc1-sw", "sc2-n1"]
+        );
     }
 }

@@ -76,7 +76,9 @@ impl Lab {
         command: NodeCommand,
     ) -> Result<Lab, LabError> {
         if nodes == 0 || nodes > MAX_NODES {
-            return Err(LabError::Config(format!("nodes must be 1..={MAX_NODES}, got {nodes}")));
+            return Err(LabError::Config(format!(
+                "nodes must be 1..={MAX_NODES}, got {nodes}"
+            )));
         }
         std::fs::create_dir_all(log_dir).map_err(|e| LabError::Io {
             what: format!("create {}", log_dir.display()),
@@ -113,15 +115,21 @@ impl Lab {
         ip(&["-n", &sw, "link", "set", "lo", "up"])?;
         ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"])?;
         ip(&["-n", &sw, "link", "set", "br0", "up"])?;
-        let mut ends: Vec<(String, String, Vec<Ipv4Addr>)> =
-            vec![("ctl".into(), self.ctl_ns.clone(), vec![CTL_ADDR, CTL_DOWN_ADDR])];
+        let mut ends: Vec<(String, String, Vec<Ipv4Addr>)> = vec![(
+            "ctl".into(),
+            self.ctl_ns.clone(),
+            vec![CTL_ADDR, CTL_DOWN_ADDR],
+        )];
         for s in &self.slots {
             ends.push((s.id.clone(), s.ns.clone(), vec![s.addr]));
         }
         for (port, ns, addrs) in ends {
             ip(&["netns", "add", &ns])?;
             ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-            ip(&["-n", &sw, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
+            ip(&[
+                "-n", &sw, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns",
+                &ns,
+            ])?;
             ip(&["-n", &sw, "link", "set", &port, "master", "br0", "up"])?;
             for a in addrs {
                 ip(&["-n", &ns, "addr", "add", &format!("{a}/15"), "dev", "eth0"])?;
@@ -153,7 +161,10 @@ impl Lab {
 
     /// How long node `i`'s current process has been running (zero if never started).
     pub fn uptime(&self, i: usize) -> std::time::Duration {
-        self.slots[i].started.map(|s| s.elapsed()).unwrap_or_default()
+        self.slots[i]
+            .started
+            .map(|s| s.elapsed())
+            .unwrap_or_default()
     }
 
     pub fn is_frozen(&self, i: usize) -> bool {
@@ -179,7 +190,10 @@ impl Lab {
     /// group, so the harness's Ctrl-C does not reach it and kill/stop reach only it.
     pub fn start(&mut self, i: usize) -> Result<(), LabError> {
         if self.slots[i].child.is_some() {
-            return Err(LabError::Config(format!("{} is already running", self.slots[i].id)));
+            return Err(LabError::Config(format!(
+                "{} is already running",
+                self.slots[i].id
+            )));
         }
         let addrs: Vec<Ipv4Addr> = self.slots.iter().map(|s| s.addr).collect();
         let slot = &self.slots[i];

@@ -64,22 +64,44 @@ mod tests {
     fn empty_rules_only_remove_the_table() {
         let s = script(7946, &Inbound::default());
         assert_eq!(s, "table inet shoal_chaos\ndelete table inet shoal_chaos\n");
-        let zero = Inbound { loss_percent: Some(0), ..Inbound::default() };
+        let zero = Inbound {
+            loss_percent: Some(0),
+            ..Inbound::default()
+        };
         assert!(zero.is_empty());
     }
 
     #[test]
     fn cuts_and_loss_touch_only_the_mesh_port() {
         let rules = Inbound {
-            cut_from: vec![Ipv4Addr::new(198, 18, 0, 13), Ipv4Addr::new(198, 18, 0, 12), Ipv4Addr::new(198, 18, 0, 12)],
+            cut_from: vec![
+                Ipv4Addr::new(198, 18, 0, 13),
+                Ipv4Addr::new(198, 18, 0, 12),
+                Ipv4Addr::new(198, 18, 0, 12),
+            ],
             loss_percent: Some(30),
         };
         let s = script(7946, &rules);
-        assert!(s.contains("ip saddr { 198.18.0.12, 198.18.0.13 } udp dport 7946 drop"), "{s}");
-        assert!(s.contains("udp dport 7946 numgen random mod 100 < 30 drop"), "{s}");
+        assert!(
+            s.contains("ip saddr { 198.18.0.12, 198.18.0.13 } udp dport 7946 drop"),
+            "{s}"
+        );
+        assert!(
+            s.contains("udp dport 7946 numgen random mod 100 < 30 drop"),
+            "{s}"
+        );
         assert!(s.contains("hook input"));
         assert!(!s.contains("hook output"));
-        let all = script(7946, &Inbound { cut_from: vec![], loss_percent: Some(100) });
-        assert!(all.contains("    udp dport 7946 drop\n") && !all.contains("numgen"), "{all}");
+        let all = script(
+            7946,
+            &Inbound {
+                cut_from: vec![],
+                loss_percent: Some(100),
+            },
+        );
+        assert!(
+            all.contains("    udp dport 7946 drop\n") && !all.contains("numgen"),
+            "{all}"
+        );
     }
 }

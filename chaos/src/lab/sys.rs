@@ -14,7 +14,11 @@ pub enum LabError {
         source: std::io::Error,
     },
     #[error("signal {signal} to pid {pid}: {errno}")]
-    Signal { pid: u32, signal: String, errno: nix::errno::Errno },
+    Signal {
+        pid: u32,
+        signal: String,
+        errno: nix::errno::Errno,
+    },
     #[error("lab setup: {0}")]
     Config(String),
 }
@@ -23,18 +27,28 @@ fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, LabE
     let cmd_text = format!("{program} {}", args.join(" "));
     let mut child = Command::new(program)
         .args(args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| LabError::Io { what: format!("run {cmd_text}"), source: e })?;
+        .map_err(|e| LabError::Io {
+            what: format!("run {cmd_text}"),
+            source: e,
+        })?;
     if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(text.as_bytes())
-            .map_err(|e| LabError::Io { what: format!("write to {cmd_text}"), source: e })?;
+        pipe.write_all(text.as_bytes()).map_err(|e| LabError::Io {
+            what: format!("write to {cmd_text}"),
+            source: e,
+        })?;
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| LabError::Io { what: format!("wait for {cmd_text}"), source: e })?;
+    let out = child.wait_with_output().map_err(|e| LabError::Io {
+        what: format!("wait for {cmd_text}"),
+        source: e,
+    })?;
     if !out.status.success() {
         return Err(LabError::Command {
             cmd: cmd_text,
@@ -71,14 +85,21 @@ pub fn signal(pid: u32, signal: nix::sys::signal::Signal) -> Result<(), LabError
     let target = nix::unistd::Pid::from_raw(pid as i32);
     match nix::sys::signal::kill(target, signal) {
         Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
-        Err(errno) => Err(LabError::Signal { pid, signal: signal.as_str().to_string(), errno }),
+        Err(errno) => Err(LabError::Signal {
+            pid,
+            signal: signal.as_str().to_string(),
+            errno,
+        }),
     }
 }
 
 /// Moves the calling thread into the named network namespace.
 pub fn enter_netns(ns: &str) -> Result<(), LabError> {
     let path = format!("/run/netns/{ns}");
-    let file = std::fs::File::open(&path).map_err(|e| LabError::Io { what: format!("open {path}"), source: e })?;
+    let file = std::fs::File::open(&path).map_err(|e| LabError::Io {
+        what: format!("open {path}"),
+        source: e,
+    })?;
     nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|errno| LabError::Io {
         what: format!("setns {path}"),
         source: std::io::Error::from(errno),

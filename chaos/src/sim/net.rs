@@ -36,7 +36,10 @@ impl Net {
             slots: Vec::new(),
             free: Vec::new(),
             seq: 0,
-            weather: Weather { delay_ms_max: 5, ..Weather::default() },
+            weather: Weather {
+                delay_ms_max: 5,
+                ..Weather::default()
+            },
             sent: 0,
             dropped: 0,
         }

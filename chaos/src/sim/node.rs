@@ -4,13 +4,17 @@
 use rand::rngs::StdRng;
 use rand::Rng;
 use shoal_gossip::election::{choose_publisher, is_caught_up, role_of, Candidate, Role};
-use shoal_gossip::head::{catch_up, next_stamp, select_head, should_adopt, CatchUp, HeadInfo, HeldAd, MemberHeld, Stamp, StampState};
+use shoal_gossip::head::{
+    catch_up, next_stamp, select_head, should_adopt, CatchUp, HeadInfo, HeldAd, MemberHeld, Stamp,
+    StampState,
+};
 use shoal_gossip::version::{NodeId, Version};
 use shoal_node::health::assign::checkers;
 use shoal_node::health::hysteresis::Hysteresis;
 use shoal_node::health::verdict::verdict;
 use shoal_node::health::{CheckState, Verdict};
 use std::collections::BTreeMap;
+use std::rc::Rc;
 
 /// A deliberate defect, to prove the checkers catch real bugs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,9 +36,20 @@ pub struct Ad {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Msg {
-    Gossip { from: usize, ad: Ad },
-    FetchReq { from: usize, generation: u32 },
-    FetchResp { from: usize, generation: u32, held: Option<HeldAd> },
+    /// Shared: one round sends the same ad to every peer.
+    Gossip {
+        from: usize,
+        ad: Rc<Ad>,
+    },
+    FetchReq {
+        from: usize,
+        generation: u32,
+    },
+    FetchResp {
+        from: usize,
+        generation: u32,
+        held: Option<HeldAd>,
+    },
 }
 
 /// Timing knobs shared by all nodes.
@@ -52,7 +67,7 @@ pub struct Timing {
 #[derive(Clone, Debug)]
 struct Peer {
     last_heard_ms: u64,
-    ad: Ad,
+    ad: Rc<Ad>,
 }
 
 pub struct SimNode {
@@ -73,6 +88,9 @@ pub struct SimNode {
     checks: BTreeMap<usize, Hysteresis>,
     pub verdicts: Vec<Verdict>,
     pub bug: Option<Bug>,
+    /// Checkers per backend for the last live set seen: rendezvous hashing is the costly part
+    /// of a round and the live set rarely changes.
+    assigned: Option<(Vec<usize>, Vec<Vec<NodeId>>)>,
 }
 
 /// What a node did in one round that the simulation must record or check.
@@ -105,6 +123,7 @@ impl SimNode {
             checks: BTreeMap::new(),
             verdicts: vec![Verdict::Up; backends],
             bug,
+            assigned: None,
         }
     }
 
@@ -158,6 +177,12 @@ impl SimNode {
         effects: &mut Effects,
     ) -> Vec<(usize, Msg)> {
         let live = self.live(now_ms, t);
+        // Like the mesh, remember epochs from every member heard of, dead ones included.
+        for p in self.peers.values() {
+            if let Some(h) = &p.ad.held {
+                self.max_epoch_seen = self.max_epoch_seen.max(h.version.epoch);
+            }
+        }
         let mut members = Vec::with_capacity(live.len());
         let mut candidates = Vec::with_capacity(live.len());
         for &i in &live {
@@ -170,8 +195,16 @@ impl SimNode {
             if let Some(h) = &held {
                 self.max_epoch_seen = self.max_epoch_seen.max(h.version.epoch);
             }
-            members.push(MemberHeld { id: all[i].clone(), alive: true, held });
-            candidates.push(Candidate { id: all[i].clone(), alive: true, caught_up });
+            members.push(MemberHeld {
+                id: all[i].clone(),
+                alive: true,
+                held,
+            });
+            candidates.push(Candidate {
+                id: all[i].clone(),
+                alive: true,
+                caught_up,
+            });
         }
         self.head = select_head(&members);
         let uptime_ms = now_ms.saturating_sub(self.started_ms);
@@ -194,17 +227,33 @@ impl SimNode {
         self.role = role;
         let mut out = Vec::new();
         if self.role == Role::Publisher {
-            match next_stamp(&self.id, &self.stamp, self.head.as_ref(), self.max_epoch_seen, content_digest) {
+            match next_stamp(
+                &self.id,
+                &self.stamp,
+                self.head.as_ref(),
+                self.max_epoch_seen,
+                content_digest,
+            ) {
                 Stamp::Reuse(_) => {}
                 Stamp::New(v) => {
-                    let ad = HeldAd { version: v.clone(), digest: content_digest.to_string(), size_bytes: 1 };
+                    let ad = HeldAd {
+                        version: v.clone(),
+                        digest: content_digest.to_string(),
+                        size_bytes: 1,
+                    };
                     self.max_epoch_seen = self.max_epoch_seen.max(v.epoch);
-                    self.stamp = StampState { epoch: Some(v.epoch), seq: v.seq };
+                    self.stamp = StampState {
+                        epoch: Some(v.epoch),
+                        seq: v.seq,
+                    };
                     self.held = Some(ad.clone());
                     effects.stamped = Some(ad);
                 }
             }
-        } else if self.fetch_sent_ms.is_none_or(|s| now_ms.saturating_sub(s) >= t.fetch_retry_ms) {
+        } else if self
+            .fetch_sent_ms
+            .is_none_or(|s| now_ms.saturating_sub(s) >= t.fetch_retry_ms)
+        {
             let source = match self.bug {
                 Some(Bug::AdoptOlder) => {
                     let mine = self.held.as_ref().map(|h| &h.version);
@@ -232,25 +281,63 @@ impl SimNode {
             };
             if let Some(s) = source {
                 self.fetch_sent_ms = Some(now_ms);
-                out.push((s, Msg::FetchReq { from: self.index, generation: self.generation }));
+                out.push((
+                    s,
+                    Msg::FetchReq {
+                        from: self.index,
+                        generation: self.generation,
+                    },
+                ));
             }
         }
         self.health(now_ms, t, all, &live, backend_up);
-        let ad = self.ad();
+        let ad = Rc::new(self.ad());
         for (i, _) in all.iter().enumerate().filter(|(i, _)| *i != self.index) {
-            out.push((i, Msg::Gossip { from: self.index, ad: ad.clone() }));
+            out.push((
+                i,
+                Msg::Gossip {
+                    from: self.index,
+                    ad: Rc::clone(&ad),
+                },
+            ));
         }
         out
     }
 
     /// Probes the backends this node checks and judges every backend from live opinions.
-    fn health(&mut self, now_ms: u64, t: &Timing, all: &[NodeId], live: &[usize], backend_up: &[bool]) {
-        let live_ids: Vec<NodeId> = live.iter().map(|&i| all[i].clone()).collect();
+    fn health(
+        &mut self,
+        now_ms: u64,
+        t: &Timing,
+        all: &[NodeId],
+        live: &[usize],
+        backend_up: &[bool],
+    ) {
+        if self
+            .assigned
+            .as_ref()
+            .is_none_or(|(set, _)| set.as_slice() != live)
+        {
+            let live_ids: Vec<NodeId> = live.iter().map(|&i| all[i].clone()).collect();
+            let per_backend = (0..backend_up.len())
+                .map(|b| {
+                    checkers(
+                        &format!("sim|backend-{b}"),
+                        &live_ids,
+                        t.checkers_per_backend,
+                    )
+                })
+                .collect();
+            self.assigned = Some((live.to_vec(), per_backend));
+        }
+        let assigned_all = self.assigned.take().map(|(_, a)| a).unwrap_or_default();
         for (b, &truth) in backend_up.iter().enumerate() {
-            let key = format!("sim|backend-{b}");
-            let assigned = checkers(&key, &live_ids, t.checkers_per_backend);
+            let assigned = &assigned_all[b];
             if assigned.contains(&self.id) {
-                let h = self.checks.entry(b).or_insert_with(|| Hysteresis::new(now_ms));
+                let h = self
+                    .checks
+                    .entry(b)
+                    .or_insert_with(|| Hysteresis::new(now_ms));
                 h.observe(truth, t.rise, t.fall, now_ms);
             } else {
                 self.checks.remove(&b);
@@ -260,14 +347,20 @@ impl SimNode {
                 let opinion = if i == self.index {
                     self.checks.get(&b).map(|h| h.state())
                 } else {
-                    self.peers[&i].ad.opinions.iter().find(|(ob, _)| *ob == b).map(|(_, s)| *s)
+                    self.peers[&i]
+                        .ad
+                        .opinions
+                        .iter()
+                        .find(|(ob, _)| *ob == b)
+                        .map(|(_, s)| *s)
                 };
                 if let Some(s) = opinion {
                     reports.push((all[i].clone(), s));
                 }
             }
-            self.verdicts[b] = verdict(&reports, &assigned, Some(self.verdicts[b])).0;
+            self.verdicts[b] = verdict(&reports, assigned, Some(self.verdicts[b])).0;
         }
+        self.assigned = Some((live.to_vec(), assigned_all));
     }
 
     /// Handles one message; returns replies as (to, message).
@@ -276,15 +369,33 @@ impl SimNode {
         let mut out = Vec::new();
         match msg {
             Msg::Gossip { from, ad } => {
-                let newer = self.peers.get(&from).is_none_or(|p| ad.generation >= p.ad.generation);
+                let newer = self
+                    .peers
+                    .get(&from)
+                    .is_none_or(|p| ad.generation >= p.ad.generation);
                 if newer {
-                    self.peers.insert(from, Peer { last_heard_ms: now_ms, ad });
+                    self.peers.insert(
+                        from,
+                        Peer {
+                            last_heard_ms: now_ms,
+                            ad,
+                        },
+                    );
                 }
             }
             Msg::FetchReq { from, generation } => {
-                out.push((from, Msg::FetchResp { from: self.index, generation, held: self.held.clone() }));
+                out.push((
+                    from,
+                    Msg::FetchResp {
+                        from: self.index,
+                        generation,
+                        held: self.held.clone(),
+                    },
+                ));
             }
-            Msg::FetchResp { generation, held, .. } => {
+            Msg::FetchResp {
+                generation, held, ..
+            } => {
                 if generation != self.generation {
                     return (out, None);
                 }
@@ -292,7 +403,9 @@ impl SimNode {
                 if let Some(offer) = held {
                     let take = match self.bug {
                         Some(Bug::AdoptOlder) => self.held.as_ref() != Some(&offer),
-                        None => should_adopt(self.held.as_ref().map(|h| &h.version), &offer.version),
+                        None => {
+                            should_adopt(self.held.as_ref().map(|h| &h.version), &offer.version)
+                        }
                     };
                     if take {
                         adopted = Some(offer.version.clone());

@@ -110,6 +110,9 @@ async fn wait_converged(nodes: &[Node], timeout: Duration) -> Result<Duration, S
         }
         if start.elapsed() > timeout {
             let sizes: Vec<usize> = nodes.iter().map(|x| x.live_members().len()).collect();
+            for node in nodes.iter().take(5) {
+                eprintln!("{}: {:?}", node.node_id(), node.traffic());
+            }
             return Err(format!("no convergence after {timeout:?}: live counts {sizes:?}"));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

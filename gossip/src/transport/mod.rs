@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-const DIAL_TIMEOUT: Duration = Duration::from_millis(1_500);
+const DIAL_TIMEOUT: Duration = Duration::from_millis(5_000);
 const STREAM_READ_TIMEOUT: Duration = Duration::from_secs(2);
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -46,6 +46,15 @@ pub struct Traffic {
     /// Chitchat message bytes handed to / received from QUIC.
     pub gossip_tx_bytes: u64,
     pub gossip_rx_bytes: u64,
+    /// Gossip messages dropped: per-peer queue full, no connection, inbound queue full.
+    pub dropped_queue_full: u64,
+    pub dropped_no_connection: u64,
+    pub dropped_inbound_full: u64,
+    /// Failed dials and refused incoming handshakes.
+    pub dial_failures: u64,
+    pub handshakes_refused: u64,
+    /// Gossip messages sent on a stream because they did not fit a datagram.
+    pub sent_on_stream: u64,
 }
 
 #[derive(Default)]
@@ -88,6 +97,21 @@ struct Inner {
     closed_udp_rx_bytes: AtomicU64,
     gossip_tx_bytes: AtomicU64,
     gossip_rx_bytes: AtomicU64,
+    counters: Counters,
+}
+
+#[derive(Default)]
+struct Counters {
+    dropped_queue_full: AtomicU64,
+    dropped_no_connection: AtomicU64,
+    dropped_inbound_full: AtomicU64,
+    dial_failures: AtomicU64,
+    handshakes_refused: AtomicU64,
+    sent_on_stream: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -123,7 +147,17 @@ impl QuicTransport {
         server.transport_config(transport_config.clone());
         let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
         client.transport_config(transport_config);
-        let mut endpoint = Endpoint::server(server, listen).map_err(|source| MeshError::Bind {
+        let socket = bind_udp(listen).map_err(|source| MeshError::Bind {
+            addr: listen,
+            source,
+        })?;
+        let mut endpoint = Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(|source| MeshError::Bind {
             addr: listen,
             source,
         })?;
@@ -154,6 +188,7 @@ impl QuicTransport {
             closed_udp_rx_bytes: AtomicU64::new(0),
             gossip_tx_bytes: AtomicU64::new(0),
             gossip_rx_bytes: AtomicU64::new(0),
+            counters: Counters::default(),
         });
         let transport = QuicTransport { inner };
         tokio::spawn(transport.clone().accept_loop());
@@ -178,11 +213,18 @@ impl QuicTransport {
             tx += stats.udp_tx.bytes;
             rx += stats.udp_rx.bytes;
         }
+        let c = &self.inner.counters;
         Traffic {
             udp_tx_bytes: tx,
             udp_rx_bytes: rx,
             gossip_tx_bytes: self.inner.gossip_tx_bytes.load(Ordering::Relaxed),
             gossip_rx_bytes: self.inner.gossip_rx_bytes.load(Ordering::Relaxed),
+            dropped_queue_full: c.dropped_queue_full.load(Ordering::Relaxed),
+            dropped_no_connection: c.dropped_no_connection.load(Ordering::Relaxed),
+            dropped_inbound_full: c.dropped_inbound_full.load(Ordering::Relaxed),
+            dial_failures: c.dial_failures.load(Ordering::Relaxed),
+            handshakes_refused: c.handshakes_refused.load(Ordering::Relaxed),
+            sent_on_stream: c.sent_on_stream.load(Ordering::Relaxed),
         }
     }
 
@@ -228,6 +270,7 @@ impl QuicTransport {
             }
         };
         if tx.try_send(bytes).is_err() {
+            bump(&self.inner.counters.dropped_queue_full);
             debug!(peer = %to, "peer send queue full, gossip dropped");
         }
     }
@@ -244,17 +287,19 @@ impl QuicTransport {
             let conn = match self.connection(to).await {
                 Ok(conn) => conn,
                 Err(detail) => {
+                    bump(&self.inner.counters.dropped_no_connection);
                     debug!(peer = %to, %detail, "no connection, gossip dropped");
                     continue;
                 }
             };
             let len = bytes.len() as u64;
-            let fits = conn
+            let fits = std::env::var_os("SHOAL_STREAMS_ONLY").is_none() && conn
                 .max_datagram_size()
                 .is_some_and(|max| bytes.len() <= max);
             let sent = if fits {
                 conn.send_datagram(bytes).map_err(|e| e.to_string())
             } else {
+                bump(&self.inner.counters.sent_on_stream);
                 send_uni(&conn, &bytes).await
             };
             match sent {
@@ -299,6 +344,7 @@ impl QuicTransport {
                 return Err("backing off after a failed dial".into());
             }
         }
+        let dial_started = Instant::now();
         let result = match self.inner.endpoint.connect(addr, &self.inner.server_name) {
             Ok(connecting) => match tokio::time::timeout(DIAL_TIMEOUT, connecting).await {
                 Ok(Ok(conn)) => Ok(conn),
@@ -309,10 +355,13 @@ impl QuicTransport {
         };
         match result {
             Ok(conn) => {
+                if std::env::var_os("SHOAL_DEBUG_DIAL").is_some() && dial_started.elapsed() > Duration::from_millis(100) { eprintln!("SLOWDIAL {:?}", dial_started.elapsed()); }
                 self.register(conn.clone());
                 Ok(conn)
             }
             Err(detail) => {
+                bump(&self.inner.counters.dial_failures);
+                if std::env::var_os("SHOAL_DEBUG_DIAL").is_some() { eprintln!("DIALFAIL {} -> {addr}: {detail}", self.inner.local_addr); }
                 lock(&self.inner.backoffs)
                     .entry(addr)
                     .or_default()
@@ -347,6 +396,7 @@ impl QuicTransport {
             }
             let Ok(permit) = self.inner.handshakes.clone().try_acquire_owned() else {
                 debug!(%peer, "too many handshakes in flight, connection refused");
+                bump(&self.inner.counters.handshakes_refused);
                 incoming.refuse();
                 continue;
             };
@@ -436,6 +486,7 @@ impl QuicTransport {
             );
             if refused && started.elapsed() < EARLY_CLOSE {
                 debug!(%peer, error = %reason, "peer closed the connection at once, backing off");
+                if std::env::var_os("SHOAL_DEBUG_DIAL").is_some() { eprintln!("EARLYCLOSE {} -> {peer}: {reason}", self.inner.local_addr); }
                 lock(&self.inner.backoffs)
                     .entry(peer)
                     .or_default()
@@ -454,6 +505,8 @@ impl QuicTransport {
         let len = bytes.len() as u64;
         if self.inner.gossip_in.try_send((peer, bytes)).is_ok() {
             self.inner.gossip_rx_bytes.fetch_add(len, Ordering::Relaxed);
+        } else {
+            bump(&self.inner.counters.dropped_inbound_full);
         }
     }
 }
@@ -467,6 +520,25 @@ async fn send_uni(conn: &Connection, bytes: &[u8]) -> Result<(), String> {
     tokio::time::timeout(STREAM_READ_TIMEOUT, work)
         .await
         .map_err(|_| "gossip stream send timed out".to_string())?
+}
+
+/// Socket buffer asked for; the kernel caps it at net.core.rmem_max / wmem_max.
+const SOCKET_BUFFER_BYTES: usize = 4 << 20;
+
+/// Binds the UDP socket with large buffers: with the default ~200 KiB, bursts of gossip from
+/// many peers overflowed the receive buffer (measured 14% loss at 50 nodes in one process),
+/// and lost handshake packets then cost whole retransmission timeouts.
+fn bind_udp(listen: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(listen), Type::DGRAM, Some(Protocol::UDP))?;
+    if let Err(e) = socket.set_recv_buffer_size(SOCKET_BUFFER_BYTES) {
+        warn!(error = %e, "cannot enlarge the UDP receive buffer");
+    }
+    if let Err(e) = socket.set_send_buffer_size(SOCKET_BUFFER_BYTES) {
+        warn!(error = %e, "cannot enlarge the UDP send buffer");
+    }
+    socket.bind(&listen.into())?;
+    Ok(socket.into())
 }
 
 fn transport_config(timing: &Timing) -> Result<quinn::TransportConfig, MeshError> {

@@ -227,6 +227,59 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(2));
     }
 
+    /// A blocking HTTPS server with a certificate no client would trust, answering 200.
+    fn https_server() -> u16 {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        use std::io::{Read, Write};
+        let ca = shoal_gossip::certs::create_ca("probe-test").unwrap();
+        let leaf = shoal_gossip::certs::issue_node_cert(&ca, "backend").unwrap();
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(leaf.cert_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .unwrap();
+        let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = std::sync::Arc::new(
+            rustls::ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(chain, key)
+                .unwrap(),
+        );
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for tcp in listener.incoming().flatten() {
+                let conn = rustls::ServerConnection::new(config.clone()).unwrap();
+                let mut tls = rustls::StreamOwned::new(conn, tcp);
+                let mut buf = [0u8; 2048];
+                if tls.read(&mut buf).is_ok() {
+                    let _ = tls.write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                    );
+                    tls.conn.send_close_notify();
+                    let _ = tls.flush();
+                }
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn https_accepts_an_untrusted_certificate() {
+        let port = https_server();
+        let probe = Probe::Http {
+            path: "/healthz".into(),
+            expect_status: 200,
+            tls: true,
+            host: None,
+        };
+        let r = Prober::new().probe(&target(port, probe)).await;
+        assert_eq!(r, ProbeResult::Ok);
+    }
+
     #[tokio::test]
     async fn https_to_a_plain_server_is_an_error_not_a_panic() {
         let (port, _seen) = http_server(200).await;

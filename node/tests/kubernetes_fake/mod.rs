@@ -125,7 +125,15 @@ impl FakeApi {
             "ADDED"
         };
         s.objects.insert(key, object.clone());
-        self.record(&mut s, Change { rv, kind, type_, object });
+        self.record(
+            &mut s,
+            Change {
+                rv,
+                kind,
+                type_,
+                object,
+            },
+        );
     }
 
     pub fn delete(&self, kind: Kind, namespace: &str, name: &str) {
@@ -139,7 +147,15 @@ impl FakeApi {
         s.rv += 1;
         let rv = s.rv;
         object["metadata"]["resourceVersion"] = json!(rv.to_string());
-        self.record(&mut s, Change { rv, kind, type_: "DELETED", object });
+        self.record(
+            &mut s,
+            Change {
+                rv,
+                kind,
+                type_: "DELETED",
+                object,
+            },
+        );
     }
 
     fn record(&self, s: &mut Store, change: Change) {
@@ -215,12 +231,7 @@ fn status(code: StatusCode, reason: &str, message: &str) -> Response {
         .into_response()
 }
 
-async fn handle(
-    State(l): State<Listener>,
-    method: Method,
-    uri: Uri,
-    body: Bytes,
-) -> Response {
+async fn handle(State(l): State<Listener>, method: Method, uri: Uri, body: Bytes) -> Response {
     let path = uri.path().to_string();
     let query: BTreeMap<String, String> = uri
         .query()
@@ -264,7 +275,11 @@ async fn handle(
             l.api.lock().events.push(ev.clone());
             (StatusCode::CREATED, axum::Json(ev)).into_response()
         }
-        _ => status(StatusCode::NOT_FOUND, "NotFound", &format!("no route for {path}")),
+        _ => status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("no route for {path}"),
+        ),
     }
 }
 
@@ -345,7 +360,11 @@ fn put_status(api: &FakeApi, ns: &str, name: &str, body: &[u8]) -> Response {
         return status(StatusCode::NOT_FOUND, "NotFound", "no such service");
     };
     if sent["metadata"]["resourceVersion"] != current["metadata"]["resourceVersion"] {
-        return status(StatusCode::CONFLICT, "Conflict", "the object has been modified");
+        return status(
+            StatusCode::CONFLICT,
+            "Conflict",
+            "the object has been modified",
+        );
     }
     api.lock().status_writes.push(sent.clone());
     current["status"] = sent["status"].clone();
@@ -376,7 +395,13 @@ pub fn service(ns: &str, name: &str, ports: &[(&str, u16)], annotations: &[(&str
 }
 
 /// An EndpointSlice for `svc` with one port and endpoints `(address, ready)`.
-pub fn slice(ns: &str, svc: &str, suffix: &str, port: (&str, u16), endpoints: &[(&str, bool)]) -> Value {
+pub fn slice(
+    ns: &str,
+    svc: &str,
+    suffix: &str,
+    port: (&str, u16),
+    endpoints: &[(&str, bool)],
+) -> Value {
     json!({
         "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
         "metadata": {

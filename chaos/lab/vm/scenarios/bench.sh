@@ -8,6 +8,6 @@ ip() { /bin/ip "$@"; }
 ip link add lab0 type dummy
 ip link set lab0 up
 ip addr add 198.18.0.254/15 dev lab0
-ipvs-lab bench --services "$N" --dests "$M" --reps "$REPS" > out/bench.json 2> out/bench.err
+ipvs-lab bench --services "$N" --dests "$M" --reps "$REPS" --settle-s "${SETTLE_S:-130}" > out/bench.json 2> out/bench.err
 echo $? > out/bench.rc
 exit 0

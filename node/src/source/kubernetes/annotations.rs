@@ -108,13 +108,11 @@ pub fn parse(
     let mut s = ServiceSettings::default();
 
     s.requested_vip = match (get(VIP), load_balancer_ip.map(str::trim)) {
-        (Some(v), _) => Some(
+        (Some(v), _) => Some(v.parse().map_err(|_| bad(VIP, v, "not an IP address"))?),
+        (None, Some(v)) if !v.is_empty() => Some(
             v.parse()
-                .map_err(|_| bad(VIP, v, "not an IP address"))?,
+                .map_err(|_| bad("spec.loadBalancerIP", v, "not an IP address"))?,
         ),
-        (None, Some(v)) if !v.is_empty() => Some(v.parse().map_err(|_| {
-            bad("spec.loadBalancerIP", v, "not an IP address")
-        })?),
         _ => None,
     };
 
@@ -123,7 +121,10 @@ pub fn parse(
             return Err(bad(
                 SCHEDULER,
                 v,
-                format!("unknown scheduler, expected one of {}", SCHEDULERS.join(" ")),
+                format!(
+                    "unknown scheduler, expected one of {}",
+                    SCHEDULERS.join(" ")
+                ),
             ));
         }
         s.scheduler = v.to_string();
@@ -229,7 +230,11 @@ fn parse_health<'a>(
     if !matches!(h.probe, Probe::Http { .. }) {
         for key in [HEALTH_PATH, HEALTH_EXPECT_STATUS, HEALTH_HOST] {
             if let Some(v) = get(key) {
-                return Err(bad(key, v, "only valid with shoal.io/health-check=http or https"));
+                return Err(bad(
+                    key,
+                    v,
+                    "only valid with shoal.io/health-check=http or https",
+                ));
             }
         }
     }
@@ -272,8 +277,7 @@ fn parse_bool(key: &str, v: &str) -> Result<bool, AnnotationError> {
 }
 
 fn parse_num<T: std::str::FromStr>(key: &str, v: &str) -> Result<T, AnnotationError> {
-    v.parse()
-        .map_err(|_| bad(key, v, "not a number in range"))
+    v.parse().map_err(|_| bad(key, v, "not a number in range"))
 }
 
 #[cfg(test)]
@@ -295,7 +299,10 @@ mod tests {
         assert!(s.flags.mh_fallback && !s.flags.mh_port);
         assert_eq!(s.forwarding, Forwarding::Tunnel(Tunnel::Ipip));
         let h = s.health.unwrap();
-        assert_eq!((h.probe, h.interval_ms, h.timeout_ms, h.rise, h.fall), (Probe::Tcp, 2000, 1000, 2, 3));
+        assert_eq!(
+            (h.probe, h.interval_ms, h.timeout_ms, h.rise, h.fall),
+            (Probe::Tcp, 2000, 1000, 2, 3)
+        );
         assert_eq!(s.requested_vip, None);
     }
 
@@ -330,7 +337,13 @@ mod tests {
         .unwrap();
         assert_eq!(s.scheduler, "wrr");
         assert_eq!(s.flags, SchedFlags::default());
-        assert_eq!(s.forwarding, Forwarding::Tunnel(Tunnel::Gue { port: 5555, flags: 0 }));
+        assert_eq!(
+            s.forwarding,
+            Forwarding::Tunnel(Tunnel::Gue {
+                port: 5555,
+                flags: 0
+            })
+        );
         assert_eq!(
             s.health,
             Some(HealthCheck {
@@ -361,7 +374,10 @@ mod tests {
             (&[(HEALTH_CHECK, "icmp")], HEALTH_CHECK),
             (&[(HEALTH_PATH, "/x")], HEALTH_PATH),
             (&[(HEALTH_CHECK, "http"), (HEALTH_PATH, "x")], HEALTH_PATH),
-            (&[(HEALTH_CHECK, "http"), (HEALTH_EXPECT_STATUS, "42")], HEALTH_EXPECT_STATUS),
+            (
+                &[(HEALTH_CHECK, "http"), (HEALTH_EXPECT_STATUS, "42")],
+                HEALTH_EXPECT_STATUS,
+            ),
             (&[(HEALTH_INTERVAL_MS, "10")], HEALTH_INTERVAL_MS),
             (&[(HEALTH_TIMEOUT_MS, "5000")], HEALTH_TIMEOUT_MS),
             (&[(HEALTH_INTERVAL_MS, "500")], HEALTH_TIMEOUT_MS),
@@ -377,7 +393,10 @@ mod tests {
 
     #[test]
     fn health_none_disables_probes() {
-        assert_eq!(parse(&ann(&[(HEALTH_CHECK, "none")]), None).unwrap().health, None);
+        assert_eq!(
+            parse(&ann(&[(HEALTH_CHECK, "none")]), None).unwrap().health,
+            None
+        );
     }
 
     proptest! {

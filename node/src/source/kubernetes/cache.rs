@@ -52,7 +52,9 @@ impl<K: DeserializeOwned + Clone> ObjectCache<K> {
             }
             Event::InitApply(obj) => {
                 let (key, entry) = self.decode(obj);
-                self.relisting.get_or_insert_with(BTreeMap::new).insert(key, entry);
+                self.relisting
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert(key, entry);
                 false
             }
             Event::InitDone => {
@@ -148,13 +150,20 @@ mod tests {
         assert_eq!(c.objects().len(), 1);
         let p: Vec<_> = c.problems().collect();
         assert_eq!(p.len(), 1);
-        assert_eq!((p[0].object.name.as_str(), p[0].reason), ("bad", "MalformedObject"));
+        assert_eq!(
+            (p[0].object.name.as_str(), p[0].reason),
+            ("bad", "MalformedObject")
+        );
 
         // A relist that no longer contains `a` drops it.
         c.apply(Event::Init);
         c.apply(Event::InitApply(obj("b", json!({}))));
         c.apply(Event::InitDone);
-        let names: Vec<_> = c.objects().into_iter().map(|s| s.metadata.name.unwrap()).collect();
+        let names: Vec<_> = c
+            .objects()
+            .into_iter()
+            .map(|s| s.metadata.name.unwrap())
+            .collect();
         assert_eq!(names, ["b"]);
         assert_eq!(c.problems().count(), 0);
 

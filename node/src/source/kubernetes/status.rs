@@ -71,10 +71,7 @@ pub fn event_for(problem: &Problem, reporting_instance: &str, now: Timestamp) ->
 
 /// Problems present now that were not present on the previous pass: each is reported once
 /// while it lasts, and again if it goes away and comes back.
-pub fn new_problems<'a>(
-    previous: &BTreeSet<Problem>,
-    current: &'a [Problem],
-) -> Vec<&'a Problem> {
+pub fn new_problems<'a>(previous: &BTreeSet<Problem>, current: &'a [Problem]) -> Vec<&'a Problem> {
     current.iter().filter(|p| !previous.contains(p)).collect()
 }
 
@@ -115,7 +112,10 @@ impl StatusWriter {
                 continue;
             }
             let api: Api<Service> = Api::namespaced(self.client.clone(), ns);
-            match api.replace_status(name, &PostParams::default(), &updated).await {
+            match api
+                .replace_status(name, &PostParams::default(), &updated)
+                .await
+            {
                 Ok(_) => {
                     tracing::info!(service = %key, %vip, "wrote status.loadBalancer.ingress");
                     self.written.insert(key, (rv, vip));
@@ -182,7 +182,10 @@ mod tests {
         };
         let ev = event_for(&p, "shoal-0", Timestamp::UNIX_EPOCH);
         let r = ev.regarding.unwrap();
-        assert_eq!((r.kind.as_deref(), r.name.as_deref(), r.uid.as_deref()), (Some("Service"), Some("web"), Some("u1")));
+        assert_eq!(
+            (r.kind.as_deref(), r.name.as_deref(), r.uid.as_deref()),
+            (Some("Service"), Some("web"), Some("u1"))
+        );
         assert_eq!(ev.note.unwrap().len(), 1000);
         assert_eq!(ev.metadata.namespace.as_deref(), Some("ns"));
 

@@ -114,14 +114,20 @@ fn parse_protocol(p: Option<&str>) -> Option<Protocol> {
 pub fn translate(services: &[Service], slices: &[EndpointSlice], cfg: &Settings) -> Translation {
     let mut problems = Vec::new();
     let mut ours: Vec<(&Service, ServiceSettings, String)> = Vec::new();
-    for svc in services.iter().filter(|s| is_ours(s, cfg.load_balancer_class)) {
+    for svc in services
+        .iter()
+        .filter(|s| is_ours(s, cfg.load_balancer_class))
+    {
         let id = ObjectId::service(svc);
         if id.name.is_empty() || id.namespace.is_empty() {
             continue;
         }
         let empty = BTreeMap::new();
         let ann = svc.metadata.annotations.as_ref().unwrap_or(&empty);
-        let lb_ip = svc.spec.as_ref().and_then(|s| s.load_balancer_ip.as_deref());
+        let lb_ip = svc
+            .spec
+            .as_ref()
+            .and_then(|s| s.load_balancer_ip.as_deref());
         match annotations::parse(ann, lb_ip) {
             Ok(settings) => {
                 let key = key_of(&id.namespace, &id.name);
@@ -229,7 +235,10 @@ pub fn translate(services: &[Service], slices: &[EndpointSlice], cfg: &Settings)
                 if target == 0 {
                     continue;
                 }
-                let tunnel_like = matches!(settings.forwarding, Forwarding::Tunnel(_) | Forwarding::Route);
+                let tunnel_like = matches!(
+                    settings.forwarding,
+                    Forwarding::Tunnel(_) | Forwarding::Route
+                );
                 if tunnel_like && target != port_num {
                     mismatched.insert(target);
                     continue;
@@ -318,7 +327,11 @@ mod tests {
                 namespace: Some("default".into()),
                 name: Some(name.into()),
                 uid: Some(format!("uid-{name}")),
-                annotations: Some(ann.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+                annotations: Some(
+                    ann.iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
                 ..Default::default()
             },
             spec: Some(ServiceSpec {
@@ -341,7 +354,12 @@ mod tests {
         }
     }
 
-    fn slice(svc: &str, suffix: &str, port: (&str, i32), eps: &[(&str, Option<bool>)]) -> EndpointSlice {
+    fn slice(
+        svc: &str,
+        suffix: &str,
+        port: (&str, i32),
+        eps: &[(&str, Option<bool>)],
+    ) -> EndpointSlice {
         EndpointSlice {
             metadata: ObjectMeta {
                 namespace: Some("default".into()),
@@ -385,9 +403,18 @@ mod tests {
     #[test]
     fn one_service_two_slices() {
         let t = run(
-            &[svc("web", &[("http", 80)], &[("shoal.io/vip", "203.0.113.10")])],
+            &[svc(
+                "web",
+                &[("http", 80)],
+                &[("shoal.io/vip", "203.0.113.10")],
+            )],
             &[
-                slice("web", "a", ("http", 80), &[("198.18.0.3", Some(true)), ("198.18.0.9", Some(false))]),
+                slice(
+                    "web",
+                    "a",
+                    ("http", 80),
+                    &[("198.18.0.3", Some(true)), ("198.18.0.9", Some(false))],
+                ),
                 slice("web", "b", ("http", 80), &[("198.18.0.2", None)]),
             ],
         );
@@ -416,11 +443,17 @@ mod tests {
     fn named_target_port_resolved_through_the_slice_and_masq_translates() {
         // Service port 80 -> targetPort "web" resolved to 8080 in the slice.
         let s = svc("app", &[("http", 80)], &[("shoal.io/forwarding", "masq")]);
-        let t = run(&[s], &[slice("app", "x", ("http", 8080), &[("198.18.0.5", None)])]);
+        let t = run(
+            &[s],
+            &[slice("app", "x", ("http", 8080), &[("198.18.0.5", None)])],
+        );
         assert_eq!(t.table.services[0].backends[0].port, 8080);
         // With tunnel forwarding the same slice is refused with a reason.
         let s = svc("app", &[("http", 80)], &[]);
-        let t = run(&[s], &[slice("app", "x", ("http", 8080), &[("198.18.0.5", None)])]);
+        let t = run(
+            &[s],
+            &[slice("app", "x", ("http", 8080), &[("198.18.0.5", None)])],
+        );
         assert!(t.table.services[0].backends.is_empty());
         assert_eq!(t.problems[0].reason, "TargetPortMismatch");
     }
@@ -432,14 +465,29 @@ mod tests {
                 svc("bad", &[("", 80)], &[("shoal.io/scheduler", "fastest")]),
                 svc("good", &[("", 80)], &[]),
             ],
-            &[slice("good", "a", ("", 80), &[("198.18.0.7", None), ("not-an-ip", None)])],
+            &[slice(
+                "good",
+                "a",
+                ("", 80),
+                &[("198.18.0.7", None), ("not-an-ip", None)],
+            )],
         );
         assert_eq!(t.table.services.len(), 1);
         assert_eq!(t.table.services[0].name, "default/good:80");
         assert_eq!(t.table.services[0].backends.len(), 1);
-        let reasons: Vec<_> = t.problems.iter().map(|p| (p.object.name.as_str(), p.reason)).collect();
-        assert!(reasons.contains(&("bad", "InvalidAnnotation")), "{reasons:?}");
-        assert!(reasons.contains(&("good-a", "MalformedEndpointSlice")), "{reasons:?}");
+        let reasons: Vec<_> = t
+            .problems
+            .iter()
+            .map(|p| (p.object.name.as_str(), p.reason))
+            .collect();
+        assert!(
+            reasons.contains(&("bad", "InvalidAnnotation")),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons.contains(&("good-a", "MalformedEndpointSlice")),
+            "{reasons:?}"
+        );
     }
 
     #[test]

@@ -157,7 +157,11 @@ fn usable(pool: &IpNet) -> (u128, u128) {
             let first = u128::from(n.network());
             let bits = 128 - n.prefix_len() as u32;
             // Skip the subnet-router anycast address (all host bits zero).
-            let len = if bits >= 128 { u128::MAX } else { 1u128 << bits };
+            let len = if bits >= 128 {
+                u128::MAX
+            } else {
+                1u128 << bits
+            };
             if len > 1 {
                 (first + 1, len - 1)
             } else {
@@ -227,7 +231,9 @@ mod tests {
     fn pool_errors_name_the_pool() {
         assert_eq!(
             parse_pools(&["203.0.113.0/24".into(), "bogus".into()]),
-            Err(PoolError::NotCidr { pool: "bogus".into() })
+            Err(PoolError::NotCidr {
+                pool: "bogus".into()
+            })
         );
         assert!(matches!(
             parse_pools(&["203.0.113.0/24".into(), "203.0.113.128/25".into()]),
@@ -267,7 +273,10 @@ mod tests {
         assert_eq!(a.vips.get("b/young"), None);
         assert_eq!(
             a.problems["b/young"],
-            VipProblem::Conflict { vip: ip("203.0.113.5"), holder: "a/old".into() }
+            VipProblem::Conflict {
+                vip: ip("203.0.113.5"),
+                holder: "a/old".into()
+            }
         );
     }
 
@@ -287,7 +296,11 @@ mod tests {
     #[test]
     fn exhaustion_and_no_pools_are_problems() {
         let a = assign(
-            &[claim("a/1", 0, None, &[]), claim("a/2", 0, None, &[]), claim("a/3", 0, None, &[])],
+            &[
+                claim("a/1", 0, None, &[]),
+                claim("a/2", 0, None, &[]),
+                claim("a/3", 0, None, &[]),
+            ],
             &pools(&["203.0.113.0/31"]),
         );
         assert_eq!(a.vips.len(), 2);
@@ -304,7 +317,12 @@ mod tests {
 
     fn arb_claims() -> impl Strategy<Value = Vec<Claim>> {
         proptest::collection::vec(
-            (0u8..12, 0i64..5, proptest::option::of(0u8..6), proptest::option::of(0u8..10)),
+            (
+                0u8..12,
+                0i64..5,
+                proptest::option::of(0u8..6),
+                proptest::option::of(0u8..10),
+            ),
             0..12,
         )
         .prop_map(|v| {
@@ -315,7 +333,10 @@ mod tests {
                     key: format!("ns/s{k}"),
                     created_s: created,
                     requested: req.map(|r| IpAddr::from([203, 0, 113, r])),
-                    current: cur.map(|c| IpAddr::from([203, 0, 113, c])).into_iter().collect(),
+                    current: cur
+                        .map(|c| IpAddr::from([203, 0, 113, c]))
+                        .into_iter()
+                        .collect(),
                 })
                 .collect()
         })
