@@ -11,6 +11,7 @@
 
 pub mod check;
 pub mod duration;
+pub mod effects;
 pub mod lab;
 pub mod observation;
 pub mod observer;

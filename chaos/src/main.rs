@@ -88,15 +88,26 @@ struct RunArgs {
     /// Heal to agreed, correct health verdicts, else I5.
     #[arg(long, default_value_t = 15_000)]
     health_bound_ms: u64,
-    #[arg(long, default_value_t = 1_000)]
-    hold_ms_min: u64,
-    #[arg(long, default_value_t = 4_000)]
-    hold_ms_max: u64,
+    /// Defaults: `ScheduleConfig::new` (1000..=4000 ms), so `shoal-chaos schedule` shows the same episodes.
+    #[arg(long)]
+    hold_ms_min: Option<u64>,
+    #[arg(long)]
+    hold_ms_max: Option<u64>,
     /// SHOAL_LOG for the nodes (their logs go to REPORT_DIR/logs).
     #[arg(long, default_value = "warn")]
     node_log: String,
     #[arg(long)]
     stop_on_violation: bool,
+    /// Extra environment for every node, KEY=VALUE (repeatable), e.g. a fault switch.
+    #[arg(long, value_parser = parse_env)]
+    node_env: Vec<(String, String)>,
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
 }
 
 fn main() -> ExitCode {
@@ -301,8 +312,11 @@ fn run(a: RunArgs, verb: &str, default_duration: Duration) -> anyhow::Result<Exi
         if a.insecure { " --insecure" } else { "" }
     );
     let mut schedule = ScheduleConfig::new(a.nodes);
-    schedule.hold_ms_min = a.hold_ms_min;
-    schedule.hold_ms_max = a.hold_ms_max.max(a.hold_ms_min);
+    schedule.hold_ms_min = a.hold_ms_min.unwrap_or(schedule.hold_ms_min);
+    schedule.hold_ms_max = a
+        .hold_ms_max
+        .unwrap_or(schedule.hold_ms_max)
+        .max(schedule.hold_ms_min);
     let cfg = RunConfig {
         seed: a.seed,
         duration,
@@ -329,6 +343,9 @@ fn run(a: RunArgs, verb: &str, default_duration: Duration) -> anyhow::Result<Exi
         command,
     )?;
     lab.set_env("SHOAL_LOG", &a.node_log);
+    for (k, v) in &a.node_env {
+        lab.set_env(k, v);
+    }
     eprintln!(
         "lab {} ready: {} nodes; {}",
         lab.prefix(),

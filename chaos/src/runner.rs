@@ -10,6 +10,7 @@ use crate::check::convergence::{assess, takeover, Assessment, Expect};
 use crate::check::monotonic::Monotonic;
 use crate::check::provenance::Provenance;
 use crate::check::{Invariant, Violation};
+use crate::effects;
 use crate::lab::nft::Inbound;
 use crate::lab::{node_id, Lab, CTL_ADDR, CTL_DOWN_ADDR};
 use crate::observation::NodeObs;
@@ -18,7 +19,7 @@ use crate::report::{EpisodeRecord, Found, RunReport};
 use crate::schedule::{Episode, Fault, Schedule, ScheduleConfig};
 use crate::stats::summarize;
 use crate::workload::{self, HealthBackends, MARKER_MODULO};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -290,69 +291,6 @@ impl<'a> Run<'a> {
         }
     }
 
-    fn inbound_rules(&self, faults: &[Fault]) -> Vec<Inbound> {
-        let n = self.lab.nodes();
-        let mut rules = vec![Inbound::default(); n];
-        let mut cut = |from: usize, to: usize| rules[to].cut_from.push(self.lab.addr(from));
-        for f in faults {
-            match f {
-                Fault::Isolate { node } => {
-                    for other in (0..n).filter(|o| o != node) {
-                        cut(*node, other);
-                        cut(other, *node);
-                    }
-                }
-                Fault::Halves { side } => {
-                    for a in side {
-                        for b in (0..n).filter(|b| !side.contains(b)) {
-                            cut(*a, b);
-                            cut(b, *a);
-                        }
-                    }
-                }
-                Fault::OneWay { from, to } => cut(*from, *to),
-                _ => {}
-            }
-        }
-        for f in faults {
-            if let Fault::Loss { node, percent } = f {
-                rules[*node].loss_percent = Some(*percent);
-            }
-        }
-        rules
-    }
-
-    /// The running nodes that lose the publisher `old` in this episode and should elect anew:
-    /// the largest group still connected among themselves but not to `old`. Empty when `old`
-    /// stays reachable or restarts at once (then it may simply keep its role).
-    fn orphans(&self, faults: &[Fault], old: usize) -> Vec<usize> {
-        let n = self.lab.nodes();
-        let stopped: BTreeSet<usize> = faults.iter().filter_map(|f| f.stopped_node()).collect();
-        if faults.contains(&Fault::Restart { node: old }) {
-            return Vec::new();
-        }
-        // Nodes with equal group ids can still talk over the mesh (one-way cuts and loss aside).
-        let mut group_of: Vec<usize> = vec![0; n];
-        for f in faults {
-            match f {
-                Fault::Isolate { node } => group_of[*node] = 1000 + node,
-                Fault::Halves { side } => side.iter().for_each(|s| group_of[*s] = 1),
-                _ => {}
-            }
-        }
-        let old_stopped = stopped.contains(&old);
-        let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-        for i in (0..n).filter(|i| !stopped.contains(i) && *i != old) {
-            if old_stopped || group_of[i] != group_of[old] {
-                groups.entry(group_of[i]).or_default().push(i);
-            }
-        }
-        groups
-            .into_values()
-            .max_by_key(|g| g.len())
-            .unwrap_or_default()
-    }
-
     async fn episode(&mut self, e: &Episode, rec: &mut EpisodeRecord) -> Result<(), RunError> {
         self.episode = Some(e.index);
         let t_fault = self.now_ms();
@@ -369,7 +307,7 @@ impl<'a> Run<'a> {
             .and_then(|d| d.checked_sub(1))
             .filter(|i| *i < self.lab.nodes());
         let orphans = old_idx
-            .map(|o| self.orphans(&e.faults, o))
+            .map(|o| effects::orphans(self.lab.nodes(), &e.faults, o))
             .unwrap_or_default();
         for f in &e.faults {
             match f {
@@ -382,7 +320,8 @@ impl<'a> Run<'a> {
                 _ => {}
             }
         }
-        let rules = self.inbound_rules(&e.faults);
+        let addrs: Vec<_> = (0..self.lab.nodes()).map(|i| self.lab.addr(i)).collect();
+        let rules = effects::inbound_rules(&addrs, &e.faults);
         for (i, r) in rules.iter().enumerate() {
             if !r.is_empty() {
                 self.lab.set_inbound(i, r, self.cfg.mesh_port)?;

@@ -110,8 +110,8 @@ impl ScheduleConfig {
     pub fn new(nodes: usize) -> Self {
         ScheduleConfig {
             nodes,
-            hold_ms_min: 500,
-            hold_ms_max: 3_000,
+            hold_ms_min: 1_000,
+            hold_ms_max: 4_000,
             gap_ms_max: 500,
             publisher_bias_percent: 40,
         }

@@ -113,7 +113,9 @@ async fn wait_converged(nodes: &[Node], timeout: Duration) -> Result<Duration, S
             for node in nodes.iter().take(5) {
                 eprintln!("{}: {:?}", node.node_id(), node.traffic());
             }
-            return Err(format!("no convergence after {timeout:?}: live counts {sizes:?}"));
+            return Err(format!(
+                "no convergence after {timeout:?}: live counts {sizes:?}"
+            ));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -164,7 +166,11 @@ async fn detect(ca: &ClusterCa, n: usize, trials: usize, fault: &str) -> Result<
             .filter(|node| node.live_members().len() != expected)
             .count();
         // Keep the cluster at n nodes: a replacement joins (ids "r..." sort after "n...").
-        let seeds: Vec<String> = nodes.iter().take(3).map(|x| x.listen_addr().to_string()).collect();
+        let seeds: Vec<String> = nodes
+            .iter()
+            .take(3)
+            .map(|x| x.listen_addr().to_string())
+            .collect();
         nodes.push(start_node(ca, &format!("r{trial:03}"), &seeds).await?);
         wait_converged(&nodes, Duration::from_secs(60)).await?;
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -265,7 +271,10 @@ async fn spread(ca: &ClusterCa, n: usize, sizes: &[usize], trials: usize) -> Res
 async fn traffic(ca: &ClusterCa, n: usize, secs: u64) -> Result<(), String> {
     let nodes = start_cluster(ca, n).await?;
     wait_converged(&nodes, Duration::from_secs(60)).await?;
-    if let Some(p) = nodes.iter().find(|x| x.role() == shoal_gossip::Role::Publisher) {
+    if let Some(p) = nodes
+        .iter()
+        .find(|x| x.role() == shoal_gossip::Role::Publisher)
+    {
         p.publish(payload(1_000, 1)).map_err(|e| e.to_string())?;
     }
     tokio::time::sleep(Duration::from_secs(5)).await;

@@ -105,15 +105,17 @@ pub fn parse(
     load_balancer_ip: Option<&str>,
 ) -> Result<ServiceSettings, AnnotationError> {
     let get = |k: &str| annotations.get(k).map(|v| v.trim());
-    let mut s = ServiceSettings::default();
-
-    s.requested_vip = match (get(VIP), load_balancer_ip.map(str::trim)) {
+    let requested_vip = match (get(VIP), load_balancer_ip.map(str::trim)) {
         (Some(v), _) => Some(v.parse().map_err(|_| bad(VIP, v, "not an IP address"))?),
         (None, Some(v)) if !v.is_empty() => Some(
             v.parse()
                 .map_err(|_| bad("spec.loadBalancerIP", v, "not an IP address"))?,
         ),
         _ => None,
+    };
+    let mut s = ServiceSettings {
+        requested_vip,
+        ..ServiceSettings::default()
     };
 
     if let Some(v) = get(SCHEDULER) {
