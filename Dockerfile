@@ -11,6 +11,8 @@ COPY node node
 COPY gossip gossip
 COPY dataplane dataplane
 COPY chaos chaos
+# node/src/rules.rs embeds docs/examples/rules.toml (`shoal check` prints it as an example).
+COPY docs docs
 # Cache mounts keep the registry and incremental artifacts between builds; the binary is
 # copied out because cache mounts are not part of the image.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

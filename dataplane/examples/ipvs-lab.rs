@@ -3,7 +3,8 @@
 //! ipvs-lab apply FILE.json [--drain-ms N] [--settle]   reconcile to the table, print a JSON report
 //! ipvs-lab dump                                        print what the kernel holds as JSON
 //! ipvs-lab backend-init VIP[,VIP...]                   prepare a backend namespace
-//! ipvs-lab bench --services N --dests M [--reps R]     Shoal vs `ipvsadm -R`, JSON on stdout
+//! ipvs-lab bench --services N --dests M [--reps R] [--settle-s S] [--scheduler mh|wrr|..]
+//!                                                      Shoal vs `ipvsadm -R`, JSON on stdout
 
 use serde_json::json;
 use shoal_dataplane::model::*;
@@ -99,7 +100,7 @@ fn init(args: &[String]) -> Res<()> {
 
 /// `services` services spread over VIPs 203.0.113.x (100 ports each), `dests` tunnel
 /// destinations each, mh with mh-port: the shape a Shoal node programs.
-fn bench_table(services: usize, dests: usize) -> Desired {
+fn bench_table(services: usize, dests: usize, scheduler: &str) -> Desired {
     let services = (0..services)
         .map(|i| {
             let vip = IpAddr::V4(Ipv4Addr::new(203, 0, 113, (i / 100) as u8 + 1));
@@ -109,9 +110,9 @@ fn bench_table(services: usize, dests: usize) -> Desired {
                     port: 1000 + (i % 100) as u16,
                     protocol: Protocol::Tcp,
                 },
-                scheduler: "mh".into(),
+                scheduler: scheduler.into(),
                 flags: SchedFlags {
-                    mh_port: true,
+                    mh_port: scheduler == "mh",
                     mh_fallback: false,
                 },
                 persistence_timeout_s: 0,
@@ -146,7 +147,14 @@ fn ipvsadm_rules(d: &Desired, delete: bool) -> String {
             out.push_str(&format!("-D -t {addr}:{port}\n"));
             continue;
         }
-        out.push_str(&format!("-A -t {addr}:{port} -s mh -b mh-port\n"));
+        if s.flags.mh_port {
+            out.push_str(&format!(
+                "-A -t {addr}:{port} -s {} -b mh-port\n",
+                s.scheduler
+            ));
+        } else {
+            out.push_str(&format!("-A -t {addr}:{port} -s {}\n", s.scheduler));
+        }
         for dst in &s.destinations {
             out.push_str(&format!(
                 "-a -t {addr}:{port} -r {}:{} -i -w {}\n",
@@ -203,7 +211,10 @@ fn bench(args: &[String]) -> Res<()> {
         .map(|s| s.parse())
         .transpose()?
         .unwrap_or(3);
-    let table = bench_table(n, m);
+    // mh rebuilds a per-service lookup table on every destination add (both tools pay it); the
+    // large run can pick a cheaper scheduler to fit TCG time.
+    let scheduler = flag(args, "--scheduler").unwrap_or_else(|| "mh".into());
+    let table = bench_table(n, m, &scheduler);
     let empty = Desired::default();
     let mut changed = table.clone();
     changed.services[n / 2].destinations[m / 2].weight = 2;

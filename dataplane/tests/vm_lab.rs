@@ -647,6 +647,7 @@ fn bench_program_vs_ipvsadm_restore() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10);
+    let sched = std::env::var("SHOAL_BENCH_SCHEDULER").unwrap_or_else(|_| "mh".into());
     let reps: usize = std::env::var("SHOAL_BENCH_REPS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -682,7 +683,7 @@ fn bench_program_vs_ipvsadm_restore() {
     .expect("copy ipvs-lab");
     fs::write(
         dir.join("bench.env"),
-        format!("N={n}\nM={m}\nREPS={reps}\n"),
+        format!("N={n}\nM={m}\nREPS={reps}\nSCHED={sched}\n"),
     )
     .expect("env");
     let status = Command::new("bash")

@@ -101,7 +101,13 @@ fn free_udp_port() -> u16 {
         .port()
 }
 
-fn rules(tcp_port: u16, web_port: u16) -> String {
+/// A flapping backend toggles every 100 ms; probing it every 250 ms sees two ups then two downs
+/// (an interval that is a multiple of 200 ms would see one phase only, a steady state). With a
+/// rise and fall of 4 no run is long enough to change an opinion, even with timing jitter.
+const FLAP_INTERVAL_MS: u64 = 250;
+const FLAP_RISE_FALL: u64 = 4;
+
+fn rules(tcp_port: u16, web_port: u16, flap_port: u16) -> String {
     let backend = |i: u8| {
         format!(
             "[[service.backend]]\naddress = \"127.0.0.{}\"\nweight = {WEIGHT}\n",
@@ -124,6 +130,10 @@ fn rules(tcp_port: u16, web_port: u16) -> String {
         backend(4),
         backend(5),
         health("http"),
+    ) + &format!(
+        "\n[[service]]\nname = \"flap\"\nvip = \"203.0.113.3\"\nport = {flap_port}\nscheduler = \"rr\"\nforwarding = \"tunnel\"\n\n\
+         [[service.backend]]\naddress = \"127.0.0.17\"\nweight = {WEIGHT}\n\n\
+         [service.health]\nkind = \"tcp\"\ninterval_ms = {FLAP_INTERVAL_MS}\ntimeout_ms = 100\nrise = {FLAP_RISE_FALL}\nfall = {FLAP_RISE_FALL}\n"
     )
 }
 
@@ -249,8 +259,11 @@ async fn five_daemons_share_backend_health() {
         let addr: SocketAddr = format!("127.0.0.{}:{port}", 11 + i).parse().unwrap();
         backends.push(TestBackend::start(addr, http).await);
     }
+    let flap_port = free_tcp_port();
+    let mut flapper =
+        TestBackend::start(format!("127.0.0.17:{flap_port}").parse().unwrap(), false).await;
     let rules_path = dir.path().join("rules.toml");
-    std::fs::write(&rules_path, rules(tcp_port, web_port)).unwrap();
+    std::fs::write(&rules_path, rules(tcp_port, web_port, flap_port)).unwrap();
 
     let listens: Vec<String> = (0..5)
         .map(|_| format!("127.0.0.1:{}", free_udp_port()))
@@ -285,8 +298,8 @@ async fn five_daemons_share_backend_health() {
         .build()
         .unwrap();
 
-    // 1. Every node programs all six backends at their configured weight.
-    for b in &backends {
+    // 1. Every node programs all seven backends at their configured weight.
+    for b in backends.iter().chain([&flapper]) {
         if wait_weights(&client, &nodes, &b.addr, WEIGHT, Duration::from_secs(30))
             .await
             .is_none()
@@ -414,4 +427,23 @@ async fn five_daemons_share_backend_health() {
             .iter()
             .all(|w| *w == Some(WEIGHT)));
     }
+
+    // 5. A backend flapping every 100 ms does not flap the verdict.
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut up = true;
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        tick.tick().await;
+        if up {
+            flapper.kill();
+        } else {
+            flapper.listen().await;
+        }
+        up = !up;
+        for w in weights(&client, &nodes, &flapper.addr).await {
+            seen.insert(w);
+        }
+    }
+    println!("weights of the flapping backend seen over 4 s: {seen:?}");
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), vec![Some(WEIGHT)]);
 }

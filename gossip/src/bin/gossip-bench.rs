@@ -339,7 +339,9 @@ async fn soak(ca: &ClusterCa, n: usize, secs: u64) -> Result<(), String> {
     Ok(())
 }
 
-#[tokio::main]
+// Many workers: the bench simulates many nodes (normally one process each); on a shared machine
+// the scheduler shares CPU per thread, so two workers starve a 50-node cluster.
+#[tokio::main(flavor = "multi_thread", worker_threads = 8)]
 async fn main() {
     let args = match parse_args() {
         Ok(a) => a,

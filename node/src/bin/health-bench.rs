@@ -40,8 +40,15 @@ struct Args {
 struct Row {
     nodes: usize,
     model: String,
+    stats: Stats,
+}
+
+/// Per-second probe rates at the backends over one run.
+struct Stats {
     median: f64,
     p99: f64,
+    /// All probes of the run divided by its length: immune to window alignment.
+    mean: f64,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -53,23 +60,25 @@ async fn main() -> anyhow::Result<()> {
             (format!("shoal K={}", args.k), args.k),
             ("every node".to_string(), nodes),
         ] {
-            let (median, p99) = run(&args, nodes, k)
+            let stats = run(&args, nodes, k)
                 .await
                 .with_context(|| format!("run with {nodes} nodes, K={k}"))?;
-            eprintln!("{nodes} nodes, {model}: median {median:.1}/s p99 {p99:.1}/s");
+            eprintln!(
+                "{nodes} nodes, {model}: median {:.1}/s p99 {:.1}/s mean {:.1}/s",
+                stats.median, stats.p99, stats.mean
+            );
             rows.push(Row {
                 nodes,
                 model,
-                median,
-                p99,
+                stats,
             });
         }
     }
     let expected = |k: usize| (k * args.backends) as f64 * 1000.0 / args.interval_ms as f64;
     println!(
-        "| nodes | model | probes/s at backends, median | p99 | expected (K x backends / interval) |"
+        "| nodes | model | probes/s at backends, median | p99 | mean | expected (K x backends / interval) |"
     );
-    println!("|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|");
     for r in rows {
         let k = if r.model.starts_with("shoal") {
             args.k.min(r.nodes)
@@ -77,18 +86,19 @@ async fn main() -> anyhow::Result<()> {
             r.nodes
         };
         println!(
-            "| {} | {} | {:.1} | {:.1} | {:.1} |",
+            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} |",
             r.nodes,
             r.model,
-            r.median,
-            r.p99,
+            r.stats.median,
+            r.stats.p99,
+            r.stats.mean,
             expected(k)
         );
     }
     Ok(())
 }
 
-async fn run(args: &Args, nodes: usize, k: usize) -> anyhow::Result<(f64, f64)> {
+async fn run(args: &Args, nodes: usize, k: usize) -> anyhow::Result<Stats> {
     let accepted = Arc::new(AtomicU64::new(0));
     let stop = CancellationToken::new();
     let mut backends = Vec::new();
@@ -156,8 +166,13 @@ async fn run(args: &Args, nodes: usize, k: usize) -> anyhow::Result<(f64, f64)> 
     }
     stop.cancel();
     tokio::time::sleep(Duration::from_millis(200)).await;
+    let mean = rates.iter().sum::<f64>() / rates.len().max(1) as f64;
     rates.sort_by(f64::total_cmp);
-    Ok((percentile(&rates, 50.0), percentile(&rates, 99.0)))
+    Ok(Stats {
+        median: percentile(&rates, 50.0),
+        p99: percentile(&rates, 99.0),
+        mean,
+    })
 }
 
 /// Nearest-rank percentile of sorted samples.

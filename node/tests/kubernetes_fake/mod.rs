@@ -70,6 +70,7 @@ pub struct FakeApi {
     store: Arc<Mutex<Store>>,
     changes: broadcast::Sender<Change>,
     open_watches: Arc<Mutex<BTreeMap<String, Arc<AtomicUsize>>>>,
+    list_delays: Arc<Mutex<BTreeMap<Kind, Duration>>>,
 }
 
 #[derive(Clone)]
@@ -91,6 +92,7 @@ impl FakeApi {
             store: Arc::new(Mutex::new(Store::default())),
             changes,
             open_watches: Arc::default(),
+            list_delays: Arc::default(),
         }
     }
 
@@ -106,6 +108,11 @@ impl FakeApi {
             let _ = axum::serve(socket, app).await;
         });
         addr
+    }
+
+    /// Makes every list of `kind` answer only after `delay` (a slow API server).
+    pub fn delay_lists(&self, kind: Kind, delay: Duration) {
+        self.list_delays.lock().unwrap().insert(kind, delay);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Store> {
@@ -261,6 +268,10 @@ async fn handle(State(l): State<Listener>, method: Method, uri: Uri, body: Bytes
                 .unwrap_or(0);
             watch(&l, kind, from)
         } else {
+            let delay = l.api.list_delays.lock().unwrap().get(&kind).copied();
+            if let Some(delay) = delay {
+                tokio::time::sleep(delay).await;
+            }
             list(&l.api, kind)
         };
     }

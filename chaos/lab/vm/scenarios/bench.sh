@@ -1,6 +1,6 @@
 # Benchmark: program N services x M destinations from empty, change one destination, remove
 # everything; then the same content through `ipvsadm -R`, in the same boot. Inputs:
-# bin/ipvs-lab, bench.env (N=, M=, REPS=). Output: out/bench.json.
+# bin/ipvs-lab, bench.env (N=, M=, REPS=, SCHED=, SETTLE_S=). Output: out/bench.json.
 mkdir -p out
 . /mnt/host/bench.env
 ip() { /bin/ip "$@"; }
@@ -8,6 +8,6 @@ ip() { /bin/ip "$@"; }
 ip link add lab0 type dummy
 ip link set lab0 up
 ip addr add 198.18.0.254/15 dev lab0
-ipvs-lab bench --services "$N" --dests "$M" --reps "$REPS" --settle-s "${SETTLE_S:-130}" > out/bench.json 2> out/bench.err
+ipvs-lab bench --services "$N" --dests "$M" --reps "$REPS" --settle-s "${SETTLE_S:-130}" --scheduler "${SCHED:-mh}" > out/bench.json 2> out/bench.err
 echo $? > out/bench.rc
 exit 0
