@@ -26,7 +26,16 @@ wait_match() {
 }
 
 wait_match f_dataplane.json > out/f_matched
-ipvsadm -Sn > out/f_ipvsadm.txt
+# Seen once: the first `ipvsadm -Sn` right after the node matched printed nothing (rc and stderr
+# are kept to find out why); retry a few times and record how many tries it took.
+tries=0
+while [ $tries -lt 5 ]; do
+  tries=$((tries + 1))
+  ipvsadm -Sn > out/f_ipvsadm.txt 2> out/f_ipvsadm.err; echo $? >> out/f_ipvsadm.rc
+  [ -s out/f_ipvsadm.txt ] && break
+  sleep 1
+done
+echo $tries > out/f_ipvsadm_tries
 timeout 5 wget -q -O out/f_dataplane.json http://127.0.0.1:9100/v1/dataplane
 fetch_n 203.0.113.10 6 > out/f_fetch.txt
 
