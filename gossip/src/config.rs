@@ -46,6 +46,13 @@ pub struct Timing {
     pub dead_node_grace_ms: u64,
     /// A node listens this long before it may count as caught up (and so publish).
     pub join_grace_ms: u64,
+    /// While a lower-id member has been up for less than this and has not caught up, higher
+    /// members wait for it instead of electing themselves (see `choose_publisher_after_startup`).
+    pub startup_patience_ms: u64,
+    /// A control loop that stalled this long (the process was frozen or starved) no longer
+    /// trusts its view: the node goes back to catching up, so a resumed node does not act as
+    /// publisher on a view that says everyone else died while it slept.
+    pub stall_reset_ms: u64,
     /// On graceful leave, how long the `leaving` mark is gossiped before the node stops.
     pub leave_linger_ms: u64,
     /// How often the control loop re-reads membership and re-runs the decisions.
@@ -76,6 +83,8 @@ impl Default for Timing {
             initial_interval_ms: 100,
             dead_node_grace_ms: 3_600_000,
             join_grace_ms: 600,
+            startup_patience_ms: 5_000,
+            stall_reset_ms: 1_000,
             leave_linger_ms: 300,
             control_tick_ms: 25,
             idle_timeout_ms: 5_000,

@@ -59,6 +59,25 @@ pub fn choose_publisher(members: &[Candidate]) -> Option<NodeId> {
         .cloned()
 }
 
+/// [`choose_publisher`], holding back while a lower live member is still starting.
+///
+/// Two nodes started together each finish their join grace before they see the other as
+/// caught up, and both would publish for a moment; on the Kubernetes source that means two API
+/// clients. A lower id that is live but still catching up will publish once it has caught up,
+/// so the others wait for it (no publisher for that moment) instead of electing themselves.
+/// `starting` lists members that joined recently and are not caught up; a member that stays
+/// behind longer than the caller's patience is no longer listed, so it cannot block forever.
+pub fn choose_publisher_after_startup(
+    members: &[Candidate],
+    starting: &[NodeId],
+) -> Option<NodeId> {
+    let chosen = choose_publisher(members)?;
+    let lower_starting = members
+        .iter()
+        .any(|m| m.alive && !m.caught_up && m.id < chosen && starting.contains(&m.id));
+    (!lower_starting).then_some(chosen)
+}
+
 /// The role of `self_id` given the publisher chosen from its view.
 pub fn role_of(self_id: &NodeId, self_caught_up: bool, publisher: Option<&NodeId>) -> RoleReason {
     match publisher {
@@ -121,6 +140,32 @@ mod tests {
         ];
         assert_eq!(choose_publisher(&members), Some(NodeId::new("c")));
         assert_eq!(choose_publisher(&[c("a", false, true)]), None);
+    }
+
+    #[test]
+    fn a_lower_starting_member_holds_the_election_back() {
+        let members = [c("a", true, false), c("b", true, true), c("c", true, true)];
+        assert_eq!(
+            choose_publisher_after_startup(&members, &[NodeId::new("a")]),
+            None
+        );
+        // Once it is past the patience (not listed as starting), b publishes.
+        assert_eq!(
+            choose_publisher_after_startup(&members, &[]),
+            Some(NodeId::new("b"))
+        );
+        // A higher member that is starting does not hold anyone back.
+        let members = [c("a", true, true), c("b", true, false)];
+        assert_eq!(
+            choose_publisher_after_startup(&members, &[NodeId::new("b")]),
+            Some(NodeId::new("a"))
+        );
+        // Nor does a dead one.
+        let members = [c("a", false, false), c("b", true, true)];
+        assert_eq!(
+            choose_publisher_after_startup(&members, &[NodeId::new("a")]),
+            Some(NodeId::new("b"))
+        );
     }
 
     #[test]

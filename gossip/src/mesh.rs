@@ -13,7 +13,9 @@ use crate::keys;
 use crate::transfer::{self, digest_hex, Blob, Wanted};
 use crate::transport::{tls, FaultHook, GossipTransport, QuicTransport, Traffic};
 use crate::version::{NodeId, Version};
-use crate::view::{build_view, decide, parse_members, ClusterView, Decisions, Member, RawMember};
+use crate::view::{
+    build_view, decide_at, parse_members, ClusterView, Decisions, Member, RawMember,
+};
 use crate::Document;
 use bytes::Bytes;
 use chitchat::{
@@ -82,6 +84,10 @@ struct State {
     stamp: StampState,
     max_epoch_seen: u64,
     caught_up: bool,
+    /// When the join grace started: at start, and again after a stall.
+    grace_from: Option<Instant>,
+    /// When the control loop last stepped, to notice stalls.
+    last_step: Option<Instant>,
     applied: Option<Version>,
     app_keys: BTreeMap<String, String>,
     /// Last parsed members (self included) and what was decided from them.
@@ -487,7 +493,7 @@ impl<D: Document> Inner<D> {
                 last_seen_ms: None,
             }),
         }
-        decide(&members).head
+        decide_at(&members, 0, 0).head
     }
 
     /// Installs a document if it is newer than the one held (never backwards).
@@ -542,7 +548,22 @@ impl<D: Document> Inner<D> {
             me.held = held.clone();
             me.alive = !self.cancel.is_cancelled();
         }
-        let mut decisions = decide(&st.members);
+        if let Some(prev) = st.last_step {
+            let gap = now.saturating_duration_since(prev);
+            if gap >= Duration::from_millis(self.timing.stall_reset_ms) && st.caught_up {
+                warn!(node = %self.node_id, stalled_ms = gap.as_millis() as u64, "control loop stalled; catching up again before acting");
+                st.caught_up = false;
+                st.grace_from = Some(now);
+                self.send(KvOp::Delete(keys::READY.into()));
+                if let Some(me) = st.members.iter_mut().find(|m| m.id == self.node_id) {
+                    me.ready = false;
+                }
+            }
+        }
+        st.last_step = Some(now);
+        let now_unix_ms = unix_ms();
+        let patience_ms = self.timing.startup_patience_ms;
+        let mut decisions = decide_at(&st.members, now_unix_ms, patience_ms);
         let seen = st
             .members
             .iter()
@@ -557,7 +578,8 @@ impl<D: Document> Inner<D> {
             .unwrap_or(0);
         st.max_epoch_seen = st.max_epoch_seen.max(seen);
 
-        let uptime_ms = now.saturating_duration_since(self.started).as_millis() as u64;
+        let grace_from = st.grace_from.unwrap_or(self.started);
+        let uptime_ms = now.saturating_duration_since(grace_from).as_millis() as u64;
         let caught_up = is_caught_up(
             st.caught_up,
             uptime_ms,
@@ -571,7 +593,7 @@ impl<D: Document> Inner<D> {
             if let Some(me) = st.members.iter_mut().find(|m| m.id == self.node_id) {
                 me.ready = true;
             }
-            decisions = decide(&st.members);
+            decisions = decide_at(&st.members, now_unix_ms, patience_ms);
         }
         let reason = role_of(&self.node_id, st.caught_up, decisions.publisher.as_ref());
         let old_role = st.role.as_ref().map(RoleReason::role);

@@ -3,7 +3,7 @@
 //! Pure: built from plain member records, so any node holding the same records computes the
 //! same view (the property tests below check this across simulated nodes).
 
-use crate::election::{choose_publisher, Candidate, Role};
+use crate::election::{choose_publisher_after_startup, Candidate, Role};
 use crate::head::{select_head, HeadInfo, HeldAd, MemberHeld};
 use crate::keys;
 use crate::version::{NodeId, Version};
@@ -116,7 +116,15 @@ pub(crate) struct Decisions {
     pub publisher: Option<NodeId>,
 }
 
+/// Decides from a view with no member counted as starting (tests, the convergence check).
+#[cfg(test)]
 pub(crate) fn decide(members: &[Member]) -> Decisions {
+    decide_at(members, 0, 0)
+}
+
+/// Head and publisher from one view. A member is *starting* while it is live, not yet caught
+/// up, and its generation (its start time, unix ms) is less than `patience_ms` before `now_unix_ms`.
+pub(crate) fn decide_at(members: &[Member], now_unix_ms: u64, patience_ms: u64) -> Decisions {
     let held: Vec<MemberHeld> = members
         .iter()
         .map(|m| MemberHeld {
@@ -133,9 +141,14 @@ pub(crate) fn decide(members: &[Member]) -> Decisions {
             caught_up: m.ready,
         })
         .collect();
+    let starting: Vec<NodeId> = members
+        .iter()
+        .filter(|m| m.alive && !m.ready && m.generation.abs_diff(now_unix_ms) < patience_ms)
+        .map(|m| m.id.clone())
+        .collect();
     Decisions {
         head: select_head(&held),
-        publisher: choose_publisher(&candidates),
+        publisher: choose_publisher_after_startup(&candidates, &starting),
     }
 }
 
