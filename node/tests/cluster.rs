@@ -170,7 +170,7 @@ fn readyz_is_200_only_once_the_head_is_applied() {
         "shoal_applied_is_head 1",
         "shoal_is_publisher 1",
         "shoal_reconciles_total{result=\"ok\"}",
-        "shoal_health_probes",
+        "shoal_health_verdict_changes_total",
     ] {
         assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
     }

@@ -295,7 +295,6 @@ async fn only_the_publisher_talks_and_a_new_one_takes_over() {
 /// publisher role. Ignored because the daemon's join grace (600 ms) elapses before peers are
 /// heard on a loaded machine, so every node briefly runs the source (reported to the lead).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "daemon: simultaneous start makes every node publisher for ~0.5 s"]
 async fn simultaneous_start() {
     let api = FakeApi::new();
     api.apply(Kind::Service, service("ns", "web", &[("http", 80)], &[]));
