@@ -84,7 +84,7 @@ impl Default for Timing {
             dead_node_grace_ms: 3_600_000,
             join_grace_ms: 600,
             startup_patience_ms: 5_000,
-            stall_reset_ms: 1_000,
+            stall_reset_ms: 400,
             leave_linger_ms: 300,
             control_tick_ms: 25,
             idle_timeout_ms: 5_000,

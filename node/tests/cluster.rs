@@ -129,7 +129,7 @@ fn a_frozen_node_is_marked_dead_and_catches_up_when_continued() {
     });
     c.signal(2, Signal::SIGCONT);
     let head = c.wait_converged(CONVERGE);
-    assert_eq!(head, newer);
+    assert_eq!(head, newer, "{}", c.logs());
 }
 
 #[test]
