@@ -10,3 +10,6 @@ cargo test --workspace --locked
 section "manifests"
 VENV="${SHOAL_VENV:-$HOME/.cache/shoal/venv}"
 PATH="$VENV/bin:$PATH" bash manifests/validate.sh
+
+section "chaos: short fixed-seed schedule in network namespaces"
+bash chaos/ci.sh target/chaos-report

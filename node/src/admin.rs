@@ -187,7 +187,9 @@ async fn readyz(State(s): State<AdminState>) -> Response {
     let applied = s.reconcile.get().applied;
     let head = s.mesh.current().map(|h| VersionRef::from(&h.version));
     match (&head, &applied) {
-        (Some(h), Some(a)) if h == a => (StatusCode::OK, format!("ready: applied {h}\n")).into_response(),
+        (Some(h), Some(a)) if h == a => {
+            (StatusCode::OK, format!("ready: applied {h}\n")).into_response()
+        }
         (None, _) => (
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: no rule table yet\n".to_string(),
@@ -197,7 +199,9 @@ async fn readyz(State(s): State<AdminState>) -> Response {
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
                 "not ready: head is {h}, applied {}\n",
-                a.as_ref().map(|a| a.to_string()).unwrap_or_else(|| "nothing".into())
+                a.as_ref()
+                    .map(|a| a.to_string())
+                    .unwrap_or_else(|| "nothing".into())
             ),
         )
             .into_response(),

@@ -9,7 +9,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
-#[command(name = "shoal", version, about = "A portable layer-4 load balancer for Kubernetes")]
+#[command(
+    name = "shoal",
+    version,
+    about = "A portable layer-4 load balancer for Kubernetes"
+)]
 pub struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]

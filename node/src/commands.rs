@@ -59,7 +59,11 @@ pub fn certs_init(args: &CertsInitArgs) -> anyhow::Result<()> {
         args.nodes.join(", ")
     );
     for node in &args.nodes {
-        println!("  {}/{node}/{{ca.pem,node.pem,node.key}}: give --tls-dir {}/{node}", args.out.display(), args.out.display());
+        println!(
+            "  {}/{node}/{{ca.pem,node.pem,node.key}}: give --tls-dir {}/{node}",
+            args.out.display(),
+            args.out.display()
+        );
     }
     Ok(())
 }
@@ -86,7 +90,11 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<()> {
             s.scheduler,
             s.forwarding,
             s.backends.len(),
-            if s.health.is_some() { ", health-checked" } else { "" }
+            if s.health.is_some() {
+                ", health-checked"
+            } else {
+                ""
+            }
         );
     }
     Ok(())

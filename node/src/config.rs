@@ -113,7 +113,11 @@ impl NodeConfig {
             .ok_or(ConfigError::Missing("admin"))?;
         let seeds = args.seeds.clone().or(file.seeds).unwrap_or_default();
         for seed in &seeds {
-            if seed.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+            if seed
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .is_none()
+            {
                 return Err(ConfigError::Invalid {
                     field: "seeds",
                     message: format!("{seed:?} is not host:port"),
@@ -145,7 +149,11 @@ impl NodeConfig {
                     .clone()
                     .or(file.lb_class)
                     .unwrap_or_else(|| "shoal.io/lb".to_string()),
-                vip_pools: args.vip_pools.clone().or(file.vip_pools).unwrap_or_default(),
+                vip_pools: args
+                    .vip_pools
+                    .clone()
+                    .or(file.vip_pools)
+                    .unwrap_or_default(),
                 kubeconfig: args.kubeconfig.clone().or(file.kubeconfig),
             }),
         };
@@ -156,7 +164,10 @@ impl NodeConfig {
                 message: "must be at least 1".into(),
             });
         }
-        let resync_interval_s = args.resync_interval_s.or(file.resync_interval_s).unwrap_or(10);
+        let resync_interval_s = args
+            .resync_interval_s
+            .or(file.resync_interval_s)
+            .unwrap_or(10);
         if resync_interval_s == 0 {
             return Err(ConfigError::Invalid {
                 field: "resync_interval_s",
@@ -226,7 +237,11 @@ mod tests {
     #[test]
     fn flags_win_over_the_file() {
         let mut file = tempfile::NamedTempFile::new().unwrap();
-        writeln!(file, "cluster = \"from-file\"\nnode_id = \"file-node\"\nresync_interval_s = 3").unwrap();
+        writeln!(
+            file,
+            "cluster = \"from-file\"\nnode_id = \"file-node\"\nresync_interval_s = 3"
+        )
+        .unwrap();
         let mut a = args();
         a.config = Some(file.path().to_path_buf());
         let cfg = NodeConfig::resolve(&a).unwrap();

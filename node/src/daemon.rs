@@ -151,7 +151,10 @@ fn table_feed(
     cancel: CancellationToken,
 ) -> watch::Receiver<Option<Arc<RuleTable>>> {
     let mut heads = mesh.subscribe();
-    let initial = heads.borrow_and_update().as_ref().map(|h| Arc::new(h.doc.clone()));
+    let initial = heads
+        .borrow_and_update()
+        .as_ref()
+        .map(|h| Arc::new(h.doc.clone()));
     let (tx, rx) = watch::channel(initial);
     tokio::spawn(async move {
         loop {
@@ -159,7 +162,10 @@ fn table_feed(
                 _ = cancel.cancelled() => break,
                 r = heads.changed() => if r.is_err() { break },
             }
-            let table = heads.borrow_and_update().as_ref().map(|h| Arc::new(h.doc.clone()));
+            let table = heads
+                .borrow_and_update()
+                .as_ref()
+                .map(|h| Arc::new(h.doc.clone()));
             tx.send_replace(table);
         }
     });

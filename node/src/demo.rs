@@ -54,7 +54,10 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
             child: Some(child),
         });
     }
-    step(&format!("started {} nodes; waiting until every node applied the head", args.nodes));
+    step(&format!(
+        "started {} nodes; waiting until every node applied the head",
+        args.nodes
+    ));
     let t0 = Instant::now();
     wait_until(|| all_applied(&nodes, None)).await?;
     done(&format!("converged in {} ms", t0.elapsed().as_millis()));
@@ -64,14 +67,22 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let before = cluster(&nodes[0].admin).await?;
     let old = before.publisher.clone().context("no publisher")?;
     let old_head = before.head_version().context("no head")?;
-    let idx = nodes.iter().position(|n| n.id == old).context("publisher is not ours")?;
+    let idx = nodes
+        .iter()
+        .position(|n| n.id == old)
+        .context("publisher is not ours")?;
     step(&format!("kill -9 the publisher {old} (head {old_head})"));
     let killed_at = Instant::now();
     if let Some(mut c) = nodes[idx].child.take() {
         c.start_kill()?;
         let _ = c.wait().await;
     }
-    let survivor = nodes.iter().find(|n| n.child.is_some()).context("no survivor")?.admin.clone();
+    let survivor = nodes
+        .iter()
+        .find(|n| n.child.is_some())
+        .context("no survivor")?
+        .admin
+        .clone();
     let takeover = wait_until(|| async {
         let s = cluster(&survivor).await.ok()?;
         let p = s.publisher.clone()?;
@@ -107,9 +118,20 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     step(&format!("restart {old} (new generation)"));
     let restarted_at = Instant::now();
     let seeds: Vec<String> = (0..args.nodes).filter(|j| *j != idx).map(peer).collect();
-    nodes[idx].child = Some(spawn_node(&exe, dir.path(), &old, &peer(idx), &admin(idx), &seeds, &rules)?);
+    nodes[idx].child = Some(spawn_node(
+        &exe,
+        dir.path(),
+        &old,
+        &peer(idx),
+        &admin(idx),
+        &seeds,
+        &rules,
+    )?);
     wait_until(|| all_applied(&nodes, Some(&new_head))).await?;
-    done(&format!("{old} rejoined and applied {new_head} in {} ms", restarted_at.elapsed().as_millis()));
+    done(&format!(
+        "{old} rejoined and applied {new_head} in {} ms",
+        restarted_at.elapsed().as_millis()
+    ));
     print_status(&nodes[0].admin).await?;
 
     println!("\nAdmin APIs (try /v1/cluster, /v1/table, /v1/dataplane, /metrics):");
@@ -117,7 +139,10 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         println!("  {}: http://{}/v1/cluster", n.id, n.admin);
     }
     println!("  shoal status --node {}", nodes[0].admin);
-    println!("Rules file: {} (edit it and watch the version move)", rules.display());
+    println!(
+        "Rules file: {} (edit it and watch the version move)",
+        rules.display()
+    );
     if !args.exit_after {
         println!("\nRunning until Ctrl-C.");
         tokio::signal::ctrl_c().await?;
@@ -221,7 +246,10 @@ async fn start_backends(port: u16) -> anyhow::Result<Vec<tokio::task::JoinHandle
             .with_context(|| format!("binding demo backend {sock}"))?;
         let app = axum::Router::new()
             .route("/healthz", axum::routing::get(|| async { "ok\n" }))
-            .route("/", axum::routing::get(move || async move { format!("hello from {addr}\n") }));
+            .route(
+                "/",
+                axum::routing::get(move || async move { format!("hello from {addr}\n") }),
+            );
         tasks.push(tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         }));
@@ -230,7 +258,9 @@ async fn start_backends(port: u16) -> anyhow::Result<Vec<tokio::task::JoinHandle
 }
 
 async fn cluster(admin: &str) -> anyhow::Result<ClusterStatus> {
-    Ok(serde_json::from_value(get_json(admin, "/v1/cluster").await?)?)
+    Ok(serde_json::from_value(
+        get_json(admin, "/v1/cluster").await?,
+    )?)
 }
 
 /// Every running node has applied `head` (or, without one, the head it sees), and every
@@ -268,7 +298,10 @@ where
             return Ok(v);
         }
         if start.elapsed() > WAIT_LIMIT {
-            anyhow::bail!("gave up after {} s; see the node logs", WAIT_LIMIT.as_secs());
+            anyhow::bail!(
+                "gave up after {} s; see the node logs",
+                WAIT_LIMIT.as_secs()
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
         if start.elapsed().as_millis() / 1000 > dots {

@@ -91,8 +91,16 @@ impl NodeMetrics {
             "Members this node sees dead",
             self.members_dead.clone(),
         );
-        r.register("shoal_head_epoch", "Epoch of the head", self.head_epoch.clone());
-        r.register("shoal_head_seq", "Sequence of the head", self.head_seq.clone());
+        r.register(
+            "shoal_head_epoch",
+            "Epoch of the head",
+            self.head_epoch.clone(),
+        );
+        r.register(
+            "shoal_head_seq",
+            "Sequence of the head",
+            self.head_seq.clone(),
+        );
         r.register(
             "shoal_applied_epoch",
             "Epoch of the version this node's dataplane holds",

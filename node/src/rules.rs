@@ -362,7 +362,12 @@ fn line_of(text: &str, offset: usize) -> usize {
 fn from_toml_error(text: &str, e: &toml::de::Error) -> RulesError {
     let line = e.span().map(|s| line_of(text, s.start)).unwrap_or(0);
     // toml's message names the field for type and unknown-key errors; keep its first line.
-    let message = e.message().lines().next().unwrap_or("invalid TOML").to_string();
+    let message = e
+        .message()
+        .lines()
+        .next()
+        .unwrap_or("invalid TOML")
+        .to_string();
     let field = e
         .span()
         .map(|s| text[s.start..s.end.min(text.len())].trim().to_string())

@@ -72,7 +72,11 @@ fn a_rules_edit_reaches_every_node_as_a_new_version() {
         let h = c.wait_converged(CONVERGE);
         (version(&h) > version(&first)).then_some(h)
     });
-    assert_eq!(version(&second).0, version(&first).0, "same publisher, same epoch");
+    assert_eq!(
+        version(&second).0,
+        version(&first).0,
+        "same publisher, same epoch"
+    );
     assert_eq!(version(&second).1, version(&first).1 + 1);
     for n in &c.nodes {
         let t = get(n.admin, "/v1/table").unwrap();
@@ -101,7 +105,10 @@ fn kill9_of_the_publisher_leads_to_a_takeover_with_a_newer_version() {
     });
     let took = killed.elapsed();
     assert!(version(&head) > version(&first));
-    assert!(version(&head).0 > version(&first).0, "a new publisher takes a new epoch");
+    assert!(
+        version(&head).0 > version(&first).0,
+        "a new publisher takes a new epoch"
+    );
     let converged = c.wait_converged(CONVERGE);
     assert_eq!(converged, head);
     let v = get(c.nodes[2].admin, "/v1/cluster").unwrap();
@@ -118,7 +125,11 @@ fn a_frozen_node_is_marked_dead_and_catches_up_when_continued() {
     c.signal(2, Signal::SIGSTOP);
     c.wait_for(CONVERGE, "n3 marked dead by n1", || {
         let v = get(c.nodes[0].admin, "/v1/cluster")?;
-        let n3 = v["members"].as_array()?.iter().find(|m| m["id"] == "n3")?.clone();
+        let n3 = v["members"]
+            .as_array()?
+            .iter()
+            .find(|m| m["id"] == "n3")?
+            .clone();
         (n3["alive"] == false).then_some(())
     });
     // A new version while n3 is frozen.
@@ -193,7 +204,17 @@ fn readyz_is_200_only_once_the_head_is_applied() {
 #[test]
 fn run_refuses_to_start_without_tls_material() {
     let out = std::process::Command::new(common::bin())
-        .args(["run", "--node-id", "x", "--listen", "127.0.0.1:1", "--admin", "127.0.0.1:2", "--rules", "r.toml"])
+        .args([
+            "run",
+            "--node-id",
+            "x",
+            "--listen",
+            "127.0.0.1:1",
+            "--admin",
+            "127.0.0.1:2",
+            "--rules",
+            "r.toml",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());

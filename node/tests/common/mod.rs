@@ -24,21 +24,39 @@ pub struct Cluster {
 
 /// Ports picked by the kernel; a UDP and a TCP port per node.
 fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Cluster {
     /// Starts `n` nodes (ids n1..nN) sharing one rules file, with TLS from `shoal certs init`.
     pub fn start(n: usize, rules: &str, extra_args: &[&str]) -> Cluster {
-        let dir = tempfile::Builder::new().prefix("shoal-it-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("shoal-it-")
+            .tempdir()
+            .unwrap();
         let rules_path = dir.path().join("rules.toml");
         std::fs::write(&rules_path, rules).unwrap();
         let ids: Vec<String> = (1..=n).map(|i| format!("n{i}")).collect();
         let out = Command::new(bin())
-            .args(["certs", "init", "--cluster", "it", "--nodes", &ids.join(",")])
+            .args([
+                "certs",
+                "init",
+                "--cluster",
+                "it",
+                "--nodes",
+                &ids.join(","),
+            ])
             .arg("--out")
             .arg(dir.path().join("certs"))
             .output()
@@ -82,7 +100,14 @@ impl Cluster {
             .unwrap();
         let mut cmd = Command::new(bin());
         cmd.arg("run")
-            .args(["--node-id", &node.id, "--cluster", "it", "--dataplane", "memory"])
+            .args([
+                "--node-id",
+                &node.id,
+                "--cluster",
+                "it",
+                "--dataplane",
+                "memory",
+            ])
             .arg("--listen")
             .arg(node.listen.to_string())
             .arg("--admin")
@@ -118,7 +143,10 @@ impl Cluster {
     }
 
     pub fn running(&self) -> impl Iterator<Item = (usize, &Node)> {
-        self.nodes.iter().enumerate().filter(|(_, n)| n.child.is_some())
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.child.is_some())
     }
 
     pub fn index_of(&self, id: &str) -> usize {
@@ -182,10 +210,14 @@ impl Cluster {
 
     /// Like [`Cluster::wait_converged`], on a head stamped by `origin`.
     pub fn wait_converged_on(&self, origin: &str, limit: Duration) -> Value {
-        self.wait_for(limit, &format!("convergence on a head from {origin}"), || {
-            let h = self.wait_converged(limit);
-            (h["origin"] == origin).then_some(h)
-        })
+        self.wait_for(
+            limit,
+            &format!("convergence on a head from {origin}"),
+            || {
+                let h = self.wait_converged(limit);
+                (h["origin"] == origin).then_some(h)
+            },
+        )
     }
 
     pub fn wait_for<T>(&self, limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
@@ -195,7 +227,10 @@ impl Cluster {
                 return v;
             }
             if start.elapsed() > limit {
-                panic!("timed out after {limit:?} waiting for: {what}\n{}", self.logs());
+                panic!(
+                    "timed out after {limit:?} waiting for: {what}\n{}",
+                    self.logs()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
