@@ -11,5 +11,21 @@ TARGET="${CARGO_TARGET_DIR:-target}"
 cargo build --locked -p shoal-node --bin shoal
 cargo build --locked -p shoal-chaos --bin shoal-chaos
 "$TARGET/debug/shoal-chaos" cleanup
-exec "$TARGET/debug/shoal-chaos" run --nodes 5 --duration "$DURATION" --seed "$SEED" \
+"$TARGET/debug/shoal-chaos" run --nodes 5 --duration "$DURATION" --seed "$SEED" \
   --shoal "$TARGET/debug/shoal" --report-dir "$REPORT_DIR"
+
+# Teeth: nodes started with a deliberate bug (they report an older applied version on resync)
+# must make the harness fail with an I1 violation.
+TEETH_DIR="$REPORT_DIR-teeth"
+set +e
+"$TARGET/debug/shoal-chaos" run --nodes 3 --duration 20s --seed 7 \
+  --node-env SHOAL_FAULT=applied-goes-back \
+  --shoal "$TARGET/debug/shoal" --report-dir "$TEETH_DIR" > "$TEETH_DIR.log" 2>&1
+code=$?
+set -e
+if [ "$code" -ne 1 ] || ! grep -q '"invariant": *"I1"' "$TEETH_DIR/report.json"; then
+  echo "chaos teeth: a node with SHOAL_FAULT=applied-goes-back was not caught as I1 (exit $code)" >&2
+  tail -40 "$TEETH_DIR.log" >&2
+  exit 1
+fi
+echo "chaos teeth: the faulty nodes were caught (I1, exit 1)"

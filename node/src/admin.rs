@@ -135,9 +135,11 @@ async fn table(State(s): State<AdminState>) -> Result<Json<TableResponse>, Admin
 #[derive(Serialize)]
 struct DataplaneResponse {
     kind: &'static str,
-    /// The table version this node's dataplane is meant to hold (the newest it adopted).
+    /// The table version this node's dataplane was last brought to (its applied version).
     version: Option<VersionRef>,
-    /// True when what the dataplane holds equals the table with health applied.
+    /// The newest version this node adopted, which the dataplane is being brought to.
+    head: Option<VersionRef>,
+    /// True when what the dataplane holds equals the head's table with health applied.
     matches_table: bool,
     /// Operations that would bring the dataplane to the table (empty when it matches).
     pending_ops: Vec<shoal_dataplane::Op>,
@@ -156,7 +158,8 @@ async fn dataplane(State(s): State<AdminState>) -> Result<Json<DataplaneResponse
     let pending_ops = plan(&desired, &actual);
     Ok(Json(DataplaneResponse {
         kind: s.programmer.kind(),
-        version: head.as_ref().map(|h| (&h.version).into()),
+        version: s.reconcile.get().applied,
+        head: head.as_ref().map(|h| (&h.version).into()),
         matches_table: pending_ops.is_empty(),
         pending_ops,
         vips: actual.vips.iter().copied().collect(),

@@ -79,6 +79,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         health.verdicts(),
         LoopSettings {
             resync_interval: config.resync_interval,
+            fault: reconcile::Fault::from_env(),
         },
         metrics.clone(),
         reconcile_status.clone(),

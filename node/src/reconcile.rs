@@ -123,6 +123,29 @@ impl ReconcileStatus {
 
 pub struct LoopSettings {
     pub resync_interval: Duration,
+    /// Deliberate bug for the chaos harness's own test (`SHOAL_FAULT=applied-goes-back`).
+    pub fault: Option<Fault>,
+}
+
+/// Faults a node can be started with, so the chaos harness can prove it catches a broken node.
+/// Never set in production: only through the `SHOAL_FAULT` environment variable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// On a resync pass, report the version applied before the head again, as a node that
+    /// went back to an older table would: invariant I1 (applied never decreases) must fire.
+    AppliedGoesBack,
+}
+
+impl Fault {
+    pub fn from_env() -> Option<Fault> {
+        match std::env::var("SHOAL_FAULT").ok()?.as_str() {
+            "applied-goes-back" => Some(Fault::AppliedGoesBack),
+            other => {
+                tracing::error!(fault = other, "unknown SHOAL_FAULT ignored");
+                None
+            }
+        }
+    }
 }
 
 const RETRY_AFTER_ERROR: Duration = Duration::from_secs(1);
@@ -139,6 +162,13 @@ pub async fn run(
     let mut heads = mesh.subscribe();
     let mut next_pass = tokio::time::Instant::now();
     let mut applied: Option<Version> = None;
+    let mut before_head: Option<Version> = None;
+    if let Some(fault) = settings.fault {
+        tracing::warn!(
+            ?fault,
+            "FAULT INJECTION ENABLED: this node misbehaves on purpose"
+        );
+    }
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
@@ -175,7 +205,15 @@ pub async fn run(
                 } else if applied.as_ref() != Some(&head.version) {
                     tracing::info!(version = %head.version, ops = ops.len(), "applied");
                 }
-                mesh.set_applied(&head.version);
+                let resync_pass = applied.as_ref() == Some(&head.version);
+                if !resync_pass {
+                    before_head = applied.clone();
+                }
+                let reported = match (&settings.fault, &before_head) {
+                    (Some(Fault::AppliedGoesBack), Some(older)) if resync_pass => older.clone(),
+                    _ => head.version.clone(),
+                };
+                mesh.set_applied(&reported);
                 metrics.applied_epoch.set(head.version.epoch as i64);
                 metrics.applied_seq.set(head.version.seq as i64);
                 applied = Some(head.version.clone());
@@ -184,7 +222,7 @@ pub async fn run(
                     s.last_ok = Some(true);
                     s.last_error = None;
                     s.last_ops = ops.len();
-                    s.applied = Some((&head.version).into());
+                    s.applied = Some((&reported).into());
                     s.passes += 1;
                 });
                 if let Some(d) = deadline {
