@@ -132,6 +132,17 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         "{old} rejoined and applied {new_head} in {} ms",
         restarted_at.elapsed().as_millis()
     ));
+    // As the lowest id, the restarted node takes the publisher role back once caught up.
+    let settled = wait_until(|| async {
+        let s = cluster(&nodes[0].admin).await.ok()?;
+        let p = s.publisher.clone()?;
+        all_applied(&nodes, None).await?;
+        Some(p)
+    })
+    .await?;
+    done(&format!(
+        "settled: {settled} publishes, every node applied the head"
+    ));
     print_status(&nodes[0].admin).await?;
 
     println!("\nAdmin APIs (try /v1/cluster, /v1/table, /v1/dataplane, /metrics):");

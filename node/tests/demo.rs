@@ -1,0 +1,25 @@
+//! The README's first command: `shoal demo` walks through convergence, takeover, an edit and a
+//! restart, and exits cleanly with `--exit-after`.
+
+use std::process::Command;
+
+#[test]
+fn the_demo_runs_its_walkthrough() {
+    let out = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(["demo", "--exit-after", "--base-port", "19500"])
+        .output()
+        .expect("run shoal demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "demo failed:\n{stdout}\n{stderr}");
+    for step in [
+        "converged in",
+        "took over in",
+        "reached every live node",
+        "rejoined and applied",
+        "settled: node-1 publishes",
+        "publisher:   node-1",
+    ] {
+        assert!(stdout.contains(step), "missing {step:?} in:\n{stdout}");
+    }
+}
