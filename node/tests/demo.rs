@@ -16,7 +16,7 @@ fn the_demo_runs_its_walkthrough() {
         "converged in",
         "took over in",
         "reached every live node",
-        "rejoined and applied",
+        "rejoined and every node applied the head",
         "settled: node-1 publishes",
         "publisher:   node-1",
     ] {
