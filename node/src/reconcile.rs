@@ -200,14 +200,12 @@ pub async fn run(
                         .get_or_create(&OpLabel { op: op_name(op) })
                         .inc();
                 }
-                if applied.as_ref() == Some(&head.version) && !ops.is_empty() {
-                    tracing::warn!(ops = ops.len(), "dataplane drifted from the head; repaired");
-                } else if applied.as_ref() != Some(&head.version) {
-                    tracing::info!(version = %head.version, ops = ops.len(), "applied");
-                }
                 let resync_pass = applied.as_ref() == Some(&head.version);
                 if !resync_pass {
+                    tracing::info!(version = %head.version, ops = ops.len(), "applied");
                     before_head = applied.clone();
+                } else if !ops.is_empty() {
+                    tracing::warn!(ops = ops.len(), "dataplane drifted from the head; repaired");
                 }
                 let reported = match (&settings.fault, &before_head) {
                     (Some(Fault::AppliedGoesBack), Some(older)) if resync_pass => older.clone(),
