@@ -2,6 +2,7 @@
 
 use crate::version::{NodeId, Version};
 use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
 
 /// What one node knows about a member when it runs the election.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -90,24 +91,68 @@ pub fn role_of(self_id: &NodeId, self_caught_up: bool, publisher: Option<&NodeId
     }
 }
 
+/// What a starting node has heard so far (see [`has_listened`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Listening {
+    /// Since the node started (or since its control loop last stalled).
+    pub uptime_ms: u64,
+    /// Seeds not yet in the view (see [`unheard_seeds`]).
+    pub unheard_seeds: usize,
+    /// Members in the view whose liveness is not judged yet (see [`liveness_unjudged`]).
+    pub unjudged_members: usize,
+}
+
+/// Whether a starting node has listened long enough to know what exists.
+///
+/// It listens for `join_grace_ms` at least, and longer while a seed it was given is not in its
+/// view yet, or a member it has just heard of is not yet judged alive or dead: either may be a
+/// lower id that started a moment later or on a slower host, and publishing before hearing it
+/// would give the cluster two publishers (two Kubernetes API clients) for a moment. After
+/// `patience_ms` nothing holds the node back any more: a seed may be down for good.
+pub fn has_listened(listening: &Listening, join_grace_ms: u64, patience_ms: u64) -> bool {
+    let Listening {
+        uptime_ms,
+        unheard_seeds,
+        unjudged_members,
+    } = *listening;
+    let settled = unheard_seeds == 0 && unjudged_members == 0;
+    uptime_ms >= join_grace_ms && (settled || uptime_ms >= patience_ms)
+}
+
+/// A member that is not alive, but whose heartbeat advanced (or was first heard) less than
+/// `window_ms` ago, is not judged yet: the failure detector calls a member live only after its
+/// second heartbeat, so a peer heard once looks dead for a round. A member that really died
+/// stops advancing and is judged after `window_ms`.
+pub fn liveness_unjudged(alive: bool, last_seen_ms: Option<u64>, window_ms: u64) -> bool {
+    !alive && last_seen_ms.is_some_and(|ms| ms < window_ms)
+}
+
+/// How many seeds are not yet accounted for: a seed is heard once one of the addresses it
+/// resolves to is the listen address of a member of the view (alive or dead, this node
+/// included). A seed that does not resolve yet counts as unheard.
+pub fn unheard_seeds(seeds: &[Vec<SocketAddr>], member_addrs: &[SocketAddr]) -> usize {
+    seeds
+        .iter()
+        .filter(|resolved| !resolved.iter().any(|a| member_addrs.contains(a)))
+        .count()
+}
+
 /// Whether a node has caught up with the mesh.
 ///
-/// A node must first listen for `join_grace_ms` (so that it has heard the existing members and
-/// their head: a fresh node with a low id must not publish before it knows what exists), then
-/// hold the newest version any live member holds. Once caught up, a node stays caught up for
-/// the rest of its generation, so a publisher does not lose its role each time it stamps a
-/// version the others have not fetched yet.
+/// A node must first have listened (see [`has_listened`]: a fresh node with a low id must not
+/// publish before it knows what exists), then hold the newest version any live member holds.
+/// Once caught up, a node stays caught up for the rest of its generation, so a publisher does
+/// not lose its role each time it stamps a version the others have not fetched yet.
 pub fn is_caught_up(
     already_caught_up: bool,
-    uptime_ms: u64,
-    join_grace_ms: u64,
+    listened: bool,
     held: Option<&Version>,
     head: Option<&Version>,
 ) -> bool {
     if already_caught_up {
         return true;
     }
-    if uptime_ms < join_grace_ms {
+    if !listened {
         return false;
     }
     match (held, head) {
@@ -187,12 +232,49 @@ mod tests {
     fn catching_up_waits_for_grace_and_head() {
         let v1 = Version::new(1, 1, NodeId::new("a"));
         let v2 = Version::new(1, 2, NodeId::new("a"));
-        assert!(!is_caught_up(false, 10, 500, None, None));
-        assert!(is_caught_up(false, 600, 500, None, None));
-        assert!(!is_caught_up(false, 600, 500, None, Some(&v1)));
-        assert!(!is_caught_up(false, 600, 500, Some(&v1), Some(&v2)));
-        assert!(is_caught_up(false, 600, 500, Some(&v2), Some(&v2)));
-        assert!(is_caught_up(true, 0, 500, None, Some(&v2)));
+        assert!(!is_caught_up(false, false, None, None));
+        assert!(is_caught_up(false, true, None, None));
+        assert!(!is_caught_up(false, true, None, Some(&v1)));
+        assert!(!is_caught_up(false, true, Some(&v1), Some(&v2)));
+        assert!(is_caught_up(false, true, Some(&v2), Some(&v2)));
+        assert!(is_caught_up(true, false, None, Some(&v2)));
+    }
+
+    #[test]
+    fn listening_waits_for_grace_then_for_what_is_unheard_up_to_patience() {
+        let l = |uptime_ms, unheard_seeds, unjudged_members| Listening {
+            uptime_ms,
+            unheard_seeds,
+            unjudged_members,
+        };
+        assert!(!has_listened(&l(100, 0, 0), 600, 5_000));
+        assert!(has_listened(&l(600, 0, 0), 600, 5_000));
+        assert!(!has_listened(&l(600, 1, 0), 600, 5_000));
+        assert!(!has_listened(&l(600, 0, 1), 600, 5_000));
+        assert!(!has_listened(&l(4_999, 2, 1), 600, 5_000));
+        assert!(has_listened(&l(5_000, 2, 1), 600, 5_000));
+    }
+
+    #[test]
+    fn a_member_heard_once_is_not_yet_judged_dead() {
+        assert!(liveness_unjudged(false, Some(0), 600));
+        assert!(liveness_unjudged(false, Some(599), 600));
+        assert!(!liveness_unjudged(false, Some(600), 600));
+        assert!(!liveness_unjudged(true, Some(0), 600));
+        assert!(!liveness_unjudged(false, None, 600));
+    }
+
+    #[test]
+    fn a_seed_is_heard_through_any_member_it_resolves_to() {
+        let a: SocketAddr = "198.18.0.1:7946".parse().unwrap();
+        let b: SocketAddr = "198.18.0.2:7946".parse().unwrap();
+        let c: SocketAddr = "198.18.0.3:7946".parse().unwrap();
+        let seeds = vec![vec![a], vec![b, c], vec![]];
+        // The unresolved seed is always unheard.
+        assert_eq!(unheard_seeds(&seeds, &[]), 3);
+        assert_eq!(unheard_seeds(&seeds, &[a]), 2);
+        assert_eq!(unheard_seeds(&seeds, &[a, c]), 1);
+        assert_eq!(unheard_seeds(&[], &[a]), 0);
     }
 
     fn arb_candidates() -> impl Strategy<Value = Vec<Candidate>> {

@@ -4,7 +4,10 @@
 
 use crate::certs::cluster_server_name;
 use crate::config::{MeshConfig, Security, Timing};
-use crate::election::{is_caught_up, role_of, Role, RoleReason};
+use crate::election::{
+    has_listened, is_caught_up, liveness_unjudged, role_of, unheard_seeds, Listening, Role,
+    RoleReason,
+};
 use crate::error::{MeshError, PublishError};
 use crate::head::{
     catch_up, next_stamp, should_adopt, CatchUp, HeadInfo, HeldAd, Stamp, StampState,
@@ -86,6 +89,8 @@ struct State {
     caught_up: bool,
     /// When the join grace started: at start, and again after a stall.
     grace_from: Option<Instant>,
+    /// Each configured seed's addresses (empty until it resolves), to tell whether it was heard.
+    seed_addrs: Vec<Vec<SocketAddr>>,
     /// When the control loop last stepped, to notice stalls.
     last_step: Option<Instant>,
     applied: Option<Version>,
@@ -190,7 +195,7 @@ impl<D: Document> Mesh<D> {
             cluster_id,
             gossip_interval,
             listen_addr: listen,
-            seed_nodes: seeds,
+            seed_nodes: seeds.clone(),
             failure_detector_config,
             marked_for_deletion_grace_period: TOMBSTONE_GRACE,
             catchup_callback: None,
@@ -224,9 +229,13 @@ impl<D: Document> Mesh<D> {
             doc_tx,
             blob_tx,
             cmd_tx,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                seed_addrs: vec![Vec::new(); seeds.len()],
+                ..State::default()
+            }),
             cancel: CancellationToken::new(),
         });
+        tokio::spawn(resolve_seeds(Arc::downgrade(&inner), seeds));
         let live_rx = inner.chitchat.lock().await.live_nodes_watcher();
         tokio::spawn(control_loop(
             Arc::downgrade(&inner),
@@ -580,10 +589,20 @@ impl<D: Document> Inner<D> {
 
         let grace_from = st.grace_from.unwrap_or(self.started);
         let uptime_ms = now.saturating_duration_since(grace_from).as_millis() as u64;
+        let member_addrs: Vec<SocketAddr> = st.members.iter().map(|m| m.listen).collect();
+        let listening = Listening {
+            uptime_ms,
+            unheard_seeds: unheard_seeds(&st.seed_addrs, &member_addrs),
+            unjudged_members: st
+                .members
+                .iter()
+                .filter(|m| liveness_unjudged(m.alive, m.last_seen_ms, self.timing.join_grace_ms))
+                .count(),
+        };
+        let listened = has_listened(&listening, self.timing.join_grace_ms, patience_ms);
         let caught_up = is_caught_up(
             st.caught_up,
-            uptime_ms,
-            self.timing.join_grace_ms,
+            listened,
             held.as_ref().map(|h| &h.version),
             decisions.head.as_ref().map(|h| &h.version),
         );
@@ -691,6 +710,42 @@ impl<D: Document> Inner<D> {
                 })
                 .collect(),
         )
+    }
+}
+
+/// Resolves the seeds for the startup wait (see `has_listened`): again every 500 ms until each
+/// resolves or the startup patience is over. Chitchat resolves them on its own for gossip.
+async fn resolve_seeds<D: Document>(inner: Weak<Inner<D>>, seeds: Vec<String>) {
+    loop {
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        let patience = Duration::from_millis(strong.timing.startup_patience_ms);
+        let over = strong.started.elapsed() >= patience;
+        drop(strong);
+        let mut resolved = Vec::with_capacity(seeds.len());
+        for seed in &seeds {
+            let addrs = tokio::time::timeout(
+                Duration::from_millis(500),
+                tokio::net::lookup_host(seed.as_str()),
+            )
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .map(Iterator::collect)
+            .unwrap_or_default();
+            resolved.push(addrs);
+        }
+        let done = resolved.iter().all(|a: &Vec<SocketAddr>| !a.is_empty());
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        lock(&strong.state).seed_addrs = resolved;
+        if done || over {
+            return;
+        }
+        drop(strong);
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 

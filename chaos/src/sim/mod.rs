@@ -42,6 +42,7 @@ impl Default for SimConfig {
                 gossip_ms: 100,
                 fail_ms: 500,
                 join_grace_ms: 500,
+                startup_patience_ms: 5_000,
                 fetch_retry_ms: 300,
                 checkers_per_backend: 2,
                 rise: 2,

@@ -3,7 +3,9 @@
 
 use rand::rngs::StdRng;
 use rand::Rng;
-use shoal_gossip::election::{choose_publisher, is_caught_up, role_of, Candidate, Role};
+use shoal_gossip::election::{
+    choose_publisher, has_listened, is_caught_up, role_of, Candidate, Listening, Role,
+};
 use shoal_gossip::head::{
     catch_up, next_stamp, select_head, should_adopt, CatchUp, HeadInfo, HeldAd, MemberHeld, Stamp,
     StampState,
@@ -58,6 +60,8 @@ pub struct Timing {
     pub gossip_ms: u64,
     pub fail_ms: u64,
     pub join_grace_ms: u64,
+    /// How long unheard seeds (every other node is a seed) may hold a starting node back.
+    pub startup_patience_ms: u64,
     pub fetch_retry_ms: u64,
     pub checkers_per_backend: usize,
     pub rise: u32,
@@ -208,10 +212,16 @@ impl SimNode {
         }
         self.head = select_head(&members);
         let uptime_ms = now_ms.saturating_sub(self.started_ms);
+        // Every other node is a seed; one never heard of is unheard. Liveness here is judged
+        // from the first message, so no member is ever unjudged.
+        let listening = Listening {
+            uptime_ms,
+            unheard_seeds: (all.len() - 1).saturating_sub(self.peers.len()),
+            unjudged_members: 0,
+        };
         self.caught_up = is_caught_up(
             self.caught_up,
-            uptime_ms,
-            t.join_grace_ms,
+            has_listened(&listening, t.join_grace_ms, t.startup_patience_ms),
             self.held.as_ref().map(|h| &h.version),
             self.head.as_ref().map(|h| &h.version),
         );
