@@ -64,8 +64,16 @@ pub fn select_head(members: &[MemberHeld]) -> Option<HeadInfo> {
     })
 }
 
-/// A node adopts a document only if it is strictly newer than the one it holds: never backwards.
-pub fn should_adopt(current: Option<&Version>, offered: &Version) -> bool {
+/// A document's rank in the order nodes adopt by: its version, then its digest.
+///
+/// The digest only matters between two documents stamped with one version, which happens when
+/// a publisher restarts cut off from every holder of its old stamps (a fresh process does not
+/// know the epochs it stamped before). Ranking them by digest makes every node settle on the
+/// same one; without it, holders of either copy would each keep theirs for good.
+pub type Rank<'a> = (&'a Version, &'a str);
+
+/// A node adopts a document only if it ranks strictly above the one it holds: never backwards.
+pub fn should_adopt(current: Option<Rank<'_>>, offered: Rank<'_>) -> bool {
     current.is_none_or(|c| offered > c)
 }
 
@@ -85,7 +93,7 @@ pub enum CatchUp {
 /// many fetchers do not all queue behind the same fallback.
 pub fn catch_up(
     self_id: &NodeId,
-    current: Option<&Version>,
+    current: Option<Rank<'_>>,
     head: Option<&HeadInfo>,
     publisher: Option<&NodeId>,
     spread: u64,
@@ -93,7 +101,7 @@ pub fn catch_up(
     let Some(head) = head else {
         return CatchUp::UpToDate;
     };
-    if !should_adopt(current, &head.version) {
+    if !should_adopt(current, (&head.version, &head.digest)) {
         return CatchUp::UpToDate;
     }
     let mut others: Vec<NodeId> = head
@@ -218,7 +226,13 @@ mod tests {
             holders: vec![id("b"), id("c"), id("d")],
         };
         let me = id("e");
-        match catch_up(&me, Some(&v(1, 5, "a")), Some(&head), Some(&id("b")), 0) {
+        match catch_up(
+            &me,
+            Some((&v(1, 5, "a"), "w")),
+            Some(&head),
+            Some(&id("b")),
+            0,
+        ) {
             CatchUp::Fetch { sources } => assert_eq!(sources, vec![id("b"), id("c"), id("d")]),
             other => panic!("{other:?}"),
         }
@@ -227,7 +241,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(
-            catch_up(&me, Some(&v(2, 1, "b")), Some(&head), None, 0),
+            catch_up(&me, Some((&v(2, 1, "b"), "x")), Some(&head), None, 0),
             CatchUp::UpToDate
         );
         assert_eq!(
@@ -321,13 +335,33 @@ mod tests {
 
         /// A node that applies every offer through `should_adopt` never moves backwards.
         #[test]
-        fn held_version_never_decreases(offers in proptest::collection::vec(arb_version(), 0..30)) {
-            let mut held: Option<Version> = None;
+        fn held_version_never_decreases(
+            offers in proptest::collection::vec((arb_version(), "[xy]"), 0..30),
+        ) {
+            let mut held: Option<(Version, String)> = None;
             for offer in offers {
                 let before = held.clone();
-                if should_adopt(held.as_ref(), &offer) { held = Some(offer); }
+                let current = held.as_ref().map(|(v, d)| (v, d.as_str()));
+                if should_adopt(current, (&offer.0, &offer.1)) { held = Some(offer); }
                 prop_assert!(held >= before);
             }
+        }
+
+        /// Nodes that hold different copies of one version and adopt whatever ranks above
+        /// theirs all end on the same copy, whichever they started from.
+        #[test]
+        fn copies_of_one_version_settle_on_one(
+            version in arb_version(), copies in proptest::collection::vec("[a-e]", 1..6),
+        ) {
+            let mut held = copies.clone();
+            for offered in &copies {
+                for h in held.iter_mut() {
+                    if should_adopt(Some((&version, h.as_str())), (&version, offered)) {
+                        *h = offered.clone();
+                    }
+                }
+            }
+            prop_assert!(held.windows(2).all(|w| w[0] == w[1]));
         }
 
         /// Whatever the publisher remembers and whatever head it sees, a new stamp is newer than

@@ -507,8 +507,12 @@ impl<D: Document> Inner<D> {
 
     /// Installs a document if it is newer than the one held (never backwards).
     fn adopt_locked(&self, st: &mut State, stamped: Stamped<D>, bytes: Bytes) -> bool {
-        let current = self.doc_tx.borrow().as_ref().map(|s| s.version.clone());
-        if !should_adopt(current.as_ref(), &stamped.version) {
+        let adopt = {
+            let current = self.doc_tx.borrow();
+            let current = current.as_ref().map(|s| (&s.version, s.digest.as_str()));
+            should_adopt(current, (&stamped.version, &stamped.digest))
+        };
+        if !adopt {
             return false;
         }
         st.max_epoch_seen = st.max_epoch_seen.max(stamped.version.epoch);
@@ -633,7 +637,7 @@ impl<D: Document> Inner<D> {
             .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
         let decision = catch_up(
             &self.node_id,
-            held.as_ref().map(|h| &h.version),
+            held.as_ref().map(|h| (&h.version, h.digest.as_str())),
             decisions.head.as_ref(),
             decisions.publisher.as_ref(),
             spread,

@@ -62,8 +62,9 @@ pub struct SimOutcome {
     pub convergence_ms: Option<u64>,
     /// One version stamped twice with different content by a publisher that restarted while
     /// cut off from every holder of its old versions: a known weakness of the stamping rule
-    /// (`next_stamp` starts from `max_epoch_seen`, which a fresh process does not know), kept
-    /// apart from `violations` so it is counted, printed and replayable without failing CI.
+    /// (`next_stamp` starts from `max_epoch_seen`, which a fresh process does not know). Nodes
+    /// still converge, since they adopt by (version, digest) rank (the I2/I3 checks hold them to
+    /// it), so it is kept apart from `violations`: counted, printed and replayable.
     pub reused: Vec<Violation>,
     pub faults: u64,
     pub stamps: u64,

@@ -280,7 +280,7 @@ impl SimNode {
                 }
                 None => match catch_up(
                     &self.id,
-                    self.held.as_ref().map(|h| &h.version),
+                    self.held.as_ref().map(|h| (&h.version, h.digest.as_str())),
                     self.head.as_ref(),
                     self.publisher.as_ref(),
                     rng.gen(),
@@ -413,9 +413,10 @@ impl SimNode {
                 if let Some(offer) = held {
                     let take = match self.bug {
                         Some(Bug::AdoptOlder) => self.held.as_ref() != Some(&offer),
-                        None => {
-                            should_adopt(self.held.as_ref().map(|h| &h.version), &offer.version)
-                        }
+                        None => should_adopt(
+                            self.held.as_ref().map(|h| (&h.version, h.digest.as_str())),
+                            (&offer.version, &offer.digest),
+                        ),
                     };
                     if take {
                         adopted = Some(offer.version.clone());

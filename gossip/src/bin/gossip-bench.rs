@@ -268,6 +268,17 @@ async fn spread(ca: &ClusterCa, n: usize, sizes: &[usize], trials: usize) -> Res
     Ok(())
 }
 
+/// CPU seconds (user + system) this process has used so far, from /proc/self/stat.
+/// The kernel reports them in USER_HZ ticks, which Linux fixes at 100 for user space.
+fn process_cpu_secs() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i)?.parse::<f64>().ok();
+    Some((ticks(11)? + ticks(12)?) / 100.0)
+}
+
 async fn traffic(ca: &ClusterCa, n: usize, secs: u64) -> Result<(), String> {
     let nodes = start_cluster(ca, n).await?;
     wait_converged(&nodes, Duration::from_secs(60)).await?;
@@ -279,9 +290,15 @@ async fn traffic(ca: &ClusterCa, n: usize, secs: u64) -> Result<(), String> {
     }
     tokio::time::sleep(Duration::from_secs(5)).await;
     let before: Vec<_> = nodes.iter().map(|x| x.traffic()).collect();
+    let cpu_before = process_cpu_secs();
     let t0 = Instant::now();
     tokio::time::sleep(Duration::from_secs(secs)).await;
     let elapsed = t0.elapsed().as_secs_f64();
+    // CPU cores the whole cluster kept busy, and milliseconds of CPU per node per second.
+    let (cores, per_node_ms) = match (cpu_before, process_cpu_secs()) {
+        (Some(b), Some(a)) => ((a - b) / elapsed, (a - b) / elapsed / n as f64 * 1e3),
+        _ => (f64::NAN, f64::NAN),
+    };
     let after: Vec<_> = nodes.iter().map(|x| x.traffic()).collect();
     let tx: Vec<f64> = before
         .iter()
@@ -303,7 +320,7 @@ async fn traffic(ca: &ClusterCa, n: usize, secs: u64) -> Result<(), String> {
     let (rx50, rx99, _, _) = summary(rx);
     let (g50, _, _, _) = summary(gossip);
     println!(
-        "| traffic | {n} | {secs} | {tx50:.0} | {tx99:.0} | {rx50:.0} | {rx99:.0} | {g50:.0} | {live_ok} |"
+        "| traffic | {n} | {secs} | {tx50:.0} | {tx99:.0} | {rx50:.0} | {rx99:.0} | {g50:.0} | {cores:.2} | {per_node_ms:.1} | {live_ok} |"
     );
     for node in nodes {
         node.abort().await;
