@@ -85,17 +85,37 @@ async fn start_node(ca: &ClusterCa, id: &str, seeds: &[String]) -> Result<Node, 
     Mesh::start(config).await.map_err(|e| e.to_string())
 }
 
+/// Nodes started at once before the bench waits for them to join, as a rollout adds pods a few
+/// at a time: a hundred TLS nodes joining together on two cores starve each other's failure
+/// detectors and never settle (docs/benchmarks.md).
+const JOIN_BATCH: usize = 10;
+
+/// Starts `n` nodes in batches; each is given up to three earlier nodes as seeds, spread over
+/// the cluster (as a headless Service's DNS would spread them), so that no seed serves every
+/// joiner.
 async fn start_cluster(ca: &ClusterCa, n: usize) -> Result<Vec<Node>, String> {
     let mut nodes: Vec<Node> = Vec::with_capacity(n);
-    let mut seeds: Vec<String> = Vec::new();
     for i in 0..n {
-        let node = start_node(ca, &format!("n{i:03}"), &seeds).await?;
-        if seeds.len() < 3 {
-            seeds.push(node.listen_addr().to_string());
+        if i > 0 && i % JOIN_BATCH == 0 {
+            wait_converged(&nodes, converge_timeout(nodes.len())).await?;
         }
-        nodes.push(node);
+        let mut picks: Vec<usize> = match i {
+            0 => vec![],
+            _ => vec![i - 1, (i - 1) / 2, (i - 1) / 4],
+        };
+        picks.dedup();
+        let seeds: Vec<String> = picks
+            .iter()
+            .map(|&j| nodes[j].listen_addr().to_string())
+            .collect();
+        nodes.push(start_node(ca, &format!("n{i:03}"), &seeds).await?);
     }
     Ok(nodes)
+}
+
+/// Joining takes longer the larger the cluster: every member must reach every view.
+fn converge_timeout(n: usize) -> Duration {
+    Duration::from_secs(60).max(Duration::from_millis(1_500 * n as u64))
 }
 
 async fn wait_converged(nodes: &[Node], timeout: Duration) -> Result<Duration, String> {
@@ -123,7 +143,7 @@ async fn wait_converged(nodes: &[Node], timeout: Duration) -> Result<Duration, S
 
 async fn detect(ca: &ClusterCa, n: usize, trials: usize, fault: &str) -> Result<(), String> {
     let mut nodes = start_cluster(ca, n).await?;
-    let conv = wait_converged(&nodes, Duration::from_secs(60)).await?;
+    let conv = wait_converged(&nodes, converge_timeout(nodes.len())).await?;
     // Let the failure detectors' sampling windows fill.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let mut samples = Vec::new();
@@ -172,7 +192,7 @@ async fn detect(ca: &ClusterCa, n: usize, trials: usize, fault: &str) -> Result<
             .map(|x| x.listen_addr().to_string())
             .collect();
         nodes.push(start_node(ca, &format!("r{trial:03}"), &seeds).await?);
-        wait_converged(&nodes, Duration::from_secs(60)).await?;
+        wait_converged(&nodes, converge_timeout(nodes.len())).await?;
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     let (p50, p99, max, count) = summary(samples);
@@ -201,7 +221,7 @@ fn payload(size: usize, nonce: u64) -> Doc {
 
 async fn spread(ca: &ClusterCa, n: usize, sizes: &[usize], trials: usize) -> Result<(), String> {
     let nodes = start_cluster(ca, n).await?;
-    wait_converged(&nodes, Duration::from_secs(60)).await?;
+    wait_converged(&nodes, converge_timeout(nodes.len())).await?;
     let publisher = nodes
         .iter()
         .find(|x| x.role() == shoal_gossip::Role::Publisher)
@@ -281,7 +301,7 @@ fn process_cpu_secs() -> Option<f64> {
 
 async fn traffic(ca: &ClusterCa, n: usize, secs: u64) -> Result<(), String> {
     let nodes = start_cluster(ca, n).await?;
-    wait_converged(&nodes, Duration::from_secs(60)).await?;
+    wait_converged(&nodes, converge_timeout(nodes.len())).await?;
     if let Some(p) = nodes
         .iter()
         .find(|x| x.role() == shoal_gossip::Role::Publisher)
@@ -330,7 +350,7 @@ async fn traffic(ca: &ClusterCa, n: usize, secs: u64) -> Result<(), String> {
 
 async fn soak(ca: &ClusterCa, n: usize, secs: u64) -> Result<(), String> {
     let nodes = start_cluster(ca, n).await?;
-    let conv = wait_converged(&nodes, Duration::from_secs(60)).await?;
+    let conv = wait_converged(&nodes, converge_timeout(nodes.len())).await?;
     let t0 = Instant::now();
     let mut false_deaths = 0u64;
     let mut checks = 0u64;

@@ -3,16 +3,50 @@
 //! Chitchat digests list every member with fixed-width integers, mostly zero bytes; compressing
 //! them cuts the steady-state traffic several times (see docs/benchmarks.md).
 
+use std::cell::RefCell;
+
 /// Messages shorter than this are sent raw: compression would not pay for itself.
 const COMPRESS_FROM_BYTES: usize = 256;
 const RAW: u8 = 0;
 const ZSTD: u8 = 1;
 const ZSTD_LEVEL: i32 = 1;
 
+thread_local! {
+    // A zstd context costs a few hundred KB to set up: at 100 nodes, creating one per message
+    // was a fifth of the mesh's CPU (docs/benchmarks.md), so each worker thread keeps its own.
+    static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
+fn compress(message: &[u8]) -> Option<Vec<u8>> {
+    COMPRESSOR.with_borrow_mut(|slot| {
+        if slot.is_none() {
+            *slot = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok();
+        }
+        slot.as_mut()?.compress(message).ok()
+    })
+}
+
+fn decompress(body: &[u8], max_bytes: usize) -> Option<Vec<u8>> {
+    // The frame header states the size; allocate that rather than the cap for every message.
+    // A frame that lies about it fails to decompress, and nothing can exceed `max_bytes`.
+    let capacity = match zstd::zstd_safe::get_frame_content_size(body) {
+        Ok(Some(size)) if size <= max_bytes as u64 => size as usize,
+        Ok(Some(_)) => return None,
+        _ => max_bytes,
+    };
+    DECOMPRESSOR.with_borrow_mut(|slot| {
+        if slot.is_none() {
+            *slot = zstd::bulk::Decompressor::new().ok();
+        }
+        slot.as_mut()?.decompress(body, capacity).ok()
+    })
+}
+
 /// Frames a chitchat message for the wire.
 pub fn encode(message: &[u8]) -> Vec<u8> {
     if message.len() >= COMPRESS_FROM_BYTES {
-        if let Ok(compressed) = zstd::bulk::compress(message, ZSTD_LEVEL) {
+        if let Some(compressed) = compress(message) {
             if compressed.len() < message.len() {
                 let mut out = Vec::with_capacity(compressed.len() + 1);
                 out.push(ZSTD);
@@ -33,7 +67,7 @@ pub fn decode(payload: &[u8], max_bytes: usize) -> Option<Vec<u8>> {
     let (&flag, body) = payload.split_first()?;
     match flag {
         RAW if body.len() <= max_bytes => Some(body.to_vec()),
-        ZSTD => zstd::bulk::decompress(body, max_bytes).ok(),
+        ZSTD => decompress(body, max_bytes),
         _ => None,
     }
 }
@@ -66,6 +100,15 @@ mod tests {
         #[test]
         fn round_trip(message in proptest::collection::vec(any::<u8>(), 0..3_000)) {
             prop_assert_eq!(decode(&encode(&message), 1 << 20), Some(message));
+        }
+
+        /// The cap is exact: one byte over it is refused, not truncated.
+        #[test]
+        fn the_cap_is_exact(message in proptest::collection::vec(0u8..4, 400..3_000)) {
+            let framed = encode(&message);
+            prop_assume!(framed[0] == ZSTD);
+            prop_assert_eq!(decode(&framed, message.len() - 1), None);
+            prop_assert_eq!(decode(&framed, message.len()), Some(message));
         }
 
         #[test]
