@@ -56,23 +56,24 @@ impl Rtnl {
         Ok(code)
     }
 
-    pub fn links(&mut self) -> Result<Vec<Link>, DataplaneError> {
+    /// Sends one dump request (`what` names it in errors) and returns every reply's payload.
+    fn dump<P>(&mut self, what: &str, ty: Rtm, msg: P) -> Result<Vec<Vec<u8>>, DataplaneError>
+    where
+        P: neli::Size + neli::ToBytes,
+    {
         let seq = self.conn.next_seq();
+        let bytes = encode(ty, NlmF::REQUEST | NlmF::DUMP, seq, self.conn.pid(), msg)?;
+        self.conn
+            .dump(seq, &bytes)?
+            .map_err(|errno| DataplaneError::from_errno("list", what, errno))
+    }
+
+    pub fn links(&mut self) -> Result<Vec<Link>, DataplaneError> {
         let msg = IfinfomsgBuilder::default()
             .ifi_family(RtAddrFamily::Unspecified)
             .build()
             .map_err(|e| bad("list links", e))?;
-        let bytes = encode(
-            Rtm::Getlink,
-            NlmF::REQUEST | NlmF::DUMP,
-            seq,
-            self.conn.pid(),
-            msg,
-        )?;
-        let payloads = self
-            .conn
-            .dump(seq, &bytes)?
-            .map_err(|errno| DataplaneError::from_errno("list", "links", errno))?;
+        let payloads = self.dump("links", Rtm::Getlink, msg)?;
         let mut out = Vec::new();
         for p in payloads {
             let info = Ifinfomsg::from_bytes_with_input(&mut Cursor::new(&p[..]), p.len())
@@ -183,7 +184,6 @@ impl Rtnl {
 
     /// The addresses on the link with this index.
     pub fn addresses(&mut self, index: i32) -> Result<BTreeSet<IpAddr>, DataplaneError> {
-        let seq = self.conn.next_seq();
         let msg = IfaddrmsgBuilder::default()
             .ifa_family(RtAddrFamily::Unspecified)
             .ifa_prefixlen(0)
@@ -191,17 +191,7 @@ impl Rtnl {
             .ifa_index(0)
             .build()
             .map_err(|e| bad("list addresses", e))?;
-        let bytes = encode(
-            Rtm::Getaddr,
-            NlmF::REQUEST | NlmF::DUMP,
-            seq,
-            self.conn.pid(),
-            msg,
-        )?;
-        let payloads = self
-            .conn
-            .dump(seq, &bytes)?
-            .map_err(|errno| DataplaneError::from_errno("list", "addresses", errno))?;
+        let payloads = self.dump("addresses", Rtm::Getaddr, msg)?;
         let mut out = BTreeSet::new();
         for p in payloads {
             let m = Ifaddrmsg::from_bytes_with_input(&mut Cursor::new(&p[..]), p.len())

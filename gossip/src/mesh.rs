@@ -604,9 +604,15 @@ impl<D: Document> Inner<D> {
         let uptime_ms = now.saturating_duration_since(grace_from).as_millis() as u64;
         let listened = !st.caught_up && {
             let member_addrs: Vec<SocketAddr> = st.members.iter().map(|m| m.listen).collect();
+            // Seeds matter at start only: after a stall the node already knows the mesh, and a
+            // seed that never answered (a scaled-down replica) must not cost the full patience.
+            let unheard = match st.grace_from {
+                None => unheard_seeds(&st.seed_addrs, &member_addrs),
+                Some(_) => 0,
+            };
             let listening = Listening {
                 uptime_ms,
-                unheard_seeds: unheard_seeds(&st.seed_addrs, &member_addrs),
+                unheard_seeds: unheard,
                 unjudged_members: st
                     .members
                     .iter()

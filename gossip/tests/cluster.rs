@@ -88,20 +88,14 @@ async fn five_nodes_converge_and_replicate() {
         nodes[4].app_keys("health/").len() == 4
     })
     .await;
-    for n in nodes {
-        n.shutdown().await;
-    }
+    shutdown_all(nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_publisher_is_replaced_with_a_newer_version() {
     let _serial = SERIAL.lock().await;
     let ca = new_ca();
-    let mut nodes = start_cluster(&ca, 5).await;
-    wait_for("converged", Duration::from_secs(10), || {
-        converged(&refs(&nodes), "n0")
-    })
-    .await;
+    let mut nodes = converged_cluster(&ca, 5).await;
     let v1 = publish_when_ready(&nodes[0], Table::small("one")).await;
     wait_for("all hold v1", Duration::from_secs(5), || {
         all_hold(&refs(&nodes), &v1)
@@ -134,21 +128,15 @@ async fn killed_publisher_is_replaced_with_a_newer_version() {
         detect < Duration::from_millis(1_500),
         "takeover took {detect:?}"
     );
-    for n in nodes {
-        n.shutdown().await;
-    }
+    shutdown_all(nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_megabyte_document_reaches_ten_nodes_intact() {
     let _serial = SERIAL.lock().await;
     let ca = new_ca();
-    let nodes = start_cluster(&ca, 10).await;
+    let nodes = converged_cluster(&ca, 10).await;
     let all = refs(&nodes);
-    wait_for("converged", Duration::from_secs(15), || {
-        converged(&all, "n0")
-    })
-    .await;
     let table = Table::large("big", 10_000);
     let v = publish_when_ready(&nodes[0], table.clone()).await;
     let size = nodes[0].current().unwrap().size_bytes;
@@ -166,21 +154,14 @@ async fn two_megabyte_document_reaches_ten_nodes_intact() {
         assert_eq!(cur.digest, digest);
         assert!(cur.doc == table, "document differs on {}", n.node_id());
     }
-    for n in nodes {
-        n.shutdown().await;
-    }
+    shutdown_all(nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn foreign_ca_node_is_refused_and_its_document_never_adopted() {
     let _serial = SERIAL.lock().await;
     let ca = new_ca();
-    let nodes = start_cluster(&ca, 3).await;
-    let all = refs(&nodes);
-    wait_for("converged", Duration::from_secs(10), || {
-        converged(&all, "n0")
-    })
-    .await;
+    let nodes = converged_cluster(&ca, 3).await;
     let v1 = publish_when_ready(&nodes[0], Table::small("legit")).await;
 
     // Same cluster id, the lowest id of all, seeded with every member: only its CA differs.
@@ -222,21 +203,15 @@ async fn foreign_ca_node_is_refused_and_its_document_never_adopted() {
     assert_eq!(anon.live_members(), vec![NodeId::new("a-anon")]);
     rogue.abort().await;
     anon.abort().await;
-    for n in nodes {
-        n.shutdown().await;
-    }
+    shutdown_all(nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partition_yields_a_publisher_per_side_then_one_after_heal() {
     let _serial = SERIAL.lock().await;
     let ca = new_ca();
-    let nodes = start_cluster(&ca, 6).await;
+    let nodes = converged_cluster(&ca, 6).await;
     let all = refs(&nodes);
-    wait_for("converged", Duration::from_secs(10), || {
-        converged(&all, "n0")
-    })
-    .await;
     let v1 = publish_when_ready(&nodes[0], Table::small("before")).await;
     wait_for("all hold v1", Duration::from_secs(5), || {
         all_hold(&all, &v1)
@@ -292,20 +267,14 @@ async fn partition_yields_a_publisher_per_side_then_one_after_heal() {
         all_hold(&all, &v3)
     })
     .await;
-    for n in nodes {
-        n.shutdown().await;
-    }
+    shutdown_all(nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarted_node_rejoins_with_higher_generation_without_ghost() {
     let _serial = SERIAL.lock().await;
     let ca = new_ca();
-    let mut nodes = start_cluster(&ca, 3).await;
-    wait_for("converged", Duration::from_secs(10), || {
-        converged(&refs(&nodes), "n0")
-    })
-    .await;
+    let mut nodes = converged_cluster(&ca, 3).await;
     let old_generation = nodes[0].view().members[2].generation;
     let victim = nodes.pop().unwrap();
     let addr = victim.listen_addr();
@@ -338,20 +307,14 @@ async fn restarted_node_rejoins_with_higher_generation_without_ghost() {
         assert_eq!(n2.len(), 1, "ghost entries: {n2:?}");
         assert!(n2[0].generation > old_generation && n2[0].alive);
     }
-    for n in nodes {
-        n.shutdown().await;
-    }
+    shutdown_all(nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_leave_is_seen_at_once() {
     let _serial = SERIAL.lock().await;
     let ca = new_ca();
-    let mut nodes = start_cluster(&ca, 4).await;
-    wait_for("converged", Duration::from_secs(10), || {
-        converged(&refs(&nodes), "n0")
-    })
-    .await;
+    let mut nodes = converged_cluster(&ca, 4).await;
     let leaver = nodes.remove(3);
     let started = std::time::Instant::now();
     let leave = tokio::spawn(leaver.shutdown());
@@ -365,21 +328,15 @@ async fn graceful_leave_is_seen_at_once() {
     eprintln!("graceful leave seen in {took:?}");
     // The failure detector alone needs ~0.5 s; a leave must be much faster.
     assert!(took < Duration::from_millis(400), "leave took {took:?}");
-    for n in nodes {
-        n.shutdown().await;
-    }
+    shutdown_all(nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_datagrams_are_harmless() {
     let _serial = SERIAL.lock().await;
     let ca = new_ca();
-    let nodes = start_cluster(&ca, 3).await;
+    let nodes = converged_cluster(&ca, 3).await;
     let all = refs(&nodes);
-    wait_for("converged", Duration::from_secs(10), || {
-        converged(&all, "n0")
-    })
-    .await;
     let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let mut seed = 0x2545_f491_4f6c_dd1du64;
     for i in 0..1_000usize {
@@ -403,9 +360,7 @@ async fn garbage_datagrams_are_harmless() {
     })
     .await;
     assert!(converged(&all, "n0"));
-    for n in nodes {
-        n.shutdown().await;
-    }
+    shutdown_all(nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,88 +1,25 @@
 //! Shared health end to end in one process: several health runners on a `MemoryCluster`,
 //! probing real TCP and HTTP backends on 127.0.0.1 that count the probes they receive.
 
+mod common;
+
+use common::backend::TestBackend;
 use prometheus_client::registry::Registry;
 use shoal_dataplane::model::{Forwarding, Protocol, SchedFlags, Tunnel};
 use shoal_gossip::version::NodeId;
 use shoal_node::health::{self, assign, HealthConfig, HealthHandle, MemoryCluster, Verdict};
 use shoal_node::table::{Backend, HealthCheck, Probe, RuleTable, VirtualService};
-use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 const LOCALHOST: &str = "127.0.0.1";
 
-/// A backend that counts accepted connections and can be stopped and restarted on its port.
-struct TestBackend {
-    port: u16,
-    http: bool,
-    accepted: Arc<AtomicU64>,
-    stop: Option<CancellationToken>,
-}
-
-impl TestBackend {
-    async fn start(http: bool) -> Self {
-        let mut b = TestBackend {
-            port: 0,
-            http,
-            accepted: Arc::new(AtomicU64::new(0)),
-            stop: None,
-        };
-        b.listen().await;
-        b
-    }
-
-    async fn listen(&mut self) {
-        let listener = TcpListener::bind((LOCALHOST, self.port)).await.unwrap();
-        self.port = listener.local_addr().unwrap().port();
-        let stop = CancellationToken::new();
-        self.stop = Some(stop.clone());
-        let (accepted, http) = (self.accepted.clone(), self.http);
-        tokio::spawn(async move {
-            loop {
-                let (mut s, _) = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    r = listener.accept() => match r { Ok(c) => c, Err(_) => continue },
-                };
-                accepted.fetch_add(1, Ordering::Relaxed);
-                if http {
-                    tokio::spawn(async move {
-                        let mut buf = [0u8; 2048];
-                        let _ = s.read(&mut buf).await;
-                        let _ = s
-                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
-                            .await;
-                    });
-                }
-            }
-        });
-    }
-
-    fn kill(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            stop.cancel();
-        }
-    }
-
-    async fn restart(&mut self) {
-        // The listener is dropped by its task; give it a moment so the port is free again.
-        for _ in 0..50 {
-            if TcpListener::bind((LOCALHOST, self.port)).await.is_ok() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        self.listen().await;
-    }
-
-    fn count(&self) -> u64 {
-        self.accepted.load(Ordering::Relaxed)
-    }
+/// 127.0.0.1 on a port the kernel picks.
+fn any_port() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
 fn check(interval_ms: u64, rise: u32, fall: u32, probe: Probe) -> HealthCheck {
@@ -105,7 +42,7 @@ fn service(
         .iter()
         .map(|b| Backend {
             address: LOCALHOST.parse().unwrap(),
-            port: b.port,
+            port: b.port(),
             weight: 10,
         })
         .collect();
@@ -226,8 +163,8 @@ async fn killed_backend_is_down_on_every_node_then_back() {
     let mut tcp = Vec::new();
     let mut web = Vec::new();
     for _ in 0..3 {
-        tcp.push(TestBackend::start(false).await);
-        web.push(TestBackend::start(true).await);
+        tcp.push(TestBackend::start(any_port(), false).await);
+        web.push(TestBackend::start(any_port(), true).await);
     }
     let table = RuleTable {
         services: vec![
@@ -251,10 +188,10 @@ async fn killed_backend_is_down_on_every_node_then_back() {
         .is_some());
 
     let limit = Duration::from_millis(interval_ms * fall as u64 + 1000);
-    let steady_port = tcp[2].port;
+    let steady_port = tcp[2].port();
     for (name, backend) in [("tcp", &mut tcp[0]), ("web", &mut web[1])] {
         backend.kill();
-        let took = wait_until(limit, || cluster.all_say(name, backend.port, true)).await;
+        let took = wait_until(limit, || cluster.all_say(name, backend.port(), true)).await;
         println!("{name}: down on all 5 nodes after {took:?} (limit {limit:?})");
         assert!(
             took.is_some(),
@@ -265,9 +202,9 @@ async fn killed_backend_is_down_on_every_node_then_back() {
             "a healthy backend went down"
         );
 
-        backend.restart().await;
+        backend.listen().await;
         let back_limit = Duration::from_millis(interval_ms * rise as u64 + 1000);
-        let took = wait_until(back_limit, || cluster.all_say(name, backend.port, false)).await;
+        let took = wait_until(back_limit, || cluster.all_say(name, backend.port(), false)).await;
         println!("{name}: up again on all 5 nodes after {took:?} (limit {back_limit:?})");
         assert!(
             took.is_some(),
@@ -277,7 +214,7 @@ async fn killed_backend_is_down_on_every_node_then_back() {
     // The report explains the verdicts: each backend lists its two checkers and their results.
     let report = cluster.nodes[3].handle.report();
     let json = serde_json::to_value(&report).unwrap();
-    let first = &json["tcp"][format!("127.0.0.1:{}", tcp[0].port)];
+    let first = &json["tcp"][format!("127.0.0.1:{}", tcp[0].port())];
     assert_eq!(first["verdict"], "up");
     assert_eq!(first["checkers"].as_array().unwrap().len(), 2);
     assert_eq!(first["checkers"][0]["last_result"], "ok");
@@ -290,7 +227,7 @@ async fn each_backend_gets_k_probes_per_interval() {
     let k = 2;
     let mut backends = Vec::new();
     for i in 0..6 {
-        backends.push(TestBackend::start(i % 2 == 1).await);
+        backends.push(TestBackend::start(any_port(), i % 2 == 1).await);
     }
     let tcp: Vec<&TestBackend> = backends.iter().filter(|b| !b.http).collect();
     let web: Vec<&TestBackend> = backends.iter().filter(|b| b.http).collect();
@@ -312,7 +249,7 @@ async fn each_backend_gets_k_probes_per_interval() {
         let probes = b.count() - start;
         println!(
             "backend :{} got {probes} probes in {intervals} intervals (K={k})",
-            b.port
+            b.port()
         );
         let (lo, hi) = ((k as u64 - 1) * intervals, (k as u64 + 1) * intervals);
         assert!(
@@ -327,7 +264,7 @@ async fn killed_checker_is_replaced_within_one_interval() {
     let interval_ms = 500;
     let mut backends = Vec::new();
     for _ in 0..6 {
-        backends.push(TestBackend::start(false).await);
+        backends.push(TestBackend::start(any_port(), false).await);
     }
     let table = RuleTable {
         services: vec![service(
@@ -344,7 +281,7 @@ async fn killed_checker_is_replaced_within_one_interval() {
 
     // Take backend 0 down first, so the handover must also keep its verdict down.
     let addr: IpAddr = LOCALHOST.parse().unwrap();
-    let port = backends[0].port;
+    let port = backends[0].port();
     backends[0].kill();
     assert!(wait_until(Duration::from_secs(3), || cluster
         .all_say("tcp", port, true))
@@ -401,8 +338,8 @@ async fn backend_flapping_every_100ms_does_not_flap_the_verdict() {
     // (a multiple of 200 ms would see one phase only: a steady state, not a flap). With rise
     // and fall of 4, no run is long enough to change an opinion even with timing jitter.
     let interval_ms = 250;
-    let mut flapper = TestBackend::start(false).await;
-    let steady = TestBackend::start(false).await;
+    let mut flapper = TestBackend::start(any_port(), false).await;
+    let steady = TestBackend::start(any_port(), false).await;
     let table = RuleTable {
         services: vec![service(
             "tcp",
@@ -424,7 +361,7 @@ async fn backend_flapping_every_100ms_does_not_flap_the_verdict() {
     for c in &mut changes {
         c.mark_unchanged();
     }
-    let port = flapper.port;
+    let port = flapper.port();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut up = true;
     for _ in 0..40 {
@@ -432,7 +369,7 @@ async fn backend_flapping_every_100ms_does_not_flap_the_verdict() {
         if up {
             flapper.kill();
         } else {
-            flapper.restart().await;
+            flapper.listen().await;
         }
         up = !up;
     }

@@ -2,104 +2,22 @@
 //! TCP/HTTP backends on loopback addresses, observed through every node's `/v1/dataplane` and
 //! `/v1/cluster`.
 
+mod common;
+
+use common::backend::TestBackend;
+use common::{dump_logs, free_tcp_port, free_udp_port};
 use serde_json::Value;
-use std::net::{SocketAddr, TcpListener as StdTcpListener, UdpSocket};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
-use tokio_util::sync::CancellationToken;
 
 const INTERVAL_MS: u64 = 200;
 const RISE: u64 = 2;
 const FALL: u64 = 2;
 const WEIGHT: u64 = 10;
 const K: u64 = 2;
-
-struct TestBackend {
-    addr: SocketAddr,
-    http: bool,
-    accepted: Arc<AtomicU64>,
-    stop: Option<CancellationToken>,
-}
-
-impl TestBackend {
-    async fn start(addr: SocketAddr, http: bool) -> Self {
-        let mut b = TestBackend {
-            addr,
-            http,
-            accepted: Arc::new(AtomicU64::new(0)),
-            stop: None,
-        };
-        b.listen().await;
-        b
-    }
-
-    async fn listen(&mut self) {
-        let mut listener = None;
-        for _ in 0..100 {
-            match TcpListener::bind(self.addr).await {
-                Ok(l) => {
-                    listener = Some(l);
-                    break;
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-            }
-        }
-        let listener = listener.unwrap_or_else(|| panic!("cannot bind backend {}", self.addr));
-        let stop = CancellationToken::new();
-        self.stop = Some(stop.clone());
-        let (accepted, http) = (self.accepted.clone(), self.http);
-        tokio::spawn(async move {
-            loop {
-                let (mut s, _) = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    r = listener.accept() => match r { Ok(c) => c, Err(_) => continue },
-                };
-                accepted.fetch_add(1, Ordering::Relaxed);
-                if http {
-                    tokio::spawn(async move {
-                        let mut buf = [0u8; 2048];
-                        let _ = s.read(&mut buf).await;
-                        let _ = s
-                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
-                            .await;
-                    });
-                }
-            }
-        });
-    }
-
-    fn kill(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            stop.cancel();
-        }
-    }
-
-    fn count(&self) -> u64 {
-        self.accepted.load(Ordering::Relaxed)
-    }
-}
-
-fn free_tcp_port() -> u16 {
-    StdTcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A flapping backend toggles every 100 ms; probing it every 250 ms sees two ups then two downs
 /// (an interval that is a multiple of 200 ms would see one phase only, a steady state). With a
@@ -231,19 +149,6 @@ async fn wait_weights(
     None
 }
 
-fn dump_logs(dir: &Path) {
-    for entry in std::fs::read_dir(dir).unwrap().flatten() {
-        if entry.path().extension().is_some_and(|e| e == "log") {
-            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(15).collect();
-            eprintln!("--- {} (last lines) ---", entry.path().display());
-            for l in tail.into_iter().rev() {
-                eprintln!("{l}");
-            }
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_daemons_share_backend_health() {
     let Some(exe) = option_env!("CARGO_BIN_EXE_shoal") else {
@@ -304,7 +209,7 @@ async fn five_daemons_share_backend_health() {
             .await
             .is_none()
         {
-            dump_logs(dir.path());
+            dump_logs(dir.path(), 15);
             panic!(
                 "{} never reached weight {WEIGHT} on every node: {:?}",
                 b.addr,

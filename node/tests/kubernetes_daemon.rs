@@ -3,11 +3,13 @@
 //! only the publisher talks to the API server, and when it is killed the next one lists and
 //! watches and the replicated table content is unchanged.
 
+mod common;
 mod kubernetes_fake;
 
+use common::{dump_logs, free_tcp_port, free_udp_port};
 use kubernetes_fake::{kubeconfig, service, slice, FakeApi, Kind};
 use serde_json::Value;
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -25,21 +27,6 @@ impl Drop for Node {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_udp() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-fn free_tcp() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn spawn(id: &str, listen: u16, admin: u16, seeds: &[u16], kubeconfig: &Path, logs: &Path) -> Node {
@@ -80,6 +67,42 @@ fn spawn(id: &str, listen: u16, admin: u16, seeds: &[u16], kubeconfig: &Path, lo
     }
 }
 
+/// Three node slots: ids, ports, and a folder for kubeconfigs and logs. Each node is seeded
+/// with the other two.
+struct Slots {
+    dir: tempfile::TempDir,
+    ids: [&'static str; 3],
+    listen: Vec<u16>,
+    admin: Vec<u16>,
+}
+
+impl Slots {
+    fn new() -> Self {
+        Slots {
+            dir: tempfile::tempdir().unwrap(),
+            ids: ["a", "b", "c"],
+            listen: (0..3).map(|_| free_udp_port()).collect(),
+            admin: (0..3).map(|_| free_tcp_port()).collect(),
+        }
+    }
+
+    /// Starts node `i` with a kubeconfig pointing at `api`, its own port of the fake server.
+    fn start(&self, i: usize, api: SocketAddr) -> Node {
+        let id = self.ids[i];
+        let kc = self.dir.path().join(format!("{id}.kubeconfig"));
+        std::fs::write(&kc, kubeconfig(api)).unwrap();
+        let seeds: Vec<u16> = (0..3).filter(|&j| j != i).map(|j| self.listen[j]).collect();
+        spawn(
+            id,
+            self.listen[i],
+            self.admin[i],
+            &seeds,
+            &kc,
+            self.dir.path(),
+        )
+    }
+}
+
 async fn table(node: &Node) -> Option<Value> {
     let url = format!("http://{}/v1/table", node.admin);
     let resp = reqwest::get(url).await.ok()?;
@@ -87,17 +110,6 @@ async fn table(node: &Node) -> Option<Value> {
         return None;
     }
     resp.json::<Value>().await.ok()
-}
-
-fn dump_logs(logs: &Path) {
-    for entry in std::fs::read_dir(logs).unwrap().flatten() {
-        if entry.path().extension().is_some_and(|e| e == "log") {
-            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(40).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
-            eprintln!("--- {}\n{}", entry.path().display(), tail.join("\n"));
-        }
-    }
 }
 
 async fn wait_for<F, Fut>(what: &str, logs: &Path, mut cond: F)
@@ -108,7 +120,7 @@ where
     let deadline = tokio::time::Instant::now() + WAIT;
     while !cond().await {
         if tokio::time::Instant::now() > deadline {
-            dump_logs(logs);
+            dump_logs(logs, 40);
             panic!("timed out waiting for {what}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -146,23 +158,9 @@ async fn only_the_publisher_talks_and_a_new_one_takes_over() {
         ),
     );
 
-    let dir = tempfile::tempdir().unwrap();
-    let ids = ["a", "b", "c"];
-    let listen: Vec<u16> = ids.iter().map(|_| free_udp()).collect();
-    let admin: Vec<u16> = ids.iter().map(|_| free_tcp()).collect();
+    let slots = Slots::new();
+    let dir = &slots.dir;
     let mut nodes = Vec::new();
-    let start = |i: usize, nodes: &mut Vec<Node>, addr: SocketAddr| {
-        let id = ids[i];
-        let kc = dir.path().join(format!("{id}.kubeconfig"));
-        std::fs::write(&kc, kubeconfig(addr)).unwrap();
-        let seeds: Vec<u16> = listen
-            .iter()
-            .enumerate()
-            .filter(|(j, _)| *j != i)
-            .map(|(_, p)| *p)
-            .collect();
-        nodes.push(spawn(id, listen[i], admin[i], &seeds, &kc, dir.path()));
-    };
     let addrs = [
         api.listen("a").await,
         api.listen("b").await,
@@ -170,14 +168,14 @@ async fn only_the_publisher_talks_and_a_new_one_takes_over() {
     ];
     // Node a first, as the StatefulSet's OrderedReady start does: nodes started at the same
     // instant each claim the role until they hear each other (see `simultaneous_start`).
-    start(0, &mut nodes, addrs[0]);
+    nodes.push(slots.start(0, addrs[0]));
     wait_for("node a publishes", dir.path(), || {
         let a = &nodes[0];
         async move { service_count(&table(a).await) == 2 }
     })
     .await;
-    start(1, &mut nodes, addrs[1]);
-    start(2, &mut nodes, addrs[2]);
+    nodes.push(slots.start(1, addrs[1]));
+    nodes.push(slots.start(2, addrs[2]));
 
     // Every node holds the table; it came from the API server through node a only.
     wait_for("all three nodes hold the table", dir.path(), || {
@@ -194,7 +192,7 @@ async fn only_the_publisher_talks_and_a_new_one_takes_over() {
     .await;
     let before = table(&nodes[2]).await.unwrap()["table"].clone();
     if api.request_count("b") + api.request_count("c") > 0 {
-        dump_logs(dir.path());
+        dump_logs(dir.path(), 40);
         eprintln!("b: {:?}\nc: {:?}", api.requests("b"), api.requests("c"));
     }
     assert!(
@@ -264,7 +262,7 @@ async fn only_the_publisher_talks_and_a_new_one_takes_over() {
     })
     .await;
     if api.request_count("c") > 0 {
-        dump_logs(dir.path());
+        dump_logs(dir.path(), 40);
         eprintln!("c: {:?}", api.requests("c"));
     }
     assert_eq!(
@@ -298,22 +296,11 @@ async fn only_the_publisher_talks_and_a_new_one_takes_over() {
 async fn simultaneous_start() {
     let api = FakeApi::new();
     api.apply(Kind::Service, service("ns", "web", &[("http", 80)], &[]));
-    let dir = tempfile::tempdir().unwrap();
-    let ids = ["a", "b", "c"];
-    let listen: Vec<u16> = ids.iter().map(|_| free_udp()).collect();
-    let admin: Vec<u16> = ids.iter().map(|_| free_tcp()).collect();
+    let slots = Slots::new();
+    let dir = &slots.dir;
     let mut nodes = Vec::new();
-    for (i, id) in ids.iter().enumerate() {
-        let addr = api.listen(id).await;
-        let kc = dir.path().join(format!("{id}.kubeconfig"));
-        std::fs::write(&kc, kubeconfig(addr)).unwrap();
-        let seeds: Vec<u16> = listen
-            .iter()
-            .enumerate()
-            .filter(|(j, _)| *j != i)
-            .map(|(_, p)| *p)
-            .collect();
-        nodes.push(spawn(id, listen[i], admin[i], &seeds, &kc, dir.path()));
+    for (i, id) in slots.ids.iter().enumerate() {
+        nodes.push(slots.start(i, api.listen(id).await));
     }
     wait_for("all three nodes hold the table", dir.path(), || {
         let nodes = &nodes;
@@ -328,7 +315,7 @@ async fn simultaneous_start() {
     })
     .await;
     if api.request_count("b") + api.request_count("c") > 0 {
-        dump_logs(dir.path());
+        dump_logs(dir.path(), 40);
         eprintln!("b: {:?}\nc: {:?}", api.requests("b"), api.requests("c"));
     }
     assert_eq!(api.request_count("b") + api.request_count("c"), 0);

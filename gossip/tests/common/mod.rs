@@ -101,6 +101,22 @@ pub async fn start_cluster(ca: &ClusterCa, n: usize) -> Vec<Node> {
     nodes
 }
 
+/// [`start_cluster`], then waits until every node sees all of them alive and n0 publishing.
+pub async fn converged_cluster(ca: &ClusterCa, n: usize) -> Vec<Node> {
+    let nodes = start_cluster(ca, n).await;
+    let timeout = Duration::from_secs(10).max(Duration::from_millis(1_500 * n as u64));
+    let all: Vec<&Node> = nodes.iter().collect();
+    wait_for("converged", timeout, || converged(&all, "n0")).await;
+    nodes
+}
+
+/// Graceful leave of every node, in order.
+pub async fn shutdown_all(nodes: Vec<Node>) {
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
+
 pub fn new_ca() -> ClusterCa {
     create_ca(CLUSTER).expect("create CA")
 }

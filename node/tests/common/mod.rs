@@ -1,6 +1,8 @@
 //! A cluster of real `shoal` processes on 127.0.0.1 for integration tests.
 #![allow(dead_code)]
 
+pub mod backend;
+
 use serde_json::Value;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -22,20 +24,40 @@ pub struct Cluster {
     pub extra_args: Vec<String>,
 }
 
-/// Ports picked by the kernel; a UDP and a TCP port per node.
-fn free_udp_port() -> u16 {
+/// Ports picked by the kernel, free a moment ago.
+pub fn free_udp_port() -> u16 {
     UdpSocket::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port()
 }
-fn free_tcp_port() -> u16 {
+
+pub fn free_tcp_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// Prints the last `lines` lines of every `*.log` file in `dir` (a failing test's evidence).
+pub fn dump_logs(dir: &Path, lines: usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.path().extension().is_some_and(|e| e == "log") {
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            let mut tail: Vec<&str> = text.lines().rev().take(lines).collect();
+            tail.reverse();
+            eprintln!(
+                "--- {} (last lines)\n{}",
+                entry.path().display(),
+                tail.join("\n")
+            );
+        }
+    }
 }
 
 impl Cluster {
