@@ -58,7 +58,8 @@ pub struct Timing {
     /// How often the control loop re-reads membership and re-runs the decisions.
     pub control_tick_ms: u64,
     /// QUIC idle timeout: a connection without traffic for this long is dropped (and re-dialed
-    /// on demand), so dead peers do not hold state.
+    /// on demand), so dead peers do not hold state. At 100 nodes a pair may not talk for several
+    /// seconds, and 5 s cost a third of the traffic in re-handshakes (docs/benchmarks.md).
     pub idle_timeout_ms: u64,
     /// Give up a document fetch from one holder after this long and try the next one.
     pub fetch_timeout_ms: u64,
@@ -87,7 +88,7 @@ impl Default for Timing {
             stall_reset_ms: 400,
             leave_linger_ms: 300,
             control_tick_ms: 25,
-            idle_timeout_ms: 5_000,
+            idle_timeout_ms: 30_000,
             fetch_timeout_ms: 10_000,
             max_document_bytes: 64 << 20,
             max_gossip_message_bytes: 128 << 10,
