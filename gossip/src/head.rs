@@ -36,8 +36,9 @@ pub struct HeadInfo {
 
 /// Selects the head among live members: the greatest (version, digest) pair.
 ///
-/// Invariant: order-independent. Two ads with one version but different digests can only come
-/// from a faulty publisher; the digest breaks the tie so that every node still agrees.
+/// Invariant: order-independent. Two ads with one version but different digests come from a
+/// publisher that re-stamped an old version (see [`Rank`]); the digest breaks the tie so that
+/// every node still agrees.
 pub fn select_head(members: &[MemberHeld]) -> Option<HeadInfo> {
     let best = members
         .iter()
