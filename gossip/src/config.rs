@@ -63,6 +63,10 @@ pub struct Timing {
     pub idle_timeout_ms: u64,
     /// Give up a document fetch from one holder after this long and try the next one.
     pub fetch_timeout_ms: u64,
+    /// A holder must answer a fetch request (the header, before the document) within this
+    /// long, or the connection is dropped as dead and the next holder is tried. A peer that
+    /// restarted while this node was cut off leaves a cached connection that nothing answers.
+    pub fetch_answer_timeout_ms: u64,
     /// Upper bound on the document's encoded size, checked on publish and on fetch.
     pub max_document_bytes: u64,
     /// Upper bound on one gossip message (chitchat's own cap is 65,507 bytes).
@@ -90,6 +94,7 @@ impl Default for Timing {
             control_tick_ms: 25,
             idle_timeout_ms: 30_000,
             fetch_timeout_ms: 10_000,
+            fetch_answer_timeout_ms: 2_000,
             max_document_bytes: 64 << 20,
             max_gossip_message_bytes: 128 << 10,
             peer_queue_len: 64,
@@ -118,6 +123,13 @@ impl Timing {
         }
         if self.control_tick_ms == 0 {
             return bad("timing.control_tick_ms", "must be > 0");
+        }
+        if self.fetch_answer_timeout_ms == 0 || self.fetch_answer_timeout_ms > self.fetch_timeout_ms
+        {
+            return bad(
+                "timing.fetch_answer_timeout_ms",
+                "must be > 0 and at most timing.fetch_timeout_ms",
+            );
         }
         if self.idle_timeout_ms < 100 {
             return bad("timing.idle_timeout_ms", "must be >= 100");

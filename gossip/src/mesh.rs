@@ -845,7 +845,10 @@ async fn fetch_head<D: Document>(
             addr,
             &wanted,
             inner.timing.max_document_bytes.min(size_bytes.max(1)),
-            inner.timing.fetch_timeout_ms,
+            transfer::FetchTimeouts {
+                total_ms: inner.timing.fetch_timeout_ms,
+                answer_ms: inner.timing.fetch_answer_timeout_ms,
+            },
         )
         .await;
         let bytes = match result {

@@ -149,14 +149,26 @@ pub(crate) struct Wanted {
     pub digest: String,
 }
 
-/// Fetches `wanted` from `peer` and checks it against the gossiped digest.
+/// How long a fetch may take in all, and how long the holder has to answer the request.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct FetchTimeouts {
+    pub total_ms: u64,
+    pub answer_ms: u64,
+}
+
+/// Fetches `wanted` from `peer` and checks it against the gossiped digest. A holder that does
+/// not answer within `answer_ms` has its connection closed, so the next use dials afresh.
 pub(crate) async fn fetch(
     transport: &QuicTransport,
     peer: SocketAddr,
     wanted: &Wanted,
     max_bytes: u64,
-    timeout_ms: u64,
+    timeouts: FetchTimeouts,
 ) -> Result<Bytes, TransferError> {
+    let FetchTimeouts {
+        total_ms: timeout_ms,
+        answer_ms,
+    } = timeouts;
     if transport.fault().drops_outbound(&peer) || transport.fault().drops_inbound(&peer) {
         return Err(TransferError::Blocked { peer });
     }
@@ -165,18 +177,32 @@ pub(crate) async fn fetch(
             .connection(peer)
             .await
             .map_err(|detail| TransferError::Connect { peer, detail })?;
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| TransferError::Stream {
-            peer,
-            detail: e.to_string(),
-        })?;
-        let request = FetchRequest {
-            version: wanted.version.clone(),
+        let ask = async {
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| TransferError::Stream {
+                peer,
+                detail: e.to_string(),
+            })?;
+            let request = FetchRequest {
+                version: wanted.version.clone(),
+            };
+            let frame =
+                encode_frame(&request).map_err(|detail| TransferError::Decode { peer, detail })?;
+            write_all(&mut send, &frame, peer).await?;
+            let _ = send.finish();
+            let header: FetchHeader = read_frame(&mut recv, peer).await?;
+            Ok::<_, TransferError>((header, recv))
         };
-        let frame =
-            encode_frame(&request).map_err(|detail| TransferError::Decode { peer, detail })?;
-        write_all(&mut send, &frame, peer).await?;
-        let _ = send.finish();
-        let header: FetchHeader = read_frame(&mut recv, peer).await?;
+        let (header, mut recv) =
+            match tokio::time::timeout(Duration::from_millis(answer_ms), ask).await {
+                Ok(answer) => answer?,
+                Err(_) => {
+                    conn.close(0u32.into(), b"no answer to a fetch");
+                    return Err(TransferError::Timeout {
+                        peer,
+                        timeout_ms: answer_ms,
+                    });
+                }
+            };
         let size_bytes = match header {
             FetchHeader::Found {
                 version,
