@@ -363,15 +363,9 @@ async fn backend_flapping_every_100ms_does_not_flap_the_verdict() {
     }
     let port = flapper.port();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
-    let mut up = true;
     for _ in 0..40 {
         tick.tick().await;
-        if up {
-            flapper.kill();
-        } else {
-            flapper.listen().await;
-        }
-        up = !up;
+        flapper.toggle().await;
     }
     for (i, c) in changes.iter().enumerate() {
         assert!(

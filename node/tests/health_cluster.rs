@@ -335,16 +335,10 @@ async fn five_daemons_share_backend_health() {
 
     // 5. A backend flapping every 100 ms does not flap the verdict.
     let mut tick = tokio::time::interval(Duration::from_millis(100));
-    let mut up = true;
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..40 {
         tick.tick().await;
-        if up {
-            flapper.kill();
-        } else {
-            flapper.listen().await;
-        }
-        up = !up;
+        flapper.toggle().await;
         for w in weights(&client, &nodes, &flapper.addr).await {
             seen.insert(w);
         }

@@ -77,6 +77,15 @@ impl TestBackend {
         }
     }
 
+    /// Kills a listening backend, or brings a killed one back: one step of a flapping backend.
+    pub async fn toggle(&mut self) {
+        if self.stop.is_some() {
+            self.kill();
+        } else {
+            self.listen().await;
+        }
+    }
+
     /// Connections accepted so far.
     pub fn count(&self) -> u64 {
         self.accepted.load(Ordering::Relaxed)
