@@ -23,6 +23,7 @@ pub mod netlink;
 pub mod op;
 pub mod plan;
 pub mod reconcile;
+pub mod route;
 pub mod sysctl;
 
 pub use backend::Dataplane;

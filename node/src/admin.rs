@@ -32,6 +32,7 @@ pub struct AdminState {
     pub reconcile: ReconcileStatus,
     pub metrics: NodeMetrics,
     pub registry: Arc<Registry>,
+    pub announce: crate::announce::AnnounceHandle,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -111,7 +112,12 @@ pub fn spawn(
 
 async fn cluster(State(s): State<AdminState>) -> Json<ClusterStatus> {
     let health = serde_json::to_value(s.health.report()).unwrap_or_default();
-    Json(ClusterStatus::from_view(&s.mesh.view(), health))
+    let mut status = ClusterStatus::from_view(&s.mesh.view(), health);
+    let mut reports = crate::announce::reports(&s.mesh, &s.announce);
+    for m in &mut status.members {
+        m.announce = reports.remove(&m.id);
+    }
+    Json(status)
 }
 
 #[derive(Serialize)]

@@ -45,6 +45,9 @@ pub enum Command {
     Demo(DemoArgs),
     /// Prepare a backend for tunnel mode (the init container of backend pods; needs NET_ADMIN).
     BackendInit(BackendInitArgs),
+    /// The announce watchdog `shoal run` starts for itself (withdraws when shoal freezes or dies).
+    #[command(hide = true)]
+    AnnounceGuard(GuardArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -59,6 +62,18 @@ pub enum SourceKind {
 pub enum DataplaneKind {
     Memory,
     Ipvs,
+}
+
+/// How this node brings client traffic to itself (see docs/announce.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AnnounceKind {
+    /// Announce nothing (the network is set up by other means).
+    None,
+    /// Host routes over BGP through BIRD 2 (`[bgp]` in the config file).
+    Bgp,
+    /// Answer ARP/NDP for the VIPs this node owns on `--interface`.
+    L2,
 }
 
 /// Flags of `shoal run`. Each may also be set in the TOML file given by `--config`
@@ -122,6 +137,22 @@ pub struct RunArgs {
     /// Name of the dummy interface that holds the VIPs (ipvs dataplane).
     #[arg(long)]
     pub vip_interface: Option<String>,
+    /// How to bring client traffic here: none, bgp (needs `[bgp]` in --config) or l2.
+    #[arg(long, value_enum)]
+    pub announce: Option<AnnounceKind>,
+    /// L2 mode: the interface clients reach this node on (ARP/NDP are answered there).
+    #[arg(long)]
+    pub interface: Option<String>,
+    /// On SIGTERM: withdraw first, keep the rules this many seconds for flows in flight, exit.
+    #[arg(long)]
+    pub shutdown_drain_s: Option<u64>,
+    /// Withdraw a VIP none of whose services has a healthy backend (default true).
+    #[arg(long)]
+    pub withdraw_when_no_backends: Option<bool>,
+    /// The watchdog withdraws this node's announcements when shoal misses its announce step
+    /// for this long (a frozen process).
+    #[arg(long)]
+    pub freeze_withdraw_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -186,6 +217,18 @@ pub struct BackendInitArgs {
     /// Comma-separated VIPs this backend serves.
     #[arg(long, value_delimiter = ',', required = true)]
     pub vip: Vec<std::net::IpAddr>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GuardArgs {
+    #[arg(long)]
+    pub deadline_ms: u64,
+    /// Routing table whose Shoal routes to delete.
+    #[arg(long)]
+    pub table: Option<u32>,
+    /// Interface whose L2 VIPs to remove.
+    #[arg(long)]
+    pub interface: Option<String>,
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 //! The daemon's settings: flags merged over an optional TOML file, checked, with defaults.
 
-use crate::cli::{DataplaneKind, RunArgs, SourceKind};
+use crate::announce::decide::Mode;
+use crate::announce::settings::{bgp_settings, AnnounceSettings, BgpFile};
+use crate::cli::{AnnounceKind, DataplaneKind, RunArgs, SourceKind};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -22,6 +24,8 @@ pub enum ConfigError {
         field: &'static str,
         message: String,
     },
+    #[error(transparent)]
+    Announce(#[from] crate::announce::settings::SettingError),
     #[error(
         "no TLS material: give --tls-dir (made by `shoal certs init`), or --insecure to run without peer authentication"
     )]
@@ -50,6 +54,12 @@ struct FileSettings {
     vip_pools: Option<Vec<String>>,
     kubeconfig: Option<PathBuf>,
     vip_interface: Option<String>,
+    announce: Option<AnnounceKind>,
+    interface: Option<String>,
+    shutdown_drain_s: Option<u64>,
+    withdraw_when_no_backends: Option<bool>,
+    freeze_withdraw_ms: Option<u64>,
+    bgp: Option<BgpFile>,
 }
 
 #[derive(Debug, Clone)]
@@ -81,6 +91,7 @@ pub struct NodeConfig {
     pub drain: Duration,
     pub health_checkers: usize,
     pub vip_interface: String,
+    pub announce: AnnounceSettings,
 }
 
 impl NodeConfig {
@@ -90,7 +101,7 @@ impl NodeConfig {
             Some(path) => read_file(path)?,
             None => FileSettings::default(),
         };
-        let node_id = match args.node_id.clone().or(file.node_id) {
+        let node_id = match args.node_id.clone().or(file.node_id.clone()) {
             Some(id) => id,
             None => hostname::get()
                 .ok()
@@ -103,6 +114,7 @@ impl NodeConfig {
                 message: format!("{node_id:?} must be 1-253 characters without spaces"),
             });
         }
+        let announce = announce_settings(args, &file, &node_id)?;
         let listen = args
             .listen
             .or(file.listen)
@@ -195,8 +207,70 @@ impl NodeConfig {
                 .clone()
                 .or(file.vip_interface)
                 .unwrap_or_else(|| "shoal0".to_string()),
+            announce,
         })
     }
+}
+
+fn announce_settings(
+    args: &RunArgs,
+    file: &FileSettings,
+    node_id: &str,
+) -> Result<AnnounceSettings, ConfigError> {
+    let defaults = AnnounceSettings::default();
+    let mode = match args
+        .announce
+        .or(file.announce)
+        .unwrap_or(AnnounceKind::None)
+    {
+        AnnounceKind::None => None,
+        AnnounceKind::Bgp => Some(Mode::Bgp),
+        AnnounceKind::L2 => Some(Mode::L2),
+    };
+    let interface = args.interface.clone().or(file.interface.clone());
+    if mode == Some(Mode::L2) && interface.is_none() {
+        return Err(ConfigError::Missing("interface"));
+    }
+    let bgp = match (&file.bgp, mode) {
+        (Some(b), _) => Some(bgp_settings(b, node_id)?),
+        (None, Some(Mode::Bgp)) => {
+            return Err(ConfigError::Invalid {
+                field: "bgp",
+                message: "`--announce bgp` needs a [bgp] table in the --config file".into(),
+            })
+        }
+        (None, _) => None,
+    };
+    let freeze_withdraw_ms = args
+        .freeze_withdraw_ms
+        .or(file.freeze_withdraw_ms)
+        .unwrap_or(defaults.freeze_withdraw.as_millis() as u64);
+    if !(200..=60_000).contains(&freeze_withdraw_ms) {
+        return Err(ConfigError::Invalid {
+            field: "freeze_withdraw_ms",
+            message: format!("{freeze_withdraw_ms} must be 200-60000"),
+        });
+    }
+    let shutdown_drain_s = args.shutdown_drain_s.or(file.shutdown_drain_s);
+    if shutdown_drain_s.is_some_and(|s| s > 3600) {
+        return Err(ConfigError::Invalid {
+            field: "shutdown_drain_s",
+            message: "must be at most 3600".into(),
+        });
+    }
+    Ok(AnnounceSettings {
+        mode,
+        interface,
+        withdraw_when_no_backends: args
+            .withdraw_when_no_backends
+            .or(file.withdraw_when_no_backends)
+            .unwrap_or(defaults.withdraw_when_no_backends),
+        shutdown_drain: shutdown_drain_s
+            .map(Duration::from_secs)
+            .unwrap_or(defaults.shutdown_drain),
+        freeze_withdraw: Duration::from_millis(freeze_withdraw_ms),
+        bgp,
+    })
 }
 
 fn read_file(path: &Path) -> Result<FileSettings, ConfigError> {
@@ -258,6 +332,31 @@ mod tests {
         a.config = Some(file.path().to_path_buf());
         let err = NodeConfig::resolve(&a).unwrap_err().to_string();
         assert!(err.contains("clustre"), "{err}");
+    }
+
+    #[test]
+    fn announce_errors_name_the_setting() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(
+            file,
+            "announce = \"bgp\"\n[bgp]\nlocal_asn = 64512\n[[bgp.peers]]\naddress = \"198.18.1.1\"\nasn = 64500\nhold_tme_s = 3"
+        )
+        .unwrap();
+        let mut a = args();
+        a.config = Some(file.path().to_path_buf());
+        let err = NodeConfig::resolve(&a).unwrap_err().to_string();
+        assert!(err.contains("hold_tme_s"), "{err}");
+        let mut a = args();
+        a.announce = Some(AnnounceKind::Bgp);
+        let err = NodeConfig::resolve(&a).unwrap_err().to_string();
+        assert!(err.contains("[bgp]"), "{err}");
+        let mut a = args();
+        a.announce = Some(AnnounceKind::L2);
+        let err = NodeConfig::resolve(&a).unwrap_err().to_string();
+        assert!(err.contains("interface"), "{err}");
+        let cfg = NodeConfig::resolve(&args()).unwrap();
+        assert_eq!(cfg.announce.mode, None);
+        assert_eq!(cfg.announce.shutdown_drain, Duration::from_secs(5));
     }
 
     #[test]

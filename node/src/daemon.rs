@@ -86,6 +86,18 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         cancel.child_token(),
     ));
 
+    let announce_metrics = crate::announce::metrics::AnnounceMetrics::default();
+    announce_metrics.register(&mut registry);
+    let mut announcer = crate::announce::start(
+        &config.announce,
+        mesh.clone(),
+        health.verdicts(),
+        reconcile_status.clone(),
+        announce_metrics,
+    )
+    .await
+    .context("starting announcements")?;
+
     let source_status = SourceStatus::default();
     let publisher_task = tokio::spawn(publisher_duty(
         mesh.clone(),
@@ -106,13 +118,30 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             reconcile: reconcile_status,
             metrics,
             registry: Arc::new(registry),
+            announce: announcer
+                .as_ref()
+                .map(|a| a.handle.clone())
+                .unwrap_or_default(),
         },
         admin_cancel.clone(),
     )?;
 
     wait_for_signal().await?;
+    if let Some(a) = announcer.as_mut() {
+        // Withdraw first, then keep the rules while flows in flight finish.
+        a.withdraw().await;
+        let drain = config.announce.shutdown_drain;
+        tracing::info!(
+            drain_s = drain.as_secs_f64(),
+            "announcements withdrawn; draining"
+        );
+        tokio::time::sleep(drain).await;
+    }
     tracing::info!("shutting down: leaving the mesh");
     cancel.cancel();
+    if let Some(a) = announcer {
+        a.stop().await;
+    }
     let _ = publisher_task.await;
     let _ = reconcile_task.await;
     mesh.shutdown().await;

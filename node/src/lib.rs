@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod announce;
 pub mod cli;
 pub mod commands;
 pub mod config;

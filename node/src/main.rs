@@ -29,6 +29,16 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Check(args) => commands::check(&args),
         Command::Demo(args) => runtime()?.block_on(demo::run(&args)),
         Command::BackendInit(args) => commands::backend_init(&args),
+        Command::AnnounceGuard(args) => {
+            shoal_node::announce::guard::run(
+                shoal_node::announce::guard::GuardTargets {
+                    table: args.table,
+                    interface: args.interface,
+                },
+                std::time::Duration::from_millis(args.deadline_ms),
+            );
+            Ok(())
+        }
     }
 }
 

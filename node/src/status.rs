@@ -51,6 +51,9 @@ pub struct Member {
     pub listen: String,
     pub admin: Option<String>,
     pub last_seen_ms: Option<u64>,
+    /// What it announces and why not the rest (absent when it announces nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announce: Option<crate::announce::Report>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -99,6 +102,7 @@ impl ClusterStatus {
                     listen: m.listen.to_string(),
                     admin: m.metadata.get("admin").cloned(),
                     last_seen_ms: m.last_seen_ms,
+                    announce: None,
                 })
                 .collect(),
             health,
@@ -169,6 +173,7 @@ impl ClusterStatus {
             "LAST SEEN",
         ];
         render_rows(&mut out, &header, &rows);
+        self.render_announce(&mut out);
         if let Some(services) = self.health.as_object().filter(|s| !s.is_empty()) {
             let _ = writeln!(out);
             let mut rows = Vec::new();
@@ -208,6 +213,48 @@ impl ClusterStatus {
             );
         }
         out
+    }
+}
+
+impl ClusterStatus {
+    /// Per member: mode, readiness, what it announces, BGP sessions, withheld VIPs and why.
+    fn render_announce(&self, out: &mut String) {
+        let rows: Vec<[String; 5]> = self
+            .members
+            .iter()
+            .filter_map(|m| {
+                let a = m.announce.as_ref()?;
+                let mode = match (&a.mode, &a.interface) {
+                    (crate::announce::decide::Mode::L2, Some(i)) => format!("l2 on {i}"),
+                    (crate::announce::decide::Mode::L2, None) => "l2".to_string(),
+                    (crate::announce::decide::Mode::Bgp, _) => "bgp".to_string(),
+                };
+                let list = |v: &mut dyn Iterator<Item = String>| {
+                    let v: Vec<String> = v.collect();
+                    if v.is_empty() {
+                        "-".to_string()
+                    } else {
+                        v.join(" ")
+                    }
+                };
+                Some([
+                    m.id.clone(),
+                    mode,
+                    list(&mut a.announced.iter().map(|ip| ip.to_string())),
+                    list(&mut a.withheld.iter().map(|(ip, why)| format!("{ip} ({why})"))),
+                    list(&mut a.bgp.iter().map(|s| format!("{}:{}", s.name, s.bgp_state))),
+                ])
+            })
+            .collect();
+        if rows.is_empty() {
+            return;
+        }
+        let _ = writeln!(out);
+        render_rows(
+            out,
+            &["NODE", "ANNOUNCE", "ANNOUNCED", "WITHHELD", "BGP SESSIONS"],
+            &rows,
+        );
     }
 }
 

@@ -1,0 +1,420 @@
+//! The `announce` decision, pure: from this node's readiness, the VIPs' health and (in L2 mode)
+//! the live eligible members, which VIPs this node announces and why each other one is not.
+//!
+//! Invariants (checked by the property tests below):
+//! - a node that is not [`Readiness::Ready`] announces nothing (not caught up, draining,
+//!   stalled, or no table yet: a restarted node attracts no traffic before it has applied the
+//!   head);
+//! - in BGP mode a ready node announces exactly the VIPs that have a healthy backend (every VIP
+//!   of the table when `withdraw_when_no_backends` is off);
+//! - in L2 mode every VIP has at most one owner among the candidates, every node that sees the
+//!   same candidates picks the same owner whatever their order, and an owner keeps its VIPs when
+//!   another candidate leaves (rendezvous hashing).
+
+use crate::health::Verdicts;
+use crate::table::RuleTable;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+/// How VIPs are brought to the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Host routes announced over BGP (through BIRD), one next hop per replica (ECMP).
+    Bgp,
+    /// One owner per VIP answers ARP/NDP on the node's interface.
+    L2,
+}
+
+/// Why this node may not attract traffic at all right now, or `Ready`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Readiness {
+    Ready,
+    /// No rule table has been published yet.
+    NoTable,
+    /// The mesh has not caught up (just started, or after a stall).
+    NotCaughtUp,
+    /// The dataplane has not applied the head yet.
+    NotApplied,
+    /// This node's own announce loop missed its deadline (the process was frozen or starved);
+    /// it waits for the mesh to re-check before announcing again.
+    Stalled,
+    /// Shutting down: withdrawn while flows in flight finish.
+    Draining,
+}
+
+/// The facts [`readiness`] is computed from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeFacts {
+    pub draining: bool,
+    pub stalled: bool,
+    pub has_head: bool,
+    /// The mesh says caught up (its role is not catching-up).
+    pub mesh_caught_up: bool,
+    /// The version the dataplane applied equals the head's.
+    pub applied_is_head: bool,
+}
+
+/// The most important reason first: draining, stalled, no table, not caught up, not applied.
+pub fn readiness(f: NodeFacts) -> Readiness {
+    if f.draining {
+        Readiness::Draining
+    } else if f.stalled {
+        Readiness::Stalled
+    } else if !f.has_head {
+        Readiness::NoTable
+    } else if !f.mesh_caught_up {
+        Readiness::NotCaughtUp
+    } else if !f.applied_is_head {
+        Readiness::NotApplied
+    } else {
+        Readiness::Ready
+    }
+}
+
+/// What happens to one VIP on this node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "state", content = "why")]
+pub enum VipState {
+    Announced,
+    /// Not announced by this node, for this reason.
+    Withheld(Withheld),
+    /// L2: another member owns it and answers for it.
+    OwnedBy(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Withheld {
+    NotReady(Readiness),
+    /// None of the VIP's services has a backend that is up with a weight above 0.
+    NoHealthyBackend,
+    /// L2: no live member is ready to own it.
+    NoEligibleOwner,
+}
+
+impl std::fmt::Display for Withheld {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = match self {
+            Withheld::NotReady(Readiness::Ready) => "ready",
+            Withheld::NotReady(Readiness::NoTable) => "no rule table yet",
+            Withheld::NotReady(Readiness::NotCaughtUp) => "not caught up",
+            Withheld::NotReady(Readiness::NotApplied) => "not caught up (head not applied)",
+            Withheld::NotReady(Readiness::Stalled) => "stalled (missed its control deadline)",
+            Withheld::NotReady(Readiness::Draining) => "draining",
+            Withheld::NoHealthyBackend => "no healthy backend",
+            Withheld::NoEligibleOwner => "no eligible owner",
+        };
+        f.write_str(s)
+    }
+}
+
+/// Per VIP of the table: whether at least one of its services has a backend that is up with
+/// a weight above 0.
+pub fn vip_health(table: &RuleTable, verdicts: &Verdicts) -> BTreeMap<IpAddr, bool> {
+    let mut out: BTreeMap<IpAddr, bool> = BTreeMap::new();
+    for vs in &table.services {
+        let healthy = vs
+            .backends
+            .iter()
+            .any(|b| b.weight > 0 && !verdicts.is_down(&vs.name, b.address, b.port));
+        *out.entry(vs.vip).or_insert(false) |= healthy;
+    }
+    out
+}
+
+/// The rendezvous (highest random weight) owner of `vip` among `candidates`: the one whose
+/// `sha256(id + "#" + vip)` is lowest. Independent of the candidates' order.
+pub fn owner<'a>(vip: IpAddr, candidates: &'a [String]) -> Option<&'a str> {
+    candidates
+        .iter()
+        .map(|c| {
+            let mut h = Sha256::new();
+            h.update(c.as_bytes());
+            h.update(b"#");
+            h.update(vip.to_string().as_bytes());
+            (h.finalize(), c)
+        })
+        .min()
+        .map(|(_, c)| c.as_str())
+}
+
+/// Everything one decision needs.
+#[derive(Debug, Clone)]
+pub struct Inputs<'a> {
+    pub mode: Mode,
+    pub me: &'a str,
+    pub readiness: Readiness,
+    /// Every VIP of the table and whether it has a healthy backend ([`vip_health`]).
+    pub vips: &'a BTreeMap<IpAddr, bool>,
+    pub withdraw_when_no_backends: bool,
+    /// L2: the live members that are ready to own VIPs (this node included when it is ready).
+    pub l2_candidates: &'a [String],
+}
+
+/// The state of every VIP of the table on this node.
+pub fn decide(i: &Inputs<'_>) -> BTreeMap<IpAddr, VipState> {
+    i.vips
+        .iter()
+        .map(|(&vip, &healthy)| {
+            let state = if i.readiness != Readiness::Ready {
+                VipState::Withheld(Withheld::NotReady(i.readiness))
+            } else if i.mode == Mode::L2 {
+                match owner(vip, i.l2_candidates) {
+                    None => VipState::Withheld(Withheld::NoEligibleOwner),
+                    Some(o) if o != i.me => VipState::OwnedBy(o.to_string()),
+                    Some(_) if !healthy && i.withdraw_when_no_backends => {
+                        VipState::Withheld(Withheld::NoHealthyBackend)
+                    }
+                    Some(_) => VipState::Announced,
+                }
+            } else if !healthy && i.withdraw_when_no_backends {
+                VipState::Withheld(Withheld::NoHealthyBackend)
+            } else {
+                VipState::Announced
+            };
+            (vip, state)
+        })
+        .collect()
+}
+
+/// The VIPs a decision announces.
+pub fn announced(states: &BTreeMap<IpAddr, VipState>) -> std::collections::BTreeSet<IpAddr> {
+    states
+        .iter()
+        .filter(|(_, s)| **s == VipState::Announced)
+        .map(|(ip, _)| *ip)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::BackendRef;
+    use crate::table::{Backend, VirtualService};
+    use proptest::prelude::*;
+    use shoal_dataplane::model::{Forwarding, Protocol, SchedFlags, Tunnel};
+    use std::collections::BTreeSet;
+
+    fn vip(n: u8) -> IpAddr {
+        IpAddr::from([203, 0, 113, n])
+    }
+
+    fn service(name: &str, vip: IpAddr, weights: &[u32]) -> VirtualService {
+        VirtualService {
+            name: name.into(),
+            vip,
+            port: 80,
+            protocol: Protocol::Tcp,
+            scheduler: "mh".into(),
+            flags: SchedFlags::default(),
+            forwarding: Forwarding::Tunnel(Tunnel::Ipip),
+            backends: weights
+                .iter()
+                .enumerate()
+                .map(|(j, w)| Backend {
+                    address: IpAddr::from([198, 18, 5, j as u8 + 1]),
+                    port: 8080,
+                    weight: *w,
+                })
+                .collect(),
+            health: None,
+        }
+    }
+
+    fn facts(bits: u8) -> NodeFacts {
+        NodeFacts {
+            draining: bits & 1 != 0,
+            stalled: bits & 2 != 0,
+            has_head: bits & 4 != 0,
+            mesh_caught_up: bits & 8 != 0,
+            applied_is_head: bits & 16 != 0,
+        }
+    }
+
+    #[test]
+    fn ready_only_when_every_fact_allows_it() {
+        for bits in 0..32u8 {
+            let f = facts(bits);
+            let ready =
+                !f.draining && !f.stalled && f.has_head && f.mesh_caught_up && f.applied_is_head;
+            assert_eq!(readiness(f) == Readiness::Ready, ready, "{f:?}");
+        }
+        assert_eq!(readiness(facts(0b11111)), Readiness::Draining);
+        assert_eq!(readiness(facts(0b01100)), Readiness::NotApplied);
+        assert_eq!(readiness(facts(0b10100)), Readiness::NotCaughtUp);
+    }
+
+    #[test]
+    fn a_vip_is_healthy_when_any_of_its_services_has_a_live_backend() {
+        let table = RuleTable {
+            services: vec![
+                service("a", vip(1), &[1, 1]),
+                service("b", vip(2), &[0]),
+                service("c", vip(3), &[]),
+                service("d", vip(3), &[5]),
+                service("e", vip(4), &[3]),
+            ],
+        };
+        let down = Verdicts::from_down([BackendRef {
+            service: "e".into(),
+            address: IpAddr::from([198, 18, 5, 1]),
+            port: 8080,
+        }]);
+        let h = vip_health(&table, &down);
+        assert_eq!(
+            h,
+            BTreeMap::from([
+                (vip(1), true),
+                (vip(2), false),
+                (vip(3), true),
+                (vip(4), false)
+            ])
+        );
+    }
+
+    #[test]
+    fn reasons_read_as_the_issue_names_them() {
+        assert_eq!(
+            Withheld::NotReady(Readiness::NotCaughtUp).to_string(),
+            "not caught up"
+        );
+        assert_eq!(
+            Withheld::NotReady(Readiness::Draining).to_string(),
+            "draining"
+        );
+        assert_eq!(Withheld::NoHealthyBackend.to_string(), "no healthy backend");
+    }
+
+    #[test]
+    fn l2_spreads_vips_over_the_candidates() {
+        let nodes: Vec<String> = ["n1", "n2", "n3"].iter().map(|s| s.to_string()).collect();
+        let mut per: BTreeMap<&str, usize> = BTreeMap::new();
+        for n in 1..=60 {
+            *per.entry(owner(vip(n), &nodes).unwrap()).or_default() += 1;
+        }
+        assert_eq!(per.len(), 3, "{per:?}");
+        assert!(per.values().all(|c| *c >= 10), "{per:?}");
+    }
+
+    fn arb_vips() -> impl Strategy<Value = BTreeMap<IpAddr, bool>> {
+        prop::collection::btree_map(
+            prop_oneof![
+                any::<[u8; 4]>().prop_map(IpAddr::from),
+                any::<[u8; 16]>().prop_map(IpAddr::from)
+            ],
+            any::<bool>(),
+            0..12,
+        )
+    }
+
+    fn arb_readiness() -> impl Strategy<Value = Readiness> {
+        (0..32u8).prop_map(|b| readiness(facts(b)))
+    }
+
+    proptest! {
+        #[test]
+        fn not_ready_announces_nothing(
+            vips in arb_vips(),
+            r in arb_readiness(),
+            l2 in any::<bool>(),
+            withdraw in any::<bool>(),
+        ) {
+            prop_assume!(r != Readiness::Ready);
+            let cands = vec!["me".to_string(), "other".to_string()];
+            let states = decide(&Inputs {
+                mode: if l2 { Mode::L2 } else { Mode::Bgp },
+                me: "me",
+                readiness: r,
+                vips: &vips,
+                withdraw_when_no_backends: withdraw,
+                l2_candidates: &cands,
+            });
+            prop_assert!(announced(&states).is_empty());
+            prop_assert_eq!(states.len(), vips.len());
+            for s in states.values() {
+                prop_assert_eq!(s, &VipState::Withheld(Withheld::NotReady(r)));
+            }
+        }
+
+        #[test]
+        fn bgp_announces_exactly_the_healthy_vips(vips in arb_vips(), withdraw in any::<bool>()) {
+            let states = decide(&Inputs {
+                mode: Mode::Bgp,
+                me: "me",
+                readiness: Readiness::Ready,
+                vips: &vips,
+                withdraw_when_no_backends: withdraw,
+                l2_candidates: &[],
+            });
+            let want: BTreeSet<IpAddr> = vips
+                .iter()
+                .filter(|(_, h)| **h || !withdraw)
+                .map(|(ip, _)| *ip)
+                .collect();
+            prop_assert_eq!(announced(&states), want);
+            for (ip, s) in &states {
+                if *s != VipState::Announced {
+                    prop_assert_eq!(s, &VipState::Withheld(Withheld::NoHealthyBackend), "{}", ip);
+                }
+            }
+        }
+
+        #[test]
+        fn l2_each_vip_is_announced_by_exactly_one_healthy_candidate(
+            vips in arb_vips(),
+            n in 1..6usize,
+            seed in any::<u64>(),
+        ) {
+            let nodes: Vec<String> = (0..n).map(|i| format!("n{i}")).collect();
+            let mut count: BTreeMap<IpAddr, usize> = BTreeMap::new();
+            for (k, me) in nodes.iter().enumerate() {
+                // Every node sees the same candidates, in its own order.
+                let mut cands = nodes.clone();
+                cands.rotate_left((seed as usize + k) % n);
+                if (seed >> k) & 1 == 1 { cands.reverse(); }
+                let states = decide(&Inputs {
+                    mode: Mode::L2,
+                    me,
+                    readiness: Readiness::Ready,
+                    vips: &vips,
+                    withdraw_when_no_backends: true,
+                    l2_candidates: &cands,
+                });
+                for ip in announced(&states) {
+                    *count.entry(ip).or_default() += 1;
+                }
+                for (ip, s) in &states {
+                    if let VipState::OwnedBy(o) = s {
+                        prop_assert_eq!(Some(o.as_str()), owner(*ip, &nodes));
+                        prop_assert!(o != me);
+                    }
+                }
+            }
+            for (ip, healthy) in &vips {
+                prop_assert_eq!(count.get(ip).copied().unwrap_or(0), usize::from(*healthy), "{}", ip);
+            }
+        }
+
+        #[test]
+        fn l2_owner_keeps_its_vips_when_another_candidate_leaves(
+            vips in arb_vips(),
+            n in 2..7usize,
+            leaving in 0..7usize,
+        ) {
+            let nodes: Vec<String> = (0..n).map(|i| format!("n{i}")).collect();
+            let gone = &nodes[leaving % n];
+            let rest: Vec<String> = nodes.iter().filter(|x| *x != gone).cloned().collect();
+            for ip in vips.keys() {
+                let before = owner(*ip, &nodes).unwrap();
+                let after = owner(*ip, &rest).unwrap();
+                if before != gone {
+                    prop_assert_eq!(before, after);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,509 @@
+//! Bringing client traffic to this replica: BGP announcements through BIRD (ECMP at the
+//! router) or L2 ownership (ARP/NDP), gated on being caught up.
+//!
+//! The decision is pure ([`decide`]); this module is the thin loop around it. Every 100 ms, and
+//! at once when the head, the health verdicts or the draining flag change, it computes this
+//! node's readiness from the mesh's public API (caught up, head, the applied version reported
+//! by the reconcile loop), decides, and brings the kernel to the decision: host routes in the
+//! BGP table (BIRD exports them), or VIP addresses on the L2 interface. It then beats the
+//! watchdog ([`guard`]), and gossips its report (the `announce` app key) so that every member's
+//! `/v1/cluster` shows what each member announces, and so that L2 owners are chosen among the
+//! members that say they are ready.
+
+pub mod bird;
+pub mod birdctl;
+pub mod decide;
+pub mod guard;
+pub mod l2;
+pub mod metrics;
+pub mod settings;
+
+use crate::health::Verdicts;
+use crate::reconcile::ReconcileStatus;
+use crate::status::VersionRef;
+use crate::table::RuleTable;
+use anyhow::Context;
+use decide::{Inputs, Mode, NodeFacts, Readiness, VipState};
+use serde::{Deserialize, Serialize};
+use settings::AnnounceSettings;
+use shoal_dataplane::route::RouteTable;
+use shoal_gossip::{Mesh, Role};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// The gossip app key that carries each member's [`Report`].
+pub const REPORT_KEY: &str = "announce";
+const STEP: Duration = Duration::from_millis(100);
+/// A step that comes this late means the loop (the process) was frozen or starved.
+const STALL: Duration = Duration::from_millis(500);
+/// After a stall, announce nothing for this long: the mesh's own stall check (400 ms) has
+/// then put the node back to catching up, and the gate waits for it to catch up again.
+const STALL_HOLD: Duration = Duration::from_millis(1500);
+const BIRD_POLL: Duration = Duration::from_secs(1);
+
+/// What one member announces and why not the rest (`/v1/cluster`, gossiped).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub mode: Mode,
+    pub readiness: Readiness,
+    /// The VIPs it announces (BGP) or owns and answers for (L2).
+    pub announced: Vec<IpAddr>,
+    /// VIPs it does not announce, with the reason.
+    #[serde(default)]
+    pub withheld: BTreeMap<IpAddr, String>,
+    /// L2: VIPs another member owns.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub owned_elsewhere: BTreeMap<IpAddr, String>,
+    /// BGP sessions as BIRD reports them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bgp: Vec<birdctl::Session>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+}
+
+impl Report {
+    fn new(mode: Mode, interface: Option<String>) -> Self {
+        Report {
+            mode,
+            readiness: Readiness::NoTable,
+            announced: vec![],
+            withheld: BTreeMap::new(),
+            owned_elsewhere: BTreeMap::new(),
+            bgp: vec![],
+            interface,
+        }
+    }
+}
+
+/// The latest local report, for the admin API.
+#[derive(Clone, Default)]
+pub struct AnnounceHandle(Arc<Mutex<Option<Report>>>);
+
+impl AnnounceHandle {
+    pub fn get(&self) -> Option<Report> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+    fn set(&self, r: Report) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+    }
+}
+
+/// Every member's report: others' from gossip, this node's own from `local`.
+pub fn reports(mesh: &Mesh<RuleTable>, local: &AnnounceHandle) -> BTreeMap<String, Report> {
+    let me = mesh.node_id().to_string();
+    let mut out: BTreeMap<String, Report> = mesh
+        .app_keys(REPORT_KEY)
+        .into_iter()
+        .filter(|(id, k, _)| k == REPORT_KEY && id.to_string() != me)
+        .filter_map(|(id, _, v)| Some((id.to_string(), serde_json::from_str(&v).ok()?)))
+        .collect();
+    if let Some(r) = local.get() {
+        out.insert(me, r);
+    }
+    out
+}
+
+/// Where the kernel side of a mode lives.
+enum Target {
+    Bgp { routes: Arc<Mutex<RouteTable>> },
+    L2 { iface: Arc<Mutex<l2::L2Interface>> },
+}
+
+/// The running announcer.
+pub struct Announcer {
+    draining: watch::Sender<bool>,
+    withdrawn: watch::Receiver<bool>,
+    task: tokio::task::JoinHandle<()>,
+    cancel: CancellationToken,
+    supervisor: Option<bird::Supervisor>,
+    control: Option<PathBuf>,
+    pub handle: AnnounceHandle,
+}
+
+/// Checks the settings against the machine (BIRD present and happy with its config, the
+/// interface exists), starts BIRD and the watchdog, and the loop.
+pub async fn start(
+    settings: &AnnounceSettings,
+    mesh: Mesh<RuleTable>,
+    verdicts: watch::Receiver<Arc<Verdicts>>,
+    reconcile: ReconcileStatus,
+    metrics: metrics::AnnounceMetrics,
+) -> anyhow::Result<Option<Announcer>> {
+    let Some(mode) = settings.mode else {
+        return Ok(None);
+    };
+    let mut supervisor = None;
+    let mut control = None;
+    let (target, guard_targets) = match mode {
+        Mode::Bgp => {
+            let bgp = settings
+                .bgp
+                .clone()
+                .context("`--announce bgp` needs a [bgp] table in the config file")?;
+            let paths = bird::Paths::new(&bgp.state_dir);
+            let p = paths.clone();
+            let b = bgp.clone();
+            let bin = tokio::task::spawn_blocking(move || bird::prepare(&b, &p)).await??;
+            let table = bgp.table;
+            let routes = tokio::task::spawn_blocking(move || {
+                let mut t = RouteTable::open(table)?;
+                // Start from nothing announced: a restarted node waits until it caught up.
+                t.sync(&BTreeSet::new())?;
+                Ok::<_, shoal_dataplane::DataplaneError>(t)
+            })
+            .await?
+            .with_context(|| format!("opening kernel routing table {table}"))?;
+            supervisor = Some(bird::Supervisor::start(bin, paths.clone())?);
+            control = Some(paths.control.clone());
+            (
+                Target::Bgp {
+                    routes: Arc::new(Mutex::new(routes)),
+                },
+                guard::GuardTargets {
+                    table: Some(table),
+                    interface: None,
+                },
+            )
+        }
+        Mode::L2 => {
+            let name = settings.interface.clone().context(
+                "`--announce l2` needs `--interface IF` (the interface clients reach this node on)",
+            )?;
+            let n = name.clone();
+            let iface = tokio::task::spawn_blocking(move || l2::L2Interface::open(&n)).await??;
+            (
+                Target::L2 {
+                    iface: Arc::new(Mutex::new(iface)),
+                },
+                guard::GuardTargets {
+                    table: None,
+                    interface: Some(name),
+                },
+            )
+        }
+    };
+    let guard = spawn_guard(&guard_targets, settings.freeze_withdraw)?;
+    let handle = AnnounceHandle::default();
+    let (draining_tx, draining_rx) = watch::channel(false);
+    let (withdrawn_tx, withdrawn_rx) = watch::channel(false);
+    let cancel = CancellationToken::new();
+    let sessions = Arc::new(Mutex::new(Vec::new()));
+    if let Some(c) = &control {
+        tokio::spawn(poll_bird(
+            c.clone(),
+            sessions.clone(),
+            metrics.clone(),
+            cancel.clone(),
+        ));
+    }
+    let lp = Loop {
+        mode,
+        withdraw_when_no_backends: settings.withdraw_when_no_backends,
+        interface: settings.interface.clone(),
+        mesh,
+        reconcile,
+        metrics,
+        handle: handle.clone(),
+        target,
+        sessions,
+        guard,
+        withdrawn: withdrawn_tx,
+    };
+    let task = tokio::spawn(lp.run(verdicts, draining_rx, cancel.clone()));
+    Ok(Some(Announcer {
+        draining: draining_tx,
+        withdrawn: withdrawn_rx,
+        task,
+        cancel,
+        supervisor,
+        control,
+        handle,
+    }))
+}
+
+fn spawn_guard(
+    targets: &guard::GuardTargets,
+    deadline: Duration,
+) -> anyhow::Result<tokio::process::Child> {
+    let exe = std::env::current_exe().context("finding the shoal binary for the watchdog")?;
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.arg("announce-guard")
+        .arg("--deadline-ms")
+        .arg(deadline.as_millis().to_string())
+        .stdin(std::process::Stdio::piped())
+        .kill_on_drop(false);
+    if let Some(t) = targets.table {
+        cmd.arg("--table").arg(t.to_string());
+    }
+    if let Some(i) = &targets.interface {
+        cmd.arg("--interface").arg(i);
+    }
+    cmd.spawn().context("starting the announce watchdog")
+}
+
+impl Announcer {
+    /// Withdraws everything (SIGTERM's first step) and returns once the kernel side is
+    /// withdrawn and, in BGP mode, BIRD exports no route any more (or after 3 s).
+    pub async fn withdraw(&mut self) {
+        self.draining.send_replace(true);
+        let _ = tokio::time::timeout(Duration::from_secs(3), async {
+            while !*self.withdrawn.borrow_and_update() {
+                if self.withdrawn.changed().await.is_err() {
+                    return;
+                }
+            }
+            if let Some(c) = &self.control {
+                while birdctl::exported_routes(c).await.unwrap_or(0) > 0 {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        })
+        .await;
+    }
+
+    /// Stops the loop, BIRD and the watchdog (which withdraws whatever is left).
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        let _ = self.task.await;
+        if let Some(s) = self.supervisor {
+            let _ = tokio::task::spawn_blocking(move || s.stop()).await;
+        }
+    }
+}
+
+struct Loop {
+    mode: Mode,
+    withdraw_when_no_backends: bool,
+    interface: Option<String>,
+    mesh: Mesh<RuleTable>,
+    reconcile: ReconcileStatus,
+    metrics: metrics::AnnounceMetrics,
+    handle: AnnounceHandle,
+    target: Target,
+    sessions: Arc<Mutex<Vec<birdctl::Session>>>,
+    guard: tokio::process::Child,
+    withdrawn: watch::Sender<bool>,
+}
+
+impl Loop {
+    async fn run(
+        mut self,
+        mut verdicts: watch::Receiver<Arc<Verdicts>>,
+        mut draining: watch::Receiver<bool>,
+        cancel: CancellationToken,
+    ) {
+        let mut heads = self.mesh.subscribe();
+        let mut tick = tokio::time::interval(STEP);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_step = Instant::now();
+        let mut hold_until: Option<Instant> = None;
+        let mut current: BTreeSet<IpAddr> = BTreeSet::new();
+        let mut gossiped = String::new();
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tick.tick() => {}
+                r = heads.changed() => if r.is_err() { break },
+                r = verdicts.changed() => if r.is_err() { break },
+                r = draining.changed() => if r.is_err() { break },
+            }
+            let now = Instant::now();
+            if now.duration_since(last_step) > STALL {
+                tracing::warn!(
+                    late_ms = now.duration_since(last_step).as_millis() as u64,
+                    "announce loop stalled; holding announcements back until the mesh re-checks"
+                );
+                hold_until = Some(now + STALL_HOLD);
+            }
+            last_step = now;
+            let stalled = hold_until.is_some_and(|t| now < t);
+            let head = self.mesh.current();
+            let applied = self.reconcile.get().applied;
+            let facts = NodeFacts {
+                draining: *draining.borrow_and_update(),
+                stalled,
+                has_head: head.is_some(),
+                mesh_caught_up: self.mesh.role() != Role::CatchingUp,
+                applied_is_head: match (&head, &applied) {
+                    (Some(h), Some(a)) => VersionRef::from(&h.version) == *a,
+                    _ => false,
+                },
+            };
+            let readiness = decide::readiness(facts);
+            let vips = match &head {
+                Some(h) => decide::vip_health(&h.doc, &verdicts.borrow_and_update()),
+                None => BTreeMap::new(),
+            };
+            let candidates = self.l2_candidates(readiness);
+            let states = decide::decide(&Inputs {
+                mode: self.mode,
+                me: &self.mesh.node_id().to_string(),
+                readiness,
+                vips: &vips,
+                withdraw_when_no_backends: self.withdraw_when_no_backends,
+                l2_candidates: &candidates,
+            });
+            let want = decide::announced(&states);
+            match self.apply(&want, &vips).await {
+                Ok(()) => {
+                    let changes = current.symmetric_difference(&want).count();
+                    if changes > 0 {
+                        tracing::info!(announced = ?want, ?readiness, "announcements changed");
+                        self.metrics.changes.inc_by(changes as u64);
+                    }
+                    current = want;
+                    self.metrics.vips.set(current.len() as i64);
+                    if facts.draining && current.is_empty() {
+                        self.withdrawn.send_replace(true);
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "cannot change announcements; retrying"),
+            }
+            self.beat(&current).await;
+            let report = self.report(readiness, &states);
+            if let Ok(json) = serde_json::to_string(&report) {
+                if json != gossiped {
+                    self.mesh.set_app_key(REPORT_KEY, &json);
+                    gossiped = json;
+                }
+            }
+            self.handle.set(report);
+        }
+        // Shutdown: withdraw what is left; closing the watchdog's stdin makes it check too.
+        let _ = self.apply(&BTreeSet::new(), &BTreeMap::new()).await;
+        self.metrics.vips.set(0);
+        drop(self.guard.stdin.take());
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.guard.wait()).await;
+    }
+
+    /// L2: the members ready to own VIPs, by their gossiped reports (this node by its own
+    /// readiness now).
+    fn l2_candidates(&self, readiness: Readiness) -> Vec<String> {
+        if self.mode != Mode::L2 {
+            return vec![];
+        }
+        let me = self.mesh.node_id().to_string();
+        let mut out: Vec<String> = self
+            .mesh
+            .app_keys(REPORT_KEY)
+            .into_iter()
+            .filter(|(id, k, _)| k == REPORT_KEY && id.to_string() != me)
+            .filter_map(|(id, _, v)| {
+                let r: Report = serde_json::from_str(&v).ok()?;
+                (r.mode == Mode::L2 && r.readiness == Readiness::Ready).then(|| id.to_string())
+            })
+            .collect();
+        if readiness == Readiness::Ready {
+            out.push(me);
+        }
+        out
+    }
+
+    async fn apply(
+        &mut self,
+        want: &BTreeSet<IpAddr>,
+        vips: &BTreeMap<IpAddr, bool>,
+    ) -> anyhow::Result<()> {
+        match &self.target {
+            Target::Bgp { routes, .. } => {
+                let routes = routes.clone();
+                let want = want.clone();
+                tokio::task::spawn_blocking(move || {
+                    routes.lock().unwrap_or_else(|p| p.into_inner()).sync(&want)
+                })
+                .await??;
+            }
+            Target::L2 { iface } => {
+                let iface = iface.clone();
+                let want = want.clone();
+                // Only VIPs of the table (or held before) are touched: other addresses of the
+                // interface are not Shoal's.
+                let mut scope: BTreeSet<IpAddr> = vips.keys().copied().collect();
+                scope.extend(self.handle.get().iter().flat_map(|r| r.announced.clone()));
+                tokio::task::spawn_blocking(move || {
+                    let mut i = iface.lock().unwrap_or_else(|p| p.into_inner());
+                    let have = i.held(&scope)?;
+                    for ip in have.difference(&want) {
+                        i.set(*ip, false)?;
+                    }
+                    for ip in want.difference(&have) {
+                        i.set(*ip, true)?;
+                        i.advertise(*ip);
+                    }
+                    Ok::<_, l2::L2Error>(())
+                })
+                .await??;
+            }
+        }
+        Ok(())
+    }
+
+    async fn beat(&mut self, current: &BTreeSet<IpAddr>) {
+        let line = match self.mode {
+            Mode::L2 => guard::line(current),
+            Mode::Bgp => "beat\n".to_string(),
+        };
+        if let Some(stdin) = self.guard.stdin.as_mut() {
+            let sent = tokio::time::timeout(STEP, stdin.write_all(line.as_bytes())).await;
+            if !matches!(sent, Ok(Ok(()))) {
+                tracing::error!("the announce watchdog does not read its beats");
+            }
+        }
+    }
+
+    fn report(&self, readiness: Readiness, states: &BTreeMap<IpAddr, VipState>) -> Report {
+        let mut r = Report::new(self.mode, self.interface.clone());
+        r.readiness = readiness;
+        for (ip, s) in states {
+            match s {
+                VipState::Announced => r.announced.push(*ip),
+                VipState::Withheld(w) => {
+                    r.withheld.insert(*ip, w.to_string());
+                }
+                VipState::OwnedBy(o) => {
+                    r.owned_elsewhere.insert(*ip, o.clone());
+                }
+            }
+        }
+        if matches!(self.target, Target::Bgp { .. }) {
+            r.bgp = self
+                .sessions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+        }
+        r
+    }
+}
+
+/// Reads the BGP sessions from BIRD every second (its own task, so a slow BIRD never delays
+/// the announce loop).
+async fn poll_bird(
+    control: PathBuf,
+    sessions: Arc<Mutex<Vec<birdctl::Session>>>,
+    metrics: metrics::AnnounceMetrics,
+    cancel: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(BIRD_POLL);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match birdctl::sessions(&control).await {
+            Ok(s) => {
+                for session in &s {
+                    metrics.session_up(&session.name, session.up());
+                }
+                *sessions.lock().unwrap_or_else(|p| p.into_inner()) = s;
+            }
+            Err(e) => tracing::debug!(error = %e, "BIRD's control socket did not answer"),
+        }
+    }
+}

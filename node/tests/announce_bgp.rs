@@ -1,0 +1,307 @@
+//! BGP mode end to end in network namespaces with real BIRD and real kernel routing: a router
+//! namespace runs its own BIRD (multipath, BFD), three replicas each run shoal and its BIRD, and
+//! the router's FIB (`ip route`, the independent reader) is checked after every event.
+//! The memory dataplane is enough here (IPVS end to end is the VM lab's job).
+
+mod announce_lab;
+
+use announce_lab::*;
+use nix::sys::signal::Signal;
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const VIP4: &str = "203.0.113.10";
+const VIP6: &str = "2001:db8:113::10";
+const CHECKED: &str = "203.0.113.20";
+const CHURN: &str = "203.0.113.30";
+const HEALTH_PORT: u16 = 18081;
+
+fn rules(churn_port: Option<u16>) -> String {
+    let mut r = format!(
+        "[[service]]\nname='web'\nvip='{VIP4}'\nport=80\n[[service.backend]]\naddress='198.18.1.50'\n\n\
+         [[service]]\nname='web6'\nvip='{VIP6}'\nport=80\n[[service.backend]]\naddress='2001:db8:1::50'\n\n\
+         [[service]]\nname='checked'\nvip='{CHECKED}'\nport={HEALTH_PORT}\n[[service.backend]]\naddress='{ROUTER4}'\n\
+         [service.health]\nkind='tcp'\ninterval_ms=200\ntimeout_ms=150\nrise=2\nfall=2\n"
+    );
+    if let Some(p) = churn_port {
+        r.push_str(&format!(
+            "\n[[service]]\nname='churn'\nvip='{CHURN}'\nport={p}\n[[service.backend]]\naddress='198.18.1.60'\n"
+        ));
+    }
+    r
+}
+
+fn all_nodes() -> BTreeSet<String> {
+    (0..3).map(node4).collect()
+}
+
+/// A TCP listener in the router namespace: the health-checked service's backend.
+fn backend_up(lab: &Lab) -> std::process::Child {
+    let script = format!(
+        "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
+         s.bind(('{ROUTER4}',{HEALTH_PORT}))\ns.listen(64)\nwhile True:\n  c,_=s.accept()\n  c.close()\n"
+    );
+    Command::new("ip")
+        .args(["netns", "exec", &lab.router_ns, "python3", "-c", &script])
+        .spawn()
+        .expect("python3 listener")
+}
+
+fn wait_hops(lab: &Lab, vip: &str, want: &BTreeSet<String>, limit: Duration) -> Duration {
+    let start = Instant::now();
+    lab.wait_for(limit, &format!("{vip} next hops {want:?}"), || {
+        (lab.nexthops(vip) == *want).then_some(())
+    });
+    start.elapsed()
+}
+
+fn wait_hop_count(lab: &Lab, vip: &str, n: usize, limit: Duration) {
+    lab.wait_for(limit, &format!("{vip} with {n} next hops"), || {
+        (lab.nexthops(vip).len() == n).then_some(())
+    });
+}
+
+/// Node `i`'s own announce report as its /v1/cluster shows it.
+fn own_report(lab: &Lab, i: usize) -> Option<Value> {
+    let c = lab.cluster(i)?;
+    let id = format!("n{}", i + 1);
+    c["members"]
+        .as_array()?
+        .iter()
+        .find(|m| m["id"] == id.as_str())
+        .cloned()
+        .map(|m| serde_json::json!({"member": m, "head": c["head"]}))
+}
+
+#[test]
+fn bgp_announces_with_ecmp_and_withdraws_on_every_kind_of_exit() {
+    if !have_root() {
+        eprintln!("SKIPPED: needs root for network namespaces (CI runs as root)");
+        return;
+    }
+    let mut lab = Lab::new(3, &rules(None), false);
+    lab.start_router_bird();
+    let mut listener = backend_up(&lab);
+    for i in 0..3 {
+        lab.write_config(i, &lab.bgp_config(i));
+    }
+    lab.set_extra_args(&["--shutdown-drain-s", "2"]);
+    for i in 0..3 {
+        lab.spawn(i);
+    }
+
+    // 1. Once all are caught up: each VIP with 3 next hops, IPv4 and IPv6.
+    wait_hops(&lab, VIP4, &all_nodes(), Duration::from_secs(60));
+    wait_hop_count(&lab, VIP6, 3, Duration::from_secs(30));
+    wait_hops(&lab, CHECKED, &all_nodes(), Duration::from_secs(30));
+    eprintln!("all VIPs have 3 next hops");
+
+    // /v1/cluster shows every member's mode, VIPs and BGP sessions (as BIRD reports them).
+    lab.wait_for(
+        Duration::from_secs(20),
+        "reports with established sessions",
+        || {
+            let c = lab.cluster(0)?;
+            let members = c["members"].as_array()?;
+            let ok = members.len() == 3
+                && members.iter().all(|m| {
+                    let a = &m["announce"];
+                    a["mode"] == "bgp"
+                        && a["readiness"] == "ready"
+                        && a["announced"].as_array().is_some_and(|v| v.len() == 3)
+                        && a["bgp"].as_array().is_some_and(|s| {
+                            s.len() == 2 && s.iter().all(|x| x["bgp_state"] == "Established")
+                        })
+                });
+            ok.then_some(())
+        },
+    );
+    let metrics = lab.http(0, "/metrics").unwrap_or_default();
+    assert!(metrics.contains("shoal_announce_vips 3"), "{metrics}");
+    assert!(
+        metrics.contains("shoal_bgp_session_up{peer=\"peer1\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("shoal_bgp_session_up{peer=\"peer2\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("shoal_announce_changes_total"),
+        "{metrics}"
+    );
+
+    // 2. All backends of a service down: its VIP is withdrawn from the router, and the reason
+    //    is shown; back up: announced again.
+    let _ = listener.kill();
+    let _ = listener.wait();
+    let t = wait_hops(&lab, CHECKED, &BTreeSet::new(), Duration::from_secs(30));
+    eprintln!("backend down: {CHECKED} withdrawn after {t:?}");
+    assert_eq!(lab.nexthops(VIP4), all_nodes(), "other VIPs stay");
+    let r = own_report(&lab, 1).unwrap();
+    assert_eq!(
+        r["member"]["announce"]["withheld"][CHECKED], "no healthy backend",
+        "{r}"
+    );
+    let mut listener = backend_up(&lab);
+    let t = wait_hops(&lab, CHECKED, &all_nodes(), Duration::from_secs(30));
+    eprintln!("backend up: {CHECKED} announced again after {t:?}");
+
+    // 3. kill -9 of a replica: the router drops its next hop (BIRD dies with it; BFD).
+    let killed_at = Instant::now();
+    lab.kill9(0);
+    let want: BTreeSet<String> = [node4(1), node4(2)].into_iter().collect();
+    let t = wait_hops(&lab, VIP4, &want, Duration::from_secs(10));
+    eprintln!(
+        "kill -9: router at 2 next hops after {:?}",
+        killed_at.elapsed()
+    );
+    let _ = t;
+    wait_hop_count(&lab, VIP6, 2, Duration::from_secs(10));
+
+    // 4. Restart it while the table keeps changing: it never appears as a next hop before it
+    //    says its applied version is the head. Each sample reads the FIB first, then the node:
+    //    a node the router already uses must already be caught up when asked right after.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churn = {
+        let stop = stop.clone();
+        let path = lab.rules.clone();
+        std::thread::spawn(move || {
+            let mut port = 2000u16;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                port += 1;
+                let tmp = path.with_extension("tmp");
+                std::fs::write(&tmp, rules(Some(port))).unwrap();
+                std::fs::rename(&tmp, &path).unwrap();
+                std::thread::sleep(Duration::from_millis(150));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    lab.spawn(0);
+    let start = Instant::now();
+    let mut samples = 0;
+    let mut not_ready_samples = 0;
+    loop {
+        let in_fib = lab.nexthops(VIP4).contains(&node4(0));
+        let report = own_report(&lab, 0);
+        samples += 1;
+        let ready = report
+            .as_ref()
+            .is_some_and(|r| r["member"]["announce"]["readiness"] == "ready");
+        if !ready {
+            not_ready_samples += 1;
+        }
+        if in_fib {
+            let r = report.expect("a node the router uses answers");
+            assert_eq!(
+                r["member"]["announce"]["readiness"], "ready",
+                "n1 is a next hop but says it is not caught up: {r}"
+            );
+            assert!(!r["member"]["applied"].is_null(), "{r}");
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            lab.dump_logs();
+            panic!("restarted n1 never came back");
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    churn.join().unwrap();
+    eprintln!(
+        "restart: n1 back after {:?}; {samples} samples, {not_ready_samples} while catching up",
+        start.elapsed()
+    );
+    assert!(not_ready_samples > 0, "the catch-up was never observed");
+    wait_hops(&lab, VIP4, &all_nodes(), Duration::from_secs(30));
+
+    // 5. SIGTERM: the next hop is withdrawn before the process exits, and the exit waits for
+    //    the drain (2 s here).
+    let sent = Instant::now();
+    lab.signal(2, Signal::SIGTERM);
+    let want: BTreeSet<String> = [node4(0), node4(1)].into_iter().collect();
+    let mut withdrawn_at = None;
+    let mut exited_at = None;
+    while sent.elapsed() < Duration::from_secs(20) && exited_at.is_none() {
+        if withdrawn_at.is_none() && lab.nexthops(VIP4) == want {
+            withdrawn_at = Some(sent.elapsed());
+        }
+        if let Some(c) = lab.nodes[2].child.as_mut() {
+            if let Ok(Some(_)) = c.try_wait() {
+                exited_at = Some(sent.elapsed());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    lab.nodes[2].child = None;
+    let (w, x) = (withdrawn_at.expect("withdrawn"), exited_at.expect("exited"));
+    eprintln!("SIGTERM: withdrawn after {w:?}, exited after {x:?}");
+    assert!(w < x, "withdrawn {w:?} must come before the exit {x:?}");
+    assert!(
+        x >= Duration::from_secs(2),
+        "the exit must wait for the 2 s drain: {x:?}"
+    );
+    lab.spawn(2);
+    wait_hops(&lab, VIP4, &all_nodes(), Duration::from_secs(60));
+
+    // 6. SIGSTOP: the frozen shoal's watchdog withdraws (its BIRD and BFD stay up).
+    let frozen = Instant::now();
+    lab.signal(1, Signal::SIGSTOP);
+    let want: BTreeSet<String> = [node4(0), node4(2)].into_iter().collect();
+    wait_hops(&lab, VIP4, &want, Duration::from_secs(10));
+    eprintln!("SIGSTOP: withdrawn after {:?}", frozen.elapsed());
+    lab.signal(1, Signal::SIGCONT);
+    let t = wait_hops(&lab, VIP4, &all_nodes(), Duration::from_secs(30));
+    eprintln!("SIGCONT: announced again after {t:?}");
+
+    let _ = listener.kill();
+    let _ = listener.wait();
+}
+
+fn run_expecting_error(config: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.toml");
+    std::fs::write(&path, config).unwrap();
+    std::fs::write(dir.path().join("rules.toml"), "").unwrap();
+    let out = Command::new(bin())
+        .args([
+            "run",
+            "--insecure",
+            "--listen",
+            "127.0.0.1:1",
+            "--admin",
+            "127.0.0.1:1",
+        ])
+        .arg("--rules")
+        .arg(dir.path().join("rules.toml"))
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+#[test]
+fn bad_bgp_config_is_refused_naming_the_field() {
+    let base = "announce = \"bgp\"\n[bgp]\nlocal_asn = 64512\n[[bgp.peers]]\naddress = \"198.18.1.1\"\nasn = 64500\n";
+    let e = run_expecting_error(&format!("{base}pasword = \"x\"\n"));
+    assert!(e.contains("unknown field `pasword`"), "{e}");
+    let e = run_expecting_error(&base.replace("asn = 64500", "asn = 4294967296"));
+    assert!(
+        e.contains("bgp.peers[0].asn") && e.contains("out of range"),
+        "{e}"
+    );
+    let e = run_expecting_error(&base.replace("198.18.1.1", "224.0.0.1"));
+    assert!(e.contains("bgp.peers[0].address"), "{e}");
+    let e = run_expecting_error(&format!(
+        "{}",
+        base.replace(
+            "local_asn = 64512",
+            "local_asn = 64512\nbird = \"no-such-bird\""
+        )
+    ));
+    assert!(e.contains("no-such-bird") && e.contains("bird2"), "{e}");
+}

@@ -1,0 +1,497 @@
+//! A lab of network namespaces for the announce tests: a router namespace holding a bridge (and,
+//! for BGP, its own BIRD with multipath and BFD), one namespace per replica running `shoal` (and
+//! its BIRD), and optionally a client namespace on the same bridge.
+//!
+//! Every name carries a per-process prefix so parallel runs never collide; everything is
+//! removed on drop (processes are killed by pid first, then the namespaces deleted).
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const ROUTER4: &str = "198.18.1.1";
+pub const ROUTER6: &str = "2001:db8:1::1";
+pub const CLIENT4: &str = "198.18.1.100";
+pub const CLIENT6: &str = "2001:db8:1::100";
+pub const ROUTER_ASN: u32 = 64500;
+pub const NODE_ASN: u32 = 64512;
+
+pub fn node4(i: usize) -> String {
+    format!("198.18.1.{}", 11 + i)
+}
+pub fn node6(i: usize) -> String {
+    format!("2001:db8:1::{}", 11 + i)
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_shoal")
+}
+
+/// Runs a command, panics with its output when it fails.
+pub fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// Like [`sh`] but ignores failures (cleanup).
+pub fn sh_quiet(args: &[&str]) {
+    let _ = Command::new(args[0])
+        .args(&args[1..])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+pub fn have_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+pub struct LabNode {
+    pub id: String,
+    pub ns: String,
+    /// The node's interface towards the bridge (inside its namespace).
+    pub dev: String,
+    pub addr4: String,
+    pub addr6: String,
+    pub child: Option<Child>,
+    pub log: PathBuf,
+    pub config: PathBuf,
+}
+
+pub struct Lab {
+    pub prefix: String,
+    pub dir: tempfile::TempDir,
+    pub router_ns: String,
+    pub bridge: String,
+    pub client_ns: Option<String>,
+    pub nodes: Vec<LabNode>,
+    pub rules: PathBuf,
+    router_bird: Option<Child>,
+    extra_args: Vec<String>,
+}
+
+fn ns_sysctls(ns: &str) {
+    for kv in [
+        "net.ipv6.conf.all.accept_dad=0",
+        "net.ipv6.conf.default.accept_dad=0",
+        "net.ipv4.conf.all.rp_filter=0",
+        "net.ipv4.conf.default.rp_filter=0",
+    ] {
+        sh(&["ip", "netns", "exec", ns, "sysctl", "-qw", kv]);
+    }
+}
+
+impl Lab {
+    /// Builds the namespaces: router with the bridge, `n` replicas, and a client if asked.
+    pub fn new(n: usize, rules: &str, with_client: bool) -> Lab {
+        let prefix = format!("sa{}", std::process::id() % 100_000);
+        let dir = tempfile::Builder::new()
+            .prefix("shoal-announce-")
+            .tempdir()
+            .unwrap();
+        let rules_path = dir.path().join("rules.toml");
+        std::fs::write(&rules_path, rules).unwrap();
+        let router_ns = format!("{prefix}r");
+        let bridge = format!("{prefix}br");
+        let mut lab = Lab {
+            prefix: prefix.clone(),
+            dir,
+            router_ns: router_ns.clone(),
+            bridge: bridge.clone(),
+            client_ns: None,
+            nodes: vec![],
+            rules: rules_path,
+            router_bird: None,
+            extra_args: vec![],
+        };
+        sh(&["ip", "netns", "add", &router_ns]);
+        ns_sysctls(&router_ns);
+        sh(&["ip", "-n", &router_ns, "link", "set", "lo", "up"]);
+        sh(&[
+            "ip", "-n", &router_ns, "link", "add", &bridge, "type", "bridge",
+        ]);
+        sh(&["ip", "-n", &router_ns, "link", "set", &bridge, "up"]);
+        sh(&[
+            "ip",
+            "-n",
+            &router_ns,
+            "addr",
+            "add",
+            &format!("{ROUTER4}/24"),
+            "dev",
+            &bridge,
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            &router_ns,
+            "addr",
+            "add",
+            &format!("{ROUTER6}/64"),
+            "dev",
+            &bridge,
+            "nodad",
+        ]);
+        for i in 0..n {
+            let ns = format!("{prefix}n{}", i + 1);
+            let dev = format!("{prefix}e{}", i + 1);
+            lab.attach(
+                &ns,
+                &dev,
+                &node4(i),
+                &node6(i),
+                &format!("{prefix}b{}", i + 1),
+            );
+            lab.nodes.push(LabNode {
+                id: format!("n{}", i + 1),
+                ns: ns.clone(),
+                dev,
+                addr4: node4(i),
+                addr6: node6(i),
+                child: None,
+                log: lab.dir.path().join(format!("n{}.log", i + 1)),
+                config: lab.dir.path().join(format!("n{}.toml", i + 1)),
+            });
+        }
+        if with_client {
+            let ns = format!("{prefix}c");
+            lab.attach(
+                &ns,
+                &format!("{prefix}ec"),
+                CLIENT4,
+                CLIENT6,
+                &format!("{prefix}bc"),
+            );
+            lab.client_ns = Some(ns);
+        }
+        lab
+    }
+
+    /// A namespace with a veth to the bridge and the given addresses.
+    fn attach(&self, ns: &str, dev: &str, a4: &str, a6: &str, bridge_port: &str) {
+        sh(&["ip", "netns", "add", ns]);
+        ns_sysctls(ns);
+        sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        sh(&[
+            "ip",
+            "link",
+            "add",
+            dev,
+            "netns",
+            ns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            bridge_port,
+            "netns",
+            &self.router_ns,
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            &self.router_ns,
+            "link",
+            "set",
+            bridge_port,
+            "master",
+            &self.bridge,
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            &self.router_ns,
+            "link",
+            "set",
+            bridge_port,
+            "up",
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{a4}/24"),
+            "dev",
+            dev,
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{a6}/64"),
+            "dev",
+            dev,
+            "nodad",
+        ]);
+        sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
+    }
+
+    /// Starts the router's BIRD: one eBGP session per replica and family, BFD, multipath.
+    pub fn start_router_bird(&mut self) {
+        let mut conf = format!(
+            "router id {ROUTER4};\nprotocol device {{}}\n\
+             protocol kernel {{ merge paths yes; ipv4 {{ import none; export all; }}; }}\n\
+             protocol kernel {{ merge paths yes; ipv6 {{ import none; export all; }}; }}\n\
+             protocol bfd {{ interface \"*\" {{ min rx interval 100 ms; min tx interval 100 ms; multiplier 3; }}; }}\n\
+             template bgp lb {{ local as {ROUTER_ASN}; bfd on; hold time 9; connect delay time 1; connect retry time 1; error wait time 1, 5; }}\n"
+        );
+        for (i, n) in self.nodes.iter().enumerate() {
+            conf.push_str(&format!(
+                "protocol bgp {id}v4 from lb {{ neighbor {a4} as {NODE_ASN}; ipv4 {{ import all; export none; }}; }}\n\
+                 protocol bgp {id}v6 from lb {{ neighbor {a6} as {NODE_ASN}; ipv6 {{ import all; export none; }}; }}\n",
+                id = n.id,
+                a4 = node4(i),
+                a6 = node6(i),
+            ));
+        }
+        let path = self.dir.path().join("router.conf");
+        std::fs::write(&path, conf).unwrap();
+        let log = std::fs::File::create(self.dir.path().join("router-bird.log")).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.router_ns, "bird", "-f", "-c"])
+            .arg(&path)
+            .arg("-s")
+            .arg(self.dir.path().join("router.ctl"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start the router's BIRD");
+        self.router_bird = Some(child);
+    }
+
+    /// Writes node `i`'s config file (`announce` settings) and remembers extra flags.
+    pub fn write_config(&self, i: usize, text: &str) {
+        std::fs::write(&self.nodes[i].config, text).unwrap();
+    }
+
+    /// The `[bgp]` config of node `i` peering with the router over IPv4 and IPv6.
+    pub fn bgp_config(&self, i: usize) -> String {
+        format!(
+            "announce = \"bgp\"\n[bgp]\nlocal_asn = {NODE_ASN}\nrouter_id = \"{}\"\nstate_dir = \"{}\"\n\
+             [[bgp.peers]]\naddress = \"{ROUTER4}\"\nasn = {ROUTER_ASN}\n\
+             [[bgp.peers]]\naddress = \"{ROUTER6}\"\nasn = {ROUTER_ASN}\n",
+            node4(i),
+            self.dir.path().join(format!("bird-n{}", i + 1)).display()
+        )
+    }
+
+    pub fn set_extra_args(&mut self, args: &[&str]) {
+        self.extra_args = args.iter().map(|s| s.to_string()).collect();
+    }
+
+    pub fn spawn(&mut self, i: usize) {
+        let seeds: Vec<String> = (0..self.nodes.len())
+            .filter(|j| *j != i)
+            .map(|j| format!("{}:7946", node4(j)))
+            .collect();
+        let node = &self.nodes[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)
+            .unwrap();
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &node.ns, bin(), "run"])
+            .args([
+                "--node-id",
+                &node.id,
+                "--cluster",
+                "it",
+                "--dataplane",
+                "memory",
+            ])
+            .args(["--listen", &format!("{}:7946", node.addr4)])
+            .args(["--admin", "127.0.0.1:9100", "--insecure"])
+            .arg("--rules")
+            .arg(&self.rules)
+            .arg("--config")
+            .arg(&node.config)
+            .args(["--resync-interval-s", "1"])
+            .args(&self.extra_args)
+            .env("SHOAL_LOG", "info,quinn=warn,chitchat=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        if !seeds.is_empty() {
+            cmd.arg("--seeds").arg(seeds.join(","));
+        }
+        // `ip netns exec` execs the program: the child's pid is shoal's.
+        self.nodes[i].child = Some(cmd.spawn().expect("start shoal"));
+    }
+
+    pub fn pid(&self, i: usize) -> Option<i32> {
+        self.nodes[i].child.as_ref().map(|c| c.id() as i32)
+    }
+
+    pub fn signal(&self, i: usize, sig: nix::sys::signal::Signal) {
+        if let Some(pid) = self.pid(i) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+        }
+    }
+
+    pub fn kill9(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The router FIB's next hops for `vip` (empty when it has no route): the independent reader.
+    pub fn nexthops(&self, vip: &str) -> BTreeSet<String> {
+        let family = if vip.contains(':') { "-6" } else { "-4" };
+        let out = Command::new("ip")
+            .args(["-n", &self.router_ns, family, "-j", "route", "show", vip])
+            .output()
+            .unwrap();
+        let routes: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        let mut hops = BTreeSet::new();
+        for r in routes.as_array().into_iter().flatten() {
+            if let Some(g) = r["gateway"].as_str() {
+                hops.insert(g.to_string());
+            }
+            for h in r["nexthops"].as_array().into_iter().flatten() {
+                if let Some(g) = h["gateway"].as_str() {
+                    hops.insert(g.to_string());
+                }
+            }
+        }
+        hops
+    }
+
+    /// HTTP GET on node `i`'s admin API, from inside its namespace.
+    pub fn http(&self, i: usize, path: &str) -> Option<String> {
+        let script = format!(
+            "exec 3<>/dev/tcp/127.0.0.1/9100 && printf 'GET {path} HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n' >&3 && timeout 3 cat <&3"
+        );
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.nodes[i].ns, "bash", "-c", &script])
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        head.starts_with("HTTP/1.0 200")
+            .then(|| body.to_string())
+            .or_else(|| head.starts_with("HTTP/1.1 200").then(|| body.to_string()))
+    }
+
+    pub fn cluster(&self, i: usize) -> Option<Value> {
+        serde_json::from_str(&self.http(i, "/v1/cluster")?).ok()
+    }
+
+    /// Waits until `f` returns Some, panicking with the logs after `limit`.
+    pub fn wait_for<T>(&self, limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+        let start = Instant::now();
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            if start.elapsed() > limit {
+                self.dump_logs();
+                panic!("timed out after {limit:?} waiting for {what}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn dump_logs(&self) {
+        let Ok(entries) = std::fs::read_dir(self.dir.path()) else {
+            return;
+        };
+        for e in entries.flatten() {
+            if e.path().extension().is_some_and(|x| x == "log") {
+                let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(40)..];
+                eprintln!(
+                    "--- {} (last lines)\n{}",
+                    e.path().display(),
+                    tail.join("\n")
+                );
+            }
+        }
+        eprintln!(
+            "--- router FIB\n{}",
+            String::from_utf8_lossy(
+                &Command::new("ip")
+                    .args(["-n", &self.router_ns, "route"])
+                    .output()
+                    .map(|o| o.stdout)
+                    .unwrap_or_default()
+            )
+        );
+    }
+
+    pub fn write_rules(&self, text: &str) {
+        let tmp = self.rules.with_extension("tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &self.rules).unwrap();
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.signal(i, nix::sys::signal::Signal::SIGCONT);
+            self.kill9(i);
+        }
+        if let Some(mut c) = self.router_bird.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // Whatever is left inside (BIRDs, watchdogs, listeners): kill by pid, then delete.
+        let mut all: Vec<String> = self.nodes.iter().map(|n| n.ns.clone()).collect();
+        all.push(self.router_ns.clone());
+        all.extend(self.client_ns.clone());
+        for _ in 0..2 {
+            for ns in &all {
+                let pids = Command::new("ip")
+                    .args(["netns", "pids", ns])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+                    .unwrap_or_default();
+                for p in pids
+                    .split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok())
+                {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(p),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        for ns in &all {
+            sh_quiet(&["ip", "netns", "del", ns]);
+        }
+    }
+}
+
+/// Parses an IP for comparisons.
+pub fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
