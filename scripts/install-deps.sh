@@ -5,6 +5,9 @@ set -euo pipefail
 # nftables, iproute2: the chaos lab's network namespaces. python3-venv: manifest validation.
 KERNEL_PKG=linux-image-6.1.0-56-amd64
 PKGS=(qemu-system-x86 "$KERNEL_PKG" busybox-static ipvsadm kmod iproute2 nftables procps)
+# Announcements (docs/announce.md): BIRD 2 for BGP mode; iputils-arping sends L2 mode's
+# gratuitous ARP; ndisc6 and python3 are used by the announce tests (NDP queries, a backend).
+PKGS+=(bird2 iputils-arping ndisc6 util-linux python3)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

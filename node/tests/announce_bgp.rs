@@ -160,6 +160,29 @@ fn bgp_announces_with_ecmp_and_withdraws_on_every_kind_of_exit() {
     );
     let _ = t;
     wait_hop_count(&lab, VIP6, 2, Duration::from_secs(10));
+    // Its BIRD died with it (PR_SET_PDEATHSIG) and so did the watchdog (its stdin closed).
+    lab.wait_for(
+        Duration::from_secs(10),
+        "n1's BIRD and watchdog gone",
+        || (lab.procs(0, "bird").is_empty() && lab.procs(0, "shoal").is_empty()).then_some(()),
+    );
+    // A BIRD left over from an earlier run (same state dir) is killed when shoal starts.
+    let state = lab.path().join("bird-n1");
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &lab.nodes[0].ns,
+        "bird",
+        "-c",
+        &state.join("bird.conf").to_string_lossy(),
+        "-s",
+        &state.join("bird.ctl").to_string_lossy(),
+        "-P",
+        &state.join("bird.pid").to_string_lossy(),
+    ]);
+    let stale = lab.procs(0, "bird");
+    assert_eq!(stale.len(), 1, "the stray BIRD runs");
 
     // 4. Restart it while the table keeps changing: it never appears as a next hop before it
     //    says its applied version is the head. Each sample reads the FIB first, then the node:
@@ -185,7 +208,13 @@ fn bgp_announces_with_ecmp_and_withdraws_on_every_kind_of_exit() {
     let mut samples = 0;
     let mut not_ready_samples = 0;
     loop {
-        let in_fib = lab.nexthops(VIP4).contains(&node4(0));
+        let hops = lab.nexthops(VIP4);
+        // The replicas that follow the head keep their routes while the table changes.
+        assert!(
+            hops.contains(&node4(1)) && hops.contains(&node4(2)),
+            "a caught-up replica withdrew during table changes: {hops:?}"
+        );
+        let in_fib = hops.contains(&node4(0));
         let report = own_report(&lab, 0);
         samples += 1;
         let ready = report
@@ -215,6 +244,9 @@ fn bgp_announces_with_ecmp_and_withdraws_on_every_kind_of_exit() {
         start.elapsed()
     );
     assert!(not_ready_samples > 0, "the catch-up was never observed");
+    let birds = lab.procs(0, "bird");
+    assert_eq!(birds.len(), 1, "one BIRD in n1's namespace: {birds:?}");
+    assert!(!birds.contains(&stale[0]), "the stray BIRD was killed");
     wait_hops(&lab, VIP4, &all_nodes(), Duration::from_secs(30));
 
     // 5. SIGTERM: the next hop is withdrawn before the process exits, and the exit waits for
@@ -296,12 +328,9 @@ fn bad_bgp_config_is_refused_naming_the_field() {
     );
     let e = run_expecting_error(&base.replace("198.18.1.1", "224.0.0.1"));
     assert!(e.contains("bgp.peers[0].address"), "{e}");
-    let e = run_expecting_error(&format!(
-        "{}",
-        base.replace(
-            "local_asn = 64512",
-            "local_asn = 64512\nbird = \"no-such-bird\""
-        )
+    let e = run_expecting_error(&base.replace(
+        "local_asn = 64512",
+        "local_asn = 64512\nbird = \"no-such-bird\"",
     ));
     assert!(e.contains("no-such-bird") && e.contains("bird2"), "{e}");
 }

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::time::Duration;
 
 /// How VIPs are brought to the network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,8 +55,22 @@ pub struct NodeFacts {
     pub has_head: bool,
     /// The mesh says caught up (its role is not catching-up).
     pub mesh_caught_up: bool,
-    /// The version the dataplane applied equals the head's.
+    /// The version the dataplane applied is the head's, or see [`follows_head`].
     pub applied_is_head: bool,
+}
+
+/// Whether the dataplane follows the head well enough to attract traffic: it applied the head,
+/// or this node was ready before and has lagged behind a new head for less than `grace` (every
+/// replica applies a new table a few milliseconds after it spreads; withdrawing everywhere on
+/// each change would flap every route). A node that has not been ready since it started gets
+/// no grace: a restarted node announces nothing until it has applied the head.
+pub fn follows_head(
+    applied_is_head: bool,
+    ready_before: bool,
+    lagging_for: Duration,
+    grace: Duration,
+) -> bool {
+    applied_is_head || (ready_before && lagging_for < grace)
 }
 
 /// The most important reason first: draining, stalled, no table, not caught up, not applied.
@@ -128,7 +143,7 @@ pub fn vip_health(table: &RuleTable, verdicts: &Verdicts) -> BTreeMap<IpAddr, bo
 
 /// The rendezvous (highest random weight) owner of `vip` among `candidates`: the one whose
 /// `sha256(id + "#" + vip)` is lowest. Independent of the candidates' order.
-pub fn owner<'a>(vip: IpAddr, candidates: &'a [String]) -> Option<&'a str> {
+pub fn owner(vip: IpAddr, candidates: &[String]) -> Option<&str> {
     candidates
         .iter()
         .map(|c| {
@@ -246,6 +261,18 @@ mod tests {
         assert_eq!(readiness(facts(0b11111)), Readiness::Draining);
         assert_eq!(readiness(facts(0b01100)), Readiness::NotApplied);
         assert_eq!(readiness(facts(0b10100)), Readiness::NotCaughtUp);
+    }
+
+    #[test]
+    fn only_a_node_that_was_ready_gets_grace_behind_a_new_head() {
+        let g = Duration::from_secs(2);
+        assert!(follows_head(true, false, Duration::ZERO, g));
+        assert!(follows_head(false, true, Duration::from_millis(500), g));
+        assert!(!follows_head(false, true, Duration::from_secs(3), g));
+        assert!(
+            !follows_head(false, false, Duration::ZERO, g),
+            "restarted node"
+        );
     }
 
     #[test]

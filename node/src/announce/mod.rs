@@ -46,6 +46,8 @@ const STALL: Duration = Duration::from_millis(500);
 /// then put the node back to catching up, and the gate waits for it to catch up again.
 const STALL_HOLD: Duration = Duration::from_millis(1500);
 const BIRD_POLL: Duration = Duration::from_secs(1);
+/// How long a ready node may lag behind a new head before it withdraws ([`decide::follows_head`]).
+const APPLY_GRACE: Duration = Duration::from_secs(2);
 
 /// What one member announces and why not the rest (`/v1/cluster`, gossiped).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -305,6 +307,8 @@ impl Loop {
         let mut hold_until: Option<Instant> = None;
         let mut current: BTreeSet<IpAddr> = BTreeSet::new();
         let mut gossiped = String::new();
+        let mut ready_before = false;
+        let mut lagging_since: Option<Instant> = None;
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -325,17 +329,29 @@ impl Loop {
             let stalled = hold_until.is_some_and(|t| now < t);
             let head = self.mesh.current();
             let applied = self.reconcile.get().applied;
+            let applied_is_head = match (&head, &applied) {
+                (Some(h), Some(a)) => VersionRef::from(&h.version) == *a,
+                _ => false,
+            };
+            let lag_start = *lagging_since.get_or_insert(now);
+            if applied_is_head {
+                lagging_since = None;
+            }
             let facts = NodeFacts {
                 draining: *draining.borrow_and_update(),
                 stalled,
                 has_head: head.is_some(),
                 mesh_caught_up: self.mesh.role() != Role::CatchingUp,
-                applied_is_head: match (&head, &applied) {
-                    (Some(h), Some(a)) => VersionRef::from(&h.version) == *a,
-                    _ => false,
-                },
+                applied_is_head: decide::follows_head(
+                    applied_is_head,
+                    ready_before,
+                    now.duration_since(lag_start),
+                    APPLY_GRACE,
+                ),
             };
             let readiness = decide::readiness(facts);
+            // Grace is only for a node that stays ready: any other reason resets it.
+            ready_before = readiness == Readiness::Ready;
             let vips = match &head {
                 Some(h) => decide::vip_health(&h.doc, &verdicts.borrow_and_update()),
                 None => BTreeMap::new(),

@@ -355,6 +355,21 @@ impl Lab {
         }
     }
 
+    /// Pids of processes named `comm` in node `i`'s namespace.
+    pub fn procs(&self, i: usize, comm: &str) -> Vec<i32> {
+        let pids = Command::new("ip")
+            .args(["netns", "pids", &self.nodes[i].ns])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+            .unwrap_or_default();
+        pids.split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+            .filter(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == comm)
+            })
+            .collect()
+    }
+
     /// The router FIB's next hops for `vip` (empty when it has no route): the independent reader.
     pub fn nexthops(&self, vip: &str) -> BTreeSet<String> {
         let family = if vip.contains(':') { "-6" } else { "-4" };
