@@ -4,7 +4,7 @@
 use crate::error::DataplaneError;
 use crate::netlink::{encode, NlConn};
 use neli::consts::nl::NlmF;
-use neli::consts::rtnl::{Arphrd, Ifa, Iff, Ifla, IflaInfo, RtAddrFamily, RtScope, Rtm};
+use neli::consts::rtnl::{Arphrd, Ifa, IfaF, Iff, Ifla, IflaInfo, RtAddrFamily, RtScope, Rtm};
 use neli::consts::socket::NlFamily;
 use neli::rtnl::{Ifaddrmsg, IfaddrmsgBuilder, Ifinfomsg, IfinfomsgBuilder, RtattrBuilder};
 use neli::types::{Buffer, RtBuffer};
@@ -240,6 +240,9 @@ impl Rtnl {
         let msg = IfaddrmsgBuilder::default()
             .ifa_family(family)
             .ifa_prefixlen(plen)
+            // A VIP never runs duplicate address detection: it is on several nodes by design,
+            // and a tentative address would not answer neighbour solicitations for ~1 s.
+            .ifa_flags(IfaF::NODAD)
             .ifa_scope(RtScope::Universe)
             .ifa_index(index as u32)
             .rtattrs(attrs)

@@ -108,7 +108,7 @@ fn gratuitous_arp(interface: &str, vip: IpAddr) -> std::io::Result<()> {
 }
 
 /// An unsolicited neighbour advertisement (RFC 4861 7.2.6) for `vip` to all nodes, with the
-/// override flag and the interface's MAC, from the VIP itself.
+/// override flag and the interface's MAC (the kernel picks the link-local source address).
 fn unsolicited_na(interface: &str, index: u32, vip: Ipv6Addr) -> std::io::Result<()> {
     use socket2::{Domain, Protocol, Socket, Type};
     let mac = read_mac(interface)?;
@@ -116,7 +116,6 @@ fn unsolicited_na(interface: &str, index: u32, vip: Ipv6Addr) -> std::io::Result
     sock.set_multicast_hops_v6(255)?;
     sock.set_unicast_hops_v6(255)?;
     sock.set_multicast_if_v6(index)?;
-    sock.bind(&SocketAddr::V6(SocketAddrV6::new(vip, 0, 0, 0)).into())?;
     let mut msg = vec![136u8, 0, 0, 0, 0x20, 0, 0, 0];
     msg.extend_from_slice(&vip.octets());
     msg.extend_from_slice(&[2, 1]);
