@@ -13,6 +13,9 @@ pub const APPLIED: &str = "applied";
 pub const READY: &str = "ready";
 /// Present while the node leaves gracefully: peers treat it as gone at once.
 pub const LEAVING: &str = "leaving";
+/// Present (value: the reason) while the node cannot do the publisher's work, e.g. its
+/// source cannot reach the API server: the election passes it over (`Mesh::stand_down`).
+pub const STAND_DOWN: &str = "stand-down";
 /// Prefix of static metadata keys (from `MeshConfig::metadata`).
 pub const META_PREFIX: &str = "meta:";
 /// Prefix of application keys (`Mesh::set_app_key`).

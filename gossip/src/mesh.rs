@@ -377,6 +377,15 @@ impl<D: Document> Mesh<D> {
         ));
     }
 
+    /// `Some(reason)`: this node passes on the publisher role (the election treats it as not
+    /// caught up) and says why in every view; `None`: it may be elected again.
+    pub fn stand_down(&self, reason: Option<&str>) {
+        self.inner.send(match reason {
+            Some(r) => KvOp::Set(keys::STAND_DOWN.into(), r.to_string()),
+            None => KvOp::Delete(keys::STAND_DOWN.into()),
+        });
+    }
+
     pub fn delete_app_key(&self, key: &str) {
         lock(&self.inner.state).app_keys.remove(key);
         self.inner
@@ -502,6 +511,7 @@ impl<D: Document> Inner<D> {
                 metadata: BTreeMap::new(),
                 app: BTreeMap::new(),
                 last_seen_ms: None,
+                stand_down: None,
             }),
         }
         decide_at(&members, 0, 0).head

@@ -37,6 +37,9 @@ pub struct MemberView {
     pub metadata: BTreeMap<String, String>,
     /// Milliseconds since its heartbeat last advanced (`Some(0)` for the viewing node itself).
     pub last_seen_ms: Option<u64>,
+    /// Why the member stands down from the publisher role, if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stand_down: Option<String>,
 }
 
 /// Raw facts about one chitchat node, as read from chitchat's state.
@@ -65,6 +68,8 @@ pub(crate) struct Member {
     pub metadata: BTreeMap<String, String>,
     pub app: BTreeMap<String, String>,
     pub last_seen_ms: Option<u64>,
+    /// The member passes on the publisher role, with its reason ([`keys::STAND_DOWN`]).
+    pub stand_down: Option<String>,
 }
 
 /// Parses raw records. A node id seen with several generations keeps only the newest, so a
@@ -100,6 +105,7 @@ pub(crate) fn parse_members(raw: Vec<RawMember>) -> Vec<Member> {
                     .and_then(|v| Version::parse(v).ok()),
                 metadata: strip(keys::META_PREFIX),
                 app: strip(keys::APP_PREFIX),
+                stand_down: r.keys.get(keys::STAND_DOWN).cloned(),
                 id: r.id,
                 generation: r.generation,
                 listen: r.listen,
@@ -138,7 +144,8 @@ pub(crate) fn decide_at(members: &[Member], now_unix_ms: u64, patience_ms: u64) 
         .map(|m| Candidate {
             id: m.id.clone(),
             alive: m.alive,
-            caught_up: m.ready,
+            // A member that stands down is passed over like one still catching up.
+            caught_up: m.ready && m.stand_down.is_none(),
         })
         .collect();
     let starting: Vec<NodeId> = members
@@ -175,6 +182,7 @@ pub(crate) fn build_view(
             listen: m.listen,
             metadata: m.metadata.clone(),
             last_seen_ms: m.last_seen_ms,
+            stand_down: m.stand_down.clone(),
         })
         .collect();
     members.sort_by(|a, b| a.id.cmp(&b.id));
@@ -236,6 +244,20 @@ mod tests {
         let view = build_view(&NodeId::new("c"), &members, &d);
         assert_eq!(view.members[2].role, Role::Publisher);
         assert_eq!(view.members[0].role, Role::CatchingUp);
+    }
+
+    #[test]
+    fn a_member_that_stands_down_is_passed_over_and_says_why() {
+        let members = parse_members(vec![
+            raw("a", 1, true, &[("ready", "1"), ("stand-down", "API refuses")]),
+            raw("b", 1, true, &[("ready", "1")]),
+        ]);
+        let d = decide(&members);
+        assert_eq!(d.publisher, Some(NodeId::new("b")));
+        let view = build_view(&NodeId::new("a"), &members, &d);
+        assert_eq!(view.members[0].stand_down.as_deref(), Some("API refuses"));
+        assert_eq!(view.members[0].role, Role::Follower);
+        assert_eq!(view.members[1].stand_down, None);
     }
 
     /// One gossiped record per member with a per-member counter, as scuttlebutt has: a node's

@@ -128,9 +128,13 @@ pub struct RunArgs {
     /// loadBalancerClass of the Services this cluster serves (kubernetes source).
     #[arg(long)]
     pub lb_class: Option<String>,
-    /// Comma-separated CIDRs to allocate VIPs from (kubernetes source).
+    /// Comma-separated CIDRs of the VIPs of an install limited to one namespace (kubernetes
+    /// source with --namespace); a cluster-wide install reads ShoalPool objects instead.
     #[arg(long, value_delimiter = ',')]
     pub vip_pools: Option<Vec<String>>,
+    /// Watch only this namespace, with a namespaced Role (kubernetes source).
+    #[arg(long)]
+    pub namespace: Option<String>,
     /// Kubeconfig file (default: in-cluster config, then $KUBECONFIG).
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,

@@ -52,6 +52,7 @@ struct FileSettings {
     health_checkers: Option<usize>,
     lb_class: Option<String>,
     vip_pools: Option<Vec<String>>,
+    namespace: Option<String>,
     kubeconfig: Option<PathBuf>,
     vip_interface: Option<String>,
     announce: Option<AnnounceKind>,
@@ -71,8 +72,23 @@ pub enum Source {
 #[derive(Debug, Clone)]
 pub struct KubernetesSettings {
     pub lb_class: String,
+    /// Only with `namespace` (cluster-wide installs read ShoalPool objects).
     pub vip_pools: Vec<String>,
+    /// Watch only this namespace (an install with a namespaced Role).
+    pub namespace: Option<String>,
     pub kubeconfig: Option<PathBuf>,
+}
+
+impl KubernetesSettings {
+    pub fn to_source_config(&self) -> crate::source::kubernetes::KubernetesConfig {
+        crate::source::kubernetes::KubernetesConfig {
+            load_balancer_class: self.lb_class.clone(),
+            namespace: self.namespace.clone(),
+            vip_pools: self.vip_pools.clone(),
+            kubeconfig: self.kubeconfig.clone(),
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -166,8 +182,22 @@ impl NodeConfig {
                     .clone()
                     .or(file.vip_pools)
                     .unwrap_or_default(),
+                namespace: args.namespace.clone().or(file.namespace),
                 kubeconfig: args.kubeconfig.clone().or(file.kubeconfig),
             }),
+        };
+        if let Source::Kubernetes(k) = &source {
+            k.to_source_config()
+                .check()
+                .map_err(|message| ConfigError::Invalid {
+                    field: "kubernetes source",
+                    message,
+                })?;
+        }
+        // Kubernetes gives a terminating pod 30 s by default: keep its connections that long.
+        let default_drain_s = match &source {
+            Source::Kubernetes(_) => 30,
+            Source::Static { .. } => 0,
         };
         let health_checkers = args.health_checkers.or(file.health_checkers).unwrap_or(2);
         if health_checkers == 0 {
@@ -200,7 +230,7 @@ impl NodeConfig {
                 .unwrap_or(DataplaneKind::Memory),
             cleanup_on_exit: args.cleanup_on_exit || file.cleanup_on_exit.unwrap_or(false),
             resync_interval: Duration::from_secs(resync_interval_s),
-            drain: Duration::from_secs(args.drain_s.or(file.drain_s).unwrap_or(0)),
+            drain: Duration::from_secs(args.drain_s.or(file.drain_s).unwrap_or(default_drain_s)),
             health_checkers,
             vip_interface: args
                 .vip_interface

@@ -11,7 +11,7 @@ use crate::config::{NodeConfig, Source};
 use crate::health::{self, HealthConfig};
 use crate::metrics::NodeMetrics;
 use crate::reconcile::{self, LoopSettings, ReconcileStatus, SharedProgrammer};
-use crate::source::{self, SourceStatus};
+use crate::source::{self, SourceExit, SourceStatus};
 use crate::table::RuleTable;
 use anyhow::Context;
 use prometheus_client::registry::Registry;
@@ -99,11 +99,12 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     .context("starting announcements")?;
 
     let source_status = SourceStatus::default();
+    let source_metrics = source::kubernetes::KubernetesMetrics::register(&mut registry);
     let publisher_task = tokio::spawn(publisher_duty(
         mesh.clone(),
         config.source.clone(),
         source_status.clone(),
-        metrics.clone(),
+        (metrics.clone(), source_metrics),
         cancel.child_token(),
     ));
 
@@ -209,10 +210,12 @@ async fn publisher_duty(
     mesh: Mesh<RuleTable>,
     source_config: Source,
     status: SourceStatus,
-    metrics: NodeMetrics,
+    (metrics, source_metrics): (NodeMetrics, source::kubernetes::KubernetesMetrics),
     cancel: CancellationToken,
 ) {
     let mut roles = mesh.role_watch();
+    let mut failures = 0u32;
+    let mut give_ups = 0u32;
     loop {
         // Wait for the role.
         loop {
@@ -228,7 +231,13 @@ async fn publisher_duty(
         metrics.takeovers.inc();
         let duty = cancel.child_token();
         let (tx, mut tables) = watch::channel(None);
-        let task = source::spawn(&source_config, tx, status.clone(), duty.clone());
+        let task = source::spawn(
+            &source_config,
+            tx,
+            status.clone(),
+            source_metrics.clone(),
+            duty.clone(),
+        );
         let mut pending: Option<RuleTable> = None;
         let mut retry = tokio::time::interval(PUBLISH_RETRY);
         let mut heads = mesh.subscribe();
@@ -277,10 +286,36 @@ async fn publisher_duty(
             }
         }
         duty.cancel();
-        let _ = task.await;
+        let exit = task.await.unwrap_or(SourceExit::Stopped);
         if cancel.is_cancelled() {
             return;
         }
+        // A failing source restarts after a backoff; one that cannot reach its API server
+        // passes the role on for a while (longer each time in a row) so the next node tries.
+        let pause = match exit {
+            SourceExit::Stopped => {
+                (failures, give_ups) = (0, 0);
+                continue;
+            }
+            SourceExit::Failed(_) => {
+                failures += 1;
+                source_metrics.source_restarts.inc();
+                source::kubernetes::api_health::restart_backoff(failures)
+            }
+            SourceExit::GaveUp(reason) => {
+                give_ups += 1;
+                source_metrics.stand_downs.inc();
+                let hold = source::kubernetes::api_health::hold_after_give_up(give_ups);
+                tracing::warn!(%reason, hold_s = hold.as_secs(), "standing down from the publisher role");
+                mesh.stand_down(Some(&reason));
+                hold
+            }
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+        mesh.stand_down(None);
     }
 }
 

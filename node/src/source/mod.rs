@@ -49,27 +49,48 @@ impl SourceStatus {
     }
 }
 
+/// How a source task ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceExit {
+    /// Cancelled (the role moved or the node stops).
+    Stopped,
+    /// Stopped with an error; the daemon restarts it after a backoff.
+    Failed(String),
+    /// This node cannot do the publisher's work (e.g. the API server refuses it): the daemon
+    /// gives up the role so the next node can try.
+    GaveUp(String),
+}
+
 /// Starts the configured source; it stops when `cancel` fires.
 pub fn spawn(
     source: &Source,
     out: watch::Sender<Option<RuleTable>>,
     status: SourceStatus,
+    metrics: kubernetes::KubernetesMetrics,
     cancel: CancellationToken,
-) -> tokio::task::JoinHandle<()> {
+) -> tokio::task::JoinHandle<SourceExit> {
     match source.clone() {
-        Source::Static { rules } => tokio::spawn(static_file::run(rules, out, status, cancel)),
+        Source::Static { rules } => tokio::spawn(async move {
+            static_file::run(rules, out, status, cancel).await;
+            SourceExit::Stopped
+        }),
         Source::Kubernetes(settings) => tokio::spawn(async move {
-            let cfg = kubernetes::KubernetesConfig {
-                load_balancer_class: settings.lb_class,
-                vip_pools: settings.vip_pools,
-                kubeconfig: settings.kubeconfig,
-            };
+            let cfg = settings.to_source_config();
             status.set_running(true);
-            if let Err(e) = kubernetes::run(cfg, out, cancel).await {
-                tracing::error!(error = %format!("{e:#}"), "kubernetes source stopped");
-                status.record_error(format!("{e:#}"));
-            }
+            let exit = match kubernetes::run(cfg, out, cancel, metrics).await {
+                Ok(()) => SourceExit::Stopped,
+                Err(e) => {
+                    let message = format!("{e:#}");
+                    tracing::error!(error = %message, "kubernetes source stopped");
+                    status.record_error(message.clone());
+                    match e {
+                        kubernetes::SourceError::GaveUp(reason) => SourceExit::GaveUp(reason),
+                        kubernetes::SourceError::Other(_) => SourceExit::Failed(message),
+                    }
+                }
+            };
             status.set_running(false);
+            exit
         }),
     }
 }

@@ -1,14 +1,25 @@
-//! A fake Kubernetes API server for tests: list + watch of Services and EndpointSlices,
-//! Service status PUT, Event POST, and a request log per listener.
+//! A fake Kubernetes API server for tests: list + watch of Services, EndpointSlices and
+//! ShoalPools (cluster-wide or in one namespace), Service status PUT, ShoalPool status PATCH,
+//! Event POST, and a request log per listener.
 //!
 //! One shared object store, any number of listeners on 127.0.0.1 ("nodes"), so a test can
 //! give each Shoal node its own port and count who talked to the API server.
+//!
+//! Real API server semantics it keeps (each has a test in kubernetes_api_semantics.rs):
+//! - a watch from a resourceVersion older than the compacted history gets a `410 Gone`
+//!   ERROR event ([`FakeApi::compact`]), and the client must relist;
+//! - `allowWatchBookmarks=true` watches get BOOKMARK events carrying the newest
+//!   resourceVersion ([`FakeApi::bookmark`]);
+//! - lists honour `limit` and `continue` (and a server-side page cap, [`FakeApi::max_page`]);
+//! - per listener: a required bearer token (401 otherwise), a switch that answers 403 to
+//!   everything, and a namespace restriction that answers 403 to anything outside it, as a
+//!   namespaced Role does.
 
 #![allow(dead_code)]
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{Method, StatusCode, Uri};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use serde_json::{json, Value};
@@ -23,6 +34,7 @@ use tokio::sync::broadcast;
 pub enum Kind {
     Service,
     EndpointSlice,
+    ShoalPool,
 }
 
 impl Kind {
@@ -30,12 +42,14 @@ impl Kind {
         match self {
             Kind::Service => "v1",
             Kind::EndpointSlice => "discovery.k8s.io/v1",
+            Kind::ShoalPool => "shoal.io/v1alpha1",
         }
     }
     fn list_kind(self) -> &'static str {
         match self {
             Kind::Service => "ServiceList",
             Kind::EndpointSlice => "EndpointSliceList",
+            Kind::ShoalPool => "ShoalPoolList",
         }
     }
 }
@@ -45,24 +59,46 @@ pub struct RequestLog {
     pub node: String,
     pub method: String,
     pub path: String,
+    pub status: u16,
 }
 
 #[derive(Clone, Debug)]
-struct Change {
-    rv: u64,
-    kind: Kind,
-    type_: &'static str,
-    object: Value,
+enum Change {
+    Object {
+        rv: u64,
+        kind: Kind,
+        type_: &'static str,
+        object: Value,
+    },
+    /// Every open watch sends a BOOKMARK with this resourceVersion.
+    Bookmark { rv: u64 },
+    /// Every open watch ends (as when the API server restarts).
+    CloseAll,
 }
 
 #[derive(Default)]
 struct Store {
     rv: u64,
     objects: BTreeMap<(Kind, String, String), Value>,
-    history: Vec<Change>,
+    /// Object changes with their resourceVersion, oldest first; older ones are compacted away.
+    history: Vec<(u64, Kind, &'static str, Value)>,
+    /// Watches from a resourceVersion below this get 410 Gone.
+    compacted_rv: u64,
     requests: Vec<RequestLog>,
     events: Vec<Value>,
     status_writes: Vec<Value>,
+    pool_status_writes: Vec<Value>,
+}
+
+/// Access rules of one listener.
+#[derive(Clone, Debug, Default)]
+pub struct Access {
+    /// Requests without `Authorization: Bearer <token>` get 401.
+    pub token: Option<String>,
+    /// Everything gets 403.
+    pub forbidden: bool,
+    /// Only requests under `/namespaces/<ns>/` are allowed (403 otherwise), as with a Role.
+    pub namespace: Option<String>,
 }
 
 #[derive(Clone)]
@@ -71,6 +107,8 @@ pub struct FakeApi {
     changes: broadcast::Sender<Change>,
     open_watches: Arc<Mutex<BTreeMap<String, Arc<AtomicUsize>>>>,
     list_delays: Arc<Mutex<BTreeMap<Kind, Duration>>>,
+    access: Arc<Mutex<BTreeMap<String, Access>>>,
+    max_page: Arc<Mutex<Option<usize>>>,
 }
 
 #[derive(Clone)]
@@ -87,17 +125,25 @@ impl Default for FakeApi {
 
 impl FakeApi {
     pub fn new() -> Self {
-        let (changes, _) = broadcast::channel(4096);
+        let (changes, _) = broadcast::channel(1 << 16);
         FakeApi {
             store: Arc::new(Mutex::new(Store::default())),
             changes,
             open_watches: Arc::default(),
             list_delays: Arc::default(),
+            access: Arc::default(),
+            max_page: Arc::default(),
         }
     }
 
     /// Starts a listener on 127.0.0.1 whose requests are logged under `node`.
     pub async fn listen(&self, node: &str) -> SocketAddr {
+        self.listen_with(node, Access::default()).await
+    }
+
+    /// A listener with access rules.
+    pub async fn listen_with(&self, node: &str, access: Access) -> SocketAddr {
+        self.access.lock().unwrap().insert(node.to_string(), access);
         let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = socket.local_addr().unwrap();
         let app = Router::new().fallback(handle).with_state(Listener {
@@ -110,9 +156,43 @@ impl FakeApi {
         addr
     }
 
+    /// Turns the 403-everything switch of `node`'s listener on or off.
+    pub fn set_forbidden(&self, node: &str, forbidden: bool) {
+        self.access
+            .lock()
+            .unwrap()
+            .entry(node.to_string())
+            .or_default()
+            .forbidden = forbidden;
+    }
+
     /// Makes every list of `kind` answer only after `delay` (a slow API server).
     pub fn delay_lists(&self, kind: Kind, delay: Duration) {
         self.list_delays.lock().unwrap().insert(kind, delay);
+    }
+
+    /// Lists return at most `n` items per page, with a continue token, whatever `limit` asks.
+    pub fn max_page(&self, n: usize) {
+        *self.max_page.lock().unwrap() = Some(n);
+    }
+
+    /// Forgets the history up to now: a watch from an older resourceVersion gets 410 Gone.
+    pub fn compact(&self) {
+        let mut s = self.lock();
+        s.compacted_rv = s.rv;
+        s.history.clear();
+    }
+
+    /// Sends a BOOKMARK with the newest resourceVersion to every watch that allows them.
+    pub fn bookmark(&self) -> u64 {
+        let rv = self.lock().rv;
+        let _ = self.changes.send(Change::Bookmark { rv });
+        rv
+    }
+
+    /// Ends every open watch (the clients re-watch from their last resourceVersion).
+    pub fn close_watches(&self) {
+        let _ = self.changes.send(Change::CloseAll);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Store> {
@@ -132,15 +212,7 @@ impl FakeApi {
             "ADDED"
         };
         s.objects.insert(key, object.clone());
-        self.record(
-            &mut s,
-            Change {
-                rv,
-                kind,
-                type_,
-                object,
-            },
-        );
+        self.record(&mut s, rv, kind, type_, object);
     }
 
     pub fn delete(&self, kind: Kind, namespace: &str, name: &str) {
@@ -154,20 +226,17 @@ impl FakeApi {
         s.rv += 1;
         let rv = s.rv;
         object["metadata"]["resourceVersion"] = json!(rv.to_string());
-        self.record(
-            &mut s,
-            Change {
-                rv,
-                kind,
-                type_: "DELETED",
-                object,
-            },
-        );
+        self.record(&mut s, rv, kind, "DELETED", object);
     }
 
-    fn record(&self, s: &mut Store, change: Change) {
-        s.history.push(change.clone());
-        let _ = self.changes.send(change);
+    fn record(&self, s: &mut Store, rv: u64, kind: Kind, type_: &'static str, object: Value) {
+        s.history.push((rv, kind, type_, object.clone()));
+        let _ = self.changes.send(Change::Object {
+            rv,
+            kind,
+            type_,
+            object,
+        });
     }
 
     pub fn get(&self, kind: Kind, namespace: &str, name: &str) -> Option<Value> {
@@ -196,6 +265,10 @@ impl FakeApi {
 
     pub fn status_writes(&self) -> Vec<Value> {
         self.lock().status_writes.clone()
+    }
+
+    pub fn pool_status_writes(&self) -> Vec<Value> {
+        self.lock().pool_status_writes.clone()
     }
 
     /// Watches currently streaming to `node`.
@@ -238,7 +311,45 @@ fn status(code: StatusCode, reason: &str, message: &str) -> Response {
         .into_response()
 }
 
-async fn handle(State(l): State<Listener>, method: Method, uri: Uri, body: Bytes) -> Response {
+/// The kind and namespace (if namespaced path) of a list/watch path.
+fn collection(segs: &[&str]) -> Option<(Kind, Option<String>)> {
+    match segs {
+        ["api", "v1", "services"] => Some((Kind::Service, None)),
+        ["api", "v1", "namespaces", ns, "services"] => Some((Kind::Service, Some(ns.to_string()))),
+        ["apis", "discovery.k8s.io", "v1", "endpointslices"] => Some((Kind::EndpointSlice, None)),
+        ["apis", "discovery.k8s.io", "v1", "namespaces", ns, "endpointslices"] => {
+            Some((Kind::EndpointSlice, Some(ns.to_string())))
+        }
+        ["apis", "shoal.io", "v1alpha1", "shoalpools"] => Some((Kind::ShoalPool, None)),
+        _ => None,
+    }
+}
+
+/// The namespace a path is under, if any.
+fn path_namespace<'a>(segs: &[&'a str]) -> Option<&'a str> {
+    segs.iter()
+        .position(|s| *s == "namespaces")
+        .and_then(|i| segs.get(i + 1).copied())
+}
+
+async fn handle(
+    State(l): State<Listener>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let response = route(&l, &method, &uri, &headers, body).await;
+    l.api.lock().requests.push(RequestLog {
+        node: l.node.clone(),
+        method: method.to_string(),
+        path: uri.to_string(),
+        status: response.status().as_u16(),
+    });
+    response
+}
+
+async fn route(l: &Listener, method: &Method, uri: &Uri, headers: &HeaderMap, body: Bytes) -> Response {
     let path = uri.path().to_string();
     let query: BTreeMap<String, String> = uri
         .query()
@@ -247,39 +358,66 @@ async fn handle(State(l): State<Listener>, method: Method, uri: Uri, body: Bytes
         .filter_map(|kv| kv.split_once('='))
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    l.api.lock().requests.push(RequestLog {
-        node: l.node.clone(),
-        method: method.to_string(),
-        path: uri.to_string(),
-    });
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let kind = match (method.clone(), segs.as_slice()) {
-        (Method::GET, ["api", "v1", "services"]) => Some(Kind::Service),
-        (Method::GET, ["apis", "discovery.k8s.io", "v1", "endpointslices"]) => {
-            Some(Kind::EndpointSlice)
+
+    let access = l
+        .api
+        .access
+        .lock()
+        .unwrap()
+        .get(&l.node)
+        .cloned()
+        .unwrap_or_default();
+    if let Some(token) = &access.token {
+        let sent = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if sent != Some(token.as_str()) {
+            return status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized");
         }
-        _ => None,
-    };
-    if let Some(kind) = kind {
+    }
+    if access.forbidden {
+        return status(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "forbidden: the fake API server refuses this listener",
+        );
+    }
+    if let Some(allowed) = &access.namespace {
+        if path_namespace(&segs) != Some(allowed.as_str()) {
+            return status(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                &format!("forbidden: {path} is outside namespace {allowed} (namespaced Role)"),
+            );
+        }
+    }
+
+    if let (&Method::GET, Some((kind, ns))) = (method, collection(&segs)) {
         return if query.get("watch").map(String::as_str) == Some("true") {
             let from: u64 = query
                 .get("resourceVersion")
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0);
-            watch(&l, kind, from)
+            let bookmarks = query.get("allowWatchBookmarks").map(String::as_str) == Some("true");
+            watch(l, kind, ns, from, bookmarks)
         } else {
             let delay = l.api.list_delays.lock().unwrap().get(&kind).copied();
             if let Some(delay) = delay {
                 tokio::time::sleep(delay).await;
             }
-            list(&l.api, kind)
+            list(&l.api, kind, ns.as_deref(), &query)
         };
     }
     match (method, segs.as_slice()) {
-        (Method::PUT, ["api", "v1", "namespaces", ns, "services", name, "status"]) => {
+        (&Method::PUT, ["api", "v1", "namespaces", ns, "services", name, "status"]) => {
             put_status(&l.api, ns, name, &body)
         }
-        (Method::POST, ["apis", "events.k8s.io", "v1", "namespaces", _ns, "events"]) => {
+        (&Method::PATCH, ["apis", "shoal.io", "v1alpha1", "shoalpools", name, "status"]) => {
+            patch_pool_status(&l.api, name, &body)
+        }
+        (&Method::POST, ["apis", "events.k8s.io", "v1", "namespaces", _ns, "events"]) => {
             let Ok(ev) = serde_json::from_slice::<Value>(&body) else {
                 return status(StatusCode::BAD_REQUEST, "BadRequest", "bad event body");
             };
@@ -294,18 +432,47 @@ async fn handle(State(l): State<Listener>, method: Method, uri: Uri, body: Bytes
     }
 }
 
-fn list(api: &FakeApi, kind: Kind) -> Response {
+fn list(api: &FakeApi, kind: Kind, ns: Option<&str>, query: &BTreeMap<String, String>) -> Response {
     let s = api.lock();
-    let items: Vec<Value> = s
+    let all: Vec<&Value> = s
         .objects
         .iter()
-        .filter(|((k, ..), _)| *k == kind)
-        .map(|(_, v)| v.clone())
+        .filter(|((k, n, _), _)| *k == kind && ns.is_none_or(|ns| ns == n))
+        .map(|(_, v)| v)
         .collect();
+    // continue = "<rv>:<offset>": later pages show the list as of the first page's version
+    // in the real server; here objects may have moved, which is allowed for a fake.
+    let (list_rv, offset) = match query.get("continue").and_then(|c| c.split_once(':')) {
+        Some((rv, off)) => match (rv.parse::<u64>(), off.parse::<usize>()) {
+            (Ok(rv), Ok(off)) => (rv, off),
+            _ => return status(StatusCode::BAD_REQUEST, "BadRequest", "bad continue token"),
+        },
+        None => (s.rv, 0),
+    };
+    let mut page = query
+        .get("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .filter(|l| *l > 0)
+        .unwrap_or(usize::MAX);
+    if let Some(cap) = *api.max_page.lock().unwrap() {
+        page = page.min(cap);
+    }
+    let end = offset.saturating_add(page).min(all.len());
+    let items: Vec<Value> = all
+        .get(offset.min(all.len())..end)
+        .unwrap_or(&[])
+        .iter()
+        .map(|v| (*v).clone())
+        .collect();
+    let mut metadata = json!({"resourceVersion": list_rv.to_string()});
+    if end < all.len() {
+        metadata["continue"] = json!(format!("{list_rv}:{end}"));
+        metadata["remainingItemCount"] = json!(all.len() - end);
+    }
     axum::Json(json!({
         "apiVersion": kind.api_version(),
         "kind": kind.list_kind(),
-        "metadata": {"resourceVersion": s.rv.to_string()},
+        "metadata": metadata,
         "items": items,
     }))
     .into_response()
@@ -319,46 +486,86 @@ impl Drop for WatchGuard {
     }
 }
 
-fn watch(l: &Listener, kind: Kind, from: u64) -> Response {
+fn line(v: Value) -> Result<Bytes, std::convert::Infallible> {
+    let mut s = serde_json::to_vec(&v).unwrap();
+    s.push(b'\n');
+    Ok(Bytes::from(s))
+}
+
+fn watch(l: &Listener, kind: Kind, ns: Option<String>, from: u64, bookmarks: bool) -> Response {
+    use futures::StreamExt;
+    let in_scope = move |k: Kind, o: &Value| {
+        k == kind && ns.as_deref().is_none_or(|ns| o["metadata"]["namespace"] == ns)
+    };
     // Subscribe before reading history so nothing falls between the two.
     let rx = l.api.changes.subscribe();
-    let backlog: Vec<Change> = l
-        .api
-        .lock()
-        .history
-        .iter()
-        .filter(|c| c.rv > from && c.kind == kind)
-        .cloned()
-        .collect();
-    let last = backlog.last().map(|c| c.rv).unwrap_or(from);
+    let (backlog, compacted) = {
+        let s = l.api.lock();
+        let backlog: Vec<(u64, Value)> = s
+            .history
+            .iter()
+            .filter(|(rv, k, _, o)| *rv > from && in_scope(*k, o))
+            .map(|(rv, _, t, o)| (*rv, json!({"type": t, "object": o})))
+            .collect();
+        (backlog, from < s.compacted_rv)
+    };
+    if compacted {
+        // What a real API server does: 200, then one ERROR event with a 410 Status.
+        let gone = json!({"type": "ERROR", "object": {
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "reason": "Expired", "code": 410,
+            "message": format!("too old resource version: {from}"),
+        }});
+        return Response::builder()
+            .header("content-type", "application/json")
+            .body(Body::from_stream(futures::stream::iter([line(gone)])))
+            .unwrap();
+    }
+    let last = backlog.last().map(|(rv, _)| *rv).unwrap_or(from);
     let counter = l.api.watch_counter(&l.node);
     counter.fetch_add(1, Ordering::SeqCst);
     let guard = WatchGuard(counter);
-    let line = |c: &Change| {
-        let mut s = serde_json::to_vec(&json!({"type": c.type_, "object": c.object})).unwrap();
-        s.push(b'\n');
-        Ok::<_, std::convert::Infallible>(Bytes::from(s))
-    };
-    let first = futures::stream::iter(backlog.iter().map(line).collect::<Vec<_>>());
-    let live = futures::stream::unfold((rx, guard), move |(mut rx, guard)| async move {
-        loop {
-            match tokio::time::timeout(Duration::from_secs(600), rx.recv()).await {
-                Ok(Ok(c)) if c.kind == kind && c.rv > last => {
-                    let mut s =
-                        serde_json::to_vec(&json!({"type": c.type_, "object": c.object})).unwrap();
-                    s.push(b'\n');
-                    return Some((Ok(Bytes::from(s)), (rx, guard)));
+    let first = futures::stream::iter(backlog.into_iter().map(|(_, v)| line(v)).collect::<Vec<_>>());
+    let live = futures::stream::unfold((rx, guard), move |(mut rx, guard)| {
+        let in_scope = in_scope.clone();
+        async move {
+            loop {
+                match tokio::time::timeout(Duration::from_secs(600), rx.recv()).await {
+                    Ok(Ok(Change::Object {
+                        rv,
+                        kind: k,
+                        type_,
+                        object,
+                    })) if rv > last && in_scope(k, &object) => {
+                        return Some((line(json!({"type": type_, "object": object})), (rx, guard)));
+                    }
+                    Ok(Ok(Change::Bookmark { rv })) if bookmarks => {
+                        let b = json!({"type": "BOOKMARK", "object": {
+                            "kind": kind_name(kind), "apiVersion": kind.api_version(),
+                            "metadata": {"resourceVersion": rv.to_string()},
+                        }});
+                        return Some((line(b), (rx, guard)));
+                    }
+                    Ok(Ok(Change::CloseAll)) => return None,
+                    Ok(Ok(_)) => continue,
+                    // Lagged: a real server would have closed too.
+                    _ => return None,
                 }
-                Ok(Ok(_)) => continue,
-                _ => return None,
             }
         }
     });
-    use futures::StreamExt;
     Response::builder()
         .header("content-type", "application/json")
         .body(Body::from_stream(first.chain(live)))
         .unwrap()
+}
+
+fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Service => "Service",
+        Kind::EndpointSlice => "EndpointSlice",
+        Kind::ShoalPool => "ShoalPool",
+    }
 }
 
 fn put_status(api: &FakeApi, ns: &str, name: &str, body: &[u8]) -> Response {
@@ -382,6 +589,34 @@ fn put_status(api: &FakeApi, ns: &str, name: &str, body: &[u8]) -> Response {
     api.apply(Kind::Service, current);
     let updated = api.get(Kind::Service, ns, name).unwrap_or(Value::Null);
     axum::Json(updated).into_response()
+}
+
+fn patch_pool_status(api: &FakeApi, name: &str, body: &[u8]) -> Response {
+    let Ok(sent) = serde_json::from_slice::<Value>(body) else {
+        return status(StatusCode::BAD_REQUEST, "BadRequest", "bad body");
+    };
+    let Some(mut current) = api.get(Kind::ShoalPool, "", name) else {
+        return status(StatusCode::NOT_FOUND, "NotFound", "no such ShoalPool");
+    };
+    api.lock().pool_status_writes.push(sent.clone());
+    current["status"] = sent["status"].clone();
+    api.apply(Kind::ShoalPool, current);
+    let updated = api.get(Kind::ShoalPool, "", name).unwrap_or(Value::Null);
+    axum::Json(updated).into_response()
+}
+
+/// A ShoalPool with `addresses`, optionally limited to `namespaces`.
+pub fn pool(name: &str, addresses: &[&str], namespaces: Option<&[&str]>, auto_assign: bool) -> Value {
+    let mut spec = json!({"addresses": addresses, "autoAssign": auto_assign});
+    if let Some(ns) = namespaces {
+        spec["namespaces"] = json!(ns);
+    }
+    json!({
+        "apiVersion": "shoal.io/v1alpha1", "kind": "ShoalPool",
+        "metadata": {"name": name, "uid": format!("uid-pool-{name}"),
+                     "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": spec,
+    })
 }
 
 /// A LoadBalancer Service of class `shoal.io/lb` with the given ports and annotations.
@@ -427,7 +662,7 @@ pub fn slice(
     })
 }
 
-/// A kubeconfig file pointing at `addr` over plain HTTP.
+/// A kubeconfig file pointing at `addr` over plain HTTP (token `test-token`).
 pub fn kubeconfig(addr: SocketAddr) -> String {
     format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{addr}\n\

@@ -2,7 +2,8 @@
 //!
 //! | annotation | values | default |
 //! |---|---|---|
-//! | `shoal.io/vip` | an IPv4 or IPv6 address | `spec.loadBalancerIP`, else allocated from a pool |
+//! | `shoal.io/vip` | an IPv4 or IPv6 address, or one of each comma-separated (dual-stack) | `spec.loadBalancerIP`, else allocated from a pool |
+//! | `shoal.io/allow-shared-ip` | a sharing key: Services with the same key and no common port share a VIP | none |
 //! | `shoal.io/scheduler` | `mh rr wrr lc wlc sh dh sed nq lblc lblcr fo ovf twos` | `mh` |
 //! | `shoal.io/mh-port` | `true`/`false` (only with `mh`) | `false` |
 //! | `shoal.io/mh-fallback` | `true`/`false` (only with `mh`) | `true` with `mh` |
@@ -23,6 +24,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 pub const VIP: &str = "shoal.io/vip";
+pub const ALLOW_SHARED_IP: &str = "shoal.io/allow-shared-ip";
 pub const SCHEDULER: &str = "shoal.io/scheduler";
 pub const MH_PORT: &str = "shoal.io/mh-port";
 pub const MH_FALLBACK: &str = "shoal.io/mh-fallback";
@@ -65,7 +67,10 @@ fn bad(annotation: &str, value: &str, reason: impl Into<String>) -> AnnotationEr
 /// Everything the annotations decide about one Service (all its ports share it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceSettings {
-    pub requested_vip: Option<IpAddr>,
+    /// At most one address per family.
+    pub requested_vips: Vec<IpAddr>,
+    /// `shoal.io/allow-shared-ip`: Services with the same key may share a VIP.
+    pub sharing_key: Option<String>,
     pub scheduler: String,
     pub flags: SchedFlags,
     pub forwarding: Forwarding,
@@ -75,7 +80,8 @@ pub struct ServiceSettings {
 impl Default for ServiceSettings {
     fn default() -> Self {
         ServiceSettings {
-            requested_vip: None,
+            requested_vips: Vec::new(),
+            sharing_key: None,
             scheduler: "mh".to_string(),
             flags: SchedFlags {
                 mh_port: false,
@@ -105,16 +111,35 @@ pub fn parse(
     load_balancer_ip: Option<&str>,
 ) -> Result<ServiceSettings, AnnotationError> {
     let get = |k: &str| annotations.get(k).map(|v| v.trim());
-    let requested_vip = match (get(VIP), load_balancer_ip.map(str::trim)) {
-        (Some(v), _) => Some(v.parse().map_err(|_| bad(VIP, v, "not an IP address"))?),
-        (None, Some(v)) if !v.is_empty() => Some(
-            v.parse()
-                .map_err(|_| bad("spec.loadBalancerIP", v, "not an IP address"))?,
-        ),
-        _ => None,
+    let requested_vips: Vec<IpAddr> = match (get(VIP), load_balancer_ip.map(str::trim)) {
+        (Some(v), _) => {
+            let ips = v
+                .split(',')
+                .map(|a| a.trim().parse::<IpAddr>())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|_| bad(VIP, v, "not an IP address (or two, comma-separated)"))?;
+            let v4 = ips.iter().filter(|ip| ip.is_ipv4()).count();
+            if ips.len() > 2 || v4 > 1 || ips.len() - v4 > 1 {
+                return Err(bad(VIP, v, "at most one IPv4 and one IPv6 address"));
+            }
+            ips
+        }
+        (None, Some(v)) if !v.is_empty() => vec![v
+            .parse()
+            .map_err(|_| bad("spec.loadBalancerIP", v, "not an IP address"))?],
+        _ => Vec::new(),
+    };
+    let sharing_key = match get(ALLOW_SHARED_IP) {
+        Some("") => return Err(bad(ALLOW_SHARED_IP, "", "empty sharing key")),
+        Some(v) if v.len() > 253 => {
+            return Err(bad(ALLOW_SHARED_IP, v, "longer than 253 characters"))
+        }
+        Some(v) => Some(v.to_string()),
+        None => None,
     };
     let mut s = ServiceSettings {
-        requested_vip,
+        requested_vips,
+        sharing_key,
         ..ServiceSettings::default()
     };
 
@@ -305,15 +330,22 @@ mod tests {
             (h.probe, h.interval_ms, h.timeout_ms, h.rise, h.fall),
             (Probe::Tcp, 2000, 1000, 2, 3)
         );
-        assert_eq!(s.requested_vip, None);
+        assert!(s.requested_vips.is_empty());
+        assert_eq!(s.sharing_key, None);
     }
 
     #[test]
     fn vip_annotation_wins_over_load_balancer_ip() {
         let s = parse(&ann(&[(VIP, "203.0.113.7")]), Some("203.0.113.9")).unwrap();
-        assert_eq!(s.requested_vip, Some("203.0.113.7".parse().unwrap()));
+        assert_eq!(s.requested_vips, ["203.0.113.7".parse::<IpAddr>().unwrap()]);
         let s = parse(&BTreeMap::new(), Some("203.0.113.9")).unwrap();
-        assert_eq!(s.requested_vip, Some("203.0.113.9".parse().unwrap()));
+        assert_eq!(s.requested_vips, ["203.0.113.9".parse::<IpAddr>().unwrap()]);
+        let s = parse(&ann(&[(VIP, "203.0.113.7, 2001:db8::7")]), None).unwrap();
+        assert_eq!(s.requested_vips.len(), 2);
+        for two_of_a_family in ["203.0.113.7,203.0.113.8", "2001:db8::1,2001:db8::2"] {
+            let e = parse(&ann(&[(VIP, two_of_a_family)]), None).unwrap_err();
+            assert_eq!(e.annotation, VIP);
+        }
         let e = parse(&BTreeMap::new(), Some("nope")).unwrap_err();
         assert_eq!(e.annotation, "spec.loadBalancerIP");
     }
@@ -367,6 +399,7 @@ mod tests {
     fn errors_name_the_annotation() {
         let cases: &[(&[(&str, &str)], &str)] = &[
             (&[(VIP, "1.2.3")], VIP),
+            (&[(ALLOW_SHARED_IP, "")], ALLOW_SHARED_IP),
             (&[(SCHEDULER, "fastest")], SCHEDULER),
             (&[(SCHEDULER, "rr"), (MH_PORT, "true")], MH_PORT),
             (&[(MH_FALLBACK, "yes")], MH_FALLBACK),
@@ -405,7 +438,7 @@ mod tests {
         /// Arbitrary annotation values never panic; an accepted result keeps its invariants.
         #[test]
         fn arbitrary_values_never_panic(
-            key in proptest::sample::select(vec![VIP, SCHEDULER, MH_PORT, MH_FALLBACK, FORWARDING,
+            key in proptest::sample::select(vec![VIP, ALLOW_SHARED_IP, SCHEDULER, MH_PORT, MH_FALLBACK, FORWARDING,
                 GUE_PORT, HEALTH_CHECK, HEALTH_PATH, HEALTH_EXPECT_STATUS, HEALTH_HOST,
                 HEALTH_INTERVAL_MS, HEALTH_TIMEOUT_MS, HEALTH_RISE, HEALTH_FALL]),
             value in ".{0,12}",

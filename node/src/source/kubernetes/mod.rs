@@ -3,12 +3,16 @@
 //! Runs only on the publisher: the daemon calls [`run`] when this node gains the role and
 //! cancels it when the role moves, and the kube client is created inside, so other replicas
 //! never open a connection to the API server. Pure parts: [`annotations`] (the `shoal.io/...`
-//! settings), [`vip`] (assignment and conflicts), [`translate`] (objects -> table and
-//! problems), [`cache`] (watch events -> objects). Shell: [`watch`] (the loop) and [`status`]
-//! (status write-back and Events). See docs/kubernetes.md.
+//! settings), [`pools`] (the `ShoalPool` resource), [`vip`] (assignment, sharing, families,
+//! conflicts), [`translate`] (objects -> table and problems), [`cache`] (watch events ->
+//! objects), [`api_health`] (when to give the role up). Shell: [`watch`] (the loop),
+//! [`status`] (status write-back and Events) and [`metrics`]. See docs/kubernetes.md.
 
 pub mod annotations;
+pub mod api_health;
 pub mod cache;
+pub mod metrics;
+pub mod pools;
 pub mod status;
 pub mod translate;
 pub mod vip;
@@ -20,26 +24,84 @@ use std::path::PathBuf;
 use tokio::sync::watch as channel;
 use tokio_util::sync::CancellationToken;
 
+pub use metrics::KubernetesMetrics;
+
 pub const DEFAULT_LOAD_BALANCER_CLASS: &str = "shoal.io/lb";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KubernetesConfig {
     /// Only Services with this `spec.loadBalancerClass` are served.
     pub load_balancer_class: String,
-    /// CIDRs VIPs are allocated from when a Service does not ask for one.
+    /// Watch only this namespace (an install with a namespaced Role); `None`: the whole cluster.
+    pub namespace: Option<String>,
+    /// The CIDRs of a namespaced install's pool. A cluster-wide install reads `ShoalPool`
+    /// objects instead and must leave this empty.
     pub vip_pools: Vec<String>,
     /// A kubeconfig file; without it the in-cluster config (or `KUBECONFIG`) is used.
     pub kubeconfig: Option<PathBuf>,
+    /// When the publisher gives the role up (API server refusing or out of reach).
+    pub bounds: api_health::Bounds,
 }
 
 impl Default for KubernetesConfig {
     fn default() -> Self {
         KubernetesConfig {
             load_balancer_class: DEFAULT_LOAD_BALANCER_CLASS.to_string(),
+            namespace: None,
             vip_pools: Vec::new(),
             kubeconfig: None,
+            bounds: api_health::Bounds::default(),
         }
     }
+}
+
+impl KubernetesConfig {
+    /// Checks the settings before anything runs (called when the config loads); the error
+    /// names the setting.
+    pub fn check(&self) -> Result<(), String> {
+        match &self.namespace {
+            None if !self.vip_pools.is_empty() => Err(
+                "vip_pools: a cluster-wide install reads its pools from ShoalPool objects \
+                 (kubectl apply a ShoalPool, see docs/kubernetes.md); vip_pools is only for \
+                 an install limited to one namespace (namespace / --namespace)"
+                    .into(),
+            ),
+            None => Ok(()),
+            Some(ns) => {
+                let label_ok = !ns.is_empty()
+                    && ns.len() <= 63
+                    && ns
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && !ns.starts_with('-')
+                    && !ns.ends_with('-');
+                if !label_ok {
+                    return Err(format!(
+                        "namespace: {ns:?} is not a namespace name (lower-case letters, digits, '-', at most 63)"
+                    ));
+                }
+                if self.vip_pools.is_empty() {
+                    return Err(format!(
+                        "vip_pools: an install limited to namespace {ns} cannot read ShoalPool \
+                         objects (its Role is namespaced): give the CIDRs of its VIPs"
+                    ));
+                }
+                pools::from_cidrs(&self.vip_pools, ns)
+                    .map(|_| ())
+                    .map_err(|e| format!("vip_pools: {e}"))
+            }
+        }
+    }
+}
+
+/// Why the source stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The API server refused this node or stayed out of reach: another node should try.
+    #[error("gave up the publisher role: {0}")]
+    GaveUp(String),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
 }
 
 /// Builds a client from `cfg.kubeconfig` (or the environment) and runs until `cancel`.
@@ -47,9 +109,10 @@ pub async fn run(
     cfg: KubernetesConfig,
     out: channel::Sender<Option<RuleTable>>,
     cancel: CancellationToken,
-) -> anyhow::Result<()> {
-    // Fail on bad pools before touching the network.
-    vip::parse_pools(&cfg.vip_pools)?;
+    metrics: KubernetesMetrics,
+) -> Result<(), SourceError> {
+    // Fail on bad settings before touching the network.
+    cfg.check().map_err(|e| anyhow::anyhow!(e))?;
     // kube's rustls needs a process-wide provider; a second install is a harmless no-op error.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let config = match &cfg.kubeconfig {
@@ -65,7 +128,7 @@ pub async fn run(
             .context("no in-cluster config and no usable KUBECONFIG")?,
     };
     let client = kube::Client::try_from(config).context("building the Kubernetes client")?;
-    run_with_client(client, cfg, out, cancel).await
+    run_with_client(client, cfg, out, cancel, metrics).await
 }
 
 /// Same as [`run`] with a ready client (tests point it at a fake API server).
@@ -74,6 +137,8 @@ pub async fn run_with_client(
     cfg: KubernetesConfig,
     out: channel::Sender<Option<RuleTable>>,
     cancel: CancellationToken,
-) -> anyhow::Result<()> {
-    watch::run_loop(client, cfg, out, cancel).await
+    metrics: KubernetesMetrics,
+) -> Result<(), SourceError> {
+    cfg.check().map_err(|e| anyhow::anyhow!(e))?;
+    watch::run_loop(client, cfg, out, cancel, metrics).await
 }

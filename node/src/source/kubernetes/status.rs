@@ -1,18 +1,21 @@
 //! Writing back to the API server: `status.loadBalancer.ingress` and Events for problems.
 //!
-//! Only two verbs are used, matching the ClusterRole in manifests/: `update` on
+//! Only these verbs are used, matching the ClusterRole in manifests/: `update` on
 //! `services/status` (a PUT carrying the resourceVersion we read, so a stale copy gets a
-//! 409 and is retried on the next pass instead of clobbering a newer write) and `create` on
-//! `events.k8s.io` events. Deciding what to write is pure; [`StatusWriter`] does the calls.
+//! 409 and is retried on the next pass instead of clobbering a newer write), `patch` on
+//! `shoalpools/status` (usage), and `create` on `events.k8s.io` events. Deciding what to
+//! write is pure; [`StatusWriter`] does the calls.
 
-use super::translate::{status_ips, Problem};
+use super::metrics::{EventLabels, KubernetesMetrics, PoolLabel, WriteLabels};
+use super::pools::{self, PoolStatus};
+use super::translate::{status_ips, ObjectId, Problem};
 use k8s_openapi::api::core::v1::{
     LoadBalancerIngress, LoadBalancerStatus, ObjectReference, Service, ServiceStatus,
 };
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::Client;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -20,23 +23,46 @@ use std::net::IpAddr;
 /// Shown as the Event source; also the prefix of every annotation.
 pub const REPORTING_CONTROLLER: &str = "shoal.io/lb";
 
-/// The Service with its status rewritten to show exactly `vip`, or `None` when it already does.
-pub fn with_vip(svc: &Service, vip: IpAddr) -> Option<Service> {
-    if status_ips(svc) == [vip] {
-        return None;
+/// One `status.loadBalancer.ingress` entry.
+fn ingress(vip: IpAddr) -> LoadBalancerIngress {
+    LoadBalancerIngress {
+        ip: Some(vip.to_string()),
+        // The VIP is a real address on the LB replicas: in-cluster clients should send
+        // their traffic to it too rather than short-cutting through kube-proxy.
+        ip_mode: Some("VIP".to_string()),
+        ..Default::default()
+    }
+}
+
+/// The Service with its status rewritten to show exactly `vips` (none: an empty
+/// `loadBalancer`), or `None` when it already does.
+pub fn with_vips(svc: &Service, vips: &[IpAddr]) -> Option<Service> {
+    if status_ips(svc) == vips {
+        let has_entries = svc
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref())
+            .is_some_and(|i| !i.is_empty());
+        // Entries without a parsable IP (hostnames) are someone else's: leave them.
+        if !vips.is_empty() || !has_entries {
+            return None;
+        }
     }
     let mut updated = svc.clone();
     let status = updated.status.get_or_insert_with(ServiceStatus::default);
     status.load_balancer = Some(LoadBalancerStatus {
-        ingress: Some(vec![LoadBalancerIngress {
-            ip: Some(vip.to_string()),
-            // The VIP is a real address on the LB replicas: in-cluster clients should send
-            // their traffic to it too rather than short-cutting through kube-proxy.
-            ip_mode: Some("VIP".to_string()),
-            ..Default::default()
-        }]),
+        ingress: (!vips.is_empty()).then(|| vips.iter().copied().map(ingress).collect()),
     });
     Some(updated)
+}
+
+/// Event type for a reason: the informational ones are `Normal`, problems `Warning`.
+pub fn event_type(reason: &str) -> &'static str {
+    match reason {
+        "VipAssigned" | "VipReleased" | "ExternalTrafficPolicyLocal" => "Normal",
+        _ => "Warning",
+    }
 }
 
 /// The `events.k8s.io/v1` Event describing `problem`.
@@ -46,19 +72,30 @@ pub fn event_for(problem: &Problem, reporting_instance: &str, now: Timestamp) ->
     Event {
         metadata: ObjectMeta {
             name: Some(format!("{}.{:x}", o.name, stamp)),
-            namespace: Some(o.namespace.clone()),
+            namespace: Some(if o.namespace.is_empty() {
+                "default".to_string()
+            } else {
+                o.namespace.clone()
+            }),
             ..Default::default()
         },
         event_time: Some(MicroTime(now)),
-        type_: Some("Warning".into()),
+        type_: Some(event_type(problem.reason).into()),
         reason: Some(problem.reason.to_string()),
-        action: Some("Translate".into()),
+        action: Some(
+            match problem.reason {
+                "VipAssigned" => "Assign",
+                "VipReleased" => "Release",
+                _ => "Translate",
+            }
+            .into(),
+        ),
         // The API server caps notes at 1 kB.
         note: Some(problem.message.chars().take(1000).collect()),
         regarding: Some(ObjectReference {
             api_version: Some(o.api_version.to_string()),
             kind: Some(o.kind.to_string()),
-            namespace: Some(o.namespace.clone()),
+            namespace: (!o.namespace.is_empty()).then(|| o.namespace.clone()),
             name: Some(o.name.clone()),
             uid: o.uid.clone(),
             ..Default::default()
@@ -75,56 +112,186 @@ pub fn new_problems<'a>(previous: &BTreeSet<Problem>, current: &'a [Problem]) ->
     current.iter().filter(|p| !previous.contains(p)).collect()
 }
 
+fn list(ips: &[IpAddr]) -> String {
+    ips.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", ")
+}
+
 pub struct StatusWriter {
     client: Client,
     reporting_instance: String,
-    /// `namespace/name` -> (resourceVersion we wrote over, VIP), so an unchanged object is
+    metrics: KubernetesMetrics,
+    /// `namespace/name` -> (resourceVersion we wrote over, VIPs), so an unchanged object is
     /// not written again while the watch has not yet delivered our own update.
-    written: BTreeMap<String, (Option<String>, IpAddr)>,
+    written: BTreeMap<String, (Option<String>, Vec<IpAddr>)>,
+    /// What each served Service showed after the last pass, to tell when one is deleted.
+    showing: BTreeMap<String, (ObjectId, Vec<IpAddr>)>,
+    pool_status: BTreeMap<String, PoolStatus>,
     reported: BTreeSet<Problem>,
 }
 
 impl StatusWriter {
-    pub fn new(client: Client, reporting_instance: String) -> Self {
+    pub fn new(client: Client, reporting_instance: String, metrics: KubernetesMetrics) -> Self {
         StatusWriter {
             client,
             reporting_instance,
+            metrics,
             written: BTreeMap::new(),
+            showing: BTreeMap::new(),
+            pool_status: BTreeMap::new(),
             reported: BTreeSet::new(),
         }
     }
 
-    /// Brings every served Service's status in line with `vips`; failures are logged and
-    /// retried on the next pass.
-    pub async fn sync_statuses(&mut self, services: &[Service], vips: &BTreeMap<String, IpAddr>) {
-        self.written.retain(|k, _| vips.contains_key(k));
+    /// Brings every Service's status in line with `vips` (and clears those in `clear`);
+    /// failures are logged and retried on the next pass. A changed status is also a Normal
+    /// Event (`VipAssigned` / `VipReleased`), and so is a served Service that was deleted.
+    pub async fn sync_statuses(
+        &mut self,
+        services: &[Service],
+        vips: &BTreeMap<String, Vec<IpAddr>>,
+        clear: &BTreeSet<String>,
+    ) {
+        self.written
+            .retain(|k, _| vips.contains_key(k) || clear.contains(k));
+        let mut present = BTreeSet::new();
+        let mut notes = Vec::new();
         for svc in services {
             let (Some(ns), Some(name)) = (&svc.metadata.namespace, &svc.metadata.name) else {
                 continue;
             };
             let key = format!("{ns}/{name}");
-            let Some(&vip) = vips.get(&key) else { continue };
-            let Some(updated) = with_vip(svc, vip) else {
+            present.insert(key.clone());
+            let want: &[IpAddr] = match vips.get(&key) {
+                Some(v) => v,
+                None if clear.contains(&key) => &[],
+                None => continue,
+            };
+            let Some(updated) = with_vips(svc, want) else {
+                if !want.is_empty() {
+                    self.showing
+                        .insert(key, (ObjectId::service(svc), want.to_vec()));
+                }
                 continue;
             };
             let rv = svc.metadata.resource_version.clone();
-            if self.written.get(&key) == Some(&(rv.clone(), vip)) {
+            if self.written.get(&key) == Some(&(rv.clone(), want.to_vec())) {
                 continue;
             }
             let api: Api<Service> = Api::namespaced(self.client.clone(), ns);
+            let before = status_ips(svc);
             match api
                 .replace_status(name, &PostParams::default(), &updated)
                 .await
             {
                 Ok(_) => {
-                    tracing::info!(service = %key, %vip, "wrote status.loadBalancer.ingress");
-                    self.written.insert(key, (rv, vip));
+                    self.count_write("Service", "ok");
+                    tracing::info!(service = %key, vips = %list(want), "wrote status.loadBalancer.ingress");
+                    self.written.insert(key.clone(), (rv, want.to_vec()));
+                    let object = ObjectId::service(svc);
+                    if want.is_empty() {
+                        self.showing.remove(&key);
+                        notes.push(Problem {
+                            object,
+                            reason: "VipReleased",
+                            message: format!("released {}", list(&before)),
+                        });
+                    } else {
+                        self.showing
+                            .insert(key.clone(), (object.clone(), want.to_vec()));
+                        notes.push(Problem {
+                            object,
+                            reason: "VipAssigned",
+                            message: format!("assigned {}", list(want)),
+                        });
+                    }
                 }
                 Err(e) => {
-                    tracing::warn!(service = %key, %vip, error = %e, "status write failed, will retry");
+                    let conflict = matches!(&e, kube::Error::Api(r) if r.code == 409);
+                    self.count_write("Service", if conflict { "conflict" } else { "error" });
+                    tracing::warn!(service = %key, vips = %list(want), error = %e, "status write failed, will retry");
                 }
             }
         }
+        // Served Services that are gone: their addresses are free again.
+        let gone: Vec<String> = self
+            .showing
+            .keys()
+            .filter(|k| !present.contains(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            if let Some((object, ips)) = self.showing.remove(&key) {
+                notes.push(Problem {
+                    object,
+                    reason: "VipReleased",
+                    message: format!("released {} (Service deleted)", list(&ips)),
+                });
+            }
+        }
+        for n in notes {
+            self.send_event(&n).await;
+        }
+    }
+
+    /// Writes each ShoalPool's status when it changed since the last successful write.
+    pub async fn sync_pools(&mut self, statuses: &BTreeMap<String, PoolStatus>) {
+        for (name, st) in statuses {
+            self.metrics
+                .pool_used
+                .get_or_create(&PoolLabel { pool: name.clone() })
+                .set(st.used as i64);
+            self.metrics
+                .pool_free
+                .get_or_create(&PoolLabel { pool: name.clone() })
+                .set(st.free as i64);
+            if self.pool_status.get(name) == Some(st) {
+                continue;
+            }
+            let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &pool_resource());
+            let patch = serde_json::json!({"status": st});
+            match api
+                .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => {
+                    self.count_write(pools::KIND, "ok");
+                    self.pool_status.insert(name.clone(), st.clone());
+                }
+                Err(e) => {
+                    self.count_write(pools::KIND, "error");
+                    tracing::warn!(pool = %name, error = %e, "ShoalPool status write failed, will retry");
+                }
+            }
+        }
+        self.pool_status.retain(|k, _| statuses.contains_key(k));
+    }
+
+    fn count_write(&self, kind: &'static str, result: &'static str) {
+        self.metrics
+            .status_writes
+            .get_or_create(&WriteLabels { kind, result })
+            .inc();
+    }
+
+    async fn send_event(&self, p: &Problem) {
+        let ev = event_for(p, &self.reporting_instance, Timestamp::now());
+        let ns = ev.metadata.namespace.clone().unwrap_or_default();
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
+        let result = match api.create(&PostParams::default(), &ev).await {
+            Ok(_) => "ok",
+            Err(e) => {
+                tracing::warn!(error = %e, reason = p.reason, "could not record Event");
+                "error"
+            }
+        };
+        self.metrics
+            .events
+            .get_or_create(&EventLabels {
+                r#type: event_type(p.reason),
+                reason: p.reason,
+                result,
+            })
+            .inc();
     }
 
     /// Logs and records an Event for each problem that is new since the last pass.
@@ -143,12 +310,19 @@ impl StatusWriter {
                 "{}",
                 p.message
             );
-            let ev = event_for(&p, &self.reporting_instance, Timestamp::now());
-            let api: Api<Event> = Api::namespaced(self.client.clone(), &p.object.namespace);
-            if let Err(e) = api.create(&PostParams::default(), &ev).await {
-                tracing::warn!(error = %e, reason = p.reason, "could not record Event");
-            }
+            self.send_event(&p).await;
         }
+    }
+}
+
+/// The ShoalPool resource, for untyped access.
+pub fn pool_resource() -> ApiResource {
+    ApiResource {
+        group: pools::GROUP.into(),
+        version: pools::VERSION.into(),
+        api_version: format!("{}/{}", pools::GROUP, pools::VERSION),
+        kind: pools::KIND.into(),
+        plural: pools::PLURAL.into(),
     }
 }
 
@@ -161,10 +335,14 @@ mod tests {
     fn status_is_rewritten_only_when_it_differs() {
         let vip: IpAddr = "203.0.113.4".parse().unwrap();
         let svc = Service::default();
-        let updated = with_vip(&svc, vip).expect("empty status needs a write");
+        let updated = with_vips(&svc, &[vip]).expect("empty status needs a write");
         assert_eq!(status_ips(&updated), [vip]);
-        assert!(with_vip(&updated, vip).is_none());
-        assert!(with_vip(&updated, "203.0.113.5".parse().unwrap()).is_some());
+        assert!(with_vips(&updated, &[vip]).is_none());
+        assert!(with_vips(&updated, &["203.0.113.5".parse().unwrap()]).is_some());
+        let cleared = with_vips(&updated, &[]).expect("clearing needs a write");
+        assert!(status_ips(&cleared).is_empty());
+        assert!(with_vips(&cleared, &[]).is_none());
+        assert!(with_vips(&svc, &[]).is_none(), "nothing to clear");
     }
 
     #[test]
@@ -181,6 +359,7 @@ mod tests {
             message: "x".repeat(5000),
         };
         let ev = event_for(&p, "shoal-0", Timestamp::UNIX_EPOCH);
+        assert_eq!(ev.type_.as_deref(), Some("Warning"));
         let r = ev.regarding.unwrap();
         assert_eq!(
             (r.kind.as_deref(), r.name.as_deref(), r.uid.as_deref()),

@@ -3,17 +3,18 @@
 //! Pure: the same objects give the same table on any replica that happens to be publisher.
 //! A Service is ours when `spec.type` is `LoadBalancer` and `spec.loadBalancerClass` equals
 //! the configured class. Each of its ports becomes one virtual service named
-//! `namespace/name:port-name` (the port number when unnamed). Backends are the ready,
-//! serving, non-terminating endpoints of the Service's EndpointSlices whose port has the
-//! same name and protocol; the slice already carries the resolved number of a named
-//! `targetPort`. Anything wrong with one object becomes a [`Problem`] and only that object
+//! `namespace/name:port-name` (the port number when unnamed) per IP family of the Service
+//! (`spec.ipFamilies`; the second family's names end in `@IPv6` or `@IPv4`). Backends are the
+//! ready, serving, non-terminating endpoints of the family's EndpointSlices whose port has the
+//! same name and protocol, or, when none is ready, the serving terminating ones; the slice
+//! already carries the resolved number of a named `targetPort`. Anything wrong with one object becomes a [`Problem`] and only that object
 //! (or that port) is left out: the rest of the table is still published.
 
 use super::annotations::{self, ServiceSettings};
-use super::vip::{self, Claim};
+use super::pools::Pool;
+use super::vip::{self, Claim, Family};
 use crate::table::{Backend, RuleTable, VirtualService};
-use ipnet::IpNet;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use shoal_dataplane::model::{Forwarding, Protocol};
 use std::collections::{BTreeMap, BTreeSet};
@@ -66,14 +67,18 @@ pub struct Problem {
 pub struct Translation {
     /// Canonical (sorted) table.
     pub table: RuleTable,
-    /// VIP each served Service should show in `status.loadBalancer.ingress`, by `namespace/name`.
-    pub vips: BTreeMap<String, IpAddr>,
+    /// VIPs each served Service should show in `status.loadBalancer.ingress`, by
+    /// `namespace/name`, primary family first.
+    pub vips: BTreeMap<String, Vec<IpAddr>>,
+    /// Services whose status must show no address: ours without a VIP, and Services that
+    /// left the class (no longer `LoadBalancer`) still showing an address from our pools.
+    pub clear: BTreeSet<String>,
     pub problems: Vec<Problem>,
 }
 
 pub struct Settings<'a> {
     pub load_balancer_class: &'a str,
-    pub pools: &'a [IpNet],
+    pub pools: &'a [Pool],
 }
 
 fn key_of(ns: &str, name: &str) -> String {
@@ -86,6 +91,23 @@ pub fn is_ours(svc: &Service, load_balancer_class: &str) -> bool {
         s.type_.as_deref() == Some("LoadBalancer")
             && s.load_balancer_class.as_deref() == Some(load_balancer_class)
     })
+}
+
+/// A Service that stopped being a `LoadBalancer` (its class is ours or was cleared with the
+/// type) but still shows an address from one of our pools: we wrote it, we clear it.
+fn left_the_class(svc: &Service, cfg: &Settings) -> bool {
+    let Some(spec) = svc.spec.as_ref() else {
+        return false;
+    };
+    let class_ok = spec
+        .load_balancer_class
+        .as_deref()
+        .is_none_or(|c| c == cfg.load_balancer_class);
+    spec.type_.as_deref() != Some("LoadBalancer")
+        && class_ok
+        && status_ips(svc)
+            .iter()
+            .any(|ip| cfg.pools.iter().any(|p| p.contains(ip)))
 }
 
 /// Addresses in `status.loadBalancer.ingress` that parse as IPs.
@@ -111,15 +133,82 @@ fn parse_protocol(p: Option<&str>) -> Option<Protocol> {
     }
 }
 
+/// `spec.ipFamilies` in order; without it the family of the request, else IPv4 (the API
+/// server always fills the field, objects written by hand may not).
+fn families(svc: &Service, settings: &ServiceSettings) -> Vec<Family> {
+    let mut out: Vec<Family> = Vec::new();
+    let listed = svc.spec.as_ref().and_then(|s| s.ip_families.as_ref());
+    for f in listed.into_iter().flatten() {
+        let f = match f.as_str() {
+            "IPv4" => Family::V4,
+            "IPv6" => Family::V6,
+            _ => continue,
+        };
+        if !out.contains(&f) {
+            out.push(f);
+        }
+    }
+    if out.is_empty() {
+        out = settings.requested_vips.iter().map(Family::of).collect();
+        out.dedup();
+    }
+    if out.is_empty() {
+        out.push(Family::V4);
+    }
+    out
+}
+
+fn ports_of(svc: &Service) -> BTreeSet<(String, u16)> {
+    svc.spec
+        .as_ref()
+        .and_then(|s| s.ports.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            (
+                p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                u16::try_from(p.port).unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+/// `sessionAffinity: ClientIP` is honoured by a scheduler that hashes the client address
+/// only: `mh` without `mh-port` (the default) or `sh`; each replica then picks the same
+/// backend for a client. Anything else is reported.
+fn affinity_problem(svc: &Service, settings: &ServiceSettings) -> Option<String> {
+    let spec = svc.spec.as_ref()?;
+    if spec.session_affinity.as_deref() != Some("ClientIP") {
+        return None;
+    }
+    let hashes_client = match settings.scheduler.as_str() {
+        "mh" => !settings.flags.mh_port,
+        "sh" => true,
+        _ => false,
+    };
+    (!hashes_client).then(|| {
+        format!(
+            "sessionAffinity ClientIP needs a scheduler that hashes the client address only \
+             (shoal.io/scheduler=mh without shoal.io/mh-port, or sh); scheduler {} mh-port {} \
+             does not keep a client on one endpoint",
+            settings.scheduler, settings.flags.mh_port
+        )
+    })
+}
+
 pub fn translate(services: &[Service], slices: &[EndpointSlice], cfg: &Settings) -> Translation {
     let mut problems = Vec::new();
+    let mut clear = BTreeSet::new();
     let mut ours: Vec<(&Service, ServiceSettings, String)> = Vec::new();
-    for svc in services
-        .iter()
-        .filter(|s| is_ours(s, cfg.load_balancer_class))
-    {
+    for svc in services {
         let id = ObjectId::service(svc);
         if id.name.is_empty() || id.namespace.is_empty() {
+            continue;
+        }
+        if !is_ours(svc, cfg.load_balancer_class) {
+            if left_the_class(svc, cfg) {
+                clear.insert(key_of(&id.namespace, &id.name));
+            }
             continue;
         }
         let empty = BTreeMap::new();
@@ -131,8 +220,28 @@ pub fn translate(services: &[Service], slices: &[EndpointSlice], cfg: &Settings)
         match annotations::parse(ann, lb_ip) {
             Ok(settings) => {
                 let key = key_of(&id.namespace, &id.name);
+                if let Some(message) = affinity_problem(svc, &settings) {
+                    problems.push(Problem {
+                        object: id.clone(),
+                        reason: "SessionAffinityNotHonored",
+                        message,
+                    });
+                }
+                let spec = svc.spec.as_ref();
+                if spec.and_then(|s| s.external_traffic_policy.as_deref()) == Some("Local") {
+                    problems.push(Problem {
+                        object: id.clone(),
+                        reason: "ExternalTrafficPolicyLocal",
+                        message: "externalTrafficPolicy Local: Shoal tunnels packets to every \
+                                  ready endpoint (not only those on the receiving node) and \
+                                  the endpoints see the client's own address already, so Local \
+                                  changes nothing here; healthCheckNodePort is not used"
+                            .into(),
+                    });
+                }
                 ours.push((svc, settings, key));
             }
+            // The status is left alone: fixing the typo brings the Service back as it was.
             Err(e) => problems.push(Problem {
                 object: id,
                 reason: "InvalidAnnotation",
@@ -145,14 +254,18 @@ pub fn translate(services: &[Service], slices: &[EndpointSlice], cfg: &Settings)
         .iter()
         .map(|(svc, settings, key)| Claim {
             key: key.clone(),
+            namespace: svc.metadata.namespace.clone().unwrap_or_default(),
             created_s: svc
                 .metadata
                 .creation_timestamp
                 .as_ref()
                 .map(|t| t.0.as_second())
                 .unwrap_or(i64::MAX),
-            requested: settings.requested_vip,
+            families: families(svc, settings),
+            requested: settings.requested_vips.clone(),
             current: status_ips(svc),
+            sharing_key: settings.sharing_key.clone(),
+            ports: ports_of(svc),
         })
         .collect();
     let assignment = vip::assign(&claims, cfg.pools);
@@ -174,128 +287,48 @@ pub fn translate(services: &[Service], slices: &[EndpointSlice], cfg: &Settings)
     let mut bad_slices = BTreeSet::new();
     for (svc, settings, key) in &ours {
         let id = ObjectId::service(svc);
-        if let Some(p) = assignment.problems.get(key) {
+        for p in assignment.problems.get(key).into_iter().flatten() {
             problems.push(Problem {
                 object: id.clone(),
                 reason: match p {
                     vip::VipProblem::Conflict { .. } => "VipConflict",
+                    vip::VipProblem::NotInPool { .. } => "VipNotInPool",
+                    vip::VipProblem::FamilyNotServed { .. } => "VipFamilyNotServed",
                     _ => "VipUnavailable",
                 },
                 message: p.to_string(),
             });
         }
-        let Some(&vip) = assignment.vips.get(key) else {
+        let Some(assigned) = assignment.vips.get(key) else {
+            clear.insert(key.clone());
             continue;
         };
-        vips.insert(key.clone(), vip);
+        vips.insert(key.clone(), assigned.clone());
         let svc_slices = by_service.get(key).map(Vec::as_slice).unwrap_or(&[]);
-        let ports = svc.spec.as_ref().and_then(|s| s.ports.as_ref());
-        for port in ports.into_iter().flatten() {
-            let port_label = port.name.clone().unwrap_or_else(|| port.port.to_string());
-            let (Some(protocol), Ok(port_num)) = (
-                parse_protocol(port.protocol.as_deref()),
-                u16::try_from(port.port),
-            ) else {
-                problems.push(Problem {
-                    object: id.clone(),
-                    reason: "InvalidPort",
-                    message: format!(
-                        "port {port_label}: protocol {:?} port {} not supported, port not published",
-                        port.protocol, port.port
-                    ),
-                });
-                continue;
-            };
-            let mut backends = BTreeSet::new();
-            let mut mismatched = BTreeSet::new();
-            for slice in svc_slices {
-                let family_ok = match slice.address_type.as_str() {
-                    "IPv4" => vip.is_ipv4(),
-                    "IPv6" => vip.is_ipv6(),
-                    _ => false,
-                };
-                if !family_ok {
-                    continue;
-                }
-                let matching = slice.ports.iter().flatten().find(|p| {
-                    p.name.as_deref().unwrap_or("") == port.name.as_deref().unwrap_or("")
-                        && parse_protocol(p.protocol.as_deref()) == Some(protocol)
-                });
-                let Some(target) = matching.and_then(|p| p.port) else {
-                    continue;
-                };
-                let Ok(target) = u16::try_from(target) else {
-                    bad_slices.insert(Problem {
-                        object: ObjectId::slice(slice),
-                        reason: "MalformedEndpointSlice",
-                        message: format!("port {target} out of range, slice skipped"),
-                    });
-                    continue;
-                };
-                if target == 0 {
-                    continue;
-                }
-                let tunnel_like = matches!(
-                    settings.forwarding,
-                    Forwarding::Tunnel(_) | Forwarding::Route
-                );
-                if tunnel_like && target != port_num {
-                    mismatched.insert(target);
-                    continue;
-                }
-                for ep in &slice.endpoints {
-                    let c = ep.conditions.as_ref();
-                    let ready = c.and_then(|c| c.ready).unwrap_or(true);
-                    let serving = c.and_then(|c| c.serving).unwrap_or(ready);
-                    let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
-                    if !(ready && serving && !terminating) {
-                        continue;
-                    }
-                    for addr in &ep.addresses {
-                        match addr.parse::<IpAddr>() {
-                            Ok(address) if address.is_ipv4() == vip.is_ipv4() => {
-                                backends.insert(Backend {
-                                    address,
-                                    port: target,
-                                    weight: 1,
-                                });
-                            }
-                            _ => {
-                                bad_slices.insert(Problem {
-                                    object: ObjectId::slice(slice),
-                                    reason: "MalformedEndpointSlice",
-                                    message: format!(
-                                        "address {addr:?} is not an {} address, endpoint skipped",
-                                        slice.address_type
-                                    ),
-                                });
-                            }
-                        }
-                    }
-                }
-            }
-            if !mismatched.is_empty() {
-                problems.push(Problem {
-                    object: id.clone(),
-                    reason: "TargetPortMismatch",
-                    message: format!(
-                        "port {port_label}: tunnel and route forwarding keep the destination port, \
-                         so targetPort must equal port {port_num}, got {mismatched:?}; \
-                         those endpoints are left out (use shoal.io/forwarding=masq to translate ports)"
-                    ),
-                });
-            }
-            table.services.push(VirtualService {
-                name: format!("{key}:{port_label}"),
+        for (i, &vip) in assigned.iter().enumerate() {
+            let ctx = PortContext {
+                id: &id,
+                settings,
                 vip,
-                port: port_num,
-                protocol,
-                scheduler: settings.scheduler.clone(),
-                flags: settings.flags,
-                forwarding: settings.forwarding,
-                backends: backends.into_iter().collect(),
-                health: settings.health.clone(),
-            });
+                // The primary family keeps the plain name; the second family is suffixed.
+                suffix: if i == 0 {
+                    String::new()
+                } else {
+                    format!("@{}", Family::of(&vip).name())
+                },
+            };
+            let ports = svc.spec.as_ref().and_then(|s| s.ports.as_ref());
+            for port in ports.into_iter().flatten() {
+                if let Some(vs) = ctx.virtual_service(
+                    key,
+                    port,
+                    svc_slices,
+                    &mut problems,
+                    &mut bad_slices,
+                ) {
+                    table.services.push(vs);
+                }
+            }
         }
     }
     problems.extend(bad_slices);
@@ -305,7 +338,140 @@ pub fn translate(services: &[Service], slices: &[EndpointSlice], cfg: &Settings)
     Translation {
         table,
         vips,
+        clear,
         problems,
+    }
+}
+
+struct PortContext<'a> {
+    id: &'a ObjectId,
+    settings: &'a ServiceSettings,
+    vip: IpAddr,
+    suffix: String,
+}
+
+impl PortContext<'_> {
+    /// One port of one family; `None` (with a problem) when the port cannot be served.
+    fn virtual_service(
+        &self,
+        key: &str,
+        port: &ServicePort,
+        svc_slices: &[&EndpointSlice],
+        problems: &mut Vec<Problem>,
+        bad_slices: &mut BTreeSet<Problem>,
+    ) -> Option<VirtualService> {
+        let (id, settings, vip) = (self.id, self.settings, self.vip);
+        let port_label = port.name.clone().unwrap_or_else(|| port.port.to_string());
+        let (Some(protocol), Ok(port_num)) = (
+            parse_protocol(port.protocol.as_deref()),
+            u16::try_from(port.port),
+        ) else {
+            problems.push(Problem {
+                object: id.clone(),
+                reason: "InvalidPort",
+                message: format!(
+                    "port {port_label}: protocol {:?} port {} not supported, port not published",
+                    port.protocol, port.port
+                ),
+            });
+            return None;
+        };
+        // Ready endpoints; serving-but-terminating ones only when no ready one is left (as
+        // kube-proxy does), so connections keep a home while a rollout replaces every pod.
+        let mut ready = BTreeSet::new();
+        let mut terminating = BTreeSet::new();
+        let mut mismatched = BTreeSet::new();
+        for slice in svc_slices {
+            let family_ok = match slice.address_type.as_str() {
+                "IPv4" => vip.is_ipv4(),
+                "IPv6" => vip.is_ipv6(),
+                _ => false,
+            };
+            if !family_ok {
+                continue;
+            }
+            let matching = slice.ports.iter().flatten().find(|p| {
+                p.name.as_deref().unwrap_or("") == port.name.as_deref().unwrap_or("")
+                    && parse_protocol(p.protocol.as_deref()) == Some(protocol)
+            });
+            let Some(target) = matching.and_then(|p| p.port) else {
+                continue;
+            };
+            let Ok(target) = u16::try_from(target) else {
+                bad_slices.insert(Problem {
+                    object: ObjectId::slice(slice),
+                    reason: "MalformedEndpointSlice",
+                    message: format!("port {target} out of range, slice skipped"),
+                });
+                continue;
+            };
+            if target == 0 {
+                continue;
+            }
+            let tunnel_like = matches!(
+                settings.forwarding,
+                Forwarding::Tunnel(_) | Forwarding::Route
+            );
+            if tunnel_like && target != port_num {
+                mismatched.insert(target);
+                continue;
+            }
+            for ep in &slice.endpoints {
+                let c = ep.conditions.as_ref();
+                let is_ready = c.and_then(|c| c.ready).unwrap_or(true);
+                let serving = c.and_then(|c| c.serving).unwrap_or(is_ready);
+                let is_terminating = c.and_then(|c| c.terminating).unwrap_or(false);
+                let bucket = match (is_ready && serving && !is_terminating, serving && is_terminating) {
+                    (true, _) => &mut ready,
+                    (false, true) => &mut terminating,
+                    (false, false) => continue,
+                };
+                for addr in &ep.addresses {
+                    match addr.parse::<IpAddr>() {
+                        Ok(address) if address.is_ipv4() == vip.is_ipv4() => {
+                            bucket.insert(Backend {
+                                address,
+                                port: target,
+                                weight: 1,
+                            });
+                        }
+                        _ => {
+                            bad_slices.insert(Problem {
+                                object: ObjectId::slice(slice),
+                                reason: "MalformedEndpointSlice",
+                                message: format!(
+                                    "address {addr:?} is not an {} address, endpoint skipped",
+                                    slice.address_type
+                                ),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        if !mismatched.is_empty() {
+            problems.push(Problem {
+                object: id.clone(),
+                reason: "TargetPortMismatch",
+                message: format!(
+                    "port {port_label}: tunnel and route forwarding keep the destination port, \
+                     so targetPort must equal port {port_num}, got {mismatched:?}; \
+                     those endpoints are left out (use shoal.io/forwarding=masq to translate ports)"
+                ),
+            });
+        }
+        let backends = if ready.is_empty() { terminating } else { ready };
+        Some(VirtualService {
+            name: format!("{key}:{port_label}{}", self.suffix),
+            vip,
+            port: port_num,
+            protocol,
+            scheduler: settings.scheduler.clone(),
+            flags: settings.flags,
+            forwarding: settings.forwarding,
+            backends: backends.into_iter().collect(),
+            health: settings.health.clone(),
+        })
     }
 }
 
@@ -389,7 +555,12 @@ mod tests {
     }
 
     fn run(services: &[Service], slices: &[EndpointSlice]) -> Translation {
-        let pools = vip::parse_pools(&["203.0.113.0/24".into()]).unwrap();
+        let pools = [
+            crate::source::kubernetes::pools::from_cidrs(&["203.0.113.0/24".into()], "default")
+                .unwrap(),
+            crate::source::kubernetes::pools::from_cidrs(&["2001:db8::/64".into()], "default")
+                .unwrap(),
+        ];
         translate(
             services,
             slices,
@@ -425,7 +596,7 @@ mod tests {
         assert_eq!(vs.vip, "203.0.113.10".parse::<IpAddr>().unwrap());
         let addrs: Vec<String> = vs.backends.iter().map(|b| b.address.to_string()).collect();
         assert_eq!(addrs, ["198.18.0.2", "198.18.0.3"]);
-        assert_eq!(t.vips["default/web"], vs.vip);
+        assert_eq!(t.vips["default/web"], [vs.vip]);
     }
 
     #[test]
@@ -503,7 +674,7 @@ mod tests {
             ..Default::default()
         });
         let t = run(&[s], &[]);
-        assert_eq!(t.vips["default/kept"].to_string(), "203.0.113.200");
+        assert_eq!(t.vips["default/kept"][0].to_string(), "203.0.113.200");
     }
 
     #[test]
@@ -518,6 +689,126 @@ mod tests {
         assert_eq!(t.table.services.len(), 1);
         assert_eq!(t.problems.len(), 1);
         assert_eq!(t.problems[0].reason, "VipConflict");
+    }
+
+    fn with_conditions(mut s: EndpointSlice, ready: bool, serving: bool, terminating: bool) -> EndpointSlice {
+        for ep in &mut s.endpoints {
+            ep.conditions = Some(EndpointConditions {
+                ready: Some(ready),
+                serving: Some(serving),
+                terminating: Some(terminating),
+            });
+        }
+        s
+    }
+
+    #[test]
+    fn terminating_endpoints_serve_only_when_no_ready_one_is_left() {
+        let s = svc("roll", &[("", 80)], &[]);
+        let old = with_conditions(
+            slice("roll", "old", ("", 80), &[("198.18.0.1", None)]),
+            false,
+            true,
+            true,
+        );
+        let gone = with_conditions(
+            slice("roll", "gone", ("", 80), &[("198.18.0.3", None)]),
+            false,
+            false,
+            true,
+        );
+        let new = slice("roll", "new", ("", 80), &[("198.18.0.2", Some(true))]);
+        let addrs = |t: &Translation| -> Vec<String> {
+            t.table.services[0]
+                .backends
+                .iter()
+                .map(|b| b.address.to_string())
+                .collect()
+        };
+        let t = run(&[s.clone()], &[old.clone(), gone.clone(), new]);
+        assert_eq!(addrs(&t), ["198.18.0.2"]);
+        let t = run(&[s], &[old, gone]);
+        assert_eq!(addrs(&t), ["198.18.0.1"], "serving terminating endpoint as fallback");
+    }
+
+    #[test]
+    fn dual_stack_and_ipv6_only_services_get_a_vip_and_backends_per_family() {
+        let mut ds = svc("ds", &[("http", 80)], &[]);
+        ds.spec.as_mut().unwrap().ip_families = Some(vec!["IPv6".into(), "IPv4".into()]);
+        let mut v6 = svc("v6", &[("http", 80)], &[]);
+        v6.spec.as_mut().unwrap().ip_families = Some(vec!["IPv6".into()]);
+        let mut slices = vec![slice("ds", "v4", ("http", 80), &[("198.18.0.1", None)])];
+        for (svc_name, addr) in [("ds", "2001:db8:1::1"), ("v6", "2001:db8:1::2")] {
+            let mut s6 = slice(svc_name, "v6", ("http", 80), &[(addr, None)]);
+            s6.address_type = "IPv6".into();
+            slices.push(s6);
+        }
+        let t = run(&[ds, v6], &slices);
+        assert!(t.problems.is_empty(), "{:?}", t.problems);
+        let got: Vec<(String, bool, String)> = t
+            .table
+            .services
+            .iter()
+            .map(|s| (s.name.clone(), s.vip.is_ipv6(), s.backends[0].address.to_string()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("default/ds:http".to_string(), true, "2001:db8:1::1".to_string()),
+                ("default/ds:http@IPv4".to_string(), false, "198.18.0.1".to_string()),
+                ("default/v6:http".to_string(), true, "2001:db8:1::2".to_string()),
+            ]
+        );
+        assert_eq!(t.vips["default/ds"].len(), 2);
+    }
+
+    #[test]
+    fn statuses_to_clear_and_notes_about_affinity_and_local() {
+        let status = |s: &mut Service, ip: &str| {
+            s.status = Some(ServiceStatus {
+                load_balancer: Some(LoadBalancerStatus {
+                    ingress: Some(vec![LoadBalancerIngress {
+                        ip: Some(ip.into()),
+                        ..Default::default()
+                    }]),
+                }),
+                ..Default::default()
+            })
+        };
+        // Left the class: now a ClusterIP Service, still showing our address.
+        let mut left = svc("left", &[("", 80)], &[]);
+        left.spec.as_mut().unwrap().type_ = Some("ClusterIP".into());
+        left.spec.as_mut().unwrap().load_balancer_class = None;
+        status(&mut left, "203.0.113.20");
+        // Another controller's LoadBalancer: never touched.
+        let mut theirs = svc("theirs", &[("", 80)], &[]);
+        theirs.spec.as_mut().unwrap().load_balancer_class = None;
+        status(&mut theirs, "203.0.113.21");
+        // Ours but its request is outside every pool: shows nothing.
+        let mut outside = svc("outside", &[("", 80)], &[("shoal.io/vip", "192.0.2.1")]);
+        status(&mut outside, "192.0.2.1");
+        let mut sticky = svc("sticky", &[("", 80)], &[("shoal.io/scheduler", "rr")]);
+        sticky.spec.as_mut().unwrap().session_affinity = Some("ClientIP".into());
+        let mut ok_sticky = svc("ok-sticky", &[("", 80)], &[]);
+        ok_sticky.spec.as_mut().unwrap().session_affinity = Some("ClientIP".into());
+        let mut local = svc("local", &[("", 80)], &[]);
+        local.spec.as_mut().unwrap().external_traffic_policy = Some("Local".into());
+        let t = run(&[left, theirs, outside, sticky, ok_sticky, local], &[]);
+        let clear: Vec<&str> = t.clear.iter().map(String::as_str).collect();
+        assert_eq!(clear, ["default/left", "default/outside"]);
+        let reasons: Vec<(&str, &str)> = t
+            .problems
+            .iter()
+            .map(|p| (p.object.name.as_str(), p.reason))
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                ("local", "ExternalTrafficPolicyLocal"),
+                ("outside", "VipNotInPool"),
+                ("sticky", "SessionAffinityNotHonored"),
+            ]
+        );
     }
 
     proptest! {

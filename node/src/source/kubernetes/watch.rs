@@ -1,20 +1,28 @@
-//! The publisher's loop: watch Services and EndpointSlices, translate, publish, write back.
+//! The publisher's loop: watch Services, EndpointSlices and ShoalPools, translate, publish,
+//! write back.
 //!
-//! Thin shell around [`translate`](super::translate): watcher events update two caches, a
-//! change arms a short debounce timer, and when it fires (and both kinds have been listed
+//! Thin shell around [`translate`](super::translate): watcher events update the caches, a
+//! change arms a short debounce timer, and when it fires (and every kind has been listed
 //! once) the table is recomputed, sent if its content changed, statuses are written and new
-//! problems reported. Cancellation drops the watch streams, which closes the connections.
+//! problems reported. Every answer from the API server feeds [`ApiHealth`]; when it says the
+//! API server cannot be used, the loop returns [`SourceError::GaveUp`] so the daemon hands
+//! the role on. Cancellation drops the watch streams, which closes the connections.
 
+use super::api_health::{ApiHealth, Failure};
 use super::cache::ObjectCache;
-use super::status::StatusWriter;
-use super::translate::{self, Problem, Settings};
-use super::KubernetesConfig;
+use super::metrics::{KindLabel, KubernetesMetrics};
+use super::pools::{self, Pool, ShoalPool};
+use super::status::{pool_resource, StatusWriter};
+use super::translate::{self, ObjectId, Problem, Settings};
+use super::{KubernetesConfig, SourceError};
 use crate::table::RuleTable;
+use futures::stream::BoxStream;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ApiResource, DynamicObject};
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::{watcher as watch_stream, WatchStreamExt};
 use kube::Client;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -25,66 +33,201 @@ use tokio_util::sync::CancellationToken;
 /// change is still published quickly.
 pub const DEBOUNCE_MS: u64 = 150;
 
+type Events = BoxStream<'static, Result<Event<DynamicObject>, watcher::Error>>;
+
+/// A watch of one kind, cluster-wide or in one namespace, with bulky fields dropped.
+fn events(client: &Client, resource: &ApiResource, namespace: Option<&str>) -> Events {
+    let api: Api<DynamicObject> = match namespace {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, resource),
+        None => Api::all_with(client.clone(), resource),
+    };
+    let strip = |o: &mut DynamicObject| {
+        o.metadata.managed_fields = None;
+        if let Some(a) = o.metadata.annotations.as_mut() {
+            a.remove("kubectl.kubernetes.io/last-applied-configuration");
+        }
+    };
+    watch_stream(api, watcher::Config::default())
+        .default_backoff()
+        .map(move |e| e.map(|e| e.modify(strip)))
+        .boxed()
+}
+
+/// 401/403 anywhere in a watcher error.
+fn classify(e: &watcher::Error) -> Failure {
+    let code = match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => s.code,
+        watcher::Error::WatchError(s) => s.code,
+        _ => 0,
+    };
+    if code == 401 || code == 403 {
+        Failure::Refused
+    } else {
+        Failure::Other
+    }
+}
+
+/// 410 Gone during a watch is routine (the resourceVersion expired): the watcher relists.
+fn is_expired(e: &watcher::Error) -> bool {
+    matches!(e, watcher::Error::WatchError(s) if s.code == 410)
+}
+
+struct Watched<'a> {
+    health: &'a mut ApiHealth,
+    metrics: &'a KubernetesMetrics,
+    due: &'a mut Option<Instant>,
+}
+
+impl Watched<'_> {
+    fn apply<K: serde::de::DeserializeOwned + Clone>(
+        &mut self,
+        cache: &mut ObjectCache<K>,
+        kind: &'static str,
+        ev: Option<Result<Event<DynamicObject>, watcher::Error>>,
+    ) -> Result<(), SourceError> {
+        match ev {
+            Some(Ok(e)) => {
+                self.health.on_ok();
+                if matches!(e, Event::Init) {
+                    self.metrics.relists.get_or_create(&KindLabel { kind }).inc();
+                }
+                if cache.apply(e) {
+                    arm(self.due);
+                }
+            }
+            Some(Err(e)) => {
+                self.metrics
+                    .watch_errors
+                    .get_or_create(&KindLabel { kind })
+                    .inc();
+                if is_expired(&e) {
+                    tracing::info!(kind, "resourceVersion expired; relisting");
+                } else {
+                    tracing::warn!(kind, error = %e, "watch error, retrying after a backoff");
+                    self.health
+                        .on_error(Instant::now(), classify(&e), format!("{kind}: {e}"));
+                }
+            }
+            None => {
+                return Err(SourceError::Other(anyhow::anyhow!("{kind} watch ended")));
+            }
+        }
+        Ok(())
+    }
+}
+
 pub async fn run_loop(
     client: Client,
     cfg: KubernetesConfig,
     out: watch::Sender<Option<RuleTable>>,
     cancel: CancellationToken,
-) -> anyhow::Result<()> {
-    let pools = super::vip::parse_pools(&cfg.vip_pools)?;
-    let svc_api: Api<DynamicObject> =
-        Api::all_with(client.clone(), &ApiResource::erase::<Service>(&()));
-    let slice_api: Api<DynamicObject> =
-        Api::all_with(client.clone(), &ApiResource::erase::<EndpointSlice>(&()));
-    let strip = |o: &mut DynamicObject| o.metadata.managed_fields = None;
-    let mut svc_events = watcher(svc_api, watcher::Config::default())
-        .default_backoff()
-        .map(move |e| e.map(|e| e.modify(strip)))
-        .boxed();
-    let mut slice_events = watcher(slice_api, watcher::Config::default())
-        .default_backoff()
-        .map(move |e| e.map(|e| e.modify(strip)))
-        .boxed();
+    metrics: KubernetesMetrics,
+) -> Result<(), SourceError> {
+    // A namespaced install cannot read cluster-scoped ShoalPools: its pool is in the config.
+    let fixed_pools: Option<Vec<Pool>> = match &cfg.namespace {
+        Some(ns) => Some(vec![pools::from_cidrs(&cfg.vip_pools, ns)
+            .map_err(|e| SourceError::Other(e.into()))?]),
+        None => None,
+    };
+    let ns = cfg.namespace.as_deref();
+    let mut svc_events = events(&client, &ApiResource::erase::<Service>(&()), ns);
+    let mut slice_events = events(&client, &ApiResource::erase::<EndpointSlice>(&()), ns);
+    let mut pool_events: Events = match fixed_pools {
+        Some(_) => futures::stream::pending().boxed(),
+        None => events(&client, &pool_resource(), None),
+    };
 
     let mut services: ObjectCache<Service> = ObjectCache::new("Service", "v1");
     let mut slices: ObjectCache<EndpointSlice> =
         ObjectCache::new("EndpointSlice", "discovery.k8s.io/v1");
+    let mut pool_cache: ObjectCache<ShoalPool> =
+        ObjectCache::new(pools::KIND, "shoal.io/v1alpha1");
     let instance = hostname::get()
         .ok()
         .and_then(|h| h.into_string().ok())
         .unwrap_or_else(|| "shoal".to_string());
-    let mut writer = StatusWriter::new(client, instance);
+    let mut writer = StatusWriter::new(client, instance, metrics.clone());
+    let mut health = ApiHealth::default();
     let mut due: Option<Instant> = None;
-    tracing::info!(class = %cfg.load_balancer_class, pools = ?cfg.vip_pools, "kubernetes source started");
+    let mut check = tokio::time::interval(Duration::from_secs(1));
+    tracing::info!(
+        class = %cfg.load_balancer_class,
+        namespace = ns.unwrap_or("(all)"),
+        pools = if fixed_pools.is_some() { "vip_pools setting" } else { "ShoalPool objects" },
+        "kubernetes source started"
+    );
 
     loop {
-        let ready = services.synced() && slices.synced();
-        tokio::select! {
-            _ = cancel.cancelled() => {
+        let ready =
+            services.synced() && slices.synced() && (fixed_pools.is_some() || pool_cache.synced());
+        let step = tokio::select! {
+            _ = cancel.cancelled() => Step::Stop,
+            ev = svc_events.next() => Step::Service(ev),
+            ev = slice_events.next() => Step::Slice(ev),
+            ev = pool_events.next() => Step::Pool(ev),
+            _ = check.tick() => Step::Check,
+            _ = sleep_until(due), if ready && due.is_some() => Step::Publish,
+        };
+        let mut w = Watched {
+            health: &mut health,
+            metrics: &metrics,
+            due: &mut due,
+        };
+        match step {
+            Step::Stop => {
                 tracing::info!("kubernetes source stopped: no longer publisher");
                 return Ok(());
             }
-            ev = svc_events.next() => match ev {
-                Some(Ok(e)) => if services.apply(e) { arm(&mut due) },
-                Some(Err(e)) => tracing::warn!(error = %e, "service watch error, retrying"),
-                None => anyhow::bail!("service watch ended"),
-            },
-            ev = slice_events.next() => match ev {
-                Some(Ok(e)) => if slices.apply(e) { arm(&mut due) },
-                Some(Err(e)) => tracing::warn!(error = %e, "endpointslice watch error, retrying"),
-                None => anyhow::bail!("endpointslice watch ended"),
-            },
-            _ = sleep_until(due), if ready && due.is_some() => {
+            Step::Service(ev) => w.apply(&mut services, "Service", ev)?,
+            Step::Slice(ev) => w.apply(&mut slices, "EndpointSlice", ev)?,
+            Step::Pool(ev) => w.apply(&mut pool_cache, pools::KIND, ev)?,
+            Step::Check => {
+                if let Some(reason) = health.give_up(Instant::now(), &cfg.bounds) {
+                    tracing::error!(%reason, "giving up the publisher role");
+                    return Err(SourceError::GaveUp(reason));
+                }
+            }
+            Step::Publish => {
                 due = None;
+                let pool_objects: Vec<pools::PoolObject> =
+                    pool_cache.objects().iter().map(ShoalPool::object).collect();
+                let (pools, pool_problems) = match &fixed_pools {
+                    Some(p) => (p.clone(), Vec::new()),
+                    None => pools::parse_pools(&pool_objects),
+                };
                 let svcs = services.objects();
-                let t = translate::translate(&svcs, &slices.objects(), &Settings {
-                    load_balancer_class: &cfg.load_balancer_class,
-                    pools: &pools,
-                });
+                let t = translate::translate(
+                    &svcs,
+                    &slices.objects(),
+                    &Settings {
+                        load_balancer_class: &cfg.load_balancer_class,
+                        pools: &pools,
+                    },
+                );
                 let mut problems: Vec<Problem> = t.problems;
                 problems.extend(services.problems().cloned());
                 problems.extend(slices.problems().cloned());
+                problems.extend(pool_cache.problems().cloned());
+                problems.extend(pool_problems.iter().map(|p| Problem {
+                    object: ObjectId {
+                        kind: pools::KIND,
+                        api_version: "shoal.io/v1alpha1",
+                        namespace: String::new(),
+                        name: p.pool().to_string(),
+                        uid: None,
+                    },
+                    reason: "InvalidPool",
+                    message: p.to_string(),
+                }));
                 problems.sort();
+                let usage = pools::usage(
+                    &pool_objects,
+                    &pools,
+                    &pool_problems,
+                    t.vips.values().flatten(),
+                );
                 let table = t.table;
                 let count = table.services.len();
                 let changed = out.send_if_modified(|cur| {
@@ -96,19 +239,37 @@ pub async fn run_loop(
                     }
                 });
                 if changed {
-                    tracing::info!(services = count, problems = problems.len(), "published rule table");
+                    tracing::info!(
+                        services = count,
+                        problems = problems.len(),
+                        "published rule table"
+                    );
                 }
                 // Writes may be slow; the role can move meanwhile.
                 tokio::select! {
                     _ = cancel.cancelled() => return Ok(()),
                     _ = async {
-                        writer.sync_statuses(&svcs, &t.vips).await;
+                        writer.sync_statuses(&svcs, &t.vips, &t.clear).await;
+                        if fixed_pools.is_none() {
+                            writer.sync_pools(&usage).await;
+                        }
                         writer.report(&problems).await;
                     } => {}
                 }
             }
         }
     }
+}
+
+type Next = Option<Result<Event<DynamicObject>, watcher::Error>>;
+
+enum Step {
+    Stop,
+    Service(Next),
+    Slice(Next),
+    Pool(Next),
+    Check,
+    Publish,
 }
 
 fn arm(due: &mut Option<Instant>) {
