@@ -23,7 +23,7 @@ for f in "${files[@]}"; do
     kustomization.yaml) continue ;; # checked below
   esac
   # Custom resources are checked by the python step below.
-  if grep -q '^apiVersion: chaos-mesh.org/' "$f"; then continue; fi
+  if grep -q '^apiVersion: \(chaos-mesh.org\|shoal.io\)/' "$f"; then continue; fi
   # --strict rejects unknown fields (typos), which the API server would drop silently.
   if kubernetes-validate --kubernetes-version "$K8S_VERSION" --strict --quiet "$f"; then
     checked=$((checked + 1))
@@ -37,6 +37,22 @@ done
 if ! python3 - "${files[@]}" <<'PY'
 import json, sys, yaml, jsonschema
 schema = json.load(open("schemas/podchaos.schema.json"))
+# ShoalPool objects are checked against the openAPIV3Schema of our own CRD.
+crd = next(d for d in yaml.safe_load_all(open("crd-shoalpool.yaml")) if d)
+pool_schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+def closed(s):
+    # Structural schemas prune unknown fields; be strict here so typos fail.
+    if s.get("type") == "object" and "properties" in s:
+        s = dict(s, additionalProperties=False,
+                 properties={k: closed(v) for k, v in s["properties"].items()})
+        s["properties"].setdefault("apiVersion", {"type": "string"})
+        s["properties"].setdefault("kind", {"type": "string"})
+        s["properties"].setdefault("metadata", {"type": "object"})
+    elif s.get("type") == "array" and "items" in s:
+        s = dict(s, items=closed(s["items"]))
+    return s
+pool_schema = closed(pool_schema)
+pools = 0
 bad = 0
 for path in sys.argv[1:]:
     for doc in yaml.safe_load_all(open(path)):
@@ -47,6 +63,19 @@ for path in sys.argv[1:]:
             for e in errs:
                 print(f"ERROR {path}: PodChaos {'.'.join(map(str, e.path))}: {e.message}")
             bad += bool(errs)
+        if doc.get("kind") == "ShoalPool":
+            pools += 1
+            errs = list(jsonschema.Draft7Validator(pool_schema).iter_errors(doc))
+            import ipaddress
+            for a in doc.get("spec", {}).get("addresses", []):
+                try:
+                    ipaddress.ip_network(a, strict=False)
+                except ValueError as e:
+                    print(f"ERROR {path}: ShoalPool address {a!r}: {e}")
+                    bad += 1
+            for e in errs:
+                print(f"ERROR {path}: ShoalPool {'.'.join(map(str, e.path))}: {e.message}")
+            bad += bool(errs)
         if path.endswith("kustomization.yaml"):
             known = {"apiVersion", "kind", "namespace", "labels", "resources", "images",
                      "configMapGenerator", "secretGenerator", "patches", "commonAnnotations"}
@@ -55,6 +84,9 @@ for path in sys.argv[1:]:
             if extra or missing:
                 print(f"ERROR {path}: unknown keys {sorted(extra)}, missing resources {missing}")
                 bad += 1
+if pools == 0:
+    print("ERROR no ShoalPool example checked")
+    bad += 1
 sys.exit(1 if bad else 0)
 PY
 then

@@ -249,7 +249,12 @@ mod tests {
     #[test]
     fn a_member_that_stands_down_is_passed_over_and_says_why() {
         let members = parse_members(vec![
-            raw("a", 1, true, &[("ready", "1"), ("stand-down", "API refuses")]),
+            raw(
+                "a",
+                1,
+                true,
+                &[("ready", "1"), ("stand-down", "API refuses")],
+            ),
             raw("b", 1, true, &[("ready", "1")]),
         ]);
         let d = decide(&members);

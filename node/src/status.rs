@@ -54,6 +54,9 @@ pub struct Member {
     /// What it announces and why not the rest (absent when it announces nothing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub announce: Option<crate::announce::Report>,
+    /// Why the member passes on the publisher role (e.g. the API server refuses it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stand_down: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -103,6 +106,7 @@ impl ClusterStatus {
                     admin: m.metadata.get("admin").cloned(),
                     last_seen_ms: m.last_seen_ms,
                     announce: None,
+                    stand_down: m.stand_down.clone(),
                 })
                 .collect(),
             health,

@@ -7,7 +7,7 @@ mod common;
 mod kubernetes_fake;
 
 use common::{dump_logs, free_tcp_port, free_udp_port};
-use kubernetes_fake::{kubeconfig, service, slice, FakeApi, Kind};
+use kubernetes_fake::{kubeconfig, pool, service, slice, FakeApi, Kind};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -50,8 +50,6 @@ fn spawn(id: &str, listen: u16, admin: u16, seeds: &[u16], kubeconfig: &Path, lo
             "kubernetes",
             "--kubeconfig",
             kubeconfig.to_str().unwrap(),
-            "--vip-pools",
-            "203.0.113.0/24",
             "--dataplane",
             "memory",
         ])
@@ -127,6 +125,16 @@ where
     }
 }
 
+/// A fake API server holding one ShoalPool, 203.0.113.0/24 for every namespace.
+fn new_api() -> FakeApi {
+    let api = FakeApi::new();
+    api.apply(
+        Kind::ShoalPool,
+        pool("default", &["203.0.113.0/24"], None, true),
+    );
+    api
+}
+
 fn service_count(t: &Option<Value>) -> usize {
     t.as_ref()
         .and_then(|t| t["table"]["services"].as_array())
@@ -136,7 +144,7 @@ fn service_count(t: &Option<Value>) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_publisher_talks_and_a_new_one_takes_over() {
-    let api = FakeApi::new();
+    let api = new_api();
     api.apply(
         Kind::Service,
         service(
@@ -294,7 +302,7 @@ async fn only_the_publisher_talks_and_a_new_one_takes_over() {
 /// also waits for its seeds and for members heard only once (see `election::has_listened`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simultaneous_start() {
-    let api = FakeApi::new();
+    let api = new_api();
     api.apply(Kind::Service, service("ns", "web", &[("http", 80)], &[]));
     let slots = Slots::new();
     let dir = &slots.dir;
@@ -319,4 +327,96 @@ async fn simultaneous_start() {
         eprintln!("b: {:?}\nc: {:?}", api.requests("b"), api.requests("c"));
     }
     assert_eq!(api.request_count("b") + api.request_count("c"), 0);
+}
+
+async fn cluster(node: &Node) -> Option<Value> {
+    let url = format!("http://{}/v1/cluster", node.admin);
+    reqwest::get(url).await.ok()?.json::<Value>().await.ok()
+}
+
+/// #12 item 5: the publisher's API server starts answering 403 (RBAC, a network policy in
+/// front of an authorizing proxy): within the refusal bound it gives up the role, says why in
+/// /v1/cluster, and the next node lists, watches and publishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_publisher_gives_up_and_the_next_node_takes_over() {
+    let api = new_api();
+    api.apply(Kind::Service, service("ns", "web", &[("http", 80)], &[]));
+    let slots = Slots::new();
+    let dir = &slots.dir;
+    let addrs = [
+        api.listen("a").await,
+        api.listen("b").await,
+        api.listen("c").await,
+    ];
+    let mut nodes = vec![slots.start(0, addrs[0])];
+    wait_for("node a publishes", dir.path(), || {
+        let a = &nodes[0];
+        async move { service_count(&table(a).await) == 1 }
+    })
+    .await;
+    nodes.push(slots.start(1, addrs[1]));
+    nodes.push(slots.start(2, addrs[2]));
+    wait_for("all three nodes hold the table", dir.path(), || {
+        let nodes = &nodes;
+        async move {
+            for n in nodes {
+                if service_count(&table(n).await) != 1 {
+                    return false;
+                }
+            }
+            true
+        }
+    })
+    .await;
+    assert_eq!(api.request_count("b"), 0);
+
+    // Node a's API server now refuses it; its open watches end, so it must ask again.
+    api.set_forbidden("a", true);
+    api.close_watches();
+    wait_for("node b lists and watches", dir.path(), || {
+        let api = api.clone();
+        async move {
+            api.requests("b")
+                .iter()
+                .any(|r| r.path.contains("watch=true") && r.status == 200)
+        }
+    })
+    .await;
+    wait_for("/v1/cluster says why a stands down", dir.path(), || {
+        let c = &nodes[2];
+        async move {
+            cluster(c).await.is_some_and(|v| {
+                v["publisher"] == "b"
+                    && v["members"].as_array().is_some_and(|m| {
+                        m.iter().any(|m| {
+                            m["id"] == "a"
+                                && m["stand_down"]
+                                    .as_str()
+                                    .is_some_and(|r| r.contains("refuses"))
+                        })
+                    })
+            })
+        }
+    })
+    .await;
+    let refused = api.requests("a").iter().filter(|r| r.status == 403).count();
+    assert!(refused > 0, "a was refused");
+    // A change flows through b to every node.
+    api.apply(
+        Kind::EndpointSlice,
+        slice("ns", "web", "x", ("http", 80), &[("198.18.0.7", true)]),
+    );
+    wait_for("node c sees b's table", dir.path(), || {
+        let c = &nodes[2];
+        async move {
+            table(c).await.is_some_and(|t| {
+                t["version"]["origin"] == "b"
+                    && t["table"]["services"][0]["backends"]
+                        .as_array()
+                        .is_some_and(|b| b.len() == 1)
+            })
+        }
+    })
+    .await;
+    assert_eq!(api.request_count("c"), 0, "c never needed the API server");
 }

@@ -5,8 +5,8 @@
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::json;
+use shoal_node::source::kubernetes::pools::{parse_pools, PoolObject, PoolSpec};
 use shoal_node::source::kubernetes::translate::{translate, Settings};
-use shoal_node::source::kubernetes::vip::parse_pools;
 use std::time::Instant;
 
 #[test]
@@ -39,7 +39,15 @@ fn two_thousand_services_translate_quickly() {
             .unwrap()
         })
         .collect();
-    let pools = parse_pools(&["203.0.112.0/21".into(), "198.51.100.0/24".into()]).unwrap();
+    let (pools, problems) = parse_pools(&[PoolObject {
+        name: "p".into(),
+        created_s: 0,
+        spec: PoolSpec {
+            addresses: vec!["203.0.112.0/21".into(), "198.51.100.0/24".into()],
+            ..PoolSpec::default()
+        },
+    }]);
+    assert!(problems.is_empty());
     let settings = Settings {
         load_balancer_class: "shoal.io/lb",
         pools: &pools,

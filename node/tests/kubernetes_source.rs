@@ -3,9 +3,11 @@
 
 mod kubernetes_fake;
 
-use kubernetes_fake::{service, slice, FakeApi, Kind};
+use kubernetes_fake::{pool, service, slice, FakeApi, Kind};
 use serde_json::json;
-use shoal_node::source::kubernetes::{run_with_client, KubernetesConfig};
+use shoal_node::source::kubernetes::{
+    run_with_client, KubernetesConfig, KubernetesMetrics, SourceError,
+};
 use shoal_node::table::RuleTable;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -21,23 +23,40 @@ fn client(addr: SocketAddr) -> kube::Client {
 }
 
 fn config() -> KubernetesConfig {
-    KubernetesConfig {
-        vip_pools: vec!["203.0.113.0/24".into()],
-        ..KubernetesConfig::default()
-    }
+    KubernetesConfig::default()
+}
+
+/// A fake API server holding one ShoalPool, 203.0.113.0/24 for every namespace.
+fn new_api() -> FakeApi {
+    let api = FakeApi::new();
+    api.apply(
+        Kind::ShoalPool,
+        pool("default", &["203.0.113.0/24"], None, true),
+    );
+    api
 }
 
 struct Running {
     rx: watch::Receiver<Option<RuleTable>>,
     cancel: CancellationToken,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    task: tokio::task::JoinHandle<Result<(), SourceError>>,
 }
 
 async fn start(api: &FakeApi, node: &str) -> Running {
     let addr = api.listen(node).await;
+    start_with(addr, config())
+}
+
+fn start_with(addr: SocketAddr, cfg: KubernetesConfig) -> Running {
     let (tx, rx) = watch::channel(None);
     let cancel = CancellationToken::new();
-    let task = tokio::spawn(run_with_client(client(addr), config(), tx, cancel.clone()));
+    let task = tokio::spawn(run_with_client(
+        client(addr),
+        cfg,
+        tx,
+        cancel.clone(),
+        KubernetesMetrics::default(),
+    ));
     Running { rx, cancel, task }
 }
 
@@ -105,7 +124,7 @@ fn status_ip(api: &FakeApi, ns: &str, name: &str) -> Option<String> {
 
 #[tokio::test]
 async fn services_and_slices_added_changed_deleted() {
-    let api = FakeApi::new();
+    let api = new_api();
     api.apply(
         Kind::Service,
         service(
@@ -217,7 +236,7 @@ async fn services_and_slices_added_changed_deleted() {
 
 #[tokio::test]
 async fn a_burst_of_changes_is_one_version() {
-    let api = FakeApi::new();
+    let api = new_api();
     api.apply(Kind::Service, service("ns", "s", &[("p", 80)], &[]));
     let mut node = start(&api, "n0").await;
     wait_table(&mut node.rx, "initial", |t| t.services.len() == 1).await;
@@ -256,7 +275,7 @@ async fn a_burst_of_changes_is_one_version() {
 
 #[tokio::test]
 async fn duplicate_vip_is_an_event_and_nothing_is_overwritten() {
-    let api = FakeApi::new();
+    let api = new_api();
     let mut older = service(
         "a",
         "first",
@@ -313,7 +332,7 @@ async fn duplicate_vip_is_an_event_and_nothing_is_overwritten() {
 
 #[tokio::test]
 async fn malformed_objects_are_skipped_with_an_event_and_the_rest_published() {
-    let api = FakeApi::new();
+    let api = new_api();
     api.apply(Kind::Service, service("ns", "good", &[("p", 80)], &[]));
     api.apply(
         Kind::EndpointSlice,
@@ -343,9 +362,14 @@ async fn malformed_objects_are_skipped_with_an_event_and_the_rest_published() {
     let t = wait_table(&mut node.rx, "table", |t| !t.services.is_empty()).await;
     assert_eq!(names(&t), ["ns/good:p"]);
     assert_eq!(backends(&t, "ns/good:p"), ["198.18.0.9:80"]);
-    wait_for("three events", || api.events().len() >= 3).await;
-    let mut got: Vec<(String, String)> = api
-        .events()
+    let warnings = || -> Vec<serde_json::Value> {
+        api.events()
+            .into_iter()
+            .filter(|e| e["type"] == "Warning")
+            .collect()
+    };
+    wait_for("three warnings", || warnings().len() >= 3).await;
+    let mut got: Vec<(String, String)> = warnings()
         .iter()
         .map(|e| {
             (
@@ -377,7 +401,7 @@ async fn malformed_objects_are_skipped_with_an_event_and_the_rest_published() {
 
 #[tokio::test]
 async fn handover_keeps_the_table_and_only_the_publisher_talks() {
-    let api = FakeApi::new();
+    let api = new_api();
     api.apply(Kind::Service, service("ns", "a", &[("p", 80)], &[]));
     api.apply(
         Kind::Service,
@@ -459,6 +483,7 @@ async fn handover_keeps_the_table_and_only_the_publisher_talks() {
         config(),
         tx,
         cancel.clone(),
+        KubernetesMetrics::default(),
     ));
     // The very first table it sends is already complete: nothing is published before both
     // kinds are listed, so replicas never see a half-empty table during a handover.
@@ -491,17 +516,475 @@ async fn handover_keeps_the_table_and_only_the_publisher_talks() {
 }
 
 #[tokio::test]
-async fn bad_pools_fail_before_any_request() {
+async fn bad_settings_fail_before_any_request() {
     let api = FakeApi::new();
     let addr = api.listen("n0").await;
-    let (tx, _rx) = watch::channel(None);
-    let cfg = KubernetesConfig {
-        vip_pools: vec!["203.0.113.0/33".into()],
-        ..KubernetesConfig::default()
-    };
-    let err = run_with_client(client(addr), cfg, tx, CancellationToken::new())
+    for (cfg, needle) in [
+        (
+            KubernetesConfig {
+                namespace: Some("app".into()),
+                vip_pools: vec!["203.0.113.0/33".into()],
+                ..KubernetesConfig::default()
+            },
+            "203.0.113.0/33",
+        ),
+        (
+            KubernetesConfig {
+                vip_pools: vec!["203.0.113.0/24".into()],
+                ..KubernetesConfig::default()
+            },
+            "ShoalPool",
+        ),
+    ] {
+        let (tx, _rx) = watch::channel(None);
+        let err = run_with_client(
+            client(addr),
+            cfg,
+            tx,
+            CancellationToken::new(),
+            KubernetesMetrics::default(),
+        )
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("203.0.113.0/33"), "{err}");
+        assert!(err.to_string().contains(needle), "{err}");
+    }
     assert_eq!(api.request_count("n0"), 0);
+}
+
+fn ingress_ips(api: &FakeApi, ns: &str, name: &str) -> Vec<String> {
+    api.get(Kind::Service, ns, name)
+        .and_then(|s| s["status"]["loadBalancer"]["ingress"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|i| i["ip"].as_str().map(str::to_string))
+        .collect()
+}
+
+fn events_with(api: &FakeApi, reason: &str, name: &str) -> Vec<serde_json::Value> {
+    api.events()
+        .into_iter()
+        .filter(|e| e["reason"] == reason && e["regarding"]["name"] == name)
+        .collect()
+}
+
+fn list_requests(api: &FakeApi, node: &str, prefix: &str) -> usize {
+    api.requests(node)
+        .iter()
+        .filter(|r| r.path.starts_with(prefix) && !r.path.contains("watch=true"))
+        .count()
+}
+
+/// Long bounds, so that a test that refuses requests on purpose is not cut short.
+fn patient() -> KubernetesConfig {
+    KubernetesConfig {
+        bounds: shoal_node::source::kubernetes::api_health::Bounds {
+            refused: Duration::from_secs(120),
+            unreachable: Duration::from_secs(120),
+        },
+        ..KubernetesConfig::default()
+    }
+}
+
+/// Issue #13 items 1-4: pools limited to namespaces, requests outside pools, sharing,
+/// dual-stack, status cleared when a Service leaves the class, Normal Events, pool status.
+#[tokio::test]
+async fn pools_sharing_dual_stack_and_status_lifecycle() {
+    let api = FakeApi::new();
+    api.apply(
+        Kind::ShoalPool,
+        pool("shared", &["203.0.113.0/28", "2001:db8::/120"], None, true),
+    );
+    api.apply(
+        Kind::ShoalPool,
+        pool("team", &["198.51.100.0/28"], Some(&["team"]), true),
+    );
+    // Overlaps "shared": ignored and reported.
+    let mut overlap = pool("overlap", &["203.0.113.8/29"], None, true);
+    overlap["metadata"]["creationTimestamp"] = json!("2026-06-01T00:00:00Z");
+    api.apply(Kind::ShoalPool, overlap);
+    // TCP and UDP of one DNS service share an address.
+    api.apply(
+        Kind::Service,
+        service(
+            "dns",
+            "tcp",
+            &[("dns", 53)],
+            &[("shoal.io/allow-shared-ip", "dns")],
+        ),
+    );
+    let mut udp = service(
+        "dns",
+        "udp",
+        &[("dns", 53)],
+        &[("shoal.io/allow-shared-ip", "dns")],
+    );
+    udp["spec"]["ports"][0]["protocol"] = json!("UDP");
+    api.apply(Kind::Service, udp);
+    // A request in a pool its namespace may not use.
+    api.apply(
+        Kind::Service,
+        service(
+            "web",
+            "thief",
+            &[("p", 80)],
+            &[("shoal.io/vip", "198.51.100.3")],
+        ),
+    );
+    api.apply(Kind::Service, service("team", "ok", &[("p", 80)], &[]));
+    let mut ds = service("web", "ds", &[("p", 80)], &[]);
+    ds["spec"]["ipFamilies"] = json!(["IPv4", "IPv6"]);
+    ds["spec"]["ipFamilyPolicy"] = json!("RequireDualStack");
+    api.apply(Kind::Service, ds);
+    let mut node = start(&api, "n0").await;
+
+    let t = wait_table(&mut node.rx, "table", |t| t.services.len() == 5).await;
+    let names: Vec<&str> = names(&t);
+    assert_eq!(
+        names,
+        [
+            "dns/tcp:dns",
+            "dns/udp:dns",
+            "team/ok:p",
+            "web/ds:p",
+            "web/ds:p@IPv6"
+        ]
+    );
+    wait_for("statuses", || {
+        ingress_ips(&api, "dns", "tcp").len() == 1
+            && ingress_ips(&api, "dns", "udp").len() == 1
+            && ingress_ips(&api, "web", "ds").len() == 2
+            && ingress_ips(&api, "team", "ok").len() == 1
+    })
+    .await;
+    assert_eq!(
+        ingress_ips(&api, "dns", "tcp"),
+        ingress_ips(&api, "dns", "udp")
+    );
+    assert!(ingress_ips(&api, "team", "ok")[0].starts_with("198.51.100."));
+    let ds_ips = ingress_ips(&api, "web", "ds");
+    assert!(ds_ips[0].starts_with("203.0.113.") && ds_ips[1].starts_with("2001:db8::"));
+    assert!(ingress_ips(&api, "web", "thief").is_empty());
+    wait_for("warnings", || {
+        !events_with(&api, "VipNotInPool", "thief").is_empty()
+            && !events_with(&api, "InvalidPool", "overlap").is_empty()
+            && !events_with(&api, "VipAssigned", "ds").is_empty()
+    })
+    .await;
+    assert_eq!(events_with(&api, "VipAssigned", "ds")[0]["type"], "Normal");
+    assert_eq!(
+        events_with(&api, "VipNotInPool", "thief")[0]["type"],
+        "Warning"
+    );
+    // Pool usage in status: shared holds the DNS address and ds's two.
+    wait_for("pool status", || {
+        api.get(Kind::ShoalPool, "", "shared")
+            .is_some_and(|p| p["status"]["used"] == 3)
+            && api.get(Kind::ShoalPool, "", "overlap").is_some_and(|p| {
+                p["status"]["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("overlaps")
+            })
+    })
+    .await;
+    let team = api.get(Kind::ShoalPool, "", "team").unwrap();
+    assert_eq!(
+        (
+            team["status"]["used"].clone(),
+            team["status"]["free"].clone()
+        ),
+        (json!(1), json!(13))
+    );
+
+    // Leaving the class: the Service becomes ClusterIP; its address is cleared and released.
+    let mut left = api.get(Kind::Service, "team", "ok").unwrap();
+    left["spec"]["type"] = json!("ClusterIP");
+    left["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("loadBalancerClass");
+    api.apply(Kind::Service, left);
+    wait_for("status cleared", || {
+        ingress_ips(&api, "team", "ok").is_empty()
+    })
+    .await;
+    wait_for("released event", || {
+        !events_with(&api, "VipReleased", "ok").is_empty()
+    })
+    .await;
+    // Deleted: released too.
+    api.delete(Kind::Service, "web", "ds");
+    wait_for("released on delete", || {
+        !events_with(&api, "VipReleased", "ds").is_empty()
+    })
+    .await;
+    wait_table(&mut node.rx, "ds gone", |t| t.services.len() == 2).await;
+    node.cancel.cancel();
+}
+
+/// Issue #13 item 8: a watch from an expired resourceVersion gets 410 Gone; the watcher
+/// relists, and the table shows what happened while it was away (a deletion included).
+#[tokio::test]
+async fn expired_resource_version_relists_and_the_table_stays_right() {
+    let api = new_api();
+    api.apply(Kind::Service, service("ns", "a", &[("p", 80)], &[]));
+    api.apply(Kind::Service, service("ns", "b", &[("p", 80)], &[]));
+    let addr = api.listen("n0").await;
+    let mut node = start_with(addr, patient());
+    wait_table(&mut node.rx, "initial", |t| t.services.len() == 2).await;
+    let lists_before = list_requests(&api, "n0", "/api/v1/services");
+
+    // Cut the watches and keep the node out while things change and history is compacted.
+    api.set_forbidden("n0", true);
+    api.close_watches();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    api.delete(Kind::Service, "ns", "a");
+    api.apply(Kind::Service, service("ns", "c", &[("p", 80)], &[]));
+    api.apply(
+        Kind::EndpointSlice,
+        slice("ns", "b", "x", ("p", 80), &[("198.18.0.5", true)]),
+    );
+    api.compact();
+    api.set_forbidden("n0", false);
+
+    let t = wait_table(&mut node.rx, "relisted table", |t| {
+        names(t) == ["ns/b:p", "ns/c:p"] && backends(t, "ns/b:p") == ["198.18.0.5:80"]
+    })
+    .await;
+    assert_eq!(t.services.len(), 2);
+    assert!(
+        list_requests(&api, "n0", "/api/v1/services") > lists_before,
+        "the Service watcher listed again"
+    );
+    node.cancel.cancel();
+    node.task.await.unwrap().unwrap();
+}
+
+/// Bookmarks move the watcher's resourceVersion forward, so a watch that ends after history
+/// was compacted resumes from the bookmark without a 410 and without a relist.
+#[tokio::test]
+async fn bookmarks_let_a_watch_resume_without_relisting() {
+    let api = new_api();
+    api.apply(Kind::Service, service("ns", "a", &[("p", 80)], &[]));
+    let mut node = start(&api, "n0").await;
+    wait_table(&mut node.rx, "initial", |t| t.services.len() == 1).await;
+    // Changes the Service watch does not see move the store's version on.
+    for i in 0..5 {
+        api.apply(
+            Kind::EndpointSlice,
+            slice(
+                "ns",
+                "a",
+                "x",
+                ("p", 80),
+                &[(&format!("198.18.0.{}", i + 1), true)],
+            ),
+        );
+    }
+    wait_table(&mut node.rx, "backend", |t| {
+        backends(t, "ns/a:p") == ["198.18.0.5:80"]
+    })
+    .await;
+    let lists = list_requests(&api, "n0", "/api/v1/services");
+    let rv = api.bookmark();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    api.compact();
+    api.close_watches();
+    let want = format!("resourceVersion={rv}");
+    wait_for("a Service watch from the bookmark", || {
+        api.requests("n0").iter().any(|r| {
+            r.path.starts_with("/api/v1/services")
+                && r.path.contains("watch=true")
+                && r.path.contains(&want)
+        })
+    })
+    .await;
+    // And it works: a new Service arrives through the resumed watch.
+    api.apply(Kind::Service, service("ns", "b", &[("p", 80)], &[]));
+    wait_table(&mut node.rx, "b", |t| t.services.len() == 2).await;
+    assert_eq!(
+        list_requests(&api, "n0", "/api/v1/services"),
+        lists,
+        "no relist"
+    );
+    node.cancel.cancel();
+}
+
+/// Lists come in pages (`limit` / `continue`); every page is used.
+#[tokio::test]
+async fn paginated_lists_are_read_to_the_end() {
+    let api = new_api();
+    api.max_page(2);
+    for i in 0..7 {
+        api.apply(
+            Kind::Service,
+            service("ns", &format!("s{i}"), &[("p", 80)], &[]),
+        );
+    }
+    let mut node = start(&api, "n0").await;
+    wait_table(&mut node.rx, "all seven", |t| t.services.len() == 7).await;
+    let continued = api
+        .requests("n0")
+        .iter()
+        .filter(|r| r.path.starts_with("/api/v1/services") && r.path.contains("continue="))
+        .count();
+    assert_eq!(continued, 3, "7 items in pages of 2: 3 continuations");
+    node.cancel.cancel();
+}
+
+async fn token_client(addr: SocketAddr, token: &str) -> kube::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kubeconfig");
+    std::fs::write(&path, kubernetes_fake::kubeconfig_with_token(addr, token)).unwrap();
+    let kc = kube::config::Kubeconfig::read_from(&path).unwrap();
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .unwrap();
+    kube::Client::try_from(cfg).unwrap()
+}
+
+/// The bearer token is sent; a wrong one (401) or a refusal (403) makes the publisher give
+/// up after the refusal bound instead of retrying forever.
+#[tokio::test]
+async fn bearer_token_and_refusals_make_the_source_give_up() {
+    let api = new_api();
+    api.apply(Kind::Service, service("ns", "a", &[("p", 80)], &[]));
+    let access = kubernetes_fake::Access {
+        token: Some("s3cret".into()),
+        ..Default::default()
+    };
+    let addr = api.listen_with("n0", access).await;
+    let quick = KubernetesConfig {
+        bounds: shoal_node::source::kubernetes::api_health::Bounds {
+            refused: Duration::from_secs(1),
+            unreachable: Duration::from_secs(60),
+        },
+        ..KubernetesConfig::default()
+    };
+    let (tx, mut rx) = watch::channel(None);
+    let cancel = CancellationToken::new();
+    let good = tokio::spawn(run_with_client(
+        token_client(addr, "s3cret").await,
+        quick.clone(),
+        tx,
+        cancel.clone(),
+        KubernetesMetrics::default(),
+    ));
+    wait_table(&mut rx, "with the right token", |t| t.services.len() == 1).await;
+    cancel.cancel();
+    good.await.unwrap().unwrap();
+
+    let (tx, _rx) = watch::channel(None);
+    let bad = run_with_client(
+        token_client(addr, "wrong").await,
+        quick.clone(),
+        tx,
+        CancellationToken::new(),
+        KubernetesMetrics::default(),
+    );
+    let err = tokio::time::timeout(WAIT, bad)
+        .await
+        .expect("gives up")
+        .unwrap_err();
+    assert!(matches!(err, SourceError::GaveUp(_)), "{err}");
+    assert!(err.to_string().contains("401"), "{err}");
+
+    api.set_forbidden("n0", true);
+    let (tx, _rx) = watch::channel(None);
+    let refused = run_with_client(
+        token_client(addr, "s3cret").await,
+        quick,
+        tx,
+        CancellationToken::new(),
+        KubernetesMetrics::default(),
+    );
+    let err = tokio::time::timeout(WAIT, refused)
+        .await
+        .expect("gives up")
+        .unwrap_err();
+    assert!(err.to_string().contains("403"), "{err}");
+}
+
+/// #12 item 2, `app` overlay: two installs, each limited to its namespace with its own class
+/// and pool, side by side. The fake server refuses anything outside a listener's namespace
+/// (as a namespaced Role does): no request is refused, so the Role suffices, and neither
+/// install touches the other's Services.
+#[tokio::test]
+async fn two_namespaced_installs_side_by_side() {
+    let api = FakeApi::new();
+    for (ns, other) in [("app1", "app2"), ("app2", "app1")] {
+        let class = format!("{ns}.example/lb");
+        let mut s = service(ns, "web", &[("http", 80)], &[]);
+        s["spec"]["loadBalancerClass"] = json!(class);
+        api.apply(Kind::Service, s);
+        // A Service of the other install's class in this namespace: nobody serves it.
+        let mut stray = service(ns, "stray", &[("http", 80)], &[]);
+        stray["spec"]["loadBalancerClass"] = json!(format!("{other}.example/lb"));
+        api.apply(Kind::Service, stray);
+        api.apply(
+            Kind::EndpointSlice,
+            slice(ns, "web", "x", ("http", 80), &[("198.18.0.9", true)]),
+        );
+    }
+    let mut installs = Vec::new();
+    for (ns, cidr) in [("app1", "203.0.113.0/28"), ("app2", "203.0.113.16/28")] {
+        let addr = api
+            .listen_with(
+                ns,
+                kubernetes_fake::Access {
+                    namespace: Some(ns.into()),
+                    ..Default::default()
+                },
+            )
+            .await;
+        let cfg = KubernetesConfig {
+            load_balancer_class: format!("{ns}.example/lb"),
+            namespace: Some(ns.into()),
+            vip_pools: vec![cidr.into()],
+            ..KubernetesConfig::default()
+        };
+        installs.push((ns, start_with(addr, cfg)));
+    }
+    for (ns, node) in &mut installs {
+        let t = wait_table(&mut node.rx, "own table", |t| t.services.len() == 1).await;
+        assert_eq!(names(&t), [format!("{ns}/web:http").as_str()]);
+    }
+    wait_for("both statuses", || {
+        ingress_ips(&api, "app1", "web").len() == 1 && ingress_ips(&api, "app2", "web").len() == 1
+    })
+    .await;
+    assert!(
+        ingress_ips(&api, "app1", "web")[0]
+            .parse::<std::net::Ipv4Addr>()
+            .unwrap()
+            .octets()[3]
+            < 16
+    );
+    assert!(
+        ingress_ips(&api, "app2", "web")[0]
+            .parse::<std::net::Ipv4Addr>()
+            .unwrap()
+            .octets()[3]
+            >= 16
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    for ns in ["app1", "app2"] {
+        assert!(ingress_ips(&api, ns, "stray").is_empty());
+        let reqs = api.requests(ns);
+        let refused: Vec<_> = reqs.iter().filter(|r| r.status == 403).collect();
+        assert!(
+            refused.is_empty(),
+            "{ns}: the Role did not suffice: {refused:?}"
+        );
+        assert!(
+            reqs.iter()
+                .all(|r| r.path.contains(&format!("/namespaces/{ns}/"))),
+            "{reqs:?}"
+        );
+    }
+    for (_, node) in installs {
+        node.cancel.cancel();
+        node.task.await.unwrap().unwrap();
+    }
 }

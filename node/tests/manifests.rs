@@ -176,8 +176,10 @@ fn statefulset_args_parse_and_match_the_other_manifests() {
         panic!("not the kubernetes source")
     };
     assert_eq!(k.lb_class, "shoal.io/lb");
-    assert!(!k.vip_pools.is_empty());
-    shoal_node::source::kubernetes::vip::parse_pools(&k.vip_pools).expect("pools in the ConfigMap");
+    assert!(
+        k.vip_pools.is_empty() && k.namespace.is_none(),
+        "a cluster-wide install reads ShoalPool objects"
+    );
     assert_eq!(k.kubeconfig, None, "in-cluster config in pods");
 
     // The ServiceAccount the RBAC grants is the one the pods run as.
@@ -234,8 +236,40 @@ fn cluster_role_is_minimal() {
             "discovery.k8s.io/endpointslices:list",
             "discovery.k8s.io/endpointslices:watch",
             "events.k8s.io/events:create",
+            "shoal.io/shoalpools/status:patch",
+            "shoal.io/shoalpools:get",
+            "shoal.io/shoalpools:list",
+            "shoal.io/shoalpools:watch",
         ]
     );
+}
+
+/// The ShoalPool CRD names what the source reads, and the example pools parse into pools.
+#[test]
+fn shoalpool_crd_matches_the_source() {
+    use shoal_node::source::kubernetes::pools;
+    let crd: serde_json::Value = load("crd-shoalpool.yaml");
+    let spec = &crd["spec"];
+    assert_eq!(spec["group"], pools::GROUP);
+    assert_eq!(spec["names"]["kind"], pools::KIND);
+    assert_eq!(spec["names"]["plural"], pools::PLURAL);
+    assert_eq!(spec["scope"], "Cluster");
+    assert_eq!(spec["versions"][0]["name"], pools::VERSION);
+    assert!(spec["versions"][0]["subresources"]["status"].is_object());
+    let text = std::fs::read_to_string(manifests().join("examples/shoalpool.yaml")).unwrap();
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_str_multiple(&text).unwrap();
+    let objects: Vec<pools::PoolObject> = docs
+        .into_iter()
+        .map(|d| {
+            serde_json::from_value::<pools::ShoalPool>(d)
+                .unwrap()
+                .object()
+        })
+        .collect();
+    let (parsed, problems) = pools::parse_pools(&objects);
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_eq!(parsed.len(), 2);
+    assert!(!parsed[1].auto_assign && parsed[1].allows("shop") && !parsed[1].allows("web"));
 }
 
 #[test]

@@ -5,7 +5,7 @@
 //! One shared object store, any number of listeners on 127.0.0.1 ("nodes"), so a test can
 //! give each Shoal node its own port and count who talked to the API server.
 //!
-//! Real API server semantics it keeps (each has a test in kubernetes_api_semantics.rs):
+//! Real API server semantics it keeps (each has a test in kubernetes_source.rs):
 //! - a watch from a resourceVersion older than the compacted history gets a `410 Gone`
 //!   ERROR event ([`FakeApi::compact`]), and the client must relist;
 //! - `allowWatchBookmarks=true` watches get BOOKMARK events carrying the newest
@@ -349,7 +349,13 @@ async fn handle(
     response
 }
 
-async fn route(l: &Listener, method: &Method, uri: &Uri, headers: &HeaderMap, body: Bytes) -> Response {
+async fn route(
+    l: &Listener,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Response {
     let path = uri.path().to_string();
     let query: BTreeMap<String, String> = uri
         .query()
@@ -440,9 +446,9 @@ fn list(api: &FakeApi, kind: Kind, ns: Option<&str>, query: &BTreeMap<String, St
         .filter(|((k, n, _), _)| *k == kind && ns.is_none_or(|ns| ns == n))
         .map(|(_, v)| v)
         .collect();
-    // continue = "<rv>:<offset>": later pages show the list as of the first page's version
+    // continue = "<rv>.<offset>" (URL-safe): later pages show the list as of the first page's version
     // in the real server; here objects may have moved, which is allowed for a fake.
-    let (list_rv, offset) = match query.get("continue").and_then(|c| c.split_once(':')) {
+    let (list_rv, offset) = match query.get("continue").and_then(|c| c.split_once('.')) {
         Some((rv, off)) => match (rv.parse::<u64>(), off.parse::<usize>()) {
             (Ok(rv), Ok(off)) => (rv, off),
             _ => return status(StatusCode::BAD_REQUEST, "BadRequest", "bad continue token"),
@@ -466,7 +472,7 @@ fn list(api: &FakeApi, kind: Kind, ns: Option<&str>, query: &BTreeMap<String, St
         .collect();
     let mut metadata = json!({"resourceVersion": list_rv.to_string()});
     if end < all.len() {
-        metadata["continue"] = json!(format!("{list_rv}:{end}"));
+        metadata["continue"] = json!(format!("{list_rv}.{end}"));
         metadata["remainingItemCount"] = json!(all.len() - end);
     }
     axum::Json(json!({
@@ -495,7 +501,10 @@ fn line(v: Value) -> Result<Bytes, std::convert::Infallible> {
 fn watch(l: &Listener, kind: Kind, ns: Option<String>, from: u64, bookmarks: bool) -> Response {
     use futures::StreamExt;
     let in_scope = move |k: Kind, o: &Value| {
-        k == kind && ns.as_deref().is_none_or(|ns| o["metadata"]["namespace"] == ns)
+        k == kind
+            && ns
+                .as_deref()
+                .is_none_or(|ns| o["metadata"]["namespace"] == ns)
     };
     // Subscribe before reading history so nothing falls between the two.
     let rx = l.api.changes.subscribe();
@@ -525,7 +534,12 @@ fn watch(l: &Listener, kind: Kind, ns: Option<String>, from: u64, bookmarks: boo
     let counter = l.api.watch_counter(&l.node);
     counter.fetch_add(1, Ordering::SeqCst);
     let guard = WatchGuard(counter);
-    let first = futures::stream::iter(backlog.into_iter().map(|(_, v)| line(v)).collect::<Vec<_>>());
+    let first = futures::stream::iter(
+        backlog
+            .into_iter()
+            .map(|(_, v)| line(v))
+            .collect::<Vec<_>>(),
+    );
     let live = futures::stream::unfold((rx, guard), move |(mut rx, guard)| {
         let in_scope = in_scope.clone();
         async move {
@@ -606,7 +620,12 @@ fn patch_pool_status(api: &FakeApi, name: &str, body: &[u8]) -> Response {
 }
 
 /// A ShoalPool with `addresses`, optionally limited to `namespaces`.
-pub fn pool(name: &str, addresses: &[&str], namespaces: Option<&[&str]>, auto_assign: bool) -> Value {
+pub fn pool(
+    name: &str,
+    addresses: &[&str],
+    namespaces: Option<&[&str]>,
+    auto_assign: bool,
+) -> Value {
     let mut spec = json!({"addresses": addresses, "autoAssign": auto_assign});
     if let Some(ns) = namespaces {
         spec["namespaces"] = json!(ns);
@@ -664,9 +683,13 @@ pub fn slice(
 
 /// A kubeconfig file pointing at `addr` over plain HTTP (token `test-token`).
 pub fn kubeconfig(addr: SocketAddr) -> String {
+    kubeconfig_with_token(addr, "test-token")
+}
+
+pub fn kubeconfig_with_token(addr: SocketAddr, token: &str) -> String {
     format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{addr}\n\
-         users:\n- name: test\n  user:\n    token: test-token\ncontexts:\n- name: fake\n  context:\n    \
+         users:\n- name: test\n  user:\n    token: {token}\ncontexts:\n- name: fake\n  context:\n    \
          cluster: fake\n    user: test\ncurrent-context: fake\n"
     )
 }

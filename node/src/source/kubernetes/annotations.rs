@@ -5,7 +5,7 @@
 //! | `shoal.io/vip` | an IPv4 or IPv6 address, or one of each comma-separated (dual-stack) | `spec.loadBalancerIP`, else allocated from a pool |
 //! | `shoal.io/allow-shared-ip` | a sharing key: Services with the same key and no common port share a VIP | none |
 //! | `shoal.io/scheduler` | `mh rr wrr lc wlc sh dh sed nq lblc lblcr fo ovf twos` | `mh` |
-//! | `shoal.io/mh-port` | `true`/`false` (only with `mh`) | `false` |
+//! | `shoal.io/mh-port` | `true`/`false` (only with `mh`) | `true` with `mh` (as in the rules file), `false` with `sessionAffinity: ClientIP` |
 //! | `shoal.io/mh-fallback` | `true`/`false` (only with `mh`) | `true` with `mh` |
 //! | `shoal.io/forwarding` | `tunnel` (= `ipip`), `gue`, `gre`, `masq`, `route` | `tunnel` |
 //! | `shoal.io/gue-port` | UDP port of the backends' GUE decapsulation | `6080` |
@@ -84,7 +84,7 @@ impl Default for ServiceSettings {
             sharing_key: None,
             scheduler: "mh".to_string(),
             flags: SchedFlags {
-                mh_port: false,
+                mh_port: true,
                 mh_fallback: true,
             },
             forwarding: Forwarding::Tunnel(Tunnel::Ipip),
@@ -158,6 +158,7 @@ pub fn parse(
     }
     let is_mh = s.scheduler == "mh";
     s.flags.mh_fallback = is_mh;
+    s.flags.mh_port = is_mh;
     for (key, field) in [(MH_PORT, 0), (MH_FALLBACK, 1)] {
         if let Some(v) = get(key) {
             let on = parse_bool(key, v)?;
@@ -323,7 +324,7 @@ mod tests {
     fn no_annotations_give_the_documented_defaults() {
         let s = parse(&BTreeMap::new(), None).unwrap();
         assert_eq!(s.scheduler, "mh");
-        assert!(s.flags.mh_fallback && !s.flags.mh_port);
+        assert!(s.flags.mh_fallback && s.flags.mh_port);
         assert_eq!(s.forwarding, Forwarding::Tunnel(Tunnel::Ipip));
         let h = s.health.unwrap();
         assert_eq!(

@@ -115,7 +115,10 @@ mod tests {
         h.on_error(t0, Failure::Refused, "403 Forbidden".into());
         assert_eq!(h.give_up(t0 + secs(4), &b), None);
         let reason = h.give_up(t0 + secs(5), &b).unwrap();
-        assert!(reason.contains("refuses") && reason.contains("403"), "{reason}");
+        assert!(
+            reason.contains("refuses") && reason.contains("403"),
+            "{reason}"
+        );
 
         // A good answer in between starts over.
         h.on_ok();

@@ -106,7 +106,10 @@ mod tests {
             .inc();
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
-        assert!(out.contains("shoal_kubernetes_relists_total{kind=\"Service\"} 1"), "{out}");
+        assert!(
+            out.contains("shoal_kubernetes_relists_total{kind=\"Service\"} 1"),
+            "{out}"
+        );
         for line in out.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
             assert!(line.starts_with("shoal_"), "{line}");
         }

@@ -102,7 +102,9 @@ impl Pool {
 /// A pool left out, with the reason (written to its status and as an Event).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PoolProblem {
-    #[error("ShoalPool {pool}: {value:?} is not a CIDR (expected e.g. 203.0.113.0/24); pool ignored")]
+    #[error(
+        "ShoalPool {pool}: {value:?} is not a CIDR (expected e.g. 203.0.113.0/24); pool ignored"
+    )]
     NotCidr { pool: String, value: String },
     #[error("ShoalPool {pool}: no addresses; pool ignored")]
     Empty { pool: String },
@@ -282,8 +284,15 @@ mod tests {
         assert_eq!(pools[0].nets[0].to_string(), "203.0.113.0/24");
         assert!(pools[1].has_family(Family::V6) && pools[1].has_family(Family::V4));
         let msgs: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
-        assert!(msgs.iter().any(|m| m.contains("young") && m.contains("old")), "{msgs:?}");
-        assert!(msgs.iter().any(|m| m.contains("203.0.113.0/33")), "{msgs:?}");
+        assert!(
+            msgs.iter()
+                .any(|m| m.contains("young") && m.contains("old")),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs.iter().any(|m| m.contains("203.0.113.0/33")),
+            "{msgs:?}"
+        );
         assert!(msgs.iter().any(|m| m.contains("empty")), "{msgs:?}");
         // Two overlapping networks inside one pool.
         let (pools, problems) = parse_pools(&[obj("self", 0, &["10.0.0.0/8", "10.1.0.0/16"])]);
@@ -310,7 +319,10 @@ mod tests {
         assert!(u["bad"].message.contains("not a CIDR"));
         let big = [obj("big", 0, &["2001:db8::/32"])];
         let (pools, _) = parse_pools(&big);
-        assert_eq!(usage(&big, &pools, &[], []).get("big").unwrap().free, i64::MAX as u64);
+        assert_eq!(
+            usage(&big, &pools, &[], []).get("big").unwrap().free,
+            i64::MAX as u64
+        );
     }
 
     #[test]

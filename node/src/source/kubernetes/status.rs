@@ -113,7 +113,10 @@ pub fn new_problems<'a>(previous: &BTreeSet<Problem>, current: &'a [Problem]) ->
 }
 
 fn list(ips: &[IpAddr]) -> String {
-    ips.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", ")
+    ips.iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 pub struct StatusWriter {

@@ -174,8 +174,9 @@ fn ports_of(svc: &Service) -> BTreeSet<(String, u16)> {
 }
 
 /// `sessionAffinity: ClientIP` is honoured by a scheduler that hashes the client address
-/// only: `mh` without `mh-port` (the default) or `sh`; each replica then picks the same
-/// backend for a client. Anything else is reported.
+/// only: `mh` without `mh-port` (what ClientIP turns the default into) or `sh`; each replica
+/// then picks the same backend for a client, with no timeout (`timeoutSeconds` is not used:
+/// the mapping lasts as long as the set of endpoints). Anything else is reported.
 fn affinity_problem(svc: &Service, settings: &ServiceSettings) -> Option<String> {
     let spec = svc.spec.as_ref()?;
     if spec.session_affinity.as_deref() != Some("ClientIP") {
@@ -218,8 +219,17 @@ pub fn translate(services: &[Service], slices: &[EndpointSlice], cfg: &Settings)
             .as_ref()
             .and_then(|s| s.load_balancer_ip.as_deref());
         match annotations::parse(ann, lb_ip) {
-            Ok(settings) => {
+            Ok(mut settings) => {
                 let key = key_of(&id.namespace, &id.name);
+                let client_ip = svc
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.session_affinity.as_deref())
+                    == Some("ClientIP");
+                if client_ip && !ann.contains_key(annotations::MH_PORT) {
+                    // One client, one backend: hash the client address only.
+                    settings.flags.mh_port = false;
+                }
                 if let Some(message) = affinity_problem(svc, &settings) {
                     problems.push(Problem {
                         object: id.clone(),
@@ -319,13 +329,9 @@ pub fn translate(services: &[Service], slices: &[EndpointSlice], cfg: &Settings)
             };
             let ports = svc.spec.as_ref().and_then(|s| s.ports.as_ref());
             for port in ports.into_iter().flatten() {
-                if let Some(vs) = ctx.virtual_service(
-                    key,
-                    port,
-                    svc_slices,
-                    &mut problems,
-                    &mut bad_slices,
-                ) {
+                if let Some(vs) =
+                    ctx.virtual_service(key, port, svc_slices, &mut problems, &mut bad_slices)
+                {
                     table.services.push(vs);
                 }
             }
@@ -421,7 +427,10 @@ impl PortContext<'_> {
                 let is_ready = c.and_then(|c| c.ready).unwrap_or(true);
                 let serving = c.and_then(|c| c.serving).unwrap_or(is_ready);
                 let is_terminating = c.and_then(|c| c.terminating).unwrap_or(false);
-                let bucket = match (is_ready && serving && !is_terminating, serving && is_terminating) {
+                let bucket = match (
+                    is_ready && serving && !is_terminating,
+                    serving && is_terminating,
+                ) {
                     (true, _) => &mut ready,
                     (false, true) => &mut terminating,
                     (false, false) => continue,
@@ -691,7 +700,12 @@ mod tests {
         assert_eq!(t.problems[0].reason, "VipConflict");
     }
 
-    fn with_conditions(mut s: EndpointSlice, ready: bool, serving: bool, terminating: bool) -> EndpointSlice {
+    fn with_conditions(
+        mut s: EndpointSlice,
+        ready: bool,
+        serving: bool,
+        terminating: bool,
+    ) -> EndpointSlice {
         for ep in &mut s.endpoints {
             ep.conditions = Some(EndpointConditions {
                 ready: Some(ready),
@@ -728,7 +742,11 @@ mod tests {
         let t = run(&[s.clone()], &[old.clone(), gone.clone(), new]);
         assert_eq!(addrs(&t), ["198.18.0.2"]);
         let t = run(&[s], &[old, gone]);
-        assert_eq!(addrs(&t), ["198.18.0.1"], "serving terminating endpoint as fallback");
+        assert_eq!(
+            addrs(&t),
+            ["198.18.0.1"],
+            "serving terminating endpoint as fallback"
+        );
     }
 
     #[test]
@@ -749,14 +767,32 @@ mod tests {
             .table
             .services
             .iter()
-            .map(|s| (s.name.clone(), s.vip.is_ipv6(), s.backends[0].address.to_string()))
+            .map(|s| {
+                (
+                    s.name.clone(),
+                    s.vip.is_ipv6(),
+                    s.backends[0].address.to_string(),
+                )
+            })
             .collect();
         assert_eq!(
             got,
             [
-                ("default/ds:http".to_string(), true, "2001:db8:1::1".to_string()),
-                ("default/ds:http@IPv4".to_string(), false, "198.18.0.1".to_string()),
-                ("default/v6:http".to_string(), true, "2001:db8:1::2".to_string()),
+                (
+                    "default/ds:http".to_string(),
+                    true,
+                    "2001:db8:1::1".to_string()
+                ),
+                (
+                    "default/ds:http@IPv4".to_string(),
+                    false,
+                    "198.18.0.1".to_string()
+                ),
+                (
+                    "default/v6:http".to_string(),
+                    true,
+                    "2001:db8:1::2".to_string()
+                ),
             ]
         );
         assert_eq!(t.vips["default/ds"].len(), 2);

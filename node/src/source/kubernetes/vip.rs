@@ -9,7 +9,8 @@
 //!
 //! Each Service asks for one address per IP family it lists (`spec.ipFamilies`). A requested
 //! address must lie in a pool that the Service's namespace may use; pools with `autoAssign`
-//! off only serve requests. Services with the same sharing key (`shoal.io/allow-shared-ip`)
+//! off only serve requests; pools limited to some namespaces are tried before pools open to
+//! every namespace. Services with the same sharing key (`shoal.io/allow-shared-ip`)
 //! and no common port may hold one address together.
 //!
 //! Conflicts are never resolved silently: when two Services claim one address and cannot
@@ -207,9 +208,9 @@ pub fn assign(claims: &[Claim], pools: &[Pool]) -> Assignment {
             continue;
         }
         // A sharer first joins an address its group already holds.
-        let joinable = held.iter().find(|(ip, h)| {
-            Family::of(ip) == family && in_usable_pool(c, ip) && h.accepts(c)
-        });
+        let joinable = held
+            .iter()
+            .find(|(ip, h)| Family::of(ip) == family && in_usable_pool(c, ip) && h.accepts(c));
         if let Some((&ip, _)) = joinable {
             if let Some(h) = held.get_mut(&ip) {
                 h.holders.push(c);
@@ -217,9 +218,11 @@ pub fn assign(claims: &[Claim], pools: &[Pool]) -> Assignment {
             chosen.insert((c.key.clone(), family), ip);
             continue;
         }
-        let candidates: Vec<&Pool> = usable_by(pools, &c.namespace)
+        let mut candidates: Vec<&Pool> = usable_by(pools, &c.namespace)
             .filter(|p| p.auto_assign && p.has_family(family))
             .collect();
+        // Pools reserved for some namespaces come before pools open to all.
+        candidates.sort_by_key(|p| p.namespaces.is_empty());
         if candidates.is_empty() {
             out.add_problem(
                 &c.key,
@@ -486,7 +489,10 @@ mod tests {
         c.families = vec![Family::V4, Family::V6];
         let a = assign(&[c], &pools(&["203.0.113.0/24"]));
         assert_eq!(a.vips["a/ds"].len(), 1);
-        assert!(matches!(a.problems["a/ds"][0], VipProblem::NoPools { family: "IPv6", .. }));
+        assert!(matches!(
+            a.problems["a/ds"][0],
+            VipProblem::NoPools { family: "IPv6", .. }
+        ));
     }
 
     #[test]
@@ -519,7 +525,10 @@ mod tests {
             &pools(&["203.0.113.0/24"]),
         );
         assert_eq!(vip(&a, "a/holder"), ip("203.0.113.5"));
-        assert!(matches!(a.problems["a/asker"][0], VipProblem::Conflict { .. }));
+        assert!(matches!(
+            a.problems["a/asker"][0],
+            VipProblem::Conflict { .. }
+        ));
     }
 
     #[test]

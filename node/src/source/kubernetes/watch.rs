@@ -89,9 +89,14 @@ impl Watched<'_> {
     ) -> Result<(), SourceError> {
         match ev {
             Some(Ok(e)) => {
-                self.health.on_ok();
                 if matches!(e, Event::Init) {
-                    self.metrics.relists.get_or_create(&KindLabel { kind }).inc();
+                    // Sent before the list request: not an answer from the API server.
+                    self.metrics
+                        .relists
+                        .get_or_create(&KindLabel { kind })
+                        .inc();
+                } else {
+                    self.health.on_ok();
                 }
                 if cache.apply(e) {
                     arm(self.due);
@@ -127,8 +132,9 @@ pub async fn run_loop(
 ) -> Result<(), SourceError> {
     // A namespaced install cannot read cluster-scoped ShoalPools: its pool is in the config.
     let fixed_pools: Option<Vec<Pool>> = match &cfg.namespace {
-        Some(ns) => Some(vec![pools::from_cidrs(&cfg.vip_pools, ns)
-            .map_err(|e| SourceError::Other(e.into()))?]),
+        Some(ns) => Some(vec![
+            pools::from_cidrs(&cfg.vip_pools, ns).map_err(|e| SourceError::Other(e.into()))?
+        ]),
         None => None,
     };
     let ns = cfg.namespace.as_deref();
@@ -142,8 +148,7 @@ pub async fn run_loop(
     let mut services: ObjectCache<Service> = ObjectCache::new("Service", "v1");
     let mut slices: ObjectCache<EndpointSlice> =
         ObjectCache::new("EndpointSlice", "discovery.k8s.io/v1");
-    let mut pool_cache: ObjectCache<ShoalPool> =
-        ObjectCache::new(pools::KIND, "shoal.io/v1alpha1");
+    let mut pool_cache: ObjectCache<ShoalPool> = ObjectCache::new(pools::KIND, "shoal.io/v1alpha1");
     let instance = hostname::get()
         .ok()
         .and_then(|h| h.into_string().ok())
