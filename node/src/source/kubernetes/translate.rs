@@ -739,7 +739,7 @@ mod tests {
                 .map(|b| b.address.to_string())
                 .collect()
         };
-        let t = run(&[s.clone()], &[old.clone(), gone.clone(), new]);
+        let t = run(std::slice::from_ref(&s), &[old.clone(), gone.clone(), new]);
         assert_eq!(addrs(&t), ["198.18.0.2"]);
         let t = run(&[s], &[old, gone]);
         assert_eq!(
