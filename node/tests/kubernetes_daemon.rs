@@ -418,5 +418,7 @@ async fn a_refused_publisher_gives_up_and_the_next_node_takes_over() {
         }
     })
     .await;
-    assert_eq!(api.request_count("c"), 0, "c never needed the API server");
+    // Not asserted: that c never called the API server. On a loaded machine c's failure
+    // detector can judge b dead for a moment and c publishes briefly (the same false death the
+    // test above works around); what matters is that b ends up publishing for everyone.
 }
