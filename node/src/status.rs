@@ -286,3 +286,45 @@ fn render_rows<const N: usize>(out: &mut String, header: &[&str; N], rows: &[[St
         line(out, row.iter().map(String::as_str).collect());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_shows_what_each_member_announces() {
+        let report: crate::announce::Report = serde_json::from_value(serde_json::json!({
+            "mode": "bgp",
+            "readiness": "ready",
+            "announced": ["203.0.113.10"],
+            "withheld": {"203.0.113.20": "no healthy backend"},
+            "bgp": [{"name": "peer1", "state": "up", "bgp_state": "Established", "info": ""}]
+        }))
+        .unwrap();
+        let status = ClusterStatus {
+            node: "n1".into(),
+            publisher: Some("n1".into()),
+            head: None,
+            members: vec![Member {
+                id: "n1".into(),
+                alive: true,
+                role: "publisher".into(),
+                generation: 1,
+                applied: None,
+                held: None,
+                listen: "198.18.1.11:7946".into(),
+                admin: None,
+                last_seen_ms: Some(0),
+                announce: Some(report),
+            }],
+            health: serde_json::Value::Null,
+        };
+        let text = status.render();
+        assert!(text.contains("ANNOUNCED"), "{text}");
+        assert!(text.contains("203.0.113.20 (no healthy backend)"), "{text}");
+        assert!(text.contains("peer1:Established"), "{text}");
+        let back: ClusterStatus =
+            serde_json::from_str(&serde_json::to_string(&status).unwrap()).unwrap();
+        assert_eq!(back.members[0].announce, status.members[0].announce);
+    }
+}

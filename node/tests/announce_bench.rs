@@ -74,21 +74,49 @@ fn bench_bgp_withdraw_latency() {
         })
     };
     settle(&lab);
-    for event in ["kill -9", "SIGSTOP", "SIGTERM"] {
+    let events: Vec<String> = std::env::var("ANNOUNCE_BENCH_EVENTS")
+        .unwrap_or_else(|_| "kill -9,SIGSTOP,SIGTERM,node freeze".into())
+        .split(',')
+        .map(str::to_string)
+        .collect();
+    for event in events.iter().map(String::as_str) {
         let mut ms = Vec::new();
         for t in 0..n {
             let k = t % 3;
             let node = node4(k);
             let at = Instant::now();
+            // "node freeze": shoal, its watchdog and its BIRD all stop (a hung node): only
+            // BFD can tell the router.
+            let frozen: Vec<i32> = match event {
+                "node freeze" => {
+                    let mut p = lab.procs(k, "bird");
+                    p.extend(lab.procs(k, "shoal"));
+                    p
+                }
+                _ => vec![],
+            };
             match event {
                 "kill -9" => lab.signal(k, Signal::SIGKILL),
                 "SIGSTOP" => lab.signal(k, Signal::SIGSTOP),
-                _ => lab.signal(k, Signal::SIGTERM),
+                "SIGTERM" => lab.signal(k, Signal::SIGTERM),
+                "node freeze" => {
+                    for p in &frozen {
+                        let _ =
+                            nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p), Signal::SIGSTOP);
+                    }
+                }
+                other => panic!("unknown event {other}"),
             }
             let gone = until_gone(&lab, &node, Duration::from_secs(30)).expect("withdrawn");
             ms.push(gone.duration_since(at).as_secs_f64() * 1000.0);
             match event {
                 "SIGSTOP" => lab.signal(k, Signal::SIGCONT),
+                "node freeze" => {
+                    for p in &frozen {
+                        let _ =
+                            nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p), Signal::SIGCONT);
+                    }
+                }
                 _ => {
                     if let Some(mut c) = lab.nodes[k].child.take() {
                         let _ = c.wait();

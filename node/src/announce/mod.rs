@@ -48,6 +48,8 @@ const STALL_HOLD: Duration = Duration::from_millis(1500);
 const BIRD_POLL: Duration = Duration::from_secs(1);
 /// How long a ready node may lag behind a new head before it withdraws ([`decide::follows_head`]).
 const APPLY_GRACE: Duration = Duration::from_secs(2);
+/// How often the kernel side is read back and repaired when nothing changed.
+const REPAIR_INTERVAL: Duration = Duration::from_secs(2);
 
 /// What one member announces and why not the rest (`/v1/cluster`, gossiped).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -309,6 +311,7 @@ impl Loop {
         let mut gossiped = String::new();
         let mut ready_before = false;
         let mut lagging_since: Option<Instant> = None;
+        let mut last_repair: Option<Instant> = None;
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -366,8 +369,20 @@ impl Loop {
                 l2_candidates: &candidates,
             });
             let want = decide::announced(&states);
-            match self.apply(&want, &vips).await {
+            // The kernel is read back and repaired when the decision changes, and every
+            // REPAIR_INTERVAL otherwise (routes or addresses removed behind Shoal's back).
+            let due = want != current
+                || last_repair.is_none_or(|t| now.duration_since(t) >= REPAIR_INTERVAL);
+            let applied = if due {
+                self.apply(&want, &vips).await
+            } else {
+                Ok(())
+            };
+            match applied {
                 Ok(()) => {
+                    if due {
+                        last_repair = Some(now);
+                    }
                     let changes = current.symmetric_difference(&want).count();
                     if changes > 0 {
                         tracing::info!(announced = ?want, ?readiness, "announcements changed");
