@@ -315,6 +315,7 @@ mod tests {
                 listen: "198.18.1.11:7946".into(),
                 admin: None,
                 last_seen_ms: Some(0),
+                stand_down: None,
                 announce: Some(report),
             }],
             health: serde_json::Value::Null,
