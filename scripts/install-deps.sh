@@ -8,6 +8,8 @@ PKGS=(qemu-system-x86 "$KERNEL_PKG" busybox-static ipvsadm kmod iproute2 nftable
 # Announcements (docs/announce.md): BIRD 2 for BGP mode; iputils-arping sends L2 mode's
 # gratuitous ARP; ndisc6 and python3 are used by the announce tests (NDP queries, a backend).
 PKGS+=(bird2 iputils-arping ndisc6 util-linux python3)
+# keepalived: the VM lab's end-to-end topology (the VRRP peer run; bird2 is above).
+PKGS+=(keepalived)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

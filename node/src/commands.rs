@@ -97,6 +97,9 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<()> {
             }
         );
     }
+    for w in rules::warnings(&table) {
+        println!("warning: {w}");
+    }
     Ok(())
 }
 

@@ -38,8 +38,9 @@ struct RawService {
     #[serde(default = "default_scheduler")]
     scheduler: String,
     mh_port: Option<bool>,
-    #[serde(default)]
-    mh_fallback: bool,
+    /// Default: on with `mh`. Without it IPVS's mh keeps sending new flows to a weight-0
+    /// (health-drained or removed) backend's slots, and those connections fail.
+    mh_fallback: Option<bool>,
     #[serde(default = "default_forwarding")]
     forwarding: RawForwarding,
     #[serde(default)]
@@ -167,6 +168,23 @@ pub fn parse(text: &str) -> Result<RuleTable, RulesError> {
     Ok(table)
 }
 
+/// Settings that parse but will not do what an operator expects; `shoal check` prints them.
+/// Pure: one line per finding, naming the service.
+pub fn warnings(table: &RuleTable) -> Vec<String> {
+    let mut out = Vec::new();
+    for s in &table.services {
+        if s.scheduler == "mh" && !s.flags.mh_fallback && s.health.is_some() {
+            out.push(format!(
+                "service {:?}: health-checked mh service without mh_fallback: a backend drained \
+                 to weight 0 keeps its share of new connections, and they fail; set \
+                 mh_fallback = true",
+                s.name
+            ));
+        }
+    }
+    out
+}
+
 fn check_service(
     text: &str,
     i: usize,
@@ -197,7 +215,7 @@ fn check_service(
         ));
     }
     let is_mh = raw.scheduler == "mh";
-    if !is_mh && (raw.mh_port == Some(true) || raw.mh_fallback) {
+    if !is_mh && (raw.mh_port == Some(true) || raw.mh_fallback == Some(true)) {
         return Err(err(
             "mh_port",
             format!("mh flags need scheduler \"mh\", not {:?}", raw.scheduler),
@@ -280,7 +298,7 @@ fn check_service(
         scheduler: raw.scheduler.clone(),
         flags: SchedFlags {
             mh_port: is_mh && raw.mh_port.unwrap_or(true),
-            mh_fallback: raw.mh_fallback,
+            mh_fallback: is_mh && raw.mh_fallback.unwrap_or(true),
         },
         forwarding,
         backends,
@@ -405,6 +423,30 @@ mod tests {
         assert_eq!(s.forwarding, Forwarding::Tunnel(Tunnel::Ipip));
         assert_eq!(s.backends[0].port, 80);
         assert_eq!(s.backends[0].weight, 1);
+        assert!(s.flags.mh_port && s.flags.mh_fallback, "{:?}", s.flags);
+    }
+
+    #[test]
+    fn mh_fallback_can_be_turned_off_and_check_warns_when_health_checked() {
+        let base = "[[service]]\nname='a'\nvip='203.0.113.1'\nport=80\nmh_fallback=false\n";
+        let t = parse(base).unwrap();
+        assert!(!t.services[0].flags.mh_fallback);
+        assert!(warnings(&t).is_empty(), "no health check: nothing drains");
+        let t = parse(&format!("{base}[service.health]\nkind='tcp'\n")).unwrap();
+        let w = warnings(&t);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("\"a\"") && w[0].contains("mh_fallback"), "{w:?}");
+        let on = parse("[[service]]\nname='a'\nvip='203.0.113.1'\nport=80\n[service.health]\nkind='tcp'\n").unwrap();
+        assert!(warnings(&on).is_empty());
+    }
+
+    #[test]
+    fn other_schedulers_get_no_mh_flags() {
+        let t = parse("[[service]]\nname='a'\nvip='203.0.113.1'\nport=80\nscheduler='rr'\n[service.health]\nkind='tcp'\n").unwrap();
+        assert!(!t.services[0].flags.mh_fallback && !t.services[0].flags.mh_port);
+        assert!(warnings(&t).is_empty());
+        let e = parse("[[service]]\nname='a'\nvip='203.0.113.1'\nport=80\nscheduler='rr'\nmh_fallback=true\n").unwrap_err();
+        assert!(e.message.contains("mh flags"), "{e}");
     }
 
     #[test]

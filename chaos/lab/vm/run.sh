@@ -51,7 +51,7 @@ if [ "${CHECK_ONLY:-0}" = 1 ]; then echo "VM lab prerequisites present (kernel $
 [ -n "$SCENARIO" ] && [ -r "$SCENARIO" ] || { echo "--scenario FILE is required" >&2; exit 2; }
 
 MODULES="ip_vs ip_vs_rr ip_vs_wrr ip_vs_lc ip_vs_wlc ip_vs_sh ip_vs_mh nf_conntrack ipip tunnel4 ip_tunnel veth bridge dummy virtio_pci 9pnet_virtio 9p"
-KEY="$( (echo "$KVER $MODULES"; cat "$0") | sha256sum | cut -c1-16)"
+KEY="$( (echo "$KVER $MODULES"; cat "$0"; command -v bird birdc keepalived) | sha256sum | cut -c1-16)"
 CACHE="${SHOAL_VM_CACHE:-${TMPDIR:-/tmp}/shoal-vm-cache}/$KVER-$KEY"
 INITRD="$CACHE/initramfs.cpio.gz"
 
@@ -64,7 +64,12 @@ build_initramfs() {
     ln -sf busybox "$root/bin/$applet"
   done
   # iproute2's ip (busybox's lacks netns) and ipvsadm, with their libraries; libgcc_s for Rust.
-  for bin in "$(command -v ip)" "$(command -v ipvsadm)"; do
+  # BIRD and keepalived (the end-to-end scenarios: chaos/lab/vm/scenarios/e2e.sh) when present.
+  local bins=("$(command -v ip)" "$(command -v ipvsadm)")
+  for opt in bird birdc keepalived; do
+    command -v "$opt" >/dev/null && bins+=("$(command -v "$opt")")
+  done
+  for bin in "${bins[@]}"; do
     cp "$bin" "$root/bin/"
     for lib in $(ldd "$bin" | awk '/=>/ {print $3} /ld-linux/ {print $1}'); do
       mkdir -p "$root$(dirname "$lib")"; cp -L "$lib" "$root$lib"

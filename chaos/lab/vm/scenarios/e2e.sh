@@ -1,0 +1,218 @@
+# End to end on a real kernel (docs/e2e-lab.md): a client, a BIRD router with ECMP + BFD, three
+# Shoal replicas with real IPVS, three IPIP backends, and a keepalived VRRP pair, in one boot.
+# Every phase streams checked long-lived connections through the VIP while a fault happens.
+#
+# Inputs (written by chaos/tests/vm_e2e.rs or chaos/lab/vm/e2e-demo.sh): bin/shoal,
+# bin/lab-flows, rules.toml, e2e.env (PHASES, CONNS, STREAM_S, ANNOUNCE, BENCH_S).
+# Outputs: out/<phase>.json (lab-flows reports), out/<phase>-probe*.json, out/events.txt,
+# out/live.log (one line a second), out/bench-*.json, logs. Nothing aborts the run: each phase
+# writes what it saw and the host decides.
+. /mnt/host/lab/e2e-topology.sh
+. /mnt/host/lab/e2e-replica.sh
+mkdir -p out
+: > out/events.txt
+. /mnt/host/e2e.env
+CONNS=${CONNS:-120}
+STREAM_S=${STREAM_S:-12}
+ANNOUNCE=${ANNOUNCE:-bird}
+PHASES=${PHASES:-"kill9 stop term rolling add control-rr control-nosloppy backend keepalived"}
+
+live_loop() {
+  while :; do
+    st=""
+    for i in $REPLICAS; do st="$st $(replica_state $i)"; done
+    fl=$(cat out/flows.status 2>/dev/null | sed 's/[{}"]//g')
+    echo "$(now) |$st | rt->$VIP via: $(router_hops)| $fl" >> out/live.log
+    sleep 1
+  done
+}
+
+# flows LABEL PORT [SECONDS] [VIP]: long-lived connections in the background; `flows_wait` joins.
+flows() {
+  rm -f out/flows.status
+  nsx cl lab-flows run --target ${4:-$VIP}:$2 --conns $CONNS --duration-s ${3:-$STREAM_S} \
+    --label $1 --out out/$1.json --status out/flows.status --stop-file /tmp/stop-$1 \
+    > out/$1.log 2>&1 &
+  FLOWS_PID=$!
+  event "$1 start"
+}
+flows_wait() { wait $FLOWS_PID; event "$1 end"; cat out/$1.log; }
+# Ends the streaming of flows $1 $2 seconds from now (the rest of a phase of unknown length).
+flows_stop() { sleep $2; touch /tmp/stop-$1; }
+
+probe() {
+  nsx cl lab-flows probe --target $1 --interval-ms 50 --duration-s $2 --out out/$3.json > out/$3.log 2>&1 &
+  PROBE_PIDS="$PROBE_PIDS $!"
+}
+probe_wait() { for p in $PROBE_PIDS; do wait $p; done; PROBE_PIDS=""; }
+
+replicas_ready() { for i in $REPLICAS; do wait_hop $i 120 || return 1; done; }
+
+phase_kill9() {
+  flows kill9 9000; sleep 5
+  event "kill9 fault r1"; replica_kill9 1
+  flows_wait kill9
+  replica_start 1; wait_hop 1 120
+}
+
+phase_stop() {
+  flows stop 9000; sleep 5
+  event "stop fault r2"; replica_freeze 2
+  flows_wait stop
+  replica_thaw 2; event "stop thawed r2"
+  # A frozen replica's sessions were torn down by the router; it comes back by itself.
+  wait_hop 2 120
+}
+
+phase_term() {
+  flows term 9000; sleep 5
+  event "term fault r3"; replica_term 3
+  flows_wait term
+  replica_start 3; wait_hop 3 120
+}
+
+phase_rolling() {
+  flows rolling 9000 600; sleep 4
+  for i in $REPLICAS; do
+    event "rolling fault r$i"; replica_term $i
+    replica_start $i; wait_hop $i 120; event "rolling back r$i"
+    sleep 2
+  done
+  flows_stop rolling 3
+  flows_wait rolling
+}
+
+phase_add() {
+  replica_term 3; wait_no_hop 3 30
+  flows add 9000 600; sleep 4
+  event "add fault r3"; replica_start 3; wait_hop 3 120; event "add announced r3"
+  flows_stop add 5
+  flows_wait add
+}
+
+# Controls: the same kill with the rr scheduler (port 9001), and with sloppy_tcp off.
+phase_control_rr() {
+  flows control-rr 9001; sleep 5
+  event "control-rr fault r1"; replica_kill9 1
+  flows_wait control-rr
+  replica_start 1; wait_hop 1 120
+}
+
+phase_control_nosloppy() {
+  for i in $REPLICAS; do nsx r$i sysctl -qw net.ipv4.vs.sloppy_tcp=0; done
+  flows control-nosloppy 9000; sleep 5
+  event "control-nosloppy fault r2"; replica_kill9 2
+  flows_wait control-nosloppy
+  replica_start 2; wait_hop 2 120
+  for i in $REPLICAS; do nsx r$i sysctl -qw net.ipv4.vs.sloppy_tcp=1; done
+}
+
+# Scenario 5: a backend dies under load. Port 9000 is mh with the fallback (the default now);
+# port 9002 is the same service with mh_fallback = false (the old default), as a control.
+phase_backend() {
+  flows backend 9000 $((STREAM_S + 6)); sleep 4
+  probe $VIP:9000 $((STREAM_S + 4)) backend-probe
+  probe $VIP:9002 $((STREAM_S + 4)) backend-probe-nofallback
+  sleep 2
+  event "backend fault b2"; kill -9 "$(cat /tmp/serve-b2.pid)"
+  probe_wait
+  flows_wait backend
+  backend_serve 2
+  sleep 3
+}
+
+phase_keepalived() {
+  for k in 1 2; do
+    prio=$((200 - k * 50))
+    cat > /tmp/keepalived-k$k.conf <<EOF
+global_defs { router_id k$k }
+vrrp_instance VI {
+  state BACKUP
+  interface lan0
+  virtual_router_id 51
+  priority $prio
+  advert_int 1
+  virtual_ipaddress { $KVIP/32 dev lan0 }
+}
+virtual_server $KVIP 9000 {
+  delay_loop 1
+  lb_algo rr
+  lb_kind TUN
+  protocol TCP
+$(for b in $BACKENDS; do printf '  real_server 198.18.1.3%s 9000 { weight 1\n    TCP_CHECK { connect_timeout 1 }\n  }\n' $b; done)
+}
+EOF
+    nsx k$k keepalived -n -l -D -f /tmp/keepalived-k$k.conf -p /tmp/ka-k$k.pid \
+      -r /tmp/ka-k$k-vrrp.pid -c /tmp/ka-k$k-chk.pid > out/keepalived-k$k.log 2>&1 &
+    echo $! > /tmp/ka-k$k.main
+  done
+  # Wait for the master (k1) to hold the VIP and for traffic to flow.
+  n=0
+  while [ $n -lt 120 ] && ! ip -n k1 addr show dev lan0 | grep -q "$KVIP"; do sleep 0.5; n=$((n + 1)); done
+  sleep 3
+  ipvsadm_k1=$(nsx k1 ipvsadm -Ln 2>&1); echo "$ipvsadm_k1" > out/keepalived-k1-ipvs.txt
+  flows keepalived 9000 $STREAM_S $KVIP; sleep 4
+  probe $KVIP:9000 $((STREAM_S + 2)) keepalived-probe
+  sleep 1
+  # The master's death: keepalived killed and the node's link gone (a pod or host dying).
+  event "keepalived fault k1"
+  kill -9 $(ip netns pids k1) 2>/dev/null
+  ip -n k1 link set lan0 down
+  probe_wait
+  flows_wait keepalived
+  kill $(ip netns pids k2) 2>/dev/null
+}
+
+# Data path figures (BENCH_S > 0): the same small HTTP requests through one replica in tunnel
+# mode (8080), NAT mode (8081), and straight to a backend, keep-alive and not. The other
+# replicas are stopped so the router sends everything through r1.
+phase_bench() {
+  for i in $BACKENDS; do
+    nsx b$i lab-flows http-serve --listen 0.0.0.0:8080 >> out/http-b$i.log 2>&1 &
+    nsx b$i lab-flows http-serve --listen 0.0.0.0:8081 >> out/http-b$i.log 2>&1 &
+    # NAT (masq) replies must return through the replica: client-bound traffic from the
+    # backends to the replica for this phase.
+    ip -n b$i route add 198.18.0.0/24 via 198.18.1.11
+  done
+  replica_term 2; replica_term 3
+  nsx r1 sysctl -qw net.ipv4.ip_forward=1
+  sleep 3
+  for mode in ka close; do
+    flag=""; [ $mode = close ] && flag=--close
+    for t in tun:$VIP:8080 nat:$VIP:8081 direct:198.18.1.31:8080; do
+      name=${t%%:*}; target=${t#*:}
+      event "bench $name-$mode"
+      nsx cl lab-flows http-load --target $target --conns 8 --duration-s $BENCH_S $flag \
+        --label $name-$mode --out out/bench-$name-$mode.json >> out/bench.log 2>&1
+    done
+  done
+  nsx r1 ipvsadm -Ln --stats > out/bench-ipvs-stats.txt 2>&1
+}
+
+topology_up
+router_bird_up
+backends_up
+certs_up
+for i in $REPLICAS; do replica_start $i; done
+live_loop &
+LIVE=$!
+if replicas_ready; then
+  event "ready"
+  for p in $PHASES; do
+    case $p in
+      kill9) phase_kill9 ;; stop) phase_stop ;; term) phase_term ;; rolling) phase_rolling ;;
+      add) phase_add ;; control-rr) phase_control_rr ;; control-nosloppy) phase_control_nosloppy ;;
+      backend) phase_backend ;; keepalived) phase_keepalived ;; bench) phase_bench ;;
+      *) echo "unknown phase $p" ;;
+    esac
+    event "phase $p done | $(router_hops)"
+  done
+else
+  event "not ready"
+  nsx rt birdc -s /tmp/bird-rt.ctl show protocols all > out/bird-rt-protocols.txt 2>&1
+fi
+for i in $REPLICAS; do nsx r$i ipvsadm -Ln > out/ipvs-r$i.txt 2>&1; done
+kill $LIVE
+for i in $REPLICAS; do kill -TERM $(replica_pids $i) 2>/dev/null; done
+sleep 1
+exit 0
