@@ -271,7 +271,14 @@ pub fn render_summary(
     let mut out = String::new();
     out.push_str(&format!(
         "{:<18} {:>6} {:>6} {:>6} {:>9} {:>9} {:>9}  {}\n",
-        "long-lived flows", "conns", "ok", "lost", "stall p50", "stall p99", "stall max", "lost by kind"
+        "long-lived flows",
+        "conns",
+        "ok",
+        "lost",
+        "stall p50",
+        "stall p99",
+        "stall max",
+        "lost by kind"
     ));
     for r in reports {
         let lost: usize = r.lost.values().sum();
@@ -407,7 +414,8 @@ mod tests {
 
     #[test]
     fn summary_names_each_phase_and_the_recovery_of_new_connections() {
-        let events = "1000 kill9 start\n5000 kill9 fault r1\n9000 kill9 end\n20000 backend fault b2\n";
+        let events =
+            "1000 kill9 start\n5000 kill9 fault r1\n9000 kill9 end\n20000 backend fault b2\n";
         let faults = fault_times(events);
         assert_eq!(faults["kill9"], 5000);
         assert_eq!(faults["backend"], 20000);
@@ -419,8 +427,14 @@ mod tests {
             error: String::new(),
         };
         let probes = vec![
-            ("backend-probe".to_string(), vec![p(19000, true), p(20500, false), p(21000, true)]),
-            ("backend-probe-nofallback".to_string(), vec![p(20500, false)]),
+            (
+                "backend-probe".to_string(),
+                vec![p(19000, true), p(20500, false), p(21000, true)],
+            ),
+            (
+                "backend-probe-nofallback".to_string(),
+                vec![p(20500, false)],
+            ),
         ];
         let table = render_summary(&[], &probes, &faults);
         assert!(table.contains("1000 ms"), "{table}");

@@ -435,8 +435,14 @@ mod tests {
         let t = parse(&format!("{base}[service.health]\nkind='tcp'\n")).unwrap();
         let w = warnings(&t);
         assert_eq!(w.len(), 1, "{w:?}");
-        assert!(w[0].contains("\"a\"") && w[0].contains("mh_fallback"), "{w:?}");
-        let on = parse("[[service]]\nname='a'\nvip='203.0.113.1'\nport=80\n[service.health]\nkind='tcp'\n").unwrap();
+        assert!(
+            w[0].contains("\"a\"") && w[0].contains("mh_fallback"),
+            "{w:?}"
+        );
+        let on = parse(
+            "[[service]]\nname='a'\nvip='203.0.113.1'\nport=80\n[service.health]\nkind='tcp'\n",
+        )
+        .unwrap();
         assert!(warnings(&on).is_empty());
     }
 
@@ -445,7 +451,10 @@ mod tests {
         let t = parse("[[service]]\nname='a'\nvip='203.0.113.1'\nport=80\nscheduler='rr'\n[service.health]\nkind='tcp'\n").unwrap();
         assert!(!t.services[0].flags.mh_fallback && !t.services[0].flags.mh_port);
         assert!(warnings(&t).is_empty());
-        let e = parse("[[service]]\nname='a'\nvip='203.0.113.1'\nport=80\nscheduler='rr'\nmh_fallback=true\n").unwrap_err();
+        let e = parse(
+            "[[service]]\nname='a'\nvip='203.0.113.1'\nport=80\nscheduler='rr'\nmh_fallback=true\n",
+        )
+        .unwrap_err();
         assert!(e.message.contains("mh flags"), "{e}");
     }
 

@@ -28,7 +28,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{sleep, timeout, Instant};
 
 #[derive(Parser)]
-#[command(name = "lab-flows", about = "Traffic for the VM lab's end-to-end scenarios")]
+#[command(
+    name = "lab-flows",
+    about = "Traffic for the VM lab's end-to-end scenarios"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -93,7 +96,7 @@ struct RunArgs {
     target: SocketAddr,
     #[arg(long, default_value_t = 120)]
     conns: usize,
-    /// How long each connection streams.
+    /// How long each connection streams, from its own connect.
     #[arg(long)]
     duration_s: u64,
     /// One chunk per connection every this many ms.
@@ -201,7 +204,9 @@ fn summary(dir: &Path) -> anyhow::Result<String> {
             reports.push(r);
         }
     }
-    Ok(shoal_chaos::flows::render_summary(&reports, &probes, &faults))
+    Ok(shoal_chaos::flows::render_summary(
+        &reports, &probes, &faults,
+    ))
 }
 
 async fn serve(listen: Vec<SocketAddr>, name: String) -> anyhow::Result<()> {
@@ -245,7 +250,10 @@ async fn echo_loop(listener: TcpListener, greeting: Arc<String>) -> anyhow::Resu
 }
 
 /// Connects and reads the backend's greeting; returns the stream and the backend's name.
-async fn connect_greeted(target: SocketAddr, wait: Duration) -> Result<(TcpStream, String), String> {
+async fn connect_greeted(
+    target: SocketAddr,
+    wait: Duration,
+) -> Result<(TcpStream, String), String> {
     let mut s = match timeout(wait, TcpStream::connect(target)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(format!("connect: {e}")),
@@ -298,14 +306,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         ..Live::default()
     });
     let started_ms = now_ms();
-    let stream_until = Instant::now() + Duration::from_secs(args.duration_s);
     let mut tasks = Vec::with_capacity(args.conns);
     for id in 0..args.conns {
         let delay = Duration::from_millis(args.spread_ms * id as u64 / args.conns.max(1) as u64);
         let (a, l) = (args.clone(), live.clone());
         tasks.push(tokio::spawn(async move {
             sleep(delay).await;
-            one_flow(id as u64, &a, stream_until, &l).await
+            one_flow(id as u64, &a, &l).await
         }));
     }
     let stop_task = args.stop_file.clone().map(|path| {
@@ -371,7 +378,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn one_flow(id: u64, a: &RunArgs, stream_until: Instant, live: &Live) -> ConnRecord {
+async fn one_flow(id: u64, a: &RunArgs, live: &Live) -> ConnRecord {
     let mut rec = ConnRecord {
         id,
         backend: String::new(),
@@ -396,6 +403,7 @@ async fn one_flow(id: u64, a: &RunArgs, stream_until: Instant, live: &Live) -> C
             return rec;
         }
     };
+    let stream_until = Instant::now() + Duration::from_secs(a.duration_s);
     rec.backend = backend;
     rec.local_port = stream.local_addr().map(|s| s.port()).unwrap_or(0);
     live.open.fetch_add(1, Ordering::Relaxed);
@@ -528,7 +536,10 @@ async fn probe(
         records.push(t.await.context("probe task panicked")?);
     }
     let failed = records.iter().filter(|r| !r.ok).count();
-    eprintln!("probe {target}: {} attempts, {failed} failed", records.len());
+    eprintln!(
+        "probe {target}: {} attempts, {failed} failed",
+        records.len()
+    );
     write_atomic(out, &serde_json::to_string(&records)?)?;
     Ok(())
 }
@@ -684,7 +695,9 @@ async fn http_load(
         "guest_total_ms": (total1 - total0) * 10,
         "guest_busy_us_per_req": if requests > 0 { busy_ms as f64 * 1000.0 / requests as f64 } else { 0.0 },
     });
-    eprintln!("{label}: {requests} requests, {connections} connections, {errors} errors in {secs:.1} s");
+    eprintln!(
+        "{label}: {requests} requests, {connections} connections, {errors} errors in {secs:.1} s"
+    );
     write_atomic(out, &serde_json::to_string_pretty(&report)?)?;
     Ok(())
 }

@@ -27,8 +27,8 @@ replica_start() {
       echo "router_id = \"198.18.1.1$i\""
       echo "state_dir = \"/tmp/r$i-state\""
       echo "bfd = true"
-      echo "bfd_interval_ms = 100"
-      echo "bfd_multiplier = 3"
+      echo "bfd_interval_ms = $BFD_MS"
+      echo "bfd_multiplier = $BFD_MULT"
       echo "hold_time_s = 9"
       echo "[[bgp.peers]]"
       echo "address = \"198.18.1.1\""
@@ -41,7 +41,7 @@ replica_start() {
   # shellcheck disable=SC2086
   nsx r$i shoal run --dataplane ipvs --rules /mnt/host/rules.toml --tls-dir /tmp/certs/r$i \
     --node-id r$i --listen 198.18.1.1$i:7946 --admin 127.0.0.1:9100 --cluster lab \
-    --seeds "$(replica_seeds $i)" --resync-interval-s 5 $extra >> out/r$i.log 2>&1 &
+    --seeds "$(replica_seeds $i)" $extra >> out/r$i.log 2>&1 &
   echo $! > /tmp/r$i.pid
   if [ "$ANNOUNCE" != bgp ]; then
     ( standin_bird $i ) &
@@ -59,10 +59,11 @@ standin_bird() {
     sleep 0.5; n=$((n + 1))
   done
   cat > /tmp/bird-r$i.conf <<EOF
+log stderr { info, remote, warning, error, auth, fatal, bug };
 router id 198.18.1.1$i;
 protocol device { scan time 10; }
 protocol static vip { ipv4; route $VIP/32 blackhole; }
-protocol bfd { interface "lan0" { min rx interval 100 ms; min tx interval 100 ms; multiplier 3; }; }
+protocol bfd { interface "lan0" { min rx interval $BFD_MS ms; min tx interval $BFD_MS ms; multiplier $BFD_MULT; }; }
 protocol bgp up {
   local 198.18.1.1$i as 6500$i; neighbor 198.18.1.1 as 65000;
   hold time 9; keepalive time 3; bfd on;
@@ -95,13 +96,16 @@ wait_gone() {
   [ -z "$(replica_pids $1)" ] || { echo "r$1 still running after 30 s: killing" >&2; kill -9 $(replica_pids $1) 2>/dev/null; }
 }
 
-# One word per replica for the live view: process state and the router's BGP session state.
-replica_state() {
-  i=$1
-  pid=$(cat /tmp/r$i.pid 2>/dev/null)
-  if [ -z "$(replica_pids $i)" ]; then p=dead
-  elif grep -q '^State:.*T' /proc/$pid/status 2>/dev/null; then p=frozen
-  else p=up; fi
-  s=$(nsx rt birdc -s /tmp/bird-rt.ctl show protocols r$i 2>/dev/null | awk '$1=="r'$i'" {print $6}')
-  echo "r$i:$p/${s:-?}"
+# One word per replica for the live view: process state and the router's BGP session state
+# (one birdc call for all three).
+replica_states() {
+  sessions=$(nsx rt birdc -s /tmp/bird-rt.ctl show protocols 2>/dev/null)
+  for i in $REPLICAS; do
+    pid=$(cat /tmp/r$i.pid 2>/dev/null)
+    if [ -z "$(replica_pids $i)" ]; then p=dead
+    elif grep -q '^State:.*T' /proc/$pid/status 2>/dev/null; then p=frozen
+    else p=up; fi
+    s=$(echo "$sessions" | awk '$1=="r'$i'" {print $6}')
+    printf ' r%s:%s/%s' $i $p "${s:-?}"
+  done
 }

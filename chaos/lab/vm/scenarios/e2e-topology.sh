@@ -13,6 +13,9 @@ ip() { /bin/ip "$@"; }
 VIP=203.0.113.10
 KVIP=203.0.113.20
 REPLICAS="1 2 3"
+# BFD: 100 ms x 3 on real hardware; the emulated guest on a busy host needs slack.
+BFD_MS=${BFD_MS:-200}
+BFD_MULT=${BFD_MULT:-5}
 BACKENDS="1 2 3"
 
 nsx() { ns=$1; shift; ip netns exec "$ns" "$@"; }
@@ -57,10 +60,11 @@ lan_join() {
 
 router_bird_up() {
   {
+    echo "log stderr { info, remote, warning, error, auth, fatal, bug };"
     echo "router id 198.18.1.1;"
     echo "protocol device { scan time 10; }"
     echo "protocol kernel { ipv4 { import none; export all; }; merge paths yes; }"
-    echo "protocol bfd { interface \"lan0\" { min rx interval 100 ms; min tx interval 100 ms; multiplier 3; }; }"
+    echo "protocol bfd { interface \"lan0\" { min rx interval $BFD_MS ms; min tx interval $BFD_MS ms; multiplier $BFD_MULT; }; }"
     for i in $REPLICAS; do
       echo "protocol bgp r$i {"
       echo "  local 198.18.1.1 as 65000; neighbor 198.18.1.1$i as 6500$i;"

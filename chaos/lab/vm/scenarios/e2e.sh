@@ -3,7 +3,7 @@
 # Every phase streams checked long-lived connections through the VIP while a fault happens.
 #
 # Inputs (written by chaos/tests/vm_e2e.rs or chaos/lab/vm/e2e-demo.sh): bin/shoal,
-# bin/lab-flows, rules.toml, e2e.env (PHASES, CONNS, STREAM_S, ANNOUNCE, BENCH_S).
+# bin/lab-flows, rules.toml, e2e.env (PHASES, CONNS, AFTER_S, ANNOUNCE, BFD_MS, BFD_MULT, BENCH_S).
 # Outputs: out/<phase>.json (lab-flows reports), out/<phase>-probe*.json, out/events.txt,
 # out/live.log (one line a second), out/bench-*.json, logs. Nothing aborts the run: each phase
 # writes what it saw and the host decides.
@@ -13,28 +13,43 @@ mkdir -p out
 : > out/events.txt
 . /mnt/host/e2e.env
 CONNS=${CONNS:-120}
-STREAM_S=${STREAM_S:-12}
+# Seconds the connections keep streaming after a fault.
+AFTER_S=${AFTER_S:-8}
 ANNOUNCE=${ANNOUNCE:-bird}
 PHASES=${PHASES:-"kill9 stop term rolling add control-rr control-nosloppy backend keepalived"}
 
 live_loop() {
+  n=0
   while :; do
-    st=""
-    for i in $REPLICAS; do st="$st $(replica_state $i)"; done
-    fl=$(cat out/flows.status 2>/dev/null | sed 's/[{}"]//g')
-    echo "$(now) |$st | rt->$VIP via: $(router_hops)| $fl" >> out/live.log
+    fl=$(sed 's/[{}"]//g' out/flows.status 2>/dev/null)
+    echo "$(now) |$(replica_states) | rt->$VIP via: $(router_hops)| $fl" >> out/live.log
+    # What the guest spends its time on, every 10 s (TCG on a busy host is slow).
+    [ $((n % 10)) = 0 ] && { echo "== $(now)"; top -b -n 1 | head -15; } >> out/top.log
+    n=$((n + 1))
     sleep 1
   done
 }
 
-# flows LABEL PORT [SECONDS] [VIP]: long-lived connections in the background; `flows_wait` joins.
+# flows LABEL PORT [VIP]: long-lived connections in the background. They stream until
+# `flows_stop LABEL SECONDS` (at most 600 s); `flows_wait` joins them.
 flows() {
   rm -f out/flows.status
-  nsx cl lab-flows run --target ${4:-$VIP}:$2 --conns $CONNS --duration-s ${3:-$STREAM_S} \
+  nsx cl lab-flows run --target ${3:-$VIP}:$2 --conns $CONNS --duration-s 600 \
+    --interval-ms ${INTERVAL_MS:-100} \
     --label $1 --out out/$1.json --status out/flows.status --stop-file /tmp/stop-$1 \
     > out/$1.log 2>&1 &
   FLOWS_PID=$!
   event "$1 start"
+}
+# Waits until every connection of the running flows is open (at most 60 s), then 2 s more.
+flows_settle() {
+  n=0
+  while [ $n -lt 120 ]; do
+    open=$(grep -o '"open":[0-9]*' out/flows.status 2>/dev/null | cut -d: -f2)
+    [ "${open:-0}" -ge "$CONNS" ] && break
+    sleep 0.5; n=$((n + 1))
+  done
+  sleep 2
 }
 flows_wait() { wait $FLOWS_PID; event "$1 end"; cat out/$1.log; }
 # Ends the streaming of flows $1 $2 seconds from now (the rest of a phase of unknown length).
@@ -49,30 +64,30 @@ probe_wait() { for p in $PROBE_PIDS; do wait $p; done; PROBE_PIDS=""; }
 replicas_ready() { for i in $REPLICAS; do wait_hop $i 120 || return 1; done; }
 
 phase_kill9() {
-  flows kill9 9000; sleep 5
+  flows kill9 9000; flows_settle
   event "kill9 fault r1"; replica_kill9 1
-  flows_wait kill9
+  flows_stop kill9 $AFTER_S; flows_wait kill9
   replica_start 1; wait_hop 1 120
 }
 
 phase_stop() {
-  flows stop 9000; sleep 5
+  flows stop 9000; flows_settle
   event "stop fault r2"; replica_freeze 2
-  flows_wait stop
+  flows_stop stop $AFTER_S; flows_wait stop
   replica_thaw 2; event "stop thawed r2"
   # A frozen replica's sessions were torn down by the router; it comes back by itself.
   wait_hop 2 120
 }
 
 phase_term() {
-  flows term 9000; sleep 5
+  flows term 9000; flows_settle
   event "term fault r3"; replica_term 3
-  flows_wait term
+  flows_stop term $AFTER_S; flows_wait term
   replica_start 3; wait_hop 3 120
 }
 
 phase_rolling() {
-  flows rolling 9000 600; sleep 4
+  flows rolling 9000; flows_settle
   for i in $REPLICAS; do
     event "rolling fault r$i"; replica_term $i
     replica_start $i; wait_hop $i 120; event "rolling back r$i"
@@ -84,7 +99,7 @@ phase_rolling() {
 
 phase_add() {
   replica_term 3; wait_no_hop 3 30
-  flows add 9000 600; sleep 4
+  flows add 9000; flows_settle
   event "add fault r3"; replica_start 3; wait_hop 3 120; event "add announced r3"
   flows_stop add 5
   flows_wait add
@@ -92,17 +107,17 @@ phase_add() {
 
 # Controls: the same kill with the rr scheduler (port 9001), and with sloppy_tcp off.
 phase_control_rr() {
-  flows control-rr 9001; sleep 5
+  flows control-rr 9001; flows_settle
   event "control-rr fault r1"; replica_kill9 1
-  flows_wait control-rr
+  flows_stop control-rr $AFTER_S; flows_wait control-rr
   replica_start 1; wait_hop 1 120
 }
 
 phase_control_nosloppy() {
   for i in $REPLICAS; do nsx r$i sysctl -qw net.ipv4.vs.sloppy_tcp=0; done
-  flows control-nosloppy 9000; sleep 5
+  flows control-nosloppy 9000; flows_settle
   event "control-nosloppy fault r2"; replica_kill9 2
-  flows_wait control-nosloppy
+  flows_stop control-nosloppy $AFTER_S; flows_wait control-nosloppy
   replica_start 2; wait_hop 2 120
   for i in $REPLICAS; do nsx r$i sysctl -qw net.ipv4.vs.sloppy_tcp=1; done
 }
@@ -110,13 +125,13 @@ phase_control_nosloppy() {
 # Scenario 5: a backend dies under load. Port 9000 is mh with the fallback (the default now);
 # port 9002 is the same service with mh_fallback = false (the old default), as a control.
 phase_backend() {
-  flows backend 9000 $((STREAM_S + 6)); sleep 4
-  probe $VIP:9000 $((STREAM_S + 4)) backend-probe
-  probe $VIP:9002 $((STREAM_S + 4)) backend-probe-nofallback
+  flows backend 9000; flows_settle
+  probe $VIP:9000 $((AFTER_S + 4)) backend-probe
+  probe $VIP:9002 $((AFTER_S + 4)) backend-probe-nofallback
   sleep 2
   event "backend fault b2"; kill -9 "$(cat /tmp/serve-b2.pid)"
   probe_wait
-  flows_wait backend
+  flows_stop backend 0; flows_wait backend
   backend_serve 2
   sleep 3
 }
@@ -151,15 +166,15 @@ EOF
   while [ $n -lt 120 ] && ! ip -n k1 addr show dev lan0 | grep -q "$KVIP"; do sleep 0.5; n=$((n + 1)); done
   sleep 3
   ipvsadm_k1=$(nsx k1 ipvsadm -Ln 2>&1); echo "$ipvsadm_k1" > out/keepalived-k1-ipvs.txt
-  flows keepalived 9000 $STREAM_S $KVIP; sleep 4
-  probe $KVIP:9000 $((STREAM_S + 2)) keepalived-probe
-  sleep 1
+  flows keepalived 9000 $KVIP; flows_settle
+  probe $KVIP:9000 $((AFTER_S + 4)) keepalived-probe
+  sleep 2
   # The master's death: keepalived killed and the node's link gone (a pod or host dying).
   event "keepalived fault k1"
   kill -9 $(ip netns pids k1) 2>/dev/null
   ip -n k1 link set lan0 down
   probe_wait
-  flows_wait keepalived
+  flows_stop keepalived 0; flows_wait keepalived
   kill $(ip netns pids k2) 2>/dev/null
 }
 
