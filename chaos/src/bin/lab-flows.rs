@@ -83,6 +83,11 @@ enum Cmd {
     },
     /// Print the Unix time in milliseconds.
     Now,
+    /// One line: each mesh member's role and announcement state, from a node's /v1/cluster.
+    AnnounceView {
+        #[arg(long, default_value = "127.0.0.1:9100")]
+        admin: SocketAddr,
+    },
     /// Print the summary table of a lab run's output folder (reports, probes, events.txt).
     Summary {
         #[arg(long)]
@@ -161,11 +166,53 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", now_ms());
             Ok(())
         }
+        Cmd::AnnounceView { admin } => {
+            println!("{}", announce_view(admin).await);
+            Ok(())
+        }
         Cmd::Summary { dir } => {
             print!("{}", summary(&dir)?);
             Ok(())
         }
     }
+}
+
+/// `r1:publisher/ready[1] r2:follower/ready[1] ...` (`[n]` = VIPs announced), or why not.
+async fn announce_view(admin: SocketAddr) -> String {
+    let client = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => return format!("(no client: {e})"),
+    };
+    let url = format!("http://{admin}/v1/cluster");
+    let v: serde_json::Value = match client.get(&url).send().await {
+        Ok(r) => match r.json().await {
+            Ok(v) => v,
+            Err(e) => return format!("({url}: {e})"),
+        },
+        Err(_) => return format!("({admin} not answering)"),
+    };
+    let mut out = Vec::new();
+    for m in v["members"].as_array().into_iter().flatten() {
+        let id = m["id"].as_str().unwrap_or("?");
+        let role = m["role"].as_str().unwrap_or("?");
+        if !m["alive"].as_bool().unwrap_or(false) {
+            out.push(format!("{id}:gone"));
+            continue;
+        }
+        let a = &m["announce"];
+        let word = match a["readiness"].as_str() {
+            Some(r) => format!(
+                "{id}:{role}/{r}[{}]",
+                a["announced"].as_array().map(|x| x.len()).unwrap_or(0)
+            ),
+            None => format!("{id}:{role}"),
+        };
+        out.push(word);
+    }
+    out.join(" ")
 }
 
 /// Reads every flows report and probe series in `dir` (in the order the phases ran).

@@ -22,7 +22,13 @@ live_loop() {
   n=0
   while :; do
     fl=$(sed 's/[{}"]//g' out/flows.status 2>/dev/null)
-    echo "$(now) |$(replica_states) | rt->$VIP via: $(router_hops)| $fl" >> out/live.log
+    # The mesh's view (announcement state of every member), asked of the first live replica.
+    mesh="-"
+    for i in $REPLICAS; do
+      [ -n "$(replica_pids $i)" ] || continue
+      mesh=$(nsx r$i timeout 3 lab-flows announce-view 2>/dev/null); break
+    done
+    echo "$(now) |$(replica_states) | mesh: $mesh | rt->$VIP via: $(router_hops)| $fl" >> out/live.log
     # What the guest spends its time on, every 10 s (TCG on a busy host is slow).
     [ $((n % 10)) = 0 ] && { echo "== $(now)"; top -b -n 1 | head -15; } >> out/top.log
     n=$((n + 1))
