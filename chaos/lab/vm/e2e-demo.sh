@@ -17,12 +17,13 @@ cargo build --locked -q -p shoal-chaos --bin lab-flows
 SHARE="$(mktemp -d "${TMPDIR:-/tmp}/shoal-e2e-demo.XXXXXX")"
 mkdir -p "$SHARE/bin" "$SHARE/out"
 cp "$TARGET/debug/shoal" "$TARGET/debug/lab-flows" "$SHARE/bin/"
+strip "$SHARE/bin/shoal" "$SHARE/bin/lab-flows" 2>/dev/null || true   # the guest loads them over 9p
 # The rules the lab's tests use (one source of truth: chaos/tests/vm_e2e.rs).
 awk '/^pub const RULES: &str = r#"/{on=1; next} on && /^"#;/{exit} on' chaos/tests/vm_e2e.rs > "$SHARE/rules.toml"
-printf 'PHASES="%s"\nCONNS=120\nAFTER_S=10\nANNOUNCE=%s\n' "$PHASES" "${SHOAL_E2E_ANNOUNCE:-bird}" > "$SHARE/e2e.env"
+printf 'PHASES="%s"\nCONNS=120\nAFTER_S=10\nANNOUNCE=%s\n' "$PHASES" "${SHOAL_E2E_ANNOUNCE:-bgp}" > "$SHARE/e2e.env"
 echo "share: $SHARE (logs and reports in out/)"
 bash chaos/lab/vm/run.sh --share "$SHARE" --scenario chaos/lab/vm/scenarios/e2e.sh \
-  --timeout 1200 --memory 1536 &
+  --timeout 1200 --memory 1536 --kernel-args "clocksource=tsc tsc=reliable" &
 LAB=$!
 # Follow the live view and the events as the guest writes them (9p share).
 seen_live=0; seen_events=0

@@ -3,7 +3,7 @@
 # script from a shared folder, hand back its result and logs. Installs nothing; says what is
 # missing. See chaos/lab/vm/README.md.
 #
-#   run.sh --share DIR --scenario FILE [--timeout SECONDS] [--memory MB]
+#   run.sh --share DIR --scenario FILE [--timeout SECONDS] [--memory MB] [--kernel-args "..."]
 #
 # DIR is mounted in the guest at /mnt/host (9p) and is the working directory of the scenario.
 # The guest writes DIR/scenario.log (stdout+stderr), DIR/result (exit code); qemu's console
@@ -25,6 +25,7 @@ while [ $# -gt 0 ]; do
     --scenario) SCENARIO="$2"; shift 2 ;;
     --timeout) TIMEOUT_S="$2"; shift 2 ;;
     --memory) MEMORY_MB="$2"; shift 2 ;;
+    --kernel-args) KERNEL_ARGS="$2"; shift 2 ;;
     --check) CHECK_ONLY=1; shift ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
@@ -51,7 +52,7 @@ if [ "${CHECK_ONLY:-0}" = 1 ]; then echo "VM lab prerequisites present (kernel $
 [ -n "$SCENARIO" ] && [ -r "$SCENARIO" ] || { echo "--scenario FILE is required" >&2; exit 2; }
 
 MODULES="ip_vs ip_vs_rr ip_vs_wrr ip_vs_lc ip_vs_wlc ip_vs_sh ip_vs_mh nf_conntrack ipip tunnel4 ip_tunnel veth bridge dummy virtio_pci 9pnet_virtio 9p"
-KEY="$( (echo "$KVER $MODULES"; cat "$0"; command -v bird birdc keepalived) | sha256sum | cut -c1-16)"
+KEY="$( (echo "$KVER $MODULES"; cat "$0"; command -v bird birdc keepalived setpriv) | sha256sum | cut -c1-16)"
 CACHE="${SHOAL_VM_CACHE:-${TMPDIR:-/tmp}/shoal-vm-cache}/$KVER-$KEY"
 INITRD="$CACHE/initramfs.cpio.gz"
 
@@ -66,10 +67,12 @@ build_initramfs() {
   # iproute2's ip (busybox's lacks netns) and ipvsadm, with their libraries; libgcc_s for Rust.
   # BIRD and keepalived (the end-to-end scenarios: chaos/lab/vm/scenarios/e2e.sh) when present.
   local bins=("$(command -v ip)" "$(command -v ipvsadm)")
-  for opt in bird birdc keepalived; do
+  # util-linux's setpriv: shoal starts BIRD through `setpriv --pdeathsig`, which busybox's lacks.
+  for opt in bird birdc keepalived setpriv; do
     command -v "$opt" >/dev/null && bins+=("$(command -v "$opt")")
   done
   for bin in "${bins[@]}"; do
+    rm -f "$root/bin/$(basename "$bin")"   # a busybox applet link of the same name
     cp "$bin" "$root/bin/"
     for lib in $(ldd "$bin" | awk '/=>/ {print $3} /ld-linux/ {print $1}'); do
       mkdir -p "$root$(dirname "$lib")"; cp -L "$lib" "$root$lib"
@@ -129,7 +132,7 @@ set +e
 timeout "$TIMEOUT_S" qemu-system-x86_64 -accel tcg,tb-size=64 -cpu max -m "$MEMORY_MB" -smp 2 \
   -nodefaults -no-user-config -nographic -serial stdio -monitor none -no-reboot \
   -kernel "/boot/vmlinuz-$KVER" -initrd "$INITRD" \
-  -append "console=ttyS0 quiet panic=-1 loglevel=3 no_timer_check" \
+  -append "console=ttyS0 quiet panic=-1 loglevel=3 no_timer_check ${KERNEL_ARGS:-}" \
   -virtfs "local,path=$SHARE,mount_tag=host0,security_model=none" \
   < /dev/null > "$SHARE/console.log" 2>&1
 qemu_rc=$?

@@ -7,6 +7,8 @@
 # Outputs: out/<phase>.json (lab-flows reports), out/<phase>-probe*.json, out/events.txt,
 # out/live.log (one line a second), out/bench-*.json, logs. Nothing aborts the run: each phase
 # writes what it saw and the host decides.
+# Binaries run from the guest's memory, not from the 9p share (page faults over 9p are slow).
+mkdir -p /tmp/bin && cp /mnt/host/bin/* /tmp/bin/ && PATH=/tmp/bin:$PATH
 . /mnt/host/lab/e2e-topology.sh
 . /mnt/host/lab/e2e-replica.sh
 mkdir -p out
@@ -15,7 +17,7 @@ mkdir -p out
 CONNS=${CONNS:-120}
 # Seconds the connections keep streaming after a fault.
 AFTER_S=${AFTER_S:-8}
-ANNOUNCE=${ANNOUNCE:-bird}
+ANNOUNCE=${ANNOUNCE:-bgp}
 PHASES=${PHASES:-"kill9 stop term rolling add control-rr control-nosloppy backend keepalived"}
 
 live_loop() {
