@@ -317,7 +317,6 @@ mod tests {
                 last_seen_ms: Some(0),
                 stand_down: None,
                 announce: Some(report),
-                stand_down: None,
             }],
             health: serde_json::Value::Null,
         };
