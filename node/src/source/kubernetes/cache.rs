@@ -74,12 +74,17 @@ impl<K: DeserializeOwned + Clone> ObjectCache<K> {
         }
     }
 
-    /// The objects that decoded, in key order.
+    /// The objects that decoded, in key order (copies).
     pub fn objects(&self) -> Vec<K> {
+        self.refs().into_iter().cloned().collect()
+    }
+
+    /// The objects that decoded, in key order, without copying them.
+    pub fn refs(&self) -> Vec<&K> {
         self.live
             .values()
             .filter_map(|e| match e {
-                Entry::Ok(k) => Some(k.clone()),
+                Entry::Ok(k) => Some(k),
                 Entry::Malformed(_) => None,
             })
             .collect()

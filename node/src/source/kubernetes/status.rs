@@ -148,12 +148,17 @@ impl StatusWriter {
     /// Brings every Service's status in line with `vips` (and clears those in `clear`);
     /// failures are logged and retried on the next pass. A changed status is also a Normal
     /// Event (`VipAssigned` / `VipReleased`), and so is a served Service that was deleted.
+    /// At most `budget` writes per call, so that a first pass over thousands of Services does
+    /// not hold up the next table; returns whether writes are left for another pass.
     pub async fn sync_statuses(
         &mut self,
         services: &[Service],
         vips: &BTreeMap<String, Vec<IpAddr>>,
         clear: &BTreeSet<String>,
-    ) {
+        budget: usize,
+    ) -> bool {
+        let mut attempts = 0usize;
+        let mut more = false;
         self.written
             .retain(|k, _| vips.contains_key(k) || clear.contains(k));
         let mut present = BTreeSet::new();
@@ -180,6 +185,11 @@ impl StatusWriter {
             if self.written.get(&key) == Some(&(rv.clone(), want.to_vec())) {
                 continue;
             }
+            if attempts >= budget {
+                more = true;
+                continue;
+            }
+            attempts += 1;
             let api: Api<Service> = Api::namespaced(self.client.clone(), ns);
             let before = status_ips(svc);
             match api
@@ -234,6 +244,7 @@ impl StatusWriter {
         for n in notes {
             self.send_event(&n).await;
         }
+        more
     }
 
     /// Writes each ShoalPool's status when it changed since the last successful write.

@@ -17,6 +17,7 @@ use crate::table::{Backend, RuleTable, VirtualService};
 use k8s_openapi::api::core::v1::{Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use shoal_dataplane::model::{Forwarding, Protocol};
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
@@ -197,11 +198,17 @@ fn affinity_problem(svc: &Service, settings: &ServiceSettings) -> Option<String>
     })
 }
 
-pub fn translate(services: &[Service], slices: &[EndpointSlice], cfg: &Settings) -> Translation {
+/// Takes owned objects or references (the watch loop passes references into its caches, so
+/// nothing is cloned per pass).
+pub fn translate<S: Borrow<Service>, E: Borrow<EndpointSlice>>(
+    services: &[S],
+    slices: &[E],
+    cfg: &Settings,
+) -> Translation {
     let mut problems = Vec::new();
     let mut clear = BTreeSet::new();
     let mut ours: Vec<(&Service, ServiceSettings, String)> = Vec::new();
-    for svc in services {
+    for svc in services.iter().map(Borrow::borrow) {
         let id = ObjectId::service(svc);
         if id.name.is_empty() || id.namespace.is_empty() {
             continue;
@@ -282,7 +289,7 @@ pub fn translate(services: &[Service], slices: &[EndpointSlice], cfg: &Settings)
 
     // Slices by owning Service; slices without the label belong to nobody we serve.
     let mut by_service: BTreeMap<String, Vec<&EndpointSlice>> = BTreeMap::new();
-    for slice in slices {
+    for slice in slices.iter().map(Borrow::borrow) {
         let labels = slice.metadata.labels.as_ref();
         if let (Some(ns), Some(svc)) = (
             slice.metadata.namespace.as_deref(),

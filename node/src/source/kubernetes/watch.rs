@@ -33,6 +33,9 @@ use tokio_util::sync::CancellationToken;
 /// change is still published quickly.
 pub const DEBOUNCE_MS: u64 = 150;
 
+/// Status writes per pass (each also records an Event); the rest follow on the next passes.
+pub const STATUS_WRITES_PER_PASS: usize = 100;
+
 type Events = BoxStream<'static, Result<Event<DynamicObject>, watcher::Error>>;
 
 /// A watch of one kind, cluster-wide or in one namespace, with bulky fields dropped.
@@ -153,7 +156,12 @@ pub async fn run_loop(
         .ok()
         .and_then(|h| h.into_string().ok())
         .unwrap_or_else(|| "shoal".to_string());
-    let mut writer = StatusWriter::new(client, instance, metrics.clone());
+    let writer = StatusWriter::new(client, instance, metrics.clone());
+    // Writes run beside the loop: a slow API server (or thousands of first-time statuses)
+    // never holds up the next table. The task always works on the newest pass.
+    let (jobs, job_rx) = watch::channel::<Option<std::sync::Arc<WriteJob>>>(None);
+    let write_task = tokio::spawn(write_loop(writer, job_rx, fixed_pools.is_none()));
+    let _abort = AbortOnDrop(write_task);
     let mut health = ApiHealth::default();
     let mut due: Option<Instant> = None;
     let mut check = tokio::time::interval(Duration::from_secs(1));
@@ -205,7 +213,7 @@ pub async fn run_loop(
                 let svcs = services.objects();
                 let t = translate::translate(
                     &svcs,
-                    &slices.objects(),
+                    &slices.refs(),
                     &Settings {
                         load_balancer_class: &cfg.load_balancer_class,
                         pools: &pools,
@@ -250,17 +258,58 @@ pub async fn run_loop(
                         "published rule table"
                     );
                 }
-                // Writes may be slow; the role can move meanwhile.
-                tokio::select! {
-                    _ = cancel.cancelled() => return Ok(()),
-                    _ = async {
-                        writer.sync_statuses(&svcs, &t.vips, &t.clear).await;
-                        if fixed_pools.is_none() {
-                            writer.sync_pools(&usage).await;
-                        }
-                        writer.report(&problems).await;
-                    } => {}
-                }
+                jobs.send_replace(Some(std::sync::Arc::new(WriteJob {
+                    services: svcs,
+                    vips: t.vips,
+                    clear: t.clear,
+                    usage,
+                    problems,
+                })));
+            }
+        }
+    }
+}
+
+/// Everything one pass wants written back.
+struct WriteJob {
+    services: Vec<Service>,
+    vips: std::collections::BTreeMap<String, Vec<std::net::IpAddr>>,
+    clear: std::collections::BTreeSet<String>,
+    usage: std::collections::BTreeMap<String, pools::PoolStatus>,
+    problems: Vec<Problem>,
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Writes statuses, pool usage and Events for the newest pass, in slices of
+/// [`STATUS_WRITES_PER_PASS`] so that a newer pass is picked up between slices.
+async fn write_loop(
+    mut writer: StatusWriter,
+    mut jobs: watch::Receiver<Option<std::sync::Arc<WriteJob>>>,
+    pools_from_objects: bool,
+) {
+    loop {
+        if jobs.changed().await.is_err() {
+            return;
+        }
+        loop {
+            let Some(job) = jobs.borrow_and_update().clone() else {
+                break;
+            };
+            let more = writer
+                .sync_statuses(&job.services, &job.vips, &job.clear, STATUS_WRITES_PER_PASS)
+                .await;
+            if pools_from_objects {
+                writer.sync_pools(&job.usage).await;
+            }
+            writer.report(&job.problems).await;
+            if !more {
+                break;
             }
         }
     }
