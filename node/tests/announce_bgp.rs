@@ -203,7 +203,10 @@ fn bgp_announces_with_ecmp_and_withdraws_on_every_kind_of_exit() {
         })
     };
     std::thread::sleep(Duration::from_millis(500));
-    lab.spawn(0);
+    // One more seed that never answers keeps n1's mesh catching up for the start-up patience
+    // (5 s) although it fetches and applies the head at once and its BGP sessions come up
+    // after ~1 s: only the gate keeps it off the router meanwhile.
+    lab.spawn_with(0, &["--seeds", "198.18.1.99:7946"]);
     let start = Instant::now();
     let mut samples = 0;
     let mut not_ready_samples = 0;
@@ -217,19 +220,23 @@ fn bgp_announces_with_ecmp_and_withdraws_on_every_kind_of_exit() {
         let in_fib = hops.contains(&node4(0));
         let report = own_report(&lab, 0);
         samples += 1;
-        let ready = report
-            .as_ref()
-            .is_some_and(|r| r["member"]["announce"]["readiness"] == "ready");
-        if !ready {
+        // The mesh's own facts, not the announce report (which the gate under test writes).
+        let caught_up = report.as_ref().is_some_and(|r| {
+            r["member"]["role"] != "catching-up" && !r["member"]["applied"].is_null()
+        });
+        if !caught_up {
             not_ready_samples += 1;
         }
         if in_fib {
             let r = report.expect("a node the router uses answers");
-            assert_eq!(
-                r["member"]["announce"]["readiness"], "ready",
-                "n1 is a next hop but says it is not caught up: {r}"
+            assert!(
+                r["member"]["role"] != "catching-up",
+                "n1 is a next hop but its mesh is still catching up: {r}"
             );
-            assert!(!r["member"]["applied"].is_null(), "{r}");
+            assert!(
+                !r["member"]["applied"].is_null(),
+                "n1 is a next hop but applied nothing: {r}"
+            );
             break;
         }
         if start.elapsed() > Duration::from_secs(60) {

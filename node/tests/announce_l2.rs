@@ -166,6 +166,35 @@ fn l2_one_owner_per_vip_answers_and_a_new_owner_takes_over() {
         let text = format!("announce = \"l2\"\ninterface = \"{}\"\n", lab.nodes[i].dev);
         lab.write_config(i, &text);
     }
+    // As the IPVS dataplane does (on its dummy `shoal0`; this kernel has no dummy driver, lo
+    // serves the same purpose), every replica holds every VIP locally: without arp_ignore on
+    // the L2 interface, every replica's kernel would answer ARP for every VIP.
+    for i in 0..3 {
+        let ns = lab.nodes[i].ns.clone();
+        for vip in VIPS4 {
+            sh(&[
+                "ip",
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{vip}/32"),
+                "dev",
+                "lo",
+            ]);
+        }
+        sh(&[
+            "ip",
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{VIP6}/128"),
+            "dev",
+            "lo",
+            "nodad",
+        ]);
+    }
     for i in 0..3 {
         lab.spawn(i);
     }

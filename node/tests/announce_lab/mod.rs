@@ -298,6 +298,14 @@ impl Lab {
         self.extra_args = args.iter().map(|s| s.to_string()).collect();
     }
 
+    /// Starts node `i` with more flags than the others get.
+    pub fn spawn_with(&mut self, i: usize, extra: &[&str]) {
+        let saved = self.extra_args.clone();
+        self.extra_args.extend(extra.iter().map(|s| s.to_string()));
+        self.spawn(i);
+        self.extra_args = saved;
+    }
+
     pub fn spawn(&mut self, i: usize) {
         let seeds: Vec<String> = (0..self.nodes.len())
             .filter(|j| *j != i)
