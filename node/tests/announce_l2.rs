@@ -195,6 +195,7 @@ fn l2_one_owner_per_vip_answers_and_a_new_owner_takes_over() {
             "nodad",
         ]);
     }
+    lab.set_extra_args(&["--shutdown-drain-s", "2"]);
     for i in 0..3 {
         lab.spawn(i);
     }
@@ -223,6 +224,40 @@ fn l2_one_owner_per_vip_answers_and_a_new_owner_takes_over() {
     let answers = nd_answers(&lab, VIP6);
     let want: BTreeSet<String> = [macs[index_of(&owned[VIP6])].clone()].into();
     assert_eq!(answers, want, "NDP answers for {VIP6}");
+
+    // SIGTERM of an owner: it reports draining, another member takes its VIPs over (the
+    // client's entry moves) before the process exits, and the exit waits for the drain.
+    let vip = VIPS4[1];
+    let o = index_of(&owned[vip]);
+    touch(&ns, vip);
+    lab.wait_for(Duration::from_secs(5), "the client's entry", || {
+        (neigh(&lab, vip).as_deref() == Some(macs[o].as_str())).then_some(())
+    });
+    let sent = Instant::now();
+    lab.signal(o, nix::sys::signal::Signal::SIGTERM);
+    let (mut moved, mut exited) = (None, None);
+    while sent.elapsed() < Duration::from_secs(20) && exited.is_none() {
+        if moved.is_none() && neigh(&lab, vip).is_some_and(|m| m != macs[o]) {
+            moved = Some(sent.elapsed());
+        }
+        if let Some(c) = lab.nodes[o].child.as_mut() {
+            if let Ok(Some(_)) = c.try_wait() {
+                exited = Some(sent.elapsed());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    lab.nodes[o].child = None;
+    let (m, x) = (moved.expect("taken over"), exited.expect("exited"));
+    eprintln!("SIGTERM of an owner: taken over after {m:?}, exited after {x:?}");
+    assert!(
+        m < x && x >= Duration::from_secs(2),
+        "moved {m:?}, exited {x:?}"
+    );
+    lab.spawn(o);
+    let owned = lab.wait_for(Duration::from_secs(60), "one owner per VIP again", || {
+        owners(&lab, 0, 3)
+    });
 
     // The client's neighbour entry points at the owner; kill the owner: it points at the new
     // owner within the mesh's failure detection plus the takeover.
