@@ -52,7 +52,10 @@ impl Reconciler {
                 continue;
             };
             let id = (key.clone(), *addr, *port);
-            let due = *self.draining.entry(id.clone()).or_insert(now + self.drain);
+            let due = *self
+                .draining
+                .entry(id.clone())
+                .or_insert_with(|| due_after(now, self.drain));
             seen.insert(id);
             if now >= due {
                 out.push(op);
@@ -86,6 +89,13 @@ impl Reconciler {
     }
 }
 
+/// `now + drain` without the overflow panic of `Instant + Duration`: drains are capped at
+/// ten years, which is as good as never for a destination at weight 0.
+fn due_after(now: Instant, drain: Duration) -> Instant {
+    const TEN_YEARS: Duration = Duration::from_secs(10 * 365 * 86_400);
+    now.checked_add(drain.min(TEN_YEARS)).unwrap_or(now)
+}
+
 /// What one reconcile pass did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct ReconcileReport {
@@ -113,5 +123,54 @@ pub fn reconcile(
     match err {
         Some(e) => Err(e),
         None => Ok(ReconcileReport { applied, ops }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::MemoryDataplane;
+    use crate::model::{Destination, Forwarding, Protocol, SchedFlags, Service, Tunnel};
+
+    fn desired(backends: &[u8]) -> Desired {
+        Desired {
+            services: vec![Service {
+                key: ServiceKey::Addr {
+                    addr: "203.0.113.1".parse().unwrap(),
+                    port: 80,
+                    protocol: Protocol::Tcp,
+                },
+                scheduler: "mh".into(),
+                flags: SchedFlags::default(),
+                persistence_timeout_s: 0,
+                destinations: backends
+                    .iter()
+                    .map(|b| Destination {
+                        addr: IpAddr::from([198, 18, 0, *b]),
+                        port: 80,
+                        forwarding: Forwarding::Tunnel(Tunnel::Ipip),
+                        weight: 1,
+                        upper_threshold: 0,
+                        lower_threshold: 0,
+                    })
+                    .collect(),
+            }],
+        }
+    }
+
+    /// Issue #15, broken behaviour 5: `now + drain` panicked for a huge drain.
+    #[test]
+    fn a_huge_drain_does_not_overflow() {
+        let mut dp = MemoryDataplane::new();
+        let mut rec = Reconciler::new(Duration::MAX);
+        let now = Instant::now();
+        reconcile(&mut dp, &mut rec, &desired(&[1, 2]), now).unwrap();
+        let report = reconcile(&mut dp, &mut rec, &desired(&[1]), now).unwrap();
+        assert!(
+            matches!(&report.ops[..], [Op::UpdateDest(_, d)] if d.weight == 0),
+            "{:?}",
+            report.ops
+        );
+        assert!(rec.next_deadline().unwrap() > now + Duration::from_secs(365 * 86_400));
     }
 }

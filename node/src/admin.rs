@@ -2,26 +2,49 @@
 //!
 //! It runs on a thread and runtime of its own so it keeps answering while the main runtime
 //! is busy. Every error becomes an HTTP response in one place, [`AdminError`].
+//!
+//! Hardening: with a token (`--admin-token-file`) every `/v1/*` request needs
+//! `Authorization: Bearer <token>`, while `/healthz`, `/readyz` and `/metrics` stay open to
+//! probes and Prometheus. Each connection must send its request headers within
+//! [`HEADER_TIMEOUT`] and lives at most [`CONNECTION_LIFETIME`]; at most
+//! [`MAX_CONNECTIONS`] are served at once and the rest are closed at accept. Refusals are
+//! counted in `shoal_admin_refused_total{reason}` and logged at WARN, rate-limited.
 
 use crate::desired::desired_state;
 use crate::health::HealthHandle;
+use crate::log_gate::LogGate;
 use crate::metrics::NodeMetrics;
+use crate::metrics::ReasonLabel;
 use crate::reconcile::{ReconcileStatus, SharedProgrammer};
 use crate::source::SourceStatus;
 use crate::status::{ClusterStatus, VersionRef};
 use crate::table::RuleTable;
-use axum::extract::State;
+use axum::extract::{Query, Request, State};
 use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use prometheus_client::registry::Registry;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use shoal_dataplane::{plan, ObservedService};
 use shoal_gossip::Mesh;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+
+/// A client must send a request's headers within this (slowloris defence).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// No connection lives longer than this, idle or not; clients reconnect.
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
+/// Connections served at once; more are closed at accept.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Services in one `/v1/dataplane` page by default, and at most.
+pub const DATAPLANE_PAGE_DEFAULT: usize = 100;
+pub const DATAPLANE_PAGE_MAX: usize = 1_000;
+const WARN_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
 pub struct AdminState {
@@ -33,6 +56,33 @@ pub struct AdminState {
     pub metrics: NodeMetrics,
     pub registry: Arc<Registry>,
     pub announce: crate::announce::AnnounceHandle,
+    /// `Some`: `/v1/*` needs `Authorization: Bearer <token>` (compared as SHA-256 digests, so
+    /// the comparison's time does not depend on how much of a guess is right).
+    pub token: Option<Arc<TokenCheck>>,
+}
+
+/// The admin token, kept as its digest, and the rate limit of the warnings about bad ones.
+pub struct TokenCheck {
+    digest: [u8; 32],
+    warn: Mutex<LogGate>,
+}
+
+impl TokenCheck {
+    pub fn new(token: &str) -> Self {
+        TokenCheck {
+            digest: Sha256::digest(token.as_bytes()).into(),
+            warn: Mutex::new(LogGate::new(WARN_EVERY)),
+        }
+    }
+
+    /// Whether an `Authorization` header value carries the token.
+    pub fn accepts(&self, authorization: Option<&[u8]>) -> bool {
+        let Some(given) = authorization.and_then(|v| v.strip_prefix(b"Bearer ")) else {
+            return false;
+        };
+        let given: [u8; 32] = Sha256::digest(given).into();
+        given == self.digest
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,10 +113,48 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/table", get(table))
         .route("/v1/dataplane", get(dataplane))
         .route("/v1/node", get(node))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(state)
+}
+
+async fn require_token(State(s): State<AdminState>, request: Request, next: Next) -> Response {
+    let Some(check) = &s.token else {
+        return next.run(request).await;
+    };
+    let authorization = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    if check.accepts(authorization) {
+        return next.run(request).await;
+    }
+    s.metrics
+        .admin_refused
+        .get_or_create(&ReasonLabel {
+            reason: "unauthorized",
+        })
+        .inc();
+    let gate = check
+        .warn
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .allow(Instant::now());
+    if let Some(suppressed) = gate {
+        tracing::warn!(
+            path = %request.uri().path(),
+            suppressed,
+            "admin API request without a valid bearer token refused"
+        );
+    }
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        Json(serde_json::json!({ "error": "this endpoint needs Authorization: Bearer <token>" })),
+    )
+        .into_response()
 }
 
 /// Binds now (so a taken port fails start-up) and serves on a thread of its own until `cancel`.
@@ -99,15 +187,88 @@ pub fn spawn(
                         return;
                     }
                 };
-                let served = axum::serve(listener, router(state))
-                    .with_graceful_shutdown(async move { cancel.cancelled().await })
-                    .await;
-                if let Err(e) = served {
-                    tracing::error!(error = %e, "admin API stopped");
-                }
+                serve(listener, state, cancel).await;
             });
         })?;
     Ok(handle)
+}
+
+/// The accept loop: a connection cap, a header deadline and a lifetime for every connection.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AdminState,
+    cancel: CancellationToken,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let app = router(state.clone());
+    let mut cap_warn = LogGate::new(WARN_EVERY);
+    let refused = |reason: &'static str| {
+        state
+            .metrics
+            .admin_refused
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    };
+    loop {
+        let accepted = tokio::select! {
+            _ = cancel.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and the like: do not spin.
+                tracing::warn!(error = %e, "admin API accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            refused("connection_cap");
+            if let Some(suppressed) = cap_warn.allow(Instant::now()) {
+                tracing::warn!(%peer, suppressed, max = MAX_CONNECTIONS, "admin API connection cap reached; closing new connections");
+            }
+            drop(stream);
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let cancel = cancel.clone();
+        let metrics = state.metrics.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT);
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            let mut conn = std::pin::pin!(conn);
+            let lifetime = tokio::time::sleep(CONNECTION_LIFETIME);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = lifetime => {
+                    metrics.admin_refused.get_or_create(&ReasonLabel { reason: "lifetime" }).inc();
+                    conn.as_mut().graceful_shutdown();
+                    tokio::time::timeout(HEADER_TIMEOUT, conn.as_mut()).await.unwrap_or(Ok(()))
+                }
+                _ = cancel.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    tokio::time::timeout(HEADER_TIMEOUT, conn.as_mut()).await.unwrap_or(Ok(()))
+                }
+            };
+            if let Err(e) = result {
+                if e.is_timeout() {
+                    metrics
+                        .admin_refused
+                        .get_or_create(&ReasonLabel {
+                            reason: "header_timeout",
+                        })
+                        .inc();
+                }
+                tracing::debug!(%peer, error = %e, "admin API connection ended");
+            }
+        });
+    }
 }
 
 async fn cluster(State(s): State<AdminState>) -> Json<ClusterStatus> {
@@ -147,13 +308,48 @@ struct DataplaneResponse {
     head: Option<VersionRef>,
     /// True when what the dataplane holds equals the head's table with health applied.
     matches_table: bool,
-    /// Operations that would bring the dataplane to the table (empty when it matches).
+    /// Totals over the whole read-back; the lists below are one page of it.
+    total: DataplaneTotals,
+    /// Operations that would bring the dataplane to the table (empty when it matches);
+    /// at most one page of them.
     pending_ops: Vec<shoal_dataplane::Op>,
+    /// The VIPs and services of this page (`offset`, `limit`).
     vips: Vec<IpAddr>,
     services: Vec<ObservedService>,
+    /// The `offset` of the next page; `None` on the last one.
+    next_offset: Option<usize>,
 }
 
-async fn dataplane(State(s): State<AdminState>) -> Result<Json<DataplaneResponse>, AdminError> {
+#[derive(Serialize)]
+struct DataplaneTotals {
+    services: usize,
+    destinations: usize,
+    vips: usize,
+    pending_ops: usize,
+}
+
+/// `?offset=N&limit=M` of `/v1/dataplane` (services, VIPs and pending ops are paged alike).
+#[derive(Debug, Default, Deserialize)]
+struct Page {
+    offset: Option<usize>,
+    limit: Option<usize>,
+}
+
+impl Page {
+    fn range(&self, len: usize) -> std::ops::Range<usize> {
+        let limit = self
+            .limit
+            .unwrap_or(DATAPLANE_PAGE_DEFAULT)
+            .min(DATAPLANE_PAGE_MAX);
+        let start = self.offset.unwrap_or(0).min(len);
+        start..start.saturating_add(limit).min(len)
+    }
+}
+
+async fn dataplane(
+    State(s): State<AdminState>,
+    Query(page): Query<Page>,
+) -> Result<Json<DataplaneResponse>, AdminError> {
     let actual = s.programmer.read().await?;
     let head = s.mesh.current();
     let verdicts = s.health.verdicts().borrow().clone();
@@ -161,15 +357,36 @@ async fn dataplane(State(s): State<AdminState>) -> Result<Json<DataplaneResponse
         Some(h) => desired_state(&h.doc, &verdicts),
         None => desired_state(&RuleTable::default(), &verdicts),
     };
-    let pending_ops = plan(&desired, &actual);
+    let mut pending_ops = plan(&desired, &actual);
+    let total = DataplaneTotals {
+        services: actual.services.len(),
+        destinations: actual.services.iter().map(|s| s.destinations.len()).sum(),
+        vips: actual.vips.len(),
+        pending_ops: pending_ops.len(),
+    };
+    let longest = total.services.max(total.vips).max(total.pending_ops);
+    let range = page.range(longest);
+    let next_offset = (range.end < longest).then_some(range.end);
+    let mut services = actual.services;
+    let cut = |len: usize| range.start.min(len)..range.end.min(len);
+    let services_page = services.drain(cut(total.services)).collect();
+    let pending_page = pending_ops.drain(cut(total.pending_ops)).collect();
     Ok(Json(DataplaneResponse {
         kind: s.programmer.kind(),
         version: s.reconcile.get().applied,
         head: head.as_ref().map(|h| (&h.version).into()),
-        matches_table: pending_ops.is_empty(),
-        pending_ops,
-        vips: actual.vips.iter().copied().collect(),
-        services: actual.services,
+        matches_table: total.pending_ops == 0,
+        total,
+        pending_ops: pending_page,
+        vips: actual
+            .vips
+            .iter()
+            .copied()
+            .skip(range.start)
+            .take(range.len())
+            .collect(),
+        services: services_page,
+        next_offset,
     }))
 }
 

@@ -157,6 +157,10 @@ pub struct RunArgs {
     /// for this long (a frozen process).
     #[arg(long)]
     pub freeze_withdraw_ms: Option<u64>,
+    /// File holding a bearer token that the admin API's /v1/* requires (/healthz, /readyz
+    /// and /metrics stay open for probes and Prometheus).
+    #[arg(long)]
+    pub admin_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -164,6 +168,9 @@ pub struct NodeArgs {
     /// Admin address of any node, host:port.
     #[arg(long, default_value = "127.0.0.1:9100")]
     pub node: String,
+    /// File holding the admin API's bearer token (when the nodes run with --admin-token-file).
+    #[arg(long, env = "SHOAL_ADMIN_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -8,12 +8,24 @@ use std::time::Duration;
 
 /// Fetches a JSON document from a node's admin API.
 pub async fn get_json(node: &str, path: &str) -> anyhow::Result<serde_json::Value> {
+    get_json_with(node, path, None).await
+}
+
+/// [`get_json`] with the admin API's bearer token, when the nodes require one.
+pub async fn get_json_with(
+    node: &str,
+    path: &str,
+    token: Option<&str>,
+) -> anyhow::Result<serde_json::Value> {
     let url = format!("http://{node}{path}");
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()?;
-    let response = client
-        .get(&url)
+    let mut request = client.get(&url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request
         .send()
         .await
         .with_context(|| format!("cannot reach the admin API at {url}"))?;
@@ -31,8 +43,18 @@ pub async fn get_json(node: &str, path: &str) -> anyhow::Result<serde_json::Valu
     Ok(body)
 }
 
+/// The token of `--token-file` / `SHOAL_ADMIN_TOKEN_FILE`, if given.
+fn token(args: &NodeArgs) -> anyhow::Result<Option<String>> {
+    args.token_file
+        .as_deref()
+        .map(crate::config::read_token)
+        .transpose()
+        .map_err(anyhow::Error::from)
+}
+
 pub async fn status(args: &StatusArgs) -> anyhow::Result<()> {
-    let body = get_json(&args.node.node, "/v1/cluster").await?;
+    let token = token(&args.node)?;
+    let body = get_json_with(&args.node.node, "/v1/cluster", token.as_deref()).await?;
     match args.output {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&body)?),
         OutputFormat::Table => {
@@ -45,7 +67,8 @@ pub async fn status(args: &StatusArgs) -> anyhow::Result<()> {
 }
 
 pub async fn table(args: &NodeArgs) -> anyhow::Result<()> {
-    let body = get_json(&args.node, "/v1/table").await?;
+    let token = token(args)?;
+    let body = get_json_with(&args.node, "/v1/table", token.as_deref()).await?;
     println!("{}", serde_json::to_string_pretty(&body)?);
     Ok(())
 }

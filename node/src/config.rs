@@ -61,6 +61,7 @@ struct FileSettings {
     withdraw_when_no_backends: Option<bool>,
     freeze_withdraw_ms: Option<u64>,
     bgp: Option<BgpFile>,
+    admin_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -108,6 +109,32 @@ pub struct NodeConfig {
     pub health_checkers: usize,
     pub vip_interface: String,
     pub announce: AnnounceSettings,
+    /// Bearer token required on the admin API's `/v1/*` (read from `--admin-token-file`).
+    pub admin_token: Option<String>,
+}
+
+/// Bounds of the numeric settings, checked at start-up so that no later arithmetic on them
+/// can overflow (a huge `--resync-interval-s` used to panic inside the reconcile task).
+pub const RESYNC_INTERVAL_S: std::ops::RangeInclusive<u64> = 1..=86_400;
+pub const DRAIN_S: std::ops::RangeInclusive<u64> = 0..=86_400;
+pub const HEALTH_CHECKERS: std::ops::RangeInclusive<usize> = 1..=16;
+pub const MAX_SEEDS: usize = 1_000;
+/// Admin tokens: long enough to resist guessing, short enough to be a token and not a file.
+pub const ADMIN_TOKEN_LEN: std::ops::RangeInclusive<usize> = 16..=4_096;
+
+fn bounded<T: PartialOrd + std::fmt::Display>(
+    field: &'static str,
+    value: T,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<T, ConfigError> {
+    if range.contains(&value) {
+        Ok(value)
+    } else {
+        Err(ConfigError::Invalid {
+            field,
+            message: format!("{value} is outside {}-{}", range.start(), range.end()),
+        })
+    }
 }
 
 impl NodeConfig {
@@ -140,6 +167,12 @@ impl NodeConfig {
             .or(file.admin)
             .ok_or(ConfigError::Missing("admin"))?;
         let seeds = args.seeds.clone().or(file.seeds).unwrap_or_default();
+        if seeds.len() > MAX_SEEDS {
+            return Err(ConfigError::Invalid {
+                field: "seeds",
+                message: format!("{} seeds is over {MAX_SEEDS}", seeds.len()),
+            });
+        }
         for seed in &seeds {
             if seed
                 .rsplit_once(':')
@@ -199,23 +232,27 @@ impl NodeConfig {
             Source::Kubernetes(_) => 30,
             Source::Static { .. } => 0,
         };
-        let health_checkers = args.health_checkers.or(file.health_checkers).unwrap_or(2);
-        if health_checkers == 0 {
-            return Err(ConfigError::Invalid {
-                field: "health_checkers",
-                message: "must be at least 1".into(),
-            });
-        }
-        let resync_interval_s = args
-            .resync_interval_s
-            .or(file.resync_interval_s)
-            .unwrap_or(10);
-        if resync_interval_s == 0 {
-            return Err(ConfigError::Invalid {
-                field: "resync_interval_s",
-                message: "must be at least 1".into(),
-            });
-        }
+        let health_checkers = bounded(
+            "health_checkers",
+            args.health_checkers.or(file.health_checkers).unwrap_or(2),
+            HEALTH_CHECKERS,
+        )?;
+        let resync_interval_s = bounded(
+            "resync_interval_s",
+            args.resync_interval_s
+                .or(file.resync_interval_s)
+                .unwrap_or(10),
+            RESYNC_INTERVAL_S,
+        )?;
+        let drain_s = bounded(
+            "drain_s",
+            args.drain_s.or(file.drain_s).unwrap_or(default_drain_s),
+            DRAIN_S,
+        )?;
+        let admin_token = match args.admin_token_file.clone().or(file.admin_token_file) {
+            Some(path) => Some(read_token(&path)?),
+            None => None,
+        };
         Ok(NodeConfig {
             node_id,
             listen,
@@ -230,7 +267,7 @@ impl NodeConfig {
                 .unwrap_or(DataplaneKind::Memory),
             cleanup_on_exit: args.cleanup_on_exit || file.cleanup_on_exit.unwrap_or(false),
             resync_interval: Duration::from_secs(resync_interval_s),
-            drain: Duration::from_secs(args.drain_s.or(file.drain_s).unwrap_or(default_drain_s)),
+            drain: Duration::from_secs(drain_s),
             health_checkers,
             vip_interface: args
                 .vip_interface
@@ -238,6 +275,7 @@ impl NodeConfig {
                 .or(file.vip_interface)
                 .unwrap_or_else(|| "shoal0".to_string()),
             announce,
+            admin_token,
         })
     }
 }
@@ -303,6 +341,36 @@ fn announce_settings(
     })
 }
 
+/// The admin token: the file's content without surrounding whitespace (a Kubernetes Secret
+/// mounted as a file, or `openssl rand -hex 32 > token`).
+pub fn read_token(path: &Path) -> Result<String, ConfigError> {
+    let invalid = |message: String| ConfigError::Invalid {
+        field: "admin_token_file",
+        message,
+    };
+    let meta = std::fs::metadata(path)
+        .map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?;
+    if !meta.is_file() || meta.len() > *ADMIN_TOKEN_LEN.end() as u64 + 64 {
+        return Err(invalid(format!(
+            "{} must be a regular file of at most {} bytes",
+            path.display(),
+            ADMIN_TOKEN_LEN.end()
+        )));
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?;
+    let token = text.trim();
+    if !ADMIN_TOKEN_LEN.contains(&token.len()) || !token.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(invalid(format!(
+            "the token in {} must be {}-{} printable ASCII characters",
+            path.display(),
+            ADMIN_TOKEN_LEN.start(),
+            ADMIN_TOKEN_LEN.end()
+        )));
+    }
+    Ok(token.to_string())
+}
+
 fn read_file(path: &Path) -> Result<FileSettings, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
@@ -362,6 +430,54 @@ mod tests {
         a.config = Some(file.path().to_path_buf());
         let err = NodeConfig::resolve(&a).unwrap_err().to_string();
         assert!(err.contains("clustre"), "{err}");
+    }
+
+    /// Issue #15, broken behaviour 5: huge `--resync-interval-s` / `--drain-s` panicked the
+    /// reconcile task; they are now refused at start-up with the setting named.
+    #[test]
+    fn huge_durations_are_refused_naming_the_field() {
+        let mut a = args();
+        a.resync_interval_s = Some(u64::MAX);
+        let err = NodeConfig::resolve(&a).unwrap_err().to_string();
+        assert!(
+            err.contains("resync_interval_s") && err.contains("outside 1-86400"),
+            "{err}"
+        );
+        let mut a = args();
+        a.drain_s = Some(u64::MAX / 1000);
+        let err = NodeConfig::resolve(&a).unwrap_err().to_string();
+        assert!(err.contains("drain_s"), "{err}");
+        let mut a = args();
+        a.health_checkers = Some(usize::MAX);
+        let err = NodeConfig::resolve(&a).unwrap_err().to_string();
+        assert!(err.contains("health_checkers"), "{err}");
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(file, "drain_s = 9999999").unwrap();
+        let mut a = args();
+        a.config = Some(file.path().to_path_buf());
+        let err = NodeConfig::resolve(&a).unwrap_err().to_string();
+        assert!(err.contains("drain_s"), "{err}");
+        let mut a = args();
+        a.resync_interval_s = Some(86_400);
+        a.drain_s = Some(86_400);
+        assert!(NodeConfig::resolve(&a).is_ok());
+    }
+
+    #[test]
+    fn admin_tokens_are_read_trimmed_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "0123456789abcdef0123\n").unwrap();
+        let mut a = args();
+        a.admin_token_file = Some(path.clone());
+        let cfg = NodeConfig::resolve(&a).unwrap();
+        assert_eq!(cfg.admin_token.as_deref(), Some("0123456789abcdef0123"));
+        std::fs::write(&path, "short").unwrap();
+        let err = NodeConfig::resolve(&a).unwrap_err().to_string();
+        assert!(err.contains("admin_token_file"), "{err}");
+        a.admin_token_file = Some("/dev/zero".into());
+        let err = NodeConfig::resolve(&a).unwrap_err().to_string();
+        assert!(err.contains("regular file"), "{err}");
     }
 
     #[test]

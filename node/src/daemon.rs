@@ -100,6 +100,11 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
 
     let source_status = SourceStatus::default();
     let source_metrics = source::kubernetes::KubernetesMetrics::register(&mut registry);
+    registry.register(
+        "shoal_source_errors",
+        "Distinct problems with the rule source's input (bad, oversized or unreadable file)",
+        source_status.errors.clone(),
+    );
     let publisher_task = tokio::spawn(publisher_duty(
         mesh.clone(),
         config.source.clone(),
@@ -123,6 +128,10 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
                 .as_ref()
                 .map(|a| a.handle.clone())
                 .unwrap_or_default(),
+            token: config
+                .admin_token
+                .as_deref()
+                .map(|t| Arc::new(admin::TokenCheck::new(t))),
         },
         admin_cancel.clone(),
     )?;

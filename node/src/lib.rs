@@ -16,6 +16,7 @@ pub mod daemon;
 pub mod demo;
 pub mod desired;
 pub mod health;
+pub mod log_gate;
 pub mod metrics;
 pub mod reconcile;
 pub mod rules;

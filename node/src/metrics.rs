@@ -17,6 +17,11 @@ pub struct OpLabel {
     pub op: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
 #[derive(Clone)]
 pub struct NodeMetrics {
     pub reconciles: Family<ResultLabel, Counter>,
@@ -32,6 +37,9 @@ pub struct NodeMetrics {
     pub applied_is_head: Gauge,
     pub publishes: Counter,
     pub takeovers: Counter,
+    /// Admin API requests and connections turned away, by reason (`unauthorized`,
+    /// `connection_cap`, `header_timeout`, `lifetime`).
+    pub admin_refused: Family<ReasonLabel, Counter>,
 }
 
 impl Default for NodeMetrics {
@@ -56,6 +64,7 @@ impl NodeMetrics {
             applied_is_head: Gauge::default(),
             publishes: Counter::default(),
             takeovers: Counter::default(),
+            admin_refused: Family::default(),
         }
     }
 
@@ -125,6 +134,11 @@ impl NodeMetrics {
             "shoal_takeovers",
             "Times this node became the publisher",
             self.takeovers.clone(),
+        );
+        r.register(
+            "shoal_admin_refused",
+            "Admin API requests and connections turned away, by reason",
+            self.admin_refused.clone(),
         );
     }
 }

@@ -178,7 +178,7 @@ pub async fn run(
         }
         let head = heads.borrow_and_update().clone();
         let Some(head) = head else {
-            next_pass = tokio::time::Instant::now() + settings.resync_interval;
+            next_pass = later(tokio::time::Instant::now(), settings.resync_interval);
             continue;
         };
         let desired = desired_state(&head.doc, &verdicts.borrow_and_update());
@@ -187,7 +187,7 @@ pub async fn run(
         metrics
             .reconcile_seconds
             .observe(started.elapsed().as_secs_f64());
-        let mut wake = tokio::time::Instant::now() + settings.resync_interval;
+        let mut wake = later(tokio::time::Instant::now(), settings.resync_interval);
         match result {
             Ok((ops, deadline)) => {
                 metrics
@@ -240,11 +240,18 @@ pub async fn run(
                     s.last_error = Some(e.to_string());
                     s.passes += 1;
                 });
-                wake = tokio::time::Instant::now() + RETRY_AFTER_ERROR;
+                wake = later(tokio::time::Instant::now(), RETRY_AFTER_ERROR);
             }
         }
         next_pass = wake;
     }
+}
+
+/// `now + after`, without the panic of `Instant + Duration` on overflow: a delay too long to
+/// represent becomes "in a year" (config bounds keep real settings far below that).
+fn later(now: tokio::time::Instant, after: Duration) -> tokio::time::Instant {
+    const YEAR: Duration = Duration::from_secs(365 * 86_400);
+    now.checked_add(after.min(YEAR)).unwrap_or(now)
 }
 
 fn op_name(op: &Op) -> &'static str {
@@ -257,5 +264,23 @@ fn op_name(op: &Op) -> &'static str {
         Op::DelDest(..) => "del_dest",
         Op::AddVip(_) => "add_vip",
         Op::DelVip(_) => "del_vip",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue #15, broken behaviour 5: `Instant::now() + Duration::from_secs(u64::MAX)` panicked
+    /// inside the reconcile task, which then never programmed anything again.
+    #[test]
+    fn huge_delays_do_not_overflow() {
+        let now = tokio::time::Instant::now();
+        let far = later(now, Duration::MAX);
+        assert!(far > now + Duration::from_secs(86_400));
+        assert_eq!(
+            later(now, Duration::from_secs(10)),
+            now + Duration::from_secs(10)
+        );
     }
 }

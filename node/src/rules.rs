@@ -1,7 +1,8 @@
 //! The static rules file: TOML in, a checked [`RuleTable`] out, errors naming line and field.
 //!
 //! The format is documented in docs/rules.md. Parsing is pure (text in, table or error out) so
-//! `shoal check`, the static source and tests share it.
+//! `shoal check`, the static source and tests share it. It is linear in the file's size: line
+//! numbers come from one index of line starts, not from counting newlines per entry.
 
 use crate::table::{Backend, HealthCheck, Probe, RuleTable, VirtualService};
 use serde::Deserialize;
@@ -23,6 +24,13 @@ pub struct RulesError {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFile {
+    /// An empty table removes every service everywhere: the file must ask for it explicitly,
+    /// so that an empty or truncated file is never mistaken for one.
+    #[serde(default)]
+    no_services: bool,
+    /// Backends on 127.0.0.0/8 or ::1 only make sense on one host (the demo, tests).
+    #[serde(default)]
+    loopback_backends: bool,
     #[serde(default)]
     service: Vec<Spanned<RawService>>,
 }
@@ -31,8 +39,8 @@ struct RawFile {
 #[serde(deny_unknown_fields)]
 struct RawService {
     name: String,
-    vip: IpAddr,
-    port: u16,
+    vip: Spanned<IpAddr>,
+    port: Spanned<u16>,
     #[serde(default = "default_protocol")]
     protocol: Protocol,
     #[serde(default = "default_scheduler")]
@@ -72,8 +80,8 @@ enum RawTunnel {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawBackend {
-    address: IpAddr,
-    port: Option<u16>,
+    address: Spanned<IpAddr>,
+    port: Option<Spanned<u16>>,
     #[serde(default = "default_weight")]
     weight: u32,
 }
@@ -135,16 +143,50 @@ fn default_expect_status() -> u16 {
 /// IPVS's largest weight (the kernel takes an int; ipvsadm caps it here).
 const MAX_WEIGHT: u32 = 65535;
 const MIN_HEALTH_INTERVAL_MS: u64 = 100;
+/// One hour: a longer probe interval is a typo, and bounded values keep time arithmetic safe.
+const MAX_HEALTH_INTERVAL_MS: u64 = 3_600_000;
+const MAX_RISE_FALL: u32 = 100;
+const MAX_PATH_LEN: usize = 2048;
+const MAX_HOST_LEN: usize = 253;
+
+/// The largest rules file the static source reads and `shoal check` accepts (32 MiB, about
+/// 50,000 services of 10 backends): a bigger file is refused with an error saying so, instead
+/// of being read into memory whole (a path to /dev/zero would never end).
+pub const MAX_FILE_BYTES: u64 = 32 << 20;
 
 /// Parses and checks a rules file; the table comes out canonical.
 pub fn parse(text: &str) -> Result<RuleTable, RulesError> {
-    let raw: RawFile = toml::from_str(text).map_err(|e| from_toml_error(text, &e))?;
+    let lines = LineIndex::new(text);
+    let raw: RawFile = toml::from_str(text).map_err(|e| from_toml_error(text, &lines, &e))?;
+    if raw.service.is_empty() && !raw.no_services {
+        return Err(RulesError {
+            line: 1,
+            field: "service".into(),
+            message: "the file lists no service; an empty table removes every service on every \
+                      node, so write `no_services = true` to publish one on purpose"
+                .into(),
+        });
+    }
+    if raw.no_services && !raw.service.is_empty() {
+        return Err(RulesError {
+            line: 1,
+            field: "no_services".into(),
+            message: format!(
+                "is true but the file lists {} service(s)",
+                raw.service.len()
+            ),
+        });
+    }
+    let ctx = Ctx {
+        lines: &lines,
+        loopback_backends: raw.loopback_backends,
+    };
     let mut table = RuleTable::default();
     let mut names = BTreeSet::new();
     let mut endpoints = BTreeSet::new();
     for (i, spanned) in raw.service.iter().enumerate() {
-        let line = line_of(text, spanned.span().start);
-        let service = check_service(text, i, spanned.get_ref(), line)?;
+        let line = lines.line(spanned.span().start);
+        let service = check_service(&ctx, i, spanned.get_ref(), line)?;
         let err = |field: &str, message: String| RulesError {
             line,
             field: format!("service[{i}].{field}"),
@@ -185,8 +227,14 @@ pub fn warnings(table: &RuleTable) -> Vec<String> {
     out
 }
 
+/// What every check needs besides the entry itself.
+struct Ctx<'a> {
+    lines: &'a LineIndex,
+    loopback_backends: bool,
+}
+
 fn check_service(
-    text: &str,
+    ctx: &Ctx<'_>,
     i: usize,
     raw: &RawService,
     line: usize,
@@ -196,14 +244,32 @@ fn check_service(
         field: format!("service[{i}].{field}"),
         message,
     };
-    if raw.name.is_empty() || raw.name.len() > 253 {
-        return Err(err("name", "must be 1-253 characters".into()));
+    let err_at = |offset: usize, field: &str, message: String| RulesError {
+        line: ctx.lines.line(offset),
+        field: format!("service[{i}].{field}"),
+        message,
+    };
+    if raw.name.is_empty() || raw.name.len() > 253 || raw.name.contains(char::is_control) {
+        return Err(err(
+            "name",
+            "must be 1-253 characters without control characters".into(),
+        ));
     }
-    if raw.port == 0 {
-        return Err(err("port", "must be 1-65535".into()));
+    let port = *raw.port.get_ref();
+    if port == 0 {
+        return Err(err_at(
+            raw.port.span().start,
+            "port",
+            "must be 1-65535".into(),
+        ));
     }
-    if raw.vip.is_unspecified() || raw.vip.is_multicast() {
-        return Err(err("vip", format!("{} is not a unicast address", raw.vip)));
+    let vip = *raw.vip.get_ref();
+    if let Some(why) = not_unicast(vip) {
+        return Err(err_at(
+            raw.vip.span().start,
+            "vip",
+            format!("{vip} is not a unicast address a VIP can use ({why})"),
+        ));
     }
     if raw.scheduler.is_empty()
         || raw.scheduler.len() > 15
@@ -239,61 +305,77 @@ fn check_service(
     let mut seen = BTreeSet::new();
     for (j, spanned) in raw.backend.iter().enumerate() {
         let b = spanned.get_ref();
-        let berr = |field: &str, message: String| RulesError {
-            line: line_of(text, spanned.span().start),
+        let berr_at = |offset: usize, field: &str, message: String| RulesError {
+            line: ctx.lines.line(offset),
             field: format!("service[{i}].backend[{j}].{field}"),
             message,
         };
-        let port = b.port.unwrap_or(raw.port);
+        let berr = |field: &str, message: String| berr_at(spanned.span().start, field, message);
+        let (port, port_at) = match &b.port {
+            Some(p) => (*p.get_ref(), p.span().start),
+            None => (port, spanned.span().start),
+        };
         if port == 0 {
-            return Err(berr("port", "must be 1-65535".into()));
+            return Err(berr_at(port_at, "port", "must be 1-65535".into()));
         }
         // Tunnel and route forwarding keep the packet's destination port: the backend
         // must listen on the service port.
-        if !matches!(forwarding, Forwarding::Masq) && port != raw.port {
-            return Err(berr(
+        if !matches!(forwarding, Forwarding::Masq) && port != *raw.port.get_ref() {
+            return Err(berr_at(
+                port_at,
                 "port",
                 format!(
                     "{port} differs from the service port {}; only masq forwarding can change ports",
-                    raw.port
+                    raw.port.get_ref()
                 ),
             ));
         }
-        if b.address.is_ipv4() != raw.vip.is_ipv4() {
-            return Err(berr(
+        let address = *b.address.get_ref();
+        let address_at = b.address.span().start;
+        if address.is_ipv4() != vip.is_ipv4() {
+            return Err(berr_at(
+                address_at,
                 "address",
-                format!("{} is not of the VIP's address family", b.address),
+                format!("{address} is not of the VIP's address family"),
             ));
         }
-        if b.address.is_unspecified() || b.address.is_multicast() {
-            return Err(berr(
+        let loopback_ok = ctx.loopback_backends && address.is_loopback();
+        if let Some(why) = not_unicast(address).filter(|_| !loopback_ok) {
+            let hint = if address.is_loopback() {
+                "; set `loopback_backends = true` at the top of the file for a one-host lab"
+            } else {
+                ""
+            };
+            return Err(berr_at(
+                address_at,
                 "address",
-                format!("{} is not a unicast address", b.address),
+                format!("{address} is not a unicast address a backend can use ({why}){hint}"),
             ));
         }
         if b.weight > MAX_WEIGHT {
             return Err(berr("weight", format!("{} is over {MAX_WEIGHT}", b.weight)));
         }
-        if !seen.insert((b.address, port)) {
-            return Err(berr(
+        if !seen.insert((address, port)) {
+            return Err(berr_at(
+                address_at,
                 "address",
-                format!("{}:{port} is listed twice", b.address),
+                format!("{address}:{port} is listed twice"),
             ));
         }
         backends.push(Backend {
-            address: b.address,
+            address,
             port,
             weight: b.weight,
         });
     }
     let health = match &raw.health {
         None => None,
-        Some(spanned) => Some(check_health(text, i, spanned)?),
+        Some(spanned) => Some(check_health(ctx, i, spanned)?),
     };
     Ok(VirtualService {
         name: raw.name.clone(),
-        vip: raw.vip,
-        port: raw.port,
+        vip,
+        port,
         protocol: raw.protocol,
         scheduler: raw.scheduler.clone(),
         flags: SchedFlags {
@@ -307,20 +389,23 @@ fn check_service(
 }
 
 fn check_health(
-    text: &str,
+    ctx: &Ctx<'_>,
     i: usize,
     spanned: &Spanned<RawHealth>,
 ) -> Result<HealthCheck, RulesError> {
     let h = spanned.get_ref();
     let err = |field: &str, message: String| RulesError {
-        line: line_of(text, spanned.span().start),
+        line: ctx.lines.line(spanned.span().start),
         field: format!("service[{i}].health.{field}"),
         message,
     };
-    if h.interval_ms < MIN_HEALTH_INTERVAL_MS {
+    if !(MIN_HEALTH_INTERVAL_MS..=MAX_HEALTH_INTERVAL_MS).contains(&h.interval_ms) {
         return Err(err(
             "interval_ms",
-            format!("{} is under {MIN_HEALTH_INTERVAL_MS}", h.interval_ms),
+            format!(
+                "{} is outside {MIN_HEALTH_INTERVAL_MS}-{MAX_HEALTH_INTERVAL_MS}",
+                h.interval_ms
+            ),
         ));
     }
     if h.timeout_ms == 0 || h.timeout_ms > h.interval_ms {
@@ -332,11 +417,29 @@ fn check_health(
             ),
         ));
     }
-    if h.rise == 0 {
-        return Err(err("rise", "must be at least 1".into()));
+    if !(1..=MAX_RISE_FALL).contains(&h.rise) {
+        return Err(err(
+            "rise",
+            format!("{} is outside 1-{MAX_RISE_FALL}", h.rise),
+        ));
     }
-    if h.fall == 0 {
-        return Err(err("fall", "must be at least 1".into()));
+    if !(1..=MAX_RISE_FALL).contains(&h.fall) {
+        return Err(err(
+            "fall",
+            format!("{} is outside 1-{MAX_RISE_FALL}", h.fall),
+        ));
+    }
+    if let Some(host) = &h.host {
+        // The host goes into a request line: CR/LF would let a rules file inject headers.
+        if host.is_empty()
+            || host.len() > MAX_HOST_LEN
+            || host.chars().any(|c| c.is_control() || c.is_whitespace())
+        {
+            return Err(err(
+                "host",
+                format!("{host:?} must be 1-{MAX_HOST_LEN} characters without spaces or control characters"),
+            ));
+        }
     }
     let probe = match h.kind {
         RawProbeKind::Tcp => {
@@ -349,6 +452,12 @@ fn check_health(
             let path = h.path.clone().unwrap_or_else(|| "/".to_string());
             if !path.starts_with('/') {
                 return Err(err("path", format!("{path:?} must start with /")));
+            }
+            if path.len() > MAX_PATH_LEN || path.chars().any(|c| c.is_control() || c == ' ') {
+                return Err(err(
+                    "path",
+                    format!("{path:?} must be at most {MAX_PATH_LEN} characters without spaces or control characters"),
+                ));
             }
             if !(100..=599).contains(&h.expect_status) {
                 return Err(err(
@@ -373,12 +482,71 @@ fn check_health(
     })
 }
 
-fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].matches('\n').count() + 1
+/// Why an address cannot carry load-balanced traffic (a VIP or a backend), if it cannot.
+fn not_unicast(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            if v4.is_unspecified() || o[0] == 0 {
+                Some("0.0.0.0/8 is \"this network\"")
+            } else if v4.is_broadcast() {
+                Some("broadcast")
+            } else if v4.is_multicast() {
+                Some("multicast")
+            } else if o[0] >= 240 {
+                Some("240.0.0.0/4 is reserved")
+            } else if v4.is_loopback() {
+                Some("loopback")
+            } else if v4.is_link_local() {
+                Some("link-local")
+            } else {
+                None
+            }
+        }
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            if v6.is_unspecified() {
+                Some("unspecified")
+            } else if v6.is_multicast() {
+                Some("multicast")
+            } else if v6.is_loopback() {
+                Some("loopback")
+            } else if s[0] & 0xffc0 == 0xfe80 {
+                Some("link-local")
+            } else if v6.to_ipv4_mapped().is_some() {
+                Some("IPv4-mapped: write the IPv4 address")
+            } else {
+                None
+            }
+        }
+    }
 }
 
-fn from_toml_error(text: &str, e: &toml::de::Error) -> RulesError {
-    let line = e.span().map(|s| line_of(text, s.start)).unwrap_or(0);
+/// Byte offset -> 1-based line, in O(log lines) per question after one O(n) pass.
+struct LineIndex {
+    /// Offsets of every '\n' in the text.
+    newlines: Vec<usize>,
+}
+
+impl LineIndex {
+    fn new(text: &str) -> Self {
+        LineIndex {
+            newlines: text
+                .bytes()
+                .enumerate()
+                .filter(|(_, b)| *b == b'\n')
+                .map(|(i, _)| i)
+                .collect(),
+        }
+    }
+
+    fn line(&self, offset: usize) -> usize {
+        self.newlines.partition_point(|&nl| nl < offset) + 1
+    }
+}
+
+fn from_toml_error(text: &str, lines: &LineIndex, e: &toml::de::Error) -> RulesError {
+    let line = e.span().map(|s| lines.line(s.start)).unwrap_or(0);
     // toml's message names the field for type and unknown-key errors; keep its first line.
     let message = e
         .message()
@@ -477,7 +645,7 @@ mod tests {
     fn tunnel_backends_must_keep_the_port() {
         let e = parse("[[service]]\nname='a'\nvip='203.0.113.1'\nport=80\n[[service.backend]]\naddress='198.18.0.2'\nport=8080\n").unwrap_err();
         assert_eq!(e.field, "service[0].backend[0].port");
-        assert_eq!(e.line, 5);
+        assert_eq!(e.line, 7, "the port's own line");
     }
 
     #[test]
@@ -502,5 +670,132 @@ mod tests {
     fn output_is_canonical() {
         let a = parse("[[service]]\nname='b'\nvip='203.0.113.1'\nport=80\n[[service]]\nname='a'\nvip='203.0.113.2'\nport=80\n").unwrap();
         assert_eq!(a.services[0].name, "a");
+    }
+
+    const HEAD: &str = "[[service]]\nname='a'\nvip='203.0.113.1'\nport=80\n";
+
+    /// Issue #15: `port = 0` was reported at the service's first line.
+    #[test]
+    fn port_zero_is_reported_at_its_own_line() {
+        let e = parse("[[service]]\nname='a'\nvip='203.0.113.1'\n\nport=0\n").unwrap_err();
+        assert_eq!((e.line, e.field.as_str()), (5, "service[0].port"), "{e}");
+        let e = parse(&format!(
+            "{HEAD}forwarding='masq'\n[[service.backend]]\naddress='198.18.0.2'\n\nport=0\n"
+        ))
+        .unwrap_err();
+        assert_eq!(
+            (e.line, e.field.as_str()),
+            (9, "service[0].backend[0].port"),
+            "{e}"
+        );
+    }
+
+    /// Issue #15: VIP 255.255.255.255 and other addresses no VIP can be were accepted.
+    #[test]
+    fn non_unicast_vips_are_refused_at_the_vip_line() {
+        for vip in [
+            "255.255.255.255",
+            "0.0.0.0",
+            "0.1.2.3",
+            "224.0.0.1",
+            "240.0.0.1",
+            "127.0.0.1",
+            "169.254.1.1",
+            "::",
+            "::1",
+            "ff02::1",
+            "fe80::1",
+            "::ffff:203.0.113.1",
+        ] {
+            let e = parse(&format!("[[service]]\nname='a'\nport=80\nvip='{vip}'\n")).unwrap_err();
+            assert_eq!(
+                (e.line, e.field.as_str()),
+                (4, "service[0].vip"),
+                "{vip}: {e}"
+            );
+            assert!(e.message.contains("not a unicast address"), "{e}");
+        }
+        for vip in ["203.0.113.1", "10.0.0.1", "2001:db8::1"] {
+            let text = format!("[[service]]\nname='a'\nport=80\nvip='{vip}'\n");
+            assert!(parse(&text).is_ok(), "{vip}");
+        }
+    }
+
+    /// Issue #15: backend 127.0.0.1 was accepted; a one-host lab must say so.
+    #[test]
+    fn loopback_backends_need_the_file_to_ask_for_them() {
+        let text = format!("{HEAD}[[service.backend]]\naddress='127.0.0.1'\n");
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.field, "service[0].backend[0].address");
+        assert!(e.message.contains("loopback_backends = true"), "{e}");
+        assert!(parse(&format!("loopback_backends = true\n{text}")).is_ok());
+        let bcast = format!(
+            "loopback_backends = true\n{HEAD}[[service.backend]]\naddress='255.255.255.255'\n"
+        );
+        assert!(parse(&bcast).is_err());
+    }
+
+    /// Issue #15: CR/LF in a health check's host or path went into the probe's request.
+    #[test]
+    fn control_characters_in_health_host_and_path_are_refused() {
+        for (field, value) in [
+            ("host", "a\\r\\nX-Injected: 1"),
+            ("host", "a b"),
+            ("host", ""),
+            ("path", "/a\\r\\nX: 1"),
+            ("path", "/a b"),
+            ("path", "/\\u0000"),
+        ] {
+            let text = format!("{HEAD}[service.health]\nkind='http'\n{field}=\"{value}\"\n");
+            let e = parse(&text).unwrap_err();
+            assert_eq!(
+                e.field,
+                format!("service[0].health.{field}"),
+                "{value:?}: {e}"
+            );
+        }
+        let ok =
+            format!("{HEAD}[service.health]\nkind='http'\nhost='example.org'\npath='/h?x=1'\n");
+        assert!(parse(&ok).is_ok());
+    }
+
+    #[test]
+    fn health_numbers_are_bounded() {
+        for (field, value) in [
+            ("interval_ms", "9223372036854775807"),
+            ("interval_ms", "3600001"),
+            ("rise", "101"),
+            ("fall", "0"),
+        ] {
+            let text = format!("{HEAD}[service.health]\nkind='tcp'\n{field}={value}\n");
+            let e = parse(&text).unwrap_err();
+            assert_eq!(e.field, format!("service[0].health.{field}"), "{e}");
+        }
+    }
+
+    /// Issue #15, broken behaviour 4: an empty file parsed as a table without services.
+    #[test]
+    fn an_empty_table_must_be_asked_for() {
+        for empty in ["", "\n", "# nothing yet\n"] {
+            let e = parse(empty).unwrap_err();
+            assert_eq!(e.field, "service");
+            assert!(e.message.contains("no_services = true"), "{e}");
+        }
+        assert_eq!(parse("no_services = true\n").unwrap(), RuleTable::default());
+        let e = parse(&format!("no_services = true\n{HEAD}")).unwrap_err();
+        assert_eq!(e.field, "no_services");
+    }
+
+    #[test]
+    fn line_index_counts_like_the_text() {
+        let text = "a\nbb\n\nc";
+        let idx = LineIndex::new(text);
+        for offset in 0..=text.len() {
+            assert_eq!(
+                idx.line(offset),
+                text[..offset].matches('\n').count() + 1,
+                "{offset}"
+            );
+        }
     }
 }

@@ -38,7 +38,7 @@ fn rules(tcp_port: u16, web_port: u16, flap_port: u16) -> String {
         )
     };
     format!(
-        "[[service]]\nname = \"tcp\"\nvip = \"203.0.113.1\"\nport = {tcp_port}\nscheduler = \"rr\"\nforwarding = \"tunnel\"\n\n{}\n{}\n{}\n{}\n\
+        "loopback_backends = true\n\n[[service]]\nname = \"tcp\"\nvip = \"203.0.113.1\"\nport = {tcp_port}\nscheduler = \"rr\"\nforwarding = \"tunnel\"\n\n{}\n{}\n{}\n{}\n\
          [[service]]\nname = \"web\"\nvip = \"203.0.113.2\"\nport = {web_port}\nscheduler = \"rr\"\nforwarding = \"tunnel\"\n\n{}\n{}\n{}\n{}path = \"/healthz\"\nexpect_status = 200\n",
         backend(0),
         backend(1),

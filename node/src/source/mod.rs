@@ -5,10 +5,12 @@
 //! changes; bad input is reported through [`SourceStatus`] and never replaces the last good table.
 
 pub mod kubernetes;
+pub mod settle;
 pub mod static_file;
 
 use crate::config::Source;
 use crate::table::RuleTable;
+use prometheus_client::metrics::counter::Counter;
 use serde::Serialize;
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
@@ -26,7 +28,12 @@ pub struct SourceState {
 }
 
 #[derive(Debug, Clone, Default)]
-pub struct SourceStatus(Arc<Mutex<SourceState>>);
+pub struct SourceStatus {
+    state: Arc<Mutex<SourceState>>,
+    /// Distinct problems with the input (`shoal_source_errors_total`): a bad, oversized,
+    /// half-written or unreadable rules file, or a failing Kubernetes source.
+    pub errors: Counter,
+}
 
 impl SourceStatus {
     pub fn get(&self) -> SourceState {
@@ -36,7 +43,11 @@ impl SourceStatus {
         self.lock().running = running;
     }
     pub fn record_error(&self, message: String) {
-        self.lock().last_error = Some(message);
+        let mut s = self.lock();
+        if s.last_error.as_deref() != Some(message.as_str()) {
+            self.errors.inc();
+        }
+        s.last_error = Some(message);
     }
     pub fn record_table(&self) {
         let mut s = self.lock();
@@ -45,7 +56,7 @@ impl SourceStatus {
     }
     fn lock(&self) -> std::sync::MutexGuard<'_, SourceState> {
         // A poisoned lock only means a panic elsewhere mid-update of plain fields.
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 

@@ -4,11 +4,15 @@
 //! Kubernetes swaps ConfigMap mounts through symlinks, both of which break file watches, while
 //! reading a small file twice a second costs nothing.
 
+use super::settle::{Settle, Stamp, Verdict};
 use super::SourceStatus;
 use crate::rules;
 use crate::table::RuleTable;
-use std::path::PathBuf;
+use sha2::{Digest, Sha256};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -20,79 +24,290 @@ pub async fn run(
     status: SourceStatus,
     cancel: CancellationToken,
 ) {
+    run_every(POLL_INTERVAL, path, out, status, cancel).await
+}
+
+/// [`run`] with another poll interval (tests use a longer one, so that a busy machine cannot
+/// stretch a writer's pause past two polls).
+pub async fn run_every(
+    poll_interval: Duration,
+    path: PathBuf,
+    out: watch::Sender<Option<RuleTable>>,
+    status: SourceStatus,
+    cancel: CancellationToken,
+) {
     status.set_running(true);
-    let mut last_seen: Option<Vec<u8>> = None;
-    let mut ticker = tokio::time::interval(POLL_INTERVAL);
+    let mut settle = Settle::default();
+    let mut published: Option<[u8; 32]> = None;
+    let mut ticker = tokio::time::interval(poll_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = ticker.tick() => {}
         }
-        let bytes = match tokio::fs::read(&path).await {
-            Ok(b) => b,
-            Err(e) => {
-                let message = format!("cannot read rules file {}: {e}", path.display());
-                if status.get().last_error.as_deref() != Some(message.as_str()) {
-                    tracing::error!(%message, "rules file unreadable; keeping the last good table");
-                }
-                status.record_error(message);
-                last_seen = None;
+        let stamp = match stamp_of(&path).await {
+            Ok(stamp) => stamp,
+            Err(message) => {
+                settle.forget();
+                reject(&status, &path, message);
                 continue;
             }
         };
-        if last_seen.as_deref() == Some(bytes.as_slice()) {
+        if settle.observe(stamp) != Verdict::Read {
             continue;
         }
-        last_seen = Some(bytes.clone());
+        let bytes = match read_bounded(&path).await {
+            Ok(bytes) => bytes,
+            Err(message) => {
+                settle.forget();
+                reject(&status, &path, message);
+                continue;
+            }
+        };
+        // A writer that started during the read: wait for the file to hold still again.
+        if stamp_of(&path).await != Ok(stamp) {
+            continue;
+        }
+        settle.mark_read(stamp);
+        let digest: [u8; 32] = Sha256::digest(&bytes).into();
+        if published == Some(digest) {
+            continue;
+        }
         let parsed = std::str::from_utf8(&bytes)
             .map_err(|e| format!("not UTF-8 text: {e}"))
             .and_then(|text| rules::parse(text).map_err(|e| e.to_string()));
+        drop(bytes);
         match parsed {
             Ok(table) => {
                 tracing::info!(path = %path.display(), services = table.services.len(), "rules loaded");
                 status.record_table();
+                published = Some(digest);
                 out.send_replace(Some(table));
             }
-            Err(e) => {
-                let message = format!("{}: {e}", path.display());
-                tracing::error!(%message, "rules file rejected; keeping the last good table");
-                status.record_error(message);
-            }
+            Err(e) => reject(&status, &path, e),
         }
     }
     status.set_running(false);
+}
+
+fn reject(status: &SourceStatus, path: &Path, problem: String) {
+    let message = format!("{}: {problem}", path.display());
+    // One log line per distinct problem, not one per poll.
+    if status.get().last_error.as_deref() != Some(message.as_str()) {
+        tracing::warn!(%message, "rules file rejected; keeping the last good table");
+    }
+    status.record_error(message);
+}
+
+async fn stamp_of(path: &Path) -> Result<Stamp, String> {
+    let meta = tokio::fs::metadata(path)
+        .await
+        .map_err(|e| format!("cannot read the rules file: {e}"))?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    if meta.len() > rules::MAX_FILE_BYTES {
+        return Err(too_large(meta.len()));
+    }
+    Ok(Stamp {
+        len: meta.len(),
+        modified: meta.modified().ok(),
+        inode: meta.ino(),
+    })
+}
+
+fn too_large(len: u64) -> String {
+    format!(
+        "{len} bytes is over the {} byte cap on rules files",
+        rules::MAX_FILE_BYTES
+    )
+}
+
+/// Reads at most [`rules::MAX_FILE_BYTES`]: a file that grows past the cap while being read
+/// is refused rather than followed.
+async fn read_bounded(path: &Path) -> Result<Vec<u8>, String> {
+    let file = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| format!("cannot read the rules file: {e}"))?;
+    let mut bytes = Vec::new();
+    file.take(rules::MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(|e| format!("cannot read the rules file: {e}"))?;
+    if bytes.len() as u64 > rules::MAX_FILE_BYTES {
+        return Err(too_large(bytes.len() as u64));
+    }
+    Ok(bytes)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const A: &str = "[[service]]\nname='a'\nvip='203.0.113.1'\nport=80\n";
+    const AB: &str = "[[service]]\nname='a'\nvip='203.0.113.1'\nport=80\n[[service]]\nname='b'\nvip='203.0.113.2'\nport=80\n";
+
+    struct Running {
+        rx: watch::Receiver<Option<RuleTable>>,
+        status: SourceStatus,
+        cancel: CancellationToken,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    fn start(path: &Path, poll: Duration) -> Running {
+        let (tx, rx) = watch::channel(None);
+        let status = SourceStatus::default();
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(run_every(
+            poll,
+            path.to_path_buf(),
+            tx,
+            status.clone(),
+            cancel.clone(),
+        ));
+        Running {
+            rx,
+            status,
+            cancel,
+            task,
+        }
+    }
+
+    impl Running {
+        async fn stop(self) {
+            self.cancel.cancel();
+            self.task.await.unwrap();
+            assert!(!self.status.get().running);
+        }
+        async fn wait_error(&self, what: &str) -> String {
+            for _ in 0..400 {
+                if let Some(e) = self.status.get().last_error {
+                    if e.contains(what) {
+                        return e;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            panic!("no error containing {what:?}: {:?}", self.status.get());
+        }
+        fn names(&self) -> Vec<String> {
+            let t = self.rx.borrow();
+            t.as_ref()
+                .map(|t| t.services.iter().map(|s| s.name.clone()).collect())
+                .unwrap_or_default()
+        }
+    }
+
     #[tokio::test]
     async fn publishes_good_tables_and_keeps_them_over_bad_ones() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("rules.toml");
-        std::fs::write(&path, "[[service]]\nname='a'\nvip='203.0.113.1'\nport=80\n").unwrap();
-        let (tx, mut rx) = watch::channel(None);
-        let status = SourceStatus::default();
-        let cancel = CancellationToken::new();
-        let task = tokio::spawn(run(path.clone(), tx, status.clone(), cancel.clone()));
-        rx.changed().await.unwrap();
-        assert_eq!(rx.borrow().as_ref().unwrap().services[0].name, "a");
+        std::fs::write(&path, A).unwrap();
+        let mut r = start(&path, POLL_INTERVAL);
+        r.rx.changed().await.unwrap();
+        assert_eq!(r.names(), ["a"]);
 
         std::fs::write(&path, "[[service]]\nname=\n").unwrap();
-        tokio::time::sleep(POLL_INTERVAL * 3).await;
-        let err = status.get().last_error.expect("error recorded");
+        let err = r.wait_error("line 2").await;
         assert!(err.contains("line 2"), "{err}");
-        assert_eq!(rx.borrow().as_ref().unwrap().services[0].name, "a");
-        assert!(!rx.has_changed().unwrap());
+        assert_eq!(r.names(), ["a"]);
+        assert!(!r.rx.has_changed().unwrap());
 
         std::fs::write(&path, "[[service]]\nname='b'\nvip='203.0.113.1'\nport=80\n").unwrap();
-        rx.changed().await.unwrap();
-        assert_eq!(rx.borrow().as_ref().unwrap().services[0].name, "b");
-        assert!(status.get().last_error.is_none());
-        cancel.cancel();
-        task.await.unwrap();
-        assert!(!status.get().running);
+        r.rx.changed().await.unwrap();
+        assert_eq!(r.names(), ["b"]);
+        assert!(r.status.get().last_error.is_none());
+        r.stop().await;
+    }
+
+    /// Issue #15, broken behaviour 4: an empty file was published, removing every service.
+    #[tokio::test]
+    async fn an_empty_file_is_refused_unless_it_says_no_services() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rules.toml");
+        std::fs::write(&path, AB).unwrap();
+        let mut r = start(&path, POLL_INTERVAL);
+        r.rx.changed().await.unwrap();
+        std::fs::write(&path, "").unwrap();
+        r.wait_error("no_services = true").await;
+        assert_eq!(r.names(), ["a", "b"]);
+        assert!(!r.rx.has_changed().unwrap());
+
+        std::fs::write(&path, "no_services = true\n").unwrap();
+        r.rx.changed().await.unwrap();
+        assert!(r.names().is_empty());
+        r.stop().await;
+    }
+
+    /// Issue #15, broken behaviour 4: a file caught between truncation and the end of the
+    /// write was published (a 1-service table everywhere). The writer here truncates, then
+    /// writes the two services with pauses far shorter than a poll interval: no table but the
+    /// complete one may come out.
+    #[tokio::test]
+    async fn a_file_being_written_is_not_published() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rules.toml");
+        std::fs::write(&path, AB).unwrap();
+        let poll = Duration::from_millis(600);
+        let mut r = start(&path, poll);
+        r.rx.changed().await.unwrap();
+        assert_eq!(r.names(), ["a", "b"]);
+        let edited = AB.replace("name='b'", "name='c'");
+        for _ in 0..3 {
+            let mut f = std::fs::File::create(&path).unwrap(); // truncates
+            tokio::time::sleep(Duration::from_millis(40)).await;
+            f.write_all(&edited.as_bytes()[..A.len()]).unwrap();
+            f.flush().unwrap();
+            tokio::time::sleep(Duration::from_millis(40)).await;
+            f.write_all(&edited.as_bytes()[A.len()..]).unwrap();
+            drop(f);
+            // The first table published after the truncation must be the complete one.
+            tokio::time::timeout(Duration::from_secs(30), r.rx.changed())
+                .await
+                .expect("the edited file is published")
+                .unwrap();
+            assert_eq!(r.names(), ["a", "c"], "{:?}", r.status.get());
+            std::fs::write(&path, AB).unwrap();
+            r.rx.changed().await.unwrap();
+            assert_eq!(r.names(), ["a", "b"]);
+        }
+        r.stop().await;
+    }
+
+    /// Issue #15: a rules path to /dev/zero grew the publisher to 6.5 GB.
+    #[tokio::test]
+    async fn a_device_or_an_oversized_file_is_refused_without_reading_it() {
+        let r = start(Path::new("/dev/zero"), POLL_INTERVAL);
+        let err = r.wait_error("not a regular file").await;
+        assert!(err.starts_with("/dev/zero"), "{err}");
+        assert!(r.rx.borrow().is_none());
+        r.stop().await;
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rules.toml");
+        let f = std::fs::File::create(&path).unwrap();
+        f.set_len(rules::MAX_FILE_BYTES + 1).unwrap(); // sparse: no disk used
+        let r = start(&path, POLL_INTERVAL);
+        let err = r.wait_error("byte cap").await;
+        assert!(
+            err.contains(&(rules::MAX_FILE_BYTES + 1).to_string()),
+            "{err}"
+        );
+        assert!(r.rx.borrow().is_none());
+        r.stop().await;
+    }
+
+    #[tokio::test]
+    async fn bounded_read_refuses_what_grew_past_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big");
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(rules::MAX_FILE_BYTES + 10)
+            .unwrap();
+        let err = read_bounded(&path).await.unwrap_err();
+        assert!(err.contains("byte cap"), "{err}");
     }
 }

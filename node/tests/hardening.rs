@@ -1,0 +1,273 @@
+//! Issue #15 (node side) as a user meets it: real `shoal` processes attacked on loopback.
+//! Bad rules files, huge flags, and the admin API's token, timeouts and connection cap.
+
+mod common;
+
+use common::{get, http_get, rules, write_rules, Cluster};
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// A GET with extra header lines; (status, body).
+fn request(admin: SocketAddr, path: &str, headers: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&admin, Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {admin}\r\n{headers}\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let (head, body) = buf.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, body.to_string()))
+}
+
+fn metric(admin: SocketAddr, line_start: &str) -> f64 {
+    let (_, body) = http_get(admin, "/metrics").expect("metrics answer");
+    body.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Whether the server closes `s` (EOF or reset) within `limit`.
+fn closed_within(s: &mut TcpStream, limit: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut buf = [0u8; 512];
+    while start.elapsed() < limit {
+        match s.read(&mut buf) {
+            Ok(0) => return Some(start.elapsed()),
+            Ok(_) => {}
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => return Some(start.elapsed()),
+        }
+    }
+    None
+}
+
+/// Issue #15, broken behaviour 5: the node now refuses huge durations at start-up, naming the
+/// flag, instead of panicking later inside the reconcile task.
+#[test]
+fn huge_durations_are_refused_at_start_naming_the_flag() {
+    for (flag, field) in [
+        ("--resync-interval-s", "resync_interval_s"),
+        ("--drain-s", "drain_s"),
+    ] {
+        let out = std::process::Command::new(common::bin())
+            .args(["run", "--insecure", "--node-id", "x", "--rules", "r.toml"])
+            .args(["--listen", "127.0.0.1:1", "--admin", "127.0.0.1:1"])
+            .args([flag, "18446744073709551615"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(field) && err.contains("outside"), "{err}");
+    }
+}
+
+/// Issue #15, broken behaviour 4 end to end: an empty file (as `: > rules.toml` leaves it) is
+/// refused, the node keeps serving the last table and says why; `no_services = true` empties it.
+#[test]
+fn an_empty_rules_file_keeps_the_last_table_until_it_says_no_services() {
+    let c = Cluster::start(1, &rules(1), &[]);
+    let admin = c.nodes[0].admin;
+    c.wait_converged(LIMIT);
+    std::fs::write(&c.rules, "").unwrap();
+    let err = c.wait_for(LIMIT, "the empty file is rejected", || {
+        get(admin, "/v1/node")?["source"]["last_error"]
+            .as_str()
+            .map(str::to_string)
+    });
+    assert!(err.contains("no_services = true"), "{err}");
+    let table = get(admin, "/v1/table").unwrap();
+    assert_eq!(table["table"]["services"].as_array().unwrap().len(), 2);
+    assert!(metric(admin, "shoal_source_errors_total") >= 1.0);
+
+    write_rules(&c.rules, "no_services = true\n");
+    c.wait_for(LIMIT, "the explicitly empty table is published", || {
+        let t = get(admin, "/v1/table")?;
+        t["table"]["services"].as_array()?.is_empty().then_some(())
+    });
+}
+
+/// Issue #15: a rules path to /dev/zero grew the publisher to 6.5 GB. Now it is refused
+/// without being read, and the node stays small.
+#[test]
+fn a_rules_path_to_dev_zero_is_refused_without_reading_it() {
+    let c = Cluster::start(1, &rules(1), &[]);
+    let admin = c.nodes[0].admin;
+    c.wait_converged(LIMIT);
+    std::fs::remove_file(&c.rules).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &c.rules).unwrap();
+    let err = c.wait_for(LIMIT, "/dev/zero is rejected", || {
+        get(admin, "/v1/node")?["source"]["last_error"]
+            .as_str()
+            .map(str::to_string)
+    });
+    assert!(err.contains("not a regular file"), "{err}");
+    std::thread::sleep(Duration::from_secs(2));
+    let pid = c.nodes[0].child.as_ref().unwrap().id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    assert!(rss_kb < 512 * 1024, "RSS {rss_kb} kB");
+    assert_eq!(
+        get(admin, "/v1/table").unwrap()["table"]["services"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+}
+
+#[test]
+fn the_admin_token_guards_v1_while_probes_and_metrics_stay_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    let token = "s3cret-token-0123456789";
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let c = Cluster::start(
+        1,
+        &rules(1),
+        &["--admin-token-file", token_file.to_str().unwrap()],
+    );
+    let admin = c.nodes[0].admin;
+    c.wait_for(LIMIT, "ready", || {
+        (http_get(admin, "/readyz")?.0 == 200).then_some(())
+    });
+    assert_eq!(http_get(admin, "/healthz").unwrap().0, 200);
+    assert_eq!(http_get(admin, "/metrics").unwrap().0, 200);
+    for path in ["/v1/cluster", "/v1/table", "/v1/dataplane", "/v1/node"] {
+        assert_eq!(http_get(admin, path).unwrap().0, 401, "{path}");
+        let wrong = request(
+            admin,
+            path,
+            "Authorization: Bearer s3cret-token-0123456780\r\n",
+        );
+        assert_eq!(wrong.unwrap().0, 401, "{path}");
+        let right = request(admin, path, &format!("Authorization: Bearer {token}\r\n"));
+        assert_eq!(right.unwrap().0, 200, "{path}");
+    }
+    assert!(metric(admin, "shoal_admin_refused_total{reason=\"unauthorized\"}") >= 8.0);
+
+    // `shoal status` works with the token and explains the refusal without it.
+    let status = |with_token: bool| {
+        let mut cmd = std::process::Command::new(common::bin());
+        cmd.args(["status", "--output", "json", "--node"])
+            .arg(admin.to_string());
+        if with_token {
+            cmd.arg("--token-file").arg(&token_file);
+        }
+        cmd.env_remove("SHOAL_ADMIN_TOKEN_FILE").output().unwrap()
+    };
+    let ok = status(true);
+    assert!(ok.status.success(), "{ok:?}");
+    let cluster: Value = serde_json::from_slice(&ok.stdout).unwrap();
+    assert_eq!(cluster["node"], "n1");
+    let refused = status(false);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("401"), "{err}");
+}
+
+/// Idle and slowloris connections were kept forever; now the header deadline closes them,
+/// and past the connection cap new connections are closed at once.
+#[test]
+fn idle_slow_and_excess_admin_connections_are_closed() {
+    let c = Cluster::start(1, &rules(1), &[]);
+    let admin = c.nodes[0].admin;
+    c.wait_converged(LIMIT);
+
+    // Idle: connects and says nothing.
+    let mut idle = TcpStream::connect(admin).unwrap();
+    // Slowloris: a byte of headers every second, never finishing.
+    let mut slow = TcpStream::connect(admin).unwrap();
+    let start = Instant::now();
+    let mut slow_closed = None;
+    while start.elapsed() < Duration::from_secs(40) {
+        if slow.write_all(b"X-Slow: a\r\n").is_err() {
+            slow_closed = Some(start.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let slow_closed = slow_closed.or_else(|| closed_within(&mut slow, Duration::from_secs(1)));
+    assert!(
+        slow_closed.is_some(),
+        "a slowloris connection was kept 40 s"
+    );
+    let idle_closed = closed_within(&mut idle, Duration::from_secs(40));
+    assert!(idle_closed.is_some(), "an idle connection was kept");
+    eprintln!(
+        "slowloris closed after {slow_closed:?}, idle after at most {:?}",
+        start.elapsed()
+    );
+    assert!(
+        metric(
+            admin,
+            "shoal_admin_refused_total{reason=\"header_timeout\"}"
+        ) >= 1.0
+    );
+
+    // The cap: 64 idle connections hold every slot; the next one is closed at once.
+    let held: Vec<TcpStream> = (0..64)
+        .map(|_| TcpStream::connect(admin).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut extra = TcpStream::connect(admin).unwrap();
+    let closed = closed_within(&mut extra, Duration::from_secs(4));
+    assert!(closed.is_some(), "a connection past the cap was kept");
+    drop(held);
+    c.wait_for(
+        LIMIT,
+        "the API answers again once the holders are gone",
+        || (http_get(admin, "/healthz")?.0 == 200).then_some(()),
+    );
+    assert!(
+        metric(
+            admin,
+            "shoal_admin_refused_total{reason=\"connection_cap\"}"
+        ) >= 1.0
+    );
+}
+
+/// `/v1/dataplane` answered 41 MB for 10k services; now it summarises and pages.
+#[test]
+fn the_dataplane_read_back_is_paged() {
+    let mut text = String::new();
+    for i in 0..250 {
+        text.push_str(&format!(
+            "[[service]]\nname='s{i:03}'\nvip='203.0.113.{}'\nport={}\n[[service.backend]]\naddress='198.18.1.1'\n",
+            1 + i % 200,
+            1000 + i
+        ));
+    }
+    let c = Cluster::start(1, &text, &[]);
+    let admin = c.nodes[0].admin;
+    c.wait_converged(LIMIT);
+    let first = get(admin, "/v1/dataplane").unwrap();
+    assert_eq!(first["total"]["services"], 250, "{}", first["total"]);
+    assert_eq!(first["total"]["destinations"], 250);
+    assert_eq!(first["matches_table"], true);
+    assert_eq!(first["services"].as_array().unwrap().len(), 100);
+    assert_eq!(first["next_offset"], 100);
+    let mut seen = 0;
+    let mut offset = Some(0);
+    while let Some(o) = offset {
+        let page = get(admin, &format!("/v1/dataplane?offset={o}&limit=90")).unwrap();
+        seen += page["services"].as_array().unwrap().len();
+        offset = page["next_offset"].as_u64();
+    }
+    assert_eq!(seen, 250);
+    let huge = get(admin, "/v1/dataplane?limit=100000").unwrap();
+    assert_eq!(huge["services"].as_array().unwrap().len(), 250);
+}
