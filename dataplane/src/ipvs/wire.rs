@@ -418,7 +418,10 @@ pub fn error_code(m: &RawMessage<'_>) -> Result<i32, DataplaneError> {
         .payload
         .get(..4)
         .ok_or_else(|| malformed("receive", "short error message"))?;
-    Ok(-i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+    // i32::MIN has no positive counterpart: negating it overflowed (found by fuzzing).
+    i32::from_ne_bytes([b[0], b[1], b[2], b[3]])
+        .checked_neg()
+        .ok_or_else(|| malformed("receive", "error code out of range"))
 }
 
 /// The generic-netlink attributes of a message payload.
