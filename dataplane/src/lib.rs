@@ -4,7 +4,7 @@
 //! desired state (`plan`), draining and the reconcile pass (`reconcile`), the `Dataplane`
 //! trait with an IPVS backend over generic netlink (`ipvs`) and an in-memory twin (`memory`),
 //! node plumbing (VIPs on the `shoal0` dummy interface, IPVS sysctls) and backend-pod setup
-//! (`backend_init`).
+//! (`backend_init`: a VIP on `tunl0`, or whole pools through local routes, `local_route`).
 //!
 //! What it does not own: where the desired table comes from (the node reads it from gossip),
 //! health checking, the gossip mesh, and any Kubernetes type. It never touches an IPVS service
@@ -17,6 +17,7 @@ pub mod backend_init;
 pub mod error;
 pub mod ipvs;
 pub mod link;
+pub mod local_route;
 pub mod memory;
 pub mod model;
 pub mod netlink;

@@ -48,6 +48,9 @@ pub enum Command {
     /// The announce watchdog `shoal run` starts for itself (withdraws when shoal freezes or dies).
     #[command(hide = true)]
     AnnounceGuard(GuardArgs),
+    /// Write the sysctls `shoal run --dataplane ipvs` needs into this network namespace (the
+    /// privileged init container of LB pods: /proc/sys is read-only in unprivileged ones).
+    Sysctls(SysctlsArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -225,9 +228,24 @@ pub struct DemoArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct BackendInitArgs {
-    /// Comma-separated VIPs this backend serves.
-    #[arg(long, value_delimiter = ',', required = true)]
+    /// VIPs this backend serves (comma-separated or repeated), each put on tunl0.
+    #[arg(long, value_delimiter = ',', required_unless_present = "pool")]
     pub vip: Vec<std::net::IpAddr>,
+    /// VIP pools (CIDR, comma-separated or repeated): every address of each pool is accepted
+    /// through a local route on lo, so VIPs allocated after the pod started work too.
+    #[arg(long, value_delimiter = ',')]
+    pub pool: Vec<ipnet::IpNet>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SysctlsArgs {
+    /// Only compare: print what differs and exit non-zero if anything does; write nothing.
+    #[arg(long)]
+    pub check: bool,
+    /// Also the ARP settings L2 mode needs on this interface (`shoal run --announce l2
+    /// --interface IF`): arp_ignore=1, arp_announce=2.
+    #[arg(long)]
+    pub interface: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -1,6 +1,8 @@
 //! The one-shot CLI commands: status, table, certs init, check, backend-init.
 
-use crate::cli::{BackendInitArgs, CertsInitArgs, CheckArgs, NodeArgs, OutputFormat, StatusArgs};
+use crate::cli::{
+    BackendInitArgs, CertsInitArgs, CheckArgs, NodeArgs, OutputFormat, StatusArgs, SysctlsArgs,
+};
 use crate::rules;
 use crate::status::ClusterStatus;
 use anyhow::Context;
@@ -127,13 +129,59 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<()> {
 }
 
 pub fn backend_init(args: &BackendInitArgs) -> anyhow::Result<()> {
-    let changes = shoal_dataplane::backend_init::prepare(&args.vip)
+    let accept = shoal_dataplane::backend_init::Accept {
+        vips: args.vip.clone(),
+        pools: args.pool.clone(),
+    };
+    let report = shoal_dataplane::backend_init::prepare(&accept)
         .context("preparing this host as a tunnel-mode backend")?;
-    if changes.is_empty() {
+    if report.changed.is_empty() {
         println!("already prepared: nothing to change");
     }
-    for change in changes {
+    for change in report.changed {
         println!("{change}");
+    }
+    for check in report.checks {
+        println!("check: {check}");
+    }
+    Ok(())
+}
+
+/// `shoal sysctls`: the IPVS sysctls of `shoal run`, written (or, with `--check`, compared).
+pub fn sysctls(args: &SysctlsArgs) -> anyhow::Result<()> {
+    let mut wanted: Vec<(String, String)> = shoal_dataplane::IpvsOptions::default()
+        .sysctls()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    if let Some(interface) = &args.interface {
+        wanted.extend(shoal_dataplane::sysctl::arp_owner_only(interface));
+    }
+    let pairs: Vec<(&str, &str)> = wanted
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let sysctl = shoal_dataplane::sysctl::Sysctl::default();
+    if args.check {
+        let differing = sysctl.differing(&pairs);
+        for (key, value) in &pairs {
+            if !differing.iter().any(|d| d.starts_with(&format!("{key}="))) {
+                println!("{key}={value} (ok)");
+            }
+        }
+        if !differing.is_empty() {
+            anyhow::bail!("not set as `shoal run` needs: {}", differing.join(", "));
+        }
+        return Ok(());
+    }
+    let changed = sysctl
+        .set_all(&pairs)
+        .context("writing the sysctls `shoal run --dataplane ipvs` needs")?;
+    for (key, value) in &pairs {
+        match changed.iter().find(|c| c.starts_with(&format!("{key}="))) {
+            Some(c) => println!("{c}"),
+            None => println!("{key}={value} (already)"),
+        }
     }
     Ok(())
 }

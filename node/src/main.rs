@@ -39,6 +39,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Sysctls(args) => commands::sysctls(&args),
     }
 }
 

@@ -195,6 +195,12 @@ async fn services_and_slices_added_changed_deleted() {
         status_ip(&api, "web", "front").as_deref() == Some("203.0.113.10")
     })
     .await;
+    // ipMode Proxy (KEP-1860): kube-proxy must not short-circuit the VIP to the endpoints.
+    assert_eq!(
+        api.get(Kind::Service, "web", "front").unwrap()["status"]["loadBalancer"]["ingress"][0]
+            ["ipMode"],
+        "Proxy"
+    );
 
     // Annotation change: scheduler moves to rr.
     api.apply(Kind::Service, {

@@ -1,13 +1,20 @@
-//! The manifests and the binary's flags cannot drift apart: the StatefulSet's container args
-//! (and the backend example's init container) are parsed with the real `shoal` parser, the
-//! ConfigMap's TOML is resolved with the real config loader, and every name, port and path
-//! the args mention must match what the other manifests declare.
+//! The manifests and the binary's flags cannot drift apart. Every install shape (the `base` and
+//! the overlays `bgp`, `l2`, `app`) is rendered with kubectl's own kustomize, exactly as
+//! `kubectl apply -k` would send it; then its containers' args are parsed with the real `shoal`
+//! parser, its ConfigMap's TOML is resolved with the real config loader, and every name, port
+//! and path the args mention must match what the other objects declare. Each overlay's own
+//! promises (host network, anti-affinity, capabilities, namespaced RBAC) are checked too.
+//!
+//! kubectl comes from $KUBECTL, the virtualenv of scripts/install-deps.sh, or PATH; without
+//! it the shape tests print "SKIPPED" and pass, except under CI=true, where they fail.
 
 use clap::Parser;
-use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Service};
-use k8s_openapi::api::rbac::v1::ClusterRole;
-use shoal_node::cli::{Cli, Command, DataplaneKind, SourceKind};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, PodSpec, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule, Role, RoleBinding};
+use serde_json::Value;
+use shoal_node::cli::{Cli, Command, DataplaneKind, RunArgs, SourceKind};
 use shoal_node::config::{NodeConfig, Source};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,10 +23,99 @@ fn manifests() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests")
 }
 
-fn load<T: serde::de::DeserializeOwned>(file: &str) -> T {
-    let path = manifests().join(file);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+fn in_ci() -> bool {
+    std::env::var("CI").map(|v| v == "true").unwrap_or(false)
+}
+
+/// A kubectl whose `kustomize` works.
+fn kubectl() -> Option<PathBuf> {
+    let venv = std::env::var("SHOAL_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/shoal/venv")
+        });
+    let candidates = std::env::var("KUBECTL")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain([venv.join("bin/kubectl"), PathBuf::from("kubectl")]);
+    for k in candidates {
+        let ok = std::process::Command::new(&k)
+            .args(["kustomize", "--help"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if ok {
+            return Some(k);
+        }
+    }
+    let why = "no kubectl with kustomize (run scripts/install-deps.sh)";
+    if in_ci() {
+        panic!("{why}");
+    }
+    eprintln!("SKIPPED: {why}");
+    None
+}
+
+/// One rendered install shape.
+struct Shape {
+    name: &'static str,
+    docs: Vec<Value>,
+}
+
+fn render(shape: &'static str) -> Option<Shape> {
+    let kubectl = kubectl()?;
+    let dir = manifests().join(shape);
+    let out = std::process::Command::new(kubectl)
+        .arg("kustomize")
+        .arg(&dir)
+        .output()
+        .expect("run kubectl kustomize");
+    assert!(
+        out.status.success(),
+        "kubectl kustomize {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    let docs: Vec<Value> = serde_saphyr::from_str_multiple(&text)
+        .unwrap_or_else(|e| panic!("{shape}: rendered YAML: {e}"));
+    Some(Shape { name: shape, docs })
+}
+
+impl Shape {
+    fn all(&self, kind: &str) -> Vec<&Value> {
+        self.docs.iter().filter(|d| d["kind"] == kind).collect()
+    }
+    fn one<T: serde::de::DeserializeOwned>(&self, kind: &str) -> T {
+        let found = self.all(kind);
+        assert_eq!(found.len(), 1, "{}: expected one {kind}", self.name);
+        serde_json::from_value(found[0].clone())
+            .unwrap_or_else(|e| panic!("{}: {kind}: {e}", self.name))
+    }
+    fn kinds(&self) -> Vec<String> {
+        self.docs
+            .iter()
+            .map(|d| d["kind"].as_str().unwrap_or("?").to_string())
+            .collect()
+    }
+    fn statefulset(&self) -> StatefulSet {
+        self.one("StatefulSet")
+    }
+    fn pod(&self) -> PodSpec {
+        self.statefulset().spec.unwrap().template.spec.unwrap()
+    }
+    fn container(&self) -> Container {
+        self.pod()
+            .containers
+            .into_iter()
+            .find(|c| c.name == "shoal")
+            .expect("container shoal")
+    }
+    fn caps_added(&self) -> Vec<String> {
+        let c = self.container();
+        let caps = c.security_context.unwrap().capabilities.unwrap();
+        assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
+        caps.add.unwrap_or_default()
+    }
 }
 
 /// Kubernetes expands `$(VAR)` in args from the container's env; do the same with sample
@@ -64,40 +160,74 @@ fn port_of(container: &Container, name: &str) -> i32 {
         .container_port
 }
 
-#[test]
-fn statefulset_args_parse_and_match_the_other_manifests() {
-    let sts: StatefulSet = load("statefulset.yaml");
+fn grants(rules: Vec<PolicyRule>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for r in rules {
+        for g in r.api_groups.unwrap_or_default() {
+            for res in r.resources.clone().unwrap_or_default() {
+                for v in &r.verbs {
+                    out.push(format!("{g}/{res}:{v}"));
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// What a namespaced install (the `app` overlay's Role) needs.
+const NAMESPACED_GRANTS: [&str; 8] = [
+    "/services/status:update",
+    "/services:get",
+    "/services:list",
+    "/services:watch",
+    "discovery.k8s.io/endpointslices:get",
+    "discovery.k8s.io/endpointslices:list",
+    "discovery.k8s.io/endpointslices:watch",
+    "events.k8s.io/events:create",
+];
+
+/// A cluster-wide install also reads ShoalPool objects and writes their status.
+const CLUSTER_EXTRA_GRANTS: [&str; 4] = [
+    "shoal.io/shoalpools/status:patch",
+    "shoal.io/shoalpools:get",
+    "shoal.io/shoalpools:list",
+    "shoal.io/shoalpools:watch",
+];
+
+/// What every shape must get right; returns the parsed `shoal run` args and the resolved
+/// Kubernetes settings for the shape's own checks.
+fn common_checks(s: &Shape) -> (RunArgs, shoal_node::config::KubernetesSettings) {
+    let sts = s.statefulset();
     let spec = sts.spec.as_ref().unwrap();
-    let pod = spec.template.spec.as_ref().unwrap();
-    let c = pod
-        .containers
-        .iter()
-        .find(|c| c.name == "shoal")
-        .expect("container shoal");
+    let pod = s.pod();
+    let c = s.container();
+    let ns = sts.metadata.namespace.clone().expect("namespaced");
     let args = expand(
-        c,
+        &c,
         &BTreeMap::from([("POD_NAME", "shoal-0"), ("POD_IP", "198.18.0.10")]),
     );
-
-    let cli = Cli::try_parse_from(&args).unwrap_or_else(|e| panic!("{args:?}\n{e}"));
+    let cli = Cli::try_parse_from(&args).unwrap_or_else(|e| panic!("{}: {args:?}\n{e}", s.name));
     let Command::Run(run) = cli.command else {
-        panic!("not `shoal run`: {args:?}")
+        panic!("{}: not `shoal run`: {args:?}", s.name)
     };
     assert_eq!(run.node_id.as_deref(), Some("shoal-0"));
     assert_eq!(run.source, Some(SourceKind::Kubernetes));
     assert_eq!(run.dataplane, Some(DataplaneKind::Ipvs));
     assert!(!run.insecure, "pods must authenticate peers");
 
-    // Ports: listen = the peer port, admin = the port the probes use.
+    // Ports: listen = the peer port; admin = the pod's own address (#15: not 0.0.0.0) on the
+    // port the probes use.
     let listen = run.listen.unwrap();
     assert_eq!(listen.to_string(), "198.18.0.10:7946");
-    assert_eq!(i32::from(listen.port()), port_of(c, "peer"));
+    assert_eq!(i32::from(listen.port()), port_of(&c, "peer"));
     let admin = run.admin.unwrap();
-    assert!(
-        admin.ip().is_unspecified(),
-        "kubelet probes come from outside the pod"
+    assert_eq!(
+        admin.ip().to_string(),
+        "198.18.0.10",
+        "admin bound to the pod IP"
     );
-    assert_eq!(i32::from(admin.port()), port_of(c, "admin"));
+    assert_eq!(i32::from(admin.port()), port_of(&c, "admin"));
     for (probe, path) in [
         (&c.liveness_probe, "/healthz"),
         (&c.readiness_probe, "/readyz"),
@@ -107,14 +237,15 @@ fn statefulset_args_parse_and_match_the_other_manifests() {
             .and_then(|p| p.http_get.as_ref())
             .expect("http probe");
         assert_eq!(get.path.as_deref(), Some(path));
+        assert_eq!(serde_json::to_value(&get.port).unwrap(), "admin");
         assert_eq!(
-            serde_json::to_value(&get.port).unwrap(),
-            serde_json::json!("admin")
+            get.host, None,
+            "probes go to the pod IP the admin API binds"
         );
     }
 
-    // Seeds: one per replica, through the headless Service, on the peer port.
-    let headless: Service = load("service-peers.yaml");
+    // Seeds: the headless Service's name, which resolves to every replica.
+    let headless: Service = s.one("Service");
     assert_eq!(
         headless.metadata.name.as_deref(),
         Some(spec.service_name.as_deref().unwrap())
@@ -129,14 +260,12 @@ fn statefulset_args_parse_and_match_the_other_manifests() {
         .find(|p| p.name.as_deref() == Some("peer"))
         .unwrap();
     assert_eq!(peer.protocol.as_deref(), Some("UDP"), "QUIC runs over UDP");
-    let sts_name = sts.metadata.name.as_deref().unwrap();
-    let svc_name = headless.metadata.name.as_deref().unwrap();
-    let want: Vec<String> = (0..spec.replicas.unwrap())
-        .map(|i| format!("{sts_name}-{i}.{svc_name}:{}", peer.port))
-        .collect();
-    assert_eq!(run.seeds.clone().unwrap(), want);
+    assert_eq!(
+        run.seeds.clone().unwrap(),
+        [format!("{}:{}", headless.metadata.name.unwrap(), peer.port)]
+    );
 
-    // Mounted paths: TLS from the Secret, config from the ConfigMap.
+    // Mounted paths: TLS from the Secret (0400), config from the ConfigMap.
     let mount = |name: &str| {
         c.volume_mounts
             .iter()
@@ -145,13 +274,11 @@ fn statefulset_args_parse_and_match_the_other_manifests() {
             .map(|m| PathBuf::from(&m.mount_path))
     };
     assert_eq!(run.tls_dir.clone(), mount("tls"));
-    let cm: ConfigMap = load("configmap.yaml");
-    let config_vol = pod
-        .volumes
-        .iter()
-        .flatten()
-        .find(|v| v.name == "config")
-        .unwrap();
+    let volumes = pod.volumes.clone().unwrap();
+    let tls = volumes.iter().find(|v| v.name == "tls").unwrap();
+    assert_eq!(tls.secret.as_ref().unwrap().default_mode, Some(0o400));
+    let cm: ConfigMap = s.one("ConfigMap");
+    let config_vol = volumes.iter().find(|v| v.name == "config").unwrap();
     assert_eq!(
         config_vol.config_map.as_ref().map(|c| c.name.as_str()),
         cm.metadata.name.as_deref()
@@ -171,84 +298,280 @@ fn statefulset_args_parse_and_match_the_other_manifests() {
     std::fs::write(&local, toml_text).unwrap();
     let mut resolved_args = (*run).clone();
     resolved_args.config = Some(local);
-    let node = NodeConfig::resolve(&resolved_args).unwrap_or_else(|e| panic!("config: {e}"));
+    let node =
+        NodeConfig::resolve(&resolved_args).unwrap_or_else(|e| panic!("{}: config: {e}", s.name));
     let Source::Kubernetes(k) = node.source else {
         panic!("not the kubernetes source")
     };
-    assert_eq!(k.lb_class, "shoal.io/lb");
-    assert!(
-        k.vip_pools.is_empty() && k.namespace.is_none(),
-        "a cluster-wide install reads ShoalPool objects"
-    );
     assert_eq!(k.kubeconfig, None, "in-cluster config in pods");
+    // Cluster-wide shapes read ShoalPool objects; a namespaced one watches only its own
+    // namespace and has its pools in the config.
+    let cluster_wide = s.all("ClusterRole").len() == 1;
+    if cluster_wide {
+        assert!(
+            k.vip_pools.is_empty() && k.namespace.is_none(),
+            "{}: a cluster-wide install reads ShoalPool objects",
+            s.name
+        );
+        assert_eq!(s.all("CustomResourceDefinition").len(), 1, "{}", s.name);
+    } else {
+        assert_eq!(k.namespace.as_deref(), Some(ns.as_str()), "{}", s.name);
+        let pools = shoal_node::source::kubernetes::vip::parse_pools(&k.vip_pools)
+            .expect("pools in the ConfigMap");
+        assert!(
+            !pools.is_empty(),
+            "{}: a namespaced install needs vip_pools",
+            s.name
+        );
+    }
 
-    // The ServiceAccount the RBAC grants is the one the pods run as.
-    assert_eq!(pod.service_account_name.as_deref(), Some("shoal"));
-}
+    // The ServiceAccount the pods run as exists in their namespace.
+    let sa: Value = s.all("ServiceAccount")[0].clone();
+    assert_eq!(
+        pod.service_account_name.as_deref(),
+        sa["metadata"]["name"].as_str()
+    );
+    assert_eq!(sa["metadata"]["namespace"], ns.as_str());
 
-#[test]
-fn statefulset_security_posture() {
-    let sts: StatefulSet = load("statefulset.yaml");
-    let spec = sts.spec.unwrap();
-    assert_eq!(spec.replicas, Some(3));
-    let pod = spec.template.spec.unwrap();
-    assert!(pod.affinity.and_then(|a| a.pod_anti_affinity).is_some());
-    assert!(pod.termination_grace_period_seconds.unwrap() >= 10);
-    let c = &pod.containers[0];
+    // Security: the long-running container is unprivileged with a read-only root; only the
+    // short `shoal sysctls` init container is privileged, and its args parse too.
     let sc = c.security_context.as_ref().unwrap();
     assert_eq!(sc.read_only_root_filesystem, Some(true));
     assert_eq!(sc.allow_privilege_escalation, Some(false));
     assert_ne!(sc.privileged, Some(true));
-    let caps = sc.capabilities.as_ref().unwrap();
-    assert_eq!(caps.add.as_deref(), Some(&["NET_ADMIN".to_string()][..]));
-    assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
-    let tls = pod
-        .volumes
-        .unwrap()
-        .into_iter()
-        .find(|v| v.name == "tls")
-        .unwrap();
-    assert_eq!(tls.secret.unwrap().default_mode, Some(0o400));
+    assert!(s.caps_added().contains(&"NET_ADMIN".to_string()));
+    let inits = pod.init_containers.clone().unwrap_or_default();
+    assert_eq!(inits.len(), 1, "{}: one init container", s.name);
+    let init = &inits[0];
+    let init_args = expand(init, &BTreeMap::new());
+    let cli = Cli::try_parse_from(&init_args).unwrap_or_else(|e| panic!("{init_args:?}\n{e}"));
+    assert!(
+        matches!(cli.command, Command::Sysctls(ref a) if !a.check),
+        "init container must run `shoal sysctls`: {init_args:?}"
+    );
+    assert_eq!(init.image, c.image, "same image as the daemon");
+    let isc = init.security_context.as_ref().unwrap();
+    assert_eq!(
+        isc.privileged,
+        Some(true),
+        "/proc/sys is read-only otherwise"
+    );
+    assert_eq!(isc.read_only_root_filesystem, Some(true));
+    assert!(pod.termination_grace_period_seconds.unwrap() >= 10);
+    (*run, k)
+}
+
+fn host_network(s: &Shape) -> bool {
+    s.pod().host_network == Some(true)
 }
 
 #[test]
-fn cluster_role_is_minimal() {
-    let role: ClusterRole = load("clusterrole.yaml");
-    let mut grants: Vec<String> = Vec::new();
-    for r in role.rules.unwrap() {
-        for g in r.api_groups.unwrap_or_default() {
-            for res in r.resources.clone().unwrap_or_default() {
-                for v in &r.verbs {
-                    grants.push(format!("{g}/{res}:{v}"));
-                }
-            }
-        }
-    }
-    grants.sort();
+fn base_is_the_lab_install_on_the_pod_network() {
+    let Some(s) = render("base") else { return };
+    let (_, k) = common_checks(&s);
+    assert_eq!(k.lb_class, "shoal.io/lb");
+    assert!(!host_network(&s));
+    assert_eq!(s.caps_added(), ["NET_ADMIN"]);
+    let role: ClusterRole = s.one("ClusterRole");
+    let mut want: Vec<&str> = NAMESPACED_GRANTS
+        .into_iter()
+        .chain(CLUSTER_EXTRA_GRANTS)
+        .collect();
+    want.sort();
+    assert_eq!(grants(role.rules.unwrap()), want);
+    let pod = s.pod();
+    let anti = pod.affinity.unwrap().pod_anti_affinity.unwrap();
+    assert!(anti
+        .preferred_during_scheduling_ignored_during_execution
+        .is_some());
+
+    // NetworkPolicy: the mesh and admin ports only from the replicas (and labelled admin
+    // clients); VIP traffic on every other port.
+    let np: NetworkPolicy = s.one("NetworkPolicy");
+    let spec = np.spec.unwrap();
     assert_eq!(
-        grants,
-        [
-            "/services/status:update",
-            "/services:get",
-            "/services:list",
-            "/services:watch",
-            "discovery.k8s.io/endpointslices:get",
-            "discovery.k8s.io/endpointslices:list",
-            "discovery.k8s.io/endpointslices:watch",
-            "events.k8s.io/events:create",
-            "shoal.io/shoalpools/status:patch",
-            "shoal.io/shoalpools:get",
-            "shoal.io/shoalpools:list",
-            "shoal.io/shoalpools:watch",
-        ]
+        spec.pod_selector.unwrap().match_labels,
+        s.statefulset().spec.unwrap().selector.match_labels
     );
+    let rules = spec.ingress.unwrap();
+    let open_to_all: Vec<_> = rules.iter().filter(|r| r.from.is_none()).collect();
+    assert_eq!(open_to_all.len(), 1);
+    let covers = |proto: &str, port: i32| {
+        open_to_all[0].ports.iter().flatten().any(|p| {
+            let start = match &p.port {
+                Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(n)) => *n,
+                other => panic!("numeric ports expected, got {other:?}"),
+            };
+            p.protocol.as_deref() == Some(proto)
+                && start <= port
+                && port <= p.end_port.unwrap_or(start)
+        })
+    };
+    let c = s.container();
+    assert!(!covers("UDP", port_of(&c, "peer")), "mesh port open to all");
+    assert!(
+        !covers("TCP", port_of(&c, "admin")),
+        "admin port open to all"
+    );
+    for (proto, port) in [("TCP", 80), ("TCP", 443), ("UDP", 53), ("TCP", 65535)] {
+        assert!(covers(proto, port), "VIP traffic {proto}/{port} blocked");
+    }
+}
+
+fn assert_host_network_shape(s: &Shape, caps: &[&str]) {
+    assert!(host_network(s), "{}: hostNetwork", s.name);
+    let pod = s.pod();
+    assert_eq!(pod.dns_policy.as_deref(), Some("ClusterFirstWithHostNet"));
+    let anti = pod.affinity.unwrap().pod_anti_affinity.unwrap();
+    assert!(anti
+        .preferred_during_scheduling_ignored_during_execution
+        .is_none());
+    let required = anti
+        .required_during_scheduling_ignored_during_execution
+        .expect("required anti-affinity: one replica per node");
+    assert_eq!(required.len(), 1);
+    assert_eq!(required[0].topology_key, "kubernetes.io/hostname");
+    assert_eq!(
+        required[0].label_selector.as_ref().unwrap().match_labels,
+        s.statefulset().spec.unwrap().selector.match_labels
+    );
+    assert!(pod.node_selector.unwrap().contains_key("shoal.io/lb-node"));
+    assert_eq!(s.caps_added(), caps);
+    assert!(
+        s.all("NetworkPolicy").is_empty(),
+        "NetworkPolicy does not apply to hostNetwork pods; the overlay must not pretend"
+    );
+}
+
+#[test]
+fn bgp_overlay_runs_one_host_network_replica_per_node() {
+    let Some(s) = render("overlays/bgp") else {
+        return;
+    };
+    common_checks(&s);
+    assert_host_network_shape(&s, &["NET_ADMIN", "NET_BIND_SERVICE"]);
+}
+
+#[test]
+fn l2_overlay_runs_one_host_network_replica_per_node() {
+    let Some(s) = render("overlays/l2") else {
+        return;
+    };
+    common_checks(&s);
+    assert_host_network_shape(&s, &["NET_ADMIN", "NET_RAW"]);
+}
+
+#[test]
+fn app_overlay_is_namespaced_with_its_own_class() {
+    let Some(base) = render("base") else { return };
+    let Some(s) = render("overlays/app") else {
+        return;
+    };
+    let (_, k) = common_checks(&s);
+    let (_, base_k) = common_checks(&base);
+    assert_ne!(k.lb_class, base_k.lb_class, "its own class name");
+    assert!(!host_network(&s));
+    assert_eq!(s.caps_added(), ["NET_ADMIN"]);
+
+    // Nothing cluster-scoped: no Namespace, no ClusterRole(Binding), no CRD; everything else
+    // in the application's namespace.
+    for kind in s.kinds() {
+        assert!(
+            ![
+                "Namespace",
+                "ClusterRole",
+                "ClusterRoleBinding",
+                "CustomResourceDefinition",
+            ]
+            .contains(&kind.as_str()),
+            "app overlay renders a cluster-scoped {kind}"
+        );
+    }
+    let ns = s.statefulset().metadata.namespace.unwrap();
+    assert_ne!(ns, "shoal-system");
+    for d in &s.docs {
+        assert_eq!(d["metadata"]["namespace"], ns.as_str(), "{}", d["kind"]);
+    }
+    // The Role grants exactly what the base's ClusterRole does, bound to the pods' account.
+    let role: Role = s.one("Role");
+    assert_eq!(grants(role.rules.unwrap()), NAMESPACED_GRANTS);
+    let rb: RoleBinding = s.one("RoleBinding");
+    assert_eq!(rb.role_ref.kind, "Role");
+    assert_eq!(Some(rb.role_ref.name), role.metadata.name);
+    let subjects = rb.subjects.unwrap();
+    assert_eq!(subjects.len(), 1);
+    assert_eq!(subjects[0].kind, "ServiceAccount");
+    assert_eq!(
+        Some(&subjects[0].name),
+        s.pod().service_account_name.as_ref()
+    );
+    assert_eq!(subjects[0].namespace.as_deref(), Some(ns.as_str()));
+}
+
+#[test]
+fn backend_example_uses_the_pool_form() {
+    let text = std::fs::read_to_string(manifests().join("examples/backend.yaml")).unwrap();
+    let docs: Vec<Value> = serde_saphyr::from_str_multiple(&text).unwrap();
+    let find = |kind: &str| docs.iter().find(|d| d["kind"] == kind).cloned().unwrap();
+    let deploy: Deployment = serde_json::from_value(find("Deployment")).unwrap();
+    let svc: Service = serde_json::from_value(find("Service")).unwrap();
+    let pod = deploy.spec.unwrap().template.spec.unwrap();
+    let init = &pod.init_containers.unwrap()[0];
+    let args = expand(init, &BTreeMap::new());
+    let cli = Cli::try_parse_from(&args).unwrap_or_else(|e| panic!("{args:?}\n{e}"));
+    let Command::BackendInit(b) = cli.command else {
+        panic!("not backend-init")
+    };
+    assert!(b.vip.is_empty(), "no hard-coded VIP: {args:?}");
+
+    // The pools the backend accepts are (IPv4) ranges of the example ShoalPool that every
+    // namespace may use and that assigns automatically; the Service takes its VIP from there
+    // (no shoal.io/vip), with the base's class.
+    let pool_text = std::fs::read_to_string(manifests().join("examples/shoalpool.yaml")).unwrap();
+    let pool_docs: Vec<Value> = serde_saphyr::from_str_multiple(&pool_text).unwrap();
+    let open_ranges: Vec<ipnet::IpNet> = pool_docs
+        .iter()
+        .filter(|d| d["spec"]["namespaces"].is_null() && d["spec"]["autoAssign"] == true)
+        .flat_map(|d| {
+            d["spec"]["addresses"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .map(|a| a.as_str().unwrap().parse().unwrap())
+        .collect();
+    assert!(!b.pool.is_empty());
+    for p in &b.pool {
+        assert!(
+            open_ranges.contains(p),
+            "{p} is no open ShoalPool range: {open_ranges:?}"
+        );
+    }
+    let ann = svc.metadata.annotations.clone().unwrap_or_default();
+    assert!(!ann.contains_key("shoal.io/vip"), "{ann:?}");
+    let cm_text = std::fs::read_to_string(manifests().join("base/configmap.yaml")).unwrap();
+    let cm: ConfigMap = serde_saphyr::from_str(&cm_text).unwrap();
+    let table: toml::Table = cm.data.unwrap()["shoal.toml"].parse().unwrap();
+    assert_eq!(
+        svc.spec.as_ref().unwrap().load_balancer_class.as_deref(),
+        table["lb_class"].as_str()
+    );
+
+    // Tunnel mode keeps the port, so port == the container port behind targetPort.
+    let sp = &svc.spec.as_ref().unwrap().ports.as_ref().unwrap()[0];
+    let target_name = match sp.target_port.as_ref().unwrap() {
+        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(s) => s.clone(),
+        other => panic!("expected a named targetPort, got {other:?}"),
+    };
+    assert_eq!(port_of(&pod.containers[0], &target_name), sp.port);
 }
 
 /// The ShoalPool CRD names what the source reads, and the example pools parse into pools.
 #[test]
 fn shoalpool_crd_matches_the_source() {
     use shoal_node::source::kubernetes::pools;
-    let crd: serde_json::Value = load("crd-shoalpool.yaml");
+    let text = std::fs::read_to_string(manifests().join("base/crd-shoalpool.yaml")).unwrap();
+    let crd: Value = serde_saphyr::from_str(&text).unwrap();
     let spec = &crd["spec"];
     assert_eq!(spec["group"], pools::GROUP);
     assert_eq!(spec["names"]["kind"], pools::KIND);
@@ -257,7 +580,7 @@ fn shoalpool_crd_matches_the_source() {
     assert_eq!(spec["versions"][0]["name"], pools::VERSION);
     assert!(spec["versions"][0]["subresources"]["status"].is_object());
     let text = std::fs::read_to_string(manifests().join("examples/shoalpool.yaml")).unwrap();
-    let docs: Vec<serde_json::Value> = serde_saphyr::from_str_multiple(&text).unwrap();
+    let docs: Vec<Value> = serde_saphyr::from_str_multiple(&text).unwrap();
     let objects: Vec<pools::PoolObject> = docs
         .into_iter()
         .map(|d| {
@@ -270,49 +593,4 @@ fn shoalpool_crd_matches_the_source() {
     assert!(problems.is_empty(), "{problems:?}");
     assert_eq!(parsed.len(), 2);
     assert!(!parsed[1].auto_assign && parsed[1].allows("shop") && !parsed[1].allows("web"));
-}
-
-#[test]
-fn backend_example_init_container_parses() {
-    let text = std::fs::read_to_string(manifests().join("examples/backend.yaml")).unwrap();
-    let docs: Vec<serde_json::Value> = serde_saphyr::from_str_multiple(&text).unwrap();
-    let deploy: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(
-        docs.iter()
-            .find(|d| d["kind"] == "Deployment")
-            .cloned()
-            .unwrap(),
-    )
-    .unwrap();
-    let svc: Service = serde_json::from_value(
-        docs.iter()
-            .find(|d| d["kind"] == "Service")
-            .cloned()
-            .unwrap(),
-    )
-    .unwrap();
-    let pod = deploy.spec.unwrap().template.spec.unwrap();
-    let init = &pod.init_containers.unwrap()[0];
-    let args = expand(init, &BTreeMap::new());
-    let cli = Cli::try_parse_from(&args).unwrap_or_else(|e| panic!("{args:?}\n{e}"));
-    let Command::BackendInit(b) = cli.command else {
-        panic!("not backend-init")
-    };
-
-    // The VIP the backend accepts is the one the Service asks for, and tunnel mode keeps the
-    // port, so port == the container port behind targetPort.
-    let ann = svc.metadata.annotations.unwrap();
-    assert_eq!(
-        b.vip,
-        vec![ann["shoal.io/vip"].parse::<std::net::IpAddr>().unwrap()]
-    );
-    let sp = &svc.spec.as_ref().unwrap().ports.as_ref().unwrap()[0];
-    let target_name = match sp.target_port.as_ref().unwrap() {
-        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(s) => s.clone(),
-        other => panic!("expected a named targetPort, got {other:?}"),
-    };
-    assert_eq!(port_of(&pod.containers[0], &target_name), sp.port);
-    assert_eq!(
-        svc.spec.unwrap().load_balancer_class.as_deref(),
-        Some("shoal.io/lb")
-    );
 }

@@ -44,6 +44,22 @@ impl Default for IpvsOptions {
     }
 }
 
+impl IpvsOptions {
+    /// The sysctls this node's IPVS needs, as `(key, value)`: what `open` sets, and what
+    /// `shoal sysctls` (the privileged init container) writes ahead of an unprivileged start.
+    pub fn sysctls(&self) -> Vec<(&'static str, String)> {
+        let b = |v: bool| if v { "1" } else { "0" }.to_string();
+        vec![
+            ("net.ipv4.vs.sloppy_tcp", b(self.sloppy_tcp)),
+            ("net.ipv4.vs.expire_nodest_conn", b(self.expire_nodest_conn)),
+            (
+                "net.ipv4.vs.conn_reuse_mode",
+                self.conn_reuse_mode.to_string(),
+            ),
+        ]
+    }
+}
+
 pub struct IpvsDataplane {
     genl: NlConn,
     family: u16,
@@ -147,13 +163,11 @@ impl IpvsDataplane {
                 "/proc/sys/net/ipv4/vs is missing (ip_vs module not loaded in this network namespace?)",
             ));
         }
-        let b = |v: bool| if v { "1" } else { "0" };
-        sysctl.set("net.ipv4.vs.sloppy_tcp", b(opts.sloppy_tcp))?;
-        sysctl.set("net.ipv4.vs.expire_nodest_conn", b(opts.expire_nodest_conn))?;
-        sysctl.set(
-            "net.ipv4.vs.conn_reuse_mode",
-            &opts.conn_reuse_mode.to_string(),
-        )?;
+        let wanted = opts.sysctls();
+        let pairs: Vec<(&str, &str)> = wanted.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        for change in sysctl.set_all(&pairs)? {
+            tracing::info!(%change, "sysctl set");
+        }
 
         rtnl.ensure_dummy(&opts.interface)?;
         rtnl.set_up(&opts.interface)?;

@@ -23,21 +23,38 @@ use std::net::IpAddr;
 /// Shown as the Event source; also the prefix of every annotation.
 pub const REPORTING_CONTROLLER: &str = "shoal.io/lb";
 
+/// `status.loadBalancer.ingress[].ipMode` Shoal writes (Kubernetes >= 1.30, KEP-1860).
+///
+/// `Proxy`, not `VIP`: with `VIP`, kube-proxy installs the address on every node and sends
+/// traffic for it straight to the endpoints, so VIP traffic that reaches any node (including
+/// in-cluster clients) would bypass Shoal. With `Proxy` kube-proxy leaves the VIP alone and
+/// packets go to the LB replicas that announce it.
+pub const IP_MODE: &str = "Proxy";
+
 /// One `status.loadBalancer.ingress` entry.
 fn ingress(vip: IpAddr) -> LoadBalancerIngress {
     LoadBalancerIngress {
         ip: Some(vip.to_string()),
-        // The VIP is a real address on the LB replicas: in-cluster clients should send
-        // their traffic to it too rather than short-cutting through kube-proxy.
-        ip_mode: Some("VIP".to_string()),
+        ip_mode: Some(IP_MODE.to_string()),
         ..Default::default()
     }
 }
 
+fn status_ip_modes(svc: &Service) -> Vec<Option<&str>> {
+    svc.status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .map(|ing| ing.iter().map(|i| i.ip_mode.as_deref()).collect())
+        .unwrap_or_default()
+}
+
 /// The Service with its status rewritten to show exactly `vips` (none: an empty
-/// `loadBalancer`), or `None` when it already does.
+/// `loadBalancer`), or `None` when it already does. A status with another ipMode (written by
+/// an older Shoal) is rewritten.
 pub fn with_vips(svc: &Service, vips: &[IpAddr]) -> Option<Service> {
-    if status_ips(svc) == vips {
+    let modes_right = status_ip_modes(svc).iter().all(|m| *m == Some(IP_MODE));
+    if status_ips(svc) == vips && modes_right {
         let has_entries = svc
             .status
             .as_ref()
@@ -357,6 +374,41 @@ mod tests {
         assert!(status_ips(&cleared).is_empty());
         assert!(with_vips(&cleared, &[]).is_none());
         assert!(with_vips(&svc, &[]).is_none(), "nothing to clear");
+    }
+
+    #[test]
+    fn status_says_ip_mode_proxy_and_upgrades_an_old_vip_mode() {
+        let vip: IpAddr = "203.0.113.4".parse().unwrap();
+        let updated = with_vips(&Service::default(), &[vip]).unwrap();
+        assert_eq!(status_ip_modes(&updated), [Some("Proxy")]);
+
+        // What Shoal <= 0.1 wrote: same address, ipMode VIP. kube-proxy would short-circuit it.
+        let old = Service {
+            status: Some(ServiceStatus {
+                load_balancer: Some(LoadBalancerStatus {
+                    ingress: Some(vec![LoadBalancerIngress {
+                        ip: Some(vip.to_string()),
+                        ip_mode: Some("VIP".into()),
+                        ..Default::default()
+                    }]),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let fixed = with_vips(&old, &[vip]).expect("an ipMode VIP status must be rewritten");
+        assert_eq!(status_ips(&fixed), [vip]);
+        assert_eq!(
+            status_ip_modes(&fixed),
+            [Some("Proxy")],
+            "one entry, mode Proxy"
+        );
+        assert!(with_vips(&fixed, &[vip]).is_none());
+
+        // Dual-stack: every entry says Proxy.
+        let v6: IpAddr = "2001:db8::4".parse().unwrap();
+        let both = with_vips(&Service::default(), &[vip, v6]).unwrap();
+        assert_eq!(status_ip_modes(&both), [Some("Proxy"), Some("Proxy")]);
     }
 
     #[test]
