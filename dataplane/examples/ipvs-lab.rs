@@ -92,7 +92,12 @@ fn init(args: &[String]) -> Res<()> {
         .split(',')
         .map(|s| s.parse())
         .collect::<Result<_, _>>()?;
-    for change in backend_init::prepare(&vips)? {
+    let accept = backend_init::Accept {
+        vips,
+        pools: Vec::new(),
+    };
+    // Changes only (a rerun prints nothing); the checks are `shoal backend-init`'s to print.
+    for change in backend_init::prepare(&accept)?.changed {
         println!("{change}");
     }
     Ok(())

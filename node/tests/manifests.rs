@@ -14,6 +14,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Container, PodSpec, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule, Role, RoleBinding};
 use serde_json::Value;
+use shoal_node::announce::decide::Mode;
 use shoal_node::cli::{Cli, Command, DataplaneKind, RunArgs, SourceKind};
 use shoal_node::config::{NodeConfig, Source};
 use std::collections::BTreeMap;
@@ -195,9 +196,9 @@ const CLUSTER_EXTRA_GRANTS: [&str; 4] = [
     "shoal.io/shoalpools:watch",
 ];
 
-/// What every shape must get right; returns the parsed `shoal run` args and the resolved
-/// Kubernetes settings for the shape's own checks.
-fn common_checks(s: &Shape) -> (RunArgs, shoal_node::config::KubernetesSettings) {
+/// What every shape must get right; returns the parsed `shoal run` args, the resolved node
+/// config and its Kubernetes settings for the shape's own checks.
+fn common_checks(s: &Shape) -> (RunArgs, NodeConfig, shoal_node::config::KubernetesSettings) {
     let sts = s.statefulset();
     let spec = sts.spec.as_ref().unwrap();
     let pod = s.pod();
@@ -300,7 +301,7 @@ fn common_checks(s: &Shape) -> (RunArgs, shoal_node::config::KubernetesSettings)
     resolved_args.config = Some(local);
     let node =
         NodeConfig::resolve(&resolved_args).unwrap_or_else(|e| panic!("{}: config: {e}", s.name));
-    let Source::Kubernetes(k) = node.source else {
+    let Source::Kubernetes(k) = node.source.clone() else {
         panic!("not the kubernetes source")
     };
     assert_eq!(k.kubeconfig, None, "in-cluster config in pods");
@@ -345,10 +346,15 @@ fn common_checks(s: &Shape) -> (RunArgs, shoal_node::config::KubernetesSettings)
     let init = &inits[0];
     let init_args = expand(init, &BTreeMap::new());
     let cli = Cli::try_parse_from(&init_args).unwrap_or_else(|e| panic!("{init_args:?}\n{e}"));
+    let Command::Sysctls(sysctls) = cli.command else {
+        panic!("init container must run `shoal sysctls`: {init_args:?}")
+    };
     assert!(
-        matches!(cli.command, Command::Sysctls(ref a) if !a.check),
-        "init container must run `shoal sysctls`: {init_args:?}"
+        !sysctls.check,
+        "the init container must write, not only check"
     );
+    // L2 needs the ARP settings on exactly the interface shoal announces on.
+    assert_eq!(sysctls.interface, node.announce.interface, "{}", s.name);
     assert_eq!(init.image, c.image, "same image as the daemon");
     let isc = init.security_context.as_ref().unwrap();
     assert_eq!(
@@ -357,8 +363,13 @@ fn common_checks(s: &Shape) -> (RunArgs, shoal_node::config::KubernetesSettings)
         "/proc/sys is read-only otherwise"
     );
     assert_eq!(isc.read_only_root_filesystem, Some(true));
-    assert!(pod.termination_grace_period_seconds.unwrap() >= 10);
-    (*run, k)
+    // SIGTERM withdraws, drains, then leaves: the kubelet must wait at least that long.
+    let grace = pod.termination_grace_period_seconds.unwrap();
+    assert!(
+        grace as u64 >= node.announce.shutdown_drain.as_secs() + 10,
+        "{grace}"
+    );
+    (*run, node, k)
 }
 
 fn host_network(s: &Shape) -> bool {
@@ -368,8 +379,9 @@ fn host_network(s: &Shape) -> bool {
 #[test]
 fn base_is_the_lab_install_on_the_pod_network() {
     let Some(s) = render("base") else { return };
-    let (_, k) = common_checks(&s);
+    let (_, node, k) = common_checks(&s);
     assert_eq!(k.lb_class, "shoal.io/lb");
+    assert_eq!(node.announce.mode, None, "the lab routes VIPs by hand");
     assert!(!host_network(&s));
     assert_eq!(s.caps_added(), ["NET_ADMIN"]);
     let role: ClusterRole = s.one("ClusterRole");
@@ -448,8 +460,25 @@ fn bgp_overlay_runs_one_host_network_replica_per_node() {
     let Some(s) = render("overlays/bgp") else {
         return;
     };
-    common_checks(&s);
+    let (_, node, _) = common_checks(&s);
     assert_host_network_shape(&s, &["NET_ADMIN", "NET_BIND_SERVICE"]);
+    assert_eq!(node.announce.mode, Some(Mode::Bgp));
+    let bgp = node.announce.bgp.expect("[bgp] resolved");
+    assert!(!bgp.peers.is_empty());
+    // BIRD's files go to a writable volume: the root filesystem is read-only.
+    let c = s.container();
+    let writable: Vec<PathBuf> = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .filter(|m| m.read_only != Some(true))
+        .map(|m| PathBuf::from(&m.mount_path))
+        .collect();
+    assert!(
+        writable.iter().any(|m| bgp.state_dir.starts_with(m)),
+        "state_dir {} is on no writable mount ({writable:?})",
+        bgp.state_dir.display()
+    );
 }
 
 #[test]
@@ -457,8 +486,10 @@ fn l2_overlay_runs_one_host_network_replica_per_node() {
     let Some(s) = render("overlays/l2") else {
         return;
     };
-    common_checks(&s);
+    let (_, node, _) = common_checks(&s);
     assert_host_network_shape(&s, &["NET_ADMIN", "NET_RAW"]);
+    assert_eq!(node.announce.mode, Some(Mode::L2));
+    assert!(node.announce.interface.is_some());
 }
 
 #[test]
@@ -467,8 +498,8 @@ fn app_overlay_is_namespaced_with_its_own_class() {
     let Some(s) = render("overlays/app") else {
         return;
     };
-    let (_, k) = common_checks(&s);
-    let (_, base_k) = common_checks(&base);
+    let (_, _, k) = common_checks(&s);
+    let (_, _, base_k) = common_checks(&base);
     assert_ne!(k.lb_class, base_k.lb_class, "its own class name");
     assert!(!host_network(&s));
     assert_eq!(s.caps_added(), ["NET_ADMIN"]);

@@ -19,11 +19,6 @@ pub enum L2Error {
     NoInterface(String),
     #[error("L2 mode: {0}")]
     Kernel(#[from] DataplaneError),
-    #[error("L2 mode: cannot set {path}: {source}")]
-    Sysctl {
-        path: String,
-        source: std::io::Error,
-    },
 }
 
 /// The interface and the VIPs this node holds on it.
@@ -40,10 +35,14 @@ impl L2Interface {
         let link = rtnl
             .link(name)?
             .ok_or_else(|| L2Error::NoInterface(name.to_string()))?;
-        for (key, value) in [("arp_ignore", "1"), ("arp_announce", "2")] {
-            let path = format!("/proc/sys/net/ipv4/conf/{name}/{key}");
-            std::fs::write(&path, value).map_err(|source| L2Error::Sysctl { path, source })?;
-        }
+        // Written only when they differ, so that an unprivileged container (read-only
+        // /proc/sys) starts when the `shoal sysctls --interface` init container set them.
+        let wanted = shoal_dataplane::sysctl::arp_owner_only(name);
+        let pairs: Vec<(&str, &str)> = wanted
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        shoal_dataplane::sysctl::Sysctl::default().set_all(&pairs)?;
         Ok(L2Interface {
             rtnl,
             name: name.to_string(),

@@ -12,10 +12,11 @@ mkdir -p out
 topology_up
 
 # A read-only /proc/sys in a private mount namespace, as a container runtime sets it up.
-ro() {
-  unshare -m sh -c 'mount --make-rprivate / 2>/dev/null; mount -o bind /proc/sys /proc/sys &&
-    mount -o remount,bind,ro /proc/sys && exec "$@"' ro "$@"
-}
+# `unshare` execs sh, which execs the command: the command keeps unshare's pid, so `$!` of a
+# backgrounded `unshare -m sh -c "$RO" ro CMD &` is CMD's own pid (a shell function would not be).
+RO='mount --make-rprivate / 2>/dev/null; mount -o bind /proc/sys /proc/sys &&
+  mount -o remount,bind,ro /proc/sys && exec "$@"'
+ro() { unshare -m sh -c "$RO" ro "$@"; }
 
 # --- kube-proxy (IPVS mode) as it leaves the node: ClusterIPs on kube-ipvs0 (a dummy that it
 # keeps down), one IPVS service per ClusterIP port and per NodePort, all masquerading.
@@ -50,9 +51,9 @@ backends_serve
 
 # The node, started unprivileged-style (read-only /proc/sys): the sysctls are already set.
 cp rules1.toml rules.toml
-ro shoal run --dataplane ipvs --rules rules.toml --insecure --node-id vm1 \
-  --listen 127.0.0.1:7946 --admin 127.0.0.1:9100 --cluster lab --resync-interval-s 2 \
-  --cleanup-on-exit > out/k_shoal.log 2>&1 &
+unshare -m sh -c "$RO" ro shoal run --dataplane ipvs --rules rules.toml --insecure \
+  --node-id vm1 --listen 127.0.0.1:7946 --admin 127.0.0.1:9100 --cluster lab \
+  --resync-interval-s 2 --cleanup-on-exit > out/k_shoal.log 2>&1 &
 pid=$!
 
 # Wait until /v1/dataplane matches the table and shows $2 (at most ~90 s under TCG).
