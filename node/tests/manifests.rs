@@ -317,13 +317,8 @@ fn common_checks(s: &Shape) -> (RunArgs, NodeConfig, shoal_node::config::Kuberne
         assert_eq!(s.all("CustomResourceDefinition").len(), 1, "{}", s.name);
     } else {
         assert_eq!(k.namespace.as_deref(), Some(ns.as_str()), "{}", s.name);
-        let pools = shoal_node::source::kubernetes::vip::parse_pools(&k.vip_pools)
-            .expect("pools in the ConfigMap");
-        assert!(
-            !pools.is_empty(),
-            "{}: a namespaced install needs vip_pools",
-            s.name
-        );
+        shoal_node::source::kubernetes::pools::from_cidrs(&k.vip_pools, &ns)
+            .unwrap_or_else(|e| panic!("{}: vip_pools: {e}", s.name));
     }
 
     // The ServiceAccount the pods run as exists in their namespace.
