@@ -38,6 +38,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         }
     };
 
+    crate::announce::preflight(&config.announce)?;
     let dataplane = open_dataplane(&config).await?;
     let programmer = SharedProgrammer::new(dataplane, config.drain);
 

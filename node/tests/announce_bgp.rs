@@ -340,4 +340,8 @@ fn bad_bgp_config_is_refused_naming_the_field() {
         "local_asn = 64512\nbird = \"no-such-bird\"",
     ));
     assert!(e.contains("no-such-bird") && e.contains("bird2"), "{e}");
+    let e = run_expecting_error("announce = \"l2\"\ninterface = \"nosuchif0\"\n");
+    assert!(e.contains("interface `nosuchif0` does not exist"), "{e}");
+    let e = run_expecting_error("announce = \"l2\"\n");
+    assert!(e.contains("interface"), "{e}");
 }

@@ -130,6 +130,31 @@ pub struct Announcer {
     pub handle: AnnounceHandle,
 }
 
+/// Start-up checks that need nothing else running, so that a missing BIRD or interface stops
+/// the daemon before it joins the mesh.
+pub fn preflight(settings: &AnnounceSettings) -> anyhow::Result<()> {
+    match settings.mode {
+        Some(Mode::Bgp) => {
+            if let Some(bgp) = &settings.bgp {
+                bird::resolve_binary(&bgp.bird)?;
+            }
+        }
+        Some(Mode::L2) => {
+            if let Some(name) = &settings.interface {
+                let exists = shoal_dataplane::link::Rtnl::open()
+                    .and_then(|mut r| r.link(name))
+                    .map(|l| l.is_some())
+                    .unwrap_or(true);
+                if !exists {
+                    return Err(l2::L2Error::NoInterface(name.clone()).into());
+                }
+            }
+        }
+        None => {}
+    }
+    Ok(())
+}
+
 /// Checks the settings against the machine (BIRD present and happy with its config, the
 /// interface exists), starts BIRD and the watchdog, and the loop.
 pub async fn start(
