@@ -8,7 +8,8 @@ REPORT_DIR="${1:-target/chaos-report}"
 SEED="${SHOAL_CHAOS_SEED:-1}"
 DURATION="${SHOAL_CHAOS_DURATION:-150s}"
 TARGET="${CARGO_TARGET_DIR:-target}"
-cargo build --locked -p shoal-node --bin shoal
+# `fault-injection`: the teeth run below needs SHOAL_FAULT, which only such a build reads.
+cargo build --locked -p shoal-node --features fault-injection --bin shoal
 cargo build --locked -p shoal-chaos --bin shoal-chaos
 "$TARGET/debug/shoal-chaos" cleanup
 "$TARGET/debug/shoal-chaos" run --nodes 5 --duration "$DURATION" --seed "$SEED" \

@@ -4,6 +4,7 @@ use crate::certs::TlsMaterial;
 use crate::version::NodeId;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 /// Everything a node needs to join the mesh.
 #[derive(Clone, Debug)]
@@ -20,6 +21,10 @@ pub struct MeshConfig {
     /// Small static key/values shown in the cluster view (e.g. "admin" => "127.0.0.1:9101").
     pub metadata: BTreeMap<String, String>,
     pub timing: Timing,
+    /// Where the highest epoch this node stamped is kept across restarts (created if absent).
+    /// `None`: a restarted publisher cut off from every holder of its old stamps may stamp one
+    /// version twice (nodes still settle on one copy by digest); set it in production.
+    pub epoch_file: Option<PathBuf>,
 }
 
 /// How peers authenticate each other.

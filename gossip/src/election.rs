@@ -1,4 +1,6 @@
-//! Publisher election: the live, caught-up member with the lowest id publishes. Pure; no I/O.
+//! Publisher election, sticky: the member that stamped the head keeps publishing while it is
+//! live and caught up; otherwise the live, caught-up member with the lowest id publishes.
+//! Pure; no I/O. Ids compare with [`NodeId`]'s numeric-aware order (`n2 < n10`).
 
 use crate::version::{NodeId, Version};
 use serde::{Deserialize, Serialize};
@@ -27,10 +29,12 @@ pub enum Role {
 /// Why a node holds its role: the same view always gives the same answer and the same reason.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RoleReason {
-    /// This node is the lowest live caught-up member.
+    /// This node stamped the head and is live and caught up: it keeps the role.
+    Incumbent,
+    /// The head's origin is gone or behind, and this node is the lowest live caught-up member.
     LowestCaughtUp,
-    /// A lower live caught-up member publishes.
-    NotLowest { publisher: NodeId },
+    /// Another member publishes (the head's live origin, or the lowest live caught-up member).
+    Follows { publisher: NodeId },
     /// This node is caught up but no member qualifies yet (only possible while views settle).
     NoPublisher,
     /// This node still waits for the join grace period or for the head document.
@@ -40,8 +44,8 @@ pub enum RoleReason {
 impl RoleReason {
     pub fn role(&self) -> Role {
         match self {
-            RoleReason::LowestCaughtUp => Role::Publisher,
-            RoleReason::NotLowest { .. } | RoleReason::NoPublisher => Role::Follower,
+            RoleReason::Incumbent | RoleReason::LowestCaughtUp => Role::Publisher,
+            RoleReason::Follows { .. } | RoleReason::NoPublisher => Role::Follower,
             RoleReason::CatchingUp => Role::CatchingUp,
         }
     }
@@ -79,12 +83,41 @@ pub fn choose_publisher_after_startup(
     (!lower_starting).then_some(chosen)
 }
 
-/// The role of `self_id` given the publisher chosen from its view.
-pub fn role_of(self_id: &NodeId, self_caught_up: bool, publisher: Option<&NodeId>) -> RoleReason {
+/// The sticky publisher: the head's origin while it is live and caught up, else
+/// [`choose_publisher_after_startup`].
+///
+/// A publisher that keeps its role while it lives means that a lower id that rejoins (a
+/// restart, a healed partition) does not take the role back: no extra takeover, no extra
+/// epoch, no extra relist of the source. Derived from the view alone, like the rest: every node
+/// that holds the same view picks the same publisher. After a partition heals, the sides'
+/// heads meet, the greater one wins (`select_head`), and its origin keeps or takes the role.
+pub fn choose_publisher_sticky(
+    members: &[Candidate],
+    starting: &[NodeId],
+    head_origin: Option<&NodeId>,
+) -> Option<NodeId> {
+    let incumbent = head_origin
+        .filter(|origin| {
+            members
+                .iter()
+                .any(|m| &m.id == *origin && m.alive && m.caught_up)
+        })
+        .cloned();
+    incumbent.or_else(|| choose_publisher_after_startup(members, starting))
+}
+
+/// The role of `self_id` given the publisher chosen from its view and the head's origin.
+pub fn role_of(
+    self_id: &NodeId,
+    self_caught_up: bool,
+    publisher: Option<&NodeId>,
+    head_origin: Option<&NodeId>,
+) -> RoleReason {
     match publisher {
         _ if !self_caught_up => RoleReason::CatchingUp,
+        Some(p) if p == self_id && head_origin == Some(self_id) => RoleReason::Incumbent,
         Some(p) if p == self_id => RoleReason::LowestCaughtUp,
-        Some(p) => RoleReason::NotLowest {
+        Some(p) => RoleReason::Follows {
             publisher: p.clone(),
         },
         None => RoleReason::NoPublisher,
@@ -217,15 +250,52 @@ mod tests {
     fn roles_follow_the_publisher() {
         let a = NodeId::new("a");
         let b = NodeId::new("b");
-        assert_eq!(role_of(&a, true, Some(&a)).role(), Role::Publisher);
         assert_eq!(
-            role_of(&b, true, Some(&a)),
-            RoleReason::NotLowest {
+            role_of(&a, true, Some(&a), None),
+            RoleReason::LowestCaughtUp
+        );
+        assert_eq!(role_of(&a, true, Some(&a), Some(&a)), RoleReason::Incumbent);
+        assert_eq!(
+            role_of(&b, true, Some(&a), Some(&a)),
+            RoleReason::Follows {
                 publisher: a.clone()
             }
         );
-        assert_eq!(role_of(&a, false, Some(&a)).role(), Role::CatchingUp);
-        assert_eq!(role_of(&a, true, None).role(), Role::Follower);
+        assert_eq!(role_of(&a, false, Some(&a), None).role(), Role::CatchingUp);
+        assert_eq!(role_of(&a, true, None, None).role(), Role::Follower);
+    }
+
+    #[test]
+    fn the_head_origin_keeps_the_role_while_live_and_caught_up() {
+        let members = [c("a", true, true), c("b", true, true), c("c", true, true)];
+        let b = NodeId::new("b");
+        assert_eq!(
+            choose_publisher_sticky(&members, &[], Some(&b)),
+            Some(b.clone())
+        );
+        // A lower member that is starting does not hold the incumbent back either.
+        let members = [c("a", true, false), c("b", true, true)];
+        assert_eq!(
+            choose_publisher_sticky(&members, &[NodeId::new("a")], Some(&b)),
+            Some(b.clone())
+        );
+        // Origin dead or behind: the lowest live caught-up member.
+        let members = [c("a", true, true), c("b", false, true), c("c", true, true)];
+        assert_eq!(
+            choose_publisher_sticky(&members, &[], Some(&b)),
+            Some(NodeId::new("a"))
+        );
+        let members = [c("a", true, true), c("b", true, false)];
+        assert_eq!(
+            choose_publisher_sticky(&members, &[], Some(&b)),
+            Some(NodeId::new("a"))
+        );
+        // Numeric-aware: n2 is below n10.
+        let members = [c("n10", true, true), c("n2", true, true)];
+        assert_eq!(
+            choose_publisher_sticky(&members, &[], None),
+            Some(NodeId::new("n2"))
+        );
     }
 
     #[test]
@@ -316,9 +386,41 @@ mod tests {
             let publisher = choose_publisher(&members);
             let publishers = members
                 .iter()
-                .filter(|m| role_of(&m.id, m.caught_up, publisher.as_ref()).role() == Role::Publisher)
+                .filter(|m| role_of(&m.id, m.caught_up, publisher.as_ref(), None).role() == Role::Publisher)
                 .count();
             prop_assert_eq!(publishers, usize::from(publisher.is_some()));
+        }
+
+        /// Same view, same sticky publisher, whatever the order of the members.
+        #[test]
+        fn sticky_same_view_same_publisher(
+            members in arb_candidates(), origin in proptest::option::of("[a-f]{1,2}"), seed in any::<u64>(),
+        ) {
+            let origin = origin.map(NodeId::new);
+            let mut shuffled = members.clone();
+            let n = shuffled.len().max(1);
+            shuffled.rotate_left((seed as usize) % n);
+            if seed % 2 == 0 { shuffled.reverse(); }
+            prop_assert_eq!(
+                choose_publisher_sticky(&members, &[], origin.as_ref()),
+                choose_publisher_sticky(&shuffled, &[], origin.as_ref())
+            );
+        }
+
+        /// A member that rejoins below the incumbent (starting, then caught up) never takes
+        /// the role: the publisher stays the head's origin throughout.
+        #[test]
+        fn a_lower_rejoin_does_not_move_the_role(members in arb_candidates(), lower in "[0-9]{1,3}") {
+            let publisher = choose_publisher(&members);
+            prop_assume!(publisher.is_some());
+            let incumbent = publisher.unwrap();
+            // `lower` sorts below every [a-f] id: digits come before letters.
+            let rejoin = NodeId::new(lower);
+            let mut view = members.clone();
+            view.push(Candidate { id: rejoin.clone(), alive: true, caught_up: false });
+            prop_assert_eq!(choose_publisher_sticky(&view, std::slice::from_ref(&rejoin), Some(&incumbent)), Some(incumbent.clone()));
+            view.last_mut().unwrap().caught_up = true;
+            prop_assert_eq!(choose_publisher_sticky(&view, &[], Some(&incumbent)), Some(incumbent));
         }
     }
 }

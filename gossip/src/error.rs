@@ -58,6 +58,8 @@ pub enum PublishError {
     TooLarge { size_bytes: u64, max_bytes: u64 },
     #[error("the mesh has shut down")]
     Stopped,
+    #[error("cannot record the stamped epoch in {path}: {detail} (nothing was published)")]
+    EpochFile { path: String, detail: String },
 }
 
 /// A document transfer from a peer failed.

@@ -10,23 +10,29 @@
 //! IPVS), where documents come from (the node reads the source and calls [`Mesh::publish`]),
 //! programming the dataplane (the node calls [`Mesh::set_applied`] once it has), the CLI.
 //!
-//! Reading order: `version.rs`, `election.rs`, `head.rs` (pure rules), `view.rs`, `mesh.rs`
-//! (the async shell), `transport/` and `transfer.rs` (bytes on the wire). See
+//! Reading order: `version.rs`, `election.rs`, `head.rs` (pure rules), `view.rs`, `replica/`
+//! (the sans-IO state machine that applies them; the chaos simulation drives it too),
+//! `mesh.rs` (the async shell), `transport/` and `transfer.rs` (bytes on the wire). See
 //! docs/internals/gossip.md.
+//!
+//! Feature `fault-injection` (tests, benchmarks, the chaos build; never the release binary):
+//! `Mesh::fault_hook` to cut traffic, and `replica::Bug`, deliberate defects of the core.
 
 #![forbid(unsafe_code)]
 
 pub mod certs;
 mod config;
 pub mod election;
+mod epoch_file;
 mod error;
 pub mod head;
 mod keys;
 mod mesh;
+pub mod replica;
 mod transfer;
 pub mod transport;
 pub mod version;
-mod view;
+pub mod view;
 
 pub use certs::TlsMaterial;
 pub use config::{MeshConfig, Security, Timing};
@@ -35,7 +41,9 @@ pub use error::{CertError, MeshError, PublishError, TransferError};
 pub use head::HeadInfo;
 pub use mesh::{Mesh, Stamped};
 pub use transfer::digest_hex;
-pub use transport::{FaultHook, Traffic};
+#[cfg(feature = "fault-injection")]
+pub use transport::FaultHook;
+pub use transport::Traffic;
 pub use version::{NodeId, Version};
 pub use view::{ClusterView, MemberView};
 

@@ -1,24 +1,20 @@
-//! The async shell: starts chitchat over the QUIC transport, runs the control loop that feeds
-//! membership into the pure decisions (election, head, catch-up), fetches and adopts documents,
-//! and offers the handle the application uses.
+//! The async shell around the replica core ([`crate::replica::Replica`]): starts chitchat over
+//! the QUIC transport, feeds the core what gossip reports and the time, carries out its actions
+//! (gossip a key, fetch a head, announce a role), serves documents to peers, and offers the
+//! handle the application uses. Every decision is the core's; this file only moves data.
 
 use crate::certs::cluster_server_name;
 use crate::config::{MeshConfig, Security, Timing};
-use crate::election::{
-    has_listened, is_caught_up, liveness_unjudged, role_of, unheard_seeds, Listening, Role,
-    RoleReason,
-};
+use crate::election::{Role, RoleReason};
+use crate::epoch_file::EpochFile;
 use crate::error::{MeshError, PublishError};
-use crate::head::{
-    catch_up, next_stamp, should_adopt, CatchUp, HeadInfo, HeldAd, Stamp, StampState,
-};
+use crate::head::{HeldAd, Stamp};
 use crate::keys;
+use crate::replica::{Action, Identity, NotPublisher, Replica, ReplicaTiming};
 use crate::transfer::{self, digest_hex, Blob, Wanted};
-use crate::transport::{tls, FaultHook, GossipTransport, QuicTransport, Traffic};
+use crate::transport::{tls, FaultHook, GossipTransport, InboundStream, QuicTransport, Traffic};
 use crate::version::{NodeId, Version};
-use crate::view::{
-    build_view, decide_at, parse_members, ClusterView, Decisions, Member, RawMember,
-};
+use crate::view::{build_view, parse_members, ClusterView, Decisions, RawMember};
 use crate::Document;
 use bytes::Bytes;
 use chitchat::{
@@ -42,8 +38,8 @@ pub struct Stamped<D> {
     pub doc: D,
 }
 
-/// How long to wait before retrying when every holder failed to serve the head.
-const FETCH_RETRY: Duration = Duration::from_millis(200);
+/// Inbound document requests waiting to be served; more are refused by the transport.
+const STREAM_QUEUE_LEN: usize = 64;
 /// Gossip keys for tombstones are kept this long (deleted app keys).
 const TOMBSTONE_GRACE: Duration = Duration::from_secs(600);
 
@@ -81,25 +77,12 @@ struct Inner<D> {
     cancel: CancellationToken,
 }
 
-#[derive(Default)]
 struct State {
-    role: Option<RoleReason>,
-    stamp: StampState,
-    max_epoch_seen: u64,
-    caught_up: bool,
-    /// When the join grace started: at start, and again after a stall.
-    grace_from: Option<Instant>,
-    /// Each configured seed's addresses (empty until it resolves), to tell whether it was heard.
-    seed_addrs: Vec<Vec<SocketAddr>>,
-    /// When the control loop last stepped, to notice stalls.
-    last_step: Option<Instant>,
+    /// Every decision this node makes.
+    replica: Replica,
+    epoch_file: Option<EpochFile>,
     applied: Option<Version>,
     app_keys: BTreeMap<String, String>,
-    /// Last parsed members (self included) and what was decided from them.
-    members: Vec<Member>,
-    decisions: Option<Decisions>,
-    fetching: Option<Version>,
-    fetch_retry_at: Option<Instant>,
     /// Per chitchat node: last heartbeat and when it last advanced. Keyed by chitchat's own id so
     /// the per-step pass over every node state allocates nothing.
     heartbeats: HashMap<ChitchatId, (u64, Instant)>,
@@ -139,6 +122,7 @@ impl<D: Document> Mesh<D> {
             security,
             metadata,
             timing,
+            epoch_file,
         } = config;
         timing.validate()?;
         if node_id.as_str().is_empty() {
@@ -169,14 +153,16 @@ impl<D: Document> Mesh<D> {
                 tls::insecure(&server_name)?
             }
         };
+        let epoch_file = epoch_file.as_deref().map(EpochFile::open).transpose()?;
         let (blob_tx, blob_rx) = watch::channel(None);
+        let (streams_tx, streams_rx) = mpsc::channel(STREAM_QUEUE_LEN);
         let transport = QuicTransport::bind(
             listen,
             tls_configs,
             server_name,
             &timing,
             FaultHook::default(),
-            blob_rx,
+            streams_tx,
         )?;
         let listen = transport.local_addr();
         let generation = unix_ms();
@@ -218,11 +204,19 @@ impl<D: Document> Mesh<D> {
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let (role_tx, _) = watch::channel(Role::CatchingUp);
         let (doc_tx, _) = watch::channel(None);
+        let started = Instant::now();
+        let identity = Identity {
+            id: node_id.clone(),
+            generation,
+            listen,
+        };
+        let epoch_floor = epoch_file.as_ref().map_or(0, EpochFile::persisted);
+        let replica = Replica::new(identity, ReplicaTiming::from(&timing), 0, epoch_floor);
         let inner = Arc::new(Inner {
             node_id: node_id.clone(),
             listen,
             timing,
-            started: Instant::now(),
+            started,
             chitchat: handle.chitchat(),
             handle: Mutex::new(Some(handle)),
             transport,
@@ -231,12 +225,20 @@ impl<D: Document> Mesh<D> {
             blob_tx,
             cmd_tx,
             state: Mutex::new(State {
-                seed_addrs: vec![Vec::new(); seeds.len()],
-                ..State::default()
+                replica,
+                epoch_file,
+                applied: None,
+                app_keys: BTreeMap::new(),
+                heartbeats: HashMap::new(),
+                fingerprint: Vec::new(),
             }),
             cancel: CancellationToken::new(),
         });
+        lock(&inner.state)
+            .replica
+            .handle_seeds(vec![Vec::new(); seeds.len()]);
         tokio::spawn(resolve_seeds(Arc::downgrade(&inner), seeds));
+        tokio::spawn(serve_documents(blob_rx, streams_rx, inner.cancel.clone()));
         let live_rx = inner.chitchat.lock().await.live_nodes_watcher();
         tokio::spawn(control_loop(
             Arc::downgrade(&inner),
@@ -261,12 +263,9 @@ impl<D: Document> Mesh<D> {
         self.role_reason().role()
     }
 
-    /// The role and why (e.g. which lower member publishes).
+    /// The role and why (e.g. which member publishes).
     pub fn role_reason(&self) -> RoleReason {
-        lock(&self.inner.state)
-            .role
-            .clone()
-            .unwrap_or(RoleReason::CatchingUp)
+        lock(&self.inner.state).replica.role_reason()
     }
 
     pub fn role_watch(&self) -> watch::Receiver<Role> {
@@ -296,41 +295,32 @@ impl<D: Document> Mesh<D> {
         }
         let digest = digest_hex(&bytes);
         let mut st = lock(&self.inner.state);
-        let role = st
-            .role
-            .as_ref()
-            .map(RoleReason::role)
-            .unwrap_or(Role::CatchingUp);
-        if role != Role::Publisher {
-            return Err(PublishError::NotPublisher { role });
+        let version = match st.replica.plan_stamp(&digest) {
+            Err(NotPublisher(role)) => return Err(PublishError::NotPublisher { role }),
+            Ok(Stamp::Reuse(version)) => return Ok(version),
+            Ok(Stamp::New(version)) => version,
+        };
+        if let Some(file) = st.epoch_file.as_mut() {
+            file.ensure(version.epoch)?;
         }
-        let head = self.inner.effective_head(&st);
-        match next_stamp(
-            &self.inner.node_id,
-            &st.stamp,
-            head.as_ref(),
-            st.max_epoch_seen,
-            &digest,
-        ) {
-            Stamp::Reuse(version) => Ok(version),
-            Stamp::New(version) => {
-                st.stamp = StampState {
-                    epoch: Some(version.epoch),
-                    seq: version.seq,
-                };
-                st.max_epoch_seen = st.max_epoch_seen.max(version.epoch);
-                let stamped = Stamped {
-                    version: version.clone(),
-                    digest,
-                    size_bytes,
-                    doc,
-                };
-                self.inner
-                    .adopt_locked(&mut st, stamped, Bytes::from(bytes));
-                info!(%version, size_bytes, "published");
-                Ok(version)
-            }
-        }
+        let ad = HeldAd {
+            version: version.clone(),
+            digest: digest.clone(),
+            size_bytes,
+        };
+        st.replica.commit_stamp(ad);
+        self.inner.install(
+            Stamped {
+                version: version.clone(),
+                digest,
+                size_bytes,
+                doc,
+            },
+            Bytes::from(bytes),
+        );
+        self.inner.carry_out(&mut st);
+        info!(%version, size_bytes, "published");
+        Ok(version)
     }
 
     /// The newest adopted document.
@@ -352,11 +342,11 @@ impl<D: Document> Mesh<D> {
     pub fn view(&self) -> ClusterView {
         let mut st = lock(&self.inner.state);
         refresh_last_seen(&mut st, Instant::now());
-        let decisions = st.decisions.clone().unwrap_or(Decisions {
+        let decisions = st.replica.decisions().cloned().unwrap_or(Decisions {
             head: None,
             publisher: None,
         });
-        let mut view = build_view(&self.inner.node_id, &st.members, &decisions);
+        let mut view = build_view(&self.inner.node_id, st.replica.members(), &decisions);
         if let Some(me) = view.members.iter_mut().find(|m| m.id == self.inner.node_id) {
             // The node's own facts are known now; the gossiped copy may lag one tick.
             me.applied = st.applied.clone();
@@ -396,7 +386,8 @@ impl<D: Document> Mesh<D> {
     pub fn app_keys(&self, prefix: &str) -> Vec<(NodeId, String, String)> {
         let st = lock(&self.inner.state);
         let mut out: Vec<(NodeId, String, String)> = st
-            .members
+            .replica
+            .members()
             .iter()
             .filter(|m| m.alive && m.id != self.inner.node_id)
             .flat_map(|m| {
@@ -420,7 +411,8 @@ impl<D: Document> Mesh<D> {
     pub fn live_members(&self) -> Vec<NodeId> {
         let st = lock(&self.inner.state);
         let mut ids: Vec<NodeId> = st
-            .members
+            .replica
+            .members()
             .iter()
             .filter(|m| m.alive)
             .map(|m| m.id.clone())
@@ -431,6 +423,8 @@ impl<D: Document> Mesh<D> {
         ids
     }
 
+    /// Drops traffic with chosen peers (tests and benchmarks; `fault-injection` builds only).
+    #[cfg(feature = "fault-injection")]
     pub fn fault_hook(&self) -> FaultHook {
         self.inner.transport.fault().clone()
     }
@@ -483,67 +477,42 @@ impl<D: Document> Inner<D> {
         self.transport.close();
     }
 
-    fn held_ad(&self) -> Option<HeldAd> {
-        self.doc_tx.borrow().as_ref().map(|s| HeldAd {
-            version: s.version.clone(),
-            digest: s.digest.clone(),
-            size_bytes: s.size_bytes,
-        })
+    /// Monotonic ms since this process joined: the core's clock.
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
     }
 
-    /// The head from the last members, with this node's own holding taken as of now.
-    fn effective_head(&self, st: &State) -> Option<HeadInfo> {
-        let mut members = st.members.clone();
-        let held = self.held_ad();
-        match members.iter_mut().find(|m| m.id == self.node_id) {
-            Some(me) => {
-                me.held = held;
-                me.alive = true;
-            }
-            None => members.push(Member {
-                id: self.node_id.clone(),
-                generation: 0,
-                listen: self.listen,
-                alive: true,
-                ready: st.caught_up,
-                held,
-                applied: None,
-                metadata: BTreeMap::new(),
-                app: BTreeMap::new(),
-                last_seen_ms: None,
-                stand_down: None,
-            }),
-        }
-        decide_at(&members, 0, 0).head
-    }
-
-    /// Installs a document if it is newer than the one held (never backwards).
-    fn adopt_locked(&self, st: &mut State, stamped: Stamped<D>, bytes: Bytes) -> bool {
-        let adopt = {
-            let current = self.doc_tx.borrow();
-            let current = current.as_ref().map(|s| (&s.version, s.digest.as_str()));
-            should_adopt(current, (&stamped.version, &stamped.digest))
-        };
-        if !adopt {
-            return false;
-        }
-        st.max_epoch_seen = st.max_epoch_seen.max(stamped.version.epoch);
-        let ad = HeldAd {
-            version: stamped.version.clone(),
-            digest: stamped.digest.clone(),
-            size_bytes: stamped.size_bytes,
-        };
+    /// Makes a document the one this node holds and serves (the core already accepted it).
+    fn install(&self, stamped: Stamped<D>, bytes: Bytes) {
         self.blob_tx.send_replace(Some(Arc::new(Blob {
             version: stamped.version.clone(),
             digest: stamped.digest.clone(),
             bytes,
         })));
         self.doc_tx.send_replace(Some(Arc::new(stamped)));
-        self.send(KvOp::Set(keys::HELD.into(), keys::encode_held(&ad)));
-        true
     }
 
-    /// One control step: apply pending key writes, read membership, decide, act.
+    /// Carries out what the core asked for.
+    fn carry_out(self: &Arc<Self>, st: &mut State) {
+        while let Some(action) = st.replica.poll_action() {
+            match action {
+                Action::Ready(true) => self.send(KvOp::Set(keys::READY.into(), "1".into())),
+                Action::Ready(false) => self.send(KvOp::Delete(keys::READY.into())),
+                Action::Held(ad) => {
+                    self.send(KvOp::Set(keys::HELD.into(), keys::encode_held(&ad)));
+                }
+                Action::Role(reason) => {
+                    info!(node = %self.node_id, role = ?reason, "role changed");
+                    self.role_tx.send_replace(reason.role());
+                }
+                Action::Fetch { wanted, sources } => {
+                    tokio::spawn(fetch_head(self.clone(), wanted, sources));
+                }
+            }
+        }
+    }
+
+    /// One control step: apply pending key writes, read membership, let the core decide, act.
     async fn step(self: &Arc<Self>, ops: Vec<KvOp>) {
         let now = Instant::now();
         let raw = {
@@ -557,141 +526,15 @@ impl<D: Document> Inner<D> {
             self.read_members(&chitchat, now)
         };
         let mut st = lock(&self.state);
-        // Whether the decisions must be made again, or the last ones still hold.
-        let mut dirty = raw.is_some() || st.decisions.is_none();
         if let Some(raw) = raw {
-            st.members = parse_members(raw);
+            st.replica.handle_members(parse_members(raw));
         }
-        // Heartbeat ages matter only while catching up (`liveness_unjudged`) and to the view.
-        if !st.caught_up {
+        if st.replica.wants_heartbeat_ages() {
             refresh_last_seen(&mut st, now);
         }
-        // This node's own facts are authoritative locally (the gossiped copy lags one step).
-        let held = self.held_ad();
-        if let Some(me) = st.members.iter_mut().find(|m| m.id == self.node_id) {
-            let alive = !self.cancel.is_cancelled();
-            dirty |= me.held != held || me.alive != alive;
-            me.held = held.clone();
-            me.alive = alive;
-        }
-        if let Some(prev) = st.last_step {
-            let gap = now.saturating_duration_since(prev);
-            if gap >= Duration::from_millis(self.timing.stall_reset_ms) && st.caught_up {
-                warn!(node = %self.node_id, stalled_ms = gap.as_millis() as u64, "control loop stalled; catching up again before acting");
-                st.caught_up = false;
-                dirty = true;
-                st.grace_from = Some(now);
-                self.send(KvOp::Delete(keys::READY.into()));
-                if let Some(me) = st.members.iter_mut().find(|m| m.id == self.node_id) {
-                    me.ready = false;
-                }
-            }
-        }
-        st.last_step = Some(now);
-        let now_unix_ms = unix_ms();
-        let patience_ms = self.timing.startup_patience_ms;
-        // Who counts as starting depends on the clock, so while anyone starts, decide afresh.
-        let starting = st.members.iter().any(|m| m.alive && !m.ready);
-        let mut decisions = match &st.decisions {
-            Some(last) if !dirty && !starting => last.clone(),
-            _ => decide_at(&st.members, now_unix_ms, patience_ms),
-        };
-        let seen = st
-            .members
-            .iter()
-            .flat_map(|m| {
-                [
-                    m.held.as_ref().map(|h| h.version.epoch),
-                    m.applied.as_ref().map(|a| a.epoch),
-                ]
-            })
-            .flatten()
-            .max()
-            .unwrap_or(0);
-        st.max_epoch_seen = st.max_epoch_seen.max(seen);
-
-        let grace_from = st.grace_from.unwrap_or(self.started);
-        let uptime_ms = now.saturating_duration_since(grace_from).as_millis() as u64;
-        let listened = !st.caught_up && {
-            let member_addrs: Vec<SocketAddr> = st.members.iter().map(|m| m.listen).collect();
-            // Seeds matter at start only: after a stall the node already knows the mesh, and a
-            // seed that never answered (a scaled-down replica) must not cost the full patience.
-            let unheard = match st.grace_from {
-                None => unheard_seeds(&st.seed_addrs, &member_addrs),
-                Some(_) => 0,
-            };
-            let listening = Listening {
-                uptime_ms,
-                unheard_seeds: unheard,
-                unjudged_members: st
-                    .members
-                    .iter()
-                    .filter(|m| {
-                        liveness_unjudged(m.alive, m.last_seen_ms, self.timing.join_grace_ms)
-                    })
-                    .count(),
-            };
-            has_listened(&listening, self.timing.join_grace_ms, patience_ms)
-        };
-        let caught_up = is_caught_up(
-            st.caught_up,
-            listened,
-            held.as_ref().map(|h| &h.version),
-            decisions.head.as_ref().map(|h| &h.version),
-        );
-        if caught_up && !st.caught_up {
-            st.caught_up = true;
-            self.send(KvOp::Set(keys::READY.into(), "1".into()));
-            if let Some(me) = st.members.iter_mut().find(|m| m.id == self.node_id) {
-                me.ready = true;
-            }
-            decisions = decide_at(&st.members, now_unix_ms, patience_ms);
-        }
-        let reason = role_of(&self.node_id, st.caught_up, decisions.publisher.as_ref());
-        let old_role = st.role.as_ref().map(RoleReason::role);
-        if old_role.as_ref() != Some(&reason.role()) {
-            if reason.role() == Role::Publisher {
-                // A new term: the first stamp opens a new epoch.
-                st.stamp = StampState::default();
-            }
-            info!(node = %self.node_id, role = ?reason, "role changed");
-            self.role_tx.send_replace(reason.role());
-        }
-        st.role = Some(reason);
-
-        let spread = self
-            .node_id
-            .as_str()
-            .bytes()
-            .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
-        let decision = catch_up(
-            &self.node_id,
-            held.as_ref().map(|h| (&h.version, h.digest.as_str())),
-            decisions.head.as_ref(),
-            decisions.publisher.as_ref(),
-            spread,
-        );
-        let retry_ok = st.fetch_retry_at.is_none_or(|at| now >= at);
-        if let (CatchUp::Fetch { sources }, Some(head)) = (decision, decisions.head.as_ref()) {
-            if st.fetching.is_none() && retry_ok {
-                let addrs: Vec<(NodeId, SocketAddr)> = sources
-                    .iter()
-                    .filter_map(|id| {
-                        st.members
-                            .iter()
-                            .find(|m| &m.id == id)
-                            .map(|m| (id.clone(), m.listen))
-                    })
-                    .collect();
-                st.fetching = Some(head.version.clone());
-                let wanted = Wanted {
-                    version: head.version.clone(),
-                    digest: head.digest.clone(),
-                };
-                tokio::spawn(fetch_head(self.clone(), wanted, head.size_bytes, addrs));
-            }
-        }
-        st.decisions = Some(decisions);
+        let now_ms = now.saturating_duration_since(self.started).as_millis() as u64;
+        st.replica.handle_tick(now_ms, unix_ms());
+        self.carry_out(&mut st);
     }
 
     /// Reads chitchat's state; returns `None` when nothing but heartbeats changed.
@@ -704,7 +547,8 @@ impl<D: Document> Inner<D> {
         let states = chitchat.node_states();
         let mut st = lock(&self.state);
         let st = &mut *st;
-        let mut unchanged = st.fingerprint.len() == states.len() && !st.members.is_empty();
+        let mut unchanged =
+            st.fingerprint.len() == states.len() && !st.replica.members().is_empty();
         for (i, (id, state)) in states.iter().enumerate() {
             let beat = u64::from(state.heartbeat());
             match st.heartbeats.get_mut(id) {
@@ -754,17 +598,37 @@ impl<D: Document> Inner<D> {
     }
 }
 
-/// Sets each member's `last_seen_ms` from the heartbeat ages.
+/// Tells the core each member's heartbeat age.
 fn refresh_last_seen(st: &mut State, now: Instant) {
     let ages: HashMap<(&str, u64), Instant> = st
         .heartbeats
         .iter()
         .map(|(id, (_, at))| ((&*id.node_id, id.generation_id), *at))
         .collect();
-    for m in st.members.iter_mut() {
-        m.last_seen_ms = ages
-            .get(&(m.id.as_str(), m.generation))
-            .map(|at| now.saturating_duration_since(*at).as_millis() as u64);
+    st.replica.handle_heartbeat_ages(|id, generation| {
+        ages.get(&(id.as_str(), generation))
+            .map(|at| now.saturating_duration_since(*at).as_millis() as u64)
+    });
+}
+
+/// Answers peers' document requests with the document this node holds.
+async fn serve_documents(
+    blobs: watch::Receiver<Option<Arc<Blob>>>,
+    mut streams: mpsc::Receiver<InboundStream>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let stream = tokio::select! {
+            _ = cancel.cancelled() => return,
+            s = streams.recv() => match s { Some(s) => s, None => return },
+        };
+        let blobs = blobs.clone();
+        tokio::spawn(async move {
+            let InboundStream { peer, send, recv } = stream;
+            if let Err(e) = transfer::serve(blobs, peer, send, recv).await {
+                debug!(%peer, error = %e, "document request failed");
+            }
+        });
     }
 }
 
@@ -795,7 +659,7 @@ async fn resolve_seeds<D: Document>(inner: Weak<Inner<D>>, seeds: Vec<String>) {
         let Some(strong) = inner.upgrade() else {
             return;
         };
-        lock(&strong.state).seed_addrs = resolved;
+        lock(&strong.state).replica.handle_seeds(resolved);
         if done || over {
             return;
         }
@@ -840,11 +704,14 @@ async fn control_loop<D: Document>(
 
 async fn fetch_head<D: Document>(
     inner: Arc<Inner<D>>,
-    wanted: Wanted,
-    size_bytes: u64,
+    wanted: HeldAd,
     sources: Vec<(NodeId, SocketAddr)>,
 ) {
     let mut adopted = false;
+    let request = Wanted {
+        version: wanted.version.clone(),
+        digest: wanted.digest.clone(),
+    };
     for (peer_id, addr) in sources {
         if inner.cancel.is_cancelled() {
             break;
@@ -853,8 +720,11 @@ async fn fetch_head<D: Document>(
         let result = transfer::fetch(
             &inner.transport,
             addr,
-            &wanted,
-            inner.timing.max_document_bytes.min(size_bytes.max(1)),
+            &request,
+            inner
+                .timing
+                .max_document_bytes
+                .min(wanted.size_bytes.max(1)),
             transfer::FetchTimeouts {
                 total_ms: inner.timing.fetch_timeout_ms,
                 answer_ms: inner.timing.fetch_answer_timeout_ms,
@@ -876,22 +746,29 @@ async fn fetch_head<D: Document>(
                 continue;
             }
         };
-        let stamped = Stamped {
+        let offered = HeldAd {
             version: wanted.version.clone(),
             digest: wanted.digest.clone(),
             size_bytes: bytes.len() as u64,
-            doc,
         };
         let mut st = lock(&inner.state);
-        if inner.adopt_locked(&mut st, stamped, bytes) {
+        if st.replica.handle_offer(&offered) {
+            inner.install(
+                Stamped {
+                    version: offered.version,
+                    digest: offered.digest,
+                    size_bytes: offered.size_bytes,
+                    doc,
+                },
+                bytes,
+            );
+            inner.carry_out(&mut st);
             debug!(peer = %peer_id, version = %wanted.version, elapsed_ms = started.elapsed().as_millis() as u64, "adopted");
         }
         adopted = true;
         break;
     }
     let mut st = lock(&inner.state);
-    st.fetching = None;
-    if !adopted {
-        st.fetch_retry_at = Some(Instant::now() + FETCH_RETRY);
-    }
+    let now_ms = inner.now_ms();
+    st.replica.handle_fetch_done(now_ms, adopted);
 }

@@ -1,11 +1,64 @@
 //! Versions of the replicated document: `(epoch, seq, origin)`, totally ordered.
 
 use serde::{Deserialize, Serialize};
+use std::cmp::Ordering;
 use std::fmt;
 
-/// A node's identity in the mesh. Election picks the lowest id, so ids compare as strings.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// A node's identity in the mesh.
+///
+/// Ids order the way people count (see [`natural_cmp`]): `shoal-2` before `shoal-10`. This one
+/// order is used everywhere the mesh compares ids: the election's "lowest id", sorted views,
+/// and the tie-break between two versions of one epoch.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct NodeId(pub String);
+
+impl Ord for NodeId {
+    fn cmp(&self, other: &Self) -> Ordering {
+        natural_cmp(&self.0, &other.0)
+    }
+}
+
+impl PartialOrd for NodeId {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// Numeric-aware ("natural") string order: runs of ASCII digits compare as numbers, everything
+/// else byte by byte; so `n2 < n10` and `shoal-9 < shoal-10 < shoal-10a`.
+///
+/// Invariant: a total order consistent with string equality. Equal numbers spelled with
+/// different leading zeros (`n01`, `n1`) are ordered by their bytes as a last resort, so two
+/// different ids never compare equal.
+pub fn natural_cmp(a: &str, b: &str) -> Ordering {
+    let (x, y) = (a.as_bytes(), b.as_bytes());
+    let (mut i, mut j) = (0, 0);
+    while i < x.len() && j < y.len() {
+        if x[i].is_ascii_digit() && y[j].is_ascii_digit() {
+            let (si, sj) = (i, j);
+            while i < x.len() && x[i].is_ascii_digit() {
+                i += 1;
+            }
+            while j < y.len() && y[j].is_ascii_digit() {
+                j += 1;
+            }
+            let trim = |d: &[u8]| -> usize { d.iter().take_while(|&&c| c == b'0').count() };
+            let (da, db) = (&x[si..i], &y[sj..j]);
+            let (na, nb) = (&da[trim(da)..], &db[trim(db)..]);
+            let by_number = na.len().cmp(&nb.len()).then_with(|| na.cmp(nb));
+            if by_number != Ordering::Equal {
+                return by_number;
+            }
+        } else {
+            if x[i] != y[j] {
+                return x[i].cmp(&y[j]);
+            }
+            i += 1;
+            j += 1;
+        }
+    }
+    (x.len() - i).cmp(&(y.len() - j)).then_with(|| x.cmp(y))
+}
 
 impl NodeId {
     pub fn new(id: impl Into<String>) -> Self {
@@ -87,6 +140,23 @@ mod tests {
     }
 
     #[test]
+    fn shoal_10_comes_after_shoal_2() {
+        let mut ids: Vec<NodeId> = ["shoal-10", "shoal-2", "shoal-1", "shoal-0", "node-b"]
+            .into_iter()
+            .map(NodeId::new)
+            .collect();
+        ids.sort();
+        let names: Vec<&str> = ids.iter().map(NodeId::as_str).collect();
+        assert_eq!(
+            names,
+            ["node-b", "shoal-0", "shoal-1", "shoal-2", "shoal-10"]
+        );
+        assert!(v(1, 1, "n10") > v(1, 1, "n9"));
+        assert_eq!(natural_cmp("n01", "n1"), Ordering::Less);
+        assert_eq!(natural_cmp("a", "a0"), Ordering::Less);
+    }
+
+    #[test]
     fn parse_rejects_garbage() {
         for bad in ["", "1.2", "1@a", "x.1@a", "1.x@a", "1.2@", "-1.2@a"] {
             assert!(Version::parse(bad).is_err(), "{bad:?} parsed");
@@ -98,6 +168,24 @@ mod tests {
         fn display_parse_round_trip(epoch in any::<u64>(), seq in any::<u64>(), origin in "[a-z0-9@.-]{1,20}") {
             let version = v(epoch, seq, &origin);
             prop_assert_eq!(Version::parse(&version.to_string()).unwrap(), version);
+        }
+
+        /// `natural_cmp` is a total order consistent with equality (antisymmetric, transitive,
+        /// equal only for equal strings).
+        #[test]
+        fn natural_order_is_total(a in "[a-c0-9-]{0,6}", b in "[a-c0-9-]{0,6}", c in "[a-c0-9-]{0,6}") {
+            prop_assert_eq!(natural_cmp(&a, &b), natural_cmp(&b, &a).reverse());
+            prop_assert_eq!(natural_cmp(&a, &b) == Ordering::Equal, a == b);
+            if natural_cmp(&a, &b) != Ordering::Greater && natural_cmp(&b, &c) != Ordering::Greater {
+                prop_assert!(natural_cmp(&a, &c) != Ordering::Greater);
+            }
+        }
+
+        /// With one prefix, ids order by their ordinal as a number, whatever its width.
+        #[test]
+        fn ordinals_order_as_numbers(prefix in "[a-z-]{0,8}", m in 0u64..100_000, n in 0u64..100_000) {
+            let (a, b) = (NodeId::new(format!("{prefix}{m}")), NodeId::new(format!("{prefix}{n}")));
+            prop_assert_eq!(a.cmp(&b), m.cmp(&n));
         }
 
         #[test]

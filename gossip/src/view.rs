@@ -3,7 +3,7 @@
 //! Pure: built from plain member records, so any node holding the same records computes the
 //! same view (the property tests below check this across simulated nodes).
 
-use crate::election::{choose_publisher_after_startup, Candidate, Role};
+use crate::election::{choose_publisher_sticky, Candidate, Role};
 use crate::head::{select_head, HeadInfo, HeldAd, MemberHeld};
 use crate::keys;
 use crate::version::{NodeId, Version};
@@ -44,7 +44,7 @@ pub struct MemberView {
 
 /// Raw facts about one chitchat node, as read from chitchat's state.
 #[derive(Clone, Debug, PartialEq)]
-pub(crate) struct RawMember {
+pub struct RawMember {
     pub id: NodeId,
     pub generation: u64,
     pub listen: SocketAddr,
@@ -54,9 +54,10 @@ pub(crate) struct RawMember {
     pub last_seen_ms: Option<u64>,
 }
 
-/// A member with its keys parsed.
+/// A member with its keys parsed: what the replica core ([`crate::replica::Replica`]) decides
+/// from. The mesh builds it from chitchat; the simulation builds it from its own messages.
 #[derive(Clone, Debug, PartialEq)]
-pub(crate) struct Member {
+pub struct Member {
     pub id: NodeId,
     pub generation: u64,
     pub listen: SocketAddr,
@@ -75,7 +76,7 @@ pub(crate) struct Member {
 /// Parses raw records. A node id seen with several generations keeps only the newest, so a
 /// restarted node's old incarnation never lingers as a ghost; a node announcing `leaving` is
 /// gone at once.
-pub(crate) fn parse_members(raw: Vec<RawMember>) -> Vec<Member> {
+pub fn parse_members(raw: Vec<RawMember>) -> Vec<Member> {
     let mut newest: BTreeMap<NodeId, RawMember> = BTreeMap::new();
     for r in raw {
         match newest.get(&r.id) {
@@ -117,7 +118,7 @@ pub(crate) fn parse_members(raw: Vec<RawMember>) -> Vec<Member> {
 
 /// The head and publisher a node derives from its members.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Decisions {
+pub struct Decisions {
     pub head: Option<HeadInfo>,
     pub publisher: Option<NodeId>,
 }
@@ -130,7 +131,7 @@ pub(crate) fn decide(members: &[Member]) -> Decisions {
 
 /// Head and publisher from one view. A member is *starting* while it is live, not yet caught
 /// up, and its generation (its start time, unix ms) is less than `patience_ms` before `now_unix_ms`.
-pub(crate) fn decide_at(members: &[Member], now_unix_ms: u64, patience_ms: u64) -> Decisions {
+pub fn decide_at(members: &[Member], now_unix_ms: u64, patience_ms: u64) -> Decisions {
     let held: Vec<MemberHeld> = members
         .iter()
         .map(|m| MemberHeld {
@@ -153,10 +154,10 @@ pub(crate) fn decide_at(members: &[Member], now_unix_ms: u64, patience_ms: u64) 
         .filter(|m| m.alive && !m.ready && m.generation.abs_diff(now_unix_ms) < patience_ms)
         .map(|m| m.id.clone())
         .collect();
-    Decisions {
-        head: select_head(&held),
-        publisher: choose_publisher_after_startup(&candidates, &starting),
-    }
+    let head = select_head(&held);
+    let origin = head.as_ref().map(|h| &h.version.origin);
+    let publisher = choose_publisher_sticky(&candidates, &starting, origin);
+    Decisions { head, publisher }
 }
 
 pub(crate) fn build_view(

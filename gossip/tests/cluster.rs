@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use shoal_gossip::{Mesh, NodeId, Role, Security};
+use shoal_gossip::{Mesh, MeshConfig, NodeId, Role, Security};
 use std::time::Duration;
 
 fn refs(nodes: &[Node]) -> Vec<&Node> {
@@ -245,11 +245,13 @@ async fn partition_yields_a_publisher_per_side_then_one_after_heal() {
     for n in &nodes {
         n.fault_hook().heal();
     }
+    // Sticky publisher: side b's head is newer (a higher epoch), so its origin n3 keeps the
+    // role; n0, the lower id, does not take it back.
     let took = wait_for(
         "one publisher and one head after the heal",
         Duration::from_secs(20),
         || {
-            converged(&all, "n0") && {
+            converged(&all, "n3") && {
                 let head = nodes[0].view().head.map(|h| h.version);
                 head.is_some()
                     && nodes
@@ -260,8 +262,10 @@ async fn partition_yields_a_publisher_per_side_then_one_after_heal() {
     )
     .await;
     eprintln!("healed in {took:?}");
+    assert_eq!(nodes[0].role(), Role::Follower);
     // The publisher's next stamp beats both sides' heads.
-    let v3 = nodes[0].publish(Table::small("after")).unwrap();
+    let v3 = nodes[3].publish(Table::small("after")).unwrap();
+    assert_eq!(v3.origin.as_str(), "n3", "{v3}");
     assert!(v3 > va && v3 > vb, "{v3}");
     wait_for("all hold v3", Duration::from_secs(5), || {
         all_hold(&all, &v3)
@@ -383,4 +387,29 @@ async fn insecure_mode_forms_a_cluster() {
     .await;
     a.shutdown().await;
     b.shutdown().await;
+}
+
+/// A publisher that restarts alone (cut off from every holder of its stamps) never stamps a
+/// version it stamped before: its epoch file carries the epoch across the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_publisher_stamps_above_its_old_epochs() {
+    let _serial = SERIAL.lock().await;
+    let ca = new_ca();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let with_file = |listen| MeshConfig {
+        epoch_file: Some(dir.path().join("epoch")),
+        ..config("n0", listen, &[], tls_for(&ca, "n0"))
+    };
+    let node: Node = Mesh::start(with_file(any_port())).await.expect("start");
+    let v1 = publish_when_ready(&node, Table::small("one")).await;
+    let v2 = node.publish(Table::small("two")).unwrap();
+    assert_eq!((v1.epoch, v2.epoch), (1, 1));
+    node.abort().await;
+    let node: Node = Mesh::start(with_file(any_port())).await.expect("restart");
+    let v3 = publish_when_ready(&node, Table::small("three")).await;
+    assert!(
+        v3.epoch > v2.epoch,
+        "re-stamped an old epoch: {v3} after {v2}"
+    );
+    node.abort().await;
 }

@@ -86,7 +86,8 @@ pub struct RunArgs {
     /// TOML file with any of these settings.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// This node's id in the mesh (default: the hostname). The lowest live id publishes.
+    /// This node's id in the mesh (default: the hostname). Ids order numerically-aware
+    /// (`shoal-2` before `shoal-10`); when the publisher is gone, the lowest live id takes over.
     #[arg(long)]
     pub node_id: Option<String>,
     /// QUIC peer endpoint, host:port; also the address peers reach this node at.
@@ -104,6 +105,11 @@ pub struct RunArgs {
     /// Folder holding ca.pem, node.pem and node.key.
     #[arg(long)]
     pub tls_dir: Option<PathBuf>,
+    /// Folder for what must survive a restart: the highest epoch this node stamped (file
+    /// `epoch`), so a restarted publisher never stamps a version twice. Without it a warning
+    /// is logged.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
     /// Run without TLS material (throwaway certificates, no peer authentication).
     #[arg(long)]
     pub insecure: bool,

@@ -42,6 +42,7 @@ struct FileSettings {
     seeds: Option<Vec<String>>,
     cluster: Option<String>,
     tls_dir: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
     insecure: Option<bool>,
     source: Option<SourceKind>,
     rules: Option<PathBuf>,
@@ -101,6 +102,8 @@ pub struct NodeConfig {
     pub cluster: String,
     /// `None` only when running `--insecure`.
     pub tls_dir: Option<PathBuf>,
+    /// Where the epoch file lives (see `RunArgs::state_dir`).
+    pub state_dir: Option<PathBuf>,
     pub source: Source,
     pub dataplane: DataplaneKind,
     pub cleanup_on_exit: bool,
@@ -260,6 +263,7 @@ impl NodeConfig {
             seeds,
             cluster,
             tls_dir: if insecure { None } else { tls_dir },
+            state_dir: args.state_dir.clone().or(file.state_dir),
             source,
             dataplane: args
                 .dataplane

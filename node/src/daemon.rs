@@ -52,6 +52,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         security,
         metadata,
         timing: Timing::default(),
+        epoch_file: epoch_file(&config)?,
     })
     .await
     .context("starting the mesh")?;
@@ -338,4 +339,15 @@ async fn wait_for_signal() -> anyhow::Result<()> {
         _ = int.recv() => tracing::info!("SIGINT"),
     }
     Ok(())
+}
+
+/// The epoch file in `--state-dir` (created with the folder), or `None` with a warning.
+fn epoch_file(config: &NodeConfig) -> anyhow::Result<Option<std::path::PathBuf>> {
+    let Some(dir) = &config.state_dir else {
+        tracing::warn!("no --state-dir: a publisher that restarts cut off from every peer may stamp a version it stamped before (peers still settle on one copy)");
+        return Ok(None);
+    };
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating the state folder {}", dir.display()))?;
+    Ok(Some(dir.join("epoch")))
 }

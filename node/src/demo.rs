@@ -1,5 +1,6 @@
-//! `shoal demo`: a local cluster on 127.0.0.1 that shows agreement, a publisher takeover and a
-//! rules edit reaching every node. No root, no Kubernetes: the in-memory dataplane.
+//! `shoal demo`: a local cluster on 127.0.0.1 that shows agreement, a publisher takeover, a
+//! rules edit reaching every node, and a restart of the old publisher that does not move the
+//! role back (the publisher is sticky). No root, no Kubernetes: the in-memory dataplane.
 
 use crate::cli::DemoArgs;
 use crate::commands::get_json;
@@ -127,13 +128,15 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         &seeds,
         &rules,
     )?);
-    // As the lowest id, the restarted node catches up, then takes the publisher role back
-    // (restamping the table): wait for one publisher and one head applied everywhere.
+    // The restarted node has the lowest id, but the publisher is sticky: it catches up and
+    // follows; the role does not move and no new version is stamped.
     let settled = wait_until(|| async {
-        let s = cluster(&nodes[0].admin).await.ok()?;
+        let s = cluster(&nodes[idx].admin).await.ok()?;
+        let me = s.members.iter().find(|m| m.id == old)?;
+        (me.role == "follower").then_some(())?;
         let p = s.publisher.clone()?;
         let head = s.head_version()?;
-        (head >= new_head).then_some(())?;
+        (head == new_head).then_some(())?;
         all_applied(&nodes, Some(&head)).await?;
         Some(p)
     })
@@ -143,7 +146,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         restarted_at.elapsed().as_millis()
     ));
     done(&format!(
-        "settled: {settled} publishes, every node applied the head"
+        "settled: {settled} still publishes (sticky), head {new_head} unchanged, every node applied it"
     ));
     print_status(&nodes[0].admin).await?;
 
@@ -196,7 +199,9 @@ fn spawn_node(
         .arg("--tls-dir")
         .arg(&tls)
         .arg("--rules")
-        .arg(rules);
+        .arg(rules)
+        .arg("--state-dir")
+        .arg(dir.join("state").join(id));
     if !seeds.is_empty() {
         cmd.arg("--seeds").arg(seeds.join(","));
     }

@@ -128,7 +128,8 @@ pub struct LoopSettings {
 }
 
 /// Faults a node can be started with, so the chaos harness can prove it catches a broken node.
-/// Never set in production: only through the `SHOAL_FAULT` environment variable.
+/// Only a binary built with the `fault-injection` feature (the chaos CI build) reads them, from
+/// the `SHOAL_FAULT` environment variable; the release binary never does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
     /// On a resync pass, report the version applied before the head again, as a node that
@@ -137,6 +138,12 @@ pub enum Fault {
 }
 
 impl Fault {
+    #[cfg(not(feature = "fault-injection"))]
+    pub fn from_env() -> Option<Fault> {
+        None
+    }
+
+    #[cfg(feature = "fault-injection")]
     pub fn from_env() -> Option<Fault> {
         match std::env::var("SHOAL_FAULT").ok()?.as_str() {
             "applied-goes-back" => Some(Fault::AppliedGoesBack),

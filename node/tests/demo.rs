@@ -1,5 +1,5 @@
 //! The README's first command: `shoal demo` walks through convergence, takeover, an edit and a
-//! restart, and exits cleanly with `--exit-after`.
+//! restart (which leaves the role where it is), and exits cleanly with `--exit-after`.
 
 use std::process::Command;
 
@@ -17,8 +17,9 @@ fn the_demo_runs_its_walkthrough() {
         "took over in",
         "reached every live node",
         "rejoined and every node applied the head",
-        "settled: node-1 publishes",
-        "publisher:   node-1",
+        // Sticky publisher: node-1's restart does not move the role back.
+        "settled: node-2 still publishes (sticky)",
+        "publisher:   node-2",
     ] {
         assert!(stdout.contains(step), "missing {step:?} in:\n{stdout}");
     }

@@ -1,5 +1,7 @@
-//! Deterministic simulation of the pure core: election, head selection, catch-up, stamping and
-//! health verdicts, under seeded loss, delay, partitions and crashes. One seed, one history.
+//! Deterministic simulation of the shipping replica core (`shoal_gossip::replica::Replica`:
+//! catching up, stall reset, sticky election, head, fetch, adoption, stamping) and of the
+//! shipping health rules, under seeded loss, delay, partitions, freezes, crashes and restarts.
+//! One seed, one history.
 //!
 //! A run has a chaos phase (faults come and go, the source is edited, backends flap), then a
 //! heal (every node up, network whole, edits and flapping stop) and a convergence phase. The
@@ -11,10 +13,12 @@ pub mod node;
 
 use crate::check::{Invariant, Violation};
 use net::{Net, Weather};
-use node::{Bug, Effects, SimNode, Timing};
+use node::{Effects, SimNode, Timing};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use shoal_gossip::version::Version;
+use shoal_gossip::election::Role;
+pub use shoal_gossip::replica::Bug;
+use shoal_gossip::version::{NodeId, Version};
 use shoal_node::health::Verdict;
 use std::collections::BTreeMap;
 
@@ -43,7 +47,8 @@ impl Default for SimConfig {
                 fail_ms: 500,
                 join_grace_ms: 500,
                 startup_patience_ms: 5_000,
-                fetch_retry_ms: 300,
+                stall_reset_ms: 400,
+                fetch_timeout_ms: 300,
                 checkers_per_backend: 2,
                 rise: 2,
                 fall: 2,
@@ -60,13 +65,9 @@ pub struct SimOutcome {
     pub violations: Vec<Violation>,
     /// Heal to full agreement (I2, I3, I5), if reached.
     pub convergence_ms: Option<u64>,
-    /// One version stamped twice with different content by a publisher that restarted while
-    /// cut off from every holder of its old versions: a known weakness of the stamping rule
-    /// (`next_stamp` starts from `max_epoch_seen`, which a fresh process does not know). Nodes
-    /// still converge, since they adopt by (version, digest) rank (the I2/I3 checks hold them to
-    /// it), so it is kept apart from `violations`: counted, printed and replayable.
-    pub reused: Vec<Violation>,
     pub faults: u64,
+    /// Times the publisher changed in some node's view (role moves, not counting restarts).
+    pub takeovers: u64,
     pub stamps: u64,
     pub messages: u64,
 }
@@ -76,11 +77,11 @@ struct World {
     rng: StdRng,
     nodes: Vec<SimNode>,
     net: Net,
-    ids: Vec<shoal_gossip::version::NodeId>,
+    ids: Vec<NodeId>,
     /// Every stamp any publisher made: version -> digests (I4).
     published: BTreeMap<Version, Vec<String>>,
     /// Highest applied version per (node, generation) (I1).
-    applied: BTreeMap<(usize, u32), Version>,
+    applied: BTreeMap<(usize, u64), Version>,
     edit: u64,
     backend_up: Vec<bool>,
     out: SimOutcome,
@@ -111,7 +112,9 @@ impl World {
     /// I1 and I4 for one node after it changed what it holds.
     fn check_held(&mut self, i: usize, now_ms: u64) {
         let n = &self.nodes[i];
-        let Some(held) = n.held.clone() else { return };
+        let Some(held) = n.replica.held().cloned() else {
+            return;
+        };
         let key = (i, n.generation);
         if let Some(before) = self.applied.get(&key) {
             if held.version < *before {
@@ -140,11 +143,11 @@ impl World {
 
     fn deliver(&mut self, now_ms: u64) {
         while let Some((to, msg)) = self.net.pop_due(now_ms) {
-            if !self.nodes[to].up {
+            if !self.nodes[to].running(now_ms) {
                 continue;
             }
-            let (replies, adopted) = self.nodes[to].receive(now_ms, msg);
-            if adopted.is_some() {
+            let (replies, adopted) = self.nodes[to].receive(now_ms, &self.cfg.timing, msg);
+            if adopted {
                 self.check_held(to, now_ms);
             }
             for (dest, m) in replies {
@@ -158,20 +161,23 @@ impl World {
         for i in 0..self.nodes.len() {
             // Rounds are staggered per node so they do not all fire in the same instant.
             let offset = (i as u64 * 2 * self.cfg.step_ms) % gossip_ms;
-            if !self.nodes[i].up || now_ms % gossip_ms != offset {
+            if !self.nodes[i].running(now_ms) || now_ms % gossip_ms != offset {
                 continue;
             }
             let mut effects = Effects::default();
             let digest = self.digest();
+            let was_publishing = self.nodes[i].replica.role() == Role::Publisher;
             let out = self.nodes[i].round(
                 now_ms,
                 &self.cfg.timing,
                 &self.ids,
                 &digest,
                 &self.backend_up,
-                &mut self.rng,
                 &mut effects,
             );
+            if !was_publishing && self.nodes[i].replica.role() == Role::Publisher {
+                self.out.takeovers += 1;
+            }
             if let Some(stamp) = effects.stamped {
                 self.out.stamps += 1;
                 let digests = self.published.entry(stamp.version.clone()).or_default();
@@ -179,17 +185,13 @@ impl World {
                     digests.push(stamp.digest.clone());
                 }
                 if digests.len() > 1 {
-                    let seed = self.out.seed;
-                    self.out.reused.push(Violation {
-                        invariant: Invariant::I4,
-                        t_ms: now_ms,
-                        episode: None,
-                        node: Some(format!("n{}", i + 1)),
-                        detail: format!(
-                            "version {} stamped again with other content (generation {}) (replay: sim seed {seed})",
-                            stamp.version, self.nodes[i].generation
-                        ),
-                    });
+                    // The epoch file makes this impossible: a restarted publisher stamps above
+                    // every epoch it used before.
+                    let d = format!(
+                        "version {} stamped again with other content (generation {})",
+                        stamp.version, self.nodes[i].generation
+                    );
+                    self.violation(Invariant::I4, now_ms, Some(i), d);
                 }
                 self.check_held(i, now_ms);
             }
@@ -218,7 +220,7 @@ impl World {
             4..=9 => {
                 let i = self.rng.gen_range(0..n);
                 if !self.nodes[i].up {
-                    self.nodes[i].restart(now_ms);
+                    self.nodes[i].restart(now_ms, &self.cfg.timing);
                 }
             }
             10..=12 => {
@@ -246,6 +248,16 @@ impl World {
                 let b = self.rng.gen_range(0..self.backend_up.len());
                 self.backend_up[b] = !self.backend_up[b];
             }
+            43..=44 => {
+                // Freeze a node (SIGSTOP) for a while: it must not act on its stale view when
+                // it wakes (the core's stall reset).
+                let i = self.rng.gen_range(0..n);
+                if self.nodes[i].running(now_ms) {
+                    let ms = [300, 600, 1_500][self.rng.gen_range(0..3)];
+                    self.nodes[i].frozen_until_ms = Some(now_ms + ms);
+                    self.out.faults += 1;
+                }
+            }
             _ => {}
         }
     }
@@ -253,32 +265,48 @@ impl World {
     /// I2, I3, I5 after the heal: `None` while they do not hold yet, with the reason.
     fn agreed(&self) -> Result<(), (Invariant, String)> {
         let up: Vec<&SimNode> = self.nodes.iter().filter(|n| n.up).collect();
-        let lowest = &self.ids[0];
         let digest = self.digest();
         let first = up
             .first()
             .ok_or((Invariant::I2, "no node up".to_string()))?;
+        // One publisher, seen by all, that is itself up and knows it.
+        let publisher = first.replica.publisher();
+        let publishing: Vec<&NodeId> = up
+            .iter()
+            .filter(|n| n.replica.role() == Role::Publisher)
+            .map(|n| &n.id)
+            .collect();
+        if publisher.is_none() || publishing != [publisher.unwrap_or(&first.id)] {
+            return Err((
+                Invariant::I2,
+                format!(
+                    "publisher {publisher:?} in {}'s view, publishing: {publishing:?}",
+                    first.id
+                ),
+            ));
+        }
         for n in &up {
-            if n.publisher.as_ref() != Some(lowest) {
+            if n.replica.publisher() != publisher {
                 return Err((
                     Invariant::I2,
-                    format!("{} sees publisher {:?}", n.id, n.publisher),
+                    format!("{} sees publisher {:?}", n.id, n.replica.publisher()),
                 ));
             }
-            let head = n.head.as_ref().map(|h| &h.version);
-            if head != first.head.as_ref().map(|h| &h.version) {
+            let head = n.replica.head().map(|h| &h.version);
+            if head != first.replica.head().map(|h| &h.version) {
                 return Err((Invariant::I2, format!("{} head {:?}", n.id, head)));
             }
-            if n.held.as_ref().map(|h| &h.version) != head {
+            let held = n.replica.held();
+            if held.map(|h| &h.version) != head {
                 return Err((
                     Invariant::I2,
-                    format!("{} holds {:?}, head {:?}", n.id, n.held, head),
+                    format!("{} holds {:?}, head {:?}", n.id, held, head),
                 ));
             }
-            if n.held.as_ref().map(|h| h.digest.as_str()) != Some(digest.as_str()) {
+            if held.map(|h| h.digest.as_str()) != Some(digest.as_str()) {
                 return Err((
                     Invariant::I3,
-                    format!("{} holds {:?}, the source is {digest}", n.id, n.held),
+                    format!("{} holds {:?}, the source is {digest}", n.id, held),
                 ));
             }
             let truth: Vec<Verdict> = self
@@ -294,7 +322,7 @@ impl World {
             }
         }
         // Nothing a running process applied may be lost: the head is at least each one's best.
-        let head = first.head.as_ref().map(|h| &h.version);
+        let head = first.replica.head().map(|h| &h.version);
         for n in &up {
             if let Some(best) = self.applied.get(&(n.index, n.generation)) {
                 if head < Some(best) {
@@ -314,7 +342,7 @@ pub fn run_seed(seed: u64, cfg: &SimConfig) -> SimOutcome {
     let mut w = World {
         rng: StdRng::seed_from_u64(seed),
         nodes: (0..cfg.nodes)
-            .map(|i| SimNode::new(i, cfg.backends, cfg.bug))
+            .map(|i| SimNode::new(i, cfg.nodes, cfg.backends, &cfg.timing, cfg.bug))
             .collect(),
         net: Net::new(),
         ids: node::ids(cfg.nodes),
@@ -338,8 +366,11 @@ pub fn run_seed(seed: u64, cfg: &SimConfig) -> SimOutcome {
     }
     // Heal: every node up, the network whole and quick, the source and backends still.
     let heal = now;
-    for n in w.nodes.iter_mut().filter(|n| !n.up) {
-        n.restart(heal);
+    for n in w.nodes.iter_mut() {
+        if !n.up {
+            n.restart(heal, &cfg.timing);
+        }
+        n.frozen_until_ms = None;
     }
     w.net.weather = Weather {
         delay_ms_max: 5,
@@ -376,8 +407,8 @@ pub struct Batch {
     pub failed: Vec<SimOutcome>,
     /// Heal-to-agreement times of the seeds that converged.
     pub convergence_ms: Vec<u64>,
-    /// Seeds that hit the known re-stamp weakness (see [`SimOutcome::reused`]).
-    pub reused_seeds: Vec<u64>,
+    /// Publisher role gains over all seeds (see [`SimOutcome::takeovers`]).
+    pub takeovers: u64,
 }
 
 /// Runs seeds `first..first + count` on `threads` threads (each seed alone is deterministic).
@@ -392,9 +423,7 @@ pub fn run_many(first: u64, count: u64, cfg: &SimConfig, threads: usize) -> Batc
                     while seed < first + count {
                         let o = run_seed(seed, cfg);
                         b.convergence_ms.extend(o.convergence_ms);
-                        if !o.reused.is_empty() {
-                            b.reused_seeds.push(seed);
-                        }
+                        b.takeovers += o.takeovers;
                         if !o.violations.is_empty() {
                             b.failed.push(o);
                         }
@@ -410,10 +439,9 @@ pub fn run_many(first: u64, count: u64, cfg: &SimConfig, threads: usize) -> Batc
     for p in parts {
         all.failed.extend(p.failed);
         all.convergence_ms.extend(p.convergence_ms);
-        all.reused_seeds.extend(p.reused_seeds);
+        all.takeovers += p.takeovers;
     }
     all.failed.sort_by_key(|o| o.seed);
-    all.reused_seeds.sort_unstable();
     all
 }
 

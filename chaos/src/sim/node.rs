@@ -1,35 +1,28 @@
-//! One simulated replica: the real pure rules (election, head, catch-up, stamping, health
-//! verdicts) around a toy state, fed by messages and time passed in.
+//! One simulated replica: the shipping replica core (`shoal_gossip::replica::Replica`) and the
+//! shipping health rules, fed by simulated gossip and fetches, with time passed in.
+//!
+//! What is simulated here is only what chitchat and QUIC do in the real mesh: spreading each
+//! node's ad, judging liveness from the last message, and carrying fetch requests. Every
+//! decision (catching up, stall reset, election, head, what to fetch, adopt, stamp) is the
+//! core's, exactly as `gossip/src/mesh.rs` drives it.
 
-use rand::rngs::StdRng;
-use rand::Rng;
-use shoal_gossip::election::{
-    choose_publisher, has_listened, is_caught_up, role_of, Candidate, Listening, Role,
-};
-use shoal_gossip::head::{
-    catch_up, next_stamp, select_head, should_adopt, CatchUp, HeadInfo, HeldAd, MemberHeld, Stamp,
-    StampState,
-};
+use shoal_gossip::head::{HeldAd, Stamp};
+use shoal_gossip::replica::{Action, Bug, Identity, Replica, ReplicaTiming, FETCH_RETRY_MS};
 use shoal_gossip::version::{NodeId, Version};
+use shoal_gossip::view::Member;
 use shoal_node::health::assign::checkers;
 use shoal_node::health::hysteresis::Hysteresis;
 use shoal_node::health::verdict::verdict;
 use shoal_node::health::{CheckState, Verdict};
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::rc::Rc;
 
-/// A deliberate defect, to prove the checkers catch real bugs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Bug {
-    /// Fetches from any peer that holds a different version and adopts whatever comes back,
-    /// older or not (skips `should_adopt`).
-    AdoptOlder,
-}
-
-/// What a node tells its peers on every gossip round.
+/// What a node tells its peers on every gossip round (its chitchat keys, in the real mesh).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ad {
-    pub generation: u32,
+    /// Start time of the process (sim ms): rises on every restart.
+    pub generation: u64,
     pub caught_up: bool,
     pub held: Option<HeldAd>,
     /// (backend index, this node's opinion) for the backends it checks.
@@ -39,17 +32,17 @@ pub struct Ad {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Msg {
     /// Shared: one round sends the same ad to every peer.
-    Gossip {
-        from: usize,
-        ad: Rc<Ad>,
-    },
+    Gossip { from: usize, ad: Rc<Ad> },
+    /// Asks for one version, as the real transfer does.
     FetchReq {
         from: usize,
-        generation: u32,
+        generation: u64,
+        version: Version,
     },
+    /// The document if the holder still holds that version (`None`: not held).
     FetchResp {
         from: usize,
-        generation: u32,
+        generation: u64,
         held: Option<HeldAd>,
     },
 }
@@ -58,14 +51,29 @@ pub enum Msg {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Timing {
     pub gossip_ms: u64,
+    /// A peer not heard from for this long is dead (the failure detector's job).
     pub fail_ms: u64,
     pub join_grace_ms: u64,
     /// How long unheard seeds (every other node is a seed) may hold a starting node back.
     pub startup_patience_ms: u64,
-    pub fetch_retry_ms: u64,
+    /// A round this much later than the last one (a frozen process) resets catching up.
+    pub stall_reset_ms: u64,
+    /// A holder that does not answer a fetch within this long is skipped.
+    pub fetch_timeout_ms: u64,
     pub checkers_per_backend: usize,
     pub rise: u32,
     pub fall: u32,
+}
+
+impl Timing {
+    fn replica(&self) -> ReplicaTiming {
+        ReplicaTiming {
+            join_grace_ms: self.join_grace_ms,
+            startup_patience_ms: self.startup_patience_ms,
+            stall_reset_ms: self.stall_reset_ms,
+            fetch_retry_ms: FETCH_RETRY_MS,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -74,21 +82,28 @@ struct Peer {
     ad: Rc<Ad>,
 }
 
+/// A fetch in flight: what is wanted, from whom now, who is left, until when.
+#[derive(Clone, Debug)]
+struct Fetch {
+    wanted: HeldAd,
+    asked: usize,
+    rest: Vec<usize>,
+    deadline_ms: u64,
+}
+
 pub struct SimNode {
     pub index: usize,
+    nodes: usize,
     pub id: NodeId,
     pub up: bool,
-    pub generation: u32,
-    started_ms: u64,
-    pub caught_up: bool,
-    pub held: Option<HeldAd>,
-    pub role: Role,
-    pub publisher: Option<NodeId>,
-    pub head: Option<HeadInfo>,
-    stamp: StampState,
-    max_epoch_seen: u64,
+    /// Frozen (SIGSTOP) until this time: no rounds, messages to it are lost.
+    pub frozen_until_ms: Option<u64>,
+    pub generation: u64,
+    pub replica: Replica,
+    /// The epoch file: survives restarts.
+    pub epoch_file: u64,
     peers: BTreeMap<usize, Peer>,
-    fetch_sent_ms: Option<u64>,
+    fetch: Option<Fetch>,
     checks: BTreeMap<usize, Hysteresis>,
     pub verdicts: Vec<Verdict>,
     pub bug: Option<Bug>,
@@ -107,23 +122,29 @@ pub fn ids(n: usize) -> Vec<NodeId> {
     (0..n).map(|i| NodeId::new(format!("n{}", i + 1))).collect()
 }
 
+/// The simulated gossip address of node `index` (documentation range, never dialed).
+pub fn addr(index: usize) -> SocketAddr {
+    SocketAddr::from((
+        [198, 18, (index / 250) as u8, (index % 250) as u8 + 1],
+        7946,
+    ))
+}
+
 impl SimNode {
-    pub fn new(index: usize, backends: usize, bug: Option<Bug>) -> Self {
+    /// Node `index` of `nodes`, checking `backends` backends.
+    pub fn new(index: usize, nodes: usize, backends: usize, t: &Timing, bug: Option<Bug>) -> Self {
+        let id = NodeId::new(format!("n{}", index + 1));
         SimNode {
             index,
-            id: NodeId::new(format!("n{}", index + 1)),
+            nodes,
+            replica: fresh_replica(&id, index, nodes, 0, t, 0, bug),
+            id,
             up: true,
-            generation: 1,
-            started_ms: 0,
-            caught_up: false,
-            held: None,
-            role: Role::CatchingUp,
-            publisher: None,
-            head: None,
-            stamp: StampState::default(),
-            max_epoch_seen: 0,
+            frozen_until_ms: None,
+            generation: 0,
+            epoch_file: 0,
             peers: BTreeMap::new(),
-            fetch_sent_ms: None,
+            fetch: None,
             checks: BTreeMap::new(),
             verdicts: vec![Verdict::Up; backends],
             bug,
@@ -131,21 +152,29 @@ impl SimNode {
         }
     }
 
-    /// Crash: the process and everything in memory are gone.
+    /// Crash: the process and everything in memory are gone (the epoch file stays).
     pub fn crash(&mut self) {
         self.up = false;
     }
 
-    /// A new process with a new generation and an empty memory.
-    pub fn restart(&mut self, now_ms: u64) {
-        let fresh = SimNode::new(self.index, self.verdicts.len(), self.bug);
-        let generation = self.generation + 1;
+    /// A new process with a new generation and an empty memory, seeded from the epoch file.
+    pub fn restart(&mut self, now_ms: u64, t: &Timing) {
+        let epoch_file = self.epoch_file;
+        let mut fresh = SimNode::new(self.index, self.nodes, self.verdicts.len(), t, self.bug);
+        fresh.generation = now_ms;
+        fresh.epoch_file = epoch_file;
+        fresh.replica = fresh_replica(
+            &fresh.id, self.index, self.nodes, now_ms, t, epoch_file, self.bug,
+        );
         *self = fresh;
-        self.generation = generation;
-        self.started_ms = now_ms;
     }
 
-    /// Ids of the members this node believes alive, itself included, sorted.
+    /// Whether this node runs at `now_ms` (up and not frozen).
+    pub fn running(&self, now_ms: u64) -> bool {
+        self.up && self.frozen_until_ms.is_none_or(|until| now_ms >= until)
+    }
+
+    /// Indices of the members this node believes alive, itself included, sorted.
     pub fn live(&self, now_ms: u64, t: &Timing) -> Vec<usize> {
         let mut live: Vec<usize> = self
             .peers
@@ -161,13 +190,37 @@ impl SimNode {
     fn ad(&self) -> Ad {
         Ad {
             generation: self.generation,
-            caught_up: self.caught_up,
-            held: self.held.clone(),
+            caught_up: self.replica.caught_up(),
+            held: self.replica.held().cloned(),
             opinions: self.checks.iter().map(|(b, h)| (*b, h.state())).collect(),
         }
     }
 
-    /// One round: elect, select the head, stamp or catch up, probe, judge, and gossip.
+    /// What gossip reports about every member heard of, dead ones included.
+    fn members(&self, now_ms: u64, t: &Timing, all: &[NodeId]) -> Vec<Member> {
+        self.peers
+            .iter()
+            .map(|(&i, p)| {
+                let age_ms = now_ms.saturating_sub(p.last_heard_ms);
+                Member {
+                    id: all[i].clone(),
+                    generation: p.ad.generation,
+                    listen: addr(i),
+                    alive: age_ms <= t.fail_ms,
+                    ready: p.ad.caught_up,
+                    held: p.ad.held.clone(),
+                    // A simulated node runs what it holds.
+                    applied: p.ad.held.as_ref().map(|h| h.version.clone()),
+                    metadata: BTreeMap::new(),
+                    app: BTreeMap::new(),
+                    last_seen_ms: Some(age_ms),
+                    stand_down: None,
+                }
+            })
+            .collect()
+    }
+
+    /// One round: the core decides; the node stamps, fetches, probes, judges and gossips.
     /// Returns the messages to send as (to, message).
     #[allow(clippy::too_many_arguments)]
     pub fn round(
@@ -177,129 +230,45 @@ impl SimNode {
         all: &[NodeId],
         content_digest: &str,
         backend_up: &[bool],
-        rng: &mut StdRng,
         effects: &mut Effects,
     ) -> Vec<(usize, Msg)> {
-        let live = self.live(now_ms, t);
-        // Like the mesh, remember epochs from every member heard of, dead ones included.
-        for p in self.peers.values() {
-            if let Some(h) = &p.ad.held {
-                self.max_epoch_seen = self.max_epoch_seen.max(h.version.epoch);
-            }
-        }
-        let mut members = Vec::with_capacity(live.len());
-        let mut candidates = Vec::with_capacity(live.len());
-        for &i in &live {
-            let (held, caught_up) = if i == self.index {
-                (self.held.clone(), self.caught_up)
-            } else {
-                let p = &self.peers[&i];
-                (p.ad.held.clone(), p.ad.caught_up)
-            };
-            if let Some(h) = &held {
-                self.max_epoch_seen = self.max_epoch_seen.max(h.version.epoch);
-            }
-            members.push(MemberHeld {
-                id: all[i].clone(),
-                alive: true,
-                held,
-            });
-            candidates.push(Candidate {
-                id: all[i].clone(),
-                alive: true,
-                caught_up,
-            });
-        }
-        self.head = select_head(&members);
-        let uptime_ms = now_ms.saturating_sub(self.started_ms);
-        // Every other node is a seed; one never heard of is unheard. Liveness here is judged
-        // from the first message, so no member is ever unjudged.
-        let listening = Listening {
-            uptime_ms,
-            unheard_seeds: (all.len() - 1).saturating_sub(self.peers.len()),
-            unjudged_members: 0,
-        };
-        self.caught_up = is_caught_up(
-            self.caught_up,
-            has_listened(&listening, t.join_grace_ms, t.startup_patience_ms),
-            self.held.as_ref().map(|h| &h.version),
-            self.head.as_ref().map(|h| &h.version),
-        );
-        // Our own flag may just have turned true: the candidate list must say so.
-        if let Some(me) = candidates.iter_mut().find(|c| c.id == self.id) {
-            me.caught_up = self.caught_up;
-        }
-        self.publisher = choose_publisher(&candidates);
-        let role = role_of(&self.id, self.caught_up, self.publisher.as_ref()).role();
-        if role == Role::Publisher && self.role != Role::Publisher {
-            self.stamp = StampState::default();
-        }
-        self.role = role;
+        let members = self.members(now_ms, t, all);
+        self.replica.handle_members(members);
+        self.replica.handle_tick(now_ms, now_ms);
         let mut out = Vec::new();
-        if self.role == Role::Publisher {
-            match next_stamp(
-                &self.id,
-                &self.stamp,
-                self.head.as_ref(),
-                self.max_epoch_seen,
-                content_digest,
-            ) {
-                Stamp::Reuse(_) => {}
-                Stamp::New(v) => {
-                    let ad = HeldAd {
-                        version: v.clone(),
-                        digest: content_digest.to_string(),
-                        size_bytes: 1,
-                    };
-                    self.max_epoch_seen = self.max_epoch_seen.max(v.epoch);
-                    self.stamp = StampState {
-                        epoch: Some(v.epoch),
-                        seq: v.seq,
-                    };
-                    self.held = Some(ad.clone());
-                    effects.stamped = Some(ad);
-                }
-            }
-        } else if self
-            .fetch_sent_ms
-            .is_none_or(|s| now_ms.saturating_sub(s) >= t.fetch_retry_ms)
-        {
-            let source = match self.bug {
-                Some(Bug::AdoptOlder) => {
-                    let mine = self.held.as_ref().map(|h| &h.version);
-                    let differing: Vec<usize> = live
-                        .iter()
-                        .copied()
-                        .filter(|&i| i != self.index)
-                        .filter(|i| {
-                            let theirs = self.peers[i].ad.held.as_ref().map(|h| &h.version);
-                            theirs.is_some() && theirs != mine
-                        })
-                        .collect();
-                    (!differing.is_empty()).then(|| differing[rng.gen_range(0..differing.len())])
-                }
-                None => match catch_up(
-                    &self.id,
-                    self.held.as_ref().map(|h| (&h.version, h.digest.as_str())),
-                    self.head.as_ref(),
-                    self.publisher.as_ref(),
-                    rng.gen(),
-                ) {
-                    CatchUp::Fetch { sources } => all.iter().position(|id| *id == sources[0]),
-                    CatchUp::UpToDate | CatchUp::NoSource => None,
-                },
+        if let Ok(Stamp::New(version)) = self.replica.plan_stamp(content_digest) {
+            // The epoch file is written before the version leaves the node.
+            self.epoch_file = self.epoch_file.max(version.epoch);
+            let ad = HeldAd {
+                version,
+                digest: content_digest.to_string(),
+                size_bytes: 1,
             };
-            if let Some(s) = source {
-                self.fetch_sent_ms = Some(now_ms);
-                out.push((
-                    s,
-                    Msg::FetchReq {
-                        from: self.index,
-                        generation: self.generation,
-                    },
-                ));
+            self.replica.commit_stamp(ad.clone());
+            effects.stamped = Some(ad);
+        }
+        while let Some(action) = self.replica.poll_action() {
+            if let Action::Fetch { wanted, sources } = action {
+                let mut rest: Vec<usize> = sources
+                    .iter()
+                    .filter_map(|(id, _)| all.iter().position(|x| x == id))
+                    .collect();
+                rest.reverse();
+                if let Some(first) = rest.pop() {
+                    self.fetch = Some(Fetch {
+                        wanted,
+                        asked: first,
+                        rest,
+                        deadline_ms: now_ms + t.fetch_timeout_ms,
+                    });
+                    out.push((first, self.fetch_req(first)));
+                }
             }
         }
+        if self.fetch.as_ref().is_some_and(|f| now_ms >= f.deadline_ms) {
+            out.extend(self.next_source(now_ms, t));
+        }
+        let live = self.live(now_ms, t);
         self.health(now_ms, t, all, &live, backend_up);
         let ad = Rc::new(self.ad());
         for (i, _) in all.iter().enumerate().filter(|(i, _)| *i != self.index) {
@@ -312,6 +281,36 @@ impl SimNode {
             ));
         }
         out
+    }
+
+    fn fetch_req(&self, _to: usize) -> Msg {
+        let version = self
+            .fetch
+            .as_ref()
+            .map(|f| f.wanted.version.clone())
+            .unwrap_or_else(|| Version::new(0, 0, self.id.clone()));
+        Msg::FetchReq {
+            from: self.index,
+            generation: self.generation,
+            version,
+        }
+    }
+
+    /// The holder asked did not serve the head: ask the next one, or report the failure.
+    fn next_source(&mut self, now_ms: u64, t: &Timing) -> Option<(usize, Msg)> {
+        let fetch = self.fetch.as_mut()?;
+        match fetch.rest.pop() {
+            Some(next) => {
+                fetch.asked = next;
+                fetch.deadline_ms = now_ms + t.fetch_timeout_ms;
+                Some((next, self.fetch_req(next)))
+            }
+            None => {
+                self.fetch = None;
+                self.replica.handle_fetch_done(now_ms, false);
+                None
+            }
+        }
     }
 
     /// Probes the backends this node checks and judges every backend from live opinions.
@@ -373,9 +372,9 @@ impl SimNode {
         self.assigned = Some((live.to_vec(), assigned_all));
     }
 
-    /// Handles one message; returns replies as (to, message).
-    pub fn receive(&mut self, now_ms: u64, msg: Msg) -> (Vec<(usize, Msg)>, Option<Version>) {
-        let mut adopted = None;
+    /// Handles one message; returns replies as (to, message) and whether a document was
+    /// adopted.
+    pub fn receive(&mut self, now_ms: u64, t: &Timing, msg: Msg) -> (Vec<(usize, Msg)>, bool) {
         let mut out = Vec::new();
         match msg {
             Msg::Gossip { from, ad } => {
@@ -393,38 +392,74 @@ impl SimNode {
                     );
                 }
             }
-            Msg::FetchReq { from, generation } => {
+            Msg::FetchReq {
+                from,
+                generation,
+                version,
+            } => {
+                let held = self
+                    .replica
+                    .held()
+                    .filter(|h| h.version == version)
+                    .cloned();
                 out.push((
                     from,
                     Msg::FetchResp {
                         from: self.index,
                         generation,
-                        held: self.held.clone(),
+                        held,
                     },
                 ));
             }
             Msg::FetchResp {
-                generation, held, ..
+                from,
+                generation,
+                held,
             } => {
-                if generation != self.generation {
-                    return (out, None);
+                let current = self
+                    .fetch
+                    .as_ref()
+                    .is_some_and(|f| f.asked == from && generation == self.generation);
+                if !current {
+                    return (out, false);
                 }
-                self.fetch_sent_ms = None;
-                if let Some(offer) = held {
-                    let take = match self.bug {
-                        Some(Bug::AdoptOlder) => self.held.as_ref() != Some(&offer),
-                        None => should_adopt(
-                            self.held.as_ref().map(|h| (&h.version, h.digest.as_str())),
-                            (&offer.version, &offer.digest),
-                        ),
-                    };
-                    if take {
-                        adopted = Some(offer.version.clone());
-                        self.held = Some(offer);
+                let wanted = self.fetch.as_ref().map(|f| f.wanted.clone());
+                // The real fetch checks the digest against the gossiped head.
+                match held.filter(|h| Some(h) == wanted.as_ref()) {
+                    Some(offer) => {
+                        self.fetch = None;
+                        let adopted = self.replica.handle_offer(&offer);
+                        self.replica.handle_fetch_done(now_ms, true);
+                        return (out, adopted);
                     }
+                    None => out.extend(self.next_source(now_ms, t)),
                 }
             }
         }
-        (out, adopted)
+        (out, false)
     }
+}
+
+/// A new process of node `index`: every other node is one of its seeds.
+fn fresh_replica(
+    id: &NodeId,
+    index: usize,
+    nodes: usize,
+    now_ms: u64,
+    t: &Timing,
+    epoch_floor: u64,
+    bug: Option<Bug>,
+) -> Replica {
+    let me = Identity {
+        id: id.clone(),
+        generation: now_ms,
+        listen: addr(index),
+    };
+    let mut replica = Replica::new(me, t.replica(), now_ms, epoch_floor).with_bug(bug);
+    let seeds = (0..nodes)
+        .filter(|&i| i != index)
+        .map(|i| vec![addr(i)])
+        .collect();
+    replica.handle_seeds(seeds);
+    replica
 }

@@ -1,6 +1,7 @@
 //! One QUIC endpoint per node carries all peer traffic: chitchat gossip (one unidirectional
-//! stream per message; inbound datagrams are still accepted) and document transfers
-//! (bidirectional streams, see `transfer.rs`).
+//! stream per message; inbound datagrams are still accepted) and bidirectional streams, which
+//! it hands to its owner as [`InboundStream`]s (the mesh serves documents on them, see
+//! `transfer.rs`). The transport knows nothing of documents.
 //!
 //! The endpoint is server and client at once, bound to the node's gossip address, so the
 //! remote address of any connection is the peer's advertised gossip address: that is how chitchat
@@ -17,15 +18,14 @@ pub(crate) use gossip::GossipTransport;
 
 use crate::config::Timing;
 use crate::error::{CertError, MeshError};
-use crate::transfer::{self, Blob};
 use bytes::Bytes;
-use quinn::{Connection, Endpoint};
+use quinn::{Connection, Endpoint, RecvStream, SendStream};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -37,6 +37,13 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// TLS 1.3 a client whose certificate is rejected sees `connect()` succeed first).
 const EARLY_CLOSE: Duration = Duration::from_secs(2);
 const INBOUND_QUEUE_LEN: usize = 1_024;
+
+/// A bidirectional stream a peer opened, for the transport's owner to answer.
+pub(crate) struct InboundStream {
+    pub peer: SocketAddr,
+    pub send: SendStream,
+    pub recv: RecvStream,
+}
 
 /// Byte counters of one node's endpoint.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -85,7 +92,7 @@ struct Inner {
     peer_queue_len: usize,
     max_peers: usize,
     fault: FaultHook,
-    blobs: watch::Receiver<Option<Arc<Blob>>>,
+    streams: mpsc::Sender<InboundStream>,
     conns: Mutex<HashMap<SocketAddr, Connection>>,
     dial_locks: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>>,
     backoffs: Mutex<HashMap<SocketAddr, Backoff>>,
@@ -128,7 +135,7 @@ impl QuicTransport {
         server_name: String,
         timing: &Timing,
         fault: FaultHook,
-        blobs: watch::Receiver<Option<Arc<Blob>>>,
+        streams: mpsc::Sender<InboundStream>,
     ) -> Result<Self, MeshError> {
         let (server_tls, client_tls) = tls;
         let quic_err = |what: &'static str| {
@@ -176,7 +183,7 @@ impl QuicTransport {
             peer_queue_len: timing.peer_queue_len,
             max_peers: timing.max_peers,
             fault,
-            blobs,
+            streams,
             conns: Mutex::default(),
             dial_locks: Mutex::default(),
             backoffs: Mutex::default(),
@@ -446,12 +453,9 @@ impl QuicTransport {
                         if self.inner.fault.drops_inbound(&peer) || self.inner.fault.drops_outbound(&peer) {
                             continue;
                         }
-                        let blobs = self.inner.blobs.clone();
-                        tokio::spawn(async move {
-                            if let Err(e) = transfer::serve(blobs, peer, send, recv).await {
-                                debug!(%peer, error = %e, "document request failed");
-                            }
-                        });
+                        if self.inner.streams.try_send(InboundStream { peer, send, recv }).is_err() {
+                            debug!(%peer, "too many inbound streams waiting, stream refused");
+                        }
                     }
                     Err(e) => break Some(e),
                 },

@@ -77,6 +77,7 @@ pub fn config(
         security,
         metadata: BTreeMap::from([("admin".to_string(), format!("127.0.0.1:9{id}"))]),
         timing: Timing::default(),
+        epoch_file: None,
     }
 }
 

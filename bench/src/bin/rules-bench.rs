@@ -5,7 +5,7 @@
 //! parses it R times with `shoal_node::rules::parse` (what the publisher and `shoal check` run)
 //! and prints the median and the time per service; the last column is the ratio to the
 //! smallest size's time per service (1.0 = linear). Run:
-//! `cargo run -p shoal-node --release --bin rules-bench -- --sizes 2500,5000,10000`.
+//! `cargo run -p shoal-bench --release --bin rules-bench -- --sizes 2500,5000,10000`.
 
 use clap::Parser;
 use std::fmt::Write as _;

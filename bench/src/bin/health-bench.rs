@@ -5,7 +5,7 @@
 //! Each node is a real health runner on an in-memory mesh (`MemoryCluster`); the backends are
 //! real TCP listeners on 127.0.0.1 that count accepted connections. After a warm-up, the total
 //! accepted connections are sampled once per second; the table shows the median and p99 of
-//! those per-second rates. Run: `cargo run -p shoal-node --release --bin health-bench`.
+//! those per-second rates. Run: `cargo run -p shoal-bench --release --bin health-bench`.
 
 use anyhow::Context;
 use clap::Parser;

@@ -81,6 +81,7 @@ async fn start_node(ca: &ClusterCa, id: &str, seeds: &[String]) -> Result<Node, 
         security: Security::MutualTls(material),
         metadata: BTreeMap::new(),
         timing: Timing::default(),
+        epoch_file: None,
     };
     Mesh::start(config).await.map_err(|e| e.to_string())
 }

@@ -1,0 +1,98 @@
+//! The epoch file: the highest epoch this node id has stamped, kept across restarts.
+//!
+//! A restarted publisher that is cut off from every holder of its earlier stamps does not know
+//! the epochs it used before; without this file it could stamp one version twice with other
+//! content. With it, every stamp of a new process is above every stamp of the old one: the
+//! epoch is written (and synced) before a version with a higher epoch leaves the node.
+
+use crate::error::PublishError;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Where the highest stamped epoch is kept, and the value last written.
+#[derive(Debug)]
+pub(crate) struct EpochFile {
+    path: PathBuf,
+    persisted: u64,
+}
+
+impl EpochFile {
+    /// Reads the file (absent = 0). A file that does not parse is an error naming the path:
+    /// guessing 0 could let a publisher stamp an old version again.
+    pub(crate) fn open(path: &Path) -> Result<Self, crate::MeshError> {
+        let persisted = match std::fs::read_to_string(path) {
+            Ok(text) => parse(&text).ok_or_else(|| crate::MeshError::Config {
+                field: "epoch_file",
+                detail: format!(
+                    "{}: expected one unsigned number (the highest stamped epoch), found {:?}",
+                    path.display(),
+                    text.chars().take(40).collect::<String>()
+                ),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => {
+                return Err(crate::MeshError::Config {
+                    field: "epoch_file",
+                    detail: format!("{}: {e}", path.display()),
+                })
+            }
+        };
+        Ok(EpochFile {
+            path: path.to_path_buf(),
+            persisted,
+        })
+    }
+
+    pub(crate) fn persisted(&self) -> u64 {
+        self.persisted
+    }
+
+    /// Makes sure `epoch` is on disk before a version of that epoch is published: writes a
+    /// temporary file, syncs it and renames it over the old one.
+    pub(crate) fn ensure(&mut self, epoch: u64) -> Result<(), PublishError> {
+        if epoch <= self.persisted {
+            return Ok(());
+        }
+        let fail = |e: std::io::Error| PublishError::EpochFile {
+            path: self.path.display().to_string(),
+            detail: e.to_string(),
+        };
+        let tmp = self.path.with_extension("tmp");
+        let mut file = std::fs::File::create(&tmp).map_err(fail)?;
+        file.write_all(format!("{epoch}\n").as_bytes())
+            .map_err(fail)?;
+        file.sync_all().map_err(fail)?;
+        std::fs::rename(&tmp, &self.path).map_err(fail)?;
+        self.persisted = epoch;
+        Ok(())
+    }
+}
+
+fn parse(text: &str) -> Option<u64> {
+    text.trim().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absent_is_zero_and_writes_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("epoch");
+        let mut f = EpochFile::open(&path).unwrap();
+        assert_eq!(f.persisted(), 0);
+        f.ensure(3).unwrap();
+        f.ensure(2).unwrap();
+        assert_eq!(EpochFile::open(&path).unwrap().persisted(), 3);
+    }
+
+    #[test]
+    fn garbage_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("epoch");
+        std::fs::write(&path, "seven").unwrap();
+        let err = EpochFile::open(&path).unwrap_err().to_string();
+        assert!(err.contains("epoch") && err.contains("seven"), "{err}");
+    }
+}

@@ -1,0 +1,478 @@
+//! The replica core: every decision one mesh member makes, as a state machine with no I/O.
+//!
+//! Observations go in (`handle_*`: the members gossip reports, seeds resolved, a fetch that
+//! ended, a document offered), time goes in as a number (`handle_tick(now_ms, now_unix_ms)`),
+//! and actions come out (`poll_action`: gossip this key, the role changed, fetch this head from
+//! these holders). `mesh.rs` is the tokio shell that feeds it from chitchat and QUIC; the chaos
+//! crate's deterministic simulation feeds the same type from its simulated network, so a bug
+//! here fails the simulation. The pure rules it applies live in `election.rs` and `head.rs`.
+//!
+//! Nothing here reads a clock, a socket or the environment.
+
+#[cfg(feature = "fault-injection")]
+mod bug;
+#[cfg(test)]
+mod tests;
+
+#[cfg(feature = "fault-injection")]
+pub use bug::Bug;
+
+use crate::election::{
+    has_listened, is_caught_up, liveness_unjudged, role_of, unheard_seeds, Listening, Role,
+    RoleReason,
+};
+use crate::head::{
+    catch_up, next_stamp, should_adopt, CatchUp, HeadInfo, HeldAd, Stamp, StampState,
+};
+use crate::version::{NodeId, Version};
+use crate::view::{decide_at, Decisions, Member};
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+
+/// The timing the core decides with (a subset of [`crate::Timing`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaTiming {
+    pub join_grace_ms: u64,
+    pub startup_patience_ms: u64,
+    pub stall_reset_ms: u64,
+    /// After every holder failed to serve the head, wait this long before fetching again.
+    pub fetch_retry_ms: u64,
+}
+
+impl From<&crate::Timing> for ReplicaTiming {
+    fn from(t: &crate::Timing) -> Self {
+        ReplicaTiming {
+            join_grace_ms: t.join_grace_ms,
+            startup_patience_ms: t.startup_patience_ms,
+            stall_reset_ms: t.stall_reset_ms,
+            fetch_retry_ms: FETCH_RETRY_MS,
+        }
+    }
+}
+
+/// How long to wait before retrying when every holder failed to serve the head.
+pub const FETCH_RETRY_MS: u64 = 200;
+
+/// Who this replica is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub id: NodeId,
+    /// Start time in ms since the Unix epoch: rises on every restart.
+    pub generation: u64,
+    pub listen: SocketAddr,
+}
+
+/// What the shell must do on the core's behalf.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Gossip that this node has caught up (`true`) or no longer counts as caught up.
+    Ready(bool),
+    /// Gossip that this node now holds this document.
+    Held(HeldAd),
+    /// The role changed (and why).
+    Role(RoleReason),
+    /// Fetch the head (`wanted`) from these holders, in this order, then report the outcome
+    /// with [`Replica::handle_fetch_done`].
+    Fetch {
+        wanted: HeldAd,
+        sources: Vec<(NodeId, SocketAddr)>,
+    },
+}
+
+/// Why a stamp was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NotPublisher(pub Role);
+
+/// One member's decisions.
+///
+/// Invariants: the held version never decreases ([`Replica::handle_offer`] adopts only what
+/// ranks above); a new stamp is above every epoch this process has seen or was told about
+/// ([`Replica::new`]'s `epoch_floor`), so a restarted publisher never stamps a version twice.
+#[derive(Clone, Debug)]
+pub struct Replica {
+    me: Identity,
+    timing: ReplicaTiming,
+    started_ms: u64,
+    /// When the join grace started again after a stall (`None`: at start).
+    grace_from_ms: Option<u64>,
+    last_tick_ms: Option<u64>,
+    caught_up: bool,
+    role: Option<RoleReason>,
+    stamp: StampState,
+    max_epoch_seen: u64,
+    held: Option<HeldAd>,
+    seed_addrs: Vec<Vec<SocketAddr>>,
+    /// Members as last reported (self included once a tick ran).
+    members: Vec<Member>,
+    decisions: Option<Decisions>,
+    dirty: bool,
+    fetching: Option<Version>,
+    fetch_retry_at_ms: Option<u64>,
+    actions: VecDeque<Action>,
+    #[cfg(feature = "fault-injection")]
+    bug: Option<Bug>,
+}
+
+impl Replica {
+    /// A fresh process. `epoch_floor` is the highest epoch this node id stamped in an earlier
+    /// life (persisted by the shell; 0 if unknown): every stamp of this process is above it.
+    pub fn new(me: Identity, timing: ReplicaTiming, now_ms: u64, epoch_floor: u64) -> Self {
+        Replica {
+            me,
+            timing,
+            started_ms: now_ms,
+            grace_from_ms: None,
+            last_tick_ms: None,
+            caught_up: false,
+            role: None,
+            stamp: StampState::default(),
+            max_epoch_seen: epoch_floor,
+            held: None,
+            seed_addrs: Vec::new(),
+            members: Vec::new(),
+            decisions: None,
+            dirty: true,
+            fetching: None,
+            fetch_retry_at_ms: None,
+            actions: VecDeque::new(),
+            #[cfg(feature = "fault-injection")]
+            bug: None,
+        }
+    }
+
+    /// Turns on a deliberate defect (test builds only), to prove the simulation catches it.
+    #[cfg(feature = "fault-injection")]
+    pub fn with_bug(mut self, bug: Option<Bug>) -> Self {
+        self.bug = bug;
+        self
+    }
+
+    // ---- getters
+
+    pub fn id(&self) -> &NodeId {
+        &self.me.id
+    }
+    pub fn caught_up(&self) -> bool {
+        self.caught_up
+    }
+    pub fn role_reason(&self) -> RoleReason {
+        self.role.clone().unwrap_or(RoleReason::CatchingUp)
+    }
+    pub fn role(&self) -> Role {
+        self.role_reason().role()
+    }
+    pub fn held(&self) -> Option<&HeldAd> {
+        self.held.as_ref()
+    }
+    pub fn max_epoch_seen(&self) -> u64 {
+        self.max_epoch_seen
+    }
+    pub fn members(&self) -> &[Member] {
+        &self.members
+    }
+    pub fn head(&self) -> Option<&HeadInfo> {
+        self.decisions.as_ref().and_then(|d| d.head.as_ref())
+    }
+    pub fn publisher(&self) -> Option<&NodeId> {
+        self.decisions.as_ref().and_then(|d| d.publisher.as_ref())
+    }
+    pub(crate) fn decisions(&self) -> Option<&Decisions> {
+        self.decisions.as_ref()
+    }
+    /// Heartbeat ages only matter while catching up (`liveness_unjudged`).
+    pub fn wants_heartbeat_ages(&self) -> bool {
+        !self.caught_up
+    }
+
+    // ---- inputs
+
+    /// The members gossip reports now (dead ones included; self may or may not be listed).
+    pub fn handle_members(&mut self, members: Vec<Member>) {
+        self.members = members;
+        self.dirty = true;
+    }
+
+    /// Updates each member's `last_seen_ms` (ms since its heartbeat last advanced).
+    pub fn handle_heartbeat_ages(&mut self, age_ms: impl Fn(&NodeId, u64) -> Option<u64>) {
+        for m in &mut self.members {
+            m.last_seen_ms = age_ms(&m.id, m.generation);
+        }
+    }
+
+    /// The configured seeds' resolved addresses (empty while one does not resolve).
+    pub fn handle_seeds(&mut self, seed_addrs: Vec<Vec<SocketAddr>>) {
+        self.seed_addrs = seed_addrs;
+    }
+
+    /// A document was offered (fetched from a holder): whether to install it. Adopting queues
+    /// [`Action::Held`]; the shell installs the bytes only when this returns `true`.
+    pub fn handle_offer(&mut self, offered: &HeldAd) -> bool {
+        let current = self.held.as_ref().map(|h| (&h.version, h.digest.as_str()));
+        let adopt = should_adopt(current, (&offered.version, &offered.digest));
+        #[cfg(feature = "fault-injection")]
+        let adopt = bug::adopt(self.bug, adopt, self.held.as_ref(), offered);
+        if adopt {
+            self.install(offered.clone());
+        }
+        adopt
+    }
+
+    /// The fetch asked for by [`Action::Fetch`] ended; `adopted`: the head was installed.
+    pub fn handle_fetch_done(&mut self, now_ms: u64, adopted: bool) {
+        self.fetching = None;
+        if !adopted {
+            self.fetch_retry_at_ms = Some(now_ms + self.timing.fetch_retry_ms);
+        }
+    }
+
+    /// One step at `now_ms` (monotonic) / `now_unix_ms` (wall clock, compared with generations):
+    /// stall detection, catching up, election, and what to fetch.
+    pub fn handle_tick(&mut self, now_ms: u64, now_unix_ms: u64) {
+        self.sync_self();
+        self.detect_stall(now_ms);
+        self.last_tick_ms = Some(now_ms);
+        let patience_ms = self.timing.startup_patience_ms;
+        // Who counts as starting depends on the clock, so while anyone starts, decide afresh.
+        let starting = self.members.iter().any(|m| m.alive && !m.ready);
+        let mut decisions = match &self.decisions {
+            Some(last) if !self.dirty && !starting => last.clone(),
+            _ => decide_at(&self.members, now_unix_ms, patience_ms),
+        };
+        self.dirty = false;
+        let seen = self
+            .members
+            .iter()
+            .flat_map(|m| {
+                [
+                    m.held.as_ref().map(|h| h.version.epoch),
+                    m.applied.as_ref().map(|a| a.epoch),
+                ]
+            })
+            .flatten()
+            .max()
+            .unwrap_or(0);
+        self.max_epoch_seen = self.max_epoch_seen.max(seen);
+
+        if !self.caught_up && self.listened(now_ms) {
+            let held = self.held.as_ref().map(|h| &h.version);
+            let head = decisions.head.as_ref().map(|h| &h.version);
+            if is_caught_up(false, true, held, head) {
+                self.caught_up = true;
+                self.actions.push_back(Action::Ready(true));
+                self.sync_self();
+                decisions = decide_at(&self.members, now_unix_ms, patience_ms);
+            }
+        }
+        let head_origin = decisions.head.as_ref().map(|h| &h.version.origin);
+        let reason = role_of(
+            &self.me.id,
+            self.caught_up,
+            decisions.publisher.as_ref(),
+            head_origin,
+        );
+        if self.role.as_ref().map(RoleReason::role) != Some(reason.role()) {
+            if reason.role() == Role::Publisher {
+                // A new term: the first stamp opens a new epoch.
+                self.stamp = StampState::default();
+            }
+            self.actions.push_back(Action::Role(reason.clone()));
+        }
+        self.role = Some(reason);
+        self.plan_fetch(now_ms, &decisions);
+        self.decisions = Some(decisions);
+    }
+
+    /// The version a new document with `digest` gets, without committing to it (the shell may
+    /// have to persist the epoch first). `Err` unless this node is the publisher.
+    pub fn plan_stamp(&self, digest: &str) -> Result<Stamp, NotPublisher> {
+        let role = self.role();
+        if role != Role::Publisher {
+            return Err(NotPublisher(role));
+        }
+        let head = self.effective_head();
+        Ok(next_stamp(
+            &self.me.id,
+            &self.stamp,
+            head.as_ref(),
+            self.max_epoch_seen,
+            digest,
+        ))
+    }
+
+    /// Commits a stamp made with [`Replica::plan_stamp`]: this node now holds it.
+    pub fn commit_stamp(&mut self, ad: HeldAd) {
+        self.stamp = StampState {
+            epoch: Some(ad.version.epoch),
+            seq: ad.version.seq,
+        };
+        self.install(ad);
+    }
+
+    // ---- outputs
+
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    // ---- internals
+
+    fn install(&mut self, ad: HeldAd) {
+        self.max_epoch_seen = self.max_epoch_seen.max(ad.version.epoch);
+        self.held = Some(ad.clone());
+        self.dirty = true;
+        self.actions.push_back(Action::Held(ad));
+    }
+
+    /// This node's own facts are authoritative locally (the gossiped copy lags).
+    fn sync_self(&mut self) {
+        let me = match self.members.iter_mut().find(|m| m.id == self.me.id) {
+            Some(me) => me,
+            None => {
+                self.members.push(Member {
+                    id: self.me.id.clone(),
+                    generation: self.me.generation,
+                    listen: self.me.listen,
+                    alive: true,
+                    ready: false,
+                    held: None,
+                    applied: None,
+                    metadata: BTreeMap::new(),
+                    app: BTreeMap::new(),
+                    last_seen_ms: Some(0),
+                    stand_down: None,
+                });
+                self.dirty = true;
+                let last = self.members.len() - 1;
+                &mut self.members[last]
+            }
+        };
+        if me.held != self.held || !me.alive || me.ready != self.caught_up {
+            self.dirty = true;
+        }
+        me.held = self.held.clone();
+        me.alive = true;
+        me.ready = self.caught_up;
+    }
+
+    /// A loop that did not tick for `stall_reset_ms` (frozen, starved) no longer trusts its
+    /// view: it catches up again before acting.
+    fn detect_stall(&mut self, now_ms: u64) {
+        let Some(prev) = self.last_tick_ms else {
+            return;
+        };
+        let gap = now_ms.saturating_sub(prev);
+        if gap >= self.timing.stall_reset_ms && self.caught_up {
+            tracing::warn!(node = %self.me.id, stalled_ms = gap, "control loop stalled; catching up again before acting");
+            self.caught_up = false;
+            self.grace_from_ms = Some(now_ms);
+            self.actions.push_back(Action::Ready(false));
+            self.sync_self();
+        }
+    }
+
+    fn listened(&self, now_ms: u64) -> bool {
+        let grace_from = self.grace_from_ms.unwrap_or(self.started_ms);
+        let member_addrs: Vec<SocketAddr> = self.members.iter().map(|m| m.listen).collect();
+        // Seeds matter at start only: after a stall the node already knows the mesh, and a
+        // seed that never answered (a scaled-down replica) must not cost the full patience.
+        let unheard = match self.grace_from_ms {
+            None => unheard_seeds(&self.seed_addrs, &member_addrs),
+            Some(_) => 0,
+        };
+        let listening = Listening {
+            uptime_ms: now_ms.saturating_sub(grace_from),
+            unheard_seeds: unheard,
+            unjudged_members: self
+                .members
+                .iter()
+                .filter(|m| liveness_unjudged(m.alive, m.last_seen_ms, self.timing.join_grace_ms))
+                .count(),
+        };
+        has_listened(
+            &listening,
+            self.timing.join_grace_ms,
+            self.timing.startup_patience_ms,
+        )
+    }
+
+    fn plan_fetch(&mut self, now_ms: u64, decisions: &Decisions) {
+        if self.fetching.is_some() || self.fetch_retry_at_ms.is_some_and(|at| now_ms < at) {
+            return;
+        }
+        let spread = self
+            .me
+            .id
+            .as_str()
+            .bytes()
+            .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
+        let planned = match decisions.head.as_ref() {
+            Some(head) => match catch_up(
+                &self.me.id,
+                self.held.as_ref().map(|h| (&h.version, h.digest.as_str())),
+                Some(head),
+                decisions.publisher.as_ref(),
+                spread,
+            ) {
+                CatchUp::Fetch { sources } => Some((
+                    HeldAd {
+                        version: head.version.clone(),
+                        digest: head.digest.clone(),
+                        size_bytes: head.size_bytes,
+                    },
+                    sources,
+                )),
+                CatchUp::UpToDate | CatchUp::NoSource => None,
+            },
+            None => None,
+        };
+        #[cfg(feature = "fault-injection")]
+        let planned = bug::plan_fetch(
+            self.bug,
+            planned,
+            &self.me.id,
+            self.held.as_ref(),
+            &self.members,
+            now_ms,
+        );
+        let Some((wanted, sources)) = planned else {
+            return;
+        };
+        let sources: Vec<(NodeId, SocketAddr)> = sources
+            .into_iter()
+            .filter_map(|id| {
+                let m = self.members.iter().find(|m| m.id == id)?;
+                Some((id, m.listen))
+            })
+            .collect();
+        if sources.is_empty() {
+            return;
+        }
+        self.fetching = Some(wanted.version.clone());
+        self.actions.push_back(Action::Fetch { wanted, sources });
+    }
+
+    /// The head from the last members with this node's holding as of now.
+    fn effective_head(&self) -> Option<HeadInfo> {
+        let mut members = self.members.clone();
+        match members.iter_mut().find(|m| m.id == self.me.id) {
+            Some(me) => {
+                me.held = self.held.clone();
+                me.alive = true;
+            }
+            None => members.push(Member {
+                id: self.me.id.clone(),
+                generation: self.me.generation,
+                listen: self.me.listen,
+                alive: true,
+                ready: self.caught_up,
+                held: self.held.clone(),
+                applied: None,
+                metadata: BTreeMap::new(),
+                app: BTreeMap::new(),
+                last_seen_ms: None,
+                stand_down: None,
+            }),
+        }
+        decide_at(&members, 0, 0).head
+    }
+}

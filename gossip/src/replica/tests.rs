@@ -1,0 +1,212 @@
+//! The core driven by hand: observations in, actions out, time as a number.
+
+use super::*;
+use crate::head::HeldAd;
+use proptest::prelude::*;
+
+const D: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+
+fn id(s: &str) -> NodeId {
+    NodeId::new(s)
+}
+
+fn addr(i: u8) -> SocketAddr {
+    SocketAddr::from(([198, 18, 0, i], 7946))
+}
+
+fn timing() -> ReplicaTiming {
+    ReplicaTiming {
+        join_grace_ms: 600,
+        startup_patience_ms: 5_000,
+        stall_reset_ms: 400,
+        fetch_retry_ms: 200,
+    }
+}
+
+fn replica(name: &str, i: u8, generation: u64, floor: u64) -> Replica {
+    Replica::new(
+        Identity {
+            id: id(name),
+            generation,
+            listen: addr(i),
+        },
+        timing(),
+        0,
+        floor,
+    )
+}
+
+fn ad(epoch: u64, seq: u64, origin: &str) -> HeldAd {
+    HeldAd {
+        version: Version::new(epoch, seq, id(origin)),
+        digest: D.into(),
+        size_bytes: 1,
+    }
+}
+
+fn member(name: &str, i: u8, alive: bool, ready: bool, held: Option<HeldAd>) -> Member {
+    Member {
+        id: id(name),
+        generation: 0,
+        listen: addr(i),
+        alive,
+        ready,
+        held,
+        applied: None,
+        metadata: BTreeMap::new(),
+        app: BTreeMap::new(),
+        last_seen_ms: Some(0),
+        stand_down: None,
+    }
+}
+
+fn drain(r: &mut Replica) -> Vec<Action> {
+    std::iter::from_fn(|| r.poll_action()).collect()
+}
+
+#[test]
+fn alone_it_listens_then_publishes_and_stamps_above_the_floor() {
+    let mut r = replica("n1", 1, 0, 7);
+    r.handle_tick(100, 100);
+    assert_eq!(r.role(), Role::CatchingUp);
+    assert_eq!(drain(&mut r), vec![Action::Role(RoleReason::CatchingUp)]);
+    r.handle_tick(700, 700);
+    let actions = drain(&mut r);
+    assert!(actions.contains(&Action::Ready(true)), "{actions:?}");
+    assert!(actions.contains(&Action::Role(RoleReason::LowestCaughtUp)));
+    let Ok(Stamp::New(v)) = r.plan_stamp(D) else {
+        panic!("no stamp")
+    };
+    // The floor from an earlier life: never stamp an epoch used before.
+    assert_eq!((v.epoch, v.seq), (8, 1));
+    r.commit_stamp(HeldAd {
+        version: v.clone(),
+        digest: D.into(),
+        size_bytes: 1,
+    });
+    assert_eq!(drain(&mut r), vec![Action::Held(ad(8, 1, "n1"))]);
+    assert_eq!(r.plan_stamp(D), Ok(Stamp::Reuse(v)));
+}
+
+#[test]
+fn a_follower_fetches_the_head_from_its_holders_and_never_goes_back() {
+    let mut r = replica("n3", 3, 0, 0);
+    r.handle_members(vec![
+        member("n1", 1, true, true, Some(ad(2, 1, "n1"))),
+        member("n2", 2, true, true, Some(ad(2, 1, "n1"))),
+    ]);
+    r.handle_tick(700, 700);
+    let actions = drain(&mut r);
+    let fetch = actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Fetch { wanted, sources } => Some((wanted.clone(), sources.clone())),
+            _ => None,
+        })
+        .expect("a fetch");
+    assert_eq!(fetch.0, ad(2, 1, "n1"));
+    assert_eq!(fetch.1[0], (id("n1"), addr(1)));
+    // Only one fetch at a time.
+    r.handle_tick(710, 710);
+    assert!(!drain(&mut r)
+        .iter()
+        .any(|a| matches!(a, Action::Fetch { .. })));
+    assert!(r.handle_offer(&ad(2, 1, "n1")));
+    assert!(!r.handle_offer(&ad(1, 9, "n1")), "adopted an older version");
+    r.handle_fetch_done(720, true);
+    r.handle_tick(730, 730);
+    let actions = drain(&mut r);
+    assert!(actions.contains(&Action::Ready(true)), "{actions:?}");
+    assert_eq!(r.publisher(), Some(&id("n1")));
+}
+
+#[test]
+fn a_failed_fetch_waits_before_the_next() {
+    let mut r = replica("n3", 3, 0, 0);
+    r.handle_members(vec![member("n1", 1, true, true, Some(ad(1, 1, "n1")))]);
+    r.handle_tick(700, 700);
+    assert!(drain(&mut r)
+        .iter()
+        .any(|a| matches!(a, Action::Fetch { .. })));
+    r.handle_fetch_done(710, false);
+    r.handle_tick(800, 800);
+    assert!(!drain(&mut r)
+        .iter()
+        .any(|a| matches!(a, Action::Fetch { .. })));
+    r.handle_tick(910, 910);
+    assert!(drain(&mut r)
+        .iter()
+        .any(|a| matches!(a, Action::Fetch { .. })));
+}
+
+#[test]
+fn a_stalled_loop_catches_up_again_before_acting() {
+    let mut r = replica("n1", 1, 0, 0);
+    r.handle_tick(700, 700);
+    assert_eq!(r.role(), Role::Publisher);
+    drain(&mut r);
+    r.handle_tick(725, 725);
+    assert_eq!(r.role(), Role::Publisher);
+    // Frozen for 2 s: the view cannot be trusted.
+    r.handle_tick(2_725, 2_725);
+    let actions = drain(&mut r);
+    assert!(actions.contains(&Action::Ready(false)), "{actions:?}");
+    assert_eq!(r.role(), Role::CatchingUp);
+    assert!(r.plan_stamp(D).is_err());
+    // It listens for the join grace again (seeds no longer count), then resumes.
+    r.handle_tick(2_750, 2_750);
+    assert_eq!(r.role(), Role::CatchingUp);
+    r.handle_tick(3_350, 3_350);
+    assert_eq!(r.role(), Role::Publisher);
+}
+
+#[test]
+fn a_lower_id_that_rejoins_does_not_take_the_role_back() {
+    // n2 published epoch 4 while n1 was away; n1 restarts and catches up.
+    let mut n2 = replica("n2", 2, 0, 0);
+    n2.handle_members(vec![member("n3", 3, true, true, Some(ad(4, 2, "n2")))]);
+    n2.handle_offer(&ad(4, 2, "n2"));
+    n2.handle_tick(700, 700);
+    assert_eq!(n2.role_reason(), RoleReason::Incumbent);
+    drain(&mut n2);
+    let rejoined = |ready: bool| {
+        vec![
+            Member {
+                generation: 10_000,
+                ..member("n1", 1, true, ready, ready.then(|| ad(4, 2, "n2")))
+            },
+            member("n3", 3, true, true, Some(ad(4, 2, "n2"))),
+        ]
+    };
+    for (t, ready) in [(800, false), (900, false), (1_000, true), (1_100, true)] {
+        n2.handle_members(rejoined(ready));
+        n2.handle_tick(t, 10_000 + t);
+        assert_eq!(n2.role_reason(), RoleReason::Incumbent, "at {t} ms");
+    }
+    assert!(drain(&mut n2).is_empty(), "no role change, so no new term");
+}
+
+proptest! {
+    /// Any sequence of offers: the held version never decreases, and a new stamp is above
+    /// every epoch the replica has seen and above its floor.
+    #[test]
+    fn held_never_decreases_and_stamps_beat_everything(
+        floor in 0u64..5,
+        offers in proptest::collection::vec((0u64..6, 0u64..4, "[a-c]"), 0..20),
+    ) {
+        let mut r = replica("n1", 1, 0, floor);
+        let mut best: Option<Version> = None;
+        for (e, s, o) in offers {
+            let before = r.held().map(|h| h.version.clone());
+            r.handle_offer(&ad(e, s, &o));
+            let after = r.held().map(|h| h.version.clone());
+            prop_assert!(after >= before);
+            best = best.max(after);
+        }
+        r.handle_tick(700, 700);
+        if let Ok(Stamp::New(v)) = r.plan_stamp("other") {
+            prop_assert!(v.epoch > floor);
+            prop_assert!(Some(&v) > best.as_ref());
+        }
+    }
+}
