@@ -8,12 +8,27 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fmt;
 
-/// `(epoch, seq, origin)`, ordered like `shoal_gossip::version::Version`.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// `(epoch, seq, origin)`, ordered like `shoal_gossip::version::Version` (origins compare
+/// numeric-aware: `n9 < n10`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Ver {
     pub epoch: u64,
     pub seq: u64,
     pub origin: String,
+}
+
+impl Ord for Ver {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.epoch, self.seq)
+            .cmp(&(other.epoch, other.seq))
+            .then_with(|| shoal_gossip::version::natural_cmp(&self.origin, &other.origin))
+    }
+}
+
+impl PartialOrd for Ver {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
 }
 
 impl fmt::Display for Ver {

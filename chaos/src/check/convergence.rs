@@ -1,4 +1,6 @@
 //! I2, I3 and I5 on a snapshot: the latest poll of every live node, taken after a heal.
+//! I2 here: every live node names the same live publisher, which stamped the head everyone
+//! holds and applied (the publisher is sticky, so it need not be the lowest id).
 //!
 //! The runner calls [`assess`] on each new snapshot until it answers `Converged` or the bound
 //! passes; the last `NotYet` reason becomes the violation. Also here: [`takeover`], which says
@@ -50,14 +52,25 @@ pub fn assess(snapshot: &[(String, &NodeObs)], expect: &Expect<'_>) -> Assessmen
             ),
         );
     }
-    let Some(lowest) = expect.live.first() else {
+    // The publisher is sticky (the head's origin keeps the role while it lives), so it need not
+    // be the lowest id: every node must name the same one, a live one, which stamped the head.
+    let Some((_, first)) = snapshot.first() else {
         return not_yet(Invariant::I2, "no live node".into());
     };
+    let Some(publisher) = first.publisher.as_ref().filter(|p| expect.live.contains(p)) else {
+        return not_yet(
+            Invariant::I2,
+            format!("publisher {:?} is not a live node", first.publisher),
+        );
+    };
     for (id, o) in snapshot {
-        if o.publisher.as_ref() != Some(lowest) {
+        if o.publisher.as_ref() != Some(publisher) {
             return not_yet(
                 Invariant::I2,
-                format!("{id} sees publisher {:?}, expected {lowest}", o.publisher),
+                format!(
+                    "{id} sees publisher {:?}, {} sees {publisher}",
+                    o.publisher, snapshot[0].0
+                ),
             );
         }
         if o.alive != expect.live {
@@ -68,6 +81,12 @@ pub fn assess(snapshot: &[(String, &NodeObs)], expect: &Expect<'_>) -> Assessmen
     let Some(head) = first.head.clone() else {
         return not_yet(Invariant::I2, format!("{first_id} has no head"));
     };
+    if head.origin != *publisher {
+        return not_yet(
+            Invariant::I2,
+            format!("head {head} was not stamped by the publisher {publisher}"),
+        );
+    }
     for (id, o) in snapshot {
         if o.head.as_ref() != Some(&head) || o.head_digest != first.head_digest {
             return not_yet(
