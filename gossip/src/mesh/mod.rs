@@ -1,7 +1,10 @@
 //! The async shell around the replica core ([`crate::replica::Replica`]): starts chitchat over
 //! the QUIC transport, feeds the core what gossip reports and the time, carries out its actions
 //! (gossip a key, fetch a head, announce a role), serves documents to peers, and offers the
-//! handle the application uses. Every decision is the core's; this file only moves data.
+//! handle the application uses. Every decision is the core's; this folder only moves data.
+//! `mod.rs`: the handle (`Mesh`) and start-up; `shell.rs`: the control loop and the tasks.
+
+mod shell;
 
 use crate::certs::cluster_server_name;
 use crate::config::{MeshConfig, Security, Timing};
@@ -10,23 +13,24 @@ use crate::epoch_file::EpochFile;
 use crate::error::{MeshError, PublishError};
 use crate::head::{HeldAd, Stamp};
 use crate::keys;
-use crate::replica::{Action, Identity, NotPublisher, Replica, ReplicaTiming};
-use crate::transfer::{self, digest_hex, Blob, Wanted};
-use crate::transport::{tls, FaultHook, GossipTransport, InboundStream, QuicTransport, Traffic};
+use crate::replica::{Identity, NotPublisher, Replica, ReplicaTiming};
+use crate::transfer::{digest_hex, Blob};
+use crate::transport::{tls, FaultHook, GossipTransport, QuicTransport, Traffic};
 use crate::version::{NodeId, Version};
-use crate::view::{build_view, parse_members, ClusterView, Decisions, RawMember};
+use crate::view::{build_view, ClusterView, Decisions};
 use crate::Document;
 use bytes::Bytes;
 use chitchat::{
     spawn_chitchat, Chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig,
 };
-use std::collections::{BTreeMap, HashMap, HashSet};
+use shell::{control_loop, refresh_last_seen, resolve_seeds, serve_documents};
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 /// A document with the stamp it was published under.
 #[derive(Clone, Debug, PartialEq)]
@@ -461,314 +465,4 @@ impl<D: Document> Mesh<D> {
     pub async fn abort(self) {
         self.inner.stop();
     }
-}
-
-impl<D: Document> Inner<D> {
-    fn send(&self, op: KvOp) {
-        // The control loop applies key writes under chitchat's lock, in order.
-        let _ = self.cmd_tx.send(op);
-    }
-
-    fn stop(&self) {
-        self.cancel.cancel();
-        if let Some(handle) = lock(&self.handle).take() {
-            handle.abort();
-        }
-        self.transport.close();
-    }
-
-    /// Monotonic ms since this process joined: the core's clock.
-    fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
-    }
-
-    /// Makes a document the one this node holds and serves (the core already accepted it).
-    fn install(&self, stamped: Stamped<D>, bytes: Bytes) {
-        self.blob_tx.send_replace(Some(Arc::new(Blob {
-            version: stamped.version.clone(),
-            digest: stamped.digest.clone(),
-            bytes,
-        })));
-        self.doc_tx.send_replace(Some(Arc::new(stamped)));
-    }
-
-    /// Carries out what the core asked for.
-    fn carry_out(self: &Arc<Self>, st: &mut State) {
-        while let Some(action) = st.replica.poll_action() {
-            match action {
-                Action::Ready(true) => self.send(KvOp::Set(keys::READY.into(), "1".into())),
-                Action::Ready(false) => self.send(KvOp::Delete(keys::READY.into())),
-                Action::Held(ad) => {
-                    self.send(KvOp::Set(keys::HELD.into(), keys::encode_held(&ad)));
-                }
-                Action::Role(reason) => {
-                    info!(node = %self.node_id, role = ?reason, "role changed");
-                    self.role_tx.send_replace(reason.role());
-                }
-                Action::Fetch { wanted, sources } => {
-                    tokio::spawn(fetch_head(self.clone(), wanted, sources));
-                }
-            }
-        }
-    }
-
-    /// One control step: apply pending key writes, read membership, let the core decide, act.
-    async fn step(self: &Arc<Self>, ops: Vec<KvOp>) {
-        let now = Instant::now();
-        let raw = {
-            let mut chitchat = self.chitchat.lock().await;
-            for op in ops {
-                match op {
-                    KvOp::Set(k, v) => chitchat.self_node_state().set(k, v),
-                    KvOp::Delete(k) => chitchat.self_node_state().delete(&k),
-                }
-            }
-            self.read_members(&chitchat, now)
-        };
-        let mut st = lock(&self.state);
-        if let Some(raw) = raw {
-            st.replica.handle_members(parse_members(raw));
-        }
-        if st.replica.wants_heartbeat_ages() {
-            refresh_last_seen(&mut st, now);
-        }
-        let now_ms = now.saturating_duration_since(self.started).as_millis() as u64;
-        st.replica.handle_tick(now_ms, unix_ms());
-        self.carry_out(&mut st);
-    }
-
-    /// Reads chitchat's state; returns `None` when nothing but heartbeats changed.
-    ///
-    /// Runs on every control step (every 25 ms) over every node state, so the unchanged case
-    /// neither allocates nor re-parses: at 100 nodes that pass was most of the mesh's CPU.
-    fn read_members(&self, chitchat: &Chitchat, now: Instant) -> Option<Vec<RawMember>> {
-        let self_id = chitchat.self_chitchat_id();
-        let live: HashSet<&ChitchatId> = chitchat.live_nodes().collect();
-        let states = chitchat.node_states();
-        let mut st = lock(&self.state);
-        let st = &mut *st;
-        let mut unchanged =
-            st.fingerprint.len() == states.len() && !st.replica.members().is_empty();
-        for (i, (id, state)) in states.iter().enumerate() {
-            let beat = u64::from(state.heartbeat());
-            match st.heartbeats.get_mut(id) {
-                Some(entry) if entry.0 == beat => {}
-                Some(entry) => *entry = (beat, now),
-                None => {
-                    st.heartbeats.insert(id.clone(), (beat, now));
-                }
-            }
-            unchanged = unchanged
-                && st
-                    .fingerprint
-                    .get(i)
-                    .is_some_and(|(fid, version, was_live)| {
-                        fid == id
-                            && *version == state.max_version()
-                            && *was_live == live.contains(id)
-                    });
-        }
-        if states.len() * 2 < st.heartbeats.len() {
-            // Forget heartbeats of nodes chitchat has garbage collected.
-            st.heartbeats.retain(|id, _| states.contains_key(id));
-        }
-        if unchanged {
-            return None;
-        }
-        st.fingerprint = states
-            .iter()
-            .map(|(id, state)| (id.clone(), state.max_version(), live.contains(id)))
-            .collect();
-        Some(
-            states
-                .iter()
-                .map(|(id, state)| RawMember {
-                    id: NodeId::new(&*id.node_id),
-                    generation: id.generation_id,
-                    listen: id.gossip_advertise_addr,
-                    live: id == self_id || live.contains(id),
-                    keys: state
-                        .key_values()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                    last_seen_ms: None,
-                })
-                .collect(),
-        )
-    }
-}
-
-/// Tells the core each member's heartbeat age.
-fn refresh_last_seen(st: &mut State, now: Instant) {
-    let ages: HashMap<(&str, u64), Instant> = st
-        .heartbeats
-        .iter()
-        .map(|(id, (_, at))| ((&*id.node_id, id.generation_id), *at))
-        .collect();
-    st.replica.handle_heartbeat_ages(|id, generation| {
-        ages.get(&(id.as_str(), generation))
-            .map(|at| now.saturating_duration_since(*at).as_millis() as u64)
-    });
-}
-
-/// Answers peers' document requests with the document this node holds.
-async fn serve_documents(
-    blobs: watch::Receiver<Option<Arc<Blob>>>,
-    mut streams: mpsc::Receiver<InboundStream>,
-    cancel: CancellationToken,
-) {
-    loop {
-        let stream = tokio::select! {
-            _ = cancel.cancelled() => return,
-            s = streams.recv() => match s { Some(s) => s, None => return },
-        };
-        let blobs = blobs.clone();
-        tokio::spawn(async move {
-            let InboundStream { peer, send, recv } = stream;
-            if let Err(e) = transfer::serve(blobs, peer, send, recv).await {
-                debug!(%peer, error = %e, "document request failed");
-            }
-        });
-    }
-}
-
-/// Resolves the seeds for the startup wait (see `has_listened`): again every 500 ms until each
-/// resolves or the startup patience is over. Chitchat resolves them on its own for gossip.
-async fn resolve_seeds<D: Document>(inner: Weak<Inner<D>>, seeds: Vec<String>) {
-    loop {
-        let Some(strong) = inner.upgrade() else {
-            return;
-        };
-        let patience = Duration::from_millis(strong.timing.startup_patience_ms);
-        let over = strong.started.elapsed() >= patience;
-        drop(strong);
-        let mut resolved = Vec::with_capacity(seeds.len());
-        for seed in &seeds {
-            let addrs = tokio::time::timeout(
-                Duration::from_millis(500),
-                tokio::net::lookup_host(seed.as_str()),
-            )
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .map(Iterator::collect)
-            .unwrap_or_default();
-            resolved.push(addrs);
-        }
-        let done = resolved.iter().all(|a: &Vec<SocketAddr>| !a.is_empty());
-        let Some(strong) = inner.upgrade() else {
-            return;
-        };
-        lock(&strong.state).replica.handle_seeds(resolved);
-        if done || over {
-            return;
-        }
-        drop(strong);
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-async fn control_loop<D: Document>(
-    inner: Weak<Inner<D>>,
-    cancel: CancellationToken,
-    mut cmd_rx: mpsc::UnboundedReceiver<KvOp>,
-    mut live_rx: watch::Receiver<std::collections::BTreeMap<ChitchatId, chitchat::NodeState>>,
-) {
-    let tick_ms = inner
-        .upgrade()
-        .map(|i| i.timing.control_tick_ms)
-        .unwrap_or(100);
-    let mut tick = tokio::time::interval(Duration::from_millis(tick_ms));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut live_open = true;
-    loop {
-        let mut ops = Vec::new();
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-            changed = live_rx.changed(), if live_open => {
-                if changed.is_err() { live_open = false; }
-            }
-            op = cmd_rx.recv() => match op {
-                Some(op) => ops.push(op),
-                None => return,
-            },
-        }
-        while let Ok(op) = cmd_rx.try_recv() {
-            ops.push(op);
-        }
-        let Some(inner) = inner.upgrade() else { return };
-        inner.step(ops).await;
-    }
-}
-
-async fn fetch_head<D: Document>(
-    inner: Arc<Inner<D>>,
-    wanted: HeldAd,
-    sources: Vec<(NodeId, SocketAddr)>,
-) {
-    let mut adopted = false;
-    let request = Wanted {
-        version: wanted.version.clone(),
-        digest: wanted.digest.clone(),
-    };
-    for (peer_id, addr) in sources {
-        if inner.cancel.is_cancelled() {
-            break;
-        }
-        let started = Instant::now();
-        let result = transfer::fetch(
-            &inner.transport,
-            addr,
-            &request,
-            inner
-                .timing
-                .max_document_bytes
-                .min(wanted.size_bytes.max(1)),
-            transfer::FetchTimeouts {
-                total_ms: inner.timing.fetch_timeout_ms,
-                answer_ms: inner.timing.fetch_answer_timeout_ms,
-            },
-        )
-        .await;
-        let bytes = match result {
-            Ok(bytes) => bytes,
-            Err(e) => {
-                debug!(peer = %peer_id, error = %e, "fetch failed, trying the next holder");
-                continue;
-            }
-        };
-        let config = bincode::config::standard();
-        let doc: D = match bincode::serde::decode_from_slice(&bytes, config) {
-            Ok((doc, _)) => doc,
-            Err(e) => {
-                warn!(peer = %peer_id, version = %wanted.version, error = %e, "document does not decode");
-                continue;
-            }
-        };
-        let offered = HeldAd {
-            version: wanted.version.clone(),
-            digest: wanted.digest.clone(),
-            size_bytes: bytes.len() as u64,
-        };
-        let mut st = lock(&inner.state);
-        if st.replica.handle_offer(&offered) {
-            inner.install(
-                Stamped {
-                    version: offered.version,
-                    digest: offered.digest,
-                    size_bytes: offered.size_bytes,
-                    doc,
-                },
-                bytes,
-            );
-            inner.carry_out(&mut st);
-            debug!(peer = %peer_id, version = %wanted.version, elapsed_ms = started.elapsed().as_millis() as u64, "adopted");
-        }
-        adopted = true;
-        break;
-    }
-    let mut st = lock(&inner.state);
-    let now_ms = inner.now_ms();
-    st.replica.handle_fetch_done(now_ms, adopted);
 }
