@@ -4,7 +4,8 @@
 # 127.0.0.1:9100, mesh on 198.18.1.1$i:7946 with mutual TLS). Announcement:
 # - ANNOUNCE=bgp: `--announce bgp`, shoal runs its own BIRD (docs/announce.md);
 # - ANNOUNCE=bird: a stand-in for builds without it: a BIRD with a static VIP route, started
-#   once the replica's dataplane matches the table (what shoal's gate does) and killed with it.
+#   once the replica's dataplane matches the table (what shoal's gate does) and killed with it;
+# - ANNOUNCE=static: nothing announced; the router gets a static multipath route (e2e.sh).
 
 certs_up() {
   shoal certs init --out /tmp/certs --cluster lab --nodes r1,r2,r3 > out/certs.txt 2>&1
@@ -42,11 +43,11 @@ replica_start() {
     extra=""
   fi
   # shellcheck disable=SC2086
-  nsx r$i shoal run --dataplane ipvs --rules /mnt/host/rules.toml --tls-dir /tmp/certs/r$i \
+  /bin/ip netns exec r$i shoal run --dataplane ipvs --rules /mnt/host/rules.toml --tls-dir /tmp/certs/r$i \
     --node-id r$i --listen 198.18.1.1$i:7946 --admin 127.0.0.1:9100 --cluster lab \
     --seeds "$(replica_seeds $i)" $extra >> out/r$i.log 2>&1 &
   echo $! > /tmp/r$i.pid
-  if [ "$ANNOUNCE" != bgp ]; then
+  if [ "$ANNOUNCE" = bird ]; then
     ( standin_bird $i ) &
   fi
 }
@@ -74,7 +75,7 @@ protocol bgp up {
   ipv4 { import none; export where proto = "vip"; next hop self; };
 }
 EOF
-  nsx r$i bird -f -c /tmp/bird-r$i.conf -s /tmp/bird-r$i.ctl -P /tmp/bird-r$i.pid >> out/bird-r$i.log 2>&1 &
+  /bin/ip netns exec r$i bird -f -c /tmp/bird-r$i.conf -s /tmp/bird-r$i.ctl -P /tmp/bird-r$i.pid >> out/bird-r$i.log 2>&1 &
   echo $! > /tmp/bird-r$i.pidx
 }
 
@@ -89,7 +90,7 @@ replica_thaw() { kill -CONT $(replica_pids $1) 2>/dev/null; }
 # (BIRD then closes its sessions with a Cease: a withdrawal).
 replica_term() {
   kill -TERM "$(cat /tmp/r$1.pid)" 2>/dev/null
-  [ "$ANNOUNCE" = bgp ] || kill -TERM "$(cat /tmp/bird-r$1.pidx 2>/dev/null)" 2>/dev/null
+  [ "$ANNOUNCE" = bird ] && kill -TERM "$(cat /tmp/bird-r$1.pidx 2>/dev/null)" 2>/dev/null
   wait_gone $1
 }
 

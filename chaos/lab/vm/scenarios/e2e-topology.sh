@@ -18,6 +18,8 @@ BFD_MS=${BFD_MS:-200}
 BFD_MULT=${BFD_MULT:-5}
 BACKENDS="1 2 3"
 
+# Commands started in the background use /bin/ip directly: a shell function run with & is a
+# subshell, and $! would be its pid, not the program's (signals would miss the program).
 nsx() { ns=$1; shift; ip netns exec "$ns" "$@"; }
 now() { lab-flows now; }
 event() { echo "$(now) $*" >> out/events.txt; echo "== $(now) $*"; }
@@ -74,7 +76,7 @@ router_bird_up() {
       echo "}"
     done
   } > /tmp/bird-rt.conf
-  nsx rt bird -f -c /tmp/bird-rt.conf -s /tmp/bird-rt.ctl -P /tmp/bird-rt.pid > out/bird-rt.log 2>&1 &
+  /bin/ip netns exec rt bird -f -c /tmp/bird-rt.conf -s /tmp/bird-rt.ctl -P /tmp/bird-rt.pid > out/bird-rt.log 2>&1 &
 }
 
 # Next hops of the Shoal VIP on the router, e.g. "11 12 13" (last octets), "-" when none.
@@ -112,7 +114,7 @@ backends_up() {
 }
 
 backend_serve() {
-  nsx b$1 lab-flows serve --name b$1 --listen 0.0.0.0:9000 --listen 0.0.0.0:9001 \
+  /bin/ip netns exec b$1 lab-flows serve --name b$1 --listen 0.0.0.0:9000 --listen 0.0.0.0:9001 \
     --listen 0.0.0.0:9002 >> out/serve-b$1.log 2>&1 &
   echo $! > /tmp/serve-b$1.pid
 }

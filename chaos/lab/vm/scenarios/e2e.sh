@@ -42,7 +42,7 @@ live_loop() {
 # `flows_stop LABEL SECONDS` (at most 600 s); `flows_wait` joins them.
 flows() {
   rm -f out/flows.status
-  nsx cl lab-flows run --target ${3:-$VIP}:$2 --conns $CONNS --duration-s 600 \
+  /bin/ip netns exec cl lab-flows run --target ${3:-$VIP}:$2 --conns $CONNS --duration-s 600 \
     --interval-ms ${INTERVAL_MS:-100} \
     --label $1 --out out/$1.json --status out/flows.status --stop-file /tmp/stop-$1 \
     > out/$1.log 2>&1 &
@@ -64,12 +64,26 @@ flows_wait() { wait $FLOWS_PID; event "$1 end"; cat out/$1.log; }
 flows_stop() { sleep $2; touch /tmp/stop-$1; }
 
 probe() {
-  nsx cl lab-flows probe --target $1 --interval-ms 50 --duration-s $2 --out out/$3.json > out/$3.log 2>&1 &
+  /bin/ip netns exec cl lab-flows probe --target $1 --interval-ms 50 --duration-s $2 --out out/$3.json > out/$3.log 2>&1 &
   PROBE_PIDS="$PROBE_PIDS $!"
 }
 probe_wait() { for p in $PROBE_PIDS; do wait $p; done; PROBE_PIDS=""; }
 
-replicas_ready() { for i in $REPLICAS; do wait_hop $i 120 || return 1; done; }
+# ANNOUNCE=static: no BGP; once every replica's dataplane matches its table, the router gets
+# a static multipath route (the backend phase does not need announcements).
+replicas_ready() {
+  if [ "$ANNOUNCE" = static ]; then
+    for i in $REPLICAS; do
+      n=0
+      until nsx r$i timeout 5 wget -q -O - http://127.0.0.1:9100/v1/dataplane 2>/dev/null | grep -q '"matches_table":true'; do
+        n=$((n + 1)); [ $n -gt 240 ] && return 1; sleep 0.5
+      done
+    done
+    ip -n rt route replace $VIP/32 nexthop via 198.18.1.11 nexthop via 198.18.1.12 nexthop via 198.18.1.13
+    return 0
+  fi
+  for i in $REPLICAS; do wait_hop $i 120 || return 1; done
+}
 
 phase_kill9() {
   flows kill9 9000; flows_settle
@@ -137,7 +151,7 @@ phase_backend() {
   probe $VIP:9000 $((AFTER_S + 4)) backend-probe
   probe $VIP:9002 $((AFTER_S + 4)) backend-probe-nofallback
   sleep 2
-  event "backend fault b2"; kill -9 "$(cat /tmp/serve-b2.pid)"
+  event "backend fault b2"; kill -9 $(ip netns pids b2)
   probe_wait
   flows_stop backend 0; flows_wait backend
   backend_serve 2
@@ -165,7 +179,7 @@ virtual_server $KVIP 9000 {
 $(for b in $BACKENDS; do printf '  real_server 198.18.1.3%s 9000 { weight 1\n    TCP_CHECK { connect_timeout 1 }\n  }\n' $b; done)
 }
 EOF
-    nsx k$k keepalived -n -l -D -f /tmp/keepalived-k$k.conf -p /tmp/ka-k$k.pid \
+    /bin/ip netns exec k$k keepalived -n -l -D -f /tmp/keepalived-k$k.conf -p /tmp/ka-k$k.pid \
       -r /tmp/ka-k$k-vrrp.pid -c /tmp/ka-k$k-chk.pid > out/keepalived-k$k.log 2>&1 &
     echo $! > /tmp/ka-k$k.main
   done
@@ -191,8 +205,8 @@ EOF
 # replicas are stopped so the router sends everything through r1.
 phase_bench() {
   for i in $BACKENDS; do
-    nsx b$i lab-flows http-serve --listen 0.0.0.0:8080 >> out/http-b$i.log 2>&1 &
-    nsx b$i lab-flows http-serve --listen 0.0.0.0:8081 >> out/http-b$i.log 2>&1 &
+    /bin/ip netns exec b$i lab-flows http-serve --listen 0.0.0.0:8080 >> out/http-b$i.log 2>&1 &
+    /bin/ip netns exec b$i lab-flows http-serve --listen 0.0.0.0:8081 >> out/http-b$i.log 2>&1 &
     # NAT (masq) replies must return through the replica: client-bound traffic from the
     # backends to the replica for this phase.
     ip -n b$i route add 198.18.0.0/24 via 198.18.1.11
