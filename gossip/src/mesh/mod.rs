@@ -371,6 +371,14 @@ impl<D: Document> Mesh<D> {
         ));
     }
 
+    /// Tells the replica core whether another live incarnation of this node's id is in the
+    /// mesh (for the transport's identity checks): while `true` this node never publishes.
+    pub fn set_duplicate_id(&self, seen: bool) {
+        let mut st = lock(&self.inner.state);
+        st.replica.handle_duplicate_id(seen);
+        self.inner.carry_out(&mut st);
+    }
+
     /// `Some(reason)`: this node passes on the publisher role (the election treats it as not
     /// caught up) and says why in every view; `None`: it may be elected again.
     pub fn stand_down(&self, reason: Option<&str>) {

@@ -108,6 +108,8 @@ pub struct Replica {
     dirty: bool,
     fetching: Option<Version>,
     fetch_retry_at_ms: Option<u64>,
+    /// Another live incarnation of this node's id was seen: refuse to serve as publisher.
+    duplicate_id: bool,
     actions: VecDeque<Action>,
     #[cfg(feature = "fault-injection")]
     bug: Option<Bug>,
@@ -134,6 +136,7 @@ impl Replica {
             dirty: true,
             fetching: None,
             fetch_retry_at_ms: None,
+            duplicate_id: false,
             actions: VecDeque::new(),
             #[cfg(feature = "fault-injection")]
             bug: None,
@@ -217,6 +220,19 @@ impl Replica {
         adopt
     }
 
+    /// Whether another live incarnation of this node's id is in the mesh (the transport's
+    /// identity checks say so). While it is, this node does not count as caught up, so it is
+    /// never elected and never stamps; it still fetches and follows.
+    pub fn handle_duplicate_id(&mut self, seen: bool) {
+        if seen && !self.duplicate_id && self.caught_up {
+            tracing::warn!(node = %self.me.id, "another live node uses this id; not publishing");
+            self.caught_up = false;
+            self.actions.push_back(Action::Ready(false));
+        }
+        self.duplicate_id = seen;
+        self.dirty = true;
+    }
+
     /// The fetch asked for by [`Action::Fetch`] ended; `adopted`: the head was installed.
     pub fn handle_fetch_done(&mut self, now_ms: u64, adopted: bool) {
         self.fetching = None;
@@ -253,7 +269,7 @@ impl Replica {
             .unwrap_or(0);
         self.max_epoch_seen = self.max_epoch_seen.max(seen);
 
-        if !self.caught_up && self.listened(now_ms) {
+        if !self.caught_up && !self.duplicate_id && self.listened(now_ms) {
             let held = self.held.as_ref().map(|h| &h.version);
             let head = decisions.head.as_ref().map(|h| &h.version);
             if is_caught_up(false, true, held, head) {

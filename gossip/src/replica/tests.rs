@@ -186,6 +186,26 @@ fn a_lower_id_that_rejoins_does_not_take_the_role_back() {
     assert!(drain(&mut n2).is_empty(), "no role change, so no new term");
 }
 
+#[test]
+fn a_duplicate_of_my_id_keeps_me_from_publishing() {
+    let mut r = replica("n1", 1, 0, 0);
+    r.handle_tick(700, 700);
+    assert_eq!(r.role(), Role::Publisher);
+    drain(&mut r);
+    r.handle_duplicate_id(true);
+    r.handle_tick(725, 725);
+    let actions = drain(&mut r);
+    assert!(actions.contains(&Action::Ready(false)), "{actions:?}");
+    assert_eq!(r.role(), Role::CatchingUp);
+    assert!(r.plan_stamp(D).is_err());
+    r.handle_tick(2_000, 2_000);
+    assert_eq!(r.role(), Role::CatchingUp);
+    // Once the other incarnation is gone, it catches up again.
+    r.handle_duplicate_id(false);
+    r.handle_tick(2_025, 2_025);
+    assert_eq!(r.role(), Role::Publisher);
+}
+
 proptest! {
     /// Any sequence of offers: the held version never decreases, and a new stamp is above
     /// every epoch the replica has seen and above its floor.
