@@ -401,6 +401,21 @@ async fn a_refused_publisher_gives_up_and_the_next_node_takes_over() {
     .await;
     let refused = api.requests("a").iter().filter(|r| r.status == 403).count();
     assert!(refused > 0, "a was refused");
+    // Node a's metrics say what happened.
+    let metrics = reqwest::get(format!("http://{}/metrics", nodes[0].admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        "shoal_kubernetes_stand_downs_total 1",
+        "shoal_kubernetes_watch_errors_total{kind=\"Service\"}",
+        "shoal_kubernetes_relists_total{kind=\"Service\"}",
+        "shoal_kubernetes_status_writes_total{kind=\"Service\",result=\"ok\"} 1",
+    ] {
+        assert!(metrics.contains(needle), "{needle} missing in\n{metrics}");
+    }
     // A change flows through b to every node.
     api.apply(
         Kind::EndpointSlice,
