@@ -146,6 +146,25 @@ fn eps_of(i: usize, gen: usize) -> Vec<String> {
         .collect()
 }
 
+/// What the EndpointSlice controller puts in a slice besides addresses: ports for both
+/// Service ports, and per endpoint a `targetRef`, the node and the zone.
+fn realistic(s: &mut Value, ns: &str, i: usize) {
+    s["ports"] = serde_json::json!([
+        {"name": "http", "port": 80, "protocol": "TCP"},
+        {"name": "https", "port": 443, "protocol": "TCP"},
+    ]);
+    if let Some(eps) = s["endpoints"].as_array_mut() {
+        for (j, ep) in eps.iter_mut().enumerate() {
+            ep["nodeName"] = serde_json::json!(format!("node-{}", (i + j) % 50));
+            ep["zone"] = serde_json::json!(format!("zone-{}", (i + j) % 3));
+            ep["targetRef"] = serde_json::json!({
+                "kind": "Pod", "namespace": ns, "name": format!("svc{i}-7d9f8b6c5-{j:05}"),
+                "uid": format!("{:08x}-0000-4000-8000-{:012x}", i, j),
+            });
+        }
+    }
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     if v.is_empty() {
@@ -196,10 +215,7 @@ async fn scale_bench() {
         let eps = eps_of(i, 0);
         let eps: Vec<(&str, bool)> = eps.iter().map(|a| (a.as_str(), true)).collect();
         let mut s = slice(&ns, &name, "a", ("http", 80), &eps);
-        s["ports"] = serde_json::json!([
-            {"name": "http", "port": 80, "protocol": "TCP"},
-            {"name": "https", "port": 443, "protocol": "TCP"},
-        ]);
+        realistic(&mut s, &ns, i);
         api.apply(Kind::EndpointSlice, s);
     }
     let dir = tempfile::tempdir().unwrap();
@@ -227,7 +243,7 @@ async fn scale_bench() {
             .arg(&kc)
             .args(["--dataplane", "memory"])
             .env(
-                "RUST_LOG",
+                "SHOAL_LOG",
                 std::env::var("SHOAL_SCALE_LOG").unwrap_or_else(|_| "warn".into()),
             )
             .stdout(Stdio::null())
@@ -274,10 +290,7 @@ async fn scale_bench() {
                 let eps = eps_of(i, k);
                 let eps: Vec<(&str, bool)> = eps.iter().map(|a| (a.as_str(), true)).collect();
                 let mut s = slice(&ns, &format!("svc{i}"), "a", ("http", 80), &eps);
-                s["ports"] = serde_json::json!([
-                    {"name": "http", "port": 80, "protocol": "TCP"},
-                    {"name": "https", "port": 443, "protocol": "TCP"},
-                ]);
+                realistic(&mut s, &ns, i);
                 api.apply(Kind::EndpointSlice, s);
                 changes.lock().unwrap().push(std::time::Instant::now());
             }

@@ -38,21 +38,45 @@ pub const STATUS_WRITES_PER_PASS: usize = 100;
 
 type Events = BoxStream<'static, Result<Event<DynamicObject>, watcher::Error>>;
 
-/// A watch of one kind, cluster-wide or in one namespace, with bulky fields dropped.
+/// Drops what translation never reads before an object is cached: at 10,000 Services the
+/// caches are most of the publisher's memory, and real EndpointSlices carry a `targetRef`,
+/// node name and zone per endpoint.
+fn trim(o: &mut DynamicObject, is_slice: bool) {
+    let m = &mut o.metadata;
+    m.managed_fields = None;
+    m.owner_references = None;
+    m.generate_name = None;
+    if let Some(a) = m.annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+    if is_slice {
+        m.annotations = None;
+        if let Some(eps) = o.data.get_mut("endpoints").and_then(|e| e.as_array_mut()) {
+            for ep in eps.iter_mut().filter_map(|e| e.as_object_mut()) {
+                for unused in [
+                    "targetRef",
+                    "nodeName",
+                    "zone",
+                    "hints",
+                    "deprecatedTopology",
+                ] {
+                    ep.remove(unused);
+                }
+            }
+        }
+    }
+}
+
+/// A watch of one kind, cluster-wide or in one namespace, with unused fields dropped.
 fn events(client: &Client, resource: &ApiResource, namespace: Option<&str>) -> Events {
     let api: Api<DynamicObject> = match namespace {
         Some(ns) => Api::namespaced_with(client.clone(), ns, resource),
         None => Api::all_with(client.clone(), resource),
     };
-    let strip = |o: &mut DynamicObject| {
-        o.metadata.managed_fields = None;
-        if let Some(a) = o.metadata.annotations.as_mut() {
-            a.remove("kubectl.kubernetes.io/last-applied-configuration");
-        }
-    };
+    let is_slice = resource.kind == "EndpointSlice";
     watch_stream(api, watcher::Config::default())
         .default_backoff()
-        .map(move |e| e.map(|e| e.modify(strip)))
+        .map(move |e| e.map(|e| e.modify(|o| trim(o, is_slice))))
         .boxed()
 }
 
@@ -211,14 +235,16 @@ pub async fn run_loop(
                     None => pools::parse_pools(&pool_objects),
                 };
                 let svcs = services.objects();
-                let t = translate::translate(
-                    &svcs,
-                    &slices.refs(),
-                    &Settings {
-                        load_balancer_class: &cfg.load_balancer_class,
-                        pools: &pools,
-                    },
-                );
+                let t = cpu_bound(|| {
+                    translate::translate(
+                        &svcs,
+                        &slices.refs(),
+                        &Settings {
+                            load_balancer_class: &cfg.load_balancer_class,
+                            pools: &pools,
+                        },
+                    )
+                });
                 let mut problems: Vec<Problem> = t.problems;
                 problems.extend(services.problems().cloned());
                 problems.extend(slices.problems().cloned());
@@ -326,6 +352,17 @@ enum Step {
     Publish,
 }
 
+/// Runs a long computation (translating 10,000 Services takes a while) without holding up
+/// the other tasks of this worker thread, among them the mesh's control loop: a stalled
+/// control loop costs the publisher its role. Needs the multi-threaded runtime (the daemon's);
+/// elsewhere it simply runs inline.
+fn cpu_bound<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 fn arm(due: &mut Option<Instant>) {
     due.get_or_insert_with(|| Instant::now() + Duration::from_millis(DEBOUNCE_MS));
 }
@@ -334,5 +371,38 @@ async fn sleep_until(due: Option<Instant>) {
     match due {
         Some(t) => tokio::time::sleep_until(t).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn trim_keeps_what_translation_reads() {
+        let mut slice: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "s", "namespace": "n", "labels": {"kubernetes.io/service-name": "web"},
+                         "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": "web", "uid": "u"}],
+                         "annotations": {"endpoints.kubernetes.io/last-change-trigger-time": "x"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 80}],
+            "endpoints": [{"addresses": ["198.18.0.1"], "conditions": {"ready": true},
+                           "nodeName": "n1", "zone": "z", "targetRef": {"kind": "Pod", "name": "p"}}],
+        }))
+        .unwrap();
+        trim(&mut slice, true);
+        let v = serde_json::to_value(&slice).unwrap();
+        assert_eq!(
+            v["endpoints"][0],
+            json!({"addresses": ["198.18.0.1"], "conditions": {"ready": true}})
+        );
+        assert!(
+            v["metadata"]["ownerReferences"].is_null() && v["metadata"]["annotations"].is_null()
+        );
+        assert_eq!(v["metadata"]["labels"]["kubernetes.io/service-name"], "web");
+        let typed: EndpointSlice = serde_json::from_value(v).unwrap();
+        assert_eq!(typed.endpoints[0].addresses, ["198.18.0.1"]);
     }
 }
