@@ -32,7 +32,7 @@ pub fn generate(services: usize, backends: usize) -> String {
             "[[service]]\nname = \"svc-{i}\"\nvip = \"10.{}.{}.{}\"\nport = 80\nscheduler = \"mh\"\n\n",
             (i >> 16) & 0xff,
             (i >> 8) & 0xff,
-            1 + (i & 0x7f),
+            i & 0xff,
         );
         for b in 0..backends {
             let _ = write!(
