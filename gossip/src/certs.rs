@@ -1,20 +1,41 @@
 //! Cluster CA and node certificates (rcgen), and loading them for TLS.
 //!
 //! Every node certificate carries the shared DNS name `gossip.<cluster>` (chitchat hands the
-//! transport only an address, so the dialer cannot know which node it reaches: a certificate
-//! proves membership of the cluster) plus `<node>.node.<cluster>` and the node id as common name.
+//! transport only an address, so the dialer checks cluster membership by that name) and names its
+//! node id in a URI SAN `urn:shoal:node:<id>` (see [`node_uri`]): the transport reads that id
+//! from every peer's certificate, and a peer may only speak for the id its certificate names
+//! (docs/security.md). The node id is also the common name, for people reading the certificate.
+//!
+//! Validity: the CA 10 years, node certificates 1 year (both configurable), back-dated one hour
+//! for clock skew. Private keys are written 0600. `ca.pem` may hold several CA certificates: all
+//! are trusted, which is how a CA is rotated without splitting the mesh.
 
 use crate::error::CertError;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// URI SAN prefix that names a node id in a node certificate.
+pub const NODE_URI_PREFIX: &str = "urn:shoal:node:";
+/// Default validity of a cluster CA.
+pub const CA_DAYS_DEFAULT: u32 = 3_650;
+/// Default validity of a node certificate.
+pub const NODE_DAYS_DEFAULT: u32 = 365;
+/// Longest validity accepted for either (100 years).
+pub const DAYS_MAX: u32 = 36_500;
+/// Certificates start to be valid this long before they are issued (clock skew between hosts).
+const BACKDATE: Duration = Duration::from_secs(3_600);
+/// `load_dir` warns when the node certificate expires within this long.
+const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 86_400);
 
 /// PEM material a node needs for mutual TLS.
 #[derive(Clone)]
 pub struct TlsMaterial {
+    /// One or more CA certificates; a peer chaining to any of them is trusted.
     pub ca_pem: String,
     pub cert_pem: String,
     pub key_pem: String,
@@ -28,7 +49,9 @@ impl std::fmt::Debug for TlsMaterial {
 }
 
 impl TlsMaterial {
-    /// Loads `ca.pem`, `node.pem` and `node.key` from `dir`.
+    /// Loads `ca.pem`, `node.pem` and `node.key` from `dir`. Fails, naming the file, on bad PEM
+    /// and on a node certificate that is expired or not valid yet; warns when it expires within
+    /// 30 days and when `node.key` is readable by group or others.
     pub fn load_dir(dir: &Path) -> Result<Self, CertError> {
         let read = |name: &str| {
             let path = dir.join(name);
@@ -40,7 +63,23 @@ impl TlsMaterial {
             key_pem: read("node.key")?,
         };
         // Fail at load time, naming the file, rather than at the first handshake.
-        material.parse()?;
+        let parsed = material.parse()?;
+        let now = SystemTime::now();
+        if let Some(leaf) = parsed.chain.first() {
+            let (not_before, not_after) =
+                validity_of(leaf).ok_or(CertError::EmptyPem { what: "node.pem" })?;
+            if now > not_after || now < not_before {
+                return Err(CertError::Expired {
+                    path: dir.join("node.pem"),
+                    not_before: unix_secs(not_before),
+                    not_after: unix_secs(not_after),
+                });
+            }
+            if not_after.duration_since(now).unwrap_or_default() < EXPIRY_WARNING {
+                tracing::warn!(path = %dir.join("node.pem").display(), not_after_unix_s = unix_secs(not_after), "node certificate expires within 30 days: issue a new one (`shoal certs issue`)");
+            }
+        }
+        warn_if_key_readable(&dir.join("node.key"));
         Ok(material)
     }
 
@@ -52,6 +91,48 @@ impl TlsMaterial {
             key: parse_key(&self.key_pem, "node.key")?,
         })
     }
+
+    /// The node id this node certificate names (its `urn:shoal:node:` URI SAN), if any.
+    pub fn node_id(&self) -> Option<String> {
+        let chain = parse_certs(&self.cert_pem, "node.pem").ok()?;
+        cert_node_id(chain.first()?)
+    }
+}
+
+#[cfg(unix)]
+fn warn_if_key_readable(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(path = %path.display(), mode = format!("{mode:o}"), "private key is readable by group or others; chmod 600 it");
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn warn_if_key_readable(_path: &Path) {}
+
+fn unix_secs(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_secs() as i64,
+        Err(e) => -(e.duration().as_secs() as i64),
+    }
+}
+
+/// The validity window of a DER certificate.
+pub(crate) fn validity_of(der: &[u8]) -> Option<(SystemTime, SystemTime)> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let at = |t: x509_parser::time::ASN1Time| {
+        let secs = t.timestamp();
+        if secs >= 0 {
+            UNIX_EPOCH.checked_add(Duration::from_secs(secs as u64))
+        } else {
+            UNIX_EPOCH.checked_sub(Duration::from_secs(secs.unsigned_abs()))
+        }
+    };
+    let validity = cert.validity();
+    Some((at(validity.not_before)?, at(validity.not_after)?))
 }
 
 pub(crate) struct ParsedTls {
@@ -107,6 +188,103 @@ fn dns_label(id: &str) -> String {
     label
 }
 
+/// The URI SAN naming `node_id`: `urn:shoal:node:` then the id, every byte outside
+/// `[A-Za-z0-9-._~]` percent-encoded, so any id maps to exactly one URI and back.
+pub fn node_uri(node_id: &str) -> String {
+    let mut out = String::from(NODE_URI_PREFIX);
+    for b in node_id.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The node id named by a `urn:shoal:node:` URI; `None` for anything else or a malformed one.
+pub fn node_id_from_uri(uri: &str) -> Option<String> {
+    let encoded = uri.strip_prefix(NODE_URI_PREFIX)?;
+    let bytes = encoded.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b if b.is_ascii_alphanumeric() || b"-._~".contains(&b) => {
+                out.push(b);
+                i += 1;
+            }
+            _ => return None,
+        }
+    }
+    let id = String::from_utf8(out).ok()?;
+    (!id.is_empty()).then_some(id)
+}
+
+/// The node id a DER certificate names in its `urn:shoal:node:` URI SAN. `None` when it names
+/// none (a cluster-only certificate) or several different ones (ambiguous: trusted for none).
+pub fn cert_node_id(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    let mut ids = san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            x509_parser::extensions::GeneralName::URI(uri) => node_id_from_uri(uri),
+            _ => None,
+        });
+    let first = ids.next()?;
+    ids.all(|other| other == first).then_some(first)
+}
+
+/// How long the CA and node certificates are valid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Validity {
+    pub ca_days: u32,
+    pub node_days: u32,
+}
+
+impl Default for Validity {
+    fn default() -> Self {
+        Validity {
+            ca_days: CA_DAYS_DEFAULT,
+            node_days: NODE_DAYS_DEFAULT,
+        }
+    }
+}
+
+impl Validity {
+    fn check(&self) -> Result<(), CertError> {
+        for (field, days) in [("ca_days", self.ca_days), ("node_days", self.node_days)] {
+            if days == 0 || days > DAYS_MAX {
+                return Err(CertError::BadValidity { field, days });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `now - 1 h` to `now + days`.
+fn window(days: u32) -> Result<(time::OffsetDateTime, time::OffsetDateTime), CertError> {
+    if days == 0 || days > DAYS_MAX {
+        return Err(CertError::BadValidity {
+            field: "days",
+            days,
+        });
+    }
+    let now = time::OffsetDateTime::from_unix_timestamp(unix_secs(SystemTime::now()))
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let before = now - time::Duration::seconds(BACKDATE.as_secs() as i64);
+    let after = now + time::Duration::days(i64::from(days));
+    Ok((before, after))
+}
+
 /// A cluster certificate authority able to issue node certificates.
 pub struct ClusterCa {
     cert_pem: String,
@@ -138,6 +316,15 @@ impl ClusterCa {
             issuer,
         })
     }
+
+    /// Loads `ca.pem` and `ca.key` from `dir`.
+    pub fn load_dir(dir: &Path) -> Result<Self, CertError> {
+        let read = |name: &str| {
+            let path = dir.join(name);
+            std::fs::read_to_string(&path).map_err(|source| CertError::Read { path, source })
+        };
+        ClusterCa::load(&read("ca.pem")?, &read("ca.key")?)
+    }
 }
 
 impl std::fmt::Debug for ClusterCa {
@@ -146,8 +333,13 @@ impl std::fmt::Debug for ClusterCa {
     }
 }
 
-/// Creates a new self-signed CA (ECDSA P-256) for `cluster_id`.
+/// Creates a new self-signed CA (ECDSA P-256) for `cluster_id`, valid 10 years.
 pub fn create_ca(cluster_id: &str) -> Result<ClusterCa, CertError> {
+    create_ca_with(cluster_id, CA_DAYS_DEFAULT)
+}
+
+/// Creates a new self-signed CA (ECDSA P-256) for `cluster_id`, valid `days`.
+pub fn create_ca_with(cluster_id: &str, days: u32) -> Result<ClusterCa, CertError> {
     let subject = format!("shoal cluster CA {cluster_id}");
     let gen_err = |source| CertError::Generate {
         subject: subject.clone(),
@@ -159,6 +351,7 @@ pub fn create_ca(cluster_id: &str) -> Result<ClusterCa, CertError> {
         .push(DnType::CommonName, subject.clone());
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    (params.not_before, params.not_after) = window(days)?;
     let key = KeyPair::generate().map_err(gen_err)?;
     let key_pem = key.serialize_pem();
     let certified = CertifiedIssuer::self_signed(params, key).map_err(gen_err)?;
@@ -167,21 +360,42 @@ pub fn create_ca(cluster_id: &str) -> Result<ClusterCa, CertError> {
     ClusterCa::load(&cert_pem, &key_pem)
 }
 
-/// Issues a certificate for `node_id`, valid as TLS server and client in the CA's cluster.
+/// Issues a certificate for `node_id`, valid 1 year as TLS server and client in the CA's cluster.
 pub fn issue_node_cert(ca: &ClusterCa, node_id: &str) -> Result<TlsMaterial, CertError> {
+    issue_node_cert_with(ca, node_id, NODE_DAYS_DEFAULT)
+}
+
+/// Issues a certificate for `node_id` valid `days`: the cluster DNS name, the node's URI SAN
+/// (its identity) and `<node>.node.<cluster>`.
+pub fn issue_node_cert_with(
+    ca: &ClusterCa,
+    node_id: &str,
+    days: u32,
+) -> Result<TlsMaterial, CertError> {
     let cluster = cluster_of(ca);
     let gen_err = |source| CertError::Generate {
         subject: node_id.to_string(),
         source,
     };
-    if node_id.is_empty() {
+    if node_id.is_empty() || node_id.len() > 253 || node_id.contains(char::is_whitespace) {
         return Err(CertError::BadNodeId { id: node_id.into() });
     }
-    let sans = vec![
-        cluster_server_name(&cluster),
-        format!("{}.node.{}", dns_label(node_id), dns_label(&cluster)),
+    let ia5 = |s: String| {
+        rcgen::string::Ia5String::try_from(s).map_err(|e| CertError::Generate {
+            subject: node_id.to_string(),
+            source: e,
+        })
+    };
+    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(gen_err)?;
+    params.subject_alt_names = vec![
+        SanType::DnsName(ia5(cluster_server_name(&cluster))?),
+        SanType::URI(ia5(node_uri(node_id))?),
+        SanType::DnsName(ia5(format!(
+            "{}.node.{}",
+            dns_label(node_id),
+            dns_label(&cluster)
+        ))?),
     ];
-    let mut params = CertificateParams::new(sans).map_err(gen_err)?;
     params.distinguished_name.push(DnType::CommonName, node_id);
     params.is_ca = IsCa::NoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -190,6 +404,7 @@ pub fn issue_node_cert(ca: &ClusterCa, node_id: &str) -> Result<TlsMaterial, Cer
         ExtendedKeyUsagePurpose::ClientAuth,
     ];
     params.use_authority_key_identifier_extension = true;
+    (params.not_before, params.not_after) = window(days)?;
     let key = KeyPair::generate().map_err(gen_err)?;
     let cert = params.signed_by(&key, &ca.issuer).map_err(gen_err)?;
     Ok(TlsMaterial {
@@ -221,39 +436,139 @@ pub(crate) fn common_name(der: &[u8]) -> Option<String> {
     cn.as_str().ok().map(str::to_string)
 }
 
-/// Writes `out/ca.pem`, `out/ca.key`, and `out/<node>/{ca.pem,node.pem,node.key}` per node.
+/// Writes a file readable by everyone (certificates).
+fn write_public(path: &Path, text: &str) -> Result<(), CertError> {
+    write_mode(path, text, 0o644)
+}
+
+/// Writes a file readable by its owner only (private keys), also when it already existed.
+fn write_secret(path: &Path, text: &str) -> Result<(), CertError> {
+    write_mode(path, text, 0o600)
+}
+
+fn write_mode(path: &Path, text: &str, mode: u32) -> Result<(), CertError> {
+    let err = |source| CertError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|source| CertError::Write {
+            path: parent.to_path_buf(),
+            source,
+        })?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        options.mode(mode);
+        let file = options.open(path).map_err(err)?;
+        // `mode` applies only to new files: tighten an existing one too.
+        file.set_permissions(std::fs::Permissions::from_mode(mode))
+            .map_err(err)?;
+        drop(file);
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = mode;
+        options.open(path).map_err(err)?;
+    }
+    std::fs::write(path, text).map_err(err)
+}
+
+fn check_node_dir_name(node: &str) -> Result<(), CertError> {
+    let safe = !node.is_empty()
+        && node != "."
+        && node != ".."
+        && node
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if safe {
+        Ok(())
+    } else {
+        Err(CertError::BadNodeId { id: node.into() })
+    }
+}
+
+/// Writes `out/ca.pem`, `out/ca.key`, and `out/<node>/{ca.pem,node.pem,node.key}` per node, with
+/// the default validity.
 pub fn write_cluster_dir(
     out: &Path,
     cluster_id: &str,
     node_ids: &[String],
 ) -> Result<(), CertError> {
-    let ca = create_ca(cluster_id)?;
-    let write = |path: std::path::PathBuf, text: &str| {
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|source| CertError::Write {
-                path: parent.to_path_buf(),
-                source,
-            })?;
-        }
-        std::fs::write(&path, text).map_err(|source| CertError::Write { path, source })
-    };
-    write(out.join("ca.pem"), ca.cert_pem())?;
-    write(out.join("ca.key"), ca.key_pem())?;
+    write_cluster_dir_with(out, cluster_id, node_ids, Validity::default())
+}
+
+/// [`write_cluster_dir`] with chosen validity. Refuses to replace an existing CA key in `out`
+/// (that would split the mesh between old and new certificates).
+pub fn write_cluster_dir_with(
+    out: &Path,
+    cluster_id: &str,
+    node_ids: &[String],
+    validity: Validity,
+) -> Result<(), CertError> {
+    validity.check()?;
     for node in node_ids {
-        let safe = !node.is_empty()
-            && node != "."
-            && node != ".."
-            && node
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-        if !safe {
-            return Err(CertError::BadNodeId { id: node.clone() });
-        }
-        let material = issue_node_cert(&ca, node)?;
+        check_node_dir_name(node)?;
+    }
+    if out.join("ca.key").exists() {
+        return Err(CertError::Exists {
+            path: out.join("ca.key"),
+        });
+    }
+    let ca = create_ca_with(cluster_id, validity.ca_days)?;
+    write_public(&out.join("ca.pem"), ca.cert_pem())?;
+    write_secret(&out.join("ca.key"), ca.key_pem())?;
+    write_node_dirs(&ca, node_ids, out, validity.node_days, &[])
+}
+
+/// Issues node certificates from the CA in `ca_dir` into `out/<node>/`. Each node's `ca.pem`
+/// holds the issuing CA followed by every certificate in `also_trust` (a CA rotation trusts the
+/// old and the new CA together: see docs/security.md).
+pub fn issue_into(
+    ca_dir: &Path,
+    node_ids: &[String],
+    out: &Path,
+    node_days: u32,
+    also_trust: &[PathBuf],
+) -> Result<(), CertError> {
+    for node in node_ids {
+        check_node_dir_name(node)?;
+    }
+    let ca = ClusterCa::load_dir(ca_dir)?;
+    let mut extra = Vec::new();
+    for path in also_trust {
+        let pem = std::fs::read_to_string(path).map_err(|source| CertError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        parse_certs(&pem, "trusted CA file")?;
+        extra.push(pem);
+    }
+    write_node_dirs(&ca, node_ids, out, node_days, &extra)
+}
+
+fn write_node_dirs(
+    ca: &ClusterCa,
+    node_ids: &[String],
+    out: &Path,
+    node_days: u32,
+    also_trust: &[String],
+) -> Result<(), CertError> {
+    let mut bundle = ca.cert_pem().trim_end().to_string();
+    bundle.push('\n');
+    for pem in also_trust {
+        bundle.push_str(pem.trim_end());
+        bundle.push('\n');
+    }
+    for node in node_ids {
+        let material = issue_node_cert_with(ca, node, node_days)?;
         let dir = out.join(node);
-        write(dir.join("ca.pem"), &material.ca_pem)?;
-        write(dir.join("node.pem"), &material.cert_pem)?;
-        write(dir.join("node.key"), &material.key_pem)?;
+        write_public(&dir.join("ca.pem"), &bundle)?;
+        write_public(&dir.join("node.pem"), &material.cert_pem)?;
+        write_secret(&dir.join("node.key"), &material.key_pem)?;
     }
     Ok(())
 }
@@ -261,6 +576,7 @@ pub fn write_cluster_dir(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn written_dir_loads_and_node_certs_chain_to_the_ca() {
@@ -269,11 +585,105 @@ mod tests {
         let m = TlsMaterial::load_dir(&dir.path().join("n1")).unwrap();
         let parsed = m.parse().unwrap();
         assert_eq!(parsed.chain.len(), 1);
-        let ca_pem = std::fs::read_to_string(dir.path().join("ca.pem")).unwrap();
-        let ca_key = std::fs::read_to_string(dir.path().join("ca.key")).unwrap();
-        let ca = ClusterCa::load(&ca_pem, &ca_key).unwrap();
+        assert_eq!(m.node_id().as_deref(), Some("n1"));
+        let ca = ClusterCa::load_dir(dir.path()).unwrap();
         assert_eq!(ca.cluster_id_hint().as_deref(), Some("Test_Cluster"));
         assert!(issue_node_cert(&ca, "n3").is_ok());
+        // A second init into the same folder would replace the CA: refused.
+        let err = write_cluster_dir(dir.path(), "Test_Cluster", &[]).unwrap_err();
+        assert!(matches!(err, CertError::Exists { .. }), "{err}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn keys_are_private_and_certs_public() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        // An existing world-readable key is tightened, not just new ones created 0600.
+        std::fs::create_dir_all(dir.path().join("n1")).unwrap();
+        std::fs::write(dir.path().join("n1/node.key"), "old").unwrap();
+        std::fs::set_permissions(
+            dir.path().join("n1/node.key"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        write_cluster_dir(dir.path(), "c", &["n1".into()]).unwrap();
+        let mode = |p: &str| {
+            std::fs::metadata(dir.path().join(p))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        assert_eq!(mode("ca.key"), 0o600);
+        assert_eq!(mode("n1/node.key"), 0o600);
+        assert_eq!(mode("ca.pem"), 0o644);
+        assert_eq!(mode("n1/node.pem"), 0o644);
+    }
+
+    #[test]
+    fn validity_defaults_and_choices() {
+        let days = |der: &[u8]| {
+            let (a, b) = validity_of(der).unwrap();
+            b.duration_since(a).unwrap().as_secs() / 86_400
+        };
+        let ca = create_ca("c").unwrap();
+        let ca_der = rustls_pemfile::certs(&mut ca.cert_pem().as_bytes())
+            .next()
+            .unwrap()
+            .unwrap();
+        // 10 years plus the one-hour back-dating.
+        assert_eq!(days(&ca_der), 3_650);
+        let m = issue_node_cert(&ca, "n1").unwrap();
+        assert_eq!(days(&m.parse().unwrap().chain[0]), 365);
+        let m = issue_node_cert_with(&ca, "n1", 7).unwrap();
+        assert_eq!(days(&m.parse().unwrap().chain[0]), 7);
+        let (from, _) = validity_of(&m.parse().unwrap().chain[0]).unwrap();
+        assert!(from < SystemTime::now());
+        assert!(matches!(
+            issue_node_cert_with(&ca, "n1", 0),
+            Err(CertError::BadValidity { .. })
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let bad = Validity {
+            ca_days: DAYS_MAX + 1,
+            node_days: 1,
+        };
+        let err = write_cluster_dir_with(dir.path(), "c", &[], bad).unwrap_err();
+        assert!(err.to_string().contains("ca_days"), "{err}");
+    }
+
+    #[test]
+    fn expired_certificates_are_refused_at_load() {
+        let ca = create_ca("c").unwrap();
+        let mut params = CertificateParams::new(vec!["gossip.c".to_string()]).unwrap();
+        params.not_before = time::OffsetDateTime::UNIX_EPOCH;
+        params.not_after = time::OffsetDateTime::UNIX_EPOCH + time::Duration::days(1);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &ca.issuer).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.cert_pem()).unwrap();
+        std::fs::write(dir.path().join("node.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.path().join("node.key"), key.serialize_pem()).unwrap();
+        let err = TlsMaterial::load_dir(dir.path()).unwrap_err();
+        assert!(matches!(err, CertError::Expired { .. }), "{err}");
+        assert!(err.to_string().contains("node.pem"), "{err}");
+    }
+
+    #[test]
+    fn issue_into_bundles_the_trusted_cas() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, new) = (dir.path().join("old"), dir.path().join("new"));
+        write_cluster_dir(&old, "c", &[]).unwrap();
+        write_cluster_dir(&new, "c", &[]).unwrap();
+        let out = dir.path().join("out");
+        issue_into(&new, &["n1".into()], &out, 30, &[old.join("ca.pem")]).unwrap();
+        let m = TlsMaterial::load_dir(&out.join("n1")).unwrap();
+        assert_eq!(m.parse().unwrap().ca.len(), 2);
+        assert_eq!(m.node_id().as_deref(), Some("n1"));
+        let err =
+            issue_into(&new, &["n1".into()], &out, 30, &[dir.path().join("nope")]).unwrap_err();
+        assert!(err.to_string().contains("nope"), "{err}");
     }
 
     #[test]
@@ -291,5 +701,59 @@ mod tests {
     fn server_name_is_a_dns_label() {
         assert_eq!(cluster_server_name("My Cluster!"), "gossip.my-cluster");
         assert_eq!(cluster_server_name("__"), "gossip.x");
+    }
+
+    #[test]
+    fn node_uri_examples() {
+        assert_eq!(node_uri("shoal-0"), "urn:shoal:node:shoal-0");
+        assert_eq!(node_uri("a/b c"), "urn:shoal:node:a%2Fb%20c");
+        assert_eq!(
+            node_id_from_uri("urn:shoal:node:a%2Fb").as_deref(),
+            Some("a/b")
+        );
+        assert_eq!(node_id_from_uri("urn:shoal:node:"), None);
+        assert_eq!(node_id_from_uri("urn:shoal:node:a%2"), None);
+        assert_eq!(node_id_from_uri("urn:shoal:node:a b"), None);
+        assert_eq!(node_id_from_uri("spiffe://x/n1"), None);
+    }
+
+    #[test]
+    fn certificates_without_or_with_two_ids_name_none() {
+        let ca = create_ca("c").unwrap();
+        let plain = |sans: Vec<SanType>| {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.subject_alt_names = sans;
+            let key = KeyPair::generate().unwrap();
+            params.signed_by(&key, &ca.issuer).unwrap().der().to_vec()
+        };
+        let uri =
+            |s: &str| SanType::URI(rcgen::string::Ia5String::try_from(s.to_string()).unwrap());
+        assert_eq!(cert_node_id(&plain(vec![])), None);
+        assert_eq!(
+            cert_node_id(&plain(vec![uri("urn:shoal:node:n1")])).as_deref(),
+            Some("n1")
+        );
+        assert_eq!(
+            cert_node_id(&plain(vec![
+                uri("urn:shoal:node:n1"),
+                uri("urn:shoal:node:n2")
+            ])),
+            None
+        );
+        assert_eq!(cert_node_id(b"garbage"), None);
+    }
+
+    proptest! {
+        #[test]
+        fn node_uris_round_trip(id in "\\PC{1,40}") {
+            let uri = node_uri(&id);
+            prop_assert!(uri.is_ascii());
+            prop_assert_eq!(node_id_from_uri(&uri), Some(id));
+        }
+
+        #[test]
+        fn uri_garbage_never_panics(s in ".{0,80}") {
+            let _ = node_id_from_uri(&format!("{NODE_URI_PREFIX}{s}"));
+        }
     }
 }

@@ -30,8 +30,14 @@ pub struct MeshConfig {
 /// How peers authenticate each other.
 #[derive(Clone, Debug)]
 pub enum Security {
-    /// Mutual TLS: every peer must present a certificate signed by the cluster CA.
+    /// Mutual TLS with node identity: every peer must present a certificate signed by the
+    /// cluster CA that names its node id (`urn:shoal:node:<id>`), and may only speak for that
+    /// id. This node's own certificate must name its `node_id`.
     MutualTls(TlsMaterial),
+    /// Mutual TLS with cluster identity only (one certificate shared by all nodes): any holder
+    /// of a cluster certificate can speak for any node id. Logged at start; see
+    /// docs/security.md.
+    ClusterIdentityOnly(TlsMaterial),
     /// Throwaway self-signed certificates and no peer authentication (logs a warning).
     /// For local experiments only: anyone who can reach the port can join.
     Insecure,
@@ -81,8 +87,23 @@ pub struct Timing {
     pub peer_queue_len: usize,
     /// At most this many peers get a send queue / connection slot.
     pub max_peers: usize,
-    /// At most this many TLS handshakes in flight; more incoming connections are refused.
+    /// At most this many incoming TLS handshakes in flight (after QUIC address validation);
+    /// more are refused.
     pub max_concurrent_handshakes: usize,
+    /// Of `max_concurrent_handshakes`, this many only for known sources (IPs that completed an
+    /// authenticated handshake before), so members can reconnect during a handshake flood.
+    pub handshake_reserve_for_known: usize,
+    /// At most this many handshakes in flight from one unknown source IP.
+    pub handshakes_per_source: usize,
+    /// Handshakes one unknown source IP may start per second (also the burst).
+    pub handshake_rate_per_source_per_s: f64,
+    /// An incoming handshake that has not finished this long after address validation is dropped
+    /// and its slot freed (a healthy one takes a few milliseconds).
+    pub handshake_timeout_ms: u64,
+    /// A node whose seeds resolve but never answer may still become ready and publish on its
+    /// own, after `startup_patience_ms` (a configured single-node cluster). Off by default: such
+    /// a node waits until it hears the cluster (see `election::must_hear_cluster`).
+    pub single_node: bool,
 }
 
 impl Default for Timing {
@@ -104,7 +125,12 @@ impl Default for Timing {
             max_gossip_message_bytes: 128 << 10,
             peer_queue_len: 64,
             max_peers: 4_096,
-            max_concurrent_handshakes: 16,
+            max_concurrent_handshakes: 64,
+            handshake_reserve_for_known: 16,
+            handshakes_per_source: 4,
+            handshake_rate_per_source_per_s: 20.0,
+            handshake_timeout_ms: 1_500,
+            single_node: false,
         }
     }
 }
@@ -144,6 +170,25 @@ impl Timing {
                 "timing.peer_queue_len/max_peers/max_concurrent_handshakes",
                 "must be > 0",
             );
+        }
+        if self.handshake_reserve_for_known >= self.max_concurrent_handshakes
+            || self.handshakes_per_source == 0
+        {
+            return bad(
+                "timing.handshake_reserve_for_known/handshakes_per_source",
+                "the reserve must be below max_concurrent_handshakes, the per-source cap > 0",
+            );
+        }
+        if !(self.handshake_rate_per_source_per_s.is_finite()
+            && self.handshake_rate_per_source_per_s > 0.0)
+        {
+            return bad(
+                "timing.handshake_rate_per_source_per_s",
+                "must be a positive number",
+            );
+        }
+        if !(100..=60_000).contains(&self.handshake_timeout_ms) {
+            return bad("timing.handshake_timeout_ms", "must be 100 to 60000");
         }
         if self.max_gossip_message_bytes < 1_500 {
             return bad("timing.max_gossip_message_bytes", "must be >= 1500");

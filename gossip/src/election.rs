@@ -39,6 +39,12 @@ pub enum RoleReason {
     NoPublisher,
     /// This node still waits for the join grace period or for the head document.
     CatchingUp,
+    /// Another, older live process runs with this node's id (at `other_at`): this one refuses
+    /// to serve until it is gone (see `incarnation.rs`).
+    DuplicateId {
+        other_generation: u64,
+        other_at: SocketAddr,
+    },
 }
 
 impl RoleReason {
@@ -46,7 +52,7 @@ impl RoleReason {
         match self {
             RoleReason::Incumbent | RoleReason::LowestCaughtUp => Role::Publisher,
             RoleReason::Follows { .. } | RoleReason::NoPublisher => Role::Follower,
-            RoleReason::CatchingUp => Role::CatchingUp,
+            RoleReason::CatchingUp | RoleReason::DuplicateId { .. } => Role::CatchingUp,
         }
     }
 }
@@ -168,6 +174,16 @@ pub fn unheard_seeds(seeds: &[Vec<SocketAddr>], member_addrs: &[SocketAddr]) -> 
         .iter()
         .filter(|resolved| !resolved.iter().any(|a| member_addrs.contains(a)))
         .count()
+}
+
+/// Whether a starting node must hear another member before it may catch up: it was given
+/// seeds, and at least one of them resolves to an address other than its own. A node whose
+/// seeds do not resolve (the first replica of a fresh StatefulSet: its peers' DNS names do not
+/// exist yet) or name only itself is the first node of its cluster. A node whose seeds resolve
+/// but never answer stays catching up (not ready, never publisher) until one does, unless it is
+/// configured as a single-node cluster (`Timing::single_node`).
+pub fn must_hear_cluster(seeds: &[Vec<SocketAddr>], me: SocketAddr) -> bool {
+    seeds.iter().flatten().any(|a| *a != me)
 }
 
 /// Whether a node has caught up with the mesh.
@@ -422,5 +438,14 @@ mod tests {
             view.last_mut().unwrap().caught_up = true;
             prop_assert_eq!(choose_publisher_sticky(&view, &[], Some(&incumbent)), Some(incumbent));
         }
+    }
+
+    #[test]
+    fn only_reachable_looking_seeds_must_be_heard() {
+        let me: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let other: SocketAddr = "127.0.0.1:2".parse().unwrap();
+        assert!(!must_hear_cluster(&[], me));
+        assert!(!must_hear_cluster(&[vec![], vec![me]], me));
+        assert!(must_hear_cluster(&[vec![], vec![me, other]], me));
     }
 }

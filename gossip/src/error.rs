@@ -29,6 +29,16 @@ pub enum CertError {
     Tls { what: &'static str, detail: String },
     #[error("node id {id:?} is not usable in a file name or certificate")]
     BadNodeId { id: String },
+    #[error("{path}: certificate valid only from unix time {not_before} s to {not_after} s (expired or not valid yet: issue a new one with `shoal certs issue`)")]
+    Expired {
+        path: PathBuf,
+        not_before: i64,
+        not_after: i64,
+    },
+    #[error("validity {field} = {days} days: must be 1 to 36500")]
+    BadValidity { field: &'static str, days: u32 },
+    #[error("{path} exists: refusing to replace a cluster CA (rotate with `shoal certs issue --also-trust`, see docs/security.md)")]
+    Exists { path: PathBuf },
 }
 
 /// Starting the mesh failed.

@@ -25,7 +25,11 @@ mod config;
 pub mod election;
 mod epoch_file;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod head;
+mod identity;
+pub mod incarnation;
 mod keys;
 mod mesh;
 pub mod replica;
@@ -43,7 +47,7 @@ pub use mesh::{Mesh, Stamped};
 pub use transfer::digest_hex;
 #[cfg(feature = "fault-injection")]
 pub use transport::FaultHook;
-pub use transport::Traffic;
+pub use transport::{Refusal, Traffic};
 pub use version::{NodeId, Version};
 pub use view::{ClusterView, MemberView};
 

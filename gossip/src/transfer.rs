@@ -79,13 +79,52 @@ async fn read_frame<T: serde::de::DeserializeOwned>(
     }
     let mut body = vec![0u8; len];
     recv.read_exact(&mut body).await.map_err(stream_err)?;
+    decode_body(&body).map_err(|detail| TransferError::Decode { peer, detail })
+}
+
+/// Decodes a control frame's body (bincode 2, capped at [`MAX_FRAME_BYTES`]).
+fn decode_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
     let config = bincode::config::standard().with_limit::<MAX_FRAME_BYTES>();
-    let (value, _) =
-        bincode::serde::decode_from_slice(&body, config).map_err(|e| TransferError::Decode {
-            peer,
-            detail: e.to_string(),
-        })?;
+    let (value, _) = bincode::serde::decode_from_slice(body, config).map_err(|e| e.to_string())?;
     Ok(value)
+}
+
+/// Valid control frames of each kind (the fuzzers' starting corpus).
+#[doc(hidden)]
+pub fn fuzz_seeds() -> Vec<Vec<u8>> {
+    let version = Version::new(3, 7, crate::version::NodeId::new("n0"));
+    let frames = [
+        encode_frame(&FetchRequest {
+            version: version.clone(),
+        }),
+        encode_frame(&FetchHeader::Found {
+            version: version.clone(),
+            digest: digest_hex(b"doc"),
+            size_bytes: 3,
+        }),
+        encode_frame(&FetchHeader::NotHeld {
+            held: Some(version),
+        }),
+        encode_frame(&FetchHeader::NotHeld { held: None }),
+    ];
+    frames.into_iter().filter_map(Result::ok).collect()
+}
+
+/// Fuzzing entry: decodes `bytes` as one control frame of each kind (length prefix, then body),
+/// the way `read_frame` does off a stream. Never panics; returns whether any kind decoded.
+#[doc(hidden)]
+pub fn fuzz_control_frame(bytes: &[u8]) -> bool {
+    let Some((len, body)) = bytes.split_first_chunk::<4>() else {
+        return false;
+    };
+    let len = u32::from_be_bytes(*len) as usize;
+    if len > MAX_FRAME_BYTES || body.len() < len {
+        return false;
+    }
+    let body = &body[..len];
+    let request = decode_body::<FetchRequest>(body).is_ok();
+    let header = decode_body::<FetchHeader>(body).is_ok();
+    request || header
 }
 
 async fn write_all(

@@ -5,6 +5,7 @@
 
 use crate::election::{choose_publisher_sticky, Candidate, Role};
 use crate::head::{select_head, HeadInfo, HeldAd, MemberHeld};
+use crate::incarnation::{choose, Duplicate};
 use crate::keys;
 use crate::version::{NodeId, Version};
 use serde::{Deserialize, Serialize};
@@ -52,6 +53,11 @@ pub struct RawMember {
     pub live: bool,
     pub keys: BTreeMap<String, String>,
     pub last_seen_ms: Option<u64>,
+    /// Heard first-hand from a peer whose certificate names this id at this address (always
+    /// true without node identity): see `identity.rs`. Unverified records never count.
+    pub verified: bool,
+    /// The viewing node's own record.
+    pub me: bool,
 }
 
 /// A member with its keys parsed: what the replica core ([`crate::replica::Replica`]) decides
@@ -73,21 +79,18 @@ pub struct Member {
     pub stand_down: Option<String>,
 }
 
-/// Parses raw records. A node id seen with several generations keeps only the newest, so a
-/// restarted node's old incarnation never lingers as a ghost; a node announcing `leaving` is
-/// gone at once.
+/// [`parse_members_checked`] without the duplicate report.
 pub fn parse_members(raw: Vec<RawMember>) -> Vec<Member> {
-    let mut newest: BTreeMap<NodeId, RawMember> = BTreeMap::new();
-    for r in raw {
-        match newest.get(&r.id) {
-            Some(existing) if existing.generation >= r.generation => {}
-            _ => {
-                newest.insert(r.id.clone(), r);
-            }
-        }
-    }
-    newest
-        .into_values()
+    parse_members_checked(raw).0
+}
+
+/// Parses raw records. One incarnation per node id counts (see `incarnation.rs`: verified only,
+/// the older of two live duplicates, else the newest generation, so a restarted node's old
+/// incarnation never lingers as a ghost); a node announcing `leaving` is gone at once.
+pub(crate) fn parse_members_checked(raw: Vec<RawMember>) -> (Vec<Member>, Vec<Duplicate>) {
+    let (chosen, duplicates) = choose(raw);
+    let members = chosen
+        .into_iter()
         .map(|r| {
             let leaving = r.keys.contains_key(keys::LEAVING);
             let strip = |prefix: &str| -> BTreeMap<String, String> {
@@ -113,7 +116,8 @@ pub fn parse_members(raw: Vec<RawMember>) -> Vec<Member> {
                 last_seen_ms: r.last_seen_ms,
             }
         })
-        .collect()
+        .collect();
+    (members, duplicates)
 }
 
 /// The head and publisher a node derives from its members.
@@ -211,6 +215,8 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             last_seen_ms: None,
+            verified: true,
+            me: false,
         }
     }
 

@@ -167,14 +167,10 @@ async fn foreign_ca_node_is_refused_and_its_document_never_adopted() {
     // Same cluster id, the lowest id of all, seeded with every member: only its CA differs.
     let rogue_ca = shoal_gossip::certs::create_ca(CLUSTER).unwrap();
     let seeds: Vec<_> = nodes.iter().map(|n| n.listen_addr()).collect();
-    let rogue: Node = Mesh::start(config(
-        "a-rogue",
-        any_port(),
-        &seeds,
-        tls_for(&rogue_ca, "a-rogue"),
-    ))
-    .await
-    .unwrap();
+    let mut rogue_config = config("a-rogue", any_port(), &seeds, tls_for(&rogue_ca, "a-rogue"));
+    // A node that hears none of its seeds would not publish; the rogue runs alone on purpose.
+    rogue_config.timing.single_node = true;
+    let rogue: Node = Mesh::start(rogue_config).await.unwrap();
     // Alone, the rogue thinks it publishes; let it try to inject a newer-looking table.
     let rogue_version = publish_when_ready(&rogue, Table::small("evil")).await;
     tokio::time::sleep(Duration::from_secs(3)).await;

@@ -410,6 +410,13 @@ async fn node(State(s): State<AdminState>) -> Json<NodeResponse> {
 }
 
 async fn readyz(State(s): State<AdminState>) -> Response {
+    if let shoal_gossip::RoleReason::DuplicateId { other_at, .. } = s.mesh.role_reason() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: an older live process at {other_at} has this node id\n"),
+        )
+            .into_response();
+    }
     let applied = s.reconcile.get().applied;
     let head = s.mesh.current().map(|h| VersionRef::from(&h.version));
     match (&head, &applied) {
@@ -451,6 +458,7 @@ async fn metrics(State(s): State<AdminState>) -> Response {
 }
 
 fn refresh_gauges(s: &AdminState) {
+    s.metrics.mesh.refresh(&s.mesh);
     let view = s.mesh.view();
     let alive = view.members.iter().filter(|m| m.alive).count();
     s.metrics.members_alive.set(alive as i64);

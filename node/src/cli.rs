@@ -113,6 +113,14 @@ pub struct RunArgs {
     /// Run without TLS material (throwaway certificates, no peer authentication).
     #[arg(long)]
     pub insecure: bool,
+    /// Trust any cluster certificate for any node id (one certificate shared by all nodes).
+    /// Without it a peer may only speak for the node id its certificate names (docs/security.md).
+    #[arg(long)]
+    pub cluster_identity_only: bool,
+    /// Run as a cluster of its own when none of the seeds answers (after the startup patience).
+    /// Without it such a node stays not ready and never publishes until it hears the cluster.
+    #[arg(long)]
+    pub single_node: bool,
     /// Where the publisher reads the rule table from.
     #[arg(long, value_enum)]
     pub source: Option<SourceKind>,
@@ -200,6 +208,8 @@ pub enum OutputFormat {
 pub enum CertsCommand {
     /// Create a cluster CA and node certificates in DIR.
     Init(CertsInitArgs),
+    /// Issue node certificates from an existing CA (new nodes, renewals, CA rotation).
+    Issue(CertsIssueArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -211,6 +221,31 @@ pub struct CertsInitArgs {
     /// Comma-separated node ids to issue certificates for.
     #[arg(long, value_delimiter = ',', default_value = "shoal")]
     pub nodes: Vec<String>,
+    /// Validity of the CA, in days.
+    #[arg(long, default_value_t = shoal_gossip::certs::CA_DAYS_DEFAULT)]
+    pub ca_days: u32,
+    /// Validity of the node certificates, in days.
+    #[arg(long, default_value_t = shoal_gossip::certs::NODE_DAYS_DEFAULT)]
+    pub node_days: u32,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CertsIssueArgs {
+    /// Folder holding the issuing CA's ca.pem and ca.key.
+    #[arg(long)]
+    pub ca_dir: PathBuf,
+    /// Comma-separated node ids; each gets OUT/<id>/{ca.pem,node.pem,node.key}.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub nodes: Vec<String>,
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Validity of the node certificates, in days.
+    #[arg(long, default_value_t = shoal_gossip::certs::NODE_DAYS_DEFAULT)]
+    pub node_days: u32,
+    /// More CA certificates the nodes trust besides the issuing CA (the other CA during a
+    /// rotation); repeat or separate with commas.
+    #[arg(long, value_delimiter = ',')]
+    pub also_trust: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]

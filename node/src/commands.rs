@@ -1,7 +1,8 @@
 //! The one-shot CLI commands: status, table, certs init, check, backend-init.
 
 use crate::cli::{
-    BackendInitArgs, CertsInitArgs, CheckArgs, NodeArgs, OutputFormat, StatusArgs, SysctlsArgs,
+    BackendInitArgs, CertsInitArgs, CertsIssueArgs, CheckArgs, NodeArgs, OutputFormat, StatusArgs,
+    SysctlsArgs,
 };
 use crate::rules;
 use crate::status::ClusterStatus;
@@ -75,8 +76,44 @@ pub async fn table(args: &NodeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub fn certs_issue(args: &CertsIssueArgs) -> anyhow::Result<()> {
+    shoal_gossip::certs::issue_into(
+        &args.ca_dir,
+        &args.nodes,
+        &args.out,
+        args.node_days,
+        &args.also_trust,
+    )
+    .with_context(|| {
+        format!(
+            "issuing certificates from {} into {}",
+            args.ca_dir.display(),
+            args.out.display()
+        )
+    })?;
+    for node in &args.nodes {
+        println!(
+            "  {}/{node}/{{ca.pem,node.pem,node.key}}: valid {} days",
+            args.out.display(),
+            args.node_days
+        );
+    }
+    Ok(())
+}
+
 pub fn certs_init(args: &CertsInitArgs) -> anyhow::Result<()> {
-    shoal_gossip::certs::write_cluster_dir(&args.out, &args.cluster, &args.nodes)
+    let validity = shoal_gossip::certs::Validity {
+        ca_days: args.ca_days,
+        node_days: args.node_days,
+    };
+    // `--nodes ''` makes only a CA (the first step of a CA rotation).
+    let nodes: Vec<String> = args
+        .nodes
+        .iter()
+        .filter(|n| !n.is_empty())
+        .cloned()
+        .collect();
+    shoal_gossip::certs::write_cluster_dir_with(&args.out, &args.cluster, &nodes, validity)
         .with_context(|| format!("writing certificates to {}", args.out.display()))?;
     println!(
         "wrote the cluster CA ({0}/ca.pem, {0}/ca.key: keep the key offline) and certificates for {1}",

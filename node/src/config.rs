@@ -44,6 +44,8 @@ struct FileSettings {
     tls_dir: Option<PathBuf>,
     state_dir: Option<PathBuf>,
     insecure: Option<bool>,
+    cluster_identity_only: Option<bool>,
+    single_node: Option<bool>,
     source: Option<SourceKind>,
     rules: Option<PathBuf>,
     dataplane: Option<DataplaneKind>,
@@ -104,6 +106,10 @@ pub struct NodeConfig {
     pub tls_dir: Option<PathBuf>,
     /// Where the epoch file lives (see `RunArgs::state_dir`).
     pub state_dir: Option<PathBuf>,
+    /// Trust any cluster certificate for any node id (shared-certificate mode).
+    pub cluster_identity_only: bool,
+    /// May run alone when no seed answers.
+    pub single_node: bool,
     pub source: Source,
     pub dataplane: DataplaneKind,
     pub cleanup_on_exit: bool,
@@ -264,6 +270,9 @@ impl NodeConfig {
             cluster,
             tls_dir: if insecure { None } else { tls_dir },
             state_dir: args.state_dir.clone().or(file.state_dir),
+            cluster_identity_only: args.cluster_identity_only
+                || file.cluster_identity_only.unwrap_or(false),
+            single_node: args.single_node || file.single_node.unwrap_or(false),
             source,
             dataplane: args
                 .dataplane

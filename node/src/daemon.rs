@@ -25,10 +25,18 @@ use tokio_util::sync::CancellationToken;
 
 pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let security = match &config.tls_dir {
-        Some(dir) => Security::MutualTls(
-            TlsMaterial::load_dir(dir)
-                .with_context(|| format!("loading TLS material from {}", dir.display()))?,
-        ),
+        Some(dir) => {
+            let material = TlsMaterial::load_dir(dir)
+                .with_context(|| format!("loading TLS material from {}", dir.display()))?;
+            if config.cluster_identity_only {
+                tracing::warn!(
+                    "CLUSTER IDENTITY ONLY: any holder of a cluster certificate can speak for any node id (see docs/security.md)"
+                );
+                Security::ClusterIdentityOnly(material)
+            } else {
+                Security::MutualTls(material)
+            }
+        }
         None => {
             tracing::warn!(
                 "RUNNING INSECURE: peers are not authenticated; anyone who reaches {} can join the mesh and rewrite the rules",
@@ -51,7 +59,10 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         seeds: config.seeds.clone(),
         security,
         metadata,
-        timing: Timing::default(),
+        timing: Timing {
+            single_node: config.single_node,
+            ..Timing::default()
+        },
         epoch_file: epoch_file(&config)?,
     })
     .await

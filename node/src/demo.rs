@@ -33,6 +33,8 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         out: dir.path().join("certs"),
         cluster: "demo".into(),
         nodes: ids.clone(),
+        ca_days: shoal_gossip::certs::CA_DAYS_DEFAULT,
+        node_days: shoal_gossip::certs::NODE_DAYS_DEFAULT,
     })?;
 
     let _backends = start_backends(service_port).await?;

@@ -17,6 +17,7 @@ pub mod demo;
 pub mod desired;
 pub mod health;
 pub mod log_gate;
+pub mod mesh_metrics;
 pub mod metrics;
 pub mod reconcile;
 pub mod rules;

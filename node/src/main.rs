@@ -31,6 +31,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Status(args) => runtime()?.block_on(commands::status(&args)),
         Command::Table(args) => runtime()?.block_on(commands::table(&args)),
         Command::Certs(CertsCommand::Init(args)) => commands::certs_init(&args),
+        Command::Certs(CertsCommand::Issue(args)) => commands::certs_issue(&args),
         Command::Check(args) => commands::check(&args),
         Command::Demo(args) => runtime()?.block_on(demo::run(&args)),
         Command::BackendInit(args) => commands::backend_init(&args),

@@ -40,6 +40,8 @@ pub struct NodeMetrics {
     /// Admin API requests and connections turned away, by reason (`unauthorized`,
     /// `connection_cap`, `header_timeout`, `lifetime`).
     pub admin_refused: Family<ReasonLabel, Counter>,
+    /// Attacks on the mesh (handshakes, identities, duplicate ids).
+    pub mesh: crate::mesh_metrics::MeshMetrics,
 }
 
 impl Default for NodeMetrics {
@@ -65,6 +67,7 @@ impl NodeMetrics {
             publishes: Counter::default(),
             takeovers: Counter::default(),
             admin_refused: Family::default(),
+            mesh: Default::default(),
         }
     }
 
@@ -140,5 +143,6 @@ impl NodeMetrics {
             "Admin API requests and connections turned away, by reason",
             self.admin_refused.clone(),
         );
+        self.mesh.register(r);
     }
 }

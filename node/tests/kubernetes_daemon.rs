@@ -29,7 +29,15 @@ impl Drop for Node {
     }
 }
 
-fn spawn(id: &str, listen: u16, admin: u16, seeds: &[u16], kubeconfig: &Path, logs: &Path) -> Node {
+fn spawn(
+    id: &str,
+    listen: u16,
+    admin: u16,
+    seeds: &[u16],
+    kubeconfig: &Path,
+    logs: &Path,
+    extra: &[&str],
+) -> Node {
     let seeds: Vec<String> = seeds.iter().map(|p| format!("127.0.0.1:{p}")).collect();
     let log = std::fs::File::create(logs.join(format!("{id}.log"))).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_shoal"))
@@ -53,6 +61,7 @@ fn spawn(id: &str, listen: u16, admin: u16, seeds: &[u16], kubeconfig: &Path, lo
             "--dataplane",
             "memory",
         ])
+        .args(extra)
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(log)
@@ -90,6 +99,10 @@ impl Slots {
         let kc = self.dir.path().join(format!("{id}.kubeconfig"));
         std::fs::write(&kc, kubeconfig(api)).unwrap();
         let seeds: Vec<u16> = (0..3).filter(|&j| j != i).map(|j| self.listen[j]).collect();
+        // Node a may start alone, like the first replica of a fresh StatefulSet (whose peers'
+        // DNS names do not resolve yet); its seeds here are literal addresses that resolve but
+        // do not answer, which without --single-node keeps a node catching up (issue #15).
+        let extra: &[&str] = if i == 0 { &["--single-node"] } else { &[] };
         spawn(
             id,
             self.listen[i],
@@ -97,6 +110,7 @@ impl Slots {
             &seeds,
             &kc,
             self.dir.path(),
+            extra,
         )
     }
 }

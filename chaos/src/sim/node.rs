@@ -72,6 +72,9 @@ impl Timing {
             startup_patience_ms: self.startup_patience_ms,
             stall_reset_ms: self.stall_reset_ms,
             fetch_retry_ms: FETCH_RETRY_MS,
+            // The simulation keeps the earlier start rule (run alone after the patience); the
+            // "must hear the cluster" rule is tested on real nodes (gossip/tests/attacks.rs).
+            single_node: true,
         }
     }
 }

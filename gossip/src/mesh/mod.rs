@@ -92,6 +92,12 @@ struct State {
     heartbeats: HashMap<ChitchatId, (u64, Instant)>,
     /// Per chitchat node: (max_version, live) at the last parse, to skip re-parsing.
     fingerprint: Vec<(ChitchatId, u64, bool)>,
+    /// The transport's first-hand set version at the last parse (verification changes views).
+    first_hand_version: u64,
+    /// Node ids with live incarnations at several addresses (see `incarnation.rs`).
+    duplicates: Vec<crate::incarnation::Duplicate>,
+    /// Duplicate ids noticed so far (each new one counted once).
+    duplicates_seen: u64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -150,11 +156,26 @@ impl<D: Document> Mesh<D> {
             });
         }
         let server_name = cluster_server_name(&cluster_id);
-        let tls_configs = match &security {
-            Security::MutualTls(material) => tls::mutual(material)?,
+        let (tls_configs, enforce_identity) = match &security {
+            Security::MutualTls(material) => {
+                let named = material.node_id();
+                if named.as_deref() != Some(node_id.as_str()) {
+                    return Err(MeshError::Config {
+                        field: "node_id",
+                        detail: format!(
+                            "node.pem names node {named:?}, not {node_id:?}: a node may only speak for the id its certificate names (issue one with `shoal certs issue --nodes {node_id}`, or run with cluster identity only)"
+                        ),
+                    });
+                }
+                (tls::mutual(material)?, true)
+            }
+            Security::ClusterIdentityOnly(material) => {
+                warn!("mesh security is cluster identity only: any holder of a cluster certificate can speak for any node id (docs/security.md)");
+                (tls::mutual(material)?, false)
+            }
             Security::Insecure => {
                 warn!("mesh security is Insecure: any host that reaches {listen} can join and inject rules");
-                tls::insecure(&server_name)?
+                (tls::insecure(&server_name)?, false)
             }
         };
         let epoch_file = epoch_file.as_deref().map(EpochFile::open).transpose()?;
@@ -167,6 +188,7 @@ impl<D: Document> Mesh<D> {
             &timing,
             FaultHook::default(),
             streams_tx,
+            enforce_identity,
         )?;
         let listen = transport.local_addr();
         let generation = unix_ms();
@@ -235,6 +257,9 @@ impl<D: Document> Mesh<D> {
                 app_keys: BTreeMap::new(),
                 heartbeats: HashMap::new(),
                 fingerprint: Vec::new(),
+                first_hand_version: 0,
+                duplicates: Vec::new(),
+                duplicates_seen: 0,
             }),
             cancel: CancellationToken::new(),
         });
@@ -371,14 +396,6 @@ impl<D: Document> Mesh<D> {
         ));
     }
 
-    /// Tells the replica core whether another live incarnation of this node's id is in the
-    /// mesh (for the transport's identity checks): while `true` this node never publishes.
-    pub fn set_duplicate_id(&self, seen: bool) {
-        let mut st = lock(&self.inner.state);
-        st.replica.handle_duplicate_id(seen);
-        self.inner.carry_out(&mut st);
-    }
-
     /// `Some(reason)`: this node passes on the publisher role (the election treats it as not
     /// caught up) and says why in every view; `None`: it may be elected again.
     pub fn stand_down(&self, reason: Option<&str>) {
@@ -436,7 +453,13 @@ impl<D: Document> Mesh<D> {
     }
 
     /// Drops traffic with chosen peers (tests and benchmarks; `fault-injection` builds only).
+    /// Node ids this node has seen with live processes at two addresses (each counted once).
+    pub fn duplicate_ids_seen(&self) -> u64 {
+        lock(&self.inner.state).duplicates_seen
+    }
+
     #[cfg(feature = "fault-injection")]
+
     pub fn fault_hook(&self) -> FaultHook {
         self.inner.transport.fault().clone()
     }

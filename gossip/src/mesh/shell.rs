@@ -8,7 +8,7 @@ use crate::replica::Action;
 use crate::transfer::{self, Blob, Wanted};
 use crate::transport::InboundStream;
 use crate::version::NodeId;
-use crate::view::{parse_members, RawMember};
+use crate::view::{parse_members_checked, RawMember};
 use crate::Document;
 use bytes::Bytes;
 use chitchat::{Chitchat, ChitchatId};
@@ -84,7 +84,21 @@ impl<D: Document> Inner<D> {
         };
         let mut st = lock(&self.state);
         if let Some(raw) = raw {
-            st.replica.handle_members(parse_members(raw));
+            let (members, duplicates) = parse_members_checked(raw);
+            st.replica.handle_members(members);
+            for d in &duplicates {
+                if !st
+                    .duplicates
+                    .iter()
+                    .any(|old| old.id == d.id && old.refused == d.refused)
+                {
+                    st.duplicates_seen += 1;
+                    warn!(node = %d.id, kept_generation = d.kept.generation, kept_at = %d.kept.listen, refused = ?d.refused, "duplicate node id: two live processes claim it; the cluster keeps the older");
+                }
+            }
+            let refused = duplicates.iter().find(|d| d.refuses_me).map(|d| d.kept);
+            st.replica.handle_duplicate(refused);
+            st.duplicates = duplicates;
         }
         if st.replica.wants_heartbeat_ages() {
             refresh_last_seen(&mut st, now);
@@ -104,8 +118,10 @@ impl<D: Document> Inner<D> {
         let states = chitchat.node_states();
         let mut st = lock(&self.state);
         let st = &mut *st;
-        let mut unchanged =
-            st.fingerprint.len() == states.len() && !st.replica.members().is_empty();
+        let first_hand_version = self.transport.first_hand_version();
+        let mut unchanged = st.fingerprint.len() == states.len()
+            && !st.replica.members().is_empty()
+            && st.first_hand_version == first_hand_version;
         for (i, (id, state)) in states.iter().enumerate() {
             let beat = u64::from(state.heartbeat());
             match st.heartbeats.get_mut(id) {
@@ -136,6 +152,8 @@ impl<D: Document> Inner<D> {
             .iter()
             .map(|(id, state)| (id.clone(), state.max_version(), live.contains(id)))
             .collect();
+        st.first_hand_version = first_hand_version;
+        let enforce = self.transport.enforces_identity();
         Some(
             states
                 .iter()
@@ -149,6 +167,14 @@ impl<D: Document> Inner<D> {
                         .map(|(k, v)| (k.to_string(), v.to_string()))
                         .collect(),
                     last_seen_ms: None,
+                    verified: !enforce
+                        || id == self_id
+                        || self.transport.first_hand(
+                            &id.node_id,
+                            id.generation_id,
+                            id.gossip_advertise_addr,
+                        ),
+                    me: id == self_id,
                 })
                 .collect(),
         )
@@ -274,6 +300,10 @@ async fn fetch_head<D: Document>(
             break;
         }
         let started = Instant::now();
+        if let Err(e) = inner.transport.verify_peer(addr, peer_id.as_str()).await {
+            debug!(peer = %peer_id, error = %e, "not fetching from this holder");
+            continue;
+        }
         let result = transfer::fetch(
             &inner.transport,
             addr,

@@ -18,12 +18,13 @@ mod tests;
 pub use bug::Bug;
 
 use crate::election::{
-    has_listened, is_caught_up, liveness_unjudged, role_of, unheard_seeds, Listening, Role,
-    RoleReason,
+    has_listened, is_caught_up, liveness_unjudged, must_hear_cluster, role_of, unheard_seeds,
+    Listening, Role, RoleReason,
 };
 use crate::head::{
     catch_up, next_stamp, should_adopt, CatchUp, HeadInfo, HeldAd, Stamp, StampState,
 };
+use crate::incarnation::Incarnation;
 use crate::version::{NodeId, Version};
 use crate::view::{decide_at, Decisions, Member};
 use std::collections::{BTreeMap, VecDeque};
@@ -37,6 +38,8 @@ pub struct ReplicaTiming {
     pub stall_reset_ms: u64,
     /// After every holder failed to serve the head, wait this long before fetching again.
     pub fetch_retry_ms: u64,
+    /// May run alone when seeds resolve but never answer (see `election::must_hear_cluster`).
+    pub single_node: bool,
 }
 
 impl From<&crate::Timing> for ReplicaTiming {
@@ -46,6 +49,7 @@ impl From<&crate::Timing> for ReplicaTiming {
             startup_patience_ms: t.startup_patience_ms,
             stall_reset_ms: t.stall_reset_ms,
             fetch_retry_ms: FETCH_RETRY_MS,
+            single_node: t.single_node,
         }
     }
 }
@@ -108,8 +112,8 @@ pub struct Replica {
     dirty: bool,
     fetching: Option<Version>,
     fetch_retry_at_ms: Option<u64>,
-    /// Another live incarnation of this node's id was seen: refuse to serve as publisher.
-    duplicate_id: bool,
+    /// Set while an older live process has this node's id: refuse to serve (`incarnation.rs`).
+    refused_by: Option<Incarnation>,
     actions: VecDeque<Action>,
     #[cfg(feature = "fault-injection")]
     bug: Option<Bug>,
@@ -136,7 +140,7 @@ impl Replica {
             dirty: true,
             fetching: None,
             fetch_retry_at_ms: None,
-            duplicate_id: false,
+            refused_by: None,
             actions: VecDeque::new(),
             #[cfg(feature = "fault-injection")]
             bug: None,
@@ -202,6 +206,16 @@ impl Replica {
         }
     }
 
+    /// Another, older live process has this node's id (`Some`), or no longer (`None`): while
+    /// it does, this node is not caught up and never publishes (see `incarnation.rs`).
+    pub fn handle_duplicate(&mut self, older: Option<Incarnation>) {
+        if older.is_some() && self.refused_by.is_none() {
+            tracing::error!(node = %self.me.id, other = ?older, "another, older live process runs with this node id: refusing to serve (not ready, not publishing) until it is gone");
+        }
+        self.refused_by = older;
+        self.dirty = true;
+    }
+
     /// The configured seeds' resolved addresses (empty while one does not resolve).
     pub fn handle_seeds(&mut self, seed_addrs: Vec<Vec<SocketAddr>>) {
         self.seed_addrs = seed_addrs;
@@ -220,19 +234,6 @@ impl Replica {
         adopt
     }
 
-    /// Whether another live incarnation of this node's id is in the mesh (the transport's
-    /// identity checks say so). While it is, this node does not count as caught up, so it is
-    /// never elected and never stamps; it still fetches and follows.
-    pub fn handle_duplicate_id(&mut self, seen: bool) {
-        if seen && !self.duplicate_id && self.caught_up {
-            tracing::warn!(node = %self.me.id, "another live node uses this id; not publishing");
-            self.caught_up = false;
-            self.actions.push_back(Action::Ready(false));
-        }
-        self.duplicate_id = seen;
-        self.dirty = true;
-    }
-
     /// The fetch asked for by [`Action::Fetch`] ended; `adopted`: the head was installed.
     pub fn handle_fetch_done(&mut self, now_ms: u64, adopted: bool) {
         self.fetching = None;
@@ -247,6 +248,15 @@ impl Replica {
         self.sync_self();
         self.detect_stall(now_ms);
         self.last_tick_ms = Some(now_ms);
+        if self.refused_by.is_some() {
+            if self.caught_up {
+                self.caught_up = false;
+                self.actions.push_back(Action::Ready(false));
+            }
+            // Once the other process is gone, listen again before serving.
+            self.grace_from_ms = Some(now_ms);
+            self.sync_self();
+        }
         let patience_ms = self.timing.startup_patience_ms;
         // Who counts as starting depends on the clock, so while anyone starts, decide afresh.
         let starting = self.members.iter().any(|m| m.alive && !m.ready);
@@ -269,7 +279,7 @@ impl Replica {
             .unwrap_or(0);
         self.max_epoch_seen = self.max_epoch_seen.max(seen);
 
-        if !self.caught_up && !self.duplicate_id && self.listened(now_ms) {
+        if !self.caught_up && self.refused_by.is_none() && self.listened(now_ms) {
             let held = self.held.as_ref().map(|h| &h.version);
             let head = decisions.head.as_ref().map(|h| &h.version);
             if is_caught_up(false, true, held, head) {
@@ -280,12 +290,18 @@ impl Replica {
             }
         }
         let head_origin = decisions.head.as_ref().map(|h| &h.version.origin);
-        let reason = role_of(
-            &self.me.id,
-            self.caught_up,
-            decisions.publisher.as_ref(),
-            head_origin,
-        );
+        let reason = match self.refused_by {
+            Some(other) => RoleReason::DuplicateId {
+                other_generation: other.generation,
+                other_at: other.listen,
+            },
+            None => role_of(
+                &self.me.id,
+                self.caught_up,
+                decisions.publisher.as_ref(),
+                head_origin,
+            ),
+        };
         if self.role.as_ref().map(RoleReason::role) != Some(reason.role()) {
             if reason.role() == Role::Publisher {
                 // A new term: the first stamp opens a new epoch.
@@ -404,11 +420,18 @@ impl Replica {
                 .filter(|m| liveness_unjudged(m.alive, m.last_seen_ms, self.timing.join_grace_ms))
                 .count(),
         };
+        // A node given seeds it can resolve must hear one other member first-hand before it
+        // may publish: else a node cut off from its seeds (a partition, a handshake flood)
+        // would run as a cluster of its own and publish (see `must_hear_cluster`).
+        let heard_cluster = self.grace_from_ms.is_some()
+            || self.timing.single_node
+            || !must_hear_cluster(&self.seed_addrs, self.me.listen)
+            || self.members.iter().any(|m| m.id != self.me.id);
         has_listened(
             &listening,
             self.timing.join_grace_ms,
             self.timing.startup_patience_ms,
-        )
+        ) && heard_cluster
     }
 
     fn plan_fetch(&mut self, now_ms: u64, decisions: &Decisions) {

@@ -20,6 +20,7 @@ fn timing() -> ReplicaTiming {
         startup_patience_ms: 5_000,
         stall_reset_ms: 400,
         fetch_retry_ms: 200,
+        single_node: true,
     }
 }
 
@@ -192,7 +193,10 @@ fn a_duplicate_of_my_id_keeps_me_from_publishing() {
     r.handle_tick(700, 700);
     assert_eq!(r.role(), Role::Publisher);
     drain(&mut r);
-    r.handle_duplicate_id(true);
+    r.handle_duplicate(Some(crate::incarnation::Incarnation {
+        generation: 1,
+        listen: "127.0.0.1:7001".parse().unwrap(),
+    }));
     r.handle_tick(725, 725);
     let actions = drain(&mut r);
     assert!(actions.contains(&Action::Ready(false)), "{actions:?}");
@@ -201,7 +205,7 @@ fn a_duplicate_of_my_id_keeps_me_from_publishing() {
     r.handle_tick(2_000, 2_000);
     assert_eq!(r.role(), Role::CatchingUp);
     // Once the other incarnation is gone, it catches up again.
-    r.handle_duplicate_id(false);
+    r.handle_duplicate(None);
     r.handle_tick(2_025, 2_025);
     assert_eq!(r.role(), Role::Publisher);
 }

@@ -27,7 +27,7 @@ impl Transport for GossipTransport {
 
 struct GossipSocket {
     transport: QuicTransport,
-    rx: mpsc::Receiver<(SocketAddr, Bytes)>,
+    rx: mpsc::Receiver<super::Inbound>,
 }
 
 #[async_trait]
@@ -38,14 +38,22 @@ impl Socket for GossipSocket {
         Ok(())
     }
 
-    /// Cancel-safe: the only await is the channel receive.
+    /// Cancel-safe: the only await is the channel receive. Messages from a peer speaking for a
+    /// node id its certificate does not name are dropped here (see `identity.rs`).
     async fn recv(&mut self) -> anyhow::Result<(SocketAddr, ChitchatMessage)> {
         loop {
-            let Some((from, bytes)) = self.rx.recv().await else {
+            let Some((from, cert_id, bytes)) = self.rx.recv().await else {
                 bail!("the QUIC transport is closed");
             };
             match ChitchatMessage::deserialize(&mut &bytes[..]) {
-                Ok(msg) => return Ok((from, msg)),
+                Ok(msg) => {
+                    if self
+                        .transport
+                        .admit_gossip(from, cert_id.as_deref(), &bytes)
+                    {
+                        return Ok((from, msg));
+                    }
+                }
                 Err(e) => debug!(peer = %from, error = %e, "undecodable gossip message dropped"),
             }
         }

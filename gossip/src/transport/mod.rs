@@ -8,24 +8,30 @@
 //! replies reach the right node. Memory per peer is bounded: a fixed send queue, QUIC flow control
 //! windows and stream limits, a cap on every message.
 
-mod codec;
+pub(crate) mod admission;
+mod alarm;
+pub(crate) mod codec;
 pub mod fault;
 mod gossip;
 pub(crate) mod tls;
 
+pub use admission::Refusal;
 pub use fault::FaultHook;
 pub(crate) use gossip::GossipTransport;
 
 use crate::config::Timing;
 use crate::error::{CertError, MeshError};
+use crate::identity::{self, FirstHand, Verdict};
+use admission::{Admission, Limits};
+use alarm::WarnGate;
 use bytes::Bytes;
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -37,6 +43,15 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// TLS 1.3 a client whose certificate is rejected sees `connect()` succeed first).
 const EARLY_CLOSE: Duration = Duration::from_secs(2);
 const INBOUND_QUEUE_LEN: usize = 1_024;
+/// Attack warnings (refused handshakes, identity mismatches, oversized messages) are logged at
+/// most once per kind this often; the metrics count every one.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+/// How many source IPs that completed an authenticated handshake are remembered as known.
+const MAX_KNOWN_SOURCES: usize = 4_096;
+
+/// A gossip message as received: the sender's address, the node id its certificate names
+/// (`None` without node identity), the framed bytes.
+type Inbound = (SocketAddr, Option<Arc<str>>, Bytes);
 
 /// A bidirectional stream a peer opened, for the transport's owner to answer.
 pub(crate) struct InboundStream {
@@ -58,9 +73,22 @@ pub struct Traffic {
     pub dropped_queue_full: u64,
     pub dropped_no_connection: u64,
     pub dropped_inbound_full: u64,
-    /// Failed dials and refused incoming handshakes.
+    /// Failed dials and refused incoming handshakes (all reasons).
     pub dial_failures: u64,
     pub handshakes_refused: u64,
+    /// Refused incoming handshakes by reason (see [`Refusal`]).
+    pub handshakes_refused_full: u64,
+    pub handshakes_refused_source_busy: u64,
+    pub handshakes_refused_source_rate: u64,
+    /// Incoming handshakes from a validated address that did not finish within the deadline.
+    pub handshakes_timed_out: u64,
+    /// Stateless Retry packets sent to sources that had not proven their address yet.
+    pub handshakes_retried: u64,
+    /// Connections and gossip messages dropped because the peer's certificate did not name the
+    /// node id it spoke for (or named none while node identity is enforced).
+    pub identity_mismatches: u64,
+    /// Gossip messages above the size cap (sent or received), dropped.
+    pub oversized_messages: u64,
     /// Gossip messages sent (each on its own unidirectional stream).
     pub sent_on_stream: u64,
 }
@@ -93,13 +121,20 @@ struct Inner {
     max_peers: usize,
     fault: FaultHook,
     streams: mpsc::Sender<InboundStream>,
+    /// Peers must hold a certificate naming a node id and speak only for it (see `identity.rs`).
+    enforce_identity: bool,
+    first_hand: Mutex<FirstHand>,
+    /// Source IPs that completed an authenticated handshake (they may use the reserve).
+    known_sources: Mutex<HashMap<IpAddr, Instant>>,
+    admission: Mutex<Admission>,
+    handshake_timeout: Duration,
+    warns: Mutex<WarnGate>,
     conns: Mutex<HashMap<SocketAddr, Connection>>,
     dial_locks: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>>,
     backoffs: Mutex<HashMap<SocketAddr, Backoff>>,
     peer_queues: Mutex<HashMap<SocketAddr, mpsc::Sender<Bytes>>>,
-    gossip_in: mpsc::Sender<(SocketAddr, Bytes)>,
-    gossip_in_rx: Mutex<Option<mpsc::Receiver<(SocketAddr, Bytes)>>>,
-    handshakes: Arc<Semaphore>,
+    gossip_in: mpsc::Sender<Inbound>,
+    gossip_in_rx: Mutex<Option<mpsc::Receiver<Inbound>>>,
     cancel: CancellationToken,
     closed_udp_tx_bytes: AtomicU64,
     closed_udp_rx_bytes: AtomicU64,
@@ -115,6 +150,13 @@ struct Counters {
     dropped_inbound_full: AtomicU64,
     dial_failures: AtomicU64,
     handshakes_refused: AtomicU64,
+    handshakes_refused_full: AtomicU64,
+    handshakes_refused_source_busy: AtomicU64,
+    handshakes_refused_source_rate: AtomicU64,
+    handshakes_timed_out: AtomicU64,
+    handshakes_retried: AtomicU64,
+    identity_mismatches: AtomicU64,
+    oversized_messages: AtomicU64,
     sent_on_stream: AtomicU64,
 }
 
@@ -128,7 +170,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl QuicTransport {
-    /// Binds the endpoint and starts accepting connections.
+    /// Binds the endpoint and starts accepting connections. With `enforce_identity`, every
+    /// peer's certificate must name a node id, and gossip is judged against it.
     pub(crate) fn bind(
         listen: SocketAddr,
         tls: (rustls::ServerConfig, rustls::ClientConfig),
@@ -136,6 +179,7 @@ impl QuicTransport {
         timing: &Timing,
         fault: FaultHook,
         streams: mpsc::Sender<InboundStream>,
+        enforce_identity: bool,
     ) -> Result<Self, MeshError> {
         let (server_tls, client_tls) = tls;
         let quic_err = |what: &'static str| {
@@ -184,13 +228,24 @@ impl QuicTransport {
             max_peers: timing.max_peers,
             fault,
             streams,
+            enforce_identity,
+            first_hand: Mutex::new(FirstHand::new(timing.max_peers.saturating_mul(4))),
+            known_sources: Mutex::default(),
+            admission: Mutex::new(Admission::new(Limits {
+                max_in_flight: timing.max_concurrent_handshakes,
+                reserve_for_known: timing.handshake_reserve_for_known,
+                per_source_in_flight: timing.handshakes_per_source,
+                per_source_per_s: timing.handshake_rate_per_source_per_s,
+                per_source_burst: timing.handshake_rate_per_source_per_s.max(1.0),
+            })),
+            handshake_timeout: Duration::from_millis(timing.handshake_timeout_ms),
+            warns: Mutex::new(WarnGate::new(WARN_EVERY)),
             conns: Mutex::default(),
             dial_locks: Mutex::default(),
             backoffs: Mutex::default(),
             peer_queues: Mutex::default(),
             gossip_in,
             gossip_in_rx: Mutex::new(Some(gossip_in_rx)),
-            handshakes: Arc::new(Semaphore::new(timing.max_concurrent_handshakes)),
             cancel: CancellationToken::new(),
             closed_udp_tx_bytes: AtomicU64::new(0),
             closed_udp_rx_bytes: AtomicU64::new(0),
@@ -232,6 +287,17 @@ impl QuicTransport {
             dropped_inbound_full: c.dropped_inbound_full.load(Ordering::Relaxed),
             dial_failures: c.dial_failures.load(Ordering::Relaxed),
             handshakes_refused: c.handshakes_refused.load(Ordering::Relaxed),
+            handshakes_refused_full: c.handshakes_refused_full.load(Ordering::Relaxed),
+            handshakes_refused_source_busy: c
+                .handshakes_refused_source_busy
+                .load(Ordering::Relaxed),
+            handshakes_refused_source_rate: c
+                .handshakes_refused_source_rate
+                .load(Ordering::Relaxed),
+            handshakes_timed_out: c.handshakes_timed_out.load(Ordering::Relaxed),
+            handshakes_retried: c.handshakes_retried.load(Ordering::Relaxed),
+            identity_mismatches: c.identity_mismatches.load(Ordering::Relaxed),
+            oversized_messages: c.oversized_messages.load(Ordering::Relaxed),
             sent_on_stream: c.sent_on_stream.load(Ordering::Relaxed),
         }
     }
@@ -244,7 +310,7 @@ impl QuicTransport {
         lock(&self.inner.conns).clear();
     }
 
-    fn take_gossip_rx(&self) -> Option<mpsc::Receiver<(SocketAddr, Bytes)>> {
+    fn take_gossip_rx(&self) -> Option<mpsc::Receiver<Inbound>> {
         lock(&self.inner.gossip_in_rx).take()
     }
 
@@ -255,7 +321,10 @@ impl QuicTransport {
             return;
         }
         if bytes.len() > self.inner.max_gossip_message_bytes {
-            warn!(peer = %to, size_bytes = bytes.len(), "gossip message above the cap, dropped");
+            bump(&self.inner.counters.oversized_messages);
+            self.warn_limited("oversized", |suppressed| {
+                warn!(peer = %to, size_bytes = bytes.len(), suppressed, "gossip message above the cap, dropped");
+            });
             return;
         }
         let bytes = Bytes::from(codec::encode(&bytes));
@@ -359,8 +428,11 @@ impl QuicTransport {
         };
         match result {
             Ok(conn) => {
-                self.register(conn.clone());
-                Ok(conn)
+                if self.register(conn.clone()) {
+                    Ok(conn)
+                } else {
+                    Err("the peer's certificate names no node id".into())
+                }
             }
             Err(detail) => {
                 bump(&self.inner.counters.dial_failures);
@@ -375,11 +447,129 @@ impl QuicTransport {
 
     /// Caches a fresh connection, replacing any older one to the same address (after a crash
     /// the survivors' cached connection is dead; the restarted peer's new one must win), and
-    /// starts reading from it.
-    fn register(&self, conn: Connection) {
+    /// starts reading from it. With node identity enforced, a peer whose certificate names no
+    /// node id is closed instead (false).
+    fn register(&self, conn: Connection) -> bool {
         let peer = conn.remote_address();
+        let cert_id = peer_node_id(&conn).map(Arc::<str>::from);
+        if self.inner.enforce_identity && cert_id.is_none() {
+            bump(&self.inner.counters.identity_mismatches);
+            self.warn_limited("identity", |suppressed| {
+                warn!(%peer, suppressed, "peer certificate names no node id (a cluster-only certificate while node identity is enforced): connection closed");
+            });
+            conn.close(1u32.into(), b"certificate names no node id");
+            return false;
+        }
+        {
+            let mut known = lock(&self.inner.known_sources);
+            if known.len() >= MAX_KNOWN_SOURCES && !known.contains_key(&peer.ip()) {
+                if let Some(oldest) = known.iter().min_by_key(|(_, at)| **at).map(|(ip, _)| *ip) {
+                    known.remove(&oldest);
+                }
+            }
+            known.insert(peer.ip(), Instant::now());
+        }
         lock(&self.inner.conns).insert(peer, conn.clone());
-        tokio::spawn(self.clone().read_loop(conn));
+        tokio::spawn(self.clone().read_loop(conn, cert_id));
+        true
+    }
+
+    /// Whether the live connection to `addr` (dialed if needed) presents a certificate naming
+    /// `node_id`. Always true without node identity.
+    pub(crate) async fn verify_peer(&self, addr: SocketAddr, node_id: &str) -> Result<(), String> {
+        let conn = self.connection(addr).await?;
+        if !self.inner.enforce_identity {
+            return Ok(());
+        }
+        match peer_node_id(&conn) {
+            Some(id) if id == node_id => Ok(()),
+            other => {
+                bump(&self.inner.counters.identity_mismatches);
+                self.warn_limited("identity", |suppressed| {
+                    warn!(peer = %addr, expected = node_id, certificate = ?other, suppressed, "peer at a member's address holds another node's certificate: not fetching from it");
+                });
+                Err(format!(
+                    "the certificate at {addr} names {other:?}, not {node_id}"
+                ))
+            }
+        }
+    }
+
+    /// Whether a member (id, generation, address) was heard first-hand: from a connection at
+    /// that address whose certificate names that id (see `identity.rs`).
+    pub(crate) fn first_hand(&self, id: &str, generation: u64, addr: SocketAddr) -> bool {
+        lock(&self.inner.first_hand).contains(id, generation, addr)
+    }
+
+    /// Rises whenever a member is heard first-hand for the first time.
+    pub(crate) fn first_hand_version(&self) -> u64 {
+        lock(&self.inner.first_hand).version()
+    }
+
+    pub(crate) fn enforces_identity(&self) -> bool {
+        self.inner.enforce_identity
+    }
+
+    /// Judges one inbound chitchat message (see `identity::judge`): false to drop it.
+    pub(crate) fn admit_gossip(
+        &self,
+        from: SocketAddr,
+        cert_id: Option<&str>,
+        message: &[u8],
+    ) -> bool {
+        if !self.inner.enforce_identity {
+            return true;
+        }
+        let verdict = match (cert_id, identity::claims(message)) {
+            (Some(cert_id), Some(claims)) => {
+                let known = lock(&self.inner.first_hand).knows(cert_id, from);
+                identity::judge(cert_id, from, &claims, known)
+            }
+            // Chitchat decoded it, we could not: drop rather than guess.
+            _ => Verdict::Mismatch {
+                claimed: Vec::new(),
+            },
+        };
+        match verdict {
+            Verdict::Accept { first_hand } => {
+                if let Some(cert_id) = cert_id {
+                    let now = Instant::now();
+                    let mut heard = lock(&self.inner.first_hand);
+                    for generation in first_hand {
+                        heard.record(cert_id, generation, from, now);
+                    }
+                }
+                true
+            }
+            Verdict::Mismatch { claimed } => {
+                bump(&self.inner.counters.identity_mismatches);
+                self.warn_limited("identity", |suppressed| {
+                    warn!(peer = %from, certificate = ?cert_id, ?claimed, suppressed, "gossip from a peer speaking for a node id its certificate does not name: dropped");
+                });
+                false
+            }
+        }
+    }
+
+    /// Logs through `log` unless a warning of `kind` was logged in the last 10 s.
+    fn warn_limited(&self, kind: &'static str, log: impl FnOnce(u64)) {
+        let allowed = lock(&self.inner.warns).allow(kind, Instant::now());
+        if let Some(suppressed) = allowed {
+            log(suppressed);
+        }
+    }
+
+    fn refuse(&self, peer: SocketAddr, why: Refusal) {
+        let c = &self.inner.counters;
+        bump(&c.handshakes_refused);
+        bump(match why {
+            Refusal::Full => &c.handshakes_refused_full,
+            Refusal::SourceBusy => &c.handshakes_refused_source_busy,
+            Refusal::SourceRate => &c.handshakes_refused_source_rate,
+        });
+        self.warn_limited("handshake", |suppressed| {
+            warn!(%peer, reason = why.as_str(), suppressed, "incoming handshake refused");
+        });
     }
 
     async fn accept_loop(self) {
@@ -396,51 +586,85 @@ impl QuicTransport {
                 incoming.ignore();
                 continue;
             }
-            let Ok(permit) = self.inner.handshakes.clone().try_acquire_owned() else {
-                debug!(%peer, "too many handshakes in flight, connection refused");
-                bump(&self.inner.counters.handshakes_refused);
+            // Address validation first: a source that has not proven it receives packets at its
+            // address gets a stateless Retry and costs nothing (no slot, no state), so spoofed or
+            // half-open Initials cannot hold handshake slots.
+            if !incoming.remote_address_validated() {
+                if incoming.may_retry() {
+                    if incoming.retry().is_ok() {
+                        bump(&self.inner.counters.handshakes_retried);
+                    }
+                } else {
+                    incoming.refuse();
+                }
+                continue;
+            }
+            let ip = peer.ip();
+            let known = lock(&self.inner.known_sources).contains_key(&ip);
+            let admitted = lock(&self.inner.admission).admit(ip, known, Instant::now());
+            if let Err(why) = admitted {
+                self.refuse(peer, why);
                 incoming.refuse();
                 continue;
-            };
+            }
             let this = self.clone();
             tokio::spawn(async move {
-                let _permit = permit;
                 let connecting = match incoming.accept() {
-                    Ok(c) => c,
+                    Ok(c) => Some(c),
                     Err(e) => {
                         debug!(%peer, error = %e, "incoming connection failed");
-                        return;
+                        None
                     }
                 };
-                match tokio::time::timeout(DIAL_TIMEOUT, connecting).await {
-                    Ok(Ok(conn)) => {
-                        lock(&this.inner.backoffs).remove(&peer);
-                        this.register(conn);
+                if let Some(connecting) = connecting {
+                    match tokio::time::timeout(this.inner.handshake_timeout, connecting).await {
+                        Ok(Ok(conn)) => {
+                            lock(&this.inner.backoffs).remove(&peer);
+                            this.register(conn);
+                        }
+                        Ok(Err(e)) => {
+                            bump(&this.inner.counters.handshakes_refused);
+                            this.warn_limited("handshake", |suppressed| {
+                                warn!(%peer, error = %e, suppressed, "incoming handshake failed");
+                            });
+                        }
+                        Err(_) => {
+                            bump(&this.inner.counters.handshakes_timed_out);
+                            this.warn_limited("handshake_timeout", |suppressed| {
+                                warn!(%peer, suppressed, "incoming handshake did not finish in time, dropped");
+                            });
+                        }
                     }
-                    Ok(Err(e)) => debug!(%peer, error = %e, "handshake refused"),
-                    Err(_) => debug!(%peer, "handshake timed out"),
                 }
+                lock(&this.inner.admission).finish(ip);
             });
         }
     }
 
-    async fn read_loop(self, conn: Connection) {
+    async fn read_loop(self, conn: Connection, cert_id: Option<Arc<str>>) {
         let peer = conn.remote_address();
         let started = Instant::now();
         let reason = loop {
             tokio::select! {
                 _ = self.inner.cancel.cancelled() => break None,
                 datagram = conn.read_datagram() => match datagram {
-                    Ok(bytes) => self.deliver(peer, bytes),
+                    Ok(bytes) => self.deliver(peer, cert_id.clone(), bytes),
                     Err(e) => break Some(e),
                 },
                 uni = conn.accept_uni() => match uni {
                     Ok(mut recv) => {
                         let this = self.clone();
+                        let cert_id = cert_id.clone();
                         tokio::spawn(async move {
                             let max = this.inner.max_gossip_message_bytes + 1;
                             match tokio::time::timeout(STREAM_READ_TIMEOUT, recv.read_to_end(max)).await {
-                                Ok(Ok(bytes)) => this.deliver(peer, Bytes::from(bytes)),
+                                Ok(Ok(bytes)) => this.deliver(peer, cert_id, Bytes::from(bytes)),
+                                Ok(Err(quinn::ReadToEndError::TooLong)) => {
+                                    bump(&this.inner.counters.oversized_messages);
+                                    this.warn_limited("oversized", |suppressed| {
+                                        warn!(%peer, max_bytes = max - 1, suppressed, "gossip message above the cap, dropped");
+                                    });
+                                }
                                 Ok(Err(e)) => debug!(%peer, error = %e, "gossip stream dropped"),
                                 Err(_) => debug!(%peer, "gossip stream timed out"),
                             }
@@ -496,7 +720,7 @@ impl QuicTransport {
         conn.close(0u32.into(), b"done");
     }
 
-    fn deliver(&self, peer: SocketAddr, bytes: Bytes) {
+    fn deliver(&self, peer: SocketAddr, cert_id: Option<Arc<str>>, bytes: Bytes) {
         if self.inner.fault.drops_inbound(&peer) {
             return;
         }
@@ -508,7 +732,7 @@ impl QuicTransport {
         if self
             .inner
             .gossip_in
-            .try_send((peer, Bytes::from(message)))
+            .try_send((peer, cert_id, Bytes::from(message)))
             .is_ok()
         {
             self.inner.gossip_rx_bytes.fetch_add(len, Ordering::Relaxed);
@@ -516,6 +740,13 @@ impl QuicTransport {
             bump(&self.inner.counters.dropped_inbound_full);
         }
     }
+}
+
+/// The node id the peer's certificate names (its `urn:shoal:node:` URI SAN).
+fn peer_node_id(conn: &Connection) -> Option<String> {
+    let identity = conn.peer_identity()?;
+    let chain = identity.downcast_ref::<Vec<rustls::pki_types::CertificateDer<'static>>>()?;
+    crate::certs::cert_node_id(chain.first()?)
 }
 
 async fn send_uni(conn: &Connection, bytes: &[u8]) -> Result<(), String> {

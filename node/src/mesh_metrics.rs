@@ -1,0 +1,109 @@
+//! Prometheus counters of attacks on the mesh: refused and timed-out handshakes, Retry packets,
+//! identity mismatches, oversized messages, duplicate node ids (issue #15).
+//!
+//! The mesh counts; this copies its totals into counters when `/metrics` is read.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use shoal_gossip::{Document, Mesh, RoleReason};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Default)]
+pub struct MeshMetrics {
+    pub handshakes_refused: Family<ReasonLabel, Counter>,
+    pub handshakes_timed_out: Counter,
+    pub handshakes_retried: Counter,
+    pub identity_mismatches: Counter,
+    pub oversized_messages: Counter,
+    pub duplicate_ids: Counter,
+    pub refused_as_duplicate: Gauge,
+}
+
+/// Raises `counter` to `total` (the mesh's counters only rise).
+fn catch_up(counter: &Counter, total: u64) {
+    let now = counter.get();
+    if total > now {
+        counter.inc_by(total - now);
+    }
+}
+
+impl MeshMetrics {
+    pub fn register(&self, r: &mut Registry) {
+        r.register(
+            "shoal_mesh_handshakes_refused",
+            "Incoming QUIC handshakes refused, by reason (full: no slot; source_busy / source_rate: per-source limits; tls: the TLS handshake failed)",
+            self.handshakes_refused.clone(),
+        );
+        r.register(
+            "shoal_mesh_handshakes_timed_out",
+            "Incoming handshakes from a validated address that did not finish in time",
+            self.handshakes_timed_out.clone(),
+        );
+        r.register(
+            "shoal_mesh_handshakes_retried",
+            "QUIC Retry packets sent to sources that had not proven their address",
+            self.handshakes_retried.clone(),
+        );
+        r.register(
+            "shoal_mesh_identity_mismatches",
+            "Connections and gossip messages dropped because the peer's certificate does not name the node id it speaks for",
+            self.identity_mismatches.clone(),
+        );
+        r.register(
+            "shoal_mesh_oversized_messages",
+            "Gossip messages above the size cap, dropped",
+            self.oversized_messages.clone(),
+        );
+        r.register(
+            "shoal_mesh_duplicate_ids",
+            "Node ids seen with live processes at two addresses",
+            self.duplicate_ids.clone(),
+        );
+        r.register(
+            "shoal_mesh_refused_as_duplicate",
+            "1 while this node refuses to serve because an older live process has its node id",
+            self.refused_as_duplicate.clone(),
+        );
+    }
+
+    pub fn refresh<D: Document>(&self, mesh: &Mesh<D>) {
+        let t = mesh.traffic();
+        let by_reason = [
+            ("full", t.handshakes_refused_full),
+            ("source_busy", t.handshakes_refused_source_busy),
+            ("source_rate", t.handshakes_refused_source_rate),
+            (
+                "tls",
+                t.handshakes_refused.saturating_sub(
+                    t.handshakes_refused_full
+                        + t.handshakes_refused_source_busy
+                        + t.handshakes_refused_source_rate,
+                ),
+            ),
+        ];
+        for (reason, total) in by_reason {
+            catch_up(
+                &self
+                    .handshakes_refused
+                    .get_or_create(&ReasonLabel { reason }),
+                total,
+            );
+        }
+        catch_up(&self.handshakes_timed_out, t.handshakes_timed_out);
+        catch_up(&self.handshakes_retried, t.handshakes_retried);
+        catch_up(&self.identity_mismatches, t.identity_mismatches);
+        catch_up(&self.oversized_messages, t.oversized_messages);
+        catch_up(&self.duplicate_ids, mesh.duplicate_ids_seen());
+        self.refused_as_duplicate.set(i64::from(matches!(
+            mesh.role_reason(),
+            RoleReason::DuplicateId { .. }
+        )));
+    }
+}
