@@ -452,14 +452,13 @@ impl<D: Document> Mesh<D> {
         ids
     }
 
-    /// Drops traffic with chosen peers (tests and benchmarks; `fault-injection` builds only).
     /// Node ids this node has seen with live processes at two addresses (each counted once).
     pub fn duplicate_ids_seen(&self) -> u64 {
         lock(&self.inner.state).duplicates_seen
     }
 
+    /// Drops traffic with chosen peers (tests and benchmarks; `fault-injection` builds only).
     #[cfg(feature = "fault-injection")]
-
     pub fn fault_hook(&self) -> FaultHook {
         self.inner.transport.fault().clone()
     }
