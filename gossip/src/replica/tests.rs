@@ -204,9 +204,11 @@ fn a_duplicate_of_my_id_keeps_me_from_publishing() {
     assert!(r.plan_stamp(D).is_err());
     r.handle_tick(2_000, 2_000);
     assert_eq!(r.role(), Role::CatchingUp);
-    // Once the other incarnation is gone, it catches up again.
+    // Once the other incarnation is gone, it listens again (a fresh join grace), then serves.
     r.handle_duplicate(None);
     r.handle_tick(2_025, 2_025);
+    assert_eq!(r.role(), Role::CatchingUp);
+    r.handle_tick(4_000, 4_000);
     assert_eq!(r.role(), Role::Publisher);
 }
 
