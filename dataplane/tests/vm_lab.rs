@@ -608,7 +608,7 @@ fn f_shoal_node_programs_ipvs_and_reports_it() {
         "/v1/dataplane differs from ipvsadm"
     );
     assert!(
-        shown.contains("-A -t 203.0.113.10:80 -s mh -b mh-port"),
+        shown.contains("-A -t 203.0.113.10:80 -s mh -b mh-fallback,mh-port"),
         "{shown:?}"
     );
     let fetched = out("f_fetch.txt");
