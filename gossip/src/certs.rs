@@ -55,7 +55,8 @@ impl TlsMaterial {
     pub fn load_dir(dir: &Path) -> Result<Self, CertError> {
         let read = |name: &str| {
             let path = dir.join(name);
-            std::fs::read_to_string(&path).map_err(|source| CertError::Read { path, source })
+            crate::small_file::read_to_string(&path, crate::small_file::SETTINGS_FILE_CAP_BYTES)
+                .map_err(|source| CertError::Read { path, source })
         };
         let material = TlsMaterial {
             ca_pem: read("ca.pem")?,
@@ -321,7 +322,8 @@ impl ClusterCa {
     pub fn load_dir(dir: &Path) -> Result<Self, CertError> {
         let read = |name: &str| {
             let path = dir.join(name);
-            std::fs::read_to_string(&path).map_err(|source| CertError::Read { path, source })
+            crate::small_file::read_to_string(&path, crate::small_file::SETTINGS_FILE_CAP_BYTES)
+                .map_err(|source| CertError::Read { path, source })
         };
         ClusterCa::load(&read("ca.pem")?, &read("ca.key")?)
     }
@@ -540,10 +542,12 @@ pub fn issue_into(
     let ca = ClusterCa::load_dir(ca_dir)?;
     let mut extra = Vec::new();
     for path in also_trust {
-        let pem = std::fs::read_to_string(path).map_err(|source| CertError::Read {
-            path: path.clone(),
-            source,
-        })?;
+        let pem =
+            crate::small_file::read_to_string(path, crate::small_file::SETTINGS_FILE_CAP_BYTES)
+                .map_err(|source| CertError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
         parse_certs(&pem, "trusted CA file")?;
         extra.push(pem);
     }

@@ -9,6 +9,9 @@ use crate::error::PublishError;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+/// One number and a newline; anything longer is not an epoch file.
+const EPOCH_FILE_CAP_BYTES: u64 = 64;
+
 /// Where the highest stamped epoch is kept, and the value last written.
 #[derive(Debug)]
 pub(crate) struct EpochFile {
@@ -20,7 +23,7 @@ impl EpochFile {
     /// Reads the file (absent = 0). A file that does not parse is an error naming the path:
     /// guessing 0 could let a publisher stamp an old version again.
     pub(crate) fn open(path: &Path) -> Result<Self, crate::MeshError> {
-        let persisted = match std::fs::read_to_string(path) {
+        let persisted = match crate::small_file::read_to_string(path, EPOCH_FILE_CAP_BYTES) {
             Ok(text) => parse(&text).ok_or_else(|| crate::MeshError::Config {
                 field: "epoch_file",
                 detail: format!(
@@ -94,5 +97,21 @@ mod tests {
         std::fs::write(&path, "seven").unwrap();
         let err = EpochFile::open(&path).unwrap_err().to_string();
         assert!(err.contains("epoch") && err.contains("seven"), "{err}");
+    }
+
+    #[test]
+    fn a_device_or_an_oversized_file_is_refused_naming_the_path() {
+        let err = EpochFile::open(Path::new("/dev/zero"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("/dev/zero") && err.contains("not a regular file"),
+            "{err}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("epoch");
+        std::fs::write(&path, "1".repeat(100)).unwrap();
+        let err = EpochFile::open(&path).unwrap_err().to_string();
+        assert!(err.contains("epoch") && err.contains("limit"), "{err}");
     }
 }

@@ -131,7 +131,7 @@ pub fn certs_init(args: &CertsInitArgs) -> anyhow::Result<()> {
 }
 
 pub fn check(args: &CheckArgs) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(&args.rules)
+    let text = shoal_gossip::small_file::read_to_string(&args.rules, rules::MAX_FILE_BYTES)
         .with_context(|| format!("cannot read {}", args.rules.display()))?;
     let table =
         rules::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", args.rules.display()))?;

@@ -128,6 +128,8 @@ pub const RESYNC_INTERVAL_S: std::ops::RangeInclusive<u64> = 1..=86_400;
 pub const DRAIN_S: std::ops::RangeInclusive<u64> = 0..=86_400;
 pub const HEALTH_CHECKERS: std::ops::RangeInclusive<usize> = 1..=16;
 pub const MAX_SEEDS: usize = 1_000;
+/// The `--config` file (a few settings and a `[bgp]` table; 1 MiB leaves room for comments).
+pub const CONFIG_FILE_CAP_BYTES: u64 = shoal_gossip::small_file::SETTINGS_FILE_CAP_BYTES;
 /// Admin tokens: long enough to resist guessing, short enough to be a token and not a file.
 pub const ADMIN_TOKEN_LEN: std::ops::RangeInclusive<usize> = 16..=4_096;
 
@@ -361,16 +363,7 @@ pub fn read_token(path: &Path) -> Result<String, ConfigError> {
         field: "admin_token_file",
         message,
     };
-    let meta = std::fs::metadata(path)
-        .map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?;
-    if !meta.is_file() || meta.len() > *ADMIN_TOKEN_LEN.end() as u64 + 64 {
-        return Err(invalid(format!(
-            "{} must be a regular file of at most {} bytes",
-            path.display(),
-            ADMIN_TOKEN_LEN.end()
-        )));
-    }
-    let text = std::fs::read_to_string(path)
+    let text = read_capped(path, *ADMIN_TOKEN_LEN.end() as u64 + 64)
         .map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?;
     let token = text.trim();
     if !ADMIN_TOKEN_LEN.contains(&token.len()) || !token.chars().all(|c| c.is_ascii_graphic()) {
@@ -384,8 +377,14 @@ pub fn read_token(path: &Path) -> Result<String, ConfigError> {
     Ok(token.to_string())
 }
 
+/// Every file `shoal run` reads at start-up goes through this: a regular file (symlinks
+/// followed) of at most `cap_bytes`, else an error (`--config /dev/zero` used to hang).
+pub fn read_capped(path: &Path, cap_bytes: u64) -> std::io::Result<String> {
+    shoal_gossip::small_file::read_to_string(path, cap_bytes)
+}
+
 fn read_file(path: &Path) -> Result<FileSettings, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let text = read_capped(path, CONFIG_FILE_CAP_BYTES).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
     })?;
@@ -490,7 +489,7 @@ mod tests {
         assert!(err.contains("admin_token_file"), "{err}");
         a.admin_token_file = Some("/dev/zero".into());
         let err = NodeConfig::resolve(&a).unwrap_err().to_string();
-        assert!(err.contains("regular file"), "{err}");
+        assert!(err.contains("not a regular file"), "{err}");
     }
 
     #[test]
@@ -524,5 +523,35 @@ mod tests {
         a.seeds = Some(vec!["no-port".into()]);
         let err = NodeConfig::resolve(&a).unwrap_err().to_string();
         assert!(err.contains("no-port"), "{err}");
+    }
+
+    /// Issue #15: `--config /dev/zero` read forever. Devices, directories and FIFOs are refused
+    /// without being opened, and so is a file over the cap, each with the path named.
+    #[test]
+    fn config_files_that_are_not_small_regular_files_are_refused_naming_the_path() {
+        let mut a = args();
+        a.config = Some("/dev/zero".into());
+        let err = NodeConfig::resolve(&a).unwrap_err().to_string();
+        assert!(
+            err.contains("/dev/zero") && err.contains("not a regular file"),
+            "{err}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        a.config = Some(dir.path().to_path_buf());
+        let err = NodeConfig::resolve(&a).unwrap_err().to_string();
+        assert!(err.contains("directory"), "{err}");
+        let big = dir.path().join("big.toml");
+        let line = "# padding padding padding padding padding padding padding padding\n";
+        std::fs::write(
+            &big,
+            line.repeat(CONFIG_FILE_CAP_BYTES as usize / line.len() + 1),
+        )
+        .unwrap();
+        a.config = Some(big.clone());
+        let err = NodeConfig::resolve(&a).unwrap_err().to_string();
+        assert!(
+            err.contains(&big.display().to_string()) && err.contains("limit"),
+            "{err}"
+        );
     }
 }
