@@ -6,6 +6,9 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+/// The cluster id when none is given (`shoal run --cluster`, `shoal certs init --cluster`).
+pub const DEFAULT_CLUSTER_ID: &str = "shoal";
+
 /// Everything a node needs to join the mesh.
 #[derive(Clone, Debug)]
 pub struct MeshConfig {

@@ -40,7 +40,7 @@ pub mod version;
 pub mod view;
 
 pub use certs::TlsMaterial;
-pub use config::{MeshConfig, Security, Timing};
+pub use config::{MeshConfig, Security, Timing, DEFAULT_CLUSTER_ID};
 pub use election::{Role, RoleReason};
 pub use error::{CertError, MeshError, PublishError, TransferError};
 pub use head::HeadInfo;

@@ -1,11 +1,12 @@
 //! The command line: every subcommand and flag of the `shoal` binary.
 //!
 //! The manifests' container args are parsed with this same parser in a test, so flags and
-//! manifests cannot drift apart.
+//! manifests cannot drift apart. The flags of `shoal run` are [`RunSettings`] (config/settings.rs),
+//! the same struct the `--config` file is read into.
 
+pub use crate::config::RunSettings;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
@@ -31,7 +32,7 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the load-balancer daemon.
-    Run(Box<RunArgs>),
+    Run(Box<RunSettings>),
     /// Print the cluster-wide view, asking any one node.
     Status(StatusArgs),
     /// Print the rule table at the head, asking any one node.
@@ -79,107 +80,6 @@ pub enum AnnounceKind {
     L2,
 }
 
-/// Flags of `shoal run`. Each may also be set in the TOML file given by `--config`
-/// (same names with `_` for `-`); a flag on the command line wins over the file.
-#[derive(Debug, Clone, Default, Args)]
-pub struct RunArgs {
-    /// TOML file with any of these settings.
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    /// This node's id in the mesh (default: the hostname). Ids order numerically-aware
-    /// (`shoal-2` before `shoal-10`); when the publisher is gone, the lowest live id takes over.
-    #[arg(long)]
-    pub node_id: Option<String>,
-    /// QUIC peer endpoint, host:port; also the address peers reach this node at.
-    #[arg(long)]
-    pub listen: Option<SocketAddr>,
-    /// Admin HTTP API, host:port.
-    #[arg(long)]
-    pub admin: Option<SocketAddr>,
-    /// Comma-separated host:port of peers to join through; DNS names are re-resolved.
-    #[arg(long, value_delimiter = ',')]
-    pub seeds: Option<Vec<String>>,
-    /// Cluster id; nodes of other clusters are ignored.
-    #[arg(long)]
-    pub cluster: Option<String>,
-    /// Folder holding ca.pem, node.pem and node.key.
-    #[arg(long)]
-    pub tls_dir: Option<PathBuf>,
-    /// Folder for what must survive a restart: the highest epoch this node stamped (file
-    /// `epoch`), so a restarted publisher never stamps a version twice. Without it a warning
-    /// is logged.
-    #[arg(long)]
-    pub state_dir: Option<PathBuf>,
-    /// Run without TLS material (throwaway certificates, no peer authentication).
-    #[arg(long)]
-    pub insecure: bool,
-    /// Trust any cluster certificate for any node id (one certificate shared by all nodes).
-    /// Without it a peer may only speak for the node id its certificate names (docs/security.md).
-    #[arg(long)]
-    pub cluster_identity_only: bool,
-    /// Run as a cluster of its own when none of the seeds answers (after the startup patience).
-    /// Without it such a node stays not ready and never publishes until it hears the cluster.
-    #[arg(long)]
-    pub single_node: bool,
-    /// Where the publisher reads the rule table from.
-    #[arg(long, value_enum)]
-    pub source: Option<SourceKind>,
-    /// The rules file of the static source.
-    #[arg(long)]
-    pub rules: Option<PathBuf>,
-    /// Where rules are programmed.
-    #[arg(long, value_enum)]
-    pub dataplane: Option<DataplaneKind>,
-    /// Remove this node's VIPs and services on exit (default: leave them in place).
-    #[arg(long)]
-    pub cleanup_on_exit: bool,
-    /// Seconds between full resyncs that repair drift in the dataplane.
-    #[arg(long)]
-    pub resync_interval_s: Option<u64>,
-    /// Seconds a removed backend stays at weight 0 before it is deleted.
-    #[arg(long)]
-    pub drain_s: Option<u64>,
-    /// How many nodes probe each backend.
-    #[arg(long)]
-    pub health_checkers: Option<usize>,
-    /// loadBalancerClass of the Services this cluster serves (kubernetes source).
-    #[arg(long)]
-    pub lb_class: Option<String>,
-    /// Comma-separated CIDRs of the VIPs of an install limited to one namespace (kubernetes
-    /// source with --namespace); a cluster-wide install reads ShoalPool objects instead.
-    #[arg(long, value_delimiter = ',')]
-    pub vip_pools: Option<Vec<String>>,
-    /// Watch only this namespace, with a namespaced Role (kubernetes source).
-    #[arg(long)]
-    pub namespace: Option<String>,
-    /// Kubeconfig file (default: in-cluster config, then $KUBECONFIG).
-    #[arg(long)]
-    pub kubeconfig: Option<PathBuf>,
-    /// Name of the dummy interface that holds the VIPs (ipvs dataplane).
-    #[arg(long)]
-    pub vip_interface: Option<String>,
-    /// How to bring client traffic here: none, bgp (needs `[bgp]` in --config) or l2.
-    #[arg(long, value_enum)]
-    pub announce: Option<AnnounceKind>,
-    /// L2 mode: the interface clients reach this node on (ARP/NDP are answered there).
-    #[arg(long)]
-    pub interface: Option<String>,
-    /// On SIGTERM: withdraw first, keep the rules this many seconds for flows in flight, exit.
-    #[arg(long)]
-    pub shutdown_drain_s: Option<u64>,
-    /// Withdraw a VIP none of whose services has a healthy backend (default true).
-    #[arg(long)]
-    pub withdraw_when_no_backends: Option<bool>,
-    /// The watchdog withdraws this node's announcements when shoal misses its announce step
-    /// for this long (a frozen process).
-    #[arg(long)]
-    pub freeze_withdraw_ms: Option<u64>,
-    /// File holding a bearer token that the admin API's /v1/* requires (/healthz, /readyz
-    /// and /metrics stay open for probes and Prometheus).
-    #[arg(long)]
-    pub admin_token_file: Option<PathBuf>,
-}
-
 #[derive(Debug, Clone, Args)]
 pub struct NodeArgs {
     /// Admin address of any node, host:port.
@@ -216,7 +116,7 @@ pub enum CertsCommand {
 pub struct CertsInitArgs {
     #[arg(long)]
     pub out: PathBuf,
-    #[arg(long, default_value = "shoal")]
+    #[arg(long, default_value = shoal_gossip::DEFAULT_CLUSTER_ID)]
     pub cluster: String,
     /// Comma-separated node ids to issue certificates for.
     #[arg(long, value_delimiter = ',', default_value = "shoal")]

@@ -121,6 +121,9 @@ impl ReconcileStatus {
     }
 }
 
+/// Seconds between full resyncs when `resync_interval_s` is not set.
+pub const DEFAULT_RESYNC_INTERVAL_S: u64 = 10;
+
 pub struct LoopSettings {
     pub resync_interval: Duration,
     /// Deliberate bug for the chaos harness's own test (`SHOAL_FAULT=applied-goes-back`).

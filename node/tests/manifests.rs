@@ -15,7 +15,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule, Role, RoleBinding};
 use serde_json::Value;
 use shoal_node::announce::decide::Mode;
-use shoal_node::cli::{Cli, Command, DataplaneKind, RunArgs, SourceKind};
+use shoal_node::cli::{Cli, Command, DataplaneKind, RunSettings, SourceKind};
 use shoal_node::config::{NodeConfig, Source};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -198,7 +198,13 @@ const CLUSTER_EXTRA_GRANTS: [&str; 4] = [
 
 /// What every shape must get right; returns the parsed `shoal run` args, the resolved node
 /// config and its Kubernetes settings for the shape's own checks.
-fn common_checks(s: &Shape) -> (RunArgs, NodeConfig, shoal_node::config::KubernetesSettings) {
+fn common_checks(
+    s: &Shape,
+) -> (
+    RunSettings,
+    NodeConfig,
+    shoal_node::config::KubernetesSettings,
+) {
     let sts = s.statefulset();
     let spec = sts.spec.as_ref().unwrap();
     let pod = s.pod();

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// `[bgp]` as written in the config file.
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BgpFile {
     pub local_asn: Option<u64>,
@@ -25,7 +25,7 @@ pub struct BgpFile {
 }
 
 /// `[[bgp.peers]]` as written in the config file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PeerFile {
     pub address: IpAddr,
@@ -105,6 +105,12 @@ fn err(field: impl Into<String>, message: impl Into<String>) -> SettingError {
         message: message.into(),
     }
 }
+
+/// `freeze_withdraw_ms`: below 200 ms a busy node withdraws for nothing; above a minute a
+/// frozen node keeps attracting traffic it cannot serve.
+pub const FREEZE_WITHDRAW_MS: std::ops::RangeInclusive<u64> = 200..=60_000;
+/// `shutdown_drain_s`: at most an hour of draining on SIGTERM.
+pub const SHUTDOWN_DRAIN_S: std::ops::RangeInclusive<u64> = 0..=3_600;
 
 pub const ASN_MAX: u64 = 4_294_967_294;
 pub const DEFAULT_TABLE: u32 = 120;

@@ -1,10 +1,22 @@
-//! The daemon's settings: flags merged over an optional TOML file, checked, with defaults.
+//! The daemon's settings: [`RunSettings`] from the command line layered over the same struct
+//! read from the `--config` file, then checked once, with defaults, into a [`NodeConfig`].
+//!
+//! Each default comes from the crate or module that owns the setting (the mesh's from
+//! `shoal-gossip`, the VIP interface from `shoal-dataplane`, the announce settings from
+//! `announce::settings`, health and reconcile from their modules); every bound is checked here
+//! at start-up, and an error names the setting as a config key and as a flag.
+
+mod settings;
+#[cfg(test)]
+mod tests;
+
+pub use settings::RunSettings;
 
 use crate::announce::decide::Mode;
-use crate::announce::settings::{bgp_settings, AnnounceSettings, BgpFile};
-use crate::cli::{AnnounceKind, DataplaneKind, RunArgs, SourceKind};
-use serde::Deserialize;
+use crate::announce::settings::{self as announce_settings, bgp_settings, AnnounceSettings};
+use crate::cli::{AnnounceKind, DataplaneKind, SourceKind};
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -17,9 +29,9 @@ pub enum ConfigError {
     },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
-    #[error("missing setting `{0}` (give --{flag} or set it in the config file)", flag = .0.replace('_', "-"))]
+    #[error("missing setting `{0}` (give {flag} or set `{0}` in the config file)", flag = RunSettings::flag_of(.0))]
     Missing(&'static str),
-    #[error("setting `{field}`: {message}")]
+    #[error("setting `{field}` ({flag}): {message}", flag = RunSettings::flag_of(.field))]
     Invalid {
         field: &'static str,
         message: String,
@@ -32,41 +44,6 @@ pub enum ConfigError {
     NoTls,
 }
 
-/// The same settings as [`RunArgs`], as they may appear in a config file.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileSettings {
-    node_id: Option<String>,
-    listen: Option<SocketAddr>,
-    admin: Option<SocketAddr>,
-    seeds: Option<Vec<String>>,
-    cluster: Option<String>,
-    tls_dir: Option<PathBuf>,
-    state_dir: Option<PathBuf>,
-    insecure: Option<bool>,
-    cluster_identity_only: Option<bool>,
-    single_node: Option<bool>,
-    source: Option<SourceKind>,
-    rules: Option<PathBuf>,
-    dataplane: Option<DataplaneKind>,
-    cleanup_on_exit: Option<bool>,
-    resync_interval_s: Option<u64>,
-    drain_s: Option<u64>,
-    health_checkers: Option<usize>,
-    lb_class: Option<String>,
-    vip_pools: Option<Vec<String>>,
-    namespace: Option<String>,
-    kubeconfig: Option<PathBuf>,
-    vip_interface: Option<String>,
-    announce: Option<AnnounceKind>,
-    interface: Option<String>,
-    shutdown_drain_s: Option<u64>,
-    withdraw_when_no_backends: Option<bool>,
-    freeze_withdraw_ms: Option<u64>,
-    bgp: Option<BgpFile>,
-    admin_token_file: Option<PathBuf>,
-}
-
 #[derive(Debug, Clone)]
 pub enum Source {
     Static { rules: PathBuf },
@@ -76,7 +53,7 @@ pub enum Source {
 #[derive(Debug, Clone)]
 pub struct KubernetesSettings {
     pub lb_class: String,
-    /// Only with `namespace` (cluster-wide installs read ShoalPool objects).
+    /// Only with `namespace` (cluster-wide installs read ShoalPool objects); checked at start-up.
     pub vip_pools: Vec<String>,
     /// Watch only this namespace (an install with a namespaced Role).
     pub namespace: Option<String>,
@@ -104,7 +81,7 @@ pub struct NodeConfig {
     pub cluster: String,
     /// `None` only when running `--insecure`.
     pub tls_dir: Option<PathBuf>,
-    /// Where the epoch file lives (see `RunArgs::state_dir`).
+    /// Where the epoch file lives (see `RunSettings::state_dir`).
     pub state_dir: Option<PathBuf>,
     /// Trust any cluster certificate for any node id (shared-certificate mode).
     pub cluster_identity_only: bool,
@@ -124,65 +101,107 @@ pub struct NodeConfig {
 
 /// Bounds of the numeric settings, checked at start-up so that no later arithmetic on them
 /// can overflow (a huge `--resync-interval-s` used to panic inside the reconcile task).
-pub const RESYNC_INTERVAL_S: std::ops::RangeInclusive<u64> = 1..=86_400;
-pub const DRAIN_S: std::ops::RangeInclusive<u64> = 0..=86_400;
-pub const HEALTH_CHECKERS: std::ops::RangeInclusive<usize> = 1..=16;
+pub const RESYNC_INTERVAL_S: RangeInclusive<u64> = 1..=86_400;
+pub const DRAIN_S: RangeInclusive<u64> = 0..=86_400;
+pub const HEALTH_CHECKERS: RangeInclusive<usize> = 1..=16;
 pub const MAX_SEEDS: usize = 1_000;
+/// Node ids, cluster ids, loadBalancerClasses: a DNS name's length.
+pub const NAME_LEN: RangeInclusive<usize> = 1..=253;
+/// Linux interface names (IFNAMSIZ is 16 with the terminating NUL).
+pub const INTERFACE_NAME_LEN: RangeInclusive<usize> = 1..=15;
 /// The `--config` file (a few settings and a `[bgp]` table; 1 MiB leaves room for comments).
 pub const CONFIG_FILE_CAP_BYTES: u64 = shoal_gossip::small_file::SETTINGS_FILE_CAP_BYTES;
 /// Admin tokens: long enough to resist guessing, short enough to be a token and not a file.
-pub const ADMIN_TOKEN_LEN: std::ops::RangeInclusive<usize> = 16..=4_096;
+pub const ADMIN_TOKEN_LEN: RangeInclusive<usize> = 16..=4_096;
+
+/// A removed backend's connections are kept this long by default: none with the static source
+/// (its operator removes backends on purpose), Kubernetes' default termination grace with the
+/// kubernetes source (a terminating pod still serves).
+const DEFAULT_DRAIN_S_STATIC: u64 = 0;
+const DEFAULT_DRAIN_S_KUBERNETES: u64 = 30;
 
 fn bounded<T: PartialOrd + std::fmt::Display>(
     field: &'static str,
     value: T,
-    range: std::ops::RangeInclusive<T>,
+    range: RangeInclusive<T>,
 ) -> Result<T, ConfigError> {
     if range.contains(&value) {
         Ok(value)
     } else {
-        Err(ConfigError::Invalid {
+        Err(invalid(
             field,
-            message: format!("{value} is outside {}-{}", range.start(), range.end()),
-        })
+            format!("{value} is outside {}-{}", range.start(), range.end()),
+        ))
     }
 }
 
+fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        message: message.into(),
+    }
+}
+
+/// A name without spaces or control characters, of a length in `len`.
+fn name(
+    field: &'static str,
+    value: String,
+    len: RangeInclusive<usize>,
+) -> Result<String, ConfigError> {
+    if !len.contains(&value.len()) || value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid(
+            field,
+            format!(
+                "{value:?} must be {}-{} characters without spaces",
+                len.start(),
+                len.end()
+            ),
+        ));
+    }
+    Ok(value)
+}
+
+fn interface_name(field: &'static str, value: String) -> Result<String, ConfigError> {
+    let value = name(field, value, INTERFACE_NAME_LEN)?;
+    if value.contains('/') || value == "." || value == ".." {
+        return Err(invalid(
+            field,
+            format!("{value:?} is not an interface name"),
+        ));
+    }
+    Ok(value)
+}
+
 impl NodeConfig {
-    /// Merges flags over the config file (flags win) and checks the result.
-    pub fn resolve(args: &RunArgs) -> Result<Self, ConfigError> {
-        let file = match &args.config {
+    /// The settings of `shoal run`: `flags` layered over the `--config` file they name (flags
+    /// win), then checked with [`NodeConfig::from_settings`].
+    pub fn resolve(flags: &RunSettings) -> Result<Self, ConfigError> {
+        let file = match &flags.config {
             Some(path) => read_file(path)?,
-            None => FileSettings::default(),
+            None => RunSettings::default(),
         };
-        let node_id = match args.node_id.clone().or(file.node_id.clone()) {
+        Self::from_settings(flags.clone().over(file))
+    }
+
+    /// Applies the defaults and checks every bound, once, whichever layer each setting came from.
+    pub fn from_settings(s: RunSettings) -> Result<Self, ConfigError> {
+        let node_id = match s.node_id.clone() {
             Some(id) => id,
             None => hostname::get()
                 .ok()
                 .and_then(|h| h.into_string().ok())
                 .ok_or(ConfigError::Missing("node_id"))?,
         };
-        if node_id.is_empty() || node_id.len() > 253 || node_id.contains(char::is_whitespace) {
-            return Err(ConfigError::Invalid {
-                field: "node_id",
-                message: format!("{node_id:?} must be 1-253 characters without spaces"),
-            });
-        }
-        let announce = announce_settings(args, &file, &node_id)?;
-        let listen = args
-            .listen
-            .or(file.listen)
-            .ok_or(ConfigError::Missing("listen"))?;
-        let admin = args
-            .admin
-            .or(file.admin)
-            .ok_or(ConfigError::Missing("admin"))?;
-        let seeds = args.seeds.clone().or(file.seeds).unwrap_or_default();
+        let node_id = name("node_id", node_id, NAME_LEN)?;
+        let announce = announce_settings(&s, &node_id)?;
+        let listen = s.listen.ok_or(ConfigError::Missing("listen"))?;
+        let admin = s.admin.ok_or(ConfigError::Missing("admin"))?;
+        let seeds = s.seeds.unwrap_or_default();
         if seeds.len() > MAX_SEEDS {
-            return Err(ConfigError::Invalid {
-                field: "seeds",
-                message: format!("{} seeds is over {MAX_SEEDS}", seeds.len()),
-            });
+            return Err(invalid(
+                "seeds",
+                format!("{} seeds is over {MAX_SEEDS}", seeds.len()),
+            ));
         }
         for seed in &seeds {
             if seed
@@ -190,78 +209,70 @@ impl NodeConfig {
                 .and_then(|(_, p)| p.parse::<u16>().ok())
                 .is_none()
             {
-                return Err(ConfigError::Invalid {
-                    field: "seeds",
-                    message: format!("{seed:?} is not host:port"),
-                });
+                return Err(invalid("seeds", format!("{seed:?} is not host:port")));
             }
         }
-        let cluster = args
-            .cluster
-            .clone()
-            .or(file.cluster)
-            .unwrap_or_else(|| "shoal".to_string());
-        let insecure = args.insecure || file.insecure.unwrap_or(false);
-        let tls_dir = args.tls_dir.clone().or(file.tls_dir);
-        if tls_dir.is_none() && !insecure {
+        let cluster = name(
+            "cluster",
+            s.cluster
+                .unwrap_or_else(|| shoal_gossip::DEFAULT_CLUSTER_ID.to_string()),
+            NAME_LEN,
+        )?;
+        if s.tls_dir.is_none() && !s.insecure {
             return Err(ConfigError::NoTls);
         }
-        let source_kind = args.source.or(file.source).unwrap_or(SourceKind::Static);
-        let source = match source_kind {
+        let source = match s.source.unwrap_or(SourceKind::Static) {
             SourceKind::Static => Source::Static {
-                rules: args
-                    .rules
-                    .clone()
-                    .or(file.rules)
-                    .ok_or(ConfigError::Missing("rules"))?,
+                rules: s.rules.ok_or(ConfigError::Missing("rules"))?,
             },
             SourceKind::Kubernetes => Source::Kubernetes(KubernetesSettings {
-                lb_class: args
-                    .lb_class
-                    .clone()
-                    .or(file.lb_class)
-                    .unwrap_or_else(|| "shoal.io/lb".to_string()),
-                vip_pools: args
-                    .vip_pools
-                    .clone()
-                    .or(file.vip_pools)
-                    .unwrap_or_default(),
-                namespace: args.namespace.clone().or(file.namespace),
-                kubeconfig: args.kubeconfig.clone().or(file.kubeconfig),
+                lb_class: name(
+                    "lb_class",
+                    s.lb_class.unwrap_or_else(|| {
+                        crate::source::kubernetes::DEFAULT_LOAD_BALANCER_CLASS.to_string()
+                    }),
+                    NAME_LEN,
+                )?,
+                vip_pools: s.vip_pools.unwrap_or_default(),
+                namespace: s.namespace,
+                kubeconfig: s.kubeconfig,
             }),
         };
         if let Source::Kubernetes(k) = &source {
-            k.to_source_config()
-                .check()
-                .map_err(|message| ConfigError::Invalid {
-                    field: "kubernetes source",
-                    message,
-                })?;
+            // The source's own check parses the pools; its message starts with the setting.
+            k.to_source_config().check().map_err(|message| {
+                let field = message
+                    .split_once(':')
+                    .and_then(|(key, _)| RunSettings::NAMES.iter().find(|n| **n == key))
+                    .copied()
+                    .unwrap_or("vip_pools");
+                invalid(field, message)
+            })?;
         }
-        // Kubernetes gives a terminating pod 30 s by default: keep its connections that long.
         let default_drain_s = match &source {
-            Source::Kubernetes(_) => 30,
-            Source::Static { .. } => 0,
+            Source::Kubernetes(_) => DEFAULT_DRAIN_S_KUBERNETES,
+            Source::Static { .. } => DEFAULT_DRAIN_S_STATIC,
         };
         let health_checkers = bounded(
             "health_checkers",
-            args.health_checkers.or(file.health_checkers).unwrap_or(2),
+            s.health_checkers
+                .unwrap_or(crate::health::HealthConfig::default().checkers_per_backend),
             HEALTH_CHECKERS,
         )?;
         let resync_interval_s = bounded(
             "resync_interval_s",
-            args.resync_interval_s
-                .or(file.resync_interval_s)
-                .unwrap_or(10),
+            s.resync_interval_s
+                .unwrap_or(crate::reconcile::DEFAULT_RESYNC_INTERVAL_S),
             RESYNC_INTERVAL_S,
         )?;
-        let drain_s = bounded(
-            "drain_s",
-            args.drain_s.or(file.drain_s).unwrap_or(default_drain_s),
-            DRAIN_S,
+        let drain_s = bounded("drain_s", s.drain_s.unwrap_or(default_drain_s), DRAIN_S)?;
+        let vip_interface = interface_name(
+            "vip_interface",
+            s.vip_interface
+                .unwrap_or_else(|| shoal_dataplane::IpvsOptions::default().interface),
         )?;
-        let admin_token = match args.admin_token_file.clone().or(file.admin_token_file) {
-            Some(path) => Some(read_token(&path)?),
+        let admin_token = match &s.admin_token_file {
+            Some(path) => Some(read_token(path)?),
             None => None,
         };
         Ok(NodeConfig {
@@ -270,87 +281,67 @@ impl NodeConfig {
             admin,
             seeds,
             cluster,
-            tls_dir: if insecure { None } else { tls_dir },
-            state_dir: args.state_dir.clone().or(file.state_dir),
-            cluster_identity_only: args.cluster_identity_only
-                || file.cluster_identity_only.unwrap_or(false),
-            single_node: args.single_node || file.single_node.unwrap_or(false),
+            tls_dir: if s.insecure { None } else { s.tls_dir },
+            state_dir: s.state_dir,
+            cluster_identity_only: s.cluster_identity_only,
+            single_node: s.single_node,
             source,
-            dataplane: args
-                .dataplane
-                .or(file.dataplane)
-                .unwrap_or(DataplaneKind::Memory),
-            cleanup_on_exit: args.cleanup_on_exit || file.cleanup_on_exit.unwrap_or(false),
+            dataplane: s.dataplane.unwrap_or(DataplaneKind::Memory),
+            cleanup_on_exit: s.cleanup_on_exit,
             resync_interval: Duration::from_secs(resync_interval_s),
             drain: Duration::from_secs(drain_s),
             health_checkers,
-            vip_interface: args
-                .vip_interface
-                .clone()
-                .or(file.vip_interface)
-                .unwrap_or_else(|| "shoal0".to_string()),
+            vip_interface,
             announce,
             admin_token,
         })
     }
 }
 
-fn announce_settings(
-    args: &RunArgs,
-    file: &FileSettings,
-    node_id: &str,
-) -> Result<AnnounceSettings, ConfigError> {
+fn announce_settings(s: &RunSettings, node_id: &str) -> Result<AnnounceSettings, ConfigError> {
     let defaults = AnnounceSettings::default();
-    let mode = match args
-        .announce
-        .or(file.announce)
-        .unwrap_or(AnnounceKind::None)
-    {
+    let mode = match s.announce.unwrap_or(AnnounceKind::None) {
         AnnounceKind::None => None,
         AnnounceKind::Bgp => Some(Mode::Bgp),
         AnnounceKind::L2 => Some(Mode::L2),
     };
-    let interface = args.interface.clone().or(file.interface.clone());
+    let interface = s
+        .interface
+        .clone()
+        .map(|i| interface_name("interface", i))
+        .transpose()?;
     if mode == Some(Mode::L2) && interface.is_none() {
         return Err(ConfigError::Missing("interface"));
     }
-    let bgp = match (&file.bgp, mode) {
+    let bgp = match (&s.bgp, mode) {
         (Some(b), _) => Some(bgp_settings(b, node_id)?),
         (None, Some(Mode::Bgp)) => {
-            return Err(ConfigError::Invalid {
-                field: "bgp",
-                message: "`--announce bgp` needs a [bgp] table in the --config file".into(),
-            })
+            return Err(invalid(
+                "bgp",
+                "`--announce bgp` needs a [bgp] table in the --config file",
+            ))
         }
         (None, _) => None,
     };
-    let freeze_withdraw_ms = args
-        .freeze_withdraw_ms
-        .or(file.freeze_withdraw_ms)
-        .unwrap_or(defaults.freeze_withdraw.as_millis() as u64);
-    if !(200..=60_000).contains(&freeze_withdraw_ms) {
-        return Err(ConfigError::Invalid {
-            field: "freeze_withdraw_ms",
-            message: format!("{freeze_withdraw_ms} must be 200-60000"),
-        });
-    }
-    let shutdown_drain_s = args.shutdown_drain_s.or(file.shutdown_drain_s);
-    if shutdown_drain_s.is_some_and(|s| s > 3600) {
-        return Err(ConfigError::Invalid {
-            field: "shutdown_drain_s",
-            message: "must be at most 3600".into(),
-        });
-    }
+    let freeze_withdraw_ms = bounded(
+        "freeze_withdraw_ms",
+        s.freeze_withdraw_ms
+            .unwrap_or(defaults.freeze_withdraw.as_millis() as u64),
+        announce_settings::FREEZE_WITHDRAW_MS,
+    )?;
+    let shutdown_drain_s = bounded(
+        "shutdown_drain_s",
+        s.shutdown_drain_s
+            .unwrap_or(defaults.shutdown_drain.as_secs()),
+        announce_settings::SHUTDOWN_DRAIN_S,
+    )?;
     Ok(AnnounceSettings {
         mode,
         interface,
-        withdraw_when_no_backends: args
+        withdraw_when_no_backends: s
             .withdraw_when_no_backends
-            .or(file.withdraw_when_no_backends)
             .unwrap_or(defaults.withdraw_when_no_backends),
-        shutdown_drain: shutdown_drain_s
-            .map(Duration::from_secs)
-            .unwrap_or(defaults.shutdown_drain),
+        shutdown_drain: Duration::from_secs(shutdown_drain_s),
         freeze_withdraw: Duration::from_millis(freeze_withdraw_ms),
         bgp,
     })
@@ -359,20 +350,23 @@ fn announce_settings(
 /// The admin token: the file's content without surrounding whitespace (a Kubernetes Secret
 /// mounted as a file, or `openssl rand -hex 32 > token`).
 pub fn read_token(path: &Path) -> Result<String, ConfigError> {
-    let invalid = |message: String| ConfigError::Invalid {
-        field: "admin_token_file",
-        message,
-    };
-    let text = read_capped(path, *ADMIN_TOKEN_LEN.end() as u64 + 64)
-        .map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?;
+    let text = read_capped(path, *ADMIN_TOKEN_LEN.end() as u64 + 64).map_err(|e| {
+        invalid(
+            "admin_token_file",
+            format!("cannot read {}: {e}", path.display()),
+        )
+    })?;
     let token = text.trim();
     if !ADMIN_TOKEN_LEN.contains(&token.len()) || !token.chars().all(|c| c.is_ascii_graphic()) {
-        return Err(invalid(format!(
-            "the token in {} must be {}-{} printable ASCII characters",
-            path.display(),
-            ADMIN_TOKEN_LEN.start(),
-            ADMIN_TOKEN_LEN.end()
-        )));
+        return Err(invalid(
+            "admin_token_file",
+            format!(
+                "the token in {} must be {}-{} printable ASCII characters",
+                path.display(),
+                ADMIN_TOKEN_LEN.start(),
+                ADMIN_TOKEN_LEN.end()
+            ),
+        ));
     }
     Ok(token.to_string())
 }
@@ -383,7 +377,8 @@ pub fn read_capped(path: &Path, cap_bytes: u64) -> std::io::Result<String> {
     shoal_gossip::small_file::read_to_string(path, cap_bytes)
 }
 
-fn read_file(path: &Path) -> Result<FileSettings, ConfigError> {
+/// The `--config` file, parsed into the same [`RunSettings`] as the flags.
+fn read_file(path: &Path) -> Result<RunSettings, ConfigError> {
     let text = read_capped(path, CONFIG_FILE_CAP_BYTES).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
@@ -392,166 +387,4 @@ fn read_file(path: &Path) -> Result<FileSettings, ConfigError> {
         path: path.to_path_buf(),
         message: e.to_string(),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Write;
-
-    fn args() -> RunArgs {
-        RunArgs {
-            listen: Some("127.0.0.1:7946".parse().unwrap()),
-            admin: Some("127.0.0.1:9100".parse().unwrap()),
-            rules: Some("rules.toml".into()),
-            node_id: Some("a".into()),
-            insecure: true,
-            ..RunArgs::default()
-        }
-    }
-
-    #[test]
-    fn refuses_to_start_without_tls_unless_insecure() {
-        let mut a = args();
-        a.insecure = false;
-        assert!(matches!(NodeConfig::resolve(&a), Err(ConfigError::NoTls)));
-        assert!(NodeConfig::resolve(&args()).is_ok());
-    }
-
-    #[test]
-    fn flags_win_over_the_file() {
-        let mut file = tempfile::NamedTempFile::new().unwrap();
-        writeln!(
-            file,
-            "cluster = \"from-file\"\nnode_id = \"file-node\"\nresync_interval_s = 3"
-        )
-        .unwrap();
-        let mut a = args();
-        a.config = Some(file.path().to_path_buf());
-        let cfg = NodeConfig::resolve(&a).unwrap();
-        assert_eq!(cfg.node_id, "a");
-        assert_eq!(cfg.cluster, "from-file");
-        assert_eq!(cfg.resync_interval, Duration::from_secs(3));
-    }
-
-    #[test]
-    fn unknown_file_settings_are_named() {
-        let mut file = tempfile::NamedTempFile::new().unwrap();
-        writeln!(file, "clustre = \"typo\"").unwrap();
-        let mut a = args();
-        a.config = Some(file.path().to_path_buf());
-        let err = NodeConfig::resolve(&a).unwrap_err().to_string();
-        assert!(err.contains("clustre"), "{err}");
-    }
-
-    /// Issue #15, broken behaviour 5: huge `--resync-interval-s` / `--drain-s` panicked the
-    /// reconcile task; they are now refused at start-up with the setting named.
-    #[test]
-    fn huge_durations_are_refused_naming_the_field() {
-        let mut a = args();
-        a.resync_interval_s = Some(u64::MAX);
-        let err = NodeConfig::resolve(&a).unwrap_err().to_string();
-        assert!(
-            err.contains("resync_interval_s") && err.contains("outside 1-86400"),
-            "{err}"
-        );
-        let mut a = args();
-        a.drain_s = Some(u64::MAX / 1000);
-        let err = NodeConfig::resolve(&a).unwrap_err().to_string();
-        assert!(err.contains("drain_s"), "{err}");
-        let mut a = args();
-        a.health_checkers = Some(usize::MAX);
-        let err = NodeConfig::resolve(&a).unwrap_err().to_string();
-        assert!(err.contains("health_checkers"), "{err}");
-        let mut file = tempfile::NamedTempFile::new().unwrap();
-        writeln!(file, "drain_s = 9999999").unwrap();
-        let mut a = args();
-        a.config = Some(file.path().to_path_buf());
-        let err = NodeConfig::resolve(&a).unwrap_err().to_string();
-        assert!(err.contains("drain_s"), "{err}");
-        let mut a = args();
-        a.resync_interval_s = Some(86_400);
-        a.drain_s = Some(86_400);
-        assert!(NodeConfig::resolve(&a).is_ok());
-    }
-
-    #[test]
-    fn admin_tokens_are_read_trimmed_and_checked() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("token");
-        std::fs::write(&path, "0123456789abcdef0123\n").unwrap();
-        let mut a = args();
-        a.admin_token_file = Some(path.clone());
-        let cfg = NodeConfig::resolve(&a).unwrap();
-        assert_eq!(cfg.admin_token.as_deref(), Some("0123456789abcdef0123"));
-        std::fs::write(&path, "short").unwrap();
-        let err = NodeConfig::resolve(&a).unwrap_err().to_string();
-        assert!(err.contains("admin_token_file"), "{err}");
-        a.admin_token_file = Some("/dev/zero".into());
-        let err = NodeConfig::resolve(&a).unwrap_err().to_string();
-        assert!(err.contains("not a regular file"), "{err}");
-    }
-
-    #[test]
-    fn announce_errors_name_the_setting() {
-        let mut file = tempfile::NamedTempFile::new().unwrap();
-        writeln!(
-            file,
-            "announce = \"bgp\"\n[bgp]\nlocal_asn = 64512\n[[bgp.peers]]\naddress = \"198.18.1.1\"\nasn = 64500\nhold_tme_s = 3"
-        )
-        .unwrap();
-        let mut a = args();
-        a.config = Some(file.path().to_path_buf());
-        let err = NodeConfig::resolve(&a).unwrap_err().to_string();
-        assert!(err.contains("hold_tme_s"), "{err}");
-        let mut a = args();
-        a.announce = Some(AnnounceKind::Bgp);
-        let err = NodeConfig::resolve(&a).unwrap_err().to_string();
-        assert!(err.contains("[bgp]"), "{err}");
-        let mut a = args();
-        a.announce = Some(AnnounceKind::L2);
-        let err = NodeConfig::resolve(&a).unwrap_err().to_string();
-        assert!(err.contains("interface"), "{err}");
-        let cfg = NodeConfig::resolve(&args()).unwrap();
-        assert_eq!(cfg.announce.mode, None);
-        assert_eq!(cfg.announce.shutdown_drain, Duration::from_secs(5));
-    }
-
-    #[test]
-    fn bad_seed_is_named() {
-        let mut a = args();
-        a.seeds = Some(vec!["no-port".into()]);
-        let err = NodeConfig::resolve(&a).unwrap_err().to_string();
-        assert!(err.contains("no-port"), "{err}");
-    }
-
-    /// Issue #15: `--config /dev/zero` read forever. Devices, directories and FIFOs are refused
-    /// without being opened, and so is a file over the cap, each with the path named.
-    #[test]
-    fn config_files_that_are_not_small_regular_files_are_refused_naming_the_path() {
-        let mut a = args();
-        a.config = Some("/dev/zero".into());
-        let err = NodeConfig::resolve(&a).unwrap_err().to_string();
-        assert!(
-            err.contains("/dev/zero") && err.contains("not a regular file"),
-            "{err}"
-        );
-        let dir = tempfile::tempdir().unwrap();
-        a.config = Some(dir.path().to_path_buf());
-        let err = NodeConfig::resolve(&a).unwrap_err().to_string();
-        assert!(err.contains("directory"), "{err}");
-        let big = dir.path().join("big.toml");
-        let line = "# padding padding padding padding padding padding padding padding\n";
-        std::fs::write(
-            &big,
-            line.repeat(CONFIG_FILE_CAP_BYTES as usize / line.len() + 1),
-        )
-        .unwrap();
-        a.config = Some(big.clone());
-        let err = NodeConfig::resolve(&a).unwrap_err().to_string();
-        assert!(
-            err.contains(&big.display().to_string()) && err.contains("limit"),
-            "{err}"
-        );
-    }
 }

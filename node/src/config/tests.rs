@@ -1,0 +1,435 @@
+//! The settings contract: one name per setting as flag and key, the same value either way,
+//! flags over the file, every bound checked with the setting named.
+
+use super::*;
+use crate::cli::{Cli, Command};
+use clap::{CommandFactory, Parser};
+use std::collections::BTreeSet;
+use std::io::Write;
+
+fn args() -> RunSettings {
+    RunSettings {
+        listen: Some("127.0.0.1:7946".parse().unwrap()),
+        admin: Some("127.0.0.1:9100".parse().unwrap()),
+        rules: Some("rules.toml".into()),
+        node_id: Some("a".into()),
+        insecure: true,
+        ..RunSettings::default()
+    }
+}
+
+fn flags(argv: &[&str]) -> RunSettings {
+    let cli = Cli::try_parse_from(["shoal", "run"].iter().chain(argv))
+        .unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+    let Command::Run(settings) = cli.command else {
+        panic!("not run")
+    };
+    *settings
+}
+
+fn file(text: &str) -> RunSettings {
+    toml::from_str(text).unwrap_or_else(|e| panic!("{text}: {e}"))
+}
+
+fn with_file(mut a: RunSettings, text: &str) -> (RunSettings, tempfile::NamedTempFile) {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    write!(f, "{text}").unwrap();
+    a.config = Some(f.path().to_path_buf());
+    (a, f)
+}
+
+/// Every setting, as a flag and as the same key in the file.
+const SAME_SETTING: &[(&[&str], &str)] = &[
+    (&["--node-id", "n-7"], "node_id = \"n-7\""),
+    (
+        &["--listen", "198.18.0.7:7946"],
+        "listen = \"198.18.0.7:7946\"",
+    ),
+    (
+        &["--admin", "198.18.0.7:9100"],
+        "admin = \"198.18.0.7:9100\"",
+    ),
+    (&["--seeds", "a:1,b:2"], "seeds = [\"a:1\", \"b:2\"]"),
+    (&["--cluster", "lab"], "cluster = \"lab\""),
+    (
+        &["--tls-dir", "/etc/shoal/tls"],
+        "tls_dir = \"/etc/shoal/tls\"",
+    ),
+    (
+        &["--state-dir", "/var/lib/shoal"],
+        "state_dir = \"/var/lib/shoal\"",
+    ),
+    (&["--insecure"], "insecure = true"),
+    (&["--cluster-identity-only"], "cluster_identity_only = true"),
+    (&["--single-node"], "single_node = true"),
+    (&["--source", "kubernetes"], "source = \"kubernetes\""),
+    (
+        &["--rules", "/etc/shoal/rules.toml"],
+        "rules = \"/etc/shoal/rules.toml\"",
+    ),
+    (&["--dataplane", "ipvs"], "dataplane = \"ipvs\""),
+    (&["--cleanup-on-exit"], "cleanup_on_exit = true"),
+    (&["--resync-interval-s", "7"], "resync_interval_s = 7"),
+    (&["--drain-s", "12"], "drain_s = 12"),
+    (&["--health-checkers", "3"], "health_checkers = 3"),
+    (
+        &["--lb-class", "x.example/lb"],
+        "lb_class = \"x.example/lb\"",
+    ),
+    (
+        &["--vip-pools", "203.0.113.0/28,2001:db8::/120"],
+        "vip_pools = [\"203.0.113.0/28\", \"2001:db8::/120\"]",
+    ),
+    (&["--namespace", "app"], "namespace = \"app\""),
+    (
+        &["--kubeconfig", "/root/.kube/config"],
+        "kubeconfig = \"/root/.kube/config\"",
+    ),
+    (&["--vip-interface", "lb0"], "vip_interface = \"lb0\""),
+    (&["--announce", "l2"], "announce = \"l2\""),
+    (&["--interface", "eth1"], "interface = \"eth1\""),
+    (&["--shutdown-drain-s", "9"], "shutdown_drain_s = 9"),
+    (
+        &["--withdraw-when-no-backends", "false"],
+        "withdraw_when_no_backends = false",
+    ),
+    (
+        &["--freeze-withdraw-ms", "1500"],
+        "freeze_withdraw_ms = 1500",
+    ),
+    (
+        &["--admin-token-file", "/run/token"],
+        "admin_token_file = \"/run/token\"",
+    ),
+];
+
+#[test]
+fn every_setting_is_a_flag_and_a_key_of_the_same_name() {
+    let command = Cli::command();
+    let run = command.find_subcommand("run").unwrap();
+    let flag_ids: BTreeSet<String> = run
+        .get_arguments()
+        .filter_map(|a| a.get_long().map(|l| l.replace('-', "_")))
+        .collect();
+    let names: BTreeSet<String> = RunSettings::NAMES.iter().map(|n| n.to_string()).collect();
+    let file_only = BTreeSet::from(["bgp".to_string()]);
+    let flag_only = BTreeSet::from(["config".to_string()]);
+    assert_eq!(
+        flag_ids.union(&file_only).cloned().collect::<BTreeSet<_>>(),
+        names,
+        "flags and settings differ"
+    );
+    let tested: BTreeSet<String> = SAME_SETTING
+        .iter()
+        .map(|(argv, _)| argv[0].trim_start_matches("--").replace('-', "_"))
+        .collect();
+    let expected: BTreeSet<String> = names
+        .difference(&file_only.union(&flag_only).cloned().collect())
+        .cloned()
+        .collect();
+    assert_eq!(tested, expected, "a setting is missing from SAME_SETTING");
+}
+
+#[test]
+fn a_flag_and_the_same_config_key_give_the_same_settings() {
+    for (argv, key) in SAME_SETTING {
+        let from_flag = flags(argv);
+        let from_file = file(key);
+        assert_ne!(from_flag, RunSettings::default(), "{argv:?} set nothing");
+        assert_eq!(from_flag, from_file, "{argv:?} vs {key}");
+    }
+    // And the whole lot at once, resolved the same way.
+    let argv: Vec<&str> = [
+        "--node-id",
+        "n-7",
+        "--listen",
+        "198.18.0.7:7946",
+        "--admin",
+        "198.18.0.7:9100",
+        "--insecure",
+        "--rules",
+        "r.toml",
+        "--resync-interval-s",
+        "7",
+        "--drain-s",
+        "12",
+        "--health-checkers",
+        "3",
+        "--cluster",
+        "lab",
+        "--vip-interface",
+        "lb0",
+        "--announce",
+        "l2",
+        "--interface",
+        "eth1",
+        "--freeze-withdraw-ms",
+        "1500",
+    ]
+    .to_vec();
+    let toml_text =
+        "node_id = \"n-7\"\nlisten = \"198.18.0.7:7946\"\nadmin = \"198.18.0.7:9100\"\n\
+        insecure = true\nrules = \"r.toml\"\nresync_interval_s = 7\ndrain_s = 12\n\
+        health_checkers = 3\ncluster = \"lab\"\nvip_interface = \"lb0\"\nannounce = \"l2\"\n\
+        interface = \"eth1\"\nfreeze_withdraw_ms = 1500\n";
+    let by_flags = NodeConfig::resolve(&flags(&argv)).unwrap();
+    let (only_file, _f) = with_file(RunSettings::default(), toml_text);
+    let by_file = NodeConfig::resolve(&only_file).unwrap();
+    assert_eq!(format!("{by_flags:?}"), format!("{by_file:?}"));
+}
+
+#[test]
+fn flags_win_over_the_file() {
+    let (a, _f) = with_file(
+        args(),
+        "cluster = \"from-file\"\nnode_id = \"file-node\"\nresync_interval_s = 3\n\
+         drain_s = 4\nvip_interface = \"file0\"\nseeds = [\"f:1\"]",
+    );
+    let cfg = NodeConfig::resolve(&a).unwrap();
+    assert_eq!(cfg.node_id, "a");
+    assert_eq!(cfg.cluster, "from-file");
+    assert_eq!(cfg.resync_interval, Duration::from_secs(3));
+    let mut over = a.clone();
+    over.resync_interval_s = Some(8);
+    over.drain_s = Some(0);
+    over.vip_interface = Some("flag0".into());
+    over.seeds = Some(vec!["g:2".into()]);
+    let cfg = NodeConfig::resolve(&over).unwrap();
+    assert_eq!(cfg.resync_interval, Duration::from_secs(8));
+    assert_eq!(cfg.drain, Duration::ZERO);
+    assert_eq!(cfg.vip_interface, "flag0");
+    assert_eq!(cfg.seeds, ["g:2"]);
+    // A bad value in the file is refused even when... the flag does not set it.
+    let (a, _f) = with_file(args(), "health_checkers = 0");
+    let err = NodeConfig::resolve(&a).unwrap_err().to_string();
+    assert!(err.contains("health_checkers"), "{err}");
+    // ...and a flag that sets it replaces the bad file value.
+    let mut fixed = a.clone();
+    fixed.health_checkers = Some(2);
+    assert!(NodeConfig::resolve(&fixed).is_ok());
+}
+
+#[test]
+fn defaults_come_from_their_owners() {
+    let cfg = NodeConfig::resolve(&args()).unwrap();
+    assert_eq!(cfg.cluster, shoal_gossip::DEFAULT_CLUSTER_ID);
+    assert_eq!(
+        cfg.vip_interface,
+        shoal_dataplane::IpvsOptions::default().interface
+    );
+    assert_eq!(
+        cfg.health_checkers,
+        crate::health::HealthConfig::default().checkers_per_backend
+    );
+    assert_eq!(
+        cfg.resync_interval,
+        Duration::from_secs(crate::reconcile::DEFAULT_RESYNC_INTERVAL_S)
+    );
+    assert_eq!(cfg.announce, AnnounceSettings::default());
+    assert_eq!(cfg.drain, Duration::ZERO);
+    let mut k = args();
+    k.source = Some(SourceKind::Kubernetes);
+    let cfg = NodeConfig::resolve(&k).unwrap();
+    assert_eq!(cfg.drain, Duration::from_secs(30));
+    let Source::Kubernetes(ks) = cfg.source else {
+        panic!("kubernetes")
+    };
+    assert_eq!(
+        ks.lb_class,
+        crate::source::kubernetes::DEFAULT_LOAD_BALANCER_CLASS
+    );
+}
+
+#[test]
+fn refuses_to_start_without_tls_unless_insecure() {
+    let mut a = args();
+    a.insecure = false;
+    assert!(matches!(NodeConfig::resolve(&a), Err(ConfigError::NoTls)));
+    assert!(NodeConfig::resolve(&args()).is_ok());
+}
+
+#[test]
+fn unknown_file_settings_are_named() {
+    let (a, _f) = with_file(args(), "clustre = \"typo\"");
+    let err = NodeConfig::resolve(&a).unwrap_err().to_string();
+    assert!(err.contains("clustre"), "{err}");
+    // `config` is a flag only: a config file cannot point at another one.
+    let (a, _f) = with_file(args(), "config = \"/etc/other.toml\"");
+    let err = NodeConfig::resolve(&a).unwrap_err().to_string();
+    assert!(err.contains("config"), "{err}");
+}
+
+/// Every bound, broken once from a flag and once from the file: the error names the key and
+/// the flag.
+#[test]
+fn every_bound_is_checked_at_start_up_naming_the_setting() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("resync_interval_s", "0", "outside 1-86400"),
+        (
+            "resync_interval_s",
+            "9223372036854775807",
+            "outside 1-86400",
+        ),
+        ("drain_s", "86401", "outside 0-86400"),
+        ("health_checkers", "17", "outside 1-16"),
+        ("health_checkers", "0", "outside 1-16"),
+        ("freeze_withdraw_ms", "100", "outside 200-60000"),
+        ("shutdown_drain_s", "3601", "outside 0-3600"),
+        ("node_id", "\"\"", "1-253"),
+        ("node_id", "\"a b\"", "without spaces"),
+        ("cluster", "\"x y\"", "without spaces"),
+        ("vip_interface", "\"a-very-long-interface\"", "1-15"),
+        ("vip_interface", "\"a/b\"", "not an interface name"),
+        ("interface", "\"eth 0\"", "without spaces"),
+        ("seeds", "[\"no-port\"]", "no-port"),
+        ("lb_class", "\"\"", "1-253"),
+    ];
+    for (key, value, needle) in cases {
+        let mut base = args();
+        if *key == "lb_class" {
+            base.source = Some(SourceKind::Kubernetes);
+        }
+        if *key == "node_id" {
+            base.node_id = None;
+        }
+        let (a, _f) = with_file(base.clone(), &format!("{key} = {value}"));
+        let err = NodeConfig::resolve(&a).unwrap_err().to_string();
+        let flag = RunSettings::flag_of(key);
+        assert!(
+            err.contains(&format!("`{key}`")) && err.contains(&flag) && err.contains(needle),
+            "file {key} = {value}: {err}"
+        );
+        // The same value from the flag.
+        let flag_value: String = match toml::from_str::<toml::Value>(&format!("v = {value}"))
+            .unwrap()
+            .get("v")
+            .unwrap()
+        {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Array(a) => a
+                .iter()
+                .map(|v| v.as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+            other => other.to_string(),
+        };
+        let mut argv: Vec<String> = vec![
+            "--listen".into(),
+            "127.0.0.1:7946".into(),
+            "--admin".into(),
+            "127.0.0.1:9100".into(),
+            "--rules".into(),
+            "r.toml".into(),
+            "--insecure".into(),
+            flag.clone(),
+            flag_value,
+        ];
+        if *key != "node_id" {
+            argv.extend(["--node-id".into(), "a".into()]);
+        }
+        if *key == "lb_class" {
+            argv.extend(["--source".into(), "kubernetes".into()]);
+        }
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let Ok(cli) = Cli::try_parse_from(["shoal", "run"].iter().chain(&argv)) else {
+            continue; // clap itself refuses it (e.g. a number out of u64): named by clap.
+        };
+        let Command::Run(s) = cli.command else {
+            panic!()
+        };
+        let err = NodeConfig::resolve(&s).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("`{key}`")) && err.contains(&flag) && err.contains(needle),
+            "flag {flag} {value}: {err}"
+        );
+    }
+}
+
+#[test]
+fn admin_tokens_are_read_trimmed_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("token");
+    std::fs::write(&path, "0123456789abcdef0123\n").unwrap();
+    let mut a = args();
+    a.admin_token_file = Some(path.clone());
+    let cfg = NodeConfig::resolve(&a).unwrap();
+    assert_eq!(cfg.admin_token.as_deref(), Some("0123456789abcdef0123"));
+    std::fs::write(&path, "short").unwrap();
+    let err = NodeConfig::resolve(&a).unwrap_err().to_string();
+    assert!(err.contains("admin_token_file"), "{err}");
+    a.admin_token_file = Some("/dev/zero".into());
+    let err = NodeConfig::resolve(&a).unwrap_err().to_string();
+    assert!(err.contains("not a regular file"), "{err}");
+}
+
+#[test]
+fn announce_errors_name_the_setting() {
+    let (a, _f) = with_file(
+        args(),
+        "announce = \"bgp\"\n[bgp]\nlocal_asn = 64512\n[[bgp.peers]]\naddress = \"198.18.1.1\"\nasn = 64500\nhold_tme_s = 3",
+    );
+    let err = NodeConfig::resolve(&a).unwrap_err().to_string();
+    assert!(err.contains("hold_tme_s"), "{err}");
+    let mut a = args();
+    a.announce = Some(AnnounceKind::Bgp);
+    let err = NodeConfig::resolve(&a).unwrap_err().to_string();
+    assert!(err.contains("[bgp]"), "{err}");
+    let mut a = args();
+    a.announce = Some(AnnounceKind::L2);
+    let err = NodeConfig::resolve(&a).unwrap_err().to_string();
+    assert!(
+        err.contains("interface") && err.contains("--interface"),
+        "{err}"
+    );
+    let cfg = NodeConfig::resolve(&args()).unwrap();
+    assert_eq!(cfg.announce.mode, None);
+    assert_eq!(cfg.announce.shutdown_drain, Duration::from_secs(5));
+}
+
+#[test]
+fn kubernetes_settings_are_checked_at_start_up_naming_the_setting() {
+    let mut a = args();
+    a.source = Some(SourceKind::Kubernetes);
+    a.vip_pools = Some(vec!["203.0.113.0/24".into()]);
+    let err = NodeConfig::resolve(&a).unwrap_err().to_string();
+    assert!(err.contains("`vip_pools` (--vip-pools)"), "{err}");
+    a.namespace = Some("App".into());
+    let err = NodeConfig::resolve(&a).unwrap_err().to_string();
+    assert!(err.contains("`namespace` (--namespace)"), "{err}");
+    a.namespace = Some("app".into());
+    a.vip_pools = Some(vec!["203.0.113.0/33".into()]);
+    let err = NodeConfig::resolve(&a).unwrap_err().to_string();
+    assert!(err.contains("vip_pools") && err.contains("/33"), "{err}");
+    a.vip_pools = Some(vec!["203.0.113.0/28".into()]);
+    assert!(NodeConfig::resolve(&a).is_ok());
+}
+
+/// Issue #15: `--config /dev/zero` read forever. Devices, directories and FIFOs are refused
+/// without being opened, and so is a file over the cap, each with the path named.
+#[test]
+fn config_files_that_are_not_small_regular_files_are_refused_naming_the_path() {
+    let mut a = args();
+    a.config = Some("/dev/zero".into());
+    let err = NodeConfig::resolve(&a).unwrap_err().to_string();
+    assert!(
+        err.contains("/dev/zero") && err.contains("not a regular file"),
+        "{err}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    a.config = Some(dir.path().to_path_buf());
+    let err = NodeConfig::resolve(&a).unwrap_err().to_string();
+    assert!(err.contains("directory"), "{err}");
+    let big = dir.path().join("big.toml");
+    let line = "# padding padding padding padding padding padding padding padding\n";
+    std::fs::write(
+        &big,
+        line.repeat(CONFIG_FILE_CAP_BYTES as usize / line.len() + 1),
+    )
+    .unwrap();
+    a.config = Some(big.clone());
+    let err = NodeConfig::resolve(&a).unwrap_err().to_string();
+    assert!(
+        err.contains(&big.display().to_string()) && err.contains("limit"),
+        "{err}"
+    );
+}
