@@ -5,6 +5,7 @@
 //! numbers come from one index of line starts, not from counting newlines per entry.
 
 use crate::table::{Backend, HealthCheck, Probe, RuleTable, VirtualService};
+use crate::validate;
 use serde::Deserialize;
 use shoal_dataplane::model::{Forwarding, Protocol, SchedFlags, Tunnel};
 use std::collections::BTreeSet;
@@ -140,15 +141,6 @@ fn default_expect_status() -> u16 {
     200
 }
 
-/// IPVS's largest weight (the kernel takes an int; ipvsadm caps it here).
-const MAX_WEIGHT: u32 = 65535;
-const MIN_HEALTH_INTERVAL_MS: u64 = 100;
-/// One hour: a longer probe interval is a typo, and bounded values keep time arithmetic safe.
-const MAX_HEALTH_INTERVAL_MS: u64 = 3_600_000;
-const MAX_RISE_FALL: u32 = 100;
-const MAX_PATH_LEN: usize = 2048;
-const MAX_HOST_LEN: usize = 253;
-
 /// The largest rules file the static source reads and `shoal check` accepts (32 MiB, about
 /// 50,000 services of 10 backends): a bigger file is refused with an error saying so, instead
 /// of being read into memory whole (a path to /dev/zero would never end).
@@ -244,49 +236,7 @@ fn check_service(
         field: format!("service[{i}].{field}"),
         message,
     };
-    let err_at = |offset: usize, field: &str, message: String| RulesError {
-        line: ctx.lines.line(offset),
-        field: format!("service[{i}].{field}"),
-        message,
-    };
-    if raw.name.is_empty() || raw.name.len() > 253 || raw.name.contains(char::is_control) {
-        return Err(err(
-            "name",
-            "must be 1-253 characters without control characters".into(),
-        ));
-    }
-    let port = *raw.port.get_ref();
-    if port == 0 {
-        return Err(err_at(
-            raw.port.span().start,
-            "port",
-            "must be 1-65535".into(),
-        ));
-    }
-    let vip = *raw.vip.get_ref();
-    if let Some(why) = not_unicast(vip) {
-        return Err(err_at(
-            raw.vip.span().start,
-            "vip",
-            format!("{vip} is not a unicast address a VIP can use ({why})"),
-        ));
-    }
-    if raw.scheduler.is_empty()
-        || raw.scheduler.len() > 15
-        || !raw.scheduler.chars().all(|c| c.is_ascii_alphanumeric())
-    {
-        return Err(err(
-            "scheduler",
-            format!("{:?} is not an IPVS scheduler name", raw.scheduler),
-        ));
-    }
     let is_mh = raw.scheduler == "mh";
-    if !is_mh && (raw.mh_port == Some(true) || raw.mh_fallback == Some(true)) {
-        return Err(err(
-            "mh_port",
-            format!("mh flags need scheduler \"mh\", not {:?}", raw.scheduler),
-        ));
-    }
     let forwarding = match raw.forwarding {
         RawForwarding::Masq => Forwarding::Masq,
         RawForwarding::Route => Forwarding::Route,
@@ -301,177 +251,126 @@ fn check_service(
             RawTunnel::Gre => Tunnel::Gre { flags: 0 },
         }),
     };
-    let mut backends = Vec::with_capacity(raw.backend.len());
-    let mut seen = BTreeSet::new();
-    for (j, spanned) in raw.backend.iter().enumerate() {
-        let b = spanned.get_ref();
-        let berr_at = |offset: usize, field: &str, message: String| RulesError {
-            line: ctx.lines.line(offset),
-            field: format!("service[{i}].backend[{j}].{field}"),
-            message,
-        };
-        let berr = |field: &str, message: String| berr_at(spanned.span().start, field, message);
-        let (port, port_at) = match &b.port {
-            Some(p) => (*p.get_ref(), p.span().start),
-            None => (port, spanned.span().start),
-        };
-        if port == 0 {
-            return Err(berr_at(port_at, "port", "must be 1-65535".into()));
-        }
-        // Tunnel and route forwarding keep the packet's destination port: the backend
-        // must listen on the service port.
-        if !matches!(forwarding, Forwarding::Masq) && port != *raw.port.get_ref() {
-            return Err(berr_at(
-                port_at,
-                "port",
-                format!(
-                    "{port} differs from the service port {}; only masq forwarding can change ports",
-                    raw.port.get_ref()
-                ),
-            ));
-        }
-        let address = *b.address.get_ref();
-        let address_at = b.address.span().start;
-        if address.is_ipv4() != vip.is_ipv4() {
-            return Err(berr_at(
-                address_at,
-                "address",
-                format!("{address} is not of the VIP's address family"),
-            ));
-        }
-        let loopback_ok = ctx.loopback_backends && address.is_loopback();
-        if let Some(why) = not_unicast(address).filter(|_| !loopback_ok) {
-            let hint = if address.is_loopback() {
-                "; set `loopback_backends = true` at the top of the file for a one-host lab"
-            } else {
-                ""
-            };
-            return Err(berr_at(
-                address_at,
-                "address",
-                format!("{address} is not a unicast address a backend can use ({why}){hint}"),
-            ));
-        }
-        if b.weight > MAX_WEIGHT {
-            return Err(berr("weight", format!("{} is over {MAX_WEIGHT}", b.weight)));
-        }
-        if !seen.insert((address, port)) {
-            return Err(berr_at(
-                address_at,
-                "address",
-                format!("{address}:{port} is listed twice"),
-            ));
-        }
-        backends.push(Backend {
-            address,
-            port,
-            weight: b.weight,
-        });
-    }
+    let backends = raw
+        .backend
+        .iter()
+        .map(|b| {
+            let b = b.get_ref();
+            Backend {
+                address: *b.address.get_ref(),
+                port: b
+                    .port
+                    .as_ref()
+                    .map_or(*raw.port.get_ref(), |p| *p.get_ref()),
+                weight: b.weight,
+            }
+        })
+        .collect();
     let health = match &raw.health {
         None => None,
-        Some(spanned) => Some(check_health(ctx, i, spanned)?),
+        Some(spanned) => Some(health_of(ctx, i, spanned)?),
     };
-    Ok(VirtualService {
+    let service = VirtualService {
         name: raw.name.clone(),
-        vip,
-        port,
+        vip: *raw.vip.get_ref(),
+        port: *raw.port.get_ref(),
         protocol: raw.protocol,
         scheduler: raw.scheduler.clone(),
         flags: SchedFlags {
-            mh_port: is_mh && raw.mh_port.unwrap_or(true),
-            mh_fallback: is_mh && raw.mh_fallback.unwrap_or(true),
+            // An explicit `true` on another scheduler is refused by the validator.
+            mh_port: raw.mh_port.unwrap_or(is_mh),
+            mh_fallback: raw.mh_fallback.unwrap_or(is_mh),
         },
         forwarding,
         backends,
         health,
-    })
+    };
+    let allow = validate::Allow {
+        loopback_backends: ctx.loopback_backends,
+    };
+    validate::service(&service, allow).map_err(|e| locate(ctx, i, raw, line, e))?;
+    Ok(service)
 }
 
-fn check_health(
+/// The rules file's name and line for a field the shared validator refused.
+fn locate(
+    ctx: &Ctx<'_>,
+    i: usize,
+    raw: &RawService,
+    line: usize,
+    e: validate::Invalid,
+) -> RulesError {
+    use validate::{BackendField, Field, HealthField};
+    let at = |offset: usize| ctx.lines.line(offset);
+    let (line, field) = match e.field {
+        Field::Name => (line, "name".to_string()),
+        Field::Vip => (at(raw.vip.span().start), "vip".into()),
+        Field::Port => (at(raw.port.span().start), "port".into()),
+        Field::Scheduler => (line, "scheduler".into()),
+        Field::MhFlags => (line, "mh_port".into()),
+        Field::TunnelPort => (line, "tunnel_port".into()),
+        Field::Backend(j, part) => {
+            let b = &raw.backend[j];
+            let (offset, name) = match part {
+                BackendField::Address => (b.get_ref().address.span().start, "address"),
+                BackendField::Port => (
+                    b.get_ref()
+                        .port
+                        .as_ref()
+                        .map_or(b.span().start, |p| p.span().start),
+                    "port",
+                ),
+                BackendField::Weight => (b.span().start, "weight"),
+            };
+            (at(offset), format!("backend[{j}].{name}"))
+        }
+        Field::Health(part) => {
+            let name = match part {
+                HealthField::IntervalMs => "interval_ms",
+                HealthField::TimeoutMs => "timeout_ms",
+                HealthField::Rise => "rise",
+                HealthField::Fall => "fall",
+                HealthField::Path => "path",
+                HealthField::ExpectStatus => "expect_status",
+                HealthField::Host => "host",
+            };
+            let offset = raw.health.as_ref().map_or(0, |h| h.span().start);
+            (at(offset), format!("health.{name}"))
+        }
+    };
+    RulesError {
+        line,
+        field: format!("service[{i}].{field}"),
+        message: e.message,
+    }
+}
+
+/// The `[service.health]` table as a [`HealthCheck`]; its bounds are the validator's.
+fn health_of(
     ctx: &Ctx<'_>,
     i: usize,
     spanned: &Spanned<RawHealth>,
 ) -> Result<HealthCheck, RulesError> {
     let h = spanned.get_ref();
-    let err = |field: &str, message: String| RulesError {
-        line: ctx.lines.line(spanned.span().start),
-        field: format!("service[{i}].health.{field}"),
-        message,
-    };
-    if !(MIN_HEALTH_INTERVAL_MS..=MAX_HEALTH_INTERVAL_MS).contains(&h.interval_ms) {
-        return Err(err(
-            "interval_ms",
-            format!(
-                "{} is outside {MIN_HEALTH_INTERVAL_MS}-{MAX_HEALTH_INTERVAL_MS}",
-                h.interval_ms
-            ),
-        ));
-    }
-    if h.timeout_ms == 0 || h.timeout_ms > h.interval_ms {
-        return Err(err(
-            "timeout_ms",
-            format!(
-                "{} must be between 1 and interval_ms ({})",
-                h.timeout_ms, h.interval_ms
-            ),
-        ));
-    }
-    if !(1..=MAX_RISE_FALL).contains(&h.rise) {
-        return Err(err(
-            "rise",
-            format!("{} is outside 1-{MAX_RISE_FALL}", h.rise),
-        ));
-    }
-    if !(1..=MAX_RISE_FALL).contains(&h.fall) {
-        return Err(err(
-            "fall",
-            format!("{} is outside 1-{MAX_RISE_FALL}", h.fall),
-        ));
-    }
-    if let Some(host) = &h.host {
-        // The host goes into a request line: CR/LF would let a rules file inject headers.
-        if host.is_empty()
-            || host.len() > MAX_HOST_LEN
-            || host.chars().any(|c| c.is_control() || c.is_whitespace())
-        {
-            return Err(err(
-                "host",
-                format!("{host:?} must be 1-{MAX_HOST_LEN} characters without spaces or control characters"),
-            ));
-        }
-    }
     let probe = match h.kind {
         RawProbeKind::Tcp => {
-            if h.path.is_some() {
-                return Err(err("path", "only http and https checks take a path".into()));
+            for (given, name) in [(h.path.is_some(), "path"), (h.host.is_some(), "host")] {
+                if given {
+                    return Err(RulesError {
+                        line: ctx.lines.line(spanned.span().start),
+                        field: format!("service[{i}].health.{name}"),
+                        message: format!("only http and https checks take a {name}"),
+                    });
+                }
             }
             Probe::Tcp
         }
-        RawProbeKind::Http | RawProbeKind::Https => {
-            let path = h.path.clone().unwrap_or_else(|| "/".to_string());
-            if !path.starts_with('/') {
-                return Err(err("path", format!("{path:?} must start with /")));
-            }
-            if path.len() > MAX_PATH_LEN || path.chars().any(|c| c.is_control() || c == ' ') {
-                return Err(err(
-                    "path",
-                    format!("{path:?} must be at most {MAX_PATH_LEN} characters without spaces or control characters"),
-                ));
-            }
-            if !(100..=599).contains(&h.expect_status) {
-                return Err(err(
-                    "expect_status",
-                    format!("{} is not an HTTP status", h.expect_status),
-                ));
-            }
-            Probe::Http {
-                path,
-                expect_status: h.expect_status,
-                tls: matches!(h.kind, RawProbeKind::Https),
-                host: h.host.clone(),
-            }
-        }
+        RawProbeKind::Http | RawProbeKind::Https => Probe::Http {
+            path: h.path.clone().unwrap_or_else(|| "/".to_string()),
+            expect_status: h.expect_status,
+            tls: matches!(h.kind, RawProbeKind::Https),
+            host: h.host.clone(),
+        },
     };
     Ok(HealthCheck {
         probe,
@@ -480,46 +379,6 @@ fn check_health(
         rise: h.rise,
         fall: h.fall,
     })
-}
-
-/// Why an address cannot carry load-balanced traffic (a VIP or a backend), if it cannot.
-fn not_unicast(ip: IpAddr) -> Option<&'static str> {
-    match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            if v4.is_unspecified() || o[0] == 0 {
-                Some("0.0.0.0/8 is \"this network\"")
-            } else if v4.is_broadcast() {
-                Some("broadcast")
-            } else if v4.is_multicast() {
-                Some("multicast")
-            } else if o[0] >= 240 {
-                Some("240.0.0.0/4 is reserved")
-            } else if v4.is_loopback() {
-                Some("loopback")
-            } else if v4.is_link_local() {
-                Some("link-local")
-            } else {
-                None
-            }
-        }
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            if v6.is_unspecified() {
-                Some("unspecified")
-            } else if v6.is_multicast() {
-                Some("multicast")
-            } else if v6.is_loopback() {
-                Some("loopback")
-            } else if s[0] & 0xffc0 == 0xfe80 {
-                Some("link-local")
-            } else if v6.to_ipv4_mapped().is_some() {
-                Some("IPv4-mapped: write the IPv4 address")
-            } else {
-                None
-            }
-        }
-    }
 }
 
 /// Byte offset -> 1-based line, in O(log lines) per question after one O(n) pass.

@@ -39,12 +39,8 @@ pub const HEALTH_TIMEOUT_MS: &str = "shoal.io/health-timeout-ms";
 pub const HEALTH_RISE: &str = "shoal.io/health-rise";
 pub const HEALTH_FALL: &str = "shoal.io/health-fall";
 
-/// IPVS schedulers Shoal lets a Service pick; `mh` is the default because every replica
-/// builds the same Maglev table from the same destinations, so flows survive a move
-/// between replicas.
-pub const SCHEDULERS: &[&str] = &[
-    "mh", "rr", "wrr", "lc", "wlc", "sh", "dh", "sed", "nq", "lblc", "lblcr", "fo", "ovf", "twos",
-];
+/// IPVS schedulers Shoal lets a Service pick (the rules file's list: one validator, `validate.rs`).
+pub use crate::validate::SCHEDULERS;
 
 pub const DEFAULT_GUE_PORT: u16 = 6080;
 
@@ -144,16 +140,7 @@ pub fn parse(
     };
 
     if let Some(v) = get(SCHEDULER) {
-        if !SCHEDULERS.contains(&v) {
-            return Err(bad(
-                SCHEDULER,
-                v,
-                format!(
-                    "unknown scheduler, expected one of {}",
-                    SCHEDULERS.join(" ")
-                ),
-            ));
-        }
+        crate::validate::scheduler(v).map_err(|e| bad(SCHEDULER, v, e.message))?;
         s.scheduler = v.to_string();
     }
     let is_mh = s.scheduler == "mh";
@@ -227,17 +214,8 @@ fn parse_health<'a>(
         "tcp" => Probe::Tcp,
         "http" | "https" => {
             let path = get(HEALTH_PATH).unwrap_or("/");
-            if !path.starts_with('/') {
-                return Err(bad(HEALTH_PATH, path, "must start with '/'"));
-            }
             let expect_status = match get(HEALTH_EXPECT_STATUS) {
-                Some(v) => {
-                    let code: u16 = parse_num(HEALTH_EXPECT_STATUS, v)?;
-                    if !(100..=599).contains(&code) {
-                        return Err(bad(HEALTH_EXPECT_STATUS, v, "not an HTTP status (100-599)"));
-                    }
-                    code
-                }
+                Some(v) => parse_num(HEALTH_EXPECT_STATUS, v)?,
                 None => 200,
             };
             Probe::Http {
@@ -268,31 +246,36 @@ fn parse_health<'a>(
     }
     if let Some(v) = get(HEALTH_INTERVAL_MS) {
         h.interval_ms = parse_num(HEALTH_INTERVAL_MS, v)?;
-        if h.interval_ms < 100 {
-            return Err(bad(HEALTH_INTERVAL_MS, v, "must be at least 100"));
-        }
     }
     if let Some(v) = get(HEALTH_TIMEOUT_MS) {
         h.timeout_ms = parse_num(HEALTH_TIMEOUT_MS, v)?;
     }
-    if h.timeout_ms == 0 || h.timeout_ms > h.interval_ms {
-        let v = get(HEALTH_TIMEOUT_MS)
-            .map(str::to_string)
-            .unwrap_or_else(|| h.timeout_ms.to_string());
-        return Err(bad(
-            HEALTH_TIMEOUT_MS,
-            &v,
-            format!("must be between 1 and the interval ({} ms)", h.interval_ms),
-        ));
-    }
     for (key, slot) in [(HEALTH_RISE, &mut h.rise), (HEALTH_FALL, &mut h.fall)] {
         if let Some(v) = get(key) {
             *slot = parse_num(key, v)?;
-            if !(1..=100).contains(slot) {
-                return Err(bad(key, v, "must be between 1 and 100"));
-            }
         }
     }
+    // The bounds are the rules file's: one validator for both sources.
+    crate::validate::health(&h).map_err(|e| {
+        use crate::validate::HealthField as F;
+        let (key, default) = match e.field {
+            crate::validate::Field::Health(F::IntervalMs) => {
+                (HEALTH_INTERVAL_MS, h.interval_ms.to_string())
+            }
+            crate::validate::Field::Health(F::TimeoutMs) => {
+                (HEALTH_TIMEOUT_MS, h.timeout_ms.to_string())
+            }
+            crate::validate::Field::Health(F::Rise) => (HEALTH_RISE, h.rise.to_string()),
+            crate::validate::Field::Health(F::Fall) => (HEALTH_FALL, h.fall.to_string()),
+            crate::validate::Field::Health(F::Path) => (HEALTH_PATH, "/".to_string()),
+            crate::validate::Field::Health(F::ExpectStatus) => {
+                (HEALTH_EXPECT_STATUS, String::new())
+            }
+            _ => (HEALTH_HOST, String::new()),
+        };
+        let value = get(key).map(str::to_string).unwrap_or(default);
+        bad(key, &value, e.message)
+    })?;
     Ok(Some(h))
 }
 
@@ -419,6 +402,19 @@ mod tests {
             (&[(HEALTH_INTERVAL_MS, "500")], HEALTH_TIMEOUT_MS),
             (&[(HEALTH_RISE, "0")], HEALTH_RISE),
             (&[(HEALTH_FALL, "-1")], HEALTH_FALL),
+            // Bounds the rules file had and the annotations lacked (one validator now).
+            (
+                &[(HEALTH_INTERVAL_MS, "18446744073709551615")],
+                HEALTH_INTERVAL_MS,
+            ),
+            (
+                &[(HEALTH_CHECK, "http"), (HEALTH_HOST, "a\r\nX-Injected: 1")],
+                HEALTH_HOST,
+            ),
+            (
+                &[(HEALTH_CHECK, "http"), (HEALTH_PATH, "/a b")],
+                HEALTH_PATH,
+            ),
         ];
         for (pairs, key) in cases {
             let e = parse(&ann(pairs), None).unwrap_err();

@@ -477,7 +477,7 @@ impl PortContext<'_> {
             });
         }
         let backends = if ready.is_empty() { terminating } else { ready };
-        Some(VirtualService {
+        let service = VirtualService {
             name: format!("{key}:{port_label}{}", self.suffix),
             vip,
             port: port_num,
@@ -487,7 +487,20 @@ impl PortContext<'_> {
             forwarding: settings.forwarding,
             backends: backends.into_iter().collect(),
             health: settings.health.clone(),
-        })
+        };
+        // The rules file's validator: what it refuses is not published from a Service either.
+        if let Err(e) = crate::validate::service(&service, crate::validate::Allow::default()) {
+            problems.push(Problem {
+                object: id.clone(),
+                reason: "InvalidService",
+                message: format!(
+                    "port {port_label}: {:?}: {}, port not published",
+                    e.field, e.message
+                ),
+            });
+            return None;
+        }
+        Some(service)
     }
 }
 
@@ -643,6 +656,24 @@ mod tests {
         );
         assert!(t.table.services[0].backends.is_empty());
         assert_eq!(t.problems[0].reason, "TargetPortMismatch");
+    }
+
+    /// The rules file's validator runs on every translated port: a loopback endpoint (which
+    /// the rules file refuses) does not reach the dataplane from a Service either.
+    #[test]
+    fn translated_ports_go_through_the_shared_validator() {
+        let t = run(
+            &[svc("lo", &[("", 80)], &[])],
+            &[slice("lo", "a", ("", 80), &[("127.0.0.1", None)])],
+        );
+        assert!(t.table.services.is_empty(), "{:?}", t.table);
+        assert!(
+            t.problems
+                .iter()
+                .any(|p| p.reason == "InvalidService" && p.message.contains("127.0.0.1")),
+            "{:?}",
+            t.problems
+        );
     }
 
     #[test]

@@ -1,0 +1,436 @@
+//! One validation of a rule table's services, whichever source built them: the static rules
+//! file (`rules.rs`) and the Kubernetes annotations and translation (`source/kubernetes/`) both
+//! call it, so a value one source refuses cannot reach the dataplane through the other.
+//!
+//! Pure: a [`VirtualService`] (or a [`HealthCheck`]) in, the first problem out as an
+//! [`Invalid`] naming the [`Field`]; each source maps the field to its own name for it (a line
+//! and `service[2].health.timeout_ms` in the rules file, `shoal.io/health-timeout-ms` on a
+//! Service). What the model cannot express wrongly (a TCP check with a path, an unknown
+//! forwarding name) is the sources' own parsing.
+
+use crate::table::{HealthCheck, Probe, VirtualService};
+use shoal_dataplane::model::{Forwarding, Tunnel};
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+/// IPVS schedulers a service may use; `mh` is the default because every replica builds the
+/// same Maglev table from the same destinations, so flows survive a move between replicas.
+pub const SCHEDULERS: &[&str] = &[
+    "mh", "rr", "wrr", "lc", "wlc", "sh", "dh", "sed", "nq", "lblc", "lblcr", "fo", "ovf", "twos",
+];
+/// IPVS's largest weight (the kernel takes an int; ipvsadm caps it here).
+pub const MAX_WEIGHT: u32 = 65535;
+pub const NAME_LEN_MAX: usize = 253;
+/// One hour: a longer probe interval is a typo, and bounded values keep time arithmetic safe.
+pub const HEALTH_INTERVAL_MS: std::ops::RangeInclusive<u64> = 100..=3_600_000;
+pub const RISE_FALL: std::ops::RangeInclusive<u32> = 1..=100;
+pub const PATH_LEN_MAX: usize = 2048;
+pub const HOST_LEN_MAX: usize = 253;
+
+/// Which part of a service is wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    Name,
+    Vip,
+    Port,
+    Scheduler,
+    /// `mh_port` / `mh_fallback`.
+    MhFlags,
+    /// The GUE tunnel's UDP port.
+    TunnelPort,
+    /// The backend at this index (in the service's list).
+    Backend(usize, BackendField),
+    Health(HealthField),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendField {
+    Address,
+    Port,
+    Weight,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthField {
+    IntervalMs,
+    TimeoutMs,
+    Rise,
+    Fall,
+    Path,
+    ExpectStatus,
+    Host,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field:?}: {message}")]
+pub struct Invalid {
+    pub field: Field,
+    pub message: String,
+}
+
+fn invalid(field: Field, message: impl Into<String>) -> Invalid {
+    Invalid {
+        field,
+        message: message.into(),
+    }
+}
+
+/// What a source allows beyond the defaults.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Allow {
+    /// Backends on 127.0.0.0/8 or ::1 (a one-host lab; the rules file's `loopback_backends`).
+    pub loopback_backends: bool,
+}
+
+/// Checks one service: name, VIP, port, scheduler and its flags, forwarding, every backend,
+/// and the health check.
+pub fn service(s: &VirtualService, allow: Allow) -> Result<(), Invalid> {
+    if s.name.is_empty() || s.name.len() > NAME_LEN_MAX || s.name.contains(char::is_control) {
+        return Err(invalid(
+            Field::Name,
+            format!("must be 1-{NAME_LEN_MAX} characters without control characters"),
+        ));
+    }
+    if s.port == 0 {
+        return Err(invalid(Field::Port, "must be 1-65535"));
+    }
+    if let Some(why) = not_unicast(s.vip) {
+        return Err(invalid(
+            Field::Vip,
+            format!("{} is not a unicast address a VIP can use ({why})", s.vip),
+        ));
+    }
+    scheduler(&s.scheduler)?;
+    if s.scheduler != "mh" && (s.flags.mh_port || s.flags.mh_fallback) {
+        return Err(invalid(
+            Field::MhFlags,
+            format!("mh flags need scheduler \"mh\", not {:?}", s.scheduler),
+        ));
+    }
+    if let Forwarding::Tunnel(Tunnel::Gue { port: 0, .. }) = s.forwarding {
+        return Err(invalid(Field::TunnelPort, "port 0 is not usable"));
+    }
+    let mut seen = BTreeSet::new();
+    for (j, b) in s.backends.iter().enumerate() {
+        let field = |f| Field::Backend(j, f);
+        if b.port == 0 {
+            return Err(invalid(field(BackendField::Port), "must be 1-65535"));
+        }
+        // Tunnel and route forwarding keep the packet's destination port: the backend must
+        // listen on the service port.
+        if !matches!(s.forwarding, Forwarding::Masq) && b.port != s.port {
+            return Err(invalid(
+                field(BackendField::Port),
+                format!(
+                    "{} differs from the service port {}; only masq forwarding can change ports",
+                    b.port, s.port
+                ),
+            ));
+        }
+        if b.address.is_ipv4() != s.vip.is_ipv4() {
+            return Err(invalid(
+                field(BackendField::Address),
+                format!("{} is not of the VIP's address family", b.address),
+            ));
+        }
+        let loopback_ok = allow.loopback_backends && b.address.is_loopback();
+        if let Some(why) = not_unicast(b.address).filter(|_| !loopback_ok) {
+            let hint = if b.address.is_loopback() {
+                "; set `loopback_backends = true` at the top of the file for a one-host lab"
+            } else {
+                ""
+            };
+            return Err(invalid(
+                field(BackendField::Address),
+                format!(
+                    "{} is not a unicast address a backend can use ({why}){hint}",
+                    b.address
+                ),
+            ));
+        }
+        if b.weight > MAX_WEIGHT {
+            return Err(invalid(
+                field(BackendField::Weight),
+                format!("{} is over {MAX_WEIGHT}", b.weight),
+            ));
+        }
+        if !seen.insert((b.address, b.port)) {
+            return Err(invalid(
+                field(BackendField::Address),
+                format!("{}:{} is listed twice", b.address, b.port),
+            ));
+        }
+    }
+    match &s.health {
+        Some(h) => health(h),
+        None => Ok(()),
+    }
+}
+
+/// A scheduler IPVS has (IPVS takes any name up to 15 characters and fails only when the
+/// service is programmed; unknown names are refused here instead).
+pub fn scheduler(name: &str) -> Result<(), Invalid> {
+    if SCHEDULERS.contains(&name) {
+        Ok(())
+    } else {
+        Err(invalid(
+            Field::Scheduler,
+            format!(
+                "{name:?} is not an IPVS scheduler, expected one of {}",
+                SCHEDULERS.join(" ")
+            ),
+        ))
+    }
+}
+
+/// Checks a health check's bounds: they feed timers and an HTTP request line.
+pub fn health(h: &HealthCheck) -> Result<(), Invalid> {
+    let field = Field::Health;
+    if !HEALTH_INTERVAL_MS.contains(&h.interval_ms) {
+        return Err(invalid(
+            field(HealthField::IntervalMs),
+            format!(
+                "{} is outside {}-{}",
+                h.interval_ms,
+                HEALTH_INTERVAL_MS.start(),
+                HEALTH_INTERVAL_MS.end()
+            ),
+        ));
+    }
+    if h.timeout_ms == 0 || h.timeout_ms > h.interval_ms {
+        return Err(invalid(
+            field(HealthField::TimeoutMs),
+            format!(
+                "{} must be between 1 and interval_ms ({})",
+                h.timeout_ms, h.interval_ms
+            ),
+        ));
+    }
+    for (value, f) in [(h.rise, HealthField::Rise), (h.fall, HealthField::Fall)] {
+        if !RISE_FALL.contains(&value) {
+            return Err(invalid(
+                field(f),
+                format!(
+                    "{value} is outside {}-{}",
+                    RISE_FALL.start(),
+                    RISE_FALL.end()
+                ),
+            ));
+        }
+    }
+    if let Probe::Http {
+        path,
+        expect_status,
+        host,
+        ..
+    } = &h.probe
+    {
+        if !path.starts_with('/') {
+            return Err(invalid(
+                field(HealthField::Path),
+                format!("{path:?} must start with /"),
+            ));
+        }
+        // The path and the host go into a request line: CR/LF would let a rule inject headers.
+        if path.len() > PATH_LEN_MAX || path.chars().any(|c| c.is_control() || c == ' ') {
+            return Err(invalid(
+                field(HealthField::Path),
+                format!("{path:?} must be at most {PATH_LEN_MAX} characters without spaces or control characters"),
+            ));
+        }
+        if !(100..=599).contains(expect_status) {
+            return Err(invalid(
+                field(HealthField::ExpectStatus),
+                format!("{expect_status} is not an HTTP status (100-599)"),
+            ));
+        }
+        if let Some(host) = host {
+            if host.is_empty()
+                || host.len() > HOST_LEN_MAX
+                || host.chars().any(|c| c.is_control() || c.is_whitespace())
+            {
+                return Err(invalid(
+                    field(HealthField::Host),
+                    format!("{host:?} must be 1-{HOST_LEN_MAX} characters without spaces or control characters"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Why an address cannot carry load-balanced traffic (a VIP or a backend), if it cannot.
+pub fn not_unicast(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            if v4.is_unspecified() || o[0] == 0 {
+                Some("0.0.0.0/8 is \"this network\"")
+            } else if v4.is_broadcast() {
+                Some("broadcast")
+            } else if v4.is_multicast() {
+                Some("multicast")
+            } else if o[0] >= 240 {
+                Some("240.0.0.0/4 is reserved")
+            } else if v4.is_loopback() {
+                Some("loopback")
+            } else if v4.is_link_local() {
+                Some("link-local")
+            } else {
+                None
+            }
+        }
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            if v6.is_unspecified() {
+                Some("unspecified")
+            } else if v6.is_multicast() {
+                Some("multicast")
+            } else if v6.is_loopback() {
+                Some("loopback")
+            } else if s[0] & 0xffc0 == 0xfe80 {
+                Some("link-local")
+            } else if v6.to_ipv4_mapped().is_some() {
+                Some("IPv4-mapped: write the IPv4 address")
+            } else {
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::Backend;
+    use shoal_dataplane::model::{Protocol, SchedFlags};
+
+    fn svc() -> VirtualService {
+        VirtualService {
+            name: "web".into(),
+            vip: "203.0.113.1".parse().unwrap(),
+            port: 80,
+            protocol: Protocol::Tcp,
+            scheduler: "mh".into(),
+            flags: SchedFlags {
+                mh_port: true,
+                mh_fallback: true,
+            },
+            forwarding: Forwarding::Tunnel(Tunnel::Ipip),
+            backends: vec![Backend {
+                address: "198.18.0.20".parse().unwrap(),
+                port: 80,
+                weight: 1,
+            }],
+            health: Some(HealthCheck {
+                probe: Probe::Http {
+                    path: "/".into(),
+                    expect_status: 200,
+                    tls: false,
+                    host: None,
+                },
+                interval_ms: 1000,
+                timeout_ms: 500,
+                rise: 2,
+                fall: 3,
+            }),
+        }
+    }
+
+    fn field_of(change: impl FnOnce(&mut VirtualService)) -> Option<Field> {
+        let mut s = svc();
+        change(&mut s);
+        service(&s, Allow::default()).err().map(|e| e.field)
+    }
+
+    fn http(s: &mut VirtualService) -> (&mut String, &mut u16, &mut Option<String>) {
+        match &mut s.health.as_mut().unwrap().probe {
+            Probe::Http {
+                path,
+                expect_status,
+                host,
+                ..
+            } => (path, expect_status, host),
+            Probe::Tcp => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn each_bound_names_its_field() {
+        use BackendField as B;
+        use HealthField as H;
+        assert_eq!(field_of(|_| {}), None);
+        assert_eq!(field_of(|s| s.name.clear()), Some(Field::Name));
+        assert_eq!(field_of(|s| s.port = 0), Some(Field::Port));
+        assert_eq!(
+            field_of(|s| s.vip = "224.0.0.1".parse().unwrap()),
+            Some(Field::Vip)
+        );
+        assert_eq!(
+            field_of(|s| s.scheduler = "bogus".into()),
+            Some(Field::Scheduler)
+        );
+        assert_eq!(
+            field_of(|s| s.scheduler = "rr".into()),
+            Some(Field::MhFlags)
+        );
+        assert_eq!(
+            field_of(|s| s.forwarding = Forwarding::Tunnel(Tunnel::Gue { port: 0, flags: 0 })),
+            Some(Field::TunnelPort)
+        );
+        assert_eq!(
+            field_of(|s| s.backends[0].port = 81),
+            Some(Field::Backend(0, B::Port))
+        );
+        assert_eq!(
+            field_of(|s| s.backends[0].address = "2001:db8::1".parse().unwrap()),
+            Some(Field::Backend(0, B::Address))
+        );
+        assert_eq!(
+            field_of(|s| s.backends[0].weight = MAX_WEIGHT + 1),
+            Some(Field::Backend(0, B::Weight))
+        );
+        assert_eq!(
+            field_of(|s| s.backends.push(s.backends[0].clone())),
+            Some(Field::Backend(1, B::Address))
+        );
+        let h = |f: fn(&mut HealthCheck)| field_of(move |s| f(s.health.as_mut().unwrap()));
+        assert_eq!(
+            h(|h| h.interval_ms = 99),
+            Some(Field::Health(H::IntervalMs))
+        );
+        assert_eq!(
+            h(|h| h.interval_ms = u64::MAX),
+            Some(Field::Health(H::IntervalMs))
+        );
+        assert_eq!(h(|h| h.timeout_ms = 0), Some(Field::Health(H::TimeoutMs)));
+        assert_eq!(h(|h| h.rise = 101), Some(Field::Health(H::Rise)));
+        assert_eq!(h(|h| h.fall = 0), Some(Field::Health(H::Fall)));
+        assert_eq!(
+            field_of(|s| *http(s).0 = "/a\r\nX: y".into()),
+            Some(Field::Health(H::Path))
+        );
+        assert_eq!(
+            field_of(|s| *http(s).1 = 600),
+            Some(Field::Health(H::ExpectStatus))
+        );
+        assert_eq!(
+            field_of(|s| *http(s).2 = Some("a\r\nX-Injected: 1".into())),
+            Some(Field::Health(H::Host))
+        );
+    }
+
+    #[test]
+    fn loopback_backends_only_when_allowed() {
+        let mut s = svc();
+        s.backends[0].address = "127.0.0.1".parse().unwrap();
+        assert!(service(&s, Allow::default()).is_err());
+        assert!(service(
+            &s,
+            Allow {
+                loopback_backends: true
+            }
+        )
+        .is_ok());
+    }
+}
