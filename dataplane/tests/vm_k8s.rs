@@ -4,31 +4,9 @@
 //! `backend-init --pool` serving a VIP allocated after the backend started. Without qemu or the
 //! kernel package the tests print "SKIPPED" and pass, except under CI=true, where they fail.
 
+use shoal_vmlab::{Boot, Profile, Share};
 use std::collections::BTreeSet;
-use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn lab() -> PathBuf {
-    repo().join("chaos/lab/vm/run.sh")
-}
-
-fn in_ci() -> bool {
-    std::env::var("CI").map(|v| v == "true").unwrap_or(false)
-}
-
-fn skip_or_fail(why: &str) -> Option<Run> {
-    if in_ci() {
-        panic!("VM lab required in CI: {why}");
-    }
-    eprintln!("SKIPPED: {why}");
-    None
-}
 
 const RULES1: &str = r#"
 [[service]]
@@ -58,12 +36,12 @@ fn rules2() -> String {
 }
 
 struct Run {
-    dir: PathBuf,
+    share: Share,
 }
 
 impl Run {
     fn out(&self, name: &str) -> String {
-        fs::read_to_string(self.dir.join("out").join(name)).unwrap_or_default()
+        self.share.out(name)
     }
     fn rc(&self, name: &str) -> String {
         self.out(&format!("{name}.rc")).trim().to_string()
@@ -71,7 +49,7 @@ impl Run {
     fn context(&self) -> String {
         format!(
             "logs in {}\nshoal log:\n{}",
-            self.dir.display(),
+            self.share.dir.display(),
             self.out("k_shoal.log")
         )
     }
@@ -85,26 +63,6 @@ impl Run {
     }
 }
 
-/// The `shoal` binary: $SHOAL_BIN, else built from the node crate.
-fn shoal_binary() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("SHOAL_BIN") {
-        return Some(PathBuf::from(p));
-    }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let ok = Command::new(cargo)
-        .args(["build", "-p", "shoal-node", "--bin", "shoal"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    let exe = std::env::current_exe().expect("test binary path");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .join("shoal");
-    (ok && bin.exists()).then_some(bin)
-}
-
 /// One boot for every test in this file; a failed boot is reported by each test.
 fn run() -> Option<&'static Run> {
     static RUN: OnceLock<Result<Option<Run>, String>> = OnceLock::new();
@@ -115,43 +73,23 @@ fn run() -> Option<&'static Run> {
 }
 
 fn boot() -> Result<Option<Run>, String> {
-    match Command::new("bash").arg(lab()).arg("--check").output() {
-        Ok(o) if o.status.success() => {}
-        Ok(o) => {
-            return Ok(skip_or_fail(&format!(
-                "VM lab unavailable: {}",
-                String::from_utf8_lossy(&o.stderr).trim()
+    if shoal_vmlab::available(&[]).is_none() {
+        return Ok(None);
+    }
+    let shoal = match shoal_vmlab::shoal(Profile::Debug) {
+        Ok(bin) => bin,
+        Err(e) => {
+            return Ok(shoal_vmlab::skip(&format!(
+                "the shoal binary did not build: {e}"
             )))
         }
-        Err(e) => return Ok(skip_or_fail(&format!("cannot run the VM lab: {e}"))),
-    }
-    let Some(shoal) = shoal_binary() else {
-        return Ok(skip_or_fail("the shoal binary did not build"));
     };
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("vm-k8s-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(dir.join("bin")).map_err(|e| format!("share dir: {e}"))?;
-    fs::copy(&shoal, dir.join("bin/shoal")).map_err(|e| format!("copy shoal: {e}"))?;
-    fs::write(dir.join("rules1.toml"), RULES1).map_err(|e| e.to_string())?;
-    fs::write(dir.join("rules2.toml"), rules2()).map_err(|e| e.to_string())?;
-    let status = Command::new("bash")
-        .arg(lab())
-        .arg("--share")
-        .arg(&dir)
-        .arg("--scenario")
-        .arg(repo().join("chaos/lab/vm/scenarios/k8s.sh"))
-        .args(["--timeout", "400"])
-        .status()
-        .map_err(|e| format!("run the VM lab: {e}"))?;
-    if !status.success() {
-        let console = fs::read_to_string(dir.join("console.log")).unwrap_or_default();
-        let log = fs::read_to_string(dir.join("scenario.log")).unwrap_or_default();
-        return Err(format!(
-            "VM run failed ({status}); logs in {}\nconsole:\n{console}\nscenario:\n{log}",
-            dir.display()
-        ));
-    }
-    Ok(Some(Run { dir }))
+    let share = Share::new(env!("CARGO_TARGET_TMPDIR"), "k8s")?;
+    share.add_bin(&shoal, "shoal")?;
+    share.write("rules1.toml", RULES1)?;
+    share.write("rules2.toml", &rules2())?;
+    share.boot(&Boot::new("k8s.sh", 400))?;
+    Ok(Some(Run { share }))
 }
 
 #[test]

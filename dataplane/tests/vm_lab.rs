@@ -6,57 +6,21 @@
 use serde_json::Value;
 use shoal_dataplane::model::*;
 use shoal_dataplane::{Actual, Desired, Op};
+use shoal_vmlab::{Boot, Profile, Share, Target};
 use std::collections::BTreeSet;
-use std::fs;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::sync::OnceLock;
-
-const INSTALL: &str = "apt-get install -y --no-install-recommends qemu-system-x86 \
-     linux-image-6.1.0-56-amd64 busybox-static ipvsadm kmod iproute2 cpio";
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn lab() -> PathBuf {
-    repo().join("chaos/lab/vm/run.sh")
-}
-
-fn in_ci() -> bool {
-    std::env::var("CI").map(|v| v == "true").unwrap_or(false)
-}
-
-/// None (after saying why) when the lab cannot run here and we are not in CI.
-fn lab_available() -> Option<()> {
-    let out = Command::new("bash").arg(lab()).arg("--check").output();
-    let why = match out {
-        Ok(o) if o.status.success() => return Some(()),
-        Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
-        Err(e) => format!("cannot run {}: {e}", lab().display()),
-    };
-    if in_ci() {
-        panic!("VM lab required in CI but unavailable: {why}");
-    }
-    eprintln!("SKIPPED: VM lab unavailable ({why}); install with: {INSTALL}");
-    None
-}
 
 /// The ipvs-lab example binary (cargo test builds examples next to the test binaries).
 fn example_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = dir.join("examples").join(name);
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-p", "shoal-dataplane", "--example", name])
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "building example {name} failed");
+    let bin = shoal_vmlab::target_dir().join("debug/examples").join(name);
+    if bin.exists() {
+        return bin;
     }
-    bin
+    shoal_vmlab::build(Profile::Debug, &[Target::example("shoal-dataplane", name)])
+        .unwrap_or_else(|e| panic!("{e}"))
+        .remove(0)
 }
 
 fn v4(s: &str) -> IpAddr {
@@ -232,12 +196,12 @@ fn shoal_lines(text: &str) -> BTreeSet<String> {
 }
 
 struct Suite {
-    dir: PathBuf,
+    share: Share,
 }
 
 impl Suite {
     fn out(&self, name: &str) -> String {
-        fs::read_to_string(self.dir.join("out").join(name)).unwrap_or_default()
+        self.share.out(name)
     }
     fn rc(&self, step: &str) -> String {
         self.out(&format!("{step}.rc")).trim().to_string()
@@ -268,8 +232,8 @@ impl Suite {
     }
 }
 
-fn write_json<T: serde::Serialize>(path: &Path, v: &T) {
-    fs::write(path, serde_json::to_string_pretty(v).expect("json")).expect("write table");
+fn write_json<T: serde::Serialize>(share: &Share, name: &str, v: &T) -> Result<(), String> {
+    share.write(name, &serde_json::to_string_pretty(v).expect("json"))
 }
 
 /// Boot once for all tests in this file. None = skipped (not in CI, lab unavailable). A
@@ -283,37 +247,17 @@ fn suite() -> Option<&'static Suite> {
 }
 
 fn run_suite() -> Result<Option<Suite>, String> {
-    if lab_available().is_none() {
+    if shoal_vmlab::available(&[]).is_none() {
         return Ok(None);
     }
-    let dir =
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("vm-suite-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(dir.join("bin")).map_err(|e| format!("share dir: {e}"))?;
-    fs::copy(example_binary("ipvs-lab"), dir.join("bin/ipvs-lab"))
-        .map_err(|e| format!("copy ipvs-lab: {e}"))?;
-    write_json(&dir.join("t_a.json"), &table_a());
-    write_json(&dir.join("t_c.json"), &table_c());
-    write_json(&dir.join("t_drain.json"), &table_drain());
-    write_json(&dir.join("t_empty.json"), &Desired::default());
-    let status = Command::new("bash")
-        .arg(lab())
-        .arg("--share")
-        .arg(&dir)
-        .arg("--scenario")
-        .arg(repo().join("chaos/lab/vm/scenarios/suite.sh"))
-        .args(["--timeout", "300"])
-        .status()
-        .map_err(|e| format!("run the VM lab: {e}"))?;
-    if !status.success() {
-        let console = fs::read_to_string(dir.join("console.log")).unwrap_or_default();
-        let log = fs::read_to_string(dir.join("scenario.log")).unwrap_or_default();
-        return Err(format!(
-            "VM suite failed ({status}); logs in {}\nconsole:\n{console}\nscenario:\n{log}",
-            dir.display()
-        ));
-    }
-    Ok(Some(Suite { dir }))
+    let share = Share::new(env!("CARGO_TARGET_TMPDIR"), "suite")?;
+    share.add_bin(&example_binary("ipvs-lab"), "ipvs-lab")?;
+    write_json(&share, "t_a.json", &table_a())?;
+    write_json(&share, "t_c.json", &table_c())?;
+    write_json(&share, "t_drain.json", &table_drain())?;
+    write_json(&share, "t_empty.json", &Desired::default())?;
+    share.boot(&Boot::new("suite.sh", 300))?;
+    Ok(Some(Suite { share }))
 }
 
 #[test]
@@ -520,30 +464,10 @@ address = "198.18.0.12"
 /// The `shoal` binary: $SHOAL_BIN, else built from the node crate. None = it does not build
 /// (yet); that is a skip outside CI and a failure in CI.
 fn shoal_binary() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("SHOAL_BIN") {
-        return Some(PathBuf::from(p));
+    match shoal_vmlab::shoal(Profile::Debug) {
+        Ok(bin) => Some(bin),
+        Err(e) => shoal_vmlab::skip(&format!("the shoal binary did not build: {e}")),
     }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let ok = Command::new(cargo)
-        .args(["build", "-p", "shoal-node", "--bin", "shoal"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    let exe = std::env::current_exe().expect("test binary path");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .join("shoal");
-    if ok && bin.exists() {
-        return Some(bin);
-    }
-    let why = "the shoal binary (package shoal-node) did not build";
-    if in_ci() {
-        panic!("{why}");
-    }
-    eprintln!("SKIPPED: {why}");
-    None
 }
 
 /// The ipvsadm lines for what a node reports in /v1/dataplane.
@@ -563,34 +487,23 @@ fn lines_of_observed(v: &Value) -> BTreeSet<String> {
 
 #[test]
 fn f_shoal_node_programs_ipvs_and_reports_it() {
-    if lab_available().is_none() {
+    if shoal_vmlab::available(&[]).is_none() {
         return;
     }
     let Some(shoal) = shoal_binary() else { return };
-    let dir =
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("vm-node-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(dir.join("bin")).expect("share dir");
-    fs::copy(&shoal, dir.join("bin/shoal")).expect("copy shoal");
-    fs::write(dir.join("rules.toml"), NODE_RULES).expect("rules");
-    let status = Command::new("bash")
-        .arg(lab())
-        .arg("--share")
-        .arg(&dir)
-        .arg("--scenario")
-        .arg(repo().join("chaos/lab/vm/scenarios/node.sh"))
-        .args(["--timeout", "400"])
-        .status()
-        .expect("run the VM lab");
-    let out = |n: &str| fs::read_to_string(dir.join("out").join(n)).unwrap_or_default();
+    let share = Share::new(env!("CARGO_TARGET_TMPDIR"), "node").expect("share dir");
+    share.add_bin(&shoal, "shoal").expect("copy shoal");
+    share.write("rules.toml", NODE_RULES).expect("rules");
+    let booted = share.boot(&Boot::new("node.sh", 400));
+    let out = |n: &str| share.out(n);
     let context = || {
         format!(
             "logs in {}\nshoal log:\n{}",
-            dir.display(),
+            share.dir.display(),
             out("f_shoal.log")
         )
     };
-    assert!(status.success(), "VM run failed: {status}; {}", context());
+    assert!(booted.is_ok(), "{}; {}", booted.unwrap_err(), context());
     assert_eq!(
         out("f_matched").trim(),
         "1",
@@ -636,7 +549,7 @@ fn percentile(mut xs: Vec<f64>, p: f64) -> f64 {
 #[test]
 #[ignore]
 fn bench_program_vs_ipvsadm_restore() {
-    if lab_available().is_none() {
+    if shoal_vmlab::available(&[]).is_none() {
         return;
     }
     let n: usize = std::env::var("SHOAL_BENCH_SERVICES")
@@ -652,55 +565,24 @@ fn bench_program_vs_ipvsadm_restore() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
-    let dir =
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("vm-bench-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(dir.join("bin")).expect("share dir");
+    let share = Share::new(env!("CARGO_TARGET_TMPDIR"), "bench").expect("share dir");
     // Timings are of an optimized build, as a node would run.
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let built = Command::new(cargo)
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "shoal-dataplane",
-            "--example",
-            "ipvs-lab",
-        ])
-        .status()
-        .expect("run cargo build --release");
-    assert!(built.success(), "release build of ipvs-lab failed");
-    let exe = std::env::current_exe().expect("test binary path");
-    let target = exe
-        .parent()
-        .and_then(Path::parent)
-        .and_then(Path::parent)
-        .expect("target dir");
-    fs::copy(
-        target.join("release/examples/ipvs-lab"),
-        dir.join("bin/ipvs-lab"),
+    let lab = shoal_vmlab::build(
+        Profile::Release,
+        &[Target::example("shoal-dataplane", "ipvs-lab")],
     )
-    .expect("copy ipvs-lab");
-    fs::write(
-        dir.join("bench.env"),
-        format!("N={n}\nM={m}\nREPS={reps}\nSCHED={sched}\n"),
-    )
-    .expect("env");
-    let status = Command::new("bash")
-        .arg(lab())
-        .arg("--share")
-        .arg(&dir)
-        .arg("--scenario")
-        .arg(repo().join("chaos/lab/vm/scenarios/bench.sh"))
-        .args(["--timeout", "3000", "--memory", "2048"])
-        .status()
-        .expect("run the VM lab");
-    let out = |f: &str| fs::read_to_string(dir.join("out").join(f)).unwrap_or_default();
-    assert!(
-        status.success(),
-        "VM run failed: {status}; logs in {}",
-        dir.display()
-    );
+    .unwrap_or_else(|e| panic!("{e}"));
+    share.add_bin(&lab[0], "ipvs-lab").expect("copy ipvs-lab");
+    share
+        .write(
+            "bench.env",
+            &format!("N={n}\nM={m}\nREPS={reps}\nSCHED={sched}\n"),
+        )
+        .expect("env");
+    let mut b = Boot::new("bench.sh", 3000);
+    b.memory_mb = 2048;
+    share.boot(&b).unwrap_or_else(|e| panic!("{e}"));
+    let out = |f: &str| share.out(f);
     assert_eq!(
         out("bench.rc").trim(),
         "0",
@@ -750,6 +632,6 @@ fn bench_program_vs_ipvsadm_restore() {
         summary.join("\n  "),
         percentile(ratio.clone(), 0.5),
         percentile(ratio, 0.99),
-        dir.join("out/bench.json").display()
+        share.out_path("bench.json").display()
     );
 }

@@ -119,7 +119,8 @@ struct RunArgs {
     label: String,
     #[arg(long)]
     out: PathBuf,
-    /// Rewritten every second with one JSON line of live counters.
+    /// Rewritten every second with one JSON line of live counters (and the same for people
+    /// next to it, with the extension `.txt`).
     #[arg(long)]
     status: Option<PathBuf>,
     /// Stop streaming (then drain and close) as soon as this file exists; --duration-s is
@@ -402,6 +403,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                     "stall_max_ms": stall_max,
                 });
                 let _ = write_atomic(&path, &format!("{line}\n"));
+                // The same for people (the live view of e2e-demo.sh).
+                let text = format!(
+                    "{label}: open {} ok {} failed {} | verified {} KB | stall now {} ms, worst {} ms",
+                    l.open.load(Ordering::Relaxed),
+                    l.done_ok.load(Ordering::Relaxed),
+                    l.failed.load(Ordering::Relaxed),
+                    l.bytes_verified.load(Ordering::Relaxed) / 1000,
+                    stall_now,
+                    stall_max
+                );
+                let _ = write_atomic(&path.with_extension("txt"), &format!("{text}\n"));
                 sleep(Duration::from_secs(1)).await;
             }
         })

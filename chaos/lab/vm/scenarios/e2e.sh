@@ -23,7 +23,7 @@ PHASES=${PHASES:-"kill9 stop term rolling add control-rr control-nosloppy backen
 live_loop() {
   n=0
   while :; do
-    fl=$(sed 's/[{}"]//g' out/flows.status 2>/dev/null)
+    fl=$(cat out/flows.txt 2>/dev/null)
     # The mesh's view (announcement state of every member), asked of the first live replica.
     mesh="-"
     for i in $REPLICAS; do
@@ -41,7 +41,7 @@ live_loop() {
 # flows LABEL PORT [VIP]: long-lived connections in the background. They stream until
 # `flows_stop LABEL SECONDS` (at most 600 s); `flows_wait` joins them.
 flows() {
-  rm -f out/flows.status
+  rm -f out/flows.status out/flows.txt
   /bin/ip netns exec cl lab-flows run --target ${3:-$VIP}:$2 --conns $CONNS --duration-s 600 \
     --interval-ms ${INTERVAL_MS:-100} \
     --label $1 --out out/$1.json --status out/flows.status --stop-file /tmp/stop-$1 \
@@ -62,6 +62,13 @@ flows_settle() {
 flows_wait() { wait $FLOWS_PID; event "$1 end"; cat out/$1.log; }
 # Ends the streaming of flows $1 $2 seconds from now (the rest of a phase of unknown length).
 flows_stop() { sleep $2; touch /tmp/stop-$1; }
+
+# victim PHASE NS: the director's IPVS connection table just before its fault (the flows the
+# fault moves), and the fault event with the router's next hops at that moment.
+victim() {
+  nsx $2 ipvsadm -Lnc > out/$1-victim-conns.txt 2>&1
+  event "$1 fault $2 | hops $(router_hops)"
+}
 
 probe() {
   /bin/ip netns exec cl lab-flows probe --target $1 --interval-ms 50 --duration-s $2 --out out/$3.json > out/$3.log 2>&1 &
@@ -87,14 +94,14 @@ replicas_ready() {
 
 phase_kill9() {
   flows kill9 9000; flows_settle
-  event "kill9 fault r1"; replica_kill9 1
+  victim kill9 r1; replica_kill9 1
   flows_stop kill9 $AFTER_S; flows_wait kill9
   replica_start 1; wait_hop 1 120
 }
 
 phase_stop() {
   flows stop 9000; flows_settle
-  event "stop fault r2"; replica_freeze 2
+  victim stop r2; replica_freeze 2
   flows_stop stop $AFTER_S; flows_wait stop
   replica_thaw 2; event "stop thawed r2"
   # A frozen replica's sessions were torn down by the router; it comes back by itself.
@@ -103,7 +110,7 @@ phase_stop() {
 
 phase_term() {
   flows term 9000; flows_settle
-  event "term fault r3"; replica_term 3
+  victim term r3; replica_term 3
   flows_stop term $AFTER_S; flows_wait term
   replica_start 3; wait_hop 3 120
 }
@@ -111,7 +118,8 @@ phase_term() {
 phase_rolling() {
   flows rolling 9000; flows_settle
   for i in $REPLICAS; do
-    event "rolling fault r$i"; replica_term $i
+    nsx r$i ipvsadm -Lnc >> out/rolling-victim-conns.txt 2>&1
+    event "rolling fault r$i | hops $(router_hops)"; replica_term $i
     replica_start $i; wait_hop $i 120; event "rolling back r$i"
     sleep 2
   done
@@ -123,14 +131,16 @@ phase_add() {
   replica_term 3; wait_no_hop 3 30
   flows add 9000; flows_settle
   event "add fault r3"; replica_start 3; wait_hop 3 120; event "add announced r3"
-  flows_stop add 5
+  # The flows ECMP moved to the new replica: its connection table a few seconds later.
+  sleep 4; nsx r3 ipvsadm -Lnc > out/add-victim-conns.txt 2>&1
+  flows_stop add 2
   flows_wait add
 }
 
 # Controls: the same kill with the rr scheduler (port 9001), and with sloppy_tcp off.
 phase_control_rr() {
   flows control-rr 9001; flows_settle
-  event "control-rr fault r1"; replica_kill9 1
+  victim control-rr r1; replica_kill9 1
   flows_stop control-rr $AFTER_S; flows_wait control-rr
   replica_start 1; wait_hop 1 120
 }
@@ -138,7 +148,7 @@ phase_control_rr() {
 phase_control_nosloppy() {
   for i in $REPLICAS; do nsx r$i sysctl -qw net.ipv4.vs.sloppy_tcp=0; done
   flows control-nosloppy 9000; flows_settle
-  event "control-nosloppy fault r2"; replica_kill9 2
+  victim control-nosloppy r2; replica_kill9 2
   flows_stop control-nosloppy $AFTER_S; flows_wait control-nosloppy
   replica_start 2; wait_hop 2 120
   for i in $REPLICAS; do nsx r$i sysctl -qw net.ipv4.vs.sloppy_tcp=1; done
@@ -148,8 +158,8 @@ phase_control_nosloppy() {
 # port 9002 is the same service with mh_fallback = false (the old default), as a control.
 phase_backend() {
   flows backend 9000; flows_settle
-  probe $VIP:9000 $((AFTER_S + 4)) backend-probe
-  probe $VIP:9002 $((AFTER_S + 4)) backend-probe-nofallback
+  probe $VIP:9000 $((AFTER_S + 8)) backend-probe
+  probe $VIP:9002 $((AFTER_S + 8)) backend-probe-nofallback
   sleep 2
   event "backend fault b2"; kill -9 $(ip netns pids b2)
   probe_wait
@@ -192,7 +202,7 @@ EOF
   probe $KVIP:9000 $((AFTER_S + 4)) keepalived-probe
   sleep 2
   # The master's death: keepalived killed and the node's link gone (a pod or host dying).
-  event "keepalived fault k1"
+  victim keepalived k1
   kill -9 $(ip netns pids k1) 2>/dev/null
   ip -n k1 link set lan0 down
   probe_wait
@@ -207,9 +217,10 @@ phase_bench() {
   for i in $BACKENDS; do
     /bin/ip netns exec b$i lab-flows http-serve --listen 0.0.0.0:8080 >> out/http-b$i.log 2>&1 &
     /bin/ip netns exec b$i lab-flows http-serve --listen 0.0.0.0:8081 >> out/http-b$i.log 2>&1 &
-    # NAT (masq) replies must return through the replica: client-bound traffic from the
-    # backends to the replica for this phase.
-    ip -n b$i route add 198.18.0.0/24 via 198.18.1.11
+    # NAT (masq) replies must return through the replica: the NAT service's replies (source
+    # port 8081) go to r1; tunnel (from the VIP) and direct replies still go to the router.
+    ip -n b$i route add default via 198.18.1.11 table 81
+    ip -n b$i rule add ipproto tcp sport 8081 lookup 81
   done
   replica_term 2; replica_term 3
   nsx r1 sysctl -qw net.ipv4.ip_forward=1
