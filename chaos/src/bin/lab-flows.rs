@@ -83,10 +83,17 @@ enum Cmd {
     },
     /// Print the Unix time in milliseconds.
     Now,
-    /// One line: each mesh member's role and announcement state, from a node's /v1/cluster.
+    /// One line: each mesh member's role and announcement state, from the first of the nodes'
+    /// /v1/cluster that answers. With --out, rewritten there every --every-ms until killed (one
+    /// long-lived process instead of one per line: process start-up is dear under emulation).
     AnnounceView {
-        #[arg(long, default_value = "127.0.0.1:9100")]
-        admin: SocketAddr,
+        /// Admin addresses to ask, in order; repeat or separate with commas.
+        #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:9100")]
+        admin: Vec<SocketAddr>,
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long, default_value_t = 1000)]
+        every_ms: u64,
     },
     /// Print the summary table of a lab run's output folder (reports, probes, events.txt).
     Summary {
@@ -167,9 +174,24 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", now_ms());
             Ok(())
         }
-        Cmd::AnnounceView { admin } => {
-            println!("{}", announce_view(admin).await);
-            Ok(())
+        Cmd::AnnounceView {
+            admin,
+            out,
+            every_ms,
+        } => {
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_millis(every_ms.clamp(300, 2000)))
+                .build()
+                .context("http client")?;
+            let Some(out) = out else {
+                println!("{}", announce_view(&client, &admin).await);
+                return Ok(());
+            };
+            loop {
+                let line = announce_view(&client, &admin).await;
+                write_atomic(&out, &format!("{line}\n"))?;
+                sleep(Duration::from_millis(every_ms)).await;
+            }
         }
         Cmd::Summary { dir } => {
             print!("{}", summary(&dir)?);
@@ -179,21 +201,19 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// `r1:publisher/ready[1] r2:follower/ready[1] ...` (`[n]` = VIPs announced), or why not.
-async fn announce_view(admin: SocketAddr) -> String {
-    let client = match reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-    {
-        Ok(c) => c,
-        Err(e) => return format!("(no client: {e})"),
-    };
-    let url = format!("http://{admin}/v1/cluster");
-    let v: serde_json::Value = match client.get(&url).send().await {
-        Ok(r) => match r.json().await {
-            Ok(v) => v,
-            Err(e) => return format!("({url}: {e})"),
-        },
-        Err(_) => return format!("({admin} not answering)"),
+async fn announce_view(client: &reqwest::Client, admins: &[SocketAddr]) -> String {
+    let mut v = None;
+    for admin in admins {
+        let url = format!("http://{admin}/v1/cluster");
+        if let Ok(r) = client.get(&url).send().await {
+            if let Ok(json) = r.json::<serde_json::Value>().await {
+                v = Some(json);
+                break;
+            }
+        }
+    }
+    let Some(v) = v else {
+        return "(no node answering)".into();
     };
     let mut out = Vec::new();
     for m in v["members"].as_array().into_iter().flatten() {

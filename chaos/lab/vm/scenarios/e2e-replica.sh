@@ -1,7 +1,7 @@
 # Replicas of the end-to-end lab (sourced by e2e.sh): start, kill, freeze, stop gracefully.
 #
-# Each replica r$i runs `shoal run --dataplane ipvs` in its own namespace (admin on its own
-# 127.0.0.1:9100, mesh on 198.18.1.1$i:7946 with mutual TLS). Announcement:
+# Each replica r$i runs `shoal run --dataplane ipvs` in its own namespace (admin on
+# 198.18.1.1$i:9100, mesh on 198.18.1.1$i:7946 with mutual TLS). Announcement:
 # - ANNOUNCE=bgp: `--announce bgp`, shoal runs its own BIRD (docs/announce.md);
 # - ANNOUNCE=bird: a stand-in for builds without it: a BIRD with a static VIP route, started
 #   once the replica's dataplane matches the table (what shoal's gate does) and killed with it;
@@ -44,7 +44,7 @@ replica_start() {
   fi
   # shellcheck disable=SC2086
   /bin/ip netns exec r$i shoal run --dataplane ipvs --rules /mnt/host/rules.toml --tls-dir /tmp/certs/r$i \
-    --node-id r$i --listen 198.18.1.1$i:7946 --admin 127.0.0.1:9100 --cluster lab \
+    --node-id r$i --listen 198.18.1.1$i:7946 --admin 198.18.1.1$i:9100 --cluster lab \
     --seeds "$(replica_seeds $i)" $extra >> out/r$i.log 2>&1 &
   echo $! > /tmp/r$i.pid
   if [ "$ANNOUNCE" = bird ]; then
@@ -57,7 +57,7 @@ standin_bird() {
   i=$1; n=0
   while [ $n -lt 120 ]; do
     kill -0 "$(cat /tmp/r$i.pid)" 2>/dev/null || return 0
-    if nsx r$i timeout 3 wget -q -O - http://127.0.0.1:9100/v1/dataplane 2>/dev/null | grep -q '"matches_table":true'; then
+    if nsx r$i timeout 3 wget -q -O - http://198.18.1.1$i:9100/v1/dataplane 2>/dev/null | grep -q '"matches_table":true'; then
       break
     fi
     sleep 0.5; n=$((n + 1))
@@ -96,17 +96,17 @@ replica_term() {
 
 wait_gone() {
   n=0
-  while [ -n "$(replica_pids $1)" ] && [ $n -lt 300 ]; do sleep 0.1; n=$((n + 1)); done
+  while [ -n "$(replica_pids $1)" ] && [ $n -lt 60 ]; do sleep 0.5; n=$((n + 1)); done
   [ -z "$(replica_pids $1)" ] || { echo "r$1 still running after 30 s: killing" >&2; kill -9 $(replica_pids $1) 2>/dev/null; }
 }
 
-# One word per replica for the live view: process state and the router's BGP session state
-# (one birdc call for all three).
+# One word per replica for the live view: shoal's process state and the router's BGP session
+# state (one birdc call for all three; no `ip netns pids`, which reads every process).
 replica_states() {
   sessions=$(nsx rt birdc -s /tmp/bird-rt.ctl show protocols 2>/dev/null)
   for i in $REPLICAS; do
     pid=$(cat /tmp/r$i.pid 2>/dev/null)
-    if [ -z "$(replica_pids $i)" ]; then p=dead
+    if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then p=dead
     elif grep -q '^State:.*T' /proc/$pid/status 2>/dev/null; then p=frozen
     else p=up; fi
     s=$(echo "$sessions" | awk '$1=="r'$i'" {print $6}')

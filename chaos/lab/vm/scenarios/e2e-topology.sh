@@ -88,9 +88,9 @@ router_hops() {
 # Waits (at most $2 s, default 60) until the router routes the VIP through replica $1.
 wait_hop() {
   n=0
-  while [ $n -lt $((${2:-60} * 5)) ]; do
+  while [ $n -lt $((${2:-60} * 2)) ]; do
     router_hops | grep -q "1$1" && return 0
-    sleep 0.2; n=$((n + 1))
+    sleep 0.5; n=$((n + 1))
   done
   echo "replica r$1 not a next hop after ${2:-60} s" >&2
   return 1
@@ -99,9 +99,9 @@ wait_hop() {
 # Waits until replica $1 is no longer a next hop.
 wait_no_hop() {
   n=0
-  while [ $n -lt $((${2:-60} * 5)) ]; do
+  while [ $n -lt $((${2:-60} * 2)) ]; do
     router_hops | grep -q "1$1" || return 0
-    sleep 0.2; n=$((n + 1))
+    sleep 0.5; n=$((n + 1))
   done
   return 1
 }
