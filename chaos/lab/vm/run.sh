@@ -129,7 +129,10 @@ rm -f "$SHARE/result" "$SHARE/scenario.log" "$SHARE/console.log"
 # no_timer_check: under a loaded host TCG is slow enough to fail the IO-APIC timer check (panic).
 echo "booting $KVER (TCG) for $(basename "$SCENARIO"), timeout ${TIMEOUT_S}s" >&2
 set +e
-timeout "$TIMEOUT_S" qemu-system-x86_64 -accel tcg,tb-size=64 -cpu max -m "$MEMORY_MB" -smp 2 \
+# tb-size: TCG's translated-code cache (MB). When it fills, qemu throws every translation away
+# and the whole guest stalls while it retranslates: with several Rust processes (the end-to-end
+# lab) 64 MB filled within seconds and every replica's loop stalled at once.
+timeout "$TIMEOUT_S" qemu-system-x86_64 -accel tcg,tb-size=${SHOAL_VM_TB_MB:-512} -cpu max -m "$MEMORY_MB" -smp 2 \
   -nodefaults -no-user-config -nographic -serial stdio -monitor none -no-reboot \
   -kernel "/boot/vmlinuz-$KVER" -initrd "$INITRD" \
   -append "console=ttyS0 quiet panic=-1 loglevel=3 no_timer_check ${KERNEL_ARGS:-}" \

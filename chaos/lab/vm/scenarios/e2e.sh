@@ -75,7 +75,7 @@ probe() {
   /bin/ip netns exec cl lab-flows probe --target $1 --interval-ms 50 --duration-s $2 --out out/$3.json > out/$3.log 2>&1 &
   PROBE_PIDS="$PROBE_PIDS $!"
 }
-probe_wait() { for p in $PROBE_PIDS; do wait $p; done; PROBE_PIDS=""; }
+probe_wait() { for pp in $PROBE_PIDS; do wait $pp; done; PROBE_PIDS=""; }
 
 # ANNOUNCE=static: no BGP; once every replica's dataplane matches its table, the router gets
 # a static multipath route (the backend phase does not need announcements).
