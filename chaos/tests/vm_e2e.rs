@@ -13,7 +13,7 @@
 //!
 //! The guest runs release builds of `shoal` and `lab-flows` (debug replicas missed their
 //! 100 ms steps under emulation); `SHOAL_E2E_PROFILE=debug` uses debug builds, `SHOAL_BIN` a
-//! given `shoal`.
+//! given `shoal`. `SHOAL_E2E_RECHECK=DIR` checks the share folder of an earlier boot again.
 
 use shoal_chaos::flows::{fault_times, summarize_probes, FlowsReport, Outcome, ProbeRecord};
 use shoal_vmlab::{Boot, Profile, Share, Target};
@@ -37,14 +37,18 @@ struct Run {
 }
 
 impl Run {
-    fn report(&self, phase: &str) -> FlowsReport {
+    fn load(&self, phase: &str) -> FlowsReport {
         let text = self.share.out(&format!("{phase}.json"));
-        let r: FlowsReport = serde_json::from_str(&text).unwrap_or_else(|e| {
+        serde_json::from_str(&text).unwrap_or_else(|e| {
             panic!(
                 "{phase}.json: {e}\n{}",
                 self.context(&format!("{phase}.log"))
             )
-        });
+        })
+    }
+
+    fn report(&self, phase: &str) -> FlowsReport {
+        let r = self.load(phase);
         eprintln!("{}", r.one_line());
         r
     }
@@ -62,13 +66,22 @@ impl Run {
             .unwrap_or_else(|| panic!("no fault of {phase}\n{}", self.context("scenario.log")))
     }
 
-    /// Connections the faulty director carried just before the fault (its IPVS connection
-    /// table, `ipvsadm -Lnc`, saved by the scenario): the flows the fault moves.
+    /// Connections of `phase` the faulty director carried just before the fault: the
+    /// ESTABLISHED entries of its IPVS connection table (`ipvsadm -Lnc`, saved by the scenario)
+    /// for `target` whose client port is one of the phase's connections (the table still
+    /// lists earlier phases' connections).
     fn carried(&self, phase: &str, target: &str) -> usize {
+        let ports: std::collections::BTreeSet<String> = self
+            .load(phase)
+            .records
+            .iter()
+            .map(|r| format!("198.18.0.2:{}", r.local_port))
+            .collect();
         self.share
             .out(&format!("{phase}-victim-conns.txt"))
             .lines()
-            .filter(|l| l.contains(target) && l.contains("198.18.0.2:"))
+            .filter(|l| l.contains(target) && l.contains("ESTABLISHED"))
+            .filter(|l| l.split_whitespace().any(|w| ports.contains(w)))
             .count()
     }
 
@@ -143,6 +156,12 @@ fn binaries() -> (std::path::PathBuf, std::path::PathBuf) {
 }
 
 fn boot(phases: &str, env_extra: &str, tag: &str) -> Option<Run> {
+    // Checks an earlier boot's share folder again instead of booting (for working on the checks).
+    if let Ok(dir) = std::env::var("SHOAL_E2E_RECHECK") {
+        let share = Share { dir: dir.into() };
+        let faults = fault_times(&share.out("events.txt"));
+        return Some(Run { share, faults });
+    }
     shoal_vmlab::available(&["bird", "birdc", "keepalived"])?;
     let (shoal, flows) = binaries();
     let share = Share::new(env!("CARGO_TARGET_TMPDIR"), &format!("e2e-{tag}")).expect("share");
