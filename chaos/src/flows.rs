@@ -44,6 +44,8 @@ pub struct StallTracker {
     /// Since when bytes have been outstanding without progress (ms).
     waiting_since_ms: Option<u64>,
     max_stall_ms: u64,
+    /// When the longest finished stall began (ms).
+    max_stall_from_ms: u64,
 }
 
 impl StallTracker {
@@ -59,7 +61,11 @@ impl StallTracker {
             return;
         }
         if let Some(since) = self.waiting_since_ms {
-            self.max_stall_ms = self.max_stall_ms.max(now_ms.saturating_sub(since));
+            let stall = now_ms.saturating_sub(since);
+            if stall > self.max_stall_ms {
+                self.max_stall_ms = stall;
+                self.max_stall_from_ms = since;
+            }
         }
         self.received += bytes;
         self.waiting_since_ms = (self.received < self.sent).then_some(now_ms);
@@ -75,6 +81,14 @@ impl StallTracker {
     /// The longest stall so far, counting one still going on.
     pub fn max_stall_ms(&self, now_ms: u64) -> u64 {
         self.max_stall_ms.max(self.current_stall_ms(now_ms))
+    }
+
+    /// When the longest stall so far began (0: none yet), counting one still going on.
+    pub fn max_stall_from_ms(&self, now_ms: u64) -> u64 {
+        match self.waiting_since_ms {
+            Some(since) if self.current_stall_ms(now_ms) > self.max_stall_ms => since,
+            _ => self.max_stall_from_ms,
+        }
     }
 
     pub fn sent(&self) -> u64 {
@@ -117,6 +131,9 @@ pub struct ConnRecord {
     pub sent: u64,
     pub received: u64,
     pub stall_ms: u64,
+    /// Unix time (ms) the longest stall began (which fault caused it); 0 when none.
+    #[serde(default)]
+    pub stall_from_ms: u64,
     /// Unix time (ms) the connection failed, if it did.
     pub failed_at_ms: Option<u64>,
     pub error: String,
@@ -352,6 +369,7 @@ mod tests {
         t.on_received(5, 5900);
         t.on_received(15, 5910);
         assert_eq!(t.max_stall_ms(6000), 900);
+        assert_eq!(t.max_stall_from_ms(6000), 5000);
         assert_eq!((t.sent(), t.received()), (30, 30));
     }
 
@@ -365,6 +383,7 @@ mod tests {
             sent: 100,
             received: 100,
             stall_ms,
+            stall_from_ms: 0,
             failed_at_ms: None,
             error: String::new(),
         };

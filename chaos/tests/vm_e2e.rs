@@ -11,9 +11,10 @@
 //! `cargo test -p shoal-chaos --test vm_e2e -- --ignored --skip data_path --nocapture`
 //! `SHOAL_BENCH_S=15 cargo test -p shoal-chaos --test vm_e2e -- --ignored --nocapture data_path`
 //!
-//! The guest runs release builds of `shoal` and `lab-flows` (debug replicas missed their
-//! 100 ms steps under emulation); `SHOAL_E2E_PROFILE=debug` uses debug builds, `SHOAL_BIN` a
-//! given `shoal`. `SHOAL_E2E_RECHECK=DIR` checks the share folder of an earlier boot again.
+//! The long boot and the benchmark run release builds of `shoal` and `lab-flows`, the CI boot
+//! the debug builds cargo test has made; `SHOAL_E2E_PROFILE=debug|release` overrides,
+//! `SHOAL_BIN` gives a `shoal`. `SHOAL_E2E_RECHECK=DIR` checks an earlier boot's share folder
+//! again instead of booting.
 
 use shoal_chaos::flows::{fault_times, summarize_probes, FlowsReport, Outcome, ProbeRecord};
 use shoal_vmlab::{Boot, Profile, Share, Target};
@@ -134,12 +135,13 @@ impl Run {
     }
 }
 
-/// The binaries for the guest: `shoal` and `lab-flows` in the profile of `SHOAL_E2E_PROFILE`
-/// (release unless "debug").
-fn binaries() -> (std::path::PathBuf, std::path::PathBuf) {
+/// The binaries for the guest: `shoal` and `lab-flows` in the profile `SHOAL_E2E_PROFILE`
+/// names ("debug" or "release"), else `default`.
+fn binaries(default: Profile) -> (std::path::PathBuf, std::path::PathBuf) {
     let profile = match std::env::var("SHOAL_E2E_PROFILE").as_deref() {
         Ok("debug") => Profile::Debug,
-        _ => Profile::Release,
+        Ok("release") => Profile::Release,
+        _ => default,
     };
     let built = shoal_vmlab::build(
         profile,
@@ -155,7 +157,7 @@ fn binaries() -> (std::path::PathBuf, std::path::PathBuf) {
     (shoal, built[1].clone())
 }
 
-fn boot(phases: &str, env_extra: &str, tag: &str) -> Option<Run> {
+fn boot(phases: &str, env_extra: &str, tag: &str, profile: Profile) -> Option<Run> {
     // Checks an earlier boot's share folder again instead of booting (for working on the checks).
     if let Ok(dir) = std::env::var("SHOAL_E2E_RECHECK") {
         let share = Share { dir: dir.into() };
@@ -163,7 +165,7 @@ fn boot(phases: &str, env_extra: &str, tag: &str) -> Option<Run> {
         return Some(Run { share, faults });
     }
     shoal_vmlab::available(&["bird", "birdc", "keepalived"])?;
-    let (shoal, flows) = binaries();
+    let (shoal, flows) = binaries(profile);
     let share = Share::new(env!("CARGO_TARGET_TMPDIR"), &format!("e2e-{tag}")).expect("share");
     share.add_bin(&shoal, "shoal").expect("shoal");
     share.add_bin(&flows, "lab-flows").expect("lab-flows");
@@ -213,10 +215,13 @@ fn host_uptime() -> String {
         .unwrap_or_default()
 }
 
-/// The CI boot: kill -9 of a replica, then a backend killed under load.
+/// The CI boot: kill -9 of a replica, then a backend killed under load. Debug binaries (cargo
+/// test has built them already; the release build would add minutes to CI): with the lab's
+/// 512 MB code cache they keep up (two clean boots of this pair on the busy host, docs/e2e-lab.md).
 fn short() -> Option<&'static Run> {
     static RUN: OnceLock<Option<Run>> = OnceLock::new();
-    RUN.get_or_init(|| boot("kill9 backend", "", "ci")).as_ref()
+    RUN.get_or_init(|| boot("kill9 backend", "", "ci", Profile::Debug))
+        .as_ref()
 }
 
 /// The long boot: every failure scenario, the controls and the keepalived peer run.
@@ -227,6 +232,7 @@ fn full() -> Option<&'static Run> {
             "kill9 stop term rolling add control-rr control-nosloppy backend keepalived",
             "",
             "full",
+            Profile::Release,
         )
     })
     .as_ref()
@@ -408,7 +414,12 @@ fn data_path() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(15);
-    let Some(run) = boot("bench", &format!("BENCH_S={secs}\n"), "bench") else {
+    let Some(run) = boot(
+        "bench",
+        &format!("BENCH_S={secs}\n"),
+        "bench",
+        Profile::Release,
+    ) else {
         return;
     };
     for mode in ["ka", "close"] {

@@ -466,6 +466,7 @@ async fn one_flow(id: u64, a: &RunArgs, live: &Live) -> ConnRecord {
         sent: 0,
         received: 0,
         stall_ms: 0,
+        stall_from_ms: 0,
         failed_at_ms: None,
         error: String::new(),
     };
@@ -561,6 +562,7 @@ async fn one_flow(id: u64, a: &RunArgs, live: &Live) -> ConnRecord {
     rec.sent = tracker.sent();
     rec.received = tracker.received();
     rec.stall_ms = tracker.max_stall_ms(now_ms());
+    rec.stall_from_ms = tracker.max_stall_from_ms(now_ms());
     live.waiting_since_ms[id as usize].store(0, Ordering::Relaxed);
     match result {
         Ok(()) => {

@@ -143,9 +143,7 @@ pub fn build(profile: Profile, targets: &[Target]) -> Result<Vec<PathBuf>, Strin
         ]);
     }
     for (k, _) in std::env::vars() {
-        if k == "OUT_DIR"
-            || (k.starts_with("CARGO_") && !matches!(k.as_str(), "CARGO_HOME" | "CARGO_TARGET_DIR"))
-        {
+        if set_by_cargo_for_the_test(&k) {
             cmd.env_remove(k);
         }
     }
@@ -166,6 +164,23 @@ pub fn build(profile: Profile, targets: &[Target]) -> Result<Vec<PathBuf>, Strin
             }
         })
         .collect())
+}
+
+/// Variables cargo sets when it runs a test (not the user's own settings such as
+/// CARGO_INCREMENTAL or CARGO_HOME, which must reach the inner build unchanged).
+fn set_by_cargo_for_the_test(name: &str) -> bool {
+    name == "OUT_DIR"
+        || name.starts_with("CARGO_PKG_")
+        || name.starts_with("CARGO_BIN_EXE_")
+        || matches!(
+            name,
+            "CARGO_MANIFEST_DIR"
+                | "CARGO_MANIFEST_PATH"
+                | "CARGO_CRATE_NAME"
+                | "CARGO_PRIMARY_PACKAGE"
+                | "CARGO_TARGET_TMPDIR"
+                | "CARGO_RUSTC_CURRENT_DIR"
+        )
 }
 
 /// The `shoal` binary for the guest: `$SHOAL_BIN`, else built in `profile`.
@@ -285,6 +300,27 @@ mod tests {
     fn repo_is_the_workspace_root() {
         assert!(repo().join("chaos/lab/vm/run.sh").exists());
         assert!(scenario("e2e.sh").exists());
+    }
+
+    #[test]
+    fn only_what_cargo_sets_for_a_test_is_dropped() {
+        for k in [
+            "CARGO_PKG_NAME",
+            "CARGO_MANIFEST_DIR",
+            "OUT_DIR",
+            "CARGO_BIN_EXE_lab-flows",
+        ] {
+            assert!(set_by_cargo_for_the_test(k), "{k}");
+        }
+        for k in [
+            "CARGO_INCREMENTAL",
+            "CARGO_HOME",
+            "CARGO_TARGET_DIR",
+            "CARGO",
+            "PATH",
+        ] {
+            assert!(!set_by_cargo_for_the_test(k), "{k}");
+        }
     }
 
     #[test]
