@@ -229,7 +229,7 @@ fn full() -> Option<&'static Run> {
     static RUN: OnceLock<Option<Run>> = OnceLock::new();
     RUN.get_or_init(|| {
         boot(
-            "kill9 stop term rolling add control-rr control-nosloppy backend keepalived",
+            "kill9 linkdown stop term rolling add control-rr control-nosloppy backend keepalived",
             "",
             "full",
             Profile::Release,
@@ -308,35 +308,44 @@ fn ci_a_dead_backend_is_avoided_within_the_health_bound() {
 }
 
 #[test]
-#[ignore = "VM lab end to end, every phase: ~15 min of TCG (docs/e2e-lab.md)"]
+#[ignore = "VM lab end to end, every phase: ~6 min of TCG (docs/e2e-lab.md)"]
 fn kill9_of_a_replica_loses_no_connection() {
     let Some(run) = full() else { return };
     check_kill9(run);
 }
 
+/// A dying host (its link goes down, so its kernel stops forwarding too): the router notices
+/// through BFD only, and the moved flows survive on the other replicas.
 #[test]
-#[ignore = "VM lab end to end, every phase: ~15 min of TCG (docs/e2e-lab.md)"]
+#[ignore = "VM lab end to end, every phase: ~6 min of TCG (docs/e2e-lab.md)"]
+fn a_dead_host_loses_no_connection() {
+    let Some(run) = full() else { return };
+    run.assert_all_survived("linkdown");
+}
+
+#[test]
+#[ignore = "VM lab end to end, every phase: ~6 min of TCG (docs/e2e-lab.md)"]
 fn sigstop_of_a_replica_loses_no_connection() {
     let Some(run) = full() else { return };
     run.assert_all_survived("stop");
 }
 
 #[test]
-#[ignore = "VM lab end to end, every phase: ~15 min of TCG (docs/e2e-lab.md)"]
+#[ignore = "VM lab end to end, every phase: ~6 min of TCG (docs/e2e-lab.md)"]
 fn sigterm_of_a_replica_loses_no_connection() {
     let Some(run) = full() else { return };
     run.assert_all_survived("term");
 }
 
 #[test]
-#[ignore = "VM lab end to end, every phase: ~15 min of TCG (docs/e2e-lab.md)"]
+#[ignore = "VM lab end to end, every phase: ~6 min of TCG (docs/e2e-lab.md)"]
 fn rolling_restart_of_all_replicas_loses_no_connection() {
     let Some(run) = full() else { return };
     run.assert_all_survived("rolling");
 }
 
 #[test]
-#[ignore = "VM lab end to end, every phase: ~15 min of TCG (docs/e2e-lab.md)"]
+#[ignore = "VM lab end to end, every phase: ~6 min of TCG (docs/e2e-lab.md)"]
 fn a_replica_added_under_load_loses_no_connection() {
     let Some(run) = full() else { return };
     run.assert_all_survived("add");
@@ -346,7 +355,7 @@ fn a_replica_added_under_load_loses_no_connection() {
 /// replicas: with rr (the design Shoal comes from) or without sloppy_tcp, moved flows break.
 /// If they did not, the lab would not be testing what it claims.
 #[test]
-#[ignore = "VM lab end to end, every phase: ~15 min of TCG (docs/e2e-lab.md)"]
+#[ignore = "VM lab end to end, every phase: ~6 min of TCG (docs/e2e-lab.md)"]
 fn controls_without_mh_or_sloppy_tcp_lose_moved_connections() {
     let Some(run) = full() else { return };
     for (phase, target) in [
@@ -370,7 +379,7 @@ fn controls_without_mh_or_sloppy_tcp_lose_moved_connections() {
 }
 
 #[test]
-#[ignore = "VM lab end to end, every phase: ~15 min of TCG (docs/e2e-lab.md)"]
+#[ignore = "VM lab end to end, every phase: ~6 min of TCG (docs/e2e-lab.md)"]
 fn a_dead_backend_is_avoided_within_the_health_bound() {
     let Some(run) = full() else { return };
     check_backend(run);
@@ -379,7 +388,7 @@ fn a_dead_backend_is_avoided_within_the_health_bound() {
 /// keepalived + VRRP between two directors, the classic setup: a measurement side by side with
 /// Shoal's kill -9 figures (docs/e2e-lab.md).
 #[test]
-#[ignore = "VM lab end to end, every phase: ~15 min of TCG (docs/e2e-lab.md)"]
+#[ignore = "VM lab end to end, every phase: ~6 min of TCG (docs/e2e-lab.md)"]
 fn keepalived_peer_run_is_measured() {
     let Some(run) = full() else { return };
     let fault = run.fault("keepalived");

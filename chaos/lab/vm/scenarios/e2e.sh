@@ -18,7 +18,7 @@ CONNS=${CONNS:-120}
 # Seconds the connections keep streaming after a fault.
 AFTER_S=${AFTER_S:-8}
 ANNOUNCE=${ANNOUNCE:-bgp}
-PHASES=${PHASES:-"kill9 stop term rolling add control-rr control-nosloppy backend keepalived"}
+PHASES=${PHASES:-"kill9 linkdown stop term rolling add control-rr control-nosloppy backend keepalived"}
 
 # One line a second in out/live.log. Cheap on purpose (every process started costs the
 # emulated guest dearly): the mesh's view comes from one long-lived `lab-flows announce-view`
@@ -98,6 +98,20 @@ phase_kill9() {
   victim kill9 r1; replica_kill9 1
   flows_stop kill9 $AFTER_S; flows_wait kill9
   replica_start 1; wait_hop 1 120
+}
+
+# A dying host: r1's link goes down, so its kernel forwards nothing more (kill -9 and SIGSTOP
+# leave the kernel's IPVS forwarding); the router notices through BFD only.
+phase_linkdown() {
+  flows linkdown 9000; flows_settle
+  probe $VIP:9000 $((AFTER_S + 4)) linkdown-probe
+  sleep 2
+  victim linkdown r1; ip -n r1 link set lan0 down
+  probe_wait
+  flows_stop linkdown 0; flows_wait linkdown
+  ip -n r1 link set lan0 up
+  ip -n r1 route replace default via 198.18.1.1
+  wait_hop 1 120
 }
 
 phase_stop() {
@@ -221,7 +235,7 @@ phase_bench() {
     # NAT (masq) replies must return through the replica: the NAT service's replies (source
     # port 8081) go to r1; tunnel (from the VIP) and direct replies still go to the router.
     ip -n b$i route add default via 198.18.1.11 table 81
-    ip -n b$i rule add ipproto tcp sport 8081 lookup 81
+    ip -n b$i rule add ipproto 6 sport 8081 lookup 81   # 6 = TCP (no /etc/protocols here)
   done
   replica_term 2; replica_term 3
   nsx r1 sysctl -qw net.ipv4.ip_forward=1
@@ -249,7 +263,7 @@ if replicas_ready; then
   event "ready"
   for p in $PHASES; do
     case $p in
-      kill9) phase_kill9 ;; stop) phase_stop ;; term) phase_term ;; rolling) phase_rolling ;;
+      kill9) phase_kill9 ;; linkdown) phase_linkdown ;; stop) phase_stop ;; term) phase_term ;; rolling) phase_rolling ;;
       add) phase_add ;; control-rr) phase_control_rr ;; control-nosloppy) phase_control_nosloppy ;;
       backend) phase_backend ;; keepalived) phase_keepalived ;; bench) phase_bench ;;
       *) echo "unknown phase $p" ;;
