@@ -15,6 +15,7 @@
 pub mod backend;
 pub mod backend_init;
 pub mod error;
+pub mod filter;
 pub mod ipvs;
 pub mod link;
 pub mod local_route;
