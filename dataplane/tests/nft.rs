@@ -37,11 +37,25 @@ fn filter(vip: &str, protocol: Protocol, port: u16, ranges: &[&str]) -> SourceFi
 fn rules_are_written_read_back_and_removed() {
     let ran = in_new_netns(|| {
         let mut fw = NftFirewall::open().expect("nftables answers");
-        assert_eq!(fw.read().unwrap(), None, "a new namespace has no shoal table");
+        assert_eq!(
+            fw.read().unwrap(),
+            None,
+            "a new namespace has no shoal table"
+        );
         let filters = vec![
-            filter("203.0.113.10", Protocol::Tcp, 80, &["198.18.1.0/24", "198.18.7.9/32"]),
+            filter(
+                "203.0.113.10",
+                Protocol::Tcp,
+                80,
+                &["198.18.1.0/24", "198.18.7.9/32"],
+            ),
             filter("203.0.113.10", Protocol::Udp, 53, &["0.0.0.0/0"]),
-            filter("2001:db8::10", Protocol::Tcp, 443, &["2001:db8:1::/48", "198.18.1.0/24"]),
+            filter(
+                "2001:db8::10",
+                Protocol::Tcp,
+                443,
+                &["2001:db8:1::/48", "198.18.1.0/24"],
+            ),
             filter("203.0.113.11", Protocol::Sctp, 9, &[]),
         ];
         let want = rules(&filters);
@@ -52,15 +66,26 @@ fn rules_are_written_read_back_and_removed() {
         );
         let back = fw.read().unwrap().expect("table written");
         assert_eq!(back.foreign, 0);
-        assert_eq!(back.rules, want, "what the kernel holds decodes to what was written");
-        assert_eq!(reconcile_filter(&mut fw, &filters).unwrap(), FilterChange::Unchanged);
+        assert_eq!(
+            back.rules, want,
+            "what the kernel holds decodes to what was written"
+        );
+        assert_eq!(
+            reconcile_filter(&mut fw, &filters).unwrap(),
+            FilterChange::Unchanged
+        );
 
         // A second handle (another process would see the same) reads the same rules.
         let mut other = NftFirewall::open().unwrap();
         assert_eq!(other.read().unwrap().unwrap().rules, want);
 
         // Narrowing a range rebuilds the table; the old range is gone.
-        let narrowed = vec![filter("203.0.113.10", Protocol::Tcp, 80, &["198.18.1.128/25"])];
+        let narrowed = vec![filter(
+            "203.0.113.10",
+            Protocol::Tcp,
+            80,
+            &["198.18.1.128/25"],
+        )];
         assert_eq!(
             reconcile_filter(&mut fw, &narrowed).unwrap(),
             FilterChange::Replaced { rules: 2 }
@@ -71,9 +96,15 @@ fn rules_are_written_read_back_and_removed() {
         assert_eq!(back.rules[1].verdict, Verdict::Drop);
 
         // Nothing restricted any more: the table goes.
-        assert_eq!(reconcile_filter(&mut fw, &[]).unwrap(), FilterChange::Removed);
+        assert_eq!(
+            reconcile_filter(&mut fw, &[]).unwrap(),
+            FilterChange::Removed
+        );
         assert_eq!(fw.read().unwrap(), None);
-        assert_eq!(reconcile_filter(&mut fw, &[]).unwrap(), FilterChange::Unchanged);
+        assert_eq!(
+            reconcile_filter(&mut fw, &[]).unwrap(),
+            FilterChange::Unchanged
+        );
     });
     if ran.is_none() {
         eprintln!("SKIPPED: not allowed to create a network namespace (run as root)");
@@ -84,7 +115,12 @@ fn rules_are_written_read_back_and_removed() {
 fn a_table_edited_behind_shoals_back_is_rebuilt() {
     let ran = in_new_netns(|| {
         let mut fw = NftFirewall::open().unwrap();
-        let filters = vec![filter("203.0.113.10", Protocol::Tcp, 80, &["198.18.1.0/24"])];
+        let filters = vec![filter(
+            "203.0.113.10",
+            Protocol::Tcp,
+            80,
+            &["198.18.1.0/24"],
+        )];
         reconcile_filter(&mut fw, &filters).unwrap();
         // Someone deletes the accept rule (here: writes the drop alone).
         let drop_only: Vec<_> = rules(&filters).into_iter().skip(1).collect();

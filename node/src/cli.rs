@@ -68,6 +68,16 @@ pub enum DataplaneKind {
     Ipvs,
 }
 
+/// Where source ranges (`loadBalancerSourceRanges`, `source_ranges`) are enforced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceFilterKind {
+    /// A table `inet shoal` in this node's network namespace (needs CAP_NET_ADMIN).
+    Nftables,
+    /// Kept in memory only: nothing is enforced (tests, the memory dataplane).
+    Memory,
+}
+
 /// How this node brings client traffic to itself (see docs/announce.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -6,7 +6,7 @@
 //! see this node gone at once, optionally clean the dataplane, stop the admin API.
 
 use crate::admin::{self, AdminState};
-use crate::cli::DataplaneKind;
+use crate::cli::{DataplaneKind, SourceFilterKind};
 use crate::config::{NodeConfig, Source};
 use crate::health::{self, HealthConfig};
 use crate::metrics::NodeMetrics;
@@ -48,7 +48,17 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
 
     crate::announce::preflight(&config.announce)?;
     let dataplane = open_dataplane(&config).await?;
-    let programmer = SharedProgrammer::new(dataplane, config.drain);
+    let firewall: Box<dyn shoal_dataplane::filter::Firewall> = match config.source_filter {
+        SourceFilterKind::Nftables => Box::new(shoal_dataplane::filter::nft::NftFirewall::new()),
+        SourceFilterKind::Memory => {
+            Box::new(shoal_dataplane::filter::memory::MemoryFirewall::default())
+        }
+    };
+    tracing::info!(
+        source_filter = firewall.kind(),
+        "source ranges are enforced here"
+    );
+    let programmer = SharedProgrammer::new(dataplane, firewall, config.drain);
 
     let mut metadata = BTreeMap::new();
     metadata.insert("admin".to_string(), config.admin.to_string());

@@ -5,8 +5,24 @@
 
 use crate::health::Verdicts;
 use crate::table::RuleTable;
+use shoal_dataplane::filter::SourceFilter;
 use shoal_dataplane::model::{Destination, Service, ServiceKey};
 use shoal_dataplane::Desired;
+
+/// The source ranges of every restricted VIP/port of the table.
+pub fn source_filters(table: &RuleTable) -> Vec<SourceFilter> {
+    table
+        .services
+        .iter()
+        .filter(|vs| !vs.source_ranges.is_empty())
+        .map(|vs| SourceFilter {
+            vip: vs.vip,
+            protocol: vs.protocol,
+            port: vs.port,
+            ranges: vs.source_ranges.clone(),
+        })
+        .collect()
+}
 
 pub fn desired_state(table: &RuleTable, verdicts: &Verdicts) -> Desired {
     let services = table
@@ -79,6 +95,7 @@ mod tests {
                     },
                 ],
                 health: None,
+                source_ranges: vec![],
             }],
         }
     }

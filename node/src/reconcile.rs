@@ -4,11 +4,12 @@
 //! and every resync interval (which repairs drift: entries changed behind Shoal's back).
 //! The dataplane is synchronous (netlink), so each pass runs on the blocking pool.
 
-use crate::desired::desired_state;
+use crate::desired::{desired_state, source_filters};
 use crate::health::Verdicts;
 use crate::metrics::{NodeMetrics, OpLabel, ResultLabel};
 use crate::table::RuleTable;
 use serde::Serialize;
+use shoal_dataplane::filter::{reconcile_filter, FilterChange, Firewall, SourceFilter};
 use shoal_dataplane::{reconcile, Actual, Dataplane, DataplaneError, Desired, Op, Reconciler};
 use shoal_gossip::{Mesh, Version};
 use std::sync::{Arc, Mutex};
@@ -20,16 +21,23 @@ use tokio_util::sync::CancellationToken;
 pub struct Programmer {
     pub dataplane: Box<dyn Dataplane>,
     pub reconciler: Reconciler,
+    /// Source ranges (nftables or memory), reconciled in the same pass.
+    pub firewall: Box<dyn Firewall>,
 }
 
 #[derive(Clone)]
 pub struct SharedProgrammer(Arc<Mutex<Programmer>>);
 
 impl SharedProgrammer {
-    pub fn new(dataplane: Box<dyn Dataplane>, drain: Duration) -> Self {
+    pub fn new(
+        dataplane: Box<dyn Dataplane>,
+        firewall: Box<dyn Firewall>,
+        drain: Duration,
+    ) -> Self {
         SharedProgrammer(Arc::new(Mutex::new(Programmer {
             dataplane,
             reconciler: Reconciler::new(drain),
+            firewall,
         })))
     }
 
@@ -53,20 +61,26 @@ impl SharedProgrammer {
             .unwrap_or_else(|e| Err(join_error(e)))
     }
 
-    /// One pass: read, plan, apply. Returns the ops applied and the planner's next deadline.
+    /// One pass: read, plan, apply; then the source filters. Returns the ops applied, the
+    /// planner's next deadline and what changed in the filter. Both parts run even when the
+    /// other fails (one broken part must not freeze the other); the first error is returned.
     pub async fn reconcile(
         &self,
         desired: Desired,
-    ) -> Result<(Vec<Op>, Option<Instant>), DataplaneError> {
+        filters: Vec<SourceFilter>,
+    ) -> Result<(Vec<Op>, Option<Instant>, FilterChange), DataplaneError> {
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
             let mut p = this.lock();
             let Programmer {
                 dataplane,
                 reconciler,
+                firewall,
             } = &mut *p;
-            let report = reconcile(dataplane.as_mut(), reconciler, &desired, Instant::now())?;
-            Ok((report.ops, reconciler.next_deadline()))
+            let report = reconcile(dataplane.as_mut(), reconciler, &desired, Instant::now());
+            let filter = reconcile_filter(firewall.as_mut(), &filters);
+            let report = report?;
+            Ok((report.ops, reconciler.next_deadline(), filter?))
         })
         .await
         .unwrap_or_else(|e| Err(join_error(e)))
@@ -81,10 +95,13 @@ impl SharedProgrammer {
             let Programmer {
                 dataplane,
                 reconciler,
+                firewall,
             } = &mut *p;
             let empty = Desired { services: vec![] };
-            let report = reconcile(dataplane.as_mut(), reconciler, &empty, Instant::now())?;
-            Ok(report.ops.len())
+            let report = reconcile(dataplane.as_mut(), reconciler, &empty, Instant::now());
+            let filter = reconcile_filter(firewall.as_mut(), &[]);
+            let removed = usize::from(filter? == FilterChange::Removed);
+            Ok(report?.ops.len() + removed)
         })
         .await
         .unwrap_or_else(|e| Err(join_error(e)))
@@ -192,14 +209,36 @@ pub async fn run(
             continue;
         };
         let desired = desired_state(&head.doc, &verdicts.borrow_and_update());
+        let filters = source_filters(&head.doc);
         let started = Instant::now();
-        let result = programmer.reconcile(desired).await;
+        let result = programmer.reconcile(desired, filters).await;
         metrics
             .reconcile_seconds
             .observe(started.elapsed().as_secs_f64());
         let mut wake = later(tokio::time::Instant::now(), settings.resync_interval);
         match result {
-            Ok((ops, deadline)) => {
+            Ok((ops, deadline, filter)) => {
+                match filter {
+                    FilterChange::Unchanged => {}
+                    FilterChange::Replaced { rules } => {
+                        tracing::info!(rules, "source-range filter rebuilt");
+                        metrics
+                            .reconcile_ops
+                            .get_or_create(&OpLabel {
+                                op: "replace_filter",
+                            })
+                            .inc();
+                    }
+                    FilterChange::Removed => {
+                        tracing::info!("source-range filter removed (nothing restricted)");
+                        metrics
+                            .reconcile_ops
+                            .get_or_create(&OpLabel {
+                                op: "remove_filter",
+                            })
+                            .inc();
+                    }
+                }
                 metrics
                     .reconciles
                     .get_or_create(&ResultLabel { result: "ok" })

@@ -6,6 +6,7 @@
 
 use crate::table::{Backend, HealthCheck, Probe, RuleTable, VirtualService};
 use crate::validate;
+use ipnet::IpNet;
 use serde::Deserialize;
 use shoal_dataplane::model::{Forwarding, Protocol, SchedFlags, Tunnel};
 use std::collections::BTreeSet;
@@ -59,6 +60,10 @@ struct RawService {
     #[serde(default)]
     backend: Vec<Spanned<RawBackend>>,
     health: Option<Spanned<RawHealth>>,
+    /// Client networks allowed to reach this VIP/port (CIDRs of the VIP's family); absent or
+    /// empty: everyone.
+    #[serde(default)]
+    source_ranges: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -140,6 +145,10 @@ fn default_fall() -> u32 {
 fn default_expect_status() -> u16 {
     200
 }
+
+/// Source ranges per service: each becomes an nftables rule that packets to the VIP walk
+/// through in order, so thousands would slow every packet to it.
+pub const MAX_SOURCE_RANGES: usize = 256;
 
 /// The largest rules file the static source reads and `shoal check` accepts (32 MiB, about
 /// 50,000 services of 10 backends): a bigger file is refused with an error saying so, instead
@@ -270,6 +279,7 @@ fn check_service(
         None => None,
         Some(spanned) => Some(health_of(ctx, i, spanned)?),
     };
+    let source_ranges = check_source_ranges(ctx, i, *raw.vip.get_ref(), &raw.source_ranges)?;
     let service = VirtualService {
         name: raw.name.clone(),
         vip: *raw.vip.get_ref(),
@@ -284,6 +294,7 @@ fn check_service(
         forwarding,
         backends,
         health,
+        source_ranges,
     };
     let allow = validate::Allow {
         loopback_backends: ctx.loopback_backends,
@@ -343,6 +354,54 @@ fn locate(
         field: format!("service[{i}].{field}"),
         message: e.message,
     }
+}
+
+fn check_source_ranges(
+    ctx: &Ctx<'_>,
+    i: usize,
+    vip: IpAddr,
+    raw: &[Spanned<String>],
+) -> Result<Vec<IpNet>, RulesError> {
+    if raw.len() > MAX_SOURCE_RANGES {
+        return Err(RulesError {
+            line: ctx.lines.line(raw[MAX_SOURCE_RANGES].span().start),
+            field: format!("service[{i}].source_ranges"),
+            message: format!(
+                "{} ranges; at most {MAX_SOURCE_RANGES} (merge neighbouring networks)",
+                raw.len()
+            ),
+        });
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    for (k, spanned) in raw.iter().enumerate() {
+        let err = |message: String| RulesError {
+            line: ctx.lines.line(spanned.span().start),
+            field: format!("service[{i}].source_ranges[{k}]"),
+            message,
+        };
+        let text = spanned.get_ref().trim();
+        let net: IpNet = text.parse().map_err(|_| {
+            err(format!(
+                "{text:?} is not a network in CIDR form (e.g. 192.0.2.0/24 or 2001:db8::/32)"
+            ))
+        })?;
+        if net.trunc() != net {
+            return Err(err(format!(
+                "{net} has host bits set: write {} (or the /{} of the address alone)",
+                net.trunc(),
+                net.max_prefix_len()
+            )));
+        }
+        if net.addr().is_ipv4() != vip.is_ipv4() {
+            return Err(err(format!(
+                "{net} is not of the VIP's address family ({vip})"
+            )));
+        }
+        out.push(net);
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
 }
 
 /// The `[service.health]` table as a [`HealthCheck`]; its bounds are the validator's.
@@ -643,6 +702,40 @@ mod tests {
         assert_eq!(parse("no_services = true\n").unwrap(), RuleTable::default());
         let e = parse(&format!("no_services = true\n{HEAD}")).unwrap_err();
         assert_eq!(e.field, "no_services");
+    }
+
+    #[test]
+    fn source_ranges_are_checked_and_kept_sorted() {
+        let t = parse(&format!(
+            "{HEAD}source_ranges=['198.51.100.0/24', '192.0.2.7/32', '198.51.100.0/24']\n"
+        ))
+        .unwrap();
+        let got: Vec<String> = t.services[0]
+            .source_ranges
+            .iter()
+            .map(|r| r.to_string())
+            .collect();
+        assert_eq!(got, ["192.0.2.7/32", "198.51.100.0/24"]);
+        assert!(parse(HEAD).unwrap().services[0].source_ranges.is_empty());
+        for (value, says) in [
+            ("'198.51.100.7/24'", "host bits set: write 198.51.100.0/24"),
+            ("'198.51.100.7'", "CIDR"),
+            ("'2001:db8::/32'", "address family"),
+            ("'nonsense'", "CIDR"),
+        ] {
+            let text = format!("{HEAD}\nsource_ranges=['192.0.2.0/24',\n {value}]\n");
+            let e = parse(&text).unwrap_err();
+            assert_eq!(e.field, "service[0].source_ranges[1]", "{value}: {e}");
+            assert_eq!(e.line, 7, "{value}: the range's own line: {e}");
+            assert!(e.message.contains(says), "{value}: {e}");
+        }
+        let many: Vec<String> = (0..=MAX_SOURCE_RANGES)
+            .map(|k| format!("'10.{}.{}.0/24'", k / 256, k % 256))
+            .collect();
+        let e = parse(&format!("{HEAD}source_ranges=[{}]\n", many.join(","))).unwrap_err();
+        assert_eq!(e.field, "service[0].source_ranges");
+        let v6 = "[[service]]\nname='a'\nvip='2001:db8::1'\nport=80\nsource_ranges=['2001:db8:1::/48']\n";
+        assert_eq!(parse(v6).unwrap().services[0].source_ranges.len(), 1);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! Invariant: `services` is sorted by name and names are unique, so equal content encodes
 //! to equal bytes and therefore to equal digests on every node.
 
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use shoal_dataplane::model::{Forwarding, Protocol, SchedFlags};
 use std::net::IpAddr;
@@ -26,6 +27,11 @@ pub struct VirtualService {
     /// Sorted by `(address, port)`.
     pub backends: Vec<Backend>,
     pub health: Option<HealthCheck>,
+    /// Client networks allowed to reach `vip`:`port` (Kubernetes' `loadBalancerSourceRanges`,
+    /// the rules file's `source_ranges`); empty = everyone. Every replica enforces them with
+    /// nftables (shoal_dataplane::filter), so followers, which never see the source, do too.
+    #[serde(default)]
+    pub source_ranges: Vec<IpNet>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -65,6 +71,8 @@ impl RuleTable {
         self.services.sort_by(|a, b| a.name.cmp(&b.name));
         for service in &mut self.services {
             service.backends.sort_by_key(|b| (b.address, b.port));
+            service.source_ranges.sort();
+            service.source_ranges.dedup();
         }
     }
 }

@@ -334,6 +334,7 @@ mod tests {
                 rise: 2,
                 fall: 3,
             }),
+            source_ranges: vec![],
         }
     }
 

@@ -57,6 +57,7 @@ fn service(
         forwarding: Forwarding::Tunnel(Tunnel::Ipip),
         backends,
         health: Some(check),
+        source_ranges: vec![],
     }
 }
 

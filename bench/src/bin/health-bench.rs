@@ -137,6 +137,7 @@ async fn run(args: &Args, nodes: usize, k: usize) -> anyhow::Result<Stats> {
                 rise: 2,
                 fall: 2,
             }),
+            source_ranges: vec![],
         }],
     };
     let (_tables, rx) = watch::channel(Some(Arc::new(table)));

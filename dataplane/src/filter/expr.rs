@@ -19,11 +19,7 @@ pub enum Expr {
     /// Load a meta key into register 1.
     Meta { key: MetaKey },
     /// Load `len` bytes at `offset` of a header into register 1.
-    Payload {
-        base: Header,
-        offset: u32,
-        len: u32,
-    },
+    Payload { base: Header, offset: u32, len: u32 },
     /// Register 1 = (register 1 & mask) ^ 0.
     Mask { mask: Vec<u8> },
     /// Go on only if register 1 equals `value`.
@@ -204,13 +200,27 @@ mod tests {
     use proptest::prelude::*;
 
     fn arb_rule() -> impl Strategy<Value = FilterRule> {
-        let v4 = (any::<u32>(), any::<u32>(), 0u8..=32)
-            .prop_map(|(vip, src, p)| (IpAddr::from(vip.to_be_bytes()), IpAddr::from(src.to_be_bytes()), p));
-        let v6 = (any::<u128>(), any::<u128>(), 0u8..=128)
-            .prop_map(|(vip, src, p)| (IpAddr::from(vip.to_be_bytes()), IpAddr::from(src.to_be_bytes()), p));
+        let v4 = (any::<u32>(), any::<u32>(), 0u8..=32).prop_map(|(vip, src, p)| {
+            (
+                IpAddr::from(vip.to_be_bytes()),
+                IpAddr::from(src.to_be_bytes()),
+                p,
+            )
+        });
+        let v6 = (any::<u128>(), any::<u128>(), 0u8..=128).prop_map(|(vip, src, p)| {
+            (
+                IpAddr::from(vip.to_be_bytes()),
+                IpAddr::from(src.to_be_bytes()),
+                p,
+            )
+        });
         (
             prop_oneof![v4, v6],
-            prop_oneof![Just(Protocol::Tcp), Just(Protocol::Udp), Just(Protocol::Sctp)],
+            prop_oneof![
+                Just(Protocol::Tcp),
+                Just(Protocol::Udp),
+                Just(Protocol::Sctp)
+            ],
             any::<u16>(),
             any::<bool>(),
         )
@@ -221,7 +231,11 @@ mod tests {
                     protocol,
                     port,
                     source,
-                    verdict: if has_source { Verdict::Accept } else { Verdict::Drop },
+                    verdict: if has_source {
+                        Verdict::Accept
+                    } else {
+                        Verdict::Drop
+                    },
                 }
             })
     }

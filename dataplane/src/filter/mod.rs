@@ -149,13 +149,19 @@ pub enum FilterChange {
 }
 
 /// One pass: read the table back, decide, write. Idempotent: a second pass with the same
-/// filters changes nothing.
+/// filters changes nothing. When nothing is restricted, a firewall that cannot even be read
+/// (no nf_tables module, no permission) is no error: there is nothing to enforce or remove
+/// that this node could have written.
 pub fn reconcile_filter(
     firewall: &mut dyn Firewall,
     filters: &[SourceFilter],
 ) -> Result<FilterChange, DataplaneError> {
     let desired = rules(filters);
-    let actual = firewall.read()?;
+    let actual = match firewall.read() {
+        Ok(actual) => actual,
+        Err(_) if desired.is_empty() => return Ok(FilterChange::Unchanged),
+        Err(e) => return Err(e),
+    };
     Ok(match decide(&desired, actual.as_ref()) {
         Action::Keep => FilterChange::Unchanged,
         Action::Replace => {

@@ -46,11 +46,17 @@ pub struct NftFirewall {
 }
 
 impl NftFirewall {
-    /// Checks that nftables answers here (the module is loaded and we may use it).
-    pub fn open() -> Result<Self, DataplaneError> {
-        let mut fw = NftFirewall {
+    /// The socket opens on first use: a node whose table restricts nothing never needs
+    /// nftables at all.
+    pub fn new() -> Self {
+        NftFirewall {
             sock: NetlinkSocket::new(),
-        };
+        }
+    }
+
+    /// Like [`NftFirewall::new`], and checks that nftables answers here.
+    pub fn open() -> Result<Self, DataplaneError> {
+        let mut fw = Self::new();
         fw.table_exists()?;
         Ok(fw)
     }
@@ -105,6 +111,12 @@ impl NftFirewall {
             .map_err(|e| reply_error(what, e.into()))?
             .recv_all()
             .map_err(|e| reply_error(what, e))
+    }
+}
+
+impl Default for NftFirewall {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -358,7 +370,9 @@ fn parse_expr(e: &IterableExprAttrs<'_>) -> Option<Expr> {
             if b.get_sreg().ok()? != R1 || b.get_dreg().ok()? != R1 {
                 return None;
             }
-            if b.get_op().is_ok_and(|op| op != nftables::BitwiseOps::MaskXor as u32) {
+            if b.get_op()
+                .is_ok_and(|op| op != nftables::BitwiseOps::MaskXor as u32)
+            {
                 return None;
             }
             let mask = b.get_mask().ok()?.get_value().ok()?.to_vec();

@@ -237,6 +237,7 @@ mod tests {
                 })
                 .collect(),
             health: None,
+            source_ranges: vec![],
         }
     }
 

@@ -14,7 +14,7 @@ pub use settings::RunSettings;
 
 use crate::announce::decide::Mode;
 use crate::announce::settings::{self as announce_settings, bgp_settings, AnnounceSettings};
-use crate::cli::{AnnounceKind, DataplaneKind, SourceKind};
+use crate::cli::{AnnounceKind, DataplaneKind, SourceFilterKind, SourceKind};
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
@@ -89,6 +89,7 @@ pub struct NodeConfig {
     pub single_node: bool,
     pub source: Source,
     pub dataplane: DataplaneKind,
+    pub source_filter: SourceFilterKind,
     pub cleanup_on_exit: bool,
     pub resync_interval: Duration,
     pub drain: Duration,
@@ -275,6 +276,7 @@ impl NodeConfig {
             Some(path) => Some(read_token(path)?),
             None => None,
         };
+        let dataplane = s.dataplane.unwrap_or(DataplaneKind::Memory);
         Ok(NodeConfig {
             node_id,
             listen,
@@ -286,7 +288,11 @@ impl NodeConfig {
             cluster_identity_only: s.cluster_identity_only,
             single_node: s.single_node,
             source,
-            dataplane: s.dataplane.unwrap_or(DataplaneKind::Memory),
+            dataplane,
+            source_filter: s.source_filter.unwrap_or(match dataplane {
+                DataplaneKind::Ipvs => SourceFilterKind::Nftables,
+                DataplaneKind::Memory => SourceFilterKind::Memory,
+            }),
             cleanup_on_exit: s.cleanup_on_exit,
             resync_interval: Duration::from_secs(resync_interval_s),
             drain: Duration::from_secs(drain_s),

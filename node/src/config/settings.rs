@@ -5,7 +5,7 @@
 //! layering, once, by [`super::NodeConfig::from_settings`]: no setting has a default here.
 
 use crate::announce::settings::BgpFile;
-use crate::cli::{AnnounceKind, DataplaneKind, SourceKind};
+use crate::cli::{AnnounceKind, DataplaneKind, SourceFilterKind, SourceKind};
 use clap::Args;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -112,6 +112,10 @@ layered_settings! {
         /// Where rules are programmed (default: memory).
         #[arg(long, value_enum)]
         pub dataplane: Option<DataplaneKind>,
+        /// Where source ranges are enforced (default: nftables with the ipvs dataplane, memory
+        /// with the memory dataplane).
+        #[arg(long, value_enum)]
+        pub source_filter: Option<SourceFilterKind>,
         /// Remove this node's VIPs and services on exit (default: leave them in place).
         #[arg(long)]
         #[serde(default)]

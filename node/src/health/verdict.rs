@@ -304,6 +304,7 @@ mod tests {
                     rise: 2,
                     fall: 2,
                 }),
+                source_ranges: vec![],
             }],
         }
     }

@@ -71,6 +71,8 @@ pub struct ServiceSettings {
     pub flags: SchedFlags,
     pub forwarding: Forwarding,
     pub health: Option<HealthCheck>,
+    /// From `spec.loadBalancerSourceRanges`, not an annotation (set by translate).
+    pub source_ranges: Vec<ipnet::IpNet>,
 }
 
 impl Default for ServiceSettings {
@@ -85,6 +87,7 @@ impl Default for ServiceSettings {
             },
             forwarding: Forwarding::Tunnel(Tunnel::Ipip),
             health: Some(default_health()),
+            source_ranges: Vec::new(),
         }
     }
 }

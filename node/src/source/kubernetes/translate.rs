@@ -198,6 +198,53 @@ fn affinity_problem(svc: &Service, settings: &ServiceSettings) -> Option<String>
     })
 }
 
+/// The legacy annotation kube-proxy and cloud providers still read when
+/// `spec.loadBalancerSourceRanges` is empty (comma-separated CIDRs).
+pub const SOURCE_RANGES_ANNOTATION: &str = "service.beta.kubernetes.io/load-balancer-source-ranges";
+
+/// `spec.loadBalancerSourceRanges` (else the legacy annotation) as networks, host bits
+/// cleared (the API server accepts `192.0.2.7/24`), sorted; ranges of both families are kept
+/// and each VIP uses those of its own family (a VIP with none of its family accepts nobody).
+fn source_ranges(svc: &Service) -> Result<Vec<ipnet::IpNet>, String> {
+    let from_spec = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.load_balancer_source_ranges.as_ref())
+        .filter(|r| !r.is_empty());
+    let entries: Vec<&str> = match from_spec {
+        Some(list) => list.iter().map(|r| r.trim()).collect(),
+        None => svc
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(SOURCE_RANGES_ANNOTATION))
+            .map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|r| !r.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default(),
+    };
+    if entries.len() > crate::rules::MAX_SOURCE_RANGES {
+        return Err(format!(
+            "{} loadBalancerSourceRanges; at most {}",
+            entries.len(),
+            crate::rules::MAX_SOURCE_RANGES
+        ));
+    }
+    let mut out = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let net: ipnet::IpNet = entry.parse().map_err(|_| {
+            format!("loadBalancerSourceRanges entry {entry:?} is not a network in CIDR form")
+        })?;
+        out.push(net.trunc());
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
 /// Takes owned objects or references (the watch loop passes references into its caches, so
 /// nothing is cloned per pass).
 pub fn translate<S: Borrow<Service>, E: Borrow<EndpointSlice>>(
@@ -243,6 +290,19 @@ pub fn translate<S: Borrow<Service>, E: Borrow<EndpointSlice>>(
                         reason: "SessionAffinityNotHonored",
                         message,
                     });
+                }
+                match source_ranges(svc) {
+                    Ok(ranges) => settings.source_ranges = ranges,
+                    Err(message) => {
+                        // Leaving a bad range out would widen who may connect (and none at
+                        // all means everyone): the Service is not published until it is fixed.
+                        problems.push(Problem {
+                            object: id,
+                            reason: "InvalidSourceRange",
+                            message: format!("not published: {message}"),
+                        });
+                        continue;
+                    }
                 }
                 let spec = svc.spec.as_ref();
                 if spec.and_then(|s| s.external_traffic_policy.as_deref()) == Some("Local") {
@@ -323,6 +383,17 @@ pub fn translate<S: Borrow<Service>, E: Borrow<EndpointSlice>>(
         vips.insert(key.clone(), assigned.clone());
         let svc_slices = by_service.get(key).map(Vec::as_slice).unwrap_or(&[]);
         for (i, &vip) in assigned.iter().enumerate() {
+            let ranges = &settings.source_ranges;
+            if !ranges.is_empty() && !ranges.iter().any(|r| r.addr().is_ipv4() == vip.is_ipv4()) {
+                problems.push(Problem {
+                    object: id.clone(),
+                    reason: "SourceRangesFamily",
+                    message: format!(
+                        "loadBalancerSourceRanges has no {} network: nobody may connect to {vip}",
+                        Family::of(&vip).name()
+                    ),
+                });
+            }
             let ctx = PortContext {
                 id: &id,
                 settings,
@@ -487,6 +558,7 @@ impl PortContext<'_> {
             forwarding: settings.forwarding,
             backends: backends.into_iter().collect(),
             health: settings.health.clone(),
+            source_ranges: settings.source_ranges.clone(),
         };
         // The rules file's validator: what it refuses is not published from a Service either.
         if let Err(e) = crate::validate::service(&service, crate::validate::Allow::default()) {
@@ -671,6 +743,48 @@ mod tests {
             t.problems
                 .iter()
                 .any(|p| p.reason == "InvalidService" && p.message.contains("127.0.0.1")),
+            "{:?}",
+            t.problems
+        );
+    }
+
+    #[test]
+    fn source_ranges_reach_every_port_and_family_and_bad_ones_fail_closed() {
+        let mut s = svc("web", &[("http", 80), ("https", 443)], &[]);
+        let spec = s.spec.as_mut().unwrap();
+        spec.load_balancer_source_ranges =
+            Some(vec!["198.51.100.7/24".into(), " 192.0.2.0/25".into()]);
+        spec.ip_families = Some(vec!["IPv4".into(), "IPv6".into()]);
+        let t = run(&[s.clone()], &[]);
+        assert_eq!(t.table.services.len(), 4, "two ports x two families");
+        for vs in &t.table.services {
+            let got: Vec<String> = vs.source_ranges.iter().map(|r| r.to_string()).collect();
+            assert_eq!(got, ["192.0.2.0/25", "198.51.100.0/24"], "{}", vs.name);
+        }
+        // The IPv6 VIP has no range of its family: it accepts nobody, and the owner is told.
+        let reasons: Vec<_> = t.problems.iter().map(|p| p.reason).collect();
+        assert_eq!(reasons, ["SourceRangesFamily"], "{:?}", t.problems);
+
+        // The legacy annotation when the field is empty.
+        let mut legacy = svc(
+            "old",
+            &[("", 80)],
+            &[(SOURCE_RANGES_ANNOTATION, "192.0.2.0/24, 198.51.100.0/24")],
+        );
+        legacy.spec.as_mut().unwrap().load_balancer_source_ranges = Some(vec![]);
+        let t = run(&[legacy], &[]);
+        assert_eq!(t.table.services[0].source_ranges.len(), 2);
+
+        // A bad entry: not published at all (leaving it out would widen access).
+        s.spec.as_mut().unwrap().load_balancer_source_ranges =
+            Some(vec!["192.0.2.0/24".into(), "192.0.2.300/24".into()]);
+        let t = run(&[s, svc("other", &[("", 80)], &[])], &[]);
+        assert_eq!(t.table.services.len(), 1);
+        assert_eq!(t.table.services[0].name, "default/other:80");
+        assert!(t.table.services[0].source_ranges.is_empty());
+        assert_eq!(t.problems[0].reason, "InvalidSourceRange");
+        assert!(
+            t.problems[0].message.contains("192.0.2.300/24"),
             "{:?}",
             t.problems
         );
