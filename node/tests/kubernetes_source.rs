@@ -994,3 +994,78 @@ async fn two_namespaced_installs_side_by_side() {
         node.task.await.unwrap().unwrap();
     }
 }
+
+/// Issue #13 item 5 through the Kubernetes path: `loadBalancerSourceRanges` on a Service of the
+/// fake API server -> the published table -> the nftables rules a replica programs from it
+/// (in a network namespace of its own), read back through the crate; removing the field
+/// removes the rules.
+#[tokio::test]
+async fn load_balancer_source_ranges_become_nftables_rules() {
+    use shoal_dataplane::filter::nft::NftFirewall;
+    use shoal_dataplane::filter::{reconcile_filter, FilterRule, Firewall};
+
+    /// Programs each table's filters in turn in one fresh network namespace and reads the
+    /// rules back after each; `None` when this process may not create one (not root).
+    fn program_and_read(tables: Vec<RuleTable>) -> Option<Vec<Vec<String>>> {
+        std::thread::spawn(move || {
+            // SAFETY: unshare changes only this thread's namespace; the thread ends here.
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                return None;
+            }
+            let mut fw = NftFirewall::open().unwrap();
+            let mut out = Vec::new();
+            for table in &tables {
+                let filters = shoal_node::desired::source_filters(table);
+                reconcile_filter(&mut fw, &filters).unwrap();
+                let back = fw.read().unwrap().map(|b| b.rules).unwrap_or_default();
+                out.push(back.iter().map(FilterRule::to_string).collect());
+            }
+            Some(out)
+        })
+        .join()
+        .unwrap()
+    }
+
+    let api = new_api();
+    let mut svc = service("shop", "front", &[("http", 80), ("https", 443)], &[]);
+    svc["spec"]["loadBalancerSourceRanges"] = json!(["192.0.2.0/24", "198.51.100.9/32"]);
+    api.apply(Kind::Service, svc.clone());
+    let mut run = start(&api, "n1").await;
+    let table = wait_table(&mut run.rx, "the restricted service", |t| {
+        t.services.len() == 2 && t.services.iter().all(|s| s.source_ranges.len() == 2)
+    })
+    .await;
+    let vip = table.services[0].vip;
+    // The field goes: the published table carries no ranges.
+    svc["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("loadBalancerSourceRanges");
+    api.apply(Kind::Service, svc);
+    let opened = wait_table(&mut run.rx, "the ranges removed", |t| {
+        t.services.len() == 2 && t.services.iter().all(|s| s.source_ranges.is_empty())
+    })
+    .await;
+    let Some(read) = program_and_read(vec![table, opened]) else {
+        eprintln!("SKIPPED (nftables part): not allowed to create a network namespace");
+        return;
+    };
+    let want: Vec<String> = [80, 443]
+        .iter()
+        .flat_map(|port| {
+            [
+                format!("ip daddr {vip} tcp dport {port} ip saddr 192.0.2.0/24 accept"),
+                format!("ip daddr {vip} tcp dport {port} ip saddr 198.51.100.9/32 accept"),
+                format!("ip daddr {vip} tcp dport {port} drop"),
+            ]
+        })
+        .collect();
+    assert_eq!(read[0], want);
+    assert!(
+        read[1].is_empty(),
+        "the rules went with the field: {:?}",
+        read[1]
+    );
+    run.cancel.cancel();
+    let _ = run.task.await;
+}
