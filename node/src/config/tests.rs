@@ -68,6 +68,10 @@ const SAME_SETTING: &[(&[&str], &str)] = &[
         "rules = \"/etc/shoal/rules.toml\"",
     ),
     (&["--dataplane", "ipvs"], "dataplane = \"ipvs\""),
+    (
+        &["--source-filter", "nftables"],
+        "source_filter = \"nftables\"",
+    ),
     (&["--cleanup-on-exit"], "cleanup_on_exit = true"),
     (&["--resync-interval-s", "7"], "resync_interval_s = 7"),
     (&["--drain-s", "12"], "drain_s = 12"),
