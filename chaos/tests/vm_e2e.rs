@@ -143,18 +143,17 @@ fn binaries(default: Profile) -> (std::path::PathBuf, std::path::PathBuf) {
         Ok("release") => Profile::Release,
         _ => default,
     };
-    let built = shoal_vmlab::build(
-        profile,
-        &[
-            Target::bin("shoal-node", "shoal"),
-            Target::bin("shoal-chaos", "lab-flows"),
-        ],
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    // Two cargo calls: built together, `shoal` would get the features shoal-chaos turns on in
+    // its dependencies (the gossip fault hooks); alone it is the binary a user builds.
+    let build = |t: Target| {
+        shoal_vmlab::build(profile, &[t])
+            .unwrap_or_else(|e| panic!("{e}"))
+            .remove(0)
+    };
     let shoal = std::env::var("SHOAL_BIN")
         .map(Into::into)
-        .unwrap_or_else(|_| built[0].clone());
-    (shoal, built[1].clone())
+        .unwrap_or_else(|_| build(Target::bin("shoal-node", "shoal")));
+    (shoal, build(Target::bin("shoal-chaos", "lab-flows")))
 }
 
 fn boot(phases: &str, env_extra: &str, tag: &str, profile: Profile) -> Option<Run> {

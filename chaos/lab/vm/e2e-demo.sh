@@ -15,7 +15,9 @@ cd "$(dirname "$0")/../../.."
 PHASES="${1:-kill9}"
 TARGET="${CARGO_TARGET_DIR:-target}"
 echo "building the release binaries (shoal, lab-flows)..."
-cargo build --release --locked -q -p shoal-node --bin shoal -p shoal-chaos --bin lab-flows
+# Two calls: built together, shoal would get the features shoal-chaos turns on (fault hooks).
+cargo build --release --locked -q -p shoal-node --bin shoal
+cargo build --release --locked -q -p shoal-chaos --bin lab-flows
 FLOWS="$TARGET/release/lab-flows"
 SHARE="$(mktemp -d "${TMPDIR:-/tmp}/shoal-e2e-demo.XXXXXX")"
 mkdir -p "$SHARE/bin" "$SHARE/out"
