@@ -18,7 +18,7 @@ CONNS=${CONNS:-120}
 # Seconds the connections keep streaming after a fault.
 AFTER_S=${AFTER_S:-8}
 ANNOUNCE=${ANNOUNCE:-bgp}
-PHASES=${PHASES:-"kill9 linkdown stop term rolling add control-rr control-nosloppy backend keepalived"}
+PHASES=${PHASES:-"kill9 stop term rolling add control-rr control-nosloppy backend keepalived"}
 
 # One line a second in out/live.log. Cheap on purpose (every process started costs the
 # emulated guest dearly): the mesh's view comes from one long-lived `lab-flows announce-view`
@@ -101,7 +101,8 @@ phase_kill9() {
 }
 
 # A dying host: r1's link goes down, so its kernel forwards nothing more (kill -9 and SIGSTOP
-# leave the kernel's IPVS forwarding); the router notices through BFD only.
+# leave the kernel's IPVS forwarding); the router notices through BFD only. Not in the default
+# phases yet (no measured run): PHASES="linkdown".
 phase_linkdown() {
   flows linkdown 9000; flows_settle
   probe $VIP:9000 $((AFTER_S + 4)) linkdown-probe
