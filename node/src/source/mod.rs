@@ -73,6 +73,32 @@ pub enum SourceExit {
 }
 
 /// Starts the configured source; it stops when `cancel` fires.
+/// The Kubernetes source from start to exit, with its status kept up to date.
+async fn kubernetes_duty(
+    settings: crate::config::KubernetesSettings,
+    out: watch::Sender<Option<RuleTable>>,
+    status: SourceStatus,
+    metrics: kubernetes::KubernetesMetrics,
+    cancel: CancellationToken,
+) -> SourceExit {
+    let cfg = settings.to_source_config();
+    status.set_running(true);
+    let exit = match kubernetes::run(cfg, out, cancel, metrics).await {
+        Ok(()) => SourceExit::Stopped,
+        Err(e) => {
+            let message = format!("{e:#}");
+            tracing::error!(error = %message, "kubernetes source stopped");
+            status.record_error(message.clone());
+            match e {
+                kubernetes::SourceError::GaveUp(reason) => SourceExit::GaveUp(reason),
+                kubernetes::SourceError::Other(_) => SourceExit::Failed(message),
+            }
+        }
+    };
+    status.set_running(false);
+    exit
+}
+
 pub fn spawn(
     source: &Source,
     out: watch::Sender<Option<RuleTable>>,
@@ -85,23 +111,33 @@ pub fn spawn(
             static_file::run(rules, out, status, cancel).await;
             SourceExit::Stopped
         }),
-        Source::Kubernetes(settings) => tokio::spawn(async move {
-            let cfg = settings.to_source_config();
-            status.set_running(true);
-            let exit = match kubernetes::run(cfg, out, cancel, metrics).await {
-                Ok(()) => SourceExit::Stopped,
-                Err(e) => {
-                    let message = format!("{e:#}");
-                    tracing::error!(error = %message, "kubernetes source stopped");
-                    status.record_error(message.clone());
-                    match e {
-                        kubernetes::SourceError::GaveUp(reason) => SourceExit::GaveUp(reason),
-                        kubernetes::SourceError::Other(_) => SourceExit::Failed(message),
-                    }
+        Source::Kubernetes(settings) => {
+            // Its own OS thread and runtime: decoding a relist of 20,000 objects and
+            // translating them is seconds of CPU that must never hold a worker of the runtime
+            // that drives the mesh (a stalled control loop costs the node its role).
+            let (done, exit) = tokio::sync::oneshot::channel();
+            let spawned = std::thread::Builder::new()
+                .name("shoal-k8s-source".into())
+                .spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_multi_thread()
+                        .worker_threads(1)
+                        .thread_name("shoal-k8s-worker")
+                        .enable_all()
+                        .build();
+                    let exit = match runtime {
+                        Ok(rt) => {
+                            rt.block_on(kubernetes_duty(settings, out, status, metrics, cancel))
+                        }
+                        Err(e) => SourceExit::Failed(format!("starting the source's runtime: {e}")),
+                    };
+                    let _ = done.send(exit);
+                });
+            tokio::spawn(async move {
+                match spawned {
+                    Ok(_) => exit.await.unwrap_or(SourceExit::Stopped),
+                    Err(e) => SourceExit::Failed(format!("starting the source's thread: {e}")),
                 }
-            };
-            status.set_running(false);
-            exit
-        }),
+            })
+        }
     }
 }
