@@ -259,6 +259,11 @@ async fn partition_yields_a_publisher_per_side_then_one_after_heal() {
     .await;
     eprintln!("healed in {took:?}");
     assert_eq!(nodes[0].role(), Role::Follower);
+    // Members judged dead and alive again get a fresh connection: the old one's
+    // retransmission timers backed off during the cut (fetches on it waited 2 s in the soak).
+    for n in &nodes {
+        assert!(n.traffic().connections_reset >= 1, "{:?}", n.traffic());
+    }
     // The publisher's next stamp beats both sides' heads.
     let v3 = nodes[3].publish(Table::small("after")).unwrap();
     assert_eq!(v3.origin.as_str(), "n3", "{v3}");

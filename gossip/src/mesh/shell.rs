@@ -148,6 +148,12 @@ impl<D: Document> Inner<D> {
         if unchanged {
             return None;
         }
+        // Members judged dead that are alive again: their connection went through the cut.
+        for (id, _, was_live) in &st.fingerprint {
+            if !*was_live && id != self_id && live.contains(id) {
+                self.transport.reset_connection(id.gossip_advertise_addr);
+            }
+        }
         st.fingerprint = states
             .iter()
             .map(|(id, state)| (id.clone(), state.max_version(), live.contains(id)))

@@ -13,11 +13,18 @@ mod alarm;
 pub(crate) mod codec;
 pub mod fault;
 mod gossip;
+mod inbound;
+mod socket;
 pub(crate) mod tls;
+mod traffic;
 
 pub use admission::Refusal;
 pub use fault::FaultHook;
 pub(crate) use gossip::GossipTransport;
+use inbound::peer_node_id;
+use socket::{bind_udp, transport_config};
+pub use traffic::Traffic;
+use traffic::{bump, Counters};
 
 use crate::config::Timing;
 use crate::error::{CertError, MeshError};
@@ -58,39 +65,6 @@ pub(crate) struct InboundStream {
     pub peer: SocketAddr,
     pub send: SendStream,
     pub recv: RecvStream,
-}
-
-/// Byte counters of one node's endpoint.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Traffic {
-    /// UDP payload bytes sent / received by QUIC (all traffic, headers and handshakes included).
-    pub udp_tx_bytes: u64,
-    pub udp_rx_bytes: u64,
-    /// Gossip payload bytes (after compression) handed to / received from QUIC.
-    pub gossip_tx_bytes: u64,
-    pub gossip_rx_bytes: u64,
-    /// Gossip messages dropped: per-peer queue full, no connection, inbound queue full.
-    pub dropped_queue_full: u64,
-    pub dropped_no_connection: u64,
-    pub dropped_inbound_full: u64,
-    /// Failed dials and refused incoming handshakes (all reasons).
-    pub dial_failures: u64,
-    pub handshakes_refused: u64,
-    /// Refused incoming handshakes by reason (see [`Refusal`]).
-    pub handshakes_refused_full: u64,
-    pub handshakes_refused_source_busy: u64,
-    pub handshakes_refused_source_rate: u64,
-    /// Incoming handshakes from a validated address that did not finish within the deadline.
-    pub handshakes_timed_out: u64,
-    /// Stateless Retry packets sent to sources that had not proven their address yet.
-    pub handshakes_retried: u64,
-    /// Connections and gossip messages dropped because the peer's certificate did not name the
-    /// node id it spoke for (or named none while node identity is enforced).
-    pub identity_mismatches: u64,
-    /// Gossip messages above the size cap (sent or received), dropped.
-    pub oversized_messages: u64,
-    /// Gossip messages sent (each on its own unidirectional stream).
-    pub sent_on_stream: u64,
 }
 
 #[derive(Default)]
@@ -141,27 +115,6 @@ struct Inner {
     gossip_tx_bytes: AtomicU64,
     gossip_rx_bytes: AtomicU64,
     counters: Counters,
-}
-
-#[derive(Default)]
-struct Counters {
-    dropped_queue_full: AtomicU64,
-    dropped_no_connection: AtomicU64,
-    dropped_inbound_full: AtomicU64,
-    dial_failures: AtomicU64,
-    handshakes_refused: AtomicU64,
-    handshakes_refused_full: AtomicU64,
-    handshakes_refused_source_busy: AtomicU64,
-    handshakes_refused_source_rate: AtomicU64,
-    handshakes_timed_out: AtomicU64,
-    handshakes_retried: AtomicU64,
-    identity_mismatches: AtomicU64,
-    oversized_messages: AtomicU64,
-    sent_on_stream: AtomicU64,
-}
-
-fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -299,6 +252,7 @@ impl QuicTransport {
             identity_mismatches: c.identity_mismatches.load(Ordering::Relaxed),
             oversized_messages: c.oversized_messages.load(Ordering::Relaxed),
             sent_on_stream: c.sent_on_stream.load(Ordering::Relaxed),
+            connections_reset: c.connections_reset.load(Ordering::Relaxed),
         }
     }
 
@@ -382,6 +336,20 @@ impl QuicTransport {
                 }
                 Err(detail) => debug!(peer = %to, %detail, "gossip send failed"),
             }
+        }
+    }
+
+    /// Closes the cached connection to `addr` and forgets any dial backoff, so the next send
+    /// or fetch dials afresh. The mesh calls it when a member it judged dead is alive again (a
+    /// cut healed): the old connection's retransmission timers backed off for as long as the
+    /// cut lasted, and the chaos soak showed fetches on it waiting out the whole 2 s answer
+    /// timeout while a fresh connection answered in a few milliseconds.
+    pub(crate) fn reset_connection(&self, addr: SocketAddr) {
+        lock(&self.inner.backoffs).remove(&addr);
+        if let Some(conn) = lock(&self.inner.conns).remove(&addr) {
+            debug!(peer = %addr, "peer alive again: replacing its connection");
+            bump(&self.inner.counters.connections_reset);
+            conn.close(0u32.into(), b"peer came back");
         }
     }
 
@@ -509,244 +477,6 @@ impl QuicTransport {
     pub(crate) fn enforces_identity(&self) -> bool {
         self.inner.enforce_identity
     }
-
-    /// Judges one inbound chitchat message (see `identity::judge`): false to drop it.
-    pub(crate) fn admit_gossip(
-        &self,
-        from: SocketAddr,
-        cert_id: Option<&str>,
-        message: &[u8],
-    ) -> bool {
-        if !self.inner.enforce_identity {
-            return true;
-        }
-        let verdict = match (cert_id, identity::claims(message)) {
-            (Some(cert_id), Some(claims)) => {
-                let known = lock(&self.inner.first_hand).knows(cert_id, from);
-                identity::judge(cert_id, from, &claims, known)
-            }
-            // Chitchat decoded it, we could not: drop rather than guess.
-            _ => Verdict::Mismatch {
-                claimed: Vec::new(),
-            },
-        };
-        match verdict {
-            Verdict::Accept { first_hand } => {
-                if let Some(cert_id) = cert_id {
-                    let now = Instant::now();
-                    let mut heard = lock(&self.inner.first_hand);
-                    for generation in first_hand {
-                        heard.record(cert_id, generation, from, now);
-                    }
-                }
-                true
-            }
-            Verdict::Mismatch { claimed } => {
-                bump(&self.inner.counters.identity_mismatches);
-                self.warn_limited("identity", |suppressed| {
-                    warn!(peer = %from, certificate = ?cert_id, ?claimed, suppressed, "gossip from a peer speaking for a node id its certificate does not name: dropped");
-                });
-                false
-            }
-        }
-    }
-
-    /// Logs through `log` unless a warning of `kind` was logged in the last 10 s.
-    fn warn_limited(&self, kind: &'static str, log: impl FnOnce(u64)) {
-        let allowed = lock(&self.inner.warns).allow(kind, Instant::now());
-        if let Some(suppressed) = allowed {
-            log(suppressed);
-        }
-    }
-
-    fn refuse(&self, peer: SocketAddr, why: Refusal) {
-        let c = &self.inner.counters;
-        bump(&c.handshakes_refused);
-        bump(match why {
-            Refusal::Full => &c.handshakes_refused_full,
-            Refusal::SourceBusy => &c.handshakes_refused_source_busy,
-            Refusal::SourceRate => &c.handshakes_refused_source_rate,
-        });
-        self.warn_limited("handshake", |suppressed| {
-            warn!(%peer, reason = why.as_str(), suppressed, "incoming handshake refused");
-        });
-    }
-
-    async fn accept_loop(self) {
-        loop {
-            let incoming = tokio::select! {
-                _ = self.inner.cancel.cancelled() => return,
-                incoming = self.inner.endpoint.accept() => match incoming {
-                    Some(incoming) => incoming,
-                    None => return,
-                },
-            };
-            let peer = incoming.remote_address();
-            if self.inner.fault.drops_inbound(&peer) {
-                incoming.ignore();
-                continue;
-            }
-            // Address validation first: a source that has not proven it receives packets at its
-            // address gets a stateless Retry and costs nothing (no slot, no state), so spoofed or
-            // half-open Initials cannot hold handshake slots.
-            if !incoming.remote_address_validated() {
-                if incoming.may_retry() {
-                    if incoming.retry().is_ok() {
-                        bump(&self.inner.counters.handshakes_retried);
-                    }
-                } else {
-                    incoming.refuse();
-                }
-                continue;
-            }
-            let ip = peer.ip();
-            let known = lock(&self.inner.known_sources).contains_key(&ip);
-            let admitted = lock(&self.inner.admission).admit(ip, known, Instant::now());
-            if let Err(why) = admitted {
-                self.refuse(peer, why);
-                incoming.refuse();
-                continue;
-            }
-            let this = self.clone();
-            tokio::spawn(async move {
-                let connecting = match incoming.accept() {
-                    Ok(c) => Some(c),
-                    Err(e) => {
-                        debug!(%peer, error = %e, "incoming connection failed");
-                        None
-                    }
-                };
-                if let Some(connecting) = connecting {
-                    match tokio::time::timeout(this.inner.handshake_timeout, connecting).await {
-                        Ok(Ok(conn)) => {
-                            lock(&this.inner.backoffs).remove(&peer);
-                            this.register(conn);
-                        }
-                        Ok(Err(e)) => {
-                            bump(&this.inner.counters.handshakes_refused);
-                            this.warn_limited("handshake", |suppressed| {
-                                warn!(%peer, error = %e, suppressed, "incoming handshake failed");
-                            });
-                        }
-                        Err(_) => {
-                            bump(&this.inner.counters.handshakes_timed_out);
-                            this.warn_limited("handshake_timeout", |suppressed| {
-                                warn!(%peer, suppressed, "incoming handshake did not finish in time, dropped");
-                            });
-                        }
-                    }
-                }
-                lock(&this.inner.admission).finish(ip);
-            });
-        }
-    }
-
-    async fn read_loop(self, conn: Connection, cert_id: Option<Arc<str>>) {
-        let peer = conn.remote_address();
-        let started = Instant::now();
-        let reason = loop {
-            tokio::select! {
-                _ = self.inner.cancel.cancelled() => break None,
-                datagram = conn.read_datagram() => match datagram {
-                    Ok(bytes) => self.deliver(peer, cert_id.clone(), bytes),
-                    Err(e) => break Some(e),
-                },
-                uni = conn.accept_uni() => match uni {
-                    Ok(mut recv) => {
-                        let this = self.clone();
-                        let cert_id = cert_id.clone();
-                        tokio::spawn(async move {
-                            let max = this.inner.max_gossip_message_bytes + 1;
-                            match tokio::time::timeout(STREAM_READ_TIMEOUT, recv.read_to_end(max)).await {
-                                Ok(Ok(bytes)) => this.deliver(peer, cert_id, Bytes::from(bytes)),
-                                Ok(Err(quinn::ReadToEndError::TooLong)) => {
-                                    bump(&this.inner.counters.oversized_messages);
-                                    this.warn_limited("oversized", |suppressed| {
-                                        warn!(%peer, max_bytes = max - 1, suppressed, "gossip message above the cap, dropped");
-                                    });
-                                }
-                                Ok(Err(e)) => debug!(%peer, error = %e, "gossip stream dropped"),
-                                Err(_) => debug!(%peer, "gossip stream timed out"),
-                            }
-                        });
-                    }
-                    Err(e) => break Some(e),
-                },
-                bi = conn.accept_bi() => match bi {
-                    Ok((send, recv)) => {
-                        if self.inner.fault.drops_inbound(&peer) || self.inner.fault.drops_outbound(&peer) {
-                            continue;
-                        }
-                        if self.inner.streams.try_send(InboundStream { peer, send, recv }).is_err() {
-                            debug!(%peer, "too many inbound streams waiting, stream refused");
-                        }
-                    }
-                    Err(e) => break Some(e),
-                },
-            }
-        };
-        let stats = conn.stats();
-        self.inner
-            .closed_udp_tx_bytes
-            .fetch_add(stats.udp_tx.bytes, Ordering::Relaxed);
-        self.inner
-            .closed_udp_rx_bytes
-            .fetch_add(stats.udp_rx.bytes, Ordering::Relaxed);
-        {
-            let mut conns = lock(&self.inner.conns);
-            if conns
-                .get(&peer)
-                .is_some_and(|c| c.stable_id() == conn.stable_id())
-            {
-                conns.remove(&peer);
-            }
-        }
-        if let Some(reason) = reason {
-            let refused = matches!(
-                reason,
-                quinn::ConnectionError::ConnectionClosed(_)
-                    | quinn::ConnectionError::TransportError(_)
-            );
-            if refused && started.elapsed() < EARLY_CLOSE {
-                debug!(%peer, error = %reason, "peer closed the connection at once, backing off");
-                lock(&self.inner.backoffs)
-                    .entry(peer)
-                    .or_default()
-                    .fail(Instant::now());
-            } else {
-                debug!(%peer, error = %reason, "connection ended");
-            }
-        }
-        conn.close(0u32.into(), b"done");
-    }
-
-    fn deliver(&self, peer: SocketAddr, cert_id: Option<Arc<str>>, bytes: Bytes) {
-        if self.inner.fault.drops_inbound(&peer) {
-            return;
-        }
-        let len = bytes.len() as u64;
-        let Some(message) = codec::decode(&bytes, self.inner.max_gossip_message_bytes) else {
-            debug!(%peer, "malformed gossip payload dropped");
-            return;
-        };
-        if self
-            .inner
-            .gossip_in
-            .try_send((peer, cert_id, Bytes::from(message)))
-            .is_ok()
-        {
-            self.inner.gossip_rx_bytes.fetch_add(len, Ordering::Relaxed);
-        } else {
-            bump(&self.inner.counters.dropped_inbound_full);
-        }
-    }
-}
-
-/// The node id the peer's certificate names (its `urn:shoal:node:` URI SAN).
-fn peer_node_id(conn: &Connection) -> Option<String> {
-    let identity = conn.peer_identity()?;
-    let chain = identity.downcast_ref::<Vec<rustls::pki_types::CertificateDer<'static>>>()?;
-    crate::certs::cert_node_id(chain.first()?)
 }
 
 async fn send_uni(conn: &Connection, bytes: &[u8]) -> Result<(), String> {
@@ -758,48 +488,4 @@ async fn send_uni(conn: &Connection, bytes: &[u8]) -> Result<(), String> {
     tokio::time::timeout(STREAM_READ_TIMEOUT, work)
         .await
         .map_err(|_| "gossip stream send timed out".to_string())?
-}
-
-/// Socket buffer asked for; the kernel caps it at net.core.rmem_max / wmem_max.
-const SOCKET_BUFFER_BYTES: usize = 4 << 20;
-
-/// Binds the UDP socket with large buffers: with the default ~200 KiB, bursts of gossip from
-/// many peers overflowed the receive buffer (measured 14% loss at 50 nodes in one process),
-/// and lost handshake packets then cost whole retransmission timeouts.
-fn bind_udp(listen: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(
-        Domain::for_address(listen),
-        Type::DGRAM,
-        Some(Protocol::UDP),
-    )?;
-    if let Err(e) = socket.set_recv_buffer_size(SOCKET_BUFFER_BYTES) {
-        warn!(error = %e, "cannot enlarge the UDP receive buffer");
-    }
-    if let Err(e) = socket.set_send_buffer_size(SOCKET_BUFFER_BYTES) {
-        warn!(error = %e, "cannot enlarge the UDP send buffer");
-    }
-    socket.bind(&listen.into())?;
-    Ok(socket.into())
-}
-
-fn transport_config(timing: &Timing) -> Result<quinn::TransportConfig, MeshError> {
-    let mut config = quinn::TransportConfig::default();
-    let idle = quinn::IdleTimeout::try_from(Duration::from_millis(timing.idle_timeout_ms))
-        .map_err(|e| MeshError::Config {
-            field: "timing.idle_timeout_ms",
-            detail: e.to_string(),
-        })?;
-    config.max_idle_timeout(Some(idle));
-    // No keep-alive: gossip traffic keeps used connections open; unused ones expire and are
-    // re-dialed on demand (a handshake costs ~0.5 ms), so dead peers hold nothing.
-    config.keep_alive_interval(None);
-    config.max_concurrent_uni_streams(64u32.into());
-    config.max_concurrent_bidi_streams(8u32.into());
-    config.datagram_receive_buffer_size(Some(256 << 10));
-    config.datagram_send_buffer_size(256 << 10);
-    config.stream_receive_window((1u32 << 20).into());
-    config.receive_window((4u32 << 20).into());
-    config.send_window(8 << 20);
-    Ok(config)
 }
