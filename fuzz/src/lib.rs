@@ -13,9 +13,17 @@
 
 #![forbid(unsafe_code)]
 
+pub mod announce_report;
+pub mod bird_reply;
+pub mod cert_pem;
+pub mod document;
+pub mod epoch_file;
+pub mod gossip_payload;
 pub mod health_wire;
 pub mod ipvs_reply;
+pub mod member_keys;
 pub mod rules_file;
+pub mod transfer_frame;
 
 /// One fuzz target.
 pub struct Target {
@@ -42,5 +50,45 @@ pub const TARGETS: &[Target] = &[
         name: "ipvs_reply",
         run: ipvs_reply::run,
         seeds: ipvs_reply::seeds,
+    },
+    Target {
+        name: "gossip_payload",
+        run: gossip_payload::run,
+        seeds: gossip_payload::seeds,
+    },
+    Target {
+        name: "transfer_frame",
+        run: transfer_frame::run,
+        seeds: transfer_frame::seeds,
+    },
+    Target {
+        name: "member_keys",
+        run: member_keys::run,
+        seeds: member_keys::seeds,
+    },
+    Target {
+        name: "epoch_file",
+        run: epoch_file::run,
+        seeds: epoch_file::seeds,
+    },
+    Target {
+        name: "cert_pem",
+        run: cert_pem::run,
+        seeds: cert_pem::seeds,
+    },
+    Target {
+        name: "document",
+        run: document::run,
+        seeds: document::seeds,
+    },
+    Target {
+        name: "bird_reply",
+        run: bird_reply::run,
+        seeds: bird_reply::seeds,
+    },
+    Target {
+        name: "announce_report",
+        run: announce_report::run,
+        seeds: announce_report::seeds,
     },
 ];

@@ -100,6 +100,7 @@ fn every_target_survives_its_seeds_regressions_and_mutations() {
     let iterations = env_u64("SHOAL_FUZZ_ITERATIONS", 20_000);
     let seed = env_u64("SHOAL_FUZZ_SEED", 15);
     for target in shoal_fuzz::TARGETS {
+        let started = std::time::Instant::now();
         let seeds = (target.seeds)();
         assert!(!seeds.is_empty(), "{} has no seeds", target.name);
         for (n, s) in seeds.iter().enumerate() {
@@ -123,5 +124,6 @@ fn every_target_survives_its_seeds_regressions_and_mutations() {
             let input: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
             check(target, &format!("noise-{i}-seed-{seed}"), &input);
         }
+        eprintln!("{}: {:?}", target.name, started.elapsed());
     }
 }

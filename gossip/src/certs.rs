@@ -142,7 +142,10 @@ pub(crate) struct ParsedTls {
     pub key: PrivateKeyDer<'static>,
 }
 
-fn parse_certs(pem: &str, what: &'static str) -> Result<Vec<CertificateDer<'static>>, CertError> {
+pub(crate) fn parse_certs(
+    pem: &str,
+    what: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, CertError> {
     let certs = rustls_pemfile::certs(&mut pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| CertError::BadPem {

@@ -71,7 +71,7 @@ impl EpochFile {
     }
 }
 
-fn parse(text: &str) -> Option<u64> {
+pub(crate) fn parse(text: &str) -> Option<u64> {
     text.trim().parse().ok()
 }
 

@@ -57,9 +57,122 @@ pub fn gossip_payload_seeds() -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// A fetched document (`transfer::decode_document`, used by the mesh's fetcher): returns it
+/// when the bytes decode as `D`.
+pub fn document<D: crate::Document>(bytes: &[u8]) -> Option<D> {
+    crate::transfer::decode_document(bytes).ok()
+}
+
 /// Valid control frames to start fuzzing from (a request, both header kinds).
 pub fn transfer_frame_seeds() -> Vec<Vec<u8>> {
     crate::transfer::fuzz_seeds()
+}
+
+/// The values a member gossips about itself (`keys.rs`): what it holds (`<version>|<digest>|
+/// <size>`) and what it applied (a version). A value that parses re-encodes to itself.
+pub fn member_keys(bytes: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return false;
+    };
+    let held = crate::keys::parse_held(text);
+    if let Some(ad) = &held {
+        assert_eq!(
+            crate::keys::parse_held(&crate::keys::encode_held(ad)).as_ref(),
+            Some(ad),
+            "held round trip"
+        );
+    }
+    let applied = crate::version::Version::parse(text).ok();
+    if let Some(v) = &applied {
+        assert_eq!(
+            crate::version::Version::parse(&v.to_string()).ok().as_ref(),
+            Some(v),
+            "version round trip"
+        );
+    }
+    held.is_some() || applied.is_some()
+}
+
+/// Valid member values to start fuzzing from.
+pub fn member_keys_seeds() -> Vec<Vec<u8>> {
+    let v = crate::version::Version::new(3, 17, crate::version::NodeId::new("node-a|b@c"));
+    let ad = crate::head::HeldAd {
+        version: v.clone(),
+        digest: crate::transfer::digest_hex(b"doc"),
+        size_bytes: 1_234,
+    };
+    vec![
+        crate::keys::encode_held(&ad).into_bytes(),
+        v.to_string().into_bytes(),
+    ]
+}
+
+/// The epoch file's contents (`epoch_file.rs`, read from disk at start-up).
+pub fn epoch_file(bytes: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return false;
+    };
+    crate::epoch_file::parse(text).is_some()
+}
+
+/// Valid epoch files to start fuzzing from.
+pub fn epoch_file_seeds() -> Vec<Vec<u8>> {
+    vec![
+        b"0\n".to_vec(),
+        b"18446744073709551615\n".to_vec(),
+        b"42".to_vec(),
+    ]
+}
+
+/// PEM files a node loads (`certs.rs`: `ca.pem`, `node.pem`, `node.key`, and `ca.key` for
+/// `shoal certs issue`), then the node id and validity read from each certificate. The bytes
+/// are tried as every file at once, and as a DER certificate.
+pub fn cert_pem(bytes: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(bytes);
+    let material = crate::certs::TlsMaterial {
+        ca_pem: text.to_string(),
+        cert_pem: text.to_string(),
+        key_pem: text.to_string(),
+    };
+    let mut parsed_any = false;
+    if let Ok(certs) = crate::certs::parse_certs(&text, "fuzz") {
+        parsed_any = true;
+        for der in &certs {
+            let _ = crate::certs::cert_node_id(der);
+            let _ = crate::certs::validity_of(der);
+        }
+    }
+    let _ = material.node_id();
+    if material.parse().is_ok() {
+        // A PEM holding a certificate and a key: the TLS configurations build or fail cleanly.
+        let _ = crate::transport::tls::mutual(&material);
+    }
+    let _ = crate::certs::ClusterCa::load(&text, &text);
+    let _ = crate::certs::cert_node_id(bytes);
+    let _ = crate::certs::validity_of(bytes);
+    parsed_any
+}
+
+/// Valid PEM files to start fuzzing from: a CA, a node certificate with its key, a bundle.
+pub fn cert_pem_seeds() -> Vec<Vec<u8>> {
+    let Ok(ca) = crate::certs::create_ca("shoal") else {
+        return Vec::new();
+    };
+    let Ok(node) = crate::certs::issue_node_cert(&ca, "node-1") else {
+        return Vec::new();
+    };
+    let cert_der = rustls_pemfile::certs(&mut node.cert_pem.as_bytes())
+        .flatten()
+        .next()
+        .map(|c| c.to_vec())
+        .unwrap_or_default();
+    vec![
+        ca.cert_pem().as_bytes().to_vec(),
+        format!("{}{}", node.cert_pem, node.key_pem).into_bytes(),
+        format!("{}{}", ca.cert_pem(), node.cert_pem).into_bytes(),
+        ca.key_pem().as_bytes().to_vec(),
+        cert_der,
+    ]
 }
 
 #[cfg(test)]
@@ -73,6 +186,11 @@ mod tests {
         assert!(seeds.iter().all(|s| gossip_payload(s)));
         assert!(seeds.iter().any(|s| s[0] == 1), "one seed is compressed");
         assert!(transfer_frame_seeds().iter().all(|s| transfer_frame(s)));
+        assert!(member_keys_seeds().iter().all(|s| member_keys(s)));
+        assert!(epoch_file_seeds().iter().all(|s| epoch_file(s)));
+        let pems = cert_pem_seeds();
+        assert_eq!(pems.len(), 5);
+        assert!(pems[..3].iter().all(|s| cert_pem(s)));
     }
 
     proptest! {

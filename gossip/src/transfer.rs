@@ -89,6 +89,39 @@ fn decode_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String>
     Ok(value)
 }
 
+/// Documents above this many encoded bytes are never decoded (the publish and fetch caps are
+/// far below it).
+const MAX_DOCUMENT_DECODE_BYTES: usize = 1 << 30;
+
+/// Decodes a fetched document (bincode 2 `standard()`). bincode allocates a string or byte
+/// vector of the length its prefix claims before reading it, so without a limit a few crafted
+/// bytes could ask for any amount of memory (found by fuzzing: a capacity-overflow panic, or an
+/// allocation failure that aborts the process). The limit is the smallest of a few sizes that is
+/// at least four times the input: what a document claims stays within a small multiple of what
+/// arrived.
+pub(crate) fn decode_document<D: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<D, String> {
+    fn with_limit<D: serde::de::DeserializeOwned, const LIMIT: usize>(
+        bytes: &[u8],
+    ) -> Result<D, String> {
+        let config = bincode::config::standard().with_limit::<LIMIT>();
+        bincode::serde::decode_from_slice(bytes, config)
+            .map(|(doc, _)| doc)
+            .map_err(|e| e.to_string())
+    }
+    match bytes.len() {
+        0..=0x3FFF => with_limit::<D, { 1 << 16 }>(bytes),
+        0x4000..=0x3_FFFF => with_limit::<D, { 1 << 20 }>(bytes),
+        0x4_0000..=0x3F_FFFF => with_limit::<D, { 1 << 24 }>(bytes),
+        0x40_0000..=0x3FF_FFFF => with_limit::<D, { 1 << 28 }>(bytes),
+        n if n <= MAX_DOCUMENT_DECODE_BYTES => {
+            with_limit::<D, { MAX_DOCUMENT_DECODE_BYTES * 4 }>(bytes)
+        }
+        n => Err(format!(
+            "document of {n} bytes above {MAX_DOCUMENT_DECODE_BYTES}"
+        )),
+    }
+}
+
 /// Valid control frames of each kind (the fuzzers' starting corpus).
 #[doc(hidden)]
 pub fn fuzz_seeds() -> Vec<Vec<u8>> {
@@ -301,5 +334,21 @@ mod tests {
         .unwrap();
         let len = u32::from_be_bytes(frame[..4].try_into().unwrap()) as usize;
         assert_eq!(len, frame.len() - 4);
+    }
+
+    #[test]
+    fn a_document_claiming_a_huge_string_is_refused_not_allocated() {
+        // A string whose varint length prefix claims 2^40 bytes, in a 10-byte document.
+        let mut bytes = vec![253u8];
+        bytes.extend_from_slice(&(1u64 << 40).to_le_bytes());
+        bytes.push(b'x');
+        let err = decode_document::<String>(&bytes).unwrap_err();
+        assert!(err.contains("LimitExceeded"), "{err}");
+        // Real documents of every size class still decode.
+        for len in [0usize, 100, 20_000, 300_000] {
+            let doc = "d".repeat(len);
+            let bytes = bincode::serde::encode_to_vec(&doc, bincode::config::standard()).unwrap();
+            assert_eq!(decode_document::<String>(&bytes).unwrap(), doc);
+        }
     }
 }

@@ -83,6 +83,12 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let mut registry = Registry::default();
     let metrics = NodeMetrics::new();
     metrics.register(&mut registry);
+    let tls_reloads = crate::tls_reload::ReloadMetrics::default();
+    tls_reloads.register(&mut registry);
+    if let Some(dir) = &config.tls_dir {
+        let watcher = crate::tls_reload::Watcher::new(dir, mesh.clone(), tls_reloads);
+        tokio::spawn(watcher.run(crate::tls_reload::POLL_INTERVAL, cancel.child_token()));
+    }
 
     let tables = table_feed(&mesh, cancel.child_token());
     let health = health::spawn(

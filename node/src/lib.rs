@@ -24,6 +24,7 @@ pub mod rules;
 pub mod source;
 pub mod status;
 pub mod table;
+pub mod tls_reload;
 pub mod validate;
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).

@@ -63,11 +63,15 @@ struct Shape {
 }
 
 fn render(shape: &'static str) -> Option<Shape> {
+    render_dir(shape, &manifests().join(shape), &[])
+}
+
+fn render_dir(shape: &'static str, dir: &Path, extra: &[&str]) -> Option<Shape> {
     let kubectl = kubectl()?;
-    let dir = manifests().join(shape);
     let out = std::process::Command::new(kubectl)
         .arg("kustomize")
-        .arg(&dir)
+        .arg(dir)
+        .args(extra)
         .output()
         .expect("run kubectl kustomize");
     assert!(
@@ -283,7 +287,23 @@ fn common_checks(
     assert_eq!(run.tls_dir.clone(), mount("tls"));
     let volumes = pod.volumes.clone().unwrap();
     let tls = volumes.iter().find(|v| v.name == "tls").unwrap();
-    assert_eq!(tls.secret.as_ref().unwrap().default_mode, Some(0o400));
+    match (&tls.secret, &tls.csi) {
+        // One certificate shared by every pod cannot name each pod: it must run without node
+        // identity, and say so (--cluster-identity-only).
+        (Some(secret), None) => {
+            assert_eq!(secret.default_mode, Some(0o400));
+            assert!(
+                run.cluster_identity_only,
+                "{}: a shared certificate needs --cluster-identity-only",
+                s.name
+            );
+        }
+        (None, Some(_)) => check_per_pod_certs(s, &run, tls),
+        other => panic!(
+            "{}: the tls volume is neither a Secret nor a csi volume: {other:?}",
+            s.name
+        ),
+    }
     let cm: ConfigMap = s.one("ConfigMap");
     let config_vol = volumes.iter().find(|v| v.name == "config").unwrap();
     assert_eq!(
@@ -371,6 +391,118 @@ fn common_checks(
         "{grace}"
     );
     (*run, node, k)
+}
+
+/// The volume attributes cert-manager's csi-driver knows (csi-driver pkg/apis/v1alpha1/types.go);
+/// the driver refuses a volume with any other `csi.cert-manager.io/` key.
+const CSI_DRIVER_ATTRIBUTES: [&str; 32] = [
+    "issuer-name",
+    "issuer-kind",
+    "issuer-group",
+    "literal-subject",
+    "common-name",
+    "organizations",
+    "organizationalunits",
+    "countries",
+    "provinces",
+    "localities",
+    "streetaddresses",
+    "postalcodes",
+    "serialnumber",
+    "dns-names",
+    "ip-sans",
+    "uri-sans",
+    "duration",
+    "is-ca",
+    "key-usages",
+    "key-encoding",
+    "ca-file",
+    "certificate-file",
+    "privatekey-file",
+    "fs-group",
+    "renew-before",
+    "reuse-private-key",
+    "keystore-type",
+    "keystore-file",
+    "pkcs12-enable",
+    "pkcs12-filename",
+    "pkcs12-password",
+    "key-algorithm",
+];
+
+/// A per-pod certificate from cert-manager's csi-driver: it must name exactly the node id the
+/// pod runs with, carry the name every dialer checks, land in the files `--tls-dir` reads, and
+/// come from an Issuer the shape declares; node identity is enforced.
+fn check_per_pod_certs(s: &Shape, run: &RunArgs, tls: &k8s_openapi::api::core::v1::Volume) {
+    let csi = tls.csi.as_ref().unwrap();
+    assert_eq!(csi.driver, "csi.cert-manager.io", "{}", s.name);
+    assert_eq!(csi.read_only, Some(true));
+    let attrs = csi.volume_attributes.clone().expect("volumeAttributes");
+    for key in attrs.keys() {
+        let name = key
+            .strip_prefix("csi.cert-manager.io/")
+            .unwrap_or_else(|| panic!("{}: {key} is not a csi-driver attribute", s.name));
+        assert!(
+            CSI_DRIVER_ATTRIBUTES.contains(&name),
+            "{}: unknown csi-driver attribute {key}",
+            s.name
+        );
+    }
+    let attr = |k: &str| {
+        attrs
+            .get(&format!("csi.cert-manager.io/{k}"))
+            .map(String::as_str)
+    };
+    // The driver substitutes ${POD_NAME}; the pod runs with --node-id=$(POD_NAME).
+    let node_id = run.node_id.clone().unwrap();
+    let uri = attr("uri-sans")
+        .expect("uri-sans")
+        .replace("${POD_NAME}", &node_id);
+    assert_eq!(
+        uri,
+        shoal_gossip::certs::node_uri(&node_id),
+        "{}: the certificate must name the node id",
+        s.name
+    );
+    let dns: Vec<&str> = attr("dns-names").expect("dns-names").split(',').collect();
+    let cluster = run.cluster.clone().unwrap();
+    assert!(
+        dns.contains(&shoal_gossip::certs::cluster_server_name(&cluster).as_str()),
+        "{}: {dns:?}",
+        s.name
+    );
+    let usages: Vec<&str> = attr("key-usages")
+        .unwrap()
+        .split(',')
+        .map(str::trim)
+        .collect();
+    for u in ["digital signature", "server auth", "client auth"] {
+        assert!(
+            usages.contains(&u),
+            "{}: key usage {u} missing: {usages:?}",
+            s.name
+        );
+    }
+    // The file names `TlsMaterial::load_dir` reads.
+    assert_eq!(attr("certificate-file"), Some("node.pem"));
+    assert_eq!(attr("privatekey-file"), Some("node.key"));
+    assert_eq!(attr("ca-file"), Some("ca.pem"));
+    assert_eq!(attr("issuer-kind"), Some("Issuer"));
+    let issuer = s
+        .all("Issuer")
+        .into_iter()
+        .find(|i| i["metadata"]["name"].as_str() == attr("issuer-name"))
+        .unwrap_or_else(|| panic!("{}: no Issuer named {:?}", s.name, attr("issuer-name")));
+    assert_eq!(
+        issuer["metadata"]["namespace"],
+        s.statefulset().metadata.namespace.unwrap().as_str()
+    );
+    assert!(issuer["spec"]["ca"]["secretName"].is_string());
+    assert!(
+        !run.cluster_identity_only,
+        "{}: per-pod certificates enforce node identity",
+        s.name
+    );
 }
 
 fn host_network(s: &Shape) -> bool {
@@ -625,4 +757,60 @@ fn shoalpool_crd_matches_the_source() {
     assert!(problems.is_empty(), "{problems:?}");
     assert_eq!(parsed.len(), 2);
     assert!(!parsed[1].auto_assign && parsed[1].allows("shop") && !parsed[1].allows("web"));
+}
+
+#[test]
+fn per_pod_certs_overlay_gives_each_pod_its_own_identity() {
+    let Some(s) = render("overlays/per-pod-certs") else {
+        return;
+    };
+    let (run, _, _) = common_checks(&s);
+    assert!(!run.cluster_identity_only);
+    let tls = s
+        .pod()
+        .volumes
+        .unwrap()
+        .into_iter()
+        .find(|v| v.name == "tls")
+        .unwrap();
+    assert!(
+        tls.secret.is_none() && tls.csi.is_some(),
+        "the shared Secret is replaced"
+    );
+}
+
+/// The component goes onto the host-network shapes too (their own kustomization, made here).
+#[test]
+fn per_pod_certs_component_composes_with_bgp_and_l2() {
+    for overlay in ["bgp", "l2"] {
+        let dir = tempfile::tempdir().unwrap();
+        // kustomize takes only relative paths: climb from the temporary folder to `/`.
+        let up = "../".repeat(dir.path().canonicalize().unwrap().components().count() - 1);
+        let root = PathBuf::from(up).join(
+            manifests()
+                .canonicalize()
+                .unwrap()
+                .strip_prefix("/")
+                .unwrap(),
+        );
+        std::fs::write(
+            dir.path().join("kustomization.yaml"),
+            format!(
+                "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - {}\ncomponents:\n  - {}\n",
+                root.join("overlays").join(overlay).display(),
+                root.join("components/per-pod-certs").display()
+            ),
+        )
+        .unwrap();
+        let Some(s) = render_dir(
+            "per-pod-certs+overlay",
+            dir.path(),
+            &["--load-restrictor", "LoadRestrictionsNone"],
+        ) else {
+            return;
+        };
+        let (run, _, _) = common_checks(&s);
+        assert!(!run.cluster_identity_only, "{overlay}");
+        assert_eq!(s.all("Issuer").len(), 1, "{overlay}");
+    }
 }

@@ -6,16 +6,17 @@
 
 mod shell;
 
-use crate::certs::cluster_server_name;
-use crate::config::{MeshConfig, Security, Timing};
+use crate::certs::{cluster_server_name, TlsMaterial};
+use crate::config::{MeshConfig, Timing};
 use crate::election::{Role, RoleReason};
 use crate::epoch_file::EpochFile;
 use crate::error::{MeshError, PublishError};
 use crate::head::{HeldAd, Stamp};
 use crate::keys;
 use crate::replica::{Identity, NotPublisher, Replica, ReplicaTiming};
+use crate::security::Mode as SecurityMode;
 use crate::transfer::{digest_hex, Blob};
-use crate::transport::{tls, FaultHook, GossipTransport, QuicTransport, Traffic};
+use crate::transport::{FaultHook, GossipTransport, QuicTransport, Traffic};
 use crate::version::{NodeId, Version};
 use crate::view::{build_view, ClusterView, Decisions};
 use crate::Document;
@@ -30,7 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::info;
 
 /// A document with the stamp it was published under.
 #[derive(Clone, Debug, PartialEq)]
@@ -73,6 +74,7 @@ struct Inner<D> {
     chitchat: Arc<tokio::sync::Mutex<Chitchat>>,
     handle: Mutex<Option<ChitchatHandle>>,
     transport: QuicTransport,
+    security_mode: SecurityMode,
     role_tx: watch::Sender<Role>,
     doc_tx: watch::Sender<Option<Arc<Stamped<D>>>>,
     blob_tx: watch::Sender<Option<Arc<Blob>>>,
@@ -156,28 +158,8 @@ impl<D: Document> Mesh<D> {
             });
         }
         let server_name = cluster_server_name(&cluster_id);
-        let (tls_configs, enforce_identity) = match &security {
-            Security::MutualTls(material) => {
-                let named = material.node_id();
-                if named.as_deref() != Some(node_id.as_str()) {
-                    return Err(MeshError::Config {
-                        field: "node_id",
-                        detail: format!(
-                            "node.pem names node {named:?}, not {node_id:?}: a node may only speak for the id its certificate names (issue one with `shoal certs issue --nodes {node_id}`, or run with cluster identity only)"
-                        ),
-                    });
-                }
-                (tls::mutual(material)?, true)
-            }
-            Security::ClusterIdentityOnly(material) => {
-                warn!("mesh security is cluster identity only: any holder of a cluster certificate can speak for any node id (docs/security.md)");
-                (tls::mutual(material)?, false)
-            }
-            Security::Insecure => {
-                warn!("mesh security is Insecure: any host that reaches {listen} can join and inject rules");
-                (tls::insecure(&server_name)?, false)
-            }
-        };
+        let (tls_configs, security_mode) =
+            crate::security::start(&security, &node_id, listen, &server_name)?;
         let epoch_file = epoch_file.as_deref().map(EpochFile::open).transpose()?;
         let (blob_tx, blob_rx) = watch::channel(None);
         let (streams_tx, streams_rx) = mpsc::channel(STREAM_QUEUE_LEN);
@@ -188,7 +170,7 @@ impl<D: Document> Mesh<D> {
             &timing,
             FaultHook::default(),
             streams_tx,
-            enforce_identity,
+            security_mode == SecurityMode::NodeIdentity,
         )?;
         let listen = transport.local_addr();
         let generation = unix_ms();
@@ -246,6 +228,7 @@ impl<D: Document> Mesh<D> {
             chitchat: handle.chitchat(),
             handle: Mutex::new(Some(handle)),
             transport,
+            security_mode,
             role_tx,
             doc_tx,
             blob_tx,
@@ -461,6 +444,15 @@ impl<D: Document> Mesh<D> {
     #[cfg(feature = "fault-injection")]
     pub fn fault_hook(&self) -> FaultHook {
         self.inner.transport.fault().clone()
+    }
+
+    /// Replaces this node's certificate, key and trusted CAs: handshakes from now on use them,
+    /// established connections go on. Refused (the old material stays in use) when the files do
+    /// not parse, the key does not match, or the certificate does not name this node's id.
+    pub fn reload_tls(&self, material: &TlsMaterial) -> Result<(), MeshError> {
+        let configs =
+            crate::security::configs(self.inner.security_mode, &self.inner.node_id, material)?;
+        self.inner.transport.set_tls(configs)
     }
 
     /// Bytes this node's endpoint has sent and received so far.

@@ -331,9 +331,8 @@ async fn fetch_head<D: Document>(
                 continue;
             }
         };
-        let config = bincode::config::standard();
-        let doc: D = match bincode::serde::decode_from_slice(&bytes, config) {
-            Ok((doc, _)) => doc,
+        let doc: D = match transfer::decode_document(&bytes) {
+            Ok(doc) => doc,
             Err(e) => {
                 warn!(peer = %peer_id, version = %wanted.version, error = %e, "document does not decode");
                 continue;

@@ -115,6 +115,35 @@ struct Inner {
     gossip_tx_bytes: AtomicU64,
     gossip_rx_bytes: AtomicU64,
     counters: Counters,
+    /// Kept to rebuild the endpoint's configurations when the TLS material is reloaded.
+    transport_config: Arc<quinn::TransportConfig>,
+    /// Used for every dial (replaced when the TLS material is reloaded).
+    client_config: Mutex<quinn::ClientConfig>,
+}
+
+/// The endpoint's server and client configurations from rustls ones.
+fn quic_configs(
+    tls: (rustls::ServerConfig, rustls::ClientConfig),
+    transport_config: &Arc<quinn::TransportConfig>,
+) -> Result<(quinn::ServerConfig, quinn::ClientConfig), MeshError> {
+    let (server_tls, client_tls) = tls;
+    let quic_err = |what: &'static str| {
+        move |e: quinn::crypto::rustls::NoInitialCipherSuite| {
+            MeshError::Cert(CertError::Tls {
+                what,
+                detail: e.to_string(),
+            })
+        }
+    };
+    let server_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(server_tls)
+        .map_err(quic_err("QUIC server"))?;
+    let client_crypto = quinn::crypto::rustls::QuicClientConfig::try_from(client_tls)
+        .map_err(quic_err("QUIC client"))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
+    server.transport_config(transport_config.clone());
+    let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
+    client.transport_config(transport_config.clone());
+    Ok((server, client))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -134,29 +163,13 @@ impl QuicTransport {
         streams: mpsc::Sender<InboundStream>,
         enforce_identity: bool,
     ) -> Result<Self, MeshError> {
-        let (server_tls, client_tls) = tls;
-        let quic_err = |what: &'static str| {
-            move |e: quinn::crypto::rustls::NoInitialCipherSuite| {
-                MeshError::Cert(CertError::Tls {
-                    what,
-                    detail: e.to_string(),
-                })
-            }
-        };
-        let server_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(server_tls)
-            .map_err(quic_err("QUIC server"))?;
-        let client_crypto = quinn::crypto::rustls::QuicClientConfig::try_from(client_tls)
-            .map_err(quic_err("QUIC client"))?;
         let transport_config = Arc::new(transport_config(timing)?);
-        let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
-        server.transport_config(transport_config.clone());
-        let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
-        client.transport_config(transport_config);
+        let (server, client) = quic_configs(tls, &transport_config)?;
         let socket = bind_udp(listen).map_err(|source| MeshError::Bind {
             addr: listen,
             source,
         })?;
-        let mut endpoint = Endpoint::new(
+        let endpoint = Endpoint::new(
             quinn::EndpointConfig::default(),
             Some(server),
             socket,
@@ -166,7 +179,6 @@ impl QuicTransport {
             addr: listen,
             source,
         })?;
-        endpoint.set_default_client_config(client);
         let local_addr = endpoint.local_addr().map_err(|source| MeshError::Bind {
             addr: listen,
             source,
@@ -205,10 +217,24 @@ impl QuicTransport {
             gossip_tx_bytes: AtomicU64::new(0),
             gossip_rx_bytes: AtomicU64::new(0),
             counters: Counters::default(),
+            transport_config,
+            client_config: Mutex::new(client),
         });
         let transport = QuicTransport { inner };
         tokio::spawn(transport.clone().accept_loop());
         Ok(transport)
+    }
+
+    /// Swaps the TLS configurations: handshakes from now on (accepted and dialed) use them;
+    /// established connections keep the keys they negotiated.
+    pub(crate) fn set_tls(
+        &self,
+        tls: (rustls::ServerConfig, rustls::ClientConfig),
+    ) -> Result<(), MeshError> {
+        let (server, client) = quic_configs(tls, &self.inner.transport_config)?;
+        self.inner.endpoint.set_server_config(Some(server));
+        *lock(&self.inner.client_config) = client;
+        Ok(())
     }
 
     pub(crate) fn local_addr(&self) -> SocketAddr {
@@ -386,7 +412,12 @@ impl QuicTransport {
                 return Err("backing off after a failed dial".into());
             }
         }
-        let result = match self.inner.endpoint.connect(addr, &self.inner.server_name) {
+        let client = lock(&self.inner.client_config).clone();
+        let result = match self
+            .inner
+            .endpoint
+            .connect_with(client, addr, &self.inner.server_name)
+        {
             Ok(connecting) => match tokio::time::timeout(DIAL_TIMEOUT, connecting).await {
                 Ok(Ok(conn)) => Ok(conn),
                 Ok(Err(e)) => Err(e.to_string()),
