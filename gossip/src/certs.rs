@@ -93,6 +93,12 @@ impl TlsMaterial {
         })
     }
 
+    /// The validity window of the node certificate (the first in `cert_pem`).
+    pub fn leaf_validity(&self) -> Option<(SystemTime, SystemTime)> {
+        let chain = parse_certs(&self.cert_pem, "node.pem").ok()?;
+        validity_of(chain.first()?)
+    }
+
     /// The node id this node certificate names (its `urn:shoal:node:` URI SAN), if any.
     pub fn node_id(&self) -> Option<String> {
         let chain = parse_certs(&self.cert_pem, "node.pem").ok()?;

@@ -43,17 +43,19 @@ impl ReloadMetrics {
     }
 }
 
-/// The folder's contents, hashed: what a change is judged by. Unreadable files count as a
-/// distinct state (their error text), so a file that comes back is noticed.
+/// The folder's contents, hashed: what a change is judged by. Unreadable files (missing, not a
+/// regular file, above the settings cap) count as a distinct state (their error text), so a file
+/// that comes back is noticed.
 pub fn fingerprint(dir: &Path) -> [u8; 32] {
+    use shoal_gossip::small_file::{read_to_string, SETTINGS_FILE_CAP_BYTES};
     let mut hash = Sha256::new();
     for name in FILES {
-        match std::fs::read(dir.join(name)) {
+        match read_to_string(&dir.join(name), SETTINGS_FILE_CAP_BYTES) {
             Ok(bytes) => {
                 hash.update((bytes.len() as u64).to_le_bytes());
                 hash.update(&bytes);
             }
-            Err(e) => hash.update(format!("unreadable {name}: {}", e.kind())),
+            Err(e) => hash.update(format!("unreadable {name}: {e}")),
         }
     }
     hash.finalize().into()

@@ -433,7 +433,7 @@ const CSI_DRIVER_ATTRIBUTES: [&str; 32] = [
 /// A per-pod certificate from cert-manager's csi-driver: it must name exactly the node id the
 /// pod runs with, carry the name every dialer checks, land in the files `--tls-dir` reads, and
 /// come from an Issuer the shape declares; node identity is enforced.
-fn check_per_pod_certs(s: &Shape, run: &RunArgs, tls: &k8s_openapi::api::core::v1::Volume) {
+fn check_per_pod_certs(s: &Shape, run: &RunSettings, tls: &k8s_openapi::api::core::v1::Volume) {
     let csi = tls.csi.as_ref().unwrap();
     assert_eq!(csi.driver, "csi.cert-manager.io", "{}", s.name);
     assert_eq!(csi.read_only, Some(true));

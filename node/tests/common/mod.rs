@@ -276,8 +276,10 @@ impl Drop for Cluster {
     }
 }
 
-pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_shoal")
+/// The binary under test: cargo's build of `shoal`, or `$SHOAL_BIN` (scripts/attack-probe.sh
+/// runs the suites against the release binary that way).
+pub fn bin() -> String {
+    std::env::var("SHOAL_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_shoal").to_string())
 }
 
 /// GET a JSON document from an admin API; None on any failure (the caller retries).
