@@ -2,9 +2,13 @@
 //!
 //! ipvs-lab apply FILE.json [--drain-ms N] [--settle]   reconcile to the table, print a JSON report
 //! ipvs-lab dump                                        print what the kernel holds as JSON
+//! ipvs-lab watch FILE.json --stop-file PATH [--drift-check-ms N] [--interval-ms M] [--timeout-ms T]
+//!                                                      a pass every M ms (as a node's loop), one
+//!                                                      JSON line per pass, until PATH exists
 //! ipvs-lab backend-init VIP[,VIP...]                   prepare a backend namespace
 //! ipvs-lab bench --services N --dests M [--reps R] [--settle-s S] [--scheduler mh|wrr|..]
-//!                                                      Shoal vs `ipvsadm -R`, JSON on stdout
+//!                [--changes K]
+//!                                                      Shoal vs `ipvsadm -R` / `-C`, JSON on stdout
 
 use serde_json::json;
 use shoal_dataplane::model::*;
@@ -29,9 +33,10 @@ fn main() {
     let result = match args.first().map(String::as_str) {
         Some("apply") => apply(&args[1..]),
         Some("dump") => dump(),
+        Some("watch") => watch(&args[1..]),
         Some("backend-init") => init(&args[1..]),
         Some("bench") => bench(&args[1..]),
-        _ => Err("usage: ipvs-lab apply|dump|backend-init|bench ...".into()),
+        _ => Err("usage: ipvs-lab apply|dump|watch|backend-init|bench ...".into()),
     };
     if let Err(e) = result {
         eprintln!("ipvs-lab: {e}");
@@ -77,6 +82,62 @@ fn apply(args: &[String]) -> Res<()> {
         json!({ "passes": passes, "messages_sent": dp.messages_sent() })
     );
     Ok(())
+}
+
+fn ms_flag(args: &[String], name: &str, default: u64) -> Res<Duration> {
+    let ms = flag(args, name)
+        .map(|s| s.parse::<u64>())
+        .transpose()?
+        .unwrap_or(default);
+    Ok(Duration::from_millis(ms))
+}
+
+/// The node's loop in miniature: passes planned on the kept view, a full read every drift
+/// check. The first pass loads the table and prints `{"ready":true}`; the command ends when
+/// the stop file exists, or fails at the timeout.
+fn watch(args: &[String]) -> Res<()> {
+    let file = args
+        .first()
+        .ok_or("watch needs a desired-table JSON file")?;
+    let desired: Desired = serde_json::from_str(&std::fs::read_to_string(file)?)?;
+    let drift_check = ms_flag(args, "--drift-check-ms", 3000)?;
+    let interval = ms_flag(args, "--interval-ms", 200)?;
+    let timeout = ms_flag(args, "--timeout-ms", 120_000)?;
+    let stop =
+        std::path::PathBuf::from(flag(args, "--stop-file").ok_or("watch needs --stop-file")?);
+    let mut dp = IpvsDataplane::open(&IpvsOptions::default())?;
+    let mut rec = Reconciler::new(Duration::ZERO).with_drift_check(drift_check);
+    let started = Instant::now();
+    let mut first = true;
+    let stdout = std::io::stdout();
+    while started.elapsed() < timeout {
+        let t = Instant::now();
+        let report = reconcile(&mut dp, &mut rec, &desired, Instant::now());
+        let line = match &report {
+            Ok(r) => json!({
+                "at_ms": started.elapsed().as_millis() as u64,
+                "elapsed_ms": t.elapsed().as_secs_f64() * 1e3,
+                "full_read": r.full_read,
+                "ops": r.ops,
+            }),
+            Err(e) => {
+                json!({ "at_ms": started.elapsed().as_millis() as u64, "error": e.to_string() })
+            }
+        };
+        let mut out = stdout.lock();
+        writeln!(out, "{line}")?;
+        if first {
+            writeln!(out, "{}", json!({ "ready": true }))?;
+            first = false;
+        }
+        out.flush()?;
+        if stop.exists() {
+            return Ok(());
+        }
+        drop(out);
+        std::thread::sleep(interval);
+    }
+    Err("timed out before the stop file appeared".into())
 }
 
 fn dump() -> Res<()> {
@@ -142,16 +203,12 @@ fn bench_table(services: usize, dests: usize, scheduler: &str) -> Desired {
     Desired { services }
 }
 
-fn ipvsadm_rules(d: &Desired, delete: bool) -> String {
+fn ipvsadm_rules(d: &Desired) -> String {
     let mut out = String::new();
     for s in &d.services {
         let ServiceKey::Addr { addr, port, .. } = s.key else {
             continue;
         };
-        if delete {
-            out.push_str(&format!("-D -t {addr}:{port}\n"));
-            continue;
-        }
         if s.flags.mh_port {
             out.push_str(&format!(
                 "-A -t {addr}:{port} -s {} -b mh-port\n",
@@ -189,6 +246,17 @@ fn ipvsadm_restore(rules: &str) -> Res<f64> {
     Ok(ms)
 }
 
+/// `ipvsadm -C`: one flush of every service.
+fn ipvsadm_clear() -> Res<f64> {
+    let t = Instant::now();
+    let status = Command::new("ipvsadm").arg("-C").status()?;
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    if !status.success() {
+        return Err(format!("ipvsadm -C failed: {status}").into());
+    }
+    Ok(ms)
+}
+
 fn count_services() -> Res<usize> {
     let mut dp = IpvsDataplane::open(&IpvsOptions::default())?;
     Ok(dp.read()?.services.len())
@@ -221,46 +289,68 @@ fn bench(args: &[String]) -> Res<()> {
     let scheduler = flag(args, "--scheduler").unwrap_or_else(|| "mh".into());
     let table = bench_table(n, m, &scheduler);
     let empty = Desired::default();
+    // One-destination changes (health flips), each on another service, applied one by one.
+    let changes: usize = flag(args, "--changes")
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(5);
+    let mut steps = Vec::with_capacity(changes);
     let mut changed = table.clone();
-    changed.services[n / 2].destinations[m / 2].weight = 2;
-    let load_rules = ipvsadm_rules(&table, false);
-    let delete_rules = ipvsadm_rules(&table, true);
+    for i in 0..changes.max(1) {
+        changed.services[(n / 2 + i * 7) % n].destinations[m / 2].weight = 2;
+        steps.push(changed.clone());
+    }
+    let load_rules = ipvsadm_rules(&table);
     let mut runs = Vec::new();
     for rep in 0..reps {
         let mut dp = IpvsDataplane::open(&IpvsOptions::default())?;
         let mut rec = Reconciler::new(Duration::ZERO);
-        let mut timed = |dp: &mut IpvsDataplane, d: &Desired| -> Res<(f64, usize, u64)> {
-            let before = dp.messages_sent();
-            let t = Instant::now();
-            let r = reconcile(dp, &mut rec, d, Instant::now())?;
-            Ok((
-                t.elapsed().as_secs_f64() * 1e3,
-                r.ops.len(),
-                dp.messages_sent() - before,
-            ))
-        };
+        let timed =
+            |dp: &mut IpvsDataplane, rec: &mut Reconciler, d: &Desired| -> Res<(f64, usize, u64)> {
+                let before = dp.messages_sent();
+                let t = Instant::now();
+                let r = reconcile(dp, rec, d, Instant::now())?;
+                Ok((
+                    t.elapsed().as_secs_f64() * 1e3,
+                    r.ops.len(),
+                    dp.messages_sent() - before,
+                ))
+            };
         if rep > 0 {
             std::thread::sleep(settle);
         }
-        let (load_ms, load_ops, load_msgs) = timed(&mut dp, &table)?;
+        let (load_ms, load_ops, load_msgs) = timed(&mut dp, &mut rec, &table)?;
         let loaded = dp.read()?.services.len();
-        let (change_ms, change_ops, change_msgs) = timed(&mut dp, &changed)?;
-        let (remove_ms, remove_ops, remove_msgs) = timed(&mut dp, &empty)?;
+        let mut changes_ms = Vec::new();
+        let (mut change_ops, mut change_msgs) = (0, 0);
+        for step in &steps {
+            let (ms, ops, msgs) = timed(&mut dp, &mut rec, step)?;
+            changes_ms.push(ms);
+            change_ops = change_ops.max(ops);
+            change_msgs = change_msgs.max(msgs);
+        }
+        let change_ms = changes_ms[0];
+        // What each periodic drift check costs: a pass that reads the whole table back.
+        rec.invalidate();
+        let (check_ms, check_ops, _) = timed(&mut dp, &mut rec, &changed)?;
+        let (remove_ms, remove_ops, remove_msgs) = timed(&mut dp, &mut rec, &empty)?;
         let left = dp.read()?.services.len();
         // The same content through ipvsadm, in the same boot.
         std::thread::sleep(settle);
         let ipvsadm_load_ms = ipvsadm_restore(&load_rules)?;
         let ipvsadm_loaded = count_services()?;
-        let ipvsadm_remove_ms = ipvsadm_restore(&delete_rules)?;
+        let ipvsadm_clear_ms = ipvsadm_clear()?;
         runs.push(json!({
             "rep": rep,
             "shoal_load_ms": load_ms, "shoal_load_ops": load_ops, "shoal_load_messages": load_msgs,
             "shoal_loaded_services": loaded,
-            "shoal_change_ms": change_ms, "shoal_change_ops": change_ops, "shoal_change_messages": change_msgs,
+            "shoal_change_ms": change_ms, "shoal_changes_ms": changes_ms,
+            "shoal_change_ops": change_ops, "shoal_change_messages": change_msgs,
+            "shoal_drift_check_ms": check_ms, "shoal_drift_check_ops": check_ops,
             "shoal_remove_ms": remove_ms, "shoal_remove_ops": remove_ops, "shoal_remove_messages": remove_msgs,
             "shoal_left_services": left,
             "ipvsadm_load_ms": ipvsadm_load_ms, "ipvsadm_loaded_services": ipvsadm_loaded,
-            "ipvsadm_remove_ms": ipvsadm_remove_ms,
+            "ipvsadm_clear_ms": ipvsadm_clear_ms,
         }));
         eprintln!(
             "bench rep {rep}: {}",

@@ -1,6 +1,7 @@
 //! The `Dataplane` trait: the seam between the pure planner and a kernel (or its twin).
 
 use crate::error::DataplaneError;
+use crate::model::ServiceKey;
 use crate::op::Op;
 use crate::plan::Actual;
 
@@ -12,6 +13,17 @@ pub trait Dataplane: Send {
 
     /// Every IPVS service on the node (Shoal's and foreign) and the VIPs on Shoal's interface.
     fn read(&mut self) -> Result<Actual, DataplaneError>;
+
+    /// The keys of every IPVS service on the node, without destinations or counters: the cheap
+    /// check made before a flush planned on a view kept in memory.
+    fn service_keys(&mut self) -> Result<Vec<ServiceKey>, DataplaneError> {
+        Ok(self
+            .read()?
+            .services
+            .into_iter()
+            .map(|o| o.service.key)
+            .collect())
+    }
 
     /// Apply one operation; the error names the op and its entry.
     fn apply(&mut self, op: &Op) -> Result<(), DataplaneError>;

@@ -34,5 +34,5 @@ pub use ipvs::{IpvsDataplane, IpvsOptions};
 pub use memory::MemoryDataplane;
 pub use model::*;
 pub use op::Op;
-pub use plan::{plan, Actual, Desired};
-pub use reconcile::{reconcile, ReconcileReport, Reconciler};
+pub use plan::{plan, plan_view, Actual, Desired, View};
+pub use reconcile::{reconcile, ReconcileReport, Reconciler, DEFAULT_DRIFT_CHECK};

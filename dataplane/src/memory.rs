@@ -19,6 +19,7 @@ struct State {
     vips: BTreeSet<IpAddr>,
     applied: Vec<Op>,
     fail_next: Option<i32>,
+    reads: u64,
 }
 
 /// Clones share one state, so a test can keep a handle to inspect it or inject drift while the
@@ -81,6 +82,11 @@ impl MemoryDataplane {
         self.lock().fail_next = Some(errno);
     }
 
+    /// How many full reads (`Dataplane::read`) were made so far.
+    pub fn reads(&self) -> u64 {
+        self.lock().reads
+    }
+
     /// Every op applied successfully so far, in order.
     pub fn applied(&self) -> Vec<Op> {
         self.lock().applied.clone()
@@ -134,6 +140,7 @@ fn apply_to(st: &mut State, op: &Op) -> Result<(), i32> {
         Op::DelService(k) => {
             st.services.remove(k).ok_or(libc::ESRCH)?;
         }
+        Op::Flush => st.services.clear(),
         Op::AddDest(k, d) => {
             let (_, dests) = st.services.get_mut(k).ok_or(libc::ESRCH)?;
             if dests.contains_key(&(d.addr, d.port)) {
@@ -170,7 +177,8 @@ impl Dataplane for MemoryDataplane {
     }
 
     fn read(&mut self) -> Result<Actual, DataplaneError> {
-        let st = self.lock();
+        let mut st = self.lock();
+        st.reads += 1;
         let services = st
             .services
             .values()
@@ -198,6 +206,10 @@ impl Dataplane for MemoryDataplane {
             services,
             vips: st.vips.clone(),
         })
+    }
+
+    fn service_keys(&mut self) -> Result<Vec<ServiceKey>, DataplaneError> {
+        Ok(self.lock().services.keys().cloned().collect())
     }
 
     fn apply(&mut self, op: &Op) -> Result<(), DataplaneError> {

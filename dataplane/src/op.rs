@@ -13,6 +13,10 @@ pub enum Op {
     AddService(Service),
     UpdateService(Service),
     DelService(ServiceKey),
+    /// Delete every IPVS service in the kernel (Shoal's and any other), in one message
+    /// (`IPVS_CMD_FLUSH`, as `ipvsadm -C`). The planner emits it only when every service is
+    /// Shoal's and none is desired.
+    Flush,
     AddDest(ServiceKey, Destination),
     UpdateDest(ServiceKey, Destination),
     DelDest(ServiceKey, IpAddr, u16),
@@ -27,6 +31,7 @@ impl Op {
             Op::AddService(_) => "add service",
             Op::UpdateService(_) => "update service",
             Op::DelService(_) => "delete service",
+            Op::Flush => "flush",
             Op::AddDest(..) => "add destination",
             Op::UpdateDest(..) => "update destination",
             Op::DelDest(..) => "delete destination",
@@ -40,6 +45,7 @@ impl Op {
         match self {
             Op::AddService(s) | Op::UpdateService(s) => s.key.to_string(),
             Op::DelService(k) => k.to_string(),
+            Op::Flush => "every IPVS service".into(),
             Op::AddDest(k, d) | Op::UpdateDest(k, d) => {
                 format!("{} -> {}", k, socket_text(d.addr, d.port))
             }

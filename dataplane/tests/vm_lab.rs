@@ -256,7 +256,8 @@ fn run_suite() -> Result<Option<Suite>, String> {
     write_json(&share, "t_c.json", &table_c())?;
     write_json(&share, "t_drain.json", &table_drain())?;
     write_json(&share, "t_empty.json", &Desired::default())?;
-    share.boot(&Boot::new("suite.sh", 300))?;
+    // Generous: a guest starved by a busy host took 300 s to reach its first step.
+    share.boot(&Boot::new("suite.sh", 900))?;
     Ok(Some(Suite { share }))
 }
 
@@ -422,6 +423,82 @@ fn removed_backend_drains_before_deletion() {
     );
 }
 
+/// (g): a long-running reconciler plans against the kernel's state kept in memory; drift made
+/// with ipvsadm behind its back is invisible to those passes and repaired by the periodic
+/// full read (the drift check), with exactly the ops that undo it.
+#[test]
+fn g_drift_is_repaired_by_the_drift_check() {
+    let Some(s) = suite() else { return };
+    assert_eq!(
+        s.rc("g_watch"),
+        "0",
+        "watch failed: {}\n{}",
+        s.out("g_watch.err"),
+        s.out("g_watch.out")
+    );
+    let lines: Vec<Value> = s
+        .out("g_watch.out")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let ready = lines
+        .iter()
+        .position(|l| l.get("ready").is_some())
+        .expect("the watch loaded the table");
+    let passes = &lines[ready + 1..];
+    assert!(
+        passes.iter().all(|p| p.get("error").is_none()),
+        "a pass failed: {passes:?}"
+    );
+    let mut repaired: Vec<Op> = Vec::new();
+    for p in passes {
+        let ops: Vec<Op> = serde_json::from_value(p["ops"].clone()).expect("ops");
+        if ops.is_empty() {
+            continue;
+        }
+        assert_eq!(
+            p["full_read"], true,
+            "a pass on the kept view sent {ops:?}: the desired table never changed"
+        );
+        repaired.extend(ops);
+    }
+    let drained = table_drain();
+    let http = &drained.services[0];
+    let restored = drained
+        .services
+        .iter()
+        .find(|x| x.key == tcp("203.0.113.20", 8080))
+        .expect("8080 in the table");
+    let mut want = vec![
+        Op::UpdateDest(http.key.clone(), http.destinations[0].clone()),
+        Op::AddService(Service {
+            destinations: vec![],
+            ..restored.clone()
+        }),
+        Op::DelService(tcp("203.0.113.10", 9999)),
+    ];
+    want.extend(
+        restored
+            .destinations
+            .iter()
+            .map(|d| Op::AddDest(restored.key.clone(), d.clone())),
+    );
+    let key = |o: &Op| o.to_string();
+    repaired.sort_by_key(key);
+    want.sort_by_key(key);
+    assert_eq!(repaired, want, "drift check repairs; passes: {passes:?}");
+    assert_ne!(
+        s.out("g_drifted.txt"),
+        s.out("g_before.txt"),
+        "no drift was made"
+    );
+    assert_eq!(s.out("g_ipvsadm.txt"), s.out("g_before.txt"));
+    assert_eq!(
+        shoal_lines(&s.out("g_ipvsadm.txt")),
+        ipvsadm_lines(&drained)
+    );
+}
+
 #[test]
 fn backend_init_prepares_once_and_is_idempotent() {
     let Some(s) = suite() else { return };
@@ -544,8 +621,47 @@ fn percentile(mut xs: Vec<f64>, p: f64) -> f64 {
     xs.get(idx).copied().unwrap_or(f64::NAN)
 }
 
+/// Median and p99 of a JSON column over the runs; a column of arrays is pooled.
+fn column(runs: &[Value], k: &str) -> Vec<f64> {
+    runs.iter()
+        .flat_map(|r| match &r[k] {
+            Value::Array(xs) => xs.iter().filter_map(Value::as_f64).collect::<Vec<_>>(),
+            v => vec![v.as_f64().unwrap_or(f64::NAN)],
+        })
+        .collect()
+}
+
+fn summary(runs: &[Value], keys: &[&str]) -> String {
+    keys.iter()
+        .filter(|k| runs.iter().any(|r| !r[**k].is_null()))
+        .map(|k| {
+            let xs = column(runs, k);
+            format!(
+                "{k}: median {:.1} p99 {:.1} (n={})",
+                percentile(xs.clone(), 0.5),
+                percentile(xs.clone(), 0.99),
+                xs.len()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n  ")
+}
+
+const BENCH_KEYS: [&str; 8] = [
+    "shoal_load_ms",
+    "ipvsadm_load_ms",
+    "shoal_changes_ms",
+    "shoal_change_ms",
+    "shoal_drift_check_ms",
+    "shoal_remove_ms",
+    "ipvsadm_clear_ms",
+    "ipvsadm_remove_ms",
+];
+
 /// The benchmark of docs/benchmarks.md (dataplane section). Slow under TCG, so opt-in:
 /// `SHOAL_BENCH_SERVICES=10000 SHOAL_BENCH_REPS=3 cargo test -p shoal-dataplane --test vm_lab -- --ignored --nocapture bench`
+/// With `SHOAL_BENCH_BEFORE=/path/to/older/ipvs-lab` (and `SHOAL_BENCH_BEFORE_REPS`) that build
+/// runs first in the same boot, for a before/after table.
 #[test]
 #[ignore]
 fn bench_program_vs_ipvsadm_restore() {
@@ -565,6 +681,14 @@ fn bench_program_vs_ipvsadm_restore() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
+    let before_reps: usize = std::env::var("SHOAL_BENCH_BEFORE_REPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let settle_s: u64 = std::env::var("SHOAL_BENCH_SETTLE_S")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(130);
     let share = Share::new(env!("CARGO_TARGET_TMPDIR"), "bench").expect("share dir");
     // Timings are of an optimized build, as a node would run.
     let lab = shoal_vmlab::build(
@@ -573,10 +697,17 @@ fn bench_program_vs_ipvsadm_restore() {
     )
     .unwrap_or_else(|e| panic!("{e}"));
     share.add_bin(&lab[0], "ipvs-lab").expect("copy ipvs-lab");
+    if let Ok(before) = std::env::var("SHOAL_BENCH_BEFORE") {
+        share
+            .add_bin(std::path::Path::new(&before), "ipvs-lab-before")
+            .expect("copy the before build");
+    }
     share
         .write(
             "bench.env",
-            &format!("N={n}\nM={m}\nREPS={reps}\nSCHED={sched}\n"),
+            &format!(
+                "N={n}\nM={m}\nREPS={reps}\nSCHED={sched}\nBEFORE_REPS={before_reps}\nSETTLE_S={settle_s}\n"
+            ),
         )
         .expect("env");
     let mut b = Boot::new("bench.sh", 3000);
@@ -591,11 +722,6 @@ fn bench_program_vs_ipvsadm_restore() {
     );
     let v: Value = serde_json::from_str(&out("bench.json")).expect("bench JSON");
     let runs = v["runs"].as_array().expect("runs").clone();
-    let col = |k: &str| -> Vec<f64> {
-        runs.iter()
-            .map(|r| r[k].as_f64().unwrap_or(f64::NAN))
-            .collect()
-    };
     for r in &runs {
         assert_eq!(r["shoal_loaded_services"], n);
         assert_eq!(r["ipvsadm_loaded_services"], n);
@@ -605,33 +731,34 @@ fn bench_program_vs_ipvsadm_restore() {
             "a one-destination change must be one op"
         );
         assert_eq!(r["shoal_change_messages"], 1);
+        assert_eq!(r["shoal_drift_check_ops"], 0, "the kept view was exact");
     }
-    let summary: Vec<String> = [
-        "shoal_load_ms",
-        "ipvsadm_load_ms",
-        "shoal_change_ms",
-        "shoal_remove_ms",
-        "ipvsadm_remove_ms",
-    ]
-    .iter()
-    .map(|k| {
-        format!(
-            "{k}: median {:.0} p99 {:.0}",
-            percentile(col(k), 0.5),
-            percentile(col(k), 0.99)
-        )
-    })
-    .collect();
-    let ratio: Vec<f64> = col("shoal_load_ms")
+    let ratio: Vec<f64> = column(&runs, "shoal_load_ms")
         .iter()
-        .zip(col("ipvsadm_load_ms"))
+        .zip(column(&runs, "ipvsadm_load_ms"))
         .map(|(s, i)| s / i)
         .collect();
     println!(
         "bench {n} services x {m} destinations, {reps} reps:\n  {}\n  load ratio shoal/ipvsadm: median {:.2} p99 {:.2}\n  raw: {}",
-        summary.join("\n  "),
+        summary(&runs, &BENCH_KEYS),
         percentile(ratio.clone(), 0.5),
         percentile(ratio, 0.99),
         share.out_path("bench.json").display()
     );
+    if std::env::var("SHOAL_BENCH_BEFORE").is_ok() {
+        assert_eq!(
+            out("bench-before.rc").trim(),
+            "0",
+            "before bench failed: {}",
+            out("bench-before.err")
+        );
+        let b: Value = serde_json::from_str(&out("bench-before.json")).expect("before JSON");
+        let runs = b["runs"].as_array().expect("runs").clone();
+        println!(
+            "before (same boot), {} reps:\n  {}\n  raw: {}",
+            runs.len(),
+            summary(&runs, &BENCH_KEYS),
+            share.out_path("bench-before.json").display()
+        );
+    }
 }

@@ -1,7 +1,9 @@
 //! The reconcile loop: bring this node's dataplane to the head, then report it applied.
 //!
 //! Runs on a new head, on a health verdict change, on the drain deadline the planner asks for,
-//! and every resync interval (which repairs drift: entries changed behind Shoal's back).
+//! and every resync interval (which repairs drift: entries changed behind Shoal's back). Only a
+//! pass at least one resync interval after the last full read (or after an error) reads the
+//! whole table back; the others plan against the reconciler's view of the kernel.
 //! The dataplane is synchronous (netlink), so each pass runs on the blocking pool.
 
 use crate::desired::{desired_state, source_filters};
@@ -47,6 +49,12 @@ impl SharedProgrammer {
 
     pub fn kind(&self) -> &'static str {
         self.lock().dataplane.kind()
+    }
+
+    /// How often a pass reads the whole table back (and repairs drift); passes in between plan
+    /// against the reconciler's view of the kernel.
+    pub fn set_drift_check(&self, every: Duration) {
+        self.lock().reconciler.set_drift_check(every);
     }
 
     /// Reads back what the dataplane holds (blocking: call from the blocking pool).
@@ -186,6 +194,9 @@ pub async fn run(
     status: ReconcileStatus,
     cancel: CancellationToken,
 ) {
+    // A resync pass reads the whole table back; head and health changes in between are planned
+    // against the kept view, so their cost follows the change, not the table.
+    programmer.set_drift_check(settings.resync_interval);
     let mut heads = mesh.subscribe();
     let mut next_pass = tokio::time::Instant::now();
     let mut applied: Option<Version> = None;
@@ -308,6 +319,7 @@ fn op_name(op: &Op) -> &'static str {
         Op::AddService(_) => "add_service",
         Op::UpdateService(_) => "update_service",
         Op::DelService(_) => "del_service",
+        Op::Flush => "flush",
         Op::AddDest(..) => "add_dest",
         Op::UpdateDest(..) => "update_dest",
         Op::DelDest(..) => "del_dest",

@@ -206,6 +206,7 @@ impl IpvsDataplane {
             Op::AddService(s) => wire::new_service(s)?,
             Op::UpdateService(s) => wire::set_service(s)?,
             Op::DelService(k) => wire::del_service(k)?,
+            Op::Flush => wire::flush(),
             Op::AddDest(k, d) => wire::new_dest(k, d)?,
             Op::UpdateDest(k, d) => wire::set_dest(k, d)?,
             Op::DelDest(k, a, p) => wire::del_dest(k, *a, *p)?,
@@ -303,6 +304,14 @@ impl Dataplane for IpvsDataplane {
             services: out,
             vips,
         })
+    }
+
+    fn service_keys(&mut self) -> Result<Vec<ServiceKey>, DataplaneError> {
+        Ok(self
+            .dump_services()?
+            .into_iter()
+            .map(|(s, _)| s.key)
+            .collect())
     }
 
     fn apply(&mut self, op: &Op) -> Result<(), DataplaneError> {

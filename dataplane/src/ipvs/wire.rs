@@ -27,6 +27,7 @@ pub const CMD_NEW_DEST: u8 = 5;
 pub const CMD_SET_DEST: u8 = 6;
 pub const CMD_DEL_DEST: u8 = 7;
 pub const CMD_GET_DEST: u8 = 8;
+pub const CMD_FLUSH: u8 = 17;
 
 pub const CMD_ATTR_SERVICE: u16 = 1;
 pub const CMD_ATTR_DEST: u16 = 2;
@@ -331,6 +332,15 @@ pub fn del_service(key: &ServiceKey) -> Result<Request, DataplaneError> {
         attrs: vec![nested(CMD_ATTR_SERVICE, key_attrs(key))?],
         dump: false,
     })
+}
+
+/// Delete every service (and its destinations): `ipvsadm -C`.
+pub fn flush() -> Request {
+    Request {
+        cmd: CMD_FLUSH,
+        attrs: Vec::new(),
+        dump: false,
+    }
 }
 
 pub fn new_dest(key: &ServiceKey, d: &Destination) -> Result<Request, DataplaneError> {

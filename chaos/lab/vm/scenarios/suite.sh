@@ -46,6 +46,23 @@ ipvsadm -Sn > out/d_ipvsadm.txt
 step drain_apply ipvs-lab apply t_drain.json --drain-ms 1500 --settle
 ipvsadm -Sn > out/drain_ipvsadm.txt
 
+# (g) the drift check: a reconciler that keeps the kernel's state in memory sends nothing for
+# drift it cannot see, and repairs it at its next full read (every 3 s here).
+ipvs-lab watch t_drain.json --stop-file out/g_stop --drift-check-ms 3000 --interval-ms 200 --timeout-ms 240000 > out/g_watch.out 2> out/g_watch.err &
+g_pid=$!
+for i in $(seq 1 600); do grep -q '"ready"' out/g_watch.out 2>/dev/null && break; sleep 0.2; done
+ipvsadm -Sn | sort > out/g_before.txt
+ipvsadm -e -t 203.0.113.10:80 -r 198.18.0.11:80 -i -w 9
+ipvsadm -D -t 203.0.113.20:8080
+ipvsadm -A -t 203.0.113.10:9999 -s rr
+ipvsadm -Sn | sort > out/g_drifted.txt
+echo "drifted at $(wc -l < out/g_watch.out) passes" > out/g_marks.txt
+for i in $(seq 1 600); do ipvsadm -Sn | sort | cmp -s - out/g_before.txt && break; sleep 0.2; done
+sleep 1
+touch out/g_stop
+wait $g_pid; echo $? > out/g_watch.rc
+ipvsadm -Sn | sort > out/g_ipvsadm.txt
+
 # (e) remove everything Shoal owns: the foreign service stays as it was.
 step e_apply ipvs-lab apply t_empty.json
 ipvsadm -Sn > out/e_ipvsadm.txt

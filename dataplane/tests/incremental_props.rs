@@ -1,0 +1,293 @@
+//! Property tests of the incremental reconcile against the in-memory twin: the view kept
+//! between full reads always equals the kernel, no desired update is lost, drift made behind
+//! Shoal's back is repaired by the drift check (and not before), an error makes the next pass
+//! read everything, and a flush never removes a foreign service.
+
+mod common;
+
+use common::{case, foreign_vip, service, shoal_vip};
+use proptest::prelude::*;
+use shoal_dataplane::model::*;
+use shoal_dataplane::plan::normalize;
+use shoal_dataplane::{plan, reconcile, Dataplane, Desired, MemoryDataplane, Op, Reconciler, View};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+const DRIFT_CHECK: Duration = Duration::from_secs(60);
+
+fn table() -> impl Strategy<Value = Desired> {
+    proptest::collection::vec(service(false), 0..5).prop_map(|v| Desired {
+        services: common::by_key(v).into_values().collect(),
+    })
+}
+
+/// What the twin holds, as a view, read without counting as a full read.
+fn kernel(dp: &MemoryDataplane) -> View {
+    View {
+        services: dp
+            .services()
+            .into_iter()
+            .map(|s| (s.key.clone(), normalize(&s)))
+            .collect(),
+        vips: dp.vips(),
+    }
+}
+
+/// Every desired service is in the kernel exactly, the VIPs are the desired ones, and every
+/// foreign service is as it was.
+fn holds(
+    dp: &MemoryDataplane,
+    desired: &Desired,
+    foreign: &BTreeMap<ServiceKey, Service>,
+) -> Result<(), TestCaseError> {
+    let k = kernel(dp);
+    for (key, s) in desired.normalized() {
+        prop_assert_eq!(
+            k.services.get(&key),
+            Some(&s),
+            "desired {} not in place",
+            key
+        );
+    }
+    for (key, s) in foreign {
+        prop_assert_eq!(k.services.get(key), Some(s), "foreign {} touched", key);
+    }
+    prop_assert_eq!(k.vips, desired.vips());
+    Ok(())
+}
+
+/// Drift an operator could make with ipvsadm or ip.
+#[derive(Debug, Clone)]
+enum Drift {
+    RemoveService(usize),
+    AddManagedService(Service),
+    ChangeWeight(usize, u32),
+    RemoveVip(usize),
+}
+
+fn drift() -> impl Strategy<Value = Drift> {
+    prop_oneof![
+        (0usize..8).prop_map(Drift::RemoveService),
+        service(false).prop_map(Drift::AddManagedService),
+        (0usize..8, 5u32..9).prop_map(|(i, w)| Drift::ChangeWeight(i, w)),
+        (0usize..3).prop_map(Drift::RemoveVip),
+    ]
+}
+
+/// Make `d` in the twin to Shoal's entries (foreign ones are not Shoal's to repair); false
+/// when it changed nothing (nothing to pick, or already so).
+fn make_drift(dp: &MemoryDataplane, d: &Drift, foreign: &BTreeMap<ServiceKey, Service>) -> bool {
+    let services: Vec<Service> = dp
+        .services()
+        .into_iter()
+        .filter(|s| !foreign.contains_key(&s.key))
+        .collect();
+    match d {
+        Drift::RemoveService(i) => match services.get(i % services.len().max(1)) {
+            Some(s) => dp.remove_service(&s.key),
+            None => false,
+        },
+        Drift::AddManagedService(s) => {
+            if dp.services().iter().any(|h| h.key == s.key) {
+                return false;
+            }
+            dp.insert_service(s.clone());
+            true
+        }
+        Drift::ChangeWeight(i, w) => {
+            let Some(s) = services.get(i % services.len().max(1)) else {
+                return false;
+            };
+            let mut s = s.clone();
+            let Some(d) = s.destinations.first_mut() else {
+                return false;
+            };
+            d.weight = *w;
+            dp.insert_service(s);
+            true
+        }
+        Drift::RemoveVip(i) => {
+            let vips: Vec<_> = dp.vips().into_iter().collect();
+            match vips.get(i % vips.len().max(1)) {
+                Some(v) => {
+                    dp.set_vip(*v, false);
+                    true
+                }
+                None => false,
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// A run of desired tables, each applied by one pass planned on the kept view: after every
+    /// pass the view is exactly the kernel, the kernel holds the table, and only the first pass
+    /// read the kernel whole.
+    #[test]
+    fn kept_view_follows_the_kernel_and_no_update_is_lost(
+        c in case(),
+        tables in proptest::collection::vec(table(), 1..6),
+    ) {
+        let mut dp = c.start.clone();
+        let mut rec = Reconciler::new(Duration::ZERO).with_drift_check(DRIFT_CHECK);
+        let t0 = Instant::now();
+        for (i, desired) in tables.iter().enumerate() {
+            let r = reconcile(&mut dp, &mut rec, desired, t0 + Duration::from_secs(i as u64))
+                .unwrap_or_else(|e| panic!("pass {i}: {e}"));
+            prop_assert_eq!(r.full_read, i == 0);
+            prop_assert_eq!(rec.view(), Some(&kernel(&dp)), "view differs from the kernel after pass {}", i);
+            holds(&dp, desired, &c.foreign)?;
+        }
+        prop_assert_eq!(dp.reads(), 1);
+        // Converged: a full read finds nothing to do.
+        let last = tables.last().expect("at least one table");
+        prop_assert_eq!(plan(last, &dp.read().unwrap()), Vec::<Op>::new());
+    }
+
+    /// Drift made behind Shoal's back: a pass before the drift check trusts the view and sends
+    /// nothing (or fails, which drops the view); the pass at the drift check reads everything
+    /// and repairs it.
+    #[test]
+    fn drift_is_repaired_by_the_drift_check(
+        c in case(),
+        desired in table(),
+        drifts in proptest::collection::vec(drift(), 1..4),
+    ) {
+        let mut dp = c.start.clone();
+        let mut rec = Reconciler::new(Duration::ZERO).with_drift_check(DRIFT_CHECK);
+        let t0 = Instant::now();
+        reconcile(&mut dp, &mut rec, &desired, t0).unwrap();
+        let mut changed = false;
+        for d in &drifts {
+            changed |= make_drift(&dp, d, &c.foreign);
+        }
+        let reads = dp.reads();
+        let early = reconcile(&mut dp, &mut rec, &desired, t0 + Duration::from_secs(1)).unwrap();
+        prop_assert!(!early.full_read);
+        prop_assert_eq!(early.ops, vec![], "the view was converged, so nothing to send");
+        prop_assert_eq!(dp.reads(), reads);
+        let check = reconcile(&mut dp, &mut rec, &desired, t0 + DRIFT_CHECK).unwrap();
+        prop_assert!(check.full_read);
+        if !changed {
+            prop_assert_eq!(check.ops, vec![]);
+        }
+        holds(&dp, &desired, &c.foreign)?;
+        prop_assert_eq!(plan(&desired, &dp.read().unwrap()), Vec::<Op>::new());
+        prop_assert_eq!(rec.view(), Some(&kernel(&dp)));
+    }
+
+    /// A refused op drops the view; the next pass reads the kernel and finishes the job.
+    #[test]
+    fn an_error_makes_the_next_pass_read_everything(
+        c in case(),
+        first in table(),
+        second in table(),
+    ) {
+        let mut dp = c.start.clone();
+        let mut rec = Reconciler::new(Duration::ZERO).with_drift_check(DRIFT_CHECK);
+        let t0 = Instant::now();
+        reconcile(&mut dp, &mut rec, &first, t0).unwrap();
+        dp.fail_next(5);
+        let t1 = t0 + Duration::from_secs(1);
+        let failed = match reconcile(&mut dp, &mut rec, &second, t1) {
+            Err(_) => {
+                prop_assert!(rec.view().is_none());
+                true
+            }
+            // Nothing to send, so nothing failed.
+            Ok(r) => {
+                prop_assert_eq!(r.ops, vec![]);
+                false
+            }
+        };
+        let again = reconcile(&mut dp, &mut rec, &second, t1).unwrap();
+        prop_assert_eq!(again.full_read, failed);
+        prop_assert_eq!(dp.reads(), 1 + u64::from(failed));
+        holds(&dp, &second, &c.foreign)?;
+        prop_assert_eq!(rec.view(), Some(&kernel(&dp)));
+    }
+
+    /// Removing everything: one flush when every service is Shoal's; a foreign service that
+    /// appeared after the last full read is seen before the flush and survives.
+    #[test]
+    fn a_flush_never_removes_a_foreign_service(
+        desired in table(),
+        late_foreign in proptest::option::of(service(true)),
+    ) {
+        let mut dp = MemoryDataplane::new();
+        let mut rec = Reconciler::new(Duration::ZERO).with_drift_check(DRIFT_CHECK);
+        let t0 = Instant::now();
+        reconcile(&mut dp, &mut rec, &desired, t0).unwrap();
+        if let Some(f) = &late_foreign {
+            dp.insert_service(f.clone());
+        }
+        let r = reconcile(&mut dp, &mut rec, &Desired::default(), t0 + Duration::from_secs(1)).unwrap();
+        let flushed = r.ops.contains(&Op::Flush);
+        let n = desired.normalized().len();
+        prop_assert_eq!(flushed, late_foreign.is_none() && n >= 2, "{:?}", r.ops);
+        prop_assert_eq!(r.full_read, late_foreign.is_some() && n >= 2);
+        let left: Vec<Service> = dp.services();
+        let want: Vec<Service> = late_foreign.iter().cloned().collect();
+        prop_assert_eq!(left, want);
+        prop_assert!(dp.vips().is_empty());
+        // The view knows the late service only if this pass read the table.
+        if late_foreign.is_none() || r.full_read {
+            prop_assert_eq!(rec.view(), Some(&kernel(&dp)));
+        }
+    }
+}
+
+/// The shape of the goal: at many services, a one-destination change is one op and no read.
+#[test]
+fn a_one_destination_change_reads_nothing_back() {
+    let table = |w: u32| Desired {
+        services: (0..300u16)
+            .map(|i| Service {
+                key: ServiceKey::Addr {
+                    addr: shoal_vip((i / 100) as u8),
+                    port: 1000 + i % 100,
+                    protocol: Protocol::Tcp,
+                },
+                scheduler: "mh".into(),
+                flags: SchedFlags::default(),
+                persistence_timeout_s: 0,
+                destinations: (0..10u8)
+                    .map(|d| Destination {
+                        addr: std::net::IpAddr::from([198, 18, 0, 10 + d]),
+                        port: 80,
+                        forwarding: Forwarding::Tunnel(Tunnel::Ipip),
+                        weight: if i == 150 && d == 5 { w } else { 1 },
+                        upper_threshold: 0,
+                        lower_threshold: 0,
+                    })
+                    .collect(),
+            })
+            .collect(),
+    };
+    let mut dp = MemoryDataplane::with_foreign(vec![Service {
+        key: ServiceKey::Addr {
+            addr: foreign_vip(0),
+            port: 80,
+            protocol: Protocol::Tcp,
+        },
+        scheduler: "rr".into(),
+        flags: SchedFlags::default(),
+        persistence_timeout_s: 0,
+        destinations: vec![],
+    }]);
+    let mut rec = Reconciler::new(Duration::ZERO);
+    let t0 = Instant::now();
+    let load = reconcile(&mut dp, &mut rec, &table(1), t0).unwrap();
+    assert!(load.full_read);
+    assert_eq!(load.ops.len(), 3 + 300 + 3000);
+    let change = reconcile(&mut dp, &mut rec, &table(2), t0).unwrap();
+    assert!(!change.full_read);
+    assert!(matches!(&change.ops[..], [Op::UpdateDest(_, d)] if d.weight == 2));
+    assert_eq!(dp.reads(), 1);
+    // With a foreign service present, removal is one delete per service, never a flush.
+    let remove = reconcile(&mut dp, &mut rec, &Desired::default(), t0).unwrap();
+    assert!(!remove.ops.contains(&Op::Flush));
+    assert_eq!(dp.services().len(), 1);
+}
