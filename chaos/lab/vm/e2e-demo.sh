@@ -53,7 +53,7 @@ show() {
       sed -n "$((seen_live + 1)),${n}p" "$SHARE/out/live.log" | while IFS='|' read -r ms reps mesh hops flows; do
         printf '%s  replicas (process/BGP):%s | %s\n' "$(clock "${ms// /}")" "$reps" "${hops# }"
         printf '              %s\n' "${mesh# }"
-        [ -n "${flows// /}" ] && printf '              flows %s\n' "${flows# }"
+        if [ -n "${flows// /}" ]; then printf '              flows %s\n' "${flows# }"; fi
       done
     fi
     seen_live=$n
