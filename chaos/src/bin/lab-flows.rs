@@ -457,6 +457,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How often a long-lived flow retries its first connect (500 ms apart).
+const CONNECT_RETRIES: u32 = 6;
+
 async fn one_flow(id: u64, a: &RunArgs, live: &Live) -> ConnRecord {
     let mut rec = ConnRecord {
         id,
@@ -476,11 +479,21 @@ async fn one_flow(id: u64, a: &RunArgs, live: &Live) -> ConnRecord {
         rec.failed_at_ms = Some(now_ms());
         live.failed.fetch_add(1, Ordering::Relaxed);
     };
-    let (stream, backend) = match connect_greeted(a.target, Duration::from_secs(10)).await {
-        Ok(x) => x,
-        Err(e) => {
-            fail(&mut rec, Outcome::ConnectFailed, e);
-            return rec;
+    // The flows are opened once, before any fault, and only established connections are
+    // judged: a first try that finds no route (the guest starved for a second and every
+    // replica withdrew) is retried a few times, as a client would retry its SYN.
+    let mut tries = 0;
+    let (stream, backend) = loop {
+        match connect_greeted(a.target, Duration::from_secs(10)).await {
+            Ok(x) => break x,
+            Err(_) if tries < CONNECT_RETRIES => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => {
+                fail(&mut rec, Outcome::ConnectFailed, e);
+                return rec;
+            }
         }
     };
     let stream_until = Instant::now() + Duration::from_secs(a.duration_s);
