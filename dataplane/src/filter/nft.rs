@@ -167,16 +167,7 @@ impl Firewall for NftFirewall {
 
     fn replace(&mut self, rules: &[FilterRule]) -> Result<(), DataplaneError> {
         self.send_batch("replace", |c| {
-            // Adding first makes the delete succeed whether or not the table existed.
-            c.request()
-                .set_create()
-                .op_newtable_do(&family_header())
-                .encode()
-                .push_name(TABLE);
-            c.request()
-                .op_deltable_do(&family_header())
-                .encode()
-                .push_name(TABLE);
+            push_delete_table(c);
             c.request()
                 .set_create()
                 .op_newtable_do(&family_header())
@@ -214,17 +205,22 @@ impl Firewall for NftFirewall {
 
     fn remove(&mut self) -> Result<(), DataplaneError> {
         self.send_batch("remove", |c| {
-            c.request()
-                .set_create()
-                .op_newtable_do(&family_header())
-                .encode()
-                .push_name(TABLE);
-            c.request()
-                .op_deltable_do(&family_header())
-                .encode()
-                .push_name(TABLE);
+            push_delete_table(c);
         })
     }
+}
+
+/// Deletes Shoal's table whether or not it exists: adding it first makes the delete succeed.
+fn push_delete_table(c: &mut nftables::Chained<'static>) {
+    c.request()
+        .set_create()
+        .op_newtable_do(&family_header())
+        .encode()
+        .push_name(TABLE);
+    c.request()
+        .op_deltable_do(&family_header())
+        .encode()
+        .push_name(TABLE);
 }
 
 fn family_header() -> Nfgenmsg {
