@@ -1,6 +1,6 @@
 //! Long-lived flows for the VM lab (`lab-flows`): the byte sequence each connection sends and
 //! expects back, the stall tracker, and the report of a run. Pure: bytes, offsets and times in
-//! milliseconds come in as arguments; the binary in src/bin/lab-flows.rs does the sockets.
+//! milliseconds come in as arguments; the binary in src/bin/lab-flows/ does the sockets.
 
 use crate::stats::{summarize, Summary};
 use serde::{Deserialize, Serialize};

@@ -1,0 +1,145 @@
+//! Writing certificate folders: a new cluster (CA and nodes, `shoal certs init`) and node
+//! certificates issued from an existing CA (`shoal certs issue`), keys written 0600.
+
+use super::{create_ca_with, issue_node_cert_with, parse_certs, ClusterCa, Validity};
+use crate::error::CertError;
+use std::path::{Path, PathBuf};
+
+/// Writes a file readable by everyone (certificates).
+fn write_public(path: &Path, text: &str) -> Result<(), CertError> {
+    write_mode(path, text, 0o644)
+}
+
+/// Writes a file readable by its owner only (private keys), also when it already existed.
+fn write_secret(path: &Path, text: &str) -> Result<(), CertError> {
+    write_mode(path, text, 0o600)
+}
+
+fn write_mode(path: &Path, text: &str, mode: u32) -> Result<(), CertError> {
+    let err = |source| CertError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|source| CertError::Write {
+            path: parent.to_path_buf(),
+            source,
+        })?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        options.mode(mode);
+        let file = options.open(path).map_err(err)?;
+        // `mode` applies only to new files: tighten an existing one too.
+        file.set_permissions(std::fs::Permissions::from_mode(mode))
+            .map_err(err)?;
+        drop(file);
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = mode;
+        options.open(path).map_err(err)?;
+    }
+    std::fs::write(path, text).map_err(err)
+}
+
+fn check_node_dir_name(node: &str) -> Result<(), CertError> {
+    let safe = !node.is_empty()
+        && node != "."
+        && node != ".."
+        && node
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if safe {
+        Ok(())
+    } else {
+        Err(CertError::BadNodeId { id: node.into() })
+    }
+}
+
+/// Writes `out/ca.pem`, `out/ca.key`, and `out/<node>/{ca.pem,node.pem,node.key}` per node, with
+/// the default validity.
+pub fn write_cluster_dir(
+    out: &Path,
+    cluster_id: &str,
+    node_ids: &[String],
+) -> Result<(), CertError> {
+    write_cluster_dir_with(out, cluster_id, node_ids, Validity::default())
+}
+
+/// [`write_cluster_dir`] with chosen validity. Refuses to replace an existing CA key in `out`
+/// (that would split the mesh between old and new certificates).
+pub fn write_cluster_dir_with(
+    out: &Path,
+    cluster_id: &str,
+    node_ids: &[String],
+    validity: Validity,
+) -> Result<(), CertError> {
+    validity.check()?;
+    for node in node_ids {
+        check_node_dir_name(node)?;
+    }
+    if out.join("ca.key").exists() {
+        return Err(CertError::Exists {
+            path: out.join("ca.key"),
+        });
+    }
+    let ca = create_ca_with(cluster_id, validity.ca_days)?;
+    write_public(&out.join("ca.pem"), ca.cert_pem())?;
+    write_secret(&out.join("ca.key"), ca.key_pem())?;
+    write_node_dirs(&ca, node_ids, out, validity.node_days, &[])
+}
+
+/// Issues node certificates from the CA in `ca_dir` into `out/<node>/`. Each node's `ca.pem`
+/// holds the issuing CA followed by every certificate in `also_trust` (a CA rotation trusts the
+/// old and the new CA together: see docs/security.md).
+pub fn issue_into(
+    ca_dir: &Path,
+    node_ids: &[String],
+    out: &Path,
+    node_days: u32,
+    also_trust: &[PathBuf],
+) -> Result<(), CertError> {
+    for node in node_ids {
+        check_node_dir_name(node)?;
+    }
+    let ca = ClusterCa::load_dir(ca_dir)?;
+    let mut extra = Vec::new();
+    for path in also_trust {
+        let pem =
+            crate::small_file::read_to_string(path, crate::small_file::SETTINGS_FILE_CAP_BYTES)
+                .map_err(|source| CertError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+        parse_certs(&pem, "trusted CA file")?;
+        extra.push(pem);
+    }
+    write_node_dirs(&ca, node_ids, out, node_days, &extra)
+}
+
+fn write_node_dirs(
+    ca: &ClusterCa,
+    node_ids: &[String],
+    out: &Path,
+    node_days: u32,
+    also_trust: &[String],
+) -> Result<(), CertError> {
+    let mut bundle = ca.cert_pem().trim_end().to_string();
+    bundle.push('\n');
+    for pem in also_trust {
+        bundle.push_str(pem.trim_end());
+        bundle.push('\n');
+    }
+    for node in node_ids {
+        let material = issue_node_cert_with(ca, node, node_days)?;
+        let dir = out.join(node);
+        write_public(&dir.join("ca.pem"), &bundle)?;
+        write_public(&dir.join("node.pem"), &material.cert_pem)?;
+        write_secret(&dir.join("node.key"), &material.key_pem)?;
+    }
+    Ok(())
+}

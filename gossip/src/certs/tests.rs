@@ -1,0 +1,181 @@
+//! Tests of certificate issuing and loading (the parent module).
+
+use super::*;
+use proptest::prelude::*;
+
+#[test]
+fn written_dir_loads_and_node_certs_chain_to_the_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    write_cluster_dir(dir.path(), "Test_Cluster", &["n1".into(), "n2".into()]).unwrap();
+    let m = TlsMaterial::load_dir(&dir.path().join("n1")).unwrap();
+    let parsed = m.parse().unwrap();
+    assert_eq!(parsed.chain.len(), 1);
+    assert_eq!(m.node_id().as_deref(), Some("n1"));
+    let ca = ClusterCa::load_dir(dir.path()).unwrap();
+    assert_eq!(ca.cluster_id_hint().as_deref(), Some("Test_Cluster"));
+    assert!(issue_node_cert(&ca, "n3").is_ok());
+    // A second init into the same folder would replace the CA: refused.
+    let err = write_cluster_dir(dir.path(), "Test_Cluster", &[]).unwrap_err();
+    assert!(matches!(err, CertError::Exists { .. }), "{err}");
+}
+
+#[cfg(unix)]
+#[test]
+fn keys_are_private_and_certs_public() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    // An existing world-readable key is tightened, not just new ones created 0600.
+    std::fs::create_dir_all(dir.path().join("n1")).unwrap();
+    std::fs::write(dir.path().join("n1/node.key"), "old").unwrap();
+    std::fs::set_permissions(
+        dir.path().join("n1/node.key"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    write_cluster_dir(dir.path(), "c", &["n1".into()]).unwrap();
+    let mode = |p: &str| {
+        std::fs::metadata(dir.path().join(p))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode("ca.key"), 0o600);
+    assert_eq!(mode("n1/node.key"), 0o600);
+    assert_eq!(mode("ca.pem"), 0o644);
+    assert_eq!(mode("n1/node.pem"), 0o644);
+}
+
+#[test]
+fn validity_defaults_and_choices() {
+    let days = |der: &[u8]| {
+        let (a, b) = validity_of(der).unwrap();
+        b.duration_since(a).unwrap().as_secs() / 86_400
+    };
+    let ca = create_ca("c").unwrap();
+    let ca_der = rustls_pemfile::certs(&mut ca.cert_pem().as_bytes())
+        .next()
+        .unwrap()
+        .unwrap();
+    // 10 years plus the one-hour back-dating.
+    assert_eq!(days(&ca_der), 3_650);
+    let m = issue_node_cert(&ca, "n1").unwrap();
+    assert_eq!(days(&m.parse().unwrap().chain[0]), 365);
+    let m = issue_node_cert_with(&ca, "n1", 7).unwrap();
+    assert_eq!(days(&m.parse().unwrap().chain[0]), 7);
+    let (from, _) = validity_of(&m.parse().unwrap().chain[0]).unwrap();
+    assert!(from < SystemTime::now());
+    assert!(matches!(
+        issue_node_cert_with(&ca, "n1", 0),
+        Err(CertError::BadValidity { .. })
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let bad = Validity {
+        ca_days: DAYS_MAX + 1,
+        node_days: 1,
+    };
+    let err = write_cluster_dir_with(dir.path(), "c", &[], bad).unwrap_err();
+    assert!(err.to_string().contains("ca_days"), "{err}");
+}
+
+#[test]
+fn expired_certificates_are_refused_at_load() {
+    let ca = create_ca("c").unwrap();
+    let mut params = CertificateParams::new(vec!["gossip.c".to_string()]).unwrap();
+    params.not_before = time::OffsetDateTime::UNIX_EPOCH;
+    params.not_after = time::OffsetDateTime::UNIX_EPOCH + time::Duration::days(1);
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &ca.issuer).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), ca.cert_pem()).unwrap();
+    std::fs::write(dir.path().join("node.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.path().join("node.key"), key.serialize_pem()).unwrap();
+    let err = TlsMaterial::load_dir(dir.path()).unwrap_err();
+    assert!(matches!(err, CertError::Expired { .. }), "{err}");
+    assert!(err.to_string().contains("node.pem"), "{err}");
+}
+
+#[test]
+fn issue_into_bundles_the_trusted_cas() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = (dir.path().join("old"), dir.path().join("new"));
+    write_cluster_dir(&old, "c", &[]).unwrap();
+    write_cluster_dir(&new, "c", &[]).unwrap();
+    let out = dir.path().join("out");
+    issue_into(&new, &["n1".into()], &out, 30, &[old.join("ca.pem")]).unwrap();
+    let m = TlsMaterial::load_dir(&out.join("n1")).unwrap();
+    assert_eq!(m.parse().unwrap().ca.len(), 2);
+    assert_eq!(m.node_id().as_deref(), Some("n1"));
+    let err = issue_into(&new, &["n1".into()], &out, 30, &[dir.path().join("nope")]).unwrap_err();
+    assert!(err.to_string().contains("nope"), "{err}");
+}
+
+#[test]
+fn bad_inputs_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = write_cluster_dir(dir.path(), "c", &["../x".into()]).unwrap_err();
+    assert!(matches!(err, CertError::BadNodeId { .. }), "{err}");
+    let err = TlsMaterial::load_dir(&dir.path().join("missing")).unwrap_err();
+    assert!(err.to_string().contains("ca.pem"), "{err}");
+    let err = ClusterCa::load("garbage", "garbage").unwrap_err();
+    assert!(err.to_string().contains("ca.key"), "{err}");
+}
+
+#[test]
+fn server_name_is_a_dns_label() {
+    assert_eq!(cluster_server_name("My Cluster!"), "gossip.my-cluster");
+    assert_eq!(cluster_server_name("__"), "gossip.x");
+}
+
+#[test]
+fn node_uri_examples() {
+    assert_eq!(node_uri("shoal-0"), "urn:shoal:node:shoal-0");
+    assert_eq!(node_uri("a/b c"), "urn:shoal:node:a%2Fb%20c");
+    assert_eq!(
+        node_id_from_uri("urn:shoal:node:a%2Fb").as_deref(),
+        Some("a/b")
+    );
+    assert_eq!(node_id_from_uri("urn:shoal:node:"), None);
+    assert_eq!(node_id_from_uri("urn:shoal:node:a%2"), None);
+    assert_eq!(node_id_from_uri("urn:shoal:node:a b"), None);
+    assert_eq!(node_id_from_uri("spiffe://x/n1"), None);
+}
+
+#[test]
+fn certificates_without_or_with_two_ids_name_none() {
+    let ca = create_ca("c").unwrap();
+    let plain = |sans: Vec<SanType>| {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.subject_alt_names = sans;
+        let key = KeyPair::generate().unwrap();
+        params.signed_by(&key, &ca.issuer).unwrap().der().to_vec()
+    };
+    let uri = |s: &str| SanType::URI(rcgen::string::Ia5String::try_from(s.to_string()).unwrap());
+    assert_eq!(cert_node_id(&plain(vec![])), None);
+    assert_eq!(
+        cert_node_id(&plain(vec![uri("urn:shoal:node:n1")])).as_deref(),
+        Some("n1")
+    );
+    assert_eq!(
+        cert_node_id(&plain(vec![
+            uri("urn:shoal:node:n1"),
+            uri("urn:shoal:node:n2")
+        ])),
+        None
+    );
+    assert_eq!(cert_node_id(b"garbage"), None);
+}
+
+proptest! {
+    #[test]
+    fn node_uris_round_trip(id in "\\PC{1,40}") {
+        let uri = node_uri(&id);
+        prop_assert!(uri.is_ascii());
+        prop_assert_eq!(node_id_from_uri(&uri), Some(id));
+    }
+
+    #[test]
+    fn uri_garbage_never_panics(s in ".{0,80}") {
+        let _ = node_id_from_uri(&format!("{NODE_URI_PREFIX}{s}"));
+    }
+}

@@ -1,0 +1,237 @@
+//! The announce loop: every step (and at once on a new head, new health verdicts or the
+//! draining flag) it reads this node's readiness from the mesh, decides ([`super::decide`]),
+//! brings the kernel side to the decision, beats the watchdog and gossips its report.
+
+use super::*;
+
+pub(super) struct Loop {
+    pub(super) mode: Mode,
+    pub(super) withdraw_when_no_backends: bool,
+    pub(super) interface: Option<String>,
+    pub(super) mesh: Mesh<RuleTable>,
+    pub(super) reconcile: ReconcileStatus,
+    pub(super) metrics: metrics::AnnounceMetrics,
+    pub(super) handle: AnnounceHandle,
+    pub(super) target: Target,
+    pub(super) sessions: Arc<Mutex<Vec<birdctl::Session>>>,
+    pub(super) guard: tokio::process::Child,
+    pub(super) withdrawn: watch::Sender<bool>,
+}
+
+impl Loop {
+    pub(super) async fn run(
+        mut self,
+        mut verdicts: watch::Receiver<Arc<Verdicts>>,
+        mut draining: watch::Receiver<bool>,
+        cancel: CancellationToken,
+    ) {
+        let mut heads = self.mesh.subscribe();
+        let mut tick = tokio::time::interval(STEP);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_step = Instant::now();
+        let mut hold_until: Option<Instant> = None;
+        let mut current: BTreeSet<IpAddr> = BTreeSet::new();
+        let mut gossiped = String::new();
+        let mut ready_before = false;
+        let mut lagging_since: Option<Instant> = None;
+        let mut last_repair: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tick.tick() => {}
+                r = heads.changed() => if r.is_err() { break },
+                r = verdicts.changed() => if r.is_err() { break },
+                r = draining.changed() => if r.is_err() { break },
+            }
+            let now = Instant::now();
+            if now.duration_since(last_step) > STALL {
+                tracing::warn!(
+                    late_ms = now.duration_since(last_step).as_millis() as u64,
+                    "announce loop stalled; holding announcements back until the mesh re-checks"
+                );
+                hold_until = Some(now + STALL_HOLD);
+            }
+            last_step = now;
+            let stalled = hold_until.is_some_and(|t| now < t);
+            let head = self.mesh.current();
+            let applied = self.reconcile.get().applied;
+            let applied_is_head = match (&head, &applied) {
+                (Some(h), Some(a)) => VersionRef::from(&h.version) == *a,
+                _ => false,
+            };
+            let lag_start = *lagging_since.get_or_insert(now);
+            if applied_is_head {
+                lagging_since = None;
+            }
+            let facts = NodeFacts {
+                draining: *draining.borrow_and_update(),
+                stalled,
+                has_head: head.is_some(),
+                mesh_caught_up: self.mesh.role() != Role::CatchingUp,
+                applied_is_head: decide::follows_head(
+                    applied_is_head,
+                    ready_before,
+                    now.duration_since(lag_start),
+                    APPLY_GRACE,
+                ),
+            };
+            let readiness = decide::readiness(facts);
+            // Grace is only for a node that stays ready: any other reason resets it.
+            ready_before = readiness == Readiness::Ready;
+            let vips = match &head {
+                Some(h) => decide::vip_health(&h.doc, &verdicts.borrow_and_update()),
+                None => BTreeMap::new(),
+            };
+            let candidates = self.l2_candidates(readiness);
+            let states = decide::decide(&Inputs {
+                mode: self.mode,
+                me: &self.mesh.node_id().to_string(),
+                readiness,
+                vips: &vips,
+                withdraw_when_no_backends: self.withdraw_when_no_backends,
+                l2_candidates: &candidates,
+            });
+            let want = decide::announced(&states);
+            // The kernel is read back and repaired when the decision changes, and every
+            // REPAIR_INTERVAL otherwise (routes or addresses removed behind Shoal's back).
+            let due = want != current
+                || last_repair.is_none_or(|t| now.duration_since(t) >= REPAIR_INTERVAL);
+            let applied = if due {
+                self.apply(&want, &vips).await
+            } else {
+                Ok(())
+            };
+            match applied {
+                Ok(()) => {
+                    if due {
+                        last_repair = Some(now);
+                    }
+                    let changes = current.symmetric_difference(&want).count();
+                    if changes > 0 {
+                        tracing::info!(announced = ?want, ?readiness, "announcements changed");
+                        self.metrics.changes.inc_by(changes as u64);
+                    }
+                    current = want;
+                    self.metrics.vips.set(current.len() as i64);
+                    if facts.draining && current.is_empty() {
+                        self.withdrawn.send_replace(true);
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "cannot change announcements; retrying"),
+            }
+            self.beat(&current).await;
+            let report = self.report(readiness, &states);
+            if let Ok(json) = serde_json::to_string(&report) {
+                if json != gossiped {
+                    self.mesh.set_app_key(REPORT_KEY, &json);
+                    gossiped = json;
+                }
+            }
+            self.handle.set(report);
+        }
+        // Shutdown: withdraw what is left; closing the watchdog's stdin makes it check too.
+        let _ = self.apply(&BTreeSet::new(), &BTreeMap::new()).await;
+        self.metrics.vips.set(0);
+        drop(self.guard.stdin.take());
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.guard.wait()).await;
+    }
+
+    /// L2: the members ready to own VIPs, by their gossiped reports (this node by its own
+    /// readiness now).
+    fn l2_candidates(&self, readiness: Readiness) -> Vec<String> {
+        if self.mode != Mode::L2 {
+            return vec![];
+        }
+        let me = self.mesh.node_id().to_string();
+        let mut out: Vec<String> = self
+            .mesh
+            .app_keys(REPORT_KEY)
+            .into_iter()
+            .filter(|(id, k, _)| k == REPORT_KEY && id.to_string() != me)
+            .filter_map(|(id, _, v)| {
+                let r: Report = serde_json::from_str(&v).ok()?;
+                (r.mode == Mode::L2 && r.readiness == Readiness::Ready).then(|| id.to_string())
+            })
+            .collect();
+        if readiness == Readiness::Ready {
+            out.push(me);
+        }
+        out
+    }
+
+    async fn apply(
+        &mut self,
+        want: &BTreeSet<IpAddr>,
+        vips: &BTreeMap<IpAddr, bool>,
+    ) -> anyhow::Result<()> {
+        match &self.target {
+            Target::Bgp { routes, .. } => {
+                let routes = routes.clone();
+                let want = want.clone();
+                tokio::task::spawn_blocking(move || {
+                    routes.lock().unwrap_or_else(|p| p.into_inner()).sync(&want)
+                })
+                .await??;
+            }
+            Target::L2 { iface } => {
+                let iface = iface.clone();
+                let want = want.clone();
+                // Only VIPs of the table (or held before) are touched: other addresses of the
+                // interface are not Shoal's.
+                let mut scope: BTreeSet<IpAddr> = vips.keys().copied().collect();
+                scope.extend(self.handle.get().iter().flat_map(|r| r.announced.clone()));
+                tokio::task::spawn_blocking(move || {
+                    let mut i = iface.lock().unwrap_or_else(|p| p.into_inner());
+                    let have = i.held(&scope)?;
+                    for ip in have.difference(&want) {
+                        i.set(*ip, false)?;
+                    }
+                    for ip in want.difference(&have) {
+                        i.set(*ip, true)?;
+                        i.advertise(*ip);
+                    }
+                    Ok::<_, l2::L2Error>(())
+                })
+                .await??;
+            }
+        }
+        Ok(())
+    }
+
+    async fn beat(&mut self, current: &BTreeSet<IpAddr>) {
+        let line = match self.mode {
+            Mode::L2 => guard::line(current),
+            Mode::Bgp => "beat\n".to_string(),
+        };
+        if let Some(stdin) = self.guard.stdin.as_mut() {
+            let sent = tokio::time::timeout(STEP, stdin.write_all(line.as_bytes())).await;
+            if !matches!(sent, Ok(Ok(()))) {
+                tracing::error!("the announce watchdog does not read its beats");
+            }
+        }
+    }
+
+    fn report(&self, readiness: Readiness, states: &BTreeMap<IpAddr, VipState>) -> Report {
+        let mut r = Report::new(self.mode, self.interface.clone());
+        r.readiness = readiness;
+        for (ip, s) in states {
+            match s {
+                VipState::Announced => r.announced.push(*ip),
+                VipState::Withheld(w) => {
+                    r.withheld.insert(*ip, w.to_string());
+                }
+                VipState::OwnedBy(o) => {
+                    r.owned_elsewhere.insert(*ip, o.clone());
+                }
+            }
+        }
+        if matches!(self.target, Target::Bgp { .. }) {
+            r.bgp = self
+                .sessions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+        }
+        r
+    }
+}

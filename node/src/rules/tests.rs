@@ -1,0 +1,261 @@
+//! Tests of the rules file parser (the parent module).
+
+use super::*;
+
+#[test]
+fn example_parses() {
+    let table = parse(EXAMPLE).unwrap();
+    assert!(table.services.len() >= 2);
+    let web = table.services.iter().find(|s| s.name == "web").unwrap();
+    assert_eq!(web.scheduler, "mh");
+    assert!(web.flags.mh_port);
+    assert_eq!(web.forwarding, Forwarding::Tunnel(Tunnel::Ipip));
+}
+
+#[test]
+fn defaults_are_mh_port_and_tunnel() {
+    let t = parse("[[service]]\nname='a'\nvip='203.0.113.1'\nport=80\n[[service.backend]]\naddress='198.18.0.2'\n").unwrap();
+    let s = &t.services[0];
+    assert_eq!(s.protocol, Protocol::Tcp);
+    assert_eq!(s.forwarding, Forwarding::Tunnel(Tunnel::Ipip));
+    assert_eq!(s.backends[0].port, 80);
+    assert_eq!(s.backends[0].weight, 1);
+    assert!(s.flags.mh_port && s.flags.mh_fallback, "{:?}", s.flags);
+}
+
+#[test]
+fn mh_fallback_can_be_turned_off_and_check_warns_when_health_checked() {
+    let base = "[[service]]\nname='a'\nvip='203.0.113.1'\nport=80\nmh_fallback=false\n";
+    let t = parse(base).unwrap();
+    assert!(!t.services[0].flags.mh_fallback);
+    assert!(warnings(&t).is_empty(), "no health check: nothing drains");
+    let t = parse(&format!("{base}[service.health]\nkind='tcp'\n")).unwrap();
+    let w = warnings(&t);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].contains("\"a\"") && w[0].contains("mh_fallback"),
+        "{w:?}"
+    );
+    let on =
+        parse("[[service]]\nname='a'\nvip='203.0.113.1'\nport=80\n[service.health]\nkind='tcp'\n")
+            .unwrap();
+    assert!(warnings(&on).is_empty());
+}
+
+#[test]
+fn other_schedulers_get_no_mh_flags() {
+    let t = parse("[[service]]\nname='a'\nvip='203.0.113.1'\nport=80\nscheduler='rr'\n[service.health]\nkind='tcp'\n").unwrap();
+    assert!(!t.services[0].flags.mh_fallback && !t.services[0].flags.mh_port);
+    assert!(warnings(&t).is_empty());
+    let e = parse(
+        "[[service]]\nname='a'\nvip='203.0.113.1'\nport=80\nscheduler='rr'\nmh_fallback=true\n",
+    )
+    .unwrap_err();
+    assert!(e.message.contains("mh flags"), "{e}");
+}
+
+#[test]
+fn bad_address_names_line_and_field() {
+    let text = "[[service]]\nname='a'\nvip='203.0.113.1'\nport=80\n\n[[service.backend]]\naddress='198.18.0.999'\n";
+    let e = parse(text).unwrap_err();
+    assert_eq!(e.line, 7, "{e}");
+    assert!(e.to_string().contains("address"), "{e}");
+}
+
+#[test]
+fn unknown_field_is_named() {
+    let e = parse("[[service]]\nname='a'\nvip='203.0.113.1'\nport=80\nwieght=3\n").unwrap_err();
+    assert_eq!(e.line, 5, "{e}");
+    assert!(e.to_string().contains("wieght"), "{e}");
+}
+
+#[test]
+fn tunnel_backends_must_keep_the_port() {
+    let e = parse("[[service]]\nname='a'\nvip='203.0.113.1'\nport=80\n[[service.backend]]\naddress='198.18.0.2'\nport=8080\n").unwrap_err();
+    assert_eq!(e.field, "service[0].backend[0].port");
+    assert_eq!(e.line, 7, "the port's own line");
+}
+
+#[test]
+fn duplicate_names_and_endpoints_are_refused() {
+    let dup = "[[service]]\nname='a'\nvip='203.0.113.1'\nport=80\n[[service]]\nname='a'\nvip='203.0.113.2'\nport=80\n";
+    assert!(parse(dup).unwrap_err().message.contains("twice"));
+    let same = "[[service]]\nname='a'\nvip='203.0.113.1'\nport=80\n[[service]]\nname='b'\nvip='203.0.113.1'\nport=80\n";
+    let e = parse(same).unwrap_err();
+    assert_eq!(e.line, 5);
+    assert_eq!(e.field, "service[1].vip");
+}
+
+#[test]
+fn health_timeouts_are_checked() {
+    let text = "[[service]]\nname='a'\nvip='203.0.113.1'\nport=80\n[service.health]\nkind='http'\ninterval_ms=1000\ntimeout_ms=2000\n";
+    let e = parse(text).unwrap_err();
+    assert_eq!(e.field, "service[0].health.timeout_ms");
+    assert_eq!(e.line, 5);
+}
+
+#[test]
+fn output_is_canonical() {
+    let a = parse("[[service]]\nname='b'\nvip='203.0.113.1'\nport=80\n[[service]]\nname='a'\nvip='203.0.113.2'\nport=80\n").unwrap();
+    assert_eq!(a.services[0].name, "a");
+}
+
+const HEAD: &str = "[[service]]\nname='a'\nvip='203.0.113.1'\nport=80\n";
+
+/// Issue #15: `port = 0` was reported at the service's first line.
+#[test]
+fn port_zero_is_reported_at_its_own_line() {
+    let e = parse("[[service]]\nname='a'\nvip='203.0.113.1'\n\nport=0\n").unwrap_err();
+    assert_eq!((e.line, e.field.as_str()), (5, "service[0].port"), "{e}");
+    let e = parse(&format!(
+        "{HEAD}forwarding='masq'\n[[service.backend]]\naddress='198.18.0.2'\n\nport=0\n"
+    ))
+    .unwrap_err();
+    assert_eq!(
+        (e.line, e.field.as_str()),
+        (9, "service[0].backend[0].port"),
+        "{e}"
+    );
+}
+
+/// Issue #15: VIP 255.255.255.255 and other addresses no VIP can be were accepted.
+#[test]
+fn non_unicast_vips_are_refused_at_the_vip_line() {
+    for vip in [
+        "255.255.255.255",
+        "0.0.0.0",
+        "0.1.2.3",
+        "224.0.0.1",
+        "240.0.0.1",
+        "127.0.0.1",
+        "169.254.1.1",
+        "::",
+        "::1",
+        "ff02::1",
+        "fe80::1",
+        "::ffff:203.0.113.1",
+    ] {
+        let e = parse(&format!("[[service]]\nname='a'\nport=80\nvip='{vip}'\n")).unwrap_err();
+        assert_eq!(
+            (e.line, e.field.as_str()),
+            (4, "service[0].vip"),
+            "{vip}: {e}"
+        );
+        assert!(e.message.contains("not a unicast address"), "{e}");
+    }
+    for vip in ["203.0.113.1", "10.0.0.1", "2001:db8::1"] {
+        let text = format!("[[service]]\nname='a'\nport=80\nvip='{vip}'\n");
+        assert!(parse(&text).is_ok(), "{vip}");
+    }
+}
+
+/// Issue #15: backend 127.0.0.1 was accepted; a one-host lab must say so.
+#[test]
+fn loopback_backends_need_the_file_to_ask_for_them() {
+    let text = format!("{HEAD}[[service.backend]]\naddress='127.0.0.1'\n");
+    let e = parse(&text).unwrap_err();
+    assert_eq!(e.field, "service[0].backend[0].address");
+    assert!(e.message.contains("loopback_backends = true"), "{e}");
+    assert!(parse(&format!("loopback_backends = true\n{text}")).is_ok());
+    let bcast =
+        format!("loopback_backends = true\n{HEAD}[[service.backend]]\naddress='255.255.255.255'\n");
+    assert!(parse(&bcast).is_err());
+}
+
+/// Issue #15: CR/LF in a health check's host or path went into the probe's request.
+#[test]
+fn control_characters_in_health_host_and_path_are_refused() {
+    for (field, value) in [
+        ("host", "a\\r\\nX-Injected: 1"),
+        ("host", "a b"),
+        ("host", ""),
+        ("path", "/a\\r\\nX: 1"),
+        ("path", "/a b"),
+        ("path", "/\\u0000"),
+    ] {
+        let text = format!("{HEAD}[service.health]\nkind='http'\n{field}=\"{value}\"\n");
+        let e = parse(&text).unwrap_err();
+        assert_eq!(
+            e.field,
+            format!("service[0].health.{field}"),
+            "{value:?}: {e}"
+        );
+    }
+    let ok = format!("{HEAD}[service.health]\nkind='http'\nhost='example.org'\npath='/h?x=1'\n");
+    assert!(parse(&ok).is_ok());
+}
+
+#[test]
+fn health_numbers_are_bounded() {
+    for (field, value) in [
+        ("interval_ms", "9223372036854775807"),
+        ("interval_ms", "3600001"),
+        ("rise", "101"),
+        ("fall", "0"),
+    ] {
+        let text = format!("{HEAD}[service.health]\nkind='tcp'\n{field}={value}\n");
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.field, format!("service[0].health.{field}"), "{e}");
+    }
+}
+
+/// Issue #15, broken behaviour 4: an empty file parsed as a table without services.
+#[test]
+fn an_empty_table_must_be_asked_for() {
+    for empty in ["", "\n", "# nothing yet\n"] {
+        let e = parse(empty).unwrap_err();
+        assert_eq!(e.field, "service");
+        assert!(e.message.contains("no_services = true"), "{e}");
+    }
+    assert_eq!(parse("no_services = true\n").unwrap(), RuleTable::default());
+    let e = parse(&format!("no_services = true\n{HEAD}")).unwrap_err();
+    assert_eq!(e.field, "no_services");
+}
+
+#[test]
+fn source_ranges_are_checked_and_kept_sorted() {
+    let t = parse(&format!(
+        "{HEAD}source_ranges=['198.51.100.0/24', '192.0.2.7/32', '198.51.100.0/24']\n"
+    ))
+    .unwrap();
+    let got: Vec<String> = t.services[0]
+        .source_ranges
+        .iter()
+        .map(|r| r.to_string())
+        .collect();
+    assert_eq!(got, ["192.0.2.7/32", "198.51.100.0/24"]);
+    assert!(parse(HEAD).unwrap().services[0].source_ranges.is_empty());
+    for (value, says) in [
+        ("'198.51.100.7/24'", "host bits set: write 198.51.100.0/24"),
+        ("'198.51.100.7'", "CIDR"),
+        ("'2001:db8::/32'", "address family"),
+        ("'nonsense'", "CIDR"),
+    ] {
+        let text = format!("{HEAD}\nsource_ranges=['192.0.2.0/24',\n {value}]\n");
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.field, "service[0].source_ranges[1]", "{value}: {e}");
+        assert_eq!(e.line, 7, "{value}: the range's own line: {e}");
+        assert!(e.message.contains(says), "{value}: {e}");
+    }
+    let many: Vec<String> = (0..=MAX_SOURCE_RANGES)
+        .map(|k| format!("'10.{}.{}.0/24'", k / 256, k % 256))
+        .collect();
+    let e = parse(&format!("{HEAD}source_ranges=[{}]\n", many.join(","))).unwrap_err();
+    assert_eq!(e.field, "service[0].source_ranges");
+    let v6 =
+        "[[service]]\nname='a'\nvip='2001:db8::1'\nport=80\nsource_ranges=['2001:db8:1::/48']\n";
+    assert_eq!(parse(v6).unwrap().services[0].source_ranges.len(), 1);
+}
+
+#[test]
+fn line_index_counts_like_the_text() {
+    let text = "a\nbb\n\nc";
+    let idx = LineIndex::new(text);
+    for offset in 0..=text.len() {
+        assert_eq!(
+            idx.line(offset),
+            text[..offset].matches('\n').count() + 1,
+            "{offset}"
+        );
+    }
+}
