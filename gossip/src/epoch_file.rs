@@ -1,9 +1,12 @@
-//! The epoch file: the highest epoch this node id has stamped, kept across restarts.
+//! The epoch file: an epoch at or above every epoch this node id has stamped, kept across
+//! restarts.
 //!
 //! A restarted publisher that is cut off from every holder of its earlier stamps does not know
 //! the epochs it used before; without this file it could stamp one version twice with other
 //! content. With it, every stamp of a new process is above every stamp of the old one: the
-//! epoch is written (and synced) before a version with a higher epoch leaves the node.
+//! file holds an epoch at or above a version's before that version leaves the node. It is
+//! written ahead of need, in the background (a reservation, see `reservation.rs`), so that a
+//! new publisher's first stamp does not wait for a synced write.
 
 use crate::error::PublishError;
 use std::io::Write;
@@ -50,8 +53,8 @@ impl EpochFile {
         self.persisted
     }
 
-    /// Makes sure `epoch` is on disk before a version of that epoch is published: writes a
-    /// temporary file, syncs it and renames it over the old one.
+    /// Makes sure the file holds `epoch` or more: writes a temporary file, syncs it and
+    /// renames it over the old one (nothing when it already does).
     pub(crate) fn ensure(&mut self, epoch: u64) -> Result<(), PublishError> {
         if epoch <= self.persisted {
             return Ok(());

@@ -33,6 +33,7 @@ pub mod incarnation;
 mod keys;
 mod mesh;
 pub mod replica;
+pub mod reservation;
 mod security;
 pub mod small_file;
 mod transfer;

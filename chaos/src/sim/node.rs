@@ -240,8 +240,11 @@ impl SimNode {
         self.replica.handle_tick(now_ms, now_ms);
         let mut out = Vec::new();
         if let Ok(Stamp::New(version)) = self.replica.plan_stamp(content_digest) {
-            // The epoch file is written before the version leaves the node.
-            self.epoch_file = self.epoch_file.max(version.epoch);
+            // Beyond the reservation, the epoch file is written before the version leaves.
+            if let Some(target) = self.replica.epoch_write_before_stamp(version.epoch) {
+                self.epoch_file = self.epoch_file.max(target);
+                self.replica.handle_epoch_persisted(now_ms, target, true);
+            }
             let ad = HeldAd {
                 version,
                 digest: content_digest.to_string(),
@@ -251,6 +254,11 @@ impl SimNode {
             effects.stamped = Some(ad);
         }
         while let Some(action) = self.replica.poll_action() {
+            if let Action::ReserveEpoch(target) = action {
+                // A reservation lands at once (a crash loses nothing the core counted on).
+                self.epoch_file = self.epoch_file.max(target);
+                self.replica.handle_epoch_persisted(now_ms, target, true);
+            }
             if let Action::Fetch { wanted, sources } = action {
                 let mut rest: Vec<usize> = sources
                     .iter()

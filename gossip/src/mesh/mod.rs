@@ -80,13 +80,15 @@ struct Inner<D> {
     blob_tx: watch::Sender<Option<Arc<Blob>>>,
     cmd_tx: mpsc::UnboundedSender<KvOp>,
     state: Mutex<State>,
+    /// Written in the background (reservations) and, rarely, on the stamp path; its own lock,
+    /// never held while waiting for `state` (see `reservation.rs`).
+    epoch_file: Option<Arc<Mutex<EpochFile>>>,
     cancel: CancellationToken,
 }
 
 struct State {
     /// Every decision this node makes.
     replica: Replica,
-    epoch_file: Option<EpochFile>,
     applied: Option<Version>,
     app_keys: BTreeMap<String, String>,
     /// Per chitchat node: last heartbeat and when it last advanced. Keyed by chitchat's own id so
@@ -235,7 +237,6 @@ impl<D: Document> Mesh<D> {
             cmd_tx,
             state: Mutex::new(State {
                 replica,
-                epoch_file,
                 applied: None,
                 app_keys: BTreeMap::new(),
                 heartbeats: HashMap::new(),
@@ -244,6 +245,7 @@ impl<D: Document> Mesh<D> {
                 duplicates: Vec::new(),
                 duplicates_seen: 0,
             }),
+            epoch_file: epoch_file.map(|f| Arc::new(Mutex::new(f))),
             cancel: CancellationToken::new(),
         });
         lock(&inner.state)
@@ -312,8 +314,14 @@ impl<D: Document> Mesh<D> {
             Ok(Stamp::Reuse(version)) => return Ok(version),
             Ok(Stamp::New(version)) => version,
         };
-        if let Some(file) = st.epoch_file.as_mut() {
-            file.ensure(version.epoch)?;
+        // Usually covered by the reservation written in the background (`reservation.rs`);
+        // written here, under the lock, only when the cluster's epoch jumped past it.
+        if let Some(target) = st.replica.epoch_write_before_stamp(version.epoch) {
+            if let Some(file) = &self.inner.epoch_file {
+                lock(file).ensure(target)?;
+            }
+            let now_ms = self.inner.now_ms();
+            st.replica.handle_epoch_persisted(now_ms, target, true);
         }
         let ad = HeldAd {
             version: version.clone(),

@@ -65,6 +65,15 @@ impl<D: Document> Inner<D> {
                 Action::Fetch { wanted, sources } => {
                     tokio::spawn(fetch_head(self.clone(), wanted, sources));
                 }
+                Action::ReserveEpoch(target) => match &self.epoch_file {
+                    Some(file) => {
+                        tokio::spawn(reserve_epoch(self.clone(), file.clone(), target));
+                    }
+                    // Nothing persists across restarts: every epoch counts as reserved.
+                    None => st
+                        .replica
+                        .handle_epoch_persisted(self.now_ms(), target, true),
+                },
             }
         }
     }
@@ -150,7 +159,13 @@ impl<D: Document> Inner<D> {
         }
         // Members judged dead that are alive again: their connection went through the cut.
         for (id, _, was_live) in &st.fingerprint {
-            if !*was_live && id != self_id && live.contains(id) {
+            if id == self_id || *was_live == live.contains(id) {
+                continue;
+            }
+            if *was_live {
+                info!(member = %id.node_id, generation = id.generation_id, "member judged dead");
+            } else {
+                info!(member = %id.node_id, generation = id.generation_id, "member alive again");
                 self.transport.reset_connection(id.gossip_advertise_addr);
             }
         }
@@ -363,4 +378,36 @@ async fn fetch_head<D: Document>(
     let mut st = lock(&inner.state);
     let now_ms = inner.now_ms();
     st.replica.handle_fetch_done(now_ms, adopted);
+}
+
+/// Writes a reservation to the epoch file on a blocking thread, holding neither the state nor
+/// chitchat's lock, then tells the core.
+async fn reserve_epoch<D: Document>(
+    inner: Arc<Inner<D>>,
+    file: Arc<std::sync::Mutex<crate::epoch_file::EpochFile>>,
+    target: u64,
+) {
+    let started = Instant::now();
+    let written = tokio::task::spawn_blocking(move || lock(&file).ensure(target)).await;
+    let ok = match written {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            warn!(error = %e, target, "could not reserve epochs in the epoch file; trying again");
+            false
+        }
+        Err(e) => {
+            warn!(error = %e, "the epoch file writer did not finish");
+            false
+        }
+    };
+    debug!(
+        target,
+        ok,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "epoch reservation"
+    );
+    let now_ms = inner.now_ms();
+    lock(&inner.state)
+        .replica
+        .handle_epoch_persisted(now_ms, target, ok);
 }

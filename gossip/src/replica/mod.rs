@@ -29,6 +29,7 @@ use crate::head::{
     catch_up, next_stamp, should_adopt, CatchUp, HeadInfo, HeldAd, Stamp, StampState,
 };
 use crate::incarnation::Incarnation;
+use crate::reservation;
 use crate::version::{NodeId, Version};
 use crate::view::{decide_at, Decisions, Member};
 use std::collections::{BTreeMap, VecDeque};
@@ -60,6 +61,8 @@ impl From<&crate::Timing> for ReplicaTiming {
 
 /// How long to wait before retrying when every holder failed to serve the head.
 pub const FETCH_RETRY_MS: u64 = 200;
+/// How long to wait before writing a reservation again after a write failed.
+const RESERVE_RETRY_MS: u64 = 1_000;
 
 /// Who this replica is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,6 +88,9 @@ pub enum Action {
         wanted: HeldAd,
         sources: Vec<(NodeId, SocketAddr)>,
     },
+    /// Write the epoch file up to this epoch (in the background, off the stamp path), then
+    /// report with [`Replica::handle_epoch_persisted`] (see `reservation.rs`).
+    ReserveEpoch(u64),
 }
 
 /// Why a stamp was refused.
@@ -108,6 +114,11 @@ pub struct Replica {
     role: Option<RoleReason>,
     stamp: StampState,
     max_epoch_seen: u64,
+    /// The epoch file holds this (every stamp is at or below it; see `reservation.rs`).
+    reserved: u64,
+    /// A reservation on its way to disk, and when to try again after a failed one.
+    reserving: Option<u64>,
+    reserve_retry_at_ms: Option<u64>,
     held: Option<HeldAd>,
     seed_addrs: Vec<Vec<SocketAddr>>,
     /// Members as last reported (self included once a tick ran).
@@ -137,6 +148,9 @@ impl Replica {
             role: None,
             stamp: StampState::default(),
             max_epoch_seen: epoch_floor,
+            reserved: epoch_floor,
+            reserving: None,
+            reserve_retry_at_ms: None,
             held: None,
             seed_addrs: Vec::new(),
             members: Vec::new(),
@@ -282,6 +296,7 @@ impl Replica {
             .max()
             .unwrap_or(0);
         self.max_epoch_seen = self.max_epoch_seen.max(seen);
+        self.reserve_epochs(now_ms);
 
         if !self.caught_up && self.refused_by.is_none() && self.listened(now_ms) {
             let held = self.held.as_ref().map(|h| &h.version);
@@ -335,8 +350,34 @@ impl Replica {
         ))
     }
 
-    /// Commits a stamp made with [`Replica::plan_stamp`]: this node now holds it.
+    /// Before a stamp of `epoch` leaves the node: `Some(target)` when the epoch file must first
+    /// be written up to `target` (then [`Replica::handle_epoch_persisted`]); `None` when the
+    /// reservation covers it, the usual case, so a new term's first stamp does no I/O.
+    pub fn epoch_write_before_stamp(&self, epoch: u64) -> Option<u64> {
+        reservation::write_before_stamp(self.reserved, epoch)
+    }
+
+    /// The epoch file now holds `target` (`ok`), or writing it failed (tried again in 1 s).
+    pub fn handle_epoch_persisted(&mut self, now_ms: u64, target: u64, ok: bool) {
+        if self.reserving == Some(target) {
+            self.reserving = None;
+        }
+        if ok {
+            self.reserved = self.reserved.max(target);
+        } else {
+            self.reserve_retry_at_ms = Some(now_ms + RESERVE_RETRY_MS);
+        }
+    }
+
+    /// Commits a stamp made with [`Replica::plan_stamp`]: this node now holds it. The epoch
+    /// file must already cover it ([`Replica::epoch_write_before_stamp`]).
     pub fn commit_stamp(&mut self, ad: HeldAd) {
+        debug_assert!(
+            ad.version.epoch <= self.reserved,
+            "stamp {} beyond the epoch file's {}",
+            ad.version,
+            self.reserved
+        );
         self.stamp = StampState {
             epoch: Some(ad.version.epoch),
             seq: ad.version.seq,
@@ -388,6 +429,20 @@ impl Replica {
         me.held = self.held.clone();
         me.alive = true;
         me.ready = self.caught_up;
+    }
+
+    /// Asks for a reservation ahead of need (`reservation.rs`), at most one at a time.
+    fn reserve_epochs(&mut self, now_ms: u64) {
+        if self.reserve_retry_at_ms.is_some_and(|at| now_ms < at) {
+            return;
+        }
+        self.reserve_retry_at_ms = None;
+        if let Some(target) =
+            reservation::to_reserve(self.reserved, self.reserving, self.max_epoch_seen)
+        {
+            self.reserving = Some(target);
+            self.actions.push_back(Action::ReserveEpoch(target));
+        }
     }
 
     /// A loop that did not tick for `stall_reset_ms` (frozen, starved) no longer trusts its

@@ -61,8 +61,75 @@ fn member(name: &str, i: u8, alive: bool, ready: bool, held: Option<HeldAd>) -> 
     }
 }
 
+/// The actions, with epoch reservations landed at once (and left out: see the tests below).
 fn drain(r: &mut Replica) -> Vec<Action> {
-    std::iter::from_fn(|| r.poll_action()).collect()
+    let mut out = Vec::new();
+    while let Some(action) = r.poll_action() {
+        match action {
+            Action::ReserveEpoch(target) => r.handle_epoch_persisted(0, target, true),
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+fn reservations(r: &mut Replica) -> Vec<u64> {
+    std::iter::from_fn(|| r.poll_action())
+        .filter_map(|a| match a {
+            Action::ReserveEpoch(target) => Some(target),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_new_terms_first_stamp_is_covered_by_a_reservation_made_while_following() {
+    use crate::reservation::{AHEAD, LOW_WATER};
+    // An earlier life left 7 in the epoch file: the first tick reserves ahead of it.
+    let mut r = replica("n2", 2, 0, 7);
+    r.handle_members(vec![member("n1", 1, true, true, Some(ad(8, 3, "n1")))]);
+    r.handle_tick(100, 100);
+    assert_eq!(reservations(&mut r), vec![8 + AHEAD]);
+    // One write at a time: while it is on its way, nothing more is asked.
+    r.handle_tick(110, 110);
+    assert_eq!(reservations(&mut r), Vec::<u64>::new());
+    r.handle_epoch_persisted(120, 8 + AHEAD, true);
+    // Follow the head, then n1 dies: n2 takes over and its first stamp (a new epoch) needs no
+    // write on the stamp path.
+    assert!(r.handle_offer(&ad(8, 3, "n1")));
+    r.handle_tick(700, 700);
+    r.handle_members(vec![member("n1", 1, false, true, Some(ad(8, 3, "n1")))]);
+    r.handle_tick(800, 800);
+    assert_eq!(r.role(), Role::Publisher);
+    let Ok(Stamp::New(v)) = r.plan_stamp("b") else {
+        panic!("no stamp")
+    };
+    assert_eq!(v.epoch, 9);
+    assert_eq!(r.epoch_write_before_stamp(v.epoch), None);
+    // The cluster's epoch jumps past the low-water mark: a new reservation, ahead of it.
+    r.handle_members(vec![member(
+        "n1",
+        1,
+        true,
+        true,
+        Some(ad(8 + AHEAD - LOW_WATER + 1, 1, "n1")),
+    )]);
+    r.handle_tick(900, 900);
+    assert_eq!(
+        reservations(&mut r),
+        vec![8 + AHEAD - LOW_WATER + 1 + AHEAD]
+    );
+    // A failed write is tried again after a second, not on every tick.
+    r.handle_epoch_persisted(910, 8 + AHEAD - LOW_WATER + 1 + AHEAD, false);
+    r.handle_tick(920, 920);
+    assert_eq!(reservations(&mut r), Vec::<u64>::new());
+    r.handle_tick(1_910, 1_910);
+    assert_eq!(reservations(&mut r).len(), 1);
+    // Beyond the reservation (a jump between two steps), the stamp path must write first.
+    assert_eq!(
+        r.epoch_write_before_stamp(8 + AHEAD + 1),
+        Some(8 + 2 * AHEAD + 1)
+    );
 }
 
 #[test]
