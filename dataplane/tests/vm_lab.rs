@@ -2,6 +2,9 @@
 //! has no IPVS. One boot runs the whole suite (chaos/lab/vm/scenarios/suite.sh); each test
 //! below checks one part of its output. Without qemu or the kernel package the tests print
 //! "SKIPPED" and pass, except under CI=true, where they fail.
+//!
+//! Why this file is over 500 lines: one boot runs the whole suite, and each test here reads its
+//! own part of that boot's output; they share the boot and its parsing.
 
 use serde_json::Value;
 use shoal_dataplane::model::*;

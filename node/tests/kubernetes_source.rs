@@ -1,5 +1,8 @@
 //! The Kubernetes source against a fake API server: table contents as objects come and go,
 //! status write-back, conflicts and malformed objects as Events, and a publisher handover.
+//!
+//! Why this file is over 500 lines: each test is one scenario against the one fake API server
+//! (objects come and go, status, Events, handover); the fake itself is in `kubernetes_fake/`.
 
 mod kubernetes_fake;
 

@@ -4,6 +4,9 @@
 //!
 //! Every name carries a per-process prefix so parallel runs never collide; everything is
 //! removed on drop (processes are killed by pid first, then the namespaces deleted).
+//!
+//! Why this file is over 500 lines: one lab (namespaces, bridge, BIRD, replicas) whose setup and
+//! teardown steps depend on each other; the tests that use it are in their own files.
 #![allow(dead_code)]
 
 use serde_json::Value;

@@ -14,6 +14,9 @@
 //! - per listener: a required bearer token (401 otherwise), a switch that answers 403 to
 //!   everything, and a namespace restriction that answers 403 to anything outside it, as a
 //!   namespaced Role does.
+//!
+//! Why this file is over 500 lines: it is one fake server (store, list, watch with compaction and
+//! bookmarks, status writes), whose parts share the store and the resourceVersion counter.
 
 #![allow(dead_code)]
 
