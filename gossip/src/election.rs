@@ -39,6 +39,11 @@ pub enum RoleReason {
     NoPublisher,
     /// This node still waits for the join grace period or for the head document.
     CatchingUp,
+    /// This node was given seeds that resolve to other addresses, the startup patience has
+    /// passed, and none of them has answered: it does not serve or publish until one does (a
+    /// node cut off by a partition or a handshake flood must not run as a cluster of its own;
+    /// `Timing::single_node` lets it). See [`must_hear_cluster`].
+    AwaitingSeeds,
     /// Another, older live process runs with this node's id (at `other_at`): this one refuses
     /// to serve until it is gone (see `incarnation.rs`).
     DuplicateId {
@@ -52,7 +57,9 @@ impl RoleReason {
         match self {
             RoleReason::Incumbent | RoleReason::LowestCaughtUp => Role::Publisher,
             RoleReason::Follows { .. } | RoleReason::NoPublisher => Role::Follower,
-            RoleReason::CatchingUp | RoleReason::DuplicateId { .. } => Role::CatchingUp,
+            RoleReason::CatchingUp | RoleReason::AwaitingSeeds | RoleReason::DuplicateId { .. } => {
+                Role::CatchingUp
+            }
         }
     }
 }

@@ -268,6 +268,8 @@ async fn a_node_that_hears_no_seed_does_not_publish_unless_single_node() {
     // Well past the patience: still catching up, and publishing is refused.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(alone.role(), Role::CatchingUp);
+    assert_eq!(alone.role_reason(), RoleReason::AwaitingSeeds);
+    assert_eq!(single.role_reason().role(), Role::Publisher);
     assert!(alone.publish(Table::small("x")).is_err());
     alone.shutdown().await;
     single.shutdown().await;

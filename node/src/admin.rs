@@ -410,12 +410,22 @@ async fn node(State(s): State<AdminState>) -> Json<NodeResponse> {
 }
 
 async fn readyz(State(s): State<AdminState>) -> Response {
-    if let shoal_gossip::RoleReason::DuplicateId { other_at, .. } = s.mesh.role_reason() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: an older live process at {other_at} has this node id\n"),
-        )
-            .into_response();
+    match s.mesh.role_reason() {
+        shoal_gossip::RoleReason::DuplicateId { other_at, .. } => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: an older live process at {other_at} has this node id\n"),
+            )
+                .into_response();
+        }
+        shoal_gossip::RoleReason::AwaitingSeeds => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: none of the seeds has answered since start (a cluster of one runs with --single-node)\n",
+            )
+                .into_response();
+        }
+        _ => {}
     }
     let applied = s.reconcile.get().applied;
     let head = s.mesh.current().map(|h| VersionRef::from(&h.version));

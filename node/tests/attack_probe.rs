@@ -4,7 +4,7 @@
 //! file, huge flags and the admin API) against the release binary through `SHOAL_BIN`.
 //!
 //! Covered here: an impostor with a lower node id and another node's certificate, a duplicate
-//! id, private key modes and certificate validity from `certs init`, the validation findings
+//! id, a node whose seeds never answer, private key modes and certificate validity from `certs init`, the validation findings
 //! (VIP 255.255.255.255, backend 127.0.0.1, CR/LF in health host and path, where `port = 0` is
 //! reported), unbounded inputs (`--config /dev/zero`, `check --rules /dev/zero`), the rules parse
 //! at 10k services x 10 backends, and absurd paging of `/v1/dataplane`. The handshake flood is
@@ -177,6 +177,63 @@ fn an_impostor_with_a_lower_id_and_another_nodes_certificate_gets_nowhere() {
     let _ = impostor.kill();
     let _ = impostor.wait();
     c.wait_converged(LIMIT);
+}
+
+/// Broken behaviour 3, second half: a node whose seeds never answered made itself a 1-node
+/// cluster, publisher and ready. Now it stays not ready, never publishes, and says why on
+/// `/readyz` and in its log (the flood half is gossip/tests/attacks.rs and the flood bench).
+#[test]
+fn a_node_whose_seeds_never_answer_is_not_ready_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules_path = dir.path().join("rules.toml");
+    std::fs::write(&rules_path, rules(1)).unwrap();
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
+    // A seed address nothing answers on (free a moment ago).
+    let silent_seed = format!("127.0.0.1:{}", free_udp_port());
+    let log_path = dir.path().join("lonely.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = Command::new(bin())
+        .args([
+            "run",
+            "--node-id",
+            "n1",
+            "--insecure",
+            "--dataplane",
+            "memory",
+        ])
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{}", free_udp_port()))
+        .arg("--admin")
+        .arg(admin.to_string())
+        .arg("--rules")
+        .arg(&rules_path)
+        .args(["--seeds", &silent_seed])
+        .env("SHOAL_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start shoal");
+    // The startup patience is 5 s; the bound leaves room for a busy machine.
+    let start = Instant::now();
+    let mut said = None;
+    while start.elapsed() < LIMIT && said.is_none() {
+        if let Some((code, body)) = http_get(admin, "/readyz") {
+            assert_ne!(code, 200, "a node that heard no seed reports ready: {body}");
+            said = body.contains("seeds").then_some(body);
+        }
+        assert_eq!(
+            publisher(admin),
+            None,
+            "a node that heard no seed publishes"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(said.is_some(), "/readyz never said why\n{log}");
+    assert!(log.contains("none of the seeds has answered"), "{log}");
 }
 
 /// Broken behaviour 2: a second process with n2's id and certificate. It refuses to serve

@@ -315,6 +315,12 @@ impl Replica {
                 other_generation: other.generation,
                 other_at: other.listen,
             },
+            None if !self.caught_up
+                && !self.heard_cluster()
+                && self.listened_long_enough(now_ms) =>
+            {
+                RoleReason::AwaitingSeeds
+            }
             None => role_of(
                 &self.me.id,
                 self.caught_up,
@@ -322,6 +328,9 @@ impl Replica {
                 head_origin,
             ),
         };
+        if reason == RoleReason::AwaitingSeeds && self.role.as_ref() != Some(&reason) {
+            tracing::warn!(node = %self.me.id, seeds = ?self.seed_addrs, "none of the seeds has answered since start: not ready and not publishing until one does (a cluster of one runs with --single-node)");
+        }
         if self.role.as_ref().map(RoleReason::role) != Some(reason.role()) {
             if reason.role() == Role::Publisher {
                 // A new term: the first stamp opens a new epoch.
@@ -462,7 +471,22 @@ impl Replica {
         }
     }
 
+    /// Listened long enough, and heard the cluster if it must (see [`Self::heard_cluster`]).
     fn listened(&self, now_ms: u64) -> bool {
+        self.listened_long_enough(now_ms) && self.heard_cluster()
+    }
+
+    /// A node given seeds it can resolve must hear one other member first-hand before it
+    /// may publish: else a node cut off from its seeds (a partition, a handshake flood)
+    /// would run as a cluster of its own and publish (see `must_hear_cluster`).
+    fn heard_cluster(&self) -> bool {
+        self.grace_from_ms.is_some()
+            || self.timing.single_node
+            || !must_hear_cluster(&self.seed_addrs, self.me.listen)
+            || self.members.iter().any(|m| m.id != self.me.id)
+    }
+
+    fn listened_long_enough(&self, now_ms: u64) -> bool {
         let grace_from = self.grace_from_ms.unwrap_or(self.started_ms);
         let member_addrs: Vec<SocketAddr> = self.members.iter().map(|m| m.listen).collect();
         // Seeds matter at start only: after a stall the node already knows the mesh, and a
@@ -480,18 +504,11 @@ impl Replica {
                 .filter(|m| liveness_unjudged(m.alive, m.last_seen_ms, self.timing.join_grace_ms))
                 .count(),
         };
-        // A node given seeds it can resolve must hear one other member first-hand before it
-        // may publish: else a node cut off from its seeds (a partition, a handshake flood)
-        // would run as a cluster of its own and publish (see `must_hear_cluster`).
-        let heard_cluster = self.grace_from_ms.is_some()
-            || self.timing.single_node
-            || !must_hear_cluster(&self.seed_addrs, self.me.listen)
-            || self.members.iter().any(|m| m.id != self.me.id);
         has_listened(
             &listening,
             self.timing.join_grace_ms,
             self.timing.startup_patience_ms,
-        ) && heard_cluster
+        )
     }
 
     fn plan_fetch(&mut self, now_ms: u64, decisions: &Decisions) {

@@ -156,6 +156,39 @@ fn alone_it_listens_then_publishes_and_stamps_above_the_floor() {
     assert_eq!(r.plan_stamp(D), Ok(Stamp::Reuse(v)));
 }
 
+/// Issue #15: a node whose seeds resolve but never answer (a partition, a handshake flood)
+/// must not run as a cluster of its own; once the startup patience has passed it says why it
+/// waits, and a seed that answers ends the wait.
+#[test]
+fn a_node_whose_seeds_never_answer_awaits_them_and_never_stamps() {
+    let mut r = Replica::new(
+        Identity {
+            id: id("n1"),
+            generation: 0,
+            listen: addr(1),
+        },
+        ReplicaTiming {
+            single_node: false,
+            ..timing()
+        },
+        0,
+        0,
+    );
+    r.handle_seeds(vec![vec![addr(2)]]);
+    r.handle_tick(100, 100);
+    assert_eq!(r.role_reason(), RoleReason::CatchingUp);
+    for t in [5_100, 6_000, 60_000] {
+        r.handle_tick(t, t);
+        assert_eq!(r.role_reason(), RoleReason::AwaitingSeeds, "at {t} ms");
+        assert_eq!(r.role(), Role::CatchingUp);
+        assert!(r.plan_stamp(D).is_err());
+    }
+    assert!(!drain(&mut r).contains(&Action::Ready(true)));
+    r.handle_members(vec![member("n2", 2, true, true, None)]);
+    r.handle_tick(60_100, 60_100);
+    assert_ne!(r.role_reason(), RoleReason::AwaitingSeeds);
+}
+
 #[test]
 fn a_follower_fetches_the_head_from_its_holders_and_never_goes_back() {
     let mut r = replica("n3", 3, 0, 0);
