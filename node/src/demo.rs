@@ -21,11 +21,28 @@ struct DemoNode {
     child: Option<Child>,
 }
 
-pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
+/// The demo's ports, as offsets from `--base-port`: node `i` peers on `+i` and serves its
+/// admin API on `+40+i`; the backends listen on `+80`.
+const ADMIN_OFFSET: u16 = 40;
+const SERVICE_OFFSET: u16 = 80;
+
+/// Checks the demo's flags before anything starts, so that no port arithmetic can overflow.
+fn check_args(args: &DemoArgs) -> anyhow::Result<()> {
     anyhow::ensure!((1..=9).contains(&args.nodes), "--nodes must be 1 to 9");
+    let max_base = u16::MAX - SERVICE_OFFSET;
+    anyhow::ensure!(
+        (1..=max_base).contains(&args.base_port),
+        "--base-port {} is outside 1-{max_base} (the demo uses up to {SERVICE_OFFSET} ports above it)",
+        args.base_port
+    );
+    Ok(())
+}
+
+pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
+    check_args(args)?;
     let dir = tempfile::Builder::new().prefix("shoal-demo-").tempdir()?;
     let exe = std::env::current_exe().context("locating the shoal binary")?;
-    let service_port = args.base_port + 80;
+    let service_port = args.base_port + SERVICE_OFFSET;
 
     step(&format!("workspace {}", dir.path().display()));
     let ids: Vec<String> = (1..=args.nodes).map(|i| format!("node-{i}")).collect();
@@ -46,7 +63,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     std::fs::write(&rules, demo_rules(service_port, 1))?;
 
     let peer = |i: usize| format!("127.0.0.1:{}", args.base_port + i as u16);
-    let admin = |i: usize| format!("127.0.0.1:{}", args.base_port + 40 + i as u16);
+    let admin = |i: usize| format!("127.0.0.1:{}", args.base_port + ADMIN_OFFSET + i as u16);
     let mut nodes = Vec::new();
     for (i, id) in ids.iter().enumerate() {
         let seeds: Vec<String> = (0..args.nodes).filter(|j| *j != i).map(peer).collect();
@@ -347,4 +364,34 @@ fn step(s: &str) {
 
 fn done(s: &str) {
     println!("    {s}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(nodes: usize, base_port: u16) -> DemoArgs {
+        DemoArgs {
+            nodes,
+            base_port,
+            exit_after: true,
+        }
+    }
+
+    #[test]
+    fn flags_that_would_overflow_a_port_are_refused_naming_the_flag() {
+        assert!(check_args(&args(3, 17900)).is_ok());
+        assert!(check_args(&args(9, u16::MAX - SERVICE_OFFSET)).is_ok());
+        for bad in [0, u16::MAX - SERVICE_OFFSET + 1, u16::MAX] {
+            let err = check_args(&args(3, bad)).unwrap_err().to_string();
+            assert!(
+                err.contains("--base-port") && err.contains("outside"),
+                "{err}"
+            );
+        }
+        for bad in [0, 10, usize::MAX] {
+            let err = check_args(&args(bad, 17900)).unwrap_err().to_string();
+            assert!(err.contains("--nodes"), "{err}");
+        }
+    }
 }
