@@ -1,6 +1,7 @@
 //! The source-range filter against this host's real nftables, each test in a network
 //! namespace of its own (a thread that unshares its namespace), so nothing on the host changes.
 
+use shoal_dataplane::filter::memory::MemoryFirewall;
 use shoal_dataplane::filter::nft::NftFirewall;
 use shoal_dataplane::filter::{
     reconcile_filter, rules, FilterChange, Firewall, SourceFilter, Verdict,
@@ -31,6 +32,31 @@ fn filter(vip: &str, protocol: Protocol, port: u16, ranges: &[&str]) -> SourceFi
         port,
         ranges: ranges.iter().map(|r| r.parse().unwrap()).collect(),
     }
+}
+
+/// Nothing restricted any more: the table goes, and an empty pass after that changes nothing.
+fn removes_the_table_once_nothing_is_restricted(fw: &mut dyn Firewall) {
+    assert_eq!(reconcile_filter(fw, &[]).unwrap(), FilterChange::Removed);
+    assert_eq!(fw.read().unwrap(), None);
+    assert_eq!(reconcile_filter(fw, &[]).unwrap(), FilterChange::Unchanged);
+}
+
+/// The memory twin (what a node without nftables uses) takes the same walk as nftables:
+/// written, kept on a second pass, removed, and stays removed. Needs no root.
+#[test]
+fn the_memory_twin_reconciles_like_nftables() {
+    let mut fw = MemoryFirewall::default();
+    let filters = [filter("203.0.113.1", Protocol::Tcp, 80, &["192.0.2.0/24"])];
+    assert_eq!(
+        reconcile_filter(&mut fw, &filters).unwrap(),
+        FilterChange::Replaced { rules: 2 }
+    );
+    assert_eq!(fw.read().unwrap().unwrap().rules, rules(&filters));
+    assert_eq!(
+        reconcile_filter(&mut fw, &filters).unwrap(),
+        FilterChange::Unchanged
+    );
+    removes_the_table_once_nothing_is_restricted(&mut fw);
 }
 
 #[test]
@@ -95,16 +121,7 @@ fn rules_are_written_read_back_and_removed() {
         assert_eq!(back.rules[0].source.unwrap().to_string(), "198.18.1.128/25");
         assert_eq!(back.rules[1].verdict, Verdict::Drop);
 
-        // Nothing restricted any more: the table goes.
-        assert_eq!(
-            reconcile_filter(&mut fw, &[]).unwrap(),
-            FilterChange::Removed
-        );
-        assert_eq!(fw.read().unwrap(), None);
-        assert_eq!(
-            reconcile_filter(&mut fw, &[]).unwrap(),
-            FilterChange::Unchanged
-        );
+        removes_the_table_once_nothing_is_restricted(&mut fw);
     });
     if ran.is_none() {
         eprintln!("SKIPPED: not allowed to create a network namespace (run as root)");

@@ -18,32 +18,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[path = "common/netns.rs"]
+mod netns;
+use netns::{add_addrs, add_ns, have_root, sh, sh_quiet};
+
 const VIP4: &str = "203.0.113.77";
 const VIP6: &str = "2001:db8:77::1";
 const PORT: u16 = 8080;
 /// A port of the VIP that no service names: never filtered.
 const OTHER_PORT: u16 = 9090;
 const WAIT: Duration = Duration::from_secs(40);
-
-fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
-fn have_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false)
-}
 
 /// Runs `f` on a thread that entered network namespace `ns` (sockets it makes stay there).
 fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -107,10 +91,7 @@ impl Drop for Lab {
             let _ = c.wait();
         }
         for ns in [&self.lb, &self.allowed, &self.denied] {
-            let _ = Command::new("ip")
-                .args(["netns", "del", ns])
-                .stderr(Stdio::null())
-                .status();
+            sh_quiet(&["ip", "netns", "del", ns]);
         }
     }
 }
@@ -131,35 +112,9 @@ impl Lab {
             stop: Arc::new(AtomicBool::new(false)),
         };
         for ns in [&lab.lb, &lab.allowed, &lab.denied] {
-            sh(&["ip", "netns", "add", ns]);
-            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-            for kv in [
-                "net.ipv6.conf.all.accept_dad=0",
-                "net.ipv6.conf.default.accept_dad=0",
-            ] {
-                sh(&["ip", "netns", "exec", ns, "sysctl", "-qw", kv]);
-            }
+            add_ns(ns);
         }
-        sh(&[
-            "ip",
-            "-n",
-            &lab.lb,
-            "addr",
-            "add",
-            &format!("{VIP4}/32"),
-            "dev",
-            "lo",
-        ]);
-        sh(&[
-            "ip",
-            "-n",
-            &lab.lb,
-            "addr",
-            "add",
-            &format!("{VIP6}/128"),
-            "dev",
-            "lo",
-        ]);
+        add_addrs(&lab.lb, "lo", &format!("{VIP4}/32"), &format!("{VIP6}/128"));
         lab.link(&lab.allowed, "a", 20);
         lab.link(&lab.denied, "b", 21);
         lab
@@ -177,28 +132,12 @@ impl Lab {
             &c_dev, "netns", client,
         ]);
         for (ns, dev, host) in [(self.lb.as_str(), &lb_dev, 1), (client, &c_dev, 2)] {
-            sh(&[
-                "ip",
-                "-n",
+            add_addrs(
                 ns,
-                "addr",
-                "add",
+                dev,
                 &format!("198.18.{n}.{host}/30"),
-                "dev",
-                dev,
-            ]);
-            sh(&[
-                "ip",
-                "-n",
-                ns,
-                "addr",
-                "add",
                 &format!("2001:db8:{n}::{host}/64"),
-                "dev",
-                dev,
-                "nodad",
-            ]);
-            sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
+            );
         }
         sh(&[
             "ip",

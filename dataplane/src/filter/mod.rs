@@ -250,29 +250,6 @@ mod tests {
         assert_eq!(decide(&want, Some(&shorter)), Action::Replace);
     }
 
-    #[test]
-    fn reconcile_is_idempotent_and_removes_the_table_when_nothing_is_restricted() {
-        let mut fw = memory::MemoryFirewall::default();
-        let filters = [f("203.0.113.1", 80, &["192.0.2.0/24"])];
-        assert_eq!(
-            reconcile_filter(&mut fw, &filters).unwrap(),
-            FilterChange::Replaced { rules: 2 }
-        );
-        assert_eq!(
-            reconcile_filter(&mut fw, &filters).unwrap(),
-            FilterChange::Unchanged
-        );
-        assert_eq!(
-            reconcile_filter(&mut fw, &[]).unwrap(),
-            FilterChange::Removed
-        );
-        assert_eq!(fw.read().unwrap(), None);
-        assert_eq!(
-            reconcile_filter(&mut fw, &[]).unwrap(),
-            FilterChange::Unchanged
-        );
-    }
-
     fn arb_filter() -> impl Strategy<Value = SourceFilter> {
         (
             0u8..4,

@@ -16,6 +16,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "../common/netns.rs"]
+mod netns;
+pub use netns::*;
+
 pub const ROUTER4: &str = "198.18.1.1";
 pub const ROUTER6: &str = "2001:db8:1::1";
 pub const CLIENT4: &str = "198.18.1.100";
@@ -32,36 +36,6 @@ pub fn node6(i: usize) -> String {
 
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_shoal")
-}
-
-/// Runs a command, panics with its output when it fails.
-pub fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
-/// Like [`sh`] but ignores failures (cleanup).
-pub fn sh_quiet(args: &[&str]) {
-    let _ = Command::new(args[0])
-        .args(&args[1..])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-}
-
-pub fn have_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false)
 }
 
 pub struct LabNode {
@@ -88,17 +62,6 @@ pub struct Lab {
     extra_args: Vec<String>,
 }
 
-fn ns_sysctls(ns: &str) {
-    for kv in [
-        "net.ipv6.conf.all.accept_dad=0",
-        "net.ipv6.conf.default.accept_dad=0",
-        "net.ipv4.conf.all.rp_filter=0",
-        "net.ipv4.conf.default.rp_filter=0",
-    ] {
-        sh(&["ip", "netns", "exec", ns, "sysctl", "-qw", kv]);
-    }
-}
-
 impl Lab {
     /// Builds the namespaces: router with the bridge, `n` replicas, and a client if asked.
     pub fn new(n: usize, rules: &str, with_client: bool) -> Lab {
@@ -122,34 +85,16 @@ impl Lab {
             router_bird: None,
             extra_args: vec![],
         };
-        sh(&["ip", "netns", "add", &router_ns]);
-        ns_sysctls(&router_ns);
-        sh(&["ip", "-n", &router_ns, "link", "set", "lo", "up"]);
+        add_ns(&router_ns);
         sh(&[
             "ip", "-n", &router_ns, "link", "add", &bridge, "type", "bridge",
         ]);
-        sh(&["ip", "-n", &router_ns, "link", "set", &bridge, "up"]);
-        sh(&[
-            "ip",
-            "-n",
+        add_addrs(
             &router_ns,
-            "addr",
-            "add",
+            &bridge,
             &format!("{ROUTER4}/24"),
-            "dev",
-            &bridge,
-        ]);
-        sh(&[
-            "ip",
-            "-n",
-            &router_ns,
-            "addr",
-            "add",
             &format!("{ROUTER6}/64"),
-            "dev",
-            &bridge,
-            "nodad",
-        ]);
+        );
         for i in 0..n {
             let ns = format!("{prefix}n{}", i + 1);
             let dev = format!("{prefix}e{}", i + 1);
@@ -187,9 +132,7 @@ impl Lab {
 
     /// A namespace with a veth to the bridge and the given addresses.
     fn attach(&self, ns: &str, dev: &str, a4: &str, a6: &str, bridge_port: &str) {
-        sh(&["ip", "netns", "add", ns]);
-        ns_sysctls(ns);
-        sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        add_ns(ns);
         sh(&[
             "ip",
             "link",
@@ -224,28 +167,7 @@ impl Lab {
             bridge_port,
             "up",
         ]);
-        sh(&[
-            "ip",
-            "-n",
-            ns,
-            "addr",
-            "add",
-            &format!("{a4}/24"),
-            "dev",
-            dev,
-        ]);
-        sh(&[
-            "ip",
-            "-n",
-            ns,
-            "addr",
-            "add",
-            &format!("{a6}/64"),
-            "dev",
-            dev,
-            "nodad",
-        ]);
-        sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
+        add_addrs(ns, dev, &format!("{a4}/24"), &format!("{a6}/64"));
     }
 
     /// Starts the router's BIRD: one eBGP session per replica and family, BFD, multipath.
