@@ -13,6 +13,7 @@
 mod common;
 
 use common::{bin, free_tcp_port, free_udp_port, get, http_get, rules, Cluster};
+use std::ffi::OsStr;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -63,39 +64,48 @@ fn stderr(out: &Output) -> String {
     )
 }
 
-/// Another process for node `id` of `cluster`, using `cert_of`'s certificate folder.
-fn rogue(c: &Cluster, id: &str, cert_of: &str, extra: &[&str], log: &Path) -> (Child, SocketAddr) {
+/// `shoal run` as node `id` (memory dataplane, free loopback ports, log in `log`) with `more`
+/// flags; the child and its admin address.
+fn spawn_run(
+    id: &str,
+    rules: &Path,
+    seeds: &str,
+    more: &[&OsStr],
+    log: &Path,
+) -> (Child, SocketAddr) {
     let admin = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
-    let seeds: Vec<String> = c.nodes.iter().map(|n| n.listen.to_string()).collect();
     let log = std::fs::File::create(log).unwrap();
     let child = Command::new(bin())
-        .args([
-            "run",
-            "--node-id",
-            id,
-            "--cluster",
-            "it",
-            "--dataplane",
-            "memory",
-        ])
+        .args(["run", "--node-id", id, "--dataplane", "memory"])
         .arg("--listen")
         .arg(format!("127.0.0.1:{}", free_udp_port()))
         .arg("--admin")
         .arg(admin.to_string())
-        .arg("--tls-dir")
-        .arg(c.dir.path().join("certs").join(cert_of))
         .arg("--rules")
-        .arg(&c.rules)
-        .arg("--seeds")
-        .arg(seeds.join(","))
-        .args(extra)
+        .arg(rules)
+        .args(["--seeds", seeds])
+        .args(more)
         .env("SHOAL_LOG", "info")
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log)
         .spawn()
-        .expect("start rogue");
+        .expect("start shoal");
     (child, admin)
+}
+
+/// Another process for node `id` of `cluster`, using `cert_of`'s certificate folder.
+fn rogue(c: &Cluster, id: &str, cert_of: &str, extra: &[&str], log: &Path) -> (Child, SocketAddr) {
+    let seeds: Vec<String> = c.nodes.iter().map(|n| n.listen.to_string()).collect();
+    let tls_dir = c.dir.path().join("certs").join(cert_of);
+    let mut more: Vec<&OsStr> = vec![
+        OsStr::new("--cluster"),
+        OsStr::new("it"),
+        OsStr::new("--tls-dir"),
+        tls_dir.as_os_str(),
+    ];
+    more.extend(extra.iter().map(OsStr::new));
+    spawn_run(id, &c.rules, &seeds.join(","), &more, log)
 }
 
 fn publisher(admin: SocketAddr) -> Option<String> {
@@ -187,33 +197,16 @@ fn a_node_whose_seeds_never_answer_is_not_ready_and_says_why() {
     let dir = tempfile::tempdir().unwrap();
     let rules_path = dir.path().join("rules.toml");
     std::fs::write(&rules_path, rules(1)).unwrap();
-    let admin = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
     // A seed address nothing answers on (free a moment ago).
     let silent_seed = format!("127.0.0.1:{}", free_udp_port());
     let log_path = dir.path().join("lonely.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let mut child = Command::new(bin())
-        .args([
-            "run",
-            "--node-id",
-            "n1",
-            "--insecure",
-            "--dataplane",
-            "memory",
-        ])
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{}", free_udp_port()))
-        .arg("--admin")
-        .arg(admin.to_string())
-        .arg("--rules")
-        .arg(&rules_path)
-        .args(["--seeds", &silent_seed])
-        .env("SHOAL_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("start shoal");
+    let (mut child, admin) = spawn_run(
+        "n1",
+        &rules_path,
+        &silent_seed,
+        &[OsStr::new("--insecure")],
+        &log_path,
+    );
     // The startup patience is 5 s; the bound leaves room for a busy machine.
     let start = Instant::now();
     let mut said = None;
