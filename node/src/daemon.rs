@@ -90,13 +90,12 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         tokio::spawn(watcher.run(crate::tls_reload::POLL_INTERVAL, cancel.child_token()));
     }
 
-    let tables = table_feed(&mesh, cancel.child_token());
     let health = health::spawn(
         HealthConfig {
             checkers_per_backend: config.health_checkers,
         },
         Arc::new(health::MeshBoard::new(mesh.clone())),
-        tables,
+        mesh.subscribe(),
         &mut registry,
         cancel.child_token(),
     );
@@ -214,33 +213,6 @@ async fn open_dataplane(config: &NodeConfig) -> anyhow::Result<Box<dyn Dataplane
     })
 }
 
-/// Feeds health the table at the head, as it changes.
-fn table_feed(
-    mesh: &Mesh<RuleTable>,
-    cancel: CancellationToken,
-) -> watch::Receiver<Option<Arc<RuleTable>>> {
-    let mut heads = mesh.subscribe();
-    let initial = heads
-        .borrow_and_update()
-        .as_ref()
-        .map(|h| Arc::new(h.doc.clone()));
-    let (tx, rx) = watch::channel(initial);
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => break,
-                r = heads.changed() => if r.is_err() { break },
-            }
-            let table = heads
-                .borrow_and_update()
-                .as_ref()
-                .map(|h| Arc::new(h.doc.clone()));
-            tx.send_replace(table);
-        }
-    });
-    rx
-}
-
 const PUBLISH_RETRY: Duration = Duration::from_millis(500);
 
 /// Runs the source while this node is the publisher and publishes every table it produces.
@@ -311,14 +283,17 @@ async fn publisher_duty(
                 _ = retry.tick() => {}
             }
             if let Some(table) = pending.take() {
-                match mesh.publish(table.clone()) {
+                // Moved into the mesh, not copied (at 10,000 Services a copy of the table is
+                // tens of MiB); a failed publish retries with the source's newest table.
+                let services = table.services.len();
+                match mesh.publish(table) {
                     Ok(version) => {
                         metrics.publishes.inc();
-                        tracing::info!(%version, services = table.services.len(), "published");
+                        tracing::info!(%version, services, "published");
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "publish failed; will retry");
-                        pending = Some(table);
+                        pending = tables.borrow().clone();
                     }
                 }
             }

@@ -79,13 +79,13 @@ struct Node {
 struct Cluster {
     members: MemoryCluster,
     nodes: Vec<Node>,
-    _tables: watch::Sender<Option<Arc<RuleTable>>>,
+    _tables: watch::Sender<Option<Arc<shoal_gossip::Stamped<RuleTable>>>>,
 }
 
 impl Cluster {
     fn start(n: usize, k: usize, table: RuleTable) -> Self {
         let members = MemoryCluster::new();
-        let (tx, rx) = watch::channel(Some(Arc::new(table)));
+        let (tx, rx) = watch::channel(Some(health::unstamped(table)));
         let nodes = (0..n)
             .map(|i| {
                 let id = format!("lb-{i}");

@@ -140,7 +140,7 @@ async fn run(args: &Args, nodes: usize, k: usize) -> anyhow::Result<Stats> {
             source_ranges: vec![],
         }],
     };
-    let (_tables, rx) = watch::channel(Some(Arc::new(table)));
+    let (_tables, rx) = watch::channel(Some(health::unstamped(table)));
     let members = MemoryCluster::new();
     let mut registry = Registry::default();
     for i in 0..nodes {

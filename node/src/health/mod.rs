@@ -30,6 +30,7 @@ pub use verdict::{BackendRef, Verdict, Verdicts};
 
 use crate::table::RuleTable;
 use prometheus_client::registry::Registry;
+use shoal_gossip::Stamped;
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -72,12 +73,30 @@ impl HealthHandle {
     }
 }
 
+/// The tables the runner checks: the mesh's head as it is (`Mesh::subscribe`), shared, not
+/// copied (at 10,000 Services a copy of the table is tens of MiB on every replica).
+pub type TableFeed = watch::Receiver<Option<Arc<Stamped<RuleTable>>>>;
+
+/// A table that did not come from the mesh (tests, benchmarks), as the feed carries it.
+pub fn unstamped(doc: RuleTable) -> Arc<Stamped<RuleTable>> {
+    Arc::new(Stamped {
+        version: shoal_gossip::Version {
+            epoch: 0,
+            seq: 0,
+            origin: shoal_gossip::NodeId::new(""),
+        },
+        digest: String::new(),
+        size_bytes: 0,
+        doc,
+    })
+}
+
 /// Starts the health runner on the current tokio runtime; it stops (and withdraws this node's
 /// opinions) when `cancel` fires. Metrics are registered into `registry`.
 pub fn spawn(
     cfg: HealthConfig,
     board: Arc<dyn HealthBoard>,
-    tables: watch::Receiver<Option<Arc<RuleTable>>>,
+    tables: TableFeed,
     registry: &mut Registry,
     cancel: CancellationToken,
 ) -> HealthHandle {

@@ -81,7 +81,7 @@ struct ProbeDone {
 pub(crate) struct Runner {
     pub(crate) k: usize,
     pub(crate) board: Arc<dyn HealthBoard>,
-    pub(crate) tables: watch::Receiver<Option<Arc<RuleTable>>>,
+    pub(crate) tables: super::TableFeed,
     pub(crate) metrics: HealthMetrics,
     pub(crate) verdicts_tx: watch::Sender<Arc<Verdicts>>,
     pub(crate) report: Arc<Mutex<Arc<HealthReport>>>,
@@ -101,8 +101,9 @@ impl Runner {
         let mut warned: BTreeSet<(String, String)> = BTreeSet::new();
 
         loop {
-            let table = self.tables.borrow_and_update().clone();
-            let table = table.unwrap_or_default();
+            let head = self.tables.borrow_and_update().clone();
+            let no_table = RuleTable::default();
+            let table = head.as_ref().map_or(&no_table, |h| &h.doc);
             let live = self.board.live_members();
             let now = Instant::now();
 
@@ -242,7 +243,7 @@ impl Runner {
                 }
             }
             let opinions = index_opinions(&live, decoded);
-            let evaluated = evaluate(&table, &live, self.k, &opinions, &current);
+            let evaluated = evaluate(table, &live, self.k, &opinions, &current);
             let next = verdicts_of(&evaluated);
             let now_ms = unix_ms();
             let mut judged = BTreeSet::new();
