@@ -1,10 +1,13 @@
 //! What the Kubernetes overlays rely on, on a real kernel with IPVS (the VM lab,
 //! chaos/lab/vm/scenarios/k8s.sh, one boot): start-up under a read-only /proc/sys, kube-proxy's
-//! IPVS services and `kube-ipvs0` addresses surviving Shoal in the host namespace, and
-//! `backend-init --pool` serving a VIP allocated after the backend started. Without qemu or the
-//! kernel package the tests print "SKIPPED" and pass, except under CI=true, where they fail.
+//! IPVS services and `kube-ipvs0` addresses surviving Shoal in the host namespace,
+//! `backend-init --pool` serving a VIP allocated after the backend started, and a terminating
+//! endpoint drained through the Kubernetes source (the tests' fake API server runs in the
+//! guest). Without qemu or the kernel package the tests print "SKIPPED" and pass, except under
+//! CI=true, where they fail.
 
-use shoal_vmlab::{Boot, Profile, Share};
+use serde_json::{json, Value};
+use shoal_vmlab::{Boot, Profile, Share, Target};
 use std::collections::BTreeSet;
 use std::sync::OnceLock;
 
@@ -33,6 +36,57 @@ fn rules2() -> String {
             .replace("name = \"web\"", "name = \"late\"")
             .replace("203.0.113.10", "203.0.113.77")
     )
+}
+
+/// The API objects of the drain step: a pool, the Service `web/flows` asking for
+/// 203.0.113.20 (no health check: only the endpoints' state decides), its EndpointSlice with
+/// both backends ready, then with b1 serving but terminating (as while its pod shuts down).
+fn drain_objects() -> Vec<(&'static str, Value)> {
+    let slice = |b1: Value| {
+        json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"namespace": "web", "name": "flows-x",
+                         "labels": {"kubernetes.io/service-name": "flows"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "flows", "port": 7000, "protocol": "TCP"}],
+            "endpoints": [
+                {"addresses": ["198.18.0.11"], "conditions": b1},
+                {"addresses": ["198.18.0.12"],
+                 "conditions": {"ready": true, "serving": true, "terminating": false}},
+            ],
+        })
+    };
+    vec![
+        (
+            "1-pool.json",
+            json!({
+                "apiVersion": "shoal.io/v1alpha1", "kind": "ShoalPool",
+                "metadata": {"name": "lab", "uid": "uid-pool-lab",
+                             "creationTimestamp": "2026-01-01T00:00:00Z"},
+                "spec": {"addresses": ["203.0.113.0/24"], "autoAssign": true},
+            }),
+        ),
+        (
+            "2-service.json",
+            json!({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": {"namespace": "web", "name": "flows", "uid": "uid-web-flows",
+                             "creationTimestamp": "2026-01-01T00:00:00Z",
+                             "annotations": {"shoal.io/vip": "203.0.113.20",
+                                             "shoal.io/health-check": "none"}},
+                "spec": {"type": "LoadBalancer", "loadBalancerClass": "shoal.io/lb",
+                         "ports": [{"name": "flows", "port": 7000, "protocol": "TCP"}]},
+            }),
+        ),
+        (
+            "3-slice-ready.json",
+            slice(json!({"ready": true, "serving": true, "terminating": false})),
+        ),
+        (
+            "4-slice-terminating.json",
+            slice(json!({"ready": false, "serving": true, "terminating": true})),
+        ),
+    ]
 }
 
 struct Run {
@@ -84,11 +138,29 @@ fn boot() -> Result<Option<Run>, String> {
             )))
         }
     };
+    // Separate cargo calls: built with `shoal`, lab-flows' crate would turn on the gossip
+    // fault hooks in it, and the example would bring the dev-dependencies' features.
+    let mut helpers = Vec::new();
+    for t in [
+        Target::bin("shoal-chaos", "lab-flows"),
+        Target::example("shoal-node", "fake-apiserver"),
+    ] {
+        match shoal_vmlab::build(Profile::Debug, &[t]) {
+            Ok(mut b) => helpers.push(b.remove(0)),
+            Err(e) => return Ok(shoal_vmlab::skip(&format!("{} did not build: {e}", t.name))),
+        }
+    }
     let share = Share::new(env!("CARGO_TARGET_TMPDIR"), "k8s")?;
     share.add_bin(&shoal, "shoal")?;
+    share.add_bin(&helpers[0], "lab-flows")?;
+    share.add_bin(&helpers[1], "fake-apiserver")?;
     share.write("rules1.toml", RULES1)?;
     share.write("rules2.toml", &rules2())?;
-    share.boot(&Boot::new("k8s.sh", 400))?;
+    std::fs::create_dir_all(share.dir.join("k8s")).map_err(|e| e.to_string())?;
+    for (name, object) in drain_objects() {
+        share.write(&format!("k8s/{name}"), &object.to_string())?;
+    }
+    share.boot(&Boot::new("k8s.sh", 600))?;
     Ok(Some(Run { share }))
 }
 
@@ -236,4 +308,141 @@ fn backend_init_pool_serves_a_vip_allocated_after_the_backend_started() {
             .all(|a| *a == "backend-b1" || *a == "backend-b2"),
         "{late}"
     );
+}
+
+/// Unix ms stamped by the scenario (`lab-flows now`).
+fn stamp(r: &Run, name: &str) -> u64 {
+    let text = r.out(&format!("k_t_{name}"));
+    text.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("stamp {name}: {text:?}\n{}", drain_context(r)))
+}
+
+fn drain_context(r: &Run) -> String {
+    format!(
+        "logs in {}\nerrors: {}\nshoal log (end):\n{}",
+        r.share.dir.display(),
+        r.out("k_drain_errors.txt"),
+        shoal_vmlab::tail(&r.out("k_drain_shoal.log"), 30)
+    )
+}
+
+fn report(r: &Run, set: &str) -> Value {
+    let text = r.out(&format!("k_flows_{set}.json"));
+    serde_json::from_str(&text).unwrap_or_else(|e| {
+        panic!(
+            "{set} report: {e}: {text:?}\n{}\n{}",
+            r.out(&format!("k_flows_{set}.log")),
+            drain_context(r)
+        )
+    })
+}
+
+/// The drain (issue #13 item 6; docs/kubernetes-services.md): default 30 s with the Kubernetes
+/// source, b1's endpoint turns terminating while b2 is ready.
+const DRAIN_MS: u64 = 30_000;
+
+#[test]
+fn a_terminating_endpoint_drains_open_connections_then_is_removed() {
+    let Some(r) = run() else { return };
+    assert_eq!(r.out("k_drain_errors.txt"), "", "{}", drain_context(r));
+    let dest_line = |file: &str| -> String {
+        r.out(file)
+            .lines()
+            .find(|l| l.contains("-r 198.18.0.11:7000"))
+            .unwrap_or("")
+            .to_string()
+    };
+    // Both destinations at weight 1, then b1 at weight 0 (still there), then gone.
+    assert!(dest_line("k_drain_ipvs_before.txt").ends_with("-w 1"));
+    assert!(
+        dest_line("k_drain_ipvs_weight0.txt").ends_with("-w 0"),
+        "{}",
+        r.out("k_drain_ipvs_weight0.txt")
+    );
+    assert!(
+        dest_line("k_drain_ipvs_finish_done.txt").ends_with("-w 0"),
+        "the destination must stay while the finishing connections close: {}",
+        r.out("k_drain_ipvs_finish_done.txt")
+    );
+    assert_eq!(dest_line("k_drain_ipvs_removed.txt"), "");
+    assert!(r
+        .out("k_drain_ipvs_removed.txt")
+        .contains("-r 198.18.0.12:7000"));
+
+    let (weight0, removed) = (stamp(r, "weight0"), stamp(r, "removed"));
+    let drained_ms = removed.saturating_sub(weight0);
+    // The stamps are taken by polling (every 250 ms, each step a process start under
+    // emulation): a little under the drain is the drain; far more is a deletion that came late.
+    assert!(
+        (DRAIN_MS - 3_000..DRAIN_MS + 60_000).contains(&drained_ms),
+        "weight 0 -> deleted took {drained_ms} ms, drain is {DRAIN_MS} ms"
+    );
+
+    let (finish, outlast) = (report(r, "finish"), report(r, "outlast"));
+    // The connections were spread over both backends before the change (mh with ports).
+    for b in ["b1", "b2"] {
+        let n: u64 = [&finish, &outlast]
+            .iter()
+            .map(|rep| rep["per_backend"][b].as_u64().unwrap_or(0))
+            .sum();
+        assert!(n > 0, "no connection on {b}: {finish}\n{outlast}");
+    }
+    for rep in [&finish, &outlast] {
+        // 16 connections over random source ports: all on b2 is a 1-in-65,536 chance.
+        assert!(
+            rep["per_backend"]["b1"].as_u64().unwrap_or(0) > 0,
+            "no connection on b1 in {}",
+            rep["label"]
+        );
+    }
+
+    // (a) Connections open on the terminating backend keep working and finish within the drain:
+    // every "finish" connection, b1's included, ended ok, before the destination went.
+    assert_eq!(finish["conns"], 16, "{}", finish["lost"]);
+    assert_eq!(finish["ok"], 16, "lost: {}", finish["lost"]);
+    let finish_done = stamp(r, "finish_done");
+    assert!(
+        finish_done < removed && finish_done - weight0 < DRAIN_MS,
+        "finished {} ms after weight 0, removed after {drained_ms} ms",
+        finish_done - weight0
+    );
+
+    // (b) New connections during the drain all go to b2.
+    let probes: Vec<Value> = serde_json::from_str(&r.out("k_drain_probe.json")).unwrap_or_default();
+    assert!(probes.len() >= 5, "{}", r.out("k_drain_probe.log"));
+    for p in &probes {
+        assert!(
+            p["ok"] == true && p["backend"] == "b2",
+            "a new connection during the drain: {p}"
+        );
+    }
+
+    // (c) After the drain the destination is deleted and, with expire_nodest_conn=1 (what
+    // `shoal sysctls` sets), the connections still open on it are cut at their next packet;
+    // they streamed through the whole drain first. b2's connections are untouched.
+    let records = outlast["records"].as_array().expect("records");
+    assert_eq!(records.len(), 16);
+    for rec in records {
+        let on_b1 = rec["backend"] == "b1";
+        if !on_b1 {
+            assert_eq!(rec["outcome"], "ok", "{rec}");
+            continue;
+        }
+        assert_ne!(
+            rec["outcome"], "ok",
+            "a connection to the deleted destination went on: {rec}"
+        );
+        let failed_at = rec["failed_at_ms"].as_u64().unwrap_or(0);
+        assert!(
+            failed_at >= weight0 + DRAIN_MS - 3_000,
+            "cut {} ms after weight 0, before the drain ended: {rec}",
+            failed_at as i64 - weight0 as i64
+        );
+        assert!(
+            rec["stall_ms"].as_u64().unwrap_or(u64::MAX) < 10_000,
+            "it stalled during the drain: {rec}"
+        );
+    }
+    assert_eq!(r.out("k_drain_exit").trim(), "0", "{}", drain_context(r));
 }

@@ -17,8 +17,19 @@ pub const INSTALL: &str =
     "bash scripts/install-deps.sh (qemu-system-x86, linux-image-6.1.0-56-amd64, \
      busybox-static, ipvsadm, kmod, iproute2, cpio; bird2 and keepalived for the end-to-end lab)";
 
-/// The repository's root.
+/// The repository's root: the checkout of the running test (cargo sets `CARGO_MANIFEST_DIR` to
+/// its package when it runs it), else this crate's own. The compile-time path alone is wrong
+/// when `target/` was copied from another checkout: cargo reuses the compiled harness, and the
+/// lab would build and boot the other checkout's binaries and scenarios.
 pub fn repo() -> PathBuf {
+    if let Ok(dir) = std::env::var("CARGO_MANIFEST_DIR") {
+        if let Some(root) = Path::new(&dir)
+            .ancestors()
+            .find(|d| d.join("chaos/lab/vm/run.sh").is_file())
+        {
+            return root.to_path_buf();
+        }
+    }
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../..")
 }
 

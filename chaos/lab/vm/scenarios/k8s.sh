@@ -6,7 +6,15 @@
 #     addresses on kube-ipvs0 survive Shoal's reconcile, a table change, resyncs and its cleanup.
 #  3. `backend-init --pool`: backends prepared for a pool before any VIP of it exists serve a
 #     VIP from that pool that is added to the table afterwards.
-# Inputs (written by the test): bin/shoal, rules1.toml, rules2.toml. Every step writes out/k_*.
+#  4. Draining (issue #13 item 6), through the Kubernetes source with its default drain (30 s):
+#     long-lived connections to two backends; one backend's endpoint turns terminating (serving,
+#     not ready) while the other is ready; the connections open on it keep working and finish
+#     within the drain, new connections go to the other backend only, and after the drain the
+#     destination is deleted and the connections still open on it are cut.
+# Inputs (written by the test): bin/shoal, bin/lab-flows, bin/fake-apiserver, rules1.toml,
+# rules2.toml, k8s/*.json (the API objects of step 4). Every step writes out/k_*.
+# Binaries run from the guest's memory, not from the 9p share (page faults over 9p are slow).
+mkdir -p /tmp/bin && cp /mnt/host/bin/* /tmp/bin/ && PATH=/tmp/bin:$PATH
 . /mnt/host/lab/topology.sh
 mkdir -p out
 topology_up
@@ -88,4 +96,93 @@ echo $? > out/k_exit
 kube_state k_kube_after.txt
 ipvsadm -Sn > out/k_ipvsadm_after.txt
 ip -o addr show dev shoal0 > out/k_shoal0_after.txt 2>&1
+
+# --- 4. Draining a terminating endpoint. Backends b1 (A) and b2 (B) run lab-flows' echo server
+# on port 7000 (greets "shoal-flows bN"); the Service web/flows asks for 203.0.113.20.
+VIP=203.0.113.20
+A='-r 198.18.0.11:7000'
+for b in 1 2; do
+  ip netns exec b$b lab-flows serve --listen 0.0.0.0:7000 --name b$b > out/k_serve_b$b.log 2>&1 &
+done
+stamp() { lab-flows now > "out/k_t_$1"; }
+ipvs_now() { ipvsadm -Sn > "out/k_drain_ipvs_$1.txt" 2>&1; }
+# Waits (at most $2 s) until `ipvsadm -Sn` shows ($1 = has) or stops showing ($1 = not) $3.
+wait_ipvs() {
+  i=0
+  while [ $i -lt $(($2 * 4)) ]; do
+    if ipvsadm -Sn | grep -q -- "$3"; then [ "$1" = has ] && return 0
+    else [ "$1" = not ] && return 0; fi
+    sleep 0.25; i=$((i + 1))
+  done
+  return 1
+}
+# Hands an object to the fake API server and waits until it applied it (at most 20 s).
+api_apply() {
+  cp "k8s/$1" "ctl/$1.tmp" && mv "ctl/$1.tmp" "ctl/$1"
+  i=0
+  while [ ! -e "ctl/$1.done" ] && [ $i -lt 80 ]; do sleep 0.25; i=$((i + 1)); done
+  [ -e "ctl/$1.done" ]
+}
+mkdir -p ctl
+fake-apiserver kubeconfig ctl > out/k_api.log 2>&1 &
+api=$!
+for f in 1-pool.json 2-service.json 3-slice-ready.json; do
+  api_apply $f || echo "$f not applied" >> out/k_drain_errors.txt
+done
+# Default drain of the Kubernetes source: no --drain-s.
+shoal run --dataplane ipvs --source kubernetes --kubeconfig kubeconfig --insecure --node-id vm1 \
+  --listen 127.0.0.1:7946 --admin 127.0.0.1:9100 --cluster lab --cleanup-on-exit \
+  > out/k_drain_shoal.log 2>&1 &
+pid=$!
+wait_ipvs has 120 "$A .*-w 1" && wait_ipvs has 10 '-r 198.18.0.12:7000 .*-w 1' \
+  || echo "both destinations never programmed" >> out/k_drain_errors.txt
+ipvs_now before
+# Two sets of 16 long-lived connections: "finish" stops streaming (and closes cleanly) in the
+# middle of the drain; "outlast" keeps streaming past its end.
+for set in finish outlast; do
+  ip netns exec cl lab-flows run --target $VIP:7000 --conns 16 --duration-s 300 \
+    --interval-ms 200 --spread-ms 2000 --drain-s 10 --label $set --out out/k_flows_$set.json \
+    --status out/k_flows_$set.status --stop-file /tmp/stop-$set > out/k_flows_$set.log 2>&1 &
+  eval "flows_$set=\$!"
+done
+i=0
+while [ $i -lt 120 ]; do
+  open=0
+  for set in finish outlast; do
+    n=$(grep -o '"open":[0-9]*' out/k_flows_$set.status 2>/dev/null | cut -d: -f2)
+    open=$((open + ${n:-0}))
+  done
+  [ $open -ge 32 ] && break
+  sleep 0.5; i=$((i + 1))
+done
+sleep 2
+ipvsadm -Lnc > out/k_drain_conns_before.txt 2>&1
+# A turns terminating: serving, not ready; B stays ready.
+stamp mark
+api_apply 4-slice-terminating.json || echo "terminating slice not applied" >> out/k_drain_errors.txt
+wait_ipvs has 60 "$A .*-w 0" || echo "A never reached weight 0" >> out/k_drain_errors.txt
+stamp weight0
+ipvs_now weight0
+# New connections while A drains.
+ip netns exec cl lab-flows probe --target $VIP:7000 --interval-ms 250 --duration-s 5 \
+  --out out/k_drain_probe.json > out/k_drain_probe.log 2>&1
+ipvsadm -Lnc > out/k_drain_conns_during.txt 2>&1
+# The "finish" connections end now, in the middle of the drain.
+stamp finish_stop
+touch /tmp/stop-finish
+wait $flows_finish
+stamp finish_done
+ipvs_now finish_done
+# The drain ends: A is deleted (default 30 s after weight 0; allow 120 s under emulation).
+wait_ipvs not 120 "$A" || echo "A never deleted" >> out/k_drain_errors.txt
+stamp removed
+ipvs_now removed
+sleep 5
+touch /tmp/stop-outlast
+wait $flows_outlast
+stamp outlast_done
+kill $pid
+wait $pid
+echo $? > out/k_drain_exit
+kill $api
 exit 0
