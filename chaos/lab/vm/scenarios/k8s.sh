@@ -104,8 +104,18 @@ A='-r 198.18.0.11:7000'
 for b in 1 2; do
   ip netns exec b$b lab-flows serve --listen 0.0.0.0:7000 --name b$b > out/k_serve_b$b.log 2>&1 &
 done
-stamp() { lab-flows now > "out/k_t_$1"; }
 ipvs_now() { ipvsadm -Sn > "out/k_drain_ipvs_$1.txt" 2>&1; }
+uptime_s() { cut -d' ' -f1 /proc/uptime; }
+# A's state in IPVS (up, 0 = weight 0, gone) every 0.25 s with the guest's uptime: the drain's
+# timing comes from here (a `lab-flows now` stamp costs a process start of seconds under load).
+sample_a() {
+  while :; do
+    t=$(uptime_s); l=$(ipvsadm -Sn | grep -- "$A ")
+    case "$l" in *"-w 0 "*|*"-w 0") st=0 ;; "") st=gone ;; *) st=up ;; esac
+    echo "$t $st" >> out/k_drain_samples.txt
+    sleep 0.25
+  done
+}
 # Waits (at most $2 s) until `ipvsadm -Sn` shows ($1 = has) or stops showing ($1 = not) $3.
 wait_ipvs() {
   i=0
@@ -129,27 +139,35 @@ api=$!
 for f in 1-pool.json 2-service.json 3-slice-ready.json; do
   api_apply $f || echo "$f not applied" >> out/k_drain_errors.txt
 done
+# The kube client loads the system's CA certificates even for a plain-HTTP server and the guest
+# has none (the image installs ca-certificates): any CA will do.
+shoal certs init --out /tmp/lab-ca --cluster lab --nodes vm1 > /dev/null 2>&1
 # Default drain of the Kubernetes source: no --drain-s.
-shoal run --dataplane ipvs --source kubernetes --kubeconfig kubeconfig --insecure --node-id vm1 \
+SSL_CERT_FILE=/tmp/lab-ca/ca.pem shoal run --dataplane ipvs --source kubernetes --kubeconfig kubeconfig --insecure --node-id vm1 \
   --listen 127.0.0.1:7946 --admin 127.0.0.1:9100 --cluster lab --cleanup-on-exit \
   > out/k_drain_shoal.log 2>&1 &
 pid=$!
 wait_ipvs has 120 "$A .*-w 1" && wait_ipvs has 10 '-r 198.18.0.12:7000 .*-w 1' \
   || echo "both destinations never programmed" >> out/k_drain_errors.txt
 ipvs_now before
+# The flows' reports use Unix ms; the samples, uptime: one reading of each, side by side.
+c0=$(uptime_s); now=$(lab-flows now); c1=$(uptime_s)
+echo "$c0 $now $c1" > out/k_drain_clock
+sample_a &
+sampler=$!
 # Two sets of 16 long-lived connections: "finish" stops streaming (and closes cleanly) in the
 # middle of the drain; "outlast" keeps streaming past its end.
 for set in finish outlast; do
   ip netns exec cl lab-flows run --target $VIP:7000 --conns 16 --duration-s 300 \
     --interval-ms 200 --spread-ms 2000 --drain-s 10 --label $set --out out/k_flows_$set.json \
-    --status out/k_flows_$set.status --stop-file /tmp/stop-$set > out/k_flows_$set.log 2>&1 &
+    --status out/k_status_$set.json --stop-file /tmp/stop-$set > out/k_flows_$set.log 2>&1 &
   eval "flows_$set=\$!"
 done
 i=0
 while [ $i -lt 120 ]; do
   open=0
   for set in finish outlast; do
-    n=$(grep -o '"open":[0-9]*' out/k_flows_$set.status 2>/dev/null | cut -d: -f2)
+    n=$(grep -o '"open":[0-9]*' out/k_status_$set.json 2>/dev/null | cut -d: -f2)
     open=$((open + ${n:-0}))
   done
   [ $open -ge 32 ] && break
@@ -158,29 +176,25 @@ done
 sleep 2
 ipvsadm -Lnc > out/k_drain_conns_before.txt 2>&1
 # A turns terminating: serving, not ready; B stays ready.
-stamp mark
 api_apply 4-slice-terminating.json || echo "terminating slice not applied" >> out/k_drain_errors.txt
 wait_ipvs has 60 "$A .*-w 0" || echo "A never reached weight 0" >> out/k_drain_errors.txt
-stamp weight0
 ipvs_now weight0
-# New connections while A drains.
+# New connections while A drains; the "finish" connections stop streaming (and close) now, at
+# the start of the drain, and must be done long before its end.
 ip netns exec cl lab-flows probe --target $VIP:7000 --interval-ms 250 --duration-s 5 \
-  --out out/k_drain_probe.json > out/k_drain_probe.log 2>&1
-ipvsadm -Lnc > out/k_drain_conns_during.txt 2>&1
-# The "finish" connections end now, in the middle of the drain.
-stamp finish_stop
+  --out out/k_drain_probe.json > out/k_drain_probe.log 2>&1 &
+probe=$!
 touch /tmp/stop-finish
 wait $flows_finish
-stamp finish_done
-ipvs_now finish_done
+wait $probe
+ipvsadm -Lnc > out/k_drain_conns_during.txt 2>&1
 # The drain ends: A is deleted (default 30 s after weight 0; allow 120 s under emulation).
-wait_ipvs not 120 "$A" || echo "A never deleted" >> out/k_drain_errors.txt
-stamp removed
+wait_ipvs not 120 "$A " || echo "A never deleted" >> out/k_drain_errors.txt
 ipvs_now removed
 sleep 5
 touch /tmp/stop-outlast
 wait $flows_outlast
-stamp outlast_done
+kill $sampler
 kill $pid
 wait $pid
 echo $? > out/k_drain_exit
