@@ -468,7 +468,7 @@ fn a_terminating_endpoint_drains_open_connections_then_is_removed() {
         );
         let failed_at = rec["failed_at_ms"].as_i64().unwrap_or(0);
         assert!(
-            failed_at >= (deleted_not_before).max(unix(last_w0)) - 2_000,
+            failed_at >= deleted_not_before.max(unix(last_w0)) - 2_000,
             "cut {} ms after weight 0, before the drain ended: {rec}",
             failed_at - unix(w0)
         );
