@@ -21,7 +21,9 @@ use crate::version::{NodeId, Version};
 use crate::view::{build_view, ClusterView, Decisions};
 use crate::Document;
 use bytes::Bytes;
-use chitchat::{spawn_chitchat, Chitchat, ChitchatConfig, ChitchatHandle, ChitchatId};
+use chitchat::{
+    spawn_chitchat, Chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig,
+};
 use shell::{control_loop, refresh_last_seen, resolve_seeds, serve_documents};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -176,7 +178,15 @@ impl<D: Document> Mesh<D> {
         let generation = unix_ms();
         let chitchat_id = ChitchatId::new(node_id.as_str(), generation, listen);
         let gossip_interval = Duration::from_millis(timing.gossip_interval_ms);
-        let failure_detector_config = crate::config::failure_detector_config(&timing);
+        let failure_detector_config = FailureDetectorConfig {
+            phi_threshold: timing.phi_threshold,
+            sampling_window_size: 1_000,
+            // Longer gaps (a pause, a healed partition) are not averaged in, so the mean, and
+            // with it the detection time, stays near the gossip interval.
+            max_interval: (gossip_interval * 20).max(Duration::from_secs(2)),
+            initial_interval: Duration::from_millis(timing.initial_interval_ms),
+            dead_node_grace_period: Duration::from_millis(timing.dead_node_grace_ms),
+        };
         let chitchat_config = ChitchatConfig {
             chitchat_id,
             cluster_id,
