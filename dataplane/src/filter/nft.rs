@@ -168,11 +168,7 @@ impl Firewall for NftFirewall {
     fn replace(&mut self, rules: &[FilterRule]) -> Result<(), DataplaneError> {
         self.send_batch("replace", |c| {
             push_delete_table(c);
-            c.request()
-                .set_create()
-                .op_newtable_do(&family_header())
-                .encode()
-                .push_name(TABLE);
+            push_new_table(c);
             c.request()
                 .set_create()
                 .op_newchain_do(&family_header())
@@ -210,13 +206,18 @@ impl Firewall for NftFirewall {
     }
 }
 
-/// Deletes Shoal's table whether or not it exists: adding it first makes the delete succeed.
-fn push_delete_table(c: &mut nftables::Chained<'static>) {
+/// Adds Shoal's table (create without exclusive: an existing one is left as it is).
+fn push_new_table(c: &mut nftables::Chained<'static>) {
     c.request()
         .set_create()
         .op_newtable_do(&family_header())
         .encode()
         .push_name(TABLE);
+}
+
+/// Deletes Shoal's table whether or not it exists: adding it first makes the delete succeed.
+fn push_delete_table(c: &mut nftables::Chained<'static>) {
+    push_new_table(c);
     c.request()
         .op_deltable_do(&family_header())
         .encode()
