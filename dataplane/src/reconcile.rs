@@ -40,6 +40,9 @@ pub struct Reconciler {
     /// When the view was last read whole from the kernel.
     last_full_read: Option<Instant>,
     drift_check: Duration,
+    /// Deletions in the last `step`'s answer whose drain had run out (the others repair drift
+    /// or follow the desired table).
+    drained: usize,
 }
 
 impl Reconciler {
@@ -52,6 +55,7 @@ impl Reconciler {
             view: None,
             last_full_read: None,
             drift_check: DEFAULT_DRIFT_CHECK,
+            drained: 0,
         }
     }
 
@@ -80,6 +84,7 @@ impl Reconciler {
     /// `step` against a view of the kernel.
     pub fn step_view(&mut self, desired: &Desired, have: &View, now: Instant) -> Vec<Op> {
         let ops = plan_view(desired, have);
+        self.drained = 0;
         if self.drain.is_zero() {
             self.draining.clear();
             return ops;
@@ -98,6 +103,7 @@ impl Reconciler {
                 .or_insert_with(|| due_after(now, self.drain));
             seen.insert(id);
             if now >= due {
+                self.drained += 1;
                 out.push(op);
                 continue;
             }
@@ -148,7 +154,13 @@ impl Reconciler {
             for op in ops {
                 view.apply(op);
             }
+            view.shrink_after(ops);
         }
+    }
+
+    /// How many of the last `step`'s ops delete a destination whose drain ran out.
+    pub fn last_drained(&self) -> usize {
+        self.drained
     }
 
     /// Something failed: the kernel's state is no longer known, the next pass reads it all.
@@ -198,6 +210,8 @@ pub struct ReconcileReport {
     pub ops: Vec<Op>,
     /// Whether this pass read the whole table back (first pass, drift check, after an error).
     pub full_read: bool,
+    /// How many of `ops` delete a destination whose drain ran out.
+    pub drained: usize,
 }
 
 fn read_all(
@@ -205,9 +219,12 @@ fn read_all(
     rec: &mut Reconciler,
     now: Instant,
 ) -> Result<(), DataplaneError> {
+    // The old view goes first, and the new one is built by moving the read: at 10,000
+    // services the two views and the read would otherwise live together (~100 MiB).
+    rec.invalidate();
     match dp.read() {
         Ok(actual) => {
-            rec.observed(actual.view(), now);
+            rec.observed(actual.into_view(), now);
             Ok(())
         }
         Err(e) => {
@@ -263,6 +280,7 @@ pub fn reconcile(
                 applied,
                 ops,
                 full_read,
+                drained: rec.last_drained(),
             })
         }
     }
@@ -298,6 +316,51 @@ mod tests {
                     .collect(),
             }],
         }
+    }
+
+    /// The kept view holds what a full read would, without the spare room of one insert at a
+    /// time; a deletion at the end of a drain is counted as such, a drift repair is not.
+    #[test]
+    fn the_kept_view_is_compact_and_drained_deletions_are_counted() {
+        let mut dp = MemoryDataplane::new();
+        let mut rec = Reconciler::new(Duration::from_secs(30));
+        let t0 = Instant::now();
+        let report = reconcile(&mut dp, &mut rec, &desired(&[1, 2, 3, 4, 5]), t0).unwrap();
+        assert_eq!(report.drained, 0);
+        let dests = &rec
+            .view()
+            .unwrap()
+            .services
+            .values()
+            .next()
+            .unwrap()
+            .destinations;
+        assert_eq!((dests.len(), dests.capacity()), (5, 5));
+        assert_eq!(rec.view().cloned(), Some(dp.read().unwrap().into_view()));
+
+        let report = reconcile(&mut dp, &mut rec, &desired(&[1, 2, 3, 4]), t0).unwrap();
+        assert_eq!((report.ops.len(), report.drained), (1, 0), "weight 0 first");
+        let later = t0 + Duration::from_secs(31);
+        let report = reconcile(&mut dp, &mut rec, &desired(&[1, 2, 3, 4]), later).unwrap();
+        assert!(
+            matches!(&report.ops[..], [Op::DelDest(..)]),
+            "{:?}",
+            report.ops
+        );
+        assert_eq!(report.drained, 1);
+
+        // Drift: a destination deleted behind Shoal's back is added again, not "drained".
+        let key = desired(&[]).services[0].key.clone();
+        dp.apply(&Op::DelDest(key, IpAddr::from([198, 18, 0, 1]), 80))
+            .unwrap();
+        rec.invalidate();
+        let report = reconcile(&mut dp, &mut rec, &desired(&[1, 2, 3, 4]), later).unwrap();
+        assert!(
+            matches!(&report.ops[..], [Op::AddDest(..)]),
+            "{:?}",
+            report.ops
+        );
+        assert_eq!(report.drained, 0);
     }
 
     /// Issue #15, broken behaviour 5: `now + drain` panicked for a huge drain.

@@ -7,13 +7,50 @@ use common::{case, shoal_vip};
 use proptest::prelude::*;
 use shoal_dataplane::model::*;
 use shoal_dataplane::plan::{is_managed, SHOAL_FWMARK_BASE};
-use shoal_dataplane::{plan, Dataplane, Desired, MemoryDataplane, Op, Reconciler};
+use shoal_dataplane::{plan, Actual, Dataplane, Desired, MemoryDataplane, Op, Reconciler};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// A kernel read in any order, with a destination listed twice: the view built by moving
+    /// the read equals the one built by copying it.
+    #[test]
+    fn a_read_moved_into_a_view_equals_its_copied_view(
+        raw in proptest::collection::vec(
+            (common::key(false), proptest::collection::vec(common::destination(), 0..8)),
+            0..6,
+        ),
+        vips in proptest::collection::btree_set(0u8..4, 0..3),
+    ) {
+        let services = raw
+            .into_iter()
+            .map(|(key, destinations)| ObservedService {
+                destinations: destinations
+                    .iter()
+                    .map(|d| ObservedDestination {
+                        destination: d.clone(),
+                        active_connections: 1,
+                        inactive_connections: 2,
+                        stats: Stats::default(),
+                    })
+                    .collect(),
+                service: Service {
+                    key,
+                    scheduler: "mh".into(),
+                    flags: SchedFlags::default(),
+                    persistence_timeout_s: 0,
+                    destinations,
+                },
+                stats: Stats::default(),
+            })
+            .collect();
+        let actual = Actual { services, vips: vips.into_iter().map(shoal_vip).collect() };
+        let copied = actual.view();
+        prop_assert_eq!(actual.into_view(), copied);
+    }
 
     #[test]
     fn applying_the_plan_yields_desired(c in case()) {
