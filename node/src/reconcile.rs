@@ -69,14 +69,15 @@ impl SharedProgrammer {
             .unwrap_or_else(|e| Err(join_error(e)))
     }
 
-    /// One pass: read, plan, apply; then the source filters. Returns the ops applied, the
-    /// planner's next deadline and what changed in the filter. Both parts run even when the
-    /// other fails (one broken part must not freeze the other); the first error is returned.
+    /// One pass: read, plan, apply; then the source filters. Returns the ops applied (and how
+    /// many of them end a drain), the planner's next deadline and what changed in the filter.
+    /// Both parts run even when the other fails (one broken part must not freeze the other);
+    /// the first error is returned.
     pub async fn reconcile(
         &self,
         desired: Desired,
         filters: Vec<SourceFilter>,
-    ) -> Result<(Vec<Op>, Option<Instant>, FilterChange), DataplaneError> {
+    ) -> Result<Pass, DataplaneError> {
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
             let mut p = this.lock();
@@ -88,7 +89,12 @@ impl SharedProgrammer {
             let report = reconcile(dataplane.as_mut(), reconciler, &desired, Instant::now());
             let filter = reconcile_filter(firewall.as_mut(), &filters);
             let report = report?;
-            Ok((report.ops, reconciler.next_deadline(), filter?))
+            Ok(Pass {
+                drained: report.drained,
+                ops: report.ops,
+                deadline: reconciler.next_deadline(),
+                filter: filter?,
+            })
         })
         .await
         .unwrap_or_else(|e| Err(join_error(e)))
@@ -113,6 +119,44 @@ impl SharedProgrammer {
         })
         .await
         .unwrap_or_else(|e| Err(join_error(e)))
+    }
+}
+
+/// What one pass did.
+pub struct Pass {
+    pub ops: Vec<Op>,
+    /// How many of `ops` delete a destination whose drain ran out.
+    pub drained: usize,
+    pub deadline: Option<Instant>,
+    pub filter: FilterChange,
+}
+
+/// Why a pass on the head already applied changed something, for its log lines: deletions at
+/// the end of a drain, a health verdict that changed, or else drift (entries changed behind
+/// Shoal's back). Counts of ops; the ones not explained by a drain are put down to the health
+/// change when there was one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ResyncCause {
+    pub drained: usize,
+    pub health: usize,
+    pub drift: usize,
+}
+
+pub fn resync_cause(ops: usize, drained: usize, verdicts_changed: bool) -> ResyncCause {
+    let drained = drained.min(ops);
+    let rest = ops - drained;
+    if verdicts_changed {
+        ResyncCause {
+            drained,
+            health: rest,
+            drift: 0,
+        }
+    } else {
+        ResyncCause {
+            drained,
+            health: 0,
+            drift: rest,
+        }
     }
 }
 
@@ -208,10 +252,12 @@ pub async fn run(
         );
     }
     loop {
+        // `changed` marks the verdicts seen: remember that they woke this pass.
+        let mut verdicts_changed = false;
         tokio::select! {
             _ = cancel.cancelled() => break,
             r = heads.changed() => if r.is_err() { break },
-            r = verdicts.changed() => if r.is_err() { break },
+            r = verdicts.changed() => if r.is_err() { break } else { verdicts_changed = true },
             _ = tokio::time::sleep_until(next_pass) => {}
         }
         let head = heads.borrow_and_update().clone();
@@ -219,6 +265,7 @@ pub async fn run(
             next_pass = later(tokio::time::Instant::now(), settings.resync_interval);
             continue;
         };
+        let verdicts_changed = verdicts_changed || verdicts.has_changed().unwrap_or(false);
         let desired = desired_state(&head.doc, &verdicts.borrow_and_update());
         let filters = source_filters(&head.doc);
         let started = Instant::now();
@@ -228,7 +275,12 @@ pub async fn run(
             .observe(started.elapsed().as_secs_f64());
         let mut wake = later(tokio::time::Instant::now(), settings.resync_interval);
         match result {
-            Ok((ops, deadline, filter)) => {
+            Ok(Pass {
+                ops,
+                drained,
+                deadline,
+                filter,
+            }) => {
                 match filter {
                     FilterChange::Unchanged => {}
                     FilterChange::Replaced { rules } => {
@@ -265,7 +317,22 @@ pub async fn run(
                     tracing::info!(version = %head.version, ops = ops.len(), "applied");
                     before_head = applied.clone();
                 } else if !ops.is_empty() {
-                    tracing::warn!(ops = ops.len(), "dataplane drifted from the head; repaired");
+                    let cause = resync_cause(ops.len(), drained, verdicts_changed);
+                    if cause.drained > 0 {
+                        tracing::info!(
+                            destinations = cause.drained,
+                            "drain over; destinations deleted"
+                        );
+                    }
+                    if cause.health > 0 {
+                        tracing::info!(ops = cause.health, "health verdicts changed; applied");
+                    }
+                    if cause.drift > 0 {
+                        tracing::warn!(
+                            ops = cause.drift,
+                            "dataplane drifted from the head; repaired"
+                        );
+                    }
                 }
                 let reported = match (&settings.fault, &before_head) {
                     (Some(Fault::AppliedGoesBack), Some(older)) if resync_pass => older.clone(),
@@ -331,6 +398,36 @@ fn op_name(op: &Op) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A pass on an unchanged head is called drift only for what neither a drain's end nor a
+    /// health change explains (a drain's deletion was logged as drift).
+    #[test]
+    fn a_drain_deadline_is_not_called_drift() {
+        assert_eq!(
+            resync_cause(2, 2, false),
+            ResyncCause {
+                drained: 2,
+                ..Default::default()
+            }
+        );
+        assert_eq!(
+            resync_cause(3, 1, false),
+            ResyncCause {
+                drained: 1,
+                drift: 2,
+                ..Default::default()
+            }
+        );
+        assert_eq!(
+            resync_cause(3, 1, true),
+            ResyncCause {
+                drained: 1,
+                health: 2,
+                ..Default::default()
+            }
+        );
+        assert_eq!(resync_cause(1, 5, false).drained, 1);
+    }
 
     /// Issue #15, broken behaviour 5: `Instant::now() + Duration::from_secs(u64::MAX)` panicked
     /// inside the reconcile task, which then never programmed anything again.
