@@ -3,9 +3,9 @@
 //! A generous bound only (debug build, shared CI machine); the figure is printed.
 
 use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::json;
 use shoal_node::source::kubernetes::pools::{parse_pools, PoolObject, PoolSpec};
+use shoal_node::source::kubernetes::slice::Slice;
 use shoal_node::source::kubernetes::translate::{translate, Settings};
 use std::time::Instant;
 
@@ -24,7 +24,7 @@ fn two_thousand_services_translate_quickly() {
             .unwrap()
         })
         .collect();
-    let slices: Vec<EndpointSlice> = (0..services_n)
+    let slices: Vec<Slice> = (0..services_n)
         .map(|i| {
             let eps: Vec<_> = (0..endpoints_n)
                 .map(|j| json!({"addresses": [format!("198.18.{}.{}", (i * endpoints_n + j) / 250 % 250, (i * endpoints_n + j) % 250 + 1)]}))

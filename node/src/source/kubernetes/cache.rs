@@ -3,17 +3,19 @@
 //! Objects arrive untyped and are decoded one by one, so a single object the typed model
 //! rejects becomes a [`Problem`] instead of failing the whole list (which would stall the
 //! watcher and with it every other Service). A relist (`Init` .. `InitDone`) is buffered and
-//! swapped in whole, so readers never see a half-listed state.
+//! swapped in whole, so readers never see a half-listed state. Objects are kept behind an `Arc`:
+//! a pass hands them to the status writer without copying them.
 
 use super::translate::{ObjectId, Problem};
 use kube::api::DynamicObject;
 use kube::runtime::watcher::Event;
 use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 #[derive(Debug, Clone)]
 pub enum Entry<K> {
-    Ok(K),
+    Ok(Arc<K>),
     Malformed(Problem),
 }
 
@@ -74,9 +76,15 @@ impl<K: DeserializeOwned + Clone> ObjectCache<K> {
         }
     }
 
-    /// The objects that decoded, in key order (copies).
-    pub fn objects(&self) -> Vec<K> {
-        self.refs().into_iter().cloned().collect()
+    /// The objects that decoded, in key order (shared, not copied).
+    pub fn objects(&self) -> Vec<Arc<K>> {
+        self.live
+            .values()
+            .filter_map(|e| match e {
+                Entry::Ok(k) => Some(k.clone()),
+                Entry::Malformed(_) => None,
+            })
+            .collect()
     }
 
     /// The objects that decoded, in key order, without copying them.
@@ -84,7 +92,7 @@ impl<K: DeserializeOwned + Clone> ObjectCache<K> {
         self.live
             .values()
             .filter_map(|e| match e {
-                Entry::Ok(k) => Some(k),
+                Entry::Ok(k) => Some(&**k),
                 Entry::Malformed(_) => None,
             })
             .collect()
@@ -108,7 +116,7 @@ impl<K: DeserializeOwned + Clone> ObjectCache<K> {
         };
         let decoded = serde_json::to_value(&obj).and_then(serde_json::from_value::<K>);
         let entry = match decoded {
-            Ok(k) => Entry::Ok(k),
+            Ok(k) => Entry::Ok(Arc::new(k)),
             Err(e) => Entry::Malformed(Problem {
                 object: id,
                 reason: "MalformedObject",
@@ -166,8 +174,8 @@ mod tests {
         c.apply(Event::InitDone);
         let names: Vec<_> = c
             .objects()
-            .into_iter()
-            .map(|s| s.metadata.name.unwrap())
+            .iter()
+            .map(|s| s.metadata.name.clone().unwrap())
             .collect();
         assert_eq!(names, ["b"]);
         assert_eq!(c.problems().count(), 0);

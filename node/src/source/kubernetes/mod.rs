@@ -4,7 +4,8 @@
 //! cancels it when the role moves, and the kube client is created inside, so other replicas
 //! never open a connection to the API server. Pure parts: [`annotations`] (the `shoal.io/...`
 //! settings), [`pools`] (the `ShoalPool` resource), [`vip`] (assignment, sharing, families,
-//! conflicts), [`translate`] (objects -> table and problems), [`cache`] (watch events ->
+//! conflicts), [`translate`] (objects -> table and problems), [`slice`] (what of an EndpointSlice is
+//! cached), [`cache`] (watch events ->
 //! objects), [`api_health`] (when to give the role up). Shell: [`watch`] (the loop),
 //! [`status`] (status write-back and Events) and [`metrics`]. See docs/kubernetes.md.
 
@@ -13,6 +14,7 @@ pub mod api_health;
 pub mod cache;
 pub mod metrics;
 pub mod pools;
+pub mod slice;
 pub mod status;
 pub mod translate;
 pub mod vip;

@@ -169,7 +169,7 @@ impl StatusWriter {
     /// not hold up the next table; returns whether writes are left for another pass.
     pub async fn sync_statuses(
         &mut self,
-        services: &[Service],
+        services: &[std::sync::Arc<Service>],
         vips: &BTreeMap<String, Vec<IpAddr>>,
         clear: &BTreeSet<String>,
         budget: usize,
@@ -180,7 +180,7 @@ impl StatusWriter {
             .retain(|k, _| vips.contains_key(k) || clear.contains(k));
         let mut present = BTreeSet::new();
         let mut notes = Vec::new();
-        for svc in services {
+        for svc in services.iter().map(|s| &**s) {
             let (Some(ns), Some(name)) = (&svc.metadata.namespace, &svc.metadata.name) else {
                 continue;
             };

@@ -12,10 +12,10 @@
 
 use super::annotations::{self, ServiceSettings};
 use super::pools::Pool;
+use super::slice::Slice;
 use super::vip::{self, Claim, Family};
 use crate::table::{Backend, RuleTable, VirtualService};
 use k8s_openapi::api::core::v1::{Service, ServicePort};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use shoal_dataplane::model::Forwarding;
 use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
@@ -48,13 +48,13 @@ impl ObjectId {
             uid: svc.metadata.uid.clone(),
         }
     }
-    pub fn slice(slice: &EndpointSlice) -> Self {
+    pub fn slice(slice: &Slice) -> Self {
         ObjectId {
             kind: "EndpointSlice",
             api_version: "discovery.k8s.io/v1",
-            namespace: slice.metadata.namespace.clone().unwrap_or_default(),
-            name: slice.metadata.name.clone().unwrap_or_default(),
-            uid: slice.metadata.uid.clone(),
+            namespace: slice.namespace.clone().unwrap_or_default(),
+            name: slice.name.clone().unwrap_or_default(),
+            uid: slice.uid.clone(),
         }
     }
 }
@@ -92,7 +92,7 @@ fn key_of(ns: &str, name: &str) -> String {
 
 /// Takes owned objects or references (the watch loop passes references into its caches, so
 /// nothing is cloned per pass).
-pub fn translate<S: Borrow<Service>, E: Borrow<EndpointSlice>>(
+pub fn translate<S: Borrow<Service>, E: Borrow<Slice>>(
     services: &[S],
     slices: &[E],
     cfg: &Settings,
@@ -193,13 +193,9 @@ pub fn translate<S: Borrow<Service>, E: Borrow<EndpointSlice>>(
     let assignment = vip::assign(&claims, cfg.pools);
 
     // Slices by owning Service; slices without the label belong to nobody we serve.
-    let mut by_service: BTreeMap<String, Vec<&EndpointSlice>> = BTreeMap::new();
+    let mut by_service: BTreeMap<String, Vec<&Slice>> = BTreeMap::new();
     for slice in slices.iter().map(Borrow::borrow) {
-        let labels = slice.metadata.labels.as_ref();
-        if let (Some(ns), Some(svc)) = (
-            slice.metadata.namespace.as_deref(),
-            labels.and_then(|l| l.get(SERVICE_NAME_LABEL)),
-        ) {
+        if let (Some(ns), Some(svc)) = (slice.namespace.as_deref(), slice.service_name.as_deref()) {
             by_service.entry(key_of(ns, svc)).or_default().push(slice);
         }
     }
@@ -285,7 +281,7 @@ impl PortContext<'_> {
         &self,
         key: &str,
         port: &ServicePort,
-        svc_slices: &[&EndpointSlice],
+        svc_slices: &[&Slice],
         problems: &mut Vec<Problem>,
         bad_slices: &mut BTreeSet<Problem>,
     ) -> Option<VirtualService> {
@@ -319,7 +315,7 @@ impl PortContext<'_> {
             if !family_ok {
                 continue;
             }
-            let matching = slice.ports.iter().flatten().find(|p| {
+            let matching = slice.ports.iter().find(|p| {
                 p.name.as_deref().unwrap_or("") == port.name.as_deref().unwrap_or("")
                     && parse_protocol(p.protocol.as_deref()) == Some(protocol)
             });
@@ -346,10 +342,9 @@ impl PortContext<'_> {
                 continue;
             }
             for ep in &slice.endpoints {
-                let c = ep.conditions.as_ref();
-                let is_ready = c.and_then(|c| c.ready).unwrap_or(true);
-                let serving = c.and_then(|c| c.serving).unwrap_or(is_ready);
-                let is_terminating = c.and_then(|c| c.terminating).unwrap_or(false);
+                let is_ready = ep.ready.unwrap_or(true);
+                let serving = ep.serving.unwrap_or(is_ready);
+                let is_terminating = ep.terminating.unwrap_or(false);
                 let bucket = match (
                     is_ready && serving && !is_terminating,
                     serving && is_terminating,

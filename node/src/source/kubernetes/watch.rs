@@ -12,6 +12,7 @@ use super::api_health::{ApiHealth, Failure};
 use super::cache::ObjectCache;
 use super::metrics::{KindLabel, KubernetesMetrics};
 use super::pools::{self, Pool, ShoalPool};
+use super::slice::Slice;
 use super::status::{pool_resource, StatusWriter};
 use super::translate::{self, ObjectId, Problem, Settings};
 use super::{KubernetesConfig, SourceError};
@@ -173,8 +174,7 @@ pub async fn run_loop(
     };
 
     let mut services: ObjectCache<Service> = ObjectCache::new("Service", "v1");
-    let mut slices: ObjectCache<EndpointSlice> =
-        ObjectCache::new("EndpointSlice", "discovery.k8s.io/v1");
+    let mut slices: ObjectCache<Slice> = ObjectCache::new("EndpointSlice", "discovery.k8s.io/v1");
     let mut pool_cache: ObjectCache<ShoalPool> = ObjectCache::new(pools::KIND, "shoal.io/v1alpha1");
     let instance = hostname::get()
         .ok()
@@ -229,7 +229,7 @@ pub async fn run_loop(
             Step::Publish => {
                 due = None;
                 let pool_objects: Vec<pools::PoolObject> =
-                    pool_cache.objects().iter().map(ShoalPool::object).collect();
+                    pool_cache.objects().iter().map(|p| p.object()).collect();
                 let (pools, pool_problems) = match &fixed_pools {
                     Some(p) => (p.clone(), Vec::new()),
                     None => pools::parse_pools(&pool_objects),
@@ -296,9 +296,9 @@ pub async fn run_loop(
     }
 }
 
-/// Everything one pass wants written back.
+/// Everything one pass wants written back. The Services are the cache's own (shared).
 struct WriteJob {
-    services: Vec<Service>,
+    services: Vec<std::sync::Arc<Service>>,
     vips: std::collections::BTreeMap<String, Vec<std::net::IpAddr>>,
     clear: std::collections::BTreeSet<String>,
     usage: std::collections::BTreeMap<String, pools::PoolStatus>,

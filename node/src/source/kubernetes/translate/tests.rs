@@ -4,7 +4,7 @@ use super::*;
 use k8s_openapi::api::core::v1::{
     LoadBalancerIngress, LoadBalancerStatus, ServicePort, ServiceSpec, ServiceStatus,
 };
-use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use proptest::prelude::*;
 
@@ -83,9 +83,11 @@ fn run(services: &[Service], slices: &[EndpointSlice]) -> Translation {
             .unwrap(),
         crate::source::kubernetes::pools::from_cidrs(&["2001:db8::/64".into()], "default").unwrap(),
     ];
+    // What the cache holds of each slice (the typed objects keep the tests close to the API).
+    let slices: Vec<Slice> = slices.iter().cloned().map(Slice::from).collect();
     translate(
         services,
-        slices,
+        &slices,
         &Settings {
             load_balancer_class: CLASS,
             pools: &pools,
