@@ -7,26 +7,35 @@
 //! The small run in CI checks that the figures add up (every form is measured and non-empty).
 
 use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::json;
-use shoal_dataplane::{plan_view, Dataplane, MemoryDataplane, View};
+use shoal_dataplane::{plan_view, reconcile, Dataplane, MemoryDataplane, Reconciler, View};
 use shoal_node::desired::desired_state;
 use shoal_node::health::Verdicts;
 use shoal_node::source::kubernetes::pools::{parse_pools, PoolObject, PoolSpec};
+use shoal_node::source::kubernetes::slice::Slice;
 use shoal_node::source::kubernetes::translate::{translate, Settings};
 use shoal_node::table::RuleTable;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 struct Counting;
 
 static LIVE: AtomicUsize = AtomicUsize::new(0);
+/// The highest `LIVE` since the last `peak_of` began.
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+fn count_up(bytes: usize) {
+    let now = LIVE.fetch_add(bytes, Ordering::Relaxed) + bytes;
+    PEAK.fetch_max(now, Ordering::Relaxed);
+}
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let p = System.alloc(layout);
         if !p.is_null() {
-            LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+            count_up(layout.size());
         }
         p
     }
@@ -37,7 +46,7 @@ unsafe impl GlobalAlloc for Counting {
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let p = System.realloc(ptr, layout, new_size);
         if !p.is_null() {
-            LIVE.fetch_add(new_size, Ordering::Relaxed);
+            count_up(new_size);
             LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
         }
         p
@@ -54,11 +63,19 @@ fn held<T>(f: impl FnOnce() -> T) -> (T, usize) {
     (t, LIVE.load(Ordering::Relaxed).saturating_sub(before))
 }
 
+/// How far above its starting point the heap went while `f` ran.
+fn peak_of<T>(f: impl FnOnce() -> T) -> (T, usize) {
+    let before = LIVE.load(Ordering::Relaxed);
+    PEAK.store(before, Ordering::Relaxed);
+    let t = f();
+    (t, PEAK.load(Ordering::Relaxed).saturating_sub(before))
+}
+
 const ENDPOINTS: usize = 20;
 
-/// Services and slices as the source caches them (after `trim`: no targetRef, node, zone).
-fn objects(n: usize) -> (Vec<Service>, Vec<EndpointSlice>) {
-    let services = (0..n)
+/// Services as the source caches them.
+fn services(n: usize) -> Vec<Arc<Service>> {
+    (0..n)
         .map(|i| {
             serde_json::from_value(json!({
                 "metadata": {"namespace": format!("ns{}", i % 100), "name": format!("svc{i}"),
@@ -73,8 +90,13 @@ fn objects(n: usize) -> (Vec<Service>, Vec<EndpointSlice>) {
             }))
             .expect("service")
         })
-        .collect();
-    let slices = (0..n)
+        .map(Arc::new)
+        .collect()
+}
+
+/// EndpointSlices as the source caches them: what translation reads (`Slice`).
+fn slices(n: usize) -> Vec<Arc<Slice>> {
+    (0..n)
         .map(|i| {
             let eps: Vec<_> = (0..ENDPOINTS)
                 .map(|j| {
@@ -94,8 +116,8 @@ fn objects(n: usize) -> (Vec<Service>, Vec<EndpointSlice>) {
             }))
             .expect("slice")
         })
-        .collect();
-    (services, slices)
+        .map(Arc::new)
+        .collect()
 }
 
 struct Figures {
@@ -119,9 +141,11 @@ impl Figures {
 
 fn measure(n: usize) -> (Figures, usize) {
     let mut f = Figures { rows: Vec::new() };
-    let ((services, slices), b) = held(|| objects(n));
+    let (services, b) = held(|| services(n));
+    f.add("source cache: Services (typed, trimmed)", b);
+    let (slices, b) = held(|| slices(n));
     f.add(
-        "source caches: Services + EndpointSlices (typed, trimmed)",
+        "source cache: EndpointSlices (Slice: what translate reads)",
         b,
     );
     let (pools, problems) = parse_pools(&[PoolObject {
@@ -134,9 +158,9 @@ fn measure(n: usize) -> (Figures, usize) {
     }]);
     assert!(problems.is_empty());
     let (svc_copy, b) = held(|| services.clone());
-    f.add("one clone of the Services (a pass's WriteJob)", b);
+    f.add("a pass's Services for the status job (shared)", b);
     drop(svc_copy);
-    let slice_refs: Vec<&EndpointSlice> = slices.iter().collect();
+    let slice_refs: Vec<&Slice> = slices.iter().map(|s| &**s).collect();
     let (out, b) = held(|| {
         translate(
             &services,
@@ -175,6 +199,7 @@ fn measure(n: usize) -> (Figures, usize) {
         for op in &ops {
             v.apply(op);
         }
+        v.shrink_after(&ops);
         v
     });
     f.add("reconciler's kept view", b);
@@ -196,6 +221,16 @@ fn measure(n: usize) -> (Figures, usize) {
     let (read_view, b) = held(|| actual.view());
     f.add("its view", b);
     assert_eq!(read_view, view);
+    drop(read_view);
+    drop(actual);
+    // A drift check as the reconciler runs it, on a replica holding its kept view: the heap's
+    // peak above that steady state.
+    let mut rec = Reconciler::new(Duration::ZERO).with_drift_check(Duration::ZERO);
+    rec.observed(view, Instant::now());
+    let (report, b) = peak_of(|| reconcile(&mut dp2, &mut rec, &desired, Instant::now()));
+    let report = report.expect("reconcile");
+    assert!(report.full_read && report.ops.is_empty());
+    f.add("peak of a drift check above the kept view", b);
     (f, backends)
 }
 
