@@ -218,6 +218,10 @@ async fn scale_bench() {
         realistic(&mut s, &ns, i);
         api.apply(Kind::EndpointSlice, s);
     }
+    // More `shoal run` flags for every node, e.g. `--drain-s 0`.
+    let extra_args: Vec<String> = std::env::var("SHOAL_SCALE_ARGS")
+        .map(|v| v.split_whitespace().map(String::from).collect())
+        .unwrap_or_default();
     let dir = tempfile::tempdir().unwrap();
     let listen: Vec<u16> = (0..3).map(|_| common::free_udp_port()).collect();
     let admin: Vec<String> = (0..3)
@@ -242,6 +246,7 @@ async fn scale_bench() {
             .arg("--kubeconfig")
             .arg(&kc)
             .args(["--dataplane", "memory"])
+            .args(&extra_args)
             .env(
                 "SHOAL_LOG",
                 std::env::var("SHOAL_SCALE_LOG").unwrap_or_else(|_| "warn".into()),
