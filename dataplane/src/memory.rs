@@ -5,7 +5,7 @@ use crate::backend::Dataplane;
 use crate::error::DataplaneError;
 use crate::model::{Destination, ObservedDestination, ObservedService, Service, ServiceKey, Stats};
 use crate::op::Op;
-use crate::plan::Actual;
+use crate::plan::{Actual, View};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -197,6 +197,26 @@ impl Dataplane for MemoryDataplane {
             })
             .collect();
         Ok(Actual {
+            services,
+            vips: st.vips.clone(),
+        })
+    }
+
+    fn read_view(&mut self) -> Result<View, DataplaneError> {
+        let mut st = self.lock();
+        st.reads += 1;
+        let services = st
+            .services
+            .iter()
+            .map(|(k, (s, d))| {
+                let s = Service {
+                    destinations: d.values().cloned().collect(),
+                    ..s.clone()
+                };
+                (k.clone(), s)
+            })
+            .collect();
+        Ok(View {
             services,
             vips: st.vips.clone(),
         })

@@ -231,12 +231,12 @@ fn read_all(
     rec: &mut Reconciler,
     now: Instant,
 ) -> Result<(), DataplaneError> {
-    // The old view goes first, and the new one is built by moving the read: at 10,000
-    // services the two views and the read would otherwise live together (~100 MiB).
+    // The old view goes first, and the new one is built as the dataplane is read: at 10,000
+    // services the two views and a whole `Actual` would otherwise live together (~100 MiB).
     rec.invalidate();
-    match dp.read() {
-        Ok(actual) => {
-            rec.observed(actual.into_view(), now);
+    match dp.read_view() {
+        Ok(view) => {
+            rec.observed(view, now);
             Ok(())
         }
         Err(e) => {

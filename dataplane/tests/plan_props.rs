@@ -52,6 +52,18 @@ proptest! {
         prop_assert_eq!(actual.into_view(), copied);
     }
 
+    /// The drift check's read straight into a view says what a whole read says.
+    #[test]
+    fn read_view_equals_the_view_of_a_read(c in case()) {
+        let mut dp = c.start.clone();
+        let ops = plan(&c.desired, &dp.read().unwrap());
+        for op in &ops {
+            dp.apply(op).unwrap();
+        }
+        prop_assert_eq!(dp.read_view().unwrap(), dp.read().unwrap().into_view());
+        prop_assert_eq!(c.start.clone().read_view().unwrap(), c.start.clone().read().unwrap().view());
+    }
+
     #[test]
     fn applying_the_plan_yields_desired(c in case()) {
         let mut dp = c.start.clone();

@@ -5,15 +5,19 @@ pub mod wire;
 use crate::backend::Dataplane;
 use crate::error::DataplaneError;
 use crate::link::Rtnl;
-use crate::model::{AddressFamily, ObservedService, Service, ServiceKey};
+use crate::model::{
+    AddressFamily, ObservedDestination, ObservedService, Service, ServiceKey, Stats,
+};
 use crate::netlink::NlConn;
 use crate::op::Op;
-use crate::plan::Actual;
+use crate::plan::{Actual, View};
 use crate::sysctl::Sysctl;
 use neli::consts::nl::NlmF;
 use neli::consts::socket::NlFamily;
 use neli::genl::{AttrTypeBuilder, GenlmsghdrBuilder, NlattrBuilder};
 use neli::types::{Buffer, GenlBuffer};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 /// How the node's IPVS is set up at start.
@@ -267,15 +271,14 @@ impl IpvsDataplane {
     }
 }
 
-impl Dataplane for IpvsDataplane {
-    fn kind(&self) -> &'static str {
-        "ipvs"
-    }
-
-    fn read(&mut self) -> Result<Actual, DataplaneError> {
-        let services = self.dump_services()?;
-        let mut out = Vec::with_capacity(services.len());
-        for (svc, stats) in services {
+impl IpvsDataplane {
+    /// Every service with its destinations (sorted by address and port), one service at a
+    /// time, then the VIPs on Shoal's interface.
+    fn read_each(
+        &mut self,
+        mut each: impl FnMut(Service, Vec<ObservedDestination>, Stats),
+    ) -> Result<BTreeSet<IpAddr>, DataplaneError> {
+        for (svc, stats) in self.dump_services()? {
             let seq = self.genl.next_seq();
             let bytes = wire::get_dests(&svc.key)?.to_bytes(self.family, seq, self.genl.pid())?;
             let payloads = self.genl.dump(seq, &bytes)?.map_err(|errno| {
@@ -290,6 +293,20 @@ impl Dataplane for IpvsDataplane {
                 (a.destination.addr, a.destination.port)
                     .cmp(&(b.destination.addr, b.destination.port))
             });
+            each(svc, dests, stats);
+        }
+        self.rtnl.addresses(self.ifindex)
+    }
+}
+
+impl Dataplane for IpvsDataplane {
+    fn kind(&self) -> &'static str {
+        "ipvs"
+    }
+
+    fn read(&mut self) -> Result<Actual, DataplaneError> {
+        let mut out = Vec::new();
+        let vips = self.read_each(|svc, dests, stats| {
             out.push(ObservedService {
                 service: Service {
                     destinations: dests.iter().map(|d| d.destination.clone()).collect(),
@@ -297,13 +314,27 @@ impl Dataplane for IpvsDataplane {
                 },
                 destinations: dests,
                 stats,
-            });
-        }
-        let vips = self.rtnl.addresses(self.ifindex)?;
+            })
+        })?;
         Ok(Actual {
             services: out,
             vips,
         })
+    }
+
+    fn read_view(&mut self) -> Result<View, DataplaneError> {
+        let mut services = BTreeMap::new();
+        let vips = self.read_each(|svc, dests, _| {
+            let destinations = dests.into_iter().map(|d| d.destination).collect();
+            services.insert(
+                svc.key.clone(),
+                Service {
+                    destinations,
+                    ..svc
+                },
+            );
+        })?;
+        Ok(View { services, vips })
     }
 
     fn service_keys(&mut self) -> Result<Vec<ServiceKey>, DataplaneError> {
