@@ -203,22 +203,14 @@ impl Dataplane for MemoryDataplane {
     }
 
     fn read_view(&mut self) -> Result<View, DataplaneError> {
-        let mut st = self.lock();
-        st.reads += 1;
-        let services = st
-            .services
-            .iter()
-            .map(|(k, (s, d))| {
-                let s = Service {
-                    destinations: d.values().cloned().collect(),
-                    ..s.clone()
-                };
-                (k.clone(), s)
-            })
-            .collect();
+        self.lock().reads += 1;
         Ok(View {
-            services,
-            vips: st.vips.clone(),
+            services: self
+                .services()
+                .into_iter()
+                .map(|s| (s.key.clone(), s))
+                .collect(),
+            vips: self.vips(),
         })
     }
 
