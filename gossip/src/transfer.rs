@@ -173,18 +173,18 @@ async fn write_all(
         })
 }
 
-/// Answers one request on an inbound bidirectional stream.
+/// Answers one request on an inbound bidirectional stream; `Ok(true)` when it sent the document.
 pub(crate) async fn serve(
     blobs: watch::Receiver<Option<Arc<Blob>>>,
     peer: SocketAddr,
     mut send: SendStream,
     mut recv: RecvStream,
-) -> Result<(), TransferError> {
+) -> Result<bool, TransferError> {
     let work = async {
         let request: FetchRequest = read_frame(&mut recv, peer).await?;
         let blob = blobs.borrow().clone();
         let encode_err = |detail| TransferError::Decode { peer, detail };
-        match blob {
+        let served = match blob {
             Some(blob) if blob.version == request.version => {
                 let header = FetchHeader::Found {
                     version: blob.version.clone(),
@@ -193,18 +193,20 @@ pub(crate) async fn serve(
                 };
                 write_all(&mut send, &encode_frame(&header).map_err(encode_err)?, peer).await?;
                 write_all(&mut send, &blob.bytes, peer).await?;
+                true
             }
             other => {
                 let header = FetchHeader::NotHeld {
                     held: other.map(|b| b.version.clone()),
                 };
                 write_all(&mut send, &encode_frame(&header).map_err(encode_err)?, peer).await?;
+                false
             }
-        }
+        };
         let _ = send.finish();
         // Wait until the peer has read everything (or gone), so the stream is not cut short.
         let _ = send.stopped().await;
-        Ok(())
+        Ok(served)
     };
     tokio::time::timeout(SERVE_TIMEOUT, work)
         .await

@@ -148,6 +148,14 @@ async fn two_megabyte_document_reaches_ten_nodes_intact() {
     )
     .await;
     eprintln!("{size} bytes reached 10 nodes in {took:?}");
+    // Every follower fetched one copy from someone (a copy counts once its fetcher read it all).
+    let served =
+        |nodes: &[Node]| -> Vec<u64> { nodes.iter().map(|n| n.documents_served()).collect() };
+    wait_for("9 copies counted", Duration::from_secs(5), || {
+        served(&nodes).iter().sum::<u64>() >= 9
+    })
+    .await;
+    eprintln!("copies served per node: {:?}", served(&nodes));
     let digest = nodes[0].current().unwrap().digest.clone();
     for n in &nodes {
         let cur = n.current().unwrap();

@@ -1,5 +1,6 @@
-//! Prometheus counters of attacks on the mesh: refused and timed-out handshakes, Retry packets,
-//! identity mismatches, oversized messages, duplicate node ids (issue #15).
+//! Prometheus counters of the mesh: attacks (refused and timed-out handshakes, Retry packets,
+//! identity mismatches, oversized messages, duplicate node ids; issue #15) and the copies of the
+//! table this node served to peers (issue #16: the publisher should send only a few per head).
 //!
 //! The mesh counts; this copies its totals into counters when `/metrics` is read.
 
@@ -24,6 +25,7 @@ pub struct MeshMetrics {
     pub oversized_messages: Counter,
     pub duplicate_ids: Counter,
     pub refused_as_duplicate: Gauge,
+    pub documents_served: Counter,
 }
 
 /// Raises `counter` to `total` (the mesh's counters only rise).
@@ -71,6 +73,11 @@ impl MeshMetrics {
             "1 while this node refuses to serve because an older live process has its node id",
             self.refused_as_duplicate.clone(),
         );
+        r.register(
+            "shoal_mesh_documents_served",
+            "Copies of the rule table this node sent to peers that fetched it",
+            self.documents_served.clone(),
+        );
     }
 
     pub fn refresh<D: Document>(&self, mesh: &Mesh<D>) {
@@ -101,6 +108,7 @@ impl MeshMetrics {
         catch_up(&self.identity_mismatches, t.identity_mismatches);
         catch_up(&self.oversized_messages, t.oversized_messages);
         catch_up(&self.duplicate_ids, mesh.duplicate_ids_seen());
+        catch_up(&self.documents_served, mesh.documents_served());
         self.refused_as_duplicate.set(i64::from(matches!(
             mesh.role_reason(),
             RoleReason::DuplicateId { .. }

@@ -3,6 +3,8 @@
 //! Modes (see docs/benchmarks.md for recorded figures and exact commands):
 //!   detect  --nodes 5,20,50,100 --trials 5 [--fault kill|freeze]  failure-detection time
 //!   spread  --nodes 5,20,50 --sizes 1000,100000,2000000 --trials 10  new head reaches every node
+//!           (columns: nodes, size, trials, all nodes p50/p99/max ms, per node p50/p99 ms,
+//!           copies the publisher sent per head p50/max, copies all nodes sent per head p50)
 //!   traffic --nodes 20,50,100 --secs 30                          steady-state bytes/s per node
 //!   soak    --nodes 20 --secs 600                                false deaths in a healthy cluster
 
@@ -232,7 +234,10 @@ async fn spread(ca: &ClusterCa, n: usize, sizes: &[usize], trials: usize) -> Res
     for &size in sizes {
         let mut all_nodes_ms = Vec::new();
         let mut per_node_ms = Vec::new();
+        let mut publisher_copies = Vec::new();
+        let mut all_copies = Vec::new();
         for _ in 0..trials {
+            let served_before: Vec<u64> = nodes.iter().map(|x| x.documents_served()).collect();
             nonce += 1;
             let doc = payload(size, nonce);
             let t0 = Instant::now();
@@ -276,11 +281,26 @@ async fn spread(ca: &ClusterCa, n: usize, sizes: &[usize], trials: usize) -> Res
             }
             all_nodes_ms.push(latest.as_secs_f64() * 1e3);
             tokio::time::sleep(Duration::from_millis(300)).await;
+            // Copies sent for this head (a copy counts once its fetcher has read it all).
+            let served: Vec<u64> = nodes
+                .iter()
+                .zip(&served_before)
+                .map(|(x, before)| x.documents_served() - before)
+                .collect();
+            let from_publisher = nodes
+                .iter()
+                .zip(&served)
+                .find(|(x, _)| x.node_id() == publisher.node_id())
+                .map_or(0, |(_, s)| *s);
+            publisher_copies.push(from_publisher as f64);
+            all_copies.push(served.iter().sum::<u64>() as f64);
         }
         let (p50, p99, max, _) = summary(all_nodes_ms);
         let (node_p50, node_p99, _, _) = summary(per_node_ms);
+        let (pub_p50, _, pub_max, _) = summary(publisher_copies);
+        let (all_p50, _, _, _) = summary(all_copies);
         println!(
-            "| spread | {n} | {size} | {trials} | {p50:.0} | {p99:.0} | {max:.0} | {node_p50:.0} | {node_p99:.0} |"
+            "| spread | {n} | {size} | {trials} | {p50:.0} | {p99:.0} | {max:.0} | {node_p50:.0} | {node_p99:.0} | {pub_p50:.0} | {pub_max:.0} | {all_p50:.0} |"
         );
     }
     for node in nodes {

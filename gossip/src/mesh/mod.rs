@@ -27,6 +27,7 @@ use chitchat::{
 use shell::{control_loop, refresh_last_seen, resolve_seeds, serve_documents};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, watch};
@@ -79,6 +80,8 @@ struct Inner<D> {
     doc_tx: watch::Sender<Option<Arc<Stamped<D>>>>,
     blob_tx: watch::Sender<Option<Arc<Blob>>>,
     cmd_tx: mpsc::UnboundedSender<KvOp>,
+    /// Copies of a document this node sent to peers.
+    documents_served: Arc<AtomicU64>,
     state: Mutex<State>,
     /// Written in the background (reservations) and, rarely, on the stamp path; its own lock,
     /// never held while waiting for `state` (see `reservation.rs`).
@@ -235,6 +238,7 @@ impl<D: Document> Mesh<D> {
             doc_tx,
             blob_tx,
             cmd_tx,
+            documents_served: Arc::new(AtomicU64::new(0)),
             state: Mutex::new(State {
                 replica,
                 applied: None,
@@ -252,7 +256,12 @@ impl<D: Document> Mesh<D> {
             .replica
             .handle_seeds(vec![Vec::new(); seeds.len()]);
         tokio::spawn(resolve_seeds(Arc::downgrade(&inner), seeds));
-        tokio::spawn(serve_documents(blob_rx, streams_rx, inner.cancel.clone()));
+        tokio::spawn(serve_documents(
+            blob_rx,
+            streams_rx,
+            inner.cancel.clone(),
+            inner.documents_served.clone(),
+        ));
         let live_rx = inner.chitchat.lock().await.live_nodes_watcher();
         tokio::spawn(control_loop(
             Arc::downgrade(&inner),
@@ -461,6 +470,12 @@ impl<D: Document> Mesh<D> {
         let configs =
             crate::security::configs(self.inner.security_mode, &self.inner.node_id, material)?;
         self.inner.transport.set_tls(configs)
+    }
+
+    /// Copies of a document this node has sent to peers so far (each fetch it answered with the
+    /// document).
+    pub fn documents_served(&self) -> u64 {
+        self.inner.documents_served.load(Ordering::Relaxed)
     }
 
     /// Bytes this node's endpoint has sent and received so far.

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use chitchat::{Chitchat, ChitchatId};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
@@ -215,11 +216,13 @@ pub(super) fn refresh_last_seen(st: &mut State, now: Instant) {
     });
 }
 
-/// Answers peers' document requests with the document this node holds.
+/// Answers peers' document requests with the document this node holds, counting the copies
+/// sent in `served`.
 pub(super) async fn serve_documents(
     blobs: watch::Receiver<Option<Arc<Blob>>>,
     mut streams: mpsc::Receiver<InboundStream>,
     cancel: CancellationToken,
+    served: Arc<AtomicU64>,
 ) {
     loop {
         let stream = tokio::select! {
@@ -227,10 +230,15 @@ pub(super) async fn serve_documents(
             s = streams.recv() => match s { Some(s) => s, None => return },
         };
         let blobs = blobs.clone();
+        let served = served.clone();
         tokio::spawn(async move {
             let InboundStream { peer, send, recv } = stream;
-            if let Err(e) = transfer::serve(blobs, peer, send, recv).await {
-                debug!(%peer, error = %e, "document request failed");
+            match transfer::serve(blobs, peer, send, recv).await {
+                Ok(true) => {
+                    served.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(false) => {}
+                Err(e) => debug!(%peer, error = %e, "document request failed"),
             }
         });
     }
