@@ -81,6 +81,11 @@ pub struct Timing {
     /// long, or the connection is dropped as dead and the next holder is tried. A peer that
     /// restarted while this node was cut off leaves a cached connection that nothing answers.
     pub fetch_answer_timeout_ms: u64,
+    /// A fetch asks the next source as well when none has begun to send the document this long
+    /// after the last one was asked (a hedged fetch, `hedge.rs`): a parent in the spread tree
+    /// slow to get its own copy, or a holder silent after a network cut, costs this, not
+    /// `fetch_answer_timeout_ms`.
+    pub fetch_hedge_ms: u64,
     /// Upper bound on the document's encoded size, checked on publish and on fetch.
     pub max_document_bytes: u64,
     /// Upper bound on one gossip message (chitchat's own cap is 65,507 bytes).
@@ -124,6 +129,7 @@ impl Default for Timing {
             idle_timeout_ms: 30_000,
             fetch_timeout_ms: 10_000,
             fetch_answer_timeout_ms: 2_000,
+            fetch_hedge_ms: 300,
             max_document_bytes: 64 << 20,
             max_gossip_message_bytes: 128 << 10,
             peer_queue_len: 64,
@@ -163,6 +169,12 @@ impl Timing {
             return bad(
                 "timing.fetch_answer_timeout_ms",
                 "must be > 0 and at most timing.fetch_timeout_ms",
+            );
+        }
+        if self.fetch_hedge_ms == 0 || self.fetch_hedge_ms > self.fetch_answer_timeout_ms {
+            return bad(
+                "timing.fetch_hedge_ms",
+                "must be > 0 and at most timing.fetch_answer_timeout_ms",
             );
         }
         if self.idle_timeout_ms < 100 {

@@ -89,15 +89,16 @@ pub enum CatchUp {
     NoSource,
 }
 
-/// Decides whether to fetch the head and from whom: the publisher first (it is the freshest and
-/// its view is authoritative), then the other holders in an order rotated by `spread` so that
-/// many fetchers do not all queue behind the same fallback.
+/// Decides whether to fetch the head and from whom: the order of [`crate::spread::sources`]
+/// (the parent in a tree over the `live` members rooted at the publisher, then the grandparent,
+/// the other holders, and the publisher last), so that a new head spreads without every
+/// follower queueing at the publisher.
 pub fn catch_up(
     self_id: &NodeId,
     current: Option<Rank<'_>>,
     head: Option<&HeadInfo>,
     publisher: Option<&NodeId>,
-    spread: u64,
+    live: &[NodeId],
 ) -> CatchUp {
     let Some(head) = head else {
         return CatchUp::UpToDate;
@@ -105,21 +106,15 @@ pub fn catch_up(
     if !should_adopt(current, (&head.version, &head.digest)) {
         return CatchUp::UpToDate;
     }
-    let mut others: Vec<NodeId> = head
-        .holders
-        .iter()
-        .filter(|h| *h != self_id && Some(*h) != publisher)
-        .cloned()
-        .collect();
-    if !others.is_empty() {
-        let n = others.len();
-        others.rotate_left((spread % n as u64) as usize);
-    }
-    let mut sources = Vec::with_capacity(others.len() + 1);
-    if let Some(p) = publisher.filter(|p| *p != self_id && head.holders.contains(p)) {
-        sources.push(p.clone());
-    }
-    sources.extend(others);
+    let sources = crate::spread::sources(
+        self_id,
+        crate::spread::Head {
+            digest: &head.digest,
+            holders: &head.holders,
+            publisher,
+        },
+        live,
+    );
     if sources.is_empty() {
         CatchUp::NoSource
     } else {
@@ -227,22 +222,32 @@ mod tests {
             holders: vec![id("b"), id("c"), id("d")],
         };
         let me = id("e");
+        let live = [id("a"), id("b"), id("c"), id("d"), id("e")];
         match catch_up(
             &me,
             Some((&v(1, 5, "a"), "w")),
             Some(&head),
             Some(&id("b")),
-            0,
+            &live,
         ) {
-            CatchUp::Fetch { sources } => assert_eq!(sources, vec![id("b"), id("c"), id("d")]),
+            // Five members: the publisher is everyone's parent, the other holders follow.
+            CatchUp::Fetch { sources } => {
+                assert_eq!(sources[0], id("b"));
+                assert_eq!(sources.len(), 3);
+                assert!(sources.contains(&id("c")) && sources.contains(&id("d")));
+            }
             other => panic!("{other:?}"),
         }
-        match catch_up(&me, None, Some(&head), Some(&id("a")), 1) {
-            CatchUp::Fetch { sources } => assert_eq!(sources, vec![id("c"), id("d"), id("b")]),
+        // A publisher that does not hold the head is neither root nor source.
+        match catch_up(&me, None, Some(&head), Some(&id("a")), &live) {
+            CatchUp::Fetch { sources } => {
+                assert_eq!(sources.len(), 3);
+                assert!(!sources.contains(&id("a")));
+            }
             other => panic!("{other:?}"),
         }
         assert_eq!(
-            catch_up(&me, Some((&v(2, 1, "b"), "x")), Some(&head), None, 0),
+            catch_up(&me, Some((&v(2, 1, "b"), "x")), Some(&head), None, &live),
             CatchUp::UpToDate
         );
         assert_eq!(
@@ -254,7 +259,7 @@ mod tests {
                     ..head.clone()
                 }),
                 None,
-                0
+                &live
             ),
             CatchUp::NoSource
         );

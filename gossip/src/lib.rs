@@ -10,7 +10,7 @@
 //! IPVS), where documents come from (the node reads the source and calls [`Mesh::publish`]),
 //! programming the dataplane (the node calls [`Mesh::set_applied`] once it has), the CLI.
 //!
-//! Reading order: `version.rs`, `election.rs`, `head.rs` (pure rules), `view.rs`, `replica/`
+//! Reading order: `version.rs`, `election.rs`, `head.rs`, `spread.rs`, `hedge.rs` (pure rules), `view.rs`, `replica/`
 //! (the sans-IO state machine that applies them; the chaos simulation drives it too),
 //! `mesh.rs` (the async shell), `transport/` and `transfer.rs` (bytes on the wire). See
 //! docs/internals/gossip.md.
@@ -28,6 +28,7 @@ mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod head;
+pub mod hedge;
 mod identity;
 pub mod incarnation;
 mod keys;
@@ -36,6 +37,7 @@ pub mod replica;
 pub mod reservation;
 mod security;
 pub mod small_file;
+pub mod spread;
 mod transfer;
 pub mod transport;
 pub mod version;

@@ -173,16 +173,35 @@ async fn write_all(
         })
 }
 
+/// The document held once it is `version` or newer, waiting up to `wait` for it.
+async fn held_by_then(
+    blobs: &mut watch::Receiver<Option<Arc<Blob>>>,
+    version: &Version,
+    wait: Duration,
+) -> Option<Arc<Blob>> {
+    let caught_up = |b: &Option<Arc<Blob>>| b.as_ref().is_some_and(|b| b.version >= *version);
+    // Timing out is an answer too: whatever is held by then ("not held" unless it is this one).
+    let _ = tokio::time::timeout(wait, blobs.wait_for(caught_up)).await;
+    let held = blobs.borrow().clone();
+    held
+}
+
 /// Answers one request on an inbound bidirectional stream; `Ok(true)` when it sent the document.
+///
+/// A request for a version newer than the one held waits up to `wait` for it: the requester
+/// counts on this node as its parent in the spread tree (`spread.rs`), and this node fetches
+/// that version itself as soon as gossip tells it of the new head. A request for an older
+/// version is answered at once ("not held").
 pub(crate) async fn serve(
-    blobs: watch::Receiver<Option<Arc<Blob>>>,
+    mut blobs: watch::Receiver<Option<Arc<Blob>>>,
     peer: SocketAddr,
     mut send: SendStream,
     mut recv: RecvStream,
+    wait: Duration,
 ) -> Result<bool, TransferError> {
     let work = async {
         let request: FetchRequest = read_frame(&mut recv, peer).await?;
-        let blob = blobs.borrow().clone();
+        let blob = held_by_then(&mut blobs, &request.version, wait).await;
         let encode_err = |detail| TransferError::Decode { peer, detail };
         let served = match blob {
             Some(blob) if blob.version == request.version => {
@@ -232,12 +251,14 @@ pub(crate) struct FetchTimeouts {
 
 /// Fetches `wanted` from `peer` and checks it against the gossiped digest. A holder that does
 /// not answer within `answer_ms` has its connection closed, so the next use dials afresh.
+/// `found` is called once the holder has said it sends the document (before the bytes).
 pub(crate) async fn fetch(
     transport: &QuicTransport,
     peer: SocketAddr,
     wanted: &Wanted,
     max_bytes: u64,
     timeouts: FetchTimeouts,
+    found: impl FnOnce(),
 ) -> Result<Bytes, TransferError> {
     let FetchTimeouts {
         total_ms: timeout_ms,
@@ -294,6 +315,7 @@ pub(crate) async fn fetch(
                 max_bytes,
             });
         }
+        found();
         let mut body = vec![0u8; size_bytes as usize];
         recv.read_exact(&mut body)
             .await
@@ -336,6 +358,39 @@ mod tests {
         .unwrap();
         let len = u32::from_be_bytes(frame[..4].try_into().unwrap()) as usize;
         assert_eq!(len, frame.len() - 4);
+    }
+
+    fn blob(version: Version) -> Option<Arc<Blob>> {
+        Some(Arc::new(Blob {
+            version,
+            digest: String::new(),
+            bytes: Bytes::new(),
+        }))
+    }
+
+    #[tokio::test]
+    async fn a_request_for_a_newer_version_waits_for_it_an_older_one_does_not() {
+        let v = |seq| Version::new(1, seq, crate::NodeId::new("a"));
+        let (tx, mut rx) = watch::channel(blob(v(2)));
+        // Older than held: answered at once with what is held (not after the long wait).
+        let started = std::time::Instant::now();
+        let held = held_by_then(&mut rx, &v(1), Duration::from_secs(20)).await;
+        assert_eq!(held.map(|b| b.version.clone()), Some(v(2)));
+        assert!(started.elapsed() < Duration::from_secs(10));
+        // Newer: waits until it arrives (v2 was held when asked).
+        let arrives = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            tx.send_replace(blob(v(3)));
+            tx
+        });
+        let held = held_by_then(&mut rx, &v(3), Duration::from_secs(20)).await;
+        assert_eq!(held.map(|b| b.version.clone()), Some(v(3)));
+        let _tx = arrives.await.unwrap();
+        // Never arrives: gives up after the wait with what is held.
+        let started = std::time::Instant::now();
+        let held = held_by_then(&mut rx, &v(4), Duration::from_millis(200)).await;
+        assert_eq!(held.map(|b| b.version.clone()), Some(v(3)));
+        assert!(started.elapsed() >= Duration::from_millis(200));
     }
 
     #[test]

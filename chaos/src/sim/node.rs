@@ -2,7 +2,8 @@
 //! shipping health rules, fed by simulated gossip and fetches, with time passed in.
 //!
 //! What is simulated here is only what chitchat and QUIC do in the real mesh: spreading each
-//! node's ad, judging liveness from the last message, and carrying fetch requests. Every
+//! node's ad, judging liveness from the last message, and carrying fetch requests (a request
+//! for a version newer than the one held waits for it, as `transfer::serve` does). Every
 //! decision (catching up, stall reset, election, head, what to fetch, adopt, stamp) is the
 //! core's, exactly as `gossip/src/mesh.rs` drives it.
 
@@ -85,6 +86,10 @@ struct Peer {
     ad: Rc<Ad>,
 }
 
+/// A request for a version this node does not hold yet, answered once it does (as
+/// `transfer::serve` waits for a copy it is about to hold): (from, generation, version, until).
+type Parked = (usize, u64, Version, u64);
+
 /// A fetch in flight: what is wanted, from whom now, who is left, until when.
 #[derive(Clone, Debug)]
 struct Fetch {
@@ -107,6 +112,7 @@ pub struct SimNode {
     pub epoch_file: u64,
     peers: BTreeMap<usize, Peer>,
     fetch: Option<Fetch>,
+    parked: Vec<Parked>,
     checks: BTreeMap<usize, Hysteresis>,
     pub verdicts: Vec<Verdict>,
     pub bug: Option<Bug>,
@@ -148,6 +154,7 @@ impl SimNode {
             epoch_file: 0,
             peers: BTreeMap::new(),
             fetch: None,
+            parked: Vec::new(),
             checks: BTreeMap::new(),
             verdicts: vec![Verdict::Up; backends],
             bug,
@@ -279,6 +286,7 @@ impl SimNode {
         if self.fetch.as_ref().is_some_and(|f| now_ms >= f.deadline_ms) {
             out.extend(self.next_source(now_ms, t));
         }
+        out.extend(self.answer_parked(now_ms));
         let live = self.live(now_ms, t);
         self.health(now_ms, t, all, &live, backend_up);
         let ad = Rc::new(self.ad());
@@ -305,6 +313,37 @@ impl SimNode {
             generation: self.generation,
             version,
         }
+    }
+
+    /// Answers the parked requests this node can answer now: with the document once it holds
+    /// that version, "not held" once it holds a newer one or the wait is over.
+    fn answer_parked(&mut self, now_ms: u64) -> Vec<(usize, Msg)> {
+        let held = self.replica.held().cloned();
+        let mut out = Vec::new();
+        self.parked.retain(|(from, generation, version, until)| {
+            let have = held.as_ref().map(|h| &h.version);
+            let answer = match have {
+                Some(v) if v == version => Some(held.clone()),
+                Some(v) if v > version => Some(None),
+                _ if now_ms >= *until => Some(None),
+                _ => None,
+            };
+            match answer {
+                Some(held) => {
+                    out.push((
+                        *from,
+                        Msg::FetchResp {
+                            from: self.index,
+                            generation: *generation,
+                            held,
+                        },
+                    ));
+                    false
+                }
+                None => true,
+            }
+        });
+        out
     }
 
     /// The holder asked did not serve the head: ask the next one, or report the failure.
@@ -408,19 +447,27 @@ impl SimNode {
                 generation,
                 version,
             } => {
-                let held = self
-                    .replica
-                    .held()
-                    .filter(|h| h.version == version)
-                    .cloned();
-                out.push((
-                    from,
-                    Msg::FetchResp {
-                        from: self.index,
-                        generation,
-                        held,
-                    },
-                ));
+                // A newer version than the one held: this node is about to fetch it (it is
+                // the asker's parent in the spread tree), so the request waits for it.
+                let newer = self.replica.held().is_none_or(|h| h.version < version);
+                if newer {
+                    let until = now_ms + t.fetch_timeout_ms / 2;
+                    self.parked.push((from, generation, version, until));
+                } else {
+                    let held = self
+                        .replica
+                        .held()
+                        .filter(|h| h.version == version)
+                        .cloned();
+                    out.push((
+                        from,
+                        Msg::FetchResp {
+                            from: self.index,
+                            generation,
+                            held,
+                        },
+                    ));
+                }
             }
             Msg::FetchResp {
                 from,
@@ -441,6 +488,7 @@ impl SimNode {
                         self.fetch = None;
                         let adopted = self.replica.handle_offer(&offer);
                         self.replica.handle_fetch_done(now_ms, true);
+                        out.extend(self.answer_parked(now_ms));
                         return (out, adopted);
                     }
                     None => out.extend(self.next_source(now_ms, t)),

@@ -2,8 +2,10 @@
 //! the QUIC transport, feeds the core what gossip reports and the time, carries out its actions
 //! (gossip a key, fetch a head, announce a role), serves documents to peers, and offers the
 //! handle the application uses. Every decision is the core's; this folder only moves data.
-//! `mod.rs`: the handle (`Mesh`) and start-up; `shell.rs`: the control loop and the tasks.
+//! `mod.rs`: the handle (`Mesh`) and start-up; `shell.rs`: the control loop and the tasks;
+//! `fetch.rs`: fetching a new head.
 
+mod fetch;
 mod shell;
 
 use crate::certs::{cluster_server_name, TlsMaterial};
@@ -260,6 +262,9 @@ impl<D: Document> Mesh<D> {
             blob_rx,
             streams_rx,
             inner.cancel.clone(),
+            // Below the fetcher's answer timeout, so that a fetcher waiting on this node for a
+            // version it is about to hold gets "not held" before it gives up on the connection.
+            Duration::from_millis(inner.timing.fetch_answer_timeout_ms / 2),
             inner.documents_served.clone(),
         ));
         let live_rx = inner.chitchat.lock().await.live_nodes_watcher();

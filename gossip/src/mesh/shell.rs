@@ -1,11 +1,11 @@
 //! The shell's machinery: the control loop that feeds the replica core and carries out its
-//! actions, reading chitchat's members, resolving seeds, fetching heads and serving documents.
+//! actions, reading chitchat's members, resolving seeds and serving documents
+//! (fetching a head is `fetch.rs`).
 
 use super::{lock, unix_ms, Inner, KvOp, Stamped, State};
-use crate::head::HeldAd;
 use crate::keys;
 use crate::replica::Action;
-use crate::transfer::{self, Blob, Wanted};
+use crate::transfer::{self, Blob};
 use crate::transport::InboundStream;
 use crate::version::NodeId;
 use crate::view::{parse_members_checked, RawMember};
@@ -64,7 +64,7 @@ impl<D: Document> Inner<D> {
                     self.role_tx.send_replace(reason.role());
                 }
                 Action::Fetch { wanted, sources } => {
-                    tokio::spawn(fetch_head(self.clone(), wanted, sources));
+                    tokio::spawn(super::fetch::fetch_head(self.clone(), wanted, sources));
                 }
                 Action::ReserveEpoch(target) => match &self.epoch_file {
                     Some(file) => {
@@ -216,12 +216,13 @@ pub(super) fn refresh_last_seen(st: &mut State, now: Instant) {
     });
 }
 
-/// Answers peers' document requests with the document this node holds, counting the copies
-/// sent in `served`.
+/// Answers peers' document requests with the document this node holds (or, for a newer
+/// version, is about to hold: see `transfer::serve`), counting the copies sent in `served`.
 pub(super) async fn serve_documents(
     blobs: watch::Receiver<Option<Arc<Blob>>>,
     mut streams: mpsc::Receiver<InboundStream>,
     cancel: CancellationToken,
+    wait: Duration,
     served: Arc<AtomicU64>,
 ) {
     loop {
@@ -233,7 +234,7 @@ pub(super) async fn serve_documents(
         let served = served.clone();
         tokio::spawn(async move {
             let InboundStream { peer, send, recv } = stream;
-            match transfer::serve(blobs, peer, send, recv).await {
+            match transfer::serve(blobs, peer, send, recv, wait).await {
                 Ok(true) => {
                     served.fetch_add(1, Ordering::Relaxed);
                 }
@@ -312,80 +313,6 @@ pub(super) async fn control_loop<D: Document>(
         let Some(inner) = inner.upgrade() else { return };
         inner.step(ops).await;
     }
-}
-
-async fn fetch_head<D: Document>(
-    inner: Arc<Inner<D>>,
-    wanted: HeldAd,
-    sources: Vec<(NodeId, SocketAddr)>,
-) {
-    let mut adopted = false;
-    let request = Wanted {
-        version: wanted.version.clone(),
-        digest: wanted.digest.clone(),
-    };
-    for (peer_id, addr) in sources {
-        if inner.cancel.is_cancelled() {
-            break;
-        }
-        let started = Instant::now();
-        if let Err(e) = inner.transport.verify_peer(addr, peer_id.as_str()).await {
-            debug!(peer = %peer_id, error = %e, "not fetching from this holder");
-            continue;
-        }
-        let result = transfer::fetch(
-            &inner.transport,
-            addr,
-            &request,
-            inner
-                .timing
-                .max_document_bytes
-                .min(wanted.size_bytes.max(1)),
-            transfer::FetchTimeouts {
-                total_ms: inner.timing.fetch_timeout_ms,
-                answer_ms: inner.timing.fetch_answer_timeout_ms,
-            },
-        )
-        .await;
-        let bytes = match result {
-            Ok(bytes) => bytes,
-            Err(e) => {
-                debug!(peer = %peer_id, error = %e, "fetch failed, trying the next holder");
-                continue;
-            }
-        };
-        let doc: D = match transfer::decode_document(&bytes) {
-            Ok(doc) => doc,
-            Err(e) => {
-                warn!(peer = %peer_id, version = %wanted.version, error = %e, "document does not decode");
-                continue;
-            }
-        };
-        let offered = HeldAd {
-            version: wanted.version.clone(),
-            digest: wanted.digest.clone(),
-            size_bytes: bytes.len() as u64,
-        };
-        let mut st = lock(&inner.state);
-        if st.replica.handle_offer(&offered) {
-            inner.install(
-                Stamped {
-                    version: offered.version,
-                    digest: offered.digest,
-                    size_bytes: offered.size_bytes,
-                    doc,
-                },
-                bytes,
-            );
-            inner.carry_out(&mut st);
-            debug!(peer = %peer_id, version = %wanted.version, elapsed_ms = started.elapsed().as_millis() as u64, "adopted");
-        }
-        adopted = true;
-        break;
-    }
-    let mut st = lock(&inner.state);
-    let now_ms = inner.now_ms();
-    st.replica.handle_fetch_done(now_ms, adopted);
 }
 
 /// Writes a reservation to the epoch file on a blocking thread, holding neither the state nor

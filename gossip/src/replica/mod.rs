@@ -83,8 +83,9 @@ pub enum Action {
     Held(HeldAd),
     /// The role changed (and why).
     Role(RoleReason),
-    /// Fetch the head (`wanted`) from these holders, in this order, then report the outcome
-    /// with [`Replica::handle_fetch_done`].
+    /// Fetch the head (`wanted`) from these members, in this order, then report the outcome
+    /// with [`Replica::handle_fetch_done`]. The first ones may not hold it yet: they are this
+    /// node's parent and grandparent in the spread tree (`spread.rs`) and serve it once they do.
     Fetch {
         wanted: HeldAd,
         sources: Vec<(NodeId, SocketAddr)>,
@@ -515,19 +516,19 @@ impl Replica {
         if self.fetching.is_some() || self.fetch_retry_at_ms.is_some_and(|at| now_ms < at) {
             return;
         }
-        let spread = self
-            .me
-            .id
-            .as_str()
-            .bytes()
-            .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
+        let live: Vec<NodeId> = self
+            .members
+            .iter()
+            .filter(|m| m.alive)
+            .map(|m| m.id.clone())
+            .collect();
         let planned = match decisions.head.as_ref() {
             Some(head) => match catch_up(
                 &self.me.id,
                 self.held.as_ref().map(|h| (&h.version, h.digest.as_str())),
                 Some(head),
                 decisions.publisher.as_ref(),
-                spread,
+                &live,
             ) {
                 CatchUp::Fetch { sources } => Some((
                     HeldAd {
