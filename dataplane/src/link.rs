@@ -223,6 +223,56 @@ impl Rtnl {
         ip: IpAddr,
         present: bool,
     ) -> Result<bool, DataplaneError> {
+        let (seq, bytes) = self.encode_address(index, ip, present)?;
+        let (_, verb) = address_verb(present);
+        let code = self.one(verb, &ip.to_string(), bytes, seq)?;
+        address_outcome(ip, present, code)
+    }
+
+    /// `set_address` for many addresses in one send (in batches of `netlink::BATCH_MAX`): one
+    /// result per address, in order. `Err` only when the socket itself failed.
+    pub fn set_addresses(
+        &mut self,
+        index: i32,
+        changes: &[(IpAddr, bool)],
+    ) -> Result<Vec<Result<bool, DataplaneError>>, DataplaneError> {
+        let mut requests = Vec::with_capacity(changes.len());
+        let mut outcomes: Vec<Option<Result<bool, DataplaneError>>> = Vec::new();
+        for (ip, present) in changes {
+            match self.encode_address(index, *ip, *present) {
+                Ok(request) => {
+                    requests.push(request);
+                    outcomes.push(None);
+                }
+                Err(e) => outcomes.push(Some(Err(e))),
+            }
+        }
+        let mut codes = self.conn.transact(&requests)?.into_iter();
+        Ok(outcomes
+            .into_iter()
+            .zip(changes)
+            .map(|(outcome, (ip, present))| {
+                outcome.unwrap_or_else(|| {
+                    let code = codes.next().unwrap_or(0);
+                    if code == libc::EPERM || code == libc::EACCES {
+                        let (_, verb) = address_verb(*present);
+                        return Err(DataplaneError::Permission {
+                            action: format!("{verb} {ip}"),
+                        });
+                    }
+                    address_outcome(*ip, *present, code)
+                })
+            })
+            .collect())
+    }
+
+    /// The request that adds (`present`) or deletes `ip` on link `index`, with its sequence.
+    fn encode_address(
+        &mut self,
+        index: i32,
+        ip: IpAddr,
+        present: bool,
+    ) -> Result<(u32, Vec<u8>), DataplaneError> {
         let (family, plen, bytes) = match ip {
             IpAddr::V4(a) => (RtAddrFamily::Inet, 32u8, a.octets().to_vec()),
             IpAddr::V6(a) => (RtAddrFamily::Inet6, 128u8, a.octets().to_vec()),
@@ -249,22 +299,34 @@ impl Rtnl {
             .build()
             .map_err(|e| bad("set address", e))?;
         let seq = self.conn.next_seq();
-        let (ty, flags, verb) = if present {
-            (
-                Rtm::Newaddr,
-                NlmF::REQUEST | NlmF::ACK | NlmF::CREATE | NlmF::EXCL,
-                "add address",
-            )
+        let (ty, _) = address_verb(present);
+        let flags = if present {
+            NlmF::REQUEST | NlmF::ACK | NlmF::CREATE | NlmF::EXCL
         } else {
-            (Rtm::Deladdr, NlmF::REQUEST | NlmF::ACK, "delete address")
+            NlmF::REQUEST | NlmF::ACK
         };
-        let out = encode(ty, flags, seq, self.conn.pid(), msg)?;
-        match self.one(verb, &ip.to_string(), out, seq)? {
-            0 => Ok(true),
-            libc::EEXIST if present => Ok(false),
-            libc::EADDRNOTAVAIL if !present => Ok(false),
-            errno => Err(DataplaneError::from_errno(verb, &ip.to_string(), errno)),
-        }
+        Ok((seq, encode(ty, flags, seq, self.conn.pid(), msg)?))
+    }
+}
+
+/// The message type and the words for adding (`present`) or deleting an address.
+fn address_verb(present: bool) -> (Rtm, &'static str) {
+    if present {
+        (Rtm::Newaddr, "add address")
+    } else {
+        (Rtm::Deladdr, "delete address")
+    }
+}
+
+/// What the kernel's answer `code` to an address change means: `Ok(true)` changed,
+/// `Ok(false)` already so (the address existed / was already gone).
+fn address_outcome(ip: IpAddr, present: bool, code: i32) -> Result<bool, DataplaneError> {
+    let (_, verb) = address_verb(present);
+    match code {
+        0 => Ok(true),
+        libc::EEXIST if present => Ok(false),
+        libc::EADDRNOTAVAIL if !present => Ok(false),
+        errno => Err(DataplaneError::from_errno(verb, &ip.to_string(), errno)),
     }
 }
 

@@ -226,14 +226,32 @@ impl IpvsDataplane {
         Ok((seq, req.to_bytes(self.family, seq, self.genl.pid())?))
     }
 
-    fn apply_vip(&mut self, op: &Op) -> Result<(), DataplaneError> {
-        let (ip, present) = match op {
-            Op::AddVip(ip) => (*ip, true),
-            Op::DelVip(ip) => (*ip, false),
-            _ => return Ok(()),
+    /// Send a run of VIP ops over rtnetlink in one batch; success count and the first error.
+    fn apply_vip_run(&mut self, ops: &[&Op]) -> (usize, Option<DataplaneError>) {
+        let changes: Vec<(std::net::IpAddr, bool)> = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::AddVip(ip) => Some((*ip, true)),
+                Op::DelVip(ip) => Some((*ip, false)),
+                _ => None,
+            })
+            .collect();
+        let results = match self.rtnl.set_addresses(self.ifindex, &changes) {
+            Ok(r) => r,
+            Err(e) => return (0, Some(e)),
         };
-        self.rtnl.set_address(self.ifindex, ip, present)?;
-        Ok(())
+        let mut ok = 0;
+        let mut first = None;
+        for (op, result) in ops.iter().zip(results) {
+            match result {
+                Ok(_) => ok += 1,
+                Err(e) => {
+                    tracing::warn!(op = %op, error = %e, "VIP op failed");
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        (ok, first)
     }
 
     /// Send a run of IPVS ops in batches; first error (naming its op) plus success count.
@@ -352,40 +370,25 @@ impl Dataplane for IpvsDataplane {
         }
     }
 
+    /// Sends `ops` in order, as runs: consecutive IPVS ops in generic-netlink batches,
+    /// consecutive VIP ops in rtnetlink batches (removing 100 VIPs is one send, not 100 round
+    /// trips).
     fn apply_all(&mut self, ops: &[Op]) -> (usize, Option<DataplaneError>) {
         let mut ok = 0;
         let mut first = None;
-        let mut run: Vec<&Op> = Vec::new();
-        let flush = |dp: &mut Self,
-                     run: &mut Vec<&Op>,
-                     ok: &mut usize,
-                     first: &mut Option<DataplaneError>| {
-            if run.is_empty() {
-                return;
-            }
-            let (n, e) = dp.apply_ipvs_run(run);
-            *ok += n;
+        let is_vip = |op: &Op| matches!(op, Op::AddVip(_) | Op::DelVip(_));
+        for run in ops.chunk_by(|a, b| is_vip(a) == is_vip(b)) {
+            let run: Vec<&Op> = run.iter().collect();
+            let (n, e) = if is_vip(run[0]) {
+                self.apply_vip_run(&run)
+            } else {
+                self.apply_ipvs_run(&run)
+            };
+            ok += n;
             if let Some(e) = e {
                 first.get_or_insert(e);
             }
-            run.clear();
-        };
-        for op in ops {
-            match op {
-                Op::AddVip(_) | Op::DelVip(_) => {
-                    flush(self, &mut run, &mut ok, &mut first);
-                    match self.apply_vip(op) {
-                        Ok(()) => ok += 1,
-                        Err(e) => {
-                            tracing::warn!(op = %op, error = %e, "VIP op failed");
-                            first.get_or_insert(e);
-                        }
-                    }
-                }
-                _ => run.push(op),
-            }
         }
-        flush(self, &mut run, &mut ok, &mut first);
         (ok, first)
     }
 }
