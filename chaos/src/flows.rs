@@ -4,7 +4,7 @@
 
 use crate::stats::{summarize, Summary};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Byte `offset` of connection `conn`'s sequence: a keyed hash of (conn, offset / 8), so a lost,
 /// duplicated or reordered chunk never lines up with the expected bytes again.
@@ -226,6 +226,42 @@ pub struct ProbeRecord {
     pub error: String,
 }
 
+impl ProbeRecord {
+    /// The attempt reached a host with nothing listening: the SYN was answered by a reset.
+    /// In the lab that is the killed backend (its kernel still runs): the sign that a director
+    /// sent a new connection to it. Timeouts and unreachable networks are the path's failures
+    /// (no route while replicas withdraw, a stalled emulated guest), not the backend's.
+    pub fn refused(&self) -> bool {
+        !self.ok && self.error.contains("Connection refused")
+    }
+}
+
+/// The probes from `from_ms` on, counted by outcome.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProbeWindow {
+    pub ok: usize,
+    pub refused: usize,
+    /// Failed otherwise: timeouts, unreachable, greetings that never came.
+    pub other_failures: usize,
+    /// Backends that greeted at least one attempt.
+    pub greeted_by: BTreeSet<String>,
+}
+
+pub fn probes_from(records: &[ProbeRecord], from_ms: u64) -> ProbeWindow {
+    let mut w = ProbeWindow::default();
+    for r in records.iter().filter(|r| r.at_ms >= from_ms) {
+        if r.ok {
+            w.ok += 1;
+            w.greeted_by.insert(r.backend.clone());
+        } else if r.refused() {
+            w.refused += 1;
+        } else {
+            w.other_failures += 1;
+        }
+    }
+    w
+}
+
 /// What a series of probes says about an event at `event_ms`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProbeSummary {
@@ -429,6 +465,30 @@ mod tests {
         assert_eq!(s.last_failure_after_event_ms, 300);
         assert_eq!(s.recovered_after_event_ms, 400);
         assert_eq!(summarize_probes(&recs, 1350).failed_after_event, 0);
+    }
+
+    #[test]
+    fn a_window_of_probes_tells_a_refusal_from_the_path_failing() {
+        let p = |at_ms, backend: &str, error: &str| ProbeRecord {
+            at_ms,
+            ok: error.is_empty(),
+            backend: backend.into(),
+            error: error.into(),
+        };
+        let recs = vec![
+            p(900, "", "connect: Connection refused (os error 111)"),
+            p(1000, "b1", ""),
+            p(1100, "", "connect: Connection refused (os error 111)"),
+            p(1200, "", "connect: timeout"),
+            p(1300, "", "connect: Network is unreachable (os error 101)"),
+            p(1400, "b3", ""),
+            p(1500, "b1", ""),
+        ];
+        let w = probes_from(&recs, 1000);
+        assert_eq!((w.ok, w.refused, w.other_failures), (3, 1, 2));
+        assert_eq!(w.greeted_by.iter().collect::<Vec<_>>(), ["b1", "b3"]);
+        assert_eq!(probes_from(&recs, 1150).refused, 0);
+        assert!(!recs[3].refused() && recs[2].refused() && !recs[1].refused());
     }
 
     #[test]

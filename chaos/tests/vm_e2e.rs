@@ -16,7 +16,9 @@
 //! `SHOAL_BIN` gives a `shoal`. `SHOAL_E2E_RECHECK=DIR` checks an earlier boot's share folder
 //! again instead of booting.
 
-use shoal_chaos::flows::{fault_times, summarize_probes, FlowsReport, Outcome, ProbeRecord};
+use shoal_chaos::flows::{
+    fault_times, probes_from, summarize_probes, FlowsReport, Outcome, ProbeRecord,
+};
 use shoal_vmlab::{Boot, Profile, Share, Target};
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
@@ -261,35 +263,48 @@ fn check_backend(run: &Run) {
         "connections to the other backends broke\n{}",
         run.context("")
     );
-    let fallback = summarize_probes(&run.probes("backend-probe"), fault);
+    let probes = run.probes("backend-probe");
+    let fallback = summarize_probes(&probes, fault);
     let old = summarize_probes(&run.probes("backend-probe-nofallback"), fault);
     eprintln!(
         "new connections after the backend's death: with fallback {fallback:?}; without {old:?}"
-    );
-    // The verdict needs fall x interval plus a timeout, then one reconcile on every replica;
-    // a busy machine's emulated guest gets 5 s of slack.
-    let bound_ms = HEALTH_BOUND_MS + 5_000;
-    assert!(
-        fallback.last_failure_after_event_ms <= bound_ms,
-        "new connections still failed {} ms after the backend died (bound {bound_ms} ms)\n{}",
-        fallback.last_failure_after_event_ms,
-        run.context("backend-probe.log")
     );
     assert!(
         fallback.attempts > 50,
         "too few probes: {fallback:?}\n{}",
         run.context("backend-probe.log")
     );
-    // The control: without the fallback, new connections to the dead backend's slots keep
-    // failing after the bound (else the probes would not see what the fallback changes).
-    let late = run
-        .probes("backend-probe-nofallback")
-        .iter()
-        .filter(|p| !p.ok && p.at_ms > fault + bound_ms)
-        .count();
+    // The verdict needs fall x interval plus a timeout, then one reconcile on every replica;
+    // a busy machine's emulated guest gets 5 s of slack.
+    let bound_ms = HEALTH_BOUND_MS + 5_000;
+    // After the bound no new connection may reach the dead backend: its kernel answers a SYN
+    // with a reset, so such an attempt is refused. Attempts that time out or find no route are
+    // the emulated guest stalling as a whole (every replica withdraws, docs/e2e-lab.md), which
+    // no director can prevent: they are counted, not failed on. Enough attempts must get
+    // through for the check to mean something: were one slot in three still b2's, 20
+    // attempts would all miss it with odds of (2/3)^20, about 1 in 3,000.
+    let after = probes_from(&probes, fault + bound_ms);
+    eprintln!("new connections from the bound on: {after:?}");
+    assert_eq!(
+        after.refused,
+        0,
+        "new connections still reached the dead backend after {bound_ms} ms: {after:?}\n{}",
+        run.context("backend-probe.log")
+    );
     assert!(
-        late > 0,
-        "mh without fallback: no failure after {bound_ms} ms: {old:?}\n{}",
+        after.ok >= 20
+            && after.greeted_by.contains("b1")
+            && after.greeted_by.contains("b3")
+            && !after.greeted_by.contains("b2"),
+        "new connections did not recover after the backend died: {after:?}\n{}",
+        run.context("backend-probe.log")
+    );
+    // The control: without the fallback, new connections to the dead backend's slots keep
+    // reaching it after the bound (else the probes would not see what the fallback changes).
+    let control = probes_from(&run.probes("backend-probe-nofallback"), fault + bound_ms);
+    assert!(
+        control.refused > 0,
+        "mh without fallback: nothing reached the dead backend after {bound_ms} ms: {control:?}\n{}",
         run.context("backend-probe-nofallback.log")
     );
 }

@@ -3,10 +3,10 @@
 # Every phase streams checked long-lived connections through the VIP while a fault happens.
 #
 # Inputs (written by chaos/tests/vm_e2e.rs or chaos/lab/vm/e2e-demo.sh): bin/shoal,
-# bin/lab-flows, rules.toml, e2e.env (PHASES, CONNS, AFTER_S, ANNOUNCE, BFD_MS, BFD_MULT, BENCH_S).
-# Outputs: out/<phase>.json (lab-flows reports), out/<phase>-probe*.json, out/events.txt,
-# out/live.log (one line a second), out/bench-*.json, logs. Nothing aborts the run: each phase
-# writes what it saw and the host decides.
+# bin/lab-flows, rules.toml, e2e.env (PHASES, CONNS, AFTER_S, ANNOUNCE, BFD_MS, BFD_MULT, BENCH_S,
+# LIVE_S). Outputs: out/<phase>.json (lab-flows reports), out/<phase>-probe*.json,
+# out/events.txt, out/live.log (one line every LIVE_S s, default 3), out/bench-*.json, logs.
+# Nothing aborts the run: each phase writes what it saw and the host decides.
 # Binaries run from the guest's memory, not from the 9p share (page faults over 9p are slow).
 mkdir -p /tmp/bin && cp /mnt/host/bin/* /tmp/bin/ && PATH=/tmp/bin:$PATH
 . /mnt/host/lab/e2e-topology.sh
@@ -32,10 +32,12 @@ live_loop() {
     fl=$(cat out/flows.txt 2>/dev/null)
     mesh=$(cat /tmp/mesh.txt 2>/dev/null)
     echo "$(now) |$(replica_states) | mesh: ${mesh:--} | rt->$VIP via: $(router_hops)| $fl" >> out/live.log
-    # What the guest spends its time on, every 30 s.
-    [ $((n % 30)) = 0 ] && { echo "== $(now)"; top -b -n 1 | head -15; } >> out/top.log
+    # What the guest spends its time on, every 10 lines.
+    [ $((n % 10)) = 0 ] && { echo "== $(now)"; top -b -n 1 | head -15; } >> out/top.log
     n=$((n + 1))
-    sleep 1
+    # Every line costs the emulated guest a dozen process starts (lab-flows, birdc, ip, awk);
+    # asked for every 1 s, a line came every 3-5 s in a loaded guest. LIVE_S sets the pace.
+    sleep "${LIVE_S:-3}"
   done
 }
 
@@ -94,6 +96,9 @@ replicas_ready() {
 }
 
 phase_kill9() {
+  # The flows spread over the replicas the router uses while they open: wait until it uses
+  # all three (a replica that withdrew after a stall of the guest would carry none).
+  for i in $REPLICAS; do wait_hop $i 60 || true; done
   flows kill9 9000; flows_settle
   victim kill9 r1; replica_kill9 1
   flows_stop kill9 $AFTER_S; flows_wait kill9
