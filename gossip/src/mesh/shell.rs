@@ -104,8 +104,7 @@ impl<D: Document> Inner<D> {
                     KvOp::Delete(k) => chitchat.self_node_state().delete(&k),
                 }
             }
-            // Every step: the core judges liveness from these at every tick (`liveness.rs`);
-            // one small record per member, against the full parse skipped below.
+            // Every step: the core judges liveness from these at every tick (`liveness.rs`).
             let beats: Vec<(NodeId, u64, u64)> = chitchat
                 .node_states()
                 .iter()
