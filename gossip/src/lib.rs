@@ -32,7 +32,6 @@ pub mod hedge;
 mod identity;
 pub mod incarnation;
 mod keys;
-pub mod liveness;
 mod mesh;
 pub mod replica;
 pub mod reservation;

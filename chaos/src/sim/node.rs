@@ -8,7 +8,6 @@
 //! core's, exactly as `gossip/src/mesh.rs` drives it.
 
 use shoal_gossip::head::{HeldAd, Stamp};
-use shoal_gossip::liveness::LivenessTiming;
 use shoal_gossip::replica::{Action, Bug, Identity, Replica, ReplicaTiming, FETCH_RETRY_MS};
 use shoal_gossip::version::{NodeId, Version};
 use shoal_gossip::view::Member;
@@ -53,8 +52,7 @@ pub enum Msg {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Timing {
     pub gossip_ms: u64,
-    /// A peer heard every round and then not for this long is dead (the core's phi threshold
-    /// is `fail_ms / gossip_ms`; see `liveness.rs`).
+    /// A peer not heard from for this long is dead (the failure detector's job).
     pub fail_ms: u64,
     pub join_grace_ms: u64,
     /// How long unheard seeds (every other node is a seed) may hold a starting node back.
@@ -78,15 +76,6 @@ impl Timing {
             // The simulation keeps the earlier start rule (run alone after the patience); the
             // "must hear the cluster" rule is tested on real nodes (gossip/tests/attacks.rs).
             single_node: true,
-            // The core judges liveness from the heartbeats below, as in the mesh: phi over a
-            // prior of one gossip round puts a steady member's death at `fail_ms`.
-            liveness: LivenessTiming {
-                phi_threshold: self.fail_ms as f64 / self.gossip_ms.max(1) as f64,
-                prior_interval_ms: self.gossip_ms,
-                max_interval_ms: (self.gossip_ms * 20).max(2_000),
-                window: 1_000,
-                pause_allowance_ms: self.gossip_ms,
-            },
         }
     }
 }
@@ -94,8 +83,6 @@ impl Timing {
 #[derive(Clone, Debug)]
 struct Peer {
     last_heard_ms: u64,
-    /// Its heartbeat: one per gossip message heard from this generation.
-    beat: u64,
     ad: Rc<Ad>,
 }
 
@@ -197,19 +184,15 @@ impl SimNode {
         self.up && self.frozen_until_ms.is_none_or(|until| now_ms >= until)
     }
 
-    /// Indices of the members this node's core judges alive, itself included, sorted.
-    pub fn live(&self, all: &[NodeId]) -> Vec<usize> {
+    /// Indices of the members this node believes alive, itself included, sorted.
+    pub fn live(&self, now_ms: u64, t: &Timing) -> Vec<usize> {
         let mut live: Vec<usize> = self
-            .replica
-            .members()
+            .peers
             .iter()
-            .filter(|m| m.alive)
-            .filter_map(|m| all.iter().position(|id| *id == m.id))
-            .filter(|&i| i == self.index || self.peers.contains_key(&i))
+            .filter(|(_, p)| now_ms.saturating_sub(p.last_heard_ms) <= t.fail_ms)
+            .map(|(i, _)| *i)
             .collect();
-        if !live.contains(&self.index) {
-            live.push(self.index);
-        }
+        live.push(self.index);
         live.sort_unstable();
         live
     }
@@ -242,7 +225,6 @@ impl SimNode {
                     app: BTreeMap::new(),
                     last_seen_ms: Some(age_ms),
                     stand_down: None,
-                    leaving: false,
                 }
             })
             .collect()
@@ -305,7 +287,7 @@ impl SimNode {
             out.extend(self.next_source(now_ms, t));
         }
         out.extend(self.answer_parked(now_ms));
-        let live = self.live(all);
+        let live = self.live(now_ms, t);
         self.health(now_ms, t, all, &live, backend_up);
         let ad = Rc::new(self.ad());
         for (i, _) in all.iter().enumerate().filter(|(i, _)| *i != self.index) {
@@ -451,17 +433,10 @@ impl SimNode {
                     .get(&from)
                     .is_none_or(|p| ad.generation >= p.ad.generation);
                 if newer {
-                    let beat = match self.peers.get(&from) {
-                        Some(p) if p.ad.generation == ad.generation => p.beat + 1,
-                        _ => 1,
-                    };
-                    let heartbeat = (NodeId::new(format!("n{}", from + 1)), ad.generation, beat);
-                    self.replica.handle_heartbeats(now_ms, [heartbeat]);
                     self.peers.insert(
                         from,
                         Peer {
                             last_heard_ms: now_ms,
-                            beat,
                             ad,
                         },
                     );
