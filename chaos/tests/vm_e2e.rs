@@ -265,7 +265,8 @@ fn check_backend(run: &Run) {
     );
     let probes = run.probes("backend-probe");
     let fallback = summarize_probes(&probes, fault);
-    let old = summarize_probes(&run.probes("backend-probe-nofallback"), fault);
+    let nofallback = run.probes("backend-probe-nofallback");
+    let old = summarize_probes(&nofallback, fault);
     eprintln!(
         "new connections after the backend's death: with fallback {fallback:?}; without {old:?}"
     );
@@ -301,7 +302,7 @@ fn check_backend(run: &Run) {
     );
     // The control: without the fallback, new connections to the dead backend's slots keep
     // reaching it after the bound (else the probes would not see what the fallback changes).
-    let control = probes_from(&run.probes("backend-probe-nofallback"), fault + bound_ms);
+    let control = probes_from(&nofallback, fault + bound_ms);
     assert!(
         control.refused > 0,
         "mh without fallback: nothing reached the dead backend after {bound_ms} ms: {control:?}\n{}",
