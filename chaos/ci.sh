@@ -30,3 +30,24 @@ if [ "$code" -ne 1 ] || ! grep -q '"invariant": *"I1"' "$TEETH_DIR/report.json";
   exit 1
 fi
 echo "chaos teeth: the faulty nodes were caught (I1, exit 1)"
+
+# Steady loss: 20 nodes started at once, then 5% of mesh packets lost on arrival at every node
+# (every link, both ways); any false death (a poll missing a member, or a node logging "member
+# judged dead") fails. The hour-long run is the same command with --duration 1h (docs/chaos.md).
+STEADY_DIR="$REPORT_DIR-steady"
+"$TARGET/debug/shoal-chaos" steady --nodes 20 --loss-percent 5 \
+  --duration "${SHOAL_STEADY_DURATION:-60s}" \
+  --shoal "$TARGET/debug/shoal" --report-dir "$STEADY_DIR"
+
+# Teeth: at 60% loss members do die; the steady run must say so (exit 1).
+set +e
+"$TARGET/debug/shoal-chaos" steady --nodes 10 --loss-percent 60 --duration 20s \
+  --shoal "$TARGET/debug/shoal" --report-dir "$STEADY_DIR-teeth" > "$STEADY_DIR-teeth.log" 2>&1
+code=$?
+set -e
+if [ "$code" -ne 1 ]; then
+  echo "steady teeth: 60% loss did not fail the steady run (exit $code)" >&2
+  tail -40 "$STEADY_DIR-teeth.log" >&2
+  exit 1
+fi
+echo "steady teeth: deaths under 60% loss were caught (exit 1)"

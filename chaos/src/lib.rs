@@ -22,4 +22,5 @@ pub mod runner;
 pub mod schedule;
 pub mod sim;
 pub mod stats;
+pub mod steady;
 pub mod workload;

@@ -8,6 +8,7 @@ use shoal_chaos::lab::{self, Lab, NodeCommand, NodeSpec};
 use shoal_chaos::report::RunReport;
 use shoal_chaos::runner::{self, RunConfig};
 use shoal_chaos::schedule::{Schedule, ScheduleConfig};
+use shoal_chaos::steady::run::SteadyConfig;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -28,6 +29,9 @@ enum Cmd {
     Run(RunArgs),
     /// A long run (default 1 h).
     Soak(RunArgs),
+    /// Every node started at once, then the same random loss on every link for a long time,
+    /// counting false deaths (no other fault).
+    Steady(SteadyArgs),
     /// Remove namespaces and folders left by runs that are no longer running.
     Cleanup {
         /// Also remove those of runs still in progress.
@@ -103,6 +107,31 @@ struct RunArgs {
     node_env: Vec<(String, String)>,
 }
 
+#[derive(Args, Clone)]
+struct SteadyArgs {
+    #[arg(long, default_value_t = 20)]
+    nodes: usize,
+    /// Percent of mesh packets dropped on arrival at every node.
+    #[arg(long, default_value_t = 5)]
+    loss_percent: u8,
+    /// How long the loss is held once the cluster has formed, e.g. 60s, 1h.
+    #[arg(long, default_value = "1h")]
+    duration: String,
+    #[arg(long, default_value = "chaos-report")]
+    report_dir: PathBuf,
+    #[arg(long)]
+    shoal: Option<PathBuf>,
+    #[arg(long)]
+    insecure: bool,
+    #[arg(long, default_value_t = 100)]
+    poll_interval_ms: u64,
+    /// Every node started at once must list every other as alive within this.
+    #[arg(long, default_value_t = 60_000)]
+    startup_bound_ms: u64,
+    #[arg(long, value_parser = parse_env)]
+    node_env: Vec<(String, String)>,
+}
+
 fn parse_env(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .filter(|(k, _)| !k.is_empty())
@@ -121,6 +150,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Cmd::Run(a) => run(a, "run", Duration::from_secs(150)),
         Cmd::Soak(a) => run(a, "soak", Duration::from_secs(3600)),
+        Cmd::Steady(a) => steady(a),
         Cmd::Cleanup { all } => {
             let removed = lab::cleanup::cleanup_leftovers(all);
             println!(
@@ -275,18 +305,32 @@ fn make_certs(shoal: &Path, out: &Path, nodes: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run(a: RunArgs, verb: &str, default_duration: Duration) -> anyhow::Result<ExitCode> {
-    let duration = match &a.duration {
-        Some(d) => shoal_chaos::duration::parse(d)?,
-        None => default_duration,
-    };
+/// A lab ready to start: namespaces built, certificates made, nodes not started yet.
+struct Prepared {
+    lab: Lab,
+    work: PathBuf,
+    rules: PathBuf,
+    tls: bool,
+}
+
+const MESH_PORT: u16 = 7946;
+const ADMIN_PORT: u16 = 9100;
+
+fn prepare(
+    nodes: usize,
+    insecure: bool,
+    shoal: Option<PathBuf>,
+    report_dir: &Path,
+    node_log: &str,
+    node_env: &[(String, String)],
+) -> anyhow::Result<Prepared> {
     if !lab::sys::is_root() {
         bail!("the lab needs root (network namespaces, nftables)");
     }
     if !lab::sys::tools_present() {
         bail!("`ip` and `nft` are needed: apt-get install -y --no-install-recommends iproute2 nftables");
     }
-    let shoal = a.shoal.clone().unwrap_or_else(default_shoal);
+    let shoal = shoal.unwrap_or_else(default_shoal);
     if !shoal.exists() {
         bail!("shoal binary {} not found (build it: cargo build -p shoal-node --bin shoal, or pass --shoal)", shoal.display());
     }
@@ -297,17 +341,100 @@ fn run(a: RunArgs, verb: &str, default_duration: Duration) -> anyhow::Result<Exi
     let pid = std::process::id();
     let work = std::env::temp_dir().join(format!("shoal-chaos-{pid}"));
     std::fs::create_dir_all(&work).with_context(|| format!("create {}", work.display()))?;
-    std::fs::create_dir_all(&a.report_dir)
-        .with_context(|| format!("create {}", a.report_dir.display()))?;
-    let tls_root = if a.insecure {
+    std::fs::create_dir_all(report_dir)
+        .with_context(|| format!("create {}", report_dir.display()))?;
+    let tls_root = if insecure {
         None
     } else {
         let certs = work.join("certs");
-        make_certs(&shoal, &certs, a.nodes)?;
+        make_certs(&shoal, &certs, nodes)?;
         Some(certs)
     };
     let rules = work.join("rules.toml");
-    let (mesh_port, admin_port) = (7946, 9100);
+    let state_root = work.join("state");
+    let command = shoal_command(
+        shoal,
+        tls_root,
+        rules.clone(),
+        state_root,
+        MESH_PORT,
+        ADMIN_PORT,
+    );
+    let mut lab = Lab::create(&format!("sc{pid}"), nodes, &report_dir.join("logs"), command)?;
+    lab.set_env("SHOAL_LOG", node_log);
+    for (k, v) in node_env {
+        lab.set_env(k, v);
+    }
+    Ok(Prepared {
+        lab,
+        work,
+        rules,
+        tls: !insecure,
+    })
+}
+
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        self.lab.teardown();
+        let _ = std::fs::remove_dir_all(&self.work);
+    }
+}
+
+/// Runs `body` on a runtime whose threads live in the lab's control namespace; Ctrl-C or
+/// SIGTERM turns the watch true. Returns the result and whether the run was interrupted.
+fn in_ctl<'a, T, F>(
+    lab: &'a mut Lab,
+    body: impl FnOnce(&'a mut Lab, tokio::sync::watch::Receiver<bool>) -> F,
+) -> anyhow::Result<(T, bool)>
+where
+    F: std::future::Future<Output = T> + 'a,
+{
+    // Every thread the runtime creates inherits the control namespace from this one.
+    lab.enter_ctl()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    Ok(rt.block_on(async {
+        tokio::spawn(async move {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(_) => return,
+                };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            eprintln!("interrupted: stopping and removing the lab");
+            let _ = stop_tx.send(true);
+        });
+        let r = body(lab, stop_rx.clone()).await;
+        (r, *stop_rx.borrow())
+    }))
+}
+
+fn run(a: RunArgs, verb: &str, default_duration: Duration) -> anyhow::Result<ExitCode> {
+    let duration = match &a.duration {
+        Some(d) => shoal_chaos::duration::parse(d)?,
+        None => default_duration,
+    };
+    if a.nodes > lab::MAX_CHECKED_NODES {
+        bail!(
+            "nodes must be 1..={} for a fault run (the steady run takes more)",
+            lab::MAX_CHECKED_NODES
+        );
+    }
+    let mut p = prepare(
+        a.nodes,
+        a.insecure,
+        a.shoal.clone(),
+        &a.report_dir,
+        &a.node_log,
+        &a.node_env,
+    )?;
     let replay = format!(
         "shoal-chaos {verb} --nodes {} --duration {}s --seed {}{}",
         a.nodes,
@@ -324,9 +451,9 @@ fn run(a: RunArgs, verb: &str, default_duration: Duration) -> anyhow::Result<Exi
     let cfg = RunConfig {
         seed: a.seed,
         duration,
-        mesh_port,
-        admin_port,
-        rules_path: rules.clone(),
+        mesh_port: MESH_PORT,
+        admin_port: ADMIN_PORT,
+        rules_path: p.rules.clone(),
         edit_interval_ms: a.edit_interval_ms,
         poll_interval_ms: a.poll_interval_ms,
         convergence_bound_ms: a.convergence_bound_ms,
@@ -336,59 +463,74 @@ fn run(a: RunArgs, verb: &str, default_duration: Duration) -> anyhow::Result<Exi
         health_port: 8080,
         schedule,
         replay,
-        tls: !a.insecure,
+        tls: p.tls,
         stop_on_violation: a.stop_on_violation,
     };
-    let state_root = work.join("state");
-    let command = shoal_command(shoal, tls_root, rules, state_root, mesh_port, admin_port);
-    let mut lab = Lab::create(
-        &format!("sc{pid}"),
-        a.nodes,
-        &a.report_dir.join("logs"),
-        command,
-    )?;
-    lab.set_env("SHOAL_LOG", &a.node_log);
-    for (k, v) in &a.node_env {
-        lab.set_env(k, v);
-    }
     eprintln!(
         "lab {} ready: {} nodes; {}",
-        lab.prefix(),
+        p.lab.prefix(),
         a.nodes,
         cfg.replay
     );
-    // Every thread the runtime creates inherits the control namespace from this one.
-    lab.enter_ctl()?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("tokio runtime")?;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let outcome = rt.block_on(async {
-        tokio::spawn(async move {
-            let mut term =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(s) => s,
-                    Err(_) => return,
-                };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            eprintln!("interrupted: stopping and removing the lab");
-            let _ = stop_tx.send(true);
-        });
-        let stop = stop_rx.clone();
-        let r = runner::run(&cfg, &mut lab, stop).await;
-        (r, *stop_rx.borrow())
-    });
-    lab.teardown();
-    let _ = std::fs::remove_dir_all(&work);
-    let (result, interrupted) = outcome;
+    let (result, interrupted) = in_ctl(&mut p.lab, |lab, stop| runner::run(&cfg, lab, stop))?;
+    drop(p);
     let report = result?;
     write_report(&a.report_dir, &report)?;
     print!("{}", report.to_markdown());
+    Ok(if interrupted {
+        ExitCode::from(130)
+    } else if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn steady(a: SteadyArgs) -> anyhow::Result<ExitCode> {
+    let duration = shoal_chaos::duration::parse(&a.duration)?;
+    if a.loss_percent > 100 {
+        bail!("--loss-percent must be 0..=100, got {}", a.loss_percent);
+    }
+    let replay = format!(
+        "shoal-chaos steady --nodes {} --loss-percent {} --duration {}s{}",
+        a.nodes,
+        a.loss_percent,
+        duration.as_secs(),
+        if a.insecure { " --insecure" } else { "" }
+    );
+    let mut p = prepare(
+        a.nodes,
+        a.insecure,
+        a.shoal.clone(),
+        &a.report_dir,
+        shoal_chaos::steady::NODE_LOG,
+        &a.node_env,
+    )?;
+    let cfg = SteadyConfig {
+        loss_percent: a.loss_percent,
+        duration,
+        poll_interval_ms: a.poll_interval_ms,
+        startup_bound_ms: a.startup_bound_ms,
+        mesh_port: MESH_PORT,
+        admin_port: ADMIN_PORT,
+        rules_path: p.rules.clone(),
+        replay,
+    };
+    eprintln!("lab {} ready: {} nodes; {}", p.lab.prefix(), a.nodes, cfg.replay);
+    let (result, interrupted) = in_ctl(&mut p.lab, |lab, stop| {
+        shoal_chaos::steady::run::run(&cfg, lab, stop)
+    })?;
+    drop(p);
+    let report = result?;
+    let md = report.to_markdown();
+    std::fs::write(a.report_dir.join("steady.md"), &md)
+        .with_context(|| format!("write {}", a.report_dir.display()))?;
+    std::fs::write(
+        a.report_dir.join("steady.json"),
+        serde_json::to_string_pretty(&report)?,
+    )
+    .with_context(|| format!("write {}", a.report_dir.display()))?;
+    print!("{md}");
     Ok(if interrupted {
         ExitCode::from(130)
     } else if report.passed() {

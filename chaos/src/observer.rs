@@ -56,6 +56,18 @@ impl Observer {
         Ok(Some(value))
     }
 
+    /// The ids `admin`'s `/v1/cluster` lists as alive (sorted): the steady runs' one question.
+    pub async fn alive(&self, admin: &str) -> Result<Vec<String>, PollError> {
+        let url = format!("http://{admin}/v1/cluster");
+        let cluster = self.get(url.clone()).await?.ok_or(PollError::Status {
+            url,
+            status: 404,
+        })?;
+        let mut o = NodeObs::default();
+        o.read_cluster(&cluster)?;
+        Ok(o.alive)
+    }
+
     /// Polls `admin` (host:port); the caller fills in time, node and incarnation.
     pub async fn poll(&self, admin: &str) -> Result<NodeObs, PollError> {
         let (cluster, dataplane, table) = tokio::join!(

@@ -27,12 +27,17 @@ pub fn node_addr(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(198, 18, 0, 11 + i as u8)
 }
 
-/// The mesh id of node `i`: n1, n2, ... (ids compare as strings; the lab caps nodes at 9).
+/// The mesh id of node `i`: n1, n2, ...
 pub fn node_id(i: usize) -> String {
     format!("n{}", i + 1)
 }
 
-pub const MAX_NODES: usize = 9;
+/// The most nodes a lab holds (addresses .11 to .74). The fault runs use at most
+/// [`MAX_CHECKED_NODES`]; the steady runs (`crate::steady`) more.
+pub const MAX_NODES: usize = 64;
+
+/// The most nodes the fault runs' checkers accept: they compare ids as strings, where n10 < n2.
+pub const MAX_CHECKED_NODES: usize = 9;
 
 /// What a node process is started with: the lab fills in where and who.
 pub struct NodeSpec<'a> {
@@ -281,6 +286,13 @@ impl Lab {
 
     pub fn addr(&self, i: usize) -> Ipv4Addr {
         self.slots[i].addr
+    }
+
+    /// The log file of node `i`'s current incarnation (stdout and stderr).
+    pub fn log_path(&self, i: usize) -> PathBuf {
+        let slot = &self.slots[i];
+        self.log_dir
+            .join(format!("{}.{}.log", slot.id, slot.incarnation))
     }
 
     /// Kills every process and removes every namespace (idempotent).
