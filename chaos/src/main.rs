@@ -360,7 +360,12 @@ fn prepare(
         MESH_PORT,
         ADMIN_PORT,
     );
-    let mut lab = Lab::create(&format!("sc{pid}"), nodes, &report_dir.join("logs"), command)?;
+    let mut lab = Lab::create(
+        &format!("sc{pid}"),
+        nodes,
+        &report_dir.join("logs"),
+        command,
+    )?;
     lab.set_env("SHOAL_LOG", node_log);
     for (k, v) in node_env {
         lab.set_env(k, v);
@@ -516,7 +521,12 @@ fn steady(a: SteadyArgs) -> anyhow::Result<ExitCode> {
         rules_path: p.rules.clone(),
         replay,
     };
-    eprintln!("lab {} ready: {} nodes; {}", p.lab.prefix(), a.nodes, cfg.replay);
+    eprintln!(
+        "lab {} ready: {} nodes; {}",
+        p.lab.prefix(),
+        a.nodes,
+        cfg.replay
+    );
     let (result, interrupted) = in_ctl(&mut p.lab, |lab, stop| {
         shoal_chaos::steady::run::run(&cfg, lab, stop)
     })?;

@@ -59,10 +59,10 @@ impl Observer {
     /// The ids `admin`'s `/v1/cluster` lists as alive (sorted): the steady runs' one question.
     pub async fn alive(&self, admin: &str) -> Result<Vec<String>, PollError> {
         let url = format!("http://{admin}/v1/cluster");
-        let cluster = self.get(url.clone()).await?.ok_or(PollError::Status {
-            url,
-            status: 404,
-        })?;
+        let cluster = self
+            .get(url.clone())
+            .await?
+            .ok_or(PollError::Status { url, status: 404 })?;
         let mut o = NodeObs::default();
         o.read_cluster(&cluster)?;
         Ok(o.alive)
