@@ -3,17 +3,22 @@
 //! ipvs-lab apply FILE.json [--drain-ms N] [--settle]   reconcile to the table, print a JSON report
 //! ipvs-lab dump                                        print what the kernel holds as JSON
 //! ipvs-lab watch FILE.json --stop-file PATH [--drift-check-ms N] [--interval-ms M] [--timeout-ms T]
+//!                [--then FILE2.json --switch-file PATH2] [--exclusive]
 //!                                                      a pass every M ms (as a node's loop), one
-//!                                                      JSON line per pass, until PATH exists
+//!                                                      JSON line per pass, until PATH exists; the
+//!                                                      table is FILE2 once PATH2 exists; the IPVS
+//!                                                      table declared Shoal's alone (--exclusive)
 //! ipvs-lab backend-init VIP[,VIP...]                   prepare a backend namespace
 //! ipvs-lab bench --services N --dests M [--reps R] [--settle-s S] [--scheduler mh|wrr|..]
 //!                [--changes K]
 //!                                                      Shoal vs `ipvsadm -R` / `-C`, JSON on stdout
 
 use serde_json::json;
+use shoal_dataplane::ipvs::ListDecode;
 use shoal_dataplane::model::*;
 use shoal_dataplane::{
-    backend_init, reconcile, Dataplane, Desired, IpvsDataplane, IpvsOptions, Reconciler,
+    backend_init, reconcile, Dataplane, Desired, IpvsDataplane, IpvsOptions, Op, Reconciler,
+    TableOwnership,
 };
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};
@@ -94,23 +99,53 @@ fn ms_flag(args: &[String], name: &str, default: u64) -> Res<Duration> {
 
 /// The node's loop in miniature: passes planned on the kept view, a full read every drift
 /// check. The first pass loads the table and prints `{"ready":true}`; the command ends when
-/// the stop file exists, or fails at the timeout.
+/// the stop file exists, or fails at the timeout. With `--then`, the passes after the switch
+/// file appears reconcile to the second table (a rule change while the view is kept).
 fn watch(args: &[String]) -> Res<()> {
     let file = args
         .first()
         .ok_or("watch needs a desired-table JSON file")?;
-    let desired: Desired = serde_json::from_str(&std::fs::read_to_string(file)?)?;
+    let read_table =
+        |f: &str| -> Res<Desired> { Ok(serde_json::from_str(&std::fs::read_to_string(f)?)?) };
+    let mut desired = read_table(file)?;
+    let mut then = match flag(args, "--then") {
+        Some(f) => Some((
+            read_table(&f)?,
+            std::path::PathBuf::from(
+                flag(args, "--switch-file").ok_or("--then needs --switch-file")?,
+            ),
+        )),
+        None => None,
+    };
+    let ownership = if args.iter().any(|a| a == "--exclusive") {
+        TableOwnership::Exclusive
+    } else {
+        TableOwnership::Shared
+    };
     let drift_check = ms_flag(args, "--drift-check-ms", 3000)?;
     let interval = ms_flag(args, "--interval-ms", 200)?;
     let timeout = ms_flag(args, "--timeout-ms", 120_000)?;
     let stop =
         std::path::PathBuf::from(flag(args, "--stop-file").ok_or("watch needs --stop-file")?);
     let mut dp = IpvsDataplane::open(&IpvsOptions::default())?;
-    let mut rec = Reconciler::new(Duration::ZERO).with_drift_check(drift_check);
+    let mut rec = Reconciler::new(Duration::ZERO)
+        .with_drift_check(drift_check)
+        .with_ownership(ownership);
     let started = Instant::now();
     let mut first = true;
+    let mut on_second = false;
     let stdout = std::io::stdout();
     while started.elapsed() < timeout {
+        let switched = match &then {
+            Some((_, switch)) => switch.exists(),
+            None => false,
+        };
+        if switched {
+            if let Some((next, _)) = then.take() {
+                desired = next;
+                on_second = true;
+            }
+        }
         let t = Instant::now();
         let report = reconcile(&mut dp, &mut rec, &desired, Instant::now());
         let line = match &report {
@@ -119,6 +154,7 @@ fn watch(args: &[String]) -> Res<()> {
                 "elapsed_ms": t.elapsed().as_secs_f64() * 1e3,
                 "full_read": r.full_read,
                 "ops": r.ops,
+                "second_table": on_second,
             }),
             Err(e) => {
                 json!({ "at_ms": started.elapsed().as_millis() as u64, "error": e.to_string() })
@@ -333,13 +369,58 @@ fn bench(args: &[String]) -> Res<()> {
         // What each periodic drift check costs: a pass that reads the whole table back.
         rec.invalidate();
         let (check_ms, check_ops, _) = timed(&mut dp, &mut rec, &changed)?;
+        // Where the check before a flush spends its time (3 samples each): the list alone
+        // (kernel and socket), the list decoded down to keys (what the check does now), and
+        // decoded whole with neli (what it did before).
+        let mut probe = |how| -> Res<Vec<f64>> {
+            (0..3)
+                .map(|_| {
+                    let t = Instant::now();
+                    let n = dp.probe_service_list(how)?;
+                    if n != loaded {
+                        return Err(format!("listed {n} services, expected {loaded}").into());
+                    }
+                    Ok(t.elapsed().as_secs_f64() * 1e3)
+                })
+                .collect()
+        };
+        let list_only_ms = probe(ListDecode::Nothing)?;
+        let list_keys_ms = probe(ListDecode::KeysOnly)?;
+        let list_full_ms = probe(ListDecode::Full)?;
+        // Removal as the node does it by default (shared table: the list, then the flush and
+        // one batched send of the VIP deletes).
         let (remove_ms, remove_ops, remove_msgs) = timed(&mut dp, &mut rec, &empty)?;
         let left = dp.read()?.services.len();
+        // The VIP deletes alone (ipvsadm -C removes no addresses): add them back, time the
+        // delete.
+        let vips: Vec<IpAddr> = table.vips().into_iter().collect();
+        let adds: Vec<Op> = vips.iter().map(|v| Op::AddVip(*v)).collect();
+        let dels: Vec<Op> = vips.iter().map(|v| Op::DelVip(*v)).collect();
+        if let (_, Some(e)) = dp.apply_all(&adds) {
+            return Err(e.into());
+        }
+        let t = Instant::now();
+        if let (_, Some(e)) = dp.apply_all(&dels) {
+            return Err(e.into());
+        }
+        let vip_delete_ms = t.elapsed().as_secs_f64() * 1e3;
+
         // The same content through ipvsadm, in the same boot.
         std::thread::sleep(settle);
         let ipvsadm_load_ms = ipvsadm_restore(&load_rules)?;
         let ipvsadm_loaded = count_services()?;
         let ipvsadm_clear_ms = ipvsadm_clear()?;
+        // Its fixed cost: the process, libnl, and a flush of an empty table.
+        let ipvsadm_clear_empty_ms = ipvsadm_clear()?;
+        // Removal with the table declared Shoal's alone: a bare flush, on the table loaded
+        // again after the settle pause (that load is not a figure: the trash list).
+        std::thread::sleep(settle);
+        rec.invalidate();
+        let (reload_ms, _, _) = timed(&mut dp, &mut rec, &table)?;
+        rec.set_ownership(TableOwnership::Exclusive);
+        let (remove_exclusive_ms, remove_exclusive_ops, _) = timed(&mut dp, &mut rec, &empty)?;
+        rec.set_ownership(TableOwnership::Shared);
+        let left_exclusive = dp.read()?.services.len();
         runs.push(json!({
             "rep": rep,
             "shoal_load_ms": load_ms, "shoal_load_ops": load_ops, "shoal_load_messages": load_msgs,
@@ -349,8 +430,13 @@ fn bench(args: &[String]) -> Res<()> {
             "shoal_drift_check_ms": check_ms, "shoal_drift_check_ops": check_ops,
             "shoal_remove_ms": remove_ms, "shoal_remove_ops": remove_ops, "shoal_remove_messages": remove_msgs,
             "shoal_left_services": left,
+            "list_only_ms": list_only_ms, "list_keys_ms": list_keys_ms, "list_full_ms": list_full_ms,
+            "vip_delete_ms": vip_delete_ms, "vips": vips.len(),
+            "shoal_reload_ms": reload_ms,
+            "shoal_remove_exclusive_ms": remove_exclusive_ms, "shoal_remove_exclusive_ops": remove_exclusive_ops,
+            "shoal_left_services_exclusive": left_exclusive,
             "ipvsadm_load_ms": ipvsadm_load_ms, "ipvsadm_loaded_services": ipvsadm_loaded,
-            "ipvsadm_clear_ms": ipvsadm_clear_ms,
+            "ipvsadm_clear_ms": ipvsadm_clear_ms, "ipvsadm_clear_empty_ms": ipvsadm_clear_empty_ms,
         }));
         eprintln!(
             "bench rep {rep}: {}",

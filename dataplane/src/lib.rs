@@ -8,7 +8,9 @@
 //!
 //! What it does not own: where the desired table comes from (the node reads it from gossip),
 //! health checking, the gossip mesh, and any Kubernetes type. It never touches an IPVS service
-//! it does not manage (see `plan` for the ownership rule).
+//! it does not manage (see `plan` for the ownership rule), except that a table declared Shoal's
+//! alone (`TableOwnership::Exclusive`) is flushed without first listing what appeared since the
+//! last full read.
 
 #![forbid(unsafe_code)]
 
@@ -35,4 +37,7 @@ pub use memory::MemoryDataplane;
 pub use model::*;
 pub use op::Op;
 pub use plan::{plan, plan_view, Actual, Desired, View};
-pub use reconcile::{reconcile, ReconcileReport, Reconciler, DEFAULT_DRIFT_CHECK};
+pub use reconcile::{
+    list_before_sending, reconcile, ReconcileReport, Reconciler, TableOwnership,
+    DEFAULT_DRIFT_CHECK,
+};

@@ -19,6 +19,7 @@ struct State {
     vips: BTreeSet<IpAddr>,
     fail_next: Option<i32>,
     reads: u64,
+    lists: u64,
 }
 
 /// Clones share one state, so a test can keep a handle to inspect it or inject drift while the
@@ -79,6 +80,12 @@ impl MemoryDataplane {
     /// The next `apply` fails with this errno (one shot), to test error paths.
     pub fn fail_next(&self, errno: i32) {
         self.lock().fail_next = Some(errno);
+    }
+
+    /// How many lists of service keys (`Dataplane::service_keys`, the check before a flush)
+    /// were made so far.
+    pub fn lists(&self) -> u64 {
+        self.lock().lists
     }
 
     /// How many full reads (`Dataplane::read`) were made so far.
@@ -215,7 +222,9 @@ impl Dataplane for MemoryDataplane {
     }
 
     fn service_keys(&mut self) -> Result<Vec<ServiceKey>, DataplaneError> {
-        Ok(self.lock().services.keys().cloned().collect())
+        let mut st = self.lock();
+        st.lists += 1;
+        Ok(st.services.keys().cloned().collect())
     }
 
     fn apply(&mut self, op: &Op) -> Result<(), DataplaneError> {

@@ -104,8 +104,25 @@ impl NlConn {
         seq: u32,
         request: &[u8],
     ) -> Result<Result<Vec<Vec<u8>>, i32>, DataplaneError> {
-        self.send(request)?;
         let mut out = Vec::new();
+        let done = self.dump_each(seq, request, |p| {
+            out.push(p.to_vec());
+            Ok(())
+        })?;
+        Ok(done.map(|()| out))
+    }
+
+    /// Send one dump request and hand the payload of every reply message to `each`, in place
+    /// (no copy). A kernel error ends the dump with `Err(errno)`; an error from `each` stops
+    /// reading and is returned (what is left of the dump is skipped by later reads: its
+    /// sequence number is not theirs).
+    pub fn dump_each(
+        &mut self,
+        seq: u32,
+        request: &[u8],
+        mut each: impl FnMut(&[u8]) -> Result<(), DataplaneError>,
+    ) -> Result<Result<(), i32>, DataplaneError> {
+        self.send(request)?;
         loop {
             let n = self.recv()?;
             let msgs = split_messages(&self.buf[..n])?;
@@ -114,15 +131,15 @@ impl NlConn {
                     continue;
                 }
                 match m.ty {
-                    NLMSG_DONE => return Ok(Ok(out)),
+                    NLMSG_DONE => return Ok(Ok(())),
                     NLMSG_ERROR => {
                         let code = error_code(&m)?;
                         if code != 0 {
                             return Ok(Err(code));
                         }
-                        return Ok(Ok(out));
+                        return Ok(Ok(()));
                     }
-                    _ => out.push(m.payload.to_vec()),
+                    _ => each(m.payload)?,
                 }
             }
         }

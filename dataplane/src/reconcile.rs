@@ -17,12 +17,35 @@ use crate::error::DataplaneError;
 use crate::model::ServiceKey;
 use crate::op::Op;
 use crate::plan::{plan_view, Actual, Desired, View};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 type DestId = (ServiceKey, IpAddr, u16);
+
+/// Whether anyone besides Shoal may create IPVS services in this network namespace: what a
+/// flush planned on the view kept in memory must be checked against.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TableOwnership {
+    /// Others may (kube-proxy in IPVS mode next to a `hostNetwork` pod, an operator with
+    /// `ipvsadm`): before a flush planned on the kept view, one list of the kernel's services
+    /// must match the view, else the pass reads everything and plans again.
+    #[default]
+    Shared,
+    /// Declared by the operator: Shoal alone creates IPVS services here (its own network
+    /// namespace, a dedicated LB node). A flush goes out without the list, so a service
+    /// someone else created since the last full read is flushed with Shoal's.
+    Exclusive,
+}
+
+/// Whether a pass must list the kernel's services before sending `ops` (pure). Only a flush
+/// can remove what Shoal does not know of, and only a pass that did not just read the whole
+/// table can be wrong about what the kernel holds.
+pub fn list_before_sending(ops: &[Op], full_read: bool, ownership: TableOwnership) -> bool {
+    ownership == TableOwnership::Shared && !full_read && ops.contains(&Op::Flush)
+}
 
 /// How often a reconciler reads the whole table back when nothing forces it earlier.
 pub const DEFAULT_DRIFT_CHECK: Duration = Duration::from_secs(60);
@@ -42,6 +65,7 @@ pub struct Reconciler {
     /// When the view was last read whole from the kernel.
     last_full_read: Option<Instant>,
     drift_check: Duration,
+    ownership: TableOwnership,
     /// Deletions in the last `step`'s answer whose drain had run out (the others repair drift
     /// or follow the desired table).
     drained: usize,
@@ -58,6 +82,7 @@ impl Reconciler {
             view: None,
             last_full_read: None,
             drift_check: DEFAULT_DRIFT_CHECK,
+            ownership: TableOwnership::Shared,
             drained: 0,
         }
     }
@@ -74,6 +99,20 @@ impl Reconciler {
 
     pub fn drift_check(&self) -> Duration {
         self.drift_check
+    }
+
+    /// Declare who may create IPVS services here (default `Shared`: see `TableOwnership`).
+    pub fn with_ownership(mut self, ownership: TableOwnership) -> Self {
+        self.ownership = ownership;
+        self
+    }
+
+    pub fn set_ownership(&mut self, ownership: TableOwnership) {
+        self.ownership = ownership;
+    }
+
+    pub fn ownership(&self) -> TableOwnership {
+        self.ownership
     }
 
     /// The ops to send now. Same as `plan`, except that a destination removed from a service
@@ -248,7 +287,8 @@ fn read_all(
 
 /// One pass: read the dataplane if the reconciler asks for it (else plan against its kept
 /// view), compute the ops, apply them. A flush planned on a kept view is sent only after a
-/// fresh list of services matches the view (else the pass reads everything and plans again).
+/// fresh list of services matches the view (else the pass reads everything and plans again),
+/// unless the table is declared `TableOwnership::Exclusive`.
 /// On failure the error names the first op that failed; the others were still attempted, the
 /// view is dropped, and the next pass reads the table and retries what is left.
 pub fn reconcile(
@@ -262,7 +302,7 @@ pub fn reconcile(
         read_all(dp, rec, now)?;
     }
     let mut ops = rec.step_kept(desired, now).unwrap_or_default();
-    if !full_read && ops.contains(&Op::Flush) {
+    if list_before_sending(&ops, full_read, rec.ownership()) {
         let keys = dp.service_keys().inspect_err(|_| rec.invalidate())?;
         if !rec.view_has_exactly(&keys) {
             tracing::info!(
@@ -299,95 +339,4 @@ pub fn reconcile(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::memory::MemoryDataplane;
-    use crate::model::{Destination, Forwarding, Protocol, SchedFlags, Service, Tunnel};
-
-    fn desired(backends: &[u8]) -> Desired {
-        Desired {
-            services: vec![Service {
-                key: ServiceKey::Addr {
-                    addr: "203.0.113.1".parse().unwrap(),
-                    port: 80,
-                    protocol: Protocol::Tcp,
-                },
-                scheduler: "mh".into(),
-                flags: SchedFlags::default(),
-                persistence_timeout_s: 0,
-                destinations: backends
-                    .iter()
-                    .map(|b| Destination {
-                        addr: IpAddr::from([198, 18, 0, *b]),
-                        port: 80,
-                        forwarding: Forwarding::Tunnel(Tunnel::Ipip),
-                        weight: 1,
-                        upper_threshold: 0,
-                        lower_threshold: 0,
-                    })
-                    .collect(),
-            }],
-        }
-    }
-
-    /// The kept view holds what a full read would, without the spare room of one insert at a
-    /// time; a deletion at the end of a drain is counted as such, a drift repair is not.
-    #[test]
-    fn the_kept_view_is_compact_and_drained_deletions_are_counted() {
-        let mut dp = MemoryDataplane::new();
-        let mut rec = Reconciler::new(Duration::from_secs(30));
-        let t0 = Instant::now();
-        let report = reconcile(&mut dp, &mut rec, &desired(&[1, 2, 3, 4, 5]), t0).unwrap();
-        assert_eq!(report.drained, 0);
-        let dests = &rec
-            .view()
-            .unwrap()
-            .services
-            .values()
-            .next()
-            .unwrap()
-            .destinations;
-        assert_eq!((dests.len(), dests.capacity()), (5, 5));
-        assert_eq!(rec.view().cloned(), Some(dp.read().unwrap().into_view()));
-
-        let report = reconcile(&mut dp, &mut rec, &desired(&[1, 2, 3, 4]), t0).unwrap();
-        assert_eq!((report.ops.len(), report.drained), (1, 0), "weight 0 first");
-        let later = t0 + Duration::from_secs(31);
-        let report = reconcile(&mut dp, &mut rec, &desired(&[1, 2, 3, 4]), later).unwrap();
-        assert!(
-            matches!(&report.ops[..], [Op::DelDest(..)]),
-            "{:?}",
-            report.ops
-        );
-        assert_eq!(report.drained, 1);
-
-        // Drift: a destination deleted behind Shoal's back is added again, not "drained".
-        let key = desired(&[]).services[0].key.clone();
-        dp.apply(&Op::DelDest(key, IpAddr::from([198, 18, 0, 1]), 80))
-            .unwrap();
-        rec.invalidate();
-        let report = reconcile(&mut dp, &mut rec, &desired(&[1, 2, 3, 4]), later).unwrap();
-        assert!(
-            matches!(&report.ops[..], [Op::AddDest(..)]),
-            "{:?}",
-            report.ops
-        );
-        assert_eq!(report.drained, 0);
-    }
-
-    /// Issue #15, broken behaviour 5: `now + drain` panicked for a huge drain.
-    #[test]
-    fn a_huge_drain_does_not_overflow() {
-        let mut dp = MemoryDataplane::new();
-        let mut rec = Reconciler::new(Duration::MAX);
-        let now = Instant::now();
-        reconcile(&mut dp, &mut rec, &desired(&[1, 2]), now).unwrap();
-        let report = reconcile(&mut dp, &mut rec, &desired(&[1]), now).unwrap();
-        assert!(
-            matches!(&report.ops[..], [Op::UpdateDest(_, d)] if d.weight == 0),
-            "{:?}",
-            report.ops
-        );
-        assert!(rec.next_deadline().unwrap() > now + Duration::from_secs(365 * 86_400));
-    }
-}
+mod tests;

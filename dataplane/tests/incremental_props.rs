@@ -1,7 +1,8 @@
 //! Property tests of the incremental reconcile against the in-memory twin: the view kept
 //! between full reads always equals the kernel, no desired update is lost, drift made behind
 //! Shoal's back is repaired by the drift check (and not before), an error makes the next pass
-//! read everything, and a flush never removes a foreign service.
+//! read everything, and a flush never removes a foreign service unless the table is declared
+//! Shoal's alone (`TableOwnership::Exclusive`).
 
 mod common;
 
@@ -9,7 +10,9 @@ use common::{case, foreign_vip, service, shoal_vip};
 use proptest::prelude::*;
 use shoal_dataplane::model::*;
 use shoal_dataplane::plan::normalize;
-use shoal_dataplane::{plan, reconcile, Dataplane, Desired, MemoryDataplane, Op, Reconciler, View};
+use shoal_dataplane::{
+    plan, reconcile, Dataplane, Desired, MemoryDataplane, Op, Reconciler, TableOwnership, View,
+};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -209,15 +212,20 @@ proptest! {
         prop_assert_eq!(rec.view(), Some(&kernel(&dp)));
     }
 
-    /// Removing everything: one flush when every service is Shoal's; a foreign service that
-    /// appeared after the last full read is seen before the flush and survives.
+    /// Removing everything: one flush when every service is Shoal's. In a shared table (the
+    /// default) a foreign service that appeared after the last full read is seen before the
+    /// flush and survives; only a table declared Shoal's alone is flushed without that list.
     #[test]
-    fn a_flush_never_removes_a_foreign_service(
+    fn a_flush_never_removes_a_foreign_service_unless_the_table_is_declared_shoals(
         desired in table(),
         late_foreign in proptest::option::of(service(true)),
+        exclusive in any::<bool>(),
     ) {
         let mut dp = MemoryDataplane::new();
-        let mut rec = Reconciler::new(Duration::ZERO).with_drift_check(DRIFT_CHECK);
+        let ownership = if exclusive { TableOwnership::Exclusive } else { TableOwnership::Shared };
+        let mut rec = Reconciler::new(Duration::ZERO)
+            .with_drift_check(DRIFT_CHECK)
+            .with_ownership(ownership);
         let t0 = Instant::now();
         reconcile(&mut dp, &mut rec, &desired, t0).unwrap();
         if let Some(f) = &late_foreign {
@@ -226,14 +234,20 @@ proptest! {
         let r = reconcile(&mut dp, &mut rec, &Desired::default(), t0 + Duration::from_secs(1)).unwrap();
         let flushed = r.ops.contains(&Op::Flush);
         let n = desired.normalized().len();
-        prop_assert_eq!(flushed, late_foreign.is_none() && n >= 2, "{:?}", r.ops);
-        prop_assert_eq!(r.full_read, late_foreign.is_some() && n >= 2);
+        let listed = !exclusive && n >= 2;
+        prop_assert_eq!(dp.lists(), u64::from(listed));
+        prop_assert_eq!(flushed, (exclusive || late_foreign.is_none()) && n >= 2, "{:?}", r.ops);
+        prop_assert_eq!(r.full_read, listed && late_foreign.is_some());
         let left: Vec<Service> = dp.services();
-        let want: Vec<Service> = late_foreign.iter().cloned().collect();
+        let want: Vec<Service> = if flushed {
+            Vec::new()
+        } else {
+            late_foreign.iter().cloned().collect()
+        };
         prop_assert_eq!(left, want);
         prop_assert!(dp.vips().is_empty());
         // The view knows the late service only if this pass read the table.
-        if late_foreign.is_none() || r.full_read {
+        if late_foreign.is_none() || r.full_read || flushed {
             prop_assert_eq!(rec.view(), Some(&kernel(&dp)));
         }
     }

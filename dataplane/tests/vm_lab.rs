@@ -502,6 +502,87 @@ fn g_drift_is_repaired_by_the_drift_check() {
     );
 }
 
+/// The passes of an `ipvs-lab watch ... --then` step after it switched to the second table.
+fn passes_after_switch(s: &Suite, name: &str) -> Vec<(bool, Vec<Op>)> {
+    let step = format!("{name}_watch");
+    assert_eq!(
+        s.rc(&step),
+        "0",
+        "watch failed: {}\n{}",
+        s.out(&format!("{step}.err")),
+        s.out(&format!("{step}.out"))
+    );
+    let lines: Vec<Value> = s
+        .out(&format!("{step}.out"))
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert!(
+        lines.iter().all(|p| p.get("error").is_none()),
+        "a pass failed: {lines:?}"
+    );
+    lines
+        .iter()
+        .filter(|p| p["second_table"] == true)
+        .map(|p| {
+            let ops: Vec<Op> = serde_json::from_value(p["ops"].clone()).expect("ops");
+            (p["full_read"] == true, ops)
+        })
+        .collect()
+}
+
+#[test]
+fn h_a_late_foreign_service_is_flushed_only_when_the_table_is_declared_shoals() {
+    let Some(s) = suite() else { return };
+    let a = table_a();
+    // Shared (default): the list before the flush differs from the view, so the pass reads
+    // everything and deletes Shoal's services one by one; the late service stays.
+    let passes = passes_after_switch(s, "h_shared");
+    let (full_read, ops) = passes.first().expect("a pass on the empty table");
+    assert!(
+        *full_read,
+        "the list must have sent the pass to a full read: {ops:?}"
+    );
+    assert!(!ops.contains(&Op::Flush), "{ops:?}");
+    let deleted: BTreeSet<String> = ops
+        .iter()
+        .filter(|o| matches!(o, Op::DelService(_)))
+        .map(|o| o.to_string())
+        .collect();
+    let want: BTreeSet<String> = a
+        .services
+        .iter()
+        .map(|x| Op::DelService(x.key.clone()).to_string())
+        .collect();
+    assert_eq!(deleted, want);
+    assert!(
+        ops.iter().all(|o| !o.to_string().contains("10.96.0.2")),
+        "{ops:?}"
+    );
+    assert!(
+        passes[1..].iter().all(|(_, ops)| ops.is_empty()),
+        "{passes:?}"
+    );
+    let left = s.out("h_shared_ipvsadm.txt");
+    let services: Vec<&str> = left.lines().filter(|l| l.starts_with("-A")).collect();
+    assert_eq!(services, vec!["-A -t 10.96.0.2:80 -s rr"], "{left}");
+    // Declared exclusive: one bare flush on the kept view, no read; the late service goes too.
+    let passes = passes_after_switch(s, "h_exclusive");
+    let (full_read, ops) = passes.first().expect("a pass on the empty table");
+    assert!(!*full_read, "{ops:?}");
+    assert_eq!(
+        ops.iter().filter(|o| **o == Op::Flush).count(),
+        1,
+        "{ops:?}"
+    );
+    assert!(
+        ops.iter().all(|o| matches!(o, Op::Flush | Op::DelVip(_))),
+        "{ops:?}"
+    );
+    let left = s.out("h_exclusive_ipvsadm.txt");
+    assert!(!left.lines().any(|l| l.starts_with("-A")), "{left}");
+}
+
 #[test]
 fn backend_init_prepares_once_and_is_idempotent() {
     let Some(s) = suite() else { return };
@@ -650,15 +731,22 @@ fn summary(runs: &[Value], keys: &[&str]) -> String {
         .join("\n  ")
 }
 
-const BENCH_KEYS: [&str; 8] = [
+const BENCH_KEYS: [&str; 15] = [
     "shoal_load_ms",
     "ipvsadm_load_ms",
     "shoal_changes_ms",
     "shoal_change_ms",
     "shoal_drift_check_ms",
     "shoal_remove_ms",
+    "shoal_remove_exclusive_ms",
     "ipvsadm_clear_ms",
+    "ipvsadm_clear_empty_ms",
     "ipvsadm_remove_ms",
+    "list_only_ms",
+    "list_keys_ms",
+    "list_full_ms",
+    "vip_delete_ms",
+    "shoal_reload_ms",
 ];
 
 /// The benchmark of docs/benchmarks.md (dataplane section). Slow under TCG, so opt-in:
@@ -735,17 +823,30 @@ fn bench_program_vs_ipvsadm_restore() {
         );
         assert_eq!(r["shoal_change_messages"], 1);
         assert_eq!(r["shoal_drift_check_ops"], 0, "the kept view was exact");
+        if !r["shoal_remove_exclusive_ms"].is_null() {
+            assert_eq!(r["shoal_left_services_exclusive"], 0);
+        }
     }
     let ratio: Vec<f64> = column(&runs, "shoal_load_ms")
         .iter()
         .zip(column(&runs, "ipvsadm_load_ms"))
         .map(|(s, i)| s / i)
         .collect();
+    // Removal against `ipvsadm -C` in the same rep, per rep.
+    let per_rep = |k: &str| -> Vec<String> {
+        column(&runs, k)
+            .iter()
+            .zip(column(&runs, "ipvsadm_clear_ms"))
+            .map(|(s, c)| format!("{:.2}", s / c))
+            .collect()
+    };
     println!(
-        "bench {n} services x {m} destinations, {reps} reps:\n  {}\n  load ratio shoal/ipvsadm: median {:.2} p99 {:.2}\n  raw: {}",
+        "bench {n} services x {m} destinations, {reps} reps:\n  {}\n  load ratio shoal/ipvsadm: median {:.2} p99 {:.2}\n  removal / ipvsadm -C per rep: shared {:?}, exclusive {:?}\n  raw: {}",
         summary(&runs, &BENCH_KEYS),
         percentile(ratio.clone(), 0.5),
         percentile(ratio, 0.99),
+        per_rep("shoal_remove_ms"),
+        per_rep("shoal_remove_exclusive_ms"),
         share.out_path("bench.json").display()
     );
     if std::env::var("SHOAL_BENCH_BEFORE").is_ok() {

@@ -68,6 +68,28 @@ pub enum DataplaneKind {
     Ipvs,
 }
 
+/// Who may create IPVS services in this node's network namespace (`--ipvs-table`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IpvsTable {
+    /// Others may too (kube-proxy in IPVS mode, an operator): before removing everything with
+    /// one flush, Shoal lists the kernel's services and flushes only if all are its own.
+    Shared,
+    /// Shoal alone (its own network namespace, a dedicated LB node): removing everything is
+    /// one bare flush, which would also take a service someone else created since the last
+    /// full read.
+    Exclusive,
+}
+
+impl From<IpvsTable> for shoal_dataplane::TableOwnership {
+    fn from(t: IpvsTable) -> Self {
+        match t {
+            IpvsTable::Shared => shoal_dataplane::TableOwnership::Shared,
+            IpvsTable::Exclusive => shoal_dataplane::TableOwnership::Exclusive,
+        }
+    }
+}
+
 /// Where source ranges (`loadBalancerSourceRanges`, `source_ranges`) are enforced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]

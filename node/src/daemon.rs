@@ -59,6 +59,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         "source ranges are enforced here"
     );
     let programmer = SharedProgrammer::new(dataplane, firewall, config.drain);
+    programmer.set_ownership(config.ipvs_table);
 
     let mut metadata = BTreeMap::new();
     metadata.insert("admin".to_string(), config.admin.to_string());

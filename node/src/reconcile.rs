@@ -57,6 +57,11 @@ impl SharedProgrammer {
         self.lock().reconciler.set_drift_check(every);
     }
 
+    /// Whether Shoal alone creates IPVS services here (removal then flushes without listing).
+    pub fn set_ownership(&self, ownership: shoal_dataplane::TableOwnership) {
+        self.lock().reconciler.set_ownership(ownership);
+    }
+
     /// Reads back what the dataplane holds (blocking: call from the blocking pool).
     pub fn read_blocking(&self) -> Result<Actual, DataplaneError> {
         self.lock().dataplane.read()

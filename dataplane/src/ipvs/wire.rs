@@ -17,7 +17,10 @@ use std::io::Cursor;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 mod parse;
-pub use parse::{error_code, genl_attrs, parse_dest, parse_service, split_messages, RawMessage};
+pub use parse::{
+    error_code, genl_attrs, parse_dest, parse_service, parse_service_key, split_messages,
+    RawMessage,
+};
 
 pub const IPVS_GENL_NAME: &str = "IPVS";
 pub const IPVS_GENL_VERSION: u8 = 1;

@@ -92,6 +92,8 @@ pub struct NodeConfig {
     pub source_filter: SourceFilterKind,
     pub cleanup_on_exit: bool,
     pub resync_interval: Duration,
+    /// Whether Shoal alone creates IPVS services here (`--ipvs-table`, default shared).
+    pub ipvs_table: shoal_dataplane::TableOwnership,
     pub drain: Duration,
     pub health_checkers: usize,
     pub vip_interface: String,
@@ -295,6 +297,7 @@ impl NodeConfig {
             }),
             cleanup_on_exit: s.cleanup_on_exit,
             resync_interval: Duration::from_secs(resync_interval_s),
+            ipvs_table: s.ipvs_table.map(Into::into).unwrap_or_default(),
             drain: Duration::from_secs(drain_s),
             health_checkers,
             vip_interface,

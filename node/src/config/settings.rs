@@ -5,7 +5,7 @@
 //! layering, once, by [`super::NodeConfig::from_settings`]: no setting has a default here.
 
 use crate::announce::settings::BgpFile;
-use crate::cli::{AnnounceKind, DataplaneKind, SourceFilterKind, SourceKind};
+use crate::cli::{AnnounceKind, DataplaneKind, IpvsTable, SourceFilterKind, SourceKind};
 use clap::Args;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -123,6 +123,11 @@ layered_settings! {
         /// Seconds between full resyncs that repair drift in the dataplane (default 10, 1-86400).
         #[arg(long)]
         pub resync_interval_s: Option<u64>,
+        /// Who may create IPVS services in this network namespace: shared (default; Shoal
+        /// lists the services before a flush) or exclusive (Shoal alone: removing everything
+        /// is one bare flush). The overlays run with hostNetwork, next to kube-proxy: shared.
+        #[arg(long, value_enum)]
+        pub ipvs_table: Option<IpvsTable>,
         /// Seconds a removed backend stays at weight 0 before it is deleted (default 0, 30 with
         /// the kubernetes source; at most 86400).
         #[arg(long)]

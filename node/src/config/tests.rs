@@ -75,6 +75,7 @@ const SAME_SETTING: &[(&[&str], &str)] = &[
     (&["--cleanup-on-exit"], "cleanup_on_exit = true"),
     (&["--resync-interval-s", "7"], "resync_interval_s = 7"),
     (&["--drain-s", "12"], "drain_s = 12"),
+    (&["--ipvs-table", "exclusive"], "ipvs_table = \"exclusive\""),
     (&["--health-checkers", "3"], "health_checkers = 3"),
     (
         &["--lb-class", "x.example/lb"],

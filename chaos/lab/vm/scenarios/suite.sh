@@ -1,5 +1,7 @@
 # The dataplane suite, run in one boot: (a) program a table, (b) tunnel traffic, (c) minimal
-# changes, (d) drift repair, (e) foreign services untouched, plus draining and backend-init.
+# changes, (d) drift repair, (e) foreign services untouched, (g) the drift check, (h) a flush
+# never takes a foreign service unless the table is declared Shoal's, plus draining and
+# backend-init.
 # Inputs (written by dataplane/tests/vm_lab.rs): bin/ipvs-lab, t_a.json, t_c.json,
 # t_drain.json, t_empty.json. Every step writes its outputs to out/; nothing aborts the suite.
 . /mnt/host/lab/topology.sh
@@ -68,4 +70,25 @@ step e_apply ipvs-lab apply t_empty.json
 ipvsadm -Sn > out/e_ipvsadm.txt
 ipvsadm -Sn | grep 10.96.0.1 > out/foreign_after.txt
 ip -o addr show dev shoal0 scope global > out/e_shoal0.txt
+
+# (h) a foreign service created after the last full read, then Shoal's table emptied by a
+# pass on the kept view. Shared table (the default): the list before the flush sees it, and
+# it survives. Table declared Shoal's alone (--exclusive): the bare flush takes it too.
+ipvsadm -D -t 10.96.0.1:80   # (e) is recorded; from here the late service is the only foreign one
+h_run() { # name, late service, extra watch flags
+  name=$1; late=$2; shift 2
+  ipvs-lab watch t_a.json --then t_empty.json --switch-file out/${name}_switch --stop-file out/${name}_stop --drift-check-ms 600000 --interval-ms 200 --timeout-ms 240000 "$@" > out/${name}_watch.out 2> out/${name}_watch.err &
+  h_pid=$!
+  for i in $(seq 1 600); do grep -q '"ready"' out/${name}_watch.out 2>/dev/null && break; sleep 0.2; done
+  ipvsadm -A -t "$late" -s rr
+  ipvsadm -a -t "$late" -r 198.18.0.11:80 -m -w 1
+  touch out/${name}_switch
+  for i in $(seq 1 600); do grep -q '"second_table":true' out/${name}_watch.out && break; sleep 0.2; done
+  touch out/${name}_stop
+  wait $h_pid; echo $? > out/${name}_watch.rc
+  ipvsadm -Sn > out/${name}_ipvsadm.txt
+}
+h_run h_shared 10.96.0.2:80
+ipvsadm -C
+h_run h_exclusive 10.96.0.3:80 --exclusive
 exit 0

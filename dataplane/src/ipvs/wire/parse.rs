@@ -141,41 +141,82 @@ fn parse_stats(attrs: &GenlBuffer<u16, Buffer>, stats64: u16, stats32: u16) -> S
     }
 }
 
-/// Decode one GET_SERVICE reply message into the service (no destinations) and its counters.
-pub fn parse_service(payload: &[u8]) -> Result<(Service, Stats), DataplaneError> {
-    let top = genl_attrs(payload)?;
-    let svc = find_nested(&top, CMD_ATTR_SERVICE)
-        .ok_or_else(|| malformed("dump services", "reply without a service"))?;
-    let a = nested_attrs(svc)?;
-    let af = u16_ne(find(&a, SVC_ATTR_AF), "service family")?;
+/// A service's key from its attributes (`find` looks one up by type).
+fn service_key<'a>(find: impl Fn(u16) -> Option<&'a [u8]>) -> Result<ServiceKey, DataplaneError> {
+    let af = u16_ne(find(SVC_ATTR_AF), "service family")?;
     let family = if af == libc::AF_INET6 as u16 {
         AddressFamily::Inet6
     } else {
         AddressFamily::Inet
     };
     // The kernel sends FWMARK for a fwmark service and PROTOCOL/ADDR/PORT otherwise.
-    let key = if find(&a, SVC_ATTR_ADDR).is_none() {
-        let mark = u32_ne(find(&a, SVC_ATTR_FWMARK), "fwmark")?;
-        ServiceKey::Fwmark { mark, family }
-    } else {
-        let proto = u16_ne(find(&a, SVC_ATTR_PROTOCOL), "protocol")?;
-        let protocol = match proto as i32 {
-            libc::IPPROTO_TCP => Protocol::Tcp,
-            libc::IPPROTO_UDP => Protocol::Udp,
-            libc::IPPROTO_SCTP => Protocol::Sctp,
-            other => {
-                return Err(malformed(
-                    "dump services",
-                    format!("unknown protocol {other}"),
-                ))
-            }
-        };
-        ServiceKey::Addr {
-            addr: parse_addr(find(&a, SVC_ATTR_ADDR), af, "service address")?,
-            port: u16_be(find(&a, SVC_ATTR_PORT), "service port")?,
-            protocol,
+    if find(SVC_ATTR_ADDR).is_none() {
+        let mark = u32_ne(find(SVC_ATTR_FWMARK), "fwmark")?;
+        return Ok(ServiceKey::Fwmark { mark, family });
+    }
+    let proto = u16_ne(find(SVC_ATTR_PROTOCOL), "protocol")?;
+    let protocol = match proto as i32 {
+        libc::IPPROTO_TCP => Protocol::Tcp,
+        libc::IPPROTO_UDP => Protocol::Udp,
+        libc::IPPROTO_SCTP => Protocol::Sctp,
+        other => {
+            return Err(malformed(
+                "dump services",
+                format!("unknown protocol {other}"),
+            ))
         }
     };
+    Ok(ServiceKey::Addr {
+        addr: parse_addr(find(SVC_ATTR_ADDR), af, "service address")?,
+        port: u16_be(find(SVC_ATTR_PORT), "service port")?,
+        protocol,
+    })
+}
+
+/// The payload of the first attribute of type `ty` in `attrs` (a run of netlink attributes),
+/// read in place. neli's parser copies every attribute into its own buffer, which is what a
+/// full read needs; the check before a flush wants only the key of each of 10,000 services.
+fn find_in_place(attrs: &[u8], ty: u16) -> Result<Option<&[u8]>, DataplaneError> {
+    const NLA_HDR_LEN: usize = 4;
+    const NLA_TYPE_MASK: u16 = 0x3fff; // without the nested / byte-order bits
+    let mut pos = 0;
+    while pos + NLA_HDR_LEN <= attrs.len() {
+        let len = u16::from_ne_bytes([attrs[pos], attrs[pos + 1]]) as usize;
+        let at = u16::from_ne_bytes([attrs[pos + 2], attrs[pos + 3]]) & NLA_TYPE_MASK;
+        if len < NLA_HDR_LEN || pos + len > attrs.len() {
+            return Err(malformed(
+                "dump services",
+                format!("bad attribute length {len} at {pos}"),
+            ));
+        }
+        if at == ty {
+            return Ok(Some(&attrs[pos + NLA_HDR_LEN..pos + len]));
+        }
+        pos += (len + 3) & !3;
+    }
+    Ok(None)
+}
+
+/// Only the key of one GET_SERVICE reply message, decoded in place (no allocation): the cheap
+/// check before a flush lists 10,000 services this way.
+pub fn parse_service_key(payload: &[u8]) -> Result<ServiceKey, DataplaneError> {
+    let top = payload
+        .get(GENL_HDR_LEN..)
+        .ok_or_else(|| malformed("dump services", "short generic netlink message"))?;
+    let svc = find_in_place(top, CMD_ATTR_SERVICE)?
+        .ok_or_else(|| malformed("dump services", "reply without a service"))?;
+    // Validate the whole nest once, so that `find` below can treat a malformed one as absent.
+    find_in_place(svc, u16::MAX)?;
+    service_key(|ty| find_in_place(svc, ty).ok().flatten())
+}
+
+/// Decode one GET_SERVICE reply message into the service (no destinations) and its counters.
+pub fn parse_service(payload: &[u8]) -> Result<(Service, Stats), DataplaneError> {
+    let top = genl_attrs(payload)?;
+    let svc = find_nested(&top, CMD_ATTR_SERVICE)
+        .ok_or_else(|| malformed("dump services", "reply without a service"))?;
+    let a = nested_attrs(svc)?;
+    let key = service_key(|ty| find(&a, ty))?;
     let sched = find(&a, SVC_ATTR_SCHED_NAME).unwrap_or_default();
     let scheduler = String::from_utf8_lossy(sched)
         .trim_end_matches('\0')

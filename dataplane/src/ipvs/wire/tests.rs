@@ -50,8 +50,11 @@ fn service_round_trips_v4_v6_fwmark() {
         s.persistence_timeout_s = 300;
         s.flags.mh_fallback = true;
         let bytes = new_service(&s).unwrap().to_bytes(0x20, 7, 42).unwrap();
-        let (back, _) = parse_service(&only_payload(&bytes)).unwrap();
+        let payload = only_payload(&bytes);
+        let (back, _) = parse_service(&payload).unwrap();
         assert_eq!(back, s);
+        // The in-place key decode (the check before a flush) agrees with the full one.
+        assert_eq!(parse_service_key(&payload).unwrap(), s.key);
     }
 }
 
@@ -142,7 +145,9 @@ fn parses_kernel_shaped_reply_with_counters() {
         dump: false,
     };
     let bytes = req.to_bytes(0x20, 1, 0).unwrap();
-    let (s, st) = parse_service(&only_payload(&bytes)).unwrap();
+    let payload = only_payload(&bytes);
+    let (s, st) = parse_service(&payload).unwrap();
+    assert_eq!(parse_service_key(&payload).unwrap(), s.key);
     assert_eq!(s.scheduler, "wrr");
     assert!(s.flags.mh_port && !s.flags.mh_fallback);
     // Timeout without the persistent flag is not persistence.
@@ -183,6 +188,45 @@ fn error_and_batch_framing() {
     assert!(split_messages(&bad).is_err());
 }
 
+/// The in-place key decode refuses what the full decode refuses: a reply without a service,
+/// without a port, or with an attribute running past its nest.
+#[test]
+fn the_in_place_key_decode_names_what_is_wrong() {
+    let key_attrs_without = |skip: u16| {
+        let mut addr = vec![203, 0, 113, 10];
+        addr.extend_from_slice(&[0; 12]);
+        let inner: Vec<Attr> = [
+            (SVC_ATTR_AF, (libc::AF_INET as u16).to_ne_bytes().to_vec()),
+            (SVC_ATTR_PROTOCOL, 6u16.to_ne_bytes().to_vec()),
+            (SVC_ATTR_ADDR, addr),
+            (SVC_ATTR_PORT, 80u16.to_be_bytes().to_vec()),
+        ]
+        .into_iter()
+        .filter(|(ty, _)| *ty != skip)
+        .map(|(ty, b)| attr(ty, b).unwrap())
+        .collect();
+        let req = Request {
+            cmd: CMD_NEW_SERVICE,
+            attrs: vec![nested(CMD_ATTR_SERVICE, inner).unwrap()],
+            dump: false,
+        };
+        only_payload(&req.to_bytes(0x20, 1, 0).unwrap())
+    };
+    assert!(parse_service_key(&key_attrs_without(0)).is_ok());
+    let e = parse_service_key(&key_attrs_without(SVC_ATTR_PORT)).unwrap_err();
+    assert!(e.to_string().contains("service port"), "{e}");
+    let e = parse_service_key(&key_attrs_without(SVC_ATTR_AF)).unwrap_err();
+    assert!(e.to_string().contains("service family"), "{e}");
+    // The first inner attribute claims more bytes than its nest holds.
+    let mut bad = key_attrs_without(0);
+    let inner_len_at = GENL_HDR_LEN + 4;
+    bad[inner_len_at] = 0xff;
+    let e = parse_service_key(&bad).unwrap_err();
+    assert!(e.to_string().contains("attribute length"), "{e}");
+    let e = parse_service_key(&bad[..GENL_HDR_LEN]).unwrap_err();
+    assert!(e.to_string().contains("without a service"), "{e}");
+}
+
 #[test]
 fn rejects_bad_scheduler_names() {
     let mut s = svc(ServiceKey::Fwmark {
@@ -203,10 +247,12 @@ proptest! {
             for m in msgs {
                 let _ = error_code(&m);
                 let _ = parse_service(m.payload);
+                let _ = parse_service_key(m.payload);
                 let _ = parse_dest(m.payload, AddressFamily::Inet);
             }
         }
         let _ = parse_service(&bytes);
+        let _ = parse_service_key(&bytes);
         let _ = parse_dest(&bytes, AddressFamily::Inet6);
     }
 }
