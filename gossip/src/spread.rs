@@ -22,8 +22,8 @@
 //! live by some nodes only) change the tree a little, not the result: every fetch ends at a
 //! holder.
 
+use crate::rendezvous;
 use crate::version::NodeId;
-use sha2::{Digest, Sha256};
 
 /// How many members each member serves a new head to (the publisher included).
 pub const FANOUT: usize = 3;
@@ -33,23 +33,17 @@ const ANCESTORS_ASKED: usize = 2;
 
 /// The rank of `id` for the document with `digest`: lower ranks first.
 fn weight(digest: &str, id: &NodeId) -> [u8; 32] {
-    let mut hasher = Sha256::new();
-    hasher.update(digest.as_bytes());
-    hasher.update([0u8]);
-    hasher.update(id.as_str().as_bytes());
-    hasher.finalize().into()
+    rendezvous::weight(&[digest.as_bytes(), id.as_str().as_bytes()])
 }
 
 /// The rank of holder `id` among the fallbacks of fetcher `me`: every fetcher orders the holders
 /// differently, so that fallbacks spread.
 fn fallback_weight(digest: &str, me: &NodeId, id: &NodeId) -> [u8; 32] {
-    let mut hasher = Sha256::new();
-    hasher.update(digest.as_bytes());
-    hasher.update([0u8]);
-    hasher.update(me.as_str().as_bytes());
-    hasher.update([0u8]);
-    hasher.update(id.as_str().as_bytes());
-    hasher.finalize().into()
+    rendezvous::weight(&[
+        digest.as_bytes(),
+        me.as_str().as_bytes(),
+        id.as_str().as_bytes(),
+    ])
 }
 
 /// What a fetcher knows about the head it wants.

@@ -143,6 +143,10 @@ pub fn vip_health(table: &RuleTable, verdicts: &Verdicts) -> BTreeMap<IpAddr, bo
 
 /// The rendezvous (highest random weight) owner of `vip` among `candidates`: the one whose
 /// `sha256(id + "#" + vip)` is lowest. Independent of the candidates' order.
+///
+/// Deliberately not `shoal_gossip::rendezvous::weight` (zero-byte separator): changing the
+/// bytes hashed here would move L2 VIP owners while nodes of two releases run side by side (a
+/// rolling upgrade), each answering ARP for the VIPs it thinks it owns.
 pub fn owner(vip: IpAddr, candidates: &[String]) -> Option<&str> {
     candidates
         .iter()

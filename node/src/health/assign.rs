@@ -4,7 +4,7 @@
 //! `k`. The same view therefore gives the same checkers on every node without any message, and
 //! when a member leaves only the backends it was checking move (each to the next-ranked node).
 
-use sha2::{Digest, Sha256};
+use shoal_gossip::rendezvous;
 use shoal_gossip::version::NodeId;
 use std::net::IpAddr;
 
@@ -16,14 +16,10 @@ pub fn backend_key(service: &str, address: IpAddr, port: u16) -> String {
     format!("{service}|{address}|{port}")
 }
 
-/// The rank of `node` for `backend_key`: higher wins. The zero byte keeps `("ab", "c")` and
-/// `("a", "bc")` from hashing alike.
+/// The rank of `node` for `backend_key`: higher wins (the mesh's rendezvous weight,
+/// `sha256(node || 0 || backend_key)`).
 fn score(node: &NodeId, backend_key: &str) -> [u8; 32] {
-    let mut hasher = Sha256::new();
-    hasher.update(node.as_str().as_bytes());
-    hasher.update([0u8]);
-    hasher.update(backend_key.as_bytes());
-    hasher.finalize().into()
+    rendezvous::weight(&[node.as_str().as_bytes(), backend_key.as_bytes()])
 }
 
 /// The `k` live members that check `backend_key`, best-ranked first.
