@@ -51,6 +51,23 @@ enum Cmd {
         bug_adopt_older: bool,
         #[arg(long, default_value_t = 2)]
         threads: usize,
+        #[command(flatten)]
+        shape: SimShape,
+    },
+    /// Time to converge after a heal as a function of N (the simulation at several sizes).
+    SimScale {
+        /// Cluster sizes.
+        #[arg(long, value_delimiter = ',', default_value = "10,100,1000")]
+        nodes: Vec<usize>,
+        /// Seeds per size, in the same order as `--nodes`.
+        #[arg(long, value_delimiter = ',', default_value = "200,50,6")]
+        seeds: Vec<u64>,
+        #[arg(long, default_value_t = 0)]
+        first: u64,
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        #[command(flatten)]
+        shape: SimShape,
     },
     /// Print the first episodes a seed draws, without running anything.
     Schedule {
@@ -61,6 +78,37 @@ enum Cmd {
         #[arg(long, default_value_t = 20)]
         count: usize,
     },
+}
+
+/// The shape of each simulated seed.
+#[derive(Args, Clone)]
+struct SimShape {
+    /// Simulated nodes (`sim` only; `sim-scale` takes a list).
+    #[arg(long, default_value_t = 5)]
+    sim_nodes: usize,
+    /// Chaos-then-heal episodes per seed.
+    #[arg(long, default_value_t = 1)]
+    heals: usize,
+    /// Simulated chaos before each heal (ms).
+    #[arg(long, default_value_t = 6_000)]
+    chaos_ms: u64,
+    /// After each heal, everything must agree within this (simulated ms).
+    #[arg(long, default_value_t = 5_000)]
+    bound_ms: u64,
+}
+
+impl SimShape {
+    fn config(&self, bug_adopt_older: bool) -> shoal_chaos::sim::SimConfig {
+        use shoal_chaos::sim::{Bug, SimConfig};
+        SimConfig {
+            nodes: self.sim_nodes,
+            heals: self.heals,
+            chaos_ms: self.chaos_ms,
+            convergence_bound_ms: self.bound_ms,
+            bug: bug_adopt_older.then_some(Bug::AdoptOlder),
+            ..SimConfig::default()
+        }
+    }
 }
 
 #[derive(Args, Clone)]
@@ -165,7 +213,15 @@ fn main() -> ExitCode {
             seeds,
             bug_adopt_older,
             threads,
-        } => Ok(sim(first, seeds, bug_adopt_older, threads)),
+            shape,
+        } => Ok(sim(first, seeds, threads, &shape.config(bug_adopt_older))),
+        Cmd::SimScale {
+            nodes,
+            seeds,
+            first,
+            threads,
+            shape,
+        } => sim_scale(&nodes, &seeds, first, threads, &shape.config(false)),
         Cmd::Schedule { seed, nodes, count } => {
             for e in Schedule::new(seed, ScheduleConfig::new(nodes)).take(count) {
                 let faults: Vec<String> = e.faults.iter().map(|f| f.to_string()).collect();
@@ -185,18 +241,15 @@ fn main() -> ExitCode {
     })
 }
 
-fn sim(first: u64, seeds: u64, bug_adopt_older: bool, threads: usize) -> ExitCode {
-    use shoal_chaos::sim::{self, Bug, SimConfig};
-    let cfg = SimConfig {
-        bug: bug_adopt_older.then_some(Bug::AdoptOlder),
-        ..SimConfig::default()
-    };
+fn sim(first: u64, seeds: u64, threads: usize, cfg: &shoal_chaos::sim::SimConfig) -> ExitCode {
+    use shoal_chaos::sim;
     let started = std::time::Instant::now();
     if seeds == 1 {
-        let o = sim::run_seed(first, &cfg);
+        let o = sim::run_seed(first, cfg);
         println!(
-            "seed {first}: {} faults, {} stamps, {} takeovers, {} messages, converged after heal in {:?} ms",
-            o.faults, o.stamps, o.takeovers, o.messages, o.convergence_ms
+            "seed {first}: {} nodes, {} faults, {} stamps, {} takeovers, {} messages, {} heals, converged after each in {:?} ms ({:.1} s)",
+            cfg.nodes, o.faults, o.stamps, o.takeovers, o.messages, o.heals, o.convergence_ms,
+            started.elapsed().as_secs_f64()
         );
         for v in &o.violations {
             println!("  {v}");
@@ -207,13 +260,15 @@ fn sim(first: u64, seeds: u64, bug_adopt_older: bool, threads: usize) -> ExitCod
             ExitCode::from(1)
         };
     }
-    let batch = sim::run_many(first, seeds, &cfg, threads);
+    let batch = sim::run_many(first, seeds, cfg, threads);
     let s = shoal_chaos::stats::summarize(&batch.convergence_ms);
     println!(
-        "{seeds} seeds from {first} in {:.1} s: {} failed; convergence after heal p50 {} ms, p99 {} ms, max {} ms; \
+        "{seeds} seeds of {} nodes from {first} in {:.1} s: {} failed; {} heals, convergence after heal p50 {} ms, p99 {} ms, max {} ms; \
          {} publisher takeovers",
+        cfg.nodes,
         started.elapsed().as_secs_f64(),
         batch.failed.len(),
+        batch.heals,
         s.p50_ms,
         s.p99_ms,
         s.max_ms,
@@ -555,4 +610,63 @@ fn write_report(dir: &Path, report: &RunReport) -> anyhow::Result<()> {
     std::fs::write(dir.join("report.json"), json).context("write report.json")?;
     std::fs::write(dir.join("report.md"), report.to_markdown()).context("write report.md")?;
     Ok(())
+}
+
+/// `sim-scale`: one row per cluster size, printed as it finishes, then the table.
+fn sim_scale(
+    nodes: &[usize],
+    seeds: &[u64],
+    first: u64,
+    threads: usize,
+    base: &shoal_chaos::sim::SimConfig,
+) -> anyhow::Result<ExitCode> {
+    use shoal_chaos::sim::scale;
+    if nodes.len() != seeds.len() {
+        bail!(
+            "--seeds needs one count per --nodes size ({} sizes, {} counts)",
+            nodes.len(),
+            seeds.len()
+        );
+    }
+    if let Some(n) = nodes.iter().find(|&&n| n < 2) {
+        bail!("--nodes: a cluster needs at least 2 nodes, got {n}");
+    }
+    let mut rows = Vec::new();
+    for (&n, &count) in nodes.iter().zip(seeds) {
+        let row = scale::run_size(n, first, count, base, threads);
+        print!("{}", scale::table(std::slice::from_ref(&row)));
+        rows.push(row);
+    }
+    println!(
+        "\n{} chaos-then-heal episodes per seed, {} ms of chaos each, bound {} ms after each heal, {threads} threads:\n",
+        base.heals, base.chaos_ms, base.convergence_bound_ms
+    );
+    print!("{}", scale::table(&rows));
+    Ok(if rows.iter().all(|r| r.violations == 0) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "shoal-chaos",
+            "sim-scale",
+            "--nodes",
+            "10,1000",
+            "--seeds",
+            "3,1",
+        ]);
+        assert!(
+            matches!(cli.map(|c| c.command), Ok(Cmd::SimScale { ref nodes, .. }) if nodes == &[10, 1000])
+        );
+    }
 }

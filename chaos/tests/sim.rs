@@ -2,6 +2,7 @@
 //! invariant, and a node with a deliberate bug must be caught with a seed that replays it.
 
 use shoal_chaos::check::Invariant;
+use shoal_chaos::sim::scale::run_size;
 use shoal_chaos::sim::{run_many, run_seed, Bug, SimConfig};
 use shoal_chaos::stats::summarize;
 
@@ -40,6 +41,29 @@ fn thousands_of_seeds_keep_every_invariant() {
         failed.iter().take(10).map(|o| o.seed).collect::<Vec<_>>()
     );
     assert_eq!(conv.len() as u64, count);
+}
+
+/// The scale mode's short, fixed-seed variant (`shoal-chaos sim-scale` runs 10, 100 and 1,000
+/// nodes): 100 nodes through two chaos-then-heal episodes agree after each heal.
+#[test]
+fn a_hundred_nodes_agree_after_every_heal() {
+    let base = SimConfig {
+        chaos_ms: 3_000,
+        heals: 2,
+        ..SimConfig::default()
+    };
+    let started = std::time::Instant::now();
+    let row = run_size(100, 2026, 1, &base, 1);
+    println!(
+        "sim: 100 nodes, {} heals in {:.1} s: convergence p50 {} ms max {} ms",
+        row.heals,
+        started.elapsed().as_secs_f64(),
+        row.convergence.p50_ms,
+        row.convergence.max_ms
+    );
+    assert_eq!(row.violations, 0, "{row:?}");
+    assert_eq!(row.heals, 2);
+    assert_eq!(row.convergence.count, 2);
 }
 
 #[test]

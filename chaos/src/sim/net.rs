@@ -5,7 +5,7 @@ use super::node::Msg;
 use rand::rngs::StdRng;
 use rand::Rng;
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap};
+use std::collections::BinaryHeap;
 
 /// The network's fault settings; the simulation changes them over time.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -14,8 +14,31 @@ pub struct Weather {
     pub loss_percent: u32,
     /// Each message takes 1..=delay_ms_max ms.
     pub delay_ms_max: u64,
-    /// Directed pairs (from, to) whose messages are dropped.
-    pub cuts: BTreeSet<(usize, usize)>,
+    /// Partitions in force; a message crossing any of them is dropped.
+    pub partitions: Vec<Partition>,
+}
+
+/// One side of the nodes cut off from the rest (as a mask, so a check is O(1) at any N).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Partition {
+    /// `side[i]`: node `i` is on the cut-off side.
+    pub side: Vec<bool>,
+    /// Only messages from the side to the rest are dropped.
+    pub one_way: bool,
+}
+
+impl Partition {
+    fn cuts(&self, from: usize, to: usize) -> bool {
+        let (f, t) = (self.side[from], self.side[to]);
+        (f && !t) || (!self.one_way && t && !f)
+    }
+}
+
+impl Weather {
+    /// Whether a message from `from` to `to` is cut.
+    pub fn cut(&self, from: usize, to: usize) -> bool {
+        self.partitions.iter().any(|p| p.cuts(from, to))
+    }
 }
 
 pub struct Net {
@@ -48,7 +71,7 @@ impl Net {
     /// Sends `msg` from `from` to `to` at `now_ms`, subject to the weather.
     pub fn send(&mut self, rng: &mut StdRng, now_ms: u64, from: usize, to: usize, msg: Msg) {
         self.sent += 1;
-        if self.weather.cuts.contains(&(from, to))
+        if self.weather.cut(from, to)
             || (self.weather.loss_percent > 0 && rng.gen_range(0..100) < self.weather.loss_percent)
         {
             self.dropped += 1;
@@ -84,5 +107,29 @@ impl Net {
 impl Default for Net {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partition_cuts_across_only_and_one_way_only_outwards() {
+        let both = Partition {
+            side: vec![true, false, false],
+            one_way: false,
+        };
+        let out = Partition {
+            one_way: true,
+            ..both.clone()
+        };
+        assert!(both.cuts(0, 1) && both.cuts(1, 0) && !both.cuts(1, 2));
+        assert!(out.cuts(0, 2) && !out.cuts(2, 0));
+        let w = Weather {
+            partitions: vec![out],
+            ..Weather::default()
+        };
+        assert!(w.cut(0, 1) && !w.cut(1, 0));
     }
 }

@@ -1,29 +1,30 @@
-//! One simulated replica: the shipping replica core (`shoal_gossip::replica::Replica`) and the
-//! shipping health rules, fed by simulated gossip and fetches, with time passed in.
+//! One simulated replica: the shipping replica core (`shoal_gossip::replica::Replica`), the
+//! shipping hedged fetch (`shoal_gossip::hedge::Race`, see `fetch.rs`) and the shipping health
+//! rules, fed by simulated gossip and transfers, with time passed in.
 //!
 //! What is simulated here is only what chitchat and QUIC do in the real mesh: spreading each
-//! node's ad, judging liveness from the last message, and carrying fetch requests (a request
-//! for a version newer than the one held waits for it, as `transfer::serve` does). Every
-//! decision (catching up, stall reset, election, head, what to fetch, adopt, stamp) is the
-//! core's, exactly as `gossip/src/mesh.rs` drives it.
+//! node's ad (`gossip.rs`: a few peers per round, second-hand news included), judging liveness
+//! from heartbeats, and carrying fetch requests (a request for a version newer than the one held
+//! waits for it, as `transfer::serve` does). Every decision (catching up, stall reset, election,
+//! head, what to fetch and from whom, adopt, stamp) is the core's, and the core is fed as
+//! `gossip/src/mesh/shell.rs` feeds it: the members again only when something other than
+//! heartbeats changed, heartbeat ages while it catches up.
 
+use super::fetch::{Fetching, Moves};
+use super::gossip::{self, Knowledge, Table};
+use rand::rngs::StdRng;
 use shoal_gossip::head::{HeldAd, Stamp};
 use shoal_gossip::replica::{Action, Bug, Identity, Replica, ReplicaTiming, FETCH_RETRY_MS};
 use shoal_gossip::version::{NodeId, Version};
 use shoal_gossip::view::Member;
-use shoal_node::health::assign::checkers;
 use shoal_node::health::hysteresis::Hysteresis;
-use shoal_node::health::verdict::verdict;
 use shoal_node::health::{CheckState, Verdict};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::rc::Rc;
 
-/// What a node tells its peers on every gossip round (its chitchat keys, in the real mesh).
+/// What a node tells its peers (its chitchat keys, in the real mesh).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ad {
-    /// Start time of the process (sim ms): rises on every restart.
-    pub generation: u64,
     pub caught_up: bool,
     pub held: Option<HeldAd>,
     /// (backend index, this node's opinion) for the backends it checks.
@@ -32,8 +33,12 @@ pub struct Ad {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Msg {
-    /// Shared: one round sends the same ad to every peer.
-    Gossip { from: usize, ad: Rc<Ad> },
+    /// The sender's gossip table; `reply`: answer with ours (a push-pull exchange).
+    Gossip {
+        from: usize,
+        table: Table,
+        reply: bool,
+    },
     /// Asks for one version, as the real transfer does.
     FetchReq {
         from: usize,
@@ -52,15 +57,21 @@ pub enum Msg {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Timing {
     pub gossip_ms: u64,
-    /// A peer not heard from for this long is dead (the failure detector's job).
+    /// A peer whose heartbeat has not advanced for this long is dead (the failure detector's
+    /// job).
     pub fail_ms: u64,
     pub join_grace_ms: u64,
-    /// How long unheard seeds (every other node is a seed) may hold a starting node back.
+    /// How long unheard seeds may hold a starting node back.
     pub startup_patience_ms: u64,
     /// A round this much later than the last one (a frozen process) resets catching up.
     pub stall_reset_ms: u64,
-    /// A holder that does not answer a fetch within this long is skipped.
-    pub fetch_timeout_ms: u64,
+    /// The fetch asks the next source too when none has begun to send this long after the last
+    /// was asked (`fetch_hedge_ms` of the mesh).
+    pub fetch_hedge_ms: u64,
+    /// A source that does not answer within this long has failed (`fetch_answer_timeout_ms`).
+    pub fetch_answer_ms: u64,
+    /// A holder asked for a version it is about to hold waits this long for it.
+    pub serve_wait_ms: u64,
     pub checkers_per_backend: usize,
     pub rise: u32,
     pub fall: u32,
@@ -80,24 +91,12 @@ impl Timing {
     }
 }
 
-#[derive(Clone, Debug)]
-struct Peer {
-    last_heard_ms: u64,
-    ad: Rc<Ad>,
-}
+/// A node's seeds: the lowest-numbered other nodes, as a StatefulSet lists its first replicas.
+const SEEDS: usize = 4;
 
 /// A request for a version this node does not hold yet, answered once it does (as
 /// `transfer::serve` waits for a copy it is about to hold): (from, generation, version, until).
 type Parked = (usize, u64, Version, u64);
-
-/// A fetch in flight: what is wanted, from whom now, who is left, until when.
-#[derive(Clone, Debug)]
-struct Fetch {
-    wanted: HeldAd,
-    asked: usize,
-    rest: Vec<usize>,
-    deadline_ms: u64,
-}
 
 pub struct SimNode {
     pub index: usize,
@@ -110,15 +109,14 @@ pub struct SimNode {
     pub replica: Replica,
     /// The epoch file: survives restarts.
     pub epoch_file: u64,
-    peers: BTreeMap<usize, Peer>,
-    fetch: Option<Fetch>,
+    pub(super) gossip: Knowledge,
+    /// Who this node judged alive at its last round, by index (itself included).
+    pub(super) alive: Vec<bool>,
+    fetch: Option<Fetching>,
     parked: Vec<Parked>,
-    checks: BTreeMap<usize, Hysteresis>,
+    pub(super) checks: BTreeMap<usize, Hysteresis>,
     pub verdicts: Vec<Verdict>,
     pub bug: Option<Bug>,
-    /// Checkers per backend for the last live set seen: rendezvous hashing is the costly part
-    /// of a round and the live set rarely changes.
-    assigned: Option<(Vec<usize>, Vec<Vec<NodeId>>)>,
 }
 
 /// What a node did in one round that the simulation must record or check.
@@ -131,12 +129,29 @@ pub fn ids(n: usize) -> Vec<NodeId> {
     (0..n).map(|i| NodeId::new(format!("n{}", i + 1))).collect()
 }
 
+/// The index of a simulated node's id (`n{index + 1}`).
+pub fn index_of(id: &NodeId) -> Option<usize> {
+    id.as_str()
+        .strip_prefix('n')?
+        .parse::<usize>()
+        .ok()?
+        .checked_sub(1)
+}
+
 /// The simulated gossip address of node `index` (documentation range, never dialed).
 pub fn addr(index: usize) -> SocketAddr {
     SocketAddr::from((
         [198, 18, (index / 250) as u8, (index % 250) as u8 + 1],
         7946,
     ))
+}
+
+/// What one round needs from the world.
+pub struct World<'a> {
+    pub all: &'a [NodeId],
+    pub content_digest: &'a str,
+    pub backend_up: &'a [bool],
+    pub rankings: &'a [Vec<usize>],
 }
 
 impl SimNode {
@@ -152,13 +167,13 @@ impl SimNode {
             frozen_until_ms: None,
             generation: 0,
             epoch_file: 0,
-            peers: BTreeMap::new(),
+            gossip: Knowledge::new(index, nodes),
+            alive: Vec::new(),
             fetch: None,
             parked: Vec::new(),
             checks: BTreeMap::new(),
             verdicts: vec![Verdict::Up; backends],
             bug,
-            assigned: None,
         }
     }
 
@@ -184,22 +199,18 @@ impl SimNode {
         self.up && self.frozen_until_ms.is_none_or(|until| now_ms >= until)
     }
 
-    /// Indices of the members this node believes alive, itself included, sorted.
-    pub fn live(&self, now_ms: u64, t: &Timing) -> Vec<usize> {
-        let mut live: Vec<usize> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| now_ms.saturating_sub(p.last_heard_ms) <= t.fail_ms)
-            .map(|(i, _)| *i)
-            .collect();
-        live.push(self.index);
-        live.sort_unstable();
-        live
+    /// Whether this node judges each member alive (by index, itself included).
+    fn judge(&self, now_ms: u64, t: &Timing) -> Vec<bool> {
+        let mut alive = vec![false; self.nodes];
+        for (i, _) in self.gossip.entries() {
+            alive[i] = self.gossip.age_ms(i, now_ms) <= t.fail_ms;
+        }
+        alive[self.index] = true;
+        alive
     }
 
     fn ad(&self) -> Ad {
         Ad {
-            generation: self.generation,
             caught_up: self.replica.caught_up(),
             held: self.replica.held().cloned(),
             opinions: self.checks.iter().map(|(b, h)| (*b, h.state())).collect(),
@@ -207,46 +218,51 @@ impl SimNode {
     }
 
     /// What gossip reports about every member heard of, dead ones included.
-    fn members(&self, now_ms: u64, t: &Timing, all: &[NodeId]) -> Vec<Member> {
-        self.peers
-            .iter()
-            .map(|(&i, p)| {
-                let age_ms = now_ms.saturating_sub(p.last_heard_ms);
-                Member {
-                    id: all[i].clone(),
-                    generation: p.ad.generation,
-                    listen: addr(i),
-                    alive: age_ms <= t.fail_ms,
-                    ready: p.ad.caught_up,
-                    held: p.ad.held.clone(),
-                    // A simulated node runs what it holds.
-                    applied: p.ad.held.as_ref().map(|h| h.version.clone()),
-                    metadata: BTreeMap::new(),
-                    app: BTreeMap::new(),
-                    last_seen_ms: Some(age_ms),
-                    stand_down: None,
-                }
+    fn members(&self, now_ms: u64, all: &[NodeId]) -> Vec<Member> {
+        self.gossip
+            .entries()
+            .map(|(i, k)| Member {
+                id: all[i].clone(),
+                generation: k.generation,
+                listen: addr(i),
+                alive: self.alive[i],
+                ready: k.ad.caught_up,
+                held: k.ad.held.clone(),
+                // A simulated node runs what it holds.
+                applied: k.ad.held.as_ref().map(|h| h.version.clone()),
+                metadata: BTreeMap::new(),
+                app: BTreeMap::new(),
+                last_seen_ms: Some(self.gossip.age_ms(i, now_ms)),
+                stand_down: None,
             })
             .collect()
     }
 
     /// One round: the core decides; the node stamps, fetches, probes, judges and gossips.
     /// Returns the messages to send as (to, message).
-    #[allow(clippy::too_many_arguments)]
     pub fn round(
         &mut self,
         now_ms: u64,
         t: &Timing,
-        all: &[NodeId],
-        content_digest: &str,
-        backend_up: &[bool],
+        w: &World<'_>,
+        rng: &mut StdRng,
         effects: &mut Effects,
     ) -> Vec<(usize, Msg)> {
-        let members = self.members(now_ms, t, all);
-        self.replica.handle_members(members);
+        // As the shell: the members again only when more than heartbeats changed.
+        let alive = self.judge(now_ms, t);
+        let changed = self.gossip.take_changed();
+        if changed || alive != self.alive {
+            self.alive = alive;
+            let members = self.members(now_ms, w.all);
+            self.replica.handle_members(members);
+        } else if self.replica.wants_heartbeat_ages() {
+            let gossip = &self.gossip;
+            self.replica
+                .handle_heartbeat_ages(|id, _| index_of(id).map(|i| gossip.age_ms(i, now_ms)));
+        }
         self.replica.handle_tick(now_ms, now_ms);
         let mut out = Vec::new();
-        if let Ok(Stamp::New(version)) = self.replica.plan_stamp(content_digest) {
+        if let Ok(Stamp::New(version)) = self.replica.plan_stamp(w.content_digest) {
             // Beyond the reservation, the epoch file is written before the version leaves.
             if let Some(target) = self.replica.epoch_write_before_stamp(version.epoch) {
                 self.epoch_file = self.epoch_file.max(target);
@@ -254,7 +270,7 @@ impl SimNode {
             }
             let ad = HeldAd {
                 version,
-                digest: content_digest.to_string(),
+                digest: w.content_digest.to_string(),
                 size_bytes: 1,
             };
             self.replica.commit_stamp(ad.clone());
@@ -267,52 +283,66 @@ impl SimNode {
                 self.replica.handle_epoch_persisted(now_ms, target, true);
             }
             if let Action::Fetch { wanted, sources } = action {
-                let mut rest: Vec<usize> = sources
-                    .iter()
-                    .filter_map(|(id, _)| all.iter().position(|x| x == id))
-                    .collect();
-                rest.reverse();
-                if let Some(first) = rest.pop() {
-                    self.fetch = Some(Fetch {
-                        wanted,
-                        asked: first,
-                        rest,
-                        deadline_ms: now_ms + t.fetch_timeout_ms,
-                    });
-                    out.push((first, self.fetch_req(first)));
-                }
+                let sources = sources.iter().filter_map(|(id, _)| index_of(id)).collect();
+                let (fetch, moves) =
+                    Fetching::start(wanted, sources, t.fetch_hedge_ms, t.fetch_answer_ms, now_ms);
+                self.fetch = Some(fetch);
+                out.extend(self.carry_out(now_ms, moves));
             }
         }
-        if self.fetch.as_ref().is_some_and(|f| now_ms >= f.deadline_ms) {
-            out.extend(self.next_source(now_ms, t));
-        }
         out.extend(self.answer_parked(now_ms));
-        let live = self.live(now_ms, t);
-        self.health(now_ms, t, all, &live, backend_up);
-        let ad = Rc::new(self.ad());
-        for (i, _) in all.iter().enumerate().filter(|(i, _)| *i != self.index) {
+        self.health(now_ms, t, w);
+        self.gossip.beat(self.generation, self.ad());
+        for to in gossip::targets(rng, self.index, self.nodes) {
             out.push((
-                i,
+                to,
                 Msg::Gossip {
                     from: self.index,
-                    ad: Rc::clone(&ad),
+                    table: self.gossip.table(),
+                    reply: true,
                 },
             ));
         }
         out
     }
 
-    fn fetch_req(&self, _to: usize) -> Msg {
-        let version = self
-            .fetch
-            .as_ref()
-            .map(|f| f.wanted.version.clone())
-            .unwrap_or_else(|| Version::new(0, 0, self.id.clone()));
-        Msg::FetchReq {
-            from: self.index,
-            generation: self.generation,
-            version,
+    /// Between rounds: the fetch's hedges and answer deadlines, and parked requests whose
+    /// wait is over (the shell reacts to these at once, not at its next round).
+    pub fn poll(&mut self, now_ms: u64) -> Vec<(usize, Msg)> {
+        let mut out = Vec::new();
+        if let Some(f) = self.fetch.as_mut().filter(|f| f.due(now_ms)) {
+            let moves = f.poll(now_ms);
+            out.extend(self.carry_out(now_ms, moves));
         }
+        if self.parked.iter().any(|p| now_ms >= p.3) {
+            out.extend(self.answer_parked(now_ms));
+        }
+        out
+    }
+
+    /// Requests to send for `moves`; ends the fetch when the race gave up.
+    fn carry_out(&mut self, now_ms: u64, moves: Moves) -> Vec<(usize, Msg)> {
+        let Some(f) = self.fetch.as_ref() else {
+            return Vec::new();
+        };
+        let version = f.wanted.version.clone();
+        let out = moves
+            .ask
+            .into_iter()
+            .map(|to| {
+                let req = Msg::FetchReq {
+                    from: self.index,
+                    generation: self.generation,
+                    version: version.clone(),
+                };
+                (to, req)
+            })
+            .collect();
+        if moves.done == Some(false) {
+            self.fetch = None;
+            self.replica.handle_fetch_done(now_ms, false);
+        }
+        out
     }
 
     /// Answers the parked requests this node can answer now: with the document once it holds
@@ -346,100 +376,22 @@ impl SimNode {
         out
     }
 
-    /// The holder asked did not serve the head: ask the next one, or report the failure.
-    fn next_source(&mut self, now_ms: u64, t: &Timing) -> Option<(usize, Msg)> {
-        let fetch = self.fetch.as_mut()?;
-        match fetch.rest.pop() {
-            Some(next) => {
-                fetch.asked = next;
-                fetch.deadline_ms = now_ms + t.fetch_timeout_ms;
-                Some((next, self.fetch_req(next)))
-            }
-            None => {
-                self.fetch = None;
-                self.replica.handle_fetch_done(now_ms, false);
-                None
-            }
-        }
-    }
-
-    /// Probes the backends this node checks and judges every backend from live opinions.
-    fn health(
-        &mut self,
-        now_ms: u64,
-        t: &Timing,
-        all: &[NodeId],
-        live: &[usize],
-        backend_up: &[bool],
-    ) {
-        if self
-            .assigned
-            .as_ref()
-            .is_none_or(|(set, _)| set.as_slice() != live)
-        {
-            let live_ids: Vec<NodeId> = live.iter().map(|&i| all[i].clone()).collect();
-            let per_backend = (0..backend_up.len())
-                .map(|b| {
-                    checkers(
-                        &format!("sim|backend-{b}"),
-                        &live_ids,
-                        t.checkers_per_backend,
-                    )
-                })
-                .collect();
-            self.assigned = Some((live.to_vec(), per_backend));
-        }
-        let assigned_all = self.assigned.take().map(|(_, a)| a).unwrap_or_default();
-        for (b, &truth) in backend_up.iter().enumerate() {
-            let assigned = &assigned_all[b];
-            if assigned.contains(&self.id) {
-                let h = self
-                    .checks
-                    .entry(b)
-                    .or_insert_with(|| Hysteresis::new(now_ms));
-                h.observe(truth, t.rise, t.fall, now_ms);
-            } else {
-                self.checks.remove(&b);
-            }
-            let mut reports: Vec<(NodeId, CheckState)> = Vec::new();
-            for &i in live {
-                let opinion = if i == self.index {
-                    self.checks.get(&b).map(|h| h.state())
-                } else {
-                    self.peers[&i]
-                        .ad
-                        .opinions
-                        .iter()
-                        .find(|(ob, _)| *ob == b)
-                        .map(|(_, s)| *s)
-                };
-                if let Some(s) = opinion {
-                    reports.push((all[i].clone(), s));
-                }
-            }
-            self.verdicts[b] = verdict(&reports, assigned, Some(self.verdicts[b])).0;
-        }
-        self.assigned = Some((live.to_vec(), assigned_all));
-    }
-
     /// Handles one message; returns replies as (to, message) and whether a document was
     /// adopted.
     pub fn receive(&mut self, now_ms: u64, t: &Timing, msg: Msg) -> (Vec<(usize, Msg)>, bool) {
         let mut out = Vec::new();
         match msg {
-            Msg::Gossip { from, ad } => {
-                let newer = self
-                    .peers
-                    .get(&from)
-                    .is_none_or(|p| ad.generation >= p.ad.generation);
-                if newer {
-                    self.peers.insert(
+            Msg::Gossip { from, table, reply } => {
+                self.gossip.merge(&table, now_ms);
+                if reply {
+                    out.push((
                         from,
-                        Peer {
-                            last_heard_ms: now_ms,
-                            ad,
+                        Msg::Gossip {
+                            from: self.index,
+                            table: self.gossip.table(),
+                            reply: false,
                         },
-                    );
+                    ));
                 }
             }
             Msg::FetchReq {
@@ -451,7 +403,7 @@ impl SimNode {
                 // the asker's parent in the spread tree), so the request waits for it.
                 let newer = self.replica.held().is_none_or(|h| h.version < version);
                 if newer {
-                    let until = now_ms + t.fetch_timeout_ms / 2;
+                    let until = now_ms + t.serve_wait_ms;
                     self.parked.push((from, generation, version, until));
                 } else {
                     let held = self
@@ -474,32 +426,30 @@ impl SimNode {
                 generation,
                 held,
             } => {
-                let current = self
-                    .fetch
-                    .as_ref()
-                    .is_some_and(|f| f.asked == from && generation == self.generation);
-                if !current {
+                if generation != self.generation {
                     return (out, false);
                 }
-                let wanted = self.fetch.as_ref().map(|f| f.wanted.clone());
+                let Some(f) = self.fetch.as_mut() else {
+                    return (out, false);
+                };
                 // The real fetch checks the digest against the gossiped head.
-                match held.filter(|h| Some(h) == wanted.as_ref()) {
-                    Some(offer) => {
-                        self.fetch = None;
-                        let adopted = self.replica.handle_offer(&offer);
-                        self.replica.handle_fetch_done(now_ms, true);
-                        out.extend(self.answer_parked(now_ms));
-                        return (out, adopted);
-                    }
-                    None => out.extend(self.next_source(now_ms, t)),
+                let offer = held.filter(|h| *h == f.wanted);
+                let moves = f.answer(from, offer.is_some(), now_ms);
+                if moves.done == Some(true) {
+                    self.fetch = None;
+                    let adopted = offer.is_some_and(|o| self.replica.handle_offer(&o));
+                    self.replica.handle_fetch_done(now_ms, true);
+                    out.extend(self.answer_parked(now_ms));
+                    return (out, adopted);
                 }
+                out.extend(self.carry_out(now_ms, moves));
             }
         }
         (out, false)
     }
 }
 
-/// A new process of node `index`: every other node is one of its seeds.
+/// A new process of node `index`: its seeds are the lowest-numbered other nodes.
 fn fresh_replica(
     id: &NodeId,
     index: usize,
@@ -517,8 +467,23 @@ fn fresh_replica(
     let mut replica = Replica::new(me, t.replica(), now_ms, epoch_floor).with_bug(bug);
     let seeds = (0..nodes)
         .filter(|&i| i != index)
+        .take(SEEDS)
         .map(|i| vec![addr(i)])
         .collect();
     replica.handle_seeds(seeds);
     replica
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_of_reads_back_ids() {
+        for (i, id) in ids(1_200).iter().enumerate() {
+            assert_eq!(index_of(id), Some(i));
+        }
+        assert_eq!(index_of(&NodeId::new("x1")), None);
+        assert_eq!(index_of(&NodeId::new("n0")), None);
+    }
 }
