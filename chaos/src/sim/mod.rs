@@ -100,7 +100,7 @@ struct World {
     nodes: Vec<SimNode>,
     net: Net,
     ids: Vec<NodeId>,
-    /// Who checks each backend, by rank (`node::rankings`).
+    /// Who checks each backend, by rank (`health::rankings`).
     rankings: Vec<Vec<usize>>,
     /// Every stamp any publisher made: version -> digests (I4).
     published: BTreeMap<Version, Vec<String>>,
