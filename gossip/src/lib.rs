@@ -32,6 +32,7 @@ pub mod hedge;
 mod identity;
 pub mod incarnation;
 mod keys;
+pub mod liveness;
 mod mesh;
 pub mod rendezvous;
 pub mod replica;

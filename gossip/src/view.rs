@@ -77,6 +77,8 @@ pub struct Member {
     pub last_seen_ms: Option<u64>,
     /// The member passes on the publisher role, with its reason ([`keys::STAND_DOWN`]).
     pub stand_down: Option<String>,
+    /// It announced a graceful leave: never alive again, whatever its heartbeat does.
+    pub leaving: bool,
 }
 
 /// [`parse_members_checked`] without the duplicate report.
@@ -114,6 +116,7 @@ pub(crate) fn parse_members_checked(raw: Vec<RawMember>) -> (Vec<Member>, Vec<Du
                 generation: r.generation,
                 listen: r.listen,
                 last_seen_ms: r.last_seen_ms,
+                leaving,
             }
         })
         .collect();

@@ -14,6 +14,7 @@ use super::fetch::{Fetching, Moves};
 use super::gossip::{self, Knowledge, Table};
 use rand::rngs::StdRng;
 use shoal_gossip::head::{HeldAd, Stamp};
+use shoal_gossip::liveness::LivenessTiming;
 use shoal_gossip::replica::{Action, Bug, Identity, Replica, ReplicaTiming, FETCH_RETRY_MS};
 use shoal_gossip::version::{NodeId, Version};
 use shoal_gossip::view::Member;
@@ -87,6 +88,15 @@ impl Timing {
             // The simulation keeps the earlier start rule (run alone after the patience); the
             // "must hear the cluster" rule is tested on real nodes (gossip/tests/attacks.rs).
             single_node: true,
+            // Not fed heartbeats here (`handle_heartbeats`): the core takes the members'
+            // liveness as this simulation reports it.
+            liveness: LivenessTiming {
+                phi_threshold: self.fail_ms as f64 / self.gossip_ms.max(1) as f64,
+                prior_interval_ms: self.gossip_ms,
+                max_interval_ms: (self.gossip_ms * 20).max(2_000),
+                window: 1_000,
+                pause_allowance_ms: self.gossip_ms.max(100),
+            },
         }
     }
 }
@@ -234,6 +244,7 @@ impl SimNode {
                 app: BTreeMap::new(),
                 last_seen_ms: Some(self.gossip.age_ms(i, now_ms)),
                 stand_down: None,
+                leaving: false,
             })
             .collect()
     }

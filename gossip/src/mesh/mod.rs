@@ -26,8 +26,8 @@ use bytes::Bytes;
 use chitchat::{
     spawn_chitchat, Chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig,
 };
-use shell::{control_loop, refresh_last_seen, resolve_seeds, serve_documents};
-use std::collections::{BTreeMap, HashMap};
+use shell::{control_loop, resolve_seeds, serve_documents};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -96,9 +96,6 @@ struct State {
     replica: Replica,
     applied: Option<Version>,
     app_keys: BTreeMap<String, String>,
-    /// Per chitchat node: last heartbeat and when it last advanced. Keyed by chitchat's own id so
-    /// the per-step pass over every node state allocates nothing.
-    heartbeats: HashMap<ChitchatId, (u64, Instant)>,
     /// Per chitchat node: (max_version, live) at the last parse, to skip re-parsing.
     fingerprint: Vec<(ChitchatId, u64, bool)>,
     /// The transport's first-hand set version at the last parse (verification changes views).
@@ -245,7 +242,6 @@ impl<D: Document> Mesh<D> {
                 replica,
                 applied: None,
                 app_keys: BTreeMap::new(),
-                heartbeats: HashMap::new(),
                 fingerprint: Vec::new(),
                 first_hand_version: 0,
                 duplicates: Vec::new(),
@@ -374,8 +370,7 @@ impl<D: Document> Mesh<D> {
     }
 
     pub fn view(&self) -> ClusterView {
-        let mut st = lock(&self.inner.state);
-        refresh_last_seen(&mut st, Instant::now());
+        let st = lock(&self.inner.state);
         let decisions = st.replica.decisions().cloned().unwrap_or(Decisions {
             head: None,
             publisher: None,

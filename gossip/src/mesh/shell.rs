@@ -12,7 +12,7 @@ use crate::view::{parse_members_checked, RawMember};
 use crate::Document;
 use bytes::Bytes;
 use chitchat::{Chitchat, ChitchatId};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -82,7 +82,7 @@ impl<D: Document> Inner<D> {
     /// One control step: apply pending key writes, read membership, let the core decide, act.
     pub(super) async fn step(self: &Arc<Self>, ops: Vec<KvOp>) {
         let now = Instant::now();
-        let raw = {
+        let (raw, beats) = {
             let mut chitchat = self.chitchat.lock().await;
             for op in ops {
                 match op {
@@ -90,7 +90,19 @@ impl<D: Document> Inner<D> {
                     KvOp::Delete(k) => chitchat.self_node_state().delete(&k),
                 }
             }
-            self.read_members(&chitchat, now)
+            // Every step: the core judges liveness from these at every tick (`liveness.rs`).
+            let beats: Vec<(NodeId, u64, u64)> = chitchat
+                .node_states()
+                .iter()
+                .map(|(id, state)| {
+                    (
+                        NodeId::new(&*id.node_id),
+                        id.generation_id,
+                        u64::from(state.heartbeat()),
+                    )
+                })
+                .collect();
+            (self.read_members(&chitchat), beats)
         };
         let mut st = lock(&self.state);
         if let Some(raw) = raw {
@@ -110,10 +122,8 @@ impl<D: Document> Inner<D> {
             st.replica.handle_duplicate(refused);
             st.duplicates = duplicates;
         }
-        if st.replica.wants_heartbeat_ages() {
-            refresh_last_seen(&mut st, now);
-        }
         let now_ms = now.saturating_duration_since(self.started).as_millis() as u64;
+        st.replica.handle_heartbeats(now_ms, beats);
         st.replica.handle_tick(now_ms, unix_ms());
         self.carry_out(&mut st);
     }
@@ -122,7 +132,7 @@ impl<D: Document> Inner<D> {
     ///
     /// Runs on every control step (every 25 ms) over every node state, so the unchanged case
     /// neither allocates nor re-parses: at 100 nodes that pass was most of the mesh's CPU.
-    fn read_members(&self, chitchat: &Chitchat, now: Instant) -> Option<Vec<RawMember>> {
+    fn read_members(&self, chitchat: &Chitchat) -> Option<Vec<RawMember>> {
         let self_id = chitchat.self_chitchat_id();
         let live: HashSet<&ChitchatId> = chitchat.live_nodes().collect();
         let states = chitchat.node_states();
@@ -133,14 +143,6 @@ impl<D: Document> Inner<D> {
             && !st.replica.members().is_empty()
             && st.first_hand_version == first_hand_version;
         for (i, (id, state)) in states.iter().enumerate() {
-            let beat = u64::from(state.heartbeat());
-            match st.heartbeats.get_mut(id) {
-                Some(entry) if entry.0 == beat => {}
-                Some(entry) => *entry = (beat, now),
-                None => {
-                    st.heartbeats.insert(id.clone(), (beat, now));
-                }
-            }
             unchanged = unchanged
                 && st
                     .fingerprint
@@ -150,10 +152,6 @@ impl<D: Document> Inner<D> {
                             && *version == state.max_version()
                             && *was_live == live.contains(id)
                     });
-        }
-        if states.len() * 2 < st.heartbeats.len() {
-            // Forget heartbeats of nodes chitchat has garbage collected.
-            st.heartbeats.retain(|id, _| states.contains_key(id));
         }
         if unchanged {
             return None;
@@ -201,19 +199,6 @@ impl<D: Document> Inner<D> {
                 .collect(),
         )
     }
-}
-
-/// Tells the core each member's heartbeat age.
-pub(super) fn refresh_last_seen(st: &mut State, now: Instant) {
-    let ages: HashMap<(&str, u64), Instant> = st
-        .heartbeats
-        .iter()
-        .map(|(id, (_, at))| ((&*id.node_id, id.generation_id), *at))
-        .collect();
-    st.replica.handle_heartbeat_ages(|id, generation| {
-        ages.get(&(id.as_str(), generation))
-            .map(|at| now.saturating_duration_since(*at).as_millis() as u64)
-    });
 }
 
 /// Answers peers' document requests with the document this node holds (or, for a newer

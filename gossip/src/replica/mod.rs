@@ -30,14 +30,15 @@ use crate::head::{
     catch_up, next_stamp, should_adopt, CatchUp, HeadInfo, HeldAd, Stamp, StampState,
 };
 use crate::incarnation::Incarnation;
+use crate::liveness::{lost_after_tick, Beats, LivenessTiming};
 use crate::reservation;
 use crate::version::{NodeId, Version};
 use crate::view::{decide_at, Decisions, Member};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 
 /// The timing the core decides with (a subset of [`crate::Timing`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ReplicaTiming {
     pub join_grace_ms: u64,
     pub startup_patience_ms: u64,
@@ -46,6 +47,8 @@ pub struct ReplicaTiming {
     pub fetch_retry_ms: u64,
     /// May run alone when seeds resolve but never answer (see `election::must_hear_cluster`).
     pub single_node: bool,
+    /// How members are judged alive or dead at every tick (`liveness.rs`).
+    pub liveness: LivenessTiming,
 }
 
 impl From<&crate::Timing> for ReplicaTiming {
@@ -56,6 +59,7 @@ impl From<&crate::Timing> for ReplicaTiming {
             stall_reset_ms: t.stall_reset_ms,
             fetch_retry_ms: FETCH_RETRY_MS,
             single_node: t.single_node,
+            liveness: LivenessTiming::from(t),
         }
     }
 }
@@ -123,8 +127,15 @@ pub struct Replica {
     reserve_retry_at_ms: Option<u64>,
     held: Option<HeldAd>,
     seed_addrs: Vec<Vec<SocketAddr>>,
-    /// Members as last reported (self included once a tick ran).
+    /// Members as last reported (self included once a tick ran), `alive` as judged here.
     members: Vec<Member>,
+    /// Per member id and generation: its heartbeat as seen here, and whether it was last
+    /// judged alive (`liveness.rs`).
+    beats: HashMap<NodeId, Vec<(u64, Beats, bool)>>,
+    /// Time this node's own loop lost to pauses (never counted against members).
+    lost_ms: u64,
+    /// Members were reported since the last tick (prune `beats`).
+    members_changed: bool,
     decisions: Option<Decisions>,
     dirty: bool,
     fetching: Option<Version>,
@@ -156,6 +167,9 @@ impl Replica {
             held: None,
             seed_addrs: Vec::new(),
             members: Vec::new(),
+            beats: HashMap::new(),
+            lost_ms: 0,
+            members_changed: false,
             decisions: None,
             dirty: true,
             fetching: None,
@@ -206,23 +220,34 @@ impl Replica {
     pub(crate) fn decisions(&self) -> Option<&Decisions> {
         self.decisions.as_ref()
     }
-    /// Heartbeat ages only matter while catching up (`liveness_unjudged`).
-    pub fn wants_heartbeat_ages(&self) -> bool {
-        !self.caught_up
-    }
-
     // ---- inputs
 
     /// The members gossip reports now (dead ones included; self may or may not be listed).
+    /// A member whose heartbeat this core follows ([`Replica::handle_heartbeats`]) is judged
+    /// alive or dead here at every tick; for the others `alive` is taken as reported.
     pub fn handle_members(&mut self, members: Vec<Member>) {
         self.members = members;
+        self.members_changed = true;
         self.dirty = true;
     }
 
-    /// Updates each member's `last_seen_ms` (ms since its heartbeat last advanced).
-    pub fn handle_heartbeat_ages(&mut self, age_ms: impl Fn(&NodeId, u64) -> Option<u64>) {
-        for m in &mut self.members {
-            m.last_seen_ms = age_ms(&m.id, m.generation);
+    /// Heartbeat values as gossip shows them now: (member id, generation, heartbeat). Call it
+    /// on every step (or whenever one arrives), before [`Replica::handle_tick`].
+    pub fn handle_heartbeats(
+        &mut self,
+        now_ms: u64,
+        beats: impl IntoIterator<Item = (NodeId, u64, u64)>,
+    ) {
+        for (id, generation, beat) in beats {
+            if id == self.me.id {
+                continue;
+            }
+            let lost = self.lost_ms;
+            let per_id = self.beats.entry(id).or_default();
+            match per_id.iter_mut().find(|(g, _, _)| *g == generation) {
+                Some((_, b, _)) => b.observe(beat, now_ms, lost, &self.timing.liveness),
+                None => per_id.push((generation, Beats::new(beat, now_ms, lost), false)),
+            }
         }
     }
 
@@ -267,7 +292,12 @@ impl Replica {
     pub fn handle_tick(&mut self, now_ms: u64, now_unix_ms: u64) {
         self.sync_self();
         self.detect_stall(now_ms);
+        if let Some(prev) = self.last_tick_ms {
+            let gap = now_ms.saturating_sub(prev);
+            self.lost_ms = lost_after_tick(self.lost_ms, gap, &self.timing.liveness);
+        }
         self.last_tick_ms = Some(now_ms);
+        self.judge_liveness(now_ms);
         if self.refused_by.is_some() {
             if self.caught_up {
                 self.caught_up = false;
@@ -428,6 +458,7 @@ impl Replica {
                     app: BTreeMap::new(),
                     last_seen_ms: Some(0),
                     stand_down: None,
+                    leaving: false,
                 });
                 self.dirty = true;
                 let last = self.members.len() - 1;
@@ -440,6 +471,45 @@ impl Replica {
         me.held = self.held.clone();
         me.alive = true;
         me.ready = self.caught_up;
+    }
+
+    /// Judges every member whose heartbeat this core follows, now (`liveness.rs`): a flip
+    /// re-runs the election at this tick.
+    fn judge_liveness(&mut self, now_ms: u64) {
+        if self.members_changed {
+            self.members_changed = false;
+            let members = &self.members;
+            self.beats.retain(|id, per_id| {
+                per_id
+                    .retain(|(g, _, _)| members.iter().any(|m| m.id == *id && m.generation == *g));
+                !per_id.is_empty()
+            });
+        }
+        let t = &self.timing.liveness;
+        for m in &mut self.members {
+            if m.id == self.me.id {
+                continue;
+            }
+            let Some(entry) = self
+                .beats
+                .get_mut(&m.id)
+                .and_then(|per_id| per_id.iter_mut().find(|(g, _, _)| *g == m.generation))
+            else {
+                continue;
+            };
+            let (_, beats, was_alive) = entry;
+            let alive = beats.alive(now_ms, self.lost_ms, t);
+            if *was_alive && !alive {
+                beats.mark_dead();
+            }
+            *was_alive = alive;
+            m.last_seen_ms = Some(beats.age_ms(now_ms));
+            let alive = alive && !m.leaving;
+            if m.alive != alive {
+                m.alive = alive;
+                self.dirty = true;
+            }
+        }
     }
 
     /// Asks for a reservation ahead of need (`reservation.rs`), at most one at a time.
@@ -588,6 +658,7 @@ impl Replica {
                 app: BTreeMap::new(),
                 last_seen_ms: None,
                 stand_down: None,
+                leaving: false,
             }),
         }
         decide_at(&members, 0, 0).head

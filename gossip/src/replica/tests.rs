@@ -21,6 +21,13 @@ fn timing() -> ReplicaTiming {
         stall_reset_ms: 400,
         fetch_retry_ms: 200,
         single_node: true,
+        liveness: crate::liveness::LivenessTiming {
+            phi_threshold: 8.0,
+            prior_interval_ms: 100,
+            max_interval_ms: 2_000,
+            window: 1_000,
+            pause_allowance_ms: 100,
+        },
     }
 }
 
@@ -58,6 +65,7 @@ fn member(name: &str, i: u8, alive: bool, ready: bool, held: Option<HeldAd>) -> 
         app: BTreeMap::new(),
         last_seen_ms: Some(0),
         stand_down: None,
+        leaving: false,
     }
 }
 
@@ -312,6 +320,97 @@ fn a_duplicate_of_my_id_keeps_me_from_publishing() {
     assert_eq!(r.role(), Role::Publisher);
 }
 
+/// n2 follows n1's head with n1 and n3 beating every 100 ms and a tick every 25 ms, up to
+/// `until_ms`; returns the next heartbeat value.
+fn follow_with_heartbeats(r: &mut Replica, until_ms: u64) -> u64 {
+    let head = ad(4, 2, "n1");
+    r.handle_members(vec![
+        member("n1", 1, true, true, Some(head.clone())),
+        member("n3", 3, true, true, Some(head.clone())),
+    ]);
+    assert!(r.handle_offer(&head));
+    let mut beat = 0;
+    for now in (0..=until_ms).step_by(25) {
+        if now % 100 == 0 {
+            beat += 1;
+            r.handle_heartbeats(now, [(id("n1"), 0, beat), (id("n3"), 0, beat)]);
+        }
+        r.handle_tick(now, now);
+    }
+    drain(r);
+    beat + 1
+}
+
+fn alive(r: &Replica, name: &str) -> bool {
+    r.members().iter().any(|m| m.id == id(name) && m.alive)
+}
+
+#[test]
+fn a_silent_member_is_judged_dead_at_a_tick_without_new_members() {
+    let mut r = replica("n2", 2, 0, 0);
+    let mut beat = follow_with_heartbeats(&mut r, 2_000);
+    assert_eq!(r.publisher(), Some(&id("n1")));
+    assert_eq!(r.role(), Role::Follower);
+    // n1 goes silent after its beat at 2,000 ms; n3 keeps beating. No new member list comes:
+    // the core judges at its own ticks, 8 mean intervals (~800 ms) after n1's last beat.
+    let mut took_over_at = None;
+    for now in (2_025..=3_500).step_by(25) {
+        if now % 100 == 0 {
+            r.handle_heartbeats(now, [(id("n3"), 0, beat)]);
+            beat += 1;
+        }
+        r.handle_tick(now, now);
+        if took_over_at.is_none() && r.role() == Role::Publisher {
+            took_over_at = Some(now);
+        }
+        assert!(alive(&r, "n3"), "n3 beats and stays alive at {now}");
+    }
+    assert!(!alive(&r, "n1"));
+    let at = took_over_at.expect("n2 takes over");
+    assert!((2_775..=2_875).contains(&at), "took over at {at}");
+    assert_eq!(r.members()[0].last_seen_ms, Some(1_500));
+}
+
+#[test]
+fn a_replica_whose_loop_stalled_does_not_judge_others_dead_from_its_stale_view() {
+    let mut r = replica("n2", 2, 0, 0);
+    let beat = follow_with_heartbeats(&mut r, 2_000);
+    // The whole machine stops for 1.5 s: no tick, no heartbeat. At the first tick after it,
+    // the members are as alive as before (the pause is this node's own), and the stall reset
+    // sends the node back to catching up.
+    r.handle_tick(3_500, 3_500);
+    assert!(alive(&r, "n1") && alive(&r, "n3"));
+    assert_eq!(r.publisher(), Some(&id("n1")));
+    assert_eq!(r.role(), Role::CatchingUp);
+    // Their heartbeats come again: still alive. A member that stays silent is judged dead
+    // 8 intervals after its last beat, the pause not counted (beyond one tick allowance of
+    // 100 ms): 2,000 + 1,400 lost + 800.
+    for now in (3_525..=4_500).step_by(25) {
+        if now % 100 == 0 {
+            r.handle_heartbeats(now, [(id("n3"), 0, beat + (now - 3_500) / 100)]);
+        }
+        r.handle_tick(now, now);
+        assert!(alive(&r, "n3"));
+        assert_eq!(alive(&r, "n1"), now <= 4_200, "n1 at {now}");
+    }
+}
+
+#[test]
+fn a_leaving_member_is_dead_whatever_its_heartbeat() {
+    let mut r = replica("n2", 2, 0, 0);
+    let beat = follow_with_heartbeats(&mut r, 1_000);
+    let mut leaving = member("n1", 1, true, true, Some(ad(4, 2, "n1")));
+    leaving.alive = false;
+    leaving.leaving = true;
+    r.handle_members(vec![
+        leaving,
+        member("n3", 3, true, true, Some(ad(4, 2, "n1"))),
+    ]);
+    r.handle_heartbeats(1_025, [(id("n1"), 0, beat), (id("n3"), 0, beat)]);
+    r.handle_tick(1_025, 1_025);
+    assert!(!alive(&r, "n1") && alive(&r, "n3"));
+}
+
 proptest! {
     /// Any sequence of offers: the held version never decreases, and a new stamp is above
     /// every epoch the replica has seen and above its floor.
@@ -334,5 +433,18 @@ proptest! {
             prop_assert!(v.epoch > floor);
             prop_assert!(Some(&v) > best.as_ref());
         }
+    }
+
+    /// Whatever the pause of the whole machine (this replica and every member stop alike),
+    /// the first tick after it judges no member dead that was alive before it.
+    #[test]
+    fn a_pause_of_the_whole_machine_kills_nobody(pause in 0u64..20_000, at in 0u64..100) {
+        let mut r = replica("n2", 2, 0, 0);
+        follow_with_heartbeats(&mut r, 2_000);
+        let before = 2_000 + (at / 25) * 25;
+        r.handle_tick(before, before);
+        prop_assume!(alive(&r, "n1") && alive(&r, "n3"));
+        r.handle_tick(before + pause, before + pause);
+        prop_assert!(alive(&r, "n1") && alive(&r, "n3"));
     }
 }
