@@ -59,6 +59,20 @@ impl<D: Document> Inner<D> {
                 Action::Held(ad) => {
                     self.send(KvOp::Set(keys::HELD.into(), keys::encode_held(&ad)));
                 }
+                Action::Judged {
+                    id,
+                    generation,
+                    listen,
+                    alive,
+                } => {
+                    if alive {
+                        info!(member = %id, generation, "member alive again");
+                        // Its connection went through the outage: dial afresh.
+                        self.transport.reset_connection(listen);
+                    } else {
+                        info!(member = %id, generation, "member judged dead");
+                    }
+                }
                 Action::Role(reason) => {
                     info!(node = %self.node_id, role = ?reason, "role changed");
                     self.role_tx.send_replace(reason.role());
@@ -155,18 +169,6 @@ impl<D: Document> Inner<D> {
         }
         if unchanged {
             return None;
-        }
-        // Members judged dead that are alive again: their connection went through the cut.
-        for (id, _, was_live) in &st.fingerprint {
-            if id == self_id || *was_live == live.contains(id) {
-                continue;
-            }
-            if *was_live {
-                info!(member = %id.node_id, generation = id.generation_id, "member judged dead");
-            } else {
-                info!(member = %id.node_id, generation = id.generation_id, "member alive again");
-                self.transport.reset_connection(id.gossip_advertise_addr);
-            }
         }
         st.fingerprint = states
             .iter()

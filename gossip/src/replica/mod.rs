@@ -94,9 +94,28 @@ pub enum Action {
         wanted: HeldAd,
         sources: Vec<(NodeId, SocketAddr)>,
     },
+    /// A member whose heartbeat this core follows was judged dead (`alive: false`), or alive
+    /// again after that (`true`): its connection went through the outage, so the shell drops
+    /// it before anything is fetched over it (a cut's backed-off QUIC timers would hold the
+    /// first fetch after a heal for the whole answer timeout).
+    Judged {
+        id: NodeId,
+        generation: u64,
+        listen: SocketAddr,
+        alive: bool,
+    },
     /// Write the epoch file up to this epoch (in the background, off the stamp path), then
     /// report with [`Replica::handle_epoch_persisted`] (see `reservation.rs`).
     ReserveEpoch(u64),
+}
+
+/// What this core last judged of a member it follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Judged {
+    /// Not alive yet since first heard of (no interval seen).
+    New,
+    Alive,
+    Dead,
 }
 
 /// Why a stamp was refused.
@@ -131,7 +150,7 @@ pub struct Replica {
     members: Vec<Member>,
     /// Per member id and generation: its heartbeat as seen here, and whether it was last
     /// judged alive (`liveness.rs`).
-    beats: HashMap<NodeId, Vec<(u64, Beats, bool)>>,
+    beats: HashMap<NodeId, Vec<(u64, Beats, Judged)>>,
     /// Time this node's own loop lost to pauses (never counted against members).
     lost_ms: u64,
     /// Members were reported since the last tick (prune `beats`).
@@ -246,7 +265,7 @@ impl Replica {
             let per_id = self.beats.entry(id).or_default();
             match per_id.iter_mut().find(|(g, _, _)| *g == generation) {
                 Some((_, b, _)) => b.observe(beat, now_ms, lost, &self.timing.liveness),
-                None => per_id.push((generation, Beats::new(beat, now_ms, lost), false)),
+                None => per_id.push((generation, Beats::new(beat, now_ms, lost), Judged::New)),
             }
         }
     }
@@ -497,12 +516,32 @@ impl Replica {
             else {
                 continue;
             };
-            let (_, beats, was_alive) = entry;
+            let (_, beats, judged) = entry;
             let alive = beats.alive(now_ms, self.lost_ms, t);
-            if *was_alive && !alive {
-                beats.mark_dead();
+            let flipped = match (*judged, alive) {
+                (Judged::Alive, false) => {
+                    beats.mark_dead();
+                    *judged = Judged::Dead;
+                    true
+                }
+                (Judged::Dead, true) => {
+                    *judged = Judged::Alive;
+                    true
+                }
+                (Judged::New, true) => {
+                    *judged = Judged::Alive;
+                    false
+                }
+                _ => false,
+            };
+            if flipped {
+                self.actions.push_back(Action::Judged {
+                    id: m.id.clone(),
+                    generation: m.generation,
+                    listen: m.listen,
+                    alive,
+                });
             }
-            *was_alive = alive;
             m.last_seen_ms = Some(beats.age_ms(now_ms));
             let alive = alive && !m.leaving;
             if m.alive != alive {

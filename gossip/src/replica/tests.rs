@@ -366,9 +366,37 @@ fn a_silent_member_is_judged_dead_at_a_tick_without_new_members() {
         assert!(alive(&r, "n3"), "n3 beats and stays alive at {now}");
     }
     assert!(!alive(&r, "n1"));
+    assert_eq!(r.members()[0].last_seen_ms, Some(1_500));
+    let judged: Vec<Action> = drain(&mut r)
+        .into_iter()
+        .filter(|a| matches!(a, Action::Judged { .. }))
+        .collect();
+    assert_eq!(
+        judged,
+        vec![Action::Judged {
+            id: id("n1"),
+            generation: 0,
+            listen: addr(1),
+            alive: false
+        }]
+    );
+    // n1 comes back: alive again on its second beat (the first gap is the outage), and the
+    // shell is told (it dials n1 afresh).
+    r.handle_heartbeats(3_510, [(id("n1"), 0, 100)]);
+    r.handle_tick(3_510, 3_510);
+    assert!(!alive(&r, "n1"));
+    r.handle_heartbeats(3_610, [(id("n1"), 0, 101)]);
+    r.handle_tick(3_610, 3_610);
+    assert!(alive(&r, "n1"));
+    assert!(drain(&mut r).contains(&Action::Judged {
+        id: id("n1"),
+        generation: 0,
+        listen: addr(1),
+        alive: true
+    }));
     let at = took_over_at.expect("n2 takes over");
     assert!((2_775..=2_875).contains(&at), "took over at {at}");
-    assert_eq!(r.members()[0].last_seen_ms, Some(1_500));
+    assert_eq!(r.members()[0].last_seen_ms, Some(0));
 }
 
 #[test]
