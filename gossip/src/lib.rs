@@ -10,8 +10,9 @@
 //! IPVS), where documents come from (the node reads the source and calls [`Mesh::publish`]),
 //! programming the dataplane (the node calls [`Mesh::set_applied`] once it has), the CLI.
 //!
-//! Reading order: `version.rs`, `election.rs`, `head.rs`, `rendezvous.rs`, `spread.rs`, `hedge.rs` (pure rules), `view.rs`, `replica/`
-//! (the sans-IO state machine that applies them; the chaos simulation drives it too),
+//! Reading order: `version.rs`, `election.rs`, `head.rs`, `liveness.rs`, `rendezvous.rs`,
+//! `spread.rs`, `hedge.rs` (pure rules), `view.rs`, `replica/` (the sans-IO state machine that
+//! applies them; the chaos simulation drives it too),
 //! `mesh.rs` (the async shell), `transport/` and `transfer.rs` (bytes on the wire). See
 //! docs/internals/gossip.md.
 //!
