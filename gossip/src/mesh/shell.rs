@@ -104,7 +104,8 @@ impl<D: Document> Inner<D> {
                     KvOp::Delete(k) => chitchat.self_node_state().delete(&k),
                 }
             }
-            // Every step: the core judges liveness from these at every tick (`liveness.rs`).
+            // Every step: the core judges liveness from these at every tick (`liveness.rs`);
+            // one small record per member, against the full parse skipped below.
             let beats: Vec<(NodeId, u64, u64)> = chitchat
                 .node_states()
                 .iter()

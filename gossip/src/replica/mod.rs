@@ -11,8 +11,8 @@
 //!
 //! Why this file is over 500 lines: it is one state machine (its fields, the
 //! `handle_*` inputs and `poll_action`) that reads best in one piece; the rules it applies are
-//! in `election.rs`, `head.rs` and `reservation.rs`, its tests in `tests.rs`, its deliberate
-//! defects in `bug.rs`.
+//! in `election.rs`, `head.rs`, `liveness.rs` and `reservation.rs`, its tests in `tests.rs`,
+//! its deliberate defects in `bug.rs`.
 
 #[cfg(feature = "fault-injection")]
 mod bug;
