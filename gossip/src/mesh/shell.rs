@@ -105,14 +105,29 @@ impl<D: Document> Inner<D> {
                 }
             }
             // Every step: the core judges liveness from these at every tick (`liveness.rs`);
-            // one small record per member, against the full parse skipped below.
-            let beats: Vec<(NodeId, u64, u64)> = chitchat
+            // one small record per member, against the full parse skipped below. Another
+            // record of this node's own id goes in only once verified (`incarnation.rs` rule 1:
+            // a forged one must not stop this node serving).
+            let self_id = chitchat.self_chitchat_id();
+            let enforce = self.transport.enforces_identity();
+            let beats: Vec<(NodeId, u64, SocketAddr, u64)> = chitchat
                 .node_states()
                 .iter()
+                .filter(|(id, _)| {
+                    *id == self_id
+                        || id.node_id != self_id.node_id
+                        || !enforce
+                        || self.transport.first_hand(
+                            &id.node_id,
+                            id.generation_id,
+                            id.gossip_advertise_addr,
+                        )
+                })
                 .map(|(id, state)| {
                     (
                         NodeId::new(&*id.node_id),
                         id.generation_id,
+                        id.gossip_advertise_addr,
                         u64::from(state.heartbeat()),
                     )
                 })

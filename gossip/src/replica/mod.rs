@@ -118,6 +118,44 @@ enum Judged {
     Dead,
 }
 
+/// One incarnation whose heartbeat this core follows.
+#[derive(Clone, Debug)]
+struct Followed {
+    generation: u64,
+    listen: SocketAddr,
+    beats: Beats,
+    judged: Judged,
+    /// When gossip last listed it (its heartbeat advanced or not).
+    seen_ms: u64,
+}
+
+/// An incarnation gossip has not listed for this long is forgotten (chitchat garbage collected
+/// it; the simulation lists only who sends). Heard again, it starts over as new.
+const FORGET_AFTER_MS: u64 = 60_000;
+
+impl Followed {
+    /// Judges it now; `Some(alive)` when the judgement flipped (not for a first `alive`).
+    fn judge(&mut self, now_ms: u64, lost_ms: u64, t: &LivenessTiming) -> Option<bool> {
+        let alive = self.beats.alive(now_ms, lost_ms, t);
+        match (self.judged, alive) {
+            (Judged::Alive, false) => {
+                self.beats.mark_dead();
+                self.judged = Judged::Dead;
+                Some(false)
+            }
+            (Judged::Dead, true) => {
+                self.judged = Judged::Alive;
+                Some(true)
+            }
+            (Judged::New, true) => {
+                self.judged = Judged::Alive;
+                None
+            }
+            _ => None,
+        }
+    }
+}
+
 /// Why a stamp was refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NotPublisher(pub Role);
@@ -148,19 +186,23 @@ pub struct Replica {
     seed_addrs: Vec<Vec<SocketAddr>>,
     /// Members as last reported (self included once a tick ran), `alive` as judged here.
     members: Vec<Member>,
-    /// Per member id and generation: its heartbeat as seen here, and whether it was last
-    /// judged alive (`liveness.rs`).
-    beats: HashMap<NodeId, Vec<(u64, Beats, Judged)>>,
+    /// Per member id, each incarnation followed (`liveness.rs`).
+    beats: HashMap<NodeId, Vec<Followed>>,
     /// Time this node's own loop lost to pauses (never counted against members).
     lost_ms: u64,
-    /// Members were reported since the last tick (prune `beats`).
-    members_changed: bool,
     decisions: Option<Decisions>,
     dirty: bool,
     fetching: Option<Version>,
     fetch_retry_at_ms: Option<u64>,
     /// Set while an older live process has this node's id: refuse to serve (`incarnation.rs`).
     refused_by: Option<Incarnation>,
+    /// An older process with this node's id, judged alive here from its heartbeat (the same
+    /// judgement as every member's, so it is seen no later than the members it would be
+    /// compared with; chitchat's own verdict behind `refused_by` comes once per gossip round).
+    older_alive: Option<Incarnation>,
+    /// An older process with this node's id was heard and is not judged yet: fetch nothing
+    /// and do not catch up until it is (it may be alive: then this node must not serve).
+    older_unjudged: bool,
     actions: VecDeque<Action>,
     #[cfg(feature = "fault-injection")]
     bug: Option<Bug>,
@@ -188,12 +230,13 @@ impl Replica {
             members: Vec::new(),
             beats: HashMap::new(),
             lost_ms: 0,
-            members_changed: false,
             decisions: None,
             dirty: true,
             fetching: None,
             fetch_retry_at_ms: None,
             refused_by: None,
+            older_alive: None,
+            older_unjudged: false,
             actions: VecDeque::new(),
             #[cfg(feature = "fault-injection")]
             bug: None,
@@ -246,26 +289,38 @@ impl Replica {
     /// alive or dead here at every tick; for the others `alive` is taken as reported.
     pub fn handle_members(&mut self, members: Vec<Member>) {
         self.members = members;
-        self.members_changed = true;
         self.dirty = true;
     }
 
-    /// Heartbeat values as gossip shows them now: (member id, generation, heartbeat). Call it
-    /// on every step (or whenever one arrives), before [`Replica::handle_tick`].
+    /// Heartbeat values as gossip shows them now: (member id, generation, listen address,
+    /// heartbeat). Call it on every step (or whenever one arrives), before
+    /// [`Replica::handle_tick`]. Records of this node's own id other than itself are followed
+    /// too (a second process with this id, see `incarnation.rs`): the shell passes only those
+    /// it verified (a forged record must not stop this node serving).
     pub fn handle_heartbeats(
         &mut self,
         now_ms: u64,
-        beats: impl IntoIterator<Item = (NodeId, u64, u64)>,
+        beats: impl IntoIterator<Item = (NodeId, u64, SocketAddr, u64)>,
     ) {
-        for (id, generation, beat) in beats {
-            if id == self.me.id {
+        for (id, generation, listen, beat) in beats {
+            if id == self.me.id && (generation == self.me.generation || listen == self.me.listen) {
+                // Itself, or an earlier process of its own at this address (a restart).
                 continue;
             }
             let lost = self.lost_ms;
             let per_id = self.beats.entry(id).or_default();
-            match per_id.iter_mut().find(|(g, _, _)| *g == generation) {
-                Some((_, b, _)) => b.observe(beat, now_ms, lost, &self.timing.liveness),
-                None => per_id.push((generation, Beats::new(beat, now_ms, lost), Judged::New)),
+            match per_id.iter_mut().find(|f| f.generation == generation) {
+                Some(f) => {
+                    f.beats.observe(beat, now_ms, lost, &self.timing.liveness);
+                    f.seen_ms = now_ms;
+                }
+                None => per_id.push(Followed {
+                    generation,
+                    listen,
+                    beats: Beats::new(beat, now_ms, lost),
+                    judged: Judged::New,
+                    seen_ms: now_ms,
+                }),
             }
         }
     }
@@ -317,7 +372,7 @@ impl Replica {
         }
         self.last_tick_ms = Some(now_ms);
         self.judge_liveness(now_ms);
-        if self.refused_by.is_some() {
+        if self.refused().is_some() {
             if self.caught_up {
                 self.caught_up = false;
                 self.actions.push_back(Action::Ready(false));
@@ -349,7 +404,11 @@ impl Replica {
         self.max_epoch_seen = self.max_epoch_seen.max(seen);
         self.reserve_epochs(now_ms);
 
-        if !self.caught_up && self.refused_by.is_none() && self.listened(now_ms) {
+        if !self.caught_up
+            && self.refused().is_none()
+            && !self.older_unjudged
+            && self.listened(now_ms)
+        {
             let held = self.held.as_ref().map(|h| &h.version);
             let head = decisions.head.as_ref().map(|h| &h.version);
             if is_caught_up(false, true, held, head) {
@@ -360,7 +419,7 @@ impl Replica {
             }
         }
         let head_origin = decisions.head.as_ref().map(|h| &h.version.origin);
-        let reason = match self.refused_by {
+        let reason = match self.refused() {
             Some(other) => RoleReason::DuplicateId {
                 other_generation: other.generation,
                 other_at: other.listen,
@@ -492,63 +551,83 @@ impl Replica {
         me.ready = self.caught_up;
     }
 
-    /// Judges every member whose heartbeat this core follows, now (`liveness.rs`): a flip
-    /// re-runs the election at this tick.
+    /// Judges every incarnation this core follows, now (`liveness.rs`), and applies the
+    /// judgement to the members (a flip re-runs the election at this tick) and to this node's
+    /// own id (an older process alive elsewhere: see `incarnation.rs`).
     fn judge_liveness(&mut self, now_ms: u64) {
-        if self.members_changed {
-            self.members_changed = false;
-            let members = &self.members;
-            self.beats.retain(|id, per_id| {
-                per_id
-                    .retain(|(g, _, _)| members.iter().any(|m| m.id == *id && m.generation == *g));
-                !per_id.is_empty()
-            });
-        }
         let t = &self.timing.liveness;
+        let (lost, me, join_grace_ms) = (self.lost_ms, &self.me, self.timing.join_grace_ms);
+        let mine = Incarnation {
+            generation: me.generation,
+            listen: me.listen,
+        };
+        let actions = &mut self.actions;
+        let mut older_alive: Option<Incarnation> = None;
+        let mut older_unjudged = false;
+        self.beats.retain(|id, per_id| {
+            // Chitchat forgot it (the shell lists every record at every step).
+            per_id.retain(|f| now_ms.saturating_sub(f.seen_ms) < FORGET_AFTER_MS);
+            for f in per_id.iter_mut() {
+                let flip = f.judge(now_ms, lost, t);
+                let that = Incarnation {
+                    generation: f.generation,
+                    listen: f.listen,
+                };
+                if *id == me.id {
+                    if that < mine {
+                        match f.judged {
+                            Judged::Alive => {
+                                older_alive = Some(older_alive.map_or(that, |o| o.min(that)));
+                            }
+                            Judged::New => {
+                                older_unjudged |= f.beats.age_ms(now_ms) < join_grace_ms;
+                            }
+                            Judged::Dead => {}
+                        }
+                    }
+                } else if let Some(alive) = flip {
+                    actions.push_back(Action::Judged {
+                        id: id.clone(),
+                        generation: f.generation,
+                        listen: f.listen,
+                        alive,
+                    });
+                }
+            }
+            !per_id.is_empty()
+        });
+        if older_alive.is_some() && self.older_alive.is_none() {
+            tracing::error!(node = %self.me.id, other = ?older_alive, "another, older live process runs with this node id (judged alive from its heartbeat): refusing to serve (not ready, not publishing) until it is gone");
+        }
+        if older_alive != self.older_alive {
+            self.older_alive = older_alive;
+            self.dirty = true;
+        }
+        self.older_unjudged = older_unjudged;
         for m in &mut self.members {
             if m.id == self.me.id {
                 continue;
             }
-            let Some(entry) = self
+            let Some(f) = self
                 .beats
-                .get_mut(&m.id)
-                .and_then(|per_id| per_id.iter_mut().find(|(g, _, _)| *g == m.generation))
+                .get(&m.id)
+                .and_then(|per_id| per_id.iter().find(|f| f.generation == m.generation))
             else {
                 continue;
             };
-            let (_, beats, judged) = entry;
-            let alive = beats.alive(now_ms, self.lost_ms, t);
-            let flipped = match (*judged, alive) {
-                (Judged::Alive, false) => {
-                    beats.mark_dead();
-                    *judged = Judged::Dead;
-                    true
-                }
-                (Judged::Dead, true) => {
-                    *judged = Judged::Alive;
-                    true
-                }
-                (Judged::New, true) => {
-                    *judged = Judged::Alive;
-                    false
-                }
-                _ => false,
-            };
-            if flipped {
-                self.actions.push_back(Action::Judged {
-                    id: m.id.clone(),
-                    generation: m.generation,
-                    listen: m.listen,
-                    alive,
-                });
-            }
-            m.last_seen_ms = Some(beats.age_ms(now_ms));
-            let alive = alive && !m.leaving;
+            m.last_seen_ms = Some(f.beats.age_ms(now_ms));
+            let alive = f.judged == Judged::Alive && !m.leaving;
             if m.alive != alive {
                 m.alive = alive;
                 self.dirty = true;
             }
         }
+    }
+
+    /// An older live process has this node's id: as chitchat's records show it (the shell's
+    /// report), or as this core judges its heartbeat, whichever says so first.
+    fn refused(&self) -> Option<Incarnation> {
+        self.refused_by.or(self.older_alive)
     }
 
     /// Asks for a reservation ahead of need (`reservation.rs`), at most one at a time.
@@ -622,7 +701,13 @@ impl Replica {
     }
 
     fn plan_fetch(&mut self, now_ms: u64, decisions: &Decisions) {
-        if self.fetching.is_some() || self.fetch_retry_at_ms.is_some_and(|at| now_ms < at) {
+        if self.fetching.is_some()
+            || self.fetch_retry_at_ms.is_some_and(|at| now_ms < at)
+            // Holding a document makes the node ready (it applies what it holds): not while
+            // an older process with this id may be alive.
+            || self.older_unjudged
+            || self.refused().is_some()
+        {
             return;
         }
         let live: Vec<NodeId> = self

@@ -320,6 +320,114 @@ fn a_duplicate_of_my_id_keeps_me_from_publishing() {
     assert_eq!(r.role(), Role::Publisher);
 }
 
+/// A second process started with n2's id (generation 5, at another address) hears the older
+/// n2 (generation 0) at the same time as n1: it fetches nothing while the older one is not
+/// judged yet, and refuses to serve as soon as its heartbeat says it is alive, at the same
+/// tick n1 is judged alive, whatever chitchat's own (slower) verdict says.
+#[test]
+fn an_older_live_process_with_my_id_is_judged_from_its_heartbeat() {
+    let mut r = Replica::new(
+        Identity {
+            id: id("n2"),
+            generation: 5,
+            listen: addr(9),
+        },
+        timing(),
+        0,
+        0,
+    );
+    let head = ad(1, 1, "n1");
+    r.handle_members(vec![member("n1", 1, false, true, Some(head.clone()))]);
+    let mut beat = 0;
+    let mut fetched = false;
+    let mut refused_at = None;
+    for now in (0..=1_000).step_by(25) {
+        if now % 100 == 0 {
+            beat += 1;
+            r.handle_heartbeats(
+                now,
+                [
+                    (id("n1"), 0, addr(1), beat),
+                    (id("n2"), 0, addr(2), beat),
+                    // Its own record and an earlier process of its own at its own address are
+                    // never a duplicate.
+                    (id("n2"), 5, addr(9), beat),
+                    (id("n2"), 3, addr(9), beat),
+                ],
+            );
+        }
+        r.handle_tick(now, now);
+        for a in drain(&mut r) {
+            fetched |= matches!(a, Action::Fetch { .. });
+        }
+        if refused_at.is_none() && matches!(r.role_reason(), RoleReason::DuplicateId { .. }) {
+            refused_at = Some(now);
+            assert!(!fetched, "fetched before the older process was judged");
+        }
+    }
+    assert_eq!(refused_at, Some(100), "judged alive at its second beat");
+    assert!(!fetched, "a refused process fetches nothing");
+    // The older process stops: judged dead, then this one listens again and fetches.
+    for now in (1_025..=4_000).step_by(25) {
+        if now % 100 == 0 {
+            beat += 1;
+            r.handle_heartbeats(
+                now,
+                [(id("n1"), 0, addr(1), beat), (id("n2"), 0, addr(2), 11)],
+            );
+        }
+        r.handle_tick(now, now);
+        for a in drain(&mut r) {
+            fetched |= matches!(a, Action::Fetch { .. });
+        }
+    }
+    assert!(
+        !matches!(r.role_reason(), RoleReason::DuplicateId { .. }),
+        "{:?}",
+        r.role_reason()
+    );
+    assert!(fetched, "fetches once the older process is dead");
+}
+
+/// A record of an older n2 at another address that never advances (a process gone before this
+/// one started) holds the fetch back for the join grace only.
+#[test]
+fn a_silent_older_record_of_my_id_delays_the_fetch_by_the_join_grace_only() {
+    let mut r = Replica::new(
+        Identity {
+            id: id("n2"),
+            generation: 5,
+            listen: addr(9),
+        },
+        timing(),
+        0,
+        0,
+    );
+    r.handle_members(vec![member("n1", 1, false, true, Some(ad(1, 1, "n1")))]);
+    let mut beat = 0;
+    let mut first_fetch = None;
+    for now in (0..=2_000).step_by(25) {
+        if now % 100 == 0 {
+            beat += 1;
+            r.handle_heartbeats(
+                now,
+                [(id("n1"), 0, addr(1), beat), (id("n2"), 0, addr(2), 7)],
+            );
+        }
+        r.handle_tick(now, now);
+        for a in drain(&mut r) {
+            if matches!(a, Action::Fetch { .. }) && first_fetch.is_none() {
+                first_fetch = Some(now);
+            }
+        }
+    }
+    assert_eq!(
+        first_fetch,
+        Some(600),
+        "the join grace after it was first heard"
+    );
+}
+
 /// n2 follows n1's head with n1 and n3 beating every 100 ms and a tick every 25 ms, up to
 /// `until_ms`; returns the next heartbeat value.
 fn follow_with_heartbeats(r: &mut Replica, until_ms: u64) -> u64 {
@@ -333,7 +441,10 @@ fn follow_with_heartbeats(r: &mut Replica, until_ms: u64) -> u64 {
     for now in (0..=until_ms).step_by(25) {
         if now % 100 == 0 {
             beat += 1;
-            r.handle_heartbeats(now, [(id("n1"), 0, beat), (id("n3"), 0, beat)]);
+            r.handle_heartbeats(
+                now,
+                [(id("n1"), 0, addr(1), beat), (id("n3"), 0, addr(3), beat)],
+            );
         }
         r.handle_tick(now, now);
     }
@@ -356,7 +467,7 @@ fn a_silent_member_is_judged_dead_at_a_tick_without_new_members() {
     let mut took_over_at = None;
     for now in (2_025..=3_500).step_by(25) {
         if now % 100 == 0 {
-            r.handle_heartbeats(now, [(id("n3"), 0, beat)]);
+            r.handle_heartbeats(now, [(id("n3"), 0, addr(3), beat)]);
             beat += 1;
         }
         r.handle_tick(now, now);
@@ -382,10 +493,10 @@ fn a_silent_member_is_judged_dead_at_a_tick_without_new_members() {
     );
     // n1 comes back: alive again on its second beat (the first gap is the outage), and the
     // shell is told (it dials n1 afresh).
-    r.handle_heartbeats(3_510, [(id("n1"), 0, 100)]);
+    r.handle_heartbeats(3_510, [(id("n1"), 0, addr(1), 100)]);
     r.handle_tick(3_510, 3_510);
     assert!(!alive(&r, "n1"));
-    r.handle_heartbeats(3_610, [(id("n1"), 0, 101)]);
+    r.handle_heartbeats(3_610, [(id("n1"), 0, addr(1), 101)]);
     r.handle_tick(3_610, 3_610);
     assert!(alive(&r, "n1"));
     assert!(drain(&mut r).contains(&Action::Judged {
@@ -415,7 +526,7 @@ fn a_replica_whose_loop_stalled_does_not_judge_others_dead_from_its_stale_view()
     // 100 ms): 2,000 + 1,400 lost + 800.
     for now in (3_525..=4_500).step_by(25) {
         if now % 100 == 0 {
-            r.handle_heartbeats(now, [(id("n3"), 0, beat + (now - 3_500) / 100)]);
+            r.handle_heartbeats(now, [(id("n3"), 0, addr(3), beat + (now - 3_500) / 100)]);
         }
         r.handle_tick(now, now);
         assert!(alive(&r, "n3"));
@@ -434,7 +545,10 @@ fn a_leaving_member_is_dead_whatever_its_heartbeat() {
         leaving,
         member("n3", 3, true, true, Some(ad(4, 2, "n1"))),
     ]);
-    r.handle_heartbeats(1_025, [(id("n1"), 0, beat), (id("n3"), 0, beat)]);
+    r.handle_heartbeats(
+        1_025,
+        [(id("n1"), 0, addr(1), beat), (id("n3"), 0, addr(3), beat)],
+    );
     r.handle_tick(1_025, 1_025);
     assert!(!alive(&r, "n1") && alive(&r, "n3"));
 }

@@ -196,6 +196,13 @@ impl QuicTransport {
                 conns.remove(&peer);
             }
         }
+        if let Some(quinn::ConnectionError::ApplicationClosed(close)) = &reason {
+            if close.error_code == super::CAME_BACK.into() {
+                // The peer judged this node alive again after an outage and replaced the
+                // connection that went through it (`Transport::reset_connection`).
+                bump(&self.inner.counters.connections_reset);
+            }
+        }
         if let Some(reason) = reason {
             let refused = matches!(
                 reason,

@@ -47,6 +47,9 @@ const DIAL_TIMEOUT: Duration = Duration::from_millis(5_000);
 const STREAM_READ_TIMEOUT: Duration = Duration::from_secs(2);
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Application close code of a connection replaced because its peer came back after an
+/// outage (`Transport::reset_connection`): the other end counts it as a reset too.
+const CAME_BACK: u32 = 3;
 /// A connection the peer closes this soon after the handshake is treated as a refusal (with
 /// TLS 1.3 a client whose certificate is rejected sees `connect()` succeed first).
 const EARLY_CLOSE: Duration = Duration::from_secs(2);

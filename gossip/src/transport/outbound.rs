@@ -79,13 +79,15 @@ impl QuicTransport {
     /// or fetch dials afresh. The mesh calls it when a member it judged dead is alive again (a
     /// cut healed): the old connection's retransmission timers backed off for as long as the
     /// cut lasted, and the chaos soak showed fetches on it waiting out the whole 2 s answer
-    /// timeout while a fresh connection answered in a few milliseconds.
+    /// timeout while a fresh connection answered in a few milliseconds. The peer sees the
+    /// close with [`super::CAME_BACK`] and counts the reset too: whichever end judges the other
+    /// alive first replaces their one connection.
     pub(crate) fn reset_connection(&self, addr: SocketAddr) {
         lock(&self.inner.backoffs).remove(&addr);
         if let Some(conn) = lock(&self.inner.conns).remove(&addr) {
             debug!(peer = %addr, "peer alive again: replacing its connection");
             bump(&self.inner.counters.connections_reset);
-            conn.close(0u32.into(), b"peer came back");
+            conn.close(super::CAME_BACK.into(), b"peer came back");
         }
     }
 

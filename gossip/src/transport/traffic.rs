@@ -33,7 +33,8 @@ pub struct Traffic {
     pub oversized_messages: u64,
     /// Gossip messages sent (each on its own unidirectional stream).
     pub sent_on_stream: u64,
-    /// Connections closed because their peer, judged dead, was alive again (a healed cut).
+    /// Connections replaced after an outage (a healed cut): closed here because their peer,
+    /// judged dead, was alive again, or closed by the peer for the same reason about this node.
     pub connections_reset: u64,
 }
 
