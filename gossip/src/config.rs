@@ -51,8 +51,15 @@ pub enum Security {
 pub struct Timing {
     /// Chitchat gossip round: each node contacts up to 3 random live peers (+ seeds, dead ones).
     pub gossip_interval_ms: u64,
-    /// Phi accrual threshold. In chitchat 0.11 phi = time since last heartbeat / mean interval.
+    /// Phi accrual threshold of chitchat's own detector (it only picks chitchat's gossip
+    /// targets). In chitchat 0.11 phi = time since last heartbeat / mean interval.
     pub phi_threshold: f64,
+    /// The replica core's phi threshold, the one that judges members (`liveness.rs`). The core
+    /// reads heartbeats once per control tick, so a burst of advances a few ms apart (chitchat
+    /// bumps a heartbeat on every message and relays it) counts once: its mean interval is about
+    /// one gossip round (~100 ms) where chitchat's own detector sees ~55 ms. 4.5 against the
+    /// tick-sampled mean waits as long as chitchat's 8 did (~450 ms); see docs/benchmarks.md.
+    pub liveness_phi_threshold: f64,
     /// Prior mean heartbeat interval; must track `gossip_interval_ms` (the default 5 s of
     /// chitchat would make detection take 4 to 10 s).
     pub initial_interval_ms: u64,
@@ -119,6 +126,7 @@ impl Default for Timing {
         Timing {
             gossip_interval_ms: 100,
             phi_threshold: 8.0,
+            liveness_phi_threshold: 4.5,
             initial_interval_ms: 100,
             dead_node_grace_ms: 3_600_000,
             join_grace_ms: 600,
@@ -160,6 +168,9 @@ impl Timing {
         }
         if !(self.phi_threshold.is_finite() && self.phi_threshold > 0.0) {
             return bad("timing.phi_threshold", "must be a positive number");
+        }
+        if !(self.liveness_phi_threshold.is_finite() && self.liveness_phi_threshold > 0.0) {
+            return bad("timing.liveness_phi_threshold", "must be a positive number");
         }
         if self.control_tick_ms == 0 {
             return bad("timing.control_tick_ms", "must be > 0");

@@ -38,7 +38,7 @@ pub struct LivenessTiming {
 impl From<&crate::Timing> for LivenessTiming {
     fn from(t: &crate::Timing) -> Self {
         LivenessTiming {
-            phi_threshold: t.phi_threshold,
+            phi_threshold: t.liveness_phi_threshold,
             prior_interval_ms: t.initial_interval_ms,
             max_interval_ms: (t.gossip_interval_ms * 20).max(2_000),
             window: 1_000,

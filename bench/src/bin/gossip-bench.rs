@@ -7,10 +7,12 @@
 //!           copies the publisher sent per head p50/max, copies all nodes sent per head p50)
 //!   traffic --nodes 20,50,100 --secs 30                          steady-state bytes/s per node
 //!   soak    --nodes 20 --secs 600                                false deaths in a healthy cluster
+//! Any mode: --liveness-phi X sets the replica core's phi threshold (`Timing::liveness_phi_threshold`).
 
 use shoal_gossip::certs::{create_ca, issue_node_cert, ClusterCa};
 use shoal_gossip::{Mesh, MeshConfig, NodeId, Security, Timing};
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 type Doc = Vec<u8>;
@@ -25,9 +27,12 @@ struct Args {
     fault: String,
 }
 
+/// `--liveness-phi`: the core's phi threshold for every node of the run (default: `Timing`'s).
+static LIVENESS_PHI: OnceLock<f64> = OnceLock::new();
+
 fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
-    let mode = it.next().ok_or("usage: gossip-bench <detect|spread|traffic|soak> [--nodes a,b] [--sizes a,b] [--trials n] [--secs s] [--fault kill|freeze]")?;
+    let mode = it.next().ok_or("usage: gossip-bench <detect|spread|traffic|soak> [--nodes a,b] [--sizes a,b] [--trials n] [--secs s] [--fault kill|freeze] [--liveness-phi x]")?;
     let mut args = Args {
         mode,
         nodes: vec![5],
@@ -49,6 +54,12 @@ fn parse_args() -> Result<Args, String> {
             "--trials" => args.trials = value.parse().map_err(|_| "bad --trials")?,
             "--secs" => args.secs = value.parse().map_err(|_| "bad --secs")?,
             "--fault" => args.fault = value,
+            "--liveness-phi" => {
+                let phi: f64 = value.parse().map_err(|_| "bad --liveness-phi")?;
+                LIVENESS_PHI
+                    .set(phi)
+                    .map_err(|_| "--liveness-phi given twice")?;
+            }
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -82,7 +93,13 @@ async fn start_node(ca: &ClusterCa, id: &str, seeds: &[String]) -> Result<Node, 
         seeds: seeds.to_vec(),
         security: Security::MutualTls(material),
         metadata: BTreeMap::new(),
-        timing: Timing::default(),
+        timing: Timing {
+            liveness_phi_threshold: LIVENESS_PHI
+                .get()
+                .copied()
+                .unwrap_or(Timing::default().liveness_phi_threshold),
+            ..Timing::default()
+        },
         epoch_file: None,
     };
     Mesh::start(config).await.map_err(|e| e.to_string())

@@ -73,6 +73,14 @@ impl<D: Document> Inner<D> {
                         info!(member = %id, generation, "member judged dead");
                     }
                 }
+                Action::FirstAlive {
+                    id,
+                    generation,
+                    listen,
+                } => {
+                    debug!(member = %id, generation, "member judged alive");
+                    self.transport.clear_backoff(listen);
+                }
                 Action::Role(reason) => {
                     info!(node = %self.node_id, role = ?reason, "role changed");
                     self.role_tx.send_replace(reason.role());

@@ -104,6 +104,15 @@ pub enum Action {
         listen: SocketAddr,
         alive: bool,
     },
+    /// An incarnation was judged alive for the first time: the shell drops any dial backoff
+    /// its address built up, so the next gossip to it dials at once. A new process is counted
+    /// only once heard first-hand (`identity.rs`), and a node isolated while a member
+    /// restarted had both ends backing off (up to 5 s) with no revival to clear it.
+    FirstAlive {
+        id: NodeId,
+        generation: u64,
+        listen: SocketAddr,
+    },
     /// Write the epoch file up to this epoch (in the background, off the stamp path), then
     /// report with [`Replica::handle_epoch_persisted`] (see `reservation.rs`).
     ReserveEpoch(u64),
@@ -134,25 +143,19 @@ struct Followed {
 const FORGET_AFTER_MS: u64 = 60_000;
 
 impl Followed {
-    /// Judges it now; `Some(alive)` when the judgement flipped (not for a first `alive`).
-    fn judge(&mut self, now_ms: u64, lost_ms: u64, t: &LivenessTiming) -> Option<bool> {
+    /// Judges it now; the state it left when the judgement changed.
+    fn judge(&mut self, now_ms: u64, lost_ms: u64, t: &LivenessTiming) -> Option<Judged> {
         let alive = self.beats.alive(now_ms, lost_ms, t);
-        match (self.judged, alive) {
+        let was = self.judged;
+        match (was, alive) {
             (Judged::Alive, false) => {
                 self.beats.mark_dead();
                 self.judged = Judged::Dead;
-                Some(false)
             }
-            (Judged::Dead, true) => {
-                self.judged = Judged::Alive;
-                Some(true)
-            }
-            (Judged::New, true) => {
-                self.judged = Judged::Alive;
-                None
-            }
-            _ => None,
+            (Judged::Dead | Judged::New, true) => self.judged = Judged::Alive,
+            _ => return None,
         }
+        Some(was)
     }
 }
 
@@ -585,12 +588,20 @@ impl Replica {
                             Judged::Dead => {}
                         }
                     }
-                } else if let Some(alive) = flip {
-                    actions.push_back(Action::Judged {
-                        id: id.clone(),
-                        generation: f.generation,
-                        listen: f.listen,
-                        alive,
+                } else if let Some(was) = flip {
+                    let (id, generation, listen) = (id.clone(), f.generation, f.listen);
+                    actions.push_back(match was {
+                        Judged::New => Action::FirstAlive {
+                            id,
+                            generation,
+                            listen,
+                        },
+                        Judged::Alive | Judged::Dead => Action::Judged {
+                            id,
+                            generation,
+                            listen,
+                            alive: was == Judged::Dead,
+                        },
                     });
                 }
             }

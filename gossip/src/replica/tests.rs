@@ -428,6 +428,41 @@ fn a_silent_older_record_of_my_id_delays_the_fetch_by_the_join_grace_only() {
     );
 }
 
+/// The first time an incarnation is judged alive the shell is told once (it drops the dial
+/// backoff to it), also for one that is not a member yet (a restarted process not verified
+/// first-hand, which only a direct exchange can verify).
+#[test]
+fn an_incarnation_judged_alive_the_first_time_is_reported_once() {
+    let mut r = replica("n2", 2, 0, 0);
+    r.handle_members(vec![member("n1", 1, false, true, None)]);
+    let first_alive = |r: &mut Replica| -> Vec<(String, u64)> {
+        let mut reported: Vec<(String, u64)> = drain(r)
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::FirstAlive { id, generation, .. } => {
+                    Some((id.as_str().to_string(), generation))
+                }
+                _ => None,
+            })
+            .collect();
+        reported.sort();
+        reported
+    };
+    for (now, beat) in [(0, 1), (100, 2), (200, 3)] {
+        r.handle_heartbeats(
+            now,
+            [(id("n1"), 0, addr(1), beat), (id("n5"), 7, addr(5), beat)],
+        );
+        r.handle_tick(now, now);
+        let reported = first_alive(&mut r);
+        match now {
+            100 => assert_eq!(reported, vec![("n1".into(), 0), ("n5".into(), 7)]),
+            _ => assert!(reported.is_empty(), "at {now}: {reported:?}"),
+        }
+    }
+    assert!(alive(&r, "n1"));
+}
+
 /// n2 follows n1's head with n1 and n3 beating every 100 ms and a tick every 25 ms, up to
 /// `until_ms`; returns the next heartbeat value.
 fn follow_with_heartbeats(r: &mut Replica, until_ms: u64) -> u64 {

@@ -91,6 +91,12 @@ impl QuicTransport {
         }
     }
 
+    /// Forgets any dial backoff to `addr` (a member judged alive for the first time: see
+    /// `replica::Action::FirstAlive`), so the next send dials at once.
+    pub(crate) fn clear_backoff(&self, addr: SocketAddr) {
+        lock(&self.inner.backoffs).remove(&addr);
+    }
+
     pub(super) fn cached(&self, addr: &SocketAddr) -> Option<Connection> {
         lock(&self.inner.conns)
             .get(addr)
