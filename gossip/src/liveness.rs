@@ -252,19 +252,22 @@ mod tests {
         fn a_guest_wide_stall_kills_nobody(
             gaps in proptest::collection::vec(1u64..300, 1..40),
             stall in 0u64..30_000, since_beat in 0u64..300,
+            // The default threshold (`Timing::liveness_phi_threshold`) and chitchat's.
+            phi in prop_oneof![Just(4.5), Just(8.0)],
         ) {
+            let t = LivenessTiming { phi_threshold: phi, ..t() };
             let mut beats = Beats::new(0, 0, 0);
             let mut now = 0;
             for (i, g) in gaps.iter().enumerate() {
                 now += g;
-                beats.observe(i as u64 + 1, now, 0, &t());
+                beats.observe(i as u64 + 1, now, 0, &t);
             }
             let before = now + since_beat;
-            prop_assume!(beats.alive(before, 0, &t()));
+            prop_assume!(beats.alive(before, 0, &t));
             // The observer's next tick comes `stall` late: all of it beyond the allowance is
             // its own lost time.
-            let lost = lost_after_tick(0, stall + t().pause_allowance_ms, &t());
-            prop_assert!(beats.alive(before + stall, lost, &t()));
+            let lost = lost_after_tick(0, stall + t.pause_allowance_ms, &t);
+            prop_assert!(beats.alive(before + stall, lost, &t));
         }
 
         /// A member silent longer than the threshold times its largest possible mean while the

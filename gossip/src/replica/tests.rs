@@ -320,79 +320,9 @@ fn a_duplicate_of_my_id_keeps_me_from_publishing() {
     assert_eq!(r.role(), Role::Publisher);
 }
 
-/// A second process started with n2's id (generation 5, at another address) hears the older
-/// n2 (generation 0) at the same time as n1: it fetches nothing while the older one is not
-/// judged yet, and refuses to serve as soon as its heartbeat says it is alive, at the same
-/// tick n1 is judged alive, whatever chitchat's own (slower) verdict says.
-#[test]
-fn an_older_live_process_with_my_id_is_judged_from_its_heartbeat() {
-    let mut r = Replica::new(
-        Identity {
-            id: id("n2"),
-            generation: 5,
-            listen: addr(9),
-        },
-        timing(),
-        0,
-        0,
-    );
-    let head = ad(1, 1, "n1");
-    r.handle_members(vec![member("n1", 1, false, true, Some(head.clone()))]);
-    let mut beat = 0;
-    let mut fetched = false;
-    let mut refused_at = None;
-    for now in (0..=1_000).step_by(25) {
-        if now % 100 == 0 {
-            beat += 1;
-            r.handle_heartbeats(
-                now,
-                [
-                    (id("n1"), 0, addr(1), beat),
-                    (id("n2"), 0, addr(2), beat),
-                    // Its own record and an earlier process of its own at its own address are
-                    // never a duplicate.
-                    (id("n2"), 5, addr(9), beat),
-                    (id("n2"), 3, addr(9), beat),
-                ],
-            );
-        }
-        r.handle_tick(now, now);
-        for a in drain(&mut r) {
-            fetched |= matches!(a, Action::Fetch { .. });
-        }
-        if refused_at.is_none() && matches!(r.role_reason(), RoleReason::DuplicateId { .. }) {
-            refused_at = Some(now);
-            assert!(!fetched, "fetched before the older process was judged");
-        }
-    }
-    assert_eq!(refused_at, Some(100), "judged alive at its second beat");
-    assert!(!fetched, "a refused process fetches nothing");
-    // The older process stops: judged dead, then this one listens again and fetches.
-    for now in (1_025..=4_000).step_by(25) {
-        if now % 100 == 0 {
-            beat += 1;
-            r.handle_heartbeats(
-                now,
-                [(id("n1"), 0, addr(1), beat), (id("n2"), 0, addr(2), 11)],
-            );
-        }
-        r.handle_tick(now, now);
-        for a in drain(&mut r) {
-            fetched |= matches!(a, Action::Fetch { .. });
-        }
-    }
-    assert!(
-        !matches!(r.role_reason(), RoleReason::DuplicateId { .. }),
-        "{:?}",
-        r.role_reason()
-    );
-    assert!(fetched, "fetches once the older process is dead");
-}
-
-/// A record of an older n2 at another address that never advances (a process gone before this
-/// one started) holds the fetch back for the join grace only.
-#[test]
-fn a_silent_older_record_of_my_id_delays_the_fetch_by_the_join_grace_only() {
+/// A second process started with n2's id: generation 5, at another address than the older n2
+/// (generation 0 at `addr(2)`).
+fn second_n2() -> Replica {
     let mut r = Replica::new(
         Identity {
             id: id("n2"),
@@ -404,28 +334,73 @@ fn a_silent_older_record_of_my_id_delays_the_fetch_by_the_join_grace_only() {
         0,
     );
     r.handle_members(vec![member("n1", 1, false, true, Some(ad(1, 1, "n1")))]);
-    let mut beat = 0;
-    let mut first_fetch = None;
-    for now in (0..=2_000).step_by(25) {
+    r
+}
+
+/// Ticks `r` every 25 ms from `from_ms` to `to_ms`, n1 beating every 100 ms and the older n2
+/// showing `older(beat)`, and `extra` incarnations beating with n1; returns when it first asked
+/// for a fetch and when it first refused to serve.
+fn beside_older_n2(
+    r: &mut Replica,
+    (from_ms, to_ms): (u64, u64),
+    older: impl Fn(u64) -> u64,
+    extra: &[(NodeId, u64, SocketAddr)],
+) -> (Option<u64>, Option<u64>) {
+    let (mut fetched, mut refused) = (None, None);
+    for now in (from_ms..=to_ms).step_by(25) {
         if now % 100 == 0 {
-            beat += 1;
-            r.handle_heartbeats(
-                now,
-                [(id("n1"), 0, addr(1), beat), (id("n2"), 0, addr(2), 7)],
-            );
+            let beat = now / 100 + 1;
+            let mut beats = vec![
+                (id("n1"), 0, addr(1), beat),
+                (id("n2"), 0, addr(2), older(beat)),
+            ];
+            beats.extend(extra.iter().map(|(i, g, a)| (i.clone(), *g, *a, beat)));
+            r.handle_heartbeats(now, beats);
         }
         r.handle_tick(now, now);
-        for a in drain(&mut r) {
-            if matches!(a, Action::Fetch { .. }) && first_fetch.is_none() {
-                first_fetch = Some(now);
-            }
+        if drain(r).iter().any(|a| matches!(a, Action::Fetch { .. })) {
+            fetched.get_or_insert(now);
+        }
+        if matches!(r.role_reason(), RoleReason::DuplicateId { .. }) {
+            refused.get_or_insert(now);
         }
     }
+    (fetched, refused)
+}
+
+/// A second process with n2's id hears the older n2 at the same time as n1: it fetches nothing
+/// while the older one is not judged yet, and refuses to serve as soon as its heartbeat says it
+/// is alive, at the same tick n1 is judged alive, whatever chitchat's own (slower) verdict says.
+#[test]
+fn an_older_live_process_with_my_id_is_judged_from_its_heartbeat() {
+    let mut r = second_n2();
+    let (fetched, refused) = beside_older_n2(&mut r, (0, 1_000), |b| b, &[]);
+    assert_eq!(refused, Some(100), "judged alive at its second beat");
+    assert_eq!(fetched, None, "a refused process fetches nothing");
+    // The older process stops: judged dead, then this one listens again and fetches.
+    let (fetched, _) = beside_older_n2(&mut r, (1_025, 4_000), |_| 11, &[]);
+    assert!(
+        !matches!(r.role_reason(), RoleReason::DuplicateId { .. }),
+        "{:?}",
+        r.role_reason()
+    );
+    assert!(fetched.is_some(), "fetches once the older process is dead");
+}
+
+/// A record of an older n2 at another address that never advances (a process gone before this
+/// one started) holds the fetch back for the join grace only. Its own record and an earlier
+/// process of its own at its own address are never a duplicate, however they beat.
+#[test]
+fn a_silent_older_record_of_my_id_delays_the_fetch_by_the_join_grace_only() {
+    let mut r = second_n2();
+    let own = [(id("n2"), 5, addr(9)), (id("n2"), 3, addr(9))];
+    let (fetched, refused) = beside_older_n2(&mut r, (0, 2_000), |_| 7, &own);
     assert_eq!(
-        first_fetch,
+        fetched,
         Some(600),
         "the join grace after it was first heard"
     );
+    assert_eq!(refused, None);
 }
 
 /// The first time an incarnation is judged alive the shell is told once (it drops the dial
