@@ -1,4 +1,7 @@
 //! The core driven by hand: observations in, actions out, time as a number.
+//!
+//! Why this file is over 500 lines: one test per behaviour of one state machine, sharing the
+//! helpers at the top (splitting it would split those).
 
 use super::*;
 use crate::head::HeldAd;
