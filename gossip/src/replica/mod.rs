@@ -285,6 +285,11 @@ impl Replica {
     pub(crate) fn decisions(&self) -> Option<&Decisions> {
         self.decisions.as_ref()
     }
+    /// Heartbeat ages only matter while catching up (`liveness_unjudged`).
+    pub fn wants_heartbeat_ages(&self) -> bool {
+        !self.caught_up
+    }
+
     // ---- inputs
 
     /// The members gossip reports now (dead ones included; self may or may not be listed).
@@ -293,6 +298,21 @@ impl Replica {
     pub fn handle_members(&mut self, members: Vec<Member>) {
         self.members = members;
         self.dirty = true;
+    }
+
+    /// Updates `last_seen_ms` (ms since its heartbeat last advanced) of each member whose
+    /// heartbeat this core does not follow itself: a driver that feeds no heartbeats (the
+    /// simulation, which judges liveness as chitchat would) reports their ages instead.
+    pub fn handle_heartbeat_ages(&mut self, age_ms: impl Fn(&NodeId, u64) -> Option<u64>) {
+        for m in &mut self.members {
+            let followed = self
+                .beats
+                .get(&m.id)
+                .is_some_and(|per_id| per_id.iter().any(|f| f.generation == m.generation));
+            if !followed {
+                m.last_seen_ms = age_ms(&m.id, m.generation);
+            }
+        }
     }
 
     /// Heartbeat values as gossip shows them now: (member id, generation, listen address,
