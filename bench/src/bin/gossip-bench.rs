@@ -7,7 +7,17 @@
 //!           copies the publisher sent per head p50/max, copies all nodes sent per head p50)
 //!   traffic --nodes 20,50,100 --secs 30                          steady-state bytes/s per node
 //!   soak    --nodes 20 --secs 600                                false deaths in a healthy cluster
+//!   detect|traffic ... --peer chitchat                          the same figures for chitchat 0.11
+//!           with its own UDP transport and default configuration (gossip_bench/peer.rs)
+//!   parallel --nodes 100 --trials 3 [--seeds first3|all]         every node started at the same
+//!           instant (a StatefulSet with podManagementPolicy: Parallel); time until all agree on
+//!           one publisher and see every member live, then until a head is applied everywhere.
+//!           Seeds: `first3` = the first three pods for everyone (pod DNS names shoal-0..2),
+//!           `all` = every pod (the headless Service's name, as manifests/ seed)
 //! Any mode: --liveness-phi X sets the replica core's phi threshold (`Timing::liveness_phi_threshold`).
+
+#[path = "gossip_bench/peer.rs"]
+mod peer;
 
 use shoal_gossip::certs::{create_ca, issue_node_cert, ClusterCa};
 use shoal_gossip::{Mesh, MeshConfig, NodeId, Security, Timing};
@@ -25,6 +35,8 @@ struct Args {
     trials: usize,
     secs: u64,
     fault: String,
+    seeds: String,
+    peer: Option<String>,
 }
 
 /// `--liveness-phi`: the core's phi threshold for every node of the run (default: `Timing`'s).
@@ -32,7 +44,7 @@ static LIVENESS_PHI: OnceLock<f64> = OnceLock::new();
 
 fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
-    let mode = it.next().ok_or("usage: gossip-bench <detect|spread|traffic|soak> [--nodes a,b] [--sizes a,b] [--trials n] [--secs s] [--fault kill|freeze] [--liveness-phi x]")?;
+    let mode = it.next().ok_or("usage: gossip-bench <detect|spread|traffic|soak|parallel> [--nodes a,b] [--sizes a,b] [--trials n] [--secs s] [--fault kill|freeze] [--seeds first3|all] [--peer chitchat] [--liveness-phi x]")?;
     let mut args = Args {
         mode,
         nodes: vec![5],
@@ -40,6 +52,8 @@ fn parse_args() -> Result<Args, String> {
         trials: 5,
         secs: 30,
         fault: "kill".into(),
+        seeds: "first3".into(),
+        peer: None,
     };
     let list = |v: &str| -> Result<Vec<usize>, String> {
         v.split(',')
@@ -60,6 +74,9 @@ fn parse_args() -> Result<Args, String> {
                     .set(phi)
                     .map_err(|_| "--liveness-phi given twice")?;
             }
+            "--seeds" => args.seeds = value,
+            "--peer" if value == "chitchat" => args.peer = Some(value),
+            "--peer" => return Err(format!("--peer takes chitchat, not {value}")),
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -86,10 +103,20 @@ fn summary(mut samples: Vec<f64>) -> (f64, f64, f64, usize) {
 
 async fn start_node(ca: &ClusterCa, id: &str, seeds: &[String]) -> Result<Node, String> {
     let material = issue_node_cert(ca, id).map_err(|e| e.to_string())?;
+    let listen = "127.0.0.1:0".parse().map_err(|_| "addr")?;
+    start_node_with(material, id, listen, seeds).await
+}
+
+async fn start_node_with(
+    material: shoal_gossip::certs::TlsMaterial,
+    id: &str,
+    listen: std::net::SocketAddr,
+    seeds: &[String],
+) -> Result<Node, String> {
     let config = MeshConfig {
         node_id: NodeId::new(id),
         cluster_id: "bench".into(),
-        listen: "127.0.0.1:0".parse().map_err(|_| "addr")?,
+        listen,
         seeds: seeds.to_vec(),
         security: Security::MutualTls(material),
         metadata: BTreeMap::new(),
@@ -414,6 +441,172 @@ async fn soak(ca: &ClusterCa, n: usize, secs: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// `n` free UDP ports on 127.0.0.1, known before any node starts (as pod addresses are known to
+/// DNS before the pods listen). Taken from the kernel and released at once.
+fn free_ports(n: usize) -> Result<Vec<std::net::SocketAddr>, String> {
+    let socks: Vec<std::net::UdpSocket> = (0..n)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string()))
+        .collect::<Result<_, _>>()?;
+    socks
+        .iter()
+        .map(|s| s.local_addr().map_err(|e| e.to_string()))
+        .collect()
+}
+
+/// Every node started at the same instant; returns (formed, head applied everywhere) times.
+async fn parallel_trial(
+    ca: &ClusterCa,
+    n: usize,
+    seeds: &str,
+) -> Result<(Duration, Duration), String> {
+    let addrs = free_ports(n)?;
+    let seed_list: Vec<String> = match seeds {
+        "first3" => addrs.iter().take(3).map(|a| a.to_string()).collect(),
+        "all" => addrs.iter().map(|a| a.to_string()).collect(),
+        other => return Err(format!("unknown --seeds {other} (first3 or all)")),
+    };
+    let ids: Vec<String> = (0..n).map(|i| format!("n{i:03}")).collect();
+    let materials: Vec<_> = ids
+        .iter()
+        .map(|id| issue_node_cert(ca, id).map_err(|e| e.to_string()))
+        .collect::<Result<_, _>>()?;
+    let t0 = Instant::now();
+    let starts = ids
+        .iter()
+        .zip(materials)
+        .zip(&addrs)
+        .map(|((id, m), addr)| {
+            let seeds: Vec<String> = seed_list
+                .iter()
+                .filter(|s| **s != addr.to_string())
+                .cloned()
+                .collect();
+            let (id, addr) = (id.clone(), *addr);
+            tokio::spawn(async move { start_node_with(m, &id, addr, &seeds).await })
+        });
+    let mut nodes = Vec::with_capacity(n);
+    for h in futures_join(starts.collect()).await {
+        nodes.push(h.map_err(|e| e.to_string())??);
+    }
+    let timeout = Duration::from_secs(120);
+    let mut next_report = Duration::from_secs(5);
+    let formed = loop {
+        if t0.elapsed() >= next_report {
+            next_report += Duration::from_secs(5);
+            eprintln!(
+                "  {:>5.1} s: {}",
+                t0.elapsed().as_secs_f64(),
+                progress(&nodes)
+            );
+        }
+        let publishers: std::collections::BTreeSet<_> =
+            nodes.iter().map(|x| x.view().publisher).collect();
+        let all_live = nodes.iter().all(|x| x.live_members().len() == n);
+        if all_live && publishers.len() == 1 && publishers.iter().all(Option::is_some) {
+            break t0.elapsed();
+        }
+        if t0.elapsed() > timeout {
+            let mut sizes: Vec<usize> = nodes.iter().map(|x| x.live_members().len()).collect();
+            sizes.sort_unstable();
+            for node in nodes {
+                node.abort().await;
+            }
+            return Err(format!(
+                "{n} nodes started at once: no agreement after {timeout:?}; live counts (sorted) {sizes:?}; publishers named {publishers:?}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let publisher = nodes
+        .iter()
+        .find(|x| x.role() == shoal_gossip::Role::Publisher)
+        .ok_or("no node holds the publisher role")?
+        .clone();
+    let version = loop {
+        match publisher.publish(payload(1_000, 1)) {
+            Ok(v) => break v,
+            Err(_) if t0.elapsed() < timeout => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(e) => return Err(e.to_string()),
+        }
+    };
+    let applied = loop {
+        if nodes
+            .iter()
+            .all(|x| x.current().is_some_and(|c| c.version >= version))
+        {
+            break t0.elapsed();
+        }
+        if t0.elapsed() > timeout {
+            return Err(format!(
+                "head {version} not applied everywhere after {timeout:?}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    for node in nodes {
+        node.abort().await;
+    }
+    Ok((formed, applied))
+}
+
+/// Live counts and the transport's drop and handshake counters, summed over nodes.
+fn progress(nodes: &[Node]) -> String {
+    let mut live: Vec<usize> = nodes.iter().map(|x| x.live_members().len()).collect();
+    live.sort_unstable();
+    let t: Vec<_> = nodes.iter().map(|x| x.traffic()).collect();
+    let sum = |f: fn(&shoal_gossip::Traffic) -> u64| t.iter().map(f).sum::<u64>();
+    format!(
+        "live min {} p50 {} max {}; sent {} queue-full {} no-conn {} inbound-full {} dial-fail {} refused {} (full {} busy {} rate {}) timed-out {} retried {} MB tx {:.1}",
+        live[0],
+        live[live.len() / 2],
+        live[live.len() - 1],
+        sum(|x| x.sent_on_stream),
+        sum(|x| x.dropped_queue_full),
+        sum(|x| x.dropped_no_connection),
+        sum(|x| x.dropped_inbound_full),
+        sum(|x| x.dial_failures),
+        sum(|x| x.handshakes_refused),
+        sum(|x| x.handshakes_refused_full),
+        sum(|x| x.handshakes_refused_source_busy),
+        sum(|x| x.handshakes_refused_source_rate),
+        sum(|x| x.handshakes_timed_out),
+        sum(|x| x.handshakes_retried),
+        sum(|x| x.udp_tx_bytes) as f64 / 1e6,
+    )
+}
+
+async fn futures_join<T>(
+    handles: Vec<tokio::task::JoinHandle<T>>,
+) -> Vec<Result<T, tokio::task::JoinError>> {
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        out.push(h.await);
+    }
+    out
+}
+
+async fn parallel(ca: &ClusterCa, n: usize, trials: usize, seeds: &str) -> Result<(), String> {
+    let mut formed = Vec::new();
+    let mut applied = Vec::new();
+    for _ in 0..trials {
+        let (f, a) = parallel_trial(ca, n, seeds).await?;
+        eprintln!(
+            "parallel {n} ({seeds}): formed {:.2} s, head applied everywhere {:.2} s",
+            f.as_secs_f64(),
+            a.as_secs_f64()
+        );
+        formed.push(f.as_secs_f64() * 1e3);
+        applied.push(a.as_secs_f64() * 1e3);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let (f50, _, fmax, count) = summary(formed);
+    let (a50, _, amax, _) = summary(applied);
+    println!(
+        "| parallel ({seeds}) | {n} | {count} | {f50:.0} | {fmax:.0} | {a50:.0} | {amax:.0} |"
+    );
+    Ok(())
+}
+
 // Many workers: the bench simulates many nodes (normally one process each); on a shared machine
 // the scheduler shares CPU per thread, so two workers starve a 50-node cluster.
 #[tokio::main(flavor = "multi_thread", worker_threads = 8)]
@@ -433,12 +626,20 @@ async fn main() {
         }
     };
     for &n in &args.nodes {
-        let result = match args.mode.as_str() {
-            "detect" => detect(&ca, n, args.trials, &args.fault).await,
-            "spread" => spread(&ca, n, &args.sizes, args.trials).await,
-            "traffic" => traffic(&ca, n, args.secs).await,
-            "soak" => soak(&ca, n, args.secs).await,
-            other => Err(format!("unknown mode {other}")),
+        let result = match (args.mode.as_str(), args.peer.as_deref()) {
+            ("detect", Some(_)) => peer::detect(n, args.trials).await,
+            ("traffic", Some(_)) => peer::traffic(n, args.secs).await,
+            (other, Some(p)) => Err(format!(
+                "--peer {p} runs only with detect or traffic, not {other}"
+            )),
+            (mode, None) => match mode {
+                "detect" => detect(&ca, n, args.trials, &args.fault).await,
+                "spread" => spread(&ca, n, &args.sizes, args.trials).await,
+                "traffic" => traffic(&ca, n, args.secs).await,
+                "soak" => soak(&ca, n, args.secs).await,
+                "parallel" => parallel(&ca, n, args.trials, &args.seeds).await,
+                other => Err(format!("unknown mode {other}")),
+            },
         };
         if let Err(e) = result {
             eprintln!("{} at {n} nodes failed: {e}", args.mode);

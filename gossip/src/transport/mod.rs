@@ -11,6 +11,7 @@
 pub(crate) mod admission;
 mod alarm;
 pub(crate) mod codec;
+mod dials;
 pub mod fault;
 mod gossip;
 mod inbound;
@@ -33,6 +34,7 @@ use crate::identity::{self, FirstHand, Verdict};
 use admission::{Admission, Limits};
 use alarm::WarnGate;
 use bytes::Bytes;
+use dials::{DialBudget, MAX_GOSSIP_DIALS};
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -109,6 +111,8 @@ struct Inner {
     warns: Mutex<WarnGate>,
     conns: Mutex<HashMap<SocketAddr, Connection>>,
     dial_locks: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>>,
+    /// Gossip dials in flight (see `dials.rs`).
+    gossip_dials: Mutex<DialBudget>,
     backoffs: Mutex<HashMap<SocketAddr, Backoff>>,
     peer_queues: Mutex<HashMap<SocketAddr, mpsc::Sender<Bytes>>>,
     gossip_in: mpsc::Sender<Inbound>,
@@ -211,6 +215,7 @@ impl QuicTransport {
             warns: Mutex::new(WarnGate::new(WARN_EVERY)),
             conns: Mutex::default(),
             dial_locks: Mutex::default(),
+            gossip_dials: Mutex::new(DialBudget::new(MAX_GOSSIP_DIALS)),
             backoffs: Mutex::default(),
             peer_queues: Mutex::default(),
             gossip_in,

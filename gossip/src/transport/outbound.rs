@@ -52,7 +52,7 @@ impl QuicTransport {
             if self.inner.fault.drops_outbound(&to) {
                 continue;
             }
-            let conn = match self.connection(to).await {
+            let conn = match self.gossip_connection(to).await {
                 Ok(conn) => conn,
                 Err(detail) => {
                     bump(&self.inner.counters.dropped_no_connection);
@@ -102,6 +102,26 @@ impl QuicTransport {
             .get(addr)
             .filter(|c| c.close_reason().is_none())
             .cloned()
+    }
+
+    /// The connection gossip to `to` goes on: the cached one, else a dial if the gossip dial
+    /// budget has a slot (see `dials.rs`), else none (the message is dropped; gossip repeats).
+    async fn gossip_connection(&self, to: SocketAddr) -> Result<Connection, String> {
+        if let Some(conn) = self.cached(&to) {
+            return Ok(conn);
+        }
+        if !lock(&self.inner.gossip_dials).take() {
+            return Err("gossip dial budget spent".into());
+        }
+        // Given back however the dial ends, also if this future is dropped mid-handshake.
+        struct Slot<'a>(&'a Mutex<DialBudget>);
+        impl Drop for Slot<'_> {
+            fn drop(&mut self) {
+                lock(self.0).give_back();
+            }
+        }
+        let _slot = Slot(&self.inner.gossip_dials);
+        self.connection(to).await
     }
 
     /// The live connection to `addr`, dialing if needed (one dial per address at a time, with
