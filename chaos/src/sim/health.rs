@@ -23,11 +23,11 @@ pub fn rankings(all: &[NodeId], backends: usize) -> Vec<Vec<usize>> {
 
 impl SimNode {
     /// Probes the backends this node checks and judges every backend from live opinions.
-    pub(super) fn health(&mut self, now_ms: u64, t: &Timing, w: &World<'_>) {
+    pub(super) fn health(&mut self, now_ms: u64, t: &Timing, w: &World<'_>, live: &[bool]) {
         for (b, &truth) in w.backend_up.iter().enumerate() {
             let assigned: Vec<NodeId> = w.rankings[b]
                 .iter()
-                .filter(|&&i| self.alive[i])
+                .filter(|&&i| live[i])
                 .take(t.checkers_per_backend)
                 .map(|&i| w.all[i].clone())
                 .collect();
@@ -45,7 +45,7 @@ impl SimNode {
                 reports.push((self.id.clone(), h.state()));
             }
             for (i, k) in self.gossip.entries() {
-                if !self.alive[i] {
+                if !live[i] {
                     continue;
                 }
                 if let Some((_, s)) = k.ad.opinions.iter().find(|(ob, _)| *ob == b) {

@@ -8,7 +8,7 @@
 //! waits for it, as `transfer::serve` does). Every decision (catching up, stall reset, election,
 //! head, what to fetch and from whom, adopt, stamp) is the core's, and the core is fed as
 //! `gossip/src/mesh/shell.rs` feeds it: the members again only when something other than
-//! heartbeats changed, heartbeat ages while it catches up.
+//! heartbeats changed, and every heartbeat that advanced (the core judges liveness from them).
 
 use super::fetch::{Fetching, Moves};
 use super::gossip::{self, Knowledge, Table};
@@ -88,14 +88,14 @@ impl Timing {
             // The simulation keeps the earlier start rule (run alone after the patience); the
             // "must hear the cluster" rule is tested on real nodes (gossip/tests/attacks.rs).
             single_node: true,
-            // Not fed heartbeats here (`handle_heartbeats`): the core takes the members'
-            // liveness as this simulation reports it.
+            // The core judges liveness from the heartbeats gossip carries, as in the mesh: phi
+            // over a prior of one gossip round puts a steady member's death at `fail_ms`.
             liveness: LivenessTiming {
                 phi_threshold: self.fail_ms as f64 / self.gossip_ms.max(1) as f64,
                 prior_interval_ms: self.gossip_ms,
                 max_interval_ms: (self.gossip_ms * 20).max(2_000),
                 window: 1_000,
-                pause_allowance_ms: self.gossip_ms.max(100),
+                pause_allowance_ms: self.gossip_ms,
             },
         }
     }
@@ -219,6 +219,18 @@ impl SimNode {
         alive
     }
 
+    /// Whether this node's core judges each member alive (by index, itself included).
+    fn live(&self) -> Vec<bool> {
+        let mut live = vec![false; self.nodes];
+        for m in self.replica.members().iter().filter(|m| m.alive) {
+            if let Some(i) = index_of(&m.id).filter(|&i| self.gossip.get(i).is_some()) {
+                live[i] = true;
+            }
+        }
+        live[self.index] = true;
+        live
+    }
+
     fn ad(&self) -> Ad {
         Ad {
             caught_up: self.replica.caught_up(),
@@ -266,10 +278,6 @@ impl SimNode {
             self.alive = alive;
             let members = self.members(now_ms, w.all);
             self.replica.handle_members(members);
-        } else if self.replica.wants_heartbeat_ages() {
-            let gossip = &self.gossip;
-            self.replica
-                .handle_heartbeat_ages(|id, _| index_of(id).map(|i| gossip.age_ms(i, now_ms)));
         }
         self.replica.handle_tick(now_ms, now_ms);
         let mut out = Vec::new();
@@ -302,7 +310,8 @@ impl SimNode {
             }
         }
         out.extend(self.answer_parked(now_ms));
-        self.health(now_ms, t, w);
+        let live = self.live();
+        self.health(now_ms, t, w, &live);
         self.gossip.beat(self.generation, self.ad());
         for to in gossip::targets(rng, self.index, self.nodes) {
             out.push((
@@ -393,7 +402,16 @@ impl SimNode {
         let mut out = Vec::new();
         match msg {
             Msg::Gossip { from, table, reply } => {
-                self.gossip.merge(&table, now_ms);
+                let advanced = self.gossip.merge(&table, now_ms);
+                let beats = advanced.into_iter().map(|(i, generation, beat)| {
+                    (
+                        NodeId::new(format!("n{}", i + 1)),
+                        generation,
+                        addr(i),
+                        beat,
+                    )
+                });
+                self.replica.handle_heartbeats(now_ms, beats);
                 if reply {
                     out.push((
                         from,
