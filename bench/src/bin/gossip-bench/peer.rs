@@ -159,7 +159,7 @@ pub async fn stop(nodes: Vec<PeerNode>) {
 /// one survivor no longer lists it as live (polled every 10 ms); then a replacement joins.
 /// Prints the same columns as Shoal's `detect` row.
 pub async fn detect(n: usize, trials: usize) -> Result<(), String> {
-    let addrs = super::free_ports(n + trials)?;
+    let addrs = crate::cluster::free_ports(n + trials)?;
     let mut nodes = start_cluster(&addrs[..n]).await?;
     let conv = wait_converged(&nodes, Duration::from_secs(120)).await?;
     // Chitchat's detector starts from a 5 s prior: let it learn the 1 s interval first.
@@ -201,7 +201,7 @@ pub async fn detect(n: usize, trials: usize) -> Result<(), String> {
         wait_converged(&nodes, Duration::from_secs(120)).await?;
         tokio::time::sleep(Duration::from_secs(10)).await;
     }
-    let (p50, p99, max, count) = super::summary(samples);
+    let (p50, p99, max, count) = crate::stats::summary(samples);
     println!(
         "| detect (kill), chitchat 0.11 defaults | {n} | {trials} | {count} | {p50:.0} | {p99:.0} | {max:.0} | {false_deaths} | converged in {:.1} s |",
         conv.as_secs_f64()
@@ -213,7 +213,7 @@ pub async fn detect(n: usize, trials: usize) -> Result<(), String> {
 /// Bytes per node per second over `secs` once converged (and 5 s settled); the same columns as
 /// Shoal's `traffic` row where they apply (tx and rx p50/p99; no gossip/CPU split).
 pub async fn traffic(n: usize, secs: u64) -> Result<(), String> {
-    let addrs = super::free_ports(n)?;
+    let addrs = crate::cluster::free_ports(n)?;
     let nodes = start_cluster(&addrs).await?;
     wait_converged(&nodes, Duration::from_secs(120)).await?;
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -229,11 +229,11 @@ pub async fn traffic(n: usize, secs: u64) -> Result<(), String> {
             .collect()
     };
     let before = read(&nodes);
-    let cpu_before = super::process_cpu_secs();
+    let cpu_before = crate::stats::process_cpu_secs();
     let t0 = Instant::now();
     tokio::time::sleep(Duration::from_secs(secs)).await;
     let elapsed = t0.elapsed().as_secs_f64();
-    let cores = match (cpu_before, super::process_cpu_secs()) {
+    let cores = match (cpu_before, crate::stats::process_cpu_secs()) {
         (Some(b), Some(a)) => (a - b) / elapsed,
         _ => f64::NAN,
     };
@@ -252,8 +252,8 @@ pub async fn traffic(n: usize, secs: u64) -> Result<(), String> {
     for node in &nodes {
         live_ok &= node.live().await.len() == n;
     }
-    let (tx50, tx99, _, _) = super::summary(tx);
-    let (rx50, rx99, _, _) = super::summary(rx);
+    let (tx50, tx99, _, _) = crate::stats::summary(tx);
+    let (rx50, rx99, _, _) = crate::stats::summary(rx);
     println!(
         "| traffic, chitchat 0.11 defaults (UDP) | {n} | {secs} | {tx50:.0} | {tx99:.0} | {rx50:.0} | {rx99:.0} | - | {cores:.2} | {:.1} | {live_ok} |",
         cores / n as f64 * 1e3
