@@ -9,6 +9,12 @@
 //! head, what to fetch and from whom, adopt, stamp) is the core's, and the core is fed as
 //! `gossip/src/mesh/shell.rs` feeds it: the members again only when something other than
 //! heartbeats changed, and every heartbeat that advanced (the core judges liveness from them).
+//!
+//! Why this file is over 500 lines: it is one simulated node, whose `round`, `poll` and
+//! `receive` play the part of the shell's single control loop over one shared state (the core,
+//! the fetch in flight, parked fetch requests, the epoch file); the messages, ads and timing
+//! at the top are that loop's vocabulary. Gossip spreading (`gossip.rs`), the fetch race
+//! (`fetch.rs`) and the health rules (`health.rs`) already live next to it.
 
 use super::fetch::{Fetching, Moves};
 use super::gossip::{self, Knowledge, Table};

@@ -4,6 +4,10 @@
 //! handle the application uses. Every decision is the core's; this folder only moves data.
 //! `mod.rs`: the handle (`Mesh`) and start-up; `shell.rs`: the control loop and the tasks;
 //! `fetch.rs`: fetching a new head.
+//!
+//! Why this file is over 500 lines: it is the one public handle, `Mesh`: `start` (wiring
+//! chitchat, the transport and the shell's tasks together, ~150 lines) and the handle's
+//! accessors, each a few lines over the shared state; the loop itself is in `shell.rs`.
 
 mod fetch;
 mod shell;
