@@ -56,6 +56,8 @@ pub enum Msg {
     FetchResp {
         from: usize,
         generation: u64,
+        /// The version asked for (the real fetch answers on the request's own stream).
+        version: Version,
         held: Option<HeldAd>,
     },
 }
@@ -307,6 +309,18 @@ impl SimNode {
                 self.epoch_file = self.epoch_file.max(target);
                 self.replica.handle_epoch_persisted(now_ms, target, true);
             }
+            if let Action::AbandonFetch(version) = &action {
+                // The real fetch is stopped; its late answers are ignored (`receive`).
+                if self
+                    .fetch
+                    .as_ref()
+                    .is_some_and(|f| f.wanted.version == *version)
+                {
+                    self.fetch = None;
+                }
+            }
+            // `ResetConnections` and `Contact` concern the real transport only: the simulated
+            // network keeps no connections, and every record here is heard first-hand.
             if let Action::Fetch { wanted, sources } = action {
                 let sources = sources.iter().filter_map(|(id, _)| index_of(id)).collect();
                 let (fetch, moves) =
@@ -366,7 +380,7 @@ impl SimNode {
             .collect();
         if moves.done == Some(false) {
             self.fetch = None;
-            self.replica.handle_fetch_done(now_ms, false);
+            self.replica.handle_fetch_done(now_ms, &version, false);
         }
         out
     }
@@ -391,6 +405,7 @@ impl SimNode {
                         Msg::FetchResp {
                             from: self.index,
                             generation: *generation,
+                            version: version.clone(),
                             held,
                         },
                     ));
@@ -451,6 +466,7 @@ impl SimNode {
                         Msg::FetchResp {
                             from: self.index,
                             generation,
+                            version,
                             held,
                         },
                     ));
@@ -459,12 +475,14 @@ impl SimNode {
             Msg::FetchResp {
                 from,
                 generation,
+                version,
                 held,
             } => {
                 if generation != self.generation {
                     return (out, false);
                 }
-                let Some(f) = self.fetch.as_mut() else {
+                // An answer to a fetch that was abandoned (its request's stream is gone).
+                let Some(f) = self.fetch.as_mut().filter(|f| f.wanted.version == version) else {
                     return (out, false);
                 };
                 // The real fetch checks the digest against the gossiped head.
@@ -473,7 +491,7 @@ impl SimNode {
                 if moves.done == Some(true) {
                     self.fetch = None;
                     let adopted = offer.is_some_and(|o| self.replica.handle_offer(&o));
-                    self.replica.handle_fetch_done(now_ms, true);
+                    self.replica.handle_fetch_done(now_ms, &version, true);
                     out.extend(self.answer_parked(now_ms));
                     return (out, adopted);
                 }

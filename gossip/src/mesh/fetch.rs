@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 impl<D: Document> Inner<D> {
@@ -39,11 +40,12 @@ impl<D: Document> Inner<D> {
 /// Fetches the head from `sources` (in the order of `spread::sources`) as a hedged race
 /// (`hedge.rs`): the next source is asked too when none has begun to send within
 /// `fetch_hedge_ms`, the first verified copy that decodes is adopted, the other requests are
-/// dropped.
+/// dropped. `stop` ends it early (the core abandoned it: `replica::Action::AbandonFetch`).
 pub(super) async fn fetch_head<D: Document>(
     inner: Arc<Inner<D>>,
     wanted: HeldAd,
     sources: Vec<(NodeId, SocketAddr)>,
+    stop: CancellationToken,
 ) {
     let started = Instant::now();
     let request = Wanted {
@@ -88,7 +90,7 @@ pub(super) async fn fetch_head<D: Document>(
             }
         };
         tokio::select! {
-            _ = inner.cancel.cancelled() => break,
+            _ = stop.cancelled() => break,
             _ = hedge => {}
             Some(i) = found_rx.recv() => {
                 for j in race.sending(i) {
@@ -126,8 +128,15 @@ pub(super) async fn fetch_head<D: Document>(
     // Dropping the set aborts the requests still running.
     drop(attempts);
     let mut st = lock(&inner.state);
+    // Stopped under this lock by the core's `AbandonFetch`: not reported (the core may have
+    // planned the same version again since, and that fetch runs on).
+    if stop.is_cancelled() {
+        return;
+    }
+    st.fetch = None;
     let now_ms = inner.now_ms();
-    st.replica.handle_fetch_done(now_ms, adopted);
+    st.replica
+        .handle_fetch_done(now_ms, &wanted.version, adopted);
 }
 
 /// One request of a fetch: checks the peer's identity and fetches the head from it; `found`

@@ -108,6 +108,8 @@ struct State {
     duplicates: Vec<crate::incarnation::Duplicate>,
     /// Duplicate ids noticed so far (each new one counted once).
     duplicates_seen: u64,
+    /// The fetch running now (the version it wants) and what stops it.
+    fetch: Option<(Version, CancellationToken)>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -250,6 +252,7 @@ impl<D: Document> Mesh<D> {
                 first_hand_version: 0,
                 duplicates: Vec::new(),
                 duplicates_seen: 0,
+                fetch: None,
             }),
             epoch_file: epoch_file.map(|f| Arc::new(Mutex::new(f))),
             cancel: CancellationToken::new(),

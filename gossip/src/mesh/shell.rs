@@ -86,7 +86,41 @@ impl<D: Document> Inner<D> {
                     self.role_tx.send_replace(reason.role());
                 }
                 Action::Fetch { wanted, sources } => {
-                    tokio::spawn(super::fetch::fetch_head(self.clone(), wanted, sources));
+                    let stop = self.cancel.child_token();
+                    if let Some((_, old)) = st.fetch.replace((wanted.version.clone(), stop.clone()))
+                    {
+                        // The core runs one fetch at a time; never leave one running unowned.
+                        old.cancel();
+                    }
+                    tokio::spawn(super::fetch::fetch_head(
+                        self.clone(),
+                        wanted,
+                        sources,
+                        stop,
+                    ));
+                }
+                Action::AbandonFetch(version) => {
+                    if st.fetch.as_ref().is_some_and(|(v, _)| *v == version) {
+                        if let Some((_, stop)) = st.fetch.take() {
+                            debug!(%version, "fetch abandoned");
+                            stop.cancel();
+                        }
+                    }
+                }
+                Action::ResetConnections => {
+                    let reset = self.transport.reset_connections();
+                    info!(node = %self.node_id, connections = reset, "control loop stalled: replacing every connection");
+                }
+                Action::Contact {
+                    id,
+                    generation,
+                    listen,
+                } => {
+                    debug!(member = %id, generation, %listen, "new incarnation known second-hand: gossiping to it directly");
+                    self.transport.clear_backoff(listen);
+                    if let Some(handle) = lock(&self.handle).as_ref() {
+                        let _ = handle.gossip(listen);
+                    }
                 }
                 Action::ReserveEpoch(target) => match &self.epoch_file {
                     Some(file) => {

@@ -9,13 +9,18 @@
 //!
 //! Nothing here reads a clock, a socket or the environment.
 //!
-//! Why this file is over 500 lines: it is one state machine (its fields, the
-//! `handle_*` inputs and `poll_action`) that reads best in one piece; the rules it applies are
-//! in `election.rs`, `head.rs`, `liveness.rs` and `reservation.rs`, its tests in `tests.rs`,
-//! its deliberate defects in `bug.rs`.
+//! This file holds the state machine itself (its fields, the `handle_*` inputs, the tick and
+//! `poll_action`); `follow.rs` follows members' heartbeats, `fetching.rs` plans and abandons
+//! fetches, `stamping.rs` stamps and reserves epochs, `bug.rs` holds its deliberate defects
+//! (test builds), `tests/` its tests. The rules it applies are in `election.rs`, `head.rs`,
+//! `liveness.rs` and `reservation.rs`. It is a little over 500 lines because the fields, the
+//! inputs and the tick that reads them are one piece.
 
 #[cfg(feature = "fault-injection")]
 mod bug;
+mod fetching;
+mod follow;
+mod stamping;
 #[cfg(test)]
 mod tests;
 
@@ -26,14 +31,12 @@ use crate::election::{
     has_listened, is_caught_up, liveness_unjudged, must_hear_cluster, role_of, unheard_seeds,
     Listening, Role, RoleReason,
 };
-use crate::head::{
-    catch_up, next_stamp, should_adopt, CatchUp, HeadInfo, HeldAd, Stamp, StampState,
-};
+use crate::head::{should_adopt, HeadInfo, HeldAd, StampState};
 use crate::incarnation::Incarnation;
-use crate::liveness::{lost_after_tick, Beats, LivenessTiming};
-use crate::reservation;
+use crate::liveness::{lost_after_tick, LivenessTiming};
 use crate::version::{NodeId, Version};
 use crate::view::{decide_at, Decisions, Member};
+use follow::Followed;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 
@@ -113,50 +116,25 @@ pub enum Action {
         generation: u64,
         listen: SocketAddr,
     },
+    /// A newer incarnation of a member (a restart) is known only second-hand: gossip to it
+    /// directly, so that its answer verifies it (`identity.rs`), instead of waiting for
+    /// chitchat to pick it as a target. Repeated while it stays unverified (`follow.rs`).
+    Contact {
+        id: NodeId,
+        generation: u64,
+        listen: SocketAddr,
+    },
+    /// This node's own loop stalled (`stall_reset_ms` without a tick: frozen, starved). Every
+    /// connection went through the pause, and one to a member that was cut off meanwhile has
+    /// backed-off retransmission timers that no revival clears (a paused node judges nobody
+    /// dead for its own pause): the shell drops them all, so what follows dials afresh.
+    ResetConnections,
+    /// Stop the fetch of this version and report nothing: the head moved past it, or this node
+    /// stalled while it ran. A new [`Action::Fetch`] may follow at once.
+    AbandonFetch(Version),
     /// Write the epoch file up to this epoch (in the background, off the stamp path), then
     /// report with [`Replica::handle_epoch_persisted`] (see `reservation.rs`).
     ReserveEpoch(u64),
-}
-
-/// What this core last judged of a member it follows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Judged {
-    /// Not alive yet since first heard of (no interval seen).
-    New,
-    Alive,
-    Dead,
-}
-
-/// One incarnation whose heartbeat this core follows.
-#[derive(Clone, Debug)]
-struct Followed {
-    generation: u64,
-    listen: SocketAddr,
-    beats: Beats,
-    judged: Judged,
-    /// When gossip last listed it (its heartbeat advanced or not).
-    seen_ms: u64,
-}
-
-/// An incarnation gossip has not listed for this long is forgotten (chitchat garbage collected
-/// it; the simulation lists only who sends). Heard again, it starts over as new.
-const FORGET_AFTER_MS: u64 = 60_000;
-
-impl Followed {
-    /// Judges it now; the state it left when the judgement changed.
-    fn judge(&mut self, now_ms: u64, lost_ms: u64, t: &LivenessTiming) -> Option<Judged> {
-        let alive = self.beats.alive(now_ms, lost_ms, t);
-        let was = self.judged;
-        match (was, alive) {
-            (Judged::Alive, false) => {
-                self.beats.mark_dead();
-                self.judged = Judged::Dead;
-            }
-            (Judged::Dead | Judged::New, true) => self.judged = Judged::Alive,
-            _ => return None,
-        }
-        Some(was)
-    }
 }
 
 /// Why a stamp was refused.
@@ -285,11 +263,6 @@ impl Replica {
     pub(crate) fn decisions(&self) -> Option<&Decisions> {
         self.decisions.as_ref()
     }
-    /// Heartbeat ages only matter while catching up (`liveness_unjudged`).
-    pub fn wants_heartbeat_ages(&self) -> bool {
-        !self.caught_up
-    }
-
     // ---- inputs
 
     /// The members gossip reports now (dead ones included; self may or may not be listed).
@@ -298,54 +271,6 @@ impl Replica {
     pub fn handle_members(&mut self, members: Vec<Member>) {
         self.members = members;
         self.dirty = true;
-    }
-
-    /// Updates `last_seen_ms` (ms since its heartbeat last advanced) of each member whose
-    /// heartbeat this core does not follow itself: a driver that feeds no heartbeats (the
-    /// simulation, which judges liveness as chitchat would) reports their ages instead.
-    pub fn handle_heartbeat_ages(&mut self, age_ms: impl Fn(&NodeId, u64) -> Option<u64>) {
-        for m in &mut self.members {
-            let followed = self
-                .beats
-                .get(&m.id)
-                .is_some_and(|per_id| per_id.iter().any(|f| f.generation == m.generation));
-            if !followed {
-                m.last_seen_ms = age_ms(&m.id, m.generation);
-            }
-        }
-    }
-
-    /// Heartbeat values as gossip shows them now: (member id, generation, listen address,
-    /// heartbeat). Call it on every step (or whenever one arrives), before
-    /// [`Replica::handle_tick`]. Records of this node's own id other than itself are followed
-    /// too (a second process with this id, see `incarnation.rs`): the shell passes only those
-    /// it verified (a forged record must not stop this node serving).
-    pub fn handle_heartbeats(
-        &mut self,
-        now_ms: u64,
-        beats: impl IntoIterator<Item = (NodeId, u64, SocketAddr, u64)>,
-    ) {
-        for (id, generation, listen, beat) in beats {
-            if id == self.me.id && (generation == self.me.generation || listen == self.me.listen) {
-                // Itself, or an earlier process of its own at this address (a restart).
-                continue;
-            }
-            let lost = self.lost_ms;
-            let per_id = self.beats.entry(id).or_default();
-            match per_id.iter_mut().find(|f| f.generation == generation) {
-                Some(f) => {
-                    f.beats.observe(beat, now_ms, lost, &self.timing.liveness);
-                    f.seen_ms = now_ms;
-                }
-                None => per_id.push(Followed {
-                    generation,
-                    listen,
-                    beats: Beats::new(beat, now_ms, lost),
-                    judged: Judged::New,
-                    seen_ms: now_ms,
-                }),
-            }
-        }
     }
 
     /// Another, older live process has this node's id (`Some`), or no longer (`None`): while
@@ -376,14 +301,6 @@ impl Replica {
         adopt
     }
 
-    /// The fetch asked for by [`Action::Fetch`] ended; `adopted`: the head was installed.
-    pub fn handle_fetch_done(&mut self, now_ms: u64, adopted: bool) {
-        self.fetching = None;
-        if !adopted {
-            self.fetch_retry_at_ms = Some(now_ms + self.timing.fetch_retry_ms);
-        }
-    }
-
     /// One step at `now_ms` (monotonic) / `now_unix_ms` (wall clock, compared with generations):
     /// stall detection, catching up, election, and what to fetch.
     pub fn handle_tick(&mut self, now_ms: u64, now_unix_ms: u64) {
@@ -395,6 +312,7 @@ impl Replica {
         }
         self.last_tick_ms = Some(now_ms);
         self.judge_liveness(now_ms);
+        self.contact_unheard(now_ms);
         if self.refused().is_some() {
             if self.caught_up {
                 self.caught_up = false;
@@ -475,58 +393,6 @@ impl Replica {
         self.decisions = Some(decisions);
     }
 
-    /// The version a new document with `digest` gets, without committing to it (the shell may
-    /// have to persist the epoch first). `Err` unless this node is the publisher.
-    pub fn plan_stamp(&self, digest: &str) -> Result<Stamp, NotPublisher> {
-        let role = self.role();
-        if role != Role::Publisher {
-            return Err(NotPublisher(role));
-        }
-        let head = self.effective_head();
-        Ok(next_stamp(
-            &self.me.id,
-            &self.stamp,
-            head.as_ref(),
-            self.max_epoch_seen,
-            digest,
-        ))
-    }
-
-    /// Before a stamp of `epoch` leaves the node: `Some(target)` when the epoch file must first
-    /// be written up to `target` (then [`Replica::handle_epoch_persisted`]); `None` when the
-    /// reservation covers it, the usual case, so a new term's first stamp does no I/O.
-    pub fn epoch_write_before_stamp(&self, epoch: u64) -> Option<u64> {
-        reservation::write_before_stamp(self.reserved, epoch)
-    }
-
-    /// The epoch file now holds `target` (`ok`), or writing it failed (tried again in 1 s).
-    pub fn handle_epoch_persisted(&mut self, now_ms: u64, target: u64, ok: bool) {
-        if self.reserving == Some(target) {
-            self.reserving = None;
-        }
-        if ok {
-            self.reserved = self.reserved.max(target);
-        } else {
-            self.reserve_retry_at_ms = Some(now_ms + RESERVE_RETRY_MS);
-        }
-    }
-
-    /// Commits a stamp made with [`Replica::plan_stamp`]: this node now holds it. The epoch
-    /// file must already cover it ([`Replica::epoch_write_before_stamp`]).
-    pub fn commit_stamp(&mut self, ad: HeldAd) {
-        debug_assert!(
-            ad.version.epoch <= self.reserved,
-            "stamp {} beyond the epoch file's {}",
-            ad.version,
-            self.reserved
-        );
-        self.stamp = StampState {
-            epoch: Some(ad.version.epoch),
-            seq: ad.version.seq,
-        };
-        self.install(ad);
-    }
-
     // ---- outputs
 
     pub fn poll_action(&mut self) -> Option<Action> {
@@ -574,115 +440,26 @@ impl Replica {
         me.ready = self.caught_up;
     }
 
-    /// Judges every incarnation this core follows, now (`liveness.rs`), and applies the
-    /// judgement to the members (a flip re-runs the election at this tick) and to this node's
-    /// own id (an older process alive elsewhere: see `incarnation.rs`).
-    fn judge_liveness(&mut self, now_ms: u64) {
-        let t = &self.timing.liveness;
-        let (lost, me, join_grace_ms) = (self.lost_ms, &self.me, self.timing.join_grace_ms);
-        let mine = Incarnation {
-            generation: me.generation,
-            listen: me.listen,
-        };
-        let actions = &mut self.actions;
-        let mut older_alive: Option<Incarnation> = None;
-        let mut older_unjudged = false;
-        self.beats.retain(|id, per_id| {
-            // Chitchat forgot it (the shell lists every record at every step).
-            per_id.retain(|f| now_ms.saturating_sub(f.seen_ms) < FORGET_AFTER_MS);
-            for f in per_id.iter_mut() {
-                let flip = f.judge(now_ms, lost, t);
-                let that = Incarnation {
-                    generation: f.generation,
-                    listen: f.listen,
-                };
-                if *id == me.id {
-                    if that < mine {
-                        match f.judged {
-                            Judged::Alive => {
-                                older_alive = Some(older_alive.map_or(that, |o| o.min(that)));
-                            }
-                            Judged::New => {
-                                older_unjudged |= f.beats.age_ms(now_ms) < join_grace_ms;
-                            }
-                            Judged::Dead => {}
-                        }
-                    }
-                } else if let Some(was) = flip {
-                    let (id, generation, listen) = (id.clone(), f.generation, f.listen);
-                    actions.push_back(match was {
-                        Judged::New => Action::FirstAlive {
-                            id,
-                            generation,
-                            listen,
-                        },
-                        Judged::Alive | Judged::Dead => Action::Judged {
-                            id,
-                            generation,
-                            listen,
-                            alive: was == Judged::Dead,
-                        },
-                    });
-                }
-            }
-            !per_id.is_empty()
-        });
-        if older_alive.is_some() && self.older_alive.is_none() {
-            tracing::error!(node = %self.me.id, other = ?older_alive, "another, older live process runs with this node id (judged alive from its heartbeat): refusing to serve (not ready, not publishing) until it is gone");
-        }
-        if older_alive != self.older_alive {
-            self.older_alive = older_alive;
-            self.dirty = true;
-        }
-        self.older_unjudged = older_unjudged;
-        for m in &mut self.members {
-            if m.id == self.me.id {
-                continue;
-            }
-            let Some(f) = self
-                .beats
-                .get(&m.id)
-                .and_then(|per_id| per_id.iter().find(|f| f.generation == m.generation))
-            else {
-                continue;
-            };
-            m.last_seen_ms = Some(f.beats.age_ms(now_ms));
-            let alive = f.judged == Judged::Alive && !m.leaving;
-            if m.alive != alive {
-                m.alive = alive;
-                self.dirty = true;
-            }
-        }
-    }
-
     /// An older live process has this node's id: as chitchat's records show it (the shell's
     /// report), or as this core judges its heartbeat, whichever says so first.
     fn refused(&self) -> Option<Incarnation> {
         self.refused_by.or(self.older_alive)
     }
 
-    /// Asks for a reservation ahead of need (`reservation.rs`), at most one at a time.
-    fn reserve_epochs(&mut self, now_ms: u64) {
-        if self.reserve_retry_at_ms.is_some_and(|at| now_ms < at) {
-            return;
-        }
-        self.reserve_retry_at_ms = None;
-        if let Some(target) =
-            reservation::to_reserve(self.reserved, self.reserving, self.max_epoch_seen)
-        {
-            self.reserving = Some(target);
-            self.actions.push_back(Action::ReserveEpoch(target));
-        }
-    }
-
     /// A loop that did not tick for `stall_reset_ms` (frozen, starved) no longer trusts its
-    /// view: it catches up again before acting.
+    /// view: it catches up again before acting, drops its connections and the fetch that ran
+    /// over them (planned again at this tick).
     fn detect_stall(&mut self, now_ms: u64) {
         let Some(prev) = self.last_tick_ms else {
             return;
         };
         let gap = now_ms.saturating_sub(prev);
-        if gap >= self.timing.stall_reset_ms && self.caught_up {
+        if gap < self.timing.stall_reset_ms {
+            return;
+        }
+        self.actions.push_back(Action::ResetConnections);
+        self.abandon_fetch();
+        if self.caught_up {
             tracing::warn!(node = %self.me.id, stalled_ms = gap, "control loop stalled; catching up again before acting");
             self.caught_up = false;
             self.grace_from_ms = Some(now_ms);
@@ -729,68 +506,6 @@ impl Replica {
             self.timing.join_grace_ms,
             self.timing.startup_patience_ms,
         )
-    }
-
-    fn plan_fetch(&mut self, now_ms: u64, decisions: &Decisions) {
-        if self.fetching.is_some()
-            || self.fetch_retry_at_ms.is_some_and(|at| now_ms < at)
-            // Holding a document makes the node ready (it applies what it holds): not while
-            // an older process with this id may be alive.
-            || self.older_unjudged
-            || self.refused().is_some()
-        {
-            return;
-        }
-        let live: Vec<NodeId> = self
-            .members
-            .iter()
-            .filter(|m| m.alive)
-            .map(|m| m.id.clone())
-            .collect();
-        let planned = match decisions.head.as_ref() {
-            Some(head) => match catch_up(
-                &self.me.id,
-                self.held.as_ref().map(|h| (&h.version, h.digest.as_str())),
-                Some(head),
-                decisions.publisher.as_ref(),
-                &live,
-            ) {
-                CatchUp::Fetch { sources } => Some((
-                    HeldAd {
-                        version: head.version.clone(),
-                        digest: head.digest.clone(),
-                        size_bytes: head.size_bytes,
-                    },
-                    sources,
-                )),
-                CatchUp::UpToDate | CatchUp::NoSource => None,
-            },
-            None => None,
-        };
-        #[cfg(feature = "fault-injection")]
-        let planned = bug::plan_fetch(
-            self.bug,
-            planned,
-            &self.me.id,
-            self.held.as_ref(),
-            &self.members,
-            now_ms,
-        );
-        let Some((wanted, sources)) = planned else {
-            return;
-        };
-        let sources: Vec<(NodeId, SocketAddr)> = sources
-            .into_iter()
-            .filter_map(|id| {
-                let m = self.members.iter().find(|m| m.id == id)?;
-                Some((id, m.listen))
-            })
-            .collect();
-        if sources.is_empty() {
-            return;
-        }
-        self.fetching = Some(wanted.version.clone());
-        self.actions.push_back(Action::Fetch { wanted, sources });
     }
 
     /// The head from the last members with this node's holding as of now.

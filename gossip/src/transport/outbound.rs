@@ -91,6 +91,19 @@ impl QuicTransport {
         }
     }
 
+    /// Closes every cached connection and forgets every dial backoff (this node's own loop
+    /// stalled: `replica::Action::ResetConnections`); returns how many were closed. Each peer
+    /// sees the close with [`super::CAME_BACK`] and counts the reset too.
+    pub(crate) fn reset_connections(&self) -> usize {
+        lock(&self.inner.backoffs).clear();
+        let conns: Vec<Connection> = lock(&self.inner.conns).drain().map(|(_, c)| c).collect();
+        for conn in &conns {
+            bump(&self.inner.counters.connections_reset);
+            conn.close(super::CAME_BACK.into(), b"peer stalled");
+        }
+        conns.len()
+    }
+
     /// Forgets any dial backoff to `addr` (a member judged alive for the first time: see
     /// `replica::Action::FirstAlive`), so the next send dials at once.
     pub(crate) fn clear_backoff(&self, addr: SocketAddr) {

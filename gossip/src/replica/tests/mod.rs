@@ -1,11 +1,14 @@
 //! The core driven by hand: observations in, actions out, time as a number.
 //!
 //! Why this file is over 500 lines: one test per behaviour of one state machine, sharing the
-//! helpers at the top (splitting it would split those).
+//! helpers at the top (splitting it would split those). The actions the shell carries out for
+//! the transport (abandoned fetches, stalls, direct contact) are tested in `actions.rs`.
 
 use super::*;
-use crate::head::HeldAd;
+use crate::head::{HeldAd, Stamp};
 use proptest::prelude::*;
+
+mod actions;
 
 const D: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 
@@ -225,7 +228,7 @@ fn a_follower_fetches_the_head_from_its_holders_and_never_goes_back() {
         .any(|a| matches!(a, Action::Fetch { .. })));
     assert!(r.handle_offer(&ad(2, 1, "n1")));
     assert!(!r.handle_offer(&ad(1, 9, "n1")), "adopted an older version");
-    r.handle_fetch_done(720, true);
+    r.handle_fetch_done(720, &ad(2, 1, "n1").version, true);
     r.handle_tick(730, 730);
     let actions = drain(&mut r);
     assert!(actions.contains(&Action::Ready(true)), "{actions:?}");
@@ -240,7 +243,7 @@ fn a_failed_fetch_waits_before_the_next() {
     assert!(drain(&mut r)
         .iter()
         .any(|a| matches!(a, Action::Fetch { .. })));
-    r.handle_fetch_done(710, false);
+    r.handle_fetch_done(710, &ad(1, 1, "n1").version, false);
     r.handle_tick(800, 800);
     assert!(!drain(&mut r)
         .iter()

@@ -1,0 +1,216 @@
+//! Following members' heartbeats: each incarnation gossip lists is judged alive or dead at
+//! every tick (`liveness.rs`), flips are reported to the shell (`Action::Judged`,
+//! `Action::FirstAlive`), and a newer incarnation of a member that gossip reports only
+//! second-hand is contacted directly (`Action::Contact`). Records of this node's own id feed
+//! the duplicate check (`incarnation.rs`).
+
+use super::{Action, Replica};
+use crate::incarnation::Incarnation;
+use crate::liveness::{Beats, LivenessTiming};
+use crate::version::NodeId;
+use std::net::SocketAddr;
+
+/// What this core last judged of a member it follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Judged {
+    /// Not alive yet since first heard of (no interval seen).
+    New,
+    Alive,
+    Dead,
+}
+
+/// One incarnation whose heartbeat this core follows.
+#[derive(Clone, Debug)]
+pub(super) struct Followed {
+    generation: u64,
+    listen: SocketAddr,
+    beats: Beats,
+    judged: Judged,
+    /// When gossip last listed it (its heartbeat advanced or not).
+    seen_ms: u64,
+    /// When it was last contacted directly ([`Action::Contact`]).
+    contacted_ms: Option<u64>,
+}
+
+/// An incarnation gossip has not listed for this long is forgotten (chitchat garbage collected
+/// it; the simulation lists only who sends). Heard again, it starts over as new.
+const FORGET_AFTER_MS: u64 = 60_000;
+
+impl Followed {
+    /// Judges it now; the state it left when the judgement changed.
+    fn judge(&mut self, now_ms: u64, lost_ms: u64, t: &LivenessTiming) -> Option<Judged> {
+        let alive = self.beats.alive(now_ms, lost_ms, t);
+        let was = self.judged;
+        match (was, alive) {
+            (Judged::Alive, false) => {
+                self.beats.mark_dead();
+                self.judged = Judged::Dead;
+            }
+            (Judged::Dead | Judged::New, true) => self.judged = Judged::Alive,
+            _ => return None,
+        }
+        Some(was)
+    }
+}
+
+/// A newer incarnation of a member heard of only second-hand is contacted again this often
+/// while it stays unverified and its heartbeat advances (a lost first message, 80% loss).
+pub(super) const CONTACT_RETRY_MS: u64 = 500;
+
+impl Replica {
+    /// Heartbeat values as gossip shows them now: (member id, generation, listen address,
+    /// heartbeat). Call it on every step (or whenever one arrives), before
+    /// [`Replica::handle_tick`]. Records of this node's own id other than itself are followed
+    /// too (a second process with this id, see `incarnation.rs`): the shell passes only those
+    /// it verified (a forged record must not stop this node serving).
+    pub fn handle_heartbeats(
+        &mut self,
+        now_ms: u64,
+        beats: impl IntoIterator<Item = (NodeId, u64, SocketAddr, u64)>,
+    ) {
+        for (id, generation, listen, beat) in beats {
+            if id == self.me.id && (generation == self.me.generation || listen == self.me.listen) {
+                // Itself, or an earlier process of its own at this address (a restart).
+                continue;
+            }
+            let lost = self.lost_ms;
+            let per_id = self.beats.entry(id).or_default();
+            match per_id.iter_mut().find(|f| f.generation == generation) {
+                Some(f) => {
+                    f.beats.observe(beat, now_ms, lost, &self.timing.liveness);
+                    f.seen_ms = now_ms;
+                }
+                None => per_id.push(Followed {
+                    generation,
+                    listen,
+                    beats: Beats::new(beat, now_ms, lost),
+                    judged: Judged::New,
+                    seen_ms: now_ms,
+                    contacted_ms: None,
+                }),
+            }
+        }
+    }
+
+    /// Judges every incarnation this core follows, now (`liveness.rs`), and applies the
+    /// judgement to the members (a flip re-runs the election at this tick) and to this node's
+    /// own id (an older process alive elsewhere: see `incarnation.rs`).
+    pub(super) fn judge_liveness(&mut self, now_ms: u64) {
+        let t = &self.timing.liveness;
+        let (lost, me, join_grace_ms) = (self.lost_ms, &self.me, self.timing.join_grace_ms);
+        let mine = Incarnation {
+            generation: me.generation,
+            listen: me.listen,
+        };
+        let actions = &mut self.actions;
+        let mut older_alive: Option<Incarnation> = None;
+        let mut older_unjudged = false;
+        self.beats.retain(|id, per_id| {
+            // Chitchat forgot it (the shell lists every record at every step).
+            per_id.retain(|f| now_ms.saturating_sub(f.seen_ms) < FORGET_AFTER_MS);
+            for f in per_id.iter_mut() {
+                let flip = f.judge(now_ms, lost, t);
+                let that = Incarnation {
+                    generation: f.generation,
+                    listen: f.listen,
+                };
+                if *id == me.id {
+                    if that < mine {
+                        match f.judged {
+                            Judged::Alive => {
+                                older_alive = Some(older_alive.map_or(that, |o| o.min(that)));
+                            }
+                            Judged::New => {
+                                older_unjudged |= f.beats.age_ms(now_ms) < join_grace_ms;
+                            }
+                            Judged::Dead => {}
+                        }
+                    }
+                } else if let Some(was) = flip {
+                    let (id, generation, listen) = (id.clone(), f.generation, f.listen);
+                    actions.push_back(match was {
+                        Judged::New => Action::FirstAlive {
+                            id,
+                            generation,
+                            listen,
+                        },
+                        Judged::Alive | Judged::Dead => Action::Judged {
+                            id,
+                            generation,
+                            listen,
+                            alive: was == Judged::Dead,
+                        },
+                    });
+                }
+            }
+            !per_id.is_empty()
+        });
+        if older_alive.is_some() && self.older_alive.is_none() {
+            tracing::error!(node = %self.me.id, other = ?older_alive, "another, older live process runs with this node id (judged alive from its heartbeat): refusing to serve (not ready, not publishing) until it is gone");
+        }
+        if older_alive != self.older_alive {
+            self.older_alive = older_alive;
+            self.dirty = true;
+        }
+        self.older_unjudged = older_unjudged;
+        for m in &mut self.members {
+            if m.id == self.me.id {
+                continue;
+            }
+            let Some(f) = self
+                .beats
+                .get(&m.id)
+                .and_then(|per_id| per_id.iter().find(|f| f.generation == m.generation))
+            else {
+                continue;
+            };
+            m.last_seen_ms = Some(f.beats.age_ms(now_ms));
+            let alive = f.judged == Judged::Alive && !m.leaving;
+            if m.alive != alive {
+                m.alive = alive;
+                self.dirty = true;
+            }
+        }
+    }
+
+    /// A newer incarnation of a member (a restart) that gossip reports only second-hand: the
+    /// member list still holds the older one, because a record counts only once heard
+    /// first-hand (`identity.rs`). Chitchat picks its gossip targets from its own live set,
+    /// so left alone that can take seconds; the core asks the shell to gossip to it directly
+    /// (its answer is first-hand), at once and again every [`CONTACT_RETRY_MS`] while its
+    /// heartbeat advances.
+    pub(super) fn contact_unheard(&mut self, now_ms: u64) {
+        let join_grace_ms = self.timing.join_grace_ms;
+        for (id, per_id) in &mut self.beats {
+            if *id == self.me.id {
+                continue;
+            }
+            let Some(counted) = self
+                .members
+                .iter()
+                .find(|m| m.id == *id)
+                .map(|m| m.generation)
+            else {
+                // Not a member yet (this node is starting): chitchat gossips to it anyway.
+                continue;
+            };
+            for f in per_id.iter_mut() {
+                let due = f
+                    .contacted_ms
+                    .is_none_or(|at| now_ms.saturating_sub(at) >= CONTACT_RETRY_MS);
+                if f.generation > counted
+                    && f.judged != Judged::Dead
+                    && f.beats.age_ms(now_ms) < join_grace_ms
+                    && due
+                {
+                    f.contacted_ms = Some(now_ms);
+                    self.actions.push_back(Action::Contact {
+                        id: id.clone(),
+                        generation: f.generation,
+                        listen: f.listen,
+                    });
+                }
+            }
+        }
+    }
+}
