@@ -69,6 +69,11 @@ impl From<&crate::Timing> for ReplicaTiming {
 
 /// How long to wait before retrying when every holder failed to serve the head.
 pub const FETCH_RETRY_MS: u64 = 200;
+/// A stall at least this long also drops every connection ([`Action::ResetConnections`]):
+/// the soak's freezes last 1 to 4 s, while a busy machine's stalls (which only make the node
+/// catch up again) stay shorter, and dropping every link at each of those would disturb the
+/// peers for nothing.
+pub const RESET_CONNECTIONS_AFTER_MS: u64 = 1_000;
 /// How long to wait before writing a reservation again after a write failed.
 const RESERVE_RETRY_MS: u64 = 1_000;
 
@@ -124,7 +129,7 @@ pub enum Action {
         generation: u64,
         listen: SocketAddr,
     },
-    /// This node's own loop stalled (`stall_reset_ms` without a tick: frozen, starved). Every
+    /// This node's own loop stalled ([`RESET_CONNECTIONS_AFTER_MS`] without a tick: frozen). Every
     /// connection went through the pause, and one to a member that was cut off meanwhile has
     /// backed-off retransmission timers that no revival clears (a paused node judges nobody
     /// dead for its own pause): the shell drops them all, so what follows dials afresh.
@@ -447,8 +452,8 @@ impl Replica {
     }
 
     /// A loop that did not tick for `stall_reset_ms` (frozen, starved) no longer trusts its
-    /// view: it catches up again before acting, drops its connections and the fetch that ran
-    /// over them (planned again at this tick).
+    /// view: it catches up again before acting. After [`RESET_CONNECTIONS_AFTER_MS`] it also
+    /// drops its connections and the fetch that ran over them (planned again at this tick).
     fn detect_stall(&mut self, now_ms: u64) {
         let Some(prev) = self.last_tick_ms else {
             return;
@@ -457,8 +462,10 @@ impl Replica {
         if gap < self.timing.stall_reset_ms {
             return;
         }
-        self.actions.push_back(Action::ResetConnections);
-        self.abandon_fetch();
+        if gap >= self.timing.stall_reset_ms.max(RESET_CONNECTIONS_AFTER_MS) {
+            self.actions.push_back(Action::ResetConnections);
+            self.abandon_fetch();
+        }
         if self.caught_up {
             tracing::warn!(node = %self.me.id, stalled_ms = gap, "control loop stalled; catching up again before acting");
             self.caught_up = false;
