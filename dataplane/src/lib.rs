@@ -29,6 +29,9 @@ pub mod plan;
 pub mod reconcile;
 pub mod route;
 pub mod sysctl;
+#[cfg(any(test, feature = "test-support"))]
+#[doc(hidden)]
+pub mod testing;
 
 pub use backend::Dataplane;
 pub use error::DataplaneError;

@@ -7,9 +7,10 @@ use common::{case, shoal_vip};
 use proptest::prelude::*;
 use shoal_dataplane::model::*;
 use shoal_dataplane::plan::{is_managed, SHOAL_FWMARK_BASE};
+use shoal_dataplane::testing::{backend, tcp_service};
 use shoal_dataplane::{plan, Actual, Dataplane, Desired, MemoryDataplane, Op, Reconciler};
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 proptest! {
@@ -174,28 +175,10 @@ proptest! {
 
 #[test]
 fn one_destination_change_is_one_op() {
-    let mut svc = Service {
-        key: ServiceKey::Addr {
-            addr: shoal_vip(0),
-            port: 80,
-            protocol: Protocol::Tcp,
-        },
-        scheduler: "mh".into(),
-        flags: SchedFlags {
-            mh_port: true,
-            mh_fallback: false,
-        },
-        persistence_timeout_s: 0,
-        destinations: (0..10)
-            .map(|i| Destination {
-                addr: IpAddr::V4(Ipv4Addr::new(198, 18, 0, 10 + i)),
-                port: 80,
-                forwarding: Forwarding::Tunnel(Tunnel::Ipip),
-                weight: 1,
-                upper_threshold: 0,
-                lower_threshold: 0,
-            })
-            .collect(),
+    let mut svc = tcp_service(shoal_vip(0), 80, (0..10).map(|i| backend(10 + i)));
+    svc.flags = SchedFlags {
+        mh_port: true,
+        mh_fallback: false,
     };
     let mut dp = MemoryDataplane::new();
     let mut desired = Desired {

@@ -2,31 +2,13 @@
 
 use super::*;
 use crate::memory::MemoryDataplane;
-use crate::model::{Destination, Forwarding, Protocol, SchedFlags, Service, Tunnel};
+use crate::model::{Protocol, Service};
+use crate::testing::{backend, tcp_service};
 
 fn desired(backends: &[u8]) -> Desired {
+    let vip = IpAddr::from([203, 0, 113, 1]);
     Desired {
-        services: vec![Service {
-            key: ServiceKey::Addr {
-                addr: "203.0.113.1".parse().unwrap(),
-                port: 80,
-                protocol: Protocol::Tcp,
-            },
-            scheduler: "mh".into(),
-            flags: SchedFlags::default(),
-            persistence_timeout_s: 0,
-            destinations: backends
-                .iter()
-                .map(|b| Destination {
-                    addr: IpAddr::from([198, 18, 0, *b]),
-                    port: 80,
-                    forwarding: Forwarding::Tunnel(Tunnel::Ipip),
-                    weight: 1,
-                    upper_threshold: 0,
-                    lower_threshold: 0,
-                })
-                .collect(),
-        }],
+        services: vec![tcp_service(vip, 80, backends.iter().map(|&b| backend(b)))],
     }
 }
 
