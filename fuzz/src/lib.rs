@@ -19,6 +19,7 @@ pub mod cert_pem;
 pub mod document;
 pub mod epoch_file;
 pub mod gossip_payload;
+pub mod gossip_session;
 pub mod health_wire;
 pub mod ipvs_reply;
 pub mod member_keys;
@@ -55,6 +56,11 @@ pub const TARGETS: &[Target] = &[
         name: "gossip_payload",
         run: gossip_payload::run,
         seeds: gossip_payload::seeds,
+    },
+    Target {
+        name: "gossip_session",
+        run: gossip_session::run,
+        seeds: gossip_session::seeds,
     },
     Target {
         name: "transfer_frame",

@@ -1,7 +1,7 @@
 //! Entry points for fuzzing the decoders that take bytes from the network (see fuzz/): each
 //! takes arbitrary bytes, must never panic, and returns whether the input decoded.
 
-use chitchat::{ChitchatMessage, Deserializable};
+use chitchat::{ChitchatMessage, Deserializable, Serializable};
 
 /// The gossip cap of the default timing (bytes after decompression).
 const MAX_GOSSIP_MESSAGE_BYTES: usize = 128 << 10;
@@ -13,8 +13,13 @@ pub fn gossip_payload(bytes: &[u8]) -> bool {
     let Some(message) = crate::transport::codec::decode(bytes, MAX_GOSSIP_MESSAGE_BYTES) else {
         return false;
     };
+    gossip_message(&message)
+}
+
+/// A decoded chitchat message: chitchat's decoder and the identity check's digest reader.
+fn gossip_message(message: &[u8]) -> bool {
     let decoded = ChitchatMessage::deserialize(&mut &message[..]);
-    let claims = crate::identity::claims(&message);
+    let claims = crate::identity::claims(message);
     if let Ok(ChitchatMessage::Syn { .. } | ChitchatMessage::SynAck { .. }) = &decoded {
         // Whatever chitchat accepts as a SYN or SYN-ACK, the identity check can read.
         assert!(
@@ -23,6 +28,29 @@ pub fn gossip_payload(bytes: &[u8]) -> bool {
         );
     }
     decoded.is_ok()
+}
+
+/// A gossip session stream after its first byte (`transport/session.rs`): frames split off the
+/// bytes and decoded in order against the stream's tables, each decoded message checked as in
+/// [`gossip_payload`]. Returns whether every frame decoded.
+pub fn gossip_session(bytes: &[u8]) -> bool {
+    use crate::transport::session::{max_frame_bytes, next_frame, Decoder};
+    let mut decoder = Decoder::default();
+    let mut rest = bytes;
+    loop {
+        match next_frame(rest, max_frame_bytes(MAX_GOSSIP_MESSAGE_BYTES)) {
+            Ok(Some((end, frame))) => {
+                let Ok(message) = decoder.decode(&rest[frame], MAX_GOSSIP_MESSAGE_BYTES) else {
+                    return false;
+                };
+                assert!(message.len() <= MAX_GOSSIP_MESSAGE_BYTES);
+                gossip_message(&message);
+                rest = &rest[end..];
+            }
+            Ok(None) => return rest.is_empty(),
+            Err(_) => return false,
+        }
+    }
 }
 
 /// One document-transfer control frame (`transfer.rs`: length prefix, bincode body), decoded as
@@ -34,27 +62,48 @@ pub fn transfer_frame(bytes: &[u8]) -> bool {
 /// Valid gossip payloads to start fuzzing from: SYNs listing a few nodes (raw and
 /// zstd-compressed), a BAD_CLUSTER.
 pub fn gossip_payload_seeds() -> Vec<Vec<u8>> {
-    use chitchat::{ChitchatId, Serializable};
-    let syn = |nodes: usize| {
-        let mut buf = 45_139u16.to_le_bytes().to_vec();
-        buf.extend([0u8, 0]);
-        (nodes as u16).serialize(&mut buf);
-        for i in 0..nodes {
-            let addr = std::net::SocketAddr::from(([198, 18, 0, (i % 250) as u8 + 1], 7946));
-            ChitchatId::new(format!("node-{i:03}"), 1_764_234_000_000 + i as u64, addr)
-                .serialize(&mut buf);
-            (i as u64 + 1).serialize(&mut buf); // heartbeat
-            0u64.serialize(&mut buf); // last_gc_version
-            (3 * i as u64).serialize(&mut buf); // max_version
-        }
-        "shoal".to_string().serialize(&mut buf);
-        buf
-    };
     let bad_cluster = ChitchatMessage::BadCluster.serialize_to_vec();
-    [syn(1), syn(3), syn(40), bad_cluster]
+    [syn(1, 1), syn(3, 1), syn(40, 1), bad_cluster]
         .iter()
         .map(|m| crate::transport::codec::encode(m))
         .collect()
+}
+
+/// Valid session streams to start fuzzing from: SYNs of 3 and 40 nodes whose heartbeats rise,
+/// with a BAD_CLUSTER between them.
+pub fn gossip_session_seeds() -> Vec<Vec<u8>> {
+    use crate::transport::session::{put_frame, Encoder};
+    let stream = |messages: &[Vec<u8>]| {
+        let mut encoder = Encoder::default();
+        let mut out = Vec::new();
+        for message in messages {
+            put_frame(&mut out, &encoder.encode(message));
+        }
+        out
+    };
+    let bad_cluster = ChitchatMessage::BadCluster.serialize_to_vec();
+    vec![
+        stream(&[syn(3, 1), syn(3, 2), bad_cluster, syn(3, 5)]),
+        stream(&[syn(40, 1), syn(40, 17), syn(40, 30)]),
+    ]
+}
+
+/// A SYN listing `nodes` nodes, every heartbeat at least `beat`.
+fn syn(nodes: usize, beat: u64) -> Vec<u8> {
+    use chitchat::ChitchatId;
+    let mut buf = 45_139u16.to_le_bytes().to_vec();
+    buf.extend([0u8, 0]);
+    (nodes as u16).serialize(&mut buf);
+    for i in 0..nodes {
+        let addr = std::net::SocketAddr::from(([198, 18, 0, (i % 250) as u8 + 1], 7946));
+        ChitchatId::new(format!("node-{i:03}"), 1_764_234_000_000 + i as u64, addr)
+            .serialize(&mut buf);
+        (beat + i as u64).serialize(&mut buf); // heartbeat
+        0u64.serialize(&mut buf); // last_gc_version
+        (3 * i as u64).serialize(&mut buf); // max_version
+    }
+    "shoal".to_string().serialize(&mut buf);
+    buf
 }
 
 /// A fetched document (`transfer::decode_document`, used by the mesh's fetcher): returns it
@@ -185,6 +234,7 @@ mod tests {
         let seeds = gossip_payload_seeds();
         assert!(seeds.iter().all(|s| gossip_payload(s)));
         assert!(seeds.iter().any(|s| s[0] == 1), "one seed is compressed");
+        assert!(gossip_session_seeds().iter().all(|s| gossip_session(s)));
         assert!(transfer_frame_seeds().iter().all(|s| transfer_frame(s)));
         assert!(member_keys_seeds().iter().all(|s| member_keys(s)));
         assert!(epoch_file_seeds().iter().all(|s| epoch_file(s)));

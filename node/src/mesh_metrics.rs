@@ -1,5 +1,5 @@
 //! Prometheus counters of the mesh: attacks (refused and timed-out handshakes, Retry packets,
-//! identity mismatches, oversized messages, duplicate node ids; issue #15) and the copies of the
+//! identity mismatches, oversized and malformed messages, duplicate node ids; issue #15) and the copies of the
 //! table this node served to peers (issue #16: the publisher should send only a few per head).
 //!
 //! The mesh counts; this copies its totals into counters when `/metrics` is read.
@@ -23,6 +23,7 @@ pub struct MeshMetrics {
     pub handshakes_retried: Counter,
     pub identity_mismatches: Counter,
     pub oversized_messages: Counter,
+    pub malformed_gossip: Counter,
     pub duplicate_ids: Counter,
     pub refused_as_duplicate: Gauge,
     pub documents_served: Counter,
@@ -62,6 +63,11 @@ impl MeshMetrics {
             "shoal_mesh_oversized_messages",
             "Gossip messages above the size cap, dropped",
             self.oversized_messages.clone(),
+        );
+        r.register(
+            "shoal_mesh_malformed_gossip",
+            "Gossip payloads or session-stream frames that did not decode, dropped (a session stream sending one is stopped)",
+            self.malformed_gossip.clone(),
         );
         r.register(
             "shoal_mesh_duplicate_ids",
@@ -107,6 +113,7 @@ impl MeshMetrics {
         catch_up(&self.handshakes_retried, t.handshakes_retried);
         catch_up(&self.identity_mismatches, t.identity_mismatches);
         catch_up(&self.oversized_messages, t.oversized_messages);
+        catch_up(&self.malformed_gossip, t.malformed_gossip);
         catch_up(&self.duplicate_ids, mesh.duplicate_ids_seen());
         catch_up(&self.documents_served, mesh.documents_served());
         self.refused_as_duplicate.set(i64::from(matches!(

@@ -139,6 +139,7 @@ impl QuicTransport {
     pub(super) async fn read_loop(self, conn: Connection, cert_id: Option<Arc<str>>) {
         let peer = conn.remote_address();
         let started = Instant::now();
+        let session_slot = SessionSlot::default();
         let reason = loop {
             tokio::select! {
                 _ = self.inner.cancel.cancelled() => break None,
@@ -147,23 +148,8 @@ impl QuicTransport {
                     Err(e) => break Some(e),
                 },
                 uni = conn.accept_uni() => match uni {
-                    Ok(mut recv) => {
-                        let this = self.clone();
-                        let cert_id = cert_id.clone();
-                        tokio::spawn(async move {
-                            let max = this.inner.max_gossip_message_bytes + 1;
-                            match tokio::time::timeout(STREAM_READ_TIMEOUT, recv.read_to_end(max)).await {
-                                Ok(Ok(bytes)) => this.deliver(peer, cert_id, Bytes::from(bytes)),
-                                Ok(Err(quinn::ReadToEndError::TooLong)) => {
-                                    bump(&this.inner.counters.oversized_messages);
-                                    this.warn_limited("oversized", |suppressed| {
-                                        warn!(%peer, max_bytes = max - 1, suppressed, "gossip message above the cap, dropped");
-                                    });
-                                }
-                                Ok(Err(e)) => debug!(%peer, error = %e, "gossip stream dropped"),
-                                Err(_) => debug!(%peer, "gossip stream timed out"),
-                            }
-                        });
+                    Ok(recv) => {
+                        tokio::spawn(self.clone().read_gossip_stream(peer, cert_id.clone(), recv, session_slot.clone()));
                     }
                     Err(e) => break Some(e),
                 },
@@ -222,27 +208,139 @@ impl QuicTransport {
         conn.close(0u32.into(), b"done");
     }
 
-    fn deliver(&self, peer: SocketAddr, cert_id: Option<Arc<str>>, bytes: Bytes) {
-        if self.inner.fault.drops_inbound(&peer) {
-            return;
+    /// Reads one gossip stream: a session stream (`session.rs`: frames until the stream ends) or,
+    /// from senders before sessions, one framed message.
+    async fn read_gossip_stream(
+        self,
+        peer: SocketAddr,
+        cert_id: Option<Arc<str>>,
+        mut recv: RecvStream,
+        slot: SessionSlot,
+    ) {
+        let max = self.inner.max_gossip_message_bytes;
+        let mut first = [0u8; 1];
+        match tokio::time::timeout(STREAM_READ_TIMEOUT, recv.read_exact(&mut first)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return debug!(%peer, error = %e, "gossip stream dropped"),
+            Err(_) => return debug!(%peer, "gossip stream timed out"),
         }
-        let len = bytes.len() as u64;
+        if first[0] == session::SESSION_STREAM {
+            return self.read_session(peer, cert_id, recv, slot).await;
+        }
+        match tokio::time::timeout(STREAM_READ_TIMEOUT, recv.read_to_end(max)).await {
+            Ok(Ok(rest)) => {
+                let mut bytes = Vec::with_capacity(rest.len() + 1);
+                bytes.push(first[0]);
+                bytes.extend_from_slice(&rest);
+                self.deliver(peer, cert_id, Bytes::from(bytes));
+            }
+            Ok(Err(quinn::ReadToEndError::TooLong)) => {
+                bump(&self.inner.counters.oversized_messages);
+                self.warn_limited("oversized", |suppressed| {
+                    warn!(%peer, max_bytes = max + 1, suppressed, "gossip message above the cap, dropped");
+                });
+            }
+            Ok(Err(e)) => debug!(%peer, error = %e, "gossip stream dropped"),
+            Err(_) => debug!(%peer, "gossip stream timed out"),
+        }
+    }
+
+    /// Decodes a session stream frame by frame until it ends, fails, or a newer session stream
+    /// of the same connection replaces it (a sender opens one only after giving up the last).
+    async fn read_session(
+        self,
+        peer: SocketAddr,
+        cert_id: Option<Arc<str>>,
+        mut recv: RecvStream,
+        slot: SessionSlot,
+    ) {
+        let replaced = CancellationToken::new();
+        if let Some(older) = lock(&slot).replace(replaced.clone()) {
+            older.cancel();
+        }
+        let max = self.inner.max_gossip_message_bytes;
+        let max_frame = session::max_frame_bytes(max);
+        let mut decoder = session::Decoder::default();
+        let mut buf: Vec<u8> = Vec::new();
+        loop {
+            loop {
+                let failed = match session::next_frame(&buf, max_frame) {
+                    Ok(None) => break,
+                    Ok(Some((end, frame))) => match decoder.decode(&buf[frame], max) {
+                        Ok(message) => {
+                            self.deliver_message(peer, cert_id.clone(), message, end as u64);
+                            buf.drain(..end);
+                            continue;
+                        }
+                        Err(e) => e,
+                    },
+                    Err(e) => e,
+                };
+                bump(&self.inner.counters.malformed_gossip);
+                self.warn_limited("session", |suppressed| {
+                    warn!(%peer, error = %failed, suppressed, "gossip stream sent a frame that does not decode: stream stopped");
+                });
+                let _ = recv.stop(SESSION_REFUSED.into());
+                return;
+            }
+            let chunk = tokio::select! {
+                _ = self.inner.cancel.cancelled() => return,
+                _ = replaced.cancelled() => {
+                    let _ = recv.stop(SESSION_REFUSED.into());
+                    return;
+                }
+                chunk = recv.read_chunk(max_frame, true) => chunk,
+            };
+            match chunk {
+                Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
+                Ok(None) => return,
+                Err(e) => return debug!(%peer, error = %e, "gossip stream ended"),
+            }
+        }
+    }
+
+    /// Delivers a payload of a one-message stream or a datagram (`codec.rs` framing).
+    fn deliver(&self, peer: SocketAddr, cert_id: Option<Arc<str>>, bytes: Bytes) {
         let Some(message) = codec::decode(&bytes, self.inner.max_gossip_message_bytes) else {
+            bump(&self.inner.counters.malformed_gossip);
             debug!(%peer, "malformed gossip payload dropped");
             return;
         };
+        self.deliver_message(peer, cert_id, message, bytes.len() as u64);
+    }
+
+    /// Hands a decoded chitchat message to the gossip socket; `wire_bytes` is what it took on
+    /// the wire (for the traffic counters).
+    fn deliver_message(
+        &self,
+        peer: SocketAddr,
+        cert_id: Option<Arc<str>>,
+        message: Vec<u8>,
+        wire_bytes: u64,
+    ) {
+        if self.inner.fault.drops_inbound(&peer) {
+            return;
+        }
         if self
             .inner
             .gossip_in
             .try_send((peer, cert_id, Bytes::from(message)))
             .is_ok()
         {
-            self.inner.gossip_rx_bytes.fetch_add(len, Ordering::Relaxed);
+            self.inner
+                .gossip_rx_bytes
+                .fetch_add(wire_bytes, Ordering::Relaxed);
         } else {
             bump(&self.inner.counters.dropped_inbound_full);
         }
     }
 }
+
+/// The session stream a connection's peer currently sends on (see `read_session`).
+type SessionSlot = Arc<Mutex<Option<CancellationToken>>>;
+
+/// Stop code of a session stream this end will not read further (undecodable or replaced).
+const SESSION_REFUSED: u32 = 2;
 
 /// The node id the peer's certificate names (its `urn:shoal:node:` URI SAN).
 pub(super) fn peer_node_id(conn: &Connection) -> Option<String> {

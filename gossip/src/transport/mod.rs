@@ -16,6 +16,7 @@ pub mod fault;
 mod gossip;
 mod inbound;
 mod outbound;
+pub(crate) mod session;
 mod socket;
 pub(crate) mod tls;
 mod traffic;
@@ -287,6 +288,7 @@ impl QuicTransport {
             identity_mismatches: c.identity_mismatches.load(Ordering::Relaxed),
             oversized_messages: c.oversized_messages.load(Ordering::Relaxed),
             sent_on_stream: c.sent_on_stream.load(Ordering::Relaxed),
+            malformed_gossip: c.malformed_gossip.load(Ordering::Relaxed),
             connections_reset: c.connections_reset.load(Ordering::Relaxed),
         }
     }

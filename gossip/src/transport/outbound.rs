@@ -17,7 +17,6 @@ impl QuicTransport {
             });
             return;
         }
-        let bytes = Bytes::from(codec::encode(&bytes));
         let tx = {
             let mut queues = lock(&self.inner.peer_queues);
             match queues.get(&to) {
@@ -44,6 +43,7 @@ impl QuicTransport {
     }
 
     pub(super) async fn sender_loop(self, to: SocketAddr, mut rx: mpsc::Receiver<Bytes>) {
+        let mut session: Option<SendSession> = None;
         loop {
             let bytes = tokio::select! {
                 _ = self.inner.cancel.cancelled() => return,
@@ -60,17 +60,33 @@ impl QuicTransport {
                     continue;
                 }
             };
-            let len = bytes.len() as u64;
-            // Every message goes on its own unidirectional stream, not in a datagram: with 50
-            // nodes in one process about half of the datagrams were dropped by QUIC's datagram
-            // send buffer under pacing, and members flapped; streams deliver them all.
+            if session
+                .as_ref()
+                .is_none_or(|s| s.connection != conn.stable_id())
+            {
+                session = match SendSession::open(&conn).await {
+                    Ok(opened) => Some(opened),
+                    Err(detail) => {
+                        debug!(peer = %to, %detail, "cannot open the gossip stream, gossip dropped");
+                        continue;
+                    }
+                };
+            }
+            let Some(open) = session.as_mut() else {
+                continue;
+            };
             bump(&self.inner.counters.sent_on_stream);
-            let sent = send_uni(&conn, &bytes).await;
-            match sent {
-                Ok(()) => {
+            match open.send(&bytes).await {
+                Ok(len) => {
                     self.inner.gossip_tx_bytes.fetch_add(len, Ordering::Relaxed);
                 }
-                Err(detail) => debug!(peer = %to, %detail, "gossip send failed"),
+                Err(detail) => {
+                    // The receiver's table may have missed this frame: start a new stream.
+                    debug!(peer = %to, %detail, "gossip send failed, stream closed");
+                    if let Some(mut failed) = session.take() {
+                        let _ = failed.stream.reset(SESSION_BROKEN.into());
+                    }
+                }
             }
         }
     }
@@ -196,13 +212,46 @@ impl QuicTransport {
     }
 }
 
-async fn send_uni(conn: &Connection, bytes: &[u8]) -> Result<(), String> {
-    let work = async {
-        let mut send = conn.open_uni().await.map_err(|e| e.to_string())?;
-        send.write_all(bytes).await.map_err(|e| e.to_string())?;
-        send.finish().map_err(|e| e.to_string())
-    };
-    tokio::time::timeout(STREAM_READ_TIMEOUT, work)
-        .await
-        .map_err(|_| "gossip stream send timed out".to_string())?
+/// Reset code of a gossip stream given up after a failed write.
+const SESSION_BROKEN: u32 = 1;
+
+/// The one stream gossip to a peer goes on, per connection (see `session.rs`): every message
+/// is a frame encoded against the earlier ones, so the receiver must see all of them in order,
+/// which one QUIC stream guarantees. A stream whose write fails is reset and replaced.
+struct SendSession {
+    connection: usize,
+    stream: SendStream,
+    encoder: session::Encoder,
+}
+
+impl SendSession {
+    async fn open(conn: &Connection) -> Result<Self, String> {
+        let work = async {
+            let mut stream = conn.open_uni().await.map_err(|e| e.to_string())?;
+            stream
+                .write_all(&[session::SESSION_STREAM])
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(SendSession {
+                connection: conn.stable_id(),
+                stream,
+                encoder: session::Encoder::default(),
+            })
+        };
+        tokio::time::timeout(STREAM_READ_TIMEOUT, work)
+            .await
+            .map_err(|_| "opening the gossip stream timed out".to_string())?
+    }
+
+    /// Encodes and writes one message; the bytes written.
+    async fn send(&mut self, message: &[u8]) -> Result<u64, String> {
+        let frame = self.encoder.encode(message);
+        let mut out = Vec::with_capacity(frame.len() + 3);
+        session::put_frame(&mut out, &frame);
+        tokio::time::timeout(STREAM_READ_TIMEOUT, self.stream.write_all(&out))
+            .await
+            .map_err(|_| "gossip stream send timed out".to_string())?
+            .map_err(|e| e.to_string())?;
+        Ok(out.len() as u64)
+    }
 }

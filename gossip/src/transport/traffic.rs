@@ -31,8 +31,11 @@ pub struct Traffic {
     pub identity_mismatches: u64,
     /// Gossip messages above the size cap (sent or received), dropped.
     pub oversized_messages: u64,
-    /// Gossip messages sent (each on its own unidirectional stream).
+    /// Gossip messages sent (each a frame of the peer's session stream, see `session.rs`).
     pub sent_on_stream: u64,
+    /// Gossip payloads or session frames received that did not decode (a session stream that
+    /// sends one is stopped).
+    pub malformed_gossip: u64,
     /// Connections replaced after an outage (a healed cut): closed here because their peer,
     /// judged dead, was alive again, or closed by the peer for the same reason about this node.
     pub connections_reset: u64,
@@ -53,6 +56,7 @@ pub(super) struct Counters {
     pub(super) identity_mismatches: AtomicU64,
     pub(super) oversized_messages: AtomicU64,
     pub(super) sent_on_stream: AtomicU64,
+    pub(super) malformed_gossip: AtomicU64,
     pub(super) connections_reset: AtomicU64,
 }
 

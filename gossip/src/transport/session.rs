@@ -1,0 +1,642 @@
+//! Gossip on one ordered stream per connection and direction, each message encoded against
+//! what was already sent on that stream. Pure: bytes in, bytes out, no I/O.
+//!
+//! Why: at 100 nodes chitchat's digests were 40 of the 45 KB/s each node sent
+//! (docs/benchmarks.md). Every SYN and SYN-ACK lists every member, about 50 bytes each: its id
+//! (node id, generation, address), heartbeat, last GC version and max version. Compressing each
+//! message alone cannot remove the ids (each appears once per message) nor the heartbeats
+//! (counters). Here both ends of a stream keep the same table: an id is sent once per stream,
+//! then as its position in the table; the three counters as the difference from the values last
+//! sent for that id on the stream (a heartbeat moves by a few, the versions mostly by nothing),
+//! in columns so that zstd squeezes them (`codec.rs`). The receiver rebuilds chitchat's exact
+//! bytes, so chitchat and the identity check (`identity.rs`) see what was sent.
+//!
+//! This needs order and no loss, which a QUIC stream gives; a message whose write fails ends the
+//! stream (the next one starts afresh with empty tables). Messages this module cannot parse (not
+//! a SYN or SYN-ACK, or a digest it does not read) go as they are.
+//!
+//! A lying peer: every frame is checked while it is read, and decoding fails with a
+//! [`SessionError`] naming what was wrong (the transport then stops the stream). The tables are
+//! bounded ([`MAX_IDS`] ids of at most [`MAX_ID_BYTES`] each) and the rebuilt message is capped
+//! before anything is allocated for it.
+
+use super::codec;
+use chitchat::{ChitchatId, Deserializable};
+use std::collections::HashMap;
+
+/// First byte of a session stream. A stream starting with `codec`'s flags (0 raw, 1 zstd)
+/// carries one message, as every stream did before sessions.
+pub(crate) const SESSION_STREAM: u8 = 2;
+/// Ids one stream's table holds at most; the encoder starts a new table (a reset) before it
+/// would pass this.
+pub(crate) const MAX_IDS: usize = 4_096;
+/// A serialized chitchat id longer than this is not put in the table (its message goes as it
+/// is). Node ids are at most 253 bytes (`certs.rs`): an id is then at most 282 bytes.
+pub(crate) const MAX_ID_BYTES: usize = 512;
+
+/// Frame kinds (low bits of the first byte of a decompressed frame).
+const OPAQUE: u8 = 0;
+const DIGEST: u8 = 1;
+/// Set on the first frame after the encoder emptied its table: the decoder empties its own.
+const RESET: u8 = 0x80;
+/// Chitchat message types whose body starts with a digest (byte 3 of every message).
+const SYN: u8 = 0;
+const SYN_ACK: u8 = 1;
+/// Magic (2 bytes), protocol version, message type.
+const HEADER_BYTES: usize = 4;
+/// Heartbeat, last GC version, max version: u64 little-endian each.
+const COUNTERS: usize = 3;
+
+/// Why a session frame was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub(crate) enum SessionError {
+    #[error("session frame is malformed or over the cap once decompressed")]
+    Framing,
+    #[error("session frame ends inside its {0}")]
+    Truncated(&'static str),
+    #[error("session frame has unknown kind {0:#04x}")]
+    UnknownKind(u8),
+    #[error("session frame lists {0} digest entries, more than a chitchat digest holds")]
+    TooManyEntries(u64),
+    #[error("session frame refers to id {index}, but the stream's table holds {known}")]
+    UnknownId { index: i64, known: usize },
+    #[error("session frame adds an id of {0} bytes (at most {MAX_ID_BYTES})")]
+    IdTooLong(usize),
+    #[error("session frame would grow the stream's id table past {MAX_IDS} ids")]
+    TableFull,
+    #[error("session frame rebuilds a message of more than {0} bytes")]
+    TooLarge(usize),
+}
+
+/// The sending end of a stream.
+#[derive(Debug, Default)]
+pub(crate) struct Encoder {
+    index: HashMap<Box<[u8]>, u32>,
+    last: Vec<[u64; COUNTERS]>,
+    /// The next frame carries [`RESET`].
+    reset: bool,
+}
+
+/// The receiving end of a stream.
+#[derive(Debug, Default)]
+pub(crate) struct Decoder {
+    ids: Vec<Box<[u8]>>,
+    last: Vec<[u64; COUNTERS]>,
+}
+
+/// One digest entry as chitchat wrote it.
+struct Entry<'a> {
+    id: &'a [u8],
+    counters: [u64; COUNTERS],
+}
+
+/// A SYN or SYN-ACK split at its digest: the 4 header bytes, the entries, and the bytes after
+/// the digest (the cluster id or the delta), which go as they are.
+struct Split<'a> {
+    header: &'a [u8],
+    entries: Vec<Entry<'a>>,
+    tail: &'a [u8],
+}
+
+fn split(message: &[u8]) -> Option<Split<'_>> {
+    let header = message.get(..HEADER_BYTES)?;
+    if header[3] != SYN && header[3] != SYN_ACK {
+        return None;
+    }
+    let mut rest = message.get(HEADER_BYTES..)?;
+    let count = u16::from_le_bytes(rest.get(..2)?.try_into().ok()?);
+    rest = &rest[2..];
+    let mut entries = Vec::with_capacity(usize::from(count));
+    for _ in 0..count {
+        let before = rest;
+        let mut cursor = rest;
+        ChitchatId::deserialize(&mut cursor).ok()?;
+        let id = &before[..before.len() - cursor.len()];
+        let mut counters = [0u64; COUNTERS];
+        for counter in &mut counters {
+            *counter = u64::from_le_bytes(cursor.get(..8)?.try_into().ok()?);
+            cursor = &cursor[8..];
+        }
+        entries.push(Entry { id, counters });
+        rest = cursor;
+    }
+    Some(Split {
+        header,
+        entries,
+        tail: rest,
+    })
+}
+
+fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+fn zigzag(value: i64) -> u64 {
+    ((value << 1) ^ (value >> 63)) as u64
+}
+
+fn unzigzag(value: u64) -> i64 {
+    ((value >> 1) as i64) ^ -((value & 1) as i64)
+}
+
+/// Reads a LEB128 varint of at most 10 bytes.
+fn take_varint(buf: &mut &[u8], what: &'static str) -> Result<u64, SessionError> {
+    let mut value = 0u64;
+    for shift in (0..70).step_by(7) {
+        let (&byte, rest) = buf.split_first().ok_or(SessionError::Truncated(what))?;
+        *buf = rest;
+        if shift == 63 && byte > 1 {
+            return Err(SessionError::Truncated(what));
+        }
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Ok(value);
+        }
+    }
+    Err(SessionError::Truncated(what))
+}
+
+fn take<'a>(buf: &mut &'a [u8], n: usize, what: &'static str) -> Result<&'a [u8], SessionError> {
+    if buf.len() < n {
+        return Err(SessionError::Truncated(what));
+    }
+    let (head, rest) = buf.split_at(n);
+    *buf = rest;
+    Ok(head)
+}
+
+/// Appends `frame` to `out` as the stream carries it: a varint length, then the frame.
+pub(crate) fn put_frame(out: &mut Vec<u8>, frame: &[u8]) {
+    put_varint(out, frame.len() as u64);
+    out.extend_from_slice(frame);
+}
+
+impl Encoder {
+    /// Encodes one chitchat message as the next frame of this stream (without its length).
+    /// The decoder must see every frame this returns, in order.
+    pub(crate) fn encode(&mut self, message: &[u8]) -> Vec<u8> {
+        let inner = match split(message) {
+            Some(split) if split.entries.iter().all(|e| e.id.len() <= MAX_ID_BYTES) => {
+                self.digest_frame(&split)
+            }
+            _ => {
+                let mut inner = Vec::with_capacity(message.len() + 1);
+                inner.push(self.flags(OPAQUE));
+                inner.extend_from_slice(message);
+                inner
+            }
+        };
+        codec::encode(&inner)
+    }
+
+    fn flags(&mut self, kind: u8) -> u8 {
+        if std::mem::take(&mut self.reset) {
+            kind | RESET
+        } else {
+            kind
+        }
+    }
+
+    fn digest_frame(&mut self, split: &Split<'_>) -> Vec<u8> {
+        let new_ids = split
+            .entries
+            .iter()
+            .filter(|e| !self.index.contains_key(e.id))
+            .count();
+        if self.index.len() + new_ids > MAX_IDS {
+            self.index.clear();
+            self.last.clear();
+            self.reset = true;
+        }
+        let entries = &split.entries;
+        let mut refs = Vec::with_capacity(entries.len());
+        let mut added = Vec::new();
+        let mut columns: [Vec<u8>; COUNTERS] = Default::default();
+        let mut expected = 0i64;
+        for entry in entries {
+            let index = match self.index.get(entry.id) {
+                Some(&index) => {
+                    put_varint(&mut refs, zigzag(i64::from(index) - expected) + 1);
+                    index
+                }
+                None => {
+                    // More new ids than a table holds (only after a reset above): the decoder
+                    // would refuse them, so send this message as it is.
+                    if self.last.len() >= MAX_IDS {
+                        return self.opaque_after_reset(split);
+                    }
+                    let index = self.last.len() as u32;
+                    self.index.insert(entry.id.into(), index);
+                    self.last.push([0; COUNTERS]);
+                    refs.push(0);
+                    put_varint(&mut added, entry.id.len() as u64);
+                    added.extend_from_slice(entry.id);
+                    index
+                }
+            };
+            let last = &mut self.last[index as usize];
+            for (k, column) in columns.iter_mut().enumerate() {
+                let delta = entry.counters[k].wrapping_sub(last[k]) as i64;
+                put_varint(column, zigzag(delta));
+                last[k] = entry.counters[k];
+            }
+            expected = i64::from(index) + 1;
+        }
+        let mut inner = Vec::with_capacity(
+            HEADER_BYTES + 4 + refs.len() + added.len() + 3 * entries.len() + split.tail.len(),
+        );
+        inner.push(self.flags(DIGEST));
+        inner.extend_from_slice(split.header);
+        put_varint(&mut inner, entries.len() as u64);
+        inner.extend_from_slice(&refs);
+        inner.extend_from_slice(&added);
+        for column in &columns {
+            inner.extend_from_slice(column);
+        }
+        inner.extend_from_slice(split.tail);
+        inner
+    }
+
+    /// Empties the table and sends the message as it is (with [`RESET`]).
+    fn opaque_after_reset(&mut self, split: &Split<'_>) -> Vec<u8> {
+        self.index.clear();
+        self.last.clear();
+        self.reset = false;
+        let mut inner = vec![OPAQUE | RESET];
+        inner.extend_from_slice(split.header);
+        inner.extend_from_slice(&(split.entries.len() as u16).to_le_bytes());
+        for entry in &split.entries {
+            inner.extend_from_slice(entry.id);
+            for counter in entry.counters {
+                inner.extend_from_slice(&counter.to_le_bytes());
+            }
+        }
+        inner.extend_from_slice(split.tail);
+        inner
+    }
+}
+
+impl Decoder {
+    /// Decodes the next frame of this stream into chitchat's bytes, at most `max_bytes`.
+    /// After an error the stream must not be read further (the tables may be half updated).
+    pub(crate) fn decode(&mut self, frame: &[u8], max_bytes: usize) -> Result<Vec<u8>, SessionError> {
+        let inner = codec::decode(frame, max_frame_bytes(max_bytes))
+            .ok_or(SessionError::Framing)?;
+        let (&flags, mut body) = inner.split_first().ok_or(SessionError::Truncated("kind"))?;
+        if flags & RESET != 0 {
+            self.ids.clear();
+            self.last.clear();
+        }
+        match flags & !RESET {
+            OPAQUE if body.len() <= max_bytes => Ok(body.to_vec()),
+            OPAQUE => Err(SessionError::TooLarge(max_bytes)),
+            DIGEST => self.digest(&mut body, max_bytes),
+            other => Err(SessionError::UnknownKind(other)),
+        }
+    }
+
+    fn digest(&mut self, body: &mut &[u8], max_bytes: usize) -> Result<Vec<u8>, SessionError> {
+        let header = take(body, HEADER_BYTES, "header")?;
+        let count = take_varint(body, "entry count")?;
+        if count > u64::from(u16::MAX) {
+            return Err(SessionError::TooManyEntries(count));
+        }
+        let count = count as usize;
+        // Resolve every reference first; new ids are numbered in the order they come.
+        let mut refs = Vec::with_capacity(count.min(body.len()));
+        let mut expected = 0i64;
+        let mut known = self.ids.len();
+        for _ in 0..count {
+            let code = take_varint(body, "references")?;
+            let index = if code == 0 {
+                if known >= MAX_IDS {
+                    return Err(SessionError::TableFull);
+                }
+                known += 1;
+                known - 1
+            } else {
+                let index = expected.wrapping_add(unzigzag(code - 1));
+                if index < 0 || index as usize >= known {
+                    return Err(SessionError::UnknownId { index, known });
+                }
+                index as usize
+            };
+            refs.push(index);
+            expected = index as i64 + 1;
+        }
+        for _ in self.ids.len()..known {
+            let len = take_varint(body, "new id length")?;
+            if len > MAX_ID_BYTES as u64 {
+                return Err(SessionError::IdTooLong(len as usize));
+            }
+            let id = take(body, len as usize, "new id")?;
+            self.ids.push(id.into());
+            self.last.push([0; COUNTERS]);
+        }
+        // Every entry took at least one byte above, so `count` is bounded by the frame's size.
+        let mut deltas = vec![[0u64; COUNTERS]; count];
+        for k in 0..COUNTERS {
+            for delta in &mut deltas {
+                delta[k] = unzigzag(take_varint(body, "counters")?) as u64;
+            }
+        }
+        let tail = *body;
+        let size = HEADER_BYTES
+            + 2
+            + refs
+                .iter()
+                .map(|&i| self.ids[i].len() + 8 * COUNTERS)
+                .sum::<usize>()
+            + tail.len();
+        if size > max_bytes {
+            return Err(SessionError::TooLarge(max_bytes));
+        }
+        let mut out = Vec::with_capacity(size);
+        out.extend_from_slice(header);
+        out.extend_from_slice(&(count as u16).to_le_bytes());
+        for (&index, delta) in refs.iter().zip(&deltas) {
+            out.extend_from_slice(&self.ids[index]);
+            let last = &mut self.last[index];
+            for k in 0..COUNTERS {
+                last[k] = last[k].wrapping_add(delta[k]);
+                out.extend_from_slice(&last[k].to_le_bytes());
+            }
+        }
+        out.extend_from_slice(tail);
+        Ok(out)
+    }
+}
+
+/// The largest frame that can carry a message of `max_message` bytes: a digest frame exceeds its
+/// message only by its varints (at most about 12 bytes per entry of at least 41), an opaque one
+/// by a byte.
+pub(crate) fn max_frame_bytes(max_message: usize) -> usize {
+    max_message.saturating_mul(2).saturating_add(64)
+}
+
+/// Splits the next frame off the front of `buf`: `Ok(None)` when `buf` holds no whole frame
+/// yet, an error when the announced length passes `max_frame_bytes`.
+pub(crate) fn next_frame(
+    buf: &[u8],
+    max_frame_bytes: usize,
+) -> Result<Option<(usize, std::ops::Range<usize>)>, SessionError> {
+    let mut cursor = buf;
+    let len = match take_varint(&mut cursor, "frame length") {
+        Ok(len) => len,
+        Err(_) if buf.len() < 10 => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if len > max_frame_bytes as u64 {
+        return Err(SessionError::TooLarge(max_frame_bytes));
+    }
+    let start = buf.len() - cursor.len();
+    let end = start + len as usize;
+    if buf.len() < end {
+        return Ok(None);
+    }
+    Ok(Some((end, start..end)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chitchat::Serializable;
+    use proptest::prelude::*;
+
+    const CAP: usize = 128 << 10;
+
+    /// A chitchat message of `kind` (SYN or SYN-ACK) listing `members` as (index, generation,
+    /// heartbeat, max version), then `tail`.
+    fn digest_message(kind: u8, members: &[(u16, u64, u64, u64)], tail: &[u8]) -> Vec<u8> {
+        let mut buf = 45_139u16.to_le_bytes().to_vec();
+        buf.extend([0u8, kind]);
+        (members.len() as u16).serialize(&mut buf);
+        for &(i, generation, heartbeat, max_version) in members {
+            let addr = std::net::SocketAddr::from(([198, 18, (i >> 8) as u8, i as u8], 7946));
+            ChitchatId::new(format!("shoal-{i}"), generation, addr).serialize(&mut buf);
+            heartbeat.serialize(&mut buf);
+            0u64.serialize(&mut buf);
+            max_version.serialize(&mut buf);
+        }
+        buf.extend_from_slice(tail);
+        buf
+    }
+
+    /// Encodes every message on one stream and decodes it on the other end.
+    fn through(encoder: &mut Encoder, decoder: &mut Decoder, message: &[u8]) -> Vec<u8> {
+        let frame = encoder.encode(message);
+        decoder.decode(&frame, CAP).expect("a frame the encoder made decodes")
+    }
+
+    #[test]
+    fn a_steady_digest_of_100_members_is_a_fraction_of_its_compressed_size() {
+        let (mut encoder, mut decoder) = (Encoder::default(), Decoder::default());
+        let mut sizes = (0, 0);
+        for round in 0..20u64 {
+            let members: Vec<_> = (0..100u16)
+                .map(|i| {
+                    let gen = 1_764_800_000_000 + u64::from(i) * 37;
+                    (i, gen, 1_000 + round * 16 + u64::from(i % 5), 12 + u64::from(i % 3))
+                })
+                .collect();
+            let message = digest_message(SYN, &members, b"\x05\x00shoal");
+            let frame = encoder.encode(&message);
+            assert_eq!(decoder.decode(&frame, CAP), Ok(message.clone()));
+            if round > 0 {
+                sizes.0 += frame.len();
+                sizes.1 += codec::encode(&message).len();
+            }
+        }
+        let (session, alone) = sizes;
+        assert!(
+            session * 4 < alone,
+            "session frames {session} bytes against {alone} compressed alone"
+        );
+    }
+
+    #[test]
+    fn members_joining_leaving_and_restarting_round_trip() {
+        let (mut encoder, mut decoder) = (Encoder::default(), Decoder::default());
+        let mut members: Vec<(u16, u64, u64, u64)> = (0..10).map(|i| (i, 1, 5, 0)).collect();
+        for round in 0..200u64 {
+            for m in &mut members {
+                m.2 += 1 + round % 3;
+            }
+            match round % 7 {
+                0 => members.push((10 + round as u16, 1, 0, 0)),
+                3 if members.len() > 3 => {
+                    members.remove((round as usize) % members.len());
+                }
+                5 => members[0].1 += 1, // a restart: a new generation, so a new id
+                6 => members[1].3 += 4,
+                _ => {}
+            }
+            let mut sorted = members.clone();
+            sorted.sort_by_key(|m| format!("shoal-{}", m.0));
+            let kind = if round % 2 == 0 { SYN } else { SYN_ACK };
+            let message = digest_message(kind, &sorted, &[round as u8; 9]);
+            assert_eq!(through(&mut encoder, &mut decoder, &message), message);
+        }
+    }
+
+    #[test]
+    fn other_messages_go_as_they_are() {
+        let (mut encoder, mut decoder) = (Encoder::default(), Decoder::default());
+        let ack = [0xd3, 0xb0, 0, 2, 0xff, 1, 2, 3];
+        let bad_cluster = [0xd3, 0xb0, 0, 3];
+        let torn = &digest_message(SYN, &[(1, 1, 1, 1), (2, 1, 1, 1)], b"")[..40];
+        for message in [&ack[..], &bad_cluster, torn, &[], &[9; 3000]] {
+            assert_eq!(through(&mut encoder, &mut decoder, message), message);
+        }
+    }
+
+    #[test]
+    fn the_table_is_emptied_before_it_would_pass_its_bound() {
+        let (mut encoder, mut decoder) = (Encoder::default(), Decoder::default());
+        // 1,000 new ids a message: the fifth would pass 4,096, so the encoder resets.
+        for batch in 0..6u16 {
+            let members: Vec<_> = (0..1_000).map(|i| (i, u64::from(batch), 1, 1)).collect();
+            let message = digest_message(SYN, &members, b"");
+            assert_eq!(through(&mut encoder, &mut decoder, &message), message);
+            assert!(encoder.last.len() <= MAX_IDS && decoder.ids.len() <= MAX_IDS);
+        }
+        assert!(encoder.last.len() < 4_000, "{}", encoder.last.len());
+        // More new ids in one message than a table holds: sent as it is.
+        let many: Vec<_> = (0..5_000).map(|i| (i, 9, 1, 1)).collect();
+        let message = digest_message(SYN, &many, b"");
+        assert!(message.len() < CAP * 2);
+        let frame = encoder.encode(&message);
+        assert_eq!(decoder.decode(&frame, 1 << 20), Ok(message));
+        let again = digest_message(SYN, &[(1, 9, 2, 1)], b"");
+        assert_eq!(through(&mut encoder, &mut decoder, &again), again);
+    }
+
+    /// A frame built by hand: flags, then the body, framed by `codec`.
+    fn forged(flags: u8, body: &[u8]) -> Vec<u8> {
+        let mut inner = vec![flags];
+        inner.extend_from_slice(body);
+        codec::encode(&inner)
+    }
+
+    #[test]
+    fn lies_are_refused_with_what_was_wrong() {
+        let header = [0xd3, 0xb0, 0, SYN];
+        let with = |rest: &[u8]| [&header[..], rest].concat();
+        let mut d = Decoder::default();
+        assert_eq!(d.decode(&[], CAP), Err(SessionError::Framing));
+        assert_eq!(d.decode(&forged(7, b""), CAP), Err(SessionError::UnknownKind(7)));
+        assert_eq!(
+            d.decode(&forged(DIGEST, &with(&[1, 1])), CAP),
+            Err(SessionError::UnknownId { index: 0, known: 0 })
+        );
+        assert_eq!(
+            d.decode(&forged(DIGEST, &with(&[0xff, 0xff, 0x04])), CAP),
+            Err(SessionError::TooManyEntries(0x1_3fff))
+        );
+        assert_eq!(
+            d.decode(&forged(DIGEST, &with(&[1, 0, 0x81, 0x04])), CAP),
+            Err(SessionError::IdTooLong(513))
+        );
+        assert_eq!(
+            d.decode(&forged(DIGEST, &with(&[1, 0, 3, 1, 2])), CAP),
+            Err(SessionError::Truncated("new id"))
+        );
+        assert_eq!(
+            d.decode(&forged(DIGEST, &with(&[2, 0, 0, 1, b'a', 1, b'b', 0, 0, 0])), CAP),
+            Err(SessionError::Truncated("counters"))
+        );
+        assert_eq!(
+            Decoder::default().decode(&forged(OPAQUE, &[0; 100]), 99),
+            Err(SessionError::TooLarge(99))
+        );
+    }
+
+    #[test]
+    fn the_rebuilt_size_is_capped_exactly() {
+        // One id of 500 bytes referenced 200 times rebuilds 200 x 524 bytes from a small frame.
+        let mut body = vec![0xd3, 0xb0, 0, SYN];
+        put_varint(&mut body, 200);
+        body.push(0);
+        body.extend(std::iter::repeat_n(2u8, 199)); // each: the previous index again (zigzag of -1, plus 1)
+        put_varint(&mut body, 500);
+        body.extend([b'x'; 500]);
+        body.extend([0u8; 600]);
+        let frame = forged(DIGEST, &body);
+        let size = 4 + 2 + 200 * (500 + 24);
+        assert!(frame.len() < 2_000);
+        assert_eq!(Decoder::default().decode(&frame, size - 1), Err(SessionError::TooLarge(size - 1)));
+        assert_eq!(Decoder::default().decode(&frame, size).map(|m| m.len()), Ok(size));
+    }
+
+    #[test]
+    fn a_full_table_refuses_more_ids() {
+        let mut d = Decoder::default();
+        for i in 0..MAX_IDS {
+            d.ids.push(i.to_le_bytes().into());
+            d.last.push([0; COUNTERS]);
+        }
+        let frame = forged(DIGEST, &[0xd3, 0xb0, 0, SYN, 1, 0, 1, b'a', 0, 0, 0]);
+        assert_eq!(d.decode(&frame, CAP), Err(SessionError::TableFull));
+        // A reset empties it first.
+        assert!(d.decode(&forged(DIGEST | RESET, &[0xd3, 0xb0, 0, SYN, 1, 0, 1, b'a', 0, 0, 0]), CAP).is_ok());
+        assert_eq!(d.ids.len(), 1);
+    }
+
+    #[test]
+    fn frames_are_split_off_a_byte_stream() {
+        let mut stream = Vec::new();
+        put_frame(&mut stream, &[1, 2, 3]);
+        put_frame(&mut stream, &[7; 300]);
+        assert_eq!(next_frame(&stream, 1_000), Ok(Some((4, 1..4))));
+        assert_eq!(next_frame(&stream[4..], 1_000), Ok(Some((302, 2..302))));
+        assert_eq!(next_frame(&stream[4..300], 1_000), Ok(None));
+        assert_eq!(next_frame(&stream[4..5], 1_000), Ok(None));
+        assert_eq!(next_frame(&[], 1_000), Ok(None));
+        assert_eq!(next_frame(&stream[4..], 299), Err(SessionError::TooLarge(299)));
+        assert!(next_frame(&[0xff; 11], usize::MAX).is_err());
+    }
+
+    fn arbitrary_message() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..300),
+            (
+                proptest::collection::vec((0u16..40, 0u64..3, any::<u64>(), 0u64..1_000), 0..30),
+                any::<bool>(),
+                proptest::collection::vec(any::<u8>(), 0..40),
+            )
+                .prop_map(|(mut members, ack, tail)| {
+                    members.sort_by_key(|m| (format!("shoal-{}", m.0), m.1));
+                    members.dedup_by_key(|m| (m.0, m.1));
+                    digest_message(if ack { SYN_ACK } else { SYN }, &members, &tail)
+                }),
+        ]
+    }
+
+    proptest! {
+        /// Any sequence of messages comes out of one stream exactly as it went in.
+        #[test]
+        fn a_stream_round_trips(messages in proptest::collection::vec(arbitrary_message(), 1..40)) {
+            let (mut encoder, mut decoder) = (Encoder::default(), Decoder::default());
+            for message in &messages {
+                prop_assert_eq!(&decoder.decode(&encoder.encode(message), CAP).unwrap(), message);
+            }
+        }
+
+        #[test]
+        fn garbage_never_panics(frames in proptest::collection::vec(
+            proptest::collection::vec(any::<u8>(), 0..200), 1..8)) {
+            let mut decoder = Decoder::default();
+            for frame in &frames {
+                let _ = decoder.decode(frame, 1 << 16);
+                let inner: Vec<u8> = [&[DIGEST][..], frame].concat();
+                let _ = decoder.decode(&codec::encode(&inner), 1 << 16);
+                let _ = next_frame(frame, 1 << 16);
+            }
+            prop_assert!(decoder.ids.len() <= MAX_IDS);
+        }
+    }
+}
