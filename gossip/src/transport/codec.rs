@@ -45,7 +45,12 @@ fn decompress(body: &[u8], max_bytes: usize) -> Option<Vec<u8>> {
 
 /// Frames a chitchat message for the wire.
 pub fn encode(message: &[u8]) -> Vec<u8> {
-    if message.len() >= COMPRESS_FROM_BYTES {
+    encode_from(message, COMPRESS_FROM_BYTES)
+}
+
+/// Frames `message`, compressed when it is at least `min_bytes` long and compression helps.
+pub fn encode_from(message: &[u8], min_bytes: usize) -> Vec<u8> {
+    if message.len() >= min_bytes {
         if let Some(compressed) = compress(message) {
             if compressed.len() < message.len() {
                 let mut out = Vec::with_capacity(compressed.len() + 1);

@@ -39,6 +39,13 @@ const OPAQUE: u8 = 0;
 const DIGEST: u8 = 1;
 /// Set on the first frame after the encoder emptied its table: the decoder empties its own.
 const RESET: u8 = 0x80;
+/// Reference codes: the id after the last one referenced (in table order), a new id (its bytes
+/// follow the references), or a jump (zigzag of the distance from "the next", plus `JUMP`).
+const NEXT: u64 = 0;
+const NEW: u64 = 1;
+const JUMP: u64 = 2;
+/// Frames shorter than this go uncompressed (zstd's frame header would eat the gain).
+const COMPRESS_FROM_BYTES: usize = 64;
 /// Chitchat message types whose body starts with a digest (byte 3 of every message).
 const SYN: u8 = 0;
 const SYN_ACK: u8 = 1;
@@ -64,6 +71,8 @@ pub(crate) enum SessionError {
     IdTooLong(usize),
     #[error("session frame would grow the stream's id table past {MAX_IDS} ids")]
     TableFull,
+    #[error("session frame's {0} hold a run of zeros past the entry count")]
+    ZeroRun(&'static str),
     #[error("session frame rebuilds a message of more than {0} bytes")]
     TooLarge(usize),
 }
@@ -160,6 +169,47 @@ fn take_varint(buf: &mut &[u8], what: &'static str) -> Result<u64, SessionError>
     Err(SessionError::Truncated(what))
 }
 
+/// Writes a column of values: each as a varint, except that a run of zeros is a 0 byte then the
+/// run's length less one (most references are "the next id", most version deltas nothing).
+fn put_column(out: &mut Vec<u8>, values: &[u64]) {
+    let mut i = 0;
+    while i < values.len() {
+        if values[i] != 0 {
+            put_varint(out, values[i]);
+            i += 1;
+            continue;
+        }
+        let run = values[i..].iter().take_while(|&&v| v == 0).count();
+        out.push(0);
+        put_varint(out, run as u64 - 1);
+        i += run;
+    }
+}
+
+/// Reads a column of `count` values written by [`put_column`].
+fn take_column(
+    buf: &mut &[u8],
+    count: usize,
+    what: &'static str,
+) -> Result<Vec<u64>, SessionError> {
+    // At most the frame's size plus one run: a run of zeros longer than the frame would have to
+    // be stated in a varint the frame holds.
+    let mut values = Vec::with_capacity(count.min(buf.len()));
+    while values.len() < count {
+        let value = take_varint(buf, what)?;
+        if value != 0 {
+            values.push(value);
+            continue;
+        }
+        let run = take_varint(buf, what)?;
+        if run >= (count - values.len()) as u64 {
+            return Err(SessionError::ZeroRun(what));
+        }
+        values.resize(values.len() + run as usize + 1, 0);
+    }
+    Ok(values)
+}
+
 fn take<'a>(buf: &mut &'a [u8], n: usize, what: &'static str) -> Result<&'a [u8], SessionError> {
     if buf.len() < n {
         return Err(SessionError::Truncated(what));
@@ -190,7 +240,7 @@ impl Encoder {
                 inner
             }
         };
-        codec::encode(&inner)
+        codec::encode_from(&inner, COMPRESS_FROM_BYTES)
     }
 
     fn flags(&mut self, kind: u8) -> u8 {
@@ -215,12 +265,13 @@ impl Encoder {
         let entries = &split.entries;
         let mut refs = Vec::with_capacity(entries.len());
         let mut added = Vec::new();
-        let mut columns: [Vec<u8>; COUNTERS] = Default::default();
+        let mut columns: [Vec<u64>; COUNTERS] = Default::default();
         let mut expected = 0i64;
         for entry in entries {
             let index = match self.index.get(entry.id) {
                 Some(&index) => {
-                    put_varint(&mut refs, zigzag(i64::from(index) - expected) + 1);
+                    let jump = i64::from(index) - expected;
+                    refs.push(if jump == 0 { NEXT } else { zigzag(jump) + JUMP });
                     index
                 }
                 None => {
@@ -232,7 +283,7 @@ impl Encoder {
                     let index = self.last.len() as u32;
                     self.index.insert(entry.id.into(), index);
                     self.last.push([0; COUNTERS]);
-                    refs.push(0);
+                    refs.push(NEW);
                     put_varint(&mut added, entry.id.len() as u64);
                     added.extend_from_slice(entry.id);
                     index
@@ -240,22 +291,21 @@ impl Encoder {
             };
             let last = &mut self.last[index as usize];
             for (k, column) in columns.iter_mut().enumerate() {
-                let delta = entry.counters[k].wrapping_sub(last[k]) as i64;
-                put_varint(column, zigzag(delta));
+                column.push(zigzag(entry.counters[k].wrapping_sub(last[k]) as i64));
                 last[k] = entry.counters[k];
             }
             expected = i64::from(index) + 1;
         }
         let mut inner = Vec::with_capacity(
-            HEADER_BYTES + 4 + refs.len() + added.len() + 3 * entries.len() + split.tail.len(),
+            HEADER_BYTES + 8 + added.len() + 2 * entries.len() + split.tail.len(),
         );
         inner.push(self.flags(DIGEST));
         inner.extend_from_slice(split.header);
         put_varint(&mut inner, entries.len() as u64);
-        inner.extend_from_slice(&refs);
+        put_column(&mut inner, &refs);
         inner.extend_from_slice(&added);
         for column in &columns {
-            inner.extend_from_slice(column);
+            put_column(&mut inner, column);
         }
         inner.extend_from_slice(split.tail);
         inner
@@ -283,9 +333,13 @@ impl Encoder {
 impl Decoder {
     /// Decodes the next frame of this stream into chitchat's bytes, at most `max_bytes`.
     /// After an error the stream must not be read further (the tables may be half updated).
-    pub(crate) fn decode(&mut self, frame: &[u8], max_bytes: usize) -> Result<Vec<u8>, SessionError> {
-        let inner = codec::decode(frame, max_frame_bytes(max_bytes))
-            .ok_or(SessionError::Framing)?;
+    pub(crate) fn decode(
+        &mut self,
+        frame: &[u8],
+        max_bytes: usize,
+    ) -> Result<Vec<u8>, SessionError> {
+        let inner =
+            codec::decode(frame, max_frame_bytes(max_bytes)).ok_or(SessionError::Framing)?;
         let (&flags, mut body) = inner.split_first().ok_or(SessionError::Truncated("kind"))?;
         if flags & RESET != 0 {
             self.ids.clear();
@@ -307,19 +361,24 @@ impl Decoder {
         }
         let count = count as usize;
         // Resolve every reference first; new ids are numbered in the order they come.
-        let mut refs = Vec::with_capacity(count.min(body.len()));
+        let codes = take_column(body, count, "references")?;
+        let mut refs = Vec::with_capacity(count);
         let mut expected = 0i64;
         let mut known = self.ids.len();
-        for _ in 0..count {
-            let code = take_varint(body, "references")?;
-            let index = if code == 0 {
+        for code in codes {
+            let index = if code == NEW {
                 if known >= MAX_IDS {
                     return Err(SessionError::TableFull);
                 }
                 known += 1;
                 known - 1
             } else {
-                let index = expected.wrapping_add(unzigzag(code - 1));
+                let jump = if code == NEXT {
+                    0
+                } else {
+                    unzigzag(code - JUMP)
+                };
+                let index = expected.wrapping_add(jump);
                 if index < 0 || index as usize >= known {
                     return Err(SessionError::UnknownId { index, known });
                 }
@@ -337,32 +396,32 @@ impl Decoder {
             self.ids.push(id.into());
             self.last.push([0; COUNTERS]);
         }
-        // Every entry took at least one byte above, so `count` is bounded by the frame's size.
-        let mut deltas = vec![[0u64; COUNTERS]; count];
-        for k in 0..COUNTERS {
-            for delta in &mut deltas {
-                delta[k] = unzigzag(take_varint(body, "counters")?) as u64;
-            }
-        }
-        let tail = *body;
         let size = HEADER_BYTES
             + 2
             + refs
                 .iter()
                 .map(|&i| self.ids[i].len() + 8 * COUNTERS)
-                .sum::<usize>()
-            + tail.len();
+                .sum::<usize>();
+        if size > max_bytes {
+            return Err(SessionError::TooLarge(max_bytes));
+        }
+        let mut columns: [Vec<u64>; COUNTERS] = Default::default();
+        for column in &mut columns {
+            *column = take_column(body, count, "counters")?;
+        }
+        let tail = *body;
+        let size = size + tail.len();
         if size > max_bytes {
             return Err(SessionError::TooLarge(max_bytes));
         }
         let mut out = Vec::with_capacity(size);
         out.extend_from_slice(header);
         out.extend_from_slice(&(count as u16).to_le_bytes());
-        for (&index, delta) in refs.iter().zip(&deltas) {
+        for (n, &index) in refs.iter().enumerate() {
             out.extend_from_slice(&self.ids[index]);
             let last = &mut self.last[index];
-            for k in 0..COUNTERS {
-                last[k] = last[k].wrapping_add(delta[k]);
+            for (k, column) in columns.iter().enumerate() {
+                last[k] = last[k].wrapping_add(unzigzag(column[n]) as u64);
                 out.extend_from_slice(&last[k].to_le_bytes());
             }
         }
@@ -429,7 +488,9 @@ mod tests {
     /// Encodes every message on one stream and decodes it on the other end.
     fn through(encoder: &mut Encoder, decoder: &mut Decoder, message: &[u8]) -> Vec<u8> {
         let frame = encoder.encode(message);
-        decoder.decode(&frame, CAP).expect("a frame the encoder made decodes")
+        decoder
+            .decode(&frame, CAP)
+            .expect("a frame the encoder made decodes")
     }
 
     #[test]
@@ -440,7 +501,12 @@ mod tests {
             let members: Vec<_> = (0..100u16)
                 .map(|i| {
                     let gen = 1_764_800_000_000 + u64::from(i) * 37;
-                    (i, gen, 1_000 + round * 16 + u64::from(i % 5), 12 + u64::from(i % 3))
+                    (
+                        i,
+                        gen,
+                        1_000 + round * 16 + u64::from(i % 5),
+                        12 + u64::from(i % 3),
+                    )
                 })
                 .collect();
             let message = digest_message(SYN, &members, b"\x05\x00shoal");
@@ -528,25 +594,36 @@ mod tests {
         let with = |rest: &[u8]| [&header[..], rest].concat();
         let mut d = Decoder::default();
         assert_eq!(d.decode(&[], CAP), Err(SessionError::Framing));
-        assert_eq!(d.decode(&forged(7, b""), CAP), Err(SessionError::UnknownKind(7)));
         assert_eq!(
-            d.decode(&forged(DIGEST, &with(&[1, 1])), CAP),
+            d.decode(&forged(7, b""), CAP),
+            Err(SessionError::UnknownKind(7))
+        );
+        // One entry, "the next id" (a zero run of 1), but the table is empty.
+        assert_eq!(
+            d.decode(&forged(DIGEST, &with(&[1, 0, 0])), CAP),
             Err(SessionError::UnknownId { index: 0, known: 0 })
+        );
+        assert_eq!(
+            d.decode(&forged(DIGEST, &with(&[1, 0, 1])), CAP),
+            Err(SessionError::ZeroRun("references"))
         );
         assert_eq!(
             d.decode(&forged(DIGEST, &with(&[0xff, 0xff, 0x04])), CAP),
             Err(SessionError::TooManyEntries(0x1_3fff))
         );
         assert_eq!(
-            d.decode(&forged(DIGEST, &with(&[1, 0, 0x81, 0x04])), CAP),
+            d.decode(&forged(DIGEST, &with(&[1, 1, 0x81, 0x04])), CAP),
             Err(SessionError::IdTooLong(513))
         );
         assert_eq!(
-            d.decode(&forged(DIGEST, &with(&[1, 0, 3, 1, 2])), CAP),
+            d.decode(&forged(DIGEST, &with(&[1, 1, 3, 1, 2])), CAP),
             Err(SessionError::Truncated("new id"))
         );
         assert_eq!(
-            d.decode(&forged(DIGEST, &with(&[2, 0, 0, 1, b'a', 1, b'b', 0, 0, 0])), CAP),
+            d.decode(
+                &forged(DIGEST, &with(&[2, 1, 1, 1, b'a', 1, b'b', 0, 1])),
+                CAP
+            ),
             Err(SessionError::Truncated("counters"))
         );
         assert_eq!(
@@ -560,16 +637,26 @@ mod tests {
         // One id of 500 bytes referenced 200 times rebuilds 200 x 524 bytes from a small frame.
         let mut body = vec![0xd3, 0xb0, 0, SYN];
         put_varint(&mut body, 200);
-        body.push(0);
-        body.extend(std::iter::repeat_n(2u8, 199)); // each: the previous index again (zigzag of -1, plus 1)
+        // A new id, then 199 times the same one again (a jump of -1 from "the next").
+        let mut refs = vec![NEW];
+        refs.extend(std::iter::repeat_n(zigzag(-1) + JUMP, 199));
+        put_column(&mut body, &refs);
         put_varint(&mut body, 500);
         body.extend([b'x'; 500]);
-        body.extend([0u8; 600]);
+        for _ in 0..COUNTERS {
+            put_column(&mut body, &[0; 200]);
+        }
         let frame = forged(DIGEST, &body);
         let size = 4 + 2 + 200 * (500 + 24);
         assert!(frame.len() < 2_000);
-        assert_eq!(Decoder::default().decode(&frame, size - 1), Err(SessionError::TooLarge(size - 1)));
-        assert_eq!(Decoder::default().decode(&frame, size).map(|m| m.len()), Ok(size));
+        assert_eq!(
+            Decoder::default().decode(&frame, size - 1),
+            Err(SessionError::TooLarge(size - 1))
+        );
+        assert_eq!(
+            Decoder::default().decode(&frame, size).map(|m| m.len()),
+            Ok(size)
+        );
     }
 
     #[test]
@@ -579,11 +666,37 @@ mod tests {
             d.ids.push(i.to_le_bytes().into());
             d.last.push([0; COUNTERS]);
         }
-        let frame = forged(DIGEST, &[0xd3, 0xb0, 0, SYN, 1, 0, 1, b'a', 0, 0, 0]);
-        assert_eq!(d.decode(&frame, CAP), Err(SessionError::TableFull));
+        let body = [0xd3, 0xb0, 0, SYN, 1, 1, 1, b'a', 0, 0, 0, 0, 0, 0];
+        assert_eq!(
+            d.decode(&forged(DIGEST, &body), CAP),
+            Err(SessionError::TableFull)
+        );
         // A reset empties it first.
-        assert!(d.decode(&forged(DIGEST | RESET, &[0xd3, 0xb0, 0, SYN, 1, 0, 1, b'a', 0, 0, 0]), CAP).is_ok());
+        assert!(d.decode(&forged(DIGEST | RESET, &body), CAP).is_ok());
         assert_eq!(d.ids.len(), 1);
+    }
+
+    #[test]
+    fn columns_round_trip_with_runs_of_zeros() {
+        for values in [
+            vec![],
+            vec![0],
+            vec![5, 0, 0, 0, 7, 0],
+            vec![0; 300],
+            vec![u64::MAX, 0, 1],
+        ] {
+            let mut out = Vec::new();
+            put_column(&mut out, &values);
+            let mut buf = &out[..];
+            assert_eq!(
+                take_column(&mut buf, values.len(), "test"),
+                Ok(values.clone())
+            );
+            assert!(buf.is_empty());
+        }
+        let mut out = Vec::new();
+        put_column(&mut out, &[0; 300]);
+        assert_eq!(out.len(), 3, "a run of zeros is a 0 byte and its length");
     }
 
     #[test]
@@ -596,7 +709,10 @@ mod tests {
         assert_eq!(next_frame(&stream[4..300], 1_000), Ok(None));
         assert_eq!(next_frame(&stream[4..5], 1_000), Ok(None));
         assert_eq!(next_frame(&[], 1_000), Ok(None));
-        assert_eq!(next_frame(&stream[4..], 299), Err(SessionError::TooLarge(299)));
+        assert_eq!(
+            next_frame(&stream[4..], 299),
+            Err(SessionError::TooLarge(299))
+        );
         assert!(next_frame(&[0xff; 11], usize::MAX).is_err());
     }
 
