@@ -44,6 +44,7 @@ pub fn gossip_session(bytes: &[u8]) -> bool {
                     return false;
                 };
                 assert!(message.len() <= MAX_GOSSIP_MESSAGE_BYTES);
+                assert!(decoder.table_len() <= crate::transport::session::MAX_IDS);
                 gossip_message(&message);
                 rest = &rest[end..];
             }

@@ -1,5 +1,6 @@
 //! One QUIC endpoint per node carries all peer traffic: chitchat gossip (one unidirectional
-//! stream per message; inbound datagrams are still accepted) and bidirectional streams, which
+//! session stream per connection and direction, each message a frame encoded against the
+//! earlier ones, see `session.rs`; one-message streams and datagrams are still accepted) and bidirectional streams, which
 //! it hands to its owner as [`InboundStream`]s (the mesh serves documents on them, see
 //! `transfer.rs`). The transport knows nothing of documents.
 //!

@@ -1,5 +1,6 @@
-//! The sending side: gossip messages queued per peer and sent each on its own stream, and the
-//! cached connection to each peer (dialed on demand with backoff, reset after a healed cut).
+//! The sending side: gossip messages queued per peer and sent as frames of the peer's session
+//! stream (`session.rs`), and the cached connection to each peer (dialed on demand with
+//! backoff, reset after a healed cut).
 
 use super::*;
 

@@ -331,6 +331,11 @@ impl Encoder {
 }
 
 impl Decoder {
+    /// Ids in the table.
+    pub(crate) fn table_len(&self) -> usize {
+        self.ids.len()
+    }
+
     /// Decodes the next frame of this stream into chitchat's bytes, at most `max_bytes`.
     /// After an error the stream must not be read further (the tables may be half updated).
     pub(crate) fn decode(
