@@ -99,4 +99,6 @@ pub enum TransferError {
     },
     #[error("peer {peer}: timed out after {timeout_ms} ms")]
     Timeout { peer: SocketAddr, timeout_ms: u64 },
+    #[error("peer {peer}: bad patch (asking for the full document instead): {detail}")]
+    Patch { peer: SocketAddr, detail: String },
 }

@@ -11,9 +11,9 @@
 //! programming the dataplane (the node calls [`Mesh::set_applied`] once it has), the CLI.
 //!
 //! Reading order: `version.rs`, `election.rs`, `head.rs`, `liveness.rs`, `rendezvous.rs`,
-//! `spread.rs`, `hedge.rs` (pure rules), `view.rs`, `replica/` (the sans-IO state machine that
+//! `spread.rs`, `hedge.rs`, `delta.rs` (pure rules), `view.rs`, `replica/` (the sans-IO state machine that
 //! applies them; the chaos simulation drives it too),
-//! `mesh.rs` (the async shell), `transport/` and `transfer.rs` (bytes on the wire). See
+//! `mesh.rs` (the async shell), `transport/`, `transfer.rs` and `patches.rs` (bytes on the wire). See
 //! docs/internals/gossip.md.
 //!
 //! Feature `fault-injection` (tests, benchmarks, the chaos build; never the release binary):
@@ -23,6 +23,7 @@
 
 pub mod certs;
 mod config;
+pub mod delta;
 pub mod election;
 mod epoch_file;
 mod error;
@@ -35,6 +36,7 @@ pub mod incarnation;
 mod keys;
 pub mod liveness;
 mod mesh;
+mod patches;
 pub mod rendezvous;
 pub mod replica;
 pub mod reservation;
@@ -51,7 +53,7 @@ pub use config::{MeshConfig, Security, Timing, DEFAULT_CLUSTER_ID};
 pub use election::{Role, RoleReason};
 pub use error::{CertError, MeshError, PublishError, TransferError};
 pub use head::HeadInfo;
-pub use mesh::{Mesh, Stamped};
+pub use mesh::{DocumentsServed, Mesh, Stamped};
 pub use transfer::digest_hex;
 #[cfg(feature = "fault-injection")]
 pub use transport::FaultHook;

@@ -1,11 +1,20 @@
 //! Document transfer over a QUIC bidirectional stream: request by version, answer with a
-//! header and the document's bincode bytes. Every length is capped before anything is allocated.
+//! header and the document's bincode bytes, or a patch against a version the requester holds
+//! (`delta.rs`). Every length is capped before anything is allocated.
 //!
 //! Wire format (each frame = u32 big-endian length + bincode 2 `standard()` body):
 //! client -> `FetchRequest`, server -> `FetchHeader`, then for `Found` exactly `size_bytes` raw
-//! bytes (the document's own bincode encoding, whose SHA-256 is the gossiped digest).
+//! bytes (the document's own bincode encoding, whose SHA-256 is the gossiped digest), for
+//! `Delta` exactly `patch_bytes` bytes of patch.
+//!
+//! Versioning: the request's `base` was added after the first release. It is encoded after the
+//! version, and older peers decode the version and ignore the bytes after it (so they answer
+//! with the full document); a request without them (from an older peer) decodes with no base.
+//! `FetchHeader::Delta` is only ever sent in answer to a request that offered a base.
 
+use crate::delta::{self, Base};
 use crate::error::TransferError;
+use crate::patches::Patches;
 use crate::transport::QuicTransport;
 use crate::version::Version;
 use bytes::Bytes;
@@ -32,6 +41,9 @@ pub(crate) struct Blob {
 #[derive(Debug, Serialize, Deserialize)]
 struct FetchRequest {
     version: Version,
+    /// A version the requester holds and would take a patch against (see the versioning note
+    /// above: absent in older peers' requests).
+    base: Option<Base>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -44,6 +56,23 @@ enum FetchHeader {
     NotHeld {
         held: Option<Version>,
     },
+    /// The document as a patch against the requester's `base` (`delta.rs`): `size_bytes` is
+    /// the document's size once patched.
+    Delta {
+        version: Version,
+        digest: String,
+        size_bytes: u64,
+        base: Base,
+        patch_bytes: u64,
+    },
+}
+
+/// What a holder sent, for the counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Served {
+    Nothing,
+    Full { bytes: u64 },
+    Delta { bytes: u64 },
 }
 
 /// Hex SHA-256: the digest gossiped with each version.
@@ -60,10 +89,11 @@ fn encode_frame<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
     Ok(frame)
 }
 
-async fn read_frame<T: serde::de::DeserializeOwned>(
+/// Reads one control frame's body (its length capped at [`MAX_FRAME_BYTES`]).
+async fn read_frame_body(
     recv: &mut RecvStream,
     peer: SocketAddr,
-) -> Result<T, TransferError> {
+) -> Result<Vec<u8>, TransferError> {
     let stream_err = |e: quinn::ReadExactError| TransferError::Stream {
         peer,
         detail: e.to_string(),
@@ -79,7 +109,30 @@ async fn read_frame<T: serde::de::DeserializeOwned>(
     }
     let mut body = vec![0u8; len];
     recv.read_exact(&mut body).await.map_err(stream_err)?;
+    Ok(body)
+}
+
+async fn read_frame<T: serde::de::DeserializeOwned>(
+    recv: &mut RecvStream,
+    peer: SocketAddr,
+) -> Result<T, TransferError> {
+    let body = read_frame_body(recv, peer).await?;
     decode_body(&body).map_err(|detail| TransferError::Decode { peer, detail })
+}
+
+/// Decodes a request: the version, then the base if the requester sent one (see the
+/// versioning note at the top).
+fn decode_request(body: &[u8]) -> Result<FetchRequest, String> {
+    let config = bincode::config::standard().with_limit::<MAX_FRAME_BYTES>();
+    let (version, used) =
+        bincode::serde::decode_from_slice::<Version, _>(body, config).map_err(|e| e.to_string())?;
+    let rest = body.get(used..).unwrap_or_default();
+    let base = if rest.is_empty() {
+        None
+    } else {
+        decode_body::<Option<Base>>(rest).map_err(|e| format!("request's base: {e}"))?
+    };
+    Ok(FetchRequest { version, base })
 }
 
 /// Decodes a control frame's body (bincode 2, capped at [`MAX_FRAME_BYTES`]).
@@ -126,9 +179,25 @@ pub(crate) fn decode_document<D: serde::de::DeserializeOwned>(bytes: &[u8]) -> R
 #[doc(hidden)]
 pub fn fuzz_seeds() -> Vec<Vec<u8>> {
     let version = Version::new(3, 7, crate::version::NodeId::new("n0"));
+    let base = Base {
+        version: Version::new(3, 6, crate::version::NodeId::new("n0")),
+        digest: digest_hex(b"old"),
+    };
     let frames = [
         encode_frame(&FetchRequest {
             version: version.clone(),
+            base: None,
+        }),
+        encode_frame(&FetchRequest {
+            version: version.clone(),
+            base: Some(base.clone()),
+        }),
+        encode_frame(&FetchHeader::Delta {
+            version: version.clone(),
+            digest: digest_hex(b"doc"),
+            size_bytes: 3,
+            base,
+            patch_bytes: 2,
         }),
         encode_frame(&FetchHeader::Found {
             version: version.clone(),
@@ -155,7 +224,7 @@ pub fn fuzz_control_frame(bytes: &[u8]) -> bool {
         return false;
     }
     let body = &body[..len];
-    let request = decode_body::<FetchRequest>(body).is_ok();
+    let request = decode_request(body).is_ok();
     let header = decode_body::<FetchHeader>(body).is_ok();
     request || header
 }
@@ -186,40 +255,66 @@ async fn held_by_then(
     held
 }
 
-/// Answers one request on an inbound bidirectional stream; `Ok(true)` when it sent the document.
+/// Answers one request on an inbound bidirectional stream, saying what it sent.
 ///
 /// A request for a version newer than the one held waits up to `wait` for it: the requester
 /// counts on this node as its parent in the spread tree (`spread.rs`), and this node fetches
 /// that version itself as soon as gossip tells it of the new head. A request for an older
-/// version is answered at once ("not held").
+/// version is answered at once ("not held"). A request offering a base gets a patch when
+/// `patches` has or can make one worth sending, else the full document.
 pub(crate) async fn serve(
     mut blobs: watch::Receiver<Option<Arc<Blob>>>,
+    patches: &Patches,
     peer: SocketAddr,
     mut send: SendStream,
     mut recv: RecvStream,
     wait: Duration,
-) -> Result<bool, TransferError> {
+) -> Result<Served, TransferError> {
     let work = async {
-        let request: FetchRequest = read_frame(&mut recv, peer).await?;
+        let body = read_frame_body(&mut recv, peer).await?;
+        let request =
+            decode_request(&body).map_err(|detail| TransferError::Decode { peer, detail })?;
         let blob = held_by_then(&mut blobs, &request.version, wait).await;
         let encode_err = |detail| TransferError::Decode { peer, detail };
         let served = match blob {
             Some(blob) if blob.version == request.version => {
-                let header = FetchHeader::Found {
-                    version: blob.version.clone(),
-                    digest: blob.digest.clone(),
-                    size_bytes: blob.bytes.len() as u64,
+                let patch = patches.answer(request.base.as_ref(), &blob).await;
+                let (header, payload) = match (patch, request.base) {
+                    (Some(patch), Some(base)) => (
+                        FetchHeader::Delta {
+                            version: blob.version.clone(),
+                            digest: blob.digest.clone(),
+                            size_bytes: blob.bytes.len() as u64,
+                            base,
+                            patch_bytes: patch.len() as u64,
+                        },
+                        patch,
+                    ),
+                    _ => (
+                        FetchHeader::Found {
+                            version: blob.version.clone(),
+                            digest: blob.digest.clone(),
+                            size_bytes: blob.bytes.len() as u64,
+                        },
+                        blob.bytes.clone(),
+                    ),
                 };
+                let delta = matches!(header, FetchHeader::Delta { .. });
                 write_all(&mut send, &encode_frame(&header).map_err(encode_err)?, peer).await?;
-                write_all(&mut send, &blob.bytes, peer).await?;
-                true
+                write_all(&mut send, &payload, peer).await?;
+                let bytes = payload.len() as u64;
+                if delta {
+                    Served::Delta { bytes }
+                } else {
+                    Served::Full { bytes }
+                }
             }
             other => {
                 let header = FetchHeader::NotHeld {
                     held: other.map(|b| b.version.clone()),
                 };
                 write_all(&mut send, &encode_frame(&header).map_err(encode_err)?, peer).await?;
-                false
+                Served::Nothing
             }
         };
         let _ = send.finish();
@@ -249,17 +344,29 @@ pub(crate) struct FetchTimeouts {
     pub answer_ms: u64,
 }
 
-/// Fetches `wanted` from `peer` and checks it against the gossiped digest. A holder that does
-/// not answer within `answer_ms` has its connection closed, so the next use dials afresh.
-/// `found` is called once the holder has said it sends the document (before the bytes).
+/// A verified document and how it came.
+#[derive(Debug)]
+pub(crate) struct Fetched {
+    pub bytes: Bytes,
+    /// The patch it was made from, when the holder sent one against the offered base.
+    pub patch: Option<Bytes>,
+}
+
+/// Fetches `wanted` from `peer` and checks it against the gossiped digest. With `base` (a
+/// verified version this node holds), asks for it as a patch against that base; a patch that
+/// does not apply or does not yield the digest is [`TransferError::Patch`] (the caller then asks
+/// for the full document). A holder that does not answer within `answer_ms` has its connection
+/// closed, so the next use dials afresh. `found` is called once the holder has said it sends
+/// the document (before the bytes).
 pub(crate) async fn fetch(
     transport: &QuicTransport,
     peer: SocketAddr,
     wanted: &Wanted,
+    base: Option<&Blob>,
     max_bytes: u64,
     timeouts: FetchTimeouts,
     found: impl FnOnce(),
-) -> Result<Bytes, TransferError> {
+) -> Result<Fetched, TransferError> {
     let FetchTimeouts {
         total_ms: timeout_ms,
         answer_ms,
@@ -267,6 +374,14 @@ pub(crate) async fn fetch(
     if transport.fault().drops_outbound(&peer) || transport.fault().drops_inbound(&peer) {
         return Err(TransferError::Blocked { peer });
     }
+    let offered = base.map(|b| Base {
+        version: b.version.clone(),
+        digest: b.digest.clone(),
+    });
+    let stream_err = |e: quinn::ReadExactError| TransferError::Stream {
+        peer,
+        detail: e.to_string(),
+    };
     let work = async {
         let conn = transport
             .connection(peer)
@@ -279,6 +394,7 @@ pub(crate) async fn fetch(
             })?;
             let request = FetchRequest {
                 version: wanted.version.clone(),
+                base: offered.clone(),
             };
             let frame =
                 encode_frame(&request).map_err(|detail| TransferError::Decode { peer, detail })?;
@@ -298,13 +414,25 @@ pub(crate) async fn fetch(
                     });
                 }
             };
-        let size_bytes = match header {
+        let ours =
+            |version: &Version, digest: &str| *version == wanted.version && digest == wanted.digest;
+        // (document size, patch size if a patch against the offered base comes).
+        let (size_bytes, patch_bytes) = match header {
             FetchHeader::Found {
                 version,
                 digest,
                 size_bytes,
-            } if version == wanted.version && digest == wanted.digest => size_bytes,
-            FetchHeader::Found { .. } | FetchHeader::NotHeld { .. } => {
+            } if ours(&version, &digest) => (size_bytes, None),
+            FetchHeader::Delta {
+                version,
+                digest,
+                size_bytes,
+                base,
+                patch_bytes,
+            } if ours(&version, &digest) && offered.as_ref() == Some(&base) => {
+                (size_bytes, Some(patch_bytes))
+            }
+            FetchHeader::Found { .. } | FetchHeader::Delta { .. } | FetchHeader::NotHeld { .. } => {
                 return Err(TransferError::NotHeld { peer })
             }
         };
@@ -315,23 +443,46 @@ pub(crate) async fn fetch(
                 max_bytes,
             });
         }
-        found();
-        let mut body = vec![0u8; size_bytes as usize];
-        recv.read_exact(&mut body)
-            .await
-            .map_err(|e| TransferError::Stream {
+        // A patch is only worth sending below half the document (`delta::worth_sending`); one
+        // above the document's own size is refused before it is read.
+        if let Some(patch_bytes) = patch_bytes.filter(|p| *p > size_bytes) {
+            return Err(TransferError::Patch {
                 peer,
-                detail: e.to_string(),
-            })?;
+                detail: format!("a patch of {patch_bytes} bytes for a {size_bytes}-byte document"),
+            });
+        }
+        found();
+        let mut body = vec![0u8; patch_bytes.unwrap_or(size_bytes) as usize];
+        recv.read_exact(&mut body).await.map_err(stream_err)?;
+        let (body, patch) = match (patch_bytes, base) {
+            (Some(_), Some(base)) => {
+                let patched = delta::apply_patch(&base.bytes, &body, size_bytes as usize)
+                    .map_err(|detail| TransferError::Patch { peer, detail })?;
+                (patched, Some(Bytes::from(body)))
+            }
+            _ => (body, None),
+        };
         let actual = digest_hex(&body);
         if actual != wanted.digest {
+            if patch.is_some() {
+                return Err(TransferError::Patch {
+                    peer,
+                    detail: format!(
+                        "patched document has digest {actual}, not {}",
+                        wanted.digest
+                    ),
+                });
+            }
             return Err(TransferError::Digest {
                 peer,
                 expected: wanted.digest.clone(),
                 actual,
             });
         }
-        Ok(Bytes::from(body))
+        Ok(Fetched {
+            bytes: Bytes::from(body),
+            patch,
+        })
     };
     tokio::time::timeout(Duration::from_millis(timeout_ms), work)
         .await
@@ -354,10 +505,64 @@ mod tests {
     fn frames_carry_length_and_body() {
         let frame = encode_frame(&FetchRequest {
             version: Version::new(1, 2, crate::NodeId::new("a")),
+            base: None,
         })
         .unwrap();
         let len = u32::from_be_bytes(frame[..4].try_into().unwrap()) as usize;
         assert_eq!(len, frame.len() - 4);
+    }
+
+    /// The request as the first release encoded it (before `base`).
+    #[derive(Serialize, Deserialize)]
+    struct OldFetchRequest {
+        version: Version,
+    }
+
+    #[test]
+    fn requests_with_and_without_a_base_decode_both_ways() {
+        let version = Version::new(4, 2, crate::NodeId::new("a"));
+        let base = Base {
+            version: Version::new(4, 1, crate::NodeId::new("a")),
+            digest: digest_hex(b"v1"),
+        };
+        let body = |frame: Vec<u8>| frame[4..].to_vec();
+        // An old peer's request: no base.
+        let old = body(
+            encode_frame(&OldFetchRequest {
+                version: version.clone(),
+            })
+            .unwrap(),
+        );
+        let decoded = decode_request(&old).unwrap();
+        assert_eq!((decoded.version, decoded.base), (version.clone(), None));
+        // A new request: the base comes through.
+        let new = body(
+            encode_frame(&FetchRequest {
+                version: version.clone(),
+                base: Some(base.clone()),
+            })
+            .unwrap(),
+        );
+        let decoded = decode_request(&new).unwrap();
+        assert_eq!(decoded.version, version);
+        assert_eq!(decoded.base, Some(base));
+        // An old peer reading a new request sees the version it asks for (and sends it whole).
+        assert_eq!(
+            decode_body::<OldFetchRequest>(&new).unwrap().version,
+            version
+        );
+        // Bytes after the version that are not a base: refused, named.
+        let mut bad = old.clone();
+        bad.extend_from_slice(&[1, 0xFF, 0xFF]);
+        let err = decode_request(&bad).unwrap_err();
+        assert!(err.contains("base"), "{err}");
+    }
+
+    #[test]
+    fn every_seed_frame_decodes() {
+        let seeds = fuzz_seeds();
+        assert_eq!(seeds.len(), 6);
+        assert!(seeds.iter().all(|s| fuzz_control_frame(s)));
     }
 
     fn blob(version: Version) -> Option<Arc<Blob>> {

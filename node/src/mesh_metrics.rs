@@ -1,6 +1,7 @@
 //! Prometheus counters of the mesh: attacks (refused and timed-out handshakes, Retry packets,
-//! identity mismatches, oversized and malformed messages, duplicate node ids; issue #15) and the copies of the
-//! table this node served to peers (issue #16: the publisher should send only a few per head).
+//! identity mismatches, oversized and malformed messages, duplicate node ids; issue #15) and the
+//! copies of the table this node served to peers (issue #16: the publisher should send only a
+//! few per head), with their bytes, full copies and patches (delta transfer) apart.
 //!
 //! The mesh counts; this copies its totals into counters when `/metrics` is read.
 
@@ -16,6 +17,11 @@ pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FormLabel {
+    pub form: &'static str,
+}
+
 #[derive(Clone, Default)]
 pub struct MeshMetrics {
     pub handshakes_refused: Family<ReasonLabel, Counter>,
@@ -27,6 +33,8 @@ pub struct MeshMetrics {
     pub duplicate_ids: Counter,
     pub refused_as_duplicate: Gauge,
     pub documents_served: Counter,
+    pub document_bytes_served: Family<FormLabel, Counter>,
+    pub delta_failures: Counter,
 }
 
 /// Raises `counter` to `total` (the mesh's counters only rise).
@@ -84,6 +92,16 @@ impl MeshMetrics {
             "Copies of the rule table this node sent to peers that fetched it",
             self.documents_served.clone(),
         );
+        r.register(
+            "shoal_mesh_document_bytes_served",
+            "Bytes of the rule table this node sent to peers, by form (full: whole copies; delta: patches against a version the peer held)",
+            self.document_bytes_served.clone(),
+        );
+        r.register(
+            "shoal_mesh_delta_failures",
+            "Patches this node received that did not apply or did not match the digest (it then fetched the full table)",
+            self.delta_failures.clone(),
+        );
     }
 
     pub fn refresh<D: Document>(&self, mesh: &Mesh<D>) {
@@ -115,7 +133,17 @@ impl MeshMetrics {
         catch_up(&self.oversized_messages, t.oversized_messages);
         catch_up(&self.malformed_gossip, t.malformed_gossip);
         catch_up(&self.duplicate_ids, mesh.duplicate_ids_seen());
-        catch_up(&self.documents_served, mesh.documents_served());
+        let served = mesh.documents_served_by_form();
+        catch_up(&self.documents_served, served.copies);
+        for (form, total) in [("full", served.full_bytes), ("delta", served.delta_bytes)] {
+            catch_up(
+                &self
+                    .document_bytes_served
+                    .get_or_create(&FormLabel { form }),
+                total,
+            );
+        }
+        catch_up(&self.delta_failures, served.delta_failures);
         self.refused_as_duplicate.set(i64::from(matches!(
             mesh.role_reason(),
             RoleReason::DuplicateId { .. }

@@ -1,7 +1,10 @@
 //! Fetching a new head: a hedged race (`hedge.rs`) over the sources the core chose
-//! (`spread.rs`), passing verified bytes on to this node's own fetchers before they are decoded.
+//! (`spread.rs`), each asked for a patch against the version this node holds when that pays
+//! (`delta.rs`), passing verified bytes on to this node's own fetchers before they are decoded.
 
 use super::{lock, Inner, Stamped};
+use crate::delta;
+use crate::error::TransferError;
 use crate::head::{should_adopt, HeldAd};
 use crate::hedge::{Race, Step};
 use crate::transfer::{self, Blob, Wanted};
@@ -9,6 +12,7 @@ use crate::version::NodeId;
 use crate::Document;
 use bytes::Bytes;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -27,13 +31,28 @@ impl<D: Document> Inner<D> {
             if !should_adopt(current, (&wanted.version, &wanted.digest)) {
                 return false;
             }
-            *blob = Some(Arc::new(Blob {
+            let relayed = Arc::new(Blob {
                 version: wanted.version.clone(),
                 digest: wanted.digest.clone(),
                 bytes: bytes.clone(),
-            }));
+            });
+            self.patches.remember(&relayed);
+            *blob = Some(relayed);
             true
         });
+    }
+
+    /// The verified version this node holds, when it is worth offering as the base of a patch
+    /// for `wanted` (`delta::base_to_offer`).
+    fn base_for(&self, wanted: &Wanted, size_bytes: u64) -> Option<(delta::Base, Arc<Blob>)> {
+        let held = self.blob_tx.borrow().clone()?;
+        let base = delta::base_to_offer(
+            Some((&held.version, &held.digest, held.bytes.len() as u64)),
+            &wanted.version,
+            &wanted.digest,
+            size_bytes,
+        )?;
+        Some((base, held))
     }
 }
 
@@ -139,34 +158,76 @@ pub(super) async fn fetch_head<D: Document>(
         .handle_fetch_done(now_ms, &wanted.version, adopted);
 }
 
-/// One request of a fetch: checks the peer's identity and fetches the head from it; `found`
-/// is called when the bytes begin.
+/// One request of a fetch: checks the peer's identity and fetches the head from it, as a patch
+/// against the version this node holds when that pays, and whole if the patch fails (or the
+/// holder sends it whole); `found` is called when the bytes begin.
 async fn fetch_one<D: Document>(
     inner: Arc<Inner<D>>,
     peer_id: NodeId,
     addr: SocketAddr,
     request: Wanted,
     size_bytes: u64,
-    found: impl FnOnce(),
+    found: impl FnOnce() + Send,
 ) -> Result<Bytes, String> {
     inner
         .transport
         .verify_peer(addr, peer_id.as_str())
         .await
         .map_err(|e| format!("not fetching from this holder: {e}"))?;
-    transfer::fetch(
+    let max_bytes = inner.timing.max_document_bytes.min(size_bytes.max(1));
+    let timeouts = transfer::FetchTimeouts {
+        total_ms: inner.timing.fetch_timeout_ms,
+        answer_ms: inner.timing.fetch_answer_timeout_ms,
+    };
+    // Called once, by whichever attempt gets to the bytes first.
+    let found = std::sync::Mutex::new(Some(found));
+    let signal = || {
+        if let Some(f) = lock(&found).take() {
+            f();
+        }
+    };
+    let based = inner.base_for(&request, size_bytes);
+    let base_blob = based.as_ref().map(|(_, blob)| &**blob);
+    let first = transfer::fetch(
         &inner.transport,
         addr,
         &request,
-        inner.timing.max_document_bytes.min(size_bytes.max(1)),
-        transfer::FetchTimeouts {
-            total_ms: inner.timing.fetch_timeout_ms,
-            answer_ms: inner.timing.fetch_answer_timeout_ms,
-        },
-        found,
+        base_blob,
+        max_bytes,
+        timeouts,
+        signal,
     )
-    .await
-    .map_err(|e| e.to_string())
+    .await;
+    match (first, based) {
+        (Ok(fetched), Some((base, _))) => {
+            // Served on as it came (or, sent whole, not computed here either).
+            inner.patches.learn(&base, &request.digest, fetched.patch);
+            Ok(fetched.bytes)
+        }
+        (Ok(fetched), None) => Ok(fetched.bytes),
+        (Err(e @ TransferError::Patch { .. }), _) => {
+            inner.served.delta_failures.fetch_add(1, Ordering::Relaxed);
+            warn!(peer = %peer_id, error = %e, "patch failed; fetching the full document");
+            let signal = || {
+                if let Some(f) = lock(&found).take() {
+                    f();
+                }
+            };
+            transfer::fetch(
+                &inner.transport,
+                addr,
+                &request,
+                None,
+                max_bytes,
+                timeouts,
+                signal,
+            )
+            .await
+            .map(|fetched| fetched.bytes)
+            .map_err(|e| e.to_string())
+        }
+        (Err(e), _) => Err(e.to_string()),
+    }
 }
 
 /// Serves verified `bytes` on (relay), decodes them off the runtime's workers and hands them to

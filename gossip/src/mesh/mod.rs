@@ -19,6 +19,7 @@ use crate::epoch_file::EpochFile;
 use crate::error::{MeshError, PublishError};
 use crate::head::{HeldAd, Stamp};
 use crate::keys;
+use crate::patches::Patches;
 use crate::replica::{Identity, NotPublisher, Replica, ReplicaTiming};
 use crate::security::Mode as SecurityMode;
 use crate::transfer::{digest_hex, Blob};
@@ -48,6 +49,30 @@ pub struct Stamped<D> {
     pub digest: String,
     pub size_bytes: u64,
     pub doc: D,
+}
+
+/// Totals of what a node served (see [`Mesh::documents_served_by_form`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DocumentsServed {
+    /// Copies sent, full or as a patch.
+    pub copies: u64,
+    /// Of those, sent as a patch.
+    pub delta_copies: u64,
+    /// Bytes of full copies.
+    pub full_bytes: u64,
+    /// Bytes of patches.
+    pub delta_bytes: u64,
+    /// Patches this node received that failed (it then fetched the full document).
+    pub delta_failures: u64,
+}
+
+#[derive(Default)]
+struct ServedCounters {
+    copies: AtomicU64,
+    delta_copies: AtomicU64,
+    full_bytes: AtomicU64,
+    delta_bytes: AtomicU64,
+    delta_failures: AtomicU64,
 }
 
 /// Inbound document requests waiting to be served; more are refused by the transport.
@@ -86,8 +111,10 @@ struct Inner<D> {
     doc_tx: watch::Sender<Option<Arc<Stamped<D>>>>,
     blob_tx: watch::Sender<Option<Arc<Blob>>>,
     cmd_tx: mpsc::UnboundedSender<KvOp>,
-    /// Copies of a document this node sent to peers.
-    documents_served: Arc<AtomicU64>,
+    /// What this node sent to peers that fetched a document.
+    served: Arc<ServedCounters>,
+    /// Recent versions and patches between them (delta transfer), shared with the server.
+    patches: Arc<Patches>,
     state: Mutex<State>,
     /// Written in the background (reservations) and, rarely, on the stamp path; its own lock,
     /// never held while waiting for `state` (see `reservation.rs`).
@@ -243,7 +270,8 @@ impl<D: Document> Mesh<D> {
             doc_tx,
             blob_tx,
             cmd_tx,
-            documents_served: Arc::new(AtomicU64::new(0)),
+            served: Arc::default(),
+            patches: Arc::default(),
             state: Mutex::new(State {
                 replica,
                 applied: None,
@@ -263,12 +291,13 @@ impl<D: Document> Mesh<D> {
         tokio::spawn(resolve_seeds(Arc::downgrade(&inner), seeds));
         tokio::spawn(serve_documents(
             blob_rx,
+            inner.patches.clone(),
             streams_rx,
             inner.cancel.clone(),
             // Below the fetcher's answer timeout, so that a fetcher waiting on this node for a
             // version it is about to hold gets "not held" before it gives up on the connection.
             Duration::from_millis(inner.timing.fetch_answer_timeout_ms / 2),
-            inner.documents_served.clone(),
+            inner.served.clone(),
         ));
         let live_rx = inner.chitchat.lock().await.live_nodes_watcher();
         tokio::spawn(control_loop(
@@ -482,7 +511,21 @@ impl<D: Document> Mesh<D> {
     /// Copies of a document this node has sent to peers so far (each fetch it answered with the
     /// document).
     pub fn documents_served(&self) -> u64 {
-        self.inner.documents_served.load(Ordering::Relaxed)
+        self.inner.served.copies.load(Ordering::Relaxed)
+    }
+
+    /// What this node has sent to peers that fetched a document, full copies and patches
+    /// (delta transfer, `delta.rs`) apart.
+    pub fn documents_served_by_form(&self) -> DocumentsServed {
+        let s = &self.inner.served;
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        DocumentsServed {
+            copies: get(&s.copies),
+            delta_copies: get(&s.delta_copies),
+            full_bytes: get(&s.full_bytes),
+            delta_bytes: get(&s.delta_bytes),
+            delta_failures: get(&s.delta_failures),
+        }
     }
 
     /// Bytes this node's endpoint has sent and received so far.

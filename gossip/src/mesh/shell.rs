@@ -2,10 +2,11 @@
 //! actions, reading chitchat's members, resolving seeds and serving documents
 //! (fetching a head is `fetch.rs`).
 
-use super::{lock, unix_ms, Inner, KvOp, Stamped, State};
+use super::{lock, unix_ms, Inner, KvOp, ServedCounters, Stamped, State};
 use crate::keys;
+use crate::patches::Patches;
 use crate::replica::Action;
-use crate::transfer::{self, Blob};
+use crate::transfer::{self, Blob, Served};
 use crate::transport::InboundStream;
 use crate::version::NodeId;
 use crate::view::{parse_members_checked, RawMember};
@@ -14,7 +15,7 @@ use bytes::Bytes;
 use chitchat::{Chitchat, ChitchatId};
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
@@ -42,11 +43,13 @@ impl<D: Document> Inner<D> {
 
     /// Makes a document the one this node holds and serves (the core already accepted it).
     pub(super) fn install(&self, stamped: Stamped<D>, bytes: Bytes) {
-        self.blob_tx.send_replace(Some(Arc::new(Blob {
+        let blob = Arc::new(Blob {
             version: stamped.version.clone(),
             digest: stamped.digest.clone(),
             bytes,
-        })));
+        });
+        self.patches.remember(&blob);
+        self.blob_tx.send_replace(Some(blob));
         self.doc_tx.send_replace(Some(Arc::new(stamped)));
     }
 
@@ -262,13 +265,15 @@ impl<D: Document> Inner<D> {
 }
 
 /// Answers peers' document requests with the document this node holds (or, for a newer
-/// version, is about to hold: see `transfer::serve`), counting the copies sent in `served`.
+/// version, is about to hold: see `transfer::serve`), whole or as a patch against a version the
+/// peer holds, counting what was sent in `served`.
 pub(super) async fn serve_documents(
     blobs: watch::Receiver<Option<Arc<Blob>>>,
+    patches: Arc<Patches>,
     mut streams: mpsc::Receiver<InboundStream>,
     cancel: CancellationToken,
     wait: Duration,
-    served: Arc<AtomicU64>,
+    served: Arc<ServedCounters>,
 ) {
     loop {
         let stream = tokio::select! {
@@ -277,13 +282,20 @@ pub(super) async fn serve_documents(
         };
         let blobs = blobs.clone();
         let served = served.clone();
+        let patches = patches.clone();
         tokio::spawn(async move {
             let InboundStream { peer, send, recv } = stream;
-            match transfer::serve(blobs, peer, send, recv, wait).await {
-                Ok(true) => {
-                    served.fetch_add(1, Ordering::Relaxed);
+            match transfer::serve(blobs, &patches, peer, send, recv, wait).await {
+                Ok(Served::Full { bytes }) => {
+                    served.copies.fetch_add(1, Ordering::Relaxed);
+                    served.full_bytes.fetch_add(bytes, Ordering::Relaxed);
                 }
-                Ok(false) => {}
+                Ok(Served::Delta { bytes }) => {
+                    served.copies.fetch_add(1, Ordering::Relaxed);
+                    served.delta_copies.fetch_add(1, Ordering::Relaxed);
+                    served.delta_bytes.fetch_add(bytes, Ordering::Relaxed);
+                }
+                Ok(Served::Nothing) => {}
                 Err(e) => debug!(%peer, error = %e, "document request failed"),
             }
         });
