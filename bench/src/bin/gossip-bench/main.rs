@@ -5,7 +5,9 @@
 //!   detect  --nodes 5,20,50,100 --trials 5 [--fault kill|freeze]  failure-detection time
 //!   spread  --nodes 5,20,50 --sizes 1000,100000,2000000 --trials 10  new head reaches every node
 //!           (columns: nodes, size, trials, all nodes p50/p99/max ms, per node p50/p99 ms,
-//!           copies the publisher sent per head p50/max, copies all nodes sent per head p50)
+//!           copies the publisher sent per head p50/max, copies all nodes sent per head p50,
+//!           MB of UDP all nodes sent per head p50); `--change-bytes N`: each head an edit of
+//!           the previous one (N bytes changed, N/4 + 1 inserted) instead of a new random one
 //!   traffic --nodes 20,50,100 --secs 30                          steady-state bytes/s per node
 //!   soak    --nodes 20 --secs 600                                false deaths in a healthy cluster
 //!   detect|traffic ... --peer chitchat                          the same figures for chitchat 0.11
@@ -154,6 +156,7 @@ mod tests {
             "detect --nodes 5 --trials 3 --fault freeze",
             "spread --nodes 5,20,50 --trials 8",
             "spread --nodes 50 --sizes 2000000 --trials 8",
+            "spread --nodes 50 --sizes 2000000 --trials 8 --change-bytes 1000",
             "traffic --nodes 20,50 --secs 20",
             "traffic --nodes 100 --secs 20",
             "soak --nodes 20 --secs 600",

@@ -1,8 +1,14 @@
 //! `spread`: the time until a new head reaches every node, per document size, and the copies
 //! sent per head (by the publisher, and by all nodes; a copy counts once its fetcher has read
-//! it all).
+//! it all), and the UDP bytes all nodes sent meanwhile (gossip included).
+//!
+//! Heads are wholly new random documents, or with `--change-bytes N` edits of the previous head
+//! as a table edit would make them: N bytes changed at a random offset and N/4 + 1 bytes
+//! inserted at another (after one unmeasured random head of each size, so that every node holds
+//! the base of the first edit).
 
-use crate::cluster::{converge_timeout, payload, publisher, stop, wait_converged, Lab};
+use crate::cluster::{converge_timeout, payload, publisher, stop, wait_converged, Doc, Lab};
+use shoal_gossip::{Mesh, Version};
 use crate::{stats, Common};
 use std::time::{Duration, Instant};
 
@@ -16,6 +22,60 @@ pub struct Args {
     /// Heads published per size.
     #[arg(long, default_value_t = 5)]
     trials: usize,
+    /// Each head edits the previous one: this many bytes changed, a quarter as many inserted
+    /// (default: every head a new random document).
+    #[arg(long)]
+    change_bytes: Option<usize>,
+}
+
+/// `doc` with `n` bytes changed at a pseudo-random offset and `n / 4 + 1` inserted at another.
+fn edit(doc: &Doc, n: usize, nonce: u64) -> Doc {
+    let noise = payload(n + n / 4 + 3, nonce);
+    let at = |k: usize, len: usize| {
+        (u64::from_le_bytes([noise[k], noise[k + 1], 0, 0, 0, 0, 0, 0]) as usize * 7_919) % len.max(1)
+    };
+    let mut out = doc.clone();
+    let n = n.min(out.len());
+    let start = at(0, out.len() - n + 1);
+    for (i, b) in out[start..start + n].iter_mut().enumerate() {
+        *b ^= noise[i] | 1;
+    }
+    let insert_at = at(1, out.len() + 1);
+    out.splice(insert_at..insert_at, noise[n..n + n / 4 + 1].iter().copied());
+    out
+}
+
+/// Waits until every node holds `version` (or newer); the arrival time of each.
+async fn arrivals(nodes: &[Mesh<Doc>], version: &Version) -> Result<Vec<Instant>, String> {
+    let mut waiters = Vec::new();
+    for node in nodes {
+        let mut rx = node.subscribe();
+        let version = version.clone();
+        waiters.push(tokio::spawn(async move {
+            loop {
+                let done = rx
+                    .borrow_and_update()
+                    .as_ref()
+                    .is_some_and(|s| s.version >= version);
+                if done {
+                    return Some(Instant::now());
+                }
+                if rx.changed().await.is_err() {
+                    return None;
+                }
+            }
+        }));
+    }
+    let mut out = Vec::new();
+    for w in waiters {
+        let at = tokio::time::timeout(Duration::from_secs(60), w)
+            .await
+            .map_err(|_| format!("version {version} did not reach every node"))?
+            .map_err(|e| e.to_string())?
+            .ok_or("watch closed")?;
+        out.push(at);
+    }
+    Ok(out)
 }
 
 pub async fn run(lab: &Lab, n: usize, args: &Args) -> Result<(), String> {
@@ -29,38 +89,34 @@ pub async fn run(lab: &Lab, n: usize, args: &Args) -> Result<(), String> {
         let mut per_node_ms = Vec::new();
         let mut publisher_copies = Vec::new();
         let mut all_copies = Vec::new();
-        for _ in 0..trials {
-            let served_before: Vec<u64> = nodes.iter().map(|x| x.documents_served()).collect();
+        let mut sent_mb = Vec::new();
+        let mut previous = None;
+        if args.change_bytes.is_some() {
+            // The base of the first edit, everywhere (not measured).
             nonce += 1;
             let doc = payload(size, nonce);
+            let version = publisher
+                .publish(doc.clone())
+                .map_err(|e| e.to_string())?;
+            arrivals(&nodes, &version).await?;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            previous = Some(doc);
+        }
+        for _ in 0..trials {
+            let served_before: Vec<u64> = nodes.iter().map(|x| x.documents_served()).collect();
+            let sent_before: u64 = nodes.iter().map(|x| x.traffic().udp_tx_bytes).sum();
+            nonce += 1;
+            let doc = match (&previous, args.change_bytes) {
+                (Some(prev), Some(n)) => edit(prev, n, nonce),
+                _ => payload(size, nonce),
+            };
+            if args.change_bytes.is_some() {
+                previous = Some(doc.clone());
+            }
             let t0 = Instant::now();
             let version = publisher.publish(doc).map_err(|e| e.to_string())?;
-            let mut waiters = Vec::new();
-            for node in &nodes {
-                let mut rx = node.subscribe();
-                let version = version.clone();
-                waiters.push(tokio::spawn(async move {
-                    loop {
-                        let done = rx
-                            .borrow_and_update()
-                            .as_ref()
-                            .is_some_and(|s| s.version >= version);
-                        if done {
-                            return Some(Instant::now());
-                        }
-                        if rx.changed().await.is_err() {
-                            return None;
-                        }
-                    }
-                }));
-            }
             let mut latest = Duration::ZERO;
-            for w in waiters {
-                let at = tokio::time::timeout(Duration::from_secs(60), w)
-                    .await
-                    .map_err(|_| format!("{size} B version {version} did not reach every node"))?
-                    .map_err(|e| e.to_string())?
-                    .ok_or("watch closed")?;
+            for at in arrivals(&nodes, &version).await? {
                 let d = at.saturating_duration_since(t0);
                 per_node_ms.push(d.as_secs_f64() * 1e3);
                 latest = latest.max(d);
@@ -87,15 +143,38 @@ pub async fn run(lab: &Lab, n: usize, args: &Args) -> Result<(), String> {
                 .map_or(0, |(_, s)| *s);
             publisher_copies.push(from_publisher as f64);
             all_copies.push(served.iter().sum::<u64>() as f64);
+            let sent: u64 = nodes.iter().map(|x| x.traffic().udp_tx_bytes).sum();
+            sent_mb.push(sent.saturating_sub(sent_before) as f64 / 1e6);
         }
         let (p50, p99, max, _) = stats::summary(all_nodes_ms);
         let (node_p50, node_p99, _, _) = stats::summary(per_node_ms);
         let (pub_p50, _, pub_max, _) = stats::summary(publisher_copies);
         let (all_p50, _, _, _) = stats::summary(all_copies);
+        let (mb_p50, _, _, _) = stats::summary(sent_mb);
         println!(
-            "| spread | {n} | {size} | {trials} | {p50:.0} | {p99:.0} | {max:.0} | {node_p50:.0} | {node_p99:.0} | {pub_p50:.0} | {pub_max:.0} | {all_p50:.0} |"
+            "| spread | {n} | {size} | {trials} | {p50:.0} | {p99:.0} | {max:.0} | {node_p50:.0} | {node_p99:.0} | {pub_p50:.0} | {pub_max:.0} | {all_p50:.0} | {mb_p50:.1} |"
         );
     }
     stop(nodes).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_edit_changes_a_few_bytes_and_inserts_some() {
+        let doc = payload(100_000, 1);
+        let out = edit(&doc, 1_000, 2);
+        assert_eq!(out.len(), doc.len() + 251);
+        // Most bytes are where they were (before the insertion) or shifted by it.
+        let same = doc.iter().zip(&out).filter(|(a, b)| a == b).count();
+        let shifted = doc.iter().zip(&out[251..]).filter(|(a, b)| a == b).count();
+        assert!(same + shifted > 97_000, "{same} + {shifted}");
+        assert_ne!(out, doc);
+        // Deterministic per nonce, different across nonces.
+        assert_eq!(edit(&doc, 1_000, 2), out);
+        assert_ne!(edit(&doc, 1_000, 3), out);
+    }
 }
