@@ -132,7 +132,7 @@ async fn killed_publisher_is_replaced_with_a_newer_version() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_megabyte_document_reaches_ten_nodes_intact() {
+async fn two_megabyte_document_reaches_ten_nodes_intact_then_an_edit_as_patches() {
     let _serial = SERIAL.lock().await;
     let ca = new_ca();
     let nodes = converged_cluster(&ca, 10).await;
@@ -161,6 +161,39 @@ async fn two_megabyte_document_reaches_ten_nodes_intact() {
         let cur = n.current().unwrap();
         assert_eq!(cur.digest, digest);
         assert!(cur.doc == table, "document differs on {}", n.node_id());
+    }
+    // An edit of a few services: followers hold the previous version, so it travels as patches
+    // (delta.rs), and every node still ends up with exactly the publisher's table.
+    let mut edited = table.clone();
+    for s in edited.services.iter_mut().skip(4_000).take(3) {
+        s.backends.push("198.18.9.9".into());
+    }
+    let before: Vec<_> = nodes.iter().map(|n| n.documents_served_by_form()).collect();
+    let v2 = publish_when_ready(&nodes[0], edited.clone()).await;
+    let took = wait_for(
+        "10 nodes hold the edited doc",
+        Duration::from_secs(20),
+        || all_hold(&all, &v2),
+    )
+    .await;
+    wait_for("9 more copies counted", Duration::from_secs(5), || {
+        served(&nodes).iter().sum::<u64>() >= 18
+    })
+    .await;
+    let after: Vec<_> = nodes.iter().map(|n| n.documents_served_by_form()).collect();
+    let sum = |f: fn(&shoal_gossip::DocumentsServed) -> u64| -> u64 {
+        after.iter().zip(&before).map(|(a, b)| f(a) - f(b)).sum()
+    };
+    let (delta_copies, delta_bytes, full_bytes) = (
+        sum(|s| s.delta_copies),
+        sum(|s| s.delta_bytes),
+        sum(|s| s.full_bytes),
+    );
+    eprintln!("edit reached 10 nodes in {took:?}: {delta_copies} patches ({delta_bytes} B), {full_bytes} B whole");
+    assert!(delta_copies >= 1, "no copy went as a patch");
+    assert!(delta_bytes < size / 10, "patches of {delta_bytes} bytes in all");
+    for n in &nodes {
+        assert!(n.current().unwrap().doc == edited, "edit differs on {}", n.node_id());
     }
     shutdown_all(nodes).await;
 }
