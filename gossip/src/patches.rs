@@ -172,14 +172,20 @@ mod tests {
         bytes
     }
 
-    #[tokio::test]
-    async fn a_held_base_gets_a_patch_that_applies_computed_once() {
+    /// A store holding v1 and v2 (v1 with 10 bytes edited), and v1 as a base.
+    fn two_versions() -> (Patches, Arc<Blob>, Arc<Blob>, Base) {
         let store = Patches::default();
         let v1 = blob(1, doc(0));
         let v2 = blob(2, edit(doc(0), 50_000));
         store.remember(&v1);
         store.remember(&v2);
         let base = base_of(&v1);
+        (store, v1, v2, base)
+    }
+
+    #[tokio::test]
+    async fn a_held_base_gets_a_patch_that_applies_computed_once() {
+        let (store, v1, v2, base) = two_versions();
         let (a, b) = tokio::join!(
             store.answer(Some(&base), &v2),
             store.answer(Some(&base), &v2)
@@ -213,12 +219,7 @@ mod tests {
 
     #[tokio::test]
     async fn learnt_patches_are_served_without_the_base_computation() {
-        let store = Patches::default();
-        let v1 = blob(1, doc(0));
-        let v2 = blob(2, edit(doc(0), 50_000));
-        store.remember(&v1);
-        store.remember(&v2);
-        let base = base_of(&v1);
+        let (store, _, v2, base) = two_versions();
         store.learn(&base, &v2.digest, Some(Bytes::from_static(b"learnt")));
         assert_eq!(
             store.answer(Some(&base), &v2).await.as_deref(),

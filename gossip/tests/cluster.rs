@@ -191,9 +191,16 @@ async fn two_megabyte_document_reaches_ten_nodes_intact_then_an_edit_as_patches(
     );
     eprintln!("edit reached 10 nodes in {took:?}: {delta_copies} patches ({delta_bytes} B), {full_bytes} B whole");
     assert!(delta_copies >= 1, "no copy went as a patch");
-    assert!(delta_bytes < size / 10, "patches of {delta_bytes} bytes in all");
+    assert!(
+        delta_bytes < size / 10,
+        "patches of {delta_bytes} bytes in all"
+    );
     for n in &nodes {
-        assert!(n.current().unwrap().doc == edited, "edit differs on {}", n.node_id());
+        assert!(
+            n.current().unwrap().doc == edited,
+            "edit differs on {}",
+            n.node_id()
+        );
     }
     shutdown_all(nodes).await;
 }

@@ -8,8 +8,8 @@
 //! the base of the first edit).
 
 use crate::cluster::{converge_timeout, payload, publisher, stop, wait_converged, Doc, Lab};
-use shoal_gossip::{Mesh, Version};
 use crate::{stats, Common};
+use shoal_gossip::{Mesh, Version};
 use std::time::{Duration, Instant};
 
 #[derive(clap::Args)]
@@ -32,7 +32,8 @@ pub struct Args {
 fn edit(doc: &Doc, n: usize, nonce: u64) -> Doc {
     let noise = payload(n + n / 4 + 3, nonce);
     let at = |k: usize, len: usize| {
-        (u64::from_le_bytes([noise[k], noise[k + 1], 0, 0, 0, 0, 0, 0]) as usize * 7_919) % len.max(1)
+        (u64::from_le_bytes([noise[k], noise[k + 1], 0, 0, 0, 0, 0, 0]) as usize * 7_919)
+            % len.max(1)
     };
     let mut out = doc.clone();
     let n = n.min(out.len());
@@ -41,7 +42,10 @@ fn edit(doc: &Doc, n: usize, nonce: u64) -> Doc {
         *b ^= noise[i] | 1;
     }
     let insert_at = at(1, out.len() + 1);
-    out.splice(insert_at..insert_at, noise[n..n + n / 4 + 1].iter().copied());
+    out.splice(
+        insert_at..insert_at,
+        noise[n..n + n / 4 + 1].iter().copied(),
+    );
     out
 }
 
@@ -95,9 +99,7 @@ pub async fn run(lab: &Lab, n: usize, args: &Args) -> Result<(), String> {
             // The base of the first edit, everywhere (not measured).
             nonce += 1;
             let doc = payload(size, nonce);
-            let version = publisher
-                .publish(doc.clone())
-                .map_err(|e| e.to_string())?;
+            let version = publisher.publish(doc.clone()).map_err(|e| e.to_string())?;
             arrivals(&nodes, &version).await?;
             tokio::time::sleep(Duration::from_millis(300)).await;
             previous = Some(doc);
