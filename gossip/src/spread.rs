@@ -71,26 +71,10 @@ pub fn sources(me: &NodeId, head: Head<'_>, live: &[NodeId]) -> Vec<NodeId> {
     let mut others: Vec<&NodeId> = holders.iter().filter(|h| *h != me).collect();
     others.sort();
     others.dedup();
-    let root = match publisher.filter(|p| others.contains(p)) {
-        Some(p) => p,
-        None => match others.iter().min_by_key(|h| (weight(digest, h), **h)) {
-            Some(h) => *h,
-            None => return Vec::new(),
-        },
+    let Some(root) = root_of(digest, &others, publisher) else {
+        return Vec::new();
     };
-    // The tree: the root, then every other member by weight.
-    let mut ranked: Vec<([u8; 32], &NodeId)> = live
-        .iter()
-        .chain(others.iter().copied())
-        .chain(std::iter::once(me))
-        .filter(|id| *id != root)
-        .map(|id| (weight(digest, id), id))
-        .collect();
-    ranked.sort();
-    ranked.dedup_by(|a, b| a.1 == b.1);
-    let tree: Vec<&NodeId> = std::iter::once(root)
-        .chain(ranked.into_iter().map(|(_, id)| id))
-        .collect();
+    let tree = tree(digest, root, me, &others, live);
     let mut position = tree.iter().position(|id| *id == me).unwrap_or(0);
     let mut order: Vec<NodeId> = Vec::with_capacity(others.len() + ANCESTORS_ASKED);
     while position > 0 && order.len() < ANCESTORS_ASKED {
@@ -108,6 +92,69 @@ pub fn sources(me: &NodeId, head: Head<'_>, live: &[NodeId]) -> Vec<NodeId> {
         order.push(root.clone());
     }
     order
+}
+
+/// The root of the tree: the publisher when it holds the head, else the lowest-weight holder.
+fn root_of<'a>(
+    digest: &str,
+    holders: &[&'a NodeId],
+    publisher: Option<&NodeId>,
+) -> Option<&'a NodeId> {
+    match holders.iter().find(|h| Some(**h) == publisher) {
+        Some(p) => Some(*p),
+        None => holders
+            .iter()
+            .min_by_key(|h| (weight(digest, h), **h))
+            .copied(),
+    }
+}
+
+/// The tree as a list: the root, then every other member (`live`, the holders and `me`, each
+/// once) by weight. The member at position `p` fetches from the one at `(p - 1) / FANOUT`.
+fn tree<'a>(
+    digest: &str,
+    root: &'a NodeId,
+    me: &'a NodeId,
+    holders: &[&'a NodeId],
+    live: &'a [NodeId],
+) -> Vec<&'a NodeId> {
+    let mut ranked: Vec<([u8; 32], &NodeId)> = live
+        .iter()
+        .chain(holders.iter().copied())
+        .chain(std::iter::once(me))
+        .filter(|id| *id != root)
+        .map(|id| (weight(digest, id), id))
+        .collect();
+    ranked.sort();
+    ranked.dedup_by(|a, b| a.1 == b.1);
+    std::iter::once(root)
+        .chain(ranked.into_iter().map(|(_, id)| id))
+        .collect()
+}
+
+/// The members `me` serves first in the tree for this head: those at positions
+/// `p * FANOUT + 1 ..= p * FANOUT + FANOUT` when `me` is at `p`, in tree order; exactly the
+/// members whose [`sources`] names `me` first (with the same view). `me` announces a new head
+/// to them directly (`replica/announce.rs`), so that each level of the tree learns of it one
+/// round trip after its parent instead of a gossip round or more. Empty when nobody holds the
+/// head (no tree yet).
+pub fn children(me: &NodeId, head: Head<'_>, live: &[NodeId]) -> Vec<NodeId> {
+    let mut holders: Vec<&NodeId> = head.holders.iter().collect();
+    holders.sort();
+    holders.dedup();
+    let Some(root) = root_of(head.digest, &holders, head.publisher) else {
+        return Vec::new();
+    };
+    let tree = tree(head.digest, root, me, &holders, live);
+    let Some(p) = tree.iter().position(|id| *id == me) else {
+        return Vec::new();
+    };
+    let first = p * FANOUT + 1;
+    tree.iter()
+        .skip(first)
+        .take(FANOUT)
+        .map(|id| (*id).clone())
+        .collect()
 }
 
 #[cfg(test)]
@@ -195,6 +242,26 @@ mod tests {
         assert_eq!(served_first, FANOUT);
     }
 
+    #[test]
+    fn children_are_the_next_fanout_members_of_the_tree() {
+        let live = ids(50);
+        let holders = [live[0].clone()];
+        let h = head("d", &holders, &live[0]);
+        let root_children = children(&live[0], h, &live);
+        assert_eq!(root_children.len(), FANOUT);
+        for c in &root_children {
+            assert_eq!(sources(c, h, &live)[0], live[0]);
+        }
+        // Nobody holds it: no tree, nobody to announce to.
+        assert!(children(&live[0], head("d", &[], &live[0]), &live).is_empty());
+        // A leaf has no children.
+        let leaves = live
+            .iter()
+            .filter(|m| children(m, h, &live).is_empty())
+            .count();
+        assert!(leaves >= 50 - 50 / FANOUT - 1, "{leaves} leaves");
+    }
+
     fn arb_case() -> impl Strategy<Value = (Vec<NodeId>, Vec<NodeId>, String, usize)> {
         (1usize..60, 0usize..5, "[a-f]{1,8}", any::<usize>()).prop_flat_map(
             |(n, extra_holders, digest, me)| {
@@ -258,6 +325,35 @@ mod tests {
             prop_assert!(load.values().all(|&n| n <= FANOUT), "{:?}", load);
             let fetchers = live.len() - 1;
             prop_assert_eq!(load.get(&live[0]).copied().unwrap_or(0), fetchers.min(FANOUT));
+        }
+        /// In one view, every member but the root is the child of exactly one member, and the
+        /// children of a member are the non-holders that name it first in `sources`.
+        #[test]
+        fn every_member_but_the_root_is_one_members_child(
+            (live, holders, digest, _m) in arb_case(), publisher in 0usize..60,
+        ) {
+            let publisher = live[publisher % live.len()].clone();
+            let h = head(&digest, &holders, &publisher);
+            let mut parent_of: BTreeMap<NodeId, NodeId> = BTreeMap::new();
+            for m in &live {
+                let kids = children(m, h, &live);
+                prop_assert!(kids.len() <= FANOUT);
+                prop_assert!(!kids.contains(m));
+                for c in kids {
+                    prop_assert!(parent_of.insert(c.clone(), m.clone()).is_none(), "{} has two parents", c);
+                }
+            }
+            let root = if holders.contains(&publisher) {
+                publisher.clone()
+            } else {
+                holders.iter().min_by_key(|x| (weight(&digest, x), (*x).clone())).unwrap().clone()
+            };
+            prop_assert!(!parent_of.contains_key(&root));
+            prop_assert_eq!(parent_of.len(), live.len() - 1);
+            for m in live.iter().filter(|m| !holders.contains(m)) {
+                let order = sources(m, h, &live);
+                prop_assert_eq!(Some(&order[0]), parent_of.get(m), "{}", m);
+            }
         }
     }
 }

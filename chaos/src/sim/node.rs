@@ -289,6 +289,7 @@ impl SimNode {
         }
         self.replica.handle_tick(now_ms, now_ms);
         let mut out = Vec::new();
+        let mut announce: Vec<usize> = Vec::new();
         if let Ok(Stamp::New(version)) = self.replica.plan_stamp(w.content_digest) {
             // Beyond the reservation, the epoch file is written before the version leaves.
             if let Some(target) = self.replica.epoch_write_before_stamp(version.epoch) {
@@ -319,6 +320,11 @@ impl SimNode {
                     self.fetch = None;
                 }
             }
+            // An announcement is a gossip message sent now to the children named (below, after
+            // this round's heartbeat, so that it carries this node's newest record).
+            if let Action::Announce { to } = &action {
+                announce.extend(to.iter().filter_map(|(id, _)| index_of(id)));
+            }
             // `ResetConnections` and `Contact` concern the real transport only: the simulated
             // network keeps no connections, and every record here is heard first-hand.
             if let Action::Fetch { wanted, sources } = action {
@@ -333,7 +339,10 @@ impl SimNode {
         let live = self.live();
         self.health(now_ms, t, w, &live);
         self.gossip.beat(self.generation, self.ad());
-        for to in gossip::targets(rng, self.index, self.nodes) {
+        for to in gossip::targets(rng, self.index, self.nodes)
+            .into_iter()
+            .chain(announce)
+        {
             out.push((
                 to,
                 Msg::Gossip {

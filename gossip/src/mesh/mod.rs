@@ -9,6 +9,7 @@
 //! chitchat, the transport and the shell's tasks together, ~150 lines) and the handle's
 //! accessors, each a few lines over the shared state; the loop itself is in `shell.rs`.
 
+mod announce;
 mod fetch;
 mod shell;
 
@@ -83,6 +84,8 @@ const TOMBSTONE_GRACE: Duration = Duration::from_secs(600);
 enum KvOp {
     Set(String, String),
     Delete(String),
+    /// Gossip to these addresses now, after the key writes queued before it (`Action::Announce`).
+    Gossip(Vec<SocketAddr>),
 }
 
 /// Cheap clonable handle to this node's membership in the mesh.

@@ -125,6 +125,11 @@ impl<D: Document> Inner<D> {
                         let _ = handle.gossip(listen);
                     }
                 }
+                // Through the key-write queue, so that the exchange carries the head key this
+                // node just wrote (a publisher's own stamp).
+                Action::Announce { to } => {
+                    self.send(KvOp::Gossip(to.into_iter().map(|(_, a)| a).collect()))
+                }
                 Action::ReserveEpoch(target) => match &self.epoch_file {
                     Some(file) => {
                         tokio::spawn(reserve_epoch(self.clone(), file.clone(), target));
@@ -147,6 +152,7 @@ impl<D: Document> Inner<D> {
                 match op {
                     KvOp::Set(k, v) => chitchat.self_node_state().set(k, v),
                     KvOp::Delete(k) => chitchat.self_node_state().delete(&k),
+                    KvOp::Gossip(to) => self.gossip_now(&to),
                 }
             }
             // Every step: the core judges liveness from these at every tick (`liveness.rs`);

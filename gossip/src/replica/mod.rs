@@ -16,6 +16,7 @@
 //! `liveness.rs` and `reservation.rs`. It is a little over 500 lines because the fields, the
 //! inputs and the tick that reads them are one piece.
 
+mod announce;
 #[cfg(feature = "fault-injection")]
 mod bug;
 mod fetching;
@@ -137,6 +138,10 @@ pub enum Action {
     /// Stop the fetch of this version and report nothing: the head moved past it, or this node
     /// stalled while it ran. A new [`Action::Fetch`] may follow at once.
     AbandonFetch(Version),
+    /// A head version this node had not announced yet: gossip to these members (its children
+    /// in the head's spread tree, `spread::children`) now, so they learn of it within a round
+    /// trip instead of a random gossip round (`announce.rs`). Once per head version.
+    Announce { to: Vec<(NodeId, SocketAddr)> },
     /// Write the epoch file up to this epoch (in the background, off the stamp path), then
     /// report with [`Replica::handle_epoch_persisted`] (see `reservation.rs`).
     ReserveEpoch(u64),
@@ -180,6 +185,8 @@ pub struct Replica {
     dirty: bool,
     fetching: Option<Version>,
     fetch_retry_at_ms: Option<u64>,
+    /// The newest head version announced to this node's children (`announce.rs`).
+    announced: Option<Version>,
     /// Set while an older live process has this node's id: refuse to serve (`incarnation.rs`).
     refused_by: Option<Incarnation>,
     /// An older process with this node's id, judged alive here from its heartbeat (the same
@@ -220,6 +227,7 @@ impl Replica {
             dirty: true,
             fetching: None,
             fetch_retry_at_ms: None,
+            announced: None,
             refused_by: None,
             older_alive: None,
             older_unjudged: false,
@@ -395,6 +403,7 @@ impl Replica {
         }
         self.role = Some(reason);
         self.plan_fetch(now_ms, &decisions);
+        self.announce_head(&decisions);
         self.decisions = Some(decisions);
     }
 
