@@ -181,10 +181,30 @@ mod tests {
             r.handle_tick(t * 25, t * 25);
             assert!(announced(&mut r).is_empty());
         }
-        // A new head version: announced once more.
-        r.handle_members(members(n, &ad(2)));
+        // A new head version (a new tree: `me` may be a leaf of it): announced once more, to
+        // its children in the new tree.
+        let second = ad(2);
+        r.handle_members(members(n, &second));
         r.handle_tick(600, 600);
-        assert_eq!(announced(&mut r).len(), 1);
+        let expected = spread::children(
+            &me,
+            spread::Head {
+                digest: &second.digest,
+                holders: &[name(0)],
+                publisher: Some(&name(0)),
+            },
+            &live,
+        );
+        let got: Vec<Vec<NodeId>> = announced(&mut r)
+            .into_iter()
+            .map(|to| to.into_iter().map(|(id, _)| id).collect())
+            .collect();
+        let want: Vec<Vec<NodeId>> = Some(expected)
+            .filter(|e| !e.is_empty())
+            .into_iter()
+            .collect();
+        assert_eq!(got, want);
+        assert_eq!(r.announced, Some(second.version));
         r.handle_tick(625, 625);
         assert!(announced(&mut r).is_empty());
     }
