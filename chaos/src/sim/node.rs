@@ -93,6 +93,7 @@ impl Timing {
             startup_patience_ms: self.startup_patience_ms,
             stall_reset_ms: self.stall_reset_ms,
             fetch_retry_ms: FETCH_RETRY_MS,
+            fetch_hedge_ms: self.fetch_hedge_ms,
             // The simulation keeps the earlier start rule (run alone after the patience); the
             // "must hear the cluster" rule is tested on real nodes (gossip/tests/attacks.rs).
             single_node: true,
@@ -325,8 +326,10 @@ impl SimNode {
             if let Action::Announce { to } = &action {
                 announce.extend(to.iter().filter_map(|(id, _)| index_of(id)));
             }
-            // `ResetConnections` and `Contact` concern the real transport only: the simulated
-            // network keeps no connections, and every record here is heard first-hand.
+            // `ResetConnections`, `ResetConnection` and `Contact` concern the real transport
+            // only: the simulated network keeps no connections (the abandoned fetch and the new
+            // one that follow a `ResetConnection` are what it models: the request asked again),
+            // and every record here is heard first-hand.
             if let Action::Fetch { wanted, sources } = action {
                 let sources = sources.iter().filter_map(|(id, _)| index_of(id)).collect();
                 let (fetch, moves) =

@@ -117,6 +117,13 @@ pub(super) async fn fetch_head<D: Document>(
                         h.abort();
                     }
                 }
+                // The core replaces a silent only holder's connection (`replica/redial.rs`),
+                // not one that sends. Under the state lock, as `AbandonFetch` stops this fetch:
+                // once stopped, the same version may be in flight again and is not this one.
+                let mut st = lock(&inner.state);
+                if !stop.is_cancelled() {
+                    st.replica.handle_fetch_sending(&wanted.version);
+                }
             }
             Some(joined) = attempts.join_next() => {
                 let (i, result) = match joined {

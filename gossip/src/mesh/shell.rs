@@ -110,6 +110,10 @@ impl<D: Document> Inner<D> {
                         }
                     }
                 }
+                Action::ResetConnection { id, listen } => {
+                    info!(member = %id, %listen, "the only holder of the head has not answered the fetch: replacing its connection and asking again");
+                    self.transport.reset_connection(listen);
+                }
                 Action::ResetConnections => {
                     let reset = self.transport.reset_connections();
                     info!(node = %self.node_id, connections = reset, "control loop stalled: replacing every connection");
@@ -119,7 +123,7 @@ impl<D: Document> Inner<D> {
                     generation,
                     listen,
                 } => {
-                    debug!(member = %id, generation, %listen, "new incarnation known second-hand: gossiping to it directly");
+                    debug!(member = %id, generation, %listen, "member known second-hand: gossiping to it directly");
                     self.transport.clear_backoff(listen);
                     if let Some(handle) = lock(&self.handle).as_ref() {
                         let _ = handle.gossip(listen);

@@ -1,6 +1,7 @@
 //! What to fetch and when: one fetch at a time, for the head the election derived, from the
 //! holders `spread.rs` orders; a fetch whose version the head moved past is abandoned and the
-//! newer head fetched at once (`Action::AbandonFetch`).
+//! newer head fetched at once (`Action::AbandonFetch`). A fetch its only holder leaves
+//! unanswered is asked again over a new connection (`redial.rs`).
 
 use super::{Action, Replica};
 use crate::head::{catch_up, CatchUp, HeldAd};
@@ -11,13 +12,23 @@ use std::net::SocketAddr;
 #[cfg(feature = "fault-injection")]
 use super::bug;
 
+/// The fetch in flight, as planned ([`Action::Fetch`]).
+#[derive(Clone, Debug)]
+pub(super) struct InFlight {
+    pub(super) version: Version,
+    pub(super) started_ms: u64,
+    pub(super) sources: Vec<(NodeId, SocketAddr)>,
+    /// A source began to send it ([`Replica::handle_fetch_sending`]).
+    pub(super) sending: bool,
+}
+
 impl Replica {
     /// The fetch of `wanted` asked for by [`Action::Fetch`] ended; `adopted`: the head was
     /// installed. A fetch the core abandoned ([`Action::AbandonFetch`]) must not be reported
     /// (the same version may be fetched again since); the end of one for a version not in
     /// flight is ignored.
     pub fn handle_fetch_done(&mut self, now_ms: u64, wanted: &Version, adopted: bool) {
-        if self.fetching.as_ref() != Some(wanted) {
+        if self.fetching.as_ref().map(|f| &f.version) != Some(wanted) {
             return;
         }
         self.fetching = None;
@@ -31,9 +42,12 @@ impl Replica {
     /// abandoned and the new head planned at once: finishing it would cost a full pass over
     /// its holders (up to every member at scale) for a version already superseded.
     pub(super) fn plan_fetch(&mut self, now_ms: u64, decisions: &Decisions) {
-        if let Some(wanted) = &self.fetching {
+        if let Some(f) = &self.fetching {
             let head = decisions.head.as_ref().map(|h| &h.version);
-            if head.is_none_or(|head| head <= wanted) {
+            // Still the head, and answered or not yet overdue: it goes on.
+            if head.is_none_or(|head| *head <= f.version)
+                && !self.redial_silent_source(now_ms, decisions)
+            {
                 return;
             }
             self.abandon_fetch();
@@ -94,14 +108,19 @@ impl Replica {
         if sources.is_empty() {
             return;
         }
-        self.fetching = Some(wanted.version.clone());
+        self.fetching = Some(InFlight {
+            version: wanted.version.clone(),
+            started_ms: now_ms,
+            sources: sources.clone(),
+            sending: false,
+        });
         self.actions.push_back(Action::Fetch { wanted, sources });
     }
 
     /// Ends the fetch in flight, if any: the shell stops it and reports nothing.
     pub(super) fn abandon_fetch(&mut self) {
-        if let Some(version) = self.fetching.take() {
-            self.actions.push_back(Action::AbandonFetch(version));
+        if let Some(f) = self.fetching.take() {
+            self.actions.push_back(Action::AbandonFetch(f.version));
         }
     }
 }

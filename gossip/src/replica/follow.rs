@@ -1,8 +1,8 @@
 //! Following members' heartbeats: each incarnation gossip lists is judged alive or dead at
 //! every tick (`liveness.rs`), flips are reported to the shell (`Action::Judged`,
-//! `Action::FirstAlive`), and a newer incarnation of a member that gossip reports only
-//! second-hand is contacted directly (`Action::Contact`). Records of this node's own id feed
-//! the duplicate check (`incarnation.rs`).
+//! `Action::FirstAlive`), and a member that gossip reports only second-hand (a newer
+//! incarnation, or one never counted) is contacted directly (`Action::Contact`, capped per
+//! tick). Records of this node's own id feed the duplicate check (`incarnation.rs`).
 
 use super::{Action, Replica};
 use crate::incarnation::Incarnation;
@@ -53,9 +53,12 @@ impl Followed {
     }
 }
 
-/// A newer incarnation of a member heard of only second-hand is contacted again this often
-/// while it stays unverified and its heartbeat advances (a lost first message, 80% loss).
+/// A member heard of only second-hand is contacted again this often while it stays unverified
+/// and its heartbeat advances (a lost first message, 80% loss).
 pub(super) const CONTACT_RETRY_MS: u64 = 500;
+
+/// At most this many direct contacts per tick (every 25 ms in the mesh: 80 a second at most).
+pub(super) const MAX_CONTACTS_PER_TICK: usize = 2;
 
 impl Replica {
     /// Heartbeat values as gossip shows them now: (member id, generation, listen address,
@@ -173,44 +176,58 @@ impl Replica {
         }
     }
 
-    /// A newer incarnation of a member (a restart) that gossip reports only second-hand: the
-    /// member list still holds the older one, because a record counts only once heard
-    /// first-hand (`identity.rs`). Chitchat picks its gossip targets from its own live set,
-    /// so left alone that can take seconds; the core asks the shell to gossip to it directly
-    /// (its answer is first-hand), at once and again every [`CONTACT_RETRY_MS`] while its
-    /// heartbeat advances.
+    /// A member that gossip reports only second-hand, its heartbeat advancing: a newer
+    /// incarnation (a restart) while the member list still holds the older one, or a member this
+    /// node has never counted (it is starting, or the member is new). A record counts only once
+    /// heard first-hand (`identity.rs`), and chitchat picks its gossip targets from its own live
+    /// set, so left alone that can take seconds (issue #14: a restarted node counted a member
+    /// isolated or under loss seconds after the heal); the core asks the shell to gossip to it
+    /// directly (its answer is first-hand), at once and again every [`CONTACT_RETRY_MS`].
+    ///
+    /// At most [`MAX_CONTACTS_PER_TICK`] per tick, the longest waiting first: a node starting
+    /// beside 100 members it has never counted must not dial them all at once (nor should 100
+    /// nodes started together), and one member is asked at most every [`CONTACT_RETRY_MS`].
     pub(super) fn contact_unheard(&mut self, now_ms: u64) {
         let join_grace_ms = self.timing.join_grace_ms;
-        for (id, per_id) in &mut self.beats {
+        // (last contacted, id, generation): `None` (never) sorts first.
+        let mut due: Vec<(Option<u64>, NodeId, u64)> = Vec::new();
+        for (id, per_id) in &self.beats {
             if *id == self.me.id {
                 continue;
             }
-            let Some(counted) = self
+            let counted = self
                 .members
                 .iter()
                 .find(|m| m.id == *id)
-                .map(|m| m.generation)
-            else {
-                // Not a member yet (this node is starting): chitchat gossips to it anyway.
-                continue;
-            };
-            for f in per_id.iter_mut() {
-                let due = f
+                .map(|m| m.generation);
+            for f in per_id {
+                let unheard = counted.is_none_or(|counted| f.generation > counted);
+                let beating = f.judged != Judged::Dead && f.beats.age_ms(now_ms) < join_grace_ms;
+                let retry = f
                     .contacted_ms
                     .is_none_or(|at| now_ms.saturating_sub(at) >= CONTACT_RETRY_MS);
-                if f.generation > counted
-                    && f.judged != Judged::Dead
-                    && f.beats.age_ms(now_ms) < join_grace_ms
-                    && due
-                {
-                    f.contacted_ms = Some(now_ms);
-                    self.actions.push_back(Action::Contact {
-                        id: id.clone(),
-                        generation: f.generation,
-                        listen: f.listen,
-                    });
+                if unheard && beating && retry {
+                    due.push((f.contacted_ms, id.clone(), f.generation));
                 }
             }
+        }
+        // Sorted, so the choice does not depend on the map's order (the simulation replays).
+        due.sort();
+        for (_, id, generation) in due.into_iter().take(MAX_CONTACTS_PER_TICK) {
+            let Some(f) = self
+                .beats
+                .get_mut(&id)
+                .and_then(|per_id| per_id.iter_mut().find(|f| f.generation == generation))
+            else {
+                continue;
+            };
+            f.contacted_ms = Some(now_ms);
+            let listen = f.listen;
+            self.actions.push_back(Action::Contact {
+                id,
+                generation,
+                listen,
+            });
         }
     }
 }

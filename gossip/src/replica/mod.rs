@@ -11,8 +11,8 @@
 //!
 //! This file holds the state machine itself (its fields, the `handle_*` inputs, the tick and
 //! `poll_action`); `follow.rs` follows members' heartbeats, `fetching.rs` plans and abandons
-//! fetches, `stamping.rs` stamps and reserves epochs, `bug.rs` holds its deliberate defects
-//! (test builds), `tests/` its tests. The rules it applies are in `election.rs`, `head.rs`,
+//! fetches, `redial.rs` asks a silent only holder again, `stamping.rs` stamps and reserves
+//! epochs, `bug.rs` holds its deliberate defects (test builds), `tests/` its tests. The rules it applies are in `election.rs`, `head.rs`,
 //! `liveness.rs` and `reservation.rs`. It is a little over 500 lines because the fields, the
 //! inputs and the tick that reads them are one piece.
 
@@ -21,12 +21,14 @@ mod announce;
 mod bug;
 mod fetching;
 mod follow;
+mod redial;
 mod stamping;
 #[cfg(test)]
 mod tests;
 
 #[cfg(feature = "fault-injection")]
 pub use bug::Bug;
+pub use redial::REDIAL_SOURCE_EVERY_MS;
 
 use crate::election::{
     has_listened, is_caught_up, liveness_unjudged, must_hear_cluster, role_of, unheard_seeds,
@@ -49,6 +51,9 @@ pub struct ReplicaTiming {
     pub stall_reset_ms: u64,
     /// After every holder failed to serve the head, wait this long before fetching again.
     pub fetch_retry_ms: u64,
+    /// The hedged fetch's `fetch_hedge_ms`: a fetch's only holder that has not begun to send
+    /// this long after it was asked gets a new connection (`redial.rs`).
+    pub fetch_hedge_ms: u64,
     /// May run alone when seeds resolve but never answer (see `election::must_hear_cluster`).
     pub single_node: bool,
     /// How members are judged alive or dead at every tick (`liveness.rs`).
@@ -62,6 +67,7 @@ impl From<&crate::Timing> for ReplicaTiming {
             startup_patience_ms: t.startup_patience_ms,
             stall_reset_ms: t.stall_reset_ms,
             fetch_retry_ms: FETCH_RETRY_MS,
+            fetch_hedge_ms: t.fetch_hedge_ms,
             single_node: t.single_node,
             liveness: LivenessTiming::from(t),
         }
@@ -122,9 +128,10 @@ pub enum Action {
         generation: u64,
         listen: SocketAddr,
     },
-    /// A newer incarnation of a member (a restart) is known only second-hand: gossip to it
-    /// directly, so that its answer verifies it (`identity.rs`), instead of waiting for
-    /// chitchat to pick it as a target. Repeated while it stays unverified (`follow.rs`).
+    /// A member is known only second-hand (a restart's newer incarnation, or one this node
+    /// never counted): gossip to it directly, so that its answer verifies it (`identity.rs`),
+    /// instead of waiting for chitchat to pick it. Repeated while it stays unverified, a few
+    /// per tick at most (`follow.rs`).
     Contact {
         id: NodeId,
         generation: u64,
@@ -135,6 +142,10 @@ pub enum Action {
     /// backed-off retransmission timers that no revival clears (a paused node judges nobody
     /// dead for its own pause): the shell drops them all, so what follows dials afresh.
     ResetConnections,
+    /// The fetch's only holder of the head has not begun to send within the hedge time: its
+    /// connection may have backed off through a loss nobody died of. Replace it; the fetch is
+    /// abandoned and planned again right after, over a fresh dial (`redial.rs`).
+    ResetConnection { id: NodeId, listen: SocketAddr },
     /// Stop the fetch of this version and report nothing: the head moved past it, or this node
     /// stalled while it ran. A new [`Action::Fetch`] may follow at once.
     AbandonFetch(Version),
@@ -183,10 +194,12 @@ pub struct Replica {
     lost_ms: u64,
     decisions: Option<Decisions>,
     dirty: bool,
-    fetching: Option<Version>,
+    fetching: Option<fetching::InFlight>,
     fetch_retry_at_ms: Option<u64>,
     /// The newest head version announced to this node's children (`announce.rs`).
     announced: Option<Version>,
+    /// When each source's connection was last replaced (`redial.rs`).
+    redialed: HashMap<NodeId, u64>,
     /// Set while an older live process has this node's id: refuse to serve (`incarnation.rs`).
     refused_by: Option<Incarnation>,
     /// An older process with this node's id, judged alive here from its heartbeat (the same
@@ -228,6 +241,7 @@ impl Replica {
             fetching: None,
             fetch_retry_at_ms: None,
             announced: None,
+            redialed: HashMap::new(),
             refused_by: None,
             older_alive: None,
             older_unjudged: false,

@@ -1,6 +1,7 @@
 //! The actions the core asks of the shell's transport: a fetch the head moved past is
-//! abandoned, a stall drops every connection, a newer incarnation known only second-hand is
-//! contacted directly.
+//! abandoned, a stall drops every connection, a member known only second-hand (a newer
+//! incarnation, or one never counted) is contacted directly, a few a tick at most. The silent
+//! only holder's new connection is tested in `redial.rs`.
 
 use super::*;
 
@@ -123,17 +124,18 @@ fn a_stall_resets_every_connection_and_fetches_again_over_fresh_ones() {
     );
 }
 
-/// The ms at which n2 contacted each incarnation, while n3's restarted process (generation 9)
-/// beats every 100 ms from 0 to `beats_until` and n2 ticks every 25 ms up to `until`.
-fn contacts(r: &mut Replica, from: u64, until: u64, beats_until: u64) -> Vec<(u64, String, u64)> {
+/// The contacts n2 asks for, as (ms, id, generation), while it ticks every 25 ms from `from` to
+/// `until`; every 100 ms it first hears the heartbeats `beats(now)` returns.
+fn contacts_with(
+    r: &mut Replica,
+    from: u64,
+    until: u64,
+    beats: impl Fn(u64) -> Vec<(NodeId, u64, SocketAddr, u64)>,
+) -> Vec<(u64, String, u64)> {
     let mut out = Vec::new();
     for now in (from..=until).step_by(25) {
         if now % 100 == 0 {
-            let mut beats = vec![(id("n1"), 0, addr(1), now / 100)];
-            if now <= beats_until {
-                beats.push((id("n3"), 9, addr(3), now / 100));
-            }
-            r.handle_heartbeats(now, beats);
+            r.handle_heartbeats(now, beats(now));
         }
         r.handle_tick(now, now);
         for a in drain(r) {
@@ -145,15 +147,33 @@ fn contacts(r: &mut Replica, from: u64, until: u64, beats_until: u64) -> Vec<(u6
     out
 }
 
-#[test]
-fn a_new_incarnation_known_second_hand_is_contacted_until_it_counts() {
+/// The ms at which n2 contacted each incarnation, while n1 (generation 0) beats throughout, n3's
+/// restarted process (generation 9) beats every 100 ms from 0 to `beats_until` and n2 ticks
+/// every 25 ms up to `until`.
+fn contacts(r: &mut Replica, from: u64, until: u64, beats_until: u64) -> Vec<(u64, String, u64)> {
+    contacts_with(r, from, until, |now| {
+        let mut beats = vec![(id("n1"), 0, addr(1), now / 100)];
+        if now <= beats_until {
+            beats.push((id("n3"), 9, addr(3), now / 100));
+        }
+        beats
+    })
+}
+
+/// n2, with n1 and n3 counted at generation 0: gossip then relays n3's restarted process
+/// (generation 9), which n2 has not heard first-hand, so the member list still holds 0.
+fn with_n3_restarted() -> Replica {
     let mut r = replica("n2", 2, 0, 0);
-    // n1 and n3 count at generation 0; gossip relays n3's restarted process (generation 9),
-    // which n2 has not heard first-hand, so the member list still holds generation 0.
     r.handle_members(vec![
         member("n1", 1, true, true, None),
         member("n3", 3, true, true, None),
     ]);
+    r
+}
+
+#[test]
+fn a_new_incarnation_known_second_hand_is_contacted_until_it_counts() {
+    let mut r = with_n3_restarted();
     let n3 = |at: u64| (at, "n3".to_string(), 9);
     // At once, then every CONTACT_RETRY_MS while it beats.
     assert_eq!(
@@ -169,11 +189,7 @@ fn a_new_incarnation_known_second_hand_is_contacted_until_it_counts() {
 
 #[test]
 fn a_new_incarnation_that_stopped_beating_is_no_longer_contacted() {
-    let mut r = replica("n2", 2, 0, 0);
-    r.handle_members(vec![
-        member("n1", 1, true, true, None),
-        member("n3", 3, true, true, None),
-    ]);
+    let mut r = with_n3_restarted();
     let n3 = |at: u64| (at, "n3".to_string(), 9);
     // Its last beat at 1,000: contacted until its heartbeat is older than the join grace.
     assert_eq!(
@@ -183,10 +199,84 @@ fn a_new_incarnation_that_stopped_beating_is_no_longer_contacted() {
 }
 
 #[test]
-fn a_starting_node_contacts_nobody_it_has_not_counted_yet() {
-    // At start no member counts yet: chitchat gossips to the seeds and to whom they report.
+fn a_starting_node_contacts_the_beating_members_it_has_not_counted_yet() {
+    // At start no member counts yet (issue #14: a restarted node counted a member it heard of
+    // only second-hand seconds late): every beating member gossip reports is contacted, at
+    // once and again every CONTACT_RETRY_MS until it counts.
     let mut r = replica("n2", 2, 0, 0);
-    assert_eq!(contacts(&mut r, 0, 1_000, 1_000), vec![]);
+    let (n1, n3) = (
+        |at: u64| (at, "n1".to_string(), 0),
+        |at: u64| (at, "n3".to_string(), 9),
+    );
+    assert_eq!(
+        contacts(&mut r, 0, 1_000, 1_000),
+        vec![n1(0), n3(0), n1(500), n3(500), n1(1_000), n3(1_000)]
+    );
+    // n1 counts (heard first-hand), n3 stops beating at 1,000: n3 until its heartbeat is older
+    // than the join grace, n1 never again.
+    r.handle_members(vec![member("n1", 1, true, true, None)]);
+    assert_eq!(contacts(&mut r, 1_025, 3_000, 1_000), vec![n3(1_500)]);
+}
+
+/// Heartbeats of `n` members never counted, n4 onwards (generation 0), all beating.
+fn beating(n: u8) -> impl Fn(u64) -> Vec<(NodeId, u64, SocketAddr, u64)> {
+    move |now| {
+        (4..4 + n)
+            .map(|i| (id(&format!("n{i}")), 0, addr(i), now / 100))
+            .collect()
+    }
+}
+
+#[test]
+fn a_starting_node_contacts_at_most_two_members_a_tick_the_longest_waiting_first() {
+    let mut r = replica("n2", 2, 0, 0);
+    let at = |ms: u64, name: &str| (ms, name.to_string(), 0);
+    // Five never counted: two a tick (25 ms), by id, then again from 500 ms in the same order
+    // (each at most every CONTACT_RETRY_MS).
+    assert_eq!(
+        contacts_with(&mut r, 0, 975, beating(5)),
+        vec![
+            at(0, "n4"),
+            at(0, "n5"),
+            at(25, "n6"),
+            at(25, "n7"),
+            at(50, "n8"),
+            at(500, "n4"),
+            at(500, "n5"),
+            at(525, "n6"),
+            at(525, "n7"),
+            at(550, "n8"),
+        ]
+    );
+}
+
+#[test]
+fn a_hundred_uncounted_members_are_contacted_two_a_tick_each_at_most_every_500_ms() {
+    use crate::replica::follow::{CONTACT_RETRY_MS, MAX_CONTACTS_PER_TICK};
+    let mut r = replica("n2", 2, 0, 0);
+    let contacts = contacts_with(&mut r, 0, 5_000, beating(100));
+    let mut per_tick: BTreeMap<u64, usize> = BTreeMap::new();
+    let mut last: BTreeMap<String, u64> = BTreeMap::new();
+    for (now, name, _) in &contacts {
+        *per_tick.entry(*now).or_default() += 1;
+        if let Some(before) = last.insert(name.clone(), *now) {
+            assert!(
+                now - before >= CONTACT_RETRY_MS,
+                "{name} contacted at {before} and {now}"
+            );
+        }
+    }
+    assert!(
+        per_tick.values().all(|n| *n <= MAX_CONTACTS_PER_TICK),
+        "{per_tick:?}"
+    );
+    // The cap is used in full (2 every 25 ms) and nobody is left out: all 100 within 1,250 ms.
+    assert_eq!(per_tick.len(), 201);
+    assert_eq!(last.len(), 100);
+    assert!(
+        contacts.iter().take(100).all(|(now, _, _)| *now < 1_250),
+        "{contacts:?}"
+    );
 }
 
 proptest! {

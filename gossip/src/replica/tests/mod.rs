@@ -2,13 +2,15 @@
 //!
 //! Why this file is over 500 lines: one test per behaviour of one state machine, sharing the
 //! helpers at the top (splitting it would split those). The actions the shell carries out for
-//! the transport (abandoned fetches, stalls, direct contact) are tested in `actions.rs`.
+//! the transport (abandoned fetches, stalls, direct contact) are tested in `actions.rs`, the
+//! new connection to a fetch's silent only holder in `redial.rs`.
 
 use super::*;
 use crate::head::{HeldAd, Stamp};
 use proptest::prelude::*;
 
 mod actions;
+mod redial;
 
 const D: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 
@@ -26,6 +28,7 @@ fn timing() -> ReplicaTiming {
         startup_patience_ms: 5_000,
         stall_reset_ms: 400,
         fetch_retry_ms: 200,
+        fetch_hedge_ms: 300,
         single_node: true,
         liveness: crate::liveness::LivenessTiming {
             phi_threshold: 8.0,
