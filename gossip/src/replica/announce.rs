@@ -106,6 +106,7 @@ mod tests {
             startup_patience_ms: 5_000,
             stall_reset_ms: 400,
             fetch_retry_ms: 200,
+            fetch_hedge_ms: 300,
             single_node: true,
             liveness: crate::liveness::LivenessTiming {
                 phi_threshold: 8.0,
