@@ -19,6 +19,8 @@ mod inbound;
 mod outbound;
 pub(crate) mod session;
 mod socket;
+#[cfg(test)]
+mod tests;
 pub(crate) mod tls;
 mod traffic;
 
@@ -48,6 +50,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 const DIAL_TIMEOUT: Duration = Duration::from_millis(5_000);
+/// A handshake still running this long when a fresh dial is asked for is started again: its
+/// first packets were most likely lost on a path that was cut then, and QUIC waits longer and
+/// longer to resend them (about 1 s, then 2 s more, then 4 s more).
+const RESTART_DIAL_AFTER: Duration = Duration::from_millis(1_000);
 const STREAM_READ_TIMEOUT: Duration = Duration::from_secs(2);
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -89,6 +95,17 @@ impl Backoff {
     }
 }
 
+/// The dial to one address: one at a time, and a way to reach the one in progress.
+#[derive(Default)]
+struct DialSlot {
+    lock: tokio::sync::Mutex<()>,
+    /// Wakes the handshake in progress: the peer opened a connection to this node meanwhile
+    /// (use it), or a fresh dial was asked for (see `QuicTransport::redial`).
+    wake: tokio::sync::Notify,
+    /// A fresh dial was asked for since the one in progress began.
+    restart_asked: std::sync::atomic::AtomicBool,
+}
+
 #[derive(Clone)]
 pub(crate) struct QuicTransport {
     inner: Arc<Inner>,
@@ -112,7 +129,8 @@ struct Inner {
     handshake_timeout: Duration,
     warns: Mutex<WarnGate>,
     conns: Mutex<HashMap<SocketAddr, Connection>>,
-    dial_locks: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>>,
+    /// One per address being dialed or recently dialed (see [`DialSlot`]).
+    dial_slots: Mutex<HashMap<SocketAddr, Arc<DialSlot>>>,
     /// Gossip dials in flight (see `dials.rs`).
     gossip_dials: Mutex<DialBudget>,
     backoffs: Mutex<HashMap<SocketAddr, Backoff>>,
@@ -216,7 +234,7 @@ impl QuicTransport {
             handshake_timeout: Duration::from_millis(timing.handshake_timeout_ms),
             warns: Mutex::new(WarnGate::new(WARN_EVERY)),
             conns: Mutex::default(),
-            dial_locks: Mutex::default(),
+            dial_slots: Mutex::default(),
             gossip_dials: Mutex::new(DialBudget::new(MAX_GOSSIP_DIALS)),
             backoffs: Mutex::default(),
             peer_queues: Mutex::default(),
@@ -291,6 +309,7 @@ impl QuicTransport {
             sent_on_stream: c.sent_on_stream.load(Ordering::Relaxed),
             malformed_gossip: c.malformed_gossip.load(Ordering::Relaxed),
             connections_reset: c.connections_reset.load(Ordering::Relaxed),
+            dials_restarted: c.dials_restarted.load(Ordering::Relaxed),
         }
     }
 
@@ -332,6 +351,7 @@ impl QuicTransport {
         }
         lock(&self.inner.conns).insert(peer, conn.clone());
         tokio::spawn(self.clone().read_loop(conn, cert_id));
+        self.wake_dial(peer);
         true
     }
 

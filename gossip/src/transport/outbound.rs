@@ -106,6 +106,7 @@ impl QuicTransport {
             bump(&self.inner.counters.connections_reset);
             conn.close(super::CAME_BACK.into(), b"peer came back");
         }
+        self.redial(addr);
     }
 
     /// Closes every cached connection and forgets every dial backoff (this node's own loop
@@ -118,13 +119,40 @@ impl QuicTransport {
             bump(&self.inner.counters.connections_reset);
             conn.close(super::CAME_BACK.into(), b"peer stalled");
         }
+        let dialing: Vec<SocketAddr> = lock(&self.inner.dial_slots).keys().copied().collect();
+        for addr in dialing {
+            self.redial(addr);
+        }
         conns.len()
     }
 
-    /// Forgets any dial backoff to `addr` (a member judged alive for the first time: see
-    /// `replica::Action::FirstAlive`), so the next send dials at once.
+    /// Forgets any dial backoff to `addr` (a member judged alive for the first time, see
+    /// `replica::Action::FirstAlive`, or contacted directly), so the next send dials at once,
+    /// and asks a dial to it still running from before for a fresh start ([`Self::redial`]).
     pub(crate) fn clear_backoff(&self, addr: SocketAddr) {
         lock(&self.inner.backoffs).remove(&addr);
+        self.redial(addr);
+    }
+
+    /// The member at `addr` is reachable now (judged alive, alive again, or to be contacted):
+    /// a handshake to it that began while the path was cut, and has run for at least
+    /// [`RESTART_DIAL_AFTER`], starts over at once instead of waiting out QUIC's backed-off
+    /// retransmission (the chaos soak: a node started while a member was isolated dialed it
+    /// then, and for 5 s after the heal every message to it, its answers to that member's
+    /// gossip included, waited behind that handshake).
+    fn redial(&self, addr: SocketAddr) {
+        if let Some(slot) = lock(&self.inner.dial_slots).get(&addr) {
+            slot.restart_asked.store(true, Ordering::Relaxed);
+            slot.wake.notify_waiters();
+        }
+    }
+
+    /// Wakes the dial to `addr` in progress, if any: it takes the connection now cached for
+    /// `addr` (the peer dialed this node meanwhile).
+    pub(super) fn wake_dial(&self, addr: SocketAddr) {
+        if let Some(slot) = lock(&self.inner.dial_slots).get(&addr) {
+            slot.wake.notify_waiters();
+        }
     }
 
     pub(super) fn cached(&self, addr: &SocketAddr) -> Option<Connection> {
@@ -163,14 +191,14 @@ impl QuicTransport {
         if self.inner.cancel.is_cancelled() {
             return Err("transport closed".into());
         }
-        let dial_lock = {
-            let mut locks = lock(&self.inner.dial_locks);
-            if locks.len() >= self.inner.max_peers {
-                locks.retain(|_, l| Arc::strong_count(l) > 1);
+        let slot = {
+            let mut slots = lock(&self.inner.dial_slots);
+            if slots.len() >= self.inner.max_peers {
+                slots.retain(|_, s| Arc::strong_count(s) > 1);
             }
-            locks.entry(addr).or_default().clone()
+            slots.entry(addr).or_default().clone()
         };
-        let _dialing = dial_lock.lock().await;
+        let _dialing = slot.lock.lock().await;
         if let Some(conn) = self.cached(&addr) {
             return Ok(conn);
         }
@@ -180,21 +208,9 @@ impl QuicTransport {
                 return Err("backing off after a failed dial".into());
             }
         }
-        let client = lock(&self.inner.client_config).clone();
-        let result = match self
-            .inner
-            .endpoint
-            .connect_with(client, addr, &self.inner.server_name)
-        {
-            Ok(connecting) => match tokio::time::timeout(DIAL_TIMEOUT, connecting).await {
-                Ok(Ok(conn)) => Ok(conn),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err("handshake timed out".into()),
-            },
-            Err(e) => Err(e.to_string()),
-        };
-        match result {
-            Ok(conn) => {
+        match self.handshake(addr, &slot).await {
+            Ok(Dialed::Cached(conn)) => Ok(conn),
+            Ok(Dialed::New(conn)) => {
                 if self.register(conn.clone()) {
                     Ok(conn)
                 } else {
@@ -211,6 +227,57 @@ impl QuicTransport {
             }
         }
     }
+
+    /// One dial to `addr` until [`DIAL_TIMEOUT`]. It gives way to a connection the peer opens
+    /// meanwhile and starts over when asked to (see [`Self::redial`]) after it has run for
+    /// [`RESTART_DIAL_AFTER`]; each restart gets a full timeout.
+    async fn handshake(&self, addr: SocketAddr, slot: &DialSlot) -> Result<Dialed, String> {
+        // A request made before this dial began is no reason to restart it.
+        slot.restart_asked.store(false, Ordering::Relaxed);
+        let connect = || {
+            let client = lock(&self.inner.client_config).clone();
+            self.inner
+                .endpoint
+                .connect_with(client, addr, &self.inner.server_name)
+                .map_err(|e| e.to_string())
+        };
+        let mut connecting = connect()?;
+        let mut began = Instant::now();
+        let deadline = tokio::time::sleep(DIAL_TIMEOUT);
+        tokio::pin!(deadline);
+        loop {
+            let woken = slot.wake.notified();
+            tokio::select! {
+                done = &mut connecting => {
+                    return done.map(Dialed::New).map_err(|e| e.to_string());
+                }
+                _ = &mut deadline => return Err("handshake timed out".into()),
+                _ = woken => {
+                    if let Some(conn) = self.cached(&addr) {
+                        debug!(peer = %addr, "the peer connected while this node was dialing it: using that connection");
+                        return Ok(Dialed::Cached(conn));
+                    }
+                    if slot.restart_asked.swap(false, Ordering::Relaxed)
+                        && began.elapsed() >= RESTART_DIAL_AFTER
+                    {
+                        debug!(peer = %addr, after_ms = began.elapsed().as_millis() as u64, "peer reachable again: restarting the handshake");
+                        bump(&self.inner.counters.dials_restarted);
+                        connecting = connect()?;
+                        began = Instant::now();
+                        deadline.as_mut().reset((began + DIAL_TIMEOUT).into());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// How a dial ended well.
+enum Dialed {
+    /// A handshake of this node's own, to register.
+    New(Connection),
+    /// The connection the peer opened meanwhile (already registered).
+    Cached(Connection),
 }
 
 /// Reset code of a gossip stream given up after a failed write.

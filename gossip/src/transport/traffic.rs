@@ -39,6 +39,9 @@ pub struct Traffic {
     /// Connections replaced after an outage (a healed cut): closed here because their peer,
     /// judged dead, was alive again, or closed by the peer for the same reason about this node.
     pub connections_reset: u64,
+    /// Handshakes started over because the peer was reachable again while they ran (see
+    /// `QuicTransport::redial`).
+    pub dials_restarted: u64,
 }
 
 #[derive(Default)]
@@ -58,6 +61,7 @@ pub(super) struct Counters {
     pub(super) sent_on_stream: AtomicU64,
     pub(super) malformed_gossip: AtomicU64,
     pub(super) connections_reset: AtomicU64,
+    pub(super) dials_restarted: AtomicU64,
 }
 
 pub(super) fn bump(counter: &AtomicU64) {
