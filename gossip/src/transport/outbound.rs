@@ -255,6 +255,7 @@ impl QuicTransport {
                 _ = woken => {
                     if let Some(conn) = self.cached(&addr) {
                         debug!(peer = %addr, "the peer connected while this node was dialing it: using that connection");
+                        self.finish_in_background(connecting, began);
                         return Ok(Dialed::Cached(conn));
                     }
                     if slot.restart_asked.swap(false, Ordering::Relaxed)
@@ -262,13 +263,37 @@ impl QuicTransport {
                     {
                         debug!(peer = %addr, after_ms = began.elapsed().as_millis() as u64, "peer reachable again: restarting the handshake");
                         bump(&self.inner.counters.dials_restarted);
-                        connecting = connect()?;
+                        let old = std::mem::replace(&mut connecting, connect()?);
+                        self.finish_in_background(old, began);
                         began = Instant::now();
                         deadline.as_mut().reset((began + DIAL_TIMEOUT).into());
                     }
                 }
             }
         }
+    }
+}
+
+impl QuicTransport {
+    /// A handshake its dial stopped waiting for runs on to its deadline, and its connection is
+    /// registered if it completes (like a second dial from the peer's side). Dropped instead, it
+    /// would be closed at this end while the peer may already use it: when two nodes dial each
+    /// other at once (100 started together), each could give way to the other's connection and
+    /// drop the one the other just took, leaving neither (measured: 100 nodes started at once
+    /// formed in 16-17 s instead of 11-14).
+    fn finish_in_background(&self, connecting: quinn::Connecting, began: Instant) {
+        let this = self.clone();
+        let left = DIAL_TIMEOUT.saturating_sub(began.elapsed());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = this.inner.cancel.cancelled() => {}
+                done = tokio::time::timeout(left, connecting) => {
+                    if let Ok(Ok(conn)) = done {
+                        this.register(conn);
+                    }
+                }
+            }
+        });
     }
 }
 

@@ -155,7 +155,7 @@ fn progress(nodes: &[Node]) -> String {
     let t: Vec<_> = nodes.iter().map(|x| x.traffic()).collect();
     let sum = |f: fn(&shoal_gossip::Traffic) -> u64| t.iter().map(f).sum::<u64>();
     format!(
-        "live min {} p50 {} max {}; sent {} queue-full {} no-conn {} inbound-full {} dial-fail {} refused {} (full {} busy {} rate {}) timed-out {} retried {} MB tx {:.1}",
+        "live min {} p50 {} max {}; sent {} queue-full {} no-conn {} inbound-full {} dial-fail {} dial-restarts {} refused {} (full {} busy {} rate {}) timed-out {} retried {} MB tx {:.1}",
         live[0],
         live[live.len() / 2],
         live[live.len() - 1],
@@ -164,6 +164,7 @@ fn progress(nodes: &[Node]) -> String {
         sum(|x| x.dropped_no_connection),
         sum(|x| x.dropped_inbound_full),
         sum(|x| x.dial_failures),
+        sum(|x| x.dials_restarted),
         sum(|x| x.handshakes_refused),
         sum(|x| x.handshakes_refused_full),
         sum(|x| x.handshakes_refused_source_busy),
