@@ -106,6 +106,16 @@ struct DialSlot {
     restart_asked: std::sync::atomic::AtomicBool,
 }
 
+impl DialSlot {
+    /// Wakes the dial in progress, if any; `restart` asks it for a fresh start.
+    fn wake(&self, restart: bool) {
+        if restart {
+            self.restart_asked.store(true, Ordering::Relaxed);
+        }
+        self.wake.notify_waiters();
+    }
+}
+
 #[derive(Clone)]
 pub(crate) struct QuicTransport {
     inner: Arc<Inner>,

@@ -119,9 +119,8 @@ impl QuicTransport {
             bump(&self.inner.counters.connections_reset);
             conn.close(super::CAME_BACK.into(), b"peer stalled");
         }
-        let dialing: Vec<SocketAddr> = lock(&self.inner.dial_slots).keys().copied().collect();
-        for addr in dialing {
-            self.redial(addr);
+        for slot in lock(&self.inner.dial_slots).values() {
+            slot.wake(true);
         }
         conns.len()
     }
@@ -142,8 +141,7 @@ impl QuicTransport {
     /// gossip included, waited behind that handshake).
     fn redial(&self, addr: SocketAddr) {
         if let Some(slot) = lock(&self.inner.dial_slots).get(&addr) {
-            slot.restart_asked.store(true, Ordering::Relaxed);
-            slot.wake.notify_waiters();
+            slot.wake(true);
         }
     }
 
@@ -151,7 +149,7 @@ impl QuicTransport {
     /// `addr` (the peer dialed this node meanwhile).
     pub(super) fn wake_dial(&self, addr: SocketAddr) {
         if let Some(slot) = lock(&self.inner.dial_slots).get(&addr) {
-            slot.wake.notify_waiters();
+            slot.wake(false);
         }
     }
 
@@ -272,9 +270,7 @@ impl QuicTransport {
             }
         }
     }
-}
 
-impl QuicTransport {
     /// A handshake its dial stopped waiting for runs on to its deadline, and its connection is
     /// registered if it completes (like a second dial from the peer's side). Dropped instead, it
     /// would be closed at this end while the peer may already use it: when two nodes dial each
