@@ -60,6 +60,10 @@ pub struct Timing {
     /// one gossip round (~100 ms) where chitchat's own detector sees ~55 ms. 4.5 against the
     /// tick-sampled mean waits as long as chitchat's 8 did (~450 ms); see docs/benchmarks.md.
     pub liveness_phi_threshold: f64,
+    /// The lower bar at which a member that another live member reports dead is judged dead
+    /// here too (`replica/report.rs`): the first judge's verdict reaches the others within a
+    /// round trip, and a report alone never kills a member heard from lately.
+    pub liveness_confirm_phi: f64,
     /// Prior mean heartbeat interval; must track `gossip_interval_ms` (the default 5 s of
     /// chitchat would make detection take 4 to 10 s).
     pub initial_interval_ms: u64,
@@ -127,6 +131,7 @@ impl Default for Timing {
             gossip_interval_ms: 100,
             phi_threshold: 8.0,
             liveness_phi_threshold: 4.5,
+            liveness_confirm_phi: 3.0,
             initial_interval_ms: 100,
             dead_node_grace_ms: 3_600_000,
             join_grace_ms: 600,
@@ -171,6 +176,15 @@ impl Timing {
         }
         if !(self.liveness_phi_threshold.is_finite() && self.liveness_phi_threshold > 0.0) {
             return bad("timing.liveness_phi_threshold", "must be a positive number");
+        }
+        if !(self.liveness_confirm_phi.is_finite()
+            && self.liveness_confirm_phi > 0.0
+            && self.liveness_confirm_phi <= self.liveness_phi_threshold)
+        {
+            return bad(
+                "timing.liveness_confirm_phi",
+                "must be a positive number no larger than timing.liveness_phi_threshold",
+            );
         }
         if self.control_tick_ms == 0 {
             return bad("timing.control_tick_ms", "must be > 0");

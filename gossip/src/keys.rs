@@ -3,7 +3,7 @@
 //! Values arrive from the network: parsing never panics; a bad value reads as absent.
 
 use crate::head::HeldAd;
-use crate::version::Version;
+use crate::version::{NodeId, Version};
 
 /// The document this node holds: `<version>|<digest>|<size_bytes>`.
 pub const HELD: &str = "held";
@@ -16,6 +16,12 @@ pub const LEAVING: &str = "leaving";
 /// Present (value: the reason) while the node cannot do the publisher's work, e.g. its
 /// source cannot reach the API server: the election passes it over (`Mesh::stand_down`).
 pub const STAND_DOWN: &str = "stand-down";
+/// The incarnations this node judged dead lately, `<id>@<generation>` separated by spaces
+/// (`replica/report.rs`): a peer that finds one of them silent past its confirm bar judges it
+/// dead at once instead of waiting for its own threshold.
+pub const DOWN: &str = "down";
+/// At most this many entries of a `down` value are read.
+pub const MAX_DOWN_ENTRIES: usize = 32;
 /// Prefix of static metadata keys (from `MeshConfig::metadata`).
 pub const META_PREFIX: &str = "meta:";
 /// Prefix of application keys (`Mesh::set_app_key`).
@@ -40,10 +46,29 @@ pub fn parse_held(value: &str) -> Option<HeldAd> {
     })
 }
 
+pub fn encode_down(down: &[(NodeId, u64)]) -> String {
+    let entries: Vec<String> = down.iter().map(|(id, g)| format!("{id}@{g}")).collect();
+    entries.join(" ")
+}
+
+/// Entries that do not parse are skipped; at most [`MAX_DOWN_ENTRIES`] are kept.
+pub fn parse_down(value: &str) -> Vec<(NodeId, u64)> {
+    value
+        .split(' ')
+        .filter_map(|entry| {
+            let (id, generation) = entry.rsplit_once('@')?;
+            if id.is_empty() {
+                return None;
+            }
+            Some((NodeId::new(id), generation.parse().ok()?))
+        })
+        .take(MAX_DOWN_ENTRIES)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::version::NodeId;
     use proptest::prelude::*;
 
     proptest! {
@@ -56,6 +81,13 @@ mod tests {
         #[test]
         fn garbage_never_panics(value in ".{0,200}") {
             let _ = parse_held(&value);
+            prop_assert!(parse_down(&value).len() <= MAX_DOWN_ENTRIES);
+        }
+
+        #[test]
+        fn down_round_trips(entries in proptest::collection::vec(("[a-z0-9.@-]{1,12}", any::<u64>()), 0..MAX_DOWN_ENTRIES)) {
+            let down: Vec<(NodeId, u64)> = entries.into_iter().map(|(id, g)| (NodeId::new(id), g)).collect();
+            prop_assert_eq!(parse_down(&encode_down(&down)), down);
         }
     }
 

@@ -24,6 +24,9 @@ use std::collections::VecDeque;
 #[derive(Clone, Debug, PartialEq)]
 pub struct LivenessTiming {
     pub phi_threshold: f64,
+    /// A member another live member reports dead (`replica/report.rs`) is judged dead here
+    /// once its phi passes this lower bar.
+    pub confirm_phi: f64,
     /// Prior mean interval (additive smoothing with weight 5, as chitchat).
     pub prior_interval_ms: u64,
     /// Longer intervals are not averaged in.
@@ -39,6 +42,7 @@ impl From<&crate::Timing> for LivenessTiming {
     fn from(t: &crate::Timing) -> Self {
         LivenessTiming {
             phi_threshold: t.liveness_phi_threshold,
+            confirm_phi: t.liveness_confirm_phi,
             prior_interval_ms: t.initial_interval_ms,
             max_interval_ms: (t.gossip_interval_ms * 20).max(2_000),
             window: 1_000,
@@ -115,13 +119,33 @@ impl Beats {
             / (self.intervals.len() as f64 + PRIOR_WEIGHT)
     }
 
+    /// Silence over the mean interval; `None` until an interval was seen since the last death.
+    pub fn phi(&self, now_ms: u64, lost_ms: u64, t: &LivenessTiming) -> Option<f64> {
+        if self.intervals.is_empty() {
+            return None;
+        }
+        Some(self.silence_ms(now_ms, lost_ms) as f64 / self.mean_ms(t).max(1.0))
+    }
+
     /// Alive: an interval was seen since the last death, and phi is at most the threshold.
     pub fn alive(&self, now_ms: u64, lost_ms: u64, t: &LivenessTiming) -> bool {
-        if self.intervals.is_empty() {
-            return false;
-        }
-        let phi = self.silence_ms(now_ms, lost_ms) as f64 / self.mean_ms(t).max(1.0);
-        phi <= t.phi_threshold
+        self.alive_given(false, now_ms, lost_ms, t)
+    }
+
+    /// Alive, and not reported dead by a peer (`reported`) while silent past the confirm bar.
+    pub fn alive_given(
+        &self,
+        reported: bool,
+        now_ms: u64,
+        lost_ms: u64,
+        t: &LivenessTiming,
+    ) -> bool {
+        let bar = if reported {
+            t.confirm_phi.min(t.phi_threshold)
+        } else {
+            t.phi_threshold
+        };
+        self.phi(now_ms, lost_ms, t).is_some_and(|phi| phi <= bar)
     }
 
     /// The member was judged dead: forget its intervals, and do not count the outage as one.
@@ -145,6 +169,7 @@ mod tests {
     fn t() -> LivenessTiming {
         LivenessTiming {
             phi_threshold: 8.0,
+            confirm_phi: 5.0,
             prior_interval_ms: 100,
             max_interval_ms: 2_000,
             window: 1_000,

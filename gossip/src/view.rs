@@ -79,6 +79,8 @@ pub struct Member {
     pub stand_down: Option<String>,
     /// It announced a graceful leave: never alive again, whatever its heartbeat does.
     pub leaving: bool,
+    /// The incarnations it judged dead lately ([`keys::DOWN`]).
+    pub down: Vec<(NodeId, u64)>,
 }
 
 /// [`parse_members_checked`] without the duplicate report.
@@ -112,6 +114,11 @@ pub(crate) fn parse_members_checked(raw: Vec<RawMember>) -> (Vec<Member>, Vec<Du
                 metadata: strip(keys::META_PREFIX),
                 app: strip(keys::APP_PREFIX),
                 stand_down: r.keys.get(keys::STAND_DOWN).cloned(),
+                down: r
+                    .keys
+                    .get(keys::DOWN)
+                    .map(|v| keys::parse_down(v))
+                    .unwrap_or_default(),
                 id: r.id,
                 generation: r.generation,
                 listen: r.listen,

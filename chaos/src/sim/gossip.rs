@@ -163,6 +163,7 @@ mod tests {
             caught_up,
             held: None,
             opinions: Vec::new(),
+            down: Vec::new(),
         }
     }
 

@@ -36,6 +36,8 @@ pub struct Ad {
     pub held: Option<HeldAd>,
     /// (backend index, this node's opinion) for the backends it checks.
     pub opinions: Vec<(usize, CheckState)>,
+    /// The incarnations it reports dead (the mesh's `down` key).
+    pub down: Vec<(NodeId, u64)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -99,8 +101,10 @@ impl Timing {
             single_node: true,
             // The core judges liveness from the heartbeats gossip carries, as in the mesh: phi
             // over a prior of one gossip round puts a steady member's death at `fail_ms`.
+            // A peer's report of a death is confirmed at two thirds of it, as in `Timing`.
             liveness: LivenessTiming {
                 phi_threshold: self.fail_ms as f64 / self.gossip_ms.max(1) as f64,
+                confirm_phi: self.fail_ms as f64 / self.gossip_ms.max(1) as f64 * 2.0 / 3.0,
                 prior_interval_ms: self.gossip_ms,
                 max_interval_ms: (self.gossip_ms * 20).max(2_000),
                 window: 1_000,
@@ -245,6 +249,7 @@ impl SimNode {
             caught_up: self.replica.caught_up(),
             held: self.replica.held().cloned(),
             opinions: self.checks.iter().map(|(b, h)| (*b, h.state())).collect(),
+            down: self.replica.down_list(),
         }
     }
 
@@ -266,6 +271,7 @@ impl SimNode {
                 last_seen_ms: Some(self.gossip.age_ms(i, now_ms)),
                 stand_down: None,
                 leaving: false,
+                down: k.ad.down.clone(),
             })
             .collect()
     }
@@ -321,9 +327,10 @@ impl SimNode {
                     self.fetch = None;
                 }
             }
-            // An announcement is a gossip message sent now to the children named (below, after
-            // this round's heartbeat, so that it carries this node's newest record).
-            if let Action::Announce { to } = &action {
+            // An announcement (or a death report) is a gossip message sent now to the members
+            // named (below, after this round's heartbeat, so that it carries this node's newest
+            // record).
+            if let Action::Announce { to } | Action::ReportDown { to, .. } = &action {
                 announce.extend(to.iter().filter_map(|(id, _)| index_of(id)));
             }
             // `ResetConnections`, `ResetConnection` and `Contact` concern the real transport

@@ -134,6 +134,17 @@ impl<D: Document> Inner<D> {
                 Action::Announce { to } => {
                     self.send(KvOp::Gossip(to.into_iter().map(|(_, a)| a).collect()))
                 }
+                // The key first, so that the exchanges pushed right after carry it.
+                Action::ReportDown { down, to } => {
+                    if down.is_empty() {
+                        self.send(KvOp::Delete(keys::DOWN.into()));
+                    } else {
+                        self.send(KvOp::Set(keys::DOWN.into(), keys::encode_down(&down)));
+                    }
+                    if !to.is_empty() {
+                        self.send(KvOp::Gossip(to.into_iter().map(|(_, a)| a).collect()));
+                    }
+                }
                 Action::ReserveEpoch(target) => match &self.epoch_file {
                     Some(file) => {
                         tokio::spawn(reserve_epoch(self.clone(), file.clone(), target));

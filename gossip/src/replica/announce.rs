@@ -98,6 +98,7 @@ mod tests {
             last_seen_ms: Some(0),
             stand_down: None,
             leaving: false,
+            down: Vec::new(),
         }
     }
     fn replica(i: usize) -> Replica {
@@ -110,6 +111,7 @@ mod tests {
             single_node: true,
             liveness: crate::liveness::LivenessTiming {
                 phi_threshold: 8.0,
+                confirm_phi: 5.0,
                 prior_interval_ms: 100,
                 max_interval_ms: 2_000,
                 window: 1_000,

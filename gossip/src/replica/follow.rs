@@ -38,8 +38,15 @@ const FORGET_AFTER_MS: u64 = 60_000;
 
 impl Followed {
     /// Judges it now; the state it left when the judgement changed.
-    fn judge(&mut self, now_ms: u64, lost_ms: u64, t: &LivenessTiming) -> Option<Judged> {
-        let alive = self.beats.alive(now_ms, lost_ms, t);
+    /// `reported`: a live member reports it dead (`report.rs`).
+    fn judge(
+        &mut self,
+        reported: bool,
+        now_ms: u64,
+        lost_ms: u64,
+        t: &LivenessTiming,
+    ) -> Option<Judged> {
+        let alive = self.beats.alive_given(reported, now_ms, lost_ms, t);
         let was = self.judged;
         match (was, alive) {
             (Judged::Alive, false) => {
@@ -99,6 +106,8 @@ impl Replica {
     /// judgement to the members (a flip re-runs the election at this tick) and to this node's
     /// own id (an older process alive elsewhere: see `incarnation.rs`).
     pub(super) fn judge_liveness(&mut self, now_ms: u64) {
+        let reported = self.reported_down();
+        let mut flips: Vec<(NodeId, u64, bool)> = Vec::new();
         let t = &self.timing.liveness;
         let (lost, me, join_grace_ms) = (self.lost_ms, &self.me, self.timing.join_grace_ms);
         let mine = Incarnation {
@@ -112,7 +121,11 @@ impl Replica {
             // Chitchat forgot it (the shell lists every record at every step).
             per_id.retain(|f| now_ms.saturating_sub(f.seen_ms) < FORGET_AFTER_MS);
             for f in per_id.iter_mut() {
-                let flip = f.judge(now_ms, lost, t);
+                let is_reported =
+                    *id != me.id && reported.iter().any(|(r, g)| r == id && *g == f.generation);
+                // Alive by this node's own threshold: a death now is a peer's, confirmed.
+                let confirming = is_reported && f.beats.alive(now_ms, lost, t);
+                let flip = f.judge(is_reported, now_ms, lost, t);
                 let that = Incarnation {
                     generation: f.generation,
                     listen: f.listen,
@@ -131,6 +144,9 @@ impl Replica {
                     }
                 } else if let Some(was) = flip {
                     let (id, generation, listen) = (id.clone(), f.generation, f.listen);
+                    if was != Judged::New && !confirming {
+                        flips.push((id.clone(), generation, was == Judged::Dead));
+                    }
                     actions.push_back(match was {
                         Judged::New => Action::FirstAlive {
                             id,
@@ -174,6 +190,10 @@ impl Replica {
                 self.dirty = true;
             }
         }
+        for (id, generation, alive) in flips {
+            self.note_judged(&id, generation, alive, now_ms);
+        }
+        self.report_deaths(now_ms);
     }
 
     /// A member that gossip reports only second-hand, its heartbeat advancing: a newer

@@ -11,7 +11,7 @@
 //!
 //! This file holds the state machine itself (its fields, the `handle_*` inputs, the tick and
 //! `poll_action`); `follow.rs` follows members' heartbeats, `fetching.rs` plans and abandons
-//! fetches, `redial.rs` asks a silent only holder again, `stamping.rs` stamps and reserves
+//! fetches, `redial.rs` asks a silent only holder again, `report.rs` shares deaths, `stamping.rs` stamps and reserves
 //! epochs, `bug.rs` holds its deliberate defects (test builds), `tests/` its tests. The rules it applies are in `election.rs`, `head.rs`,
 //! `liveness.rs` and `reservation.rs`. It is a little over 500 lines because the fields, the
 //! inputs and the tick that reads them are one piece.
@@ -22,6 +22,7 @@ mod bug;
 mod fetching;
 mod follow;
 mod redial;
+mod report;
 mod stamping;
 #[cfg(test)]
 mod tests;
@@ -153,6 +154,13 @@ pub enum Action {
     /// in the head's spread tree, `spread::children`) now, so they learn of it within a round
     /// trip instead of a random gossip round (`announce.rs`). Once per head version.
     Announce { to: Vec<(NodeId, SocketAddr)> },
+    /// The incarnations this node now judges dead (its `down` key, `report.rs`): write it,
+    /// then gossip to these members at once (every live one when a death was added; none
+    /// when an entry only expired or revived).
+    ReportDown {
+        down: Vec<(NodeId, u64)>,
+        to: Vec<(NodeId, SocketAddr)>,
+    },
     /// Write the epoch file up to this epoch (in the background, off the stamp path), then
     /// report with [`Replica::handle_epoch_persisted`] (see `reservation.rs`).
     ReserveEpoch(u64),
@@ -192,6 +200,8 @@ pub struct Replica {
     beats: HashMap<NodeId, Vec<Followed>>,
     /// Time this node's own loop lost to pauses (never counted against members).
     lost_ms: u64,
+    /// The deaths this node reports (`report.rs`).
+    reports: report::Reports,
     decisions: Option<Decisions>,
     dirty: bool,
     fetching: Option<fetching::InFlight>,
@@ -236,6 +246,7 @@ impl Replica {
             members: Vec::new(),
             beats: HashMap::new(),
             lost_ms: 0,
+            reports: report::Reports::default(),
             decisions: None,
             dirty: true,
             fetching: None,
@@ -454,6 +465,7 @@ impl Replica {
                     last_seen_ms: Some(0),
                     stand_down: None,
                     leaving: false,
+                    down: Vec::new(),
                 });
                 self.dirty = true;
                 let last = self.members.len() - 1;
@@ -559,6 +571,7 @@ impl Replica {
                 last_seen_ms: None,
                 stand_down: None,
                 leaving: false,
+                down: Vec::new(),
             }),
         }
         decide_at(&members, 0, 0).head

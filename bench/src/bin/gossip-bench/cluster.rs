@@ -23,13 +23,21 @@ pub struct Lab {
 }
 
 impl Lab {
-    /// `liveness_phi`: the replica core's phi threshold for every node (default: `Timing`'s).
-    pub fn new(liveness_phi: Option<f64>) -> Result<Lab, String> {
+    /// `liveness_phi`: the replica core's phi threshold for every node, `confirm_phi` its bar
+    /// for a reported death (default: `Timing`'s; a confirm bar above the threshold is lowered
+    /// to it).
+    pub fn new(liveness_phi: Option<f64>, confirm_phi: Option<f64>) -> Result<Lab, String> {
         let ca = create_ca("bench").map_err(|e| format!("CA: {e}"))?;
         let mut timing = Timing::default();
         if let Some(phi) = liveness_phi {
             timing.liveness_phi_threshold = phi;
         }
+        if let Some(phi) = confirm_phi {
+            timing.liveness_confirm_phi = phi;
+        }
+        timing.liveness_confirm_phi = timing
+            .liveness_confirm_phi
+            .min(timing.liveness_phi_threshold);
         Ok(Lab { ca, timing })
     }
 

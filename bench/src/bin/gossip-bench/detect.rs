@@ -19,6 +19,9 @@ pub struct Args {
     /// Run the peer instead of Shoal's mesh (kill only).
     #[arg(long, value_enum)]
     peer: Option<Peer>,
+    /// Print each trial's victim and per-survivor times (ms) to stderr.
+    #[arg(long)]
+    print_samples: bool,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -30,11 +33,17 @@ enum Fault {
 pub async fn run(lab: &Lab, n: usize, args: &Args) -> Result<(), String> {
     match args.peer {
         Some(Peer::Chitchat) => peer::detect(n, args.trials).await,
-        None => detect(lab, n, args.trials, args.fault).await,
+        None => detect(lab, n, args.trials, args.fault, args.print_samples).await,
     }
 }
 
-async fn detect(lab: &Lab, n: usize, trials: usize, fault: Fault) -> Result<(), String> {
+async fn detect(
+    lab: &Lab,
+    n: usize,
+    trials: usize,
+    fault: Fault,
+    print_samples: bool,
+) -> Result<(), String> {
     let mut nodes = lab.start_cluster(n).await?;
     let conv = wait_converged(&nodes, converge_timeout(nodes.len())).await?;
     // Let the failure detectors' sampling windows fill.
@@ -63,6 +72,13 @@ async fn detect(lab: &Lab, n: usize, trials: usize, fault: Fault) -> Result<(), 
                 }
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        if print_samples {
+            let ms: Vec<u128> = seen
+                .iter()
+                .map(|s| s.map_or(0, |d| d.as_millis()))
+                .collect();
+            eprintln!("trial {trial}: victim {victim_id} samples {ms:?}");
         }
         samples.extend(
             seen.iter()

@@ -17,7 +17,8 @@
 //!           one publisher and see every member live, then until a head is applied everywhere.
 //!
 //! Every mode takes `--nodes` (a comma list: one cluster per size, one table row each) and
-//! `--liveness-phi X` (the replica core's phi threshold, `Timing::liveness_phi_threshold`).
+//! `--liveness-phi X` (the replica core's phi threshold, `Timing::liveness_phi_threshold`),
+//! `--liveness-confirm-phi X` (the bar for a reported death, `Timing::liveness_confirm_phi`).
 //! A new mode: a module with `Args` (flattening `Common`) and `run(lab, n, args)`, and one
 //! variant of `Mode`.
 
@@ -66,6 +67,10 @@ pub struct Common {
     /// The replica core's phi threshold for every node (default: `Timing`'s).
     #[arg(long, value_parser = parse_phi)]
     liveness_phi: Option<f64>,
+    /// The bar at which a death another member reports is confirmed (default: `Timing`'s;
+    /// the threshold itself turns reports off).
+    #[arg(long, value_parser = parse_phi)]
+    liveness_confirm_phi: Option<f64>,
 }
 
 /// The gossip implementation run instead of Shoal's mesh (`--peer`).
@@ -120,7 +125,7 @@ impl Mode {
 async fn main() {
     let cli = Cli::parse();
     let common = cli.mode.common();
-    let lab = match cluster::Lab::new(common.liveness_phi) {
+    let lab = match cluster::Lab::new(common.liveness_phi, common.liveness_confirm_phi) {
         Ok(lab) => lab,
         Err(e) => {
             eprintln!("{e}");

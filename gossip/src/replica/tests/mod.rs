@@ -11,6 +11,7 @@ use proptest::prelude::*;
 
 mod actions;
 mod redial;
+mod report;
 
 const D: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 
@@ -32,6 +33,7 @@ fn timing() -> ReplicaTiming {
         single_node: true,
         liveness: crate::liveness::LivenessTiming {
             phi_threshold: 8.0,
+            confirm_phi: 5.0,
             prior_interval_ms: 100,
             max_interval_ms: 2_000,
             window: 1_000,
@@ -75,6 +77,7 @@ fn member(name: &str, i: u8, alive: bool, ready: bool, held: Option<HeldAd>) -> 
         last_seen_ms: Some(0),
         stand_down: None,
         leaving: false,
+        down: Vec::new(),
     }
 }
 

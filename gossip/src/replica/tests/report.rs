@@ -1,0 +1,233 @@
+//! Death reports (`report.rs`): a death another live member reports is confirmed at the lower
+//! bar, never for a member heard from lately, never on the word of a member judged dead, and
+//! not reported on; this node's own deaths are reported, pushed to the live members, and
+//! withdrawn.
+
+use super::*;
+
+/// n1 and n3 followed until 2,000 ms (a beat every 100 ms); then n1 goes silent and n3 keeps
+/// beating, with `members` handed in at `report_at_ms`. Returns when n1 was judged dead.
+fn silence_n1(r: &mut Replica, report_at_ms: u64, members: Vec<Member>) -> Option<u64> {
+    let mut beat = follow_with_heartbeats(r, 2_000);
+    let mut members = Some(members);
+    for now in (2_025..=3_500).step_by(25) {
+        if now % 100 == 0 {
+            r.handle_heartbeats(now, [(id("n3"), 0, addr(3), beat)]);
+            beat += 1;
+        }
+        if now >= report_at_ms {
+            if let Some(m) = members.take() {
+                r.handle_members(m);
+            }
+        }
+        r.handle_tick(now, now);
+        if !alive(r, "n1") {
+            return Some(now);
+        }
+    }
+    None
+}
+
+fn reporting(name: &str, i: u8, alive: bool, down: &[&str]) -> Member {
+    let head = ad(4, 2, "n1");
+    let mut m = member(name, i, alive, true, Some(head));
+    m.down = down.iter().map(|d| (id(d), 0)).collect();
+    m
+}
+
+#[test]
+fn a_death_reported_by_a_live_member_is_confirmed_at_the_lower_bar() {
+    // Unreported, n1's death waits for phi 8 (~800 ms of silence: see
+    // `a_silent_member_is_judged_dead_at_a_tick_without_new_members`).
+    let mut alone = replica("n2", 2, 0, 0);
+    let head = ad(4, 2, "n1");
+    let plain = vec![
+        member("n1", 1, true, true, Some(head.clone())),
+        member("n3", 3, true, true, Some(head)),
+    ];
+    let unreported = silence_n1(&mut alone, 2_100, plain).expect("judged dead");
+    assert!((2_800..=2_875).contains(&unreported), "{unreported}");
+    // n3 reports it at 2,100 ms, when n1 has been silent for 100 ms: not enough on its own;
+    // n2 follows once n1's phi passes the confirm bar (5 here: ~500 ms of silence).
+    let mut r = replica("n2", 2, 0, 0);
+    let members = vec![
+        reporting("n1", 1, true, &[]),
+        reporting("n3", 3, true, &["n1"]),
+    ];
+    let at = silence_n1(&mut r, 2_100, members).expect("judged dead");
+    assert!((2_500..=2_575).contains(&at), "confirmed at {at}");
+    // A confirmed death is not reported on: one judge's word reaches the others once.
+    assert!(r.down_list().is_empty());
+    assert!(!drain(&mut r)
+        .iter()
+        .any(|a| matches!(a, Action::ReportDown { .. })));
+}
+
+#[test]
+fn a_report_never_kills_a_member_heard_from_lately() {
+    let mut r = replica("n2", 2, 0, 0);
+    let mut beat = follow_with_heartbeats(&mut r, 2_000);
+    r.handle_members(vec![
+        reporting("n1", 1, true, &[]),
+        reporting("n3", 3, true, &["n1"]),
+    ]);
+    for now in (2_025..=5_000).step_by(25) {
+        if now % 100 == 0 {
+            r.handle_heartbeats(
+                now,
+                [(id("n1"), 0, addr(1), beat), (id("n3"), 0, addr(3), beat)],
+            );
+            beat += 1;
+        }
+        r.handle_tick(now, now);
+        assert!(alive(&r, "n1"), "n1 beats, reported or not, at {now}");
+    }
+}
+
+#[test]
+fn a_report_from_a_member_judged_dead_counts_for_nothing() {
+    let mut r = replica("n2", 2, 0, 0);
+    // n4 is listed dead (and followed by no heartbeat): its word does not count.
+    let members = vec![
+        reporting("n1", 1, true, &[]),
+        reporting("n3", 3, true, &[]),
+        reporting("n4", 4, false, &["n1"]),
+    ];
+    let at = silence_n1(&mut r, 2_100, members).expect("judged dead");
+    assert!(
+        (2_800..=2_875).contains(&at),
+        "judged at {at}, as unreported"
+    );
+}
+
+#[test]
+fn a_reporter_listing_many_deaths_counts_for_nothing() {
+    // Three members listed: more than one judge in a cluster of 3 may list
+    // (`report::believable`): more likely n3 is cut off or starved than right about them all.
+    let mut r = replica("n2", 2, 0, 0);
+    let mut n3 = reporting("n3", 3, true, &["n1"]);
+    n3.down.extend([(id("n7"), 0), (id("n8"), 0)]);
+    let members = vec![reporting("n1", 1, true, &[]), n3];
+    let at = silence_n1(&mut r, 2_100, members).expect("judged dead");
+    assert!(
+        (2_800..=2_875).contains(&at),
+        "judged at {at}, as unreported"
+    );
+}
+
+#[test]
+fn a_large_cluster_neither_reports_nor_believes() {
+    use super::super::report::MAX_REPORTING_MEMBERS;
+    let head = ad(4, 2, "n1");
+    let crowd = |members: &mut Vec<Member>| {
+        for i in 0..MAX_REPORTING_MEMBERS {
+            let mut m = member(&format!("x{i:03}"), 9, true, true, Some(head.clone()));
+            m.alive = true;
+            members.push(m);
+        }
+    };
+    // Believes nothing: n3's report leaves n1 to the full threshold.
+    let mut r = replica("n2", 2, 0, 0);
+    let mut members = vec![
+        reporting("n1", 1, true, &[]),
+        reporting("n3", 3, true, &["n1"]),
+    ];
+    crowd(&mut members);
+    let at = silence_n1(&mut r, 2_100, members).expect("judged dead");
+    assert!(
+        (2_800..=2_875).contains(&at),
+        "judged at {at}, as unreported"
+    );
+    // Reports nothing of its own.
+    assert!(r.down_list().is_empty());
+    assert!(!drain(&mut r)
+        .iter()
+        .any(|a| matches!(a, Action::ReportDown { .. })));
+}
+
+#[test]
+fn own_deaths_are_reported_pushed_to_live_members_and_withdrawn() {
+    let mut r = replica("n2", 2, 0, 0);
+    let head = ad(4, 2, "n1");
+    let plain = vec![
+        member("n1", 1, true, true, Some(head.clone())),
+        member("n3", 3, true, true, Some(head)),
+    ];
+    let died = silence_n1(&mut r, 2_100, plain).expect("judged dead");
+    let reports = |r: &mut Replica| -> Vec<Action> {
+        drain(r)
+            .into_iter()
+            .filter(|a| matches!(a, Action::ReportDown { .. }))
+            .collect()
+    };
+    assert_eq!(
+        reports(&mut r),
+        vec![Action::ReportDown {
+            down: vec![(id("n1"), 0)],
+            to: vec![(id("n3"), addr(3))],
+        }]
+    );
+    assert_eq!(r.down_list(), vec![(id("n1"), 0)]);
+    // n1 comes back (alive on its second beat): the report is withdrawn, pushed to nobody,
+    // once a second has passed since the key last changed (`report::PUBLISH_EVERY_MS`).
+    let mut withdrawn = None;
+    let mut beat = 100;
+    for now in (3_000..=4_500).step_by(25) {
+        if now % 100 == 0 {
+            r.handle_heartbeats(
+                now,
+                [(id("n1"), 0, addr(1), beat), (id("n3"), 0, addr(3), beat)],
+            );
+            beat += 1;
+        }
+        r.handle_tick(now, now);
+        let out = reports(&mut r);
+        if !out.is_empty() {
+            assert_eq!(
+                out,
+                vec![Action::ReportDown {
+                    down: Vec::new(),
+                    to: Vec::new(),
+                }]
+            );
+            assert!(withdrawn.is_none(), "withdrawn twice");
+            withdrawn = Some(now);
+        }
+    }
+    assert!(alive(&r, "n1"));
+    assert_eq!(
+        withdrawn,
+        Some(died + super::super::report::PUBLISH_EVERY_MS)
+    );
+    assert!(r.down_list().is_empty());
+}
+
+#[test]
+fn a_report_expires() {
+    let mut r = replica("n2", 2, 0, 0);
+    let head = ad(4, 2, "n1");
+    let plain = vec![
+        member("n1", 1, true, true, Some(head.clone())),
+        member("n3", 3, true, true, Some(head)),
+    ];
+    let died = silence_n1(&mut r, 2_100, plain).expect("judged dead");
+    drain(&mut r);
+    let mut beat = 100;
+    let mut withdrawn = None;
+    for now in (died + 25..=died + 12_000).step_by(25) {
+        if now % 100 == 0 {
+            r.handle_heartbeats(now, [(id("n3"), 0, addr(3), beat)]);
+            beat += 1;
+        }
+        r.handle_tick(now, now);
+        if drain(&mut r).contains(&Action::ReportDown {
+            down: Vec::new(),
+            to: Vec::new(),
+        }) {
+            withdrawn = Some(now);
+            break;
+        }
+    }
+    assert_eq!(withdrawn, Some(died + super::super::report::DOWN_REPORT_MS));
+    assert!(r.down_list().is_empty());
+}
