@@ -137,7 +137,9 @@ impl Replica {
                                 older_alive = Some(older_alive.map_or(that, |o| o.min(that)));
                             }
                             Judged::New => {
-                                older_unjudged |= f.beats.age_ms(now_ms) < join_grace_ms;
+                                // This node's own pauses do not count: a starved
+                                // process must not take them for the record's silence.
+                                older_unjudged |= f.beats.silence_ms(now_ms, lost) < join_grace_ms;
                             }
                             Judged::Dead => {}
                         }

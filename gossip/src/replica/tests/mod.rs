@@ -415,6 +415,24 @@ fn a_silent_older_record_of_my_id_delays_the_fetch_by_the_join_grace_only() {
     assert_eq!(refused, None);
 }
 
+/// The join grace for an older record of this node's id counts this node's time only: a
+/// starved process (a 350 ms gap between ticks, 250 ms over the pause allowance) waits that much
+/// longer before it fetches, instead of taking its own pause for the record's silence.
+#[test]
+fn this_nodes_own_pause_does_not_shorten_the_wait_for_an_older_record_of_my_id() {
+    let mut r = second_n2();
+    let own = [(id("n2"), 5, addr(9)), (id("n2"), 3, addr(9))];
+    let (fetched, _) = beside_older_n2(&mut r, (0, 100), |_| 7, &own);
+    assert_eq!(fetched, None);
+    let (fetched, refused) = beside_older_n2(&mut r, (450, 2_000), |_| 7, &own);
+    assert_eq!(
+        fetched,
+        Some(850),
+        "the join grace plus this node's lost 250 ms"
+    );
+    assert_eq!(refused, None);
+}
+
 /// The first time an incarnation is judged alive the shell is told once (it drops the dial
 /// backoff to it), also for one that is not a member yet (a restarted process not verified
 /// first-hand, which only a direct exchange can verify).
