@@ -1,11 +1,10 @@
 //! Death reports: an incarnation this core judges dead at its own threshold goes on its `down`
-//! list (gossiped as [`crate::keys::DOWN`]), and the list is pushed at once to every member
-//! judged alive (at most [`PUSH_FANOUT`] of them; gossip carries it on; the key changes at most
-//! once per [`PUBLISH_EVERY_MS`]); a member that
-//! another live member lists there is judged dead here as soon as its phi passes the lower
-//! confirm bar (`LivenessTiming::confirm_phi`). A death confirmed on a report is not reported
-//! again: one judge's word reaches the others once, and a node starved into false judgements
-//! (100 nodes starting on 2 cores) cannot set off a cascade of pushes.
+//! list (gossiped as [`crate::keys::DOWN`]), pushed at once to up to [`PUSH_FANOUT`] members
+//! judged alive (gossip carries it on; the key changes at most once per [`PUBLISH_EVERY_MS`]).
+//! A member that another live member lists there is judged dead here as soon as its phi passes
+//! the lower confirm bar (`LivenessTiming::confirm_phi`). A death confirmed on a report is not
+//! reported again: one judge's word reaches the others once, and a node starved into false
+//! judgements cannot set off a cascade of pushes.
 //!
 //! Why: each node judges by itself, and the victim's last heartbeat reaches some survivors a
 //! gossip round later than others (relayed), so without reports the last survivor waits about a
