@@ -42,6 +42,12 @@ pub(super) fn believable(members: usize) -> usize {
     1 + members / 4
 }
 
+/// Whether a list of `listed` deaths counts in a cluster of `members`: the one rule for what a
+/// node believes and what it publishes.
+fn believed(listed: usize, members: usize) -> bool {
+    members <= MAX_REPORTING_MEMBERS && listed <= believable(members)
+}
+
 /// This node's own reports.
 #[derive(Clone, Debug, Default)]
 pub(super) struct Reports {
@@ -54,15 +60,12 @@ pub(super) struct Reports {
 
 impl Replica {
     /// Incarnations reported dead by members this core judges alive (never about itself), from
-    /// reporters that list at most [`believable`] deaths.
+    /// reporters whose list is [`believed`].
     pub(super) fn reported_down(&self) -> Vec<(NodeId, u64)> {
-        if self.members.len() > MAX_REPORTING_MEMBERS {
-            return Vec::new();
-        }
-        let limit = believable(self.members.len());
+        let members = self.members.len();
         self.members
             .iter()
-            .filter(|m| m.alive && m.id != self.me.id && m.down.len() <= limit)
+            .filter(|m| m.alive && m.id != self.me.id && believed(m.down.len(), members))
             .flat_map(|m| m.down.iter().cloned())
             .filter(|(id, _)| *id != self.me.id)
             .collect()
@@ -87,9 +90,9 @@ impl Replica {
     /// Drops deaths older than [`DOWN_REPORT_MS`], and queues [`Action::ReportDown`] when the
     /// list to publish changed, at most once per [`PUBLISH_EVERY_MS`]: every change of the key
     /// makes every node re-read all members, so a cluster where judgements flap (100 nodes
-    /// starting on 2 cores) must not pay that at every flip. A list longer than [`believable`]
-    /// is published empty (peers would not believe it). Call after the members' `alive` flags
-    /// are up to date. In a cluster above [`MAX_REPORTING_MEMBERS`] the list is published empty.
+    /// starting on 2 cores) must not pay that at every flip. A list peers would not believe
+    /// ([`believed`]: too long, or the cluster too large) is published empty. Call after the
+    /// members' `alive` flags are up to date.
     pub(super) fn report_deaths(&mut self, now_ms: u64) {
         let members = self.members.len();
         let r = &mut self.reports;
@@ -101,12 +104,11 @@ impl Replica {
         if !due {
             return;
         }
-        let down: Vec<(NodeId, u64)> =
-            if members <= MAX_REPORTING_MEMBERS && r.down.len() <= believable(members) {
-                r.down.iter().map(|(id, g, _)| (id.clone(), *g)).collect()
-            } else {
-                Vec::new()
-            };
+        let down: Vec<(NodeId, u64)> = if believed(r.down.len(), members) {
+            r.down.iter().map(|(id, g, _)| (id.clone(), *g)).collect()
+        } else {
+            Vec::new()
+        };
         if down == r.published {
             return;
         }

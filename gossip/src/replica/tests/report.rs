@@ -35,18 +35,29 @@ fn reporting(name: &str, i: u8, alive: bool, down: &[&str]) -> Member {
     m
 }
 
+/// n1 and n3, neither reporting anything.
+fn unreported() -> Vec<Member> {
+    vec![reporting("n1", 1, true, &[]), reporting("n3", 3, true, &[])]
+}
+
+/// When `silence_n1` judges n1 dead with no report believed: phi 8, ~800 ms of silence (see
+/// `a_silent_member_is_judged_dead_at_a_tick_without_new_members`).
+const UNREPORTED_DEATH_MS: std::ops::RangeInclusive<u64> = 2_800..=2_875;
+
+/// The `ReportDown` actions queued since the last drain.
+fn report_downs(r: &mut Replica) -> Vec<Action> {
+    drain(r)
+        .into_iter()
+        .filter(|a| matches!(a, Action::ReportDown { .. }))
+        .collect()
+}
+
 #[test]
 fn a_death_reported_by_a_live_member_is_confirmed_at_the_lower_bar() {
-    // Unreported, n1's death waits for phi 8 (~800 ms of silence: see
-    // `a_silent_member_is_judged_dead_at_a_tick_without_new_members`).
+    // Unreported, n1's death waits for phi 8.
     let mut alone = replica("n2", 2, 0, 0);
-    let head = ad(4, 2, "n1");
-    let plain = vec![
-        member("n1", 1, true, true, Some(head.clone())),
-        member("n3", 3, true, true, Some(head)),
-    ];
-    let unreported = silence_n1(&mut alone, 2_100, plain).expect("judged dead");
-    assert!((2_800..=2_875).contains(&unreported), "{unreported}");
+    let at = silence_n1(&mut alone, 2_100, unreported()).expect("judged dead");
+    assert!(UNREPORTED_DEATH_MS.contains(&at), "{at}");
     // n3 reports it at 2,100 ms, when n1 has been silent for 100 ms: not enough on its own;
     // n2 follows once n1's phi passes the confirm bar (5 here: ~500 ms of silence).
     let mut r = replica("n2", 2, 0, 0);
@@ -58,9 +69,7 @@ fn a_death_reported_by_a_live_member_is_confirmed_at_the_lower_bar() {
     assert!((2_500..=2_575).contains(&at), "confirmed at {at}");
     // A confirmed death is not reported on: one judge's word reaches the others once.
     assert!(r.down_list().is_empty());
-    assert!(!drain(&mut r)
-        .iter()
-        .any(|a| matches!(a, Action::ReportDown { .. })));
+    assert!(report_downs(&mut r).is_empty());
 }
 
 #[test]
@@ -95,7 +104,7 @@ fn a_report_from_a_member_judged_dead_counts_for_nothing() {
     ];
     let at = silence_n1(&mut r, 2_100, members).expect("judged dead");
     assert!(
-        (2_800..=2_875).contains(&at),
+        UNREPORTED_DEATH_MS.contains(&at),
         "judged at {at}, as unreported"
     );
 }
@@ -110,7 +119,7 @@ fn a_reporter_listing_many_deaths_counts_for_nothing() {
     let members = vec![reporting("n1", 1, true, &[]), n3];
     let at = silence_n1(&mut r, 2_100, members).expect("judged dead");
     assert!(
-        (2_800..=2_875).contains(&at),
+        UNREPORTED_DEATH_MS.contains(&at),
         "judged at {at}, as unreported"
     );
 }
@@ -118,50 +127,30 @@ fn a_reporter_listing_many_deaths_counts_for_nothing() {
 #[test]
 fn a_large_cluster_neither_reports_nor_believes() {
     use super::super::report::MAX_REPORTING_MEMBERS;
-    let head = ad(4, 2, "n1");
-    let crowd = |members: &mut Vec<Member>| {
-        for i in 0..MAX_REPORTING_MEMBERS {
-            let mut m = member(&format!("x{i:03}"), 9, true, true, Some(head.clone()));
-            m.alive = true;
-            members.push(m);
-        }
-    };
     // Believes nothing: n3's report leaves n1 to the full threshold.
     let mut r = replica("n2", 2, 0, 0);
     let mut members = vec![
         reporting("n1", 1, true, &[]),
         reporting("n3", 3, true, &["n1"]),
     ];
-    crowd(&mut members);
+    members
+        .extend((0..MAX_REPORTING_MEMBERS).map(|i| reporting(&format!("x{i:03}"), 9, true, &[])));
     let at = silence_n1(&mut r, 2_100, members).expect("judged dead");
     assert!(
-        (2_800..=2_875).contains(&at),
+        UNREPORTED_DEATH_MS.contains(&at),
         "judged at {at}, as unreported"
     );
     // Reports nothing of its own.
     assert!(r.down_list().is_empty());
-    assert!(!drain(&mut r)
-        .iter()
-        .any(|a| matches!(a, Action::ReportDown { .. })));
+    assert!(report_downs(&mut r).is_empty());
 }
 
 #[test]
 fn own_deaths_are_reported_pushed_to_live_members_and_withdrawn() {
     let mut r = replica("n2", 2, 0, 0);
-    let head = ad(4, 2, "n1");
-    let plain = vec![
-        member("n1", 1, true, true, Some(head.clone())),
-        member("n3", 3, true, true, Some(head)),
-    ];
-    let died = silence_n1(&mut r, 2_100, plain).expect("judged dead");
-    let reports = |r: &mut Replica| -> Vec<Action> {
-        drain(r)
-            .into_iter()
-            .filter(|a| matches!(a, Action::ReportDown { .. }))
-            .collect()
-    };
+    let died = silence_n1(&mut r, 2_100, unreported()).expect("judged dead");
     assert_eq!(
-        reports(&mut r),
+        report_downs(&mut r),
         vec![Action::ReportDown {
             down: vec![(id("n1"), 0)],
             to: vec![(id("n3"), addr(3))],
@@ -181,7 +170,7 @@ fn own_deaths_are_reported_pushed_to_live_members_and_withdrawn() {
             beat += 1;
         }
         r.handle_tick(now, now);
-        let out = reports(&mut r);
+        let out = report_downs(&mut r);
         if !out.is_empty() {
             assert_eq!(
                 out,
@@ -205,12 +194,7 @@ fn own_deaths_are_reported_pushed_to_live_members_and_withdrawn() {
 #[test]
 fn a_report_expires() {
     let mut r = replica("n2", 2, 0, 0);
-    let head = ad(4, 2, "n1");
-    let plain = vec![
-        member("n1", 1, true, true, Some(head.clone())),
-        member("n3", 3, true, true, Some(head)),
-    ];
-    let died = silence_n1(&mut r, 2_100, plain).expect("judged dead");
+    let died = silence_n1(&mut r, 2_100, unreported()).expect("judged dead");
     drain(&mut r);
     let mut beat = 100;
     let mut withdrawn = None;
