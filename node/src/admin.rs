@@ -410,44 +410,43 @@ async fn node(State(s): State<AdminState>) -> Json<NodeResponse> {
 }
 
 async fn readyz(State(s): State<AdminState>) -> Response {
-    match s.mesh.role_reason() {
-        shoal_gossip::RoleReason::DuplicateId { other_at, .. } => {
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("not ready: an older live process at {other_at} has this node id\n"),
-            )
-                .into_response();
-        }
-        shoal_gossip::RoleReason::AwaitingSeeds => {
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "not ready: none of the seeds has answered since start (a cluster of one runs with --single-node)\n",
-            )
-                .into_response();
-        }
-        _ => {}
-    }
-    let applied = s.reconcile.get().applied;
     let head = s.mesh.current().map(|h| VersionRef::from(&h.version));
-    match (&head, &applied) {
-        (Some(h), Some(a)) if h == a => {
-            (StatusCode::OK, format!("ready: applied {h}\n")).into_response()
-        }
-        (None, _) => (
+    let applied = s.reconcile.get().applied;
+    match readiness(&s.mesh.role_reason(), head.as_ref(), applied.as_ref()) {
+        Ok(why) => (StatusCode::OK, format!("ready: {why}\n")).into_response(),
+        Err(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: no rule table yet\n".to_string(),
+            format!("not ready: {why}\n"),
         )
             .into_response(),
-        (Some(h), a) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "not ready: head is {h}, applied {}\n",
-                a.as_ref()
-                    .map(|a| a.to_string())
-                    .unwrap_or_else(|| "nothing".into())
-            ),
-        )
-            .into_response(),
+    }
+}
+
+/// `/readyz`'s answer: `Ok` with what this node serves, or `Err` with the most important
+/// reason it does not (the order of `announce::decide::readiness`). Applying the head is not
+/// enough: a node still listening to the mesh may not have heard yet what would refuse it,
+/// such as an older live process with its id.
+fn readiness(
+    role: &shoal_gossip::RoleReason,
+    head: Option<&VersionRef>,
+    applied: Option<&VersionRef>,
+) -> Result<String, String> {
+    use shoal_gossip::{Role, RoleReason};
+    match (role, head, applied) {
+        (RoleReason::DuplicateId { other_at, .. }, _, _) => Err(format!(
+            "an older live process at {other_at} has this node id"
+        )),
+        (RoleReason::AwaitingSeeds, _, _) => Err(
+            "none of the seeds has answered since start (a cluster of one runs with --single-node)"
+                .into(),
+        ),
+        (_, None, _) => Err("no rule table yet".into()),
+        (r, Some(_), _) if r.role() == Role::CatchingUp => Err("catching up with the mesh".into()),
+        (_, Some(h), Some(a)) if h == a => Ok(format!("applied {h}")),
+        (_, Some(h), a) => Err(format!(
+            "head is {h}, applied {}",
+            a.map(|a| a.to_string()).unwrap_or_else(|| "nothing".into())
+        )),
     }
 }
 
@@ -485,5 +484,64 @@ fn refresh_gauges(s: &AdminState) {
         s.metrics
             .applied_is_head
             .set(i64::from(applied == Some((&head.version).into())));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_gossip::{NodeId, RoleReason};
+
+    fn v(seq: u64) -> VersionRef {
+        VersionRef {
+            epoch: 1,
+            seq,
+            origin: "n1".into(),
+        }
+    }
+
+    #[test]
+    fn ready_only_when_caught_up_and_the_head_is_applied() {
+        let follows = RoleReason::Follows {
+            publisher: NodeId::new("n1"),
+        };
+        assert_eq!(
+            readiness(&follows, Some(&v(2)), Some(&v(2))),
+            Ok("applied 1.2@n1".into())
+        );
+        assert_eq!(
+            readiness(&RoleReason::Incumbent, Some(&v(2)), Some(&v(2))),
+            Ok("applied 1.2@n1".into())
+        );
+        // Applied, but the mesh has not been heard long enough: a duplicate of this id may
+        // not be known yet (the flake of attack_probe's duplicate test).
+        assert_eq!(
+            readiness(&RoleReason::CatchingUp, Some(&v(2)), Some(&v(2))),
+            Err("catching up with the mesh".into())
+        );
+        assert_eq!(
+            readiness(&follows, Some(&v(3)), Some(&v(2))),
+            Err("head is 1.3@n1, applied 1.2@n1".into())
+        );
+        assert_eq!(
+            readiness(&follows, Some(&v(3)), None),
+            Err("head is 1.3@n1, applied nothing".into())
+        );
+    }
+
+    #[test]
+    fn the_most_important_reason_comes_first() {
+        let dup = RoleReason::DuplicateId {
+            other_generation: 7,
+            other_at: "198.18.0.2:7946".parse().unwrap(),
+        };
+        let why = readiness(&dup, Some(&v(2)), Some(&v(2))).unwrap_err();
+        assert!(why.contains("198.18.0.2:7946"), "{why}");
+        let why = readiness(&RoleReason::AwaitingSeeds, None, None).unwrap_err();
+        assert!(why.contains("seeds"), "{why}");
+        assert_eq!(
+            readiness(&RoleReason::CatchingUp, None, None),
+            Err("no rule table yet".into())
+        );
     }
 }

@@ -241,7 +241,13 @@ fn a_duplicate_id_never_serves_and_the_older_process_stays() {
     let mut said_so = false;
     while start.elapsed() < Duration::from_secs(10) {
         if let Some((code, _)) = http_get(dup_admin, "/readyz") {
-            assert_ne!(code, 200, "the duplicate reports ready");
+            assert_ne!(
+                code,
+                200,
+                "the duplicate reports ready after {:?}; its log:\n{}",
+                start.elapsed(),
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
         }
         if let Some(p) = publisher(c.nodes[0].admin) {
             assert_eq!(p, "n1", "n1 follows publisher {p}");
