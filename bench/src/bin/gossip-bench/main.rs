@@ -22,6 +22,12 @@
 //! A new mode: a module with `Args` (flattening `Common`) and `run(lab, n, args)`, and one
 //! variant of `Mode`.
 
+/// The allocator the `shoal` binary ships with (`node/src/main.rs`), so the bench's CPU figures
+/// are the shipping build's: with glibc malloc, allocation was about a quarter of the CPU of
+/// 100 nodes in steady state (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod cluster;
 mod detect;
 mod parallel;
