@@ -26,6 +26,9 @@ pub struct Args {
     /// (default: every head a new random document).
     #[arg(long)]
     change_bytes: Option<usize>,
+    /// Print each head's time to reach every node (ms) to stderr.
+    #[arg(long)]
+    print_samples: bool,
 }
 
 /// `doc` with `n` bytes changed at a pseudo-random offset and `n / 4 + 1` inserted at another.
@@ -131,6 +134,9 @@ pub async fn run(lab: &Lab, n: usize, args: &Args) -> Result<(), String> {
                 return Err(format!("version {version} not held everywhere"));
             }
             all_nodes_ms.push(latest.as_secs_f64() * 1e3);
+            if args.print_samples {
+                eprintln!("spread {n} {size}: head {version} at every node after {latest:?}");
+            }
             tokio::time::sleep(Duration::from_millis(300)).await;
             // Copies sent for this head (a copy counts once its fetcher has read it all).
             let served: Vec<u64> = nodes
