@@ -21,10 +21,11 @@ pub(super) const DOWN_REPORT_MS: u64 = 3_000;
 
 /// Reports are made and believed only in clusters of at most this many members. Every change
 /// of a node's keys makes every node parse all members again (`mesh/shell.rs`,
-/// `read_members`): a change costs the cluster N x N member parses, and at 100 nodes on 2 cores,
-/// where judgements flap while the cluster forms, that cost kept it from ever forming (even
-/// with one change per node per second). Load-balancer tiers are mostly far smaller; above
-/// this size every node judges on its own, as before.
+/// `read_members`): a change costs the cluster N x N member parses. At 100 nodes in one process
+/// on 2 cores, where judgements flap while the cluster forms, that cost kept the bench's
+/// cluster from forming on glibc malloc, and on the shipped allocator it formed in 24 s instead
+/// of 6 (docs/benchmarks.md, "Death reports"). Load-balancer tiers are mostly far smaller;
+/// above this size every node judges on its own, as before.
 pub const MAX_REPORTING_MEMBERS: usize = 32;
 
 /// The key changes at most this often.
