@@ -8,6 +8,7 @@
 //!           copies the publisher sent per head p50/max, copies all nodes sent per head p50,
 //!           MB of UDP all nodes sent per head p50); `--change-bytes N`: each head an edit of
 //!           the previous one (N bytes changed, N/4 + 1 inserted) instead of a new random one
+//!           (`--warm-heads K`: K such edits first, not measured)
 //!   traffic --nodes 20,50,100 --secs 30                          steady-state bytes/s per node
 //!   soak    --nodes 20 --secs 600                                false deaths in a healthy cluster
 //!   detect|traffic ... --peer chitchat                          the same figures for chitchat 0.11
