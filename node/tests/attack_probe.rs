@@ -94,9 +94,21 @@ fn spawn_run(
     (child, admin)
 }
 
-/// Another process for node `id` of `cluster`, using `cert_of`'s certificate folder.
+/// Another process for node `id` of `cluster`, using `cert_of`'s certificate folder, seeded
+/// with every node of the cluster.
 fn rogue(c: &Cluster, id: &str, cert_of: &str, extra: &[&str], log: &Path) -> (Child, SocketAddr) {
     let seeds: Vec<String> = c.nodes.iter().map(|n| n.listen.to_string()).collect();
+    rogue_seeded(c, &seeds, id, cert_of, extra, log)
+}
+
+fn rogue_seeded(
+    c: &Cluster,
+    seeds: &[String],
+    id: &str,
+    cert_of: &str,
+    extra: &[&str],
+    log: &Path,
+) -> (Child, SocketAddr) {
     let tls_dir = c.dir.path().join("certs").join(cert_of);
     let mut more: Vec<&OsStr> = vec![
         OsStr::new("--cluster"),
@@ -267,6 +279,39 @@ fn a_duplicate_id_never_serves_and_the_older_process_stays() {
     let _ = dup.kill();
     let _ = dup.wait();
     c.wait_converged(LIMIT);
+}
+
+/// The same, seeded only with the other nodes, as in Kubernetes, where the duplicate's own pod
+/// name resolves to its own address: it first hears of the older process relayed.
+#[test]
+fn a_duplicate_seeded_without_the_older_process_never_serves() {
+    let c = Cluster::start(2, &rules(1), &[]);
+    c.wait_converged(LIMIT);
+    let log = c.dir.path().join("duplicate.log");
+    let seeds = [c.nodes[0].listen.to_string()];
+    let (mut dup, dup_admin) = rogue_seeded(&c, &seeds, "n2", "n2", &[], &log);
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if let Some((code, _)) = http_get(dup_admin, "/readyz") {
+            assert_ne!(
+                code,
+                200,
+                "the duplicate reports ready after {:?}; its log:\n{}",
+                start.elapsed(),
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let said = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        said.contains("older live process"),
+        "the duplicate does not say why it refuses to serve:\n{said}"
+    );
+    let (code, _) = http_get(c.nodes[1].admin, "/readyz").expect("the older n2 answers");
+    assert_eq!(code, 200, "the older n2 must keep serving");
+    let _ = dup.kill();
+    let _ = dup.wait();
 }
 
 /// Weak: keys were 0644 and certificates valid 1975-4096.
