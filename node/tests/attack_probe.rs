@@ -241,6 +241,25 @@ fn a_node_whose_seeds_never_answer_is_not_ready_and_says_why() {
     assert!(log.contains("none of the seeds has answered"), "{log}");
 }
 
+/// Polls a duplicate's `/readyz` every `poll` for 10 s: it never answers 200 (the failure
+/// shows when, and the duplicate's log). `also` runs at each poll.
+fn never_ready_for_10s(admin: SocketAddr, log: &Path, poll: Duration, mut also: impl FnMut()) {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if let Some((code, _)) = http_get(admin, "/readyz") {
+            assert_ne!(
+                code,
+                200,
+                "the duplicate reports ready after {:?}; its log:\n{}",
+                start.elapsed(),
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        also();
+        std::thread::sleep(poll);
+    }
+}
+
 /// Broken behaviour 2: a second process with n2's id and certificate. It refuses to serve
 /// (never ready, never publishing) and says so; the cluster keeps the older n2.
 #[test]
@@ -249,18 +268,8 @@ fn a_duplicate_id_never_serves_and_the_older_process_stays() {
     c.wait_converged(LIMIT);
     let log = c.dir.path().join("duplicate.log");
     let (mut dup, dup_admin) = rogue(&c, "n2", "n2", &[], &log);
-    let start = Instant::now();
     let mut said_so = false;
-    while start.elapsed() < Duration::from_secs(10) {
-        if let Some((code, _)) = http_get(dup_admin, "/readyz") {
-            assert_ne!(
-                code,
-                200,
-                "the duplicate reports ready after {:?}; its log:\n{}",
-                start.elapsed(),
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        }
+    never_ready_for_10s(dup_admin, &log, Duration::from_millis(200), || {
         if let Some(p) = publisher(c.nodes[0].admin) {
             assert_eq!(p, "n1", "n1 follows publisher {p}");
         }
@@ -268,8 +277,7 @@ fn a_duplicate_id_never_serves_and_the_older_process_stays() {
             .unwrap_or_default()
             .to_lowercase()
             .contains("duplicate");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    });
     assert!(
         said_so,
         "the duplicate does not say why it refuses to serve"
@@ -290,19 +298,7 @@ fn a_duplicate_seeded_without_the_older_process_never_serves() {
     let log = c.dir.path().join("duplicate.log");
     let seeds = [c.nodes[0].listen.to_string()];
     let (mut dup, dup_admin) = rogue_seeded(&c, &seeds, "n2", "n2", &[], &log);
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(10) {
-        if let Some((code, _)) = http_get(dup_admin, "/readyz") {
-            assert_ne!(
-                code,
-                200,
-                "the duplicate reports ready after {:?}; its log:\n{}",
-                start.elapsed(),
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    never_ready_for_10s(dup_admin, &log, Duration::from_millis(100), || {});
     let said = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(
         said.contains("older live process"),
