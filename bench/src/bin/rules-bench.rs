@@ -1,13 +1,19 @@
 //! Benchmark: time to parse and check a rules file against its size, to show the parser is
-//! linear (issue #15: 2.5k/5k/10k services x 10 backends took 1.3/4.7/19.3 s, quadratic).
+//! linear (issue #15: 2.5k/5k/10k services x 10 backends took 1.3/4.7/19.3 s, quadratic), and
+//! what every follower pays for each new head of that table.
 //!
 //! For each size it generates a file of N services with B backends and a health check each,
 //! parses it R times with `shoal_node::rules::parse` (what the publisher and `shoal check` run)
-//! and prints the median and the time per service; the last column is the ratio to the
-//! smallest size's time per service (1.0 = linear). Run:
+//! and prints the median and the time per service; the ratio column is the ratio to the
+//! smallest size's time per service (1.0 = linear). The last three columns are the table as the
+//! mesh moves it: its size in bincode 2 (what is gossiped and fetched), and the median time to
+//! decode it as a fetched document (the mesh's own decoder) and to hash it (SHA-256, the digest
+//! every copy is checked against). Last, the same decode of gossip-bench's 2 MB byte vector,
+//! to scale that bench's spread figures to a real table. Run:
 //! `cargo run -p shoal-bench --release --bin rules-bench -- --sizes 2500,5000,10000`.
 
 use clap::Parser;
+use shoal_node::table::RuleTable;
 use std::fmt::Write as _;
 use std::time::Instant;
 
@@ -49,11 +55,44 @@ pub fn generate(services: usize, backends: usize) -> String {
     out
 }
 
+fn median_of(mut times: Vec<f64>) -> f64 {
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+/// The table as a head of the mesh: its encoded size, and the median seconds a follower spends
+/// decoding and hashing each copy (`runs` times each).
+fn as_a_head(table: &RuleTable, runs: usize) -> anyhow::Result<(usize, f64, f64)> {
+    let bytes = bincode::serde::encode_to_vec(table, bincode::config::standard())?;
+    let (mut decode, mut digest) = (Vec::new(), Vec::new());
+    for _ in 0..runs.max(1) {
+        let start = Instant::now();
+        let copy: Option<RuleTable> = shoal_gossip::fuzzing::document(&bytes);
+        decode.push(start.elapsed().as_secs_f64());
+        anyhow::ensure!(
+            copy.as_ref() == Some(table),
+            "the table did not decode as itself"
+        );
+        let start = Instant::now();
+        std::hint::black_box(shoal_gossip::digest_hex(&bytes));
+        digest.push(start.elapsed().as_secs_f64());
+    }
+    Ok((bytes.len(), median_of(decode), median_of(digest)))
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     println!(
-        "{:>9} {:>9} {:>10} {:>12} {:>14} {:>8}",
-        "services", "backends", "file MB", "median ms", "us/service", "ratio"
+        "{:>9} {:>9} {:>10} {:>12} {:>14} {:>8} {:>10} {:>10} {:>10}",
+        "services",
+        "backends",
+        "file MB",
+        "median ms",
+        "us/service",
+        "ratio",
+        "bincode KB",
+        "decode ms",
+        "sha256 ms"
     );
     let mut base: Option<f64> = None;
     for &n in &args.sizes {
@@ -69,17 +108,47 @@ fn main() -> anyhow::Result<()> {
                 table.services.len()
             );
         }
-        times.sort_by(f64::total_cmp);
-        let median = times[times.len() / 2];
+        let median = median_of(times);
         let per_service = median / n as f64;
         let ratio = per_service / *base.get_or_insert(per_service);
+        let table = shoal_node::rules::parse(&text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let (encoded, decode, digest) = as_a_head(&table, args.runs)?;
         println!(
-            "{n:>9} {:>9} {:>10.1} {:>12.1} {:>14.2} {ratio:>8.2}",
+            "{n:>9} {:>9} {:>10.1} {:>12.1} {:>14.2} {ratio:>8.2} {:>10.0} {:>10.2} {:>10.2}",
             args.backends,
             text.len() as f64 / 1e6,
             median * 1e3,
             per_service * 1e6,
+            encoded as f64 / 1e3,
+            decode * 1e3,
+            digest * 1e3,
         );
     }
+    let (bytes, decode) = byte_vector_decode(2_000_000, args.runs)?;
+    println!(
+        "for scale: gossip-bench's document (a byte vector), {:.0} KB in bincode, decodes in {:.2} ms",
+        bytes as f64 / 1e3,
+        decode * 1e3
+    );
     Ok(())
+}
+
+/// gossip-bench spreads a `Vec<u8>` of `len` random bytes: its encoded size and median decode
+/// seconds with the same decoder, to scale that bench's figures to a real table.
+fn byte_vector_decode(len: usize, runs: usize) -> anyhow::Result<(usize, f64)> {
+    let doc: Vec<u8> = (0..len)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8)
+        .collect();
+    let bytes = bincode::serde::encode_to_vec(&doc, bincode::config::standard())?;
+    let mut decode = Vec::new();
+    for _ in 0..runs.max(1) {
+        let start = Instant::now();
+        let copy: Option<Vec<u8>> = shoal_gossip::fuzzing::document(&bytes);
+        decode.push(start.elapsed().as_secs_f64());
+        anyhow::ensure!(
+            copy.as_ref() == Some(&doc),
+            "the byte vector did not decode as itself"
+        );
+    }
+    Ok((bytes.len(), median_of(decode)))
 }
