@@ -19,12 +19,12 @@ use crate::version::NodeId;
 /// threshold (about half a second), and a short list keeps [`believable`] about deaths at once.
 pub(super) const DOWN_REPORT_MS: u64 = 3_000;
 
-/// Reports are made and believed only in clusters of at most this many members. Every change
-/// of a node's keys makes every node parse all members again (`mesh/shell.rs`,
-/// `read_members`): a change costs the cluster N x N member parses. At 100 nodes in one process
-/// on 2 cores, where judgements flap while the cluster forms, that cost kept the bench's
-/// cluster from forming on glibc malloc, and on the shipped allocator it formed in 24 s instead
-/// of 6 (docs/benchmarks.md, "Death reports"). Load-balancer tiers are mostly far smaller;
+/// Reports are made and believed only in clusters of at most this many members. At 100 nodes
+/// in one process on 2 cores, where heartbeats are often late while the cluster forms, the
+/// lower bar for a reported member seems to make judgements flap: the bench's cluster never
+/// formed on glibc malloc, and on the shipped allocator it forms in 7-22 s instead of ~3, for
+/// ~5% off the median detection time (docs/benchmarks.md, "Death reports": not the member
+/// parse, under 1% of a profile, nor the pushes). Load-balancer tiers are mostly far smaller;
 /// above this size every node judges on its own, as before.
 pub const MAX_REPORTING_MEMBERS: usize = 32;
 
