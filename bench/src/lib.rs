@@ -4,4 +4,5 @@
 //! - `gossip-bench`: many real mesh nodes in one process on loopback (detection, spread,
 //!   traffic, soak); see docs/benchmarks.md.
 //! - `health-bench`: probes per second against cluster size for shared health checks.
-//! - `rules-bench`: time to parse and check a rules file against its size.
+//! - `rules-bench`: time to parse and check a rules file against its size, and what each copy
+//!   of that table costs a follower as a head of the mesh (size, decode, SHA-256).

@@ -169,6 +169,8 @@ mod tests {
             "spread --nodes 5,20,50 --trials 8",
             "spread --nodes 50 --sizes 2000000 --trials 8",
             "spread --nodes 50 --sizes 2000000 --trials 8 --change-bytes 1000",
+            "spread --nodes 50 --sizes 1000,2000000 --trials 8 --print-samples",
+            "spread --nodes 50 --sizes 2000000 --trials 16 --change-bytes 1000 --print-samples",
             "traffic --nodes 20,50 --secs 20",
             "traffic --nodes 100 --secs 20",
             "soak --nodes 20 --secs 600",

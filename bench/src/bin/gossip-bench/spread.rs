@@ -2,6 +2,11 @@
 //! sent per head (by the publisher, and by all nodes; a copy counts once its fetcher has read
 //! it all), and the UDP bytes all nodes sent meanwhile (gossip included).
 //!
+//! Also the CPU the process used while each head spread, publish to the last arrival (p50 and
+//! max per head), and that CPU over the head's wall time (p50): the cores it kept busy. Near
+//! the machine's core count the spread is bound by CPU (in one process, all nodes' copies share
+//! the cores), not by the tree's latency; well below it, by latency.
+//!
 //! Heads are wholly new random documents, or with `--change-bytes N` edits of the previous head
 //! as a table edit would make them: N bytes changed at a random offset and N/4 + 1 bytes
 //! inserted at another (after one unmeasured random head of each size, so that every node holds
@@ -35,6 +40,12 @@ pub struct Args {
     /// be the steady state.
     #[arg(long, default_value_t = 0)]
     warm_heads: usize,
+    /// Time between a head reaching every node and the next head, in ms (at least 300, which
+    /// lets the copy counters settle). The allocator gives memory freed for a second back to
+    /// the kernel (mimalloc's purge delay), so heads further apart than that each get fresh
+    /// pages, as on a host whose table changes now and then.
+    #[arg(long, default_value_t = 300)]
+    pause_ms: u64,
 }
 
 /// `doc` with `n` bytes changed at a pseudo-random offset and `n / 4 + 1` inserted at another.
@@ -103,6 +114,8 @@ pub async fn run(lab: &Lab, n: usize, args: &Args) -> Result<(), String> {
         let mut publisher_copies = Vec::new();
         let mut all_copies = Vec::new();
         let mut sent_mb = Vec::new();
+        let mut cpu_ms = Vec::new();
+        let mut busy_cores = Vec::new();
         let mut previous = None;
         if args.change_bytes.is_some() {
             // The base of the first edit, everywhere, and the warm-up edits (not measured).
@@ -115,7 +128,7 @@ pub async fn run(lab: &Lab, n: usize, args: &Args) -> Result<(), String> {
                 }
                 let version = publisher.publish(doc.clone()).map_err(|e| e.to_string())?;
                 arrivals(&nodes, &version).await?;
-                tokio::time::sleep(Duration::from_millis(300)).await;
+                tokio::time::sleep(Duration::from_millis(args.pause_ms.max(300))).await;
             }
             previous = Some(doc);
         }
@@ -130,6 +143,7 @@ pub async fn run(lab: &Lab, n: usize, args: &Args) -> Result<(), String> {
             if args.change_bytes.is_some() {
                 previous = Some(doc.clone());
             }
+            let cpu_before = stats::process_cpu_secs();
             let t0 = Instant::now();
             let version = publisher.publish(doc).map_err(|e| e.to_string())?;
             let mut latest = Duration::ZERO;
@@ -138,6 +152,13 @@ pub async fn run(lab: &Lab, n: usize, args: &Args) -> Result<(), String> {
                 per_node_ms.push(d.as_secs_f64() * 1e3);
                 latest = latest.max(d);
             }
+            let head_cpu_ms = match (cpu_before, stats::process_cpu_secs()) {
+                (Some(before), Some(after)) => (after - before) * 1e3,
+                _ => f64::NAN,
+            };
+            let head_ms = t0.elapsed().as_secs_f64() * 1e3;
+            cpu_ms.push(head_cpu_ms);
+            busy_cores.push(head_cpu_ms / head_ms);
             // Make sure every node really holds this exact version.
             let ok = nodes
                 .iter()
@@ -147,9 +168,11 @@ pub async fn run(lab: &Lab, n: usize, args: &Args) -> Result<(), String> {
             }
             all_nodes_ms.push(latest.as_secs_f64() * 1e3);
             if args.print_samples {
-                eprintln!("spread {n} {size}: head {version} at every node after {latest:?}");
+                eprintln!(
+                    "spread {n} {size}: head {version} at every node after {latest:?}, {head_cpu_ms:.0} ms of CPU"
+                );
             }
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            tokio::time::sleep(Duration::from_millis(args.pause_ms.max(300))).await;
             // Copies sent for this head (a copy counts once its fetcher has read it all).
             let served: Vec<u64> = nodes
                 .iter()
@@ -171,8 +194,10 @@ pub async fn run(lab: &Lab, n: usize, args: &Args) -> Result<(), String> {
         let (pub_p50, _, pub_max, _) = stats::summary(publisher_copies);
         let (all_p50, _, _, _) = stats::summary(all_copies);
         let (mb_p50, _, _, _) = stats::summary(sent_mb);
+        let (cpu_p50, _, cpu_max, _) = stats::summary(cpu_ms);
+        let (cores_p50, _, _, _) = stats::summary(busy_cores);
         println!(
-            "| spread | {n} | {size} | {trials} | {p50:.0} | {p99:.0} | {max:.0} | {node_p50:.0} | {node_p99:.0} | {pub_p50:.0} | {pub_max:.0} | {all_p50:.0} | {mb_p50:.1} |"
+            "| spread | {n} | {size} | {trials} | {p50:.0} | {p99:.0} | {max:.0} | {node_p50:.0} | {node_p99:.0} | {pub_p50:.0} | {pub_max:.0} | {all_p50:.0} | {mb_p50:.1} | {cpu_p50:.0} | {cpu_max:.0} | {cores_p50:.2} |"
         );
     }
     stop(nodes).await;
