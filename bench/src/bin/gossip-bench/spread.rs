@@ -41,9 +41,9 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     warm_heads: usize,
     /// Time between a head reaching every node and the next head, in ms (at least 300, which
-    /// lets the copy counters settle). The allocator gives memory freed for a second back to
-    /// the kernel (mimalloc's purge delay), so heads further apart than that each get fresh
-    /// pages, as on a host whose table changes now and then.
+    /// lets the copy counters settle). Longer than the allocator's purge delay (a second), it
+    /// asks whether heads that come now and then pay fresh pages each (they did not:
+    /// docs/benchmarks.md).
     #[arg(long, default_value_t = 300)]
     pause_ms: u64,
 }
