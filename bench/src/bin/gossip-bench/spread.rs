@@ -107,6 +107,8 @@ pub async fn run(lab: &Lab, n: usize, args: &Args) -> Result<(), String> {
     wait_converged(&nodes, converge_timeout(nodes.len())).await?;
     let publisher = publisher(&nodes).ok_or("no publisher")?.clone();
     let trials = args.trials;
+    // Between heads; never under the 300 ms the copy counters need to settle.
+    let pause = Duration::from_millis(args.pause_ms.max(300));
     let mut nonce = 0;
     for &size in &args.sizes {
         let mut all_nodes_ms = Vec::new();
@@ -128,7 +130,7 @@ pub async fn run(lab: &Lab, n: usize, args: &Args) -> Result<(), String> {
                 }
                 let version = publisher.publish(doc.clone()).map_err(|e| e.to_string())?;
                 arrivals(&nodes, &version).await?;
-                tokio::time::sleep(Duration::from_millis(args.pause_ms.max(300))).await;
+                tokio::time::sleep(pause).await;
             }
             previous = Some(doc);
         }
@@ -172,7 +174,7 @@ pub async fn run(lab: &Lab, n: usize, args: &Args) -> Result<(), String> {
                     "spread {n} {size}: head {version} at every node after {latest:?}, {head_cpu_ms:.0} ms of CPU"
                 );
             }
-            tokio::time::sleep(Duration::from_millis(args.pause_ms.max(300))).await;
+            tokio::time::sleep(pause).await;
             // Copies sent for this head (a copy counts once its fetcher has read it all).
             let served: Vec<u64> = nodes
                 .iter()
