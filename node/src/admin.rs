@@ -19,7 +19,9 @@ use crate::reconcile::{ReconcileStatus, SharedProgrammer};
 use crate::source::SourceStatus;
 use crate::status::{ClusterStatus, VersionRef};
 use crate::table::RuleTable;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, Request, State};
+use axum::http::Method;
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -75,9 +77,13 @@ impl TokenCheck {
         }
     }
 
-    /// Whether an `Authorization` header value carries the token.
+    /// Whether an `Authorization` header value carries the token (the scheme's name is
+    /// case-insensitive, RFC 9110 section 11.1).
     pub fn accepts(&self, authorization: Option<&[u8]>) -> bool {
-        let Some(given) = authorization.and_then(|v| v.strip_prefix(b"Bearer ")) else {
+        let Some(given) = authorization.and_then(|v| {
+            let (scheme, token) = v.split_at_checked(b"Bearer ".len())?;
+            scheme.eq_ignore_ascii_case(b"Bearer ").then_some(token)
+        }) else {
             return false;
         };
         let given: [u8; 32] = Sha256::digest(given).into();
@@ -91,6 +97,12 @@ pub enum AdminError {
     NoHead,
     #[error("dataplane: {0}")]
     Dataplane(#[from] shoal_dataplane::DataplaneError),
+    #[error("{0}")]
+    BadQuery(String),
+    #[error("no such endpoint: {0} (see docs/admin-api.md)")]
+    NotFound(String),
+    #[error("{0} is not served here: the admin API answers GET and HEAD")]
+    MethodNotAllowed(Method),
 }
 
 impl IntoResponse for AdminError {
@@ -98,6 +110,9 @@ impl IntoResponse for AdminError {
         let status = match self {
             AdminError::NoHead => StatusCode::NOT_FOUND,
             AdminError::Dataplane(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            AdminError::BadQuery(_) => StatusCode::BAD_REQUEST,
+            AdminError::NotFound(_) => StatusCode::NOT_FOUND,
+            AdminError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
         };
         (
             status,
@@ -117,6 +132,13 @@ pub fn router(state: AdminState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        // Errors are JSON everywhere, not only from the handlers (axum's own are empty).
+        .fallback(|request: Request| async move {
+            AdminError::NotFound(request.uri().path().chars().take(200).collect())
+        })
+        .method_not_allowed_fallback(|method: Method| async move {
+            AdminError::MethodNotAllowed(method)
+        })
         .with_state(state)
 }
 
@@ -336,6 +358,19 @@ struct Page {
 }
 
 impl Page {
+    /// The page asked for, or why it cannot be served.
+    fn parse(query: Result<Query<Page>, QueryRejection>) -> Result<Page, AdminError> {
+        let Query(page) = query.map_err(|e| AdminError::BadQuery(e.body_text()))?;
+        if page.limit == Some(0) {
+            // An empty page would name itself as the next one: a client following
+            // `next_offset` would ask for it forever.
+            return Err(AdminError::BadQuery(format!(
+                "limit: must be 1 to {DATAPLANE_PAGE_MAX}"
+            )));
+        }
+        Ok(page)
+    }
+
     fn range(&self, len: usize) -> std::ops::Range<usize> {
         let limit = self
             .limit
@@ -348,8 +383,9 @@ impl Page {
 
 async fn dataplane(
     State(s): State<AdminState>,
-    Query(page): Query<Page>,
+    query: Result<Query<Page>, QueryRejection>,
 ) -> Result<Json<DataplaneResponse>, AdminError> {
+    let page = Page::parse(query)?;
     let actual = s.programmer.read().await?;
     let head = s.mesh.current();
     let verdicts = s.health.verdicts().borrow().clone();

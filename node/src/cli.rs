@@ -188,7 +188,7 @@ pub struct CheckArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct DemoArgs {
-    /// Number of nodes.
+    /// Number of nodes, 2 to 9.
     #[arg(long, default_value_t = 3)]
     pub nodes: usize,
     /// First port; the demo uses two per node (peer and admin).

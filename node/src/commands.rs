@@ -9,17 +9,15 @@ use crate::status::ClusterStatus;
 use anyhow::Context;
 use std::time::Duration;
 
-/// Fetches a JSON document from a node's admin API.
-pub async fn get_json(node: &str, path: &str) -> anyhow::Result<serde_json::Value> {
-    get_json_with(node, path, None).await
-}
+/// The most a command reads of an admin API answer. A table's JSON is about 1.5 times its rules
+/// file (16,000 services x 10 backends: 7.9 MB of rules, 11.5 MB from `/v1/table`), so a rules
+/// file at its 32 MiB cap fits; the cap keeps a wrong or hostile `--node` from filling the
+/// memory (unbounded, a 100 MiB answer took 2.8 GB).
+pub const MAX_ANSWER_BYTES: usize = 64 << 20;
 
-/// [`get_json`] with the admin API's bearer token, when the nodes require one.
-pub async fn get_json_with(
-    node: &str,
-    path: &str,
-    token: Option<&str>,
-) -> anyhow::Result<serde_json::Value> {
+/// The body of a successful answer from a node's admin API (at most [`MAX_ANSWER_BYTES`]),
+/// with the bearer token when the nodes require one; checked to be JSON.
+pub async fn get_bytes(node: &str, path: &str, token: Option<&str>) -> anyhow::Result<Vec<u8>> {
     let url = format!("http://{node}{path}");
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
@@ -28,19 +26,41 @@ pub async fn get_json_with(
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
-    let response = request
+    let mut response = request
         .send()
         .await
         .with_context(|| format!("cannot reach the admin API at {url}"))?;
     let status = response.status();
-    let body: serde_json::Value = response
-        .json()
+    let too_large = || format!("{url} answered with more than {MAX_ANSWER_BYTES} bytes");
+    if response
+        .content_length()
+        .is_some_and(|n| n > MAX_ANSWER_BYTES as u64)
+    {
+        anyhow::bail!(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
         .await
+        .with_context(|| format!("reading the answer of {url}"))?
+    {
+        if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+            anyhow::bail!(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    // Checked without building it: a `Value` of a hostile answer is many times its size.
+    serde_json::from_slice::<serde::de::IgnoredAny>(&body)
         .with_context(|| format!("{url} did not answer with JSON"))?;
     if !status.is_success() {
+        #[derive(serde::Deserialize)]
+        struct Failure {
+            error: String,
+        }
+        let detail = serde_json::from_slice::<Failure>(&body).map(|f| f.error);
         anyhow::bail!(
             "{url}: {status}: {}",
-            body["error"].as_str().unwrap_or("no detail")
+            detail.as_deref().unwrap_or("no detail")
         );
     }
     Ok(body)
@@ -48,31 +68,55 @@ pub async fn get_json_with(
 
 /// The token of `--token-file` / `SHOAL_ADMIN_TOKEN_FILE`, if given.
 fn token(args: &NodeArgs) -> anyhow::Result<Option<String>> {
-    args.token_file
-        .as_deref()
-        .map(crate::config::read_token)
-        .transpose()
-        .map_err(anyhow::Error::from)
+    let Some(path) = &args.token_file else {
+        return Ok(None);
+    };
+    match crate::config::read_token(path) {
+        Ok(token) => Ok(Some(token)),
+        Err(crate::config::ConfigError::Invalid { message, .. }) => {
+            anyhow::bail!("--token-file: {message}")
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Re-indents a JSON answer for people, once it has been read as `T` (so an answer of the wrong
+/// shape is an error, not printed as if it were right).
+fn pretty<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> anyhow::Result<String> {
+    serde_json::from_slice::<T>(body)
+        .with_context(|| format!("the node answered with an unexpected {what} document"))?;
+    let value: serde_json::Value = serde_json::from_slice(body)?;
+    Ok(serde_json::to_string_pretty(&value)?)
 }
 
 pub async fn status(args: &StatusArgs) -> anyhow::Result<()> {
     let token = token(&args.node)?;
-    let body = get_json_with(&args.node.node, "/v1/cluster", token.as_deref()).await?;
+    let body = get_bytes(&args.node.node, "/v1/cluster", token.as_deref()).await?;
     match args.output {
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&body)?),
+        OutputFormat::Json => outln!("{}", pretty::<ClusterStatus>(&body, "/v1/cluster")?)?,
         OutputFormat::Table => {
-            let status: ClusterStatus = serde_json::from_value(body)
+            let status: ClusterStatus = serde_json::from_slice(&body)
                 .context("the node answered with an unexpected /v1/cluster document")?;
-            print!("{}", status.render());
+            out!("{}", status.render())?;
         }
     }
     Ok(())
 }
 
+/// What `/v1/table` answers (`admin.rs`), read to check it before printing.
+#[derive(serde::Deserialize)]
+#[allow(dead_code)] // read for the check, printed as it came
+struct TableAnswer {
+    version: crate::status::VersionRef,
+    digest: String,
+    size_bytes: u64,
+    table: crate::table::RuleTable,
+}
+
 pub async fn table(args: &NodeArgs) -> anyhow::Result<()> {
     let token = token(args)?;
-    let body = get_json_with(&args.node, "/v1/table", token.as_deref()).await?;
-    println!("{}", serde_json::to_string_pretty(&body)?);
+    let body = get_bytes(&args.node, "/v1/table", token.as_deref()).await?;
+    outln!("{}", pretty::<TableAnswer>(&body, "/v1/table")?)?;
     Ok(())
 }
 
@@ -92,11 +136,11 @@ pub fn certs_issue(args: &CertsIssueArgs) -> anyhow::Result<()> {
         )
     })?;
     for node in &args.nodes {
-        println!(
+        outln!(
             "  {}/{node}/{{ca.pem,node.pem,node.key}}: valid {} days",
             args.out.display(),
             args.node_days
-        );
+        )?;
     }
     Ok(())
 }
@@ -115,17 +159,17 @@ pub fn certs_init(args: &CertsInitArgs) -> anyhow::Result<()> {
         .collect();
     shoal_gossip::certs::write_cluster_dir_with(&args.out, &args.cluster, &nodes, validity)
         .with_context(|| format!("writing certificates to {}", args.out.display()))?;
-    println!(
+    outln!(
         "wrote the cluster CA ({0}/ca.pem, {0}/ca.key: keep the key offline) and certificates for {1}",
         args.out.display(),
         args.nodes.join(", ")
-    );
+    )?;
     for node in &args.nodes {
-        println!(
+        outln!(
             "  {}/{node}/{{ca.pem,node.pem,node.key}}: give --tls-dir {}/{node}",
             args.out.display(),
             args.out.display()
-        );
+        )?;
     }
     Ok(())
 }
@@ -136,14 +180,14 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<()> {
     let table =
         rules::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", args.rules.display()))?;
     let backends: usize = table.services.iter().map(|s| s.backends.len()).sum();
-    println!(
+    outln!(
         "{}: ok, {} services, {} backends",
         args.rules.display(),
         table.services.len(),
         backends
-    );
+    )?;
     for s in &table.services {
-        println!(
+        outln!(
             "  {:<24} {}:{} {:?} {} {:?} {} backends{}",
             s.name,
             s.vip,
@@ -157,10 +201,10 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<()> {
             } else {
                 ""
             }
-        );
+        )?;
     }
     for w in rules::warnings(&table) {
-        println!("warning: {w}");
+        outln!("warning: {w}")?;
     }
     Ok(())
 }
@@ -173,13 +217,13 @@ pub fn backend_init(args: &BackendInitArgs) -> anyhow::Result<()> {
     let report = shoal_dataplane::backend_init::prepare(&accept)
         .context("preparing this host as a tunnel-mode backend")?;
     if report.changed.is_empty() {
-        println!("already prepared: nothing to change");
+        outln!("already prepared: nothing to change")?;
     }
     for change in report.changed {
-        println!("{change}");
+        outln!("{change}")?;
     }
     for check in report.checks {
-        println!("check: {check}");
+        outln!("check: {check}")?;
     }
     Ok(())
 }
@@ -203,7 +247,7 @@ pub fn sysctls(args: &SysctlsArgs) -> anyhow::Result<()> {
         let differing = sysctl.differing(&pairs);
         for (key, value) in &pairs {
             if !differing.iter().any(|d| d.starts_with(&format!("{key}="))) {
-                println!("{key}={value} (ok)");
+                outln!("{key}={value} (ok)")?;
             }
         }
         if !differing.is_empty() {
@@ -216,8 +260,8 @@ pub fn sysctls(args: &SysctlsArgs) -> anyhow::Result<()> {
         .context("writing the sysctls `shoal run --dataplane ipvs` needs")?;
     for (key, value) in &pairs {
         match changed.iter().find(|c| c.starts_with(&format!("{key}="))) {
-            Some(c) => println!("{c}"),
-            None => println!("{key}={value} (already)"),
+            Some(c) => outln!("{c}")?,
+            None => outln!("{key}={value} (already)")?,
         }
     }
     Ok(())

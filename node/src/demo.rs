@@ -3,7 +3,7 @@
 //! role back (the publisher is sticky). No root, no Kubernetes: the in-memory dataplane.
 
 use crate::cli::DemoArgs;
-use crate::commands::get_json;
+use crate::commands::get_bytes;
 use crate::status::ClusterStatus;
 use anyhow::Context;
 use std::net::SocketAddr;
@@ -28,7 +28,11 @@ const SERVICE_OFFSET: u16 = 80;
 
 /// Checks the demo's flags before anything starts, so that no port arithmetic can overflow.
 fn check_args(args: &DemoArgs) -> anyhow::Result<()> {
-    anyhow::ensure!((1..=9).contains(&args.nodes), "--nodes must be 1 to 9");
+    // The walkthrough kills the publisher and shows another take over: one node has no other.
+    anyhow::ensure!(
+        (2..=9).contains(&args.nodes),
+        "--nodes must be 2 to 9 (the walkthrough needs a survivor to take over)"
+    );
     let max_base = u16::MAX - SERVICE_OFFSET;
     anyhow::ensure!(
         (1..=max_base).contains(&args.base_port),
@@ -44,7 +48,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("locating the shoal binary")?;
     let service_port = args.base_port + SERVICE_OFFSET;
 
-    step(&format!("workspace {}", dir.path().display()));
+    step(&format!("workspace {}", dir.path().display()))?;
     let ids: Vec<String> = (1..=args.nodes).map(|i| format!("node-{i}")).collect();
     crate::commands::certs_init(&crate::cli::CertsInitArgs {
         out: dir.path().join("certs"),
@@ -58,7 +62,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     step(&format!(
         "two HTTP backends on {}:{service_port} and {}:{service_port}",
         BACKENDS[0], BACKENDS[1]
-    ));
+    ))?;
     let rules = dir.path().join("rules.toml");
     std::fs::write(&rules, demo_rules(service_port, 1))?;
 
@@ -77,10 +81,10 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     step(&format!(
         "started {} nodes; waiting until every node applied the head",
         args.nodes
-    ));
+    ))?;
     let t0 = Instant::now();
     wait_until(|| all_applied(&nodes, None)).await?;
-    done(&format!("converged in {} ms", t0.elapsed().as_millis()));
+    done(&format!("converged in {} ms", t0.elapsed().as_millis()))?;
     print_status(&nodes[0].admin).await?;
 
     // Takeover: kill -9 the publisher.
@@ -91,7 +95,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         .iter()
         .position(|n| n.id == old)
         .context("publisher is not ours")?;
-    step(&format!("kill -9 the publisher {old} (head {old_head})"));
+    step(&format!("kill -9 the publisher {old} (head {old_head})"))?;
     let killed_at = Instant::now();
     if let Some(mut c) = nodes[idx].child.take() {
         c.start_kill()?;
@@ -117,10 +121,10 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         takeover.0,
         takeover.1,
         killed_at.elapsed().as_millis()
-    ));
+    ))?;
 
     // A rules edit: weight 1 -> 3 on the first backend.
-    step("edit the rules: first backend weight 1 -> 3");
+    step("edit the rules: first backend weight 1 -> 3")?;
     let edited_at = Instant::now();
     std::fs::write(&rules, demo_rules(service_port, 3))?;
     let new_head = wait_until(|| async {
@@ -133,9 +137,9 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     done(&format!(
         "version {new_head} reached every live node in {} ms",
         edited_at.elapsed().as_millis()
-    ));
+    ))?;
 
-    step(&format!("restart {old} (new generation)"));
+    step(&format!("restart {old} (new generation)"))?;
     let restarted_at = Instant::now();
     let seeds: Vec<String> = (0..args.nodes).filter(|j| *j != idx).map(peer).collect();
     nodes[idx].child = Some(spawn_node(
@@ -163,26 +167,26 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     done(&format!(
         "{old} rejoined and every node applied the head in {} ms",
         restarted_at.elapsed().as_millis()
-    ));
+    ))?;
     done(&format!(
         "settled: {settled} still publishes (sticky), head {new_head} unchanged, every node applied it"
-    ));
+    ))?;
     print_status(&nodes[0].admin).await?;
 
-    println!("\nAdmin APIs (try /v1/cluster, /v1/table, /v1/dataplane, /metrics):");
+    outln!("\nAdmin APIs (try /v1/cluster, /v1/table, /v1/dataplane, /metrics):")?;
     for n in &nodes {
-        println!("  {}: http://{}/v1/cluster", n.id, n.admin);
+        outln!("  {}: http://{}/v1/cluster", n.id, n.admin)?;
     }
-    println!("  shoal status --node {}", nodes[0].admin);
-    println!(
+    outln!("  shoal status --node {}", nodes[0].admin)?;
+    outln!(
         "Rules file: {} (edit it and watch the version move)",
         rules.display()
-    );
+    )?;
     if !args.exit_after {
-        println!("\nRunning until Ctrl-C.");
+        outln!("\nRunning until Ctrl-C.")?;
         tokio::signal::ctrl_c().await?;
     }
-    step("stopping the nodes");
+    step("stopping the nodes")?;
     for n in &mut nodes {
         if let Some(mut c) = n.child.take() {
             if let Some(pid) = c.id() {
@@ -298,8 +302,8 @@ async fn start_backends(port: u16) -> anyhow::Result<Vec<tokio::task::JoinHandle
 }
 
 async fn cluster(admin: &str) -> anyhow::Result<ClusterStatus> {
-    Ok(serde_json::from_value(
-        get_json(admin, "/v1/cluster").await?,
+    Ok(serde_json::from_slice(
+        &get_bytes(admin, "/v1/cluster", None).await?,
     )?)
 }
 
@@ -352,18 +356,18 @@ where
 }
 
 async fn print_status(admin: &str) -> anyhow::Result<()> {
-    println!();
-    print!("{}", cluster(admin).await?.render());
-    println!();
+    outln!()?;
+    out!("{}", cluster(admin).await?.render())?;
+    outln!()?;
     Ok(())
 }
 
-fn step(s: &str) {
-    println!("==> {s}");
+fn step(s: &str) -> std::io::Result<()> {
+    outln!("==> {s}")
 }
 
-fn done(s: &str) {
-    println!("    {s}");
+fn done(s: &str) -> std::io::Result<()> {
+    outln!("    {s}")
 }
 
 #[cfg(test)]
@@ -389,7 +393,9 @@ mod tests {
                 "{err}"
             );
         }
-        for bad in [0, 10, usize::MAX] {
+        assert!(check_args(&args(2, 17900)).is_ok());
+        // One node: the walkthrough's takeover would have no survivor.
+        for bad in [0, 1, 10, usize::MAX] {
             let err = check_args(&args(bad, 17900)).unwrap_err().to_string();
             assert!(err.contains("--nodes"), "{err}");
         }

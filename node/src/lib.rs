@@ -7,6 +7,23 @@
 
 #![forbid(unsafe_code)]
 
+/// `println!` that returns the write's error instead of panicking: a command piped into `head`
+/// must not die with a backtrace when the reader goes away (`main` ends quietly on that error).
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+
+/// `print!` as [`outln!`] is `println!`.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+
 pub mod admin;
 pub mod announce;
 pub mod cli;

@@ -156,6 +156,12 @@ fn the_admin_token_guards_v1_while_probes_and_metrics_stay_open() {
         assert_eq!(wrong.unwrap().0, 401, "{path}");
         let right = request(admin, path, &format!("Authorization: Bearer {token}\r\n"));
         assert_eq!(right.unwrap().0, 200, "{path}");
+        // The scheme's name is case-insensitive (RFC 9110); the token is not.
+        let lower = request(admin, path, &format!("Authorization: bearer {token}\r\n"));
+        assert_eq!(lower.unwrap().0, 200, "{path}");
+        let upper = token.to_uppercase();
+        let shouted = request(admin, path, &format!("Authorization: BEARER {upper}\r\n"));
+        assert_eq!(shouted.unwrap().0, 401, "{path}");
     }
     assert!(metric(admin, "shoal_admin_refused_total{reason=\"unauthorized\"}") >= 8.0);
 
@@ -177,6 +183,21 @@ fn the_admin_token_guards_v1_while_probes_and_metrics_stay_open() {
     assert!(!refused.status.success());
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(err.contains("401"), "{err}");
+
+    // A bad token file is blamed on the flag that named it.
+    let short = dir.path().join("short");
+    std::fs::write(&short, "abc").unwrap();
+    let out = std::process::Command::new(common::bin())
+        .args(["status", "--node", &admin.to_string(), "--token-file"])
+        .arg(&short)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--token-file"),
+        "{err}"
+    );
+    assert!(!err.contains("admin_token_file"), "{err}");
 }
 
 /// Idle and slowloris connections were kept forever; now the header deadline closes them,
@@ -270,4 +291,137 @@ fn the_dataplane_read_back_is_paged() {
     assert_eq!(seen, 250);
     let huge = get(admin, "/v1/dataplane?limit=100000").unwrap();
     assert_eq!(huge["services"].as_array().unwrap().len(), 250);
+    // An empty page would name itself as the next one, forever: refused, as JSON.
+    for (query, names) in [("limit=0", "limit"), ("offset=abc", "offset")] {
+        let (code, body) = http_get(admin, &format!("/v1/dataplane?{query}")).unwrap();
+        assert_eq!(code, 400, "{query}: {body}");
+        let error: Value = serde_json::from_str(&body).unwrap();
+        assert!(error["error"].as_str().unwrap().contains(names), "{body}");
+    }
+}
+
+/// Errors are JSON `{"error": ...}` everywhere (docs/admin-api.md), not only from handlers:
+/// an unknown path and a method the API does not serve were empty bodies.
+#[test]
+fn unknown_paths_and_methods_get_json_errors() {
+    let c = Cluster::start(1, &rules(1), &[]);
+    let admin = c.nodes[0].admin;
+    c.wait_converged(LIMIT);
+    let (code, body) = http_get(admin, "/v1/nothing-here").unwrap();
+    assert_eq!(code, 404, "{body}");
+    let error: Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        error["error"]
+            .as_str()
+            .unwrap()
+            .contains("/v1/nothing-here"),
+        "{body}"
+    );
+    let mut s = TcpStream::connect(admin).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "DELETE /v1/table HTTP/1.0\r\nHost: {admin}\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.0 405"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("allow: get,head"),
+        "{head}"
+    );
+    let error: Value = serde_json::from_str(body).unwrap();
+    assert!(
+        error["error"].as_str().unwrap().contains("DELETE"),
+        "{body}"
+    );
+}
+
+/// `shoal check | head -1` died with a panic and a backtrace (exit 101) when `head` closed the
+/// pipe; the command now ends quietly once its reader has gone.
+#[test]
+fn a_command_whose_reader_goes_away_ends_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rules.toml");
+    let mut text = String::new();
+    for i in 0..20_000 {
+        text.push_str(&format!(
+            "[[service]]\nname='s{i}'\nvip='203.0.113.1'\nport={}\n[[service.backend]]\naddress='198.18.1.1'\n",
+            1 + i
+        ));
+    }
+    write_rules(&path, &text);
+    let mut child = std::process::Command::new(common::bin())
+        .arg("check")
+        .arg("--rules")
+        .arg(&path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 64];
+    stdout.read_exact(&mut first).unwrap();
+    drop(stdout);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {err}", out.status);
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+/// `shoal status` and `shoal table` read at most `MAX_ANSWER_BYTES` of an answer (an endless
+/// one took gigabytes), and refuse an answer of the wrong shape instead of printing it.
+#[test]
+fn status_and_table_refuse_endless_and_misshapen_answers() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for (i, conn) in listener.incoming().enumerate() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf);
+                if i < 2 {
+                    // An endless JSON array, as fast as the client reads it.
+                    let _ = conn
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n[");
+                    let chunk = "1,".repeat(32 * 1024);
+                    while conn.write_all(chunk.as_bytes()).is_ok() {}
+                } else {
+                    let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}");
+                }
+            });
+        }
+    });
+    let run = |command: &str| {
+        std::process::Command::new(common::bin())
+            .args([command, "--node", &addr.to_string()])
+            .env_remove("SHOAL_ADMIN_TOKEN_FILE")
+            .output()
+            .unwrap()
+    };
+    for command in ["status", "table"] {
+        let out = run(command);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{command}: {err}");
+        assert!(err.contains("more than"), "{command}: {err}");
+    }
+    for command in ["status", "table"] {
+        let out = run(command);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{command}: {err}");
+        assert!(err.contains("unexpected"), "{command}: {err}");
+        assert!(out.stdout.is_empty(), "{command} printed {:?}", out.stdout);
+    }
+}
+
+/// An error that embeds its cause's text was printed with the cause once more
+/// (`not a regular file (a character device): not a regular file (a character device)`).
+#[test]
+fn an_error_names_its_cause_once() {
+    let out = std::process::Command::new(common::bin())
+        .args(["run", "--config", "/dev/zero"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert_eq!(err.matches("not a regular file").count(), 1, "{err}");
 }
