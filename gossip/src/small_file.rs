@@ -49,7 +49,8 @@ fn too_large(len: u64, cap_bytes: u64) -> Error {
     )
 }
 
-fn kind(meta: &std::fs::Metadata) -> &'static str {
+/// What a path that is not a regular file is, for errors ("a directory", "a FIFO"...).
+pub fn kind(meta: &std::fs::Metadata) -> &'static str {
     use std::os::unix::fs::FileTypeExt;
     let t = meta.file_type();
     if t.is_dir() {

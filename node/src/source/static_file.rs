@@ -105,7 +105,12 @@ async fn stamp_of(path: &Path) -> Result<Stamp, String> {
         .await
         .map_err(|e| format!("cannot read the rules file: {e}"))?;
     if !meta.is_file() {
-        return Err("not a regular file".into());
+        // Named as `shoal check` names it; a swap from a directory to a FIFO is then a new
+        // problem, logged and counted again.
+        return Err(format!(
+            "not a regular file ({})",
+            shoal_gossip::small_file::kind(&meta)
+        ));
     }
     if meta.len() > rules::MAX_FILE_BYTES {
         return Err(too_large(meta.len()));
@@ -280,7 +285,9 @@ mod tests {
     #[tokio::test]
     async fn a_device_or_an_oversized_file_is_refused_without_reading_it() {
         let r = start(Path::new("/dev/zero"), POLL_INTERVAL);
-        let err = r.wait_error("not a regular file").await;
+        let err = r
+            .wait_error("not a regular file (a character device)")
+            .await;
         assert!(err.starts_with("/dev/zero"), "{err}");
         assert!(r.rx.borrow().is_none());
         r.stop().await;
