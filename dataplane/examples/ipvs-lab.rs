@@ -245,18 +245,18 @@ fn ipvsadm_rules(d: &Desired) -> String {
         let ServiceKey::Addr { addr, port, .. } = s.key else {
             continue;
         };
+        // ipvsadm reads IPv6 as `[2001:db8::1]:80`, which SocketAddr prints.
+        let addr = std::net::SocketAddr::new(addr, port);
         if s.flags.mh_port {
-            out.push_str(&format!(
-                "-A -t {addr}:{port} -s {} -b mh-port\n",
-                s.scheduler
-            ));
+            out.push_str(&format!("-A -t {addr} -s {} -b mh-port\n", s.scheduler));
         } else {
-            out.push_str(&format!("-A -t {addr}:{port} -s {}\n", s.scheduler));
+            out.push_str(&format!("-A -t {addr} -s {}\n", s.scheduler));
         }
         for dst in &s.destinations {
             out.push_str(&format!(
-                "-a -t {addr}:{port} -r {}:{} -i -w {}\n",
-                dst.addr, dst.port, dst.weight
+                "-a -t {addr} -r {} -i -w {}\n",
+                std::net::SocketAddr::new(dst.addr, dst.port),
+                dst.weight
             ));
         }
     }

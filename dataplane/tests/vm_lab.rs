@@ -181,8 +181,10 @@ fn ipvsadm_lines(d: &Desired) -> BTreeSet<String> {
                 Forwarding::Route => ("-g", ""),
             };
             out.insert(format!(
-                "-a {svc} -r {}:{} {m} -w {}{tail}",
-                d.addr, d.port, d.weight
+                "-a {svc} -r {} {m} -w {}{tail}",
+                // ipvsadm -S brackets IPv6 destinations: `[2001:db8::1]:80`.
+                std::net::SocketAddr::new(d.addr, d.port),
+                d.weight
             ));
         }
     }

@@ -188,10 +188,10 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<()> {
     )?;
     for s in &table.services {
         outln!(
-            "  {:<24} {}:{} {:?} {} {:?} {} backends{}",
+            "  {:<24} {} {:?} {} {:?} {} backends{}",
             s.name,
-            s.vip,
-            s.port,
+            // Brackets an IPv6 VIP: `[2001:db8::1]:80`, not `2001:db8::1:80`.
+            std::net::SocketAddr::new(s.vip, s.port),
             s.protocol,
             s.scheduler,
             s.forwarding,

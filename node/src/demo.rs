@@ -284,7 +284,7 @@ weight = 2
 async fn start_backends(port: u16) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     let mut tasks = Vec::new();
     for addr in BACKENDS {
-        let sock: SocketAddr = format!("{addr}:{port}").parse()?;
+        let sock = SocketAddr::new(addr.parse()?, port);
         let listener = tokio::net::TcpListener::bind(sock)
             .await
             .with_context(|| format!("binding demo backend {sock}"))?;

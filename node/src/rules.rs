@@ -10,26 +10,37 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use shoal_dataplane::model::{Forwarding, Protocol, SchedFlags, Tunnel};
 use std::collections::BTreeSet;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use toml::Spanned;
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("line {line}: {field}: {message}")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RulesError {
-    /// 1-based line of the offending entry.
+    /// 1-based line of the offending value (of its table when the value was left out).
     pub line: usize,
-    /// Dotted path of the field, e.g. `service[2].backend[0].port`.
+    /// Dotted path of the field, e.g. `service[2].backend[0].port`; empty when the error is
+    /// not about one field (TOML syntax the parser could not place).
     pub field: String,
     pub message: String,
 }
+
+impl std::fmt::Display for RulesError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.field.is_empty() {
+            write!(f, "line {}: {}", self.line, self.message)
+        } else {
+            write!(f, "line {}: {}: {}", self.line, self.field, self.message)
+        }
+    }
+}
+
+impl std::error::Error for RulesError {}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFile {
     /// An empty table removes every service everywhere: the file must ask for it explicitly,
     /// so that an empty or truncated file is never mistaken for one.
-    #[serde(default)]
-    no_services: bool,
+    no_services: Option<Spanned<bool>>,
     /// Backends on 127.0.0.0/8 or ::1 only make sense on one host (the demo, tests).
     #[serde(default)]
     loopback_backends: bool,
@@ -39,24 +50,26 @@ struct RawFile {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+// Fields an error can name are `Spanned` (optional ones `Option<Spanned<_>>`, defaulted in
+// `check_service`), so the error points at the value's own line, not at its table's header.
 struct RawService {
-    name: String,
+    name: Spanned<String>,
     vip: Spanned<IpAddr>,
     port: Spanned<u16>,
     #[serde(default = "default_protocol")]
     protocol: Protocol,
-    #[serde(default = "default_scheduler")]
-    scheduler: String,
-    mh_port: Option<bool>,
+    /// Default `mh`.
+    scheduler: Option<Spanned<String>>,
+    mh_port: Option<Spanned<bool>>,
     /// Default: on with `mh`. Without it IPVS's mh keeps sending new flows to a weight-0
     /// (health-drained or removed) backend's slots, and those connections fail.
-    mh_fallback: Option<bool>,
-    #[serde(default = "default_forwarding")]
-    forwarding: RawForwarding,
-    #[serde(default)]
-    tunnel: RawTunnel,
-    #[serde(default)]
-    tunnel_port: Option<u16>,
+    mh_fallback: Option<Spanned<bool>>,
+    /// Default `tunnel`.
+    forwarding: Option<Spanned<RawForwarding>>,
+    /// Default `ipip`; only with tunnel forwarding.
+    tunnel: Option<Spanned<RawTunnel>>,
+    /// Only with a gue tunnel (the one encapsulation that carries a UDP port).
+    tunnel_port: Option<Spanned<u16>>,
     #[serde(default)]
     backend: Vec<Spanned<RawBackend>>,
     health: Option<Spanned<RawHealth>>,
@@ -66,7 +79,7 @@ struct RawService {
     source_ranges: Vec<Spanned<String>>,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 enum RawForwarding {
     Tunnel,
@@ -74,10 +87,9 @@ enum RawForwarding {
     Route,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 enum RawTunnel {
-    #[default]
     Ipip,
     Gue,
     Gre,
@@ -88,8 +100,8 @@ enum RawTunnel {
 struct RawBackend {
     address: Spanned<IpAddr>,
     port: Option<Spanned<u16>>,
-    #[serde(default = "default_weight")]
-    weight: u32,
+    /// Default 1.
+    weight: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -104,46 +116,29 @@ enum RawProbeKind {
 #[serde(deny_unknown_fields)]
 struct RawHealth {
     kind: RawProbeKind,
-    #[serde(default = "default_interval_ms")]
-    interval_ms: u64,
-    #[serde(default = "default_timeout_ms")]
-    timeout_ms: u64,
-    #[serde(default = "default_rise")]
-    rise: u32,
-    #[serde(default = "default_fall")]
-    fall: u32,
-    path: Option<String>,
-    #[serde(default = "default_expect_status")]
-    expect_status: u16,
-    host: Option<String>,
+    /// Default 1000.
+    interval_ms: Option<Spanned<u64>>,
+    /// Default 500.
+    timeout_ms: Option<Spanned<u64>>,
+    /// Default 2.
+    rise: Option<Spanned<u32>>,
+    /// Default 3.
+    fall: Option<Spanned<u32>>,
+    /// http(s) only; default "/".
+    path: Option<Spanned<String>>,
+    /// http(s) only; default 200.
+    expect_status: Option<Spanned<u16>>,
+    /// http(s) only.
+    host: Option<Spanned<String>>,
 }
 
 fn default_protocol() -> Protocol {
     Protocol::Tcp
 }
-fn default_scheduler() -> String {
-    "mh".to_string()
-}
-fn default_forwarding() -> RawForwarding {
-    RawForwarding::Tunnel
-}
-fn default_weight() -> u32 {
-    1
-}
-fn default_interval_ms() -> u64 {
-    1000
-}
-fn default_timeout_ms() -> u64 {
-    500
-}
-fn default_rise() -> u32 {
-    2
-}
-fn default_fall() -> u32 {
-    3
-}
-fn default_expect_status() -> u16 {
-    200
+
+/// An optional field's value, or its default when the file leaves it out.
+fn or<T: Clone>(field: &Option<Spanned<T>>, default: T) -> T {
+    field.as_ref().map_or(default, |v| v.get_ref().clone())
 }
 
 /// Source ranges per service: each becomes an nftables rule that packets to the VIP walk
@@ -159,7 +154,8 @@ pub const MAX_FILE_BYTES: u64 = 32 << 20;
 pub fn parse(text: &str) -> Result<RuleTable, RulesError> {
     let lines = LineIndex::new(text);
     let raw: RawFile = toml::from_str(text).map_err(|e| from_toml_error(text, &lines, &e))?;
-    if raw.service.is_empty() && !raw.no_services {
+    let no_services = or(&raw.no_services, false);
+    if raw.service.is_empty() && !no_services {
         return Err(RulesError {
             line: 1,
             field: "service".into(),
@@ -168,9 +164,12 @@ pub fn parse(text: &str) -> Result<RuleTable, RulesError> {
                 .into(),
         });
     }
-    if raw.no_services && !raw.service.is_empty() {
+    if no_services && !raw.service.is_empty() {
         return Err(RulesError {
-            line: 1,
+            line: raw
+                .no_services
+                .as_ref()
+                .map_or(1, |v| lines.line(v.span().start)),
             field: "no_services".into(),
             message: format!(
                 "is true but the file lists {} service(s)",
@@ -187,21 +186,28 @@ pub fn parse(text: &str) -> Result<RuleTable, RulesError> {
     let mut endpoints = BTreeSet::new();
     for (i, spanned) in raw.service.iter().enumerate() {
         let line = lines.line(spanned.span().start);
-        let service = check_service(&ctx, i, spanned.get_ref(), line)?;
-        let err = |field: &str, message: String| RulesError {
-            line,
+        let raw_service = spanned.get_ref();
+        let service = check_service(&ctx, i, raw_service, line)?;
+        let err = |field: &str, offset: usize, message: String| RulesError {
+            line: lines.line(offset),
             field: format!("service[{i}].{field}"),
             message,
         };
         if !names.insert(service.name.clone()) {
-            return Err(err("name", format!("{:?} is used twice", service.name)));
+            return Err(err(
+                "name",
+                raw_service.name.span().start,
+                format!("{:?} is used twice", service.name),
+            ));
         }
         if !endpoints.insert((service.vip, service.port, service.protocol)) {
             return Err(err(
                 "vip",
+                raw_service.vip.span().start,
                 format!(
-                    "{}:{} {:?} is already served by another service",
-                    service.vip, service.port, service.protocol
+                    "{} {:?} is already served by another service",
+                    SocketAddr::new(service.vip, service.port),
+                    service.protocol
                 ),
             ));
         }
@@ -240,21 +246,66 @@ fn check_service(
     raw: &RawService,
     line: usize,
 ) -> Result<VirtualService, RulesError> {
-    let err = |field: &str, message: String| RulesError {
-        line,
+    // An error about an optional field the file left out points at the service's header.
+    let err = |field: &str, at: Option<std::ops::Range<usize>>, message: String| RulesError {
+        line: at.map_or(line, |span| ctx.lines.line(span.start)),
         field: format!("service[{i}].{field}"),
         message,
     };
-    let is_mh = raw.scheduler == "mh";
-    let forwarding = match raw.forwarding {
+    let span = |v: &Option<Spanned<_>>| v.as_ref().map(Spanned::<_>::span);
+    let scheduler = raw
+        .scheduler
+        .as_ref()
+        .map_or("mh", |s| s.get_ref().as_str())
+        .to_string();
+    let is_mh = scheduler == "mh";
+    let forwarding_kind = or(&raw.forwarding, RawForwarding::Tunnel);
+    // Settings the chosen forwarding would silently ignore are refused: an operator who wrote
+    // `tunnel = "gre"` next to `forwarding = "masq"` expects one of them to happen.
+    if forwarding_kind != RawForwarding::Tunnel {
+        let how = format!("{forwarding_kind:?}").to_lowercase();
+        for (name, at) in [
+            ("tunnel", raw.tunnel.as_ref().map(|t| t.span())),
+            ("tunnel_port", span(&raw.tunnel_port)),
+        ] {
+            if at.is_some() {
+                return Err(err(
+                    name,
+                    at,
+                    format!(
+                        "only forwarding = \"tunnel\" takes a {name}; this service forwards by \
+                         {how}, which would ignore it"
+                    ),
+                ));
+            }
+        }
+    }
+    let tunnel_kind = or(&raw.tunnel, RawTunnel::Ipip);
+    if tunnel_kind != RawTunnel::Gue && raw.tunnel_port.is_some() {
+        let kind = format!("{tunnel_kind:?}").to_lowercase();
+        return Err(err(
+            "tunnel_port",
+            span(&raw.tunnel_port),
+            format!("only a gue tunnel takes a tunnel_port; {kind} carries no port"),
+        ));
+    }
+    let forwarding = match forwarding_kind {
         RawForwarding::Masq => Forwarding::Masq,
         RawForwarding::Route => Forwarding::Route,
-        RawForwarding::Tunnel => Forwarding::Tunnel(match raw.tunnel {
+        RawForwarding::Tunnel => Forwarding::Tunnel(match tunnel_kind {
             RawTunnel::Ipip => Tunnel::Ipip,
             RawTunnel::Gue => Tunnel::Gue {
-                port: raw
+                port: *raw
                     .tunnel_port
-                    .ok_or_else(|| err("tunnel_port", "gue needs a tunnel_port".into()))?,
+                    .as_ref()
+                    .ok_or_else(|| {
+                        err(
+                            "tunnel_port",
+                            raw.tunnel.as_ref().map(|t| t.span()),
+                            "gue needs a tunnel_port".into(),
+                        )
+                    })?
+                    .get_ref(),
                 flags: 0,
             },
             RawTunnel::Gre => Tunnel::Gre { flags: 0 },
@@ -271,7 +322,7 @@ fn check_service(
                     .port
                     .as_ref()
                     .map_or(*raw.port.get_ref(), |p| *p.get_ref()),
-                weight: b.weight,
+                weight: or(&b.weight, 1),
             }
         })
         .collect();
@@ -281,15 +332,15 @@ fn check_service(
     };
     let source_ranges = check_source_ranges(ctx, i, *raw.vip.get_ref(), &raw.source_ranges)?;
     let service = VirtualService {
-        name: raw.name.clone(),
+        name: raw.name.get_ref().clone(),
         vip: *raw.vip.get_ref(),
         port: *raw.port.get_ref(),
         protocol: raw.protocol,
-        scheduler: raw.scheduler.clone(),
+        scheduler,
         flags: SchedFlags {
             // An explicit `true` on another scheduler is refused by the validator.
-            mh_port: raw.mh_port.unwrap_or(is_mh),
-            mh_fallback: raw.mh_fallback.unwrap_or(is_mh),
+            mh_port: or(&raw.mh_port, is_mh),
+            mh_fallback: or(&raw.mh_fallback, is_mh),
         },
         forwarding,
         backends,
@@ -303,7 +354,8 @@ fn check_service(
     Ok(service)
 }
 
-/// The rules file's name and line for a field the shared validator refused.
+/// The rules file's name and line for a field the shared validator refused: the value's own
+/// line, or its table's header when the file left the value out (a default was refused).
 fn locate(
     ctx: &Ctx<'_>,
     i: usize,
@@ -312,45 +364,55 @@ fn locate(
     e: validate::Invalid,
 ) -> RulesError {
     use validate::{BackendField, Field, HealthField};
-    let at = |offset: usize| ctx.lines.line(offset);
-    let (line, field) = match e.field {
-        Field::Name => (line, "name".to_string()),
-        Field::Vip => (at(raw.vip.span().start), "vip".into()),
-        Field::Port => (at(raw.port.span().start), "port".into()),
-        Field::Scheduler => (line, "scheduler".into()),
-        Field::MhFlags => (line, "mh_port".into()),
-        Field::TunnelPort => (line, "tunnel_port".into()),
+    fn start<T>(v: &Option<Spanned<T>>) -> Option<usize> {
+        v.as_ref().map(|v| v.span().start)
+    }
+    let (offset, field) = match e.field {
+        Field::Name => (Some(raw.name.span().start), "name".to_string()),
+        Field::Vip => (Some(raw.vip.span().start), "vip".into()),
+        Field::Port => (Some(raw.port.span().start), "port".into()),
+        Field::Scheduler => (start(&raw.scheduler), "scheduler".into()),
+        // Refused when a flag is on without mh: that is a flag the file set to true.
+        Field::MhFlags => {
+            let set = |v: &Option<Spanned<bool>>| v.as_ref().filter(|v| *v.get_ref()).is_some();
+            if set(&raw.mh_port) || !set(&raw.mh_fallback) {
+                (start(&raw.mh_port), "mh_port".into())
+            } else {
+                (start(&raw.mh_fallback), "mh_fallback".into())
+            }
+        }
+        Field::TunnelPort => (start(&raw.tunnel_port), "tunnel_port".into()),
         Field::Backend(j, part) => {
             let b = &raw.backend[j];
             let (offset, name) = match part {
                 BackendField::Address => (b.get_ref().address.span().start, "address"),
-                BackendField::Port => (
-                    b.get_ref()
-                        .port
-                        .as_ref()
-                        .map_or(b.span().start, |p| p.span().start),
-                    "port",
+                BackendField::Port => (start(&b.get_ref().port).unwrap_or(b.span().start), "port"),
+                BackendField::Weight => (
+                    start(&b.get_ref().weight).unwrap_or(b.span().start),
+                    "weight",
                 ),
-                BackendField::Weight => (b.span().start, "weight"),
             };
-            (at(offset), format!("backend[{j}].{name}"))
+            (Some(offset), format!("backend[{j}].{name}"))
         }
         Field::Health(part) => {
-            let name = match part {
-                HealthField::IntervalMs => "interval_ms",
-                HealthField::TimeoutMs => "timeout_ms",
-                HealthField::Rise => "rise",
-                HealthField::Fall => "fall",
-                HealthField::Path => "path",
-                HealthField::ExpectStatus => "expect_status",
-                HealthField::Host => "host",
+            let h = raw.health.as_ref().map(|h| h.get_ref());
+            let (offset, name) = match part {
+                HealthField::IntervalMs => (h.and_then(|h| start(&h.interval_ms)), "interval_ms"),
+                HealthField::TimeoutMs => (h.and_then(|h| start(&h.timeout_ms)), "timeout_ms"),
+                HealthField::Rise => (h.and_then(|h| start(&h.rise)), "rise"),
+                HealthField::Fall => (h.and_then(|h| start(&h.fall)), "fall"),
+                HealthField::Path => (h.and_then(|h| start(&h.path)), "path"),
+                HealthField::ExpectStatus => {
+                    (h.and_then(|h| start(&h.expect_status)), "expect_status")
+                }
+                HealthField::Host => (h.and_then(|h| start(&h.host)), "host"),
             };
-            let offset = raw.health.as_ref().map_or(0, |h| h.span().start);
-            (at(offset), format!("health.{name}"))
+            let table = raw.health.as_ref().map(|h| h.span().start);
+            (offset.or(table), format!("health.{name}"))
         }
     };
     RulesError {
-        line,
+        line: offset.map_or(line, |o| ctx.lines.line(o)),
         field: format!("service[{i}].{field}"),
         message: e.message,
     }
@@ -373,6 +435,7 @@ fn check_source_ranges(
         });
     }
     let mut out = Vec::with_capacity(raw.len());
+    let mut seen = BTreeSet::new();
     for (k, spanned) in raw.iter().enumerate() {
         let err = |message: String| RulesError {
             line: ctx.lines.line(spanned.span().start),
@@ -397,10 +460,13 @@ fn check_source_ranges(
                 "{net} is not of the VIP's address family ({vip})"
             )));
         }
+        // A repeat is most likely a typo for another network, which would then stay blocked.
+        if !seen.insert(net) {
+            return Err(err(format!("{net} is listed twice")));
+        }
         out.push(net);
     }
     out.sort();
-    out.dedup();
     Ok(out)
 }
 
@@ -413,10 +479,15 @@ fn health_of(
     let h = spanned.get_ref();
     let probe = match h.kind {
         RawProbeKind::Tcp => {
-            for (given, name) in [(h.path.is_some(), "path"), (h.host.is_some(), "host")] {
-                if given {
+            // A tcp check only connects: these would be silently ignored.
+            for (at, name) in [
+                (h.path.as_ref().map(|v| v.span()), "path"),
+                (h.expect_status.as_ref().map(|v| v.span()), "expect_status"),
+                (h.host.as_ref().map(|v| v.span()), "host"),
+            ] {
+                if let Some(at) = at {
                     return Err(RulesError {
-                        line: ctx.lines.line(spanned.span().start),
+                        line: ctx.lines.line(at.start),
                         field: format!("service[{i}].health.{name}"),
                         message: format!("only http and https checks take a {name}"),
                     });
@@ -425,18 +496,18 @@ fn health_of(
             Probe::Tcp
         }
         RawProbeKind::Http | RawProbeKind::Https => Probe::Http {
-            path: h.path.clone().unwrap_or_else(|| "/".to_string()),
-            expect_status: h.expect_status,
+            path: or(&h.path, "/".to_string()),
+            expect_status: or(&h.expect_status, 200),
             tls: matches!(h.kind, RawProbeKind::Https),
-            host: h.host.clone(),
+            host: h.host.as_ref().map(|v| v.get_ref().clone()),
         },
     };
     Ok(HealthCheck {
         probe,
-        interval_ms: h.interval_ms,
-        timeout_ms: h.timeout_ms,
-        rise: h.rise,
-        fall: h.fall,
+        interval_ms: or(&h.interval_ms, 1000),
+        timeout_ms: or(&h.timeout_ms, 500),
+        rise: or(&h.rise, 2),
+        fall: or(&h.fall, 3),
     })
 }
 
@@ -465,23 +536,156 @@ impl LineIndex {
 
 fn from_toml_error(text: &str, lines: &LineIndex, e: &toml::de::Error) -> RulesError {
     let line = e.span().map(|s| lines.line(s.start)).unwrap_or(0);
-    // toml's message names the field for type and unknown-key errors; keep its first line.
+    // Keep the first line of toml's message: the rest repeats the source text.
     let message = e
         .message()
         .lines()
         .next()
         .unwrap_or("invalid TOML")
         .to_string();
+    // The span is the offending text (a value, sometimes one character of a key), not a field
+    // name: name the field that holds it, or none rather than a fragment of the source.
     let field = e
         .span()
-        .map(|s| text[s.start..s.end.min(text.len())].trim().to_string())
-        .filter(|f| !f.is_empty() && f.len() < 80 && !f.contains('\n'))
-        .unwrap_or_else(|| "(file)".to_string());
+        .and_then(|s| field_at(text, s.start))
+        // Every field of this file has a short path; a longer one is some other document's
+        // (200 dotted keys), and echoing it would bury the message.
+        .filter(|f| f.len() <= MAX_FIELD_LEN)
+        .unwrap_or_default();
     RulesError {
         line,
         field,
         message,
     }
+}
+
+/// The longest field path a TOML error names (`service[49999].backend[9].expect_status` is 40).
+const MAX_FIELD_LEN: usize = 80;
+
+/// The dotted path of the value or key at byte `offset`, for an error the TOML layer raised.
+///
+/// A file with a type error (`port = 65536`, `weight = "x"`) is still valid TOML: read it
+/// again as a tree of spans and take the innermost key or value holding the offset, which
+/// gives the full path (`service[0].port`). A file that is not valid TOML (syntax, duplicate
+/// keys, a number over i64) has no tree: fall back to the key of a `key = value` line.
+fn field_at(text: &str, offset: usize) -> Option<String> {
+    match toml::from_str::<Node>(text) {
+        Ok(root) => {
+            let mut best: Option<(usize, String)> = None;
+            innermost(&root, offset, String::new(), &mut best);
+            best.map(|(_, path)| path).filter(|p| !p.is_empty())
+        }
+        Err(_) => key_on_line(text, offset),
+    }
+}
+
+/// A TOML document as nested keys and values with their spans, and nothing else.
+enum Node {
+    Leaf,
+    /// Keys with their own spans (an unknown-key error points at the key).
+    Table(Vec<(Spanned<String>, Spanned<Node>)>),
+    Array(Vec<Spanned<Node>>),
+}
+
+impl<'de> Deserialize<'de> for Node {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Node;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any TOML value")
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Node, E> {
+                Ok(Node::Leaf)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Node, E> {
+                Ok(Node::Leaf)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Node, E> {
+                Ok(Node::Leaf)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Node, E> {
+                Ok(Node::Leaf)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Node, E> {
+                Ok(Node::Leaf)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Node, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element()? {
+                    items.push(item);
+                }
+                Ok(Node::Array(items))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = map.next_entry()? {
+                    entries.push(entry);
+                }
+                Ok(Node::Table(entries))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// Keeps in `best` the shortest-spanned key or value under `node` that holds `offset`.
+fn innermost(node: &Node, offset: usize, path: String, best: &mut Option<(usize, String)>) {
+    fn consider(
+        best: &mut Option<(usize, String)>,
+        offset: usize,
+        span: std::ops::Range<usize>,
+        path: &str,
+    ) {
+        let holds = span.start <= offset && offset < span.end.max(span.start + 1);
+        // `<=`: a table and its array element can share a span; the element, visited later,
+        // is the more precise name (`service[0]`, not `service`).
+        if holds && best.as_ref().is_none_or(|(len, _)| span.len() <= *len) {
+            *best = Some((span.len(), path.to_string()));
+        }
+    }
+    match node {
+        Node::Leaf => {}
+        Node::Table(entries) => {
+            for (key, value) in entries {
+                let child = if path.is_empty() {
+                    key.get_ref().clone()
+                } else {
+                    format!("{path}.{}", key.get_ref())
+                };
+                consider(best, offset, key.span(), &child);
+                consider(best, offset, value.span(), &child);
+                innermost(value.get_ref(), offset, child, best);
+            }
+        }
+        Node::Array(items) => {
+            for (k, item) in items.iter().enumerate() {
+                let child = format!("{path}[{k}]");
+                consider(best, offset, item.span(), &child);
+                innermost(item.get_ref(), offset, child, best);
+            }
+        }
+    }
+}
+
+/// The key of the `key = value` line holding `offset`, if that line starts with a bare
+/// (possibly dotted) key; anything else (a header, a continuation line) names no field.
+fn key_on_line(text: &str, offset: usize) -> Option<String> {
+    // Bytes, not `text[..offset]`: an offset inside a multi-byte character must not panic.
+    let offset = offset.min(text.len());
+    let start = text.as_bytes()[..offset]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |nl| nl + 1);
+    let end = text[start..].find('\n').map_or(text.len(), |nl| start + nl);
+    let (key, _) = text[start..end].split_once('=')?;
+    let parts: Vec<&str> = key.split('.').map(str::trim).collect();
+    let bare = |p: &&str| {
+        !p.is_empty()
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    };
+    parts.iter().all(bare).then(|| parts.join("."))
 }
 
 /// The example rules file the demo runs and docs/rules.md explains.

@@ -11,7 +11,7 @@
 use crate::table::{HealthCheck, Probe, VirtualService};
 use shoal_dataplane::model::{Forwarding, Tunnel};
 use std::collections::BTreeSet;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 /// IPVS schedulers a service may use; `mh` is the default because every replica builds the
 /// same Maglev table from the same destinations, so flows survive a move between replicas.
@@ -133,6 +133,15 @@ pub fn service(s: &VirtualService, allow: Allow) -> Result<(), Invalid> {
                 format!("{} is not of the VIP's address family", b.address),
             ));
         }
+        // Every replica holds the VIP: a backend at the VIP would send each packet back into
+        // the node that balances it (tunnel, route) or to the VIP again (masq), never to a
+        // server.
+        if b.address == s.vip {
+            return Err(invalid(
+                field(BackendField::Address),
+                format!("{} is the service's own VIP, not a backend", b.address),
+            ));
+        }
         let loopback_ok = allow.loopback_backends && b.address.is_loopback();
         if let Some(why) = not_unicast(b.address).filter(|_| !loopback_ok) {
             let hint = if b.address.is_loopback() {
@@ -157,7 +166,7 @@ pub fn service(s: &VirtualService, allow: Allow) -> Result<(), Invalid> {
         if !seen.insert((b.address, b.port)) {
             return Err(invalid(
                 field(BackendField::Address),
-                format!("{}:{} is listed twice", b.address, b.port),
+                format!("{} is listed twice", SocketAddr::new(b.address, b.port)),
             ));
         }
     }
@@ -394,6 +403,10 @@ mod tests {
         assert_eq!(
             field_of(|s| s.backends.push(s.backends[0].clone())),
             Some(Field::Backend(1, B::Address))
+        );
+        assert_eq!(
+            field_of(|s| s.backends[0].address = s.vip),
+            Some(Field::Backend(0, B::Address))
         );
         let h = |f: fn(&mut HealthCheck)| field_of(move |s| f(s.health.as_mut().unwrap()));
         assert_eq!(

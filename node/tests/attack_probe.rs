@@ -353,15 +353,16 @@ fn certs_init_writes_keys_0600_and_sane_validity() {
 const HEAD: &str = "[[service]]\nname = 'web'\nvip = '203.0.113.10'\nport = 80\n";
 
 /// Weak: validation accepted VIP 255.255.255.255, backend 127.0.0.1 and CR/LF in the health
-/// check's host and path, and reported `port = 0` at the service's first line.
+/// check's host and path, and reported `port = 0` at the service's first line (and health
+/// fields at the `[service.health]` header; every error is at its value's own line now).
 #[test]
 fn validation_refuses_what_the_probe_found() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [
         ("broadcast VIP", HEAD.replace("203.0.113.10", "255.255.255.255") + "[[service.backend]]\naddress = '198.18.0.2'\n", "vip", 3),
         ("loopback backend", format!("{HEAD}[[service.backend]]\naddress = '127.0.0.1'\n"), "127.0.0.1", 6),
-        ("CR/LF in host", format!("{HEAD}[[service.backend]]\naddress = '198.18.0.2'\n[service.health]\nkind = 'http'\npath = '/'\nhost = \"a\\r\\nX-Evil: 1\"\n"), "host", 7),
-        ("CR/LF in path", format!("{HEAD}[[service.backend]]\naddress = '198.18.0.2'\n[service.health]\nkind = 'http'\npath = \"/\\r\\nX-Evil: 1\"\n"), "path", 7),
+        ("CR/LF in host", format!("{HEAD}[[service.backend]]\naddress = '198.18.0.2'\n[service.health]\nkind = 'http'\npath = '/'\nhost = \"a\\r\\nX-Evil: 1\"\n"), "host", 10),
+        ("CR/LF in path", format!("{HEAD}[[service.backend]]\naddress = '198.18.0.2'\n[service.health]\nkind = 'http'\npath = \"/\\r\\nX-Evil: 1\"\n"), "path", 9),
         ("port 0", "[[service]]\nname = 'web'\nvip = '203.0.113.10'\n\nport = 0\n[[service.backend]]\naddress = '198.18.0.2'\n".to_string(), "port", 5),
     ];
     for (what, text, names, line) in cases {

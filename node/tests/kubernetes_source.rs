@@ -109,7 +109,7 @@ fn backends(t: &RuleTable, name: &str) -> Vec<String> {
         .map(|s| {
             s.backends
                 .iter()
-                .map(|b| format!("{}:{}", b.address, b.port))
+                .map(|b| SocketAddr::new(b.address, b.port).to_string())
                 .collect()
         })
         .unwrap_or_default()

@@ -82,7 +82,7 @@ fn duplicate_names_and_endpoints_are_refused() {
     assert!(parse(dup).unwrap_err().message.contains("twice"));
     let same = "[[service]]\nname='a'\nvip='203.0.113.1'\nport=80\n[[service]]\nname='b'\nvip='203.0.113.1'\nport=80\n";
     let e = parse(same).unwrap_err();
-    assert_eq!(e.line, 5);
+    assert_eq!(e.line, 7, "the second service's vip line: {e}");
     assert_eq!(e.field, "service[1].vip");
 }
 
@@ -91,7 +91,15 @@ fn health_timeouts_are_checked() {
     let text = "[[service]]\nname='a'\nvip='203.0.113.1'\nport=80\n[service.health]\nkind='http'\ninterval_ms=1000\ntimeout_ms=2000\n";
     let e = parse(text).unwrap_err();
     assert_eq!(e.field, "service[0].health.timeout_ms");
-    assert_eq!(e.line, 5);
+    assert_eq!(e.line, 8, "the timeout's own line: {e}");
+    // A refused default has no line of its own: the error points at the table.
+    let text = "[[service]]\nname='a'\nvip='203.0.113.1'\nport=80\n[service.health]\nkind='http'\ninterval_ms=100\n";
+    let e = parse(text).unwrap_err();
+    assert_eq!(
+        (e.line, e.field.as_str()),
+        (5, "service[0].health.timeout_ms"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -215,7 +223,7 @@ fn an_empty_table_must_be_asked_for() {
 #[test]
 fn source_ranges_are_checked_and_kept_sorted() {
     let t = parse(&format!(
-        "{HEAD}source_ranges=['198.51.100.0/24', '192.0.2.7/32', '198.51.100.0/24']\n"
+        "{HEAD}source_ranges=['198.51.100.0/24', '192.0.2.7/32']\n"
     ))
     .unwrap();
     let got: Vec<String> = t.services[0]
@@ -230,6 +238,7 @@ fn source_ranges_are_checked_and_kept_sorted() {
         ("'198.51.100.7'", "CIDR"),
         ("'2001:db8::/32'", "address family"),
         ("'nonsense'", "CIDR"),
+        ("'192.0.2.0/24'", "192.0.2.0/24 is listed twice"),
     ] {
         let text = format!("{HEAD}\nsource_ranges=['192.0.2.0/24',\n {value}]\n");
         let e = parse(&text).unwrap_err();
@@ -258,4 +267,282 @@ fn line_index_counts_like_the_text() {
             "{offset}"
         );
     }
+}
+
+/// A service on `line 1-4` (header, name, vip, port) with `extra` from line 5 on.
+fn svc(extra: &str) -> String {
+    format!("{HEAD}{extra}")
+}
+
+/// Audit A: settings the chosen forwarding, tunnel or probe ignores were accepted silently.
+#[test]
+fn settings_that_would_be_ignored_are_refused() {
+    for (extra, field, line, says) in [
+        (
+            "forwarding='masq'\ntunnel='gre'\n",
+            "tunnel",
+            6,
+            "only forwarding = \"tunnel\"",
+        ),
+        (
+            "forwarding='route'\n\ntunnel_port=6080\n",
+            "tunnel_port",
+            7,
+            "forwards by route",
+        ),
+        (
+            "tunnel='ipip'\ntunnel_port=6080\n",
+            "tunnel_port",
+            6,
+            "only a gue tunnel",
+        ),
+        (
+            "tunnel_port=6080\n",
+            "tunnel_port",
+            5,
+            "ipip carries no port",
+        ),
+        (
+            "tunnel='gre'\ntunnel_port=6080\n",
+            "tunnel_port",
+            6,
+            "gre carries no port",
+        ),
+        (
+            "[service.health]\nkind='tcp'\nexpect_status=200\n",
+            "health.expect_status",
+            7,
+            "only http and https",
+        ),
+        (
+            "[[service.backend]]\naddress='203.0.113.1'\n",
+            "backend[0].address",
+            6,
+            "own VIP",
+        ),
+        (
+            "forwarding='masq'\n[[service.backend]]\naddress='203.0.113.1'\nport=8080\n",
+            "backend[0].address",
+            7,
+            "own VIP",
+        ),
+        (
+            "source_ranges=['10.0.0.0/8',\n'192.0.2.0/24',\n'10.0.0.0/8']\n",
+            "source_ranges[2]",
+            7,
+            "10.0.0.0/8 is listed twice",
+        ),
+    ] {
+        let e = parse(&svc(extra)).unwrap_err();
+        assert_eq!(
+            (e.line, e.field.as_str()),
+            (line, format!("service[0].{field}").as_str()),
+            "{extra:?}: {e}"
+        );
+        assert!(e.message.contains(says), "{extra:?}: {e}");
+    }
+    // The audit's file: masq with a gre tunnel and its port, a repeated range, a backend at
+    // the VIP and a tcp check with a status.
+    let audit = "[[service]]\nname = \"web\"\nvip = \"203.0.113.10\"\nport = 80\nforwarding = \"masq\"\ntunnel = \"gre\"\ntunnel_port = 6080\nsource_ranges = [\"10.0.0.0/8\", \"10.0.0.0/8\"]\n\n[[service.backend]]\naddress = \"203.0.113.10\"\n\n[service.health]\nkind = \"tcp\"\nexpect_status = 200\n";
+    let e = parse(audit).unwrap_err();
+    assert_eq!((e.line, e.field.as_str()), (6, "service[0].tunnel"), "{e}");
+    let v6 = "[[service]]\nname='a'\nvip='2001:db8::1'\nport=80\n[[service.backend]]\naddress='2001:db8::1'\n";
+    assert!(parse(v6).unwrap_err().message.contains("own VIP"));
+    // What stays valid: gue with its port, masq without tunnel settings, a service with no
+    // backends (Kubernetes-style: the VIP is published before its endpoints exist).
+    for ok in [
+        "tunnel='gue'\ntunnel_port=6080\n",
+        "forwarding='tunnel'\ntunnel='gre'\n",
+        "forwarding='masq'\n[[service.backend]]\naddress='198.18.0.2'\nport=8080\n",
+        "[service.health]\nkind='http'\nexpect_status=204\n",
+        "",
+    ] {
+        assert!(parse(&svc(ok)).is_ok(), "{ok:?}: {:?}", parse(&svc(ok)));
+    }
+}
+
+/// Audit B: validator errors pointed at the section's header, not at the value's line.
+#[test]
+fn every_refused_field_points_at_its_own_line() {
+    // Each value sits two lines below its table's header, so the header's line is wrong.
+    for (text, line, field) in [
+        ("[[service]]\n\nname=''\nvip='203.0.113.1'\nport=80\n", 3, "name"),
+        (
+            "[[service]]\n\nname='a'\nvip='203.0.113.1'\nport=80\nscheduler='bogus'\n",
+            6,
+            "scheduler",
+        ),
+        (
+            "[[service]]\n\nname='a'\nvip='203.0.113.1'\nport=80\nscheduler='rr'\nmh_port=true\n",
+            7,
+            "mh_port",
+        ),
+        (
+            "[[service]]\n\nname='a'\nvip='203.0.113.1'\nport=80\nscheduler='rr'\nmh_fallback=true\n",
+            7,
+            "mh_fallback",
+        ),
+        (
+            "[[service]]\n\nname='a'\nvip='203.0.113.1'\nport=80\ntunnel='gue'\ntunnel_port=0\n",
+            7,
+            "tunnel_port",
+        ),
+        (
+            "[[service]]\n\nname='a'\nvip='203.0.113.1'\nport=80\ntunnel='gue'\n",
+            6,
+            "tunnel_port",
+        ),
+        ("[[service]]\n\nname='a'\nvip='0.0.0.0'\nport=80\n", 4, "vip"),
+        ("[[service]]\n\nname='a'\nvip='203.0.113.1'\nport=0\n", 5, "port"),
+    ] {
+        let e = parse(text).unwrap_err();
+        assert_eq!(
+            (e.line, e.field.as_str()),
+            (line, format!("service[0].{field}").as_str()),
+            "{text:?}: {e}"
+        );
+    }
+    for (value, line, field) in [
+        ("address='198.18.0.999'", 7, "address"),
+        ("address='198.18.0.2'\nport=8080", 8, "port"),
+        ("address='198.18.0.2'\nweight=70000", 8, "weight"),
+    ] {
+        let text = svc(&format!("[[service.backend]]\n\n{value}\n"));
+        let e = parse(&text).unwrap_err();
+        assert_eq!(
+            (e.line, e.field.as_str()),
+            (line, format!("service[0].backend[0].{field}").as_str()),
+            "{value:?}: {e}"
+        );
+    }
+    for (kind, value) in [
+        ("http", "interval_ms=99"),
+        ("http", "timeout_ms=0"),
+        ("http", "rise=0"),
+        ("http", "fall=101"),
+        ("http", "path='x'"),
+        ("http", "expect_status=99"),
+        ("http", "host=''"),
+        ("tcp", "path='/'"),
+        ("tcp", "host='example.org'"),
+        ("tcp", "expect_status=200"),
+    ] {
+        let text = svc(&format!("[service.health]\nkind='{kind}'\n\n{value}\n"));
+        let e = parse(&text).unwrap_err();
+        let name = value.split('=').next().unwrap();
+        assert_eq!(
+            (e.line, e.field.as_str()),
+            (8, format!("service[0].health.{name}").as_str()),
+            "{value:?}: {e}"
+        );
+    }
+    let e = parse(&format!(
+        "{HEAD}[[service]]\n\nname='a'\nvip='203.0.113.2'\nport=80\n"
+    ))
+    .unwrap_err();
+    assert_eq!((e.line, e.field.as_str()), (7, "service[1].name"), "{e}");
+    let e = parse(&format!("\n\nno_services = true\n{HEAD}")).unwrap_err();
+    assert_eq!((e.line, e.field.as_str()), (3, "no_services"), "{e}");
+}
+
+/// Audit C: the TOML layer's errors showed a fragment of the source where the field goes.
+#[test]
+fn toml_errors_name_the_field_not_the_source_text() {
+    for (text, line, field, says) in [
+        (
+            "[[service]]\nname='a'\nvip='203.0.113.1'\nport=65536\n".to_string(),
+            4,
+            "service[0].port",
+            "65536",
+        ),
+        (
+            format!("{HEAD}[[service.backend]]\naddress='198.18.0.2'\nweight='x'\n"),
+            7,
+            "service[0].backend[0].weight",
+            "invalid type",
+        ),
+        (
+            format!("{HEAD}[[service.backend]]\naddress='198.18.0.2'\nweight=-1\n"),
+            7,
+            "service[0].backend[0].weight",
+            "-1",
+        ),
+        (
+            format!("{HEAD}[service.health]\nkind='tcp'\nrise=1.5\n"),
+            7,
+            "service[0].health.rise",
+            "invalid type",
+        ),
+        (
+            format!("{HEAD}protocol='TCP'\n"),
+            5,
+            "service[0].protocol",
+            "TCP",
+        ),
+        (
+            format!("{HEAD}wieght=3\n"),
+            5,
+            "service[0].wieght",
+            "unknown field",
+        ),
+        (
+            format!("{HEAD}[[service]]\nname='b'\nvip=3\nport=80\n"),
+            7,
+            "service[1].vip",
+            "invalid type",
+        ),
+        // A missing field: the table that lacks it (an array's element, not the array).
+        (
+            "[[service]]\nvip='203.0.113.1'\nport=80\n".to_string(),
+            1,
+            "service[0]",
+            "missing field `name`",
+        ),
+        (
+            format!("{HEAD}\n[[service.backend]]\nweight=1\n"),
+            6,
+            "service[0].backend[0]",
+            "missing field `address`",
+        ),
+        // Not TOML at all: no tree to walk, the key of the line.
+        (format!("{HEAD}port=81\n"), 5, "port", "duplicate key"),
+        (
+            "[[service]]\nname='a'\nvip='203.0.113.1'\nport=99999999999999999999\n".to_string(),
+            4,
+            "port",
+            "",
+        ),
+        (format!("{HEAD}scheduler = 'rr\n"), 5, "scheduler", ""),
+    ] {
+        let e = parse(&text).unwrap_err();
+        assert_eq!((e.line, e.field.as_str()), (line, field), "{text:?}: {e}");
+        assert!(e.message.contains(says), "{text:?}: {e}");
+    }
+    // Nothing to name: no field rather than a fragment (this printed `line 1: [: ...`).
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    let e = parse(&format!("a = {deep}\n")).unwrap_err();
+    assert_eq!(e.field, "a", "{e}");
+    let e = parse(&format!("{deep}\n")).unwrap_err();
+    assert_eq!(e.field, "", "{e}");
+    let long = vec!["a"; 200].join(".");
+    let e = parse(&format!("{long} = 1\n")).unwrap_err();
+    assert_eq!(
+        e.field, "",
+        "a key too long to be a field of this file: {e}"
+    );
+    assert_eq!(e.to_string(), format!("line 1: {}", e.message));
+}
+
+/// Audit D: an IPv6 address and its port printed as `2001:db8::1:80`.
+#[test]
+fn ipv6_endpoints_are_bracketed() {
+    let text = "[[service]]\nname='a'\nvip='2001:db8::1'\nport=80\n[[service]]\nname='b'\nvip='2001:db8::1'\nport=80\n";
+    let e = parse(text).unwrap_err();
+    assert!(e.message.contains("[2001:db8::1]:80 Tcp"), "{e}");
+    let text = "[[service]]\nname='a'\nvip='2001:db8::1'\nport=80\n[[service.backend]]\naddress='2001:db8::10'\n[[service.backend]]\naddress='2001:db8::10'\n";
+    let e = parse(text).unwrap_err();
+    assert!(
+        e.message.contains("[2001:db8::10]:80 is listed twice"),
+        "{e}"
+    );
 }
