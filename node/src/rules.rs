@@ -445,7 +445,8 @@ fn check_source_ranges(
         let text = spanned.get_ref().trim();
         let net: IpNet = text.parse().map_err(|_| {
             err(format!(
-                "{text:?} is not a network in CIDR form (e.g. 192.0.2.0/24 or 2001:db8::/32)"
+                "{} is not a network in CIDR form (e.g. 192.0.2.0/24 or 2001:db8::/32)",
+                validate::shown(text)
             ))
         })?;
         if net.trunc() != net {

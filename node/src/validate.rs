@@ -61,6 +61,16 @@ pub enum HealthField {
     Host,
 }
 
+/// `text` quoted for an error, cut to its first 64 characters: a refused 3,000-character path
+/// echoed whole would bury the message (and fill a log line per poll).
+pub fn shown(text: &str) -> String {
+    const SHOWN_CHARS: usize = 64;
+    match text.char_indices().nth(SHOWN_CHARS) {
+        None => format!("{text:?}"),
+        Some((cut, _)) => format!("{:?}... ({} bytes)", &text[..cut], text.len()),
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field:?}: {message}")]
 pub struct Invalid {
@@ -185,7 +195,8 @@ pub fn scheduler(name: &str) -> Result<(), Invalid> {
         Err(invalid(
             Field::Scheduler,
             format!(
-                "{name:?} is not an IPVS scheduler, expected one of {}",
+                "{} is not an IPVS scheduler, expected one of {}",
+                shown(name),
                 SCHEDULERS.join(" ")
             ),
         ))
@@ -237,14 +248,17 @@ pub fn health(h: &HealthCheck) -> Result<(), Invalid> {
         if !path.starts_with('/') {
             return Err(invalid(
                 field(HealthField::Path),
-                format!("{path:?} must start with /"),
+                format!("{} must start with /", shown(path)),
             ));
         }
         // The path and the host go into a request line: CR/LF would let a rule inject headers.
         if path.len() > PATH_LEN_MAX || path.chars().any(|c| c.is_control() || c == ' ') {
             return Err(invalid(
                 field(HealthField::Path),
-                format!("{path:?} must be at most {PATH_LEN_MAX} characters without spaces or control characters"),
+                format!(
+                    "{} must be at most {PATH_LEN_MAX} characters without spaces or control characters",
+                    shown(path)
+                ),
             ));
         }
         if !(100..=599).contains(expect_status) {
@@ -260,7 +274,10 @@ pub fn health(h: &HealthCheck) -> Result<(), Invalid> {
             {
                 return Err(invalid(
                     field(HealthField::Host),
-                    format!("{host:?} must be 1-{HOST_LEN_MAX} characters without spaces or control characters"),
+                    format!(
+                        "{} must be 1-{HOST_LEN_MAX} characters without spaces or control characters",
+                        shown(host)
+                    ),
                 ));
             }
         }
@@ -313,6 +330,27 @@ mod tests {
     use super::*;
     use crate::table::Backend;
     use shoal_dataplane::model::{Protocol, SchedFlags};
+
+    #[test]
+    fn a_long_refused_value_is_shown_cut() {
+        assert_eq!(shown("/x y"), "\"/x y\"");
+        let path = format!("/{}", "é".repeat(3_000));
+        let err = health(&HealthCheck {
+            probe: Probe::Http {
+                path: path.clone(),
+                expect_status: 200,
+                tls: false,
+                host: None,
+            },
+            interval_ms: 1000,
+            timeout_ms: 500,
+            rise: 2,
+            fall: 3,
+        })
+        .unwrap_err();
+        assert!(err.message.len() < 300, "{}", err.message);
+        assert!(err.message.contains("(6001 bytes)"), "{}", err.message);
+    }
 
     fn svc() -> VirtualService {
         VirtualService {
