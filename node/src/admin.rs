@@ -300,6 +300,13 @@ async fn cluster(State(s): State<AdminState>) -> Json<ClusterStatus> {
     for m in &mut status.members {
         m.announce = reports.remove(&m.id);
     }
+    status.source_error = status.publisher.as_ref().and_then(|publisher| {
+        s.mesh
+            .app_keys(crate::source::ERROR_KEY)
+            .into_iter()
+            .find(|(id, key, _)| key == crate::source::ERROR_KEY && id.to_string() == *publisher)
+            .map(|(_, _, error)| error)
+    });
     Json(status)
 }
 

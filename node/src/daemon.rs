@@ -250,6 +250,7 @@ async fn publisher_duty(
             duty.clone(),
         );
         let mut pending: Option<RuleTable> = None;
+        let mut shared_error = None;
         let mut retry = tokio::time::interval(PUBLISH_RETRY);
         let mut heads = mesh.subscribe();
         loop {
@@ -283,6 +284,7 @@ async fn publisher_duty(
                 }
                 _ = retry.tick() => {}
             }
+            status.share_error(&mesh, &mut shared_error);
             if let Some(table) = pending.take() {
                 // Moved into the mesh, not copied (at 10,000 Services a copy of the table is
                 // tens of MiB); a failed publish retries with the source's newest table.
@@ -300,6 +302,10 @@ async fn publisher_duty(
             }
         }
         duty.cancel();
+        // Only the publisher's problem is the cluster's; a later publisher shares its own.
+        if shared_error.is_some() {
+            mesh.delete_app_key(source::ERROR_KEY);
+        }
         let exit = task.await.unwrap_or(SourceExit::Stopped);
         if cancel.is_cancelled() {
             return;

@@ -69,6 +69,10 @@ pub struct ClusterStatus {
     /// Per service and backend: the shared health verdict and who checks it.
     #[serde(default)]
     pub health: serde_json::Value,
+    /// Why the publisher rejected its newest input (a rules file that fails the checks, an
+    /// unreachable API server), while it does; the last good table stays in force meanwhile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_error: Option<String>,
 }
 
 pub fn role_name(role: &Role) -> &'static str {
@@ -110,6 +114,7 @@ impl ClusterStatus {
                 })
                 .collect(),
             health,
+            source_error: None,
         }
     }
 
@@ -143,6 +148,12 @@ impl ClusterStatus {
             self.publisher.as_deref().unwrap_or("none")
         );
         let _ = writeln!(out, "head:        {head}");
+        if let Some(e) = &self.source_error {
+            let _ = writeln!(
+                out,
+                "source:      input rejected, last good table kept: {e}"
+            );
+        }
         let _ = writeln!(out);
         let head_version = self.head_version();
         let rows: Vec<[String; 7]> = self
@@ -319,11 +330,16 @@ mod tests {
                 announce: Some(report),
             }],
             health: serde_json::Value::Null,
+            source_error: Some("rules.toml: line 4: service[0].port: must be 1-65535".into()),
         };
         let text = status.render();
         assert!(text.contains("ANNOUNCED"), "{text}");
         assert!(text.contains("203.0.113.20 (no healthy backend)"), "{text}");
         assert!(text.contains("peer1:Established"), "{text}");
+        assert!(
+            text.contains("input rejected, last good table kept: rules.toml: line 4"),
+            "{text}"
+        );
         let back: ClusterStatus =
             serde_json::from_str(&serde_json::to_string(&status).unwrap()).unwrap();
         assert_eq!(back.members[0].announce, status.members[0].announce);

@@ -425,3 +425,42 @@ fn an_error_names_its_cause_once() {
     assert!(!out.status.success(), "{err}");
     assert_eq!(err.matches("not a regular file").count(), 1, "{err}");
 }
+
+/// A rejected rules file was visible only in the publisher's own `/v1/node`: `shoal status`
+/// on any other node showed a head that stood still, without a reason. The publisher now
+/// gossips its source's problem, and every node's `/v1/cluster` and `shoal status` show it
+/// until the input is good again.
+#[test]
+fn every_node_says_why_the_publisher_rejected_its_input() {
+    let c = Cluster::start(2, &rules(1), &[]);
+    c.wait_converged(LIMIT);
+    let view = get(c.nodes[0].admin, "/v1/cluster").unwrap();
+    let publisher = view["publisher"].as_str().unwrap().to_string();
+    let follower = c.nodes.iter().find(|n| n.id != publisher).unwrap().admin;
+    assert!(view.get("source_error").is_none(), "{view}");
+    write_rules(&c.rules, &rules(1).replace("port=80", "port=0"));
+    let err = c.wait_for(LIMIT, "the follower shows the publisher's problem", || {
+        get(follower, "/v1/cluster")?["source_error"]
+            .as_str()
+            .map(str::to_string)
+    });
+    assert!(err.contains("port"), "{err}");
+    let out = std::process::Command::new(common::bin())
+        .args(["status", "--node", &follower.to_string()])
+        .env_remove("SHOAL_ADMIN_TOKEN_FILE")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("input rejected, last good table kept"),
+        "{text}"
+    );
+
+    write_rules(&c.rules, &rules(2));
+    c.wait_for(LIMIT, "the problem clears everywhere", || {
+        get(follower, "/v1/cluster")?
+            .get("source_error")
+            .is_none()
+            .then_some(())
+    });
+}

@@ -16,6 +16,12 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+/// The application key under which the publisher gossips its source's current problem, so
+/// that every node's `/v1/cluster` and `shoal status` say why the head stands still.
+pub const ERROR_KEY: &str = "source_error";
+/// The most of a problem's message that is gossiped (a rules error names a line and a field).
+const SHARED_ERROR_CHARS: usize = 512;
+
 /// What the admin API shows about this node's source.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct SourceState {
@@ -53,6 +59,23 @@ impl SourceStatus {
         let mut s = self.lock();
         s.last_error = None;
         s.last_table_unix_ms = Some(crate::unix_ms());
+    }
+    /// Gossips the source's current problem (or its end) when it changed since `shared`, the
+    /// last one gossiped.
+    pub fn share_error(&self, mesh: &shoal_gossip::Mesh<RuleTable>, shared: &mut Option<String>) {
+        let now = self
+            .lock()
+            .last_error
+            .as_ref()
+            .map(|e| e.chars().take(SHARED_ERROR_CHARS).collect::<String>());
+        if now == *shared {
+            return;
+        }
+        match &now {
+            Some(e) => mesh.set_app_key(ERROR_KEY, e),
+            None => mesh.delete_app_key(ERROR_KEY),
+        }
+        *shared = now;
     }
     fn lock(&self) -> std::sync::MutexGuard<'_, SourceState> {
         // A poisoned lock only means a panic elsewhere mid-update of plain fields.
