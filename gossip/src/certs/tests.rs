@@ -179,3 +179,23 @@ proptest! {
         let _ = node_id_from_uri(&format!("{NODE_URI_PREFIX}{s}"));
     }
 }
+
+/// `ca.pem` of one cluster with `node.pem` of another loaded and served, and every peer
+/// refused it: the node only said that no seed answered. Now the TLS set-up refuses it.
+#[test]
+fn a_node_certificate_from_another_ca_is_refused_at_start() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    write_cluster_dir(a.path(), "c", &["n1".into()]).unwrap();
+    write_cluster_dir(b.path(), "c", &["n1".into()]).unwrap();
+    let good = TlsMaterial::load_dir(&a.path().join("n1")).unwrap();
+    assert!(crate::transport::tls::mutual(&good).is_ok());
+    let foreign = TlsMaterial {
+        ca_pem: good.ca_pem.clone(),
+        ..TlsMaterial::load_dir(&b.path().join("n1")).unwrap()
+    };
+    let err = crate::transport::tls::mutual(&foreign)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("node.pem against ca.pem"), "{err}");
+}

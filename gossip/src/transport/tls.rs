@@ -8,6 +8,7 @@ use crate::error::CertError;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use std::sync::Arc;
@@ -40,6 +41,17 @@ pub fn mutual(
         .build()
         .map_err(|e| CertError::Tls {
             what: "client verifier",
+            detail: e.to_string(),
+        })?;
+    // A node certificate from another CA loads and serves, but every peer refuses it: the node
+    // would wait for seeds that never answer, and only the peers' logs would say why.
+    let (leaf, intermediates) = chain
+        .split_first()
+        .ok_or(CertError::EmptyPem { what: "node.pem" })?;
+    verifier
+        .verify_client_cert(leaf, intermediates, UnixTime::now())
+        .map_err(|e| CertError::Tls {
+            what: "node.pem against ca.pem (the node certificate must be issued by the cluster CA)",
             detail: e.to_string(),
         })?;
     let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
