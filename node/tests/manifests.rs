@@ -227,6 +227,18 @@ fn common_checks(
     };
     assert_eq!(run.node_id.as_deref(), Some("shoal-0"));
     assert_eq!(run.source, Some(SourceKind::Kubernetes));
+    // The log level variable must be the one the binary reads (`RUST_LOG` did nothing).
+    let env: Vec<&str> = c.env.iter().flatten().map(|e| e.name.as_str()).collect();
+    assert!(env.contains(&"SHOAL_LOG"), "{}: {env:?}", s.name);
+    assert!(!env.contains(&"RUST_LOG"), "{}: {env:?}", s.name);
+    // Every replica starts at once: OrderedReady would hold the others back behind a shoal-0
+    // that cannot publish (it is ready only once a table is applied).
+    assert_eq!(
+        spec.pod_management_policy.as_deref(),
+        Some("Parallel"),
+        "{}",
+        s.name
+    );
     assert_eq!(run.dataplane, Some(DataplaneKind::Ipvs));
     assert!(!run.insecure, "pods must authenticate peers");
 
