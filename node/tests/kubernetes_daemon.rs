@@ -451,3 +451,35 @@ async fn a_refused_publisher_gives_up_and_the_next_node_takes_over() {
     // detector can judge b dead for a moment and c publishes briefly (the same false death the
     // test above works around); what matters is that b ends up publishing for everyone.
 }
+
+/// An API server out of reach was said only when the publisher gave up (after its 30 s
+/// bounds): `source.last_error` stayed null meanwhile, though every watch failed. Each watch
+/// error is now the source's problem at once: in `/v1/node` and, gossiped, in `/v1/cluster`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_server_out_of_reach_is_said_at_once() {
+    let slots = Slots::new();
+    let closed = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
+    let node = slots.start(0, closed);
+    let started = std::time::Instant::now();
+    wait_for("node a says why it has no table", slots.dir.path(), || {
+        let admin = node.admin;
+        async move {
+            let Ok(answer) = reqwest::get(format!("http://{admin}/v1/cluster")).await else {
+                return false;
+            };
+            let Ok(v) = answer.json::<Value>().await else {
+                return false;
+            };
+            v["source_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("watch"))
+        }
+    })
+    .await;
+    // Well before the give-up bound: the watch errors themselves are reported.
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "took {:?}",
+        started.elapsed()
+    );
+}

@@ -55,6 +55,10 @@ impl SourceStatus {
         }
         s.last_error = Some(message);
     }
+    /// The input is usable again (the API server answers), though no new table came of it.
+    pub fn clear_error(&self) {
+        self.lock().last_error = None;
+    }
     pub fn record_table(&self) {
         let mut s = self.lock();
         s.last_error = None;
@@ -106,7 +110,7 @@ async fn kubernetes_duty(
 ) -> SourceExit {
     let cfg = settings.to_source_config();
     status.set_running(true);
-    let exit = match kubernetes::run(cfg, out, cancel, metrics).await {
+    let exit = match kubernetes::run(cfg, out, cancel, metrics, status.clone()).await {
         Ok(()) => SourceExit::Stopped,
         Err(e) => {
             let message = format!("{e:#}");

@@ -106,12 +106,14 @@ pub enum SourceError {
     Other(#[from] anyhow::Error),
 }
 
-/// Builds a client from `cfg.kubeconfig` (or the environment) and runs until `cancel`.
+/// Builds a client from `cfg.kubeconfig` (or the environment) and runs until `cancel`,
+/// saying in `status` what the API server's answers were like.
 pub async fn run(
     cfg: KubernetesConfig,
     out: channel::Sender<Option<RuleTable>>,
     cancel: CancellationToken,
     metrics: KubernetesMetrics,
+    status: crate::source::SourceStatus,
 ) -> Result<(), SourceError> {
     // Fail on bad settings before touching the network.
     cfg.check().map_err(|e| anyhow::anyhow!(e))?;
@@ -130,7 +132,7 @@ pub async fn run(
             .context("no in-cluster config and no usable KUBECONFIG")?,
     };
     let client = kube::Client::try_from(config).context("building the Kubernetes client")?;
-    run_with_client(client, cfg, out, cancel, metrics).await
+    watch::run_loop(client, cfg, out, cancel, metrics, status).await
 }
 
 /// Same as [`run`] with a ready client (tests point it at a fake API server).
@@ -142,5 +144,6 @@ pub async fn run_with_client(
     metrics: KubernetesMetrics,
 ) -> Result<(), SourceError> {
     cfg.check().map_err(|e| anyhow::anyhow!(e))?;
-    watch::run_loop(client, cfg, out, cancel, metrics).await
+    let status = crate::source::SourceStatus::default();
+    watch::run_loop(client, cfg, out, cancel, metrics, status).await
 }

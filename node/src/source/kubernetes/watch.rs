@@ -16,6 +16,7 @@ use super::slice::Slice;
 use super::status::{pool_resource, StatusWriter};
 use super::translate::{self, ObjectId, Problem, Settings};
 use super::{KubernetesConfig, SourceError};
+use crate::source::SourceStatus;
 use crate::table::RuleTable;
 use futures::stream::BoxStream;
 use futures::StreamExt;
@@ -105,6 +106,7 @@ fn is_expired(e: &watcher::Error) -> bool {
 struct Watched<'a> {
     health: &'a mut ApiHealth,
     metrics: &'a KubernetesMetrics,
+    status: &'a SourceStatus,
     due: &'a mut Option<Instant>,
 }
 
@@ -125,6 +127,8 @@ impl Watched<'_> {
                         .inc();
                 } else {
                     self.health.on_ok();
+                    // The API server answers again: the last table stands for what it holds.
+                    self.status.clear_error();
                 }
                 if cache.apply(e) {
                     arm(self.due);
@@ -139,6 +143,12 @@ impl Watched<'_> {
                     tracing::info!(kind, "resourceVersion expired; relisting");
                 } else {
                     tracing::warn!(kind, error = %e, "watch error, retrying after a backoff");
+                    // Said at once in /v1/node and, gossiped, in every node's status: the
+                    // give-up that ends the source comes only after its bounds (30 s). Without
+                    // the kind, the three watches failing alike are one problem, not three
+                    // that take turns (each turn would count and gossip anew).
+                    self.status
+                        .record_error(format!("watching the API server: {e}"));
                     self.health
                         .on_error(Instant::now(), classify(&e), format!("{kind}: {e}"));
                 }
@@ -157,6 +167,7 @@ pub async fn run_loop(
     out: watch::Sender<Option<RuleTable>>,
     cancel: CancellationToken,
     metrics: KubernetesMetrics,
+    status: SourceStatus,
 ) -> Result<(), SourceError> {
     // A namespaced install cannot read cluster-scoped ShoalPools: its pool is in the config.
     let fixed_pools: Option<Vec<Pool>> = match &cfg.namespace {
@@ -210,6 +221,7 @@ pub async fn run_loop(
         let mut w = Watched {
             health: &mut health,
             metrics: &metrics,
+            status: &status,
             due: &mut due,
         };
         match step {
@@ -284,6 +296,7 @@ pub async fn run_loop(
                         "published rule table"
                     );
                 }
+                status.record_table();
                 jobs.send_replace(Some(std::sync::Arc::new(WriteJob {
                     services: svcs,
                     vips: t.vips,
