@@ -20,7 +20,12 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 mod files;
-pub use files::{issue_into, write_cluster_dir, write_cluster_dir_with};
+pub use files::{check_node_id, issue_into, write_cluster_dir, write_cluster_dir_with};
+
+/// The longest node id (a DNS name's length); see [`check_node_id`].
+pub const NODE_ID_MAX_LEN: usize = 253;
+/// What [`check_node_id`] accepts, in the words of its error.
+pub const NODE_ID_RULE: &str = "1-253 ASCII letters, digits, '-', '_' or '.', and not `.` or `..`";
 
 /// URI SAN prefix that names a node id in a node certificate.
 pub const NODE_URI_PREFIX: &str = "urn:shoal:node:";
@@ -391,7 +396,10 @@ pub fn issue_node_cert_with(
         subject: node_id.to_string(),
         source,
     };
-    if node_id.is_empty() || node_id.len() > 253 || node_id.contains(char::is_whitespace) {
+    if node_id.is_empty()
+        || node_id.len() > NODE_ID_MAX_LEN
+        || node_id.contains(char::is_whitespace)
+    {
         return Err(CertError::BadNodeId { id: node_id.into() });
     }
     let ia5 = |s: String| {

@@ -27,7 +27,10 @@ pub enum CertError {
     },
     #[error("TLS configuration ({what}): {detail}")]
     Tls { what: &'static str, detail: String },
-    #[error("node id {id:?} is not usable in a file name or certificate")]
+    #[error(
+        "node id {id:?} is not usable in a file name or certificate (a node id is {rule})",
+        rule = crate::certs::NODE_ID_RULE
+    )]
     BadNodeId { id: String },
     #[error("{path}: certificate valid only from unix time {not_before} s to {not_after} s (expired or not valid yet: issue a new one with `shoal certs issue`)")]
     Expired {

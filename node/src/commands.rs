@@ -236,6 +236,9 @@ pub fn sysctls(args: &SysctlsArgs) -> anyhow::Result<()> {
         .map(|(k, v)| (k.to_string(), v))
         .collect();
     if let Some(interface) = &args.interface {
+        // The name becomes a /proc/sys path: the same check as `shoal run --interface`.
+        crate::config::check_interface_name(interface)
+            .map_err(|why| anyhow::anyhow!("--interface: {why}"))?;
         wanted.extend(shoal_dataplane::sysctl::arp_owner_only(interface));
     }
     let pairs: Vec<(&str, &str)> = wanted

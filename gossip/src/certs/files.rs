@@ -46,8 +46,13 @@ fn write_mode(path: &Path, text: &str, mode: u32) -> Result<(), CertError> {
     std::fs::write(path, text).map_err(err)
 }
 
-fn check_node_dir_name(node: &str) -> Result<(), CertError> {
+/// Whether `node` can be a node id with a certificate: it names a folder (`OUT/<id>/`) and a URI
+/// SAN, and `--nodes` is split on commas, so only ASCII letters, digits, `-`, `_` and `.` (not
+/// `.` or `..`), at most 253 of them (a DNS name's length). `shoal run` checks its `--node-id`
+/// with this too, so a node never runs under an id that can get no certificate.
+pub fn check_node_id(node: &str) -> Result<(), CertError> {
     let safe = !node.is_empty()
+        && node.len() <= super::NODE_ID_MAX_LEN
         && node != "."
         && node != ".."
         && node
@@ -80,7 +85,7 @@ pub fn write_cluster_dir_with(
 ) -> Result<(), CertError> {
     validity.check()?;
     for node in node_ids {
-        check_node_dir_name(node)?;
+        check_node_id(node)?;
     }
     if out.join("ca.key").exists() {
         return Err(CertError::Exists {
@@ -104,7 +109,7 @@ pub fn issue_into(
     also_trust: &[PathBuf],
 ) -> Result<(), CertError> {
     for node in node_ids {
-        check_node_dir_name(node)?;
+        check_node_id(node)?;
     }
     let ca = ClusterCa::load_dir(ca_dir)?;
     let mut extra = Vec::new();

@@ -165,14 +165,149 @@ fn name(
 }
 
 fn interface_name(field: &'static str, value: String) -> Result<String, ConfigError> {
-    let value = name(field, value, INTERFACE_NAME_LEN)?;
-    if value.contains('/') || value == "." || value == ".." {
-        return Err(invalid(
-            field,
-            format!("{value:?} is not an interface name"),
+    check_interface_name(&value).map_err(|why| invalid(field, why))?;
+    Ok(value)
+}
+
+/// A Linux interface name as the kernel's `dev_valid_name` accepts it: 1-15 bytes, not `.` or
+/// `..`, no `/`, `:` or whitespace (`eth0:1` is an old alias label, not an interface: the
+/// kernel refuses it, and Shoal would fail only when it first adds a VIP). Bytes, not
+/// characters, as the kernel counts and tests them (its `isspace` includes 0xa0). NUL is
+/// refused too: it would end the name early in the kernel's C string.
+pub fn check_interface_name(value: &str) -> Result<(), String> {
+    let kernel_space = |b: u8| matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | 0xa0);
+    if !INTERFACE_NAME_LEN.contains(&value.len()) {
+        return Err(format!(
+            "{value:?} must be {}-{} bytes (a Linux interface name)",
+            INTERFACE_NAME_LEN.start(),
+            INTERFACE_NAME_LEN.end()
         ));
     }
-    Ok(value)
+    if value == "." || value == ".." {
+        return Err(format!("{value:?} is not an interface name"));
+    }
+    if value
+        .bytes()
+        .any(|b| b == b'/' || b == b':' || b == 0 || kernel_space(b))
+    {
+        return Err(format!(
+            "{value:?} is not an interface name: Linux refuses '/', ':', spaces and NUL in one \
+             (an alias label such as eth0:1 is not an interface: give eth0)"
+        ));
+    }
+    Ok(())
+}
+
+/// One seed: `IPv4:port`, `[IPv6]:port` or `hostname:port` (an RFC 1123 DNS name), port
+/// 1-65535. Anything else passed the old check (a port after the last `:`) and then failed
+/// DNS at every attempt, and a node whose seeds never answer may found a cluster of its own
+/// and publish beside the real one. A hostname that does not resolve yet is fine: the pods of a
+/// StatefulSet get their names later.
+pub fn check_seed(seed: &str) -> Result<(), String> {
+    let (host, port) = if let Some(rest) = seed.strip_prefix('[') {
+        let Some((ip, port)) = rest.split_once("]:") else {
+            return Err(format!("{seed:?} is not [IPv6]:port"));
+        };
+        if ip.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(format!("{seed:?}: {ip:?} is not an IPv6 address"));
+        }
+        (None, port)
+    } else {
+        let Some((host, port)) = seed.rsplit_once(':') else {
+            return Err(format!(
+                "{seed:?} is not host:port (IPv4:port, [IPv6]:port or hostname:port)"
+            ));
+        };
+        let ipv6_like = |h: &str| {
+            h.bytes()
+                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        };
+        if host.contains(':') && ipv6_like(host) {
+            // IPv6 without brackets: `2001:db8::1:7946` reads as an address and a port or as
+            // one address; refuse rather than guess.
+            return Err(match host.parse::<std::net::Ipv6Addr>() {
+                Ok(ip) => format!(
+                    "{seed:?} is ambiguous (an IPv6 address with or without a port?): write \
+                     [{ip}]:{port}"
+                ),
+                Err(_) => format!("{seed:?}: an IPv6 seed is written [address]:port"),
+            });
+        }
+        (Some(host), port)
+    };
+    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{seed:?}: port {port:?} is not a number"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => {}
+        _ => return Err(format!("{seed:?}: port {port} is outside 1-65535")),
+    }
+    match host {
+        None => Ok(()),
+        Some(h) if h.parse::<std::net::Ipv4Addr>().is_ok() => Ok(()),
+        Some(h) => check_hostname(h).map_err(|why| format!("{seed:?}: {why}")),
+    }
+}
+
+/// An RFC 1123 host name: labels of 1-63 letters, digits and hyphens, not starting or ending
+/// with a hyphen, joined by dots, at most 253 in all. A last label of digits only would be a
+/// mistyped IPv4 address (`10.0.0.256`), not a name.
+fn check_hostname(host: &str) -> Result<(), String> {
+    if host.is_empty() {
+        return Err("no host before the port".into());
+    }
+    if host.len() > 253 {
+        return Err(format!(
+            "the host name is {} characters, over 253",
+            host.len()
+        ));
+    }
+    for label in host.split('.') {
+        let ok = (1..=63).contains(&label.len())
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-');
+        if !ok {
+            return Err(format!(
+                "{host:?} is not an IPv4 address or a host name (labels of 1-63 letters, \
+                 digits and '-', not starting or ending with '-', joined by dots)"
+            ));
+        }
+    }
+    if host
+        .rsplit('.')
+        .next()
+        .is_some_and(|last| last.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(format!("{host:?} is not an IPv4 address"));
+    }
+    Ok(())
+}
+
+/// A listening address: port 0 would bind a random port that nobody is told (the admin port
+/// is never logged, and peers are told `--listen` as this node's address).
+fn fixed_port(field: &'static str, addr: SocketAddr) -> Result<SocketAddr, ConfigError> {
+    if addr.port() == 0 {
+        return Err(invalid(
+            field,
+            format!("{addr}: port 0 would be a random port nobody is told; give a port"),
+        ));
+    }
+    Ok(addr)
+}
+
+/// A path setting: an empty one would silently mean the current directory (`state_dir = ""`
+/// wrote the epoch file wherever shoal was started).
+fn path(field: &'static str, value: Option<PathBuf>) -> Result<Option<PathBuf>, ConfigError> {
+    match value {
+        Some(p) if p.as_os_str().is_empty() => Err(invalid(
+            field,
+            "is empty (that would be the current directory): give a path or leave it out",
+        )),
+        other => Ok(other),
+    }
 }
 
 impl NodeConfig {
@@ -195,10 +330,22 @@ impl NodeConfig {
                 .and_then(|h| h.into_string().ok())
                 .ok_or(ConfigError::Missing("node_id"))?,
         };
-        let node_id = name("node_id", node_id, NAME_LEN)?;
+        // Exactly the ids `shoal certs init` issues certificates for (its check, reused): any
+        // other id could never get a certificate naming it.
+        shoal_gossip::certs::check_node_id(&node_id).map_err(|e| {
+            invalid(
+                "node_id",
+                format!("{e}: `shoal certs init` cannot issue a certificate for it"),
+            )
+        })?;
         let announce = announce_settings(&s, &node_id)?;
-        let listen = s.listen.ok_or(ConfigError::Missing("listen"))?;
-        let admin = s.admin.ok_or(ConfigError::Missing("admin"))?;
+        let listen = fixed_port("listen", s.listen.ok_or(ConfigError::Missing("listen"))?)?;
+        let admin = fixed_port("admin", s.admin.ok_or(ConfigError::Missing("admin"))?)?;
+        let tls_dir = path("tls_dir", s.tls_dir.clone())?;
+        let state_dir = path("state_dir", s.state_dir.clone())?;
+        let rules = path("rules", s.rules.clone())?;
+        let kubeconfig = path("kubeconfig", s.kubeconfig.clone())?;
+        let admin_token_file = path("admin_token_file", s.admin_token_file.clone())?;
         let seeds = s.seeds.unwrap_or_default();
         if seeds.len() > MAX_SEEDS {
             return Err(invalid(
@@ -207,13 +354,7 @@ impl NodeConfig {
             ));
         }
         for seed in &seeds {
-            if seed
-                .rsplit_once(':')
-                .and_then(|(_, p)| p.parse::<u16>().ok())
-                .is_none()
-            {
-                return Err(invalid("seeds", format!("{seed:?} is not host:port")));
-            }
+            check_seed(seed).map_err(|why| invalid("seeds", why))?;
         }
         let cluster = name(
             "cluster",
@@ -221,13 +362,31 @@ impl NodeConfig {
                 .unwrap_or_else(|| shoal_gossip::DEFAULT_CLUSTER_ID.to_string()),
             NAME_LEN,
         )?;
-        if s.tls_dir.is_none() && !s.insecure {
+        if tls_dir.is_none() && !s.insecure {
             return Err(ConfigError::NoTls);
         }
         let source = match s.source.unwrap_or(SourceKind::Static) {
-            SourceKind::Static => Source::Static {
-                rules: s.rules.ok_or(ConfigError::Missing("rules"))?,
-            },
+            SourceKind::Static => {
+                // Refused rather than ignored: an operator who set them expects a Kubernetes
+                // install (a forgotten `--source kubernetes`), and this node would instead
+                // serve the rules file.
+                let kubernetes_only = [
+                    ("lb_class", s.lb_class.is_some()),
+                    ("vip_pools", s.vip_pools.is_some()),
+                    ("namespace", s.namespace.is_some()),
+                    ("kubeconfig", s.kubeconfig.is_some()),
+                ];
+                if let Some(&(field, _)) = kubernetes_only.iter().find(|(_, set)| *set) {
+                    return Err(invalid(
+                        field,
+                        "only the kubernetes source reads it, and the source is static: \
+                         give --source kubernetes or leave it out",
+                    ));
+                }
+                Source::Static {
+                    rules: rules.ok_or(ConfigError::Missing("rules"))?,
+                }
+            }
             SourceKind::Kubernetes => Source::Kubernetes(KubernetesSettings {
                 lb_class: name(
                     "lb_class",
@@ -238,19 +397,14 @@ impl NodeConfig {
                 )?,
                 vip_pools: s.vip_pools.unwrap_or_default(),
                 namespace: s.namespace,
-                kubeconfig: s.kubeconfig,
+                kubeconfig,
             }),
         };
         if let Source::Kubernetes(k) = &source {
-            // The source's own check parses the pools; its message starts with the setting.
-            k.to_source_config().check().map_err(|message| {
-                let field = message
-                    .split_once(':')
-                    .and_then(|(key, _)| RunSettings::NAMES.iter().find(|n| **n == key))
-                    .copied()
-                    .unwrap_or("vip_pools");
-                invalid(field, message)
-            })?;
+            // The source's own check parses the pools and names the setting.
+            k.to_source_config()
+                .check()
+                .map_err(|p| invalid(p.setting, p.message))?;
         }
         let default_drain_s = match &source {
             Source::Kubernetes(_) => DEFAULT_DRAIN_S_KUBERNETES,
@@ -274,7 +428,7 @@ impl NodeConfig {
             s.vip_interface
                 .unwrap_or_else(|| shoal_dataplane::IpvsOptions::default().interface),
         )?;
-        let admin_token = match &s.admin_token_file {
+        let admin_token = match &admin_token_file {
             Some(path) => Some(read_token(path)?),
             None => None,
         };
@@ -285,8 +439,8 @@ impl NodeConfig {
             admin,
             seeds,
             cluster,
-            tls_dir: if s.insecure { None } else { s.tls_dir },
-            state_dir: s.state_dir,
+            tls_dir: if s.insecure { None } else { tls_dir },
+            state_dir,
             cluster_identity_only: s.cluster_identity_only,
             single_node: s.single_node,
             source,
@@ -327,7 +481,7 @@ fn announce_settings(s: &RunSettings, node_id: &str) -> Result<AnnounceSettings,
         (None, Some(Mode::Bgp)) => {
             return Err(invalid(
                 "bgp",
-                "`--announce bgp` needs a [bgp] table in the --config file",
+                "missing: `--announce bgp` needs it (local_asn and the peers)",
             ))
         }
         (None, _) => None,

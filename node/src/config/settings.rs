@@ -12,7 +12,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 /// How one layer's value combines with a lower layer's: an `Option` given in the upper layer
-/// wins; a switch (`--insecure`) is on if either layer turns it on.
+/// wins; a switch (`--insecure`) is on if either layer turns it on. So a flag cannot turn off
+/// a switch the file set to true (a flag switch has no "off" form): the configmap comment and
+/// docs/kubernetes.md say so.
 trait Layer {
     fn over(self, lower: Self) -> Self;
 }
@@ -65,17 +67,19 @@ layered_settings! {
         #[arg(long)]
         #[serde(skip)]
         pub config: Option<PathBuf>,
-        /// This node's id in the mesh (default: the hostname). Ids order numerically-aware
+        /// This node's id in the mesh (default: the hostname): ASCII letters, digits, `-`, `_`,
+        /// `.`, as `shoal certs init` accepts. Ids order numerically-aware
         /// (`shoal-2` before `shoal-10`); when the publisher is gone, the lowest live id takes over.
         #[arg(long)]
         pub node_id: Option<String>,
-        /// QUIC peer endpoint, host:port; also the address peers reach this node at.
+        /// QUIC peer endpoint, host:port (not port 0); also the address peers reach this node at.
         #[arg(long)]
         pub listen: Option<SocketAddr>,
-        /// Admin HTTP API, host:port.
+        /// Admin HTTP API, host:port (not port 0).
         #[arg(long)]
         pub admin: Option<SocketAddr>,
-        /// Comma-separated host:port of peers to join through; DNS names are re-resolved.
+        /// Comma-separated peers to join through: IPv4:port, [IPv6]:port or hostname:port (port
+        /// 1-65535); DNS names are re-resolved.
         #[arg(long, value_delimiter = ',')]
         pub seeds: Option<Vec<String>>,
         /// Cluster id; nodes of other clusters are ignored (default: shoal).
@@ -180,8 +184,16 @@ layered_settings! {
 }
 
 impl RunSettings {
-    /// The flag that sets `name` (`resync_interval_s` -> `--resync-interval-s`).
+    /// Settings with no flag, only a table in the `--config` file.
+    pub const FILE_ONLY: &'static [&'static str] = &["bgp"];
+
+    /// How to give `name`, for errors: its flag (`resync_interval_s` -> `--resync-interval-s`),
+    /// or for a file-only setting the table of the config file (there is no `--bgp`).
     pub fn flag_of(name: &str) -> String {
-        format!("--{}", name.replace('_', "-"))
+        if Self::FILE_ONLY.contains(&name) {
+            format!("the [{name}] table of the --config file")
+        } else {
+            format!("--{}", name.replace('_', "-"))
+        }
     }
 }

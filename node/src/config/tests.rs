@@ -281,12 +281,33 @@ fn every_bound_is_checked_at_start_up_naming_the_setting() {
         ("freeze_withdraw_ms", "100", "outside 200-60000"),
         ("shutdown_drain_s", "3601", "outside 0-3600"),
         ("node_id", "\"\"", "1-253"),
-        ("node_id", "\"a b\"", "without spaces"),
+        ("node_id", "\"a b\"", "not usable"),
+        ("node_id", "\"nöde-ü\"", "not usable"),
+        ("node_id", "\"a,b\"", "letters, digits"),
         ("cluster", "\"x y\"", "without spaces"),
         ("vip_interface", "\"a-very-long-interface\"", "1-15"),
         ("vip_interface", "\"a/b\"", "not an interface name"),
-        ("interface", "\"eth 0\"", "without spaces"),
+        ("interface", "\"eth 0\"", "not an interface name"),
+        ("interface", "\"eth0:1\"", "give eth0"),
+        ("vip_interface", "\"eth0:1\"", "not an interface name"),
+        ("vip_interface", "\"..\"", "not an interface name"),
         ("seeds", "[\"no-port\"]", "no-port"),
+        ("seeds", "[\"fd00::1\"]", "[address]:port"),
+        ("seeds", "[\"a b:1\"]", "not an IPv4 address or a host name"),
+        (
+            "seeds",
+            "[\"http://x:1\"]",
+            "not an IPv4 address or a host name",
+        ),
+        ("seeds", "[\":18002\"]", "no host"),
+        ("seeds", "[\"127.0.0.1:0\"]", "outside 1-65535"),
+        (
+            "seeds",
+            "[\"2001:db8::1:7946\"]",
+            "write [2001:db8::1]:7946",
+        ),
+        ("state_dir", "\"\"", "is empty"),
+        ("tls_dir", "\"\"", "is empty"),
         ("lb_class", "\"\"", "1-253"),
     ];
     for (key, value, needle) in cases {
@@ -437,4 +458,210 @@ fn config_files_that_are_not_small_regular_files_are_refused_naming_the_path() {
         err.contains(&big.display().to_string()) && err.contains("limit"),
         "{err}"
     );
+}
+
+/// Seeds that passed the old check (a port after the last `:`) and then failed DNS forever:
+/// such a node may found a cluster of its own. Exactly IPv4:port, [IPv6]:port, hostname:port.
+#[test]
+fn seeds_are_ipv4_bracketed_ipv6_or_dns_names_with_a_port() {
+    for good in [
+        "198.18.0.2:7946",
+        "[2001:db8::1]:7946",
+        "[::1]:1",
+        "shoal-peers:7946",
+        "shoal-0.shoal-peers.shoal.svc.cluster.local:7946",
+        "Node-1.Example:65535",
+        "localhost:18002",
+        "a:1",
+    ] {
+        assert_eq!(check_seed(good), Ok(()), "{good}");
+    }
+    let long_label = format!("{}:1", "a".repeat(64));
+    let long_name = format!("{}:1", vec!["a".repeat(50); 6].join("."));
+    for bad in [
+        "fd00::1",
+        "a b:1",
+        "http://x:1",
+        ":18002",
+        "127.0.0.1:0",
+        "2001:db8::1:7946",
+        "[2001:db8::1]",
+        "[2001:db8::1]:",
+        "[nope]:1",
+        "x:+1",
+        "x:65536",
+        "-x:1",
+        "x-:1",
+        "a..b:1",
+        "a.b.:1",
+        "x_y:1",
+        "10.0.0.256:1",
+        "host",
+        long_label.as_str(),
+        long_name.as_str(),
+    ] {
+        assert!(check_seed(bad).is_err(), "{bad} accepted");
+    }
+    let err = check_seed("2001:db8::1:7946").unwrap_err();
+    assert!(err.contains("[2001:db8::1]:7946"), "{err}");
+}
+
+/// Port 0 binds a random port: the admin one is never logged, and peers are told `:0`.
+#[test]
+fn listen_and_admin_refuse_port_0_naming_the_flag() {
+    for (field, flag) in [("listen", "--listen"), ("admin", "--admin")] {
+        let mut a = args();
+        match field {
+            "listen" => a.listen = Some("127.0.0.1:0".parse().unwrap()),
+            _ => a.admin = Some("127.0.0.1:0".parse().unwrap()),
+        }
+        let err = NodeConfig::resolve(&a).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("`{field}` ({flag})")) && err.contains("port 0"),
+            "{err}"
+        );
+        // The same from the file.
+        let mut base = args();
+        base.listen = None;
+        base.admin = None;
+        let other = if field == "listen" { "admin" } else { "listen" };
+        let (f, _file) = with_file(
+            base,
+            &format!("{field} = \"[::1]:0\"\n{other} = \"[::1]:7\""),
+        );
+        let err = NodeConfig::resolve(&f).unwrap_err().to_string();
+        assert!(err.contains(&format!("`{field}` ({flag})")), "{err}");
+    }
+}
+
+/// `state_dir = ""` wrote the epoch file into the current directory.
+#[test]
+fn empty_paths_are_refused() {
+    for key in ["state_dir", "tls_dir", "rules", "admin_token_file"] {
+        let (a, _f) = with_file(args(), &format!("{key} = \"\""));
+        let mut a = a;
+        if key == "rules" {
+            a.rules = None;
+        }
+        let err = NodeConfig::resolve(&a).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("`{key}`")) && err.contains("is empty"),
+            "{key}: {err}"
+        );
+    }
+    let mut a = args();
+    a.state_dir = Some("/var/lib/shoal".into());
+    assert!(NodeConfig::resolve(&a).is_ok());
+}
+
+/// As the kernel's dev_valid_name: 1-15 bytes, no '/', ':', whitespace, not `.` or `..`.
+#[test]
+fn interface_names_are_checked_as_the_kernel_does() {
+    for good in [
+        "eth0",
+        "lb0",
+        "shoal0",
+        "enp0s31f6",
+        "br-1.100",
+        "a",
+        "x".repeat(15).as_str(),
+    ] {
+        assert_eq!(check_interface_name(good), Ok(()), "{good}");
+    }
+    for bad in [
+        "", ".", "..", "eth0:1", "a/b", "eth 0", "eth\t0", "x\u{0}y",
+        "à", // 0xc3 0xa0: 0xa0 is space to the kernel
+    ] {
+        assert!(check_interface_name(bad).is_err(), "{bad:?} accepted");
+    }
+    assert!(check_interface_name(&"x".repeat(16)).is_err());
+    // Both interface settings use it.
+    let mut a = args();
+    a.interface = Some("eth0:1".into());
+    let err = NodeConfig::resolve(&a).unwrap_err().to_string();
+    assert!(err.contains("`interface` (--interface)"), "{err}");
+    let mut a = args();
+    a.vip_interface = Some("eth0:1".into());
+    let err = NodeConfig::resolve(&a).unwrap_err().to_string();
+    assert!(err.contains("`vip_interface` (--vip-interface)"), "{err}");
+}
+
+/// `run` accepts exactly the node ids `shoal certs init` issues certificates for.
+#[test]
+fn node_ids_are_those_certs_init_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    for id in ["nöde-ü", "a,b", "a/b", "..", "a b", ""] {
+        let mut a = args();
+        a.node_id = Some(id.into());
+        let err = NodeConfig::resolve(&a).unwrap_err().to_string();
+        assert!(
+            err.contains("`node_id` (--node-id)") && err.contains("shoal certs init"),
+            "{id:?}: {err}"
+        );
+        assert!(
+            shoal_gossip::certs::write_cluster_dir(&dir.path().join("x"), "c", &[id.into()])
+                .is_err(),
+            "{id:?}"
+        );
+    }
+    for id in ["shoal-0", "n_1", "lb-1.example", "N7"] {
+        let mut a = args();
+        a.node_id = Some(id.into());
+        assert!(NodeConfig::resolve(&a).is_ok(), "{id}");
+    }
+}
+
+/// There is no `--bgp`: the error says where the table goes. A pool error is one message.
+#[test]
+fn file_only_and_pool_errors_read_cleanly() {
+    let mut a = args();
+    a.announce = Some(AnnounceKind::Bgp);
+    let err = NodeConfig::resolve(&a).unwrap_err().to_string();
+    assert!(
+        !err.contains("--bgp") && err.contains("[bgp] table of the --config file"),
+        "{err}"
+    );
+    let mut a = args();
+    a.source = Some(SourceKind::Kubernetes);
+    a.namespace = Some("app".into());
+    a.vip_pools = Some(vec!["".into()]);
+    let err = NodeConfig::resolve(&a).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "setting `vip_pools` (--vip-pools): \"\" is not a CIDR (expected e.g. 203.0.113.0/24)"
+    );
+    a.vip_pools = Some(vec!["203.0.113.0/28".into(), "203.0.113.8/29".into()]);
+    let err = NodeConfig::resolve(&a).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "setting `vip_pools` (--vip-pools): 203.0.113.8/29 overlaps 203.0.113.0/28"
+    );
+}
+
+/// Kubernetes settings with the static source did nothing, silently: refused, named.
+#[test]
+fn kubernetes_settings_with_the_static_source_are_refused() {
+    for (key, value) in [
+        ("namespace", "\"app\""),
+        ("vip_pools", "[\"203.0.113.0/28\"]"),
+        ("kubeconfig", "\"/root/.kube/config\""),
+        ("lb_class", "\"x.example/lb\""),
+    ] {
+        let (a, _f) = with_file(args(), &format!("{key} = {value}"));
+        let err = NodeConfig::resolve(&a).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("`{key}` ({})", RunSettings::flag_of(key)))
+                && err.contains("static"),
+            "{key}: {err}"
+        );
+        let mut k = a.clone();
+        k.source = Some(SourceKind::Kubernetes);
+        if key == "namespace" {
+            k.vip_pools = Some(vec!["203.0.113.0/28".into()]);
+        }
+        if key == "vip_pools" {
+            k.namespace = Some("app".into());
+        }
+        assert!(NodeConfig::resolve(&k).is_ok(), "{key} with kubernetes");
+    }
 }

@@ -60,10 +60,12 @@ impl Default for KubernetesConfig {
 impl KubernetesConfig {
     /// Checks the settings before anything runs (called when the config loads); the error
     /// names the setting.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), SettingProblem> {
+        let problem = |setting, message: String| Err(SettingProblem { setting, message });
         match &self.namespace {
-            None if !self.vip_pools.is_empty() => Err(
-                "vip_pools: a cluster-wide install reads its pools from ShoalPool objects \
+            None if !self.vip_pools.is_empty() => problem(
+                "vip_pools",
+                "a cluster-wide install reads its pools from ShoalPool objects \
                  (kubectl apply a ShoalPool, see docs/kubernetes.md); vip_pools is only for \
                  an install limited to one namespace (namespace / --namespace)"
                     .into(),
@@ -78,22 +80,38 @@ impl KubernetesConfig {
                     && !ns.starts_with('-')
                     && !ns.ends_with('-');
                 if !label_ok {
-                    return Err(format!(
-                        "namespace: {ns:?} is not a namespace name (lower-case letters, digits, '-', at most 63)"
-                    ));
+                    return problem(
+                        "namespace",
+                        format!("{ns:?} is not a namespace name (lower-case letters, digits, '-', at most 63)"),
+                    );
                 }
                 if self.vip_pools.is_empty() {
-                    return Err(format!(
-                        "vip_pools: an install limited to namespace {ns} cannot read ShoalPool \
-                         objects (its Role is namespaced): give the CIDRs of its VIPs"
-                    ));
+                    return problem(
+                        "vip_pools",
+                        format!(
+                            "an install limited to namespace {ns} cannot read ShoalPool \
+                             objects (its Role is namespaced): give the CIDRs of its VIPs"
+                        ),
+                    );
                 }
-                pools::from_cidrs(&self.vip_pools, ns)
-                    .map(|_| ())
-                    .map_err(|e| format!("vip_pools: {e}"))
+                // The setting's pool has no name of its own and a bad one stops the start:
+                // the problem's detail alone, not the ShoalPool wording ("pool ignored").
+                match pools::from_cidrs(&self.vip_pools, ns) {
+                    Ok(_) => Ok(()),
+                    Err(p) => problem("vip_pools", p.detail()),
+                }
             }
         }
     }
+}
+
+/// A Kubernetes source setting that cannot work: which one and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{setting}: {message}")]
+pub struct SettingProblem {
+    /// The setting's name (config key; the flag is the same with `-` for `_`).
+    pub setting: &'static str,
+    pub message: String,
 }
 
 /// Why the source stopped.

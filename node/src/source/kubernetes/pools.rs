@@ -102,13 +102,11 @@ impl Pool {
 /// A pool left out, with the reason (written to its status and as an Event).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PoolProblem {
-    #[error(
-        "ShoalPool {pool}: {value:?} is not a CIDR (expected e.g. 203.0.113.0/24); pool ignored"
-    )]
+    #[error("ShoalPool {pool}: {}; pool ignored", self.detail())]
     NotCidr { pool: String, value: String },
-    #[error("ShoalPool {pool}: no addresses; pool ignored")]
+    #[error("ShoalPool {pool}: {}; pool ignored", self.detail())]
     Empty { pool: String },
-    #[error("ShoalPool {pool}: {net} overlaps {other_net} of ShoalPool {other}; pool ignored")]
+    #[error("ShoalPool {pool}: {} of ShoalPool {other}; pool ignored", self.detail())]
     Overlap {
         pool: String,
         net: IpNet,
@@ -118,6 +116,18 @@ pub enum PoolProblem {
 }
 
 impl PoolProblem {
+    /// What is wrong, without the pool's name or the consequence: the `vip_pools` setting says
+    /// this under its own name, and there the start aborts rather than ignoring the pool.
+    pub fn detail(&self) -> String {
+        match self {
+            PoolProblem::NotCidr { value, .. } => {
+                format!("{value:?} is not a CIDR (expected e.g. 203.0.113.0/24)")
+            }
+            PoolProblem::Empty { .. } => "no addresses".into(),
+            PoolProblem::Overlap { net, other_net, .. } => format!("{net} overlaps {other_net}"),
+        }
+    }
+
     pub fn pool(&self) -> &str {
         match self {
             PoolProblem::NotCidr { pool, .. }
