@@ -179,15 +179,21 @@ async fn require_token(State(s): State<AdminState>, request: Request, next: Next
         .into_response()
 }
 
-/// Binds now (so a taken port fails start-up) and serves on a thread of its own until `cancel`.
-pub fn spawn(
-    addr: SocketAddr,
-    state: AdminState,
-    cancel: CancellationToken,
-) -> anyhow::Result<std::thread::JoinHandle<()>> {
+/// Binds the admin address, before the node joins the mesh: a taken port must fail the start
+/// before peers have seen the node (it used to join, then vanish).
+pub fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
     let listener = std::net::TcpListener::bind(addr)
         .map_err(|e| anyhow::anyhow!("cannot bind the admin API on {addr}: {e}"))?;
     listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// Serves on `listener` (from [`bind`]) on a thread of its own until `cancel`.
+pub fn spawn(
+    listener: std::net::TcpListener,
+    state: AdminState,
+    cancel: CancellationToken,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
     let handle = std::thread::Builder::new()
         .name("shoal-admin".into())
         .spawn(move || {

@@ -47,6 +47,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     };
 
     crate::announce::preflight(&config.announce)?;
+    let admin_listener = admin::bind(config.admin)?;
     let dataplane = open_dataplane(&config).await?;
     let firewall: Box<dyn shoal_dataplane::filter::Firewall> = match config.source_filter {
         SourceFilterKind::Nftables => Box::new(shoal_dataplane::filter::nft::NftFirewall::new()),
@@ -144,7 +145,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
 
     let admin_cancel = CancellationToken::new();
     let admin_thread = admin::spawn(
-        config.admin,
+        admin_listener,
         AdminState {
             mesh: mesh.clone(),
             programmer: programmer.clone(),

@@ -464,3 +464,28 @@ fn every_node_says_why_the_publisher_rejected_its_input() {
             .then_some(())
     });
 }
+
+/// A taken admin port failed the start only after the node had joined the mesh (its peers
+/// saw it come and go); the port is now bound before the mesh starts.
+#[test]
+fn a_taken_admin_port_fails_the_start_before_the_mesh() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules_path = dir.path().join("rules.toml");
+    write_rules(&rules_path, &rules(1));
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let admin = taken.local_addr().unwrap();
+    let listen = format!("127.0.0.1:{}", common::free_udp_port());
+    let out = std::process::Command::new(common::bin())
+        .args(["run", "--insecure", "--single-node", "--node-id", "n1"])
+        .args(["--dataplane", "memory", "--source", "static", "--rules"])
+        .arg(&rules_path)
+        .args(["--listen", &listen, "--admin", &admin.to_string()])
+        .env("SHOAL_LOG", "info")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("cannot bind the admin API"), "{err}");
+    assert!(!err.contains("joined the mesh"), "{err}");
+    drop(taken);
+}
