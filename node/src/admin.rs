@@ -461,13 +461,30 @@ async fn node(State(s): State<AdminState>) -> Json<NodeResponse> {
 async fn readyz(State(s): State<AdminState>) -> Response {
     let head = s.mesh.current().map(|h| VersionRef::from(&h.version));
     let applied = s.reconcile.get().applied;
-    match readiness(&s.mesh.role_reason(), head.as_ref(), applied.as_ref()) {
+    let ready = readiness(&s.mesh.role_reason(), head.as_ref(), applied.as_ref())
+        .and_then(|why| announce_ready(s.announce.get().as_ref()).map(|()| why));
+    match ready {
         Ok(why) => (StatusCode::OK, format!("ready: {why}\n")).into_response(),
         Err(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: {why}\n"),
         )
             .into_response(),
+    }
+}
+
+/// What this node's own announce report adds to `/readyz`: a BGP node whose BIRD does not
+/// answer its control socket (past the grace of `announce::decide::bird_answering`) cannot be
+/// announcing anything, so it is not ready. Other announce reasons (stalled, draining) are
+/// transient or already covered by the mesh's readiness.
+fn announce_ready(report: Option<&crate::announce::Report>) -> Result<(), String> {
+    use crate::announce::decide::Readiness;
+    match report {
+        Some(r) if r.readiness == Readiness::BirdNotAnswering => Err(format!(
+            "BIRD is not answering its control socket ({})",
+            r.bird.as_deref().unwrap_or("no answer")
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -576,6 +593,30 @@ mod tests {
             readiness(&follows, Some(&v(3)), None),
             Err("head is 1.3@n1, applied nothing".into())
         );
+    }
+
+    #[test]
+    fn a_bgp_node_whose_bird_does_not_answer_is_not_ready() {
+        let report = |readiness: &str, bird: Option<&str>| -> crate::announce::Report {
+            serde_json::from_value(serde_json::json!({
+                "mode": "bgp",
+                "readiness": readiness,
+                "announced": [],
+                "bird": bird,
+            }))
+            .unwrap()
+        };
+        assert_eq!(announce_ready(None), Ok(()));
+        assert_eq!(announce_ready(Some(&report("ready", None))), Ok(()));
+        // One failed poll is within the grace: the report says so, readiness stays.
+        let slow = report("ready", Some("not answering since 1 s: timed out"));
+        assert_eq!(announce_ready(Some(&slow)), Ok(()));
+        let down = report(
+            "bird-not-answering",
+            Some("not answering since 7 s: Connection refused"),
+        );
+        let why = announce_ready(Some(&down)).unwrap_err();
+        assert!(why.contains("BIRD") && why.contains("since 7 s"), "{why}");
     }
 
     #[test]

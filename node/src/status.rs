@@ -257,7 +257,13 @@ impl ClusterStatus {
                     mode,
                     list(&mut a.announced.iter().map(|ip| ip.to_string())),
                     list(&mut a.withheld.iter().map(|(ip, why)| format!("{ip} ({why})"))),
-                    list(&mut a.bgp.iter().map(|s| format!("{}:{}", s.name, s.bgp_state))),
+                    match &a.bird {
+                        // BIRD does not answer: the sessions it reported are not known.
+                        Some(why) => format!("BIRD {why}"),
+                        None => {
+                            list(&mut a.bgp.iter().map(|s| format!("{}:{}", s.name, s.bgp_state)))
+                        }
+                    },
                 ])
             })
             .collect();
@@ -343,5 +349,46 @@ mod tests {
         let back: ClusterStatus =
             serde_json::from_str(&serde_json::to_string(&status).unwrap()).unwrap();
         assert_eq!(back.members[0].announce, status.members[0].announce);
+    }
+
+    #[test]
+    fn status_shows_a_bird_that_does_not_answer() {
+        let report: crate::announce::Report = serde_json::from_value(serde_json::json!({
+            "mode": "bgp",
+            "readiness": "bird-not-answering",
+            "announced": [],
+            "withheld": {"203.0.113.10": "BIRD is not answering its control socket"},
+            "bird": "not answering since 7 s: Connection refused (os error 111)"
+        }))
+        .unwrap();
+        let status = ClusterStatus {
+            node: "n1".into(),
+            publisher: Some("n1".into()),
+            head: None,
+            members: vec![Member {
+                id: "n1".into(),
+                alive: true,
+                role: "publisher".into(),
+                generation: 1,
+                applied: None,
+                held: None,
+                listen: "198.18.1.11:7946".into(),
+                admin: None,
+                last_seen_ms: Some(0),
+                stand_down: None,
+                announce: Some(report),
+            }],
+            health: serde_json::Value::Null,
+            source_error: None,
+        };
+        let text = status.render();
+        assert!(
+            text.contains("BIRD not answering since 7 s: Connection refused"),
+            "{text}"
+        );
+        assert!(
+            text.contains("203.0.113.10 (BIRD is not answering its control socket)"),
+            "{text}"
+        );
     }
 }

@@ -340,8 +340,107 @@ fn bad_bgp_config_is_refused_naming_the_field() {
         "local_asn = 64512\nbird = \"no-such-bird\"",
     ));
     assert!(e.contains("no-such-bird") && e.contains("bird2"), "{e}");
+    // A control socket path over the Unix limit: refused naming the setting.
+    let long = format!("/tmp/{}", "d".repeat(100));
+    let e = run_expecting_error(&base.replace(
+        "local_asn = 64512",
+        &format!("local_asn = 64512\nstate_dir = \"{long}\""),
+    ));
+    assert!(e.contains("bgp.state_dir") && e.contains("107"), "{e}");
+    // Not BIRD 2, or a config BIRD rejects: refused before the node joins the mesh (the
+    // error comes without the mesh's "joined the mesh" line).
+    let dir = tempfile::tempdir().unwrap();
+    let e = run_expecting_error(&base.replace(
+        "local_asn = 64512",
+        &format!(
+            "local_asn = 64512\nbird = \"/bin/true\"\nstate_dir = \"{}\"",
+            dir.path().display()
+        ),
+    ));
+    assert!(
+        e.contains("needs BIRD 2") && !e.contains("joined the mesh"),
+        "{e}"
+    );
+    let picky = dir.path().join("picky-bird");
+    std::fs::write(
+        &picky,
+        "#!/bin/sh\n[ \"$1\" = --version ] && { echo 'BIRD version 2.0.12'; exit 0; }\necho 'bird.conf:3:1 syntax error' >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&picky, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let e = run_expecting_error(&base.replace(
+        "local_asn = 64512",
+        &format!(
+            "local_asn = 64512\nbird = \"{}\"\nstate_dir = \"{}\"",
+            picky.display(),
+            dir.path().display()
+        ),
+    ));
+    assert!(
+        e.contains("BIRD rejected the generated config")
+            && e.contains("syntax error")
+            && !e.contains("joined the mesh"),
+        "{e}"
+    );
     let e = run_expecting_error("announce = \"l2\"\ninterface = \"nosuchif0\"\n");
     assert!(e.contains("interface `nosuchif0` does not exist"), "{e}");
     let e = run_expecting_error("announce = \"l2\"\n");
     assert!(e.contains("interface"), "{e}");
+}
+
+/// A `bird` that passes `--version` and `-p` but exits a second after each start without
+/// opening its control socket (as BIRD does with `Socket path too long`).
+fn crash_looping_bird(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("fake-bird");
+    std::fs::write(
+        &path,
+        "#!/bin/sh\ncase \"$1\" in\n  --version) echo 'BIRD version 2.0.12' >&2; exit 0;;\n  -p) exit 0;;\nesac\nsleep 1\necho 'bird: Socket path too long' >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+#[test]
+fn bird_that_does_not_answer_makes_the_node_not_ready() {
+    if !have_root() {
+        eprintln!("SKIPPED: needs root for network namespaces (CI runs as root)");
+        return;
+    }
+    let mut lab = Lab::new(1, &rules(None), false);
+    let fake = crash_looping_bird(lab.path());
+    let config = lab.bgp_config(0).replace(
+        "[bgp]\n",
+        &format!("[bgp]\nbird = \"{}\"\n", fake.display()),
+    );
+    lab.write_config(0, &config);
+    lab.set_extra_args(&["--single-node"]);
+    lab.spawn(0);
+    let report = lab.wait_for(
+        Duration::from_secs(30),
+        "the report saying BIRD does not answer",
+        || {
+            let r = own_report(&lab, 0)?;
+            let a = r["member"]["announce"].clone();
+            (a["readiness"] == "bird-not-answering").then_some(a)
+        },
+    );
+    assert!(
+        report["bird"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("not answering since")),
+        "{report}"
+    );
+    assert_eq!(report["announced"], serde_json::json!([]), "{report}");
+    assert!(lab.http(0, "/readyz").is_none(), "/readyz must not be 200");
+    let metrics = lab.http(0, "/metrics").unwrap_or_default();
+    assert!(metrics.contains("shoal_bird_up 0"), "{metrics}");
+    assert!(metrics.contains("shoal_announce_vips 0"), "{metrics}");
+    let restarts: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("shoal_bird_restarts_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(restarts >= 1, "{metrics}");
 }

@@ -11,6 +11,7 @@
 //! start-up a BIRD left by an earlier shoal (its pid file in the state dir) is killed first.
 
 use super::settings::BgpSettings;
+use prometheus_client::metrics::counter::Counter;
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -81,6 +82,17 @@ pub fn config(s: &BgpSettings) -> String {
     c
 }
 
+/// The settings BIRD runs with: `router_id` filled in from the node's own address when it is
+/// not set ([`super::settings::router_id`]).
+pub fn resolved(
+    s: &BgpSettings,
+    node_addr: Option<std::net::IpAddr>,
+) -> Result<BgpSettings, super::settings::SettingError> {
+    let mut s = s.clone();
+    s.router_id = Some(super::settings::router_id(&s, node_addr)?);
+    Ok(s)
+}
+
 /// Files of one BIRD instance.
 #[derive(Debug, Clone)]
 pub struct Paths {
@@ -93,7 +105,7 @@ impl Paths {
     pub fn new(dir: &Path) -> Self {
         Paths {
             config: dir.join("bird.conf"),
-            control: dir.join("bird.ctl"),
+            control: super::settings::control_socket(dir),
             pid: dir.join("bird.pid"),
         }
     }
@@ -116,6 +128,8 @@ pub enum BirdError {
     Config { config: PathBuf, detail: String },
     #[error("cannot start BIRD: {0}")]
     Spawn(std::io::Error),
+    #[error(transparent)]
+    Setting(super::settings::SettingError),
 }
 
 /// Finds the `bird` binary: a path as given, else PATH, /usr/sbin and /sbin.
@@ -136,9 +150,20 @@ pub fn resolve_binary(bird: &Path) -> Result<PathBuf, BirdError> {
         .ok_or(BirdError::Missing(name))
 }
 
-/// Start-up checks: BIRD 2 is there, the state dir is usable, BIRD accepts the config.
-/// Writes the config. Returns the binary's path.
+/// Start-up checks: BIRD 2 is there, the state dir is usable, BIRD accepts the config (with
+/// `bird -p`), kills a BIRD an earlier shoal left running. Writes the config. Returns the
+/// binary's path.
 pub fn prepare(s: &BgpSettings, paths: &Paths) -> Result<PathBuf, BirdError> {
+    let bin = check(s, paths)?;
+    kill_stale(paths);
+    Ok(bin)
+}
+
+/// The checks of [`prepare`] that change nothing running: the control socket path fits a Unix
+/// socket, BIRD 2 is there, the state dir is usable, BIRD accepts the config (`bird -p`).
+/// Writes the config.
+pub fn check(s: &BgpSettings, paths: &Paths) -> Result<PathBuf, BirdError> {
+    super::settings::check_control_path(&s.state_dir, None).map_err(BirdError::Setting)?;
     let bin = resolve_binary(&s.bird)?;
     let out = Command::new(&bin)
         .arg("--version")
@@ -181,7 +206,6 @@ pub fn prepare(s: &BgpSettings, paths: &Paths) -> Result<PathBuf, BirdError> {
             detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
         });
     }
-    kill_stale(paths);
     Ok(bin)
 }
 
@@ -218,13 +242,14 @@ const RESTART_BACKOFF: Duration = Duration::from_secs(1);
 
 impl Supervisor {
     /// Starts BIRD and restarts it (after 1 s) whenever it exits, until [`Supervisor::stop`].
-    pub fn start(bin: PathBuf, paths: Paths) -> Result<Self, BirdError> {
+    /// `restarts` counts every exit of BIRD that shoal restarts it after.
+    pub fn start(bin: PathBuf, paths: Paths, restarts: Counter) -> Result<Self, BirdError> {
         let stop = Arc::new(AtomicBool::new(false));
         let first = spawn_bird(&bin, &paths)?;
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
             .name("shoal-bird".into())
-            .spawn(move || supervise(first, bin, paths, flag))
+            .spawn(move || supervise(first, bin, paths, flag, restarts))
             .map_err(BirdError::Spawn)?;
         Ok(Supervisor {
             stop,
@@ -264,7 +289,13 @@ fn spawn_bird(bin: &Path, paths: &Paths) -> Result<Child, BirdError> {
 }
 
 /// Runs on its own thread (the parent of BIRD for its whole life, see the module doc).
-fn supervise(mut child: Child, bin: PathBuf, paths: Paths, stop: Arc<AtomicBool>) {
+fn supervise(
+    mut child: Child,
+    bin: PathBuf,
+    paths: Paths,
+    stop: Arc<AtomicBool>,
+    restarts: Counter,
+) {
     loop {
         if stop.load(Ordering::SeqCst) {
             let pid = nix::unistd::Pid::from_raw(child.id() as i32);
@@ -284,7 +315,8 @@ fn supervise(mut child: Child, bin: PathBuf, paths: Paths, stop: Arc<AtomicBool>
         match child.try_wait() {
             Ok(None) => std::thread::sleep(Duration::from_millis(50)),
             Ok(Some(status)) => {
-                tracing::error!(%status, "BIRD exited; restarting it");
+                restarts.inc();
+                tracing::error!(%status, restarts = restarts.get(), "BIRD exited; restarting it");
                 std::thread::sleep(RESTART_BACKOFF);
                 if stop.load(Ordering::SeqCst) {
                     return;
@@ -359,6 +391,30 @@ mod tests {
         assert!(c.contains("min rx interval 100 ms"));
         assert!(c.contains("multiplier 3;"));
         assert!(c.contains("hold time 0;"));
+    }
+
+    #[test]
+    fn without_router_id_the_config_uses_the_nodes_ipv4_address() {
+        let mut s = settings();
+        s.router_id = None;
+        let listen: std::net::IpAddr = "198.18.1.11".parse().unwrap();
+        let c = config(&resolved(&s, Some(listen)).unwrap());
+        assert!(c.contains("router id 198.18.1.11;"), "{c}");
+        assert_eq!(c.matches("router id").count(), 1, "{c}");
+        let e = resolved(&s, Some("0.0.0.0".parse().unwrap())).unwrap_err();
+        assert!(e.to_string().contains("bgp.router_id"), "{e}");
+        // A router id that is set wins over the node's address.
+        let c = config(&resolved(&settings(), Some(listen)).unwrap());
+        assert!(c.contains("router id 198.18.0.2;"), "{c}");
+    }
+
+    #[test]
+    fn a_control_socket_path_over_the_unix_limit_is_refused_before_bird_runs() {
+        let mut s = settings();
+        s.bird = "/nonexistent/bird".into();
+        s.state_dir = format!("/{}", "d".repeat(120)).into();
+        let e = check(&s, &Paths::new(&s.state_dir)).unwrap_err();
+        assert!(e.to_string().contains("bgp.state_dir"), "{e}");
     }
 
     #[test]

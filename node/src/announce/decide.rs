@@ -3,7 +3,7 @@
 //!
 //! Invariants (checked by the property tests below):
 //! - a node that is not [`Readiness::Ready`] announces nothing (not caught up, draining,
-//!   stalled, or no table yet: a restarted node attracts no traffic before it has applied the
+//!   stalled, BIRD not answering, or no table yet: a restarted node attracts no traffic before it has applied the
 //!   head);
 //! - in BGP mode a ready node announces exactly the VIPs that have a healthy backend (every VIP
 //!   of the table when `withdraw_when_no_backends` is off);
@@ -43,6 +43,9 @@ pub enum Readiness {
     /// This node's own announce loop missed its deadline (the process was frozen or starved);
     /// it waits for the mesh to re-check before announcing again.
     Stalled,
+    /// BGP: BIRD has not answered its control socket for longer than [`BIRD_GRACE`] (it is not
+    /// running, crash-loops or hangs): nothing can be announced through it.
+    BirdNotAnswering,
     /// Shutting down: withdrawn while flows in flight finish.
     Draining,
 }
@@ -52,6 +55,8 @@ pub enum Readiness {
 pub struct NodeFacts {
     pub draining: bool,
     pub stalled: bool,
+    /// BGP: BIRD answers its control socket ([`bird_answering`]); always true in L2 mode.
+    pub bird_answering: bool,
     pub has_head: bool,
     /// The mesh says caught up (its role is not catching-up).
     pub mesh_caught_up: bool,
@@ -73,12 +78,28 @@ pub fn follows_head(
     applied_is_head || (ready_before && lagging_for < grace)
 }
 
-/// The most important reason first: draining, stalled, no table, not caught up, not applied.
+/// How long BIRD may leave its control socket unanswered before the node stops being ready.
+pub const BIRD_GRACE: Duration = Duration::from_secs(5);
+/// ... and how many polls in a row must have failed: one slow answer (a busy BIRD, a starved
+/// node) must not withdraw every route of the node.
+pub const BIRD_FAILED_POLLS: u32 = 3;
+
+/// Whether BIRD counts as answering: it answered within [`BIRD_GRACE`] (`silent_for`: since
+/// its last answer, or since start when it never answered), or fewer than
+/// [`BIRD_FAILED_POLLS`] polls in a row failed.
+pub fn bird_answering(silent_for: Duration, failed_polls: u32) -> bool {
+    silent_for <= BIRD_GRACE || failed_polls < BIRD_FAILED_POLLS
+}
+
+/// The most important reason first: draining, stalled, BIRD not answering, no table, not
+/// caught up, not applied.
 pub fn readiness(f: NodeFacts) -> Readiness {
     if f.draining {
         Readiness::Draining
     } else if f.stalled {
         Readiness::Stalled
+    } else if !f.bird_answering {
+        Readiness::BirdNotAnswering
     } else if !f.has_head {
         Readiness::NoTable
     } else if !f.mesh_caught_up {
@@ -119,6 +140,9 @@ impl std::fmt::Display for Withheld {
             Withheld::NotReady(Readiness::NotCaughtUp) => "not caught up",
             Withheld::NotReady(Readiness::NotApplied) => "not caught up (head not applied)",
             Withheld::NotReady(Readiness::Stalled) => "stalled (missed its control deadline)",
+            Withheld::NotReady(Readiness::BirdNotAnswering) => {
+                "BIRD is not answering its control socket"
+            }
             Withheld::NotReady(Readiness::Draining) => "draining",
             Withheld::NoHealthyBackend => "no healthy backend",
             Withheld::NoEligibleOwner => "no eligible owner",
@@ -252,20 +276,45 @@ mod tests {
             has_head: bits & 4 != 0,
             mesh_caught_up: bits & 8 != 0,
             applied_is_head: bits & 16 != 0,
+            bird_answering: bits & 32 != 0,
         }
     }
 
     #[test]
     fn ready_only_when_every_fact_allows_it() {
-        for bits in 0..32u8 {
+        for bits in 0..64u8 {
             let f = facts(bits);
-            let ready =
-                !f.draining && !f.stalled && f.has_head && f.mesh_caught_up && f.applied_is_head;
+            let ready = !f.draining
+                && !f.stalled
+                && f.bird_answering
+                && f.has_head
+                && f.mesh_caught_up
+                && f.applied_is_head;
             assert_eq!(readiness(f) == Readiness::Ready, ready, "{f:?}");
         }
-        assert_eq!(readiness(facts(0b11111)), Readiness::Draining);
-        assert_eq!(readiness(facts(0b01100)), Readiness::NotApplied);
-        assert_eq!(readiness(facts(0b10100)), Readiness::NotCaughtUp);
+        assert_eq!(readiness(facts(0b111111)), Readiness::Draining);
+        assert_eq!(readiness(facts(0b101100)), Readiness::NotApplied);
+        assert_eq!(readiness(facts(0b110100)), Readiness::NotCaughtUp);
+        assert_eq!(readiness(facts(0b011100)), Readiness::BirdNotAnswering);
+        assert_eq!(readiness(facts(0b011110)), Readiness::Stalled);
+    }
+
+    #[test]
+    fn bird_is_down_only_after_the_grace_and_several_failed_polls() {
+        let s = Duration::from_secs;
+        // Answering, or one slow answer: still up.
+        assert!(bird_answering(s(0), 0));
+        assert!(
+            bird_answering(s(30), 1),
+            "one failed poll after a long quiet"
+        );
+        assert!(bird_answering(s(30), 2));
+        // Several failed polls but within the grace (e.g. right after start): still up.
+        assert!(bird_answering(s(3), 3));
+        assert!(bird_answering(BIRD_GRACE, 10));
+        // Silent past the grace with 3 failures in a row: down.
+        assert!(!bird_answering(s(6), 3));
+        assert!(!bird_answering(s(600), 600));
     }
 
     #[test]
@@ -344,7 +393,7 @@ mod tests {
     }
 
     fn arb_readiness() -> impl Strategy<Value = Readiness> {
-        (0..32u8).prop_map(|b| readiness(facts(b)))
+        (0..64u8).prop_map(|b| readiness(facts(b)))
     }
 
     proptest! {

@@ -1,5 +1,5 @@
 //! The announce metrics: `shoal_announce_vips`, `shoal_bgp_session_up{peer}`,
-//! `shoal_announce_changes_total`.
+//! `shoal_announce_changes_total`, `shoal_bird_up`, `shoal_bird_restarts_total`.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -17,6 +17,10 @@ pub struct AnnounceMetrics {
     pub vips: Gauge,
     pub bgp_session_up: Family<PeerLabel, Gauge>,
     pub changes: Counter,
+    /// BGP: 1 while BIRD answered the last poll of its control socket.
+    pub bird_up: Gauge,
+    /// BGP: times BIRD exited and shoal restarted it.
+    pub bird_restarts: Counter,
 }
 
 impl AnnounceMetrics {
@@ -35,6 +39,16 @@ impl AnnounceMetrics {
             "shoal_announce_changes",
             "VIPs announced or withdrawn by this node, counted one per VIP and change",
             self.changes.clone(),
+        );
+        r.register(
+            "shoal_bird_up",
+            "BGP mode: 1 while BIRD answered the last poll of its control socket (every second)",
+            self.bird_up.clone(),
+        );
+        r.register(
+            "shoal_bird_restarts",
+            "BGP mode: times BIRD exited and shoal restarted it",
+            self.bird_restarts.clone(),
         );
     }
 
@@ -58,6 +72,7 @@ mod tests {
         m.register(&mut r);
         m.session_up("peer1", true);
         m.changes.inc();
+        m.bird_restarts.inc();
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &r).unwrap();
         assert!(text.contains("shoal_announce_vips 0"), "{text}");
@@ -66,5 +81,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("shoal_announce_changes_total 1"), "{text}");
+        assert!(text.contains("shoal_bird_up 0"), "{text}");
+        assert!(text.contains("shoal_bird_restarts_total 1"), "{text}");
     }
 }

@@ -69,6 +69,10 @@ pub struct Report {
     /// BGP sessions as BIRD reports them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub bgp: Vec<birdctl::Session>,
+    /// BGP: set while BIRD does not answer its control socket
+    /// (`not answering since 7 s: Connection refused (os error 111)`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bird: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interface: Option<String>,
 }
@@ -82,8 +86,47 @@ impl Report {
             withheld: BTreeMap::new(),
             owned_elsewhere: BTreeMap::new(),
             bgp: vec![],
+            bird: None,
             interface,
         }
+    }
+}
+
+/// What the BIRD poll last saw (shared with the announce loop).
+#[derive(Debug, Clone)]
+pub(crate) struct BirdStatus {
+    pub(crate) sessions: Vec<birdctl::Session>,
+    /// The last answer, or the start when BIRD never answered.
+    pub(crate) last_answer: Instant,
+    /// Polls in a row that got no answer.
+    pub(crate) failed_polls: u32,
+    pub(crate) error: String,
+}
+
+impl BirdStatus {
+    fn new(now: Instant) -> Self {
+        BirdStatus {
+            sessions: vec![],
+            last_answer: now,
+            failed_polls: 0,
+            error: String::new(),
+        }
+    }
+
+    /// [`decide::bird_answering`] for this status.
+    pub(crate) fn answering(&self, now: Instant) -> bool {
+        decide::bird_answering(now.duration_since(self.last_answer), self.failed_polls)
+    }
+
+    /// The report's `bird` field: `None` while the last poll got an answer.
+    pub(crate) fn note(&self, now: Instant) -> Option<String> {
+        (self.failed_polls > 0).then(|| {
+            format!(
+                "not answering since {} s: {}",
+                now.duration_since(self.last_answer).as_secs(),
+                self.error
+            )
+        })
     }
 }
 
@@ -132,14 +175,32 @@ pub struct Announcer {
     pub handle: AnnounceHandle,
 }
 
-/// Start-up checks that need nothing else running, so that a missing BIRD or interface stops
-/// the daemon before it joins the mesh.
+/// [`preflight_at`] without the node's address: every check but the router id default.
 pub fn preflight(settings: &AnnounceSettings) -> anyhow::Result<()> {
+    preflight_at(settings, None)
+}
+
+/// Start-up checks that need nothing else running (no mesh), so that a broken announce setup
+/// stops the daemon before it joins the mesh instead of after (when its peers would see it
+/// appear, then vanish). BGP: the control socket path fits a Unix socket, the router id is set
+/// or defaults to `listen`'s IPv4 address (checked only when `listen` is given), `bgp.bird` is
+/// BIRD 2, and BIRD accepts the generated config (`bird -p`; the config is written to the state
+/// dir). L2: the interface exists. Blocking (runs `bird --version` and `bird -p`, a few ms).
+pub fn preflight_at(
+    settings: &AnnounceSettings,
+    listen: Option<std::net::SocketAddr>,
+) -> anyhow::Result<()> {
     match settings.mode {
         Some(Mode::Bgp) => {
-            if let Some(bgp) = &settings.bgp {
-                bird::resolve_binary(&bgp.bird)?;
-            }
+            let bgp = settings
+                .bgp
+                .as_ref()
+                .context("`--announce bgp` needs a [bgp] table in the config file")?;
+            let bgp = match listen {
+                Some(l) => bird::resolved(bgp, Some(l.ip()))?,
+                None => bgp.clone(),
+            };
+            bird::check(&bgp, &bird::Paths::new(&bgp.state_dir))?;
         }
         Some(Mode::L2) => {
             if let Some(name) = &settings.interface {
@@ -175,8 +236,9 @@ pub async fn start(
         Mode::Bgp => {
             let bgp = settings
                 .bgp
-                .clone()
+                .as_ref()
                 .context("`--announce bgp` needs a [bgp] table in the config file")?;
+            let bgp = bird::resolved(bgp, Some(mesh.listen_addr().ip()))?;
             let paths = bird::Paths::new(&bgp.state_dir);
             let p = paths.clone();
             let b = bgp.clone();
@@ -190,7 +252,11 @@ pub async fn start(
             })
             .await?
             .with_context(|| format!("opening kernel routing table {table}"))?;
-            supervisor = Some(bird::Supervisor::start(bin, paths.clone())?);
+            supervisor = Some(bird::Supervisor::start(
+                bin,
+                paths.clone(),
+                metrics.bird_restarts.clone(),
+            )?);
             control = Some(paths.control.clone());
             (
                 Target::Bgp {
@@ -224,11 +290,11 @@ pub async fn start(
     let (draining_tx, draining_rx) = watch::channel(false);
     let (withdrawn_tx, withdrawn_rx) = watch::channel(false);
     let cancel = CancellationToken::new();
-    let sessions = Arc::new(Mutex::new(Vec::new()));
+    let bird_status = Arc::new(Mutex::new(BirdStatus::new(Instant::now())));
     if let Some(c) = &control {
         tokio::spawn(poll_bird(
             c.clone(),
-            sessions.clone(),
+            bird_status.clone(),
             metrics.clone(),
             cancel.clone(),
         ));
@@ -242,7 +308,7 @@ pub async fn start(
         metrics,
         handle: handle.clone(),
         target,
-        sessions,
+        bird_status,
         guard,
         withdrawn: withdrawn_tx,
     };
@@ -309,27 +375,62 @@ impl Announcer {
 }
 
 /// Reads the BGP sessions from BIRD every second (its own task, so a slow BIRD never delays
-/// the announce loop).
+/// the announce loop), and whether BIRD answers at all: the loop withdraws when it has not
+/// answered for a while ([`decide::bird_answering`]).
 async fn poll_bird(
     control: PathBuf,
-    sessions: Arc<Mutex<Vec<birdctl::Session>>>,
+    status: Arc<Mutex<BirdStatus>>,
     metrics: metrics::AnnounceMetrics,
     cancel: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(BIRD_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut was_down = false;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        match birdctl::sessions(&control).await {
+        let answer = birdctl::sessions(&control).await;
+        let now = Instant::now();
+        let mut st = status.lock().unwrap_or_else(|p| p.into_inner());
+        match answer {
             Ok(s) => {
                 for session in &s {
                     metrics.session_up(&session.name, session.up());
                 }
-                *sessions.lock().unwrap_or_else(|p| p.into_inner()) = s;
+                if was_down {
+                    tracing::warn!("BIRD answers its control socket again");
+                }
+                was_down = false;
+                metrics.bird_up.set(1);
+                st.sessions = s;
+                st.last_answer = now;
+                st.failed_polls = 0;
+                st.error.clear();
             }
-            Err(e) => tracing::debug!(error = %e, "BIRD's control socket did not answer"),
+            Err(e) => {
+                metrics.bird_up.set(0);
+                st.failed_polls = st.failed_polls.saturating_add(1);
+                st.error = e.to_string();
+                if st.answering(now) {
+                    tracing::debug!(error = %e, failed_polls = st.failed_polls, "BIRD's control socket did not answer");
+                } else {
+                    // Sessions BIRD reported before it stopped answering are not up any more.
+                    for session in std::mem::take(&mut st.sessions) {
+                        metrics.session_up(&session.name, false);
+                    }
+                    if !was_down {
+                        tracing::error!(
+                            error = %e,
+                            control = %control.display(),
+                            silent_s = now.duration_since(st.last_answer).as_secs(),
+                            "BIRD is not answering its control socket; withdrawing this node's announcements"
+                        );
+                    }
+                    was_down = true;
+                }
+            }
         }
     }
 }

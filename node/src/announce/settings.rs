@@ -4,7 +4,7 @@
 use super::decide::Mode;
 use serde::Deserialize;
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// `[bgp]` as written in the config file.
@@ -217,19 +217,85 @@ pub fn bgp_settings(file: &BgpFile, node_id: &str) -> Result<BgpSettings, Settin
             }
         })
         .collect();
+    let state_dir = file
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("/run/shoal/bird-{safe_id}")));
+    check_control_path(&state_dir, Some(node_id.len()))?;
+    if let Some(id) = file.router_id {
+        if id.is_unspecified() {
+            return Err(err("bgp.router_id", "0.0.0.0 is not a router id"));
+        }
+    }
     Ok(BgpSettings {
         local_asn,
         router_id: file.router_id,
         table,
         bird: file.bird.clone().unwrap_or_else(|| PathBuf::from("bird")),
-        state_dir: file
-            .state_dir
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(format!("/run/shoal/bird-{safe_id}"))),
+        state_dir,
         bfd_interval_ms,
         bfd_multiplier,
         peers,
     })
+}
+
+/// The longest path a Unix socket can be bound to on Linux (`sun_path` is 108 bytes with the
+/// terminating NUL). A longer control socket path makes BIRD exit at once (`Socket path too
+/// long`) although `bird -p` accepts its config.
+pub const SOCKET_PATH_MAX: usize = 107;
+
+/// BIRD's control socket in `state_dir`.
+pub fn control_socket(state_dir: &Path) -> PathBuf {
+    state_dir.join("bird.ctl")
+}
+
+/// Refuses a `state_dir` whose control socket path is longer than [`SOCKET_PATH_MAX`] bytes.
+/// `node_id_len`: the node id's length, named in the error when the state dir is the default
+/// (`/run/shoal/bird-<node id>`), which a long node id makes too long.
+pub fn check_control_path(
+    state_dir: &Path,
+    node_id_len: Option<usize>,
+) -> Result<(), SettingError> {
+    let control = control_socket(state_dir);
+    let len = control.as_os_str().len();
+    if len <= SOCKET_PATH_MAX {
+        return Ok(());
+    }
+    let id = node_id_len
+        .map(|n| format!(" (the node id is {n} characters; the default state dir is /run/shoal/bird-<node id>)"))
+        .unwrap_or_default();
+    Err(err(
+        "bgp.state_dir",
+        format!(
+            "BIRD's control socket {} would be {len} bytes, over the Unix socket limit of {SOCKET_PATH_MAX}{id}: set bgp.state_dir to a shorter directory",
+            control.display()
+        ),
+    ))
+}
+
+/// The router id BIRD runs with: `bgp.router_id`, else this node's own IPv4 address (the
+/// gossip listen address, `node_addr`). Without either BIRD would pick an interface address
+/// itself, which on a load balancer can be a VIP or a cluster IP every node has (duplicate
+/// router ids break BGP), so that is refused.
+pub fn router_id(bgp: &BgpSettings, node_addr: Option<IpAddr>) -> Result<Ipv4Addr, SettingError> {
+    if let Some(id) = bgp.router_id {
+        return Ok(id);
+    }
+    let v4 = match node_addr {
+        Some(IpAddr::V4(a)) => Some(a),
+        Some(IpAddr::V6(a)) => a.to_ipv4_mapped(),
+        None => None,
+    };
+    match v4 {
+        Some(a) if !a.is_unspecified() && !a.is_loopback() && !a.is_multicast() => Ok(a),
+        _ => Err(err(
+            "bgp.router_id",
+            format!(
+                "missing, and this node's address ({}) is no usable IPv4 address to default to: set bgp.router_id to this node's own IPv4 address (unique per node)",
+                node_addr.map(|a| a.to_string()).unwrap_or_else(|| "unknown".into())
+            ),
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -264,6 +330,61 @@ asn = 64500
         assert_eq!(s.peers[0].hold_time_s, 9);
         assert!(s.peers[0].bfd);
         assert_eq!(s.state_dir, PathBuf::from("/run/shoal/bird-n1"));
+    }
+
+    #[test]
+    fn a_control_socket_path_over_the_unix_limit_is_refused() {
+        #[derive(Deserialize)]
+        struct F {
+            bgp: BgpFile,
+        }
+        let f: F = toml::from_str(OK).unwrap();
+        // /run/shoal/bird-<id>/bird.ctl is 25 bytes plus the id: 82 fit, 83 do not.
+        assert!(bgp_settings(&f.bgp, &"n".repeat(82)).is_ok());
+        let e = bgp_settings(&f.bgp, &"n".repeat(83)).unwrap_err();
+        assert_eq!(e.field, "bgp.state_dir");
+        assert!(e.message.contains("108 bytes"), "{e}");
+        assert!(e.message.contains("node id is 83 characters"), "{e}");
+        let long = format!("/{}", "d".repeat(98));
+        let e = parse(&OK.replace(
+            "local_asn = 64512",
+            &format!("local_asn = 64512\nstate_dir = \"{long}\""),
+        ))
+        .unwrap_err();
+        assert!(e.contains("bgp.state_dir") && e.contains("107"), "{e}");
+        let ok = format!("/{}", "d".repeat(97));
+        assert!(check_control_path(Path::new(&ok), None).is_ok());
+    }
+
+    #[test]
+    fn the_router_id_defaults_to_the_nodes_ipv4_address() {
+        let mut s = parse(OK).unwrap();
+        let v4: IpAddr = "198.18.0.11".parse().unwrap();
+        assert_eq!(router_id(&s, Some(v4)).unwrap().to_string(), "198.18.0.11");
+        let mapped: IpAddr = "::ffff:198.18.0.12".parse().unwrap();
+        assert_eq!(
+            router_id(&s, Some(mapped)).unwrap().to_string(),
+            "198.18.0.12"
+        );
+        for bad in ["0.0.0.0", "127.0.0.1", "2001:db8::1", "::"] {
+            let e = router_id(&s, Some(bad.parse().unwrap())).unwrap_err();
+            assert_eq!(e.field, "bgp.router_id", "{bad}");
+            assert!(e.message.contains(bad), "{e}");
+        }
+        assert!(router_id(&s, None).is_err());
+        s.router_id = Some("198.18.0.99".parse().unwrap());
+        assert_eq!(
+            router_id(&s, Some("2001:db8::1".parse().unwrap()))
+                .unwrap()
+                .to_string(),
+            "198.18.0.99"
+        );
+        let e = parse(&OK.replace(
+            "local_asn = 64512",
+            "local_asn = 64512\nrouter_id = \"0.0.0.0\"",
+        ))
+        .unwrap_err();
+        assert!(e.contains("bgp.router_id"), "{e}");
     }
 
     #[test]

@@ -13,7 +13,7 @@ pub(super) struct Loop {
     pub(super) metrics: metrics::AnnounceMetrics,
     pub(super) handle: AnnounceHandle,
     pub(super) target: Target,
-    pub(super) sessions: Arc<Mutex<Vec<birdctl::Session>>>,
+    pub(super) bird_status: Arc<Mutex<BirdStatus>>,
     pub(super) guard: tokio::process::Child,
     pub(super) withdrawn: watch::Sender<bool>,
 }
@@ -66,6 +66,12 @@ impl Loop {
             let facts = NodeFacts {
                 draining: *draining.borrow_and_update(),
                 stalled,
+                bird_answering: self.mode != Mode::Bgp
+                    || self
+                        .bird_status
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .answering(now),
                 has_head: head.is_some(),
                 mesh_caught_up: self.mesh.role() != Role::CatchingUp,
                 applied_is_head: decide::follows_head(
@@ -120,7 +126,7 @@ impl Loop {
                 Err(e) => tracing::error!(error = %e, "cannot change announcements; retrying"),
             }
             self.beat(&current).await;
-            let report = self.report(readiness, &states);
+            let report = self.report(readiness, &states, now);
             if let Ok(json) = serde_json::to_string(&report) {
                 if json != gossiped {
                     self.mesh.set_app_key(REPORT_KEY, &json);
@@ -211,7 +217,12 @@ impl Loop {
         }
     }
 
-    fn report(&self, readiness: Readiness, states: &BTreeMap<IpAddr, VipState>) -> Report {
+    fn report(
+        &self,
+        readiness: Readiness,
+        states: &BTreeMap<IpAddr, VipState>,
+        now: Instant,
+    ) -> Report {
         let mut r = Report::new(self.mode, self.interface.clone());
         r.readiness = readiness;
         for (ip, s) in states {
@@ -226,11 +237,9 @@ impl Loop {
             }
         }
         if matches!(self.target, Target::Bgp { .. }) {
-            r.bgp = self
-                .sessions
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
+            let bird = self.bird_status.lock().unwrap_or_else(|p| p.into_inner());
+            r.bgp = bird.sessions.clone();
+            r.bird = bird.note(now);
         }
         r
     }
