@@ -65,7 +65,13 @@ pub struct Lab {
 impl Lab {
     /// Builds the namespaces: router with the bridge, `n` replicas, and a client if asked.
     pub fn new(n: usize, rules: &str, with_client: bool) -> Lab {
-        let prefix = format!("sa{}", std::process::id() % 100_000);
+        // Labs of one test binary run in parallel: each gets its own names.
+        static LABS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let k = LABS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let prefix = match k {
+            0 => format!("sa{}", std::process::id() % 100_000),
+            k => format!("sa{}x{k}", std::process::id() % 100_000),
+        };
         let dir = tempfile::Builder::new()
             .prefix("shoal-announce-")
             .tempdir()
