@@ -46,7 +46,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         }
     };
 
-    crate::announce::preflight(&config.announce)?;
+    crate::announce::preflight_at(&config.announce, Some(config.listen))?;
     let admin_listener = admin::bind(config.admin)?;
     let dataplane = open_dataplane(&config).await?;
     let firewall: Box<dyn shoal_dataplane::filter::Firewall> = match config.source_filter {
