@@ -325,7 +325,13 @@ fn run_expecting_error(config: &str) -> String {
 
 #[test]
 fn bad_bgp_config_is_refused_naming_the_field() {
-    let base = "announce = \"bgp\"\n[bgp]\nlocal_asn = 64512\n[[bgp.peers]]\naddress = \"198.18.1.1\"\nasn = 64500\n";
+    // With a router id: the node listens on 127.0.0.1, which cannot be one.
+    let base = "announce = \"bgp\"\n[bgp]\nlocal_asn = 64512\nrouter_id = \"198.18.1.2\"\n[[bgp.peers]]\naddress = \"198.18.1.1\"\nasn = 64500\n";
+    let e = run_expecting_error(&base.replace("router_id = \"198.18.1.2\"\n", ""));
+    assert!(
+        e.contains("bgp.router_id") && !e.contains("joined the mesh"),
+        "{e}"
+    );
     let e = run_expecting_error(&format!("{base}pasword = \"x\"\n"));
     assert!(e.contains("unknown field `pasword`"), "{e}");
     let e = run_expecting_error(&base.replace("asn = 64500", "asn = 4294967296"));
