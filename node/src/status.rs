@@ -308,17 +308,9 @@ fn render_rows<const N: usize>(out: &mut String, header: &[&str; N], rows: &[[St
 mod tests {
     use super::*;
 
-    #[test]
-    fn status_shows_what_each_member_announces() {
-        let report: crate::announce::Report = serde_json::from_value(serde_json::json!({
-            "mode": "bgp",
-            "readiness": "ready",
-            "announced": ["203.0.113.10"],
-            "withheld": {"203.0.113.20": "no healthy backend"},
-            "bgp": [{"name": "peer1", "state": "up", "bgp_state": "Established", "info": ""}]
-        }))
-        .unwrap();
-        let status = ClusterStatus {
+    /// A cluster of one publisher, `n1`, announcing as `report` says.
+    fn one_member(report: crate::announce::Report, source_error: Option<&str>) -> ClusterStatus {
+        ClusterStatus {
             node: "n1".into(),
             publisher: Some("n1".into()),
             head: None,
@@ -336,8 +328,24 @@ mod tests {
                 announce: Some(report),
             }],
             health: serde_json::Value::Null,
-            source_error: Some("rules.toml: line 4: service[0].port: must be 1-65535".into()),
-        };
+            source_error: source_error.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn status_shows_what_each_member_announces() {
+        let report: crate::announce::Report = serde_json::from_value(serde_json::json!({
+            "mode": "bgp",
+            "readiness": "ready",
+            "announced": ["203.0.113.10"],
+            "withheld": {"203.0.113.20": "no healthy backend"},
+            "bgp": [{"name": "peer1", "state": "up", "bgp_state": "Established", "info": ""}]
+        }))
+        .unwrap();
+        let status = one_member(
+            report,
+            Some("rules.toml: line 4: service[0].port: must be 1-65535"),
+        );
         let text = status.render();
         assert!(text.contains("ANNOUNCED"), "{text}");
         assert!(text.contains("203.0.113.20 (no healthy backend)"), "{text}");
@@ -361,26 +369,7 @@ mod tests {
             "bird": "not answering since 7 s: Connection refused (os error 111)"
         }))
         .unwrap();
-        let status = ClusterStatus {
-            node: "n1".into(),
-            publisher: Some("n1".into()),
-            head: None,
-            members: vec![Member {
-                id: "n1".into(),
-                alive: true,
-                role: "publisher".into(),
-                generation: 1,
-                applied: None,
-                held: None,
-                listen: "198.18.1.11:7946".into(),
-                admin: None,
-                last_seen_ms: Some(0),
-                stand_down: None,
-                announce: Some(report),
-            }],
-            health: serde_json::Value::Null,
-            source_error: None,
-        };
+        let status = one_member(report, None);
         let text = status.render();
         assert!(
             text.contains("BIRD not answering since 7 s: Connection refused"),

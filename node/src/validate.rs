@@ -334,20 +334,11 @@ mod tests {
     #[test]
     fn a_long_refused_value_is_shown_cut() {
         assert_eq!(shown("/x y"), "\"/x y\"");
-        let path = format!("/{}", "é".repeat(3_000));
-        let err = health(&HealthCheck {
-            probe: Probe::Http {
-                path: path.clone(),
-                expect_status: 200,
-                tls: false,
-                host: None,
-            },
-            interval_ms: 1000,
-            timeout_ms: 500,
-            rise: 2,
-            fall: 3,
-        })
-        .unwrap_err();
+        let mut check = svc().health.unwrap();
+        if let Probe::Http { path, .. } = &mut check.probe {
+            *path = format!("/{}", "é".repeat(3_000));
+        }
+        let err = health(&check).unwrap_err();
         assert!(err.message.len() < 300, "{}", err.message);
         assert!(err.message.contains("(6001 bytes)"), "{}", err.message);
     }
