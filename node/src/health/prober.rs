@@ -74,8 +74,17 @@ impl Default for Prober {
 }
 
 async fn tcp(socket: SocketAddr) -> ProbeResult {
-    match TcpStream::connect(socket).await {
-        Ok(_stream) => ProbeResult::Ok,
+    connected(TcpStream::connect(socket).await.map(drop))
+}
+
+/// A tcp check's answer: the handshake completed. A reset (not a refusal, which answers the
+/// SYN) comes after the handshake: whether `connect` returns before it or reports it is down
+/// to scheduling, so it counts as connected, or a backend that accepts and closes at once
+/// would flip between up and down.
+fn connected(result: io::Result<()>) -> ProbeResult {
+    match result {
+        Ok(()) => ProbeResult::Ok,
+        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => ProbeResult::Ok,
         Err(e) => io_result(&e),
     }
 }
@@ -169,6 +178,24 @@ mod tests {
             }
         });
         (port, rx)
+    }
+
+    #[test]
+    fn a_reset_after_the_handshake_is_connected() {
+        let err = |kind| Err(io::Error::from(kind));
+        assert_eq!(connected(Ok(())), ProbeResult::Ok);
+        assert_eq!(
+            connected(err(io::ErrorKind::ConnectionReset)),
+            ProbeResult::Ok
+        );
+        assert_eq!(
+            connected(err(io::ErrorKind::ConnectionRefused)),
+            ProbeResult::Refused
+        );
+        assert_eq!(
+            connected(err(io::ErrorKind::TimedOut)),
+            ProbeResult::Timeout
+        );
     }
 
     #[tokio::test]

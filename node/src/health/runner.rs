@@ -65,6 +65,21 @@ impl Duty {
         }
     }
 
+    /// Takes the table's (possibly edited) check for this backend.
+    fn adopt(&mut self, check: &HealthCheck, now: Instant) {
+        if self.check.probe != check.probe {
+            // A different probe asks a different question: start the opinion over.
+            self.hysteresis = Hysteresis::new(unix_ms());
+            self.next_due = now;
+        } else if check.interval_ms < self.check.interval_ms {
+            // A shorter interval applies now, not after the old one (an hour at most): a
+            // backend that died meanwhile would stay up that long.
+            let interval = Duration::from_millis(check.interval_ms.max(1));
+            self.next_due = self.next_due.min(now + interval);
+        }
+        self.check = check.clone();
+    }
+
     /// Long enough for a new checker to reach an opinion: max(rise, fall) probes plus one.
     fn handover(&self) -> Duration {
         let probes = self.check.rise.max(self.check.fall).max(1) as u64 + 1;
@@ -135,12 +150,7 @@ impl Runner {
                     in_flight: false,
                     released_at: None,
                 });
-                if duty.check.probe != check.probe {
-                    // A different probe asks a different question: start the opinion over.
-                    duty.hysteresis = Hysteresis::new(unix_ms());
-                    duty.next_due = now;
-                }
-                duty.check = check.clone();
+                duty.adopt(check, now);
                 if duty.released_at.take().is_some() {
                     duty.next_due = now;
                 }
@@ -331,5 +341,56 @@ impl Runner {
                 "checker opinion changed"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::Probe;
+
+    fn check(probe: Probe, interval_ms: u64) -> HealthCheck {
+        HealthCheck {
+            probe,
+            interval_ms,
+            timeout_ms: 500,
+            rise: 2,
+            fall: 3,
+        }
+    }
+
+    fn duty(check: HealthCheck, next_due: Instant) -> Duty {
+        Duty {
+            check,
+            hysteresis: Hysteresis::new(0),
+            last_result: ProbeResult::Pending,
+            last_probe_ms: 0,
+            next_due,
+            in_flight: false,
+            released_at: None,
+        }
+    }
+
+    /// An interval lowered from 600 s to 1 s waited out the old 600 s before the next probe.
+    #[test]
+    fn an_edited_check_takes_effect_at_once() {
+        let now = Instant::now();
+        let hour = now + Duration::from_secs(600);
+        let mut d = duty(check(Probe::Tcp, 600_000), hour);
+        d.adopt(&check(Probe::Tcp, 1_000), now);
+        assert_eq!(d.next_due, now + Duration::from_secs(1));
+        assert_eq!(d.check.interval_ms, 1_000);
+        // A longer interval keeps the probe already due (the next one follows the new pace).
+        d.adopt(&check(Probe::Tcp, 5_000), now);
+        assert_eq!(d.next_due, now + Duration::from_secs(1));
+        // A different probe is due at once.
+        let http = Probe::Http {
+            path: "/".into(),
+            expect_status: 200,
+            tls: false,
+            host: None,
+        };
+        d.adopt(&check(http, 5_000), now);
+        assert_eq!(d.next_due, now);
     }
 }
