@@ -7,6 +7,7 @@ use serde_json::Value;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 pub struct Node {
@@ -24,21 +25,32 @@ pub struct Cluster {
     pub extra_args: Vec<String>,
 }
 
-/// Ports picked by the kernel, free a moment ago.
+/// A port free a moment ago (TCP and UDP), below the kernel's ephemeral range (32768 and up):
+/// a port the kernel picked (`bind(0)`) could be handed to another test's outbound connection
+/// before the node bound it, and the node then failed to start (`cannot bind the admin API`).
+/// Unique within this process; processes start at different places (by pid).
+fn free_port() -> u16 {
+    const FIRST: u32 = 10_000;
+    const COUNT: u32 = 22_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7_919) % COUNT;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (FIRST + (start + n) % COUNT) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && UdpSocket::bind(("127.0.0.1", port)).is_ok()
+        {
+            return port;
+        }
+    }
+}
+
 pub fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    free_port()
 }
 
 pub fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    free_port()
 }
 
 /// Prints the last `lines` lines of every `*.log` file in `dir` (a failing test's evidence).
