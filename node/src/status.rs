@@ -366,13 +366,13 @@ mod tests {
             "readiness": "bird-not-answering",
             "announced": [],
             "withheld": {"203.0.113.10": "BIRD is not answering its control socket"},
-            "bird": "not answering since 7 s: Connection refused (os error 111)"
+            "bird": "not answering since 2026-12-05T15:20:03Z: Connection refused (os error 111)"
         }))
         .unwrap();
         let status = one_member(report, None);
         let text = status.render();
         assert!(
-            text.contains("BIRD not answering since 7 s: Connection refused"),
+            text.contains("BIRD not answering since 2026-12-05T15:20:03Z: Connection refused"),
             "{text}"
         );
         assert!(

@@ -33,7 +33,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use step::Loop;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
@@ -69,8 +69,10 @@ pub struct Report {
     /// BGP sessions as BIRD reports them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub bgp: Vec<birdctl::Session>,
-    /// BGP: set while BIRD does not answer its control socket
-    /// (`not answering since 7 s: Connection refused (os error 111)`).
+    /// BGP: set while BIRD does not answer its control socket, naming its last answer
+    /// (`not answering since 2026-12-05T15:20:03Z: Connection refused (os error 111)`).
+    /// A fixed instant rather than a count of seconds, so the gossiped report changes when
+    /// BIRD's state does, not every second while it is down.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bird: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -98,6 +100,8 @@ pub(crate) struct BirdStatus {
     pub(crate) sessions: Vec<birdctl::Session>,
     /// The last answer, or the start when BIRD never answered.
     pub(crate) last_answer: Instant,
+    /// The same instant on the wall clock, for the report.
+    pub(crate) last_answer_wall: SystemTime,
     /// Polls in a row that got no answer.
     pub(crate) failed_polls: u32,
     pub(crate) error: String,
@@ -108,6 +112,7 @@ impl BirdStatus {
         BirdStatus {
             sessions: vec![],
             last_answer: now,
+            last_answer_wall: SystemTime::now(),
             failed_polls: 0,
             error: String::new(),
         }
@@ -119,13 +124,12 @@ impl BirdStatus {
     }
 
     /// The report's `bird` field: `None` while the last poll got an answer.
-    pub(crate) fn note(&self, now: Instant) -> Option<String> {
+    pub(crate) fn note(&self) -> Option<String> {
         (self.failed_polls > 0).then(|| {
-            format!(
-                "not answering since {} s: {}",
-                now.duration_since(self.last_answer).as_secs(),
-                self.error
-            )
+            let since = time::OffsetDateTime::from(self.last_answer_wall)
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_else(|_| "an unknown time".to_string());
+            format!("not answering since {since}: {}", self.error)
         })
     }
 }
@@ -406,6 +410,7 @@ async fn poll_bird(
                 metrics.bird_up.set(1);
                 st.sessions = s;
                 st.last_answer = now;
+                st.last_answer_wall = SystemTime::now();
                 st.failed_polls = 0;
                 st.error.clear();
             }
@@ -432,5 +437,28 @@ async fn poll_bird(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bird_note_names_the_last_answer_and_holds_still_while_bird_is_down() {
+        let start = Instant::now();
+        let mut st = BirdStatus::new(start);
+        assert_eq!(st.note(), None, "no failed poll, no note");
+        st.last_answer_wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_000_000);
+        st.failed_polls = 1;
+        st.error = "Connection refused (os error 111)".into();
+        let first = st.note();
+        assert_eq!(
+            first.as_deref(),
+            Some("not answering since 2026-11-30T00:53:20Z: Connection refused (os error 111)")
+        );
+        // Later failed polls with the same error leave the gossiped field as it was.
+        st.failed_polls = 9;
+        assert_eq!(st.note(), first);
     }
 }

@@ -126,7 +126,7 @@ impl Loop {
                 Err(e) => tracing::error!(error = %e, "cannot change announcements; retrying"),
             }
             self.beat(&current).await;
-            let report = self.report(readiness, &states, now);
+            let report = self.report(readiness, &states);
             if let Ok(json) = serde_json::to_string(&report) {
                 if json != gossiped {
                     self.mesh.set_app_key(REPORT_KEY, &json);
@@ -217,12 +217,7 @@ impl Loop {
         }
     }
 
-    fn report(
-        &self,
-        readiness: Readiness,
-        states: &BTreeMap<IpAddr, VipState>,
-        now: Instant,
-    ) -> Report {
+    fn report(&self, readiness: Readiness, states: &BTreeMap<IpAddr, VipState>) -> Report {
         let mut r = Report::new(self.mode, self.interface.clone());
         r.readiness = readiness;
         for (ip, s) in states {
@@ -239,7 +234,7 @@ impl Loop {
         if matches!(self.target, Target::Bgp { .. }) {
             let bird = self.bird_status.lock().unwrap_or_else(|p| p.into_inner());
             r.bgp = bird.sessions.clone();
-            r.bird = bird.note(now);
+            r.bird = bird.note();
         }
         r
     }
