@@ -102,7 +102,7 @@ mod tests {
 
     #[test]
     fn errno_messages_name_the_entry() {
-        let e = DataplaneError::from_errno("add service", "Tcp 203.0.113.1:80", libc::EEXIST);
+        let e = DataplaneError::from_errno("add service", "tcp 203.0.113.1:80", libc::EEXIST);
         let text = e.to_string();
         assert!(text.contains("add service"), "{text}");
         assert!(text.contains("203.0.113.1:80"), "{text}");

@@ -32,6 +32,26 @@ impl AddressFamily {
     }
 }
 
+/// As written in rules files and `ipvsadm`'s options: `tcp`, `udp`, `sctp`.
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Sctp => "sctp",
+        })
+    }
+}
+
+impl fmt::Display for AddressFamily {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AddressFamily::Inet => "IPv4",
+            AddressFamily::Inet6 => "IPv6",
+        })
+    }
+}
+
 /// How IPVS identifies a virtual service.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -64,13 +84,13 @@ impl fmt::Display for ServiceKey {
                 addr: IpAddr::V6(a),
                 port,
                 protocol,
-            } => write!(f, "{protocol:?} [{a}]:{port}"),
+            } => write!(f, "{protocol} [{a}]:{port}"),
             ServiceKey::Addr {
                 addr,
                 port,
                 protocol,
-            } => write!(f, "{protocol:?} {addr}:{port}"),
-            ServiceKey::Fwmark { mark, family } => write!(f, "fwmark {mark} ({family:?})"),
+            } => write!(f, "{protocol} {addr}:{port}"),
+            ServiceKey::Fwmark { mark, family } => write!(f, "fwmark {mark} ({family})"),
         }
     }
 }
@@ -94,6 +114,32 @@ pub enum Forwarding {
     Masq,
     /// Direct routing on the same L2 segment.
     Route,
+}
+
+/// As a rules file names it: `tunnel ipip`, `tunnel gue port 6080`, `tunnel gre`, `masq`,
+/// `route` (flags only when set).
+impl fmt::Display for Forwarding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Forwarding::Tunnel(Tunnel::Ipip) => f.write_str("tunnel ipip"),
+            Forwarding::Tunnel(Tunnel::Gue { port, flags }) => {
+                write!(f, "tunnel gue port {port}")?;
+                if *flags != 0 {
+                    write!(f, " flags {flags:#x}")?;
+                }
+                Ok(())
+            }
+            Forwarding::Tunnel(Tunnel::Gre { flags }) => {
+                f.write_str("tunnel gre")?;
+                if *flags != 0 {
+                    write!(f, " flags {flags:#x}")?;
+                }
+                Ok(())
+            }
+            Forwarding::Masq => f.write_str("masq"),
+            Forwarding::Route => f.write_str("route"),
+        }
+    }
 }
 
 /// Scheduler flags carried in IPVS's `flags` attribute.

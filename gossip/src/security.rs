@@ -61,10 +61,15 @@ pub(crate) fn configs(
         Mode::NodeIdentity => {
             let named = material.node_id();
             if named.as_deref() != Some(node_id.as_str()) {
+                let names = match &named {
+                    Some(other) => format!("names node {other:?}"),
+                    None => "names no node".to_string(),
+                };
                 return Err(MeshError::Config {
                     field: "node_id",
                     detail: format!(
-                        "node.pem names node {named:?}, not {node_id:?}: a node may only speak for the id its certificate names (issue one with `shoal certs issue --nodes {node_id}`, or run with cluster identity only)"
+                        "node.pem {names}, not {:?}: a node may only speak for the id its certificate names (issue one with `shoal certs issue --nodes {node_id}`, or run with cluster identity only)",
+                        node_id.as_str()
                     ),
                 });
             }

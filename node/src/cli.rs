@@ -114,8 +114,8 @@ pub enum AnnounceKind {
 
 #[derive(Debug, Clone, Args)]
 pub struct NodeArgs {
-    /// Admin address of any node, host:port.
-    #[arg(long, default_value = "127.0.0.1:9100")]
+    /// Admin address of any node, host:port (its --admin, not its gossip --listen).
+    #[arg(long, default_value = "127.0.0.1:9100", value_parser = parse_admin_node)]
     pub node: String,
     /// File holding the admin API's bearer token (when the nodes run with --admin-token-file).
     #[arg(long, env = "SHOAL_ADMIN_TOKEN_FILE")]
@@ -191,7 +191,8 @@ pub struct DemoArgs {
     /// Number of nodes, 2 to 9.
     #[arg(long, default_value_t = 3)]
     pub nodes: usize,
-    /// First port; the demo uses two per node (peer and admin).
+    /// First port. The demo uses ports up to 80 above it on 127.0.0.1: gossip from the first
+    /// port, admin APIs from 40 above, and its backends' service 80 above (on 127.0.0.2-3).
     #[arg(long, default_value_t = 17900)]
     pub base_port: u16,
     /// Exit after the walkthrough instead of running until Ctrl-C.
@@ -200,9 +201,11 @@ pub struct DemoArgs {
 }
 
 #[derive(Debug, Clone, Args)]
+// One of the two at least; without the group clap named only --vip as missing.
+#[command(group(clap::ArgGroup::new("serves").args(["vip", "pool"]).required(true).multiple(true)))]
 pub struct BackendInitArgs {
     /// VIPs this backend serves (comma-separated or repeated), each put on tunl0.
-    #[arg(long, value_delimiter = ',', required_unless_present = "pool")]
+    #[arg(long, value_delimiter = ',')]
     pub vip: Vec<std::net::IpAddr>,
     /// VIP pools (CIDR, comma-separated or repeated): every address of each pool is accepted
     /// through a local route on lo, so VIPs allocated after the pod started work too.
@@ -233,6 +236,34 @@ pub struct GuardArgs {
     pub interface: Option<String>,
 }
 
+/// `--node`: an admin API's `host:port`. A pasted `http://` and one trailing `/` are dropped;
+/// anything else that is not `host:port` is refused before any request is made (it used to
+/// become `http://http://...`).
+pub fn parse_admin_node(given: &str) -> Result<String, String> {
+    let trimmed = given.trim();
+    let scheme = trimmed
+        .split_once("://")
+        .map(|(scheme, rest)| (scheme.to_ascii_lowercase(), rest));
+    let bare = match scheme {
+        None => trimmed,
+        Some((scheme, rest)) if scheme == "http" => rest,
+        Some((scheme, _)) => {
+            return Err(format!(
+                "{given:?}: the admin API speaks plain HTTP, not {scheme}; give host:port \
+                 (e.g. 127.0.0.1:9100)"
+            ))
+        }
+    };
+    let bare = bare.strip_suffix('/').unwrap_or(bare);
+    if bare.contains('/') {
+        return Err(format!(
+            "{given:?} has a path; give the admin address as host:port (e.g. 127.0.0.1:9100)"
+        ));
+    }
+    crate::config::check_seed(bare)?;
+    Ok(bare.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,5 +289,39 @@ mod tests {
             panic!("not run")
         };
         assert_eq!(args.seeds.unwrap(), vec!["a:1", "b:2"]);
+    }
+
+    #[test]
+    fn backend_init_takes_vips_or_pools_and_names_both_when_neither_is_given() {
+        assert!(Cli::try_parse_from(["shoal", "backend-init", "--pool", "203.0.113.0/28"]).is_ok());
+        assert!(Cli::try_parse_from(["shoal", "backend-init", "--vip", "203.0.113.1"]).is_ok());
+        let err = Cli::try_parse_from(["shoal", "backend-init"])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("--vip") && err.contains("--pool"), "{err}");
+    }
+
+    #[test]
+    fn admin_node_addresses_are_host_port_and_pasted_urls_are_forgiven() {
+        for (given, want) in [
+            ("127.0.0.1:9100", "127.0.0.1:9100"),
+            ("http://127.0.0.1:21201", "127.0.0.1:21201"),
+            ("HTTP://shoal-0.shoal:9100/", "shoal-0.shoal:9100"),
+            (" [::1]:9100 ", "[::1]:9100"),
+        ] {
+            assert_eq!(parse_admin_node(given).as_deref(), Ok(want), "{given}");
+        }
+        for (given, why) in [
+            ("https://127.0.0.1:9100", "plain HTTP"),
+            ("http://127.0.0.1:9100/v1/cluster", "has a path"),
+            ("127.0.0.1", "host:port"),
+            ("127.0.0.1:0", "outside 1-65535"),
+            ("::1:9100", "ambiguous"),
+            ("", "host:port"),
+        ] {
+            let err = parse_admin_node(given).expect_err(given);
+            assert!(err.contains(why), "{given}: {err}");
+        }
     }
 }

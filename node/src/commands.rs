@@ -26,10 +26,21 @@ pub async fn get_bytes(node: &str, path: &str, token: Option<&str>) -> anyhow::R
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
-    let mut response = request
-        .send()
-        .await
-        .with_context(|| format!("cannot reach the admin API at {url}"))?;
+    let mut response = match request.send().await {
+        Ok(response) => response,
+        // The gossip port is UDP, so pointing --node at it is refused like a closed port.
+        Err(e) if e.is_connect() => {
+            return Err(anyhow::Error::new(e).context(format!(
+                "cannot reach the admin API at {url} (--node takes a node's --admin address, \
+                 not its gossip --listen one)"
+            )))
+        }
+        Err(e) => {
+            return Err(
+                anyhow::Error::new(e).context(format!("cannot reach the admin API at {url}"))
+            )
+        }
+    };
     let status = response.status();
     let too_large = || format!("{url} answered with more than {MAX_ANSWER_BYTES} bytes");
     if response
@@ -49,20 +60,21 @@ pub async fn get_bytes(node: &str, path: &str, token: Option<&str>) -> anyhow::R
         }
         body.extend_from_slice(&chunk);
     }
-    // Checked without building it: a `Value` of a hostile answer is many times its size.
-    serde_json::from_slice::<serde::de::IgnoredAny>(&body)
-        .with_context(|| format!("{url} did not answer with JSON"))?;
     if !status.is_success() {
         #[derive(serde::Deserialize)]
         struct Failure {
             error: String,
         }
-        let detail = serde_json::from_slice::<Failure>(&body).map(|f| f.error);
-        anyhow::bail!(
-            "{url}: {status}: {}",
-            detail.as_deref().unwrap_or("no detail")
-        );
+        match serde_json::from_slice::<Failure>(&body) {
+            Ok(failure) => anyhow::bail!("{url}: {status}: {}", failure.error),
+            Err(_) => anyhow::bail!(
+                "{url}: {status}, without a Shoal error (is --node a Shoal node's admin address?)"
+            ),
+        }
     }
+    // Checked without building it: a `Value` of a hostile answer is many times its size.
+    serde_json::from_slice::<serde::de::IgnoredAny>(&body)
+        .with_context(|| format!("{url} did not answer with JSON"))?;
     Ok(body)
 }
 
@@ -159,12 +171,20 @@ pub fn certs_init(args: &CertsInitArgs) -> anyhow::Result<()> {
         .collect();
     shoal_gossip::certs::write_cluster_dir_with(&args.out, &args.cluster, &nodes, validity)
         .with_context(|| format!("writing certificates to {}", args.out.display()))?;
+    if nodes.is_empty() {
+        outln!(
+            "wrote the cluster CA ({0}/ca.pem, {0}/ca.key: keep the key offline), no node \
+             certificates (issue them with `shoal certs issue --ca-dir {0} --nodes ...`)",
+            args.out.display()
+        )?;
+        return Ok(());
+    }
     outln!(
         "wrote the cluster CA ({0}/ca.pem, {0}/ca.key: keep the key offline) and certificates for {1}",
         args.out.display(),
-        args.nodes.join(", ")
+        nodes.join(", ")
     )?;
-    for node in &args.nodes {
+    for node in &nodes {
         outln!(
             "  {}/{node}/{{ca.pem,node.pem,node.key}}: give --tls-dir {}/{node}",
             args.out.display(),
@@ -188,7 +208,7 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<()> {
     )?;
     for s in &table.services {
         outln!(
-            "  {:<24} {} {:?} {} {:?} {} backends{}",
+            "  {:<24} {} {} {} {} {} backends{}",
             s.name,
             // Brackets an IPv6 VIP: `[2001:db8::1]:80`, not `2001:db8::1:80`.
             std::net::SocketAddr::new(s.vip, s.port),

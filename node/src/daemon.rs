@@ -117,7 +117,13 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     ));
 
     let announce_metrics = crate::announce::metrics::AnnounceMetrics::default();
-    announce_metrics.register(&mut registry);
+    announce_metrics.register(
+        &mut registry,
+        matches!(
+            config.announce.mode,
+            Some(crate::announce::decide::Mode::Bgp)
+        ),
+    );
     let mut announcer = crate::announce::start(
         &config.announce,
         mesh.clone(),

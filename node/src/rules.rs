@@ -206,9 +206,9 @@ pub fn parse(text: &str) -> Result<RuleTable, RulesError> {
                 "vip",
                 raw_service.vip.span().start,
                 format!(
-                    "{} {:?} is already served by another service",
-                    SocketAddr::new(service.vip, service.port),
-                    service.protocol
+                    "{} {} is already served by another service",
+                    service.protocol,
+                    SocketAddr::new(service.vip, service.port)
                 ),
             ));
         }

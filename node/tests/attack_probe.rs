@@ -348,6 +348,26 @@ fn certs_init_writes_keys_0600_and_sane_validity() {
         ..node.clone()
     };
     assert_eq!(days(ca.leaf_validity().unwrap()), 3_650);
+
+    // `--nodes ''` (a CA rotation's first step) writes only a CA, and says so: it printed
+    // "certificates for " and a `--tls-dir` for a folder it never wrote.
+    let only_ca = tempfile::tempdir().unwrap();
+    let out = run_bounded(
+        &[
+            "certs",
+            "init",
+            "--nodes",
+            "",
+            "--out",
+            only_ca.path().to_str().unwrap(),
+        ],
+        LIMIT,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("no node certificates"), "{said}");
+    assert!(!said.contains("--tls-dir"), "{said}");
+    assert!(only_ca.path().join("ca.key").exists());
 }
 
 const HEAD: &str = "[[service]]\nname = 'web'\nvip = '203.0.113.10'\nport = 80\n";

@@ -413,6 +413,55 @@ fn status_and_table_refuse_endless_and_misshapen_answers() {
     }
 }
 
+/// `--node` as people give it: a pasted `http://` URL is the address (it became
+/// `http://http://...`), a wrong scheme or a path is refused before any request, a server
+/// that is not Shoal is said to be one (a 404 page was "did not answer with JSON"), and a
+/// refused connection hints at the admin address (the gossip port is UDP).
+#[test]
+fn node_addresses_as_people_paste_them() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf);
+                let _ =
+                    conn.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\nnot found");
+            });
+        }
+    });
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let status = |node: &str| {
+        let out = std::process::Command::new(common::bin())
+            .args(["status", "--node", node])
+            .env_remove("SHOAL_ADMIN_TOKEN_FILE")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{node}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = status(&format!("http://{addr}/"));
+    assert!(
+        err.contains(&format!("http://{addr}/v1/cluster: 404")),
+        "{err}"
+    );
+    assert!(err.contains("without a Shoal error"), "{err}");
+    assert!(!err.contains("http://http://"), "{err}");
+    let err = status(&format!("https://{addr}"));
+    assert!(err.contains("plain HTTP"), "{err}");
+    let err = status(&format!("{addr}/v1/cluster"));
+    assert!(err.contains("has a path"), "{err}");
+    let err = status("bogus");
+    assert!(err.contains("host:port"), "{err}");
+    let err = status(&closed.to_string());
+    assert!(err.contains("--admin address"), "{err}");
+}
+
 /// An error that embeds its cause's text was printed with the cause once more
 /// (`not a regular file (a character device): not a regular file (a character device)`).
 #[test]

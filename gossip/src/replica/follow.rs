@@ -167,7 +167,8 @@ impl Replica {
             }
             !per_id.is_empty()
         });
-        if older_alive.is_some() && self.older_alive.is_none() {
+        // Logged once whichever of the two ways (this, or `handle_duplicate`) sees it first.
+        if older_alive.is_some() && self.older_alive.is_none() && self.refused_by.is_none() {
             tracing::error!(node = %self.me.id, other = ?older_alive, "another, older live process runs with this node id (judged alive from its heartbeat): refusing to serve (not ready, not publishing) until it is gone");
         }
         if older_alive != self.older_alive {

@@ -314,7 +314,8 @@ impl Replica {
     /// Another, older live process has this node's id (`Some`), or no longer (`None`): while
     /// it does, this node is not caught up and never publishes (see `incarnation.rs`).
     pub fn handle_duplicate(&mut self, older: Option<Incarnation>) {
-        if older.is_some() && self.refused_by.is_none() {
+        // Logged once whichever of the two ways (this, or the heartbeats) sees it first.
+        if older.is_some() && self.refused_by.is_none() && self.older_alive.is_none() {
             tracing::error!(node = %self.me.id, other = ?older, "another, older live process runs with this node id: refusing to serve (not ready, not publishing) until it is gone");
         }
         self.refused_by = older;

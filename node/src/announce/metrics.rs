@@ -24,7 +24,9 @@ pub struct AnnounceMetrics {
 }
 
 impl AnnounceMetrics {
-    pub fn register(&self, r: &mut Registry) {
+    /// `bgp`: the node announces by BGP. BIRD's metrics exist only then (a `shoal_bird_up 0`
+    /// on a node without BIRD read as "BIRD is down").
+    pub fn register(&self, r: &mut Registry, bgp: bool) {
         r.register(
             "shoal_announce_vips",
             "VIPs this node announces now (BGP) or owns (L2)",
@@ -40,6 +42,9 @@ impl AnnounceMetrics {
             "VIPs announced or withdrawn by this node, counted one per VIP and change",
             self.changes.clone(),
         );
+        if !bgp {
+            return;
+        }
         r.register(
             "shoal_bird_up",
             "BGP mode: 1 while BIRD answered the last poll of its control socket (every second)",
@@ -69,7 +74,7 @@ mod tests {
     fn names_as_documented() {
         let m = AnnounceMetrics::default();
         let mut r = Registry::default();
-        m.register(&mut r);
+        m.register(&mut r, true);
         m.session_up("peer1", true);
         m.changes.inc();
         m.bird_restarts.inc();
@@ -83,5 +88,12 @@ mod tests {
         assert!(text.contains("shoal_announce_changes_total 1"), "{text}");
         assert!(text.contains("shoal_bird_up 0"), "{text}");
         assert!(text.contains("shoal_bird_restarts_total 1"), "{text}");
+
+        let mut without_bgp = Registry::default();
+        AnnounceMetrics::default().register(&mut without_bgp, false);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &without_bgp).unwrap();
+        assert!(text.contains("shoal_announce_vips 0"), "{text}");
+        assert!(!text.contains("shoal_bird"), "{text}");
     }
 }

@@ -230,7 +230,7 @@ pub fn check_seed(seed: &str) -> Result<(), String> {
                     "{seed:?} is ambiguous (an IPv6 address with or without a port?): write \
                      [{ip}]:{port}"
                 ),
-                Err(_) => format!("{seed:?}: an IPv6 seed is written [address]:port"),
+                Err(_) => format!("{seed:?}: an IPv6 address is written [address]:port"),
             });
         }
         (Some(host), port)

@@ -538,7 +538,10 @@ fn toml_errors_name_the_field_not_the_source_text() {
 fn ipv6_endpoints_are_bracketed() {
     let text = "[[service]]\nname='a'\nvip='2001:db8::1'\nport=80\n[[service]]\nname='b'\nvip='2001:db8::1'\nport=80\n";
     let e = parse(text).unwrap_err();
-    assert!(e.message.contains("[2001:db8::1]:80 Tcp"), "{e}");
+    assert!(
+        e.message.contains("tcp [2001:db8::1]:80 is already served"),
+        "{e}"
+    );
     let text = "[[service]]\nname='a'\nvip='2001:db8::1'\nport=80\n[[service.backend]]\naddress='2001:db8::10'\n[[service.backend]]\naddress='2001:db8::10'\n";
     let e = parse(text).unwrap_err();
     assert!(

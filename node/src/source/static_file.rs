@@ -72,6 +72,9 @@ pub async fn run_every(
         settle.mark_read(stamp);
         let digest: [u8; 32] = Sha256::digest(&bytes).into();
         if published == Some(digest) {
+            // Back to the published bytes (a backup restored after a bad edit): the input is
+            // good again, though there is nothing new to publish.
+            status.clear_error();
             continue;
         }
         let parsed = std::str::from_utf8(&bytes)
@@ -223,6 +226,32 @@ mod tests {
         r.rx.changed().await.unwrap();
         assert_eq!(r.names(), ["b"]);
         assert!(r.status.get().last_error.is_none());
+        r.stop().await;
+    }
+
+    /// A bad edit undone by restoring the exact bytes last published left the error in place
+    /// for good (nothing new to publish, so nothing cleared it).
+    #[tokio::test]
+    async fn restoring_the_last_good_bytes_clears_the_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rules.toml");
+        std::fs::write(&path, A).unwrap();
+        let mut r = start(&path, POLL_INTERVAL);
+        r.rx.changed().await.unwrap();
+        std::fs::write(&path, "[[service]]\nname=\n").unwrap();
+        r.wait_error("line 2").await;
+        std::fs::write(&path, A).unwrap();
+        for _ in 0..400 {
+            if r.status.get().last_error.is_none() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert_eq!(r.status.get().last_error, None);
+        assert!(
+            !r.rx.has_changed().unwrap(),
+            "the same table is not published twice"
+        );
         r.stop().await;
     }
 
