@@ -168,7 +168,9 @@ impl ClusterStatus {
                 [
                     m.id.clone(),
                     if m.alive { "alive" } else { "dead" }.to_string(),
-                    m.role.clone(),
+                    // A dead member holds no role; the last one gossiped (a dead publisher
+                    // read as "follower") would mislead.
+                    if m.alive { m.role.clone() } else { "-".into() },
                     m.generation.to_string(),
                     applied,
                     m.admin.clone().unwrap_or_else(|| "-".into()),
@@ -357,6 +359,32 @@ mod tests {
         let back: ClusterStatus =
             serde_json::from_str(&serde_json::to_string(&status).unwrap()).unwrap();
         assert_eq!(back.members[0].announce, status.members[0].announce);
+    }
+
+    /// A dead publisher was listed with role "follower" (the last role it gossiped).
+    #[test]
+    fn a_dead_member_is_shown_without_a_role() {
+        let report: crate::announce::Report = serde_json::from_value(serde_json::json!({
+            "mode": "bgp", "readiness": "ready", "announced": []
+        }))
+        .unwrap();
+        let mut status = one_member(report, None);
+        let mut dead = status.members[0].clone();
+        dead.id = "n0".into();
+        dead.alive = false;
+        dead.role = "follower".into();
+        status.members.insert(0, dead);
+        let text = status.render();
+        let row = |id: &str| {
+            text.lines()
+                .find(|l| l.starts_with(&format!("{id} ")))
+                .unwrap_or_default()
+                .split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(row("n0"), ["n0", "dead", "-"], "{text}");
+        assert_eq!(row("n1"), ["n1", "alive", "publisher"], "{text}");
     }
 
     #[test]
