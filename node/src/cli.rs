@@ -42,7 +42,8 @@ pub enum Command {
     Certs(CertsCommand),
     /// Validate a rules file and print a summary.
     Check(CheckArgs),
-    /// Start a local 3-node cluster on 127.0.0.1 and walk through a publisher takeover.
+    /// Start a local cluster (3 nodes unless --nodes says otherwise) on 127.0.0.1, with backends
+    /// on 127.0.0.2-3, and walk through a publisher takeover.
     Demo(DemoArgs),
     /// Prepare a backend for tunnel mode (the init container of backend pods; needs NET_ADMIN).
     BackendInit(BackendInitArgs),

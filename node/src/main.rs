@@ -82,14 +82,29 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
+const DEFAULT_LOG: &str = "info,quinn=warn,chitchat=warn,rustls=warn";
+
 fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("SHOAL_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,quinn=warn,chitchat=warn,rustls=warn"));
+    // An empty SHOAL_LOG is the default (as an EnvFilter it would leave only errors); one that
+    // does not parse is the default too, said once logging is up (it was silently ignored).
+    let mut refused = None;
+    let filter = match std::env::var("SHOAL_LOG") {
+        Ok(value) if !value.trim().is_empty() => EnvFilter::try_new(&value).unwrap_or_else(|e| {
+            refused = Some((value, e));
+            EnvFilter::new(DEFAULT_LOG)
+        }),
+        _ => EnvFilter::new(DEFAULT_LOG),
+    };
+    // Colours only on a terminal: in a file or a container's log they are escape codes.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
+    }
+    if let Some((value, e)) = refused {
+        tracing::warn!(SHOAL_LOG = %value, error = %e, default = DEFAULT_LOG, "SHOAL_LOG does not parse as a log filter; using the default");
     }
 }

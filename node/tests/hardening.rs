@@ -462,6 +462,27 @@ fn node_addresses_as_people_paste_them() {
     assert!(err.contains("--admin address"), "{err}");
 }
 
+/// A SHOAL_LOG that does not parse was silently replaced by the default, and logs written to
+/// a file or a pipe (a container's log) carried colour escape codes.
+#[test]
+fn a_bad_log_filter_is_said_and_piped_logs_have_no_colour_codes() {
+    let out = std::process::Command::new(common::bin())
+        .args([
+            "run",
+            "--single-node",
+            "--insecure",
+            "--dataplane",
+            "memory",
+        ])
+        .env("SHOAL_LOG", "info,[")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("SHOAL_LOG does not parse"), "{err}");
+    assert!(!err.contains('\u{1b}'), "{err:?}");
+}
+
 /// An error that embeds its cause's text was printed with the cause once more
 /// (`not a regular file (a character device): not a regular file (a character device)`).
 #[test]

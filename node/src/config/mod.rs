@@ -524,7 +524,7 @@ pub fn read_token(path: &Path) -> Result<String, ConfigError> {
         return Err(invalid(
             "admin_token_file",
             format!(
-                "the token in {} must be {}-{} printable ASCII characters",
+                "the token in {} must be {}-{} ASCII characters from ! to ~ (no spaces)",
                 path.display(),
                 ADMIN_TOKEN_LEN.start(),
                 ADMIN_TOKEN_LEN.end()
