@@ -98,7 +98,7 @@ pub fn service(s: &VirtualService, allow: Allow) -> Result<(), Invalid> {
     if s.name.is_empty() || s.name.len() > NAME_LEN_MAX || s.name.contains(char::is_control) {
         return Err(invalid(
             Field::Name,
-            format!("must be 1-{NAME_LEN_MAX} characters without control characters"),
+            format!("must be 1-{NAME_LEN_MAX} bytes without control characters"),
         ));
     }
     if s.port == 0 {
@@ -256,7 +256,7 @@ pub fn health(h: &HealthCheck) -> Result<(), Invalid> {
             return Err(invalid(
                 field(HealthField::Path),
                 format!(
-                    "{} must be at most {PATH_LEN_MAX} characters without spaces or control characters",
+                    "{} must be at most {PATH_LEN_MAX} bytes without spaces or control characters",
                     shown(path)
                 ),
             ));
@@ -275,7 +275,7 @@ pub fn health(h: &HealthCheck) -> Result<(), Invalid> {
                 return Err(invalid(
                     field(HealthField::Host),
                     format!(
-                        "{} must be 1-{HOST_LEN_MAX} characters without spaces or control characters",
+                        "{} must be 1-{HOST_LEN_MAX} bytes without spaces or control characters",
                         shown(host)
                     ),
                 ));
