@@ -214,8 +214,8 @@ fn bench_table(services: usize, dests: usize, scheduler: &str) -> Desired {
                 },
                 scheduler: scheduler.into(),
                 flags: SchedFlags {
-                    mh_port: scheduler == "mh",
-                    mh_fallback: false,
+                    port: scheduler == "mh",
+                    fallback: false,
                 },
                 persistence_timeout_s: 0,
                 destinations: (0..dests)
@@ -247,7 +247,7 @@ fn ipvsadm_rules(d: &Desired) -> String {
         };
         // ipvsadm reads IPv6 as `[2001:db8::1]:80`, which SocketAddr prints.
         let addr = std::net::SocketAddr::new(addr, port);
-        if s.flags.mh_port {
+        if s.flags.port {
             out.push_str(&format!("-A -t {addr} -s {} -b mh-port\n", s.scheduler));
         } else {
             out.push_str(&format!("-A -t {addr} -s {}\n", s.scheduler));

@@ -142,15 +142,21 @@ impl fmt::Display for Forwarding {
     }
 }
 
-/// Scheduler flags carried in IPVS's `flags` attribute.
+/// Scheduler flags carried in IPVS's `flags` attribute: the kernel's two scheduler flags,
+/// which the hashing schedulers read (`mh-port`/`mh-fallback` for mh, `sh-port`/`sh-fallback`
+/// for sh: the same bits) and the others ignore.
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]
 pub struct SchedFlags {
-    /// `mh-port`: hash the source port as well as the source address.
-    pub mh_port: bool,
-    /// `mh-fallback`: skip destinations with weight 0 or over threshold.
-    pub mh_fallback: bool,
+    /// `IP_VS_SVC_F_SCHED2`, `mh-port` / `sh-port`: hash the source port as well as the
+    /// source address.
+    #[serde(alias = "mh_port")]
+    pub port: bool,
+    /// `IP_VS_SVC_F_SCHED1`, `mh-fallback` / `sh-fallback`: skip destinations with weight 0
+    /// (drained) or over their threshold.
+    #[serde(alias = "mh_fallback")]
+    pub fallback: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

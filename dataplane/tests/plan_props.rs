@@ -177,8 +177,8 @@ proptest! {
 fn one_destination_change_is_one_op() {
     let mut svc = tcp_service(shoal_vip(0), 80, (0..10).map(|i| backend(10 + i)));
     svc.flags = SchedFlags {
-        mh_port: true,
-        mh_fallback: false,
+        port: true,
+        fallback: false,
     };
     let mut dp = MemoryDataplane::new();
     let mut desired = Desired {

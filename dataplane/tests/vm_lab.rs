@@ -65,8 +65,8 @@ fn table_a() -> Desired {
                 key: tcp("203.0.113.10", 80),
                 scheduler: "mh".into(),
                 flags: SchedFlags {
-                    mh_port: true,
-                    mh_fallback: false,
+                    port: true,
+                    fallback: false,
                 },
                 persistence_timeout_s: 0,
                 destinations: vec![
@@ -118,8 +118,8 @@ fn table_c() -> Desired {
         key: tcp("203.0.113.20", 8080),
         scheduler: "mh".into(),
         flags: SchedFlags {
-            mh_port: true,
-            mh_fallback: true,
+            port: true,
+            fallback: true,
         },
         persistence_timeout_s: 0,
         destinations: vec![
@@ -164,10 +164,10 @@ fn ipvsadm_lines(d: &Desired) -> BTreeSet<String> {
             line.push_str(&format!(" -p {}", s.persistence_timeout_s));
         }
         let mut flags = Vec::new();
-        if s.flags.mh_fallback {
+        if s.flags.fallback {
             flags.push("mh-fallback");
         }
-        if s.flags.mh_port {
+        if s.flags.port {
             flags.push("mh-port");
         }
         if !flags.is_empty() {

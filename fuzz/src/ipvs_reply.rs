@@ -48,8 +48,8 @@ pub fn seeds() -> Vec<Vec<u8>> {
             key: key.clone(),
             scheduler: "mh".into(),
             flags: SchedFlags {
-                mh_port: true,
-                mh_fallback: i == 1,
+                port: true,
+                fallback: i == 1,
             },
             persistence_timeout_s: 0,
             destinations: Vec::new(),

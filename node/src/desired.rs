@@ -78,8 +78,8 @@ mod tests {
                 protocol: Protocol::Tcp,
                 scheduler: "mh".into(),
                 flags: SchedFlags {
-                    mh_port: true,
-                    mh_fallback: false,
+                    port: true,
+                    fallback: false,
                 },
                 forwarding: Forwarding::Tunnel(Tunnel::Ipip),
                 backends: vec![

@@ -65,6 +65,11 @@ struct RawService {
     /// Default: on with `mh`. Without it IPVS's mh keeps sending new flows to a weight-0
     /// (health-drained or removed) backend's slots, and those connections fail.
     mh_fallback: Option<Spanned<bool>>,
+    /// Default off: sh is chosen for client affinity, which hashing the port would undo.
+    sh_port: Option<Spanned<bool>>,
+    /// Default: on with `sh`, for the same reason as `mh_fallback` (without it every client
+    /// that hashes to a drained backend is refused while it is down).
+    sh_fallback: Option<Spanned<bool>>,
     /// Default `tunnel`.
     forwarding: Option<Spanned<RawForwarding>>,
     /// Default `ipip`; only with tunnel forwarding.
@@ -223,11 +228,13 @@ pub fn parse(text: &str) -> Result<RuleTable, RulesError> {
 pub fn warnings(table: &RuleTable) -> Vec<String> {
     let mut out = Vec::new();
     for s in &table.services {
-        if s.scheduler == "mh" && !s.flags.mh_fallback && s.health.is_some() {
+        let hashing = matches!(s.scheduler.as_str(), "mh" | "sh");
+        if hashing && !s.flags.fallback && s.health.is_some() {
+            let sched = &s.scheduler;
             out.push(format!(
-                "service {:?}: health-checked mh service without mh_fallback: a backend drained \
-                 to weight 0 keeps its share of new connections, and they fail; set \
-                 mh_fallback = true",
+                "service {:?}: health-checked {sched} service without {sched}_fallback: a \
+                 backend drained to weight 0 keeps its share of new connections, and they \
+                 fail; set {sched}_fallback = true",
                 s.name
             ));
         }
@@ -259,7 +266,33 @@ fn check_service(
         .as_ref()
         .map_or("mh", |s| s.get_ref().as_str())
         .to_string();
-    let is_mh = scheduler == "mh";
+    // Each hashing scheduler's flags under its own names; a flag turned on for a scheduler
+    // that would ignore it is refused at its own line.
+    for (name, value, wants) in [
+        ("mh_port", &raw.mh_port, "mh"),
+        ("mh_fallback", &raw.mh_fallback, "mh"),
+        ("sh_port", &raw.sh_port, "sh"),
+        ("sh_fallback", &raw.sh_fallback, "sh"),
+    ] {
+        if value.as_ref().is_some_and(|v| *v.get_ref()) && scheduler != wants {
+            return Err(err(
+                name,
+                value.as_ref().map(|v| v.span()),
+                format!("{name} needs scheduler \"{wants}\", not {scheduler:?}"),
+            ));
+        }
+    }
+    let flags = match scheduler.as_str() {
+        "mh" => SchedFlags {
+            port: or(&raw.mh_port, true),
+            fallback: or(&raw.mh_fallback, true),
+        },
+        "sh" => SchedFlags {
+            port: or(&raw.sh_port, false),
+            fallback: or(&raw.sh_fallback, true),
+        },
+        _ => SchedFlags::default(),
+    };
     let forwarding_kind = or(&raw.forwarding, RawForwarding::Tunnel);
     // Settings the chosen forwarding would silently ignore are refused: an operator who wrote
     // `tunnel = "gre"` next to `forwarding = "masq"` expects one of them to happen.
@@ -338,11 +371,7 @@ fn check_service(
         port: *raw.port.get_ref(),
         protocol: raw.protocol,
         scheduler,
-        flags: SchedFlags {
-            // An explicit `true` on another scheduler is refused by the validator.
-            mh_port: or(&raw.mh_port, is_mh),
-            mh_fallback: or(&raw.mh_fallback, is_mh),
-        },
+        flags,
         forwarding,
         backends,
         health,
@@ -373,15 +402,9 @@ fn locate(
         Field::Vip => (Some(raw.vip.span().start), "vip".into()),
         Field::Port => (Some(raw.port.span().start), "port".into()),
         Field::Scheduler => (start(&raw.scheduler), "scheduler".into()),
-        // Refused when a flag is on without mh: that is a flag the file set to true.
-        Field::MhFlags => {
-            let set = |v: &Option<Spanned<bool>>| v.as_ref().filter(|v| *v.get_ref()).is_some();
-            if set(&raw.mh_port) || !set(&raw.mh_fallback) {
-                (start(&raw.mh_port), "mh_port".into())
-            } else {
-                (start(&raw.mh_fallback), "mh_fallback".into())
-            }
-        }
+        // The flags follow the scheduler here (a flag for another one is refused before the
+        // validator sees it), so a refusal is about the scheduler.
+        Field::SchedFlags => (start(&raw.scheduler), "scheduler".into()),
         Field::TunnelPort => (start(&raw.tunnel_port), "tunnel_port".into()),
         Field::Backend(j, part) => {
             let b = &raw.backend[j];

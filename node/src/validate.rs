@@ -34,8 +34,8 @@ pub enum Field {
     Vip,
     Port,
     Scheduler,
-    /// `mh_port` / `mh_fallback`.
-    MhFlags,
+    /// The hashing schedulers' flags (`mh_port`, `mh_fallback`, `sh_port`, `sh_fallback`).
+    SchedFlags,
     /// The GUE tunnel's UDP port.
     TunnelPort,
     /// The backend at this index (in the service's list).
@@ -111,10 +111,13 @@ pub fn service(s: &VirtualService, allow: Allow) -> Result<(), Invalid> {
         ));
     }
     scheduler(&s.scheduler)?;
-    if s.scheduler != "mh" && (s.flags.mh_port || s.flags.mh_fallback) {
+    if !matches!(s.scheduler.as_str(), "mh" | "sh") && (s.flags.port || s.flags.fallback) {
         return Err(invalid(
-            Field::MhFlags,
-            format!("mh flags need scheduler \"mh\", not {:?}", s.scheduler),
+            Field::SchedFlags,
+            format!(
+                "port and fallback flags need scheduler \"mh\" or \"sh\", not {:?}",
+                s.scheduler
+            ),
         ));
     }
     if let Forwarding::Tunnel(Tunnel::Gue { port: 0, .. }) = s.forwarding {
@@ -351,8 +354,8 @@ mod tests {
             protocol: Protocol::Tcp,
             scheduler: "mh".into(),
             flags: SchedFlags {
-                mh_port: true,
-                mh_fallback: true,
+                port: true,
+                fallback: true,
             },
             forwarding: Forwarding::Tunnel(Tunnel::Ipip),
             backends: vec![Backend {
@@ -411,7 +414,7 @@ mod tests {
         );
         assert_eq!(
             field_of(|s| s.scheduler = "rr".into()),
-            Some(Field::MhFlags)
+            Some(Field::SchedFlags)
         );
         assert_eq!(
             field_of(|s| s.forwarding = Forwarding::Tunnel(Tunnel::Gue { port: 0, flags: 0 })),

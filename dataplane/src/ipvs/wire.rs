@@ -189,10 +189,10 @@ pub fn flags_bits(s: &Service) -> u32 {
     if s.persistence_timeout_s > 0 {
         f |= SVC_F_PERSISTENT;
     }
-    if s.flags.mh_fallback {
+    if s.flags.fallback {
         f |= SVC_F_SCHED1;
     }
-    if s.flags.mh_port {
+    if s.flags.port {
         f |= SVC_F_SCHED2;
     }
     f

@@ -83,8 +83,8 @@ pub fn service(foreign: bool) -> impl Strategy<Value = Service> {
                     key,
                     scheduler: sched.to_string(),
                     flags: SchedFlags {
-                        mh_port,
-                        mh_fallback: false,
+                        port: mh_port,
+                        fallback: false,
                     },
                     persistence_timeout_s,
                     destinations,

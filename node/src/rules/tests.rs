@@ -8,7 +8,7 @@ fn example_parses() {
     assert!(table.services.len() >= 2);
     let web = table.services.iter().find(|s| s.name == "web").unwrap();
     assert_eq!(web.scheduler, "mh");
-    assert!(web.flags.mh_port);
+    assert!(web.flags.port);
     assert_eq!(web.forwarding, Forwarding::Tunnel(Tunnel::Ipip));
 }
 
@@ -20,14 +20,14 @@ fn defaults_are_mh_port_and_tunnel() {
     assert_eq!(s.forwarding, Forwarding::Tunnel(Tunnel::Ipip));
     assert_eq!(s.backends[0].port, 80);
     assert_eq!(s.backends[0].weight, 1);
-    assert!(s.flags.mh_port && s.flags.mh_fallback, "{:?}", s.flags);
+    assert!(s.flags.port && s.flags.fallback, "{:?}", s.flags);
 }
 
 #[test]
 fn mh_fallback_can_be_turned_off_and_check_warns_when_health_checked() {
     let base = "[[service]]\nname='a'\nvip='203.0.113.1'\nport=80\nmh_fallback=false\n";
     let t = parse(base).unwrap();
-    assert!(!t.services[0].flags.mh_fallback);
+    assert!(!t.services[0].flags.fallback);
     assert!(warnings(&t).is_empty(), "no health check: nothing drains");
     let t = parse(&format!("{base}[service.health]\nkind='tcp'\n")).unwrap();
     let w = warnings(&t);
@@ -45,13 +45,61 @@ fn mh_fallback_can_be_turned_off_and_check_warns_when_health_checked() {
 #[test]
 fn other_schedulers_get_no_mh_flags() {
     let t = parse("[[service]]\nname='a'\nvip='203.0.113.1'\nport=80\nscheduler='rr'\n[service.health]\nkind='tcp'\n").unwrap();
-    assert!(!t.services[0].flags.mh_fallback && !t.services[0].flags.mh_port);
+    assert!(!t.services[0].flags.fallback && !t.services[0].flags.port);
     assert!(warnings(&t).is_empty());
     let e = parse(
         "[[service]]\nname='a'\nvip='203.0.113.1'\nport=80\nscheduler='rr'\nmh_fallback=true\n",
     )
     .unwrap_err();
-    assert!(e.message.contains("mh flags"), "{e}");
+    assert!(
+        e.message.contains("mh_fallback needs scheduler \"mh\""),
+        "{e}"
+    );
+}
+
+/// Found with real traffic: with sh and a health check, IPVS kept hashing the clients of a
+/// drained backend to it (sh skips weight-0 destinations only with sh-fallback, which a rules
+/// file could not set), so they were refused while it was down, on every replica.
+#[test]
+fn sh_falls_back_from_drained_backends_by_default_and_keeps_affinity() {
+    let sh = "[[service]]\nname='a'\nvip='203.0.113.1'\nport=80\nscheduler='sh'\n";
+    let t = parse(&format!("{sh}[service.health]\nkind='tcp'\n")).unwrap();
+    let flags = t.services[0].flags;
+    assert!(flags.fallback, "drained backends are skipped: {flags:?}");
+    assert!(
+        !flags.port,
+        "the source port is not hashed (affinity per client): {flags:?}"
+    );
+    assert!(warnings(&t).is_empty());
+
+    let t = parse(&format!(
+        "{sh}sh_fallback=false\nsh_port=true\n[service.health]\nkind='tcp'\n"
+    ))
+    .unwrap();
+    let flags = t.services[0].flags;
+    assert!(!flags.fallback && flags.port, "{flags:?}");
+    let w = warnings(&t);
+    assert!(w.len() == 1 && w[0].contains("sh_fallback = true"), "{w:?}");
+
+    for (line, key) in [
+        ("mh_fallback=true", "mh_fallback"),
+        ("mh_port=true", "mh_port"),
+    ] {
+        let e = parse(&format!("{sh}{line}\n")).unwrap_err();
+        assert_eq!(e.line, 6, "{e}");
+        assert!(
+            e.field.ends_with(key) && e.message.contains("needs scheduler \"mh\", not \"sh\""),
+            "{e}"
+        );
+    }
+    let mh = "[[service]]\nname='a'\nvip='203.0.113.1'\nport=80\nsh_fallback=true\n";
+    let e = parse(mh).unwrap_err();
+    assert!(
+        e.field.ends_with("sh_fallback") && e.message.contains("not \"mh\""),
+        "{e}"
+    );
+    // `false` for another scheduler's flag says what that scheduler does anyway.
+    assert!(parse(&format!("{sh}mh_fallback=false\n")).is_ok());
 }
 
 #[test]

@@ -227,8 +227,8 @@ pub fn parse_service(payload: &[u8]) -> Result<(Service, Stats), DataplaneError>
         key,
         scheduler,
         flags: SchedFlags {
-            mh_port: flags & SVC_F_SCHED2 != 0,
-            mh_fallback: flags & SVC_F_SCHED1 != 0,
+            port: flags & SVC_F_SCHED2 != 0,
+            fallback: flags & SVC_F_SCHED1 != 0,
         },
         persistence_timeout_s: if flags & SVC_F_PERSISTENT != 0 {
             timeout

@@ -8,8 +8,8 @@ fn svc(key: ServiceKey) -> Service {
         key,
         scheduler: "mh".into(),
         flags: SchedFlags {
-            mh_port: true,
-            mh_fallback: false,
+            port: true,
+            fallback: false,
         },
         persistence_timeout_s: 0,
         destinations: Vec::new(),
@@ -48,7 +48,7 @@ fn service_round_trips_v4_v6_fwmark() {
     for key in keys {
         let mut s = svc(key);
         s.persistence_timeout_s = 300;
-        s.flags.mh_fallback = true;
+        s.flags.fallback = true;
         let bytes = new_service(&s).unwrap().to_bytes(0x20, 7, 42).unwrap();
         let payload = only_payload(&bytes);
         let (back, _) = parse_service(&payload).unwrap();
@@ -149,7 +149,7 @@ fn parses_kernel_shaped_reply_with_counters() {
     let (s, st) = parse_service(&payload).unwrap();
     assert_eq!(parse_service_key(&payload).unwrap(), s.key);
     assert_eq!(s.scheduler, "wrr");
-    assert!(s.flags.mh_port && !s.flags.mh_fallback);
+    assert!(s.flags.port && !s.flags.fallback);
     // Timeout without the persistent flag is not persistence.
     assert_eq!(s.persistence_timeout_s, 0);
     assert_eq!(

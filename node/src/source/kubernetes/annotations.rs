@@ -7,6 +7,8 @@
 //! | `shoal.io/scheduler` | `mh rr wrr lc wlc sh dh sed nq lblc lblcr fo ovf twos` | `mh` |
 //! | `shoal.io/mh-port` | `true`/`false` (only with `mh`) | `true` with `mh` (as in the rules file), `false` with `sessionAffinity: ClientIP` |
 //! | `shoal.io/mh-fallback` | `true`/`false` (only with `mh`) | `true` with `mh` |
+//! | `shoal.io/sh-port` | `true`/`false` (only with `sh`) | `false` (sh is for affinity) |
+//! | `shoal.io/sh-fallback` | `true`/`false` (only with `sh`) | `true` with `sh` (clients of a drained backend go elsewhere) |
 //! | `shoal.io/forwarding` | `tunnel` (= `ipip`), `gue`, `gre`, `masq`, `route` | `tunnel` |
 //! | `shoal.io/gue-port` | UDP port of the backends' GUE decapsulation | `6080` |
 //! | `shoal.io/health-check` | `tcp`, `http`, `https`, `none` | `tcp` |
@@ -28,6 +30,8 @@ pub const ALLOW_SHARED_IP: &str = "shoal.io/allow-shared-ip";
 pub const SCHEDULER: &str = "shoal.io/scheduler";
 pub const MH_PORT: &str = "shoal.io/mh-port";
 pub const MH_FALLBACK: &str = "shoal.io/mh-fallback";
+pub const SH_PORT: &str = "shoal.io/sh-port";
+pub const SH_FALLBACK: &str = "shoal.io/sh-fallback";
 pub const FORWARDING: &str = "shoal.io/forwarding";
 pub const GUE_PORT: &str = "shoal.io/gue-port";
 pub const HEALTH_CHECK: &str = "shoal.io/health-check";
@@ -82,8 +86,8 @@ impl Default for ServiceSettings {
             sharing_key: None,
             scheduler: "mh".to_string(),
             flags: SchedFlags {
-                mh_port: true,
-                mh_fallback: true,
+                port: true,
+                fallback: true,
             },
             forwarding: Forwarding::Tunnel(Tunnel::Ipip),
             health: Some(default_health()),
@@ -146,19 +150,41 @@ pub fn parse(
         crate::validate::scheduler(v).map_err(|e| bad(SCHEDULER, v, e.message))?;
         s.scheduler = v.to_string();
     }
-    let is_mh = s.scheduler == "mh";
-    s.flags.mh_fallback = is_mh;
-    s.flags.mh_port = is_mh;
-    for (key, field) in [(MH_PORT, 0), (MH_FALLBACK, 1)] {
+    // The hashing schedulers' flags, each under its scheduler's name; defaults as in the rules
+    // file (mh: port and fallback; sh: fallback only, hashing the port would undo affinity).
+    s.flags = match s.scheduler.as_str() {
+        "mh" => SchedFlags {
+            port: true,
+            fallback: true,
+        },
+        "sh" => SchedFlags {
+            port: false,
+            fallback: true,
+        },
+        _ => SchedFlags::default(),
+    };
+    for (key, wants, is_port) in [
+        (MH_PORT, "mh", true),
+        (MH_FALLBACK, "mh", false),
+        (SH_PORT, "sh", true),
+        (SH_FALLBACK, "sh", false),
+    ] {
         if let Some(v) = get(key) {
             let on = parse_bool(key, v)?;
-            if on && !is_mh {
-                return Err(bad(key, v, "only valid with shoal.io/scheduler=mh"));
+            if s.scheduler != wants {
+                if on {
+                    return Err(bad(
+                        key,
+                        v,
+                        format!("only valid with shoal.io/scheduler={wants}"),
+                    ));
+                }
+                continue;
             }
-            if field == 0 {
-                s.flags.mh_port = on;
+            if is_port {
+                s.flags.port = on;
             } else {
-                s.flags.mh_fallback = on;
+                s.flags.fallback = on;
             }
         }
     }
@@ -310,7 +336,7 @@ mod tests {
     fn no_annotations_give_the_documented_defaults() {
         let s = parse(&BTreeMap::new(), None).unwrap();
         assert_eq!(s.scheduler, "mh");
-        assert!(s.flags.mh_fallback && s.flags.mh_port);
+        assert!(s.flags.fallback && s.flags.port);
         assert_eq!(s.forwarding, Forwarding::Tunnel(Tunnel::Ipip));
         let h = s.health.unwrap();
         assert_eq!(
@@ -382,6 +408,22 @@ mod tests {
         );
     }
 
+    /// sh, like mh, skips drained backends by default (without it, every client that hashed to
+    /// a health-drained backend was refused while it was down) and hashes the address only.
+    #[test]
+    fn sh_defaults_to_fallback_without_port_and_takes_its_own_flags() {
+        let s = parse(&ann(&[(SCHEDULER, "sh")]), None).unwrap();
+        assert!(s.flags.fallback && !s.flags.port, "{:?}", s.flags);
+        let s = parse(
+            &ann(&[(SCHEDULER, "sh"), (SH_PORT, "true"), (SH_FALLBACK, "false")]),
+            None,
+        )
+        .unwrap();
+        assert!(s.flags.port && !s.flags.fallback, "{:?}", s.flags);
+        let s = parse(&ann(&[(SCHEDULER, "rr")]), None).unwrap();
+        assert_eq!(s.flags, SchedFlags::default());
+    }
+
     #[test]
     fn errors_name_the_annotation() {
         let cases: &[(&[(&str, &str)], &str)] = &[
@@ -390,6 +432,8 @@ mod tests {
             (&[(SCHEDULER, "fastest")], SCHEDULER),
             (&[(SCHEDULER, "rr"), (MH_PORT, "true")], MH_PORT),
             (&[(MH_FALLBACK, "yes")], MH_FALLBACK),
+            (&[(SH_FALLBACK, "true")], SH_FALLBACK),
+            (&[(SCHEDULER, "sh"), (MH_PORT, "true")], MH_PORT),
             (&[(FORWARDING, "nat")], FORWARDING),
             (&[(GUE_PORT, "6000")], GUE_PORT),
             (&[(FORWARDING, "gue"), (GUE_PORT, "0")], GUE_PORT),
@@ -438,7 +482,7 @@ mod tests {
         /// Arbitrary annotation values never panic; an accepted result keeps its invariants.
         #[test]
         fn arbitrary_values_never_panic(
-            key in proptest::sample::select(vec![VIP, ALLOW_SHARED_IP, SCHEDULER, MH_PORT, MH_FALLBACK, FORWARDING,
+            key in proptest::sample::select(vec![VIP, ALLOW_SHARED_IP, SCHEDULER, MH_PORT, MH_FALLBACK, SH_PORT, SH_FALLBACK, FORWARDING,
                 GUE_PORT, HEALTH_CHECK, HEALTH_PATH, HEALTH_EXPECT_STATUS, HEALTH_HOST,
                 HEALTH_INTERVAL_MS, HEALTH_TIMEOUT_MS, HEALTH_RISE, HEALTH_FALL]),
             value in ".{0,12}",

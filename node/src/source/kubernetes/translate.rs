@@ -125,9 +125,12 @@ pub fn translate<S: Borrow<Service>, E: Borrow<Slice>>(
                     .as_ref()
                     .and_then(|s| s.session_affinity.as_deref())
                     == Some("ClientIP");
-                if client_ip && !ann.contains_key(annotations::MH_PORT) {
+                if client_ip
+                    && !ann.contains_key(annotations::MH_PORT)
+                    && !ann.contains_key(annotations::SH_PORT)
+                {
                     // One client, one backend: hash the client address only.
-                    settings.flags.mh_port = false;
+                    settings.flags.port = false;
                 }
                 if let Some(message) = affinity_problem(svc, &settings) {
                     problems.push(Problem {

@@ -98,25 +98,25 @@ pub(super) fn ports_of(svc: &Service) -> BTreeSet<(String, u16)> {
 }
 
 /// `sessionAffinity: ClientIP` is honoured by a scheduler that hashes the client address
-/// only: `mh` without `mh-port` (what ClientIP turns the default into) or `sh`; each replica
-/// then picks the same backend for a client, with no timeout (`timeoutSeconds` is not used:
-/// the mapping lasts as long as the set of endpoints). Anything else is reported.
+/// only: `mh` without `mh-port` (what ClientIP turns the default into) or `sh` without
+/// `sh-port`; each replica then picks the same backend for a client, with no timeout
+/// (`timeoutSeconds` is not used: the mapping lasts as long as the set of endpoints). Anything
+/// else is reported.
 pub(super) fn affinity_problem(svc: &Service, settings: &ServiceSettings) -> Option<String> {
     let spec = svc.spec.as_ref()?;
     if spec.session_affinity.as_deref() != Some("ClientIP") {
         return None;
     }
     let hashes_client = match settings.scheduler.as_str() {
-        "mh" => !settings.flags.mh_port,
-        "sh" => true,
+        "mh" | "sh" => !settings.flags.port,
         _ => false,
     };
     (!hashes_client).then(|| {
         format!(
             "sessionAffinity ClientIP needs a scheduler that hashes the client address only \
-             (shoal.io/scheduler=mh without shoal.io/mh-port, or sh); scheduler {} mh-port {} \
-             does not keep a client on one endpoint",
-            settings.scheduler, settings.flags.mh_port
+             (shoal.io/scheduler=mh without shoal.io/mh-port, or sh without shoal.io/sh-port); \
+             scheduler {} with the port flag {} does not keep a client on one endpoint",
+            settings.scheduler, settings.flags.port
         )
     })
 }
