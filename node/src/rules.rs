@@ -136,6 +136,8 @@ struct RawHealth {
     expect_status: Option<Spanned<u16>>,
     /// http(s) only.
     host: Option<Spanned<String>>,
+    /// Default: the backend's port (required for a udp or sctp service).
+    port: Option<Spanned<u16>>,
 }
 
 fn default_protocol() -> Protocol {
@@ -430,6 +432,7 @@ fn locate(
                     (h.and_then(|h| start(&h.expect_status)), "expect_status")
                 }
                 HealthField::Host => (h.and_then(|h| start(&h.host)), "host"),
+                HealthField::Port => (h.and_then(|h| start(&h.port)), "port"),
             };
             let table = raw.health.as_ref().map(|h| h.span().start);
             (offset.or(table), format!("health.{name}"))
@@ -533,6 +536,7 @@ fn health_of(
         timeout_ms: or(&h.timeout_ms, 500),
         rise: or(&h.rise, 2),
         fall: or(&h.fall, 3),
+        port: h.port.as_ref().map(|p| *p.get_ref()),
     })
 }
 

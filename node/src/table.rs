@@ -50,6 +50,10 @@ pub struct HealthCheck {
     pub timeout_ms: u64,
     pub rise: u32,
     pub fall: u32,
+    /// The TCP port to probe when it is not the backend's service port: a UDP or SCTP
+    /// service's backends are checked only through one (tcp and http probes speak TCP).
+    #[serde(default)]
+    pub port: Option<u16>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,6 +101,7 @@ mod tests {
             timeout_ms: 50,
             rise: 1,
             fall: 2,
+            port: None,
         });
         table.services[1].health = Some(HealthCheck {
             probe: Probe::Tcp,
@@ -104,6 +109,7 @@ mod tests {
             timeout_ms: 50,
             rise: 1,
             fall: 2,
+            port: None,
         });
         let cfg = bincode::config::standard();
         let bytes = bincode::serde::encode_to_vec(&table, cfg).unwrap();

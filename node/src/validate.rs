@@ -9,7 +9,7 @@
 //! forwarding name) is the sources' own parsing.
 
 use crate::table::{HealthCheck, Probe, VirtualService};
-use shoal_dataplane::model::{Forwarding, Tunnel};
+use shoal_dataplane::model::{Forwarding, Protocol, Tunnel};
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 
@@ -59,6 +59,8 @@ pub enum HealthField {
     Path,
     ExpectStatus,
     Host,
+    /// The probed port (`health.port`).
+    Port,
 }
 
 /// `text` quoted for an error, cut to its first 64 characters: a refused 3,000-character path
@@ -183,10 +185,24 @@ pub fn service(s: &VirtualService, allow: Allow) -> Result<(), Invalid> {
             ));
         }
     }
-    match &s.health {
-        Some(h) => health(h),
-        None => Ok(()),
+    let Some(h) = &s.health else {
+        return Ok(());
+    };
+    health(h)?;
+    // tcp and http probes speak TCP to the backend's port: at a UDP-only backend every probe
+    // is refused and every backend drained (found with real traffic).
+    if s.protocol != Protocol::Tcp && h.port.is_none() {
+        return Err(invalid(
+            Field::Health(HealthField::Port),
+            format!(
+                "a {} service's backends cannot be probed on their service port (tcp and http \
+                 checks connect over TCP); give the TCP port they answer checks on, or leave \
+                 the health check out",
+                s.protocol
+            ),
+        ));
     }
+    Ok(())
 }
 
 /// A scheduler IPVS has (IPVS takes any name up to 15 characters and fails only when the
@@ -209,6 +225,9 @@ pub fn scheduler(name: &str) -> Result<(), Invalid> {
 /// Checks a health check's bounds: they feed timers and an HTTP request line.
 pub fn health(h: &HealthCheck) -> Result<(), Invalid> {
     let field = Field::Health;
+    if h.port == Some(0) {
+        return Err(invalid(field(HealthField::Port), "port 0 is not usable"));
+    }
     if !HEALTH_INTERVAL_MS.contains(&h.interval_ms) {
         return Err(invalid(
             field(HealthField::IntervalMs),
@@ -374,6 +393,7 @@ mod tests {
                 timeout_ms: 500,
                 rise: 2,
                 fall: 3,
+                port: None,
             }),
             source_ranges: vec![],
         }

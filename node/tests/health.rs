@@ -29,6 +29,7 @@ fn check(interval_ms: u64, rise: u32, fall: u32, probe: Probe) -> HealthCheck {
         timeout_ms: (interval_ms / 2).max(50),
         rise,
         fall,
+        port: None,
     }
 }
 
@@ -375,4 +376,51 @@ async fn backend_flapping_every_100ms_does_not_flap_the_verdict() {
         );
     }
     assert!(cluster.all_say("tcp", port, false));
+}
+
+/// A UDP service's backends are probed on the health check's port: tcp and http probes speak
+/// TCP, and at a UDP-only backend's service port every probe was refused and every backend
+/// drained (found with real traffic through IPVS).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_health_port_is_probed_instead_of_the_service_port() {
+    let (interval_ms, rise, fall) = (200, 2, 2);
+    let mut answers_checks = TestBackend::start(any_port(), false).await;
+    // A port nothing listens on over TCP: the UDP service's own port.
+    let udp_port = std::net::TcpListener::bind(any_port())
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut dns = service("dns", 3, &[], check(interval_ms, rise, fall, Probe::Tcp));
+    dns.protocol = Protocol::Udp;
+    dns.port = udp_port;
+    dns.backends = vec![Backend {
+        address: LOCALHOST.parse().unwrap(),
+        port: udp_port,
+        weight: 1,
+    }];
+    if let Some(h) = dns.health.as_mut() {
+        h.port = Some(answers_checks.port());
+    }
+    let cluster = Cluster::start(
+        3,
+        2,
+        RuleTable {
+            services: vec![dns],
+        },
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || cluster.settled_up(2))
+            .await
+            .is_some(),
+        "the backend is up through its health port"
+    );
+    answers_checks.kill();
+    let limit = Duration::from_millis(interval_ms * fall as u64 + 1000);
+    assert!(
+        wait_until(limit, || cluster.all_say("dns", udp_port, true))
+            .await
+            .is_some(),
+        "a dead health port drains the backend"
+    );
 }

@@ -136,6 +136,7 @@ async fn run(args: &Args, nodes: usize, k: usize) -> anyhow::Result<Stats> {
                 timeout_ms: args.interval_ms / 2,
                 rise: 2,
                 fall: 2,
+                port: None,
             }),
             source_ranges: vec![],
         }],

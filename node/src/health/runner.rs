@@ -177,7 +177,7 @@ impl Runner {
                 duty.in_flight = true;
                 let target = Target {
                     address: b.address,
-                    port: b.port,
+                    port: duty.check.port.unwrap_or(b.port),
                     probe: duty.check.probe.clone(),
                     timeout: Duration::from_millis(duty.check.timeout_ms.max(1)),
                 };
@@ -356,6 +356,7 @@ mod tests {
             timeout_ms: 500,
             rise: 2,
             fall: 3,
+            port: None,
         }
     }
 

@@ -303,6 +303,7 @@ mod tests {
                     timeout_ms: 500,
                     rise: 2,
                     fall: 2,
+                    port: None,
                 }),
                 source_ranges: vec![],
             }],

@@ -597,3 +597,29 @@ fn ipv6_endpoints_are_bracketed() {
         "{e}"
     );
 }
+
+/// Found with real traffic: a udp service with a tcp check was accepted, and the probes,
+/// which speak TCP, drained every UDP-only backend. A udp service's check now needs the TCP
+/// port its backends answer checks on.
+#[test]
+fn a_udp_service_is_checked_through_a_health_port() {
+    let udp = "[[service]]\nname='dns'\nvip='203.0.113.53'\nport=53\nprotocol='udp'\n[[service.backend]]\naddress='198.18.0.2'\n";
+    let e = parse(&format!("{udp}[service.health]\nkind='tcp'\n")).unwrap_err();
+    assert_eq!(e.field, "service[0].health.port", "{e}");
+    assert_eq!(e.line, 8, "the [service.health] header: {e}");
+    assert!(e.message.contains("udp service"), "{e}");
+    let t = parse(&format!(
+        "{udp}[service.health]\nkind='http'\npath='/ready'\nport=8080\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        t.services[0].health.as_ref().and_then(|h| h.port),
+        Some(8080)
+    );
+    let e = parse(&format!("{udp}[service.health]\nkind='tcp'\nport=0\n")).unwrap_err();
+    assert_eq!(
+        (e.field.as_str(), e.line),
+        ("service[0].health.port", 10),
+        "{e}"
+    );
+}

@@ -19,6 +19,7 @@
 //! | `shoal.io/health-timeout-ms` | 1..=interval | `1000` |
 //! | `shoal.io/health-rise` | 1..=100 | `2` |
 //! | `shoal.io/health-fall` | 1..=100 | `3` |
+//! | `shoal.io/health-port` | the TCP port probed, when not the backend's (required to check UDP/SCTP ports) | the backend's port; UDP/SCTP ports unchecked |
 
 use crate::table::{HealthCheck, Probe};
 use shoal_dataplane::model::{Forwarding, SchedFlags, Tunnel};
@@ -42,6 +43,7 @@ pub const HEALTH_INTERVAL_MS: &str = "shoal.io/health-interval-ms";
 pub const HEALTH_TIMEOUT_MS: &str = "shoal.io/health-timeout-ms";
 pub const HEALTH_RISE: &str = "shoal.io/health-rise";
 pub const HEALTH_FALL: &str = "shoal.io/health-fall";
+pub const HEALTH_PORT: &str = "shoal.io/health-port";
 
 /// IPVS schedulers Shoal lets a Service pick (the rules file's list: one validator, `validate.rs`).
 pub use crate::validate::SCHEDULERS;
@@ -103,6 +105,7 @@ fn default_health() -> HealthCheck {
         timeout_ms: 1000,
         rise: 2,
         fall: 3,
+        port: None,
     }
 }
 
@@ -284,6 +287,9 @@ fn parse_health<'a>(
             *slot = parse_num(key, v)?;
         }
     }
+    if let Some(v) = get(HEALTH_PORT) {
+        h.port = Some(parse_num(HEALTH_PORT, v)?);
+    }
     // The bounds are the rules file's: one validator for both sources.
     crate::validate::health(&h).map_err(|e| {
         use crate::validate::HealthField as F;
@@ -300,6 +306,7 @@ fn parse_health<'a>(
             crate::validate::Field::Health(F::ExpectStatus) => {
                 (HEALTH_EXPECT_STATUS, String::new())
             }
+            crate::validate::Field::Health(F::Port) => (HEALTH_PORT, String::new()),
             _ => (HEALTH_HOST, String::new()),
         };
         let value = get(key).map(str::to_string).unwrap_or(default);
@@ -403,7 +410,8 @@ mod tests {
                 interval_ms: 500,
                 timeout_ms: 400,
                 rise: 1,
-                fall: 5
+                fall: 5,
+                port: None,
             })
         );
     }
@@ -449,6 +457,8 @@ mod tests {
             (&[(HEALTH_INTERVAL_MS, "500")], HEALTH_TIMEOUT_MS),
             (&[(HEALTH_RISE, "0")], HEALTH_RISE),
             (&[(HEALTH_FALL, "-1")], HEALTH_FALL),
+            (&[(HEALTH_PORT, "0")], HEALTH_PORT),
+            (&[(HEALTH_PORT, "65536")], HEALTH_PORT),
             // Bounds the rules file had and the annotations lacked (one validator now).
             (
                 &[(HEALTH_INTERVAL_MS, "18446744073709551615")],
@@ -484,7 +494,7 @@ mod tests {
         fn arbitrary_values_never_panic(
             key in proptest::sample::select(vec![VIP, ALLOW_SHARED_IP, SCHEDULER, MH_PORT, MH_FALLBACK, SH_PORT, SH_FALLBACK, FORWARDING,
                 GUE_PORT, HEALTH_CHECK, HEALTH_PATH, HEALTH_EXPECT_STATUS, HEALTH_HOST,
-                HEALTH_INTERVAL_MS, HEALTH_TIMEOUT_MS, HEALTH_RISE, HEALTH_FALL]),
+                HEALTH_INTERVAL_MS, HEALTH_TIMEOUT_MS, HEALTH_RISE, HEALTH_FALL, HEALTH_PORT]),
             value in ".{0,12}",
         ) {
             match parse(&ann(&[(key, &value)]), None) {

@@ -400,7 +400,13 @@ impl PortContext<'_> {
             flags: settings.flags,
             forwarding: settings.forwarding,
             backends: backends.into_iter().collect(),
-            health: settings.health.clone(),
+            // tcp and http probes speak TCP: a UDP or SCTP port is checked only through a
+            // health port (shoal.io/health-port); otherwise the endpoints' readiness alone
+            // decides (a TCP probe of a UDP-only backend drained every one of them).
+            health: settings
+                .health
+                .clone()
+                .filter(|h| protocol == shoal_dataplane::model::Protocol::Tcp || h.port.is_some()),
             source_ranges: settings.source_ranges.clone(),
         };
         // The rules file's validator: what it refuses is not published from a Service either.

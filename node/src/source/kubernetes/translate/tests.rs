@@ -7,6 +7,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use proptest::prelude::*;
+use shoal_dataplane::model::Protocol;
 
 const CLASS: &str = "shoal.io/lb";
 
@@ -440,4 +441,47 @@ proptest! {
         prop_assert_eq!(names.len(), a.table.services.len());
         prop_assert_eq!(a.table.services.len(), 2 * n);
     }
+}
+
+/// A UDP port of a Service got the default tcp health check: the probes went to a port a
+/// UDP-only backend does not serve over TCP, and every backend was drained. A UDP port is
+/// now checked only through `shoal.io/health-port`; otherwise the endpoints' readiness decides.
+#[test]
+fn udp_ports_are_health_checked_only_through_a_health_port() {
+    let mut dns = svc(
+        "dns",
+        &[("dns-tcp", 53), ("dns", 53)],
+        &[("shoal.io/vip", "203.0.113.53")],
+    );
+    if let Some(p) = dns
+        .spec
+        .as_mut()
+        .and_then(|s| s.ports.as_mut())
+        .and_then(|p| p.get_mut(1))
+    {
+        p.protocol = Some("UDP".into());
+    }
+    let slices = [
+        slice("dns", "a", ("dns-tcp", 53), &[("198.18.0.2", Some(true))]),
+        slice("dns", "b", ("dns", 53), &[("198.18.0.2", Some(true))]),
+    ];
+    let t = run(std::slice::from_ref(&dns), &slices);
+    assert!(t.problems.is_empty(), "{:?}", t.problems);
+    let health = |t: &Translation, proto: Protocol| {
+        t.table
+            .services
+            .iter()
+            .find(|s| s.protocol == proto)
+            .map(|s| s.health.clone())
+    };
+    assert!(matches!(health(&t, Protocol::Tcp), Some(Some(_))));
+    assert_eq!(health(&t, Protocol::Udp), Some(None));
+
+    if let Some(a) = dns.metadata.annotations.as_mut() {
+        a.insert("shoal.io/health-port".into(), "8053".into());
+    }
+    let t = run(&[dns], &slices);
+    assert!(t.problems.is_empty(), "{:?}", t.problems);
+    let udp = health(&t, Protocol::Udp).flatten();
+    assert_eq!(udp.map(|h| h.port), Some(Some(8053)));
 }
