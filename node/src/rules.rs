@@ -230,6 +230,15 @@ pub fn parse(text: &str) -> Result<RuleTable, RulesError> {
 pub fn warnings(table: &RuleTable) -> Vec<String> {
     let mut out = Vec::new();
     for s in &table.services {
+        if s.forwarding == Forwarding::Masq {
+            out.push(format!(
+                "service {:?}: masq needs each reply to come back through the replica that \
+                 forwarded the request (the backends' route to the clients must point at it, \
+                 and net.ipv4.ip_forward = 1 there): behind ECMP with several replicas, \
+                 replies through another replica are dropped",
+                s.name
+            ));
+        }
         let hashing = matches!(s.scheduler.as_str(), "mh" | "sh");
         if hashing && !s.flags.fallback && s.health.is_some() {
             let sched = &s.scheduler;

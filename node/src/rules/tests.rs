@@ -623,3 +623,15 @@ fn a_udp_service_is_checked_through_a_health_port() {
         "{e}"
     );
 }
+
+/// With real traffic through two replicas behind ECMP, a masq service lost every flow whose
+/// reply went back through the other replica; `shoal check` said nothing.
+#[test]
+fn check_warns_that_masq_needs_replies_through_the_same_replica() {
+    let t = parse("[[service]]\nname='m'\nvip='203.0.113.1'\nport=80\nforwarding='masq'\n[[service.backend]]\naddress='198.18.0.2'\nport=8080\n").unwrap();
+    let w = warnings(&t);
+    assert!(
+        w.len() == 1 && w[0].contains("\"m\"") && w[0].contains("ip_forward"),
+        "{w:?}"
+    );
+}
