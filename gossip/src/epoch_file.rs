@@ -9,11 +9,20 @@
 //! new publisher's first stamp does not wait for a synced write.
 
 use crate::error::PublishError;
+use crate::version::MAX_EPOCH;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// One number and a newline; anything longer is not an epoch file.
 const EPOCH_FILE_CAP_BYTES: u64 = 64;
+
+/// The room for takeovers and restarts a file must leave below [`MAX_EPOCH`] at start: every
+/// new term uses an epoch and a restart up to `reservation::AHEAD`, so 2^32 is more than a
+/// cluster can use; a file above `MAX_EPOCH - MIN_ROOM` is corrupt or hand-edited (a value
+/// near `u64::MAX` used to wrap the next stamp to epoch 0).
+pub(crate) const MIN_ROOM: u64 = 1 << 32;
+/// The highest value an epoch file may hold at start.
+pub(crate) const MAX_STORED_EPOCH: u64 = MAX_EPOCH - MIN_ROOM;
 
 /// Where the highest stamped epoch is kept, and the value last written.
 #[derive(Debug)]
@@ -24,7 +33,8 @@ pub(crate) struct EpochFile {
 
 impl EpochFile {
     /// Reads the file (absent = 0). A file that does not parse is an error naming the path:
-    /// guessing 0 could let a publisher stamp an old version again.
+    /// guessing 0 could let a publisher stamp an old version again. So is one above
+    /// [`MAX_STORED_EPOCH`]: it leaves no room for takeovers before epochs run out.
     pub(crate) fn open(path: &Path) -> Result<Self, crate::MeshError> {
         let persisted = match crate::small_file::read_to_string(path, EPOCH_FILE_CAP_BYTES) {
             Ok(text) => parse(&text).ok_or_else(|| crate::MeshError::Config {
@@ -43,6 +53,18 @@ impl EpochFile {
                 })
             }
         };
+        if persisted > MAX_STORED_EPOCH {
+            return Err(crate::MeshError::Config {
+                field: "epoch_file",
+                detail: format!(
+                    "{}: holds epoch {persisted}, above the limit {MAX_STORED_EPOCH}: it leaves \
+                     fewer than {MIN_ROOM} epochs for takeovers before epochs end at {MAX_EPOCH} \
+                     (a corrupt or hand-edited file? write the cluster's current head epoch, \
+                     shown by /v1/cluster on any peer, into it)",
+                    path.display()
+                ),
+            });
+        }
         Ok(EpochFile {
             path: path.to_path_buf(),
             persisted,
@@ -100,6 +122,27 @@ mod tests {
         std::fs::write(&path, "seven").unwrap();
         let err = EpochFile::open(&path).unwrap_err().to_string();
         assert!(err.contains("epoch") && err.contains("seven"), "{err}");
+    }
+
+    /// F1: a file near the u64 maximum wrapped the next stamp to epoch 0. Refused at start,
+    /// naming the file and the value; the limit itself is still accepted.
+    #[test]
+    fn an_epoch_leaving_no_room_for_takeovers_is_refused_naming_file_and_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("epoch");
+        for value in [u64::MAX, 18_446_744_073_709_551_600, MAX_STORED_EPOCH + 1] {
+            std::fs::write(&path, format!("{value}\n")).unwrap();
+            let err = EpochFile::open(&path).unwrap_err().to_string();
+            assert!(
+                err.contains(&path.display().to_string()) && err.contains(&value.to_string()),
+                "{err}"
+            );
+        }
+        std::fs::write(&path, format!("{MAX_STORED_EPOCH}\n")).unwrap();
+        assert_eq!(
+            EpochFile::open(&path).unwrap().persisted(),
+            MAX_STORED_EPOCH
+        );
     }
 
     #[test]

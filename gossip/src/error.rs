@@ -71,6 +71,8 @@ pub enum PublishError {
     TooLarge { size_bytes: u64, max_bytes: u64 },
     #[error("the mesh has shut down")]
     Stopped,
+    #[error("cannot stamp the document: {detail} (nothing was published)")]
+    Refused { detail: String },
     #[error("cannot record the stamped epoch in {path}: {detail} (nothing was published)")]
     EpochFile { path: String, detail: String },
 }

@@ -4,7 +4,7 @@
 //! those among live members; the holders of that exact (version, digest) are where the
 //! document can be fetched from.
 
-use crate::version::{NodeId, Version};
+use crate::version::{NodeId, Version, MAX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 /// What one member says it holds: gossiped, small.
@@ -128,47 +128,64 @@ pub struct StampState {
     /// `None` right after gaining the role: the next stamp opens a new epoch.
     pub epoch: Option<u64>,
     pub seq: u64,
+    /// The last document this process stamped in this term: its version and digest. Only
+    /// that exact document counts as this publisher's; a head with this node's id stamped by
+    /// an earlier process (or term) does not ([`crate::replica::Replica::needs_republish`]).
+    pub last: Option<(Version, String)>,
 }
 
 /// Result of asking for a stamp.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Stamp {
-    /// The head already carries this content, stamped by this node in its current epoch.
+    /// The head already carries this content, stamped by this process in its current term.
     Reuse(Version),
     New(Version),
+}
+
+/// No version above the head is left: every epoch up to [`MAX_EPOCH`] is used (only a corrupt
+/// or hand-edited epoch file, or a peer's gossip, gets there). Stamping refuses rather than
+/// wrap to a lower epoch, which every other node would ignore.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("no epoch left to stamp with: the highest epoch seen is {highest_seen} and epochs end at {max} (refusing to wrap to a lower one)", max = MAX_EPOCH)]
+pub struct EpochsExhausted {
+    pub highest_seen: u64,
 }
 
 /// Chooses the version for a document the publisher wants to spread.
 ///
 /// Invariant: a `New` version is greater than the head and than every epoch seen, so every node
-/// that knows the head adopts it. The first stamp of a term uses `max_epoch_seen + 1`; later ones
-/// `seq + 1` in the same epoch, unless another publisher (the other side of a healed partition)
-/// reached a higher epoch meanwhile, in which case a new epoch starts.
+/// that knows the head adopts it; when none is left below [`MAX_EPOCH`] it is
+/// `Err(EpochsExhausted)`, never a wrapped, lower version. The first stamp of a term uses
+/// `max_epoch_seen + 1`; later ones `seq + 1` in the same epoch, unless another publisher (the
+/// other side of a healed partition) reached a higher epoch meanwhile, in which case a new epoch
+/// starts. `Reuse` only for the very document this process stamped last (`state.last`), when
+/// it is the head and `digest` is its content.
 pub fn next_stamp(
     self_id: &NodeId,
     state: &StampState,
     head: Option<&HeadInfo>,
     max_epoch_seen: u64,
     digest: &str,
-) -> Stamp {
-    if let (Some(epoch), Some(head)) = (state.epoch, head) {
-        if head.version.origin == *self_id && head.version.epoch == epoch && head.digest == digest {
-            return Stamp::Reuse(head.version.clone());
+) -> Result<Stamp, EpochsExhausted> {
+    if let (Some((last, _)), Some(head)) = (&state.last, head) {
+        if head.version == *last && head.digest == digest {
+            return Ok(Stamp::Reuse(head.version.clone()));
         }
     }
-    let candidate = match state.epoch {
-        Some(epoch) if epoch >= max_epoch_seen => {
-            Version::new(epoch, state.seq + 1, self_id.clone())
+    let highest_seen = max_epoch_seen.max(head.map_or(0, |h| h.version.epoch));
+    let new_epoch = || match highest_seen.checked_add(1) {
+        Some(epoch) if epoch <= MAX_EPOCH => Ok(Version::new(epoch, 1, self_id.clone())),
+        _ => Err(EpochsExhausted { highest_seen }),
+    };
+    let candidate = match (state.epoch, state.seq.checked_add(1)) {
+        (Some(epoch), Some(seq)) if epoch >= max_epoch_seen && epoch <= MAX_EPOCH => {
+            Version::new(epoch, seq, self_id.clone())
         }
-        _ => Version::new(max_epoch_seen + 1, 1, self_id.clone()),
+        _ => new_epoch()?,
     };
     match head {
-        Some(h) if h.version >= candidate => Stamp::New(Version::new(
-            max_epoch_seen.max(h.version.epoch) + 1,
-            1,
-            self_id.clone(),
-        )),
-        _ => Stamp::New(candidate),
+        Some(h) if h.version >= candidate => new_epoch().map(Stamp::New),
+        _ => Ok(Stamp::New(candidate)),
     }
 }
 
@@ -269,14 +286,24 @@ mod tests {
     fn stamps_open_an_epoch_then_count() {
         let me = id("a");
         let s = StampState::default();
-        assert_eq!(next_stamp(&me, &s, None, 0, "d"), Stamp::New(v(1, 1, "a")));
+        assert_eq!(
+            next_stamp(&me, &s, None, 0, "d"),
+            Ok(Stamp::New(v(1, 1, "a")))
+        );
         let s = StampState {
             epoch: Some(3),
             seq: 4,
+            last: Some((v(3, 4, "a"), "d".into())),
         };
-        assert_eq!(next_stamp(&me, &s, None, 3, "d"), Stamp::New(v(3, 5, "a")));
+        assert_eq!(
+            next_stamp(&me, &s, None, 3, "d"),
+            Ok(Stamp::New(v(3, 5, "a")))
+        );
         // Another publisher reached epoch 4 while we were in epoch 3.
-        assert_eq!(next_stamp(&me, &s, None, 4, "d"), Stamp::New(v(5, 1, "a")));
+        assert_eq!(
+            next_stamp(&me, &s, None, 4, "d"),
+            Ok(Stamp::New(v(5, 1, "a")))
+        );
         let head = HeadInfo {
             version: v(3, 4, "a"),
             digest: "d".into(),
@@ -285,17 +312,85 @@ mod tests {
         };
         assert_eq!(
             next_stamp(&me, &s, Some(&head), 3, "d"),
-            Stamp::Reuse(v(3, 4, "a"))
+            Ok(Stamp::Reuse(v(3, 4, "a")))
         );
         assert_eq!(
             next_stamp(&me, &s, Some(&head), 3, "other"),
-            Stamp::New(v(3, 5, "a"))
+            Ok(Stamp::New(v(3, 5, "a")))
         );
         // Same content but stamped in an earlier term: a fresh stamp is needed.
         let fresh = StampState::default();
         assert_eq!(
             next_stamp(&me, &fresh, Some(&head), 3, "d"),
-            Stamp::New(v(4, 1, "a"))
+            Ok(Stamp::New(v(4, 1, "a")))
+        );
+    }
+
+    /// The head carries this node's id and epoch and the very content, but this process did
+    /// not stamp it (an earlier process of this id, without its epoch file, did): not reused.
+    #[test]
+    fn a_head_with_this_id_from_an_earlier_process_is_not_reused() {
+        let me = id("a");
+        let s = StampState {
+            epoch: Some(3),
+            seq: 1,
+            last: Some((v(3, 1, "a"), "mine".into())),
+        };
+        let stale = HeadInfo {
+            version: v(3, 7, "a"),
+            digest: "d".into(),
+            size_bytes: 1,
+            holders: vec![id("b")],
+        };
+        assert_eq!(
+            next_stamp(&me, &s, Some(&stale), 3, "d"),
+            Ok(Stamp::New(v(4, 1, "a")))
+        );
+    }
+
+    /// F1: an epoch near the end must never wrap to a lower one (a wrapped 0.1 stamp was
+    /// ignored by every other node and the publisher republished it in a tight loop).
+    #[test]
+    fn stamping_refuses_rather_than_wrap_at_the_last_epoch() {
+        let me = id("a");
+        let fresh = StampState::default();
+        for seen in [MAX_EPOCH, u64::MAX] {
+            assert_eq!(
+                next_stamp(&me, &fresh, None, seen, "d"),
+                Err(EpochsExhausted { highest_seen: seen })
+            );
+        }
+        // The last epoch is still usable, and seq counts on within it.
+        assert_eq!(
+            next_stamp(&me, &fresh, None, MAX_EPOCH - 1, "d"),
+            Ok(Stamp::New(v(MAX_EPOCH, 1, "a")))
+        );
+        let in_last = StampState {
+            epoch: Some(MAX_EPOCH),
+            seq: 1,
+            last: Some((v(MAX_EPOCH, 1, "a"), "d".into())),
+        };
+        assert_eq!(
+            next_stamp(&me, &in_last, None, MAX_EPOCH, "e"),
+            Ok(Stamp::New(v(MAX_EPOCH, 2, "a")))
+        );
+        // A head another node holds in the last epoch cannot be beaten: refuse.
+        let head = HeadInfo {
+            version: v(MAX_EPOCH, 9, "b"),
+            digest: "x".into(),
+            size_bytes: 1,
+            holders: vec![id("b")],
+        };
+        assert!(next_stamp(&me, &in_last, Some(&head), MAX_EPOCH, "e").is_err());
+        // seq at its end opens a new epoch, or refuses: never wraps.
+        let full = StampState {
+            epoch: Some(5),
+            seq: u64::MAX,
+            last: None,
+        };
+        assert_eq!(
+            next_stamp(&me, &full, None, 5, "e"),
+            Ok(Stamp::New(v(6, 1, "a")))
         );
     }
 
@@ -380,14 +475,37 @@ mod tests {
             let me = id(&me);
             let max_seen = seen.max(head.as_ref().map_or(0, |h| h.epoch)).max(epoch.unwrap_or(0));
             let head = head.map(|version| HeadInfo { version, digest: "h".into(), size_bytes: 1, holders: vec![] });
-            let state = StampState { epoch, seq };
+            let state = StampState { epoch, seq, last: None };
             match next_stamp(&me, &state, head.as_ref(), max_seen, "new") {
-                Stamp::New(v) => {
+                Ok(Stamp::New(v)) => {
                     prop_assert!(v.epoch >= max_seen);
                     if let Some(h) = &head { prop_assert!(v > h.version); }
                     prop_assert_eq!(v.origin, me);
                 }
-                Stamp::Reuse(_) => prop_assert!(false, "digest differs, reuse impossible"),
+                Ok(Stamp::Reuse(_)) => prop_assert!(false, "digest differs, reuse impossible"),
+                Err(e) => prop_assert!(false, "refused far from the limit: {}", e),
+            }
+        }
+
+        /// Near the end of the epochs too: a stamp is above the head and every epoch seen,
+        /// within `MAX_EPOCH`, or refused; never a wrapped, lower version.
+        #[test]
+        fn stamps_near_the_last_epoch_never_wrap(
+            epoch in proptest::option::of(0u64..4), seq in prop_oneof![0u64..4, Just(u64::MAX)],
+            head in proptest::option::of((0u64..4, 0u64..4, "[a-d]")), seen in 0u64..4, me in "[a-d]",
+        ) {
+            let near = |e: u64| MAX_EPOCH + 1 - e;
+            let me = id(&me);
+            let head = head.map(|(e, s, o)| HeadInfo { version: v(near(e), s, &o), digest: "h".into(), size_bytes: 1, holders: vec![] });
+            let max_seen = near(seen).max(head.as_ref().map_or(0, |h| h.version.epoch));
+            let state = StampState { epoch: epoch.map(near), seq, last: None };
+            match next_stamp(&me, &state, head.as_ref(), max_seen, "new") {
+                Ok(Stamp::New(v)) => {
+                    prop_assert!(v.epoch >= max_seen && v.epoch <= MAX_EPOCH);
+                    if let Some(h) = &head { prop_assert!(v > h.version); }
+                }
+                Ok(Stamp::Reuse(_)) => prop_assert!(false, "reuse impossible"),
+                Err(EpochsExhausted { highest_seen }) => prop_assert!(highest_seen >= MAX_EPOCH),
             }
         }
     }

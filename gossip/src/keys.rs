@@ -73,7 +73,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn held_round_trips(e in any::<u64>(), s in any::<u64>(), origin in "[a-z|@.]{1,10}", size in any::<u64>(), d in "[0-9a-f]{64}") {
+        fn held_round_trips(e in 0..=crate::version::MAX_EPOCH, s in any::<u64>(), origin in "[a-z|@.]{1,10}", size in any::<u64>(), d in "[0-9a-f]{64}") {
             let ad = HeldAd { version: Version::new(e, s, NodeId::new(origin)), digest: d, size_bytes: size };
             prop_assert_eq!(parse_held(&encode_held(&ad)), Some(ad));
         }
@@ -94,5 +94,16 @@ mod tests {
     #[test]
     fn short_digest_is_rejected() {
         assert_eq!(parse_held("1.1@a|abcd|10"), None);
+    }
+
+    /// An epoch above `MAX_EPOCH` in gossip is bad, hence absent: a peer cannot push the
+    /// cluster's epochs to where stamping must refuse.
+    #[test]
+    fn an_epoch_beyond_the_last_is_absent() {
+        let d = "a".repeat(64);
+        let max = crate::version::MAX_EPOCH;
+        assert!(parse_held(&format!("{max}.1@a|{d}|10")).is_some());
+        assert_eq!(parse_held(&format!("{}.1@a|{d}|10", max + 1)), None);
+        assert_eq!(parse_held(&format!("{}.1@a|{d}|10", u64::MAX)), None);
     }
 }

@@ -14,6 +14,8 @@
 //! The price: a restarted node starts above its last reservation, so the cluster's epoch may
 //! jump by up to [`AHEAD`] when it next publishes. Epochs only order versions; gaps are fine.
 
+use crate::version::MAX_EPOCH;
+
 /// How far above the highest epoch seen a reservation reaches.
 pub const AHEAD: u64 = 32;
 /// A reservation is renewed once fewer than this many epochs are left above the highest seen.
@@ -21,17 +23,18 @@ pub const LOW_WATER: u64 = 16;
 
 /// The epoch to reserve now, if any: `reserved` is on disk, `in_flight` is being written,
 /// `max_epoch_seen` is the highest epoch this node has seen (a new term stamps one above it).
-/// `None` while what is on disk or on its way covers at least [`LOW_WATER`] more epochs.
+/// `None` while what is on disk or on its way covers at least [`LOW_WATER`] more epochs, or
+/// reaches [`MAX_EPOCH`] (no stamp goes above it, so no reservation does).
 pub fn to_reserve(reserved: u64, in_flight: Option<u64>, max_epoch_seen: u64) -> Option<u64> {
     let covered = in_flight.map_or(reserved, |f| f.max(reserved));
-    (covered < max_epoch_seen.saturating_add(LOW_WATER))
-        .then(|| max_epoch_seen.saturating_add(AHEAD))
+    (covered < max_epoch_seen.saturating_add(LOW_WATER).min(MAX_EPOCH))
+        .then(|| max_epoch_seen.saturating_add(AHEAD).min(MAX_EPOCH))
 }
 
 /// Before a stamp of `epoch` leaves the node: `Some(target)` when the file must first be written
 /// up to `target` (the stamp is beyond the reservation), `None` when it is covered already.
 pub fn write_before_stamp(reserved: u64, epoch: u64) -> Option<u64> {
-    (epoch > reserved).then(|| epoch.saturating_add(AHEAD))
+    (epoch > reserved).then(|| epoch.saturating_add(AHEAD).min(MAX_EPOCH).max(epoch))
 }
 
 #[cfg(test)]
@@ -61,6 +64,14 @@ mod tests {
         assert_eq!(write_before_stamp(40, 40), None);
         assert_eq!(write_before_stamp(40, 1), None);
         assert_eq!(write_before_stamp(40, 41), Some(41 + AHEAD));
+    }
+
+    #[test]
+    fn reservations_stop_at_the_last_epoch() {
+        assert_eq!(to_reserve(0, None, MAX_EPOCH - 1), Some(MAX_EPOCH));
+        assert_eq!(to_reserve(MAX_EPOCH, None, MAX_EPOCH), None);
+        assert_eq!(to_reserve(MAX_EPOCH, None, u64::MAX), None);
+        assert_eq!(write_before_stamp(0, MAX_EPOCH), Some(MAX_EPOCH));
     }
 
     proptest! {

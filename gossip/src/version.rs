@@ -93,9 +93,16 @@ impl fmt::Display for Version {
     }
 }
 
+/// The highest epoch a version may carry (`i64::MAX`). A stamp never goes above it (stamping
+/// refuses instead, `head::next_stamp`), gossip carrying a higher one does not parse (bad =
+/// absent), and reservations stop at it: epoch arithmetic can never wrap. At one takeover a
+/// millisecond it lasts 292 million years; only a corrupt or hand-edited epoch file gets near,
+/// and `epoch_file.rs` refuses one that leaves too little room.
+pub const MAX_EPOCH: u64 = i64::MAX as u64;
+
 /// A gossip value that did not parse as a [`Version`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("bad version string {value:?}: expected <epoch>.<seq>@<origin>")]
+#[error("bad version string {value:?}: expected <epoch>.<seq>@<origin>, epoch at most {MAX_EPOCH}")]
 pub struct VersionParseError {
     pub value: String,
 }
@@ -115,8 +122,12 @@ impl Version {
         if origin.is_empty() {
             return Err(bad());
         }
+        let epoch: u64 = epoch.parse().map_err(|_| bad())?;
+        if epoch > MAX_EPOCH {
+            return Err(bad());
+        }
         Ok(Version {
-            epoch: epoch.parse().map_err(|_| bad())?,
+            epoch,
             seq: seq.parse().map_err(|_| bad())?,
             origin: NodeId::new(origin),
         })
@@ -158,14 +169,24 @@ mod tests {
 
     #[test]
     fn parse_rejects_garbage() {
-        for bad in ["", "1.2", "1@a", "x.1@a", "1.x@a", "1.2@", "-1.2@a"] {
+        let beyond = format!("{}.1@a", MAX_EPOCH + 1);
+        for bad in [
+            "",
+            "1.2",
+            "1@a",
+            "x.1@a",
+            "1.x@a",
+            "1.2@",
+            "-1.2@a",
+            beyond.as_str(),
+        ] {
             assert!(Version::parse(bad).is_err(), "{bad:?} parsed");
         }
     }
 
     proptest! {
         #[test]
-        fn display_parse_round_trip(epoch in any::<u64>(), seq in any::<u64>(), origin in "[a-z0-9@.-]{1,20}") {
+        fn display_parse_round_trip(epoch in 0..=MAX_EPOCH, seq in any::<u64>(), origin in "[a-z0-9@.-]{1,20}") {
             let version = v(epoch, seq, &origin);
             prop_assert_eq!(Version::parse(&version.to_string()).unwrap(), version);
         }

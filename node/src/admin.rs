@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 mod readiness;
-use readiness::{announce_ready, readiness};
+use readiness::{announce_ready, publisher_ready, readiness};
 
 /// A client must send a request's headers within this (slowloris defence).
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -465,6 +465,7 @@ async fn readyz(State(s): State<AdminState>) -> Response {
     let head = s.mesh.current().map(|h| VersionRef::from(&h.version));
     let applied = s.reconcile.get().applied;
     let ready = readiness(&s.mesh.role_reason(), head.as_ref(), applied.as_ref())
+        .and_then(|why| publisher_ready(s.mesh.stamp_refusal().as_deref()).map(|()| why))
         .and_then(|why| announce_ready(s.announce.get().as_ref()).map(|()| why));
     match ready {
         Ok(why) => (StatusCode::OK, format!("ready: {why}\n")).into_response(),

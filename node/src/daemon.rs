@@ -223,6 +223,33 @@ async fn open_dataplane(config: &NodeConfig) -> anyhow::Result<Box<dyn Dataplane
 
 const PUBLISH_RETRY: Duration = Duration::from_millis(500);
 
+/// At most one republish (the source's table stamped again because the head is not this
+/// process's own stamp, `Mesh::needs_republish`) per this interval. The core already makes a
+/// republish settle the head (its stamp ranks above it, or it is refused); this bounds what a
+/// defect there, or two nodes that each take themselves for the publisher, could cost: the
+/// audit's wrapped stamp republished 30,000 times in 20 s.
+const MIN_REPUBLISH_INTERVAL: Duration = PUBLISH_RETRY;
+
+/// Spaces republishes at least `MIN_REPUBLISH_INTERVAL` apart (time as an argument).
+#[derive(Debug, Default)]
+struct RepublishGate {
+    last: Option<tokio::time::Instant>,
+}
+
+impl RepublishGate {
+    /// Whether a republish may go now; if so, counts it.
+    fn allow(&mut self, now: tokio::time::Instant) -> bool {
+        if self
+            .last
+            .is_some_and(|last| now.saturating_duration_since(last) < MIN_REPUBLISH_INTERVAL)
+        {
+            return false;
+        }
+        self.last = Some(now);
+        true
+    }
+}
+
 /// Runs the source while this node is the publisher and publishes every table it produces.
 async fn publisher_duty(
     mesh: Mesh<RuleTable>,
@@ -260,6 +287,8 @@ async fn publisher_duty(
         let mut shared_error = None;
         let mut retry = tokio::time::interval(PUBLISH_RETRY);
         let mut heads = mesh.subscribe();
+        let mut republish = RepublishGate::default();
+        let mut publish_error: Option<String> = None;
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -275,21 +304,26 @@ async fn publisher_duty(
                 }
                 r = heads.changed() => {
                     if r.is_err() { break }
-                    // Another node's version superseded ours (two publishers during a split,
-                    // or a simultaneous start): restamp our table so that the one publisher's
-                    // table is the head again.
-                    let foreign = heads
-                        .borrow_and_update()
-                        .as_ref()
-                        .is_some_and(|h| &h.version.origin != mesh.node_id());
-                    if foreign && pending.is_none() {
-                        pending = tables.borrow().clone();
-                        if pending.is_some() {
-                            tracing::info!("the head came from another node; republishing");
-                        }
-                    }
+                    heads.borrow_and_update();
                 }
                 _ = retry.tick() => {}
+            }
+            // The head is not the table this process last stamped: another node's (two
+            // publishers during a split, a simultaneous start), or this id's from an earlier
+            // process (a stale member back after a restart with a wiped state folder), or an
+            // earlier term's. Stamp the source's table again so that it is the head. Checked
+            // at every wake (the retry tick included), not only when the held document changes:
+            // the head a publisher sees may never be adopted before it is superseded.
+            if pending.is_none()
+                && tables.borrow().is_some()
+                && mesh.needs_republish()
+                && republish.allow(tokio::time::Instant::now())
+            {
+                pending = tables.borrow().clone();
+                tracing::info!(
+                    head = ?mesh.view().head.map(|h| h.version.to_string()),
+                    "the head is not this publisher's own stamp; republishing the source's table"
+                );
             }
             status.share_error(&mesh, &mut shared_error);
             if let Some(table) = pending.take() {
@@ -299,10 +333,19 @@ async fn publisher_duty(
                 match mesh.publish(table) {
                     Ok(version) => {
                         metrics.publishes.inc();
+                        publish_error = None;
                         tracing::info!(%version, services, "published");
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "publish failed; will retry");
+                        // Retried at the next wake (every PUBLISH_RETRY at least); the same
+                        // error is logged once, not at every retry.
+                        let message = e.to_string();
+                        if publish_error.as_deref() != Some(message.as_str()) {
+                            tracing::warn!(error = %message, "publish failed; will retry");
+                        } else {
+                            tracing::debug!(error = %message, "publish failed again; will retry");
+                        }
+                        publish_error = Some(message);
                         pending = tables.borrow().clone();
                     }
                 }
@@ -366,4 +409,29 @@ fn epoch_file(config: &NodeConfig) -> anyhow::Result<Option<std::path::PathBuf>>
     std::fs::create_dir_all(dir)
         .with_context(|| format!("creating the state folder {}", dir.display()))?;
     Ok(Some(dir.join("epoch")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// F1 (audit): a republish loop logged 30,197 times in ~20 s. However often the publisher
+    /// is woken with a head that is not its own, republishes stay `MIN_REPUBLISH_INTERVAL`
+    /// apart.
+    #[test]
+    fn republishes_are_spaced_however_often_the_publisher_wakes() {
+        let start = tokio::time::Instant::now();
+        let mut gate = RepublishGate::default();
+        let allowed = (0..20_000u64)
+            .filter(|ms| gate.allow(start + Duration::from_millis(ms / 1_000)))
+            .count();
+        // 20,000 wakes over 20 ms: one republish.
+        assert_eq!(allowed, 1);
+        let mut gate = RepublishGate::default();
+        let allowed = (0..20_000u64)
+            .filter(|ms| gate.allow(start + Duration::from_millis(*ms)))
+            .count();
+        // 20 s of a wake every ms: one per interval.
+        assert_eq!(allowed as u128, 20_000 / MIN_REPUBLISH_INTERVAL.as_millis());
+    }
 }

@@ -221,3 +221,73 @@ fn run_refuses_to_start_without_tls_material() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--insecure"), "{stderr}");
 }
+
+/// The names of the services a node holds (`/v1/table`), sorted.
+fn services(c: &Cluster, i: usize) -> Option<Vec<String>> {
+    let t = get(c.nodes[i].admin, "/v1/table")?;
+    let mut names: Vec<String> = t["table"]["services"]
+        .as_array()?
+        .iter()
+        .filter_map(|s| s["name"].as_str().map(str::to_string))
+        .collect();
+    names.sort();
+    Some(names)
+}
+
+/// F2 (audit): after a restart of every other node with no state, a frozen node came back with
+/// a head this publisher's id had stamped in its earlier process (a greater version, another
+/// table). The publisher took it for its own and never stamped its source's table again: the
+/// whole cluster ran a table its rules file no longer held, ready and silent. Now a head not
+/// stamped by this process is republished over.
+#[test]
+fn a_stale_head_from_an_earlier_process_of_the_publisher_is_republished_over() {
+    const WEB_ONLY: &str = "[[service]]\nname='web'\nvip='203.0.113.10'\nport=80\n\n[[service.backend]]\naddress='198.18.1.10'\n";
+    let mut c = Cluster::start(4, &rules(1), &[]);
+    let first = c.wait_converged_on("n1", CONVERGE);
+    // An edit: the stale head n4 will hold is 1.2@n1 (web and dns), above the fresh 1.1@n1.
+    write_rules(&c.rules, &rules(2));
+    let stale = c.wait_for(CONVERGE, "the edit on every node", || {
+        let h = c.wait_converged(CONVERGE);
+        (version(&h) > version(&first)).then_some(h)
+    });
+    c.signal(3, Signal::SIGSTOP);
+    for i in 0..3 {
+        c.kill9(i);
+    }
+    write_rules(&c.rules, WEB_ONLY);
+    for i in 0..3 {
+        c.spawn(i);
+    }
+    let fresh = c.wait_for(CONVERGE, "the fresh cluster publishes web only", || {
+        let v = get(c.nodes[0].admin, "/v1/cluster")?;
+        let h = head_id(&v["head"]);
+        (v["publisher"] == "n1" && !h.is_null() && services(&c, 0)? == ["web"]).then_some(h)
+    });
+    assert!(
+        version(&fresh) < version(&stale),
+        "the stale head must rank above: {fresh} {stale}"
+    );
+    c.signal(3, Signal::SIGCONT);
+    let head = c.wait_for(
+        CONVERGE,
+        "every node on a web-only head above the stale one",
+        || {
+            let h = c.wait_converged(CONVERGE);
+            let web_only = (0..4).all(|i| services(&c, i).is_some_and(|s| s == ["web"]));
+            (version(&h) > version(&stale) && web_only).then_some(h)
+        },
+    );
+    assert_eq!(head["origin"], "n1");
+    // And it stays there: nothing republishes in a loop, nothing brings the stale table back.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(c.wait_converged(CONVERGE), head);
+    let republished = std::fs::read_to_string(&c.nodes[0].log)
+        .unwrap()
+        .matches("republishing")
+        .count();
+    assert!(
+        republished <= 3,
+        "republished {republished} times\n{}",
+        c.logs()
+    );
+}

@@ -308,8 +308,9 @@ impl SimNode {
                 digest: w.content_digest.to_string(),
                 size_bytes: 1,
             };
-            self.replica.commit_stamp(ad.clone());
-            effects.stamped = Some(ad);
+            if self.replica.commit_stamp(ad.clone()).is_ok() {
+                effects.stamped = Some(ad);
+            }
         }
         while let Some(action) = self.replica.poll_action() {
             if let Action::ReserveEpoch(target) = action {

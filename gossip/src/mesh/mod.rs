@@ -21,7 +21,7 @@ use crate::error::{MeshError, PublishError};
 use crate::head::{HeldAd, Stamp};
 use crate::keys;
 use crate::patches::Patches;
-use crate::replica::{Identity, NotPublisher, Replica, ReplicaTiming};
+use crate::replica::{Identity, Replica, ReplicaTiming, StampRefused};
 use crate::security::Mode as SecurityMode;
 use crate::transfer::{digest_hex, Blob};
 use crate::transport::{FaultHook, GossipTransport, QuicTransport, Traffic};
@@ -359,7 +359,14 @@ impl<D: Document> Mesh<D> {
         let digest = digest_hex(&bytes);
         let mut st = lock(&self.inner.state);
         let version = match st.replica.plan_stamp(&digest) {
-            Err(NotPublisher(role)) => return Err(PublishError::NotPublisher { role }),
+            Err(StampRefused::NotPublisher(role)) => {
+                return Err(PublishError::NotPublisher { role })
+            }
+            Err(refused) => {
+                return Err(PublishError::Refused {
+                    detail: refused.to_string(),
+                })
+            }
             Ok(Stamp::Reuse(version)) => return Ok(version),
             Ok(Stamp::New(version)) => version,
         };
@@ -377,7 +384,11 @@ impl<D: Document> Mesh<D> {
             digest: digest.clone(),
             size_bytes,
         };
-        st.replica.commit_stamp(ad);
+        st.replica
+            .commit_stamp(ad)
+            .map_err(|refused| PublishError::Refused {
+                detail: refused.to_string(),
+            })?;
         self.inner.install(
             Stamped {
                 version: version.clone(),
@@ -390,6 +401,18 @@ impl<D: Document> Mesh<D> {
         self.inner.carry_out(&mut st);
         info!(%version, size_bytes, "published");
         Ok(version)
+    }
+
+    /// Whether this publisher must publish its source's table again: the head it sees is not
+    /// the document this process last stamped (`Replica::needs_republish`). False unless it
+    /// is the publisher.
+    pub fn needs_republish(&self) -> bool {
+        lock(&self.inner.state).replica.needs_republish()
+    }
+
+    /// Why this publisher cannot stamp a new document, if it cannot (`Replica::stamp_refusal`).
+    pub fn stamp_refusal(&self) -> Option<String> {
+        lock(&self.inner.state).replica.stamp_refusal()
     }
 
     /// The newest adopted document.

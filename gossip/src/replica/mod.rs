@@ -167,8 +167,21 @@ pub enum Action {
 }
 
 /// Why a stamp was refused.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NotPublisher(pub Role);
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StampRefused {
+    #[error("this node is not the publisher (role {0:?})")]
+    NotPublisher(Role),
+    #[error(transparent)]
+    EpochsExhausted(#[from] crate::head::EpochsExhausted),
+    /// A stamp that does not rank above the document this node holds (never committed).
+    #[error(
+        "stamp {stamp} does not rank above the held version {held:?}: refusing to go backwards"
+    )]
+    Behind {
+        stamp: Version,
+        held: Option<Version>,
+    },
+}
 
 /// One member's decisions.
 ///

@@ -1,18 +1,19 @@
 //! Stamping as the publisher: the version a new document gets, and the epoch reservations
 //! that let a new term's first stamp leave without writing the epoch file (`reservation.rs`).
 
-use super::{Action, NotPublisher, Replica, RESERVE_RETRY_MS};
+use super::{Action, Replica, StampRefused, RESERVE_RETRY_MS};
 use crate::election::Role;
-use crate::head::{next_stamp, HeldAd, Stamp, StampState};
+use crate::head::{next_stamp, should_adopt, HeldAd, Stamp, StampState};
 use crate::reservation;
 
 impl Replica {
     /// The version a new document with `digest` gets, without committing to it (the shell may
-    /// have to persist the epoch first). `Err` unless this node is the publisher.
-    pub fn plan_stamp(&self, digest: &str) -> Result<Stamp, NotPublisher> {
+    /// have to persist the epoch first). `Err` unless this node is the publisher, or when no
+    /// epoch above the head is left (`head::EpochsExhausted`: never a wrapped, lower version).
+    pub fn plan_stamp(&self, digest: &str) -> Result<Stamp, StampRefused> {
         let role = self.role();
         if role != Role::Publisher {
-            return Err(NotPublisher(role));
+            return Err(StampRefused::NotPublisher(role));
         }
         let head = self.effective_head();
         Ok(next_stamp(
@@ -21,7 +22,34 @@ impl Replica {
             head.as_ref(),
             self.max_epoch_seen,
             digest,
-        ))
+        )?)
+    }
+
+    /// Whether the publisher must publish its source's table again: it is the publisher and
+    /// the head it sees is not the document this process last stamped in its current term.
+    /// A head with another node's id, or with this node's id but stamped by an earlier process
+    /// (a stale member that comes back after this node restarted with a wiped state folder
+    /// holds one) or in an earlier term, or another copy of this process's last version: the
+    /// cluster runs a table this publisher's source did not give it this term. Once it stamps
+    /// the table again, the stamp is above that head (`head::next_stamp`), so this turns false:
+    /// it asks once per foreign head, never in a loop.
+    pub fn needs_republish(&self) -> bool {
+        if self.role() != Role::Publisher {
+            return false;
+        }
+        let Some(head) = self.effective_head() else {
+            return false;
+        };
+        self.stamp.last.as_ref() != Some(&(head.version, head.digest))
+    }
+
+    /// Why this publisher cannot stamp a new document, if it cannot (every epoch above the
+    /// head is used): a readiness reason, since its source's tables can no longer spread.
+    pub fn stamp_refusal(&self) -> Option<String> {
+        match self.plan_stamp("") {
+            Err(StampRefused::EpochsExhausted(e)) => Some(e.to_string()),
+            _ => None,
+        }
     }
 
     /// Before a stamp of `epoch` leaves the node: `Some(target)` when the epoch file must first
@@ -44,19 +72,30 @@ impl Replica {
     }
 
     /// Commits a stamp made with [`Replica::plan_stamp`]: this node now holds it. The epoch
-    /// file must already cover it ([`Replica::epoch_write_before_stamp`]).
-    pub fn commit_stamp(&mut self, ad: HeldAd) {
+    /// file must already cover it ([`Replica::epoch_write_before_stamp`]). A stamp that does not
+    /// rank above what this node holds is refused (the held version never decreases): the
+    /// shell must then install nothing.
+    pub fn commit_stamp(&mut self, ad: HeldAd) -> Result<(), StampRefused> {
         debug_assert!(
             ad.version.epoch <= self.reserved,
             "stamp {} beyond the epoch file's {}",
             ad.version,
             self.reserved
         );
+        let held = self.held.as_ref().map(|h| (&h.version, h.digest.as_str()));
+        if !should_adopt(held, (&ad.version, &ad.digest)) {
+            return Err(StampRefused::Behind {
+                stamp: ad.version,
+                held: self.held.as_ref().map(|h| h.version.clone()),
+            });
+        }
         self.stamp = StampState {
             epoch: Some(ad.version.epoch),
             seq: ad.version.seq,
+            last: Some((ad.version.clone(), ad.digest.clone())),
         };
         self.install(ad);
+        Ok(())
     }
 
     /// Asks for a reservation ahead of need (`reservation.rs`), at most one at a time.

@@ -18,6 +18,16 @@ pub(super) fn announce_ready(report: Option<&crate::announce::Report>) -> Result
     }
 }
 
+/// What a publisher that cannot stamp adds to `/readyz`: its source's tables no longer spread
+/// (every epoch above the head is used, `Mesh::stamp_refusal`), which nothing else would show
+/// while every node still runs the old head.
+pub(super) fn publisher_ready(stamp_refusal: Option<&str>) -> Result<(), String> {
+    match stamp_refusal {
+        Some(why) => Err(format!("this publisher cannot publish: {why}")),
+        None => Ok(()),
+    }
+}
+
 /// `/readyz`'s answer: `Ok` with what this node serves, or `Err` with the most important
 /// reason it does not (the order of `announce::decide::readiness`). Applying the head is not
 /// enough: a node still listening to the mesh may not have heard yet what would refuse it,
@@ -85,6 +95,16 @@ mod tests {
         assert_eq!(
             readiness(&follows, Some(&v(3)), None),
             Err("head is 1.3@n1, applied nothing".into())
+        );
+    }
+
+    #[test]
+    fn a_publisher_that_cannot_stamp_is_not_ready() {
+        assert_eq!(publisher_ready(None), Ok(()));
+        let why = publisher_ready(Some("no epoch left to stamp with")).unwrap_err();
+        assert!(
+            why.contains("cannot publish") && why.contains("no epoch left"),
+            "{why}"
         );
     }
 

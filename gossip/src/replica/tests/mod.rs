@@ -13,6 +13,7 @@ mod actions;
 mod duplicate;
 mod redial;
 mod report;
+mod republish;
 
 const D: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 
@@ -172,7 +173,8 @@ fn alone_it_listens_then_publishes_and_stamps_above_the_floor() {
         version: v.clone(),
         digest: D.into(),
         size_bytes: 1,
-    });
+    })
+    .unwrap();
     assert_eq!(drain(&mut r), vec![Action::Held(ad(8, 1, "n1"))]);
     assert_eq!(r.plan_stamp(D), Ok(Stamp::Reuse(v)));
 }
