@@ -325,8 +325,8 @@ pub async fn run(
                     let cause = resync_cause(ops.len(), drained, verdicts_changed);
                     if cause.drained > 0 {
                         tracing::info!(
-                            destinations = cause.drained,
-                            "drain over; destinations deleted"
+                            entries = cause.drained,
+                            "drain over; destinations or services deleted"
                         );
                     }
                     if cause.health > 0 {
