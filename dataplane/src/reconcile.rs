@@ -329,6 +329,58 @@ impl Reconciler {
         });
         services.chain(dests)
     }
+
+    /// What still separates `have` (a read of the kernel) from `desired`, with a drain in
+    /// progress told apart: the deletions that only wait for their drain (the destination, or
+    /// every destination of the service, already at weight 0 in `have`; the VIP of such a
+    /// service) are left out of `ops` and listed in `draining` instead. So `ops` is empty
+    /// exactly when the kernel holds the desired state plus the entries draining. Pure.
+    pub fn pending(&self, desired: &Desired, have: &View) -> Pending {
+        let ops = plan_view(desired, have);
+        let dest_at_zero = |k: &ServiceKey, addr: IpAddr, port: u16| {
+            have.services.get(k).is_some_and(|s| {
+                find_dest(&s.destinations, addr, port).is_some_and(|d| d.weight == 0)
+            })
+        };
+        let service_at_zero = |k: &ServiceKey| {
+            have.services
+                .get(k)
+                .is_some_and(|s| s.destinations.iter().all(|d| d.weight == 0))
+        };
+        let draining: Vec<Draining> = self
+            .draining()
+            .filter(|d| match d.destination {
+                None => service_at_zero(&d.service),
+                Some((addr, port)) => dest_at_zero(&d.service, addr, port),
+            })
+            .collect();
+        let services: BTreeSet<&ServiceKey> = draining
+            .iter()
+            .filter(|d| d.destination.is_none())
+            .map(|d| &d.service)
+            .collect();
+        let dests: BTreeSet<(&ServiceKey, IpAddr, u16)> = draining
+            .iter()
+            .filter_map(|d| d.destination.map(|(a, p)| (&d.service, a, p)))
+            .collect();
+        let vips: BTreeSet<IpAddr> = services.iter().filter_map(|k| k.vip()).collect();
+        let mut out = Vec::new();
+        for op in ops {
+            match &op {
+                Op::DelDest(k, a, p) if dests.contains(&(k, *a, *p)) => {}
+                Op::DelService(k) if services.contains(k) => {}
+                Op::DelVip(v) if vips.contains(v) => {}
+                Op::Flush if !services.is_empty() => out.extend(
+                    have.services
+                        .keys()
+                        .filter(|k| !services.contains(k))
+                        .map(|k| Op::DelService(k.clone())),
+                ),
+                _ => out.push(op),
+            }
+        }
+        Pending { ops: out, draining }
+    }
 }
 
 /// A destination (of a service that stays) or a whole service kept at weight 0 until `due`.
@@ -338,6 +390,22 @@ pub struct Draining {
     /// `None`: the whole service drains (every destination at weight 0, its VIP kept).
     pub destination: Option<(IpAddr, u16)>,
     pub due: Instant,
+}
+
+/// See `Reconciler::pending`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Pending {
+    /// Ops still needed besides the deletions that wait for a drain.
+    pub ops: Vec<Op>,
+    /// Entries draining that the kernel holds at weight 0.
+    pub draining: Vec<Draining>,
+}
+
+fn find_dest(dests: &[Destination], addr: IpAddr, port: u16) -> Option<&Destination> {
+    dests
+        .binary_search_by(|d| (d.addr, d.port).cmp(&(addr, port)))
+        .ok()
+        .map(|i| &dests[i])
 }
 
 /// What one step does with the services its plan deletes.

@@ -13,7 +13,7 @@ use crate::table::RuleTable;
 use serde::Serialize;
 use shoal_dataplane::filter::{reconcile_filter, FilterChange, Firewall, SourceFilter};
 use shoal_dataplane::{
-    reconcile, Actual, Dataplane, DataplaneError, Desired, Op, Reconciler, ServiceKey,
+    reconcile, Actual, Dataplane, DataplaneError, Desired, Op, Pending, Reconciler, ServiceKey,
 };
 use shoal_gossip::{Mesh, Version};
 use std::collections::BTreeSet;
@@ -73,6 +73,29 @@ impl SharedProgrammer {
     pub async fn read(&self) -> Result<Actual, DataplaneError> {
         let this = self.clone();
         tokio::task::spawn_blocking(move || this.read_blocking())
+            .await
+            .unwrap_or_else(|e| Err(join_error(e)))
+    }
+
+    /// Reads back what the dataplane holds and what still separates it from `desired`, with
+    /// the drains in progress told apart (`Reconciler::pending`), under one lock so the two
+    /// agree (blocking: call from the blocking pool).
+    pub fn read_pending_blocking(
+        &self,
+        desired: &Desired,
+    ) -> Result<(Actual, Pending), DataplaneError> {
+        let mut p = self.lock();
+        let actual = p.dataplane.read()?;
+        let pending = p.reconciler.pending(desired, &actual.view());
+        Ok((actual, pending))
+    }
+
+    pub async fn read_pending(
+        &self,
+        desired: Desired,
+    ) -> Result<(Actual, Pending), DataplaneError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.read_pending_blocking(&desired))
             .await
             .unwrap_or_else(|e| Err(join_error(e)))
     }
@@ -604,6 +627,57 @@ mod tests {
         assert_eq!(pass.filter.unwrap(), FilterChange::Unchanged);
         assert!(pass.withheld.is_empty());
         assert_eq!(keys(&dp), vec![open.key, restricted.key]);
+    }
+
+    /// Audit finding B: during an intended drain the admin API's read-back said
+    /// `matches_table: false` with a pending `del_dest`. The drain is now reported apart, and
+    /// the pending ops are empty while the kernel holds the table plus the draining entries.
+    #[test]
+    fn a_drain_in_progress_is_not_a_pending_op() {
+        let (p, dp, _) = programmer(Duration::from_secs(30), false);
+        let shared = SharedProgrammer(Arc::new(Mutex::new(p)));
+        let mut two = service([203, 0, 113, 1], 80);
+        let mut second = two.destinations[0].clone();
+        second.addr = IpAddr::from([198, 18, 0, 2]);
+        two.destinations.push(second);
+        let other = service([203, 0, 113, 2], 80);
+        let full = Desired {
+            services: vec![two.clone(), other.clone()],
+        };
+        let t0 = Instant::now();
+        program(&mut shared.lock(), full.clone(), &[], t0).unwrap();
+        let (_, pending) = shared.read_pending_blocking(&full).unwrap();
+        assert_eq!(pending, Pending::default());
+
+        // One backend and the other service removed: both drain, nothing is pending.
+        let mut one = two.clone();
+        one.destinations.pop();
+        let less = Desired {
+            services: vec![one],
+        };
+        program(&mut shared.lock(), less.clone(), &[], t0).unwrap();
+        assert_eq!(dp.services().len(), 2, "the removed service is still there");
+        let (_, pending) = shared.read_pending_blocking(&less).unwrap();
+        assert_eq!(pending.ops, vec![]);
+        let mut draining: Vec<_> = pending
+            .draining
+            .iter()
+            .map(|d| (d.service.to_string(), d.destination))
+            .collect();
+        draining.sort();
+        assert_eq!(
+            draining,
+            [
+                (
+                    "tcp 203.0.113.1:80".to_string(),
+                    Some((IpAddr::from([198, 18, 0, 2]), 80))
+                ),
+                ("tcp 203.0.113.2:80".to_string(), None),
+            ]
+        );
+        // A change the drain does not explain is still pending.
+        let (_, pending) = shared.read_pending_blocking(&Desired::default()).unwrap();
+        assert!(!pending.ops.is_empty());
     }
 
     /// A node without nf_tables and without restricted services programs everything: the

@@ -3,6 +3,7 @@
 use super::*;
 use crate::memory::MemoryDataplane;
 use crate::model::{Protocol, Service};
+use crate::plan::plan;
 use crate::testing::{backend, tcp_service};
 
 fn desired(backends: &[u8]) -> Desired {
@@ -323,4 +324,67 @@ fn no_drain_or_delete_at_once_removes_a_service_at_once() {
         r.ops
     );
     assert_eq!(dp.vips().len(), 1);
+}
+
+/// Audit finding B: during a drain the read-back differs from the table only by entries at
+/// weight 0 waiting for their deadline. `pending` lists them as draining, not as ops; anything
+/// else (drift in a draining entry, a missing service) stays pending.
+#[test]
+fn pending_tells_a_drain_apart_from_a_mismatch() {
+    let drain = Duration::from_secs(10);
+    let mut dp = MemoryDataplane::new();
+    let mut rec = Reconciler::new(drain);
+    let t0 = Instant::now();
+    let both = two_services(&[1, 2, 3]);
+    let (a, b) = (key_of(&both, 0), key_of(&both, 1));
+    reconcile(&mut dp, &mut rec, &both, t0).unwrap();
+    // `b` loses a destination, then `a` is removed.
+    let mut next = both.clone();
+    next.services[1].destinations.pop();
+    reconcile(&mut dp, &mut rec, &next, t0).unwrap();
+    next.services.remove(0);
+    reconcile(&mut dp, &mut rec, &next, t0).unwrap();
+    let have = dp.read().unwrap().into_view();
+    assert!(
+        !plan(&next, &dp.read().unwrap()).is_empty(),
+        "a plain plan sees a mismatch"
+    );
+    let p = rec.pending(&next, &have);
+    assert_eq!(p.ops, vec![]);
+    let mut seen: Vec<(ServiceKey, Option<(IpAddr, u16)>, Instant)> = p
+        .draining
+        .iter()
+        .map(|d| (d.service.clone(), d.destination, d.due))
+        .collect();
+    seen.sort();
+    let mut want = vec![
+        (a.clone(), None, t0 + drain),
+        (
+            b.clone(),
+            Some((crate::testing::backend(3), 80)),
+            t0 + drain,
+        ),
+    ];
+    want.sort();
+    assert_eq!(seen, want);
+
+    // Nothing desired any more: the plan's flush waits for `a`, `b` must still be handled.
+    let p = rec.pending(&Desired::default(), &have);
+    assert_eq!(p.ops, vec![Op::DelService(b.clone())]);
+
+    // Drift: a draining destination's weight put back behind Shoal's back is a mismatch.
+    let mut drifted = have.clone();
+    let s = drifted.services.get_mut(&b).unwrap();
+    s.destinations[2].weight = 1;
+    let p = rec.pending(&next, &drifted);
+    assert_eq!(p.ops, vec![Op::DelDest(b, crate::testing::backend(3), 80)]);
+    assert_eq!(p.draining.len(), 1);
+
+    // Without a drain there is nothing to tell apart.
+    let rec = Reconciler::new(Duration::ZERO);
+    assert!(rec.pending(&next, &have).draining.is_empty());
+    assert_eq!(
+        rec.pending(&next, &have).ops,
+        plan(&next, &dp.read().unwrap())
+    );
 }
