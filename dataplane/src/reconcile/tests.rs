@@ -351,7 +351,8 @@ fn pending_tells_a_drain_apart_from_a_mismatch() {
     );
     let p = rec.pending(&next, &have);
     assert_eq!(p.ops, vec![]);
-    let mut seen: Vec<(ServiceKey, Option<(IpAddr, u16)>, Instant)> = p
+    type Entry = (ServiceKey, Option<(IpAddr, u16)>, Instant);
+    let mut seen: Vec<Entry> = p
         .draining
         .iter()
         .map(|d| (d.service.clone(), d.destination, d.due))
