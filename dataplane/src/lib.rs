@@ -41,6 +41,6 @@ pub use model::*;
 pub use op::Op;
 pub use plan::{plan, plan_view, Actual, Desired, View};
 pub use reconcile::{
-    list_before_sending, reconcile, ReconcileReport, Reconciler, TableOwnership,
+    list_before_sending, reconcile, Draining, Pending, ReconcileReport, Reconciler, TableOwnership,
     DEFAULT_DRIFT_CHECK,
 };

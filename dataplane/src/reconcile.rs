@@ -1,5 +1,5 @@
-//! The reconcile loop's brain: `plan` plus draining (weight 0 first, delete after a grace time)
-//! and the kernel's state kept in memory between full reads.
+//! The reconcile loop's brain: `plan` plus draining of removed destinations and services (weight
+//! 0 first, delete after a grace time) and the kernel's state kept in memory between full reads.
 //!
 //! `Reconciler` is a small state machine with time passed in; `reconcile` is the thin shell
 //! that reads a dataplane when the reconciler asks for it, asks the reconciler, and applies the
@@ -14,11 +14,11 @@
 
 use crate::backend::Dataplane;
 use crate::error::DataplaneError;
-use crate::model::ServiceKey;
+use crate::model::{Destination, ServiceKey};
 use crate::op::Op;
 use crate::plan::{plan_view, Actual, Desired, View};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -50,13 +50,18 @@ pub fn list_before_sending(ops: &[Op], full_read: bool, ownership: TableOwnershi
 /// How often a reconciler reads the whole table back when nothing forces it earlier.
 pub const DEFAULT_DRIFT_CHECK: Duration = Duration::from_secs(60);
 
-/// Remembers which destinations are draining and since when, and what the kernel holds.
+/// Remembers which destinations and services are draining and until when, and what the
+/// kernel holds.
 #[derive(Debug, Clone)]
 pub struct Reconciler {
     drain: Duration,
     /// Destination -> the instant its deletion is due, and the last step that still saw it
     /// undesired. An entry lives while the destination is still in the kernel and undesired.
     draining: BTreeMap<DestId, (Instant, u64)>,
+    /// The same for removed services (every destination at weight 0, the VIP kept).
+    draining_services: BTreeMap<ServiceKey, (Instant, u64)>,
+    /// Services deleted without a drain (see `set_delete_at_once`).
+    delete_at_once: BTreeSet<ServiceKey>,
     /// Steps taken, to tell the entries the current step saw from stale ones.
     steps: u64,
     /// The kernel as of the last full read, with every acknowledged op since applied to it.
@@ -72,12 +77,14 @@ pub struct Reconciler {
 }
 
 impl Reconciler {
-    /// `drain` = how long a removed destination stays at weight 0 before deletion; zero
-    /// deletes at once. The drift check starts at `DEFAULT_DRIFT_CHECK`.
+    /// `drain` = how long a removed destination or service stays at weight 0 before
+    /// deletion; zero deletes at once. The drift check starts at `DEFAULT_DRIFT_CHECK`.
     pub fn new(drain: Duration) -> Self {
         Reconciler {
             drain,
             draining: BTreeMap::new(),
+            draining_services: BTreeMap::new(),
+            delete_at_once: BTreeSet::new(),
             steps: 0,
             view: None,
             last_full_read: None,
@@ -115,10 +122,13 @@ impl Reconciler {
         self.ownership
     }
 
-    /// The ops to send now. Same as `plan`, except that a destination removed from a service
-    /// that stays is first set to weight 0 and deleted only once `drain` has passed. A
-    /// destination that comes back while draining is simply restored by `plan`'s update.
-    /// Pure: it does not touch the kept view (see `reconcile` for the incremental pass).
+    /// The ops to send now. Same as `plan`, except that a removed destination (of a service
+    /// that stays) and a removed service are first set to weight 0 (every destination of the
+    /// service) and deleted only once `drain` has passed; the VIP of a draining service stays
+    /// on the interface until the last of its services is deleted. A destination or service
+    /// that comes back while draining is simply restored by `plan`'s updates. Services in
+    /// `delete_at_once` skip the drain. Pure: it does not touch the kept view (see `reconcile`
+    /// for the incremental pass).
     pub fn step(&mut self, desired: &Desired, actual: &Actual, now: Instant) -> Vec<Op> {
         self.step_view(desired, &actual.view(), now)
     }
@@ -129,6 +139,7 @@ impl Reconciler {
         self.drained = 0;
         if self.drain.is_zero() {
             self.draining.clear();
+            self.draining_services.clear();
             return ops;
         }
         // Every draining destination comes back as a `DelDest` on every step: the answer is
@@ -136,41 +147,106 @@ impl Reconciler {
         // tens of thousands drain (a rollout, or the scale benchmark's churn).
         self.steps = self.steps.wrapping_add(1);
         let (step, drain) = (self.steps, self.drain);
+        let services = self.services_to_drain(&ops, have, now);
         let draining = &mut self.draining;
-        let mut drained = 0;
-        let mut out: Vec<Op> = ops
-            .into_iter()
-            .filter_map(|op| {
-                let Op::DelDest(key, addr, port) = &op else {
-                    return Some(op);
-                };
-                let entry = draining
-                    .entry((key.clone(), *addr, *port))
-                    .or_insert_with(|| (due_after(now, drain), step));
-                entry.1 = step;
-                if now >= entry.0 {
-                    drained += 1;
-                    return Some(op);
-                }
-                let current = have.services.get(key).and_then(|s| {
-                    s.destinations
-                        .iter()
-                        .find(|d| d.addr == *addr && d.port == *port)
-                });
-                match current {
-                    Some(d) if d.weight != 0 => {
-                        let mut zero = d.clone();
-                        zero.weight = 0;
-                        Some(Op::UpdateDest(key.clone(), zero))
+        let mut drained = services.ended;
+        let mut out: Vec<Op> = Vec::with_capacity(ops.len());
+        for op in ops {
+            match &op {
+                Op::DelDest(key, addr, port) => {
+                    let entry = draining
+                        .entry((key.clone(), *addr, *port))
+                        .or_insert_with(|| (due_after(now, drain), step));
+                    entry.1 = step;
+                    if now >= entry.0 {
+                        drained += 1;
+                        out.push(op);
+                        continue;
                     }
-                    _ => None,
+                    let current = have.services.get(key).and_then(|s| {
+                        s.destinations
+                            .iter()
+                            .find(|d| d.addr == *addr && d.port == *port)
+                    });
+                    if let Some(d) = current.filter(|d| d.weight != 0) {
+                        out.push(Op::UpdateDest(key.clone(), zero_weight(d)));
+                    }
                 }
-            })
-            .collect();
+                Op::DelService(key) if services.waiting.contains(key) => {
+                    zero_service(have, key, &mut out);
+                }
+                Op::Flush if !services.waiting.is_empty() => {
+                    // Some services still drain: the others are deleted one by one.
+                    for key in have.services.keys() {
+                        if services.waiting.contains(key) {
+                            zero_service(have, key, &mut out);
+                        } else {
+                            out.push(Op::DelService(key.clone()));
+                        }
+                    }
+                }
+                Op::DelVip(vip) if services.held_vips.contains(vip) => {}
+                Op::DelVip(vip) if services.released_vips.contains(vip) => {
+                    drained += 1;
+                    out.push(op);
+                }
+                _ => out.push(op),
+            }
+        }
         out.shrink_to_fit();
         self.draining.retain(|_, (_, seen)| *seen == step);
+        self.draining_services.retain(|_, (_, seen)| *seen == step);
         self.drained = drained;
         out
+    }
+
+    /// The services `ops` delete (one by one, or all at once by a flush), sorted into those
+    /// that still drain and those whose drain ended (or that skip it), with their VIPs.
+    fn services_to_drain(&mut self, ops: &[Op], have: &View, now: Instant) -> ServiceDrains {
+        let (step, drain) = (self.steps, self.drain);
+        let mut out = ServiceDrains::default();
+        let flush = ops.contains(&Op::Flush);
+        let deleted: Vec<&ServiceKey> = if flush {
+            have.services.keys().collect()
+        } else {
+            ops.iter()
+                .filter_map(|op| match op {
+                    Op::DelService(k) => Some(k),
+                    _ => None,
+                })
+                .collect()
+        };
+        for key in deleted {
+            let at_once = self.delete_at_once.contains(key);
+            let ended = at_once || {
+                let entry = self
+                    .draining_services
+                    .entry(key.clone())
+                    .or_insert_with(|| (due_after(now, drain), step));
+                entry.1 = step;
+                now >= entry.0
+            };
+            if at_once {
+                continue;
+            }
+            if ended {
+                out.ended += 1;
+                out.released_vips.extend(key.vip());
+            } else {
+                out.held_vips.extend(key.vip());
+                out.waiting.insert(key.clone());
+            }
+        }
+        // A VIP stays while any of its services drains.
+        out.released_vips.retain(|v| !out.held_vips.contains(v));
+        out
+    }
+
+    /// Services to delete without a drain from now on (and no others): the node withholds
+    /// services it may not serve (their source-range filter cannot be programmed), and those
+    /// must stop at once, not drain.
+    pub fn set_delete_at_once(&mut self, keys: BTreeSet<ServiceKey>) {
+        self.delete_at_once = keys;
     }
 
     /// True when the next pass must read the whole table: no view (first pass, or the last
@@ -234,14 +310,134 @@ impl Reconciler {
 
     /// When `step` next has something to do even if nothing else changes.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.draining.values().map(|(due, _)| *due).min()
+        let dests = self.draining.values().map(|(due, _)| *due);
+        let services = self.draining_services.values().map(|(due, _)| *due);
+        dests.chain(services).min()
     }
 
-    /// Destinations currently draining and when each is due for deletion.
-    pub fn draining(&self) -> impl Iterator<Item = (&ServiceKey, IpAddr, u16, Instant)> {
-        self.draining
+    /// Destinations and services currently draining and when each is due for deletion.
+    pub fn draining(&self) -> impl Iterator<Item = Draining> + '_ {
+        let services = self.draining_services.iter().map(|(k, (due, _))| Draining {
+            service: k.clone(),
+            destination: None,
+            due: *due,
+        });
+        let dests = self.draining.iter().map(|((k, a, p), (due, _))| Draining {
+            service: k.clone(),
+            destination: Some((*a, *p)),
+            due: *due,
+        });
+        services.chain(dests)
+    }
+
+    /// What still separates `have` (a read of the kernel) from `desired`, with a drain in
+    /// progress told apart: the deletions that only wait for their drain (the destination, or
+    /// every destination of the service, already at weight 0 in `have`; the VIP of such a
+    /// service) are left out of `ops` and listed in `draining` instead. So `ops` is empty
+    /// exactly when the kernel holds the desired state plus the entries draining. Pure.
+    pub fn pending(&self, desired: &Desired, have: &View) -> Pending {
+        let ops = plan_view(desired, have);
+        let dest_at_zero = |k: &ServiceKey, addr: IpAddr, port: u16| {
+            have.services.get(k).is_some_and(|s| {
+                find_dest(&s.destinations, addr, port).is_some_and(|d| d.weight == 0)
+            })
+        };
+        let service_at_zero = |k: &ServiceKey| {
+            have.services
+                .get(k)
+                .is_some_and(|s| s.destinations.iter().all(|d| d.weight == 0))
+        };
+        let draining: Vec<Draining> = self
+            .draining()
+            .filter(|d| match d.destination {
+                None => service_at_zero(&d.service),
+                Some((addr, port)) => dest_at_zero(&d.service, addr, port),
+            })
+            .collect();
+        let services: BTreeSet<&ServiceKey> = draining
             .iter()
-            .map(|((k, a, p), (t, _))| (k, *a, *p, *t))
+            .filter(|d| d.destination.is_none())
+            .map(|d| &d.service)
+            .collect();
+        let dests: BTreeSet<(&ServiceKey, IpAddr, u16)> = draining
+            .iter()
+            .filter_map(|d| d.destination.map(|(a, p)| (&d.service, a, p)))
+            .collect();
+        let vips: BTreeSet<IpAddr> = services.iter().filter_map(|k| k.vip()).collect();
+        let mut out = Vec::new();
+        for op in ops {
+            match &op {
+                Op::DelDest(k, a, p) if dests.contains(&(k, *a, *p)) => {}
+                Op::DelService(k) if services.contains(k) => {}
+                Op::DelVip(v) if vips.contains(v) => {}
+                Op::Flush if !services.is_empty() => out.extend(
+                    have.services
+                        .keys()
+                        .filter(|k| !services.contains(k))
+                        .map(|k| Op::DelService(k.clone())),
+                ),
+                _ => out.push(op),
+            }
+        }
+        Pending { ops: out, draining }
+    }
+}
+
+/// A destination (of a service that stays) or a whole service kept at weight 0 until `due`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Draining {
+    pub service: ServiceKey,
+    /// `None`: the whole service drains (every destination at weight 0, its VIP kept).
+    pub destination: Option<(IpAddr, u16)>,
+    pub due: Instant,
+}
+
+/// See `Reconciler::pending`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Pending {
+    /// Ops still needed besides the deletions that wait for a drain.
+    pub ops: Vec<Op>,
+    /// Entries draining that the kernel holds at weight 0.
+    pub draining: Vec<Draining>,
+}
+
+fn find_dest(dests: &[Destination], addr: IpAddr, port: u16) -> Option<&Destination> {
+    dests
+        .binary_search_by(|d| (d.addr, d.port).cmp(&(addr, port)))
+        .ok()
+        .map(|i| &dests[i])
+}
+
+/// What one step does with the services its plan deletes.
+#[derive(Debug, Default)]
+struct ServiceDrains {
+    /// Still draining: their destinations go to weight 0, the deletion waits.
+    waiting: BTreeSet<ServiceKey>,
+    /// VIPs of waiting services: their `DelVip` waits too.
+    held_vips: BTreeSet<IpAddr>,
+    /// VIPs of services whose drain ended in this step (and of no waiting service).
+    released_vips: BTreeSet<IpAddr>,
+    /// Services whose drain ended in this step.
+    ended: usize,
+}
+
+fn zero_weight(d: &Destination) -> Destination {
+    Destination {
+        weight: 0,
+        ..d.clone()
+    }
+}
+
+/// Every destination of `key` not yet at weight 0 is set to 0: no new connections, the
+/// established ones are still forwarded.
+fn zero_service(have: &View, key: &ServiceKey, out: &mut Vec<Op>) {
+    if let Some(s) = have.services.get(key) {
+        out.extend(
+            s.destinations
+                .iter()
+                .filter(|d| d.weight != 0)
+                .map(|d| Op::UpdateDest(key.clone(), zero_weight(d))),
+        );
     }
 }
 
@@ -261,7 +457,8 @@ pub struct ReconcileReport {
     pub ops: Vec<Op>,
     /// Whether this pass read the whole table back (first pass, drift check, after an error).
     pub full_read: bool,
-    /// How many of `ops` delete a destination whose drain ran out.
+    /// How many of `ops` delete a destination or service whose drain ran out (or the VIP
+    /// such a service held).
     pub drained: usize,
 }
 

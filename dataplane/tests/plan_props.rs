@@ -157,6 +157,29 @@ proptest! {
                 }
             }
         }
+        // A removed managed service is still there with every destination at weight 0, and
+        // its VIP with it; foreign services are untouched.
+        let start = c.start.clone().read().unwrap();
+        let wanted = c.desired.normalized();
+        let want_vips = c.desired.vips();
+        let after = mid.services_by_key();
+        for (k, s) in start.services_by_key() {
+            if wanted.contains_key(&k) {
+                continue;
+            }
+            if !is_managed(&k, &want_vips, &start.vips) {
+                prop_assert_eq!(after.get(&k), Some(&s));
+                continue;
+            }
+            let kept = after.get(&k);
+            prop_assert!(kept.is_some(), "{} deleted before its drain", k);
+            let kept = kept.unwrap();
+            prop_assert_eq!(kept.destinations.len(), s.destinations.len());
+            prop_assert!(kept.destinations.iter().all(|d| d.weight == 0));
+            if let Some(v) = k.vip() {
+                prop_assert!(mid.vips.contains(&v), "VIP {} of draining {} removed", v, k);
+            }
+        }
         // A second step before the deadline sends nothing.
         prop_assert_eq!(rec.step(&c.desired, &mid, t0 + Duration::from_secs(1)), vec![]);
         if let Some(deadline) = rec.next_deadline() {

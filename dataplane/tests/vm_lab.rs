@@ -137,6 +137,14 @@ fn table_drain() -> Desired {
     t
 }
 
+/// Service draining: the drain table without the services of VIP 203.0.113.20 (443, 8080).
+fn table_drain_svc() -> Desired {
+    let mut t = table_drain();
+    t.services
+        .retain(|s| s.key.vip() != Some(v4("203.0.113.20")));
+    t
+}
+
 /// The lines `ipvsadm -Sn` prints for a table (thresholds are not part of its output).
 fn ipvsadm_lines(d: &Desired) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
@@ -260,6 +268,7 @@ fn run_suite() -> Result<Option<Suite>, String> {
     write_json(&share, "t_a.json", &table_a())?;
     write_json(&share, "t_c.json", &table_c())?;
     write_json(&share, "t_drain.json", &table_drain())?;
+    write_json(&share, "t_drain_svc.json", &table_drain_svc())?;
     write_json(&share, "t_empty.json", &Desired::default())?;
     // Generous: a guest starved by a busy host took 300 s to reach its first step.
     share.boot(&Boot::new("suite.sh", 900))?;
@@ -386,7 +395,15 @@ fn e_foreign_services_are_never_touched() {
     let before = s.out("foreign_before.txt");
     assert!(before.contains("-A -t 10.96.0.1:80 -s rr"), "{before}");
     assert_eq!(s.out("foreign_after.txt"), before);
-    for step in ["a_apply", "c_apply", "d_apply", "drain_apply", "e_apply"] {
+    for step in [
+        "a_apply",
+        "c_apply",
+        "d_apply",
+        "drain_apply",
+        "drain_svc_apply",
+        "drain_svc_back",
+        "e_apply",
+    ] {
         for pass in s.ops(step) {
             for op in pass {
                 assert!(
@@ -399,6 +416,61 @@ fn e_foreign_services_are_never_touched() {
     // Emptying Shoal's table leaves exactly the foreign service and no VIPs.
     assert_eq!(shoal_lines(&s.out("e_ipvsadm.txt")), BTreeSet::new());
     assert_eq!(s.out("e_shoal0.txt").trim(), "");
+}
+
+/// Audit finding A on a real kernel: the destinations of removed services go to weight 0, and
+/// the services and their VIP are deleted only after the drain (they were deleted at once).
+#[test]
+fn removed_services_drain_before_deletion() {
+    let Some(s) = suite() else { return };
+    let v = s.json("drain_svc_apply");
+    let passes = v["passes"].as_array().expect("passes");
+    let vip = v4("203.0.113.20");
+    let before = table_drain();
+    let removed: Vec<&Service> = before
+        .services
+        .iter()
+        .filter(|s| s.key.vip() == Some(vip))
+        .collect();
+    let zeroed: Vec<Op> = removed
+        .iter()
+        .flat_map(|s| {
+            s.destinations.iter().map(|d| {
+                let mut d = d.clone();
+                d.weight = 0;
+                Op::UpdateDest(s.key.clone(), d)
+            })
+        })
+        .collect();
+    assert_eq!(zeroed.len(), 4);
+    let first: Vec<Op> = serde_json::from_value(passes[0]["ops"].clone()).expect("ops");
+    assert_eq!(
+        first, zeroed,
+        "weight 0 first, the services and their VIP kept"
+    );
+    let deleted = passes
+        .iter()
+        .find(|p| p["ops"].as_array().map(|o| !o.is_empty()).unwrap_or(false) && p != &&passes[0])
+        .expect("a later pass deletes the services");
+    let ops: Vec<Op> = serde_json::from_value(deleted["ops"].clone()).expect("ops");
+    assert_eq!(
+        ops,
+        vec![
+            Op::DelService(tcp("203.0.113.20", 443)),
+            Op::DelService(tcp("203.0.113.20", 8080)),
+            Op::DelVip(vip)
+        ]
+    );
+    let at_ms = deleted["at_ms"].as_u64().expect("at_ms");
+    assert!(
+        at_ms >= 1500,
+        "deleted after {at_ms} ms, before the 1500 ms drain"
+    );
+    assert_eq!(
+        shoal_lines(&s.out("drain_svc_ipvsadm.txt")),
+        ipvsadm_lines(&table_drain_svc())
+    );
+    assert_eq!(s.out("drain_svc_back.rc").trim(), "0");
 }
 
 #[test]

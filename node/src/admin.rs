@@ -30,7 +30,7 @@ use axum::{Json, Router};
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use shoal_dataplane::{plan, ObservedService};
+use shoal_dataplane::ObservedService;
 use shoal_gossip::Mesh;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -344,13 +344,18 @@ struct DataplaneResponse {
     version: Option<VersionRef>,
     /// The newest version this node adopted, which the dataplane is being brought to.
     head: Option<VersionRef>,
-    /// True when what the dataplane holds equals the head's table with health applied.
+    /// True when what the dataplane holds equals the head's table with health applied, plus
+    /// the entries draining (a drain in progress is not a mismatch).
     matches_table: bool,
     /// Totals over the whole read-back; the lists below are one page of it.
     total: DataplaneTotals,
-    /// Operations that would bring the dataplane to the table (empty when it matches);
-    /// at most one page of them.
+    /// Operations that would bring the dataplane to the table (empty when it matches),
+    /// besides the deletions that wait for a drain; at most one page of them.
     pending_ops: Vec<shoal_dataplane::Op>,
+    /// Removed destinations and services held at weight 0 until their drain ends (one page).
+    draining: Vec<DrainingEntry>,
+    /// Services with source ranges left out because their filter cannot be programmed.
+    withheld: Vec<String>,
     /// The VIPs and services of this page (`offset`, `limit`).
     vips: Vec<IpAddr>,
     services: Vec<ObservedService>,
@@ -364,6 +369,39 @@ struct DataplaneTotals {
     destinations: usize,
     vips: usize,
     pending_ops: usize,
+    draining: usize,
+}
+
+/// One entry of a drain in progress.
+#[derive(Debug, PartialEq, Eq, Serialize)]
+struct DrainingEntry {
+    /// `tcp 203.0.113.1:80`.
+    service: String,
+    /// `198.18.0.3:80`; `null` when the whole service drains (every destination at weight 0,
+    /// its VIP kept).
+    destination: Option<String>,
+    /// When it is deleted (Unix ms) and how long from now (0 once due: the next pass).
+    deadline_unix_ms: u64,
+    remaining_ms: u64,
+}
+
+impl DrainingEntry {
+    fn new(d: &shoal_dataplane::Draining, now: Instant, now_unix_ms: u64) -> Self {
+        let remaining = d.due.saturating_duration_since(now);
+        let overdue = now.saturating_duration_since(d.due);
+        let ms = |t: Duration| u64::try_from(t.as_millis()).unwrap_or(u64::MAX);
+        DrainingEntry {
+            service: d.service.to_string(),
+            destination: d.destination.map(|(addr, port)| match addr {
+                IpAddr::V4(a) => format!("{a}:{port}"),
+                IpAddr::V6(a) => format!("[{a}]:{port}"),
+            }),
+            deadline_unix_ms: now_unix_ms
+                .saturating_add(ms(remaining))
+                .saturating_sub(ms(overdue)),
+            remaining_ms: ms(remaining),
+        }
+    }
 }
 
 /// `?offset=N&limit=M` of `/v1/dataplane` (services, VIPs and pending ops are paged alike).
@@ -402,27 +440,39 @@ async fn dataplane(
     query: Result<Query<Page>, QueryRejection>,
 ) -> Result<Json<DataplaneResponse>, AdminError> {
     let page = Page::parse(query)?;
-    let actual = s.programmer.read().await?;
     let head = s.mesh.current();
     let verdicts = s.health.verdicts().borrow().clone();
     let desired = match &head {
         Some(h) => desired_state(&h.doc, &verdicts),
         None => desired_state(&RuleTable::default(), &verdicts),
     };
-    let mut pending_ops = plan(&desired, &actual);
+    let (actual, pending) = s.programmer.read_pending(desired).await?;
+    let (now, now_unix_ms) = (Instant::now(), crate::unix_ms());
+    let mut pending_ops = pending.ops;
+    let mut draining: Vec<DrainingEntry> = pending
+        .draining
+        .iter()
+        .map(|d| DrainingEntry::new(d, now, now_unix_ms))
+        .collect();
     let total = DataplaneTotals {
         services: actual.services.len(),
         destinations: actual.services.iter().map(|s| s.destinations.len()).sum(),
         vips: actual.vips.len(),
         pending_ops: pending_ops.len(),
+        draining: draining.len(),
     };
-    let longest = total.services.max(total.vips).max(total.pending_ops);
+    let longest = total
+        .services
+        .max(total.vips)
+        .max(total.pending_ops)
+        .max(total.draining);
     let range = page.range(longest);
     let next_offset = (range.end < longest).then_some(range.end);
     let mut services = actual.services;
     let cut = |len: usize| range.start.min(len)..range.end.min(len);
     let services_page = services.drain(cut(total.services)).collect();
     let pending_page = pending_ops.drain(cut(total.pending_ops)).collect();
+    let draining_page = draining.drain(cut(total.draining)).collect();
     Ok(Json(DataplaneResponse {
         kind: s.programmer.kind(),
         version: s.reconcile.get().applied,
@@ -430,6 +480,8 @@ async fn dataplane(
         matches_table: total.pending_ops == 0,
         total,
         pending_ops: pending_page,
+        draining: draining_page,
+        withheld: s.reconcile.get().withheld,
         vips: actual
             .vips
             .iter()
@@ -511,5 +563,44 @@ fn refresh_gauges(s: &AdminState) {
         s.metrics
             .applied_is_head
             .set(i64::from(applied == Some((&head.version).into())));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_dataplane::model::{Protocol, ServiceKey};
+
+    /// A draining entry says what drains and when it goes, in the wall clock.
+    #[test]
+    fn a_draining_entry_has_its_deadline() {
+        let now = Instant::now();
+        let key = ServiceKey::Addr {
+            addr: "2001:db8::1".parse().unwrap(),
+            port: 443,
+            protocol: Protocol::Tcp,
+        };
+        let d = shoal_dataplane::Draining {
+            service: key.clone(),
+            destination: Some(("2001:db8::9".parse().unwrap(), 443)),
+            due: now + Duration::from_millis(2_500),
+        };
+        assert_eq!(
+            DrainingEntry::new(&d, now, 1_000_000),
+            DrainingEntry {
+                service: "tcp [2001:db8::1]:443".into(),
+                destination: Some("[2001:db8::9]:443".into()),
+                deadline_unix_ms: 1_002_500,
+                remaining_ms: 2_500,
+            }
+        );
+        let late = shoal_dataplane::Draining {
+            service: key,
+            destination: None,
+            due: now,
+        };
+        let e = DrainingEntry::new(&late, now + Duration::from_secs(1), 1_000_000);
+        assert_eq!((e.deadline_unix_ms, e.remaining_ms), (999_000, 0));
+        assert_eq!(e.destination, None);
     }
 }

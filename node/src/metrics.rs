@@ -35,6 +35,11 @@ pub struct NodeMetrics {
     pub applied_epoch: Gauge,
     pub applied_seq: Gauge,
     pub applied_is_head: Gauge,
+    /// 0 while the source-range filter cannot be programmed (services with source ranges are
+    /// then withheld), else 1.
+    pub source_filter_ok: Gauge,
+    /// Services left out of the dataplane because their source-range filter failed.
+    pub services_withheld: Gauge,
     pub publishes: Counter,
     pub takeovers: Counter,
     /// Admin API requests and connections turned away, by reason (`unauthorized`,
@@ -64,6 +69,12 @@ impl NodeMetrics {
             applied_epoch: Gauge::default(),
             applied_seq: Gauge::default(),
             applied_is_head: Gauge::default(),
+            source_filter_ok: {
+                let g = Gauge::default();
+                g.set(1);
+                g
+            },
+            services_withheld: Gauge::default(),
             publishes: Counter::default(),
             takeovers: Counter::default(),
             admin_refused: Family::default(),
@@ -127,6 +138,16 @@ impl NodeMetrics {
             "shoal_applied_is_head",
             "1 when this node has applied the head",
             self.applied_is_head.clone(),
+        );
+        r.register(
+            "shoal_source_filter_ok",
+            "0 while the source-range filter cannot be programmed (services with source ranges withheld)",
+            self.source_filter_ok.clone(),
+        );
+        r.register(
+            "shoal_services_withheld",
+            "Services not programmed because their source-range filter failed",
+            self.services_withheld.clone(),
         );
         r.register(
             "shoal_publishes",

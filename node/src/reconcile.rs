@@ -12,8 +12,11 @@ use crate::metrics::{NodeMetrics, OpLabel, ResultLabel};
 use crate::table::RuleTable;
 use serde::Serialize;
 use shoal_dataplane::filter::{reconcile_filter, FilterChange, Firewall, SourceFilter};
-use shoal_dataplane::{reconcile, Actual, Dataplane, DataplaneError, Desired, Op, Reconciler};
+use shoal_dataplane::{
+    reconcile, Actual, Dataplane, DataplaneError, Desired, Op, Pending, Reconciler, ServiceKey,
+};
 use shoal_gossip::{Mesh, Version};
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -74,10 +77,30 @@ impl SharedProgrammer {
             .unwrap_or_else(|e| Err(join_error(e)))
     }
 
-    /// One pass: read, plan, apply; then the source filters. Returns the ops applied (and how
-    /// many of them end a drain), the planner's next deadline and what changed in the filter.
-    /// Both parts run even when the other fails (one broken part must not freeze the other);
-    /// the first error is returned.
+    /// Reads back what the dataplane holds and what still separates it from `desired`, with
+    /// the drains in progress told apart (`Reconciler::pending`), under one lock so the two
+    /// agree (blocking: call from the blocking pool).
+    pub fn read_pending_blocking(
+        &self,
+        desired: &Desired,
+    ) -> Result<(Actual, Pending), DataplaneError> {
+        let mut p = self.lock();
+        let actual = p.dataplane.read()?;
+        let pending = p.reconciler.pending(desired, &actual.view());
+        Ok((actual, pending))
+    }
+
+    pub async fn read_pending(
+        &self,
+        desired: Desired,
+    ) -> Result<(Actual, Pending), DataplaneError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.read_pending_blocking(&desired))
+            .await
+            .unwrap_or_else(|e| Err(join_error(e)))
+    }
+
+    /// One pass: the source filters, then read, plan, apply (see [`program`]).
     pub async fn reconcile(
         &self,
         desired: Desired,
@@ -86,20 +109,7 @@ impl SharedProgrammer {
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
             let mut p = this.lock();
-            let Programmer {
-                dataplane,
-                reconciler,
-                firewall,
-            } = &mut *p;
-            let report = reconcile(dataplane.as_mut(), reconciler, &desired, Instant::now());
-            let filter = reconcile_filter(firewall.as_mut(), &filters);
-            let report = report?;
-            Ok(Pass {
-                drained: report.drained,
-                ops: report.ops,
-                deadline: reconciler.next_deadline(),
-                filter: filter?,
-            })
+            program(&mut p, desired, &filters, Instant::now())
         })
         .await
         .unwrap_or_else(|e| Err(join_error(e)))
@@ -127,13 +137,66 @@ impl SharedProgrammer {
     }
 }
 
+/// One pass, synchronous: the source filters first, then the IPVS table.
+///
+/// The filter goes first so that a restricted service is never programmed before its filter.
+/// When the filter cannot be programmed (no nf_tables module, no permission), the services with
+/// source ranges are withheld, fail closed: left out of the desired table and deleted at once
+/// (no drain) if the kernel holds them, since they must not be served unfiltered. Every other
+/// service is programmed as usual and the pass succeeds, carrying the filter's error; the next
+/// pass retries. A node whose table restricts nothing never needs nftables (`reconcile_filter`
+/// does not fail when there is nothing to enforce). The error of the IPVS part fails the pass.
+pub fn program(
+    p: &mut Programmer,
+    mut desired: Desired,
+    filters: &[SourceFilter],
+    now: Instant,
+) -> Result<Pass, DataplaneError> {
+    let Programmer {
+        dataplane,
+        reconciler,
+        firewall,
+    } = p;
+    let filter = reconcile_filter(firewall.as_mut(), filters);
+    let withheld = match &filter {
+        Ok(_) => BTreeSet::new(),
+        Err(_) => restricted(filters),
+    };
+    desired.services.retain(|s| !withheld.contains(&s.key));
+    reconciler.set_delete_at_once(withheld.clone());
+    let report = reconcile(dataplane.as_mut(), reconciler, &desired, now)?;
+    Ok(Pass {
+        drained: report.drained,
+        ops: report.ops,
+        deadline: reconciler.next_deadline(),
+        filter,
+        withheld: withheld.into_iter().collect(),
+    })
+}
+
+/// The services whose traffic the source filters restrict.
+fn restricted(filters: &[SourceFilter]) -> BTreeSet<ServiceKey> {
+    filters
+        .iter()
+        .filter(|f| !f.ranges.is_empty())
+        .map(|f| ServiceKey::Addr {
+            addr: f.vip,
+            port: f.port,
+            protocol: f.protocol,
+        })
+        .collect()
+}
+
 /// What one pass did.
 pub struct Pass {
     pub ops: Vec<Op>,
-    /// How many of `ops` delete a destination whose drain ran out.
+    /// How many of `ops` delete a destination or service whose drain ran out.
     pub drained: usize,
     pub deadline: Option<Instant>,
-    pub filter: FilterChange,
+    /// What changed in the source filter, or why it could not be programmed.
+    pub filter: Result<FilterChange, DataplaneError>,
+    /// Services left out of the dataplane because their source filter failed.
+    pub withheld: Vec<ServiceKey>,
 }
 
 /// Why a pass on the head already applied changed something, for its log lines: deletions at
@@ -181,6 +244,12 @@ pub struct ReconcileState {
     pub last_ops: usize,
     pub applied: Option<crate::status::VersionRef>,
     pub passes: u64,
+    /// Why the source-range filter could not be programmed in the last pass that got that far
+    /// (`None`: programmed, or not needed).
+    pub source_filter_error: Option<String>,
+    /// Services left out of the dataplane because of that error (`tcp 203.0.113.1:80`):
+    /// those with source ranges, which must not be served unfiltered.
+    pub withheld: Vec<String>,
 }
 
 #[derive(Clone, Default)]
@@ -285,8 +354,33 @@ pub async fn run(
                 drained,
                 deadline,
                 filter,
+                withheld,
             }) => {
-                match filter {
+                let filter_error = filter.as_ref().err().map(|e| e.to_string());
+                let withheld: Vec<String> = withheld.iter().map(|k| k.to_string()).collect();
+                metrics.services_withheld.set(withheld.len() as i64);
+                metrics
+                    .source_filter_ok
+                    .set(i64::from(filter_error.is_none()));
+                let before = status.get().source_filter_error;
+                match (&filter_error, &before) {
+                    (Some(e), before) if before.as_ref() != Some(e) => {
+                        tracing::error!(
+                            error = %e,
+                            withheld = ?withheld,
+                            "source-range filter failed: services with source_ranges are not \
+                             programmed (fail closed), the others are; retrying"
+                        );
+                    }
+                    (None, Some(_)) => {
+                        tracing::info!("source-range filter programmed again; no service withheld");
+                    }
+                    _ => {}
+                }
+                if filter_error.is_some() {
+                    wake = wake.min(later(tokio::time::Instant::now(), RETRY_AFTER_ERROR));
+                }
+                match filter.unwrap_or(FilterChange::Unchanged) {
                     FilterChange::Unchanged => {}
                     FilterChange::Replaced { rules } => {
                         tracing::info!(rules, "source-range filter rebuilt");
@@ -325,8 +419,8 @@ pub async fn run(
                     let cause = resync_cause(ops.len(), drained, verdicts_changed);
                     if cause.drained > 0 {
                         tracing::info!(
-                            destinations = cause.drained,
-                            "drain over; destinations deleted"
+                            entries = cause.drained,
+                            "drain over; destinations or services deleted"
                         );
                     }
                     if cause.health > 0 {
@@ -354,6 +448,8 @@ pub async fn run(
                     s.last_ops = ops.len();
                     s.applied = Some((&reported).into());
                     s.passes += 1;
+                    s.source_filter_error = filter_error;
+                    s.withheld = withheld;
                 });
                 if let Some(d) = deadline {
                     let d = tokio::time::Instant::from_std(d);
@@ -403,6 +499,201 @@ fn op_name(op: &Op) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shoal_dataplane::filter::memory::MemoryFirewall;
+    use shoal_dataplane::filter::{FilterRule, Firewall, ReadBack};
+    use shoal_dataplane::model::{Destination, Forwarding, Protocol, SchedFlags, Service, Tunnel};
+    use shoal_dataplane::MemoryDataplane;
+    use std::net::IpAddr;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// The memory firewall, or, while `broken` is set, what nftables answers without its
+    /// module (EINVAL to every request).
+    struct Flaky {
+        inner: MemoryFirewall,
+        broken: Arc<AtomicBool>,
+    }
+
+    impl Flaky {
+        fn check(&self, what: &str) -> Result<(), DataplaneError> {
+            if self.broken.load(Ordering::SeqCst) {
+                let text = "Invalid argument (os error 22)";
+                return Err(shoal_dataplane::filter::nft::error_for(
+                    what,
+                    Some(22),
+                    text,
+                    None,
+                ));
+            }
+            Ok(())
+        }
+    }
+
+    impl Firewall for Flaky {
+        fn kind(&self) -> &'static str {
+            "flaky"
+        }
+        fn read(&mut self) -> Result<Option<ReadBack>, DataplaneError> {
+            self.check("read")?;
+            self.inner.read()
+        }
+        fn replace(&mut self, rules: &[FilterRule]) -> Result<(), DataplaneError> {
+            self.check("replace")?;
+            self.inner.replace(rules)
+        }
+        fn remove(&mut self) -> Result<(), DataplaneError> {
+            self.check("remove")?;
+            self.inner.remove()
+        }
+    }
+
+    fn service(vip: [u8; 4], port: u16) -> Service {
+        Service {
+            key: ServiceKey::Addr {
+                addr: IpAddr::from(vip),
+                port,
+                protocol: Protocol::Tcp,
+            },
+            scheduler: "mh".into(),
+            flags: SchedFlags::default(),
+            persistence_timeout_s: 0,
+            destinations: vec![Destination {
+                addr: IpAddr::from([198, 18, 0, 1]),
+                port,
+                forwarding: Forwarding::Tunnel(Tunnel::Ipip),
+                weight: 1,
+                upper_threshold: 0,
+                lower_threshold: 0,
+            }],
+        }
+    }
+
+    fn programmer(drain: Duration, broken: bool) -> (Programmer, MemoryDataplane, Arc<AtomicBool>) {
+        let dp = MemoryDataplane::new();
+        let broken = Arc::new(AtomicBool::new(broken));
+        let p = Programmer {
+            dataplane: Box::new(dp.clone()),
+            reconciler: Reconciler::new(drain),
+            firewall: Box::new(Flaky {
+                inner: MemoryFirewall::default(),
+                broken: broken.clone(),
+            }),
+        };
+        (p, dp, broken)
+    }
+
+    fn keys(dp: &MemoryDataplane) -> Vec<ServiceKey> {
+        dp.services().into_iter().map(|s| s.key).collect()
+    }
+
+    /// Audit finding C(2): with nf_tables missing, one restricted service failed every pass,
+    /// so nothing was applied and the node withdrew every VIP. Now only the restricted service
+    /// is withheld (fail closed: deleted at once, no drain), the rest is programmed and the
+    /// pass succeeds with the filter's error; once the filter works it is programmed too.
+    #[test]
+    fn a_failing_filter_withholds_only_the_services_it_restricts() {
+        let (mut p, dp, broken) = programmer(Duration::from_secs(30), false);
+        let open = service([203, 0, 113, 1], 80);
+        let restricted = service([203, 0, 113, 2], 443);
+        let desired = Desired {
+            services: vec![open.clone(), restricted.clone()],
+        };
+        let filters = vec![SourceFilter {
+            vip: IpAddr::from([203, 0, 113, 2]),
+            protocol: Protocol::Tcp,
+            port: 443,
+            ranges: vec!["192.0.2.0/24".parse().unwrap()],
+        }];
+        let t0 = Instant::now();
+        let pass = program(&mut p, desired.clone(), &filters, t0).unwrap();
+        assert_eq!(pass.filter.unwrap(), FilterChange::Replaced { rules: 2 });
+        assert_eq!(keys(&dp), vec![open.key.clone(), restricted.key.clone()]);
+
+        // The filter breaks: the restricted service goes at once, drain or not, with its VIP.
+        broken.store(true, Ordering::SeqCst);
+        let pass = program(&mut p, desired.clone(), &filters, t0).unwrap();
+        let err = pass.filter.unwrap_err().to_string();
+        assert!(err.contains("nf_tables"), "{err}");
+        assert_eq!(pass.withheld, vec![restricted.key.clone()]);
+        assert_eq!(keys(&dp), vec![open.key.clone()]);
+        assert_eq!(dp.vips(), [IpAddr::from([203, 0, 113, 1])].into());
+        assert_eq!(pass.deadline, None, "nothing drains");
+
+        // Retried: still broken, nothing changes; then repaired: programmed again.
+        let pass = program(&mut p, desired.clone(), &filters, t0).unwrap();
+        assert!(pass.filter.is_err() && pass.ops.is_empty());
+        broken.store(false, Ordering::SeqCst);
+        let pass = program(&mut p, desired.clone(), &filters, t0).unwrap();
+        // The rules written before the failure were still in place.
+        assert_eq!(pass.filter.unwrap(), FilterChange::Unchanged);
+        assert!(pass.withheld.is_empty());
+        assert_eq!(keys(&dp), vec![open.key, restricted.key]);
+    }
+
+    /// Audit finding B: during an intended drain the admin API's read-back said
+    /// `matches_table: false` with a pending `del_dest`. The drain is now reported apart, and
+    /// the pending ops are empty while the kernel holds the table plus the draining entries.
+    #[test]
+    fn a_drain_in_progress_is_not_a_pending_op() {
+        let (p, dp, _) = programmer(Duration::from_secs(30), false);
+        let shared = SharedProgrammer(Arc::new(Mutex::new(p)));
+        let mut two = service([203, 0, 113, 1], 80);
+        let mut second = two.destinations[0].clone();
+        second.addr = IpAddr::from([198, 18, 0, 2]);
+        two.destinations.push(second);
+        let other = service([203, 0, 113, 2], 80);
+        let full = Desired {
+            services: vec![two.clone(), other.clone()],
+        };
+        let t0 = Instant::now();
+        program(&mut shared.lock(), full.clone(), &[], t0).unwrap();
+        let (_, pending) = shared.read_pending_blocking(&full).unwrap();
+        assert_eq!(pending, Pending::default());
+
+        // One backend and the other service removed: both drain, nothing is pending.
+        let mut one = two.clone();
+        one.destinations.pop();
+        let less = Desired {
+            services: vec![one],
+        };
+        program(&mut shared.lock(), less.clone(), &[], t0).unwrap();
+        assert_eq!(dp.services().len(), 2, "the removed service is still there");
+        let (_, pending) = shared.read_pending_blocking(&less).unwrap();
+        assert_eq!(pending.ops, vec![]);
+        let mut draining: Vec<_> = pending
+            .draining
+            .iter()
+            .map(|d| (d.service.to_string(), d.destination))
+            .collect();
+        draining.sort();
+        assert_eq!(
+            draining,
+            [
+                (
+                    "tcp 203.0.113.1:80".to_string(),
+                    Some((IpAddr::from([198, 18, 0, 2]), 80))
+                ),
+                ("tcp 203.0.113.2:80".to_string(), None),
+            ]
+        );
+        // A change the drain does not explain is still pending.
+        let (_, pending) = shared.read_pending_blocking(&Desired::default()).unwrap();
+        assert!(!pending.ops.is_empty());
+    }
+
+    /// A node without nf_tables and without restricted services programs everything: the
+    /// filter is not even needed.
+    #[test]
+    fn no_source_ranges_needs_no_nftables() {
+        let (mut p, dp, _) = programmer(Duration::ZERO, true);
+        let open = service([203, 0, 113, 1], 80);
+        let desired = Desired {
+            services: vec![open.clone()],
+        };
+        let pass = program(&mut p, desired, &[], Instant::now()).unwrap();
+        assert_eq!(pass.filter.unwrap(), FilterChange::Unchanged);
+        assert!(pass.withheld.is_empty());
+        assert_eq!(keys(&dp), vec![open.key]);
+    }
 
     /// A pass on an unchanged head is called drift only for what neither a drain's end nor a
     /// health change explains (a drain's deletion was logged as drift).

@@ -232,26 +232,83 @@ fn family_header() -> Nfgenmsg {
 }
 
 fn reply_error(what: &str, e: ReplyError) -> DataplaneError {
+    let errno = e.as_io_error().raw_os_error();
+    let needs_probe = matches!(errno, Some(libc::EPERM) | Some(libc::EACCES));
+    let net_admin = if needs_probe { has_net_admin() } else { None };
+    error_for(what, errno, &e.to_string(), net_admin)
+}
+
+/// What a failed nftables request means, worded for the operator (pure). `net_admin`: whether
+/// this process holds CAP_NET_ADMIN (`None`: unknown), asked only for EPERM/EACCES.
+///
+/// The kernel's answers when nftables is missing are misleading (audit finding C): with
+/// nfnetlink loaded but not nf_tables, every request gets EINVAL (nfnetlink finds no nftables
+/// subsystem); with neither loaded, a netlink socket of that protocol can be refused with EPERM
+/// even to root. So EINVAL to a read, and EPERM to a process that holds CAP_NET_ADMIN, name the
+/// missing module; only a process without the capability is told about permissions.
+pub fn error_for(
+    what: &str,
+    errno: Option<i32>,
+    text: &str,
+    net_admin: Option<bool>,
+) -> DataplaneError {
     let op = format!("{what} nftables table inet shoal");
-    match e.as_io_error().raw_os_error() {
-        Some(libc::EPROTONOSUPPORT) | Some(libc::EAFNOSUPPORT) => DataplaneError::Unsupported {
-            what: "nftables".into(),
-            hint: "load the nf_tables module (modprobe nf_tables) to enforce source ranges".into(),
-        },
-        Some(errno) if errno == libc::EPERM || errno == libc::EACCES => {
-            DataplaneError::Permission { action: op }
+    const MODULE: &str = "load the nf_tables module (modprobe nf_tables; nfnetlink comes with it) \
+                          to enforce source ranges; only services with source_ranges need it";
+    let unsupported = |why: &str| DataplaneError::Unsupported {
+        what: format!("nftables ({op}: {why})"),
+        hint: MODULE.into(),
+    };
+    let is_read = !matches!(what, "replace" | "remove");
+    match errno {
+        Some(libc::EPROTONOSUPPORT) | Some(libc::EAFNOSUPPORT) => {
+            unsupported("the kernel has no nfnetlink protocol")
         }
+        Some(libc::EINVAL) if is_read => {
+            unsupported("EINVAL, what the kernel answers when nf_tables is not loaded")
+        }
+        Some(errno) if errno == libc::EPERM || errno == libc::EACCES => match net_admin {
+            Some(true) => unsupported(
+                "permission denied although this process holds CAP_NET_ADMIN, what the kernel \
+                 answers when nfnetlink and nf_tables are not loaded",
+            ),
+            Some(false) => DataplaneError::Permission { action: op },
+            None => DataplaneError::Permission {
+                action: format!("{op} (or the nf_tables module is not loaded)"),
+            },
+        },
+        Some(libc::EINVAL) => DataplaneError::Netlink {
+            op,
+            entry: String::new(),
+            errno: libc::EINVAL,
+            message: format!("{text} (is the nf_tables module loaded? modprobe nf_tables)"),
+        },
         Some(errno) => DataplaneError::Netlink {
             op,
             entry: String::new(),
             errno,
-            message: e.to_string(),
+            message: text.to_string(),
         },
         None => DataplaneError::Io {
             context: op,
-            source: std::io::Error::other(e.to_string()),
+            source: std::io::Error::other(text.to_string()),
         },
     }
+}
+
+/// Whether this process holds CAP_NET_ADMIN in its effective set, from `/proc/self/status`
+/// (`None` when that cannot be read).
+fn has_net_admin() -> Option<bool> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    net_admin_in_status(&status)
+}
+
+/// `CAP_NET_ADMIN` (bit 12) of the `CapEff:` line of a `/proc/<pid>/status` text (pure).
+pub fn net_admin_in_status(status: &str) -> Option<bool> {
+    const CAP_NET_ADMIN: u32 = 12;
+    let line = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+    let bits = u64::from_str_radix(line.trim(), 16).ok()?;
+    Some(bits & (1 << CAP_NET_ADMIN) != 0)
 }
 
 fn malformed(what: &str, e: impl std::fmt::Display) -> DataplaneError {
@@ -402,4 +459,56 @@ fn parse_expr(e: &IterableExprAttrs<'_>) -> Option<Expr> {
         }
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Audit finding C(1): `read nftables table inet shoal failed: Invalid argument (os error
+    /// 22)` named no cause, and EPERM as root blamed permissions; both mean a missing module.
+    #[test]
+    fn a_missing_nf_tables_module_is_named_and_permissions_only_blamed_without_the_capability() {
+        let text = "Invalid argument (os error 22)";
+        let e = error_for("read", Some(libc::EINVAL), text, None).to_string();
+        assert!(e.contains("nf_tables") && e.contains("modprobe"), "{e}");
+        assert!(!e.contains("permission"), "{e}");
+
+        let root = error_for("read", Some(libc::EPERM), "x", Some(true));
+        assert!(matches!(root, DataplaneError::Unsupported { .. }), "{root}");
+        let root_text = root.to_string();
+        assert!(root_text.contains("modprobe nf_tables"), "{root_text}");
+        assert!(!root_text.contains("run as root"), "{root_text}");
+
+        let user = error_for("read", Some(libc::EPERM), "x", Some(false));
+        assert!(matches!(user, DataplaneError::Permission { .. }), "{user}");
+        assert!(user.to_string().contains("CAP_NET_ADMIN"), "{user}");
+        let unknown = error_for("read", Some(libc::EACCES), "y", None).to_string();
+        assert!(unknown.contains("CAP_NET_ADMIN") && unknown.contains("nf_tables"));
+
+        for errno in [libc::EPROTONOSUPPORT, libc::EAFNOSUPPORT] {
+            let e = error_for("read", Some(errno), "x", None).to_string();
+            assert!(e.contains("modprobe nf_tables"), "{e}");
+        }
+        // In a write, EINVAL can also be a refused value: said as both.
+        let e = error_for("replace", Some(libc::EINVAL), text, None).to_string();
+        assert!(
+            e.contains("Invalid argument") && e.contains("nf_tables"),
+            "{e}"
+        );
+        let e = error_for("read", Some(libc::ENOBUFS), "No buffer space", None);
+        assert_eq!(e.errno(), Some(libc::ENOBUFS));
+    }
+
+    #[test]
+    fn cap_net_admin_is_read_from_the_status_file() {
+        let root = "Name:\tshoal\nCapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\n";
+        assert_eq!(net_admin_in_status(root), Some(true));
+        let user = "CapEff:\t0000000000000000\n";
+        assert_eq!(net_admin_in_status(user), Some(false));
+        // CAP_NET_ADMIN alone (what the manifests grant).
+        assert_eq!(net_admin_in_status("CapEff:\t0000000000001000"), Some(true));
+        assert_eq!(net_admin_in_status("CapEff:\tzz"), None);
+        assert_eq!(net_admin_in_status("Name: x"), None);
+    }
 }

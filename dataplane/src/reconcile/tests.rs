@@ -3,6 +3,7 @@
 use super::*;
 use crate::memory::MemoryDataplane;
 use crate::model::{Protocol, Service};
+use crate::plan::plan;
 use crate::testing::{backend, tcp_service};
 
 fn desired(backends: &[u8]) -> Desired {
@@ -170,4 +171,221 @@ fn a_huge_drain_does_not_overflow() {
         report.ops
     );
     assert!(rec.next_deadline().unwrap() > now + Duration::from_secs(365 * 86_400));
+}
+
+fn key_of(d: &Desired, i: usize) -> ServiceKey {
+    d.services[i].key.clone()
+}
+
+fn weights(dp: &MemoryDataplane, key: &ServiceKey) -> Option<Vec<u32>> {
+    dp.services()
+        .into_iter()
+        .find(|s| &s.key == key)
+        .map(|s| s.destinations.iter().map(|d| d.weight).collect())
+}
+
+/// Audit finding A: a removed service was deleted at once (its connections reset) even with a
+/// drain. Now it drains like a removed destination: every destination at weight 0 (no new
+/// connections, established ones still forwarded), deleted when the drain ends; the VIP stays
+/// while any of its services drains.
+#[test]
+fn a_removed_service_drains_and_its_vip_stays_until_the_last_one_is_deleted() {
+    let drain = Duration::from_secs(10);
+    let mut dp = MemoryDataplane::new();
+    let mut rec = Reconciler::new(drain);
+    let t0 = Instant::now();
+    let both = two_services(&[1, 2]);
+    let (a, b) = (key_of(&both, 0), key_of(&both, 1));
+    let vip = a.vip().unwrap();
+    reconcile(&mut dp, &mut rec, &both, t0).unwrap();
+    assert_eq!(rec.next_deadline(), None);
+
+    // Remove `a` (port 80): weight 0, not deleted.
+    let only_b = Desired {
+        services: vec![both.services[1].clone()],
+    };
+    let r = reconcile(&mut dp, &mut rec, &only_b, t0).unwrap();
+    assert!(
+        r.ops
+            .iter()
+            .all(|op| matches!(op, Op::UpdateDest(k, d) if *k == a && d.weight == 0)),
+        "{:?}",
+        r.ops
+    );
+    assert_eq!(r.ops.len(), 2);
+    assert_eq!(weights(&dp, &a), Some(vec![0, 0]));
+    assert_eq!(rec.next_deadline(), Some(t0 + drain));
+    // Nothing more to send while it waits.
+    let r = reconcile(&mut dp, &mut rec, &only_b, t0 + Duration::from_secs(5)).unwrap();
+    assert_eq!(r.ops, vec![]);
+
+    // Remove `b` too, 5 s later: nothing is desired, yet neither a flush nor the VIP's removal.
+    let t5 = t0 + Duration::from_secs(5);
+    let r = reconcile(&mut dp, &mut rec, &Desired::default(), t5).unwrap();
+    assert!(
+        r.ops
+            .iter()
+            .all(|op| matches!(op, Op::UpdateDest(k, d) if *k == b && d.weight == 0)),
+        "{:?}",
+        r.ops
+    );
+    assert!(dp.vips().contains(&vip));
+    assert_eq!(weights(&dp, &b), Some(vec![0, 0]));
+
+    // `a`'s drain ends: `a` goes, the VIP stays for `b`.
+    let r = reconcile(&mut dp, &mut rec, &Desired::default(), t0 + drain).unwrap();
+    assert_eq!(r.ops, vec![Op::DelService(a.clone())]);
+    assert_eq!(r.drained, 1);
+    assert_eq!(weights(&dp, &a), None);
+    assert!(dp.vips().contains(&vip));
+    // The next pass sees `a` gone and forgets it.
+    let r = reconcile(&mut dp, &mut rec, &Desired::default(), t0 + drain).unwrap();
+    assert_eq!(r.ops, vec![]);
+    assert_eq!(rec.next_deadline(), Some(t5 + drain));
+
+    // `b`'s drain ends: `b` and the VIP go.
+    let r = reconcile(&mut dp, &mut rec, &Desired::default(), t5 + drain).unwrap();
+    assert_eq!(r.ops, vec![Op::DelService(b), Op::DelVip(vip)]);
+    assert_eq!(r.drained, 2, "the end of a drain, not drift");
+    assert!(dp.services().is_empty() && dp.vips().is_empty());
+    reconcile(&mut dp, &mut rec, &Desired::default(), t5 + drain).unwrap();
+    assert_eq!(rec.next_deadline(), None);
+}
+
+/// A service removed and added again during its drain gets its weights back and is never
+/// deleted; removed again later, its drain starts over.
+#[test]
+fn a_service_added_back_during_its_drain_is_restored() {
+    let drain = Duration::from_secs(10);
+    let mut dp = MemoryDataplane::new();
+    let mut rec = Reconciler::new(drain);
+    let t0 = Instant::now();
+    let want = desired(&[1, 2]);
+    let key = key_of(&want, 0);
+    reconcile(&mut dp, &mut rec, &want, t0).unwrap();
+    reconcile(&mut dp, &mut rec, &Desired::default(), t0).unwrap();
+    assert_eq!(weights(&dp, &key), Some(vec![0, 0]));
+    assert_eq!(dp.vips().len(), 1);
+
+    let t3 = t0 + Duration::from_secs(3);
+    let r = reconcile(&mut dp, &mut rec, &want, t3).unwrap();
+    assert_eq!(r.ops.len(), 2, "two weights restored: {:?}", r.ops);
+    assert_eq!(weights(&dp, &key), Some(vec![1, 1]));
+    assert_eq!(rec.next_deadline(), None);
+    let r = reconcile(&mut dp, &mut rec, &want, t0 + drain).unwrap();
+    assert_eq!(r.ops, vec![]);
+
+    // Removed again: a new drain from then.
+    let t20 = t0 + Duration::from_secs(20);
+    reconcile(&mut dp, &mut rec, &Desired::default(), t20).unwrap();
+    assert_eq!(rec.next_deadline(), Some(t20 + drain));
+    let r = reconcile(&mut dp, &mut rec, &Desired::default(), t20 + drain).unwrap();
+    assert_eq!(r.ops, vec![Op::DelService(key), Op::DelVip(backend_vip())]);
+}
+
+fn backend_vip() -> IpAddr {
+    IpAddr::from([203, 0, 113, 1])
+}
+
+/// Without a drain a removed service goes at once, as before; with one, the services the node
+/// withholds (`set_delete_at_once`) go at once too, and take their VIP when no other drains.
+#[test]
+fn no_drain_or_delete_at_once_removes_a_service_at_once() {
+    let t0 = Instant::now();
+    let mut dp = MemoryDataplane::new();
+    let mut rec = Reconciler::new(Duration::ZERO);
+    let want = desired(&[1, 2]);
+    let key = key_of(&want, 0);
+    reconcile(&mut dp, &mut rec, &want, t0).unwrap();
+    let r = reconcile(&mut dp, &mut rec, &Desired::default(), t0).unwrap();
+    assert_eq!(
+        r.ops,
+        vec![Op::DelService(key.clone()), Op::DelVip(backend_vip())]
+    );
+
+    let mut dp = MemoryDataplane::new();
+    let mut rec = Reconciler::new(Duration::from_secs(10));
+    let both = two_services(&[1, 2]);
+    reconcile(&mut dp, &mut rec, &both, t0).unwrap();
+    rec.set_delete_at_once([key.clone()].into());
+    let only_b = Desired {
+        services: vec![both.services[1].clone()],
+    };
+    let r = reconcile(&mut dp, &mut rec, &only_b, t0).unwrap();
+    assert_eq!(r.ops, vec![Op::DelService(key.clone())]);
+    assert_eq!(r.drained, 0);
+    // Both withheld: a flush would do, the one that drains keeps the VIP.
+    let r = reconcile(&mut dp, &mut rec, &Desired::default(), t0).unwrap();
+    assert!(
+        r.ops
+            .iter()
+            .all(|op| matches!(op, Op::UpdateDest(_, d) if d.weight == 0)),
+        "{:?}",
+        r.ops
+    );
+    assert_eq!(dp.vips().len(), 1);
+}
+
+/// Audit finding B: during a drain the read-back differs from the table only by entries at
+/// weight 0 waiting for their deadline. `pending` lists them as draining, not as ops; anything
+/// else (drift in a draining entry, a missing service) stays pending.
+#[test]
+fn pending_tells_a_drain_apart_from_a_mismatch() {
+    let drain = Duration::from_secs(10);
+    let mut dp = MemoryDataplane::new();
+    let mut rec = Reconciler::new(drain);
+    let t0 = Instant::now();
+    let both = two_services(&[1, 2, 3]);
+    let (a, b) = (key_of(&both, 0), key_of(&both, 1));
+    reconcile(&mut dp, &mut rec, &both, t0).unwrap();
+    // `b` loses a destination, then `a` is removed.
+    let mut next = both.clone();
+    next.services[1].destinations.pop();
+    reconcile(&mut dp, &mut rec, &next, t0).unwrap();
+    next.services.remove(0);
+    reconcile(&mut dp, &mut rec, &next, t0).unwrap();
+    let have = dp.read().unwrap().into_view();
+    assert!(
+        !plan(&next, &dp.read().unwrap()).is_empty(),
+        "a plain plan sees a mismatch"
+    );
+    let p = rec.pending(&next, &have);
+    assert_eq!(p.ops, vec![]);
+    type Entry = (ServiceKey, Option<(IpAddr, u16)>, Instant);
+    let mut seen: Vec<Entry> = p
+        .draining
+        .iter()
+        .map(|d| (d.service.clone(), d.destination, d.due))
+        .collect();
+    seen.sort();
+    let mut want = vec![
+        (a.clone(), None, t0 + drain),
+        (
+            b.clone(),
+            Some((crate::testing::backend(3), 80)),
+            t0 + drain,
+        ),
+    ];
+    want.sort();
+    assert_eq!(seen, want);
+
+    // Nothing desired any more: the plan's flush waits for `a`, `b` must still be handled.
+    let p = rec.pending(&Desired::default(), &have);
+    assert_eq!(p.ops, vec![Op::DelService(b.clone())]);
+
+    // Drift: a draining destination's weight put back behind Shoal's back is a mismatch.
+    let mut drifted = have.clone();
+    let s = drifted.services.get_mut(&b).unwrap();
+    s.destinations[2].weight = 1;
+    let p = rec.pending(&next, &drifted);
+    assert_eq!(p.ops, vec![Op::DelDest(b, crate::testing::backend(3), 80)]);
+    assert_eq!(p.draining.len(), 1);
+
+    // Without a drain there is nothing to tell apart.
+    let rec = Reconciler::new(Duration::ZERO);
+    assert!(rec.pending(&next, &have).draining.is_empty());
+    assert_eq!(
+        rec.pending(&next, &have).ops,
+        plan(&next, &dp.read().unwrap())
+    );
 }

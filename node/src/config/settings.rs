@@ -132,8 +132,8 @@ layered_settings! {
         /// is one bare flush). The overlays run with hostNetwork, next to kube-proxy: shared.
         #[arg(long, value_enum)]
         pub ipvs_table: Option<IpvsTable>,
-        /// Seconds a removed backend stays at weight 0 before it is deleted (default 0, 30 with
-        /// the kubernetes source; at most 86400).
+        /// Seconds a removed backend or service stays at weight 0 before it is deleted
+        /// (default 0: at once, 30 with the kubernetes source; at most 86400).
         #[arg(long)]
         pub drain_s: Option<u64>,
         /// How many nodes probe each backend (default 2, 1-16).

@@ -3,7 +3,7 @@
 # never takes a foreign service unless the table is declared Shoal's, plus draining and
 # backend-init.
 # Inputs (written by dataplane/tests/vm_lab.rs): bin/ipvs-lab, t_a.json, t_c.json,
-# t_drain.json, t_empty.json. Every step writes its outputs to out/; nothing aborts the suite.
+# t_drain.json, t_drain_svc.json, t_empty.json. Every step writes its outputs to out/; nothing aborts the suite.
 . /mnt/host/lab/topology.sh
 mkdir -p out
 step() { name=$1; shift; "$@" > out/$name.out 2> out/$name.err; echo $? > out/$name.rc; }
@@ -47,6 +47,11 @@ ipvsadm -Sn > out/d_ipvsadm.txt
 # Draining: a removed backend goes to weight 0 first, then is deleted.
 step drain_apply ipvs-lab apply t_drain.json --drain-ms 1500 --settle
 ipvsadm -Sn > out/drain_ipvsadm.txt
+# Removed services drain too: weight 0 on every destination, their VIP (203.0.113.20, both of
+# its services removed) kept, all deleted after the drain. Then they are put back.
+step drain_svc_apply ipvs-lab apply t_drain_svc.json --drain-ms 1500 --settle
+ipvsadm -Sn > out/drain_svc_ipvsadm.txt
+step drain_svc_back ipvs-lab apply t_drain.json
 
 # (g) the drift check: a reconciler that keeps the kernel's state in memory sends nothing for
 # drift it cannot see, and repairs it at its next full read (every 3 s here).
