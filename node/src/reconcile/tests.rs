@@ -1,0 +1,239 @@
+use super::*;
+use shoal_dataplane::filter::memory::MemoryFirewall;
+use shoal_dataplane::filter::{FilterRule, Firewall, ReadBack};
+use shoal_dataplane::model::{Destination, Forwarding, Protocol, SchedFlags, Service, Tunnel};
+use shoal_dataplane::MemoryDataplane;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// The memory firewall, or, while `broken` is set, what nftables answers without its
+/// module (EINVAL to every request).
+struct Flaky {
+    inner: MemoryFirewall,
+    broken: Arc<AtomicBool>,
+}
+
+impl Flaky {
+    fn check(&self, what: &str) -> Result<(), DataplaneError> {
+        if self.broken.load(Ordering::SeqCst) {
+            let text = "Invalid argument (os error 22)";
+            return Err(shoal_dataplane::filter::nft::error_for(
+                what,
+                Some(22),
+                text,
+                None,
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Firewall for Flaky {
+    fn kind(&self) -> &'static str {
+        "flaky"
+    }
+    fn read(&mut self) -> Result<Option<ReadBack>, DataplaneError> {
+        self.check("read")?;
+        self.inner.read()
+    }
+    fn replace(&mut self, rules: &[FilterRule]) -> Result<(), DataplaneError> {
+        self.check("replace")?;
+        self.inner.replace(rules)
+    }
+    fn remove(&mut self) -> Result<(), DataplaneError> {
+        self.check("remove")?;
+        self.inner.remove()
+    }
+}
+
+fn service(vip: [u8; 4], port: u16) -> Service {
+    Service {
+        key: ServiceKey::Addr {
+            addr: IpAddr::from(vip),
+            port,
+            protocol: Protocol::Tcp,
+        },
+        scheduler: "mh".into(),
+        flags: SchedFlags::default(),
+        persistence_timeout_s: 0,
+        destinations: vec![Destination {
+            addr: IpAddr::from([198, 18, 0, 1]),
+            port,
+            forwarding: Forwarding::Tunnel(Tunnel::Ipip),
+            weight: 1,
+            upper_threshold: 0,
+            lower_threshold: 0,
+        }],
+    }
+}
+
+fn programmer(drain: Duration, broken: bool) -> (Programmer, MemoryDataplane, Arc<AtomicBool>) {
+    let dp = MemoryDataplane::new();
+    let broken = Arc::new(AtomicBool::new(broken));
+    let p = Programmer {
+        dataplane: Box::new(dp.clone()),
+        reconciler: Reconciler::new(drain),
+        firewall: Box::new(Flaky {
+            inner: MemoryFirewall::default(),
+            broken: broken.clone(),
+        }),
+    };
+    (p, dp, broken)
+}
+
+fn keys(dp: &MemoryDataplane) -> Vec<ServiceKey> {
+    dp.services().into_iter().map(|s| s.key).collect()
+}
+
+/// Audit finding C(2): with nf_tables missing, one restricted service failed every pass,
+/// so nothing was applied and the node withdrew every VIP. Now only the restricted service
+/// is withheld (fail closed: deleted at once, no drain), the rest is programmed and the
+/// pass succeeds with the filter's error; once the filter works it is programmed too.
+#[test]
+fn a_failing_filter_withholds_only_the_services_it_restricts() {
+    let (mut p, dp, broken) = programmer(Duration::from_secs(30), false);
+    let open = service([203, 0, 113, 1], 80);
+    let restricted = service([203, 0, 113, 2], 443);
+    let desired = Desired {
+        services: vec![open.clone(), restricted.clone()],
+    };
+    let filters = vec![SourceFilter {
+        vip: IpAddr::from([203, 0, 113, 2]),
+        protocol: Protocol::Tcp,
+        port: 443,
+        ranges: vec!["192.0.2.0/24".parse().unwrap()],
+    }];
+    let t0 = Instant::now();
+    let pass = program(&mut p, desired.clone(), &filters, t0).unwrap();
+    assert_eq!(pass.filter.unwrap(), FilterChange::Replaced { rules: 2 });
+    assert_eq!(keys(&dp), vec![open.key.clone(), restricted.key.clone()]);
+
+    // The filter breaks: the restricted service goes at once, drain or not, with its VIP.
+    broken.store(true, Ordering::SeqCst);
+    let pass = program(&mut p, desired.clone(), &filters, t0).unwrap();
+    let err = pass.filter.unwrap_err().to_string();
+    assert!(err.contains("nf_tables"), "{err}");
+    assert_eq!(pass.withheld, vec![restricted.key.clone()]);
+    assert_eq!(keys(&dp), vec![open.key.clone()]);
+    assert_eq!(dp.vips(), [IpAddr::from([203, 0, 113, 1])].into());
+    assert_eq!(pass.deadline, None, "nothing drains");
+
+    // Retried: still broken, nothing changes; then repaired: programmed again.
+    let pass = program(&mut p, desired.clone(), &filters, t0).unwrap();
+    assert!(pass.filter.is_err() && pass.ops.is_empty());
+    broken.store(false, Ordering::SeqCst);
+    let pass = program(&mut p, desired.clone(), &filters, t0).unwrap();
+    // The rules written before the failure were still in place.
+    assert_eq!(pass.filter.unwrap(), FilterChange::Unchanged);
+    assert!(pass.withheld.is_empty());
+    assert_eq!(keys(&dp), vec![open.key, restricted.key]);
+}
+
+/// Audit finding B: during an intended drain the admin API's read-back said
+/// `matches_table: false` with a pending `del_dest`. The drain is now reported apart, and
+/// the pending ops are empty while the kernel holds the table plus the draining entries.
+#[test]
+fn a_drain_in_progress_is_not_a_pending_op() {
+    let (p, dp, _) = programmer(Duration::from_secs(30), false);
+    let shared = SharedProgrammer(Arc::new(Mutex::new(p)));
+    let mut two = service([203, 0, 113, 1], 80);
+    let mut second = two.destinations[0].clone();
+    second.addr = IpAddr::from([198, 18, 0, 2]);
+    two.destinations.push(second);
+    let other = service([203, 0, 113, 2], 80);
+    let full = Desired {
+        services: vec![two.clone(), other.clone()],
+    };
+    let t0 = Instant::now();
+    program(&mut shared.lock(), full.clone(), &[], t0).unwrap();
+    let (_, pending) = shared.read_pending_blocking(&full).unwrap();
+    assert_eq!(pending, Pending::default());
+
+    // One backend and the other service removed: both drain, nothing is pending.
+    let mut one = two.clone();
+    one.destinations.pop();
+    let less = Desired {
+        services: vec![one],
+    };
+    program(&mut shared.lock(), less.clone(), &[], t0).unwrap();
+    assert_eq!(dp.services().len(), 2, "the removed service is still there");
+    let (_, pending) = shared.read_pending_blocking(&less).unwrap();
+    assert_eq!(pending.ops, vec![]);
+    let mut draining: Vec<_> = pending
+        .draining
+        .iter()
+        .map(|d| (d.service.to_string(), d.destination))
+        .collect();
+    draining.sort();
+    assert_eq!(
+        draining,
+        [
+            (
+                "tcp 203.0.113.1:80".to_string(),
+                Some((IpAddr::from([198, 18, 0, 2]), 80))
+            ),
+            ("tcp 203.0.113.2:80".to_string(), None),
+        ]
+    );
+    // A change the drain does not explain is still pending.
+    let (_, pending) = shared.read_pending_blocking(&Desired::default()).unwrap();
+    assert!(!pending.ops.is_empty());
+}
+
+/// A node without nf_tables and without restricted services programs everything: the
+/// filter is not even needed.
+#[test]
+fn no_source_ranges_needs_no_nftables() {
+    let (mut p, dp, _) = programmer(Duration::ZERO, true);
+    let open = service([203, 0, 113, 1], 80);
+    let desired = Desired {
+        services: vec![open.clone()],
+    };
+    let pass = program(&mut p, desired, &[], Instant::now()).unwrap();
+    assert_eq!(pass.filter.unwrap(), FilterChange::Unchanged);
+    assert!(pass.withheld.is_empty());
+    assert_eq!(keys(&dp), vec![open.key]);
+}
+
+/// A pass on an unchanged head is called drift only for what neither a drain's end nor a
+/// health change explains (a drain's deletion was logged as drift).
+#[test]
+fn a_drain_deadline_is_not_called_drift() {
+    assert_eq!(
+        resync_cause(2, 2, false),
+        ResyncCause {
+            drained: 2,
+            ..Default::default()
+        }
+    );
+    assert_eq!(
+        resync_cause(3, 1, false),
+        ResyncCause {
+            drained: 1,
+            drift: 2,
+            ..Default::default()
+        }
+    );
+    assert_eq!(
+        resync_cause(3, 1, true),
+        ResyncCause {
+            drained: 1,
+            health: 2,
+            ..Default::default()
+        }
+    );
+    assert_eq!(resync_cause(1, 5, false).drained, 1);
+}
+
+/// Issue #15, broken behaviour 5: `Instant::now() + Duration::from_secs(u64::MAX)` panicked
+/// inside the reconcile task, which then never programmed anything again.
+#[test]
+fn huge_delays_do_not_overflow() {
+    let now = tokio::time::Instant::now();
+    let far = later(now, Duration::MAX);
+    assert!(far > now + Duration::from_secs(86_400));
+    assert_eq!(
+        later(now, Duration::from_secs(10)),
+        now + Duration::from_secs(10)
+    );
+}
