@@ -1,0 +1,161 @@
+//! Operator mistakes `shoal run` must refuse at start, or survive, checked against the binary
+//! (cargo's build, or `$SHOAL_BIN`): no seeds without `--single-node`, and a node seeded only
+//! with itself (the first pod of a StatefulSet), which starts the cluster alone.
+
+mod common;
+
+use common::{bin, free_tcp_port, free_udp_port, get, http_get, rules};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// One `shoal run` process: its admin address, log file and child.
+struct Node {
+    child: Child,
+    admin: SocketAddr,
+    listen: SocketAddr,
+    log: PathBuf,
+}
+
+impl Node {
+    /// `shoal run` as `id` (memory dataplane, free loopback ports) with `more` flags; the
+    /// listen address is chosen first so that `more` may name it (`{listen}` is replaced).
+    fn start(dir: &Path, id: &str, more: &[&str]) -> Node {
+        Node::start_with_env(dir, id, None, more, &[])
+    }
+
+    /// [`Node::start`] at a chosen listen address (a restart), with more environment variables.
+    fn start_with_env(
+        dir: &Path,
+        id: &str,
+        listen: Option<SocketAddr>,
+        more: &[&str],
+        env: &[(&str, &str)],
+    ) -> Node {
+        let rules_path = dir.join("rules.toml");
+        if !rules_path.exists() {
+            std::fs::write(&rules_path, rules(1)).unwrap();
+        }
+        let listen = listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], free_udp_port())));
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
+        let log = dir.join(format!("{id}-{}.log", listen.port()));
+        let file = std::fs::File::create(&log).unwrap();
+        let more: Vec<String> = more
+            .iter()
+            .map(|a| a.replace("{listen}", &listen.to_string()))
+            .collect();
+        let child = Command::new(bin())
+            .args(["run", "--node-id", id, "--dataplane", "memory"])
+            .arg("--listen")
+            .arg(listen.to_string())
+            .arg("--admin")
+            .arg(admin.to_string())
+            .arg("--rules")
+            .arg(&rules_path)
+            .args(&more)
+            .env("SHOAL_LOG", "info")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("start shoal");
+        Node {
+            child,
+            admin,
+            listen,
+            log,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The exit status if the process ends within `limit`.
+    fn exits_within(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// Waits until `/readyz` answers 200; false after `limit`.
+    fn ready_within(&mut self, limit: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if matches!(http_get(self.admin, "/readyz"), Some((200, _))) {
+                return true;
+            }
+            if self.child.try_wait().expect("wait").is_some() {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+
+    fn publisher(&self) -> Option<String> {
+        get(self.admin, "/v1/cluster")?["publisher"]
+            .as_str()
+            .map(str::to_string)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The process must exit with an error whose log holds every one of `words`; returns the log.
+fn refused(node: &mut Node, words: &[&str]) -> String {
+    let status = node.exits_within(LIMIT);
+    let log = node.log();
+    let status = status.unwrap_or_else(|| panic!("still running after {LIMIT:?}\n{log}"));
+    assert!(!status.success(), "exited 0\n{log}");
+    for w in words {
+        assert!(log.contains(w), "the error does not name {w:?}:\n{log}");
+    }
+    log
+}
+
+/// F5: a node given no seeds (and no `--single-node`) was ready and publisher on its own: a
+/// silent second publisher. It is refused at start, naming both ways out.
+#[test]
+fn a_node_without_seeds_or_single_node_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = Node::start(dir.path(), "n1", &["--insecure"]);
+    refused(&mut node, &["--seeds", "--single-node"]);
+    // The same node as a cluster of one starts and publishes.
+    let mut alone = Node::start(dir.path(), "n1", &["--insecure", "--single-node"]);
+    assert!(alone.ready_within(LIMIT), "{}", alone.log());
+}
+
+/// F5, the case docs/security.md allows: the first pod of a StatefulSet, seeded with its own
+/// name only, starts the cluster alone without `--single-node` (as `--help` now says), and a
+/// second node seeded with the first joins it without a second publisher.
+#[test]
+fn a_node_seeded_only_with_itself_starts_the_cluster_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = Node::start(dir.path(), "n1", &["--insecure", "--seeds", "{listen}"]);
+    assert!(first.ready_within(LIMIT), "{}", first.log());
+    assert_eq!(first.publisher().as_deref(), Some("n1"), "{}", first.log());
+    let seed = first.listen.to_string();
+    let mut second = Node::start(dir.path(), "n2", &["--insecure", "--seeds", &seed]);
+    assert!(second.ready_within(LIMIT), "{}", second.log());
+    assert_eq!(
+        second.publisher().as_deref(),
+        Some("n1"),
+        "{}",
+        second.log()
+    );
+}
