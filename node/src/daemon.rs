@@ -28,6 +28,9 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         Some(dir) => {
             let material = TlsMaterial::load_dir(dir)
                 .with_context(|| format!("loading TLS material from {}", dir.display()))?;
+            // Peers check `gossip.<cluster>`: a certificate of another cluster would start
+            // and then only say that no seed answers.
+            material.check_cluster(&config.cluster, &dir.join("node.pem"))?;
             if config.cluster_identity_only {
                 tracing::warn!(
                     "CLUSTER IDENTITY ONLY: any holder of a cluster certificate can speak for any node id (see docs/security.md)"
@@ -88,7 +91,8 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let tls_reloads = crate::tls_reload::ReloadMetrics::default();
     tls_reloads.register(&mut registry);
     if let Some(dir) = &config.tls_dir {
-        let watcher = crate::tls_reload::Watcher::new(dir, mesh.clone(), tls_reloads);
+        let watcher =
+            crate::tls_reload::Watcher::new(dir, &config.cluster, mesh.clone(), tls_reloads);
         tokio::spawn(watcher.run(crate::tls_reload::POLL_INTERVAL, cancel.child_token()));
     }
 

@@ -1,6 +1,7 @@
 //! Operator mistakes `shoal run` must refuse at start, or survive, checked against the binary
-//! (cargo's build, or `$SHOAL_BIN`): no seeds without `--single-node`, and a node seeded only
-//! with itself (the first pod of a StatefulSet), which starts the cluster alone.
+//! (cargo's build, or `$SHOAL_BIN`): no seeds without `--single-node`, a node seeded only with
+//! itself (the first pod of a StatefulSet), which starts the cluster alone, and a certificate
+//! issued for another cluster than `--cluster`.
 
 mod common;
 
@@ -158,4 +159,60 @@ fn a_node_seeded_only_with_itself_starts_the_cluster_alone() {
         "{}",
         second.log()
     );
+}
+
+/// `shoal certs init --cluster CLUSTER --nodes NODES --out DIR/certs`.
+fn certs_init(dir: &Path, cluster: &str, nodes: &str) -> PathBuf {
+    let out = dir.join("certs");
+    let status = Command::new(bin())
+        .args([
+            "certs",
+            "init",
+            "--cluster",
+            cluster,
+            "--nodes",
+            nodes,
+            "--out",
+        ])
+        .arg(&out)
+        .stdout(Stdio::null())
+        .status()
+        .expect("certs init");
+    assert!(status.success());
+    out
+}
+
+/// F7: a node whose certificate was issued for cluster `prod`, run with `--cluster staging`,
+/// started and then only said "none of the seeds has answered since start" (every peer
+/// refused its handshakes: the reason was in their logs). It is refused at start, naming the
+/// certificate file, the cluster it was issued for and the one given.
+#[test]
+fn a_certificate_of_another_cluster_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = certs_init(dir.path(), "prod", "n1");
+    let tls = certs.join("n1");
+    let tls_arg = tls.display().to_string();
+    let mut node = Node::start(
+        dir.path(),
+        "n1",
+        &[
+            "--single-node",
+            "--cluster",
+            "staging",
+            "--tls-dir",
+            &tls_arg,
+        ],
+    );
+    let node_pem = tls.join("node.pem").display().to_string();
+    refused(
+        &mut node,
+        &[&node_pem, "cluster \"prod\"", "\"staging\" (--cluster)"],
+    );
+    // Under the cluster it was issued for, the same folder runs.
+    let mut right = Node::start(
+        dir.path(),
+        "n1",
+        &["--single-node", "--cluster", "prod", "--tls-dir", &tls_arg],
+    );
+    assert!(right.ready_within(LIMIT), "{}", right.log());
 }
