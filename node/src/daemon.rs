@@ -12,6 +12,7 @@ use crate::health::{self, HealthConfig};
 use crate::metrics::NodeMetrics;
 use crate::reconcile::{self, LoopSettings, ReconcileStatus, SharedProgrammer};
 use crate::source::{self, SourceExit, SourceStatus};
+use crate::state_dir::StateDir;
 use crate::table::RuleTable;
 use anyhow::Context;
 use prometheus_client::registry::Registry;
@@ -49,6 +50,9 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         }
     };
 
+    // Before anything else that lasts: a second node on the same folder is refused here.
+    let state = state_dir(&config)?;
+
     crate::announce::preflight_at(&config.announce, Some(config.listen))?;
     let admin_listener = admin::bind(config.admin)?;
     let dataplane = open_dataplane(&config).await?;
@@ -78,7 +82,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             single_node: config.single_node,
             ..Timing::default()
         },
-        epoch_file: epoch_file(&config)?,
+        epoch_file: state.as_ref().map(StateDir::epoch_file),
     })
     .await
     .context("starting the mesh")?;
@@ -200,6 +204,8 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     admin_cancel.cancel();
     let _ = tokio::task::spawn_blocking(move || admin_thread.join()).await;
     tracing::info!("stopped");
+    // Held until here: the state folder is this process's for its whole life.
+    drop(state);
     Ok(())
 }
 
@@ -355,13 +361,14 @@ async fn wait_for_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The epoch file in `--state-dir` (created with the folder), or `None` with a warning.
-fn epoch_file(config: &NodeConfig) -> anyhow::Result<Option<std::path::PathBuf>> {
+/// `--state-dir` (created if needed), locked by this process for its whole life; or `None`
+/// with a warning.
+fn state_dir(config: &NodeConfig) -> anyhow::Result<Option<StateDir>> {
     let Some(dir) = &config.state_dir else {
         tracing::warn!("no --state-dir: a publisher that restarts cut off from every peer may stamp a version it stamped before (peers still settle on one copy)");
         return Ok(None);
     };
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("creating the state folder {}", dir.display()))?;
-    Ok(Some(dir.join("epoch")))
+    let state = StateDir::lock(dir)?;
+    tracing::info!(state_dir = %state.path().display(), "locked the state folder");
+    Ok(Some(state))
 }

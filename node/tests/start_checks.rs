@@ -1,7 +1,7 @@
 //! Operator mistakes `shoal run` must refuse at start, or survive, checked against the binary
 //! (cargo's build, or `$SHOAL_BIN`): no seeds without `--single-node`, a node seeded only with
-//! itself (the first pod of a StatefulSet), which starts the cluster alone, and a certificate
-//! issued for another cluster than `--cluster`.
+//! itself (the first pod of a StatefulSet), which starts the cluster alone, a certificate
+//! issued for another cluster than `--cluster`, and two nodes sharing one `--state-dir`.
 
 mod common;
 
@@ -215,4 +215,42 @@ fn a_certificate_of_another_cluster_is_refused_at_start() {
         &["--single-node", "--cluster", "prod", "--tls-dir", &tls_arg],
     );
     assert!(right.ready_within(LIMIT), "{}", right.log());
+}
+
+/// F-lock: two nodes given one `--state-dir` shared its epoch file with no lock and no
+/// warning. The second is refused at start, naming the folder and the first one's pid; once
+/// the first is gone (even by kill -9) the folder is free again.
+#[test]
+fn a_second_node_on_the_same_state_dir_is_refused_naming_the_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let state_arg = state.display().to_string();
+    let mut first = Node::start(
+        dir.path(),
+        "n1",
+        &["--insecure", "--single-node", "--state-dir", &state_arg],
+    );
+    assert!(first.ready_within(LIMIT), "{}", first.log());
+    let pid = first.child.id();
+    let mut second = Node::start(
+        dir.path(),
+        "n2",
+        &["--insecure", "--single-node", "--state-dir", &state_arg],
+    );
+    refused(
+        &mut second,
+        &[&state_arg, "--state-dir", &format!("process {pid}")],
+    );
+    assert!(
+        first.child.try_wait().unwrap().is_none(),
+        "the first one died"
+    );
+    let _ = first.child.kill();
+    let _ = first.child.wait();
+    let mut third = Node::start(
+        dir.path(),
+        "n1",
+        &["--insecure", "--single-node", "--state-dir", &state_arg],
+    );
+    assert!(third.ready_within(LIMIT), "{}", third.log());
 }
