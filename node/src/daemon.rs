@@ -83,6 +83,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             ..Timing::default()
         },
         epoch_file: state.as_ref().map(StateDir::epoch_file),
+        generation_file: state.as_ref().map(StateDir::generation_file),
     })
     .await
     .context("starting the mesh")?;
@@ -365,7 +366,7 @@ async fn wait_for_signal() -> anyhow::Result<()> {
 /// with a warning.
 fn state_dir(config: &NodeConfig) -> anyhow::Result<Option<StateDir>> {
     let Some(dir) = &config.state_dir else {
-        tracing::warn!("no --state-dir: a publisher that restarts cut off from every peer may stamp a version it stamped before (peers still settle on one copy)");
+        tracing::warn!("no --state-dir: a publisher that restarts cut off from every peer may stamp a version it stamped before (peers still settle on one copy), and a node restarted with its clock behind stays invisible until the clock passes its previous start");
         return Ok(None);
     };
     let state = StateDir::lock(dir)?;

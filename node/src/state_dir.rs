@@ -1,5 +1,5 @@
-//! The state folder (`--state-dir`): what must survive a restart (the epoch file), owned by
-//! one process at a time.
+//! The state folder (`--state-dir`): what must survive a restart (the epoch file, the last
+//! generation), owned by one process at a time.
 //!
 //! Two nodes started with the same `--state-dir` shared its epoch file with no warning: each
 //! could overwrite the other's reservation. Now a process holds an exclusive `flock` on the
@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 pub const LOCK_FILE: &str = "lock";
 /// The epoch file's name in the state folder (see `shoal_gossip::MeshConfig::epoch_file`).
 pub const EPOCH_FILE: &str = "epoch";
+/// The last generation's file (see `shoal_gossip::MeshConfig::generation_file`).
+pub const GENERATION_FILE: &str = "generation";
 
 /// The state folder, locked by this process until the value is dropped.
 #[derive(Debug)]
@@ -77,6 +79,10 @@ impl StateDir {
 
     pub fn epoch_file(&self) -> PathBuf {
         self.dir.join(EPOCH_FILE)
+    }
+
+    pub fn generation_file(&self) -> PathBuf {
+        self.dir.join(GENERATION_FILE)
     }
 }
 

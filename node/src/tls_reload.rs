@@ -170,6 +170,7 @@ mod tests {
             metadata: Default::default(),
             timing: Timing::default(),
             epoch_file: None,
+            generation_file: None,
         })
         .await
         .unwrap();

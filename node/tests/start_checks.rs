@@ -1,7 +1,8 @@
 //! Operator mistakes `shoal run` must refuse at start, or survive, checked against the binary
 //! (cargo's build, or `$SHOAL_BIN`): no seeds without `--single-node`, a node seeded only with
 //! itself (the first pod of a StatefulSet), which starts the cluster alone, a certificate
-//! issued for another cluster than `--cluster`, and two nodes sharing one `--state-dir`.
+//! issued for another cluster than `--cluster`, two nodes sharing one `--state-dir`, and a
+//! restart with the wall clock behind the previous start.
 
 mod common;
 
@@ -217,6 +218,24 @@ fn a_certificate_of_another_cluster_is_refused_at_start() {
     assert!(right.ready_within(LIMIT), "{}", right.log());
 }
 
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// The generation `admin`'s node shows for member `id`, and whether it is alive there.
+fn member(admin: SocketAddr, id: &str) -> Option<(u64, bool)> {
+    let view = get(admin, "/v1/cluster")?;
+    let m = view["members"]
+        .as_array()?
+        .iter()
+        .find(|m| m["id"] == id)?
+        .clone();
+    Some((m["generation"].as_u64()?, m["alive"].as_bool()?))
+}
+
 /// F-lock: two nodes given one `--state-dir` shared its epoch file with no lock and no
 /// warning. The second is refused at start, naming the folder and the first one's pid; once
 /// the first is gone (even by kill -9) the folder is free again.
@@ -253,4 +272,100 @@ fn a_second_node_on_the_same_state_dir_is_refused_naming_the_holder() {
         &["--insecure", "--single-node", "--state-dir", &state_arg],
     );
     assert!(third.ready_within(LIMIT), "{}", third.log());
+}
+
+/// F3: the generation is `max(now, last + 1)` with the last one read from the state folder.
+/// A restart whose file holds a generation 10 minutes ahead of the clock (what a previous
+/// process left when the clock was then set back) starts above it, and records it.
+#[test]
+fn a_restart_with_a_future_generation_on_file_gets_a_higher_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let ahead = unix_ms() + 600_000;
+    std::fs::write(state.join("generation"), format!("{ahead}\n")).unwrap();
+    let state_arg = state.display().to_string();
+    let mut node = Node::start(
+        dir.path(),
+        "n1",
+        &["--insecure", "--single-node", "--state-dir", &state_arg],
+    );
+    assert!(node.ready_within(LIMIT), "{}", node.log());
+    let (generation, _) = member(node.admin, "n1").expect("n1 in its own view");
+    assert!(
+        generation > ahead,
+        "generation {generation} not above {ahead}"
+    );
+    let on_file = std::fs::read_to_string(state.join("generation")).unwrap();
+    assert_eq!(on_file.trim(), generation.to_string());
+    drop(node);
+    // A damaged file: refused, naming it.
+    std::fs::write(state.join("generation"), "garbage").unwrap();
+    let mut node = Node::start(
+        dir.path(),
+        "n1",
+        &["--insecure", "--single-node", "--state-dir", &state_arg],
+    );
+    let path = state.join("generation").display().to_string();
+    refused(&mut node, &[&path, "garbage"]);
+}
+
+/// libfaketime, to start a process with its wall clock behind (Debian's `faketime` package).
+const FAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+
+/// F3 as found: n2 restarted with its clock 10 minutes behind took a generation below its
+/// previous process's, so n1 kept the old, dead incarnation and never saw the new one, while
+/// n2 called itself ready. With the state folder's generation file n1 sees it come back.
+/// Skipped (with a note) where libfaketime is not installed.
+#[test]
+fn a_node_restarted_with_its_clock_behind_is_seen_again() {
+    if !Path::new(FAKETIME).exists() {
+        eprintln!("skipped: {FAKETIME} is missing (apt-get install faketime)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut n1 = Node::start(dir.path(), "n1", &["--insecure", "--single-node"]);
+    assert!(n1.ready_within(LIMIT), "{}", n1.log());
+    let seed = n1.listen.to_string();
+    let state = dir.path().join("state-n2").display().to_string();
+    let n2_args = ["--insecure", "--seeds", &seed, "--state-dir", &state];
+    let mut n2 = Node::start(dir.path(), "n2", &n2_args);
+    assert!(n2.ready_within(LIMIT), "{}", n2.log());
+    let start = Instant::now();
+    let first = loop {
+        match member(n1.admin, "n2") {
+            Some((g, true)) => break g,
+            _ if start.elapsed() > LIMIT => panic!("n1 never saw n2\n{}", n1.log()),
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    };
+    let listen = n2.listen;
+    drop(n2);
+    let n2 = Node::start_with_env(
+        dir.path(),
+        "n2",
+        Some(listen),
+        &n2_args,
+        &[
+            ("LD_PRELOAD", FAKETIME),
+            ("FAKETIME", "-10m"),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ],
+    );
+    let start = Instant::now();
+    loop {
+        if let Some((g, true)) = member(n1.admin, "n2") {
+            if g > first {
+                break;
+            }
+        }
+        assert!(
+            start.elapsed() < LIMIT,
+            "n1 never saw n2's restart (first generation {first}, now {:?})\n{}\n{}",
+            member(n1.admin, "n2"),
+            n1.log(),
+            n2.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -177,6 +177,7 @@ impl<D: Document> Mesh<D> {
             metadata,
             timing,
             epoch_file,
+            generation_file,
         } = config;
         timing.validate()?;
         if node_id.as_str().is_empty() {
@@ -215,7 +216,11 @@ impl<D: Document> Mesh<D> {
             security_mode == SecurityMode::NodeIdentity,
         )?;
         let listen = transport.local_addr();
-        let generation = unix_ms();
+        // Recorded before joining: the next start, whatever its clock says, goes above it.
+        let generation = match &generation_file {
+            Some(path) => crate::generation_file::next(path, unix_ms())?,
+            None => unix_ms(),
+        };
         let chitchat_id = ChitchatId::new(node_id.as_str(), generation, listen);
         let gossip_interval = Duration::from_millis(timing.gossip_interval_ms);
         let failure_detector_config = FailureDetectorConfig {
