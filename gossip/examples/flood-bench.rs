@@ -27,6 +27,7 @@ async fn start(ca: &ClusterCa, id: &str, listen: SocketAddr, seeds: &[SocketAddr
         metadata: Default::default(),
         timing: Timing::default(),
         epoch_file: None,
+        generation_file: None,
     })
     .await
     .expect("start")

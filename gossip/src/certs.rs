@@ -107,6 +107,35 @@ impl TlsMaterial {
         validity_of(chain.first()?)
     }
 
+    /// Checks that the node certificate is valid for `cluster_id`'s DNS name
+    /// (`gossip.<cluster>`, [`cluster_server_name`]), the name every dialer of that cluster
+    /// checks, with the same check the dialers make. A certificate issued for another cluster
+    /// loads and serves, but every peer's handshake with it fails: the node would only say that
+    /// none of its seeds answers, and the reason would be in the peers' logs alone. `path`
+    /// names the certificate in the error.
+    pub fn check_cluster(&self, cluster_id: &str, path: &Path) -> Result<(), CertError> {
+        let chain = parse_certs(&self.cert_pem, "node.pem")?;
+        let leaf = chain
+            .first()
+            .ok_or(CertError::EmptyPem { what: "node.pem" })?;
+        let server_name = cluster_server_name(cluster_id);
+        let valid = rustls_pki_types::ServerName::try_from(server_name.as_str())
+            .ok()
+            .zip(rustls::server::ParsedCertificate::try_from(leaf).ok())
+            .is_some_and(|(name, parsed)| {
+                rustls::client::verify_server_name(&parsed, &name).is_ok()
+            });
+        if valid {
+            return Ok(());
+        }
+        Err(CertError::WrongCluster {
+            path: path.to_path_buf(),
+            issued_for: issued_for(leaf),
+            cluster: cluster_id.to_string(),
+            server_name,
+        })
+    }
+
     /// The node id this node certificate names (its `urn:shoal:node:` URI SAN), if any.
     pub fn node_id(&self) -> Option<String> {
         let chain = parse_certs(&self.cert_pem, "node.pem").ok()?;
@@ -259,6 +288,39 @@ pub fn cert_node_id(der: &[u8]) -> Option<String> {
         });
     let first = ids.next()?;
     ids.all(|other| other == first).then_some(first)
+}
+
+/// The DNS names (subject alternative names) of a DER certificate.
+pub fn cert_dns_names(der: &[u8]) -> Vec<String> {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return Vec::new();
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            x509_parser::extensions::GeneralName::DNSName(dns) => Some(dns.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Which clusters a certificate was issued for, in words: its `gossip.<cluster>` DNS names.
+fn issued_for(der: &[u8]) -> String {
+    let names = cert_dns_names(der);
+    let clusters: Vec<String> = names
+        .iter()
+        .filter_map(|n| n.strip_prefix("gossip."))
+        .map(|c| format!("cluster {c:?} (DNS name gossip.{c})"))
+        .collect();
+    match (clusters.is_empty(), names.is_empty()) {
+        (false, _) => clusters.join(" and "),
+        (true, true) => "no cluster (it has no DNS name)".to_string(),
+        (true, false) => format!("no cluster (its DNS names: {})", names.join(", ")),
+    }
 }
 
 /// How long the CA and node certificates are valid.

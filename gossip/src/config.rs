@@ -28,6 +28,11 @@ pub struct MeshConfig {
     /// `None`: a restarted publisher cut off from every holder of its old stamps may stamp one
     /// version twice (nodes still settle on one copy by digest); set it in production.
     pub epoch_file: Option<PathBuf>,
+    /// Where the generation of this node id's last start is kept (created if absent): a start
+    /// takes `max(now, last + 1)` (`generation_file::choose`), so a restart with the wall clock
+    /// set back still gets a generation above its previous process's and is not taken for it.
+    /// `None`: the generation is the clock's start time, as chitchat's.
+    pub generation_file: Option<PathBuf>,
 }
 
 /// How peers authenticate each other.

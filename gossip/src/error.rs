@@ -38,6 +38,14 @@ pub enum CertError {
         not_before: i64,
         not_after: i64,
     },
+    #[error("{path} was issued for {issued_for}, not for cluster {cluster:?} (--cluster), whose nodes check the name {server_name}: every peer would refuse this node's handshakes. Run with the --cluster the certificate was issued for, or issue certificates for {cluster:?} (`shoal certs init --cluster {cluster}`)")]
+    WrongCluster {
+        path: PathBuf,
+        /// In words: the cluster names found in the certificate, or that there are none.
+        issued_for: String,
+        cluster: String,
+        server_name: String,
+    },
     #[error("validity {field} = {days} days: must be 1 to 36500")]
     BadValidity { field: &'static str, days: u32 },
     #[error("{path} exists: refusing to replace a cluster CA (rotate with `shoal certs issue --also-trust`, see docs/security.md)")]

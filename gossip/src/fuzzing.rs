@@ -189,10 +189,12 @@ pub fn cert_pem(bytes: &[u8]) -> bool {
         parsed_any = true;
         for der in &certs {
             let _ = crate::certs::cert_node_id(der);
+            let _ = crate::certs::cert_dns_names(der);
             let _ = crate::certs::validity_of(der);
         }
     }
     let _ = material.node_id();
+    let _ = material.check_cluster("shoal", std::path::Path::new("node.pem"));
     if material.parse().is_ok() {
         // A PEM holding a certificate and a key: the TLS configurations build or fail cleanly.
         let _ = crate::transport::tls::mutual(&material);

@@ -29,6 +29,7 @@ mod epoch_file;
 mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod generation_file;
 pub mod head;
 pub mod hedge;
 mod identity;

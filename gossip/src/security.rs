@@ -1,7 +1,7 @@
 //! From [`Security`] to the endpoint's TLS configurations, at start-up and on reload.
 //!
-//! One check serves both: with node identity, this node's own certificate must name its node
-//! id. A reload (new certificate before expiry, a CA bundle during a rotation) goes through the
+//! The same checks serve both: this node's own certificate must be valid for its cluster's DNS
+//! name, and with node identity it must name its node id. A reload (new certificate before expiry, a CA bundle during a rotation) goes through the
 //! same path as the start, so a file that would have been refused at start is refused on reload
 //! and the configuration in use is kept.
 
@@ -28,18 +28,19 @@ pub(crate) type TlsConfigs = (rustls::ServerConfig, rustls::ClientConfig);
 pub(crate) fn start(
     security: &Security,
     node_id: &NodeId,
+    cluster_id: &str,
     listen: SocketAddr,
     server_name: &str,
 ) -> Result<(TlsConfigs, Mode), MeshError> {
     match security {
         Security::MutualTls(material) => Ok((
-            configs(Mode::NodeIdentity, node_id, material)?,
+            configs(Mode::NodeIdentity, node_id, cluster_id, material)?,
             Mode::NodeIdentity,
         )),
         Security::ClusterIdentityOnly(material) => {
             tracing::warn!("mesh security is cluster identity only: any holder of a cluster certificate can speak for any node id (docs/security.md)");
             Ok((
-                configs(Mode::ClusterIdentityOnly, node_id, material)?,
+                configs(Mode::ClusterIdentityOnly, node_id, cluster_id, material)?,
                 Mode::ClusterIdentityOnly,
             ))
         }
@@ -51,12 +52,17 @@ pub(crate) fn start(
 }
 
 /// The TLS configurations for `material` in `mode`; refused, naming the reason, when the
-/// certificate does not name `node_id` under node identity, or in insecure mode (no material).
+/// certificate is not valid for `cluster_id`'s DNS name, when it does not name `node_id` under
+/// node identity, or in insecure mode (no material).
 pub(crate) fn configs(
     mode: Mode,
     node_id: &NodeId,
+    cluster_id: &str,
     material: &TlsMaterial,
 ) -> Result<TlsConfigs, MeshError> {
+    if mode != Mode::Insecure {
+        material.check_cluster(cluster_id, std::path::Path::new("node.pem"))?;
+    }
     match mode {
         Mode::NodeIdentity => {
             let named = material.node_id();

@@ -447,6 +447,7 @@ async fn a_restarted_publisher_stamps_above_its_old_epochs() {
     let dir = tempfile::tempdir().expect("tempdir");
     let with_file = |listen| MeshConfig {
         epoch_file: Some(dir.path().join("epoch")),
+        generation_file: None,
         ..config("n0", listen, &[], tls_for(&ca, "n0"))
     };
     let node: Node = Mesh::start(with_file(any_port())).await.expect("start");

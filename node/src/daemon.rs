@@ -12,6 +12,7 @@ use crate::health::{self, HealthConfig};
 use crate::metrics::NodeMetrics;
 use crate::reconcile::{self, LoopSettings, ReconcileStatus, SharedProgrammer};
 use crate::source::{self, SourceExit, SourceStatus};
+use crate::state_dir::StateDir;
 use crate::table::RuleTable;
 use anyhow::Context;
 use prometheus_client::registry::Registry;
@@ -28,6 +29,9 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         Some(dir) => {
             let material = TlsMaterial::load_dir(dir)
                 .with_context(|| format!("loading TLS material from {}", dir.display()))?;
+            // Peers check `gossip.<cluster>`: a certificate of another cluster would start
+            // and then only say that no seed answers.
+            material.check_cluster(&config.cluster, &dir.join("node.pem"))?;
             if config.cluster_identity_only {
                 tracing::warn!(
                     "CLUSTER IDENTITY ONLY: any holder of a cluster certificate can speak for any node id (see docs/security.md)"
@@ -45,6 +49,9 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             Security::Insecure
         }
     };
+
+    // Before anything else that lasts: a second node on the same folder is refused here.
+    let state = state_dir(&config)?;
 
     crate::announce::preflight_at(&config.announce, Some(config.listen))?;
     let admin_listener = admin::bind(config.admin)?;
@@ -75,7 +82,8 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             single_node: config.single_node,
             ..Timing::default()
         },
-        epoch_file: epoch_file(&config)?,
+        epoch_file: state.as_ref().map(StateDir::epoch_file),
+        generation_file: state.as_ref().map(StateDir::generation_file),
     })
     .await
     .context("starting the mesh")?;
@@ -88,7 +96,8 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let tls_reloads = crate::tls_reload::ReloadMetrics::default();
     tls_reloads.register(&mut registry);
     if let Some(dir) = &config.tls_dir {
-        let watcher = crate::tls_reload::Watcher::new(dir, mesh.clone(), tls_reloads);
+        let watcher =
+            crate::tls_reload::Watcher::new(dir, &config.cluster, mesh.clone(), tls_reloads);
         tokio::spawn(watcher.run(crate::tls_reload::POLL_INTERVAL, cancel.child_token()));
     }
 
@@ -202,6 +211,8 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     admin_cancel.cancel();
     let _ = tokio::task::spawn_blocking(move || admin_thread.join()).await;
     tracing::info!("stopped");
+    // Held until here: the state folder is this process's for its whole life.
+    drop(state);
     Ok(())
 }
 
@@ -400,15 +411,16 @@ async fn wait_for_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The epoch file in `--state-dir` (created with the folder), or `None` with a warning.
-fn epoch_file(config: &NodeConfig) -> anyhow::Result<Option<std::path::PathBuf>> {
+/// `--state-dir` (created if needed), locked by this process for its whole life; or `None`
+/// with a warning.
+fn state_dir(config: &NodeConfig) -> anyhow::Result<Option<StateDir>> {
     let Some(dir) = &config.state_dir else {
-        tracing::warn!("no --state-dir: a publisher that restarts cut off from every peer may stamp a version it stamped before (peers still settle on one copy)");
+        tracing::warn!("no --state-dir: a publisher that restarts cut off from every peer may stamp a version it stamped before (peers still settle on one copy), and a node restarted with its clock behind stays invisible until the clock passes its previous start");
         return Ok(None);
     };
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("creating the state folder {}", dir.display()))?;
-    Ok(Some(dir.join("epoch")))
+    let state = StateDir::lock(dir)?;
+    tracing::info!(state_dir = %state.path().display(), "locked the state folder");
+    Ok(Some(state))
 }
 
 #[cfg(test)]

@@ -39,6 +39,7 @@ pub mod metrics;
 pub mod reconcile;
 pub mod rules;
 pub mod source;
+pub mod state_dir;
 pub mod status;
 pub mod table;
 pub mod tls_reload;

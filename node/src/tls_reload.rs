@@ -5,9 +5,10 @@
 //! connections go on.
 //!
 //! A change is noticed by the files' contents, polled every [`POLL_INTERVAL`]. Material that
-//! would be refused at start (bad PEM, key not matching, expired, naming another node id) is
-//! refused with an error naming the reason, the material in use is kept, and it is tried again
-//! only when the files change again (a writer caught half-way is retried on its next change).
+//! would be refused at start (bad PEM, key not matching, expired, issued for another cluster,
+//! naming another node id) is refused with an error naming the reason, the material in use is
+//! kept, and it is tried again only when the files change again (a writer caught half-way is
+//! retried on its next change).
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
@@ -72,15 +73,18 @@ pub enum Outcome {
 /// Watches `dir` until `cancel`: the state at start is the material already in use.
 pub struct Watcher<D: Document> {
     dir: PathBuf,
+    /// `--cluster`: a certificate must be valid for its DNS name (`gossip.<cluster>`).
+    cluster: String,
     mesh: Mesh<D>,
     seen: [u8; 32],
     metrics: ReloadMetrics,
 }
 
 impl<D: Document> Watcher<D> {
-    pub fn new(dir: &Path, mesh: Mesh<D>, metrics: ReloadMetrics) -> Self {
+    pub fn new(dir: &Path, cluster: &str, mesh: Mesh<D>, metrics: ReloadMetrics) -> Self {
         Watcher {
             dir: dir.to_path_buf(),
+            cluster: cluster.to_string(),
             seen: fingerprint(dir),
             mesh,
             metrics,
@@ -95,6 +99,10 @@ impl<D: Document> Watcher<D> {
         }
         self.seen = now;
         let result = TlsMaterial::load_dir(&self.dir)
+            .and_then(|m| {
+                m.check_cluster(&self.cluster, &self.dir.join("node.pem"))?;
+                Ok(m)
+            })
             .map_err(|e| e.to_string())
             .and_then(|m| self.mesh.reload_tls(&m).map_err(|e| e.to_string()));
         match result {
@@ -162,11 +170,12 @@ mod tests {
             metadata: Default::default(),
             timing: Timing::default(),
             epoch_file: None,
+            generation_file: None,
         })
         .await
         .unwrap();
         let metrics = ReloadMetrics::default();
-        let mut w = Watcher::new(dir.path(), mesh.clone(), metrics.clone());
+        let mut w = Watcher::new(dir.path(), "test", mesh.clone(), metrics.clone());
         assert_eq!(w.check(), Outcome::Unchanged);
 
         // A renewed certificate.
@@ -190,8 +199,23 @@ mod tests {
         assert!(matches!(w.check(), Outcome::Refused(e) if e.contains("n1")));
         std::fs::write(dir.path().join("node.pem"), "").unwrap();
         assert!(matches!(w.check(), Outcome::Refused(e) if e.contains("node.pem")));
+
+        // A whole folder (CA included) issued for another cluster: every peer would refuse it.
+        write(
+            dir.path(),
+            &issue_node_cert(&create_ca("other").unwrap(), "n0").unwrap(),
+        );
+        match w.check() {
+            Outcome::Refused(e) => assert!(
+                e.contains(&dir.path().join("node.pem").display().to_string())
+                    && e.contains("cluster \"other\"")
+                    && e.contains("\"test\" (--cluster)"),
+                "{e}"
+            ),
+            other => panic!("a certificate of another cluster was {other:?}"),
+        }
         assert_eq!(metrics.reloads.get(), 2);
-        assert_eq!(metrics.refusals.get(), 3);
+        assert_eq!(metrics.refusals.get(), 4);
         mesh.shutdown().await;
     }
 }

@@ -308,6 +308,7 @@ fn run_expecting_error(config: &str) -> String {
         .args([
             "run",
             "--insecure",
+            "--single-node",
             "--listen",
             "127.0.0.1:1",
             "--admin",

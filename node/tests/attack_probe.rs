@@ -148,6 +148,7 @@ fn an_impostor_with_a_lower_id_and_another_nodes_certificate_gets_nowhere() {
     let n1 = c.nodes[0].admin;
     assert_eq!(publisher(n1).as_deref(), Some("n1"));
 
+    let seed = c.nodes[0].listen.to_string();
     let out = run_bounded(
         &[
             "run",
@@ -161,6 +162,8 @@ fn an_impostor_with_a_lower_id_and_another_nodes_certificate_gets_nowhere() {
             "127.0.0.1:1",
             "--admin",
             "127.0.0.1:1",
+            "--seeds",
+            &seed,
             "--tls-dir",
             c.dir.path().join("certs/n2").to_str().unwrap(),
             "--rules",

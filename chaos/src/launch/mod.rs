@@ -113,7 +113,10 @@ fn shoal_command(
             "--state-dir".into(),
             state_root.join(spec.id).display().to_string(),
         ];
-        if !seeds.is_empty() {
+        if seeds.is_empty() {
+            // A node without seeds is refused unless it is a cluster of one.
+            args.push("--single-node".into());
+        } else {
             args.push("--seeds".into());
             args.push(seeds.join(","));
         }

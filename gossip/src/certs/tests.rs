@@ -199,3 +199,39 @@ fn a_node_certificate_from_another_ca_is_refused_at_start() {
         .to_string();
     assert!(err.contains("node.pem against ca.pem"), "{err}");
 }
+
+/// A certificate issued for cluster "prod" loaded under `--cluster staging` started and then
+/// only said that no seed answered (every peer refused its handshakes). The check names the
+/// file, the cluster it was issued for and the one given; the cluster's own name passes, in
+/// any case the DNS name maps it to.
+#[test]
+fn a_certificate_is_checked_against_the_cluster_it_runs_in() {
+    let ca = create_ca("prod").unwrap();
+    let m = issue_node_cert(&ca, "n1").unwrap();
+    let path = Path::new("/etc/shoal/tls/node.pem");
+    m.check_cluster("prod", path).unwrap();
+    m.check_cluster("Prod", path).unwrap();
+    let err = m.check_cluster("staging", path).unwrap_err();
+    assert!(matches!(err, CertError::WrongCluster { .. }), "{err}");
+    let text = err.to_string();
+    for part in [
+        "/etc/shoal/tls/node.pem",
+        "cluster \"prod\" (DNS name gossip.prod)",
+        "\"staging\" (--cluster)",
+        "gossip.staging",
+    ] {
+        assert!(text.contains(part), "{part:?} missing from: {text}");
+    }
+    // A certificate with no cluster name at all (rcgen's default, "rcgen self signed cert").
+    let bare = rcgen::generate_simple_self_signed(vec!["example.org".into()]).unwrap();
+    let bare = TlsMaterial {
+        ca_pem: bare.cert.pem(),
+        cert_pem: bare.cert.pem(),
+        key_pem: bare.signing_key.serialize_pem(),
+    };
+    let text = bare.check_cluster("prod", path).unwrap_err().to_string();
+    assert!(
+        text.contains("no cluster (its DNS names: example.org)"),
+        "{text}"
+    );
+}

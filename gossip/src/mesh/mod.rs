@@ -110,6 +110,8 @@ struct Inner<D> {
     handle: Mutex<Option<ChitchatHandle>>,
     transport: QuicTransport,
     security_mode: SecurityMode,
+    /// The cluster id, which every reloaded certificate must be valid for.
+    cluster_id: String,
     role_tx: watch::Sender<Role>,
     doc_tx: watch::Sender<Option<Arc<Stamped<D>>>>,
     blob_tx: watch::Sender<Option<Arc<Blob>>>,
@@ -175,6 +177,7 @@ impl<D: Document> Mesh<D> {
             metadata,
             timing,
             epoch_file,
+            generation_file,
         } = config;
         timing.validate()?;
         if node_id.as_str().is_empty() {
@@ -199,7 +202,7 @@ impl<D: Document> Mesh<D> {
         }
         let server_name = cluster_server_name(&cluster_id);
         let (tls_configs, security_mode) =
-            crate::security::start(&security, &node_id, listen, &server_name)?;
+            crate::security::start(&security, &node_id, &cluster_id, listen, &server_name)?;
         let epoch_file = epoch_file.as_deref().map(EpochFile::open).transpose()?;
         let (blob_tx, blob_rx) = watch::channel(None);
         let (streams_tx, streams_rx) = mpsc::channel(STREAM_QUEUE_LEN);
@@ -213,7 +216,11 @@ impl<D: Document> Mesh<D> {
             security_mode == SecurityMode::NodeIdentity,
         )?;
         let listen = transport.local_addr();
-        let generation = unix_ms();
+        // Recorded before joining: the next start, whatever its clock says, goes above it.
+        let generation = match &generation_file {
+            Some(path) => crate::generation_file::next(path, unix_ms())?,
+            None => unix_ms(),
+        };
         let chitchat_id = ChitchatId::new(node_id.as_str(), generation, listen);
         let gossip_interval = Duration::from_millis(timing.gossip_interval_ms);
         let failure_detector_config = FailureDetectorConfig {
@@ -225,6 +232,7 @@ impl<D: Document> Mesh<D> {
             initial_interval: Duration::from_millis(timing.initial_interval_ms),
             dead_node_grace_period: Duration::from_millis(timing.dead_node_grace_ms),
         };
+        let cluster_id_kept = cluster_id.clone();
         let chitchat_config = ChitchatConfig {
             chitchat_id,
             cluster_id,
@@ -269,6 +277,7 @@ impl<D: Document> Mesh<D> {
             handle: Mutex::new(Some(handle)),
             transport,
             security_mode,
+            cluster_id: cluster_id_kept,
             role_tx,
             doc_tx,
             blob_tx,
@@ -527,10 +536,15 @@ impl<D: Document> Mesh<D> {
 
     /// Replaces this node's certificate, key and trusted CAs: handshakes from now on use them,
     /// established connections go on. Refused (the old material stays in use) when the files do
-    /// not parse, the key does not match, or the certificate does not name this node's id.
+    /// not parse, the key does not match, the certificate is not valid for this node's cluster
+    /// or does not name this node's id.
     pub fn reload_tls(&self, material: &TlsMaterial) -> Result<(), MeshError> {
-        let configs =
-            crate::security::configs(self.inner.security_mode, &self.inner.node_id, material)?;
+        let configs = crate::security::configs(
+            self.inner.security_mode,
+            &self.inner.node_id,
+            &self.inner.cluster_id,
+            material,
+        )?;
         self.inner.transport.set_tls(configs)
     }
 

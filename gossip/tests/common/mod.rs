@@ -78,6 +78,7 @@ pub fn config(
         metadata: BTreeMap::from([("admin".to_string(), format!("127.0.0.1:9{id}"))]),
         timing: Timing::default(),
         epoch_file: None,
+        generation_file: None,
     }
 }
 

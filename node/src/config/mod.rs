@@ -432,6 +432,19 @@ impl NodeConfig {
             Some(path) => Some(read_token(path)?),
             None => None,
         };
+        if seeds.is_empty() && !s.single_node {
+            // A node with no seeds has nobody to hear, so nothing holds it back: it became
+            // ready and published alone, a second publisher beside the cluster it was meant
+            // to join. Only a configured cluster of one may run so. Checked last, so that a
+            // mistake in another setting is named first.
+            return Err(invalid(
+                "seeds",
+                "none given: a node without seeds would run as a cluster of its own and \
+                 publish beside any other; give --seeds (the other nodes' gossip addresses; \
+                 the first pod of a StatefulSet may name itself) or --single-node for a \
+                 cluster of one",
+            ));
+        }
         let dataplane = s.dataplane.unwrap_or(DataplaneKind::Memory);
         Ok(NodeConfig {
             node_id,

@@ -79,7 +79,10 @@ layered_settings! {
         #[arg(long)]
         pub admin: Option<SocketAddr>,
         /// Comma-separated peers to join through: IPv4:port, [IPv6]:port or hostname:port (port
-        /// 1-65535); DNS names are re-resolved.
+        /// 1-65535); DNS names are re-resolved. Required unless --single-node. A node must hear
+        /// a seed that resolves to another address before it is ready or publishes; seeds that
+        /// name only this node (its --listen address) or do not resolve yet (the first pod of a
+        /// StatefulSet) let it start the cluster alone.
         #[arg(long, value_delimiter = ',')]
         pub seeds: Option<Vec<String>>,
         /// Cluster id; nodes of other clusters are ignored (default: shoal).
@@ -102,8 +105,10 @@ layered_settings! {
         #[arg(long)]
         #[serde(default)]
         pub cluster_identity_only: bool,
-        /// Run as a cluster of its own when none of the seeds answers (after the startup patience).
-        /// Without it such a node stays not ready and never publishes until it hears the cluster.
+        /// Run as a cluster of its own: --seeds may be left out, and when none of the seeds
+        /// answers the node is ready and publishes alone after the startup patience. Without it
+        /// a node needs --seeds, and one whose seeds resolve to other addresses but never answer
+        /// stays not ready and never publishes until it hears the cluster.
         #[arg(long)]
         #[serde(default)]
         pub single_node: bool,

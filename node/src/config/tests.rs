@@ -13,6 +13,7 @@ fn args() -> RunSettings {
         admin: Some("127.0.0.1:9100".parse().unwrap()),
         rules: Some("rules.toml".into()),
         node_id: Some("a".into()),
+        seeds: Some(vec!["198.18.0.9:7946".into()]),
         insecure: true,
         ..RunSettings::default()
     }
@@ -170,13 +171,14 @@ fn a_flag_and_the_same_config_key_give_the_same_settings() {
         "eth1",
         "--freeze-withdraw-ms",
         "1500",
+        "--single-node",
     ]
     .to_vec();
     let toml_text =
         "node_id = \"n-7\"\nlisten = \"198.18.0.7:7946\"\nadmin = \"198.18.0.7:9100\"\n\
         insecure = true\nrules = \"r.toml\"\nresync_interval_s = 7\ndrain_s = 12\n\
         health_checkers = 3\ncluster = \"lab\"\nvip_interface = \"lb0\"\nannounce = \"l2\"\n\
-        interface = \"eth1\"\nfreeze_withdraw_ms = 1500\n";
+        interface = \"eth1\"\nfreeze_withdraw_ms = 1500\nsingle_node = true\n";
     let by_flags = NodeConfig::resolve(&flags(&argv)).unwrap();
     let (only_file, _f) = with_file(RunSettings::default(), toml_text);
     let by_file = NodeConfig::resolve(&only_file).unwrap();
@@ -317,6 +319,9 @@ fn every_bound_is_checked_at_start_up_naming_the_setting() {
         }
         if *key == "node_id" {
             base.node_id = None;
+        }
+        if *key == "seeds" {
+            base.seeds = None;
         }
         let (a, _f) = with_file(base.clone(), &format!("{key} = {value}"));
         let err = NodeConfig::resolve(&a).unwrap_err().to_string();
@@ -664,4 +669,33 @@ fn kubernetes_settings_with_the_static_source_are_refused() {
         }
         assert!(NodeConfig::resolve(&k).is_ok(), "{key} with kubernetes");
     }
+}
+
+/// A node with no seeds and no --single-node became ready and published alone: a silent
+/// second publisher. It is refused, naming both ways out; --single-node, or seeds naming only
+/// the node itself (the first pod of a StatefulSet), still start.
+#[test]
+fn no_seeds_without_single_node_is_refused_naming_both_flags() {
+    let mut a = args();
+    a.seeds = None;
+    let err = NodeConfig::resolve(&a).unwrap_err().to_string();
+    assert!(
+        err.contains("--seeds") && err.contains("--single-node") && err.contains("none given"),
+        "{err}"
+    );
+    a.seeds = Some(vec![]);
+    assert!(
+        NodeConfig::resolve(&a).is_err(),
+        "an empty list is no seeds"
+    );
+    a.seeds = None;
+    let (from_file, _f) = with_file(a.clone(), "seeds = []");
+    let err = NodeConfig::resolve(&from_file).unwrap_err().to_string();
+    assert!(err.contains("`seeds`"), "{err}");
+    let mut alone = a.clone();
+    alone.single_node = true;
+    assert!(NodeConfig::resolve(&alone).unwrap().seeds.is_empty());
+    let mut first_pod = a.clone();
+    first_pod.seeds = Some(vec!["127.0.0.1:7946".into()]); // its own --listen
+    assert!(NodeConfig::resolve(&first_pod).is_ok());
 }

@@ -272,6 +272,9 @@ impl Lab {
             .stderr(log);
         if !seeds.is_empty() {
             cmd.arg("--seeds").arg(seeds.join(","));
+        } else if !self.extra_args.iter().any(|a| a == "--single-node") {
+            // A node without seeds is refused unless it is a cluster of one.
+            cmd.arg("--single-node");
         }
         // `ip netns exec` execs the program: the child's pid is shoal's.
         self.nodes[i].child = Some(cmd.spawn().expect("start shoal"));

@@ -159,6 +159,9 @@ impl Cluster {
             .stderr(log);
         if !seeds.is_empty() {
             cmd.arg("--seeds").arg(seeds.join(","));
+        } else if !self.extra_args.iter().any(|a| a == "--single-node") {
+            // A node without seeds is refused unless it is a cluster of one.
+            cmd.arg("--single-node");
         }
         let child = cmd.spawn().expect("start shoal");
         self.nodes[i].child = Some(child);

@@ -92,6 +92,7 @@ pub async fn start_node_with(
         metadata: BTreeMap::new(),
         timing,
         epoch_file: None,
+        generation_file: None,
     };
     Mesh::start(config).await.map_err(|e| e.to_string())
 }

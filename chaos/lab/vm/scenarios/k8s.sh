@@ -41,7 +41,7 @@ kube_state k_kube_before.txt
 
 # --- 1. sysctls. Make two of the three differ from what shoal needs.
 sysctl -qw net.ipv4.vs.sloppy_tcp=0 net.ipv4.vs.expire_nodest_conn=0 net.ipv4.vs.conn_reuse_mode=1
-ro timeout 60 shoal run --dataplane ipvs --rules rules1.toml --insecure --node-id vm1 \
+ro timeout 60 shoal run --dataplane ipvs --rules rules1.toml --insecure --node-id vm1 --single-node \
   --listen 127.0.0.1:7946 --admin 127.0.0.1:9100 --cluster lab > out/k_ro_run.log 2>&1
 echo $? > out/k_ro_run.rc
 ro shoal sysctls --check > out/k_check_before.txt 2>&1; echo $? > out/k_check_before.rc
@@ -60,7 +60,7 @@ backends_serve
 # The node, started unprivileged-style (read-only /proc/sys): the sysctls are already set.
 cp rules1.toml rules.toml
 unshare -m sh -c "$RO" ro shoal run --dataplane ipvs --rules rules.toml --insecure \
-  --node-id vm1 --listen 127.0.0.1:7946 --admin 127.0.0.1:9100 --cluster lab \
+  --node-id vm1 --single-node --listen 127.0.0.1:7946 --admin 127.0.0.1:9100 --cluster lab \
   --resync-interval-s 2 --cleanup-on-exit > out/k_shoal.log 2>&1 &
 pid=$!
 
@@ -143,7 +143,7 @@ done
 # has none (the image installs ca-certificates): any CA will do.
 shoal certs init --out /tmp/lab-ca --cluster lab --nodes vm1 > /dev/null 2>&1
 # Default drain of the Kubernetes source: no --drain-s.
-SSL_CERT_FILE=/tmp/lab-ca/ca.pem shoal run --dataplane ipvs --source kubernetes --kubeconfig kubeconfig --insecure --node-id vm1 \
+SSL_CERT_FILE=/tmp/lab-ca/ca.pem shoal run --dataplane ipvs --source kubernetes --kubeconfig kubeconfig --insecure --node-id vm1 --single-node \
   --listen 127.0.0.1:7946 --admin 127.0.0.1:9100 --cluster lab --cleanup-on-exit \
   > out/k_drain_shoal.log 2>&1 &
 pid=$!

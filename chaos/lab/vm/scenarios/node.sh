@@ -7,7 +7,7 @@ topology_up
 for b in 1 2; do ip netns exec b$b shoal backend-init --vip 203.0.113.10 > out/f_init_b$b.txt 2>&1; done
 backends_serve
 
-shoal run --dataplane ipvs --rules rules.toml --insecure --node-id vm1 \
+shoal run --dataplane ipvs --rules rules.toml --insecure --node-id vm1 --single-node \
   --listen 127.0.0.1:7946 --admin 127.0.0.1:9100 --cluster lab --resync-interval-s 2 \
   > out/f_shoal.log 2>&1 &
 pid=$!
