@@ -32,7 +32,7 @@ pub enum CertError {
         rule = crate::certs::NODE_ID_RULE
     )]
     BadNodeId { id: String },
-    #[error("{path}: certificate valid only from unix time {not_before} s to {not_after} s (expired or not valid yet: issue a new one with `shoal certs issue`)")]
+    #[error("{path}: certificate valid only from {} to {} (expired or not valid yet: issue a new one with `shoal certs issue`)", utc(*not_before), utc(*not_after))]
     Expired {
         path: PathBuf,
         not_before: i64,
@@ -114,4 +114,36 @@ pub enum TransferError {
     Timeout { peer: SocketAddr, timeout_ms: u64 },
     #[error("peer {peer}: bad patch (asking for the full document instead): {detail}")]
     Patch { peer: SocketAddr, detail: String },
+}
+
+/// A certificate's validity bound as people read it (RFC 3339, UTC); unix seconds if the value
+/// is out of the calendar's range.
+fn utc(unix_secs: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix_secs)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| format!("unix time {unix_secs} s"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bounds were printed as unix seconds (`valid only from unix time 1735686000 s`).
+    #[test]
+    fn an_expired_certificate_names_its_bounds_as_dates() {
+        let e = CertError::Expired {
+            path: "node.pem".into(),
+            not_before: 1_735_686_000,
+            not_after: 1_767_222_000,
+        };
+        let text = e.to_string();
+        assert!(
+            text.contains("from 2024-12-31T23:00:00Z to 2025-12-31T23:00:00Z"),
+            "{text}"
+        );
+    }
 }

@@ -251,14 +251,24 @@ fn common_checks(
         .iter()
         .flatten()
         .find(|m| state_dir.starts_with(&m.mount_path) && m.read_only != Some(true))
-        .unwrap_or_else(|| panic!("{}: {} is on no writable mount", s.name, state_dir.display()));
+        .unwrap_or_else(|| {
+            panic!(
+                "{}: {} is on no writable mount",
+                s.name,
+                state_dir.display()
+            )
+        });
     let state_volume = pod
         .volumes
         .iter()
         .flatten()
         .find(|v| v.name == state_mount.name)
         .unwrap_or_else(|| panic!("{}: no volume {}", s.name, state_mount.name));
-    assert!(state_volume.empty_dir.is_some(), "{}: {state_volume:?}", s.name);
+    assert!(
+        state_volume.empty_dir.is_some(),
+        "{}: {state_volume:?}",
+        s.name
+    );
 
     // Ports: listen = the peer port; admin = the pod's own address (#15: not 0.0.0.0) on the
     // port the probes use.
