@@ -559,3 +559,38 @@ fn a_taken_admin_port_fails_the_start_before_the_mesh() {
     assert!(!err.contains("joined the mesh"), "{err}");
     drop(taken);
 }
+
+/// Every metric a node exports is in docs/admin-api.md's reference (most were documented
+/// nowhere until an outside audit listed them).
+#[test]
+fn every_exported_metric_is_documented() {
+    let c = Cluster::start(1, &rules(1), &["--single-node"]);
+    c.wait_converged(LIMIT);
+    let (code, text) = http_get(c.nodes[0].admin, "/metrics").expect("metrics answer");
+    assert_eq!(code, 200);
+    let docs =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/admin-api.md"))
+            .expect("docs/admin-api.md");
+    let mut missing = Vec::new();
+    let mut seen = 0;
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("# TYPE ") else {
+            continue;
+        };
+        let mut parts = rest.split_whitespace();
+        let (Some(name), Some(kind)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        seen += 1;
+        let documented = if kind == "counter" {
+            format!("`{name}_total`")
+        } else {
+            format!("`{name}`")
+        };
+        if !docs.contains(&documented) {
+            missing.push(documented);
+        }
+    }
+    assert!(seen >= 30, "only {seen} metric families in:\n{text}");
+    assert!(missing.is_empty(), "not in docs/admin-api.md: {missing:?}");
+}
