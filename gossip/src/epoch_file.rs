@@ -85,15 +85,20 @@ impl EpochFile {
             path: self.path.display().to_string(),
             detail: e.to_string(),
         };
-        let tmp = self.path.with_extension("tmp");
-        let mut file = std::fs::File::create(&tmp).map_err(fail)?;
-        file.write_all(format!("{epoch}\n").as_bytes())
-            .map_err(fail)?;
-        file.sync_all().map_err(fail)?;
-        std::fs::rename(&tmp, &self.path).map_err(fail)?;
+        write_number(&self.path, epoch).map_err(fail)?;
         self.persisted = epoch;
         Ok(())
     }
+}
+
+/// Writes `n` and a newline to a temporary file, syncs it and renames it over `path`, so the
+/// file holds the old number or the new one whatever happens (the generation file too).
+pub(crate) fn write_number(path: &Path, n: u64) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(format!("{n}\n").as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 pub(crate) fn parse(text: &str) -> Option<u64> {

@@ -8,8 +8,8 @@
 //! reported itself ready. With this file the new generation is `max(now, last + 1)`, written
 //! (synced, renamed into place) before the node joins.
 
+use crate::epoch_file::{parse, write_number};
 use crate::MeshError;
-use std::io::Write;
 use std::path::Path;
 
 /// One number and a newline; anything longer is not a generation file.
@@ -55,20 +55,9 @@ pub(crate) fn next(path: &Path, now_ms: u64) -> Result<u64, MeshError> {
             "the wall clock is at or behind this node's previous start: starting with a generation above the previous one, not the clock's"
         );
     }
-    write(path, generation).map_err(|e| fail(format!("cannot record the generation: {e}")))?;
+    write_number(path, generation)
+        .map_err(|e| fail(format!("cannot record the generation: {e}")))?;
     Ok(generation)
-}
-
-fn write(path: &Path, generation: u64) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(format!("{generation}\n").as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
-}
-
-pub(crate) fn parse(text: &str) -> Option<u64> {
-    text.trim().parse().ok()
 }
 
 #[cfg(test)]
