@@ -96,17 +96,6 @@ pub(crate) fn judge(
     known: bool,
 ) -> Verdict {
     match claims {
-        // A digest speaking for the certificate's id at this node's own address, from
-        // elsewhere: the id is this node's (no other process can advertise this address), and
-        // the message is its own, sent back.
-        Claims::Digest(ids)
-            if remote != local
-                && ids
-                    .iter()
-                    .any(|id| id.gossip_advertise_addr == local && &*id.node_id == cert_id) =>
-        {
-            Verdict::Reflected
-        }
         Claims::Digest(ids) => {
             let at_remote = ids.iter().filter(|id| id.gossip_advertise_addr == remote);
             let first_hand: Vec<u64> = at_remote
@@ -114,7 +103,17 @@ pub(crate) fn judge(
                 .filter(|id| &*id.node_id == cert_id)
                 .map(|id| id.generation_id)
                 .collect();
-            if first_hand.is_empty() {
+            // No entry of its own at the sender's address, but this node's own entry at this
+            // node's address, under this node's certificate: its own message, sent back from
+            // elsewhere (a twin with the same id speaks for itself at its own address and is
+            // judged above, as any sender).
+            let own_sent_back = remote != local
+                && ids
+                    .iter()
+                    .any(|id| id.gossip_advertise_addr == local && &*id.node_id == cert_id);
+            if first_hand.is_empty() && own_sent_back {
+                Verdict::Reflected
+            } else if first_hand.is_empty() {
                 let mut claimed: Vec<String> = at_remote.map(|id| id.node_id.to_string()).collect();
                 claimed.sort();
                 claimed.dedup();
@@ -278,6 +277,15 @@ mod tests {
     /// (~10 a second) until it was told apart; still dropped.
     #[test]
     fn this_nodes_own_gossip_sent_back_is_a_reflection_not_an_impostor() {
+        // A twin (same id and certificate, another process at addr 5) relays this node's entry
+        // next to its own: judged by its own entry, accepted, so duplicates are still seen.
+        let twin = Claims::Digest(vec![id("n4", 8, 5), id("n4", 7, 9)]);
+        assert_eq!(
+            judge("n4", addr(5), addr(9), &twin, false),
+            Verdict::Accept {
+                first_hand: vec![8]
+            }
+        );
         let own = Claims::Digest(vec![id("n4", 7, 9)]);
         assert_eq!(
             judge("n4", addr(5), addr(9), &own, false),
