@@ -79,11 +79,22 @@ pub(crate) enum Verdict {
     Accept { first_hand: Vec<u64> },
     /// Drop and count: the sender claims ids its certificate does not name.
     Mismatch { claimed: Vec<String> },
+    /// This node's own gossip, come back from another address (a seed or peer address that
+    /// leads back here: a UDP reflector, a NAT, this node under another name): dropped, but
+    /// no impostor.
+    Reflected,
 }
 
-/// Judges one message from a connection whose certificate names `cert_id`, from `remote`.
-/// `known` says whether `remote` was already verified for `cert_id` (see [`FirstHand::knows`]).
-pub(crate) fn judge(cert_id: &str, remote: SocketAddr, claims: &Claims, known: bool) -> Verdict {
+/// Judges one message from a connection whose certificate names `cert_id`, from `remote`, to
+/// this node listening at `local`. `known` says whether `remote` was already verified for
+/// `cert_id` (see [`FirstHand::knows`]).
+pub(crate) fn judge(
+    cert_id: &str,
+    remote: SocketAddr,
+    local: SocketAddr,
+    claims: &Claims,
+    known: bool,
+) -> Verdict {
     match claims {
         Claims::Digest(ids) => {
             let at_remote = ids.iter().filter(|id| id.gossip_advertise_addr == remote);
@@ -92,7 +103,17 @@ pub(crate) fn judge(cert_id: &str, remote: SocketAddr, claims: &Claims, known: b
                 .filter(|id| &*id.node_id == cert_id)
                 .map(|id| id.generation_id)
                 .collect();
-            if first_hand.is_empty() {
+            // No entry of its own at the sender's address, but this node's own entry at this
+            // node's address, under this node's certificate: its own message, sent back from
+            // elsewhere (a twin with the same id speaks for itself at its own address and is
+            // judged above, as any sender).
+            let own_sent_back = remote != local
+                && ids
+                    .iter()
+                    .any(|id| id.gossip_advertise_addr == local && &*id.node_id == cert_id);
+            if first_hand.is_empty() && own_sent_back {
+                Verdict::Reflected
+            } else if first_hand.is_empty() {
                 let mut claimed: Vec<String> = at_remote.map(|id| id.node_id.to_string()).collect();
                 claimed.sort();
                 claimed.dedup();
@@ -221,7 +242,7 @@ mod tests {
         let claims = Claims::Digest(vec![id("n0", 5, 2), id("n4", 7, 1), id("n1", 3, 3)]);
         // Certificate n4 at port 1: its own entry is there.
         assert_eq!(
-            judge("n4", addr(1), &claims, false),
+            judge("n4", addr(1), addr(9), &claims, false),
             Verdict::Accept {
                 first_hand: vec![7]
             }
@@ -229,25 +250,51 @@ mod tests {
         // The impostor: n4's certificate, claiming n0 at its own address.
         let impostor = Claims::Digest(vec![id("n0", 9, 1), id("n1", 3, 3)]);
         assert_eq!(
-            judge("n4", addr(1), &impostor, false),
+            judge("n4", addr(1), addr(9), &impostor, false),
             Verdict::Mismatch {
                 claimed: vec!["n0".into()]
             }
         );
         // Relaying n4's entry from another address does not vouch for the relay.
         assert_eq!(
-            judge("n4", addr(3), &claims, false),
+            judge("n4", addr(3), addr(9), &claims, false),
             Verdict::Mismatch {
                 claimed: vec!["n1".into()]
             }
         );
         assert!(matches!(
-            judge("n4", addr(1), &Claims::Ack, false),
+            judge("n4", addr(1), addr(9), &Claims::Ack, false),
             Verdict::Mismatch { .. }
         ));
         assert!(matches!(
-            judge("n4", addr(1), &Claims::Ack, true),
+            judge("n4", addr(1), addr(9), &Claims::Ack, true),
             Verdict::Accept { .. }
+        ));
+    }
+
+    /// A seed that was a UDP echo sent this node's own gossip back: its own certificate,
+    /// its own entry at its own address, from the echo's address. Counted as an impostor
+    /// (~10 a second) until it was told apart; still dropped.
+    #[test]
+    fn this_nodes_own_gossip_sent_back_is_a_reflection_not_an_impostor() {
+        // A twin (same id and certificate, another process at addr 5) relays this node's entry
+        // next to its own: judged by its own entry, accepted, so duplicates are still seen.
+        let twin = Claims::Digest(vec![id("n4", 8, 5), id("n4", 7, 9)]);
+        assert_eq!(
+            judge("n4", addr(5), addr(9), &twin, false),
+            Verdict::Accept {
+                first_hand: vec![8]
+            }
+        );
+        let own = Claims::Digest(vec![id("n4", 7, 9)]);
+        assert_eq!(
+            judge("n4", addr(5), addr(9), &own, false),
+            Verdict::Reflected
+        );
+        // Another node's certificate relaying this node's entry is no reflection.
+        assert!(matches!(
+            judge("n1", addr(5), addr(9), &own, false),
+            Verdict::Mismatch { .. }
         ));
     }
 

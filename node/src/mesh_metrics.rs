@@ -28,6 +28,7 @@ pub struct MeshMetrics {
     pub handshakes_timed_out: Counter,
     pub handshakes_retried: Counter,
     pub identity_mismatches: Counter,
+    pub reflected_gossip: Counter,
     pub oversized_messages: Counter,
     pub malformed_gossip: Counter,
     pub duplicate_ids: Counter,
@@ -66,6 +67,11 @@ impl MeshMetrics {
             "shoal_mesh_identity_mismatches",
             "Connections and gossip messages dropped because the peer's certificate does not name the node id it speaks for",
             self.identity_mismatches.clone(),
+        );
+        r.register(
+            "shoal_mesh_reflected_gossip",
+            "Gossip messages that were this node's own, sent back from another address (a seed or peer address that leads back to this node), dropped",
+            self.reflected_gossip.clone(),
         );
         r.register(
             "shoal_mesh_oversized_messages",
@@ -130,6 +136,7 @@ impl MeshMetrics {
         catch_up(&self.handshakes_timed_out, t.handshakes_timed_out);
         catch_up(&self.handshakes_retried, t.handshakes_retried);
         catch_up(&self.identity_mismatches, t.identity_mismatches);
+        catch_up(&self.reflected_gossip, t.reflected_gossip);
         catch_up(&self.oversized_messages, t.oversized_messages);
         catch_up(&self.malformed_gossip, t.malformed_gossip);
         catch_up(&self.duplicate_ids, mesh.duplicate_ids_seen());

@@ -369,3 +369,60 @@ fn a_node_restarted_with_its_clock_behind_is_seen_again() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A seed that is a UDP echo (a reflector, a NAT loop, this node under another name) sends
+/// this node's own gossip back: it was counted as an impostor's (~10 mismatches a second, an
+/// alarm for an attack that is not happening). It is a reflection now: dropped, counted
+/// apart, no identity mismatch.
+#[test]
+fn a_seed_that_echoes_this_nodes_own_gossip_is_no_impostor() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = certs_init(dir.path(), "prod", "n3");
+    let echo = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let echo_at = echo.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 65_536];
+        while let Ok((n, from)) = echo.recv_from(&mut buf) {
+            let _ = echo.send_to(&buf[..n], from);
+        }
+    });
+    let tls = certs.join("n3");
+    let node = Node::start(
+        dir.path(),
+        "n3",
+        &[
+            "--cluster",
+            "prod",
+            "--tls-dir",
+            tls.to_str().unwrap(),
+            "--seeds",
+            &echo_at.to_string(),
+        ],
+    );
+    let counter = |name: &str| -> Option<f64> {
+        let (_, text) = http_get(node.admin, "/metrics")?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    let deadline = Instant::now() + LIMIT;
+    while counter("shoal_mesh_reflected_gossip_total").unwrap_or(0.0) < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "no reflection counted: {}",
+            node.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        counter("shoal_mesh_identity_mismatches_total"),
+        Some(0.0),
+        "{}",
+        node.log()
+    );
+    assert!(
+        node.log().contains("came back from another address"),
+        "{}",
+        node.log()
+    );
+}

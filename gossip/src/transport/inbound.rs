@@ -18,7 +18,7 @@ impl QuicTransport {
         let verdict = match (cert_id, identity::claims(message)) {
             (Some(cert_id), Some(claims)) => {
                 let known = lock(&self.inner.first_hand).knows(cert_id, from);
-                identity::judge(cert_id, from, &claims, known)
+                identity::judge(cert_id, from, self.local_addr(), &claims, known)
             }
             // Chitchat decoded it, we could not: drop rather than guess.
             _ => Verdict::Mismatch {
@@ -35,6 +35,13 @@ impl QuicTransport {
                     }
                 }
                 true
+            }
+            Verdict::Reflected => {
+                bump(&self.inner.counters.reflected_gossip);
+                self.warn_limited("reflected", |suppressed| {
+                    warn!(peer = %from, suppressed, "this node's own gossip came back from another address (a seed or peer address that leads back to this node: a UDP reflector, a NAT, or this node under another name): dropped");
+                });
+                false
             }
             Verdict::Mismatch { claimed } => {
                 bump(&self.inner.counters.identity_mismatches);

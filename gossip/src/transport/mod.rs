@@ -315,6 +315,7 @@ impl QuicTransport {
             handshakes_timed_out: c.handshakes_timed_out.load(Ordering::Relaxed),
             handshakes_retried: c.handshakes_retried.load(Ordering::Relaxed),
             identity_mismatches: c.identity_mismatches.load(Ordering::Relaxed),
+            reflected_gossip: c.reflected_gossip.load(Ordering::Relaxed),
             oversized_messages: c.oversized_messages.load(Ordering::Relaxed),
             sent_on_stream: c.sent_on_stream.load(Ordering::Relaxed),
             malformed_gossip: c.malformed_gossip.load(Ordering::Relaxed),

@@ -29,6 +29,9 @@ pub struct Traffic {
     /// Connections and gossip messages dropped because the peer's certificate did not name the
     /// node id it spoke for (or named none while node identity is enforced).
     pub identity_mismatches: u64,
+    /// Gossip messages that were this node's own, sent back from another address (a seed or
+    /// peer address that leads back here), dropped.
+    pub reflected_gossip: u64,
     /// Gossip messages above the size cap (sent or received), dropped.
     pub oversized_messages: u64,
     /// Gossip messages sent (each a frame of the peer's session stream, see `session.rs`).
@@ -57,6 +60,7 @@ pub(super) struct Counters {
     pub(super) handshakes_timed_out: AtomicU64,
     pub(super) handshakes_retried: AtomicU64,
     pub(super) identity_mismatches: AtomicU64,
+    pub(super) reflected_gossip: AtomicU64,
     pub(super) oversized_messages: AtomicU64,
     pub(super) sent_on_stream: AtomicU64,
     pub(super) malformed_gossip: AtomicU64,
