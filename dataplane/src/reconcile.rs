@@ -330,6 +330,18 @@ impl Reconciler {
         services.chain(dests)
     }
 
+    /// The VIPs of the services draining now (removed from the desired table, their
+    /// destinations at weight 0 until the drain ends): the interface keeps them, and so
+    /// should whatever brings clients to this node, or the drain serves nobody. A drain that
+    /// has run out by `now` no longer counts (its deletion may still be in flight).
+    pub fn draining_vips(&self, now: Instant) -> BTreeSet<IpAddr> {
+        self.draining_services
+            .iter()
+            .filter(|(_, (due, _))| now < *due)
+            .filter_map(|(k, _)| k.vip())
+            .collect()
+    }
+
     /// What still separates `have` (a read of the kernel) from `desired`, with a drain in
     /// progress told apart: the deletions that only wait for their drain (the destination, or
     /// every destination of the service, already at weight 0 in `have`; the VIP of such a

@@ -17,6 +17,7 @@ use shoal_dataplane::{
 };
 use shoal_gossip::{Mesh, Version};
 use std::collections::BTreeSet;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -169,6 +170,7 @@ pub fn program(
         drained: report.drained,
         ops: report.ops,
         deadline: reconciler.next_deadline(),
+        draining_vips: reconciler.draining_vips(now).into_iter().collect(),
         filter,
         withheld: withheld.into_iter().collect(),
     })
@@ -193,6 +195,9 @@ pub struct Pass {
     /// How many of `ops` delete a destination or service whose drain ran out.
     pub drained: usize,
     pub deadline: Option<Instant>,
+    /// VIPs of the services removed from the table that still drain here: announced until
+    /// their drain ends, so that the flows the drain keeps still reach this node.
+    pub draining_vips: Vec<IpAddr>,
     /// What changed in the source filter, or why it could not be programmed.
     pub filter: Result<FilterChange, DataplaneError>,
     /// Services left out of the dataplane because their source filter failed.
@@ -250,6 +255,8 @@ pub struct ReconcileState {
     /// Services left out of the dataplane because of that error (`tcp 203.0.113.1:80`):
     /// those with source ranges, which must not be served unfiltered.
     pub withheld: Vec<String>,
+    /// VIPs of removed services still draining here ([`Pass::draining_vips`]).
+    pub draining_vips: Vec<IpAddr>,
 }
 
 #[derive(Clone, Default)]
@@ -353,6 +360,7 @@ pub async fn run(
                 ops,
                 drained,
                 deadline,
+                draining_vips,
                 filter,
                 withheld,
             }) => {
@@ -450,6 +458,7 @@ pub async fn run(
                     s.passes += 1;
                     s.source_filter_error = filter_error;
                     s.withheld = withheld;
+                    s.draining_vips = draining_vips;
                 });
                 if let Some(d) = deadline {
                     let d = tokio::time::Instant::from_std(d);

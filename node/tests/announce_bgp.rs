@@ -87,7 +87,7 @@ fn bgp_announces_with_ecmp_and_withdraws_on_every_kind_of_exit() {
     for i in 0..3 {
         lab.write_config(i, &lab.bgp_config(i));
     }
-    lab.set_extra_args(&["--shutdown-drain-s", "2"]);
+    lab.set_extra_args(&["--shutdown-drain-s", "2", "--drain-s", "3"]);
     for i in 0..3 {
         lab.spawn(i);
     }
@@ -294,6 +294,43 @@ fn bgp_announces_with_ecmp_and_withdraws_on_every_kind_of_exit() {
     lab.signal(1, Signal::SIGCONT);
     let t = wait_hops(&lab, VIP4, &all_nodes(), Duration::from_secs(30));
     eprintln!("SIGCONT: announced again after {t:?}");
+
+    // 7. A service removed from the table drains (--drain-s 3): every replica keeps its VIP
+    //    announced until the drain ends, so the flows the drain keeps still reach a replica,
+    //    then withdraws it.
+    wait_hops(&lab, CHURN, &all_nodes(), Duration::from_secs(30));
+    let tmp = lab.rules.with_extension("tmp");
+    std::fs::write(&tmp, rules(None)).unwrap();
+    let removed = Instant::now();
+    std::fs::rename(&tmp, &lab.rules).unwrap();
+    lab.wait_for(
+        Duration::from_secs(10),
+        "n2 reporting the removed service's VIP as draining",
+        || {
+            let r = own_report(&lab, 1)?;
+            let d = r["member"]["announce"]["draining"].as_array()?.clone();
+            (d == vec![Value::from(CHURN)]).then_some(())
+        },
+    );
+    while removed.elapsed() < Duration::from_millis(2000) {
+        let hops = lab.nexthops(CHURN);
+        if hops != all_nodes() {
+            let reports: Vec<_> = (0..3).map(|i| own_report(&lab, i)).collect();
+            panic!(
+                "withdrawn {:?} after the removal, before the 3 s drain ended: {hops:?}; {reports:?}",
+                removed.elapsed()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    wait_hops(&lab, CHURN, &BTreeSet::new(), Duration::from_secs(15));
+    let gone = removed.elapsed();
+    eprintln!("removed service: its VIP withdrawn {gone:?} after the removal (drain 3 s)");
+    assert!(
+        gone >= Duration::from_millis(2500),
+        "withdrawn before the drain ended: {gone:?}"
+    );
+    assert_eq!(lab.nexthops(VIP4), all_nodes(), "other VIPs stay");
 
     let _ = listener.kill();
     let _ = listener.wait();

@@ -215,6 +215,7 @@ fn a_removed_service_drains_and_its_vip_stays_until_the_last_one_is_deleted() {
     assert_eq!(r.ops.len(), 2);
     assert_eq!(weights(&dp, &a), Some(vec![0, 0]));
     assert_eq!(rec.next_deadline(), Some(t0 + drain));
+    assert_eq!(rec.draining_vips(t0), BTreeSet::from([vip]));
     // Nothing more to send while it waits.
     let r = reconcile(&mut dp, &mut rec, &only_b, t0 + Duration::from_secs(5)).unwrap();
     assert_eq!(r.ops, vec![]);
@@ -238,6 +239,11 @@ fn a_removed_service_drains_and_its_vip_stays_until_the_last_one_is_deleted() {
     assert_eq!(r.drained, 1);
     assert_eq!(weights(&dp, &a), None);
     assert!(dp.vips().contains(&vip));
+    assert_eq!(
+        rec.draining_vips(t0 + drain),
+        BTreeSet::from([vip]),
+        "b still drains"
+    );
     // The next pass sees `a` gone and forgets it.
     let r = reconcile(&mut dp, &mut rec, &Desired::default(), t0 + drain).unwrap();
     assert_eq!(r.ops, vec![]);
@@ -248,8 +254,13 @@ fn a_removed_service_drains_and_its_vip_stays_until_the_last_one_is_deleted() {
     assert_eq!(r.ops, vec![Op::DelService(b), Op::DelVip(vip)]);
     assert_eq!(r.drained, 2, "the end of a drain, not drift");
     assert!(dp.services().is_empty() && dp.vips().is_empty());
+    assert!(
+        rec.draining_vips(t5 + drain).is_empty(),
+        "ended drains hold no VIP"
+    );
     reconcile(&mut dp, &mut rec, &Desired::default(), t5 + drain).unwrap();
     assert_eq!(rec.next_deadline(), None);
+    assert!(rec.draining_vips(t5 + drain).is_empty());
 }
 
 /// A service removed and added again during its drain gets its weights back and is never

@@ -6,7 +6,9 @@
 //!   stalled, BIRD not answering, or no table yet: a restarted node attracts no traffic before it has applied the
 //!   head);
 //! - in BGP mode a ready node announces exactly the VIPs that have a healthy backend (every VIP
-//!   of the table when `withdraw_when_no_backends` is off);
+//!   of the table when `withdraw_when_no_backends` is off), and the VIPs of services removed
+//!   from the table that still drain on this node (the flows a drain keeps must still reach
+//!   the node; new ones find every destination at weight 0);
 //! - in L2 mode every VIP has at most one owner among the candidates, every node that sees the
 //!   same candidates picks the same owner whatever their order, and an owner keeps its VIPs when
 //!   another candidate leaves (rendezvous hashing).
@@ -15,7 +17,7 @@ use crate::health::Verdicts;
 use crate::table::RuleTable;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -116,6 +118,8 @@ pub fn readiness(f: NodeFacts) -> Readiness {
 #[serde(rename_all = "kebab-case", tag = "state", content = "why")]
 pub enum VipState {
     Announced,
+    /// Announced only while services removed from the table drain on this node.
+    Draining,
     /// Not announced by this node, for this reason.
     Withheld(Withheld),
     /// L2: another member owns it and answers for it.
@@ -193,42 +197,54 @@ pub struct Inputs<'a> {
     pub readiness: Readiness,
     /// Every VIP of the table and whether it has a healthy backend ([`vip_health`]).
     pub vips: &'a BTreeMap<IpAddr, bool>,
+    /// VIPs of services removed from the table that still drain on this node (in the
+    /// table or not).
+    pub draining: &'a BTreeSet<IpAddr>,
     pub withdraw_when_no_backends: bool,
     /// L2: the live members that are ready to own VIPs (this node included when it is ready).
     pub l2_candidates: &'a [String],
 }
 
-/// The state of every VIP of the table on this node.
+/// The state of every VIP of the table, and of every VIP still draining, on this node.
 pub fn decide(i: &Inputs<'_>) -> BTreeMap<IpAddr, VipState> {
-    i.vips
+    let gone = i.draining.iter().filter(|v| !i.vips.contains_key(v));
+    let all = i
+        .vips
         .iter()
-        .map(|(&vip, &healthy)| {
-            let state = if i.readiness != Readiness::Ready {
-                VipState::Withheld(Withheld::NotReady(i.readiness))
-            } else if i.mode == Mode::L2 {
-                match owner(vip, i.l2_candidates) {
-                    None => VipState::Withheld(Withheld::NoEligibleOwner),
-                    Some(o) if o != i.me => VipState::OwnedBy(o.to_string()),
-                    Some(_) if !healthy && i.withdraw_when_no_backends => {
-                        VipState::Withheld(Withheld::NoHealthyBackend)
-                    }
-                    Some(_) => VipState::Announced,
-                }
-            } else if !healthy && i.withdraw_when_no_backends {
-                VipState::Withheld(Withheld::NoHealthyBackend)
-            } else {
-                VipState::Announced
-            };
-            (vip, state)
-        })
-        .collect()
+        .map(|(&v, &h)| (v, h))
+        .chain(gone.map(|&v| (v, false)));
+    all.map(|(vip, healthy)| {
+        // Healthy or not: a drain is for the flows already there.
+        let served = if healthy {
+            VipState::Announced
+        } else if i.draining.contains(&vip) {
+            VipState::Draining
+        } else if i.withdraw_when_no_backends {
+            VipState::Withheld(Withheld::NoHealthyBackend)
+        } else {
+            VipState::Announced
+        };
+        let state = if i.readiness != Readiness::Ready {
+            VipState::Withheld(Withheld::NotReady(i.readiness))
+        } else if i.mode == Mode::L2 {
+            match owner(vip, i.l2_candidates) {
+                None => VipState::Withheld(Withheld::NoEligibleOwner),
+                Some(o) if o != i.me => VipState::OwnedBy(o.to_string()),
+                Some(_) => served,
+            }
+        } else {
+            served
+        };
+        (vip, state)
+    })
+    .collect()
 }
 
-/// The VIPs a decision announces.
-pub fn announced(states: &BTreeMap<IpAddr, VipState>) -> std::collections::BTreeSet<IpAddr> {
+/// The VIPs a decision announces (draining ones included).
+pub fn announced(states: &BTreeMap<IpAddr, VipState>) -> BTreeSet<IpAddr> {
     states
         .iter()
-        .filter(|(_, s)| **s == VipState::Announced)
+        .filter(|(_, s)| matches!(s, VipState::Announced | VipState::Draining))
         .map(|(ip, _)| *ip)
         .collect()
 }
@@ -381,15 +397,34 @@ mod tests {
         assert!(per.values().all(|c| *c >= 10), "{per:?}");
     }
 
+    fn arb_ip() -> impl Strategy<Value = IpAddr> {
+        prop_oneof![
+            any::<[u8; 4]>().prop_map(IpAddr::from),
+            any::<[u8; 16]>().prop_map(IpAddr::from)
+        ]
+    }
+
     fn arb_vips() -> impl Strategy<Value = BTreeMap<IpAddr, bool>> {
-        prop::collection::btree_map(
-            prop_oneof![
-                any::<[u8; 4]>().prop_map(IpAddr::from),
-                any::<[u8; 16]>().prop_map(IpAddr::from)
-            ],
-            any::<bool>(),
-            0..12,
+        prop::collection::btree_map(arb_ip(), any::<bool>(), 0..12)
+    }
+
+    /// The table's VIPs and the draining ones: some of the table's (a VIP with a service left
+    /// and one removed) and some gone from it (every service of the VIP removed).
+    fn arb_vips_and_drains() -> impl Strategy<Value = (BTreeMap<IpAddr, bool>, BTreeSet<IpAddr>)> {
+        (
+            arb_vips(),
+            any::<u16>(),
+            prop::collection::btree_set(arb_ip(), 0..4),
         )
+            .prop_map(|(vips, mask, gone)| {
+                let kept = vips
+                    .keys()
+                    .enumerate()
+                    .filter(|(k, _)| (mask >> k) & 1 == 1)
+                    .map(|(_, v)| *v);
+                let draining = kept.chain(gone).collect();
+                (vips, draining)
+            })
     }
 
     fn arb_readiness() -> impl Strategy<Value = Readiness> {
@@ -399,7 +434,7 @@ mod tests {
     proptest! {
         #[test]
         fn not_ready_announces_nothing(
-            vips in arb_vips(),
+            (vips, draining) in arb_vips_and_drains(),
             r in arb_readiness(),
             l2 in any::<bool>(),
             withdraw in any::<bool>(),
@@ -411,42 +446,52 @@ mod tests {
                 me: "me",
                 readiness: r,
                 vips: &vips,
+                draining: &draining,
                 withdraw_when_no_backends: withdraw,
                 l2_candidates: &cands,
             });
             prop_assert!(announced(&states).is_empty());
-            prop_assert_eq!(states.len(), vips.len());
+            let every: BTreeSet<IpAddr> = vips.keys().chain(&draining).copied().collect();
+            prop_assert_eq!(states.len(), every.len());
             for s in states.values() {
                 prop_assert_eq!(s, &VipState::Withheld(Withheld::NotReady(r)));
             }
         }
 
         #[test]
-        fn bgp_announces_exactly_the_healthy_vips(vips in arb_vips(), withdraw in any::<bool>()) {
+        fn bgp_announces_exactly_the_healthy_and_the_draining_vips(
+            (vips, draining) in arb_vips_and_drains(),
+            withdraw in any::<bool>(),
+        ) {
             let states = decide(&Inputs {
                 mode: Mode::Bgp,
                 me: "me",
                 readiness: Readiness::Ready,
                 vips: &vips,
+                draining: &draining,
                 withdraw_when_no_backends: withdraw,
                 l2_candidates: &[],
             });
-            let want: BTreeSet<IpAddr> = vips
+            let mut want: BTreeSet<IpAddr> = vips
                 .iter()
                 .filter(|(_, h)| **h || !withdraw)
                 .map(|(ip, _)| *ip)
                 .collect();
+            want.extend(&draining);
             prop_assert_eq!(announced(&states), want);
             for (ip, s) in &states {
-                if *s != VipState::Announced {
-                    prop_assert_eq!(s, &VipState::Withheld(Withheld::NoHealthyBackend), "{}", ip);
+                let healthy = vips.get(ip).copied().unwrap_or(false);
+                match s {
+                    VipState::Announced => prop_assert!(healthy || (!withdraw && !draining.contains(ip)), "{}", ip),
+                    VipState::Draining => prop_assert!(!healthy && draining.contains(ip), "{}", ip),
+                    other => prop_assert_eq!(other, &VipState::Withheld(Withheld::NoHealthyBackend), "{}", ip),
                 }
             }
         }
 
         #[test]
         fn l2_each_vip_is_announced_by_exactly_one_healthy_candidate(
-            vips in arb_vips(),
+            (vips, draining) in arb_vips_and_drains(),
             n in 1..6usize,
             seed in any::<u64>(),
         ) {
@@ -462,6 +507,7 @@ mod tests {
                     me,
                     readiness: Readiness::Ready,
                     vips: &vips,
+                    draining: &draining,
                     withdraw_when_no_backends: true,
                     l2_candidates: &cands,
                 });
@@ -476,7 +522,11 @@ mod tests {
                 }
             }
             for (ip, healthy) in &vips {
-                prop_assert_eq!(count.get(ip).copied().unwrap_or(0), usize::from(*healthy), "{}", ip);
+                let served = *healthy || draining.contains(ip);
+                prop_assert_eq!(count.get(ip).copied().unwrap_or(0), usize::from(served), "{}", ip);
+            }
+            for ip in draining.iter().filter(|v| !vips.contains_key(v)) {
+                prop_assert_eq!(count.get(ip).copied().unwrap_or(0), 1, "draining {}", ip);
             }
         }
 

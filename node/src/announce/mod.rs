@@ -60,6 +60,10 @@ pub struct Report {
     pub readiness: Readiness,
     /// The VIPs it announces (BGP) or owns and answers for (L2).
     pub announced: Vec<IpAddr>,
+    /// Of `announced`, the VIPs announced only while services removed from the table drain
+    /// on this member (they go when the drain ends).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub draining: Vec<IpAddr>,
     /// VIPs it does not announce, with the reason.
     #[serde(default)]
     pub withheld: BTreeMap<IpAddr, String>,
@@ -85,6 +89,7 @@ impl Report {
             mode,
             readiness: Readiness::NoTable,
             announced: vec![],
+            draining: vec![],
             withheld: BTreeMap::new(),
             owned_elsewhere: BTreeMap::new(),
             bgp: vec![],

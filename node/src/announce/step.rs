@@ -54,7 +54,8 @@ impl Loop {
             last_step = now;
             let stalled = hold_until.is_some_and(|t| now < t);
             let head = self.mesh.current();
-            let applied = self.reconcile.get().applied;
+            let reconciled = self.reconcile.get();
+            let applied = reconciled.applied;
             let applied_is_head = match (&head, &applied) {
                 (Some(h), Some(a)) => VersionRef::from(&h.version) == *a,
                 _ => false,
@@ -88,12 +89,20 @@ impl Loop {
                 Some(h) => decide::vip_health(&h.doc, &verdicts.borrow_and_update()),
                 None => BTreeMap::new(),
             };
+            let mut draining: BTreeSet<IpAddr> = reconciled.draining_vips.iter().copied().collect();
+            if !applied_is_head {
+                // The dataplane still serves the table before this head: a VIP the head
+                // removes stays until the dataplane has applied it (then for its drain, if
+                // any), or every removal would flap the route before the drain holds it.
+                draining.extend(current.iter().filter(|v| !vips.contains_key(v)));
+            }
             let candidates = self.l2_candidates(readiness);
             let states = decide::decide(&Inputs {
                 mode: self.mode,
                 me: &self.mesh.node_id().to_string(),
                 readiness,
                 vips: &vips,
+                draining: &draining,
                 withdraw_when_no_backends: self.withdraw_when_no_backends,
                 l2_candidates: &candidates,
             });
@@ -103,7 +112,7 @@ impl Loop {
             let due = want != current
                 || last_repair.is_none_or(|t| now.duration_since(t) >= REPAIR_INTERVAL);
             let applied = if due {
-                self.apply(&want, &vips).await
+                self.apply(&want, states.keys().copied().collect()).await
             } else {
                 Ok(())
             };
@@ -136,7 +145,7 @@ impl Loop {
             self.handle.set(report);
         }
         // Shutdown: withdraw what is left; closing the watchdog's stdin makes it check too.
-        let _ = self.apply(&BTreeSet::new(), &BTreeMap::new()).await;
+        let _ = self.apply(&BTreeSet::new(), BTreeSet::new()).await;
         self.metrics.vips.set(0);
         drop(self.guard.stdin.take());
         let _ = tokio::time::timeout(Duration::from_secs(2), self.guard.wait()).await;
@@ -165,10 +174,12 @@ impl Loop {
         out
     }
 
+    /// Brings the kernel side to `want`; in L2 mode only the addresses in `scope` (the VIPs
+    /// decided on) or announced before are touched.
     async fn apply(
         &mut self,
         want: &BTreeSet<IpAddr>,
-        vips: &BTreeMap<IpAddr, bool>,
+        mut scope: BTreeSet<IpAddr>,
     ) -> anyhow::Result<()> {
         match &self.target {
             Target::Bgp { routes, .. } => {
@@ -182,9 +193,8 @@ impl Loop {
             Target::L2 { iface } => {
                 let iface = iface.clone();
                 let want = want.clone();
-                // Only VIPs of the table (or held before) are touched: other addresses of the
-                // interface are not Shoal's.
-                let mut scope: BTreeSet<IpAddr> = vips.keys().copied().collect();
+                // Only VIPs of the table (or draining, or held before) are touched: other
+                // addresses of the interface are not Shoal's.
                 scope.extend(self.handle.get().iter().flat_map(|r| r.announced.clone()));
                 tokio::task::spawn_blocking(move || {
                     let mut i = iface.lock().unwrap_or_else(|p| p.into_inner());
@@ -223,6 +233,10 @@ impl Loop {
         for (ip, s) in states {
             match s {
                 VipState::Announced => r.announced.push(*ip),
+                VipState::Draining => {
+                    r.announced.push(*ip);
+                    r.draining.push(*ip);
+                }
                 VipState::Withheld(w) => {
                     r.withheld.insert(*ip, w.to_string());
                 }
