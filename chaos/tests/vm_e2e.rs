@@ -20,7 +20,7 @@ use shoal_chaos::flows::{
     fault_times, probes_from, summarize_probes, FlowsReport, Outcome, ProbeRecord,
 };
 use shoal_vmlab::{Boot, Profile, Share, Target};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::OnceLock;
 
 /// The guest reads the clock through the TSC (vDSO) instead of an emulated timer chip: tokio
@@ -307,6 +307,32 @@ fn check_backend(run: &Run) {
         control.refused > 0,
         "mh without fallback: nothing reached the dead backend after {bound_ms} ms: {control:?}\n{}",
         run.context("backend-probe-nofallback.log")
+    );
+    // sh over the source port, with the fallback its rules get by default: the dead backend had
+    // slots (probes greeted by it before the fault), and after the bound they go elsewhere.
+    // Without the fallback sh keeps sending those slots to the weight-0 destination.
+    let sh = run.probes("backend-probe-sh");
+    let before: BTreeSet<&str> = sh
+        .iter()
+        .filter(|r| r.ok && r.at_ms < fault)
+        .map(|r| r.backend.as_str())
+        .collect();
+    let sh_after = probes_from(&sh, fault + bound_ms);
+    eprintln!("sh: greeted before the fault by {before:?}; from the bound on {sh_after:?}");
+    assert!(
+        before.contains("b2"),
+        "sh: no probe reached b2 before the fault, so the check means nothing: {before:?}\n{}",
+        run.context("backend-probe-sh.log")
+    );
+    assert!(
+        sh_after.refused == 0
+            && sh_after.ok >= 20
+            && sh_after.greeted_by.contains("b1")
+            && sh_after.greeted_by.contains("b3")
+            && !sh_after.greeted_by.contains("b2"),
+        "sh with fallback: new connections still reached the dead backend, or did not recover, \
+         after {bound_ms} ms: {sh_after:?}\n{}",
+        run.context("backend-probe-sh.log")
     );
 }
 

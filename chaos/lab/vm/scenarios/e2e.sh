@@ -176,12 +176,15 @@ phase_control_nosloppy() {
 }
 
 # Scenario 5: a backend dies under load. Port 9000 is mh with the fallback (the default now);
-# port 9002 is the same service with mh_fallback = false (the old default), as a control.
+# port 9002 is the same service with mh_fallback = false (the old default), as a control;
+# port 9003 is sh over the source port, with its fallback (the default with sh).
 phase_backend() {
   flows backend 9000; flows_settle
-  probe $VIP:9000 $((AFTER_S + 8)) backend-probe
-  probe $VIP:9002 $((AFTER_S + 8)) backend-probe-nofallback
-  sleep 2
+  probe $VIP:9000 $((AFTER_S + 10)) backend-probe
+  probe $VIP:9002 $((AFTER_S + 10)) backend-probe-nofallback
+  probe $VIP:9003 $((AFTER_S + 10)) backend-probe-sh
+  # Long enough for every probe to have reached the victim before it dies.
+  sleep 4
   event "backend fault b2"; kill -9 $(ip netns pids b2)
   probe_wait
   flows_stop backend 0; flows_wait backend
