@@ -9,6 +9,9 @@
 //!   of the table when `withdraw_when_no_backends` is off), and the VIPs of services removed
 //!   from the table that still drain on this node (the flows a drain keeps must still reach
 //!   the node; new ones find every destination at weight 0);
+//! - while a ready node's dataplane has not applied the head yet (the grace of
+//!   [`follows_head`]), it announces nothing the head adds and keeps what the head removes:
+//!   routes follow what the dataplane serves, not the table on its way to it;
 //! - in L2 mode every VIP has at most one owner among the candidates, every node that sees the
 //!   same candidates picks the same owner whatever their order, and an owner keeps its VIPs when
 //!   another candidate leaves (rendezvous hashing).
@@ -200,6 +203,11 @@ pub struct Inputs<'a> {
     /// VIPs of services removed from the table that still drain on this node (in the
     /// table or not).
     pub draining: &'a BTreeSet<IpAddr>,
+    /// Whether the dataplane has applied the head (a ready node may lag behind a new head
+    /// for the grace of [`follows_head`]).
+    pub applied_is_head: bool,
+    /// What this node announces now.
+    pub announced_now: &'a BTreeSet<IpAddr>,
     pub withdraw_when_no_backends: bool,
     /// L2: the live members that are ready to own VIPs (this node included when it is ready).
     pub l2_candidates: &'a [String],
@@ -207,7 +215,16 @@ pub struct Inputs<'a> {
 
 /// The state of every VIP of the table, and of every VIP still draining, on this node.
 pub fn decide(i: &Inputs<'_>) -> BTreeMap<IpAddr, VipState> {
-    let gone = i.draining.iter().filter(|v| !i.vips.contains_key(v));
+    // While the dataplane still serves the table before the head, what it announces stays.
+    let kept = |v: &&IpAddr| !i.applied_is_head && i.announced_now.contains(v);
+    let mut draining: BTreeSet<IpAddr> = i.draining.clone();
+    draining.extend(
+        i.announced_now
+            .iter()
+            .filter(kept)
+            .filter(|v| !i.vips.contains_key(v)),
+    );
+    let gone = draining.iter().filter(|v| !i.vips.contains_key(v));
     let all = i
         .vips
         .iter()
@@ -215,9 +232,11 @@ pub fn decide(i: &Inputs<'_>) -> BTreeMap<IpAddr, VipState> {
         .chain(gone.map(|&v| (v, false)));
     all.map(|(vip, healthy)| {
         // Healthy or not: a drain is for the flows already there.
-        let served = if healthy {
+        let served = if !i.applied_is_head && !i.announced_now.contains(&vip) {
+            VipState::Withheld(Withheld::NotReady(Readiness::NotApplied))
+        } else if healthy {
             VipState::Announced
-        } else if i.draining.contains(&vip) {
+        } else if draining.contains(&vip) {
             VipState::Draining
         } else if i.withdraw_when_no_backends {
             VipState::Withheld(Withheld::NoHealthyBackend)
@@ -447,6 +466,8 @@ mod tests {
                 readiness: r,
                 vips: &vips,
                 draining: &draining,
+                applied_is_head: true,
+                announced_now: &BTreeSet::new(),
                 withdraw_when_no_backends: withdraw,
                 l2_candidates: &cands,
             });
@@ -469,6 +490,8 @@ mod tests {
                 readiness: Readiness::Ready,
                 vips: &vips,
                 draining: &draining,
+                applied_is_head: true,
+                announced_now: &BTreeSet::new(),
                 withdraw_when_no_backends: withdraw,
                 l2_candidates: &[],
             });
@@ -485,6 +508,46 @@ mod tests {
                     VipState::Announced => prop_assert!(healthy || (!withdraw && !draining.contains(ip)), "{}", ip),
                     VipState::Draining => prop_assert!(!healthy && draining.contains(ip), "{}", ip),
                     other => prop_assert_eq!(other, &VipState::Withheld(Withheld::NoHealthyBackend), "{}", ip),
+                }
+            }
+        }
+
+        #[test]
+        fn behind_the_head_nothing_is_added_and_nothing_removed(
+            (vips, draining) in arb_vips_and_drains(),
+            mask in any::<u16>(),
+            others in prop::collection::btree_set(arb_ip(), 0..4),
+            withdraw in any::<bool>(),
+        ) {
+            // What the node announces now: some of the head's VIPs, and some the head removed.
+            let now: BTreeSet<IpAddr> = vips
+                .keys()
+                .enumerate()
+                .filter(|(k, _)| (mask >> k) & 1 == 1)
+                .map(|(_, v)| *v)
+                .chain(others)
+                .collect();
+            let inputs = |applied_is_head| Inputs {
+                mode: Mode::Bgp,
+                me: "me",
+                readiness: Readiness::Ready,
+                vips: &vips,
+                draining: &draining,
+                applied_is_head,
+                announced_now: &now,
+                withdraw_when_no_backends: withdraw,
+                l2_candidates: &[],
+            };
+            let applied = announced(&decide(&inputs(true)));
+            let behind = decide(&inputs(false));
+            let removed: BTreeSet<IpAddr> =
+                now.iter().filter(|v| !vips.contains_key(v)).copied().collect();
+            let want: BTreeSet<IpAddr> =
+                applied.intersection(&now).copied().chain(removed).collect();
+            prop_assert_eq!(announced(&behind), want);
+            for (ip, s) in &behind {
+                if !now.contains(ip) {
+                    prop_assert_eq!(s, &VipState::Withheld(Withheld::NotReady(Readiness::NotApplied)));
                 }
             }
         }
@@ -508,6 +571,8 @@ mod tests {
                     readiness: Readiness::Ready,
                     vips: &vips,
                     draining: &draining,
+                    applied_is_head: true,
+                    announced_now: &BTreeSet::new(),
                     withdraw_when_no_backends: true,
                     l2_candidates: &cands,
                 });

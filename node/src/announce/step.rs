@@ -89,20 +89,15 @@ impl Loop {
                 Some(h) => decide::vip_health(&h.doc, &verdicts.borrow_and_update()),
                 None => BTreeMap::new(),
             };
-            let mut draining: BTreeSet<IpAddr> = reconciled.draining_vips.iter().copied().collect();
-            if !applied_is_head {
-                // The dataplane still serves the table before this head: a VIP the head
-                // removes stays until the dataplane has applied it (then for its drain, if
-                // any), or every removal would flap the route before the drain holds it.
-                draining.extend(current.iter().filter(|v| !vips.contains_key(v)));
-            }
             let candidates = self.l2_candidates(readiness);
             let states = decide::decide(&Inputs {
                 mode: self.mode,
                 me: &self.mesh.node_id().to_string(),
                 readiness,
                 vips: &vips,
-                draining: &draining,
+                draining: &reconciled.draining_vips.iter().copied().collect(),
+                applied_is_head,
+                announced_now: &current,
                 withdraw_when_no_backends: self.withdraw_when_no_backends,
                 l2_candidates: &candidates,
             });
