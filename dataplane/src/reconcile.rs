@@ -330,6 +330,25 @@ impl Reconciler {
         services.chain(dests)
     }
 
+    /// Takes up drains a previous process started (read back from where it kept them), so
+    /// that a restart does not start them over. Each entry counts only if the first step
+    /// still finds it undesired in the kernel, as any drain; a deadline further away than
+    /// this reconciler's own drain (the setting was shortened) is brought in to it.
+    pub fn resume(&mut self, drains: impl IntoIterator<Item = Draining>, now: Instant) {
+        let latest = due_after(now, self.drain);
+        for d in drains {
+            let entry = (d.due.min(latest), self.steps);
+            match d.destination {
+                None => {
+                    self.draining_services.insert(d.service, entry);
+                }
+                Some((addr, port)) => {
+                    self.draining.insert((d.service, addr, port), entry);
+                }
+            }
+        }
+    }
+
     /// The VIPs of the services draining now (removed from the desired table, their
     /// destinations at weight 0 until the drain ends): the interface keeps them, and so
     /// should whatever brings clients to this node, or the drain serves nobody. A drain that

@@ -729,6 +729,9 @@ fn f_shoal_node_programs_ipvs_and_reports_it() {
     let share = Share::new(env!("CARGO_TARGET_TMPDIR"), "node").expect("share dir");
     share.add_bin(&shoal, "shoal").expect("copy shoal");
     share.write("rules.toml", NODE_RULES).expect("rules");
+    share
+        .write("rules-one.toml", &node_rules_one())
+        .expect("rules");
     let booted = share.boot(&Boot::new("node.sh", 400));
     let out = |n: &str| share.out(n);
     let context = || {
@@ -771,6 +774,52 @@ fn f_shoal_node_programs_ipvs_and_reports_it() {
         context()
     );
     assert_eq!(shoal_lines(&out("f_ipvsadm_after_drift.txt")), shown);
+
+    // The drain of the removed backend survived the restart: same deadline (in the wall clock)
+    // before and after, about 5 s less left; the kernel still holds it at weight 0.
+    assert_eq!(out("f_drain_seen").trim(), "1", "no drain; {}", context());
+    assert_eq!(
+        out("f_drain_resumed").trim(),
+        "1",
+        "no drain after the restart; {}",
+        context()
+    );
+    let drain = |name: &str| -> Value {
+        let v: Value = serde_json::from_str(&out(name)).expect("dataplane JSON");
+        let d = v["draining"].as_array().expect("draining").clone();
+        assert_eq!(d.len(), 1, "{name}: {d:?}");
+        d[0].clone()
+    };
+    let (before, after) = (drain("f_drain_before.json"), drain("f_drain_after.json"));
+    eprintln!("drain before the restart {before}; after {after}");
+    assert_eq!(before["destination"], "198.18.0.12:80");
+    assert_eq!(after["destination"], before["destination"]);
+    let ms = |v: &Value, k: &str| v[k].as_u64().unwrap_or_else(|| panic!("{k} in {v}"));
+    let moved = ms(&after, "deadline_unix_ms").abs_diff(ms(&before, "deadline_unix_ms"));
+    assert!(
+        moved < 2_000,
+        "the deadline moved by {moved} ms over the restart: {before} -> {after}; {}",
+        context()
+    );
+    assert!(
+        ms(&after, "remaining_ms") + 3_000 < ms(&before, "remaining_ms"),
+        "the drain started over: {before} -> {after}"
+    );
+    let draining = shoal_lines(&out("f_ipvsadm_draining.txt"));
+    assert!(
+        draining
+            .iter()
+            .any(|l| l.contains("-r 198.18.0.12:80") && l.contains(" -w 0")),
+        "{draining:?}"
+    );
+}
+
+/// `NODE_RULES` without its second backend (the one that drains).
+fn node_rules_one() -> String {
+    let cut = NODE_RULES
+        .rfind("[[service.backend]]")
+        .expect("two backends");
+    NODE_RULES[..cut].to_string()
 }
 
 fn percentile(mut xs: Vec<f64>, p: f64) -> f64 {

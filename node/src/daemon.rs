@@ -68,6 +68,10 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     );
     let programmer = SharedProgrammer::new(dataplane, firewall, config.drain);
     programmer.set_ownership(config.ipvs_table);
+    let drains_file = state.as_ref().map(StateDir::drains_file);
+    if let Some(path) = &drains_file {
+        resume_drains(&programmer, path);
+    }
 
     let mut metadata = BTreeMap::new();
     metadata.insert("admin".to_string(), config.admin.to_string());
@@ -119,6 +123,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         LoopSettings {
             resync_interval: config.resync_interval,
             fault: reconcile::Fault::from_env(),
+            drains_file,
         },
         metrics.clone(),
         reconcile_status.clone(),
@@ -413,6 +418,24 @@ async fn wait_for_signal() -> anyhow::Result<()> {
 
 /// `--state-dir` (created if needed), locked by this process for its whole life; or `None`
 /// with a warning.
+/// Takes up the drains the previous process kept in the state folder; a file that cannot be
+/// read costs only the full drains (the entries at weight 0 drain again), said once.
+fn resume_drains(programmer: &SharedProgrammer, path: &std::path::Path) {
+    match crate::drains_file::load(path) {
+        Ok(saved) if saved.is_empty() => {}
+        Ok(saved) => {
+            let n = saved.len();
+            let now = std::time::Instant::now();
+            programmer.resume_drains(crate::drains_file::from_saved(saved, now, crate::unix_ms()));
+            tracing::info!(drains = n, file = %path.display(), "resuming the drains of the previous run");
+        }
+        Err(e) => tracing::warn!(
+            error = format!("{e:#}"),
+            "cannot read the drains of the previous run; entries at weight 0 drain again in full"
+        ),
+    }
+}
+
 fn state_dir(config: &NodeConfig) -> anyhow::Result<Option<StateDir>> {
     let Some(dir) = &config.state_dir else {
         tracing::warn!("no --state-dir: a publisher that restarts cut off from every peer may stamp a version it stamped before (peers still settle on one copy), and a node restarted with its clock behind stays invisible until the clock passes its previous start");

@@ -32,6 +32,7 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod desired;
+pub mod drains_file;
 pub mod health;
 pub mod log_gate;
 pub mod mesh_metrics;

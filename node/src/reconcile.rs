@@ -7,13 +7,15 @@
 //! The dataplane is synchronous (netlink), so each pass runs on the blocking pool.
 
 use crate::desired::{desired_state, source_filters};
+use crate::drains_file;
 use crate::health::Verdicts;
 use crate::metrics::{NodeMetrics, OpLabel, ResultLabel};
 use crate::table::RuleTable;
 use serde::Serialize;
 use shoal_dataplane::filter::{reconcile_filter, FilterChange, Firewall, SourceFilter};
 use shoal_dataplane::{
-    reconcile, Actual, Dataplane, DataplaneError, Desired, Op, Pending, Reconciler, ServiceKey,
+    reconcile, Actual, Dataplane, DataplaneError, Desired, Draining, Op, Pending, Reconciler,
+    ServiceKey,
 };
 use shoal_gossip::{Mesh, Version};
 use std::collections::BTreeSet;
@@ -64,6 +66,16 @@ impl SharedProgrammer {
     /// Whether Shoal alone creates IPVS services here (removal then flushes without listing).
     pub fn set_ownership(&self, ownership: shoal_dataplane::TableOwnership) {
         self.lock().reconciler.set_ownership(ownership);
+    }
+
+    /// Takes up drains a previous process started (see `Reconciler::resume`).
+    pub fn resume_drains(&self, drains: Vec<Draining>) {
+        self.lock().reconciler.resume(drains, Instant::now());
+    }
+
+    /// The drains in progress.
+    pub fn drains(&self) -> Vec<Draining> {
+        self.lock().reconciler.draining().collect()
     }
 
     /// Reads back what the dataplane holds (blocking: call from the blocking pool).
@@ -278,6 +290,8 @@ pub struct LoopSettings {
     pub resync_interval: Duration,
     /// Deliberate bug for the chaos harness's own test (`SHOAL_FAULT=applied-goes-back`).
     pub fault: Option<Fault>,
+    /// Where the drains in progress are kept for the next process (`crate::drains_file`).
+    pub drains_file: Option<std::path::PathBuf>,
 }
 
 /// Faults a node can be started with, so the chaos harness can prove it catches a broken node.
@@ -322,6 +336,7 @@ pub async fn run(
     // A resync pass reads the whole table back; head and health changes in between are planned
     // against the kept view, so their cost follows the change, not the table.
     programmer.set_drift_check(settings.resync_interval);
+    let mut drains_kept = settings.drains_file.clone().map(drains_file::Keeper::new);
     let mut heads = mesh.subscribe();
     let mut next_pass = tokio::time::Instant::now();
     let mut applied: Option<Version> = None;
@@ -460,6 +475,11 @@ pub async fn run(
                     s.withheld = withheld;
                     s.draining_vips = draining_vips;
                 });
+                if let Some(keeper) = &mut drains_kept {
+                    if let Some(at) = keep_drains(keeper, &programmer).await {
+                        wake = wake.min(tokio::time::Instant::from_std(at));
+                    }
+                }
                 if let Some(d) = deadline {
                     let d = tokio::time::Instant::from_std(d);
                     wake = wake.min(d);
@@ -481,6 +501,35 @@ pub async fn run(
             }
         }
         next_pass = wake;
+    }
+}
+
+/// Writes the drains in progress for the next process when they changed (at most every
+/// `drains_file::WRITE_INTERVAL`); returns when to look again if a change has to wait.
+async fn keep_drains(
+    keeper: &mut drains_file::Keeper,
+    programmer: &SharedProgrammer,
+) -> Option<Instant> {
+    let drains = programmer.drains();
+    let now = Instant::now();
+    match keeper.check(&drains, now) {
+        drains_file::Write::Unchanged => None,
+        drains_file::Write::At(at) => Some(at),
+        drains_file::Write::Now => {
+            let saved = drains_file::to_saved(drains.clone(), now, crate::unix_ms());
+            let path = keeper.path().to_path_buf();
+            let stored = tokio::task::spawn_blocking(move || drains_file::store(&path, &saved))
+                .await
+                .unwrap_or_else(|e| Err(anyhow::anyhow!("{e}")));
+            match stored {
+                Ok(()) => keeper.wrote(drains, now),
+                Err(e) => tracing::warn!(
+                    error = format!("{e:#}"),
+                    "cannot keep the drains for the next run; a restart drains them again in full"
+                ),
+            }
+            None
+        }
     }
 }
 

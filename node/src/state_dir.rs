@@ -1,5 +1,5 @@
 //! The state folder (`--state-dir`): what must survive a restart (the epoch file, the last
-//! generation), owned by one process at a time.
+//! generation, the drains in progress), owned by one process at a time.
 //!
 //! Two nodes started with the same `--state-dir` shared its epoch file with no warning: each
 //! could overwrite the other's reservation. Now a process holds an exclusive `flock` on the
@@ -83,6 +83,11 @@ impl StateDir {
 
     pub fn generation_file(&self) -> PathBuf {
         self.dir.join(GENERATION_FILE)
+    }
+
+    /// The drains in progress (see `crate::drains_file`).
+    pub fn drains_file(&self) -> PathBuf {
+        self.dir.join(crate::drains_file::DRAINS_FILE)
     }
 }
 

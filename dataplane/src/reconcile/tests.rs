@@ -400,3 +400,58 @@ fn pending_tells_a_drain_apart_from_a_mismatch() {
         plan(&next, &dp.read().unwrap())
     );
 }
+
+/// A restart resumes the drains the previous process kept: the deadline stays where it was
+/// (not a full drain again), a destination restored meanwhile is not deleted, and a deadline
+/// beyond the new drain setting is brought in to it.
+#[test]
+fn resumed_drains_keep_their_deadlines() {
+    let drain = Duration::from_secs(30);
+    let t0 = Instant::now();
+    let want = desired(&[1, 2]);
+    let key = key_of(&want, 0);
+    let one_left = Desired {
+        services: vec![Service {
+            destinations: want.services[0].destinations[..1].to_vec(),
+            ..want.services[0].clone()
+        }],
+    };
+    let gone = &want.services[0].destinations[1];
+    // The kernel as the previous process left it: the second destination at weight 0.
+    let mut dp = MemoryDataplane::new();
+    let mut first = Reconciler::new(drain);
+    reconcile(&mut dp, &mut first, &want, t0).unwrap();
+    reconcile(&mut dp, &mut first, &one_left, t0).unwrap();
+    assert_eq!(weights(&dp, &key), Some(vec![1, 0]));
+    let kept: Vec<Draining> = first.draining().collect();
+    assert_eq!(kept.len(), 1);
+
+    // Restarted 10 s later: the drain ends at t0 + 30 s, not t10 + 30 s.
+    let t10 = t0 + Duration::from_secs(10);
+    let mut rec = Reconciler::new(drain);
+    rec.resume(kept.clone(), t10);
+    let r = reconcile(&mut dp, &mut rec, &one_left, t10).unwrap();
+    assert_eq!(r.ops, vec![]);
+    assert_eq!(rec.next_deadline(), Some(t0 + drain));
+    let r = reconcile(&mut dp, &mut rec, &one_left, t0 + drain).unwrap();
+    assert_eq!(r.ops, vec![Op::DelDest(key.clone(), gone.addr, gone.port)]);
+
+    // Restarted with a shorter drain: the deadline is brought in to the new setting.
+    let mut dp = MemoryDataplane::new();
+    let mut first = Reconciler::new(drain);
+    reconcile(&mut dp, &mut first, &want, t0).unwrap();
+    reconcile(&mut dp, &mut first, &one_left, t0).unwrap();
+    let short = Duration::from_secs(5);
+    let mut rec = Reconciler::new(short);
+    rec.resume(first.draining().collect::<Vec<_>>(), t0);
+    reconcile(&mut dp, &mut rec, &one_left, t0).unwrap();
+    assert_eq!(rec.next_deadline(), Some(t0 + short));
+
+    // A destination put back while the node was down is restored, never deleted.
+    let mut rec = Reconciler::new(drain);
+    rec.resume(kept, t10);
+    let r = reconcile(&mut dp, &mut rec, &want, t10).unwrap();
+    assert_eq!(r.ops.len(), 1, "{:?}", r.ops);
+    assert_eq!(weights(&dp, &key), Some(vec![1, 1]));
+    assert_eq!(rec.next_deadline(), None);
+}

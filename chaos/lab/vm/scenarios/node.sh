@@ -1,16 +1,21 @@
 # (f) A full `shoal run --dataplane ipvs` node programs its rules; /v1/dataplane must match
-# what ipvsadm shows, traffic must flow, and drift must be repaired by the periodic resync.
-# Inputs (written by dataplane/tests/vm_lab.rs): bin/shoal, rules.toml.
+# what ipvsadm shows, traffic must flow, drift must be repaired by the periodic resync, and a
+# drain in progress must survive a restart of the node (kept in its --state-dir).
+# Inputs (written by dataplane/tests/vm_lab.rs): bin/shoal, rules.toml, rules-one.toml.
 . /mnt/host/lab/topology.sh
 mkdir -p out
 topology_up
 for b in 1 2; do ip netns exec b$b shoal backend-init --vip 203.0.113.10 > out/f_init_b$b.txt 2>&1; done
 backends_serve
 
-shoal run --dataplane ipvs --rules rules.toml --insecure --node-id vm1 --single-node \
-  --listen 127.0.0.1:7946 --admin 127.0.0.1:9100 --cluster lab --resync-interval-s 2 \
-  > out/f_shoal.log 2>&1 &
-pid=$!
+cp rules.toml /tmp/rules.toml
+start_node() {
+  shoal run --dataplane ipvs --rules /tmp/rules.toml --insecure --node-id vm1 --single-node \
+    --listen 127.0.0.1:7946 --admin 127.0.0.1:9100 --cluster lab --resync-interval-s 2 \
+    --drain-s 60 --state-dir /tmp/shoal-state >> out/f_shoal.log 2>&1 &
+  pid=$!
+}
+start_node
 
 # Wait until the node says its dataplane matches the table (at most ~90 s under TCG).
 wait_match() {
@@ -44,6 +49,28 @@ ipvsadm -D -t 203.0.113.10:80
 sleep 1
 wait_match f_dataplane_after_drift.json > out/f_repaired
 ipvsadm -Sn > out/f_ipvsadm_after_drift.txt
+
+# A removed backend drains for 60 s. The node is killed 5 s into the drain and started again:
+# the drain must still end when it would have (its deadline kept), not 60 s after the restart.
+wait_draining() {
+  i=0
+  while [ $i -lt 90 ]; do
+    if timeout 5 wget -q -O out/$1 http://127.0.0.1:9100/v1/dataplane 2>/dev/null \
+        && grep -q '"remaining_ms"' out/$1; then
+      echo 1; return
+    fi
+    sleep 1; i=$((i + 1))
+  done
+  echo 0
+}
+cp rules-one.toml /tmp/rules.new && mv /tmp/rules.new /tmp/rules.toml
+wait_draining f_drain_before.json > out/f_drain_seen
+sleep 5
+kill -9 $pid
+wait $pid
+start_node
+wait_draining f_drain_after.json > out/f_drain_resumed
+ipvsadm -Sn > out/f_ipvsadm_draining.txt
 
 kill $pid
 wait $pid
