@@ -113,6 +113,12 @@ impl Keeper {
         self.written = Some(drains);
         self.last_write = Some(now);
     }
+
+    /// A write failed: the next try waits for the interval too (no retry on every pass, and
+    /// no warning on every pass, while the folder refuses writes).
+    pub fn failed(&mut self, now: Instant) {
+        self.last_write = Some(now);
+    }
 }
 
 /// Reads the file; a missing file is no drains.
@@ -202,6 +208,10 @@ mod tests {
         k.wrote(one.clone(), t0 + WRITE_INTERVAL);
         assert_eq!(k.check(&one, t0 + WRITE_INTERVAL * 5), Write::Unchanged);
         assert_eq!(k.check(&[], t0 + WRITE_INTERVAL * 5), Write::Now);
+        let t6 = t0 + WRITE_INTERVAL * 6;
+        k.failed(t6);
+        assert_eq!(k.check(&[], t6), Write::At(t6 + WRITE_INTERVAL));
+        assert_eq!(k.check(&[], t6 + WRITE_INTERVAL), Write::Now);
     }
 
     #[test]

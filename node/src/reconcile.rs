@@ -337,6 +337,7 @@ pub async fn run(
     // against the kept view, so their cost follows the change, not the table.
     programmer.set_drift_check(settings.resync_interval);
     let mut drains_kept = settings.drains_file.clone().map(drains_file::Keeper::new);
+    let mut drains_warn = crate::log_gate::LogGate::new(Duration::from_secs(60));
     let mut heads = mesh.subscribe();
     let mut next_pass = tokio::time::Instant::now();
     let mut applied: Option<Version> = None;
@@ -476,7 +477,7 @@ pub async fn run(
                     s.draining_vips = draining_vips;
                 });
                 if let Some(keeper) = &mut drains_kept {
-                    if let Some(at) = keep_drains(keeper, &programmer).await {
+                    if let Some(at) = keep_drains(keeper, &programmer, &mut drains_warn).await {
                         wake = wake.min(tokio::time::Instant::from_std(at));
                     }
                 }
@@ -509,6 +510,7 @@ pub async fn run(
 async fn keep_drains(
     keeper: &mut drains_file::Keeper,
     programmer: &SharedProgrammer,
+    warn: &mut crate::log_gate::LogGate,
 ) -> Option<Instant> {
     let drains = programmer.drains();
     let now = Instant::now();
@@ -522,13 +524,22 @@ async fn keep_drains(
                 .await
                 .unwrap_or_else(|e| Err(anyhow::anyhow!("{e}")));
             match stored {
-                Ok(()) => keeper.wrote(drains, now),
-                Err(e) => tracing::warn!(
-                    error = format!("{e:#}"),
-                    "cannot keep the drains for the next run; a restart drains them again in full"
-                ),
+                Ok(()) => {
+                    keeper.wrote(drains, now);
+                    None
+                }
+                Err(e) => {
+                    if let Some(suppressed) = warn.allow(now) {
+                        tracing::warn!(
+                            error = format!("{e:#}"),
+                            suppressed,
+                            "cannot keep the drains for the next run; a restart drains them again in full"
+                        );
+                    }
+                    keeper.failed(now);
+                    now.checked_add(drains_file::WRITE_INTERVAL)
+                }
             }
-            None
         }
     }
 }
