@@ -17,18 +17,21 @@ start_node() {
 }
 start_node
 
-# Wait until the node says its dataplane matches the table (at most ~90 s under TCG).
-wait_match() {
+# wait_dataplane FILE PATTERN: reads /v1/dataplane into out/FILE until it holds PATTERN (at
+# most ~90 s under TCG); prints 1 when it did, 0 when it never did.
+wait_dataplane() {
   i=0
   while [ $i -lt 90 ]; do
     if timeout 5 wget -q -O out/$1 http://127.0.0.1:9100/v1/dataplane 2>/dev/null \
-        && grep -q '"matches_table":true' out/$1; then
+        && grep -q "$2" out/$1; then
       echo 1; return
     fi
     sleep 1; i=$((i + 1))
   done
   echo 0
 }
+# Until the node says its dataplane matches the table.
+wait_match() { wait_dataplane $1 '"matches_table":true'; }
 
 wait_match f_dataplane.json > out/f_matched
 # Seen once: the first `ipvsadm -Sn` right after the node matched printed nothing (rc and stderr
@@ -52,17 +55,7 @@ ipvsadm -Sn > out/f_ipvsadm_after_drift.txt
 
 # A removed backend drains for 60 s. The node is killed 5 s into the drain and started again:
 # the drain must still end when it would have (its deadline kept), not 60 s after the restart.
-wait_draining() {
-  i=0
-  while [ $i -lt 90 ]; do
-    if timeout 5 wget -q -O out/$1 http://127.0.0.1:9100/v1/dataplane 2>/dev/null \
-        && grep -q '"remaining_ms"' out/$1; then
-      echo 1; return
-    fi
-    sleep 1; i=$((i + 1))
-  done
-  echo 0
-}
+wait_draining() { wait_dataplane $1 '"remaining_ms"'; }
 cp rules-one.toml /tmp/rules.new && mv /tmp/rules.new /tmp/rules.toml
 wait_draining f_drain_before.json > out/f_drain_seen
 sleep 5
