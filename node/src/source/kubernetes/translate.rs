@@ -164,6 +164,19 @@ pub fn translate<S: Borrow<Service>, E: Borrow<Slice>>(
                             .into(),
                     });
                 }
+                if settings.forwarding == Forwarding::Masq {
+                    // Published as asked; the same warning `shoal check` gives a rules file.
+                    problems.push(Problem {
+                        object: id.clone(),
+                        reason: "MasqNeedsSymmetricReplies",
+                        message: "shoal.io/forwarding=masq: each reply must come back through \
+                                  the replica that forwarded the request (the endpoints' route \
+                                  to the clients must point at it, and net.ipv4.ip_forward = 1 \
+                                  there); behind ECMP with several replicas, replies through \
+                                  another replica are dropped"
+                            .into(),
+                    });
+                }
                 ours.push((svc, settings, key));
             }
             // The status is left alone: fixing the typo brings the Service back as it was.

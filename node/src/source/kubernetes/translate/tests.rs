@@ -404,7 +404,11 @@ fn statuses_to_clear_and_notes_about_affinity_and_local() {
     ok_sticky.spec.as_mut().unwrap().session_affinity = Some("ClientIP".into());
     let mut local = svc("local", &[("", 80)], &[]);
     local.spec.as_mut().unwrap().external_traffic_policy = Some("Local".into());
-    let t = run(&[left, theirs, outside, sticky, ok_sticky, local], &[]);
+    let masq = svc("masq", &[("", 80)], &[("shoal.io/forwarding", "masq")]);
+    let t = run(
+        &[left, theirs, outside, sticky, ok_sticky, local, masq],
+        &[],
+    );
     let clear: Vec<&str> = t.clear.iter().map(String::as_str).collect();
     assert_eq!(clear, ["default/left", "default/outside"]);
     let reasons: Vec<(&str, &str)> = t
@@ -416,9 +420,19 @@ fn statuses_to_clear_and_notes_about_affinity_and_local() {
         reasons,
         [
             ("local", "ExternalTrafficPolicyLocal"),
+            ("masq", "MasqNeedsSymmetricReplies"),
             ("outside", "VipNotInPool"),
             ("sticky", "SessionAffinityNotHonored"),
         ]
+    );
+    // Warned, and published as asked.
+    assert!(
+        t.table
+            .services
+            .iter()
+            .any(|s| s.name.starts_with("default/masq") && s.forwarding == Forwarding::Masq),
+        "{:?}",
+        t.table.services
     );
 }
 
