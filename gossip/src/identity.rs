@@ -103,23 +103,24 @@ pub(crate) fn judge(
                 .filter(|id| &*id.node_id == cert_id)
                 .map(|id| id.generation_id)
                 .collect();
+            if !first_hand.is_empty() {
+                return Verdict::Accept { first_hand };
+            }
             // No entry of its own at the sender's address, but this node's own entry at this
             // node's address, under this node's certificate: its own message, sent back from
             // elsewhere (a twin with the same id speaks for itself at its own address and is
-            // judged above, as any sender).
+            // accepted above, as any sender). Looked for only here, off the accepted path.
             let own_sent_back = remote != local
                 && ids
                     .iter()
                     .any(|id| id.gossip_advertise_addr == local && &*id.node_id == cert_id);
-            if first_hand.is_empty() && own_sent_back {
+            if own_sent_back {
                 Verdict::Reflected
-            } else if first_hand.is_empty() {
+            } else {
                 let mut claimed: Vec<String> = at_remote.map(|id| id.node_id.to_string()).collect();
                 claimed.sort();
                 claimed.dedup();
                 Verdict::Mismatch { claimed }
-            } else {
-                Verdict::Accept { first_hand }
             }
         }
         Claims::Ack if known => Verdict::Accept {
