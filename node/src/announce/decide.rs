@@ -215,15 +215,11 @@ pub struct Inputs<'a> {
 
 /// The state of every VIP of the table, and of every VIP still draining, on this node.
 pub fn decide(i: &Inputs<'_>) -> BTreeMap<IpAddr, VipState> {
-    // While the dataplane still serves the table before the head, what it announces stays.
-    let kept = |v: &&IpAddr| !i.applied_is_head && i.announced_now.contains(v);
     let mut draining: BTreeSet<IpAddr> = i.draining.clone();
-    draining.extend(
-        i.announced_now
-            .iter()
-            .filter(kept)
-            .filter(|v| !i.vips.contains_key(v)),
-    );
+    if !i.applied_is_head {
+        // The dataplane still serves the table before the head: what it announces stays.
+        draining.extend(i.announced_now.iter().filter(|v| !i.vips.contains_key(v)));
+    }
     let gone = draining.iter().filter(|v| !i.vips.contains_key(v));
     let all = i
         .vips
