@@ -182,7 +182,7 @@ pub fn program(
         drained: report.drained,
         ops: report.ops,
         deadline: reconciler.next_deadline(),
-        draining_vips: reconciler.draining_vips(now).into_iter().collect(),
+        draining_vips: reconciler.draining_vips(now),
         filter,
         withheld: withheld.into_iter().collect(),
     })
@@ -209,7 +209,7 @@ pub struct Pass {
     pub deadline: Option<Instant>,
     /// VIPs of the services removed from the table that still drain here: announced until
     /// their drain ends, so that the flows the drain keeps still reach this node.
-    pub draining_vips: Vec<IpAddr>,
+    pub draining_vips: BTreeSet<IpAddr>,
     /// What changed in the source filter, or why it could not be programmed.
     pub filter: Result<FilterChange, DataplaneError>,
     /// Services left out of the dataplane because their source filter failed.
@@ -268,7 +268,7 @@ pub struct ReconcileState {
     /// those with source ranges, which must not be served unfiltered.
     pub withheld: Vec<String>,
     /// VIPs of removed services still draining here ([`Pass::draining_vips`]).
-    pub draining_vips: Vec<IpAddr>,
+    pub draining_vips: BTreeSet<IpAddr>,
 }
 
 #[derive(Clone, Default)]

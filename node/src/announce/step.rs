@@ -95,7 +95,7 @@ impl Loop {
                 me: &self.mesh.node_id().to_string(),
                 readiness,
                 vips: &vips,
-                draining: &reconciled.draining_vips.iter().copied().collect(),
+                draining: &reconciled.draining_vips,
                 applied_is_head,
                 announced_now: &current,
                 withdraw_when_no_backends: self.withdraw_when_no_backends,
