@@ -12,13 +12,16 @@
 //! ipvs-lab bench --services N --dests M [--reps R] [--settle-s S] [--scheduler mh|wrr|..]
 //!                [--changes K]
 //!                                                      Shoal vs `ipvsadm -R` / `-C`, JSON on stdout
+//! ipvs-lab give-way --services N --dests M            a change during a drift check: the check
+//!                                                      gives way, the change goes in on the kept
+//!                                                      view; JSON on stdout
 
 use serde_json::json;
 use shoal_dataplane::ipvs::ListDecode;
 use shoal_dataplane::model::*;
 use shoal_dataplane::{
-    backend_init, reconcile, Dataplane, Desired, IpvsDataplane, IpvsOptions, Op, Reconciler,
-    TableOwnership,
+    backend_init, reconcile, reconcile_until, Dataplane, Desired, IpvsDataplane, IpvsOptions, Op,
+    Reconciler, TableOwnership,
 };
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};
@@ -41,7 +44,8 @@ fn main() {
         Some("watch") => watch(&args[1..]),
         Some("backend-init") => init(&args[1..]),
         Some("bench") => bench(&args[1..]),
-        _ => Err("usage: ipvs-lab apply|dump|watch|backend-init|bench ...".into()),
+        Some("give-way") => give_way(&args[1..]),
+        _ => Err("usage: ipvs-lab apply|dump|watch|backend-init|bench|give-way ...".into()),
     };
     if let Err(e) = result {
         eprintln!("ipvs-lab: {e}");
@@ -451,6 +455,89 @@ fn bench(args: &[String]) -> Res<()> {
     println!(
         "{}",
         json!({ "services": n, "dests": m, "reps": reps, "runs": runs })
+    );
+    Ok(())
+}
+
+/// A change arriving during a drift check, on a real kernel. Loads N x M, times one whole read
+/// (what a check costs), then starts a drift check and raises `stop` from another thread a
+/// quarter of that time in (as a new head or verdict does in the node's loop): the pass gives
+/// way, the change goes in after it with one op and no read, and the check taken up again
+/// finds nothing to repair. The same change behind a check that cannot give way is timed too:
+/// it waits for the rest of the read.
+fn give_way(args: &[String]) -> Res<()> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let n: usize = flag(args, "--services")
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(2_000);
+    let m: usize = flag(args, "--dests")
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(4);
+    let table = bench_table(n, m, "wrr");
+    let mut changed = table.clone();
+    changed.services[n / 2].destinations[m / 2].weight = 2;
+    let every = Duration::from_secs(3600);
+    let mut dp = IpvsDataplane::open(&IpvsOptions::default())?;
+    let mut rec = Reconciler::new(Duration::ZERO).with_drift_check(every);
+    let loaded_at = Instant::now();
+    reconcile(&mut dp, &mut rec, &table, loaded_at)?;
+    let t = Instant::now();
+    let whole = dp.read_view()?;
+    let read_ms = t.elapsed().as_secs_f64() * 1e3;
+    if whole.services.len() < n {
+        return Err(format!("read {} services, loaded {n}", whole.services.len()).into());
+    }
+    drop(whole);
+    // The pass's clock: the drift check due, less than one more interval late.
+    let due = loaded_at + every + Duration::from_secs(1);
+    let raise_after = Duration::from_secs_f64(read_ms / 4e3);
+    let raise = |flag: Arc<AtomicBool>| {
+        std::thread::spawn(move || {
+            std::thread::sleep(raise_after);
+            flag.store(true, Ordering::SeqCst);
+            Instant::now()
+        })
+    };
+
+    let flag = Arc::new(AtomicBool::new(false));
+    let raiser = raise(flag.clone());
+    let stop = || flag.load(Ordering::SeqCst);
+    let check = reconcile_until(&mut dp, &mut rec, &table, due, &stop)?;
+    let returned = Instant::now();
+    let raised = raiser.join().map_err(|_| "raiser panicked")?;
+    let change = reconcile_until(&mut dp, &mut rec, &changed, due, &stop)?;
+    let applied = Instant::now();
+    let again = reconcile(&mut dp, &mut rec, &changed, due)?;
+    let matches = rec.view().cloned() == Some(dp.read_view()?);
+
+    // The same change behind a check that cannot give way (`reconcile`, as before).
+    let flag = Arc::new(AtomicBool::new(false));
+    let raiser = raise(flag.clone());
+    let later = due + every + Duration::from_secs(1);
+    let blocked = reconcile(&mut dp, &mut rec, &changed, later)?;
+    let raised_blocked = raiser.join().map_err(|_| "raiser panicked")?;
+    let blocked_change = reconcile(&mut dp, &mut rec, &table, later)?;
+    let applied_blocked = Instant::now();
+    reconcile(&mut dp, &mut rec, &Desired::default(), later)?;
+    let ms = |a: Instant, b: Instant| b.saturating_duration_since(a).as_secs_f64() * 1e3;
+    println!(
+        "{}",
+        json!({
+            "services": n, "dests": m, "read_ms": read_ms,
+            "raise_after_ms": raise_after.as_secs_f64() * 1e3,
+            "check_gave_way": check.gave_way, "check_ops": check.ops.len(),
+            "stop_to_return_ms": ms(raised, returned),
+            "change_full_read": change.full_read, "change_ops": change.ops.len(),
+            "change_latency_ms": ms(raised, applied),
+            "check_again_full_read": again.full_read, "check_again_ops": again.ops.len(),
+            "view_matches_kernel": matches,
+            "blocked_full_read": blocked.full_read, "blocked_gave_way": blocked.gave_way,
+            "blocked_change_ops": blocked_change.ops.len(),
+            "blocked_change_latency_ms": ms(raised_blocked, applied_blocked),
+        })
     );
     Ok(())
 }

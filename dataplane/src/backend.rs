@@ -22,6 +22,17 @@ pub trait Dataplane: Send {
         self.read().map(Actual::into_view)
     }
 
+    /// A full read that gives way: `stop` is asked between services, and a read it stops
+    /// returns `Ok(None)` (nothing of it is kept). The drift check reads this way, so that a
+    /// change arriving meanwhile waits for one service's read, not the whole table's. Backends
+    /// that read in one go ask `stop` once, before.
+    fn read_view_until(&mut self, stop: &dyn Fn() -> bool) -> Result<Option<View>, DataplaneError> {
+        if stop() {
+            return Ok(None);
+        }
+        self.read_view().map(Some)
+    }
+
     /// The keys of every IPVS service on the node, without destinations or counters: the cheap
     /// check made before a flush planned on a view kept in memory.
     fn service_keys(&mut self) -> Result<Vec<ServiceKey>, DataplaneError> {

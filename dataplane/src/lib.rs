@@ -41,6 +41,6 @@ pub use model::*;
 pub use op::Op;
 pub use plan::{plan, plan_view, Actual, Desired, View};
 pub use reconcile::{
-    list_before_sending, reconcile, Draining, Pending, ReconcileReport, Reconciler, TableOwnership,
-    DEFAULT_DRIFT_CHECK,
+    list_before_sending, reconcile, reconcile_until, Draining, Pending, ReadBefore,
+    ReconcileReport, Reconciler, TableOwnership, DEFAULT_DRIFT_CHECK,
 };

@@ -14,8 +14,8 @@ use crate::table::RuleTable;
 use serde::Serialize;
 use shoal_dataplane::filter::{reconcile_filter, FilterChange, Firewall, SourceFilter};
 use shoal_dataplane::{
-    reconcile, Actual, Dataplane, DataplaneError, Desired, Draining, Op, Pending, Reconciler,
-    ServiceKey,
+    reconcile, reconcile_until, Actual, Dataplane, DataplaneError, Desired, Draining, Op, Pending,
+    Reconciler, ServiceKey,
 };
 use shoal_gossip::{Mesh, Version};
 use std::collections::BTreeSet;
@@ -113,16 +113,18 @@ impl SharedProgrammer {
             .unwrap_or_else(|e| Err(join_error(e)))
     }
 
-    /// One pass: the source filters, then read, plan, apply (see [`program`]).
+    /// One pass: the source filters, then read, plan, apply (see [`program`]); its drift
+    /// check gives way when `stop` turns true.
     pub async fn reconcile(
         &self,
         desired: Desired,
         filters: Vec<SourceFilter>,
+        stop: impl Fn() -> bool + Send + 'static,
     ) -> Result<Pass, DataplaneError> {
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
             let mut p = this.lock();
-            program(&mut p, desired, &filters, Instant::now())
+            program(&mut p, desired, &filters, Instant::now(), &stop)
         })
         .await
         .unwrap_or_else(|e| Err(join_error(e)))
@@ -159,11 +161,13 @@ impl SharedProgrammer {
 /// service is programmed as usual and the pass succeeds, carrying the filter's error; the next
 /// pass retries. A node whose table restricts nothing never needs nftables (`reconcile_filter`
 /// does not fail when there is nothing to enforce). The error of the IPVS part fails the pass.
+/// A drift check due in this pass gives way when `stop` turns true (`Pass::gave_way`).
 pub fn program(
     p: &mut Programmer,
     mut desired: Desired,
     filters: &[SourceFilter],
     now: Instant,
+    stop: &dyn Fn() -> bool,
 ) -> Result<Pass, DataplaneError> {
     let Programmer {
         dataplane,
@@ -177,8 +181,9 @@ pub fn program(
     };
     desired.services.retain(|s| !withheld.contains(&s.key));
     reconciler.set_delete_at_once(withheld.clone());
-    let report = reconcile(dataplane.as_mut(), reconciler, &desired, now)?;
+    let report = reconcile_until(dataplane.as_mut(), reconciler, &desired, now, stop)?;
     Ok(Pass {
+        gave_way: report.gave_way,
         drained: report.drained,
         ops: report.ops,
         deadline: reconciler.next_deadline(),
@@ -203,6 +208,9 @@ fn restricted(filters: &[SourceFilter]) -> BTreeSet<ServiceKey> {
 
 /// What one pass did.
 pub struct Pass {
+    /// Its drift check gave way to a newer head or verdict: nothing was sent, the next pass
+    /// (at once) brings the change in on the kept view.
+    pub gave_way: bool,
     pub ops: Vec<Op>,
     /// How many of `ops` delete a destination or service whose drain ran out.
     pub drained: usize,
@@ -365,14 +373,35 @@ pub async fn run(
         let verdicts_changed = verdicts_changed || verdicts.has_changed().unwrap_or(false);
         let desired = desired_state(&head.doc, &verdicts.borrow_and_update());
         let filters = source_filters(&head.doc);
+        // A drift check (a whole read: seconds at 10,000 services) gives way to a newer head or
+        // verdict, which then goes in on the kept view; the receivers are cloned after the
+        // values above were marked seen, so they tell only what came since.
+        let stop = {
+            let (heads, verdicts, cancel) = (heads.clone(), verdicts.clone(), cancel.clone());
+            move || {
+                heads.has_changed().unwrap_or(true)
+                    || verdicts.has_changed().unwrap_or(true)
+                    || cancel.is_cancelled()
+            }
+        };
         let started = Instant::now();
-        let result = programmer.reconcile(desired, filters).await;
+        let result = programmer.reconcile(desired, filters, stop).await;
         metrics
             .reconcile_seconds
             .observe(started.elapsed().as_secs_f64());
         let mut wake = later(tokio::time::Instant::now(), settings.resync_interval);
         match result {
+            Ok(Pass { gave_way: true, .. }) => {
+                metrics
+                    .reconciles
+                    .get_or_create(&ResultLabel { result: "gave_way" })
+                    .inc();
+                tracing::debug!("drift check gave way to a change; planning it on the kept view");
+                next_pass = tokio::time::Instant::now();
+                continue;
+            }
             Ok(Pass {
+                gave_way: false,
                 ops,
                 drained,
                 deadline,

@@ -333,12 +333,17 @@ impl IpvsDataplane {
 
 impl IpvsDataplane {
     /// Every service with its destinations (sorted by address and port), one service at a
-    /// time, then the VIPs on Shoal's interface.
+    /// time, then the VIPs on Shoal's interface; `None` when `stop` said so between two
+    /// services.
     fn read_each(
         &mut self,
+        stop: &dyn Fn() -> bool,
         mut each: impl FnMut(Service, Vec<ObservedDestination>, Stats),
-    ) -> Result<BTreeSet<IpAddr>, DataplaneError> {
+    ) -> Result<Option<BTreeSet<IpAddr>>, DataplaneError> {
         for (svc, stats) in self.dump_services()? {
+            if stop() {
+                return Ok(None);
+            }
             let seq = self.genl.next_seq();
             let bytes = wire::get_dests(&svc.key)?.to_bytes(self.family, seq, self.genl.pid())?;
             let payloads = self.genl.dump(seq, &bytes)?.map_err(|errno| {
@@ -355,7 +360,26 @@ impl IpvsDataplane {
             });
             each(svc, dests, stats);
         }
-        self.rtnl.addresses(self.ifindex)
+        self.rtnl.addresses(self.ifindex).map(Some)
+    }
+
+    /// The view of a whole read, or `None` when `stop` ended it early.
+    fn read_view_or_stop(
+        &mut self,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Option<View>, DataplaneError> {
+        let mut services = BTreeMap::new();
+        let vips = self.read_each(stop, |svc, dests, _| {
+            let destinations = dests.into_iter().map(|d| d.destination).collect();
+            services.insert(
+                svc.key.clone(),
+                Service {
+                    destinations,
+                    ..svc
+                },
+            );
+        })?;
+        Ok(vips.map(|vips| View { services, vips }))
     }
 }
 
@@ -366,16 +390,18 @@ impl Dataplane for IpvsDataplane {
 
     fn read(&mut self) -> Result<Actual, DataplaneError> {
         let mut out = Vec::new();
-        let vips = self.read_each(|svc, dests, stats| {
-            out.push(ObservedService {
-                service: Service {
-                    destinations: dests.iter().map(|d| d.destination.clone()).collect(),
-                    ..svc
-                },
-                destinations: dests,
-                stats,
-            })
-        })?;
+        let vips = self
+            .read_each(&|| false, |svc, dests, stats| {
+                out.push(ObservedService {
+                    service: Service {
+                        destinations: dests.iter().map(|d| d.destination.clone()).collect(),
+                        ..svc
+                    },
+                    destinations: dests,
+                    stats,
+                })
+            })?
+            .unwrap_or_default();
         Ok(Actual {
             services: out,
             vips,
@@ -383,18 +409,11 @@ impl Dataplane for IpvsDataplane {
     }
 
     fn read_view(&mut self) -> Result<View, DataplaneError> {
-        let mut services = BTreeMap::new();
-        let vips = self.read_each(|svc, dests, _| {
-            let destinations = dests.into_iter().map(|d| d.destination).collect();
-            services.insert(
-                svc.key.clone(),
-                Service {
-                    destinations,
-                    ..svc
-                },
-            );
-        })?;
-        Ok(View { services, vips })
+        Ok(self.read_view_or_stop(&|| false)?.unwrap_or_default())
+    }
+
+    fn read_view_until(&mut self, stop: &dyn Fn() -> bool) -> Result<Option<View>, DataplaneError> {
+        self.read_view_or_stop(stop)
     }
 
     /// One GET_SERVICE dump, each reply decoded in place down to its key: the check before a

@@ -455,3 +455,118 @@ fn resumed_drains_keep_their_deadlines() {
     assert_eq!(weights(&dp, &key), Some(vec![1, 1]));
     assert_eq!(rec.next_deadline(), None);
 }
+
+/// The schedule of full reads: none before the drift check is due, a check that may give way
+/// while it is less than one more interval late, a whole read after that or without a view,
+/// and the pass after one that gave way plans on the kept view.
+#[test]
+fn a_drift_check_gives_way_for_at_most_one_more_interval() {
+    let every = Duration::from_secs(10);
+    let mut dp = MemoryDataplane::new();
+    let mut rec = Reconciler::new(Duration::ZERO).with_drift_check(every);
+    let t0 = Instant::now();
+    assert_eq!(rec.read_before(t0), ReadBefore::Everything, "no view yet");
+    reconcile(&mut dp, &mut rec, &desired(&[1, 2]), t0).unwrap();
+    let at = |s: u64| t0 + Duration::from_secs(s);
+    assert_eq!(rec.read_before(at(9)), ReadBefore::Nothing);
+    assert_eq!(rec.read_before(at(10)), ReadBefore::DriftCheck);
+    assert_eq!(rec.read_before(at(19)), ReadBefore::DriftCheck);
+    assert_eq!(
+        rec.read_before(at(20)),
+        ReadBefore::Everything,
+        "late by one interval"
+    );
+    rec.drift_check_gave_way();
+    assert_eq!(
+        rec.read_before(at(12)),
+        ReadBefore::Nothing,
+        "the change's pass"
+    );
+    assert_eq!(
+        rec.read_before(at(12)),
+        ReadBefore::DriftCheck,
+        "then the check again"
+    );
+    rec.drift_check_gave_way();
+    assert_eq!(
+        rec.read_before(at(25)),
+        ReadBefore::Nothing,
+        "gave way: one pass on the view"
+    );
+    assert_eq!(rec.read_before(at(25)), ReadBefore::Everything);
+    rec.drift_check_gave_way();
+    rec.invalidate();
+    assert_eq!(
+        rec.read_before(at(12)),
+        ReadBefore::Everything,
+        "no view, whatever gave way"
+    );
+}
+
+/// A dataplane that counts full reads and gives way when asked, like the IPVS backend
+/// between two services.
+struct Counted {
+    inner: MemoryDataplane,
+    reads: usize,
+}
+
+impl Dataplane for Counted {
+    fn kind(&self) -> &'static str {
+        "counted"
+    }
+    fn read(&mut self) -> Result<Actual, DataplaneError> {
+        self.reads += 1;
+        self.inner.read()
+    }
+    fn apply(&mut self, op: &Op) -> Result<(), DataplaneError> {
+        self.inner.apply(op)
+    }
+}
+
+/// A drift check that gives way sends nothing and keeps the view; the next pass brings the
+/// change in on that view without reading; drift made meanwhile is repaired by the check
+/// taken up later, and a check that never gives way (`reconcile`) is the one from before.
+#[test]
+fn a_change_during_a_drift_check_goes_in_on_the_kept_view() {
+    let every = Duration::from_secs(10);
+    let mut dp = Counted {
+        inner: MemoryDataplane::new(),
+        reads: 0,
+    };
+    let mut rec = Reconciler::new(Duration::ZERO).with_drift_check(every);
+    let t0 = Instant::now();
+    reconcile(&mut dp, &mut rec, &desired(&[1, 2]), t0).unwrap();
+    assert_eq!(dp.reads, 1);
+    // Drift behind Shoal's back: backend 2 deleted.
+    let key = desired(&[]).services[0].key.clone();
+    dp.inner
+        .apply(&Op::DelDest(key.clone(), IpAddr::from([198, 18, 0, 2]), 80))
+        .unwrap();
+    let kept = rec.view().cloned();
+
+    let due = t0 + Duration::from_secs(11);
+    let r = reconcile_until(&mut dp, &mut rec, &desired(&[1, 2]), due, &|| true).unwrap();
+    assert!(r.gave_way && r.ops.is_empty() && !r.full_read, "{r:?}");
+    assert_eq!(dp.reads, 1, "the read gave way before it began");
+    assert_eq!(rec.view().cloned(), kept, "the view stays");
+
+    // The change (backend 3 added) goes in on the kept view: one op, no read.
+    let r = reconcile_until(&mut dp, &mut rec, &desired(&[1, 2, 3]), due, &|| true).unwrap();
+    assert!(!r.gave_way && !r.full_read, "{r:?}");
+    assert!(matches!(&r.ops[..], [Op::AddDest(..)]), "{:?}", r.ops);
+    assert_eq!(dp.reads, 1);
+
+    // The check taken up: the drift is found and repaired.
+    let r = reconcile_until(&mut dp, &mut rec, &desired(&[1, 2, 3]), due, &|| false).unwrap();
+    assert!(r.full_read && !r.gave_way, "{r:?}");
+    assert!(matches!(&r.ops[..], [Op::AddDest(..)]), "{:?}", r.ops);
+    assert_eq!(
+        rec.view().cloned(),
+        Some(dp.inner.read().unwrap().into_view())
+    );
+
+    // Late by a whole interval, the check reads whatever `stop` says.
+    let late = due + 2 * every;
+    let r = reconcile_until(&mut dp, &mut rec, &desired(&[1, 2, 3]), late, &|| true).unwrap();
+    assert!(r.full_read && !r.gave_way, "{r:?}");
+}

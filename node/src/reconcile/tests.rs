@@ -104,13 +104,13 @@ fn a_failing_filter_withholds_only_the_services_it_restricts() {
         ranges: vec!["192.0.2.0/24".parse().unwrap()],
     }];
     let t0 = Instant::now();
-    let pass = program(&mut p, desired.clone(), &filters, t0).unwrap();
+    let pass = program(&mut p, desired.clone(), &filters, t0, &|| false).unwrap();
     assert_eq!(pass.filter.unwrap(), FilterChange::Replaced { rules: 2 });
     assert_eq!(keys(&dp), vec![open.key.clone(), restricted.key.clone()]);
 
     // The filter breaks: the restricted service goes at once, drain or not, with its VIP.
     broken.store(true, Ordering::SeqCst);
-    let pass = program(&mut p, desired.clone(), &filters, t0).unwrap();
+    let pass = program(&mut p, desired.clone(), &filters, t0, &|| false).unwrap();
     let err = pass.filter.unwrap_err().to_string();
     assert!(err.contains("nf_tables"), "{err}");
     assert_eq!(pass.withheld, vec![restricted.key.clone()]);
@@ -119,10 +119,10 @@ fn a_failing_filter_withholds_only_the_services_it_restricts() {
     assert_eq!(pass.deadline, None, "nothing drains");
 
     // Retried: still broken, nothing changes; then repaired: programmed again.
-    let pass = program(&mut p, desired.clone(), &filters, t0).unwrap();
+    let pass = program(&mut p, desired.clone(), &filters, t0, &|| false).unwrap();
     assert!(pass.filter.is_err() && pass.ops.is_empty());
     broken.store(false, Ordering::SeqCst);
-    let pass = program(&mut p, desired.clone(), &filters, t0).unwrap();
+    let pass = program(&mut p, desired.clone(), &filters, t0, &|| false).unwrap();
     // The rules written before the failure were still in place.
     assert_eq!(pass.filter.unwrap(), FilterChange::Unchanged);
     assert!(pass.withheld.is_empty());
@@ -145,7 +145,7 @@ fn a_drain_in_progress_is_not_a_pending_op() {
         services: vec![two.clone(), other.clone()],
     };
     let t0 = Instant::now();
-    program(&mut shared.lock(), full.clone(), &[], t0).unwrap();
+    program(&mut shared.lock(), full.clone(), &[], t0, &|| false).unwrap();
     let (_, pending) = shared.read_pending_blocking(&full).unwrap();
     assert_eq!(pending, Pending::default());
 
@@ -155,7 +155,7 @@ fn a_drain_in_progress_is_not_a_pending_op() {
     let less = Desired {
         services: vec![one],
     };
-    program(&mut shared.lock(), less.clone(), &[], t0).unwrap();
+    program(&mut shared.lock(), less.clone(), &[], t0, &|| false).unwrap();
     assert_eq!(dp.services().len(), 2, "the removed service is still there");
     let (_, pending) = shared.read_pending_blocking(&less).unwrap();
     assert_eq!(pending.ops, vec![]);
@@ -189,7 +189,7 @@ fn no_source_ranges_needs_no_nftables() {
     let desired = Desired {
         services: vec![open.clone()],
     };
-    let pass = program(&mut p, desired, &[], Instant::now()).unwrap();
+    let pass = program(&mut p, desired, &[], Instant::now(), &|| false).unwrap();
     assert_eq!(pass.filter.unwrap(), FilterChange::Unchanged);
     assert!(pass.withheld.is_empty());
     assert_eq!(keys(&dp), vec![open.key]);

@@ -1,5 +1,6 @@
 # Benchmark: program N services x M destinations from empty, change one destination, remove
-# everything; then the same content through `ipvsadm -R`, in the same boot. Inputs:
+# everything; then the same content through `ipvsadm -R`, in the same boot; then a change during
+# a drift check (out/give-way.json). Inputs:
 # bin/ipvs-lab, bench.env (N=, M=, REPS=, SCHED=, SETTLE_S=). Output: out/bench.json.
 # With bin/ipvs-lab-before (an older build, BEFORE_REPS= runs) that one runs first, in the same
 # boot, into out/bench-before.json; the current build starts SETTLE_S later (IPVS trash list).
@@ -17,4 +18,8 @@ if [ -x bin/ipvs-lab-before ]; then
 fi
 ipvs-lab bench --services "$N" --dests "$M" --reps "$REPS" --settle-s "${SETTLE_S:-130}" --scheduler "${SCHED:-mh}" > out/bench.json 2> out/bench.err
 echo $? > out/bench.rc
+# A change during a drift check, at the same size (a fresh load after the trash-list pause).
+sleep "${SETTLE_S:-130}"
+ipvs-lab give-way --services "$N" --dests "$M" > out/give-way.json 2> out/give-way.err
+echo $? > out/give-way.rc
 exit 0

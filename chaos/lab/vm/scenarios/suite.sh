@@ -1,7 +1,7 @@
 # The dataplane suite, run in one boot: (a) program a table, (b) tunnel traffic, (c) minimal
 # changes, (d) drift repair, (e) foreign services untouched, (g) the drift check, (h) a flush
-# never takes a foreign service unless the table is declared Shoal's, plus draining and
-# backend-init.
+# never takes a foreign service unless the table is declared Shoal's, (i) a drift check gives
+# way to a change, plus draining and backend-init.
 # Inputs (written by dataplane/tests/vm_lab.rs): bin/ipvs-lab, t_a.json, t_c.json,
 # t_drain.json, t_drain_svc.json, t_empty.json. Every step writes its outputs to out/; nothing aborts the suite.
 . /mnt/host/lab/topology.sh
@@ -96,4 +96,8 @@ h_run() { # name, late service, extra watch flags
 h_run h_shared 10.96.0.2:80
 ipvsadm -C
 h_run h_exclusive 10.96.0.3:80 --exclusive
+
+# (i) a change during a drift check: the check gives way, the change goes in on the kept view.
+ipvsadm -C
+step i_give_way ipvs-lab give-way --services 2000 --dests 4
 exit 0
