@@ -374,16 +374,8 @@ pub async fn run(
         let desired = desired_state(&head.doc, &verdicts.borrow_and_update());
         let filters = source_filters(&head.doc);
         // A drift check (a whole read: seconds at 10,000 services) gives way to a newer head or
-        // verdict, which then goes in on the kept view; the receivers are cloned after the
-        // values above were marked seen, so they tell only what came since.
-        let stop = {
-            let (heads, verdicts, cancel) = (heads.clone(), verdicts.clone(), cancel.clone());
-            move || {
-                heads.has_changed().unwrap_or(true)
-                    || verdicts.has_changed().unwrap_or(true)
-                    || cancel.is_cancelled()
-            }
-        };
+        // verdict, which then goes in on the kept view.
+        let stop = news_since(&heads, &verdicts, &cancel);
         let started = Instant::now();
         let result = programmer.reconcile(desired, filters, stop).await;
         metrics
@@ -531,6 +523,26 @@ pub async fn run(
             }
         }
         next_pass = wake;
+    }
+}
+
+/// True from the moment a head or verdict newer than the ones the receivers have seen arrives
+/// (or either sender is gone, or the node shuts down): what a drift check gives way to. Call it
+/// after the pass's values were marked seen; the clones keep that mark.
+fn news_since<H, V>(
+    heads: &watch::Receiver<H>,
+    verdicts: &watch::Receiver<V>,
+    cancel: &CancellationToken,
+) -> impl Fn() -> bool + Send + 'static
+where
+    H: Send + Sync + 'static,
+    V: Send + Sync + 'static,
+{
+    let (heads, verdicts, cancel) = (heads.clone(), verdicts.clone(), cancel.clone());
+    move || {
+        heads.has_changed().unwrap_or(true)
+            || verdicts.has_changed().unwrap_or(true)
+            || cancel.is_cancelled()
     }
 }
 

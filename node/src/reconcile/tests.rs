@@ -237,3 +237,36 @@ fn huge_delays_do_not_overflow() {
         now + Duration::from_secs(10)
     );
 }
+
+/// What a drift check gives way to: only what arrives after the pass marked its values seen.
+#[test]
+fn a_drift_check_gives_way_only_to_news() {
+    let (head_tx, mut heads) = watch::channel(1u32);
+    let (verdict_tx, mut verdicts) = watch::channel(1u32);
+    let cancel = CancellationToken::new();
+    head_tx.send_replace(2);
+    verdict_tx.send_replace(2);
+    // The pass reads both (as the loop does before it starts), then asks.
+    heads.borrow_and_update();
+    verdicts.borrow_and_update();
+    let stop = news_since(&heads, &verdicts, &cancel);
+    assert!(!stop(), "what the pass already took is not news");
+    verdict_tx.send_replace(3);
+    assert!(stop(), "a verdict changed during the pass");
+
+    verdicts.borrow_and_update();
+    let stop = news_since(&heads, &verdicts, &cancel);
+    assert!(!stop());
+    head_tx.send_replace(3);
+    assert!(stop(), "a new head");
+
+    heads.borrow_and_update();
+    let stop = news_since(&heads, &verdicts, &cancel);
+    assert!(!stop());
+    cancel.cancel();
+    assert!(stop(), "shutdown");
+
+    let stop = news_since(&heads, &verdicts, &CancellationToken::new());
+    drop(head_tx);
+    assert!(stop(), "the head's sender is gone: the loop ends");
+}
