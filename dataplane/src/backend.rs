@@ -14,6 +14,16 @@ pub trait Dataplane: Send {
     /// Every IPVS service on the node (Shoal's and foreign) and the VIPs on Shoal's interface.
     fn read(&mut self) -> Result<Actual, DataplaneError>;
 
+    /// `read`, giving way like `read_view_until`: `Ok(None)` when `stop` ended it. The admin
+    /// API's read-back reads this way, so that a reconcile pass waiting for the dataplane does
+    /// not wait for the whole table.
+    fn read_until(&mut self, stop: &dyn Fn() -> bool) -> Result<Option<Actual>, DataplaneError> {
+        if stop() {
+            return Ok(None);
+        }
+        self.read().map(Some)
+    }
+
     /// What the planner needs of a full read (the reconciler's drift check): the same as
     /// `read().into_view()`. Backends override it to build the view as they read, without
     /// holding the whole `Actual` (counters and a second copy of every destination; 52 MiB at

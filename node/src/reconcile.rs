@@ -20,6 +20,7 @@ use shoal_dataplane::{
 use shoal_gossip::{Mesh, Version};
 use std::collections::BTreeSet;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -33,8 +34,19 @@ pub struct Programmer {
     pub firewall: Box<dyn Firewall>,
 }
 
+/// The programmer behind one lock. Reconcile passes come first: a pass that waits for the lock
+/// says so (`passes_waiting`), and the admin API's read-back, which holds the lock for a whole
+/// read (seconds at 10,000 services), gives way between two services and reads again after
+/// the pass.
 #[derive(Clone)]
-pub struct SharedProgrammer(Arc<Mutex<Programmer>>);
+pub struct SharedProgrammer {
+    programmer: Arc<Mutex<Programmer>>,
+    passes_waiting: Arc<AtomicUsize>,
+}
+
+/// How many times an admin read-back gives way to a pass before it reads to the end whatever
+/// waits (so a stream of passes cannot starve it).
+const ADMIN_READ_GIVES_WAY: usize = 3;
 
 impl SharedProgrammer {
     pub fn new(
@@ -42,15 +54,30 @@ impl SharedProgrammer {
         firewall: Box<dyn Firewall>,
         drain: Duration,
     ) -> Self {
-        SharedProgrammer(Arc::new(Mutex::new(Programmer {
+        Self::from_programmer(Programmer {
             dataplane,
             reconciler: Reconciler::new(drain),
             firewall,
-        })))
+        })
+    }
+
+    pub fn from_programmer(p: Programmer) -> Self {
+        SharedProgrammer {
+            programmer: Arc::new(Mutex::new(p)),
+            passes_waiting: Arc::new(AtomicUsize::new(0)),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Programmer> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.programmer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The lock, for a reconcile pass: a read-back holding it gives way.
+    fn lock_for_pass(&self) -> std::sync::MutexGuard<'_, Programmer> {
+        self.passes_waiting.fetch_add(1, Ordering::SeqCst);
+        let guard = self.lock();
+        self.passes_waiting.fetch_sub(1, Ordering::SeqCst);
+        guard
     }
 
     pub fn kind(&self) -> &'static str {
@@ -78,29 +105,32 @@ impl SharedProgrammer {
         self.lock().reconciler.draining().collect()
     }
 
-    /// Reads back what the dataplane holds (blocking: call from the blocking pool).
-    pub fn read_blocking(&self) -> Result<Actual, DataplaneError> {
-        self.lock().dataplane.read()
-    }
-
-    pub async fn read(&self) -> Result<Actual, DataplaneError> {
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || this.read_blocking())
-            .await
-            .unwrap_or_else(|e| Err(join_error(e)))
-    }
-
     /// Reads back what the dataplane holds and what still separates it from `desired`, with
     /// the drains in progress told apart (`Reconciler::pending`), under one lock so the two
     /// agree (blocking: call from the blocking pool).
+    /// The read gives way to a reconcile pass waiting for the lock (up to
+    /// `ADMIN_READ_GIVES_WAY` times), then starts again once the pass has the lock.
     pub fn read_pending_blocking(
         &self,
         desired: &Desired,
     ) -> Result<(Actual, Pending), DataplaneError> {
-        let mut p = self.lock();
-        let actual = p.dataplane.read()?;
-        let pending = p.reconciler.pending(desired, &actual.view());
-        Ok((actual, pending))
+        let mut gave_way = 0;
+        loop {
+            let mut p = self.lock();
+            let patient = gave_way < ADMIN_READ_GIVES_WAY;
+            let stop = || patient && self.passes_waiting.load(Ordering::SeqCst) > 0;
+            if let Some(actual) = p.dataplane.read_until(&stop)? {
+                let pending = p.reconciler.pending(desired, &actual.view());
+                return Ok((actual, pending));
+            }
+            drop(p);
+            gave_way += 1;
+            // The pass takes the lock next (it counts itself out once it holds it), and this
+            // read waits on the lock until the pass is done.
+            while self.passes_waiting.load(Ordering::SeqCst) > 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
     }
 
     pub async fn read_pending(
@@ -123,7 +153,7 @@ impl SharedProgrammer {
     ) -> Result<Pass, DataplaneError> {
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
-            let mut p = this.lock();
+            let mut p = this.lock_for_pass();
             program(&mut p, desired, &filters, Instant::now(), &stop)
         })
         .await
@@ -134,7 +164,7 @@ impl SharedProgrammer {
     pub async fn clear(&self) -> Result<usize, DataplaneError> {
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
-            let mut p = this.lock();
+            let mut p = this.lock_for_pass();
             p.reconciler = Reconciler::new(Duration::ZERO);
             let Programmer {
                 dataplane,

@@ -389,23 +389,25 @@ impl Dataplane for IpvsDataplane {
     }
 
     fn read(&mut self) -> Result<Actual, DataplaneError> {
+        Ok(self.read_until(&|| false)?.unwrap_or_default())
+    }
+
+    fn read_until(&mut self, stop: &dyn Fn() -> bool) -> Result<Option<Actual>, DataplaneError> {
         let mut out = Vec::new();
-        let vips = self
-            .read_each(&|| false, |svc, dests, stats| {
-                out.push(ObservedService {
-                    service: Service {
-                        destinations: dests.iter().map(|d| d.destination.clone()).collect(),
-                        ..svc
-                    },
-                    destinations: dests,
-                    stats,
-                })
-            })?
-            .unwrap_or_default();
-        Ok(Actual {
+        let vips = self.read_each(stop, |svc, dests, stats| {
+            out.push(ObservedService {
+                service: Service {
+                    destinations: dests.iter().map(|d| d.destination.clone()).collect(),
+                    ..svc
+                },
+                destinations: dests,
+                stats,
+            })
+        })?;
+        Ok(vips.map(|vips| Actual {
             services: out,
             vips,
-        })
+        }))
     }
 
     fn read_view(&mut self) -> Result<View, DataplaneError> {

@@ -135,7 +135,7 @@ fn a_failing_filter_withholds_only_the_services_it_restricts() {
 #[test]
 fn a_drain_in_progress_is_not_a_pending_op() {
     let (p, dp, _) = programmer(Duration::from_secs(30), false);
-    let shared = SharedProgrammer(Arc::new(Mutex::new(p)));
+    let shared = SharedProgrammer::from_programmer(p);
     let mut two = service([203, 0, 113, 1], 80);
     let mut second = two.destinations[0].clone();
     second.addr = IpAddr::from([198, 18, 0, 2]);
@@ -269,4 +269,39 @@ fn a_drift_check_gives_way_only_to_news() {
     let stop = news_since(&heads, &verdicts, &CancellationToken::new());
     drop(head_tx);
     assert!(stop(), "the head's sender is gone: the loop ends");
+}
+
+/// The admin read-back gives way to a reconcile pass waiting for the dataplane: the pass goes
+/// first, and the read that follows sees what it did.
+#[test]
+fn an_admin_read_gives_way_to_a_waiting_pass() {
+    let (p, dp, _) = programmer(Duration::ZERO, false);
+    let shared = SharedProgrammer::from_programmer(p);
+    let first = service([203, 0, 113, 1], 80);
+    let second = service([203, 0, 113, 2], 80);
+    let one = Desired {
+        services: vec![first.clone()],
+    };
+    let both = Desired {
+        services: vec![first, second],
+    };
+    program(&mut shared.lock(), one, &[], Instant::now(), &|| false).unwrap();
+
+    // A pass asks for the lock (it comes in 30 ms, as a pass on the blocking pool would).
+    shared.passes_waiting.fetch_add(1, Ordering::SeqCst);
+    let pass = {
+        let shared = shared.clone();
+        let both = both.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            let mut p = shared.lock();
+            shared.passes_waiting.fetch_sub(1, Ordering::SeqCst);
+            program(&mut p, both, &[], Instant::now(), &|| false).unwrap();
+        })
+    };
+    let (actual, pending) = shared.read_pending_blocking(&both).unwrap();
+    pass.join().unwrap();
+    assert_eq!(actual.services.len(), 2, "the read came after the pass");
+    assert_eq!(pending, Pending::default());
+    assert_eq!(dp.services().len(), 2);
 }
