@@ -491,7 +491,7 @@ fn give_way(args: &[String]) -> Res<()> {
         return Err(format!("read {} services, loaded {n}", whole.services.len()).into());
     }
     drop(whole);
-    // The pass's clock: the drift check due, less than one more interval late.
+    // The pass's clock: the drift check due.
     let due = loaded_at + every + Duration::from_secs(1);
     let raise_after = Duration::from_secs_f64(read_ms / 4e3);
     let raise = |flag: Arc<AtomicBool>| {

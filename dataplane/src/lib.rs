@@ -42,5 +42,5 @@ pub use op::Op;
 pub use plan::{plan, plan_view, Actual, Desired, View};
 pub use reconcile::{
     list_before_sending, reconcile, reconcile_until, Draining, Pending, ReadBefore,
-    ReconcileReport, Reconciler, TableOwnership, DEFAULT_DRIFT_CHECK,
+    ReconcileReport, Reconciler, TableOwnership, DEFAULT_DRIFT_CHECK, MAX_DRIFT_GIVE_WAYS,
 };

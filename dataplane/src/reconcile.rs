@@ -47,6 +47,11 @@ pub fn list_before_sending(ops: &[Op], full_read: bool, ownership: TableOwnershi
     ownership == TableOwnership::Shared && !full_read && ops.contains(&Op::Flush)
 }
 
+/// How many changes in a row a due drift check gives way to (`Reconciler::read_before`).
+/// Counted, not timed: a whole read can outlast the drift interval (seconds at 10,000
+/// services), so a bound on lateness would stop every check from giving way.
+pub const MAX_DRIFT_GIVE_WAYS: u32 = 8;
+
 /// How often a reconciler reads the whole table back when nothing forces it earlier.
 pub const DEFAULT_DRIFT_CHECK: Duration = Duration::from_secs(60);
 
@@ -73,6 +78,8 @@ pub struct Reconciler {
     /// The last pass gave its drift check up to a change (`reconcile_until`): the next one
     /// plans on the kept view.
     drift_gave_way: bool,
+    /// Drift checks given up in a row since the last full read.
+    drift_gave_way_streak: u32,
     ownership: TableOwnership,
     /// Deletions in the last `step`'s answer whose drain had run out (the others repair drift
     /// or follow the desired table).
@@ -93,6 +100,7 @@ impl Reconciler {
             last_full_read: None,
             drift_check: DEFAULT_DRIFT_CHECK,
             drift_gave_way: false,
+            drift_gave_way_streak: 0,
             ownership: TableOwnership::Shared,
             drained: 0,
         }
@@ -253,18 +261,18 @@ impl Reconciler {
         self.delete_at_once = keys;
     }
 
-    /// What the next pass reads before it plans (`now` its start). A drift check may give way
-    /// to a change while it is less than one more drift interval late, so a stream of changes
-    /// delays it to twice the interval at most; the pass right after one that gave way plans on
-    /// the kept view (it carries the change). Without a view the whole table must be read.
+    /// What the next pass reads before it plans (`now` its start). A due drift check may give
+    /// way to a change up to `MAX_DRIFT_GIVE_WAYS` times in a row; then it reads whatever comes,
+    /// so a stream of changes cannot put it off for good. The pass right after one that gave
+    /// way plans on the kept view (it carries the change). Without a view the whole table must
+    /// be read.
     pub fn read_before(&mut self, now: Instant) -> ReadBefore {
         let gave_way = std::mem::take(&mut self.drift_gave_way);
         match (&self.view, self.last_full_read) {
             (Some(_), Some(at)) => {
-                let since = now.saturating_duration_since(at);
-                if since < self.drift_check || gave_way {
+                if now.saturating_duration_since(at) < self.drift_check || gave_way {
                     ReadBefore::Nothing
-                } else if since < self.drift_check.saturating_mul(2) {
+                } else if self.drift_gave_way_streak < MAX_DRIFT_GIVE_WAYS {
                     ReadBefore::DriftCheck
                 } else {
                     ReadBefore::Everything
@@ -278,12 +286,14 @@ impl Reconciler {
     /// pass plans on it (`read_before`).
     pub fn drift_check_gave_way(&mut self) {
         self.drift_gave_way = true;
+        self.drift_gave_way_streak += 1;
     }
 
     /// A full read of the kernel: it replaces the kept view.
     pub fn observed(&mut self, view: View, now: Instant) {
         self.view = Some(view);
         self.last_full_read = Some(now);
+        self.drift_gave_way_streak = 0;
     }
 
     /// The ops to send now against the kept view, or `None` when there is no view (call
@@ -568,7 +578,7 @@ pub fn reconcile(
 /// waiting): the read ends between two services and the pass returns at once with
 /// `gave_way`, sending nothing, so the next pass brings the change in on the kept view
 /// instead of waiting for the whole read (seconds at 10,000 services). The check is taken up
-/// again by a later pass (`Reconciler::read_before` bounds how late).
+/// again by a later pass (`Reconciler::read_before` bounds how many times it gives way).
 pub fn reconcile_until(
     dp: &mut dyn Dataplane,
     rec: &mut Reconciler,
