@@ -779,7 +779,7 @@ fn f_shoal_node_programs_ipvs_and_reports_it() {
     share
         .write("rules-one.toml", &node_rules_one())
         .expect("rules");
-    let booted = share.boot(&Boot::new("node.sh", 400));
+    let booted = share.boot(&Boot::new("node.sh", 600));
     let out = |n: &str| share.out(n);
     let context = || {
         format!(
@@ -858,6 +858,46 @@ fn f_shoal_node_programs_ipvs_and_reports_it() {
             .iter()
             .any(|l| l.contains("-r 198.18.0.12:80") && l.contains(" -w 0")),
         "{draining:?}"
+    );
+
+    // (g) Table changes while 4,000 foreign services make every drift check a read of seconds:
+    // each change went in, and at least one found a check in progress that gave way to it
+    // (the node reads again a second after each read, so most changes land in one).
+    let changes: Vec<(u64, bool)> = out("g_latency_ms")
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let ms = f.get(1).and_then(|v| v.parse().ok()).expect("latency");
+            (ms, f.get(2) == Some(&"1"))
+        })
+        .collect();
+    assert_eq!(changes.len(), 5, "{changes:?}; {}", context());
+    assert!(
+        changes.iter().all(|(_, ok)| *ok),
+        "a change never reached the kernel: {changes:?}; {}",
+        context()
+    );
+    let reconciles = out("g_reconciles.txt");
+    let gave_way: u64 = reconciles
+        .lines()
+        .find(|l| l.contains("result=\"gave_way\""))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        gave_way >= 1,
+        "no drift check gave way to a change: {reconciles}; {}",
+        context()
+    );
+    eprintln!(
+        "changes during drift checks: applied after {:?} ms ({:?} ms with no foreign service); \
+         {gave_way} checks gave way; a whole `ipvsadm -Ln` of the table took {} ms",
+        changes.iter().map(|(ms, _)| ms).collect::<Vec<_>>(),
+        out("g_idle_latency_ms")
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .collect::<Vec<_>>(),
+        out("g_read_ms").trim()
     );
 }
 

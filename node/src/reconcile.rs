@@ -403,9 +403,13 @@ pub async fn run(
         let verdicts_changed = verdicts_changed || verdicts.has_changed().unwrap_or(false);
         let desired = desired_state(&head.doc, &verdicts.borrow_and_update());
         let filters = source_filters(&head.doc);
-        // A drift check (a whole read: seconds at 10,000 services) gives way to a newer head or
-        // verdict, which then goes in on the kept view.
-        let stop = news_since(&heads, &verdicts, &cancel);
+        // A drift check (a whole read: seconds at 10,000 services) gives way to a change, which
+        // then goes in on the kept view: to one that arrives during the read, and to the one
+        // this pass carries (a new head or verdict), so that the change goes first and the
+        // check comes after it.
+        let carries_change = applied.as_ref() != Some(&head.version) || verdicts_changed;
+        let news = news_since(&heads, &verdicts, &cancel);
+        let stop = move || carries_change || news();
         let started = Instant::now();
         let result = programmer.reconcile(desired, filters, stop).await;
         metrics

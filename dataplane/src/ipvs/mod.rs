@@ -206,14 +206,14 @@ impl IpvsDataplane {
         self.messages_sent
     }
 
-    fn dump_services(&mut self) -> Result<Vec<(Service, crate::model::Stats)>, DataplaneError> {
+    /// The undecoded reply of every service: a whole read decodes them one at a time, so that
+    /// it can stop between two (decoding is most of a list's cost, the kernel's dump the rest).
+    fn dump_services(&mut self) -> Result<Vec<Vec<u8>>, DataplaneError> {
         let seq = self.genl.next_seq();
         let bytes = wire::get_services().to_bytes(self.family, seq, self.genl.pid())?;
-        let payloads = self
-            .genl
+        self.genl
             .dump(seq, &bytes)?
-            .map_err(|errno| DataplaneError::from_errno("list", "IPVS services", errno))?;
-        payloads.iter().map(|p| wire::parse_service(p)).collect()
+            .map_err(|errno| DataplaneError::from_errno("list", "IPVS services", errno))
     }
 
     fn dump_services_each(
@@ -340,10 +340,14 @@ impl IpvsDataplane {
         stop: &dyn Fn() -> bool,
         mut each: impl FnMut(Service, Vec<ObservedDestination>, Stats),
     ) -> Result<Option<BTreeSet<IpAddr>>, DataplaneError> {
-        for (svc, stats) in self.dump_services()? {
+        if stop() {
+            return Ok(None);
+        }
+        for payload in self.dump_services()? {
             if stop() {
                 return Ok(None);
             }
+            let (svc, stats) = wire::parse_service(&payload)?;
             let seq = self.genl.next_seq();
             let bytes = wire::get_dests(&svc.key)?.to_bytes(self.family, seq, self.genl.pid())?;
             let payloads = self.genl.dump(seq, &bytes)?.map_err(|errno| {

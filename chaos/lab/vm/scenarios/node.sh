@@ -1,6 +1,7 @@
 # (f) A full `shoal run --dataplane ipvs` node programs its rules; /v1/dataplane must match
 # what ipvsadm shows, traffic must flow, drift must be repaired by the periodic resync, and a
-# drain in progress must survive a restart of the node (kept in its --state-dir).
+# drain in progress must survive a restart of the node (kept in its --state-dir), and (g) a change
+# arriving during a drift check must not wait for the whole read.
 # Inputs (written by dataplane/tests/vm_lab.rs): bin/shoal, rules.toml, rules-one.toml.
 . /mnt/host/lab/topology.sh
 mkdir -p out
@@ -65,6 +66,59 @@ start_node
 wait_draining f_drain_after.json > out/f_drain_resumed
 ipvsadm -Sn > out/f_ipvsadm_draining.txt
 
+# A change during a drift check: 4,000 foreign services (kube-proxy's, say) make every resync a
+# whole read of seconds under emulation, and the node reads again a second after each one.
+# Each weight change must go in without waiting for the read in progress (the check gives way).
+# The same changes are timed first without the foreign services (reads of a few ms).
+ms() { awk '{ printf "%d", $1 * 1000 }' /proc/uptime; }
+kill $pid
+wait $pid
+start_node_fast() {
+  shoal run --dataplane ipvs --rules /tmp/rules.toml --insecure --node-id vm1 --single-node \
+    --listen 127.0.0.1:7946 --admin 127.0.0.1:9100 --cluster lab --resync-interval-s 1 \
+    --drain-s 60 --state-dir /tmp/shoal-state >> out/f_shoal.log 2>&1 &
+  pid=$!
+}
+# wait_passes N: until the node has made N good passes (its metrics, not a dataplane read).
+wait_passes() {
+  i=0
+  while [ $i -lt 600 ]; do
+    n=$(wget -q -O - http://127.0.0.1:9100/metrics 2>/dev/null \
+      | awk '/^shoal_reconciles_total\{result="ok"\}/ { print $2 }')
+    [ -n "$n" ] && [ "${n%.*}" -ge "$1" ] && return
+    sleep 0.1; i=$((i + 1))
+  done
+}
+# change_weights FILE W...: each weight in turn, timed from the rules file's replacement to
+# ipvsadm showing it; one line "weight ms applied" per change.
+change_weights() {
+  file=$1; shift
+  : > out/$file
+  for w in "$@"; do
+    awk -v w=$w '{ print } /^address = "198.18.0.11"/ { print "weight = " w }' rules-one.toml > /tmp/rules.new
+    t0=$(ms); mv /tmp/rules.new /tmp/rules.toml
+    n=0; ok=1
+    until ipvsadm -Ln -t 203.0.113.10:80 2>/dev/null | grep '198.18.0.11:80' | awk '{ print $4 }' | grep -qx "$w"; do
+      n=$((n + 1)); [ $n -gt 1000 ] && { ok=0; break; }; sleep 0.01
+    done
+    echo "$w $(( $(ms) - t0 )) $ok" >> out/$file
+    sleep 2
+  done
+}
+start_node_fast
+wait_passes 2
+change_weights g_idle_latency_ms 2 3 4
+i=0
+while [ $i -lt 4000 ]; do
+  echo "-A -t 10.97.$((i / 250)).$((i % 250 + 1)):80 -s rr"; i=$((i + 1))
+done > /tmp/foreign.rules
+ipvsadm -R < /tmp/foreign.rules
+t0=$(ms); ipvsadm -Ln > /dev/null; echo $(( $(ms) - t0 )) > out/g_read_ms
+# Two whole reads with the foreign services in (the first may have begun before they were).
+ok=$(wget -q -O - http://127.0.0.1:9100/metrics | awk '/^shoal_reconciles_total\{result="ok"\}/ { print $2 }')
+wait_passes $(( ${ok%.*} + 2 ))
+change_weights g_latency_ms 5 6 7 8 9
+wget -q -O - http://127.0.0.1:9100/metrics | grep '^shoal_reconciles_total' > out/g_reconciles.txt
 kill $pid
 wait $pid
 echo $? > out/f_exit
