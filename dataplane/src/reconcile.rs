@@ -478,7 +478,7 @@ pub enum ReadBefore {
     Nothing,
     /// The periodic drift check: read the whole table, but give way to a change.
     DriftCheck,
-    /// Read the whole table whatever comes (no view, or a drift check already late).
+    /// Read the whole table whatever comes (no view, or a check that has given way enough).
     Everything,
 }
 
