@@ -58,10 +58,7 @@ fn apply(args: &[String]) -> Res<()> {
         .first()
         .ok_or("apply needs a desired-table JSON file")?;
     let desired: Desired = serde_json::from_str(&std::fs::read_to_string(file)?)?;
-    let drain_ms: u64 = flag(args, "--drain-ms")
-        .map(|s| s.parse())
-        .transpose()?
-        .unwrap_or(0);
+    let drain_ms: u64 = num_flag(args, "--drain-ms", 0)?;
     let settle = args.iter().any(|a| a == "--settle");
     let mut dp = IpvsDataplane::open(&IpvsOptions::default())?;
     let mut rec = Reconciler::new(Duration::from_millis(drain_ms));
@@ -93,12 +90,19 @@ fn apply(args: &[String]) -> Res<()> {
     Ok(())
 }
 
+/// A number flag, `default` when absent; an error names the flag when it does not parse.
+fn num_flag<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> Res<T>
+where
+    T::Err: std::fmt::Display,
+{
+    match flag(args, name) {
+        Some(v) => v.parse().map_err(|e| format!("{name} {v}: {e}").into()),
+        None => Ok(default),
+    }
+}
+
 fn ms_flag(args: &[String], name: &str, default: u64) -> Res<Duration> {
-    let ms = flag(args, name)
-        .map(|s| s.parse::<u64>())
-        .transpose()?
-        .unwrap_or(default);
-    Ok(Duration::from_millis(ms))
+    num_flag(args, name, default).map(Duration::from_millis)
 }
 
 /// The node's loop in miniature: passes planned on the kept view, a full read every drift
@@ -303,37 +307,20 @@ fn count_services() -> Res<usize> {
 }
 
 fn bench(args: &[String]) -> Res<()> {
-    let n: usize = flag(args, "--services")
-        .map(|s| s.parse())
-        .transpose()?
-        .unwrap_or(10_000);
-    let m: usize = flag(args, "--dests")
-        .map(|s| s.parse())
-        .transpose()?
-        .unwrap_or(10);
+    let n: usize = num_flag(args, "--services", 10_000)?;
+    let m: usize = num_flag(args, "--dests", 10)?;
     // IPVS parks deleted destinations in a trash list for about a minute and scans that list on
     // every destination add: a load right after a mass delete is several times slower. Each
     // load phase therefore starts after this pause (except the very first, on a fresh kernel).
-    let settle = Duration::from_secs(
-        flag(args, "--settle-s")
-            .map(|s| s.parse())
-            .transpose()?
-            .unwrap_or(130),
-    );
-    let reps: usize = flag(args, "--reps")
-        .map(|s| s.parse())
-        .transpose()?
-        .unwrap_or(3);
+    let settle = Duration::from_secs(num_flag(args, "--settle-s", 130)?);
+    let reps: usize = num_flag(args, "--reps", 3)?;
     // mh rebuilds a per-service lookup table on every destination add (both tools pay it); the
     // large run can pick a cheaper scheduler to fit TCG time.
     let scheduler = flag(args, "--scheduler").unwrap_or_else(|| "mh".into());
     let table = bench_table(n, m, &scheduler);
     let empty = Desired::default();
     // One-destination changes (health flips), each on another service, applied one by one.
-    let changes: usize = flag(args, "--changes")
-        .map(|s| s.parse())
-        .transpose()?
-        .unwrap_or(5);
+    let changes: usize = num_flag(args, "--changes", 5)?;
     let mut steps = Vec::with_capacity(changes);
     let mut changed = table.clone();
     for i in 0..changes.max(1) {
@@ -468,14 +455,8 @@ fn bench(args: &[String]) -> Res<()> {
 fn give_way(args: &[String]) -> Res<()> {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
-    let n: usize = flag(args, "--services")
-        .map(|s| s.parse())
-        .transpose()?
-        .unwrap_or(2_000);
-    let m: usize = flag(args, "--dests")
-        .map(|s| s.parse())
-        .transpose()?
-        .unwrap_or(4);
+    let n: usize = num_flag(args, "--services", 2_000)?;
+    let m: usize = num_flag(args, "--dests", 4)?;
     let table = bench_table(n, m, "wrr");
     let mut changed = table.clone();
     changed.services[n / 2].destinations[m / 2].weight = 2;

@@ -1015,13 +1015,18 @@ fn bench_program_vs_ipvsadm_restore() {
     b.memory_mb = 2048;
     share.boot(&b).unwrap_or_else(|e| panic!("{e}"));
     let out = |f: &str| share.out(f);
-    assert_eq!(
-        out("bench.rc").trim(),
-        "0",
-        "bench failed: {}",
-        out("bench.err")
-    );
-    let v: Value = serde_json::from_str(&out("bench.json")).expect("bench JSON");
+    // A step's JSON output, once its exit code says it ran.
+    let step_json = |name: &str| -> Value {
+        let rc = out(&format!("{name}.rc"));
+        assert_eq!(
+            rc.trim(),
+            "0",
+            "{name} failed: {}",
+            out(&format!("{name}.err"))
+        );
+        serde_json::from_str(&out(&format!("{name}.json"))).expect("step JSON")
+    };
+    let v = step_json("bench");
     let runs = v["runs"].as_array().expect("runs").clone();
     for r in &runs {
         assert_eq!(r["shoal_loaded_services"], n);
@@ -1059,25 +1064,13 @@ fn bench_program_vs_ipvsadm_restore() {
         per_rep("shoal_remove_exclusive_ms"),
         share.out_path("bench.json").display()
     );
-    assert_eq!(
-        out("give-way.rc").trim(),
-        "0",
-        "give-way failed: {}",
-        out("give-way.err")
-    );
-    let g: Value = serde_json::from_str(&out("give-way.json")).expect("give-way JSON");
+    let g = step_json("give-way");
     assert_eq!(g["check_gave_way"], true, "{g}");
     assert_eq!(g["change_ops"], 1, "{g}");
     assert_eq!(g["view_matches_kernel"], true, "{g}");
     println!("a change during a drift check: {g}");
     if std::env::var("SHOAL_BENCH_BEFORE").is_ok() {
-        assert_eq!(
-            out("bench-before.rc").trim(),
-            "0",
-            "before bench failed: {}",
-            out("bench-before.err")
-        );
-        let b: Value = serde_json::from_str(&out("bench-before.json")).expect("before JSON");
+        let b = step_json("bench-before");
         let runs = b["runs"].as_array().expect("runs").clone();
         println!(
             "before (same boot), {} reps:\n  {}\n  raw: {}",
