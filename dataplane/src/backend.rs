@@ -1,9 +1,11 @@
 //! The `Dataplane` trait: the seam between the pure planner and a kernel (or its twin).
 
 use crate::error::DataplaneError;
-use crate::model::ServiceKey;
+use crate::model::{Service, ServiceKey};
 use crate::op::Op;
 use crate::plan::{Actual, View};
+use std::collections::BTreeSet;
+use std::net::IpAddr;
 
 /// A place rules can be read from and written to. Calls block; the node runs them on a
 /// blocking thread.
@@ -14,7 +16,7 @@ pub trait Dataplane: Send {
     /// Every IPVS service on the node (Shoal's and foreign) and the VIPs on Shoal's interface.
     fn read(&mut self) -> Result<Actual, DataplaneError>;
 
-    /// `read`, giving way like `read_view_until`: `Ok(None)` when `stop` ended it. The admin
+    /// `read`, giving way like `read_each_until`: `Ok(None)` when `stop` ended it. The admin
     /// API's read-back reads this way, so that a reconcile pass waiting for the dataplane does
     /// not wait for the whole table.
     fn read_until(&mut self, stop: &dyn Fn() -> bool) -> Result<Option<Actual>, DataplaneError> {
@@ -32,15 +34,23 @@ pub trait Dataplane: Send {
         self.read().map(Actual::into_view)
     }
 
-    /// A full read that gives way: `stop` is asked between services, and a read it stops
-    /// returns `Ok(None)` (nothing of it is kept). The drift check reads this way, so that a
-    /// change arriving meanwhile waits for one service's read, not the whole table's. Backends
-    /// that read in one go ask `stop` once, before.
-    fn read_view_until(&mut self, stop: &dyn Fn() -> bool) -> Result<Option<View>, DataplaneError> {
+    /// A full read handed over one service at a time (destinations sorted by address and
+    /// port), then the VIPs on Shoal's interface; `Ok(None)` when `stop`, asked between two
+    /// services, ended it. The drift check reads this way: it gives way to a change arriving
+    /// meanwhile (which then waits for one service's read, not the table's), and it compares
+    /// each service with its kept view as it comes instead of holding a second copy of the
+    /// table. Backends that read in one go ask `stop` once, before.
+    fn read_each_until(
+        &mut self,
+        stop: &dyn Fn() -> bool,
+        each: &mut dyn FnMut(Service),
+    ) -> Result<Option<BTreeSet<IpAddr>>, DataplaneError> {
         if stop() {
             return Ok(None);
         }
-        self.read_view().map(Some)
+        let view = self.read_view()?;
+        view.services.into_values().for_each(each);
+        Ok(Some(view.vips))
     }
 
     /// The keys of every IPVS service on the node, without destinations or counters: the cheap

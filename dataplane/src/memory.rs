@@ -221,6 +221,28 @@ impl Dataplane for MemoryDataplane {
         })
     }
 
+    fn read_each_until(
+        &mut self,
+        stop: &dyn Fn() -> bool,
+        each: &mut dyn FnMut(Service),
+    ) -> Result<Option<BTreeSet<IpAddr>>, DataplaneError> {
+        if stop() {
+            return Ok(None);
+        }
+        let mut st = self.lock();
+        st.reads += 1;
+        for (s, d) in st.services.values() {
+            if stop() {
+                return Ok(None);
+            }
+            each(Service {
+                destinations: d.values().cloned().collect(),
+                ..s.clone()
+            });
+        }
+        Ok(Some(st.vips.clone()))
+    }
+
     fn service_keys(&mut self) -> Result<Vec<ServiceKey>, DataplaneError> {
         let mut st = self.lock();
         st.lists += 1;

@@ -14,7 +14,7 @@
 
 use crate::backend::Dataplane;
 use crate::error::DataplaneError;
-use crate::model::{Destination, ServiceKey};
+use crate::model::{Destination, Service, ServiceKey};
 use crate::op::Op;
 use crate::plan::{plan_view, Actual, Desired, View};
 use serde::{Deserialize, Serialize};
@@ -539,6 +539,63 @@ pub struct ReconcileReport {
     pub gave_way: bool,
 }
 
+/// The drift check: the kernel read one service at a time and compared with the kept view as
+/// it comes, so that the check holds what differs (and a set of the keys seen), not a second
+/// copy of the table. The view is patched only once the read is whole; a read that `stop`
+/// ends leaves it as it was (false). Equal to replacing the view with a whole read.
+fn drift_check(
+    dp: &mut dyn Dataplane,
+    rec: &mut Reconciler,
+    now: Instant,
+    stop: &dyn Fn() -> bool,
+) -> Result<bool, DataplaneError> {
+    let Some(kept) = rec.view.as_ref() else {
+        read_all(dp, rec, now)?;
+        return Ok(true);
+    };
+    let mut seen: BTreeSet<&ServiceKey> = BTreeSet::new();
+    let mut differ: Vec<Service> = Vec::new();
+    let read = dp.read_each_until(
+        stop,
+        &mut |s: Service| match kept.services.get_key_value(&s.key) {
+            Some((key, have)) => {
+                seen.insert(key);
+                if *have != s {
+                    differ.push(s);
+                }
+            }
+            None => differ.push(s),
+        },
+    );
+    let vips = match read {
+        Ok(Some(vips)) => vips,
+        Ok(None) => return Ok(false),
+        Err(e) => {
+            rec.invalidate();
+            return Err(e);
+        }
+    };
+    let gone: Vec<ServiceKey> = kept
+        .services
+        .keys()
+        .filter(|k| !seen.contains(k))
+        .cloned()
+        .collect();
+    drop(seen);
+    if let Some(view) = rec.view.as_mut() {
+        for key in &gone {
+            view.services.remove(key);
+        }
+        for s in differ {
+            view.services.insert(s.key.clone(), s);
+        }
+        view.vips = vips;
+    }
+    rec.last_full_read = Some(now);
+    rec.drift_gave_way_streak = 0;
+    Ok(true)
+}
+
 fn read_all(
     dp: &mut dyn Dataplane,
     rec: &mut Reconciler,
@@ -593,24 +650,16 @@ pub fn reconcile_until(
             read_all(dp, rec, now)?;
             full_read = true;
         }
-        // The kept view stays until the new one is whole: a read that gives way leaves it.
-        ReadBefore::DriftCheck => match dp.read_view_until(stop) {
-            Ok(Some(view)) => {
-                rec.observed(view, now);
-                full_read = true;
-            }
-            Ok(None) => {
+        ReadBefore::DriftCheck => {
+            if !drift_check(dp, rec, now, stop)? {
                 rec.drift_check_gave_way();
                 return Ok(ReconcileReport {
                     gave_way: true,
                     ..ReconcileReport::default()
                 });
             }
-            Err(e) => {
-                rec.invalidate();
-                return Err(e);
-            }
-        },
+            full_read = true;
+        }
     }
     let mut ops = rec.step_kept(desired, now).unwrap_or_default();
     if list_before_sending(&ops, full_read, rec.ownership()) {

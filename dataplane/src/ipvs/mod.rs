@@ -366,25 +366,6 @@ impl IpvsDataplane {
         }
         self.rtnl.addresses(self.ifindex).map(Some)
     }
-
-    /// The view of a whole read, or `None` when `stop` ended it early.
-    fn read_view_or_stop(
-        &mut self,
-        stop: &dyn Fn() -> bool,
-    ) -> Result<Option<View>, DataplaneError> {
-        let mut services = BTreeMap::new();
-        let vips = self.read_each(stop, |svc, dests, _| {
-            let destinations = dests.into_iter().map(|d| d.destination).collect();
-            services.insert(
-                svc.key.clone(),
-                Service {
-                    destinations,
-                    ..svc
-                },
-            );
-        })?;
-        Ok(vips.map(|vips| View { services, vips }))
-    }
 }
 
 impl Dataplane for IpvsDataplane {
@@ -415,11 +396,26 @@ impl Dataplane for IpvsDataplane {
     }
 
     fn read_view(&mut self) -> Result<View, DataplaneError> {
-        Ok(self.read_view_or_stop(&|| false)?.unwrap_or_default())
+        let mut services = BTreeMap::new();
+        let vips = self
+            .read_each_until(&|| false, &mut |s| {
+                services.insert(s.key.clone(), s);
+            })?
+            .unwrap_or_default();
+        Ok(View { services, vips })
     }
 
-    fn read_view_until(&mut self, stop: &dyn Fn() -> bool) -> Result<Option<View>, DataplaneError> {
-        self.read_view_or_stop(stop)
+    fn read_each_until(
+        &mut self,
+        stop: &dyn Fn() -> bool,
+        each: &mut dyn FnMut(Service),
+    ) -> Result<Option<BTreeSet<IpAddr>>, DataplaneError> {
+        self.read_each(stop, |svc, dests, _| {
+            each(Service {
+                destinations: dests.into_iter().map(|d| d.destination).collect(),
+                ..svc
+            })
+        })
     }
 
     /// One GET_SERVICE dump, each reply decoded in place down to its key: the check before a
