@@ -289,6 +289,13 @@ impl Reconciler {
         self.drift_gave_way_streak += 1;
     }
 
+    /// The drift check due in this pass was put off before it began (the pass plans a change
+    /// on the kept view instead); it counts against `MAX_DRIFT_GIVE_WAYS` like a check that
+    /// gave way, and stays due.
+    pub fn drift_check_put_off(&mut self) {
+        self.drift_gave_way_streak += 1;
+    }
+
     /// A full read of the kernel: it replaces the kept view.
     pub fn observed(&mut self, view: View, now: Instant) {
         self.view = Some(view);
@@ -631,11 +638,13 @@ pub fn reconcile(
     reconcile_until(dp, rec, desired, now, &|| false)
 }
 
-/// `reconcile`, whose drift check gives way when `stop` turns true (a newer desired table is
-/// waiting): the read ends between two services and the pass returns at once with
-/// `gave_way`, sending nothing, so the next pass brings the change in on the kept view
-/// instead of waiting for the whole read (seconds at 10,000 services). The check is taken up
-/// again by a later pass (`Reconciler::read_before` bounds how many times it gives way).
+/// `reconcile`, whose drift check gives way to a change: when `stop` is already true as the
+/// check falls due, this pass plans `desired` on the kept view and leaves the check for a
+/// later one; when it turns true during the read (a newer desired table is waiting), the read
+/// ends between two services and the pass returns at once with `gave_way`, sending nothing,
+/// so the next pass brings the newer table in on the kept view instead of waiting for the
+/// whole read (seconds at 10,000 services). `Reconciler::read_before` bounds how many times
+/// in a row a check is put off.
 pub fn reconcile_until(
     dp: &mut dyn Dataplane,
     rec: &mut Reconciler,
@@ -650,6 +659,9 @@ pub fn reconcile_until(
             read_all(dp, rec, now)?;
             full_read = true;
         }
+        // A change already waiting when the check is due (the one this pass carries) goes
+        // first, in this pass, on the kept view; the check stays due for a later pass.
+        ReadBefore::DriftCheck if stop() => rec.drift_check_put_off(),
         ReadBefore::DriftCheck => {
             if !drift_check(dp, rec, now, stop)? {
                 rec.drift_check_gave_way();

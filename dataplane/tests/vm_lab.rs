@@ -862,7 +862,8 @@ fn f_shoal_node_programs_ipvs_and_reports_it() {
 
     // (g) Table changes while 4,000 foreign services make every drift check a read of seconds:
     // each change went in, and at least one found a check in progress that gave way to it
-    // (the node reads again a second after each read, so most changes land in one).
+    // (the node reads again a second after each read: about two changes in three land in one,
+    // so all eight missing is a chance of about 1 in 4,000).
     let changes: Vec<(u64, bool)> = out("g_latency_ms")
         .lines()
         .map(|l| {
@@ -871,7 +872,7 @@ fn f_shoal_node_programs_ipvs_and_reports_it() {
             (ms, f.get(2) == Some(&"1"))
         })
         .collect();
-    assert_eq!(changes.len(), 5, "{changes:?}; {}", context());
+    assert_eq!(changes.len(), 8, "{changes:?}; {}", context());
     assert!(
         changes.iter().all(|(_, ok)| *ok),
         "a change never reached the kernel: {changes:?}; {}",

@@ -238,8 +238,8 @@ fn restricted(filters: &[SourceFilter]) -> BTreeSet<ServiceKey> {
 
 /// What one pass did.
 pub struct Pass {
-    /// Its drift check gave way to a newer head or verdict: nothing was sent, the next pass
-    /// (at once) brings the change in on the kept view.
+    /// Its drift check gave way to a head or verdict that arrived during the read: nothing
+    /// was sent, the next pass (at once) brings the change in on the kept view.
     pub gave_way: bool,
     pub ops: Vec<Op>,
     /// How many of `ops` delete a destination or service whose drain ran out.
@@ -403,10 +403,10 @@ pub async fn run(
         let verdicts_changed = verdicts_changed || verdicts.has_changed().unwrap_or(false);
         let desired = desired_state(&head.doc, &verdicts.borrow_and_update());
         let filters = source_filters(&head.doc);
-        // A drift check (a whole read: seconds at 10,000 services) gives way to a change, which
-        // then goes in on the kept view: to one that arrives during the read, and to the one
-        // this pass carries (a new head or verdict), so that the change goes first and the
-        // check comes after it.
+        // A drift check (a whole read: seconds at 10,000 services) never holds a change back:
+        // one this pass carries (a new head or verdict) puts a due check off and goes in on
+        // the kept view in this pass; one arriving during the read makes it give way, and the
+        // next pass brings it in.
         let carries_change = applied.as_ref() != Some(&head.version) || verdicts_changed;
         let news = news_since(&heads, &verdicts, &cancel);
         let stop = move || carries_change || news();

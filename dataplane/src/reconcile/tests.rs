@@ -505,76 +505,58 @@ fn a_drift_check_gives_way_a_bounded_number_of_times() {
     );
 }
 
-/// A dataplane that counts full reads and gives way when asked, like the IPVS backend
-/// between two services.
-struct Counted {
-    inner: MemoryDataplane,
-    reads: usize,
-}
-
-impl Dataplane for Counted {
-    fn kind(&self) -> &'static str {
-        "counted"
-    }
-    fn read(&mut self) -> Result<Actual, DataplaneError> {
-        self.reads += 1;
-        self.inner.read()
-    }
-    fn apply(&mut self, op: &Op) -> Result<(), DataplaneError> {
-        self.inner.apply(op)
-    }
-}
-
-/// A drift check that gives way sends nothing and keeps the view; the next pass brings the
-/// change in on that view without reading; drift made meanwhile is repaired by the check
-/// taken up later, and a check that never gives way (`reconcile`) is the one from before.
+/// A change that arrives during a drift check makes it give way (nothing sent, the view kept)
+/// and goes in on the kept view at the next pass; a change already waiting when the check is
+/// due goes in first, in that pass; drift made meanwhile is repaired by the check taken up
+/// later, and a check put off `MAX_DRIFT_GIVE_WAYS` times in a row reads whatever comes.
 #[test]
 fn a_change_during_a_drift_check_goes_in_on_the_kept_view() {
     let every = Duration::from_secs(10);
-    let mut dp = Counted {
-        inner: MemoryDataplane::new(),
-        reads: 0,
-    };
+    let mut dp = MemoryDataplane::new();
     let mut rec = Reconciler::new(Duration::ZERO).with_drift_check(every);
     let t0 = Instant::now();
     reconcile(&mut dp, &mut rec, &desired(&[1, 2]), t0).unwrap();
-    assert_eq!(dp.reads, 1);
     // Drift behind Shoal's back: backend 2 deleted.
     let key = desired(&[]).services[0].key.clone();
-    dp.inner
-        .apply(&Op::DelDest(key.clone(), IpAddr::from([198, 18, 0, 2]), 80))
+    dp.apply(&Op::DelDest(key.clone(), IpAddr::from([198, 18, 0, 2]), 80))
         .unwrap();
     let kept = rec.view().cloned();
 
     let due = t0 + Duration::from_secs(11);
-    let r = reconcile_until(&mut dp, &mut rec, &desired(&[1, 2]), due, &|| true).unwrap();
+    // `stop` turns true once the read has begun (the backend asks before it, then per service).
+    let asked = std::cell::Cell::new(0);
+    let arrives_during = || {
+        asked.set(asked.get() + 1);
+        asked.get() > 1
+    };
+    let r = reconcile_until(&mut dp, &mut rec, &desired(&[1, 2]), due, &arrives_during).unwrap();
     assert!(r.gave_way && r.ops.is_empty() && !r.full_read, "{r:?}");
-    assert_eq!(dp.reads, 1, "the read gave way before it began");
     assert_eq!(rec.view().cloned(), kept, "the view stays");
 
     // The change (backend 3 added) goes in on the kept view: one op, no read.
-    let r = reconcile_until(&mut dp, &mut rec, &desired(&[1, 2, 3]), due, &|| true).unwrap();
+    let reads = dp.reads();
+    let r = reconcile_until(&mut dp, &mut rec, &desired(&[1, 2, 3]), due, &|| false).unwrap();
     assert!(!r.gave_way && !r.full_read, "{r:?}");
     assert!(matches!(&r.ops[..], [Op::AddDest(..)]), "{:?}", r.ops);
-    assert_eq!(dp.reads, 1);
+    // A change already waiting as the check falls due goes in first, in that very pass.
+    let r = reconcile_until(&mut dp, &mut rec, &desired(&[1, 2, 3, 4]), due, &|| true).unwrap();
+    assert!(!r.gave_way && !r.full_read, "{r:?}");
+    assert!(matches!(&r.ops[..], [Op::AddDest(..)]), "{:?}", r.ops);
+    assert_eq!(dp.reads(), reads, "no read for either change");
 
     // The check taken up: the drift is found and repaired.
-    let r = reconcile_until(&mut dp, &mut rec, &desired(&[1, 2, 3]), due, &|| false).unwrap();
+    let four = desired(&[1, 2, 3, 4]);
+    let r = reconcile_until(&mut dp, &mut rec, &four, due, &|| false).unwrap();
     assert!(r.full_read && !r.gave_way, "{r:?}");
     assert!(matches!(&r.ops[..], [Op::AddDest(..)]), "{:?}", r.ops);
-    assert_eq!(
-        rec.view().cloned(),
-        Some(dp.inner.read().unwrap().into_view())
-    );
+    assert_eq!(rec.view().cloned(), Some(dp.read().unwrap().into_view()));
 
-    // Given way `MAX_DRIFT_GIVE_WAYS` times in a row, the check reads whatever `stop` says.
+    // Put off `MAX_DRIFT_GIVE_WAYS` times in a row, the check reads whatever `stop` says.
     let late = due + 2 * every;
     for _ in 0..MAX_DRIFT_GIVE_WAYS {
-        let r = reconcile_until(&mut dp, &mut rec, &desired(&[1, 2, 3]), late, &|| true).unwrap();
-        assert!(r.gave_way, "{r:?}");
-        let r = reconcile_until(&mut dp, &mut rec, &desired(&[1, 2, 3]), late, &|| true).unwrap();
+        let r = reconcile_until(&mut dp, &mut rec, &four, late, &|| true).unwrap();
         assert!(!r.gave_way && !r.full_read, "{r:?}");
     }
-    let r = reconcile_until(&mut dp, &mut rec, &desired(&[1, 2, 3]), late, &|| true).unwrap();
+    let r = reconcile_until(&mut dp, &mut rec, &four, late, &|| true).unwrap();
     assert!(r.full_read && !r.gave_way, "{r:?}");
 }

@@ -68,7 +68,8 @@ ipvsadm -Sn > out/f_ipvsadm_draining.txt
 
 # A change during a drift check: 4,000 foreign services (kube-proxy's, say) make every resync a
 # whole read of seconds under emulation, and the node reads again a second after each one.
-# Each weight change must go in without waiting for the read in progress (the check gives way).
+# Each weight change must go in without waiting for a read: one that lands in a read makes it
+# give way, one that finds a check due puts it off.
 # The same changes are timed first without the foreign services (reads of a few ms).
 ms() { awk '{ printf "%d", $1 * 1000 }' /proc/uptime; }
 kill $pid
@@ -117,7 +118,7 @@ t0=$(ms); ipvsadm -Ln > /dev/null; echo $(( $(ms) - t0 )) > out/g_read_ms
 # Two whole reads with the foreign services in (the first may have begun before they were).
 ok=$(wget -q -O - http://127.0.0.1:9100/metrics | awk '/^shoal_reconciles_total\{result="ok"\}/ { print $2 }')
 wait_passes $(( ${ok%.*} + 2 ))
-change_weights g_latency_ms 5 6 7 8 9
+change_weights g_latency_ms 5 6 7 8 9 10 11 12
 wget -q -O - http://127.0.0.1:9100/metrics | grep '^shoal_reconciles_total' > out/g_reconciles.txt
 kill $pid
 wait $pid
