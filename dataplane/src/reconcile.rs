@@ -299,6 +299,12 @@ impl Reconciler {
     /// A full read of the kernel: it replaces the kept view.
     pub fn observed(&mut self, view: View, now: Instant) {
         self.view = Some(view);
+        self.read_whole_at(now);
+    }
+
+    /// The kept view holds a whole read made at `now` (replaced, or patched by a drift check):
+    /// the next check is due an interval later, and the count of checks put off starts again.
+    fn read_whole_at(&mut self, now: Instant) {
         self.last_full_read = Some(now);
         self.drift_gave_way_streak = 0;
     }
@@ -598,8 +604,7 @@ fn drift_check(
         }
         view.vips = vips;
     }
-    rec.last_full_read = Some(now);
-    rec.drift_gave_way_streak = 0;
+    rec.read_whole_at(now);
     Ok(true)
 }
 
