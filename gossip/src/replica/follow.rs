@@ -107,7 +107,7 @@ impl Replica {
     /// judgement to the members (a flip re-runs the election at this tick) and to this node's
     /// own id (an older process alive elsewhere: see `incarnation.rs`).
     pub(super) fn judge_liveness(&mut self, now_ms: u64) {
-        let reported = self.reported_down();
+        let reported = self.reported_down(now_ms);
         let mut flips: Vec<(NodeId, u64, bool)> = Vec::new();
         let t = &self.timing.liveness;
         let (lost, me, join_grace_ms) = (self.lost_ms, &self.me, self.timing.join_grace_ms);
@@ -118,6 +118,7 @@ impl Replica {
         let actions = &mut self.actions;
         let mut older_alive: Option<Incarnation> = None;
         let mut older_unjudged = false;
+        let mut wrong = false;
         self.beats.retain(|id, per_id| {
             // Chitchat forgot it (the shell lists every record at every step).
             per_id.retain(|f| now_ms.saturating_sub(f.seen_ms) < FORGET_AFTER_MS);
@@ -146,6 +147,8 @@ impl Replica {
                         }
                     }
                 } else if let Some(was) = flip {
+                    // Judged dead, and it beat again: this node's judgement was wrong.
+                    wrong |= was == Judged::Dead;
                     let (id, generation, listen) = (id.clone(), f.generation, f.listen);
                     if was != Judged::New && !confirming {
                         flips.push((id.clone(), generation, was == Judged::Dead));
@@ -176,6 +179,9 @@ impl Replica {
             self.dirty = true;
         }
         self.older_unjudged = older_unjudged;
+        if wrong {
+            self.note_wrong(now_ms);
+        }
         for m in &mut self.members {
             if m.id == self.me.id {
                 continue;

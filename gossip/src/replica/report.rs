@@ -19,15 +19,15 @@ use crate::version::NodeId;
 /// threshold (about half a second), and a short list keeps [`believable`] about deaths at once.
 pub(super) const DOWN_REPORT_MS: u64 = 3_000;
 
-/// Reports are made and believed only in clusters of at most this many members. At 100 nodes
-/// in one process on 2 cores, where heartbeats are often late while the cluster forms, every
-/// node judges some members dead wrongly by its own threshold, and the lower bar for a
-/// reported member spreads each such judgement: 7-12x the flips while forming, and formation
-/// 2.5-7x longer (7-34 s instead of ~3-5), for ~5% off the median detection time
-/// (docs/benchmarks.md, "Death reports": measured flip by flip; not the member parse nor the
-/// pushes). Load-balancer tiers are mostly far smaller; above this size every node judges on
-/// its own, as before.
-pub const MAX_REPORTING_MEMBERS: usize = 32;
+/// A node that judged a member dead which then beat again (its judgement was wrong) neither
+/// reports nor believes reports for this long. While a cluster forms on starved hosts (100
+/// nodes starting on 2 cores) every node judges some members dead wrongly by its own threshold,
+/// and the lower bar for a reported member spread each such judgement: measured flip by flip,
+/// 7-12x the flips while forming and formation 2.5-7x longer (docs/benchmarks.md, "Death
+/// reports"). Those runs showed no wrong judgement once the cluster had settled, so a node's own
+/// recent wrong judgement tells a forming or starved cluster from a settled one: there it judges
+/// on its own, as without reports; a settled cluster of any size keeps them.
+pub(super) const WRONG_QUIET_MS: u64 = 10_000;
 
 /// The key changes at most this often.
 pub(super) const PUBLISH_EVERY_MS: u64 = 1_000;
@@ -47,7 +47,7 @@ pub(super) fn believable(members: usize) -> usize {
 /// Whether a list of `listed` deaths counts in a cluster of `members`: the one rule for what a
 /// node believes and what it publishes.
 fn believed(listed: usize, members: usize) -> bool {
-    members <= MAX_REPORTING_MEMBERS && listed <= believable(members)
+    listed <= believable(members)
 }
 
 /// This node's own reports.
@@ -58,12 +58,31 @@ pub(super) struct Reports {
     /// The list as last written to the key, and when.
     published: Vec<(NodeId, u64)>,
     published_ms: Option<u64>,
+    /// When a member this node had judged dead last beat again ([`WRONG_QUIET_MS`]).
+    wrong_ms: Option<u64>,
 }
 
 impl Replica {
+    /// A member this node had judged dead beat again: its judgement was wrong.
+    pub(super) fn note_wrong(&mut self, now_ms: u64) {
+        self.reports.wrong_ms = Some(now_ms);
+    }
+
+    /// Whether this node makes and believes reports now: not within [`WRONG_QUIET_MS`] of a
+    /// wrong judgement of its own.
+    fn reports_open(&self, now_ms: u64) -> bool {
+        self.reports
+            .wrong_ms
+            .is_none_or(|at| now_ms.saturating_sub(at) >= WRONG_QUIET_MS)
+    }
+
     /// Incarnations reported dead by members this core judges alive (never about itself), from
-    /// reporters whose list is [`believed`].
-    pub(super) fn reported_down(&self) -> Vec<(NodeId, u64)> {
+    /// reporters whose list is [`believed`]; none while this node's own reports are closed
+    /// ([`WRONG_QUIET_MS`]).
+    pub(super) fn reported_down(&self, now_ms: u64) -> Vec<(NodeId, u64)> {
+        if !self.reports_open(now_ms) {
+            return Vec::new();
+        }
         let members = self.members.len();
         self.members
             .iter()
@@ -93,10 +112,11 @@ impl Replica {
     /// list to publish changed, at most once per [`PUBLISH_EVERY_MS`]: every change of the key
     /// makes every node re-read all members, so a cluster where judgements flap (100 nodes
     /// starting on 2 cores) must not pay that at every flip. A list peers would not believe
-    /// ([`believed`]: too long, or the cluster too large) is published empty. Call after the
-    /// members' `alive` flags are up to date.
+    /// ([`believed`]: too long) is published empty, and so is any list while this node was
+    /// wrong lately ([`WRONG_QUIET_MS`]). Call after the members' `alive` flags are up to date.
     pub(super) fn report_deaths(&mut self, now_ms: u64) {
         let members = self.members.len();
+        let open = self.reports_open(now_ms);
         let r = &mut self.reports;
         r.down
             .retain(|(_, _, at)| now_ms.saturating_sub(*at) < DOWN_REPORT_MS);
@@ -106,7 +126,7 @@ impl Replica {
         if !due {
             return;
         }
-        let down: Vec<(NodeId, u64)> = if believed(r.down.len(), members) {
+        let down: Vec<(NodeId, u64)> = if open && believed(r.down.len(), members) {
             r.down.iter().map(|(id, g, _)| (id.clone(), *g)).collect()
         } else {
             Vec::new()

@@ -125,24 +125,107 @@ fn a_reporter_listing_many_deaths_counts_for_nothing() {
 }
 
 #[test]
-fn a_large_cluster_neither_reports_nor_believes() {
-    use super::super::report::MAX_REPORTING_MEMBERS;
-    // Believes nothing: n3's report leaves n1 to the full threshold.
+fn a_large_settled_cluster_reports_and_believes() {
+    // 40 members, none judged wrongly: n3's report is believed as in a small cluster.
     let mut r = replica("n2", 2, 0, 0);
     let mut members = vec![
         reporting("n1", 1, true, &[]),
         reporting("n3", 3, true, &["n1"]),
     ];
-    members
-        .extend((0..MAX_REPORTING_MEMBERS).map(|i| reporting(&format!("x{i:03}"), 9, true, &[])));
+    members.extend((0..38).map(|i| reporting(&format!("x{i:03}"), 9, true, &[])));
     let at = silence_n1(&mut r, 2_100, members).expect("judged dead");
+    assert!((2_500..=2_575).contains(&at), "confirmed at {at}");
+    // And a death judged here is reported.
+    let mut r = replica("n2", 2, 0, 0);
+    let mut members = unreported();
+    members.extend((0..38).map(|i| reporting(&format!("x{i:03}"), 9, true, &[])));
+    silence_n1(&mut r, 2_100, members).expect("judged dead");
+    assert_eq!(r.down_list(), vec![(id("n1"), 0)]);
+}
+
+/// n1 and n3 beat every 100 ms from `from_ms` to `to_ms`; the next beat number.
+fn both_beat(r: &mut Replica, from_ms: u64, to_ms: u64, mut beat: u64) -> u64 {
+    for now in (from_ms..=to_ms).step_by(25) {
+        if now % 100 == 0 {
+            r.handle_heartbeats(
+                now,
+                [(id("n1"), 0, addr(1), beat), (id("n3"), 0, addr(3), beat)],
+            );
+            beat += 1;
+        }
+        r.handle_tick(now, now);
+    }
+    beat
+}
+
+/// n1 is judged dead at its silence, then beats again: n2's judgement was wrong. Returns when
+/// n1 is alive again, and the next beat number.
+fn n1_comes_back(r: &mut Replica) -> (u64, u64) {
+    let died = silence_n1(r, 2_100, unreported()).expect("judged dead");
+    let back = died + 1_000;
+    let beat = both_beat(r, died + 25, back, 100);
+    assert!(alive(r, "n1"));
+    (back, beat)
+}
+
+/// From `from_ms` n1 is silent and n3 beats, `members` handed in at once; when n1 was judged
+/// dead.
+fn silence_n1_from(r: &mut Replica, from_ms: u64, mut beat: u64, members: Vec<Member>) -> u64 {
+    r.handle_members(members);
+    for now in (from_ms..=from_ms + 2_000).step_by(25) {
+        if now % 100 == 0 {
+            r.handle_heartbeats(now, [(id("n3"), 0, addr(3), beat)]);
+            beat += 1;
+        }
+        r.handle_tick(now, now);
+        if !alive(r, "n1") {
+            return now;
+        }
+    }
+    panic!("n1 still alive 2 s after it went silent");
+}
+
+#[test]
+fn a_node_wrong_lately_neither_reports_nor_believes() {
+    use super::super::report::WRONG_QUIET_MS;
+    let n3_reports_n1 = || {
+        vec![
+            reporting("n1", 1, true, &[]),
+            reporting("n3", 3, true, &["n1"]),
+        ]
+    };
+    // 3 s after the wrong judgement n1 goes silent again and n3 reports it: n2 waits for its
+    // own threshold and does not report its judgement.
+    let mut r = replica("n2", 2, 0, 0);
+    let (back, beat) = n1_comes_back(&mut r);
+    let from = back + 3_000;
+    let beat = both_beat(&mut r, back + 25, from - 25, beat);
+    drain(&mut r);
+    let own = silence_n1_from(&mut r, from, beat, n3_reports_n1()) - from;
     assert!(
-        UNREPORTED_DEATH_MS.contains(&at),
-        "judged at {at}, as unreported"
+        (800..=875).contains(&own),
+        "judged {own} ms into the silence"
     );
-    // Reports nothing of its own.
     assert!(r.down_list().is_empty());
     assert!(report_downs(&mut r).is_empty());
+    // The same once the quiet time has passed: the report is believed (the confirm bar, ~500
+    // ms of silence) ...
+    let mut r = replica("n2", 2, 0, 0);
+    let (back, beat) = n1_comes_back(&mut r);
+    let from = back + WRONG_QUIET_MS;
+    let beat = both_beat(&mut r, back + 25, from - 25, beat);
+    let confirmed = silence_n1_from(&mut r, from, beat, n3_reports_n1()) - from;
+    assert!(
+        (500..=575).contains(&confirmed),
+        "confirmed {confirmed} ms into the silence"
+    );
+    // ... and a judgement of its own is reported again.
+    let mut r = replica("n2", 2, 0, 0);
+    let (back, beat) = n1_comes_back(&mut r);
+    let from = back + WRONG_QUIET_MS;
+    let beat = both_beat(&mut r, back + 25, from - 25, beat);
+    silence_n1_from(&mut r, from, beat, unreported());
+    assert_eq!(r.down_list(), vec![(id("n1"), 0)]);
 }
 
 #[test]
