@@ -28,6 +28,21 @@ fn silence_n1(r: &mut Replica, report_at_ms: u64, members: Vec<Member>) -> Optio
     None
 }
 
+/// n1 and n3 beat every 100 ms from `from_ms` to `to_ms`; the next beat number.
+fn both_beat(r: &mut Replica, from_ms: u64, to_ms: u64, mut beat: u64) -> u64 {
+    for now in (from_ms..=to_ms).step_by(25) {
+        if now % 100 == 0 {
+            r.handle_heartbeats(
+                now,
+                [(id("n1"), 0, addr(1), beat), (id("n3"), 0, addr(3), beat)],
+            );
+            beat += 1;
+        }
+        r.handle_tick(now, now);
+    }
+    beat
+}
+
 fn reporting(name: &str, i: u8, alive: bool, down: &[&str]) -> Member {
     let head = ad(4, 2, "n1");
     let mut m = member(name, i, alive, true, Some(head));
@@ -81,14 +96,7 @@ fn a_report_never_kills_a_member_heard_from_lately() {
         reporting("n3", 3, true, &["n1"]),
     ]);
     for now in (2_025..=5_000).step_by(25) {
-        if now % 100 == 0 {
-            r.handle_heartbeats(
-                now,
-                [(id("n1"), 0, addr(1), beat), (id("n3"), 0, addr(3), beat)],
-            );
-            beat += 1;
-        }
-        r.handle_tick(now, now);
+        beat = both_beat(&mut r, now, now, beat);
         assert!(alive(&r, "n1"), "n1 beats, reported or not, at {now}");
     }
 }
@@ -141,21 +149,6 @@ fn a_large_settled_cluster_reports_and_believes() {
     members.extend((0..38).map(|i| reporting(&format!("x{i:03}"), 9, true, &[])));
     silence_n1(&mut r, 2_100, members).expect("judged dead");
     assert_eq!(r.down_list(), vec![(id("n1"), 0)]);
-}
-
-/// n1 and n3 beat every 100 ms from `from_ms` to `to_ms`; the next beat number.
-fn both_beat(r: &mut Replica, from_ms: u64, to_ms: u64, mut beat: u64) -> u64 {
-    for now in (from_ms..=to_ms).step_by(25) {
-        if now % 100 == 0 {
-            r.handle_heartbeats(
-                now,
-                [(id("n1"), 0, addr(1), beat), (id("n3"), 0, addr(3), beat)],
-            );
-            beat += 1;
-        }
-        r.handle_tick(now, now);
-    }
-    beat
 }
 
 /// n1 is judged dead at its silence, then beats again: n2's judgement was wrong. Returns when
@@ -245,14 +238,7 @@ fn own_deaths_are_reported_pushed_to_live_members_and_withdrawn() {
     let mut withdrawn = None;
     let mut beat = 100;
     for now in (3_000..=4_500).step_by(25) {
-        if now % 100 == 0 {
-            r.handle_heartbeats(
-                now,
-                [(id("n1"), 0, addr(1), beat), (id("n3"), 0, addr(3), beat)],
-            );
-            beat += 1;
-        }
-        r.handle_tick(now, now);
+        beat = both_beat(&mut r, now, now, beat);
         let out = report_downs(&mut r);
         if !out.is_empty() {
             assert_eq!(
