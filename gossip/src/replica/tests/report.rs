@@ -7,10 +7,22 @@ use super::*;
 
 /// n1 and n3 followed until 2,000 ms (a beat every 100 ms); then n1 goes silent and n3 keeps
 /// beating, with `members` handed in at `report_at_ms`. Returns when n1 was judged dead.
-fn silence_n1(r: &mut Replica, report_at_ms: u64, members: Vec<Member>) -> Option<u64> {
-    let mut beat = follow_with_heartbeats(r, 2_000);
+fn silence_n1(r: &mut Replica, report_at_ms: u64, members: Vec<Member>) -> u64 {
+    let beat = follow_with_heartbeats(r, 2_000);
+    silence_n1_from(r, 2_025, beat, report_at_ms, members)
+}
+
+/// From `from_ms` n1 is silent and n3 beats (numbered from `beat`), `members` handed in at
+/// `report_at_ms`; when n1 was judged dead, at most 1,475 ms into the silence.
+fn silence_n1_from(
+    r: &mut Replica,
+    from_ms: u64,
+    mut beat: u64,
+    report_at_ms: u64,
+    members: Vec<Member>,
+) -> u64 {
     let mut members = Some(members);
-    for now in (2_025..=3_500).step_by(25) {
+    for now in (from_ms..=from_ms + 1_475).step_by(25) {
         if now % 100 == 0 {
             r.handle_heartbeats(now, [(id("n3"), 0, addr(3), beat)]);
             beat += 1;
@@ -22,10 +34,10 @@ fn silence_n1(r: &mut Replica, report_at_ms: u64, members: Vec<Member>) -> Optio
         }
         r.handle_tick(now, now);
         if !alive(r, "n1") {
-            return Some(now);
+            return now;
         }
     }
-    None
+    panic!("n1 still alive 1,475 ms into its silence");
 }
 
 /// n1 and n3 beat every 100 ms from `from_ms` to `to_ms`; the next beat number.
@@ -71,7 +83,7 @@ fn report_downs(r: &mut Replica) -> Vec<Action> {
 fn a_death_reported_by_a_live_member_is_confirmed_at_the_lower_bar() {
     // Unreported, n1's death waits for phi 8.
     let mut alone = replica("n2", 2, 0, 0);
-    let at = silence_n1(&mut alone, 2_100, unreported()).expect("judged dead");
+    let at = silence_n1(&mut alone, 2_100, unreported());
     assert!(UNREPORTED_DEATH_MS.contains(&at), "{at}");
     // n3 reports it at 2,100 ms, when n1 has been silent for 100 ms: not enough on its own;
     // n2 follows once n1's phi passes the confirm bar (5 here: ~500 ms of silence).
@@ -80,7 +92,7 @@ fn a_death_reported_by_a_live_member_is_confirmed_at_the_lower_bar() {
         reporting("n1", 1, true, &[]),
         reporting("n3", 3, true, &["n1"]),
     ];
-    let at = silence_n1(&mut r, 2_100, members).expect("judged dead");
+    let at = silence_n1(&mut r, 2_100, members);
     assert!((2_500..=2_575).contains(&at), "confirmed at {at}");
     // A confirmed death is not reported on: one judge's word reaches the others once.
     assert!(r.down_list().is_empty());
@@ -110,7 +122,7 @@ fn a_report_from_a_member_judged_dead_counts_for_nothing() {
         reporting("n3", 3, true, &[]),
         reporting("n4", 4, false, &["n1"]),
     ];
-    let at = silence_n1(&mut r, 2_100, members).expect("judged dead");
+    let at = silence_n1(&mut r, 2_100, members);
     assert!(
         UNREPORTED_DEATH_MS.contains(&at),
         "judged at {at}, as unreported"
@@ -125,7 +137,7 @@ fn a_reporter_listing_many_deaths_counts_for_nothing() {
     let mut n3 = reporting("n3", 3, true, &["n1"]);
     n3.down.extend([(id("n7"), 0), (id("n8"), 0)]);
     let members = vec![reporting("n1", 1, true, &[]), n3];
-    let at = silence_n1(&mut r, 2_100, members).expect("judged dead");
+    let at = silence_n1(&mut r, 2_100, members);
     assert!(
         UNREPORTED_DEATH_MS.contains(&at),
         "judged at {at}, as unreported"
@@ -141,41 +153,24 @@ fn a_large_settled_cluster_reports_and_believes() {
         reporting("n3", 3, true, &["n1"]),
     ];
     members.extend((0..38).map(|i| reporting(&format!("x{i:03}"), 9, true, &[])));
-    let at = silence_n1(&mut r, 2_100, members).expect("judged dead");
+    let at = silence_n1(&mut r, 2_100, members);
     assert!((2_500..=2_575).contains(&at), "confirmed at {at}");
     // And a death judged here is reported.
     let mut r = replica("n2", 2, 0, 0);
     let mut members = unreported();
     members.extend((0..38).map(|i| reporting(&format!("x{i:03}"), 9, true, &[])));
-    silence_n1(&mut r, 2_100, members).expect("judged dead");
+    silence_n1(&mut r, 2_100, members);
     assert_eq!(r.down_list(), vec![(id("n1"), 0)]);
 }
 
 /// n1 is judged dead at its silence, then beats again: n2's judgement was wrong. Returns when
 /// n1 is alive again, and the next beat number.
 fn n1_comes_back(r: &mut Replica) -> (u64, u64) {
-    let died = silence_n1(r, 2_100, unreported()).expect("judged dead");
+    let died = silence_n1(r, 2_100, unreported());
     let back = died + 1_000;
     let beat = both_beat(r, died + 25, back, 100);
     assert!(alive(r, "n1"));
     (back, beat)
-}
-
-/// From `from_ms` n1 is silent and n3 beats, `members` handed in at once; when n1 was judged
-/// dead.
-fn silence_n1_from(r: &mut Replica, from_ms: u64, mut beat: u64, members: Vec<Member>) -> u64 {
-    r.handle_members(members);
-    for now in (from_ms..=from_ms + 2_000).step_by(25) {
-        if now % 100 == 0 {
-            r.handle_heartbeats(now, [(id("n3"), 0, addr(3), beat)]);
-            beat += 1;
-        }
-        r.handle_tick(now, now);
-        if !alive(r, "n1") {
-            return now;
-        }
-    }
-    panic!("n1 still alive 2 s after it went silent");
 }
 
 #[test]
@@ -194,7 +189,7 @@ fn a_node_wrong_lately_neither_reports_nor_believes() {
     let from = back + 3_000;
     let beat = both_beat(&mut r, back + 25, from - 25, beat);
     drain(&mut r);
-    let own = silence_n1_from(&mut r, from, beat, n3_reports_n1()) - from;
+    let own = silence_n1_from(&mut r, from, beat, from, n3_reports_n1()) - from;
     assert!(
         (800..=875).contains(&own),
         "judged {own} ms into the silence"
@@ -207,7 +202,7 @@ fn a_node_wrong_lately_neither_reports_nor_believes() {
     let (back, beat) = n1_comes_back(&mut r);
     let from = back + WRONG_QUIET_MS;
     let beat = both_beat(&mut r, back + 25, from - 25, beat);
-    let confirmed = silence_n1_from(&mut r, from, beat, n3_reports_n1()) - from;
+    let confirmed = silence_n1_from(&mut r, from, beat, from, n3_reports_n1()) - from;
     assert!(
         (500..=575).contains(&confirmed),
         "confirmed {confirmed} ms into the silence"
@@ -217,14 +212,14 @@ fn a_node_wrong_lately_neither_reports_nor_believes() {
     let (back, beat) = n1_comes_back(&mut r);
     let from = back + WRONG_QUIET_MS;
     let beat = both_beat(&mut r, back + 25, from - 25, beat);
-    silence_n1_from(&mut r, from, beat, unreported());
+    silence_n1_from(&mut r, from, beat, from, unreported());
     assert_eq!(r.down_list(), vec![(id("n1"), 0)]);
 }
 
 #[test]
 fn own_deaths_are_reported_pushed_to_live_members_and_withdrawn() {
     let mut r = replica("n2", 2, 0, 0);
-    let died = silence_n1(&mut r, 2_100, unreported()).expect("judged dead");
+    let died = silence_n1(&mut r, 2_100, unreported());
     assert_eq!(
         report_downs(&mut r),
         vec![Action::ReportDown {
@@ -263,7 +258,7 @@ fn own_deaths_are_reported_pushed_to_live_members_and_withdrawn() {
 #[test]
 fn a_report_expires() {
     let mut r = replica("n2", 2, 0, 0);
-    let died = silence_n1(&mut r, 2_100, unreported()).expect("judged dead");
+    let died = silence_n1(&mut r, 2_100, unreported());
     drain(&mut r);
     let mut beat = 100;
     let mut withdrawn = None;
