@@ -10,7 +10,6 @@
 //! [`MAX_CONNECTIONS`] are served at once and the rest are closed at accept. Refusals are
 //! counted in `shoal_admin_refused_total{reason}` and logged at WARN, rate-limited.
 
-use crate::desired::desired_state;
 use crate::health::HealthHandle;
 use crate::log_gate::LogGate;
 use crate::metrics::NodeMetrics;
@@ -19,8 +18,7 @@ use crate::reconcile::{ReconcileStatus, SharedProgrammer};
 use crate::source::SourceStatus;
 use crate::status::{ClusterStatus, VersionRef};
 use crate::table::RuleTable;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, Request, State};
+use axum::extract::{Request, State};
 use axum::http::Method;
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
@@ -28,16 +26,18 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use prometheus_client::registry::Registry;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sha2::{Digest, Sha256};
-use shoal_dataplane::ObservedService;
 use shoal_gossip::Mesh;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
+mod dataplane;
 mod readiness;
+mod snapshots;
+pub use dataplane::snapshots as dataplane_snapshots;
 use readiness::{announce_ready, publisher_ready, readiness};
 
 /// A client must send a request's headers within this (slowloris defence).
@@ -46,9 +46,6 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
 /// Connections served at once; more are closed at accept.
 pub const MAX_CONNECTIONS: usize = 64;
-/// Services in one `/v1/dataplane` page by default, and at most.
-pub const DATAPLANE_PAGE_DEFAULT: usize = 100;
-pub const DATAPLANE_PAGE_MAX: usize = 1_000;
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
@@ -64,6 +61,8 @@ pub struct AdminState {
     /// `Some`: `/v1/*` needs `Authorization: Bearer <token>` (compared as SHA-256 digests, so
     /// the comparison's time does not depend on how much of a guess is right).
     pub token: Option<Arc<TokenCheck>>,
+    /// The whole dataplane reads `/v1/dataplane` keeps for the pages after the first.
+    pub snapshots: Arc<Mutex<dataplane::DataplaneSnapshots>>,
 }
 
 /// The admin token, kept as its digest, and the rate limit of the warnings about bad ones.
@@ -102,6 +101,11 @@ pub enum AdminError {
     Dataplane(#[from] shoal_dataplane::DataplaneError),
     #[error("{0}")]
     BadQuery(String),
+    #[error(
+        "snapshot {id}: unknown or expired (a read is kept {ttl_s} s, the newest {kept} at \
+         most); ask without `snapshot` for a fresh read"
+    )]
+    SnapshotGone { id: String, ttl_s: u64, kept: usize },
     #[error("no such endpoint: {0} (see docs/admin-api.md)")]
     NotFound(String),
     #[error("{0} is not served here: the admin API answers GET and HEAD")]
@@ -114,6 +118,7 @@ impl IntoResponse for AdminError {
             AdminError::NoHead => StatusCode::NOT_FOUND,
             AdminError::Dataplane(_) => StatusCode::INTERNAL_SERVER_ERROR,
             AdminError::BadQuery(_) => StatusCode::BAD_REQUEST,
+            AdminError::SnapshotGone { .. } => StatusCode::GONE,
             AdminError::NotFound(_) => StatusCode::NOT_FOUND,
             AdminError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
         };
@@ -129,7 +134,7 @@ pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/v1/cluster", get(cluster))
         .route("/v1/table", get(table))
-        .route("/v1/dataplane", get(dataplane))
+        .route("/v1/dataplane", get(dataplane::dataplane))
         .route("/v1/node", get(node))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -231,6 +236,10 @@ pub async fn serve(
     cancel: CancellationToken,
 ) {
     use hyper_util::rt::{TokioIo, TokioTimer};
+    tokio::spawn(dataplane::expire_snapshots(
+        state.snapshots.clone(),
+        cancel.clone(),
+    ));
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let app = router(state.clone());
     let mut cap_warn = LogGate::new(WARN_EVERY);
@@ -338,163 +347,6 @@ async fn table(State(s): State<AdminState>) -> Result<Json<TableResponse>, Admin
 }
 
 #[derive(Serialize)]
-struct DataplaneResponse {
-    kind: &'static str,
-    /// The table version this node's dataplane was last brought to (its applied version).
-    version: Option<VersionRef>,
-    /// The newest version this node adopted, which the dataplane is being brought to.
-    head: Option<VersionRef>,
-    /// True when what the dataplane holds equals the head's table with health applied, plus
-    /// the entries draining (a drain in progress is not a mismatch).
-    matches_table: bool,
-    /// Totals over the whole read-back; the lists below are one page of it.
-    total: DataplaneTotals,
-    /// Operations that would bring the dataplane to the table (empty when it matches),
-    /// besides the deletions that wait for a drain; at most one page of them.
-    pending_ops: Vec<shoal_dataplane::Op>,
-    /// Removed destinations and services held at weight 0 until their drain ends (one page).
-    draining: Vec<DrainingEntry>,
-    /// Services with source ranges left out because their filter cannot be programmed.
-    withheld: Vec<String>,
-    /// The VIPs and services of this page (`offset`, `limit`).
-    vips: Vec<IpAddr>,
-    services: Vec<ObservedService>,
-    /// The `offset` of the next page; `None` on the last one.
-    next_offset: Option<usize>,
-}
-
-#[derive(Serialize)]
-struct DataplaneTotals {
-    services: usize,
-    destinations: usize,
-    vips: usize,
-    pending_ops: usize,
-    draining: usize,
-}
-
-/// One entry of a drain in progress.
-#[derive(Debug, PartialEq, Eq, Serialize)]
-struct DrainingEntry {
-    /// `tcp 203.0.113.1:80`.
-    service: String,
-    /// `198.18.0.3:80`; `null` when the whole service drains (every destination at weight 0,
-    /// its VIP kept).
-    destination: Option<String>,
-    /// When it is deleted (Unix ms) and how long from now (0 once due: the next pass).
-    deadline_unix_ms: u64,
-    remaining_ms: u64,
-}
-
-impl DrainingEntry {
-    fn new(d: &shoal_dataplane::Draining, now: Instant, now_unix_ms: u64) -> Self {
-        let remaining = d.due.saturating_duration_since(now);
-        let overdue = now.saturating_duration_since(d.due);
-        let ms = |t: Duration| u64::try_from(t.as_millis()).unwrap_or(u64::MAX);
-        DrainingEntry {
-            service: d.service.to_string(),
-            destination: d.destination.map(|(addr, port)| match addr {
-                IpAddr::V4(a) => format!("{a}:{port}"),
-                IpAddr::V6(a) => format!("[{a}]:{port}"),
-            }),
-            deadline_unix_ms: now_unix_ms
-                .saturating_add(ms(remaining))
-                .saturating_sub(ms(overdue)),
-            remaining_ms: ms(remaining),
-        }
-    }
-}
-
-/// `?offset=N&limit=M` of `/v1/dataplane` (services, VIPs and pending ops are paged alike).
-#[derive(Debug, Default, Deserialize)]
-struct Page {
-    offset: Option<usize>,
-    limit: Option<usize>,
-}
-
-impl Page {
-    /// The page asked for, or why it cannot be served.
-    fn parse(query: Result<Query<Page>, QueryRejection>) -> Result<Page, AdminError> {
-        let Query(page) = query.map_err(|e| AdminError::BadQuery(e.body_text()))?;
-        if page.limit == Some(0) {
-            // An empty page would name itself as the next one: a client following
-            // `next_offset` would ask for it forever.
-            return Err(AdminError::BadQuery(format!(
-                "limit: must be 1 to {DATAPLANE_PAGE_MAX}"
-            )));
-        }
-        Ok(page)
-    }
-
-    fn range(&self, len: usize) -> std::ops::Range<usize> {
-        let limit = self
-            .limit
-            .unwrap_or(DATAPLANE_PAGE_DEFAULT)
-            .min(DATAPLANE_PAGE_MAX);
-        let start = self.offset.unwrap_or(0).min(len);
-        start..start.saturating_add(limit).min(len)
-    }
-}
-
-async fn dataplane(
-    State(s): State<AdminState>,
-    query: Result<Query<Page>, QueryRejection>,
-) -> Result<Json<DataplaneResponse>, AdminError> {
-    let page = Page::parse(query)?;
-    let head = s.mesh.current();
-    let verdicts = s.health.verdicts().borrow().clone();
-    let desired = match &head {
-        Some(h) => desired_state(&h.doc, &verdicts),
-        None => desired_state(&RuleTable::default(), &verdicts),
-    };
-    let (actual, pending) = s.programmer.read_pending(desired).await?;
-    let (now, now_unix_ms) = (Instant::now(), crate::unix_ms());
-    let mut pending_ops = pending.ops;
-    let mut draining: Vec<DrainingEntry> = pending
-        .draining
-        .iter()
-        .map(|d| DrainingEntry::new(d, now, now_unix_ms))
-        .collect();
-    let total = DataplaneTotals {
-        services: actual.services.len(),
-        destinations: actual.services.iter().map(|s| s.destinations.len()).sum(),
-        vips: actual.vips.len(),
-        pending_ops: pending_ops.len(),
-        draining: draining.len(),
-    };
-    let longest = total
-        .services
-        .max(total.vips)
-        .max(total.pending_ops)
-        .max(total.draining);
-    let range = page.range(longest);
-    let next_offset = (range.end < longest).then_some(range.end);
-    let mut services = actual.services;
-    let cut = |len: usize| range.start.min(len)..range.end.min(len);
-    let services_page = services.drain(cut(total.services)).collect();
-    let pending_page = pending_ops.drain(cut(total.pending_ops)).collect();
-    let draining_page = draining.drain(cut(total.draining)).collect();
-    Ok(Json(DataplaneResponse {
-        kind: s.programmer.kind(),
-        version: s.reconcile.get().applied,
-        head: head.as_ref().map(|h| (&h.version).into()),
-        matches_table: total.pending_ops == 0,
-        total,
-        pending_ops: pending_page,
-        draining: draining_page,
-        withheld: s.reconcile.get().withheld,
-        vips: actual
-            .vips
-            .iter()
-            .copied()
-            .skip(range.start)
-            .take(range.len())
-            .collect(),
-        services: services_page,
-        next_offset,
-    }))
-}
-
-#[derive(Serialize)]
 struct NodeResponse {
     id: String,
     role: &'static str,
@@ -563,44 +415,5 @@ fn refresh_gauges(s: &AdminState) {
         s.metrics
             .applied_is_head
             .set(i64::from(applied == Some((&head.version).into())));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use shoal_dataplane::model::{Protocol, ServiceKey};
-
-    /// A draining entry says what drains and when it goes, in the wall clock.
-    #[test]
-    fn a_draining_entry_has_its_deadline() {
-        let now = Instant::now();
-        let key = ServiceKey::Addr {
-            addr: "2001:db8::1".parse().unwrap(),
-            port: 443,
-            protocol: Protocol::Tcp,
-        };
-        let d = shoal_dataplane::Draining {
-            service: key.clone(),
-            destination: Some(("2001:db8::9".parse().unwrap(), 443)),
-            due: now + Duration::from_millis(2_500),
-        };
-        assert_eq!(
-            DrainingEntry::new(&d, now, 1_000_000),
-            DrainingEntry {
-                service: "tcp [2001:db8::1]:443".into(),
-                destination: Some("[2001:db8::9]:443".into()),
-                deadline_unix_ms: 1_002_500,
-                remaining_ms: 2_500,
-            }
-        );
-        let late = shoal_dataplane::Draining {
-            service: key,
-            destination: None,
-            due: now,
-        };
-        let e = DrainingEntry::new(&late, now + Duration::from_secs(1), 1_000_000);
-        assert_eq!((e.deadline_unix_ms, e.remaining_ms), (999_000, 0));
-        assert_eq!(e.destination, None);
     }
 }

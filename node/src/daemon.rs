@@ -182,6 +182,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
                 .admin_token
                 .as_deref()
                 .map(|t| Arc::new(admin::TokenCheck::new(t))),
+            snapshots: admin::dataplane_snapshots(),
         },
         admin_cancel.clone(),
     )?;

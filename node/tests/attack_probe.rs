@@ -486,10 +486,34 @@ fn absurd_paging_of_the_dataplane_read_back_is_harmless() {
         "?offset=-1",
         "?limit=abc",
         "?offset=99999999999999999999999",
+        "?snapshot=",
+        "?snapshot=%00%00%00%00%00%00%00%00%00%00%00%00%00%00%00%00",
+        "?snapshot=0123456789abcdef&snapshot=0123456789abcdef",
+        "?snapshot=ffffffffffffffff&offset=18446744073709551615",
     ] {
         let (code, body) = http_get(admin, &format!("/v1/dataplane{q}")).expect("answers");
-        assert!(code == 200 || code == 400, "{q}: {code} {body}");
+        assert!(
+            code == 200 || code == 400 || code == 410,
+            "{q}: {code} {body}"
+        );
         assert!(body.len() < 1 << 20, "{q}: {} bytes", body.len());
+    }
+    // A guessed or overlong read id names nothing and echoes at most 40 characters.
+    let long = "f".repeat(100_000);
+    let (code, body) = http_get(admin, &format!("/v1/dataplane?snapshot={long}")).expect("answers");
+    assert!(code == 400 || code == 414, "{code} {body}");
+    assert!(body.len() < 1_000, "{} bytes", body.len());
+    // Reads taken in a loop are kept four at a time, whatever the loop's length.
+    let ids: Vec<String> = (0..20)
+        .map(|_| {
+            let page = get(admin, "/v1/dataplane?limit=1").expect("a page");
+            page["snapshot"].as_str().expect("an id").to_string()
+        })
+        .collect();
+    for (i, id) in ids.iter().enumerate() {
+        let (code, _) = http_get(admin, &format!("/v1/dataplane?snapshot={id}")).unwrap();
+        let kept = i >= ids.len() - 4;
+        assert_eq!(code, if kept { 200 } else { 410 }, "read {i}");
     }
     let (code, _) = http_get(admin, "/healthz").expect("still alive");
     assert_eq!(code, 200);

@@ -261,18 +261,22 @@ fn idle_slow_and_excess_admin_connections_are_closed() {
     );
 }
 
-/// `/v1/dataplane` answered 41 MB for 10k services; now it summarises and pages.
-#[test]
-fn the_dataplane_read_back_is_paged() {
+fn many_services(n: usize) -> String {
     let mut text = String::new();
-    for i in 0..250 {
+    for i in 0..n {
         text.push_str(&format!(
             "[[service]]\nname='s{i:03}'\nvip='203.0.113.{}'\nport={}\n[[service.backend]]\naddress='198.18.1.1'\n",
             1 + i % 200,
             1000 + i
         ));
     }
-    let c = Cluster::start(1, &text, &[]);
+    text
+}
+
+/// `/v1/dataplane` answered 41 MB for 10k services; now it summarises and pages.
+#[test]
+fn the_dataplane_read_back_is_paged() {
+    let c = Cluster::start(1, &many_services(250), &[]);
     let admin = c.nodes[0].admin;
     c.wait_converged(LIMIT);
     let first = get(admin, "/v1/dataplane").unwrap();
@@ -291,6 +295,10 @@ fn the_dataplane_read_back_is_paged() {
     assert_eq!(seen, 250);
     let huge = get(admin, "/v1/dataplane?limit=100000").unwrap();
     assert_eq!(huge["services"].as_array().unwrap().len(), 250);
+    assert!(
+        huge["snapshot"].is_null(),
+        "a whole read in one page is not kept"
+    );
     // An empty page would name itself as the next one, forever: refused, as JSON.
     for (query, names) in [("limit=0", "limit"), ("offset=abc", "offset")] {
         let (code, body) = http_get(admin, &format!("/v1/dataplane?{query}")).unwrap();
@@ -298,6 +306,76 @@ fn the_dataplane_read_back_is_paged() {
         let error: Value = serde_json::from_str(&body).unwrap();
         assert!(error["error"].as_str().unwrap().contains(names), "{body}");
     }
+}
+
+/// The pages after the first come from the first page's read (`?snapshot=`): they were each a
+/// whole read of their own, seconds apiece at 10,000 IPVS services, and pages of separate
+/// reads skip or repeat services when the table changes between them.
+#[test]
+fn pages_come_from_one_read_while_the_table_changes() {
+    let c = Cluster::start(1, &many_services(250), &[]);
+    let admin = c.nodes[0].admin;
+    let before = c.wait_converged(LIMIT);
+    let first = get(admin, "/v1/dataplane?limit=90").unwrap();
+    let id = first["snapshot"].as_str().unwrap().to_string();
+    assert_eq!(id.len(), 16, "{id}");
+    let names = |page: &Value| -> Vec<String> {
+        page["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["service"]["key"].to_string())
+            .collect()
+    };
+    let mut seen = names(&first);
+
+    // 100 services go away while the client is between two pages.
+    write_rules(&c.rules, &many_services(150));
+    c.wait_for(LIMIT, "the smaller table applied", || {
+        let head = c.wait_converged(LIMIT);
+        (head != before).then_some(())
+    });
+    let fresh = get(admin, "/v1/dataplane?limit=1").unwrap();
+    assert_eq!(fresh["total"]["services"], 150, "{}", fresh["total"]);
+    assert_ne!(fresh["snapshot"], first["snapshot"]);
+
+    let mut offset = first["next_offset"].as_u64();
+    let mut last_age = 0;
+    while let Some(o) = offset {
+        let page = get(
+            admin,
+            &format!("/v1/dataplane?snapshot={id}&offset={o}&limit=90"),
+        )
+        .unwrap();
+        assert_eq!(page["snapshot"], id.as_str());
+        assert_eq!(page["total"]["services"], 250, "a page of another read");
+        let age = page["snapshot_age_ms"].as_u64().unwrap();
+        assert!(age >= last_age, "{age} after {last_age}");
+        last_age = age;
+        seen.extend(names(&page));
+        offset = page["next_offset"].as_u64();
+    }
+    let distinct: std::collections::BTreeSet<&String> = seen.iter().collect();
+    assert_eq!(
+        (seen.len(), distinct.len()),
+        (250, 250),
+        "each service once"
+    );
+
+    // A read nobody took, and a name that is not one: 410 and 400, as JSON that says why.
+    let (code, body) = http_get(admin, "/v1/dataplane?snapshot=0123456789abcdef").unwrap();
+    assert_eq!(code, 410, "{body}");
+    let error: Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        error["error"]
+            .as_str()
+            .unwrap()
+            .contains("without `snapshot`"),
+        "{body}"
+    );
+    let (code, body) = http_get(admin, "/v1/dataplane?snapshot=../../etc").unwrap();
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("snapshot"), "{body}");
 }
 
 /// Errors are JSON `{"error": ...}` everywhere (docs/admin-api.md), not only from handlers:

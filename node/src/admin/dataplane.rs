@@ -1,0 +1,378 @@
+//! `GET /v1/dataplane`: what this node's dataplane holds, read back from it, summarised and
+//! paged. A request without `snapshot` reads the dataplane back whole and keeps that read
+//! (see [`super::snapshots`]); the pages after it name the read (`?snapshot=<id>`) and are
+//! served from it, without reading again.
+
+use super::{AdminError, AdminState};
+use crate::desired::desired_state;
+use crate::status::VersionRef;
+use crate::table::RuleTable;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use shoal_dataplane::{Draining, ObservedService, Op};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Services in one page by default, and at most.
+pub const DATAPLANE_PAGE_DEFAULT: usize = 100;
+pub const DATAPLANE_PAGE_MAX: usize = 1_000;
+/// How long a read stays available to its pages, and how many reads are kept at once.
+pub const SNAPSHOT_TTL: Duration = Duration::from_secs(60);
+pub const SNAPSHOTS_KEPT: usize = 4;
+
+/// One whole read-back and what it was compared with, as it was when read.
+pub struct DataplaneRead {
+    kind: &'static str,
+    version: Option<VersionRef>,
+    head: Option<VersionRef>,
+    withheld: Vec<String>,
+    vips: Vec<IpAddr>,
+    services: Vec<ObservedService>,
+    pending_ops: Vec<Op>,
+    draining: Vec<Draining>,
+}
+
+#[derive(Serialize)]
+pub(super) struct DataplaneResponse {
+    kind: &'static str,
+    /// The read these lists are a page of: pass it back (`?snapshot=`) for the next pages.
+    /// `None` when this page holds the whole read (nothing is kept).
+    snapshot: Option<String>,
+    /// How long ago that read was taken.
+    snapshot_age_ms: u64,
+    /// The table version this node's dataplane had last been brought to (its applied
+    /// version) when it was read.
+    version: Option<VersionRef>,
+    /// The newest version this node had adopted then, which the dataplane is brought to.
+    head: Option<VersionRef>,
+    /// True when what the dataplane held equals the head's table with health applied, plus
+    /// the entries draining (a drain in progress is not a mismatch).
+    matches_table: bool,
+    /// Totals over the whole read-back; the lists below are one page of it.
+    total: DataplaneTotals,
+    /// Operations that would bring the dataplane to the table (empty when it matches),
+    /// besides the deletions that wait for a drain; at most one page of them.
+    pending_ops: Vec<Op>,
+    /// Removed destinations and services held at weight 0 until their drain ends (one page).
+    draining: Vec<DrainingEntry>,
+    /// Services with source ranges left out because their filter cannot be programmed.
+    withheld: Vec<String>,
+    /// The VIPs and services of this page (`offset`, `limit`).
+    vips: Vec<IpAddr>,
+    services: Vec<ObservedService>,
+    /// The `offset` of the next page; `None` on the last one.
+    next_offset: Option<usize>,
+}
+
+#[derive(Serialize)]
+struct DataplaneTotals {
+    services: usize,
+    destinations: usize,
+    vips: usize,
+    pending_ops: usize,
+    draining: usize,
+}
+
+/// One entry of a drain in progress.
+#[derive(Debug, PartialEq, Eq, Serialize)]
+struct DrainingEntry {
+    /// `tcp 203.0.113.1:80`.
+    service: String,
+    /// `198.18.0.3:80`; `null` when the whole service drains (every destination at weight 0,
+    /// its VIP kept).
+    destination: Option<String>,
+    /// When it is deleted (Unix ms) and how long from now (0 once due: the next pass).
+    deadline_unix_ms: u64,
+    remaining_ms: u64,
+}
+
+impl DrainingEntry {
+    fn new(d: &Draining, now: Instant, now_unix_ms: u64) -> Self {
+        let remaining = d.due.saturating_duration_since(now);
+        let overdue = now.saturating_duration_since(d.due);
+        let ms = |t: Duration| u64::try_from(t.as_millis()).unwrap_or(u64::MAX);
+        DrainingEntry {
+            service: d.service.to_string(),
+            destination: d.destination.map(|(addr, port)| match addr {
+                IpAddr::V4(a) => format!("{a}:{port}"),
+                IpAddr::V6(a) => format!("[{a}]:{port}"),
+            }),
+            deadline_unix_ms: now_unix_ms
+                .saturating_add(ms(remaining))
+                .saturating_sub(ms(overdue)),
+            remaining_ms: ms(remaining),
+        }
+    }
+}
+
+/// `?offset=N&limit=M[&snapshot=ID]` (services, VIPs and pending ops are paged alike).
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct Page {
+    offset: Option<usize>,
+    limit: Option<usize>,
+    snapshot: Option<String>,
+}
+
+/// The ids [`new_snapshot_id`] gives out.
+const SNAPSHOT_ID_LEN: usize = 16;
+
+impl Page {
+    /// The page asked for, or why it cannot be served.
+    fn parse(query: Result<Query<Page>, QueryRejection>) -> Result<Page, AdminError> {
+        let Query(page) = query.map_err(|e| AdminError::BadQuery(e.body_text()))?;
+        if page.limit == Some(0) {
+            // An empty page would name itself as the next one: a client following
+            // `next_offset` would ask for it forever.
+            return Err(AdminError::BadQuery(format!(
+                "limit: must be 1 to {DATAPLANE_PAGE_MAX}"
+            )));
+        }
+        if let Some(id) = &page.snapshot {
+            if id.len() != SNAPSHOT_ID_LEN || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(AdminError::BadQuery(format!(
+                    "snapshot: expected the {SNAPSHOT_ID_LEN} hex digits an earlier page \
+                     named, got {:?}",
+                    id.chars().take(40).collect::<String>()
+                )));
+            }
+        }
+        Ok(page)
+    }
+
+    fn range(&self, len: usize) -> std::ops::Range<usize> {
+        let limit = self
+            .limit
+            .unwrap_or(DATAPLANE_PAGE_DEFAULT)
+            .min(DATAPLANE_PAGE_MAX);
+        let start = self.offset.unwrap_or(0).min(len);
+        start..start.saturating_add(limit).min(len)
+    }
+}
+
+fn new_snapshot_id() -> String {
+    format!(
+        "{:0width$x}",
+        rand::random::<u64>(),
+        width = SNAPSHOT_ID_LEN
+    )
+}
+
+/// Reads the dataplane back whole and compares it with the head's table and the verdicts.
+async fn read(s: &AdminState) -> Result<DataplaneRead, AdminError> {
+    let head = s.mesh.current();
+    let verdicts = s.health.verdicts().borrow().clone();
+    let desired = match &head {
+        Some(h) => desired_state(&h.doc, &verdicts),
+        None => desired_state(&RuleTable::default(), &verdicts),
+    };
+    let (actual, pending) = s.programmer.read_pending(desired).await?;
+    let reconcile = s.reconcile.get();
+    Ok(DataplaneRead {
+        kind: s.programmer.kind(),
+        version: reconcile.applied,
+        head: head.as_ref().map(|h| (&h.version).into()),
+        withheld: reconcile.withheld,
+        vips: actual.vips.into_iter().collect(),
+        services: actual.services,
+        pending_ops: pending.ops,
+        draining: pending.draining,
+    })
+}
+
+pub(super) async fn dataplane(
+    State(s): State<AdminState>,
+    query: Result<Query<Page>, QueryRejection>,
+) -> Result<Json<DataplaneResponse>, AdminError> {
+    let page = Page::parse(query)?;
+    let lock = || s.snapshots.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(id) = &page.snapshot {
+        let found = lock().get(id, Instant::now());
+        let Some((read, age)) = found else {
+            return Err(AdminError::SnapshotGone {
+                id: id.clone(),
+                ttl_s: SNAPSHOT_TTL.as_secs(),
+                kept: SNAPSHOTS_KEPT,
+            });
+        };
+        return Ok(Json(page_of(&read, &page, Some(id.clone()), age)));
+    }
+    let read = Arc::new(read(&s).await?);
+    let mut first = page_of(&read, &page, None, Duration::ZERO);
+    // A read that fits in one page needs no keeping: nobody will ask for the next.
+    if first.next_offset.is_some() {
+        let id = new_snapshot_id();
+        lock().keep(id.clone(), read, Instant::now());
+        first.snapshot = Some(id);
+    }
+    Ok(Json(first))
+}
+
+fn page_of(
+    read: &DataplaneRead,
+    page: &Page,
+    id: Option<String>,
+    age: Duration,
+) -> DataplaneResponse {
+    let total = DataplaneTotals {
+        services: read.services.len(),
+        destinations: read.services.iter().map(|s| s.destinations.len()).sum(),
+        vips: read.vips.len(),
+        pending_ops: read.pending_ops.len(),
+        draining: read.draining.len(),
+    };
+    let longest = total
+        .services
+        .max(total.vips)
+        .max(total.pending_ops)
+        .max(total.draining);
+    let range = page.range(longest);
+    let cut = |len: usize| range.start.min(len)..range.end.min(len);
+    let (now, now_unix_ms) = (Instant::now(), crate::unix_ms());
+    DataplaneResponse {
+        kind: read.kind,
+        snapshot: id,
+        snapshot_age_ms: u64::try_from(age.as_millis()).unwrap_or(u64::MAX),
+        version: read.version.clone(),
+        head: read.head.clone(),
+        matches_table: total.pending_ops == 0,
+        pending_ops: read.pending_ops[cut(total.pending_ops)].to_vec(),
+        draining: read.draining[cut(total.draining)]
+            .iter()
+            .map(|d| DrainingEntry::new(d, now, now_unix_ms))
+            .collect(),
+        withheld: read.withheld.clone(),
+        vips: read.vips[cut(total.vips)].to_vec(),
+        services: read.services[cut(total.services)].to_vec(),
+        next_offset: (range.end < longest).then_some(range.end),
+        total,
+    }
+}
+
+/// The reads kept for their pages.
+pub type DataplaneSnapshots = super::snapshots::Snapshots<DataplaneRead>;
+
+pub fn snapshots() -> Arc<Mutex<DataplaneSnapshots>> {
+    Arc::new(Mutex::new(DataplaneSnapshots::new(
+        SNAPSHOT_TTL,
+        SNAPSHOTS_KEPT,
+    )))
+}
+
+/// Drops expired reads on time, not only at the next request: a read of 10,000 services holds
+/// megabytes that a client who never came back should not keep.
+pub(super) async fn expire_snapshots(
+    kept: Arc<Mutex<DataplaneSnapshots>>,
+    cancel: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(SNAPSHOT_TTL / 6);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => kept.lock().unwrap_or_else(|p| p.into_inner()).expire(Instant::now()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_dataplane::model::{Protocol, ServiceKey};
+
+    /// A draining entry says what drains and when it goes, in the wall clock.
+    #[test]
+    fn a_draining_entry_has_its_deadline() {
+        let now = Instant::now();
+        let key = ServiceKey::Addr {
+            addr: "2001:db8::1".parse().unwrap(),
+            port: 443,
+            protocol: Protocol::Tcp,
+        };
+        let d = Draining {
+            service: key.clone(),
+            destination: Some(("2001:db8::9".parse().unwrap(), 443)),
+            due: now + Duration::from_millis(2_500),
+        };
+        assert_eq!(
+            DrainingEntry::new(&d, now, 1_000_000),
+            DrainingEntry {
+                service: "tcp [2001:db8::1]:443".into(),
+                destination: Some("[2001:db8::9]:443".into()),
+                deadline_unix_ms: 1_002_500,
+                remaining_ms: 2_500,
+            }
+        );
+        let late = Draining {
+            service: key,
+            destination: None,
+            due: now,
+        };
+        let e = DrainingEntry::new(&late, now + Duration::from_secs(1), 1_000_000);
+        assert_eq!((e.deadline_unix_ms, e.remaining_ms), (999_000, 0));
+        assert_eq!(e.destination, None);
+    }
+
+    fn read_of(vips: usize) -> DataplaneRead {
+        DataplaneRead {
+            kind: "memory",
+            version: None,
+            head: None,
+            withheld: vec![],
+            vips: (0..vips)
+                .map(|i| IpAddr::from([203, 0, 113, i as u8]))
+                .collect(),
+            services: vec![],
+            pending_ops: vec![],
+            draining: vec![],
+        }
+    }
+
+    /// Pages of one read cover it exactly once, whatever the limit, and the last one says so.
+    #[test]
+    fn the_pages_of_a_read_cover_it_once() {
+        let read = read_of(250);
+        for limit in [1, 90, 100, 249, 250, 5_000] {
+            let mut seen = Vec::new();
+            let mut offset = Some(0);
+            while let Some(o) = offset {
+                let page = Page {
+                    offset: Some(o),
+                    limit: Some(limit),
+                    snapshot: None,
+                };
+                let r = page_of(&read, &page, None, Duration::ZERO);
+                assert!(r.vips.len() <= limit.min(DATAPLANE_PAGE_MAX));
+                seen.extend(r.vips);
+                offset = r.next_offset;
+            }
+            assert_eq!(seen, read.vips, "limit {limit}");
+        }
+        let past = Page {
+            offset: Some(usize::MAX),
+            limit: Some(usize::MAX),
+            snapshot: None,
+        };
+        let r = page_of(&read, &past, None, Duration::ZERO);
+        assert!(r.vips.is_empty() && r.next_offset.is_none());
+    }
+
+    #[test]
+    fn a_snapshot_id_is_what_the_pages_name() {
+        let id = new_snapshot_id();
+        assert_eq!(id.len(), SNAPSHOT_ID_LEN);
+        let query = |q: &str| {
+            let uri = format!("/v1/dataplane?{q}").parse().expect("uri");
+            Page::parse(Query::try_from_uri(&uri))
+        };
+        assert!(query(&format!("snapshot={id}")).is_ok());
+        for bad in ["snapshot=", "snapshot=xyz", &format!("snapshot={id}0")] {
+            let Err(AdminError::BadQuery(why)) = query(bad) else {
+                panic!("{bad} accepted");
+            };
+            assert!(why.starts_with("snapshot:"), "{why}");
+        }
+    }
+}
