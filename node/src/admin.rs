@@ -103,7 +103,7 @@ pub enum AdminError {
     BadQuery(String),
     #[error(
         "snapshot {id}: unknown or expired (a read is kept {ttl_s} s, the newest {kept} at \
-         most); ask without `snapshot` for a fresh read"
+         most); start again with `snapshot=new`"
     )]
     SnapshotGone { id: String, ttl_s: u64, kept: usize },
     #[error("no such endpoint: {0} (see docs/admin-api.md)")]

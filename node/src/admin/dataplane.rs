@@ -1,7 +1,9 @@
 //! `GET /v1/dataplane`: what this node's dataplane holds, read back from it, summarised and
-//! paged. A request without `snapshot` reads the dataplane back whole and keeps that read
-//! (see [`super::snapshots`]); the pages after it name the read (`?snapshot=<id>`) and are
-//! served from it, without reading again.
+//! paged. Every request reads the dataplane back whole, unless it names a read kept for its
+//! pages: `?snapshot=new` keeps the read it takes (see [`super::snapshots`]) and answers its
+//! id, and the pages after it name that id (`?snapshot=<id>`) and are served from it, without
+//! reading again. Keeping is asked for, not done for every request: a monitor polling the first
+//! page would otherwise hold megabytes of reads nobody pages through.
 
 use super::{AdminError, AdminState};
 use crate::desired::desired_state;
@@ -39,8 +41,8 @@ pub struct DataplaneRead {
 #[derive(Serialize)]
 pub(super) struct DataplaneResponse {
     kind: &'static str,
-    /// The read these lists are a page of: pass it back (`?snapshot=`) for the next pages.
-    /// `None` when this page holds the whole read (nothing is kept).
+    /// The kept read these lists are a page of: pass it back (`?snapshot=`) for the next
+    /// pages. `None` when nothing was kept (not asked for, or this page holds the whole read).
     snapshot: Option<String>,
     /// How long ago that read was taken.
     snapshot_age_ms: u64,
@@ -109,7 +111,7 @@ impl DrainingEntry {
     }
 }
 
-/// `?offset=N&limit=M[&snapshot=ID]` (services, VIPs and pending ops are paged alike).
+/// `?offset=N&limit=M[&snapshot=new|ID]` (services, VIPs and pending ops are paged alike).
 #[derive(Debug, Default, Deserialize)]
 pub(super) struct Page {
     offset: Option<usize>,
@@ -117,12 +119,23 @@ pub(super) struct Page {
     snapshot: Option<String>,
 }
 
+/// What `snapshot` asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum Snapshot {
+    /// No keeping: this request's own read, as every request before `snapshot` existed.
+    None,
+    /// Read, and keep the read for the pages after this one.
+    New,
+    /// A page of the read kept under this id.
+    Kept(String),
+}
+
 /// The ids [`new_snapshot_id`] gives out.
 const SNAPSHOT_ID_LEN: usize = 16;
 
 impl Page {
-    /// The page asked for, or why it cannot be served.
-    fn parse(query: Result<Query<Page>, QueryRejection>) -> Result<Page, AdminError> {
+    /// The page asked for and the read it is to come from, or why it cannot be served.
+    fn parse(query: Result<Query<Page>, QueryRejection>) -> Result<(Page, Snapshot), AdminError> {
         let Query(page) = query.map_err(|e| AdminError::BadQuery(e.body_text()))?;
         if page.limit == Some(0) {
             // An empty page would name itself as the next one: a client following
@@ -131,16 +144,25 @@ impl Page {
                 "limit: must be 1 to {DATAPLANE_PAGE_MAX}"
             )));
         }
-        if let Some(id) = &page.snapshot {
-            if id.len() != SNAPSHOT_ID_LEN || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(AdminError::BadQuery(format!(
-                    "snapshot: expected the {SNAPSHOT_ID_LEN} hex digits an earlier page \
-                     named, got {:?}",
-                    id.chars().take(40).collect::<String>()
-                )));
+        let snapshot = page.snapshot()?;
+        Ok((page, snapshot))
+    }
+
+    fn snapshot(&self) -> Result<Snapshot, AdminError> {
+        match self.snapshot.as_deref() {
+            None => Ok(Snapshot::None),
+            Some("new") => Ok(Snapshot::New),
+            Some(id)
+                if id.len() == SNAPSHOT_ID_LEN && id.bytes().all(|b| b.is_ascii_hexdigit()) =>
+            {
+                Ok(Snapshot::Kept(id.to_string()))
             }
+            Some(other) => Err(AdminError::BadQuery(format!(
+                "snapshot: expected `new` or the {SNAPSHOT_ID_LEN} hex digits an earlier page \
+                 named, got {:?}",
+                other.chars().take(40).collect::<String>()
+            ))),
         }
-        Ok(page)
     }
 
     fn range(&self, len: usize) -> std::ops::Range<usize> {
@@ -187,9 +209,9 @@ pub(super) async fn dataplane(
     State(s): State<AdminState>,
     query: Result<Query<Page>, QueryRejection>,
 ) -> Result<Json<DataplaneResponse>, AdminError> {
-    let page = Page::parse(query)?;
+    let (page, wanted) = Page::parse(query)?;
     let lock = || s.snapshots.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(id) = &page.snapshot {
+    if let Snapshot::Kept(id) = &wanted {
         let found = lock().get(id, Instant::now());
         let Some((read, age)) = found else {
             return Err(AdminError::SnapshotGone {
@@ -203,7 +225,7 @@ pub(super) async fn dataplane(
     let read = Arc::new(read(&s).await?);
     let mut first = page_of(&read, &page, None, Duration::ZERO);
     // A read that fits in one page needs no keeping: nobody will ask for the next.
-    if first.next_offset.is_some() {
+    if wanted == Snapshot::New && first.next_offset.is_some() {
         let id = new_snapshot_id();
         lock().keep(id.clone(), read, Instant::now());
         first.snapshot = Some(id);
@@ -367,8 +389,19 @@ mod tests {
             let uri = format!("/v1/dataplane?{q}").parse().expect("uri");
             Page::parse(Query::try_from_uri(&uri))
         };
-        assert!(query(&format!("snapshot={id}")).is_ok());
-        for bad in ["snapshot=", "snapshot=xyz", &format!("snapshot={id}0")] {
+        let asked = |q: &str| query(q).map(|(_, snapshot)| snapshot);
+        assert_eq!(
+            asked(&format!("snapshot={id}")).ok(),
+            Some(Snapshot::Kept(id.clone()))
+        );
+        assert_eq!(asked("snapshot=new").ok(), Some(Snapshot::New));
+        assert_eq!(asked("offset=3").ok(), Some(Snapshot::None));
+        for bad in [
+            "snapshot=",
+            "snapshot=xyz",
+            "snapshot=NEW",
+            &format!("snapshot={id}0"),
+        ] {
             let Err(AdminError::BadQuery(why)) = query(bad) else {
                 panic!("{bad} accepted");
             };

@@ -5,8 +5,8 @@
 //!
 //! Bounded both ways: a read is kept for `ttl` after it was taken, and at most `max` are kept,
 //! so clients that never come back cost a few reads' memory for a minute at most. When room
-//! is needed the read used least lately goes: a monitor polling the first page every second
-//! pushes out its own earlier reads, not the one a client is paging through. No I/O and no
+//! is needed the read used least lately goes: a client taking a new read every second pushes
+//! out its own earlier reads, not the one another client is paging through. No I/O and no
 //! clock of its own: the caller passes `now`.
 
 use std::sync::Arc;
@@ -93,7 +93,7 @@ mod tests {
         let t0 = Instant::now();
         let mut s = Snapshots::new(TTL, 3);
         s.keep("paged".into(), Arc::new(0), t0);
-        // A monitor takes a new read every 100 ms while a client pages through "paged".
+        // One client takes a new read every 100 ms while another pages through "paged".
         for i in 1..=20u64 {
             s.keep(format!("poll{i}"), Arc::new(i), t0 + ms(100 * i));
             assert!(s.get("paged", t0 + ms(100 * i + 50)).is_some(), "page {i}");
