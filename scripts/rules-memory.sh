@@ -18,10 +18,10 @@ open(f'{d}/big.toml', 'w').write(''.join(out))
 open(f'{d}/small.toml', 'w').write('[[service]]\nname = "one"\nvip = "203.0.113.1"\nport = 80\n[[service.backend]]\naddress = "198.18.0.1"\n')
 PY
 cp $D/small.toml $D/rules.toml
-$BIN run --insecure --node-id mem1 --listen 127.0.0.1:$((PORT - 1)) --admin $ADMIN --rules $D/rules.toml --dataplane memory >$D/node.log 2>&1 &
+$BIN run --insecure --single-node --node-id mem1 --listen 127.0.0.1:$((PORT - 1)) --admin $ADMIN --rules $D/rules.toml --dataplane memory >$D/node.log 2>&1 &
 PID=$!
 rss() { grep -E "VmRSS|VmHWM" /proc/$PID/status | tr -s ' ' | tr '\n' ' '; echo; }
-services() { curl -s "http://$ADMIN/v1/dataplane?limit=0" | python3 -c 'import json,sys; print(json.load(sys.stdin)["total"]["services"])' 2>/dev/null; }
+services() { curl -s "http://$ADMIN/v1/dataplane?limit=1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["total"]["services"])' 2>/dev/null; }
 wait_services() { for i in $(seq 1 600); do [ "$(services)" = "$1" ] && return 0; sleep 0.5; done; echo "timeout waiting for $1"; }
 wait_services 1; echo "start (1 service): $(rss)"
 cp $D/big.toml $D/rules.tmp && mv $D/rules.tmp $D/rules.toml
