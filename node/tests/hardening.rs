@@ -301,11 +301,17 @@ fn the_dataplane_read_back_is_paged() {
     );
     // An empty page would name itself as the next one, forever: refused, as JSON.
     for (query, names) in [("limit=0", "limit"), ("offset=abc", "offset")] {
-        let (code, body) = http_get(admin, &format!("/v1/dataplane?{query}")).unwrap();
-        assert_eq!(code, 400, "{query}: {body}");
-        let error: Value = serde_json::from_str(&body).unwrap();
-        assert!(error["error"].as_str().unwrap().contains(names), "{body}");
+        let error = json_error(admin, &format!("/v1/dataplane?{query}"), 400);
+        assert!(error.contains(names), "{error}");
     }
+}
+
+/// The `error` of a JSON error answer to `path`, which must come with status `code`.
+fn json_error(admin: SocketAddr, path: &str, code: u16) -> String {
+    let (got, body) = http_get(admin, path).expect("an answer");
+    assert_eq!(got, code, "{path}: {body}");
+    let error: Value = serde_json::from_str(&body).expect("a JSON body");
+    error["error"].as_str().expect("an error").to_string()
 }
 
 /// With `?snapshot=new` the pages after the first come from the first page's read: they were
@@ -363,19 +369,10 @@ fn pages_come_from_one_read_while_the_table_changes() {
     );
 
     // A read nobody took, and a name that is not one: 410 and 400, as JSON that says why.
-    let (code, body) = http_get(admin, "/v1/dataplane?snapshot=0123456789abcdef").unwrap();
-    assert_eq!(code, 410, "{body}");
-    let error: Value = serde_json::from_str(&body).unwrap();
-    assert!(
-        error["error"]
-            .as_str()
-            .unwrap()
-            .contains("start again with `snapshot=new`"),
-        "{body}"
-    );
-    let (code, body) = http_get(admin, "/v1/dataplane?snapshot=../../etc").unwrap();
-    assert_eq!(code, 400, "{body}");
-    assert!(body.contains("snapshot"), "{body}");
+    let error = json_error(admin, "/v1/dataplane?snapshot=0123456789abcdef", 410);
+    assert!(error.contains("start again with `snapshot=new`"), "{error}");
+    let error = json_error(admin, "/v1/dataplane?snapshot=../../etc", 400);
+    assert!(error.starts_with("snapshot:"), "{error}");
 }
 
 /// Errors are JSON `{"error": ...}` everywhere (docs/admin-api.md), not only from handlers:
@@ -385,16 +382,8 @@ fn unknown_paths_and_methods_get_json_errors() {
     let c = Cluster::start(1, &rules(1), &[]);
     let admin = c.nodes[0].admin;
     c.wait_converged(LIMIT);
-    let (code, body) = http_get(admin, "/v1/nothing-here").unwrap();
-    assert_eq!(code, 404, "{body}");
-    let error: Value = serde_json::from_str(&body).unwrap();
-    assert!(
-        error["error"]
-            .as_str()
-            .unwrap()
-            .contains("/v1/nothing-here"),
-        "{body}"
-    );
+    let error = json_error(admin, "/v1/nothing-here", 404);
+    assert!(error.contains("/v1/nothing-here"), "{error}");
     let mut s = TcpStream::connect(admin).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     write!(s, "DELETE /v1/table HTTP/1.0\r\nHost: {admin}\r\n\r\n").unwrap();
