@@ -37,6 +37,8 @@ pub enum Command {
     Status(StatusArgs),
     /// Print the rule table at the head, asking any one node.
     Table(NodeArgs),
+    /// Print what one node's dataplane holds (read back from it, all pages of one read).
+    Dataplane(DataplaneArgs),
     /// Create and manage the cluster's certificates.
     #[command(subcommand)]
     Certs(CertsCommand),
@@ -125,6 +127,14 @@ pub struct NodeArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct StatusArgs {
+    #[command(flatten)]
+    pub node: NodeArgs,
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DataplaneArgs {
     #[command(flatten)]
     pub node: NodeArgs,
     #[arg(long, value_enum, default_value_t = OutputFormat::Table)]

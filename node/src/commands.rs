@@ -1,4 +1,4 @@
-//! The one-shot CLI commands: status, table, certs init, check, backend-init.
+//! The one-shot CLI commands: status, table, dataplane, certs init, check, backend-init.
 
 use crate::cli::{
     BackendInitArgs, CertsInitArgs, CertsIssueArgs, CheckArgs, NodeArgs, OutputFormat, StatusArgs,
@@ -8,6 +8,9 @@ use crate::rules;
 use crate::status::ClusterStatus;
 use anyhow::Context;
 use std::time::Duration;
+
+mod dataplane;
+pub use dataplane::dataplane;
 
 /// The most a command reads of an admin API answer. A table's JSON is about 1.5 times its rules
 /// file (16,000 services x 10 backends: 7.9 MB of rules, 11.5 MB from `/v1/table`), so a rules

@@ -57,6 +57,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Status(args) => runtime()?.block_on(commands::status(&args)),
         Command::Table(args) => runtime()?.block_on(commands::table(&args)),
+        Command::Dataplane(args) => runtime()?.block_on(commands::dataplane(&args)),
         Command::Certs(CertsCommand::Init(args)) => commands::certs_init(&args),
         Command::Certs(CertsCommand::Issue(args)) => commands::certs_issue(&args),
         Command::Check(args) => commands::check(&args),

@@ -306,6 +306,38 @@ fn the_dataplane_read_back_is_paged() {
     }
 }
 
+/// `shoal dataplane` lists every page of one read (1,250 services: two pages of 1,000 at most)
+/// as one document, or like `ipvsadm -Ln`.
+#[test]
+fn the_cli_lists_a_nodes_dataplane_from_all_pages_of_one_read() {
+    let c = Cluster::start(1, &many_services(1_250), &[]);
+    let admin = c.nodes[0].admin.to_string();
+    c.wait_converged(LIMIT);
+    let cli = |output: &str| {
+        let out = std::process::Command::new(common::bin())
+            .args(["dataplane", "--output", output, "--node", &admin])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let json: Value = serde_json::from_str(&cli("json")).unwrap();
+    assert_eq!(json["total"]["services"], 1_250);
+    assert_eq!(json["matches_table"], true);
+    let services = json["services"].as_array().unwrap();
+    let distinct: std::collections::BTreeSet<String> = services
+        .iter()
+        .map(|s| s["service"]["key"].to_string())
+        .collect();
+    assert_eq!((services.len(), distinct.len()), (1_250, 1_250));
+    assert!(json["next_offset"].is_null());
+    let text = cli("table");
+    assert!(text.contains("matches the table"), "{text}");
+    assert!(text.contains("1250 services, 1250 destinations"), "{text}");
+    assert_eq!(text.matches("-> 198.18.1.1:").count(), 1_250);
+    assert!(text.contains("tcp 203.0.113.1:1000 "), "{text}");
+}
+
 /// The `error` of a JSON error answer to `path`, which must come with status `code`.
 fn json_error(admin: SocketAddr, path: &str, code: u16) -> String {
     let (got, body) = http_get(admin, path).expect("an answer");
@@ -434,10 +466,11 @@ fn a_command_whose_reader_goes_away_ends_quietly() {
     assert!(!err.contains("panicked"), "{err}");
 }
 
-/// `shoal status` and `shoal table` read at most `MAX_ANSWER_BYTES` of an answer (an endless
-/// one took gigabytes), and refuse an answer of the wrong shape instead of printing it.
+/// `shoal status`, `shoal table` and `shoal dataplane` read at most `MAX_ANSWER_BYTES` of an
+/// answer (an endless one took gigabytes), and refuse an answer of the wrong shape instead of
+/// printing it; `shoal dataplane` also refuses pages that never end.
 #[test]
-fn status_and_table_refuse_endless_and_misshapen_answers() {
+fn status_table_and_dataplane_refuse_endless_and_misshapen_answers() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
@@ -446,14 +479,22 @@ fn status_and_table_refuse_endless_and_misshapen_answers() {
             std::thread::spawn(move || {
                 let mut buf = [0u8; 4096];
                 let _ = conn.read(&mut buf);
-                if i < 2 {
+                if i < 3 {
                     // An endless JSON array, as fast as the client reads it.
                     let _ = conn
                         .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n[");
                     let chunk = "1,".repeat(32 * 1024);
                     while conn.write_all(chunk.as_bytes()).is_ok() {}
-                } else {
+                } else if i < 6 {
                     let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}");
+                } else {
+                    // A dataplane page that names itself as the next one, forever.
+                    let page = SELF_NAMING_PAGE;
+                    let _ = write!(
+                        conn,
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{page}",
+                        page.len()
+                    );
                 }
             });
         }
@@ -465,20 +506,27 @@ fn status_and_table_refuse_endless_and_misshapen_answers() {
             .output()
             .unwrap()
     };
-    for command in ["status", "table"] {
+    for command in ["status", "table", "dataplane"] {
         let out = run(command);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{command}: {err}");
         assert!(err.contains("more than"), "{command}: {err}");
     }
-    for command in ["status", "table"] {
+    for command in ["status", "table", "dataplane"] {
         let out = run(command);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{command}: {err}");
         assert!(err.contains("unexpected"), "{command}: {err}");
         assert!(out.stdout.is_empty(), "{command} printed {:?}", out.stdout);
     }
+    let out = run("dataplane");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("not a Shoal node's paging"), "{err}");
+    assert!(out.stdout.is_empty(), "printed {:?}", out.stdout);
 }
+
+const SELF_NAMING_PAGE: &str = r#"{"kind":"ipvs","snapshot":"0123456789abcdef","version":null,"head":null,"matches_table":true,"total":{"services":0,"destinations":0,"vips":0,"pending_ops":0,"draining":0},"pending_ops":[],"draining":[],"withheld":[],"vips":[],"services":[],"next_offset":0}"#;
 
 /// `--node` as people give it: a pasted `http://` URL is the address (it became
 /// `http://http://...`), a wrong scheme or a path is refused before any request, a server
