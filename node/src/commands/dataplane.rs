@@ -16,6 +16,9 @@ const PAGE: usize = 1_000;
 /// The most all pages together may add up to (a 10,000 x 10 table is about 41 MB of JSON, and
 /// a rules file at its cap about 1.6 times that); a node that never stops paging is cut off.
 const MAX_TOTAL_BYTES: usize = 256 << 20;
+/// The most pages read: 10 million services, far past any table a rules file or a cluster
+/// holds, so that a node handing out tiny pages forever is cut off too.
+const MAX_PAGES: usize = 10_000;
 
 /// `/v1/dataplane` (`admin/dataplane.rs`): one page as it comes, and all pages merged.
 #[derive(Debug, Deserialize, Serialize)]
@@ -83,7 +86,12 @@ async fn fetch(args: &DataplaneArgs) -> anyhow::Result<Listing> {
         );
     }
     let mut next = all.next_offset;
+    let mut pages = 1;
     while let Some(offset) = next {
+        pages += 1;
+        if pages > MAX_PAGES {
+            anyhow::bail!("{node} kept paging past {MAX_PAGES} pages");
+        }
         let path = match &all.snapshot {
             Some(id) => format!("/v1/dataplane?snapshot={id}&offset={offset}&limit={PAGE}"),
             None => format!("/v1/dataplane?offset={offset}&limit={PAGE}"),
