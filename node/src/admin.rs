@@ -38,6 +38,7 @@ mod dataplane;
 mod readiness;
 mod snapshots;
 pub use dataplane::snapshots as dataplane_snapshots;
+pub(crate) use dataplane::{DataplaneTotals, DrainingEntry};
 use readiness::{announce_ready, publisher_ready, readiness};
 
 /// A client must send a request's headers within this (slowloris defence).

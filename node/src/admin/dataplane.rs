@@ -70,26 +70,27 @@ pub(super) struct DataplaneResponse {
     next_offset: Option<usize>,
 }
 
-#[derive(Serialize)]
-struct DataplaneTotals {
-    services: usize,
-    destinations: usize,
-    vips: usize,
-    pending_ops: usize,
-    draining: usize,
+/// Also what `shoal dataplane` reads back.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct DataplaneTotals {
+    pub(crate) services: usize,
+    pub(crate) destinations: usize,
+    pub(crate) vips: usize,
+    pub(crate) pending_ops: usize,
+    pub(crate) draining: usize,
 }
 
-/// One entry of a drain in progress.
-#[derive(Debug, PartialEq, Eq, Serialize)]
-struct DrainingEntry {
+/// One entry of a drain in progress (also what `shoal dataplane` reads back).
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct DrainingEntry {
     /// `tcp 203.0.113.1:80`.
-    service: String,
+    pub(crate) service: String,
     /// `198.18.0.3:80`; `null` when the whole service drains (every destination at weight 0,
     /// its VIP kept).
-    destination: Option<String>,
+    pub(crate) destination: Option<String>,
     /// When it is deleted (Unix ms) and how long from now (0 once due: the next pass).
-    deadline_unix_ms: u64,
-    remaining_ms: u64,
+    pub(crate) deadline_unix_ms: u64,
+    pub(crate) remaining_ms: u64,
 }
 
 impl DrainingEntry {

@@ -3,6 +3,7 @@
 //! of one instant, and printed like `ipvsadm -Ln` or as one JSON document.
 
 use super::{get_bytes, token};
+use crate::admin::{DataplaneTotals, DrainingEntry};
 use crate::cli::{DataplaneArgs, OutputFormat};
 use crate::status::VersionRef;
 use anyhow::Context;
@@ -30,30 +31,13 @@ struct Listing {
     version: Option<VersionRef>,
     head: Option<VersionRef>,
     matches_table: bool,
-    total: Totals,
+    total: DataplaneTotals,
     pending_ops: Vec<serde_json::Value>,
-    draining: Vec<Draining>,
+    draining: Vec<DrainingEntry>,
     withheld: Vec<String>,
     vips: Vec<IpAddr>,
     services: Vec<ObservedService>,
     next_offset: Option<usize>,
-}
-
-#[derive(Debug, Deserialize, Serialize)]
-struct Totals {
-    services: usize,
-    destinations: usize,
-    vips: usize,
-    pending_ops: usize,
-    draining: usize,
-}
-
-#[derive(Debug, Deserialize, Serialize)]
-struct Draining {
-    service: String,
-    destination: Option<String>,
-    deadline_unix_ms: u64,
-    remaining_ms: u64,
 }
 
 fn page_of(bytes: &[u8], path: &str) -> anyhow::Result<Listing> {
