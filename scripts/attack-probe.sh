@@ -6,8 +6,8 @@
 # slowloris / idle / connection cap / paging, key modes and certificate validity, validation
 # findings). A file caught half-written is node/src/source/static_file.rs's unit test (a
 # writer's pauses cannot be bounded on a busy machine). The suites are
-# node/tests/attack_probe.rs and node/tests/hardening.rs; CI runs both on the debug binary as
-# part of `cargo test`. The handshake flood is gossip/tests/attacks.rs; with FLOOD=1 this script
+# node/tests/attack_probe.rs, node/tests/hardening.rs and node/tests/dataplane_api.rs (the
+# admin API's paging); CI runs them on the debug binary as part of `cargo test`. The handshake flood is gossip/tests/attacks.rs; with FLOOD=1 this script
 # also runs the flood bench in release (200 half-open Initials/s, a new member joins).
 #
 #   scripts/attack-probe.sh            # builds target/release/shoal if missing
@@ -20,7 +20,7 @@ if [ ! -x "$bin" ]; then
     cargo build --release --locked -p shoal-node --bin shoal
 fi
 echo "probing $bin ($("$bin" --version 2>/dev/null || echo unknown version))"
-SHOAL_BIN="$bin" cargo test --locked -p shoal-node --test attack_probe --test hardening -- \
+SHOAL_BIN="$bin" cargo test --locked -p shoal-node --test attack_probe --test hardening --test dataplane_api -- \
     --test-threads=1 --nocapture 2>&1 | grep -E '^(test |shoal check|identity mismatches|test result)|panicked'
 if [ "${FLOOD:-0}" = 1 ]; then
     cargo run -q --release --locked -p shoal-gossip --example flood-bench -- 200 5

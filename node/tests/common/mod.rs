@@ -319,6 +319,14 @@ pub fn http_get(admin: SocketAddr, path: &str) -> Option<(u16, String)> {
     Some((code, body.to_string()))
 }
 
+/// The `error` of a JSON error answer to `path`, which must come with status `code`.
+pub fn json_error(admin: SocketAddr, path: &str, code: u16) -> String {
+    let (got, body) = http_get(admin, path).expect("an answer");
+    assert_eq!(got, code, "{path}: {body}");
+    let error: Value = serde_json::from_str(&body).expect("a JSON body");
+    error["error"].as_str().expect("an error").to_string()
+}
+
 pub fn write_rules(path: &Path, text: &str) {
     // Write then rename, as editors do, so the source never reads half a file.
     let tmp = path.with_extension("tmp");
