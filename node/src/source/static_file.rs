@@ -2,9 +2,9 @@
 //!
 //! The file is polled rather than watched with inotify: editors replace files by rename and
 //! Kubernetes swaps ConfigMap mounts through symlinks, both of which break file watches, while
-//! reading a small file twice a second costs nothing.
+//! reading a small file's metadata four times a second costs nothing.
 
-use super::settle::{Settle, Stamp, Verdict};
+use super::settle::{Settle, Stamp, Verdict, QUIET_PERIOD};
 use super::SourceStatus;
 use crate::rules;
 use crate::table::RuleTable;
@@ -27,8 +27,8 @@ pub async fn run(
     run_every(POLL_INTERVAL, path, out, status, cancel).await
 }
 
-/// [`run`] with another poll interval (tests use a longer one, so that a busy machine cannot
-/// stretch a writer's pause past two polls).
+/// [`run`] with another poll interval. A file is read once it has held still for
+/// `settle::QUIET_PERIOD` (or one poll, when a poll is longer).
 pub async fn run_every(
     poll_interval: Duration,
     path: PathBuf,
@@ -37,7 +37,7 @@ pub async fn run_every(
     cancel: CancellationToken,
 ) {
     status.set_running(true);
-    let mut settle = Settle::default();
+    let mut settle = Settle::new(QUIET_PERIOD.max(poll_interval));
     let mut published: Option<[u8; 32]> = None;
     let mut ticker = tokio::time::interval(poll_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -54,7 +54,7 @@ pub async fn run_every(
                 continue;
             }
         };
-        if settle.observe(stamp) != Verdict::Read {
+        if settle.observe(stamp, std::time::Instant::now()) != Verdict::Read {
             continue;
         }
         let bytes = match read_bounded(&path).await {
@@ -307,6 +307,35 @@ mod tests {
             r.rx.changed().await.unwrap();
             assert_eq!(r.names(), ["a", "b"]);
         }
+        r.stop().await;
+    }
+
+    /// The audit of 2026-12-06: a file written in two pieces 0.45 s apart (three services,
+    /// then the rest) was published with three, removing the others on every node for a
+    /// moment, when two equal polls were enough. A pause shorter than the quiet period is not
+    /// the end of the file.
+    #[tokio::test]
+    async fn a_writer_pausing_between_pieces_is_waited_for() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rules.toml");
+        std::fs::write(&path, AB).unwrap();
+        let mut r = start(&path, POLL_INTERVAL);
+        r.rx.changed().await.unwrap();
+        assert_eq!(r.names(), ["a", "b"]);
+        let edited = AB.replace("name='b'", "name='c'");
+        let mut f = std::fs::File::create(&path).unwrap();
+        f.write_all(&edited.as_bytes()[..A.len()]).unwrap();
+        f.flush().unwrap();
+        // Two polls and more see the first piece hold still (one poll was enough before).
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        f.write_all(&edited.as_bytes()[A.len()..]).unwrap();
+        drop(f);
+        tokio::time::timeout(Duration::from_secs(30), r.rx.changed())
+            .await
+            .expect("the edited file is published")
+            .unwrap();
+        assert_eq!(r.names(), ["a", "c"], "{:?}", r.status.get());
         r.stop().await;
     }
 
