@@ -80,9 +80,40 @@ fn module_hint(dev: &str) -> String {
     format!("load the {module} module on the node (modprobe {module}); it creates {dev} in every network namespace")
 }
 
+/// A pool that holds an address of one of this host's interfaces (the pod's own address, a
+/// node's) would make it local on `lo` too and take the host's traffic for its network with
+/// it: refused before anything changes.
+fn refuse_pools_holding_host_addresses(
+    rtnl: &mut Rtnl,
+    pools: &[IpNet],
+) -> Result<(), DataplaneError> {
+    for link in rtnl.links()? {
+        if link.name == "lo" || link.name == "tunl0" || link.name == "ip6tnl0" {
+            continue;
+        }
+        for addr in rtnl.addresses(link.index)? {
+            if let Some(pool) = pools.iter().find(|p| p.contains(&addr)) {
+                return Err(DataplaneError::Invalid {
+                    entry: pool.to_string(),
+                    field: "pool".into(),
+                    detail: format!(
+                        "holds {addr}, an address of {}: a local route for the pool would take \
+                         this host's own network",
+                        link.name
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 pub fn prepare_with(accept: &Accept, sysctl: &Sysctl) -> Result<Report, DataplaneError> {
     let mut report = Report::default();
     let mut rtnl = Rtnl::open()?;
+    if !accept.pools.is_empty() {
+        refuse_pools_holding_host_addresses(&mut rtnl, &accept.pools)?;
+    }
     let mut devices = Vec::new();
     for dev in accept.tunnel_devices() {
         let link = rtnl.link(dev)?.ok_or_else(|| DataplaneError::Unsupported {

@@ -294,6 +294,30 @@ fn backend_init_pool_serves_a_vip_allocated_after_the_backend_started() {
         let routes = r.out(&format!("k_routes_{b}.txt"));
         assert!(routes.contains("local 203.0.113.0/24 dev lo"), "{routes}");
     }
+    // Refused before anything changed (the audit of 2026-12-06: a 0.0.0.0/0 pool made every
+    // address local; a multicast VIP stayed on tunl0 after the final check failed).
+    for (n, says) in [
+        (1, "wider than a /8"),
+        (2, "holds 198.18.1.31, an address of"),
+        (
+            3,
+            "--vip 224.0.0.1: not a unicast address a VIP can be (multicast)",
+        ),
+    ] {
+        let out = r.out(&format!("k_refused{n}.txt"));
+        assert!(
+            out.contains(says) && out.trim_end().ends_with('1'),
+            "{n}: {says:?} and exit 1 expected:\n{out}"
+        );
+    }
+    let state = r.out("k_refused_state.txt");
+    assert!(
+        !state.contains("0.0.0.0/0")
+            && !state.contains("default")
+            && !state.contains("198.18.1.0/24")
+            && !state.contains("224.0.0.1"),
+        "a refused init changed b1:\n{state}"
+    );
     let first = r.out("k_fetch10.txt");
     assert!(
         !first.contains("FAIL") && first.lines().count() == 4,

@@ -233,6 +233,18 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<()> {
 }
 
 pub fn backend_init(args: &BackendInitArgs) -> anyhow::Result<()> {
+    // Before anything changes: an address on tunl0 or a local route cannot be half-applied
+    // and then found wrong by the final check.
+    for vip in &args.vip {
+        if let Some(why) = crate::validate::not_unicast(*vip) {
+            anyhow::bail!("--vip {vip}: not a unicast address a VIP can be ({why})");
+        }
+    }
+    for pool in &args.pool {
+        if let Some(why) = crate::validate::not_a_vip_pool(*pool) {
+            anyhow::bail!("--pool {why}");
+        }
+    }
     let accept = shoal_dataplane::backend_init::Accept {
         vips: args.vip.clone(),
         pools: args.pool.clone(),

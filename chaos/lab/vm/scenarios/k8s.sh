@@ -48,7 +48,15 @@ ro shoal sysctls --check > out/k_check_before.txt 2>&1; echo $? > out/k_check_be
 shoal sysctls > out/k_sysctls.txt 2>&1; echo $? > out/k_sysctls.rc
 ro shoal sysctls --check > out/k_check_after.txt 2>&1; echo $? > out/k_check_after.rc
 
-# --- 3 (set-up). Backends accept the whole pool, before any VIP of it is in the table.
+# --- 3 (set-up). First what must be refused before anything changes: a pool that would make
+# every address local (its default route included), one holding the backend's own address,
+# a multicast VIP. Then backends accept the whole pool, before any VIP of it is in the table.
+n=0
+for bad in "--pool 0.0.0.0/0" "--pool 198.18.1.0/24" "--vip 224.0.0.1"; do
+  n=$((n + 1))
+  ip netns exec b1 shoal backend-init $bad > out/k_refused$n.txt 2>&1; echo $? >> out/k_refused$n.txt
+done
+{ ip -n b1 route show table local type local; ip -n b1 addr show dev tunl0; } > out/k_refused_state.txt 2>&1
 for b in 1 2; do
   ip netns exec b$b shoal backend-init --pool 203.0.113.0/24 > out/k_init_b$b.txt 2>&1
   echo $? > out/k_init_b$b.rc
