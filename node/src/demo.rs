@@ -42,16 +42,58 @@ fn check_args(args: &DemoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The demo's life: the walkthrough, then (without `--exit-after`) running until a signal.
+/// SIGINT, SIGTERM or SIGHUP at any moment stop the nodes and remove the workspace; a failed
+/// walkthrough stops them too but keeps the workspace for its logs.
 pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     check_args(args)?;
+    let mut stop = StopSignals::install()?;
     let dir = tempfile::Builder::new().prefix("shoal-demo-").tempdir()?;
+    let mut nodes: Vec<DemoNode> = Vec::new();
+    let interrupted = tokio::select! {
+        done = walkthrough(args, dir.path(), &mut nodes) => match done {
+            Ok(()) => None,
+            Err(e) => {
+                let dead = dead_nodes(&mut nodes, dir.path());
+                stop_nodes(&mut nodes).await;
+                let kept = dir.keep();
+                anyhow::bail!(
+                    "{e:#}\n{dead}the nodes' logs are kept in {} (with the demo's \
+                     certificates; remove it when done)",
+                    kept.display()
+                );
+            }
+        },
+        signal = stop.recv() => Some(signal),
+    };
+    if let Some(signal) = interrupted {
+        outln!()?;
+        step(&format!("{signal}: stopping the nodes"))?;
+        stop_nodes(&mut nodes).await;
+        anyhow::bail!("stopped by {signal} before the walkthrough finished");
+    }
+    if !args.exit_after {
+        outln!("\nRunning until Ctrl-C (or SIGTERM).")?;
+        let signal = stop.recv().await;
+        outln!()?;
+        step(&format!("{signal}: stopping the nodes"))?;
+    } else {
+        step("stopping the nodes")?;
+    }
+    stop_nodes(&mut nodes).await;
+    Ok(())
+}
+
+/// The walkthrough itself; every node it starts goes into `nodes`, so that the caller can stop
+/// them however this ends.
+async fn walkthrough(args: &DemoArgs, dir: &Path, nodes: &mut Vec<DemoNode>) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("locating the shoal binary")?;
     let service_port = args.base_port + SERVICE_OFFSET;
 
-    step(&format!("workspace {}", dir.path().display()))?;
+    step(&format!("workspace {}", dir.display()))?;
     let ids: Vec<String> = (1..=args.nodes).map(|i| format!("node-{i}")).collect();
     crate::commands::certs_init(&crate::cli::CertsInitArgs {
-        out: dir.path().join("certs"),
+        out: dir.join("certs"),
         cluster: "demo".into(),
         nodes: ids.clone(),
         ca_days: shoal_gossip::certs::CA_DAYS_DEFAULT,
@@ -63,15 +105,14 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         "two HTTP backends on {}:{service_port} and {}:{service_port}",
         BACKENDS[0], BACKENDS[1]
     ))?;
-    let rules = dir.path().join("rules.toml");
+    let rules = dir.join("rules.toml");
     std::fs::write(&rules, demo_rules(service_port, 1))?;
 
     let peer = |i: usize| format!("127.0.0.1:{}", args.base_port + i as u16);
     let admin = |i: usize| format!("127.0.0.1:{}", args.base_port + ADMIN_OFFSET + i as u16);
-    let mut nodes = Vec::new();
     for (i, id) in ids.iter().enumerate() {
         let seeds: Vec<String> = (0..args.nodes).filter(|j| *j != i).map(peer).collect();
-        let child = spawn_node(&exe, dir.path(), id, &peer(i), &admin(i), &seeds, &rules)?;
+        let child = spawn_node(&exe, dir, id, &peer(i), &admin(i), &seeds, &rules)?;
         nodes.push(DemoNode {
             id: id.clone(),
             admin: admin(i),
@@ -83,7 +124,22 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         args.nodes
     ))?;
     let t0 = Instant::now();
-    wait_until(|| all_applied(&nodes, None)).await?;
+    // A node that cannot start (a port taken, say) exits at once: say so now, not after the
+    // wait's 30 s.
+    loop {
+        if let Some(dead) = first_exited(nodes) {
+            anyhow::bail!("{dead} exited during start-up");
+        }
+        if all_applied(nodes, None).await.is_some() {
+            break;
+        }
+        anyhow::ensure!(
+            t0.elapsed() < WAIT_LIMIT,
+            "the nodes did not converge within {} s",
+            WAIT_LIMIT.as_secs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     done(&format!("converged in {} ms", t0.elapsed().as_millis()))?;
     print_status(&nodes[0].admin).await?;
 
@@ -115,7 +171,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     })
     .await?;
     let takeover_ms = killed_at.elapsed().as_millis();
-    wait_until(|| all_applied(&nodes, Some(&takeover.1))).await?;
+    wait_until(|| all_applied(nodes, Some(&takeover.1))).await?;
     done(&format!(
         "{} took over in {takeover_ms} ms with version {}; every live node applied it after {} ms",
         takeover.0,
@@ -133,7 +189,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         (head > takeover.1).then_some(head)
     })
     .await?;
-    wait_until(|| all_applied(&nodes, Some(&new_head))).await?;
+    wait_until(|| all_applied(nodes, Some(&new_head))).await?;
     done(&format!(
         "version {new_head} reached every live node in {} ms",
         edited_at.elapsed().as_millis()
@@ -144,7 +200,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let seeds: Vec<String> = (0..args.nodes).filter(|j| *j != idx).map(peer).collect();
     nodes[idx].child = Some(spawn_node(
         &exe,
-        dir.path(),
+        dir,
         &old,
         &peer(idx),
         &admin(idx),
@@ -160,7 +216,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         let p = s.publisher.clone()?;
         let head = s.head_version()?;
         (head == new_head).then_some(())?;
-        all_applied(&nodes, Some(&head)).await?;
+        all_applied(nodes, Some(&head)).await?;
         Some(p)
     })
     .await?;
@@ -174,7 +230,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     print_status(&nodes[0].admin).await?;
 
     outln!("\nAdmin APIs (try /v1/cluster, /v1/table, /v1/dataplane, /metrics):")?;
-    for n in &nodes {
+    for n in nodes.iter() {
         outln!("  {}: http://{}/v1/cluster", n.id, n.admin)?;
     }
     outln!("  shoal status --node {}", nodes[0].admin)?;
@@ -182,23 +238,78 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         "Rules file: {} (edit it and watch the version move)",
         rules.display()
     )?;
-    if !args.exit_after {
-        outln!("\nRunning until Ctrl-C.")?;
-        tokio::signal::ctrl_c().await?;
+    Ok(())
+}
+
+/// The signals that end the demo, whichever phase it is in.
+struct StopSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt()).context("installing a SIGINT handler")?,
+            terminate: signal(SignalKind::terminate()).context("installing a SIGTERM handler")?,
+            hangup: signal(SignalKind::hangup()).context("installing a SIGHUP handler")?,
+        })
     }
-    step("stopping the nodes")?;
-    for n in &mut nodes {
-        if let Some(mut c) = n.child.take() {
-            if let Some(pid) = c.id() {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGTERM,
-                );
-            }
-            let _ = tokio::time::timeout(Duration::from_secs(5), c.wait()).await;
+
+    /// The name of the next signal.
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.interrupt.recv() => "SIGINT",
+            _ = self.terminate.recv() => "SIGTERM",
+            _ = self.hangup.recv() => "SIGHUP",
         }
     }
-    Ok(())
+}
+
+/// SIGTERM to every node at once, up to 5 s for them to leave the mesh, then SIGKILL.
+async fn stop_nodes(nodes: &mut [DemoNode]) {
+    let mut children: Vec<Child> = nodes.iter_mut().filter_map(|n| n.child.take()).collect();
+    for c in &children {
+        if let Some(pid) = c.id() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    for c in &mut children {
+        if tokio::time::timeout_at(deadline, c.wait()).await.is_err() {
+            let _ = c.kill().await;
+        }
+    }
+}
+
+/// The first node that has exited although the walkthrough did not stop it.
+fn first_exited(nodes: &mut [DemoNode]) -> Option<String> {
+    nodes.iter_mut().find_map(|n| {
+        let status = n.child.as_mut()?.try_wait().ok()??;
+        Some(format!("{} ({status})", n.id))
+    })
+}
+
+/// Each node that exited on its own, with the end of its log: why the walkthrough failed.
+fn dead_nodes(nodes: &mut [DemoNode], dir: &Path) -> String {
+    let mut out = String::new();
+    for n in nodes.iter_mut() {
+        let Some(Ok(Some(status))) = n.child.as_mut().map(|c| c.try_wait()) else {
+            continue;
+        };
+        let log = std::fs::read_to_string(dir.join(format!("{}.log", n.id))).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(3).collect();
+        out.push_str(&format!("{} exited ({status}); its log ends:\n", n.id));
+        for line in tail.into_iter().rev() {
+            out.push_str(&format!("    {line}\n"));
+        }
+    }
+    out
 }
 
 fn spawn_node(

@@ -24,3 +24,66 @@ fn the_demo_runs_its_walkthrough() {
         assert!(stdout.contains(step), "missing {step:?} in:\n{stdout}");
     }
 }
+
+/// The audit of 2026-12-06: SIGTERM or SIGHUP to the demo (or Ctrl-C in its first seconds)
+/// left its nodes running under init, holding their ports, and its workspace (with the CA
+/// key) on disk. Now a signal at any moment stops the nodes and removes the workspace.
+#[test]
+fn a_signal_during_the_walkthrough_stops_the_nodes_and_removes_the_workspace() {
+    use std::io::{BufRead, BufReader};
+    use std::time::{Duration, Instant};
+    let base = 19560u16;
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(["demo", "--base-port", &base.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start shoal demo");
+    let mut lines = BufReader::new(demo.stdout.take().unwrap()).lines();
+    let mut workspace = None;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(dir) = line.strip_prefix("==> workspace ") {
+            workspace = Some(std::path::PathBuf::from(dir));
+        }
+        if line.starts_with("==> started") {
+            break;
+        }
+    }
+    let workspace = workspace.expect("the demo names its workspace");
+    let admin = |i: u16| std::net::SocketAddr::from(([127, 0, 0, 1], base + 40 + i));
+    // Signal once the first node's admin API answers: the nodes are up, the walkthrough is not
+    // done.
+    let start = Instant::now();
+    while std::net::TcpStream::connect(admin(0)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "node-1 never listened"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(demo.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = demo.wait().unwrap();
+    assert!(
+        rest.iter()
+            .any(|l| l.contains("SIGTERM: stopping the nodes")),
+        "{rest:?}"
+    );
+    // Signalled before its end (the usual case), the walkthrough is a failure; a machine
+    // fast enough to finish it first makes it the normal stop of a finished demo.
+    let finished = rest.iter().any(|l| l.contains("Running until Ctrl-C"));
+    assert_eq!(status.success(), finished, "{rest:?}");
+    for i in 0..3 {
+        assert!(
+            std::net::TcpStream::connect(admin(i)).is_err(),
+            "node-{} still answers after the demo ended",
+            i + 1
+        );
+    }
+    assert!(!workspace.exists(), "{} left behind", workspace.display());
+}
