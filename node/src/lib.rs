@@ -9,10 +9,18 @@
 
 /// `println!` that returns the write's error instead of panicking: a command piped into `head`
 /// must not die with a backtrace when the reader goes away (`main` ends quietly on that error).
+/// Control characters other than newline and tab are written escaped ([`terminal_safe`]): much
+/// of what the CLI prints comes from a node or a file (names, errors), and an escape sequence
+/// in it must not drive the operator's terminal.
 macro_rules! outln {
+    () => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock())
+    }};
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        writeln!(std::io::stdout().lock(), $($arg)*)
+        let text = format!($($arg)*);
+        writeln!(std::io::stdout().lock(), "{}", $crate::terminal_safe(&text))
     }};
 }
 
@@ -20,8 +28,28 @@ macro_rules! outln {
 macro_rules! out {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        write!(std::io::stdout().lock(), $($arg)*)
+        let text = format!($($arg)*);
+        write!(std::io::stdout().lock(), "{}", $crate::terminal_safe(&text))
     }};
+}
+
+/// `text` with every control character but newline and tab written as `\uXXXX` (which is
+/// also how JSON escapes them, so JSON output stays JSON): an ESC from a hostile node or a
+/// rules file's key prints as `\u001b`, not as a command to the terminal.
+pub fn terminal_safe(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| c.is_control() && c != '\n' && c != '\t';
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 pub mod admin;
@@ -52,4 +80,16 @@ pub fn unix_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn control_characters_are_escaped_and_text_is_left_alone() {
+        assert_eq!(super::terminal_safe("a\tb\nc é ✓"), "a\tb\nc é ✓");
+        assert_eq!(
+            super::terminal_safe("\u{1b}[2J\r\u{7}\u{9b}31m"),
+            "\\u001b[2J\\u000d\\u0007\\u009b31m"
+        );
+    }
 }

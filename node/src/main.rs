@@ -18,7 +18,7 @@ fn main() -> std::process::ExitCode {
         // The reader of our output went away (`shoal table | head`): it has what it wanted.
         Err(e) if is_broken_pipe(&e) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", report(&e));
+            eprintln!("error: {}", shoal_node::terminal_safe(&report(&e)));
             std::process::ExitCode::FAILURE
         }
     }

@@ -465,6 +465,32 @@ fn an_error_names_its_cause_once() {
     assert_eq!(err.matches("not a regular file").count(), 1, "{err}");
 }
 
+/// The audit of 2026-12-06: a rules file's key holding an escape sequence (`"\u001b[2J"`, clear
+/// the screen) reached the terminal raw through `shoal check`'s error. Everything the CLI
+/// prints now has its control characters escaped.
+#[test]
+fn escape_sequences_in_what_the_cli_prints_are_escaped() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        "\"\\u001b[2J\\u001b[31mPWNED\\u001b[0m\" = 1\n[[service]]\nname = \"a\"\nvip = \"203.0.113.1\"\nport = 80\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(common::bin())
+        .args(["check", "--rules"])
+        .arg(&rules)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("PWNED"), "the key is named: {err}");
+    assert!(
+        !out.stderr.contains(&0x1b) && !out.stdout.contains(&0x1b),
+        "a raw ESC was printed: {err}"
+    );
+}
+
 /// A rejected rules file was visible only in the publisher's own `/v1/node`: `shoal status`
 /// on any other node showed a head that stood still, without a reason. The publisher now
 /// gossips its source's problem, and every node's `/v1/cluster` and `shoal status` show it
