@@ -365,6 +365,13 @@ impl NodeConfig {
         if tls_dir.is_none() && !s.insecure {
             return Err(ConfigError::NoTls);
         }
+        if tls_dir.is_some() && s.insecure {
+            return Err(invalid(
+                "tls_dir",
+                "given with --insecure, which runs without TLS and would ignore it: give one \
+                 of the two",
+            ));
+        }
         let source = match s.source.unwrap_or(SourceKind::Static) {
             SourceKind::Static => {
                 // Refused rather than ignored: an operator who set them expects a Kubernetes
@@ -386,6 +393,13 @@ impl NodeConfig {
                 Source::Static {
                     rules: rules.ok_or(ConfigError::Missing("rules"))?,
                 }
+            }
+            SourceKind::Kubernetes if rules.is_some() => {
+                return Err(invalid(
+                    "rules",
+                    "only the static source reads it, and the source is kubernetes: leave it \
+                     out (or give --source static)",
+                ))
             }
             SourceKind::Kubernetes => Source::Kubernetes(KubernetesSettings {
                 lb_class: name(
@@ -488,6 +502,46 @@ fn announce_settings(s: &RunSettings, node_id: &str) -> Result<AnnounceSettings,
         .transpose()?;
     if mode == Some(Mode::L2) && interface.is_none() {
         return Err(ConfigError::Missing("interface"));
+    }
+    // Refused rather than ignored, as the Kubernetes-only settings with a static source: an
+    // operator who set one expects what it does (a drain at shutdown, an ARP owner on an
+    // interface), and this node would silently not do it.
+    let for_one_mode = [
+        ("interface", s.interface.is_some(), Mode::L2, "l2"),
+        ("bgp", s.bgp.is_some(), Mode::Bgp, "bgp"),
+    ];
+    for (field, set, wanted, flag) in for_one_mode {
+        if set && mode != Some(wanted) {
+            return Err(invalid(
+                field,
+                format!(
+                    "only `--announce {flag}` uses it, and this node announces {}: give \
+                     --announce {flag} or leave it out",
+                    match mode {
+                        None => "nothing",
+                        Some(Mode::Bgp) => "by BGP",
+                        Some(Mode::L2) => "by ARP/NDP (l2)",
+                    }
+                ),
+            ));
+        }
+    }
+    let for_any_mode = [
+        ("shutdown_drain_s", s.shutdown_drain_s.is_some()),
+        ("freeze_withdraw_ms", s.freeze_withdraw_ms.is_some()),
+        (
+            "withdraw_when_no_backends",
+            s.withdraw_when_no_backends.is_some(),
+        ),
+    ];
+    if mode.is_none() {
+        if let Some(&(field, _)) = for_any_mode.iter().find(|(_, set)| *set) {
+            return Err(invalid(
+                field,
+                "only an announcement uses it, and this node announces nothing: give \
+                 --announce bgp or l2, or leave it out",
+            ));
+        }
     }
     let bgp = match (&s.bgp, mode) {
         (Some(b), _) => Some(bgp_settings(b, node_id)?),

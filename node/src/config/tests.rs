@@ -236,6 +236,7 @@ fn defaults_come_from_their_owners() {
     assert_eq!(cfg.drain, Duration::ZERO);
     let mut k = args();
     k.source = Some(SourceKind::Kubernetes);
+    k.rules = None;
     let cfg = NodeConfig::resolve(&k).unwrap();
     assert_eq!(cfg.drain, Duration::from_secs(30));
     let Source::Kubernetes(ks) = cfg.source else {
@@ -316,6 +317,11 @@ fn every_bound_is_checked_at_start_up_naming_the_setting() {
         let mut base = args();
         if *key == "lb_class" {
             base.source = Some(SourceKind::Kubernetes);
+            base.rules = None;
+        }
+        if ["freeze_withdraw_ms", "shutdown_drain_s"].contains(key) {
+            base.announce = Some(AnnounceKind::L2);
+            base.interface = Some("eth0".into());
         }
         if *key == "node_id" {
             base.node_id = None;
@@ -349,8 +355,6 @@ fn every_bound_is_checked_at_start_up_naming_the_setting() {
             "127.0.0.1:7946".into(),
             "--admin".into(),
             "127.0.0.1:9100".into(),
-            "--rules".into(),
-            "r.toml".into(),
             "--insecure".into(),
             flag.clone(),
             flag_value,
@@ -360,6 +364,16 @@ fn every_bound_is_checked_at_start_up_naming_the_setting() {
         }
         if *key == "lb_class" {
             argv.extend(["--source".into(), "kubernetes".into()]);
+        } else {
+            argv.extend(["--rules".into(), "r.toml".into()]);
+        }
+        if ["freeze_withdraw_ms", "shutdown_drain_s"].contains(key) {
+            argv.extend([
+                "--announce".into(),
+                "l2".into(),
+                "--interface".into(),
+                "eth0".into(),
+            ]);
         }
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         let Ok(cli) = Cli::try_parse_from(["shoal", "run"].iter().chain(&argv)) else {
@@ -421,6 +435,7 @@ fn announce_errors_name_the_setting() {
 fn kubernetes_settings_are_checked_at_start_up_naming_the_setting() {
     let mut a = args();
     a.source = Some(SourceKind::Kubernetes);
+    a.rules = None;
     a.vip_pools = Some(vec!["203.0.113.0/24".into()]);
     let err = NodeConfig::resolve(&a).unwrap_err().to_string();
     assert!(err.contains("`vip_pools` (--vip-pools)"), "{err}");
@@ -628,6 +643,7 @@ fn file_only_and_pool_errors_read_cleanly() {
     );
     let mut a = args();
     a.source = Some(SourceKind::Kubernetes);
+    a.rules = None;
     a.namespace = Some("app".into());
     a.vip_pools = Some(vec!["".into()]);
     let err = NodeConfig::resolve(&a).unwrap_err().to_string();
@@ -661,6 +677,7 @@ fn kubernetes_settings_with_the_static_source_are_refused() {
         );
         let mut k = a.clone();
         k.source = Some(SourceKind::Kubernetes);
+        k.rules = None;
         if key == "namespace" {
             k.vip_pools = Some(vec!["203.0.113.0/28".into()]);
         }
@@ -698,4 +715,64 @@ fn no_seeds_without_single_node_is_refused_naming_both_flags() {
     let mut first_pod = a.clone();
     first_pod.seeds = Some(vec!["127.0.0.1:7946".into()]); // its own --listen
     assert!(NodeConfig::resolve(&first_pod).is_ok());
+}
+
+/// The audit of 2026-12-06: settings that the node as configured would not use were accepted
+/// silently (a shutdown drain without announcements: SIGTERM exited after 0.3 s). Refused,
+/// named, with the way out.
+#[test]
+fn settings_this_node_would_not_use_are_refused() {
+    for (text, key, says) in [
+        (
+            "interface = \"eth0\"",
+            "interface",
+            "only `--announce l2` uses it",
+        ),
+        (
+            "announce = \"bgp\"\ninterface = \"eth0\"\n[bgp]\nlocal_asn = 65001\n",
+            "interface",
+            "announces by BGP",
+        ),
+        (
+            "shutdown_drain_s = 30",
+            "shutdown_drain_s",
+            "announces nothing",
+        ),
+        (
+            "freeze_withdraw_ms = 1500",
+            "freeze_withdraw_ms",
+            "announces nothing",
+        ),
+        (
+            "withdraw_when_no_backends = false",
+            "withdraw_when_no_backends",
+            "announces nothing",
+        ),
+        (
+            "[bgp]\nlocal_asn = 65001\n",
+            "bgp",
+            "only `--announce bgp` uses it",
+        ),
+        ("tls_dir = \"/nonexistent\"", "tls_dir", "--insecure"),
+        (
+            "source = \"kubernetes\"",
+            "rules",
+            "only the static source reads it",
+        ),
+    ] {
+        let (a, _f) = with_file(args(), text);
+        let err = NodeConfig::resolve(&a).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("`{key}`")) && err.contains(says),
+            "{text}: {err}"
+        );
+    }
+    // With what they need, the same settings are taken.
+    let (a, _f) = with_file(
+        args(),
+        "announce = \"l2\"\ninterface = \"eth0\"\nshutdown_drain_s = 30\nfreeze_withdraw_ms = 1500\n\
+         withdraw_when_no_backends = false",
+    );
+    let cfg = NodeConfig::resolve(&a).unwrap();
+    assert_eq!(cfg.announce.shutdown_drain, Duration::from_secs(30));
 }
