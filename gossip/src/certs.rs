@@ -504,12 +504,20 @@ fn cluster_of(ca: &ClusterCa) -> String {
 }
 
 impl ClusterCa {
-    fn cluster_id_hint(&self) -> Option<String> {
-        let der = rustls_pemfile::certs(&mut self.cert_pem.as_bytes())
+    fn cert_der(&self) -> Option<CertificateDer<'static>> {
+        rustls_pemfile::certs(&mut self.cert_pem.as_bytes())
             .next()?
-            .ok()?;
-        let cn = common_name(&der)?;
+            .ok()
+    }
+
+    fn cluster_id_hint(&self) -> Option<String> {
+        let cn = common_name(&self.cert_der()?)?;
         cn.strip_prefix("shoal cluster CA ").map(str::to_string)
+    }
+
+    /// When the CA certificate is valid (not before, not after).
+    pub fn validity(&self) -> Option<(SystemTime, SystemTime)> {
+        validity_of(&self.cert_der()?)
     }
 }
 

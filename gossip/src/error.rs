@@ -48,6 +48,16 @@ pub enum CertError {
     },
     #[error("validity {field} = {days} days: must be 1 to 36500")]
     BadValidity { field: &'static str, days: u32 },
+    #[error("cluster name {cluster:?} is not usable: 1-253 characters without spaces or control characters (what `shoal run --cluster` accepts)")]
+    BadClusterId { cluster: String },
+    #[error("node id {id:?} given twice")]
+    DuplicateNodeId { id: String },
+    #[error("node certificates valid {node_days} days would outlive their CA, valid until {}: give --node-days at most the CA's remaining {} days, or issue from a newer CA", utc(*ca_until), ca_days_left)]
+    OutlivesCa {
+        node_days: u32,
+        ca_until: i64,
+        ca_days_left: i64,
+    },
     #[error("{path} exists: refusing to replace a cluster CA (rotate with `shoal certs issue --also-trust`, see docs/security.md)")]
     Exists { path: PathBuf },
 }

@@ -4,6 +4,7 @@
 use super::{create_ca_with, issue_node_cert_with, parse_certs, ClusterCa, Validity};
 use crate::error::CertError;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 /// Writes a file readable by everyone (certificates).
 fn write_public(path: &Path, text: &str) -> Result<(), CertError> {
@@ -65,6 +66,53 @@ pub fn check_node_id(node: &str) -> Result<(), CertError> {
     }
 }
 
+/// Whether `cluster` can name a cluster: what `shoal run --cluster` accepts (1-253 characters
+/// without spaces or control characters), so that no CA is made for a name no node can run
+/// under.
+pub fn check_cluster_id(cluster: &str) -> Result<(), CertError> {
+    let usable = (1..=253).contains(&cluster.len())
+        && !cluster.chars().any(|c| c.is_whitespace() || c.is_control());
+    if usable {
+        Ok(())
+    } else {
+        Err(CertError::BadClusterId {
+            cluster: cluster.into(),
+        })
+    }
+}
+
+/// Each of `node_ids` usable and given once.
+fn check_node_ids(node_ids: &[String]) -> Result<(), CertError> {
+    let mut seen = std::collections::BTreeSet::new();
+    for node in node_ids {
+        check_node_id(node)?;
+        if !seen.insert(node) {
+            return Err(CertError::DuplicateNodeId { id: node.clone() });
+        }
+    }
+    Ok(())
+}
+
+/// Node certificates valid `node_days` from now must not outlive the CA that signs them (valid
+/// until `ca_until`): they would be refused from that day on anyway, and their stated validity
+/// would mislead whoever plans the renewals.
+fn check_within_ca(node_days: u32, ca_until: SystemTime) -> Result<(), CertError> {
+    let now = SystemTime::now();
+    let node_until = now + Duration::from_secs(u64::from(node_days) * 86_400);
+    if node_until <= ca_until + Duration::from_secs(86_400) {
+        return Ok(());
+    }
+    let left = ca_until
+        .duration_since(now)
+        .map(|d| (d.as_secs() / 86_400) as i64)
+        .unwrap_or(0);
+    Err(CertError::OutlivesCa {
+        node_days,
+        ca_until: super::unix_secs(ca_until),
+        ca_days_left: left,
+    })
+}
+
 /// Writes `out/ca.pem`, `out/ca.key`, and `out/<node>/{ca.pem,node.pem,node.key}` per node, with
 /// the default validity.
 pub fn write_cluster_dir(
@@ -84,8 +132,13 @@ pub fn write_cluster_dir_with(
     validity: Validity,
 ) -> Result<(), CertError> {
     validity.check()?;
-    for node in node_ids {
-        check_node_id(node)?;
+    check_cluster_id(cluster_id)?;
+    check_node_ids(node_ids)?;
+    if !node_ids.is_empty() {
+        check_within_ca(
+            validity.node_days,
+            SystemTime::now() + Duration::from_secs(u64::from(validity.ca_days) * 86_400),
+        )?;
     }
     if out.join("ca.key").exists() {
         return Err(CertError::Exists {
@@ -108,10 +161,11 @@ pub fn issue_into(
     node_days: u32,
     also_trust: &[PathBuf],
 ) -> Result<(), CertError> {
-    for node in node_ids {
-        check_node_id(node)?;
-    }
+    check_node_ids(node_ids)?;
     let ca = ClusterCa::load_dir(ca_dir)?;
+    if let Some((_, ca_until)) = ca.validity() {
+        check_within_ca(node_days, ca_until)?;
+    }
     let mut extra = Vec::new();
     for path in also_trust {
         let pem =

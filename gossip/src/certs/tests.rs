@@ -121,6 +121,51 @@ fn bad_inputs_are_named() {
     assert!(err.to_string().contains("ca.key"), "{err}");
 }
 
+/// The audit of 2026-12-06: `certs init` wrote a CA for cluster names `shoal run --cluster`
+/// refuses (`''`, `'x y'`), wrote a node given twice twice, and issued node certificates that
+/// outlived their CA by years.
+#[test]
+fn names_no_node_can_run_under_and_certificates_outliving_their_ca_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = |ca_days, node_days| Validity { ca_days, node_days };
+    for cluster in ["", "x y", "tab\there", &"c".repeat(254)] {
+        let err = write_cluster_dir_with(dir.path(), cluster, &[], v(30, 10)).unwrap_err();
+        assert!(
+            matches!(err, CertError::BadClusterId { .. }),
+            "{cluster:?}: {err}"
+        );
+    }
+    let twice = ["a".to_string(), "b".into(), "a".into()];
+    let err = write_cluster_dir_with(dir.path(), "c", &twice, v(30, 10)).unwrap_err();
+    assert_eq!(err.to_string(), "node id \"a\" given twice");
+    let err = write_cluster_dir_with(dir.path(), "c", &["n1".into()], v(10, 4000)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CertError::OutlivesCa {
+                node_days: 4000,
+                ca_days_left: 9..=10,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("--node-days"), "{err}");
+    // Nothing was written by the refusals; a CA alone has no node certificates to outlive it.
+    assert!(!dir.path().join("ca.key").exists());
+    write_cluster_dir_with(dir.path(), "c", &[], v(10, 4000)).unwrap();
+    // Issuing later from that CA: the node certificates must end within its ten days.
+    let out = dir.path().join("out");
+    let err = issue_into(dir.path(), &["n1".into()], &out, 30, &[]).unwrap_err();
+    assert!(matches!(err, CertError::OutlivesCa { .. }), "{err}");
+    let err = issue_into(dir.path(), &["n1".into(), "n1".into()], &out, 5, &[]).unwrap_err();
+    assert!(matches!(err, CertError::DuplicateNodeId { .. }), "{err}");
+    issue_into(dir.path(), &["n1".into()], &out, 5, &[]).unwrap();
+    // The defaults (a 10-year CA, 1-year nodes) and equal lifetimes are fine.
+    let other = tempfile::tempdir().unwrap();
+    write_cluster_dir_with(other.path(), "c", &["n1".into()], v(30, 30)).unwrap();
+}
+
 #[test]
 fn server_name_is_a_dns_label() {
     assert_eq!(cluster_server_name("My Cluster!"), "gossip.my-cluster");
