@@ -380,6 +380,51 @@ fn status_table_and_dataplane_refuse_endless_and_misshapen_answers() {
     assert!(out.stdout.is_empty(), "printed {:?}", out.stdout);
 }
 
+/// The audit of 2026-12-06: a node whose pages came from a new read each time (another
+/// snapshot id per page) had them merged, 40 services listed under a total of 10. Pages of
+/// other reads, and pages that do not add up to the read's total, are refused.
+#[test]
+fn dataplane_pages_of_other_reads_or_not_adding_up_are_refused() {
+    let page = |snapshot: &str, services: usize, next: &str| {
+        format!(
+            r#"{{"kind":"ipvs","snapshot":"{snapshot}","version":null,"head":null,"matches_table":true,"total":{{"services":{services},"destinations":0,"vips":0,"pending_ops":0,"draining":0}},"pending_ops":[],"draining":[],"withheld":[],"vips":[],"services":[],"next_offset":{next}}}"#
+        )
+    };
+    let (a, b) = ("0123456789abcdef", "fedcba9876543210");
+    // Two listings, two requests each: the second page of another read; a read whose pages
+    // list none of the 3 services its total counts.
+    let answers = [
+        page(a, 3, "1"),
+        page(b, 3, "null"),
+        page(a, 3, "1"),
+        page(a, 3, "null"),
+    ];
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for (conn, body) in listener.incoming().zip(answers) {
+            let Ok(mut conn) = conn else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    for says in ["not one listing", "list 0 services where its total says 3"] {
+        let out = std::process::Command::new(common::bin())
+            .args(["dataplane", "--node", &addr.to_string()])
+            .env_remove("SHOAL_ADMIN_TOKEN_FILE")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(says), "{says}: {err}");
+        assert!(out.stdout.is_empty(), "printed {:?}", out.stdout);
+    }
+}
+
 const SELF_NAMING_PAGE: &str = r#"{"kind":"ipvs","snapshot":"0123456789abcdef","version":null,"head":null,"matches_table":true,"total":{"services":0,"destinations":0,"vips":0,"pending_ops":0,"draining":0},"pending_ops":[],"draining":[],"withheld":[],"vips":[],"services":[],"next_offset":0}"#;
 
 /// `--node` as people give it: a pasted `http://` URL is the address (it became

@@ -14,9 +14,10 @@ use std::net::IpAddr;
 
 /// Services asked for per page: the most a node serves in one.
 const PAGE: usize = 1_000;
-/// The most all pages together may add up to (a 10,000 x 10 table is about 41 MB of JSON, and
-/// a rules file at its cap about 1.6 times that); a node that never stops paging is cut off.
-const MAX_TOTAL_BYTES: usize = 256 << 20;
+/// The most all pages together may add up to: a 10,000 x 10 table is about 41 MB of JSON, and a
+/// rules file at its 32 MiB cap holds about 70,000 x 10 (~290 MB; 256 MiB refused one, the audit
+/// of 2026-12-06); a node that never stops paging is cut off.
+const MAX_TOTAL_BYTES: usize = 1 << 30;
 /// The most pages read: 10 million services, far past any table a rules file or a cluster
 /// holds, so that a node handing out tiny pages forever is cut off too.
 const MAX_PAGES: usize = 10_000;
@@ -86,6 +87,13 @@ async fn fetch(args: &DataplaneArgs) -> anyhow::Result<Listing> {
             anyhow::bail!("{node}'s pages add up to more than {MAX_TOTAL_BYTES} bytes");
         }
         let page = page_of(&bytes, &path)?;
+        if all.snapshot.is_some() && page.snapshot != all.snapshot {
+            anyhow::bail!(
+                "{node} answered a page of read {:?} when asked for read {:?}: not one listing",
+                page.snapshot.unwrap_or_default(),
+                all.snapshot.unwrap_or_default()
+            );
+        }
         next = match page.next_offset {
             Some(after) if after <= offset => anyhow::bail!(
                 "{node} named offset {after} as the page after offset {offset}: not a Shoal \
@@ -99,6 +107,17 @@ async fn fetch(args: &DataplaneArgs) -> anyhow::Result<Listing> {
         all.services.extend(page.services);
     }
     all.next_offset = None;
+    if all.services.len() != all.total.services {
+        let said = format!(
+            "{node}'s pages list {} services where its total says {}",
+            all.services.len(),
+            all.total.services
+        );
+        // Pages of separate reads (an older node) may differ from the first page's total when
+        // the table changed meanwhile; pages of one kept read may not.
+        anyhow::ensure!(all.snapshot.is_none(), "{said}: not one listing");
+        eprintln!("warning: {said} (the table changed while it was paged)");
+    }
     Ok(all)
 }
 
