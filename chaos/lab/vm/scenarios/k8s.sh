@@ -52,7 +52,7 @@ ro shoal sysctls --check > out/k_check_after.txt 2>&1; echo $? > out/k_check_aft
 # every address local (its default route included), one holding the backend's own address,
 # a multicast VIP. Then backends accept the whole pool, before any VIP of it is in the table.
 n=0
-for bad in "--pool 0.0.0.0/0" "--pool 198.18.1.0/24" "--vip 224.0.0.1"; do
+for bad in "--pool 0.0.0.0/0" "--pool 198.18.0.0/24" "--vip 224.0.0.1"; do
   n=$((n + 1))
   ip netns exec b1 shoal backend-init $bad > out/k_refused$n.txt 2>&1; echo $? >> out/k_refused$n.txt
 done
