@@ -6,11 +6,16 @@
 //! the writer is done the stamp holds still and the first poll a quiet period after it first
 //! showed reads it. A writer that stops for longer than the quiet period in the middle of a file
 //! cannot be told from one that is done: only a rename over the file is atomic.
+//!
+//! Two quiet periods: a file changed in place waits [`QUIET_PERIOD`]; a file replaced (another
+//! inode: a rename over it, a ConfigMap's symlink swap, the first sight of it) was complete the
+//! moment it appeared, and waits only for a second poll to see it the same, so that a tool
+//! renaming a new file over the rules every half second still has each one published.
 
 use std::time::{Duration, Instant, SystemTime};
 
-/// How long a stamp must hold still before the file is read. Longer than one poll so that a
-/// writer's short pause between two pieces (a script writing service by service, a slow
+/// How long a file changed in place must hold still before it is read. Longer than one poll so
+/// that a writer's short pause between two pieces (a script writing service by service, a slow
 /// `cat` over the network) is not taken for the end of the file; short enough that an edit is
 /// published about a second after it is saved.
 pub const QUIET_PERIOD: Duration = Duration::from_secs(1);
@@ -28,25 +33,36 @@ pub struct Stamp {
 pub enum Verdict {
     /// The file is the one last read: nothing to do.
     Unchanged,
-    /// The file changed within the quiet period: wait for it to hold still.
+    /// The file changed within its quiet period: wait for it to hold still.
     Settling,
-    /// The stamp has held still for the quiet period and was not read yet: read it now.
+    /// The stamp has held still for its quiet period and was not read yet: read it now.
     Read,
+}
+
+/// The stamp the last polls showed: since when, and how long it must hold.
+#[derive(Debug, Clone, Copy)]
+struct Still {
+    stamp: Stamp,
+    since: Instant,
+    quiet: Duration,
 }
 
 #[derive(Debug, Clone)]
 pub struct Settle {
-    quiet: Duration,
-    /// The stamp seen at the previous poll, and the poll that first showed it.
-    still: Option<(Stamp, Instant)>,
+    in_place: Duration,
+    replaced: Duration,
+    still: Option<Still>,
     /// The stamp of the content last read (accepted or rejected).
     read: Option<Stamp>,
 }
 
 impl Settle {
-    pub fn new(quiet: Duration) -> Self {
+    /// A file changed in place is read once it held still for `in_place`; a replaced one once
+    /// for `replaced` (less than a poll: the second poll that sees it).
+    pub fn new(in_place: Duration, replaced: Duration) -> Self {
         Self {
-            quiet,
+            in_place,
+            replaced,
             still: None,
             read: None,
         }
@@ -54,16 +70,30 @@ impl Settle {
 
     /// `stamp` as a poll at `now` saw it.
     pub fn observe(&mut self, stamp: Stamp, now: Instant) -> Verdict {
-        let since = match self.still {
-            Some((held, since)) if held == stamp => since,
-            _ => {
-                self.still = Some((stamp, now));
-                now
+        let still = match self.still {
+            Some(still) if still.stamp == stamp => still,
+            previous => {
+                let replaced = previous.is_none_or(|p| p.stamp.inode != stamp.inode);
+                let still = Still {
+                    stamp,
+                    since: now,
+                    quiet: if replaced {
+                        self.replaced
+                    } else {
+                        self.in_place
+                    },
+                };
+                self.still = Some(still);
+                // Seen once: never read on the poll that first shows a stamp.
+                if self.read != Some(stamp) {
+                    return Verdict::Settling;
+                }
+                still
             }
         };
         if self.read == Some(stamp) {
             Verdict::Unchanged
-        } else if now.saturating_duration_since(since) >= self.quiet {
+        } else if now.saturating_duration_since(still.since) >= still.quiet {
             Verdict::Read
         } else {
             Verdict::Settling
@@ -95,7 +125,18 @@ mod tests {
         }
     }
 
-    /// Polls every 250 ms from a fixed origin, the quiet period a second: 4 polls.
+    fn renamed(inode: u64, t: u64) -> Stamp {
+        Stamp {
+            inode,
+            ..stamp(10, t)
+        }
+    }
+
+    const IN_PLACE: Duration = Duration::from_millis(1000);
+    const REPLACED: Duration = Duration::from_millis(125);
+
+    /// Polls every 250 ms from a fixed origin: a file changed in place is read on the fifth
+    /// poll that shows it, a replaced one on the second.
     struct Polls {
         settle: Settle,
         origin: Instant,
@@ -105,7 +146,7 @@ mod tests {
     impl Polls {
         fn new() -> Self {
             Self {
-                settle: Settle::new(Duration::from_millis(1000)),
+                settle: Settle::new(IN_PLACE, REPLACED),
                 origin: Instant::now(),
                 n: 0,
             }
@@ -128,14 +169,14 @@ mod tests {
     }
 
     #[test]
-    fn a_file_is_read_once_it_held_still_for_the_quiet_period() {
+    fn a_file_first_seen_is_read_on_the_second_poll_and_an_edit_after_the_quiet_period() {
         let mut p = Polls::new();
-        for _ in 0..4 {
-            assert_eq!(p.poll(stamp(10, 1)), Verdict::Settling);
-        }
-        assert_eq!(p.poll(stamp(10, 1)), Verdict::Read);
-        p.settle.mark_read(stamp(10, 1));
+        assert_eq!(p.polls_until_read(stamp(10, 1)), 2);
         assert_eq!(p.poll(stamp(10, 1)), Verdict::Unchanged);
+        for _ in 0..4 {
+            assert_eq!(p.poll(stamp(11, 2)), Verdict::Settling);
+        }
+        assert_eq!(p.poll(stamp(11, 2)), Verdict::Read);
     }
 
     #[test]
@@ -161,15 +202,32 @@ mod tests {
         assert_eq!(p.polls_until_read(stamp(10, 9)), 5);
     }
 
+    /// A tool that renames a new file over the rules every half second (the chaos workload
+    /// does) has each one read: a replaced file was complete when it appeared.
+    #[test]
+    fn files_renamed_over_the_rules_are_each_read_at_the_second_poll() {
+        let mut p = Polls::new();
+        p.polls_until_read(stamp(10, 1));
+        for inode in 8..20 {
+            assert_eq!(p.poll(renamed(inode, inode)), Verdict::Settling);
+            assert_eq!(p.poll(renamed(inode, inode)), Verdict::Read, "{inode}");
+            p.settle.mark_read(renamed(inode, inode));
+        }
+        // A replaced file then changed in place waits the whole quiet period again.
+        assert_eq!(
+            p.polls_until_read(Stamp {
+                len: 3,
+                ..renamed(19, 40)
+            }),
+            5
+        );
+    }
+
     #[test]
     fn a_replaced_file_of_the_same_size_and_time_is_read_again() {
         let mut p = Polls::new();
         p.polls_until_read(stamp(10, 1));
-        let swapped = Stamp {
-            inode: 8,
-            ..stamp(10, 1)
-        };
-        assert_eq!(p.polls_until_read(swapped), 5);
+        assert_eq!(p.polls_until_read(renamed(8, 1)), 2);
     }
 
     #[test]
@@ -177,47 +235,49 @@ mod tests {
         let mut p = Polls::new();
         p.polls_until_read(stamp(10, 1));
         p.settle.forget();
-        assert_eq!(p.polls_until_read(stamp(10, 1)), 5);
+        assert_eq!(p.polls_until_read(stamp(10, 1)), 2);
     }
 
     #[test]
     fn a_late_poll_counts_the_time_that_passed() {
-        let mut s = Settle::new(Duration::from_millis(1000));
+        let mut s = Settle::new(IN_PLACE, REPLACED);
         let t0 = Instant::now();
         assert_eq!(s.observe(stamp(10, 1), t0), Verdict::Settling);
+        assert_eq!(s.observe(stamp(10, 1), t0 + REPLACED), Verdict::Read);
+        s.mark_read(stamp(10, 1));
+        let t1 = t0 + Duration::from_secs(5);
+        assert_eq!(s.observe(stamp(11, 2), t1), Verdict::Settling);
         assert_eq!(
-            s.observe(stamp(10, 1), t0 + Duration::from_millis(999)),
+            s.observe(stamp(11, 2), t1 + Duration::from_millis(999)),
             Verdict::Settling
         );
-        assert_eq!(
-            s.observe(stamp(10, 1), t0 + Duration::from_millis(1000)),
-            Verdict::Read
-        );
+        assert_eq!(s.observe(stamp(11, 2), t1 + IN_PLACE), Verdict::Read);
     }
 
     proptest! {
-        /// Whatever the sequence of stamps and the times between polls, `Read` comes only for
-        /// a stamp every poll of the last quiet period showed, and never for the stamp last read.
+        /// Whatever the stamps and the times between polls: `Read` never comes on the poll that
+        /// first shows a stamp, nor before the stamp held still for the quiet period of how it
+        /// came (in place, or replaced), nor for the stamp last read.
         #[test]
-        fn read_only_after_a_quiet_period(
-            polls in proptest::collection::vec((0u64..3, 0u64..3, 0u64..1_500), 1..60),
+        fn read_only_after_its_quiet_period(
+            polls in proptest::collection::vec((0u64..3, 0u64..3, 7u64..9, 0u64..1_500), 1..60),
         ) {
-            let quiet = Duration::from_millis(1000);
-            let mut s = Settle::new(quiet);
-            let origin = Instant::now();
-            let mut now = origin;
-            // (stamp, when it was first seen in the current run of equal stamps)
-            let mut run: Option<(Stamp, Instant)> = None;
+            let mut s = Settle::new(IN_PLACE, REPLACED);
+            let mut now = Instant::now();
+            // (stamp, first seen, its quiet period) of the current run of equal stamps
+            let mut run: Option<(Stamp, Instant, Duration)> = None;
             let mut read: Option<Stamp> = None;
-            for (len, t, gap_ms) in polls {
+            for (len, t, inode, gap_ms) in polls {
                 now += Duration::from_millis(gap_ms);
-                let st = stamp(len, t);
-                run = match run {
-                    Some((held, since)) if held == st => Some((held, since)),
-                    _ => Some((st, now)),
-                };
+                let st = Stamp { inode, ..stamp(len, t) };
+                let first_sight = !matches!(run, Some((held, _, _)) if held == st);
+                if first_sight {
+                    let replaced = run.is_none_or(|(held, _, _)| held.inode != inode);
+                    run = Some((st, now, if replaced { REPLACED } else { IN_PLACE }));
+                }
                 if s.observe(st, now) == Verdict::Read {
-                    let (_, since) = run.unwrap();
+                    let (_, since, quiet) = run.unwrap();
+                    prop_assert!(!first_sight);
                     prop_assert!(now - since >= quiet);
                     prop_assert_ne!(read, Some(st));
                     s.mark_read(st);

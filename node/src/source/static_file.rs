@@ -27,8 +27,9 @@ pub async fn run(
     run_every(POLL_INTERVAL, path, out, status, cancel).await
 }
 
-/// [`run`] with another poll interval. A file is read once it has held still for
-/// `settle::QUIET_PERIOD` (or one poll, when a poll is longer).
+/// [`run`] with another poll interval. A file changed in place is read once it has held still
+/// for `settle::QUIET_PERIOD` (or one poll, when a poll is longer); a file replaced (renamed
+/// over, a symlink swap) at the second poll that shows it.
 pub async fn run_every(
     poll_interval: Duration,
     path: PathBuf,
@@ -37,7 +38,8 @@ pub async fn run_every(
     cancel: CancellationToken,
 ) {
     status.set_running(true);
-    let mut settle = Settle::new(QUIET_PERIOD.max(poll_interval));
+    // A replaced file is read at the second poll that shows it (half a poll: any later poll).
+    let mut settle = Settle::new(QUIET_PERIOD.max(poll_interval), poll_interval / 2);
     let mut published: Option<[u8; 32]> = None;
     let mut ticker = tokio::time::interval(poll_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
