@@ -185,6 +185,14 @@ mod tests {
     }
 
     impl Running {
+        /// The next table published has these services.
+        async fn expect_next_table(&mut self, names: &[&str]) {
+            tokio::time::timeout(Duration::from_secs(30), self.rx.changed())
+                .await
+                .expect("the edited file is published")
+                .unwrap();
+            assert_eq!(self.names(), names, "{:?}", self.status.get());
+        }
         async fn stop(self) {
             self.cancel.cancel();
             self.task.await.unwrap();
@@ -257,6 +265,19 @@ mod tests {
         r.stop().await;
     }
 
+    /// Truncates `path` in place (same inode), then after `after_truncate` writes AB edited
+    /// (`b` renamed `c`) as two pieces, the first service and then the second, `between` apart.
+    async fn rewrite_in_two_pieces(path: &Path, after_truncate: Duration, between: Duration) {
+        use std::io::Write;
+        let edited = AB.replace("name='b'", "name='c'");
+        let mut f = std::fs::File::create(path).unwrap();
+        tokio::time::sleep(after_truncate).await;
+        f.write_all(&edited.as_bytes()[..A.len()]).unwrap();
+        f.flush().unwrap();
+        tokio::time::sleep(between).await;
+        f.write_all(&edited.as_bytes()[A.len()..]).unwrap();
+    }
+
     /// Issue #15, broken behaviour 4: an empty file was published, removing every service.
     #[tokio::test]
     async fn an_empty_file_is_refused_unless_it_says_no_services() {
@@ -282,7 +303,6 @@ mod tests {
     /// complete one may come out.
     #[tokio::test]
     async fn a_file_being_written_is_not_published() {
-        use std::io::Write;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("rules.toml");
         std::fs::write(&path, AB).unwrap();
@@ -290,21 +310,11 @@ mod tests {
         let mut r = start(&path, poll);
         r.rx.changed().await.unwrap();
         assert_eq!(r.names(), ["a", "b"]);
-        let edited = AB.replace("name='b'", "name='c'");
         for _ in 0..3 {
-            let mut f = std::fs::File::create(&path).unwrap(); // truncates
-            tokio::time::sleep(Duration::from_millis(40)).await;
-            f.write_all(&edited.as_bytes()[..A.len()]).unwrap();
-            f.flush().unwrap();
-            tokio::time::sleep(Duration::from_millis(40)).await;
-            f.write_all(&edited.as_bytes()[A.len()..]).unwrap();
-            drop(f);
+            let pause = Duration::from_millis(40);
+            rewrite_in_two_pieces(&path, pause, pause).await;
             // The first table published after the truncation must be the complete one.
-            tokio::time::timeout(Duration::from_secs(30), r.rx.changed())
-                .await
-                .expect("the edited file is published")
-                .unwrap();
-            assert_eq!(r.names(), ["a", "c"], "{:?}", r.status.get());
+            r.expect_next_table(&["a", "c"]).await;
             std::fs::write(&path, AB).unwrap();
             r.rx.changed().await.unwrap();
             assert_eq!(r.names(), ["a", "b"]);
@@ -318,26 +328,15 @@ mod tests {
     /// the end of the file.
     #[tokio::test]
     async fn a_writer_pausing_between_pieces_is_waited_for() {
-        use std::io::Write;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("rules.toml");
         std::fs::write(&path, AB).unwrap();
         let mut r = start(&path, POLL_INTERVAL);
         r.rx.changed().await.unwrap();
         assert_eq!(r.names(), ["a", "b"]);
-        let edited = AB.replace("name='b'", "name='c'");
-        let mut f = std::fs::File::create(&path).unwrap();
-        f.write_all(&edited.as_bytes()[..A.len()]).unwrap();
-        f.flush().unwrap();
         // Two polls and more see the first piece hold still (one poll was enough before).
-        tokio::time::sleep(Duration::from_millis(600)).await;
-        f.write_all(&edited.as_bytes()[A.len()..]).unwrap();
-        drop(f);
-        tokio::time::timeout(Duration::from_secs(30), r.rx.changed())
-            .await
-            .expect("the edited file is published")
-            .unwrap();
-        assert_eq!(r.names(), ["a", "c"], "{:?}", r.status.get());
+        rewrite_in_two_pieces(&path, Duration::ZERO, Duration::from_millis(600)).await;
+        r.expect_next_table(&["a", "c"]).await;
         r.stop().await;
     }
 
