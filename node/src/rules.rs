@@ -221,6 +221,24 @@ pub fn parse(text: &str) -> Result<RuleTable, RulesError> {
         }
         table.services.push(service);
     }
+    // Every replica holds every VIP of the table: a backend at another service's VIP would send
+    // that service's packets back into the replicas (`validate::service` refuses a service's
+    // own VIP; this is the same across services).
+    let vips: BTreeSet<std::net::IpAddr> = table.services.iter().map(|s| s.vip).collect();
+    for (i, spanned) in raw.service.iter().enumerate() {
+        for (j, backend) in spanned.get_ref().backend.iter().enumerate() {
+            let address = backend.get_ref().address.get_ref();
+            if vips.contains(address) {
+                return Err(RulesError {
+                    line: lines.line(backend.get_ref().address.span().start),
+                    field: format!("service[{i}].backend[{j}].address"),
+                    message: format!(
+                        "{address} is a VIP of this table (every replica holds it), not a backend"
+                    ),
+                });
+            }
+        }
+    }
     table.canonicalize();
     Ok(table)
 }
@@ -478,13 +496,20 @@ fn check_source_ranges(
             field: format!("service[{i}].source_ranges[{k}]"),
             message,
         };
-        let text = spanned.get_ref().trim();
-        let net: IpNet = text.parse().map_err(|_| {
+        let text = spanned.get_ref();
+        let not_cidr = || {
             err(format!(
                 "{} is not a network in CIDR form (e.g. 192.0.2.0/24 or 2001:db8::/32)",
                 validate::shown(text)
             ))
-        })?;
+        };
+        let net: IpNet = text.parse().map_err(|_| not_cidr())?;
+        // ipnet reads `010.0.0.0/8` as 10.0.0.0/8 where other tools read octal 8.0.0.0/8; the
+        // address is held to the VIP's own parse, which refuses leading zeros.
+        let address = text.split_once('/').map_or(text.as_str(), |(a, _)| a);
+        if address.parse::<std::net::IpAddr>().is_err() {
+            return Err(not_cidr());
+        }
         if net.trunc() != net {
             return Err(err(format!(
                 "{net} has host bits set: write {} (or the /{} of the address alone)",

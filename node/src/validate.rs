@@ -104,6 +104,17 @@ pub fn service(s: &VirtualService, allow: Allow) -> Result<(), Invalid> {
             format!("must be 1-{NAME_LEN_MAX} bytes without control characters"),
         ));
     }
+    // Names people read in `shoal status` and metrics: two that print alike must not be two
+    // services (`"web "`, a byte-order mark before `web`, a right-to-left override).
+    if s.name.trim() != s.name || s.name.contains(is_invisible_format) {
+        return Err(invalid(
+            Field::Name,
+            format!(
+                "{} has leading or trailing spaces or invisible formatting characters",
+                shown(&s.name)
+            ),
+        ));
+    }
     if s.port == 0 {
         return Err(invalid(Field::Port, "must be 1-65535"));
     }
@@ -274,6 +285,17 @@ pub fn health(h: &HealthCheck) -> Result<(), Invalid> {
                 format!("{} must start with /", shown(path)),
             ));
         }
+        // The HTTP client normalises a URL's path: `/x/../y` would be asked as `/y`, `/a#f`
+        // as `/a`. Refused, so that the path asked is the path written.
+        if let Some(why) = path_rewritten_by_clients(path) {
+            return Err(invalid(
+                field(HealthField::Path),
+                format!(
+                    "{} {why}: the probe would request another path",
+                    shown(path)
+                ),
+            ));
+        }
         // The path and the host go into a request line: CR/LF would let a rule inject headers.
         if path.len() > PATH_LEN_MAX || path.chars().any(|c| c.is_control() || c == ' ') {
             return Err(invalid(
@@ -303,9 +325,83 @@ pub fn health(h: &HealthCheck) -> Result<(), Invalid> {
                     ),
                 ));
             }
+            if !is_host_header(host) {
+                return Err(invalid(
+                    field(HealthField::Host),
+                    format!(
+                        "{} is not a Host value: a name or IPv4 address, or an [IPv6] address, \
+                         with an optional :port",
+                        shown(host)
+                    ),
+                ));
+            }
         }
     }
     Ok(())
+}
+
+/// Why a client would request another path than `path`, if it would: a fragment, a dot
+/// segment, a backslash (read as `/`), or a percent-encoded dot (decoded, then removed).
+fn path_rewritten_by_clients(path: &str) -> Option<&'static str> {
+    if path.contains('#') {
+        return Some("has a fragment (#), which is never sent");
+    }
+    if path.contains('\\') {
+        return Some("has a backslash, which clients send as /");
+    }
+    let lower = path.to_ascii_lowercase();
+    if lower.contains("%2e") {
+        return Some("has a percent-encoded dot (%2e), which clients decode");
+    }
+    let query_start = path.find('?').unwrap_or(path.len());
+    if path[..query_start]
+        .split('/')
+        .any(|segment| segment == "." || segment == "..")
+    {
+        return Some("has a . or .. segment, which clients resolve");
+    }
+    None
+}
+
+/// Whether `host` is what RFC 9110 allows in a Host header: `uri-host [ ":" port ]`, the host
+/// a name (letters, digits, `-`, `.`, `_`), an IPv4 address or a bracketed IPv6 address.
+fn is_host_header(host: &str) -> bool {
+    let (name, port) = match host.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((v6, after)) => {
+                if v6.parse::<std::net::Ipv6Addr>().is_err() {
+                    return false;
+                }
+                match after {
+                    "" => return true,
+                    _ => match after.strip_prefix(':') {
+                        Some(port) => ("", Some(port)),
+                        None => return false,
+                    },
+                }
+            }
+            None => return false,
+        },
+        None => match host.rsplit_once(':') {
+            Some((name, port)) => (name, Some(port)),
+            None => (host, None),
+        },
+    };
+    let port_ok = port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.parse::<u16>().is_ok());
+    let name_ok = host.starts_with('[')
+        || (!name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c)));
+    port_ok && name_ok
+}
+
+/// Unicode format characters that print as nothing or reorder what follows: byte-order mark,
+/// zero-width spaces and joiners, bidirectional controls, soft hyphen.
+fn is_invisible_format(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}')
 }
 
 /// Why an address cannot carry load-balanced traffic (a VIP or a backend), if it cannot.
@@ -341,6 +437,9 @@ pub fn not_unicast(ip: IpAddr) -> Option<&'static str> {
                 Some("link-local")
             } else if v6.to_ipv4_mapped().is_some() {
                 Some("IPv4-mapped: write the IPv4 address")
+            } else if s[..6] == [0; 6] {
+                // ::a.b.c.d, deprecated by RFC 4291 (::1 and :: are caught above).
+                Some("IPv4-compatible (deprecated): write the IPv4 address")
             } else {
                 None
             }
@@ -579,5 +678,85 @@ mod tests {
             let got = why(net).unwrap_or_default();
             assert!(got.contains(says), "{net}: {got}");
         }
+    }
+
+    /// The audit of 2026-12-06: paths the HTTP client rewrites, Host values that are not
+    /// hosts, names that print like others, and IPv4-compatible IPv6 addresses were accepted.
+    #[test]
+    fn probe_paths_hosts_names_and_addresses_that_mislead_are_refused() {
+        let probe = |path: &str, host: Option<&str>| HealthCheck {
+            probe: Probe::Http {
+                path: path.into(),
+                expect_status: 200,
+                tls: false,
+                host: host.map(str::to_string),
+            },
+            interval_ms: 1000,
+            timeout_ms: 500,
+            rise: 2,
+            fall: 2,
+            port: None,
+        };
+        for path in ["/healthz", "/a/b?x=1&y=%20", "/a..b/.well-known", "/"] {
+            assert!(health(&probe(path, None)).is_ok(), "{path}");
+        }
+        for (path, says) in [
+            ("/a#frag", "fragment"),
+            ("/x/../y", ". or .. segment"),
+            ("/./z", ". or .. segment"),
+            ("/x/..", ". or .. segment"),
+            ("/%2e%2e/w", "percent-encoded dot"),
+            ("/%2E/w", "percent-encoded dot"),
+            ("/a\\b", "backslash"),
+        ] {
+            let err = health(&probe(path, None)).unwrap_err();
+            assert_eq!(err.field, Field::Health(HealthField::Path), "{path}");
+            assert!(err.message.contains(says), "{path}: {err}");
+        }
+        for host in [
+            "example.com",
+            "example.com:8080",
+            "10.0.0.1:80",
+            "[2001:db8::1]",
+            "[2001:db8::1]:443",
+            "svc_a.ns",
+        ] {
+            assert!(health(&probe("/", Some(host))).is_ok(), "{host}");
+        }
+        for host in [
+            "a/b",
+            "u@h:1",
+            "h:",
+            "h:99999",
+            "2001:db8::1",
+            "[2001:db8::1",
+            "[nope]",
+            "a?b",
+        ] {
+            let err = health(&probe("/", Some(host))).unwrap_err();
+            assert_eq!(err.field, Field::Health(HealthField::Host), "{host}");
+        }
+        for name in [
+            "web ",
+            " web",
+            "\u{feff}web",
+            "\u{202e}gnp.exe",
+            "we\u{200b}b",
+        ] {
+            assert_eq!(
+                field_of(|x| x.name = name.into()),
+                Some(Field::Name),
+                "{name:?}"
+            );
+        }
+        assert_eq!(field_of(|x| x.name = "café web/1".into()), None);
+        for compat in ["::10.0.0.1", "::198.18.0.1"] {
+            let ip: IpAddr = compat.parse().unwrap();
+            assert!(
+                not_unicast(ip).unwrap().contains("IPv4-compatible"),
+                "{compat}"
+            );
+        }
+        assert_eq!(not_unicast("2001:db8::10.0.0.1".parse().unwrap()), None);
     }
 }

@@ -287,6 +287,9 @@ fn source_ranges_are_checked_and_kept_sorted() {
         ("'2001:db8::/32'", "address family"),
         ("'nonsense'", "CIDR"),
         ("'192.0.2.0/24'", "192.0.2.0/24 is listed twice"),
+        // The audit of 2026-12-06: leading zeros (octal to other tools) and spaces were read.
+        ("'010.000.000.000/8'", "CIDR"),
+        ("' 198.51.100.0/24 '", "CIDR"),
     ] {
         let text = format!("{HEAD}\nsource_ranges=['192.0.2.0/24',\n {value}]\n");
         let e = parse(&text).unwrap_err();
@@ -633,5 +636,21 @@ fn check_warns_that_masq_needs_replies_through_the_same_replica() {
     assert!(
         w.len() == 1 && w[0].contains("\"m\"") && w[0].contains("ip_forward"),
         "{w:?}"
+    );
+}
+
+/// The audit of 2026-12-06: a backend at another service's VIP was programmed (each service's
+/// packets would go back into the replicas, which hold every VIP).
+#[test]
+fn a_backend_at_another_services_vip_is_refused_at_its_line() {
+    let text = "[[service]]\nname='a'\nvip='203.0.113.1'\nport=80\n[[service.backend]]\naddress='198.18.0.10'\n\
+                [[service]]\nname='b'\nvip='203.0.113.2'\nport=80\n[[service.backend]]\naddress='198.18.0.11'\n\
+                [[service.backend]]\naddress='203.0.113.1'\n";
+    let e = parse(text).unwrap_err();
+    assert_eq!(e.field, "service[1].backend[1].address", "{e}");
+    assert_eq!(e.line, 14, "{e}");
+    assert!(
+        e.message.contains("203.0.113.1 is a VIP of this table"),
+        "{e}"
     );
 }
