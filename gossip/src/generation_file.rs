@@ -15,6 +15,12 @@ use std::path::Path;
 /// One number and a newline; anything longer is not a generation file.
 const GENERATION_FILE_CAP_BYTES: u64 = 64;
 
+/// 3000-01-01 in unix ms. A generation is a start time: a file above it is corrupt or
+/// hand-edited, and one at `u64::MAX` handed every later start that same generation (the
+/// cluster took each new process for the dead one while it called itself ready; the audit of
+/// 2026-12-06).
+pub(crate) const MAX_STORED_GENERATION: u64 = 32_503_680_000_000;
+
 /// The generation to start with at wall clock `now_ms`, given the last one used (if known):
 /// the clock, unless the last start was at or after it (a clock set back, or two starts in
 /// one millisecond).
@@ -45,6 +51,13 @@ pub(crate) fn next(path: &Path, now_ms: u64) -> Result<u64, MeshError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(fail(e.to_string())),
     };
+    if let Some(last) = last.filter(|&g| g > MAX_STORED_GENERATION) {
+        return Err(fail(format!(
+            "generation {last} is a start time past the year 3000: the file is corrupt or was \
+             edited; delete it and make sure the clock is right (the node then starts with the \
+             clock's time)"
+        )));
+    }
     let generation = choose(now_ms, last);
     if generation > now_ms {
         tracing::warn!(
@@ -123,5 +136,13 @@ mod tests {
         assert!(err.contains("generation") && err.contains("limit"), "{err}");
         let err = next(dir.path(), 5_000).unwrap_err().to_string();
         assert!(err.contains("not a regular file"), "{err}");
+        // u64::MAX gave every later start the same generation (saturating + 1).
+        for far in [u64::MAX, MAX_STORED_GENERATION + 1] {
+            std::fs::write(&path, format!("{far}\n")).unwrap();
+            let err = next(&path, 5_000).unwrap_err().to_string();
+            assert!(err.contains("year 3000") && err.contains("delete"), "{err}");
+        }
+        std::fs::write(&path, format!("{MAX_STORED_GENERATION}\n")).unwrap();
+        assert_eq!(next(&path, 5_000).unwrap(), MAX_STORED_GENERATION + 1);
     }
 }
