@@ -7,7 +7,8 @@
 //! `Authorization: Bearer <token>`, while `/healthz`, `/readyz` and `/metrics` stay open to
 //! probes and Prometheus. Each connection must send its request headers within
 //! [`HEADER_TIMEOUT`] and lives at most [`CONNECTION_LIFETIME`]; at most
-//! [`MAX_CONNECTIONS`] are served at once and the rest are closed at accept. Refusals are
+//! [`MAX_CONNECTIONS`] are served at once, at most [`MAX_CONNECTIONS_PER_SOURCE`] of them from
+//! one address, and the rest are closed at accept. Refusals are
 //! counted in `shoal_admin_refused_total{reason}` and logged at WARN, rate-limited.
 
 use crate::health::HealthHandle;
@@ -35,10 +36,12 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 mod dataplane;
+mod per_source;
 mod readiness;
 mod snapshots;
 pub use dataplane::snapshots as dataplane_snapshots;
 pub(crate) use dataplane::{DataplaneTotals, DrainingEntry};
+pub use per_source::MAX_CONNECTIONS_PER_SOURCE;
 use readiness::{announce_ready, publisher_ready, readiness};
 
 /// A client must send a request's headers within this (slowloris defence).
@@ -244,6 +247,8 @@ pub async fn serve(
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let app = router(state.clone());
     let mut cap_warn = LogGate::new(WARN_EVERY);
+    let per_source = per_source::PerSource::default();
+    let mut source_warn = LogGate::new(WARN_EVERY);
     let refused = |reason: &'static str| {
         state
             .metrics
@@ -265,6 +270,14 @@ pub async fn serve(
                 continue;
             }
         };
+        let Some(source_slot) = per_source.try_take(peer.ip()) else {
+            refused("source_cap");
+            if let Some(suppressed) = source_warn.allow(Instant::now()) {
+                tracing::warn!(%peer, suppressed, max = MAX_CONNECTIONS_PER_SOURCE, "admin API connections from one source at their cap; closing its new connections");
+            }
+            drop(stream);
+            continue;
+        };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             refused("connection_cap");
             if let Some(suppressed) = cap_warn.allow(Instant::now()) {
@@ -277,7 +290,7 @@ pub async fn serve(
         let cancel = cancel.clone();
         let metrics = state.metrics.clone();
         tokio::spawn(async move {
-            let _slot = slot;
+            let _slots = (slot, source_slot);
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())

@@ -239,26 +239,68 @@ fn idle_slow_and_excess_admin_connections_are_closed() {
         ) >= 1.0
     );
 
-    // The cap: 64 idle connections hold every slot; the next one is closed at once.
-    let held: Vec<TcpStream> = (0..64)
-        .map(|_| TcpStream::connect(admin).unwrap())
+    // One source's share: 16 idle connections from 127.0.0.1 hold it, its next is closed at
+    // once, and another source is still served (one client holding all 64 slots shut out the
+    // kubelet's probes: the audit of 2026-12-06).
+    let share = shoal_node::admin::MAX_CONNECTIONS_PER_SOURCE;
+    let held: Vec<TcpStream> = (0..share).map(|_| connect_from(1, admin)).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut extra = connect_from(1, admin);
+    assert!(
+        closed_within(&mut extra, Duration::from_secs(4)).is_some(),
+        "a connection past its source's share was kept"
+    );
+    assert_eq!(
+        healthz_from(2, admin),
+        Some(200),
+        "another source is shut out"
+    );
+    // The cap: four sources' shares hold every slot; a fifth source is closed at once.
+    let more: Vec<TcpStream> = (2..=4)
+        .flat_map(|source| (0..share).map(move |_| connect_from(source, admin)))
         .collect();
     std::thread::sleep(Duration::from_millis(500));
-    let mut extra = TcpStream::connect(admin).unwrap();
-    let closed = closed_within(&mut extra, Duration::from_secs(4));
-    assert!(closed.is_some(), "a connection past the cap was kept");
-    drop(held);
+    let mut extra = connect_from(5, admin);
+    assert!(
+        closed_within(&mut extra, Duration::from_secs(4)).is_some(),
+        "a connection past the cap was kept"
+    );
+    drop((held, more));
     c.wait_for(
         LIMIT,
         "the API answers again once the holders are gone",
         || (http_get(admin, "/healthz")?.0 == 200).then_some(()),
     );
-    assert!(
-        metric(
-            admin,
-            "shoal_admin_refused_total{reason=\"connection_cap\"}"
-        ) >= 1.0
-    );
+    for reason in ["source_cap", "connection_cap"] {
+        assert!(
+            metric(
+                admin,
+                &format!("shoal_admin_refused_total{{reason=\"{reason}\"}}")
+            ) >= 1.0,
+            "{reason}"
+        );
+    }
+}
+
+/// A connection to `admin` from 127.0.0.`source`.
+fn connect_from(source: u8, admin: SocketAddr) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(&SocketAddr::from(([127, 0, 0, source], 0)).into())
+        .unwrap();
+    socket.connect(&admin.into()).unwrap();
+    socket.into()
+}
+
+/// `GET /healthz` from 127.0.0.`source`: the status, if it answered.
+fn healthz_from(source: u8, admin: SocketAddr) -> Option<u16> {
+    let mut s = connect_from(source, admin);
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).ok()?;
+    answer.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Errors are JSON `{"error": ...}` everywhere (docs/admin-api.md), not only from handlers:
