@@ -146,7 +146,14 @@ pub fn router(state: AdminState) -> Router {
         .route("/metrics", get(metrics))
         // Errors are JSON everywhere, not only from the handlers (axum's own are empty).
         .fallback(|request: Request| async move {
-            AdminError::NotFound(request.uri().path().chars().take(200).collect())
+            // Only GET and HEAD are served anywhere: a CONNECT (whose target has no path) or a
+            // POST to an unknown path is a 405 like any other method, not a 404.
+            let method = request.method();
+            if method != Method::GET && method != Method::HEAD {
+                let refused = AdminError::MethodNotAllowed(method.clone());
+                return ([(header::ALLOW, "GET,HEAD")], refused).into_response();
+            }
+            AdminError::NotFound(request.uri().path().chars().take(200).collect()).into_response()
         })
         .method_not_allowed_fallback(|method: Method| async move {
             AdminError::MethodNotAllowed(method)

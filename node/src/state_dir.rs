@@ -30,6 +30,18 @@ impl StateDir {
     /// Creates the folder if needed and takes its lock, or fails naming the folder and, when
     /// the lock file says, the pid of the process that holds it.
     pub fn lock(dir: &Path) -> anyhow::Result<StateDir> {
+        if let Ok(meta) = std::fs::metadata(dir) {
+            anyhow::ensure!(
+                meta.is_dir(),
+                "the state folder {} (--state-dir) is not a folder but a {}",
+                dir.display(),
+                if meta.file_type().is_file() {
+                    "file"
+                } else {
+                    "device, socket or FIFO"
+                }
+            );
+        }
         std::fs::create_dir_all(dir).with_context(|| {
             format!("creating the state folder {} (--state-dir)", dir.display())
         })?;
@@ -101,6 +113,24 @@ fn holder_pid(file: &mut std::fs::File) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A file or a device given as the folder said "File exists (os error 17)".
+    #[test]
+    fn a_path_that_is_not_a_folder_is_named_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, "x").unwrap();
+        for (path, says) in [
+            (file.as_path(), "a file"),
+            (Path::new("/dev/null"), "device"),
+        ] {
+            let err = format!("{:#}", StateDir::lock(path).err().unwrap());
+            assert!(
+                err.contains("is not a folder") && err.contains(says),
+                "{err}"
+            );
+        }
+    }
 
     /// flock belongs to an open file, so a second open in the same process conflicts as a
     /// second process would.

@@ -312,22 +312,30 @@ fn unknown_paths_and_methods_get_json_errors() {
     c.wait_converged(LIMIT);
     let error = json_error(admin, "/v1/nothing-here", 404);
     assert!(error.contains("/v1/nothing-here"), "{error}");
-    let mut s = TcpStream::connect(admin).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "DELETE /v1/table HTTP/1.0\r\nHost: {admin}\r\n\r\n").unwrap();
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).unwrap();
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.0 405"), "{head}");
-    assert!(
-        head.to_ascii_lowercase().contains("allow: get,head"),
-        "{head}"
-    );
-    let error: Value = serde_json::from_str(body).unwrap();
-    assert!(
-        error["error"].as_str().unwrap().contains("DELETE"),
-        "{body}"
-    );
+    // A method other than GET and HEAD is a 405 on a path the API serves, on one it does not,
+    // and for CONNECT, whose target has no path (it was a 404 naming no endpoint).
+    for (method, target) in [
+        ("DELETE", "/v1/table"),
+        ("POST", "/v1/nothing-here"),
+        ("CONNECT", "127.0.0.1:22"),
+    ] {
+        let mut s = TcpStream::connect(admin).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(s, "{method} {target} HTTP/1.0\r\nHost: {admin}\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.0 405"), "{method}: {head}");
+        assert!(
+            head.to_ascii_lowercase().contains("allow: get,head"),
+            "{method}: {head}"
+        );
+        let error: Value = serde_json::from_str(body).unwrap();
+        assert!(
+            error["error"].as_str().unwrap().contains(method),
+            "{method}: {body}"
+        );
+    }
 }
 
 /// `shoal check | head -1` died with a panic and a backtrace (exit 101) when `head` closed the
