@@ -4,7 +4,7 @@
 //! file, huge flags and the admin API) against the release binary through `SHOAL_BIN`.
 //!
 //! Covered here: an impostor with a lower node id and another node's certificate, a duplicate
-//! id, a node whose seeds never answer, private key modes and certificate validity from `certs init`, the validation findings
+//! id, a node whose seeds never answer, a node with another CA's certificate saying why, private key modes and certificate validity from `certs init`, the validation findings
 //! (VIP 255.255.255.255, backend 127.0.0.1, CR/LF in health host and path, where `port = 0` is
 //! reported), unbounded inputs (`--config /dev/zero`, `check --rules /dev/zero`), the rules parse
 //! at 10k services x 10 backends, and absurd paging of `/v1/dataplane`. The handshake flood is
@@ -242,6 +242,59 @@ fn a_node_whose_seeds_never_answer_is_not_ready_and_says_why() {
     let log = std::fs::read_to_string(&log_path).unwrap_or_default();
     assert!(said.is_some(), "/readyz never said why\n{log}");
     assert!(log.contains("none of the seeds has answered"), "{log}");
+}
+
+/// The audit of 2026-12-06: a node given a certificate of another CA, seeded with a cluster,
+/// logged only "none of the seeds has answered"; the reason was in its peers' logs. Its own
+/// log now names the TLS refusal.
+#[test]
+fn a_node_with_another_cas_certificate_says_why_it_cannot_join() {
+    let c = Cluster::start(1, &rules(1), &[]);
+    c.wait_converged(LIMIT);
+    let dir = tempfile::tempdir().unwrap();
+    let other_ca = dir.path().join("other");
+    let out = run_bounded(
+        &[
+            "certs",
+            "init",
+            "--out",
+            other_ca.to_str().unwrap(),
+            "--cluster",
+            "it",
+            "--nodes",
+            "n9",
+        ],
+        LIMIT,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let log_path = dir.path().join("n9.log");
+    let seeds: Vec<String> = c.nodes.iter().map(|n| n.listen.to_string()).collect();
+    let tls_dir = other_ca.join("n9");
+    let (mut child, _admin) = spawn_run(
+        "n9",
+        &c.rules,
+        &seeds.join(","),
+        &[
+            OsStr::new("--cluster"),
+            OsStr::new("it"),
+            OsStr::new("--tls-dir"),
+            tls_dir.as_os_str(),
+        ],
+        &log_path,
+    );
+    let start = Instant::now();
+    let mut log = String::new();
+    while start.elapsed() < LIMIT && !log.contains("outgoing handshake refused by TLS") {
+        std::thread::sleep(Duration::from_millis(250));
+        log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(log.contains("outgoing handshake refused by TLS"), "{log}");
+    assert!(
+        !member_ids(c.nodes[0].admin).contains(&"n9".to_string()),
+        "a node of another CA joined"
+    );
 }
 
 /// Polls a duplicate's `/readyz` every `poll` for 10 s: it never answers 200 (the failure

@@ -247,7 +247,17 @@ impl QuicTransport {
             let woken = slot.wake.notified();
             tokio::select! {
                 done = &mut connecting => {
-                    return done.map(Dialed::New).map_err(|e| e.to_string());
+                    return done.map(Dialed::New).map_err(|e| {
+                        if is_tls_failure(&e) {
+                            // A node whose certificate is of another CA or cluster learnt
+                            // nothing but "none of the seeds has answered": the reason was in
+                            // the peers' logs only (the audit of 2026-12-06).
+                            self.warn_limited("dial_tls", |suppressed| {
+                                warn!(peer = %addr, error = %e, suppressed, "outgoing handshake refused by TLS: this node's certificate or the peer's is of another CA or cluster (see docs/security.md, Certificates)");
+                            });
+                        }
+                        e.to_string()
+                    });
                 }
                 _ = &mut deadline => return Err("handshake timed out".into()),
                 _ = woken => {
@@ -291,6 +301,17 @@ impl QuicTransport {
             }
         });
     }
+}
+
+/// Whether a dial failed in the TLS handshake (QUIC's crypto error codes, 0x100-0x1ff, raised
+/// here or sent by the peer), not for want of an answer.
+fn is_tls_failure(e: &quinn::ConnectionError) -> bool {
+    let code = match e {
+        quinn::ConnectionError::TransportError(t) => t.code,
+        quinn::ConnectionError::ConnectionClosed(c) => c.error_code,
+        _ => return false,
+    };
+    (0x100..=0x1ff).contains(&u64::from(code))
 }
 
 /// How a dial ended well.
