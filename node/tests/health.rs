@@ -80,7 +80,7 @@ struct Node {
 struct Cluster {
     members: MemoryCluster,
     nodes: Vec<Node>,
-    _tables: watch::Sender<Option<Arc<shoal_gossip::Stamped<RuleTable>>>>,
+    tables: watch::Sender<Option<Arc<shoal_gossip::Stamped<RuleTable>>>>,
 }
 
 impl Cluster {
@@ -108,7 +108,7 @@ impl Cluster {
         Cluster {
             members,
             nodes,
-            _tables: tx,
+            tables: tx,
         }
     }
 
@@ -157,6 +157,70 @@ async fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<D
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     None
+}
+
+/// The audit of 2026-12-06: renaming a health-checked service (same VIP, port, protocol) put
+/// its dead backend back into service on every node for (fall - 1) x interval: verdicts were
+/// the old name's. Now it stays down through the rename, then its new checkers confirm it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renamed_service_keeps_its_dead_backend_down() {
+    let (interval_ms, rise, fall) = (300, 2, 3);
+    let alive = TestBackend::start(any_port(), false).await;
+    let mut dead = TestBackend::start(any_port(), false).await;
+    let table = RuleTable {
+        services: vec![service(
+            "web",
+            1,
+            &[&alive, &dead],
+            check(interval_ms, rise, fall, Probe::Tcp),
+        )],
+    };
+    let cluster = Cluster::start(3, 2, table.clone());
+    assert!(wait_until(Duration::from_secs(5), || cluster.settled_up(2))
+        .await
+        .is_some());
+    dead.kill();
+    let limit = Duration::from_millis(interval_ms * fall as u64 + 2000);
+    assert!(
+        wait_until(limit, || cluster.all_say("web", dead.port(), true))
+            .await
+            .is_some(),
+        "the dead backend was never down everywhere"
+    );
+    let mut renamed = table;
+    renamed.services[0].name = "Web".into();
+    cluster
+        .tables
+        .send_replace(Some(health::unstamped(renamed)));
+    // From a node's first judgement of the renamed service, for longer than the fall window
+    // the backend used to come back in, it is down.
+    let addr: IpAddr = LOCALHOST.parse().unwrap();
+    let start = Instant::now();
+    let mut judged = vec![false; cluster.nodes.len()];
+    while start.elapsed() < Duration::from_millis(interval_ms * fall as u64 * 2) {
+        for (i, n) in cluster.nodes.iter().enumerate() {
+            let report_names_it = n.handle.report().services.contains_key("Web");
+            let down = n
+                .handle
+                .verdicts()
+                .borrow()
+                .is_down("Web", addr, dead.port());
+            judged[i] |= report_names_it;
+            assert!(
+                !judged[i] || down,
+                "{}: the dead backend came back under the new name after {:?}",
+                n.id,
+                start.elapsed()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        judged.iter().all(|j| *j),
+        "not every node judged the renamed service"
+    );
+    assert!(cluster.all_say("Web", dead.port(), true));
+    assert!(cluster.all_say("Web", alive.port(), false));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

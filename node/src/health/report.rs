@@ -106,6 +106,7 @@ mod tests {
         };
         let v = BackendVerdict {
             backend: backend.clone(),
+            at: (backend.address, 80, shoal_dataplane::model::Protocol::Tcp),
             verdict: Verdict::Down,
             basis: Basis::Checkers { up: 0, down: 1 },
             checkers: vec![NodeId::new("a"), NodeId::new("b")],

@@ -7,6 +7,11 @@
 //! 2. If no assigned checker has an opinion yet (new checkers after a membership change), use
 //!    the opinions of the other live members that still publish one (former checkers hand over).
 //! 3. If nobody has an opinion, keep this node's previous verdict, and a backend never judged is up.
+//!    The previous verdict is looked up by the service's name and, failing that, by where the
+//!    service listens (VIP, port, protocol): a service renamed in the table is the same service
+//!    to its backends, and a backend found down under the old name stays down under the new
+//!    one until its new checkers say otherwise (it came back up for (fall - 1) x interval: the
+//!    audit of 2026-12-06).
 //!
 //! Steps 1-2 depend only on the view, so nodes with the same view agree; step 3 can differ
 //! between a node that has judged the backend before and one that has not, until a checker reports.
@@ -16,6 +21,7 @@ use super::hysteresis::CheckState;
 use super::wire::Observation;
 use crate::table::RuleTable;
 use serde::Serialize;
+use shoal_dataplane::model::Protocol;
 use shoal_gossip::version::NodeId;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -87,17 +93,23 @@ pub struct BackendRef {
     pub port: u16,
 }
 
+/// Where a service listens, whatever its name: (VIP, port, protocol).
+pub type ServiceAt = (IpAddr, u16, Protocol);
+
 /// The verdicts of every checked backend. Backends not listed (unchecked services, unknown
 /// backends) are up.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Verdicts {
     down: BTreeSet<BackendRef>,
+    /// The same backends by where their service listens (rule step 3, a renamed service).
+    down_at: BTreeSet<(ServiceAt, IpAddr, u16)>,
 }
 
 impl Verdicts {
     pub fn from_down(down: impl IntoIterator<Item = BackendRef>) -> Self {
         Verdicts {
             down: down.into_iter().collect(),
+            down_at: BTreeSet::new(),
         }
     }
 
@@ -114,8 +126,10 @@ impl Verdicts {
         self.down.iter()
     }
 
-    fn get(&self, b: &BackendRef) -> Verdict {
-        if self.down.contains(b) {
+    /// The verdict on `b` of its service at `at`: down under its name, or under any name the
+    /// service at `at` had.
+    fn get(&self, b: &BackendRef, at: ServiceAt) -> Verdict {
+        if self.down.contains(b) || self.down_at.contains(&(at, b.address, b.port)) {
             Verdict::Down
         } else {
             Verdict::Up
@@ -155,6 +169,8 @@ pub fn index_opinions<'a>(
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackendVerdict {
     pub backend: BackendRef,
+    /// Where the backend's service listens.
+    pub at: ServiceAt,
     pub verdict: Verdict,
     pub basis: Basis,
     pub checkers: Vec<NodeId>,
@@ -173,6 +189,7 @@ pub fn evaluate(
 ) -> Vec<BackendVerdict> {
     let mut out = Vec::new();
     for service in table.services.iter().filter(|s| s.health.is_some()) {
+        let at = (service.vip, service.port, service.protocol);
         for b in &service.backends {
             let backend = BackendRef {
                 service: service.name.clone(),
@@ -191,7 +208,7 @@ pub fn evaluate(
                 .unwrap_or_default();
             let states: Vec<(NodeId, CheckState)> =
                 said.iter().map(|(n, o)| (n.clone(), o.state)).collect();
-            let had_verdict = previous.get(&backend);
+            let had_verdict = previous.get(&backend, at);
             // `previous` has no "never judged" marker: an absent backend is up, which is also
             // what step 3 answers for a backend never judged.
             let (verdict, basis) = verdict(&states, &assigned, Some(had_verdict));
@@ -201,6 +218,7 @@ pub fn evaluate(
             };
             out.push(BackendVerdict {
                 backend,
+                at,
                 verdict,
                 basis,
                 checkers: assigned,
@@ -213,12 +231,13 @@ pub fn evaluate(
 
 /// The down set of an evaluation.
 pub fn verdicts_of(evaluated: &[BackendVerdict]) -> Verdicts {
-    Verdicts::from_down(
-        evaluated
-            .iter()
-            .filter(|v| v.verdict == Verdict::Down)
-            .map(|v| v.backend.clone()),
-    )
+    let down = evaluated.iter().filter(|v| v.verdict == Verdict::Down);
+    Verdicts {
+        down: down.clone().map(|v| v.backend.clone()).collect(),
+        down_at: down
+            .map(|v| (v.at, v.backend.address, v.backend.port))
+            .collect(),
+    }
 }
 
 #[cfg(test)]
@@ -348,6 +367,49 @@ mod tests {
         assert_eq!(out[0].opinions.len(), 2);
         assert!(verdicts_of(&out).is_down("web", addr, 8080));
         assert!(!verdicts_of(&out).is_down("web", addr, 8081));
+    }
+
+    /// The audit of 2026-12-06: renaming a health-checked service (same VIP, port, protocol)
+    /// put a backend found down back into service until its new checkers had failed it `fall`
+    /// times.
+    #[test]
+    fn a_renamed_service_keeps_its_down_backends_until_checkers_report() {
+        let t = table(1);
+        let live: Vec<NodeId> = (0..3).map(n).collect();
+        let addr = t.services[0].backends[0].address;
+        let assigned = checkers(&backend_key("web", addr, 8080), &live, 2);
+        let values = assigned
+            .iter()
+            .map(|c| (c.clone(), "web", vec![obs(addr, CheckState::Down)]))
+            .collect::<Vec<_>>();
+        let index = index_opinions(&live, values);
+        let before = verdicts_of(&evaluate(&t, &live, 2, &index, &Verdicts::default()));
+        assert!(before.is_down("web", addr, 8080));
+        let mut renamed = t.clone();
+        renamed.services[0].name = "Web".into();
+        // Nobody has an opinion under the new name yet (the old checkers' keys name "web").
+        let after = evaluate(&renamed, &live, 2, &index, &before);
+        assert_eq!(
+            (after[0].verdict, &after[0].basis),
+            (Verdict::Down, &Basis::Previous)
+        );
+        let next = verdicts_of(&after);
+        assert!(next.is_down("Web", addr, 8080));
+        // It stays down on the passes after, whose previous verdicts name it "Web" already.
+        let again = evaluate(&renamed, &live, 2, &Opinions::new(), &next);
+        assert_eq!(again[0].verdict, Verdict::Down);
+        // Checkers that find it up under the new name bring it back.
+        let up: Vec<_> = checkers(&backend_key("Web", addr, 8080), &live, 2)
+            .into_iter()
+            .map(|c| (c, "Web", vec![obs(addr, CheckState::Up)]))
+            .collect();
+        let back = evaluate(&renamed, &live, 2, &index_opinions(&live, up), &next);
+        assert_eq!(back[0].verdict, Verdict::Up);
+        // A service listening elsewhere with the same backend is another service.
+        let mut elsewhere = renamed.clone();
+        elsewhere.services[0].port = 81;
+        let other = evaluate(&elsewhere, &live, 2, &Opinions::new(), &before);
+        assert_eq!(other[0].verdict, Verdict::Up);
     }
 
     #[test]
