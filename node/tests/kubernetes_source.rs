@@ -1072,3 +1072,48 @@ async fn load_balancer_source_ranges_become_nftables_rules() {
     run.cancel.cancel();
     let _ = run.task.await;
 }
+
+/// The audit of 2026-12-06: a deleted ShoalPool's gauges were exported for good, and a node
+/// that stopped publishing kept exporting every pool's (the docs say zero elsewhere).
+#[tokio::test]
+async fn pool_gauges_follow_the_pools_and_leave_with_the_publisher_role() {
+    let api = new_api();
+    api.apply(
+        Kind::ShoalPool,
+        pool("extra", &["198.51.100.0/28"], None, true),
+    );
+    let addr = api.listen("n1").await;
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = KubernetesMetrics::register(&mut registry);
+    let (tx, rx) = watch::channel(None);
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(run_with_client(
+        client(addr),
+        config(),
+        tx,
+        cancel.clone(),
+        metrics,
+    ));
+    let exported = |pool: &str| {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        text.lines().any(|l| {
+            l.starts_with("shoal_kubernetes_pool_free_addresses")
+                && l.contains(&format!("pool=\"{pool}\""))
+        })
+    };
+    wait_for("both pools' gauges", || {
+        exported("default") && exported("extra")
+    })
+    .await;
+    api.delete(Kind::ShoalPool, "", "extra");
+    wait_for("the deleted pool's gauges gone", || !exported("extra")).await;
+    assert!(exported("default"));
+    cancel.cancel();
+    let _ = task.await;
+    drop(rx);
+    assert!(
+        !exported("default"),
+        "a source that stopped still exports its pools"
+    );
+}

@@ -146,7 +146,20 @@ pub struct StatusWriter {
     /// What each served Service showed after the last pass, to tell when one is deleted.
     showing: BTreeMap<String, (ObjectId, Vec<IpAddr>)>,
     pool_status: BTreeMap<String, PoolStatus>,
+    /// Pools with a series in the pool gauges: a deleted pool's goes (the audit of 2026-12-06
+    /// found deleted pools exported for good, and by former publishers too).
+    gauged_pools: BTreeSet<String>,
     reported: BTreeSet<Problem>,
+}
+
+impl Drop for StatusWriter {
+    /// Only the publisher exports the pool gauges ("zero elsewhere"): a node that stops
+    /// publishing stops the writer, and its series go with it.
+    fn drop(&mut self) {
+        for pool in std::mem::take(&mut self.gauged_pools) {
+            self.remove_pool_series(&pool);
+        }
+    }
 }
 
 impl StatusWriter {
@@ -158,6 +171,7 @@ impl StatusWriter {
             written: BTreeMap::new(),
             showing: BTreeMap::new(),
             pool_status: BTreeMap::new(),
+            gauged_pools: BTreeSet::new(),
             reported: BTreeSet::new(),
         }
     }
@@ -266,6 +280,17 @@ impl StatusWriter {
 
     /// Writes each ShoalPool's status when it changed since the last successful write.
     pub async fn sync_pools(&mut self, statuses: &BTreeMap<String, PoolStatus>) {
+        let gone: Vec<String> = self
+            .gauged_pools
+            .iter()
+            .filter(|p| !statuses.contains_key(*p))
+            .cloned()
+            .collect();
+        for pool in gone {
+            self.remove_pool_series(&pool);
+            self.gauged_pools.remove(&pool);
+        }
+        self.gauged_pools.extend(statuses.keys().cloned());
         for (name, st) in statuses {
             self.metrics
                 .pool_used
@@ -295,6 +320,12 @@ impl StatusWriter {
             }
         }
         self.pool_status.retain(|k, _| statuses.contains_key(k));
+    }
+
+    fn remove_pool_series(&self, pool: &str) {
+        let label = PoolLabel { pool: pool.into() };
+        self.metrics.pool_used.remove(&label);
+        self.metrics.pool_free.remove(&label);
     }
 
     fn count_write(&self, kind: &'static str, result: &'static str) {
