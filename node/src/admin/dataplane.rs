@@ -261,7 +261,9 @@ fn page_of(
         snapshot_age_ms: u64::try_from(age.as_millis()).unwrap_or(u64::MAX),
         version: read.version.clone(),
         head: read.head.clone(),
-        matches_table: total.pending_ops == 0,
+        // Before its first table a node has nothing to match: an empty dataplane there said
+        // true, which a readiness wait would take for "programmed" (the audit of 2026-12-06).
+        matches_table: total.pending_ops == 0 && read.head.is_some(),
         pending_ops: read.pending_ops[cut(total.pending_ops)].to_vec(),
         draining: read.draining[cut(total.draining)]
             .iter()
@@ -351,6 +353,25 @@ mod tests {
             pending_ops: vec![],
             draining: vec![],
         }
+    }
+
+    /// The audit of 2026-12-06: a node with no table yet and an empty dataplane said it
+    /// matched the table; a wait for `"matches_table":true` took that for "programmed".
+    #[test]
+    fn no_head_matches_nothing() {
+        let page = Page {
+            offset: None,
+            limit: None,
+            snapshot: None,
+        };
+        let mut read = read_of(0);
+        assert!(!page_of(&read, &page, None, Duration::ZERO).matches_table);
+        read.head = Some(VersionRef::from(&shoal_gossip::Version::new(
+            1,
+            1,
+            shoal_gossip::version::NodeId::new("n1"),
+        )));
+        assert!(page_of(&read, &page, None, Duration::ZERO).matches_table);
     }
 
     /// Pages of one read cover it exactly once, whatever the limit, and the last one says so.
