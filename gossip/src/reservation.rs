@@ -11,8 +11,9 @@
 //! file; only a jump of the cluster's epoch by more than [`LOW_WATER`] between two control
 //! steps can still need a write on the stamp path ([`write_before_stamp`]).
 //!
-//! The price: a restarted node starts above its last reservation, so the cluster's epoch may
-//! jump by up to [`AHEAD`] when it next publishes. Epochs only order versions; gaps are fine.
+//! The price: a restarted node starts above its last reservation (and reserves [`AHEAD`] above
+//! that), so the cluster's epoch may jump by up to [`AHEAD`] + 1 per start of that node when it
+//! next publishes. Epochs only order versions; gaps are fine.
 
 use crate::version::MAX_EPOCH;
 
