@@ -113,6 +113,11 @@ pub enum PoolProblem {
         other: String,
         other_net: IpNet,
     },
+    /// A range no VIP may come from: wider than a /8 (/32) or reaching into loopback,
+    /// multicast and the like (`validate::not_a_vip_pool`). A `0.0.0.0/0` pool handed out
+    /// 10.96.0.1, a cluster's API ClusterIP (the audit of 2026-12-06).
+    #[error("ShoalPool {pool}: {}; pool ignored", self.detail())]
+    Unsafe { pool: String, why: String },
 }
 
 impl PoolProblem {
@@ -125,6 +130,7 @@ impl PoolProblem {
             }
             PoolProblem::Empty { .. } => "no addresses".into(),
             PoolProblem::Overlap { net, other_net, .. } => format!("{net} overlaps {other_net}"),
+            PoolProblem::Unsafe { why, .. } => why.clone(),
         }
     }
 
@@ -132,7 +138,8 @@ impl PoolProblem {
         match self {
             PoolProblem::NotCidr { pool, .. }
             | PoolProblem::Empty { pool }
-            | PoolProblem::Overlap { pool, .. } => pool,
+            | PoolProblem::Overlap { pool, .. }
+            | PoolProblem::Unsafe { pool, .. } => pool,
         }
     }
 }
@@ -172,6 +179,13 @@ pub fn parse_pools(objects: &[PoolObject]) -> (Vec<Pool>, Vec<PoolProblem>) {
                 continue 'pools;
             };
             let net = net.trunc();
+            if let Some(why) = crate::validate::not_a_vip_pool(net) {
+                problems.push(PoolProblem::Unsafe {
+                    pool: o.name.clone(),
+                    why,
+                });
+                continue 'pools;
+            }
             let clash = pools
                 .iter()
                 .flat_map(|p| p.nets.iter().map(move |n| (p.name.as_str(), n)))
@@ -308,6 +322,37 @@ mod tests {
         let (pools, problems) = parse_pools(&[obj("self", 0, &["10.0.0.0/8", "10.1.0.0/16"])]);
         assert!(pools.is_empty());
         assert!(problems[0].to_string().contains("of ShoalPool self"));
+    }
+
+    /// The audit of 2026-12-06: a `0.0.0.0/0` pool handed out a cluster's API ClusterIP, and
+    /// loopback or multicast pools wrote such VIPs into Service status.
+    #[test]
+    fn pools_no_vip_may_come_from_are_left_out_and_named() {
+        let objects = [
+            obj("all", 0, &["0.0.0.0/0"]),
+            obj("all6", 0, &["::/0"]),
+            obj("lo", 0, &["127.0.0.0/30"]),
+            obj("mc", 0, &["224.0.0.0/30"]),
+            obj("mapped", 0, &["::ffff:0:0/96"]),
+            obj("ok", 0, &["203.0.113.0/24", "2001:db8::/64"]),
+        ];
+        let (pools, problems) = parse_pools(&objects);
+        let names: Vec<_> = pools.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["ok"]);
+        assert_eq!(problems.len(), 5);
+        // Problems come in the pools' order: by creation, then name.
+        for (problem, says) in problems.iter().zip([
+            "wider than a /8",
+            "wider than a /32",
+            "loopback",
+            "IPv4-mapped",
+            "multicast",
+        ]) {
+            assert!(
+                matches!(problem, PoolProblem::Unsafe { .. }) && problem.to_string().contains(says),
+                "{problem}"
+            );
+        }
     }
 
     #[test]
