@@ -51,7 +51,9 @@ pub use crate::validate::SCHEDULERS;
 pub const DEFAULT_GUE_PORT: u16 = 6080;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("annotation {annotation}={value:?}: {reason}")]
+/// The value is shown cut to 64 characters: a 200,000-character annotation made a 200 KB log
+/// line per pass (the audit of 2026-12-06).
+#[error("annotation {annotation}={}: {reason}", crate::validate::shown(value))]
 pub struct AnnotationError {
     pub annotation: String,
     pub value: String,
@@ -352,6 +354,18 @@ mod tests {
         );
         assert!(s.requested_vips.is_empty());
         assert_eq!(s.sharing_key, None);
+    }
+
+    #[test]
+    fn a_huge_bad_value_is_shown_cut() {
+        let huge = "f".repeat(200_000);
+        let err = parse(&ann(&[("shoal.io/scheduler", &huge)]), None).unwrap_err();
+        let text = err.to_string();
+        assert!(text.len() < 1_000, "{} bytes", text.len());
+        assert!(
+            text.contains("shoal.io/scheduler") && text.contains("200000 bytes"),
+            "{text}"
+        );
     }
 
     #[test]
