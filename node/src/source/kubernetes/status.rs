@@ -82,13 +82,26 @@ pub fn event_type(reason: &str) -> &'static str {
     }
 }
 
+/// The longest object name the API server accepts (a DNS subdomain).
+const NAME_LEN_MAX: usize = 253;
+
+/// `<object>.<stamp>`, the object's name cut so that the whole stays a valid name: a slice's
+/// name may itself be 253 characters long, and an Event the API server refuses is lost.
+fn event_name(object: &str, stamp: &str) -> String {
+    let room = NAME_LEN_MAX.saturating_sub(stamp.len() + 1);
+    let cut: String = object.chars().take(room).collect();
+    // A label may not end in '-' or '.' (the cut may leave one before our '.').
+    let cut = cut.trim_end_matches(['-', '.']);
+    format!("{cut}.{stamp}")
+}
+
 /// The `events.k8s.io/v1` Event describing `problem`.
 pub fn event_for(problem: &Problem, reporting_instance: &str, now: Timestamp) -> Event {
     let o = &problem.object;
-    let stamp = now.as_nanosecond() as u128;
+    let stamp = format!("{:x}", now.as_nanosecond() as u128);
     Event {
         metadata: ObjectMeta {
-            name: Some(format!("{}.{:x}", o.name, stamp)),
+            name: Some(event_name(&o.name, &stamp)),
             namespace: Some(if o.namespace.is_empty() {
                 "default".to_string()
             } else {
@@ -469,5 +482,41 @@ mod tests {
         assert_eq!(new_problems(&seen, std::slice::from_ref(&p)).len(), 1);
         seen.insert(p.clone());
         assert!(new_problems(&seen, std::slice::from_ref(&p)).is_empty());
+    }
+
+    /// A slice's name may be 253 characters: its Event's name must still be one the API
+    /// server accepts (an audit saw 271-character names refused, the Events lost).
+    #[test]
+    fn event_names_stay_valid_for_the_longest_object_names() {
+        let long = format!("{}-{}", "a".repeat(200), "b".repeat(52));
+        assert_eq!(long.len(), 253);
+        let mut p = Problem {
+            object: ObjectId {
+                kind: "EndpointSlice",
+                api_version: "discovery.k8s.io/v1",
+                namespace: "ns".into(),
+                name: long.clone(),
+                uid: None,
+            },
+            reason: "UnusableEndpoint",
+            message: "m".into(),
+        };
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let name = event_for(&p, "shoal-0", now).metadata.name.unwrap();
+        assert_eq!(name.len(), 253, "{name}");
+        assert!(name.starts_with(&long[..200]));
+        // The regarding reference keeps the whole name.
+        let r = event_for(&p, "shoal-0", now).regarding.unwrap();
+        assert_eq!(r.name.as_deref(), Some(long.as_str()));
+        // A cut that would leave "-." drops the dash.
+        let stamp_len = name.len() - name.rfind('.').unwrap();
+        p.object.name = format!("{}-{}", "a".repeat(253 - stamp_len), "b".repeat(20));
+        let name = event_for(&p, "shoal-0", now).metadata.name.unwrap();
+        assert!(!name.contains("-."), "{name}");
+        assert!(name.len() <= 253);
+        // Short names are whole.
+        p.object.name = "web".into();
+        let name = event_for(&p, "shoal-0", now).metadata.name.unwrap();
+        assert!(name.starts_with("web."), "{name}");
     }
 }
