@@ -3,7 +3,7 @@
 //! | annotation | values | default |
 //! |---|---|---|
 //! | `shoal.io/vip` | an IPv4 or IPv6 address, or one of each comma-separated (dual-stack) | `spec.loadBalancerIP`, else allocated from a pool |
-//! | `shoal.io/allow-shared-ip` | a sharing key: Services with the same key and no common port share a VIP | none |
+//! | `shoal.io/allow-shared-ip` | a sharing key: Services of one namespace with the same key and no common port share a VIP | none |
 //! | `shoal.io/scheduler` | `mh rr wrr lc wlc sh dh sed nq lblc lblcr fo ovf twos` | `mh` |
 //! | `shoal.io/mh-port` | `true`/`false` (only with `mh`) | `true` with `mh` (as in the rules file), `false` with `sessionAffinity: ClientIP` |
 //! | `shoal.io/mh-fallback` | `true`/`false` (only with `mh`) | `true` with `mh` |

@@ -91,7 +91,21 @@ impl Pool {
     pub fn allows(&self, namespace: &str) -> bool {
         self.namespaces.is_empty() || self.namespaces.contains(namespace)
     }
+    /// Whether a VIP may come from the pool: inside one of its networks and not an address
+    /// the network keeps for itself (IPv4 network and broadcast, IPv6 subnet-router anycast),
+    /// which allocation skips too.
     pub fn contains(&self, ip: &IpAddr) -> bool {
+        self.nets.iter().any(|n| {
+            let (first, len) = super::vip::usable(n);
+            let at = match ip {
+                IpAddr::V4(v4) => u32::from(*v4) as u128,
+                IpAddr::V6(v6) => u128::from(*v6),
+            };
+            n.contains(ip) && at >= first && at - first < len
+        })
+    }
+    /// Inside one of the pool's networks, usable or not.
+    pub fn spans(&self, ip: &IpAddr) -> bool {
         self.nets.iter().any(|n| n.contains(ip))
     }
     pub fn has_family(&self, family: Family) -> bool {

@@ -7,8 +7,9 @@
 //! (`spec.ipFamilies`; the second family's names end in `@IPv6` or `@IPv4`). Backends are the
 //! ready, serving, non-terminating endpoints of the family's EndpointSlices whose port has the
 //! same name and protocol, or, when none is ready, the serving terminating ones; the slice
-//! already carries the resolved number of a named `targetPort`. Anything wrong with one object becomes a [`Problem`] and only that object
-//! (or that port) is left out: the rest of the table is still published.
+//! already carries the resolved number of a named `targetPort`. Anything wrong with one object
+//! becomes a [`Problem`] and only that object (that port, that endpoint) is left out: the rest
+//! of the table is still published.
 
 use super::annotations::{self, ServiceSettings};
 use super::pools::Pool;
@@ -100,6 +101,8 @@ pub fn translate<S: Borrow<Service>, E: Borrow<Slice>>(
     let mut problems = Vec::new();
     let mut clear = BTreeSet::new();
     let mut ours: Vec<(&Service, ServiceSettings, String)> = Vec::new();
+    // Ours but refused until fixed: they keep their status addresses from others.
+    let mut unpublished: Vec<&Service> = Vec::new();
     for svc in services.iter().map(Borrow::borrow) {
         let id = ObjectId::service(svc);
         if id.name.is_empty() || id.namespace.is_empty() {
@@ -149,6 +152,7 @@ pub fn translate<S: Borrow<Service>, E: Borrow<Slice>>(
                             reason: "InvalidSourceRange",
                             message: format!("not published: {message}"),
                         });
+                        unpublished.push(svc);
                         continue;
                     }
                 }
@@ -180,11 +184,14 @@ pub fn translate<S: Borrow<Service>, E: Borrow<Slice>>(
                 ours.push((svc, settings, key));
             }
             // The status is left alone: fixing the typo brings the Service back as it was.
-            Err(e) => problems.push(Problem {
-                object: id,
-                reason: "InvalidAnnotation",
-                message: format!("not published: {e}"),
-            }),
+            Err(e) => {
+                problems.push(Problem {
+                    object: id,
+                    reason: "InvalidAnnotation",
+                    message: format!("not published: {e}"),
+                });
+                unpublished.push(svc);
+            }
         }
     }
 
@@ -193,26 +200,40 @@ pub fn translate<S: Borrow<Service>, E: Borrow<Slice>>(
         .map(|(svc, settings, key)| Claim {
             key: key.clone(),
             namespace: svc.metadata.namespace.clone().unwrap_or_default(),
-            created_s: svc
-                .metadata
-                .creation_timestamp
-                .as_ref()
-                .map(|t| t.0.as_second())
-                .unwrap_or(i64::MAX),
+            created_s: created_s(svc),
             families: families(svc, settings),
             requested: settings.requested_vips.clone(),
             current: status_ips(svc),
             sharing_key: settings.sharing_key.clone(),
             ports: ports_of(svc),
+            unpublished: false,
         })
+        .chain(unpublished.iter().map(|svc| unpublished_claim(svc)))
         .collect();
     let assignment = vip::assign(&claims, cfg.pools);
+    // Every replica holds every VIP: an endpoint at one would send that port's packets back
+    // into the replicas instead of to a pod.
+    let all_vips: BTreeSet<IpAddr> = assignment.vips.values().flatten().copied().collect();
 
     // Slices by owning Service; slices without the label belong to nobody we serve.
     let mut by_service: BTreeMap<String, Vec<&Slice>> = BTreeMap::new();
     for slice in slices.iter().map(Borrow::borrow) {
         if let (Some(ns), Some(svc)) = (slice.namespace.as_deref(), slice.service_name.as_deref()) {
             by_service.entry(key_of(ns, svc)).or_default().push(slice);
+        }
+    }
+
+    // An unpublished Service whose address a published one took shows it no longer.
+    for svc in &unpublished {
+        let id = ObjectId::service(svc);
+        let key = key_of(&id.namespace, &id.name);
+        for p in assignment.problems.get(&key).into_iter().flatten() {
+            clear.insert(key.clone());
+            problems.push(Problem {
+                object: id.clone(),
+                reason: "VipConflict",
+                message: format!("{p}; its status no longer shows it"),
+            });
         }
     }
 
@@ -226,7 +247,9 @@ pub fn translate<S: Borrow<Service>, E: Borrow<Slice>>(
                 object: id.clone(),
                 reason: match p {
                     vip::VipProblem::Conflict { .. } => "VipConflict",
-                    vip::VipProblem::NotInPool { .. } => "VipNotInPool",
+                    vip::VipProblem::NotInPool { .. } | vip::VipProblem::NetworkAddress { .. } => {
+                        "VipNotInPool"
+                    }
                     vip::VipProblem::FamilyNotServed { .. } => "VipFamilyNotServed",
                     _ => "VipUnavailable",
                 },
@@ -255,6 +278,7 @@ pub fn translate<S: Borrow<Service>, E: Borrow<Slice>>(
                 id: &id,
                 settings,
                 vip,
+                all_vips: &all_vips,
                 // The primary family keeps the plain name; the second family is suffixed.
                 suffix: if i == 0 {
                     String::new()
@@ -284,14 +308,64 @@ pub fn translate<S: Borrow<Service>, E: Borrow<Slice>>(
     }
 }
 
+/// Seconds since the epoch of `metadata.creationTimestamp`; unknown counts as newest.
+fn created_s(svc: &Service) -> i64 {
+    svc.metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| t.0.as_second())
+        .unwrap_or(i64::MAX)
+}
+
+/// The claim of a Service that is not published: what its status shows, nothing asked.
+fn unpublished_claim(svc: &Service) -> Claim {
+    let id = ObjectId::service(svc);
+    let current = status_ips(svc);
+    let mut families: Vec<Family> = Vec::new();
+    for f in current.iter().map(Family::of) {
+        if !families.contains(&f) {
+            families.push(f);
+        }
+    }
+    Claim {
+        key: key_of(&id.namespace, &id.name),
+        created_s: created_s(svc),
+        families,
+        requested: Vec::new(),
+        current,
+        // Read raw: the annotations may be what is wrong with it. Sharers keep sharing.
+        sharing_key: svc
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(annotations::ALLOW_SHARED_IP))
+            .cloned(),
+        ports: ports_of(svc),
+        namespace: id.namespace,
+        unpublished: true,
+    }
+}
+
 struct PortContext<'a> {
     id: &'a ObjectId,
     settings: &'a ServiceSettings,
     vip: IpAddr,
+    all_vips: &'a BTreeSet<IpAddr>,
     suffix: String,
 }
 
 impl PortContext<'_> {
+    /// Why `address` cannot be a backend of any port, if it cannot.
+    fn unusable(&self, address: IpAddr) -> Option<String> {
+        if self.all_vips.contains(&address) {
+            return Some(
+                "is a VIP of a Service Shoal serves (every replica holds it), not a pod".into(),
+            );
+        }
+        crate::validate::not_unicast(address)
+            .map(|why| format!("is not a unicast address a backend can use ({why})"))
+    }
+
     /// One port of one family; `None` (with a problem) when the port cannot be served.
     fn virtual_service(
         &self,
@@ -372,6 +446,16 @@ impl PortContext<'_> {
                 for addr in &ep.addresses {
                     match addr.parse::<IpAddr>() {
                         Ok(address) if address.is_ipv4() == vip.is_ipv4() => {
+                            // One endpoint no packet should go to is left out, not the whole
+                            // port (the rules file refuses such a backend at its line).
+                            if let Some(why) = self.unusable(address) {
+                                bad_slices.insert(Problem {
+                                    object: ObjectId::slice(slice),
+                                    reason: "UnusableEndpoint",
+                                    message: format!("address {address} {why}, endpoint skipped"),
+                                });
+                                continue;
+                            }
                             bucket.insert(Backend {
                                 address,
                                 port: target,

@@ -10,8 +10,8 @@
 //! Each Service asks for one address per IP family it lists (`spec.ipFamilies`). A requested
 //! address must lie in a pool that the Service's namespace may use; pools with `autoAssign`
 //! off only serve requests; pools limited to some namespaces are tried before pools open to
-//! every namespace. Services with the same sharing key (`shoal.io/allow-shared-ip`)
-//! and no common port may hold one address together.
+//! every namespace. Services of one namespace with the same sharing key
+//! (`shoal.io/allow-shared-ip`) and no common port may hold one address together.
 //!
 //! Conflicts are never resolved silently: when two Services claim one address and cannot
 //! share it, the one that already holds it in status wins, else the older one (then the
@@ -64,6 +64,10 @@ pub struct Claim {
     pub sharing_key: Option<String>,
     /// `(protocol, port)` of every port; two sharers must have none in common.
     pub ports: BTreeSet<(String, u16)>,
+    /// A Service left unpublished until its owner fixes it (a bad annotation): its status
+    /// addresses are kept from fresh allocations, so fixing it brings the same VIP back, but
+    /// it gets no VIP and yields its addresses to any published Service that wants them.
+    pub unpublished: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, thiserror::Error)]
@@ -72,6 +76,8 @@ pub enum VipProblem {
     Conflict { vip: IpAddr, holder: String },
     #[error("requested VIP {vip} is not in any ShoalPool that namespace {namespace} may use")]
     NotInPool { vip: IpAddr, namespace: String },
+    #[error("requested VIP {vip} is the network, broadcast or subnet-router address of a ShoalPool's network, which hosts do not answer for; request another address of the pool")]
+    NetworkAddress { vip: IpAddr },
     #[error("requested VIP {vip} is {family}, but spec.ipFamilies does not list {family}")]
     FamilyNotServed { vip: IpAddr, family: &'static str },
     #[error("no free {family} address left in the ShoalPools namespace {namespace} may use")]
@@ -122,8 +128,13 @@ impl Holding<'_> {
         let Some(key) = &c.sharing_key else {
             return false;
         };
+        // Keys are scoped to a namespace: a tenant who guesses another's key must not attach
+        // its ports to that tenant's address.
         self.holders.iter().all(|h| {
-            h.sharing_key.as_ref() == Some(key) && h.ports.is_disjoint(&c.ports) && h.key != c.key
+            h.sharing_key.as_ref() == Some(key)
+                && h.namespace == c.namespace
+                && h.ports.is_disjoint(&c.ports)
+                && h.key != c.key
         })
     }
 }
@@ -137,7 +148,15 @@ pub fn assign(claims: &[Claim], pools: &[Pool]) -> Assignment {
     // Every address somebody wants, with who wants it and how strongly (request > status).
     let mut wanted: BTreeMap<IpAddr, Vec<(&Claim, bool)>> = BTreeMap::new();
     let mut needs_pool: Vec<(&Claim, Family)> = Vec::new();
-    for c in claims {
+    // Addresses of unpublished Services: nobody is allocated them; a published claim that
+    // wants one (request or status) takes it and the unpublished one loses it.
+    let mut reserved: BTreeMap<IpAddr, &Claim> = BTreeMap::new();
+    for c in claims.iter().filter(|c| c.unpublished) {
+        for ip in c.current.iter().filter(|ip| in_usable_pool(c, ip)) {
+            reserved.entry(*ip).or_insert(c);
+        }
+    }
+    for c in claims.iter().filter(|c| !c.unpublished) {
         for ip in &c.requested {
             if !c.families.contains(&Family::of(ip)) {
                 out.add_problem(
@@ -153,6 +172,9 @@ pub fn assign(claims: &[Claim], pools: &[Pool]) -> Assignment {
             let requested = c.requested.iter().find(|ip| Family::of(ip) == family);
             match requested {
                 Some(ip) if in_usable_pool(c, ip) => wanted.entry(*ip).or_default().push((c, true)),
+                Some(ip) if usable_by(pools, &c.namespace).any(|p| p.spans(ip)) => {
+                    out.add_problem(&c.key, VipProblem::NetworkAddress { vip: *ip })
+                }
                 Some(ip) => out.add_problem(
                     &c.key,
                     VipProblem::NotInPool {
@@ -199,6 +221,20 @@ pub fn assign(claims: &[Claim], pools: &[Pool]) -> Assignment {
             }
         }
         held.insert(ip, holding);
+    }
+    for (ip, c) in reserved {
+        match held.get(&ip) {
+            Some(h) => out.add_problem(
+                &c.key,
+                VipProblem::Conflict {
+                    vip: ip,
+                    holder: h.holders[0].key.clone(),
+                },
+            ),
+            None => {
+                held.insert(ip, Holding { holders: vec![c] });
+            }
+        }
     }
 
     needs_pool.sort_by(|(a, fa), (b, fb)| (&a.key, fa).cmp(&(&b.key, fb)));
@@ -249,7 +285,7 @@ pub fn assign(claims: &[Claim], pools: &[Pool]) -> Assignment {
         }
     }
 
-    for c in claims {
+    for c in claims.iter().filter(|c| !c.unpublished) {
         let ips: Vec<IpAddr> = c
             .families
             .iter()

@@ -154,19 +154,123 @@ fn named_target_port_resolved_through_the_slice_and_masq_translates() {
     assert_eq!(t.problems[0].reason, "TargetPortMismatch");
 }
 
-/// The rules file's validator runs on every translated port: a loopback endpoint (which
-/// the rules file refuses) does not reach the dataplane from a Service either.
+/// An endpoint no packet should go to is left out with an Event on its slice, and the port is
+/// still published with the others (the audit of 2026-12-06: one such endpoint dropped the
+/// whole port, and an endpoint at another Service's VIP was published as a backend).
 #[test]
-fn translated_ports_go_through_the_shared_validator() {
+fn unusable_endpoints_are_skipped_and_the_port_kept() {
     let t = run(
-        &[svc("lo", &[("", 80)], &[])],
-        &[slice("lo", "a", ("", 80), &[("127.0.0.1", None)])],
+        &[
+            svc("web", &[("", 80)], &[("shoal.io/vip", "203.0.113.10")]),
+            svc("api", &[("", 80)], &[("shoal.io/vip", "203.0.113.11")]),
+        ],
+        &[slice(
+            "web",
+            "a",
+            ("", 80),
+            &[
+                ("198.18.0.7", None),
+                ("127.0.0.1", None),
+                ("240.0.0.1", None),
+                ("203.0.113.10", None),
+                ("203.0.113.11", None),
+                ("224.0.0.5", None),
+            ],
+        )],
     );
-    assert!(t.table.services.is_empty(), "{:?}", t.table);
+    let web = t
+        .table
+        .services
+        .iter()
+        .find(|s| s.name == "default/web:80")
+        .expect("the port is published");
+    let backends: Vec<String> = web.backends.iter().map(|b| b.address.to_string()).collect();
+    assert_eq!(backends, ["198.18.0.7"]);
+    let skipped: Vec<&str> = t
+        .problems
+        .iter()
+        .filter(|p| p.reason == "UnusableEndpoint" && p.object.name == "web-a")
+        .map(|p| p.message.as_str())
+        .collect();
+    assert_eq!(skipped.len(), 5, "{:?}", t.problems);
+    for (addr, says) in [
+        ("127.0.0.1", "loopback"),
+        ("240.0.0.1", "reserved"),
+        ("203.0.113.10", "VIP"),
+        ("203.0.113.11", "VIP"),
+        ("224.0.0.5", "multicast"),
+    ] {
+        assert!(
+            skipped
+                .iter()
+                .any(|m| m.contains(&format!("address {addr} ")) && m.contains(says)),
+            "{addr}: {skipped:?}"
+        );
+    }
+    assert!(t.problems.iter().all(|p| p.reason != "InvalidService"));
+}
+
+/// A Service left out for a bad annotation keeps the address its status shows from new
+/// Services; one that asks for it takes it and the status of the broken one is cleared (the
+/// audit of 2026-12-06 saw two Services showing one VIP).
+#[test]
+fn an_unpublished_service_holds_its_vip_until_another_asks_for_it() {
+    let with_status = |mut s: Service, ip: &str| {
+        s.status = Some(ServiceStatus {
+            load_balancer: Some(LoadBalancerStatus {
+                ingress: Some(vec![LoadBalancerIngress {
+                    ip: Some(ip.into()),
+                    ..Default::default()
+                }]),
+            }),
+            ..Default::default()
+        });
+        s
+    };
+    let broken = with_status(
+        svc("broken", &[("", 80)], &[("shoal.io/scheduler", "fastest")]),
+        "203.0.113.20",
+    );
+    // A pool of one address: the new Service would have been given the broken one's.
+    let pools =
+        [
+            crate::source::kubernetes::pools::from_cidrs(&["203.0.113.20/32".into()], "default")
+                .unwrap(),
+        ];
+    let settings = Settings {
+        load_balancer_class: CLASS,
+        pools: &pools,
+    };
+    let none: [Slice; 0] = [];
+    let t = translate(
+        &[broken.clone(), svc("new", &[("", 80)], &[])],
+        &none,
+        &settings,
+    );
+    assert!(
+        t.vips
+            .get("default/new")
+            .is_none_or(|v| !v.contains(&"203.0.113.20".parse().unwrap())),
+        "{:?}",
+        t.vips
+    );
+    assert!(!t.clear.contains("default/broken"));
     assert!(
         t.problems
             .iter()
-            .any(|p| p.reason == "InvalidService" && p.message.contains("127.0.0.1")),
+            .any(|p| p.object.name == "new" && p.reason == "VipUnavailable"),
+        "{:?}",
+        t.problems
+    );
+    // Asked for by name, the address moves and the broken Service's status is cleared.
+    let asks = svc("asks", &[("", 80)], &[("shoal.io/vip", "203.0.113.20")]);
+    let t = translate(&[broken, asks], &none, &settings);
+    assert_eq!(t.vips["default/asks"][0].to_string(), "203.0.113.20");
+    assert!(t.clear.contains("default/broken"), "{:?}", t.clear);
+    assert!(
+        t.problems
+            .iter()
+            .any(|p| p.object.name == "broken" && p.reason == "VipConflict"),
         "{:?}",
         t.problems
     );

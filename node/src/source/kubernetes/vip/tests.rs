@@ -17,6 +17,7 @@ fn claim(key: &str, created_s: i64, requested: Option<&str>, current: &[&str]) -
         current: current.iter().map(|s| ip(s)).collect(),
         sharing_key: None,
         ports: [("TCP".to_string(), 80)].into(),
+        unpublished: false,
     }
 }
 fn pool(name: &str, nets: &[&str]) -> Pool {
@@ -50,6 +51,115 @@ fn requests_status_and_allocation() {
     let new = vip(&a, "a/new");
     assert!(p[0].contains(&new) && new != ip("203.0.113.0") && new != ip("203.0.113.255"));
     assert!(a.problems.is_empty());
+}
+
+/// The audit of 2026-12-06: a Service that failed validation kept its VIP in status while
+/// allocation handed the same VIP to a new Service (two Services showed one address, and the
+/// first took it back once fixed).
+#[test]
+fn an_unpublished_service_keeps_its_address_from_allocation_but_not_from_requests() {
+    // The pool has room for two: the unpublished Service's address and one more.
+    let p = pools(&["203.0.113.0/30"]);
+    let mut broken = claim("a/broken", 1, None, &["203.0.113.1"]);
+    broken.unpublished = true;
+    let a = assign(&[broken.clone(), claim("a/new", 5, None, &[])], &p);
+    assert_eq!(
+        vip(&a, "a/new"),
+        ip("203.0.113.2"),
+        "the held address is skipped"
+    );
+    assert!(!a.vips.contains_key("a/broken"), "unpublished: no VIP");
+    assert!(a.problems.is_empty(), "{:?}", a.problems);
+    // A third Service finds the pool full rather than taking the held address.
+    let a = assign(
+        &[
+            broken.clone(),
+            claim("a/new", 5, None, &[]),
+            claim("a/third", 6, None, &[]),
+        ],
+        &p,
+    );
+    assert!(matches!(
+        a.problems["a/third"][..],
+        [VipProblem::PoolsExhausted { .. }]
+    ));
+    // An explicit request wins over the unpublished holder, which is told.
+    let a = assign(
+        &[broken.clone(), claim("a/asks", 5, Some("203.0.113.1"), &[])],
+        &p,
+    );
+    assert_eq!(vip(&a, "a/asks"), ip("203.0.113.1"));
+    assert!(matches!(
+        &a.problems["a/broken"][..],
+        [VipProblem::Conflict { holder, .. }] if holder == "a/asks"
+    ));
+    // Fixed, it gets the same address back.
+    broken.unpublished = false;
+    let a = assign(&[broken, claim("a/new", 5, None, &["203.0.113.2"])], &p);
+    assert_eq!(vip(&a, "a/broken"), ip("203.0.113.1"));
+}
+
+/// The audit of 2026-12-06: a Service in another namespace with the same sharing key joined
+/// a tenant's address.
+#[test]
+fn sharing_keys_are_scoped_to_a_namespace() {
+    let p = pools(&["203.0.113.0/24"]);
+    let shared = |key: &str, port: u16| Claim {
+        sharing_key: Some("web".into()),
+        ports: [("TCP".to_string(), port)].into(),
+        ..claim(key, 5, None, &[])
+    };
+    let a = assign(
+        &[
+            shared("a/one", 80),
+            shared("a/two", 443),
+            shared("b/three", 8080),
+        ],
+        &p,
+    );
+    assert_eq!(vip(&a, "a/one"), vip(&a, "a/two"));
+    assert_ne!(vip(&a, "b/three"), vip(&a, "a/one"));
+    // Asking for the other tenant's address explicitly is a conflict, not a share.
+    let held = vip(&a, "a/one");
+    let mut asks = shared("b/asks", 8080);
+    asks.requested = vec![held];
+    let one = Claim {
+        current: vec![held],
+        ..shared("a/one", 80)
+    };
+    let a = assign(&[one, asks], &p);
+    assert_eq!(vip(&a, "a/one"), held);
+    assert!(matches!(
+        &a.problems["b/asks"][..],
+        [VipProblem::Conflict { .. }]
+    ));
+}
+
+/// A pool's network and broadcast addresses are not handed out; asked for, they are refused
+/// with a reason of their own.
+#[test]
+fn network_and_broadcast_addresses_cannot_be_requested() {
+    let p = pools(&["203.0.113.0/24", "2001:db8::/64"]);
+    for (asked, pooled) in [
+        ("203.0.113.0", false),
+        ("203.0.113.255", false),
+        ("2001:db8::", false),
+        ("203.0.113.1", true),
+        ("203.0.113.254", true),
+    ] {
+        let a = assign(&[claim("a/x", 5, Some(asked), &[])], &p);
+        assert_eq!(a.vips.contains_key("a/x"), pooled, "{asked}");
+        if !pooled {
+            assert!(
+                matches!(&a.problems["a/x"][..], [VipProblem::NetworkAddress { .. }]),
+                "{asked}: {:?}",
+                a.problems
+            );
+        }
+    }
+    // Held in status (written by an older build), it is moved to a usable address.
+    let a = assign(&[claim("a/x", 5, None, &["203.0.113.0"])], &p);
+    assert_ne!(vip(&a, "a/x"), ip("203.0.113.0"));
 }
 
 #[test]
@@ -248,6 +358,7 @@ fn arb_claims() -> impl Strategy<Value = Vec<Claim>> {
                     .collect(),
                 sharing_key: share.map(|s| format!("key{s}")),
                 ports: [("TCP".to_string(), 80 + port)].into(),
+                unpublished: false,
             })
             .collect()
     })
