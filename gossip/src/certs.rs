@@ -20,7 +20,9 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 mod files;
-pub use files::{check_node_id, issue_into, write_cluster_dir, write_cluster_dir_with};
+pub use files::{
+    check_cluster_id, check_node_id, issue_into, write_cluster_dir, write_cluster_dir_with,
+};
 
 /// The longest node id (a DNS name's length); see [`check_node_id`].
 pub const NODE_ID_MAX_LEN: usize = 253;

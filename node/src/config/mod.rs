@@ -108,7 +108,7 @@ pub const RESYNC_INTERVAL_S: RangeInclusive<u64> = 1..=86_400;
 pub const DRAIN_S: RangeInclusive<u64> = 0..=86_400;
 pub const HEALTH_CHECKERS: RangeInclusive<usize> = 1..=16;
 pub const MAX_SEEDS: usize = 1_000;
-/// Node ids, cluster ids, loadBalancerClasses: a DNS name's length.
+/// loadBalancerClasses: a DNS name's length (cluster ids: `shoal_gossip::certs::check_cluster_id`).
 pub const NAME_LEN: RangeInclusive<usize> = 1..=253;
 /// Linux interface names (IFNAMSIZ is 16 with the terminating NUL).
 pub const INTERFACE_NAME_LEN: RangeInclusive<usize> = 1..=15;
@@ -356,12 +356,16 @@ impl NodeConfig {
         for seed in &seeds {
             check_seed(seed).map_err(|why| invalid("seeds", why))?;
         }
-        let cluster = name(
-            "cluster",
-            s.cluster
-                .unwrap_or_else(|| shoal_gossip::DEFAULT_CLUSTER_ID.to_string()),
-            NAME_LEN,
-        )?;
+        let cluster = s
+            .cluster
+            .unwrap_or_else(|| shoal_gossip::DEFAULT_CLUSTER_ID.to_string());
+        // The mesh owns what a cluster id may be (`shoal certs init` applies the same rule).
+        shoal_gossip::certs::check_cluster_id(&cluster).map_err(|_| {
+            invalid(
+                "cluster",
+                format!("{cluster:?} must be 1-253 characters without spaces"),
+            )
+        })?;
         if tls_dir.is_none() && !s.insecure {
             return Err(ConfigError::NoTls);
         }
