@@ -8,6 +8,8 @@ mod kubernetes_fake;
 
 use kubernetes_fake::{pool, service, slice, FakeApi, Kind};
 use serde_json::json;
+use shoal_node::source::kubernetes::api_health::Bounds;
+use shoal_node::source::kubernetes::metrics::KindLabel;
 use shoal_node::source::kubernetes::{
     run_with_client, KubernetesConfig, KubernetesMetrics, SourceError,
 };
@@ -51,6 +53,10 @@ async fn start(api: &FakeApi, node: &str) -> Running {
 }
 
 fn start_with(addr: SocketAddr, cfg: KubernetesConfig) -> Running {
+    start_metered(addr, cfg, KubernetesMetrics::default())
+}
+
+fn start_metered(addr: SocketAddr, cfg: KubernetesConfig, metrics: KubernetesMetrics) -> Running {
     let (tx, rx) = watch::channel(None);
     let cancel = CancellationToken::new();
     let task = tokio::spawn(run_with_client(
@@ -58,7 +64,7 @@ fn start_with(addr: SocketAddr, cfg: KubernetesConfig) -> Running {
         cfg,
         tx,
         cancel.clone(),
-        KubernetesMetrics::default(),
+        metrics,
     ));
     Running { rx, cancel, task }
 }
@@ -586,9 +592,10 @@ fn list_requests(api: &FakeApi, node: &str, prefix: &str) -> usize {
 /// Long bounds, so that a test that refuses requests on purpose is not cut short.
 fn patient() -> KubernetesConfig {
     KubernetesConfig {
-        bounds: shoal_node::source::kubernetes::api_health::Bounds {
+        bounds: Bounds {
             refused: Duration::from_secs(120),
             unreachable: Duration::from_secs(120),
+            ..Bounds::default()
         },
         ..KubernetesConfig::default()
     }
@@ -865,9 +872,10 @@ async fn bearer_token_and_refusals_make_the_source_give_up() {
     };
     let addr = api.listen_with("n0", access).await;
     let quick = KubernetesConfig {
-        bounds: shoal_node::source::kubernetes::api_health::Bounds {
+        bounds: Bounds {
             refused: Duration::from_secs(1),
             unreachable: Duration::from_secs(60),
+            ..Bounds::default()
         },
         ..KubernetesConfig::default()
     };
@@ -913,6 +921,148 @@ async fn bearer_token_and_refusals_make_the_source_give_up() {
         .expect("gives up")
         .unwrap_err();
     assert!(err.to_string().contains("403"), "{err}");
+}
+
+/// A Role without EndpointSlices: every slice request is refused while Services keep changing.
+/// The publisher gives up after the refusal bound, naming the kind (any Service event used to
+/// count as the API server answering again, so it never gave up and never published).
+#[tokio::test]
+async fn one_refused_kind_gives_up_while_another_keeps_answering() {
+    let api = new_api();
+    api.apply(Kind::Service, service("ns", "a", &[("p", 80)], &[]));
+    let access = kubernetes_fake::Access {
+        forbidden_kinds: vec![Kind::EndpointSlice],
+        ..Default::default()
+    };
+    let addr = api.listen_with("n0", access).await;
+    let quick = KubernetesConfig {
+        bounds: Bounds {
+            refused: Duration::from_secs(1),
+            unreachable: Duration::from_secs(60),
+            ..Bounds::default()
+        },
+        ..KubernetesConfig::default()
+    };
+    let node = start_with(addr, quick);
+    let churn = {
+        let api = api.clone();
+        tokio::spawn(async move {
+            for i in 0u64.. {
+                let mut s = service("ns", "a", &[("p", 80)], &[]);
+                s["metadata"]["labels"]["revision"] = json!(i.to_string());
+                api.apply(Kind::Service, s);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let outcome = tokio::time::timeout(WAIT, node.task).await;
+    churn.abort();
+    let err = outcome.expect("gives up").unwrap().unwrap_err();
+    assert!(matches!(err, SourceError::GaveUp(_)), "{err}");
+    let said = err.to_string();
+    assert!(
+        said.contains("refuses") && said.contains("EndpointSlice") && said.contains("403"),
+        "{said}"
+    );
+}
+
+fn count(
+    family: &prometheus_client::metrics::family::Family<
+        KindLabel,
+        prometheus_client::metrics::counter::Counter,
+    >,
+    kind: &'static str,
+) -> u64 {
+    family.get_or_create(&KindLabel { kind }).get()
+}
+
+/// A watch the API server accepts and then never sends anything on (a stuck server or proxy)
+/// is noticed after the silence bound and started anew: a change made meanwhile reaches the
+/// table (it used to wait for kube's idle timeout, about 5 minutes, while the stale table was
+/// published). The other kinds' watches, with nothing changing, are not restarted: each ends
+/// after its timeoutSeconds, which counts as word from the server.
+#[tokio::test]
+async fn a_silent_watch_is_restarted_and_the_table_catches_up() {
+    let api = new_api();
+    api.apply(Kind::Service, service("ns", "a", &[("p", 80)], &[]));
+    api.apply(
+        Kind::EndpointSlice,
+        slice("ns", "a", "x", ("p", 80), &[("198.18.0.1", true)]),
+    );
+    api.stall_watches(Kind::EndpointSlice);
+    let addr = api.listen("n0").await;
+    let metrics = KubernetesMetrics::default();
+    let cfg = KubernetesConfig {
+        bounds: Bounds {
+            silent: Duration::from_secs(2),
+            ..Bounds::default()
+        },
+        ..KubernetesConfig::default()
+    };
+    let mut node = start_metered(addr, cfg, metrics.clone());
+    wait_table(&mut node.rx, "first table", |t| {
+        backends(t, "ns/a:p") == ["198.18.0.1:80"]
+    })
+    .await;
+    api.apply(
+        Kind::EndpointSlice,
+        slice(
+            "ns",
+            "a",
+            "x",
+            ("p", 80),
+            &[("198.18.0.1", true), ("198.18.0.2", true)],
+        ),
+    );
+    wait_table(&mut node.rx, "the change on the silent watch", |t| {
+        backends(t, "ns/a:p").len() == 2
+    })
+    .await;
+    assert!(count(&metrics.watch_errors, "EndpointSlice") >= 1);
+    assert!(count(&metrics.relists, "EndpointSlice") >= 2);
+    // Two more silence bounds: the quiet but healthy watches stay as they are.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(count(&metrics.relists, "Service"), 1);
+    assert_eq!(count(&metrics.relists, "ShoalPool"), 1);
+    assert_eq!(count(&metrics.watch_errors, "Service"), 0);
+    assert!(
+        !node.task.is_finished(),
+        "a restarted watch that lists is no reason to give up"
+    );
+    node.cancel.cancel();
+}
+
+/// A silent watch whose restart gets no answer either (the list hangs too) is a failure of
+/// its kind: the publisher gives up after the outage bound, naming the kind (it used to wait
+/// on the silent watch for good, with no error at all).
+#[tokio::test]
+async fn a_silent_watch_with_no_answer_after_its_restart_gives_up() {
+    let api = new_api();
+    api.apply(Kind::Service, service("ns", "a", &[("p", 80)], &[]));
+    api.stall_watches(Kind::EndpointSlice);
+    let addr = api.listen("n0").await;
+    let cfg = KubernetesConfig {
+        bounds: Bounds {
+            refused: Duration::from_secs(1),
+            unreachable: Duration::from_secs(2),
+            silent: Duration::from_secs(2),
+        },
+        ..KubernetesConfig::default()
+    };
+    let mut node = start_with(addr, cfg);
+    wait_table(&mut node.rx, "first table", |t| t.services.len() == 1).await;
+    api.delay_lists(Kind::EndpointSlice, Duration::from_secs(3600));
+    let err = tokio::time::timeout(WAIT, node.task)
+        .await
+        .expect("gives up")
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(err, SourceError::GaveUp(_)), "{err}");
+    let said = err.to_string();
+    assert!(
+        said.contains("EndpointSlice") && said.contains("nothing on the watch"),
+        "{said}"
+    );
 }
 
 /// #12 item 2, `app` overlay: two installs, each limited to its namespace with its own class

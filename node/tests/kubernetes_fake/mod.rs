@@ -10,10 +10,14 @@
 //!   ERROR event ([`FakeApi::compact`]), and the client must relist;
 //! - `allowWatchBookmarks=true` watches get BOOKMARK events carrying the newest
 //!   resourceVersion ([`FakeApi::bookmark`]);
+//! - a watch ends after its `timeoutSeconds` (the client watches on from where it was);
 //! - lists honour `limit` and `continue` (and a server-side page cap, [`FakeApi::max_page`]);
 //! - per listener: a required bearer token (401 otherwise), a switch that answers 403 to
 //!   everything, and a namespace restriction that answers 403 to anything outside it, as a
-//!   namespaced Role does.
+//!   namespaced Role does, and a list of kinds it answers 403 for (a Role missing one resource).
+//!
+//! And one misbehaviour: watches of a kind that are accepted and then send nothing, never
+//! ending ([`FakeApi::stall_watches`]).
 //!
 //! Why this file is over 500 lines: it is one fake server (store, list, watch with compaction and
 //! bookmarks, status writes), whose parts share the store and the resourceVersion counter.
@@ -102,6 +106,8 @@ pub struct Access {
     pub forbidden: bool,
     /// Only requests under `/namespaces/<ns>/` are allowed (403 otherwise), as with a Role.
     pub namespace: Option<String>,
+    /// Lists and watches of these kinds get 403, as with a Role that lacks their resource.
+    pub forbidden_kinds: Vec<Kind>,
 }
 
 #[derive(Clone)]
@@ -112,6 +118,7 @@ pub struct FakeApi {
     list_delays: Arc<Mutex<BTreeMap<Kind, Duration>>>,
     access: Arc<Mutex<BTreeMap<String, Access>>>,
     max_page: Arc<Mutex<Option<usize>>>,
+    stalled: Arc<Mutex<Vec<Kind>>>,
 }
 
 #[derive(Clone)]
@@ -136,6 +143,7 @@ impl FakeApi {
             list_delays: Arc::default(),
             access: Arc::default(),
             max_page: Arc::default(),
+            stalled: Arc::default(),
         }
     }
 
@@ -172,6 +180,12 @@ impl FakeApi {
     /// Makes every list of `kind` answer only after `delay` (a slow API server).
     pub fn delay_lists(&self, kind: Kind, delay: Duration) {
         self.list_delays.lock().unwrap().insert(kind, delay);
+    }
+
+    /// New watches of `kind` are answered (200) and then send nothing and never end, whatever
+    /// their `timeoutSeconds`: a stuck API server or proxy. Lists still work.
+    pub fn stall_watches(&self, kind: Kind) {
+        self.stalled.lock().unwrap().push(kind);
     }
 
     /// Lists return at most `n` items per page, with a continue token, whatever `limit` asks.
@@ -404,13 +418,25 @@ async fn route(
     }
 
     if let (&Method::GET, Some((kind, ns))) = (method, collection(&segs)) {
+        if access.forbidden_kinds.contains(&kind) {
+            return status(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                &format!("forbidden: this listener's Role does not cover {path}"),
+            );
+        }
         return if query.get("watch").map(String::as_str) == Some("true") {
             let from: u64 = query
                 .get("resourceVersion")
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0);
             let bookmarks = query.get("allowWatchBookmarks").map(String::as_str) == Some("true");
-            watch(l, kind, ns, from, bookmarks)
+            // Without timeoutSeconds the real server picks one (minutes); 600 s here.
+            let timeout = query
+                .get("timeoutSeconds")
+                .and_then(|t| t.parse().ok())
+                .map_or(Duration::from_secs(600), Duration::from_secs);
+            watch(l, kind, ns, from, bookmarks, timeout)
         } else {
             let delay = l.api.list_delays.lock().unwrap().get(&kind).copied();
             if let Some(delay) = delay {
@@ -501,8 +527,16 @@ fn line(v: Value) -> Result<Bytes, std::convert::Infallible> {
     Ok(Bytes::from(s))
 }
 
-fn watch(l: &Listener, kind: Kind, ns: Option<String>, from: u64, bookmarks: bool) -> Response {
+fn watch(
+    l: &Listener,
+    kind: Kind,
+    ns: Option<String>,
+    from: u64,
+    bookmarks: bool,
+    timeout: Duration,
+) -> Response {
     use futures::StreamExt;
+    let deadline = tokio::time::Instant::now() + timeout;
     let in_scope = move |k: Kind, o: &Value| {
         k == kind
             && ns
@@ -537,6 +571,16 @@ fn watch(l: &Listener, kind: Kind, ns: Option<String>, from: u64, bookmarks: boo
     let counter = l.api.watch_counter(&l.node);
     counter.fetch_add(1, Ordering::SeqCst);
     let guard = WatchGuard(counter);
+    if l.api.stalled.lock().unwrap().contains(&kind) {
+        let silence = futures::stream::unfold(guard, |guard| async move {
+            std::future::pending::<()>().await;
+            Some((line(json!({})), guard))
+        });
+        return Response::builder()
+            .header("content-type", "application/json")
+            .body(Body::from_stream(silence))
+            .unwrap();
+    }
     let first = futures::stream::iter(
         backlog
             .into_iter()
@@ -547,7 +591,7 @@ fn watch(l: &Listener, kind: Kind, ns: Option<String>, from: u64, bookmarks: boo
         let in_scope = in_scope.clone();
         async move {
             loop {
-                match tokio::time::timeout(Duration::from_secs(600), rx.recv()).await {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
                     Ok(Ok(Change::Object {
                         rv,
                         kind: k,

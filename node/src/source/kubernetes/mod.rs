@@ -7,11 +7,13 @@
 //! conflicts), [`translate`] (objects -> table and problems), [`slice`] (what of an EndpointSlice is
 //! cached), [`cache`] (watch events ->
 //! objects), [`api_health`] (when to give the role up). Shell: [`watch`] (the loop),
-//! [`status`] (status write-back and Events) and [`metrics`]. See docs/kubernetes.md.
+//! [`heard`] (what the client hears per watched kind), [`status`] (status write-back and
+//! Events) and [`metrics`]. See docs/kubernetes.md.
 
 pub mod annotations;
 pub mod api_health;
 pub mod cache;
+pub mod heard;
 pub mod metrics;
 pub mod pools;
 pub mod slice;
@@ -41,7 +43,8 @@ pub struct KubernetesConfig {
     pub vip_pools: Vec<String>,
     /// A kubeconfig file; without it the in-cluster config (or `KUBECONFIG`) is used.
     pub kubeconfig: Option<PathBuf>,
-    /// When the publisher gives the role up (API server refusing or out of reach).
+    /// When the publisher gives the role up (API server refusing or out of reach, per watched
+    /// kind) and when a watch it hears nothing on is restarted.
     pub bounds: api_health::Bounds,
 }
 

@@ -4,12 +4,16 @@
 //! Thin shell around [`translate`](super::translate): watcher events update the caches, a
 //! change arms a short debounce timer, and when it fires (and every kind has been listed
 //! once) the table is recomputed, sent if its content changed, statuses are written and new
-//! problems reported. Every answer from the API server feeds [`ApiHealth`]; when it says the
-//! API server cannot be used, the loop returns [`SourceError::GaveUp`] so the daemon hands
-//! the role on. Cancellation drops the watch streams, which closes the connections.
+//! problems reported. Every answer from the API server feeds [`ApiHealth`], per kind; when it
+//! says the API server cannot be used, the loop returns [`SourceError::GaveUp`] so the daemon
+//! hands the role on. A kind the API server has said nothing about for [`Bounds::silent`]
+//! (what the client heard, [`heard`](super::heard)) is a failure of that kind, and its watch is
+//! started anew: a watch can stay open with nothing coming, and the table would go stale
+//! without a single error. Cancellation drops the watch streams, which closes the connections.
 
-use super::api_health::{ApiHealth, Failure};
+use super::api_health::{self, ApiHealth, Bounds, Failure};
 use super::cache::ObjectCache;
+use super::heard::{self, Heard};
 use super::metrics::{KindLabel, KubernetesMetrics};
 use super::pools::{self, Pool, ShoalPool};
 use super::slice::Slice;
@@ -69,14 +73,23 @@ fn trim(o: &mut DynamicObject, is_slice: bool) {
     }
 }
 
-/// A watch of one kind, cluster-wide or in one namespace, with unused fields dropped.
-fn events(client: &Client, resource: &ApiResource, namespace: Option<&str>) -> Events {
+/// A watch of one kind, cluster-wide or in one namespace, with unused fields dropped. Each
+/// watch request asks the server to end it after `timeout_secs` (kube then watches on from
+/// where it was), so a healthy server is heard from even when nothing changes.
+fn events(
+    client: &Client,
+    resource: &ApiResource,
+    namespace: Option<&str>,
+    timeout_secs: u32,
+) -> Events {
     let api: Api<DynamicObject> = match namespace {
         Some(ns) => Api::namespaced_with(client.clone(), ns, resource),
         None => Api::all_with(client.clone(), resource),
     };
     let is_slice = resource.kind == "EndpointSlice";
-    watch_stream(api, watcher::Config::default())
+    // Bookmarks are on by default: with its watch cache, the server bookmarks shortly before
+    // each timeout.
+    watch_stream(api, watcher::Config::default().timeout(timeout_secs))
         .default_backoff()
         .map(move |e| e.map(|e| e.modify(|o| trim(o, is_slice))))
         .boxed()
@@ -105,6 +118,7 @@ fn is_expired(e: &watcher::Error) -> bool {
 
 struct Watched<'a> {
     health: &'a mut ApiHealth,
+    heard: &'a Heard,
     metrics: &'a KubernetesMetrics,
     status: &'a SourceStatus,
     due: &'a mut Option<Instant>,
@@ -117,6 +131,9 @@ impl Watched<'_> {
         kind: &'static str,
         ev: Option<Result<Event<DynamicObject>, watcher::Error>>,
     ) -> Result<(), SourceError> {
+        if ev.is_some() {
+            self.heard.heard(kind, Instant::now());
+        }
         match ev {
             Some(Ok(e)) => {
                 if matches!(e, Event::Init) {
@@ -126,9 +143,12 @@ impl Watched<'_> {
                         .get_or_create(&KindLabel { kind })
                         .inc();
                 } else {
-                    self.health.on_ok();
-                    // The API server answers again: the last table stands for what it holds.
-                    self.status.clear_error();
+                    self.health.on_ok(kind);
+                    // The API server answers again about every kind: the last table stands
+                    // for what it holds.
+                    if self.health.all_ok() {
+                        self.status.clear_error();
+                    }
                 }
                 if cache.apply(e) {
                     arm(self.due);
@@ -150,7 +170,7 @@ impl Watched<'_> {
                     self.status
                         .record_error(format!("watching the API server: {e}"));
                     self.health
-                        .on_error(Instant::now(), classify(&e), format!("{kind}: {e}"));
+                        .on_error(kind, Instant::now(), classify(&e), e.to_string());
                 }
             }
             None => {
@@ -177,11 +197,25 @@ pub async fn run_loop(
         None => None,
     };
     let ns = cfg.namespace.as_deref();
-    let mut svc_events = events(&client, &ApiResource::erase::<Service>(&()), ns);
-    let mut slice_events = events(&client, &ApiResource::erase::<EndpointSlice>(&()), ns);
+    let svc_resource = ApiResource::erase::<Service>(&());
+    let slice_resource = ApiResource::erase::<EndpointSlice>(&());
+    let pool_resource = pool_resource();
+    let mut watched = vec![&svc_resource, &slice_resource];
+    if fixed_pools.is_none() {
+        watched.push(&pool_resource);
+    }
+    let kinds: Vec<(&str, &str, &'static str)> = watched
+        .iter()
+        .map(|r| (r.group.as_str(), r.plural.as_str(), kind_name(r)))
+        .collect();
+    let heard = Heard::new(&kinds, Instant::now());
+    let client = heard::tap(client, heard.clone());
+    let timeout = api_health::watch_timeout_secs(&cfg.bounds);
+    let mut svc_events = events(&client, &svc_resource, ns, timeout);
+    let mut slice_events = events(&client, &slice_resource, ns, timeout);
     let mut pool_events: Events = match fixed_pools {
         Some(_) => futures::stream::pending().boxed(),
-        None => events(&client, &pool_resource(), None),
+        None => events(&client, &pool_resource, None, timeout),
     };
 
     let mut services: ObjectCache<Service> = ObjectCache::new("Service", "v1");
@@ -191,7 +225,7 @@ pub async fn run_loop(
         .ok()
         .and_then(|h| h.into_string().ok())
         .unwrap_or_else(|| "shoal".to_string());
-    let writer = StatusWriter::new(client, instance, metrics.clone());
+    let writer = StatusWriter::new(client.clone(), instance, metrics.clone());
     // Writes run beside the loop: a slow API server (or thousands of first-time statuses)
     // never holds up the next table. The task always works on the newest pass.
     let (jobs, job_rx) = watch::channel::<Option<std::sync::Arc<WriteJob>>>(None);
@@ -220,6 +254,7 @@ pub async fn run_loop(
         };
         let mut w = Watched {
             health: &mut health,
+            heard: &heard,
             metrics: &metrics,
             status: &status,
             due: &mut due,
@@ -233,7 +268,18 @@ pub async fn run_loop(
             Step::Slice(ev) => w.apply(&mut slices, "EndpointSlice", ev)?,
             Step::Pool(ev) => w.apply(&mut pool_cache, pools::KIND, ev)?,
             Step::Check => {
-                if let Some(reason) = health.give_up(Instant::now(), &cfg.bounds) {
+                let now = Instant::now();
+                for kind in silent_kinds(&heard, now, &cfg.bounds, &metrics, &status, &mut health) {
+                    // Dropping the old stream closes its connection; the new one relists.
+                    let (stream, resource, namespace) = match kind {
+                        "Service" => (&mut svc_events, &svc_resource, ns),
+                        "EndpointSlice" => (&mut slice_events, &slice_resource, ns),
+                        _ => (&mut pool_events, &pool_resource, None),
+                    };
+                    *stream = events(&client, resource, namespace, timeout);
+                    heard.heard(kind, now);
+                }
+                if let Some(reason) = health.give_up(now, &cfg.bounds) {
                     tracing::error!(%reason, "giving up the publisher role");
                     return Err(SourceError::GaveUp(reason));
                 }
@@ -351,6 +397,55 @@ async fn write_loop(
                 break;
             }
         }
+    }
+}
+
+/// The kinds the API server has been silent on past the bound, each recorded as a failure of
+/// that kind; the caller restarts their watches.
+fn silent_kinds(
+    heard: &Heard,
+    now: Instant,
+    bounds: &Bounds,
+    metrics: &KubernetesMetrics,
+    status: &SourceStatus,
+    health: &mut ApiHealth,
+) -> Vec<&'static str> {
+    let mut silent = Vec::new();
+    for (kind, last) in heard.last() {
+        let Some(quiet) = api_health::silent_for(last, now, bounds) else {
+            continue;
+        };
+        let secs = quiet.as_secs();
+        tracing::warn!(
+            kind,
+            silent_s = secs,
+            "the API server sent nothing on this watch (not even a bookmark or its end); \
+             restarting it"
+        );
+        metrics
+            .watch_errors
+            .get_or_create(&KindLabel { kind })
+            .inc();
+        status.record_error(format!(
+            "watching the API server: nothing on the {kind} watch for {secs}s"
+        ));
+        health.on_error(
+            kind,
+            now,
+            Failure::Other,
+            format!("nothing on the watch for {secs}s (restarted)"),
+        );
+        silent.push(kind);
+    }
+    silent
+}
+
+/// The kind names the loop, the caches and the metrics use.
+fn kind_name(resource: &ApiResource) -> &'static str {
+    match resource.kind.as_str() {
+        "Service" => "Service",
+        "EndpointSlice" => "EndpointSlice",
+        _ => pools::KIND,
     }
 }
 
