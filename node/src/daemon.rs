@@ -113,7 +113,8 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         mesh.subscribe(),
         &mut registry,
         cancel.child_token(),
-    );
+    )
+    .context("starting the health checker's thread")?;
 
     let reconcile_status = ReconcileStatus::default();
     let reconcile_task = tokio::spawn(reconcile::run(

@@ -101,7 +101,8 @@ impl Cluster {
                     rx.clone(),
                     &mut registry,
                     cancel.clone(),
-                );
+                )
+                .expect("the health thread starts");
                 Node { id, handle, cancel }
             })
             .collect();

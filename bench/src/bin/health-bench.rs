@@ -153,7 +153,7 @@ async fn run(args: &Args, nodes: usize, k: usize) -> anyhow::Result<Stats> {
             rx.clone(),
             &mut registry,
             stop.clone(),
-        );
+        )?;
     }
     tokio::time::sleep(Duration::from_millis(2 * args.interval_ms + 1000)).await;
     let mut rates = Vec::with_capacity(args.samples);

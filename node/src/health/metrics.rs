@@ -1,8 +1,10 @@
-//! Prometheus metrics of the health runner: probes sent, verdict changes, probe latency.
+//! Prometheus metrics of the health runner: probes sent, verdict changes, probe latency,
+//! probes waiting for room.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -16,6 +18,7 @@ pub struct HealthMetrics {
     pub probes: Family<ProbeLabels, Counter>,
     pub verdict_changes: Counter,
     pub probe_duration_seconds: Histogram,
+    pub probes_waiting: Gauge,
 }
 
 impl HealthMetrics {
@@ -26,6 +29,7 @@ impl HealthMetrics {
             verdict_changes: Counter::default(),
             // 0.25 ms .. 4 s: loopback connects up to probe timeouts.
             probe_duration_seconds: Histogram::new(exponential_buckets(0.000_25, 2.0, 15)),
+            probes_waiting: Gauge::default(),
         };
         registry.register(
             "shoal_health_probes",
@@ -41,6 +45,13 @@ impl HealthMetrics {
             "shoal_health_probe_duration_seconds",
             "Time from starting a health probe to its result",
             m.probe_duration_seconds.clone(),
+        );
+        registry.register(
+            "shoal_health_probes_waiting",
+            "Health probes due but not started at the last pass: this node's probes in flight \
+             are at their cap (a quarter of its open-file limit, 64-4096), so checks run \
+             later than their interval",
+            m.probes_waiting.clone(),
         );
         m
     }

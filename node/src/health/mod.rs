@@ -91,15 +91,21 @@ pub fn unstamped(doc: RuleTable) -> Arc<Stamped<RuleTable>> {
     })
 }
 
-/// Starts the health runner on the current tokio runtime; it stops (and withdraws this node's
+/// Starts the health runner on a thread of its own; it stops (and withdraws this node's
 /// opinions) when `cancel` fires. Metrics are registered into `registry`.
+///
+/// Its own thread, as the admin API has: at tens of thousands of backends a pass and the
+/// probes' completions keep a runtime busy, and on the daemon's runtime they starved the mesh's
+/// control loop past its stall bound (one Service of 50,000 checked endpoints made the
+/// publisher lose and retake its role every few seconds). The operating system shares the
+/// CPU between threads; a runtime would make the control loop wait behind every probe.
 pub fn spawn(
     cfg: HealthConfig,
     board: Arc<dyn HealthBoard>,
     tables: TableFeed,
     registry: &mut Registry,
     cancel: CancellationToken,
-) -> HealthHandle {
+) -> std::io::Result<HealthHandle> {
     let metrics = metrics::HealthMetrics::register(registry);
     let (verdicts_tx, verdicts_rx) = watch::channel(Arc::new(Verdicts::default()));
     let report = Arc::new(Mutex::new(Arc::new(HealthReport::default())));
@@ -112,9 +118,14 @@ pub fn spawn(
         report: report.clone(),
         cancel,
     };
-    tokio::spawn(runner.run());
-    HealthHandle {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("shoal-health".into())
+        .spawn(move || rt.block_on(runner.run()))?;
+    Ok(HealthHandle {
         verdicts: verdicts_rx,
         report,
-    }
+    })
 }

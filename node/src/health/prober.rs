@@ -6,6 +6,7 @@
 
 use super::result::ProbeResult;
 use crate::table::Probe;
+use nix::libc;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -43,7 +44,9 @@ impl Prober {
         }
     }
 
-    pub async fn probe(&self, target: &Target) -> ProbeResult {
+    /// The backend's answer, or `Err` when this node could not send the probe at all (out of
+    /// file descriptors, buffers or local ports): that says nothing about the backend.
+    pub async fn probe(&self, target: &Target) -> Result<ProbeResult, LocalFailure> {
         let socket = SocketAddr::new(target.address, target.port);
         let attempt = async {
             match &target.probe {
@@ -57,13 +60,13 @@ impl Prober {
                     Some(client) => {
                         http(client, socket, path, *expect_status, *tls, host.as_deref()).await
                     }
-                    None => ProbeResult::Error,
+                    None => Ok(ProbeResult::Error),
                 },
             }
         };
         tokio::time::timeout(target.timeout, attempt)
             .await
-            .unwrap_or(ProbeResult::Timeout)
+            .unwrap_or(Ok(ProbeResult::Timeout))
     }
 }
 
@@ -73,8 +76,28 @@ impl Default for Prober {
     }
 }
 
-async fn tcp(socket: SocketAddr) -> ProbeResult {
-    connected(TcpStream::connect(socket).await.map(drop))
+/// This node lacked what a probe needs; the error names what.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot send a health probe from this node: {0}")]
+pub struct LocalFailure(pub String);
+
+/// Errors of this node's own resources, not of the path to the backend: a probe of a live
+/// backend fails with them when 50,000 probes are due at once (EMFILE), and counting them
+/// against the backend would drain it.
+fn local_failure(e: &io::Error) -> Option<LocalFailure> {
+    let local = matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL)
+    );
+    local.then(|| LocalFailure(e.to_string()))
+}
+
+async fn tcp(socket: SocketAddr) -> Result<ProbeResult, LocalFailure> {
+    let result = TcpStream::connect(socket).await.map(drop);
+    match &result {
+        Err(e) => local_failure(e).map_or_else(|| Ok(connected(result)), Err),
+        Ok(()) => Ok(ProbeResult::Ok),
+    }
 }
 
 /// A tcp check's answer: the handshake completed. A reset (not a refusal, which answers the
@@ -104,7 +127,7 @@ async fn http(
     expect_status: u16,
     tls: bool,
     host: Option<&str>,
-) -> ProbeResult {
+) -> Result<ProbeResult, LocalFailure> {
     let scheme = if tls { "https" } else { "http" };
     let slash = if path.starts_with('/') { "" } else { "/" };
     let mut request = client.get(format!("{scheme}://{socket}{slash}{path}"));
@@ -112,19 +135,19 @@ async fn http(
         request = request.header(reqwest::header::HOST, host);
     }
     match request.send().await {
-        Ok(response) if response.status().as_u16() == expect_status => ProbeResult::Ok,
-        Ok(response) => ProbeResult::Status(response.status().as_u16()),
-        Err(e) if e.is_timeout() => ProbeResult::Timeout,
+        Ok(response) if response.status().as_u16() == expect_status => Ok(ProbeResult::Ok),
+        Ok(response) => Ok(ProbeResult::Status(response.status().as_u16())),
+        Err(e) if e.is_timeout() => Ok(ProbeResult::Timeout),
         Err(e) => {
             // reqwest wraps the socket error a few levels down; find it to tell refused apart.
             let mut source: Option<&dyn std::error::Error> = Some(&e);
             while let Some(err) = source {
                 if let Some(io) = err.downcast_ref::<io::Error>() {
-                    return io_result(io);
+                    return local_failure(io).map_or_else(|| Ok(io_result(io)), Err);
                 }
                 source = err.source();
             }
-            ProbeResult::Error
+            Ok(ProbeResult::Error)
         }
     }
 }
@@ -198,6 +221,24 @@ mod tests {
         );
     }
 
+    /// This node's own shortages are not the backend's failures.
+    #[test]
+    fn local_shortages_are_told_apart() {
+        for errno in [
+            libc::EMFILE,
+            libc::ENFILE,
+            libc::ENOBUFS,
+            libc::EADDRNOTAVAIL,
+        ] {
+            let e = io::Error::from_raw_os_error(errno);
+            assert!(local_failure(&e).is_some(), "{e}");
+        }
+        for errno in [libc::ECONNREFUSED, libc::EHOSTUNREACH, libc::ETIMEDOUT] {
+            let e = io::Error::from_raw_os_error(errno);
+            assert_eq!(local_failure(&e), None, "{e}");
+        }
+    }
+
     #[tokio::test]
     async fn tcp_ok_and_refused() {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -205,12 +246,12 @@ mod tests {
         let prober = Prober::new();
         assert_eq!(
             prober.probe(&target(port, Probe::Tcp)).await,
-            ProbeResult::Ok
+            Ok(ProbeResult::Ok)
         );
         drop(l);
         assert_eq!(
             prober.probe(&target(port, Probe::Tcp)).await,
-            ProbeResult::Refused
+            Ok(ProbeResult::Refused)
         );
     }
 
@@ -220,19 +261,19 @@ mod tests {
         let (port, mut seen) = http_server(204).await;
         assert_eq!(
             prober.probe(&target(port, http_probe(204))).await,
-            ProbeResult::Ok
+            Ok(ProbeResult::Ok)
         );
         let head = seen.recv().await.unwrap().to_lowercase();
         assert!(head.starts_with("get /healthz http/1.1"), "{head}");
         assert!(head.contains("host: web.example"), "{head}");
         assert_eq!(
             prober.probe(&target(port, http_probe(200))).await,
-            ProbeResult::Status(204)
+            Ok(ProbeResult::Status(204))
         );
         let closed = closed_port().await;
         assert_eq!(
             prober.probe(&target(closed, http_probe(200))).await,
-            ProbeResult::Refused
+            Ok(ProbeResult::Refused)
         );
     }
 
@@ -250,7 +291,7 @@ mod tests {
         let mut t = target(port, http_probe(200));
         t.timeout = Duration::from_millis(200);
         let started = std::time::Instant::now();
-        assert_eq!(Prober::new().probe(&t).await, ProbeResult::Timeout);
+        assert_eq!(Prober::new().probe(&t).await, Ok(ProbeResult::Timeout));
         assert!(started.elapsed() < Duration::from_secs(2));
     }
 
@@ -304,7 +345,7 @@ mod tests {
             host: None,
         };
         let r = Prober::new().probe(&target(port, probe)).await;
-        assert_eq!(r, ProbeResult::Ok);
+        assert_eq!(r, Ok(ProbeResult::Ok));
     }
 
     #[tokio::test]
@@ -317,6 +358,6 @@ mod tests {
             host: None,
         };
         let r = Prober::new().probe(&target(port, probe)).await;
-        assert!(!r.is_success(), "{r:?}");
+        assert!(!r.as_ref().is_ok_and(ProbeResult::is_success), "{r:?}");
     }
 }

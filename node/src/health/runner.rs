@@ -2,8 +2,9 @@
 //! everyone's opinions into verdicts. All decisions are made by the pure modules; this file
 //! only moves data between the board, the probes and the watch channels.
 //!
-//! One pass of the loop, run on every probe result, table change, and at least every
-//! `POLL_INTERVAL` (membership and other nodes' keys have no change notification):
+//! One pass of the loop, run on probe results, table changes, and at least every
+//! `POLL_INTERVAL` (membership and other nodes' keys have no change notification), never
+//! sooner after the last pass than twice its duration (`PASS_GAP_FACTOR`):
 //! 1. assignments: which backends `assign::checkers` gives this node in the current live view;
 //!    new ones are probed at once, dropped ones keep being published (not probed) for a
 //!    handover period so the verdict can use them until the new checkers have an opinion;
@@ -16,11 +17,12 @@ use super::assign::{backend_key, checkers};
 use super::board::HealthBoard;
 use super::hysteresis::Hysteresis;
 use super::metrics::{HealthMetrics, ProbeLabels};
-use super::prober::{Prober, Target};
+use super::prober::{LocalFailure, Prober, Target};
 use super::report::{self, HealthReport};
 use super::result::ProbeResult;
 use super::verdict::{evaluate, index_opinions, verdicts_of, BackendRef, Verdict, Verdicts};
 use super::wire::{self, Observation};
+use crate::log_gate::LogGate;
 use crate::table::{HealthCheck, RuleTable};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -34,6 +36,18 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
 /// How often an unchanged value is re-published just to refresh its probe times.
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A pass reads every backend of the table: at tens of thousands of backends one takes tens of
+/// milliseconds, and with a probe finishing every few microseconds passes ran back to back on
+/// a whole core. The next pass waits this many times the last one's duration (at least
+/// [`PASS_GAP_MIN`]), so the runner spends at most about a third of its thread on passes;
+/// results arriving meanwhile are taken together.
+const PASS_GAP_FACTOR: u32 = 2;
+const PASS_GAP_MIN: Duration = Duration::from_millis(5);
+
+/// Verdict changes logged one by one per pass; more are counted in one line (all of them are
+/// in the metric and `/v1/health`). 50,000 backends going down at once made 50,000 lines.
+const VERDICT_LINES_PER_PASS: usize = 20;
 
 pub(crate) fn unix_ms() -> u64 {
     SystemTime::now()
@@ -89,8 +103,19 @@ impl Duty {
 
 struct ProbeDone {
     backend: BackendRef,
-    result: ProbeResult,
+    result: Result<ProbeResult, LocalFailure>,
     elapsed: Duration,
+}
+
+/// Probes in flight at once, at most: a quarter of the open-file limit (each probe holds a
+/// socket), between 64 and 4,096. 50,000 probes started at once took every descriptor, and
+/// the probes that got none failed as if their backends had.
+fn max_in_flight() -> usize {
+    let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(1_024, |(soft, _)| soft);
+    usize::try_from(soft / 4)
+        .unwrap_or(usize::MAX)
+        .clamp(64, 4_096)
 }
 
 pub(crate) struct Runner {
@@ -108,14 +133,19 @@ impl Runner {
         let prober = Arc::new(Prober::new());
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<ProbeDone>();
         let mut duties: BTreeMap<BackendRef, Duty> = BTreeMap::new();
+        // By key (a service's chunk): what was last published and when.
         let mut published: BTreeMap<String, (String, Instant)> = BTreeMap::new();
         let mut verdict_since_ms: BTreeMap<BackendRef, u64> = BTreeMap::new();
         let mut current = Arc::new(Verdicts::default());
         let mut tables_open = true;
         let me = self.board.node_id();
         let mut warned: BTreeSet<(String, String)> = BTreeSet::new();
+        let max_in_flight = max_in_flight();
+        let mut in_flight = 0usize;
+        let mut local_failures = LogGate::new(Duration::from_secs(10));
 
         loop {
+            let pass_started = Instant::now();
             let head = self.tables.borrow_and_update().clone();
             let no_table = RuleTable::default();
             let table = head.as_ref().map_or(&no_table, |h| &h.doc);
@@ -163,11 +193,27 @@ impl Runner {
                 now.duration_since(released) < duty.handover()
             });
 
-            // 2. Due probes.
-            for (b, duty) in duties.iter_mut() {
-                if duty.in_flight || duty.released_at.is_some() || duty.next_due > now {
+            // 2. Due probes, as many as there is room for: the rest wait for the next pass
+            // (their interval stretches; `shoal_health_probes_waiting` says by how many).
+            // The longest overdue go first: in table order, the backends at the front took
+            // the room again every interval and those at the back were never probed.
+            let mut due: Vec<(Instant, BackendRef)> = duties
+                .iter()
+                .filter(|(_, d)| !d.in_flight && d.released_at.is_none() && d.next_due <= now)
+                .map(|(b, d)| (d.next_due, b.clone()))
+                .collect();
+            let room = max_in_flight.saturating_sub(in_flight);
+            let mut waiting = 0;
+            if due.len() > room {
+                due.select_nth_unstable_by_key(room, |(at, _)| *at);
+                waiting = due.len() - room;
+                due.truncate(room);
+            }
+            for (_, b) in due {
+                let Some(duty) = duties.get_mut(&b) else {
                     continue;
-                }
+                };
+                in_flight += 1;
                 let interval = Duration::from_millis(duty.check.interval_ms.max(1));
                 // Keep a steady cadence, but never queue up probes missed while busy.
                 duty.next_due = (duty.next_due + interval).max(now);
@@ -181,7 +227,7 @@ impl Runner {
                     probe: duty.check.probe.clone(),
                     timeout: Duration::from_millis(duty.check.timeout_ms.max(1)),
                 };
-                let (prober, tx, backend) = (prober.clone(), done_tx.clone(), b.clone());
+                let (prober, tx, backend) = (prober.clone(), done_tx.clone(), b);
                 tokio::spawn(async move {
                     let started = Instant::now();
                     let result = prober.probe(&target).await;
@@ -193,7 +239,11 @@ impl Runner {
                 });
             }
 
-            // 3. Publish this node's opinions, one value per service.
+            self.metrics
+                .probes_waiting
+                .set(i64::try_from(waiting).unwrap_or(i64::MAX));
+
+            // 3. Publish this node's opinions, one value per service (chunked).
             let mut values: BTreeMap<String, Vec<Observation>> = BTreeMap::new();
             for (b, duty) in &duties {
                 values
@@ -204,7 +254,13 @@ impl Runner {
             // Only a change of opinion or result is news: the probe time alone is refreshed
             // every `REFRESH_INTERVAL`, which keeps gossip quiet while nothing changes.
             let mut fresh: BTreeMap<String, (String, Instant)> = BTreeMap::new();
-            for (service, observations) in values {
+            let chunked = values.into_iter().flat_map(|(service, observations)| {
+                let chunks = wire::chunks(observations).into_iter().enumerate();
+                chunks
+                    .filter(|(_, chunk)| !chunk.is_empty())
+                    .map(move |(i, chunk)| (wire::key_for(&service, i), chunk))
+            });
+            for (key, observations) in chunked {
                 let significant = wire::encode(
                     &observations
                         .iter()
@@ -214,23 +270,22 @@ impl Runner {
                         })
                         .collect::<Vec<_>>(),
                 );
-                let stale = match published.get(&service) {
+                let stale = match published.get(&key) {
                     Some((old, at)) => {
                         *old != significant || now.duration_since(*at) >= REFRESH_INTERVAL
                     }
                     None => true,
                 };
                 if stale {
-                    self.board
-                        .set_key(&wire::key_for(&service), &wire::encode(&observations));
-                    fresh.insert(service, (significant, now));
-                } else if let Some(kept) = published.remove(&service) {
-                    fresh.insert(service, kept);
+                    self.board.set_key(&key, &wire::encode(&observations));
+                    fresh.insert(key, (significant, now));
+                } else if let Some(kept) = published.remove(&key) {
+                    fresh.insert(key, kept);
                 }
             }
-            for service in published.keys() {
-                if !fresh.contains_key(service) {
-                    self.board.delete_key(&wire::key_for(service));
+            for key in published.keys() {
+                if !fresh.contains_key(key) {
+                    self.board.delete_key(key);
                 }
             }
             published = fresh;
@@ -257,6 +312,7 @@ impl Runner {
             let next = verdicts_of(&evaluated);
             let now_ms = unix_ms();
             let mut judged = BTreeSet::new();
+            let mut changes = 0usize;
             for v in &evaluated {
                 judged.insert(v.backend.clone());
                 let was_down =
@@ -264,15 +320,25 @@ impl Runner {
                 let is_down = v.verdict == Verdict::Down;
                 if was_down != is_down {
                     self.metrics.verdict_changes.inc();
-                    tracing::info!(
-                        service = %v.backend.service, backend = %v.backend.address,
-                        port = v.backend.port, verdict = ?v.verdict, basis = ?v.basis,
-                        "health verdict changed"
-                    );
+                    changes += 1;
+                    if changes <= VERDICT_LINES_PER_PASS {
+                        tracing::info!(
+                            service = %v.backend.service, backend = %v.backend.address,
+                            port = v.backend.port, verdict = ?v.verdict, basis = ?v.basis,
+                            "health verdict changed"
+                        );
+                    }
                     verdict_since_ms.insert(v.backend.clone(), now_ms);
                 } else {
                     verdict_since_ms.entry(v.backend.clone()).or_insert(now_ms);
                 }
+            }
+            if changes > VERDICT_LINES_PER_PASS {
+                tracing::info!(
+                    more = changes - VERDICT_LINES_PER_PASS,
+                    "more health verdicts changed in this pass than are logged one by one: \
+                     see GET /v1/health"
+                );
             }
             verdict_since_ms.retain(|b, _| judged.contains(b));
             if next != *current {
@@ -288,16 +354,23 @@ impl Runner {
                 .filter(|d| !d.in_flight && d.released_at.is_none())
                 .map(|d| d.next_due)
                 .min();
-            let wake = earliest_due.map_or(now + POLL_INTERVAL, |d| d.min(now + POLL_INTERVAL));
+            let gap = (pass_started.elapsed() * PASS_GAP_FACTOR).max(PASS_GAP_MIN);
+            let next_pass = pass_started + gap;
+            let wake = earliest_due
+                .map_or(now + POLL_INTERVAL, |d| d.min(now + POLL_INTERVAL))
+                .max(next_pass);
             tokio::select! {
                 _ = self.cancel.cancelled() => break,
                 Some(done) = done_rx.recv() => {
-                    let mut pending = vec![done];
-                    while let Ok(more) = done_rx.try_recv() {
-                        pending.push(more);
+                    in_flight = in_flight.saturating_sub(1);
+                    self.record(&mut duties, done, &mut local_failures);
+                    tokio::select! {
+                        _ = self.cancel.cancelled() => break,
+                        _ = tokio::time::sleep_until(next_pass) => {}
                     }
-                    for done in pending {
-                        self.record(&mut duties, done);
+                    while let Ok(more) = done_rx.try_recv() {
+                        in_flight = in_flight.saturating_sub(1);
+                        self.record(&mut duties, more, &mut local_failures);
                     }
                 }
                 changed = self.tables.changed(), if tables_open => {
@@ -308,16 +381,25 @@ impl Runner {
             }
         }
 
-        for service in published.keys() {
-            self.board.delete_key(&wire::key_for(service));
+        for key in published.keys() {
+            self.board.delete_key(key);
         }
     }
 
-    fn record(&self, duties: &mut BTreeMap<BackendRef, Duty>, done: ProbeDone) {
+    fn record(
+        &self,
+        duties: &mut BTreeMap<BackendRef, Duty>,
+        done: ProbeDone,
+        local_failures: &mut LogGate,
+    ) {
+        let label = match &done.result {
+            Ok(result) => result.label(),
+            Err(_) => "local_failure",
+        };
         self.metrics
             .probes
             .get_or_create(&ProbeLabels {
-                result: done.result.label().to_string(),
+                result: label.to_string(),
             })
             .inc();
         self.metrics
@@ -327,17 +409,31 @@ impl Runner {
             return;
         };
         duty.in_flight = false;
+        let result = match done.result {
+            Ok(result) => result,
+            Err(failure) => {
+                // No word on the backend: its opinion stands, the next probe is at its usual
+                // time. Said at most every 10 s; the metric counts every one.
+                if let Some(suppressed) = local_failures.allow(std::time::Instant::now()) {
+                    tracing::warn!(
+                        %failure, suppressed,
+                        "a health probe could not be sent; the backend's state is kept"
+                    );
+                }
+                return;
+            }
+        };
         let now_ms = unix_ms();
-        duty.last_result = done.result;
+        duty.last_result = result;
         duty.last_probe_ms = now_ms;
         let (rise, fall) = (duty.check.rise, duty.check.fall);
         if duty
             .hysteresis
-            .observe(done.result.is_success(), rise, fall, now_ms)
+            .observe(result.is_success(), rise, fall, now_ms)
         {
             tracing::debug!(
                 service = %done.backend.service, backend = %done.backend.address,
-                port = done.backend.port, state = ?duty.hysteresis.state(), result = %done.result,
+                port = done.backend.port, state = ?duty.hysteresis.state(), %result,
                 "checker opinion changed"
             );
         }

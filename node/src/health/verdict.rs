@@ -160,7 +160,13 @@ pub fn index_opinions<'a>(
         }
     }
     for list in index.values_mut() {
-        list.sort_by(|a, b| a.0.cmp(&b.0));
+        // A backend moving between two chunks of a checker's opinions can be seen in both for
+        // a moment: one opinion per checker, its latest.
+        list.sort_by(|a, b| {
+            a.0.cmp(&b.0)
+                .then(b.1.last_probe_ms.cmp(&a.1.last_probe_ms))
+        });
+        list.dedup_by(|later, kept| later.0 == kept.0);
     }
     index
 }
@@ -367,6 +373,37 @@ mod tests {
         assert_eq!(out[0].opinions.len(), 2);
         assert!(verdicts_of(&out).is_down("web", addr, 8080));
         assert!(!verdicts_of(&out).is_down("web", addr, 8081));
+    }
+
+    /// A backend seen in two chunks of one checker's opinions (it moved between them, and the
+    /// two values arrived at different times) counts once, with the later probe.
+    #[test]
+    fn one_opinion_per_checker_when_a_backend_is_in_two_chunks() {
+        let live: Vec<NodeId> = (0..2).map(n).collect();
+        let addr: IpAddr = "198.18.0.1".parse().unwrap();
+        let older = obs(addr, CheckState::Up);
+        let newer = Observation {
+            last_probe_ms: 5,
+            ..obs(addr, CheckState::Down)
+        };
+        for values in [
+            vec![
+                (n(0), "web", vec![older.clone()]),
+                (n(0), "web", vec![newer.clone()]),
+            ],
+            vec![
+                (n(0), "web", vec![newer.clone()]),
+                (n(0), "web", vec![older.clone()]),
+            ],
+        ] {
+            let index = index_opinions(&live, values);
+            let said = &index[&BackendRef {
+                service: "web".into(),
+                address: addr,
+                port: 8080,
+            }];
+            assert_eq!(said, &vec![(n(0), newer.clone())]);
+        }
     }
 
     /// The audit of 2026-12-06: renaming a health-checked service (same VIP, port, protocol)

@@ -1,7 +1,8 @@
 //! The compact text one checker gossips for one service: its opinion of each backend it checks.
 //!
 //! One key per (checker, service), `health/<service>`, so a change in one service re-sends only
-//! that service's value. Value format, version 1 (about 40 bytes per backend):
+//! that service's value; a service of more than [`CHUNK_BACKENDS`] backends is split over
+//! several keys (see [`chunks`]). Value format, version 1 (about 40 bytes per backend):
 //!
 //! ```text
 //! 1|<addr>,<port>,<state>,<result>,<last_probe_ms>,<since_ms>;<addr>,...
@@ -21,13 +22,50 @@ use thiserror::Error;
 pub const KEY_PREFIX: &str = "health/";
 const VERSION: &str = "1";
 
-pub fn key_for(service: &str) -> String {
-    format!("{KEY_PREFIX}{service}")
+/// Backends per value, at most about: a value must fit in one gossip message (128 KiB by
+/// default) or it never leaves the checker. One value of a 50,000-endpoint Service was 1.3 MB:
+/// every other node saw that checker's opinions as pending, and judged dead backends up.
+pub const CHUNK_BACKENDS: usize = 1_000;
+
+/// Between a service's name and a chunk number: names never hold control characters.
+const CHUNK_MARK: char = '\u{1f}';
+
+/// The key of one chunk of a service's opinions: chunk 0 is `health/<service>` (all of them
+/// while there are at most [`CHUNK_BACKENDS`]), chunk `i` is `health/<service>\u{1f}<i>`.
+pub fn key_for(service: &str, chunk: usize) -> String {
+    if chunk == 0 {
+        format!("{KEY_PREFIX}{service}")
+    } else {
+        format!("{KEY_PREFIX}{service}{CHUNK_MARK}{chunk}")
+    }
 }
 
 /// The service a health key is about, or `None` for keys that are not health keys.
 pub fn service_of(key: &str) -> Option<&str> {
-    key.strip_prefix(KEY_PREFIX)
+    let rest = key.strip_prefix(KEY_PREFIX)?;
+    Some(rest.split(CHUNK_MARK).next().unwrap_or(rest))
+}
+
+/// Splits one service's opinions into chunks of about [`CHUNK_BACKENDS`] or fewer. A backend
+/// stays in its chunk while the number of chunks stays (a power of two, chosen by a hash of
+/// its address): adding one backend re-sends one chunk, not every chunk after it. Readers
+/// merge the chunks; which chunk holds a backend is the writer's own business.
+pub fn chunks(observations: Vec<Observation>) -> Vec<Vec<Observation>> {
+    let n = observations
+        .len()
+        .div_ceil(CHUNK_BACKENDS)
+        .next_power_of_two();
+    if n <= 1 {
+        return vec![observations];
+    }
+    let mut out = vec![Vec::new(); n];
+    for o in observations {
+        let mut h = std::hash::DefaultHasher::new();
+        std::hash::Hash::hash(&(o.address, o.port), &mut h);
+        let i = (std::hash::Hasher::finish(&h) as usize) & (n - 1);
+        out[i].push(o);
+    }
+    out
 }
 
 /// One checker's view of one backend, as gossiped.
@@ -217,12 +255,71 @@ mod tests {
         // 40 bytes per entry (separator included) plus the version prefix.
         assert!(value.len() <= 2 + 10 * 40, "{} bytes: {value}", value.len());
         assert!(value.starts_with("1|198.18.0.10,8080,u,ok,"), "{value}");
-        assert_eq!(key_for("default/web:http"), "health/default/web:http");
+        assert_eq!(key_for("default/web:http", 0), "health/default/web:http");
         assert_eq!(
             service_of("health/default/web:http"),
             Some("default/web:http")
         );
+        assert_eq!(
+            service_of(&key_for("default/web:http", 7)),
+            Some("default/web:http")
+        );
         assert_eq!(service_of("table/x"), None);
+    }
+
+    fn observation(i: u32) -> Observation {
+        // The longest entries: full IPv6 addresses, five-digit ports, the longest result.
+        Observation {
+            address: IpAddr::V6(std::net::Ipv6Addr::new(
+                0x2001,
+                0xdb8,
+                0xffff,
+                0xffff,
+                0xffff,
+                0xffff,
+                (i >> 16) as u16 | 0xf000,
+                i as u16 | 0xf000,
+            )),
+            port: 65_535,
+            state: CheckState::Unknown,
+            last_result: ProbeResult::Status(599),
+            last_probe_ms: u64::MAX >> 12,
+            since_ms: u64::MAX >> 12,
+        }
+    }
+
+    /// Every chunk of a 50,000-backend service fits in a gossip message (128 KiB) with room to
+    /// spare, every backend is in exactly one chunk, and adding a backend leaves the others
+    /// where they were while the number of chunks stays.
+    #[test]
+    fn a_large_service_is_split_into_values_that_fit_a_gossip_message() {
+        let all: Vec<Observation> = (0..50_000).map(observation).collect();
+        let split = chunks(all.clone());
+        assert_eq!(split.len(), 64);
+        let mut seen: Vec<Observation> = split.iter().flatten().cloned().collect();
+        assert_eq!(seen.len(), all.len());
+        seen.sort_by_key(|o| o.address);
+        let mut sorted = all.clone();
+        sorted.sort_by_key(|o| o.address);
+        assert_eq!(seen, sorted);
+        let largest = split.iter().map(|c| encode(c).len()).max().unwrap();
+        assert!(largest <= 96 << 10, "{largest} bytes");
+        for (i, chunk) in split.iter().enumerate() {
+            assert_eq!(decode(&encode(chunk)).as_ref(), Ok(chunk), "chunk {i}");
+        }
+
+        let mut more = all.clone();
+        more.push(observation(50_000));
+        let after = chunks(more);
+        let moved = split
+            .iter()
+            .zip(&after)
+            .filter(|(before, after)| before != after)
+            .count();
+        assert_eq!(moved, 1, "only the chunk that took the new backend changes");
+
+        // Up to CHUNK_BACKENDS, one value under the old key.
+        assert_eq!(chunks(all[..CHUNK_BACKENDS].to_vec()).len(), 1);
     }
 
     #[test]
