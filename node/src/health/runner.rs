@@ -3,8 +3,8 @@
 //! only moves data between the board, the probes and the watch channels.
 //!
 //! One pass of the loop, run on probe results, table changes, and at least every
-//! `POLL_INTERVAL` (membership and other nodes' keys have no change notification), never
-//! sooner after the last pass than twice its duration (`PASS_GAP_FACTOR`):
+//! `POLL_INTERVAL` (membership and other nodes' keys have no change notification), but no
+//! sooner than twice the last pass's duration after it started (`PASS_GAP_FACTOR`):
 //! 1. assignments: which backends `assign::checkers` gives this node in the current live view;
 //!    new ones are probed at once, dropped ones keep being published (not probed) for a
 //!    handover period so the verdict can use them until the new checkers have an opinion;
@@ -39,14 +39,14 @@ pub const REFRESH_INTERVAL: Duration = Duration::from_secs(10);
 
 /// A pass reads every backend of the table: at tens of thousands of backends one takes tens of
 /// milliseconds, and with a probe finishing every few microseconds passes ran back to back on
-/// a whole core. The next pass waits this many times the last one's duration (at least
-/// [`PASS_GAP_MIN`]), so the runner spends at most about a third of its thread on passes;
-/// results arriving meanwhile are taken together.
+/// a whole core. The next pass starts no sooner than this many times the last one's duration
+/// after the last one started (at least [`PASS_GAP_MIN`]), so passes take at most half of the
+/// runner's thread; results arriving meanwhile are taken together.
 const PASS_GAP_FACTOR: u32 = 2;
 const PASS_GAP_MIN: Duration = Duration::from_millis(5);
 
 /// Verdict changes logged one by one per pass; more are counted in one line (all of them are
-/// in the metric and `/v1/health`). 50,000 backends going down at once made 50,000 lines.
+/// in the metric and `/v1/cluster`). 50,000 backends going down at once made 50,000 lines.
 const VERDICT_LINES_PER_PASS: usize = 20;
 
 pub(crate) fn unix_ms() -> u64 {
@@ -337,7 +337,7 @@ impl Runner {
                 tracing::info!(
                     more = changes - VERDICT_LINES_PER_PASS,
                     "more health verdicts changed in this pass than are logged one by one: \
-                     see GET /v1/health"
+                     see GET /v1/cluster"
                 );
             }
             verdict_since_ms.retain(|b, _| judged.contains(b));
