@@ -117,6 +117,19 @@ pub fn service(s: &VirtualService, allow: Allow) -> Result<(), Invalid> {
             ),
         ));
     }
+    // "café" typed as e + U+0301 prints as "café" typed as U+00E9: one name, one spelling.
+    let nfc = icu_normalizer::ComposingNormalizerBorrowed::new_nfc();
+    if !nfc.is_normalized(&s.name) {
+        return Err(invalid(
+            Field::Name,
+            format!(
+                "{} is not in Unicode normal form C: write it as {} (the same letters, \
+                 composed), so that one name has one spelling",
+                shown(&s.name),
+                shown(&nfc.normalize(&s.name))
+            ),
+        ));
+    }
     if s.port == 0 {
         return Err(invalid(Field::Port, "must be 1-65535"));
     }
@@ -542,6 +555,22 @@ mod tests {
         assert_eq!(
             field_of(|s| *http(s).2 = Some("a\r\nX-Injected: 1".into())),
             Some(Field::Health(H::Host))
+        );
+    }
+
+    /// The audit of 2026-12-06: "café" composed and decomposed were two services that print
+    /// alike.
+    #[test]
+    fn names_have_one_spelling() {
+        let mut s = svc();
+        s.name = "caf\u{e9}".into();
+        assert_eq!(service(&s, Allow::default()), Ok(()));
+        s.name = "cafe\u{301}".into();
+        let e = service(&s, Allow::default()).unwrap_err();
+        assert_eq!(e.field, Field::Name);
+        assert!(
+            e.message.contains("normal form C") && e.message.contains("\"caf\u{e9}\""),
+            "{e}"
         );
     }
 
