@@ -143,7 +143,16 @@ async fn http(
             let mut source: Option<&dyn std::error::Error> = Some(&e);
             while let Some(err) = source {
                 if let Some(io) = err.downcast_ref::<io::Error>() {
-                    return local_failure(io).map_or_else(|| Ok(io_result(io)), Err);
+                    if let Some(failure) = local_failure(io) {
+                        return Err(failure);
+                    }
+                    // A reset once connected is the server hanging up on the request, not a
+                    // refusal (an audit saw a backend that accepts and resets shown as
+                    // `refused`, which reads as "nothing listens").
+                    if !e.is_connect() && io.kind() == io::ErrorKind::ConnectionReset {
+                        return Ok(ProbeResult::Error);
+                    }
+                    return Ok(io_result(io));
                 }
                 source = err.source();
             }
@@ -274,6 +283,19 @@ mod tests {
         assert_eq!(
             prober.probe(&target(closed, http_probe(200))).await,
             Ok(ProbeResult::Refused)
+        );
+        // Accepted, then reset (SO_LINGER 0) before any answer: an error, not a refusal.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for s in l.incoming().flatten() {
+                let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+                drop(s);
+            }
+        });
+        assert_eq!(
+            prober.probe(&target(port, http_probe(200))).await,
+            Ok(ProbeResult::Error)
         );
     }
 

@@ -65,6 +65,9 @@ struct Duty {
     in_flight: bool,
     /// Set when this node stopped being a checker; the entry is dropped after the handover.
     released_at: Option<Instant>,
+    /// Counts the check's changes of question (probe kind, path, port...): a probe carries the
+    /// one it asked, and an answer to an earlier question is not counted.
+    question: u64,
 }
 
 impl Duty {
@@ -81,10 +84,12 @@ impl Duty {
 
     /// Takes the table's (possibly edited) check for this backend.
     fn adopt(&mut self, check: &HealthCheck, now: Instant) {
-        if self.check.probe != check.probe {
+        if self.check.probe != check.probe || self.check.port != check.port {
             // A different probe asks a different question: start the opinion over.
             self.hysteresis = Hysteresis::new(unix_ms());
+            self.last_result = ProbeResult::Pending;
             self.next_due = now;
+            self.question += 1;
         } else if check.interval_ms < self.check.interval_ms {
             // A shorter interval applies now, not after the old one (an hour at most): a
             // backend that died meanwhile would stay up that long.
@@ -92,6 +97,23 @@ impl Duty {
             self.next_due = self.next_due.min(now + interval);
         }
         self.check = check.clone();
+    }
+
+    /// Counts the answer of a probe that asked `question`; `Some(opinion changed)`, or `None`
+    /// when the check has changed since the probe started (a timeout of the old HTTP check
+    /// arriving after an edit to a TCP check counted as the new check's first failure, so a
+    /// backend went down after `fall - 1` of the new check's failures).
+    fn observe(&mut self, question: u64, result: ProbeResult, now_ms: u64) -> Option<bool> {
+        if question != self.question {
+            return None;
+        }
+        self.last_result = result;
+        self.last_probe_ms = now_ms;
+        let (rise, fall) = (self.check.rise, self.check.fall);
+        Some(
+            self.hysteresis
+                .observe(result.is_success(), rise, fall, now_ms),
+        )
     }
 
     /// Long enough for a new checker to reach an opinion: max(rise, fall) probes plus one.
@@ -103,6 +125,8 @@ impl Duty {
 
 struct ProbeDone {
     backend: BackendRef,
+    /// The duty's question when the probe started.
+    question: u64,
     result: Result<ProbeResult, LocalFailure>,
     elapsed: Duration,
 }
@@ -179,6 +203,7 @@ impl Runner {
                     next_due: now,
                     in_flight: false,
                     released_at: None,
+                    question: 0,
                 });
                 duty.adopt(check, now);
                 if duty.released_at.take().is_some() {
@@ -228,11 +253,13 @@ impl Runner {
                     timeout: Duration::from_millis(duty.check.timeout_ms.max(1)),
                 };
                 let (prober, tx, backend) = (prober.clone(), done_tx.clone(), b);
+                let question = duty.question;
                 tokio::spawn(async move {
                     let started = Instant::now();
                     let result = prober.probe(&target).await;
                     let _ = tx.send(ProbeDone {
                         backend,
+                        question,
                         result,
                         elapsed: started.elapsed(),
                     });
@@ -423,14 +450,7 @@ impl Runner {
                 return;
             }
         };
-        let now_ms = unix_ms();
-        duty.last_result = result;
-        duty.last_probe_ms = now_ms;
-        let (rise, fall) = (duty.check.rise, duty.check.fall);
-        if duty
-            .hysteresis
-            .observe(result.is_success(), rise, fall, now_ms)
-        {
+        if duty.observe(done.question, result, unix_ms()) == Some(true) {
             tracing::debug!(
                 service = %done.backend.service, backend = %done.backend.address,
                 port = done.backend.port, state = ?duty.hysteresis.state(), %result,
@@ -465,6 +485,7 @@ mod tests {
             next_due,
             in_flight: false,
             released_at: None,
+            question: 0,
         }
     }
 
@@ -489,5 +510,31 @@ mod tests {
         };
         d.adopt(&check(http, 5_000), now);
         assert_eq!(d.next_due, now);
+    }
+
+    /// The audit of 2026-12-06: an HTTP check timing out was edited to a TCP check; the old
+    /// probe's timeout, arriving after the edit, was the new check's first failure.
+    #[test]
+    fn an_answer_to_the_check_before_an_edit_is_not_counted() {
+        let now = Instant::now();
+        let mut d = duty(check(Probe::Tcp, 1_000), now);
+        d.check.fall = 2;
+        let asked = d.question;
+        assert_eq!(d.observe(asked, ProbeResult::Timeout, 1), Some(false));
+        // Edited: another port is another question.
+        let mut other_port = check(Probe::Tcp, 1_000);
+        other_port.fall = 2;
+        other_port.port = Some(9);
+        d.adopt(&other_port, now);
+        assert_eq!(d.last_result, ProbeResult::Pending);
+        assert_eq!(d.observe(asked, ProbeResult::Timeout, 2), None);
+        assert_eq!(d.last_result, ProbeResult::Pending);
+        // The new check's own failures count from zero: two make it down.
+        assert_eq!(d.observe(d.question, ProbeResult::Refused, 3), Some(false));
+        assert_eq!(d.observe(d.question, ProbeResult::Refused, 4), Some(true));
+        assert_eq!(
+            d.hysteresis.state(),
+            super::super::hysteresis::CheckState::Down
+        );
     }
 }
