@@ -78,6 +78,19 @@ fn slice(
     }
 }
 
+/// The status a publisher wrote: `ip` in `status.loadBalancer.ingress`.
+fn set_status(s: &mut Service, ip: &str) {
+    s.status = Some(ServiceStatus {
+        load_balancer: Some(LoadBalancerStatus {
+            ingress: Some(vec![LoadBalancerIngress {
+                ip: Some(ip.into()),
+                ..Default::default()
+            }]),
+        }),
+        ..Default::default()
+    });
+}
+
 fn run(services: &[Service], slices: &[EndpointSlice]) -> Translation {
     let pools = [
         crate::source::kubernetes::pools::from_cidrs(&["203.0.113.0/24".into()], "default")
@@ -216,15 +229,7 @@ fn unusable_endpoints_are_skipped_and_the_port_kept() {
 #[test]
 fn an_unpublished_service_holds_its_vip_until_another_asks_for_it() {
     let with_status = |mut s: Service, ip: &str| {
-        s.status = Some(ServiceStatus {
-            load_balancer: Some(LoadBalancerStatus {
-                ingress: Some(vec![LoadBalancerIngress {
-                    ip: Some(ip.into()),
-                    ..Default::default()
-                }]),
-            }),
-            ..Default::default()
-        });
+        set_status(&mut s, ip);
         s
     };
     let broken = with_status(
@@ -352,15 +357,7 @@ fn a_bad_service_is_skipped_and_the_rest_published() {
 #[test]
 fn existing_status_is_kept() {
     let mut s = svc("kept", &[("", 80)], &[]);
-    s.status = Some(ServiceStatus {
-        load_balancer: Some(LoadBalancerStatus {
-            ingress: Some(vec![LoadBalancerIngress {
-                ip: Some("203.0.113.200".into()),
-                ..Default::default()
-            }]),
-        }),
-        ..Default::default()
-    });
+    set_status(&mut s, "203.0.113.200");
     let t = run(&[s], &[]);
     assert_eq!(t.vips["default/kept"][0].to_string(), "203.0.113.200");
 }
@@ -479,29 +476,18 @@ fn dual_stack_and_ipv6_only_services_get_a_vip_and_backends_per_family() {
 
 #[test]
 fn statuses_to_clear_and_notes_about_affinity_and_local() {
-    let status = |s: &mut Service, ip: &str| {
-        s.status = Some(ServiceStatus {
-            load_balancer: Some(LoadBalancerStatus {
-                ingress: Some(vec![LoadBalancerIngress {
-                    ip: Some(ip.into()),
-                    ..Default::default()
-                }]),
-            }),
-            ..Default::default()
-        })
-    };
     // Left the class: now a ClusterIP Service, still showing our address.
     let mut left = svc("left", &[("", 80)], &[]);
     left.spec.as_mut().unwrap().type_ = Some("ClusterIP".into());
     left.spec.as_mut().unwrap().load_balancer_class = None;
-    status(&mut left, "203.0.113.20");
+    set_status(&mut left, "203.0.113.20");
     // Another controller's LoadBalancer: never touched.
     let mut theirs = svc("theirs", &[("", 80)], &[]);
     theirs.spec.as_mut().unwrap().load_balancer_class = None;
-    status(&mut theirs, "203.0.113.21");
+    set_status(&mut theirs, "203.0.113.21");
     // Ours but its request is outside every pool: shows nothing.
     let mut outside = svc("outside", &[("", 80)], &[("shoal.io/vip", "192.0.2.1")]);
-    status(&mut outside, "192.0.2.1");
+    set_status(&mut outside, "192.0.2.1");
     let mut sticky = svc("sticky", &[("", 80)], &[("shoal.io/scheduler", "rr")]);
     sticky.spec.as_mut().unwrap().session_affinity = Some("ClientIP".into());
     let mut ok_sticky = svc("ok-sticky", &[("", 80)], &[]);
