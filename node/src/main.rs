@@ -53,6 +53,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => {
             let config = NodeConfig::resolve(&args)?;
+            fail_stop_on_panic();
             runtime()?.block_on(daemon::run(config))
         }
         Command::Status(args) => runtime()?.block_on(commands::status(&args)),
@@ -77,6 +78,18 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// A panic anywhere in a running node ends the process. A panicked task otherwise dies alone
+/// and the node keeps gossiping that it is ready while that duty (the source, reconcile, the
+/// announcements) is gone; a dead node is seen by the mesh within a second, its watchdog
+/// withdraws its routes and its supervisor restarts it.
+fn fail_stop_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        std::process::abort();
+    }));
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -99,6 +112,11 @@ fn init_logging(format: LogFormat) {
     // Colours only on a terminal: in a file or a container's log they are escape codes.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // On a failed write tracing-subscriber reports with `eprintln!`, which panics when
+        // stderr is gone: a log pipe whose reader exited (`| tee`, a restarted log collector)
+        // panicked every task that logged, and the node stopped applying tables while it said
+        // it was ready (an audit). Lost log lines are the lesser harm.
+        .log_internal_errors(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {

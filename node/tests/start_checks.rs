@@ -1,8 +1,8 @@
 //! Operator mistakes `shoal run` must refuse at start, or survive, checked against the binary
 //! (cargo's build, or `$SHOAL_BIN`): no seeds without `--single-node`, a node seeded only with
 //! itself (the first pod of a StatefulSet), which starts the cluster alone, a certificate
-//! issued for another cluster than `--cluster`, two nodes sharing one `--state-dir`, and a
-//! restart with the wall clock behind the previous start.
+//! issued for another cluster than `--cluster`, two nodes sharing one `--state-dir`, a
+//! restart with the wall clock behind the previous start, and a log reader that goes away.
 
 mod common;
 
@@ -425,4 +425,61 @@ fn a_seed_that_echoes_this_nodes_own_gossip_is_no_impostor() {
         "{}",
         node.log()
     );
+}
+
+/// The audit of 2026-12-06: a node logging into a pipe whose reader went away (`| tee`, a
+/// restarted log collector) stopped applying tables while it said it was ready: every task
+/// that logged panicked. It keeps working, and a panic would end the process, not one task.
+#[test]
+fn a_node_whose_log_reader_goes_away_keeps_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules_path = dir.path().join("rules.toml");
+    std::fs::write(&rules_path, rules(1)).unwrap();
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
+    let mut child = Command::new(bin())
+        .args(["run", "--node-id", "piped", "--dataplane", "memory"])
+        .args(["--single-node", "--insecure"])
+        .arg("--listen")
+        .arg(listen.to_string())
+        .arg("--admin")
+        .arg(admin.to_string())
+        .arg("--rules")
+        .arg(&rules_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let weight_of_first = |table: &serde_json::Value| {
+        table["table"]["services"]
+            .as_array()?
+            .iter()
+            .find(|s| s["name"] == "web")?["backends"][0]["weight"]
+            .as_u64()
+    };
+    let deadline = Instant::now() + LIMIT;
+    while get(admin, "/v1/table").and_then(|t| weight_of_first(&t)) != Some(1) {
+        assert!(Instant::now() < deadline, "the first table never came");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The reader goes away; the next write to stderr fails with EPIPE.
+    drop(child.stderr.take());
+    common::write_rules(&rules_path, &rules(7));
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the node exited: {status}");
+        }
+        let table = get(admin, "/v1/table");
+        if table.as_ref().and_then(weight_of_first) == Some(7) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the edit was not published after the log reader left: {table:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }

@@ -45,16 +45,25 @@ pub fn line(l2_held: &BTreeSet<IpAddr>) -> String {
 fn withdraw(targets: &GuardTargets, l2_held: &BTreeSet<IpAddr>, why: &str) {
     if let Some(table) = targets.table {
         match RouteTable::open(table).and_then(|mut t| t.sync(&BTreeSet::new())) {
-            Ok(n) => eprintln!("shoal-guard: {why}: withdrew {n} route(s) from table {table}"),
-            Err(e) => eprintln!("shoal-guard: {why}: cannot withdraw routes: {e}"),
+            Ok(n) => say(format_args!(
+                "{why}: withdrew {n} route(s) from table {table}"
+            )),
+            Err(e) => say(format_args!("{why}: cannot withdraw routes: {e}")),
         }
     }
     if let Some(interface) = &targets.interface {
         match l2::remove_all(interface, l2_held) {
-            Ok(n) => eprintln!("shoal-guard: {why}: removed {n} VIP(s) from {interface}"),
-            Err(e) => eprintln!("shoal-guard: {why}: cannot remove VIPs: {e}"),
+            Ok(n) => say(format_args!("{why}: removed {n} VIP(s) from {interface}")),
+            Err(e) => say(format_args!("{why}: cannot remove VIPs: {e}")),
         }
     }
+}
+
+/// A line on stderr, if stderr is still there: `eprintln!` would panic without it and end
+/// the watchdog, and a later death of shoal would then go unwithdrawn.
+fn say(what: std::fmt::Arguments) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "shoal-guard: {what}");
 }
 
 /// Runs until stdin closes.
