@@ -114,6 +114,8 @@ pub const SHUTDOWN_DRAIN_S: std::ops::RangeInclusive<u64> = 0..=3_600;
 
 pub const ASN_MAX: u64 = 4_294_967_294;
 pub const DEFAULT_TABLE: u32 = 120;
+/// The highest `bgp.table` accepted: BIRD learned nothing from tables 4294967294 and up.
+pub const TABLE_MAX: u32 = i32::MAX as u32;
 pub const DEFAULT_HOLD_TIME_S: u64 = 9;
 
 fn asn(field: String, v: u64) -> Result<u32, SettingError> {
@@ -145,6 +147,14 @@ pub fn bgp_settings(file: &BgpFile, node_id: &str) -> Result<BgpSettings, Settin
         return Err(err(
             "bgp.table",
             format!("{table} is one of the kernel's own tables; pick another (e.g. 120)"),
+        ));
+    }
+    // BIRD's kernel protocol learned nothing from tables 4294967294 and 4294967295 while the
+    // report said every VIP was announced (an audit); the signed 32-bit range is known to work.
+    if table > TABLE_MAX {
+        return Err(err(
+            "bgp.table",
+            format!("{table} is over {TABLE_MAX}, beyond what BIRD imports routes from"),
         ));
     }
     let default_hold = hold(
@@ -417,5 +427,15 @@ asn = 64500
         let e =
             parse(&OK.replace("local_asn = 64512", "local_asn = 64512\ntable = 254")).unwrap_err();
         assert!(e.contains("bgp.table"), "{e}");
+        for table in ["4294967295", "2147483648"] {
+            let e = parse(&OK.replace(
+                "local_asn = 64512",
+                &format!("local_asn = 64512\ntable = {table}"),
+            ))
+            .unwrap_err();
+            assert!(e.contains("bgp.table") && e.contains("2147483647"), "{e}");
+        }
+        let max = OK.replace("local_asn = 64512", "local_asn = 64512\ntable = 2147483647");
+        assert_eq!(parse(&max).map(|s| s.table).ok(), Some(TABLE_MAX));
     }
 }
