@@ -232,7 +232,13 @@ pub fn decide(i: &Inputs<'_>) -> BTreeMap<IpAddr, VipState> {
             VipState::Withheld(Withheld::NotReady(Readiness::NotApplied))
         } else if healthy {
             VipState::Announced
-        } else if draining.contains(&vip) {
+        } else if draining.contains(&vip)
+            && (i.announced_now.contains(&vip) || !i.withdraw_when_no_backends)
+        {
+            // It stays announced, never comes back: a VIP withdrawn for want of a healthy
+            // backend has no flows here to drain, and announcing it for the drain drew new
+            // ones to nothing (an audit: removing such a service re-announced it everywhere
+            // for the whole drain).
             VipState::Draining
         } else if i.withdraw_when_no_backends {
             VipState::Withheld(Withheld::NoHealthyBackend)
@@ -479,7 +485,16 @@ mod tests {
         fn bgp_announces_exactly_the_healthy_and_the_draining_vips(
             (vips, draining) in arb_vips_and_drains(),
             withdraw in any::<bool>(),
+            mask in any::<u16>(),
         ) {
+            // What the node announces now: some of the VIPs of the table and of the drains.
+            let every: BTreeSet<IpAddr> = vips.keys().chain(&draining).copied().collect();
+            let now: BTreeSet<IpAddr> = every
+                .iter()
+                .enumerate()
+                .filter(|(k, _)| mask & (1 << (k % 16)) != 0)
+                .map(|(_, ip)| *ip)
+                .collect();
             let states = decide(&Inputs {
                 mode: Mode::Bgp,
                 me: "me",
@@ -487,22 +502,27 @@ mod tests {
                 vips: &vips,
                 draining: &draining,
                 applied_is_head: true,
-                announced_now: &BTreeSet::new(),
+                announced_now: &now,
                 withdraw_when_no_backends: withdraw,
                 l2_candidates: &[],
             });
+            let healthy = |ip: &IpAddr| vips.get(ip).copied().unwrap_or(false);
             let mut want: BTreeSet<IpAddr> = vips
                 .iter()
                 .filter(|(_, h)| **h || !withdraw)
                 .map(|(ip, _)| *ip)
                 .collect();
-            want.extend(&draining);
+            // A drain keeps a VIP announced; it brings back none withdrawn for want of a
+            // healthy backend.
+            want.extend(draining.iter().filter(|ip| !withdraw || now.contains(ip)));
             prop_assert_eq!(announced(&states), want);
             for (ip, s) in &states {
-                let healthy = vips.get(ip).copied().unwrap_or(false);
                 match s {
-                    VipState::Announced => prop_assert!(healthy || (!withdraw && !draining.contains(ip)), "{}", ip),
-                    VipState::Draining => prop_assert!(!healthy && draining.contains(ip), "{}", ip),
+                    VipState::Announced => prop_assert!(healthy(ip) || (!withdraw && !draining.contains(ip)), "{}", ip),
+                    VipState::Draining => prop_assert!(
+                        !healthy(ip) && draining.contains(ip) && (now.contains(ip) || !withdraw),
+                        "{}", ip
+                    ),
                     other => prop_assert_eq!(other, &VipState::Withheld(Withheld::NoHealthyBackend), "{}", ip),
                 }
             }
@@ -561,6 +581,12 @@ mod tests {
                 let mut cands = nodes.clone();
                 cands.rotate_left((seed as usize + k) % n);
                 if (seed >> k) & 1 == 1 { cands.reverse(); }
+                // Each draining VIP was announced by its owner when its drain began.
+                let held: BTreeSet<IpAddr> = draining
+                    .iter()
+                    .filter(|ip| owner(**ip, &nodes) == Some(me.as_str()))
+                    .copied()
+                    .collect();
                 let states = decide(&Inputs {
                     mode: Mode::L2,
                     me,
@@ -568,7 +594,7 @@ mod tests {
                     vips: &vips,
                     draining: &draining,
                     applied_is_head: true,
-                    announced_now: &BTreeSet::new(),
+                    announced_now: &held,
                     withdraw_when_no_backends: true,
                     l2_candidates: &cands,
                 });
