@@ -285,7 +285,17 @@ fn bgp_announces_with_ecmp_and_withdraws_on_every_kind_of_exit() {
     lab.spawn(2);
     wait_hops(&lab, VIP4, &all_nodes(), Duration::from_secs(60));
 
-    // 6. SIGSTOP: the frozen shoal's watchdog withdraws (its BIRD and BFD stay up).
+    // 6. SIGSTOP: the frozen shoal's watchdog withdraws (its BIRD and BFD stay up), even
+    //    after the watchdog itself was killed: shoal starts it again (an audit killed it and
+    //    a frozen node then kept its routes).
+    let node_pid = lab.pid(1).expect("n2 runs");
+    let first = watchdog_of(node_pid).expect("n2's watchdog runs");
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(first), Signal::SIGKILL);
+    lab.wait_for(
+        Duration::from_secs(10),
+        "n2's watchdog started again",
+        || watchdog_of(node_pid).filter(|p| *p != first),
+    );
     let frozen = Instant::now();
     lab.signal(1, Signal::SIGSTOP);
     let want: BTreeSet<String> = [node4(0), node4(2)].into_iter().collect();
@@ -334,6 +344,27 @@ fn bgp_announces_with_ecmp_and_withdraws_on_every_kind_of_exit() {
 
     let _ = listener.kill();
     let _ = listener.wait();
+}
+
+/// The pid of the announce watchdog (`shoal announce-guard`) that `parent` started.
+fn watchdog_of(parent: i32) -> Option<i32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // After the command's closing parenthesis: state, then the parent's pid.
+            let ppid: i32 = stat
+                .rsplit(')')
+                .next()?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).ok()?;
+            (ppid == parent && cmdline.contains("announce-guard")).then_some(pid)
+        })
 }
 
 fn run_expecting_error(config: &str) -> String {

@@ -21,6 +21,8 @@ pub struct AnnounceMetrics {
     pub bird_up: Gauge,
     /// BGP: times BIRD exited and shoal restarted it.
     pub bird_restarts: Counter,
+    /// Times the watchdog (`shoal announce-guard`) exited and shoal started it again.
+    pub watchdog_restarts: Counter,
 }
 
 impl AnnounceMetrics {
@@ -41,6 +43,12 @@ impl AnnounceMetrics {
             "shoal_announce_changes",
             "VIPs announced or withdrawn by this node, counted one per VIP and change",
             self.changes.clone(),
+        );
+        r.register(
+            "shoal_announce_watchdog_restarts",
+            "Times the announce watchdog (the child that withdraws when shoal freezes or dies) \
+             exited and shoal started it again",
+            self.watchdog_restarts.clone(),
         );
         if !bgp {
             return;

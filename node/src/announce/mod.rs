@@ -319,6 +319,9 @@ pub async fn start(
         target,
         bird_status,
         guard,
+        guard_targets,
+        guard_deadline: settings.freeze_withdraw,
+        beat_errors: crate::log_gate::LogGate::new(Duration::from_secs(10)),
         withdrawn: withdrawn_tx,
     };
     let task = tokio::spawn(lp.run(verdicts, draining_rx, cancel.clone()));

@@ -15,6 +15,11 @@ pub(super) struct Loop {
     pub(super) target: Target,
     pub(super) bird_status: Arc<Mutex<BirdStatus>>,
     pub(super) guard: tokio::process::Child,
+    /// What a restarted watchdog is started with.
+    pub(super) guard_targets: guard::GuardTargets,
+    pub(super) guard_deadline: Duration,
+    /// "does not read its beats" at most every 10 s (it was 10 lines a second).
+    pub(super) beat_errors: crate::log_gate::LogGate,
     pub(super) withdrawn: watch::Sender<bool>,
 }
 
@@ -214,10 +219,25 @@ impl Loop {
             Mode::L2 => guard::line(current),
             Mode::Bgp => "beat\n".to_string(),
         };
+        // A watchdog that exited (killed, crashed) is started again: without it a frozen
+        // shoal would stay announced for good (an audit killed it: nothing noticed, and a
+        // SIGSTOPped node kept its routes).
+        if let Ok(Some(status)) = self.guard.try_wait() {
+            tracing::error!(%status, "the announce watchdog exited; starting it again");
+            match spawn_guard(&self.guard_targets, self.guard_deadline) {
+                Ok(guard) => {
+                    self.guard = guard;
+                    self.metrics.watchdog_restarts.inc();
+                }
+                Err(e) => tracing::error!(error = %e, "cannot start the announce watchdog"),
+            }
+        }
         if let Some(stdin) = self.guard.stdin.as_mut() {
             let sent = tokio::time::timeout(STEP, stdin.write_all(line.as_bytes())).await;
             if !matches!(sent, Ok(Ok(()))) {
-                tracing::error!("the announce watchdog does not read its beats");
+                if let Some(suppressed) = self.beat_errors.allow(std::time::Instant::now()) {
+                    tracing::error!(suppressed, "the announce watchdog does not read its beats");
+                }
             }
         }
     }
