@@ -98,6 +98,23 @@ fn bgp_announces_with_ecmp_and_withdraws_on_every_kind_of_exit() {
     wait_hops(&lab, CHECKED, &all_nodes(), Duration::from_secs(30));
     eprintln!("all VIPs have 3 next hops");
 
+    // A route someone else put into Shoal's table is not exported: only Shoal's own
+    // (protocol 83) are (an audit saw 198.19.99.0/24 reach the router through BIRD).
+    let foreign = "198.19.99.0/24";
+    let added = Command::new("ip")
+        .args(["-n", &lab.nodes[0].ns, "route", "add", foreign])
+        .args(["via", ROUTER4, "table", "120", "proto", "static"])
+        .status()
+        .unwrap();
+    assert!(added.success());
+    // BIRD learns a table change at once (netlink) and rescans it every 5 s.
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(
+        lab.nexthops(foreign),
+        BTreeSet::new(),
+        "a foreign route was exported"
+    );
+
     // /v1/cluster shows every member's mode, VIPs and BGP sessions (as BIRD reports them).
     lab.wait_for(
         Duration::from_secs(20),

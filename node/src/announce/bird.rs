@@ -38,8 +38,9 @@ pub fn config(s: &BgpSettings) -> String {
     for (name, family) in [(KERNEL4, "ipv4"), (KERNEL6, "ipv6")] {
         let _ = writeln!(
             c,
-            "protocol kernel {name} {{\n  kernel table {};\n  learn;\n  scan time 5;\n  {family} {{ import all; export none; }};\n}}",
-            s.table
+            "protocol kernel {name} {{\n  kernel table {};\n  learn;\n  scan time 5;\n  {family} {{ import where krt_source = {}; export none; }};\n}}",
+            s.table,
+            shoal_dataplane::route::SHOAL_RTPROT
         );
     }
     let _ = writeln!(
@@ -378,6 +379,9 @@ mod tests {
         let c = config(&settings());
         assert!(c.contains("router id 198.18.0.2;"));
         assert!(c.contains("kernel table 120;"));
+        // Only Shoal's own routes (protocol 83) of the table are learned and exported: a route
+        // someone else put in the table reached the router (an audit).
+        assert_eq!(c.matches("import where krt_source = 83;").count(), 2);
         assert!(c.contains("neighbor 198.18.1.1 port 179 as 64500;"));
         assert!(c.contains("password \"s3cret\";"));
         assert!(c.contains(
