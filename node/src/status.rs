@@ -257,14 +257,26 @@ impl ClusterStatus {
                 Some([
                     m.id.clone(),
                     mode,
-                    list(&mut a.announced.iter().map(|ip| ip.to_string())),
+                    list(&mut a.announced.iter().map(|ip| {
+                        if a.draining.contains(ip) {
+                            format!("{ip} (draining)")
+                        } else {
+                            ip.to_string()
+                        }
+                    })),
                     list(&mut a.withheld.iter().map(|(ip, why)| format!("{ip} ({why})"))),
                     match &a.bird {
                         // BIRD does not answer: the sessions it reported are not known.
                         Some(why) => format!("BIRD {why}"),
-                        None => {
-                            list(&mut a.bgp.iter().map(|s| format!("{}:{}", s.name, s.bgp_state)))
-                        }
+                        // A session that is not up says why, as far as BIRD says.
+                        None => list(&mut a.bgp.iter().map(|s| {
+                            let info = s.info.trim();
+                            if s.up() || info.is_empty() {
+                                format!("{}:{}", s.name, s.bgp_state)
+                            } else {
+                                format!("{}:{} ({info})", s.name, s.bgp_state)
+                            }
+                        })),
                     },
                 ])
             })
@@ -339,9 +351,14 @@ mod tests {
         let report: crate::announce::Report = serde_json::from_value(serde_json::json!({
             "mode": "bgp",
             "readiness": "ready",
-            "announced": ["203.0.113.10"],
+            "announced": ["203.0.113.10", "203.0.113.30"],
+            "draining": ["203.0.113.30"],
             "withheld": {"203.0.113.20": "no healthy backend"},
-            "bgp": [{"name": "peer1", "state": "up", "bgp_state": "Established", "info": ""}]
+            "bgp": [
+                {"name": "peer1", "state": "up", "bgp_state": "Established", "info": ""},
+                {"name": "peer2", "state": "start", "bgp_state": "Active",
+                 "info": "Socket: No route to host"}
+            ]
         }))
         .unwrap();
         let status = one_member(
@@ -351,7 +368,14 @@ mod tests {
         let text = status.render();
         assert!(text.contains("ANNOUNCED"), "{text}");
         assert!(text.contains("203.0.113.20 (no healthy backend)"), "{text}");
-        assert!(text.contains("peer1:Established"), "{text}");
+        assert!(text.contains("peer1:Established "), "{text}");
+        // The audit of 2026-12-06: why a session is down, and what only drains, were in the
+        // JSON report but not in the table.
+        assert!(
+            text.contains("peer2:Active (Socket: No route to host)"),
+            "{text}"
+        );
+        assert!(text.contains("203.0.113.30 (draining)"), "{text}");
         assert!(
             text.contains("input rejected, last good table kept: rules.toml: line 4"),
             "{text}"
