@@ -64,6 +64,11 @@ impl SourceStatus {
         s.last_error = None;
         s.last_table_unix_ms = Some(crate::unix_ms());
     }
+    /// A table was produced while part of the input still fails (one watched kind of the
+    /// Kubernetes source): the problem stays shown, for it is why the table may be stale.
+    pub fn record_table_despite_error(&self) {
+        self.lock().last_table_unix_ms = Some(crate::unix_ms());
+    }
     /// Gossips the source's current problem (or its end) when it changed since `shared`, the
     /// last one gossiped.
     pub fn share_error(&self, mesh: &shoal_gossip::Mesh<RuleTable>, shared: &mut Option<String>) {
@@ -166,5 +171,25 @@ pub fn spawn(
                 }
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A table made while one watched kind fails keeps that kind's error shown (publishing
+    /// cleared it, and `/v1/node` said all was well while EndpointSlices were refused).
+    #[test]
+    fn a_table_despite_an_error_keeps_the_error() {
+        let status = SourceStatus::default();
+        status.record_error("watching the API server: EndpointSlice: 403".into());
+        status.record_table_despite_error();
+        let s = status.get();
+        assert!(s.last_error.as_deref().is_some_and(|e| e.contains("403")));
+        assert!(s.last_table_unix_ms.is_some());
+        status.record_table();
+        assert_eq!(status.get().last_error, None);
+        assert_eq!(status.errors.get(), 1);
     }
 }

@@ -342,7 +342,13 @@ pub async fn run_loop(
                         "published rule table"
                     );
                 }
-                status.record_table();
+                // One kind still failing: its error stays in /v1/node and `shoal status` (the
+                // table may miss what that kind changed).
+                if health.all_ok() {
+                    status.record_table();
+                } else {
+                    status.record_table_despite_error();
+                }
                 jobs.send_replace(Some(std::sync::Arc::new(WriteJob {
                     services: svcs,
                     vips: t.vips,
