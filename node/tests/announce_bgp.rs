@@ -307,6 +307,12 @@ fn bgp_announces_with_ecmp_and_withdraws_on_every_kind_of_exit() {
     //    a frozen node then kept its routes).
     let node_pid = lab.pid(1).expect("n2 runs");
     let first = watchdog_of(node_pid).expect("n2's watchdog runs");
+    // In a process group of its own: a signal to shoal's group is shoal's to handle.
+    assert_eq!(process_group(first), Some(first));
+    assert_eq!(
+        process_group(node_pid),
+        process_group(std::process::id() as i32)
+    );
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(first), Signal::SIGKILL);
     lab.wait_for(
         Duration::from_secs(10),
@@ -382,6 +388,17 @@ fn watchdog_of(parent: i32) -> Option<i32> {
             let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).ok()?;
             (ppid == parent && cmdline.contains("announce-guard")).then_some(pid)
         })
+}
+
+/// The process group of `pid` (field 5 of /proc/PID/stat).
+fn process_group(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')')
+        .next()?
+        .split_whitespace()
+        .nth(2)?
+        .parse()
+        .ok()
 }
 
 fn run_expecting_error(config: &str) -> String {

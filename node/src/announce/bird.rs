@@ -284,6 +284,10 @@ fn spawn_bird(bin: &Path, paths: &Paths) -> Result<Child, BirdError> {
         .arg("-P")
         .arg(&paths.pid)
         .stdin(Stdio::null());
+    // Its own process group: a signal to shoal's group (Ctrl-C, `timeout`, systemd's
+    // control-group kill) reaches shoal, which withdraws and drains; BIRD went down at once
+    // with it and was restarted mid-drain (an audit). It still dies with shoal (pdeathsig).
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     let child = cmd.spawn().map_err(BirdError::Spawn)?;
     tracing::info!(pid = child.id(), config = %paths.config.display(), "BIRD started");
     Ok(child)

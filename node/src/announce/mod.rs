@@ -346,6 +346,9 @@ fn spawn_guard(
         .arg("--deadline-ms")
         .arg(deadline.as_millis().to_string())
         .stdin(std::process::Stdio::piped())
+        // As BIRD: a signal to shoal's process group is shoal's to handle; the watchdog ends
+        // when shoal's end of its pipe closes.
+        .process_group(0)
         .kill_on_drop(false);
     if let Some(t) = targets.table {
         cmd.arg("--table").arg(t.to_string());
