@@ -146,10 +146,12 @@ async fn http(
                     if let Some(failure) = local_failure(io) {
                         return Err(failure);
                     }
-                    // A reset once connected is the server hanging up on the request, not a
-                    // refusal (an audit saw a backend that accepts and resets shown as
-                    // `refused`, which reads as "nothing listens").
-                    if !e.is_connect() && io.kind() == io::ErrorKind::ConnectionReset {
+                    // A reset is the server hanging up after the handshake, not a refusal
+                    // (that is ECONNREFUSED): an audit saw a backend that accepts and resets
+                    // shown as `refused`, which reads as "nothing listens". Whether the reset
+                    // comes before or after the connect is seen is down to scheduling (CI saw
+                    // both), as for tcp checks.
+                    if io.kind() == io::ErrorKind::ConnectionReset {
                         return Ok(ProbeResult::Error);
                     }
                     return Ok(io_result(io));
