@@ -112,9 +112,13 @@ fn connected(result: io::Result<()>) -> ProbeResult {
     }
 }
 
+/// A failed probe's result. A reset is the server hanging up after the handshake, not a
+/// refusal (that is ECONNREFUSED): an HTTP backend that accepts and resets was shown as
+/// `refused`, which reads as "nothing listens" (an audit). A tcp check counts a reset as
+/// connected before it gets here.
 fn io_result(e: &io::Error) -> ProbeResult {
     match e.kind() {
-        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset => ProbeResult::Refused,
+        io::ErrorKind::ConnectionRefused => ProbeResult::Refused,
         io::ErrorKind::TimedOut => ProbeResult::Timeout,
         _ => ProbeResult::Error,
     }
@@ -143,18 +147,7 @@ async fn http(
             let mut source: Option<&dyn std::error::Error> = Some(&e);
             while let Some(err) = source {
                 if let Some(io) = err.downcast_ref::<io::Error>() {
-                    if let Some(failure) = local_failure(io) {
-                        return Err(failure);
-                    }
-                    // A reset is the server hanging up after the handshake, not a refusal
-                    // (that is ECONNREFUSED): an audit saw a backend that accepts and resets
-                    // shown as `refused`, which reads as "nothing listens". Whether the reset
-                    // comes before or after the connect is seen is down to scheduling (CI saw
-                    // both), as for tcp checks.
-                    if io.kind() == io::ErrorKind::ConnectionReset {
-                        return Ok(ProbeResult::Error);
-                    }
-                    return Ok(io_result(io));
+                    return local_failure(io).map_or_else(|| Ok(io_result(io)), Err);
                 }
                 source = err.source();
             }
