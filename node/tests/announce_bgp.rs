@@ -365,6 +365,36 @@ fn bgp_announces_with_ecmp_and_withdraws_on_every_kind_of_exit() {
     );
     assert_eq!(lab.nexthops(VIP4), all_nodes(), "other VIPs stay");
 
+    // 8. A hung BIRD (stopped: the router's BFD drops n3 at once) is killed and started again
+    //    once it has not answered its control socket for 20 s, and n3 comes back (an audit
+    //    stopped it: n3 stayed out of service for good).
+    let hung = lab.procs(2, "bird");
+    assert_eq!(hung.len(), 1, "one BIRD in n3's namespace: {hung:?}");
+    let frozen = Instant::now();
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(hung[0]), Signal::SIGSTOP);
+    let want: BTreeSet<String> = [node4(0), node4(1)].into_iter().collect();
+    wait_hops(&lab, VIP4, &want, Duration::from_secs(10));
+    lab.wait_for(
+        Duration::from_secs(15),
+        "n3 saying BIRD does not answer",
+        || {
+            let r = own_report(&lab, 2)?;
+            (r["member"]["announce"]["readiness"] == "bird-not-answering").then_some(())
+        },
+    );
+    let t = wait_hops(&lab, VIP4, &all_nodes(), Duration::from_secs(60));
+    let back = frozen.elapsed();
+    eprintln!("hung BIRD: n3 back as a next hop {back:?} after its BIRD was stopped ({t:?} wait)");
+    let now = lab.procs(2, "bird");
+    assert_eq!(now.len(), 1, "one BIRD in n3's namespace: {now:?}");
+    assert_ne!(now, hung, "the stopped BIRD was replaced");
+    assert!(
+        back >= Duration::from_secs(20),
+        "restarted before 20 s: {back:?}"
+    );
+    let metrics = lab.http(2, "/metrics").unwrap_or_default();
+    assert!(metrics.contains("shoal_bird_restarts_total 1"), "{metrics}");
+
     let _ = listener.kill();
     let _ = listener.wait();
 }

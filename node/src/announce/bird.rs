@@ -11,12 +11,13 @@
 //! start-up a BIRD left by an earlier shoal (its pid file in the state dir) is killed first.
 
 use super::settings::BgpSettings;
+use super::{decide, BirdStatus};
 use prometheus_client::metrics::counter::Counter;
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub const KERNEL4: &str = "shoal_kernel4";
@@ -242,15 +243,32 @@ pub struct Supervisor {
 const RESTART_BACKOFF: Duration = Duration::from_secs(1);
 
 impl Supervisor {
-    /// Starts BIRD and restarts it (after 1 s) whenever it exits, until [`Supervisor::stop`].
-    /// `restarts` counts every exit of BIRD that shoal restarts it after.
-    pub fn start(bin: PathBuf, paths: Paths, restarts: Counter) -> Result<Self, BirdError> {
+    /// Starts BIRD and restarts it (after 1 s) whenever it exits, or when it has not answered
+    /// its control socket for [`decide::BIRD_HUNG`] (as `status`, the control socket's poll,
+    /// says), until [`Supervisor::stop`]. `restarts` counts every restart.
+    pub(crate) fn start(
+        bin: PathBuf,
+        paths: Paths,
+        restarts: Counter,
+        status: Arc<Mutex<BirdStatus>>,
+    ) -> Result<Self, BirdError> {
         let stop = Arc::new(AtomicBool::new(false));
         let first = spawn_bird(&bin, &paths)?;
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
             .name("shoal-bird".into())
-            .spawn(move || supervise(first, bin, paths, flag, restarts))
+            .spawn(move || {
+                supervise(
+                    Running::new(first),
+                    Restart {
+                        bin,
+                        paths,
+                        restarts,
+                    },
+                    status,
+                    flag,
+                )
+            })
             .map_err(BirdError::Spawn)?;
         Ok(Supervisor {
             stop,
@@ -293,49 +311,107 @@ fn spawn_bird(bin: &Path, paths: &Paths) -> Result<Child, BirdError> {
     Ok(child)
 }
 
-/// Runs on its own thread (the parent of BIRD for its whole life, see the module doc).
-fn supervise(
-    mut child: Child,
+/// The BIRD now running and when it started (a new BIRD gets the whole hung bound to answer).
+struct Running {
+    child: Child,
+    started: Instant,
+}
+
+impl Running {
+    fn new(child: Child) -> Self {
+        Running {
+            child,
+            started: Instant::now(),
+        }
+    }
+
+    /// Kills BIRD's whole process group (its own: see [`spawn_bird`]); SIGKILL also ends a
+    /// stopped process.
+    fn kill(&mut self) {
+        let group = nix::unistd::Pid::from_raw(-(self.child.id() as i32));
+        let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a restart needs.
+struct Restart {
     bin: PathBuf,
     paths: Paths,
-    stop: Arc<AtomicBool>,
     restarts: Counter,
+}
+
+/// Runs on its own thread (the parent of BIRD for its whole life, see the module doc).
+fn supervise(
+    mut bird: Running,
+    restart: Restart,
+    status: Arc<Mutex<BirdStatus>>,
+    stop: Arc<AtomicBool>,
 ) {
     loop {
         if stop.load(Ordering::SeqCst) {
-            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let pid = nix::unistd::Pid::from_raw(bird.child.id() as i32);
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
             let until = Instant::now() + Duration::from_secs(3);
             while Instant::now() < until {
-                if let Ok(Some(_)) = child.try_wait() {
+                if let Ok(Some(_)) = bird.child.try_wait() {
                     tracing::info!("BIRD stopped");
                     return;
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
-            let _ = child.kill();
-            let _ = child.wait();
+            bird.kill();
             return;
         }
-        match child.try_wait() {
-            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+        match bird.child.try_wait() {
+            Ok(None) => {
+                let now = Instant::now();
+                let (since_answer, failed_polls) = {
+                    let st = status.lock().unwrap_or_else(|p| p.into_inner());
+                    (
+                        now.saturating_duration_since(st.last_answer),
+                        st.failed_polls,
+                    )
+                };
+                let since_start = now.saturating_duration_since(bird.started);
+                if !decide::bird_hung(since_answer, since_start, failed_polls) {
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+                // Stopped, deadlocked or without its socket: it would never come back.
+                restart.restarts.inc();
+                tracing::error!(
+                    pid = bird.child.id(),
+                    silent_s = since_answer.min(since_start).as_secs(),
+                    failed_polls,
+                    restarts = restart.restarts.get(),
+                    "BIRD does not answer its control socket; killing and restarting it"
+                );
+                bird.kill();
+            }
             Ok(Some(status)) => {
-                restarts.inc();
-                tracing::error!(%status, restarts = restarts.get(), "BIRD exited; restarting it");
-                std::thread::sleep(RESTART_BACKOFF);
-                if stop.load(Ordering::SeqCst) {
-                    return;
-                }
-                match spawn_bird(&bin, &paths) {
-                    Ok(c) => child = c,
-                    Err(e) => {
-                        tracing::error!(error = %e, "BIRD restart failed; retrying");
-                    }
-                }
+                restart.restarts.inc();
+                tracing::error!(%status, restarts = restart.restarts.get(), "BIRD exited; restarting it");
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot watch BIRD");
                 std::thread::sleep(RESTART_BACKOFF);
+                continue;
+            }
+        }
+        // BIRD is gone (exited, or killed above): start another until one runs.
+        loop {
+            std::thread::sleep(RESTART_BACKOFF);
+            if stop.load(Ordering::SeqCst) {
+                return;
+            }
+            match spawn_bird(&restart.bin, &restart.paths) {
+                Ok(c) => {
+                    bird = Running::new(c);
+                    break;
+                }
+                Err(e) => tracing::error!(error = %e, "BIRD restart failed; retrying"),
             }
         }
     }

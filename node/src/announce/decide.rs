@@ -96,6 +96,23 @@ pub fn bird_answering(silent_for: Duration, failed_polls: u32) -> bool {
     silent_for <= BIRD_GRACE || failed_polls < BIRD_FAILED_POLLS
 }
 
+/// How long BIRD may be silent on its control socket (while its process runs) before shoal
+/// kills and restarts it: a BIRD that is stopped, deadlocked or lost its socket never comes
+/// back by itself (the router drops its sessions by BFD or hold timer, and the node stays out
+/// of service for good). Far above [`BIRD_GRACE`]: a restart drops every BGP session of the
+/// node, so a BIRD that is only slow (a starved host) must not be restarted.
+pub const BIRD_HUNG: Duration = Duration::from_secs(20);
+/// ... and the polls in a row that must have failed meanwhile (one per second, each waiting
+/// up to 2 s): a starved shoal that did not poll has not seen BIRD fail.
+pub const BIRD_HUNG_POLLS: u32 = 6;
+
+/// Whether a running BIRD counts as hung: silent for longer than [`BIRD_HUNG`] since both its
+/// last answer and its own start (a BIRD just started is given the whole bound to answer),
+/// with at least [`BIRD_HUNG_POLLS`] failed polls in a row.
+pub fn bird_hung(since_answer: Duration, since_start: Duration, failed_polls: u32) -> bool {
+    since_answer.min(since_start) > BIRD_HUNG && failed_polls >= BIRD_HUNG_POLLS
+}
+
 /// The most important reason first: draining, stalled, BIRD not answering, no table, not
 /// caught up, not applied.
 pub fn readiness(f: NodeFacts) -> Readiness {
@@ -352,6 +369,18 @@ mod tests {
         // Silent past the grace with 3 failures in a row: down.
         assert!(!bird_answering(s(6), 3));
         assert!(!bird_answering(s(600), 600));
+    }
+
+    #[test]
+    fn bird_is_hung_only_when_silent_long_since_its_answer_and_its_start() {
+        let long = BIRD_HUNG + Duration::from_secs(1);
+        assert!(bird_hung(long, long, BIRD_HUNG_POLLS));
+        // Answered recently, or started recently (a restart gets the whole bound again).
+        assert!(!bird_hung(Duration::from_secs(3), long, 30));
+        assert!(!bird_hung(long, Duration::from_secs(3), 30));
+        assert!(!bird_hung(BIRD_HUNG, long, 30));
+        // Silent that long but barely polled: shoal itself was starved, not BIRD.
+        assert!(!bird_hung(long, long, BIRD_HUNG_POLLS - 1));
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub struct AnnounceMetrics {
     pub changes: Counter,
     /// BGP: 1 while BIRD answered the last poll of its control socket.
     pub bird_up: Gauge,
-    /// BGP: times BIRD exited and shoal restarted it.
+    /// BGP: times shoal restarted BIRD (it exited, or it stopped answering its control socket).
     pub bird_restarts: Counter,
     /// Times the watchdog (`shoal announce-guard`) exited and shoal started it again.
     pub watchdog_restarts: Counter,
@@ -60,7 +60,7 @@ impl AnnounceMetrics {
         );
         r.register(
             "shoal_bird_restarts",
-            "BGP mode: times BIRD exited and shoal restarted it",
+            "BGP mode: times shoal restarted BIRD (it exited, or stopped answering its control socket)",
             self.bird_restarts.clone(),
         );
     }

@@ -241,6 +241,8 @@ pub async fn start(
     };
     let mut supervisor = None;
     let mut control = None;
+    // The control socket's poll writes it; the readiness gate and BIRD's supervisor read it.
+    let bird_status = Arc::new(Mutex::new(BirdStatus::new(Instant::now())));
     let (target, guard_targets) = match mode {
         Mode::Bgp => {
             let bgp = settings
@@ -265,6 +267,7 @@ pub async fn start(
                 bin,
                 paths.clone(),
                 metrics.bird_restarts.clone(),
+                bird_status.clone(),
             )?);
             control = Some(paths.control.clone());
             (
@@ -299,7 +302,6 @@ pub async fn start(
     let (draining_tx, draining_rx) = watch::channel(false);
     let (withdrawn_tx, withdrawn_rx) = watch::channel(false);
     let cancel = CancellationToken::new();
-    let bird_status = Arc::new(Mutex::new(BirdStatus::new(Instant::now())));
     if let Some(c) = &control {
         tokio::spawn(poll_bird(
             c.clone(),
