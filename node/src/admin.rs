@@ -374,6 +374,9 @@ struct NodeResponse {
     dataplane: &'static str,
     source: crate::source::SourceState,
     reconcile: crate::reconcile::ReconcileState,
+    /// What this node announces and why not the rest, as in `/v1/cluster` (`null` when it
+    /// announces nothing: `--announce none`).
+    announce: Option<crate::announce::Report>,
 }
 
 async fn node(State(s): State<AdminState>) -> Json<NodeResponse> {
@@ -383,6 +386,7 @@ async fn node(State(s): State<AdminState>) -> Json<NodeResponse> {
         dataplane: s.programmer.kind(),
         source: s.source.get(),
         reconcile: s.reconcile.get(),
+        announce: s.announce.get(),
     })
 }
 

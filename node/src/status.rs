@@ -272,9 +272,9 @@ impl ClusterStatus {
                         None => list(&mut a.bgp.iter().map(|s| {
                             let info = s.info.trim();
                             if s.up() || info.is_empty() {
-                                format!("{}:{}", s.name, s.bgp_state)
+                                format!("{}:{}", s.peer(), s.bgp_state)
                             } else {
-                                format!("{}:{} ({info})", s.name, s.bgp_state)
+                                format!("{}:{} ({info})", s.peer(), s.bgp_state)
                             }
                         })),
                     },
@@ -355,7 +355,8 @@ mod tests {
             "draining": ["203.0.113.30"],
             "withheld": {"203.0.113.20": "no healthy backend"},
             "bgp": [
-                {"name": "peer1", "state": "up", "bgp_state": "Established", "info": ""},
+                {"name": "peer1", "state": "up", "bgp_state": "Established", "info": "",
+                 "address": "198.18.1.1", "asn": 64500},
                 {"name": "peer2", "state": "start", "bgp_state": "Active",
                  "info": "Socket: No route to host"}
             ]
@@ -368,7 +369,12 @@ mod tests {
         let text = status.render();
         assert!(text.contains("ANNOUNCED"), "{text}");
         assert!(text.contains("203.0.113.20 (no healthy backend)"), "{text}");
-        assert!(text.contains("peer1:Established "), "{text}");
+        // The peer's address and ASN beside BIRD's protocol name (an audit: the name alone
+        // did not say which router); a member that reported the name alone is shown so.
+        assert!(
+            text.contains("peer1 (198.18.1.1 AS64500):Established "),
+            "{text}"
+        );
         // The audit of 2026-12-06: why a session is down, and what only drains, were in the
         // JSON report but not in the table.
         assert!(

@@ -149,6 +149,18 @@ fn bgp_announces_with_ecmp_and_withdraws_on_every_kind_of_exit() {
         metrics.contains("shoal_announce_changes_total"),
         "{metrics}"
     );
+    // /v1/node answers for this node's announcements too, each session naming its peer.
+    let node: Value =
+        serde_json::from_str(&lab.http(0, "/v1/node").unwrap_or_default()).unwrap_or(Value::Null);
+    let sessions = node["announce"]["bgp"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(sessions.len(), 2, "{node}");
+    assert_eq!(sessions[0]["address"], ROUTER4, "{node}");
+    assert_eq!(sessions[0]["asn"], ROUTER_ASN, "{node}");
+    assert_eq!(sessions[1]["address"], ROUTER6, "{node}");
+    assert_eq!(node["announce"]["readiness"], "ready", "{node}");
 
     // 2. All backends of a service down: its VIP is withdrawn from the router, and the reason
     //    is shown; back up: announced again.

@@ -17,11 +17,25 @@ pub struct Session {
     pub bgp_state: String,
     /// The rest of BIRD's info column (e.g. the last error).
     pub info: String,
+    /// The peer's address and AS number, from the node's `[[bgp.peers]]` (BIRD's table names
+    /// the protocol only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<std::net::IpAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asn: Option<u32>,
 }
 
 impl Session {
     pub fn up(&self) -> bool {
         self.bgp_state == "Established"
+    }
+
+    /// `peer1 (198.18.1.1 AS64500)`, or the protocol name alone when the peer is not known.
+    pub fn peer(&self) -> String {
+        match (self.address, self.asn) {
+            (Some(a), Some(n)) => format!("{} ({a} AS{n})", self.name),
+            _ => self.name.clone(),
+        }
     }
 }
 
@@ -67,6 +81,8 @@ pub fn parse_protocols(reply: &str) -> Vec<Session> {
             state: words[3].to_string(),
             bgp_state,
             info,
+            address: None,
+            asn: None,
         });
     }
     out

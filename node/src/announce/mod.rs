@@ -241,6 +241,7 @@ pub async fn start(
     };
     let mut supervisor = None;
     let mut control = None;
+    let mut peers = BTreeMap::new();
     // The control socket's poll writes it; the readiness gate and BIRD's supervisor read it.
     let bird_status = Arc::new(Mutex::new(BirdStatus::new(Instant::now())));
     let (target, guard_targets) = match mode {
@@ -270,6 +271,11 @@ pub async fn start(
                 bird_status.clone(),
             )?);
             control = Some(paths.control.clone());
+            peers = bgp
+                .peers
+                .iter()
+                .map(|p| (p.name.clone(), (p.address, p.asn)))
+                .collect();
             (
                 Target::Bgp {
                     routes: Arc::new(Mutex::new(routes)),
@@ -305,6 +311,7 @@ pub async fn start(
     if let Some(c) = &control {
         tokio::spawn(poll_bird(
             c.clone(),
+            peers,
             bird_status.clone(),
             metrics.clone(),
             cancel.clone(),
@@ -396,6 +403,7 @@ impl Announcer {
 /// answered for a while ([`decide::bird_answering`]).
 async fn poll_bird(
     control: PathBuf,
+    peers: BTreeMap<String, (IpAddr, u32)>,
     status: Arc<Mutex<BirdStatus>>,
     metrics: metrics::AnnounceMetrics,
     cancel: CancellationToken,
@@ -412,8 +420,12 @@ async fn poll_bird(
         let now = Instant::now();
         let mut st = status.lock().unwrap_or_else(|p| p.into_inner());
         match answer {
-            Ok(s) => {
-                for session in &s {
+            Ok(mut s) => {
+                for session in &mut s {
+                    if let Some((address, asn)) = peers.get(&session.name) {
+                        session.address = Some(*address);
+                        session.asn = Some(*asn);
+                    }
                     metrics.session_up(&session.name, session.up());
                 }
                 if was_down {
