@@ -2,7 +2,10 @@
 //!
 //! Each probe opens a fresh connection (no pooling) so that it tests what a new client would
 //! meet, and so a backend can count the probes it receives. HTTPS certificates are not verified:
-//! backends are addressed by IP and the question is "does it answer", not "who is it".
+//! backends are addressed by IP and the question is "does it answer", not "who is it". An HTTPS
+//! check with a `host` names it in SNI too (`https_named`): a backend that picks its
+//! certificate or route by SNI (an Envoy or Istio gateway's filter chains) refuses a handshake
+//! without one.
 
 use super::result::ProbeResult;
 use crate::table::Probe;
@@ -21,9 +24,11 @@ pub struct Target {
     pub timeout: Duration,
 }
 
-/// Runs probes; holds the HTTP client (built once, it owns the TLS configuration).
+/// Runs probes; holds the HTTP client and the TLS configuration of named HTTPS probes (built
+/// once).
 pub struct Prober {
     http: Option<reqwest::Client>,
+    named_tls: Option<tokio_rustls::TlsConnector>,
 }
 
 impl Prober {
@@ -33,14 +38,19 @@ impl Prober {
             .pool_max_idle_per_host(0)
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
-            .build();
-        match http {
-            Ok(client) => Prober { http: Some(client) },
-            Err(error) => {
-                // Only HTTP probes need the client; TCP probes keep working, HTTP ones report errors.
-                tracing::error!(%error, "cannot build the HTTP client for health probes");
-                Prober { http: None }
-            }
+            .build()
+            .map_err(|error| error.to_string());
+        let named_tls = named_tls_config().map_err(|error| error.to_string());
+        // Only HTTP probes need these; TCP probes keep working, HTTP ones report errors.
+        for error in [http.as_ref().err(), named_tls.as_ref().err()]
+            .into_iter()
+            .flatten()
+        {
+            tracing::error!(%error, "cannot build the HTTP client for health probes");
+        }
+        Prober {
+            http: http.ok(),
+            named_tls: named_tls.ok(),
         }
     }
 
@@ -56,11 +66,17 @@ impl Prober {
                     expect_status,
                     tls,
                     host,
-                } => match &self.http {
-                    Some(client) => {
-                        http(client, socket, path, *expect_status, *tls, host.as_deref()).await
-                    }
-                    None => Ok(ProbeResult::Error),
+                } => match (*tls, host.as_deref()) {
+                    (true, Some(host)) => match &self.named_tls {
+                        Some(tls) => https_named(tls, socket, path, *expect_status, host).await,
+                        None => Ok(ProbeResult::Error),
+                    },
+                    _ => match &self.http {
+                        Some(client) => {
+                            http(client, socket, path, *expect_status, *tls, host.as_deref()).await
+                        }
+                        None => Ok(ProbeResult::Error),
+                    },
                 },
             }
         };
@@ -153,6 +169,134 @@ async fn http(
             }
             Ok(ProbeResult::Error)
         }
+    }
+}
+
+/// An HTTPS probe that names `host` in SNI and in the Host header, sent to the backend's
+/// address (reqwest, asked for `https://IP`, sends no SNI, and cannot be told another name per
+/// request).
+async fn https_named(
+    tls: &tokio_rustls::TlsConnector,
+    socket: SocketAddr,
+    path: &str,
+    expect_status: u16,
+    host: &str,
+) -> Result<ProbeResult, LocalFailure> {
+    let tcp = match TcpStream::connect(socket).await {
+        Ok(tcp) => tcp,
+        Err(e) => return local_failure(&e).map_or_else(|| Ok(io_result(&e)), Err),
+    };
+    // An IP address (or a name rustls cannot send) goes as the backend's address: no SNI.
+    let name = sni_name(host)
+        .and_then(|n| rustls::pki_types::ServerName::try_from(n.to_string()).ok())
+        .unwrap_or(rustls::pki_types::ServerName::IpAddress(socket.ip().into()));
+    let stream = match tls.connect(name, tcp).await {
+        Ok(s) => s,
+        Err(e) => return Ok(io_result(&e)),
+    };
+    let Ok((mut sender, conn)) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await
+    else {
+        return Ok(ProbeResult::Error);
+    };
+    let slash = if path.starts_with('/') { "" } else { "/" };
+    let Ok(request) = hyper::Request::get(format!("{slash}{path}"))
+        .header(hyper::header::HOST, host)
+        .header(hyper::header::CONNECTION, "close")
+        .body(String::new())
+    else {
+        return Ok(ProbeResult::Error);
+    };
+    // The connection is driven here until the answer's head is in (no task outlives the probe:
+    // the caller's timeout drops both).
+    // A connection that ends first (`connection: close`) may already have handed the answer
+    // over: the request's future says.
+    let send = sender.send_request(request);
+    tokio::pin!(conn, send);
+    let response = tokio::select! {
+        r = &mut send => r,
+        _ = &mut conn => send.await,
+    };
+    Ok(match response {
+        Ok(r) if r.status().as_u16() == expect_status => ProbeResult::Ok,
+        Ok(r) => ProbeResult::Status(r.status().as_u16()),
+        Err(_) => ProbeResult::Error,
+    })
+}
+
+/// The name part of a Host value (`web.example:8443` -> `web.example`); `None` for an IP
+/// address (`198.18.0.5`, `[2001:db8::1]:443`), which SNI does not carry.
+fn sni_name(host: &str) -> Option<&str> {
+    if host.starts_with('[') {
+        return None;
+    }
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    };
+    (name.parse::<IpAddr>().is_err() && !name.is_empty()).then_some(name)
+}
+
+/// TLS for [`https_named`]: any certificate is accepted, as reqwest is told for the other
+/// probes; the handshake's signatures are still checked against the certificate presented.
+fn named_tls_config() -> Result<tokio_rustls::TlsConnector, rustls::Error> {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(AnyCertificate(provider)))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+        config,
+    )))
+}
+
+#[derive(Debug)]
+struct AnyCertificate(std::sync::Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -314,6 +458,12 @@ mod tests {
 
     /// A blocking HTTPS server with a certificate no client would trust, answering 200.
     fn https_server() -> u16 {
+        https_server_seeing().0
+    }
+
+    /// The same, keeping each connection's SNI and request head.
+    type Seen = std::sync::Arc<std::sync::Mutex<Vec<(Option<String>, String)>>>;
+    fn https_server_seeing() -> (u16, Seen) {
         use rustls::pki_types::pem::PemObject;
         use rustls::pki_types::{CertificateDer, PrivateKeyDer};
         use std::io::{Read, Write};
@@ -335,12 +485,17 @@ mod tests {
         );
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
+        let seen = Seen::default();
+        let record = seen.clone();
         std::thread::spawn(move || {
             for tcp in listener.incoming().flatten() {
                 let conn = rustls::ServerConnection::new(config.clone()).unwrap();
                 let mut tls = rustls::StreamOwned::new(conn, tcp);
                 let mut buf = [0u8; 2048];
-                if tls.read(&mut buf).is_ok() {
+                if let Ok(n) = tls.read(&mut buf) {
+                    let sni = tls.conn.server_name().map(str::to_string);
+                    let head = String::from_utf8_lossy(&buf[..n]).to_lowercase();
+                    record.lock().unwrap().push((sni, head));
                     let _ = tls.write_all(
                         b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
                     );
@@ -349,7 +504,68 @@ mod tests {
                 }
             }
         });
-        port
+        (port, seen)
+    }
+
+    /// An HTTPS check with a Host names it in SNI (a backend choosing its certificate or route
+    /// by SNI refused the nameless handshake; an audit), port left out; an IP address is not
+    /// sent as SNI.
+    #[tokio::test]
+    async fn https_with_a_host_sends_it_as_sni() {
+        let (port, seen) = https_server_seeing();
+        for (host, sni) in [
+            ("web.example:8443", Some("web.example")),
+            ("web.example", Some("web.example")),
+            ("198.18.0.5", None),
+            ("[2001:db8::5]:443", None),
+        ] {
+            let probe = Probe::Http {
+                path: "healthz".into(),
+                expect_status: 200,
+                tls: true,
+                host: Some(host.into()),
+            };
+            let r = Prober::new().probe(&target(port, probe)).await;
+            assert_eq!(r, Ok(ProbeResult::Ok), "{host}");
+            let (got_sni, head) = seen.lock().unwrap().pop().unwrap();
+            assert_eq!(got_sni.as_deref(), sni, "{host}");
+            assert!(head.starts_with("get /healthz http/1.1\r\n"), "{head}");
+            assert!(head.contains(&format!("host: {host}\r\n")), "{head}");
+        }
+        // The status is judged as on the other path.
+        let probe = Probe::Http {
+            path: "/".into(),
+            expect_status: 204,
+            tls: true,
+            host: Some("web.example".into()),
+        };
+        let r = Prober::new().probe(&target(port, probe)).await;
+        assert_eq!(r, Ok(ProbeResult::Status(200)));
+    }
+
+    #[tokio::test]
+    async fn https_with_a_host_tells_refused_and_plain_servers_apart() {
+        let named = |port| {
+            target(
+                port,
+                Probe::Http {
+                    path: "/".into(),
+                    expect_status: 200,
+                    tls: true,
+                    host: Some("web.example".into()),
+                },
+            )
+        };
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        assert_eq!(
+            Prober::new().probe(&named(port)).await,
+            Ok(ProbeResult::Refused)
+        );
+        let (port, _seen) = http_server(200).await;
+        let r = Prober::new().probe(&named(port)).await;
+        assert_eq!(r, Ok(ProbeResult::Error));
     }
 
     #[tokio::test]
