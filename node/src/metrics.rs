@@ -84,6 +84,15 @@ impl NodeMetrics {
 
     pub fn register(&self, registry: &mut Registry) {
         let r = registry;
+        // `shoal_build_info{version="..."} 1`: which build each replica runs (a rolling upgrade).
+        r.register(
+            "shoal_build",
+            "The shoal build this node runs",
+            prometheus_client::metrics::info::Info::new(vec![(
+                "version",
+                env!("CARGO_PKG_VERSION"),
+            )]),
+        );
         r.register(
             "shoal_reconciles",
             "Reconcile passes by result",

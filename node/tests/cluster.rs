@@ -182,6 +182,11 @@ fn readyz_is_200_only_once_the_head_is_applied() {
         "shoal_is_publisher 1",
         "shoal_reconciles_total{result=\"ok\"}",
         "shoal_health_verdict_changes_total",
+        concat!(
+            "shoal_build_info{version=\"",
+            env!("CARGO_PKG_VERSION"),
+            "\"} 1"
+        ),
     ] {
         assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
     }

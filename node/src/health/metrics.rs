@@ -13,9 +13,16 @@ pub struct ProbeLabels {
     pub result: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerdictLabel {
+    pub verdict: &'static str,
+}
+
 #[derive(Clone)]
 pub struct HealthMetrics {
     pub probes: Family<ProbeLabels, Counter>,
+    /// Health-checked backends by this node's verdict, at the last pass.
+    pub backends: Family<VerdictLabel, Gauge>,
     pub verdict_changes: Counter,
     pub probe_duration_seconds: Histogram,
     pub probes_waiting: Gauge,
@@ -26,6 +33,7 @@ impl HealthMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = HealthMetrics {
             probes: Family::default(),
+            backends: Family::default(),
             verdict_changes: Counter::default(),
             // 0.25 ms .. 4 s: loopback connects up to probe timeouts.
             probe_duration_seconds: Histogram::new(exponential_buckets(0.000_25, 2.0, 15)),
@@ -35,6 +43,11 @@ impl HealthMetrics {
             "shoal_health_probes",
             "Health probes finished by this node, by result",
             m.probes.clone(),
+        );
+        registry.register(
+            "shoal_health_backends",
+            "Health-checked backends by this node's verdict (up, down) at its last pass",
+            m.backends.clone(),
         );
         registry.register(
             "shoal_health_verdict_changes",
@@ -55,6 +68,15 @@ impl HealthMetrics {
         );
         m
     }
+
+    /// Sets `shoal_health_backends` from one pass's counts.
+    pub fn set_backends(&self, up: usize, down: usize) {
+        for (verdict, n) in [("up", up), ("down", down)] {
+            self.backends
+                .get_or_create(&VerdictLabel { verdict })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -72,10 +94,19 @@ mod tests {
             .inc();
         m.verdict_changes.inc();
         m.probe_duration_seconds.observe(0.001);
+        m.set_backends(7, 2);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         assert!(
             text.contains("shoal_health_probes_total{result=\"ok\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("shoal_health_backends{verdict=\"down\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("shoal_health_backends{verdict=\"up\"} 7"),
             "{text}"
         );
         assert!(
