@@ -244,6 +244,13 @@ impl ClusterStatus {
                 let mode = match (&a.mode, &a.interface) {
                     (crate::announce::decide::Mode::L2, Some(i)) => format!("l2 on {i}"),
                     (crate::announce::decide::Mode::L2, None) => "l2".to_string(),
+                    // What it announces reaches no router: say so beside the mode, since
+                    // ANNOUNCED lists what the node offers (an audit read it as reaching).
+                    (crate::announce::decide::Mode::Bgp, _)
+                        if a.bird.is_none() && !a.bgp.iter().any(|s| s.up()) =>
+                    {
+                        "bgp (no session up)".to_string()
+                    }
                     (crate::announce::decide::Mode::Bgp, _) => "bgp".to_string(),
                 };
                 let list = |v: &mut dyn Iterator<Item = String>| {
@@ -389,6 +396,30 @@ mod tests {
         let back: ClusterStatus =
             serde_json::from_str(&serde_json::to_string(&status).unwrap()).unwrap();
         assert_eq!(back.members[0].announce, status.members[0].announce);
+    }
+
+    #[test]
+    fn status_says_when_no_bgp_session_is_up() {
+        let report = |states: &[&str]| {
+            let bgp: Vec<_> = states
+                .iter()
+                .enumerate()
+                .map(|(i, st)| {
+                    serde_json::json!({"name": format!("peer{}", i + 1), "state": "up",
+                                       "bgp_state": st, "info": ""})
+                })
+                .collect();
+            serde_json::from_value::<crate::announce::Report>(serde_json::json!({
+                "mode": "bgp", "readiness": "ready", "announced": ["203.0.113.10"], "bgp": bgp
+            }))
+            .unwrap()
+        };
+        let text = one_member(report(&["Active", "Connect"]), None).render();
+        assert!(text.contains("bgp (no session up)"), "{text}");
+        let text = one_member(report(&["Active", "Established"]), None).render();
+        assert!(!text.contains("no session up"), "{text}");
+        let text = one_member(report(&[]), None).render();
+        assert!(text.contains("bgp (no session up)"), "{text}");
     }
 
     /// A dead publisher was listed with role "follower" (the last role it gossiped).
