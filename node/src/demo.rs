@@ -144,9 +144,15 @@ async fn walkthrough(args: &DemoArgs, dir: &Path, nodes: &mut Vec<DemoNode>) -> 
     print_status(&nodes[0].admin).await?;
 
     // Takeover: kill -9 the publisher.
-    let before = cluster(&nodes[0].admin).await?;
-    let old = before.publisher.clone().context("no publisher")?;
-    let old_head = before.head_version().context("no head")?;
+    // Read again until there is a publisher: on a starved host a node that missed its control
+    // deadline steps back to catching up for a moment, and shows none meanwhile (the demo
+    // once stopped here with "no publisher" beside a busy VM).
+    let (old, old_head) = wait_until(|| async {
+        let s = cluster(&nodes[0].admin).await.ok()?;
+        Some((s.publisher.clone()?, s.head_version()?))
+    })
+    .await
+    .context("no publisher with a head")?;
     let idx = nodes
         .iter()
         .position(|n| n.id == old)

@@ -672,10 +672,11 @@ fn every_exported_metric_is_documented() {
             continue;
         };
         seen += 1;
-        let documented = if kind == "counter" {
-            format!("`{name}_total`")
-        } else {
-            format!("`{name}`")
+        // The names a scraper sees: counters end in `_total`, info metrics in `_info`.
+        let documented = match kind {
+            "counter" => format!("`{name}_total`"),
+            "info" => format!("`{name}_info`"),
+            _ => format!("`{name}`"),
         };
         if !docs.contains(&documented) {
             missing.push(documented);
