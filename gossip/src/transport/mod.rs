@@ -29,6 +29,7 @@ pub use fault::FaultHook;
 pub(crate) use gossip::GossipTransport;
 use inbound::peer_node_id;
 use socket::{bind_udp, transport_config};
+pub use tls::AcceptAnyServer;
 pub use traffic::Traffic;
 use traffic::{bump, Counters};
 
