@@ -22,7 +22,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-type DestId = (ServiceKey, IpAddr, u16);
+/// A destination of a service: `(service, address, port)`.
+pub type DestId = (ServiceKey, IpAddr, u16);
 
 /// Whether anyone besides Shoal may create IPVS services in this network namespace: what a
 /// flush planned on the view kept in memory must be checked against.
@@ -67,6 +68,8 @@ pub struct Reconciler {
     draining_services: BTreeMap<ServiceKey, (Instant, u64)>,
     /// Services deleted without a drain (see `set_delete_at_once`).
     delete_at_once: BTreeSet<ServiceKey>,
+    /// Destinations deleted without a drain (see `set_cut_at_once`).
+    cut_at_once: BTreeSet<DestId>,
     /// Steps taken, to tell the entries the current step saw from stale ones.
     steps: u64,
     /// The kernel as of the last full read, with every acknowledged op since applied to it.
@@ -95,6 +98,7 @@ impl Reconciler {
             draining: BTreeMap::new(),
             draining_services: BTreeMap::new(),
             delete_at_once: BTreeSet::new(),
+            cut_at_once: BTreeSet::new(),
             steps: 0,
             view: None,
             last_full_read: None,
@@ -161,10 +165,14 @@ impl Reconciler {
         let (step, drain) = (self.steps, self.drain);
         let services = self.services_to_drain(&ops, have, now);
         let draining = &mut self.draining;
+        let cut = &self.cut_at_once;
         let mut drained = services.ended;
         let mut out: Vec<Op> = Vec::with_capacity(ops.len());
         for op in ops {
             match &op {
+                Op::DelDest(key, addr, port) if cut.contains(&(key.clone(), *addr, *port)) => {
+                    out.push(op);
+                }
                 Op::DelDest(key, addr, port) => {
                     let entry = draining
                         .entry((key.clone(), *addr, *port))
@@ -259,6 +267,16 @@ impl Reconciler {
     /// must stop at once, not drain.
     pub fn set_delete_at_once(&mut self, keys: BTreeSet<ServiceKey>) {
         self.delete_at_once = keys;
+    }
+
+    /// Destinations to delete without a drain from now on (and no others), when the desired
+    /// table leaves them out: the node cuts a UDP backend judged down, since at weight 0 each
+    /// datagram of a client already sent there refreshes its IPVS entry and the client is
+    /// never moved (a DNS forwarder was black-holed for a whole outage; an audit). Deleted,
+    /// the kernel expires such an entry at its next packet (`expire_nodest_conn`) and the
+    /// packet after is scheduled afresh.
+    pub fn set_cut_at_once(&mut self, dests: BTreeSet<DestId>) {
+        self.cut_at_once = dests;
     }
 
     /// What the next pass reads before it plans (`now` its start). A due drift check may give

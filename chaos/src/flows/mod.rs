@@ -9,6 +9,7 @@ mod report;
 
 pub use conn::{fill, first_mismatch, seq_byte, StallTracker};
 pub use probes::{
-    fault_times, probe_phase, probes_from, summarize_probes, ProbeRecord, ProbeSummary, ProbeWindow,
+    datagram_backends, datagrams_from, fault_times, probe_phase, probes_from, summarize_probes,
+    DatagramRecord, DatagramWindow, ProbeRecord, ProbeSummary, ProbeWindow,
 };
 pub use report::{render_summary, ConnRecord, FlowsReport, Outcome};

@@ -50,6 +50,59 @@ pub fn probes_from(records: &[ProbeRecord], from_ms: u64) -> ProbeWindow {
     w
 }
 
+/// One datagram of `lab-flows udp`: a client that keeps its source port (as a DNS forwarder
+/// or a syslog sender does) sends one every interval and waits for the backend's echo.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatagramRecord {
+    pub at_ms: u64,
+    pub client_port: u16,
+    pub ok: bool,
+    /// The backend that echoed it (empty when none did).
+    pub backend: String,
+    pub error: String,
+}
+
+/// What the UDP clients saw from `from_ms` on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DatagramWindow {
+    pub ok: usize,
+    pub failed: usize,
+    /// Backends that answered at least one datagram.
+    pub answered_by: BTreeSet<String>,
+    /// Client ports none of whose datagrams was answered: clients left on a dead backend.
+    pub stuck: BTreeSet<u16>,
+}
+
+pub fn datagrams_from(records: &[DatagramRecord], from_ms: u64) -> DatagramWindow {
+    let mut w = DatagramWindow::default();
+    let mut answered: BTreeMap<u16, bool> = BTreeMap::new();
+    for r in records.iter().filter(|r| r.at_ms >= from_ms) {
+        let seen = answered.entry(r.client_port).or_insert(false);
+        if r.ok {
+            w.ok += 1;
+            *seen = true;
+            w.answered_by.insert(r.backend.clone());
+        } else {
+            w.failed += 1;
+        }
+    }
+    w.stuck = answered
+        .into_iter()
+        .filter(|(_, ok)| !ok)
+        .map(|(port, _)| port)
+        .collect();
+    w
+}
+
+/// The backend each client was on just before `before_ms`: its last answer before then.
+pub fn datagram_backends(records: &[DatagramRecord], before_ms: u64) -> BTreeMap<u16, String> {
+    let mut out = BTreeMap::new();
+    for r in records.iter().filter(|r| r.ok && r.at_ms < before_ms) {
+        out.insert(r.client_port, r.backend.clone());
+    }
+    out
+}
+
 /// What a series of probes says about an event at `event_ms`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProbeSummary {
@@ -105,6 +158,37 @@ pub fn probe_phase(name: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn datagrams_say_which_clients_stayed_stuck() {
+        let d = |at_ms, client_port, backend: &str| DatagramRecord {
+            at_ms,
+            client_port,
+            ok: !backend.is_empty(),
+            backend: backend.into(),
+            error: if backend.is_empty() {
+                "timed out".into()
+            } else {
+                String::new()
+            },
+        };
+        let recs = vec![
+            d(100, 1, "b1"),
+            d(100, 2, "b2"),
+            d(200, 2, ""),
+            d(300, 1, "b1"),
+            d(300, 2, ""),
+            d(400, 2, "b3"),
+        ];
+        let before = datagram_backends(&recs, 150);
+        assert_eq!(before.get(&2).map(String::as_str), Some("b2"));
+        let w = datagrams_from(&recs, 150);
+        assert_eq!((w.ok, w.failed), (2, 2));
+        assert!(w.stuck.is_empty(), "client 2 was moved to b3");
+        let w = datagrams_from(&recs[..5], 150);
+        assert_eq!(w.stuck, [2].into());
+        assert_eq!(w.answered_by, ["b1".to_string()].into());
+    }
 
     #[test]
     fn probes_say_when_new_connections_recovered() {

@@ -560,3 +560,39 @@ fn a_change_during_a_drift_check_goes_in_on_the_kept_view() {
     let r = reconcile_until(&mut dp, &mut rec, &four, late, &|| true).unwrap();
     assert!(r.full_read && !r.gave_way, "{r:?}");
 }
+
+/// A destination in `set_cut_at_once` is deleted at once when the table leaves it out, even
+/// while removed destinations drain (a UDP backend judged down: at weight 0 its clients stay);
+/// the others still drain, and a destination that comes back is added again.
+#[test]
+fn a_cut_destination_is_deleted_at_once_while_others_drain() {
+    let t0 = Instant::now();
+    let mut dp = MemoryDataplane::new();
+    let mut rec = Reconciler::new(Duration::from_secs(30));
+    let want = desired(&[1, 2, 3]);
+    let key = key_of(&want, 0);
+    reconcile(&mut dp, &mut rec, &want, t0).unwrap();
+    let cut: DestId = (key.clone(), IpAddr::from([198, 18, 0, 2]), 80);
+    rec.set_cut_at_once([cut.clone()].into());
+    let r = reconcile(&mut dp, &mut rec, &desired(&[1, 3]), t0).unwrap();
+    assert_eq!(r.ops, vec![Op::DelDest(cut.0.clone(), cut.1, cut.2)]);
+    assert_eq!(r.drained, 0, "a cut is not the end of a drain");
+    assert!(rec.draining().next().is_none());
+    // Another removal still drains (weight 0 first).
+    let r = reconcile(&mut dp, &mut rec, &desired(&[1]), t0).unwrap();
+    assert!(
+        matches!(&r.ops[..], [Op::UpdateDest(_, d)] if d.weight == 0),
+        "{:?}",
+        r.ops
+    );
+    // Back up: added again.
+    rec.set_cut_at_once(BTreeSet::new());
+    let r = reconcile(&mut dp, &mut rec, &desired(&[1, 2, 3]), t0).unwrap();
+    assert!(
+        r.ops
+            .iter()
+            .any(|op| matches!(op, Op::AddDest(k, d) if *k == key && d.addr == cut.1)),
+        "{:?}",
+        r.ops
+    );
+}

@@ -115,6 +115,6 @@ backends_up() {
 
 backend_serve() {
   /bin/ip netns exec b$1 lab-flows serve --name b$1 --listen 0.0.0.0:9000 --listen 0.0.0.0:9001 \
-    --listen 0.0.0.0:9002 --listen 0.0.0.0:9003 >> out/serve-b$1.log 2>&1 &
+    --listen 0.0.0.0:9002 --listen 0.0.0.0:9003 --udp-listen $VIP:9053 >> out/serve-b$1.log 2>&1 &
   echo $! > /tmp/serve-b$1.pid
 }

@@ -177,12 +177,16 @@ phase_control_nosloppy() {
 
 # Scenario 5: a backend dies under load. Port 9000 is mh with the fallback (the default now);
 # port 9002 is the same service with mh_fallback = false (the old default), as a control;
-# port 9003 is sh over the source port, with its fallback (the default with sh).
+# port 9003 is sh over the source port, with its fallback (the default with sh); UDP port 9053
+# has 24 clients that each keep their source port (sh over it), one datagram every 200 ms.
 phase_backend() {
   flows backend 9000; flows_settle
   probe $VIP:9000 $((AFTER_S + 10)) backend-probe
   probe $VIP:9002 $((AFTER_S + 10)) backend-probe-nofallback
   probe $VIP:9003 $((AFTER_S + 10)) backend-probe-sh
+  /bin/ip netns exec cl lab-flows udp --target $VIP:9053 --clients 24 --interval-ms 200 \
+    --duration-s $((AFTER_S + 10)) --out out/backend-udp.json > out/backend-udp.log 2>&1 &
+  PROBE_PIDS="$PROBE_PIDS $!"
   # Long enough for every probe to have reached the victim before it dies.
   sleep 4
   event "backend fault b2"; kill -9 $(ip netns pids b2)

@@ -9,6 +9,9 @@
 //!   (or why none did): when new connections work again after a fault.
 //! - `http-serve`, `http-load`: a small HTTP/1.1 server and load generator for the data-path
 //!   figures (keep-alive or one connection per request), with the guest's CPU time per request.
+//! - `udp`: clients that each keep one source port and send a datagram every interval, each
+//!   echoed by a `serve --udp-listen` backend that names itself: whether a dead backend's
+//!   clients are moved (UDP flows never end by themselves).
 //! - `now`: the Unix time in milliseconds (busybox `date` has no milliseconds).
 //!
 //! The sequence, stall and report rules are pure, in `shoal_chaos::flows`.
@@ -16,6 +19,7 @@
 mod http;
 mod probe;
 mod stream;
+mod udp;
 mod view;
 
 use anyhow::Context;
@@ -42,8 +46,26 @@ enum Cmd {
         /// host:port to listen on; repeat for several ports.
         #[arg(long, required = true)]
         listen: Vec<SocketAddr>,
+        /// UDP host:port to echo on, each answer prefixed with the name (bind the VIP).
+        #[arg(long)]
+        udp_listen: Vec<SocketAddr>,
         #[arg(long)]
         name: String,
+    },
+    /// UDP clients, each on its own fixed source port, one datagram every interval.
+    Udp {
+        #[arg(long)]
+        target: SocketAddr,
+        #[arg(long, default_value_t = 12)]
+        clients: u16,
+        #[arg(long, default_value_t = 42000)]
+        base_port: u16,
+        #[arg(long, default_value_t = 200)]
+        interval_ms: u64,
+        #[arg(long)]
+        duration_s: u64,
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Long-lived checked connections.
     Run(RunArgs),
@@ -151,7 +173,29 @@ pub(crate) fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Cmd::Serve { listen, name } => stream::serve(listen, name).await,
+        Cmd::Serve {
+            listen,
+            udp_listen,
+            name,
+        } => {
+            for addr in udp_listen {
+                let name = name.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = udp::echo(addr, name).await {
+                        eprintln!("udp echo on {addr}: {e:#}");
+                    }
+                });
+            }
+            stream::serve(listen, name).await
+        }
+        Cmd::Udp {
+            target,
+            clients,
+            base_port,
+            interval_ms,
+            duration_s,
+            out,
+        } => udp::clients(target, clients, base_port, interval_ms, duration_s, &out).await,
         Cmd::Run(args) => stream::run(args).await,
         Cmd::Probe {
             target,
