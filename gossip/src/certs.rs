@@ -94,6 +94,13 @@ impl TlsMaterial {
         Ok(material)
     }
 
+    /// When the node certificate (the first of `node.pem`) stops being valid; `None` when it
+    /// does not parse.
+    pub fn not_after(&self) -> Option<SystemTime> {
+        let parsed = self.parse().ok()?;
+        validity_of(parsed.chain.first()?).map(|(_, not_after)| not_after)
+    }
+
     /// Parses the PEM strings into rustls types.
     pub(crate) fn parse(&self) -> Result<ParsedTls, CertError> {
         Ok(ParsedTls {

@@ -395,6 +395,15 @@ async fn readyz(State(s): State<AdminState>) -> Response {
     let applied = s.reconcile.get().applied;
     let ready = readiness(&s.mesh.role_reason(), head.as_ref(), applied.as_ref())
         .and_then(|why| publisher_ready(s.mesh.stamp_refusal().as_deref()).map(|()| why))
+        .and_then(|why| {
+            match s
+                .mesh
+                .stand_down_reason(crate::tls_reload::EXPIRED_STAND_DOWN)
+            {
+                Some(reason) => Err(reason),
+                None => Ok(why),
+            }
+        })
         .and_then(|why| announce_ready(s.announce.get().as_ref()).map(|()| why));
     match ready {
         Ok(why) => (StatusCode::OK, format!("ready: {why}\n")).into_response(),

@@ -239,6 +239,8 @@ async fn open_dataplane(config: &NodeConfig) -> anyhow::Result<Box<dyn Dataplane
     })
 }
 
+/// The Kubernetes source's cause of standing down (`Mesh::stand_down`).
+const SOURCE_STAND_DOWN: &str = "source";
 const PUBLISH_RETRY: Duration = Duration::from_millis(500);
 
 /// At most one republish (the source's table stamped again because the head is not this
@@ -395,7 +397,7 @@ async fn publisher_duty(
                 source_metrics.stand_downs.inc();
                 let hold = source::kubernetes::api_health::hold_after_give_up(give_ups);
                 tracing::warn!(%reason, hold_s = hold.as_secs(), "standing down from the publisher role");
-                mesh.stand_down(Some(&reason));
+                mesh.stand_down(SOURCE_STAND_DOWN, Some(&reason));
                 hold
             }
         };
@@ -403,7 +405,7 @@ async fn publisher_duty(
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(pause) => {}
         }
-        mesh.stand_down(None);
+        mesh.stand_down(SOURCE_STAND_DOWN, None);
     }
 }
 

@@ -9,14 +9,25 @@
 //! naming another node id) is refused with an error naming the reason, the material in use is
 //! kept, and it is tried again only when the files change again (a writer caught half-way is
 //! retried on its next change).
+//!
+//! The certificate in use is also watched for expiry: once it has expired, peers refuse this
+//! node's handshakes, and a node cut off that way would elect itself publisher of its own
+//! table and call itself ready (an audit). It stands down instead (`Mesh::stand_down`: never
+//! the publisher, not caught up, so not ready and announcing nothing), says why, and takes the
+//! role up again once renewed material is reloaded.
 
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use sha2::{Digest, Sha256};
 use shoal_gossip::{Document, Mesh, TlsMaterial};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
+
+/// This watcher's cause of standing down (`Mesh::stand_down`); `/readyz` and the announce
+/// gate read it (`Mesh::stand_down_reason`): a node its peers refuse is not ready.
+pub const EXPIRED_STAND_DOWN: &str = "certificate";
 
 /// How often the folder is checked.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(5);
@@ -27,6 +38,8 @@ const FILES: [&str; 3] = ["ca.pem", "node.pem", "node.key"];
 pub struct ReloadMetrics {
     pub reloads: Counter,
     pub refusals: Counter,
+    /// When the node certificate in use expires (Unix seconds).
+    pub cert_expiry: Gauge,
 }
 
 impl ReloadMetrics {
@@ -40,6 +53,12 @@ impl ReloadMetrics {
             "shoal_tls_reload_refusals",
             "Changed TLS material refused (the material in use was kept): see the error log",
             self.refusals.clone(),
+        );
+        registry.register(
+            "shoal_tls_cert_expiry_timestamp_seconds",
+            "When this node's certificate in use expires (Unix seconds); past it, peers refuse \
+             the node and it stands down",
+            self.cert_expiry.clone(),
         );
     }
 }
@@ -78,21 +97,73 @@ pub struct Watcher<D: Document> {
     mesh: Mesh<D>,
     seen: [u8; 32],
     metrics: ReloadMetrics,
+    /// When the node certificate in use expires (`None`: unknown).
+    expires: Option<SystemTime>,
+    /// This node stands down because that certificate has expired.
+    expired: bool,
 }
 
 impl<D: Document> Watcher<D> {
+    /// `dir` holds the material the mesh started with.
     pub fn new(dir: &Path, cluster: &str, mesh: Mesh<D>, metrics: ReloadMetrics) -> Self {
-        Watcher {
+        let expires = TlsMaterial::load_dir(dir).ok().and_then(|m| m.not_after());
+        let mut w = Watcher {
             dir: dir.to_path_buf(),
             cluster: cluster.to_string(),
             seen: fingerprint(dir),
             mesh,
             metrics,
+            expires: None,
+            expired: false,
+        };
+        w.set_expiry(expires);
+        w
+    }
+
+    fn set_expiry(&mut self, expires: Option<SystemTime>) {
+        self.expires = expires;
+        let secs = expires
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        self.metrics.cert_expiry.set(secs);
+    }
+
+    /// Stands the node down once the certificate in use has expired at `now`, and up again
+    /// when it has not (renewed material was reloaded). Returns whether it stands down.
+    pub fn check_expiry(&mut self, now: SystemTime) -> bool {
+        let expired_at = self.expires.filter(|t| now > *t);
+        match (expired_at, self.expired) {
+            (Some(at), false) => {
+                let at = time::OffsetDateTime::from(at)
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_else(|_| "an unknown time".into());
+                let reason = format!(
+                    "this node's certificate expired at {at}: peers refuse it; renew {} \
+                     (shoal certs issue)",
+                    self.dir.join("node.pem").display()
+                );
+                tracing::error!(%reason, "standing down from the publisher role");
+                self.mesh.stand_down(EXPIRED_STAND_DOWN, Some(&reason));
+                self.expired = true;
+            }
+            (None, true) => {
+                tracing::info!("the certificate in use is valid again: no longer standing down");
+                self.mesh.stand_down(EXPIRED_STAND_DOWN, None);
+                self.expired = false;
+            }
+            _ => {}
         }
+        self.expired
     }
 
     /// Checks the folder once; reloads when its contents changed since the last check.
     pub fn check(&mut self) -> Outcome {
+        let outcome = self.check_files();
+        self.check_expiry(SystemTime::now());
+        outcome
+    }
+
+    fn check_files(&mut self) -> Outcome {
         let now = fingerprint(&self.dir);
         if now == self.seen {
             return Outcome::Unchanged;
@@ -104,9 +175,13 @@ impl<D: Document> Watcher<D> {
                 Ok(m)
             })
             .map_err(|e| e.to_string())
-            .and_then(|m| self.mesh.reload_tls(&m).map_err(|e| e.to_string()));
+            .and_then(|m| {
+                self.mesh.reload_tls(&m).map_err(|e| e.to_string())?;
+                Ok(m.not_after())
+            });
         match result {
-            Ok(()) => {
+            Ok(expires) => {
+                self.set_expiry(expires);
                 self.metrics.reloads.inc();
                 tracing::info!(dir = %self.dir.display(), "reloaded the TLS material: new handshakes use it, established connections go on");
                 Outcome::Reloaded
@@ -216,6 +291,65 @@ mod tests {
         }
         assert_eq!(metrics.reloads.get(), 2);
         assert_eq!(metrics.refusals.get(), 4);
+        mesh.shutdown().await;
+    }
+
+    /// A certificate that expires while the node runs stands it down (a node cut off by its
+    /// peers' refusals elected itself publisher and said it was ready; an audit), and renewed
+    /// material lifts that.
+    #[tokio::test]
+    async fn an_expired_certificate_in_use_stands_the_node_down_until_renewed() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = create_ca("test").unwrap();
+        write(dir.path(), &issue_node_cert(&ca, "n0").unwrap());
+        let mesh: Mesh<Vec<u8>> = Mesh::start(MeshConfig {
+            node_id: NodeId::new("n0"),
+            cluster_id: "test".into(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            seeds: vec![],
+            security: Security::MutualTls(TlsMaterial::load_dir(dir.path()).unwrap()),
+            metadata: Default::default(),
+            timing: Timing::default(),
+            epoch_file: None,
+            generation_file: None,
+        })
+        .await
+        .unwrap();
+        let metrics = ReloadMetrics::default();
+        let mut w = Watcher::new(dir.path(), "test", mesh.clone(), metrics.clone());
+        let expires = w.expires.expect("the certificate's expiry");
+        assert_eq!(
+            metrics.cert_expiry.get(),
+            expires.duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
+        );
+        let standing_down = |mesh: &Mesh<Vec<u8>>| {
+            mesh.view()
+                .members
+                .iter()
+                .find(|m| m.id.to_string() == "n0")
+                .and_then(|m| m.stand_down.clone())
+        };
+        assert!(!w.check_expiry(SystemTime::now()));
+        assert!(w.check_expiry(expires + Duration::from_secs(1)));
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let reason = loop {
+            if let Some(r) = standing_down(&mesh) {
+                break r;
+            }
+            assert!(std::time::Instant::now() < deadline, "never stood down");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(reason.contains("certificate expired at"), "{reason}");
+        assert!(reason.contains("node.pem"), "{reason}");
+        // Renewed: reloaded, and the node may be elected again.
+        write(dir.path(), &issue_node_cert(&ca, "n0").unwrap());
+        assert_eq!(w.check_files(), Outcome::Reloaded);
+        assert!(!w.check_expiry(SystemTime::now()));
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while standing_down(&mesh).is_some() {
+            assert!(std::time::Instant::now() < deadline, "still standing down");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         mesh.shutdown().await;
     }
 }

@@ -132,6 +132,8 @@ struct State {
     replica: Replica,
     applied: Option<Version>,
     app_keys: BTreeMap<String, String>,
+    /// Why this node passes on the publisher role, by cause (`Mesh::stand_down`).
+    stand_downs: BTreeMap<&'static str, String>,
     /// Per chitchat node: (max_version, live) at the last parse, to skip re-parsing.
     fingerprint: Vec<(ChitchatId, u64, bool)>,
     /// The transport's first-hand set version at the last parse (verification changes views).
@@ -288,6 +290,7 @@ impl<D: Document> Mesh<D> {
                 replica,
                 applied: None,
                 app_keys: BTreeMap::new(),
+                stand_downs: BTreeMap::new(),
                 fingerprint: Vec::new(),
                 first_hand_version: 0,
                 duplicates: Vec::new(),
@@ -468,12 +471,33 @@ impl<D: Document> Mesh<D> {
     }
 
     /// `Some(reason)`: this node passes on the publisher role (the election treats it as not
-    /// caught up) and says why in every view; `None`: it may be elected again.
-    pub fn stand_down(&self, reason: Option<&str>) {
-        self.inner.send(match reason {
-            Some(r) => KvOp::Set(keys::STAND_DOWN.into(), r.to_string()),
+    /// caught up) and says why in every view; `None`: `cause` no longer holds it back. Causes
+    /// are independent (the Kubernetes source's give-up, an expired certificate): the node may
+    /// be elected again only once none holds it back; the view shows every reason.
+    pub fn stand_down(&self, cause: &'static str, reason: Option<&str>) {
+        let joined = {
+            let mut st = lock(&self.inner.state);
+            match reason {
+                Some(r) => st.stand_downs.insert(cause, r.to_string()),
+                None => st.stand_downs.remove(cause),
+            };
+            (!st.stand_downs.is_empty()).then(|| {
+                st.stand_downs
+                    .values()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
+        };
+        self.inner.send(match joined {
+            Some(r) => KvOp::Set(keys::STAND_DOWN.into(), r),
             None => KvOp::Delete(keys::STAND_DOWN.into()),
         });
+    }
+
+    /// Why this node stands down for `cause`, if it does ([`Mesh::stand_down`]).
+    pub fn stand_down_reason(&self, cause: &str) -> Option<String> {
+        lock(&self.inner.state).stand_downs.get(cause).cloned()
     }
 
     pub fn delete_app_key(&self, key: &str) {

@@ -79,7 +79,12 @@ impl Loop {
                         .unwrap_or_else(|p| p.into_inner())
                         .answering(now),
                 has_head: head.is_some(),
-                mesh_caught_up: self.mesh.role() != Role::CatchingUp,
+                // A node whose certificate expired is cut off from its peers' new tables.
+                mesh_caught_up: self.mesh.role() != Role::CatchingUp
+                    && self
+                        .mesh
+                        .stand_down_reason(crate::tls_reload::EXPIRED_STAND_DOWN)
+                        .is_none(),
                 applied_is_head: decide::follows_head(
                     applied_is_head,
                     ready_before,
