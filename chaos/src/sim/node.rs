@@ -301,7 +301,7 @@ impl SimNode {
             // Beyond the reservation, the epoch file is written before the version leaves.
             if let Some(target) = self.replica.epoch_write_before_stamp(version.epoch) {
                 self.epoch_file = self.epoch_file.max(target);
-                self.replica.handle_epoch_persisted(now_ms, target, true);
+                self.replica.handle_epoch_persisted(now_ms, target, Ok(()));
             }
             let ad = HeldAd {
                 version,
@@ -316,7 +316,7 @@ impl SimNode {
             if let Action::ReserveEpoch(target) = action {
                 // A reservation lands at once (a crash loses nothing the core counted on).
                 self.epoch_file = self.epoch_file.max(target);
-                self.replica.handle_epoch_persisted(now_ms, target, true);
+                self.replica.handle_epoch_persisted(now_ms, target, Ok(()));
             }
             if let Action::AbandonFetch(version) = &action {
                 // The real fetch is stopped; its late answers are ignored (`receive`).

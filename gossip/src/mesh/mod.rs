@@ -385,11 +385,15 @@ impl<D: Document> Mesh<D> {
         // Usually covered by the reservation written in the background (`reservation.rs`);
         // written here, under the lock, only when the cluster's epoch jumped past it.
         if let Some(target) = st.replica.epoch_write_before_stamp(version.epoch) {
-            if let Some(file) = &self.inner.epoch_file {
-                lock(file).ensure(target)?;
-            }
             let now_ms = self.inner.now_ms();
-            st.replica.handle_epoch_persisted(now_ms, target, true);
+            if let Some(file) = &self.inner.epoch_file {
+                if let Err(e) = lock(file).ensure(target) {
+                    st.replica
+                        .handle_epoch_persisted(now_ms, target, Err(e.to_string()));
+                    return Err(e);
+                }
+            }
+            st.replica.handle_epoch_persisted(now_ms, target, Ok(()));
         }
         let ad = HeldAd {
             version: version.clone(),

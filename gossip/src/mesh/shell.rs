@@ -152,7 +152,7 @@ impl<D: Document> Inner<D> {
                     // Nothing persists across restarts: every epoch counts as reserved.
                     None => st
                         .replica
-                        .handle_epoch_persisted(self.now_ms(), target, true),
+                        .handle_epoch_persisted(self.now_ms(), target, Ok(())),
                 },
             }
         }
@@ -402,17 +402,18 @@ async fn reserve_epoch<D: Document>(
 ) {
     let started = Instant::now();
     let written = tokio::task::spawn_blocking(move || lock(&file).ensure(target)).await;
-    let ok = match written {
-        Ok(Ok(())) => true,
+    let result = match written {
+        Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => {
             warn!(error = %e, target, "could not reserve epochs in the epoch file; trying again");
-            false
+            Err(e.to_string())
         }
         Err(e) => {
             warn!(error = %e, "the epoch file writer did not finish");
-            false
+            Err(e.to_string())
         }
     };
+    let ok = result.is_ok();
     debug!(
         target,
         ok,
@@ -422,5 +423,5 @@ async fn reserve_epoch<D: Document>(
     let now_ms = inner.now_ms();
     lock(&inner.state)
         .replica
-        .handle_epoch_persisted(now_ms, target, ok);
+        .handle_epoch_persisted(now_ms, target, result);
 }

@@ -205,6 +205,8 @@ pub struct Replica {
     /// A reservation on its way to disk, and when to try again after a failed one.
     reserving: Option<u64>,
     reserve_retry_at_ms: Option<u64>,
+    /// The last write of the epoch file failed with this (cleared by a write that succeeds).
+    reserve_error: Option<String>,
     held: Option<HeldAd>,
     seed_addrs: Vec<Vec<SocketAddr>>,
     /// Members as last reported (self included once a tick ran), `alive` as judged here.
@@ -254,6 +256,7 @@ impl Replica {
             reserved: epoch_floor,
             reserving: None,
             reserve_retry_at_ms: None,
+            reserve_error: None,
             held: None,
             seed_addrs: Vec::new(),
             members: Vec::new(),

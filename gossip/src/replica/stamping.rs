@@ -45,9 +45,18 @@ impl Replica {
 
     /// Why this publisher cannot stamp a new document, if it cannot (every epoch above the
     /// head is used): a readiness reason, since its source's tables can no longer spread.
+    /// Also when its next stamp needs an epoch the epoch file does not hold yet and the last
+    /// write to that file failed (`--state-dir` unwritable): it would never publish, and every
+    /// other surface still showed the old head as applied (an audit).
     pub fn stamp_refusal(&self) -> Option<String> {
         match self.plan_stamp("") {
             Err(StampRefused::EpochsExhausted(e)) => Some(e.to_string()),
+            Ok(Stamp::New(version)) => {
+                let target = self.epoch_write_before_stamp(version.epoch)?;
+                self.reserve_error.as_ref().map(|e| {
+                    format!("cannot write epoch {target} to the epoch file (--state-dir): {e}")
+                })
+            }
             _ => None,
         }
     }
@@ -59,15 +68,26 @@ impl Replica {
         reservation::write_before_stamp(self.reserved, epoch)
     }
 
-    /// The epoch file now holds `target` (`ok`), or writing it failed (tried again in 1 s).
-    pub fn handle_epoch_persisted(&mut self, now_ms: u64, target: u64, ok: bool) {
+    /// The epoch file now holds `target` (`Ok`), or writing it failed (tried again in 1 s;
+    /// the error is kept for [`Replica::stamp_refusal`] until a write succeeds).
+    pub fn handle_epoch_persisted(
+        &mut self,
+        now_ms: u64,
+        target: u64,
+        written: Result<(), String>,
+    ) {
         if self.reserving == Some(target) {
             self.reserving = None;
         }
-        if ok {
-            self.reserved = self.reserved.max(target);
-        } else {
-            self.reserve_retry_at_ms = Some(now_ms + RESERVE_RETRY_MS);
+        match written {
+            Ok(()) => {
+                self.reserved = self.reserved.max(target);
+                self.reserve_error = None;
+            }
+            Err(e) => {
+                self.reserve_retry_at_ms = Some(now_ms + RESERVE_RETRY_MS);
+                self.reserve_error = Some(e);
+            }
         }
     }
 

@@ -88,7 +88,7 @@ fn drain(r: &mut Replica) -> Vec<Action> {
     let mut out = Vec::new();
     while let Some(action) = r.poll_action() {
         match action {
-            Action::ReserveEpoch(target) => r.handle_epoch_persisted(0, target, true),
+            Action::ReserveEpoch(target) => r.handle_epoch_persisted(0, target, Ok(())),
             other => out.push(other),
         }
     }
@@ -115,7 +115,7 @@ fn a_new_terms_first_stamp_is_covered_by_a_reservation_made_while_following() {
     // One write at a time: while it is on its way, nothing more is asked.
     r.handle_tick(110, 110);
     assert_eq!(reservations(&mut r), Vec::<u64>::new());
-    r.handle_epoch_persisted(120, 8 + AHEAD, true);
+    r.handle_epoch_persisted(120, 8 + AHEAD, Ok(()));
     // Follow the head, then n1 dies: n2 takes over and its first stamp (a new epoch) needs no
     // write on the stamp path.
     assert!(r.handle_offer(&ad(8, 3, "n1")));
@@ -142,7 +142,11 @@ fn a_new_terms_first_stamp_is_covered_by_a_reservation_made_while_following() {
         vec![8 + AHEAD - LOW_WATER + 1 + AHEAD]
     );
     // A failed write is tried again after a second, not on every tick.
-    r.handle_epoch_persisted(910, 8 + AHEAD - LOW_WATER + 1 + AHEAD, false);
+    r.handle_epoch_persisted(
+        910,
+        8 + AHEAD - LOW_WATER + 1 + AHEAD,
+        Err("read-only".into()),
+    );
     r.handle_tick(920, 920);
     assert_eq!(reservations(&mut r), Vec::<u64>::new());
     r.handle_tick(1_910, 1_910);
@@ -152,6 +156,38 @@ fn a_new_terms_first_stamp_is_covered_by_a_reservation_made_while_following() {
         r.epoch_write_before_stamp(8 + AHEAD + 1),
         Some(8 + 2 * AHEAD + 1)
     );
+}
+
+/// A publisher whose next stamp needs an epoch the file does not hold, while the file cannot be
+/// written (`--state-dir` turned into a file), says so: a readiness reason. It published nothing
+/// and every surface looked healthy (an audit).
+#[test]
+fn a_publisher_that_cannot_write_its_epoch_file_says_why() {
+    let mut r = replica("n1", 1, 0, 7);
+    r.handle_tick(100, 100);
+    r.handle_tick(700, 700);
+    assert_eq!(r.role(), Role::Publisher);
+    let Ok(Stamp::New(v)) = r.plan_stamp("x") else {
+        panic!("no stamp")
+    };
+    let Some(target) = r.epoch_write_before_stamp(v.epoch) else {
+        panic!(
+            "epoch {} should need a write of the file (floor 7)",
+            v.epoch
+        )
+    };
+    assert_eq!(r.stamp_refusal(), None, "no write has failed yet");
+    for t in reservations(&mut r) {
+        r.handle_epoch_persisted(700, t, Err("Not a directory (os error 20)".into()));
+    }
+    r.handle_epoch_persisted(710, target, Err("Not a directory (os error 20)".into()));
+    let why = r.stamp_refusal().expect("a readiness reason");
+    assert!(
+        why.contains("epoch file") && why.contains("Not a directory"),
+        "{why}"
+    );
+    r.handle_epoch_persisted(720, target, Ok(()));
+    assert_eq!(r.stamp_refusal(), None, "a write that succeeds clears it");
 }
 
 #[test]

@@ -26,7 +26,7 @@ fn stamp(r: &mut Replica, digest: &str) -> Version {
         other => panic!("no new stamp: {other:?}"),
     };
     if let Some(target) = r.epoch_write_before_stamp(version.epoch) {
-        r.handle_epoch_persisted(0, target, true);
+        r.handle_epoch_persisted(0, target, Ok(()));
     }
     r.commit_stamp(HeldAd {
         version: version.clone(),
@@ -175,7 +175,7 @@ proptest! {
         match r.plan_stamp("b") {
             Ok(Stamp::New(v)) => {
                 if let Some(target) = r.epoch_write_before_stamp(v.epoch) {
-                    r.handle_epoch_persisted(0, target, true);
+                    r.handle_epoch_persisted(0, target, Ok(()));
                 }
                 r.commit_stamp(HeldAd { version: v.clone(), digest: "b".into(), size_bytes: 1 }).unwrap();
                 prop_assert!(Some(&v) > before.as_ref().map(|h| &h.version));
