@@ -354,6 +354,7 @@ async fn publisher_duty(
                     Ok(version) => {
                         metrics.publishes.inc();
                         publish_error = None;
+                        status.record_publish(None);
                         tracing::info!(%version, services, "published");
                     }
                     Err(e) => {
@@ -365,6 +366,10 @@ async fn publisher_duty(
                         } else {
                             tracing::debug!(error = %message, "publish failed again; will retry");
                         }
+                        // Shown in /v1/node and gossiped as the source's problem, so every
+                        // node's status says why the head stands still (an audit found only
+                        // this log line).
+                        status.record_publish(Some(message.clone()));
                         publish_error = Some(message);
                         pending = tables.borrow().clone();
                     }
@@ -372,6 +377,7 @@ async fn publisher_duty(
             }
         }
         duty.cancel();
+        status.record_publish(None);
         // Only the publisher's problem is the cluster's; a later publisher shares its own.
         if shared_error.is_some() {
             mesh.delete_app_key(source::ERROR_KEY);

@@ -31,6 +31,9 @@ pub struct SourceState {
     pub last_error: Option<String>,
     /// Unix time (ms) of the last table the source produced.
     pub last_table_unix_ms: Option<u64>,
+    /// Why the source's last table could not be published (the mesh refused to stamp it:
+    /// the epoch file cannot be written, say); `null` once one is.
+    pub publish_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -64,6 +67,10 @@ impl SourceStatus {
         s.last_error = None;
         s.last_table_unix_ms = Some(crate::unix_ms());
     }
+    /// The last publish failed with `error`, or (`None`) succeeded.
+    pub fn record_publish(&self, error: Option<String>) {
+        self.lock().publish_error = error;
+    }
     /// A table was produced while part of the input still fails (one watched kind of the
     /// Kubernetes source): the problem stays shown, for it is why the table may be stale.
     pub fn record_table_despite_error(&self) {
@@ -72,11 +79,17 @@ impl SourceStatus {
     /// Gossips the source's current problem (or its end) when it changed since `shared`, the
     /// last one gossiped.
     pub fn share_error(&self, mesh: &shoal_gossip::Mesh<RuleTable>, shared: &mut Option<String>) {
-        let now = self
-            .lock()
-            .last_error
-            .as_ref()
-            .map(|e| e.chars().take(SHARED_ERROR_CHARS).collect::<String>());
+        let now = {
+            let s = self.lock();
+            let publish = s
+                .publish_error
+                .as_ref()
+                .map(|e| format!("cannot publish: {e}"));
+            s.last_error
+                .clone()
+                .or(publish)
+                .map(|e| e.chars().take(SHARED_ERROR_CHARS).collect::<String>())
+        };
         if now == *shared {
             return;
         }
