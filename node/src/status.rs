@@ -149,10 +149,16 @@ impl ClusterStatus {
         );
         let _ = writeln!(out, "head:        {head}");
         if let Some(e) = &self.source_error {
-            let _ = writeln!(
-                out,
-                "source:      input rejected, last good table kept: {e}"
-            );
+            // A refused stamp is not the input's fault; and with no head there is no good
+            // table to keep (an audit read both as wrong).
+            let what = if e.starts_with(crate::source::PUBLISH_ERROR_PREFIX) {
+                "the head stands still"
+            } else if self.head.is_none() {
+                "input rejected, no table yet"
+            } else {
+                "input rejected, last good table kept"
+            };
+            let _ = writeln!(out, "source:      {what}: {e}");
         }
         let _ = writeln!(out);
         let head_version = self.head_version();
@@ -389,13 +395,56 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("203.0.113.30 (draining)"), "{text}");
+        // No head yet: no good table to keep (an audit).
         assert!(
-            text.contains("input rejected, last good table kept: rules.toml: line 4"),
+            text.contains("input rejected, no table yet: rules.toml: line 4"),
             "{text}"
         );
         let back: ClusterStatus =
             serde_json::from_str(&serde_json::to_string(&status).unwrap()).unwrap();
         assert_eq!(back.members[0].announce, status.members[0].announce);
+    }
+
+    #[test]
+    fn status_tells_a_rejected_input_from_a_refused_stamp() {
+        let report = || {
+            serde_json::from_value::<crate::announce::Report>(serde_json::json!({
+                "mode": "bgp", "readiness": "ready", "announced": []
+            }))
+            .unwrap()
+        };
+        let mut status = one_member(report(), Some("rules.toml: line 4: bad"));
+        status.head = Some(Head {
+            epoch: 3,
+            seq: 1,
+            origin: "n1".into(),
+            digest: "ab".repeat(32),
+            size_bytes: 10,
+            holders: vec![],
+        });
+        let text = status.render();
+        assert!(
+            text.contains("source:      input rejected, last good table kept: rules.toml"),
+            "{text}"
+        );
+        let mut status = one_member(
+            report(),
+            Some("cannot publish: cannot record the stamped epoch in /s/epoch: Not a directory"),
+        );
+        status.head = Some(Head {
+            epoch: 3,
+            seq: 1,
+            origin: "n1".into(),
+            digest: "ab".repeat(32),
+            size_bytes: 10,
+            holders: vec![],
+        });
+        let text = status.render();
+        assert!(
+            text.contains("source:      the head stands still: cannot publish: cannot record"),
+            "{text}"
+        );
+        assert!(!text.contains("input rejected"), "{text}");
     }
 
     #[test]

@@ -19,6 +19,8 @@ use tokio_util::sync::CancellationToken;
 /// The application key under which the publisher gossips its source's current problem, so
 /// that every node's `/v1/cluster` and `shoal status` say why the head stands still.
 pub const ERROR_KEY: &str = "source_error";
+/// How a publish failure starts when it is gossiped as the source's problem.
+pub const PUBLISH_ERROR_PREFIX: &str = "cannot publish: ";
 /// The most of a problem's message that is gossiped (a rules error names a line and a field).
 const SHARED_ERROR_CHARS: usize = 512;
 
