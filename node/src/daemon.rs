@@ -53,6 +53,19 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     // Before anything else that lasts: a second node on the same folder is refused here.
     let state = state_dir(&config)?;
 
+    // Only the publisher reads the rules file, so a follower given a wrong path started
+    // quietly and the mistake showed only at a failover (an audit). Not fatal: the file may
+    // be written after the start (a config management run), as a first node's may.
+    if let Source::Static { rules } = &config.source {
+        if let Err(e) = std::fs::metadata(rules) {
+            tracing::warn!(
+                path = %rules.display(),
+                error = %e,
+                "cannot read the rules file: this node would publish nothing if it became the publisher"
+            );
+        }
+    }
+
     crate::announce::preflight_at(&config.announce, Some(config.listen))?;
     let admin_listener = admin::bind(config.admin)?;
     let dataplane = open_dataplane(&config).await?;
