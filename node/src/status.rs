@@ -167,6 +167,9 @@ impl ClusterStatus {
             .iter()
             .map(|m| {
                 let applied = match (&m.applied, &head_version) {
+                    // What it applied before it died: applies nothing now (an audit read a
+                    // dead member's "(head)" as healthy).
+                    (Some(a), _) if !m.alive => format!("{a} (when last seen)"),
                     (Some(a), Some(h)) if a == h => format!("{a} (head)"),
                     (Some(a), _) => format!("{a} (behind)"),
                     (None, _) => "-".to_string(),
@@ -483,8 +486,24 @@ mod tests {
         dead.id = "n0".into();
         dead.alive = false;
         dead.role = "follower".into();
+        // What it applied before it died, the head: not shown as "(head)", which read healthy.
+        let head = VersionRef {
+            epoch: 4,
+            seq: 1,
+            origin: "n1".into(),
+        };
+        dead.applied = Some(head.clone());
         status.members.insert(0, dead);
+        status.head = Some(Head {
+            epoch: 4,
+            seq: 1,
+            origin: "n1".into(),
+            digest: "ab".repeat(32),
+            size_bytes: 10,
+            holders: vec![],
+        });
         let text = status.render();
+        assert!(text.contains("4.1@n1 (when last seen)"), "{text}");
         let row = |id: &str| {
             text.lines()
                 .find(|l| l.starts_with(&format!("{id} ")))
