@@ -408,6 +408,18 @@ mod tests {
         assert_eq!(back.members[0].announce, status.members[0].announce);
     }
 
+    /// A head `epoch.1@n1`.
+    fn head_at(epoch: u64) -> Head {
+        Head {
+            epoch,
+            seq: 1,
+            origin: "n1".into(),
+            digest: "ab".repeat(32),
+            size_bytes: 10,
+            holders: vec![],
+        }
+    }
+
     #[test]
     fn status_tells_a_rejected_input_from_a_refused_stamp() {
         let report = || {
@@ -417,14 +429,7 @@ mod tests {
             .unwrap()
         };
         let mut status = one_member(report(), Some("rules.toml: line 4: bad"));
-        status.head = Some(Head {
-            epoch: 3,
-            seq: 1,
-            origin: "n1".into(),
-            digest: "ab".repeat(32),
-            size_bytes: 10,
-            holders: vec![],
-        });
+        status.head = Some(head_at(3));
         let text = status.render();
         assert!(
             text.contains("source:      input rejected, last good table kept: rules.toml"),
@@ -434,14 +439,7 @@ mod tests {
             report(),
             Some("cannot publish: cannot record the stamped epoch in /s/epoch: Not a directory"),
         );
-        status.head = Some(Head {
-            epoch: 3,
-            seq: 1,
-            origin: "n1".into(),
-            digest: "ab".repeat(32),
-            size_bytes: 10,
-            holders: vec![],
-        });
+        status.head = Some(head_at(3));
         let text = status.render();
         assert!(
             text.contains("source:      the head stands still: cannot publish: cannot record"),
@@ -494,14 +492,7 @@ mod tests {
         };
         dead.applied = Some(head.clone());
         status.members.insert(0, dead);
-        status.head = Some(Head {
-            epoch: 4,
-            seq: 1,
-            origin: "n1".into(),
-            digest: "ab".repeat(32),
-            size_bytes: 10,
-            holders: vec![],
-        });
+        status.head = Some(head_at(4));
         let text = status.render();
         assert!(text.contains("4.1@n1 (when last seen)"), "{text}");
         let row = |id: &str| {

@@ -230,25 +230,30 @@ mod tests {
         std::fs::write(dir.join("node.key"), &m.key_pem).unwrap();
     }
 
-    #[tokio::test]
-    async fn changed_files_reload_bad_ones_are_refused_and_retried_on_change() {
-        let dir = tempfile::tempdir().unwrap();
-        let ca = create_ca("test").unwrap();
-        let first = issue_node_cert(&ca, "n0").unwrap();
-        write(dir.path(), &first);
-        let mesh: Mesh<Vec<u8>> = Mesh::start(MeshConfig {
+    /// A mesh of one, node `n0` of cluster `test`, with the material in `dir`.
+    async fn start_mesh(dir: &Path) -> Mesh<Vec<u8>> {
+        Mesh::start(MeshConfig {
             node_id: NodeId::new("n0"),
             cluster_id: "test".into(),
             listen: "127.0.0.1:0".parse().unwrap(),
             seeds: vec![],
-            security: Security::MutualTls(TlsMaterial::load_dir(dir.path()).unwrap()),
+            security: Security::MutualTls(TlsMaterial::load_dir(dir).unwrap()),
             metadata: Default::default(),
             timing: Timing::default(),
             epoch_file: None,
             generation_file: None,
         })
         .await
-        .unwrap();
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn changed_files_reload_bad_ones_are_refused_and_retried_on_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = create_ca("test").unwrap();
+        let first = issue_node_cert(&ca, "n0").unwrap();
+        write(dir.path(), &first);
+        let mesh = start_mesh(dir.path()).await;
         let metrics = ReloadMetrics::default();
         let mut w = Watcher::new(dir.path(), "test", mesh.clone(), metrics.clone());
         assert_eq!(w.check(), Outcome::Unchanged);
@@ -302,19 +307,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ca = create_ca("test").unwrap();
         write(dir.path(), &issue_node_cert(&ca, "n0").unwrap());
-        let mesh: Mesh<Vec<u8>> = Mesh::start(MeshConfig {
-            node_id: NodeId::new("n0"),
-            cluster_id: "test".into(),
-            listen: "127.0.0.1:0".parse().unwrap(),
-            seeds: vec![],
-            security: Security::MutualTls(TlsMaterial::load_dir(dir.path()).unwrap()),
-            metadata: Default::default(),
-            timing: Timing::default(),
-            epoch_file: None,
-            generation_file: None,
-        })
-        .await
-        .unwrap();
+        let mesh = start_mesh(dir.path()).await;
         let metrics = ReloadMetrics::default();
         let mut w = Watcher::new(dir.path(), "test", mesh.clone(), metrics.clone());
         let expires = w.expires.expect("the certificate's expiry");
