@@ -113,6 +113,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let tls_reloads = crate::tls_reload::ReloadMetrics::default();
     tls_reloads.register(&mut registry);
     if let Some(dir) = &config.tls_dir {
+        tls_reloads.register_expiry(&mut registry);
         let watcher =
             crate::tls_reload::Watcher::new(dir, &config.cluster, mesh.clone(), tls_reloads);
         tokio::spawn(watcher.run(crate::tls_reload::POLL_INTERVAL, cancel.child_token()));

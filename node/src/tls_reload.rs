@@ -54,6 +54,10 @@ impl ReloadMetrics {
             "Changed TLS material refused (the material in use was kept): see the error log",
             self.refusals.clone(),
         );
+    }
+
+    /// Only where a certificate is in use (`--tls-dir`): a 0 would read as long expired.
+    pub fn register_expiry(&self, registry: &mut Registry) {
         registry.register(
             "shoal_tls_cert_expiry_timestamp_seconds",
             "When this node's certificate in use expires (Unix seconds); past it, peers refuse \
