@@ -339,14 +339,20 @@ async fn cluster(State(s): State<AdminState>) -> Json<ClusterStatus> {
     for m in &mut status.members {
         m.announce = reports.remove(&m.id);
     }
-    status.source_error = status.publisher.as_ref().and_then(|publisher| {
-        s.mesh
-            .app_keys(crate::source::ERROR_KEY)
-            .into_iter()
-            .find(|(id, key, _)| key == crate::source::ERROR_KEY && id.to_string() == *publisher)
-            .map(|(_, _, error)| error)
-    });
+    status.source_error = publisher_source_error(&s.mesh, status.publisher.as_deref());
     Json(status)
+}
+
+/// The problem the publisher gossips with its source's input, if any.
+fn publisher_source_error(
+    mesh: &shoal_gossip::Mesh<crate::table::RuleTable>,
+    publisher: Option<&str>,
+) -> Option<String> {
+    let publisher = publisher?;
+    mesh.app_keys(crate::source::ERROR_KEY)
+        .into_iter()
+        .find(|(id, key, _)| key == crate::source::ERROR_KEY && id.to_string() == publisher)
+        .map(|(_, _, error)| error)
 }
 
 #[derive(Serialize)]
@@ -394,6 +400,23 @@ async fn readyz(State(s): State<AdminState>) -> Response {
     let head = s.mesh.current().map(|h| VersionRef::from(&h.version));
     let applied = s.reconcile.get().applied;
     let ready = readiness(&s.mesh.role_reason(), head.as_ref(), applied.as_ref())
+        .map_err(|why| match head {
+            // No table yet because the publisher rejects its input: say so here too (an audit
+            // found the reason only in `shoal status`).
+            None => match publisher_source_error(
+                &s.mesh,
+                s.mesh
+                    .view()
+                    .publisher
+                    .as_ref()
+                    .map(|p| p.to_string())
+                    .as_deref(),
+            ) {
+                Some(e) => format!("{why}: the publisher's input is rejected: {e}"),
+                None => why,
+            },
+            Some(_) => why,
+        })
         .and_then(|why| publisher_ready(s.mesh.stamp_refusal().as_deref()).map(|()| why))
         .and_then(|why| {
             match s

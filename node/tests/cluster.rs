@@ -194,11 +194,13 @@ fn readyz_is_200_only_once_the_head_is_applied() {
     c.kill9(0);
     std::fs::remove_file(&c.rules).unwrap();
     c.spawn(0);
-    let (code, body) = c.wait_for(CONVERGE, "readyz answers", || {
+    let (code, body) = c.wait_for(CONVERGE, "readyz says why there is no table", || {
         http_get(c.nodes[0].admin, "/readyz")
+            .filter(|(_, body)| body.contains("the publisher's input is rejected"))
     });
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("no rule table"), "{body}");
+    assert!(body.contains("rules"), "{body}");
     write_rules(&c.rules, &rules(3));
     c.wait_for(CONVERGE, "ready once the rules appear", || {
         let (code, _) = http_get(c.nodes[0].admin, "/readyz")?;
