@@ -253,8 +253,31 @@ async fn open_dataplane(config: &NodeConfig) -> anyhow::Result<Box<dyn Dataplane
     })
 }
 
-/// The Kubernetes source's cause of standing down (`Mesh::stand_down`).
+/// The publisher duty's cause of standing down (`Mesh::stand_down`): its Kubernetes source
+/// cannot use the API server, or it cannot write its epoch file.
 const SOURCE_STAND_DOWN: &str = "source";
+/// How long a publisher may fail to write its epoch file before it stands down, so another
+/// node publishes (an unwritable state folder kept the role and published nothing; an audit).
+const PUBLISH_GIVE_UP: Duration = Duration::from_secs(10);
+
+/// Since when the publishes have failed for the epoch file (time as an argument).
+#[derive(Debug, Default)]
+struct EpochFileFailing {
+    since: Option<tokio::time::Instant>,
+}
+
+impl EpochFileFailing {
+    /// Notes a failed publish; true once the epoch file has failed every publish for
+    /// `PUBLISH_GIVE_UP`. Other failures (a document too large, the role moving) are not this
+    /// node's storage and would fail on any publisher: they reset nothing and give up nothing.
+    fn gives_up(&mut self, error: &shoal_gossip::PublishError, now: tokio::time::Instant) -> bool {
+        if !matches!(error, shoal_gossip::PublishError::EpochFile { .. }) {
+            return false;
+        }
+        let since = *self.since.get_or_insert(now);
+        now.saturating_duration_since(since) >= PUBLISH_GIVE_UP
+    }
+}
 const PUBLISH_RETRY: Duration = Duration::from_millis(500);
 
 /// At most one republish (the source's table stamped again because the head is not this
@@ -323,7 +346,12 @@ async fn publisher_duty(
         let mut heads = mesh.subscribe();
         let mut republish = RepublishGate::default();
         let mut publish_error: Option<String> = None;
+        let mut epoch_file_failing = EpochFileFailing::default();
+        let mut gave_up: Option<String> = None;
         loop {
+            if gave_up.is_some() {
+                break;
+            }
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 r = roles.changed() => {
@@ -368,10 +396,18 @@ async fn publisher_duty(
                     Ok(version) => {
                         metrics.publishes.inc();
                         publish_error = None;
+                        epoch_file_failing = EpochFileFailing::default();
                         status.record_publish(None);
                         tracing::info!(%version, services, "published");
                     }
                     Err(e) => {
+                        let now = tokio::time::Instant::now();
+                        if epoch_file_failing.gives_up(&e, now) {
+                            gave_up = Some(format!(
+                                "this node cannot publish for {} s: {e}",
+                                PUBLISH_GIVE_UP.as_secs()
+                            ));
+                        }
                         // Retried at the next wake (every PUBLISH_RETRY at least); the same
                         // error is logged once, not at every retry.
                         let message = e.to_string();
@@ -396,9 +432,15 @@ async fn publisher_duty(
         if shared_error.is_some() {
             mesh.delete_app_key(source::ERROR_KEY);
         }
-        let exit = task.await.unwrap_or(SourceExit::Stopped);
+        let mut exit = task.await.unwrap_or(SourceExit::Stopped);
         if cancel.is_cancelled() {
             return;
+        }
+        // Standing down for the epoch file is not the API server's doing: not counted in
+        // `shoal_kubernetes_stand_downs_total`, held as long as a source's give-up.
+        let storage = gave_up.is_some();
+        if let Some(reason) = gave_up {
+            exit = SourceExit::GaveUp(reason);
         }
         // A failing source restarts after a backoff; one that cannot reach its API server
         // passes the role on for a while (longer each time in a row) so the next node tries.
@@ -414,7 +456,9 @@ async fn publisher_duty(
             }
             SourceExit::GaveUp(reason) => {
                 give_ups += 1;
-                source_metrics.stand_downs.inc();
+                if !storage {
+                    source_metrics.stand_downs.inc();
+                }
                 let hold = source::kubernetes::api_health::hold_after_give_up(give_ups);
                 tracing::warn!(%reason, hold_s = hold.as_secs(), "standing down from the publisher role");
                 mesh.stand_down(SOURCE_STAND_DOWN, Some(&reason));
@@ -492,5 +536,26 @@ mod tests {
             .count();
         // 20 s of a wake every ms: one per interval.
         assert_eq!(allowed as u128, 20_000 / MIN_REPUBLISH_INTERVAL.as_millis());
+    }
+
+    /// A publisher whose epoch file fails every publish for `PUBLISH_GIVE_UP` stands down (an
+    /// audit: it kept the role and published nothing); other failures never make it give up.
+    #[test]
+    fn only_a_lasting_epoch_file_failure_gives_the_role_up() {
+        let start = tokio::time::Instant::now();
+        let epoch_file = shoal_gossip::PublishError::EpochFile {
+            path: "/state/epoch".into(),
+            detail: "Not a directory (os error 20)".into(),
+        };
+        let too_large = shoal_gossip::PublishError::TooLarge {
+            size_bytes: 2,
+            max_bytes: 1,
+        };
+        let mut failing = EpochFileFailing::default();
+        assert!(!failing.gives_up(&too_large, start + PUBLISH_GIVE_UP * 5));
+        assert!(!failing.gives_up(&epoch_file, start));
+        assert!(!failing.gives_up(&epoch_file, start + PUBLISH_GIVE_UP / 2));
+        assert!(!failing.gives_up(&too_large, start + PUBLISH_GIVE_UP * 2));
+        assert!(failing.gives_up(&epoch_file, start + PUBLISH_GIVE_UP));
     }
 }
