@@ -338,10 +338,7 @@ impl Runner {
             let evaluated = evaluate(table, &live, self.k, &opinions, &current);
             let next = verdicts_of(&evaluated);
             let now_ms = unix_ms();
-            let down = evaluated
-                .iter()
-                .filter(|v| v.verdict == Verdict::Down)
-                .count();
+            let down = next.down().count();
             self.metrics.set_backends(evaluated.len() - down, down);
             let mut judged = BTreeSet::new();
             let mut changes = 0usize;
