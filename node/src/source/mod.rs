@@ -86,7 +86,7 @@ impl SourceStatus {
             let publish = s
                 .publish_error
                 .as_ref()
-                .map(|e| format!("cannot publish: {e}"));
+                .map(|e| format!("{PUBLISH_ERROR_PREFIX}{e}"));
             s.last_error
                 .clone()
                 .or(publish)
