@@ -343,6 +343,16 @@ async fn cluster(State(s): State<AdminState>) -> Json<ClusterStatus> {
     Json(status)
 }
 
+/// `why` there is no table yet, and when the publisher rejects its input, that input's error
+/// (an audit found the reason only in `shoal status`).
+fn with_rejected_input(mesh: &shoal_gossip::Mesh<crate::table::RuleTable>, why: String) -> String {
+    let publisher = mesh.view().publisher.map(|p| p.to_string());
+    match publisher_source_error(mesh, publisher.as_deref()) {
+        Some(e) => format!("{why}: the publisher's input is rejected: {e}"),
+        None => why,
+    }
+}
+
 /// The problem the publisher gossips with its source's input, if any.
 fn publisher_source_error(
     mesh: &shoal_gossip::Mesh<crate::table::RuleTable>,
@@ -401,32 +411,11 @@ async fn readyz(State(s): State<AdminState>) -> Response {
     let applied = s.reconcile.get().applied;
     let ready = readiness(&s.mesh.role_reason(), head.as_ref(), applied.as_ref())
         .map_err(|why| match head {
-            // No table yet because the publisher rejects its input: say so here too (an audit
-            // found the reason only in `shoal status`).
-            None => match publisher_source_error(
-                &s.mesh,
-                s.mesh
-                    .view()
-                    .publisher
-                    .as_ref()
-                    .map(|p| p.to_string())
-                    .as_deref(),
-            ) {
-                Some(e) => format!("{why}: the publisher's input is rejected: {e}"),
-                None => why,
-            },
+            None => with_rejected_input(&s.mesh, why),
             Some(_) => why,
         })
         .and_then(|why| publisher_ready(s.mesh.stamp_refusal().as_deref()).map(|()| why))
-        .and_then(|why| {
-            match s
-                .mesh
-                .stand_down_reason(crate::tls_reload::EXPIRED_STAND_DOWN)
-            {
-                Some(reason) => Err(reason),
-                None => Ok(why),
-            }
-        })
+        .and_then(|why| crate::tls_reload::expired(&s.mesh).map_or(Ok(why), Err))
         .and_then(|why| announce_ready(s.announce.get().as_ref()).map(|()| why));
     match ready {
         Ok(why) => (StatusCode::OK, format!("ready: {why}\n")).into_response(),

@@ -26,8 +26,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 
 /// This watcher's cause of standing down (`Mesh::stand_down`); `/readyz` and the announce
-/// gate read it (`Mesh::stand_down_reason`): a node its peers refuse is not ready.
-pub const EXPIRED_STAND_DOWN: &str = "certificate";
+/// gate read it ([`expired`]): a node its peers refuse is not ready.
+const EXPIRED_STAND_DOWN: &str = "certificate";
+
+/// Why this node stands down for its expired certificate, if it does: what `/readyz` and the
+/// announce gate ask.
+pub fn expired<D: Document>(mesh: &Mesh<D>) -> Option<String> {
+    mesh.stand_down_reason(EXPIRED_STAND_DOWN)
+}
 
 /// How often the folder is checked.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(5);
@@ -103,8 +109,6 @@ pub struct Watcher<D: Document> {
     metrics: ReloadMetrics,
     /// When the node certificate in use expires (`None`: unknown).
     expires: Option<SystemTime>,
-    /// This node stands down because that certificate has expired.
-    expired: bool,
 }
 
 impl<D: Document> Watcher<D> {
@@ -118,7 +122,6 @@ impl<D: Document> Watcher<D> {
             mesh,
             metrics,
             expires: None,
-            expired: false,
         };
         w.set_expiry(expires);
         w
@@ -136,7 +139,8 @@ impl<D: Document> Watcher<D> {
     /// when it has not (renewed material was reloaded). Returns whether it stands down.
     pub fn check_expiry(&mut self, now: SystemTime) -> bool {
         let expired_at = self.expires.filter(|t| now > *t);
-        match (expired_at, self.expired) {
+        let standing_down = expired(&self.mesh).is_some();
+        match (expired_at, standing_down) {
             (Some(at), false) => {
                 let at = time::OffsetDateTime::from(at)
                     .format(&time::format_description::well_known::Rfc3339)
@@ -148,16 +152,14 @@ impl<D: Document> Watcher<D> {
                 );
                 tracing::error!(%reason, "standing down from the publisher role");
                 self.mesh.stand_down(EXPIRED_STAND_DOWN, Some(&reason));
-                self.expired = true;
             }
             (None, true) => {
                 tracing::info!("the certificate in use is valid again: no longer standing down");
                 self.mesh.stand_down(EXPIRED_STAND_DOWN, None);
-                self.expired = false;
             }
             _ => {}
         }
-        self.expired
+        expired_at.is_some()
     }
 
     /// Checks the folder once; reloads when its contents changed since the last check.

@@ -81,10 +81,7 @@ impl Loop {
                 has_head: head.is_some(),
                 // A node whose certificate expired is cut off from its peers' new tables.
                 mesh_caught_up: self.mesh.role() != Role::CatchingUp
-                    && self
-                        .mesh
-                        .stand_down_reason(crate::tls_reload::EXPIRED_STAND_DOWN)
-                        .is_none(),
+                    && crate::tls_reload::expired(&self.mesh).is_none(),
                 applied_is_head: decide::follows_head(
                     applied_is_head,
                     ready_before,
