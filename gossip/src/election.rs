@@ -1,5 +1,6 @@
-//! Publisher election, sticky: the member that stamped the head keeps publishing while it is
-//! live and caught up; otherwise the live, caught-up member with the lowest id publishes.
+//! Publisher election, sticky: the member that publishes keeps publishing while it is live and
+//! caught up (the head's origin first, then a member that claims the role without having
+//! stamped yet); otherwise the live, caught-up member with the lowest id publishes.
 //! Pure; no I/O. Ids compare with [`NodeId`]'s numeric-aware order (`n2 < n10`).
 
 use crate::version::{NodeId, Version};
@@ -13,6 +14,8 @@ pub struct Candidate {
     pub alive: bool,
     /// The member announced that it has caught up with the mesh (see [`is_caught_up`]).
     pub caught_up: bool,
+    /// The member announced that it holds the publisher role ([`crate::keys::PUBLISHING`]).
+    pub publishing: bool,
 }
 
 /// The role of one node in the mesh.
@@ -96,12 +99,18 @@ pub fn choose_publisher_after_startup(
     (!lower_starting).then_some(chosen)
 }
 
-/// The sticky publisher: the head's origin while it is live and caught up, else
-/// [`choose_publisher_after_startup`].
+/// The sticky publisher, first of:
+/// 1. the head's origin, while it is live and caught up, and claims the role or no live
+///    caught-up member does;
+/// 2. the lowest live, caught-up member that claims the role;
+/// 3. [`choose_publisher_after_startup`].
 ///
 /// A publisher that keeps its role while it lives means that a lower id that rejoins (a
 /// restart, a healed partition) does not take the role back: no extra takeover, no extra
-/// epoch, no extra relist of the source. Derived from the view alone, like the rest: every node
+/// epoch, no extra relist of the source. The claim covers a publisher that has not stamped
+/// yet (its source still lists, or rejects its input): the head's origin is then another
+/// member, perhaps a restarted process of the last publisher's id, which holds the head but
+/// never stamped it and does not claim. Derived from the view alone, like the rest: every node
 /// that holds the same view picks the same publisher. After a partition heals, the sides'
 /// heads meet, the greater one wins (`select_head`), and its origin keeps or takes the role.
 pub fn choose_publisher_sticky(
@@ -109,14 +118,20 @@ pub fn choose_publisher_sticky(
     starting: &[NodeId],
     head_origin: Option<&NodeId>,
 ) -> Option<NodeId> {
+    let eligible = |m: &&Candidate| m.alive && m.caught_up;
+    let claimants = || members.iter().filter(eligible).filter(|m| m.publishing);
+    let claimed = claimants().next().is_some();
     let incumbent = head_origin
         .filter(|origin| {
             members
                 .iter()
-                .any(|m| &m.id == *origin && m.alive && m.caught_up)
+                .filter(eligible)
+                .any(|m| &m.id == *origin && (m.publishing || !claimed))
         })
         .cloned();
-    incumbent.or_else(|| choose_publisher_after_startup(members, starting))
+    incumbent
+        .or_else(|| claimants().map(|m| &m.id).min().cloned())
+        .or_else(|| choose_publisher_after_startup(members, starting))
 }
 
 /// The role of `self_id` given the publisher chosen from its view and the head's origin.
@@ -228,7 +243,13 @@ mod tests {
             id: NodeId::new(id),
             alive,
             caught_up,
+            publishing: false,
         }
+    }
+
+    fn claiming(mut candidate: Candidate) -> Candidate {
+        candidate.publishing = true;
+        candidate
     }
 
     #[test]
@@ -322,6 +343,49 @@ mod tests {
     }
 
     #[test]
+    fn a_claimant_that_has_not_stamped_keeps_the_role_from_the_heads_origin() {
+        let a = NodeId::new("a");
+        let b = NodeId::new("b");
+        // a stamped the head, died and came back as a new process: it holds the head but does
+        // not claim; b took over and claims without having stamped yet.
+        let members = [c("a", true, true), claiming(c("b", true, true))];
+        assert_eq!(
+            choose_publisher_sticky(&members, &[], Some(&a)),
+            Some(b.clone())
+        );
+        // The head's origin that claims keeps the role against any other claimant (a healed
+        // partition: the greater head's publisher goes on).
+        let members = [claiming(c("a", true, true)), claiming(c("b", true, true))];
+        assert_eq!(
+            choose_publisher_sticky(&members, &[], Some(&b)),
+            Some(b.clone())
+        );
+        // With no live, caught-up claimant the origin keeps the role as before (a cluster
+        // whose publisher's claim has not spread yet).
+        let members = [c("a", true, true), claiming(c("b", false, true))];
+        assert_eq!(
+            choose_publisher_sticky(&members, &[], Some(&a)),
+            Some(a.clone())
+        );
+        let members = [c("a", true, true), claiming(c("b", true, false))];
+        assert_eq!(
+            choose_publisher_sticky(&members, &[], Some(&a)),
+            Some(a.clone())
+        );
+        // Two claimants and the origin gone: the lower one, whatever is starting.
+        let members = [
+            c("a", true, false),
+            claiming(c("c", true, true)),
+            claiming(c("b", true, true)),
+            c("d", false, true),
+        ];
+        assert_eq!(
+            choose_publisher_sticky(&members, std::slice::from_ref(&a), Some(&NodeId::new("d"))),
+            Some(b)
+        );
+    }
+
+    #[test]
     fn catching_up_waits_for_grace_and_head() {
         let v1 = Version::new(1, 1, NodeId::new("a"));
         let v2 = Version::new(1, 2, NodeId::new("a"));
@@ -371,12 +435,19 @@ mod tests {
     }
 
     fn arb_candidates() -> impl Strategy<Value = Vec<Candidate>> {
-        proptest::collection::btree_map("[a-f]{1,2}", (any::<bool>(), any::<bool>()), 0..12)
-            .prop_map(|m| {
-                m.into_iter()
-                    .map(|(id, (alive, caught_up))| c(&id, alive, caught_up))
-                    .collect()
-            })
+        proptest::collection::btree_map(
+            "[a-f]{1,2}",
+            (any::<bool>(), any::<bool>(), proptest::bool::weighted(0.2)),
+            0..12,
+        )
+        .prop_map(|m| {
+            m.into_iter()
+                .map(|(id, (alive, caught_up, publishing))| Candidate {
+                    publishing,
+                    ..c(&id, alive, caught_up)
+                })
+                .collect()
+        })
     }
 
     proptest! {
@@ -430,20 +501,56 @@ mod tests {
             );
         }
 
+        /// The sticky publisher is always live and caught up, and claims the role whenever
+        /// any eligible member does.
+        #[test]
+        fn sticky_publisher_is_eligible(members in arb_candidates(), origin in proptest::option::of("[a-f]{1,2}")) {
+            let origin = origin.map(NodeId::new);
+            let chosen = choose_publisher_sticky(&members, &[], origin.as_ref());
+            let eligible = |m: &&Candidate| m.alive && m.caught_up;
+            match chosen {
+                Some(p) => {
+                    let chosen = members.iter().find(|m| m.id == p).unwrap();
+                    prop_assert!(chosen.alive && chosen.caught_up);
+                    let claimed = members.iter().filter(eligible).any(|m| m.publishing);
+                    prop_assert!(chosen.publishing || !claimed);
+                }
+                None => prop_assert!(members.iter().find(eligible).is_none()),
+            }
+        }
+
         /// A member that rejoins below the incumbent (starting, then caught up) never takes
         /// the role: the publisher stays the head's origin throughout.
         #[test]
         fn a_lower_rejoin_does_not_move_the_role(members in arb_candidates(), lower in "[0-9]{1,3}") {
+            let members: Vec<Candidate> = members.into_iter().map(|m| Candidate { publishing: false, ..m }).collect();
             let publisher = choose_publisher(&members);
             prop_assume!(publisher.is_some());
             let incumbent = publisher.unwrap();
             // `lower` sorts below every [a-f] id: digits come before letters.
             let rejoin = NodeId::new(lower);
             let mut view = members.clone();
-            view.push(Candidate { id: rejoin.clone(), alive: true, caught_up: false });
+            view.push(Candidate { id: rejoin.clone(), alive: true, caught_up: false, publishing: false });
             prop_assert_eq!(choose_publisher_sticky(&view, std::slice::from_ref(&rejoin), Some(&incumbent)), Some(incumbent.clone()));
             view.last_mut().unwrap().caught_up = true;
             prop_assert_eq!(choose_publisher_sticky(&view, &[], Some(&incumbent)), Some(incumbent));
+        }
+
+        /// The head's origin restarted (a new process: holds the head, does not claim) never
+        /// takes the role from a member that claims it, stamped or not.
+        #[test]
+        fn a_restarted_origin_does_not_take_the_role_back(members in arb_candidates(), lower in "[0-9]{1,3}") {
+            let members: Vec<Candidate> = members.into_iter().map(|m| Candidate { publishing: false, ..m }).collect();
+            let publisher = choose_publisher(&members);
+            prop_assume!(publisher.is_some());
+            let claimant = publisher.unwrap();
+            let mut view: Vec<Candidate> = members
+                .into_iter()
+                .map(|m| Candidate { publishing: m.id == claimant, ..m })
+                .collect();
+            let origin = NodeId::new(lower);
+            view.push(Candidate { id: origin.clone(), alive: true, caught_up: true, publishing: false });
+            prop_assert_eq!(choose_publisher_sticky(&view, &[], Some(&origin)), Some(claimant));
         }
     }
 

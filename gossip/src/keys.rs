@@ -11,6 +11,9 @@ pub const HELD: &str = "held";
 pub const APPLIED: &str = "applied";
 /// Present once the node has caught up (election eligibility).
 pub const READY: &str = "ready";
+/// Present while the node holds the publisher role, stamped or not yet: the election keeps a
+/// publisher that has not stamped over the head's origin restarted (`election.rs`).
+pub const PUBLISHING: &str = "publishing";
 /// Present while the node leaves gracefully: peers treat it as gone at once.
 pub const LEAVING: &str = "leaving";
 /// Present (value: the reason) while the node cannot do the publisher's work, e.g. its

@@ -70,6 +70,8 @@ pub struct Member {
     /// Live and not leaving.
     pub alive: bool,
     pub ready: bool,
+    /// It holds the publisher role ([`keys::PUBLISHING`]).
+    pub publishing: bool,
     pub held: Option<HeldAd>,
     pub applied: Option<Version>,
     pub metadata: BTreeMap<String, String>,
@@ -106,6 +108,7 @@ pub(crate) fn parse_members_checked(raw: Vec<RawMember>) -> (Vec<Member>, Vec<Du
             Member {
                 alive: r.live && !leaving,
                 ready: r.keys.contains_key(keys::READY),
+                publishing: r.keys.contains_key(keys::PUBLISHING),
                 held: r.keys.get(keys::HELD).and_then(|v| keys::parse_held(v)),
                 applied: r
                     .keys
@@ -161,6 +164,7 @@ pub fn decide_at(members: &[Member], now_unix_ms: u64, patience_ms: u64) -> Deci
             alive: m.alive,
             // A member that stands down is passed over like one still catching up.
             caught_up: m.ready && m.stand_down.is_none(),
+            publishing: m.publishing,
         })
         .collect();
     let starting: Vec<NodeId> = members

@@ -262,7 +262,11 @@ fn a_stale_head_from_an_earlier_process_of_the_publisher_is_republished_over() {
         c.kill9(i);
     }
     write_rules(&c.rules, WEB_ONLY);
-    for i in 0..3 {
+    // n1 first: all three wait out the startup patience for n4, and the first caught up
+    // publishes and keeps the role; this test needs that to be n1, the stale head's origin.
+    c.spawn(0);
+    std::thread::sleep(Duration::from_secs(1));
+    for i in 1..3 {
         c.spawn(i);
     }
     let fresh = c.wait_for(CONVERGE, "the fresh cluster publishes web only", || {
@@ -296,5 +300,45 @@ fn a_stale_head_from_an_earlier_process_of_the_publisher_is_republished_over() {
         republished <= 3,
         "republished {republished} times\n{}",
         c.logs()
+    );
+}
+
+/// Found by an audit: with the rules file rejected, the publisher n1 was killed and n2 took the
+/// role, but could not stamp, so the head's origin stayed n1. n1's next process held that head,
+/// took it for its own and took the role back (half a second without a publisher, a takeover
+/// more). Now n2 keeps the role it claims, stamped or not.
+#[test]
+fn a_restarted_publisher_does_not_take_the_role_back_from_one_yet_to_stamp() {
+    let mut c = Cluster::start(3, &rules(1), &[]);
+    let first = c.wait_converged_on("n1", CONVERGE);
+    write_rules(&c.rules, "[[service]]\nname='web'\nport=80\n");
+    c.wait_for(CONVERGE, "n1 rejects the rules file", || {
+        let n = get(c.nodes[0].admin, "/v1/node")?;
+        n["source"]["last_error"].as_str().map(|_| ())
+    });
+    c.kill9(0);
+    c.wait_for(CONVERGE, "n2 takes the role", || {
+        let v = get(c.nodes[1].admin, "/v1/cluster")?;
+        (v["publisher"] == "n2").then_some(())
+    });
+    c.spawn(0);
+    c.wait_for(CONVERGE, "n1's new process caught up", || {
+        let v = get(c.nodes[0].admin, "/v1/node")?;
+        (v["role"] == "follower" || v["role"] == "publisher").then_some(())
+    });
+    // Long enough for the old rule to move the role (it did within a second).
+    let watch = Instant::now();
+    while watch.elapsed() < Duration::from_secs(4) {
+        for i in 0..3 {
+            if let Some(v) = get(c.nodes[i].admin, "/v1/cluster") {
+                assert_eq!(v["publisher"], "n2", "seen by n{}\n{}", i + 1, c.logs());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        c.wait_converged(CONVERGE),
+        first,
+        "the last good table stays"
     );
 }

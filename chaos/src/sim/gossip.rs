@@ -161,6 +161,7 @@ mod tests {
     fn ad(caught_up: bool) -> Ad {
         Ad {
             caught_up,
+            publishing: false,
             held: None,
             opinions: Vec::new(),
             down: Vec::new(),

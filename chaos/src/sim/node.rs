@@ -19,6 +19,7 @@
 use super::fetch::{Fetching, Moves};
 use super::gossip::{self, Knowledge, Table};
 use rand::rngs::StdRng;
+use shoal_gossip::election::Role;
 use shoal_gossip::head::{HeldAd, Stamp};
 use shoal_gossip::liveness::LivenessTiming;
 use shoal_gossip::replica::{Action, Bug, Identity, Replica, ReplicaTiming, FETCH_RETRY_MS};
@@ -33,6 +34,8 @@ use std::net::SocketAddr;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ad {
     pub caught_up: bool,
+    /// It holds the publisher role (the mesh's `publishing` key).
+    pub publishing: bool,
     pub held: Option<HeldAd>,
     /// (backend index, this node's opinion) for the backends it checks.
     pub opinions: Vec<(usize, CheckState)>,
@@ -247,6 +250,7 @@ impl SimNode {
     fn ad(&self) -> Ad {
         Ad {
             caught_up: self.replica.caught_up(),
+            publishing: self.replica.role() == Role::Publisher,
             held: self.replica.held().cloned(),
             opinions: self.checks.iter().map(|(b, h)| (*b, h.state())).collect(),
             down: self.replica.down_list(),
@@ -263,6 +267,7 @@ impl SimNode {
                 listen: addr(i),
                 alive: self.alive[i],
                 ready: k.ad.caught_up,
+                publishing: k.ad.publishing,
                 held: k.ad.held.clone(),
                 // A simulated node runs what it holds.
                 applied: k.ad.held.as_ref().map(|h| h.version.clone()),

@@ -3,6 +3,7 @@
 //! (fetching a head is `fetch.rs`).
 
 use super::{lock, unix_ms, Inner, KvOp, ServedCounters, Stamped, State};
+use crate::election::Role;
 use crate::keys;
 use crate::patches::Patches;
 use crate::replica::Action;
@@ -86,7 +87,15 @@ impl<D: Document> Inner<D> {
                 }
                 Action::Role(reason) => {
                     info!(node = %self.node_id, role = ?reason, "role changed");
-                    self.role_tx.send_replace(reason.role());
+                    let was = self.role_tx.send_replace(reason.role());
+                    match (was == Role::Publisher, reason.role() == Role::Publisher) {
+                        (false, true) => {
+                            self.send(KvOp::Set(keys::PUBLISHING.into(), "1".into()));
+                        }
+                        // Only a key that exists is deleted (chitchat warns otherwise).
+                        (true, false) => self.send(KvOp::Delete(keys::PUBLISHING.into())),
+                        _ => {}
+                    }
                 }
                 Action::Fetch { wanted, sources } => {
                     let stop = self.cancel.child_token();

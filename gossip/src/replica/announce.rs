@@ -91,6 +91,7 @@ mod tests {
             listen: addr(i),
             alive: true,
             ready: true,
+            publishing: false,
             held,
             applied: None,
             metadata: BTreeMap::new(),

@@ -101,7 +101,8 @@ pub enum Action {
     Ready(bool),
     /// Gossip that this node now holds this document.
     Held(HeldAd),
-    /// The role changed (and why).
+    /// The role changed (and why): gossip the claim [`crate::keys::PUBLISHING`] while it is
+    /// [`Role::Publisher`], none otherwise.
     Role(RoleReason),
     /// Fetch the head (`wanted`) from these members, in this order, then report the outcome
     /// with [`Replica::handle_fetch_done`]. The first ones may not hold it yet: they are this
@@ -444,6 +445,8 @@ impl Replica {
             self.actions.push_back(Action::Role(reason.clone()));
         }
         self.role = Some(reason);
+        // This node's claim follows its role at once in its own view.
+        self.sync_self();
         self.plan_fetch(now_ms, &decisions);
         self.announce_head(&decisions);
         self.decisions = Some(decisions);
@@ -475,6 +478,7 @@ impl Replica {
                     listen: self.me.listen,
                     alive: true,
                     ready: false,
+                    publishing: false,
                     held: None,
                     applied: None,
                     metadata: BTreeMap::new(),
@@ -489,12 +493,19 @@ impl Replica {
                 &mut self.members[last]
             }
         };
-        if me.held != self.held || !me.alive || me.ready != self.caught_up {
+        // The role of the last tick: the claim this node gossips.
+        let publishing = self.role.as_ref().map(RoleReason::role) == Some(Role::Publisher);
+        if me.held != self.held
+            || !me.alive
+            || me.ready != self.caught_up
+            || me.publishing != publishing
+        {
             self.dirty = true;
         }
         me.held = self.held.clone();
         me.alive = true;
         me.ready = self.caught_up;
+        me.publishing = publishing;
     }
 
     /// An older live process has this node's id: as chitchat's records show it (the shell's
@@ -581,6 +592,7 @@ impl Replica {
                 listen: self.me.listen,
                 alive: true,
                 ready: self.caught_up,
+                publishing: false,
                 held: self.held.clone(),
                 applied: None,
                 metadata: BTreeMap::new(),

@@ -72,6 +72,7 @@ fn member(name: &str, i: u8, alive: bool, ready: bool, held: Option<HeldAd>) -> 
         listen: addr(i),
         alive,
         ready,
+        publishing: false,
         held,
         applied: None,
         metadata: BTreeMap::new(),
@@ -344,6 +345,70 @@ fn a_lower_id_that_rejoins_does_not_take_the_role_back() {
         assert_eq!(n2.role_reason(), RoleReason::Incumbent, "at {t} ms");
     }
     assert!(drain(&mut n2).is_empty(), "no role change, so no new term");
+}
+
+/// n1 stamped the head and died; n2 took the role but has not stamped yet (its source still
+/// lists, or rejects its input). n1's next process holds the head it never stamped: it neither
+/// takes the role back nor sees itself as the publisher.
+#[test]
+fn the_heads_origin_restarted_does_not_take_the_role_from_a_publisher_yet_to_stamp() {
+    let head = ad(4, 2, "n1");
+    let mut n2 = replica("n2", 2, 0, 0);
+    n2.handle_members(vec![
+        Member {
+            last_seen_ms: Some(60_000),
+            ..member("n1", 1, false, true, Some(head.clone()))
+        },
+        member("n3", 3, true, true, Some(head.clone())),
+    ]);
+    n2.handle_offer(&head);
+    n2.handle_tick(700, 700);
+    assert_eq!(n2.role_reason(), RoleReason::LowestCaughtUp);
+    let actions = drain(&mut n2);
+    assert!(
+        actions.contains(&Action::Role(RoleReason::LowestCaughtUp)),
+        "the shell gossips the claim on this action: {actions:?}"
+    );
+    let restarted_n1 = |ready: bool| Member {
+        generation: 10_000,
+        ..member("n1", 1, true, ready, ready.then(|| head.clone()))
+    };
+    let n2_claiming = Member {
+        publishing: true,
+        ..member("n2", 2, true, true, Some(head.clone()))
+    };
+    for (t, ready) in [(800, false), (900, true), (1_000, true)] {
+        n2.handle_members(vec![
+            restarted_n1(ready),
+            member("n3", 3, true, true, Some(head.clone())),
+        ]);
+        n2.handle_tick(t, 10_000 + t);
+        assert_eq!(n2.role(), Role::Publisher, "at {t} ms");
+    }
+    assert!(drain(&mut n2).is_empty(), "no role change, so no new term");
+
+    let mut n1 = replica("n1", 1, 10_000, 0);
+    n1.handle_offer(&head);
+    for t in [700, 800] {
+        n1.handle_members(vec![
+            n2_claiming.clone(),
+            member("n3", 3, true, true, Some(head.clone())),
+        ]);
+        n1.handle_tick(t, 10_000 + t);
+    }
+    assert_eq!(
+        n1.role_reason(),
+        RoleReason::Follows {
+            publisher: id("n2")
+        }
+    );
+    // Were n2's claim not heard (an older build, or not spread yet), the origin would publish.
+    n1.handle_members(vec![
+        member("n2", 2, true, true, Some(head.clone())),
+        member("n3", 3, true, true, Some(head.clone())),
+    ]);
+    n1.handle_tick(900, 10_900);
+    assert_eq!(n1.role_reason(), RoleReason::Incumbent);
 }
 
 /// The first time an incarnation is judged alive the shell is told once (it drops the dial
