@@ -203,6 +203,9 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     )?;
 
     wait_for_signal().await?;
+    // The role goes on at once: the successor starts its source while this node withdraws,
+    // drains and leaves (it said it was the publisher until it had left).
+    mesh.stand_down(SHUTDOWN_STAND_DOWN, Some("shutting down"));
     if let Some(a) = announcer.as_mut() {
         // Withdraw first, then keep the rules while flows in flight finish.
         a.withdraw().await;
@@ -256,6 +259,8 @@ async fn open_dataplane(config: &NodeConfig) -> anyhow::Result<Box<dyn Dataplane
 /// The publisher duty's cause of standing down (`Mesh::stand_down`): its Kubernetes source
 /// cannot use the API server, or it cannot write its epoch file.
 const SOURCE_STAND_DOWN: &str = "source";
+/// The cause of standing down once a signal asks this node to stop.
+const SHUTDOWN_STAND_DOWN: &str = "shutdown";
 /// How long a publisher may fail to write its epoch file before it stands down, so another
 /// node publishes (an unwritable state folder kept the role and published nothing; an audit).
 const PUBLISH_GIVE_UP: Duration = Duration::from_secs(10);

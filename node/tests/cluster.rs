@@ -342,3 +342,25 @@ fn a_restarted_publisher_does_not_take_the_role_back_from_one_yet_to_stamp() {
         "the last good table stays"
     );
 }
+
+/// Found by an audit: a publisher sent SIGTERM went on saying `shoal_is_publisher 1` until it
+/// had left (0.1-0.65 s, beside its successor's 1). It hands the role on at the signal now.
+#[test]
+fn a_publisher_told_to_stop_hands_the_role_on_before_it_leaves() {
+    let c = Cluster::start(2, &rules(1), &[]);
+    c.wait_converged_on("n1", CONVERGE);
+    c.signal(0, Signal::SIGTERM);
+    let is_publisher = |i: usize| -> Option<bool> {
+        let (_, body) = http_get(c.nodes[i].admin, "/metrics")?;
+        body.lines()
+            .find_map(|l| l.strip_prefix("shoal_is_publisher "))
+            .map(|v| v.trim() == "1")
+    };
+    // n1 still answers (it lingers to spread its leave) and no longer publishes.
+    c.wait_for(
+        Duration::from_secs(5),
+        "n1, still running, is no publisher",
+        || (!is_publisher(0)?).then_some(()),
+    );
+    c.wait_for(CONVERGE, "n2 publishes", || is_publisher(1)?.then_some(()));
+}
