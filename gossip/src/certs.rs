@@ -84,6 +84,7 @@ impl TlsMaterial {
                     path: dir.join("node.pem"),
                     not_before: unix_secs(not_before),
                     not_after: unix_secs(not_after),
+                    now: unix_secs(now),
                 });
             }
             if not_after.duration_since(now).unwrap_or_default() < EXPIRY_WARNING {
@@ -94,11 +95,11 @@ impl TlsMaterial {
         Ok(material)
     }
 
-    /// When the node certificate (the first of `node.pem`) stops being valid; `None` when it
-    /// does not parse.
-    pub fn not_after(&self) -> Option<SystemTime> {
+    /// When the node certificate (the first of `node.pem`) is valid (not before, not after);
+    /// `None` when it does not parse.
+    pub fn node_validity(&self) -> Option<(SystemTime, SystemTime)> {
         let parsed = self.parse().ok()?;
-        validity_of(parsed.chain.first()?).map(|(_, not_after)| not_after)
+        validity_of(parsed.chain.first()?)
     }
 
     /// Parses the PEM strings into rustls types.

@@ -32,11 +32,12 @@ pub enum CertError {
         rule = crate::certs::NODE_ID_RULE
     )]
     BadNodeId { id: String },
-    #[error("{path}: certificate valid only from {} to {} (expired or not valid yet: issue a new one with `shoal certs issue`)", utc(*not_before), utc(*not_after))]
+    #[error("{path}: certificate valid only from {} to {}, and this node's clock reads {} (expired or not valid yet: issue a new one with `shoal certs issue`, or set the clock right if it is wrong)", utc(*not_before), utc(*not_after), utc(*now))]
     Expired {
         path: PathBuf,
         not_before: i64,
         not_after: i64,
+        now: i64,
     },
     #[error("{path} was issued for {issued_for}, not for cluster {cluster:?} (--cluster), whose nodes check the name {server_name}: every peer would refuse this node's handshakes. Run with the --cluster the certificate was issued for, or issue certificates for {cluster:?} (`shoal certs init --cluster {cluster}`)")]
     WrongCluster {
@@ -149,11 +150,13 @@ mod tests {
             path: "node.pem".into(),
             not_before: 1_735_686_000,
             not_after: 1_767_222_000,
+            now: 1_767_225_600,
         };
         let text = e.to_string();
         assert!(
             text.contains("from 2024-12-31T23:00:00Z to 2025-12-31T23:00:00Z"),
             "{text}"
         );
+        assert!(text.contains("clock reads 2026-01-01T00:00:00Z"), "{text}");
     }
 }

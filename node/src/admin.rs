@@ -415,7 +415,7 @@ async fn readyz(State(s): State<AdminState>) -> Response {
             Some(_) => why,
         })
         .and_then(|why| publisher_ready(s.mesh.stamp_refusal().as_deref()).map(|()| why))
-        .and_then(|why| crate::tls_reload::expired(&s.mesh).map_or(Ok(why), Err))
+        .and_then(|why| crate::tls_reload::out_of_validity(&s.mesh).map_or(Ok(why), Err))
         .and_then(|why| announce_ready(s.announce.get().as_ref()).map(|()| why));
     match ready {
         Ok(why) => (StatusCode::OK, format!("ready: {why}\n")).into_response(),

@@ -10,11 +10,14 @@
 //! kept, and it is tried again only when the files change again (a writer caught half-way is
 //! retried on its next change).
 //!
-//! The certificate in use is also watched for expiry: once it has expired, peers refuse this
-//! node's handshakes, and a node cut off that way would elect itself publisher of its own
-//! table and call itself ready (an audit). It stands down instead (`Mesh::stand_down`: never
-//! the publisher, not caught up, so not ready and announcing nothing), says why, and takes the
-//! role up again once renewed material is reloaded.
+//! The certificate in use is also checked against this node's clock: once it has expired,
+//! peers refuse this node's handshakes, and a node cut off that way would elect itself
+//! publisher of its own table and call itself ready (an audit). A clock stepped back before
+//! the certificate's start cuts the node off the same way (it refuses its peers' certificates,
+//! issued as recently, as not valid yet). Either way it stands down instead
+//! (`Mesh::stand_down`: never the publisher, not caught up, so not ready and announcing
+//! nothing), says why, naming its clock's reading, and takes the role up again once valid
+//! material is reloaded or the clock is right again.
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -26,13 +29,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 
 /// This watcher's cause of standing down (`Mesh::stand_down`); `/readyz` and the announce
-/// gate read it ([`expired`]): a node its peers refuse is not ready.
-const EXPIRED_STAND_DOWN: &str = "certificate";
+/// gate read it ([`out_of_validity`]): a node cut off from its peers is not ready.
+const VALIDITY_STAND_DOWN: &str = "certificate";
 
-/// Why this node stands down for its expired certificate, if it does: what `/readyz` and the
-/// announce gate ask.
-pub fn expired<D: Document>(mesh: &Mesh<D>) -> Option<String> {
-    mesh.stand_down_reason(EXPIRED_STAND_DOWN)
+/// Why this node stands down because its certificate is not valid by its clock (expired, or
+/// the clock before its start), if it does: what `/readyz` and the announce gate ask.
+pub fn out_of_validity<D: Document>(mesh: &Mesh<D>) -> Option<String> {
+    mesh.stand_down_reason(VALIDITY_STAND_DOWN)
 }
 
 /// How often the folder is checked.
@@ -107,65 +110,109 @@ pub struct Watcher<D: Document> {
     mesh: Mesh<D>,
     seen: [u8; 32],
     metrics: ReloadMetrics,
-    /// When the node certificate in use expires (`None`: unknown).
-    expires: Option<SystemTime>,
+    /// When the node certificate in use is valid, not before and not after (`None`: unknown).
+    validity: Option<(SystemTime, SystemTime)>,
+    /// Why it stands down for that, if it does.
+    invalid: Option<Invalid>,
+}
+
+/// How the certificate in use is out of its validity by this node's clock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Invalid {
+    Expired,
+    /// The clock reads before the certificate's start: most likely the clock is wrong.
+    NotYetValid,
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    time::OffsetDateTime::from(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| "an unknown time".into())
 }
 
 impl<D: Document> Watcher<D> {
     /// `dir` holds the material the mesh started with.
     pub fn new(dir: &Path, cluster: &str, mesh: Mesh<D>, metrics: ReloadMetrics) -> Self {
-        let expires = TlsMaterial::load_dir(dir).ok().and_then(|m| m.not_after());
+        let validity = TlsMaterial::load_dir(dir)
+            .ok()
+            .and_then(|m| m.node_validity());
         let mut w = Watcher {
             dir: dir.to_path_buf(),
             cluster: cluster.to_string(),
             seen: fingerprint(dir),
             mesh,
             metrics,
-            expires: None,
+            validity: None,
+            invalid: None,
         };
-        w.set_expiry(expires);
+        w.set_validity(validity);
         w
     }
 
-    fn set_expiry(&mut self, expires: Option<SystemTime>) {
-        self.expires = expires;
-        let secs = expires
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+    fn set_validity(&mut self, validity: Option<(SystemTime, SystemTime)>) {
+        self.validity = validity;
+        let secs = validity
+            .and_then(|(_, not_after)| not_after.duration_since(UNIX_EPOCH).ok())
             .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
         self.metrics.cert_expiry.set(secs);
     }
 
-    /// Stands the node down once the certificate in use has expired at `now`, and up again
-    /// when it has not (renewed material was reloaded). Returns whether it stands down.
-    pub fn check_expiry(&mut self, now: SystemTime) -> bool {
-        let expired_at = self.expires.filter(|t| now > *t);
-        let standing_down = expired(&self.mesh).is_some();
-        match (expired_at, standing_down) {
-            (Some(at), false) => {
-                let at = time::OffsetDateTime::from(at)
-                    .format(&time::format_description::well_known::Rfc3339)
-                    .unwrap_or_else(|_| "an unknown time".into());
-                let reason = format!(
-                    "this node's certificate expired at {at}: peers refuse it; renew {} \
-                     (shoal certs issue)",
-                    self.dir.join("node.pem").display()
-                );
-                tracing::error!(%reason, "standing down from the publisher role");
-                self.mesh.stand_down(EXPIRED_STAND_DOWN, Some(&reason));
-            }
-            (None, true) => {
-                tracing::info!("the certificate in use is valid again: no longer standing down");
-                self.mesh.stand_down(EXPIRED_STAND_DOWN, None);
-            }
-            _ => {}
+    /// Whether the certificate in use cuts this node off at `now` by its clock, and why.
+    fn invalid_at(&self, now: SystemTime) -> Option<(Invalid, String)> {
+        let (not_before, not_after) = self.validity?;
+        let node_pem = self.dir.join("node.pem");
+        let clock = rfc3339(now);
+        if now > not_after {
+            let reason = format!(
+                "this node's certificate expired at {} (this node's clock reads {clock}): \
+                 peers refuse it; renew {} (shoal certs issue), or set this node's clock right \
+                 if the peers' clocks disagree",
+                rfc3339(not_after),
+                node_pem.display()
+            );
+            Some((Invalid::Expired, reason))
+        } else if now < not_before {
+            let reason = format!(
+                "this node's clock reads {clock}, before its certificate's start {}: its clock \
+                 is likely wrong (check NTP), and it refuses its peers' certificates, issued as \
+                 recently, as not valid yet",
+                rfc3339(not_before)
+            );
+            Some((Invalid::NotYetValid, reason))
+        } else {
+            None
         }
-        expired_at.is_some()
+    }
+
+    /// Stands the node down once the certificate in use is not valid at `now` (expired, or a
+    /// clock before its start), and up again when it is (valid material was reloaded, or the
+    /// clock is right again). Returns whether it stands down.
+    pub fn check_validity(&mut self, now: SystemTime) -> bool {
+        let invalid = self.invalid_at(now);
+        // Said again only when the kind changes: the reason names the clock, which moves.
+        let kind = invalid.as_ref().map(|(kind, _)| *kind);
+        if kind != self.invalid {
+            match &invalid {
+                Some((_, reason)) => {
+                    tracing::error!(%reason, "standing down from the publisher role");
+                    self.mesh.stand_down(VALIDITY_STAND_DOWN, Some(reason));
+                }
+                None => {
+                    tracing::info!(
+                        "the certificate in use is valid again: no longer standing down"
+                    );
+                    self.mesh.stand_down(VALIDITY_STAND_DOWN, None);
+                }
+            }
+            self.invalid = kind;
+        }
+        kind.is_some()
     }
 
     /// Checks the folder once; reloads when its contents changed since the last check.
     pub fn check(&mut self) -> Outcome {
         let outcome = self.check_files();
-        self.check_expiry(SystemTime::now());
+        self.check_validity(SystemTime::now());
         outcome
     }
 
@@ -183,11 +230,11 @@ impl<D: Document> Watcher<D> {
             .map_err(|e| e.to_string())
             .and_then(|m| {
                 self.mesh.reload_tls(&m).map_err(|e| e.to_string())?;
-                Ok(m.not_after())
+                Ok(m.node_validity())
             });
         match result {
-            Ok(expires) => {
-                self.set_expiry(expires);
+            Ok(validity) => {
+                self.set_validity(validity);
                 self.metrics.reloads.inc();
                 tracing::info!(dir = %self.dir.display(), "reloaded the TLS material: new handshakes use it, established connections go on");
                 Outcome::Reloaded
@@ -309,14 +356,14 @@ mod tests {
     /// peers' refusals elected itself publisher and said it was ready; an audit), and renewed
     /// material lifts that.
     #[tokio::test]
-    async fn an_expired_certificate_in_use_stands_the_node_down_until_renewed() {
+    async fn a_certificate_out_of_validity_by_the_clock_stands_the_node_down_until_valid() {
         let dir = tempfile::tempdir().unwrap();
         let ca = create_ca("test").unwrap();
         write(dir.path(), &issue_node_cert(&ca, "n0").unwrap());
         let mesh = start_mesh(dir.path()).await;
         let metrics = ReloadMetrics::default();
         let mut w = Watcher::new(dir.path(), "test", mesh.clone(), metrics.clone());
-        let expires = w.expires.expect("the certificate's expiry");
+        let (_, expires) = w.validity.expect("the certificate's validity");
         assert_eq!(
             metrics.cert_expiry.get(),
             expires.duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
@@ -328,27 +375,53 @@ mod tests {
                 .find(|m| m.id.to_string() == "n0")
                 .and_then(|m| m.stand_down.clone())
         };
-        assert!(!w.check_expiry(SystemTime::now()));
-        assert!(w.check_expiry(expires + Duration::from_secs(1)));
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        let reason = loop {
-            if let Some(r) = standing_down(&mesh) {
-                break r;
+        let stood_down = |mesh: Mesh<Vec<u8>>, with: &'static str| async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            loop {
+                match standing_down(&mesh) {
+                    Some(r) if r.contains(with) => break r,
+                    _ => {}
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "never stood down: {with}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            assert!(std::time::Instant::now() < deadline, "never stood down");
-            tokio::time::sleep(Duration::from_millis(20)).await;
         };
-        assert!(reason.contains("certificate expired at"), "{reason}");
+        let lifted = |mesh: Mesh<Vec<u8>>| async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while standing_down(&mesh).is_some() {
+                assert!(std::time::Instant::now() < deadline, "still standing down");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        assert!(!w.check_validity(SystemTime::now()));
+        let past_expiry = expires + Duration::from_secs(1);
+        assert!(w.check_validity(past_expiry));
+        let reason = stood_down(mesh.clone(), "certificate expired at").await;
         assert!(reason.contains("node.pem"), "{reason}");
+        assert!(
+            reason.contains(&rfc3339(past_expiry)),
+            "names the clock: {reason}"
+        );
+        // Said once: the next checks with the same cause change nothing.
+        assert!(w.check_validity(past_expiry + POLL_INTERVAL));
+        assert_eq!(standing_down(&mesh), Some(reason));
         // Renewed: reloaded, and the node may be elected again.
         write(dir.path(), &issue_node_cert(&ca, "n0").unwrap());
         assert_eq!(w.check_files(), Outcome::Reloaded);
-        assert!(!w.check_expiry(SystemTime::now()));
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while standing_down(&mesh).is_some() {
-            assert!(std::time::Instant::now() < deadline, "still standing down");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        assert!(!w.check_validity(SystemTime::now()));
+        lifted(mesh.clone()).await;
+        // A clock stepped back before the certificate's start cuts the node off as surely (it
+        // refuses its peers' certificates as not valid yet; an audit): it stands down too, and
+        // a clock set right lifts that.
+        let (not_before, _) = w.validity.expect("the renewed certificate's validity");
+        assert!(w.check_validity(not_before - Duration::from_secs(60)));
+        let reason = stood_down(mesh.clone(), "before its certificate's start").await;
+        assert!(reason.contains("check NTP"), "{reason}");
+        assert!(!w.check_validity(SystemTime::now()));
+        lifted(mesh.clone()).await;
         mesh.shutdown().await;
     }
 }

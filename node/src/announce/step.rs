@@ -81,7 +81,7 @@ impl Loop {
                 has_head: head.is_some(),
                 // A node whose certificate expired is cut off from its peers' new tables.
                 mesh_caught_up: self.mesh.role() != Role::CatchingUp
-                    && crate::tls_reload::expired(&self.mesh).is_none(),
+                    && crate::tls_reload::out_of_validity(&self.mesh).is_none(),
                 applied_is_head: decide::follows_head(
                     applied_is_head,
                     ready_before,
