@@ -257,7 +257,8 @@ async fn open_dataplane(config: &NodeConfig) -> anyhow::Result<Box<dyn Dataplane
 }
 
 /// The publisher duty's cause of standing down (`Mesh::stand_down`): its Kubernetes source
-/// cannot use the API server, or it cannot write its epoch file.
+/// cannot use the API server, it cannot write its epoch file, or another publisher it cannot
+/// see stamps over its tables ([`Contest`]).
 const SOURCE_STAND_DOWN: &str = "source";
 /// The cause of standing down once a signal asks this node to stop.
 const SHUTDOWN_STAND_DOWN: &str = "shutdown";
@@ -312,6 +313,33 @@ impl RepublishGate {
     }
 }
 
+/// Republishes over heads another node stamped, this many within [`CONTEST_WINDOW`], mean a
+/// publisher this node cannot see stamps too: a partial partition (two nodes cut from each
+/// other, both reaching a third) after one of them restarted, so that neither can hear the
+/// other's new process first-hand, and each re-stamped the other's heads, about three a second,
+/// for as long as the cut lasted (an audit). The node stands down then, held as a source's
+/// give-up, so a node both sides can see publishes; a takeover or a healed partition
+/// republishes over a foreign head once or twice.
+const CONTEST_REPUBLISHES: usize = 4;
+const CONTEST_WINDOW: Duration = Duration::from_secs(20);
+
+/// The republishes over other nodes' heads within [`CONTEST_WINDOW`] (time as an argument).
+#[derive(Debug, Default)]
+struct Contest {
+    over_foreign: std::collections::VecDeque<tokio::time::Instant>,
+}
+
+impl Contest {
+    /// Notes a republish over a head another node stamped; true once that made
+    /// [`CONTEST_REPUBLISHES`] within [`CONTEST_WINDOW`].
+    fn contested(&mut self, now: tokio::time::Instant) -> bool {
+        self.over_foreign
+            .retain(|at| now.saturating_duration_since(*at) < CONTEST_WINDOW);
+        self.over_foreign.push_back(now);
+        self.over_foreign.len() >= CONTEST_REPUBLISHES
+    }
+}
+
 /// Runs the source while this node is the publisher and publishes every table it produces.
 async fn publisher_duty(
     mesh: Mesh<RuleTable>,
@@ -350,6 +378,7 @@ async fn publisher_duty(
         let mut retry = tokio::time::interval(PUBLISH_RETRY);
         let mut heads = mesh.subscribe();
         let mut republish = RepublishGate::default();
+        let mut contest = Contest::default();
         let mut publish_error: Option<String> = None;
         let mut epoch_file_failing = EpochFileFailing::default();
         let mut gave_up: Option<String> = None;
@@ -386,9 +415,27 @@ async fn publisher_duty(
                 && mesh.needs_republish()
                 && republish.allow(tokio::time::Instant::now())
             {
+                let view = mesh.view();
+                let head = view.head.map(|h| h.version);
+                let foreign = head.as_ref().filter(|h| h.origin != view.self_id);
+                match foreign {
+                    Some(h) if contest.contested(tokio::time::Instant::now()) => {
+                        gave_up = Some(format!(
+                            "another publisher, {}, stamped over this node's tables {} times \
+                             in {} s (last {h}) and this node does not see it as the publisher: \
+                             a partial partition? standing down so that a node both can see \
+                             publishes",
+                            h.origin,
+                            CONTEST_REPUBLISHES,
+                            CONTEST_WINDOW.as_secs()
+                        ));
+                        continue;
+                    }
+                    _ => {}
+                }
                 pending = tables.borrow().clone();
                 tracing::info!(
-                    head = ?mesh.view().head.map(|h| h.version.to_string()),
+                    head = ?head.map(|h| h.to_string()),
                     "the head is not this publisher's own stamp; republishing the source's table"
                 );
             }
@@ -441,9 +488,10 @@ async fn publisher_duty(
         if cancel.is_cancelled() {
             return;
         }
-        // Standing down for the epoch file is not the API server's doing: not counted in
-        // `shoal_kubernetes_stand_downs_total`, held as long as a source's give-up.
-        let storage = gave_up.is_some();
+        // Standing down for the epoch file or a contested role is not the API server's doing:
+        // not counted in `shoal_kubernetes_stand_downs_total`, held as long as a source's
+        // give-up.
+        let not_the_api = gave_up.is_some();
         if let Some(reason) = gave_up {
             exit = SourceExit::GaveUp(reason);
         }
@@ -461,7 +509,7 @@ async fn publisher_duty(
             }
             SourceExit::GaveUp(reason) => {
                 give_ups += 1;
-                if !storage {
+                if !not_the_api {
                     source_metrics.stand_downs.inc();
                 }
                 let hold = source::kubernetes::api_health::hold_after_give_up(give_ups);
@@ -541,6 +589,24 @@ mod tests {
             .count();
         // 20 s of a wake every ms: one per interval.
         assert_eq!(allowed as u128, 20_000 / MIN_REPUBLISH_INTERVAL.as_millis());
+    }
+
+    /// Republishes over other nodes' heads as a takeover or a healed partition makes them
+    /// (once or twice) never contest the role; the war of a partial partition (one every
+    /// 0.3-1 s) does within a few seconds, and republishes spread wider than the window never.
+    #[test]
+    fn only_repeated_republishes_over_foreign_heads_contest_the_role() {
+        let start = tokio::time::Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let mut contest = Contest::default();
+        assert!(!contest.contested(at(0)));
+        assert!(!contest.contested(at(600)));
+        let mut contest = Contest::default();
+        let war: Vec<bool> = (0..6).map(|i| contest.contested(at(i * 500))).collect();
+        assert_eq!(war, [false, false, false, true, true, true]);
+        let mut contest = Contest::default();
+        let spread = CONTEST_WINDOW.as_millis() as u64 / (CONTEST_REPUBLISHES as u64 - 1) + 1;
+        assert!((0..50).all(|i| !contest.contested(at(i * spread))));
     }
 
     /// A publisher whose epoch file fails every publish for `PUBLISH_GIVE_UP` stands down (an
