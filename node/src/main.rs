@@ -96,7 +96,11 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-const DEFAULT_LOG: &str = "info,quinn=warn,chitchat=warn,rustls=warn";
+/// chitchat's `state` module warns about its own reconciliation, nothing an operator can act
+/// on: a peer that already forgot a dead incarnation refuses the reset a node still holding it
+/// sends, every round until that node forgets it too (`dead_node_grace_ms`, an hour), and each
+/// refusal was a WARN: up to 300 lines a second, half of a soak's log (an audit).
+const DEFAULT_LOG: &str = "info,quinn=warn,chitchat=warn,chitchat::state=error,rustls=warn";
 
 fn init_logging(format: LogFormat) {
     // An empty SHOAL_LOG is the default (as an EnvFilter it would leave only errors); one that
