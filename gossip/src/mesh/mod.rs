@@ -142,6 +142,9 @@ struct State {
     duplicates: Vec<crate::incarnation::Duplicate>,
     /// Duplicate ids noticed so far (each new one counted once).
     duplicates_seen: u64,
+    /// The generation of a later incarnation of this node's id that peers gossip, once warned
+    /// about (`shell::warn_if_shadowed`).
+    shadowed_by: Option<u64>,
     /// The fetch running now (the version it wants) and what stops it.
     fetch: Option<(Version, CancellationToken)>,
 }
@@ -295,6 +298,7 @@ impl<D: Document> Mesh<D> {
                 first_hand_version: 0,
                 duplicates: Vec::new(),
                 duplicates_seen: 0,
+                shadowed_by: None,
                 fetch: None,
             }),
             epoch_file: epoch_file.map(|f| Arc::new(Mutex::new(f))),

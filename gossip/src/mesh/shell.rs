@@ -170,7 +170,7 @@ impl<D: Document> Inner<D> {
     /// One control step: apply pending key writes, read membership, let the core decide, act.
     pub(super) async fn step(self: &Arc<Self>, ops: Vec<KvOp>) {
         let now = Instant::now();
-        let (raw, beats) = {
+        let (raw, beats, my_generation) = {
             let mut chitchat = self.chitchat.lock().await;
             for op in ops {
                 match op {
@@ -207,10 +207,11 @@ impl<D: Document> Inner<D> {
                     )
                 })
                 .collect();
-            (self.read_members(&chitchat), beats)
+            (self.read_members(&chitchat), beats, self_id.generation_id)
         };
         let mut st = lock(&self.state);
         if let Some(raw) = raw {
+            warn_if_shadowed(&mut st, &raw, my_generation);
             let (members, duplicates) = parse_members_checked(raw);
             st.replica.handle_members(members);
             for d in &duplicates {
@@ -291,6 +292,28 @@ impl<D: Document> Inner<D> {
                 })
                 .collect(),
         )
+    }
+}
+
+/// Peers gossip an incarnation of this node's id that started after this process, by the
+/// generations (start times): this process started with its clock behind the previous one's
+/// start (stepped back, no `--state-dir` to keep generations rising). Peers keep counting that
+/// dead incarnation (`incarnation.rs`, the newest generation) and ignore this process, its
+/// health opinions and its documents, while it calls itself ready; only its generation in
+/// `shoal status` showed it (an audit). Said once per such incarnation. The record may be
+/// unverified (a forgery can cost a log line, nothing else).
+fn warn_if_shadowed(st: &mut State, raw: &[RawMember], my_generation: u64) {
+    let Some(me) = raw.iter().find(|r| r.me) else {
+        return;
+    };
+    let later = raw
+        .iter()
+        .filter(|r| !r.me && r.id == me.id && r.generation > my_generation)
+        .map(|r| r.generation)
+        .max();
+    if let Some(later) = later.filter(|g| st.shadowed_by != Some(*g)) {
+        st.shadowed_by = Some(later);
+        warn!(node = %me.id, generation = my_generation, previous_generation = later, "peers know an incarnation of this node id that started after this process (generation {later}, this one {my_generation}): this node's clock was stepped back since the last run, and peers ignore this process (they see this node dead) until they forget that incarnation (dead_node_grace_ms); run with --state-dir, which keeps generations rising, or restart once the clock is past the previous start");
     }
 }
 
