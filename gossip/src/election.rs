@@ -450,6 +450,19 @@ mod tests {
         })
     }
 
+    /// The candidates with no claims, and the publisher an election picks among them.
+    fn unclaimed_with_publisher(members: Vec<Candidate>) -> (Vec<Candidate>, Option<NodeId>) {
+        let members: Vec<Candidate> = members
+            .into_iter()
+            .map(|m| Candidate {
+                publishing: false,
+                ..m
+            })
+            .collect();
+        let publisher = choose_publisher(&members);
+        (members, publisher)
+    }
+
     proptest! {
         #[test]
         fn same_set_same_publisher(members in arb_candidates(), seed in any::<u64>()) {
@@ -523,8 +536,7 @@ mod tests {
         /// the role: the publisher stays the head's origin throughout.
         #[test]
         fn a_lower_rejoin_does_not_move_the_role(members in arb_candidates(), lower in "[0-9]{1,3}") {
-            let members: Vec<Candidate> = members.into_iter().map(|m| Candidate { publishing: false, ..m }).collect();
-            let publisher = choose_publisher(&members);
+            let (members, publisher) = unclaimed_with_publisher(members);
             prop_assume!(publisher.is_some());
             let incumbent = publisher.unwrap();
             // `lower` sorts below every [a-f] id: digits come before letters.
@@ -540,8 +552,7 @@ mod tests {
         /// takes the role from a member that claims it, stamped or not.
         #[test]
         fn a_restarted_origin_does_not_take_the_role_back(members in arb_candidates(), lower in "[0-9]{1,3}") {
-            let members: Vec<Candidate> = members.into_iter().map(|m| Candidate { publishing: false, ..m }).collect();
-            let publisher = choose_publisher(&members);
+            let (members, publisher) = unclaimed_with_publisher(members);
             prop_assume!(publisher.is_some());
             let claimant = publisher.unwrap();
             let mut view: Vec<Candidate> = members
