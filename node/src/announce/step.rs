@@ -79,7 +79,8 @@ impl Loop {
                         .unwrap_or_else(|p| p.into_inner())
                         .answering(now),
                 has_head: head.is_some(),
-                // A node whose certificate expired is cut off from its peers' new tables.
+                // A node whose certificate is not valid by its clock is cut off from its peers' new
+                // tables.
                 mesh_caught_up: self.mesh.role() != Role::CatchingUp
                     && crate::tls_reload::out_of_validity(&self.mesh).is_none(),
                 applied_is_head: decide::follows_head(
