@@ -75,6 +75,15 @@ impl ServiceKey {
             ServiceKey::Fwmark { .. } => None,
         }
     }
+
+    /// The protocol this service answers, if it is address-based (a firewall mark may stand
+    /// for several).
+    pub fn protocol(&self) -> Option<Protocol> {
+        match self {
+            ServiceKey::Addr { protocol, .. } => Some(*protocol),
+            ServiceKey::Fwmark { .. } => None,
+        }
+    }
 }
 
 impl fmt::Display for ServiceKey {

@@ -14,7 +14,7 @@
 
 use crate::backend::Dataplane;
 use crate::error::DataplaneError;
-use crate::model::{Destination, Service, ServiceKey};
+use crate::model::{Destination, Protocol, Service, ServiceKey};
 use crate::op::Op;
 use crate::plan::{plan_view, Actual, Desired, View};
 use serde::{Deserialize, Serialize};
@@ -68,8 +68,8 @@ pub struct Reconciler {
     draining_services: BTreeMap<ServiceKey, (Instant, u64)>,
     /// Services deleted without a drain (see `set_delete_at_once`).
     delete_at_once: BTreeSet<ServiceKey>,
-    /// Destinations deleted without a drain (see `set_cut_at_once`).
-    cut_at_once: BTreeSet<DestId>,
+    /// Protocols whose destinations are deleted without a drain (see `set_cut_protocols`).
+    cut_protocols: BTreeSet<Protocol>,
     /// Steps taken, to tell the entries the current step saw from stale ones.
     steps: u64,
     /// The kernel as of the last full read, with every acknowledged op since applied to it.
@@ -98,7 +98,7 @@ impl Reconciler {
             draining: BTreeMap::new(),
             draining_services: BTreeMap::new(),
             delete_at_once: BTreeSet::new(),
-            cut_at_once: BTreeSet::new(),
+            cut_protocols: BTreeSet::new(),
             steps: 0,
             view: None,
             last_full_read: None,
@@ -165,12 +165,12 @@ impl Reconciler {
         let (step, drain) = (self.steps, self.drain);
         let services = self.services_to_drain(&ops, have, now);
         let draining = &mut self.draining;
-        let cut = &self.cut_at_once;
+        let cut = &self.cut_protocols;
         let mut drained = services.ended;
         let mut out: Vec<Op> = Vec::with_capacity(ops.len());
         for op in ops {
             match &op {
-                Op::DelDest(key, addr, port) if cut.contains(&(key.clone(), *addr, *port)) => {
+                Op::DelDest(key, ..) if key.protocol().is_some_and(|p| cut.contains(&p)) => {
                     out.push(op);
                 }
                 Op::DelDest(key, addr, port) => {
@@ -269,14 +269,15 @@ impl Reconciler {
         self.delete_at_once = keys;
     }
 
-    /// Destinations to delete without a drain from now on (and no others), when the desired
-    /// table leaves them out: the node cuts a UDP backend judged down, since at weight 0 each
-    /// datagram of a client already sent there refreshes its IPVS entry and the client is
-    /// never moved (a DNS forwarder was black-holed for a whole outage; an audit). Deleted,
-    /// the kernel expires such an entry at its next packet (`expire_nodest_conn`) and the
-    /// packet after is scheduled afresh.
-    pub fn set_cut_at_once(&mut self, dests: BTreeSet<DestId>) {
-        self.cut_at_once = dests;
+    /// Protocols whose destinations are deleted without a drain when the desired table leaves
+    /// them out (and no others): the node cuts UDP, as kube-proxy does, since at weight 0 each
+    /// datagram of a client already sent to a destination refreshes its IPVS entry and the
+    /// client is never moved (a DNS forwarder was black-holed for a whole backend outage; an
+    /// audit), and a backend removed from the table is usually going away. Deleted, the kernel
+    /// expires such an entry at its next packet (`expire_nodest_conn`) and the packet after is
+    /// scheduled afresh. A removed service still drains (its backends still serve).
+    pub fn set_cut_protocols(&mut self, protocols: BTreeSet<Protocol>) {
+        self.cut_protocols = protocols;
     }
 
     /// What the next pass reads before it plans (`now` its start). A due drift check may give

@@ -4,14 +4,15 @@
 //! drain instead of being reset, and it gets its configured weight back when it recovers.
 //! Except in a UDP service: there a flow never ends by itself (each datagram refreshes its
 //! IPVS entry, so a client that keeps its source port stays on a backend at weight 0 for as
-//! long as it sends), so a down backend is left out and deleted without a drain
-//! ([`cut_at_once`]), and its clients are scheduled afresh at their next datagram.
+//! long as it sends), so a down backend is left out, and the reconciler deletes a UDP
+//! destination the table leaves out without a drain ([`cut_protocols`]), whether judged down
+//! or removed from the rules, as kube-proxy does: its clients are scheduled afresh at their
+//! next datagram.
 
 use crate::health::Verdicts;
 use crate::table::{RuleTable, VirtualService};
 use shoal_dataplane::filter::SourceFilter;
 use shoal_dataplane::model::{Destination, Protocol, Service, ServiceKey};
-use shoal_dataplane::reconcile::DestId;
 use shoal_dataplane::Desired;
 use std::collections::BTreeSet;
 
@@ -30,10 +31,17 @@ pub fn source_filters(table: &RuleTable) -> Vec<SourceFilter> {
         .collect()
 }
 
-/// Whether a down backend of `vs` is cut (left out and deleted at once) rather than kept at
-/// weight 0: UDP, whose flows never end by themselves.
+/// The protocols whose destinations the reconciler deletes without a drain when the desired
+/// table leaves them out (`Reconciler::set_cut_protocols`): UDP, whose flows never end by
+/// themselves.
+pub fn cut_protocols() -> BTreeSet<Protocol> {
+    [Protocol::Udp].into()
+}
+
+/// Whether a down backend of `vs` is cut (left out, so deleted at once) rather than kept at
+/// weight 0.
 fn cuts_down_backends(vs: &VirtualService) -> bool {
-    vs.protocol == Protocol::Udp
+    cut_protocols().contains(&vs.protocol)
 }
 
 fn key_of(vs: &VirtualService) -> ServiceKey {
@@ -42,22 +50,6 @@ fn key_of(vs: &VirtualService) -> ServiceKey {
         port: vs.port,
         protocol: vs.protocol,
     }
-}
-
-/// The destinations [`desired_state`] leaves out because they are down and cut: the
-/// reconciler deletes them without a drain (`Reconciler::set_cut_at_once`).
-pub fn cut_at_once(table: &RuleTable, verdicts: &Verdicts) -> BTreeSet<DestId> {
-    table
-        .services
-        .iter()
-        .filter(|vs| cuts_down_backends(vs))
-        .flat_map(|vs| {
-            vs.backends
-                .iter()
-                .filter(|b| verdicts.is_down(&vs.name, b.address, b.port))
-                .map(|b| (key_of(vs), b.address, b.port))
-        })
-        .collect()
 }
 
 pub fn desired_state(table: &RuleTable, verdicts: &Verdicts) -> Desired {
@@ -157,10 +149,7 @@ mod tests {
                 protocol: Protocol::Tcp
             }
         );
-        assert!(
-            cut_at_once(&table(), &down).is_empty(),
-            "tcp keeps its entry"
-        );
+        assert!(!cut_protocols().contains(&Protocol::Tcp), "tcp drains");
     }
 
     /// A UDP backend judged down is left out and cut at once: at weight 0 a client that keeps
@@ -181,18 +170,9 @@ mod tests {
             (dests[0].addr.to_string(), dests[0].weight),
             ("198.18.1.10".into(), 2)
         );
-        let cut = cut_at_once(&t, &down);
-        assert_eq!(
-            cut.into_iter().collect::<Vec<_>>(),
-            vec![(
-                d.services[0].key.clone(),
-                "198.18.1.11".parse().unwrap(),
-                80
-            )]
-        );
-        // Up again: back at its weight, nothing cut.
+        assert!(cut_protocols().contains(&Protocol::Udp), "deleted at once");
+        // Up again: back at its weight.
         let up = desired_state(&t, &Verdicts::default());
         assert_eq!(up.services[0].destinations.len(), 2);
-        assert!(cut_at_once(&t, &Verdicts::default()).is_empty());
     }
 }

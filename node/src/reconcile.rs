@@ -6,14 +6,13 @@
 //! whole table back; the others plan against the reconciler's view of the kernel.
 //! The dataplane is synchronous (netlink), so each pass runs on the blocking pool.
 
-use crate::desired::{cut_at_once, desired_state, source_filters};
+use crate::desired::{cut_protocols, desired_state, source_filters};
 use crate::drains_file;
 use crate::health::Verdicts;
 use crate::metrics::{NodeMetrics, OpLabel, ResultLabel};
 use crate::table::RuleTable;
 use serde::Serialize;
 use shoal_dataplane::filter::{reconcile_filter, FilterChange, Firewall, SourceFilter};
-use shoal_dataplane::reconcile::DestId;
 use shoal_dataplane::{
     reconcile, reconcile_until, Actual, Dataplane, DataplaneError, Desired, Draining, Op, Pending,
     Reconciler, ServiceKey,
@@ -55,9 +54,11 @@ impl SharedProgrammer {
         firewall: Box<dyn Firewall>,
         drain: Duration,
     ) -> Self {
+        let mut reconciler = Reconciler::new(drain);
+        reconciler.set_cut_protocols(cut_protocols());
         Self::from_programmer(Programmer {
             dataplane,
-            reconciler: Reconciler::new(drain),
+            reconciler,
             firewall,
         })
     }
@@ -145,19 +146,16 @@ impl SharedProgrammer {
     }
 
     /// One pass: the source filters, then read, plan, apply (see [`program`]); its drift
-    /// check gives way when `stop` turns true. `cut`: destinations `desired` leaves out that
-    /// go without a drain (`crate::desired::cut_at_once`).
+    /// check gives way when `stop` turns true.
     pub async fn reconcile(
         &self,
         desired: Desired,
-        cut: BTreeSet<DestId>,
         filters: Vec<SourceFilter>,
         stop: impl Fn() -> bool + Send + 'static,
     ) -> Result<Pass, DataplaneError> {
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
             let mut p = this.lock_for_pass();
-            p.reconciler.set_cut_at_once(cut);
             program(&mut p, desired, &filters, Instant::now(), &stop)
         })
         .await
@@ -407,7 +405,6 @@ pub async fn run(
         let verdicts_changed = verdicts_changed || verdicts.has_changed().unwrap_or(false);
         let judged = verdicts.borrow_and_update().clone();
         let desired = desired_state(&head.doc, &judged);
-        let cut = cut_at_once(&head.doc, &judged);
         let filters = source_filters(&head.doc);
         // A drift check (a whole read: seconds at 10,000 services) never holds a change back:
         // one this pass carries (a new head or verdict) puts a due check off and goes in on
@@ -417,7 +414,7 @@ pub async fn run(
         let news = news_since(&heads, &verdicts, &cancel);
         let stop = move || carries_change || news();
         let started = Instant::now();
-        let result = programmer.reconcile(desired, cut, filters, stop).await;
+        let result = programmer.reconcile(desired, filters, stop).await;
         metrics
             .reconcile_seconds
             .observe(started.elapsed().as_secs_f64());

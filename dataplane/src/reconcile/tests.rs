@@ -561,38 +561,63 @@ fn a_change_during_a_drift_check_goes_in_on_the_kept_view() {
     assert!(r.full_read && !r.gave_way, "{r:?}");
 }
 
-/// A destination in `set_cut_at_once` is deleted at once when the table leaves it out, even
-/// while removed destinations drain (a UDP backend judged down: at weight 0 its clients stay);
-/// the others still drain, and a destination that comes back is added again.
+/// A destination of a protocol in `set_cut_protocols` (UDP, for the node) is deleted at once
+/// when the table leaves it out, while removed destinations of other protocols drain (at
+/// weight 0 a UDP client stays on its backend for as long as it sends), a destination that
+/// comes back is added again, and a removed service of that protocol still drains.
 #[test]
-fn a_cut_destination_is_deleted_at_once_while_others_drain() {
+fn a_removed_destination_of_a_cut_protocol_is_deleted_at_once_while_others_drain() {
     let t0 = Instant::now();
     let mut dp = MemoryDataplane::new();
     let mut rec = Reconciler::new(Duration::from_secs(30));
-    let want = desired(&[1, 2, 3]);
-    let key = key_of(&want, 0);
+    rec.set_cut_protocols([Protocol::Udp].into());
+    let vip = IpAddr::from([203, 0, 113, 1]);
+    let with = |udp: &[u8], tcp: &[u8]| {
+        let mut dns = tcp_service(vip, 53, udp.iter().map(|&b| backend(b)));
+        dns.key = ServiceKey::Addr {
+            addr: vip,
+            port: 53,
+            protocol: Protocol::Udp,
+        };
+        Desired {
+            services: vec![dns, tcp_service(vip, 80, tcp.iter().map(|&b| backend(b)))],
+        }
+    };
+    let want = with(&[1, 2, 3], &[1, 2, 3]);
+    let (udp, tcp) = (key_of(&want, 0), key_of(&want, 1));
     reconcile(&mut dp, &mut rec, &want, t0).unwrap();
-    let cut: DestId = (key.clone(), IpAddr::from([198, 18, 0, 2]), 80);
-    rec.set_cut_at_once([cut.clone()].into());
-    let r = reconcile(&mut dp, &mut rec, &desired(&[1, 3]), t0).unwrap();
-    assert_eq!(r.ops, vec![Op::DelDest(cut.0.clone(), cut.1, cut.2)]);
-    assert_eq!(r.drained, 0, "a cut is not the end of a drain");
-    assert!(rec.draining().next().is_none());
-    // Another removal still drains (weight 0 first).
-    let r = reconcile(&mut dp, &mut rec, &desired(&[1]), t0).unwrap();
+    let r = reconcile(&mut dp, &mut rec, &with(&[1, 3], &[1, 3]), t0).unwrap();
     assert!(
-        matches!(&r.ops[..], [Op::UpdateDest(_, d)] if d.weight == 0),
+        r.ops.contains(&Op::DelDest(udp.clone(), backend(2), 80)),
         "{:?}",
         r.ops
     );
-    // Back up: added again.
-    rec.set_cut_at_once(BTreeSet::new());
-    let r = reconcile(&mut dp, &mut rec, &desired(&[1, 2, 3]), t0).unwrap();
     assert!(
         r.ops
             .iter()
-            .any(|op| matches!(op, Op::AddDest(k, d) if *k == key && d.addr == cut.1)),
+            .any(|op| matches!(op, Op::UpdateDest(k, d) if *k == tcp && d.weight == 0)),
+        "tcp drains: {:?}",
+        r.ops
+    );
+    assert_eq!(r.drained, 0, "a cut is not the end of a drain");
+    assert_eq!(
+        rec.draining().map(|d| d.service).collect::<Vec<_>>(),
+        vec![tcp.clone()]
+    );
+    assert_eq!(weights(&dp, &udp), Some(vec![1, 1]));
+    // Back: added again.
+    let r = reconcile(&mut dp, &mut rec, &want, t0).unwrap();
+    assert!(
+        r.ops
+            .iter()
+            .any(|op| matches!(op, Op::AddDest(k, d) if *k == udp && d.addr == backend(2))),
         "{:?}",
         r.ops
     );
+    // The whole UDP service removed: it drains (its backends still serve).
+    let only_tcp = Desired {
+        services: vec![want.services[1].clone()],
+    };
+    reconcile(&mut dp, &mut rec, &only_tcp, t0).unwrap();
+    assert_eq!(weights(&dp, &udp), Some(vec![0, 0, 0]));
 }

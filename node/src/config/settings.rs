@@ -138,7 +138,8 @@ layered_settings! {
         #[arg(long, value_enum)]
         pub ipvs_table: Option<IpvsTable>,
         /// Seconds a removed backend or service stays at weight 0 before it is deleted
-        /// (default 0: at once, 30 with the kubernetes source; at most 86400).
+        /// (default 0: at once, 30 with the kubernetes source; at most 86400). A backend
+        /// removed from a UDP service goes at once whatever this says.
         #[arg(long)]
         pub drain_s: Option<u64>,
         /// How many nodes probe each backend (default 2, 1-16).

@@ -305,3 +305,63 @@ fn an_admin_read_gives_way_to_a_waiting_pass() {
     assert_eq!(pending, Pending::default());
     assert_eq!(dp.services().len(), 2);
 }
+
+/// The node's programmer deletes a backend the table leaves out of a UDP service at once,
+/// whatever the drain, and drains a TCP one: at weight 0 a UDP client that keeps its source
+/// port stays on the removed backend for the whole drain.
+#[tokio::test]
+async fn the_node_deletes_a_removed_udp_backend_at_once_and_drains_a_tcp_one() {
+    let dp = MemoryDataplane::new();
+    let programmer = SharedProgrammer::new(
+        Box::new(dp.clone()),
+        Box::new(MemoryFirewall::default()),
+        Duration::from_secs(30),
+    );
+    let two = |protocol| {
+        let mut s = service([203, 0, 113, 1], 53);
+        s.key = ServiceKey::Addr {
+            addr: IpAddr::from([203, 0, 113, 1]),
+            port: if protocol == Protocol::Udp { 53 } else { 80 },
+            protocol,
+        };
+        let mut second = s.destinations[0].clone();
+        second.addr = IpAddr::from([198, 18, 0, 2]);
+        s.destinations.push(second);
+        s
+    };
+    let (udp, tcp) = (two(Protocol::Udp), two(Protocol::Tcp));
+    let both = Desired {
+        services: vec![udp.clone(), tcp.clone()],
+    };
+    programmer.reconcile(both, vec![], || false).await.unwrap();
+    let one_less = |mut s: Service| {
+        s.destinations.pop();
+        s
+    };
+    let removed = Desired {
+        services: vec![one_less(udp.clone()), one_less(tcp.clone())],
+    };
+    let pass = programmer
+        .reconcile(removed, vec![], || false)
+        .await
+        .unwrap();
+    let gone = IpAddr::from([198, 18, 0, 2]);
+    assert!(
+        pass.ops.contains(&Op::DelDest(udp.key.clone(), gone, 53)),
+        "{:?}",
+        pass.ops
+    );
+    let weights = |key: &ServiceKey| -> Vec<(IpAddr, u32)> {
+        dp.services()
+            .into_iter()
+            .find(|s| &s.key == key)
+            .map(|s| s.destinations.iter().map(|d| (d.addr, d.weight)).collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(weights(&udp.key), vec![(IpAddr::from([198, 18, 0, 1]), 1)]);
+    assert_eq!(
+        weights(&tcp.key),
+        vec![(IpAddr::from([198, 18, 0, 1]), 1), (gone, 0)],
+        "tcp drains at weight 0"
+    );
+}

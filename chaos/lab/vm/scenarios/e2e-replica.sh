@@ -42,9 +42,11 @@ replica_start() {
   else
     extra=""
   fi
+  # The drain is the Kubernetes source's default: a removed TCP destination stays at weight 0
+  # for 30 s, a removed UDP one goes at once (the removal phase).
   # shellcheck disable=SC2086
   /bin/ip netns exec r$i shoal run --dataplane ipvs --rules /mnt/host/rules.toml --tls-dir /tmp/certs/r$i \
-    --node-id r$i --listen 198.18.1.1$i:7946 --admin 198.18.1.1$i:9100 --cluster lab \
+    --node-id r$i --listen 198.18.1.1$i:7946 --admin 198.18.1.1$i:9100 --cluster lab --drain-s 30 \
     --seeds "$(replica_seeds $i)" $extra >> out/r$i.log 2>&1 &
   echo $! > /tmp/r$i.pid
   if [ "$ANNOUNCE" = bird ]; then

@@ -18,7 +18,7 @@ CONNS=${CONNS:-120}
 # Seconds the connections keep streaming after a fault.
 AFTER_S=${AFTER_S:-8}
 ANNOUNCE=${ANNOUNCE:-bgp}
-PHASES=${PHASES:-"kill9 stop term rolling add control-rr control-nosloppy backend keepalived"}
+PHASES=${PHASES:-"kill9 stop term rolling add control-rr control-nosloppy backend removal keepalived"}
 
 # One line a second in out/live.log. Cheap on purpose (every process started costs the
 # emulated guest dearly): the mesh's view comes from one long-lived `lab-flows announce-view`
@@ -196,6 +196,33 @@ phase_backend() {
   sleep 3
 }
 
+# A backend removed from the rules (its pod deleted: the endpoint goes first) while UDP
+# clients that keep their source port send to it. The replicas drain removals 30 s, but a UDP
+# destination is deleted at once: at weight 0 its clients would stay on it for the whole drain.
+# b2 keeps serving, so a client still answered by it was never moved.
+phase_removal() {
+  # b2 back in the UDP service on every replica first (the backend phase killed it): clients
+  # scheduled before would all be on b1 and b3, and stay there. Other source ports than the
+  # backend phase's clients: IPVS still holds their entries (300 s), on b1 and b3.
+  for i in $REPLICAS; do
+    n=0
+    until nsx r$i ipvsadm -Ln -u $VIP:9053 2>/dev/null | grep -q 198.18.1.32; do
+      n=$((n + 1)); [ $n -gt 60 ] && break; sleep 0.5
+    done
+  done
+  /bin/ip netns exec cl lab-flows udp --target $VIP:9053 --clients 24 --interval-ms 200 \
+    --duration-s $((AFTER_S + 8)) --base-port 41000 --out out/removal-udp.json > out/removal-udp.log 2>&1 &
+  PROBE_PIDS="$PROBE_PIDS $!"
+  sleep 4
+  cp /mnt/host/rules.toml /tmp/rules-before-removal.toml
+  sed '/^name = "flows-udp"/,/^$/{/^\[\[service\.backend\]\]$/{N;/198\.18\.1\.32/d}}' \
+    /tmp/rules-before-removal.toml > /mnt/host/rules.next
+  event "removal fault b2"; mv /mnt/host/rules.next /mnt/host/rules.toml
+  probe_wait
+  cp /tmp/rules-before-removal.toml /mnt/host/rules.next && mv /mnt/host/rules.next /mnt/host/rules.toml
+  sleep 3
+}
+
 phase_keepalived() {
   for k in 1 2; do
     prio=$((200 - k * 50))
@@ -278,7 +305,8 @@ if replicas_ready; then
     case $p in
       kill9) phase_kill9 ;; linkdown) phase_linkdown ;; stop) phase_stop ;; term) phase_term ;; rolling) phase_rolling ;;
       add) phase_add ;; control-rr) phase_control_rr ;; control-nosloppy) phase_control_nosloppy ;;
-      backend) phase_backend ;; keepalived) phase_keepalived ;; bench) phase_bench ;;
+      backend) phase_backend ;; removal) phase_removal ;; keepalived) phase_keepalived ;;
+      bench) phase_bench ;;
       *) echo "unknown phase $p" ;;
     esac
     event "phase $p done | $(router_hops)"
