@@ -35,13 +35,15 @@ pub fn source_filters(table: &RuleTable) -> Vec<SourceFilter> {
 /// table leaves them out (`Reconciler::set_cut_protocols`): UDP, whose flows never end by
 /// themselves.
 pub fn cut_protocols() -> BTreeSet<Protocol> {
-    [Protocol::Udp].into()
+    CUT_PROTOCOLS.into()
 }
+
+const CUT_PROTOCOLS: [Protocol; 1] = [Protocol::Udp];
 
 /// Whether a down backend of `vs` is cut (left out, so deleted at once) rather than kept at
 /// weight 0.
 fn cuts_down_backends(vs: &VirtualService) -> bool {
-    cut_protocols().contains(&vs.protocol)
+    CUT_PROTOCOLS.contains(&vs.protocol)
 }
 
 fn key_of(vs: &VirtualService) -> ServiceKey {
