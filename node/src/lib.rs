@@ -74,6 +74,13 @@ pub mod table;
 pub mod tls_reload;
 pub mod validate;
 
+/// A wall-clock instant as people read it in logs and reasons (RFC 3339, UTC).
+pub fn rfc3339(t: std::time::SystemTime) -> String {
+    time::OffsetDateTime::from(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| "an unknown time".into())
+}
+
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
 pub fn unix_ms() -> u64 {
     std::time::SystemTime::now()

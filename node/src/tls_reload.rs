@@ -124,12 +124,6 @@ enum Invalid {
     NotYetValid,
 }
 
-fn rfc3339(t: SystemTime) -> String {
-    time::OffsetDateTime::from(t)
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| "an unknown time".into())
-}
-
 impl<D: Document> Watcher<D> {
     /// `dir` holds the material the mesh started with.
     pub fn new(dir: &Path, cluster: &str, mesh: Mesh<D>, metrics: ReloadMetrics) -> Self {
@@ -161,13 +155,13 @@ impl<D: Document> Watcher<D> {
     fn invalid_at(&self, now: SystemTime) -> Option<(Invalid, String)> {
         let (not_before, not_after) = self.validity?;
         let node_pem = self.dir.join("node.pem");
-        let clock = rfc3339(now);
+        let clock = crate::rfc3339(now);
         if now > not_after {
             let reason = format!(
                 "this node's certificate expired at {} (this node's clock reads {clock}): \
                  peers refuse it; renew {} (shoal certs issue), or set this node's clock right \
                  if the peers' clocks disagree",
-                rfc3339(not_after),
+                crate::rfc3339(not_after),
                 node_pem.display()
             );
             Some((Invalid::Expired, reason))
@@ -176,7 +170,7 @@ impl<D: Document> Watcher<D> {
                 "this node's clock reads {clock}, before its certificate's start {}: its clock \
                  is likely wrong (check NTP), and it refuses its peers' certificates, issued as \
                  recently, as not valid yet",
-                rfc3339(not_before)
+                crate::rfc3339(not_before)
             );
             Some((Invalid::NotYetValid, reason))
         } else {
@@ -402,7 +396,7 @@ mod tests {
         let reason = stood_down(mesh.clone(), "certificate expired at").await;
         assert!(reason.contains("node.pem"), "{reason}");
         assert!(
-            reason.contains(&rfc3339(past_expiry)),
+            reason.contains(&crate::rfc3339(past_expiry)),
             "names the clock: {reason}"
         );
         // Said once: the next checks with the same cause change nothing.

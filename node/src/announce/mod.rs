@@ -131,9 +131,7 @@ impl BirdStatus {
     /// The report's `bird` field: `None` while the last poll got an answer.
     pub(crate) fn note(&self) -> Option<String> {
         (self.failed_polls > 0).then(|| {
-            let since = time::OffsetDateTime::from(self.last_answer_wall)
-                .format(&time::format_description::well_known::Rfc3339)
-                .unwrap_or_else(|_| "an unknown time".to_string());
+            let since = crate::rfc3339(self.last_answer_wall);
             format!("not answering since {since}: {}", self.error)
         })
     }
