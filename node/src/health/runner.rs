@@ -24,9 +24,10 @@ use super::verdict::{evaluate, index_opinions, verdicts_of, BackendRef, Verdict,
 use super::wire::{self, Observation};
 use crate::log_gate::LogGate;
 use crate::table::{HealthCheck, RuleTable};
+use crate::unix_ms;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -54,12 +55,6 @@ const PASS_GAP_MIN: Duration = Duration::from_millis(50);
 /// Verdict changes logged one by one per pass; more are counted in one line (all of them are
 /// in the metric and `/v1/cluster`). 50,000 backends going down at once made 50,000 lines.
 const VERDICT_LINES_PER_PASS: usize = 20;
-
-pub(crate) fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 /// One backend this node checks (or recently checked and is handing over).
 struct Duty {
