@@ -341,14 +341,11 @@ fn check_backend(run: &Run) {
          after {bound_ms} ms: {sh_after:?}\n{}",
         run.context("backend-probe-sh.log")
     );
-    check_udp_clients_move(run, fault, bound_ms);
-}
-
-/// UDP clients that keep their source port: those on the dead backend are answered by the
-/// others from the health bound on. At weight 0 IPVS kept them there for as long as they sent
-/// (every datagram refreshes the entry; an audit lost 153 of 154 datagrams per such client over
-/// 46 s); a down UDP backend is now deleted, and the kernel moves them at their next datagram.
-fn check_udp_clients_move(run: &Run, fault: u64, bound_ms: u64) {
+    // UDP clients that keep their source port: those on the dead backend are answered by the
+    // others from the health bound on. At weight 0 IPVS kept them there for as long as they
+    // sent (every datagram refreshes the entry; an audit lost 153 of 154 datagrams per such
+    // client over 46 s); a down UDP backend is now deleted, and the kernel moves them at their
+    // next datagram.
     check_udp_clients_leave_b2(run, "backend-udp", fault, bound_ms);
 }
 
