@@ -1,8 +1,8 @@
 #!/bin/bash
 # The health runner's CPU over a node's age (docs/benchmarks.md, "Health runner CPU over a
-# node's age"): three nodes on loopback (memory dataplane, --insecure), 300 services x 3 TCP
-# backends checked every second, one service renamed every 0.5 s, and n3 restarted every
-# RESTART_S seconds (SIGTERM, then the same command). Every minute it writes, for n1 and n2, the
+# node's age"): three nodes on loopback (memory dataplane, --insecure), SERVICES (300) services
+# x 3 TCP backends checked every INTERVAL_MS (1000) ms, one service renamed every 0.5 s, and n3
+# restarted every RESTART_S seconds (SIGTERM, then the same command). Every minute it writes, for n1 and n2, the
 # CPU of their `shoal-health` thread per probe finished and its wakeups per second, into
 # $DIR/samples.txt.
 #
@@ -15,6 +15,8 @@ set -u
 BIN=$(realpath "${1:?usage: health-soak.sh SHOAL_BINARY}")
 MINUTES=${MINUTES:-15}
 RESTART_S=${RESTART_S:-120}
+SERVICES=${SERVICES:-300}
+INTERVAL_MS=${INTERVAL_MS:-1000}
 PORTS=${PORTS:-320}
 DIR=${DIR:-/tmp/shoal-health-soak}
 rm -rf "$DIR" && mkdir -p "$DIR" && cd "$DIR" || exit 1
@@ -37,17 +39,17 @@ threading.Event().wait()
 PY
 fi
 
-# rules N: the table with service N % 300 renamed (a rename is a removal and an addition).
+# rules N: the table with service N % SERVICES renamed (a rename is a removal and an addition).
 rules() {
-  python3 - "$1" > rules.next <<'PY'
+  python3 - "$1" "$SERVICES" "$INTERVAL_MS" > rules.next <<'PY'
 import sys
-c = int(sys.argv[1])
+c, services, interval = (int(a) for a in sys.argv[1:4])
 print("loopback_backends = true")
-for i in range(300):
-    name = f"svc-{i}-r{c}" if i == c % 300 else f"svc-{i}"
+for i in range(services):
+    name = f"svc-{i}-r{c}" if i == c % services else f"svc-{i}"
     print(f'[[service]]\nname = "{name}"\nvip = "203.0.113.{1 + i % 200}"\nport = {10000 + i}')
     print('scheduler = "mh"\nforwarding = "masq"')
-    print('[service.health]\nkind = "tcp"\ninterval_ms = 1000\ntimeout_ms = 500\nrise = 2\nfall = 2')
+    print(f'[service.health]\nkind = "tcp"\ninterval_ms = {interval}\ntimeout_ms = 500\nrise = 2\nfall = 2')
     for p in (21001, 21002, 21003):
         print(f'[[service.backend]]\naddress = "127.0.0.1"\nport = {p}')
     print()

@@ -256,6 +256,13 @@ async fn killed_backend_is_down_on_every_node_then_back() {
 
     let limit = Duration::from_millis(interval_ms * fall as u64 + 1000);
     let steady_port = tcp[2].port();
+    let since = |port: u16| {
+        let json = serde_json::to_value(cluster.nodes[3].handle.report()).unwrap();
+        json["tcp"][format!("127.0.0.1:{port}")]["since_unix_ms"]
+            .as_u64()
+            .unwrap()
+    };
+    let (steady_since, killed_since) = (since(steady_port), since(tcp[0].port()));
     for (name, backend) in [("tcp", &mut tcp[0]), ("web", &mut web[1])] {
         backend.kill();
         let took = wait_until(limit, || cluster.all_say(name, backend.port(), true)).await;
@@ -286,6 +293,10 @@ async fn killed_backend_is_down_on_every_node_then_back() {
     assert_eq!(first["checkers"].as_array().unwrap().len(), 2);
     assert_eq!(first["checkers"][0]["last_result"], "ok");
     assert!(first["since_unix_ms"].as_u64().unwrap() > 0);
+    // A backend's verdict dates from its last change, through every pass that judged its
+    // service again or not.
+    assert_eq!(since(steady_port), steady_since);
+    assert!(since(tcp[0].port()) > killed_since);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,8 +4,10 @@
 //! `k`. The same view therefore gives the same checkers on every node without any message, and
 //! when a member leaves only the backends it was checking move (each to the next-ranked node).
 
+use super::verdict::BackendRef;
 use shoal_gossip::rendezvous;
 use shoal_gossip::version::NodeId;
+use std::collections::HashMap;
 use std::net::IpAddr;
 
 /// The stable name of one backend of one service, the input of the hash.
@@ -35,6 +37,75 @@ pub fn checkers(backend_key: &str, live: &[NodeId], k: usize) -> Vec<NodeId> {
     ranked.into_iter().take(k).map(|(_, n)| n.clone()).collect()
 }
 
+/// The checkers of each backend for one live set and `k`, each ranked once.
+///
+/// A pass of the health runner asks for every backend's checkers twice (its own duties, then
+/// every verdict), and each answer is a SHA-256 per live member and backend; passes run on
+/// probe results, up to 20 a second, while the live set changes far less often. So the answers
+/// are kept until the live set or `k` changes.
+#[derive(Debug, Default)]
+pub struct Assignment {
+    /// Sorted, without duplicates.
+    live: Vec<NodeId>,
+    k: usize,
+    /// Each backend's checkers, and whether it was asked for since the last [`Self::sweep`].
+    ranked: HashMap<BackendRef, (Vec<NodeId>, bool)>,
+}
+
+impl Assignment {
+    pub fn new(live: &[NodeId], k: usize) -> Self {
+        let mut assignment = Assignment::default();
+        assignment.follow(live, k);
+        assignment
+    }
+
+    /// Answers for `live` (any order, duplicates allowed) and `k` from now on: forgets every
+    /// answer if either changed, and says whether it did.
+    pub fn follow(&mut self, live: &[NodeId], k: usize) -> bool {
+        let mut live = live.to_vec();
+        live.sort();
+        live.dedup();
+        if live == self.live && k == self.k {
+            return false;
+        }
+        self.live = live;
+        self.k = k;
+        self.ranked.clear();
+        true
+    }
+
+    /// The live set followed, sorted.
+    pub fn live(&self) -> &[NodeId] {
+        &self.live
+    }
+
+    /// [`checkers`] of `backend`'s key in the live set followed, best-ranked first.
+    pub fn checkers(&mut self, backend: &BackendRef) -> &[NodeId] {
+        let (live, k) = (&self.live, self.k);
+        let entry = self.ranked.entry(backend.clone()).or_insert_with(|| {
+            let key = backend_key(&backend.service, backend.address, backend.port);
+            (checkers(&key, live, k), false)
+        });
+        entry.1 = true;
+        &entry.0
+    }
+
+    /// Forgets the backends not asked for since the last sweep: a runner sweeps after judging
+    /// a new table's backends, so the answers for backends the tables dropped do not pile up.
+    pub fn sweep(&mut self) {
+        self.ranked.retain(|_, (_, asked)| std::mem::take(asked));
+    }
+
+    /// How many backends' answers are kept.
+    pub fn len(&self) -> usize {
+        self.ranked.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ranked.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -60,6 +131,31 @@ mod tests {
         let picked: BTreeSet<_> = checkers("b", &live, 3).into_iter().collect();
         assert_eq!(picked, live.into_iter().collect());
         assert!(checkers("b", &[], 2).is_empty());
+    }
+
+    /// The same live set in another order, or with a duplicate, keeps the answers; another
+    /// set or `k` forgets them.
+    #[test]
+    fn an_assignment_forgets_only_when_the_set_or_k_changes() {
+        let live = ids(4);
+        let mut assignment = Assignment::new(&live, 2);
+        let backend = BackendRef {
+            service: "web".into(),
+            address: IpAddr::from([198, 18, 0, 1]),
+            port: 80,
+        };
+        assignment.checkers(&backend);
+        let mut shuffled = live.clone();
+        shuffled.reverse();
+        shuffled.push(live[1].clone());
+        assert!(!assignment.follow(&shuffled, 2));
+        assert_eq!(assignment.len(), 1);
+        assert_eq!(assignment.live(), live.as_slice());
+        assert!(assignment.follow(&live, 3));
+        assert!(assignment.is_empty());
+        assignment.checkers(&backend);
+        assert!(assignment.follow(&live[..3], 3));
+        assert!(assignment.is_empty());
     }
 
     #[test]
@@ -91,6 +187,35 @@ mod tests {
             shuffled.push(live[0].clone());
             prop_assert_eq!(checkers(&key, &live, k), checkers(&key, &shuffled, k));
             prop_assert_eq!(checkers(&key, &live, k).len(), k.min(n));
+        }
+
+        /// The kept answers are always what `checkers` says for the live set followed, however
+        /// the live set, `k` and the backends asked for change between passes.
+        #[test]
+        fn the_assignment_answers_as_checkers_does(
+            passes in prop::collection::vec((1usize..8, 1usize..4, prop::collection::vec(0u8..20, 0..12)), 1..12),
+        ) {
+            let all = ids(8);
+            let mut assignment = Assignment::default();
+            for (n, k, backends) in passes {
+                let live = &all[..n];
+                assignment.follow(live, k);
+                prop_assert_eq!(assignment.live(), live);
+                for b in &backends {
+                    let backend = BackendRef {
+                        service: format!("svc-{}", b % 3),
+                        address: IpAddr::from([198, 18, 0, *b]),
+                        port: 80,
+                    };
+                    let key = backend_key(&backend.service, backend.address, backend.port);
+                    let expected = checkers(&key, live, k);
+                    prop_assert_eq!(assignment.checkers(&backend), expected.as_slice());
+                }
+                assignment.sweep();
+                // Each backend asked for since the last sweep is kept, and only those.
+                let asked: BTreeSet<u8> = backends.iter().copied().collect();
+                prop_assert_eq!(assignment.len(), asked.len());
+            }
         }
 
         #[test]

@@ -2,14 +2,17 @@
 //! gossip, and every replica computes the same up/down verdict from its view.
 //!
 //! Pure core: `assign` (who checks what), `hysteresis` (one checker's opinion), `verdict` (the
-//! shared decision), `wire` (gossip encoding), `report` (what the admin API shows). Shell:
+//! shared decision), `wire` (gossip encoding), `gossiped` (the opinions read, decoded once),
+//! `judged` (the verdicts kept, per service), `report` (what the admin API shows). Shell:
 //! `prober` (TCP/HTTP probes), `runner` (the loop), `board` (the mesh trait) with `mesh_board`
 //! and the in-memory twin `memory_board`. Not here: turning verdicts into dataplane weights
 //! (the daemon does that from `HealthHandle::verdicts`). See docs/health.md.
 
 pub mod assign;
 pub mod board;
+pub mod gossiped;
 pub mod hysteresis;
+pub mod judged;
 pub mod memory_board;
 pub mod mesh_board;
 pub mod metrics;
@@ -53,7 +56,7 @@ impl Default for HealthConfig {
 #[derive(Clone)]
 pub struct HealthHandle {
     verdicts: watch::Receiver<Arc<Verdicts>>,
-    report: Arc<Mutex<Arc<HealthReport>>>,
+    judged: Arc<Mutex<Arc<judged::Judged>>>,
 }
 
 impl HealthHandle {
@@ -62,14 +65,16 @@ impl HealthHandle {
         self.verdicts.clone()
     }
 
-    /// The latest per-backend view (refreshed every pass of the runner, at least every 100 ms).
+    /// The latest per-backend view, built from the verdicts as the runner last judged them: a
+    /// pass (at least every 100 ms) judges again what a change of the gossiped opinions, the
+    /// live set or the table touches.
     pub fn report(&self) -> HealthReport {
-        let report = self
-            .report
+        let judged = self
+            .judged
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        (*report).clone()
+        report::build(&judged)
     }
 }
 
@@ -108,14 +113,14 @@ pub fn spawn(
 ) -> std::io::Result<HealthHandle> {
     let metrics = metrics::HealthMetrics::register(registry);
     let (verdicts_tx, verdicts_rx) = watch::channel(Arc::new(Verdicts::default()));
-    let report = Arc::new(Mutex::new(Arc::new(HealthReport::default())));
+    let judged = Arc::new(Mutex::new(Arc::new(judged::Judged::default())));
     let runner = runner::Runner {
         k: cfg.checkers_per_backend.max(1),
         board,
         tables,
         metrics,
         verdicts_tx,
-        report: report.clone(),
+        judged: judged.clone(),
         cancel,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -126,6 +131,6 @@ pub fn spawn(
         .spawn(move || rt.block_on(runner.run()))?;
     Ok(HealthHandle {
         verdicts: verdicts_rx,
-        report,
+        judged,
     })
 }

@@ -2,8 +2,9 @@
 //! verdict, since when, why, and each checker's last word.
 
 use super::hysteresis::CheckState;
+use super::judged::Judged;
 use super::result::ProbeResult;
-use super::verdict::{BackendRef, BackendVerdict, Basis, Verdict};
+use super::verdict::{Basis, Verdict};
 use serde::Serialize;
 use shoal_gossip::version::NodeId;
 use std::collections::BTreeMap;
@@ -45,10 +46,14 @@ pub struct CheckerReport {
     pub since_unix_ms: u64,
 }
 
-/// Builds the report from an evaluation and the verdict start times this node keeps.
-pub fn build(evaluated: &[BackendVerdict], since_ms: &BTreeMap<BackendRef, u64>) -> HealthReport {
+/// Builds the report from the verdicts and the times they last changed.
+pub fn build(judged: &Judged) -> HealthReport {
     let mut services: BTreeMap<String, BTreeMap<String, BackendReport>> = BTreeMap::new();
-    for v in evaluated {
+    let verdicts = judged
+        .services
+        .iter()
+        .flat_map(|s| s.verdicts.iter().zip(&s.since_ms));
+    for (v, since) in verdicts {
         let opinion = |n: &NodeId| {
             let o = v.opinions.iter().find(|(who, _)| who == n).map(|(_, o)| o);
             CheckerReport {
@@ -69,7 +74,7 @@ pub fn build(evaluated: &[BackendVerdict], since_ms: &BTreeMap<BackendRef, u64>)
                     address: v.backend.address,
                     port: v.backend.port,
                     verdict: v.verdict,
-                    since_unix_ms: since_ms.get(&v.backend).copied().unwrap_or(0),
+                    since_unix_ms: *since,
                     basis: v.basis,
                     checkers: v.checkers.iter().map(opinion).collect(),
                     former_checkers: v
@@ -87,7 +92,10 @@ pub fn build(evaluated: &[BackendVerdict], since_ms: &BTreeMap<BackendRef, u64>)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::health::judged::JudgedService;
+    use crate::health::verdict::{BackendRef, BackendVerdict};
     use crate::health::wire::Observation;
+    use std::sync::Arc;
 
     #[test]
     fn shape_matches_the_admin_api() {
@@ -112,8 +120,13 @@ mod tests {
             checkers: vec![NodeId::new("a"), NodeId::new("b")],
             opinions: vec![(NodeId::new("a"), seen)],
         };
-        let since = BTreeMap::from([(backend, 42)]);
-        let json = serde_json::to_value(build(&[v], &since)).unwrap();
+        let judged = Judged {
+            services: vec![Arc::new(JudgedService {
+                verdicts: vec![v],
+                since_ms: vec![42],
+            })],
+        };
+        let json = serde_json::to_value(build(&judged)).unwrap();
         let b = &json["web"]["[::1]:8080"];
         assert_eq!(b["verdict"], "down");
         assert_eq!(b["since_unix_ms"], 42);

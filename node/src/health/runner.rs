@@ -5,27 +5,31 @@
 //! One pass of the loop, run on probe results, table changes, and at least every
 //! `POLL_INTERVAL` (membership and other nodes' keys have no change notification), but no
 //! sooner than twice the last pass's duration after it started (`PASS_GAP_FACTOR`):
-//! 1. assignments: which backends `assign::checkers` gives this node in the current live view;
-//!    new ones are probed at once, dropped ones keep being published (not probed) for a
-//!    handover period so the verdict can use them until the new checkers have an opinion;
+//! 1. assignments: which backends `assign::checkers` gives this node in the current live view
+//!    (worked out again only when the table or the live set changed); new ones are probed at
+//!    once, dropped ones keep being published (not probed) for a handover period so the
+//!    verdict can use them until the new checkers have an opinion;
 //! 2. start the probes that are due (one in flight per backend, one per interval);
 //! 3. publish per-service values whose opinions or results changed (probe times alone are
 //!    refreshed every `REFRESH_INTERVAL`);
-//! 4. evaluate verdicts from every live member's values; publish them if they changed.
+//! 4. evaluate verdicts from every live member's values, when a value, the live set or the
+//!    table changed (values are decoded when they change: `gossiped`); publish them if they
+//!    changed. The admin API's report is built from the last verdicts when it is asked for.
 
-use super::assign::{backend_key, checkers};
+use super::assign::Assignment;
 use super::board::HealthBoard;
+use super::gossiped::GossipedValues;
 use super::hysteresis::Hysteresis;
+use super::judged::{Judged, JudgedService};
 use super::metrics::{HealthMetrics, ProbeLabels};
 use super::prober::{LocalFailure, Prober, Target};
-use super::report::{self, HealthReport};
 use super::result::ProbeResult;
-use super::verdict::{evaluate, index_opinions, verdicts_of, BackendRef, Verdict, Verdicts};
+use super::verdict::{index_opinions, verdicts_of, BackendRef, Verdicts};
 use super::wire::{self, Observation};
 use crate::log_gate::LogGate;
 use crate::table::{HealthCheck, RuleTable};
 use crate::unix_ms;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -149,7 +153,7 @@ pub(crate) struct Runner {
     pub(crate) tables: super::TableFeed,
     pub(crate) metrics: HealthMetrics,
     pub(crate) verdicts_tx: watch::Sender<Arc<Verdicts>>,
-    pub(crate) report: Arc<Mutex<Arc<HealthReport>>>,
+    pub(crate) judged: Arc<Mutex<Arc<Judged>>>,
     pub(crate) cancel: CancellationToken,
 }
 
@@ -159,8 +163,7 @@ impl Runner {
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<ProbeDone>();
         let mut duties: BTreeMap<BackendRef, Duty> = BTreeMap::new();
         // By key (a service's chunk): what was last published and when.
-        let mut published: BTreeMap<String, (String, Instant)> = BTreeMap::new();
-        let mut verdict_since_ms: BTreeMap<BackendRef, u64> = BTreeMap::new();
+        let mut published: BTreeMap<String, (Vec<Observation>, Instant)> = BTreeMap::new();
         let mut current = Arc::new(Verdicts::default());
         let mut tables_open = true;
         let me = self.board.node_id();
@@ -168,47 +171,48 @@ impl Runner {
         let max_in_flight = max_in_flight();
         let mut in_flight = 0usize;
         let mut local_failures = LogGate::new(Duration::from_secs(10));
+        // What the last pass worked from, so that a pass redoes only what its inputs changed:
+        // the checkers of each backend (kept while the live set stays), the backends this node
+        // checks (while the table and the live set stay), the decoded opinions (per value).
+        let mut assignment = Assignment::default();
+        let mut last_head = None;
+        let mut wanted: BTreeMap<BackendRef, HealthCheck> = BTreeMap::new();
+        let mut gossiped = GossipedValues::default();
+        // The verdicts by service, and where each health-checked service is in the table.
+        let mut by_service: BTreeMap<String, Arc<JudgedService>> = BTreeMap::new();
+        let mut positions: HashMap<String, usize> = HashMap::new();
+        let mut judge_again = true;
+        let no_table = RuleTable::default();
 
         loop {
             let pass_started = Instant::now();
             let head = self.tables.borrow_and_update().clone();
-            let no_table = RuleTable::default();
             let table = head.as_ref().map_or(&no_table, |h| &h.doc);
             let live = self.board.live_members();
             let now = Instant::now();
+            let roster_changed = assignment.follow(&live, self.k);
+            let table_changed = !same_head(&head, &last_head);
+            last_head = head.clone();
 
-            // 1. Assignments.
-            let mut wanted: BTreeMap<BackendRef, HealthCheck> = BTreeMap::new();
-            for service in &table.services {
-                let Some(check) = &service.health else {
-                    continue;
-                };
-                for b in &service.backends {
-                    let key = backend_key(&service.name, b.address, b.port);
-                    if checkers(&key, &live, self.k).contains(&me) {
-                        let r = BackendRef {
-                            service: service.name.clone(),
-                            address: b.address,
-                            port: b.port,
-                        };
-                        wanted.insert(r, check.clone());
+            // 1. Assignments: which backends this node checks moves only with the table and
+            // the live set.
+            if table_changed || roster_changed {
+                wanted = checked_here(table, &mut assignment, &me);
+                for (b, check) in &wanted {
+                    let duty = duties.entry(b.clone()).or_insert_with(|| Duty {
+                        check: check.clone(),
+                        hysteresis: Hysteresis::new(unix_ms()),
+                        last_result: ProbeResult::Pending,
+                        last_probe_ms: 0,
+                        next_due: now,
+                        in_flight: false,
+                        released_at: None,
+                        question: 0,
+                    });
+                    duty.adopt(check, now);
+                    if duty.released_at.take().is_some() {
+                        duty.next_due = now;
                     }
-                }
-            }
-            for (b, check) in &wanted {
-                let duty = duties.entry(b.clone()).or_insert_with(|| Duty {
-                    check: check.clone(),
-                    hysteresis: Hysteresis::new(unix_ms()),
-                    last_result: ProbeResult::Pending,
-                    last_probe_ms: 0,
-                    next_due: now,
-                    in_flight: false,
-                    released_at: None,
-                    question: 0,
-                });
-                duty.adopt(check, now);
-                if duty.released_at.take().is_some() {
-                    duty.next_due = now;
                 }
             }
             duties.retain(|b, duty| {
@@ -271,44 +275,30 @@ impl Runner {
                 .probes_waiting
                 .set(i64::try_from(waiting).unwrap_or(i64::MAX));
 
-            // 3. Publish this node's opinions, one value per service (chunked).
-            let mut values: BTreeMap<String, Vec<Observation>> = BTreeMap::new();
-            for (b, duty) in &duties {
-                values
-                    .entry(b.service.clone())
-                    .or_default()
-                    .push(duty.observation(b));
-            }
-            // Only a change of opinion or result is news: the probe time alone is refreshed
-            // every `REFRESH_INTERVAL`, which keeps gossip quiet while nothing changes.
-            let mut fresh: BTreeMap<String, (String, Instant)> = BTreeMap::new();
-            let chunked = values.into_iter().flat_map(|(service, observations)| {
-                let chunks = wire::chunks(observations).into_iter().enumerate();
-                chunks
-                    .filter(|(_, chunk)| !chunk.is_empty())
-                    .map(move |(i, chunk)| (wire::key_for(&service, i), chunk))
-            });
-            for (key, observations) in chunked {
-                let significant = wire::encode(
-                    &observations
-                        .iter()
-                        .map(|o| Observation {
-                            last_probe_ms: 0,
-                            ..o.clone()
-                        })
-                        .collect::<Vec<_>>(),
-                );
-                let stale = match published.get(&key) {
-                    Some((old, at)) => {
-                        *old != significant || now.duration_since(*at) >= REFRESH_INTERVAL
+            // 3. Publish this node's opinions, one value per service (chunked). Only a change of
+            // opinion or result is news: the probe time alone is refreshed every
+            // `REFRESH_INTERVAL`, which keeps gossip quiet while nothing changes. A value is
+            // encoded only when it is sent.
+            let mut fresh: BTreeMap<String, (Vec<Observation>, Instant)> = BTreeMap::new();
+            for (service, observations) in observations_by_service(&duties) {
+                for (i, chunk) in wire::chunks(observations).into_iter().enumerate() {
+                    if chunk.is_empty() {
+                        continue;
                     }
-                    None => true,
-                };
-                if stale {
-                    self.board.set_key(&key, &wire::encode(&observations));
-                    fresh.insert(key, (significant, now));
-                } else if let Some(kept) = published.remove(&key) {
-                    fresh.insert(key, kept);
+                    let key = wire::key_for(service, i);
+                    let stale = match published.get(&key) {
+                        Some((old, at)) => {
+                            !same_but_probe_times(old, &chunk)
+                                || now.duration_since(*at) >= REFRESH_INTERVAL
+                        }
+                        None => true,
+                    };
+                    if stale {
+                        self.board.set_key(&key, &wire::encode(&chunk));
+                        fresh.insert(key, (chunk, now));
+                    } else if let Some(kept) = published.remove(&key) {
+                        fresh.insert(key, kept);
+                    }
                 }
             }
             for key in published.keys() {
@@ -318,65 +308,88 @@ impl Runner {
             }
             published = fresh;
 
-            // 4. Verdicts from everyone's opinions.
-            let raw = self.board.keys(wire::KEY_PREFIX);
-            let mut decoded = Vec::with_capacity(raw.len());
-            for (node, key, value) in &raw {
-                let Some(service) = wire::service_of(key) else {
-                    continue;
+            // 4. Verdicts from everyone's opinions: of every service when the live set or the
+            // table changed, else of the services whose gossiped values moved (a service's
+            // verdicts depend on nothing else). A pass that changed a verdict is followed by one
+            // judging everything (rule step 3 reads the previous verdicts), after which the same
+            // inputs give the same verdicts.
+            let read = self.board.keys(wire::KEY_PREFIX);
+            let moved = gossiped.update(read, |node, key, error| {
+                // Once per (node, key): a newer peer would otherwise flood the log.
+                if warned.insert((node.to_string(), key.to_string())) {
+                    tracing::warn!(%node, %key, %error, "ignoring an unreadable health value");
+                }
+            });
+            let everything = roster_changed || table_changed || judge_again;
+            if everything || !moved.is_empty() {
+                if table_changed {
+                    positions = table
+                        .services
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, s)| s.health.is_some())
+                        .map(|(i, s)| (s.name.clone(), i))
+                        .collect();
+                }
+                let (opinions, names): (_, Vec<&String>) = if everything {
+                    let opinions = index_opinions(&live, gossiped.opinions());
+                    by_service.retain(|name, _| positions.contains_key(name));
+                    (opinions, positions.keys().collect())
+                } else {
+                    let opinions = index_opinions(&live, gossiped.opinions_of(&moved));
+                    let names = moved.iter().filter(|n| positions.contains_key(*n));
+                    (opinions, names.collect())
                 };
-                match wire::decode(value) {
-                    Ok(obs) => decoded.push((node.clone(), service, obs)),
-                    Err(error) => {
-                        // Once per (node, key): a newer peer would otherwise flood the log.
-                        if warned.insert((node.to_string(), key.clone())) {
-                            tracing::warn!(%node, %key, %error, "ignoring an unreadable health value");
+                let now_ms = unix_ms();
+                let mut changes = 0usize;
+                for name in names {
+                    let service = &table.services[positions[name]];
+                    let before = by_service.get(name).map(Arc::as_ref);
+                    let (judged, changed) = JudgedService::judge(
+                        service,
+                        &mut assignment,
+                        &opinions,
+                        &current,
+                        before,
+                        now_ms,
+                    );
+                    for v in changed.iter().map(|&i| &judged.verdicts[i]) {
+                        self.metrics.verdict_changes.inc();
+                        changes += 1;
+                        if changes <= VERDICT_LINES_PER_PASS {
+                            tracing::info!(
+                                service = %v.backend.service, backend = %v.backend.address,
+                                port = v.backend.port, verdict = ?v.verdict, basis = ?v.basis,
+                                "health verdict changed"
+                            );
                         }
                     }
+                    by_service.insert(name.clone(), Arc::new(judged));
                 }
-            }
-            let opinions = index_opinions(&live, decoded);
-            let evaluated = evaluate(table, &live, self.k, &opinions, &current);
-            let next = verdicts_of(&evaluated);
-            let now_ms = unix_ms();
-            let down = next.down().count();
-            self.metrics.set_backends(evaluated.len() - down, down);
-            let mut judged = BTreeSet::new();
-            let mut changes = 0usize;
-            for v in &evaluated {
-                judged.insert(v.backend.clone());
-                let was_down =
-                    current.is_down(&v.backend.service, v.backend.address, v.backend.port);
-                let is_down = v.verdict == Verdict::Down;
-                if was_down != is_down {
-                    self.metrics.verdict_changes.inc();
-                    changes += 1;
-                    if changes <= VERDICT_LINES_PER_PASS {
-                        tracing::info!(
-                            service = %v.backend.service, backend = %v.backend.address,
-                            port = v.backend.port, verdict = ?v.verdict, basis = ?v.basis,
-                            "health verdict changed"
-                        );
-                    }
-                    verdict_since_ms.insert(v.backend.clone(), now_ms);
-                } else {
-                    verdict_since_ms.entry(v.backend.clone()).or_insert(now_ms);
+                if table_changed {
+                    assignment.sweep();
                 }
+                if changes > VERDICT_LINES_PER_PASS {
+                    tracing::info!(
+                        more = changes - VERDICT_LINES_PER_PASS,
+                        "more health verdicts changed in this pass than are logged one by one: \
+                         see GET /v1/cluster"
+                    );
+                }
+                let all = by_service.values().flat_map(|j| j.verdicts.iter());
+                let next = verdicts_of(all.clone());
+                let down = next.down().count();
+                self.metrics.set_backends(all.count() - down, down);
+                judge_again = next != *current;
+                if judge_again {
+                    current = Arc::new(next);
+                    self.verdicts_tx.send_replace(current.clone());
+                }
+                let judged = Judged {
+                    services: by_service.values().cloned().collect(),
+                };
+                *self.judged.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(judged);
             }
-            if changes > VERDICT_LINES_PER_PASS {
-                tracing::info!(
-                    more = changes - VERDICT_LINES_PER_PASS,
-                    "more health verdicts changed in this pass than are logged one by one: \
-                     see GET /v1/cluster"
-                );
-            }
-            verdict_since_ms.retain(|b, _| judged.contains(b));
-            if next != *current {
-                current = Arc::new(next);
-                self.verdicts_tx.send_replace(current.clone());
-            }
-            let built = report::build(&evaluated, &verdict_since_ms);
-            *self.report.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(built);
 
             // 5. Wait for the next reason to run a pass.
             let earliest_due = duties
@@ -463,6 +476,70 @@ impl Runner {
     }
 }
 
+/// Each service's observations by this node, from its duties (sorted by service, so one walk).
+fn observations_by_service(duties: &BTreeMap<BackendRef, Duty>) -> Vec<(&str, Vec<Observation>)> {
+    let mut out: Vec<(&str, Vec<Observation>)> = Vec::new();
+    for (b, duty) in duties {
+        match out.last_mut() {
+            Some((service, observations)) if *service == b.service => {
+                observations.push(duty.observation(b));
+            }
+            _ => out.push((&b.service, vec![duty.observation(b)])),
+        }
+    }
+    out
+}
+
+/// Whether two values say the same but for when their probes finished.
+fn same_but_probe_times(a: &[Observation], b: &[Observation]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(a, b)| {
+            Observation {
+                last_probe_ms: b.last_probe_ms,
+                ..a.clone()
+            } == *b
+        })
+}
+
+/// Whether two heads are the same table (the same shared document, not an equal one: a new
+/// head is a pass's cue to read the table again).
+fn same_head(
+    a: &Option<Arc<shoal_gossip::Stamped<RuleTable>>>,
+    b: &Option<Arc<shoal_gossip::Stamped<RuleTable>>>,
+) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+/// The backends of `table` with a health check whose checkers in the live set `assignment`
+/// follows include `me`, with their checks.
+fn checked_here(
+    table: &RuleTable,
+    assignment: &mut Assignment,
+    me: &shoal_gossip::version::NodeId,
+) -> BTreeMap<BackendRef, HealthCheck> {
+    let mut wanted = BTreeMap::new();
+    for service in &table.services {
+        let Some(check) = &service.health else {
+            continue;
+        };
+        for b in &service.backends {
+            let backend = BackendRef {
+                service: service.name.clone(),
+                address: b.address,
+                port: b.port,
+            };
+            if assignment.checkers(&backend).contains(me) {
+                wanted.insert(backend, check.clone());
+            }
+        }
+    }
+    wanted
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -490,6 +567,57 @@ mod tests {
             released_at: None,
             question: 0,
         }
+    }
+
+    fn backend(service: &str, last: u8) -> BackendRef {
+        BackendRef {
+            service: service.into(),
+            address: std::net::IpAddr::from([198, 18, 0, last]),
+            port: 80,
+        }
+    }
+
+    /// Services whose names extend one another stay apart, each with its own backends in order.
+    #[test]
+    fn observations_are_grouped_by_service() {
+        let now = Instant::now();
+        let duties: BTreeMap<BackendRef, Duty> = [
+            backend("web", 2),
+            backend("web-2", 1),
+            backend("web", 1),
+            backend("db", 9),
+        ]
+        .into_iter()
+        .map(|b| (b, duty(check(Probe::Tcp, 1_000), now)))
+        .collect();
+        let grouped: Vec<(&str, Vec<u8>)> = observations_by_service(&duties)
+            .into_iter()
+            .map(|(s, o)| {
+                let lasts = o.iter().map(|o| match o.address {
+                    std::net::IpAddr::V4(a) => a.octets()[3],
+                    std::net::IpAddr::V6(_) => 0,
+                });
+                (s, lasts.collect())
+            })
+            .collect();
+        assert_eq!(
+            grouped,
+            [("db", vec![9]), ("web", vec![1, 2]), ("web-2", vec![1])]
+        );
+    }
+
+    /// A value whose probe times alone moved is not news; any other field is.
+    #[test]
+    fn only_probe_times_are_not_news() {
+        let now = Instant::now();
+        let b = backend("web", 1);
+        let mut d = duty(check(Probe::Tcp, 1_000), now);
+        let before = vec![d.observation(&b)];
+        d.last_probe_ms = 99;
+        assert!(same_but_probe_times(&before, &[d.observation(&b)]));
+        d.last_result = ProbeResult::Refused;
+        assert!(!same_but_probe_times(&before, &[d.observation(&b)]));
+        assert!(!same_but_probe_times(&before, &[]));
     }
 
     /// An interval lowered from 600 s to 1 s waited out the old 600 s before the next probe.

@@ -16,10 +16,10 @@
 //! Steps 1-2 depend only on the view, so nodes with the same view agree; step 3 can differ
 //! between a node that has judged the backend before and one that has not, until a checker reports.
 
-use super::assign::{backend_key, checkers};
+use super::assign::Assignment;
 use super::hysteresis::CheckState;
 use super::wire::Observation;
-use crate::table::RuleTable;
+use crate::table::{RuleTable, VirtualService};
 use serde::Serialize;
 use shoal_dataplane::model::Protocol;
 use shoal_gossip::version::NodeId;
@@ -184,76 +184,144 @@ pub struct BackendVerdict {
     pub opinions: Vec<(NodeId, Observation)>,
 }
 
-/// Judges every backend of every service that has a health check. `previous` is this node's last
-/// answer, used only when nobody has an opinion (step 3).
+/// Judges every backend of every service that has a health check, with the checkers
+/// `assignment` gives in the live set it follows. `previous` is this node's last answer, used
+/// only when nobody has an opinion (step 3).
 pub fn evaluate(
     table: &RuleTable,
-    live: &[NodeId],
-    k: usize,
+    assignment: &mut Assignment,
     opinions: &Opinions,
     previous: &Verdicts,
 ) -> Vec<BackendVerdict> {
-    let mut out = Vec::new();
-    for service in table.services.iter().filter(|s| s.health.is_some()) {
-        let at = (service.vip, service.port, service.protocol);
-        for b in &service.backends {
-            let backend = BackendRef {
-                service: service.name.clone(),
-                address: b.address,
-                port: b.port,
-            };
-            let assigned = checkers(&backend_key(&service.name, b.address, b.port), live, k);
-            let said: Vec<(NodeId, Observation)> = opinions
-                .get(&backend)
-                .map(|l| {
-                    l.iter()
-                        .filter(|(n, _)| live.contains(n))
-                        .cloned()
-                        .collect()
-                })
-                .unwrap_or_default();
-            let states: Vec<(NodeId, CheckState)> =
-                said.iter().map(|(n, o)| (n.clone(), o.state)).collect();
-            let had_verdict = previous.get(&backend, at);
-            // `previous` has no "never judged" marker: an absent backend is up, which is also
-            // what step 3 answers for a backend never judged.
-            let (verdict, basis) = verdict(&states, &assigned, Some(had_verdict));
-            let basis = match basis {
-                Basis::Previous if had_verdict == Verdict::Up => Basis::NoReports,
-                other => other,
-            };
-            out.push(BackendVerdict {
-                backend,
-                at,
-                verdict,
-                basis,
-                checkers: assigned,
-                opinions: said,
-            });
-        }
+    table
+        .services
+        .iter()
+        .filter(|s| s.health.is_some())
+        .flat_map(|s| evaluate_service(s, assignment, opinions, previous))
+        .collect()
+}
+
+/// [`evaluate`] for the backends of one service (whether it has a health check or not): a
+/// service's verdicts depend only on the live set, the opinions about its own backends and
+/// the previous verdicts, so a runner judges again only the services whose opinions moved.
+pub fn evaluate_service(
+    service: &VirtualService,
+    assignment: &mut Assignment,
+    opinions: &Opinions,
+    previous: &Verdicts,
+) -> Vec<BackendVerdict> {
+    let at = (service.vip, service.port, service.protocol);
+    let mut out = Vec::with_capacity(service.backends.len());
+    for b in &service.backends {
+        let backend = BackendRef {
+            service: service.name.clone(),
+            address: b.address,
+            port: b.port,
+        };
+        let assigned = assignment.checkers(&backend).to_vec();
+        let live = assignment.live();
+        let said: Vec<(NodeId, Observation)> = opinions
+            .get(&backend)
+            .map(|l| {
+                l.iter()
+                    .filter(|(n, _)| live.contains(n))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        let states: Vec<(NodeId, CheckState)> =
+            said.iter().map(|(n, o)| (n.clone(), o.state)).collect();
+        let had_verdict = previous.get(&backend, at);
+        // `previous` has no "never judged" marker: an absent backend is up, which is also
+        // what step 3 answers for a backend never judged.
+        let (verdict, basis) = verdict(&states, &assigned, Some(had_verdict));
+        let basis = match basis {
+            Basis::Previous if had_verdict == Verdict::Up => Basis::NoReports,
+            other => other,
+        };
+        out.push(BackendVerdict {
+            backend,
+            at,
+            verdict,
+            basis,
+            checkers: assigned,
+            opinions: said,
+        });
     }
     out
 }
 
 /// The down set of an evaluation.
-pub fn verdicts_of(evaluated: &[BackendVerdict]) -> Verdicts {
-    let down = evaluated.iter().filter(|v| v.verdict == Verdict::Down);
-    Verdicts {
-        down: down.clone().map(|v| v.backend.clone()).collect(),
-        down_at: down
-            .map(|v| (v.at, v.backend.address, v.backend.port))
-            .collect(),
+pub fn verdicts_of<'a>(evaluated: impl IntoIterator<Item = &'a BackendVerdict>) -> Verdicts {
+    let mut verdicts = Verdicts::default();
+    for v in evaluated {
+        if v.verdict == Verdict::Down {
+            verdicts.down.insert(v.backend.clone());
+            verdicts
+                .down_at
+                .insert((v.at, v.backend.address, v.backend.port));
+        }
+    }
+    verdicts
+}
+
+/// A service and opinions for the tests of the pure health modules.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::*;
+    use crate::health::result::ProbeResult;
+    use crate::table::{Backend, HealthCheck, Probe};
+    use shoal_dataplane::model::{Forwarding, SchedFlags, Tunnel};
+
+    /// "web" on 203.0.113.1:80, TCP-checked, with backends 198.18.0.1.. on port 8080.
+    pub(crate) fn service(backends: usize) -> VirtualService {
+        VirtualService {
+            name: "web".into(),
+            vip: "203.0.113.1".parse().unwrap(),
+            port: 80,
+            protocol: Protocol::Tcp,
+            scheduler: "rr".into(),
+            flags: SchedFlags::default(),
+            forwarding: Forwarding::Tunnel(Tunnel::Ipip),
+            backends: (0..backends)
+                .map(|i| Backend {
+                    address: format!("198.18.0.{}", i + 1).parse().unwrap(),
+                    port: 8080,
+                    weight: 1,
+                })
+                .collect(),
+            health: Some(HealthCheck {
+                probe: Probe::Tcp,
+                interval_ms: 1000,
+                timeout_ms: 500,
+                rise: 2,
+                fall: 2,
+                port: None,
+            }),
+            source_ranges: vec![],
+        }
+    }
+
+    /// A checker's observation of `addr`:8080 in `state`.
+    pub(crate) fn obs(addr: IpAddr, state: CheckState) -> Observation {
+        Observation {
+            address: addr,
+            port: 8080,
+            state,
+            last_result: ProbeResult::Ok,
+            last_probe_ms: 1,
+            since_ms: 1,
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::fixtures::obs;
     use super::*;
-    use crate::health::result::ProbeResult;
+    use crate::health::assign::{backend_key, checkers};
     use crate::health::wire;
-    use crate::table::{Backend, HealthCheck, Probe, VirtualService};
     use proptest::prelude::*;
-    use shoal_dataplane::model::{Forwarding, Protocol, SchedFlags, Tunnel};
 
     fn n(i: usize) -> NodeId {
         NodeId::new(format!("lb-{i}"))
@@ -307,42 +375,7 @@ mod tests {
 
     fn table(backends: usize) -> RuleTable {
         RuleTable {
-            services: vec![VirtualService {
-                name: "web".into(),
-                vip: "203.0.113.1".parse().unwrap(),
-                port: 80,
-                protocol: Protocol::Tcp,
-                scheduler: "rr".into(),
-                flags: SchedFlags::default(),
-                forwarding: Forwarding::Tunnel(Tunnel::Ipip),
-                backends: (0..backends)
-                    .map(|i| Backend {
-                        address: format!("198.18.0.{}", i + 1).parse().unwrap(),
-                        port: 8080,
-                        weight: 1,
-                    })
-                    .collect(),
-                health: Some(HealthCheck {
-                    probe: Probe::Tcp,
-                    interval_ms: 1000,
-                    timeout_ms: 500,
-                    rise: 2,
-                    fall: 2,
-                    port: None,
-                }),
-                source_ranges: vec![],
-            }],
-        }
-    }
-
-    fn obs(addr: IpAddr, state: CheckState) -> Observation {
-        Observation {
-            address: addr,
-            port: 8080,
-            state,
-            last_result: ProbeResult::Ok,
-            last_probe_ms: 1,
-            since_ms: 1,
+            services: vec![fixtures::service(backends)],
         }
     }
 
@@ -367,7 +400,12 @@ mod tests {
             (dead, "web", vec![obs(addr, CheckState::Up)]),
         ];
         let index = index_opinions(&live, values);
-        let out = evaluate(&t, &live, 2, &index, &Verdicts::default());
+        let out = evaluate(
+            &t,
+            &mut Assignment::new(&live, 2),
+            &index,
+            &Verdicts::default(),
+        );
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].verdict, Verdict::Down);
         assert_eq!(out[0].opinions.len(), 2);
@@ -420,12 +458,14 @@ mod tests {
             .map(|c| (c.clone(), "web", vec![obs(addr, CheckState::Down)]))
             .collect::<Vec<_>>();
         let index = index_opinions(&live, values);
-        let before = verdicts_of(&evaluate(&t, &live, 2, &index, &Verdicts::default()));
+        // One assignment for every pass, as the runner keeps it: a new name is a new backend.
+        let mut assignment = Assignment::new(&live, 2);
+        let before = verdicts_of(&evaluate(&t, &mut assignment, &index, &Verdicts::default()));
         assert!(before.is_down("web", addr, 8080));
         let mut renamed = t.clone();
         renamed.services[0].name = "Web".into();
         // Nobody has an opinion under the new name yet (the old checkers' keys name "web").
-        let after = evaluate(&renamed, &live, 2, &index, &before);
+        let after = evaluate(&renamed, &mut assignment, &index, &before);
         assert_eq!(
             (after[0].verdict, &after[0].basis),
             (Verdict::Down, &Basis::Previous)
@@ -433,19 +473,19 @@ mod tests {
         let next = verdicts_of(&after);
         assert!(next.is_down("Web", addr, 8080));
         // It stays down on the passes after, whose previous verdicts name it "Web" already.
-        let again = evaluate(&renamed, &live, 2, &Opinions::new(), &next);
+        let again = evaluate(&renamed, &mut assignment, &Opinions::new(), &next);
         assert_eq!(again[0].verdict, Verdict::Down);
         // Checkers that find it up under the new name bring it back.
         let up: Vec<_> = checkers(&backend_key("Web", addr, 8080), &live, 2)
             .into_iter()
             .map(|c| (c, "Web", vec![obs(addr, CheckState::Up)]))
             .collect();
-        let back = evaluate(&renamed, &live, 2, &index_opinions(&live, up), &next);
+        let back = evaluate(&renamed, &mut assignment, &index_opinions(&live, up), &next);
         assert_eq!(back[0].verdict, Verdict::Up);
         // A service listening elsewhere with the same backend is another service.
         let mut elsewhere = renamed.clone();
         elsewhere.services[0].port = 81;
-        let other = evaluate(&elsewhere, &live, 2, &Opinions::new(), &before);
+        let other = evaluate(&elsewhere, &mut assignment, &Opinions::new(), &before);
         assert_eq!(other[0].verdict, Verdict::Up);
     }
 
@@ -453,7 +493,12 @@ mod tests {
     fn services_without_health_are_never_judged() {
         let mut t = table(2);
         t.services[0].health = None;
-        let out = evaluate(&t, &[n(0)], 2, &Opinions::new(), &Verdicts::default());
+        let out = evaluate(
+            &t,
+            &mut Assignment::new(&[n(0)], 2),
+            &Opinions::new(),
+            &Verdicts::default(),
+        );
         assert!(out.is_empty());
     }
 
@@ -494,8 +539,8 @@ mod tests {
             let prev = Verdicts::from_down(t.services[0].backends.iter().zip(&prev_a)
                 .filter(|(_, d)| **d)
                 .map(|(b, _)| BackendRef { service: "web".into(), address: b.address, port: b.port }));
-            let a = evaluate(&t, &live, k, &decode_all(&values), &prev);
-            let b = evaluate(&t, &live_b, k, &decode_all(&rotated), &Verdicts::default());
+            let a = evaluate(&t, &mut Assignment::new(&live, k), &decode_all(&values), &prev);
+            let b = evaluate(&t, &mut Assignment::new(&live_b, k), &decode_all(&rotated), &Verdicts::default());
             for (x, y) in a.iter().zip(&b) {
                 let anyone_knows = x.opinions.iter().any(|(_, o)| o.state != CheckState::Unknown);
                 if anyone_knows {
@@ -503,6 +548,43 @@ mod tests {
                     prop_assert_eq!(&x.checkers, &y.checkers);
                 }
             }
+        }
+
+        /// A service's verdicts depend on the opinions about its own backends only (the runner
+        /// judges again only the services whose values moved): opinions about another
+        /// service, whatever they say, change nothing.
+        #[test]
+        fn a_service_is_judged_by_its_own_opinions_only(
+            nodes in 1usize..6,
+            k in 1usize..4,
+            mine in prop::collection::vec(arb_state(), 6),
+            theirs in prop::collection::vec(arb_state(), 6),
+            others in prop::collection::vec(arb_state(), 6),
+            previous_down in prop::collection::vec(any::<bool>(), 6),
+        ) {
+            let mut t = table(3);
+            let mut db = t.services[0].clone();
+            db.name = "db".into();
+            db.port = 5432;
+            t.services.push(db);
+            let live: Vec<NodeId> = (0..nodes).map(n).collect();
+            let says = |service: &'static str, states: &[CheckState]| -> Vec<(NodeId, &str, Vec<Observation>)> {
+                let backends = &t.services[0].backends;
+                (0..nodes)
+                    .map(|i| (n(i), service, vec![obs(backends[i % 3].address, states[i])]))
+                    .collect()
+            };
+            let with = index_opinions(&live, [says("web", &mine), says("db", &theirs)].concat());
+            let without = index_opinions(&live, [says("web", &mine), says("db", &others)].concat());
+            let previous = Verdicts::from_down(t.services.iter().flat_map(|s| {
+                s.backends.iter().map(|b| BackendRef { service: s.name.clone(), address: b.address, port: b.port })
+            }).zip(&previous_down).filter(|(_, d)| **d).map(|(b, _)| b));
+            let mut assignment = Assignment::new(&live, k);
+            let web = &t.services[0];
+            prop_assert_eq!(
+                evaluate_service(web, &mut assignment, &with, &previous),
+                evaluate_service(web, &mut assignment, &without, &previous)
+            );
         }
 
         /// The verdict moves only when some opinion moves: feeding one checker a flapping
