@@ -11,10 +11,11 @@
 //!    verdict can use them until the new checkers have an opinion;
 //! 2. start the probes that are due (one in flight per backend, one per interval);
 //! 3. publish per-service values whose opinions or results changed (probe times alone are
-//!    refreshed every `REFRESH_INTERVAL`);
-//! 4. evaluate verdicts from every live member's values, when a value, the live set or the
-//!    table changed (values are decoded when they change: `gossiped`); publish them if they
-//!    changed. The admin API's report is built from the last verdicts when it is asked for.
+//!    refreshed every `REFRESH_INTERVAL`; a value is encoded only when it is sent);
+//! 4. judge again the services whose gossiped values moved (values are decoded when they
+//!    change: `gossiped`), or every service when the live set or the table changed or the last
+//!    pass changed a verdict (`judged`); publish the verdicts if they changed. The admin API's
+//!    report is built from the kept verdicts when it is asked for.
 
 use super::assign::Assignment;
 use super::board::HealthBoard;
