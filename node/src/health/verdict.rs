@@ -19,7 +19,7 @@
 use super::assign::Assignment;
 use super::hysteresis::CheckState;
 use super::wire::Observation;
-use crate::table::{RuleTable, VirtualService};
+use crate::table::VirtualService;
 use serde::Serialize;
 use shoal_dataplane::model::Protocol;
 use shoal_gossip::version::NodeId;
@@ -184,26 +184,11 @@ pub struct BackendVerdict {
     pub opinions: Vec<(NodeId, Observation)>,
 }
 
-/// Judges every backend of every service that has a health check, with the checkers
-/// `assignment` gives in the live set it follows. `previous` is this node's last answer, used
-/// only when nobody has an opinion (step 3).
-pub fn evaluate(
-    table: &RuleTable,
-    assignment: &mut Assignment,
-    opinions: &Opinions,
-    previous: &Verdicts,
-) -> Vec<BackendVerdict> {
-    table
-        .services
-        .iter()
-        .filter(|s| s.health.is_some())
-        .flat_map(|s| evaluate_service(s, assignment, opinions, previous))
-        .collect()
-}
-
-/// [`evaluate`] for the backends of one service (whether it has a health check or not): a
-/// service's verdicts depend only on the live set, the opinions about its own backends and
-/// the previous verdicts, so a runner judges again only the services whose opinions moved.
+/// Judges every backend of one service (whether it has a health check or not), with the
+/// checkers `assignment` gives in the live set it follows. `previous` is this node's last
+/// answer, used only when nobody has an opinion (step 3). A service's verdicts depend only on
+/// the live set, the opinions about its own backends and the previous verdicts, so a runner
+/// judges again only the services whose opinions moved (`judged.rs`).
 pub fn evaluate_service(
     service: &VirtualService,
     assignment: &mut Assignment,
@@ -270,7 +255,7 @@ pub fn verdicts_of<'a>(evaluated: impl IntoIterator<Item = &'a BackendVerdict>) 
 pub(crate) mod fixtures {
     use super::*;
     use crate::health::result::ProbeResult;
-    use crate::table::{Backend, HealthCheck, Probe};
+    use crate::table::{Backend, HealthCheck, Probe, RuleTable};
     use shoal_dataplane::model::{Forwarding, SchedFlags, Tunnel};
 
     /// "web" on 203.0.113.1:80, TCP-checked, with backends 198.18.0.1.. on port 8080.
@@ -302,6 +287,22 @@ pub(crate) mod fixtures {
         }
     }
 
+    /// The rule over a whole table: [`evaluate_service`] for every service with a health check
+    /// (the runner judges service by service; the tests state the rule over tables).
+    pub(crate) fn evaluate(
+        table: &RuleTable,
+        assignment: &mut Assignment,
+        opinions: &Opinions,
+        previous: &Verdicts,
+    ) -> Vec<BackendVerdict> {
+        table
+            .services
+            .iter()
+            .filter(|s| s.health.is_some())
+            .flat_map(|s| evaluate_service(s, assignment, opinions, previous))
+            .collect()
+    }
+
     /// A checker's observation of `addr`:8080 in `state`.
     pub(crate) fn obs(addr: IpAddr, state: CheckState) -> Observation {
         Observation {
@@ -317,10 +318,11 @@ pub(crate) mod fixtures {
 
 #[cfg(test)]
 mod tests {
-    use super::fixtures::obs;
+    use super::fixtures::{evaluate, obs};
     use super::*;
     use crate::health::assign::{backend_key, checkers};
     use crate::health::wire;
+    use crate::table::RuleTable;
     use proptest::prelude::*;
 
     fn n(i: usize) -> NodeId {
