@@ -10,6 +10,8 @@ PKGS=(qemu-system-x86 "$KERNEL_PKG" busybox-static ipvsadm kmod iproute2 nftable
 PKGS+=(bird2 iputils-arping ndisc6 util-linux python3)
 # keepalived: the VM lab's end-to-end topology (the VRRP peer run; bird2 is above).
 PKGS+=(keepalived)
+# libfaketime: start a node with its wall clock behind (node/tests/start_checks.rs).
+PKGS+=(libfaketime)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -17,10 +17,12 @@ async fn five_nodes_converge_and_replicate() {
     let ca = new_ca();
     let nodes = start_cluster(&ca, 5).await;
     let all = refs(&nodes);
+    // Agreeing on the members can come before the join grace ends (a node's chitchat listens
+    // from its spawn, see `mesh/rejoin.rs`), and a node catches up only after it.
     let took = wait_for(
-        "5 nodes agree on members and publisher n0",
+        "5 nodes agree on members and publisher n0, and have caught up",
         Duration::from_secs(10),
-        || converged(&all, "n0"),
+        || converged(&all, "n0") && all.iter().all(|n| n.role() != Role::CatchingUp),
     )
     .await;
     eprintln!("converged in {took:?}");
@@ -360,6 +362,74 @@ async fn restarted_node_rejoins_with_higher_generation_without_ghost() {
         assert_eq!(n2.len(), 1, "ghost entries: {n2:?}");
         assert!(n2[0].generation > old_generation && n2[0].alive);
     }
+    shutdown_all(nodes).await;
+}
+
+/// A node restarted with its clock behind its previous start and nothing that remembers that
+/// start (no generation file): it joins again above the incarnation its seed knows, and every
+/// node counts it, instead of counting the dead one for `dead_node_grace_ms`. The previous
+/// process's start is put 10 minutes ahead through its generation file (as if its clock was).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_with_its_clock_behind_joins_above_its_previous_incarnation() {
+    let _serial = SERIAL.lock().await;
+    let ca = new_ca();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ahead = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64
+        + 600_000;
+    let generation_file = dir.path().join("generation");
+    std::fs::write(&generation_file, format!("{ahead}\n")).expect("write generation");
+    let mut nodes = start_cluster(&ca, 2).await;
+    let seed = nodes[0].listen_addr();
+    let previous: Node = Mesh::start(MeshConfig {
+        generation_file: Some(generation_file),
+        ..config("n2", any_port(), &[seed], tls_for(&ca, "n2"))
+    })
+    .await
+    .expect("start n2");
+    let addr = previous.listen_addr();
+    nodes.push(previous);
+    wait_for("three nodes", Duration::from_secs(10), || {
+        converged(&refs(&nodes), "n0")
+    })
+    .await;
+    let previous_generation = nodes[0].view().members[2].generation;
+    assert!(
+        previous_generation > ahead,
+        "{previous_generation} <= {ahead}"
+    );
+    nodes.pop().expect("n2").abort().await;
+    let mut restarted = None;
+    for _ in 0..50 {
+        // The old socket may take a moment to be released.
+        match Mesh::start(config("n2", addr, &[seed], tls_for(&ca, "n2"))).await {
+            Ok(node) => {
+                restarted = Some(node);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    nodes.push(restarted.expect("restart on the same address"));
+    let all = refs(&nodes);
+    // Converged alone could be the old incarnation, not yet judged dead.
+    let counted_above = |n: &Node| {
+        let view = n.view();
+        let n2: Vec<_> = view
+            .members
+            .iter()
+            .filter(|m| m.id.as_str() == "n2")
+            .collect();
+        n2.len() == 1 && n2[0].alive && n2[0].generation > previous_generation
+    };
+    wait_for(
+        "every node counts the restarted n2 above its previous generation",
+        Duration::from_secs(10),
+        || converged(&all, "n0") && all.iter().all(|n| counted_above(n)),
+    )
+    .await;
     shutdown_all(nodes).await;
 }
 

@@ -559,7 +559,7 @@ fn resume_drains(programmer: &SharedProgrammer, path: &std::path::Path) {
 
 fn state_dir(config: &NodeConfig) -> anyhow::Result<Option<StateDir>> {
     let Some(dir) = &config.state_dir else {
-        tracing::warn!("no --state-dir: a publisher that restarts cut off from every peer may stamp a version it stamped before (peers still settle on one copy), and a node restarted with its clock behind stays invisible until the clock passes its previous start; drains in progress start over after a restart");
+        tracing::warn!("no --state-dir: a publisher that restarts cut off from every peer may stamp a version it stamped before (peers still settle on one copy), and a node restarted with its clock behind, whose seeds do not answer within the join grace, stays invisible until the clock passes its previous start; drains in progress start over after a restart");
         return Ok(None);
     };
     let state = StateDir::lock(dir)?;

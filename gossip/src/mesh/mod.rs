@@ -2,7 +2,8 @@
 //! the QUIC transport, feeds the core what gossip reports and the time, carries out its actions
 //! (gossip a key, fetch a head, announce a role), serves documents to peers, and offers the
 //! handle the application uses. Every decision is the core's; this folder only moves data.
-//! `mod.rs`: the handle (`Mesh`) and start-up; `shell.rs`: the control loop and the tasks;
+//! `mod.rs`: the handle (`Mesh`) and start-up; `rejoin.rs`: at start-up, joining again above
+//! a later incarnation of this node's id; `shell.rs`: the control loop and the tasks;
 //! `fetch.rs`: fetching a new head.
 //!
 //! Why this file is over 500 lines: it is the one public handle, `Mesh`: `start` (wiring
@@ -11,6 +12,7 @@
 
 mod announce;
 mod fetch;
+mod rejoin;
 mod shell;
 
 use crate::certs::{cluster_server_name, TlsMaterial};
@@ -40,7 +42,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 /// A document with the stamp it was published under.
 #[derive(Clone, Debug, PartialEq)]
@@ -160,6 +162,37 @@ fn unix_ms() -> u64 {
         .unwrap_or_default()
 }
 
+/// Chitchat's settings for one incarnation of this node.
+fn chitchat_config(
+    node_id: &NodeId,
+    generation: u64,
+    listen: SocketAddr,
+    cluster_id: &str,
+    seeds: &[String],
+    timing: &Timing,
+) -> ChitchatConfig {
+    let gossip_interval = Duration::from_millis(timing.gossip_interval_ms);
+    ChitchatConfig {
+        chitchat_id: ChitchatId::new(node_id.as_str(), generation, listen),
+        cluster_id: cluster_id.to_string(),
+        gossip_interval,
+        listen_addr: listen,
+        seed_nodes: seeds.to_vec(),
+        failure_detector_config: FailureDetectorConfig {
+            phi_threshold: timing.phi_threshold,
+            sampling_window_size: 1_000,
+            // Longer gaps (a pause, a healed partition) are not averaged in, so the mean, and
+            // with it the detection time, stays near the gossip interval.
+            max_interval: (gossip_interval * 20).max(Duration::from_secs(2)),
+            initial_interval: Duration::from_millis(timing.initial_interval_ms),
+            dead_node_grace_period: Duration::from_millis(timing.dead_node_grace_ms),
+        },
+        marked_for_deletion_grace_period: TOMBSTONE_GRACE,
+        catchup_callback: None,
+        extra_liveness_predicate: None,
+    }
+}
+
 impl<D> Drop for Inner<D> {
     fn drop(&mut self) {
         self.cancel.cancel();
@@ -171,7 +204,10 @@ impl<D> Drop for Inner<D> {
 }
 
 impl<D: Document> Mesh<D> {
-    /// Binds the QUIC endpoint, starts gossiping with the seeds and the control loop.
+    /// Binds the QUIC endpoint, starts gossiping with the seeds and the control loop. With
+    /// seeds, returns once one has answered and two gossip rounds more have passed, or after
+    /// the join grace, having joined again if a peer knows a later incarnation of this node id
+    /// (`rejoin.rs`).
     pub async fn start(config: MeshConfig) -> Result<Self, MeshError> {
         let MeshConfig {
             node_id,
@@ -222,50 +258,56 @@ impl<D: Document> Mesh<D> {
         )?;
         let listen = transport.local_addr();
         // Recorded before joining: the next start, whatever its clock says, goes above it.
-        let generation = match &generation_file {
+        let mut generation = match &generation_file {
             Some(path) => crate::generation_file::next(path, unix_ms())?,
             None => unix_ms(),
         };
-        let chitchat_id = ChitchatId::new(node_id.as_str(), generation, listen);
         let gossip_interval = Duration::from_millis(timing.gossip_interval_ms);
-        let failure_detector_config = FailureDetectorConfig {
-            phi_threshold: timing.phi_threshold,
-            sampling_window_size: 1_000,
-            // Longer gaps (a pause, a healed partition) are not averaged in, so the mean, and
-            // with it the detection time, stays near the gossip interval.
-            max_interval: (gossip_interval * 20).max(Duration::from_secs(2)),
-            initial_interval: Duration::from_millis(timing.initial_interval_ms),
-            dead_node_grace_period: Duration::from_millis(timing.dead_node_grace_ms),
-        };
-        let cluster_id_kept = cluster_id.clone();
-        let chitchat_config = ChitchatConfig {
-            chitchat_id,
-            cluster_id,
-            gossip_interval,
-            listen_addr: listen,
-            seed_nodes: seeds.clone(),
-            failure_detector_config,
-            marked_for_deletion_grace_period: TOMBSTONE_GRACE,
-            catchup_callback: None,
-            extra_liveness_predicate: None,
-        };
         let initial: Vec<(String, String)> = metadata
             .iter()
             .map(|(k, v)| (format!("{}{k}", keys::META_PREFIX), v.clone()))
             .collect();
-        let handle = spawn_chitchat(
-            chitchat_config,
-            initial,
-            &GossipTransport(transport.clone()),
-        )
-        .await
-        .map_err(|e| MeshError::Gossip {
-            detail: e.to_string(),
-        })?;
+        let mut rejoins = 0;
+        let (handle, started) = loop {
+            let spawned = Instant::now();
+            let handle = spawn_chitchat(
+                chitchat_config(&node_id, generation, listen, &cluster_id, &seeds, &timing),
+                initial.clone(),
+                &GossipTransport(transport.clone()),
+            )
+            .await
+            .map_err(|e| MeshError::Gossip {
+                detail: e.to_string(),
+            })?;
+            if seeds.is_empty() || rejoins == rejoin::MAX_REJOINS {
+                break (handle, spawned);
+            }
+            // The join grace is when the core listens before it acts; it counts from the spawn,
+            // so this wait delays nothing unless the node joins again (`rejoin.rs`).
+            let later = rejoin::listen_for_later_incarnation(
+                &handle.chitchat(),
+                Duration::from_millis(timing.join_grace_ms),
+                gossip_interval * rejoin::SETTLE_ROUNDS,
+            )
+            .await;
+            let Some(later) = later else {
+                break (handle, spawned);
+            };
+            let now = crate::generation_file::choose(unix_ms(), Some(later));
+            let above = match &generation_file {
+                Some(path) => crate::generation_file::next(path, now)?,
+                None => now,
+            };
+            warn!(node = %node_id, generation, previous_generation = later, new_generation = above, "peers know an incarnation of this node id that started after this process (its wall clock is behind that start, and no generation file says when it was): joining again above it, or peers would ignore this process until they forget that incarnation");
+            if let Err(e) = handle.shutdown().await {
+                warn!(error = %e, "chitchat did not stop cleanly before joining again");
+            }
+            generation = above;
+            rejoins += 1;
+        };
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let (role_tx, _) = watch::channel(Role::CatchingUp);
         let (doc_tx, _) = watch::channel(None);
-        let started = Instant::now();
         let identity = Identity {
             id: node_id.clone(),
             generation,
@@ -282,7 +324,7 @@ impl<D: Document> Mesh<D> {
             handle: Mutex::new(Some(handle)),
             transport,
             security_mode,
-            cluster_id: cluster_id_kept,
+            cluster_id,
             role_tx,
             doc_tx,
             blob_tx,

@@ -297,11 +297,12 @@ impl<D: Document> Inner<D> {
 
 /// Peers gossip an incarnation of this node's id that started after this process, by the
 /// generations (start times): this process started with its clock behind the previous one's
-/// start (stepped back, no `--state-dir` to keep generations rising). Peers keep counting that
-/// dead incarnation (`incarnation.rs`, the newest generation) and ignore this process, its
-/// health opinions and its documents, while it calls itself ready; only its generation in
-/// `shoal status` showed it (an audit). Said once per such incarnation. The record may be
-/// unverified (a forgery can cost a log line, nothing else).
+/// start (stepped back, no `--state-dir` to keep generations rising), and no seed told it so
+/// within the join grace, when `Mesh::start` would have joined again above it (`rejoin.rs`).
+/// Peers keep counting that dead incarnation (`incarnation.rs`, the newest generation) and
+/// ignore this process, its health opinions and its documents, while it calls itself ready;
+/// only its generation in `shoal status` showed it (an audit). Said once per such incarnation.
+/// The record may be unverified (a forgery can cost a log line, nothing else).
 fn warn_if_shadowed(st: &mut State, raw: &[RawMember], my_generation: u64) {
     let Some(me) = raw.iter().find(|r| r.me) else {
         return;
@@ -313,7 +314,7 @@ fn warn_if_shadowed(st: &mut State, raw: &[RawMember], my_generation: u64) {
         .max();
     if let Some(later) = later.filter(|g| st.shadowed_by != Some(*g)) {
         st.shadowed_by = Some(later);
-        warn!(node = %me.id, generation = my_generation, previous_generation = later, "peers know an incarnation of this node id that started after this process (generation {later}, this one {my_generation}): this node's clock was stepped back since the last run, and peers ignore this process (they see this node dead) until they forget that incarnation (dead_node_grace_ms); run with --state-dir, which keeps generations rising, or restart once the clock is past the previous start");
+        warn!(node = %me.id, generation = my_generation, previous_generation = later, "peers know an incarnation of this node id that started after this process (generation {later}, this one {my_generation}): this node's clock was stepped back since the last run, no seed answered in time to join above it, and peers ignore this process (they see this node dead) until they forget that incarnation (dead_node_grace_ms); run with --state-dir, which keeps generations rising, or restart once the clock is past the previous start");
     }
 }
 

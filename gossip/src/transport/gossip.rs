@@ -30,6 +30,16 @@ struct GossipSocket {
     rx: mpsc::Receiver<super::Inbound>,
 }
 
+/// Chitchat stopped (a node joining again above a later incarnation of its id, see
+/// `mesh/rejoin.rs`): the next chitchat on this endpoint opens the socket again.
+impl Drop for GossipSocket {
+    fn drop(&mut self) {
+        let (_, closed) = mpsc::channel(1);
+        self.transport
+            .return_gossip_rx(std::mem::replace(&mut self.rx, closed));
+    }
+}
+
 #[async_trait]
 impl Socket for GossipSocket {
     async fn send(&mut self, to: SocketAddr, msg: ChitchatMessage) -> anyhow::Result<()> {

@@ -337,6 +337,10 @@ impl QuicTransport {
         lock(&self.inner.gossip_in_rx).take()
     }
 
+    fn return_gossip_rx(&self, rx: mpsc::Receiver<Inbound>) {
+        *lock(&self.inner.gossip_in_rx) = Some(rx);
+    }
+
     /// Caches a fresh connection, replacing any older one to the same address (after a crash
     /// the survivors' cached connection is dead; the restarted peer's new one must win), and
     /// starts reading from it. With node identity enforced, a peer whose certificate names no
