@@ -433,6 +433,86 @@ async fn a_node_restarted_with_its_clock_behind_joins_above_its_previous_incarna
     shutdown_all(nodes).await;
 }
 
+/// A generation file restored from an older copy, with the clock behind the previous start,
+/// hands the restart exactly its previous process's generation: chitchat then merges the peers'
+/// copy of that process's record into the new one's own (the old process's keys, such as its
+/// health opinions, gossiped as the new process's). The start sees keys it never wrote in its
+/// own record and joins again above it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_handed_its_previous_generation_joins_above_it() {
+    let _serial = SERIAL.lock().await;
+    let ca = new_ca();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ahead = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64
+        + 600_000;
+    let generation_file = dir.path().join("generation");
+    std::fs::write(&generation_file, format!("{ahead}\n")).expect("write generation");
+    let mut nodes = start_cluster(&ca, 2).await;
+    let seed = nodes[0].listen_addr();
+    let n2_config = |listen| MeshConfig {
+        generation_file: Some(generation_file.clone()),
+        ..config("n2", listen, &[seed], tls_for(&ca, "n2"))
+    };
+    let previous: Node = Mesh::start(n2_config(any_port())).await.expect("start n2");
+    let addr = previous.listen_addr();
+    previous.set_app_key("opinion", "from the previous process");
+    nodes.push(previous);
+    let hears_the_opinion = |n: &Node| {
+        n.app_keys("opinion")
+            .iter()
+            .any(|(id, _, _)| id.as_str() == "n2")
+    };
+    wait_for(
+        "n0 hears the previous n2's key",
+        Duration::from_secs(10),
+        || converged(&refs(&nodes), "n0") && hears_the_opinion(&nodes[0]),
+    )
+    .await;
+    let previous_generation = nodes[0].view().members[2].generation;
+    assert_eq!(previous_generation, ahead + 1);
+    nodes.pop().expect("n2").abort().await;
+    // The folder restored from the copy taken before that start.
+    std::fs::write(&generation_file, format!("{ahead}\n")).expect("restore generation");
+    let mut restarted = None;
+    for _ in 0..50 {
+        match Mesh::start(n2_config(addr)).await {
+            Ok(node) => {
+                restarted = Some(node);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    nodes.push(restarted.expect("restart on the same address"));
+    let all = refs(&nodes);
+    let counted_above = |n: &Node| {
+        let view = n.view();
+        let n2: Vec<_> = view
+            .members
+            .iter()
+            .filter(|m| m.id.as_str() == "n2")
+            .collect();
+        n2.len() == 1 && n2[0].alive && n2[0].generation > previous_generation
+    };
+    wait_for(
+        "every node counts the restarted n2 above its previous generation",
+        Duration::from_secs(10),
+        || converged(&all, "n0") && all.iter().all(|n| counted_above(n)),
+    )
+    .await;
+    for n in &all {
+        assert!(
+            !hears_the_opinion(n),
+            "{} still hears the previous process's key as n2's",
+            n.node_id()
+        );
+    }
+    shutdown_all(nodes).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_leave_is_seen_at_once() {
     let _serial = SERIAL.lock().await;

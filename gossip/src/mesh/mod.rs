@@ -286,6 +286,7 @@ impl<D: Document> Mesh<D> {
             // so this wait delays nothing unless the node joins again (`rejoin.rs`).
             let later = rejoin::listen_for_later_incarnation(
                 &handle.chitchat(),
+                &initial,
                 Duration::from_millis(timing.join_grace_ms),
                 gossip_interval * rejoin::SETTLE_ROUNDS,
             )
@@ -298,7 +299,7 @@ impl<D: Document> Mesh<D> {
                 Some(path) => crate::generation_file::next(path, now)?,
                 None => now,
             };
-            warn!(node = %node_id, generation, previous_generation = later, new_generation = above, "peers know an incarnation of this node id that started after this process (its wall clock is behind that start, and no generation file says when it was): joining again above it, or peers would ignore this process until they forget that incarnation");
+            warn!(node = %node_id, generation, previous_generation = later, new_generation = above, "peers know an incarnation of this node id with this generation or a later one (this wall clock is behind that start, and no generation file, or one restored from an older copy): joining again above it, or peers would ignore this process, or take the old one's keys for its own, until they forget that incarnation");
             if let Err(e) = handle.shutdown().await {
                 warn!(error = %e, "chitchat did not stop cleanly before joining again");
             }

@@ -8,10 +8,13 @@
 //! Only the peers remember the previous start, so `Mesh::start` asks them: chitchat runs alone
 //! for a moment, until a seed has answered and [`SETTLE_ROUNDS`] more gossip rounds have passed
 //! (or the join grace is over), and when the answers hold a later generation of this id the
-//! node starts chitchat again above it. Nothing else runs by then (no control loop, no key but
-//! the metadata), so to the peers the moment it was heard is one more restart, and the newer
-//! incarnation counts at once. A later incarnation first heard after that (no seed answered in
-//! time) is only logged (`shell::warn_if_shadowed`).
+//! node starts chitchat again above it. So it does when its own record holds keys it never
+//! wrote: a generation file restored from an older copy handed it exactly its previous
+//! process's generation, and chitchat merged the peers' copy of that process's record into its
+//! own. Nothing else runs by then (no control loop, no key but the metadata), so to the peers
+//! the moment it was heard is one more restart, and the newer incarnation counts at once. A
+//! later incarnation first heard after that (no seed answered in time) is only logged
+//! (`shell::warn_if_shadowed`).
 
 use crate::generation_file::MAX_STORED_GENERATION;
 use chitchat::{Chitchat, ChitchatId};
@@ -41,11 +44,28 @@ pub(super) fn later_incarnation<'a>(
         .max()
 }
 
-/// Watches what chitchat hears for at most `budget`. Returns the generation of a later
-/// incarnation of this node's id as soon as one shows up, and `None` once a peer has answered
-/// and `settle` has passed since without one, or at the end of the budget.
+/// Whether this node's own record holds a key this process did not write (`written`, the keys
+/// it started with), deleted ones included: the record of a previous process with this very
+/// generation (a generation file restored from an older copy, the clock behind), which chitchat
+/// merged into this one's from a peer's copy, so that the old process's keys (its health
+/// opinions, say) would be gossiped as this one's.
+pub(super) fn holds_a_previous_record<'a>(
+    own: impl IntoIterator<Item = (&'a str, &'a str, bool)>,
+    written: &[(String, String)],
+) -> bool {
+    own.into_iter().any(|(key, value, deleted)| {
+        deleted || !written.iter().any(|(k, v)| k == key && v == value)
+    })
+}
+
+/// Watches what chitchat hears for at most `budget`. Returns the generation to go above as
+/// soon as it hears of a later incarnation of this node's id, or finds a previous process's
+/// record merged into its own ([`holds_a_previous_record`]: its own generation then), and
+/// `None` once a peer has answered and `settle` has passed since without either, or at the
+/// end of the budget.
 pub(super) async fn listen_for_later_incarnation(
     chitchat: &tokio::sync::Mutex<Chitchat>,
+    written: &[(String, String)],
     budget: Duration,
     settle: Duration,
 ) -> Option<u64> {
@@ -54,9 +74,17 @@ pub(super) async fn listen_for_later_incarnation(
     loop {
         {
             let chitchat = chitchat.lock().await;
+            let me = chitchat.self_chitchat_id();
             let states = chitchat.node_states();
-            if let Some(later) = later_incarnation(states.keys(), chitchat.self_chitchat_id()) {
+            if let Some(later) = later_incarnation(states.keys(), me) {
                 return Some(later);
+            }
+            let own = states.get(me).into_iter().flat_map(|s| {
+                s.key_values_including_deleted()
+                    .map(|(k, v)| (k, v.value.as_str(), v.is_deleted()))
+            });
+            if holds_a_previous_record(own, written) {
+                return Some(me.generation_id);
             }
             if answered.is_none() && states.len() > 1 {
                 answered = Some(Instant::now());
@@ -93,6 +121,24 @@ mod tests {
         // At this address (the previous process) or at another (a pod with a new IP).
         let records = [id("n2", 2_000, 1), id("n2", 3_000, 7), id("n1", 9_000, 2)];
         assert_eq!(later_incarnation(&records, &me), Some(3_000));
+    }
+
+    #[test]
+    fn a_key_this_process_did_not_write_is_a_previous_record() {
+        let written = [("meta:admin".to_string(), "127.0.0.1:9100".to_string())];
+        assert!(!holds_a_previous_record([], &written));
+        assert!(!holds_a_previous_record(
+            [("meta:admin", "127.0.0.1:9100", false)],
+            &written
+        ));
+        // Another key, the same key with another value, or a deleted one.
+        for own in [
+            ("app:health/web", "down", false),
+            ("meta:admin", "127.0.0.1:9200", false),
+            ("meta:admin", "127.0.0.1:9100", true),
+        ] {
+            assert!(holds_a_previous_record([own], &written), "{own:?}");
+        }
     }
 
     #[test]
