@@ -198,6 +198,19 @@ async fn require_token(State(s): State<AdminState>, request: Request, next: Next
         .into_response()
 }
 
+/// What to warn about an admin API that answers on every address of the host without a token:
+/// whoever reaches any of them reads the members, the rule table and the dataplane (the
+/// manifests bind the pod IP; docs/admin-api.md, "Hardening").
+pub fn exposure_warning(addr: SocketAddr, has_token: bool) -> Option<String> {
+    (addr.ip().is_unspecified() && !has_token).then(|| {
+        format!(
+            "the admin API listens on {addr}, every address of this host, without \
+             --admin-token-file: anyone who reaches it reads the cluster's members, rule table \
+             and dataplane; bind it to the pod or host IP (or 127.0.0.1), or set a token"
+        )
+    })
+}
+
 /// Binds the admin address, before the node joins the mesh: a taken port must fail the start
 /// before peers have seen the node (it used to join, then vanish).
 pub fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
@@ -461,5 +474,22 @@ fn refresh_gauges(s: &AdminState) {
         s.metrics
             .applied_is_head
             .set(i64::from(applied == Some((&head.version).into())));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::exposure_warning;
+
+    #[test]
+    fn only_every_address_without_a_token_is_warned_about() {
+        for open in ["0.0.0.0:9100", "[::]:9100"] {
+            let warning = exposure_warning(open.parse().unwrap(), false).expect(open);
+            assert!(warning.contains(open) && warning.contains("--admin-token-file"));
+            assert_eq!(exposure_warning(open.parse().unwrap(), true), None);
+        }
+        for bound in ["127.0.0.1:9100", "198.18.0.7:9100", "[::1]:9100"] {
+            assert_eq!(exposure_warning(bound.parse().unwrap(), false), None);
+        }
     }
 }

@@ -68,6 +68,9 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
 
     crate::announce::preflight_at(&config.announce, Some(config.listen))?;
     let admin_listener = admin::bind(config.admin)?;
+    if let Some(warning) = admin::exposure_warning(config.admin, config.admin_token.is_some()) {
+        tracing::warn!("{warning}");
+    }
     let dataplane = open_dataplane(&config).await?;
     let firewall: Box<dyn shoal_dataplane::filter::Firewall> = match config.source_filter {
         SourceFilterKind::Nftables => Box::new(shoal_dataplane::filter::nft::NftFirewall::new()),
