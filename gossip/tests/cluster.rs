@@ -11,6 +11,43 @@ fn refs(nodes: &[Node]) -> Vec<&Node> {
     nodes.iter().collect()
 }
 
+/// Starts a node again on the address its previous process held: the old socket may take a
+/// moment to be released.
+async fn start_again(config: impl Fn() -> MeshConfig) -> Node {
+    for _ in 0..50 {
+        match Mesh::start(config()).await {
+            Ok(node) => return node,
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    panic!("could not start again on the same address");
+}
+
+/// A generation file holding a start 10 minutes ahead of the clock (a process whose clock was
+/// ahead), and that start.
+fn generation_file_ahead(dir: &std::path::Path) -> (std::path::PathBuf, u64) {
+    let ahead = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64
+        + 600_000;
+    let path = dir.join("generation");
+    std::fs::write(&path, format!("{ahead}\n")).expect("write generation");
+    (path, ahead)
+}
+
+/// `n` counts `id` once, alive, with a generation above `generation` (converged alone could be
+/// an old incarnation not yet judged dead).
+fn counts_above(n: &Node, id: &str, generation: u64) -> bool {
+    let view = n.view();
+    let of_id: Vec<_> = view
+        .members
+        .iter()
+        .filter(|m| m.id.as_str() == id)
+        .collect();
+    of_id.len() == 1 && of_id[0].alive && of_id[0].generation > generation
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_nodes_converge_and_replicate() {
     let _serial = SERIAL.lock().await;
@@ -335,18 +372,7 @@ async fn restarted_node_rejoins_with_higher_generation_without_ghost() {
     let addr = victim.listen_addr();
     victim.abort().await;
     let seed = nodes[0].listen_addr();
-    let mut restarted = None;
-    for _ in 0..50 {
-        // The old socket may take a moment to be released.
-        match Mesh::start(config("n2", addr, &[seed], tls_for(&ca, "n2"))).await {
-            Ok(node) => {
-                restarted = Some(node);
-                break;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
-    nodes.push(restarted.expect("restart on the same address"));
+    nodes.push(start_again(|| config("n2", addr, &[seed], tls_for(&ca, "n2"))).await);
     let all = refs(&nodes);
     wait_for("restarted node rejoins", Duration::from_secs(10), || {
         converged(&all, "n0")
@@ -374,13 +400,7 @@ async fn a_node_restarted_with_its_clock_behind_joins_above_its_previous_incarna
     let _serial = SERIAL.lock().await;
     let ca = new_ca();
     let dir = tempfile::tempdir().expect("tempdir");
-    let ahead = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as u64
-        + 600_000;
-    let generation_file = dir.path().join("generation");
-    std::fs::write(&generation_file, format!("{ahead}\n")).expect("write generation");
+    let (generation_file, ahead) = generation_file_ahead(dir.path());
     let mut nodes = start_cluster(&ca, 2).await;
     let seed = nodes[0].listen_addr();
     let previous: Node = Mesh::start(MeshConfig {
@@ -401,33 +421,17 @@ async fn a_node_restarted_with_its_clock_behind_joins_above_its_previous_incarna
         "{previous_generation} <= {ahead}"
     );
     nodes.pop().expect("n2").abort().await;
-    let mut restarted = None;
-    for _ in 0..50 {
-        // The old socket may take a moment to be released.
-        match Mesh::start(config("n2", addr, &[seed], tls_for(&ca, "n2"))).await {
-            Ok(node) => {
-                restarted = Some(node);
-                break;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
-    nodes.push(restarted.expect("restart on the same address"));
+    nodes.push(start_again(|| config("n2", addr, &[seed], tls_for(&ca, "n2"))).await);
     let all = refs(&nodes);
-    // Converged alone could be the old incarnation, not yet judged dead.
-    let counted_above = |n: &Node| {
-        let view = n.view();
-        let n2: Vec<_> = view
-            .members
-            .iter()
-            .filter(|m| m.id.as_str() == "n2")
-            .collect();
-        n2.len() == 1 && n2[0].alive && n2[0].generation > previous_generation
-    };
     wait_for(
         "every node counts the restarted n2 above its previous generation",
         Duration::from_secs(10),
-        || converged(&all, "n0") && all.iter().all(|n| counted_above(n)),
+        || {
+            converged(&all, "n0")
+                && all
+                    .iter()
+                    .all(|n| counts_above(n, "n2", previous_generation))
+        },
     )
     .await;
     shutdown_all(nodes).await;
@@ -443,13 +447,7 @@ async fn a_restart_handed_its_previous_generation_joins_above_it() {
     let _serial = SERIAL.lock().await;
     let ca = new_ca();
     let dir = tempfile::tempdir().expect("tempdir");
-    let ahead = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as u64
-        + 600_000;
-    let generation_file = dir.path().join("generation");
-    std::fs::write(&generation_file, format!("{ahead}\n")).expect("write generation");
+    let (generation_file, ahead) = generation_file_ahead(dir.path());
     let mut nodes = start_cluster(&ca, 2).await;
     let seed = nodes[0].listen_addr();
     let n2_config = |listen| MeshConfig {
@@ -476,31 +474,17 @@ async fn a_restart_handed_its_previous_generation_joins_above_it() {
     nodes.pop().expect("n2").abort().await;
     // The folder restored from the copy taken before that start.
     std::fs::write(&generation_file, format!("{ahead}\n")).expect("restore generation");
-    let mut restarted = None;
-    for _ in 0..50 {
-        match Mesh::start(n2_config(addr)).await {
-            Ok(node) => {
-                restarted = Some(node);
-                break;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
-    nodes.push(restarted.expect("restart on the same address"));
+    nodes.push(start_again(|| n2_config(addr)).await);
     let all = refs(&nodes);
-    let counted_above = |n: &Node| {
-        let view = n.view();
-        let n2: Vec<_> = view
-            .members
-            .iter()
-            .filter(|m| m.id.as_str() == "n2")
-            .collect();
-        n2.len() == 1 && n2[0].alive && n2[0].generation > previous_generation
-    };
     wait_for(
         "every node counts the restarted n2 above its previous generation",
         Duration::from_secs(10),
-        || converged(&all, "n0") && all.iter().all(|n| counted_above(n)),
+        || {
+            converged(&all, "n0")
+                && all
+                    .iter()
+                    .all(|n| counts_above(n, "n2", previous_generation))
+        },
     )
     .await;
     for n in &all {
