@@ -283,7 +283,8 @@ impl<D: Document> Mesh<D> {
                 break (handle, spawned);
             }
             // The join grace is when the core listens before it acts; it counts from the spawn,
-            // so this wait delays nothing unless the node joins again (`rejoin.rs`).
+            // so this wait (the start returns later) does not delay when the node becomes
+            // ready, unless it joins again (`rejoin.rs`).
             let later = rejoin::listen_for_later_incarnation(
                 &handle.chitchat(),
                 &initial,
