@@ -162,6 +162,15 @@ fn unix_ms() -> u64 {
         .unwrap_or_default()
 }
 
+/// The generation to start with at wall clock `now_ms`: recorded in the generation file, and
+/// above its last one, when there is a file (`generation_file::next`); the clock otherwise.
+fn generation_at(file: Option<&std::path::Path>, now_ms: u64) -> Result<u64, MeshError> {
+    match file {
+        Some(path) => crate::generation_file::next(path, now_ms),
+        None => Ok(now_ms),
+    }
+}
+
 /// Chitchat's settings for one incarnation of this node.
 fn chitchat_config(
     node_id: &NodeId,
@@ -258,10 +267,7 @@ impl<D: Document> Mesh<D> {
         )?;
         let listen = transport.local_addr();
         // Recorded before joining: the next start, whatever its clock says, goes above it.
-        let mut generation = match &generation_file {
-            Some(path) => crate::generation_file::next(path, unix_ms())?,
-            None => unix_ms(),
-        };
+        let mut generation = generation_at(generation_file.as_deref(), unix_ms())?;
         let gossip_interval = Duration::from_millis(timing.gossip_interval_ms);
         let initial: Vec<(String, String)> = metadata
             .iter()
@@ -296,10 +302,7 @@ impl<D: Document> Mesh<D> {
                 break (handle, spawned);
             };
             let now = crate::generation_file::choose(unix_ms(), Some(later));
-            let above = match &generation_file {
-                Some(path) => crate::generation_file::next(path, now)?,
-                None => now,
-            };
+            let above = generation_at(generation_file.as_deref(), now)?;
             warn!(node = %node_id, generation, previous_generation = later, new_generation = above, "peers know an incarnation of this node id with this generation or a later one (this wall clock is behind that start, and no generation file, or one restored from an older copy): joining again above it, or peers would ignore this process, or take the old one's keys for its own, until they forget that incarnation");
             if let Err(e) = handle.shutdown().await {
                 warn!(error = %e, "chitchat did not stop cleanly before joining again");

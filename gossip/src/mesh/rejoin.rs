@@ -28,20 +28,33 @@ pub(super) const SETTLE_ROUNDS: u32 = 2;
 pub(super) const MAX_REJOINS: usize = 2;
 const POLL: Duration = Duration::from_millis(10);
 
-/// The newest generation of `me`'s node id above `me`'s own among `records`, if any. A
-/// generation from the year 3000 on is not a start time (the generation file refuses one
-/// past it): following it would hand every later start of this id a generation near the end
-/// of time.
+/// The newest generation of node `id` above `generation` among `records` (node id,
+/// generation), if any: what this start joins again above, and what the control loop warns
+/// about when it is first heard later (`shell::warn_if_shadowed`).
+pub(super) fn newest_above<'a>(
+    records: impl IntoIterator<Item = (&'a str, u64)>,
+    id: &str,
+    generation: u64,
+) -> Option<u64> {
+    records
+        .into_iter()
+        .filter(|(r, g)| *r == id && *g > generation)
+        .map(|(_, g)| g)
+        .max()
+}
+
+/// [`newest_above`] `me` among chitchat's records. A generation from the year 3000 on is not
+/// a start time (the generation file refuses one past it): following it would hand every later
+/// start of this id a generation near the end of time.
 pub(super) fn later_incarnation<'a>(
     records: impl IntoIterator<Item = &'a ChitchatId>,
     me: &ChitchatId,
 ) -> Option<u64> {
-    records
+    let starts = records
         .into_iter()
-        .filter(|r| r.node_id == me.node_id && r.generation_id > me.generation_id)
-        .map(|r| r.generation_id)
-        .filter(|g| *g < MAX_STORED_GENERATION)
-        .max()
+        .filter(|r| r.generation_id < MAX_STORED_GENERATION)
+        .map(|r| (&*r.node_id, r.generation_id));
+    newest_above(starts, &me.node_id, me.generation_id)
 }
 
 /// Whether this node's own record holds a key this process did not write (`written`, the keys

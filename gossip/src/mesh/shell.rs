@@ -307,11 +307,9 @@ fn warn_if_shadowed(st: &mut State, raw: &[RawMember], my_generation: u64) {
     let Some(me) = raw.iter().find(|r| r.me) else {
         return;
     };
-    let later = raw
-        .iter()
-        .filter(|r| !r.me && r.id == me.id && r.generation > my_generation)
-        .map(|r| r.generation)
-        .max();
+    // This process's own record has `my_generation`, never above it.
+    let records = raw.iter().map(|r| (r.id.as_str(), r.generation));
+    let later = super::rejoin::newest_above(records, me.id.as_str(), my_generation);
     if let Some(later) = later.filter(|g| st.shadowed_by != Some(*g)) {
         st.shadowed_by = Some(later);
         warn!(node = %me.id, generation = my_generation, previous_generation = later, "peers know an incarnation of this node id that started after this process (generation {later}, this one {my_generation}): this node's clock was stepped back since the last run, no seed answered in time to join above it, and peers ignore this process (they see this node dead) until they forget that incarnation (dead_node_grace_ms); run with --state-dir, which keeps generations rising, or restart once the clock is past the previous start");
