@@ -48,6 +48,17 @@ fn counts_above(n: &Node, id: &str, generation: u64) -> bool {
     of_id.len() == 1 && of_id[0].alive && of_id[0].generation > generation
 }
 
+/// Waits until the nodes have converged on publisher n0 and each [`counts_above`] `id`.
+async fn every_node_counts_above(nodes: &[Node], id: &str, generation: u64) {
+    let all = refs(nodes);
+    wait_for(
+        &format!("every node counts the restarted {id} above generation {generation}"),
+        Duration::from_secs(10),
+        || converged(&all, "n0") && all.iter().all(|n| counts_above(n, id, generation)),
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_nodes_converge_and_replicate() {
     let _serial = SERIAL.lock().await;
@@ -379,14 +390,13 @@ async fn restarted_node_rejoins_with_higher_generation_without_ghost() {
     })
     .await;
     for n in &nodes {
-        let view = n.view();
-        let n2: Vec<_> = view
-            .members
-            .iter()
-            .filter(|m| m.id.as_str() == "n2")
-            .collect();
-        assert_eq!(n2.len(), 1, "ghost entries: {n2:?}");
-        assert!(n2[0].generation > old_generation && n2[0].alive);
+        assert!(
+            counts_above(n, "n2", old_generation),
+            "{} does not count n2 once, alive, above generation {old_generation} (ghost \
+             entries?): {:?}",
+            n.node_id(),
+            n.view().members
+        );
     }
     shutdown_all(nodes).await;
 }
@@ -422,18 +432,7 @@ async fn a_node_restarted_with_its_clock_behind_joins_above_its_previous_incarna
     );
     nodes.pop().expect("n2").abort().await;
     nodes.push(start_again(|| config("n2", addr, &[seed], tls_for(&ca, "n2"))).await);
-    let all = refs(&nodes);
-    wait_for(
-        "every node counts the restarted n2 above its previous generation",
-        Duration::from_secs(10),
-        || {
-            converged(&all, "n0")
-                && all
-                    .iter()
-                    .all(|n| counts_above(n, "n2", previous_generation))
-        },
-    )
-    .await;
+    every_node_counts_above(&nodes, "n2", previous_generation).await;
     shutdown_all(nodes).await;
 }
 
@@ -475,19 +474,8 @@ async fn a_restart_handed_its_previous_generation_joins_above_it() {
     // The folder restored from the copy taken before that start.
     std::fs::write(&generation_file, format!("{ahead}\n")).expect("restore generation");
     nodes.push(start_again(|| n2_config(addr)).await);
-    let all = refs(&nodes);
-    wait_for(
-        "every node counts the restarted n2 above its previous generation",
-        Duration::from_secs(10),
-        || {
-            converged(&all, "n0")
-                && all
-                    .iter()
-                    .all(|n| counts_above(n, "n2", previous_generation))
-        },
-    )
-    .await;
-    for n in &all {
+    every_node_counts_above(&nodes, "n2", previous_generation).await;
+    for n in &nodes {
         assert!(
             !hears_the_opinion(n),
             "{} still hears the previous process's key as n2's",
