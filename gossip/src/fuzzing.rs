@@ -197,7 +197,7 @@ pub fn cert_pem(bytes: &[u8]) -> bool {
     let _ = material.check_cluster("shoal", std::path::Path::new("node.pem"));
     if material.parse().is_ok() {
         // A PEM holding a certificate and a key: the TLS configurations build or fail cleanly.
-        let _ = crate::transport::tls::mutual(&material);
+        let _ = crate::transport::tls::mutual(&material, "gossip.shoal");
     }
     let _ = crate::certs::ClusterCa::load(&text, &text);
     let _ = crate::certs::cert_node_id(bytes);

@@ -63,6 +63,7 @@ pub(crate) fn configs(
     if mode != Mode::Insecure {
         material.check_cluster(cluster_id, std::path::Path::new("node.pem"))?;
     }
+    let server_name = crate::certs::cluster_server_name(cluster_id);
     match mode {
         Mode::NodeIdentity => {
             let named = material.node_id();
@@ -79,9 +80,9 @@ pub(crate) fn configs(
                     ),
                 });
             }
-            Ok(tls::mutual(material)?)
+            Ok(tls::mutual(material, &server_name)?)
         }
-        Mode::ClusterIdentityOnly => Ok(tls::mutual(material)?),
+        Mode::ClusterIdentityOnly => Ok(tls::mutual(material, &server_name)?),
         Mode::Insecure => Err(MeshError::Config {
             field: "security",
             detail: "an insecure mesh has no TLS material to reload".into(),

@@ -1,8 +1,11 @@
 //! Attacks from the security probe (issue #15), tried for real over QUIC on loopback: an
 //! impostor with another node's certificate, a second process with the same node id, a
-//! handshake flood while a new member joins, a node whose seeds never answer.
+//! handshake flood while a new member joins, a node whose seeds never answer, a certificate
+//! of another cluster from the same CA.
 
 mod common;
+#[path = "support/dialer.rs"]
+mod dialer;
 #[path = "support/flood.rs"]
 mod flood;
 
@@ -113,6 +116,38 @@ async fn with_cluster_identity_only_the_impostor_takes_over() {
         taken_over,
         "the impostor should take over without node identity"
     );
+}
+
+/// Broken behaviour (a network probe, 2026-12-07): a certificate the cluster's CA issued for
+/// *another* cluster name passed the listener's check, which asked only for the CA: through its
+/// inbound connection the holder read the cluster's gossip, added a live member and, claiming
+/// each node's id at an older generation, took every node out of service (docs/security.md
+/// allows two clusters one CA when their names differ). The same dialer with the cluster's own
+/// name is kept, so the test can fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_of_another_cluster_from_the_same_ca_is_refused() {
+    let _serial = SERIAL.lock().await;
+    let ca = new_ca();
+    let n1 = start_named(&ca, &["n1"], Security::MutualTls).await;
+    let to = n1[0].listen_addr();
+    let own = shoal_gossip::certs::cluster_server_name(CLUSTER);
+    let watch = Duration::from_millis(500);
+    let kept = dialer::kept(to, dialer::certificate(&ca, "n0", &own), watch).await;
+    assert_eq!(kept, Ok(()), "a certificate of this cluster must be kept");
+    let refused_before = n1[0].traffic().handshakes_refused;
+    let other = dialer::kept(
+        to,
+        dialer::certificate(&ca, "n0", "gossip.other-cluster"),
+        watch,
+    )
+    .await;
+    let why = other.expect_err("a certificate of another cluster was kept");
+    assert!(why.contains("closed"), "{why}");
+    wait_for("the refusal is counted", Duration::from_secs(2), || {
+        n1[0].traffic().handshakes_refused > refused_before
+    })
+    .await;
+    shutdown_all(n1).await;
 }
 
 /// Broken behaviour 2: a second process with the publisher's id split the cluster. Now the

@@ -234,12 +234,12 @@ fn a_node_certificate_from_another_ca_is_refused_at_start() {
     write_cluster_dir(a.path(), "c", &["n1".into()]).unwrap();
     write_cluster_dir(b.path(), "c", &["n1".into()]).unwrap();
     let good = TlsMaterial::load_dir(&a.path().join("n1")).unwrap();
-    assert!(crate::transport::tls::mutual(&good).is_ok());
+    assert!(crate::transport::tls::mutual(&good, "gossip.c").is_ok());
     let foreign = TlsMaterial {
         ca_pem: good.ca_pem.clone(),
         ..TlsMaterial::load_dir(&b.path().join("n1")).unwrap()
     };
-    let err = crate::transport::tls::mutual(&foreign)
+    let err = crate::transport::tls::mutual(&foreign, "gossip.c")
         .unwrap_err()
         .to_string();
     assert!(err.contains("node.pem against ca.pem"), "{err}");
