@@ -8,7 +8,8 @@
 //! probes and Prometheus. Each connection must send its request headers within
 //! [`HEADER_TIMEOUT`] and lives at most [`CONNECTION_LIFETIME`]; at most
 //! [`MAX_CONNECTIONS`] are served at once, at most [`MAX_CONNECTIONS_PER_SOURCE`] of them from
-//! one address, and the rest are closed at accept. Refusals are
+//! one address; when all are taken a newcomer takes an idle connection's place
+//! (`connections.rs` says which), or is closed at accept. Refusals are
 //! counted in `shoal_admin_refused_total{reason}` and logged at WARN, rate-limited.
 
 use crate::health::HealthHandle;
@@ -35,13 +36,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
+mod connections;
 mod dataplane;
-mod per_source;
 mod readiness;
 mod snapshots;
+pub use connections::MAX_CONNECTIONS_PER_SOURCE;
 pub use dataplane::snapshots as dataplane_snapshots;
 pub(crate) use dataplane::{DataplaneTotals, DrainingEntry};
-pub use per_source::MAX_CONNECTIONS_PER_SOURCE;
 use readiness::{announce_ready, publisher_ready, readiness};
 
 /// A client must send a request's headers within this (slowloris defence).
@@ -264,10 +265,9 @@ pub async fn serve(
         state.snapshots.clone(),
         cancel.clone(),
     ));
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let app = router(state.clone());
     let mut cap_warn = LogGate::new(WARN_EVERY);
-    let per_source = per_source::PerSource::default();
+    let connections = connections::Connections::default();
     let mut source_warn = LogGate::new(WARN_EVERY);
     let refused = |reason: &'static str| {
         state
@@ -290,27 +290,36 @@ pub async fn serve(
                 continue;
             }
         };
-        let Some(source_slot) = per_source.try_take(peer.ip()) else {
-            refused("source_cap");
-            if let Some(suppressed) = source_warn.allow(Instant::now()) {
-                tracing::warn!(%peer, suppressed, max = MAX_CONNECTIONS_PER_SOURCE, "admin API connections from one source at their cap; closing its new connections");
+        let slot = match connections.admit(peer.ip(), Instant::now()) {
+            Ok((slot, admitted)) => {
+                if admitted == connections::Admitted::Evicted {
+                    refused("evicted_idle");
+                }
+                slot
             }
-            drop(stream);
-            continue;
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            refused("connection_cap");
-            if let Some(suppressed) = cap_warn.allow(Instant::now()) {
-                tracing::warn!(%peer, suppressed, max = MAX_CONNECTIONS, "admin API connection cap reached; closing new connections");
+            Err(connections::Refused::SourceCap) => {
+                refused("source_cap");
+                if let Some(suppressed) = source_warn.allow(Instant::now()) {
+                    tracing::warn!(%peer, suppressed, max = MAX_CONNECTIONS_PER_SOURCE, "admin API connections from one source at their cap; closing its new connections");
+                }
+                drop(stream);
+                continue;
             }
-            drop(stream);
-            continue;
+            Err(connections::Refused::ConnectionCap) => {
+                refused("connection_cap");
+                if let Some(suppressed) = cap_warn.allow(Instant::now()) {
+                    tracing::warn!(%peer, suppressed, max = MAX_CONNECTIONS, "admin API connection cap reached and no idle connection may make way; closing new connections");
+                }
+                drop(stream);
+                continue;
+            }
         };
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let service = counting_requests(app.clone(), slot.in_request.clone());
         let cancel = cancel.clone();
         let metrics = state.metrics.clone();
         tokio::spawn(async move {
-            let _slots = (slot, source_slot);
+            let evicted = slot.evict.clone();
+            let _slot = slot;
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
@@ -329,6 +338,8 @@ pub async fn serve(
                     conn.as_mut().graceful_shutdown();
                     tokio::time::timeout(HEADER_TIMEOUT, conn.as_mut()).await.unwrap_or(Ok(()))
                 }
+                // Idle when chosen (no request in progress): closed at once.
+                _ = evicted.cancelled() => Ok(()),
             };
             if let Err(e) = result {
                 if e.is_timeout() {
@@ -343,6 +354,40 @@ pub async fn serve(
             }
         });
     }
+}
+
+/// The router as one connection's service, counting its requests in progress in `in_request`
+/// (a connection with none is idle and may make way for a newcomer, `connections.rs`). A
+/// request counts until its response's body is sent or dropped, not only until the handler
+/// returns: a large table streaming to a slow reader is not idle.
+fn counting_requests(
+    app: Router,
+    in_request: Arc<std::sync::atomic::AtomicUsize>,
+) -> hyper_util::service::TowerToHyperService<
+    impl tower::Service<
+            axum::http::Request<hyper::body::Incoming>,
+            Response = Response,
+            Error = std::convert::Infallible,
+            Future = impl Send,
+        > + Clone,
+> {
+    use tower::ServiceExt;
+    hyper_util::service::TowerToHyperService::new(tower::service_fn(
+        move |request: axum::http::Request<hyper::body::Incoming>| {
+            let busy = connections::InRequest::enter(&in_request);
+            let app = app.clone();
+            async move {
+                use http_body_util::BodyExt;
+                let response = app.oneshot(request).await?;
+                Ok(response.map(|body| {
+                    axum::body::Body::new(body.map_frame(move |frame| {
+                        let _in_request = &busy;
+                        frame
+                    }))
+                }))
+            }
+        },
+    ))
 }
 
 async fn cluster(State(s): State<AdminState>) -> Json<ClusterStatus> {

@@ -43,7 +43,7 @@ pub struct NodeMetrics {
     pub publishes: Counter,
     pub takeovers: Counter,
     /// Admin API requests and connections turned away, by reason (`unauthorized`,
-    /// `connection_cap`, `header_timeout`, `lifetime`).
+    /// `connection_cap`, `source_cap`, `header_timeout`, `lifetime`, `evicted_idle`).
     pub admin_refused: Family<ReasonLabel, Counter>,
     /// Attacks on the mesh (handshakes, identities, duplicate ids).
     pub mesh: crate::mesh_metrics::MeshMetrics,

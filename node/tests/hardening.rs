@@ -51,6 +51,19 @@ fn closed_within(s: &mut TcpStream, limit: Duration) -> Option<Duration> {
     None
 }
 
+/// Whether the server closed `s` (end of stream or an error), without waiting.
+fn is_closed(mut s: &TcpStream) -> bool {
+    s.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 512];
+    let closed = match s.read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+    };
+    s.set_nonblocking(false).unwrap();
+    closed
+}
+
 /// Issue #15, broken behaviour 5: the node now refuses huge durations at start-up, naming the
 /// flag, instead of panicking later inside the reconcile task.
 #[test]
@@ -255,23 +268,44 @@ fn idle_slow_and_excess_admin_connections_are_closed() {
         Some(200),
         "another source is shut out"
     );
-    // The cap: four sources' shares hold every slot; a fifth source is closed at once.
+    // The cap: four sources' shares hold every slot (idle). A fifth source is still served:
+    // an idle connection of the largest holder makes way (four addresses holding every slot,
+    // reconnecting as the header deadline closed them, kept the kubelet's probe out: a network
+    // probe, 2026-12-07).
     let more: Vec<TcpStream> = (2..=4)
         .flat_map(|source| (0..share).map(move |_| connect_from(source, admin)))
         .collect();
     std::thread::sleep(Duration::from_millis(500));
-    let mut extra = connect_from(5, admin);
+    assert_eq!(
+        healthz_from(5, admin),
+        Some(200),
+        "a fifth source is shut out by four holding every slot"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let made_way = held.iter().chain(&more).filter(|s| is_closed(s)).count();
+    assert_eq!(made_way, 1, "one idle connection makes way, no more");
+    drop((held, more));
+    // The node sees them closed at once (end of stream while it waits for headers); the
+    // pause keeps their slots from counting below.
+    std::thread::sleep(Duration::from_secs(1));
+    // A source cannot grow past another by evicting it: with 64 sources holding one idle
+    // connection each, a second one from any of them is closed at once.
+    let one_each: Vec<TcpStream> = (1..=shoal_node::admin::MAX_CONNECTIONS as u8)
+        .map(|source| connect_from(source, admin))
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut extra = connect_from(7, admin);
     assert!(
         closed_within(&mut extra, Duration::from_secs(4)).is_some(),
         "a connection past the cap was kept"
     );
-    drop((held, more));
+    drop(one_each);
     c.wait_for(
         LIMIT,
         "the API answers again once the holders are gone",
         || (http_get(admin, "/healthz")?.0 == 200).then_some(()),
     );
-    for reason in ["source_cap", "connection_cap"] {
+    for reason in ["source_cap", "connection_cap", "evicted_idle"] {
         assert!(
             metric(
                 admin,
