@@ -3,7 +3,7 @@
 //! It runs on a thread and runtime of its own so it keeps answering while the main runtime
 //! is busy. Every error becomes an HTTP response in one place, [`AdminError`].
 //!
-//! Hardening: with a token (`--admin-token-file`) every `/v1/*` request needs
+//! Hardening: with a token (`--admin-token-file`) every request needs
 //! `Authorization: Bearer <token>`, while `/healthz`, `/readyz` and `/metrics` stay open to
 //! probes and Prometheus. Each connection must send its request headers within
 //! [`HEADER_TIMEOUT`] and lives at most [`CONNECTION_LIFETIME`]; at most
@@ -141,7 +141,6 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/table", get(table))
         .route("/v1/dataplane", get(dataplane::dataplane))
         .route("/v1/node", get(node))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -159,13 +158,22 @@ pub fn router(state: AdminState) -> Router {
         .method_not_allowed_fallback(|method: Method| async move {
             AdminError::MethodNotAllowed(method)
         })
+        // Over every path, the fallback's too: with a token, which `/v1/*` paths exist is not
+        // told to whoever has none (an unknown one was a 404 without the token).
+        .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state)
 }
+
+/// The paths served without the token: probes and Prometheus.
+const OPEN_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 
 async fn require_token(State(s): State<AdminState>, request: Request, next: Next) -> Response {
     let Some(check) = &s.token else {
         return next.run(request).await;
     };
+    if OPEN_PATHS.contains(&request.uri().path()) {
+        return next.run(request).await;
+    }
     let authorization = request
         .headers()
         .get(header::AUTHORIZATION)

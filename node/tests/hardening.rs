@@ -177,6 +177,12 @@ fn the_admin_token_guards_v1_while_probes_and_metrics_stay_open() {
         assert_eq!(shouted.unwrap().0, 401, "{path}");
     }
     assert!(metric(admin, "shoal_admin_refused_total{reason=\"unauthorized\"}") >= 8.0);
+    // Which paths exist is told only with the token (an unknown one was a 404 without it).
+    for path in ["/v1/nothere", "/v2/cluster", "/"] {
+        assert_eq!(http_get(admin, path).unwrap().0, 401, "{path}");
+        let right = request(admin, path, &format!("Authorization: Bearer {token}\r\n"));
+        assert_eq!(right.unwrap().0, 404, "{path}");
+    }
 
     // `shoal status` works with the token and explains the refusal without it.
     let status = |with_token: bool| {

@@ -113,7 +113,10 @@ impl DrainingEntry {
 }
 
 /// `?offset=N&limit=M[&snapshot=new|ID]` (services, VIPs and pending ops are paged alike).
+/// Another parameter is a 400 naming it: a mistyped `ofset=` served the first page as if it
+/// were the one asked for (a network probe, 2026-12-07).
 #[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct Page {
     offset: Option<usize>,
     limit: Option<usize>,
@@ -418,6 +421,10 @@ mod tests {
         );
         assert_eq!(asked("snapshot=new").ok(), Some(Snapshot::New));
         assert_eq!(asked("offset=3").ok(), Some(Snapshot::None));
+        let Err(AdminError::BadQuery(why)) = query("ofset=3") else {
+            panic!("an unknown parameter accepted");
+        };
+        assert!(why.contains("unknown field `ofset`"), "{why}");
         for bad in [
             "snapshot=",
             "snapshot=xyz",
