@@ -529,15 +529,27 @@ async fn publisher_duty(
     }
 }
 
+/// Waits for SIGTERM or SIGINT. SIGHUP is logged and ignored: its default action ended the
+/// process at once, without withdrawing or leaving the mesh (an operator's probe: `kill -HUP`,
+/// as `systemctl reload` or logrotate send, or a closed terminal), and there is nothing to
+/// reload by signal: the two inputs that change while a node runs, the rules file and the
+/// certificates, are reloaded when they change.
 async fn wait_for_signal() -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM"),
-        _ = int.recv() => tracing::info!("SIGINT"),
+    let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM"),
+            _ = int.recv() => tracing::info!("SIGINT"),
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP ignored: the rules file and the certificates are reloaded when they change; stop with SIGTERM");
+                continue;
+            }
+        }
+        return Ok(());
     }
-    Ok(())
 }
 
 /// `--state-dir` (created if needed), locked by this process for its whole life; or `None`

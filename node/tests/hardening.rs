@@ -725,3 +725,27 @@ fn every_exported_metric_is_documented() {
     assert!(seen >= 30, "only {seen} metric families in:\n{text}");
     assert!(missing.is_empty(), "not in docs/admin-api.md: {missing:?}");
 }
+
+/// SIGHUP (`systemctl reload`, logrotate, a closed terminal) ended the node at once, without a
+/// word, a withdraw or leaving the mesh: its default action. Now it is logged and ignored.
+#[test]
+fn sighup_is_logged_and_ignored() {
+    let mut c = Cluster::start(1, &rules(1), &[]);
+    let admin = c.nodes[0].admin;
+    c.wait_for(LIMIT, "ready", || {
+        (http_get(admin, "/readyz")?.0 == 200).then_some(())
+    });
+    c.signal(0, nix::sys::signal::Signal::SIGHUP);
+    c.wait_for(LIMIT, "the SIGHUP logged", || {
+        c.logs().contains("SIGHUP ignored").then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let exited = c.nodes[0]
+        .child
+        .as_mut()
+        .expect("running")
+        .try_wait()
+        .unwrap();
+    assert_eq!(exited, None, "the node ended on SIGHUP");
+    assert_eq!(http_get(admin, "/readyz").unwrap().0, 200);
+}
