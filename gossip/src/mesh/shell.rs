@@ -302,7 +302,9 @@ impl<D: Document> Inner<D> {
 /// Peers keep counting that dead incarnation (`incarnation.rs`, the newest generation) and
 /// ignore this process, its health opinions and its documents, while it calls itself ready;
 /// only its generation in `shoal status` showed it (an audit). Said once per such incarnation.
-/// The record may be unverified (a forgery can cost a log line, nothing else).
+/// A later incarnation that is live is another case, said apart: a second process started with
+/// this id while this one was frozen or cut off. The record may be unverified (a forgery can
+/// cost a log line, nothing else).
 fn warn_if_shadowed(st: &mut State, raw: &[RawMember], my_generation: u64) {
     let Some(me) = raw.iter().find(|r| r.me) else {
         return;
@@ -312,7 +314,16 @@ fn warn_if_shadowed(st: &mut State, raw: &[RawMember], my_generation: u64) {
     let later = super::rejoin::newest_above(records, me.id.as_str(), my_generation);
     if let Some(later) = later.filter(|g| st.shadowed_by != Some(*g)) {
         st.shadowed_by = Some(later);
-        warn!(node = %me.id, generation = my_generation, previous_generation = later, "peers know an incarnation of this node id that started after this process (generation {later}, this one {my_generation}): this node's clock was stepped back since the last run, no seed answered in time to join above it, and peers ignore this process (they see this node dead) until they forget that incarnation (dead_node_grace_ms); run with --state-dir, which keeps generations rising, or restart once the clock is past the previous start");
+        let live = raw
+            .iter()
+            .any(|r| r.id == me.id && r.generation == later && r.live);
+        if live {
+            // Not the clock: a second process started with this id while this one was frozen
+            // or cut off (the text below blamed the clock for that too: an operator's probe).
+            warn!(node = %me.id, generation = my_generation, other_generation = later, "another live process with this node id started after this one (generation {later}, this one {my_generation}), most likely while this process was frozen or cut off: the cluster keeps the older process (this one) and the other refuses to serve; stop one of them");
+        } else {
+            warn!(node = %me.id, generation = my_generation, previous_generation = later, "peers know an incarnation of this node id that started after this process (generation {later}, this one {my_generation}): this node's clock was stepped back since the last run (or a process started with this id while this one was frozen has stopped since), no seed answered in time to join above it, and peers ignore this process (they see this node dead) until they forget that incarnation (dead_node_grace_ms); run with --state-dir, which keeps generations rising, or restart once the clock is past the previous start");
+        }
     }
 }
 
