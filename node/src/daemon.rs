@@ -78,10 +78,13 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             Box::new(shoal_dataplane::filter::memory::MemoryFirewall::default())
         }
     };
-    tracing::info!(
-        source_filter = firewall.kind(),
-        "source ranges are enforced here"
-    );
+    match source_filter_warning(config.dataplane, config.source_filter) {
+        Some(warning) => tracing::warn!(source_filter = firewall.kind(), "{warning}"),
+        None => tracing::info!(
+            source_filter = firewall.kind(),
+            "source ranges are kept here"
+        ),
+    }
     let programmer = SharedProgrammer::new(dataplane, firewall, config.drain);
     programmer.set_ownership(config.ipvs_table);
     let drains_file = state.as_ref().map(StateDir::drains_file);
@@ -582,9 +585,33 @@ fn state_dir(config: &NodeConfig) -> anyhow::Result<Option<StateDir>> {
     Ok(Some(state))
 }
 
+/// The warning owed when services' source ranges reach real clients unenforced: the ipvs
+/// dataplane with `--source-filter memory`, accepted without a word while the start's log said
+/// "source ranges are enforced here" (an operator's probe). With the memory dataplane nothing
+/// reaches clients, so there is nothing to warn about.
+fn source_filter_warning(
+    dataplane: DataplaneKind,
+    filter: SourceFilterKind,
+) -> Option<&'static str> {
+    (dataplane == DataplaneKind::Ipvs && filter == SourceFilterKind::Memory).then_some(
+        "source ranges are NOT enforced: --source-filter memory with the ipvs dataplane keeps them in memory only, so a service with source_ranges (loadBalancerSourceRanges) accepts every client; use --source-filter nftables (the default with ipvs)",
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unenforced_source_ranges_are_warned_of_only_where_clients_reach() {
+        use DataplaneKind::{Ipvs, Memory as MemoryDp};
+        use SourceFilterKind::{Memory, Nftables};
+        let warning = source_filter_warning(Ipvs, Memory).expect("ipvs without a filter");
+        assert!(warning.contains("NOT enforced") && warning.contains("nftables"));
+        assert_eq!(source_filter_warning(Ipvs, Nftables), None);
+        assert_eq!(source_filter_warning(MemoryDp, Memory), None);
+        assert_eq!(source_filter_warning(MemoryDp, Nftables), None);
+    }
 
     /// F1 (audit): a republish loop logged 30,197 times in ~20 s. However often the publisher
     /// is woken with a head that is not its own, republishes stay `MIN_REPUBLISH_INTERVAL`
