@@ -392,6 +392,17 @@ pub(super) async fn resolve_seeds<D: Document>(inner: Weak<Inner<D>>, seeds: Vec
         let Some(strong) = inner.upgrade() else {
             return;
         };
+        if over && !done {
+            // A mistyped seed let the node start a cluster of its own, ready and publishing,
+            // with only chitchat's lookup failure in the log (an operator's probe).
+            let unresolved: Vec<&str> = seeds
+                .iter()
+                .zip(&resolved)
+                .filter(|(_, addrs)| addrs.is_empty())
+                .map(|(seed, _)| seed.as_str())
+                .collect();
+            warn!(seeds = ?unresolved, patience_ms = patience.as_millis() as u64, "seeds that do not resolve after the startup patience: this node no longer waits for them, and if no other seed answers it starts a cluster of its own (as the first pod of a StatefulSet does, whose peers have no DNS names yet); if it should join an existing cluster, check --seeds");
+        }
         lock(&strong.state).replica.handle_seeds(resolved);
         if done || over {
             return;
