@@ -109,6 +109,31 @@ pub(crate) fn choose(raw: Vec<RawMember>) -> (Vec<RawMember>, Vec<Duplicate>) {
     (kept, duplicates)
 }
 
+/// The dead incarnations this node knows only from its peers' gossip, for the ids it holds no
+/// verified record of: the newest generation of each. They never count (rule 1); they are
+/// listed as dead in the view, so that a node that joined after a member died (and so never
+/// heard it first-hand) lists it as the nodes that saw it die do: "any node answers for the
+/// cluster" held for the live members only, and `shoal_members_dead` differed by node (an
+/// operator's probe). A forged record costs a dead entry in the view, nothing else.
+pub(crate) fn relayed_dead(raw: &[RawMember]) -> Vec<RawMember> {
+    let verified: std::collections::BTreeSet<&NodeId> = raw
+        .iter()
+        .filter(|r| r.verified || r.me)
+        .map(|r| &r.id)
+        .collect();
+    let mut newest: BTreeMap<&NodeId, &RawMember> = BTreeMap::new();
+    for r in raw
+        .iter()
+        .filter(|r| !is_live(r) && !verified.contains(&r.id))
+    {
+        let slot = newest.entry(&r.id).or_insert(r);
+        if (r.generation, r.listen) > (slot.generation, slot.listen) {
+            *slot = r;
+        }
+    }
+    newest.into_values().cloned().collect()
+}
+
 /// Live and not leaving.
 fn is_live(r: &RawMember) -> bool {
     r.live && !r.keys.contains_key(crate::keys::LEAVING)
@@ -199,7 +224,42 @@ mod tests {
         assert!(!dups[0].refuses_me);
     }
 
+    #[test]
+    fn a_member_dead_before_this_node_heard_it_is_listed_from_its_relayed_record() {
+        let dead = relayed_dead(&[
+            r("n1", 1, 1, true, true),
+            // Died before this node joined: only relayed, two incarnations of it.
+            r("n3", 1, 3, false, false),
+            r("n3", 2, 3, false, false),
+            // Relayed, live: not yet verified (a round or two), not dead.
+            r("n4", 1, 4, true, false),
+            // Dead, but a verified record of the id exists: the view has it already.
+            r("n2", 1, 2, false, false),
+            r("n2", 2, 2, true, true),
+        ]);
+        assert_eq!(gens(&dead), vec![("n3".into(), 2)]);
+    }
+
     proptest! {
+        /// Relayed dead records: one per id, never live, never an id that has a verified
+        /// record, so never one that `choose` keeps.
+        #[test]
+        fn relayed_dead_never_overlaps_the_counted(recs in proptest::collection::vec((0u8..4, 1u64..4, 1u16..4, any::<bool>(), any::<bool>()), 0..12)) {
+            let mut seen = std::collections::HashSet::new();
+            let raw: Vec<RawMember> = recs
+                .iter()
+                .map(|(i, g, p, l, v)| r(&format!("n{i}"), *g, *p, *l, *v))
+                .filter(|m| seen.insert((m.id.clone(), m.generation, m.listen)))
+                .collect();
+            let dead = relayed_dead(&raw);
+            let (kept, _) = choose(raw);
+            let mut ids: Vec<&NodeId> = dead.iter().map(|m| &m.id).collect();
+            ids.dedup();
+            prop_assert_eq!(ids.len(), dead.len());
+            prop_assert!(dead.iter().all(|m| !m.live && !m.verified));
+            prop_assert!(dead.iter().all(|d| kept.iter().all(|k| k.id != d.id)));
+        }
+
         /// At most one record per id; never an unverified one (other than the viewer's own); the
         /// same records in any order give the same choice.
         #[test]

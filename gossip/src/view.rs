@@ -41,6 +41,11 @@ pub struct MemberView {
     /// Why the member stands down from the publisher role, if it does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stand_down: Option<String>,
+    /// A dead member this node knows only from its peers' gossip (it died before this node
+    /// heard it first-hand): listed so every node lists the same members, never counted
+    /// (`incarnation::relayed_dead`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub relayed: bool,
 }
 
 /// Raw facts about one chitchat node, as read from chitchat's state.
@@ -95,42 +100,41 @@ pub fn parse_members(raw: Vec<RawMember>) -> Vec<Member> {
 /// incarnation never lingers as a ghost); a node announcing `leaving` is gone at once.
 pub(crate) fn parse_members_checked(raw: Vec<RawMember>) -> (Vec<Member>, Vec<Duplicate>) {
     let (chosen, duplicates) = choose(raw);
-    let members = chosen
-        .into_iter()
-        .map(|r| {
-            let leaving = r.keys.contains_key(keys::LEAVING);
-            let strip = |prefix: &str| -> BTreeMap<String, String> {
-                r.keys
-                    .iter()
-                    .filter_map(|(k, v)| k.strip_prefix(prefix).map(|k| (k.to_string(), v.clone())))
-                    .collect()
-            };
-            Member {
-                alive: r.live && !leaving,
-                ready: r.keys.contains_key(keys::READY),
-                publishing: r.keys.contains_key(keys::PUBLISHING),
-                held: r.keys.get(keys::HELD).and_then(|v| keys::parse_held(v)),
-                applied: r
-                    .keys
-                    .get(keys::APPLIED)
-                    .and_then(|v| Version::parse(v).ok()),
-                metadata: strip(keys::META_PREFIX),
-                app: strip(keys::APP_PREFIX),
-                stand_down: r.keys.get(keys::STAND_DOWN).cloned(),
-                down: r
-                    .keys
-                    .get(keys::DOWN)
-                    .map(|v| keys::parse_down(v))
-                    .unwrap_or_default(),
-                id: r.id,
-                generation: r.generation,
-                listen: r.listen,
-                last_seen_ms: r.last_seen_ms,
-                leaving,
-            }
-        })
-        .collect();
-    (members, duplicates)
+    (chosen.into_iter().map(parse_member).collect(), duplicates)
+}
+
+/// One record's keys parsed, whether it counts or not.
+pub(crate) fn parse_member(r: RawMember) -> Member {
+    let leaving = r.keys.contains_key(keys::LEAVING);
+    let strip = |prefix: &str| -> BTreeMap<String, String> {
+        r.keys
+            .iter()
+            .filter_map(|(k, v)| k.strip_prefix(prefix).map(|k| (k.to_string(), v.clone())))
+            .collect()
+    };
+    Member {
+        alive: r.live && !leaving,
+        ready: r.keys.contains_key(keys::READY),
+        publishing: r.keys.contains_key(keys::PUBLISHING),
+        held: r.keys.get(keys::HELD).and_then(|v| keys::parse_held(v)),
+        applied: r
+            .keys
+            .get(keys::APPLIED)
+            .and_then(|v| Version::parse(v).ok()),
+        metadata: strip(keys::META_PREFIX),
+        app: strip(keys::APP_PREFIX),
+        stand_down: r.keys.get(keys::STAND_DOWN).cloned(),
+        down: r
+            .keys
+            .get(keys::DOWN)
+            .map(|v| keys::parse_down(v))
+            .unwrap_or_default(),
+        id: r.id,
+        generation: r.generation,
+        listen: r.listen,
+        last_seen_ms: r.last_seen_ms,
+        leaving,
+    }
 }
 
 /// The head and publisher a node derives from its members.
@@ -181,13 +185,17 @@ pub fn decide_at(members: &[Member], now_unix_ms: u64, patience_ms: u64) -> Deci
 pub(crate) fn build_view(
     self_id: &NodeId,
     members: &[Member],
+    relayed_dead: &[Member],
     decisions: &Decisions,
 ) -> ClusterView {
+    let relayed_dead = relayed_dead.iter().map(|m| (m, true));
     let mut members: Vec<MemberView> = members
         .iter()
-        .map(|m| MemberView {
+        .map(|m| (m, false))
+        .chain(relayed_dead)
+        .map(|(m, relayed)| MemberView {
             id: m.id.clone(),
-            alive: m.alive,
+            alive: m.alive && !relayed,
             generation: m.generation,
             role: if decisions.publisher.as_ref() == Some(&m.id) {
                 Role::Publisher
@@ -202,6 +210,7 @@ pub(crate) fn build_view(
             metadata: m.metadata.clone(),
             last_seen_ms: m.last_seen_ms,
             stand_down: m.stand_down.clone(),
+            relayed,
         })
         .collect();
     members.sort_by(|a, b| a.id.cmp(&b.id));
@@ -262,7 +271,7 @@ mod tests {
         let d = decide(&members);
         assert_eq!(d.publisher, Some(NodeId::new("c")));
         assert_eq!(d.head, None);
-        let view = build_view(&NodeId::new("c"), &members, &d);
+        let view = build_view(&NodeId::new("c"), &members, &[], &d);
         assert_eq!(view.members[2].role, Role::Publisher);
         assert_eq!(view.members[0].role, Role::CatchingUp);
     }
@@ -280,7 +289,7 @@ mod tests {
         ]);
         let d = decide(&members);
         assert_eq!(d.publisher, Some(NodeId::new("b")));
-        let view = build_view(&NodeId::new("a"), &members, &d);
+        let view = build_view(&NodeId::new("a"), &members, &[], &d);
         assert_eq!(view.members[0].stand_down.as_deref(), Some("API refuses"));
         assert_eq!(view.members[0].role, Role::Follower);
         assert_eq!(view.members[1].stand_down, None);

@@ -485,6 +485,54 @@ async fn a_restart_handed_its_previous_generation_joins_above_it() {
     shutdown_all(nodes).await;
 }
 
+/// A member that died before a node joined was listed by the nodes that saw it die and not by
+/// the newcomer, which never heard it first-hand: two nodes gave two answers for the cluster
+/// (and two `shoal_members_dead`: an operator's probe). Now the newcomer lists it too, dead,
+/// marked as relayed, and counts it nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_dead_before_a_node_joined_is_listed_by_it_too() {
+    let _serial = SERIAL.lock().await;
+    let ca = new_ca();
+    let mut nodes = converged_cluster(&ca, 3).await;
+    nodes.pop().expect("n2").abort().await;
+    let dead_at = |n: &Node| {
+        n.view()
+            .members
+            .iter()
+            .find(|m| m.id.as_str() == "n2")
+            .map(|m| (m.alive, m.generation))
+    };
+    wait_for("n0 and n1 see n2 dead", Duration::from_secs(10), || {
+        nodes
+            .iter()
+            .all(|n| dead_at(n).is_some_and(|(alive, _)| !alive))
+    })
+    .await;
+    let generation = dead_at(&nodes[0]).map(|(_, g)| g);
+    let seed = nodes[0].listen_addr();
+    nodes.push(
+        Mesh::start(config("n3", any_port(), &[seed], tls_for(&ca, "n3")))
+            .await
+            .expect("start n3"),
+    );
+    let all = refs(&nodes);
+    wait_for("n3 joins", Duration::from_secs(10), || {
+        converged(&all, "n0")
+    })
+    .await;
+    wait_for(
+        "n3 lists n2 as the others do",
+        Duration::from_secs(10),
+        || dead_at(&nodes[2]) == Some((false, generation.unwrap_or_default())),
+    )
+    .await;
+    let n2 = |n: &Node| n.view().members.into_iter().find(|m| m.id.as_str() == "n2");
+    assert!(n2(&nodes[2]).is_some_and(|m| m.relayed && m.last_seen_ms.is_none()));
+    assert!(n2(&nodes[0]).is_some_and(|m| !m.relayed));
+    assert!(!nodes[2].live_members().iter().any(|id| id.as_str() == "n2"));
+    shutdown_all(nodes).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_leave_is_seen_at_once() {
     let _serial = SERIAL.lock().await;

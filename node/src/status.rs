@@ -57,6 +57,10 @@ pub struct Member {
     /// Why the member passes on the publisher role (e.g. the API server refuses it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stand_down: Option<String>,
+    /// Dead, and known to the answering node only from its peers' gossip (it died before that
+    /// node heard it first-hand, e.g. before that node joined).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub relayed: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -111,6 +115,7 @@ impl ClusterStatus {
                     last_seen_ms: m.last_seen_ms,
                     announce: None,
                     stand_down: m.stand_down.clone(),
+                    relayed: m.relayed,
                 })
                 .collect(),
             health,
@@ -356,6 +361,7 @@ mod tests {
                 last_seen_ms: Some(0),
                 stand_down: None,
                 announce: Some(report),
+                relayed: false,
             }],
             health: serde_json::Value::Null,
             source_error: source_error.map(str::to_string),

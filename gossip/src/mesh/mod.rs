@@ -142,6 +142,9 @@ struct State {
     first_hand_version: u64,
     /// Node ids with live incarnations at several addresses (see `incarnation.rs`).
     duplicates: Vec<crate::incarnation::Duplicate>,
+    /// Dead members known only from peers' gossip, listed in the view, never counted
+    /// (`incarnation::relayed_dead`).
+    relayed_dead: Vec<crate::view::Member>,
     /// Duplicate ids noticed so far (each new one counted once).
     duplicates_seen: u64,
     /// The generation of a later incarnation of this node's id that peers gossip, once warned
@@ -344,6 +347,7 @@ impl<D: Document> Mesh<D> {
                 fingerprint: Vec::new(),
                 first_hand_version: 0,
                 duplicates: Vec::new(),
+                relayed_dead: Vec::new(),
                 duplicates_seen: 0,
                 shadowed_by: None,
                 fetch: None,
@@ -504,7 +508,12 @@ impl<D: Document> Mesh<D> {
             head: None,
             publisher: None,
         });
-        let mut view = build_view(&self.inner.node_id, st.replica.members(), &decisions);
+        let mut view = build_view(
+            &self.inner.node_id,
+            st.replica.members(),
+            &st.relayed_dead,
+            &decisions,
+        );
         if let Some(me) = view.members.iter_mut().find(|m| m.id == self.inner.node_id) {
             // The node's own facts are known now; the gossiped copy may lag one tick.
             me.applied = st.applied.clone();

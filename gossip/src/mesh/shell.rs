@@ -10,7 +10,7 @@ use crate::replica::Action;
 use crate::transfer::{self, Blob, Served};
 use crate::transport::InboundStream;
 use crate::version::NodeId;
-use crate::view::{parse_members_checked, RawMember};
+use crate::view::{parse_member, parse_members_checked, RawMember};
 use crate::Document;
 use bytes::Bytes;
 use chitchat::{Chitchat, ChitchatId};
@@ -212,6 +212,10 @@ impl<D: Document> Inner<D> {
         let mut st = lock(&self.state);
         if let Some(raw) = raw {
             warn_if_shadowed(&mut st, &raw, my_generation);
+            st.relayed_dead = crate::incarnation::relayed_dead(&raw)
+                .into_iter()
+                .map(parse_member)
+                .collect();
             let (members, duplicates) = parse_members_checked(raw);
             st.replica.handle_members(members);
             for d in &duplicates {
