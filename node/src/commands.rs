@@ -12,18 +12,38 @@ use std::time::Duration;
 mod dataplane;
 pub use dataplane::dataplane;
 
-/// The most a command reads of an admin API answer. A table's JSON is about 1.5 times its rules
-/// file (16,000 services x 10 backends: 7.9 MB of rules, 11.5 MB from `/v1/table`), so a rules
-/// file at its 32 MiB cap fits; the cap keeps a wrong or hostile `--node` from filling the
-/// memory (unbounded, a 100 MiB answer took 2.8 GB).
+/// The most a command reads of an admin API answer, but `/v1/table`'s: the cap keeps a wrong
+/// or hostile `--node` from filling the memory (unbounded, a 100 MiB answer took 2.8 GB).
 pub const MAX_ANSWER_BYTES: usize = 64 << 20;
+
+/// The most `shoal table` reads. A table's JSON is 1.5 to 2.5 times its rules file (16,000
+/// services x 10 backends: 7.9 MB of rules, 11.5 MB from `/v1/table`; 313,262 services of one
+/// backend: 31 MiB of rules, 76.7 MB), so the 64 MiB of [`MAX_ANSWER_BYTES`] refused tables that
+/// `shoal check` and `shoal run` accept (an operator's probe); 256 MiB fits a rules file at its
+/// 32 MiB cap with room. The answer is read into the table's own types, not a generic JSON
+/// value, which is what made 100 MiB cost 2.8 GB.
+pub const MAX_TABLE_ANSWER_BYTES: usize = 256 << 20;
 
 /// The body of a successful answer from a node's admin API (at most [`MAX_ANSWER_BYTES`]),
 /// with the bearer token when the nodes require one; checked to be JSON.
 pub async fn get_bytes(node: &str, path: &str, token: Option<&str>) -> anyhow::Result<Vec<u8>> {
+    get_at_most(node, path, token, MAX_ANSWER_BYTES).await
+}
+
+/// [`get_bytes`] with another cap.
+async fn get_at_most(
+    node: &str,
+    path: &str,
+    token: Option<&str>,
+    cap: usize,
+) -> anyhow::Result<Vec<u8>> {
     let url = format!("http://{node}{path}");
+    // Bounds on each wait, not on the whole answer: a node that stops answering is given up
+    // after 5 s, while a large table (tens of MB) may take longer than that to come over a
+    // slow link.
     let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
+        .connect_timeout(Duration::from_secs(5))
+        .read_timeout(Duration::from_secs(5))
         .build()?;
     let mut request = client.get(&url);
     if let Some(token) = token {
@@ -45,11 +65,8 @@ pub async fn get_bytes(node: &str, path: &str, token: Option<&str>) -> anyhow::R
         }
     };
     let status = response.status();
-    let too_large = || format!("{url} answered with more than {MAX_ANSWER_BYTES} bytes");
-    if response
-        .content_length()
-        .is_some_and(|n| n > MAX_ANSWER_BYTES as u64)
-    {
+    let too_large = || format!("{url} answered with more than {cap} bytes");
+    if response.content_length().is_some_and(|n| n > cap as u64) {
         anyhow::bail!(too_large());
     }
     let mut body = Vec::new();
@@ -58,7 +75,7 @@ pub async fn get_bytes(node: &str, path: &str, token: Option<&str>) -> anyhow::R
         .await
         .with_context(|| format!("reading the answer of {url}"))?
     {
-        if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+        if body.len() + chunk.len() > cap {
             anyhow::bail!(too_large());
         }
         body.extend_from_slice(&chunk);
@@ -118,9 +135,9 @@ pub async fn status(args: &StatusArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What `/v1/table` answers (`admin.rs`), read to check it before printing.
-#[derive(serde::Deserialize)]
-#[allow(dead_code)] // read for the check, printed as it came
+/// What `/v1/table` answers (`admin.rs`): read into these types, which checks it, and printed
+/// from them (the same fields in the same order).
+#[derive(serde::Deserialize, serde::Serialize)]
 struct TableAnswer {
     version: crate::status::VersionRef,
     digest: String,
@@ -130,8 +147,17 @@ struct TableAnswer {
 
 pub async fn table(args: &NodeArgs) -> anyhow::Result<()> {
     let token = token(args)?;
-    let body = get_bytes(&args.node, "/v1/table", token.as_deref()).await?;
-    outln!("{}", pretty::<TableAnswer>(&body, "/v1/table")?)?;
+    let body = get_at_most(
+        &args.node,
+        "/v1/table",
+        token.as_deref(),
+        MAX_TABLE_ANSWER_BYTES,
+    )
+    .await?;
+    let answer: TableAnswer = serde_json::from_slice(&body)
+        .context("the node answered with an unexpected /v1/table document")?;
+    drop(body);
+    outln!("{}", serde_json::to_string_pretty(&answer)?)?;
     Ok(())
 }
 

@@ -749,3 +749,64 @@ fn sighup_is_logged_and_ignored() {
     assert_eq!(exited, None, "the node ended on SIGHUP");
     assert_eq!(http_get(admin, "/readyz").unwrap().0, 200);
 }
+
+/// `shoal table` prints what `/v1/table` answers, and reads past the 64 MiB the other commands
+/// stop at: a table `shoal check` and `shoal run` accept (313,262 services from a 31 MiB rules
+/// file) answers 76.7 MB, and `shoal table` refused it (an operator's probe).
+#[test]
+fn shoal_table_prints_the_answer_even_past_64_mib() {
+    let c = Cluster::start(1, &rules(1), &[]);
+    let admin = c.nodes[0].admin;
+    c.wait_converged(LIMIT);
+    let answer = get(admin, "/v1/table").expect("a table");
+    let table = |node: &str| {
+        std::process::Command::new(common::bin())
+            .args(["table", "--node", node])
+            .env_remove("SHOAL_ADMIN_TOKEN_FILE")
+            .output()
+            .unwrap()
+    };
+    let out = table(&admin.to_string());
+    assert!(out.status.success(), "{out:?}");
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed, answer);
+
+    // The same answer with its one service copied under other names, past 64 MiB.
+    let service = answer["table"]["services"][0].clone();
+    let one = serde_json::to_string(&service).unwrap().len();
+    let copies = (70 << 20) / one + 1;
+    let mut big = answer.clone();
+    big["table"]["services"] = Value::Array(
+        (0..copies)
+            .map(|i| {
+                let mut s = service.clone();
+                s["name"] = Value::String(format!("svc-{i}"));
+                s
+            })
+            .collect(),
+    );
+    let body = serde_json::to_vec(&big).unwrap();
+    assert!(body.len() > 64 << 20);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        if let Ok((mut conn, _)) = listener.accept() {
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            );
+            let _ = conn.write_all(head.as_bytes());
+            let _ = conn.write_all(&body);
+        }
+    });
+    let out = table(&addr.to_string());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        printed["table"]["services"].as_array().map(Vec::len),
+        Some(copies)
+    );
+}
