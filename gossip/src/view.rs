@@ -46,6 +46,9 @@ pub struct MemberView {
     /// (`incarnation::relayed_dead`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub relayed: bool,
+    /// It left on purpose (a graceful shutdown: SIGTERM, a scale-down) rather than died.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub left: bool,
 }
 
 /// Raw facts about one chitchat node, as read from chitchat's state.
@@ -211,6 +214,7 @@ pub(crate) fn build_view(
             last_seen_ms: m.last_seen_ms,
             stand_down: m.stand_down.clone(),
             relayed,
+            left: m.leaving,
         })
         .collect();
     members.sort_by(|a, b| a.id.cmp(&b.id));

@@ -551,6 +551,17 @@ async fn graceful_leave_is_seen_at_once() {
     eprintln!("graceful leave seen in {took:?}");
     // The failure detector alone needs ~0.5 s; a leave must be much faster.
     assert!(took < Duration::from_millis(400), "leave took {took:?}");
+    // Listed as having left, not as dead (a leave looked like a crash: an operator's probe).
+    for n in &nodes {
+        let n3 = n.view().members.into_iter().find(|m| m.id.as_str() == "n3");
+        assert!(n3.is_some_and(|m| m.left && !m.alive), "{:?}", n.view());
+    }
+    assert!(nodes[0]
+        .view()
+        .members
+        .iter()
+        .filter(|m| m.id.as_str() != "n3")
+        .all(|m| !m.left));
     shutdown_all(nodes).await;
 }
 

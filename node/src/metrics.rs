@@ -30,6 +30,7 @@ pub struct NodeMetrics {
     pub is_publisher: Gauge,
     pub members_alive: Gauge,
     pub members_dead: Gauge,
+    pub members_left: Gauge,
     pub head_epoch: Gauge,
     pub head_seq: Gauge,
     pub applied_epoch: Gauge,
@@ -64,6 +65,7 @@ impl NodeMetrics {
             is_publisher: Gauge::default(),
             members_alive: Gauge::default(),
             members_dead: Gauge::default(),
+            members_left: Gauge::default(),
             head_epoch: Gauge::default(),
             head_seq: Gauge::default(),
             applied_epoch: Gauge::default(),
@@ -120,8 +122,13 @@ impl NodeMetrics {
         );
         r.register(
             "shoal_members_dead",
-            "Members this node sees dead",
+            "Members this node sees dead (not those that left on purpose)",
             self.members_dead.clone(),
+        );
+        r.register(
+            "shoal_members_left",
+            "Members that left on purpose (SIGTERM, a scale-down), listed until forgotten",
+            self.members_left.clone(),
         );
         r.register(
             "shoal_head_epoch",

@@ -61,6 +61,9 @@ pub struct Member {
     /// node heard it first-hand, e.g. before that node joined).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub relayed: bool,
+    /// Not alive because it left on purpose (SIGTERM, a scale-down), not because it died.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub left: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -116,6 +119,7 @@ impl ClusterStatus {
                     announce: None,
                     stand_down: m.stand_down.clone(),
                     relayed: m.relayed,
+                    left: m.left,
                 })
                 .collect(),
             health,
@@ -181,7 +185,12 @@ impl ClusterStatus {
                 };
                 [
                     m.id.clone(),
-                    if m.alive { "alive" } else { "dead" }.to_string(),
+                    match (m.alive, m.left) {
+                        (true, _) => "alive",
+                        (false, true) => "left",
+                        (false, false) => "dead",
+                    }
+                    .to_string(),
                     // A dead member holds no role; the last one gossiped (a dead publisher
                     // read as "follower") would mislead.
                     if m.alive { m.role.clone() } else { "-".into() },
@@ -362,6 +371,7 @@ mod tests {
                 stand_down: None,
                 announce: Some(report),
                 relayed: false,
+                left: false,
             }],
             health: serde_json::Value::Null,
             source_error: source_error.map(str::to_string),
@@ -511,6 +521,14 @@ mod tests {
         };
         assert_eq!(row("n0"), ["n0", "dead", "-"], "{text}");
         assert_eq!(row("n1"), ["n1", "alive", "publisher"], "{text}");
+        // One that left on purpose says so (a leave looked like a crash).
+        status.members[0].left = true;
+        let text = status.render();
+        let row = text
+            .lines()
+            .find(|l| l.starts_with("n0 "))
+            .unwrap_or_default();
+        assert!(row.split_whitespace().nth(1) == Some("left"), "{text}");
     }
 
     #[test]
