@@ -147,6 +147,8 @@ struct State {
     relayed_dead: Vec<crate::view::Member>,
     /// Duplicate ids noticed so far (each new one counted once).
     duplicates_seen: u64,
+    /// Warnings that would repeat every retry (an epoch file that cannot be written).
+    warns: crate::transport::alarm::WarnGate,
     /// The generation of a later incarnation of this node's id that peers gossip, once warned
     /// about (`shell::warn_if_shadowed`).
     shadowed_by: Option<u64>,
@@ -349,6 +351,7 @@ impl<D: Document> Mesh<D> {
                 duplicates: Vec::new(),
                 relayed_dead: Vec::new(),
                 duplicates_seen: 0,
+                warns: crate::transport::alarm::WarnGate::new(Duration::from_secs(60)),
                 shadowed_by: None,
                 fetch: None,
             }),

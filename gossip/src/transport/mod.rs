@@ -10,7 +10,7 @@
 //! windows and stream limits, a cap on every message.
 
 pub(crate) mod admission;
-mod alarm;
+pub(crate) mod alarm;
 pub(crate) mod codec;
 mod dials;
 pub mod fault;
