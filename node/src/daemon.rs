@@ -56,13 +56,23 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     // Only the publisher reads the rules file, so a follower given a wrong path started
     // quietly and the mistake showed only at a failover (an audit). Not fatal: the file may
     // be written after the start (a config management run), as a first node's may.
+    // A file that does not pass the checks was as quiet (an operator's probe).
     if let Source::Static { rules } = &config.source {
-        if let Err(e) = std::fs::metadata(rules) {
-            tracing::warn!(
+        match shoal_gossip::small_file::read_to_string(rules, crate::rules::MAX_FILE_BYTES) {
+            Err(e) => tracing::warn!(
                 path = %rules.display(),
                 error = %e,
                 "cannot read the rules file: this node would publish nothing if it became the publisher"
-            );
+            ),
+            Ok(text) => {
+                if let Err(e) = crate::rules::parse(&text) {
+                    tracing::warn!(
+                        path = %rules.display(),
+                        error = %e,
+                        "the rules file does not pass the checks (`shoal check` says why): if this node became the publisher it would keep the cluster's last table and publish no change until the file is fixed"
+                    );
+                }
+            }
         }
     }
 

@@ -810,3 +810,39 @@ fn shoal_table_prints_the_answer_even_past_64_mib() {
         Some(copies)
     );
 }
+
+/// A follower's rules file is read only when it takes over, so a wrong one waited for a
+/// failover to show: a missing one has been named at start (an audit), and one that does not
+/// pass the checks is now too (an operator's probe). The start stops at a taken admin port,
+/// just after the check.
+#[test]
+fn a_rules_file_that_fails_the_checks_is_named_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let start = |rules_path: &std::path::Path| {
+        let out = std::process::Command::new(common::bin())
+            .args(["run", "--insecure", "--single-node", "--node-id", "n1"])
+            .args(["--dataplane", "memory", "--source", "static", "--rules"])
+            .arg(rules_path)
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{}", common::free_udp_port()),
+            ])
+            .args(["--admin", &taken.local_addr().unwrap().to_string()])
+            .env("SHOAL_LOG", "info")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let good = dir.path().join("good.toml");
+    write_rules(&good, &rules(1));
+    let bad = dir.path().join("bad.toml");
+    write_rules(&bad, &rules(70_000));
+    let missing = dir.path().join("missing.toml");
+    let err = start(&bad);
+    assert!(err.contains("does not pass the checks"), "{err}");
+    assert!(err.contains("weight"), "{err}");
+    assert!(start(&missing).contains("cannot read the rules file"));
+    let err = start(&good);
+    assert!(!err.contains("rules file"), "{err}");
+}
