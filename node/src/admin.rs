@@ -72,16 +72,40 @@ pub struct AdminState {
 
 /// The admin token, kept as its digest, and the rate limit of the warnings about bad ones.
 pub struct TokenCheck {
-    digest: [u8; 32],
+    digest: Mutex<[u8; 32]>,
     warn: Mutex<LogGate>,
+    /// The file it was read from, read again every [`TOKEN_RELOAD_EVERY`]: a rotated token (a
+    /// Kubernetes Secret updated in place) was refused until a restart (an operator's probe).
+    file: Option<std::path::PathBuf>,
 }
+
+/// How often the token file is read again.
+pub const TOKEN_RELOAD_EVERY: Duration = Duration::from_secs(5);
 
 impl TokenCheck {
     pub fn new(token: &str) -> Self {
         TokenCheck {
-            digest: Sha256::digest(token.as_bytes()).into(),
+            digest: Mutex::new(Sha256::digest(token.as_bytes()).into()),
             warn: Mutex::new(LogGate::new(WARN_EVERY)),
+            file: None,
         }
+    }
+
+    /// A token read from `file`, which [`serve`] reads again every [`TOKEN_RELOAD_EVERY`].
+    pub fn from_file(token: &str, file: std::path::PathBuf) -> Self {
+        TokenCheck {
+            file: Some(file),
+            ..TokenCheck::new(token)
+        }
+    }
+
+    /// Takes `token` from now on; whether it differs from the one before.
+    fn replace(&self, token: &str) -> bool {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let mut held = self.digest.lock().unwrap_or_else(|p| p.into_inner());
+        let changed = *held != digest;
+        *held = digest;
+        changed
     }
 
     /// Whether an `Authorization` header value carries the token (the scheme's name is
@@ -94,7 +118,45 @@ impl TokenCheck {
             return false;
         };
         let given: [u8; 32] = Sha256::digest(given).into();
-        given == self.digest
+        given == *self.digest.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Reads the token file again every [`TOKEN_RELOAD_EVERY`]: a new token is taken at once; a
+/// file that cannot be read or holds no valid token keeps the token in use, with a WARN when
+/// that problem first shows (and an INFO when it is gone).
+async fn reload_token(check: Arc<TokenCheck>, cancel: CancellationToken) {
+    let Some(file) = check.file.clone() else {
+        return;
+    };
+    let mut problem: Option<String> = None;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(TOKEN_RELOAD_EVERY) => {}
+        }
+        let read = {
+            let file = file.clone();
+            tokio::task::spawn_blocking(move || crate::config::read_token(&file)).await
+        };
+        match read {
+            Ok(Ok(token)) => {
+                if check.replace(&token) {
+                    tracing::info!(file = %file.display(), "admin token changed in its file: the new one is required from now on");
+                } else if problem.is_some() {
+                    tracing::info!(file = %file.display(), "admin token file readable again; token unchanged");
+                }
+                problem = None;
+            }
+            Ok(Err(e)) => {
+                let e = e.to_string();
+                if problem.as_ref() != Some(&e) {
+                    tracing::warn!(error = %e, "admin token file: keeping the token in use");
+                }
+                problem = Some(e);
+            }
+            Err(e) => tracing::warn!(error = %e, "admin token reader did not finish"),
+        }
     }
 }
 
@@ -273,6 +335,9 @@ pub async fn serve(
         state.snapshots.clone(),
         cancel.clone(),
     ));
+    if let Some(check) = &state.token {
+        tokio::spawn(reload_token(check.clone(), cancel.clone()));
+    }
     let app = router(state.clone());
     let mut cap_warn = LogGate::new(WARN_EVERY);
     let connections = connections::Connections::default();

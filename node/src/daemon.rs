@@ -212,7 +212,10 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             token: config
                 .admin_token
                 .as_deref()
-                .map(|t| Arc::new(admin::TokenCheck::new(t))),
+                .map(|t| match &config.admin_token_file {
+                    Some(file) => Arc::new(admin::TokenCheck::from_file(t, file.clone())),
+                    None => Arc::new(admin::TokenCheck::new(t)),
+                }),
             snapshots: admin::dataplane_snapshots(),
         },
         admin_cancel.clone(),

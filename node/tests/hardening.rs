@@ -217,6 +217,41 @@ fn the_admin_token_guards_v1_while_probes_and_metrics_stay_open() {
         "{err}"
     );
     assert!(!err.contains("admin_token_file"), "{err}");
+
+    // A token rotated in its file (a Kubernetes Secret updated in place) is taken without a
+    // restart; it was refused until one (an operator's probe). A file that turns invalid
+    // keeps the token in use.
+    let rotated = "r0tated-token-9876543210";
+    std::fs::write(
+        &token_file,
+        format!(
+            "{rotated}
+"
+        ),
+    )
+    .unwrap();
+    let with = |t: &str| {
+        request(
+            admin,
+            "/v1/node",
+            &format!(
+                "Authorization: Bearer {t}
+"
+            ),
+        )
+    };
+    c.wait_for(LIMIT, "the rotated token accepted", || {
+        (with(rotated)?.0 == 200).then_some(())
+    });
+    assert_eq!(with(token).unwrap().0, 401, "the old token still works");
+    std::fs::write(&token_file, "short").unwrap();
+    std::thread::sleep(shoal_node::admin::TOKEN_RELOAD_EVERY * 2);
+    assert_eq!(
+        with(rotated).unwrap().0,
+        200,
+        "an invalid file replaced the token"
+    );
+    assert!(c.logs().contains("keeping the token in use"));
 }
 
 /// Idle and slowloris connections were kept forever; now the header deadline closes them,

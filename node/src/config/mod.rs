@@ -100,6 +100,8 @@ pub struct NodeConfig {
     pub announce: AnnounceSettings,
     /// Bearer token required on the admin API's `/v1/*` (read from `--admin-token-file`).
     pub admin_token: Option<String>,
+    /// Where `admin_token` was read from (read again while the node runs).
+    pub admin_token_file: Option<PathBuf>,
 }
 
 /// Bounds of the numeric settings, checked at start-up so that no later arithmetic on them
@@ -488,6 +490,7 @@ impl NodeConfig {
             vip_interface,
             announce,
             admin_token,
+            admin_token_file,
         })
     }
 }
