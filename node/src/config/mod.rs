@@ -317,7 +317,7 @@ impl NodeConfig {
     /// win), then checked with [`NodeConfig::from_settings`].
     pub fn resolve(flags: &RunSettings) -> Result<Self, ConfigError> {
         let file = match &flags.config {
-            Some(path) => read_file(path)?,
+            Some(path) => relative_to(read_file(path)?, path.parent().unwrap_or(Path::new(""))),
             None => RunSettings::default(),
         };
         Self::from_settings(flags.clone().over(file))
@@ -615,6 +615,37 @@ pub fn read_capped(path: &Path, cap_bytes: u64) -> std::io::Result<String> {
 }
 
 /// The `--config` file, parsed into the same [`RunSettings`] as the flags.
+/// The file's relative paths taken relative to the file's folder, as a reader of the file
+/// expects (they were taken relative to the working directory: `cd /tmp && shoal run --config
+/// /etc/shoal/node.toml` with `rules = "rules.toml"` looked for /tmp/rules.toml, and
+/// `state_dir = "st"` created /tmp/st: an operator's probe). Flags keep the working directory's
+/// meaning. `bgp.bird` is joined only when it holds a `/`: a bare name is looked up in PATH.
+fn relative_to(mut file: RunSettings, folder: &Path) -> RunSettings {
+    let join = |p: &mut Option<PathBuf>| {
+        if let Some(path) = p {
+            if path.is_relative() && !path.as_os_str().is_empty() {
+                *path = folder.join(&*path);
+            }
+        }
+    };
+    join(&mut file.tls_dir);
+    join(&mut file.state_dir);
+    join(&mut file.rules);
+    join(&mut file.kubeconfig);
+    join(&mut file.admin_token_file);
+    if let Some(bgp) = &mut file.bgp {
+        join(&mut bgp.state_dir);
+        if bgp
+            .bird
+            .as_ref()
+            .is_some_and(|b| b.components().count() > 1)
+        {
+            join(&mut bgp.bird);
+        }
+    }
+    file
+}
+
 fn read_file(path: &Path) -> Result<RunSettings, ConfigError> {
     let text = read_capped(path, CONFIG_FILE_CAP_BYTES).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),

@@ -776,3 +776,39 @@ fn settings_this_node_would_not_use_are_refused() {
     let cfg = NodeConfig::resolve(&a).unwrap();
     assert_eq!(cfg.announce.shutdown_drain, Duration::from_secs(30));
 }
+
+/// Relative paths in the file are the file's folder's (they were the working directory's: an
+/// operator's probe); in flags they stay the working directory's.
+#[test]
+fn relative_paths_in_the_file_are_taken_from_its_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg_path = dir.path().join("node.toml");
+    std::fs::write(&cfg_path, "rules = \"rules.toml\"\nstate_dir = \"st\"\n").unwrap();
+    let mut a = args();
+    a.rules = None;
+    a.config = Some(cfg_path);
+    let cfg = NodeConfig::resolve(&a).unwrap();
+    let Source::Static { rules } = &cfg.source else {
+        panic!("static source")
+    };
+    assert_eq!(rules, &dir.path().join("rules.toml"));
+    assert_eq!(cfg.state_dir, Some(dir.path().join("st")));
+    let mut by_flag = a.clone();
+    by_flag.rules = Some("here.toml".into());
+    let cfg = NodeConfig::resolve(&by_flag).unwrap();
+    let Source::Static { rules } = &cfg.source else {
+        panic!("static source")
+    };
+    assert_eq!(rules, Path::new("here.toml"));
+    // [bgp]: a folder too; the bird binary only when it is a path, not a name for PATH.
+    let file = |text: &str| {
+        let s: RunSettings = toml::from_str(text).unwrap();
+        relative_to(s, Path::new("/etc/shoal")).bgp.unwrap()
+    };
+    let bgp = file("[bgp]\nbird = \"bird\"\nstate_dir = \"b\"\n");
+    assert_eq!(bgp.bird, Some(PathBuf::from("bird")));
+    assert_eq!(bgp.state_dir, Some(PathBuf::from("/etc/shoal/b")));
+    let bgp = file("[bgp]\nbird = \"bin/bird\"\nstate_dir = \"/run/b\"\n");
+    assert_eq!(bgp.bird, Some(PathBuf::from("/etc/shoal/bin/bird")));
+    assert_eq!(bgp.state_dir, Some(PathBuf::from("/run/b")));
+}
