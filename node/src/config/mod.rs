@@ -446,6 +446,7 @@ impl NodeConfig {
         let vip_interface = interface_name(
             "vip_interface",
             s.vip_interface
+                .clone()
                 .unwrap_or_else(|| shoal_dataplane::IpvsOptions::default().interface),
         )?;
         let admin_token = match &admin_token_file {
@@ -466,6 +467,21 @@ impl NodeConfig {
             ));
         }
         let dataplane = s.dataplane.unwrap_or(DataplaneKind::Memory);
+        // Refused rather than ignored, as the announcement's settings without an announcement:
+        // the memory dataplane started without a word (an operator's probe).
+        let ipvs_only = [
+            ("ipvs_table", s.ipvs_table.is_some()),
+            ("vip_interface", s.vip_interface.is_some()),
+        ];
+        if dataplane != DataplaneKind::Ipvs {
+            if let Some(&(field, _)) = ipvs_only.iter().find(|(_, set)| *set) {
+                return Err(invalid(
+                    field,
+                    "only the ipvs dataplane uses it, and this node's is memory: give \
+                     --dataplane ipvs or leave it out",
+                ));
+            }
+        }
         Ok(NodeConfig {
             node_id,
             listen,

@@ -154,7 +154,7 @@ fn a_flag_and_the_same_config_key_give_the_same_settings() {
         "198.18.0.7:9100",
         "--insecure",
         "--rules",
-        "r.toml",
+        "/r.toml",
         "--resync-interval-s",
         "7",
         "--drain-s",
@@ -172,11 +172,14 @@ fn a_flag_and_the_same_config_key_give_the_same_settings() {
         "--freeze-withdraw-ms",
         "1500",
         "--single-node",
+        "--dataplane",
+        "ipvs",
     ]
     .to_vec();
     let toml_text =
         "node_id = \"n-7\"\nlisten = \"198.18.0.7:7946\"\nadmin = \"198.18.0.7:9100\"\n\
-        insecure = true\nrules = \"r.toml\"\nresync_interval_s = 7\ndrain_s = 12\n\
+        dataplane = \"ipvs\"\n\
+        insecure = true\nrules = \"/r.toml\"\nresync_interval_s = 7\ndrain_s = 12\n\
         health_checkers = 3\ncluster = \"lab\"\nvip_interface = \"lb0\"\nannounce = \"l2\"\n\
         interface = \"eth1\"\nfreeze_withdraw_ms = 1500\nsingle_node = true\n";
     let by_flags = NodeConfig::resolve(&flags(&argv)).unwrap();
@@ -190,7 +193,7 @@ fn flags_win_over_the_file() {
     let (a, _f) = with_file(
         args(),
         "cluster = \"from-file\"\nnode_id = \"file-node\"\nresync_interval_s = 3\n\
-         drain_s = 4\nvip_interface = \"file0\"\nseeds = [\"f:1\"]",
+         drain_s = 4\nvip_interface = \"file0\"\nseeds = [\"f:1\"]\ndataplane = \"ipvs\"",
     );
     let cfg = NodeConfig::resolve(&a).unwrap();
     assert_eq!(cfg.node_id, "a");
@@ -601,6 +604,7 @@ fn interface_names_are_checked_as_the_kernel_does() {
     let err = NodeConfig::resolve(&a).unwrap_err().to_string();
     assert!(err.contains("`interface` (--interface)"), "{err}");
     let mut a = args();
+    a.dataplane = Some(DataplaneKind::Ipvs);
     a.vip_interface = Some("eth0:1".into());
     let err = NodeConfig::resolve(&a).unwrap_err().to_string();
     assert!(err.contains("`vip_interface` (--vip-interface)"), "{err}");
@@ -811,4 +815,30 @@ fn relative_paths_in_the_file_are_taken_from_its_folder() {
     let bgp = file("[bgp]\nbird = \"bin/bird\"\nstate_dir = \"/run/b\"\n");
     assert_eq!(bgp.bird, Some(PathBuf::from("/etc/shoal/bin/bird")));
     assert_eq!(bgp.state_dir, Some(PathBuf::from("/run/b")));
+}
+
+/// The ipvs dataplane's settings with the memory dataplane were accepted without a word (an
+/// operator's probe): refused, naming the setting, as the announcement's are without one.
+#[test]
+fn ipvs_settings_without_the_ipvs_dataplane_are_refused() {
+    for (field, set) in [
+        (
+            "ipvs_table",
+            &(|a: &mut RunSettings| a.ipvs_table = Some(crate::cli::IpvsTable::Exclusive))
+                as &dyn Fn(&mut RunSettings),
+        ),
+        ("vip_interface", &|a: &mut RunSettings| {
+            a.vip_interface = Some("lb0".into())
+        }),
+    ] {
+        let mut a = args();
+        set(&mut a);
+        let err = NodeConfig::resolve(&a).unwrap_err().to_string();
+        assert!(
+            err.contains(field) && err.contains("--dataplane ipvs"),
+            "{err}"
+        );
+        a.dataplane = Some(DataplaneKind::Ipvs);
+        assert!(NodeConfig::resolve(&a).is_ok(), "{field} with ipvs");
+    }
 }
