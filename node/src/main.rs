@@ -12,13 +12,22 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let format = cli.log_format;
+    init_logging(format);
     match dispatch(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         // The reader of our output went away (`shoal table | head`): it has what it wanted.
         Err(e) if is_broken_pipe(&e) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", shoal_node::terminal_safe(&report(&e)));
+            let report = report(&e);
+            let report = shoal_node::terminal_safe(&report);
+            // With JSON logs the last word is a JSON line too: a plain one was dropped by log
+            // pipelines that parse every line (an operator's probe). Plain when logging is off.
+            if format == LogFormat::Json && tracing::enabled!(tracing::Level::ERROR) {
+                tracing::error!(error = %report, "shoal stopped");
+            } else {
+                eprintln!("error: {report}");
+            }
             std::process::ExitCode::FAILURE
         }
     }

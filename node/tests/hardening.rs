@@ -881,3 +881,34 @@ fn a_rules_file_that_fails_the_checks_is_named_at_start() {
     let err = start(&good);
     assert!(!err.contains("rules file"), "{err}");
 }
+
+/// With `--log-format json` a start that fails said so in a plain line, which log pipelines
+/// that parse every line dropped (an operator's probe): the last word is a JSON line too.
+#[test]
+fn with_json_logs_a_failed_start_says_so_in_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules_path = dir.path().join("rules.toml");
+    write_rules(&rules_path, &rules(1));
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let out = std::process::Command::new(common::bin())
+        .args(["--log-format", "json", "run", "--insecure", "--single-node"])
+        .args(["--node-id", "n1", "--dataplane", "memory", "--rules"])
+        .arg(&rules_path)
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{}", common::free_udp_port()),
+        ])
+        .args(["--admin", &taken.local_addr().unwrap().to_string()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for line in err.lines() {
+        let parsed: Result<Value, _> = serde_json::from_str(line);
+        assert!(parsed.is_ok(), "not JSON: {line}");
+    }
+    let last: Value = serde_json::from_str(err.lines().last().unwrap_or("null")).unwrap();
+    assert_eq!(last["level"], "ERROR", "{err}");
+    let why = last["fields"]["error"].as_str().unwrap_or_default();
+    assert!(why.contains("cannot bind the admin API"), "{err}");
+}
