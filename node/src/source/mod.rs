@@ -90,7 +90,7 @@ impl SourceStatus {
             s.last_error
                 .clone()
                 .or(publish)
-                .map(|e| e.chars().take(SHARED_ERROR_CHARS).collect::<String>())
+                .map(|e| shortened(&e, SHARED_ERROR_CHARS))
         };
         if now == *shared {
             return;
@@ -105,6 +105,23 @@ impl SourceStatus {
         // A poisoned lock only means a panic elsewhere mid-update of plain fields.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// `text` in at most `max` characters: whole, or its start and its end around " ... ". The
+/// end is kept because that is where the reason is ("path: line 3: field: why"); cutting the
+/// tail off left only a long path (an operator's probe).
+fn shortened(text: &str, max: usize) -> String {
+    const GAP: &str = " ... ";
+    let n = text.chars().count();
+    if n <= max {
+        return text.to_string();
+    }
+    let keep = max.saturating_sub(GAP.len());
+    let head = keep / 3;
+    let tail = keep - head;
+    let start: String = text.chars().take(head).collect();
+    let end: String = text.chars().skip(n - tail).collect();
+    format!("{start}{GAP}{end}")
 }
 
 /// How a source task ended.
@@ -192,6 +209,26 @@ pub fn spawn(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_error_keeps_its_end_where_the_reason_is() {
+        let path = format!("/{}/rules.toml", "deep/".repeat(200));
+        let error = format!("{path}: line 7: service[0].port: invalid value 65536");
+        let short = shortened(&error, SHARED_ERROR_CHARS);
+        assert_eq!(short.chars().count(), SHARED_ERROR_CHARS);
+        assert!(
+            short.ends_with("line 7: service[0].port: invalid value 65536"),
+            "{short}"
+        );
+        assert!(
+            short.starts_with("/deep/deep/") && short.contains(" ... "),
+            "{short}"
+        );
+        assert_eq!(shortened("short", SHARED_ERROR_CHARS), "short");
+        // Characters, not bytes: never cut inside one.
+        let wide = "é".repeat(1_000);
+        assert_eq!(shortened(&wide, 20).chars().count(), 20);
+    }
 
     /// A table made while one watched kind fails keeps that kind's error shown (publishing
     /// cleared it, and `/v1/node` said all was well while EndpointSlices were refused).
