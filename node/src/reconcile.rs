@@ -42,6 +42,9 @@ pub struct Programmer {
 pub struct SharedProgrammer {
     programmer: Arc<Mutex<Programmer>>,
     passes_waiting: Arc<AtomicUsize>,
+    /// The dataplane's kind, known without the lock (a handler asking it waited for a whole
+    /// read-back or pass).
+    kind: &'static str,
 }
 
 /// How many times an admin read-back gives way to a pass before it reads to the end whatever
@@ -65,6 +68,7 @@ impl SharedProgrammer {
 
     pub fn from_programmer(p: Programmer) -> Self {
         SharedProgrammer {
+            kind: p.dataplane.kind(),
             programmer: Arc::new(Mutex::new(p)),
             passes_waiting: Arc::new(AtomicUsize::new(0)),
         }
@@ -83,7 +87,7 @@ impl SharedProgrammer {
     }
 
     pub fn kind(&self) -> &'static str {
-        self.lock().dataplane.kind()
+        self.kind
     }
 
     /// How often a pass reads the whole table back (and repairs drift); passes in between plan
@@ -102,9 +106,20 @@ impl SharedProgrammer {
         self.lock().reconciler.resume(drains, Instant::now());
     }
 
-    /// The drains in progress.
+    /// The drains in progress (blocking: waits for a pass or a read-back holding the lock).
     pub fn drains(&self) -> Vec<Draining> {
         self.lock().reconciler.draining().collect()
+    }
+
+    /// [`SharedProgrammer::drains`] from the blocking pool: called on the runtime, it held a
+    /// worker for as long as an admin read-back held the lock (seconds at 10,000 services),
+    /// and the mesh's control loop, on the same workers, stalled meanwhile.
+    /// `None` if the blocking task did not finish (nothing is known then, not "no drains").
+    pub async fn drains_async(&self) -> Option<Vec<Draining>> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.drains())
+            .await
+            .ok()
     }
 
     /// Reads back what the dataplane holds and what still separates it from `desired`, with
@@ -590,7 +605,7 @@ async fn keep_drains(
     programmer: &SharedProgrammer,
     warn: &mut crate::log_gate::LogGate,
 ) -> Option<Instant> {
-    let drains = programmer.drains();
+    let drains = programmer.drains_async().await?;
     let now = Instant::now();
     match keeper.check(&drains, now) {
         drains_file::Write::Unchanged => None,

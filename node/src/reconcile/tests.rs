@@ -365,3 +365,42 @@ async fn the_node_deletes_a_removed_udp_backend_at_once_and_drains_a_tcp_one() {
         "tcp drains at weight 0"
     );
 }
+
+/// The drains file's keeper asked for the drains on the runtime: while an admin read-back held
+/// the programmer (seconds at 10,000 services) the worker waited, and with it whatever else
+/// ran there (the mesh's control loop stalled). From the blocking pool the runtime goes on.
+#[tokio::test(flavor = "current_thread")]
+async fn asking_for_the_drains_leaves_the_runtime_free_while_a_read_holds_the_lock() {
+    let programmer = SharedProgrammer::new(
+        Box::new(MemoryDataplane::new()),
+        Box::new(MemoryFirewall::default()),
+        Duration::from_secs(30),
+    );
+    let held = programmer.programmer.clone();
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let _read = held.lock().unwrap();
+        locked_tx.send(()).unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+    });
+    locked_rx.recv().unwrap();
+    let ticks = Arc::new(AtomicUsize::new(0));
+    let ticker = {
+        let ticks = ticks.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                ticks.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    };
+    let drains = programmer.drains_async().await;
+    assert_eq!(drains, Some(vec![]));
+    assert!(
+        ticks.load(Ordering::SeqCst) >= 10,
+        "the runtime stood still while the lock was held ({} ticks in ~500 ms)",
+        ticks.load(Ordering::SeqCst)
+    );
+    ticker.abort();
+    reader.join().unwrap();
+}
