@@ -18,7 +18,22 @@ pub const SETTINGS_FILE_CAP_BYTES: u64 = 1024 * 1024;
 pub fn read_to_string(path: &Path, cap_bytes: u64) -> std::io::Result<String> {
     let meta = std::fs::metadata(path)?;
     check(&meta, cap_bytes)?;
-    let file = std::fs::File::open(path)?;
+    read_opened(path, cap_bytes)
+}
+
+/// Opens `path` and reads it if what was opened is a regular file of at most `cap_bytes`.
+fn read_opened(path: &Path, cap_bytes: u64) -> std::io::Result<String> {
+    // Non-blocking: the path may be swapped for a FIFO between the check above and the open,
+    // whose blocking open waits for a writer forever (a probe swapping a token file held the
+    // token reload, and with it the node's exit, until someone wrote into the FIFO). For the
+    // regular file read below the flag changes nothing.
+    let file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(path)?
+    };
     // The path may have been swapped between the two calls: check what was opened.
     check(&file.metadata()?, cap_bytes)?;
     let mut text = String::new();
@@ -88,6 +103,27 @@ mod tests {
         // Opening a FIFO for reading would block until a writer came: it must not be opened.
         let err = read_to_string(&fifo, 1024).unwrap_err();
         assert!(err.to_string().contains("FIFO"), "{err}");
+    }
+
+    /// A FIFO swapped in after the check on the path: its open does not wait for a writer.
+    #[test]
+    fn a_fifo_swapped_in_after_the_check_is_refused_without_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let status = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(read_opened(&fifo, 1024).map_err(|e| e.to_string()));
+        });
+        let result = rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("the open waited for a writer");
+        let err = result.unwrap_err();
+        assert!(err.contains("FIFO"), "{err}");
     }
 
     #[test]
