@@ -8,9 +8,11 @@
 //! cannot be told from one that is done: only a rename over the file is atomic.
 //!
 //! Two quiet periods: a file changed in place waits [`QUIET_PERIOD`]; a file replaced (another
-//! inode: a rename over it, a ConfigMap's symlink swap, the first sight of it) was complete the
-//! moment it appeared, and waits only for a second poll to see it the same, so that a tool
-//! renaming a new file over the rules every half second still has each one published.
+//! inode: a rename over it, a ConfigMap's symlink swap, or the first sight of a file whose last
+//! change is older than the quiet period) was complete the moment it appeared, and waits only
+//! for a second poll to see it the same, so that a tool renaming a new file over the rules
+//! every half second still has each one published. A file first seen within the quiet period of
+//! its last change may be in the middle of a write: it waits the quiet period.
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -68,12 +70,24 @@ impl Settle {
         }
     }
 
-    /// `stamp` as a poll at `now` saw it.
-    pub fn observe(&mut self, stamp: Stamp, now: Instant) -> Verdict {
+    /// `stamp` as a poll at `now` saw it, `wall` being the wall clock's time then.
+    ///
+    /// The first sight of a file counts as a replacement only when its last change is older
+    /// than the in-place quiet period by `wall`: a source started (a takeover) while the file
+    /// was being written in place read it at its second poll, and a new publisher published
+    /// the first lines of a file a script was still writing (an operator's probe: two of three
+    /// backends removed cluster-wide for 1.3 s).
+    pub fn observe(&mut self, stamp: Stamp, now: Instant, wall: SystemTime) -> Verdict {
         let still = match self.still {
             Some(still) if still.stamp == stamp => still,
             previous => {
-                let replaced = previous.is_none_or(|p| p.stamp.inode != stamp.inode);
+                let replaced = match previous {
+                    Some(p) => p.stamp.inode != stamp.inode,
+                    None => stamp
+                        .modified
+                        .and_then(|m| wall.duration_since(m).ok())
+                        .is_some_and(|age| age >= self.in_place),
+                };
                 let still = Still {
                     stamp,
                     since: now,
@@ -134,6 +148,10 @@ mod tests {
 
     const IN_PLACE: Duration = Duration::from_millis(1000);
     const REPLACED: Duration = Duration::from_millis(125);
+    /// A wall clock an hour after every stamp's change: files last changed long ago.
+    fn later() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(3_600)
+    }
 
     /// Polls every 250 ms from a fixed origin: a file changed in place is read on the fifth
     /// poll that shows it, a replaced one on the second.
@@ -154,7 +172,7 @@ mod tests {
         fn poll(&mut self, stamp: Stamp) -> Verdict {
             self.n += 1;
             let now = self.origin + Duration::from_millis(250 * self.n);
-            self.settle.observe(stamp, now)
+            self.settle.observe(stamp, now, later())
         }
         /// Polls `stamp` until it is read; how many polls that took.
         fn polls_until_read(&mut self, stamp: Stamp) -> usize {
@@ -177,6 +195,45 @@ mod tests {
             assert_eq!(p.poll(stamp(11, 2)), Verdict::Settling);
         }
         assert_eq!(p.poll(stamp(11, 2)), Verdict::Read);
+    }
+
+    /// A source that starts (a takeover) while the file is being written in place: its
+    /// first sight of a file changed within the quiet period waits out the quiet period, as a
+    /// change in place does; a file last changed longer ago is read at the second poll.
+    #[test]
+    fn a_file_first_seen_while_it_is_written_waits_out_the_quiet_period() {
+        let t0 = Instant::now();
+        let written = SystemTime::UNIX_EPOCH + Duration::from_secs(100);
+        let fresh = Stamp {
+            len: 3,
+            modified: Some(written),
+            inode: 7,
+        };
+        let mut s = Settle::new(IN_PLACE, REPLACED);
+        let wall = |after: Duration| written + Duration::from_millis(300) + after;
+        assert_eq!(
+            s.observe(fresh, t0, wall(Duration::ZERO)),
+            Verdict::Settling
+        );
+        let early = t0 + Duration::from_millis(500);
+        assert_eq!(
+            s.observe(fresh, early, wall(Duration::from_millis(500))),
+            Verdict::Settling
+        );
+        assert_eq!(
+            s.observe(fresh, t0 + IN_PLACE, wall(IN_PLACE)),
+            Verdict::Read
+        );
+        // Changed 1.3 s before the first poll: complete, read at the second.
+        let mut s = Settle::new(IN_PLACE, REPLACED);
+        let old = wall(Duration::from_millis(1_000));
+        assert_eq!(s.observe(fresh, t0, old), Verdict::Settling);
+        assert_eq!(s.observe(fresh, t0 + REPLACED, old), Verdict::Read);
+        // A change time ahead of the clock (skew) is not taken as old.
+        let mut s = Settle::new(IN_PLACE, REPLACED);
+        let behind = written - Duration::from_secs(60);
+        assert_eq!(s.observe(fresh, t0, behind), Verdict::Settling);
+        assert_eq!(s.observe(fresh, t0 + REPLACED, behind), Verdict::Settling);
     }
 
     #[test]
@@ -242,16 +299,22 @@ mod tests {
     fn a_late_poll_counts_the_time_that_passed() {
         let mut s = Settle::new(IN_PLACE, REPLACED);
         let t0 = Instant::now();
-        assert_eq!(s.observe(stamp(10, 1), t0), Verdict::Settling);
-        assert_eq!(s.observe(stamp(10, 1), t0 + REPLACED), Verdict::Read);
+        assert_eq!(s.observe(stamp(10, 1), t0, later()), Verdict::Settling);
+        assert_eq!(
+            s.observe(stamp(10, 1), t0 + REPLACED, later()),
+            Verdict::Read
+        );
         s.mark_read(stamp(10, 1));
         let t1 = t0 + Duration::from_secs(5);
-        assert_eq!(s.observe(stamp(11, 2), t1), Verdict::Settling);
+        assert_eq!(s.observe(stamp(11, 2), t1, later()), Verdict::Settling);
         assert_eq!(
-            s.observe(stamp(11, 2), t1 + Duration::from_millis(999)),
+            s.observe(stamp(11, 2), t1 + Duration::from_millis(999), later()),
             Verdict::Settling
         );
-        assert_eq!(s.observe(stamp(11, 2), t1 + IN_PLACE), Verdict::Read);
+        assert_eq!(
+            s.observe(stamp(11, 2), t1 + IN_PLACE, later()),
+            Verdict::Read
+        );
     }
 
     proptest! {
@@ -275,7 +338,7 @@ mod tests {
                     let replaced = run.is_none_or(|(held, _, _)| held.inode != inode);
                     run = Some((st, now, if replaced { REPLACED } else { IN_PLACE }));
                 }
-                if s.observe(st, now) == Verdict::Read {
+                if s.observe(st, now, later()) == Verdict::Read {
                     let (_, since, quiet) = run.unwrap();
                     prop_assert!(!first_sight);
                     prop_assert!(now - since >= quiet);

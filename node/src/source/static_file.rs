@@ -56,7 +56,8 @@ pub async fn run_every(
                 continue;
             }
         };
-        if settle.observe(stamp, std::time::Instant::now()) != Verdict::Read {
+        let (now, wall) = (std::time::Instant::now(), std::time::SystemTime::now());
+        if settle.observe(stamp, now, wall) != Verdict::Read {
             continue;
         }
         let bytes = match read_bounded(&path).await {
