@@ -392,6 +392,10 @@ pub async fn serve(
         let metrics = state.metrics.clone();
         tokio::spawn(async move {
             let evicted = slot.evict.clone();
+            // Read below in this same poll (the admin runtime has one thread): from here on
+            // the connection is idle only if no request came.
+            slot.started
+                .store(true, std::sync::atomic::Ordering::SeqCst);
             let _slot = slot;
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
@@ -426,6 +430,9 @@ pub async fn serve(
                 tracing::debug!(%peer, error = %e, "admin API connection ended");
             }
         });
+        // Let the connection just spawned read its request before the next accept can choose
+        // an idle connection to close (`connections.rs`).
+        tokio::task::yield_now().await;
     }
 }
 
