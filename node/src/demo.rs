@@ -332,7 +332,19 @@ fn spawn_node(
         .append(true)
         .open(dir.join(format!("{id}.log")))?;
     let tls: PathBuf = dir.join("certs").join(id);
-    let mut cmd = Command::new(exe);
+    // kill_on_drop needs the demo to run its drops: a demo killed with SIGKILL (or crashed)
+    // left its nodes running for good, holding the ports the next demo wants (an operator's
+    // probe). Started through `setpriv --pdeathsig TERM` (as BIRD is), each node gets the
+    // SIGTERM it stops cleanly on when the demo's thread that started it is gone (that thread
+    // lives as long as the runtime). Without setpriv (not util-linux), as before.
+    let with_setpriv = setpriv_available();
+    let mut cmd = if with_setpriv {
+        let mut c = Command::new("setpriv");
+        c.args(["--pdeathsig", "TERM", "--"]).arg(exe);
+        c
+    } else {
+        Command::new(exe)
+    };
     cmd.arg("run")
         .args(["--node-id", id, "--listen", listen, "--admin", admin])
         .args(["--cluster", "demo", "--dataplane", "memory"])
@@ -350,6 +362,16 @@ fn spawn_node(
         .stderr(log)
         .kill_on_drop(true);
     cmd.spawn().with_context(|| format!("starting {id}"))
+}
+
+/// Whether `setpriv` (util-linux) runs here.
+fn setpriv_available() -> bool {
+    std::process::Command::new("setpriv")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn demo_rules(port: u16, first_weight: u32) -> String {

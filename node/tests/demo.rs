@@ -87,3 +87,52 @@ fn a_signal_during_the_walkthrough_stops_the_nodes_and_removes_the_workspace() {
     }
     assert!(!workspace.exists(), "{} left behind", workspace.display());
 }
+
+/// A demo killed with SIGKILL runs none of its clean-up: its nodes ran on under init, holding
+/// the ports the next demo wants (an operator's probe). Each node now gets a SIGTERM from the
+/// kernel when the demo is gone (`setpriv --pdeathsig`, util-linux, which CI installs).
+#[test]
+fn a_demo_killed_with_sigkill_takes_its_nodes_with_it() {
+    use std::io::{BufRead, BufReader};
+    use std::time::{Duration, Instant};
+    let base = 19620u16;
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(["demo", "--base-port", &base.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start shoal demo");
+    let mut workspace = None;
+    for line in BufReader::new(demo.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if let Some(dir) = line.strip_prefix("==> workspace ") {
+            workspace = Some(std::path::PathBuf::from(dir));
+        }
+        if line.starts_with("==> started") {
+            break;
+        }
+    }
+    let admin = |i: u16| std::net::SocketAddr::from(([127, 0, 0, 1], base + 40 + i));
+    let start = Instant::now();
+    while (0..3).any(|i| std::net::TcpStream::connect(admin(i)).is_err()) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the nodes never listened"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    demo.kill().unwrap();
+    demo.wait().unwrap();
+    let killed = Instant::now();
+    while (0..3).any(|i| std::net::TcpStream::connect(admin(i)).is_ok()) {
+        assert!(
+            killed.elapsed() < Duration::from_secs(15),
+            "a node still answers 15 s after its demo was killed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The workspace is the demo's to remove, and a SIGKILL leaves it: this test does.
+    if let Some(dir) = workspace {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
