@@ -396,6 +396,24 @@ impl ClusterCa {
             what: "ca.key",
             detail: e.to_string(),
         })?;
+        // A key from another CA signed certificates that failed every check, and only `shoal
+        // run` said so, later (an operator's probe).
+        let ca_der = parse_certs(ca_pem, "ca.pem")?;
+        let ca_key_matches = ca_der
+            .first()
+            .and_then(|der| x509_parser::parse_x509_certificate(der).ok())
+            .is_some_and(|(_, cert)| {
+                cert.public_key().subject_public_key.data.as_ref() == key.public_key_raw()
+            });
+        if !ca_key_matches {
+            return Err(CertError::BadPem {
+                what: "ca.key",
+                detail: "it is not the key of the certificate in ca.pem (the public keys \
+                         differ): certificates signed with it would fail every check; put the \
+                         CA's own key beside its certificate"
+                    .into(),
+            });
+        }
         let issuer = Issuer::from_ca_cert_pem(ca_pem, key).map_err(|e| CertError::BadPem {
             what: "ca.pem",
             detail: e.to_string(),

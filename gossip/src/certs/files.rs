@@ -166,18 +166,48 @@ pub fn issue_into(
     if let Some((_, ca_until)) = ca.validity() {
         check_within_ca(node_days, ca_until)?;
     }
+    // Each trusted certificate once, and only CA certificates: a leaf was taken into the
+    // bundle as a trusted CA, and the issuing CA or a file given twice was written again (an
+    // operator's probe).
+    let mut seen: Vec<Vec<u8>> = parse_certs(ca.cert_pem(), "ca.pem")?
+        .into_iter()
+        .map(|der| der.to_vec())
+        .collect();
     let mut extra = Vec::new();
     for path in also_trust {
-        let pem =
+        let text =
             crate::small_file::read_to_string(path, crate::small_file::SETTINGS_FILE_CAP_BYTES)
                 .map_err(|source| CertError::Read {
                     path: path.clone(),
                     source,
                 })?;
-        parse_certs(&pem, "trusted CA file")?;
-        extra.push(pem);
+        for der in parse_certs(&text, "trusted CA file")? {
+            if !is_ca_cert(&der) {
+                return Err(CertError::BadPem {
+                    what: "trusted CA file",
+                    detail: format!(
+                        "{} holds a certificate that is not a CA's (no basicConstraints CA:TRUE): \
+                         give --also-trust the other CA's ca.pem, not a node certificate",
+                        path.display()
+                    ),
+                });
+            }
+            if seen.iter().any(|s| s.as_slice() == der.as_ref()) {
+                continue;
+            }
+            seen.push(der.to_vec());
+            extra.push(pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec())));
+        }
     }
     write_node_dirs(&ca, node_ids, out, node_days, &extra)
+}
+
+/// Whether a DER certificate says it is a CA's (basicConstraints CA:TRUE).
+fn is_ca_cert(der: &[u8]) -> bool {
+    x509_parser::parse_x509_certificate(der)
+        .ok()
+        .and_then(|(_, cert)| cert.basic_constraints().ok().flatten().map(|b| b.value.ca))
+        .unwrap_or(false)
 }
 
 fn write_node_dirs(

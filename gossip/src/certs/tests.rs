@@ -108,6 +108,32 @@ fn issue_into_bundles_the_trusted_cas() {
     assert_eq!(m.node_id().as_deref(), Some("n1"));
     let err = issue_into(&new, &["n1".into()], &out, 30, &[dir.path().join("nope")]).unwrap_err();
     assert!(err.to_string().contains("nope"), "{err}");
+    // Each CA once: the issuing CA and a file given twice are not written again.
+    let again = [old.join("ca.pem"), old.join("ca.pem"), new.join("ca.pem")];
+    issue_into(&new, &["n2".into()], &out, 30, &again).unwrap();
+    let m = TlsMaterial::load_dir(&out.join("n2")).unwrap();
+    assert_eq!(m.parse().unwrap().ca.len(), 2);
+    // A node certificate is no CA to trust.
+    let leaf = out.join("n1").join("node.pem");
+    let err = issue_into(&new, &["n3".into()], &out, 30, &[leaf]).unwrap_err();
+    assert!(err.to_string().contains("not a CA's"), "{err}");
+}
+
+/// A ca.key from another CA beside ca.pem signed certificates that failed every check, and
+/// only `shoal run` said so (an operator's probe): the CA does not load.
+#[test]
+fn a_ca_key_that_is_not_the_certificates_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    write_cluster_dir(&a, "c", &[]).unwrap();
+    write_cluster_dir(&b, "c", &[]).unwrap();
+    let read = |p: std::path::PathBuf| std::fs::read_to_string(p).unwrap();
+    assert!(ClusterCa::load(&read(a.join("ca.pem")), &read(a.join("ca.key"))).is_ok());
+    let err = ClusterCa::load(&read(a.join("ca.pem")), &read(b.join("ca.key"))).unwrap_err();
+    assert!(
+        err.to_string().contains("not the key of the certificate"),
+        "{err}"
+    );
 }
 
 #[test]
