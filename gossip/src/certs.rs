@@ -481,7 +481,17 @@ pub fn issue_node_cert_with(
     node_id: &str,
     days: u32,
 ) -> Result<TlsMaterial, CertError> {
-    let cluster = cluster_of(ca);
+    issue_node_cert_in(ca, node_id, &cluster_of(ca), days)
+}
+
+/// [`issue_node_cert_with`] for the cluster named `cluster`, whatever the CA was made for (two
+/// clusters may share a CA under different names: docs/security.md).
+pub fn issue_node_cert_in(
+    ca: &ClusterCa,
+    node_id: &str,
+    cluster: &str,
+    days: u32,
+) -> Result<TlsMaterial, CertError> {
     let gen_err = |source| CertError::Generate {
         subject: node_id.to_string(),
         source,
@@ -500,12 +510,12 @@ pub fn issue_node_cert_with(
     };
     let mut params = CertificateParams::new(Vec::<String>::new()).map_err(gen_err)?;
     params.subject_alt_names = vec![
-        SanType::DnsName(ia5(cluster_server_name(&cluster))?),
+        SanType::DnsName(ia5(cluster_server_name(cluster))?),
         SanType::URI(ia5(node_uri(node_id))?),
         SanType::DnsName(ia5(format!(
             "{}.node.{}",
             dns_label(node_id),
-            dns_label(&cluster)
+            dns_label(cluster)
         ))?),
     ];
     params.distinguished_name.push(DnType::CommonName, node_id);

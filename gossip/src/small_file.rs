@@ -87,6 +87,17 @@ pub fn kind(meta: &std::fs::Metadata) -> &'static str {
 mod tests {
     use super::*;
 
+    /// A FIFO named `fifo` in `dir`.
+    fn mkfifo(dir: &Path) -> std::path::PathBuf {
+        let fifo = dir.join("fifo");
+        let status = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        fifo
+    }
+
     #[test]
     fn devices_directories_and_fifos_are_refused_without_reading() {
         let err = read_to_string(Path::new("/dev/zero"), 1024).unwrap_err();
@@ -94,12 +105,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let err = read_to_string(dir.path(), 1024).unwrap_err();
         assert!(err.to_string().contains("directory"), "{err}");
-        let fifo = dir.path().join("fifo");
-        let status = std::process::Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap();
-        assert!(status.success());
+        let fifo = mkfifo(dir.path());
         // Opening a FIFO for reading would block until a writer came: it must not be opened.
         let err = read_to_string(&fifo, 1024).unwrap_err();
         assert!(err.to_string().contains("FIFO"), "{err}");
@@ -109,12 +115,7 @@ mod tests {
     #[test]
     fn a_fifo_swapped_in_after_the_check_is_refused_without_waiting() {
         let dir = tempfile::tempdir().unwrap();
-        let fifo = dir.path().join("fifo");
-        let status = std::process::Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap();
-        assert!(status.success());
+        let fifo = mkfifo(dir.path());
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let _ = tx.send(read_opened(&fifo, 1024).map_err(|e| e.to_string()));

@@ -130,17 +130,11 @@ async fn a_certificate_of_another_cluster_from_the_same_ca_is_refused() {
     let ca = new_ca();
     let n1 = start_named(&ca, &["n1"], Security::MutualTls).await;
     let to = n1[0].listen_addr();
-    let own = shoal_gossip::certs::cluster_server_name(CLUSTER);
     let watch = Duration::from_millis(500);
-    let kept = dialer::kept(to, dialer::certificate(&ca, "n0", &own), watch).await;
+    let kept = dialer::kept(to, dialer::certificate(&ca, "n0", CLUSTER), watch).await;
     assert_eq!(kept, Ok(()), "a certificate of this cluster must be kept");
     let refused_before = n1[0].traffic().handshakes_refused;
-    let other = dialer::kept(
-        to,
-        dialer::certificate(&ca, "n0", "gossip.other-cluster"),
-        watch,
-    )
-    .await;
+    let other = dialer::kept(to, dialer::certificate(&ca, "n0", "other-cluster"), watch).await;
     let why = other.expect_err("a certificate of another cluster was kept");
     assert!(why.contains("closed"), "{why}");
     wait_for("the refusal is counted", Duration::from_secs(2), || {

@@ -30,27 +30,9 @@ fn the_demo_runs_its_walkthrough() {
 /// key) on disk. Now a signal at any moment stops the nodes and removes the workspace.
 #[test]
 fn a_signal_during_the_walkthrough_stops_the_nodes_and_removes_the_workspace() {
-    use std::io::{BufRead, BufReader};
     use std::time::{Duration, Instant};
     let base = 19560u16;
-    let mut demo = Command::new(env!("CARGO_BIN_EXE_shoal"))
-        .args(["demo", "--base-port", &base.to_string()])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start shoal demo");
-    let mut lines = BufReader::new(demo.stdout.take().unwrap()).lines();
-    let mut workspace = None;
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        if let Some(dir) = line.strip_prefix("==> workspace ") {
-            workspace = Some(std::path::PathBuf::from(dir));
-        }
-        if line.starts_with("==> started") {
-            break;
-        }
-    }
-    let workspace = workspace.expect("the demo names its workspace");
+    let (mut demo, lines, workspace) = start_demo(base);
     let admin = |i: u16| std::net::SocketAddr::from(([127, 0, 0, 1], base + 40 + i));
     // Signal once the first node's admin API answers: the nodes are up, the walkthrough is not
     // done.
@@ -93,25 +75,9 @@ fn a_signal_during_the_walkthrough_stops_the_nodes_and_removes_the_workspace() {
 /// kernel when the demo is gone (`setpriv --pdeathsig`, util-linux, which CI installs).
 #[test]
 fn a_demo_killed_with_sigkill_takes_its_nodes_with_it() {
-    use std::io::{BufRead, BufReader};
     use std::time::{Duration, Instant};
     let base = 19620u16;
-    let mut demo = Command::new(env!("CARGO_BIN_EXE_shoal"))
-        .args(["demo", "--base-port", &base.to_string()])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start shoal demo");
-    let mut workspace = None;
-    for line in BufReader::new(demo.stdout.take().unwrap()).lines() {
-        let line = line.unwrap();
-        if let Some(dir) = line.strip_prefix("==> workspace ") {
-            workspace = Some(std::path::PathBuf::from(dir));
-        }
-        if line.starts_with("==> started") {
-            break;
-        }
-    }
+    let (mut demo, _, workspace) = start_demo(base);
     let admin = |i: u16| std::net::SocketAddr::from(([127, 0, 0, 1], base + 40 + i));
     let start = Instant::now();
     while (0..3).any(|i| std::net::TcpStream::connect(admin(i)).is_err()) {
@@ -132,7 +98,39 @@ fn a_demo_killed_with_sigkill_takes_its_nodes_with_it() {
         std::thread::sleep(Duration::from_millis(100));
     }
     // The workspace is the demo's to remove, and a SIGKILL leaves it: this test does.
-    if let Some(dir) = workspace {
-        let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_dir_all(workspace);
+}
+
+/// `shoal demo` on `base`, read up to the line that says its nodes are started: the demo, the
+/// rest of its output and its workspace.
+fn start_demo(
+    base: u16,
+) -> (
+    std::process::Child,
+    std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+    std::path::PathBuf,
+) {
+    use std::io::{BufRead, BufReader};
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(["demo", "--base-port", &base.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start shoal demo");
+    let mut lines = BufReader::new(demo.stdout.take().unwrap()).lines();
+    let mut workspace = None;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(dir) = line.strip_prefix("==> workspace ") {
+            workspace = Some(std::path::PathBuf::from(dir));
+        }
+        if line.starts_with("==> started") {
+            break;
+        }
     }
+    (
+        demo,
+        lines,
+        workspace.expect("the demo names its workspace"),
+    )
 }
