@@ -186,6 +186,13 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         "Distinct problems with the rule source's input (bad, oversized or unreadable file)",
         source_status.errors.clone(),
     );
+    if let Source::Static { rules } = &config.source {
+        tokio::spawn(crate::rules_drift::watch(
+            mesh.clone(),
+            rules.clone(),
+            cancel.child_token(),
+        ));
+    }
     let publisher_task = tokio::spawn(publisher_duty(
         mesh.clone(),
         config.source.clone(),

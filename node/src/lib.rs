@@ -67,6 +67,7 @@ pub mod mesh_metrics;
 pub mod metrics;
 pub mod reconcile;
 pub mod rules;
+pub mod rules_drift;
 pub mod source;
 pub mod state_dir;
 pub mod status;
