@@ -527,6 +527,14 @@ pub fn issue_node_cert_in(
     ];
     params.use_authority_key_identifier_extension = true;
     (params.not_before, params.not_after) = window(days)?;
+    // Never past the CA's own end: `check_within_ca` lets a request overshoot it by up to a
+    // day (a CA and its nodes made together end together), and such a certificate outlived
+    // its CA by that much (an operator's probe).
+    if let Some((_, ca_until)) = ca.validity() {
+        let ca_until = time::OffsetDateTime::from_unix_timestamp(unix_secs(ca_until))
+            .unwrap_or(params.not_after);
+        params.not_after = params.not_after.min(ca_until);
+    }
     let key = KeyPair::generate().map_err(gen_err)?;
     let cert = params.signed_by(&key, &ca.issuer).map_err(gen_err)?;
     Ok(TlsMaterial {

@@ -53,12 +53,14 @@ pub enum CertError {
     BadClusterId { cluster: String },
     #[error("node id {id:?} given twice")]
     DuplicateNodeId { id: String },
-    #[error("node certificates valid {node_days} days would outlive their CA, valid until {}: give --node-days at most the CA's remaining {} days, or issue from a newer CA", utc(*ca_until), ca_days_left)]
+    #[error("node certificates valid {node_days} days would outlive their CA, valid until {}: {}", utc(*ca_until), days_left_hint(*ca_days_left))]
     OutlivesCa {
         node_days: u32,
         ca_until: i64,
         ca_days_left: i64,
     },
+    #[error("the CA expired at {}: certificates it issues would fail every check; create a new CA and rotate to it (docs/security.md, \"Rotating the CA\")", utc(*ca_until))]
+    CaExpired { ca_until: i64 },
     #[error("{path} exists: refusing to replace a cluster CA (rotate with `shoal certs issue --also-trust`, see docs/security.md)")]
     Exists { path: PathBuf },
 }
@@ -137,6 +139,15 @@ fn utc(unix_secs: i64) -> String {
                 .ok()
         })
         .unwrap_or_else(|| format!("unix time {unix_secs} s"))
+}
+
+/// What to do about a request for node certificates longer than the CA has left.
+fn days_left_hint(days: i64) -> String {
+    if days >= 1 {
+        format!("give --node-days at most the CA's remaining {days} days, or issue from a newer CA")
+    } else {
+        "the CA has less than a day left: issue from a newer CA".to_string()
+    }
 }
 
 #[cfg(test)]

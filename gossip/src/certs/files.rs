@@ -96,16 +96,18 @@ fn check_node_ids(node_ids: &[String]) -> Result<(), CertError> {
 /// Node certificates valid `node_days` from now must not outlive the CA that signs them (valid
 /// until `ca_until`): they would be refused from that day on anyway, and their stated validity
 /// would mislead whoever plans the renewals.
-fn check_within_ca(node_days: u32, ca_until: SystemTime) -> Result<(), CertError> {
+pub(super) fn check_within_ca(node_days: u32, ca_until: SystemTime) -> Result<(), CertError> {
     let now = SystemTime::now();
     let node_until = now + Duration::from_secs(u64::from(node_days) * 86_400);
     if node_until <= ca_until + Duration::from_secs(86_400) {
         return Ok(());
     }
-    let left = ca_until
-        .duration_since(now)
-        .map(|d| (d.as_secs() / 86_400) as i64)
-        .unwrap_or(0);
+    let Ok(left) = ca_until.duration_since(now) else {
+        return Err(CertError::CaExpired {
+            ca_until: super::unix_secs(ca_until),
+        });
+    };
+    let left = (left.as_secs() / 86_400) as i64;
     Err(CertError::OutlivesCa {
         node_days,
         ca_until: super::unix_secs(ca_until),

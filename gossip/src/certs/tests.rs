@@ -190,6 +190,19 @@ fn names_no_node_can_run_under_and_certificates_outliving_their_ca_are_refused()
     // The defaults (a 10-year CA, 1-year nodes) and equal lifetimes are fine.
     let other = tempfile::tempdir().unwrap();
     write_cluster_dir_with(other.path(), "c", &["n1".into()], v(30, 30)).unwrap();
+    // A node certificate never ends after its CA: the check lets a request overshoot by up to
+    // a day, and such certificates outlived their CA by that much (an operator's probe).
+    let ca = create_ca_with("c", 30).unwrap();
+    let ca_end = ca.validity().unwrap().1;
+    let node = issue_node_cert_in(&ca, "n1", "c", 31).unwrap();
+    assert!(node.node_validity().unwrap().1 <= ca_end);
+    // An expired CA is named as such, and less than a day left is not "at most 0 days".
+    let now = SystemTime::now();
+    let err = files::check_within_ca(1, now - Duration::from_secs(60)).unwrap_err();
+    assert!(matches!(err, CertError::CaExpired { .. }), "{err}");
+    assert!(err.to_string().contains("expired"), "{err}");
+    let err = files::check_within_ca(5, now + Duration::from_secs(3_600)).unwrap_err();
+    assert!(err.to_string().contains("less than a day left"), "{err}");
 }
 
 #[test]
