@@ -106,18 +106,13 @@ impl SharedProgrammer {
         self.lock().reconciler.resume(drains, Instant::now());
     }
 
-    /// The drains in progress (blocking: waits for a pass or a read-back holding the lock).
-    pub fn drains(&self) -> Vec<Draining> {
-        self.lock().reconciler.draining().collect()
-    }
-
-    /// [`SharedProgrammer::drains`] from the blocking pool: called on the runtime, it held a
-    /// worker for as long as an admin read-back held the lock (seconds at 10,000 services),
-    /// and the mesh's control loop, on the same workers, stalled meanwhile.
-    /// `None` if the blocking task did not finish (nothing is known then, not "no drains").
-    pub async fn drains_async(&self) -> Option<Vec<Draining>> {
+    /// The drains in progress, asked from the blocking pool: asked on the runtime, a worker
+    /// waited for as long as an admin read-back held the lock (seconds at 10,000 services),
+    /// and the mesh's control loop, on the same workers, stalled meanwhile. `None` if the
+    /// blocking task did not finish (nothing is known then, not "no drains").
+    pub async fn drains(&self) -> Option<Vec<Draining>> {
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.drains())
+        tokio::task::spawn_blocking(move || this.lock().reconciler.draining().collect())
             .await
             .ok()
     }
@@ -605,7 +600,7 @@ async fn keep_drains(
     programmer: &SharedProgrammer,
     warn: &mut crate::log_gate::LogGate,
 ) -> Option<Instant> {
-    let drains = programmer.drains_async().await?;
+    let drains = programmer.drains().await?;
     let now = Instant::now();
     match keeper.check(&drains, now) {
         drains_file::Write::Unchanged => None,

@@ -394,7 +394,7 @@ async fn asking_for_the_drains_leaves_the_runtime_free_while_a_read_holds_the_lo
             }
         })
     };
-    let drains = programmer.drains_async().await;
+    let drains = programmer.drains().await;
     assert_eq!(drains, Some(vec![]));
     assert!(
         ticks.load(Ordering::SeqCst) >= 10,
