@@ -370,18 +370,24 @@ pub async fn serve(
                 }
                 slot
             }
-            Err(connections::Refused::SourceCap) => {
-                refused("source_cap");
-                if let Some(suppressed) = source_warn.allow(Instant::now()) {
-                    tracing::warn!(%peer, suppressed, max = MAX_CONNECTIONS_PER_SOURCE, "admin API connections from one source at their cap; closing its new connections");
-                }
-                drop(stream);
-                continue;
-            }
-            Err(connections::Refused::ConnectionCap) => {
-                refused("connection_cap");
-                if let Some(suppressed) = cap_warn.allow(Instant::now()) {
-                    tracing::warn!(%peer, suppressed, max = MAX_CONNECTIONS, "admin API connection cap reached and no idle connection may make way; closing new connections");
+            Err(why) => {
+                let (reason, gate, max, what) = match why {
+                    connections::Refused::SourceCap => (
+                        "source_cap",
+                        &mut source_warn,
+                        MAX_CONNECTIONS_PER_SOURCE,
+                        "admin API connections from one source at their cap; closing its new connections",
+                    ),
+                    connections::Refused::ConnectionCap => (
+                        "connection_cap",
+                        &mut cap_warn,
+                        MAX_CONNECTIONS,
+                        "admin API connection cap reached and no idle connection may make way; closing new connections",
+                    ),
+                };
+                refused(reason);
+                if let Some(suppressed) = gate.allow(Instant::now()) {
+                    tracing::warn!(%peer, suppressed, max, "{what}");
                 }
                 drop(stream);
                 continue;
