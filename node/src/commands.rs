@@ -224,10 +224,11 @@ pub fn certs_init(args: &CertsInitArgs) -> anyhow::Result<()> {
 }
 
 pub fn check(args: &CheckArgs) -> anyhow::Result<()> {
-    let text = shoal_gossip::small_file::read_to_string(&args.rules, rules::MAX_FILE_BYTES)
-        .with_context(|| format!("cannot read {}", args.rules.display()))?;
-    let table =
-        rules::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", args.rules.display()))?;
+    let path = args.rules.display();
+    let table = rules::load_file(&args.rules).map_err(|e| match e {
+        rules::LoadError::Read(e) => anyhow::Error::new(e).context(format!("cannot read {path}")),
+        rules::LoadError::Rules(e) => anyhow::anyhow!("{path}: {e}"),
+    })?;
     let backends: usize = table.services.iter().map(|s| s.backends.len()).sum();
     outln!(
         "{}: ok, {} services, {} backends",

@@ -58,21 +58,18 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     // be written after the start (a config management run), as a first node's may.
     // A file that does not pass the checks was as quiet (an operator's probe).
     if let Source::Static { rules } = &config.source {
-        match shoal_gossip::small_file::read_to_string(rules, crate::rules::MAX_FILE_BYTES) {
-            Err(e) => tracing::warn!(
+        match crate::rules::load_file(rules) {
+            Ok(_) => {}
+            Err(crate::rules::LoadError::Read(e)) => tracing::warn!(
                 path = %rules.display(),
                 error = %e,
                 "cannot read the rules file: this node would publish nothing if it became the publisher"
             ),
-            Ok(text) => {
-                if let Err(e) = crate::rules::parse(&text) {
-                    tracing::warn!(
-                        path = %rules.display(),
-                        error = %e,
-                        "the rules file does not pass the checks (`shoal check` says why): if this node became the publisher it would keep the cluster's last table and publish no change until the file is fixed"
-                    );
-                }
-            }
+            Err(crate::rules::LoadError::Rules(e)) => tracing::warn!(
+                path = %rules.display(),
+                error = %e,
+                "the rules file does not pass the checks (`shoal check` says why): if this node became the publisher it would keep the cluster's last table and publish no change until the file is fixed"
+            ),
         }
     }
 

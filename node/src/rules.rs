@@ -158,6 +158,22 @@ pub const MAX_SOURCE_RANGES: usize = 256;
 /// of being read into memory whole (a path to /dev/zero would never end).
 pub const MAX_FILE_BYTES: u64 = 32 << 20;
 
+/// Why a rules file could not be loaded: not readable as a rules file (missing, not a regular
+/// file, over [`MAX_FILE_BYTES`]), or its content fails the checks.
+#[derive(Debug)]
+pub enum LoadError {
+    Read(std::io::Error),
+    Rules(RulesError),
+}
+
+/// Reads the rules file at `path` ([`MAX_FILE_BYTES`] at most, regular files only) and checks it
+/// ([`parse`]): what `shoal check` does, and a node's start for a follower's file.
+pub fn load_file(path: &std::path::Path) -> Result<RuleTable, LoadError> {
+    let text =
+        shoal_gossip::small_file::read_to_string(path, MAX_FILE_BYTES).map_err(LoadError::Read)?;
+    parse(&text).map_err(LoadError::Rules)
+}
+
 /// Parses and checks a rules file; the table comes out canonical.
 pub fn parse(text: &str) -> Result<RuleTable, RulesError> {
     let lines = LineIndex::new(text);
