@@ -164,6 +164,10 @@ async fn reload_token(check: Arc<TokenCheck>, cancel: CancellationToken) {
 pub enum AdminError {
     #[error("no rule table has been published yet")]
     NoHead,
+    /// The cluster has a head this node does not hold (catching up, or refused as a duplicate
+    /// id, which never fetches): "no table yet" would be false.
+    #[error("this node does not hold the head {head} ({why}); ask another node")]
+    NotHeld { head: VersionRef, why: String },
     #[error("dataplane: {0}")]
     Dataplane(#[from] shoal_dataplane::DataplaneError),
     #[error("{0}")]
@@ -183,6 +187,7 @@ impl IntoResponse for AdminError {
     fn into_response(self) -> Response {
         let status = match self {
             AdminError::NoHead => StatusCode::NOT_FOUND,
+            AdminError::NotHeld { .. } => StatusCode::SERVICE_UNAVAILABLE,
             AdminError::Dataplane(_) => StatusCode::INTERNAL_SERVER_ERROR,
             AdminError::BadQuery(_) => StatusCode::BAD_REQUEST,
             AdminError::SnapshotGone { .. } => StatusCode::GONE,
@@ -484,6 +489,7 @@ async fn cluster(State(s): State<AdminState>) -> Json<ClusterStatus> {
         m.announce = reports.remove(&m.id);
     }
     status.source_error = publisher_source_error(&s.mesh, status.publisher.as_deref());
+    status.not_ready = ready_state(&s).err();
     Json(status)
 }
 
@@ -518,7 +524,17 @@ struct TableResponse {
 }
 
 async fn table(State(s): State<AdminState>) -> Result<Json<TableResponse>, AdminError> {
-    let head = s.mesh.current().ok_or(AdminError::NoHead)?;
+    let Some(head) = s.mesh.current() else {
+        return Err(match s.mesh.view().head {
+            Some(head) => AdminError::NotHeld {
+                head: (&head.version).into(),
+                why: ready_state(&s)
+                    .err()
+                    .unwrap_or_else(|| "fetching it".into()),
+            },
+            None => AdminError::NoHead,
+        });
+    };
     Ok(Json(TableResponse {
         version: (&head.version).into(),
         digest: head.digest.clone(),
@@ -551,17 +567,7 @@ async fn node(State(s): State<AdminState>) -> Json<NodeResponse> {
 }
 
 async fn readyz(State(s): State<AdminState>) -> Response {
-    let head = s.mesh.current().map(|h| VersionRef::from(&h.version));
-    let applied = s.reconcile.get().applied;
-    let ready = readiness(&s.mesh.role_reason(), head.as_ref(), applied.as_ref())
-        .map_err(|why| match head {
-            None => with_rejected_input(&s.mesh, why),
-            Some(_) => why,
-        })
-        .and_then(|why| publisher_ready(s.mesh.stamp_refusal().as_deref()).map(|()| why))
-        .and_then(|why| crate::tls_reload::out_of_validity(&s.mesh).map_or(Ok(why), Err))
-        .and_then(|why| announce_ready(s.announce.get().as_ref()).map(|()| why));
-    match ready {
+    match ready_state(&s) {
         Ok(why) => (StatusCode::OK, format!("ready: {why}\n")).into_response(),
         Err(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -569,6 +575,20 @@ async fn readyz(State(s): State<AdminState>) -> Response {
         )
             .into_response(),
     }
+}
+
+/// Whether this node serves, with what (`Ok`) or the most important reason it does not.
+fn ready_state(s: &AdminState) -> Result<String, String> {
+    let head = s.mesh.current().map(|h| VersionRef::from(&h.version));
+    let applied = s.reconcile.get().applied;
+    readiness(&s.mesh.role_reason(), head.as_ref(), applied.as_ref())
+        .map_err(|why| match head {
+            None => with_rejected_input(&s.mesh, why),
+            Some(_) => why,
+        })
+        .and_then(|why| publisher_ready(s.mesh.stamp_refusal().as_deref()).map(|()| why))
+        .and_then(|why| crate::tls_reload::out_of_validity(&s.mesh).map_or(Ok(why), Err))
+        .and_then(|why| announce_ready(s.announce.get().as_ref()).map(|()| why))
 }
 
 async fn metrics(State(s): State<AdminState>) -> Response {

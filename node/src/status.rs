@@ -80,6 +80,10 @@ pub struct ClusterStatus {
     /// unreachable API server), while it does; the last good table stays in force meanwhile.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_error: Option<String>,
+    /// Why the node that answered does not serve, as its `/readyz` says (absent when it does):
+    /// its own row shows only a role, and "catching-up" hid e.g. a refused duplicate id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_ready: Option<String>,
 }
 
 pub fn role_name(role: &Role) -> &'static str {
@@ -124,6 +128,7 @@ impl ClusterStatus {
                 .collect(),
             health,
             source_error: None,
+            not_ready: None,
         }
     }
 
@@ -150,7 +155,11 @@ impl ClusterStatus {
             ),
             None => "none".to_string(),
         };
-        let _ = writeln!(out, "answered by: {}", self.node);
+        match &self.not_ready {
+            Some(why) => writeln!(out, "answered by: {} (not ready: {why})", self.node),
+            None => writeln!(out, "answered by: {}", self.node),
+        }
+        .ok();
         let _ = writeln!(
             out,
             "publisher:   {}",
@@ -375,6 +384,7 @@ mod tests {
             }],
             health: serde_json::Value::Null,
             source_error: source_error.map(str::to_string),
+            not_ready: None,
         }
     }
 

@@ -338,6 +338,17 @@ fn a_duplicate_id_never_serves_and_the_older_process_stays() {
         said_so,
         "the duplicate does not say why it refuses to serve"
     );
+    // Its answers say so too: not "no rule table yet" (the cluster has one) and not merely a
+    // catching-up row (an operator's probe read both as a node still starting).
+    let (code, body) = http_get(dup_admin, "/v1/table").expect("the duplicate answers");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("older live process"), "{body}");
+    let (_, body) = http_get(dup_admin, "/v1/cluster").expect("the duplicate answers");
+    let status: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let not_ready = status["not_ready"].as_str().unwrap_or_default();
+    assert!(not_ready.contains("older live process"), "{body}");
+    let (_, body) = http_get(c.nodes[1].admin, "/v1/cluster").expect("the older n2 answers");
+    assert!(!body.contains("not_ready"), "the older n2 serves: {body}");
     let (code, _) = http_get(c.nodes[1].admin, "/readyz").expect("the older n2 answers");
     assert_eq!(code, 200, "the older n2 must keep serving");
     let _ = dup.kill();
