@@ -65,6 +65,7 @@ pub mod health;
 pub mod log_gate;
 pub mod mesh_metrics;
 pub mod metrics;
+pub mod publisher_duty;
 pub mod reconcile;
 pub mod rules;
 pub mod rules_drift;
