@@ -243,6 +243,7 @@ pub fn decide(i: &Inputs<'_>) -> BTreeMap<IpAddr, VipState> {
         .iter()
         .map(|(&v, &h)| (v, h))
         .chain(gone.map(|&v| (v, false)));
+    let unhealthy = VipState::Withheld(Withheld::NoHealthyBackend);
     all.map(|(vip, healthy)| {
         // Healthy or not: a drain is for the flows already there.
         let served = if !i.applied_is_head && !i.announced_now.contains(&vip) {
@@ -267,6 +268,9 @@ pub fn decide(i: &Inputs<'_>) -> BTreeMap<IpAddr, VipState> {
         } else if i.mode == Mode::L2 {
             match owner(vip, i.l2_candidates) {
                 None => VipState::Withheld(Withheld::NoEligibleOwner),
+                // Health is shared, so the owner withholds it too: naming an owner that does
+                // not answer for it sent a probe looking for a holder there was none of.
+                Some(o) if o != i.me && served == unhealthy && !draining.contains(&vip) => served,
                 Some(o) if o != i.me => VipState::OwnedBy(o.to_string()),
                 Some(_) => served,
             }
@@ -634,6 +638,8 @@ mod tests {
                     if let VipState::OwnedBy(o) = s {
                         prop_assert_eq!(Some(o.as_str()), owner(*ip, &nodes));
                         prop_assert!(o != me);
+                        // Only a VIP its owner serves has one to name.
+                        prop_assert!(vips.get(ip).copied().unwrap_or(false) || draining.contains(ip), "{}", ip);
                     }
                 }
             }
