@@ -71,6 +71,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         }
     }
 
+    let bird_lock = crate::announce::lock_bird_folder(&config.announce)?;
     crate::announce::preflight_at(&config.announce, Some(config.listen))?;
     let admin_listener = admin::bind(config.admin)?;
     if let Some(warning) = admin::exposure_warning(config.admin, config.admin_token.is_some()) {
@@ -166,6 +167,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     );
     let mut announcer = crate::announce::start(
         &config.announce,
+        bird_lock,
         mesh.clone(),
         health.verdicts(),
         reconcile_status.clone(),

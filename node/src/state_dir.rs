@@ -30,55 +30,16 @@ impl StateDir {
     /// Creates the folder if needed and takes its lock, or fails naming the folder and, when
     /// the lock file says, the pid of the process that holds it.
     pub fn lock(dir: &Path) -> anyhow::Result<StateDir> {
-        if let Ok(meta) = std::fs::metadata(dir) {
-            anyhow::ensure!(
-                meta.is_dir(),
-                "the state folder {} (--state-dir) is not a folder but a {}",
-                dir.display(),
-                if meta.file_type().is_file() {
-                    "file"
-                } else {
-                    "device, socket or FIFO"
-                }
-            );
-        }
-        std::fs::create_dir_all(dir).with_context(|| {
-            format!("creating the state folder {} (--state-dir)", dir.display())
-        })?;
-        let path = dir.join(LOCK_FILE);
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .with_context(|| format!("opening the lock file {} (--state-dir)", path.display()))?;
-        let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => lock,
-            Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
-                let holder = holder_pid(&mut file)
-                    .map(|pid| format!("process {pid}"))
-                    .unwrap_or_else(|| "another process".to_string());
-                anyhow::bail!(
-                    "the state folder {} (--state-dir) is in use by {holder} (it holds {}): \
-                     two nodes must not share a state folder (they would share its epoch file); \
-                     give each node its own --state-dir",
-                    dir.display(),
-                    path.display()
-                );
-            }
-            Err((_, e)) => {
-                return Err(e).with_context(|| {
-                    format!("locking {} (--state-dir {})", path.display(), dir.display())
-                })
-            }
-        };
-        // Ours now: say who holds it, for the next process that tries.
-        let pid = std::process::id();
-        lock.set_len(0)
-            .and_then(|()| lock.rewind())
-            .and_then(|()| lock.write_all(format!("{pid}\n").as_bytes()))
-            .with_context(|| format!("writing this process's pid to {}", path.display()))?;
+        let lock = lock_folder(
+            dir,
+            Owner {
+                lock_file: LOCK_FILE,
+                what: "state folder",
+                setting: "--state-dir",
+                advice: "two nodes must not share a state folder (they would share its epoch \
+                         file); give each node its own --state-dir",
+            },
+        )?;
         Ok(StateDir {
             dir: dir.to_path_buf(),
             _lock: lock,
@@ -101,6 +62,74 @@ impl StateDir {
     pub fn drains_file(&self) -> PathBuf {
         self.dir.join(crate::drains_file::DRAINS_FILE)
     }
+}
+
+/// How a folder's refusal names it: its kind, its setting, and what to do instead.
+pub struct Owner {
+    /// The lock file's name in the folder (two owners may share a folder under two names).
+    pub lock_file: &'static str,
+    pub what: &'static str,
+    pub setting: &'static str,
+    pub advice: &'static str,
+}
+
+/// Creates `dir` if needed and takes the exclusive `flock` of its `lock_file` for as long as
+/// the value lives (the kernel drops it when the process ends, however it ends), writing this
+/// process's pid there; or fails naming the folder and, when the lock file says, the holder.
+pub fn lock_folder(dir: &Path, owner: Owner) -> anyhow::Result<Flock<std::fs::File>> {
+    let Owner {
+        lock_file,
+        what,
+        setting,
+        advice,
+    } = owner;
+    if let Ok(meta) = std::fs::metadata(dir) {
+        anyhow::ensure!(
+            meta.is_dir(),
+            "the {what} {} ({setting}) is not a folder but a {}",
+            dir.display(),
+            if meta.file_type().is_file() {
+                "file"
+            } else {
+                "device, socket or FIFO"
+            }
+        );
+    }
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating the {what} {} ({setting})", dir.display()))?;
+    let path = dir.join(lock_file);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("opening the lock file {} ({setting})", path.display()))?;
+    let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => lock,
+        Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+            let holder = holder_pid(&mut file)
+                .map(|pid| format!("process {pid}"))
+                .unwrap_or_else(|| "another process".to_string());
+            anyhow::bail!(
+                "the {what} {} ({setting}) is in use by {holder} (it holds {}): {advice}",
+                dir.display(),
+                path.display()
+            );
+        }
+        Err((_, e)) => {
+            return Err(e).with_context(|| {
+                format!("locking {} ({setting} {})", path.display(), dir.display())
+            })
+        }
+    };
+    // Ours now: say who holds it, for the next process that tries.
+    let pid = std::process::id();
+    lock.set_len(0)
+        .and_then(|()| lock.rewind())
+        .and_then(|()| lock.write_all(format!("{pid}\n").as_bytes()))
+        .with_context(|| format!("writing this process's pid to {}", path.display()))?;
+    Ok(lock)
 }
 
 /// The pid the lock file names, if it names one (written by the holder once it had the lock).

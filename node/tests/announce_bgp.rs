@@ -162,6 +162,21 @@ fn bgp_announces_with_ecmp_and_withdraws_on_every_kind_of_exit() {
     assert_eq!(sessions[1]["address"], ROUTER6, "{node}");
     assert_eq!(node["announce"]["readiness"], "ready", "{node}");
 
+    // The same node's config started a second time on its host (another admin and gossip
+    // port, no state folder): refused at start, naming the BIRD state folder and the holder.
+    // It used to kill n1's BIRD as "left running", empty n1's routes and fight over the socket.
+    let birds = lab.procs(0, "bird");
+    let second = lab.second_instance(0, &["--listen", &format!("{}:7947", node4(0))]);
+    assert!(!second.status.success(), "the second n1 ran");
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        said.contains("BIRD state folder") && said.contains(&lab.pid(0).unwrap().to_string()),
+        "{said}"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(lab.procs(0, "bird"), birds, "n1's BIRD was touched");
+    assert_eq!(lab.nexthops(VIP4), all_nodes(), "n1's routes were touched");
+
     // 2. All backends of a service down: its VIP is withdrawn from the router, and the reason
     //    is shown; back up: announced again.
     let _ = listener.kill();

@@ -178,8 +178,39 @@ pub struct Announcer {
     task: tokio::task::JoinHandle<()>,
     cancel: CancellationToken,
     supervisor: Option<bird::Supervisor>,
+    /// The BIRD state folder's lock, held for the node's life (BGP only).
+    _bird_lock: Option<BirdLock>,
     control: Option<PathBuf>,
     pub handle: AnnounceHandle,
+}
+
+/// The BIRD state folder, owned by one node for its life ([`lock_bird_folder`]).
+pub type BirdLock = nix::fcntl::Flock<std::fs::File>;
+
+/// Takes the BIRD state folder's lock (BGP only), before anything touches BIRD, its config or
+/// the routes: a second shoal with this node's BGP settings (the same config started twice on
+/// one host) killed the first one's BIRD as "left running", emptied its routes and fought it
+/// over the socket (a probe). Not part of [`preflight`], which `shoal check` runs beside a node.
+pub fn lock_bird_folder(settings: &AnnounceSettings) -> anyhow::Result<Option<BirdLock>> {
+    let Some(bgp) = settings
+        .bgp
+        .as_ref()
+        .filter(|_| settings.mode == Some(Mode::Bgp))
+    else {
+        return Ok(None);
+    };
+    crate::state_dir::lock_folder(
+        &bgp.state_dir,
+        crate::state_dir::Owner {
+            // Not the node's `lock`: the two folders may be one.
+            lock_file: "bird.lock",
+            what: "BIRD state folder",
+            setting: "[bgp] state_dir",
+            advice: "two nodes must not share one BIRD (each would restart it over the other's \
+                     and empty the other's routes); give each node its own [bgp] state_dir",
+        },
+    )
+    .map(Some)
 }
 
 /// [`preflight_at`] without the node's address: every check but the router id default.
@@ -229,6 +260,7 @@ pub fn preflight_at(
 /// interface exists), starts BIRD and the watchdog, and the loop.
 pub async fn start(
     settings: &AnnounceSettings,
+    bird_lock: Option<BirdLock>,
     mesh: Mesh<RuleTable>,
     verdicts: watch::Receiver<Arc<Verdicts>>,
     reconcile: ReconcileStatus,
@@ -338,6 +370,7 @@ pub async fn start(
         task,
         cancel,
         supervisor,
+        _bird_lock: bird_lock,
         control,
         handle,
     }))

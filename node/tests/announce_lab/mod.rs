@@ -280,6 +280,41 @@ impl Lab {
         self.nodes[i].child = Some(cmd.spawn().expect("start shoal"));
     }
 
+    /// Runs node `i`'s command line once more beside it (admin on 127.0.0.1:9101, plus
+    /// `extra`) and waits for it to end (killed after 60 s): a second instance of the node.
+    pub fn second_instance(&self, i: usize, extra: &[&str]) -> std::process::Output {
+        let node = &self.nodes[i];
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &node.ns, bin(), "run"])
+            .args([
+                "--node-id",
+                &node.id,
+                "--cluster",
+                "it",
+                "--dataplane",
+                "memory",
+            ])
+            .args(["--admin", "127.0.0.1:9101", "--insecure", "--single-node"])
+            .arg("--rules")
+            .arg(&self.rules)
+            .arg("--config")
+            .arg(&node.config)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the second instance");
+        let until = Instant::now() + Duration::from_secs(60);
+        while child.try_wait().ok().flatten().is_none() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        child
+            .wait_with_output()
+            .expect("the second instance's output")
+    }
+
     pub fn pid(&self, i: usize) -> Option<i32> {
         self.nodes[i].child.as_ref().map(|c| c.id() as i32)
     }
