@@ -63,7 +63,9 @@ fn withdraw(targets: &GuardTargets, l2_held: &BTreeSet<IpAddr>, why: &str) {
 /// the watchdog, and a later death of shoal would then go unwithdrawn.
 fn say(what: std::fmt::Arguments) {
     use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "shoal-guard: {what}");
+    // Timed like shoal's own lines, so a withdrawal can be lined up with them (a probe could not).
+    let at = crate::rfc3339(std::time::SystemTime::now());
+    let _ = writeln!(std::io::stderr(), "{at} shoal-guard: {what}");
 }
 
 /// Runs until stdin closes.

@@ -42,8 +42,18 @@ use tokio_util::sync::CancellationToken;
 /// The gossip app key that carries each member's [`Report`].
 pub const REPORT_KEY: &str = "announce";
 const STEP: Duration = Duration::from_millis(100);
-/// A step that comes this late means the loop (the process) was frozen or starved.
+/// A step that comes this late means the loop (the process) was frozen or starved (sooner
+/// with a short watchdog deadline: [`stall_after`]).
 const STALL: Duration = Duration::from_millis(500);
+
+/// How late a step must come to count as a stall: [`STALL`], or sooner when the watchdog's
+/// deadline is shorter, so that every gap after which the watchdog may have withdrawn the
+/// routes is a stall here too. With `freeze_withdraw_ms` 200 the watchdog withdrew after a
+/// 250 ms stop that the loop took for no stall: the report listed the VIPs as announced and
+/// the routes came back only at the next repair (a probe).
+fn stall_after(guard_deadline: Duration) -> Duration {
+    STALL.min(guard_deadline.saturating_sub(STEP / 2))
+}
 /// After a stall, announce nothing for this long: the mesh's own stall check (400 ms) has
 /// then put the node back to catching up, and the gate waits for it to catch up again.
 const STALL_HOLD: Duration = Duration::from_millis(1500);
@@ -499,6 +509,20 @@ async fn poll_bird(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stall_is_noticed_before_the_watchdog_can_withdraw() {
+        for ms in [200, 250, 400, 550, 600, 1_000, 60_000] {
+            let deadline = Duration::from_millis(ms);
+            assert!(stall_after(deadline) < deadline, "{ms}");
+            assert!(stall_after(deadline) > STEP, "{ms}");
+        }
+        assert_eq!(stall_after(Duration::from_millis(1_000)), STALL);
+        assert_eq!(
+            stall_after(Duration::from_millis(200)),
+            Duration::from_millis(150)
+        );
+    }
 
     #[test]
     fn the_bird_note_names_the_last_answer_and_holds_still_while_bird_is_down() {

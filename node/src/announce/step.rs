@@ -34,6 +34,7 @@ impl Loop {
         let mut tick = tokio::time::interval(STEP);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_step = Instant::now();
+        let stall_after = super::stall_after(self.guard_deadline);
         let mut hold_until: Option<Instant> = None;
         let mut current: BTreeSet<IpAddr> = BTreeSet::new();
         let mut gossiped = String::new();
@@ -49,7 +50,7 @@ impl Loop {
                 r = draining.changed() => if r.is_err() { break },
             }
             let now = Instant::now();
-            if now.duration_since(last_step) > STALL {
+            if now.duration_since(last_step) > stall_after {
                 tracing::warn!(
                     late_ms = now.duration_since(last_step).as_millis() as u64,
                     "announce loop stalled; holding announcements back until the mesh re-checks"
