@@ -452,6 +452,7 @@ async fn poll_bird(
     let mut tick = tokio::time::interval(BIRD_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut was_down = false;
+    let mut sessions_watch = SessionsWatch::new(Instant::now());
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -468,6 +469,24 @@ async fn poll_bird(
                         session.asn = Some(*asn);
                     }
                     metrics.session_up(&session.name, session.up());
+                }
+                for news in sessions_watch.observe(&st.sessions, &s, now) {
+                    match news {
+                        SessionNews::Up(s) => {
+                            tracing::info!(peer = %s.peer(), "BGP session established")
+                        }
+                        SessionNews::Down(s) => tracing::warn!(
+                            peer = %s.peer(),
+                            state = %s.bgp_state,
+                            info = %s.info.trim(),
+                            "BGP session is down: this node's VIPs no longer reach that router"
+                        ),
+                        SessionNews::NoneUp { for_s, sessions } => tracing::warn!(
+                            for_s,
+                            sessions = %sessions,
+                            "no BGP session is established: this node's VIPs reach no router (readiness and `announced` say what it offers, not what a router took)"
+                        ),
+                    }
                 }
                 if was_down {
                     tracing::warn!("BIRD answers its control socket again");
@@ -506,10 +525,123 @@ async fn poll_bird(
     }
 }
 
+/// How long no BGP session may be established, from the start or from the last one that
+/// was, before it is logged: sessions take a few seconds to come up.
+const NONE_UP_WARN: Duration = Duration::from_secs(30);
+
+/// What the BGP sessions did between two polls that an operator should read in the log: a
+/// session that came up or went down, and no session established for [`NONE_UP_WARN`] (once
+/// per such spell). Before, only BIRD's own lines said so: a wrong AS number or a router that
+/// never answered left shoal's log silent (a probe).
+#[derive(Debug)]
+struct SessionsWatch {
+    none_up_since: Option<Instant>,
+    warned: bool,
+}
+
+#[derive(Debug, PartialEq)]
+enum SessionNews<'a> {
+    Up(&'a birdctl::Session),
+    Down(&'a birdctl::Session),
+    NoneUp { for_s: u64, sessions: String },
+}
+
+impl SessionsWatch {
+    fn new(start: Instant) -> Self {
+        SessionsWatch {
+            none_up_since: Some(start),
+            warned: false,
+        }
+    }
+
+    fn observe<'a>(
+        &mut self,
+        before: &[birdctl::Session],
+        after: &'a [birdctl::Session],
+        now: Instant,
+    ) -> Vec<SessionNews<'a>> {
+        let was_up = |name: &str| before.iter().any(|b| b.name == name && b.up());
+        let mut news: Vec<SessionNews> = after
+            .iter()
+            .filter_map(|s| match (was_up(&s.name), s.up()) {
+                (false, true) => Some(SessionNews::Up(s)),
+                (true, false) => Some(SessionNews::Down(s)),
+                _ => None,
+            })
+            .collect();
+        if after.iter().any(|s| s.up()) {
+            self.none_up_since = None;
+            self.warned = false;
+        } else {
+            let since = *self.none_up_since.get_or_insert(now);
+            if !self.warned && now.duration_since(since) >= NONE_UP_WARN {
+                self.warned = true;
+                let sessions = after
+                    .iter()
+                    .map(|s| match s.info.trim() {
+                        "" => format!("{} {}", s.peer(), s.bgp_state),
+                        info => format!("{} {} ({info})", s.peer(), s.bgp_state),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                news.push(SessionNews::NoneUp {
+                    for_s: now.duration_since(since).as_secs(),
+                    sessions,
+                });
+            }
+        }
+        news
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn session(name: &str, state: &str, info: &str) -> birdctl::Session {
+        birdctl::Session {
+            name: name.into(),
+            state: "start".into(),
+            bgp_state: state.into(),
+            info: info.into(),
+            address: None,
+            asn: None,
+        }
+    }
+
+    /// A session coming up or going down is news once; no session up is news once per spell,
+    /// after the wait, naming each session's state.
+    #[test]
+    fn session_news_is_told_once_per_change() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut w = SessionsWatch::new(t0);
+        let idle = [session("peer1", "Active", "Received: Bad peer AS")];
+        assert_eq!(w.observe(&[], &idle, at(1)), vec![]);
+        assert_eq!(w.observe(&idle, &idle, at(29)), vec![]);
+        let news = w.observe(&idle, &idle, at(30));
+        assert!(
+            matches!(&news[..], [SessionNews::NoneUp { for_s: 30, sessions }]
+                if sessions == "peer1 Active (Received: Bad peer AS)"),
+            "{news:?}"
+        );
+        assert_eq!(w.observe(&idle, &idle, at(90)), vec![], "once per spell");
+        let up = [session("peer1", "Established", "")];
+        assert_eq!(w.observe(&idle, &up, at(91)), vec![SessionNews::Up(&up[0])]);
+        assert_eq!(w.observe(&up, &up, at(92)), vec![]);
+        assert_eq!(
+            w.observe(&up, &idle, at(93)),
+            vec![SessionNews::Down(&idle[0])]
+        );
+        assert_eq!(w.observe(&idle, &idle, at(122)), vec![]);
+        assert!(matches!(
+            &w.observe(&idle, &idle, at(123))[..],
+            [SessionNews::NoneUp { for_s: 30, .. }]
+        ));
+    }
+
+    /// Any gap after which the watchdog may have withdrawn counts as a stall in the loop, and
+    /// the default deadline keeps the usual rule.
     #[test]
     fn a_stall_is_noticed_before_the_watchdog_can_withdraw() {
         for ms in [200, 250, 400, 550, 600, 1_000, 60_000] {
