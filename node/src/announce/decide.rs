@@ -53,6 +53,9 @@ pub enum Readiness {
     BirdNotAnswering,
     /// Shutting down: withdrawn while flows in flight finish.
     Draining,
+    /// Another, older live process has this node's id: the cluster keeps that one, and this
+    /// one never fetches a table (shown as `no-table` before, which read as a node starting).
+    DuplicateId,
 }
 
 /// The facts [`readiness`] is computed from.
@@ -67,6 +70,8 @@ pub struct NodeFacts {
     pub mesh_caught_up: bool,
     /// The version the dataplane applied is the head's, or see [`follows_head`].
     pub applied_is_head: bool,
+    /// The mesh refuses this process: an older live one has its id.
+    pub duplicate_id: bool,
 }
 
 /// Whether the dataplane follows the head well enough to attract traffic: it applied the head,
@@ -120,6 +125,8 @@ pub fn readiness(f: NodeFacts) -> Readiness {
         Readiness::Draining
     } else if f.stalled {
         Readiness::Stalled
+    } else if f.duplicate_id {
+        Readiness::DuplicateId
     } else if !f.bird_answering {
         Readiness::BirdNotAnswering
     } else if !f.has_head {
@@ -168,6 +175,7 @@ impl std::fmt::Display for Withheld {
                 "BIRD is not answering its control socket"
             }
             Withheld::NotReady(Readiness::Draining) => "draining",
+            Withheld::NotReady(Readiness::DuplicateId) => "an older live process has this node id",
             Withheld::NoHealthyBackend => "no healthy backend",
             Withheld::NoEligibleOwner => "no eligible owner",
         };
@@ -335,14 +343,16 @@ mod tests {
             mesh_caught_up: bits & 8 != 0,
             applied_is_head: bits & 16 != 0,
             bird_answering: bits & 32 != 0,
+            duplicate_id: bits & 64 != 0,
         }
     }
 
     #[test]
     fn ready_only_when_every_fact_allows_it() {
-        for bits in 0..64u8 {
+        for bits in 0..128u8 {
             let f = facts(bits);
             let ready = !f.draining
+                && !f.duplicate_id
                 && !f.stalled
                 && f.bird_answering
                 && f.has_head
@@ -355,6 +365,8 @@ mod tests {
         assert_eq!(readiness(facts(0b110100)), Readiness::NotCaughtUp);
         assert_eq!(readiness(facts(0b011100)), Readiness::BirdNotAnswering);
         assert_eq!(readiness(facts(0b011110)), Readiness::Stalled);
+        assert_eq!(readiness(facts(0b1111100)), Readiness::DuplicateId);
+        assert_eq!(readiness(facts(0b1000000)), Readiness::DuplicateId);
     }
 
     #[test]
@@ -482,7 +494,7 @@ mod tests {
     }
 
     fn arb_readiness() -> impl Strategy<Value = Readiness> {
-        (0..64u8).prop_map(|b| readiness(facts(b)))
+        (0..128u8).prop_map(|b| readiness(facts(b)))
     }
 
     proptest! {

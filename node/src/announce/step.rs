@@ -80,6 +80,10 @@ impl Loop {
                         .unwrap_or_else(|p| p.into_inner())
                         .answering(now),
                 has_head: head.is_some(),
+                duplicate_id: matches!(
+                    self.mesh.role_reason(),
+                    shoal_gossip::RoleReason::DuplicateId { .. }
+                ),
                 // A node whose certificate is not valid by its clock is cut off from its peers' new
                 // tables.
                 mesh_caught_up: self.mesh.role() != Role::CatchingUp
