@@ -501,15 +501,19 @@ async fn poll_bird(
             }
             Err(e) => {
                 metrics.bird_up.set(0);
+                // Not known to be up from the first failed poll, as `bird_up` says: a hung BIRD
+                // whose router had dropped it kept `shoal_bgp_session_up` 1 for the grace (a
+                // probe). The report keeps them until the grace ends (one slow answer).
+                for session in &st.sessions {
+                    metrics.session_up(&session.name, false);
+                }
                 st.failed_polls = st.failed_polls.saturating_add(1);
                 st.error = e.to_string();
                 if st.answering(now) {
                     tracing::debug!(error = %e, failed_polls = st.failed_polls, "BIRD's control socket did not answer");
                 } else {
                     // Sessions BIRD reported before it stopped answering are not up any more.
-                    for session in std::mem::take(&mut st.sessions) {
-                        metrics.session_up(&session.name, false);
-                    }
+                    st.sessions.clear();
                     if !was_down {
                         tracing::error!(
                             error = %e,
