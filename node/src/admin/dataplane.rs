@@ -36,7 +36,13 @@ pub struct DataplaneRead {
     services: Vec<ObservedService>,
     pending_ops: Vec<Op>,
     draining: Vec<Draining>,
+    /// The head, the applied version or the verdicts changed during every one of
+    /// [`READ_ATTEMPTS`] reads: this one may mix two of them.
+    changing: bool,
 }
+
+/// Reads taken before a read whose inputs changed while it ran is answered as it is.
+const READ_ATTEMPTS: usize = 4;
 
 #[derive(Serialize)]
 pub(super) struct DataplaneResponse {
@@ -54,6 +60,11 @@ pub(super) struct DataplaneResponse {
     /// True when what the dataplane held equals the head's table with health applied, plus
     /// the entries draining (a drain in progress is not a mismatch).
     matches_table: bool,
+    /// Present (true) when the table, the applied version or the verdicts changed during
+    /// every one of four reads (a table changing several times a second): the read may mix
+    /// two of them, so `matches_table` is false.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    changing: bool,
     /// Totals over the whole read-back; the lists below are one page of it.
     total: DataplaneTotals,
     /// Operations that would bring the dataplane to the table (empty when it matches),
@@ -187,26 +198,66 @@ fn new_snapshot_id() -> String {
     )
 }
 
+/// What a read-back is compared with and labelled by; a read is one instant only when these
+/// were the same before and after it.
+struct Inputs {
+    head: Option<Arc<shoal_gossip::Stamped<RuleTable>>>,
+    verdicts: Arc<crate::health::Verdicts>,
+    applied: Option<VersionRef>,
+}
+
+impl Inputs {
+    fn now(s: &AdminState) -> Inputs {
+        // The applied version first: it never passes the head, which only moves forward, so
+        // read in this order the two never show a dataplane ahead of its head.
+        let applied = s.reconcile.get().applied;
+        Inputs {
+            head: s.mesh.current(),
+            verdicts: s.health.verdicts().borrow().clone(),
+            applied,
+        }
+    }
+
+    fn same_as(&self, later: &Inputs) -> bool {
+        let version = |i: &Inputs| i.head.as_ref().map(|h| h.version.clone());
+        version(self) == version(later)
+            && Arc::ptr_eq(&self.verdicts, &later.verdicts)
+            && self.applied == later.applied
+    }
+}
+
 /// Reads the dataplane back whole and compares it with the head's table and the verdicts.
+/// A reconcile pass can run while it reads (the read gives way to one), so a read whose
+/// inputs changed meanwhile is taken again: one answer said `version` 100.2 with `head` 100.1
+/// and `matches_table` true over 100.1's weights, another a mismatch whose pending ops would
+/// have rolled back a table already applied (a probe, 10-19 of 67-81 reads under churn).
 async fn read(s: &AdminState) -> Result<DataplaneRead, AdminError> {
-    let head = s.mesh.current();
-    let verdicts = s.health.verdicts().borrow().clone();
-    let desired = match &head {
-        Some(h) => desired_state(&h.doc, &verdicts),
-        None => desired_state(&RuleTable::default(), &verdicts),
-    };
-    let (actual, pending) = s.programmer.read_pending(desired).await?;
-    let reconcile = s.reconcile.get();
-    Ok(DataplaneRead {
-        kind: s.programmer.kind(),
-        version: reconcile.applied,
-        head: head.as_ref().map(|h| (&h.version).into()),
-        withheld: reconcile.withheld,
-        vips: actual.vips.into_iter().collect(),
-        services: actual.services,
-        pending_ops: pending.ops,
-        draining: pending.draining,
-    })
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let before = Inputs::now(s);
+        let desired = match &before.head {
+            Some(h) => desired_state(&h.doc, &before.verdicts),
+            None => desired_state(&RuleTable::default(), &before.verdicts),
+        };
+        let (actual, pending) = s.programmer.read_pending(desired).await?;
+        let reconcile = s.reconcile.get();
+        let changing = !before.same_as(&Inputs::now(s));
+        if changing && attempt < READ_ATTEMPTS {
+            continue;
+        }
+        return Ok(DataplaneRead {
+            kind: s.programmer.kind(),
+            version: before.applied,
+            head: before.head.as_ref().map(|h| (&h.version).into()),
+            withheld: reconcile.withheld,
+            vips: actual.vips.into_iter().collect(),
+            services: actual.services,
+            pending_ops: pending.ops,
+            draining: pending.draining,
+            changing,
+        });
+    }
 }
 
 pub(super) async fn dataplane(
@@ -266,7 +317,8 @@ fn page_of(
         head: read.head.clone(),
         // Before its first table a node has nothing to match: an empty dataplane there said
         // true, which a readiness wait would take for "programmed" (the audit of 2026-12-06).
-        matches_table: total.pending_ops == 0 && read.head.is_some(),
+        matches_table: total.pending_ops == 0 && read.head.is_some() && !read.changing,
+        changing: read.changing,
         pending_ops: read.pending_ops[cut(total.pending_ops)].to_vec(),
         draining: read.draining[cut(total.draining)]
             .iter()
@@ -355,6 +407,7 @@ mod tests {
             services: vec![],
             pending_ops: vec![],
             draining: vec![],
+            changing: false,
         }
     }
 
@@ -375,6 +428,8 @@ mod tests {
             shoal_gossip::version::NodeId::new("n1"),
         )));
         assert!(page_of(&read, &page, None, Duration::ZERO).matches_table);
+        read.changing = true;
+        assert!(!page_of(&read, &page, None, Duration::ZERO).matches_table);
     }
 
     /// Pages of one read cover it exactly once, whatever the limit, and the last one says so.

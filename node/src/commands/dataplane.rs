@@ -32,6 +32,9 @@ struct Listing {
     version: Option<VersionRef>,
     head: Option<VersionRef>,
     matches_table: bool,
+    /// The read may mix two tables (they changed during every read); absent otherwise.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    changing: bool,
     total: DataplaneTotals,
     pending_ops: Vec<serde_json::Value>,
     draining: Vec<DrainingEntry>,
@@ -132,6 +135,8 @@ fn render(l: &Listing) -> String {
         version(&l.head),
         if l.matches_table {
             "matches the table"
+        } else if l.changing {
+            "not known: the table changed during every read"
         } else {
             "does not match the table"
         }
