@@ -579,7 +579,7 @@ async fn readyz(State(s): State<AdminState>) -> Response {
 
 /// Whether this node serves, with what (`Ok`) or the most important reason it does not.
 fn ready_state(s: &AdminState) -> Result<String, String> {
-    let head = s.mesh.current().map(|h| VersionRef::from(&h.version));
+    let head = cluster_head(&s.mesh.view(), &s.mesh);
     let applied = s.reconcile.get().applied;
     readiness(&s.mesh.role_reason(), head.as_ref(), applied.as_ref())
         .map_err(|why| match head {
@@ -620,19 +620,56 @@ fn refresh_gauges(s: &AdminState) {
     s.metrics
         .is_publisher
         .set(i64::from(view.publisher.as_ref() == Some(&view.self_id)));
-    if let Some(head) = s.mesh.current() {
-        s.metrics.head_epoch.set(head.version.epoch as i64);
-        s.metrics.head_seq.set(head.version.seq as i64);
+    if let Some(head) = cluster_head(&view, &s.mesh) {
+        s.metrics.head_epoch.set(head.epoch as i64);
+        s.metrics.head_seq.set(head.seq as i64);
         let applied = s.reconcile.get().applied;
         s.metrics
             .applied_is_head
-            .set(i64::from(applied == Some((&head.version).into())));
+            .set(i64::from(applied == Some(head)));
     }
+}
+
+/// The cluster's head as this node sees it (the newest version a live member holds), or, before
+/// the view has one, the version this node holds. While this node fetches a new head it still
+/// holds the one before: `/readyz` and the head gauges went by that and said "applied the
+/// head" for the whole fetch (16 s over a slow link in a probe) while `/v1/cluster` showed the
+/// node behind.
+fn cluster_head(
+    view: &shoal_gossip::ClusterView,
+    mesh: &shoal_gossip::Mesh<RuleTable>,
+) -> Option<VersionRef> {
+    newest(
+        mesh.current().map(|h| VersionRef::from(&h.version)),
+        view.head.as_ref().map(|h| VersionRef::from(&h.version)),
+    )
+}
+
+/// The newer of the version this node holds and the head its view shows.
+fn newest(held: Option<VersionRef>, seen: Option<VersionRef>) -> Option<VersionRef> {
+    held.max(seen)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::exposure_warning;
+    use super::{exposure_warning, newest};
+    use crate::status::VersionRef;
+
+    /// A node fetching a new head still holds the one before: the head it answers for is the
+    /// newer one its view shows, so readiness and the head gauges say it is behind.
+    #[test]
+    fn the_head_is_the_newest_held_or_seen() {
+        let v = |epoch, seq| VersionRef {
+            epoch,
+            seq,
+            origin: "n1".into(),
+        };
+        assert_eq!(newest(Some(v(1, 4)), Some(v(1, 5))), Some(v(1, 5)));
+        assert_eq!(newest(Some(v(2, 1)), Some(v(1, 9))), Some(v(2, 1)));
+        assert_eq!(newest(None, Some(v(1, 5))), Some(v(1, 5)));
+        assert_eq!(newest(Some(v(1, 4)), None), Some(v(1, 4)));
+        assert_eq!(newest(None, None), None);
+    }
 
     #[test]
     fn only_every_address_without_a_token_is_warned_about() {
