@@ -49,6 +49,11 @@ pub struct MemberView {
     /// It left on purpose (a graceful shutdown: SIGTERM, a scale-down) rather than died.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub left: bool,
+    /// Not alive, but heard less than the join grace ago: the failure detector has not judged
+    /// it yet (it calls a member live only after its second heartbeat), so it is neither alive
+    /// nor dead. A node's first answers after its start listed every live peer as dead.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unjudged: bool,
 }
 
 /// Raw facts about one chitchat node, as read from chitchat's state.
@@ -215,6 +220,7 @@ pub(crate) fn build_view(
             stand_down: m.stand_down.clone(),
             relayed,
             left: m.leaving,
+            unjudged: false,
         })
         .collect();
     members.sort_by(|a, b| a.id.cmp(&b.id));

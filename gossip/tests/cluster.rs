@@ -533,6 +533,47 @@ async fn a_member_dead_before_a_node_joined_is_listed_by_it_too() {
     shutdown_all(nodes).await;
 }
 
+/// A newcomer's first views listed every live member as dead until the failure detector had
+/// seen two of its heartbeats (80-150 ms; `shoal_members_dead` 4 of 5 after every restart: a
+/// probe). A member heard but not judged yet is `unjudged`, never dead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newcomer_never_calls_a_live_member_dead() {
+    let _serial = SERIAL.lock().await;
+    let ca = new_ca();
+    let mut nodes = converged_cluster(&ca, 3).await;
+    let seed = nodes[0].listen_addr();
+    nodes.push(
+        Mesh::start(config("n3", any_port(), &[seed], tls_for(&ca, "n3")))
+            .await
+            .expect("start n3"),
+    );
+    let (mut dead, mut unjudged, mut views) = (Vec::new(), 0, 0);
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        let view = nodes[3].view();
+        views += 1;
+        let others: Vec<_> = view
+            .members
+            .iter()
+            .filter(|m| m.id.as_str() != "n3")
+            .collect();
+        for m in &others {
+            match (m.alive, m.unjudged) {
+                (false, false) => dead.push(format!("{} at {:?}", m.id, start.elapsed())),
+                (false, true) => unjudged += 1,
+                _ => {}
+            }
+        }
+        if others.len() == 3 && others.iter().all(|m| m.alive) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    eprintln!("{views} views, {unjudged} members unjudged, dead: {dead:?}");
+    assert!(dead.is_empty(), "live members called dead: {dead:?}");
+    shutdown_all(nodes).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_leave_is_seen_at_once() {
     let _serial = SERIAL.lock().await;

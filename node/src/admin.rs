@@ -612,11 +612,13 @@ fn refresh_gauges(s: &AdminState) {
     let view = s.mesh.view();
     let alive = view.members.iter().filter(|m| m.alive).count();
     let left = view.members.iter().filter(|m| !m.alive && m.left).count();
+    // Not judged yet is not dead: a restarted node's first scrapes said 4 dead of 5 (a probe).
+    let unjudged = view.members.iter().filter(|m| m.unjudged).count();
     s.metrics.members_alive.set(alive as i64);
     s.metrics.members_left.set(left as i64);
     s.metrics
         .members_dead
-        .set((view.members.len() - alive - left) as i64);
+        .set((view.members.len() - alive - left - unjudged) as i64);
     s.metrics
         .is_publisher
         .set(i64::from(view.publisher.as_ref() == Some(&view.self_id)));

@@ -64,6 +64,10 @@ pub struct Member {
     /// Not alive because it left on purpose (SIGTERM, a scale-down), not because it died.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub left: bool,
+    /// Not alive, but not judged yet: heard, and no heartbeat interval seen since (a node's
+    /// first answers after its start); shown as `unknown`, counted neither alive nor dead.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unjudged: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -124,6 +128,7 @@ impl ClusterStatus {
                     stand_down: m.stand_down.clone(),
                     relayed: m.relayed,
                     left: m.left,
+                    unjudged: m.unjudged,
                 })
                 .collect(),
             health,
@@ -194,10 +199,11 @@ impl ClusterStatus {
                 };
                 [
                     m.id.clone(),
-                    match (m.alive, m.left) {
-                        (true, _) => "alive",
-                        (false, true) => "left",
-                        (false, false) => "dead",
+                    match (m.alive, m.left, m.unjudged) {
+                        (true, _, _) => "alive",
+                        (false, true, _) => "left",
+                        (false, false, true) => "unknown",
+                        (false, false, false) => "dead",
                     }
                     .to_string(),
                     // A dead member holds no role; the last one gossiped (a dead publisher
@@ -381,6 +387,7 @@ mod tests {
                 announce: Some(report),
                 relayed: false,
                 left: false,
+                unjudged: false,
             }],
             health: serde_json::Value::Null,
             source_error: source_error.map(str::to_string),

@@ -523,6 +523,13 @@ impl<D: Document> Mesh<D> {
             me.held = self.current().map(|s| s.version.clone());
             me.last_seen_ms = Some(0);
         }
+        for m in view
+            .members
+            .iter_mut()
+            .filter(|m| !m.alive && !m.relayed && !m.left)
+        {
+            m.unjudged = st.replica.unjudged(&m.id, m.generation);
+        }
         view
     }
 

@@ -103,6 +103,16 @@ impl Replica {
         }
     }
 
+    /// Whether this core has heard `id` at `generation` but not judged it yet (no interval
+    /// seen since first heard: neither alive nor dead; a node's first view after its start).
+    pub fn unjudged(&self, id: &NodeId, generation: u64) -> bool {
+        self.beats.get(id).is_some_and(|per_id| {
+            per_id
+                .iter()
+                .any(|f| f.generation == generation && f.judged == Judged::New)
+        })
+    }
+
     /// Judges every incarnation this core follows, now (`liveness.rs`), and applies the
     /// judgement to the members (a flip re-runs the election at this tick) and to this node's
     /// own id (an older process alive elsewhere: see `incarnation.rs`).
