@@ -67,6 +67,8 @@ struct Duty {
     hysteresis: Hysteresis,
     last_result: ProbeResult,
     last_probe_ms: u64,
+    /// When the opinion last took an answer (monotonic): see [`Duty::forget_if_stale`].
+    observed_at: Option<Instant>,
     next_due: Instant,
     in_flight: bool,
     /// Set when this node stopped being a checker; the entry is dropped after the handover.
@@ -115,11 +117,37 @@ impl Duty {
         }
         self.last_result = result;
         self.last_probe_ms = now_ms;
+        self.observed_at = Some(Instant::now());
         let (rise, fall) = (self.check.rise, self.check.fall);
         Some(
             self.hysteresis
                 .observe(result.is_success(), rise, fall, now_ms),
         )
+    }
+
+    /// Starts the opinion over when it took no answer for longer than `fall` probes (plus one
+    /// and a timeout) would take: the process was frozen or starved meanwhile, and the backend
+    /// may have died and been drained by the other checkers. A checker thawed after 10 s kept
+    /// its "up" from before, which tied the other checker's "down" (a tie is up), and put a
+    /// backend every replica had drained back in service on every node for `fall - 1`
+    /// intervals (a probe: 4 of 4 runs, 6.1 s with 3 s intervals). `Unknown` is not counted.
+    fn forget_if_stale(&mut self, now: Instant) -> bool {
+        let Some(at) = self.observed_at else {
+            return false;
+        };
+        let interval = self.check.interval_ms.max(1);
+        let probes = u64::from(self.check.fall.max(1)) + 1;
+        let stale_after = Duration::from_millis(
+            interval
+                .saturating_mul(probes)
+                .saturating_add(self.check.timeout_ms),
+        );
+        if now.saturating_duration_since(at) <= stale_after {
+            return false;
+        }
+        self.hysteresis = Hysteresis::new(unix_ms());
+        self.observed_at = None;
+        true
     }
 
     /// Long enough for a new checker to reach an opinion: max(rise, fall) probes plus one.
@@ -205,6 +233,7 @@ impl Runner {
                         hysteresis: Hysteresis::new(unix_ms()),
                         last_result: ProbeResult::Pending,
                         last_probe_ms: 0,
+                        observed_at: None,
                         next_due: now,
                         in_flight: false,
                         released_at: None,
@@ -215,6 +244,16 @@ impl Runner {
                         duty.next_due = now;
                     }
                 }
+            }
+            let mut forgotten = 0;
+            for duty in duties.values_mut() {
+                forgotten += usize::from(duty.forget_if_stale(now));
+            }
+            if forgotten > 0 {
+                tracing::info!(
+                    forgotten,
+                    "health opinions older than their checks' fall window started over (this process was frozen or starved)"
+                );
             }
             duties.retain(|b, duty| {
                 if wanted.contains_key(b) {
@@ -544,6 +583,7 @@ fn checked_here(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::health::hysteresis::CheckState;
     use crate::table::Probe;
 
     fn check(probe: Probe, interval_ms: u64) -> HealthCheck {
@@ -563,6 +603,7 @@ mod tests {
             hysteresis: Hysteresis::new(0),
             last_result: ProbeResult::Pending,
             last_probe_ms: 0,
+            observed_at: None,
             next_due,
             in_flight: false,
             released_at: None,
@@ -642,6 +683,29 @@ mod tests {
         };
         d.adopt(&check(http, 5_000), now);
         assert_eq!(d.next_due, now);
+    }
+
+    /// An opinion that took no answer for longer than its fall window starts over; one that
+    /// did is kept, and a fresh one has nothing to forget.
+    #[test]
+    fn an_opinion_older_than_its_fall_window_starts_over() {
+        let now = Instant::now();
+        let mut d = duty(check(Probe::Tcp, 1_000), now);
+        assert!(!d.forget_if_stale(now + Duration::from_secs(60)), "fresh");
+        for i in 0..2 {
+            d.observe(d.question, ProbeResult::Ok, i);
+        }
+        assert_eq!(d.hysteresis.state(), CheckState::Up);
+        let at = d.observed_at.expect("observed");
+        // fall 3: up to (3 + 1) intervals plus the timeout is not stale.
+        assert!(!d.forget_if_stale(at + Duration::from_millis(4_500)));
+        assert_eq!(d.hysteresis.state(), CheckState::Up);
+        assert!(d.forget_if_stale(at + Duration::from_millis(4_501)));
+        assert_eq!(d.hysteresis.state(), CheckState::Unknown);
+        assert!(!d.forget_if_stale(at + Duration::from_secs(60)), "once");
+        // The thawed checker's first failure does not make it up again, nor down yet.
+        d.observe(d.question, ProbeResult::Refused, 9);
+        assert_eq!(d.hysteresis.state(), CheckState::Unknown);
     }
 
     /// The audit of 2026-12-06: an HTTP check timing out was edited to a TCP check; the old
