@@ -330,6 +330,18 @@ pub fn health(h: &HealthCheck) -> Result<(), Invalid> {
                 format!("{expect_status} is not an HTTP status (100-599)"),
             ));
         }
+        // An interim answer (100 Continue, 103 Early Hints...) is followed by the final one,
+        // which the client waits for: expecting it could never pass, and the backend showed
+        // as down with "timeout" (a probe). 101 ends the exchange and can be expected.
+        if (100..=199).contains(expect_status) && *expect_status != 101 {
+            return Err(invalid(
+                field(HealthField::ExpectStatus),
+                format!(
+                    "{expect_status} is an interim answer, never the final one a check reads \
+                     (101 or 200-599)"
+                ),
+            ));
+        }
         if let Some(host) = host {
             if host.is_empty()
                 || host.len() > HOST_LEN_MAX
@@ -557,6 +569,16 @@ mod tests {
             field_of(|s| *http(s).1 = 600),
             Some(Field::Health(H::ExpectStatus))
         );
+        for interim in [100, 102, 103, 199] {
+            assert_eq!(
+                field_of(|s| *http(s).1 = interim),
+                Some(Field::Health(H::ExpectStatus)),
+                "{interim}"
+            );
+        }
+        for status in [101, 200, 204, 599] {
+            assert_eq!(field_of(|s| *http(s).1 = status), None, "{status}");
+        }
         assert_eq!(
             field_of(|s| *http(s).2 = Some("a\r\nX-Injected: 1".into())),
             Some(Field::Health(H::Host))
