@@ -63,12 +63,12 @@ pub fn desired_state(table: &RuleTable, verdicts: &Verdicts) -> Desired {
             let mut destinations: Vec<Destination> = vs
                 .backends
                 .iter()
-                .filter(|b| !(cut && verdicts.is_down(&vs.name, b.address, b.port)))
+                .filter(|b| !(cut && verdicts.is_down_in(vs, b.address, b.port)))
                 .map(|b| Destination {
                     addr: b.address,
                     port: b.port,
                     forwarding: vs.forwarding,
-                    weight: if verdicts.is_down(&vs.name, b.address, b.port) {
+                    weight: if verdicts.is_down_in(vs, b.address, b.port) {
                         0
                     } else {
                         b.weight

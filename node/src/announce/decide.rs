@@ -191,7 +191,7 @@ pub fn vip_health(table: &RuleTable, verdicts: &Verdicts) -> BTreeMap<IpAddr, bo
         let healthy = vs
             .backends
             .iter()
-            .any(|b| b.weight > 0 && !verdicts.is_down(&vs.name, b.address, b.port));
+            .any(|b| b.weight > 0 && !verdicts.is_down_in(vs, b.address, b.port));
         *out.entry(vs.vip).or_insert(false) |= healthy;
     }
     out

@@ -47,7 +47,9 @@ impl JudgedService {
         let mut changed = Vec::new();
         for (i, v) in verdicts.iter().enumerate() {
             let b = &v.backend;
-            let was_down = previous.is_down(&b.service, b.address, b.port);
+            // By where it listens too: a rename is no change of verdict (it counted one).
+            let was_down = previous.is_down(&b.service, b.address, b.port)
+                || previous.was_down_at(v.at, b.address, b.port);
             if was_down != (v.verdict == Verdict::Down) {
                 changed.push(i);
                 since_ms.push(now_ms);

@@ -124,6 +124,21 @@ impl Verdicts {
             })
     }
 
+    /// [`Self::is_down`] by name, or by where `service` listens: a service renamed in the
+    /// new table keeps its dead backends down from its first apply, before the runner has
+    /// judged it under its new name (the dataplane put them back at full weight for up to
+    /// 50 ms per rename, and an L2 VIP with no healthy backend was announced again: a probe).
+    pub fn is_down_in(&self, service: &VirtualService, address: IpAddr, port: u16) -> bool {
+        self.is_down(&service.name, address, port)
+            || self.was_down_at((service.vip, service.port, service.protocol), address, port)
+    }
+
+    /// Whether the backend at `address:port` of the service listening `at` is down, whatever
+    /// that service's name.
+    pub fn was_down_at(&self, at: ServiceAt, address: IpAddr, port: u16) -> bool {
+        self.down_at.contains(&(at, address, port))
+    }
+
     pub fn down(&self) -> impl Iterator<Item = &BackendRef> {
         self.down.iter()
     }
@@ -468,6 +483,12 @@ mod tests {
         assert!(before.is_down("web", addr, 8080));
         let mut renamed = t.clone();
         renamed.services[0].name = "Web".into();
+        // The new table is applied with the verdicts judged under the old one (the runner has
+        // not judged it yet): the backend stays down there too, in the dataplane's weights and
+        // the announcements (a probe: back at full weight for up to 50 ms per rename).
+        assert!(before.is_down_in(&renamed.services[0], addr, 8080));
+        let weights = crate::desired::desired_state(&renamed, &before);
+        assert_eq!(weights.services[0].destinations[0].weight, 0);
         // Nobody has an opinion under the new name yet (the old checkers' keys name "web").
         let after = evaluate(&renamed, &mut assignment, &index, &before);
         assert_eq!(
@@ -491,6 +512,7 @@ mod tests {
         elsewhere.services[0].port = 81;
         let other = evaluate(&elsewhere, &mut assignment, &Opinions::new(), &before);
         assert_eq!(other[0].verdict, Verdict::Up);
+        assert!(!before.is_down_in(&elsewhere.services[0], addr, 8080));
     }
 
     #[test]
