@@ -54,8 +54,16 @@ async fn get_at_most(
         // The gossip port is UDP, so pointing --node at it is refused like a closed port.
         Err(e) if e.is_connect() => {
             return Err(anyhow::Error::new(e).context(format!(
-                "cannot reach the admin API at {url} (--node takes a node's --admin address, \
-                 not its gossip --listen one)"
+                "cannot reach the admin API at {url}: is the node running, and is that its \
+                 --admin address? (--node takes the admin address, not the gossip --listen one)"
+            )))
+        }
+        // Connected, then nothing: a frozen or starved node (an SRE's probe read a bare
+        // "operation timed out" as a network problem).
+        Err(e) if e.is_timeout() => {
+            return Err(anyhow::Error::new(e).context(format!(
+                "the admin API at {url} took the connection but did not answer within 5 s \
+                 (the node may be frozen or overloaded)"
             )))
         }
         Err(e) => {

@@ -505,6 +505,37 @@ fn status_table_and_dataplane_refuse_endless_and_misshapen_answers() {
     assert!(out.stdout.is_empty(), "printed {:?}", out.stdout);
 }
 
+/// A node that takes the connection and never answers (frozen, starved) is named as such
+/// after the 5 s wait, and a closed port asks whether the node runs: an SRE's probe read a
+/// bare "operation timed out" as a network problem, and "--node takes the admin address" as
+/// the cause when the node was only down.
+#[test]
+fn a_silent_node_and_a_closed_port_are_told_apart() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let run = |node: std::net::SocketAddr| {
+        let out = std::process::Command::new(common::bin())
+            .args(["status", "--node", &node.to_string()])
+            .env_remove("SHOAL_ADMIN_TOKEN_FILE")
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let err = run(addr);
+    assert!(
+        err.contains("did not answer within 5 s") && err.contains("frozen"),
+        "{err}"
+    );
+    drop(silent);
+    let err = run(closed);
+    assert!(err.contains("is the node running"), "{err}");
+}
+
 /// The audit of 2026-12-06: a node whose pages came from a new read each time (another
 /// snapshot id per page) had them merged, 40 services listed under a total of 10. Pages of
 /// other reads, and pages that do not add up to the read's total, are refused.
