@@ -482,6 +482,7 @@ fn counting_requests(
 }
 
 async fn cluster(State(s): State<AdminState>) -> Json<ClusterStatus> {
+    s.mesh.wait_fresh().await;
     let health = serde_json::to_value(s.health.report()).unwrap_or_default();
     let mut status = ClusterStatus::from_view(&s.mesh.view(), health);
     let mut reports = crate::announce::reports(&s.mesh, &s.announce);
@@ -567,6 +568,7 @@ async fn node(State(s): State<AdminState>) -> Json<NodeResponse> {
 }
 
 async fn readyz(State(s): State<AdminState>) -> Response {
+    s.mesh.wait_fresh().await;
     match ready_state(&s) {
         Ok(why) => (StatusCode::OK, format!("ready: {why}\n")).into_response(),
         Err(why) => (
@@ -592,6 +594,7 @@ fn ready_state(s: &AdminState) -> Result<String, String> {
 }
 
 async fn metrics(State(s): State<AdminState>) -> Response {
+    s.mesh.wait_fresh().await;
     refresh_gauges(&s);
     let mut body = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut body, &s.registry) {

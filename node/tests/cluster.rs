@@ -143,6 +143,42 @@ fn a_frozen_node_is_marked_dead_and_catches_up_when_continued() {
     assert_eq!(head, newer, "{}", c.logs());
 }
 
+/// A publisher frozen until another took over answers the requests that queued up during
+/// the freeze only after its first step since: it answered them as "publisher" from what it
+/// knew before the freeze (an SRE's probe: 11 double claims in its polls).
+#[test]
+fn a_thawed_publisher_answers_from_a_fresh_view() {
+    let c = Cluster::start(2, &rules(1), &[]);
+    c.wait_converged_on("n1", CONVERGE);
+    c.signal(0, Signal::SIGSTOP);
+    c.wait_for(CONVERGE, "n2 takes over", || {
+        let v = get(c.nodes[1].admin, "/v1/cluster")?;
+        (v["publisher"] == "n2").then_some(())
+    });
+    // Queued in the frozen node's accept backlog, answered after the thaw.
+    let admin = c.nodes[0].admin;
+    let queued: Vec<_> = ["/v1/cluster", "/metrics"]
+        .into_iter()
+        .map(|path| std::thread::spawn(move || http_get(admin, path)))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    c.signal(0, Signal::SIGCONT);
+    let answers: Vec<_> = queued.into_iter().map(|t| t.join().unwrap()).collect();
+    let (_, cluster) = answers[0].clone().expect("the thawed node answers");
+    let v: serde_json::Value = serde_json::from_str(&cluster).expect("JSON");
+    assert_ne!(v["publisher"], "n1", "answered from before the freeze: {v}");
+    let (_, metrics) = answers[1].clone().expect("the thawed node answers");
+    assert!(
+        metrics.contains("shoal_is_publisher 0"),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("is_publisher"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
 #[test]
 fn a_broken_rules_file_is_refused_and_the_last_good_table_stays() {
     let c = Cluster::start(2, &rules(1), &[]);

@@ -154,6 +154,8 @@ struct State {
     shadowed_by: Option<u64>,
     /// The fetch running now (the version it wants) and what stops it.
     fetch: Option<(Version, CancellationToken)>,
+    /// When the control loop last took a step (`Mesh::wait_fresh`).
+    last_step: Option<Instant>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -354,6 +356,7 @@ impl<D: Document> Mesh<D> {
                 warns: crate::transport::alarm::WarnGate::new(Duration::from_secs(60)),
                 shadowed_by: None,
                 fetch: None,
+                last_step: None,
             }),
             epoch_file: epoch_file.map(|f| Arc::new(Mutex::new(f))),
             cancel: CancellationToken::new(),
@@ -503,6 +506,28 @@ impl<D: Document> Mesh<D> {
         lock(&self.inner.state).applied = Some(version.clone());
         self.inner
             .send(KvOp::Set(keys::APPLIED.into(), version.to_string()));
+    }
+
+    /// Returns once the control loop has taken a step recently (within four of its ticks),
+    /// waiting up to a second for one: after a freeze or a starved spell, what the node knew
+    /// before it (its role, its members) is answered only after the step that notices the gap.
+    /// A publisher resumed after its successor took over answered "publisher" to requests
+    /// queued during the freeze (an SRE's probe).
+    pub async fn wait_fresh(&self) {
+        let asked = Instant::now();
+        let fresh = Duration::from_millis(self.inner.timing.control_tick_ms.saturating_mul(4));
+        let stepped_since = |at: Instant| {
+            lock(&self.inner.state)
+                .last_step
+                .is_some_and(|step| step >= at)
+        };
+        if stepped_since(asked.checked_sub(fresh).unwrap_or(asked)) {
+            return;
+        }
+        let give_up = asked + Duration::from_secs(1);
+        while !stepped_since(asked) && Instant::now() < give_up {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     pub fn view(&self) -> ClusterView {

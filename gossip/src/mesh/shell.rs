@@ -236,6 +236,7 @@ impl<D: Document> Inner<D> {
         st.replica.handle_heartbeats(now_ms, beats);
         st.replica.handle_tick(now_ms, unix_ms());
         self.carry_out(&mut st);
+        st.last_step = Some(Instant::now());
     }
 
     /// Reads chitchat's state; returns `None` when nothing but heartbeats changed.
