@@ -583,10 +583,19 @@ async fn readyz(State(s): State<AdminState>) -> Response {
 fn ready_state(s: &AdminState) -> Result<String, String> {
     let head = cluster_head(&s.mesh.view(), &s.mesh);
     let applied = s.reconcile.get().applied;
-    readiness(&s.mesh.role_reason(), head.as_ref(), applied.as_ref())
+    let role = s.mesh.role_reason();
+    readiness(&role, head.as_ref(), applied.as_ref())
         .map_err(|why| match head {
             None => with_rejected_input(&s.mesh, why),
             Some(_) => why,
+        })
+        .map_err(|why| match (&role, s.mesh.last_dial_tls_failure()) {
+            // Its own seeds refuse it: say why here, not only in the log (an SRE's probe: a
+            // node with another CA's certificate said only that no seed answered).
+            (shoal_gossip::RoleReason::AwaitingSeeds, Some(tls)) => {
+                format!("{why}; the last dial TLS refused: {tls}")
+            }
+            _ => why,
         })
         .and_then(|why| publisher_ready(s.mesh.stamp_refusal().as_deref()).map(|()| why))
         .and_then(|why| crate::tls_reload::out_of_validity(&s.mesh).map_or(Ok(why), Err))

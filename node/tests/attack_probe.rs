@@ -270,7 +270,7 @@ fn a_node_with_another_cas_certificate_says_why_it_cannot_join() {
     let log_path = dir.path().join("n9.log");
     let seeds: Vec<String> = c.nodes.iter().map(|n| n.listen.to_string()).collect();
     let tls_dir = other_ca.join("n9");
-    let (mut child, _admin) = spawn_run(
+    let (mut child, admin) = spawn_run(
         "n9",
         &c.rules,
         &seeds.join(","),
@@ -288,9 +288,21 @@ fn a_node_with_another_cas_certificate_says_why_it_cannot_join() {
         std::thread::sleep(Duration::from_millis(250));
         log = std::fs::read_to_string(&log_path).unwrap_or_default();
     }
+    // Its /readyz says why no seed answers, not only that none did (an SRE's probe).
+    let mut ready = String::new();
+    while start.elapsed() < LIMIT && !ready.contains("TLS refused") {
+        std::thread::sleep(Duration::from_millis(250));
+        ready = http_get(admin, "/readyz")
+            .map(|(_, b)| b)
+            .unwrap_or_default();
+    }
     let _ = child.kill();
     let _ = child.wait();
     assert!(log.contains("outgoing handshake refused by TLS"), "{log}");
+    assert!(
+        ready.contains("none of the seeds has answered") && ready.contains("TLS refused"),
+        "{ready}"
+    );
     assert!(
         !member_ids(c.nodes[0].admin).contains(&"n9".to_string()),
         "a node of another CA joined"

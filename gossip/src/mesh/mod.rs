@@ -696,6 +696,12 @@ impl<D: Document> Mesh<D> {
         self.inner.transport.traffic()
     }
 
+    /// The last dial to a peer that TLS refused, as `peer: error` (a certificate of another
+    /// CA or cluster, on either side); `None` before any.
+    pub fn last_dial_tls_failure(&self) -> Option<String> {
+        self.inner.transport.last_dial_tls_failure()
+    }
+
     /// Graceful leave: marks this node as leaving, pushes that to every live peer at once, lets
     /// it spread for `leave_linger_ms`, then stops. Peers see the node gone at once.
     pub async fn shutdown(self) {

@@ -139,6 +139,8 @@ struct Inner {
     admission: Mutex<Admission>,
     handshake_timeout: Duration,
     warns: Mutex<WarnGate>,
+    /// The last dial TLS refused (peer and error), for `/readyz` of a node no seed answers.
+    last_dial_tls_failure: Mutex<Option<String>>,
     conns: Mutex<HashMap<SocketAddr, Connection>>,
     /// One per address being dialed or recently dialed (see [`DialSlot`]).
     dial_slots: Mutex<HashMap<SocketAddr, Arc<DialSlot>>>,
@@ -244,6 +246,7 @@ impl QuicTransport {
             })),
             handshake_timeout: Duration::from_millis(timing.handshake_timeout_ms),
             warns: Mutex::new(WarnGate::new(WARN_EVERY)),
+            last_dial_tls_failure: Mutex::new(None),
             conns: Mutex::default(),
             dial_slots: Mutex::default(),
             gossip_dials: Mutex::new(DialBudget::new(MAX_GOSSIP_DIALS)),
@@ -283,6 +286,11 @@ impl QuicTransport {
 
     pub(crate) fn fault(&self) -> &FaultHook {
         &self.inner.fault
+    }
+
+    /// The last dial TLS refused, as `peer: error` (`None` before any).
+    pub(crate) fn last_dial_tls_failure(&self) -> Option<String> {
+        lock(&self.inner.last_dial_tls_failure).clone()
     }
 
     pub(crate) fn traffic(&self) -> Traffic {

@@ -249,6 +249,8 @@ impl QuicTransport {
                 done = &mut connecting => {
                     return done.map(Dialed::New).map_err(|e| {
                         if is_tls_failure(&e) {
+                            *lock(&self.inner.last_dial_tls_failure) =
+                                Some(format!("{addr}: {e}"));
                             // A node whose certificate is of another CA or cluster learnt
                             // nothing but "none of the seeds has answered": the reason was in
                             // the peers' logs only (the audit of 2026-12-06).
