@@ -119,6 +119,8 @@ pub struct FakeApi {
     access: Arc<Mutex<BTreeMap<String, Access>>>,
     max_page: Arc<Mutex<Option<usize>>>,
     stalled: Arc<Mutex<Vec<Kind>>>,
+    /// Kinds whose next watch gets one ERROR event with a 500 Status, then ends.
+    fail_next: Arc<Mutex<Vec<Kind>>>,
 }
 
 #[derive(Clone)]
@@ -144,6 +146,7 @@ impl FakeApi {
             access: Arc::default(),
             max_page: Arc::default(),
             stalled: Arc::default(),
+            fail_next: Arc::default(),
         }
     }
 
@@ -186,6 +189,13 @@ impl FakeApi {
     /// their `timeoutSeconds`: a stuck API server or proxy. Lists still work.
     pub fn stall_watches(&self, kind: Kind) {
         self.stalled.lock().unwrap().push(kind);
+    }
+
+    /// The next watch of `kind` is answered 200 and then sends one ERROR event with a 500
+    /// Status (an etcd leader change, as a real API server reports it) and ends; the ones
+    /// after it work.
+    pub fn fail_next_watch(&self, kind: Kind) {
+        self.fail_next.lock().unwrap().push(kind);
     }
 
     /// Lists return at most `n` items per page, with a continue token, whatever `limit` asks.
@@ -565,6 +575,22 @@ fn watch(
         return Response::builder()
             .header("content-type", "application/json")
             .body(Body::from_stream(futures::stream::iter([line(gone)])))
+            .unwrap();
+    }
+    let fail = {
+        let mut fail_next = l.api.fail_next.lock().unwrap();
+        let at = fail_next.iter().position(|k| *k == kind);
+        at.map(|i| fail_next.remove(i)).is_some()
+    };
+    if fail {
+        let error = json!({"type": "ERROR", "object": {
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "reason": "InternalError", "code": 500,
+            "message": "etcdserver: leader changed",
+        }});
+        return Response::builder()
+            .header("content-type", "application/json")
+            .body(Body::from_stream(futures::stream::iter([line(error)])))
             .unwrap();
     }
     let last = backlog.last().map(|(rv, _)| *rv).unwrap_or(from);

@@ -71,6 +71,8 @@ struct Failing {
     since: Instant,
     refused_since: Option<Instant>,
     last_error: String,
+    /// When the last error came.
+    last_at: Instant,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -98,7 +100,9 @@ impl ApiHealth {
             since: now,
             refused_since: None,
             last_error: String::new(),
+            last_at: now,
         });
+        f.last_at = now;
         match failure {
             Failure::Refused => {
                 f.refused_since.get_or_insert(now);
@@ -107,6 +111,23 @@ impl ApiHealth {
             Failure::Other => f.refused_since = None,
         }
         f.last_error = message;
+    }
+
+    /// Kinds whose collection the API server answered with a success status after their last
+    /// error are failing no longer: kube's watcher yields nothing for a re-watch that works
+    /// until an object changes, so one watch error on a quiet kind (an API server restart, an
+    /// etcd leader change) made a healthy publisher give up its role 30 s later, and blips a
+    /// little over 30 s apart moved the role every time (a probe). Returns the kinds recovered.
+    pub fn recover(&mut self, answered: &[(&'static str, Instant)]) -> Vec<&'static str> {
+        let recovered: Vec<&'static str> = answered
+            .iter()
+            .filter(|(kind, at)| self.failing.get(kind).is_some_and(|f| *at > f.last_at))
+            .map(|(kind, _)| *kind)
+            .collect();
+        for kind in &recovered {
+            self.failing.remove(kind);
+        }
+        recovered
     }
 
     /// No watched kind is failing.
@@ -195,6 +216,23 @@ mod tests {
         assert_eq!(h.give_up(t0 + secs(29), &b), None);
         let reason = h.give_up(t0 + secs(30), &b).unwrap();
         assert!(reason.contains("Service: connection refused"), "{reason}");
+    }
+
+    /// A kind answered with a success status after its last error (a re-watch that works on
+    /// a quiet kind, which yields no event) is failing no longer; an answer from before the
+    /// last error, or about another kind, changes nothing.
+    #[test]
+    fn a_success_after_the_last_error_ends_the_failure() {
+        let b = Bounds::default();
+        let t0 = Instant::now();
+        let mut h = ApiHealth::default();
+        h.on_error("ShoalPool", t0 + secs(1), Failure::Other, "500".into());
+        let before = [("ShoalPool", t0), ("Service", t0 + secs(2))];
+        assert_eq!(h.recover(&before), Vec::<&str>::new());
+        assert!(h.give_up(t0 + secs(31), &b).is_some(), "still failing");
+        assert_eq!(h.recover(&[("ShoalPool", t0 + secs(2))]), vec!["ShoalPool"]);
+        assert!(h.all_ok());
+        assert_eq!(h.give_up(t0 + secs(60), &b), None);
     }
 
     #[test]

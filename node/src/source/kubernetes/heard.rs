@@ -21,6 +21,9 @@ type Collections = BTreeMap<(String, String), &'static str>;
 pub struct Heard {
     collections: Arc<Collections>,
     last: Arc<Mutex<BTreeMap<&'static str, Instant>>>,
+    /// When a GET of each kind's collection was last answered with a success status (the
+    /// headers: a re-watch of a quiet kind says nothing more for minutes).
+    answered: Arc<Mutex<BTreeMap<&'static str, Instant>>>,
 }
 
 impl Heard {
@@ -36,7 +39,21 @@ impl Heard {
             last: Arc::new(Mutex::new(
                 kinds.iter().map(|(_, _, k)| (*k, now)).collect(),
             )),
+            answered: Arc::new(Mutex::new(BTreeMap::new())),
         }
+    }
+
+    /// A GET of `kind`'s collection was answered with a success status at `now`.
+    pub fn answered(&self, kind: &'static str, now: Instant) {
+        let mut answered = self.answered.lock().unwrap_or_else(|e| e.into_inner());
+        let t = answered.entry(kind).or_insert(now);
+        *t = (*t).max(now);
+    }
+
+    /// Each kind and when a GET of it was last answered with a success status.
+    pub fn last_answered(&self) -> Vec<(&'static str, Instant)> {
+        let answered = self.answered.lock().unwrap_or_else(|e| e.into_inner());
+        answered.iter().map(|(k, t)| (*k, *t)).collect()
     }
 
     pub fn heard(&self, kind: &'static str, now: Instant) {
@@ -87,6 +104,9 @@ pub fn tap(client: kube::Client, heard: Heard) -> kube::Client {
                 .then(|| heard.kind_of(req.uri().path()))
                 .flatten();
             let response = client.send(req).await?;
+            if let Some(kind) = kind.filter(|_| response.status().is_success()) {
+                heard.answered(kind, Instant::now());
+            }
             Ok::<_, kube::Error>(response.map(|body| Tapped { body, kind, heard }))
         }
     });

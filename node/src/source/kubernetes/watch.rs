@@ -279,6 +279,9 @@ pub async fn run_loop(
                     *stream = events(&client, resource, namespace, timeout);
                     heard.heard(kind, now);
                 }
+                if !health.recover(&heard.last_answered()).is_empty() && health.all_ok() {
+                    status.clear_error();
+                }
                 if let Some(reason) = health.give_up(now, &cfg.bounds) {
                     tracing::error!(%reason, "giving up the publisher role");
                     return Err(SourceError::GaveUp(reason));
