@@ -1064,7 +1064,10 @@ async fn one_watch_error_on_a_quiet_kind_is_no_outage() {
     api.fail_next_watch(Kind::Service);
     api.fail_next_watch(Kind::EndpointSlice);
     tokio::time::sleep(Duration::from_secs(9)).await;
-    assert!(count(&metrics.watch_errors, "Service") >= 1, "no watch failed");
+    assert!(
+        count(&metrics.watch_errors, "Service") >= 1,
+        "no watch failed"
+    );
     assert!(
         !node.task.is_finished(),
         "gave up the role after one watch error"

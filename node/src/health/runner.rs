@@ -157,6 +157,12 @@ impl Duty {
     }
 }
 
+/// The time a probe waits for its answer: the check's `timeout_ms`, at least
+/// [`crate::validate::HEALTH_TIMEOUT_MS_MIN`] (1 ms flapped a healthy backend: a probe).
+fn probe_timeout_ms(timeout_ms: u64) -> u64 {
+    timeout_ms.max(crate::validate::HEALTH_TIMEOUT_MS_MIN)
+}
+
 struct ProbeDone {
     backend: BackendRef,
     /// The duty's question when the probe started.
@@ -295,7 +301,7 @@ impl Runner {
                     address: b.address,
                     port: duty.check.port.unwrap_or(b.port),
                     probe: duty.check.probe.clone(),
-                    timeout: Duration::from_millis(duty.check.timeout_ms.max(1)),
+                    timeout: Duration::from_millis(probe_timeout_ms(duty.check.timeout_ms)),
                 };
                 let (prober, tx, backend) = (prober.clone(), done_tx.clone(), b);
                 let question = duty.question;
@@ -683,6 +689,13 @@ mod tests {
         };
         d.adopt(&check(http, 5_000), now);
         assert_eq!(d.next_due, now);
+    }
+
+    #[test]
+    fn a_probe_waits_at_least_the_floor() {
+        assert_eq!(probe_timeout_ms(1), 50);
+        assert_eq!(probe_timeout_ms(49), 50);
+        assert_eq!(probe_timeout_ms(500), 500);
     }
 
     /// An opinion that took no answer for longer than its fall window starts over; one that
