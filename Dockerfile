@@ -22,6 +22,10 @@ COPY docs docs
 # copied out because cache mounts are not part of the image. The release profile keeps line
 # tables (for backtraces and profiles in development): they go to shoal.debug, and the shipped
 # binary is stripped of all symbols, with a debuglink to that file.
+# The commit the binary reports (`shoal --version`, `shoal_build_info`): .git is not copied in.
+#   docker build --build-arg SHOAL_GIT_COMMIT=$(git rev-parse --short=12 HEAD) ...
+ARG SHOAL_GIT_COMMIT=unknown
+ENV SHOAL_GIT_COMMIT=${SHOAL_GIT_COMMIT}
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked -p shoal-node --bin shoal \

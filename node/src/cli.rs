@@ -12,7 +12,7 @@ use std::path::PathBuf;
 #[derive(Debug, Parser)]
 #[command(
     name = "shoal",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("SHOAL_COMMIT"), ")"),
     about = "A portable layer-4 load balancer for Kubernetes"
 )]
 pub struct Cli {

@@ -86,14 +86,15 @@ impl NodeMetrics {
 
     pub fn register(&self, registry: &mut Registry) {
         let r = registry;
-        // `shoal_build_info{version="..."} 1`: which build each replica runs (a rolling upgrade).
+        // `shoal_build_info{version="...",commit="..."} 1`: which build each replica runs (a
+        // rolling upgrade); the version alone is the same for every build between releases.
         r.register(
             "shoal_build",
             "The shoal build this node runs",
-            prometheus_client::metrics::info::Info::new(vec![(
-                "version",
-                env!("CARGO_PKG_VERSION"),
-            )]),
+            prometheus_client::metrics::info::Info::new(vec![
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("commit", env!("SHOAL_COMMIT")),
+            ]),
         );
         r.register(
             "shoal_reconciles",

@@ -221,6 +221,8 @@ fn readyz_is_200_only_once_the_head_is_applied() {
         concat!(
             "shoal_build_info{version=\"",
             env!("CARGO_PKG_VERSION"),
+            "\",commit=\"",
+            env!("SHOAL_COMMIT"),
             "\"} 1"
         ),
     ] {
