@@ -1032,6 +1032,46 @@ async fn a_silent_watch_is_restarted_and_the_table_catches_up() {
     node.cancel.cancel();
 }
 
+/// A status write that fails is written again after a backoff, with nothing else changing:
+/// passes come only from watch events, and a Service kept showing its old address (which
+/// counted as free meanwhile) until some other object changed (a probe: 120 s and more).
+#[tokio::test]
+async fn a_failed_status_write_is_retried_without_another_change() {
+    let api = new_api();
+    api.apply(
+        Kind::Service,
+        service(
+            "web",
+            "front",
+            &[("http", 80)],
+            &[("shoal.io/vip", "203.0.113.10")],
+        ),
+    );
+    let mut node = start(&api, "n0").await;
+    wait_for("status of web/front", || {
+        status_ip(&api, "web", "front").as_deref() == Some("203.0.113.10")
+    })
+    .await;
+    // A new address asked for, and the write of it fails twice.
+    api.fail_status_writes(2);
+    api.apply(Kind::Service, {
+        let mut s = api.get(Kind::Service, "web", "front").unwrap();
+        s["metadata"]["annotations"]["shoal.io/vip"] = "203.0.113.11".into();
+        s
+    });
+    wait_table(&mut node.rx, "the new address", |t| {
+        t.services
+            .iter()
+            .any(|s| s.vip.to_string() == "203.0.113.11")
+    })
+    .await;
+    wait_for("the status written after the failures", || {
+        status_ip(&api, "web", "front").as_deref() == Some("203.0.113.11")
+    })
+    .await;
+    node.cancel.cancel();
+}
+
 /// One watch error on a quiet kind (an etcd leader change, an API server restart) is over once
 /// the watch is taken up again and answered, although kube yields no event for that: the
 /// publisher gave up its role after the outage bound with a healthy API server (a probe: 31 s

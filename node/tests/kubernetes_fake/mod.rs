@@ -121,6 +121,8 @@ pub struct FakeApi {
     stalled: Arc<Mutex<Vec<Kind>>>,
     /// Kinds whose next watch gets one ERROR event with a 500 Status, then ends.
     fail_next: Arc<Mutex<Vec<Kind>>>,
+    /// Service status writes still to answer with a 500 (then they work again).
+    failing_status_writes: Arc<AtomicUsize>,
 }
 
 #[derive(Clone)]
@@ -147,6 +149,7 @@ impl FakeApi {
             max_page: Arc::default(),
             stalled: Arc::default(),
             fail_next: Arc::default(),
+            failing_status_writes: Arc::default(),
         }
     }
 
@@ -196,6 +199,11 @@ impl FakeApi {
     /// after it work.
     pub fn fail_next_watch(&self, kind: Kind) {
         self.fail_next.lock().unwrap().push(kind);
+    }
+
+    /// The next `n` Service status writes are answered 500 (an API server having trouble).
+    pub fn fail_status_writes(&self, n: usize) {
+        self.failing_status_writes.store(n, Ordering::SeqCst);
     }
 
     /// Lists return at most `n` items per page, with a continue token, whatever `limit` asks.
@@ -659,6 +667,16 @@ fn put_status(api: &FakeApi, ns: &str, name: &str, body: &[u8]) -> Response {
     let Ok(sent) = serde_json::from_slice::<Value>(body) else {
         return status(StatusCode::BAD_REQUEST, "BadRequest", "bad body");
     };
+    let failing = api
+        .failing_status_writes
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+    if failing.is_ok() {
+        return status(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            "etcdserver: request timed out",
+        );
+    }
     let key = (Kind::Service, ns.to_string(), name.to_string());
     let current = api.lock().objects.get(&key).cloned();
     let Some(mut current) = current else {

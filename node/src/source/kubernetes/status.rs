@@ -163,6 +163,8 @@ pub struct StatusWriter {
     /// found deleted pools exported for good, and by former publishers too).
     gauged_pools: BTreeSet<String>,
     reported: BTreeSet<Problem>,
+    /// Status writes of the last `sync_statuses` that failed (retried by the write loop).
+    pub failed_writes: usize,
 }
 
 impl Drop for StatusWriter {
@@ -186,6 +188,7 @@ impl StatusWriter {
             pool_status: BTreeMap::new(),
             gauged_pools: BTreeSet::new(),
             reported: BTreeSet::new(),
+            failed_writes: 0,
         }
     }
 
@@ -203,6 +206,7 @@ impl StatusWriter {
     ) -> bool {
         let mut attempts = 0usize;
         let mut more = false;
+        self.failed_writes = 0;
         self.written
             .retain(|k, _| vips.contains_key(k) || clear.contains(k));
         let mut present = BTreeSet::new();
@@ -265,6 +269,7 @@ impl StatusWriter {
                 Err(e) => {
                     let conflict = matches!(&e, kube::Error::Api(r) if r.code == 409);
                     self.count_write("Service", if conflict { "conflict" } else { "error" });
+                    self.failed_writes += 1;
                     tracing::warn!(service = %key, vips = %list(want), error = %e, "status write failed, will retry");
                 }
             }

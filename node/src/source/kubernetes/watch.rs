@@ -387,9 +387,23 @@ async fn write_loop(
     mut jobs: watch::Receiver<Option<std::sync::Arc<WriteJob>>>,
     pools_from_objects: bool,
 ) {
+    let mut failures = 0u32;
     loop {
-        if jobs.changed().await.is_err() {
-            return;
+        // A pass whose writes failed is taken up again after a backoff, unless a newer one
+        // comes first: passes come only from watch events, so a Service whose status write
+        // failed kept showing its old address until some other object changed (a probe: 120 s
+        // and more; its old address counted as free meanwhile).
+        let retry = (failures > 0).then(|| STATUS_RETRY.saturating_mul(1 << failures.min(5)));
+        match retry {
+            Some(after) => tokio::select! {
+                changed = jobs.changed() => if changed.is_err() { return },
+                _ = tokio::time::sleep(after.min(STATUS_RETRY_MAX)) => {}
+            },
+            None => {
+                if jobs.changed().await.is_err() {
+                    return;
+                }
+            }
         }
         loop {
             let Some(job) = jobs.borrow_and_update().clone() else {
@@ -398,6 +412,11 @@ async fn write_loop(
             let more = writer
                 .sync_statuses(&job.services, &job.vips, &job.clear, STATUS_WRITES_PER_PASS)
                 .await;
+            failures = if writer.failed_writes > 0 {
+                failures.saturating_add(1)
+            } else {
+                0
+            };
             if pools_from_objects {
                 writer.sync_pools(&job.usage).await;
             }
@@ -408,6 +427,11 @@ async fn write_loop(
         }
     }
 }
+
+/// The first wait before a pass whose status writes failed is written again; it doubles with
+/// each failed retry up to [`STATUS_RETRY_MAX`].
+const STATUS_RETRY: Duration = Duration::from_millis(500);
+const STATUS_RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// The kinds the API server has been silent on past the bound, each recorded as a failure of
 /// that kind; the caller restarts their watches.
