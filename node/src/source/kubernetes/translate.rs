@@ -29,6 +29,13 @@ pub use spec::{is_ours, status_ips, SOURCE_RANGES_ANNOTATION};
 /// The label the EndpointSlice controller puts on every slice it manages.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
+/// The most backends one Service may make (each port times its endpoints, every family): a
+/// Service of 300 ports and one EndpointSlice of 1,000 endpoints (95 KB of JSON) made 300,000
+/// backends and 1.7 GiB on every replica, past the pod's memory limit (a probe). A rules file
+/// is bounded by its size; this bounds what one object can cost. A Service past it is not
+/// published, with an Event, and the others are.
+pub const MAX_BACKENDS_PER_SERVICE: usize = 50_000;
+
 /// Which object a problem is about, enough to build an Event's `regarding` reference.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ObjectId {
@@ -260,8 +267,18 @@ pub fn translate<S: Borrow<Service>, E: Borrow<Slice>>(
             clear.insert(key.clone());
             continue;
         };
-        vips.insert(key.clone(), assigned.clone());
         let svc_slices = by_service.get(key).map(Vec::as_slice).unwrap_or(&[]);
+        if let Some(why) = duplicate_port(svc) {
+            // As the rules file refuses two services at one VIP, port and protocol; the
+            // dataplane merged them silently (a probe). The status is left alone.
+            problems.push(Problem {
+                object: id.clone(),
+                reason: "DuplicatePort",
+                message: format!("not published: {why}"),
+            });
+            continue;
+        }
+        let mut made: Vec<VirtualService> = Vec::new();
         for (i, &vip) in assigned.iter().enumerate() {
             let ranges = &settings.source_ranges;
             if !ranges.is_empty() && !ranges.iter().any(|r| r.addr().is_ipv4() == vip.is_ipv4()) {
@@ -291,10 +308,25 @@ pub fn translate<S: Borrow<Service>, E: Borrow<Slice>>(
                 if let Some(vs) =
                     ctx.virtual_service(key, port, svc_slices, &mut problems, &mut bad_slices)
                 {
-                    table.services.push(vs);
+                    made.push(vs);
                 }
             }
         }
+        let backends: usize = made.iter().map(|vs| vs.backends.len()).sum();
+        if backends > MAX_BACKENDS_PER_SERVICE {
+            problems.push(Problem {
+                object: id.clone(),
+                reason: "TooManyBackends",
+                message: format!(
+                    "not published: its {} ports and their endpoints make {backends} backends, \
+                     more than the {MAX_BACKENDS_PER_SERVICE} one Service may have",
+                    made.len()
+                ),
+            });
+            continue;
+        }
+        vips.insert(key.clone(), assigned.clone());
+        table.services.extend(made);
     }
     problems.extend(bad_slices);
     problems.sort();
@@ -520,6 +552,31 @@ impl PortContext<'_> {
         }
         Some(service)
     }
+}
+
+/// Why the Service's ports cannot all be served: two with one number and protocol (one VIP
+/// port, two sets of backends), or one name twice (the slices' ports are matched by name).
+fn duplicate_port(svc: &Service) -> Option<String> {
+    let ports = svc.spec.as_ref().and_then(|s| s.ports.as_ref())?;
+    let mut numbers = BTreeMap::new();
+    let mut names = BTreeSet::new();
+    for p in ports {
+        let protocol = p.protocol.as_deref().unwrap_or("TCP");
+        if let Some(other) = numbers.insert((p.port, protocol), p.name.as_deref().unwrap_or("")) {
+            return Some(format!(
+                "port {}/{protocol} is listed twice (named {:?} and {:?})",
+                p.port,
+                other,
+                p.name.as_deref().unwrap_or("")
+            ));
+        }
+        if let Some(name) = p.name.as_deref() {
+            if !names.insert(name) {
+                return Some(format!("port name {name:?} is used twice"));
+            }
+        }
+    }
+    None
 }
 
 #[cfg(test)]

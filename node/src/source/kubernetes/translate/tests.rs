@@ -589,3 +589,92 @@ fn udp_ports_are_health_checked_only_through_a_health_port() {
     let udp = health(&t, Protocol::Udp).flatten();
     assert_eq!(udp.map(|h| h.port), Some(Some(8053)));
 }
+
+/// Two ports with one number and protocol, or one name twice, leave the Service out with an
+/// Event naming the port (the dataplane merged the two entries silently: a probe); the other
+/// Services are published.
+#[test]
+fn a_service_with_a_port_twice_is_not_published() {
+    let t = run(
+        &[
+            svc("same-number", &[("a", 8080), ("b", 8080)], &[]),
+            svc("same-name", &[("a", 9090), ("a", 9091)], &[]),
+            svc("web", &[("http", 80)], &[]),
+        ],
+        &[slice(
+            "web",
+            "a",
+            ("http", 80),
+            &[("198.18.0.3", Some(true))],
+        )],
+    );
+    let names: Vec<&str> = t.table.services.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["default/web:http"]);
+    let dup: Vec<(&str, &str)> = t
+        .problems
+        .iter()
+        .filter(|p| p.reason == "DuplicatePort")
+        .map(|p| (p.object.name.as_str(), p.message.as_str()))
+        .collect();
+    assert_eq!(dup.len(), 2, "{:?}", t.problems);
+    assert!(
+        dup[0].0 == "same-name" && dup[0].1.contains("\"a\" is used twice"),
+        "{dup:?}"
+    );
+    assert!(
+        dup[1].0 == "same-number" && dup[1].1.contains("8080/TCP"),
+        "{dup:?}"
+    );
+    assert!(!t.vips.contains_key("default/same-number"));
+}
+
+/// A Service whose ports times endpoints pass the bound is left out with an Event (300 ports
+/// and 1,000 endpoints took 1.7 GiB on every replica: a probe); one at the bound is published.
+#[test]
+fn a_service_past_the_backend_bound_is_not_published() {
+    let endpoints: Vec<String> = (0..1_000)
+        .map(|i| format!("198.18.{}.{}", i / 250, 1 + i % 250))
+        .collect();
+    let eps: Vec<(&str, Option<bool>)> =
+        endpoints.iter().map(|a| (a.as_str(), Some(true))).collect();
+    let ports = |n: usize| -> Vec<(String, i32)> {
+        (0..n)
+            .map(|i| (format!("p{i}"), 1_000 + i as i32))
+            .collect()
+    };
+    let service = |name: &str, n: usize| {
+        let ports = ports(n);
+        let refs: Vec<(&str, i32)> = ports.iter().map(|(n, p)| (n.as_str(), *p)).collect();
+        svc(name, &refs, &[])
+    };
+    let slices = |name: &str, n: usize| -> Vec<EndpointSlice> {
+        ports(n)
+            .iter()
+            .map(|(p, number)| slice(name, p, (p.as_str(), *number), &eps))
+            .collect()
+    };
+    let at_bound = MAX_BACKENDS_PER_SERVICE / 1_000;
+    let t = run(
+        &[service("big", at_bound + 1), service("fits", at_bound)],
+        &[slices("big", at_bound + 1), slices("fits", at_bound)].concat(),
+    );
+    let published: BTreeSet<&str> = t
+        .table
+        .services
+        .iter()
+        .map(|s| s.name.split(':').next().unwrap_or_default())
+        .collect();
+    assert_eq!(published, BTreeSet::from(["default/fits"]));
+    let too_many: Vec<&Problem> = t
+        .problems
+        .iter()
+        .filter(|p| p.reason == "TooManyBackends")
+        .collect();
+    assert_eq!(too_many.len(), 1, "{:?}", t.problems);
+    assert_eq!(too_many[0].object.name, "big");
+    assert!(
+        too_many[0].message.contains("51000 backends"),
+        "{}",
+        too_many[0].message
+    );
+}
