@@ -53,7 +53,13 @@ fn status_ip_modes(svc: &Service) -> Vec<Option<&str>> {
 /// `loadBalancer`), or `None` when it already does. A status with another ipMode (written by
 /// an older Shoal) is rewritten.
 pub fn with_vips(svc: &Service, vips: &[IpAddr]) -> Option<Service> {
-    let modes_right = status_ip_modes(svc).iter().all(|m| *m == Some(IP_MODE));
+    // No mode at all is an API server that drops the field (before Kubernetes 1.30, or with
+    // the LoadBalancerIPMode gate off): writing it again changes nothing there, and every
+    // change to the Service wrote the status and sent a VipAssigned Event again (a probe).
+    // A mode that is there and wrong (`VIP`, written by an earlier release) is rewritten.
+    let modes_right = status_ip_modes(svc)
+        .iter()
+        .all(|m| m.is_none() || *m == Some(IP_MODE));
     if status_ips(svc) == vips && modes_right {
         let has_entries = svc
             .status
@@ -453,6 +459,22 @@ mod tests {
             "one entry, mode Proxy"
         );
         assert!(with_vips(&fixed, &[vip]).is_none());
+
+        // An API server that drops ipMode (before 1.30) keeps the address without a mode:
+        // written once, not again on every change to the Service.
+        let mut dropped = fixed.clone();
+        for i in dropped
+            .status
+            .as_mut()
+            .and_then(|s| s.load_balancer.as_mut())
+            .and_then(|lb| lb.ingress.as_mut())
+            .into_iter()
+            .flatten()
+        {
+            i.ip_mode = None;
+        }
+        assert!(with_vips(&dropped, &[vip]).is_none());
+        assert!(with_vips(&dropped, &["203.0.113.5".parse().unwrap()]).is_some());
 
         // Dual-stack: every entry says Proxy.
         let v6: IpAddr = "2001:db8::4".parse().unwrap();
