@@ -50,6 +50,23 @@ pub struct LabNode {
     pub config: PathBuf,
 }
 
+impl LabNode {
+    /// `shoal run` in this node's namespace with its id, the lab's cluster name and the
+    /// memory dataplane; the caller adds the rest.
+    fn run_command(&self) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns, bin(), "run"]).args([
+            "--node-id",
+            &self.id,
+            "--cluster",
+            "it",
+            "--dataplane",
+            "memory",
+        ]);
+        cmd
+    }
+}
+
 pub struct Lab {
     pub prefix: String,
     pub dir: tempfile::TempDir,
@@ -248,17 +265,8 @@ impl Lab {
             .append(true)
             .open(&node.log)
             .unwrap();
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &node.ns, bin(), "run"])
-            .args([
-                "--node-id",
-                &node.id,
-                "--cluster",
-                "it",
-                "--dataplane",
-                "memory",
-            ])
-            .args(["--listen", &format!("{}:7946", node.addr4)])
+        let mut cmd = node.run_command();
+        cmd.args(["--listen", &format!("{}:7946", node.addr4)])
             .args(["--admin", "127.0.0.1:9100", "--insecure"])
             .arg("--rules")
             .arg(&self.rules)
@@ -284,16 +292,8 @@ impl Lab {
     /// `extra`) and waits for it to end (killed after 60 s): a second instance of the node.
     pub fn second_instance(&self, i: usize, extra: &[&str]) -> std::process::Output {
         let node = &self.nodes[i];
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &node.ns, bin(), "run"])
-            .args([
-                "--node-id",
-                &node.id,
-                "--cluster",
-                "it",
-                "--dataplane",
-                "memory",
-            ])
+        let mut child = node
+            .run_command()
             .args(["--admin", "127.0.0.1:9101", "--insecure", "--single-node"])
             .arg("--rules")
             .arg(&self.rules)
