@@ -1072,6 +1072,31 @@ async fn a_failed_status_write_is_retried_without_another_change() {
     node.cancel.cancel();
 }
 
+/// A list whose pages never end (a continue token that leads back to the first page) is
+/// given up after its bound, naming the kind: the publisher stayed on its last table with no
+/// error at all, 21 list requests a second (a probe).
+#[tokio::test]
+async fn a_list_that_never_ends_gives_up_naming_the_kind() {
+    let api = new_api();
+    api.apply(Kind::Service, service("ns", "a", &[("p", 80)], &[]));
+    api.endless_lists(Kind::EndpointSlice);
+    let addr = api.listen("n0").await;
+    let cfg = KubernetesConfig {
+        bounds: Bounds {
+            list: Duration::from_secs(2),
+            ..Bounds::default()
+        },
+        ..KubernetesConfig::default()
+    };
+    let node = start_with(addr, cfg);
+    let ended = tokio::time::timeout(WAIT, node.task).await;
+    let reason = format!("{ended:?}");
+    assert!(
+        reason.contains("the list of EndpointSlice has not finished"),
+        "{reason}"
+    );
+}
+
 /// One watch error on a quiet kind (an etcd leader change, an API server restart) is over once
 /// the watch is taken up again and answered, although kube yields no event for that: the
 /// publisher gave up its role after the outage bound with a healthy API server (a probe: 31 s
@@ -1129,6 +1154,7 @@ async fn a_silent_watch_with_no_answer_after_its_restart_gives_up() {
             refused: Duration::from_secs(1),
             unreachable: Duration::from_secs(2),
             silent: Duration::from_secs(2),
+            ..Bounds::default()
         },
         ..KubernetesConfig::default()
     };

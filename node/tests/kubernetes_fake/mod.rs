@@ -123,6 +123,8 @@ pub struct FakeApi {
     fail_next: Arc<Mutex<Vec<Kind>>>,
     /// Service status writes still to answer with a 500 (then they work again).
     failing_status_writes: Arc<AtomicUsize>,
+    /// Kinds whose lists never end: every page's continue token leads back to the first.
+    endless_lists: Arc<Mutex<Vec<Kind>>>,
 }
 
 #[derive(Clone)]
@@ -150,6 +152,7 @@ impl FakeApi {
             stalled: Arc::default(),
             fail_next: Arc::default(),
             failing_status_writes: Arc::default(),
+            endless_lists: Arc::default(),
         }
     }
 
@@ -204,6 +207,11 @@ impl FakeApi {
     /// The next `n` Service status writes are answered 500 (an API server having trouble).
     pub fn fail_status_writes(&self, n: usize) {
         self.failing_status_writes.store(n, Ordering::SeqCst);
+    }
+
+    /// Lists of `kind` never end: each page's continue token leads back to the first page.
+    pub fn endless_lists(&self, kind: Kind) {
+        self.endless_lists.lock().unwrap().push(kind);
     }
 
     /// Lists return at most `n` items per page, with a continue token, whatever `limit` asks.
@@ -518,7 +526,9 @@ fn list(api: &FakeApi, kind: Kind, ns: Option<&str>, query: &BTreeMap<String, St
         .map(|v| (*v).clone())
         .collect();
     let mut metadata = json!({"resourceVersion": list_rv.to_string()});
-    if end < all.len() {
+    if api.endless_lists.lock().unwrap().contains(&kind) {
+        metadata["continue"] = json!(format!("{list_rv}.0"));
+    } else if end < all.len() {
         metadata["continue"] = json!(format!("{list_rv}.{end}"));
         metadata["remainingItemCount"] = json!(all.len() - end);
     }

@@ -28,6 +28,11 @@ pub struct Bounds {
     /// when nothing changes. Watch timeouts are whole seconds, so below 2 s healthy watches
     /// would look silent.
     pub silent: Duration,
+    /// A list (all its pages) of one kind that has not finished after this long is a failure
+    /// the publisher gives the role up for: an API server whose `continue` token led back to
+    /// the first page kept the publisher on its last table, 21 list requests a second, with
+    /// no error at all (a probe). The largest clusters' lists take seconds.
+    pub list: Duration,
 }
 
 impl Default for Bounds {
@@ -36,8 +41,21 @@ impl Default for Bounds {
             refused: Duration::from_secs(5),
             unreachable: Duration::from_secs(30),
             silent: Duration::from_secs(60),
+            list: Duration::from_secs(120),
         }
     }
+}
+
+/// `Some(reason)` when a list of `kind` begun at `since` has not finished by `now`.
+pub fn list_overdue(kind: &str, since: Instant, now: Instant, bounds: &Bounds) -> Option<String> {
+    let took = now.saturating_duration_since(since);
+    (took >= bounds.list).then(|| {
+        format!(
+            "the list of {kind} has not finished after {}s: the API server's pages do not end \
+             (a continue token that leads back?)",
+            took.as_secs()
+        )
+    })
 }
 
 /// The `timeoutSeconds` of each watch request: half the silence bound, so that a healthy

@@ -30,6 +30,7 @@ use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::{watcher as watch_stream, WatchStreamExt};
 use kube::Client;
+use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -118,6 +119,8 @@ fn is_expired(e: &watcher::Error) -> bool {
 
 struct Watched<'a> {
     health: &'a mut ApiHealth,
+    /// Kinds whose list has begun and not finished, since when.
+    listing: &'a mut BTreeMap<&'static str, Instant>,
     heard: &'a Heard,
     metrics: &'a KubernetesMetrics,
     status: &'a SourceStatus,
@@ -136,6 +139,15 @@ impl Watched<'_> {
         }
         match ev {
             Some(Ok(e)) => {
+                match e {
+                    Event::Init => {
+                        self.listing.entry(kind).or_insert_with(Instant::now);
+                    }
+                    Event::InitDone => {
+                        self.listing.remove(kind);
+                    }
+                    _ => {}
+                }
                 if matches!(e, Event::Init) {
                     // Sent before the list request: not an answer from the API server.
                     self.metrics
@@ -232,6 +244,7 @@ pub async fn run_loop(
     let write_task = tokio::spawn(write_loop(writer, job_rx, fixed_pools.is_none()));
     let _abort = AbortOnDrop(write_task);
     let mut health = ApiHealth::default();
+    let mut listing: BTreeMap<&'static str, Instant> = BTreeMap::new();
     let mut due: Option<Instant> = None;
     let mut check = tokio::time::interval(Duration::from_secs(1));
     tracing::info!(
@@ -254,6 +267,7 @@ pub async fn run_loop(
         };
         let mut w = Watched {
             health: &mut health,
+            listing: &mut listing,
             heard: &heard,
             metrics: &metrics,
             status: &status,
@@ -282,7 +296,10 @@ pub async fn run_loop(
                 if !health.recover(&heard.last_answered()).is_empty() && health.all_ok() {
                     status.clear_error();
                 }
-                if let Some(reason) = health.give_up(now, &cfg.bounds) {
+                let overdue = listing.iter().find_map(|(kind, since)| {
+                    api_health::list_overdue(kind, *since, now, &cfg.bounds)
+                });
+                if let Some(reason) = overdue.or_else(|| health.give_up(now, &cfg.bounds)) {
                     tracing::error!(%reason, "giving up the publisher role");
                     return Err(SourceError::GaveUp(reason));
                 }
