@@ -20,15 +20,37 @@ type Collections = BTreeMap<(String, String), &'static str>;
 #[derive(Clone, Debug)]
 pub struct Heard {
     collections: Arc<Collections>,
-    last: Arc<Mutex<BTreeMap<&'static str, Instant>>>,
+    last: Latest,
     /// When a GET of each kind's collection was last answered with a success status (the
     /// headers: a re-watch of a quiet kind says nothing more for minutes).
-    answered: Arc<Mutex<BTreeMap<&'static str, Instant>>>,
+    answered: Latest,
+}
+
+/// The latest instant noted per kind, shared between the client's tap and the source's loop.
+#[derive(Clone, Debug, Default)]
+struct Latest(Arc<Mutex<BTreeMap<&'static str, Instant>>>);
+
+impl Latest {
+    fn note(&self, kind: &'static str, now: Instant) {
+        // A poisoned lock only means another holder panicked mid-insert of an Instant.
+        let mut latest = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let t = latest.entry(kind).or_insert(now);
+        *t = (*t).max(now);
+    }
+
+    fn all(&self) -> Vec<(&'static str, Instant)> {
+        let latest = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        latest.iter().map(|(k, t)| (*k, *t)).collect()
+    }
 }
 
 impl Heard {
     /// Watches `kinds` ((group, plural, kind)), each counted as heard from `now`.
     pub fn new(kinds: &[(&str, &str, &'static str)], now: Instant) -> Self {
+        let last = Latest::default();
+        for (_, _, kind) in kinds {
+            last.note(kind, now);
+        }
         Heard {
             collections: Arc::new(
                 kinds
@@ -36,37 +58,28 @@ impl Heard {
                     .map(|(g, p, k)| ((g.to_string(), p.to_string()), *k))
                     .collect(),
             ),
-            last: Arc::new(Mutex::new(
-                kinds.iter().map(|(_, _, k)| (*k, now)).collect(),
-            )),
-            answered: Arc::new(Mutex::new(BTreeMap::new())),
+            last,
+            answered: Latest::default(),
         }
     }
 
     /// A GET of `kind`'s collection was answered with a success status at `now`.
     pub fn answered(&self, kind: &'static str, now: Instant) {
-        let mut answered = self.answered.lock().unwrap_or_else(|e| e.into_inner());
-        let t = answered.entry(kind).or_insert(now);
-        *t = (*t).max(now);
+        self.answered.note(kind, now);
     }
 
     /// Each kind and when a GET of it was last answered with a success status.
     pub fn last_answered(&self) -> Vec<(&'static str, Instant)> {
-        let answered = self.answered.lock().unwrap_or_else(|e| e.into_inner());
-        answered.iter().map(|(k, t)| (*k, *t)).collect()
+        self.answered.all()
     }
 
     pub fn heard(&self, kind: &'static str, now: Instant) {
-        // A poisoned lock only means another holder panicked mid-insert of an Instant.
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        let t = last.entry(kind).or_insert(now);
-        *t = (*t).max(now);
+        self.last.note(kind, now);
     }
 
     /// Each watched kind and when it was last heard from.
     pub fn last(&self) -> Vec<(&'static str, Instant)> {
-        let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        last.iter().map(|(k, t)| (*k, *t)).collect()
+        self.last.all()
     }
 
     fn kind_of(&self, path: &str) -> Option<&'static str> {
