@@ -484,13 +484,14 @@ fn counting_requests(
 async fn cluster(State(s): State<AdminState>) -> Json<ClusterStatus> {
     s.mesh.wait_fresh().await;
     let health = serde_json::to_value(s.health.report()).unwrap_or_default();
-    let mut status = ClusterStatus::from_view(&s.mesh.view(), health);
+    let view = s.mesh.view();
+    let mut status = ClusterStatus::from_view(&view, health);
     let mut reports = crate::announce::reports(&s.mesh, &s.announce);
     for m in &mut status.members {
         m.announce = reports.remove(&m.id);
     }
     status.source_error = publisher_source_error(&s.mesh, status.publisher.as_deref());
-    status.not_ready = ready_state(&s).err();
+    status.not_ready = ready_state(&s, &view).err();
     Json(status)
 }
 
@@ -526,10 +527,11 @@ struct TableResponse {
 
 async fn table(State(s): State<AdminState>) -> Result<Json<TableResponse>, AdminError> {
     let Some(head) = s.mesh.current() else {
-        return Err(match s.mesh.view().head {
+        let view = s.mesh.view();
+        return Err(match &view.head {
             Some(head) => AdminError::NotHeld {
                 head: (&head.version).into(),
-                why: ready_state(&s)
+                why: ready_state(&s, &view)
                     .err()
                     .unwrap_or_else(|| "fetching it".into()),
             },
@@ -569,7 +571,7 @@ async fn node(State(s): State<AdminState>) -> Json<NodeResponse> {
 
 async fn readyz(State(s): State<AdminState>) -> Response {
     s.mesh.wait_fresh().await;
-    match ready_state(&s) {
+    match ready_state(&s, &s.mesh.view()) {
         Ok(why) => (StatusCode::OK, format!("ready: {why}\n")).into_response(),
         Err(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -579,9 +581,10 @@ async fn readyz(State(s): State<AdminState>) -> Response {
     }
 }
 
-/// Whether this node serves, with what (`Ok`) or the most important reason it does not.
-fn ready_state(s: &AdminState) -> Result<String, String> {
-    let head = cluster_head(&s.mesh.view(), &s.mesh);
+/// Whether this node serves, with what (`Ok`) or the most important reason it does not, by
+/// `view` (the caller's: `/v1/cluster` answers with the same one).
+fn ready_state(s: &AdminState, view: &shoal_gossip::ClusterView) -> Result<String, String> {
+    let head = cluster_head(view, &s.mesh);
     let applied = s.reconcile.get().applied;
     let role = s.mesh.role_reason();
     readiness(&role, head.as_ref(), applied.as_ref())
