@@ -125,6 +125,18 @@ fn names(t: &RuleTable) -> Vec<&str> {
     t.services.iter().map(|s| s.name.as_str()).collect()
 }
 
+/// An API server holding one Service, `ns/a` port `p` 80, and its slice with one ready
+/// endpoint, 198.18.0.1.
+fn one_served_service() -> FakeApi {
+    let api = new_api();
+    api.apply(Kind::Service, service("ns", "a", &[("p", 80)], &[]));
+    api.apply(
+        Kind::EndpointSlice,
+        slice("ns", "a", "x", ("p", 80), &[("198.18.0.1", true)]),
+    );
+    api
+}
+
 fn status_ip(api: &FakeApi, ns: &str, name: &str) -> Option<String> {
     api.get(Kind::Service, ns, name)?["status"]["loadBalancer"]["ingress"][0]["ip"]
         .as_str()
@@ -983,12 +995,7 @@ fn count(
 /// after its timeoutSeconds, which counts as word from the server.
 #[tokio::test]
 async fn a_silent_watch_is_restarted_and_the_table_catches_up() {
-    let api = new_api();
-    api.apply(Kind::Service, service("ns", "a", &[("p", 80)], &[]));
-    api.apply(
-        Kind::EndpointSlice,
-        slice("ns", "a", "x", ("p", 80), &[("198.18.0.1", true)]),
-    );
+    let api = one_served_service();
     api.stall_watches(Kind::EndpointSlice);
     let addr = api.listen("n0").await;
     let metrics = KubernetesMetrics::default();
@@ -1103,12 +1110,7 @@ async fn a_list_that_never_ends_gives_up_naming_the_kind() {
 /// after one ERROR event, and on every blip a little over 30 s apart).
 #[tokio::test]
 async fn one_watch_error_on_a_quiet_kind_is_no_outage() {
-    let api = new_api();
-    api.apply(Kind::Service, service("ns", "a", &[("p", 80)], &[]));
-    api.apply(
-        Kind::EndpointSlice,
-        slice("ns", "a", "x", ("p", 80), &[("198.18.0.1", true)]),
-    );
+    let api = one_served_service();
     let addr = api.listen("n0").await;
     let metrics = KubernetesMetrics::default();
     let cfg = KubernetesConfig {
