@@ -1,15 +1,17 @@
 //! Shared backend health: each backend is probed by a few replicas, the opinions travel in
 //! gossip, and every replica computes the same up/down verdict from its view.
 //!
-//! Pure core: `assign` (who checks what), `hysteresis` (one checker's opinion), `verdict` (the
-//! shared decision), `wire` (gossip encoding), `gossiped` (the opinions read, decoded once),
-//! `judged` (the verdicts kept, per service), `report` (what the admin API shows). Shell:
-//! `prober` (TCP/HTTP probes), `runner` (the loop), `board` (the mesh trait) with `mesh_board`
-//! and the in-memory twin `memory_board`. Not here: turning verdicts into dataplane weights
+//! Pure core: `assign` (who checks what), `hysteresis` (one checker's opinion), `duty` (one
+//! checked backend: its check, opinion and timing), `verdict` (the shared decision), `wire`
+//! (gossip encoding), `gossiped` (the opinions read, decoded once), `judged` (the verdicts kept,
+//! per service), `report` (what the admin API shows). Shell: `prober` (TCP/HTTP probes),
+//! `runner` (the loop), `board` (the mesh trait) with `mesh_board` and the in-memory twin
+//! `memory_board`. Not here: turning verdicts into dataplane weights
 //! (the daemon does that from `HealthHandle::verdicts`). See docs/health.md.
 
 pub mod assign;
 pub mod board;
+mod duty;
 pub mod gossiped;
 pub mod hysteresis;
 pub mod judged;
