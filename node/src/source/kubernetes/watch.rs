@@ -139,22 +139,17 @@ impl Watched<'_> {
         }
         match ev {
             Some(Ok(e)) => {
-                match e {
-                    Event::Init => {
-                        self.listing.entry(kind).or_insert_with(Instant::now);
-                    }
-                    Event::InitDone => {
-                        self.listing.remove(kind);
-                    }
-                    _ => {}
-                }
                 if matches!(e, Event::Init) {
                     // Sent before the list request: not an answer from the API server.
+                    self.listing.entry(kind).or_insert_with(Instant::now);
                     self.metrics
                         .relists
                         .get_or_create(&KindLabel { kind })
                         .inc();
                 } else {
+                    if matches!(e, Event::InitDone) {
+                        self.listing.remove(kind);
+                    }
                     self.health.on_ok(kind);
                     // The API server answers again about every kind: the last table stands
                     // for what it holds.
