@@ -128,12 +128,13 @@ impl Duty {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::health::hysteresis::CheckState;
     use crate::table::Probe;
 
-    fn check(probe: Probe, interval_ms: u64) -> HealthCheck {
+    /// A check with the defaults the tests of the health loop build on.
+    pub(in crate::health) fn check(probe: Probe, interval_ms: u64) -> HealthCheck {
         HealthCheck {
             probe,
             interval_ms,

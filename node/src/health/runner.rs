@@ -484,19 +484,9 @@ fn checked_here(
 
 #[cfg(test)]
 mod tests {
+    use super::super::duty::tests::check;
     use super::*;
     use crate::table::Probe;
-
-    fn check(probe: Probe, interval_ms: u64) -> HealthCheck {
-        HealthCheck {
-            probe,
-            interval_ms,
-            timeout_ms: 500,
-            rise: 2,
-            fall: 3,
-            port: None,
-        }
-    }
 
     fn duty(check: HealthCheck, next_due: Instant) -> Duty {
         Duty::new(check, next_due)
