@@ -788,6 +788,38 @@ async fn expired_resource_version_relists_and_the_table_stays_right() {
     node.task.await.unwrap().unwrap();
 }
 
+/// After an etcd restore the API server's resourceVersions go back: a watch from the newer one
+/// the source last saw gets "Too large resource version" (504). client-go relists at once; the
+/// source retried the same version until its 30 s bound and gave the publisher role up (a
+/// probe), and a change made meanwhile reached no table.
+#[tokio::test]
+async fn a_resource_version_from_before_a_restore_relists_at_once() {
+    let api = one_served_service();
+    let addr = api.listen("n0").await;
+    let metrics = KubernetesMetrics::default();
+    let mut node = start_metered(addr, config(), metrics.clone());
+    wait_table(&mut node.rx, "first table", |t| names(t) == ["ns/a:p"]).await;
+    api.restore_to(0);
+    api.apply(Kind::Service, service("ns", "b", &[("p", 80)], &[]));
+    let started = tokio::time::Instant::now();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        wait_table(&mut node.rx, "the change after the restore", |t| {
+            names(t) == ["ns/a:p", "ns/b:p"]
+        }),
+    )
+    .await
+    .expect("the change after the restore reached a table within 10 s (the bound is 30 s)");
+    assert!(
+        count(&metrics.relists, "Service") >= 2,
+        "the Service watch listed again"
+    );
+    assert!(!node.task.is_finished(), "gave the role up");
+    eprintln!("relisted after {:?}", started.elapsed());
+    node.cancel.cancel();
+    node.task.await.unwrap().unwrap();
+}
+
 /// Bookmarks move the watcher's resourceVersion forward, so a watch that ends after history
 /// was compacted resumes from the bookmark without a 410 and without a relist.
 #[tokio::test]

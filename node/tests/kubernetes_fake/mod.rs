@@ -226,6 +226,19 @@ impl FakeApi {
         s.history.clear();
     }
 
+    /// An etcd restore from a backup taken at `rv`: the resourceVersion counter goes back to
+    /// it (the objects stay as they are, the changes after it are forgotten) and every open
+    /// watch ends. A watch from a newer resourceVersion then gets what a real API server sends:
+    /// 200, then one ERROR event, a 504 "Too large resource version" Status.
+    pub fn restore_to(&self, rv: u64) {
+        {
+            let mut s = self.lock();
+            s.rv = rv;
+            s.history.retain(|(at, ..)| *at <= rv);
+        }
+        let _ = self.changes.send(Change::CloseAll);
+    }
+
     /// Sends a BOOKMARK with the newest resourceVersion to every watch that allows them.
     pub fn bookmark(&self) -> u64 {
         let rv = self.lock().rv;
@@ -573,7 +586,7 @@ fn watch(
     };
     // Subscribe before reading history so nothing falls between the two.
     let rx = l.api.changes.subscribe();
-    let (backlog, compacted) = {
+    let (backlog, compacted, current) = {
         let s = l.api.lock();
         let backlog: Vec<(u64, Value)> = s
             .history
@@ -581,8 +594,22 @@ fn watch(
             .filter(|(rv, k, _, o)| *rv > from && in_scope(*k, o))
             .map(|(rv, _, t, o)| (*rv, json!({"type": t, "object": o})))
             .collect();
-        (backlog, from < s.compacted_rv)
+        (backlog, from < s.compacted_rv, s.rv)
     };
+    if from > current {
+        let too_large = json!({"type": "ERROR", "object": {
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "reason": "Timeout", "code": 504,
+            "message": format!("Too large resource version: {from}, current: {current}"),
+            "details": {"causes": [{
+                "reason": "ResourceVersionTooLarge", "message": "Too large resource version",
+            }], "retryAfterSeconds": 1},
+        }});
+        return Response::builder()
+            .header("content-type", "application/json")
+            .body(Body::from_stream(futures::stream::iter([line(too_large)])))
+            .unwrap();
+    }
     if compacted {
         // What a real API server does: 200, then one ERROR event with a 410 Status.
         let gone = json!({"type": "ERROR", "object": {

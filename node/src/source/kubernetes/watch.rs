@@ -117,6 +117,24 @@ fn is_expired(e: &watcher::Error) -> bool {
     matches!(e, watcher::Error::WatchError(s) if s.code == 410)
 }
 
+/// A watch from a resourceVersion the API server has not reached: after an etcd restore its
+/// versions went back. client-go relists at once (`isTooLargeResourceVersionError`); kube's
+/// watcher retries the same version for good, so the source restarts the watch itself.
+fn is_too_large(e: &watcher::Error) -> bool {
+    let status = match e {
+        watcher::Error::WatchError(s) => s,
+        watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => s,
+        _ => return false,
+    };
+    let cause = status.details.as_ref().is_some_and(|d| {
+        d.causes
+            .iter()
+            .any(|c| c.reason == "ResourceVersionTooLarge")
+    });
+    cause || status.message.contains("Too large resource version")
+}
+
 struct Watched<'a> {
     health: &'a mut ApiHealth,
     /// Kinds whose list has begun and not finished, since when.
@@ -125,7 +143,17 @@ struct Watched<'a> {
     metrics: &'a KubernetesMetrics,
     status: &'a SourceStatus,
     due: &'a mut Option<Instant>,
+    /// Kinds whose watch must start over with a list ([`is_too_large`]).
+    restart: &'a mut Vec<&'static str>,
+    /// When each kind's watch was last started over for [`is_too_large`].
+    relisted: &'a mut BTreeMap<&'static str, Instant>,
 }
+
+/// A watch started over for a too-large resourceVersion is not started over again for this
+/// long: a server that says so right after a fresh list is failing, and that failure takes the
+/// ordinary path (retried after a backoff, counted against the bounds) rather than a list
+/// request in a tight loop.
+const RELIST_GAP: Duration = Duration::from_secs(10);
 
 impl Watched<'_> {
     fn apply<K: serde::de::DeserializeOwned + Clone>(
@@ -168,6 +196,18 @@ impl Watched<'_> {
                     .inc();
                 if is_expired(&e) {
                     tracing::info!(kind, "resourceVersion expired; relisting");
+                } else if is_too_large(&e)
+                    && self
+                        .relisted
+                        .get(kind)
+                        .is_none_or(|at| at.elapsed() >= RELIST_GAP)
+                {
+                    self.relisted.insert(kind, Instant::now());
+                    tracing::warn!(
+                        kind, error = %e,
+                        "the API server has not reached the resourceVersion this watch is at (an etcd restore?); listing again"
+                    );
+                    self.restart.push(kind);
                 } else {
                     tracing::warn!(kind, error = %e, "watch error, retrying after a backoff");
                     // Said at once in /v1/node and, gossiped, in every node's status: the
@@ -241,6 +281,8 @@ pub async fn run_loop(
     let mut health = ApiHealth::default();
     let mut listing: BTreeMap<&'static str, Instant> = BTreeMap::new();
     let mut due: Option<Instant> = None;
+    let mut restart: Vec<&'static str> = Vec::new();
+    let mut relisted: BTreeMap<&'static str, Instant> = BTreeMap::new();
     let mut check = tokio::time::interval(Duration::from_secs(1));
     tracing::info!(
         class = %cfg.load_balancer_class,
@@ -250,6 +292,16 @@ pub async fn run_loop(
     );
 
     loop {
+        for kind in restart.drain(..) {
+            // Dropping the old stream closes its connection; the new one lists first.
+            let (stream, resource, namespace) = match kind {
+                "Service" => (&mut svc_events, &svc_resource, ns),
+                "EndpointSlice" => (&mut slice_events, &slice_resource, ns),
+                _ => (&mut pool_events, &pool_resource, None),
+            };
+            *stream = events(&client, resource, namespace, timeout);
+            heard.heard(kind, Instant::now());
+        }
         let ready =
             services.synced() && slices.synced() && (fixed_pools.is_some() || pool_cache.synced());
         let step = tokio::select! {
@@ -267,6 +319,8 @@ pub async fn run_loop(
             metrics: &metrics,
             status: &status,
             due: &mut due,
+            restart: &mut restart,
+            relisted: &mut relisted,
         };
         match step {
             Step::Stop => {
@@ -278,16 +332,14 @@ pub async fn run_loop(
             Step::Pool(ev) => w.apply(&mut pool_cache, pools::KIND, ev)?,
             Step::Check => {
                 let now = Instant::now();
-                for kind in silent_kinds(&heard, now, &cfg.bounds, &metrics, &status, &mut health) {
-                    // Dropping the old stream closes its connection; the new one relists.
-                    let (stream, resource, namespace) = match kind {
-                        "Service" => (&mut svc_events, &svc_resource, ns),
-                        "EndpointSlice" => (&mut slice_events, &slice_resource, ns),
-                        _ => (&mut pool_events, &pool_resource, None),
-                    };
-                    *stream = events(&client, resource, namespace, timeout);
-                    heard.heard(kind, now);
-                }
+                restart.extend(silent_kinds(
+                    &heard,
+                    now,
+                    &cfg.bounds,
+                    &metrics,
+                    &status,
+                    &mut health,
+                ));
                 if !health.recover(&heard.last_answered()).is_empty() && health.all_ok() {
                     status.clear_error();
                 }
