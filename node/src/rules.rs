@@ -580,10 +580,13 @@ fn health_of(
             host: h.host.as_ref().map(|v| v.get_ref().clone()),
         },
     };
+    let interval_ms = or(&h.interval_ms, 1000);
     Ok(HealthCheck {
         probe,
-        interval_ms: or(&h.interval_ms, 1000),
-        timeout_ms: or(&h.timeout_ms, 500),
+        interval_ms,
+        // The default waits no longer than the interval: `interval_ms = 200` alone was refused
+        // for a timeout of 500 the file never set (a probe).
+        timeout_ms: or(&h.timeout_ms, 500.min(interval_ms)),
         rise: or(&h.rise, 2),
         fall: or(&h.fall, 3),
         port: h.port.as_ref().map(|p| *p.get_ref()),

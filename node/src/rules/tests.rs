@@ -140,14 +140,14 @@ fn health_timeouts_are_checked() {
     let e = parse(text).unwrap_err();
     assert_eq!(e.field, "service[0].health.timeout_ms");
     assert_eq!(e.line, 8, "the timeout's own line: {e}");
-    // A refused default has no line of its own: the error points at the table.
-    let text = "[[service]]\nname='a'\nvip='203.0.113.1'\nport=80\n[service.health]\nkind='http'\ninterval_ms=100\n";
-    let e = parse(text).unwrap_err();
-    assert_eq!(
-        (e.line, e.field.as_str()),
-        (5, "service[0].health.timeout_ms"),
-        "{e}"
-    );
+    // The default timeout (500 ms) waits no longer than a shorter interval: `interval_ms`
+    // alone below it was refused for a timeout the file never set (a probe).
+    for (interval, timeout) in [(100, 100), (499, 499), (500, 500), (5_000, 500)] {
+        let text = format!("{HEAD}[service.health]\nkind='http'\ninterval_ms={interval}\n");
+        let table = parse(&text).unwrap();
+        let h = table.services[0].health.as_ref().expect("health");
+        assert_eq!(h.timeout_ms, timeout, "interval {interval}");
+    }
 }
 
 #[test]

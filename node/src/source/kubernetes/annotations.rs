@@ -16,7 +16,7 @@
 //! | `shoal.io/health-expect-status` | 100..=599 | `200` |
 //! | `shoal.io/health-host` | Host header | none |
 //! | `shoal.io/health-interval-ms` | >= 100 | `2000` |
-//! | `shoal.io/health-timeout-ms` | 1..=interval | `1000` |
+//! | `shoal.io/health-timeout-ms` | 1..=interval | `1000`, or the interval when shorter |
 //! | `shoal.io/health-rise` | 1..=100 | `2` |
 //! | `shoal.io/health-fall` | 1..=100 | `3` |
 //! | `shoal.io/health-port` | the TCP port probed, when not the backend's (required to check UDP/SCTP ports) | the backend's port; UDP/SCTP ports unchecked |
@@ -281,9 +281,12 @@ fn parse_health<'a>(
     if let Some(v) = get(HEALTH_INTERVAL_MS) {
         h.interval_ms = parse_num(HEALTH_INTERVAL_MS, v)?;
     }
-    if let Some(v) = get(HEALTH_TIMEOUT_MS) {
-        h.timeout_ms = parse_num(HEALTH_TIMEOUT_MS, v)?;
-    }
+    h.timeout_ms = match get(HEALTH_TIMEOUT_MS) {
+        Some(v) => parse_num(HEALTH_TIMEOUT_MS, v)?,
+        // The default waits no longer than the interval: a shorter interval alone was refused
+        // for a timeout the Service never set, and the Service went unpublished (a probe).
+        None => h.timeout_ms.min(h.interval_ms),
+    };
     for (key, slot) in [(HEALTH_RISE, &mut h.rise), (HEALTH_FALL, &mut h.fall)] {
         if let Some(v) = get(key) {
             *slot = parse_num(key, v)?;
@@ -468,7 +471,10 @@ mod tests {
             ),
             (&[(HEALTH_INTERVAL_MS, "10")], HEALTH_INTERVAL_MS),
             (&[(HEALTH_TIMEOUT_MS, "5000")], HEALTH_TIMEOUT_MS),
-            (&[(HEALTH_INTERVAL_MS, "500")], HEALTH_TIMEOUT_MS),
+            (
+                &[(HEALTH_INTERVAL_MS, "500"), (HEALTH_TIMEOUT_MS, "600")],
+                HEALTH_TIMEOUT_MS,
+            ),
             (&[(HEALTH_RISE, "0")], HEALTH_RISE),
             (&[(HEALTH_FALL, "-1")], HEALTH_FALL),
             (&[(HEALTH_PORT, "0")], HEALTH_PORT),
@@ -522,5 +528,22 @@ mod tests {
                 Err(e) => prop_assert_eq!(e.annotation, key),
             }
         }
+    }
+
+    /// The default timeout (1 s) waits no longer than a shorter interval: an interval alone
+    /// below it was refused for a timeout the Service never set (a probe).
+    #[test]
+    fn the_default_timeout_follows_a_shorter_interval() {
+        for (interval, timeout) in [("100", 100), ("500", 500), ("999", 999), ("5000", 1_000)] {
+            let s = parse(&ann(&[(HEALTH_INTERVAL_MS, interval)]), None).unwrap();
+            let h = s.health.expect("tcp by default");
+            assert_eq!(h.timeout_ms, timeout, "interval {interval}");
+        }
+        let s = parse(
+            &ann(&[(HEALTH_INTERVAL_MS, "500"), (HEALTH_TIMEOUT_MS, "50")]),
+            None,
+        )
+        .unwrap();
+        assert_eq!(s.health.map(|h| h.timeout_ms), Some(50), "set, kept");
     }
 }
