@@ -10,8 +10,9 @@
 //! 3. Otherwise the newest generation counts: a restarted node at the same address replaces
 //!    its old incarnation at once, even before the failure detector has judged it dead.
 //!
-//! The viewing node always keeps its own record in its own view (so it can show its state),
-//! even when rule 2 refuses it.
+//! The viewing node always keeps its own record in its own members (its own decisions rest on
+//! it), even when rule 2 refuses it; the view it shows then lists the kept record in its place
+//! (`Duplicate::kept_record`), as every other node does.
 
 use crate::version::NodeId;
 use crate::view::RawMember;
@@ -26,7 +27,7 @@ pub struct Incarnation {
 }
 
 /// A node id with live incarnations at several addresses.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Duplicate {
     pub id: NodeId,
     /// The oldest live incarnation: the one the cluster keeps.
@@ -35,6 +36,10 @@ pub(crate) struct Duplicate {
     pub refused: Vec<Incarnation>,
     /// The viewing node is one of `refused`: it must refuse to serve.
     pub refuses_me: bool,
+    /// With `refuses_me`: the kept incarnation's record, which the viewing node's own record
+    /// stands in for in its members. Its view of the cluster shows this one (the member the
+    /// cluster counts), not itself: a refused duplicate named another publisher (a probe).
+    pub kept_record: Option<RawMember>,
 }
 
 /// Keeps the incarnation that counts for each node id (see the module doc) and reports the
@@ -74,11 +79,21 @@ pub(crate) fn choose(raw: Vec<RawMember>) -> (Vec<RawMember>, Vec<Duplicate>) {
                 .copied()
                 .filter(|i| i.listen != oldest.listen)
                 .collect();
+            let refuses_me = me.is_some_and(|m| refused.contains(&m));
+            let kept_record = refuses_me
+                .then(|| {
+                    records
+                        .iter()
+                        .find(|r| r.generation == oldest.generation && r.listen == oldest.listen)
+                        .cloned()
+                })
+                .flatten();
             duplicates.push(Duplicate {
                 id: id.clone(),
                 kept: oldest,
-                refuses_me: me.is_some_and(|m| refused.contains(&m)),
+                refuses_me,
                 refused,
+                kept_record,
             });
             oldest
         } else {
@@ -219,9 +234,12 @@ mod tests {
         let (kept, dups) = choose(vec![older.clone(), me(younger.clone())]);
         assert_eq!(gens(&kept), vec![("n1".into(), 2)]);
         assert!(dups[0].refuses_me);
+        // ... and the record of the older, for its view of the cluster.
+        assert_eq!(dups[0].kept_record.as_ref(), Some(&older));
         // Seen by the older: it keeps serving.
         let (_, dups) = choose(vec![me(older), younger]);
         assert!(!dups[0].refuses_me);
+        assert_eq!(dups[0].kept_record, None);
     }
 
     #[test]

@@ -199,6 +199,24 @@ async fn duplicate_id_keeps_the_older_and_the_younger_refuses() {
             );
             assert_eq!(n.current().map(|c| c.version.clone()), Some(v1.clone()));
         }
+        // The twin answers for the cluster as the others do: n0 is the older process, the
+        // publisher (it named n1, with itself in n0's place: a probe).
+        let seen_by_twin = twin.view();
+        assert_eq!(
+            seen_by_twin.publisher.as_ref().map(NodeId::as_str),
+            Some("n0"),
+            "the twin sees {seen_by_twin:#?}"
+        );
+        let n0 = seen_by_twin
+            .members
+            .iter()
+            .find(|m| m.id.as_str() == "n0")
+            .expect("n0 in the twin's view");
+        assert_eq!(
+            (n0.generation, n0.listen, n0.role.clone()),
+            (real_generation, nodes[0].listen_addr(), Role::Publisher),
+            "the twin lists itself as n0"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(matches!(twin.role_reason(), RoleReason::DuplicateId { .. }));

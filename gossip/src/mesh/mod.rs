@@ -145,6 +145,9 @@ struct State {
     /// Dead members known only from peers' gossip, listed in the view, never counted
     /// (`incarnation::relayed_dead`).
     relayed_dead: Vec<crate::view::Member>,
+    /// While an older live process has this node's id: the member the cluster counts for it,
+    /// which the view shows in place of this process (`incarnation::Duplicate::kept_record`).
+    refused_kept: Option<crate::view::Member>,
     /// Duplicate ids noticed so far (each new one counted once).
     duplicates_seen: u64,
     /// Warnings that would repeat every retry (an epoch file that cannot be written).
@@ -352,6 +355,7 @@ impl<D: Document> Mesh<D> {
                 first_hand_version: 0,
                 duplicates: Vec::new(),
                 relayed_dead: Vec::new(),
+                refused_kept: None,
                 duplicates_seen: 0,
                 warns: crate::transport::alarm::WarnGate::new(Duration::from_secs(60)),
                 shadowed_by: None,
@@ -532,6 +536,14 @@ impl<D: Document> Mesh<D> {
 
     pub fn view(&self) -> ClusterView {
         let st = lock(&self.inner.state);
+        if let Some(kept) = &st.refused_kept {
+            // Refused as a duplicate: the cluster as its members count it, the older process
+            // under this id; `/readyz` and the role say why this one does not serve.
+            let (members, decisions) = st.replica.cluster_beside(kept, unix_ms());
+            let mut view = build_view(&self.inner.node_id, &members, &st.relayed_dead, &decisions);
+            self.mark_unjudged(&st, &mut view);
+            return view;
+        }
         let decisions = st.replica.decisions().cloned().unwrap_or(Decisions {
             head: None,
             publisher: None,
@@ -548,6 +560,12 @@ impl<D: Document> Mesh<D> {
             me.held = self.current().map(|s| s.version.clone());
             me.last_seen_ms = Some(0);
         }
+        self.mark_unjudged(&st, &mut view);
+        view
+    }
+
+    /// Members heard but not judged yet are `unjudged`, not dead.
+    fn mark_unjudged(&self, st: &State, view: &mut ClusterView) {
         for m in view
             .members
             .iter_mut()
@@ -555,7 +573,6 @@ impl<D: Document> Mesh<D> {
         {
             m.unjudged = st.replica.unjudged(&m.id, m.generation);
         }
-        view
     }
 
     /// Sets an application key (e.g. a health result), gossiped to every member.

@@ -228,8 +228,11 @@ impl<D: Document> Inner<D> {
                     warn!(node = %d.id, kept_generation = d.kept.generation, kept_at = %d.kept.listen, refused = ?d.refused, "duplicate node id: two live processes claim it; the cluster keeps the older");
                 }
             }
-            let refused = duplicates.iter().find(|d| d.refuses_me).map(|d| d.kept);
-            st.replica.handle_duplicate(refused);
+            let refused = duplicates.iter().find(|d| d.refuses_me);
+            st.replica.handle_duplicate(refused.map(|d| d.kept));
+            st.refused_kept = refused
+                .and_then(|d| d.kept_record.clone())
+                .map(parse_member);
             st.duplicates = duplicates;
         }
         let now_ms = now.saturating_duration_since(self.started).as_millis() as u64;

@@ -318,6 +318,23 @@ impl Replica {
     pub(crate) fn decisions(&self) -> Option<&Decisions> {
         self.decisions.as_ref()
     }
+
+    /// The members and decisions as the cluster counts them while this node is refused as a
+    /// duplicate: `kept`, the older process with this node's id, in place of this node's own
+    /// record. This node's own decisions keep its own record (what it holds, that it is not
+    /// ready); shown to an operator they named another publisher than every other node did,
+    /// since the real holder of the id was missing (a probe).
+    pub fn cluster_beside(&self, kept: &Member, now_unix_ms: u64) -> (Vec<Member>, Decisions) {
+        let mut members: Vec<Member> = self
+            .members
+            .iter()
+            .filter(|m| m.id != kept.id)
+            .cloned()
+            .collect();
+        members.push(kept.clone());
+        let decisions = decide_at(&members, now_unix_ms, self.timing.startup_patience_ms);
+        (members, decisions)
+    }
     // ---- inputs
 
     /// The members gossip reports now (dead ones included; self may or may not be listed).

@@ -129,3 +129,29 @@ fn this_nodes_own_pause_does_not_shorten_the_wait_for_an_older_record_of_my_id()
     );
     assert_eq!(refused, None);
 }
+
+/// Refused as a duplicate, n2 answers for the cluster with the older n2 (the publisher here) in
+/// its own record's place, while its own decisions keep its own record.
+#[test]
+fn a_refused_duplicate_shows_the_cluster_with_the_older_process() {
+    let mut r = second_n2();
+    let mut older = member("n2", 2, true, true, Some(ad(1, 1, "n2")));
+    older.publishing = true;
+    r.handle_duplicate(Some(crate::incarnation::Incarnation {
+        generation: older.generation,
+        listen: older.listen,
+    }));
+    r.handle_tick(700, 700);
+    assert!(matches!(r.role_reason(), RoleReason::DuplicateId { .. }));
+    let (members, decisions) = r.cluster_beside(&older, 700);
+    assert_eq!(decisions.publisher, Some(id("n2")));
+    let n2: Vec<&Member> = members.iter().filter(|m| m.id == id("n2")).collect();
+    assert_eq!(n2.len(), 1, "one n2: {members:?}");
+    assert_eq!(n2[0].listen, addr(2), "the older process, not this one");
+    assert!(
+        r.members()
+            .iter()
+            .any(|m| m.id == id("n2") && m.listen == addr(9)),
+        "its own decisions keep its own record"
+    );
+}
