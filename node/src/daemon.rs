@@ -225,7 +225,9 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         admin_cancel.clone(),
     )?;
 
-    wait_for_signal().await?;
+    let mut signals = StopSignals::install()?;
+    let signal = signals.next().await;
+    tracing::info!(signal, "stopping");
     // The role goes on at once: the successor starts its source while this node withdraws,
     // drains and leaves (it said it was the publisher until it had left).
     mesh.stand_down(SHUTDOWN_STAND_DOWN, Some("shutting down"));
@@ -237,7 +239,13 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             drain_s = drain.as_secs_f64(),
             "announcements withdrawn; draining"
         );
-        tokio::time::sleep(drain).await;
+        tokio::select! {
+            _ = tokio::time::sleep(drain) => {}
+            // A second stop signal ends the drain: Ctrl-C a second time, or an operator who
+            // cannot wait (with a drain of up to an hour only SIGKILL stopped the node, which
+            // leaves the mesh without a word: a probe).
+            signal = signals.next() => tracing::warn!(signal, "a second stop signal: ending the drain now"),
+        }
     }
     tracing::info!("shutting down: leaving the mesh");
     cancel.cancel();
@@ -279,29 +287,41 @@ async fn open_dataplane(config: &NodeConfig) -> anyhow::Result<Box<dyn Dataplane
     })
 }
 
-/// Waits for SIGTERM or SIGINT. SIGHUP is logged and ignored: its default action ended the
-/// process at once, without withdrawing or leaving the mesh (an operator's probe: `kill -HUP`,
-/// as `systemctl reload` or logrotate send, or a closed terminal), and there is nothing to
-/// reload by signal: the two inputs that change while a node runs, the rules file and the
-/// certificates, are reloaded when they change.
 /// The cause of standing down once a signal asks this node to stop.
 const SHUTDOWN_STAND_DOWN: &str = "shutdown";
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
-    loop {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM"),
-            _ = int.recv() => tracing::info!("SIGINT"),
-            _ = hup.recv() => {
-                tracing::info!("SIGHUP ignored: the rules file and the certificates are reloaded when they change; stop with SIGTERM");
-                continue;
+/// The signals that stop a node: SIGTERM and SIGINT. SIGHUP is logged and ignored: its default
+/// action ended the process at once, without withdrawing or leaving the mesh (an operator's
+/// probe: `kill -HUP`, as `systemctl reload` or logrotate send, or a closed terminal), and there
+/// is nothing to reload by signal: the two inputs that change while a node runs, the rules file
+/// and the certificates, are reloaded when they change.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("installing SIGHUP handler")?,
+        })
+    }
+
+    /// The next SIGTERM or SIGINT, by name.
+    async fn next(&mut self) -> &'static str {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return "SIGTERM",
+                _ = self.int.recv() => return "SIGINT",
+                _ = self.hup.recv() => {
+                    tracing::info!("SIGHUP ignored: the rules file and the certificates are reloaded when they change; stop with SIGTERM");
+                }
             }
         }
-        return Ok(());
     }
 }
 

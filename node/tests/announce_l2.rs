@@ -309,6 +309,33 @@ fn l2_one_owner_per_vip_answers_and_a_new_owner_takes_over() {
         killed.elapsed()
     );
     assert_eq!(nd_answers(&lab, VIP6), [macs[last].clone()].into());
+
+    // A second stop signal ends the drain: with a 60 s drain, SIGTERM and then SIGINT stop the
+    // node at once (only SIGKILL did: a probe).
+    lab.set_extra_args(&["--shutdown-drain-s", "60"]);
+    lab.spawn(old);
+    lab.wait_for(Duration::from_secs(20), "the restarted node ready", || {
+        owners(&lab, last, 2)
+    });
+    lab.signal(old, nix::sys::signal::Signal::SIGTERM);
+    std::thread::sleep(Duration::from_millis(1_000));
+    let child = lab.nodes[old].child.as_mut().expect("running");
+    assert!(
+        matches!(child.try_wait(), Ok(None)),
+        "drains after the first SIGTERM"
+    );
+    let second = Instant::now();
+    lab.signal(old, nix::sys::signal::Signal::SIGINT);
+    let mut exited = None;
+    while second.elapsed() < Duration::from_secs(15) && exited.is_none() {
+        if let Ok(Some(_)) = lab.nodes[old].child.as_mut().expect("running").try_wait() {
+            exited = Some(second.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    lab.nodes[old].child = None;
+    let exited = exited.expect("a second stop signal ends the 60 s drain");
+    eprintln!("second stop signal: exited after {exited:?}");
 }
 
 /// Sends one UDP datagram from the client to the VIP, so the client's kernel resolves it.
