@@ -70,22 +70,25 @@ pub struct Claim {
     pub unpublished: bool,
 }
 
+/// The pools are ShoalPools, or in a namespaced install the one pool of its `vip_pools`
+/// setting: the messages name neither alone (they named ShoalPools to namespaced installs, which
+/// have none: a probe).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, thiserror::Error)]
 pub enum VipProblem {
     #[error("VIP {vip} is also claimed by {holder}, which keeps it (share it with the same shoal.io/allow-shared-ip key and different ports)")]
     Conflict { vip: IpAddr, holder: String },
-    #[error("requested VIP {vip} is not in any ShoalPool that namespace {namespace} may use")]
+    #[error("requested VIP {vip} is not in any VIP pool that namespace {namespace} may use (the ShoalPools, or vip_pools in a namespaced install)")]
     NotInPool { vip: IpAddr, namespace: String },
-    #[error("requested VIP {vip} is the network, broadcast or subnet-router address of a ShoalPool's network, which hosts do not answer for; request another address of the pool")]
+    #[error("requested VIP {vip} is the network, broadcast or subnet-router address of a VIP pool's network, which hosts do not answer for; request another address of the pool")]
     NetworkAddress { vip: IpAddr },
     #[error("requested VIP {vip} is {family}, but spec.ipFamilies does not list {family}")]
     FamilyNotServed { vip: IpAddr, family: &'static str },
-    #[error("no free {family} address left in the ShoalPools namespace {namespace} may use")]
+    #[error("no free {family} address left in the VIP pools namespace {namespace} may use")]
     PoolsExhausted {
         family: &'static str,
         namespace: String,
     },
-    #[error("no {family} VIP requested and no ShoalPool with autoAssign gives {family} addresses to namespace {namespace}")]
+    #[error("no {family} VIP requested and no VIP pool with autoAssign (a ShoalPool, or vip_pools in a namespaced install) gives {family} addresses to namespace {namespace}")]
     NoPools {
         family: &'static str,
         namespace: String,
