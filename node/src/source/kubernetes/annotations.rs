@@ -238,6 +238,29 @@ pub fn parse(
     Ok(s)
 }
 
+/// The health annotations a Service sets beside `shoal.io/health-check: none`, which turns
+/// checks off: they take no effect. Not refused (a Service the previous release published
+/// would be dropped in a rolling upgrade), but said: they were taken without a word, even
+/// values that do not parse, while the same keys beside `tcp` refuse the Service (a probe).
+pub fn ignored_without_checks(annotations: &BTreeMap<String, String>) -> Vec<&'static str> {
+    if annotations.get(HEALTH_CHECK).map(|v| v.trim()) != Some("none") {
+        return Vec::new();
+    }
+    [
+        HEALTH_PATH,
+        HEALTH_EXPECT_STATUS,
+        HEALTH_HOST,
+        HEALTH_INTERVAL_MS,
+        HEALTH_TIMEOUT_MS,
+        HEALTH_RISE,
+        HEALTH_FALL,
+        HEALTH_PORT,
+    ]
+    .into_iter()
+    .filter(|k| annotations.contains_key(*k))
+    .collect()
+}
+
 fn parse_health<'a>(
     get: &impl Fn(&str) -> Option<&'a str>,
 ) -> Result<Option<HealthCheck>, AnnotationError> {
@@ -545,5 +568,22 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.health.map(|h| h.timeout_ms), Some(50), "set, kept");
+    }
+
+    #[test]
+    fn health_annotations_beside_none_are_named() {
+        let none = [
+            (HEALTH_CHECK, "none"),
+            (HEALTH_PATH, "/x"),
+            (HEALTH_INTERVAL_MS, "abc"),
+        ];
+        assert!(parse(&ann(&none), None).unwrap().health.is_none());
+        assert_eq!(
+            ignored_without_checks(&ann(&none)),
+            [HEALTH_PATH, HEALTH_INTERVAL_MS]
+        );
+        assert!(ignored_without_checks(&ann(&[(HEALTH_CHECK, "none")])).is_empty());
+        let tcp = [(HEALTH_INTERVAL_MS, "500")];
+        assert!(ignored_without_checks(&ann(&tcp)).is_empty());
     }
 }

@@ -142,6 +142,18 @@ pub fn translate<S: Borrow<Service>, E: Borrow<Slice>>(
                     // One client, one backend: hash the client address only.
                     settings.flags.port = false;
                 }
+                let ignored = annotations::ignored_without_checks(ann);
+                if !ignored.is_empty() {
+                    problems.push(Problem {
+                        object: id.clone(),
+                        reason: "IgnoredAnnotation",
+                        message: format!(
+                            "{}=none turns health checks off: {} take no effect",
+                            annotations::HEALTH_CHECK,
+                            ignored.join(", ")
+                        ),
+                    });
+                }
                 if let Some(message) = affinity_problem(svc, &settings) {
                     problems.push(Problem {
                         object: id.clone(),

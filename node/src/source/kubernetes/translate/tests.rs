@@ -495,8 +495,18 @@ fn statuses_to_clear_and_notes_about_affinity_and_local() {
     let mut local = svc("local", &[("", 80)], &[]);
     local.spec.as_mut().unwrap().external_traffic_policy = Some("Local".into());
     let masq = svc("masq", &[("", 80)], &[("shoal.io/forwarding", "masq")]);
+    let unchecked = svc(
+        "unchecked",
+        &[("", 80)],
+        &[
+            ("shoal.io/health-check", "none"),
+            ("shoal.io/health-interval-ms", "abc"),
+        ],
+    );
     let t = run(
-        &[left, theirs, outside, sticky, ok_sticky, local, masq],
+        &[
+            left, theirs, outside, sticky, ok_sticky, local, masq, unchecked,
+        ],
         &[],
     );
     let clear: Vec<&str> = t.clear.iter().map(String::as_str).collect();
@@ -513,9 +523,15 @@ fn statuses_to_clear_and_notes_about_affinity_and_local() {
             ("masq", "MasqNeedsSymmetricReplies"),
             ("outside", "VipNotInPool"),
             ("sticky", "SessionAffinityNotHonored"),
+            ("unchecked", "IgnoredAnnotation"),
         ]
     );
     // Warned, and published as asked.
+    assert!(t
+        .table
+        .services
+        .iter()
+        .any(|s| s.name.starts_with("default/unchecked")));
     assert!(
         t.table
             .services
