@@ -13,6 +13,7 @@ use crate::metrics::NodeMetrics;
 use crate::reconcile::{self, LoopSettings, ReconcileStatus, SharedProgrammer};
 use crate::source::{self, SourceStatus};
 use crate::state_dir::StateDir;
+use crate::stop_signals::{Hangup, StopSignals};
 use crate::table::RuleTable;
 use anyhow::Context;
 use prometheus_client::registry::Registry;
@@ -225,7 +226,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         admin_cancel.clone(),
     )?;
 
-    let mut signals = StopSignals::install()?;
+    let mut signals = StopSignals::install(Hangup::Ignored)?;
     let signal = signals.next().await;
     tracing::info!(signal, "stopping");
     // The role goes on at once: the successor starts its source while this node withdraws,
@@ -289,41 +290,6 @@ async fn open_dataplane(config: &NodeConfig) -> anyhow::Result<Box<dyn Dataplane
 
 /// The cause of standing down once a signal asks this node to stop.
 const SHUTDOWN_STAND_DOWN: &str = "shutdown";
-
-/// The signals that stop a node: SIGTERM and SIGINT. SIGHUP is logged and ignored: its default
-/// action ended the process at once, without withdrawing or leaving the mesh (an operator's
-/// probe: `kill -HUP`, as `systemctl reload` or logrotate send, or a closed terminal), and there
-/// is nothing to reload by signal: the two inputs that change while a node runs, the rules file
-/// and the certificates, are reloaded when they change.
-struct StopSignals {
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
-    hup: tokio::signal::unix::Signal,
-}
-
-impl StopSignals {
-    fn install() -> anyhow::Result<Self> {
-        use tokio::signal::unix::{signal, SignalKind};
-        Ok(StopSignals {
-            term: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
-            int: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
-            hup: signal(SignalKind::hangup()).context("installing SIGHUP handler")?,
-        })
-    }
-
-    /// The next SIGTERM or SIGINT, by name.
-    async fn next(&mut self) -> &'static str {
-        loop {
-            tokio::select! {
-                _ = self.term.recv() => return "SIGTERM",
-                _ = self.int.recv() => return "SIGINT",
-                _ = self.hup.recv() => {
-                    tracing::info!("SIGHUP ignored: the rules file and the certificates are reloaded when they change; stop with SIGTERM");
-                }
-            }
-        }
-    }
-}
 
 /// `--state-dir` (created if needed), locked by this process for its whole life; or `None`
 /// with a warning.

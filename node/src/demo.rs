@@ -5,6 +5,7 @@
 use crate::cli::DemoArgs;
 use crate::commands::get_bytes;
 use crate::status::ClusterStatus;
+use crate::stop_signals::{Hangup, StopSignals};
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -47,7 +48,7 @@ fn check_args(args: &DemoArgs) -> anyhow::Result<()> {
 /// walkthrough stops them too but keeps the workspace for its logs.
 pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     check_args(args)?;
-    let mut stop = StopSignals::install()?;
+    let mut stop = StopSignals::install(Hangup::Stops)?;
     let dir = tempfile::Builder::new().prefix("shoal-demo-").tempdir()?;
     let mut nodes: Vec<DemoNode> = Vec::new();
     let interrupted = tokio::select! {
@@ -64,7 +65,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
                 );
             }
         },
-        signal = stop.recv() => Some(signal),
+        signal = stop.next() => Some(signal),
     };
     if let Some(signal) = interrupted {
         outln!()?;
@@ -74,7 +75,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     }
     if !args.exit_after {
         outln!("\nRunning until Ctrl-C (or SIGTERM).")?;
-        let signal = stop.recv().await;
+        let signal = stop.next().await;
         outln!()?;
         step(&format!("{signal}: stopping the nodes"))?;
     } else {
@@ -234,6 +235,10 @@ async fn walkthrough(args: &DemoArgs, dir: &Path, nodes: &mut Vec<DemoNode>) -> 
         "settled: {settled} still publishes (sticky), head {new_head} unchanged, every node applied it"
     ))?;
     print_status(&nodes[0].admin).await?;
+    if args.exit_after {
+        // The nodes stop next: no invitation to try them.
+        return Ok(());
+    }
 
     outln!("\nAdmin APIs (try /v1/cluster, /v1/table, /v1/dataplane, /metrics):")?;
     for n in nodes.iter() {
@@ -245,33 +250,6 @@ async fn walkthrough(args: &DemoArgs, dir: &Path, nodes: &mut Vec<DemoNode>) -> 
         rules.display()
     )?;
     Ok(())
-}
-
-/// The signals that end the demo, whichever phase it is in.
-struct StopSignals {
-    interrupt: tokio::signal::unix::Signal,
-    terminate: tokio::signal::unix::Signal,
-    hangup: tokio::signal::unix::Signal,
-}
-
-impl StopSignals {
-    fn install() -> anyhow::Result<Self> {
-        use tokio::signal::unix::{signal, SignalKind};
-        Ok(Self {
-            interrupt: signal(SignalKind::interrupt()).context("installing a SIGINT handler")?,
-            terminate: signal(SignalKind::terminate()).context("installing a SIGTERM handler")?,
-            hangup: signal(SignalKind::hangup()).context("installing a SIGHUP handler")?,
-        })
-    }
-
-    /// The name of the next signal.
-    async fn recv(&mut self) -> &'static str {
-        tokio::select! {
-            _ = self.interrupt.recv() => "SIGINT",
-            _ = self.terminate.recv() => "SIGTERM",
-            _ = self.hangup.recv() => "SIGHUP",
-        }
-    }
 }
 
 /// SIGTERM to every node at once, up to 5 s for them to leave the mesh, then SIGKILL.

@@ -72,6 +72,7 @@ pub mod rules_drift;
 pub mod source;
 pub mod state_dir;
 pub mod status;
+mod stop_signals;
 pub mod table;
 pub mod tls_reload;
 pub mod validate;

@@ -567,7 +567,7 @@ fn health_of(
                     return Err(RulesError {
                         line: ctx.lines.line(at.start),
                         field: format!("service[{i}].health.{name}"),
-                        message: format!("only http and https checks take a {name}"),
+                        message: format!("only http and https checks take {name}"),
                     });
                 }
             }

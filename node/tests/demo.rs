@@ -23,6 +23,8 @@ fn the_demo_runs_its_walkthrough() {
     ] {
         assert!(stdout.contains(step), "missing {step:?} in:\n{stdout}");
     }
+    // It stops next: no invitation to try the nodes or edit the rules file (a probe).
+    assert!(!stdout.contains("edit it and watch"), "{stdout}");
 }
 
 /// The audit of 2026-12-06: SIGTERM or SIGHUP to the demo (or Ctrl-C in its first seconds)

@@ -72,11 +72,12 @@ layered_settings! {
         /// (`shoal-2` before `shoal-10`); when the publisher is gone, the lowest live id takes over.
         #[arg(long)]
         pub node_id: Option<String>,
-        /// QUIC peer endpoint, host:port (not port 0); also the address peers reach this node at.
-        #[arg(long)]
+        /// QUIC peer endpoint, IP:port (not port 0; an address, not a host name); also the
+        /// address peers reach this node at.
+        #[arg(long, value_parser = ip_and_port)]
         pub listen: Option<SocketAddr>,
-        /// Admin HTTP API, host:port (not port 0).
-        #[arg(long)]
+        /// Admin HTTP API, IP:port (not port 0; an address, not a host name).
+        #[arg(long, value_parser = ip_and_port)]
         pub admin: Option<SocketAddr>,
         /// Comma-separated peers to join through: IPv4:port, [IPv6]:port or hostname:port (port
         /// 1-65535); DNS names are re-resolved. Required unless --single-node. A node must hear
@@ -91,9 +92,9 @@ layered_settings! {
         /// Folder holding ca.pem, node.pem and node.key.
         #[arg(long)]
         pub tls_dir: Option<PathBuf>,
-        /// Folder for what must survive a restart: the highest epoch this node stamped (file
-        /// `epoch`), so a restarted publisher never stamps a version twice. Without it a warning
-        /// is logged.
+        /// Folder for what must survive a restart: an epoch reserved above every epoch this
+        /// node stamped (file `epoch`), so a restarted publisher never stamps a version twice,
+        /// and its last generation (file `generation`). Without it a warning is logged.
         #[arg(long)]
         pub state_dir: Option<PathBuf>,
         /// Run without TLS material (throwaway certificates, no peer authentication).
@@ -202,4 +203,15 @@ impl RunSettings {
             format!("--{}", name.replace('_', "-"))
         }
     }
+}
+
+/// `--listen` and `--admin`: an address to bind, so an IP and a port. clap's own parser said
+/// only "invalid socket address syntax" to `localhost:7946` (a probe).
+fn ip_and_port(given: &str) -> Result<SocketAddr, String> {
+    given.parse().map_err(|_| {
+        format!(
+            "{given:?} is not IP:port; give an address and a port such as 127.0.0.1:7946 or \
+             [::1]:7946 (a host name is not accepted here)"
+        )
+    })
 }

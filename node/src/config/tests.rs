@@ -842,3 +842,19 @@ fn ipvs_settings_without_the_ipvs_dataplane_are_refused() {
         assert!(NodeConfig::resolve(&a).is_ok(), "{field} with ipvs");
     }
 }
+
+/// A host name for an address to bind gets an answer that says what to give instead (clap's
+/// own parser said only "invalid socket address syntax").
+#[test]
+fn listen_and_admin_ask_for_an_ip_and_a_port() {
+    for flag in ["--listen", "--admin"] {
+        let err = match Cli::try_parse_from(["shoal", "run", flag, "localhost:7946"]) {
+            Ok(_) => panic!("{flag} localhost:7946 was taken"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            err.contains(flag) && err.contains("not IP:port") && err.contains("host name"),
+            "{err}"
+        );
+    }
+}
