@@ -49,6 +49,11 @@ use readiness::{announce_ready, publisher_ready, readiness};
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// No connection lives longer than this, idle or not; clients reconnect.
 pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
+/// A connection past its lifetime that is still writing a response gets this long to finish
+/// (an idle one is closed at once): a `/v1/cluster` of tens of MB at 150,000 checked backends,
+/// started near the end of the lifetime, was cut mid-body after 5 s, with status 200 already
+/// sent (a probe). A reader slow on purpose holds a connection at most this much longer.
+pub const RESPONSE_GRACE: Duration = Duration::from_secs(60);
 /// Connections served at once; more are closed at accept.
 pub const MAX_CONNECTIONS: usize = 64;
 const WARN_EVERY: Duration = Duration::from_secs(10);
@@ -420,7 +425,9 @@ pub async fn serve(
                 _ = lifetime => {
                     metrics.admin_refused.get_or_create(&ReasonLabel { reason: "lifetime" }).inc();
                     conn.as_mut().graceful_shutdown();
-                    tokio::time::timeout(HEADER_TIMEOUT, conn.as_mut()).await.unwrap_or(Ok(()))
+                    // An idle connection closes at once and one still sending its request
+                    // meets the header timeout: the grace is for a response being written.
+                    tokio::time::timeout(RESPONSE_GRACE, conn.as_mut()).await.unwrap_or(Ok(()))
                 }
                 _ = cancel.cancelled() => {
                     conn.as_mut().graceful_shutdown();

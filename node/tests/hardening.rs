@@ -943,3 +943,99 @@ fn with_json_logs_a_failed_start_says_so_in_json() {
     let why = last["fields"]["error"].as_str().unwrap_or_default();
     assert!(why.contains("cannot bind the admin API"), "{err}");
 }
+
+/// A response still being sent when its connection's lifetime (30 s) ends gets time to finish
+/// (`RESPONSE_GRACE`, 60 s): a `/v1/table` of a few MB asked for at 27 s and read slowly was cut
+/// 5 s after the lifetime with status 200 already sent, as `/v1/cluster` at 150,000 checked
+/// backends was (a probe). An idle connection still closes at the lifetime.
+#[test]
+fn a_response_in_progress_outlives_the_connection_lifetime() {
+    let mut text = String::new();
+    for i in 0..16_000u32 {
+        text.push_str(&format!(
+            "[[service]]\nname = \"service-{i:05}\"\nvip = \"203.0.113.{}\"\nport = {}\n",
+            i % 200 + 1,
+            1_000 + i / 200
+        ));
+        for b in 0..4u32 {
+            text.push_str(&format!(
+                "[[service.backend]]\naddress = \"198.18.{}.{}\"\n",
+                i / 250,
+                (i % 250) + b
+            ));
+        }
+    }
+    let c = Cluster::start(1, &text, &["--single-node"]);
+    let admin = c.nodes[0].admin;
+    c.wait_for(LIMIT, "the table applied", || {
+        let t = get(admin, "/v1/table")?;
+        (t["table"]["services"].as_array()?.len() == 16_000).then_some(())
+    });
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    // A small receive buffer, so the node's writes wait for this reader.
+    socket.set_recv_buffer_size(32 * 1024).unwrap();
+    socket.connect(&admin.into()).unwrap();
+    let mut s: TcpStream = socket.into();
+    let opened = Instant::now();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // Kept busy (an idle connection is closed after the header timeout) until near the end of
+    // its lifetime.
+    while opened.elapsed() < Duration::from_secs(27) {
+        write!(s, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut answer = Vec::new();
+        let mut byte = [0u8; 1];
+        while !answer.ends_with(b"\r\n\r\n") {
+            assert_eq!(s.read(&mut byte).unwrap(), 1, "closed early");
+            answer.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0u8; length];
+        s.read_exact(&mut body).unwrap();
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    write!(s, "GET /v1/table HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    // Read 16 KiB every 100 ms (160 KiB/s) until the body is complete or the node closes:
+    // more than the node's send buffer (4 MiB at most) is still unsent 5 s past the lifetime.
+    let mut got = Vec::new();
+    let mut chunk = vec![0u8; 16 * 1024];
+    let body_len = loop {
+        let n = s.read(&mut chunk).unwrap_or(0);
+        if n == 0 {
+            break None;
+        }
+        got.extend_from_slice(&chunk[..n]);
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .expect("a content-length");
+            if got.len() >= end + 4 + length {
+                break Some(length);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let took = opened.elapsed();
+    let length = body_len.unwrap_or_else(|| {
+        panic!(
+            "the answer was cut after {} bytes, {took:?} after the connection opened",
+            got.len()
+        )
+    });
+    assert!(
+        length > 2_000_000,
+        "a table of {length} bytes is too small to test this"
+    );
+    assert!(
+        took > Duration::from_secs(40),
+        "the answer ended {took:?} after the connection opened: not past the lifetime and the 5 s an idle connection gets"
+    );
+    eprintln!("a {length}-byte table read in full, {took:?} after the connection opened");
+}
