@@ -21,6 +21,10 @@ pub(super) struct Duty {
     pub(super) observed_at: Option<Instant>,
     pub(super) next_due: Instant,
     pub(super) in_flight: bool,
+    /// When the last probe started, and the time between the last two starts: the interval,
+    /// or longer while due probes wait for room (see [`Duty::forget_if_stale`]).
+    pub(super) last_started: Option<Instant>,
+    pub(super) pace: Option<Duration>,
     /// Set when this node stopped being a checker; the entry is dropped after the handover.
     pub(super) released_at: Option<Instant>,
     /// Counts the check's changes of question (probe kind, path, port...): a probe carries the
@@ -39,9 +43,26 @@ impl Duty {
             observed_at: None,
             next_due,
             in_flight: false,
+            last_started: None,
+            pace: None,
             released_at: None,
             question: 0,
         }
+    }
+
+    /// A probe starts now: the next one is due an interval later (a steady cadence, but never
+    /// a queue of probes missed while busy), and the pace is the time since the last start.
+    pub(super) fn start(&mut self, now: Instant) {
+        let interval = Duration::from_millis(self.check.interval_ms.max(1));
+        self.next_due = (self.next_due + interval).max(now);
+        if self.next_due == now {
+            self.next_due = now + interval;
+        }
+        if let Some(last) = self.last_started {
+            self.pace = Some(now.saturating_duration_since(last));
+        }
+        self.last_started = Some(now);
+        self.in_flight = true;
     }
 
     pub(super) fn observation(&self, b: &BackendRef) -> Observation {
@@ -96,22 +117,29 @@ impl Duty {
     }
 
     /// Starts the opinion over when it took no answer for longer than `fall` probes (plus one
-    /// and a timeout) would take: the process was frozen or starved meanwhile, and the backend
-    /// may have died and been drained by the other checkers. A checker thawed after 10 s kept
-    /// its "up" from before, which tied the other checker's "down" (a tie is up), and put a
-    /// backend every replica had drained back in service on every node for `fall - 1`
-    /// intervals (a probe: 4 of 4 runs, 6.1 s with 3 s intervals). `Unknown` is not counted.
+    /// and a timeout) would take at the pace this node has kept them: the process was frozen
+    /// or starved meanwhile, and the backend may have died and been drained by the other
+    /// checkers. A checker thawed after 10 s kept its "up" from before, which tied the other
+    /// checker's "down" (a tie is up), and put a backend every replica had drained back in
+    /// service on every node for `fall - 1` intervals (a probe: 4 of 4 runs, 6.1 s with 3 s
+    /// intervals). `Unknown` is not counted.
+    ///
+    /// The pace is the interval, or the time between the last two probe starts when that was
+    /// longer: with more backends than the node probes in an interval, each waits its turn
+    /// (48 s at 100,000 backends per node in a debug build), and a window of intervals reset
+    /// every opinion before its `fall` failures came in, so that no backend ever went down (a
+    /// probe, 50,000 to 300,000 backends). A freeze does not stretch the pace: the last two
+    /// starts came before it.
     pub(super) fn forget_if_stale(&mut self, now: Instant) -> bool {
         let Some(at) = self.observed_at else {
             return false;
         };
-        let interval = self.check.interval_ms.max(1);
-        let probes = u64::from(self.check.fall.max(1)) + 1;
-        let stale_after = Duration::from_millis(
-            interval
-                .saturating_mul(probes)
-                .saturating_add(self.check.timeout_ms),
-        );
+        let interval = Duration::from_millis(self.check.interval_ms.max(1));
+        let pace = self.pace.map_or(interval, |p| p.max(interval));
+        let probes = self.check.fall.max(1).saturating_add(1);
+        let stale_after = pace
+            .saturating_mul(probes)
+            .saturating_add(Duration::from_millis(self.check.timeout_ms));
         if now.saturating_duration_since(at) <= stale_after {
             return false;
         }
@@ -212,5 +240,42 @@ pub(super) mod tests {
         assert_eq!(d.observe(d.question, ProbeResult::Refused, 3), Some(false));
         assert_eq!(d.observe(d.question, ProbeResult::Refused, 4), Some(true));
         assert_eq!(d.hysteresis.state(), CheckState::Down);
+    }
+
+    /// Probes that wait for room stretch the window with them: with a probe every 10 s (1 s
+    /// interval, fall 3), failures 10 s apart still add up to a down opinion (the first answer,
+    /// before any pace is known, starts over once). A freeze stretches nothing: the last two
+    /// starts came before it, and the opinion starts over.
+    #[test]
+    fn a_slow_pace_keeps_the_opinion_and_a_freeze_does_not() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut d = Duty::new(check(Probe::Tcp, 1_000), t0);
+        for s in [0u64, 10, 20, 30] {
+            let forgot = d.forget_if_stale(at(s));
+            assert_eq!(forgot, s == 10, "at {s} s");
+            d.start(at(s));
+            d.in_flight = false;
+            d.observe(d.question, ProbeResult::Refused, s * 1_000);
+            d.observed_at = Some(at(s));
+        }
+        assert_eq!(
+            d.hysteresis.state(),
+            CheckState::Down,
+            "three failures, 10 s apart"
+        );
+        assert_eq!(d.pace, Some(Duration::from_secs(10)));
+
+        // At a 1 s pace a 10 s gap is a freeze: the opinion starts over.
+        let mut d = Duty::new(check(Probe::Tcp, 1_000), t0);
+        for s in [0u64, 1] {
+            d.start(at(s));
+            d.in_flight = false;
+            d.observe(d.question, ProbeResult::Ok, s * 1_000);
+            d.observed_at = Some(at(s));
+        }
+        assert_eq!(d.hysteresis.state(), CheckState::Up);
+        assert!(d.forget_if_stale(at(11)));
+        assert_eq!(d.hysteresis.state(), CheckState::Unknown);
     }
 }

@@ -110,6 +110,8 @@ impl Runner {
         let max_in_flight = max_in_flight();
         let mut in_flight = 0usize;
         let mut local_failures = LogGate::new(Duration::from_secs(10));
+        // Probes waiting for room: said at most once a minute (the metric has every pass).
+        let mut behind = LogGate::new(Duration::from_secs(60));
         // What the last pass worked from, so that a pass redoes only what its inputs changed:
         // the checkers of each backend (kept while the live set stays), the backends this node
         // checks (while the table and the live set stay), the decoded opinions (per value).
@@ -154,7 +156,7 @@ impl Runner {
             if forgotten > 0 {
                 tracing::info!(
                     forgotten,
-                    "health opinions older than their checks' fall window started over (this process was frozen or starved)"
+                    "health opinions that took no answer for longer than their checks' fall window started over (this process was frozen or starved, or their probes began to wait for room)"
                 );
             }
             duties.retain(|b, duty| {
@@ -180,19 +182,23 @@ impl Runner {
                 due.select_nth_unstable_by_key(room, |(at, _)| *at);
                 waiting = due.len() - room;
                 due.truncate(room);
+                if let Some(suppressed) = behind.allow(now.into_std()) {
+                    let overdue = due.iter().map(|(at, _)| now.saturating_duration_since(*at));
+                    tracing::warn!(
+                        waiting,
+                        in_flight_max = max_in_flight,
+                        overdue_ms = overdue.max().unwrap_or_default().as_millis() as u64,
+                        suppressed,
+                        "health checks are behind: more probes are due than this node runs at once, so their intervals stretch and a dead backend takes longer to go down (fewer checked backends, longer intervals, more replicas or a higher open-file limit catch up)"
+                    );
+                }
             }
             for (_, b) in due {
                 let Some(duty) = duties.get_mut(&b) else {
                     continue;
                 };
                 in_flight += 1;
-                let interval = Duration::from_millis(duty.check.interval_ms.max(1));
-                // Keep a steady cadence, but never queue up probes missed while busy.
-                duty.next_due = (duty.next_due + interval).max(now);
-                if duty.next_due == now {
-                    duty.next_due = now + interval;
-                }
-                duty.in_flight = true;
+                duty.start(now);
                 let target = Target {
                     address: b.address,
                     port: duty.check.port.unwrap_or(b.port),
