@@ -150,7 +150,10 @@ impl Runner {
                 }
             }
             let mut forgotten = 0;
-            for duty in duties.values_mut() {
+            // Not the duties being handed over: they are not probed any more, and their opinion
+            // serves until the new checkers have theirs (it was dropped before the handover
+            // ended whenever rise > fall, with a line blaming a freeze: a probe).
+            for duty in duties.values_mut().filter(|d| d.released_at.is_none()) {
                 forgotten += usize::from(duty.forget_if_stale(now));
             }
             if forgotten > 0 {
