@@ -180,12 +180,19 @@ pub fn parse(text: &str) -> Result<RuleTable, RulesError> {
     let raw: RawFile = toml::from_str(text).map_err(|e| from_toml_error(text, &lines, &e))?;
     let no_services = or(&raw.no_services, false);
     if raw.service.is_empty() && !no_services {
+        // An empty file is most likely a truncated one (a ConfigMap emptied, a copy cut short):
+        // the advice to publish nothing on purpose would wipe every service (a probe).
+        let message = if text.trim().is_empty() {
+            "the file is empty (truncated, or not written yet?), so it is not taken; a file that \
+             removes every service on purpose says `no_services = true`"
+        } else {
+            "the file lists no service; an empty table removes every service on every node, so \
+             write `no_services = true` to publish one on purpose"
+        };
         return Err(RulesError {
             line: 1,
             field: "service".into(),
-            message: "the file lists no service; an empty table removes every service on every \
-                      node, so write `no_services = true` to publish one on purpose"
-                .into(),
+            message: message.into(),
         });
     }
     if no_services && !raw.service.is_empty() {

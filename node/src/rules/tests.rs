@@ -262,6 +262,9 @@ fn an_empty_table_must_be_asked_for() {
         let e = parse(empty).unwrap_err();
         assert_eq!(e.field, "service");
         assert!(e.message.contains("no_services = true"), "{e}");
+        // A file with nothing in it is most likely cut short: said so (a probe).
+        let truncated = e.message.contains("the file is empty (truncated");
+        assert_eq!(truncated, empty.trim().is_empty(), "{empty:?}: {e}");
     }
     assert_eq!(parse("no_services = true\n").unwrap(), RuleTable::default());
     let e = parse(&format!("no_services = true\n{HEAD}")).unwrap_err();
