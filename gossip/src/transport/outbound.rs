@@ -4,6 +4,17 @@
 
 use super::*;
 
+/// A peer's send queue whose sender heard nothing to send for this long ends (a new one starts
+/// with the next message): every address ever gossiped to kept its queue and task for the
+/// process's life, and after `max_peers` addresses (pods come back at new ones) every new peer
+/// was refused for good (a probe, by reading). Chitchat gossips to a live member every few
+/// seconds at most, and forgets a dead one after its grace.
+const PEER_QUEUE_IDLE: Duration = if cfg!(test) {
+    Duration::from_millis(300)
+} else {
+    Duration::from_secs(120)
+};
+
 impl QuicTransport {
     /// Enqueues a gossip message for `to`; never blocks (chitchat awaits each send inside its
     /// gossip loop). A full queue drops the message: gossip repeats every round.
@@ -23,12 +34,11 @@ impl QuicTransport {
             match queues.get(&to) {
                 Some(tx) if !tx.is_closed() => tx.clone(),
                 _ => {
+                    // The queues of peers gone quiet have ended (`PEER_QUEUE_IDLE`).
+                    queues.retain(|_, tx| !tx.is_closed());
                     if queues.len() >= self.inner.max_peers {
-                        queues.retain(|_, tx| !tx.is_closed());
-                        if queues.len() >= self.inner.max_peers {
-                            warn!(peer = %to, "too many peers, gossip dropped");
-                            return;
-                        }
+                        warn!(peer = %to, "too many peers, gossip dropped");
+                        return;
                     }
                     let (tx, rx) = mpsc::channel(self.inner.peer_queue_len);
                     queues.insert(to, tx.clone());
@@ -48,7 +58,16 @@ impl QuicTransport {
         loop {
             let bytes = tokio::select! {
                 _ = self.inner.cancel.cancelled() => return,
-                msg = rx.recv() => match msg { Some(b) => b, None => return },
+                msg = tokio::time::timeout(PEER_QUEUE_IDLE, rx.recv()) => match msg {
+                    Ok(Some(b)) => b,
+                    Ok(None) => return,
+                    // Closed first, so that the map sees it; what was queued meanwhile is
+                    // dropped (gossip repeats every round).
+                    Err(_) => {
+                        rx.close();
+                        return;
+                    }
+                },
             };
             if self.inner.fault.drops_outbound(&to) {
                 continue;

@@ -84,3 +84,28 @@ async fn a_dial_starts_over_when_the_peer_is_reachable_again() {
     a.close();
     b.close();
 }
+
+/// A peer's send queue ends once it has had nothing to send for `PEER_QUEUE_IDLE` (300 ms in
+/// tests), so the map of queues does not keep every address ever gossiped to; the next message
+/// starts a new one and arrives.
+#[tokio::test]
+async fn an_idle_peer_queue_ends_and_the_next_message_starts_another() {
+    let a = node("127.0.0.1:0".parse().expect("an address"));
+    let b = node("127.0.0.1:0".parse().expect("an address"));
+    let mut rx = b.take_gossip_rx().expect("the gossip receiver");
+    let b_addr = b.local_addr();
+    for round in 0..2 {
+        a.send_gossip(b_addr, Bytes::from_static(b"hello"));
+        let (_, _, bytes) = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("received")
+            .expect("open");
+        assert_eq!(&bytes[..], b"hello", "round {round}");
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let queues = lock(&a.inner.peer_queues);
+        assert!(
+            queues.get(&b_addr).is_some_and(|tx| tx.is_closed()),
+            "round {round}: the idle queue ended"
+        );
+    }
+}
