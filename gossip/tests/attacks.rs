@@ -178,13 +178,17 @@ async fn duplicate_id_keeps_the_older_and_the_younger_refuses() {
         assert_ne!(twin.role(), Role::Publisher);
         assert!(twin.publish(Table::small("twin")).is_err());
         assert_eq!(nodes[0].role(), Role::Publisher);
-        for n in &nodes {
-            let view = n.view();
+        // Every node, the twin included, answers for the cluster alike: n0 is the older
+        // process, the publisher (the twin named n1, with itself in n0's place: a probe).
+        let views = nodes
+            .iter()
+            .map(|n| (n.node_id().to_string(), n.view()))
+            .chain([("the twin".to_string(), twin.view())]);
+        for (who, view) in views {
             assert_eq!(
                 view.publisher.as_ref().map(NodeId::as_str),
                 Some("n0"),
-                "{} sees {view:#?}",
-                n.node_id()
+                "{who} sees {view:#?}"
             );
             let n0 = view
                 .members
@@ -192,31 +196,14 @@ async fn duplicate_id_keeps_the_older_and_the_younger_refuses() {
                 .find(|m| m.id.as_str() == "n0")
                 .expect("n0");
             assert_eq!(
-                n0.generation,
-                real_generation,
-                "{} switched to the twin",
-                n.node_id()
+                (n0.generation, n0.listen, n0.role.clone()),
+                (real_generation, nodes[0].listen_addr(), Role::Publisher),
+                "{who} switched to the twin"
             );
+        }
+        for n in &nodes {
             assert_eq!(n.current().map(|c| c.version.clone()), Some(v1.clone()));
         }
-        // The twin answers for the cluster as the others do: n0 is the older process, the
-        // publisher (it named n1, with itself in n0's place: a probe).
-        let seen_by_twin = twin.view();
-        assert_eq!(
-            seen_by_twin.publisher.as_ref().map(NodeId::as_str),
-            Some("n0"),
-            "the twin sees {seen_by_twin:#?}"
-        );
-        let n0 = seen_by_twin
-            .members
-            .iter()
-            .find(|m| m.id.as_str() == "n0")
-            .expect("n0 in the twin's view");
-        assert_eq!(
-            (n0.generation, n0.listen, n0.role.clone()),
-            (real_generation, nodes[0].listen_addr(), Role::Publisher),
-            "the twin lists itself as n0"
-        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(matches!(twin.role_reason(), RoleReason::DuplicateId { .. }));
