@@ -536,36 +536,34 @@ impl<D: Document> Mesh<D> {
 
     pub fn view(&self) -> ClusterView {
         let st = lock(&self.inner.state);
-        if let Some(kept) = &st.refused_kept {
+        let mut view = match &st.refused_kept {
             // Refused as a duplicate: the cluster as its members count it, the older process
             // under this id; `/readyz` and the role say why this one does not serve.
-            let (members, decisions) = st.replica.cluster_beside(kept, unix_ms());
-            let mut view = build_view(&self.inner.node_id, &members, &st.relayed_dead, &decisions);
-            self.mark_unjudged(&st, &mut view);
-            return view;
-        }
-        let decisions = st.replica.decisions().cloned().unwrap_or(Decisions {
-            head: None,
-            publisher: None,
-        });
-        let mut view = build_view(
-            &self.inner.node_id,
-            st.replica.members(),
-            &st.relayed_dead,
-            &decisions,
-        );
-        if let Some(me) = view.members.iter_mut().find(|m| m.id == self.inner.node_id) {
-            // The node's own facts are known now; the gossiped copy may lag one tick.
-            me.applied = st.applied.clone();
-            me.held = self.current().map(|s| s.version.clone());
-            me.last_seen_ms = Some(0);
-        }
-        self.mark_unjudged(&st, &mut view);
-        view
-    }
-
-    /// Members heard but not judged yet are `unjudged`, not dead.
-    fn mark_unjudged(&self, st: &State, view: &mut ClusterView) {
+            Some(kept) => {
+                let (members, decisions) = st.replica.cluster_beside(kept, unix_ms());
+                build_view(&self.inner.node_id, &members, &st.relayed_dead, &decisions)
+            }
+            None => {
+                let decisions = st.replica.decisions().cloned().unwrap_or(Decisions {
+                    head: None,
+                    publisher: None,
+                });
+                let mut view = build_view(
+                    &self.inner.node_id,
+                    st.replica.members(),
+                    &st.relayed_dead,
+                    &decisions,
+                );
+                if let Some(me) = view.members.iter_mut().find(|m| m.id == self.inner.node_id) {
+                    // The node's own facts are known now; the gossiped copy may lag one tick.
+                    me.applied = st.applied.clone();
+                    me.held = self.current().map(|s| s.version.clone());
+                    me.last_seen_ms = Some(0);
+                }
+                view
+            }
+        };
+        // Members heard but not judged yet are `unjudged`, not dead.
         for m in view
             .members
             .iter_mut()
@@ -573,6 +571,7 @@ impl<D: Document> Mesh<D> {
         {
             m.unjudged = st.replica.unjudged(&m.id, m.generation);
         }
+        view
     }
 
     /// Sets an application key (e.g. a health result), gossiped to every member.
