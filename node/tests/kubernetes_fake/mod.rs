@@ -568,6 +568,23 @@ fn line(v: Value) -> Result<Bytes, std::convert::Infallible> {
     Ok(Bytes::from(s))
 }
 
+/// What a real API server does when a watch cannot go on: 200, then one ERROR event carrying a
+/// failure Status (with `details` unless null), and the end of the stream.
+fn error_event(code: u16, reason: &str, message: &str, details: Value) -> Response {
+    let mut status = json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "reason": reason, "code": code, "message": message,
+    });
+    if !details.is_null() {
+        status["details"] = details;
+    }
+    let event = json!({"type": "ERROR", "object": status});
+    Response::builder()
+        .header("content-type", "application/json")
+        .body(Body::from_stream(futures::stream::iter([line(event)])))
+        .unwrap()
+}
+
 fn watch(
     l: &Listener,
     kind: Kind,
@@ -597,30 +614,22 @@ fn watch(
         (backlog, from < s.compacted_rv, s.rv)
     };
     if from > current {
-        let too_large = json!({"type": "ERROR", "object": {
-            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-            "reason": "Timeout", "code": 504,
-            "message": format!("Too large resource version: {from}, current: {current}"),
-            "details": {"causes": [{
+        return error_event(
+            504,
+            "Timeout",
+            &format!("Too large resource version: {from}, current: {current}"),
+            json!({"causes": [{
                 "reason": "ResourceVersionTooLarge", "message": "Too large resource version",
-            }], "retryAfterSeconds": 1},
-        }});
-        return Response::builder()
-            .header("content-type", "application/json")
-            .body(Body::from_stream(futures::stream::iter([line(too_large)])))
-            .unwrap();
+            }], "retryAfterSeconds": 1}),
+        );
     }
     if compacted {
-        // What a real API server does: 200, then one ERROR event with a 410 Status.
-        let gone = json!({"type": "ERROR", "object": {
-            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-            "reason": "Expired", "code": 410,
-            "message": format!("too old resource version: {from}"),
-        }});
-        return Response::builder()
-            .header("content-type", "application/json")
-            .body(Body::from_stream(futures::stream::iter([line(gone)])))
-            .unwrap();
+        return error_event(
+            410,
+            "Expired",
+            &format!("too old resource version: {from}"),
+            Value::Null,
+        );
     }
     let fail = {
         let mut fail_next = l.api.fail_next.lock().unwrap();
@@ -628,15 +637,12 @@ fn watch(
         at.map(|i| fail_next.remove(i)).is_some()
     };
     if fail {
-        let error = json!({"type": "ERROR", "object": {
-            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-            "reason": "InternalError", "code": 500,
-            "message": "etcdserver: leader changed",
-        }});
-        return Response::builder()
-            .header("content-type", "application/json")
-            .body(Body::from_stream(futures::stream::iter([line(error)])))
-            .unwrap();
+        return error_event(
+            500,
+            "InternalError",
+            "etcdserver: leader changed",
+            Value::Null,
+        );
     }
     let last = backlog.last().map(|(rv, _)| *rv).unwrap_or(from);
     let counter = l.api.watch_counter(&l.node);
