@@ -324,17 +324,10 @@ fn l2_one_owner_per_vip_answers_and_a_new_owner_takes_over() {
         matches!(child.try_wait(), Ok(None)),
         "drains after the first SIGTERM"
     );
-    let second = Instant::now();
     lab.signal(old, nix::sys::signal::Signal::SIGINT);
-    let mut exited = None;
-    while second.elapsed() < Duration::from_secs(15) && exited.is_none() {
-        if let Ok(Some(_)) = lab.nodes[old].child.as_mut().expect("running").try_wait() {
-            exited = Some(second.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    lab.nodes[old].child = None;
-    let exited = exited.expect("a second stop signal ends the 60 s drain");
+    let exited = lab
+        .exited_within(old, Duration::from_secs(15))
+        .expect("a second stop signal ends the 60 s drain");
     eprintln!("second stop signal: exited after {exited:?}");
 }
 

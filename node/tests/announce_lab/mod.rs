@@ -315,6 +315,20 @@ impl Lab {
             .expect("the second instance's output")
     }
 
+    /// How long node `i` took to exit, if it did within `limit`; it is no longer tracked after.
+    pub fn exited_within(&mut self, i: usize, limit: Duration) -> Option<Duration> {
+        let start = Instant::now();
+        let mut child = self.nodes[i].child.take()?;
+        while start.elapsed() < limit {
+            if let Ok(Some(_)) = child.try_wait() {
+                return Some(start.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        None
+    }
+
     pub fn pid(&self, i: usize) -> Option<i32> {
         self.nodes[i].child.as_ref().map(|c| c.id() as i32)
     }
