@@ -18,7 +18,7 @@ use crate::metrics::NodeMetrics;
 use crate::metrics::ReasonLabel;
 use crate::reconcile::{ReconcileStatus, SharedProgrammer};
 use crate::source::SourceStatus;
-use crate::status::{ClusterStatus, VersionRef};
+use crate::status::VersionRef;
 use crate::table::RuleTable;
 use axum::extract::{Request, State};
 use axum::http::Method;
@@ -36,6 +36,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
+mod cluster;
 mod connections;
 mod dataplane;
 mod readiness;
@@ -209,7 +210,7 @@ impl IntoResponse for AdminError {
 
 pub fn router(state: AdminState) -> Router {
     Router::new()
-        .route("/v1/cluster", get(cluster))
+        .route("/v1/cluster", get(cluster::cluster))
         .route("/v1/table", get(table))
         .route("/v1/dataplane", get(dataplane::dataplane))
         .route("/v1/node", get(node))
@@ -486,20 +487,6 @@ fn counting_requests(
             }
         },
     ))
-}
-
-async fn cluster(State(s): State<AdminState>) -> Json<ClusterStatus> {
-    s.mesh.wait_fresh().await;
-    let health = serde_json::to_value(s.health.report()).unwrap_or_default();
-    let view = s.mesh.view();
-    let mut status = ClusterStatus::from_view(&view, health);
-    let mut reports = crate::announce::reports(&s.mesh, &s.announce);
-    for m in &mut status.members {
-        m.announce = reports.remove(&m.id);
-    }
-    status.source_error = publisher_source_error(&s.mesh, status.publisher.as_deref());
-    status.not_ready = ready_state(&s, &view).err();
-    Json(status)
 }
 
 /// `why` there is no table yet, and when the publisher rejects its input, that input's error

@@ -131,13 +131,28 @@ fn pretty<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> anyhow::Re
 
 pub async fn status(args: &StatusArgs) -> anyhow::Result<()> {
     let token = token(&args.node)?;
-    let body = get_bytes(&args.node.node, "/v1/cluster", token.as_deref()).await?;
+    let mut query = vec![("health", args.health.query_value())];
+    if let Some(service) = &args.service {
+        query.push(("service", service));
+    }
+    // Only for its encoding of the query: the host part is not used.
+    let url = reqwest::Url::parse_with_params("http://node/v1/cluster", &query)
+        .context("the --service name cannot be put in a query")?;
+    let path = format!("{}?{}", url.path(), url.query().unwrap_or_default());
+    let body = get_bytes(&args.node.node, &path, token.as_deref()).await?;
     match args.output {
         OutputFormat::Json => outln!("{}", pretty::<ClusterStatus>(&body, "/v1/cluster")?)?,
         OutputFormat::Table => {
             let status: ClusterStatus = serde_json::from_slice(&body)
                 .context("the node answered with an unexpected /v1/cluster document")?;
             out!("{}", status.render())?;
+            let none_checked = status.health_summary.is_some_and(|s| s.backends == 0);
+            if let Some(service) = args.service.as_deref().filter(|_| none_checked) {
+                outln!(
+                    "\nno health-checked backend in a service named {service:?} (`shoal table` \
+                     names the services; those without a health check are always up)"
+                )?;
+            }
         }
     }
     Ok(())

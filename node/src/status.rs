@@ -2,6 +2,7 @@
 //!
 //! Any node produces it from its own view of the mesh; the CLI reads it back with the same types.
 
+use crate::health::report::{HealthSummary, Shown};
 use serde::{Deserialize, Serialize};
 use shoal_gossip::{ClusterView, Role, Version};
 use std::fmt::Write;
@@ -80,6 +81,10 @@ pub struct ClusterStatus {
     /// Per service and backend: the shared health verdict and who checks it.
     #[serde(default)]
     pub health: serde_json::Value,
+    /// The counts over the services `health` covers, and which of their backends it lists
+    /// (absent from nodes older than `?health=`, which list every one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_summary: Option<HealthSummary>,
     /// Why the publisher rejected its newest input (a rules file that fails the checks, an
     /// unreachable API server), while it does; the last good table stays in force meanwhile.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -132,6 +137,7 @@ impl ClusterStatus {
                 })
                 .collect(),
             health,
+            health_summary: None,
             source_error: None,
             not_ready: None,
         }
@@ -229,6 +235,9 @@ impl ClusterStatus {
         ];
         render_rows(&mut out, &header, &rows);
         self.render_announce(&mut out);
+        if let Some(summary) = &self.health_summary {
+            render_health_summary(&mut out, summary);
+        }
         if let Some(services) = self.health.as_object().filter(|s| !s.is_empty()) {
             let _ = writeln!(out);
             let mut rows = Vec::new();
@@ -268,6 +277,48 @@ impl ClusterStatus {
             );
         }
         out
+    }
+}
+
+/// One line of counts, and what the table under it leaves out.
+fn render_health_summary(out: &mut String, s: &HealthSummary) {
+    if s.backends == 0 {
+        return;
+    }
+    let _ = writeln!(out);
+    let plural = |n: usize| if n == 1 { "" } else { "s" };
+    let _ = write!(
+        out,
+        "HEALTH: {} checked backend{} in {} service{}: {} up, {} down",
+        s.backends,
+        plural(s.backends),
+        s.services,
+        plural(s.services),
+        s.up,
+        s.down
+    );
+    if s.in_doubt > 0 {
+        let _ = write!(
+            out,
+            "; {} of those up not reported up by every checker",
+            s.in_doubt
+        );
+    }
+    let _ = writeln!(out);
+    match s.shown {
+        Shown::Problems if s.down + s.in_doubt == 0 => {
+            let _ = writeln!(out, "(every backend up; `--health all` lists them)");
+        }
+        Shown::Problems => {
+            let _ = writeln!(
+                out,
+                "(listed: those down or in doubt; `--health all` lists every one)"
+            );
+        }
+        Shown::None => {
+            let _ = writeln!(out, "(`--health problems` or `all` lists backends)");
+        }
+        Shown::All => {}
     }
 }
 
@@ -390,6 +441,7 @@ mod tests {
                 unjudged: false,
             }],
             health: serde_json::Value::Null,
+            health_summary: None,
             source_error: source_error.map(str::to_string),
             not_ready: None,
         }

@@ -106,6 +106,84 @@ async fn get(client: &reqwest::Client, admin: &str, path: &str) -> Option<Value>
     r.json().await.ok()
 }
 
+/// `/v1/cluster?health=problems` lists `dead` and none of the `settled` (up on every checker),
+/// and counts every checked backend; `?health=none&service=` counts one service's; `shoal
+/// status` prints the counts and the same list.
+async fn problems_name_the_dead_backend(
+    client: &reqwest::Client,
+    exe: &str,
+    admin: &str,
+    dead: &SocketAddr,
+    settled: &[SocketAddr],
+) {
+    let listed = |r: &Value| -> Vec<String> {
+        let services = r["health"].as_object().cloned().unwrap_or_default();
+        let backends = services
+            .into_values()
+            .filter_map(|b| b.as_object().cloned());
+        backends
+            .flat_map(|b| b.keys().cloned().collect::<Vec<_>>())
+            .collect()
+    };
+    let r = get(client, admin, "/v1/cluster?health=problems")
+        .await
+        .unwrap();
+    assert!(listed(&r).contains(&dead.to_string()), "{r}");
+    for s in settled {
+        assert!(!listed(&r).contains(&s.to_string()), "{s} is up: {r}");
+    }
+    let summary = &r["health_summary"];
+    assert_eq!(summary["shown"], "problems", "{summary}");
+    assert_eq!(
+        (&summary["services"], &summary["backends"]),
+        (&3.into(), &7.into()),
+        "{summary}"
+    );
+    assert_eq!(
+        (&summary["up"], &summary["down"]),
+        (&6.into(), &1.into()),
+        "{summary}"
+    );
+    let r = get(client, admin, "/v1/cluster?health=none&service=tcp")
+        .await
+        .unwrap();
+    assert!(listed(&r).is_empty(), "{r}");
+    let summary = &r["health_summary"];
+    assert_eq!(
+        (&summary["backends"], &summary["down"]),
+        (&3.into(), &1.into()),
+        "{summary}"
+    );
+    let bad = client
+        .get(format!("http://{admin}/v1/cluster?health=down"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    let why = bad.text().await.unwrap();
+    assert!(why.contains("health") && why.contains("problems"), "{why}");
+
+    let status = Command::new(exe)
+        .args(["status", "--node", admin])
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    assert!(
+        text.contains("7 checked backends in 3 services: 6 up, 1 down"),
+        "{text}"
+    );
+    assert!(text.contains(&dead.to_string()), "{text}");
+    for s in settled {
+        assert!(!text.contains(&s.to_string()), "{s} is up: {text}");
+    }
+}
+
 /// The weight of `addr:port` in `/v1/dataplane`, if the node holds that destination.
 fn weight_in(dataplane: &Value, addr: &SocketAddr) -> Option<u64> {
     dataplane["services"].as_array()?.iter().find_map(|s| {
@@ -249,6 +327,17 @@ async fn five_daemons_share_backend_health() {
             backends[i].addr,
             weights(&client, &nodes, &backends[i].addr).await
         );
+        if i == 0 {
+            let settled: Vec<SocketAddr> = backends[1..].iter().map(|b| b.addr).collect();
+            problems_name_the_dead_backend(
+                &client,
+                exe,
+                &nodes[2].admin,
+                &backends[0].addr,
+                &settled,
+            )
+            .await;
+        }
         backends[i].listen().await;
         let took = wait_weights(
             &client,

@@ -71,12 +71,20 @@ impl HealthHandle {
     /// pass (at least every 100 ms) judges again what a change of the gossiped opinions, the
     /// live set or the table touches.
     pub fn report(&self) -> HealthReport {
+        self.report_selected(&report::Selection::default()).0
+    }
+
+    /// [`Self::report`] of what `selection` asks for, with the counts over what it covers.
+    pub fn report_selected(
+        &self,
+        selection: &report::Selection,
+    ) -> (HealthReport, report::HealthSummary) {
         let judged = self
             .judged
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        report::build(&judged)
+        report::build(&judged, selection)
     }
 }
 
