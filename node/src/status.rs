@@ -71,8 +71,11 @@ pub struct Member {
     pub unjudged: bool,
 }
 
+/// `H` is the health report's type: the node serializes its own (`HealthReport`: a report of
+/// 300,000 backends copied into a `serde_json::Value` first took several times its size), the
+/// CLI reads any into a `Value`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ClusterStatus {
+pub struct ClusterStatus<H = serde_json::Value> {
     /// The node that answered.
     pub node: String,
     pub publisher: Option<String>,
@@ -80,7 +83,7 @@ pub struct ClusterStatus {
     pub members: Vec<Member>,
     /// Per service and backend: the shared health verdict and who checks it.
     #[serde(default)]
-    pub health: serde_json::Value,
+    pub health: H,
     /// The counts over the services `health` covers, and which of their backends it lists
     /// (absent from nodes older than `?health=`, which list every one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -103,8 +106,8 @@ pub fn role_name(role: &Role) -> &'static str {
     }
 }
 
-impl ClusterStatus {
-    pub fn from_view(view: &ClusterView, health: serde_json::Value) -> Self {
+impl<H> ClusterStatus<H> {
+    pub fn from_view(view: &ClusterView, health: H) -> Self {
         ClusterStatus {
             node: view.self_id.to_string(),
             publisher: view.publisher.as_ref().map(|p| p.to_string()),
@@ -142,7 +145,9 @@ impl ClusterStatus {
             not_ready: None,
         }
     }
+}
 
+impl ClusterStatus {
     /// The head as a version, for comparisons with members' applied versions.
     pub fn head_version(&self) -> Option<VersionRef> {
         self.head.as_ref().map(|h| VersionRef {

@@ -4,6 +4,7 @@
 
 use super::{publisher_source_error, ready_state, AdminError, AdminState};
 use crate::health::report::{Selection, Shown};
+use crate::health::HealthReport;
 use crate::status::ClusterStatus;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
@@ -30,13 +31,12 @@ impl ClusterQuery {
 pub(super) async fn cluster(
     State(s): State<AdminState>,
     query: Result<Query<ClusterQuery>, QueryRejection>,
-) -> Result<Json<ClusterStatus>, AdminError> {
+) -> Result<Json<ClusterStatus<HealthReport>>, AdminError> {
     let selection = ClusterQuery::parse(query)?;
     s.mesh.wait_fresh().await;
     let (report, summary) = s.health.report_selected(&selection);
-    let health = serde_json::to_value(report).unwrap_or_default();
     let view = s.mesh.view();
-    let mut status = ClusterStatus::from_view(&view, health);
+    let mut status = ClusterStatus::from_view(&view, report);
     status.health_summary = Some(summary);
     let mut reports = crate::announce::reports(&s.mesh, &s.announce);
     for m in &mut status.members {
