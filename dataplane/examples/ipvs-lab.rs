@@ -391,11 +391,11 @@ fn bench(args: &[String]) -> Res<()> {
         let vips: Vec<IpAddr> = table.vips().into_iter().collect();
         let adds: Vec<Op> = vips.iter().map(|v| Op::AddVip(*v)).collect();
         let dels: Vec<Op> = vips.iter().map(|v| Op::DelVip(*v)).collect();
-        if let (_, Some(e)) = dp.apply_all(&adds) {
+        if let Some(e) = dp.apply_all(&adds).first_error() {
             return Err(e.into());
         }
         let t = Instant::now();
-        if let (_, Some(e)) = dp.apply_all(&dels) {
+        if let Some(e) = dp.apply_all(&dels).first_error() {
             return Err(e.into());
         }
         let vip_delete_ms = t.elapsed().as_secs_f64() * 1e3;

@@ -68,20 +68,59 @@ pub trait Dataplane: Send {
     fn apply(&mut self, op: &Op) -> Result<(), DataplaneError>;
 
     /// Apply many operations in order. Every op is attempted even if an earlier one fails (the
-    /// kernel does the same with a batch); returns how many succeeded and the first error.
+    /// kernel does the same with a batch); returns how many succeeded and each refusal.
     /// Backends override this to batch (IPVS sends many messages per syscall).
-    fn apply_all(&mut self, ops: &[Op]) -> (usize, Option<DataplaneError>) {
-        let mut applied = 0;
-        let mut first = None;
-        for op in ops {
+    fn apply_all(&mut self, ops: &[Op]) -> Applied {
+        let mut applied = Applied::default();
+        for (i, op) in ops.iter().enumerate() {
             match self.apply(op) {
-                Ok(()) => applied += 1,
+                Ok(()) => applied.ok += 1,
                 Err(e) => {
                     tracing::warn!(op = %op, error = %e, "dataplane op failed");
-                    first.get_or_insert(e);
+                    applied.refused.push((Some(i), e));
                 }
             }
         }
-        (applied, first)
+        applied
+    }
+}
+
+/// What [`Dataplane::apply_all`] did.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// How many ops succeeded.
+    pub ok: usize,
+    /// Each refusal, in order, with the index of its op in the batch; `None` when a whole
+    /// batch failed (the socket, not the kernel's answer to one op).
+    pub refused: Vec<(Option<usize>, DataplaneError)>,
+}
+
+impl Applied {
+    /// The first refusal, if any.
+    pub fn first_error(self) -> Option<DataplaneError> {
+        self.refused.into_iter().next().map(|(_, e)| e)
+    }
+
+    /// The refusals as one error (`DataplaneError::OpsRefused`), naming per service its first
+    /// refusal; `None` when every op succeeded.
+    pub fn into_error(self, ops: &[Op]) -> Option<DataplaneError> {
+        let refused = self.refused.len();
+        let mut services = std::collections::BTreeMap::new();
+        let mut unattributed = false;
+        for (i, e) in &self.refused {
+            match i.and_then(|i| ops.get(i)).and_then(Op::service) {
+                Some(key) => {
+                    services.entry(key.clone()).or_insert_with(|| e.to_string());
+                }
+                None => unattributed = true,
+            }
+        }
+        let first = self.first_error()?;
+        Some(DataplaneError::OpsRefused {
+            first: Box::new(first),
+            refused,
+            services,
+            unattributed,
+        })
     }
 }

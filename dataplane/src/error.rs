@@ -36,6 +36,17 @@ pub enum DataplaneError {
         failures: Vec<crate::sysctl::SysctlFailure>,
         advice: String,
     },
+    /// The kernel refused some ops of a pass (each was still tried): the first refusal, and
+    /// per service changed by a refused op, that service's first refusal.
+    #[error("{first}{}", more_refused(*refused))]
+    OpsRefused {
+        first: Box<DataplaneError>,
+        /// How many ops were refused in all.
+        refused: usize,
+        services: std::collections::BTreeMap<crate::model::ServiceKey, String>,
+        /// Some refused op changes no service (a VIP, a flush), or failed with its batch.
+        unattributed: bool,
+    },
     /// A local file or socket operation failed (sysctl files, netlink socket).
     #[error("{context}: {source}")]
     Io {
@@ -89,10 +100,18 @@ impl DataplaneError {
     /// The errno if this is a kernel refusal.
     pub fn errno(&self) -> Option<i32> {
         match self {
+            DataplaneError::OpsRefused { first, .. } => first.errno(),
             DataplaneError::Netlink { errno, .. } => Some(*errno),
             DataplaneError::Permission { .. } => Some(libc::EPERM),
             _ => None,
         }
+    }
+}
+
+fn more_refused(refused: usize) -> String {
+    match refused {
+        0 | 1 => String::new(),
+        n => format!(" (and {} more refused ops)", n - 1),
     }
 }
 

@@ -33,7 +33,7 @@ pub mod sysctl;
 #[doc(hidden)]
 pub mod testing;
 
-pub use backend::Dataplane;
+pub use backend::{Applied, Dataplane};
 pub use error::DataplaneError;
 pub use ipvs::{IpvsDataplane, IpvsOptions};
 pub use memory::MemoryDataplane;

@@ -18,6 +18,8 @@ struct State {
     services: BTreeMap<ServiceKey, Entry>,
     vips: BTreeSet<IpAddr>,
     fail_next: Option<i32>,
+    /// The schedulers this twin's kernel has (`None`: every one).
+    schedulers: Option<BTreeSet<String>>,
     reads: u64,
     lists: u64,
 }
@@ -77,6 +79,12 @@ impl MemoryDataplane {
         }
     }
 
+    /// From now on only these schedulers exist: adding or changing a service to another is
+    /// refused with ENOENT, as by a kernel without that scheduler's module.
+    pub fn only_schedulers(&self, names: &[&str]) {
+        self.lock().schedulers = Some(names.iter().map(|n| n.to_string()).collect());
+    }
+
     /// The next `apply` fails with this errno (one shot), to test error paths.
     pub fn fail_next(&self, errno: i32) {
         self.lock().fail_next = Some(errno);
@@ -111,14 +119,18 @@ impl MemoryDataplane {
 }
 
 fn refuse(op: &Op, errno: i32) -> DataplaneError {
-    DataplaneError::from_errno(op.verb(), &op.entry(), errno)
+    op.refused(errno)
 }
 
 fn apply_to(st: &mut State, op: &Op) -> Result<(), i32> {
+    let known = |scheduler: &str| st.schedulers.as_ref().is_none_or(|k| k.contains(scheduler));
     match op {
         Op::AddService(s) => {
             if st.services.contains_key(&s.key) {
                 return Err(libc::EEXIST);
+            }
+            if !known(&s.scheduler) {
+                return Err(libc::ENOENT);
             }
             let bare = Service {
                 destinations: Vec::new(),
@@ -132,6 +144,12 @@ fn apply_to(st: &mut State, op: &Op) -> Result<(), i32> {
             st.services.insert(s.key.clone(), (bare, dests));
         }
         Op::UpdateService(s) => {
+            if !st.services.contains_key(&s.key) {
+                return Err(libc::ESRCH);
+            }
+            if !known(&s.scheduler) {
+                return Err(libc::ENOENT);
+            }
             let (cur, _) = st.services.get_mut(&s.key).ok_or(libc::ESRCH)?;
             *cur = Service {
                 destinations: Vec::new(),

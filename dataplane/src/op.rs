@@ -1,5 +1,6 @@
 //! One change to a dataplane: the unit the planner emits and the backends apply.
 
+use crate::error::DataplaneError;
 use crate::model::{Destination, Service, ServiceKey};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -37,6 +38,39 @@ impl Op {
             Op::DelDest(..) => "delete destination",
             Op::AddVip(_) => "add VIP",
             Op::DelVip(_) => "delete VIP",
+        }
+    }
+
+    /// The service the op changes, if it changes one (not a flush, not a VIP).
+    pub fn service(&self) -> Option<&ServiceKey> {
+        match self {
+            Op::AddService(s) | Op::UpdateService(s) => Some(&s.key),
+            Op::DelService(k) | Op::AddDest(k, _) | Op::UpdateDest(k, _) | Op::DelDest(k, ..) => {
+                Some(k)
+            }
+            Op::Flush | Op::AddVip(_) | Op::DelVip(_) => None,
+        }
+    }
+
+    /// The kernel's refusal of this op as an error that says what it means here: ENOENT to an
+    /// add or update of a service is a scheduler the kernel does not have (no module), not a
+    /// missing entry.
+    pub fn refused(&self, errno: i32) -> DataplaneError {
+        match self {
+            Op::AddService(s) | Op::UpdateService(s) if errno == libc::ENOENT => {
+                DataplaneError::Netlink {
+                    op: self.verb().to_string(),
+                    entry: self.entry(),
+                    errno,
+                    message: format!(
+                        "this kernel has no IPVS scheduler {:?} (module ip_vs_{} missing or not \
+                         loadable here: `modprobe ip_vs_{}` on the host, or choose another \
+                         scheduler)",
+                        s.scheduler, s.scheduler, s.scheduler
+                    ),
+                }
+            }
+            _ => DataplaneError::from_errno(self.verb(), &self.entry(), errno),
         }
     }
 

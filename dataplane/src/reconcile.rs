@@ -651,8 +651,9 @@ fn read_all(
 /// view), compute the ops, apply them. A flush planned on a kept view is sent only after a
 /// fresh list of services matches the view (else the pass reads everything and plans again),
 /// unless the table is declared `TableOwnership::Exclusive`.
-/// On failure the error names the first op that failed; the others were still attempted, the
-/// view is dropped, and the next pass reads the table and retries what is left.
+/// On failure the error (`DataplaneError::OpsRefused`) names the first op that failed and
+/// each service a refused op changes; the others were still attempted, the view is dropped,
+/// and the next pass reads the table and retries what is left.
 pub fn reconcile(
     dp: &mut dyn Dataplane,
     rec: &mut Reconciler,
@@ -715,9 +716,10 @@ pub fn reconcile_until(
             ..ReconcileReport::default()
         });
     }
-    let (applied, err) = dp.apply_all(&ops);
+    let done = dp.apply_all(&ops);
+    let applied = done.ok;
     tracing::debug!(ops = ops.len(), applied, full_read, "dataplane reconciled");
-    match err {
+    match done.into_error(&ops) {
         Some(e) => {
             rec.invalidate();
             Err(e)

@@ -41,6 +41,8 @@ pub struct NodeMetrics {
     pub source_filter_ok: Gauge,
     /// Services left out of the dataplane because their source-range filter failed.
     pub services_withheld: Gauge,
+    /// Services left out of the dataplane because the kernel refused them.
+    pub services_refused: Gauge,
     pub publishes: Counter,
     pub takeovers: Counter,
     /// Admin API requests and connections turned away, by reason (`unauthorized`,
@@ -77,6 +79,7 @@ impl NodeMetrics {
                 g
             },
             services_withheld: Gauge::default(),
+            services_refused: Gauge::default(),
             publishes: Counter::default(),
             takeovers: Counter::default(),
             admin_refused: Family::default(),
@@ -165,6 +168,11 @@ impl NodeMetrics {
             "shoal_services_withheld",
             "Services not programmed because their source-range filter failed",
             self.services_withheld.clone(),
+        );
+        r.register(
+            "shoal_services_refused",
+            "Services not programmed because the kernel refused them (a scheduler it lacks); tried again every minute and when the table changes them",
+            self.services_refused.clone(),
         );
         r.register(
             "shoal_publishes",

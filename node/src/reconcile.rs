@@ -11,6 +11,7 @@ use crate::drains_file;
 use crate::health::Verdicts;
 use crate::metrics::{NodeMetrics, OpLabel, ResultLabel};
 use crate::table::RuleTable;
+pub use refused::Refused;
 use serde::Serialize;
 use shoal_dataplane::filter::{reconcile_filter, FilterChange, Firewall, SourceFilter};
 use shoal_dataplane::{
@@ -32,6 +33,8 @@ pub struct Programmer {
     pub reconciler: Reconciler,
     /// Source ranges (nftables or memory), reconciled in the same pass.
     pub firewall: Box<dyn Firewall>,
+    /// Services the kernel refused, left out until their retry.
+    pub refused: Refused,
 }
 
 /// The programmer behind one lock. Reconcile passes come first: a pass that waits for the lock
@@ -63,6 +66,7 @@ impl SharedProgrammer {
             dataplane,
             reconciler,
             firewall,
+            refused: Refused::default(),
         })
     }
 
@@ -182,6 +186,7 @@ impl SharedProgrammer {
                 dataplane,
                 reconciler,
                 firewall,
+                ..
             } = &mut *p;
             let empty = Desired { services: vec![] };
             let report = reconcile(dataplane.as_mut(), reconciler, &empty, Instant::now());
@@ -194,6 +199,8 @@ impl SharedProgrammer {
     }
 }
 
+mod refused;
+
 /// One pass, synchronous: the source filters first, then the IPVS table.
 ///
 /// The filter goes first so that a restricted service is never programmed before its filter.
@@ -203,6 +210,11 @@ impl SharedProgrammer {
 /// service is programmed as usual and the pass succeeds, carrying the filter's error; the next
 /// pass retries. A node whose table restricts nothing never needs nftables (`reconcile_filter`
 /// does not fail when there is nothing to enforce). The error of the IPVS part fails the pass.
+/// A service whose ops the kernel refuses (a scheduler it has no module for, a value it
+/// rejects) is set aside: left out of the desired table, named in the pass, and tried again
+/// when the table changes it or after `refused::RETRY_AFTER`; the pass goes on without it. A
+/// refusal of anything else (a VIP, a service no longer wanted) or for another reason (no
+/// permission, a shortage) fails the pass as before.
 /// A drift check due in this pass gives way when `stop` turns true (`Pass::gave_way`).
 pub fn program(
     p: &mut Programmer,
@@ -215,6 +227,7 @@ pub fn program(
         dataplane,
         reconciler,
         firewall,
+        refused,
     } = p;
     let filter = reconcile_filter(firewall.as_mut(), filters);
     let withheld = match &filter {
@@ -223,16 +236,60 @@ pub fn program(
     };
     desired.services.retain(|s| !withheld.contains(&s.key));
     reconciler.set_delete_at_once(withheld.clone());
-    let report = reconcile_until(dataplane.as_mut(), reconciler, &desired, now, stop)?;
+    refused.expire(&desired.services, now);
+    desired.services.retain(|s| !refused.contains(&s.key));
+    let mut set_aside = 0;
+    let report = loop {
+        let e = match reconcile_until(dataplane.as_mut(), reconciler, &desired, now, stop) {
+            Ok(report) => break report,
+            Err(e) => e,
+        };
+        let DataplaneError::OpsRefused {
+            services,
+            unattributed: false,
+            first,
+            ..
+        } = &e
+        else {
+            return Err(e);
+        };
+        let asked: Vec<&shoal_dataplane::Service> = services
+            .keys()
+            .filter_map(|k| desired.services.iter().find(|s| &s.key == k))
+            .collect();
+        if asked.len() != services.len()
+            || set_aside + asked.len() > refused::MAX_PER_PASS
+            || !first.errno().is_some_and(about_the_service)
+        {
+            return Err(e);
+        }
+        for s in asked {
+            refused.insert(s, services[&s.key].clone(), now);
+        }
+        set_aside += services.len();
+        desired.services.retain(|s| !refused.contains(&s.key));
+    };
     Ok(Pass {
         gave_way: report.gave_way,
         drained: report.drained,
         ops: report.ops,
-        deadline: reconciler.next_deadline(),
+        deadline: [reconciler.next_deadline(), refused.next_retry()]
+            .into_iter()
+            .flatten()
+            .min(),
         draining_vips: reconciler.draining_vips(now),
         filter,
         withheld: withheld.into_iter().collect(),
+        refused: refused.listed(),
     })
+}
+
+/// Whether the kernel's answer is about the service it was asked for (a scheduler it lacks, a
+/// value it rejects, a family it does not serve), not about the node (permission, a shortage
+/// the next pass may not meet): only such a refusal sets the service aside.
+fn about_the_service(errno: i32) -> bool {
+    use nix::libc::{EAFNOSUPPORT, EINVAL, ENOENT, EOPNOTSUPP};
+    [ENOENT, EINVAL, EOPNOTSUPP, EAFNOSUPPORT].contains(&errno)
 }
 
 /// The services whose traffic the source filters restrict.
@@ -264,6 +321,8 @@ pub struct Pass {
     pub filter: Result<FilterChange, DataplaneError>,
     /// Services left out of the dataplane because their source filter failed.
     pub withheld: Vec<ServiceKey>,
+    /// Services the kernel refused, left out until their retry, each with the refusal.
+    pub refused: Vec<String>,
 }
 
 /// Why a pass on the head already applied changed something, for its log lines: deletions at
@@ -317,6 +376,9 @@ pub struct ReconcileState {
     /// Services left out of the dataplane because of that error (`tcp 203.0.113.1:80`):
     /// those with source ranges, which must not be served unfiltered.
     pub withheld: Vec<String>,
+    /// Services the kernel refused, each with its refusal (`tcp 203.0.113.1:80: ...`): left
+    /// out of the dataplane, tried again every minute and when the table changes them.
+    pub refused: Vec<String>,
     /// VIPs of removed services still draining here ([`Pass::draining_vips`]).
     pub draining_vips: BTreeSet<IpAddr>,
 }
@@ -447,7 +509,19 @@ pub async fn run(
                 draining_vips,
                 filter,
                 withheld,
+                refused,
             }) => {
+                metrics.services_refused.set(refused.len() as i64);
+                if refused != status.get().refused {
+                    if refused.is_empty() {
+                        tracing::info!("no service refused by the kernel any more");
+                    } else {
+                        tracing::error!(
+                            refused = ?refused,
+                            "the kernel refused these services: they are not programmed, the others are; retrying every minute and when the table changes them"
+                        );
+                    }
+                }
                 let filter_error = filter.as_ref().err().map(|e| e.to_string());
                 let withheld: Vec<String> = withheld.iter().map(|k| k.to_string()).collect();
                 metrics.services_withheld.set(withheld.len() as i64);
@@ -542,6 +616,7 @@ pub async fn run(
                     s.passes += 1;
                     s.source_filter_error = filter_error;
                     s.withheld = withheld;
+                    s.refused = refused;
                     s.draining_vips = draining_vips;
                 });
                 if let Some(keeper) = &mut drains_kept {

@@ -2,7 +2,7 @@
 
 pub mod wire;
 
-use crate::backend::Dataplane;
+use crate::backend::{Applied, Dataplane};
 use crate::error::DataplaneError;
 use crate::link::Rtnl;
 use crate::model::{
@@ -268,8 +268,9 @@ impl IpvsDataplane {
         Ok((seq, req.to_bytes(self.family, seq, self.genl.pid())?))
     }
 
-    /// Send a run of VIP ops over rtnetlink in one batch; success count and the first error.
-    fn apply_vip_run(&mut self, ops: &[&Op]) -> (usize, Option<DataplaneError>) {
+    /// Send a run of VIP ops over rtnetlink in one batch; success count and each refusal (by
+    /// index in the run).
+    fn apply_vip_run(&mut self, ops: &[&Op]) -> Applied {
         let changes: Vec<(std::net::IpAddr, bool)> = ops
             .iter()
             .filter_map(|op| match op {
@@ -278,56 +279,60 @@ impl IpvsDataplane {
                 _ => None,
             })
             .collect();
+        let mut applied = Applied::default();
         let results = match self.rtnl.set_addresses(self.ifindex, &changes) {
             Ok(r) => r,
-            Err(e) => return (0, Some(e)),
+            Err(e) => {
+                applied.refused.push((None, e));
+                return applied;
+            }
         };
-        let mut ok = 0;
-        let mut first = None;
-        for (op, result) in ops.iter().zip(results) {
+        for (i, (op, result)) in ops.iter().zip(results).enumerate() {
             match result {
-                Ok(_) => ok += 1,
+                Ok(_) => applied.ok += 1,
                 Err(e) => {
                     tracing::warn!(op = %op, error = %e, "VIP op failed");
-                    first.get_or_insert(e);
+                    applied.refused.push((Some(i), e));
                 }
             }
         }
-        (ok, first)
+        applied
     }
 
-    /// Send a run of IPVS ops in batches; first error (naming its op) plus success count.
-    fn apply_ipvs_run(&mut self, ops: &[&Op]) -> (usize, Option<DataplaneError>) {
+    /// Send a run of IPVS ops in batches; success count and each refusal (by index in the
+    /// run), naming its op.
+    fn apply_ipvs_run(&mut self, ops: &[&Op]) -> Applied {
+        let mut applied = Applied::default();
         let mut reqs = Vec::with_capacity(ops.len());
-        let mut first = None;
-        let mut sent_ops = Vec::with_capacity(ops.len());
-        for op in ops {
+        let mut sent = Vec::with_capacity(ops.len());
+        for (i, op) in ops.iter().enumerate() {
             match self.encode(op) {
                 Ok(r) => {
                     reqs.push(r);
-                    sent_ops.push(*op);
+                    sent.push(i);
                 }
-                Err(e) => {
-                    first.get_or_insert(e);
-                }
+                Err(e) => applied.refused.push((Some(i), e)),
             }
         }
         let codes = match self.genl.transact(&reqs) {
             Ok(c) => c,
-            Err(e) => return (0, Some(first.unwrap_or(e))),
+            Err(e) => {
+                applied.refused.push((None, e));
+                return applied;
+            }
         };
         self.messages_sent += reqs.len() as u64;
-        let mut ok = 0;
-        for (op, code) in sent_ops.iter().zip(codes) {
+        for (i, code) in sent.into_iter().zip(codes) {
             if code == 0 {
-                ok += 1;
+                applied.ok += 1;
             } else {
-                let e = DataplaneError::from_errno(op.verb(), &op.entry(), code);
-                tracing::warn!(op = %op, error = %e, "IPVS refused op");
-                first.get_or_insert(e);
+                let e = ops[i].refused(code);
+                tracing::warn!(op = %ops[i], error = %e, "IPVS refused op");
+                applied.refused.push((Some(i), e));
             }
         }
-        (ok, first)
+        applied.refused.sort_by_key(|(i, _)| *i);
+        applied
     }
 }
 
@@ -430,31 +435,33 @@ impl Dataplane for IpvsDataplane {
     }
 
     fn apply(&mut self, op: &Op) -> Result<(), DataplaneError> {
-        match self.apply_all(std::slice::from_ref(op)) {
-            (_, Some(e)) => Err(e),
-            _ => Ok(()),
+        match self.apply_all(std::slice::from_ref(op)).first_error() {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
     }
 
     /// Sends `ops` in order, as runs: consecutive IPVS ops in generic-netlink batches,
     /// consecutive VIP ops in rtnetlink batches (removing 100 VIPs is one send, not 100 round
     /// trips).
-    fn apply_all(&mut self, ops: &[Op]) -> (usize, Option<DataplaneError>) {
-        let mut ok = 0;
-        let mut first = None;
+    fn apply_all(&mut self, ops: &[Op]) -> Applied {
+        let mut applied = Applied::default();
         let is_vip = |op: &Op| matches!(op, Op::AddVip(_) | Op::DelVip(_));
+        let mut start = 0;
         for run in ops.chunk_by(|a, b| is_vip(a) == is_vip(b)) {
-            let run: Vec<&Op> = run.iter().collect();
-            let (n, e) = if is_vip(run[0]) {
-                self.apply_vip_run(&run)
+            let run_ops: Vec<&Op> = run.iter().collect();
+            let done = if is_vip(run_ops[0]) {
+                self.apply_vip_run(&run_ops)
             } else {
-                self.apply_ipvs_run(&run)
+                self.apply_ipvs_run(&run_ops)
             };
-            ok += n;
-            if let Some(e) = e {
-                first.get_or_insert(e);
-            }
+            applied.ok += done.ok;
+            let refused = done.refused.into_iter();
+            applied
+                .refused
+                .extend(refused.map(|(i, e)| (i.map(|i| start + i), e)));
+            start += run.len();
         }
-        (ok, first)
+        applied
     }
 }

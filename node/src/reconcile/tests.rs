@@ -77,6 +77,7 @@ fn programmer(drain: Duration, broken: bool) -> (Programmer, MemoryDataplane, Ar
             inner: MemoryFirewall::default(),
             broken: broken.clone(),
         }),
+        refused: Refused::default(),
     };
     (p, dp, broken)
 }
@@ -127,6 +128,95 @@ fn a_failing_filter_withholds_only_the_services_it_restricts() {
     assert_eq!(pass.filter.unwrap(), FilterChange::Unchanged);
     assert!(pass.withheld.is_empty());
     assert_eq!(keys(&dp), vec![open.key, restricted.key]);
+}
+
+/// A probe on real IPVS: one service asking for a scheduler the kernel has no module for
+/// failed every pass, so no replica reported its head applied and every VIP was withdrawn.
+#[test]
+fn a_service_the_kernel_refuses_is_set_aside_and_the_others_are_programmed() {
+    let (mut p, dp, _) = programmer(Duration::ZERO, false);
+    dp.only_schedulers(&["mh", "rr"]);
+    let plain = service([203, 0, 113, 1], 80);
+    let odd = Service {
+        scheduler: "sed".into(),
+        ..service([203, 0, 113, 2], 80)
+    };
+    let desired = Desired {
+        services: vec![plain.clone(), odd.clone()],
+    };
+    let t0 = Instant::now();
+    let pass = program(&mut p, desired.clone(), &[], t0, &|| false).unwrap();
+    assert_eq!(keys(&dp), vec![plain.key.clone()]);
+    assert_eq!(pass.refused.len(), 1, "{:?}", pass.refused);
+    let why = &pass.refused[0];
+    assert!(why.starts_with(&odd.key.to_string()), "{why}");
+    assert!(
+        why.contains("no IPVS scheduler \"sed\"") && why.contains("ip_vs_sed"),
+        "{why}"
+    );
+    assert_eq!(
+        pass.deadline,
+        Some(t0 + refused::RETRY_AFTER),
+        "a retry is due"
+    );
+
+    // Not tried again before its retry: the passes between send nothing.
+    let pass = program(
+        &mut p,
+        desired.clone(),
+        &[],
+        t0 + Duration::from_secs(1),
+        &|| false,
+    );
+    assert!(pass.unwrap().ops.is_empty());
+    // Tried again when due, and refused again.
+    let pass = program(
+        &mut p,
+        desired.clone(),
+        &[],
+        t0 + refused::RETRY_AFTER,
+        &|| false,
+    );
+    assert_eq!(pass.unwrap().refused.len(), 1);
+
+    // A service already programmed that is changed to it is set aside too (and removed:
+    // what it serves is not what the table asks); the table fixing both brings them in.
+    let plain_odd = Service {
+        scheduler: "sed".into(),
+        ..plain.clone()
+    };
+    let both_odd = Desired {
+        services: vec![plain_odd, odd.clone()],
+    };
+    let pass = program(&mut p, both_odd, &[], t0 + refused::RETRY_AFTER, &|| false).unwrap();
+    assert_eq!(pass.refused.len(), 2, "{:?}", pass.refused);
+    assert!(keys(&dp).is_empty());
+    let fixed = Service {
+        scheduler: "rr".into(),
+        ..odd.clone()
+    };
+    let desired = Desired {
+        services: vec![plain.clone(), fixed.clone()],
+    };
+    let pass = program(&mut p, desired, &[], t0 + refused::RETRY_AFTER, &|| false).unwrap();
+    assert!(pass.refused.is_empty(), "{:?}", pass.refused);
+    assert_eq!(keys(&dp), vec![plain.key, fixed.key]);
+}
+
+/// A refusal that says nothing about the service (no permission, a shortage) fails the pass
+/// as before: setting the service aside would hide a problem of the node.
+#[test]
+fn a_refusal_that_is_not_the_services_fault_fails_the_pass() {
+    for errno in [libc::EPERM, libc::ENOMEM] {
+        let (mut p, dp, _) = programmer(Duration::ZERO, false);
+        let desired = Desired {
+            services: vec![service([203, 0, 113, 1], 80)],
+        };
+        dp.fail_next(errno);
+        let pass = program(&mut p, desired, &[], Instant::now(), &|| false);
+        assert!(pass.is_err(), "errno {errno}");
+        assert!(p.refused.listed().is_empty());
+    }
 }
 
 /// Audit finding B: during an intended drain the admin API's read-back said

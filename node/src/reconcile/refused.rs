@@ -1,0 +1,112 @@
+//! Services the kernel refused to program (a scheduler whose module this kernel lacks): left
+//! out of the dataplane, named, and tried again later, so that one Service that cannot be
+//! programmed does not fail every pass. Before, every replica failed the same way, none
+//! reported its head applied, and every VIP was withdrawn (a probe on real IPVS).
+//! Pure: the pass hands in the desired services and the time.
+
+use shoal_dataplane::{Service, ServiceKey};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// A refused service is tried again after this, or at once when the table changes it.
+pub const RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// How many services one pass may set aside before it gives up and fails: each costs a whole
+/// read of the table and another try.
+pub const MAX_PER_PASS: usize = 8;
+
+#[derive(Debug, Default)]
+pub struct Refused {
+    by_key: BTreeMap<ServiceKey, Refusal>,
+}
+
+#[derive(Debug, Clone)]
+struct Refusal {
+    /// The service as the table asked for it when it was refused.
+    asked: Service,
+    error: String,
+    at: Instant,
+}
+
+impl Refused {
+    /// Forgets the refusals that are due a retry at `now`: the service is gone from the table,
+    /// changed there, or was refused `RETRY_AFTER` ago.
+    pub fn expire(&mut self, desired: &[Service], now: Instant) {
+        let wanted: BTreeMap<&ServiceKey, &Service> = desired.iter().map(|s| (&s.key, s)).collect();
+        self.by_key.retain(|key, r| {
+            wanted.get(key).is_some_and(|s| **s == r.asked)
+                && now.saturating_duration_since(r.at) < RETRY_AFTER
+        });
+    }
+
+    /// Whether `key` is set aside.
+    pub fn contains(&self, key: &ServiceKey) -> bool {
+        self.by_key.contains_key(key)
+    }
+
+    /// Sets `service` aside for `error`.
+    pub fn insert(&mut self, service: &Service, error: String, now: Instant) {
+        let refusal = Refusal {
+            asked: service.clone(),
+            error,
+            at: now,
+        };
+        self.by_key.insert(service.key.clone(), refusal);
+    }
+
+    /// Each service set aside, with the kernel's refusal (`tcp 203.0.113.1:80: ...`).
+    pub fn listed(&self) -> Vec<String> {
+        self.by_key
+            .iter()
+            .map(|(key, r)| format!("{key}: {}", r.error))
+            .collect()
+    }
+
+    /// When the first refusal is due a retry.
+    pub fn next_retry(&self) -> Option<Instant> {
+        self.by_key.values().map(|r| r.at + RETRY_AFTER).min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_dataplane::model::{Protocol, SchedFlags};
+
+    #[test]
+    fn a_refusal_lasts_until_the_table_changes_the_service_or_the_retry_is_due() {
+        let t0 = Instant::now();
+        let asked = Service {
+            key: ServiceKey::Addr {
+                addr: [203, 0, 113, 1].into(),
+                port: 80,
+                protocol: Protocol::Tcp,
+            },
+            scheduler: "sed".into(),
+            flags: SchedFlags::default(),
+            persistence_timeout_s: 0,
+            destinations: vec![],
+        };
+        let mut refused = Refused::default();
+        refused.insert(&asked, "no scheduler".into(), t0);
+        refused.expire(std::slice::from_ref(&asked), t0 + Duration::from_secs(59));
+        assert!(refused.contains(&asked.key));
+        assert_eq!(refused.listed(), [format!("{}: no scheduler", asked.key)]);
+        assert_eq!(refused.next_retry(), Some(t0 + RETRY_AFTER));
+        refused.expire(std::slice::from_ref(&asked), t0 + RETRY_AFTER);
+        assert!(!refused.contains(&asked.key), "due a retry");
+
+        refused.insert(&asked, "no scheduler".into(), t0);
+        let changed = Service {
+            scheduler: "rr".into(),
+            ..asked.clone()
+        };
+        refused.expire(std::slice::from_ref(&changed), t0);
+        assert!(!refused.contains(&asked.key), "the table changed it");
+
+        refused.insert(&asked, "no scheduler".into(), t0);
+        refused.expire(&[], t0);
+        assert!(!refused.contains(&asked.key), "gone from the table");
+        assert_eq!(refused.next_retry(), None);
+    }
+}
