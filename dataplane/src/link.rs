@@ -9,7 +9,7 @@ use neli::consts::socket::NlFamily;
 use neli::rtnl::{Ifaddrmsg, IfaddrmsgBuilder, Ifinfomsg, IfinfomsgBuilder, RtattrBuilder};
 use neli::types::{Buffer, RtBuffer};
 use neli::FromBytesWithInput;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -184,6 +184,15 @@ impl Rtnl {
 
     /// The addresses on the link with this index.
     pub fn addresses(&mut self, index: i32) -> Result<BTreeSet<IpAddr>, DataplaneError> {
+        Ok(self.prefixed_addresses(index)?.into_keys().collect())
+    }
+
+    /// [`Self::addresses`] with the prefix length each was added with (32 or 128 for those
+    /// Shoal adds; an operator's `ip addr add 203.0.113.9/24` is 24).
+    pub fn prefixed_addresses(
+        &mut self,
+        index: i32,
+    ) -> Result<BTreeMap<IpAddr, u8>, DataplaneError> {
         let msg = IfaddrmsgBuilder::default()
             .ifa_family(RtAddrFamily::Unspecified)
             .ifa_prefixlen(0)
@@ -192,7 +201,7 @@ impl Rtnl {
             .build()
             .map_err(|e| bad("list addresses", e))?;
         let payloads = self.dump("addresses", Rtm::Getaddr, msg)?;
-        let mut out = BTreeSet::new();
+        let mut out = BTreeMap::new();
         for p in payloads {
             let m = Ifaddrmsg::from_bytes_with_input(&mut Cursor::new(&p[..]), p.len())
                 .map_err(|e| bad("list addresses", e))?;
@@ -208,7 +217,7 @@ impl Rtnl {
             };
             if let Some(b) = pick(Ifa::Local).or_else(|| pick(Ifa::Address)) {
                 if let Some(ip) = ip_from(&b) {
-                    out.insert(ip);
+                    out.insert(ip, *m.ifa_prefixlen());
                 }
             }
         }
@@ -223,7 +232,7 @@ impl Rtnl {
         ip: IpAddr,
         present: bool,
     ) -> Result<bool, DataplaneError> {
-        let (seq, bytes) = self.encode_address(index, ip, present)?;
+        let (seq, bytes) = self.encode_address(index, ip, present, None)?;
         let (_, verb) = address_verb(present);
         let code = self.one(verb, &ip.to_string(), bytes, seq)?;
         address_outcome(ip, present, code)
@@ -236,10 +245,25 @@ impl Rtnl {
         index: i32,
         changes: &[(IpAddr, bool)],
     ) -> Result<Vec<Result<bool, DataplaneError>>, DataplaneError> {
+        self.set_addresses_read(index, changes, &BTreeMap::new())
+    }
+
+    /// [`Self::set_addresses`], deleting each address with the prefix length it was read with
+    /// (`prefixed_addresses`; a host prefix when not listed): the kernel does not find an
+    /// address under another prefix, answers that it is not there, and the delete would count
+    /// as done while the address stays (a probe: a /24 added by hand, "repaired" every drift
+    /// check).
+    pub fn set_addresses_read(
+        &mut self,
+        index: i32,
+        changes: &[(IpAddr, bool)],
+        read: &BTreeMap<IpAddr, u8>,
+    ) -> Result<Vec<Result<bool, DataplaneError>>, DataplaneError> {
         let mut requests = Vec::with_capacity(changes.len());
         let mut outcomes: Vec<Option<Result<bool, DataplaneError>>> = Vec::new();
         for (ip, present) in changes {
-            match self.encode_address(index, *ip, *present) {
+            let prefix = read.get(ip).copied().filter(|_| !*present);
+            match self.encode_address(index, *ip, *present, prefix) {
                 Ok(request) => {
                     requests.push(request);
                     outcomes.push(None);
@@ -266,17 +290,20 @@ impl Rtnl {
             .collect())
     }
 
-    /// The request that adds (`present`) or deletes `ip` on link `index`, with its sequence.
+    /// The request that adds (`present`) or deletes `ip` on link `index`, with its sequence;
+    /// as a host address unless `prefix` says otherwise.
     fn encode_address(
         &mut self,
         index: i32,
         ip: IpAddr,
         present: bool,
+        prefix: Option<u8>,
     ) -> Result<(u32, Vec<u8>), DataplaneError> {
-        let (family, plen, bytes) = match ip {
+        let (family, host, bytes) = match ip {
             IpAddr::V4(a) => (RtAddrFamily::Inet, 32u8, a.octets().to_vec()),
             IpAddr::V6(a) => (RtAddrFamily::Inet6, 128u8, a.octets().to_vec()),
         };
+        let plen = prefix.unwrap_or(host);
         let mut attrs = RtBuffer::new();
         for ty in [Ifa::Local, Ifa::Address] {
             attrs.push(

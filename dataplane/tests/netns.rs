@@ -66,3 +66,37 @@ fn many_addresses_change_in_one_batch_and_each_gets_its_own_answer() {
         assert!(bad[0].is_err(), "{bad:?}");
     });
 }
+
+/// A probe: an address added by hand with a /24 on Shoal's interface was "deleted" as a /32
+/// every drift check, the kernel answered that no such address exists, the delete counted as
+/// done, and the address stayed.
+#[test]
+fn an_address_added_by_hand_with_another_prefix_is_deleted_under_it() {
+    let _ = in_fresh_netns(|| {
+        let mut rtnl = Rtnl::open().expect("rtnetlink socket");
+        rtnl.set_up("lo").expect("link up");
+        let index = rtnl.link("lo").expect("list").expect("lo").index;
+        let v4: IpAddr = "203.0.113.99".parse().unwrap();
+        let v6: IpAddr = "2001:db8::99".parse().unwrap();
+        for (address, family) in [("203.0.113.99/24", "-4"), ("2001:db8::99/64", "-6")] {
+            let added = std::process::Command::new("ip")
+                .args([family, "addr", "add", address, "dev", "lo"])
+                .status()
+                .expect("ip (iproute2)");
+            assert!(added.success(), "ip addr add {address}");
+        }
+        let read = rtnl.prefixed_addresses(index).expect("list addresses");
+        assert_eq!((read.get(&v4), read.get(&v6)), (Some(&24), Some(&64)));
+        // The premise: a host-prefix delete misses the /24, and is told it is not there.
+        let missed = rtnl.set_addresses(index, &[(v4, false)]).expect("sent");
+        assert!(matches!(missed[..], [Ok(false)]), "{missed:?}");
+        assert!(rtnl.addresses(index).expect("list").contains(&v4));
+
+        let done = rtnl
+            .set_addresses_read(index, &[(v4, false), (v6, false)], &read)
+            .expect("sent");
+        assert!(matches!(done[..], [Ok(true), Ok(true)]), "{done:?}");
+        let left = rtnl.addresses(index).expect("list");
+        assert!(!left.contains(&v4) && !left.contains(&v6), "{left:?}");
+    });
+}

@@ -822,6 +822,47 @@ fn f_shoal_node_programs_ipvs_and_reports_it() {
     );
     assert_eq!(shoal_lines(&out("f_ipvsadm_after_drift.txt")), shown);
 
+    // (h) Probes on real IPVS: the VIP interface deleted, a /24 added by hand, a scheduler
+    // the kernel lacks.
+    assert_eq!(
+        out("h_relinked").trim(),
+        "1",
+        "VIPs not back after shoal0 was deleted; {}",
+        context()
+    );
+    assert!(
+        out("h_addrs.txt").contains("203.0.113.10/32"),
+        "{}",
+        out("h_addrs.txt")
+    );
+    assert_eq!(
+        out("h_hand_address_left").trim(),
+        "0",
+        "the /24 added by hand stayed; {}",
+        context()
+    );
+    assert_eq!(
+        out("h_sloppy_tcp").trim(),
+        "1",
+        "sloppy_tcp not set again; {}",
+        context()
+    );
+    let node: Value = serde_json::from_str(&out("h_node.json")).expect("node JSON");
+    let refused = node["reconcile"]["refused"].to_string();
+    assert!(
+        refused.contains("tcp 203.0.113.11:80") && refused.contains("ip_vs_sed"),
+        "{node}; {}",
+        context()
+    );
+    assert_eq!(node["reconcile"]["last_ok"], true, "{node}");
+    assert_eq!(out("h_readyz_rc").trim(), "0", "not ready: {}", context());
+    assert_eq!(
+        shoal_lines(&out("h_ipvsadm_refused.txt")),
+        shown,
+        "the others stay"
+    );
+    assert_eq!(out("h_back").trim(), "1", "{}", context());
+
     // The drain of the removed backend survived the restart: same deadline (in the wall clock)
     // before and after, about 5 s less left; the kernel still holds it at weight 0.
     assert_eq!(out("f_drain_seen").trim(), "1", "no drain; {}", context());

@@ -81,6 +81,12 @@ pub struct IpvsDataplane {
     rtnl: Rtnl,
     ifindex: i32,
     interface: String,
+    /// The prefix length of each address on the interface at the last read, to delete one
+    /// added by hand with another prefix than a VIP's.
+    read_prefixes: BTreeMap<IpAddr, u8>,
+    /// The IPVS sysctls set at start, kept set (see [`IpvsDataplane::keep_sysctls`]).
+    sysctl: Sysctl,
+    sysctls: Vec<(&'static str, String)>,
     messages_sent: u64,
 }
 
@@ -167,20 +173,20 @@ impl IpvsDataplane {
             rtnl: Rtnl::open()?,
             ifindex: 0,
             interface: opts.interface.clone(),
+            read_prefixes: BTreeMap::new(),
+            sysctl: Sysctl::at(&opts.sysctl_root),
+            sysctls: opts.sysctls(),
             messages_sent: 0,
         };
         // A first dump proves we hold CAP_NET_ADMIN before anything else is touched.
         dp.dump_services()?;
 
-        let sysctl = Sysctl::at(&opts.sysctl_root);
-        if !sysctl.path("net.ipv4.vs").exists() {
+        if !dp.sysctl.path("net.ipv4.vs").exists() {
             return Err(unsupported(
                 "/proc/sys/net/ipv4/vs is missing (ip_vs module not loaded in this network namespace?)",
             ));
         }
-        let wanted = opts.sysctls();
-        let pairs: Vec<(&str, &str)> = wanted.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        for change in sysctl.set_all(&pairs)? {
+        for change in dp.sysctl.set_all(&dp.sysctl_pairs())? {
             tracing::info!(%change, "sysctl set");
         }
 
@@ -269,8 +275,67 @@ impl IpvsDataplane {
     }
 
     /// Send a run of VIP ops over rtnetlink in one batch; success count and each refusal (by
-    /// index in the run).
+    /// index in the run). When the interface is gone (deleted, or replaced by one of the same
+    /// name, behind Shoal's back), it is made again and the run sent once more: the index
+    /// read at start pointed nowhere for the process's life, every pass failed, and the VIPs
+    /// never came back (a probe).
     fn apply_vip_run(&mut self, ops: &[&Op]) -> Applied {
+        let applied = self.send_vip_run(ops);
+        let gone = |(_, e): &(Option<usize>, DataplaneError)| e.errno() == Some(libc::ENODEV);
+        if !applied.refused.iter().any(gone) {
+            return applied;
+        }
+        match self.relink() {
+            // Those that went in before are there again: counted done, not refused.
+            Ok(()) => self.send_vip_run(ops),
+            Err(e) => {
+                tracing::error!(interface = %self.interface, error = %e, "the VIP interface is gone and cannot be made again");
+                applied
+            }
+        }
+    }
+
+    /// Writes again any IPVS sysctl set at start that changed since (kube-proxy shares them on
+    /// hostNetwork; a probe set `sloppy_tcp` to 0 by hand and the node never noticed, while
+    /// flows moved between replicas were reset). A failure is logged, not returned: the table
+    /// can still be programmed, and the start already refused a node that could not set them.
+    fn keep_sysctls(&mut self) {
+        match self.sysctl.set_all(&self.sysctl_pairs()) {
+            Ok(changes) => {
+                for change in changes {
+                    tracing::warn!(%change, "IPVS sysctl changed behind Shoal's back; set again");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "IPVS sysctls changed behind Shoal's back cannot be set again")
+            }
+        }
+    }
+
+    fn sysctl_pairs(&self) -> Vec<(&str, &str)> {
+        self.sysctls.iter().map(|(k, v)| (*k, v.as_str())).collect()
+    }
+
+    /// Finds the VIP interface again, making it (a dummy, up) if it is missing.
+    fn relink(&mut self) -> Result<(), DataplaneError> {
+        let created = self.rtnl.ensure_dummy(&self.interface)?;
+        self.rtnl.set_up(&self.interface)?;
+        let link = self.rtnl.link(&self.interface)?.ok_or_else(|| {
+            DataplaneError::from_errno("find interface", &self.interface, libc::ENODEV)
+        })?;
+        tracing::warn!(
+            interface = %self.interface,
+            created,
+            index = link.index,
+            before = self.ifindex,
+            "the VIP interface was deleted or replaced behind Shoal's back; using it again"
+        );
+        self.ifindex = link.index;
+        self.read_prefixes.clear();
+        Ok(())
+    }
+
+    fn send_vip_run(&mut self, ops: &[&Op]) -> Applied {
         let changes: Vec<(std::net::IpAddr, bool)> = ops
             .iter()
             .filter_map(|op| match op {
@@ -280,7 +345,8 @@ impl IpvsDataplane {
             })
             .collect();
         let mut applied = Applied::default();
-        let results = match self.rtnl.set_addresses(self.ifindex, &changes) {
+        let read = &self.read_prefixes;
+        let results = match self.rtnl.set_addresses_read(self.ifindex, &changes, read) {
             Ok(r) => r,
             Err(e) => {
                 applied.refused.push((None, e));
@@ -369,7 +435,8 @@ impl IpvsDataplane {
             });
             each(svc, dests, stats);
         }
-        self.rtnl.addresses(self.ifindex).map(Some)
+        self.read_prefixes = self.rtnl.prefixed_addresses(self.ifindex)?;
+        Ok(Some(self.read_prefixes.keys().copied().collect()))
     }
 }
 
@@ -415,6 +482,9 @@ impl Dataplane for IpvsDataplane {
         stop: &dyn Fn() -> bool,
         each: &mut dyn FnMut(Service),
     ) -> Result<Option<BTreeSet<IpAddr>>, DataplaneError> {
+        // The reads of a reconcile pass (a drift check, or after an error), not the admin
+        // API's: a read-back for a user does not write.
+        self.keep_sysctls();
         self.read_each(stop, |svc, dests, _| {
             each(Service {
                 destinations: dests.into_iter().map(|d| d.destination).collect(),

@@ -54,6 +54,39 @@ sleep 1
 wait_match f_dataplane_after_drift.json > out/f_repaired
 ipvsadm -Sn > out/f_ipvsadm_after_drift.txt
 
+# (h) The VIP interface deleted behind the node's back is made again with its VIPs; an
+# address added by hand with a /24 is removed (a /32 delete missed it); a sysctl changed by
+# hand is set again; a service whose scheduler this kernel lacks (no ip_vs_sed in the lab)
+# is refused alone: the others stay programmed and the node stays ready.
+ip link del shoal0
+wait_match h_relinked.json > out/h_relinked
+ip -o addr show dev shoal0 > out/h_addrs.txt 2>&1
+ip addr add 203.0.113.99/24 dev shoal0
+i=0
+while ip -o addr show dev shoal0 | grep -q 203.0.113.99 && [ $i -lt 60 ]; do
+  sleep 1; i=$((i + 1))
+done
+ip -o addr show dev shoal0 | grep -c 203.0.113.99 > out/h_hand_address_left
+# An IPVS sysctl the node set at start, changed by hand: set again by a drift check.
+echo 0 > /proc/sys/net/ipv4/vs/sloppy_tcp
+i=0
+while [ "$(cat /proc/sys/net/ipv4/vs/sloppy_tcp)" = 0 ] && [ $i -lt 60 ]; do
+  sleep 1; i=$((i + 1))
+done
+cat /proc/sys/net/ipv4/vs/sloppy_tcp > out/h_sloppy_tcp
+cp rules.toml /tmp/rules.new
+printf '\n[[service]]\nname = "odd"\nvip = "203.0.113.11"\nport = 80\nscheduler = "sed"\n\n[[service.backend]]\naddress = "198.18.0.11"\n' >> /tmp/rules.new
+mv /tmp/rules.new /tmp/rules.toml
+i=0
+until timeout 5 wget -q -O out/h_node.json http://127.0.0.1:9100/v1/node 2>/dev/null \
+    && grep -q '"refused":\["tcp 203.0.113.11:80' out/h_node.json; do
+  sleep 1; i=$((i + 1)); [ $i -gt 90 ] && break
+done
+timeout 5 wget -q -O out/h_readyz.txt http://127.0.0.1:9100/readyz; echo $? > out/h_readyz_rc
+ipvsadm -Sn > out/h_ipvsadm_refused.txt
+cp rules.toml /tmp/rules.new && mv /tmp/rules.new /tmp/rules.toml
+wait_match h_dataplane_back.json > out/h_back
+
 # A removed backend drains for 60 s. The node is killed 5 s into the drain and started again:
 # the drain must still end when it would have (its deadline kept), not 60 s after the restart.
 wait_draining() { wait_dataplane $1 '"remaining_ms"'; }
