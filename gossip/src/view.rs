@@ -11,6 +11,7 @@ use crate::version::{NodeId, Version};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 /// What any node can say about the cluster.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -88,7 +89,9 @@ pub struct Member {
     pub held: Option<HeldAd>,
     pub applied: Option<Version>,
     pub metadata: BTreeMap<String, String>,
-    pub app: BTreeMap<String, String>,
+    /// Shared, so that a reader (`Mesh::app_keys`, every health pass) takes it under the
+    /// mesh's lock without copying tens of thousands of health values there.
+    pub app: Arc<BTreeMap<String, String>>,
     pub last_seen_ms: Option<u64>,
     /// The member passes on the publisher role, with its reason ([`keys::STAND_DOWN`]).
     pub stand_down: Option<String>,
@@ -130,13 +133,20 @@ pub(crate) fn parse_member(r: RawMember) -> Member {
             .get(keys::APPLIED)
             .and_then(|v| Version::parse(v).ok()),
         metadata: strip(keys::META_PREFIX),
-        app: strip(keys::APP_PREFIX),
         stand_down: r.keys.get(keys::STAND_DOWN).cloned(),
         down: r
             .keys
             .get(keys::DOWN)
             .map(|v| keys::parse_down(v))
             .unwrap_or_default(),
+        // Last, moving the values: the application's keys are most of them (health opinions),
+        // and this runs on every control step in which a key changed.
+        app: Arc::new(
+            r.keys
+                .into_iter()
+                .filter_map(|(k, v)| Some((k.strip_prefix(keys::APP_PREFIX)?.to_string(), v)))
+                .collect(),
+        ),
         id: r.id,
         generation: r.generation,
         listen: r.listen,

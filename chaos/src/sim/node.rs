@@ -272,7 +272,7 @@ impl SimNode {
                 // A simulated node runs what it holds.
                 applied: k.ad.held.as_ref().map(|h| h.version.clone()),
                 metadata: BTreeMap::new(),
-                app: BTreeMap::new(),
+                app: Default::default(),
                 last_seen_ms: Some(self.gossip.age_ms(i, now_ms)),
                 stand_down: None,
                 leaving: false,

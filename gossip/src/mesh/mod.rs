@@ -622,26 +622,38 @@ impl<D: Document> Mesh<D> {
     }
 
     /// Application keys starting with `prefix`, from live members including this node, sorted.
+    ///
+    /// The members' keys are copied after the mesh's lock is let go: under it, a copy of tens
+    /// of thousands of health values on every health pass held back the control loop (a probe
+    /// saw it stall, and members judged dead, at 32,000 health keys).
     pub fn app_keys(&self, prefix: &str) -> Vec<(NodeId, String, String)> {
-        let st = lock(&self.inner.state);
-        let mut out: Vec<(NodeId, String, String)> = st
-            .replica
-            .members()
-            .iter()
-            .filter(|m| m.alive && m.id != self.inner.node_id)
-            .flat_map(|m| {
-                m.app
-                    .iter()
-                    .filter(|(k, _)| k.starts_with(prefix))
-                    .map(|(k, v)| (m.id.clone(), k.clone(), v.clone()))
-            })
-            .collect();
-        out.extend(
-            st.app_keys
+        let (members, own) = {
+            let st = lock(&self.inner.state);
+            let members: Vec<(NodeId, Arc<BTreeMap<String, String>>)> = st
+                .replica
+                .members()
+                .iter()
+                .filter(|m| m.alive && m.id != self.inner.node_id)
+                .map(|m| (m.id.clone(), m.app.clone()))
+                .collect();
+            let own: Vec<(String, String)> = st
+                .app_keys
                 .iter()
                 .filter(|(k, _)| k.starts_with(prefix))
-                .map(|(k, v)| (self.inner.node_id.clone(), k.clone(), v.clone())),
-        );
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            (members, own)
+        };
+        let mut out: Vec<(NodeId, String, String)> = members
+            .iter()
+            .flat_map(|(id, app)| {
+                app.range(prefix.to_string()..)
+                    .take_while(|(k, _)| k.starts_with(prefix))
+                    .map(|(k, v)| (id.clone(), k.clone(), v.clone()))
+            })
+            .collect();
+        let me = &self.inner.node_id;
+        out.extend(own.into_iter().map(|(k, v)| (me.clone(), k, v)));
         out.sort();
         out
     }

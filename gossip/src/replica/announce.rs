@@ -95,7 +95,7 @@ mod tests {
             held,
             applied: None,
             metadata: BTreeMap::new(),
-            app: BTreeMap::new(),
+            app: Default::default(),
             last_seen_ms: Some(0),
             stand_down: None,
             leaving: false,

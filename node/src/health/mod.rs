@@ -106,6 +106,23 @@ pub fn unstamped(doc: RuleTable) -> Arc<Stamped<RuleTable>> {
     })
 }
 
+/// Lowers this thread's priority (nice 9): with more backends than the CPU can probe in their
+/// interval, the probes took every cycle the process (or its pod's CPU limit) had, the
+/// mesh's heartbeats went out late and live members were judged dead, which moved checks and
+/// the publisher role and made more work (a probe: 17 false deaths in 2 minutes at 32,000
+/// checked backends on three replicas, none of them stalled). Membership comes first; the
+/// probes take what is left, and fall behind as `shoal_health_probes_waiting` says.
+fn yield_to_the_mesh() {
+    use thread_priority::{set_current_thread_priority, ThreadPriority, ThreadPriorityValue};
+    // 25 of 0-99 is nice 9 under the normal policies (the crate maps the range onto nice).
+    let lower = ThreadPriorityValue::try_from(25u8).map(ThreadPriority::Crossplatform);
+    match lower.map(set_current_thread_priority) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = ?e, "cannot lower the health checks' thread priority"),
+        Err(e) => tracing::warn!(error = ?e, "no such thread priority"),
+    }
+}
+
 /// Starts the health runner on a thread of its own; it stops (and withdraws this node's
 /// opinions) when `cancel` fires. Metrics are registered into `registry`.
 ///
@@ -138,7 +155,10 @@ pub fn spawn(
         .build()?;
     std::thread::Builder::new()
         .name("shoal-health".into())
-        .spawn(move || rt.block_on(runner.run()))?;
+        .spawn(move || {
+            yield_to_the_mesh();
+            rt.block_on(runner.run())
+        })?;
     Ok(HealthHandle {
         verdicts: verdicts_rx,
         judged,

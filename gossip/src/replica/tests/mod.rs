@@ -76,7 +76,7 @@ fn member(name: &str, i: u8, alive: bool, ready: bool, held: Option<HeldAd>) -> 
         held,
         applied: None,
         metadata: BTreeMap::new(),
-        app: BTreeMap::new(),
+        app: Default::default(),
         last_seen_ms: Some(0),
         stand_down: None,
         leaving: false,
