@@ -102,25 +102,34 @@ impl Applied {
     }
 
     /// The refusals as one error (`DataplaneError::OpsRefused`), naming per service its first
-    /// refusal; `None` when every op succeeded.
+    /// refusal for what the service asks (`Op::refused_for_what_it_asks`); `None` when every
+    /// op succeeded.
     pub fn into_error(self, ops: &[Op]) -> Option<DataplaneError> {
         let refused = self.refused.len();
+        let op_of = |i: &Option<usize>| i.and_then(|i| ops.get(i));
         let mut services = std::collections::BTreeMap::new();
-        let mut unattributed = false;
         for (i, e) in &self.refused {
-            match i.and_then(|i| ops.get(i)).and_then(Op::service) {
-                Some(key) => {
-                    services.entry(key.clone()).or_insert_with(|| e.to_string());
-                }
-                None => unattributed = true,
+            let asks = op_of(i).filter(|op| {
+                e.errno()
+                    .is_some_and(|errno| op.refused_for_what_it_asks(errno))
+            });
+            if let Some(key) = asks.and_then(Op::service) {
+                services.entry(key.clone()).or_insert_with(|| e.to_string());
             }
         }
+        // The rest of such a service's ops follow from its refusal (its destinations find no
+        // service); anything else is another refusal.
+        let other = self.refused.iter().any(|(i, _)| {
+            op_of(i)
+                .and_then(Op::service)
+                .is_none_or(|key| !services.contains_key(key))
+        });
         let first = self.first_error()?;
         Some(DataplaneError::OpsRefused {
             first: Box::new(first),
             refused,
             services,
-            unattributed,
+            other,
         })
     }
 }

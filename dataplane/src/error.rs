@@ -37,15 +37,16 @@ pub enum DataplaneError {
         advice: String,
     },
     /// The kernel refused some ops of a pass (each was still tried): the first refusal, and
-    /// per service changed by a refused op, that service's first refusal.
+    /// per service refused for what it asks (`Op::refused_for_what_it_asks`), its first.
     #[error("{first}{}", more_refused(*refused))]
     OpsRefused {
         first: Box<DataplaneError>,
         /// How many ops were refused in all.
         refused: usize,
         services: std::collections::BTreeMap<crate::model::ServiceKey, String>,
-        /// Some refused op changes no service (a VIP, a flush), or failed with its batch.
-        unattributed: bool,
+        /// Some other refusal: of a VIP or a flush, of an entry changed behind Shoal's back,
+        /// the node's (permission, a shortage), or of a whole batch.
+        other: bool,
     },
     /// A local file or socket operation failed (sysctl files, netlink socket).
     #[error("{context}: {source}")]

@@ -74,6 +74,19 @@ impl Op {
         }
     }
 
+    /// Whether the kernel's `errno` to this op is about what the service asks for (a
+    /// scheduler the kernel lacks, a value it rejects, a family or tunnel it does not serve),
+    /// so that leaving that service out is the answer; not an entry changed behind Shoal's
+    /// back (a destination deleted by hand: the next read repairs it) nor the node's problem.
+    pub fn refused_for_what_it_asks(&self, errno: i32) -> bool {
+        let rejected = [libc::EINVAL, libc::EOPNOTSUPP, libc::EAFNOSUPPORT].contains(&errno);
+        match self {
+            Op::AddService(_) | Op::UpdateService(_) => rejected || errno == libc::ENOENT,
+            Op::AddDest(..) | Op::UpdateDest(..) => rejected,
+            _ => false,
+        }
+    }
+
     /// The entry the op is about, written the way an operator would look for it.
     pub fn entry(&self) -> String {
         match self {

@@ -212,9 +212,10 @@ mod refused;
 /// does not fail when there is nothing to enforce). The error of the IPVS part fails the pass.
 /// A service whose ops the kernel refuses (a scheduler it has no module for, a value it
 /// rejects) is set aside: left out of the desired table, named in the pass, and tried again
-/// when the table changes it or after `refused::RETRY_AFTER`; the pass goes on without it. A
-/// refusal of anything else (a VIP, a service no longer wanted) or for another reason (no
-/// permission, a shortage) fails the pass as before.
+/// when the table changes it or after `refused::RETRY_AFTER`; the pass goes on without it. Any
+/// other refusal (a VIP, a service no longer wanted, a destination deleted behind Shoal's
+/// back, no permission, a shortage) fails the pass as before, and the next one reads the
+/// kernel again.
 /// A drift check due in this pass gives way when `stop` turns true (`Pass::gave_way`).
 pub fn program(
     p: &mut Programmer,
@@ -246,8 +247,7 @@ pub fn program(
         };
         let DataplaneError::OpsRefused {
             services,
-            unattributed: false,
-            first,
+            other: false,
             ..
         } = &e
         else {
@@ -257,9 +257,9 @@ pub fn program(
             .keys()
             .filter_map(|k| desired.services.iter().find(|s| &s.key == k))
             .collect();
-        if asked.len() != services.len()
+        if asked.is_empty()
+            || asked.len() != services.len()
             || set_aside + asked.len() > refused::MAX_PER_PASS
-            || !first.errno().is_some_and(about_the_service)
         {
             return Err(e);
         }
@@ -282,14 +282,6 @@ pub fn program(
         withheld: withheld.into_iter().collect(),
         refused: refused.listed(),
     })
-}
-
-/// Whether the kernel's answer is about the service it was asked for (a scheduler it lacks, a
-/// value it rejects, a family it does not serve), not about the node (permission, a shortage
-/// the next pass may not meet): only such a refusal sets the service aside.
-fn about_the_service(errno: i32) -> bool {
-    use nix::libc::{EAFNOSUPPORT, EINVAL, ENOENT, EOPNOTSUPP};
-    [ENOENT, EINVAL, EOPNOTSUPP, EAFNOSUPPORT].contains(&errno)
 }
 
 /// The services whose traffic the source filters restrict.

@@ -203,6 +203,35 @@ fn a_service_the_kernel_refuses_is_set_aside_and_the_others_are_programmed() {
     assert_eq!(keys(&dp), vec![plain.key, fixed.key]);
 }
 
+/// A destination deleted behind Shoal's back is refused when the kept view changes it
+/// (ENOENT): that is drift, not the service's fault, so the pass fails and the next one reads
+/// the kernel and repairs it, instead of setting the whole service aside for a minute.
+#[test]
+fn a_destination_gone_behind_the_back_is_repaired_not_set_aside() {
+    let (mut p, dp, _) = programmer(Duration::ZERO, false);
+    let web = service([203, 0, 113, 1], 80);
+    let t0 = Instant::now();
+    let desired = Desired {
+        services: vec![web.clone()],
+    };
+    program(&mut p, desired, &[], t0, &|| false).unwrap();
+    dp.insert_service(Service {
+        destinations: vec![],
+        ..web.clone()
+    });
+    let mut heavier = web.clone();
+    heavier.destinations[0].weight = 2;
+    let desired = Desired {
+        services: vec![heavier.clone()],
+    };
+    let failed = program(&mut p, desired.clone(), &[], t0, &|| false);
+    assert!(failed.is_err(), "the kept view's update was refused");
+    assert!(p.refused.listed().is_empty(), "{:?}", p.refused.listed());
+    let pass = program(&mut p, desired, &[], t0, &|| false).unwrap();
+    assert!(pass.refused.is_empty());
+    assert_eq!(dp.services(), vec![heavier]);
+}
+
 /// A refusal that says nothing about the service (no permission, a shortage) fails the pass
 /// as before: setting the service aside would hide a problem of the node.
 #[test]
