@@ -617,7 +617,7 @@ fn node_addresses_as_people_paste_them() {
     };
     let err = status(&format!("http://{addr}/"));
     assert!(
-        err.contains(&format!("http://{addr}/v1/cluster: 404")),
+        err.contains(&format!("http://{addr}/v1/cluster?health=problems: 404")),
         "{err}"
     );
     assert!(err.contains("without a Shoal error"), "{err}");
