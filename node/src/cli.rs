@@ -5,6 +5,7 @@
 //! the same struct the `--config` file is read into.
 
 pub use crate::config::RunSettings;
+use crate::health::report::Shown;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 use std::path::PathBuf;
@@ -134,29 +135,11 @@ pub struct StatusArgs {
     /// Which health-checked backends to list: those down or that some checker does not report
     /// up (`problems`), every one (`all`: a line each, over 100 MB of JSON at 300,000), or
     /// none; the counts come with each.
-    #[arg(long, value_enum, default_value_t = HealthShown::Problems)]
-    pub health: HealthShown,
+    #[arg(long, value_enum, default_value_t = Shown::Problems)]
+    pub health: Shown,
     /// The health report of this service only (its name as `shoal table` shows it).
     #[arg(long, value_name = "NAME")]
     pub service: Option<String>,
-}
-
-/// `shoal status --health`: `/v1/cluster?health=` (docs/admin-api.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum HealthShown {
-    All,
-    Problems,
-    None,
-}
-
-impl HealthShown {
-    pub fn query_value(self) -> &'static str {
-        match self {
-            HealthShown::All => "all",
-            HealthShown::Problems => "problems",
-            HealthShown::None => "none",
-        }
-    }
 }
 
 #[derive(Debug, Clone, Args)]

@@ -131,7 +131,7 @@ fn pretty<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> anyhow::Re
 
 pub async fn status(args: &StatusArgs) -> anyhow::Result<()> {
     let token = token(&args.node)?;
-    let mut query = vec![("health", args.health.query_value())];
+    let mut query = vec![("health", args.health.name())];
     if let Some(service) = &args.service {
         query.push(("service", service));
     }

@@ -48,8 +48,11 @@ pub struct CheckerReport {
     pub since_unix_ms: u64,
 }
 
-/// Which backends a report lists (`/v1/cluster?health=`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, Serialize)]
+/// Which backends a report lists (`/v1/cluster?health=`, `shoal status --health`: the same
+/// lowercase names in both).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, Serialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Shown {
     /// Every checked backend.
@@ -59,6 +62,17 @@ pub enum Shown {
     Problems,
     /// None: the counts only.
     None,
+}
+
+impl Shown {
+    /// The name the query and the command line take.
+    pub fn name(self) -> &'static str {
+        match self {
+            Shown::All => "all",
+            Shown::Problems => "problems",
+            Shown::None => "none",
+        }
+    }
 }
 
 /// What a report covers and lists.
@@ -250,6 +264,17 @@ mod tests {
             basis: Basis::Previous,
             checkers: vec![NodeId::new("a"), NodeId::new("b")],
             opinions: vec![(NodeId::new("a"), seen), (NodeId::new("b"), b_seen)],
+        }
+    }
+
+    #[test]
+    fn the_query_and_the_command_line_name_what_is_shown_alike() {
+        use clap::ValueEnum;
+        for shown in Shown::value_variants() {
+            let on_the_wire = serde_json::to_value(shown).unwrap();
+            let flag = shown.to_possible_value().unwrap();
+            assert_eq!(on_the_wire, shown.name());
+            assert_eq!(flag.get_name(), shown.name());
         }
     }
 
