@@ -118,10 +118,6 @@ impl MemoryDataplane {
     }
 }
 
-fn refuse(op: &Op, errno: i32) -> DataplaneError {
-    op.refused(errno)
-}
-
 fn apply_to(st: &mut State, op: &Op) -> Result<(), i32> {
     let known = |scheduler: &str| st.schedulers.as_ref().is_none_or(|k| k.contains(scheduler));
     match op {
@@ -144,13 +140,12 @@ fn apply_to(st: &mut State, op: &Op) -> Result<(), i32> {
             st.services.insert(s.key.clone(), (bare, dests));
         }
         Op::UpdateService(s) => {
-            if !st.services.contains_key(&s.key) {
-                return Err(libc::ESRCH);
-            }
-            if !known(&s.scheduler) {
+            // The kernel looks the service up before the scheduler.
+            let scheduler_known = known(&s.scheduler);
+            let (cur, _) = st.services.get_mut(&s.key).ok_or(libc::ESRCH)?;
+            if !scheduler_known {
                 return Err(libc::ENOENT);
             }
-            let (cur, _) = st.services.get_mut(&s.key).ok_or(libc::ESRCH)?;
             *cur = Service {
                 destinations: Vec::new(),
                 ..s.clone()
@@ -270,8 +265,8 @@ impl Dataplane for MemoryDataplane {
     fn apply(&mut self, op: &Op) -> Result<(), DataplaneError> {
         let mut st = self.lock();
         if let Some(errno) = st.fail_next.take() {
-            return Err(refuse(op, errno));
+            return Err(op.refused(errno));
         }
-        apply_to(&mut st, op).map_err(|errno| refuse(op, errno))
+        apply_to(&mut st, op).map_err(|errno| op.refused(errno))
     }
 }
