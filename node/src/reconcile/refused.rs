@@ -32,6 +32,10 @@ impl Refused {
     /// Forgets the refusals that are due a retry at `now`: the service is gone from the table,
     /// changed there, or was refused `RETRY_AFTER` ago.
     pub fn expire(&mut self, desired: &[Service], now: Instant) {
+        // Every pass asks: the usual answer, nothing refused, needs no index of the table.
+        if self.by_key.is_empty() {
+            return;
+        }
         let wanted: BTreeMap<&ServiceKey, &Service> = desired.iter().map(|s| (&s.key, s)).collect();
         self.by_key.retain(|key, r| {
             wanted.get(key).is_some_and(|s| **s == r.asked)
