@@ -108,27 +108,40 @@ impl Applied {
         let refused = self.refused.len();
         let op_of = |i: &Option<usize>| i.and_then(|i| ops.get(i));
         let mut services = std::collections::BTreeMap::new();
+        let mut vips = std::collections::BTreeMap::new();
         for (i, e) in &self.refused {
             let asks = op_of(i).filter(|op| {
                 e.errno()
                     .is_some_and(|errno| op.refused_for_what_it_asks(errno))
             });
-            if let Some(key) = asks.and_then(Op::service) {
-                services.entry(key.clone()).or_insert_with(|| e.to_string());
+            match asks {
+                Some(Op::AddVip(ip)) => {
+                    vips.entry(*ip).or_insert_with(|| e.to_string());
+                }
+                Some(op) => {
+                    if let Some(key) = op.service() {
+                        services.entry(key.clone()).or_insert_with(|| e.to_string());
+                    }
+                }
+                None => {}
             }
         }
         // The rest of such a service's ops follow from its refusal (its destinations find no
         // service); anything else is another refusal.
-        let other = self.refused.iter().any(|(i, _)| {
-            op_of(i)
-                .and_then(Op::service)
-                .is_none_or(|key| !services.contains_key(key))
-        });
+        let explained = |op: &Op| match op {
+            Op::AddVip(ip) => vips.contains_key(ip),
+            op => op.service().is_some_and(|key| services.contains_key(key)),
+        };
+        let other = self
+            .refused
+            .iter()
+            .any(|(i, _)| op_of(i).is_none_or(|op| !explained(op)));
         let first = self.first_error()?;
         Some(DataplaneError::OpsRefused {
             first: Box::new(first),
             refused,
             services,
+            vips,
             other,
         })
     }

@@ -44,6 +44,9 @@ pub enum DataplaneError {
         /// How many ops were refused in all.
         refused: usize,
         services: std::collections::BTreeMap<crate::model::ServiceKey, String>,
+        /// Per VIP this node's kernel cannot hold (IPv6 disabled on the interface or the host:
+        /// `Op::refused_for_what_it_asks`), its refusal: every service on it is refused.
+        vips: std::collections::BTreeMap<std::net::IpAddr, String>,
         /// Some other refusal: of a VIP or a flush, of an entry changed behind Shoal's back,
         /// the node's (permission, a shortage), or of a whole batch.
         other: bool,
@@ -95,6 +98,21 @@ impl DataplaneError {
             entry: entry.to_string(),
             errno,
             message,
+        }
+    }
+
+    /// The kernel's EACCES to adding an IPv6 VIP: not a permission (a missing capability is
+    /// EPERM) but IPv6 disabled on the interface (`disable_ipv6`); "permission denied" sent an
+    /// operator looking at capabilities.
+    pub fn ipv6_disabled(ip: std::net::IpAddr) -> Self {
+        DataplaneError::Netlink {
+            op: "add VIP".into(),
+            entry: ip.to_string(),
+            errno: libc::EACCES,
+            message: "IPv6 is disabled on the VIP interface (sysctl net.ipv6.conf.<interface>.\
+                      disable_ipv6 = 1, or net.ipv6.conf.all / default when it was made): the \
+                      services on this VIP cannot be served by this node"
+                .into(),
         }
     }
 

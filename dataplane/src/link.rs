@@ -278,6 +278,9 @@ impl Rtnl {
             .map(|(outcome, (ip, present))| {
                 outcome.unwrap_or_else(|| {
                     let code = codes.next().unwrap_or(0);
+                    if code == libc::EACCES && *present && ip.is_ipv6() {
+                        return Err(DataplaneError::ipv6_disabled(*ip));
+                    }
                     if code == libc::EPERM || code == libc::EACCES {
                         let (_, verb) = address_verb(*present);
                         return Err(DataplaneError::Permission {

@@ -20,6 +20,8 @@ struct State {
     fail_next: Option<i32>,
     /// The schedulers this twin's kernel has (`None`: every one).
     schedulers: Option<BTreeSet<String>>,
+    /// IPv6 is disabled on the twin's VIP interface: adding an IPv6 VIP is refused (EACCES).
+    ipv6_disabled: bool,
     reads: u64,
     lists: u64,
 }
@@ -83,6 +85,16 @@ impl MemoryDataplane {
     /// refused with ENOENT, as by a kernel without that scheduler's module.
     pub fn only_schedulers(&self, names: &[&str]) {
         self.lock().schedulers = Some(names.iter().map(|n| n.to_string()).collect());
+    }
+
+    /// IPv6 disabled (`true`) or enabled again on the twin's VIP interface; disabling it drops
+    /// the IPv6 VIPs held, as the kernel does.
+    pub fn set_ipv6_disabled(&self, disabled: bool) {
+        let mut st = self.lock();
+        st.ipv6_disabled = disabled;
+        if disabled {
+            st.vips.retain(|v| v.is_ipv4());
+        }
     }
 
     /// The next `apply` fails with this errno (one shot), to test error paths.
@@ -172,6 +184,9 @@ fn apply_to(st: &mut State, op: &Op) -> Result<(), i32> {
             dests.remove(&(*addr, *port)).ok_or(libc::ENOENT)?;
         }
         Op::AddVip(a) => {
+            if a.is_ipv6() && st.ipv6_disabled {
+                return Err(libc::EACCES);
+            }
             if !st.vips.insert(*a) {
                 return Err(libc::EEXIST);
             }

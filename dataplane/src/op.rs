@@ -70,19 +70,24 @@ impl Op {
                     ),
                 }
             }
+            Op::AddVip(ip) if ip.is_ipv6() && errno == libc::EACCES => {
+                DataplaneError::ipv6_disabled(*ip)
+            }
             _ => DataplaneError::from_errno(self.verb(), &self.entry(), errno),
         }
     }
 
     /// Whether the kernel's `errno` to this op is about what the service asks for (a
-    /// scheduler the kernel lacks, a value it rejects, a family or tunnel it does not serve),
-    /// so that leaving that service out is the answer; not an entry changed behind Shoal's
-    /// back (a destination deleted by hand: the next read repairs it) nor the node's problem.
+    /// scheduler the kernel lacks, a value it rejects, a family or tunnel it does not serve,
+    /// an IPv6 VIP where IPv6 is disabled), so that leaving that service (or every service on
+    /// that VIP) out is the answer; not an entry changed behind Shoal's back (a destination
+    /// deleted by hand: the next read repairs it) nor the node's problem.
     pub fn refused_for_what_it_asks(&self, errno: i32) -> bool {
         let rejected = [libc::EINVAL, libc::EOPNOTSUPP, libc::EAFNOSUPPORT].contains(&errno);
         match self {
             Op::AddService(_) | Op::UpdateService(_) => rejected || errno == libc::ENOENT,
             Op::AddDest(..) | Op::UpdateDest(..) => rejected,
+            Op::AddVip(ip) => ip.is_ipv6() && [libc::EACCES, libc::EAFNOSUPPORT].contains(&errno),
             _ => false,
         }
     }

@@ -151,7 +151,8 @@ impl Reconciler {
 
     /// `step` against a view of the kernel.
     pub fn step_view(&mut self, desired: &Desired, have: &View, now: Instant) -> Vec<Op> {
-        let ops = plan_view(desired, have);
+        let mut ops = plan_view(desired, have);
+        self.delete_unowned_at_once(desired, have, &mut ops);
         self.drained = 0;
         if self.drain.is_zero() {
             self.draining.clear();
@@ -263,10 +264,36 @@ impl Reconciler {
     }
 
     /// Services to delete without a drain from now on (and no others): the node withholds
-    /// services it may not serve (their source-range filter cannot be programmed), and those
-    /// must stop at once, not drain.
+    /// services it may not serve (their source-range filter cannot be programmed, or the
+    /// kernel refused their VIP), and those must stop at once, not drain. They are Shoal's
+    /// even when the planner would not own them by their VIP.
     pub fn set_delete_at_once(&mut self, keys: BTreeSet<ServiceKey>) {
         self.delete_at_once = keys;
+    }
+
+    /// Adds a delete for each service set to go at once that the kernel holds, the table
+    /// leaves out, and the plan leaves alone because its VIP is neither desired nor on the
+    /// interface (a service whose IPv6 VIP the interface refused went in without it).
+    fn delete_unowned_at_once(&self, desired: &Desired, have: &View, ops: &mut Vec<Op>) {
+        if self.delete_at_once.is_empty() || ops.contains(&Op::Flush) {
+            return;
+        }
+        let desired_keys: BTreeSet<&ServiceKey> = desired.services.iter().map(|s| &s.key).collect();
+        let deleted: BTreeSet<&ServiceKey> = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::DelService(k) => Some(k),
+                _ => None,
+            })
+            .collect();
+        let missing: Vec<Op> = self
+            .delete_at_once
+            .iter()
+            .filter(|k| have.services.contains_key(*k))
+            .filter(|k| !desired_keys.contains(k) && !deleted.contains(k))
+            .map(|k| Op::DelService(k.clone()))
+            .collect();
+        ops.extend(missing);
     }
 
     /// Protocols whose destinations are deleted without a drain when the desired table leaves
