@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod prober;
 pub mod report;
 pub mod result;
+pub mod returns;
 pub mod runner;
 pub mod verdict;
 pub mod wire;

@@ -25,6 +25,7 @@ use super::judged::{Judged, JudgedService};
 use super::metrics::{HealthMetrics, ProbeLabels};
 use super::prober::{LocalFailure, Prober, Target};
 use super::result::ProbeResult;
+use super::returns::Returns;
 use super::verdict::{index_opinions, verdicts_of, BackendRef, Verdicts};
 use super::wire::{self, Observation};
 use crate::log_gate::LogGate;
@@ -124,12 +125,15 @@ impl Runner {
         let mut positions: HashMap<String, usize> = HashMap::new();
         let mut judge_again = true;
         let no_table = RuleTable::default();
+        // Members back after this node saw them gone: their opinions from before do not count.
+        let mut returns = Returns::default();
 
         loop {
             let pass_started = Instant::now();
             let head = self.tables.borrow_and_update().clone();
             let table = head.as_ref().map_or(&no_table, |h| &h.doc);
             let live = self.board.live_members();
+            returns.follow(&live, unix_ms());
             let now = Instant::now();
             let roster_changed = assignment.follow(&live, self.k);
             let table_changed = !same_head(&head, &last_head);
@@ -282,12 +286,16 @@ impl Runner {
                         .map(|(i, s)| (s.name.clone(), i))
                         .collect();
                 }
+                let fresh = |(node, service, said)| {
+                    let said = returns.fresh(&node, said);
+                    (node, service, said)
+                };
                 let (opinions, names): (_, Vec<&String>) = if everything {
-                    let opinions = index_opinions(&live, gossiped.opinions());
+                    let opinions = index_opinions(&live, gossiped.opinions().map(fresh));
                     by_service.retain(|name, _| positions.contains_key(name));
                     (opinions, positions.keys().collect())
                 } else {
-                    let opinions = index_opinions(&live, gossiped.opinions_of(&moved));
+                    let opinions = index_opinions(&live, gossiped.opinions_of(&moved).map(fresh));
                     let names = moved.iter().filter(|n| positions.contains_key(*n));
                     (opinions, names.collect())
                 };
