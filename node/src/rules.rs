@@ -272,10 +272,14 @@ pub fn warnings(table: &RuleTable) -> Vec<String> {
     let mut out = Vec::new();
     for s in &table.services {
         if s.forwarding == Forwarding::Masq {
+            let forwarding = match s.vip {
+                std::net::IpAddr::V4(_) => "net.ipv4.ip_forward = 1",
+                std::net::IpAddr::V6(_) => "net.ipv6.conf.all.forwarding = 1",
+            };
             out.push(format!(
                 "service {:?}: masq needs each reply to come back through the replica that \
                  forwarded the request (the backends' route to the clients must point at it, \
-                 and net.ipv4.ip_forward = 1 there): behind ECMP with several replicas, \
+                 and {forwarding} there): behind ECMP with several replicas, \
                  replies through another replica are dropped",
                 s.name
             ));
