@@ -228,7 +228,7 @@ fn host_uptime() -> String {
 /// 512 MB code cache they keep up (two clean boots of this pair on the busy host, docs/e2e-lab.md).
 fn short() -> Option<&'static Run> {
     static RUN: OnceLock<Option<Run>> = OnceLock::new();
-    RUN.get_or_init(|| boot("kill9 backend removal", "", "ci", Profile::Debug))
+    RUN.get_or_init(|| boot("kill9 backend removal refused", "", "ci", Profile::Debug))
         .as_ref()
 }
 
@@ -237,7 +237,7 @@ fn full() -> Option<&'static Run> {
     static RUN: OnceLock<Option<Run>> = OnceLock::new();
     RUN.get_or_init(|| {
         boot(
-            "kill9 stop term rolling add control-rr control-nosloppy backend removal keepalived",
+            "kill9 stop term rolling add control-rr control-nosloppy backend removal refused keepalived",
             "",
             "full",
             Profile::Release,
@@ -394,6 +394,52 @@ fn check_removal(run: &Run) {
     // The file is read at the second poll after its rename (250 ms each), published and
     // applied by every replica; a busy machine's emulated guest gets 5 s of slack.
     check_udp_clients_leave_b2(run, "removal-udp", run.fault("removal"), 1_000 + 5_000);
+}
+
+/// A service every replica's kernel refuses (no `ip_vs_sed` in the lab) on a VIP of its own:
+/// the router must get no route to that VIP, while the VIP beside it keeps all three replicas;
+/// the same service with a scheduler the kernel has is announced by all three. Before, each replica announced the refused service's VIP and the router sent its
+/// flows to kernels with no service for them.
+fn check_refused(run: &Run) {
+    let hops = |f: &str| run.share.out(f).trim().to_string();
+    run.fault("refused");
+    for i in 1..=3 {
+        let node: serde_json::Value =
+            serde_json::from_str(&run.share.out(&format!("refused-announce-r{i}.json")))
+                .unwrap_or_else(|e| {
+                    panic!("r{i}'s /v1/node: {e}\n{}", run.context("scenario.log"))
+                });
+        let refused = node["reconcile"]["refused"].to_string();
+        assert!(
+            refused.contains("tcp 203.0.113.11:9000") && refused.contains("ip_vs_sed"),
+            "r{i} did not set the service aside: {refused}"
+        );
+        assert_eq!(
+            node["announce"]["withheld"]["203.0.113.11"], "none of its services is programmed here",
+            "r{i}'s announce report: {}",
+            node["announce"]
+        );
+    }
+    let context = || run.context("r1.log");
+    assert_eq!(
+        hops("refused-hops-refused.txt"),
+        "-",
+        "routed while refused\n{}",
+        context()
+    );
+    assert_eq!(hops("refused-hops-vip.txt"), "11 12 13", "{}", context());
+    assert_eq!(
+        hops("refused-hops-programmed.txt"),
+        "11 12 13",
+        "{}",
+        context()
+    );
+}
+
+#[test]
+fn ci_a_vip_whose_services_the_kernel_refuses_is_not_announced() {
+    let Some(run) = short() else { return };
+    check_refused(run);
 }
 
 #[test]

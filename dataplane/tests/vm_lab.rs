@@ -863,6 +863,32 @@ fn f_shoal_node_programs_ipvs_and_reports_it() {
     );
     assert_eq!(out("h_back").trim(), "1", "{}", context());
 
+    // (i) IPv6 disabled on shoal0 with an IPv6 service in the table: that service alone is set
+    // aside, naming the sysctl; with IPv6 back, a change to it programs it.
+    let node: Value = serde_json::from_str(&out("i_node.json")).expect("node JSON");
+    let refused = node["reconcile"]["refused"].to_string();
+    assert!(
+        refused.contains("tcp [2001:db8::10]:80") && refused.contains("disable_ipv6"),
+        "{node}; {}",
+        context()
+    );
+    assert_eq!(node["reconcile"]["last_ok"], true, "{node}");
+    assert_eq!(out("i_readyz_rc").trim(), "0", "not ready: {}", context());
+    assert_eq!(
+        shoal_lines(&out("i_ipvsadm_refused.txt")),
+        shown,
+        "the IPv4 service stays, the IPv6 one is not left in the kernel"
+    );
+    assert_eq!(out("i_six_programmed").trim(), "1", "{}", context());
+    assert!(
+        out("i_ipvsadm_six.txt").contains("[2001:db8::10]:80")
+            && out("i_addrs.txt").contains("2001:db8::10/128"),
+        "{}\n{}",
+        out("i_ipvsadm_six.txt"),
+        out("i_addrs.txt")
+    );
+    assert_eq!(out("i_back").trim(), "1", "{}", context());
+
     // The drain of the removed backend survived the restart: same deadline (in the wall clock)
     // before and after, about 5 s less left; the kernel still holds it at weight 0.
     assert_eq!(out("f_drain_seen").trim(), "1", "no drain; {}", context());

@@ -44,7 +44,7 @@ mod snapshots;
 pub use connections::MAX_CONNECTIONS_PER_SOURCE;
 pub use dataplane::snapshots as dataplane_snapshots;
 pub(crate) use dataplane::{DataplaneTotals, DrainingEntry};
-use readiness::{announce_ready, publisher_ready, readiness};
+use readiness::{announce_ready, dataplane_ready, publisher_ready, readiness};
 
 /// A client must send a request's headers within this (slowloris defence).
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -579,9 +579,16 @@ async fn readyz(State(s): State<AdminState>) -> Response {
 /// `view` (the caller's: `/v1/cluster` answers with the same one).
 fn ready_state(s: &AdminState, view: &shoal_gossip::ClusterView) -> Result<String, String> {
     let head = cluster_head(view, &s.mesh);
-    let applied = s.reconcile.get().applied;
+    let reconciled = s.reconcile.get();
     let role = s.mesh.role_reason();
-    readiness(&role, head.as_ref(), applied.as_ref())
+    let dataplane = dataplane_ready(&reconciled, Instant::now());
+    readiness(&role, head.as_ref(), reconciled.applied.as_ref())
+        // Failing passes are why a head is not applied, or why one applied is not served.
+        .map_err(|why| match &dataplane {
+            Err(failing) if head.is_some() => format!("{why}; {failing}"),
+            _ => why,
+        })
+        .and_then(|why| dataplane.map(|()| why))
         .map_err(|why| match head {
             None => with_rejected_input(&s.mesh, why),
             Some(_) => why,

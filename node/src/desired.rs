@@ -46,7 +46,8 @@ fn cuts_down_backends(vs: &VirtualService) -> bool {
     CUT_PROTOCOLS.contains(&vs.protocol)
 }
 
-fn key_of(vs: &VirtualService) -> ServiceKey {
+/// The dataplane's key of a table service.
+pub(crate) fn key_of(vs: &VirtualService) -> ServiceKey {
     ServiceKey::Addr {
         addr: vs.vip,
         port: vs.port,

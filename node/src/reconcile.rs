@@ -211,7 +211,7 @@ mod refused;
 /// pass retries. A node whose table restricts nothing never needs nftables (`reconcile_filter`
 /// does not fail when there is nothing to enforce). The error of the IPVS part fails the pass.
 /// A service whose ops the kernel refuses (a scheduler it has no module for, a value it
-/// rejects) is set aside: left out of the desired table, named in the pass, and tried again
+/// rejects), or whose IPv6 VIP it cannot hold (IPv6 disabled on the interface), is set aside: left out of the desired table, named in the pass, and tried again
 /// when the table changes it or after `refused::RETRY_AFTER`; the pass goes on without it. Any
 /// other refusal (a VIP, a service no longer wanted, a destination deleted behind Shoal's
 /// back, no permission, a shortage) fails the pass as before, and the next one reads the
@@ -236,8 +236,15 @@ pub fn program(
         Err(_) => restricted(filters),
     };
     desired.services.retain(|s| !withheld.contains(&s.key));
-    reconciler.set_delete_at_once(withheld.clone());
     refused.expire(&desired.services, now);
+    let at_once = |refused: &Refused| -> BTreeSet<ServiceKey> {
+        withheld
+            .iter()
+            .chain(refused.refused_with_vip())
+            .cloned()
+            .collect()
+    };
+    reconciler.set_delete_at_once(at_once(refused));
     desired.services.retain(|s| !refused.contains(&s.key));
     let mut set_aside = 0;
     let report = loop {
@@ -247,26 +254,44 @@ pub fn program(
         };
         let DataplaneError::OpsRefused {
             services,
+            vips,
             other: false,
             ..
         } = &e
         else {
             return Err(e);
         };
-        let asked: Vec<&shoal_dataplane::Service> = services
-            .keys()
-            .filter_map(|k| desired.services.iter().find(|s| &s.key == k))
+        // Each service refused for what it asks, and every service on a VIP refused so.
+        let asked: Vec<(&shoal_dataplane::Service, &String, bool)> = desired
+            .services
+            .iter()
+            .filter_map(|s| match services.get(&s.key) {
+                Some(why) => Some((s, why, false)),
+                None => s
+                    .key
+                    .vip()
+                    .and_then(|vip| vips.get(&vip))
+                    .map(|why| (s, why, true)),
+            })
             .collect();
+        let wanted = |key: &ServiceKey| asked.iter().any(|(s, ..)| &s.key == key);
+        let on = |vip: &IpAddr| asked.iter().any(|(s, ..)| s.key.vip() == Some(*vip));
+        let tries = services.len() + vips.len();
         if asked.is_empty()
-            || asked.len() != services.len()
-            || set_aside + asked.len() > refused::MAX_PER_PASS
+            || !services.keys().all(wanted)
+            || !vips.keys().all(on)
+            || set_aside + tries > refused::MAX_PER_PASS
         {
             return Err(e);
         }
-        for s in asked {
-            refused.insert(s, services[&s.key].clone(), now);
+        for (s, why, with_vip) in asked {
+            match with_vip {
+                true => refused.insert_with_vip(s, why.clone(), now),
+                false => refused.insert(s, why.clone(), now),
+            }
         }
-        set_aside += services.len();
+        set_aside += tries;
+        reconciler.set_delete_at_once(at_once(refused));
         desired.services.retain(|s| !refused.contains(&s.key));
     };
     Ok(Pass {
@@ -279,6 +304,7 @@ pub fn program(
             .min(),
         draining_vips: reconciler.draining_vips(now),
         filter,
+        unprogrammed: withheld.iter().chain(refused.keys()).cloned().collect(),
         withheld: withheld.into_iter().collect(),
         refused: refused.listed(),
     })
@@ -315,6 +341,8 @@ pub struct Pass {
     pub withheld: Vec<ServiceKey>,
     /// Services the kernel refused, left out until their retry, each with the refusal.
     pub refused: Vec<String>,
+    /// The keys of both: the services not in the dataplane (their VIPs are not announced).
+    pub unprogrammed: BTreeSet<ServiceKey>,
 }
 
 /// Why a pass on the head already applied changed something, for its log lines: deletions at
@@ -362,6 +390,12 @@ pub struct ReconcileState {
     pub last_ops: usize,
     pub applied: Option<crate::status::VersionRef>,
     pub passes: u64,
+    /// Passes failed since the last one that succeeded.
+    pub failed_in_a_row: u32,
+    /// When the first of those failed (`None` while the last pass succeeded): a node whose
+    /// passes keep failing does not serve what its table says (`announce::decide::dataplane_failing`).
+    #[serde(skip)]
+    pub failing_since: Option<Instant>,
     /// Why the source-range filter could not be programmed in the last pass that got that far
     /// (`None`: programmed, or not needed).
     pub source_filter_error: Option<String>,
@@ -373,6 +407,9 @@ pub struct ReconcileState {
     pub refused: Vec<String>,
     /// VIPs of removed services still draining here ([`Pass::draining_vips`]).
     pub draining_vips: BTreeSet<IpAddr>,
+    /// [`Pass::unprogrammed`]: what `withheld` and `refused` name, as keys.
+    #[serde(skip)]
+    pub unprogrammed: BTreeSet<ServiceKey>,
 }
 
 #[derive(Clone, Default)]
@@ -502,6 +539,7 @@ pub async fn run(
                 filter,
                 withheld,
                 refused,
+                unprogrammed,
             }) => {
                 metrics.services_refused.set(refused.len() as i64);
                 if refused != status.get().refused {
@@ -603,6 +641,8 @@ pub async fn run(
                     s.last_unix_ms = Some(crate::unix_ms());
                     s.last_ok = Some(true);
                     s.last_error = None;
+                    s.failed_in_a_row = 0;
+                    s.failing_since = None;
                     s.last_ops = ops.len();
                     s.applied = Some((&reported).into());
                     s.passes += 1;
@@ -610,6 +650,7 @@ pub async fn run(
                     s.withheld = withheld;
                     s.refused = refused;
                     s.draining_vips = draining_vips;
+                    s.unprogrammed = unprogrammed;
                 });
                 if let Some(keeper) = &mut drains_kept {
                     if let Some(at) = keep_drains(keeper, &programmer, &mut drains_warn).await {
@@ -632,6 +673,8 @@ pub async fn run(
                     s.last_ok = Some(false);
                     s.last_error = Some(e.to_string());
                     s.passes += 1;
+                    s.failed_in_a_row = s.failed_in_a_row.saturating_add(1);
+                    s.failing_since.get_or_insert_with(Instant::now);
                 });
                 wake = later(tokio::time::Instant::now(), RETRY_AFTER_ERROR);
             }

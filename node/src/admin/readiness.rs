@@ -28,6 +28,25 @@ pub(super) fn publisher_ready(stamp_refusal: Option<&str>) -> Result<(), String>
     }
 }
 
+/// What failing reconcile passes add to `/readyz` (the rule of
+/// `announce::decide::dataplane_failing`): a node that applied its head once, and whose passes
+/// have failed ever since, does not serve what the table says.
+pub(super) fn dataplane_ready(
+    state: &crate::reconcile::ReconcileState,
+    now: std::time::Instant,
+) -> Result<(), String> {
+    let failing_for = state.failing_since.map(|t| now.duration_since(t));
+    if crate::announce::decide::dataplane_failing(failing_for, state.failed_in_a_row) {
+        return Err(format!(
+            "its last {} reconcile passes failed, for {} s: {}",
+            state.failed_in_a_row,
+            failing_for.unwrap_or_default().as_secs(),
+            state.last_error.as_deref().unwrap_or("no error kept")
+        ));
+    }
+    Ok(())
+}
+
 /// `/readyz`'s answer: `Ok` with what this node serves, or `Err` with the most important
 /// reason it does not (the order of `announce::decide::readiness`). Applying the head is not
 /// enough: a node still listening to the mesh may not have heard yet what would refuse it,

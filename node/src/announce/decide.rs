@@ -9,6 +9,9 @@
 //!   of the table when `withdraw_when_no_backends` is off), and the VIPs of services removed
 //!   from the table that still drain on this node (the flows a drain keeps must still reach
 //!   the node; new ones find every destination at weight 0);
+//! - it never announces a VIP none of whose services its dataplane holds (the kernel refused
+//!   them, or their source filter failed), unless that VIP drains: such traffic would reach a
+//!   node with nothing to forward it to;
 //! - while a ready node's dataplane has not applied the head yet (the grace of
 //!   [`follows_head`]), it announces nothing the head adds and keeps what the head removes:
 //!   routes follow what the dataplane serves, not the table on its way to it;
@@ -45,6 +48,10 @@ pub enum Readiness {
     NotCaughtUp,
     /// The dataplane has not applied the head yet.
     NotApplied,
+    /// This node's reconcile passes have kept failing for longer than [`FAILING_GRACE`]: its
+    /// kernel does not hold what the table says (an interface it cannot make, a kernel that
+    /// refuses a VIP), whatever version it applied last.
+    DataplaneFailing,
     /// This node's own announce loop missed its deadline (the process was frozen or starved);
     /// it waits for the mesh to re-check before announcing again.
     Stalled,
@@ -72,6 +79,8 @@ pub struct NodeFacts {
     pub applied_is_head: bool,
     /// The mesh refuses this process: an older live one has its id.
     pub duplicate_id: bool,
+    /// Its reconcile passes keep failing ([`dataplane_failing`]).
+    pub dataplane_failing: bool,
 }
 
 /// Whether the dataplane follows the head well enough to attract traffic: it applied the head,
@@ -118,8 +127,25 @@ pub fn bird_hung(since_answer: Duration, since_start: Duration, failed_polls: u3
     since_answer.min(since_start) > BIRD_HUNG && failed_polls >= BIRD_HUNG_POLLS
 }
 
+/// How long a node's reconcile passes may keep failing before it stops being ready: a failed
+/// pass is retried a second later, and one transient error (a busy kernel, a race with an
+/// operator's edit) must not withdraw the node's routes.
+pub const FAILING_GRACE: Duration = Duration::from_secs(5);
+/// ... and how many passes in a row must have failed meanwhile (a pass at 10,000 services can
+/// take seconds: one slow failure is not a pattern).
+pub const FAILING_PASSES: u32 = 3;
+
+/// Whether this node's dataplane counts as failing: its passes have failed for longer than
+/// [`FAILING_GRACE`] (`failing_for`: since the first failure after the last success) and at
+/// least [`FAILING_PASSES`] times in a row. Before, such a node kept answering ready for the
+/// head it had applied once, and BGP kept its routes, while every pass failed (a probe:
+/// `shoal0` deleted behind its back).
+pub fn dataplane_failing(failing_for: Option<Duration>, failed_in_a_row: u32) -> bool {
+    failing_for.is_some_and(|d| d > FAILING_GRACE) && failed_in_a_row >= FAILING_PASSES
+}
+
 /// The most important reason first: draining, stalled, BIRD not answering, no table, not
-/// caught up, not applied.
+/// caught up, dataplane failing, not applied.
 pub fn readiness(f: NodeFacts) -> Readiness {
     if f.draining {
         Readiness::Draining
@@ -133,6 +159,8 @@ pub fn readiness(f: NodeFacts) -> Readiness {
         Readiness::NoTable
     } else if !f.mesh_caught_up {
         Readiness::NotCaughtUp
+    } else if f.dataplane_failing {
+        Readiness::DataplaneFailing
     } else if !f.applied_is_head {
         Readiness::NotApplied
     } else {
@@ -153,14 +181,41 @@ pub enum VipState {
     OwnedBy(String),
 }
 
+/// The VIPs of `table` none of whose services this node's dataplane holds: each one's key is
+/// in `unprogrammed` (set aside after the kernel refused it, or withheld for a failed source
+/// filter).
+pub fn unprogrammed_vips(
+    table: &RuleTable,
+    unprogrammed: &BTreeSet<shoal_dataplane::ServiceKey>,
+) -> BTreeSet<IpAddr> {
+    if unprogrammed.is_empty() {
+        return BTreeSet::new();
+    }
+    let mut programmed: BTreeMap<IpAddr, bool> = BTreeMap::new();
+    for vs in &table.services {
+        let here = !unprogrammed.contains(&crate::desired::key_of(vs));
+        *programmed.entry(vs.vip).or_insert(false) |= here;
+    }
+    programmed
+        .into_iter()
+        .filter(|(_, here)| !here)
+        .map(|(vip, _)| vip)
+        .collect()
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Withheld {
     NotReady(Readiness),
     /// None of the VIP's services has a backend that is up with a weight above 0.
     NoHealthyBackend,
+    /// None of the VIP's services is in this node's dataplane: the kernel refused them, or
+    /// their source filter could not be programmed (`reconcile.refused`, `reconcile.withheld`).
+    NotProgrammed,
     /// L2: no live member is ready to own it.
     NoEligibleOwner,
+    /// Decided on, but the kernel refused to add it (the node's log says why).
+    NotHeld,
 }
 
 impl std::fmt::Display for Withheld {
@@ -170,6 +225,7 @@ impl std::fmt::Display for Withheld {
             Withheld::NotReady(Readiness::NoTable) => "no rule table yet",
             Withheld::NotReady(Readiness::NotCaughtUp) => "not caught up",
             Withheld::NotReady(Readiness::NotApplied) => "not caught up (head not applied)",
+            Withheld::NotReady(Readiness::DataplaneFailing) => "its reconcile passes keep failing",
             Withheld::NotReady(Readiness::Stalled) => "stalled (missed its control deadline)",
             Withheld::NotReady(Readiness::BirdNotAnswering) => {
                 "BIRD is not answering its control socket"
@@ -177,7 +233,9 @@ impl std::fmt::Display for Withheld {
             Withheld::NotReady(Readiness::Draining) => "draining",
             Withheld::NotReady(Readiness::DuplicateId) => "an older live process has this node id",
             Withheld::NoHealthyBackend => "no healthy backend",
+            Withheld::NotProgrammed => "none of its services is programmed here",
             Withheld::NoEligibleOwner => "no eligible owner",
+            Withheld::NotHeld => "the kernel refused to add it (see the node's log)",
         };
         f.write_str(s)
     }
@@ -233,6 +291,9 @@ pub struct Inputs<'a> {
     pub applied_is_head: bool,
     /// What this node announces now.
     pub announced_now: &'a BTreeSet<IpAddr>,
+    /// VIPs of the table none of whose services this node's dataplane holds
+    /// ([`unprogrammed_vips`]).
+    pub unprogrammed: &'a BTreeSet<IpAddr>,
     pub withdraw_when_no_backends: bool,
     /// L2: the live members that are ready to own VIPs (this node included when it is ready).
     pub l2_candidates: &'a [String],
@@ -256,6 +317,10 @@ pub fn decide(i: &Inputs<'_>) -> BTreeMap<IpAddr, VipState> {
         // Healthy or not: a drain is for the flows already there.
         let served = if !i.applied_is_head && !i.announced_now.contains(&vip) {
             VipState::Withheld(Withheld::NotReady(Readiness::NotApplied))
+        } else if i.unprogrammed.contains(&vip) && !draining.contains(&vip) {
+            // Announced, it drew flows to a node whose kernel has no service for them (a
+            // probe: a service the kernel refused kept its VIP announced everywhere).
+            VipState::Withheld(Withheld::NotProgrammed)
         } else if healthy {
             VipState::Announced
         } else if draining.contains(&vip)
@@ -344,12 +409,13 @@ mod tests {
             applied_is_head: bits & 16 != 0,
             bird_answering: bits & 32 != 0,
             duplicate_id: bits & 64 != 0,
+            dataplane_failing: bits & 128 != 0,
         }
     }
 
     #[test]
     fn ready_only_when_every_fact_allows_it() {
-        for bits in 0..128u8 {
+        for bits in 0..=255u8 {
             let f = facts(bits);
             let ready = !f.draining
                 && !f.duplicate_id
@@ -357,9 +423,15 @@ mod tests {
                 && f.bird_answering
                 && f.has_head
                 && f.mesh_caught_up
-                && f.applied_is_head;
+                && f.applied_is_head
+                && !f.dataplane_failing;
             assert_eq!(readiness(f) == Readiness::Ready, ready, "{f:?}");
         }
+        // Applied the head once, every pass failing since: not ready, and said so rather than
+        // "not applied" when both hold.
+        assert_eq!(readiness(facts(0b1011_1100)), Readiness::DataplaneFailing);
+        assert_eq!(readiness(facts(0b1010_1100)), Readiness::DataplaneFailing);
+        assert_eq!(readiness(facts(0b1011_0100)), Readiness::NotCaughtUp);
         assert_eq!(readiness(facts(0b111111)), Readiness::Draining);
         assert_eq!(readiness(facts(0b101100)), Readiness::NotApplied);
         assert_eq!(readiness(facts(0b110100)), Readiness::NotCaughtUp);
@@ -385,6 +457,39 @@ mod tests {
         // Silent past the grace with 3 failures in a row: down.
         assert!(!bird_answering(s(6), 3));
         assert!(!bird_answering(s(600), 600));
+    }
+
+    #[test]
+    fn a_vip_is_unprogrammed_only_when_none_of_its_services_is_programmed() {
+        let refused = service("odd", vip(1), &[1]);
+        let table = RuleTable {
+            services: vec![
+                refused.clone(),
+                // Another port of the same VIP is programmed: the VIP is served.
+                VirtualService {
+                    port: 443,
+                    ..service("tls", vip(1), &[1])
+                },
+                service("alone", vip(2), &[1]),
+                service("fine", vip(3), &[1]),
+            ],
+        };
+        let key = |vs: &VirtualService| crate::desired::key_of(vs);
+        assert!(unprogrammed_vips(&table, &BTreeSet::new()).is_empty());
+        let set: BTreeSet<_> = [key(&refused), key(&table.services[2])].into();
+        assert_eq!(unprogrammed_vips(&table, &set), [vip(2)].into());
+        let set: BTreeSet<_> = table.services[..2].iter().map(key).collect();
+        assert_eq!(unprogrammed_vips(&table, &set), [vip(1)].into());
+    }
+
+    #[test]
+    fn the_dataplane_fails_only_after_the_grace_and_several_failed_passes() {
+        let s = Duration::from_secs;
+        assert!(!dataplane_failing(None, 0), "the last pass succeeded");
+        assert!(!dataplane_failing(Some(s(600)), 2), "two slow failures");
+        assert!(!dataplane_failing(Some(s(4)), 5), "within the grace");
+        assert!(!dataplane_failing(Some(FAILING_GRACE), FAILING_PASSES));
+        assert!(dataplane_failing(Some(s(6)), FAILING_PASSES));
     }
 
     #[test]
@@ -515,6 +620,7 @@ mod tests {
                 draining: &draining,
                 applied_is_head: true,
                 announced_now: &BTreeSet::new(),
+                unprogrammed: &BTreeSet::new(),
                 withdraw_when_no_backends: withdraw,
                 l2_candidates: &cands,
             });
@@ -531,7 +637,15 @@ mod tests {
             (vips, draining) in arb_vips_and_drains(),
             withdraw in any::<bool>(),
             mask in any::<u16>(),
+            refused_mask in any::<u16>(),
         ) {
+            // The VIPs whose services the kernel refused here: some of the table's.
+            let unprogrammed: BTreeSet<IpAddr> = vips
+                .keys()
+                .enumerate()
+                .filter(|(k, _)| refused_mask & (1 << (k % 16)) != 0)
+                .map(|(_, ip)| *ip)
+                .collect();
             // What the node announces now: some of the VIPs of the table and of the drains.
             let every: BTreeSet<IpAddr> = vips.keys().chain(&draining).copied().collect();
             let now: BTreeSet<IpAddr> = every
@@ -548,6 +662,7 @@ mod tests {
                 draining: &draining,
                 applied_is_head: true,
                 announced_now: &now,
+                unprogrammed: &unprogrammed,
                 withdraw_when_no_backends: withdraw,
                 l2_candidates: &[],
             });
@@ -556,6 +671,7 @@ mod tests {
                 .iter()
                 .filter(|(_, h)| **h || !withdraw)
                 .map(|(ip, _)| *ip)
+                .filter(|ip| !unprogrammed.contains(ip) || draining.contains(ip))
                 .collect();
             // A drain keeps a VIP announced; it brings back none withdrawn for want of a
             // healthy backend.
@@ -564,6 +680,10 @@ mod tests {
             for (ip, s) in &states {
                 match s {
                     VipState::Announced => prop_assert!(healthy(ip) || (!withdraw && !draining.contains(ip)), "{}", ip),
+                    VipState::Withheld(Withheld::NotProgrammed) => prop_assert!(
+                        unprogrammed.contains(ip) && !draining.contains(ip),
+                        "{}", ip
+                    ),
                     VipState::Draining => prop_assert!(
                         !healthy(ip) && draining.contains(ip) && (now.contains(ip) || !withdraw),
                         "{}", ip
@@ -588,6 +708,7 @@ mod tests {
                 .map(|(_, v)| *v)
                 .chain(others)
                 .collect();
+            let none = BTreeSet::new();
             let inputs = |applied_is_head| Inputs {
                 mode: Mode::Bgp,
                 me: "me",
@@ -596,6 +717,7 @@ mod tests {
                 draining: &draining,
                 applied_is_head,
                 announced_now: &now,
+                unprogrammed: &none,
                 withdraw_when_no_backends: withdraw,
                 l2_candidates: &[],
             };
@@ -640,6 +762,7 @@ mod tests {
                     draining: &draining,
                     applied_is_head: true,
                     announced_now: &held,
+                    unprogrammed: &BTreeSet::new(),
                     withdraw_when_no_backends: true,
                     l2_candidates: &cands,
                 });

@@ -27,7 +27,7 @@ use crate::table::RuleTable;
 use anyhow::Context;
 use bird_poll::poll_bird;
 pub(crate) use bird_poll::BirdStatus;
-use decide::{Inputs, Mode, NodeFacts, Readiness, VipState};
+use decide::{Inputs, Mode, NodeFacts, Readiness, VipState, Withheld};
 use serde::{Deserialize, Serialize};
 use settings::AnnounceSettings;
 use shoal_dataplane::route::RouteTable;
@@ -335,6 +335,7 @@ pub async fn start(
         guard_targets,
         guard_deadline: settings.freeze_withdraw,
         beat_errors: crate::log_gate::LogGate::new(Duration::from_secs(10)),
+        apply_errors: crate::log_gate::LogGate::new(Duration::from_secs(10)),
         withdrawn: withdrawn_tx,
     };
     let task = tokio::spawn(lp.run(verdicts, draining_rx, cancel.clone()));

@@ -20,6 +20,9 @@ pub(super) struct Loop {
     pub(super) guard_deadline: Duration,
     /// "does not read its beats" at most every 10 s (it was 10 lines a second).
     pub(super) beat_errors: crate::log_gate::LogGate,
+    /// "cannot change announcements" at most every 10 s (a probe: 174 lines in 18 s while
+    /// IPv6 was disabled on the L2 interface).
+    pub(super) apply_errors: crate::log_gate::LogGate,
     pub(super) withdrawn: watch::Sender<bool>,
 }
 
@@ -94,6 +97,10 @@ impl Loop {
                     now.duration_since(lag_start),
                     APPLY_GRACE,
                 ),
+                dataplane_failing: decide::dataplane_failing(
+                    reconciled.failing_since.map(|t| now.duration_since(t)),
+                    reconciled.failed_in_a_row,
+                ),
             };
             let readiness = decide::readiness(facts);
             // Grace is only for a node that stays ready: any other reason resets it.
@@ -102,8 +109,12 @@ impl Loop {
                 Some(h) => decide::vip_health(&h.doc, &verdicts.borrow_and_update()),
                 None => BTreeMap::new(),
             };
+            let unprogrammed = match &head {
+                Some(h) => decide::unprogrammed_vips(&h.doc, &reconciled.unprogrammed),
+                None => BTreeSet::new(),
+            };
             let candidates = self.l2_candidates(readiness);
-            let states = decide::decide(&Inputs {
+            let mut states = decide::decide(&Inputs {
                 mode: self.mode,
                 me: &self.mesh.node_id().to_string(),
                 readiness,
@@ -111,6 +122,7 @@ impl Loop {
                 draining: &reconciled.draining_vips,
                 applied_is_head,
                 announced_now: &current,
+                unprogrammed: &unprogrammed,
                 withdraw_when_no_backends: self.withdraw_when_no_backends,
                 l2_candidates: &candidates,
             });
@@ -140,7 +152,22 @@ impl Loop {
                         self.withdrawn.send_replace(true);
                     }
                 }
-                Err(e) => tracing::error!(error = %e, "cannot change announcements; retrying"),
+                Err(NotApplied { held, error }) => {
+                    if let Some(suppressed) = self.apply_errors.allow(now) {
+                        tracing::error!(error = %error, suppressed, held = ?held, "cannot change announcements; retrying");
+                    }
+                    if let Some(held) = held {
+                        current = held;
+                        self.metrics.vips.set(current.len() as i64);
+                    }
+                }
+            }
+            // The report says what is held: a VIP decided on that the kernel refused is not.
+            for (ip, state) in states.iter_mut() {
+                let announced = matches!(state, VipState::Announced | VipState::Draining);
+                if announced && !current.contains(ip) {
+                    *state = VipState::Withheld(Withheld::NotHeld);
+                }
             }
             self.beat(&current).await;
             let report = self.report(readiness, &states);
@@ -183,12 +210,16 @@ impl Loop {
     }
 
     /// Brings the kernel side to `want`; in L2 mode only the addresses in `scope` (the VIPs
-    /// decided on) or announced before are touched.
+    /// decided on) or announced before are touched. In L2 mode every address is tried even
+    /// when one is refused, and a failure says what the interface holds after it: the
+    /// watchdog must be told of every address there (a probe: IPv6 disabled on the interface
+    /// made the IPv6 add fail after the IPv4 ones went in, the watchdog never heard of them,
+    /// and a `kill -9` left them on the interface, answering ARP).
     async fn apply(
         &mut self,
         want: &BTreeSet<IpAddr>,
         mut scope: BTreeSet<IpAddr>,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), NotApplied> {
         match &self.target {
             Target::Bgp { routes, .. } => {
                 let routes = routes.clone();
@@ -196,7 +227,9 @@ impl Loop {
                 tokio::task::spawn_blocking(move || {
                     routes.lock().unwrap_or_else(|p| p.into_inner()).sync(&want)
                 })
-                .await??;
+                .await
+                .map_err(|e| NotApplied::unknown(e.into()))?
+                .map_err(|e| NotApplied::unknown(e.into()))?;
             }
             Target::L2 { iface } => {
                 let iface = iface.clone();
@@ -206,17 +239,31 @@ impl Loop {
                 scope.extend(self.handle.get().iter().flat_map(|r| r.announced.clone()));
                 tokio::task::spawn_blocking(move || {
                     let mut i = iface.lock().unwrap_or_else(|p| p.into_inner());
-                    let have = i.held(&scope)?;
+                    let have = i.held(&scope).map_err(|e| NotApplied::unknown(e.into()))?;
+                    let mut first: Option<l2::L2Error> = None;
                     for ip in have.difference(&want) {
-                        i.set(*ip, false)?;
+                        if let Err(e) = i.set(*ip, false) {
+                            first.get_or_insert(e);
+                        }
                     }
                     for ip in want.difference(&have) {
-                        i.set(*ip, true)?;
-                        i.advertise(*ip);
+                        match i.set(*ip, true) {
+                            Ok(_) => i.advertise(*ip),
+                            Err(e) => {
+                                first.get_or_insert(e);
+                            }
+                        }
                     }
-                    Ok::<_, l2::L2Error>(())
+                    match first {
+                        None => Ok(()),
+                        Some(e) => Err(NotApplied {
+                            held: i.held(&scope).ok(),
+                            error: e.into(),
+                        }),
+                    }
                 })
-                .await??;
+                .await
+                .map_err(|e| NotApplied::unknown(e.into()))??;
             }
         }
         Ok(())
@@ -274,5 +321,19 @@ impl Loop {
             r.bird = bird.note();
         }
         r
+    }
+}
+
+/// Announcements that could not be brought to the decision.
+pub(super) struct NotApplied {
+    /// What the interface holds after the failure (L2), when it could be read: the VIPs the
+    /// watchdog must remove if the node dies; `None` when unknown.
+    held: Option<BTreeSet<IpAddr>>,
+    error: anyhow::Error,
+}
+
+impl NotApplied {
+    fn unknown(error: anyhow::Error) -> NotApplied {
+        NotApplied { held: None, error }
     }
 }

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 /// A refused service is tried again after this, or at once when the table changes it.
 pub const RETRY_AFTER: Duration = Duration::from_secs(60);
 
-/// How many services one pass may set aside before it gives up and fails: each costs a whole
-/// read of the table and another try.
+/// How many refusals (a service, or a VIP with every service on it) one pass may set aside
+/// before it gives up and fails: each costs a whole read of the table and another try.
 pub const MAX_PER_PASS: usize = 8;
 
 #[derive(Debug, Default)]
@@ -26,6 +26,9 @@ struct Refusal {
     asked: Service,
     error: String,
     at: Instant,
+    /// Refused with its VIP (an IPv6 VIP where IPv6 is disabled): its service went into the
+    /// kernel while its address did not, so it is deleted at once, not drained.
+    with_vip: bool,
 }
 
 impl Refused {
@@ -50,12 +53,31 @@ impl Refused {
 
     /// Sets `service` aside for `error`.
     pub fn insert(&mut self, service: &Service, error: String, now: Instant) {
+        self.set_aside(service, error, now, false);
+    }
+
+    /// Sets `service` aside because the kernel refused its VIP (`error`).
+    pub fn insert_with_vip(&mut self, service: &Service, error: String, now: Instant) {
+        self.set_aside(service, error, now, true);
+    }
+
+    fn set_aside(&mut self, service: &Service, error: String, now: Instant, with_vip: bool) {
         let refusal = Refusal {
             asked: service.clone(),
             error,
             at: now,
+            with_vip,
         };
         self.by_key.insert(service.key.clone(), refusal);
+    }
+
+    /// The services set aside with their VIP: the kernel may hold them without it, and the
+    /// planner, which owns a service by its VIP, would leave them there for good.
+    pub fn refused_with_vip(&self) -> impl Iterator<Item = &ServiceKey> {
+        self.by_key
+            .iter()
+            .filter(|(_, r)| r.with_vip)
+            .map(|(k, _)| k)
     }
 
     /// Each service set aside, with the kernel's refusal (`tcp 203.0.113.1:80: ...`).
@@ -64,6 +86,11 @@ impl Refused {
             .iter()
             .map(|(key, r)| format!("{key}: {}", r.error))
             .collect()
+    }
+
+    /// The services set aside.
+    pub fn keys(&self) -> impl Iterator<Item = &ServiceKey> {
+        self.by_key.keys()
     }
 
     /// When the first refusal is due a retry.

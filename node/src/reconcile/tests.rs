@@ -115,6 +115,7 @@ fn a_failing_filter_withholds_only_the_services_it_restricts() {
     let err = pass.filter.unwrap_err().to_string();
     assert!(err.contains("nf_tables"), "{err}");
     assert_eq!(pass.withheld, vec![restricted.key.clone()]);
+    assert_eq!(pass.unprogrammed, [restricted.key.clone()].into());
     assert_eq!(keys(&dp), vec![open.key.clone()]);
     assert_eq!(dp.vips(), [IpAddr::from([203, 0, 113, 1])].into());
     assert_eq!(pass.deadline, None, "nothing drains");
@@ -126,7 +127,7 @@ fn a_failing_filter_withholds_only_the_services_it_restricts() {
     let pass = program(&mut p, desired.clone(), &filters, t0, &|| false).unwrap();
     // The rules written before the failure were still in place.
     assert_eq!(pass.filter.unwrap(), FilterChange::Unchanged);
-    assert!(pass.withheld.is_empty());
+    assert!(pass.withheld.is_empty() && pass.unprogrammed.is_empty());
     assert_eq!(keys(&dp), vec![open.key, restricted.key]);
 }
 
@@ -148,6 +149,11 @@ fn a_service_the_kernel_refuses_is_set_aside_and_the_others_are_programmed() {
     let pass = program(&mut p, desired.clone(), &[], t0, &|| false).unwrap();
     assert_eq!(keys(&dp), vec![plain.key.clone()]);
     assert_eq!(pass.refused.len(), 1, "{:?}", pass.refused);
+    assert_eq!(
+        pass.unprogrammed,
+        [odd.key.clone()].into(),
+        "its VIP is not announced"
+    );
     let why = &pass.refused[0];
     assert!(why.starts_with(&odd.key.to_string()), "{why}");
     assert!(
@@ -201,6 +207,62 @@ fn a_service_the_kernel_refuses_is_set_aside_and_the_others_are_programmed() {
     let pass = program(&mut p, desired, &[], t0 + refused::RETRY_AFTER, &|| false).unwrap();
     assert!(pass.refused.is_empty(), "{:?}", pass.refused);
     assert_eq!(keys(&dp), vec![plain.key, fixed.key]);
+}
+
+/// IPv6 disabled on the VIP interface (`disable_ipv6`, a common hardening) made every pass of
+/// a table with an IPv6 VIP fail, so the node never applied its head and announced nothing,
+/// IPv4 included; the kernel's EACCES read "permission denied". Now the services on that VIP
+/// are set aside with a message that names the sysctl, and the others are programmed, at start
+/// and when IPv6 is disabled under a running node (the kernel then drops the IPv6 VIPs).
+#[test]
+fn an_ipv6_vip_the_interface_cannot_hold_sets_aside_its_services_only() {
+    let v6 = |port| Service {
+        key: ServiceKey::Addr {
+            addr: "2001:db8::10".parse().unwrap(),
+            port,
+            protocol: Protocol::Tcp,
+        },
+        destinations: vec![Destination {
+            addr: "2001:db8:1::1".parse().unwrap(),
+            ..service([203, 0, 113, 1], port).destinations[0].clone()
+        }],
+        ..service([203, 0, 113, 1], port)
+    };
+    let (plain, web, tls) = (service([203, 0, 113, 1], 80), v6(80), v6(443));
+    let desired = Desired {
+        services: vec![plain.clone(), web.clone(), tls.clone()],
+    };
+    for disabled_before_start in [true, false] {
+        let (mut p, dp, _) = programmer(Duration::ZERO, false);
+        let t0 = Instant::now();
+        if disabled_before_start {
+            dp.set_ipv6_disabled(true);
+        } else {
+            program(&mut p, desired.clone(), &[], t0, &|| false).unwrap();
+            assert_eq!(dp.vips().len(), 2);
+            dp.set_ipv6_disabled(true);
+            // The next drift check reads the VIP gone and puts it back: refused.
+            p.reconciler.set_drift_check(Duration::ZERO);
+        }
+        let pass = program(&mut p, desired.clone(), &[], t0, &|| false).unwrap();
+        assert_eq!(keys(&dp), vec![plain.key.clone()], "{:?}", pass.refused);
+        assert_eq!(dp.vips(), [IpAddr::from([203, 0, 113, 1])].into());
+        assert_eq!(pass.unprogrammed, [web.key.clone(), tls.key.clone()].into());
+        assert_eq!(pass.refused.len(), 2, "{:?}", pass.refused);
+        for why in &pass.refused {
+            assert!(
+                why.contains("IPv6 is disabled") && why.contains("disable_ipv6"),
+                "{why}"
+            );
+        }
+        // IPv6 back and the retry due: programmed again.
+        dp.set_ipv6_disabled(false);
+        let later = t0 + refused::RETRY_AFTER;
+        let pass = program(&mut p, desired.clone(), &[], later, &|| false).unwrap();
+        assert!(pass.refused.is_empty(), "{:?}", pass.refused);
+        assert_eq!(keys(&dp).len(), 3);
+        assert_eq!(dp.vips().len(), 2);
+    }
 }
 
 /// A destination deleted behind Shoal's back is refused when the kept view changes it

@@ -80,8 +80,10 @@ router_bird_up() {
 }
 
 # Next hops of the Shoal VIP on the router, e.g. "11 12 13" (last octets), "-" when none.
-router_hops() {
-  h=$(ip -n rt route show $VIP 2>/dev/null | grep -o 'via 198\.18\.1\.1[0-9]' | sed 's/via 198\.18\.1\.//' | sort | tr '\n' ' ')
+router_hops() { hops_of $VIP; }
+# The same for any address the router routes to the replicas.
+hops_of() {
+  h=$(ip -n rt route show $1 2>/dev/null | grep -o 'via 198\.18\.1\.1[0-9]' | sed 's/via 198\.18\.1\.//' | sort | tr '\n' ' ')
   echo "${h:--}"
 }
 

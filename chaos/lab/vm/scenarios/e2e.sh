@@ -223,6 +223,49 @@ phase_removal() {
   sleep 3
 }
 
+# A service the replicas' kernels refuse (no ip_vs_sed in the lab) on a VIP of its own: every
+# replica sets it aside and must not announce that VIP (announced, it drew flows to kernels with
+# no service for them); the VIP beside it keeps its three next hops. The same service with a
+# scheduler the kernel has is then announced by all three. Outputs out/refused-*.txt; the host
+# checks them (chaos/tests/vm_e2e.rs, check_refused).
+RVIP=203.0.113.11
+# Waits (at most $2 s) until the router's next hops for $RVIP are $1; prints them.
+wait_rvip_hops() {
+  n=0
+  while [ $n -lt $(($2 * 2)) ] && [ "$(hops_of $RVIP)" != "$1" ]; do sleep 0.5; n=$((n + 1)); done
+  hops_of $RVIP
+}
+phase_refused() {
+  cp /mnt/host/rules.toml /tmp/rules-before-refused.toml
+  odd() {
+    cat /tmp/rules-before-refused.toml
+    printf '\n[[service]]\nname = "odd"\nvip = "%s"\nport = 9000\nscheduler = "%s"\n' $RVIP $1
+    for b in $BACKENDS; do printf '[[service.backend]]\naddress = "198.18.1.3%s"\n' $b; done
+  }
+  odd sed > /mnt/host/rules.next
+  event "refused fault | hops $(router_hops)"; mv /mnt/host/rules.next /mnt/host/rules.toml
+  for i in $REPLICAS; do
+    n=0
+    until nsx rt timeout 3 wget -q -O out/refused-node-r$i.json http://198.18.1.1$i:9100/v1/node 2>/dev/null \
+        && grep -q '"refused":\["tcp 203.0.113.11:9000' out/refused-node-r$i.json; do
+      n=$((n + 1)); [ $n -gt 60 ] && break; sleep 1
+    done
+  done
+  event "refused seen | hops $(router_hops)"
+  # A few announce steps (250 ms each) and BGP updates after the last refusal.
+  sleep 5
+  hops_of $RVIP > out/refused-hops-refused.txt
+  router_hops > out/refused-hops-vip.txt
+  for i in $REPLICAS; do
+    nsx rt timeout 3 wget -q -O out/refused-announce-r$i.json http://198.18.1.1$i:9100/v1/node 2>/dev/null
+  done
+  odd mh > /mnt/host/rules.next; mv /mnt/host/rules.next /mnt/host/rules.toml
+  wait_rvip_hops "11 12 13 " 60 > out/refused-hops-programmed.txt
+  event "refused programmed | $(cat out/refused-hops-programmed.txt)"
+  # Back to the rules before (the added service drains 30 s, its VIP announced meanwhile).
+  cp /tmp/rules-before-refused.toml /mnt/host/rules.next && mv /mnt/host/rules.next /mnt/host/rules.toml
+}
+
 phase_keepalived() {
   for k in 1 2; do
     prio=$((200 - k * 50))
@@ -305,7 +348,8 @@ if replicas_ready; then
     case $p in
       kill9) phase_kill9 ;; linkdown) phase_linkdown ;; stop) phase_stop ;; term) phase_term ;; rolling) phase_rolling ;;
       add) phase_add ;; control-rr) phase_control_rr ;; control-nosloppy) phase_control_nosloppy ;;
-      backend) phase_backend ;; removal) phase_removal ;; keepalived) phase_keepalived ;;
+      backend) phase_backend ;; removal) phase_removal ;; refused) phase_refused ;;
+      keepalived) phase_keepalived ;;
       bench) phase_bench ;;
       *) echo "unknown phase $p" ;;
     esac

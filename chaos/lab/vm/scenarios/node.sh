@@ -99,6 +99,36 @@ start_node
 wait_draining f_drain_after.json > out/f_drain_resumed
 ipvsadm -Sn > out/f_ipvsadm_draining.txt
 
+# (i) IPv6 disabled on shoal0 (a common hardening) with an IPv6 service in the table: before,
+# every pass failed and the node withdrew everything, IPv4 included. That service is set aside
+# naming the sysctl (its IPVS entry, which goes in before its VIP, deleted), the IPv4 one stays
+# and the node ready; with IPv6 back, a change to the service programs it at once.
+sysctl -qw net.ipv6.conf.shoal0.disable_ipv6=1
+six() {
+  cp rules.toml /tmp/rules.new
+  printf '\n[[service]]\nname = "six"\nvip = "2001:db8::10"\nport = 80\n\n[[service.backend]]\naddress = "2001:db8:1::31"\nweight = %s\n' $1 >> /tmp/rules.new
+  mv /tmp/rules.new /tmp/rules.toml
+}
+six 1
+i=0
+until timeout 5 wget -q -O out/i_node.json http://127.0.0.1:9100/v1/node 2>/dev/null \
+    && grep -q '"refused":\["tcp \[2001:db8::10\]:80' out/i_node.json; do
+  sleep 1; i=$((i + 1)); [ $i -gt 90 ] && break
+done
+# One more pass, so that the services that went in before the VIP was refused are gone.
+sleep 3
+timeout 5 wget -q -O out/i_node.json http://127.0.0.1:9100/v1/node
+timeout 5 wget -q -O out/i_readyz.txt http://127.0.0.1:9100/readyz; echo $? > out/i_readyz_rc
+ipvsadm -Sn > out/i_ipvsadm_refused.txt
+sysctl -qw net.ipv6.conf.shoal0.disable_ipv6=0
+six 2
+wait_dataplane i_dataplane_six.json '"matches_table":true' > out/i_six_programmed
+ipvsadm -Sn > out/i_ipvsadm_six.txt
+ip -o addr show dev shoal0 > out/i_addrs.txt 2>&1
+cp rules.toml /tmp/rules.new && mv /tmp/rules.new /tmp/rules.toml
+wait_match i_dataplane_back.json > out/i_back
+# (After the drain's captures: the IPv6 service removed here drains 60 s.)
+
 # A change during a drift check: 4,000 foreign services (kube-proxy's, say) make every resync a
 # whole read of seconds under emulation, and the node reads again a second after each one.
 # Each weight change must go in without waiting for a read: one that lands in a read makes it
