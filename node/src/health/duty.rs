@@ -11,6 +11,10 @@ use crate::unix_ms;
 use std::time::Duration;
 use tokio::time::Instant;
 
+/// How much longer than its timeout a probe's success may take to be counted
+/// ([`Duty::answered_too_late`]).
+const LATE_SLACK: Duration = Duration::from_secs(1);
+
 /// One backend this node checks (or recently checked and is handing over).
 pub(super) struct Duty {
     pub(super) check: HealthCheck,
@@ -106,14 +110,32 @@ impl Duty {
         if question != self.question {
             return None;
         }
+        // A stale opinion starts over before it takes this answer, not at the runner's next
+        // look: answers read after a stall (the probes in flight, read at the thawed runner's
+        // first pass, before its stale check) made the opinion fresh again, and a thawed
+        // checker kept its "up" from before the freeze, now with recent failures below `fall`,
+        // for 125 of 200 dead backends, 20 s after the thaw (10,000 health keys, a probe).
+        let reset = self.forget_if_stale(Instant::now());
         self.last_result = result;
         self.last_probe_ms = now_ms;
         self.observed_at = Some(Instant::now());
         let (rise, fall) = (self.check.rise, self.check.fall);
-        Some(
-            self.hysteresis
-                .observe(result.is_success(), rise, fall, now_ms),
-        )
+        let changed = self
+            .hysteresis
+            .observe(result.is_success(), rise, fall, now_ms);
+        Some(reset || changed)
+    }
+
+    /// Whether a success that took `elapsed` says nothing about the backend now: a probe ends
+    /// by its timeout, so an answer counted later than the timeout (and a second of slack for
+    /// a busy runtime) was read after the process stalled with the probe in flight, and the
+    /// connection it reports may be from long before. A probe caught such an "ok", from a
+    /// connect made before a 14 s freeze, counted after the thaw as fresh: it outlived the
+    /// opinion's reset and kept backends dead for seconds "up" at every node. Failures that
+    /// late still count (the safe side).
+    pub(super) fn answered_too_late(&self, result: ProbeResult, elapsed: Duration) -> bool {
+        let limit = Duration::from_millis(self.check.timeout_ms).saturating_add(LATE_SLACK);
+        result.is_success() && elapsed > limit
     }
 
     /// Starts the opinion over when it took no answer for longer than `fall` probes (plus one
@@ -194,6 +216,46 @@ pub(super) mod tests {
         };
         d.adopt(&check(http, 5_000), now);
         assert_eq!(d.next_due, now);
+    }
+
+    /// An answer read after the opinion went stale starts it over first: a thawed checker's
+    /// "up" from before the freeze does not survive its first late failure.
+    #[test]
+    fn an_answer_to_a_stale_opinion_counts_toward_a_new_one() {
+        let mut d = Duty::new(check(Probe::Tcp, 1_000), Instant::now());
+        for i in 0..2 {
+            d.observe(d.question, ProbeResult::Ok, i);
+        }
+        assert_eq!(d.hysteresis.state(), CheckState::Up);
+        // Frozen past the fall window: (3 + 1) x 1 s + 0.5 s.
+        d.observed_at = Some(Instant::now() - Duration::from_secs(10));
+        d.observe(d.question, ProbeResult::Refused, 10_000);
+        assert_eq!(
+            d.hysteresis.state(),
+            CheckState::Unknown,
+            "started over, then one failure"
+        );
+    }
+
+    /// A success read after the process stalled with its probe in flight is not counted; a
+    /// failure is.
+    #[test]
+    fn a_success_counted_after_its_timeout_is_too_late() {
+        let d = Duty::new(check(Probe::Tcp, 1_000), Instant::now());
+        let ms = Duration::from_millis;
+        assert_eq!(d.check.timeout_ms, 500);
+        assert!(!d.answered_too_late(ProbeResult::Ok, ms(3)));
+        assert!(
+            !d.answered_too_late(ProbeResult::Ok, ms(1_500)),
+            "a busy runtime"
+        );
+        assert!(d.answered_too_late(ProbeResult::Ok, ms(1_501)));
+        assert!(
+            d.answered_too_late(ProbeResult::Ok, Duration::from_secs(14)),
+            "a thaw"
+        );
+        assert!(!d.answered_too_late(ProbeResult::Refused, Duration::from_secs(14)));
+        assert!(!d.answered_too_late(ProbeResult::Timeout, Duration::from_secs(14)));
     }
 
     /// An opinion that took no answer for longer than its fall window starts over; one that

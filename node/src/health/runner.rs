@@ -412,6 +412,8 @@ impl Runner {
         };
         duty.in_flight = false;
         let result = match done.result {
+            // Counted after a stall: the opinion stands (and starts over if stale).
+            Ok(result) if duty.answered_too_late(result, done.elapsed) => return,
             Ok(result) => result,
             Err(failure) => {
                 // No word on the backend: its opinion stands, the next probe is at its usual
