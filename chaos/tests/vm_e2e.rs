@@ -398,8 +398,9 @@ fn check_removal(run: &Run) {
 
 /// A service every replica's kernel refuses (no `ip_vs_sed` in the lab) on a VIP of its own:
 /// the router must get no route to that VIP, while the VIP beside it keeps all three replicas;
-/// the same service with a scheduler the kernel has is announced by all three. Before, each replica announced the refused service's VIP and the router sent its
-/// flows to kernels with no service for them.
+/// the same service with a scheduler the kernel has is announced by all three. Before, each
+/// replica announced the refused service's VIP and the router sent its flows to kernels with
+/// no service for them.
 fn check_refused(run: &Run) {
     let hops = |f: &str| run.share.out(f).trim().to_string();
     run.fault("refused");

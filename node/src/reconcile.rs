@@ -211,9 +211,11 @@ mod refused;
 /// pass retries. A node whose table restricts nothing never needs nftables (`reconcile_filter`
 /// does not fail when there is nothing to enforce). The error of the IPVS part fails the pass.
 /// A service whose ops the kernel refuses (a scheduler it has no module for, a value it
-/// rejects), or whose IPv6 VIP it cannot hold (IPv6 disabled on the interface), is set aside: left out of the desired table, named in the pass, and tried again
-/// when the table changes it or after `refused::RETRY_AFTER`; the pass goes on without it. Any
-/// other refusal (a VIP, a service no longer wanted, a destination deleted behind Shoal's
+/// rejects), or whose IPv6 VIP it cannot hold (IPv6 disabled on the interface), is set aside:
+/// left out of the desired table, named in the pass, and tried again when the table changes it
+/// or after `refused::RETRY_AFTER`; the pass goes on without it (the services of a refused
+/// VIP, which went into IPVS before their address was refused, are deleted at once). Any other
+/// refusal (another VIP op, a service no longer wanted, a destination deleted behind Shoal's
 /// back, no permission, a shortage) fails the pass as before, and the next one reads the
 /// kernel again.
 /// A drift check due in this pass gives way when `stop` turns true (`Pass::gave_way`).
@@ -285,9 +287,10 @@ pub fn program(
             return Err(e);
         }
         for (s, why, with_vip) in asked {
-            match with_vip {
-                true => refused.insert_with_vip(s, why.clone(), now),
-                false => refused.insert(s, why.clone(), now),
+            if with_vip {
+                refused.insert_with_vip(s, why.clone(), now);
+            } else {
+                refused.insert(s, why.clone(), now);
             }
         }
         set_aside += tries;
@@ -393,7 +396,8 @@ pub struct ReconcileState {
     /// Passes failed since the last one that succeeded.
     pub failed_in_a_row: u32,
     /// When the first of those failed (`None` while the last pass succeeded): a node whose
-    /// passes keep failing does not serve what its table says (`announce::decide::dataplane_failing`).
+    /// passes keep failing does not serve what its table says
+    /// (`announce::decide::dataplane_failing`).
     #[serde(skip)]
     pub failing_since: Option<Instant>,
     /// Why the source-range filter could not be programmed in the last pass that got that far
