@@ -416,6 +416,17 @@ pub struct ReconcileState {
     pub unprogrammed: BTreeSet<ServiceKey>,
 }
 
+impl ReconcileState {
+    /// How long this node's passes have kept failing, when that makes its dataplane count as
+    /// failing (`announce::decide::dataplane_failing`): what both the announce gate and
+    /// `/readyz` ask.
+    pub fn failing(&self, now: Instant) -> Option<Duration> {
+        let failing_for = self.failing_since.map(|t| now.duration_since(t));
+        crate::announce::decide::dataplane_failing(failing_for, self.failed_in_a_row)
+            .then(|| failing_for.unwrap_or_default())
+    }
+}
+
 #[derive(Clone, Default)]
 pub struct ReconcileStatus(Arc<Mutex<ReconcileState>>);
 

@@ -35,16 +35,15 @@ pub(super) fn dataplane_ready(
     state: &crate::reconcile::ReconcileState,
     now: std::time::Instant,
 ) -> Result<(), String> {
-    let failing_for = state.failing_since.map(|t| now.duration_since(t));
-    if crate::announce::decide::dataplane_failing(failing_for, state.failed_in_a_row) {
-        return Err(format!(
+    match state.failing(now) {
+        Some(failing_for) => Err(format!(
             "its last {} reconcile passes failed, for {} s: {}",
             state.failed_in_a_row,
-            failing_for.unwrap_or_default().as_secs(),
+            failing_for.as_secs(),
             state.last_error.as_deref().unwrap_or("no error kept")
-        ));
+        )),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// `/readyz`'s answer: `Ok` with what this node serves, or `Err` with the most important

@@ -64,8 +64,7 @@ impl Loop {
             let stalled = hold_until.is_some_and(|t| now < t);
             let head = self.mesh.current();
             let reconciled = self.reconcile.get();
-            let applied = reconciled.applied;
-            let applied_is_head = match (&head, &applied) {
+            let applied_is_head = match (&head, &reconciled.applied) {
                 (Some(h), Some(a)) => VersionRef::from(&h.version) == *a,
                 _ => false,
             };
@@ -97,10 +96,7 @@ impl Loop {
                     now.duration_since(lag_start),
                     APPLY_GRACE,
                 ),
-                dataplane_failing: decide::dataplane_failing(
-                    reconciled.failing_since.map(|t| now.duration_since(t)),
-                    reconciled.failed_in_a_row,
-                ),
+                dataplane_failing: reconciled.failing(now).is_some(),
             };
             let readiness = decide::readiness(facts);
             // Grace is only for a node that stays ready: any other reason resets it.

@@ -7,7 +7,7 @@
 //! its health thread did its first pass 41 s later, and until then its "up" from before the
 //! freeze, 55-78 s old, put every one of those backends back in service on every node. An
 //! opinion of a returned member counts again only if its last probe is no older than the
-//! return less [`STALE_BEFORE_RETURN`] (a member refreshes an unchanged value only every
+//! return less [`STALE_BEFORE_RETURN_MS`] (a member refreshes an unchanged value only every
 //! `runner::REFRESH_INTERVAL`, so a value that old may still be its latest word).
 //! Pure: the runner hands in the live set and the wall clock.
 
@@ -32,6 +32,10 @@ pub struct Returns {
 impl Returns {
     /// Takes this pass's live set; `true` when a member came back.
     pub fn follow(&mut self, live: &[NodeId], now_ms: u64) -> bool {
+        // Every pass asks; the live set seldom moves (the board lists it sorted).
+        if self.live.iter().eq(live) {
+            return false;
+        }
         let mut returned = false;
         let now: BTreeSet<NodeId> = live.iter().cloned().collect();
         for node in now.difference(&self.live) {
@@ -51,16 +55,21 @@ impl Returns {
     pub fn counts(&self, node: &NodeId, o: &Observation) -> bool {
         self.back_at
             .get(node)
-            .is_none_or(|back| o.last_probe_ms.saturating_add(STALE_BEFORE_RETURN_MS) >= *back)
+            .is_none_or(|&back| probed_since(o, back))
     }
 
     /// `node`'s opinions that count ([`Self::counts`]).
     pub fn fresh(&self, node: &NodeId, mut observations: Vec<Observation>) -> Vec<Observation> {
-        if self.back_at.contains_key(node) {
-            observations.retain(|o| self.counts(node, o));
+        if let Some(&back) = self.back_at.get(node) {
+            observations.retain(|o| probed_since(o, back));
         }
         observations
     }
+}
+
+/// Whether `o` was probed no earlier than [`STALE_BEFORE_RETURN_MS`] before `back` (unix ms).
+fn probed_since(o: &Observation, back: u64) -> bool {
+    o.last_probe_ms.saturating_add(STALE_BEFORE_RETURN_MS) >= back
 }
 
 #[cfg(test)]
