@@ -31,6 +31,7 @@ pub struct MeshMetrics {
     pub reflected_gossip: Counter,
     pub oversized_messages: Counter,
     pub malformed_gossip: Counter,
+    pub rounds_paced: Counter,
     pub duplicate_ids: Counter,
     pub refused_as_duplicate: Gauge,
     pub documents_served: Counter,
@@ -82,6 +83,11 @@ impl MeshMetrics {
             "shoal_mesh_malformed_gossip",
             "Gossip payloads or session-stream frames that did not decode, dropped (a session stream sending one is stopped)",
             self.malformed_gossip.clone(),
+        );
+        r.register(
+            "shoal_mesh_gossip_rounds_paced",
+            "Syns of this node's own gossip rounds not sent because one went to the same peer within the last quarter round (the rounds a freeze or CPU starvation made it miss, run back to back)",
+            self.rounds_paced.clone(),
         );
         r.register(
             "shoal_mesh_duplicate_ids",
@@ -139,6 +145,7 @@ impl MeshMetrics {
         catch_up(&self.reflected_gossip, t.reflected_gossip);
         catch_up(&self.oversized_messages, t.oversized_messages);
         catch_up(&self.malformed_gossip, t.malformed_gossip);
+        catch_up(&self.rounds_paced, t.rounds_paced);
         catch_up(&self.duplicate_ids, mesh.duplicate_ids_seen());
         let served = mesh.documents_served_by_form();
         catch_up(&self.documents_served, served.copies);

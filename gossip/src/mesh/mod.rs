@@ -10,7 +10,7 @@
 //! chitchat, the transport and the shell's tasks together, ~150 lines) and the handle's
 //! accessors, each a few lines over the shared state; the loop itself is in `shell.rs`.
 
-mod announce;
+mod directed;
 mod fetch;
 mod rejoin;
 mod shell;
@@ -743,11 +743,7 @@ impl<D: Document> Mesh<D> {
                 .map(|id| id.gossip_advertise_addr)
                 .collect()
         };
-        if let Some(handle) = lock(&self.inner.handle).as_ref() {
-            for peer in &peers {
-                let _ = handle.gossip(*peer);
-            }
-        }
+        self.inner.gossip_now(&peers);
         tokio::time::sleep(Duration::from_millis(self.inner.timing.leave_linger_ms)).await;
         info!(node = %self.inner.node_id, "left the mesh");
         self.inner.stop();

@@ -134,9 +134,7 @@ impl<D: Document> Inner<D> {
                 } => {
                     debug!(member = %id, generation, %listen, "member known second-hand: gossiping to it directly");
                     self.transport.clear_backoff(listen);
-                    if let Some(handle) = lock(&self.handle).as_ref() {
-                        let _ = handle.gossip(listen);
-                    }
+                    self.gossip_now(&[listen]);
                 }
                 // Through the key-write queue, so that the exchange carries the head key this
                 // node just wrote (a publisher's own stamp).

@@ -17,6 +17,7 @@ pub mod fault;
 mod gossip;
 mod inbound;
 mod outbound;
+mod pace;
 pub(crate) mod session;
 mod socket;
 #[cfg(test)]
@@ -68,6 +69,9 @@ const INBOUND_QUEUE_LEN: usize = 1_024;
 /// Attack warnings (refused handshakes, identity mismatches, oversized messages) are logged at
 /// most once per kind this often; the metrics count every one.
 const WARN_EVERY: Duration = Duration::from_secs(10);
+/// A node's own gossip rounds reach each peer at most this many times per gossip interval
+/// (`pace.rs`): a burst of missed rounds after a freeze becomes one.
+const SYN_GAPS_PER_ROUND: u64 = 4;
 /// How many source IPs that completed an authenticated handshake are remembered as known.
 const MAX_KNOWN_SOURCES: usize = 4_096;
 
@@ -142,6 +146,8 @@ struct Inner {
     /// The last dial TLS refused (peer and error), for `/readyz` of a node no seed answers.
     last_dial_tls_failure: Mutex<Option<String>>,
     conns: Mutex<HashMap<SocketAddr, Connection>>,
+    /// This node's gossip rounds, at most one Syn per peer per gap (see `pace.rs`).
+    syn_pacer: Mutex<pace::SynPacer>,
     /// One per address being dialed or recently dialed (see [`DialSlot`]).
     dial_slots: Mutex<HashMap<SocketAddr, Arc<DialSlot>>>,
     /// Gossip dials in flight (see `dials.rs`).
@@ -248,6 +254,9 @@ impl QuicTransport {
             warns: Mutex::new(WarnGate::new(WARN_EVERY)),
             last_dial_tls_failure: Mutex::new(None),
             conns: Mutex::default(),
+            syn_pacer: Mutex::new(pace::SynPacer::new(Duration::from_millis(
+                timing.gossip_interval_ms / SYN_GAPS_PER_ROUND,
+            ))),
             dial_slots: Mutex::default(),
             gossip_dials: Mutex::new(DialBudget::new(MAX_GOSSIP_DIALS)),
             backoffs: Mutex::default(),
@@ -330,7 +339,22 @@ impl QuicTransport {
             malformed_gossip: c.malformed_gossip.load(Ordering::Relaxed),
             connections_reset: c.connections_reset.load(Ordering::Relaxed),
             dials_restarted: c.dials_restarted.load(Ordering::Relaxed),
+            rounds_paced: c.rounds_paced.load(Ordering::Relaxed),
         }
+    }
+
+    /// The mesh asks for a gossip exchange with `peer` now: its Syn is not paced (`pace.rs`).
+    pub(crate) fn grant_gossip(&self, peer: SocketAddr) {
+        lock(&self.inner.syn_pacer).grant(peer, Instant::now());
+    }
+
+    /// Whether a Syn of this node's to `peer` goes out now; one that does not is counted.
+    fn admit_syn(&self, peer: SocketAddr) -> bool {
+        let admitted = lock(&self.inner.syn_pacer).admit(peer, Instant::now());
+        if !admitted {
+            bump(&self.inner.counters.rounds_paced);
+        }
+        admitted
     }
 
     /// Stops every task and closes the endpoint (peers see the connections close).

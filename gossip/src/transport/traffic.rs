@@ -45,6 +45,9 @@ pub struct Traffic {
     /// Handshakes started over because the peer was reachable again while they ran (see
     /// `QuicTransport::redial`).
     pub dials_restarted: u64,
+    /// Syns of this node's own gossip rounds not sent: another went to the same peer within
+    /// the pacing gap (a burst of missed rounds, see `pace.rs`).
+    pub rounds_paced: u64,
 }
 
 #[derive(Default)]
@@ -66,6 +69,7 @@ pub(super) struct Counters {
     pub(super) malformed_gossip: AtomicU64,
     pub(super) connections_reset: AtomicU64,
     pub(super) dials_restarted: AtomicU64,
+    pub(super) rounds_paced: AtomicU64,
 }
 
 pub(super) fn bump(counter: &AtomicU64) {
