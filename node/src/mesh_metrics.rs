@@ -86,7 +86,7 @@ impl MeshMetrics {
         );
         r.register(
             "shoal_mesh_gossip_rounds_paced",
-            "Syns of this node's own gossip rounds not sent because one went to the same peer within the last quarter round (the rounds a freeze or CPU starvation made it miss, run back to back)",
+            "Syns of this node's own gossip rounds not sent because the peer already had its burst (3 back to back, then one per gossip interval): the rounds a freeze or CPU starvation made it miss, run back to back",
             self.rounds_paced.clone(),
         );
         r.register(

@@ -69,9 +69,6 @@ const INBOUND_QUEUE_LEN: usize = 1_024;
 /// Attack warnings (refused handshakes, identity mismatches, oversized messages) are logged at
 /// most once per kind this often; the metrics count every one.
 const WARN_EVERY: Duration = Duration::from_secs(10);
-/// A node's own gossip rounds reach each peer at most this many times per gossip interval
-/// (`pace.rs`): a burst of missed rounds after a freeze becomes one.
-const SYN_GAPS_PER_ROUND: u64 = 4;
 /// How many source IPs that completed an authenticated handshake are remembered as known.
 const MAX_KNOWN_SOURCES: usize = 4_096;
 
@@ -146,7 +143,7 @@ struct Inner {
     /// The last dial TLS refused (peer and error), for `/readyz` of a node no seed answers.
     last_dial_tls_failure: Mutex<Option<String>>,
     conns: Mutex<HashMap<SocketAddr, Connection>>,
-    /// This node's gossip rounds, at most one Syn per peer per gap (see `pace.rs`).
+    /// This node's gossip rounds: per peer, a burst of Syns, then one per round (`pace.rs`).
     syn_pacer: Mutex<pace::SynPacer>,
     /// One per address being dialed or recently dialed (see [`DialSlot`]).
     dial_slots: Mutex<HashMap<SocketAddr, Arc<DialSlot>>>,
@@ -255,7 +252,7 @@ impl QuicTransport {
             last_dial_tls_failure: Mutex::new(None),
             conns: Mutex::default(),
             syn_pacer: Mutex::new(pace::SynPacer::new(Duration::from_millis(
-                timing.gossip_interval_ms / SYN_GAPS_PER_ROUND,
+                timing.gossip_interval_ms,
             ))),
             dial_slots: Mutex::default(),
             gossip_dials: Mutex::new(DialBudget::new(MAX_GOSSIP_DIALS)),

@@ -1,13 +1,15 @@
-//! Pacing of this node's own gossip rounds: at most one round's Syn per peer per minimum gap.
+//! Pacing of this node's own gossip rounds: per peer, a bucket of [`BURST`] Syns that refills
+//! at one per gossip round.
 //!
 //! Why: chitchat's gossip timer is a tokio interval, which bursts. A process frozen or starved
 //! for 15 s ran its ~150 missed rounds back to back when it resumed, each a Syn to every peer,
 //! and every peer answered each one with the whole delta a node that far behind needs (50 KB,
 //! 1-14 ms to build, dozens of times within 0.3 s). Their gossip loops fell behind, and the
 //! heartbeats they carry for each other with them: the two healthy peers judged each other dead
-//! in 9 of 12 thaws at 10,000 health keys, 2 of 12 with this (docs/internals/gossip.md,
-//! Transport). One Syn per peer per gap turns the burst into one round; a round lost this way is
-//! gossip's usual loss.
+//! in 15 of 18 thaws at 10,000 health keys (docs/internals/gossip.md, Transport). Chitchat never
+//! runs more rounds than its interval allows over time, so the bucket holds back only a burst:
+//! a few rounds late by a few milliseconds (a busy host) all go out, a freeze's backlog does not.
+//! A round held back is gossip's usual loss.
 //!
 //! Exchanges the mesh asks for itself (a new head's announcement to the spread tree, a death
 //! report, a contact, the leave: `gossip_now` in `mesh/directed.rs`) are granted ahead and never
@@ -19,6 +21,8 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+/// Syns a peer's bucket holds: rounds that may go out back to back.
+pub(crate) const BURST: f64 = 3.0;
 /// A grant the Syn it was for never used (chitchat dropped the command) lapses after this.
 const GRANT_LAPSES: Duration = Duration::from_secs(1);
 /// At most this many grants are kept per peer (pushes asked for at once).
@@ -28,23 +32,24 @@ const PRUNE_ABOVE: usize = 256;
 
 #[derive(Debug)]
 pub(crate) struct SynPacer {
-    min_gap: Duration,
-    /// When a Syn last went to each peer.
-    last: HashMap<SocketAddr, Instant>,
+    /// One Syn comes back into each bucket per this long (the gossip interval).
+    refill_every: Duration,
+    /// Per peer: the Syns its bucket held at the instant given.
+    buckets: HashMap<SocketAddr, (f64, Instant)>,
     /// Syns the mesh asked for, per peer: how many, and when the last was asked.
     granted: HashMap<SocketAddr, (u32, Instant)>,
 }
 
 impl SynPacer {
-    pub(crate) fn new(min_gap: Duration) -> Self {
+    pub(crate) fn new(refill_every: Duration) -> Self {
         SynPacer {
-            min_gap,
-            last: HashMap::new(),
+            refill_every: refill_every.max(Duration::from_millis(1)),
+            buckets: HashMap::new(),
             granted: HashMap::new(),
         }
     }
 
-    /// The mesh asks for an exchange with `peer` now: its Syn goes out whatever the gap.
+    /// The mesh asks for an exchange with `peer` now: its Syn goes out whatever the bucket holds.
     pub(crate) fn grant(&mut self, peer: SocketAddr, now: Instant) {
         let entry = self.granted.entry(peer).or_insert((0, now));
         *entry = ((entry.0 + 1).min(MAX_GRANTS), now);
@@ -54,23 +59,32 @@ impl SynPacer {
         }
     }
 
-    /// Whether a Syn to `peer` goes out now (and is counted as sent). A grant is used only by a
-    /// Syn within the gap: one due anyway leaves it to the exchange it was asked for.
+    /// Whether a Syn to `peer` goes out now. It takes one from the peer's bucket, or, with the
+    /// bucket empty, a grant: a Syn the bucket lets out anyway leaves the grant to the exchange
+    /// it was asked for.
     pub(crate) fn admit(&mut self, peer: SocketAddr, now: Instant) -> bool {
-        let due = self
-            .last
-            .get(&peer)
-            .is_none_or(|at| now.saturating_duration_since(*at) >= self.min_gap);
-        if !due && !self.take_grant(peer, now) {
+        let held = self.held(peer, now);
+        if held >= 1.0 {
+            self.buckets.insert(peer, (held - 1.0, now));
+        } else if self.take_grant(peer, now) {
+            self.buckets.insert(peer, (held, now));
+        } else {
             return false;
         }
-        self.last.insert(peer, now);
-        if self.last.len() > PRUNE_ABOVE {
-            let gap = self.min_gap;
-            self.last
-                .retain(|_, at| now.saturating_duration_since(*at) < gap);
+        if self.buckets.len() > PRUNE_ABOVE {
+            // A full bucket is what a peer never seen gets: nothing to remember.
+            let every = self.refill_every;
+            self.buckets
+                .retain(|_, (held, at)| refilled(*held, *at, now, every) < BURST);
         }
         true
+    }
+
+    /// What `peer`'s bucket holds now.
+    fn held(&self, peer: SocketAddr, now: Instant) -> f64 {
+        self.buckets.get(&peer).map_or(BURST, |(held, at)| {
+            refilled(*held, *at, now, self.refill_every)
+        })
     }
 
     fn take_grant(&mut self, peer: SocketAddr, now: Instant) -> bool {
@@ -86,6 +100,12 @@ impl SynPacer {
     }
 }
 
+/// A bucket that held `held` at `at`, refilled up to [`BURST`] by `now`.
+fn refilled(held: f64, at: Instant, now: Instant, every: Duration) -> f64 {
+    let rounds = now.saturating_duration_since(at).as_secs_f64() / every.as_secs_f64();
+    (held + rounds).min(BURST)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,11 +115,15 @@ mod tests {
         SocketAddr::from(([127, 0, 0, 1], 10_000 + i))
     }
 
-    const GAP: Duration = Duration::from_millis(25);
+    const ROUND: Duration = Duration::from_millis(100);
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
 
     #[test]
-    fn a_burst_of_rounds_sends_one_syn_per_peer() {
-        let mut p = SynPacer::new(GAP);
+    fn a_freezes_backlog_of_rounds_sends_one_burst_per_peer() {
+        let mut p = SynPacer::new(ROUND);
         let t0 = Instant::now();
         // 150 missed rounds run back to back, 0.1 ms apart, each a Syn to two peers.
         let mut sent = [0; 2];
@@ -109,89 +133,111 @@ mod tests {
                 *n += u32::from(p.admit(addr(i as u16), now));
             }
         }
-        assert_eq!(sent, [1, 1]);
-        // The next round on time goes out.
-        assert!(p.admit(addr(0), t0 + Duration::from_millis(100)));
+        // The burst and what 15 ms refilled: nothing.
+        assert_eq!(sent, [BURST as u32, BURST as u32]);
+        assert!(!p.admit(addr(0), t0 + ms(20)));
+        // A round after a round's time goes out.
+        assert!(p.admit(addr(0), t0 + ms(101)));
     }
 
     #[test]
-    fn rounds_on_time_are_never_paced() {
-        let mut p = SynPacer::new(GAP);
+    fn rounds_on_time_or_a_little_late_are_never_paced() {
+        let mut p = SynPacer::new(ROUND);
         let t0 = Instant::now();
         for round in 0..100u64 {
-            assert!(p.admit(addr(0), t0 + Duration::from_millis(100 * round)));
+            assert!(p.admit(addr(0), t0 + ROUND * round as u32));
+        }
+        // A busy host: every third round 90 ms late, the two after it catching up at once.
+        let t1 = t0 + ROUND * 100;
+        for round in 0..300u64 {
+            let late = if round % 3 == 0 { ms(90) } else { ms(0) };
+            let due = t1 + ROUND * (round as u32 - round as u32 % 3) + late;
+            assert!(p.admit(addr(0), due), "round {round}");
         }
     }
 
     #[test]
-    fn an_exchange_the_mesh_asks_for_goes_out_right_after_a_round() {
-        let mut p = SynPacer::new(GAP);
+    fn an_exchange_the_mesh_asks_for_goes_out_with_the_bucket_empty() {
+        let mut p = SynPacer::new(ROUND);
         let t0 = Instant::now();
-        assert!(p.admit(addr(0), t0));
-        let soon = t0 + Duration::from_millis(3);
+        for _ in 0..3 {
+            assert!(p.admit(addr(0), t0));
+        }
+        assert!(!p.admit(addr(0), t0), "bucket empty");
+        let soon = t0 + ms(3);
         p.grant(addr(0), soon);
         p.grant(addr(0), soon);
         assert!(p.admit(addr(0), soon), "first grant");
         assert!(p.admit(addr(0), soon), "second grant");
-        assert!(!p.admit(addr(0), soon), "grants used up, within the gap");
-        assert!(p.admit(addr(1), soon), "another peer is paced on its own");
+        assert!(!p.admit(addr(0), soon), "grants used up, bucket empty");
+        assert!(p.admit(addr(1), soon), "another peer has its own bucket");
     }
 
     #[test]
-    fn a_round_due_anyway_leaves_the_grant_to_the_exchange_asked_for() {
-        let mut p = SynPacer::new(GAP);
+    fn a_round_the_bucket_lets_out_leaves_the_grant_to_the_exchange_asked_for() {
+        let mut p = SynPacer::new(ROUND);
         let t0 = Instant::now();
-        assert!(p.admit(addr(0), t0));
-        let next = t0 + Duration::from_millis(100);
+        for _ in 0..3 {
+            assert!(p.admit(addr(0), t0));
+        }
+        let next = t0 + ROUND;
         p.grant(addr(0), next);
         assert!(p.admit(addr(0), next), "the round, on time");
         assert!(
             p.admit(addr(0), next),
             "the exchange asked for, right after it"
         );
-        assert!(!p.admit(addr(0), next), "nothing more within the gap");
+        assert!(!p.admit(addr(0), next), "nothing more");
     }
 
     #[test]
     fn a_grant_never_used_lapses() {
-        let mut p = SynPacer::new(GAP);
+        let mut p = SynPacer::new(ROUND);
         let t0 = Instant::now();
+        for _ in 0..3 {
+            assert!(p.admit(addr(0), t0));
+        }
         p.grant(addr(0), t0);
-        assert!(p.admit(addr(0), t0 + GRANT_LAPSES + GAP));
-        assert!(!p.admit(addr(0), t0 + GRANT_LAPSES + GAP + Duration::from_millis(1)));
+        let later = t0 + GRANT_LAPSES;
+        for _ in 0..3 {
+            assert!(p.admit(addr(0), later), "refilled");
+        }
+        assert!(!p.admit(addr(0), later), "the grant lapsed");
     }
 
     proptest! {
-        /// Whatever the pattern of rounds and grants: every granted Syn goes out, rounds go out
-        /// at most once per gap and peer (plus one per grant), and the maps stay bounded.
+        /// Whatever the pattern of rounds and grants: every granted Syn goes out; beyond the
+        /// grants, a peer gets at most a burst plus one Syn per round of time; the maps stay
+        /// bounded.
         #[test]
         fn grants_pass_and_rounds_are_bounded(
             events in prop::collection::vec((0u16..300, 0u64..5_000, any::<bool>()), 1..400),
         ) {
-            let mut p = SynPacer::new(GAP);
+            let mut p = SynPacer::new(ROUND);
             let t0 = Instant::now();
             let mut events = events;
             events.sort_by_key(|e| e.1);
             let mut sent: HashMap<SocketAddr, Vec<u64>> = HashMap::new();
             let mut grants: HashMap<SocketAddr, u64> = HashMap::new();
-            for (peer, at_us, grant) in events {
-                let now = t0 + Duration::from_micros(at_us * 10);
+            for (peer, at_ms, grant) in events {
+                let now = t0 + ms(at_ms);
                 let peer = addr(peer);
                 if grant {
                     p.grant(peer, now);
                     prop_assert!(p.admit(peer, now), "a granted Syn is paced");
                     *grants.entry(peer).or_default() += 1;
                 } else if p.admit(peer, now) {
-                    sent.entry(peer).or_default().push(at_us * 10);
+                    sent.entry(peer).or_default().push(at_ms);
                 }
-                prop_assert!(p.last.len() <= PRUNE_ABOVE + 1);
+                prop_assert!(p.buckets.len() <= PRUNE_ABOVE + 1);
                 prop_assert!(p.granted.len() <= PRUNE_ABOVE + 1);
             }
-            // A grant a due Syn left unused may let one round through within the gap.
+            // A grant the bucket left unused may let one more round through.
+            let round_ms = ROUND.as_millis() as u64;
             for (peer, times) in &sent {
                 let span = times.last().unwrap_or(&0) - times.first().unwrap_or(&0);
-                let max = span / GAP.as_micros() as u64 + 1 + grants.get(peer).unwrap_or(&0);
-                prop_assert!(times.len() as u64 <= max, "{} rounds in {span} us", times.len());
+                let max = BURST as u64 + span / round_ms + grants.get(peer).unwrap_or(&0);
+                prop_assert!(times.len() as u64 <= max, "{} rounds in {span} ms", times.len());
             }
         }
     }
