@@ -42,8 +42,8 @@ impl Drop for GossipSocket {
 
 #[async_trait]
 impl Socket for GossipSocket {
-    /// A Syn within the pacing gap of the last one to `to` is not sent (`pace.rs`): chitchat
-    /// runs the rounds a freeze made it miss back to back.
+    /// A Syn beyond `to`'s burst is not sent (`pace.rs`): chitchat runs the rounds a freeze
+    /// made it miss back to back.
     async fn send(&mut self, to: SocketAddr, msg: ChitchatMessage) -> anyhow::Result<()> {
         if matches!(msg, ChitchatMessage::Syn { .. }) && !self.transport.admit_syn(to) {
             return Ok(());

@@ -45,8 +45,8 @@ pub struct Traffic {
     /// Handshakes started over because the peer was reachable again while they ran (see
     /// `QuicTransport::redial`).
     pub dials_restarted: u64,
-    /// Syns of this node's own gossip rounds not sent: another went to the same peer within
-    /// the pacing gap (a burst of missed rounds, see `pace.rs`).
+    /// Syns of this node's own gossip rounds not sent: the peer already had its burst (the
+    /// rounds a freeze made chitchat miss, run back to back; see `pace.rs`).
     pub rounds_paced: u64,
 }
 
