@@ -8,6 +8,7 @@
 //! - per unknown source IP: at most `per_source_in_flight` at once and a token bucket of
 //!   `per_source_per_s` handshakes a second (burst `per_source_burst`).
 
+use super::bucket::{Bucket, Rate};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::Instant;
@@ -46,8 +47,16 @@ impl Refusal {
 #[derive(Clone, Copy, Debug)]
 struct Source {
     in_flight: usize,
-    tokens: f64,
-    at: Instant,
+    handshakes: Bucket,
+}
+
+impl Limits {
+    fn per_source(&self) -> Rate {
+        Rate {
+            per_s: self.per_source_per_s,
+            burst: self.per_source_burst,
+        }
+    }
 }
 
 /// Handshake slots in use, per source and in total.
@@ -87,20 +96,15 @@ impl Admission {
         }
         let source = self.sources.entry(ip).or_insert(Source {
             in_flight: 0,
-            tokens: l.per_source_burst,
-            at: now,
+            handshakes: Bucket::full(l.per_source(), now),
         });
-        let elapsed_s = now.saturating_duration_since(source.at).as_secs_f64();
-        source.tokens = (source.tokens + elapsed_s * l.per_source_per_s).min(l.per_source_burst);
-        source.at = now;
         if !known {
             if source.in_flight >= l.per_source_in_flight {
                 return Err(Refusal::SourceBusy);
             }
-            if source.tokens < 1.0 {
+            if !source.handshakes.take(l.per_source(), now) {
                 return Err(Refusal::SourceRate);
             }
-            source.tokens -= 1.0;
         }
         source.in_flight += 1;
         self.in_flight += 1;
@@ -123,11 +127,9 @@ impl Admission {
     }
 
     fn forget_idle(&mut self, now: Instant) {
-        let l = self.limits;
-        self.sources.retain(|_, s| {
-            let refill = now.saturating_duration_since(s.at).as_secs_f64() * l.per_source_per_s;
-            s.in_flight > 0 || s.tokens + refill < l.per_source_burst
-        });
+        let rate = self.limits.per_source();
+        self.sources
+            .retain(|_, s| s.in_flight > 0 || !s.handshakes.is_full(rate, now));
     }
 }
 

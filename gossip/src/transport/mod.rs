@@ -11,6 +11,7 @@
 
 pub(crate) mod admission;
 pub(crate) mod alarm;
+mod bucket;
 pub(crate) mod codec;
 mod dials;
 pub mod fault;

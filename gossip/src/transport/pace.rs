@@ -17,6 +17,7 @@
 //!
 //! Pure: time is passed in.
 
+use super::bucket::{Bucket, Rate};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -32,10 +33,9 @@ const PRUNE_ABOVE: usize = 256;
 
 #[derive(Debug)]
 pub(crate) struct SynPacer {
-    /// One Syn comes back into each bucket per this long (the gossip interval).
-    refill_every: Duration,
-    /// Per peer: the Syns its bucket held at the instant given.
-    buckets: HashMap<SocketAddr, (f64, Instant)>,
+    /// [`BURST`] Syns, one back per gossip round.
+    rate: Rate,
+    buckets: HashMap<SocketAddr, Bucket>,
     /// Syns the mesh asked for, per peer: how many, and when the last was asked.
     granted: HashMap<SocketAddr, (u32, Instant)>,
 }
@@ -43,7 +43,10 @@ pub(crate) struct SynPacer {
 impl SynPacer {
     pub(crate) fn new(refill_every: Duration) -> Self {
         SynPacer {
-            refill_every: refill_every.max(Duration::from_millis(1)),
+            rate: Rate {
+                per_s: 1.0 / refill_every.max(Duration::from_millis(1)).as_secs_f64(),
+                burst: BURST,
+            },
             buckets: HashMap::new(),
             granted: HashMap::new(),
         }
@@ -63,28 +66,19 @@ impl SynPacer {
     /// bucket empty, a grant: a Syn the bucket lets out anyway leaves the grant to the exchange
     /// it was asked for.
     pub(crate) fn admit(&mut self, peer: SocketAddr, now: Instant) -> bool {
-        let held = self.held(peer, now);
-        if held >= 1.0 {
-            self.buckets.insert(peer, (held - 1.0, now));
-        } else if self.take_grant(peer, now) {
-            self.buckets.insert(peer, (held, now));
-        } else {
+        let rate = self.rate;
+        let from_bucket = self
+            .buckets
+            .entry(peer)
+            .or_insert_with(|| Bucket::full(rate, now))
+            .take(rate, now);
+        if !from_bucket && !self.take_grant(peer, now) {
             return false;
         }
         if self.buckets.len() > PRUNE_ABOVE {
-            // A full bucket is what a peer never seen gets: nothing to remember.
-            let every = self.refill_every;
-            self.buckets
-                .retain(|_, (held, at)| refilled(*held, *at, now, every) < BURST);
+            self.buckets.retain(|_, b| !b.is_full(rate, now));
         }
         true
-    }
-
-    /// What `peer`'s bucket holds now.
-    fn held(&self, peer: SocketAddr, now: Instant) -> f64 {
-        self.buckets.get(&peer).map_or(BURST, |(held, at)| {
-            refilled(*held, *at, now, self.refill_every)
-        })
     }
 
     fn take_grant(&mut self, peer: SocketAddr, now: Instant) -> bool {
@@ -100,12 +94,6 @@ impl SynPacer {
     }
 }
 
-/// A bucket that held `held` at `at`, refilled up to [`BURST`] by `now`.
-fn refilled(held: f64, at: Instant, now: Instant, every: Duration) -> f64 {
-    let rounds = now.saturating_duration_since(at).as_secs_f64() / every.as_secs_f64();
-    (held + rounds).min(BURST)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,6 +107,13 @@ mod tests {
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    /// Sends `peer` its whole burst at `at`.
+    fn spend_burst(p: &mut SynPacer, peer: SocketAddr, at: Instant) {
+        for _ in 0..BURST as u32 {
+            assert!(p.admit(peer, at));
+        }
     }
 
     #[test]
@@ -160,9 +155,7 @@ mod tests {
     fn an_exchange_the_mesh_asks_for_goes_out_with_the_bucket_empty() {
         let mut p = SynPacer::new(ROUND);
         let t0 = Instant::now();
-        for _ in 0..3 {
-            assert!(p.admit(addr(0), t0));
-        }
+        spend_burst(&mut p, addr(0), t0);
         assert!(!p.admit(addr(0), t0), "bucket empty");
         let soon = t0 + ms(3);
         p.grant(addr(0), soon);
@@ -177,9 +170,7 @@ mod tests {
     fn a_round_the_bucket_lets_out_leaves_the_grant_to_the_exchange_asked_for() {
         let mut p = SynPacer::new(ROUND);
         let t0 = Instant::now();
-        for _ in 0..3 {
-            assert!(p.admit(addr(0), t0));
-        }
+        spend_burst(&mut p, addr(0), t0);
         let next = t0 + ROUND;
         p.grant(addr(0), next);
         assert!(p.admit(addr(0), next), "the round, on time");
@@ -194,14 +185,11 @@ mod tests {
     fn a_grant_never_used_lapses() {
         let mut p = SynPacer::new(ROUND);
         let t0 = Instant::now();
-        for _ in 0..3 {
-            assert!(p.admit(addr(0), t0));
-        }
+        spend_burst(&mut p, addr(0), t0);
         p.grant(addr(0), t0);
         let later = t0 + GRANT_LAPSES;
-        for _ in 0..3 {
-            assert!(p.admit(addr(0), later), "refilled");
-        }
+        // Refilled by then.
+        spend_burst(&mut p, addr(0), later);
         assert!(!p.admit(addr(0), later), "the grant lapsed");
     }
 
